@@ -1,0 +1,1 @@
+//! evenflow collector (see issue: collector).
