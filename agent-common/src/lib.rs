@@ -187,7 +187,21 @@ pub mod maps {
     pub const FLOWS: &str = "EF_FLOWS";
     /// Per-CPU array of `u64` indexed by `Stat`.
     pub const STATS: &str = "EF_STATS";
+    /// Array of `u64` owned by userspace; see [`super::META_EPOCH`].
+    pub const META: &str = "EF_META";
 }
+
+/// Slot of `EF_META` holding the agent epoch: a random non-zero number the
+/// agent writes when it finds the pinned maps freshly created. It lives as
+/// long as the counters do, so it changes exactly when they restart at zero.
+pub const META_EPOCH: u32 = 0;
+/// Slot of `EF_META` holding the layout version of the pinned maps.
+pub const META_LAYOUT: u32 = 1;
+/// Number of `EF_META` slots.
+pub const META_COUNT: u32 = 4;
+/// Version of the pinned map layout. Bump it when a key or value changes so
+/// an agent refuses maps pinned by an incompatible one.
+pub const LAYOUT_VERSION: u64 = 1;
 
 /// Builds the IPv4-mapped IPv6 form of an IPv4 address given in network byte
 /// order bytes.

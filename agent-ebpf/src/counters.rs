@@ -1,10 +1,10 @@
 //! The endpoint counters and the self-accounting stats map.
 
-use agent_common::{EndpointCounters, EndpointKey, MAX_ENDPOINTS, STAT_COUNT, Stat};
+use agent_common::{EndpointCounters, EndpointKey, MAX_ENDPOINTS, META_COUNT, STAT_COUNT, Stat};
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     macros::map,
-    maps::{LruPerCpuHashMap, PerCpuArray},
+    maps::{Array, LruPerCpuHashMap, PerCpuArray},
 };
 
 use crate::packet::Side;
@@ -19,6 +19,11 @@ static ENDPOINTS: LruPerCpuHashMap<EndpointKey, EndpointCounters> =
 /// LRU evictions (inserted - live).
 #[map(name = "EF_STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STAT_COUNT, 0);
+
+/// Written by userspace only (epoch, layout version); pinned with the
+/// counters so it lives and dies with them.
+#[map(name = "EF_META")]
+pub static META: Array<u64> = Array::pinned(META_COUNT, 0);
 
 #[inline(always)]
 pub fn stat(which: Stat, n: u64) {

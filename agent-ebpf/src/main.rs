@@ -19,6 +19,8 @@
 #![no_std]
 #![no_main]
 
+use core::ptr::read_volatile;
+
 mod counters;
 mod flow;
 mod packet;
@@ -113,24 +115,59 @@ fn on_socket_close(ctx: &SockOpsContext, key: &FlowKey) {
 }
 
 fn sockops_flow_key(ctx: &SockOpsContext) -> Option<FlowKey> {
-    let (local_addr, remote_addr) = match ctx.family() {
-        AF_INET => (
-            v4_mapped(ctx.local_ip4().to_ne_bytes()),
-            v4_mapped(ctx.remote_ip4().to_ne_bytes()),
-        ),
-        AF_INET6 => (words_to_bytes(ctx.local_ip6()), words_to_bytes(ctx.remote_ip6())),
+    let ops = ctx.ops;
+    // Every context field is read once, up front, with volatile loads: left
+    // to itself LLVM merges the IPv4 and IPv6 paths into one load through a
+    // selected field pointer, which the verifier rejects ("dereference of
+    // modified ctx ptr").
+    // SAFETY: `ops` is the context the kernel passed; the fields are
+    // readable by sock_ops programs.
+    let (family, l4, r4, l6, r6, lport, rport) = unsafe {
+        (
+            read_volatile(&(*ops).family),
+            read_volatile(&(*ops).local_ip4),
+            read_volatile(&(*ops).remote_ip4),
+            [
+                read_volatile(&(*ops).local_ip6[0]),
+                read_volatile(&(*ops).local_ip6[1]),
+                read_volatile(&(*ops).local_ip6[2]),
+                read_volatile(&(*ops).local_ip6[3]),
+            ],
+            [
+                read_volatile(&(*ops).remote_ip6[0]),
+                read_volatile(&(*ops).remote_ip6[1]),
+                read_volatile(&(*ops).remote_ip6[2]),
+                read_volatile(&(*ops).remote_ip6[3]),
+            ],
+            read_volatile(&(*ops).local_port),
+            read_volatile(&(*ops).remote_port),
+        )
+    };
+    let (local_addr, remote_addr) = match family {
+        AF_INET => (v4_mapped(l4.to_ne_bytes()), v4_mapped(r4.to_ne_bytes())),
+        AF_INET6 => (words_to_bytes(l6), words_to_bytes(r6)),
         _ => return None,
     };
     Some(FlowKey {
         local_addr,
         remote_addr,
-        // local_port is in host byte order, remote_port in network byte
-        // order in its low 16 bits (include/uapi/linux/bpf.h).
-        local_port: ctx.local_port() as u16,
-        remote_port: u16::from_be(ctx.remote_port() as u16),
+        local_port: lport as u16,
+        remote_port: sockops_remote_port(rport),
         proto: PROTO_TCP,
         _pad: [0; 3],
     })
+}
+
+/// `bpf_sock_ops.remote_port` holds the network-order port shifted into
+/// the upper 16 bits on little-endian kernels (the ctx rewrite adds a
+/// `<< 16`); older kernels left it in the low 16 bits.
+#[inline(always)]
+fn sockops_remote_port(raw: u32) -> u16 {
+    if raw >> 16 != 0 {
+        u32::from_be(raw) as u16
+    } else {
+        u16::from_be(raw as u16)
+    }
 }
 
 #[inline(always)]
@@ -208,7 +245,13 @@ fn on_packet(ctx: &TcContext, side: Side) {
 /// Opens and closes forwarded TCP connections from the flags they carry: the
 /// backend's SYN-ACK opens it; an RST, or a FIN from each side, closes it.
 #[inline(always)]
-fn track_forwarded(flow: &mut FlowValue, endpoint: &EndpointKey, key: &FlowKey, pkt: &Packet, side: Side) {
+fn track_forwarded(
+    flow: &mut FlowValue,
+    endpoint: &EndpointKey,
+    key: &FlowKey,
+    pkt: &Packet,
+    side: Side,
+) {
     let established = flow.flags & FLOW_ESTABLISHED != 0;
     if !established {
         if side == Side::Ingress && pkt.is_syn_ack() {

@@ -74,7 +74,11 @@ impl Packet {
                 if proto != PROTO_TCP && proto != PROTO_UDP {
                     // ICMPv6 (58) and no-next-header (59) are not flows;
                     // other extension headers are not walked.
-                    return if proto == 58 || proto == 59 { Ok(None) } else { Err(()) };
+                    return if proto == 58 || proto == 59 {
+                        Ok(None)
+                    } else {
+                        Err(())
+                    };
                 }
                 (s, d, proto, off + IPV6_HLEN, plen)
             }

@@ -1,2 +1,212 @@
-static EBPF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
-fn main() { println!("{}", EBPF.len()); }
+//! evenflow-agent: counts connections and bytes per backend endpoint in the
+//! kernel and serves them over gRPC (`evenflow.v1.Node`) and Prometheus.
+//!
+//! The loop is deliberately simple: every `--interval`, read the pinned maps,
+//! update cumulative totals and rates, list listeners, sample CPU, and publish
+//! one immutable snapshot that every reader (gRPC, /metrics, --print) renders.
+
+mod cli;
+mod cpu;
+mod datapath;
+mod grpc;
+mod host;
+mod listeners;
+mod metrics;
+mod print;
+mod snapshot;
+mod table;
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use clap::Parser as _;
+use evenflow_proto::v1;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::watch,
+};
+use tracing::{error, info, warn};
+
+fn main() -> std::process::ExitCode {
+    let args = cli::Args::parse();
+    init_tracing(&args.log);
+    // Enter the namespace before the runtime spawns threads: setns moves only
+    // the calling thread, and every thread created after inherits it.
+    if let Some(ns) = &args.netns
+        && let Err(e) = host::enter_netns(ns)
+    {
+        eprintln!("evenflow-agent: {e:#}");
+        return std::process::ExitCode::FAILURE;
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("evenflow-agent: starting the tokio runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("evenflow-agent: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(args: cli::Args) -> Result<()> {
+    let node_name = cli::node_name(&args)?;
+    host::check_capabilities()?;
+    host::check_btf()?;
+    host::check_bpffs(&args.bpffs)?;
+    let cgroup = match &args.cgroup {
+        Some(c) => c.clone(),
+        None => host::cgroup2_root()?,
+    };
+    host::check_cgroup2(&cgroup)?;
+    let ifaces = host::select_interfaces(&args.ifaces)?;
+    host::raise_memlock();
+
+    let mut dp = datapath::Datapath::attach(&datapath::Config {
+        node_name: &node_name,
+        bpffs: &args.bpffs,
+        ifaces: &ifaces,
+        cgroup: &cgroup,
+        ebpf_log: args.ebpf_log,
+    })?;
+    if let Some(logger) = dp.take_logger() {
+        tokio::spawn(drive_ebpf_logger(logger));
+    }
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (snap_tx, snap_rx) = watch::channel(Arc::new(v1::Snapshot::default()));
+    let grpc = tokio::spawn(grpc::serve(
+        args.grpc_addr,
+        snap_rx.clone(),
+        shutdown_rx.clone(),
+    ));
+    let metrics = tokio::spawn(metrics::serve(
+        args.metrics_addr,
+        snap_rx,
+        shutdown_rx.clone(),
+    ));
+
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let result = tokio::select! {
+        r = counting_loop(&args, &node_name, &dp, &snap_tx) => r,
+        _ = sigint.recv() => { info!("SIGINT: detaching"); Ok(()) }
+        _ = sigterm.recv() => { info!("SIGTERM: detaching"); Ok(()) }
+        r = flatten(grpc) => r,
+        r = flatten(metrics) => r,
+    };
+    let _ = shutdown_tx.send(true);
+    let pins = dp.pin_dir().to_owned();
+    drop(dp);
+    info!(pins = %pins.display(), "programs detached; counters stay pinned");
+    result
+}
+
+async fn flatten(h: tokio::task::JoinHandle<Result<()>>) -> Result<()> {
+    match h.await {
+        Ok(r) => r,
+        Err(e) => Err(anyhow::anyhow!("server task failed: {e}")),
+    }
+}
+
+async fn counting_loop(
+    args: &cli::Args,
+    node_name: &str,
+    dp: &datapath::Datapath,
+    snap_tx: &watch::Sender<Arc<v1::Snapshot>>,
+) -> Result<()> {
+    let mut ticker = tokio::time::interval(args.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut table = table::Table::default();
+    let mut read = Vec::new();
+    let mut cpu_prev = cpu::Sample::read()?;
+    let mut last = Instant::now();
+    let cgroup = dp.cgroup().display().to_string();
+    let mut sequence = 0u64;
+    loop {
+        ticker.tick().await;
+        let now = Instant::now();
+        let secs = now.duration_since(last).as_secs_f64();
+        last = now;
+        // Map reads are syscalls: keep them off the async workers' backs.
+        let stats = tokio::task::block_in_place(|| dp.read(&mut read))?;
+        table.update(&read, if sequence == 0 { 0.0 } else { secs });
+        let listeners = listeners::read().unwrap_or_else(|e| {
+            warn!("listing listeners: {e:#}");
+            Vec::new()
+        });
+        let cpu_now = cpu::Sample::read()?;
+        sequence += 1;
+        let snap = snapshot::build(&snapshot::Inputs {
+            node_name,
+            epoch: dp.epoch(),
+            sequence,
+            interval_secs: secs,
+            table: &table,
+            listeners: &listeners,
+            services: &args.services,
+            cpu_utilization: cpu_now.utilization_since(&cpu_prev),
+            cores: cpu_now.cores(),
+            stats: &stats,
+            interfaces: dp.interfaces(),
+            cgroup: &cgroup,
+        });
+        cpu_prev = cpu_now;
+        if args.print {
+            print!("{}", print::table(&snap));
+        }
+        snap_tx.send_replace(Arc::new(snap));
+    }
+}
+
+/// Drains the aya-log ring buffer whenever it becomes readable.
+async fn drive_ebpf_logger(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    // SAFETY: the logger owns its ring buffer fd for as long as it lives, and
+    // the AsyncFd owns the logger.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    };
+    let mut fd = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!("eBPF logs unavailable: {e}");
+            return;
+        }
+    };
+    loop {
+        match fd.readable_mut().await {
+            Ok(mut guard) => {
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+            Err(e) => {
+                warn!("eBPF logs stopped: {e}");
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -1,0 +1,226 @@
+//! Command-line flags. Every flag can also be set through an `EVENFLOW_`
+//! environment variable, which is how the DaemonSet configures the agent.
+
+use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+
+use clap::{Parser, ValueEnum};
+
+const EXAMPLES: &str = "\
+Examples:
+  # Count everything on this node's interfaces, label the listener on 8080:
+  evenflow-agent --service web=8080
+
+  # Watch it from another terminal:
+  grpcurl -plaintext 127.0.0.1:50051 evenflow.v1.Node/GetSnapshot
+  curl -s 127.0.0.1:9464/metrics | grep evenflow_endpoint
+
+  # One agent per network namespace (a lab node), each with its own cgroup:
+  evenflow-agent --netns /run/netns/backend1 --node-name backend1 \\
+      --cgroup /sys/fs/cgroup/unified/lab/backend1 --grpc-addr 127.0.0.1:50051";
+
+/// evenflow's node agent: counts connections and bytes per backend endpoint
+/// in the kernel and serves them over gRPC and Prometheus.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "evenflow-agent", version, after_help = EXAMPLES)]
+pub struct Args {
+    /// Interface to count packets on (repeatable). Default: every interface
+    /// that is up, except loopback.
+    #[arg(long = "iface", env = "EVENFLOW_IFACE", value_delimiter = ',')]
+    pub ifaces: Vec<String>,
+
+    /// cgroup v2 directory whose sockets are counted. Default: the root of
+    /// the mounted cgroup v2 hierarchy (every socket on the node).
+    #[arg(long, env = "EVENFLOW_CGROUP")]
+    pub cgroup: Option<PathBuf>,
+
+    /// Label local listeners: NAME=PORT, e.g. web=8080 (repeatable).
+    #[arg(long = "service", env = "EVENFLOW_SERVICE", value_delimiter = ',')]
+    pub services: Vec<ServiceLabel>,
+
+    /// This node's name; also names the pinned map directory
+    /// `<bpffs>/evenflow/<node-name>/`. Default: the host name.
+    #[arg(long, env = "EVENFLOW_NODE_NAME", value_parser = parse_node_name)]
+    pub node_name: Option<String>,
+
+    /// How often the counters are read and rates computed (e.g. 1s, 500ms).
+    #[arg(long, env = "EVENFLOW_INTERVAL", default_value = "1s", value_parser = parse_interval)]
+    pub interval: Duration,
+
+    /// Address of the gRPC node API (evenflow.v1.Node, reflection, health).
+    #[arg(long, env = "EVENFLOW_GRPC_ADDR", default_value = "0.0.0.0:50051")]
+    pub grpc_addr: SocketAddr,
+
+    /// Address of the Prometheus endpoint (`/metrics`).
+    #[arg(long, env = "EVENFLOW_METRICS_ADDR", default_value = "0.0.0.0:9464")]
+    pub metrics_addr: SocketAddr,
+
+    /// Print a table of endpoints to stdout every interval.
+    #[arg(long, env = "EVENFLOW_PRINT")]
+    pub print: bool,
+
+    /// Enter this network namespace (a path such as /run/netns/NAME) before
+    /// anything else. Unlike `ip netns exec`, this keeps the host's /sys
+    /// mounts (bpffs, cgroup v2) visible.
+    #[arg(long, env = "EVENFLOW_NETNS")]
+    pub netns: Option<PathBuf>,
+
+    /// Where bpffs is mounted.
+    #[arg(long, env = "EVENFLOW_BPFFS", default_value = "/sys/fs/bpf")]
+    pub bpffs: PathBuf,
+
+    /// Level of the eBPF programs' own diagnostics (aya-log).
+    #[arg(long, env = "EVENFLOW_EBPF_LOG", value_enum, default_value_t = EbpfLog::Off)]
+    pub ebpf_log: EbpfLog,
+
+    /// Log filter for the agent itself (tracing EnvFilter syntax).
+    #[arg(long, env = "EVENFLOW_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// Kernel-side log level.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum EbpfLog {
+    /// No kernel-side logging: the log calls cost one load and a branch.
+    Off,
+    /// Errors only.
+    Error,
+    /// Warnings and errors.
+    Warn,
+    /// Informational messages.
+    Info,
+    /// Everything, including per-flow diagnostics.
+    Debug,
+}
+
+impl EbpfLog {
+    /// The value of aya-log's `AYA_LOG_LEVEL` global for this level.
+    pub fn aya_level(self) -> u8 {
+        match self {
+            Self::Off => 0,
+            Self::Error => 1,
+            Self::Warn => 2,
+            Self::Info => 3,
+            Self::Debug => 4,
+        }
+    }
+}
+
+/// `--service NAME=PORT`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceLabel {
+    /// Service name.
+    pub name: String,
+    /// Local port whose listener belongs to the service.
+    pub port: u16,
+}
+
+impl FromStr for ServiceLabel {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (name, port) = s
+            .split_once('=')
+            .ok_or_else(|| format!("`{s}` is not NAME=PORT (for example web=8080)"))?;
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(format!(
+                "service name `{name}` must be non-empty and use only letters, digits, '-', '_' or '.'"
+            ));
+        }
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("`{port}` in `{s}` is not a port between 1 and 65535"))?;
+        Ok(Self {
+            name: name.to_owned(),
+            port,
+        })
+    }
+}
+
+fn parse_node_name(s: &str) -> Result<String, String> {
+    if s.is_empty()
+        || s.len() > 200
+        || s.starts_with('.')
+        || !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(format!(
+            "node name `{s}` must be 1-200 characters of letters, digits, '-', '_' or '.', \
+             not starting with '.' (it names a directory under bpffs)"
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (try 1s or 500ms)"))?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+        return Err(format!("interval {s} must be between 100ms and 1h"));
+    }
+    Ok(d)
+}
+
+/// The node name to use: the flag, else the host name.
+pub fn node_name(args: &Args) -> anyhow::Result<String> {
+    if let Some(n) = &args.node_name {
+        return Ok(n.clone());
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map_err(|e| anyhow::anyhow!("reading the host name: {e}; pass --node-name"))?;
+    parse_node_name(host.trim()).map_err(|e| anyhow::anyhow!("{e}; pass --node-name"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_labels_parse_and_reject() {
+        assert_eq!(
+            "web=8080".parse::<ServiceLabel>(),
+            Ok(ServiceLabel {
+                name: "web".into(),
+                port: 8080
+            })
+        );
+        assert!(
+            "web"
+                .parse::<ServiceLabel>()
+                .unwrap_err()
+                .contains("NAME=PORT")
+        );
+        assert!("web=0".parse::<ServiceLabel>().is_err());
+        assert!("web=70000".parse::<ServiceLabel>().is_err());
+        assert!("w b=80".parse::<ServiceLabel>().is_err());
+    }
+
+    #[test]
+    fn intervals_are_bounded() {
+        assert_eq!(parse_interval("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_interval("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_interval("1ms").is_err());
+        assert!(parse_interval("soon").is_err());
+    }
+
+    #[test]
+    fn node_names_are_path_safe() {
+        assert!(parse_node_name("backend-1").is_ok());
+        assert!(parse_node_name("../etc").is_err());
+        assert!(parse_node_name("a/b").is_err());
+        assert!(parse_node_name("").is_err());
+    }
+
+    #[test]
+    fn env_vars_set_flags() {
+        let args = Args::try_parse_from(["evenflow-agent", "--service", "web=8080,api=9090"])
+            .expect("valid flags");
+        assert_eq!(args.services.len(), 2);
+        assert_eq!(args.interval, Duration::from_secs(1));
+    }
+}

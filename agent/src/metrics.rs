@@ -1,0 +1,261 @@
+//! Prometheus text exposition of the latest snapshot on `/metrics`.
+
+use std::{convert::Infallible, fmt::Write as _, net::SocketAddr, sync::Arc};
+
+use anyhow::{Context as _, Result};
+use evenflow_proto::v1;
+use http_body_util::Full;
+use hyper::{Request, Response, body::Bytes, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
+use tracing::{debug, info};
+
+/// Serves `/metrics` until `shutdown` fires.
+pub async fn serve(
+    addr: SocketAddr,
+    snapshots: watch::Receiver<Arc<v1::Snapshot>>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding --metrics-addr {addr}: pick a free address"))?;
+    info!(%addr, "serving /metrics");
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => r.context("accepting a /metrics connection")?,
+            _ = shutdown.changed() => return Ok(()),
+        };
+        let snapshots = snapshots.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let snap = snapshots.borrow().clone();
+                async move { Ok::<_, Infallible>(respond(req.uri().path(), &snap)) }
+            });
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                debug!("metrics connection: {e}");
+            }
+        });
+    }
+}
+
+fn respond(path: &str, snap: &v1::Snapshot) -> Response<Full<Bytes>> {
+    let (status, ctype, body) = match path {
+        "/metrics" => (
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            render(snap),
+        ),
+        "/" => (
+            200,
+            "text/plain",
+            "evenflow-agent: see /metrics\n".to_owned(),
+        ),
+        _ => (404, "text/plain", "not found: try /metrics\n".to_owned()),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
+    if let Ok(v) = hyper::header::HeaderValue::from_str(ctype) {
+        resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    resp
+}
+
+/// Escapes a label value per the exposition format.
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn direction_label(d: i32) -> &'static str {
+    match v1::Direction::try_from(d) {
+        Ok(v1::Direction::Serves) => "serves",
+        Ok(v1::Direction::SendsTo) => "sends_to",
+        _ => "unspecified",
+    }
+}
+
+fn protocol_label(p: i32) -> &'static str {
+    match v1::Protocol::try_from(p) {
+        Ok(v1::Protocol::Tcp) => "tcp",
+        Ok(v1::Protocol::Udp) => "udp",
+        _ => "unspecified",
+    }
+}
+
+/// Renders a snapshot as Prometheus text format 0.0.4.
+pub fn render(snap: &v1::Snapshot) -> String {
+    let mut out = String::with_capacity(256 + snap.endpoints.len() * 1024);
+    let node = esc(&snap.node_name);
+    type Field = fn(&v1::Counters) -> u64;
+    let per_endpoint: [(&str, &str, Field); 6] = [
+        (
+            "evenflow_endpoint_connections_opened_total",
+            "TCP connections established per endpoint.",
+            |c| c.conns_opened,
+        ),
+        (
+            "evenflow_endpoint_connections_closed_total",
+            "TCP connections closed per endpoint.",
+            |c| c.conns_closed,
+        ),
+        (
+            "evenflow_endpoint_received_bytes_total",
+            "Transport payload bytes this node received on the endpoint's flows.",
+            |c| c.bytes_rx,
+        ),
+        (
+            "evenflow_endpoint_sent_bytes_total",
+            "Transport payload bytes this node sent on the endpoint's flows.",
+            |c| c.bytes_tx,
+        ),
+        (
+            "evenflow_endpoint_received_packets_total",
+            "Packets this node received on the endpoint's flows.",
+            |c| c.packets_rx,
+        ),
+        (
+            "evenflow_endpoint_sent_packets_total",
+            "Packets this node sent on the endpoint's flows.",
+            |c| c.packets_tx,
+        ),
+    ];
+    let labels: Vec<String> = snap
+        .endpoints
+        .iter()
+        .map(|e| {
+            format!(
+                "node=\"{node}\",direction=\"{}\",address=\"{}\",port=\"{}\",protocol=\"{}\",service=\"{}\"",
+                direction_label(e.direction),
+                esc(&e.address),
+                e.port,
+                protocol_label(e.protocol),
+                esc(&e.service)
+            )
+        })
+        .collect();
+    for (name, help, field) in per_endpoint {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (e, l) in snap.endpoints.iter().zip(&labels) {
+            let v = e.totals.as_ref().map_or(0, field);
+            let _ = writeln!(out, "{name}{{{l}}} {v}");
+        }
+    }
+    let name = "evenflow_endpoint_active_connections";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Connections open now per endpoint.\n# TYPE {name} gauge"
+    );
+    for (e, l) in snap.endpoints.iter().zip(&labels) {
+        let _ = writeln!(out, "{name}{{{l}}} {}", e.active_connections);
+    }
+    if let Some(cpu) = &snap.cpu {
+        let _ = writeln!(
+            out,
+            "# HELP evenflow_node_cpu_utilization Busy fraction of all cores over the last interval.\n\
+             # TYPE evenflow_node_cpu_utilization gauge\n\
+             evenflow_node_cpu_utilization{{node=\"{node}\"}} {}\n\
+             # HELP evenflow_node_cpu_cores Cores counted in evenflow_node_cpu_utilization.\n\
+             # TYPE evenflow_node_cpu_cores gauge\n\
+             evenflow_node_cpu_cores{{node=\"{node}\"}} {}",
+            cpu.utilization, cpu.cores
+        );
+    }
+    if let Some(d) = &snap.datapath {
+        let counters = [
+            (
+                "packets_unparsable",
+                "Packets whose headers could not be parsed (they passed).",
+                d.packets_unparsable,
+            ),
+            (
+                "endpoint_insert_failed",
+                "New endpoints the kernel could not insert.",
+                d.endpoint_insert_failed,
+            ),
+            (
+                "endpoint_evictions",
+                "Endpoints evicted by the LRU endpoint map.",
+                d.endpoint_evictions,
+            ),
+            (
+                "flow_insert_failed",
+                "New flows the kernel could not insert.",
+                d.flow_insert_failed,
+            ),
+            (
+                "flow_missing_on_close",
+                "Socket closes not counted because their flow entry was gone.",
+                d.flow_missing_on_close,
+            ),
+            (
+                "unsupported_family",
+                "sock_ops callbacks for sockets neither IPv4 nor IPv6.",
+                d.unsupported_family,
+            ),
+        ];
+        for (n, help, v) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP evenflow_datapath_{n}_total {help}\n# TYPE evenflow_datapath_{n}_total counter\n\
+                 evenflow_datapath_{n}_total{{node=\"{node}\"}} {v}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP evenflow_datapath_endpoints Endpoints in the kernel map.\n# TYPE evenflow_datapath_endpoints gauge\n\
+             evenflow_datapath_endpoints{{node=\"{node}\"}} {}\n\
+             # HELP evenflow_datapath_endpoints_max Capacity of the kernel endpoint map.\n# TYPE evenflow_datapath_endpoints_max gauge\n\
+             evenflow_datapath_endpoints_max{{node=\"{node}\"}} {}",
+            d.live_endpoints, d.max_endpoints
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP evenflow_agent_info The agent's epoch (changes when counters restart) and sequence.\n\
+         # TYPE evenflow_agent_info gauge\n\
+         evenflow_agent_info{{node=\"{node}\",epoch=\"{}\"}} 1\n\
+         # HELP evenflow_agent_sequence Snapshots taken by this agent process.\n\
+         # TYPE evenflow_agent_sequence counter\n\
+         evenflow_agent_sequence{{node=\"{node}\"}} {}",
+        snap.agent_epoch, snap.sequence
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_endpoint_series_with_labels() {
+        let snap = v1::Snapshot {
+            node_name: "lb".into(),
+            agent_epoch: 3,
+            endpoints: vec![v1::Endpoint {
+                address: "10.0.0.11".into(),
+                port: 8080,
+                direction: v1::Direction::SendsTo as i32,
+                protocol: v1::Protocol::Tcp as i32,
+                service: "we\"b".into(),
+                totals: Some(v1::Counters {
+                    conns_opened: 42,
+                    bytes_tx: 1000,
+                    ..Default::default()
+                }),
+                rates: None,
+                active_connections: 2,
+            }],
+            ..Default::default()
+        };
+        let text = render(&snap);
+        assert!(text.contains(
+            "evenflow_endpoint_connections_opened_total{node=\"lb\",direction=\"sends_to\",address=\"10.0.0.11\",port=\"8080\",protocol=\"tcp\",service=\"we\\\"b\"} 42"
+        ), "{text}");
+        assert!(text.contains("evenflow_endpoint_active_connections{"));
+        assert!(text.contains("evenflow_agent_info{node=\"lb\",epoch=\"3\"} 1"));
+    }
+}
