@@ -40,13 +40,18 @@ pub const PROTO_TCP: u8 = 6;
 /// IP protocol number for UDP.
 pub const PROTO_UDP: u8 = 17;
 
-/// An endpoint: address (IPv4 as IPv4-mapped IPv6, network byte order), port
-/// (host byte order), direction and protocol. 20 bytes, no implicit padding.
+/// An endpoint: address (IPv4 as IPv4-mapped IPv6), port (host byte order),
+/// direction and protocol. 20 bytes, no implicit padding.
+///
+/// Addresses are four 32-bit words holding the address bytes in network
+/// order, exactly as they sit in a packet or in `bpf_sock_ops`: the kernel
+/// side copies words (four loads) instead of sixteen bytes, which keeps the
+/// programs well inside the 512-byte BPF stack.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EndpointKey {
-    /// IPv6 address bytes; IPv4 is `::ffff:a.b.c.d`.
-    pub addr: [u8; 16],
+    /// IPv6 address words; IPv4 is `::ffff:a.b.c.d`. See [`addr_bytes`].
+    pub addr: [u32; 4],
     /// Port in host byte order.
     pub port: u16,
     /// A [`Direction`] as `u8`.
@@ -94,10 +99,10 @@ impl EndpointCounters {
 #[repr(C)]
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub struct FlowKey {
-    /// Local address (IPv4-mapped for IPv4).
-    pub local_addr: [u8; 16],
-    /// Remote address (IPv4-mapped for IPv4).
-    pub remote_addr: [u8; 16],
+    /// Local address words (IPv4-mapped for IPv4).
+    pub local_addr: [u32; 4],
+    /// Remote address words (IPv4-mapped for IPv4).
+    pub remote_addr: [u32; 4],
     /// Local port, host byte order.
     pub local_port: u16,
     /// Remote port, host byte order.
@@ -203,13 +208,33 @@ pub const META_COUNT: u32 = 4;
 /// an agent refuses maps pinned by an incompatible one.
 pub const LAYOUT_VERSION: u64 = 1;
 
-/// Builds the IPv4-mapped IPv6 form of an IPv4 address given in network byte
-/// order bytes.
+/// The IPv4-mapped IPv6 form (`::ffff:a.b.c.d`) of an IPv4 address given
+/// as it sits in memory (network byte order bytes read as a native `u32`).
 #[inline(always)]
-pub const fn v4_mapped(v4: [u8; 4]) -> [u8; 16] {
-    [
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
-    ]
+pub const fn v4_mapped(v4: u32) -> [u32; 4] {
+    [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), v4]
+}
+
+/// The sixteen address bytes, in network order, of address words.
+pub fn addr_bytes(words: &[u32; 4]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        let b = words[i].to_ne_bytes();
+        out[i * 4] = b[0];
+        out[i * 4 + 1] = b[1];
+        out[i * 4 + 2] = b[2];
+        out[i * 4 + 3] = b[3];
+        i += 1;
+    }
+    out
+}
+
+/// Address words from sixteen network-order bytes (the inverse of
+/// [`addr_bytes`]).
+pub fn addr_words(bytes: &[u8; 16]) -> [u32; 4] {
+    let w = |i: usize| u32::from_ne_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    [w(0), w(4), w(8), w(12)]
 }
 
 #[cfg(feature = "user")]
@@ -262,7 +287,12 @@ mod tests {
 
     #[test]
     fn v4_mapped_matches_std() {
-        assert_eq!(v4_mapped([10, 0, 0, 1])[10..], [0xff, 0xff, 10, 0, 0, 1]);
+        let mapped = addr_bytes(&v4_mapped(u32::from_ne_bytes([10, 0, 0, 1])));
+        assert_eq!(mapped[10..], [0xff, 0xff, 10, 0, 0, 1]);
+        assert_eq!(
+            addr_words(&mapped),
+            v4_mapped(u32::from_ne_bytes([10, 0, 0, 1]))
+        );
         assert_eq!(Direction::from_u8(2), Some(Direction::SendsTo));
         assert_eq!(Direction::from_u8(0), None);
     }

@@ -34,7 +34,7 @@ pub fn stat(which: Stat, n: u64) {
 }
 
 /// This CPU's counters for `key`, created zeroed on first use.
-#[inline(always)]
+#[inline(never)]
 fn counters(key: &EndpointKey) -> Option<&'static mut EndpointCounters> {
     if let Some(c) = ENDPOINTS.get_ptr_mut(key) {
         // SAFETY: per-CPU value of a live entry.

@@ -144,8 +144,8 @@ fn sockops_flow_key(ctx: &SockOpsContext) -> Option<FlowKey> {
         )
     };
     let (local_addr, remote_addr) = match family {
-        AF_INET => (v4_mapped(l4.to_ne_bytes()), v4_mapped(r4.to_ne_bytes())),
-        AF_INET6 => (words_to_bytes(l6), words_to_bytes(r6)),
+        AF_INET => (v4_mapped(l4), v4_mapped(r4)),
+        AF_INET6 => (l6, r6),
         _ => return None,
     };
     Some(FlowKey {
@@ -168,20 +168,6 @@ fn sockops_remote_port(raw: u32) -> u16 {
     } else {
         u16::from_be(raw as u16)
     }
-}
-
-#[inline(always)]
-fn words_to_bytes(w: [u32; 4]) -> [u8; 16] {
-    let (a, b, c, d) = (
-        w[0].to_ne_bytes(),
-        w[1].to_ne_bytes(),
-        w[2].to_ne_bytes(),
-        w[3].to_ne_bytes(),
-    );
-    [
-        a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2],
-        d[3],
-    ]
 }
 
 #[classifier]

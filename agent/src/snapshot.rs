@@ -37,7 +37,7 @@ pub fn service_for(services: &[ServiceLabel], port: u16) -> &str {
 
 /// The address of a key as people write it: IPv4 without its mapped prefix.
 pub fn key_addr(key: &EndpointKey) -> IpAddr {
-    let v6 = Ipv6Addr::from(key.addr);
+    let v6 = Ipv6Addr::from(agent_common::addr_bytes(&key.addr));
     match v6.to_ipv4_mapped() {
         Some(v4) => IpAddr::V4(v4),
         None => IpAddr::V6(v6),
@@ -163,7 +163,7 @@ mod tests {
     fn builds_labelled_sorted_endpoints() {
         let mut table = Table::default();
         let k = |a: [u8; 4], port, d: Direction| EndpointKey {
-            addr: agent_common::v4_mapped(a),
+            addr: agent_common::v4_mapped(u32::from_ne_bytes(a)),
             port,
             direction: d as u8,
             proto: PROTO_TCP,

@@ -79,7 +79,7 @@ mod tests {
 
     fn key(port: u16) -> EndpointKey {
         EndpointKey {
-            addr: agent_common::v4_mapped([10, 0, 0, 1]),
+            addr: agent_common::v4_mapped(u32::from_ne_bytes([10, 0, 0, 1])),
             port,
             direction: 1,
             proto: 6,
