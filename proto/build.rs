@@ -3,7 +3,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY: build scripts are single-threaded.
     unsafe { std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?) };
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
-    let protos = ["proto/evenflow/v1/node.proto"];
+    let protos = [
+        "proto/evenflow/v1/node.proto",
+        "proto/evenflow/v1/collector.proto",
+    ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }
