@@ -54,6 +54,11 @@ pub struct Args {
     #[arg(long, env = "EVENFLOW_METRICS_ADDR", default_value = "0.0.0.0:9464")]
     pub metrics_addr: SocketAddr,
 
+    /// Stream reports to this collector (e.g. http://collector:50052).
+    /// Without it the agent only serves its own node view.
+    #[arg(long, env = "EVENFLOW_COLLECTOR", value_parser = parse_collector_url)]
+    pub collector: Option<String>,
+
     /// Print a table of endpoints to stdout every interval.
     #[arg(long, env = "EVENFLOW_PRINT")]
     pub print: bool,
@@ -158,6 +163,19 @@ fn parse_node_name(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
+fn parse_collector_url(s: &str) -> Result<String, String> {
+    let rest = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"))
+        .ok_or_else(|| format!("collector URL `{s}` must start with http:// or https://"))?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(format!(
+            "collector URL `{s}` has no host (try http://127.0.0.1:50052)"
+        ));
+    }
+    Ok(s.to_owned())
+}
+
 fn parse_interval(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (try 1s or 500ms)"))?;
     if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
@@ -206,6 +224,17 @@ mod tests {
         assert_eq!(parse_interval("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_interval("1ms").is_err());
         assert!(parse_interval("soon").is_err());
+    }
+
+    #[test]
+    fn collector_urls_need_a_scheme_and_host() {
+        assert!(parse_collector_url("http://10.0.0.1:50052").is_ok());
+        assert!(
+            parse_collector_url("10.0.0.1:50052")
+                .unwrap_err()
+                .contains("http://")
+        );
+        assert!(parse_collector_url("http://").is_err());
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod host;
 mod listeners;
 mod metrics;
 mod print;
+mod report;
 mod snapshot;
 mod table;
 
@@ -105,9 +106,12 @@ async fn run(args: cli::Args) -> Result<()> {
     ));
     let metrics = tokio::spawn(metrics::serve(
         args.metrics_addr,
-        snap_rx,
+        snap_rx.clone(),
         shutdown_rx.clone(),
     ));
+    if let Some(url) = &args.collector {
+        tokio::spawn(report::run(url.clone(), snap_rx));
+    }
 
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
