@@ -1,0 +1,229 @@
+//! `evenflow`: the operator's command line for an evenflow collector.
+//!
+//! Everything here reads the collector's `evenflow.v1.Distribution` gRPC
+//! API; nothing needs privileges.
+
+mod client;
+mod render;
+mod top;
+mod verify;
+
+use std::{process::ExitCode, time::Duration};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+use evenflow_proto::v1;
+use tokio_stream::StreamExt as _;
+
+const EXAMPLES: &str = "\
+Examples:
+  evenflow status
+  evenflow top web
+  evenflow alerts --watch
+  # The deploy gate, right after a load balancer change:
+  evenflow verify --pool web --for 60s && echo 'rollout may proceed'";
+
+/// Where traffic really goes: status, live view, alerts and the deploy gate.
+#[derive(Parser, Debug)]
+#[command(name = "evenflow", version, after_help = EXAMPLES)]
+struct Cli {
+    /// The collector's gRPC address.
+    #[arg(
+        long,
+        global = true,
+        env = "EVENFLOW_COLLECTOR",
+        default_value = "http://127.0.0.1:50052"
+    )]
+    collector: String,
+
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
+    output: Output,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum Output {
+    /// For people.
+    Text,
+    /// One JSON document (or one per line for streams), for scripts.
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Agents, pools, members and their states in one screen.
+    ///
+    /// Example: evenflow status --output json | jq '.pools[].verdict'
+    Status,
+    /// A live view of every member's share against its expected share.
+    ///
+    /// Example: evenflow top web   (q quits)
+    Top {
+        /// Only this pool.
+        pool: Option<String>,
+        /// Refresh interval.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+    },
+    /// Current alerts, or a live stream of transitions with --watch.
+    ///
+    /// Example: evenflow alerts --watch --pool web
+    Alerts {
+        /// Stream transitions (fired, updated, resolved) as they happen.
+        #[arg(long)]
+        watch: bool,
+        /// Only this pool.
+        #[arg(long)]
+        pool: Option<String>,
+        /// Include recently resolved alerts.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Deploy gate: wait, then exit 0 if every member got its share, 1 if
+    /// any is ZERO, SKEW or STALE, 2 if it could not judge.
+    ///
+    /// Example: evenflow verify --pool web --for 60s
+    Verify {
+        /// The pool to judge.
+        #[arg(long)]
+        pool: String,
+        /// How long to observe before judging (e.g. 30s, 2m).
+        #[arg(long = "for", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("evenflow: starting the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    rt.block_on(async {
+        match cli.command {
+            Command::Verify { ref pool, duration } => verify(&cli, pool, duration).await,
+            _ => match run(&cli).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("evenflow: {e:#}");
+                    ExitCode::FAILURE
+                }
+            },
+        }
+    })
+}
+
+async fn run(cli: &Cli) -> Result<()> {
+    match &cli.command {
+        Command::Status => {
+            let mut c = client::connect(&cli.collector).await?;
+            let agents = c
+                .list_agents(v1::ListAgentsRequest {})
+                .await?
+                .into_inner()
+                .agents;
+            let pools = c
+                .list_pools(v1::ListPoolsRequest {})
+                .await?
+                .into_inner()
+                .pools;
+            match cli.output {
+                Output::Text => print!("{}", render::status_text(&agents, &pools)),
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({
+                        "agents": agents.iter().map(render::agent_json).collect::<Vec<_>>(),
+                        "pools": pools.iter().map(render::pool_json).collect::<Vec<_>>(),
+                    })
+                ),
+            }
+        }
+        Command::Top { pool, interval } => {
+            top::run(&cli.collector, pool.clone(), *interval).await?
+        }
+        Command::Alerts { watch, pool, all } => {
+            let mut c = client::connect(&cli.collector).await?;
+            let pool = pool.clone().unwrap_or_default();
+            if *watch {
+                let mut stream = c
+                    .watch_alerts(v1::WatchAlertsRequest { pool })
+                    .await?
+                    .into_inner();
+                while let Some(ev) = stream.next().await {
+                    let ev = ev?;
+                    let Some(a) = ev.alert else { continue };
+                    match cli.output {
+                        Output::Text => println!("{}", render::alert_text(&a)),
+                        Output::Json => println!("{}", render::alert_json(&a)),
+                    }
+                }
+            } else {
+                let alerts = c
+                    .list_alerts(v1::ListAlertsRequest {
+                        pool,
+                        include_resolved: *all,
+                    })
+                    .await?
+                    .into_inner()
+                    .alerts;
+                match cli.output {
+                    Output::Text if alerts.is_empty() => println!("no alerts"),
+                    Output::Text => alerts
+                        .iter()
+                        .for_each(|a| println!("{}", render::alert_text(a))),
+                    Output::Json => println!(
+                        "{}",
+                        serde_json::Value::Array(alerts.iter().map(render::alert_json).collect())
+                    ),
+                }
+            }
+        }
+        Command::Verify { .. } => unreachable!("handled in main"),
+    }
+    Ok(())
+}
+
+async fn verify(cli: &Cli, pool: &str, duration: Duration) -> ExitCode {
+    let outcome = match client::connect(&cli.collector).await {
+        Err(e) => verify::Outcome::CannotJudge(format!("{e:#}")),
+        Ok(mut c) => match verify::wait_and_fetch(&mut c, pool, duration).await {
+            Ok(p) => verify::judge(&p),
+            Err(o) => o,
+        },
+    };
+    match cli.output {
+        Output::Json => {
+            let (result, details) = match &outcome {
+                verify::Outcome::Healthy { warnings } => ("healthy", warnings.clone()),
+                verify::Outcome::Unhealthy(l) => ("unhealthy", l.clone()),
+                verify::Outcome::CannotJudge(r) => ("cannot_judge", vec![r.clone()]),
+            };
+            println!(
+                "{}",
+                serde_json::json!({"pool": pool, "result": result, "exit_code": outcome.exit_code(), "details": details})
+            );
+        }
+        Output::Text => match &outcome {
+            verify::Outcome::Healthy { warnings } => {
+                println!("pool {pool}: every member received its share");
+                warnings.iter().for_each(|w| println!("  warning: {w}"));
+            }
+            verify::Outcome::Unhealthy(lines) => {
+                println!("pool {pool}: UNHEALTHY");
+                lines.iter().for_each(|l| println!("  {l}"));
+            }
+            verify::Outcome::CannotJudge(r) => println!("pool {pool}: cannot judge: {r}"),
+        },
+    }
+    ExitCode::from(outcome.exit_code())
+}

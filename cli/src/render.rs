@@ -1,0 +1,309 @@
+//! Text and JSON renderings shared by every command.
+
+use std::fmt::Write as _;
+
+use evenflow_proto::v1;
+use serde_json::{Value, json};
+
+/// Short upper-case name of a verdict, as people say it.
+pub fn verdict(v: i32) -> &'static str {
+    match v1::Verdict::try_from(v) {
+        Ok(v1::Verdict::Ok) => "OK",
+        Ok(v1::Verdict::Zero) => "ZERO",
+        Ok(v1::Verdict::SkewLow) => "SKEW_LOW",
+        Ok(v1::Verdict::SkewHigh) => "SKEW_HIGH",
+        Ok(v1::Verdict::NoData) => "STALE",
+        Ok(v1::Verdict::Hot) => "HOT",
+        Ok(v1::Verdict::Mismatch) => "MISMATCH",
+        Ok(v1::Verdict::DrainingViolation) => "DRAINING_VIOLATION",
+        Ok(v1::Verdict::InsufficientTraffic) => "INSUFFICIENT_TRAFFIC",
+        Ok(v1::Verdict::Concentration) => "CONCENTRATION",
+        Ok(v1::Verdict::Settling) => "SETTLING",
+        _ => "-",
+    }
+}
+
+pub fn member_state(s: i32) -> &'static str {
+    match v1::MemberState::try_from(s) {
+        Ok(v1::MemberState::Draining) => "draining",
+        _ => "serving",
+    }
+}
+
+pub fn alert_kind(k: i32) -> &'static str {
+    match v1::AlertKind::try_from(k) {
+        Ok(v1::AlertKind::Zero) => "ZERO",
+        Ok(v1::AlertKind::Skew) => "SKEW",
+        Ok(v1::AlertKind::Concentration) => "CONCENTRATION",
+        Ok(v1::AlertKind::Stale) => "STALE",
+        Ok(v1::AlertKind::Hot) => "HOT",
+        Ok(v1::AlertKind::Mismatch) => "MISMATCH",
+        Ok(v1::AlertKind::DrainingViolation) => "DRAINING_VIOLATION",
+        Ok(v1::AlertKind::InsufficientTraffic) => "INSUFFICIENT_TRAFFIC",
+        _ => "-",
+    }
+}
+
+pub fn view(v: i32) -> &'static str {
+    match v1::View::try_from(v) {
+        Ok(v1::View::Server) => "server",
+        Ok(v1::View::Lb) => "lb",
+        _ => "-",
+    }
+}
+
+pub fn severity(s: i32) -> &'static str {
+    match v1::Severity::try_from(s) {
+        Ok(v1::Severity::Page) => "page",
+        Ok(v1::Severity::Warning) => "warning",
+        _ => "-",
+    }
+}
+
+/// `address:port`, bracketing IPv6.
+pub fn member_name(m: &v1::Member) -> String {
+    if m.address.contains(':') {
+        format!("[{}]:{}", m.address, m.port)
+    } else {
+        format!("{}:{}", m.address, m.port)
+    }
+}
+
+/// The view to show a member's numbers from: the server's own when fresh,
+/// else the load balancers'.
+pub fn main_view(m: &v1::Member) -> v1::MemberView {
+    match (&m.server_view, &m.lb_view) {
+        (Some(s), _) if s.fresh => s.clone(),
+        (_, Some(l)) if l.fresh => l.clone(),
+        (Some(s), _) => s.clone(),
+        (_, Some(l)) => l.clone(),
+        _ => v1::MemberView::default(),
+    }
+}
+
+fn ts(t: &Option<prost_types::Timestamp>) -> String {
+    t.as_ref()
+        .and_then(|t| {
+            let st = std::time::UNIX_EPOCH.checked_add(std::time::Duration::new(
+                t.seconds.max(0) as u64,
+                t.nanos.max(0) as u32,
+            ))?;
+            Some(humantime::format_rfc3339_seconds(st).to_string())
+        })
+        .unwrap_or_default()
+}
+
+pub fn status_text(agents: &[v1::AgentStatus], pools: &[v1::Pool]) -> String {
+    let mut out = String::new();
+    let fresh = agents.iter().filter(|a| a.fresh).count();
+    let _ = writeln!(out, "AGENTS  {fresh}/{} fresh", agents.len());
+    for a in agents {
+        let _ = writeln!(
+            out,
+            "  {:<24} {:<6} last report {:>5.1}s ago  {:>5} endpoints",
+            a.node_name,
+            if a.fresh { "fresh" } else { "STALE" },
+            a.age_seconds,
+            a.endpoints
+        );
+    }
+    let _ = writeln!(out, "\nPOOLS   {}", pools.len());
+    for p in pools {
+        out.push_str(&pool_text(p));
+    }
+    out
+}
+
+pub fn pool_text(p: &v1::Pool) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "  {}  {}  {:.1} conn/s  effective members {:.1} of {:.1}{}",
+        p.name,
+        verdict(p.verdict),
+        p.server_conns_per_sec.max(p.lb_conns_per_sec),
+        p.effective_members,
+        p.expected_effective_members,
+        if p.reason.is_empty() {
+            String::new()
+        } else {
+            format!("  ({})", p.reason)
+        }
+    );
+    let _ = writeln!(
+        out,
+        "    {:<24} {:<9} {:>8} {:>8} {:>8} {:>5}  {:<20} REASON",
+        "MEMBER", "STATE", "CONN/S", "SHARE", "EXPECT", "CPU", "VERDICT"
+    );
+    for m in &p.members {
+        let v = main_view(m);
+        let _ = writeln!(
+            out,
+            "    {:<24} {:<9} {:>8.1} {:>7.1}% {:>7.1}% {:>4.0}%  {:<20} {}",
+            member_name(m),
+            member_state(m.state),
+            v.new_conns_per_sec,
+            v.observed_share * 100.0,
+            v.expected_share * 100.0,
+            m.cpu_utilization * 100.0,
+            verdict(m.verdict),
+            m.reason
+        );
+    }
+    out
+}
+
+pub fn alert_text(a: &v1::Alert) -> String {
+    format!(
+        "{} {:<8} {:<14} pool={} member={} view={} observed={:.3} expected={:.3} since={} {}{}",
+        if a.resolved_at.is_some() {
+            "RESOLVED"
+        } else {
+            "FIRING  "
+        },
+        severity(a.severity),
+        alert_kind(a.kind),
+        a.pool,
+        if a.member.is_empty() { "-" } else { &a.member },
+        view(a.view),
+        a.observed,
+        a.expected,
+        ts(&a.since),
+        a.summary,
+        if a.resolved_at.is_some() {
+            format!(" resolved={}", ts(&a.resolved_at))
+        } else {
+            String::new()
+        }
+    )
+}
+
+fn member_view_json(v: &Option<v1::MemberView>) -> Value {
+    match v {
+        None => Value::Null,
+        Some(v) => json!({
+            "fresh": v.fresh,
+            "new_conns_per_sec": v.new_conns_per_sec,
+            "active_connections": v.active_connections,
+            "bytes_in_per_sec": v.bytes_in_per_sec,
+            "bytes_out_per_sec": v.bytes_out_per_sec,
+            "observed_share": v.observed_share,
+            "expected_share": v.expected_share,
+            "verdict": verdict(v.verdict),
+            "reason": v.reason,
+            "conns_total": v.conns_total,
+        }),
+    }
+}
+
+pub fn pool_json(p: &v1::Pool) -> Value {
+    json!({
+        "name": p.name,
+        "verdict": verdict(p.verdict),
+        "reason": p.reason,
+        "effective_members": p.effective_members,
+        "expected_effective_members": p.expected_effective_members,
+        "server_conns_per_sec": p.server_conns_per_sec,
+        "lb_conns_per_sec": p.lb_conns_per_sec,
+        "lb_nodes": p.lb_nodes,
+        "tick": p.tick,
+        "evaluated_at": ts(&p.evaluated_at),
+        "members": p.members.iter().map(|m| json!({
+            "member": member_name(m),
+            "address": m.address,
+            "port": m.port,
+            "weight": m.weight,
+            "state": member_state(m.state),
+            "node": m.node_name,
+            "cpu_utilization": m.cpu_utilization,
+            "verdict": verdict(m.verdict),
+            "reason": m.reason,
+            "source": m.source,
+            "server_view": member_view_json(&m.server_view),
+            "lb_view": member_view_json(&m.lb_view),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn agent_json(a: &v1::AgentStatus) -> Value {
+    json!({
+        "node": a.node_name,
+        "epoch": a.agent_epoch,
+        "run": a.agent_run,
+        "last_sequence": a.last_sequence,
+        "last_report_at": ts(&a.last_report_at),
+        "age_seconds": a.age_seconds,
+        "fresh": a.fresh,
+        "endpoints": a.endpoints,
+        "resets": a.resets,
+        "replays_ignored": a.replays_ignored,
+        "version": a.agent_version,
+    })
+}
+
+pub fn alert_json(a: &v1::Alert) -> Value {
+    json!({
+        "id": a.id,
+        "pool": a.pool,
+        "member": a.member,
+        "kind": alert_kind(a.kind),
+        "view": view(a.view),
+        "severity": severity(a.severity),
+        "observed": a.observed,
+        "expected": a.expected,
+        "since": ts(&a.since),
+        "summary": a.summary,
+        "evidence": a.evidence,
+        "resolved_at": if a.resolved_at.is_some() { Value::String(ts(&a.resolved_at)) } else { Value::Null },
+        "flaps": a.flaps,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(addr: &str, share: f64, v: v1::Verdict) -> v1::Member {
+        v1::Member {
+            address: addr.into(),
+            port: 8080,
+            weight: 1.0,
+            state: v1::MemberState::Serving as i32,
+            server_view: Some(v1::MemberView {
+                fresh: true,
+                observed_share: share,
+                expected_share: 0.5,
+                verdict: v as i32,
+                ..Default::default()
+            }),
+            verdict: v as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn pool_text_lists_every_member_with_its_verdict() {
+        let p = v1::Pool {
+            name: "web".into(),
+            members: vec![
+                member("10.0.0.1", 1.0, v1::Verdict::SkewHigh),
+                member("fd00::2", 0.0, v1::Verdict::Zero),
+            ],
+            ..Default::default()
+        };
+        let t = pool_text(&p);
+        assert!(
+            t.contains("10.0.0.1:8080") && t.contains("SKEW_HIGH"),
+            "{t}"
+        );
+        assert!(t.contains("[fd00::2]:8080") && t.contains("ZERO"), "{t}");
+        let j = pool_json(&p);
+        assert_eq!(j["members"][1]["verdict"], "ZERO");
+        assert_eq!(j["members"][0]["server_view"]["observed_share"], 1.0);
+    }
+
+    #[test]
+    fn stale_is_what_no_data_is_called() {
+        assert_eq!(verdict(v1::Verdict::NoData as i32), "STALE");
+    }
+}

@@ -1,0 +1,248 @@
+//! `evenflow verify`: the deploy gate for load balancer changes.
+//!
+//! Run it right after an LB config change. It waits the given time, then
+//! judges the pool from the collector's verdicts: exit 0 when every serving
+//! member receives its share, 1 when any member is ZERO, SKEW or STALE (or
+//! the pool concentrates, or a draining member still gets traffic), and 2
+//! when it cannot judge (collector unreachable, pool unknown, too little
+//! traffic).
+
+use std::{io::IsTerminal as _, time::Duration};
+
+use evenflow_proto::v1;
+
+use crate::render;
+
+/// The gate's answer.
+#[derive(Debug, PartialEq)]
+pub enum Outcome {
+    /// Every serving member received its share.
+    Healthy { warnings: Vec<String> },
+    /// These members (or the pool) are unhealthy, with why.
+    Unhealthy(Vec<String>),
+    /// No judgement possible, and why.
+    CannotJudge(String),
+}
+
+impl Outcome {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Healthy { .. } => 0,
+            Self::Unhealthy(_) => 1,
+            Self::CannotJudge(_) => 2,
+        }
+    }
+}
+
+/// Judges one pool state.
+pub fn judge(pool: &v1::Pool) -> Outcome {
+    match v1::Verdict::try_from(pool.verdict) {
+        Ok(v1::Verdict::InsufficientTraffic) => {
+            return Outcome::CannotJudge(format!(
+                "pool {} has too little traffic to decide{}",
+                pool.name,
+                reason_suffix(&pool.reason)
+            ));
+        }
+        Ok(v1::Verdict::Settling) | Ok(v1::Verdict::Unspecified) => {
+            return Outcome::CannotJudge(format!(
+                "pool {} is not judged yet (settling after a change){}; verify for longer",
+                pool.name,
+                reason_suffix(&pool.reason)
+            ));
+        }
+        _ => {}
+    }
+    if pool.members.is_empty() {
+        return Outcome::CannotJudge(format!("pool {} has no members", pool.name));
+    }
+    let mut bad = Vec::new();
+    let mut warnings = Vec::new();
+    if pool.verdict == v1::Verdict::Concentration as i32 {
+        bad.push(format!(
+            "pool {}: CONCENTRATION: effective members {:.1} of {:.1}{}",
+            pool.name,
+            pool.effective_members,
+            pool.expected_effective_members,
+            reason_suffix(&pool.reason)
+        ));
+    }
+    for m in &pool.members {
+        let line = |kind: &str| {
+            let v = render::main_view(m);
+            format!(
+                "{} {kind}: share {:.1}% (expected {:.1}%), {:.1} conn/s{}",
+                render::member_name(m),
+                v.observed_share * 100.0,
+                v.expected_share * 100.0,
+                v.new_conns_per_sec,
+                reason_suffix(&m.reason)
+            )
+        };
+        match v1::Verdict::try_from(m.verdict) {
+            Ok(
+                v @ (v1::Verdict::Zero
+                | v1::Verdict::SkewLow
+                | v1::Verdict::SkewHigh
+                | v1::Verdict::NoData
+                | v1::Verdict::DrainingViolation),
+            ) => bad.push(line(render::verdict(v as i32))),
+            Ok(v @ (v1::Verdict::Hot | v1::Verdict::Mismatch)) => {
+                warnings.push(line(render::verdict(v as i32)))
+            }
+            _ => {}
+        }
+    }
+    if bad.is_empty() {
+        Outcome::Healthy { warnings }
+    } else {
+        Outcome::Unhealthy(bad)
+    }
+}
+
+fn reason_suffix(r: &str) -> String {
+    if r.is_empty() {
+        String::new()
+    } else {
+        format!(" ({r})")
+    }
+}
+
+/// Waits `wait`, showing progress on stderr, re-reading the pool every
+/// second so progress shows its state, and returns the final state.
+pub async fn wait_and_fetch(
+    client: &mut v1::distribution_client::DistributionClient<tonic::transport::Channel>,
+    pool: &str,
+    wait: Duration,
+) -> Result<v1::Pool, Outcome> {
+    let tty = std::io::stderr().is_terminal();
+    let start = tokio::time::Instant::now();
+    let mut last = fetch(client, pool).await?;
+    let mut printed = 0u64;
+    while start.elapsed() < wait {
+        tokio::time::sleep(Duration::from_secs(1).min(wait.saturating_sub(start.elapsed()))).await;
+        last = fetch(client, pool).await?;
+        let secs = start.elapsed().as_secs();
+        let ok = last
+            .members
+            .iter()
+            .filter(|m| m.verdict == v1::Verdict::Ok as i32)
+            .count();
+        let msg = format!(
+            "verifying pool {pool}: {secs}s/{}s  {} members, {ok} OK, pool {}",
+            wait.as_secs(),
+            last.members.len(),
+            render::verdict(last.verdict)
+        );
+        if tty {
+            eprint!("\r{msg}   ");
+        } else if secs >= printed + 5 {
+            eprintln!("{msg}");
+            printed = secs;
+        }
+    }
+    if tty {
+        eprintln!();
+    }
+    Ok(last)
+}
+
+async fn fetch(
+    client: &mut v1::distribution_client::DistributionClient<tonic::transport::Channel>,
+    pool: &str,
+) -> Result<v1::Pool, Outcome> {
+    match client
+        .get_pool(v1::GetPoolRequest {
+            name: pool.to_owned(),
+        })
+        .await
+    {
+        Ok(r) => Ok(r.into_inner()),
+        Err(s) if s.code() == tonic::Code::NotFound => Err(Outcome::CannotJudge(format!(
+            "pool {pool} is unknown to the collector: {} (list pools with `evenflow status`)",
+            s.message()
+        ))),
+        Err(s) => Err(Outcome::CannotJudge(format!(
+            "collector error: {} ({:?})",
+            s.message(),
+            s.code()
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(v: v1::Verdict) -> v1::Member {
+        v1::Member {
+            address: "10.0.0.1".into(),
+            port: 80,
+            verdict: v as i32,
+            ..Default::default()
+        }
+    }
+
+    fn pool(verdict: v1::Verdict, members: Vec<v1::Member>) -> v1::Pool {
+        v1::Pool {
+            name: "web".into(),
+            verdict: verdict as i32,
+            members,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn all_ok_is_healthy() {
+        let p = pool(v1::Verdict::Ok, vec![member(v1::Verdict::Ok); 3]);
+        assert_eq!(judge(&p).exit_code(), 0);
+    }
+
+    #[test]
+    fn zero_skew_or_stale_fail_the_gate() {
+        for v in [
+            v1::Verdict::Zero,
+            v1::Verdict::SkewHigh,
+            v1::Verdict::SkewLow,
+            v1::Verdict::NoData,
+        ] {
+            let p = pool(v1::Verdict::Ok, vec![member(v1::Verdict::Ok), member(v)]);
+            match judge(&p) {
+                Outcome::Unhealthy(lines) => assert!(lines[0].contains(render::verdict(v as i32))),
+                other => panic!("{v:?} gave {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn concentration_fails_even_if_members_look_fine() {
+        let p = pool(v1::Verdict::Concentration, vec![member(v1::Verdict::Ok); 2]);
+        assert_eq!(judge(&p).exit_code(), 1);
+    }
+
+    #[test]
+    fn quiet_or_settling_pools_cannot_be_judged() {
+        assert_eq!(
+            judge(&pool(
+                v1::Verdict::InsufficientTraffic,
+                vec![member(v1::Verdict::Ok)]
+            ))
+            .exit_code(),
+            2
+        );
+        assert_eq!(
+            judge(&pool(v1::Verdict::Settling, vec![member(v1::Verdict::Ok)])).exit_code(),
+            2
+        );
+        assert_eq!(judge(&pool(v1::Verdict::Ok, vec![])).exit_code(), 2);
+    }
+
+    #[test]
+    fn hot_is_a_warning_not_a_failure() {
+        let p = pool(v1::Verdict::Ok, vec![member(v1::Verdict::Hot)]);
+        match judge(&p) {
+            Outcome::Healthy { warnings } => assert_eq!(warnings.len(), 1),
+            other => panic!("{other:?}"),
+        }
+    }
+}
