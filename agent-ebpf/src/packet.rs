@@ -43,9 +43,10 @@ pub struct Packet {
     pub segments: u64,
 }
 
-// The headers are read with one `bpf_skb_load_bytes` each, as whole structs:
-// fewer helper calls, and far less stack than field-by-field loads (the BPF
-// stack is 512 bytes for the whole call chain).
+// Headers are read in place (direct packet access: no helper call, no stack
+// copy) when they sit in the skb's linear area, which is nearly always; else
+// one `bpf_skb_load_bytes` per header fetches them. Whole structs, not field
+// by field, keep the stack small (512 bytes for the whole call chain).
 
 #[repr(C)]
 #[derive(Copy, Clone)]
@@ -183,9 +184,23 @@ fn parse_into(ctx: &TcContext, pkt: &mut Packet) -> i32 {
     }
 }
 
+/// The `T` at `off` in the packet: read in place when it lies in the linear
+/// area, else copied out with `bpf_skb_load_bytes`.
+#[inline(always)]
+fn load<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, ()> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    // The explicit bound on `off` lets the verifier prove the access.
+    if off < 256 && start + off + core::mem::size_of::<T>() <= end {
+        // SAFETY: bounds checked against data_end just above.
+        return Ok(unsafe { core::ptr::read_unaligned((start + off) as *const T) });
+    }
+    ctx.load::<T>(off).map_err(|_| ())
+}
+
 #[inline(always)]
 fn parse_headers(ctx: &TcContext, pkt: &mut Packet) -> Result<bool, ()> {
-    let Ok(eth) = ctx.load::<EthHdr>(0) else {
+    let Ok(eth) = load::<EthHdr>(ctx, 0) else {
         return Ok(false);
     };
     let mut off = ETH_HLEN;
@@ -196,7 +211,7 @@ fn parse_headers(ctx: &TcContext, pkt: &mut Packet) -> Result<bool, ()> {
     }
     let (l4_off, l4_len) = match ethertype {
         ETH_P_IP => {
-            let ip = ctx.load::<Ipv4Hdr>(off).map_err(|_| ())?;
+            let ip = load::<Ipv4Hdr>(ctx, off)?;
             let ihl = ((ip.vihl & 0x0f) as usize) * 4;
             if ihl < 20 {
                 return Err(());
@@ -213,7 +228,7 @@ fn parse_headers(ctx: &TcContext, pkt: &mut Packet) -> Result<bool, ()> {
             )
         }
         ETH_P_IPV6 => {
-            let ip = ctx.load::<Ipv6Hdr>(off).map_err(|_| ())?;
+            let ip = load::<Ipv6Hdr>(ctx, off)?;
             let Some((proto, l4_off)) = walk_ipv6_ext(ctx, ip.next_hdr, off + IPV6_HLEN) else {
                 return Ok(false);
             };
@@ -244,14 +259,14 @@ fn parse_headers(ctx: &TcContext, pkt: &mut Packet) -> Result<bool, ()> {
     };
     let hdr_len = match pkt.proto {
         PROTO_TCP => {
-            let tcp = ctx.load::<TcpHdr>(l4_off).map_err(|_| ())?;
+            let tcp = load::<TcpHdr>(ctx, l4_off)?;
             pkt.sport = u16::from_be(tcp.sport);
             pkt.dport = u16::from_be(tcp.dport);
             pkt.tcp_flags = tcp.flags;
             ((tcp.doff >> 4) as u64) * 4
         }
         PROTO_UDP => {
-            let ports = ctx.load::<[u16; 2]>(l4_off).map_err(|_| ())?;
+            let ports = load::<[u16; 2]>(ctx, l4_off)?;
             pkt.sport = u16::from_be(ports[0]);
             pkt.dport = u16::from_be(ports[1]);
             8
@@ -275,14 +290,14 @@ fn walk_ipv6_ext(ctx: &TcContext, mut proto: u8, mut off: usize) -> Option<(u8, 
     for _ in 0..IPV6_MAX_EXT {
         match proto {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
-                let Ok(hdr) = ctx.load::<[u8; 2]>(off) else {
+                let Ok(hdr) = load::<[u8; 2]>(ctx, off) else {
                     break;
                 };
                 proto = hdr[0];
                 off += (hdr[1] as usize + 1) * 8;
             }
             IPPROTO_FRAGMENT => {
-                let Ok(hdr) = ctx.load::<[u8; 4]>(off) else {
+                let Ok(hdr) = load::<[u8; 4]>(ctx, off) else {
                     break;
                 };
                 if u16::from_be_bytes([hdr[2], hdr[3]]) & 0xfff8 != 0 {
