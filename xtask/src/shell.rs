@@ -1,0 +1,56 @@
+//! Running commands with their output shown and failures explained.
+
+use std::process::{Command, Stdio};
+
+use anyhow::{Context as _, Result, bail};
+
+/// Runs `cargo` from the workspace root with `args`.
+pub fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    run(Command::new(cargo).args(args).current_dir(workspace_root()))
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> std::path::PathBuf {
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.parent().unwrap_or(here).to_owned()
+}
+
+/// Runs a command, inheriting stdio; fails with the command line on error.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd
+        .stdin(Stdio::null())
+        .status()
+        .with_context(|| format!("starting {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Runs a command and returns its stdout, or `None` if it failed to start or
+/// exited non-zero.
+pub fn output(cmd: &mut Command) -> Option<String> {
+    let o = cmd
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// Prints a step header, runs it, and prints how long it took.
+pub fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+    eprintln!("==> {name}");
+    let t = std::time::Instant::now();
+    let r = f();
+    eprintln!(
+        "<== {name}: {} in {:.1}s",
+        if r.is_ok() { "ok" } else { "FAILED" },
+        t.elapsed().as_secs_f64()
+    );
+    r
+}
