@@ -1,0 +1,101 @@
+//! A backend: nginx serving a fixed body on port 8080 (IPv4 and IPv6), its
+//! access log the ground truth for what the backend received.
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result};
+
+use crate::lab::{BACKEND_PORT, Lab, Node};
+
+/// Size of every response body.
+pub const BODY_LEN: usize = 2000;
+
+/// The access log format: `$connection $request_length $bytes_sent $status`.
+/// `$request_length` is the request as received (line, headers, body) and
+/// `$bytes_sent` the response as sent (headers and body): TCP payload bytes,
+/// which is what the agent counts.
+const LOG_FORMAT: &str = "$connection $request_length $bytes_sent $status";
+
+/// Starts nginx on `node`; returns its access log path.
+pub fn start(lab: &mut Lab, node: &Node) -> Result<PathBuf> {
+    let dir = lab.dir.join(format!("nginx-{}", node.role));
+    std::fs::create_dir_all(dir.join("tmp"))?;
+    let body = "x".repeat(BODY_LEN);
+    let conf = format!(
+        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n  log_format ef '{LOG_FORMAT}';\n  access_log {d}/access.log ef;\n\
+           client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp;\n\
+           uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;\n\
+           server {{\n    listen {BACKEND_PORT} reuseport;\n    listen [::]:{BACKEND_PORT} ipv6only=on reuseport;\n\
+             location / {{ default_type text/plain; return 200 '{body}'; }}\n  }}\n}}\n",
+        d = dir.display()
+    );
+    let conf_path = dir.join("nginx.conf");
+    std::fs::write(&conf_path, conf)?;
+    let conf_s = conf_path.display().to_string();
+    let prefix = dir.display().to_string();
+    lab.spawn(
+        node,
+        &format!("nginx-{}", node.role),
+        "nginx",
+        &["-p", &prefix, "-c", &conf_s],
+    )?;
+    Ok(dir.join("access.log"))
+}
+
+/// What one backend's access log says it served.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Served {
+    pub requests: u64,
+    pub connections: u64,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+}
+
+/// Reads an access log written in [`LOG_FORMAT`].
+pub fn read_log(path: &std::path::Path) -> Result<Served> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    parse_log(&text)
+}
+
+/// Parses access log lines; connection ids are counted once each.
+pub fn parse_log(text: &str) -> Result<Served> {
+    let mut s = Served::default();
+    let mut conns = std::collections::HashSet::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let f: Vec<u64> = line
+            .split_whitespace()
+            .map(|x| x.parse::<u64>())
+            .collect::<std::result::Result<_, _>>()
+            .with_context(|| format!("bad access log line `{line}`"))?;
+        anyhow::ensure!(f.len() == 4, "bad access log line `{line}`");
+        s.requests += 1;
+        conns.insert(f[0]);
+        s.request_bytes += f[1];
+        s.response_bytes += f[2];
+    }
+    s.connections = conns.len() as u64;
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_counts_and_bytes() {
+        let s = parse_log("1 78 2150 200\n2 80 2150 200\n2 80 2150 200\n").expect("parses");
+        assert_eq!(
+            s,
+            Served {
+                requests: 3,
+                connections: 2,
+                request_bytes: 238,
+                response_bytes: 6450
+            }
+        );
+        assert!(parse_log("1 x 2 200").is_err());
+    }
+}
