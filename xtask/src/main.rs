@@ -5,8 +5,13 @@
 //! * `build` builds the release binaries (the agent embeds its eBPF object).
 //! * `test` is the test command: setup, format and lint checks, build, and
 //!   every test (as root: the end-to-end tests need it).
+//!
+//! Cargo commands here name no `--workspace`: the workspace's default members
+//! are every host crate, and `agent-ebpf` (a `bpfel-unknown-none` binary that
+//! `agent/build.rs` builds) must not be built for the host.
 //! * `demo` runs evenflow's main job on this machine.
 
+mod demo;
 mod setup;
 mod shell;
 
@@ -28,6 +33,16 @@ enum Cmd {
     Setup,
     /// Build the release binaries (agent with its eBPF object, collector, CLI).
     Build,
+    /// Run evenflow's main job on this machine: a lab of network namespaces
+    /// with HAProxy, nginx backends and an agent per node, under traffic.
+    Demo {
+        /// Backend nodes.
+        #[arg(long, default_value_t = 4)]
+        backends: usize,
+        /// How long to run (e.g. 20s, 2m).
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+    },
     /// Run every check and test, as CI does.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -42,6 +57,7 @@ fn main() -> ExitCode {
         Cmd::Setup => setup::run(),
         Cmd::Build => build(),
         Cmd::Test { args } => test(&args),
+        Cmd::Demo { backends, duration } => demo::run(&demo::Options { backends, duration }),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -54,7 +70,7 @@ fn main() -> ExitCode {
 
 fn build() -> Result<()> {
     setup::run()?;
-    shell::cargo(&["build", "--release", "--workspace", "--bins"])
+    shell::cargo(&["build", "--release", "--bins"])
 }
 
 fn test(extra: &[String]) -> Result<()> {
@@ -72,10 +88,8 @@ fn test(extra: &[String]) -> Result<()> {
             "warnings",
         ])
     })?;
-    shell::step("cargo build (bins)", || {
-        shell::cargo(&["build", "--workspace", "--bins"])
-    })?;
-    let mut args = vec!["test", "--workspace", "--no-fail-fast"];
+    shell::step("cargo build (bins)", || shell::cargo(&["build", "--bins"]))?;
+    let mut args = vec!["test", "--no-fail-fast"];
     args.extend(extra.iter().map(String::as_str));
     shell::step("cargo test", || shell::cargo(&args))
 }
