@@ -109,10 +109,7 @@ pub fn run(opts: &Options) -> Result<()> {
         .or(last)
         .context("no snapshot from the lb agent")?;
     let mut ok = true;
-    println!(
-        "\n{:<10} {:>10} {:>10}  {}",
-        "BACKEND", "NGINX", "AGENT", ""
-    );
+    println!("\n{:<10} {:>10} {:>10}", "BACKEND", "NGINX", "AGENT");
     for (i, b) in lab.backends.iter().enumerate() {
         let served = nginx::read_log(&logs[i])?;
         let seen = agent::totals(&snap, &b.addr4.to_string(), 8080, "DIRECTION_SENDS_TO").opened;
