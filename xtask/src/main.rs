@@ -79,14 +79,7 @@ fn test(extra: &[String]) -> Result<()> {
         shell::cargo(&["fmt", "--all", "--", "--check"])
     })?;
     shell::step("cargo clippy", || {
-        shell::cargo(&[
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ])
+        shell::cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])
     })?;
     shell::step("cargo build (bins)", || shell::cargo(&["build", "--bins"]))?;
     let mut args = vec!["test", "--no-fail-fast"];
