@@ -9,6 +9,7 @@
 use std::{
     fs::File,
     io::Read as _,
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
 
@@ -83,6 +84,9 @@ pub const CAPACITY: (u64, u64) = (MAX_ENDPOINTS as u64, MAX_FLOWS as u64);
 pub struct Datapath {
     // Field order matters for drop: links go with `ebpf`.
     endpoints: PerCpuHashMap<MapData, EndpointKey, EndpointCounters>,
+    /// A second handle on the pinned endpoint map for batch reads, and the
+    /// reader's buffers; `None` once the kernel refused batch lookups.
+    batch: std::sync::Mutex<Option<(MapData, crate::batch::Reader)>>,
     stats: PerCpuArray<MapData, u64>,
     epoch: u64,
     pin_dir: PathBuf,
@@ -156,7 +160,15 @@ impl Datapath {
             cgroup = %cfg.cgroup.display(),
             "eBPF programs attached"
         );
+        let batch = match (
+            MapData::from_pin(pin_dir.join(maps::ENDPOINTS)),
+            aya::util::nr_cpus(),
+        ) {
+            (Ok(m), Ok(n)) => Some((m, crate::batch::Reader::new(n))),
+            _ => None,
+        };
         Ok(Self {
+            batch: std::sync::Mutex::new(batch),
             endpoints: take(&mut ebpf, maps::ENDPOINTS)?,
             stats: take(&mut ebpf, maps::STATS)?,
             epoch,
@@ -195,17 +207,33 @@ impl Datapath {
     /// value lookups (LRU eviction) is skipped.
     pub fn read(&self, out: &mut Vec<(EndpointKey, EndpointCounters)>) -> Result<Stats> {
         out.clear();
-        for item in self.endpoints.iter() {
-            let (key, per_cpu) = match item {
-                Ok(kv) => kv,
-                Err(aya::maps::MapError::KeyNotFound) => continue,
-                Err(e) => return Err(e).context("reading EF_ENDPOINTS"),
-            };
-            let mut sum = EndpointCounters::default();
-            for c in per_cpu.iter() {
-                sum.accumulate(c);
+        let mut batch = self.batch.lock().unwrap_or_else(|p| p.into_inner());
+        let batched = match batch.as_mut() {
+            Some((map, reader)) => match reader.read(map.fd().as_fd(), out) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::info!("batch map lookups unavailable ({e}); reading entry by entry");
+                    out.clear();
+                    *batch = None;
+                    false
+                }
+            },
+            None => false,
+        };
+        drop(batch);
+        if !batched {
+            for item in self.endpoints.iter() {
+                let (key, per_cpu) = match item {
+                    Ok(kv) => kv,
+                    Err(aya::maps::MapError::KeyNotFound) => continue,
+                    Err(e) => return Err(e).context("reading EF_ENDPOINTS"),
+                };
+                let mut sum = EndpointCounters::default();
+                for c in per_cpu.iter() {
+                    sum.accumulate(c);
+                }
+                out.push((key, sum));
             }
-            out.push((key, sum));
         }
         let mut stats = Stats {
             live_endpoints: out.len() as u64,

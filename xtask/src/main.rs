@@ -11,6 +11,7 @@
 //! `agent/build.rs` builds) must not be built for the host.
 //! * `demo` runs evenflow's main job on this machine.
 
+mod bench;
 mod demo;
 mod setup;
 mod shell;
@@ -43,6 +44,13 @@ enum Cmd {
         #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
         duration: std::time::Duration,
     },
+    /// Measure the agent's cost: throughput and connection rate with and
+    /// without it, per-program eBPF cost, agent CPU and RSS at 10k endpoints.
+    BenchDatapath {
+        /// Alternating rounds without and with the agent.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Run every check and test, as CI does.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -57,6 +65,7 @@ fn main() -> ExitCode {
         Cmd::Setup => setup::run(),
         Cmd::Build => build(),
         Cmd::Test { args } => test(&args),
+        Cmd::BenchDatapath { rounds } => bench::run(rounds),
         Cmd::Demo { backends, duration } => demo::run(&demo::Options { backends, duration }),
     };
     match r {
