@@ -1,1 +1,5 @@
-//! evenflow collector (see issue: collector).
+//! evenflow's collector: ingests every agent's report stream, groups
+//! backends into pools, judges each pool's traffic shares, and serves the
+//! results (gRPC `evenflow.v1.Distribution`, alerts, webhooks, /metrics).
+
+pub mod detect;

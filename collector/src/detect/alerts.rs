@@ -1,0 +1,319 @@
+//! Alerts from verdicts, with hysteresis: fire when evidence crosses its
+//! bound, clear after `clear_ticks` good ticks, reopen (held open longer)
+//! instead of firing again when an alert flaps.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use super::{
+    Settings,
+    pool::{MemberVerdict, PoolVerdict, Verdict, View},
+};
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum AlertKind {
+    Zero,
+    Skew,
+    Concentration,
+    Stale,
+    Hot,
+    Mismatch,
+    DrainingViolation,
+}
+
+impl AlertKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::Zero => "ZERO",
+            AlertKind::Skew => "SKEW",
+            AlertKind::Concentration => "CONCENTRATION",
+            AlertKind::Stale => "STALE",
+            AlertKind::Hot => "HOT",
+            AlertKind::Mismatch => "MISMATCH",
+            AlertKind::DrainingViolation => "DRAINING_VIOLATION",
+        }
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Severity {
+    Page,
+    Warning,
+}
+
+/// An alert: pool, member, kind, view, observed vs expected, since when,
+/// and the numbers behind it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Alert {
+    pub id: String,
+    pub pool: String,
+    /// "address:port"; empty for pool-level alerts.
+    pub member: String,
+    pub kind: AlertKind,
+    pub view: View,
+    pub severity: Severity,
+    pub observed: f64,
+    pub expected: f64,
+    /// Tick the evidence first crossed its bound.
+    pub since_tick: u64,
+    pub resolved_tick: Option<u64>,
+    pub summary: String,
+    pub evidence: Vec<(String, f64)>,
+    pub flaps: u32,
+    ok_streak: u32,
+}
+
+/// What changed this tick.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Transition {
+    Fired(Alert),
+    Updated(Alert),
+    Resolved(Alert),
+}
+
+impl Transition {
+    pub fn alert(&self) -> &Alert {
+        match self {
+            Transition::Fired(a) | Transition::Updated(a) | Transition::Resolved(a) => a,
+        }
+    }
+}
+
+const RESOLVED_KEPT: usize = 1000;
+
+#[derive(Default)]
+pub(super) struct Book {
+    open: HashMap<String, Alert>,
+    resolved: VecDeque<Alert>,
+}
+
+/// The alert a member verdict asks for, if any.
+fn member_alert(
+    pool: &PoolVerdict,
+    m: &MemberVerdict,
+) -> Option<(AlertKind, Severity, f64, f64, String)> {
+    let v = match m.view {
+        View::Server => m.server.as_ref().or(m.lb.as_ref()),
+        View::Lb => m.lb.as_ref().or(m.server.as_ref()),
+    }?;
+    let (kind, sev) = match m.verdict {
+        Verdict::Zero { .. } => (AlertKind::Zero, Severity::Page),
+        Verdict::SkewLow { page } | Verdict::SkewHigh { page } => (
+            AlertKind::Skew,
+            if page {
+                Severity::Page
+            } else {
+                Severity::Warning
+            },
+        ),
+        Verdict::NoData => (AlertKind::Stale, Severity::Warning),
+        Verdict::Hot { .. } => (AlertKind::Hot, Severity::Warning),
+        Verdict::Mismatch => (AlertKind::Mismatch, Severity::Page),
+        Verdict::DrainingViolation => (AlertKind::DrainingViolation, Severity::Page),
+        _ => return None,
+    };
+    let (observed, expected) = match kind {
+        AlertKind::Zero => (0.0, v.zero_expected),
+        AlertKind::DrainingViolation => (v.window_observed, 0.0),
+        _ => (v.observed_share, v.expected_share),
+    };
+    let summary = format!(
+        "pool {} member {} {}: {}",
+        pool.name,
+        m.id,
+        kind.as_str(),
+        m.reason
+    );
+    Some((kind, sev, observed, expected, summary))
+}
+
+impl Book {
+    pub(super) fn update(
+        &mut self,
+        s: &Settings,
+        tick: u64,
+        pool: &PoolVerdict,
+    ) -> Vec<Transition> {
+        let mut want: HashMap<String, Alert> = HashMap::new();
+        let concentration = pool.verdict == Verdict::Concentration;
+        if concentration {
+            let id = format!("{}//CONCENTRATION", pool.name);
+            want.insert(
+                id.clone(),
+                new_alert(
+                    id,
+                    &pool.name,
+                    "",
+                    AlertKind::Concentration,
+                    pool.view,
+                    Severity::Page,
+                    pool.effective,
+                    pool.expected_effective,
+                    tick,
+                    format!("pool {} CONCENTRATION: {}", pool.name, pool.reason),
+                    vec![
+                        ("effective_members".into(), pool.effective),
+                        ("expected_effective_members".into(), pool.expected_effective),
+                    ],
+                ),
+            );
+        }
+        for m in &pool.members {
+            let Some((kind, mut sev, observed, expected, summary)) = member_alert(pool, m) else {
+                continue;
+            };
+            let v = match m.view {
+                View::Server => m.server.as_ref(),
+                View::Lb => m.lb.as_ref(),
+            };
+            let mut evidence = vec![];
+            if let Some(v) = v {
+                evidence.extend([
+                    ("observed_share".to_owned(), v.observed_share),
+                    ("expected_share".to_owned(), v.expected_share),
+                    ("window_observed".to_owned(), v.window_observed),
+                    ("window_expected".to_owned(), v.window_expected),
+                    ("zero_expected".to_owned(), v.zero_expected),
+                    ("z".to_owned(), v.z),
+                ]);
+            }
+            // One page for the incident's shape: members' ZERO and SKEW
+            // become warnings grouped under the pool's CONCENTRATION.
+            if concentration && matches!(kind, AlertKind::Zero | AlertKind::Skew) {
+                sev = Severity::Warning;
+                evidence.push(("grouped_under_concentration".into(), 1.0));
+            }
+            let id = format!("{}/{}/{}", pool.name, m.id, kind.as_str());
+            want.insert(
+                id.clone(),
+                new_alert(
+                    id, &pool.name, &m.id, kind, m.view, sev, observed, expected, tick, summary,
+                    evidence,
+                ),
+            );
+        }
+        let mut out = Vec::new();
+        // Open alerts of this pool that are no longer wanted count good
+        // ticks towards clearing; a flapping alert needs more of them.
+        let ids: Vec<String> = self
+            .open
+            .iter()
+            .filter(|(_, a)| a.pool == pool.name)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let quiet = matches!(pool.verdict, Verdict::Settling);
+        for id in ids {
+            if want.contains_key(&id) || quiet {
+                continue;
+            }
+            let Some(a) = self.open.get_mut(&id) else {
+                continue;
+            };
+            a.ok_streak += 1;
+            let needed = (s.clear_ticks * (1 + a.flaps)).min(120);
+            if a.ok_streak >= needed
+                && let Some(mut a) = self.open.remove(&id)
+            {
+                a.resolved_tick = Some(tick);
+                self.resolved.push_front(a.clone());
+                self.resolved.truncate(RESOLVED_KEPT);
+                out.push(Transition::Resolved(a));
+            }
+        }
+        if quiet || pool.verdict == Verdict::InsufficientTraffic {
+            return out;
+        }
+        for (id, mut a) in want {
+            if let Some(open) = self.open.get_mut(&id) {
+                open.ok_streak = 0;
+                let changed = open.severity != a.severity;
+                open.severity = a.severity;
+                open.observed = a.observed;
+                open.expected = a.expected;
+                open.summary = a.summary;
+                open.evidence = a.evidence;
+                open.view = a.view;
+                if changed {
+                    out.push(Transition::Updated(open.clone()));
+                }
+                continue;
+            }
+            // A flap: it resolved recently, so reopen it and hold it open
+            // longer instead of firing again.
+            if let Some(pos) = self.resolved.iter().position(|r| {
+                r.id == id
+                    && r.resolved_tick
+                        .is_some_and(|t| tick.saturating_sub(t) <= s.flap_window)
+            }) && let Some(old) = self.resolved.remove(pos)
+            {
+                a.since_tick = old.since_tick;
+                a.flaps = old.flaps + 1;
+                out.push(Transition::Updated(a.clone()));
+                self.open.insert(id, a);
+                continue;
+            }
+            out.push(Transition::Fired(a.clone()));
+            self.open.insert(id, a);
+        }
+        out
+    }
+
+    pub(super) fn resolve_pools_not_in(
+        &mut self,
+        names: &HashSet<String>,
+        tick: u64,
+    ) -> Vec<Transition> {
+        let gone: Vec<String> = self
+            .open
+            .iter()
+            .filter(|(_, a)| !names.contains(&a.pool))
+            .map(|(id, _)| id.clone())
+            .collect();
+        gone.into_iter()
+            .filter_map(|id| self.open.remove(&id))
+            .map(|mut a| {
+                a.resolved_tick = Some(tick);
+                Transition::Resolved(a)
+            })
+            .collect()
+    }
+
+    pub(super) fn open(&self) -> impl Iterator<Item = &Alert> {
+        self.open.values()
+    }
+
+    pub(super) fn resolved(&self) -> impl Iterator<Item = &Alert> {
+        self.resolved.iter()
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn new_alert(
+    id: String,
+    pool: &str,
+    member: &str,
+    kind: AlertKind,
+    view: View,
+    severity: Severity,
+    observed: f64,
+    expected: f64,
+    tick: u64,
+    summary: String,
+    evidence: Vec<(String, f64)>,
+) -> Alert {
+    Alert {
+        id,
+        pool: pool.to_owned(),
+        member: member.to_owned(),
+        kind,
+        view,
+        severity,
+        observed,
+        expected,
+        since_tick: tick,
+        resolved_tick: None,
+        summary,
+        evidence,
+        flaps: 0,
+        ok_streak: 0,
+    }
+}

@@ -1,0 +1,171 @@
+//! The detector: judges a pool's members from the new connections each
+//! receives, one tick at a time. Pure and synchronous: no I/O, no clocks,
+//! so every decision is reproducible from its inputs.
+//!
+//! # How it judges
+//! * **Shares, not rates.** Each tick a member's expected count is the
+//!   pool's observed total times its expected share (its weight over the
+//!   eligible weights), so daily swings in load cancel out.
+//! * **ZERO** accumulates the expected count `E` a member should have
+//!   received since its last new connection. Under Poisson arrivals,
+//!   `P(0 | E) = exp(-E)`; under the learned overdispersion φ (negative
+//!   binomial with the same mean) `P(0) = exp(-E · ln φ / (φ - 1))`. It
+//!   fires when that probability falls below `zero_alpha / members`
+//!   (default 2·10⁻⁹ per pool: about `E ≥ 20` for one member, `E ≥ 27` in a
+//!   pool of 1,000), the Poisson floor on speed: `ln(M/α) / rate` seconds.
+//! * **SKEW** compares observed with expected counts over several windows
+//!   (1, 3, 10 and 30 ticks): it needs the ratio outside a band (page: below
+//!   0.5 or above 2; warning: 0.7 / 1.4) *and* a z-score
+//!   `(O - E) / sqrt(φ E)` beyond a Bonferroni bound for the pool's size, so
+//!   a 3-member pool at 5 conn/s stays quiet on noise while a 1,000-member
+//!   pool still finds one member at half or triple its share.
+//! * **Dispersion φ** is learned per pool and view from healthy ticks (the
+//!   Pearson χ² / degrees of freedom of counts against expectations), since
+//!   real traffic is burstier than Poisson.
+//! * **CONCENTRATION**: the effective number of members `1 / Σ share²`
+//!   falls well below what the weights give; one alert for the incident's
+//!   shape instead of one per member.
+//! * **NO_DATA** (stale observer, counter reset) is never judged ZERO.
+//! * Hysteresis: alerts fire when evidence crosses its bound, clear after
+//!   `clear_ticks` ticks back inside the warning band, are suppressed for
+//!   `settle_ticks` after the member set changes, and an alert that flaps
+//!   is reopened (held open longer) instead of firing again.
+
+mod alerts;
+mod pool;
+pub mod sim;
+
+pub use alerts::{Alert, AlertKind, Severity, Transition};
+pub use pool::{
+    MemberInput, MemberVerdict, PoolInput, PoolVerdict, Verdict, View, ViewInput, ViewVerdict,
+};
+
+use std::collections::HashMap;
+
+/// Detection settings. Every field is a collector flag.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    /// Per-pool false-alarm probability per member-test for ZERO, split
+    /// across members (Bonferroni).
+    pub zero_alpha: f64,
+    /// Per-pool false-alarm probability per tick for SKEW pages.
+    pub skew_alpha: f64,
+    /// Page band: observed/expected below this...
+    pub page_low: f64,
+    /// ...or above this.
+    pub page_high: f64,
+    /// Warning band, low side.
+    pub warn_low: f64,
+    /// Warning band, high side.
+    pub warn_high: f64,
+    /// Ticks back inside the warning band before an alert clears.
+    pub clear_ticks: u32,
+    /// Ticks of silence after the member set changes.
+    pub settle_ticks: u32,
+    /// A resolved alert that would fire again within this many ticks is
+    /// reopened (a flap) rather than fired anew.
+    pub flap_window: u64,
+    /// A pool with fewer new connections per tick than this (averaged over
+    /// 30 ticks) abstains: INSUFFICIENT_TRAFFIC.
+    pub min_pool_rate: f64,
+    /// Effective members / expected effective members below this is
+    /// CONCENTRATION.
+    pub concentration_ratio: f64,
+    /// CPU share above this multiple of the traffic share is HOT...
+    pub hot_ratio: f64,
+    /// ...when the node's CPU utilisation is at least this.
+    pub hot_min_utilization: f64,
+    /// Upper bound on the learned dispersion.
+    pub max_dispersion: f64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            zero_alpha: 2e-9,
+            skew_alpha: 1e-6,
+            page_low: 0.5,
+            page_high: 2.0,
+            warn_low: 0.7,
+            warn_high: 1.4,
+            clear_ticks: 5,
+            settle_ticks: 2,
+            flap_window: 300,
+            min_pool_rate: 0.5,
+            concentration_ratio: 0.75,
+            hot_ratio: 1.5,
+            hot_min_utilization: 0.5,
+            max_dispersion: 50.0,
+        }
+    }
+}
+
+/// The detector for every pool.
+#[derive(Default)]
+pub struct Detector {
+    pub settings: Settings,
+    pools: HashMap<String, pool::PoolState>,
+    alerts: alerts::Book,
+}
+
+impl Detector {
+    pub fn new(settings: Settings) -> Self {
+        Self {
+            settings,
+            ..Self::default()
+        }
+    }
+
+    /// Judges one tick of one pool; returns the verdicts and the alert
+    /// transitions this tick caused.
+    pub fn evaluate(&mut self, input: &PoolInput) -> (PoolVerdict, Vec<Transition>) {
+        let state = self.pools.entry(input.name.clone()).or_default();
+        let verdict = state.evaluate(&self.settings, input);
+        let transitions = self.alerts.update(&self.settings, input.tick, &verdict);
+        (verdict, transitions)
+    }
+
+    /// Forgets pools not in `names` (removed from the fleet), resolving
+    /// their open alerts.
+    pub fn retain_pools(
+        &mut self,
+        names: &std::collections::HashSet<String>,
+        tick: u64,
+    ) -> Vec<Transition> {
+        self.pools.retain(|n, _| names.contains(n));
+        self.alerts.resolve_pools_not_in(names, tick)
+    }
+
+    /// Every open alert.
+    pub fn open_alerts(&self) -> impl Iterator<Item = &Alert> {
+        self.alerts.open()
+    }
+
+    /// Recently resolved alerts, newest first.
+    pub fn resolved_alerts(&self) -> impl Iterator<Item = &Alert> {
+        self.alerts.resolved()
+    }
+}
+
+/// The z-score bound for a one-sided test at `alpha / n` (Bonferroni),
+/// from the normal tail approximation `sqrt(2 ln(n / alpha))` tightened by
+/// its usual correction.
+pub fn z_bound(alpha: f64, n: usize) -> f64 {
+    let a = (alpha / n.max(1) as f64).clamp(1e-300, 0.5);
+    let t = (-2.0 * a.ln()).sqrt();
+    // Abramowitz-Stegun 26.2.23 inverse of the upper normal tail.
+    let (c0, c1, c2, d1, d2, d3) = (2.515517, 0.802853, 0.010328, 1.432788, 0.189269, 0.001308);
+    t - (c0 + c1 * t + c2 * t * t) / (1.0 + d1 * t + d2 * t * t + d3 * t * t * t)
+}
+
+/// The upper `alpha` quantile of χ² with `df` degrees of freedom
+/// (Wilson-Hilferty).
+pub fn chi2_bound(alpha: f64, df: usize) -> f64 {
+    let k = df.max(1) as f64;
+    let z = z_bound(alpha, 1);
+    let a = 2.0 / (9.0 * k);
+    k * (1.0 - a + z * a.sqrt()).powi(3)
+}
+
+#[cfg(test)]
+mod tests;

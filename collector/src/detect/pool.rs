@@ -1,0 +1,701 @@
+//! Per-pool state and one tick of judgement.
+
+use std::collections::HashMap;
+
+use super::{Settings, chi2_bound, z_bound};
+
+/// Which observers the numbers come from.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum View {
+    /// The backend's own agent (SERVES).
+    Server,
+    /// The pool's load balancers' agents (SENDS_TO), summed.
+    Lb,
+}
+
+/// One view's numbers for one member, this tick.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct ViewInput {
+    /// Every observer of this view reported within three intervals.
+    pub fresh: bool,
+    /// An observer's counters restarted this tick: the delta is unknown.
+    pub reset: bool,
+    /// New connections this tick.
+    pub new_conns: u64,
+    /// Payload bytes into the member this tick.
+    pub bytes_in: u64,
+    /// Payload bytes out of the member this tick.
+    pub bytes_out: u64,
+    /// Connections open now.
+    pub active: u64,
+}
+
+/// One member's input.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemberInput {
+    /// "address:port".
+    pub id: String,
+    /// Relative weight (> 0).
+    pub weight: f64,
+    /// Expected to receive no new connections.
+    pub draining: bool,
+    /// The server view, when the member's own agent is known.
+    pub server: Option<ViewInput>,
+    /// The LB view, when the pool has load balancer agents.
+    pub lb: Option<ViewInput>,
+    /// The member node's CPU utilisation, 0..1.
+    pub cpu: Option<f64>,
+}
+
+/// One pool's input for one tick.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolInput {
+    pub name: String,
+    pub tick: u64,
+    pub members: Vec<MemberInput>,
+}
+
+/// A judgement.
+#[derive(Copy, Clone, Debug, PartialEq)]
+pub enum Verdict {
+    Ok,
+    /// No new connections while they were expected. `dark`: no bytes
+    /// either; otherwise bytes still flow on old connections (pinned-only).
+    Zero {
+        dark: bool,
+    },
+    SkewLow {
+        page: bool,
+    },
+    SkewHigh {
+        page: bool,
+    },
+    NoData,
+    /// CPU share well above traffic share; `explained` when a SKEW_HIGH
+    /// explains it.
+    Hot {
+        explained: bool,
+    },
+    Mismatch,
+    DrainingViolation,
+    InsufficientTraffic,
+    Concentration,
+    Settling,
+}
+
+impl Verdict {
+    /// Ordering for combining views: higher is worse.
+    fn rank(self) -> u8 {
+        match self {
+            Verdict::Zero { .. } => 9,
+            Verdict::SkewLow { page: true } | Verdict::SkewHigh { page: true } => 8,
+            Verdict::DrainingViolation => 7,
+            Verdict::Mismatch => 6,
+            Verdict::NoData => 5,
+            Verdict::SkewLow { page: false } | Verdict::SkewHigh { page: false } => 4,
+            Verdict::Hot { .. } => 3,
+            Verdict::Concentration => 2,
+            Verdict::Settling | Verdict::InsufficientTraffic => 1,
+            Verdict::Ok => 0,
+        }
+    }
+
+    pub fn is_zero(self) -> bool {
+        matches!(self, Verdict::Zero { .. })
+    }
+}
+
+/// One view's judgement of one member, with the numbers behind it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ViewVerdict {
+    pub verdict: Verdict,
+    pub fresh: bool,
+    pub new_conns: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub active: u64,
+    /// Share of the pool's new connections over the last 10 ticks.
+    pub observed_share: f64,
+    /// The share its weight gives it.
+    pub expected_share: f64,
+    /// Observed / expected over the window that decided the verdict.
+    pub ratio: f64,
+    /// Observed count over that window.
+    pub window_observed: f64,
+    /// Expected count over that window.
+    pub window_expected: f64,
+    /// Expected count accumulated since the member's last new connection.
+    pub zero_expected: f64,
+    /// z-score of the deciding window.
+    pub z: f64,
+    /// Cumulative new connections seen.
+    pub conns_total: u64,
+    pub reason: String,
+}
+
+/// One member's judgement.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MemberVerdict {
+    pub id: String,
+    pub weight: f64,
+    pub draining: bool,
+    pub server: Option<ViewVerdict>,
+    pub lb: Option<ViewVerdict>,
+    pub cpu: Option<f64>,
+    /// Both views combined (and HOT).
+    pub verdict: Verdict,
+    /// The view whose evidence decided.
+    pub view: View,
+    pub reason: String,
+}
+
+/// One pool's judgement.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolVerdict {
+    pub name: String,
+    pub tick: u64,
+    /// Ok, Concentration, InsufficientTraffic or Settling.
+    pub verdict: Verdict,
+    pub reason: String,
+    /// Effective members (1 / Σ share²) over the last 10 ticks.
+    pub effective: f64,
+    /// What the weights give.
+    pub expected_effective: f64,
+    /// The view the pool-level numbers come from.
+    pub view: View,
+    /// Mean new connections per tick over the last 10 ticks, per view.
+    pub server_rate: f64,
+    pub lb_rate: f64,
+    /// Learned dispersion per view.
+    pub dispersion_server: f64,
+    pub dispersion_lb: f64,
+    pub members: Vec<MemberVerdict>,
+}
+
+const RING: usize = 30;
+const WINDOWS: [usize; 4] = [1, 3, 10, 30];
+const SHARE_WINDOW: usize = 10;
+
+#[derive(Clone, Default)]
+struct MemberHist {
+    observed: [f64; RING],
+    expected: [f64; RING],
+    /// Ticks recorded (saturating at RING).
+    len: usize,
+    head: usize,
+    zero_e: f64,
+    zero_bytes: bool,
+    conns_total: u64,
+    draining_recent: [u64; 10],
+}
+
+impl MemberHist {
+    fn push(&mut self, o: f64, e: f64) {
+        self.head = (self.head + 1) % RING;
+        self.observed[self.head] = o;
+        self.expected[self.head] = e;
+        self.len = (self.len + 1).min(RING);
+    }
+
+    fn sums(&self, w: usize) -> (f64, f64) {
+        let w = w.min(self.len);
+        (0..w).fold((0.0, 0.0), |(o, e), k| {
+            let i = (self.head + RING - k) % RING;
+            (o + self.observed[i], e + self.expected[i])
+        })
+    }
+}
+
+struct ViewState {
+    members: HashMap<String, MemberHist>,
+    dispersion: f64,
+    samples: u32,
+    totals: [f64; RING],
+    totals_len: usize,
+    totals_head: usize,
+}
+
+impl Default for ViewState {
+    fn default() -> Self {
+        Self {
+            members: HashMap::new(),
+            // Until healthy ticks teach otherwise, assume traffic twice as
+            // bursty as Poisson.
+            dispersion: 2.0,
+            samples: 0,
+            totals: [0.0; RING],
+            totals_len: 0,
+            totals_head: 0,
+        }
+    }
+}
+
+/// A view's per-tick results before members' views are combined.
+struct ViewOutcome {
+    verdicts: HashMap<String, ViewVerdict>,
+    effective: f64,
+    expected_effective: f64,
+    concentrated: bool,
+    rate: f64,
+    long_rate: f64,
+    judged: bool,
+}
+
+#[derive(Default)]
+pub(super) struct PoolState {
+    server: ViewState,
+    lb: ViewState,
+    member_set: Vec<(String, bool)>,
+    settle_left: u32,
+    cpu: HashMap<String, f64>,
+}
+
+impl PoolState {
+    pub(super) fn evaluate(&mut self, s: &Settings, input: &PoolInput) -> PoolVerdict {
+        let mut set: Vec<(String, bool)> = input
+            .members
+            .iter()
+            .map(|m| (m.id.clone(), m.draining))
+            .collect();
+        set.sort();
+        if set != self.member_set {
+            if !self.member_set.is_empty() {
+                self.settle_left = s.settle_ticks;
+            }
+            self.member_set = set;
+        }
+        let server = self.server.evaluate(s, input, View::Server);
+        let lb = self.lb.evaluate(s, input, View::Lb);
+
+        // CPU: smoothed per member.
+        for m in &input.members {
+            if let Some(c) = m.cpu {
+                let e = self.cpu.entry(m.id.clone()).or_insert(c);
+                *e = 0.7 * *e + 0.3 * c;
+            }
+        }
+        let cpu_total: f64 = input
+            .members
+            .iter()
+            .filter_map(|m| self.cpu.get(&m.id))
+            .sum();
+
+        let primary = if server.judged || !lb.judged {
+            &server
+        } else {
+            &lb
+        };
+        let primary_view = if std::ptr::eq(primary, &server) {
+            View::Server
+        } else {
+            View::Lb
+        };
+        let insufficient = !server.judged && !lb.judged
+            || (primary.long_rate < s.min_pool_rate && primary.rate < s.min_pool_rate);
+        let settling = self.settle_left > 0;
+        self.settle_left = self.settle_left.saturating_sub(1);
+
+        let mut members = Vec::with_capacity(input.members.len());
+        for m in &input.members {
+            let sv = server.verdicts.get(&m.id).cloned();
+            let lv = lb.verdicts.get(&m.id).cloned();
+            let (mut verdict, view, mut reason) = combine(m, sv.as_ref(), lv.as_ref());
+            // HOT, from the smoothed CPU against the traffic share.
+            if let (Some(&cpu), true) = (self.cpu.get(&m.id), cpu_total > 0.0) {
+                let share = sv
+                    .as_ref()
+                    .or(lv.as_ref())
+                    .map_or(0.0, |v| v.observed_share.max(v.expected_share));
+                let cpu_share = cpu / cpu_total;
+                if cpu >= s.hot_min_utilization
+                    && cpu_share > s.hot_ratio * share
+                    && share > 0.0
+                    && verdict.rank() < 3
+                {
+                    verdict = Verdict::Hot { explained: false };
+                    reason = format!(
+                        "CPU {:.0}% is {:.0}% of the pool's CPU but it gets {:.0}% of the traffic: a host problem",
+                        cpu * 100.0,
+                        cpu_share * 100.0,
+                        share * 100.0
+                    );
+                } else if cpu >= s.hot_min_utilization
+                    && cpu_share > s.hot_ratio / (input.members.len().max(1) as f64)
+                    && matches!(verdict, Verdict::SkewHigh { .. })
+                {
+                    reason.push_str(&format!(
+                        "; its CPU ({:.0}%) follows the traffic",
+                        cpu * 100.0
+                    ));
+                }
+            }
+            if insufficient && verdict.rank() > 0 && verdict != Verdict::NoData {
+                verdict = Verdict::InsufficientTraffic;
+                reason = "pool too quiet to judge".into();
+            } else if settling && verdict.rank() > 1 && verdict != Verdict::NoData {
+                verdict = Verdict::Settling;
+                reason = "member set changed; settling".into();
+            }
+            members.push(MemberVerdict {
+                id: m.id.clone(),
+                weight: m.weight,
+                draining: m.draining,
+                server: sv,
+                lb: lv,
+                cpu: self.cpu.get(&m.id).copied(),
+                verdict,
+                view,
+                reason,
+            });
+        }
+        let (verdict, reason) = if insufficient {
+            (
+                Verdict::InsufficientTraffic,
+                format!(
+                    "{:.2} new connections/tick (minimum {:.2}): too quiet to judge",
+                    primary.long_rate, s.min_pool_rate
+                ),
+            )
+        } else if settling {
+            (Verdict::Settling, "member set changed; settling".into())
+        } else if primary.concentrated {
+            (
+                Verdict::Concentration,
+                format!(
+                    "traffic concentrates on {:.1} effective members of {:.1}",
+                    primary.effective, primary.expected_effective
+                ),
+            )
+        } else {
+            (Verdict::Ok, String::new())
+        };
+        PoolVerdict {
+            name: input.name.clone(),
+            tick: input.tick,
+            verdict,
+            reason,
+            effective: primary.effective,
+            expected_effective: primary.expected_effective,
+            view: primary_view,
+            server_rate: server.rate,
+            lb_rate: lb.rate,
+            dispersion_server: self.server.dispersion,
+            dispersion_lb: self.lb.dispersion,
+            members,
+        }
+    }
+}
+
+/// Combines a member's views: ZERO needs every fresh observer to agree;
+/// an LB that sends to a backend that receives nothing (or the reverse) is
+/// a MISMATCH.
+fn combine(
+    m: &MemberInput,
+    sv: Option<&ViewVerdict>,
+    lv: Option<&ViewVerdict>,
+) -> (Verdict, View, String) {
+    match (sv, lv) {
+        (None, None) => (
+            Verdict::NoData,
+            View::Server,
+            "no agent reports this member".into(),
+        ),
+        (None, Some(_)) if m.server.is_none() => (
+            Verdict::NoData,
+            View::Server,
+            "the member's own agent never reported (NO_DATA, not zero)".into(),
+        ),
+        (Some(s), None) | (None, Some(s)) => {
+            let view = if sv.is_some() { View::Server } else { View::Lb };
+            (s.verdict, view, s.reason.clone())
+        }
+        (Some(s), Some(l)) => {
+            if s.verdict == Verdict::NoData {
+                return (Verdict::NoData, View::Server, s.reason.clone());
+            }
+            if l.verdict == Verdict::NoData {
+                return (s.verdict, View::Server, s.reason.clone());
+            }
+            match (s.verdict.is_zero(), l.verdict.is_zero()) {
+                (true, true) => (s.verdict, View::Server, s.reason.clone()),
+                (true, false) if l.window_observed > 0.0 => (
+                    Verdict::Mismatch,
+                    View::Server,
+                    format!(
+                        "its load balancers sent {:.0} new connections that it never received",
+                        l.window_observed
+                    ),
+                ),
+                (false, true) if s.window_observed > 0.0 => (
+                    Verdict::Mismatch,
+                    View::Lb,
+                    format!(
+                        "it received {:.0} new connections its load balancers never sent",
+                        s.window_observed
+                    ),
+                ),
+                _ if l.verdict.rank() > s.verdict.rank() => (l.verdict, View::Lb, l.reason.clone()),
+                _ => (s.verdict, View::Server, s.reason.clone()),
+            }
+        }
+    }
+}
+
+impl ViewState {
+    fn evaluate(&mut self, s: &Settings, input: &PoolInput, view: View) -> ViewOutcome {
+        let get = |m: &MemberInput| match view {
+            View::Server => m.server,
+            View::Lb => m.lb,
+        };
+        let eligible: Vec<(&MemberInput, ViewInput)> = input
+            .members
+            .iter()
+            .filter_map(|m| get(m).map(|v| (m, v)))
+            .filter(|(m, v)| v.fresh && !v.reset && !m.draining && m.weight > 0.0)
+            .collect();
+        let observed_any = input.members.iter().any(|m| get(m).is_some());
+        let n: f64 = eligible.iter().map(|(_, v)| v.new_conns as f64).sum();
+        let wsum: f64 = eligible.iter().map(|(m, _)| m.weight).sum();
+        let count = eligible.len();
+
+        self.totals_head = (self.totals_head + 1) % RING;
+        self.totals[self.totals_head] = n;
+        self.totals_len = (self.totals_len + 1).min(RING);
+        let total_w = |w: usize| -> f64 {
+            let w = w.min(self.totals_len);
+            (0..w)
+                .map(|k| self.totals[(self.totals_head + RING - k) % RING])
+                .sum()
+        };
+        let rate = total_w(SHARE_WINDOW) / SHARE_WINDOW.min(self.totals_len).max(1) as f64;
+        let long_rate = total_w(RING) / self.totals_len.max(1) as f64;
+
+        // Forget members that left.
+        self.members
+            .retain(|id, _| input.members.iter().any(|m| &m.id == id));
+
+        let phi = self.dispersion.max(1.0);
+        let zero_gain = if phi > 1.0001 {
+            phi.ln() / (phi - 1.0)
+        } else {
+            1.0
+        };
+        let zero_bound = (count.max(1) as f64 / s.zero_alpha).ln();
+        let tests = count.max(1) * WINDOWS.len();
+        let z_page = z_bound(s.skew_alpha, tests);
+        let z_warn = z_bound(s.skew_alpha * 1e3, tests);
+
+        let mut verdicts = HashMap::with_capacity(input.members.len());
+        let mut chi2 = 0.0;
+        let mut dof = 0usize;
+        let mut suspect = false;
+        let mut window_obs = Vec::with_capacity(count);
+        for m in &input.members {
+            let Some(v) = get(m) else { continue };
+            let hist = self.members.entry(m.id.clone()).or_default();
+            hist.conns_total += v.new_conns;
+            let expected_share = if m.draining || !(v.fresh && !v.reset) || wsum <= 0.0 {
+                0.0
+            } else {
+                m.weight / wsum
+            };
+            let mut vv = ViewVerdict {
+                verdict: Verdict::Ok,
+                fresh: v.fresh,
+                new_conns: v.new_conns,
+                bytes_in: v.bytes_in,
+                bytes_out: v.bytes_out,
+                active: v.active,
+                observed_share: 0.0,
+                expected_share,
+                ratio: 1.0,
+                window_observed: 0.0,
+                window_expected: 0.0,
+                zero_expected: 0.0,
+                z: 0.0,
+                conns_total: hist.conns_total,
+                reason: String::new(),
+            };
+            if !v.fresh || v.reset {
+                vv.verdict = Verdict::NoData;
+                vv.reason = if v.reset {
+                    "its agent's counters restarted this tick".into()
+                } else {
+                    "its observer missed three reports (stale)".into()
+                };
+                // A gap: start the ZERO evidence again afterwards.
+                hist.zero_e = 0.0;
+                verdicts.insert(m.id.clone(), vv);
+                continue;
+            }
+            if m.draining {
+                hist.draining_recent.rotate_right(1);
+                hist.draining_recent[0] = v.new_conns;
+                let recent: u64 = hist.draining_recent.iter().sum();
+                vv.window_observed = recent as f64;
+                if recent >= 3 {
+                    vv.verdict = Verdict::DrainingViolation;
+                    vv.reason =
+                        format!("draining, yet it got {recent} new connections in 10 ticks");
+                }
+                verdicts.insert(m.id.clone(), vv);
+                continue;
+            }
+            let e = n * expected_share;
+            let o = v.new_conns as f64;
+            hist.push(o, e);
+            if e >= 1.0 {
+                chi2 += (o - e) * (o - e) / e;
+                dof += 1;
+            }
+            // ZERO evidence.
+            if v.new_conns == 0 {
+                hist.zero_e += e;
+                if v.bytes_in + v.bytes_out > 0 {
+                    hist.zero_bytes = true;
+                }
+            } else {
+                hist.zero_e = 0.0;
+                hist.zero_bytes = false;
+            }
+            vv.zero_expected = hist.zero_e;
+            let zero_evidence = hist.zero_e * zero_gain;
+            if zero_evidence >= zero_bound / 2.0 {
+                suspect = true;
+            }
+            // SKEW over several windows: keep the strongest finding.
+            let (ow, ew) = hist.sums(SHARE_WINDOW);
+            vv.window_observed = ow;
+            vv.window_expected = ew;
+            vv.ratio = if ew > 0.0 { ow / ew } else { 1.0 };
+            window_obs.push((ow, ew));
+            let mut best: Option<(Verdict, f64, f64, f64, f64)> = None;
+            for w in WINDOWS {
+                let (ow, ew) = hist.sums(w);
+                if ew < 1.0 {
+                    continue;
+                }
+                let r = ow / ew;
+                let z = (ow - ew) / (phi * ew).sqrt();
+                let found = if r > s.page_high && z > z_page {
+                    Some(Verdict::SkewHigh { page: true })
+                } else if r < s.page_low && -z > z_page {
+                    Some(Verdict::SkewLow { page: true })
+                } else if r > s.warn_high && z > z_warn {
+                    Some(Verdict::SkewHigh { page: false })
+                } else if r < s.warn_low && -z > z_warn {
+                    Some(Verdict::SkewLow { page: false })
+                } else {
+                    None
+                };
+                if let Some(f) = found
+                    && best.is_none_or(|b| {
+                        f.rank() > b.0.rank() || (f.rank() == b.0.rank() && z.abs() > b.3.abs())
+                    })
+                {
+                    best = Some((f, r, ow, z, ew));
+                }
+            }
+            if zero_evidence >= zero_bound {
+                vv.verdict = Verdict::Zero {
+                    dark: !hist.zero_bytes,
+                };
+                vv.reason = format!(
+                    "0 new connections while {:.1} were expected since its last one (P ≈ {:.1e}; {} )",
+                    hist.zero_e,
+                    (-zero_evidence).exp(),
+                    if hist.zero_bytes {
+                        "bytes still flow on old connections"
+                    } else {
+                        "fully dark"
+                    }
+                );
+                vv.z = -zero_evidence.sqrt();
+            } else if let Some((verdict, r, ow, z, ew)) = best {
+                suspect = true;
+                vv.verdict = verdict;
+                vv.ratio = r;
+                vv.z = z;
+                vv.reason = format!(
+                    "{:.0} new connections where {:.1} were expected ({:.2}× its share, z = {:.1}, dispersion {:.2})",
+                    ow, ew, r, z, phi
+                );
+            }
+            verdicts.insert(m.id.clone(), vv);
+        }
+        // Observed shares over the share window, for display and
+        // concentration.
+        let total_obs: f64 = window_obs.iter().map(|(o, _)| o).sum();
+        for (id, vv) in verdicts.iter_mut() {
+            if vv.expected_share > 0.0
+                && total_obs > 0.0
+                && let Some(h) = self.members.get(id)
+            {
+                vv.observed_share = h.sums(SHARE_WINDOW).0 / total_obs;
+            }
+        }
+        let expected_effective = if wsum > 0.0 {
+            1.0 / eligible
+                .iter()
+                .map(|(m, _)| (m.weight / wsum).powi(2))
+                .sum::<f64>()
+        } else {
+            0.0
+        };
+        // CONCENTRATION over the last 1, 3 and 10 ticks: the effective
+        // number must fall below the ratio *and* the counts must be far from
+        // the weights (a χ² test at skew_alpha, with dispersion), with on
+        // average twenty expected connections per member in the window.
+        let mut effective = 0.0;
+        let mut concentrated = false;
+        let chi_crit = chi2_bound(s.skew_alpha, count.saturating_sub(1).max(1));
+        for w in [1usize, 3, SHARE_WINDOW] {
+            let sums: Vec<(f64, f64)> = eligible
+                .iter()
+                .filter_map(|(m, _)| self.members.get(&m.id).map(|h| h.sums(w)))
+                .collect();
+            let obs: f64 = sums.iter().map(|(o, _)| o).sum();
+            let exp: f64 = sums.iter().map(|(_, e)| e).sum();
+            if obs <= 0.0 {
+                continue;
+            }
+            let eff = 1.0 / sums.iter().map(|(o, _)| (o / obs).powi(2)).sum::<f64>();
+            if w == SHARE_WINDOW {
+                effective = eff;
+            }
+            let chi: f64 = sums
+                .iter()
+                .filter(|(_, e)| *e > 0.0)
+                .map(|(o, e)| (o - e) * (o - e) / (phi * e))
+                .sum();
+            if count >= 2
+                && exp >= 20.0 * count as f64
+                && expected_effective > 0.0
+                && eff / expected_effective < s.concentration_ratio
+                && chi > chi_crit
+            {
+                concentrated = true;
+                effective = eff;
+            }
+        }
+        // Learn dispersion only from ticks where nothing looks wrong.
+        if dof >= 2 && !suspect && !concentrated {
+            let phi_tick = (chi2 / (dof - 1) as f64).clamp(1.0, s.max_dispersion);
+            // Winsorise: one burst moves the estimate a little, not a lot.
+            let phi_tick = phi_tick.min(self.dispersion * 3.0);
+            let alpha = if self.samples < 20 { 0.2 } else { 0.03 };
+            self.dispersion =
+                ((1.0 - alpha) * self.dispersion + alpha * phi_tick).clamp(1.0, s.max_dispersion);
+            self.samples += 1;
+        }
+        ViewOutcome {
+            verdicts,
+            effective,
+            expected_effective,
+            concentrated,
+            rate,
+            long_rate,
+            judged: observed_any && count > 0,
+        }
+    }
+}

@@ -1,0 +1,387 @@
+//! Detector tests on synthetic counts.
+
+use super::*;
+use crate::detect::sim::Rng;
+
+/// A pool of `weights.len()` members, all fresh, server view only.
+fn input(tick: u64, counts: &[u64], weights: &[f64]) -> PoolInput {
+    PoolInput {
+        name: "web".into(),
+        tick,
+        members: counts
+            .iter()
+            .zip(weights)
+            .enumerate()
+            .map(|(i, (&c, &w))| MemberInput {
+                id: format!("10.0.{}.{}:8080", i / 250, i % 250 + 1),
+                weight: w,
+                draining: false,
+                server: Some(ViewInput {
+                    fresh: true,
+                    new_conns: c,
+                    bytes_in: c * 100,
+                    bytes_out: c * 2000,
+                    ..Default::default()
+                }),
+                lb: None,
+                cpu: None,
+            })
+            .collect(),
+    }
+}
+
+/// Runs `ticks` ticks of traffic at `rate` conn/tick split by `weights`
+/// and multiplied per member by `factor(tick, member)`; returns the first
+/// tick each member was judged with `hit`, and every transition.
+fn simulate(
+    d: &mut Detector,
+    rng: &mut Rng,
+    ticks: u64,
+    rate: f64,
+    weights: &[f64],
+    phi: f64,
+    factor: impl Fn(u64, usize) -> f64,
+    hit: impl Fn(Verdict) -> bool,
+) -> (Vec<Option<u64>>, Vec<Transition>) {
+    let wsum: f64 = weights.iter().sum();
+    let mut first = vec![None; weights.len()];
+    let mut all = Vec::new();
+    for t in 0..ticks {
+        let counts: Vec<u64> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| rng.neg_binomial(rate * w / wsum * factor(t, i), phi))
+            .collect();
+        let (v, tr) = d.evaluate(&input(t, &counts, weights));
+        for (i, m) in v.members.iter().enumerate() {
+            if first[i].is_none() && hit(m.verdict) {
+                first[i] = Some(t);
+            }
+        }
+        all.extend(tr);
+    }
+    (first, all)
+}
+
+fn pages(tr: &[Transition]) -> usize {
+    tr.iter()
+        .filter(|t| matches!(t, Transition::Fired(a) if a.severity == Severity::Page))
+        .count()
+}
+
+#[test]
+fn zero_at_100_per_second_over_10_members_within_3_ticks() {
+    let mut d = Detector::default();
+    let mut rng = Rng::new(7);
+    let w = [1.0; 10];
+    // 60 healthy ticks, then member 3 gets nothing.
+    let (first, _) = simulate(
+        &mut d,
+        &mut rng,
+        70,
+        100.0,
+        &w,
+        1.0,
+        |t, i| if t >= 60 && i == 3 { 0.0 } else { 1.0 },
+        Verdict::is_zero,
+    );
+    let at = first[3].expect("member 3 judged ZERO");
+    assert!(at >= 60 && at <= 62, "ZERO at tick {at}");
+    assert!(
+        first.iter().enumerate().all(|(i, f)| i == 3 || f.is_none()),
+        "{first:?}"
+    );
+}
+
+#[test]
+fn zero_at_20_per_second_within_12_ticks() {
+    let mut d = Detector::default();
+    let mut rng = Rng::new(8);
+    let w = [1.0; 10];
+    let (first, _) = simulate(
+        &mut d,
+        &mut rng,
+        90,
+        20.0,
+        &w,
+        1.0,
+        |t, i| if t >= 60 && i == 0 { 0.0 } else { 1.0 },
+        Verdict::is_zero,
+    );
+    let at = first[0].expect("ZERO found");
+    assert!((60..=72).contains(&at), "ZERO at tick {at}");
+}
+
+#[test]
+fn a_quiet_small_pool_stays_quiet_on_bursty_noise() {
+    let mut d = Detector::default();
+    let mut rng = Rng::new(9);
+    let (_, tr) = simulate(
+        &mut d,
+        &mut rng,
+        20_000,
+        5.0,
+        &[1.0; 3],
+        2.5,
+        |_, _| 1.0,
+        |_| false,
+    );
+    assert_eq!(pages(&tr), 0, "{:?}", tr.first());
+}
+
+#[test]
+fn skew_2x_at_100_per_second_within_10_ticks() {
+    let mut d = Detector::default();
+    let mut rng = Rng::new(10);
+    let w = [1.0; 10];
+    let hit = |v: Verdict| matches!(v, Verdict::SkewHigh { page: true });
+    let (first, _) = simulate(
+        &mut d,
+        &mut rng,
+        80,
+        100.0,
+        &w,
+        1.5,
+        |t, i| if t >= 60 && i == 2 { 2.5 } else { 1.0 },
+        hit,
+    );
+    let at = first[2].expect("SKEW found");
+    assert!((60..=70).contains(&at), "SKEW at tick {at}");
+}
+
+#[test]
+fn weighted_pool_balanced_then_light_member_doubles() {
+    let mut d = Detector::default();
+    let mut rng = Rng::new(11);
+    let w = [3.0, 1.0, 1.0];
+    let (first, tr) = simulate(
+        &mut d,
+        &mut rng,
+        300,
+        50.0,
+        &w,
+        1.0,
+        |_, _| 1.0,
+        |v| v != Verdict::Ok,
+    );
+    assert!(
+        first.iter().all(Option::is_none),
+        "balanced weighted pool judged: {first:?}"
+    );
+    assert_eq!(pages(&tr), 0);
+    let hit = |v: Verdict| matches!(v, Verdict::SkewHigh { .. });
+    let (first, _) = simulate(
+        &mut d,
+        &mut rng,
+        40,
+        50.0,
+        &w,
+        1.0,
+        |_, i| if i == 2 { 2.0 } else { 1.0 },
+        hit,
+    );
+    assert!(first[2].is_some_and(|t| t <= 15), "{first:?}");
+}
+
+#[test]
+fn thousand_members_find_one_dead_and_one_tripled() {
+    let mut d = Detector::default();
+    let mut rng = Rng::new(12);
+    let w = vec![1.0; 1000];
+    // 20 conn/s per member.
+    let bad = |v: Verdict| matches!(v, Verdict::Zero { .. } | Verdict::SkewHigh { page: true });
+    let (first, tr) = simulate(
+        &mut d,
+        &mut rng,
+        60,
+        20_000.0,
+        &w,
+        1.0,
+        |t, i| match (t >= 30, i) {
+            (true, 10) => 0.0,
+            (true, 500) => 3.0,
+            _ => 1.0,
+        },
+        bad,
+    );
+    assert!(
+        first[10].is_some_and(|t| t <= 33),
+        "dead member: {:?}",
+        first[10]
+    );
+    assert!(
+        first[500].is_some_and(|t| t <= 40),
+        "tripled member: {:?}",
+        first[500]
+    );
+    let others = first
+        .iter()
+        .enumerate()
+        .filter(|(i, f)| *i != 10 && *i != 500 && f.is_some())
+        .count();
+    assert_eq!(others, 0, "false positives");
+    assert!(pages(&tr) <= 2);
+}
+
+#[test]
+fn no_data_is_never_zero() {
+    let mut d = Detector::default();
+    for t in 0..100 {
+        let mut inp = input(t, &[30, 30, 0], &[1.0; 3]);
+        // Member 2's agent went stale: its zeros mean nothing.
+        if let Some(v) = inp.members[2].server.as_mut() {
+            v.fresh = t < 20;
+        }
+        let (v, _) = d.evaluate(&inp);
+        if t >= 20 {
+            assert_eq!(v.members[2].verdict, Verdict::NoData, "tick {t}");
+        }
+    }
+    assert!(d.open_alerts().any(|a| a.kind == AlertKind::Stale));
+    assert!(!d.open_alerts().any(|a| a.kind == AlertKind::Zero));
+}
+
+#[test]
+fn draining_is_quiet_until_it_gets_traffic() {
+    let mut d = Detector::default();
+    for t in 0..50 {
+        let mut inp = input(t, &[50, 50, if t < 30 { 0 } else { 5 }], &[1.0; 3]);
+        inp.members[2].draining = true;
+        let (v, _) = d.evaluate(&inp);
+        if t < 30 {
+            assert_eq!(
+                v.members[2].verdict,
+                Verdict::Ok,
+                "planned drain is quiet at {t}"
+            );
+        }
+    }
+    assert!(
+        d.open_alerts()
+            .any(|a| a.kind == AlertKind::DrainingViolation)
+    );
+}
+
+#[test]
+fn the_incident_is_one_page() {
+    let mut d = Detector::default();
+    let mut rng = Rng::new(13);
+    let w = [1.0; 6];
+    // Balanced, then the LB sends everything to members 0 and 1.
+    let (_, before) = simulate(&mut d, &mut rng, 60, 120.0, &w, 1.2, |_, _| 1.0, |_| false);
+    assert_eq!(pages(&before), 0);
+    let (first, tr) = simulate(
+        &mut d,
+        &mut rng,
+        15,
+        120.0,
+        &w,
+        1.2,
+        |_, i| if i < 2 { 3.0 } else { 0.0 },
+        Verdict::is_zero,
+    );
+    assert!(
+        first[2..].iter().all(|f| f.is_some_and(|t| t <= 5)),
+        "{first:?}"
+    );
+    assert!(first[..2].iter().all(Option::is_none));
+    assert_eq!(pages(&tr), 1, "one page (CONCENTRATION): {tr:#?}");
+    assert!(d.open_alerts().any(|a| a.kind == AlertKind::Concentration));
+    // Rollback: everything resolves.
+    let (_, after) = simulate(&mut d, &mut rng, 40, 120.0, &w, 1.2, |_, _| 1.0, |_| false);
+    assert!(after.iter().any(|t| matches!(t, Transition::Resolved(_))));
+    assert_eq!(d.open_alerts().count(), 0);
+}
+
+#[test]
+fn a_flapping_member_fires_once() {
+    let mut d = Detector::default();
+    let mut rng = Rng::new(14);
+    let (_, tr) = simulate(
+        &mut d,
+        &mut rng,
+        600,
+        100.0,
+        &[1.0; 4],
+        1.0,
+        |t, i| {
+            if i == 1 && t >= 30 && (t / 30) % 2 == 1 {
+                0.0
+            } else {
+                1.0
+            }
+        },
+        |_| false,
+    );
+    let fired = tr
+        .iter()
+        .filter(|t| matches!(t, Transition::Fired(a) if a.kind == AlertKind::Zero))
+        .count();
+    assert_eq!(fired, 1, "flapping should reopen, not re-fire");
+}
+
+#[test]
+fn a_trickle_abstains() {
+    let mut d = Detector::default();
+    let mut rng = Rng::new(15);
+    let (_, tr) = simulate(
+        &mut d,
+        &mut rng,
+        3000,
+        0.05,
+        &[1.0; 5],
+        1.0,
+        |_, i| if i == 0 { 0.0 } else { 1.0 },
+        |_| false,
+    );
+    assert_eq!(pages(&tr), 0);
+    let (v, _) = d.evaluate(&input(3000, &[0, 0, 0, 0, 0], &[1.0; 5]));
+    assert_eq!(v.verdict, Verdict::InsufficientTraffic);
+}
+
+#[test]
+fn z_bound_matches_normal_quantiles() {
+    assert!((z_bound(0.025, 1) - 1.96).abs() < 0.01);
+    assert!((z_bound(1e-6, 1) - 4.75).abs() < 0.02);
+}
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Balanced Poisson traffic never pages, whatever the pool's size,
+        /// weights and rate.
+        #[test]
+        fn balanced_traffic_never_pages(
+            seed in any::<u64>(),
+            members in 2usize..40,
+            rate in 1.0f64..400.0,
+            heavy in 1.0f64..4.0,
+        ) {
+            let mut d = Detector::default();
+            let mut rng = crate::detect::sim::Rng::new(seed);
+            let mut w = vec![1.0; members];
+            w[0] = heavy;
+            let (_, tr) = simulate(&mut d, &mut rng, 300, rate, &w, 1.0, |_, _| 1.0, |_| false);
+            prop_assert_eq!(pages(&tr), 0, "{:?}", tr.iter().find(|t| matches!(t, Transition::Fired(a) if a.severity == Severity::Page)));
+        }
+
+        /// A member that stops receiving is never ZERO while its observer is
+        /// stale, and always ZERO (or grouped) once fresh evidence suffices.
+        #[test]
+        fn stale_never_zero(seed in any::<u64>(), members in 3usize..20) {
+            let mut d = Detector::default();
+            let mut rng = crate::detect::sim::Rng::new(seed);
+            for t in 0..200u64 {
+                let counts: Vec<u64> = (0..members).map(|i| if i == 0 { 0 } else { rng.poisson(20.0) }).collect();
+                let mut inp = input(t, &counts, &vec![1.0; members]);
+                if let Some(v) = inp.members[0].server.as_mut() { v.fresh = false; }
+                let (v, _) = d.evaluate(&inp);
+                prop_assert!(!v.members[0].verdict.is_zero());
+            }
+        }
+    }
+}

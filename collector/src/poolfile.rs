@@ -1,0 +1,276 @@
+//! The optional pool file (`--pools FILE`): pools declared by hand, with
+//! weights, draining members and the nodes that load-balance them.
+//!
+//! ```toml
+//! [[pool]]
+//! name = "web"
+//! lb_nodes = ["lb-1", "lb-2"]        # optional
+//! members = [
+//!   { address = "10.0.0.11:8080", weight = 2 },
+//!   { address = "10.0.0.12:8080" },                   # weight 1
+//!   { address = "[fd00::13]:8080", draining = true },
+//! ]
+//! ```
+//!
+//! Every error names the file, the line and column, what is wrong and how to
+//! fix it.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A pool file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolFileError {
+    /// The file could not be read.
+    #[error("reading pool file {path}: {source}; check the path given to --pools")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid, at a known place.
+    #[error("{path}:{line}:{column}: {message}; fix: {fix}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong.
+        message: String,
+        /// How to fix it.
+        fix: String,
+    },
+}
+
+/// One member as declared.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FileMember {
+    /// Backend address and port.
+    pub addr: SocketAddr,
+    /// Relative weight, > 0.
+    pub weight: f64,
+    /// Expected to receive no new connections.
+    pub draining: bool,
+}
+
+/// One pool as declared.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct FilePool {
+    /// Pool (service) name.
+    pub name: String,
+    /// Members, in file order.
+    pub members: Vec<FileMember>,
+    /// Nodes whose SENDS_TO traffic is this pool's LB view; empty means
+    /// "any node sending to a member".
+    pub lb_nodes: Vec<String>,
+}
+
+/// Every pool in the file, by name.
+pub type PoolFile = BTreeMap<String, FilePool>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    pool: Vec<RawPool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    name: Spanned<String>,
+    #[serde(default)]
+    lb_nodes: Vec<Spanned<String>>,
+    #[serde(default)]
+    members: Vec<RawMember>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMember {
+    address: Spanned<String>,
+    weight: Option<Spanned<f64>>,
+    #[serde(default)]
+    draining: bool,
+}
+
+/// Reads and validates a pool file.
+pub fn load(path: &Path) -> Result<PoolFile, PoolFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PoolFileError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+/// Parses and validates pool file text; `path` only names it in errors.
+pub fn parse(path: &Path, text: &str) -> Result<PoolFile, PoolFileError> {
+    let invalid = |span: std::ops::Range<usize>, message: String, fix: &str| {
+        let (line, column) = line_col(text, span.start);
+        PoolFileError::Invalid {
+            path: path.to_owned(),
+            line,
+            column,
+            message,
+            fix: fix.to_owned(),
+        }
+    };
+    let raw: RawFile = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        let message = e.message().trim().replace('\n', " ");
+        invalid(
+            span,
+            message,
+            "write pools as [[pool]] tables with name = \"...\", optional lb_nodes = [\"node\", ...] \
+             and members = [{ address = \"10.0.0.1:8080\", weight = 1, draining = false }, ...]",
+        )
+    })?;
+    let mut pools = PoolFile::new();
+    for p in raw.pool {
+        let name = p.name.get_ref().trim().to_owned();
+        if name.is_empty() {
+            return Err(invalid(
+                p.name.span(),
+                "pool name is empty".into(),
+                "give the pool the service name its agents use (--service NAME=PORT)",
+            ));
+        }
+        if pools.contains_key(&name) {
+            return Err(invalid(
+                p.name.span(),
+                format!("pool {name:?} is declared twice"),
+                "merge the two [[pool]] tables into one",
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        let mut members = Vec::with_capacity(p.members.len());
+        for m in p.members {
+            let s = m.address.get_ref().trim();
+            let addr: SocketAddr = s.parse().map_err(|_| {
+                invalid(
+                    m.address.span(),
+                    format!("member address {s:?} of pool {name:?} is not ADDRESS:PORT"),
+                    "write \"10.0.0.11:8080\" or, for IPv6, \"[fd00::11]:8080\"",
+                )
+            })?;
+            if addr.port() == 0 {
+                return Err(invalid(
+                    m.address.span(),
+                    format!("member {addr} of pool {name:?} has port 0"),
+                    "give the port the backend listens on",
+                ));
+            }
+            if !seen.insert(addr) {
+                return Err(invalid(
+                    m.address.span(),
+                    format!("member {addr} appears twice in pool {name:?}"),
+                    "list each member once",
+                ));
+            }
+            let weight = match &m.weight {
+                None => 1.0,
+                Some(w) => {
+                    let v = *w.get_ref();
+                    if !(v.is_finite() && v > 0.0 && v <= 1e6) {
+                        return Err(invalid(
+                            w.span(),
+                            format!("weight {v} of member {addr} in pool {name:?} is not a positive number"),
+                            "use a weight between 0 (exclusive) and 1000000; mark a member that should get no new connections with draining = true",
+                        ));
+                    }
+                    v
+                }
+            };
+            members.push(FileMember {
+                addr,
+                weight,
+                draining: m.draining,
+            });
+        }
+        let mut lb_nodes = Vec::with_capacity(p.lb_nodes.len());
+        for n in p.lb_nodes {
+            let v = n.get_ref().trim();
+            if v.is_empty() {
+                return Err(invalid(
+                    n.span(),
+                    format!("pool {name:?} lists an empty load balancer node name"),
+                    "use the node names the LB agents report (their --node-name)",
+                ));
+            }
+            if !lb_nodes.iter().any(|x: &String| x == v) {
+                lb_nodes.push(v.to_owned());
+            }
+        }
+        pools.insert(
+            name.clone(),
+            FilePool {
+                name,
+                members,
+                lb_nodes,
+            },
+        );
+    }
+    Ok(pools)
+}
+
+/// 1-based line and column of byte offset `at`.
+fn line_col(text: &str, at: usize) -> (usize, usize) {
+    let at = at.min(text.len());
+    let before = text.get(..at).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(text: &str) -> Result<PoolFile, PoolFileError> {
+        parse(Path::new("pools.toml"), text)
+    }
+
+    #[test]
+    fn parses_weights_draining_and_lbs() {
+        let f = p(r#"
+[[pool]]
+name = "web"
+lb_nodes = ["lb-1"]
+members = [
+  { address = "10.0.0.11:8080", weight = 2 },
+  { address = "[fd00::12]:8080", draining = true },
+]
+"#)
+        .unwrap();
+        let web = &f["web"];
+        assert_eq!(web.lb_nodes, ["lb-1"]);
+        assert_eq!(web.members[0].weight, 2.0);
+        assert!(!web.members[0].draining);
+        assert_eq!(web.members[1].weight, 1.0);
+        assert!(web.members[1].draining);
+    }
+
+    #[test]
+    fn errors_name_line_and_fix() {
+        let e = p("[[pool]]\nname = \"web\"\nmembers = [\n  { address = \"10.0.0.1\" },\n]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("pools.toml:4:"), "{e}");
+        assert!(e.contains("not ADDRESS:PORT") && e.contains("fix:"), "{e}");
+        let e = p("[[pool]]\nname = \"web\"\nmembers = [{ address = \"10.0.0.1:1\", weight = -1 }]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("pools.toml:3:"), "{e}");
+        let e = p("[[pool]]\nname = \"web\"\nmembrs = []\n").unwrap_err().to_string();
+        assert!(e.starts_with("pools.toml:3:"), "{e}");
+    }
+}
