@@ -494,7 +494,7 @@ impl ViewState {
             let Some(v) = get(m) else { continue };
             let hist = self.members.entry(m.id.clone()).or_default();
             hist.conns_total += v.new_conns;
-            let expected_share = if m.draining || !(v.fresh && !v.reset) || wsum <= 0.0 {
+            let expected_share = if m.draining || !v.fresh || v.reset || wsum <= 0.0 {
                 0.0
             } else {
                 m.weight / wsum
