@@ -113,7 +113,7 @@ pub struct AgentState {
     endpoints: HashMap<EpKey, EpState>,
     listeners: Vec<ListenerInfo>,
     cpu: Option<f64>,
-    gen: u64,
+    generation: u64,
     resets: u64,
     replays: u64,
     endpoint_count: u32,
@@ -172,7 +172,10 @@ pub fn validate(r: &AgentReport, out: &mut Parsed) -> Result<(), InvalidReport> 
     out.listeners.clear();
     let node = r.node_name.as_str();
     if node.trim().is_empty() {
-        return bad("report has an empty node_name: start the agent with --node-name NAME (or a host name)".into());
+        return bad(
+            "report has an empty node_name: start the agent with --node-name NAME (or a host name)"
+                .into(),
+        );
     }
     if node.len() > 253 || node.chars().any(|c| c.is_control()) {
         return bad(format!(
@@ -181,10 +184,14 @@ pub fn validate(r: &AgentReport, out: &mut Parsed) -> Result<(), InvalidReport> 
         ));
     }
     if r.agent_run == 0 {
-        return bad(format!("report from {node} has agent_run 0: the run id must be non-zero (random per agent start)"));
+        return bad(format!(
+            "report from {node} has agent_run 0: the run id must be non-zero (random per agent start)"
+        ));
     }
     if r.sequence == 0 {
-        return bad(format!("report from {node} has sequence 0: sequences start at 1 within a run"));
+        return bad(format!(
+            "report from {node} has sequence 0: sequences start at 1 within a run"
+        ));
     }
     if !(r.interval_seconds.is_finite() && (0.0..=3600.0).contains(&r.interval_seconds)) {
         return bad(format!(
@@ -308,7 +315,7 @@ impl AgentState {
             endpoints: HashMap::new(),
             listeners: Vec::new(),
             cpu: None,
-            gen: 0,
+            generation: 0,
             resets: 0,
             replays: 0,
             endpoint_count: 0,
@@ -323,7 +330,7 @@ impl AgentState {
             counters.replays.fetch_add(1, Relaxed);
             return Applied::Replay;
         }
-        let first = self.gen == 0;
+        let first = self.generation == 0;
         let new_epoch = !first && r.agent_epoch != self.epoch;
         if new_epoch || first {
             // Counters restarted (or we have no baseline yet): every total
@@ -346,8 +353,8 @@ impl AgentState {
             self.version.clone_from(&r.agent_version);
         }
         self.cpu = r.cpu.map(|c| c.utilization.clamp(0.0, 1.0));
-        self.gen += 1;
-        let gen = self.gen;
+        self.generation += 1;
+        let generation = self.generation;
         let baseline_only = first || new_epoch;
         for &(key, i) in &p.eps {
             let e = &r.endpoints[i];
@@ -355,7 +362,10 @@ impl AgentState {
             let service = (!e.service.is_empty()).then_some(e.service.as_str());
             match self.endpoints.get_mut(&key) {
                 Some(s) => {
-                    if t.conns_opened < s.opened || t.bytes_rx < s.bytes_rx || t.bytes_tx < s.bytes_tx {
+                    if t.conns_opened < s.opened
+                        || t.bytes_rx < s.bytes_rx
+                        || t.bytes_tx < s.bytes_tx
+                    {
                         // Went backwards within an epoch (the kernel evicted
                         // and re-created the entry): new baseline, no delta.
                         s.reset = true;
@@ -371,7 +381,7 @@ impl AgentState {
                     s.bytes_rx = t.bytes_rx;
                     s.bytes_tx = t.bytes_tx;
                     s.active = e.active_connections;
-                    s.gen_seen = gen;
+                    s.gen_seen = generation;
                     if s.service.as_deref() != service {
                         s.service = service.map(Arc::from);
                     }
@@ -394,14 +404,14 @@ impl AgentState {
                             active: e.active_connections,
                             pending,
                             reset: false,
-                            gen_seen: gen,
+                            gen_seen: generation,
                         },
                     );
                 }
             }
         }
         if self.endpoints.len() != p.eps.len() {
-            self.endpoints.retain(|_, s| s.gen_seen == gen);
+            self.endpoints.retain(|_, s| s.gen_seen == generation);
         }
         self.endpoint_count = p.eps.len() as u32;
         let same = self.listeners.len() == p.listeners.len()
@@ -409,7 +419,9 @@ impl AgentState {
                 .listeners
                 .iter()
                 .zip(&p.listeners)
-                .all(|(a, &(addr, port, i))| a.addr == addr && a.port == port && *a.service == *r.listeners[i].service);
+                .all(|(a, &(addr, port, i))| {
+                    a.addr == addr && a.port == port && *a.service == *r.listeners[i].service
+                });
         if !same {
             self.listeners = p
                 .listeners
@@ -439,13 +451,20 @@ impl AgentState {
     /// Whether the agent reported within three of its intervals (at least
     /// three of `tick` when it does not say).
     pub fn fresh(&self, now: Instant, tick: f64) -> bool {
-        let interval = if self.interval > 0.0 { self.interval } else { tick };
-        now.saturating_duration_since(self.last_received).as_secs_f64() <= 3.0 * interval.max(tick) + 0.05
+        let interval = if self.interval > 0.0 {
+            self.interval
+        } else {
+            tick
+        };
+        now.saturating_duration_since(self.last_received)
+            .as_secs_f64()
+            <= 3.0 * interval.max(tick) + 0.05
     }
 
     /// Seconds since the last report.
     pub fn age(&self, now: Instant) -> f64 {
-        now.saturating_duration_since(self.last_received).as_secs_f64()
+        now.saturating_duration_since(self.last_received)
+            .as_secs_f64()
     }
 
     /// Takes this tick's view of the agent, draining pending deltas.
@@ -591,7 +610,12 @@ impl Registry {
     pub fn all(&self) -> Vec<Arc<Mutex<AgentState>>> {
         let mut v = Vec::new();
         for s in &self.shards {
-            v.extend(s.read().unwrap_or_else(|e| e.into_inner()).values().cloned());
+            v.extend(
+                s.read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .values()
+                    .cloned(),
+            );
         }
         v
     }
@@ -657,7 +681,10 @@ mod tests {
         let c = IngestCounters::default();
         let mut s = AgentState::new("n1".into());
         let mut t = AgentTick::default();
-        assert_eq!(apply(&mut s, &report(1, 1, 100), &c), Applied::New { reset: false });
+        assert_eq!(
+            apply(&mut s, &report(1, 1, 100), &c),
+            Applied::New { reset: false }
+        );
         s.take_tick(Instant::now(), 1.0, &mut t);
         assert!(t.reset);
         assert_eq!(t.endpoints[0].delta.conns, 0);
@@ -675,7 +702,10 @@ mod tests {
             }
         );
         // New epoch: counters start again, no negative delta.
-        assert_eq!(apply(&mut s, &report(2, 4, 5), &c), Applied::New { reset: true });
+        assert_eq!(
+            apply(&mut s, &report(2, 4, 5), &c),
+            Applied::New { reset: true }
+        );
         s.take_tick(Instant::now(), 1.0, &mut t);
         assert!(t.reset);
         assert_eq!(t.endpoints[0].delta.conns, 0);
@@ -694,7 +724,12 @@ mod tests {
         assert!(validate(&r, &mut p).unwrap_err().0.contains("--node-name"));
         let mut r = report(1, 1, 1);
         r.endpoints[0].address = "nope".into();
-        assert!(validate(&r, &mut p).unwrap_err().0.contains("not an IP address"));
+        assert!(
+            validate(&r, &mut p)
+                .unwrap_err()
+                .0
+                .contains("not an IP address")
+        );
         let mut r = report(1, 1, 1);
         r.interval_seconds = f64::NAN;
         assert!(validate(&r, &mut p).is_err());

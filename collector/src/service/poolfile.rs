@@ -183,7 +183,9 @@ pub fn parse(path: &Path, text: &str) -> Result<PoolFile, PoolFileError> {
                     if !(v.is_finite() && v > 0.0 && v <= 1e6) {
                         return Err(invalid(
                             w.span(),
-                            format!("weight {v} of member {addr} in pool {name:?} is not a positive number"),
+                            format!(
+                                "weight {v} of member {addr} in pool {name:?} is not a positive number"
+                            ),
                             "use a weight between 0 (exclusive) and 1000000; mark a member that should get no new connections with draining = true",
                         ));
                     }
@@ -266,11 +268,14 @@ members = [
             .to_string();
         assert!(e.starts_with("pools.toml:4:"), "{e}");
         assert!(e.contains("not ADDRESS:PORT") && e.contains("fix:"), "{e}");
-        let e = p("[[pool]]\nname = \"web\"\nmembers = [{ address = \"10.0.0.1:1\", weight = -1 }]\n")
+        let e =
+            p("[[pool]]\nname = \"web\"\nmembers = [{ address = \"10.0.0.1:1\", weight = -1 }]\n")
+                .unwrap_err()
+                .to_string();
+        assert!(e.starts_with("pools.toml:3:"), "{e}");
+        let e = p("[[pool]]\nname = \"web\"\nmembrs = []\n")
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("pools.toml:3:"), "{e}");
-        let e = p("[[pool]]\nname = \"web\"\nmembrs = []\n").unwrap_err().to_string();
         assert!(e.starts_with("pools.toml:3:"), "{e}");
     }
 }

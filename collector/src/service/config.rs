@@ -1,0 +1,183 @@
+//! Command-line flags (each also an `EVENFLOW_*` environment variable).
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::Parser;
+
+use crate::detect::Settings;
+
+fn defaults() -> Settings {
+    Settings::default()
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("{e}: write a duration such as 1s, 500ms or 2m"))?;
+    if d < Duration::from_millis(10) || d > Duration::from_secs(3600) {
+        return Err(format!("{s} is outside 10ms..1h"));
+    }
+    Ok(d)
+}
+
+fn fraction(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}: write a number"))?;
+    if v.is_finite() && v > 0.0 && v < 1.0 {
+        Ok(v)
+    } else {
+        Err(format!("{s} must be strictly between 0 and 1"))
+    }
+}
+
+fn positive(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}: write a number"))?;
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("{s} must be a finite number >= 0"))
+    }
+}
+
+/// evenflow-collector: ingests every agent's report stream, groups backends
+/// into pools, judges each pool's traffic shares and serves the results
+/// (gRPC evenflow.v1.Distribution with reflection and health, /metrics,
+/// Alertmanager webhooks).
+#[derive(Parser, Debug, Clone)]
+#[command(name = "evenflow-collector", version)]
+pub struct Config {
+    /// gRPC address (evenflow.v1.Ingest, evenflow.v1.Distribution,
+    /// reflection, grpc.health.v1).
+    #[arg(long, env = "EVENFLOW_GRPC_ADDR", default_value = "0.0.0.0:50052")]
+    pub grpc_addr: SocketAddr,
+
+    /// Prometheus /metrics address.
+    #[arg(long, env = "EVENFLOW_METRICS_ADDR", default_value = "0.0.0.0:9465")]
+    pub metrics_addr: SocketAddr,
+
+    /// Pool file (TOML): pools, members with weights, draining, load
+    /// balancer nodes. Optional: announced listeners form pools on their own.
+    #[arg(long, env = "EVENFLOW_POOLS")]
+    pub pools: Option<PathBuf>,
+
+    /// Alertmanager-compatible receiver (http://HOST:PORT/api/v2/alerts).
+    /// Repeatable; with the env variable, separate URLs by commas.
+    #[arg(long = "webhook", env = "EVENFLOW_WEBHOOK", value_delimiter = ',')]
+    pub webhooks: Vec<String>,
+
+    /// Base URL put in each webhook alert's generatorURL (followed by
+    /// /pools/NAME, which the metrics server answers).
+    #[arg(
+        long,
+        env = "EVENFLOW_EXTERNAL_URL",
+        default_value = "http://localhost:9465"
+    )]
+    pub external_url: String,
+
+    /// Detection tick: how often pools are judged.
+    #[arg(long, env = "EVENFLOW_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+
+    /// Forget an agent (and the members only it announced) after this long
+    /// without a report.
+    #[arg(long, env = "EVENFLOW_AGENT_RETENTION", default_value = "10m", value_parser = parse_duration)]
+    pub agent_retention: Duration,
+
+    /// ZERO: false-alarm probability per pool per test (split over the
+    /// members): about 20 expected connections for one member.
+    #[arg(long, env = "EVENFLOW_ZERO_ALPHA", default_value_t = defaults().zero_alpha, value_parser = fraction)]
+    pub zero_alpha: f64,
+
+    /// SKEW: false-alarm probability per pool per tick for pages.
+    #[arg(long, env = "EVENFLOW_SKEW_ALPHA", default_value_t = defaults().skew_alpha, value_parser = fraction)]
+    pub skew_alpha: f64,
+
+    /// SKEW page band, low side (observed/expected below this).
+    #[arg(long, env = "EVENFLOW_PAGE_LOW", default_value_t = defaults().page_low, value_parser = positive)]
+    pub page_low: f64,
+
+    /// SKEW page band, high side (observed/expected above this).
+    #[arg(long, env = "EVENFLOW_PAGE_HIGH", default_value_t = defaults().page_high, value_parser = positive)]
+    pub page_high: f64,
+
+    /// SKEW warning band, low side.
+    #[arg(long, env = "EVENFLOW_WARN_LOW", default_value_t = defaults().warn_low, value_parser = positive)]
+    pub warn_low: f64,
+
+    /// SKEW warning band, high side.
+    #[arg(long, env = "EVENFLOW_WARN_HIGH", default_value_t = defaults().warn_high, value_parser = positive)]
+    pub warn_high: f64,
+
+    /// Ticks back inside the warning band before an alert clears.
+    #[arg(long, env = "EVENFLOW_CLEAR_TICKS", default_value_t = defaults().clear_ticks)]
+    pub clear_ticks: u32,
+
+    /// Ticks of silence after a pool's member set changes.
+    #[arg(long, env = "EVENFLOW_SETTLE_TICKS", default_value_t = defaults().settle_ticks)]
+    pub settle_ticks: u32,
+
+    /// An alert that would fire again within this many ticks of resolving
+    /// is reopened (counted as a flap) instead of firing anew.
+    #[arg(long, env = "EVENFLOW_FLAP_WINDOW", default_value_t = defaults().flap_window)]
+    pub flap_window: u64,
+
+    /// A pool with fewer new connections per tick than this (30-tick mean)
+    /// abstains: INSUFFICIENT_TRAFFIC.
+    #[arg(long, env = "EVENFLOW_MIN_POOL_RATE", default_value_t = defaults().min_pool_rate, value_parser = positive)]
+    pub min_pool_rate: f64,
+
+    /// CONCENTRATION when effective members / expected effective members
+    /// falls below this.
+    #[arg(long, env = "EVENFLOW_CONCENTRATION_RATIO", default_value_t = defaults().concentration_ratio, value_parser = fraction)]
+    pub concentration_ratio: f64,
+
+    /// HOT when a member's CPU share exceeds this multiple of its traffic
+    /// share...
+    #[arg(long, env = "EVENFLOW_HOT_RATIO", default_value_t = defaults().hot_ratio, value_parser = positive)]
+    pub hot_ratio: f64,
+
+    /// ...and its node's CPU utilisation is at least this (0..1).
+    #[arg(long, env = "EVENFLOW_HOT_MIN_UTILIZATION", default_value_t = defaults().hot_min_utilization, value_parser = positive)]
+    pub hot_min_utilization: f64,
+
+    /// Upper bound on the dispersion factor learned from healthy ticks.
+    #[arg(long, env = "EVENFLOW_MAX_DISPERSION", default_value_t = defaults().max_dispersion, value_parser = positive)]
+    pub max_dispersion: f64,
+}
+
+impl Config {
+    /// The detector settings these flags give.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            zero_alpha: self.zero_alpha,
+            skew_alpha: self.skew_alpha,
+            page_low: self.page_low,
+            page_high: self.page_high,
+            warn_low: self.warn_low,
+            warn_high: self.warn_high,
+            clear_ticks: self.clear_ticks,
+            settle_ticks: self.settle_ticks,
+            flap_window: self.flap_window,
+            min_pool_rate: self.min_pool_rate,
+            concentration_ratio: self.concentration_ratio,
+            hot_ratio: self.hot_ratio,
+            hot_min_utilization: self.hot_min_utilization,
+            max_dispersion: self.max_dispersion,
+        }
+    }
+
+    /// Checks relations between flags.
+    pub fn check(&self) -> Result<(), String> {
+        if !(self.page_low <= self.warn_low && self.warn_low < 1.0) {
+            return Err(format!(
+                "--page-low {} must be <= --warn-low {} < 1",
+                self.page_low, self.warn_low
+            ));
+        }
+        if !(1.0 < self.warn_high && self.warn_high <= self.page_high) {
+            return Err(format!(
+                "1 < --warn-high {} must be <= --page-high {}",
+                self.warn_high, self.page_high
+            ));
+        }
+        Ok(())
+    }
+}

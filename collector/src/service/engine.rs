@@ -1,0 +1,482 @@
+//! The detection tick: every interval, take each agent's deltas, form the
+//! pools, run the detector, and publish pools and alert transitions
+//! (WatchPool / WatchAlerts subscribers, tracing, webhooks, /metrics).
+//!
+//! The tick runs on its own OS thread so a large fleet's tick never stalls
+//! the async runtime that serves ingest and queries; it takes each agent's
+//! lock only long enough to copy that agent's deltas.
+
+use std::{
+    collections::{BTreeMap, HashSet, VecDeque},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use evenflow_proto::v1;
+use tokio::sync::{broadcast, watch};
+use tracing::{debug, info, warn};
+
+use crate::{
+    detect::{self, Detector, Settings},
+    service::{
+        agents::{AgentTick, Registry},
+        poolfile::PoolFile,
+        pools::{self, PoolTick},
+        webhook,
+    },
+};
+
+/// Resolved alerts kept for ListAlerts.
+const RESOLVED_KEPT: usize = 1000;
+/// Tick start times remembered for alert timestamps.
+const TICK_TIMES: usize = 4096;
+/// Open alerts are re-sent to webhooks this often so receivers keep them
+/// open (Alertmanager resolves alerts it stops hearing about).
+const WEBHOOK_REFRESH: Duration = Duration::from_secs(60);
+
+/// What the last tick produced.
+#[derive(Default)]
+pub struct Published {
+    /// Tick number (0 before the first).
+    pub tick: u64,
+    /// When the tick took its snapshot of the agents.
+    pub evaluated_at: Option<prost_types::Timestamp>,
+    /// Every pool by name.
+    pub pools: BTreeMap<String, Arc<v1::Pool>>,
+    /// Open alerts, newest first.
+    pub open: Vec<v1::Alert>,
+    /// Recently resolved alerts, newest first.
+    pub resolved: Vec<v1::Alert>,
+}
+
+/// Counters about the tick itself.
+#[derive(Default, Debug)]
+pub struct TickStats {
+    /// Ticks run.
+    pub ticks: AtomicU64,
+    /// Duration of the last tick, microseconds.
+    pub last_tick_micros: AtomicU64,
+    /// Longest tick, microseconds.
+    pub max_tick_micros: AtomicU64,
+    /// Alert transitions.
+    pub transitions: AtomicU64,
+    /// Ticks skipped because the previous one overran.
+    pub overruns: AtomicU64,
+}
+
+/// State shared by the tick, the gRPC services and /metrics.
+pub struct Shared {
+    /// Every agent.
+    pub registry: Registry,
+    /// The latest tick's results.
+    pub published: watch::Sender<Arc<Published>>,
+    /// Alert transitions as they happen.
+    pub alerts: broadcast::Sender<Arc<v1::AlertEvent>>,
+    /// The detection interval.
+    pub interval: Duration,
+    /// Tick counters.
+    pub stats: TickStats,
+    /// Webhook counters.
+    pub webhook_stats: Arc<webhook::Stats>,
+}
+
+impl Shared {
+    /// Fresh shared state.
+    pub fn new(interval: Duration) -> Arc<Self> {
+        let (published, _) = watch::channel(Arc::new(Published::default()));
+        let (alerts, _) = broadcast::channel(4096);
+        Arc::new(Self {
+            registry: Registry::default(),
+            published,
+            alerts,
+            interval,
+            stats: TickStats::default(),
+            webhook_stats: Arc::default(),
+        })
+    }
+}
+
+/// Converts a detector verdict.
+pub fn verdict(v: detect::Verdict) -> v1::Verdict {
+    use detect::Verdict as D;
+    match v {
+        D::Ok => v1::Verdict::Ok,
+        D::Zero { .. } => v1::Verdict::Zero,
+        D::SkewLow { .. } => v1::Verdict::SkewLow,
+        D::SkewHigh { .. } => v1::Verdict::SkewHigh,
+        D::NoData => v1::Verdict::NoData,
+        D::Hot { .. } => v1::Verdict::Hot,
+        D::Mismatch => v1::Verdict::Mismatch,
+        D::DrainingViolation => v1::Verdict::DrainingViolation,
+        D::InsufficientTraffic => v1::Verdict::InsufficientTraffic,
+        D::Concentration => v1::Verdict::Concentration,
+        D::Settling => v1::Verdict::Settling,
+    }
+}
+
+fn view(v: detect::View) -> v1::View {
+    match v {
+        detect::View::Server => v1::View::Server,
+        detect::View::Lb => v1::View::Lb,
+    }
+}
+
+fn kind(k: detect::AlertKind) -> v1::AlertKind {
+    use detect::AlertKind as K;
+    match k {
+        K::Zero => v1::AlertKind::Zero,
+        K::Skew => v1::AlertKind::Skew,
+        K::Concentration => v1::AlertKind::Concentration,
+        K::Stale => v1::AlertKind::Stale,
+        K::Hot => v1::AlertKind::Hot,
+        K::Mismatch => v1::AlertKind::Mismatch,
+        K::DrainingViolation => v1::AlertKind::DrainingViolation,
+    }
+}
+
+fn severity(s: detect::Severity) -> v1::Severity {
+    match s {
+        detect::Severity::Page => v1::Severity::Page,
+        detect::Severity::Warning => v1::Severity::Warning,
+    }
+}
+
+/// A wall-clock time as a protobuf timestamp.
+pub fn ts(t: SystemTime) -> prost_types::Timestamp {
+    prost_types::Timestamp::from(t)
+}
+
+/// Remembers when recent ticks ran.
+struct TickClock {
+    times: VecDeque<(u64, SystemTime)>,
+    interval: Duration,
+}
+
+impl TickClock {
+    fn at(&self, tick: u64) -> SystemTime {
+        if let Some(&(first, _)) = self.times.front()
+            && tick >= first
+            && let Some(&(t, at)) = self.times.get((tick - first) as usize)
+            && t == tick
+        {
+            return at;
+        }
+        // Older than we remember: count back from the newest tick.
+        match self.times.back() {
+            Some(&(last, at)) if tick <= last => at
+                .checked_sub(self.interval.saturating_mul((last - tick) as u32))
+                .unwrap_or(at),
+            Some(&(_, at)) => at,
+            None => SystemTime::now(),
+        }
+    }
+
+    fn push(&mut self, tick: u64, at: SystemTime) {
+        self.times.push_back((tick, at));
+        while self.times.len() > TICK_TIMES {
+            self.times.pop_front();
+        }
+    }
+}
+
+fn alert(a: &detect::Alert, clock: &TickClock) -> v1::Alert {
+    v1::Alert {
+        id: a.id.clone(),
+        pool: a.pool.clone(),
+        member: a.member.clone(),
+        kind: kind(a.kind) as i32,
+        view: view(a.view) as i32,
+        severity: severity(a.severity) as i32,
+        observed: a.observed,
+        expected: a.expected,
+        since: Some(ts(clock.at(a.since_tick))),
+        summary: a.summary.clone(),
+        evidence: a.evidence.iter().cloned().collect(),
+        resolved_at: a.resolved_tick.map(|t| ts(clock.at(t))),
+        flaps: a.flaps,
+    }
+}
+
+fn member_view(v: &detect::ViewVerdict, secs: f64) -> v1::MemberView {
+    v1::MemberView {
+        fresh: v.fresh,
+        new_conns_per_sec: v.new_conns as f64 / secs,
+        active_connections: v.active,
+        bytes_in_per_sec: v.bytes_in as f64 / secs,
+        bytes_out_per_sec: v.bytes_out as f64 / secs,
+        observed_share: v.observed_share,
+        expected_share: v.expected_share,
+        verdict: verdict(v.verdict) as i32,
+        reason: v.reason.clone(),
+        conns_total: v.conns_total,
+    }
+}
+
+/// Builds the Pool message for one judged pool.
+fn pool_message(
+    pt: &PoolTick,
+    pv: &detect::PoolVerdict,
+    secs: f64,
+    at: prost_types::Timestamp,
+) -> v1::Pool {
+    let mut members = Vec::with_capacity(pv.members.len());
+    for (i, mv) in pv.members.iter().enumerate() {
+        // The detector keeps input order; look up by id if it ever does not.
+        let meta = match pt.meta.get(i) {
+            Some(m) if pt.input.members.get(i).is_some_and(|x| x.id == mv.id) => Some(m),
+            _ => pt
+                .input
+                .members
+                .iter()
+                .position(|x| x.id == mv.id)
+                .and_then(|j| pt.meta.get(j)),
+        };
+        let (address, port) = match meta.and_then(|m| m.addr) {
+            Some(a) => (a.ip().to_string(), u32::from(a.port())),
+            None => (mv.id.clone(), 0),
+        };
+        members.push(v1::Member {
+            address,
+            port,
+            weight: mv.weight,
+            state: if mv.draining {
+                v1::MemberState::Draining
+            } else {
+                v1::MemberState::Serving
+            } as i32,
+            node_name: meta.map(|m| m.node.clone()).unwrap_or_default(),
+            server_view: mv.server.as_ref().map(|v| member_view(v, secs)),
+            lb_view: mv.lb.as_ref().map(|v| member_view(v, secs)),
+            cpu_utilization: mv.cpu.unwrap_or(0.0),
+            verdict: verdict(mv.verdict) as i32,
+            reason: mv.reason.clone(),
+            source: meta
+                .map(|m| m.source.as_str())
+                .unwrap_or("announced")
+                .to_owned(),
+        });
+    }
+    v1::Pool {
+        name: pv.name.clone(),
+        members,
+        verdict: verdict(pv.verdict) as i32,
+        reason: pv.reason.clone(),
+        effective_members: pv.effective,
+        expected_effective_members: pv.expected_effective,
+        server_conns_per_sec: pv.server_rate / secs,
+        lb_conns_per_sec: pv.lb_rate / secs,
+        lb_nodes: pt.lb_nodes.clone(),
+        tick: pv.tick,
+        evaluated_at: Some(at),
+    }
+}
+
+/// The tick loop's own state.
+pub struct Engine {
+    shared: Arc<Shared>,
+    detector: Detector,
+    file: PoolFile,
+    tick: u64,
+    clock: TickClock,
+    webhooks: Option<webhook::Queue>,
+    last_refresh: Instant,
+    retention: Duration,
+    scratch: Vec<AgentTick>,
+}
+
+impl Engine {
+    /// A new engine.
+    pub fn new(
+        shared: Arc<Shared>,
+        settings: Settings,
+        file: PoolFile,
+        webhooks: Option<webhook::Queue>,
+        retention: Duration,
+    ) -> Self {
+        let interval = shared.interval;
+        Self {
+            shared,
+            detector: Detector::new(settings),
+            file,
+            tick: 0,
+            clock: TickClock {
+                times: VecDeque::new(),
+                interval,
+            },
+            webhooks,
+            last_refresh: Instant::now(),
+            retention,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Runs ticks until `stop` is set.
+    pub fn run(mut self, stop: Arc<AtomicBool>) {
+        let interval = self.shared.interval;
+        let mut next = Instant::now() + interval;
+        while !stop.load(Relaxed) {
+            let now = Instant::now();
+            if now < next {
+                std::thread::sleep((next - now).min(Duration::from_millis(50)));
+                continue;
+            }
+            self.tick_once();
+            next += interval;
+            let after = Instant::now();
+            if after > next {
+                // Overran: skip the missed ticks rather than bursting.
+                let missed = ((after - next).as_secs_f64() / interval.as_secs_f64()).ceil() as u32;
+                self.shared
+                    .stats
+                    .overruns
+                    .fetch_add(u64::from(missed), Relaxed);
+                next += interval * missed;
+            }
+        }
+    }
+
+    /// One detection tick.
+    pub fn tick_once(&mut self) {
+        let started = Instant::now();
+        let wall = SystemTime::now();
+        self.tick += 1;
+        let tick = self.tick;
+        self.clock.push(tick, wall);
+        let at = ts(wall);
+        let secs = self.shared.interval.as_secs_f64();
+
+        // 1. Each agent's deltas, one agent lock at a time.
+        let handles = self.shared.registry.all();
+        self.scratch.resize_with(handles.len(), AgentTick::default);
+        for (h, out) in handles.iter().zip(self.scratch.iter_mut()) {
+            let mut st = h.lock().unwrap_or_else(|e| e.into_inner());
+            st.take_tick(started, secs, out);
+        }
+        drop(handles);
+
+        // 2. Pools.
+        let pool_ticks = pools::build(&self.scratch, &self.file, tick);
+
+        // 3. Judge.
+        let mut transitions = Vec::new();
+        let mut published = BTreeMap::new();
+        let mut names = HashSet::with_capacity(pool_ticks.len());
+        for pt in &pool_ticks {
+            let (pv, tr) = self.detector.evaluate(&pt.input);
+            transitions.extend(tr);
+            names.insert(pt.input.name.clone());
+            published.insert(
+                pt.input.name.clone(),
+                Arc::new(pool_message(pt, &pv, secs, at)),
+            );
+        }
+        transitions.extend(self.detector.retain_pools(&names, tick));
+
+        // 4. Alerts.
+        let mut open: Vec<v1::Alert> = self
+            .detector
+            .open_alerts()
+            .map(|a| alert(a, &self.clock))
+            .collect();
+        open.sort_by(|a, b| {
+            let k = |x: &v1::Alert| x.since.map(|t| (t.seconds, t.nanos)).unwrap_or_default();
+            k(b).cmp(&k(a)).then_with(|| a.id.cmp(&b.id))
+        });
+        let resolved: Vec<v1::Alert> = self
+            .detector
+            .resolved_alerts()
+            .take(RESOLVED_KEPT)
+            .map(|a| alert(a, &self.clock))
+            .collect();
+
+        let mut hooks = Vec::new();
+        for t in &transitions {
+            let a = alert(t.alert(), &self.clock);
+            let (transition, name) = match t {
+                detect::Transition::Fired(_) => (v1::alert_event::Transition::Fired, "fired"),
+                detect::Transition::Updated(_) => (v1::alert_event::Transition::Updated, "updated"),
+                detect::Transition::Resolved(_) => {
+                    (v1::alert_event::Transition::Resolved, "resolved")
+                }
+            };
+            info!(
+                target: "evenflow::alert",
+                transition = name,
+                id = %a.id,
+                pool = %a.pool,
+                member = %a.member,
+                kind = t.alert().kind.as_str(),
+                view = ?t.alert().view,
+                severity = ?t.alert().severity,
+                observed = a.observed,
+                expected = a.expected,
+                flaps = a.flaps,
+                "{}",
+                a.summary
+            );
+            if self.webhooks.is_some() {
+                hooks.push(a.clone());
+            }
+            let ev = v1::AlertEvent {
+                transition: transition as i32,
+                alert: Some(a),
+                at: Some(at),
+            };
+            // No subscribers is fine.
+            let _ = self.shared.alerts.send(Arc::new(ev));
+        }
+        self.shared
+            .stats
+            .transitions
+            .fetch_add(transitions.len() as u64, Relaxed);
+        if let Some(q) = &self.webhooks {
+            if self.last_refresh.elapsed() >= WEBHOOK_REFRESH {
+                self.last_refresh = Instant::now();
+                // Re-send every open alert not already in this batch.
+                let sent: HashSet<&str> = hooks.iter().map(|a| a.id.as_str()).collect();
+                let refresh: Vec<v1::Alert> = open
+                    .iter()
+                    .filter(|a| !sent.contains(a.id.as_str()))
+                    .cloned()
+                    .collect();
+                hooks.extend(refresh);
+            }
+            if !hooks.is_empty() {
+                q.push(hooks);
+            }
+        }
+
+        self.shared.published.send_replace(Arc::new(Published {
+            tick,
+            evaluated_at: Some(at),
+            pools: published,
+            open,
+            resolved,
+        }));
+
+        // 5. Forget long-silent agents.
+        let gone = self
+            .shared
+            .registry
+            .forget_older_than(started, self.retention.as_secs_f64());
+        for n in gone {
+            warn!(node = %n, "forgetting agent: no report for {:?}", self.retention);
+        }
+
+        let took = started.elapsed().as_micros() as u64;
+        let s = &self.shared.stats;
+        s.ticks.fetch_add(1, Relaxed);
+        s.last_tick_micros.store(took, Relaxed);
+        s.max_tick_micros.fetch_max(took, Relaxed);
+        debug!(
+            tick,
+            agents = self.scratch.len(),
+            pools = pool_ticks.len(),
+            micros = took,
+            "tick"
+        );
+    }
+}

@@ -1,0 +1,396 @@
+//! Prometheus text exposition on `/metrics`, and `/pools/NAME` (the
+//! webhook alerts' generatorURL) as plain text.
+
+use std::{
+    convert::Infallible,
+    fmt::Write as _,
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::Instant,
+};
+
+use evenflow_proto::v1;
+use http_body_util::Full;
+use hyper::{Request, Response, body::Bytes, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tracing::debug;
+
+use crate::service::engine::Shared;
+
+/// Serves HTTP on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(respond(req.uri().path(), &shared)) }
+            });
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                debug!("metrics connection: {e}");
+            }
+        });
+    }
+}
+
+fn respond(path: &str, shared: &Shared) -> Response<Full<Bytes>> {
+    let (status, ctype, body) = if path == "/metrics" {
+        (
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            render(shared),
+        )
+    } else if let Some(name) = path.strip_prefix("/pools/") {
+        let p = shared.published.borrow().clone();
+        match p.pools.get(name) {
+            Some(pool) => (200, "text/plain; charset=utf-8", pool_text(pool)),
+            None => (404, "text/plain", format!("no pool {name:?}\n")),
+        }
+    } else if path == "/" {
+        (
+            200,
+            "text/plain",
+            "evenflow-collector: see /metrics and /pools/NAME\n".to_owned(),
+        )
+    } else {
+        (404, "text/plain", "not found: try /metrics\n".to_owned())
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
+    if let Ok(v) = hyper::header::HeaderValue::from_str(ctype) {
+        resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    resp
+}
+
+fn verdict_name(v: i32) -> &'static str {
+    v1::Verdict::try_from(v).map_or("UNSPECIFIED", |v| {
+        v.as_str_name().trim_start_matches("VERDICT_")
+    })
+}
+
+fn pool_text(p: &v1::Pool) -> String {
+    let mut s = format!(
+        "pool {} tick {} verdict {} {}\neffective members {:.2} of {:.2}\n",
+        p.name,
+        p.tick,
+        verdict_name(p.verdict),
+        p.reason,
+        p.effective_members,
+        p.expected_effective_members
+    );
+    for m in &p.members {
+        let _ = writeln!(
+            s,
+            "  {}:{} weight {} {} {} {}",
+            m.address,
+            m.port,
+            m.weight,
+            verdict_name(m.verdict),
+            m.source,
+            m.reason
+        );
+    }
+    s
+}
+
+/// Escapes a label value per the exposition format.
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn help(out: &mut String, name: &str, kind: &str, text: &str) {
+    let _ = writeln!(out, "# HELP {name} {text}\n# TYPE {name} {kind}");
+}
+
+/// Renders every metric.
+pub fn render(shared: &Shared) -> String {
+    let p = shared.published.borrow().clone();
+    let members: usize = p.pools.values().map(|x| x.members.len()).sum();
+    let mut out = String::with_capacity(4096 + members * 2048);
+
+    // Ingest.
+    let c = &shared.registry.counters;
+    for (name, text, v) in [
+        (
+            "evenflow_collector_reports_total",
+            "Agent reports processed.",
+            c.reports.load(Relaxed),
+        ),
+        (
+            "evenflow_collector_replays_ignored_total",
+            "Agent reports ignored as replays of a processed (run, sequence).",
+            c.replays.load(Relaxed),
+        ),
+        (
+            "evenflow_collector_counter_resets_total",
+            "Agent counter resets (new epochs).",
+            c.resets.load(Relaxed),
+        ),
+        (
+            "evenflow_collector_invalid_reports_total",
+            "Agent reports rejected as invalid.",
+            c.invalid.load(Relaxed),
+        ),
+        (
+            "evenflow_collector_endpoints_processed_total",
+            "Endpoints in processed reports.",
+            c.endpoints.load(Relaxed),
+        ),
+        (
+            "evenflow_collector_ticks_total",
+            "Detection ticks run.",
+            shared.stats.ticks.load(Relaxed),
+        ),
+        (
+            "evenflow_collector_tick_overruns_total",
+            "Ticks skipped because a tick took longer than the interval.",
+            shared.stats.overruns.load(Relaxed),
+        ),
+        (
+            "evenflow_collector_alert_transitions_total",
+            "Alert transitions (fired, updated, resolved).",
+            shared.stats.transitions.load(Relaxed),
+        ),
+        (
+            "evenflow_collector_webhook_delivered_total",
+            "Webhook batches delivered.",
+            shared.webhook_stats.delivered.load(Relaxed),
+        ),
+        (
+            "evenflow_collector_webhook_failed_attempts_total",
+            "Webhook delivery attempts that failed (each retry counts).",
+            shared.webhook_stats.failed_attempts.load(Relaxed),
+        ),
+        (
+            "evenflow_collector_webhook_abandoned_total",
+            "Webhook batches given up after every retry.",
+            shared.webhook_stats.abandoned.load(Relaxed),
+        ),
+        (
+            "evenflow_collector_webhook_dropped_total",
+            "Webhook batches dropped because the queue was full.",
+            shared.webhook_stats.dropped.load(Relaxed),
+        ),
+    ] {
+        help(&mut out, name, "counter", text);
+        let _ = writeln!(out, "{name} {v}");
+    }
+    help(
+        &mut out,
+        "evenflow_collector_tick_seconds",
+        "gauge",
+        "Duration of the last detection tick.",
+    );
+    let _ = writeln!(
+        out,
+        "evenflow_collector_tick_seconds {}",
+        shared.stats.last_tick_micros.load(Relaxed) as f64 / 1e6
+    );
+
+    // Agents.
+    let now = Instant::now();
+    let secs = shared.interval.as_secs_f64();
+    let mut agents: Vec<v1::AgentStatus> = shared
+        .registry
+        .all()
+        .iter()
+        .map(|h| {
+            h.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .status(now, secs)
+        })
+        .collect();
+    agents.sort_by(|a, b| a.node_name.cmp(&b.node_name));
+    help(
+        &mut out,
+        "evenflow_agent_last_seen_age_seconds",
+        "gauge",
+        "Seconds since the agent's last report reached the collector.",
+    );
+    for a in &agents {
+        let _ = writeln!(
+            out,
+            "evenflow_agent_last_seen_age_seconds{{node=\"{}\"}} {}",
+            esc(&a.node_name),
+            a.age_seconds
+        );
+    }
+    help(
+        &mut out,
+        "evenflow_agent_fresh",
+        "gauge",
+        "1 while the agent reported within three intervals.",
+    );
+    for a in &agents {
+        let _ = writeln!(
+            out,
+            "evenflow_agent_fresh{{node=\"{}\"}} {}",
+            esc(&a.node_name),
+            u8::from(a.fresh)
+        );
+    }
+
+    // Pools.
+    help(
+        &mut out,
+        "evenflow_pool_effective_members_ratio",
+        "gauge",
+        "Effective members (1 / sum of squared shares) over what the weights give.",
+    );
+    for pool in p.pools.values() {
+        let r = if pool.expected_effective_members > 0.0 {
+            pool.effective_members / pool.expected_effective_members
+        } else {
+            0.0
+        };
+        let _ = writeln!(
+            out,
+            "evenflow_pool_effective_members_ratio{{pool=\"{}\"}} {r}",
+            esc(&pool.name)
+        );
+    }
+    help(
+        &mut out,
+        "evenflow_pool_members",
+        "gauge",
+        "Members per pool.",
+    );
+    for pool in p.pools.values() {
+        let _ = writeln!(
+            out,
+            "evenflow_pool_members{{pool=\"{}\"}} {}",
+            esc(&pool.name),
+            pool.members.len()
+        );
+    }
+
+    // Members, per view.
+    type F = fn(&v1::MemberView) -> f64;
+    let per_view: [(&str, &str, F); 6] = [
+        (
+            "evenflow_member_new_connections_per_second",
+            "New connections per second over the last tick.",
+            |v| v.new_conns_per_sec,
+        ),
+        (
+            "evenflow_member_active_connections",
+            "Connections open now.",
+            |v| v.active_connections as f64,
+        ),
+        (
+            "evenflow_member_received_bytes_per_second",
+            "Payload bytes per second the member received.",
+            |v| v.bytes_in_per_sec,
+        ),
+        (
+            "evenflow_member_sent_bytes_per_second",
+            "Payload bytes per second the member sent.",
+            |v| v.bytes_out_per_sec,
+        ),
+        (
+            "evenflow_member_observed_share",
+            "The member's share of the pool's new connections (detector window).",
+            |v| v.observed_share,
+        ),
+        (
+            "evenflow_member_expected_share",
+            "The share its weight gives it among eligible members.",
+            |v| v.expected_share,
+        ),
+    ];
+    let mut labels = Vec::with_capacity(members);
+    for pool in p.pools.values() {
+        for m in &pool.members {
+            let l = format!(
+                "pool=\"{}\",member=\"{}\"",
+                esc(&pool.name),
+                esc(&member_id(m))
+            );
+            labels.push((l, m));
+        }
+    }
+    for (name, text, f) in per_view {
+        help(&mut out, name, "gauge", text);
+        for (l, m) in &labels {
+            for (view, v) in [("server", &m.server_view), ("lb", &m.lb_view)] {
+                if let Some(v) = v {
+                    let _ = writeln!(out, "{name}{{{l},view=\"{view}\"}} {}", f(v));
+                }
+            }
+        }
+    }
+    help(
+        &mut out,
+        "evenflow_member_verdict",
+        "gauge",
+        "1 for the member's current verdict in each view (label verdict).",
+    );
+    for (l, m) in &labels {
+        for (view, v) in [("server", &m.server_view), ("lb", &m.lb_view)] {
+            if let Some(v) = v {
+                let _ = writeln!(
+                    out,
+                    "evenflow_member_verdict{{{l},view=\"{view}\",verdict=\"{}\"}} 1",
+                    verdict_name(v.verdict)
+                );
+            }
+        }
+    }
+    help(
+        &mut out,
+        "evenflow_member_cpu_utilization",
+        "gauge",
+        "CPU utilisation of the member's node, 0..1.",
+    );
+    for (l, m) in &labels {
+        let _ = writeln!(
+            out,
+            "evenflow_member_cpu_utilization{{{l}}} {}",
+            m.cpu_utilization
+        );
+    }
+    help(
+        &mut out,
+        "evenflow_alert_open",
+        "gauge",
+        "1 per open alert, by pool, member, kind, view and severity.",
+    );
+    for a in &p.open {
+        let kind = v1::AlertKind::try_from(a.kind).map_or("UNSPECIFIED", |k| {
+            k.as_str_name().trim_start_matches("ALERT_KIND_")
+        });
+        let view = match v1::View::try_from(a.view) {
+            Ok(v1::View::Lb) => "lb",
+            _ => "server",
+        };
+        let sev = match v1::Severity::try_from(a.severity) {
+            Ok(v1::Severity::Page) => "page",
+            _ => "warning",
+        };
+        let _ = writeln!(
+            out,
+            "evenflow_alert_open{{pool=\"{}\",member=\"{}\",kind=\"{kind}\",view=\"{view}\",severity=\"{sev}\"}} 1",
+            esc(&a.pool),
+            esc(&a.member)
+        );
+    }
+    out
+}
+
+/// "address:port" ("[v6]:port" for IPv6).
+pub fn member_id(m: &v1::Member) -> String {
+    if m.address.contains(':') {
+        format!("[{}]:{}", m.address, m.port)
+    } else {
+        format!("{}:{}", m.address, m.port)
+    }
+}

@@ -1,0 +1,20 @@
+//! The collector service: ingest of agent report streams, pool formation,
+//! the detection tick around [`crate::detect`], the query API, alerts,
+//! webhooks and /metrics.
+//!
+//! Modules: [`agents`] (per-agent state, deltas, validation), [`poolfile`]
+//! (`--pools FILE`), [`pools`] (the grouping rule), [`engine`] (the tick),
+//! [`ingest`] (`evenflow.v1.Ingest`), [`query`] (`evenflow.v1.Distribution`),
+//! [`metrics`] (`/metrics`), [`webhook`] (Alertmanager v2), [`config`]
+//! (flags), [`server`] (starts everything).
+
+pub mod agents;
+pub mod config;
+pub mod engine;
+pub mod ingest;
+pub mod metrics;
+pub mod poolfile;
+pub mod pools;
+pub mod query;
+pub mod server;
+pub mod webhook;

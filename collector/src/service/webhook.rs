@@ -1,0 +1,314 @@
+//! Webhooks: alert transitions POSTed in Alertmanager's v2 alerts format
+//! (`POST /api/v2/alerts`, a JSON array of `{labels, annotations, startsAt,
+//! endsAt, generatorURL}`), so an Alertmanager can receive them directly.
+//!
+//! The tick hands each batch to a bounded queue per URL and never waits:
+//! when a receiver is down its queue fills, retries back off exponentially
+//! (200 ms doubling to 30 s, 8 attempts per batch), and batches that do not
+//! fit are dropped and counted.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::{Duration, SystemTime},
+};
+
+use evenflow_proto::v1;
+use http_body_util::{BodyExt as _, Full};
+use hyper::{Request, Uri, body::Bytes};
+use hyper_util::rt::TokioIo;
+use serde_json::{Map, Value, json};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+/// Batches waiting per URL.
+const QUEUE: usize = 256;
+const ATTEMPTS: u32 = 8;
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+const TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a firing alert stays firing at the receiver without a refresh.
+const FIRING_FOR: Duration = Duration::from_secs(300);
+
+/// A webhook URL that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("--webhook {url:?}: {problem}")]
+pub struct BadUrl {
+    /// The URL.
+    pub url: String,
+    /// What is wrong and how to fix it.
+    pub problem: String,
+}
+
+/// Delivery counters.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Batches delivered (2xx).
+    pub delivered: AtomicU64,
+    /// Failed attempts (each retry counts).
+    pub failed_attempts: AtomicU64,
+    /// Batches given up after every retry.
+    pub abandoned: AtomicU64,
+    /// Batches dropped because a queue was full.
+    pub dropped: AtomicU64,
+}
+
+struct Target {
+    uri: Uri,
+    authority: String,
+    tx: mpsc::Sender<Arc<Vec<u8>>>,
+}
+
+/// The queues, one per URL.
+pub struct Queue {
+    targets: Vec<Target>,
+    external_url: String,
+    stats: Arc<Stats>,
+}
+
+/// Checks a webhook URL: `http://HOST[:PORT]/PATH`.
+pub fn parse_url(url: &str) -> Result<Uri, BadUrl> {
+    let bad = |problem: &str| BadUrl {
+        url: url.to_owned(),
+        problem: problem.to_owned(),
+    };
+    let uri: Uri = url
+        .parse()
+        .map_err(|_| bad("not a URL; write http://HOST:PORT/api/v2/alerts"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(bad(
+                "https is not supported; point it at an http:// Alertmanager or a local TLS-terminating proxy",
+            ));
+        }
+        _ => return Err(bad("needs http://; write http://HOST:PORT/api/v2/alerts")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(bad("has no host; write http://HOST:PORT/api/v2/alerts"));
+    }
+    Ok(uri)
+}
+
+impl Queue {
+    /// Starts one sender task per URL (on the current tokio runtime).
+    pub fn start(
+        urls: &[String],
+        external_url: &str,
+        stats: Arc<Stats>,
+    ) -> Result<Option<Self>, BadUrl> {
+        if urls.is_empty() {
+            return Ok(None);
+        }
+        let mut targets = Vec::new();
+        for u in urls {
+            let uri = parse_url(u)?;
+            let authority = match (uri.host(), uri.port_u16()) {
+                (Some(h), Some(p)) => format!("{h}:{p}"),
+                (Some(h), None) => format!("{h}:80"),
+                _ => unreachable!("parse_url checked the host"),
+            };
+            let (tx, rx) = mpsc::channel(QUEUE);
+            tokio::spawn(sender(uri.clone(), authority.clone(), rx, stats.clone()));
+            targets.push(Target { uri, authority, tx });
+        }
+        Ok(Some(Self {
+            targets,
+            external_url: external_url.trim_end_matches('/').to_owned(),
+            stats,
+        }))
+    }
+
+    /// Queues alerts for every URL without waiting.
+    pub fn push(&self, alerts: Vec<v1::Alert>) {
+        let body = Arc::new(body(&alerts, &self.external_url, SystemTime::now()));
+        for t in &self.targets {
+            if t.tx.try_send(body.clone()).is_err() {
+                self.stats.dropped.fetch_add(1, Relaxed);
+                warn!(webhook = %t.uri, authority = %t.authority, "webhook queue full: dropped a batch of {} alerts", alerts.len());
+            }
+        }
+    }
+}
+
+fn rfc3339(t: &prost_types::Timestamp) -> String {
+    SystemTime::try_from(*t)
+        .map(|t| humantime::format_rfc3339_millis(t).to_string())
+        .unwrap_or_default()
+}
+
+fn kind_name(k: i32) -> &'static str {
+    match v1::AlertKind::try_from(k) {
+        Ok(v1::AlertKind::Zero) => "ZERO",
+        Ok(v1::AlertKind::Skew) => "SKEW",
+        Ok(v1::AlertKind::Concentration) => "CONCENTRATION",
+        Ok(v1::AlertKind::Stale) => "STALE",
+        Ok(v1::AlertKind::Hot) => "HOT",
+        Ok(v1::AlertKind::Mismatch) => "MISMATCH",
+        Ok(v1::AlertKind::DrainingViolation) => "DRAINING_VIOLATION",
+        Ok(v1::AlertKind::InsufficientTraffic) => "INSUFFICIENT_TRAFFIC",
+        _ => "UNSPECIFIED",
+    }
+}
+
+/// `EvenflowZero`, `EvenflowDrainingViolation`, ...
+fn alertname(kind: &str) -> String {
+    let mut s = String::from("Evenflow");
+    for part in kind.split('_') {
+        let mut c = part.chars();
+        if let Some(f) = c.next() {
+            s.push(f);
+            s.extend(c.flat_map(char::to_lowercase));
+        }
+    }
+    s
+}
+
+/// The Alertmanager v2 JSON body for `alerts`.
+pub fn body(alerts: &[v1::Alert], external_url: &str, now: SystemTime) -> Vec<u8> {
+    let items: Vec<Value> = alerts
+        .iter()
+        .map(|a| {
+            let kind = kind_name(a.kind);
+            let view = match v1::View::try_from(a.view) {
+                Ok(v1::View::Lb) => "lb",
+                _ => "server",
+            };
+            let severity = match v1::Severity::try_from(a.severity) {
+                Ok(v1::Severity::Page) => "page",
+                _ => "warning",
+            };
+            let mut annotations = Map::new();
+            annotations.insert("summary".into(), a.summary.clone().into());
+            annotations.insert("observed".into(), format!("{}", a.observed).into());
+            annotations.insert("expected".into(), format!("{}", a.expected).into());
+            annotations.insert("flaps".into(), a.flaps.to_string().into());
+            let mut ev: Vec<_> = a.evidence.iter().collect();
+            ev.sort_by(|x, y| x.0.cmp(y.0));
+            for (k, v) in ev {
+                annotations.insert(format!("evidence_{k}"), format!("{v}").into());
+            }
+            let starts = a.since.as_ref().map(rfc3339).unwrap_or_default();
+            let ends = match &a.resolved_at {
+                Some(r) => rfc3339(r),
+                None => humantime::format_rfc3339_millis(now + FIRING_FOR).to_string(),
+            };
+            json!({
+                "labels": {
+                    "alertname": alertname(kind),
+                    "pool": a.pool,
+                    "member": a.member,
+                    "kind": kind,
+                    "view": view,
+                    "severity": severity,
+                },
+                "annotations": annotations,
+                "startsAt": starts,
+                "endsAt": ends,
+                "generatorURL": format!("{external_url}/pools/{}", a.pool),
+            })
+        })
+        .collect();
+    serde_json::to_vec(&items).unwrap_or_else(|_| b"[]".to_vec())
+}
+
+async fn sender(
+    uri: Uri,
+    authority: String,
+    mut rx: mpsc::Receiver<Arc<Vec<u8>>>,
+    stats: Arc<Stats>,
+) {
+    while let Some(body) = rx.recv().await {
+        let mut backoff = BACKOFF_MIN;
+        for attempt in 1..=ATTEMPTS {
+            match tokio::time::timeout(TIMEOUT, post(&uri, &authority, body.clone())).await {
+                Ok(Ok(())) => {
+                    stats.delivered.fetch_add(1, Relaxed);
+                    debug!(webhook = %uri, attempt, "delivered");
+                    break;
+                }
+                Ok(Err(e)) => {
+                    stats.failed_attempts.fetch_add(1, Relaxed);
+                    warn!(webhook = %uri, attempt, "webhook delivery failed: {e}; retrying in {backoff:?}");
+                }
+                Err(_) => {
+                    stats.failed_attempts.fetch_add(1, Relaxed);
+                    warn!(webhook = %uri, attempt, "webhook delivery timed out after {TIMEOUT:?}; retrying in {backoff:?}");
+                }
+            }
+            if attempt == ATTEMPTS {
+                stats.abandoned.fetch_add(1, Relaxed);
+                warn!(webhook = %uri, "giving up on a batch after {ATTEMPTS} attempts");
+                break;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+}
+
+async fn post(uri: &Uri, authority: &str, body: Arc<Vec<u8>>) -> Result<(), String> {
+    let stream = tokio::net::TcpStream::connect(authority)
+        .await
+        .map_err(|e| format!("connecting to {authority}: {e}"))?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("HTTP handshake: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let req = Request::post(path)
+        .header(hyper::header::HOST, authority)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .header(hyper::header::USER_AGENT, "evenflow-collector")
+        .body(Full::new(Bytes::from(body.as_ref().clone())))
+        .map_err(|e| format!("building the request: {e}"))?;
+    let resp = send
+        .send_request(req)
+        .await
+        .map_err(|e| format!("sending: {e}"))?;
+    let status = resp.status();
+    // Drain the body so the connection closes cleanly.
+    let _ = resp.into_body().collect().await;
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("receiver answered HTTP {status}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alertmanager_v2_shape() {
+        let a = v1::Alert {
+            id: "web/10.0.0.1:80/ZERO/server".into(),
+            pool: "web".into(),
+            member: "10.0.0.1:80".into(),
+            kind: v1::AlertKind::Zero as i32,
+            view: v1::View::Server as i32,
+            severity: v1::Severity::Page as i32,
+            since: Some(prost_types::Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 0,
+            }),
+            summary: "zero".into(),
+            ..Default::default()
+        };
+        let v: Value =
+            serde_json::from_slice(&body(&[a], "http://c:9465", SystemTime::now())).unwrap();
+        let x = &v[0];
+        assert_eq!(x["labels"]["alertname"], "EvenflowZero");
+        assert_eq!(x["labels"]["severity"], "page");
+        assert_eq!(x["startsAt"], "2023-11-14T22:13:20.000Z");
+        assert_eq!(x["generatorURL"], "http://c:9465/pools/web");
+        assert_eq!(alertname("DRAINING_VIOLATION"), "EvenflowDrainingViolation");
+        assert!(parse_url("https://x/").is_err());
+        assert!(parse_url("http://127.0.0.1:9093/api/v2/alerts").is_ok());
+    }
+}
