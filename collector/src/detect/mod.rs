@@ -15,8 +15,9 @@
 //!   pool of 1,000), the Poisson floor on speed: `ln(M/α) / rate` seconds.
 //! * **SKEW** compares observed with expected counts over several windows
 //!   (1, 3, 10 and 30 ticks): it needs the ratio outside a band (page: below
-//!   0.5 or above 2; warning: 0.7 / 1.4) *and* a z-score
-//!   `(O - E) / sqrt(φ E)` beyond a Bonferroni bound for the pool's size, so
+//!   0.5 or above 2; warning: 0.7 / 1.4) *and* a variance-stabilised z-score
+//!   `2 (√(O+3/8) − √(E+3/8)) / √φ` beyond a Bonferroni bound at
+//!   `skew_alpha` (default 10⁻⁹ per pool and tick) for the pool's size, so
 //!   a 3-member pool at 5 conn/s stays quiet on noise while a 1,000-member
 //!   pool still finds one member at half or triple its share.
 //! * **Dispersion φ** is learned per pool and view from healthy ticks (the
@@ -83,7 +84,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             zero_alpha: 2e-9,
-            skew_alpha: 1e-6,
+            skew_alpha: 1e-9,
             page_low: 0.5,
             page_high: 2.0,
             warn_low: 0.7,

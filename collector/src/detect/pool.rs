@@ -208,6 +208,9 @@ impl MemberHist {
 
 struct ViewState {
     members: HashMap<String, MemberHist>,
+    /// The view was concentrated last tick: when that ends, every member's
+    /// windows restart, so the incident's ticks do not linger as SKEW.
+    was_concentrated: bool,
     dispersion: f64,
     samples: u32,
     totals: [f64; RING],
@@ -219,6 +222,7 @@ impl Default for ViewState {
     fn default() -> Self {
         Self {
             members: HashMap::new(),
+            was_concentrated: false,
             // Until healthy ticks teach otherwise, assume traffic twice as
             // bursty as Poisson.
             dispersion: 2.0,
@@ -543,6 +547,11 @@ impl ViewState {
             }
             let e = n * expected_share;
             let o = v.new_conns as f64;
+            // A member that was ZERO and receives again starts its windows
+            // afresh: the dark ticks are the ZERO alert's, not a SKEW's.
+            if v.new_conns > 0 && hist.zero_e * zero_gain >= zero_bound {
+                hist.len = 0;
+            }
             hist.push(o, e);
             if e >= 1.0 {
                 chi2 += (o - e) * (o - e) / e;
@@ -576,14 +585,15 @@ impl ViewState {
                     continue;
                 }
                 let r = ow / ew;
-                let z = (ow - ew) / (phi * ew).sqrt();
+                let z = anscombe_z(ow, ew, phi);
                 let found = if r > s.page_high && z > z_page {
                     Some(Verdict::SkewHigh { page: true })
-                } else if r < s.page_low && -z > z_page {
+                } else if r < s.page_low && -z > z_page && ow > 0.0 {
+                    // Nothing at all is ZERO's to call, with its own bound.
                     Some(Verdict::SkewLow { page: true })
                 } else if r > s.warn_high && z > z_warn {
                     Some(Verdict::SkewHigh { page: false })
-                } else if r < s.warn_low && -z > z_warn {
+                } else if r < s.warn_low && -z > z_warn && ow > 0.0 {
                     Some(Verdict::SkewLow { page: false })
                 } else {
                     None
@@ -644,10 +654,15 @@ impl ViewState {
         };
         // CONCENTRATION over the last 1, 3 and 10 ticks: the effective
         // number must fall below the ratio *and* the counts must be far from
-        // the weights (a χ² test at skew_alpha, with dispersion), with on
-        // average twenty expected connections per member in the window.
+        // the weights (a χ² test at skew_alpha, with dispersion), with at
+        // least five expected connections per member in the window (the
+        // usual condition for the χ² approximation).
         let mut effective = 0.0;
         let mut concentrated = false;
+        // Whether a short window had enough data and was *not*
+        // concentrated: then the pool is not (the long window only speaks
+        // for pools too quiet for short ones).
+        let mut short_balanced = false;
         let chi_crit = chi2_bound(s.skew_alpha, count.saturating_sub(1).max(1));
         for w in [1usize, 3, SHARE_WINDOW] {
             let sums: Vec<(f64, f64)> = eligible
@@ -668,16 +683,23 @@ impl ViewState {
                 .filter(|(_, e)| *e > 0.0)
                 .map(|(o, e)| (o - e) * (o - e) / (phi * e))
                 .sum();
-            if count >= 2
-                && exp >= 20.0 * count as f64
-                && expected_effective > 0.0
-                && eff / expected_effective < s.concentration_ratio
-                && chi > chi_crit
-            {
+            let judgeable = count >= 2 && exp >= 5.0 * count as f64 && expected_effective > 0.0;
+            if judgeable && eff / expected_effective < s.concentration_ratio && chi > chi_crit {
                 concentrated = true;
                 effective = eff;
+            } else if judgeable && w <= 3 {
+                short_balanced = true;
             }
         }
+        if short_balanced {
+            concentrated = false;
+        }
+        if self.was_concentrated && !concentrated {
+            for h in self.members.values_mut() {
+                h.len = 0;
+            }
+        }
+        self.was_concentrated = concentrated;
         // Learn dispersion only from ticks where nothing looks wrong.
         if dof >= 2 && !suspect && !concentrated {
             let phi_tick = (chi2 / (dof - 1) as f64).clamp(1.0, s.max_dispersion);
@@ -698,4 +720,12 @@ impl ViewState {
             judged: observed_any && count > 0,
         }
     }
+}
+
+/// z-score of `observed` against `expected` counts after Anscombe's
+/// variance-stabilising square root, `2 (√(O + 3/8) − √(E + 3/8)) / √φ`:
+/// unlike `(O − E) / √E` it keeps Poisson's heavy right tail at small
+/// counts honest, and equals it at large ones.
+pub fn anscombe_z(observed: f64, expected: f64, phi: f64) -> f64 {
+    2.0 * ((observed + 0.375).sqrt() - (expected + 0.375).sqrt()) / phi.max(1.0).sqrt()
 }

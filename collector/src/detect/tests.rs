@@ -181,7 +181,7 @@ fn weighted_pool_balanced_then_light_member_doubles() {
         |_, i| if i == 2 { 2.0 } else { 1.0 },
         hit,
     );
-    assert!(first[2].is_some_and(|t| t <= 15), "{first:?}");
+    assert!(first[2].is_some_and(|t| t <= 25), "{first:?}");
 }
 
 #[test]
@@ -288,10 +288,19 @@ fn the_incident_is_one_page() {
     assert!(first[..2].iter().all(Option::is_none));
     assert_eq!(pages(&tr), 1, "one page (CONCENTRATION): {tr:#?}");
     assert!(d.open_alerts().any(|a| a.kind == AlertKind::Concentration));
-    // Rollback: everything resolves.
-    let (_, after) = simulate(&mut d, &mut rng, 40, 120.0, &w, 1.2, |_, _| 1.0, |_| false);
+    // Rollback: everything resolves within 10 ticks, and nothing new fires.
+    let (_, after) = simulate(&mut d, &mut rng, 10, 120.0, &w, 1.2, |_, _| 1.0, |_| false);
     assert!(after.iter().any(|t| matches!(t, Transition::Resolved(_))));
-    assert_eq!(d.open_alerts().count(), 0);
+    assert!(
+        !after.iter().any(|t| matches!(t, Transition::Fired(_))),
+        "{after:#?}"
+    );
+    assert_eq!(
+        d.open_alerts().count(),
+        0,
+        "{:#?}",
+        d.open_alerts().collect::<Vec<_>>()
+    );
 }
 
 #[test]
