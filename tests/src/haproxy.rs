@@ -1,5 +1,20 @@
-//! HAProxy as the load balancer, and its own per-server counters (the stats
-//! socket's `show stat`) as ground truth.
+//! HAProxy as the load balancer, and its own counters (the stats socket's
+//! `show stat`) as ground truth for what the lb sent to each backend.
+//!
+//! What `show stat` counts, measured here with HAProxy 2.6 in HTTP mode and
+//! checked against nginx's logs of the same connections:
+//! * a server line's `stot` is the sessions sent to that server; with
+//!   `option httpclose` and `http-reuse never` that is exactly one server
+//!   connection per client connection;
+//! * a server line's `bin` is the request direction (bytes towards the
+//!   server) and `bout` the response direction (bytes from the server);
+//! * but both count HTTP messages in HAProxy's internal form (HTX), without
+//!   the separators and line ends of HTTP/1: here 12 bytes less than the
+//!   wire per request and 20 per response, a fixed shortfall per message;
+//! * the `BACKEND` line's `h1_bytes_out` / `h1_bytes_in` (the HTTP/1 mux's
+//!   counters) are the raw bytes written to / read from the servers'
+//!   sockets, summed over the pool: TCP payload, exactly what the agent
+//!   counts. (On the `FRONTEND` line the same columns are the client side.)
 
 use std::{
     collections::HashMap,
@@ -8,17 +23,21 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 
-use crate::lab::{BACKEND_PORT, Lab};
+use crate::lab::{BACKEND_PORT, Lab, VIP_PORT};
 
-/// Starts HAProxy on the lab's lb: HTTP mode, round robin over every
-/// backend, one server connection per client connection (`option
-/// httpclose`, `http-reuse never`) and no health checks (they would add
-/// connections no client made). Returns the stats socket path.
+/// The backend (pool) name in the configuration.
+pub const BACKEND: &str = "be";
+
+/// Starts HAProxy on the lab's lb (in its namespace and cgroup, so the lb's
+/// agent sees its sockets): HTTP mode, round robin over every backend,
+/// one server connection per client connection (`option httpclose`,
+/// `http-reuse never`) and no health checks (they would add connections no
+/// client made). Waits until it listens; returns the stats socket's path.
 pub fn start(lab: &mut Lab, ipv6_backends: bool) -> Result<PathBuf> {
     let dir = lab.dir.join("haproxy");
-    std::fs::create_dir_all(&dir)?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let sock = dir.join("stats.sock");
     let mut servers = String::new();
     for b in &lab.backends {
@@ -32,75 +51,113 @@ pub fn start(lab: &mut Lab, ipv6_backends: bool) -> Result<PathBuf> {
     let cfg = format!(
         "global\n  maxconn 8192\n  stats socket {sock} mode 600 level admin\n\
          defaults\n  mode http\n  timeout connect 3s\n  timeout client 20s\n  timeout server 20s\n\
-           option httpclose\n  http-reuse never\n\
-         frontend fe\n  bind :::80 v4v6\n  default_backend be\n\
-         backend be\n  balance roundrobin\n{servers}",
+         \x20 option httpclose\n  http-reuse never\n\
+         frontend fe\n  bind :::{VIP_PORT} v4v6\n  default_backend {BACKEND}\n\
+         backend {BACKEND}\n  balance roundrobin\n{servers}",
         sock = sock.display()
     );
     let cfg_path = dir.join("haproxy.cfg");
-    std::fs::write(&cfg_path, cfg)?;
+    std::fs::write(&cfg_path, cfg).with_context(|| format!("writing {}", cfg_path.display()))?;
     let lb = lab.lb.clone();
     let cfg_s = cfg_path.display().to_string();
+    // -db: foreground, so the lab owns the process.
     lab.spawn(&lb, "haproxy", "haproxy", &["-db", "-f", &cfg_s])?;
+    lab.wait_listening(&lb, VIP_PORT, 1)?;
+    crate::wait_for(std::time::Duration::from_secs(5), || {
+        sock.exists().then_some(())
+    })
+    .with_context(|| format!("HAProxy's stats socket {} did not appear", sock.display()))?;
     Ok(sock)
 }
 
 /// One server line of `show stat`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServerStat {
-    /// Total sessions (connections, with httpclose) sent to the server.
+    /// Sessions sent to the server (= connections, with httpclose).
     pub stot: u64,
-    /// Bytes HAProxy sent to the server (requests).
+    /// Request bytes towards the server, in HTX form (see the module docs).
     pub bin: u64,
-    /// Bytes HAProxy received from the server (responses).
+    /// Response bytes from the server, in HTX form.
     pub bout: u64,
 }
 
-/// `show stat` per server of backend `be`, keyed by server name.
-pub fn stats(sock: &Path) -> Result<HashMap<String, ServerStat>> {
-    let mut s =
-        UnixStream::connect(sock).with_context(|| format!("connecting {}", sock.display()))?;
-    s.write_all(b"show stat\n")?;
-    let mut csv = String::new();
-    s.read_to_string(&mut csv)?;
-    parse_stat(&csv)
+/// `show stat` for the pool [`BACKEND`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Per server, by server name (the backend node's role: "b1"…).
+    pub servers: HashMap<String, ServerStat>,
+    /// The pool's `BACKEND` line.
+    pub pool: ServerStat,
+    /// The pool's raw bytes written to servers (`h1_bytes_out`).
+    pub pool_wire_to_servers: Option<u64>,
+    /// The pool's raw bytes read from servers (`h1_bytes_in`).
+    pub pool_wire_from_servers: Option<u64>,
 }
 
-/// Parses `show stat` CSV by its header's column names.
-pub fn parse_stat(csv: &str) -> Result<HashMap<String, ServerStat>> {
+/// Reads `show stat` over the stats socket.
+pub fn stats(sock: &Path) -> Result<Stats> {
+    let mut s =
+        UnixStream::connect(sock).with_context(|| format!("connecting {}", sock.display()))?;
+    s.write_all(b"show stat\n")
+        .context("writing to the stats socket")?;
+    let mut csv = String::new();
+    s.read_to_string(&mut csv)
+        .context("reading from the stats socket")?;
+    parse_stat(&csv).with_context(|| format!("parsing `show stat`:\n{csv}"))
+}
+
+/// Parses `show stat` CSV by its header's column names (their order
+/// changes between HAProxy versions).
+pub fn parse_stat(csv: &str) -> Result<Stats> {
     let mut lines = csv.lines();
     let header = lines
         .next()
         .and_then(|h| h.strip_prefix("# "))
-        .context("show stat output has no header")?;
+        .context("show stat output has no `# ` header")?;
     let cols: Vec<&str> = header.split(',').collect();
-    let idx = |name: &str| {
-        cols.iter()
-            .position(|c| *c == name)
-            .with_context(|| format!("no {name} column"))
-    };
+    let idx = |name: &str| cols.iter().position(|c| *c == name);
+    let need = |name: &str| idx(name).with_context(|| format!("no {name} column"));
     let (px, sv, stot, bin, bout) = (
-        idx("pxname")?,
-        idx("svname")?,
-        idx("stot")?,
-        idx("bin")?,
-        idx("bout")?,
+        need("pxname")?,
+        need("svname")?,
+        need("stot")?,
+        need("bin")?,
+        need("bout")?,
     );
-    let mut out = HashMap::new();
-    for l in lines {
+    let (h1_in, h1_out) = (idx("h1_bytes_in"), idx("h1_bytes_out"));
+    let mut out = Stats::default();
+    let mut saw_pool = false;
+    for l in lines.filter(|l| !l.trim().is_empty()) {
         let f: Vec<&str> = l.split(',').collect();
-        if f.len() <= bout || f[px] != "be" || f[sv] == "BACKEND" {
+        if f.get(px) != Some(&BACKEND) {
             continue;
         }
-        let n = |i: usize| f[i].parse::<u64>().unwrap_or(0);
-        out.insert(
-            f[sv].to_owned(),
-            ServerStat {
-                stot: n(stot),
-                bin: n(bin),
-                bout: n(bout),
-            },
-        );
+        let num = |i: usize| -> Result<u64> {
+            let v = f.get(i).copied().unwrap_or("");
+            v.parse()
+                .with_context(|| format!("`{v}` in column {} of `{l}`", cols[i]))
+        };
+        let opt = |i: Option<usize>| i.and_then(|i| f.get(i)).and_then(|v| v.parse().ok());
+        let stat = ServerStat {
+            stot: num(stot)?,
+            bin: num(bin)?,
+            bout: num(bout)?,
+        };
+        match f.get(sv).copied() {
+            Some("BACKEND") => {
+                saw_pool = true;
+                out.pool = stat;
+                out.pool_wire_from_servers = opt(h1_in);
+                out.pool_wire_to_servers = opt(h1_out);
+            }
+            Some(name) => {
+                out.servers.insert(name.to_owned(), stat);
+            }
+            None => bail!("no svname in `{l}`"),
+        }
+    }
+    if !saw_pool {
+        bail!("no `{BACKEND},BACKEND` line");
     }
     Ok(out)
 }
@@ -109,21 +166,36 @@ pub fn parse_stat(csv: &str) -> Result<HashMap<String, ServerStat>> {
 mod tests {
     use super::*;
 
+    /// Abridged from HAProxy 2.6's real output in the lab.
+    const CSV: &str = "\
+# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,h1_bytes_in,h1_bytes_out,
+fe,FRONTEND,,,0,3,8192,40,2740,85000,0,3220,85800,
+be,b1,0,0,0,1,,10,685,21250,,,,
+be,b2,0,0,0,1,,30,2055,63750,,,,
+be,BACKEND,0,0,0,1,,40,2740,85000,,85800,3220,
+";
+
     #[test]
-    fn parses_server_lines() {
-        let csv = "# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,\n\
-                   fe,FRONTEND,,,0,1,8192,10,1000,20000,\n\
-                   be,b1,0,0,0,1,,5,500,10000,\n\
-                   be,BACKEND,0,0,0,1,,10,1000,20000,\n";
-        let s = parse_stat(csv).expect("parses");
-        assert_eq!(s.len(), 1);
+    fn parses_server_and_pool_lines() {
+        let s = parse_stat(CSV).expect("parses");
+        assert_eq!(s.servers.len(), 2);
         assert_eq!(
-            s["b1"],
+            s.servers["b1"],
             ServerStat {
-                stot: 5,
-                bin: 500,
-                bout: 10000
+                stot: 10,
+                bin: 685,
+                bout: 21250
             }
         );
+        assert_eq!(s.pool.stot, 40);
+        assert_eq!(s.pool_wire_from_servers, Some(85800));
+        assert_eq!(s.pool_wire_to_servers, Some(3220));
+    }
+
+    #[test]
+    fn rejects_output_without_header_or_pool() {
+        assert!(parse_stat("be,b1,0\n").is_err());
+        assert!(parse_stat("# pxname,svname,stot,bin,bout\nbe,b1,1,2,3\n").is_err());
+        assert!(parse_stat("# pxname,svname,stot,bin,bout\nbe,b1,x,2,3\n").is_err());
     }
 }

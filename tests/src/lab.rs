@@ -1,111 +1,122 @@
 //! A lab: a client node, a load balancer node and N backend nodes, each a
-//! network namespace with a cgroup of its own, joined by veth pairs (no
-//! bridges: an agent attaches to every up interface, and a bridge plus its
-//! ports would count a packet twice).
+//! network namespace with a cgroup of its own, joined by one veth pair per
+//! link. No bridges: an agent attaches to every interface that is up, and a
+//! bridge plus its ports would count each packet twice.
 //!
 //! ```text
-//!  client 10.1.0.2 ── 10.1.0.1 lb ── 10.2.i.1 ── 10.2.i.2 backend i (i = 1..N)
-//!         fd01::2 ─── fd01::1    ─── fd02:i::1 ─ fd02:i::2
-//!  VIP 10.9.0.1 / fd09::1 on the lb's lo; every node routes via the lb.
+//!  client 10.1.0.2 ── 10.1.0.1 lb 10.2.i.1 ── 10.2.i.2 backend i (i = 1..N)
+//!         fd01::2  ── fd01::1     fd02:i::1 ── fd02:i::2
+//!  VIPs 10.9.0.1 and fd09::1 on the lb's lo; every node routes via the lb.
 //! ```
 //!
-//! Addresses are the same in every lab: each lab lives in its own
-//! namespaces, so only names (namespaces, veths, cgroups, pins) are unique.
+//! The VIPs sit in prefixes of their own that the client reaches through
+//! its default route: an IPv6 VIP inside the client's on-link /64 would get
+//! no neighbour answer and connections would time out.
+//!
+//! Addresses are the same in every lab: each lab lives in namespaces of its
+//! own, so its subnets cannot clash with another lab's. Only the names that
+//! live in host-wide spaces (namespaces, veths before they move, cgroups,
+//! pinned map directories, temporary directories) carry the lab's name, so
+//! labs with different names run side by side.
 
 use std::{
-    net::IpAddr,
-    os::unix::process::CommandExt as _,
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
-    process::{Child, Command, Stdio},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 
-use crate::netns;
+use crate::{
+    cgroup::{self, Proc},
+    netns,
+};
 
-/// The VIP clients connect to.
+/// The IPv4 VIP clients connect to.
 pub const VIP4: &str = "10.9.0.1";
 /// The IPv6 VIP.
 pub const VIP6: &str = "fd09::1";
+/// The port the load balancers listen on at the VIP.
+pub const VIP_PORT: u16 = 80;
 /// The backends' HTTP port.
 pub const BACKEND_PORT: u16 = 8080;
+
+/// The VIP as a socket address clients connect to.
+pub fn vip(ipv6: bool) -> SocketAddr {
+    let ip: IpAddr = if ipv6 {
+        IpAddr::V6(std::net::Ipv6Addr::new(0xfd09, 0, 0, 0, 0, 0, 0, 1))
+    } else {
+        IpAddr::V4(std::net::Ipv4Addr::new(10, 9, 0, 1))
+    };
+    SocketAddr::new(ip, VIP_PORT)
+}
+
+/// Where the cgroup v2 hierarchy is mounted (kept here for xtask).
+pub fn cgroup2_root() -> Result<PathBuf> {
+    cgroup::root()
+}
 
 /// One node of the lab.
 #[derive(Clone, Debug)]
 pub struct Node {
-    /// Role-based short name: "client", "lb", "b1"...
+    /// Role-based short name: "client", "lb", "b1"…
     pub role: String,
-    /// Namespace name, also the node name agents report.
+    /// Namespace name, also the node name its agent reports and pins under.
     pub ns: String,
     /// cgroup v2 directory for the node's processes.
     pub cgroup: PathBuf,
-    /// The node's IPv4 address on its link towards the lb (the lb's own is
-    /// its client-side address).
+    /// The node's IPv4 address on its link towards the lb (for the lb: its
+    /// client-side address).
     pub addr4: IpAddr,
     /// The same for IPv6.
     pub addr6: IpAddr,
 }
 
-/// A process the lab owns; its whole process group dies with the lab.
-pub struct Proc {
-    pub name: String,
-    pub child: Child,
-}
+impl Node {
+    /// The node's address in one family.
+    pub fn addr(&self, ipv6: bool) -> IpAddr {
+        if ipv6 { self.addr6 } else { self.addr4 }
+    }
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let pid = self.child.id() as i32;
-        // SAFETY: signalling a process group we created.
-        unsafe {
-            libc::kill(-pid, libc::SIGTERM);
-        }
-        for _ in 0..50 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        // SAFETY: as above.
-        unsafe {
-            libc::kill(-pid, libc::SIGKILL);
-        }
-        let _ = self.child.wait();
+    /// Where the node's agent pins its maps.
+    pub fn pin_dir(&self) -> PathBuf {
+        PathBuf::from(crate::BPFFS).join("evenflow").join(&self.ns)
     }
 }
 
 /// The lab. Dropping it tears everything down.
 pub struct Lab {
+    /// The lab's name, the prefix of everything it creates.
     pub name: String,
+    /// Where the test's own client runs.
     pub client: Node,
+    /// The load balancer (HAProxy or nftables DNAT), with the VIPs.
     pub lb: Node,
+    /// The backends (nginx on [`BACKEND_PORT`]).
     pub backends: Vec<Node>,
+    /// Temporary directory for configuration files and logs.
     pub dir: PathBuf,
     procs: Vec<Proc>,
     cgroup_root: PathBuf,
 }
 
-/// The mount point of the cgroup v2 hierarchy.
-pub fn cgroup2_root() -> Result<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
-    info.lines()
-        .find_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            (post.split_whitespace().next()? == "cgroup2")
-                .then(|| pre.split_whitespace().nth(4).map(PathBuf::from))?
-        })
-        .context("no cgroup v2 hierarchy mounted (run `cargo xtask setup`)")
-}
-
 impl Lab {
-    /// Builds the topology with `backends` backend nodes. `name` must be
-    /// short (≤ 6 characters) and unique among labs alive at once.
+    /// Builds the topology with `backends` backend nodes (1 to 99). `name`
+    /// must be 1 to 10 letters or digits and unique among labs alive at
+    /// once; a leftover lab of the same name (a crashed run) is replaced.
     pub fn new(name: &str, backends: usize) -> Result<Self> {
-        crate::require_root();
-        let cgroup_root = cgroup2_root()?.join("evenflow-test");
-        std::fs::create_dir_all(&cgroup_root).context("creating the test cgroup")?;
+        crate::preflight()?;
+        if name.is_empty() || name.len() > 10 || !name.chars().all(|c| c.is_ascii_alphanumeric()) {
+            bail!(
+                "lab name `{name}` must be 1 to 10 letters or digits (it prefixes interface names)"
+            );
+        }
+        if !(1..=99).contains(&backends) {
+            bail!("a lab has 1 to 99 backends, not {backends}");
+        }
+        let cgroup_root = cgroup::root()?.join("evenflow-test");
         let dir = std::env::temp_dir().join(format!("evenflow-lab-{name}"));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let node = |role: &str, a4: &str, a6: &str| -> Result<Node> {
             Ok(Node {
                 role: role.to_owned(),
@@ -132,12 +143,14 @@ impl Lab {
             procs: Vec::new(),
             cgroup_root,
         };
+        // On error, dropping `lab` removes what was built so far.
         lab.build()
             .with_context(|| format!("building lab {name}"))?;
         Ok(lab)
     }
 
-    fn nodes(&self) -> Vec<Node> {
+    /// Every node: client, lb, backends.
+    pub fn nodes(&self) -> Vec<Node> {
         let mut v = vec![self.client.clone(), self.lb.clone()];
         v.extend(self.backends.iter().cloned());
         v
@@ -146,163 +159,123 @@ impl Lab {
     fn build(&mut self) -> Result<()> {
         for n in self.nodes() {
             netns::create(&n.ns)?;
-            let _ = std::fs::remove_dir(&n.cgroup);
-            std::fs::create_dir_all(&n.cgroup)
-                .with_context(|| format!("creating {}", n.cgroup.display()))?;
-            let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/evenflow/{}", n.ns));
+            cgroup::create(&n.cgroup)?;
+            let _ = std::fs::remove_dir_all(n.pin_dir());
         }
-        let (c, l) = (&self.client.ns, &self.lb.ns);
-        let ip = |ns: &str, args: &[&str]| netns::exec(ns, "ip", args);
+        let (c, l) = (self.client.ns.clone(), self.lb.ns.clone());
         // client <-> lb
         let (vc, vl) = (format!("{}c", self.name), format!("{}l0", self.name));
-        veth(&vc, c, &vl, l)?;
-        ip(c, &["addr", "add", "10.1.0.2/24", "dev", &vc])?;
-        ip(c, &["addr", "add", "fd01::2/64", "dev", &vc, "nodad"])?;
-        ip(l, &["addr", "add", "10.1.0.1/24", "dev", &vl])?;
-        ip(l, &["addr", "add", "fd01::1/64", "dev", &vl, "nodad"])?;
-        ip(c, &["route", "add", "default", "via", "10.1.0.1"])?;
-        ip(c, &["-6", "route", "add", "default", "via", "fd01::1"])?;
-        // VIPs on the lb's lo.
-        ip(l, &["addr", "add", &format!("{VIP4}/32"), "dev", "lo"])?;
-        ip(l, &["addr", "add", &format!("{VIP6}/128"), "dev", "lo"])?;
-        netns::exec(l, "sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
-        netns::exec(l, "sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"])?;
-        for (i, b) in self.backends.iter().enumerate() {
+        netns::veth(&vc, &c, &vl, &l)?;
+        netns::addr(&c, &vc, "10.1.0.2/24")?;
+        netns::addr(&c, &vc, "fd01::2/64")?;
+        netns::addr(&l, &vl, "10.1.0.1/24")?;
+        netns::addr(&l, &vl, "fd01::1/64")?;
+        netns::default_route(&c, "10.1.0.1")?;
+        netns::default_route(&c, "fd01::1")?;
+        // The VIPs on the lb's lo: HAProxy binds them, DNAT rewrites them.
+        netns::addr(&l, "lo", &format!("{VIP4}/32"))?;
+        netns::addr(&l, "lo", &format!("{VIP6}/128"))?;
+        netns::sysctl(&l, "net.ipv4.ip_forward", "1")?;
+        netns::sysctl(&l, "net.ipv6.conf.all.forwarding", "1")?;
+        // lb <-> backend i
+        for (i, b) in self.backends.clone().iter().enumerate() {
             let i = i + 1;
             let (vb, vl) = (format!("{}b{i}", self.name), format!("{}l{i}", self.name));
-            veth(&vb, &b.ns, &vl, l)?;
-            ip(
-                &b.ns,
-                &["addr", "add", &format!("10.2.{i}.2/24"), "dev", &vb],
-            )?;
-            ip(
-                &b.ns,
-                &[
-                    "addr",
-                    "add",
-                    &format!("fd02:{i}::2/64"),
-                    "dev",
-                    &vb,
-                    "nodad",
-                ],
-            )?;
-            ip(l, &["addr", "add", &format!("10.2.{i}.1/24"), "dev", &vl])?;
-            ip(
-                l,
-                &[
-                    "addr",
-                    "add",
-                    &format!("fd02:{i}::1/64"),
-                    "dev",
-                    &vl,
-                    "nodad",
-                ],
-            )?;
-            ip(
-                &b.ns,
-                &["route", "add", "default", "via", &format!("10.2.{i}.1")],
-            )?;
-            ip(
-                &b.ns,
-                &[
-                    "-6",
-                    "route",
-                    "add",
-                    "default",
-                    "via",
-                    &format!("fd02:{i}::1"),
-                ],
-            )?;
+            netns::veth(&vb, &b.ns, &vl, &l)?;
+            netns::addr(&b.ns, &vb, &format!("10.2.{i}.2/24"))?;
+            netns::addr(&b.ns, &vb, &format!("fd02:{i}::2/64"))?;
+            netns::addr(&l, &vl, &format!("10.2.{i}.1/24"))?;
+            netns::addr(&l, &vl, &format!("fd02:{i}::1/64"))?;
+            netns::default_route(&b.ns, &format!("10.2.{i}.1"))?;
+            netns::default_route(&b.ns, &format!("fd02:{i}::1"))?;
         }
         Ok(())
     }
 
     /// Starts `cmd args…` inside `node`'s namespace and cgroup (joined
-    /// before exec, so every socket it creates belongs to the cgroup), with
-    /// output to `<lab dir>/<log>.log`.
-    pub fn spawn(&mut self, node: &Node, log: &str, cmd: &str, args: &[&str]) -> Result<()> {
-        let logf = std::fs::File::create(self.dir.join(format!("{log}.log")))?;
-        let script = format!(
-            "echo $$ > {}/cgroup.procs && exec ip netns exec {} \"$@\"",
-            node.cgroup.display(),
-            node.ns
-        );
-        let child = Command::new("sh")
-            .args(["-c", &script, "sh", cmd])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(logf.try_clone()?)
-            .stderr(logf)
-            .process_group(0)
-            .spawn()
-            .with_context(|| format!("starting {cmd} in {}", node.ns))?;
-        self.procs.push(Proc {
-            name: format!("{log} ({cmd})"),
-            child,
-        });
+    /// before exec, so every socket it creates belongs to both), with its
+    /// output in `<lab dir>/<name>.log`. The lab stops it when dropped.
+    pub fn spawn(&mut self, node: &Node, name: &str, cmd: &str, args: &[&str]) -> Result<()> {
+        let log = self.dir.join(format!("{name}.log"));
+        let p = cgroup::spawn(name, &node.cgroup, &node.ns, &log, cmd, args)?;
+        self.procs.push(p);
         Ok(())
     }
 
-    /// Starts a process in the node's namespace (via the agent's own
-    /// `--netns`, so /sys keeps its bpffs and cgroup mounts), not in its
-    /// cgroup.
-    pub fn spawn_host(&mut self, log: &str, cmd: &str, args: &[&str]) -> Result<()> {
-        let logf = std::fs::File::create(self.dir.join(format!("{log}.log")))?;
-        let child = Command::new(cmd)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(logf.try_clone()?)
-            .stderr(logf)
-            .process_group(0)
-            .spawn()
-            .with_context(|| format!("starting {cmd}"))?;
-        self.procs.push(Proc {
-            name: format!("{log} ({cmd})"),
-            child,
-        });
-        Ok(())
+    /// The output of the process started as `name`.
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
     }
 
-    /// The log of a process started with `log`.
-    pub fn log(&self, log: &str) -> String {
-        std::fs::read_to_string(self.dir.join(format!("{log}.log"))).unwrap_or_default()
-    }
-
-    /// Fails if a lab process has exited (its log tail in the message).
+    /// Fails if a lab process has exited, with its output in the message.
     pub fn check_alive(&mut self) -> Result<()> {
         for p in &mut self.procs {
-            if let Ok(Some(status)) = p.child.try_wait() {
-                anyhow::bail!("{} exited early ({status})", p.name);
+            if let Some(status) = p.exited() {
+                bail!(
+                    "{} exited early ({status}); its output:\n{}",
+                    p.name,
+                    p.output()
+                );
             }
         }
         Ok(())
     }
 
-    /// Stops the processes started under `log` names matching `prefix`.
+    /// Stops the processes whose names start with `prefix`.
     pub fn stop(&mut self, prefix: &str) {
         self.procs.retain(|p| !p.name.starts_with(prefix));
     }
-}
 
-fn veth(a: &str, ns_a: &str, b: &str, ns_b: &str) -> Result<()> {
-    let _ = netns::sh("ip", &["link", "del", a]);
-    netns::sh("ip", &["link", "add", a, "type", "veth", "peer", "name", b])?;
-    netns::sh("ip", &["link", "set", a, "netns", ns_a])?;
-    netns::sh("ip", &["link", "set", b, "netns", ns_b])?;
-    netns::exec(ns_a, "ip", &["link", "set", a, "up"])?;
-    netns::exec(ns_b, "ip", &["link", "set", b, "up"])?;
-    Ok(())
+    /// Waits until `sockets` sockets in `node` listen on TCP `port`, looking
+    /// with `ss` rather than connecting, which would add a connection to
+    /// the very counts the tests compare. Fails early if a process died.
+    pub fn wait_listening(&mut self, node: &Node, port: u16, sockets: usize) -> Result<()> {
+        let filter = format!("sport = :{port}");
+        let up = crate::wait_for(std::time::Duration::from_secs(10), || {
+            let out = netns::exec(&node.ns, "ss", &["-Hltn", &filter]).ok()?;
+            (out.lines().count() >= sockets).then_some(())
+        });
+        if up.is_none() {
+            self.check_alive()?;
+            bail!(
+                "{sockets} listening socket(s) on :{port} in {} did not appear within 10 s",
+                node.ns
+            );
+        }
+        Ok(())
+    }
+
+    /// The state of every process and the tail of its output, for failure
+    /// messages.
+    pub fn processes_report(&mut self) -> String {
+        let mut out = String::new();
+        for p in &mut self.procs {
+            let state = p
+                .exited()
+                .map_or_else(|| "running".to_owned(), |s| format!("exited: {s}"));
+            let text = p.output();
+            let tail: Vec<&str> = text.lines().rev().take(8).collect();
+            out.push_str(&format!("--- {} ({state})\n", p.name));
+            for l in tail.iter().rev() {
+                out.push_str(&format!("    {l}\n"));
+            }
+        }
+        out
+    }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        // Processes first (agents detach, servers close), then the rest.
+        // Processes first (agents detach, servers close), then whatever is
+        // left in the cgroups, then namespaces (their veths go with them),
+        // pinned maps and files.
         self.procs.clear();
         for n in self.nodes() {
+            cgroup::remove(&n.cgroup);
             netns::delete(&n.ns);
-            let _ = std::fs::remove_dir(&n.cgroup);
-            let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/evenflow/{}", n.ns));
+            let _ = std::fs::remove_dir_all(n.pin_dir());
         }
+        // Only succeeds once no other lab uses it.
         let _ = std::fs::remove_dir(&self.cgroup_root);
         if std::env::var_os("EVENFLOW_KEEP_LAB").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);

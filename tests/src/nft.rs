@@ -1,14 +1,18 @@
-//! An nftables DNAT load balancer: the lb forwards connections to the VIP's
-//! port 80 round-robin (numgen) to every backend, with no proxy process.
+//! An nftables DNAT load balancer: the lb rewrites connections to the
+//! VIP's port 80 round-robin (`numgen inc`) to every backend and forwards
+//! them (the lab enables forwarding in the lb). No process terminates the
+//! connections, so only the agent's packet hooks (TC) can count them — the
+//! kube-proxy / iptables case of the design.
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
 use crate::{
-    lab::{BACKEND_PORT, Lab, VIP4, VIP6},
+    lab::{BACKEND_PORT, Lab, VIP_PORT, VIP4, VIP6},
     netns,
 };
 
-/// Installs the DNAT rules (IPv4 and IPv6) in the lb's namespace.
+/// Installs the DNAT rules (IPv4 and IPv6) in the lb's namespace, in tables
+/// of their own (`evenflow_lab`) that go away with the namespace.
 pub fn start(lab: &Lab) -> Result<()> {
     let n = lab.backends.len();
     let map4: Vec<String> = lab
@@ -25,14 +29,15 @@ pub fn start(lab: &Lab) -> Result<()> {
         .collect();
     let rules = format!(
         "table ip evenflow_lab {{\n chain prerouting {{\n  type nat hook prerouting priority dstnat;\n  \
-         ip daddr {VIP4} tcp dport 80 dnat ip to numgen inc mod {n} map {{ {} }}\n }}\n}}\n\
+         ip daddr {VIP4} tcp dport {VIP_PORT} dnat ip to numgen inc mod {n} map {{ {} }}\n }}\n}}\n\
          table ip6 evenflow_lab {{\n chain prerouting {{\n  type nat hook prerouting priority dstnat;\n  \
-         ip6 daddr {VIP6} tcp dport 80 dnat ip6 to numgen inc mod {n} map {{ {} }}\n }}\n}}\n",
+         ip6 daddr {VIP6} tcp dport {VIP_PORT} dnat ip6 to numgen inc mod {n} map {{ {} }}\n }}\n}}\n",
         map4.join(", "),
         map6.join(", ")
     );
     let path = lab.dir.join("dnat.nft");
-    std::fs::write(&path, rules)?;
-    netns::exec(&lab.lb.ns, "nft", &["-f", &path.display().to_string()])?;
+    std::fs::write(&path, &rules).with_context(|| format!("writing {}", path.display()))?;
+    netns::exec(&lab.lb.ns, "nft", &["-f", &path.display().to_string()])
+        .with_context(|| format!("loading the DNAT rules:\n{rules}"))?;
     Ok(())
 }

@@ -1,5 +1,9 @@
 //! A backend: nginx serving a fixed body on port 8080 (IPv4 and IPv6), its
-//! access log the ground truth for what the backend received.
+//! access log the ground truth for what the backend received and sent.
+//!
+//! Each nginx has its own prefix, configuration, pid file and logs in the
+//! lab's temporary directory, so several run side by side with no shared
+//! state, and runs in the foreground (`daemon off`) so the lab owns it.
 
 use std::path::PathBuf;
 
@@ -11,12 +15,16 @@ use crate::lab::{BACKEND_PORT, Lab, Node};
 pub const BODY_LEN: usize = 2000;
 
 /// The access log format: `$connection $request_length $bytes_sent $status`.
-/// `$request_length` is the request as received (line, headers, body) and
-/// `$bytes_sent` the response as sent (headers and body): TCP payload bytes,
-/// which is what the agent counts.
+/// `$connection` is nginx's serial number of the connection (so distinct
+/// values count connections), `$request_length` the request as received
+/// (request line, headers, body) and `$bytes_sent` the response as sent
+/// (status line, headers, body). Both are bytes exactly as they crossed
+/// the socket, i.e. TCP payload bytes, which is what the agent counts.
 const LOG_FORMAT: &str = "$connection $request_length $bytes_sent $status";
 
-/// Starts nginx on `node`; returns its access log path.
+/// Starts nginx on `node` (in its namespace and cgroup, so the node's agent
+/// sees the listener's sockets), waits until it listens, and returns the
+/// path of its access log.
 pub fn start(lab: &mut Lab, node: &Node) -> Result<PathBuf> {
     let dir = lab.dir.join(format!("nginx-{}", node.role));
     std::fs::create_dir_all(dir.join("tmp"))?;
@@ -27,7 +35,7 @@ pub fn start(lab: &mut Lab, node: &Node) -> Result<PathBuf> {
          http {{\n  log_format ef '{LOG_FORMAT}';\n  access_log {d}/access.log ef;\n\
            client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp;\n\
            uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;\n\
-           server {{\n    listen {BACKEND_PORT} reuseport;\n    listen [::]:{BACKEND_PORT} ipv6only=on reuseport;\n\
+           server {{\n    listen {BACKEND_PORT};\n    listen [::]:{BACKEND_PORT} ipv6only=on;\n\
              location / {{ default_type text/plain; return 200 '{body}'; }}\n  }}\n}}\n",
         d = dir.display()
     );
@@ -41,15 +49,21 @@ pub fn start(lab: &mut Lab, node: &Node) -> Result<PathBuf> {
         "nginx",
         &["-p", &prefix, "-c", &conf_s],
     )?;
+    // One socket for IPv4, one for IPv6.
+    lab.wait_listening(node, BACKEND_PORT, 2)?;
     Ok(dir.join("access.log"))
 }
 
 /// What one backend's access log says it served.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Served {
+    /// Log lines: requests answered.
     pub requests: u64,
+    /// Distinct `$connection` values: connections that carried a request.
     pub connections: u64,
+    /// Sum of `$request_length`: payload bytes the backend received.
     pub request_bytes: u64,
+    /// Sum of `$bytes_sent`: payload bytes the backend sent.
     pub response_bytes: u64,
 }
 
