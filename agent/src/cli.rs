@@ -59,6 +59,12 @@ pub struct Args {
     #[arg(long, env = "EVENFLOW_COLLECTOR", value_parser = parse_collector_url)]
     pub collector: Option<String>,
 
+    /// Run a collector inside this agent, listening on ADDR (e.g.
+    /// 127.0.0.1:50052), and stream to it: one process is enough to try
+    /// evenflow on one host. Its /metrics is on the same IP, port 9465.
+    #[arg(long, env = "EVENFLOW_EMBEDDED_COLLECTOR", value_name = "ADDR")]
+    pub embedded_collector: Option<SocketAddr>,
+
     /// Print a table of endpoints to stdout every interval.
     #[arg(long, env = "EVENFLOW_PRINT")]
     pub print: bool,

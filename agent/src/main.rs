@@ -110,8 +110,22 @@ async fn run(args: cli::Args) -> Result<()> {
         snap_rx.clone(),
         shutdown_rx.clone(),
     ));
-    if let Some(url) = &args.collector {
-        tokio::spawn(report::run(url.clone(), snap_rx));
+    let embedded = match args.embedded_collector {
+        Some(addr) => Some(start_embedded_collector(addr).await?),
+        None => None,
+    };
+    let collector_url = args.collector.clone().or_else(|| {
+        args.embedded_collector.map(|a| {
+            let ip = if a.ip().is_unspecified() {
+                std::net::IpAddr::from([127, 0, 0, 1])
+            } else {
+                a.ip()
+            };
+            format!("http://{}", std::net::SocketAddr::new(ip, a.port()))
+        })
+    });
+    if let Some(url) = collector_url {
+        tokio::spawn(report::run(url, snap_rx));
     }
 
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
@@ -124,10 +138,35 @@ async fn run(args: cli::Args) -> Result<()> {
         r = flatten(metrics) => r,
     };
     let _ = shutdown_tx.send(true);
+    if let Some(c) = embedded {
+        c.shutdown().await;
+    }
     let pins = dp.pin_dir().to_owned();
     drop(dp);
     info!(pins = %pins.display(), "programs detached; counters stay pinned");
     result
+}
+
+/// Starts a collector in this process (`--embedded-collector`).
+async fn start_embedded_collector(
+    addr: std::net::SocketAddr,
+) -> Result<evenflow_collector::service::server::Running> {
+    use clap::Parser as _;
+    let grpc = addr.to_string();
+    let metrics = std::net::SocketAddr::new(addr.ip(), 9465).to_string();
+    let cfg = evenflow_collector::service::config::Config::try_parse_from([
+        "evenflow-collector",
+        "--grpc-addr",
+        &grpc,
+        "--metrics-addr",
+        &metrics,
+    ])
+    .context("configuring the embedded collector")?;
+    let running = evenflow_collector::service::server::start(&cfg)
+        .await
+        .map_err(|e| anyhow::anyhow!("starting the embedded collector on {addr}: {e}"))?;
+    info!(%addr, %metrics, "embedded collector running");
+    Ok(running)
 }
 
 async fn flatten(h: tokio::task::JoinHandle<Result<()>>) -> Result<()> {
