@@ -81,6 +81,13 @@ struct EpState {
     bytes_tx: u64,
     active: u64,
     pending: Delta,
+    /// Per-second rates (conns, bytes in, bytes out) over the reports of
+    /// the last tick that had any; `None` until a report measured them.
+    rate: Option<[f64; 3]>,
+    /// Fractional counts not yet handed to the detector.
+    carry: [f64; 3],
+    /// New connections since the collector first saw the endpoint (exact).
+    total: u64,
     /// Counters went backwards within the epoch since the last tick.
     reset: bool,
     /// Report generation that last carried this endpoint.
@@ -120,6 +127,8 @@ pub struct AgentState {
     /// The epoch changed (or this is the first report) since the last tick:
     /// this tick's deltas are unknown.
     reset_pending: bool,
+    /// Agent seconds covered by the reports applied since the last tick.
+    covered: f64,
 }
 
 /// Outcome of applying a report.
@@ -320,6 +329,7 @@ impl AgentState {
             replays: 0,
             endpoint_count: 0,
             reset_pending: true,
+            covered: 0.0,
         }
     }
 
@@ -337,10 +347,27 @@ impl AgentState {
             // becomes the new baseline; this tick's deltas are unknown.
             self.endpoints.clear();
             self.reset_pending = true;
+            self.covered = 0.0;
             if new_epoch {
                 self.resets += 1;
                 counters.resets.fetch_add(1, Relaxed);
             }
+        }
+        if !(first || new_epoch) {
+            // The time this report covers, by the agent's clock.
+            let dt = match (self.last_taken_at, r.taken_at) {
+                (Some(a), Some(b)) => {
+                    (b.seconds - a.seconds) as f64 + f64::from(b.nanos - a.nanos) / 1e9
+                }
+                _ => 0.0,
+            };
+            self.covered += if dt > 0.0 && dt <= 3600.0 {
+                dt
+            } else if r.interval_seconds > 0.0 {
+                r.interval_seconds
+            } else {
+                1.0
+            };
         }
         self.epoch = r.agent_epoch;
         self.run = r.agent_run;
@@ -370,12 +397,14 @@ impl AgentState {
                         // and re-created the entry): new baseline, no delta.
                         s.reset = true;
                     } else {
-                        s.pending.add(orient(
+                        let d = orient(
                             key.dir,
                             t.conns_opened - s.opened,
                             t.bytes_rx - s.bytes_rx,
                             t.bytes_tx - s.bytes_tx,
-                        ));
+                        );
+                        s.total = s.total.saturating_add(d.conns);
+                        s.pending.add(d);
                     }
                     s.opened = t.conns_opened;
                     s.bytes_rx = t.bytes_rx;
@@ -403,6 +432,9 @@ impl AgentState {
                             bytes_tx: t.bytes_tx,
                             active: e.active_connections,
                             pending,
+                            rate: None,
+                            carry: [0.0; 3],
+                            total: pending.conns,
                             reset: false,
                             gen_seen: generation,
                         },
@@ -467,7 +499,17 @@ impl AgentState {
             .as_secs_f64()
     }
 
-    /// Takes this tick's view of the agent, draining pending deltas.
+    /// Takes this tick's view of the agent.
+    ///
+    /// Agents report on their own clocks, so a tick may hold no report of
+    /// an agent, or two. Handing raw deltas to the detector would then make
+    /// a healthy member look dark for a tick (and double the next one). So
+    /// each endpoint's counts for the tick are its *rate*, measured over
+    /// the agent seconds its reports since the previous tick cover, times
+    /// the tick length (fractions carried over). A fresh agent with no
+    /// report this tick keeps its last measured rate. An endpoint whose
+    /// rate is not known yet (first report, counter reset) is unknown for
+    /// the tick, never zero.
     pub fn take_tick(&mut self, now: Instant, tick: f64, out: &mut AgentTick) {
         out.node = self.node.clone();
         out.fresh = self.fresh(now, tick);
@@ -476,12 +518,38 @@ impl AgentState {
         out.cpu = self.cpu;
         out.endpoints.clear();
         out.endpoints.reserve(self.endpoints.len());
+        let covered = std::mem::take(&mut self.covered);
         for (k, s) in &mut self.endpoints {
+            let p = std::mem::take(&mut s.pending);
+            if covered > 0.0 {
+                s.rate = Some([
+                    p.conns as f64 / covered,
+                    p.bytes_in as f64 / covered,
+                    p.bytes_out as f64 / covered,
+                ]);
+            }
+            let mut delta = Delta::default();
+            if let Some(r) = s.rate {
+                let mut emit = [0u64; 3];
+                for i in 0..3 {
+                    s.carry[i] += r[i] * tick;
+                    let e = s.carry[i].floor().max(0.0);
+                    s.carry[i] -= e;
+                    emit[i] = e as u64;
+                }
+                delta = Delta {
+                    conns: emit[0],
+                    bytes_in: emit[1],
+                    bytes_out: emit[2],
+                };
+            }
             out.endpoints.push(TickEndpoint {
                 key: *k,
                 service: s.service.clone(),
-                delta: std::mem::take(&mut s.pending),
-                reset: std::mem::take(&mut s.reset),
+                delta,
+                rate: s.rate.unwrap_or_default(),
+                total: s.total,
+                reset: std::mem::take(&mut s.reset) || s.rate.is_none(),
                 active: s.active,
             });
         }
@@ -538,9 +606,15 @@ pub struct TickEndpoint {
     pub key: EpKey,
     /// Its service label.
     pub service: Option<Arc<str>>,
-    /// Counts since the previous tick, oriented to the backend.
+    /// Counts for this tick (rate times tick length), oriented to the
+    /// backend.
     pub delta: Delta,
-    /// Its counters went backwards: the delta is unknown.
+    /// Measured per-second rates: new connections, bytes in, bytes out.
+    pub rate: [f64; 3],
+    /// Exact new connections since the collector first saw it.
+    pub total: u64,
+    /// Its counters went backwards or its rate is not known yet: the
+    /// tick's count is unknown.
     pub reset: bool,
     /// Connections open now.
     pub active: u64,
@@ -693,14 +767,23 @@ mod tests {
         apply(&mut s, &report(1, 3, 150), &c);
         s.take_tick(Instant::now(), 1.0, &mut t);
         assert!(!t.reset);
+        // Two reports (2 agent seconds) in one 1 s tick: the rate, not the
+        // sum, so shares stay comparable across agents.
         assert_eq!(
             t.endpoints[0].delta,
             Delta {
-                conns: 50,
-                bytes_in: 500,
-                bytes_out: 5000
+                conns: 25,
+                bytes_in: 250,
+                bytes_out: 2500
             }
         );
+        assert_eq!(t.endpoints[0].total, 50);
+        assert_eq!(t.endpoints[0].rate, [25.0, 250.0, 2500.0]);
+        // No report this tick: the last rate holds (a late report is not a
+        // dark member).
+        s.take_tick(Instant::now(), 1.0, &mut t);
+        assert_eq!(t.endpoints[0].delta.conns, 25);
+        assert!(!t.reset && !t.endpoints[0].reset);
         // New epoch: counters start again, no negative delta.
         assert_eq!(
             apply(&mut s, &report(2, 4, 5), &c),

@@ -200,28 +200,25 @@ fn alert(a: &detect::Alert, clock: &TickClock) -> v1::Alert {
     }
 }
 
-fn member_view(v: &detect::ViewVerdict, secs: f64) -> v1::MemberView {
+/// A member's view: rates and totals as measured from the agents' deltas,
+/// shares and verdict from the detector.
+fn member_view(v: &detect::ViewVerdict, m: &pools::Measured) -> v1::MemberView {
     v1::MemberView {
         fresh: v.fresh,
-        new_conns_per_sec: v.new_conns as f64 / secs,
+        new_conns_per_sec: m.conns_per_sec,
         active_connections: v.active,
-        bytes_in_per_sec: v.bytes_in as f64 / secs,
-        bytes_out_per_sec: v.bytes_out as f64 / secs,
+        bytes_in_per_sec: m.bytes_in_per_sec,
+        bytes_out_per_sec: m.bytes_out_per_sec,
         observed_share: v.observed_share,
         expected_share: v.expected_share,
         verdict: verdict(v.verdict) as i32,
         reason: v.reason.clone(),
-        conns_total: v.conns_total,
+        conns_total: m.conns_total,
     }
 }
 
 /// Builds the Pool message for one judged pool.
-fn pool_message(
-    pt: &PoolTick,
-    pv: &detect::PoolVerdict,
-    secs: f64,
-    at: prost_types::Timestamp,
-) -> v1::Pool {
+fn pool_message(pt: &PoolTick, pv: &detect::PoolVerdict, at: prost_types::Timestamp) -> v1::Pool {
     let mut members = Vec::with_capacity(pv.members.len());
     for (i, mv) in pv.members.iter().enumerate() {
         // The detector keeps input order; look up by id if it ever does not.
@@ -248,8 +245,14 @@ fn pool_message(
                 v1::MemberState::Serving
             } as i32,
             node_name: meta.map(|m| m.node.clone()).unwrap_or_default(),
-            server_view: mv.server.as_ref().map(|v| member_view(v, secs)),
-            lb_view: mv.lb.as_ref().map(|v| member_view(v, secs)),
+            server_view: mv
+                .server
+                .as_ref()
+                .map(|v| member_view(v, &meta.map(|m| m.server).unwrap_or_default())),
+            lb_view: mv
+                .lb
+                .as_ref()
+                .map(|v| member_view(v, &meta.map(|m| m.lb).unwrap_or_default())),
             cpu_utilization: mv.cpu.unwrap_or(0.0),
             verdict: verdict(mv.verdict) as i32,
             reason: mv.reason.clone(),
@@ -266,8 +269,10 @@ fn pool_message(
         reason: pv.reason.clone(),
         effective_members: pv.effective,
         expected_effective_members: pv.expected_effective,
-        server_conns_per_sec: pv.server_rate / secs,
-        lb_conns_per_sec: pv.lb_rate / secs,
+        // Sums of the measured member rates (the detector's own means are
+        // over its share window).
+        server_conns_per_sec: pt.meta.iter().map(|m| m.server.conns_per_sec).sum(),
+        lb_conns_per_sec: pt.meta.iter().map(|m| m.lb.conns_per_sec).sum(),
         lb_nodes: pt.lb_nodes.clone(),
         tick: pv.tick,
         evaluated_at: Some(at),
@@ -368,10 +373,7 @@ impl Engine {
             let (pv, tr) = self.detector.evaluate(&pt.input);
             transitions.extend(tr);
             names.insert(pt.input.name.clone());
-            published.insert(
-                pt.input.name.clone(),
-                Arc::new(pool_message(pt, &pv, secs, at)),
-            );
+            published.insert(pt.input.name.clone(), Arc::new(pool_message(pt, &pv, at)));
         }
         transitions.extend(self.detector.retain_pools(&names, tick));
 

@@ -78,6 +78,33 @@ pub struct MemberMeta {
     pub node: String,
     /// Where it comes from.
     pub source: Source,
+    /// Server view: measured rates (conns/s, bytes in/s, bytes out/s) and
+    /// exact new connections since the collector first saw them.
+    pub server: Measured,
+    /// LB view, likewise.
+    pub lb: Measured,
+}
+
+/// Rates and totals as measured, before the detector's per-tick counts.
+#[derive(Copy, Clone, Debug, Default, PartialEq)]
+pub struct Measured {
+    /// New connections per second.
+    pub conns_per_sec: f64,
+    /// Bytes into the member per second.
+    pub bytes_in_per_sec: f64,
+    /// Bytes out of the member per second.
+    pub bytes_out_per_sec: f64,
+    /// Exact new connections since first seen.
+    pub conns_total: u64,
+}
+
+impl Measured {
+    fn add(&mut self, e: &crate::service::agents::TickEndpoint) {
+        self.conns_per_sec += e.rate[0];
+        self.bytes_in_per_sec += e.rate[1];
+        self.bytes_out_per_sec += e.rate[2];
+        self.conns_total += e.total;
+    }
 }
 
 /// One pool ready for the detector.
@@ -224,6 +251,8 @@ pub fn build(agents: &[AgentTick], file: &PoolFile, tick: u64) -> Vec<PoolTick> 
             let mut observers: BTreeSet<usize> = d.announcers.clone();
             let eps = serves.get(&key).map(Vec::as_slice).unwrap_or(&[]);
             observers.extend(eps.iter().map(|&(ai, _)| ai));
+            let mut server_m = Measured::default();
+            let mut lb_m = Measured::default();
             let server = (!observers.is_empty()).then(|| {
                 let mut v = ViewInput {
                     fresh: observers.iter().all(|&i| agents[i].fresh),
@@ -237,6 +266,7 @@ pub fn build(agents: &[AgentTick], file: &PoolFile, tick: u64) -> Vec<PoolTick> 
                     v.bytes_in += e.delta.bytes_in;
                     v.bytes_out += e.delta.bytes_out;
                     v.active += e.active;
+                    server_m.add(e);
                 }
                 v
             });
@@ -257,6 +287,7 @@ pub fn build(agents: &[AgentTick], file: &PoolFile, tick: u64) -> Vec<PoolTick> 
                         v.bytes_in += e.delta.bytes_in;
                         v.bytes_out += e.delta.bytes_out;
                         v.active += e.active;
+                        lb_m.add(e);
                     }
                 }
                 v
@@ -277,6 +308,8 @@ pub fn build(agents: &[AgentTick], file: &PoolFile, tick: u64) -> Vec<PoolTick> 
                 addr: Some(addr),
                 node: first.map(|a| a.node.to_string()).unwrap_or_default(),
                 source: d.source,
+                server: server_m,
+                lb: lb_m,
             });
         }
         out.push(PoolTick {
@@ -311,6 +344,8 @@ mod tests {
                 bytes_in: conns * 10,
                 bytes_out: conns * 100,
             },
+            rate: [conns as f64, conns as f64 * 10.0, conns as f64 * 100.0],
+            total: conns,
             reset: false,
             active: 1,
         }
