@@ -55,11 +55,27 @@ pub fn agent_bin() -> Result<PathBuf> {
 /// so counters start at zero, and waits until its gRPC API answers.
 /// `extra` adds flags, e.g. `["--service", "web=8080"]`.
 pub fn start(lab: &mut Lab, node: &Node, extra: &[&str]) -> Result<()> {
-    let bin = agent_bin()?.display().to_string();
     let pins = node.pin_dir();
     if pins.exists() {
         std::fs::remove_dir_all(&pins).with_context(|| format!("removing {}", pins.display()))?;
     }
+    launch(lab, node, extra)
+}
+
+/// Stops `node`'s agent (SIGTERM, as a rolling update does) and starts it
+/// again with the same flags, keeping its pinned maps: the counters and the
+/// epoch must survive.
+pub fn restart(lab: &mut Lab, node: &Node, extra: &[&str]) -> Result<()> {
+    lab.stop(&process_name(node));
+    launch(lab, node, extra)
+}
+
+fn process_name(node: &Node) -> String {
+    format!("agent-{}", node.role)
+}
+
+fn launch(lab: &mut Lab, node: &Node, extra: &[&str]) -> Result<()> {
+    let bin = agent_bin()?.display().to_string();
     let cgroup = node.cgroup.display().to_string();
     let mut args = vec![
         "--node-name",
@@ -74,7 +90,7 @@ pub fn start(lab: &mut Lab, node: &Node, extra: &[&str]) -> Result<()> {
         METRICS,
     ];
     args.extend_from_slice(extra);
-    let name = format!("agent-{}", node.role);
+    let name = process_name(node);
     lab.spawn(node, &name, &bin, &args)?;
     let ready = crate::wait_for(Duration::from_secs(20), || {
         crate::grpcurl::list(&node.ns)

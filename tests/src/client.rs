@@ -49,6 +49,8 @@ pub struct Spec {
     /// Bytes of an `X-Pad` header added to every request (0: none); real
     /// requests carry cookies and tokens of this size.
     pub pad: usize,
+    /// The path every request asks for (see [`crate::nginx::BIG_PATH`]).
+    pub path: &'static str,
 }
 
 /// Makes `n` connections to `target` from inside namespace `ns`, `workers`
@@ -62,6 +64,7 @@ pub fn http_load(ns: &str, target: SocketAddr, n: u64, workers: u64) -> Result<L
             connections: n,
             workers,
             pad: 0,
+            path: "/",
         },
     )
 }
@@ -77,7 +80,7 @@ pub fn run(ns: &str, target: SocketAddr, spec: Spec) -> Result<Load> {
             crate::netns::run_in(&ns, move || {
                 let mut load = Load::default();
                 for i in 0..count {
-                    match one(target, w, i, spec.pad) {
+                    match one(target, &request(spec.path, w, i, spec.pad)) {
                         Ok((s, r)) => {
                             load.connections += 1;
                             load.bytes_sent += s;
@@ -105,28 +108,28 @@ pub fn run(ns: &str, target: SocketAddr, spec: Spec) -> Result<Load> {
     Ok(total)
 }
 
-/// The request a worker sends on its `i`th connection.
-pub fn request(worker: u64, i: u64, pad: usize) -> String {
+/// The request a worker sends on its `i`th connection (the query string
+/// makes each one distinct in logs).
+pub fn request(path: &str, worker: u64, i: u64, pad: usize) -> String {
     let pad = if pad == 0 {
         String::new()
     } else {
         format!("X-Pad: {}\r\n", "p".repeat(pad))
     };
     format!(
-        "GET /w{worker}/r{i} HTTP/1.1\r\nHost: lab\r\nUser-Agent: evenflow-test\r\n{pad}\
+        "GET {path}?w{worker}r{i} HTTP/1.1\r\nHost: lab\r\nUser-Agent: evenflow-test\r\n{pad}\
          Connection: close\r\n\r\n"
     )
 }
 
 /// One connection: connect, send the request, read the response to EOF.
 /// Returns the payload bytes sent and received.
-fn one(target: SocketAddr, worker: u64, i: u64, pad: usize) -> Result<(u64, u64)> {
+fn one(target: SocketAddr, req: &str) -> Result<(u64, u64)> {
     let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(3))
         .with_context(|| format!("connecting to {target}"))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let req = request(worker, i, pad);
     s.write_all(req.as_bytes()).context("sending the request")?;
-    let mut buf = Vec::with_capacity(4096);
+    let mut buf = Vec::with_capacity(1 << 20);
     s.read_to_end(&mut buf).context("reading the response")?;
     ensure!(
         buf.starts_with(b"HTTP/1.1 200"),

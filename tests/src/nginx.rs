@@ -11,8 +11,13 @@ use anyhow::{Context as _, Result};
 
 use crate::lab::{BACKEND_PORT, Lab, Node};
 
-/// Size of every response body.
+/// Size of the response body at every path but [`BIG_PATH`].
 pub const BODY_LEN: usize = 2000;
+/// A path whose response is [`BIG_BODY_LEN`] bytes: large enough that the
+/// kernel moves it in TSO/GSO super-packets of many segments each.
+pub const BIG_PATH: &str = "/big";
+/// Size of the body at [`BIG_PATH`].
+pub const BIG_BODY_LEN: usize = 1 << 20;
 
 /// The access log format: `$connection $request_length $bytes_sent $status`.
 /// `$connection` is nginx's serial number of the connection (so distinct
@@ -29,6 +34,7 @@ pub fn start(lab: &mut Lab, node: &Node) -> Result<PathBuf> {
     let dir = lab.dir.join(format!("nginx-{}", node.role));
     std::fs::create_dir_all(dir.join("tmp"))?;
     let body = "x".repeat(BODY_LEN);
+    std::fs::write(dir.join("big"), vec![b'y'; BIG_BODY_LEN])?;
     let conf = format!(
         "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
          events {{ worker_connections 4096; }}\n\
@@ -36,7 +42,8 @@ pub fn start(lab: &mut Lab, node: &Node) -> Result<PathBuf> {
            client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp;\n\
            uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;\n\
            server {{\n    listen {BACKEND_PORT};\n    listen [::]:{BACKEND_PORT} ipv6only=on;\n\
-             location / {{ default_type text/plain; return 200 '{body}'; }}\n  }}\n}}\n",
+             location / {{ default_type text/plain; return 200 '{body}'; }}\n\
+             location = {BIG_PATH} {{ default_type application/octet-stream; alias {d}/big; }}\n  }}\n}}\n",
         d = dir.display()
     );
     let conf_path = dir.join("nginx.conf");

@@ -48,6 +48,38 @@ const SETTLE: Duration = Duration::from_secs(10);
 /// Byte tolerance, percent.
 const BYTES_PCT: f64 = 2.0;
 
+/// The load a test drives.
+#[derive(Clone, Copy, Debug)]
+struct Traffic {
+    /// Connections after the first (which waits for the path to work).
+    connections: u64,
+    /// Padding header bytes per request.
+    pad: usize,
+    /// Path asked for: small responses, or nginx::BIG_PATH.
+    path: &'static str,
+}
+
+/// Many small requests and responses, as web traffic mostly is.
+const SMALL: Traffic = Traffic {
+    connections: CONNECTIONS,
+    pad: 0,
+    path: "/",
+};
+
+/// The same with padded requests, for HAProxy (see [`HAPROXY_PAD`]).
+const SMALL_PADDED: Traffic = Traffic {
+    pad: HAPROXY_PAD,
+    ..SMALL
+};
+
+/// Fewer connections, each a 1 MiB response: the kernel moves these in
+/// TSO/GSO super-packets, which the datapath must count segment by segment.
+const LARGE: Traffic = Traffic {
+    connections: 40,
+    pad: 0,
+    path: nginx::BIG_PATH,
+};
+
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Lb {
     Haproxy,
@@ -78,7 +110,7 @@ fn pct_off(seen: u64, truth: u64) -> f64 {
 impl Run {
     /// Builds the lab, starts nginx and an agent on every backend, an
     /// agent and the load balancer on the lb, and drives the load.
-    fn new(name: &str, lb: Lb, ipv6: bool) -> Run {
+    fn new(name: &str, lb: Lb, ipv6: bool, traffic: Traffic) -> Run {
         evenflow_tests::require_root();
         let mut lab = Lab::new(name, 4).expect("the lab builds");
         let mut access_logs = Vec::new();
@@ -88,14 +120,11 @@ impl Run {
         }
         let lb_node = lab.lb.clone();
         agent::start(&mut lab, &lb_node, &[]).expect("the lb agent starts");
-        let (stats_socket, pad) = match lb {
-            Lb::Haproxy => (
-                Some(haproxy::start(&mut lab, ipv6).expect("HAProxy starts")),
-                HAPROXY_PAD,
-            ),
+        let stats_socket = match lb {
+            Lb::Haproxy => Some(haproxy::start(&mut lab, ipv6).expect("HAProxy starts")),
             Lb::Dnat => {
                 nft::start(&lab).expect("the nftables DNAT rules load");
-                (None, 0)
+                None
             }
         };
         let vip = lab::vip(ipv6);
@@ -103,7 +132,8 @@ impl Run {
         let spec = |n| client::Spec {
             connections: n,
             workers: WORKERS,
-            pad,
+            pad: traffic.pad,
+            path: traffic.path,
         };
         // One connection first, retried until the path works; it counts
         // like every other.
@@ -118,7 +148,8 @@ impl Run {
                 lab.processes_report()
             )
         });
-        let main = client::run(&client_ns, vip, spec(CONNECTIONS)).expect("the client load runs");
+        let main =
+            client::run(&client_ns, vip, spec(traffic.connections)).expect("the client load runs");
         load.add(&main);
         assert_eq!(
             load.failures,
@@ -343,7 +374,7 @@ impl Run {
 /// nginx; the lb's agent against HAProxy's stats socket and nginx; the lb's
 /// frontend against the client.
 fn haproxy_counts(name: &str, ipv6: bool) {
-    let mut run = Run::new(name, Lb::Haproxy, ipv6);
+    let mut run = Run::new(name, Lb::Haproxy, ipv6, SMALL_PADDED);
     let served = run.served();
     run.check_server_view(&served);
 
@@ -428,8 +459,8 @@ fn haproxy_counts(name: &str, ipv6: bool) {
 /// Test 2 (and 3 over IPv6): nftables DNAT. Nothing on the lb terminates
 /// the connections; its agent must still count each backend's share, and
 /// must not claim to serve the VIP.
-fn dnat_counts(name: &str, ipv6: bool) {
-    let mut run = Run::new(name, Lb::Dnat, ipv6);
+fn dnat_counts(name: &str, ipv6: bool, traffic: Traffic) {
+    let mut run = Run::new(name, Lb::Dnat, ipv6, traffic);
     let served = run.served();
     // DNAT does not touch payload: the logs must add up to the client's
     // own tally, byte for byte.
@@ -470,12 +501,68 @@ fn haproxy_ipv6_counts_match_nginx_logs_and_haproxy_stats() {
 
 #[test]
 fn nftables_dnat_ipv4_counts_match_nginx_logs() {
-    dnat_counts("dnat4", false);
+    dnat_counts("dnat4", false, SMALL);
 }
 
 #[test]
 fn nftables_dnat_ipv6_counts_match_nginx_logs() {
-    dnat_counts("dnat6", true);
+    dnat_counts("dnat6", true, SMALL);
+}
+
+/// Large responses through DNAT: bytes and packets of TSO/GSO
+/// super-packets, on the backends' sockets and forwarded by the lb.
+#[test]
+fn nftables_dnat_large_responses_match_nginx_logs() {
+    dnat_counts("big4", false, LARGE);
+}
+
+/// Counters live in pinned maps: an agent restart (SIGTERM, start again)
+/// keeps them and the epoch, and counting goes on from where it was.
+#[test]
+fn agent_restart_keeps_pinned_counters_and_epoch() {
+    evenflow_tests::require_root();
+    let mut lab = Lab::new("rst", 1).expect("the lab builds");
+    let b = lab.backends[0].clone();
+    let log = nginx::start(&mut lab, &b).expect("nginx starts");
+    let flags = ["--service", "web=8080"];
+    agent::start(&mut lab, &b, &flags).expect("the agent starts");
+    let target = std::net::SocketAddr::new(b.addr4, BACKEND_PORT);
+    let addr = b.addr4.to_string();
+    let settled = |want: u64| {
+        grpcurl::settle(
+            &b.ns,
+            SETTLE,
+            |s| grpcurl::totals(s, &addr, BACKEND_PORT, SERVES),
+            |t| t.opened == want && t.closed == want,
+        )
+        .expect("grpcurl GetSnapshot")
+    };
+    let first = client::http_load(&lab.client.ns, target, 30, 2).expect("the first load runs");
+    assert_eq!(first.connections, 30, "{first:?}");
+    let (before, t1) = settled(30);
+    assert_eq!((t1.opened, t1.closed), (30, 30), "{before:#}");
+
+    agent::restart(&mut lab, &b, &flags).expect("the agent restarts");
+    let second = client::http_load(&lab.client.ns, target, 30, 2).expect("the second load runs");
+    assert_eq!(second.connections, 30, "{second:?}");
+    let (after, t2) = settled(60);
+    let served = nginx::read_log(&log).expect("the access log");
+    assert_eq!(served.connections, 60, "{served:?}");
+    assert_eq!(
+        before["agentEpoch"], after["agentEpoch"],
+        "the epoch survives a restart that keeps the pinned maps"
+    );
+    assert_eq!(
+        (t2.opened, t2.closed),
+        (60, 60),
+        "counts go on across the restart; before: {before:#}\nafter: {after:#}\n{}",
+        lab.processes_report()
+    );
+    assert!(
+        within(t2.bytes_rx, served.request_bytes, BYTES_PCT)
+            && within(t2.bytes_tx, served.response_bytes, BYTES_PCT),
+        "{t2:?} vs {served:?}"
+    );
 }
 
 /// Test 4: the real grpcurl finds the API by reflection, describes it,
