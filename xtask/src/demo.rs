@@ -1,22 +1,30 @@
-//! `cargo xtask demo`: evenflow's main job on this machine.
+//! `cargo xtask demo`: the incident evenflow exists for, replayed on this
+//! machine in a few minutes.
 //!
-//! Builds everything, then creates a lab of network namespaces (a client, a
-//! load balancer running real HAProxy, backends running nginx), starts one
-//! evenflow-agent per node, drives steady traffic, and shows what the load
-//! balancer's agent sees: every backend's share of new connections, live.
-//! It finishes by itself, removes everything it made (also on Ctrl-C), and
-//! exits 0 only when the agents' counts matched what the backends served.
+//! A lab of network namespaces: a client, a load balancer node running real
+//! HAProxy (or an nftables DNAT load balancer), six backends running nginx,
+//! one evenflow-agent per node streaming to a collector. Steady traffic,
+//! then a bad load balancer update that routes everything to two of the six
+//! backends, then the rollback. The demo shows the live per-backend view
+//! (read with the real `evenflow` CLI), the alerts as they come, the time
+//! from the update to the first alert, and writes a postmortem-style
+//! timeline to the terminal and to a Markdown file. It exits 0 only when
+//! detection worked, and removes everything it made, also on Ctrl-C.
 
 use std::{
+    collections::BTreeSet,
+    io::{Read as _, Write as _},
+    path::{Path, PathBuf},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context as _, Result, bail};
-use evenflow_tests::{agent, client, haproxy, lab::Lab, nginx};
+use evenflow_tests::{agent, client, haproxy, lab::Lab, netns, nft, nginx};
+use serde_json::Value;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -24,74 +32,269 @@ extern "C" fn on_signal(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
-/// Options of the demo.
-pub struct Options {
-    pub backends: usize,
-    pub duration: Duration,
+/// The load balancer the lab runs.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LbKind {
+    /// HAProxy, round robin; the bad update disables servers.
+    Haproxy,
+    /// nftables DNAT (numgen); the bad update maps every connection to two
+    /// backends.
+    Nftables,
 }
 
-pub fn run(opts: &Options) -> Result<()> {
+/// Options of the demo.
+pub struct Options {
+    pub lb: LbKind,
+    pub backends: usize,
+    /// Backends the bad update keeps.
+    pub kept: usize,
+    /// Balanced traffic before the update.
+    pub warmup: Duration,
+    /// How long the bad update stays.
+    pub incident: Duration,
+    /// How long to wait for resolution after the rollback.
+    pub recovery: Duration,
+    /// Where the Markdown timeline goes.
+    pub timeline: PathBuf,
+    /// Also write the timeline as JSON (for tests).
+    pub timeline_json: Option<PathBuf>,
+    /// Skip setup and build (tests run them first).
+    pub no_build: bool,
+}
+
+const COLLECTOR_ADDR: &str = "10.1.0.1:50052";
+
+fn collector_url() -> String {
+    format!("http://{COLLECTOR_ADDR}")
+}
+
+struct Timeline {
+    start: Instant,
+    wall_start: SystemTime,
+    events: Vec<(f64, String)>,
+}
+
+impl Timeline {
+    fn at(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+
+    fn note(&mut self, what: String) -> f64 {
+        let t = self.at();
+        println!("\x1b[1m[{t:>6.1}s] {what}\x1b[0m");
+        self.events.push((t, what));
+        t
+    }
+}
+
+pub fn run(o: &Options) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the demo builds network namespaces and loads eBPF: run it as root");
     }
-    if !(2..=16).contains(&opts.backends) {
-        bail!("--backends must be between 2 and 16");
+    if !(3..=16).contains(&o.backends) || o.kept == 0 || o.kept >= o.backends {
+        bail!("--backends must be 3-16 and the update must keep between 1 and backends-1 of them");
     }
-    crate::setup::run()?;
-    crate::shell::step("cargo build (bins)", || {
-        crate::shell::cargo(&["build", "--bins"])
-    })?;
+    if !o.no_build {
+        crate::setup::run()?;
+        crate::shell::step("cargo build (bins)", || {
+            crate::shell::cargo(&["build", "--bins"])
+        })?;
+    }
     // SAFETY: installing a handler that only stores to an atomic.
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
+    let cli = agent::binary("evenflow", "EVENFLOW_CLI_BIN")?;
+    let collector = agent::binary("evenflow-collector", "EVENFLOW_COLLECTOR_BIN")?;
     eprintln!(
-        "==> building the lab: client -> HAProxy -> {} nginx backends, one agent per node",
-        opts.backends
+        "==> lab: client -> {:?} load balancer -> {} nginx backends; one agent per node; collector on the lb node",
+        o.lb, o.backends
     );
-    let mut lab = Lab::new("demo", opts.backends).context("building the lab")?;
+    let mut lab = Lab::new("demo", o.backends).context("building the lab")?;
+    let lb = lab.lb.clone();
+    let coll = collector.display().to_string();
+    lab.spawn(
+        &lb,
+        "collector",
+        &coll,
+        &[
+            "--grpc-addr",
+            COLLECTOR_ADDR,
+            "--metrics-addr",
+            "10.1.0.1:9465",
+        ],
+    )?;
+    let url = collector_url();
     let mut logs = Vec::new();
     for b in lab.backends.clone() {
         logs.push(nginx::start(&mut lab, &b)?);
-        agent::start(&mut lab, &b, &["--service", "web=8080"])?;
+        agent::start(
+            &mut lab,
+            &b,
+            &["--service", "web=8080", "--collector", &url],
+        )?;
     }
-    let lb = lab.lb.clone();
-    agent::start(&mut lab, &lb, &[])?;
-    haproxy::start(&mut lab, false)?;
-    let vip = format!("{}:80", evenflow_tests::lab::VIP4).parse()?;
-    let client_ns = lab.client.ns.clone();
-    evenflow_tests::wait_for(Duration::from_secs(10), || {
+    agent::start(&mut lab, &lb, &["--collector", &url])?;
+    let client_node = lab.client.clone();
+    let stats = match o.lb {
+        LbKind::Haproxy => Some(haproxy::start(&mut lab, false)?),
+        LbKind::Nftables => {
+            nft::start(&lab)?;
+            None
+        }
+    };
+    let vip = evenflow_tests::lab::vip(false);
+    let client_ns = client_node.ns.clone();
+    evenflow_tests::wait_for(Duration::from_secs(15), || {
         client::http_load(&client_ns, vip, 1, 1)
             .ok()
             .filter(|l| l.connections == 1)
     })
-    .context("HAProxy did not answer on the VIP")?;
+    .context("the load balancer did not answer on the VIP")?;
+    let cli_s = cli.display().to_string();
+    lab.spawn(
+        &client_node,
+        "alerts",
+        &cli_s,
+        &["alerts", "--watch", "--output", "json", "--collector", &url],
+    )?;
 
-    // Steady traffic until told to stop.
+    // Steady traffic: about 150 new connections per second.
     let stop = Arc::new(AtomicBool::new(false));
     let load = {
-        let stop = stop.clone();
+        let (stop, ns) = (stop.clone(), client_ns.clone());
         std::thread::spawn(move || {
             let mut total = client::Load::default();
             while !stop.load(Ordering::Relaxed) {
-                if let Ok(l) = client::http_load(&client_ns, vip, 20, 2) {
-                    total.connections += l.connections;
-                    total.failures += l.failures;
+                let t = Instant::now();
+                if let Ok(l) = client::http_load(&ns, vip, 30, 3) {
+                    total.add(&l);
                 }
-                std::thread::sleep(Duration::from_millis(50));
+                std::thread::sleep(Duration::from_millis(200).saturating_sub(t.elapsed()));
             }
             total
         })
     };
-    let start = Instant::now();
-    let mut last: Option<serde_json::Value> = None;
-    while start.elapsed() < opts.duration && !INTERRUPTED.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_secs(1));
-        if let Ok(snap) = agent::snapshot(&lab.lb.ns) {
-            print_view(&lab, &snap, start.elapsed());
-            last = Some(snap);
+    let mut tl = Timeline {
+        start: Instant::now(),
+        wall_start: SystemTime::now(),
+        events: Vec::new(),
+    };
+    tl.note(format!(
+        "steady traffic: {} backends, roundrobin, ~150 conn/s",
+        o.backends
+    ));
+    let names: Vec<String> = lab
+        .backends
+        .iter()
+        .map(|b| format!("{}:8080", b.addr4))
+        .collect();
+    let kept: BTreeSet<String> = names[..o.kept].iter().cloned().collect();
+    let starved: BTreeSet<String> = names[o.kept..].iter().cloned().collect();
+    let mut alerts_seen = 0usize;
+    let mut page_before_update = None;
+
+    // Phase 1: balanced.
+    watch(&lab, &cli, &mut tl, o.warmup, &mut alerts_seen, |_, a| {
+        if page_before_update.is_none() && a["severity"] == "page" {
+            page_before_update = Some(a["summary"].as_str().unwrap_or("").to_owned());
+        }
+    })?;
+
+    // Phase 2: the bad update.
+    let update_at = match (o.lb, &stats) {
+        (LbKind::Haproxy, Some(sock)) => {
+            for b in &lab.backends[o.kept..] {
+                haproxy_cmd(sock, &format!("disable server be/{}", b.role))?;
+            }
+            tl.note(format!(
+                "LB UPDATE applied: HAProxy now routes only to {} ({} servers disabled)",
+                kept.iter().cloned().collect::<Vec<_>>().join(", "),
+                o.backends - o.kept
+            ))
+        }
+        _ => {
+            let map: Vec<String> = lab.backends[..o.kept]
+                .iter()
+                .enumerate()
+                .map(|(i, b)| format!("{i} : {} . 8080", b.addr4))
+                .collect();
+            netns::exec(
+                &lab.lb.ns,
+                "nft",
+                &["flush chain ip evenflow_lab prerouting"],
+            )?;
+            netns::exec(
+                &lab.lb.ns,
+                "nft",
+                &[&format!(
+                    "add rule ip evenflow_lab prerouting ip daddr {} tcp dport 80 dnat ip to numgen inc mod {} map {{ {} }}",
+                    vip.ip(),
+                    o.kept,
+                    map.join(", ")
+                )],
+            )?;
+            tl.note(format!(
+                "LB UPDATE applied: DNAT now maps every connection to {}",
+                kept.iter().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        }
+    };
+    let mut zero_members: BTreeSet<String> = BTreeSet::new();
+    let mut skew_members: BTreeSet<String> = BTreeSet::new();
+    watch(
+        &lab,
+        &cli,
+        &mut tl,
+        o.incident,
+        &mut alerts_seen,
+        |pool, _| {
+            if let Some(p) = pool {
+                zero_members.extend(members_with(p, "ZERO"));
+                skew_members.extend(members_with(p, "SKEW_HIGH"));
+            }
+        },
+    )?;
+    // `watch` stamps times through the timeline: recover them from it.
+    let find = |prefix: &str| {
+        tl.events
+            .iter()
+            .find(|(t, e)| *t >= update_at && e.starts_with(prefix))
+            .map(|(t, _)| *t)
+    };
+    let first_alert_at = find("ALERT FIRED");
+    let all_zero_at = find("ZERO for");
+
+    // Phase 3: rollback.
+    match (o.lb, &stats) {
+        (LbKind::Haproxy, Some(sock)) => {
+            for b in &lab.backends[o.kept..] {
+                haproxy_cmd(sock, &format!("enable server be/{}", b.role))?;
+            }
+        }
+        _ => {
+            netns::exec(&lab.lb.ns, "nft", &["flush ruleset ip"])?;
+            nft::start(&lab)?;
+        }
+    }
+    let rollback_at = tl.note("ROLLBACK applied: every backend back in rotation".into());
+    let mut resolved_at = None;
+    let deadline = Instant::now() + o.recovery;
+    while Instant::now() < deadline && !INTERRUPTED.load(Ordering::SeqCst) {
+        watch(
+            &lab,
+            &cli,
+            &mut tl,
+            Duration::from_secs(1),
+            &mut alerts_seen,
+            |_, _| {},
+        )?;
+        let open = open_alerts(&lab, &cli)?;
+        if open == 0 && resolved_at.is_none() {
+            resolved_at = Some(tl.note("RESOLVED: no open alerts".into()));
+            break;
         }
     }
     stop.store(true, Ordering::Relaxed);
@@ -102,68 +305,301 @@ pub fn run(opts: &Options) -> Result<()> {
         drop(lab);
         bail!("interrupted; the lab was removed");
     }
-    // Let the last connections close and be read, then compare.
-    std::thread::sleep(Duration::from_millis(1500));
-    let snap = agent::snapshot(&lab.lb.ns)
-        .ok()
-        .or(last)
-        .context("no snapshot from the lb agent")?;
-    let mut ok = true;
-    println!("\n{:<10} {:>10} {:>10}", "BACKEND", "NGINX", "AGENT");
-    for (i, b) in lab.backends.iter().enumerate() {
-        let served = nginx::read_log(&logs[i])?;
-        let seen = agent::totals(&snap, &b.addr4.to_string(), 8080, "DIRECTION_SENDS_TO").opened;
-        let mark = if served.connections == seen {
-            "match"
-        } else {
-            ok = false;
-            "MISMATCH"
-        };
-        println!(
-            "{:<10} {:>10} {:>10}  {mark}",
-            b.role, served.connections, seen
+
+    // The verdict on the demo itself.
+    let mut problems = Vec::new();
+    if let Some(p) = &page_before_update {
+        problems.push(format!("a page fired while traffic was balanced: {p}"));
+    }
+    let ttd = first_alert_at.map(|t| t - update_at);
+    match ttd {
+        Some(d) if d <= 10.0 => {}
+        Some(d) => problems.push(format!(
+            "first alert {d:.1}s after the update (want <= 10s)"
+        )),
+        None => problems.push("no alert after the update".into()),
+    }
+    if zero_members != starved {
+        problems.push(format!(
+            "ZERO members {:?}, starved backends {:?}",
+            zero_members, starved
+        ));
+    }
+    if all_zero_at.is_none_or(|t| t - update_at > 10.0) {
+        problems.push("the starved backends were not all ZERO within 10s of the update".into());
+    }
+    if skew_members != kept {
+        problems.push(format!(
+            "SKEW members {skew_members:?}, backends that took the load {kept:?}"
+        ));
+    }
+    match resolved_at {
+        Some(t) if t - rollback_at <= 15.0 => {}
+        Some(t) => problems.push(format!(
+            "resolved {:.1}s after the rollback (want <= 15s)",
+            t - rollback_at
+        )),
+        None => problems.push("alerts did not resolve after the rollback".into()),
+    }
+    let md = markdown(
+        &tl,
+        o,
+        update_at,
+        first_alert_at,
+        all_zero_at,
+        rollback_at,
+        resolved_at,
+        &starved,
+        &kept,
+        &sent,
+        &problems,
+    );
+    if let Some(dir) = o.timeline.parent() {
+        std::fs::create_dir_all(dir).ok();
+    }
+    std::fs::write(&o.timeline, &md)
+        .with_context(|| format!("writing {}", o.timeline.display()))?;
+    if let Some(p) = &o.timeline_json {
+        let j = serde_json::json!({
+            "update_at": update_at,
+            "first_alert_at": first_alert_at,
+            "all_zero_at": all_zero_at,
+            "rollback_at": rollback_at,
+            "resolved_at": resolved_at,
+            "zero_members": zero_members,
+            "skew_members": skew_members,
+            "starved": starved,
+            "kept": kept,
+            "page_before_update": page_before_update,
+            "problems": problems,
+            "events": tl.events,
+        });
+        std::fs::write(p, serde_json::to_string_pretty(&j)?)?;
+    }
+    drop(lab);
+    println!("\n{md}");
+    println!("timeline written to {}", o.timeline.display());
+    if !problems.is_empty() {
+        bail!(
+            "detection did not work as it should: {}",
+            problems.join("; ")
         );
     }
-    println!(
-        "client made {} connections ({} failed)",
-        sent.connections, sent.failures
-    );
-    drop(lab);
-    if !ok {
-        bail!("the load balancer's agent disagreed with the backends' own counts");
-    }
-    println!("evenflow counted every connection the backends served; the lab was removed");
     Ok(())
 }
 
-fn print_view(lab: &Lab, snap: &serde_json::Value, t: Duration) {
-    let rate = |b: &evenflow_tests::lab::Node| -> f64 {
-        snap["endpoints"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|e| e["address"] == b.addr4.to_string() && e["direction"] == "DIRECTION_SENDS_TO")
-            .and_then(|e| e["rates"]["connsOpened"].as_f64())
-            .unwrap_or(0.0)
-    };
-    let rates: Vec<f64> = lab.backends.iter().map(rate).collect();
-    let total: f64 = rates.iter().sum();
+fn members_with(pool: &Value, verdict: &str) -> BTreeSet<String> {
+    pool["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["verdict"] == verdict)
+        .filter_map(|m| m["member"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn haproxy_cmd(sock: &Path, cmd: &str) -> Result<()> {
+    let mut s = std::os::unix::net::UnixStream::connect(sock)
+        .with_context(|| format!("connecting {}", sock.display()))?;
+    s.write_all(format!("{cmd}\n").as_bytes())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    if !out.trim().is_empty() {
+        bail!("HAProxy answered `{}` to `{cmd}`", out.trim());
+    }
+    Ok(())
+}
+
+fn status(lab: &Lab, cli: &Path) -> Result<Value> {
+    let out = netns::exec(
+        &lab.client.ns,
+        &cli.display().to_string(),
+        &[
+            "status",
+            "--output",
+            "json",
+            "--collector",
+            &collector_url(),
+        ],
+    )?;
+    serde_json::from_str(&out).context("evenflow status --output json")
+}
+
+fn open_alerts(lab: &Lab, cli: &Path) -> Result<usize> {
+    let out = netns::exec(
+        &lab.client.ns,
+        &cli.display().to_string(),
+        &[
+            "alerts",
+            "--output",
+            "json",
+            "--collector",
+            &collector_url(),
+        ],
+    )?;
+    let v: Value = serde_json::from_str(&out).context("evenflow alerts --output json")?;
+    Ok(v.as_array().map_or(0, Vec::len))
+}
+
+/// Shows the live view every second for `dur`, notes new alerts and the
+/// moment every member of a verdict is reached, and calls `f` with the pool
+/// and each new alert.
+fn watch(
+    lab: &Lab,
+    cli: &Path,
+    tl: &mut Timeline,
+    dur: Duration,
+    seen: &mut usize,
+    mut f: impl FnMut(Option<&Value>, &Value),
+) -> Result<()> {
+    let end = Instant::now() + dur;
+    while Instant::now() < end && !INTERRUPTED.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_secs(1));
+        let st = status(lab, cli).ok();
+        let pool = st.as_ref().and_then(|s| {
+            s["pools"]
+                .as_array()?
+                .iter()
+                .find(|p| p["name"] == "web")
+                .cloned()
+        });
+        if let Some(p) = &pool {
+            print_view(tl.at(), p);
+            let zs = members_with(p, "ZERO");
+            if !zs.is_empty() && !tl.events.iter().any(|(_, e)| e.starts_with("ZERO for")) {
+                tl.note(format!(
+                    "ZERO for {}",
+                    zs.iter().cloned().collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
+        let log = lab.log("alerts");
+        let lines: Vec<&str> = log.lines().filter(|l| l.starts_with('{')).collect();
+        for l in lines.iter().skip(*seen) {
+            let Ok(a) = serde_json::from_str::<Value>(l) else {
+                continue;
+            };
+            let resolved = !a["resolved_at"].is_null();
+            tl.note(format!(
+                "ALERT {} {} {} {} ({}): {}",
+                if resolved { "RESOLVED" } else { "FIRED" },
+                a["severity"].as_str().unwrap_or(""),
+                a["kind"].as_str().unwrap_or(""),
+                a["member"]
+                    .as_str()
+                    .filter(|m| !m.is_empty())
+                    .unwrap_or("pool"),
+                a["view"].as_str().unwrap_or(""),
+                a["summary"].as_str().unwrap_or("")
+            ));
+            f(pool.as_ref(), &a);
+        }
+        *seen = lines.len();
+        if let Some(p) = &pool {
+            f(Some(p), &Value::Null);
+        }
+    }
+    Ok(())
+}
+
+fn print_view(t: f64, p: &Value) {
     println!(
-        "── t={:>3}s  lb {} sends {:.0} conn/s ──",
-        t.as_secs(),
-        lab.lb.ns,
-        total
+        "── t={t:>5.1}s  pool {}  {}  {:.0} conn/s  effective members {:.1}/{:.1} ──",
+        p["name"].as_str().unwrap_or(""),
+        p["verdict"].as_str().unwrap_or(""),
+        p["server_conns_per_sec"]
+            .as_f64()
+            .unwrap_or(0.0)
+            .max(p["lb_conns_per_sec"].as_f64().unwrap_or(0.0)),
+        p["effective_members"].as_f64().unwrap_or(0.0),
+        p["expected_effective_members"].as_f64().unwrap_or(0.0)
     );
-    for (b, r) in lab.backends.iter().zip(&rates) {
-        let share = if total > 0.0 { r / total } else { 0.0 };
-        let bar = "█".repeat((share * 40.0).round() as usize);
+    for m in p["members"].as_array().into_iter().flatten() {
+        let v = if m["server_view"].is_null() {
+            &m["lb_view"]
+        } else {
+            &m["server_view"]
+        };
+        let share = v["observed_share"].as_f64().unwrap_or(0.0);
+        let exp = v["expected_share"].as_f64().unwrap_or(0.0);
+        let bar: String = (0..30)
+            .map(|i| {
+                let c = i as f64 / 30.0;
+                if (c - exp).abs() < 1.0 / 60.0 {
+                    '|'
+                } else if c < share {
+                    '█'
+                } else {
+                    '·'
+                }
+            })
+            .collect();
         println!(
-            "  {:<4} {:<15} {:>6.1} conn/s {:>5.1}% (expected {:>4.1}%) {bar}",
-            b.role,
-            b.addr4,
-            r,
+            "  {:<16} {bar} {:>5.1}% / {:>4.1}%  {:>6.1} conn/s  cpu {:>3.0}%  {}",
+            m["member"].as_str().unwrap_or(""),
             share * 100.0,
-            100.0 / lab.backends.len() as f64
+            exp * 100.0,
+            v["new_conns_per_sec"].as_f64().unwrap_or(0.0),
+            m["cpu_utilization"].as_f64().unwrap_or(0.0) * 100.0,
+            m["verdict"].as_str().unwrap_or("")
         );
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn markdown(
+    tl: &Timeline,
+    o: &Options,
+    update_at: f64,
+    first_alert_at: Option<f64>,
+    all_zero_at: Option<f64>,
+    rollback_at: f64,
+    resolved_at: Option<f64>,
+    starved: &BTreeSet<String>,
+    kept: &BTreeSet<String>,
+    sent: &client::Load,
+    problems: &[String],
+) -> String {
+    let wall = |t: f64| {
+        humantime::format_rfc3339_seconds(tl.wall_start + Duration::from_secs_f64(t)).to_string()
+    };
+    let rel =
+        |t: Option<f64>, base: f64| t.map_or("never".to_owned(), |t| format!("{:+.1}s", t - base));
+    let mut md = format!(
+        "# Incident timeline: pool `web` ({:?} load balancer, {} backends)\n\n\
+         ## Summary\n\n\
+         A load balancer update routed every connection to {} of {} backends ({}). \
+         evenflow raised its first alert {} after the update and flagged the starved backends ({}) as ZERO {} after it. \
+         The update was rolled back at {}; the alerts resolved {} later. The client made {} connections ({} failed).\n\n\
+         ## Timeline\n\n| time (UTC) | t | event |\n| --- | --- | --- |\n",
+        o.lb,
+        o.backends,
+        kept.len(),
+        o.backends,
+        kept.iter().cloned().collect::<Vec<_>>().join(", "),
+        rel(first_alert_at, update_at),
+        starved.iter().cloned().collect::<Vec<_>>().join(", "),
+        rel(all_zero_at, update_at),
+        wall(rollback_at),
+        rel(resolved_at, rollback_at),
+        sent.connections,
+        sent.failures,
+    );
+    for (t, e) in &tl.events {
+        md.push_str(&format!(
+            "| {} | {:.1}s | {} |\n",
+            wall(*t),
+            t,
+            e.replace('|', "\\|")
+        ));
+    }
+    md.push_str("\n## Detection\n\n");
+    if problems.is_empty() {
+        md.push_str("Detection worked: no page while balanced, ZERO for exactly the starved backends, SKEW for the ones that took the load, resolution after the rollback.\n");
+    } else {
+        for p in problems {
+            md.push_str(&format!("- PROBLEM: {p}\n"));
+        }
+    }
+    md
 }

@@ -37,12 +37,33 @@ enum Cmd {
     /// Run evenflow's main job on this machine: a lab of network namespaces
     /// with HAProxy, nginx backends and an agent per node, under traffic.
     Demo {
+        /// The load balancer kind.
+        #[arg(long, value_enum, default_value_t = demo::LbKind::Haproxy)]
+        lb: demo::LbKind,
         /// Backend nodes.
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = 6)]
         backends: usize,
-        /// How long to run (e.g. 20s, 2m).
+        /// Backends the bad update keeps.
+        #[arg(long, default_value_t = 2)]
+        kept: usize,
+        /// Balanced traffic before the bad update.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        warmup: std::time::Duration,
+        /// How long the bad update stays before the rollback.
         #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
-        duration: std::time::Duration,
+        incident: std::time::Duration,
+        /// How long to wait for resolution after the rollback.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        recovery: std::time::Duration,
+        /// Where to write the Markdown timeline.
+        #[arg(long, default_value = "target/evenflow-demo/timeline.md")]
+        timeline: std::path::PathBuf,
+        /// Also write the timeline as JSON.
+        #[arg(long)]
+        timeline_json: Option<std::path::PathBuf>,
+        /// Skip setup and build.
+        #[arg(long)]
+        no_build: bool,
     },
     /// Measure the agent's cost: throughput and connection rate with and
     /// without it, per-program eBPF cost, agent CPU and RSS at 10k endpoints.
@@ -66,7 +87,27 @@ fn main() -> ExitCode {
         Cmd::Build => build(),
         Cmd::Test { args } => test(&args),
         Cmd::BenchDatapath { rounds } => bench::run(rounds),
-        Cmd::Demo { backends, duration } => demo::run(&demo::Options { backends, duration }),
+        Cmd::Demo {
+            lb,
+            backends,
+            kept,
+            warmup,
+            incident,
+            recovery,
+            timeline,
+            timeline_json,
+            no_build,
+        } => demo::run(&demo::Options {
+            lb,
+            backends,
+            kept,
+            warmup,
+            incident,
+            recovery,
+            timeline,
+            timeline_json,
+            no_build,
+        }),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

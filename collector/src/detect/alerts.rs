@@ -60,6 +60,8 @@ pub struct Alert {
     pub evidence: Vec<(String, f64)>,
     pub flaps: u32,
     ok_streak: u32,
+    /// Consecutive ticks a warning has asked to become a page.
+    upgrade: u32,
 }
 
 /// What changed this tick.
@@ -83,7 +85,22 @@ const RESOLVED_KEPT: usize = 1000;
 #[derive(Default)]
 pub(super) struct Book {
     open: HashMap<String, Alert>,
+    /// Alerts wanted on consecutive ticks but not fired yet, with the count.
+    pending: HashMap<String, (Alert, u32)>,
     resolved: VecDeque<Alert>,
+}
+
+/// Consecutive ticks a verdict must hold before its alert fires. A member's
+/// alert waits one more tick: agents sample a tick's boundary at slightly
+/// different moments, and the pool's CONCENTRATION (which fires at once)
+/// gets the chance to group the incident's member alerts under one page.
+/// MISMATCH compares two agents' clocks, so it waits longest.
+fn fire_after(kind: AlertKind) -> u32 {
+    match kind {
+        AlertKind::Concentration => 1,
+        AlertKind::Mismatch => 4,
+        _ => 2,
+    }
 }
 
 /// The alert a member verdict asks for, if any.
@@ -201,6 +218,8 @@ impl Book {
             .map(|(id, _)| id.clone())
             .collect();
         let quiet = matches!(pool.verdict, Verdict::Settling);
+        self.pending
+            .retain(|id, (a, _)| a.pool != pool.name || want.contains_key(id));
         for id in ids {
             if want.contains_key(&id) || quiet {
                 continue;
@@ -225,6 +244,13 @@ impl Book {
         for (id, mut a) in want {
             if let Some(open) = self.open.get_mut(&id) {
                 open.ok_streak = 0;
+                // Becoming a page needs the same persistence as firing one:
+                // the tick a CONCENTRATION ends still judges stale windows.
+                let upgrade = open.severity == Severity::Warning && a.severity == Severity::Page;
+                open.upgrade = if upgrade { open.upgrade + 1 } else { 0 };
+                if upgrade && open.upgrade < fire_after(a.kind) {
+                    a.severity = Severity::Warning;
+                }
                 let changed = open.severity != a.severity;
                 open.severity = a.severity;
                 open.observed = a.observed;
@@ -251,6 +277,14 @@ impl Book {
                 self.open.insert(id, a);
                 continue;
             }
+            let seen = self.pending.get(&id).map_or(0, |(_, n)| *n) + 1;
+            if seen < fire_after(a.kind) {
+                self.pending.insert(id, (a, seen));
+                continue;
+            }
+            if let Some((first, _)) = self.pending.remove(&id) {
+                a.since_tick = first.since_tick;
+            }
             out.push(Transition::Fired(a.clone()));
             self.open.insert(id, a);
         }
@@ -262,6 +296,7 @@ impl Book {
         names: &HashSet<String>,
         tick: u64,
     ) -> Vec<Transition> {
+        self.pending.retain(|_, (a, _)| names.contains(&a.pool));
         let gone: Vec<String> = self
             .open
             .iter()
@@ -315,5 +350,6 @@ fn new_alert(
         evidence,
         flaps: 0,
         ok_streak: 0,
+        upgrade: 0,
     }
 }
