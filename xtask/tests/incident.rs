@@ -1,0 +1,134 @@
+//! The incident, end to end (issue: the incident in one command): the demo's
+//! real lab (HAProxy, six nginx backends, an agent per node, a collector),
+//! shortened, judged from the timeline it writes.
+//!
+//! Needs root and the workspace's binaries (`cargo xtask test` builds them
+//! first); fails loudly without them.
+
+use std::{path::PathBuf, process::Command};
+
+use serde_json::Value;
+
+fn leftovers() -> Vec<String> {
+    let mut found = Vec::new();
+    if let Ok(o) = Command::new("ip").args(["netns", "list"]).output() {
+        found.extend(
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| l.starts_with("demo-"))
+                .map(|l| format!("netns {l}")),
+        );
+    }
+    if let Ok(rd) = std::fs::read_dir("/sys/fs/bpf/evenflow") {
+        found.extend(
+            rd.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("demo-"))
+                .map(|n| format!("pinned maps {n}")),
+        );
+    }
+    if let Ok(o) = Command::new("pgrep")
+        .args(["-af", "node-name demo-"])
+        .output()
+    {
+        found.extend(
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| !l.contains("pgrep"))
+                .map(|l| format!("process {l}")),
+        );
+    }
+    found
+}
+
+#[test]
+fn the_incident_is_detected_and_resolves() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the incident test builds namespaces and loads eBPF: run it as root (cargo xtask test)"
+    );
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("incident");
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let (md, json) = (dir.join("timeline.md"), dir.join("timeline.json"));
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args([
+            "demo",
+            "--no-build",
+            "--warmup",
+            "20s",
+            "--incident",
+            "12s",
+            "--recovery",
+            "20s",
+        ])
+        .arg("--timeline")
+        .arg(&md)
+        .arg("--timeline-json")
+        .arg(&json)
+        .output()
+        .expect("xtask demo runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let tail = |s: &str| {
+        s.lines()
+            .rev()
+            .take(40)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let t: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap_or_default())
+        .unwrap_or_else(|e| {
+            panic!(
+                "no timeline JSON ({e}); demo stderr:\n{}\nstdout:\n{}",
+                tail(&stderr),
+                tail(&stdout)
+            )
+        });
+    assert!(
+        out.status.success(),
+        "demo failed: {}\n{}",
+        t["problems"],
+        tail(&stdout)
+    );
+
+    let set = |k: &str| -> Vec<String> {
+        t[k].as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect()
+    };
+    let num = |k: &str| t[k].as_f64().unwrap_or_else(|| panic!("{k} missing: {t}"));
+    // No page while balanced.
+    assert!(t["page_before_update"].is_null(), "{t}");
+    // ZERO for exactly the four starved backends, within 10 s.
+    assert_eq!(set("starved").len(), 4);
+    assert_eq!(set("zero_members"), set("starved"));
+    assert!(num("all_zero_at") - num("update_at") <= 10.0, "{t}");
+    assert!(num("first_alert_at") - num("update_at") <= 10.0, "{t}");
+    // The two that took the load: SKEW.
+    assert_eq!(set("skew_members"), set("kept"));
+    // Resolved within 10 s of the rollback.
+    assert!(num("resolved_at") - num("rollback_at") <= 10.0, "{t}");
+    // The Markdown timeline names the right backends and the times.
+    let text = std::fs::read_to_string(&md).expect("timeline.md");
+    for b in set("starved").iter().chain(set("kept").iter()) {
+        assert!(text.contains(b.as_str()), "timeline lacks {b}:\n{text}");
+    }
+    for marker in [
+        "LB UPDATE applied",
+        "ALERT FIRED",
+        "ROLLBACK applied",
+        "RESOLVED",
+        "| time (UTC) |",
+    ] {
+        assert!(text.contains(marker), "timeline lacks `{marker}`:\n{text}");
+    }
+    // Nothing left behind.
+    assert_eq!(leftovers(), Vec::<String>::new());
+}
