@@ -25,7 +25,7 @@ pub const BIG_BODY_LEN: usize = 1 << 20;
 /// (request line, headers, body) and `$bytes_sent` the response as sent
 /// (status line, headers, body). Both are bytes exactly as they crossed
 /// the socket, i.e. TCP payload bytes, which is what the agent counts.
-const LOG_FORMAT: &str = "$connection $request_length $bytes_sent $status";
+pub const LOG_FORMAT: &str = "$connection $request_length $bytes_sent $status";
 
 /// Starts nginx on `node` (in its namespace and cgroup, so the node's agent
 /// sees the listener's sockets), waits until it listens, and returns the

@@ -1,6 +1,9 @@
 //! The agent's counts against what real load balancers and servers say they
 //! handled (issue 2, "Proof").
 //!
+//! Run as root: `cargo build -p evenflow-agent && cargo test -p
+//! evenflow-tests` (add `-- --nocapture` to see every measured figure).
+//!
 //! Each test builds a lab (client, load balancer, four nginx backends, one
 //! agent per node, see `evenflow_tests::lab`), drives a known load from the
 //! test's own client, reads every agent with the real grpcurl, and compares:
@@ -13,9 +16,15 @@
 //!   the node, tx = sent by it);
 //! * the load balancer view — the lb's agent, `DIRECTION_SENDS_TO` each
 //!   backend — with the same logs and, for HAProxy, with HAProxy's own
-//!   per-server counters from its stats socket (`stot`, `bin`, `bout`);
+//!   counters from its stats socket: per server `stot` exactly and
+//!   `bin`/`bout` within 2 %, and the pool's raw HTTP/1 byte counters;
 //! * the lb's own listener (HAProxy) or its absence (DNAT: the lb serves
-//!   nothing) with the client's exact tally.
+//!   nothing) with the client's exact tally;
+//! * the datapath's own loss counters, which must all be zero.
+//!
+//! Counts are cumulative and refreshed every agent interval, so each
+//! comparison first polls (at most 10 s) until the counts reach the truth
+//! and stop moving, then asserts.
 //!
 //! On any mismatch the test fails listing every mismatch, the lab's ground
 //! truth, every agent's snapshot and the tail of every process's output.
@@ -37,11 +46,12 @@ use serde_json::Value;
 const CONNECTIONS: u64 = 240;
 const WORKERS: u64 = 4;
 /// Bytes of padding header in HAProxy tests' requests. HAProxy's per-server
-/// `bin`/`bout` count HTTP messages in its internal form, a fixed ~12–20
-/// bytes per message short of the wire (see `evenflow_tests::haproxy`); a
-/// 1.5 KB header (the size of a cookie and a token) keeps that shortfall
-/// under 2 % of a request, as the 2 KB body does for a response, so the
-/// agent can be held to 2 % against HAProxy's own numbers too.
+/// `bin`/`bout` count HTTP messages in its internal form, a fixed amount
+/// short of the wire per message (measured: 16 bytes for these requests, 20
+/// for the responses; see `evenflow_tests::haproxy`). A 1.5 KB header (the
+/// size of a cookie and a token) keeps that shortfall near 1 % of a request,
+/// as the 2 KB body does for a response, so the agent can be held to 2 %
+/// against HAProxy's own numbers too.
 const HAPROXY_PAD: usize = 1500;
 /// How long counters may take to reach their final values after the load.
 const SETTLE: Duration = Duration::from_secs(10);
