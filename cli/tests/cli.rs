@@ -1,0 +1,262 @@
+//! The `evenflow` CLI against a real collector: `verify` as a deploy gate
+//! (healthy 0, starved 1, unknown 2, unreachable 2) and `top` read off a
+//! real terminal (tmux). Agents are simulated over the real Ingest gRPC
+//! stream, so the test controls exactly which backend starves.
+
+use std::{
+    process::{Child, Command, Output},
+    time::{Duration, SystemTime},
+};
+
+use evenflow_proto::v1::{self, ingest_client::IngestClient};
+use tokio_stream::wrappers::ReceiverStream;
+
+struct Collector(Child);
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn ports() -> (u16, u16) {
+    let base = 41000 + (std::process::id() % 1000) as u16 * 2;
+    (base, base + 1)
+}
+
+fn cli(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_evenflow"))
+        .args(args)
+        .env_remove("EVENFLOW_COLLECTOR")
+        .output()
+        .expect("evenflow runs")
+}
+
+fn report(
+    node: &str,
+    addr: &str,
+    port: u32,
+    service: &str,
+    run: u64,
+    seq: u64,
+    opened: u64,
+) -> v1::AgentReport {
+    v1::AgentReport {
+        node_name: node.into(),
+        agent_epoch: 7,
+        agent_run: run,
+        sequence: seq,
+        taken_at: Some(SystemTime::now().into()),
+        interval_seconds: 0.2,
+        endpoints: vec![v1::Endpoint {
+            address: addr.into(),
+            port,
+            direction: v1::Direction::Serves as i32,
+            protocol: v1::Protocol::Tcp as i32,
+            service: service.into(),
+            totals: Some(v1::Counters {
+                conns_opened: opened,
+                conns_closed: opened,
+                bytes_rx: opened * 100,
+                bytes_tx: opened * 2000,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        cpu: Some(v1::Cpu {
+            utilization: 0.2,
+            cores: 2,
+        }),
+        ..Default::default()
+    }
+}
+
+/// Streams reports for pools `web` (three healthy members) and `api`
+/// (three members, the third starved after `starve_after`) every 200 ms.
+async fn agents(url: String, starve_after: Duration) {
+    let start = std::time::Instant::now();
+    let mut streams = Vec::new();
+    for (i, (node, addr, port, service)) in [
+        ("web-1", "10.9.1.1", 8080, "web"),
+        ("web-2", "10.9.1.2", 8080, "web"),
+        ("web-3", "10.9.1.3", 8080, "web"),
+        ("api-1", "10.9.2.1", 9090, "api"),
+        ("api-2", "10.9.2.2", 9090, "api"),
+        ("api-3", "10.9.2.3", 9090, "api"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let mut client = loop {
+            match IngestClient::connect(url.clone()).await {
+                Ok(c) => break c,
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        let acks = client
+            .report(ReceiverStream::new(rx))
+            .await
+            .expect("report stream")
+            .into_inner();
+        streams.push((tx, acks, node, addr, port, service, i as u64 + 1));
+    }
+    let mut opened = [0u64; 6];
+    for seq in 1.. {
+        for (k, (tx, _, node, addr, port, service, run)) in streams.iter().enumerate() {
+            let starved = *service == "api" && *node == "api-3" && start.elapsed() > starve_after;
+            if !starved {
+                opened[k] += 20;
+            }
+            if tx
+                .send(report(node, addr, *port, service, *run, seq, opened[k]))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[test]
+fn verify_gates_and_top_shows_the_starved_backend() {
+    let bin = evenflow_tests::agent::binary("evenflow-collector", "EVENFLOW_COLLECTOR_BIN")
+        .expect("collector built");
+    let (grpc, metrics) = ports();
+    let url = format!("http://127.0.0.1:{grpc}");
+    let _collector = Collector(
+        Command::new(bin)
+            .args([
+                "--grpc-addr",
+                &format!("127.0.0.1:{grpc}"),
+                "--metrics-addr",
+                &format!("127.0.0.1:{metrics}"),
+                "--interval",
+                "200ms",
+            ])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("collector starts"),
+    );
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.spawn(agents(url.clone(), Duration::from_secs(8)));
+    // Let the detector learn the balanced pools.
+    std::thread::sleep(Duration::from_secs(6));
+
+    let o = cli(&[
+        "verify",
+        "--pool",
+        "web",
+        "--for",
+        "2s",
+        "--collector",
+        &url,
+    ]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "healthy pool: {text}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(text.contains("every member received its share"), "{text}");
+
+    let o = cli(&[
+        "verify",
+        "--pool",
+        "nope",
+        "--for",
+        "1s",
+        "--collector",
+        &url,
+    ]);
+    assert_eq!(o.status.code(), Some(2), "unknown pool");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("unknown"));
+
+    // api-3 starves from t = 8 s: verify across it fails with ZERO.
+    let o = cli(&[
+        "verify",
+        "--pool",
+        "api",
+        "--for",
+        "6s",
+        "--output",
+        "json",
+        "--collector",
+        &url,
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(o.status.code(), Some(1), "starved pool: {v}");
+    assert_eq!(v["result"], "unhealthy");
+    assert!(
+        v["details"].to_string().contains("10.9.2.3:9090")
+            && v["details"].to_string().contains("ZERO"),
+        "{v}"
+    );
+
+    // top under tmux: one bar per member, the starved one at zero.
+    let session = format!("eftop{}", std::process::id());
+    let cmd = format!(
+        "{} top api --collector {url}",
+        env!("CARGO_BIN_EXE_evenflow")
+    );
+    let ok = Command::new("tmux")
+        .args([
+            "new-session",
+            "-d",
+            "-s",
+            &session,
+            "-x",
+            "160",
+            "-y",
+            "30",
+            &cmd,
+        ])
+        .status()
+        .expect("tmux (cargo xtask setup installs it)");
+    assert!(ok.success());
+    std::thread::sleep(Duration::from_secs(3));
+    let screen = Command::new("tmux")
+        .args(["capture-pane", "-p", "-t", &session])
+        .output()
+        .expect("capture-pane");
+    let _ = Command::new("tmux")
+        .args(["send-keys", "-t", &session, "q"])
+        .status();
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = Command::new("tmux")
+        .args(["kill-session", "-t", &session])
+        .status();
+    let screen = String::from_utf8_lossy(&screen.stdout);
+    let rows: Vec<&str> = screen.lines().filter(|l| l.contains(":9090")).collect();
+    assert_eq!(rows.len(), 3, "one bar per member:\n{screen}");
+    let starved = rows
+        .iter()
+        .find(|l| l.contains("10.9.2.3:9090"))
+        .expect("starved row");
+    assert!(
+        starved.contains("0.0%") && starved.contains("ZERO"),
+        "starved member at zero:\n{screen}"
+    );
+    assert!(
+        rows.iter().filter(|l| l.contains('█')).count() == 2,
+        "two members with bars:\n{screen}"
+    );
+
+    // Collector gone: cannot judge.
+    drop(_collector);
+    let o = cli(&[
+        "verify",
+        "--pool",
+        "web",
+        "--for",
+        "1s",
+        "--collector",
+        &url,
+    ]);
+    assert_eq!(o.status.code(), Some(2), "unreachable collector");
+    drop(rt);
+}
