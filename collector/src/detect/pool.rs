@@ -211,6 +211,8 @@ struct ViewState {
     /// The view was concentrated last tick: when that ends, every member's
     /// windows restart, so the incident's ticks do not linger as SKEW.
     was_concentrated: bool,
+    /// Exponentially averaged new connections per tick.
+    slow_rate: f64,
     dispersion: f64,
     samples: u32,
     totals: [f64; RING],
@@ -223,6 +225,7 @@ impl Default for ViewState {
         Self {
             members: HashMap::new(),
             was_concentrated: false,
+            slow_rate: 0.0,
             // Until healthy ticks teach otherwise, assume traffic twice as
             // bursty as Poisson.
             dispersion: 2.0,
@@ -294,8 +297,7 @@ impl PoolState {
         } else {
             View::Lb
         };
-        let insufficient = !server.judged && !lb.judged
-            || (primary.long_rate < s.min_pool_rate && primary.rate < s.min_pool_rate);
+        let insufficient = !server.judged && !lb.judged || primary.long_rate < s.min_pool_rate;
         let settling = self.settle_left > 0;
         self.settle_left = self.settle_left.saturating_sub(1);
 
@@ -472,7 +474,18 @@ impl ViewState {
                 .sum()
         };
         let rate = total_w(SHARE_WINDOW) / SHARE_WINDOW.min(self.totals_len).max(1) as f64;
-        let long_rate = total_w(RING) / self.totals_len.max(1) as f64;
+        // The long-run rate decides whether the pool is judged at all: an
+        // exponential average over about five minutes, so one burst does not
+        // make a trickle judgeable.
+        self.slow_rate = if self.totals_len <= 1 {
+            n
+        } else {
+            0.99 * self.slow_rate + 0.01 * n
+        };
+        let long_rate = self
+            .slow_rate
+            .min(total_w(RING) / self.totals_len.max(1) as f64);
+        let judged_rate = long_rate >= s.min_pool_rate;
 
         // Forget members that left.
         self.members
@@ -557,9 +570,11 @@ impl ViewState {
                 chi2 += (o - e) * (o - e) / e;
                 dof += 1;
             }
-            // ZERO evidence.
+            // ZERO evidence; a pool too quiet to judge accumulates none.
             if v.new_conns == 0 {
-                hist.zero_e += e;
+                if judged_rate {
+                    hist.zero_e += e;
+                }
                 if v.bytes_in + v.bytes_out > 0 {
                     hist.zero_bytes = true;
                 }
@@ -683,8 +698,19 @@ impl ViewState {
                 .filter(|(_, e)| *e > 0.0)
                 .map(|(o, e)| (o - e) * (o - e) / (phi * e))
                 .sum();
+            // Concentration is many members losing their share at once, not
+            // one member's skew: at least two, and a quarter of the pool,
+            // below the page band.
+            let starved = sums
+                .iter()
+                .filter(|(o, e)| *e > 0.0 && o / e < s.page_low)
+                .count();
             let judgeable = count >= 2 && exp >= 5.0 * count as f64 && expected_effective > 0.0;
-            if judgeable && eff / expected_effective < s.concentration_ratio && chi > chi_crit {
+            if judgeable
+                && eff / expected_effective < s.concentration_ratio
+                && chi > chi_crit
+                && starved >= count.div_ceil(4).max(2)
+            {
                 concentrated = true;
                 effective = eff;
             } else if judgeable && w <= 3 {
