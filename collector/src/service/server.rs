@@ -70,7 +70,14 @@ impl Running {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = self.shutdown.send(true);
         self.metrics.abort();
-        let _ = (&mut self.grpc).await;
+        // Agents' report streams never end on their own: give in-flight
+        // calls a moment, then stop serving.
+        if tokio::time::timeout(std::time::Duration::from_secs(1), &mut self.grpc)
+            .await
+            .is_err()
+        {
+            self.grpc.abort();
+        }
         if let Some(t) = self.tick.take() {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }

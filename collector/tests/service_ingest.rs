@@ -1,0 +1,224 @@
+//! Ingest over real gRPC: replays, counter resets, invalid reports.
+
+mod service_common;
+
+use std::time::Duration;
+
+use evenflow_proto::v1;
+use service_common::*;
+use tokio_stream::StreamExt as _;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_is_ignored_and_acked() {
+    let c = start(&["--interval", "200ms"]).await;
+    let mut a = Agent::connect(&c, "b1").await;
+    for (seq, opened) in [(1, 10), (2, 20), (3, 30)] {
+        let r = a.next(vec![serves("10.9.0.1", 80, "web", opened)], vec![]);
+        let ack = a.send(r).await.expect("ack");
+        assert_eq!((ack.agent_run, ack.acked_sequence), (42, seq));
+    }
+    // Replay sequence 2 with different totals: acknowledged, ignored.
+    a.seq = 1;
+    let r = a.next(vec![serves("10.9.0.1", 80, "web", 999)], vec![]);
+    let ack = a.send(r).await.expect("ack for replay");
+    assert_eq!(ack.acked_sequence, 3, "a replay acks what was processed");
+    let mut q = query(&c).await;
+    let agents = q
+        .list_agents(v1::ListAgentsRequest {})
+        .await
+        .expect("ListAgents")
+        .into_inner()
+        .agents;
+    assert_eq!(agents.len(), 1);
+    assert_eq!(agents[0].replays_ignored, 1);
+    assert_eq!(agents[0].last_sequence, 3);
+    assert!(agents[0].fresh);
+    // The replayed 999 never became traffic.
+    let p = wait_pool(&mut q, "web", 3.0, |p| p.tick > 2).await;
+    assert_eq!(
+        member(&p, "10.9.0.1")
+            .server_view
+            .as_ref()
+            .unwrap()
+            .conns_total,
+        20
+    );
+    // /metrics counts it.
+    let body = http_get(c.metrics_addr, "/metrics").await;
+    assert!(
+        body.contains("evenflow_collector_replays_ignored_total 1"),
+        "{body}"
+    );
+    assert!(
+        body.contains("evenflow_collector_reports_total 3"),
+        "{body}"
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_epoch_is_a_reset_no_data_never_negative() {
+    let c = start(&["--interval", "200ms"]).await;
+    let mut q = query(&c).await;
+    let mut b1 = Agent::connect(&c, "b1").await;
+    let mut b2 = Agent::connect(&c, "b2").await;
+    let mut n = 0u64;
+    let send_both = async |b1: &mut Agent, b2: &mut Agent, n1: u64, n2: u64| {
+        let r = b1.next(vec![serves("10.9.1.1", 80, "web", n1)], vec![]);
+        b1.send(r).await.expect("ack b1");
+        let r = b2.next(vec![serves("10.9.1.2", 80, "web", n2)], vec![]);
+        b2.send(r).await.expect("ack b2");
+    };
+    for _ in 0..5 {
+        n += 100;
+        send_both(&mut b1, &mut b2, n, n).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_pool(&mut q, "web", 3.0, |p| {
+        p.members.iter().all(|m| {
+            m.server_view
+                .as_ref()
+                .is_some_and(|v| v.new_conns_per_sec == 100.0)
+        })
+    })
+    .await;
+    let mut watch = q
+        .watch_pool(v1::WatchPoolRequest { name: "web".into() })
+        .await
+        .expect("WatchPool")
+        .into_inner();
+    // b1 restarts its counters: epoch 2, totals from zero.
+    b1.epoch = 2;
+    n += 100;
+    send_both(&mut b1, &mut b2, 7, n).await;
+    let mut saw_no_data = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let mut m2 = 7;
+    while tokio::time::Instant::now() < deadline {
+        let Ok(Some(Ok(p))) = tokio::time::timeout(Duration::from_secs(1), watch.next()).await
+        else {
+            break;
+        };
+        for m in &p.members {
+            let v = m.server_view.as_ref().unwrap();
+            assert!(
+                v.new_conns_per_sec >= 0.0 && v.bytes_in_per_sec >= 0.0,
+                "{p:#?}"
+            );
+        }
+        let v = member(&p, "10.9.1.1").server_view.clone().unwrap();
+        if verdict(v.verdict) == v1::Verdict::NoData {
+            saw_no_data = true;
+            assert!(v.reason.contains("restarted"), "{}", v.reason);
+        }
+        if saw_no_data && verdict(v.verdict) != v1::Verdict::NoData {
+            break;
+        }
+        // Keep both agents reporting.
+        m2 += 50;
+        n += 100;
+        send_both(&mut b1, &mut b2, m2, n).await;
+    }
+    assert!(saw_no_data, "the reset tick must be NO_DATA");
+    let p = wait_pool(&mut q, "web", 3.0, |p| {
+        member(p, "10.9.1.1")
+            .server_view
+            .as_ref()
+            .is_some_and(|v| verdict(v.verdict) != v1::Verdict::NoData)
+    })
+    .await;
+    // After the reset the rate is the new epoch's growth per agent second.
+    assert_eq!(
+        member(&p, "10.9.1.1")
+            .server_view
+            .as_ref()
+            .unwrap()
+            .new_conns_per_sec,
+        50.0
+    );
+    let agents = q
+        .list_agents(v1::ListAgentsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .agents;
+    let a1 = agents.iter().find(|a| a.node_name == "b1").unwrap();
+    assert_eq!((a1.resets, a1.agent_epoch), (1, 2));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_reports_are_rejected_without_disturbing_others() {
+    let c = start(&["--interval", "200ms"]).await;
+    let mut good = Agent::connect(&c, "good").await;
+    let r = good.next(vec![serves("10.9.2.1", 80, "web", 10)], vec![]);
+    good.send(r).await.expect("ack");
+
+    // Empty node name.
+    let mut bad = Agent::connect(&c, "").await;
+    let r = bad.next(vec![], vec![]);
+    let e = bad.send(r).await.expect_err("rejected");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(
+        e.message().contains("empty node_name") && e.message().contains("--node-name"),
+        "{}",
+        e.message()
+    );
+
+    // A known agent sends garbage on its stream: rejected, its state kept.
+    let mut b = Agent::connect(&c, "b").await;
+    let r = b.next(vec![serves("10.9.2.2", 80, "web", 10)], vec![]);
+    b.send(r).await.expect("ack");
+    let r = b.next(vec![serves("not-an-ip", 80, "web", 10)], vec![]);
+    let e = b.send(r).await.expect_err("rejected");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(
+        e.message().contains("not-an-ip") && e.message().contains("not an IP address"),
+        "{}",
+        e.message()
+    );
+    let mut b = Agent::connect(&c, "b").await;
+    b.seq = 0;
+    let mut r = b.next(vec![serves("10.9.2.2", 80, "web", 10)], vec![]);
+    r.cpu = Some(v1::Cpu {
+        utilization: f64::NAN,
+        cores: 1,
+    });
+    let e = b.send(r).await.expect_err("NaN CPU rejected");
+    assert!(e.message().contains("cpu.utilization"), "{}", e.message());
+
+    // The good agent's stream goes on.
+    let r = good.next(vec![serves("10.9.2.1", 80, "web", 20)], vec![]);
+    assert_eq!(good.send(r).await.expect("still acked").acked_sequence, 2);
+    let mut q = query(&c).await;
+    let agents = q
+        .list_agents(v1::ListAgentsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .agents;
+    let names: Vec<_> = agents.iter().map(|a| a.node_name.as_str()).collect();
+    assert_eq!(names, ["b", "good"]);
+    let b = agents.iter().find(|a| a.node_name == "b").unwrap();
+    assert_eq!(b.last_sequence, 1, "rejected reports change nothing");
+    let body = http_get(c.metrics_addr, "/metrics").await;
+    assert!(
+        body.contains("evenflow_collector_invalid_reports_total 3"),
+        "{body}"
+    );
+    c.shutdown().await;
+}
+
+/// A minimal HTTP/1.1 GET.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect metrics");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
