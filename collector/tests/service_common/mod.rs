@@ -52,7 +52,11 @@ pub struct Agent {
 
 impl Agent {
     pub async fn connect(c: &Running, node: &str) -> Agent {
-        let mut client = IngestClient::connect(url(c)).await.expect("connect");
+        Self::connect_url(url(c), node).await
+    }
+
+    pub async fn connect_url(url: String, node: &str) -> Agent {
+        let mut client = IngestClient::connect(url).await.expect("connect");
         let (tx, rx) = mpsc::channel(64);
         let acks = client
             .report(ReceiverStream::new(rx))
