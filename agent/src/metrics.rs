@@ -218,9 +218,9 @@ pub fn render(snap: &v1::Snapshot) -> String {
         "# HELP evenflow_agent_info The agent's epoch (changes when counters restart) and sequence.\n\
          # TYPE evenflow_agent_info gauge\n\
          evenflow_agent_info{{node=\"{node}\",epoch=\"{}\"}} 1\n\
-         # HELP evenflow_agent_sequence Snapshots taken by this agent process.\n\
-         # TYPE evenflow_agent_sequence counter\n\
-         evenflow_agent_sequence{{node=\"{node}\"}} {}",
+         # HELP evenflow_agent_snapshots_total Snapshots taken by this agent process.\n\
+         # TYPE evenflow_agent_snapshots_total counter\n\
+         evenflow_agent_snapshots_total{{node=\"{node}\"}} {}",
         snap.agent_epoch, snap.sequence
     );
     out

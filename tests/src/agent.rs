@@ -9,7 +9,7 @@ pub use crate::grpcurl::{GRPC, SENDS_TO, SERVES, Totals, settle, snapshot, total
 use crate::lab::{Lab, Node};
 
 /// The agents' metrics address inside each node's namespace.
-pub const METRICS: &str = "127.0.0.1:9464";
+pub const METRICS: &str = "0.0.0.0:9464";
 
 /// How often the lab's agents read their maps: short, so tests settle fast.
 pub const INTERVAL: &str = "500ms";

@@ -131,7 +131,7 @@ pub fn render(shared: &Shared) -> String {
             c.replays.load(Relaxed),
         ),
         (
-            "evenflow_collector_counter_resets_total",
+            "evenflow_collector_epoch_resets_total",
             "Agent counter resets (new epochs).",
             c.resets.load(Relaxed),
         ),

@@ -1,0 +1,243 @@
+//! The deployment files, validated without a cluster: every manifest
+//! parses and has the properties that matter (least privilege, mounts,
+//! probes, resources), the alert rules pass `promtool check` and
+//! `promtool test`, the dashboard queries metrics that exist, and the
+//! images build their binaries with `cargo xtask build`.
+
+use std::{path::PathBuf, process::Command};
+
+use serde_yaml::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace")
+        .to_owned()
+}
+
+fn docs(file: &str) -> Vec<Value> {
+    let path = root().join("deploy/kubernetes").join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap_or_else(|e| panic!("{file}: {e}")))
+        .collect()
+}
+
+fn kind<'a>(docs: &'a [Value], k: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == k)
+        .unwrap_or_else(|| panic!("no {k}"))
+}
+
+fn strs(v: &Value) -> Vec<String> {
+    v.as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x.as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn agent_daemonset_has_least_privilege_and_what_it_needs() {
+    let d = docs("agent-daemonset.yaml");
+    let ds = kind(&d, "DaemonSet");
+    let spec = &ds["spec"]["template"]["spec"];
+    assert_eq!(spec["hostNetwork"], true);
+    let c = &spec["containers"][0];
+    let sc = &c["securityContext"];
+    assert_eq!(sc["privileged"], false, "not privileged");
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(strs(&sc["capabilities"]["drop"]), vec!["ALL"]);
+    let mut add = strs(&sc["capabilities"]["add"]);
+    add.sort();
+    assert_eq!(
+        add,
+        vec!["BPF", "NET_ADMIN", "PERFMON"],
+        "exactly the capabilities the capability test proves"
+    );
+    // Host bpffs and cgroup v2 mounted.
+    let vols = spec["volumes"].as_sequence().expect("volumes");
+    let host = |p: &str| vols.iter().any(|v| v["hostPath"]["path"] == p);
+    assert!(host("/sys/fs/bpf") && host("/sys/fs/cgroup"), "{vols:?}");
+    // Node name from the downward API; collector URL set.
+    let env = c["env"].as_sequence().expect("env");
+    let var = |n: &str| {
+        env.iter()
+            .find(|e| e["name"] == n)
+            .unwrap_or_else(|| panic!("no {n}"))
+    };
+    assert_eq!(
+        var("EVENFLOW_NODE_NAME")["valueFrom"]["fieldRef"]["fieldPath"],
+        "spec.nodeName"
+    );
+    assert!(
+        var("EVENFLOW_COLLECTOR")["value"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("http://"))
+    );
+    // gRPC health probes on the agent's gRPC port.
+    let port = c["ports"]
+        .as_sequence()
+        .and_then(|p| p.iter().find(|p| p["name"] == "grpc"))
+        .expect("grpc port")["containerPort"]
+        .clone();
+    assert_eq!(c["readinessProbe"]["grpc"]["port"], port);
+    assert_eq!(c["livenessProbe"]["grpc"]["port"], port);
+    // Requests and limits set.
+    for k in ["requests", "limits"] {
+        assert!(
+            c["resources"][k]["cpu"].is_string() && c["resources"][k]["memory"].is_string(),
+            "resources.{k}"
+        );
+    }
+    assert!(
+        spec["tolerations"]
+            .as_sequence()
+            .is_some_and(|t| !t.is_empty()),
+        "runs on every node"
+    );
+}
+
+#[test]
+fn collector_runs_without_privilege() {
+    let d = docs("collector.yaml");
+    let dep = kind(&d, "Deployment");
+    let spec = &dep["spec"]["template"]["spec"];
+    assert_eq!(spec["securityContext"]["runAsNonRoot"], true);
+    let c = &spec["containers"][0];
+    assert_eq!(
+        strs(&c["securityContext"]["capabilities"]["drop"]),
+        vec!["ALL"]
+    );
+    assert!(
+        c["securityContext"]["capabilities"]["add"].is_null(),
+        "no added capabilities"
+    );
+    assert!(spec["hostNetwork"].is_null() || spec["hostNetwork"] == false);
+    let svc = kind(&d, "Service");
+    let ports: Vec<i64> = svc["spec"]["ports"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["port"].as_i64())
+        .collect();
+    assert!(ports.contains(&50052) && ports.contains(&9465), "{ports:?}");
+    // The pool file in the ConfigMap is one the collector accepts.
+    let cm = docs("pools-example.yaml");
+    let toml = kind(&cm, "ConfigMap")["data"]["pools.toml"]
+        .as_str()
+        .expect("pools.toml")
+        .to_owned();
+    let parsed = evenflow_collector::service::poolfile::parse(
+        std::path::Path::new("pools-example.yaml"),
+        &toml,
+    )
+    .unwrap_or_else(|e| panic!("the example pool file is refused by the collector: {e}"));
+    assert!(format!("{parsed:?}").contains("10.244.3.9"), "{parsed:?}");
+    let k = docs("kustomization.yaml");
+    for r in strs(&k[0]["resources"]) {
+        assert!(
+            root().join("deploy/kubernetes").join(&r).exists(),
+            "kustomization lists missing {r}"
+        );
+    }
+}
+
+#[test]
+fn alert_rules_pass_promtool() {
+    let dir = root().join("deploy/prometheus");
+    let check = Command::new("promtool")
+        .args(["check", "rules", "evenflow-rules.yml"])
+        .current_dir(&dir)
+        .output()
+        .expect("promtool is installed (Debian's prometheus package; cargo xtask setup)");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let test = Command::new("promtool")
+        .args(["test", "rules", "evenflow-rules.test.yml"])
+        .current_dir(&dir)
+        .output()
+        .expect("promtool");
+    assert!(
+        test.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&test.stdout),
+        String::from_utf8_lossy(&test.stderr)
+    );
+}
+
+/// Metric names the agent and collector export (from their sources).
+fn exported() -> Vec<String> {
+    let mut names = Vec::new();
+    for f in ["agent/src/metrics.rs", "collector/src/service/metrics.rs"] {
+        let text = std::fs::read_to_string(root().join(f)).expect(f);
+        for (i, _) in text.match_indices("evenflow_") {
+            let name: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            names.push(name);
+        }
+    }
+    names
+}
+
+#[test]
+fn dashboard_and_rules_query_metrics_that_exist() {
+    let names = exported();
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("deploy/grafana/evenflow.json")).expect("dashboard"),
+    )
+    .expect("valid JSON");
+    let mut exprs: Vec<String> = Vec::new();
+    for p in dash["panels"].as_array().expect("panels") {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            exprs.push(t["expr"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    let rules = std::fs::read_to_string(root().join("deploy/prometheus/evenflow-rules.yml"))
+        .expect("rules");
+    exprs.extend(
+        rules
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("expr:"))
+            .map(str::to_owned),
+    );
+    assert!(exprs.len() >= 8);
+    for e in &exprs {
+        for (i, _) in e.match_indices("evenflow_") {
+            let name: String = e[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            assert!(
+                names.contains(&name),
+                "`{name}` (in `{e}`) is not exported by the agent or collector"
+            );
+        }
+    }
+    assert!(
+        dash["templating"]["list"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|v| v["name"] == "pool"))
+    );
+}
+
+#[test]
+fn images_build_with_cargo_xtask_build() {
+    for f in ["Dockerfile.agent", "Dockerfile.collector"] {
+        let text = std::fs::read_to_string(root().join("deploy/docker").join(f)).expect(f);
+        assert!(
+            text.contains("cargo xtask build") && text.contains("target/release/"),
+            "{f}"
+        );
+        assert!(text.matches("FROM ").count() >= 2, "{f} is multi-stage");
+    }
+    let unit = std::fs::read_to_string(root().join("deploy/systemd/evenflow-agent.service"))
+        .expect("unit");
+    assert!(unit.contains("AmbientCapabilities=CAP_BPF CAP_NET_ADMIN CAP_PERFMON"));
+    assert!(unit.contains("CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_PERFMON"));
+}
