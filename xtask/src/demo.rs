@@ -43,22 +43,34 @@ pub enum LbKind {
 }
 
 /// Options of the demo.
+#[derive(clap::Args, Debug)]
 pub struct Options {
+    /// The load balancer kind.
+    #[arg(long, value_enum, default_value_t = LbKind::Haproxy)]
     pub lb: LbKind,
+    /// Backend nodes.
+    #[arg(long, default_value_t = 6)]
     pub backends: usize,
     /// Backends the bad update keeps.
+    #[arg(long, default_value_t = 2)]
     pub kept: usize,
-    /// Balanced traffic before the update.
+    /// Balanced traffic before the bad update.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub warmup: Duration,
-    /// How long the bad update stays.
+    /// How long the bad update stays before the rollback.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     pub incident: Duration,
     /// How long to wait for resolution after the rollback.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub recovery: Duration,
-    /// Where the Markdown timeline goes.
+    /// Where to write the Markdown timeline.
+    #[arg(long, default_value = "target/evenflow-demo/timeline.md")]
     pub timeline: PathBuf,
     /// Also write the timeline as JSON (for tests).
+    #[arg(long)]
     pub timeline_json: Option<PathBuf>,
     /// Skip setup and build (tests run them first).
+    #[arg(long)]
     pub no_build: bool,
 }
 

@@ -9,7 +9,8 @@
 //! Cargo commands here name no `--workspace`: the workspace's default members
 //! are every host crate, and `agent-ebpf` (a `bpfel-unknown-none` binary that
 //! `agent/build.rs` builds) must not be built for the host.
-//! * `demo` runs evenflow's main job on this machine.
+//! * `demo` replays the incident evenflow exists for on this machine.
+//! * `bench-datapath` measures what the agent costs the traffic it counts.
 
 mod bench;
 mod demo;
@@ -34,37 +35,10 @@ enum Cmd {
     Setup,
     /// Build the release binaries (agent with its eBPF object, collector, CLI).
     Build,
-    /// Run evenflow's main job on this machine: a lab of network namespaces
-    /// with HAProxy, nginx backends and an agent per node, under traffic.
-    Demo {
-        /// The load balancer kind.
-        #[arg(long, value_enum, default_value_t = demo::LbKind::Haproxy)]
-        lb: demo::LbKind,
-        /// Backend nodes.
-        #[arg(long, default_value_t = 6)]
-        backends: usize,
-        /// Backends the bad update keeps.
-        #[arg(long, default_value_t = 2)]
-        kept: usize,
-        /// Balanced traffic before the bad update.
-        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-        warmup: std::time::Duration,
-        /// How long the bad update stays before the rollback.
-        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
-        incident: std::time::Duration,
-        /// How long to wait for resolution after the rollback.
-        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-        recovery: std::time::Duration,
-        /// Where to write the Markdown timeline.
-        #[arg(long, default_value = "target/evenflow-demo/timeline.md")]
-        timeline: std::path::PathBuf,
-        /// Also write the timeline as JSON.
-        #[arg(long)]
-        timeline_json: Option<std::path::PathBuf>,
-        /// Skip setup and build.
-        #[arg(long)]
-        no_build: bool,
-    },
+    /// Replay the incident on this machine: a lab of network namespaces
+    /// (HAProxy or nftables, six nginx backends, an agent per node, a
+    /// collector), a bad load balancer update, the alerts, the rollback.
+    Demo(demo::Options),
     /// Measure the agent's cost: throughput and connection rate with and
     /// without it, per-program eBPF cost, agent CPU and RSS at 10k endpoints.
     BenchDatapath {
@@ -87,27 +61,7 @@ fn main() -> ExitCode {
         Cmd::Build => build(),
         Cmd::Test { args } => test(&args),
         Cmd::BenchDatapath { rounds } => bench::run(rounds),
-        Cmd::Demo {
-            lb,
-            backends,
-            kept,
-            warmup,
-            incident,
-            recovery,
-            timeline,
-            timeline_json,
-            no_build,
-        } => demo::run(&demo::Options {
-            lb,
-            backends,
-            kept,
-            warmup,
-            incident,
-            recovery,
-            timeline,
-            timeline_json,
-            no_build,
-        }),
+        Cmd::Demo(opts) => demo::run(&opts),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
