@@ -184,6 +184,7 @@ struct AgentLog {
     acked: HashMap<u64, SystemTime>,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn agent(
     url: String,
     i: usize,
