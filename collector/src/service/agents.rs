@@ -19,6 +19,8 @@ use std::{
 
 use evenflow_proto::v1::{self, AgentReport};
 
+use crate::service::fxhash::FxHashMap;
+
 const SHARDS: usize = 32;
 /// Upper bound on endpoints in one report.
 pub const MAX_ENDPOINTS: usize = 200_000;
@@ -117,7 +119,7 @@ pub struct AgentState {
     last_received_wall: SystemTime,
     interval: f64,
     version: String,
-    endpoints: HashMap<EpKey, EpState>,
+    endpoints: FxHashMap<EpKey, EpState>,
     listeners: Vec<ListenerInfo>,
     cpu: Option<f64>,
     generation: u64,
@@ -321,7 +323,7 @@ impl AgentState {
             last_received_wall: SystemTime::now(),
             interval: 0.0,
             version: String::new(),
-            endpoints: HashMap::new(),
+            endpoints: FxHashMap::default(),
             listeners: Vec::new(),
             cpu: None,
             generation: 0,

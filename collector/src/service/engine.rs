@@ -218,7 +218,11 @@ fn member_view(v: &detect::ViewVerdict, m: &pools::Measured) -> v1::MemberView {
 }
 
 /// Builds the Pool message for one judged pool.
-fn pool_message(pt: &PoolTick, pv: &detect::PoolVerdict, at: prost_types::Timestamp) -> v1::Pool {
+fn pool_message(
+    pt: &mut PoolTick,
+    pv: &detect::PoolVerdict,
+    at: prost_types::Timestamp,
+) -> v1::Pool {
     let mut members = Vec::with_capacity(pv.members.len());
     for (i, mv) in pv.members.iter().enumerate() {
         // The detector keeps input order; look up by id if it ever does not.
@@ -273,7 +277,7 @@ fn pool_message(pt: &PoolTick, pv: &detect::PoolVerdict, at: prost_types::Timest
         // over its share window).
         server_conns_per_sec: pt.meta.iter().map(|m| m.server.conns_per_sec).sum(),
         lb_conns_per_sec: pt.meta.iter().map(|m| m.lb.conns_per_sec).sum(),
-        lb_nodes: pt.lb_nodes.clone(),
+        lb_nodes: std::mem::take(&mut pt.lb_nodes),
         tick: pv.tick,
         evaluated_at: Some(at),
     }
@@ -369,11 +373,15 @@ impl Engine {
         let mut transitions = Vec::new();
         let mut published = BTreeMap::new();
         let mut names = HashSet::with_capacity(pool_ticks.len());
-        for pt in &pool_ticks {
+        let pool_count = pool_ticks.len();
+        for mut pt in pool_ticks {
             let (pv, tr) = self.detector.evaluate(&pt.input);
             transitions.extend(tr);
             names.insert(pt.input.name.clone());
-            published.insert(pt.input.name.clone(), Arc::new(pool_message(pt, &pv, at)));
+            published.insert(
+                pt.input.name.clone(),
+                Arc::new(pool_message(&mut pt, &pv, at)),
+            );
         }
         transitions.extend(self.detector.retain_pools(&names, tick));
 
@@ -476,7 +484,7 @@ impl Engine {
         debug!(
             tick,
             agents = self.scratch.len(),
-            pools = pool_ticks.len(),
+            pools = pool_count,
             micros = took,
             "tick"
         );

@@ -11,6 +11,7 @@
 pub mod agents;
 pub mod config;
 pub mod engine;
+pub mod fxhash;
 pub mod ingest;
 pub mod metrics;
 pub mod poolfile;

@@ -45,6 +45,7 @@ use crate::{
     detect::{MemberInput, PoolInput, ViewInput},
     service::{
         agents::{AgentTick, Dir},
+        fxhash::FxHashMap,
         poolfile::PoolFile,
     },
 };
@@ -130,14 +131,17 @@ fn announceable(a: IpAddr) -> bool {
     !(a.is_loopback() || a.is_unspecified() || a.is_multicast())
 }
 
-type Index = HashMap<(IpAddr, u16), Vec<(usize, usize)>>;
+type Index = FxHashMap<(IpAddr, u16), Vec<(usize, usize)>>;
 
 /// Groups this tick's agents into pools (sorted by name, members sorted by
 /// address and port).
 pub fn build(agents: &[AgentTick], file: &PoolFile, tick: u64) -> Vec<PoolTick> {
     // Index every endpoint by (address, port) and direction.
-    let mut serves: Index = HashMap::new();
-    let mut sends: Index = HashMap::new();
+    let mut serves: Index = FxHashMap::default();
+    let mut sends: Index = FxHashMap::default();
+    // Per-pool marks of LB agents: `lb_mark[i] == stamp` while pool
+    // number `stamp` is being built.
+    let mut lb_mark: Vec<usize> = vec![usize::MAX; agents.len()];
     let mut drafts: BTreeMap<Arc<str>, BTreeMap<SocketAddr, Draft>> = BTreeMap::new();
     let mut node_addrs: Vec<BTreeSet<IpAddr>> = Vec::with_capacity(agents.len());
     for (ai, a) in agents.iter().enumerate() {
@@ -210,19 +214,24 @@ pub fn build(agents: &[AgentTick], file: &PoolFile, tick: u64) -> Vec<PoolTick> 
         .map(|(i, a)| (&*a.node, i))
         .collect();
     let mut out = Vec::with_capacity(drafts.len());
-    for (name, members) in drafts {
+    for (stamp, (name, members)) in drafts.into_iter().enumerate() {
         // Load balancers: declared, or every node sending to a member.
         let declared = file
             .get(&*name)
             .map(|f| f.lb_nodes.as_slice())
             .unwrap_or(&[]);
-        let mut lb_idx: BTreeSet<usize> = BTreeSet::new();
+        let mut lb_idx: Vec<usize> = Vec::new();
         let mut lb_nodes: Vec<String> = Vec::new();
         let mut lb_missing = false;
         if declared.is_empty() {
             for addr in members.keys() {
                 if let Some(v) = sends.get(&(addr.ip(), addr.port())) {
-                    lb_idx.extend(v.iter().map(|&(ai, _)| ai));
+                    for &(ai, _) in v {
+                        if lb_mark[ai] != stamp {
+                            lb_mark[ai] = stamp;
+                            lb_idx.push(ai);
+                        }
+                    }
                 }
             }
             lb_nodes.extend(lb_idx.iter().map(|&i| agents[i].node.to_string()));
@@ -230,14 +239,17 @@ pub fn build(agents: &[AgentTick], file: &PoolFile, tick: u64) -> Vec<PoolTick> 
             for n in declared {
                 match node_index.get(n.as_str()) {
                     Some(&i) => {
-                        lb_idx.insert(i);
+                        if lb_mark[i] != stamp {
+                            lb_mark[i] = stamp;
+                            lb_idx.push(i);
+                        }
                     }
                     None => lb_missing = true,
                 }
                 lb_nodes.push(n.clone());
             }
         }
-        lb_nodes.sort();
+        lb_nodes.sort_unstable();
         let lb_fresh = lb_idx.iter().any(|&i| agents[i].fresh);
         let lb_reset = lb_idx.iter().any(|&i| agents[i].fresh && agents[i].reset);
         let has_lb = !lb_idx.is_empty() || lb_missing;
@@ -248,9 +260,11 @@ pub fn build(agents: &[AgentTick], file: &PoolFile, tick: u64) -> Vec<PoolTick> 
             let key = (addr.ip(), addr.port());
             // Server view: every agent serving this address:port, plus the
             // agents that announced it (a listener with no traffic yet).
-            let mut observers: BTreeSet<usize> = d.announcers.clone();
             let eps = serves.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+            let mut observers: Vec<usize> = d.announcers.iter().copied().collect();
             observers.extend(eps.iter().map(|&(ai, _)| ai));
+            observers.sort_unstable();
+            observers.dedup();
             let mut server_m = Measured::default();
             let mut lb_m = Measured::default();
             let server = (!observers.is_empty()).then(|| {
@@ -278,7 +292,7 @@ pub fn build(agents: &[AgentTick], file: &PoolFile, tick: u64) -> Vec<PoolTick> 
                 };
                 if let Some(eps) = sends.get(&key) {
                     for &(ai, ei) in eps {
-                        if !lb_idx.contains(&ai) || !agents[ai].fresh {
+                        if lb_mark[ai] != stamp || !agents[ai].fresh {
                             continue;
                         }
                         let e = &agents[ai].endpoints[ei];
