@@ -20,9 +20,16 @@ impl Drop for Collector {
     }
 }
 
+/// Two ports free right now (bound, then released).
 fn ports() -> (u16, u16) {
-    let base = 41000 + (std::process::id() % 1000) as u16 * 2;
-    (base, base + 1)
+    let a = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let b = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let p = (
+        a.local_addr().expect("addr").port(),
+        b.local_addr().expect("addr").port(),
+    );
+    drop((a, b));
+    p
 }
 
 fn cli(args: &[&str]) -> Output {
@@ -127,7 +134,8 @@ fn verify_gates_and_top_shows_the_starved_backend() {
         .expect("collector built");
     let (grpc, metrics) = ports();
     let url = format!("http://127.0.0.1:{grpc}");
-    let _collector = Collector(
+    let log = std::env::temp_dir().join(format!("evenflow-cli-test-collector-{grpc}.log"));
+    let mut collector = Collector(
         Command::new(bin)
             .args([
                 "--grpc-addr",
@@ -137,10 +145,30 @@ fn verify_gates_and_top_shows_the_starved_backend() {
                 "--interval",
                 "200ms",
             ])
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("collector starts"),
     );
+    let mut listening = false;
+    for _ in 0..100 {
+        if let Ok(Some(status)) = collector.0.try_wait() {
+            panic!(
+                "collector exited ({status}): {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", grpc)).is_ok() {
+            listening = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        listening,
+        "collector not listening: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let _collector = collector;
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.spawn(agents(url.clone(), Duration::from_secs(8)));
     // Let the detector learn the balanced pools.
