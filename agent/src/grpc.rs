@@ -62,11 +62,7 @@ pub async fn serve(
     health_reporter
         .set_serving::<NodeServer<NodeService>>()
         .await;
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(evenflow_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
+    let reflection = evenflow_proto::reflection;
     let reflection_v1 = reflection()
         .build_v1()
         .context("building gRPC reflection (v1)")?;

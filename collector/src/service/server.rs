@@ -137,11 +137,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     health_reporter
         .set_serving::<DistributionServer<DistributionService>>()
         .await;
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(evenflow_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
+    let reflection = evenflow_proto::reflection;
     let reflection_v1 = reflection()
         .build_v1()
         .map_err(|e| StartError::Reflection(e.to_string()))?;
