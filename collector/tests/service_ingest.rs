@@ -209,6 +209,32 @@ async fn invalid_reports_are_rejected_without_disturbing_others() {
     c.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agents_under_one_node_name_are_told_apart() {
+    let c = start(&["--interval", "200ms"]).await;
+    let mut a = Agent::connect(&c, "same").await;
+    let r = a.next(vec![serves("10.9.3.1", 80, "web", 10)], vec![]);
+    a.send(r).await.expect("ack");
+    let mut b = Agent::connect(&c, "same").await;
+    b.run = 43;
+    let r = b.next(vec![serves("10.9.3.2", 80, "web", 10)], vec![]);
+    let e = b.send(r).await.expect_err("second agent refused");
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        e.message().contains("unique --node-name"),
+        "{}",
+        e.message()
+    );
+    // The first one goes on; a reconnect of the same run is welcome.
+    let r = a.next(vec![serves("10.9.3.1", 80, "web", 20)], vec![]);
+    a.send(r).await.expect("ack");
+    let mut again = Agent::connect(&c, "same").await;
+    again.seq = a.seq;
+    let r = again.next(vec![serves("10.9.3.1", 80, "web", 30)], vec![]);
+    again.send(r).await.expect("same run on a new stream");
+    c.shutdown().await;
+}
+
 /// A minimal HTTP/1.1 GET.
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};

@@ -131,6 +131,8 @@ pub struct AgentState {
     reset_pending: bool,
     /// Agent seconds covered by the reports applied since the last tick.
     covered: f64,
+    /// The stream that applied the last report.
+    stream: u64,
 }
 
 /// Outcome of applying a report.
@@ -332,6 +334,7 @@ impl AgentState {
             endpoint_count: 0,
             reset_pending: true,
             covered: 0.0,
+            stream: 0,
         }
     }
 
@@ -470,6 +473,33 @@ impl AgentState {
         counters.reports.fetch_add(1, Relaxed);
         counters.endpoints.fetch_add(p.eps.len() as u64, Relaxed);
         Applied::New { reset: new_epoch }
+    }
+
+    /// Refuses a report from another agent process using the same node
+    /// name while the current one is live: two agents under one name would
+    /// turn each other's counters into endless resets.
+    pub fn check_owner(&self, stream: u64, r: &AgentReport, now: Instant) -> Result<(), String> {
+        let live = self.interval.max(1.0) * 2.0;
+        if self.stream != 0
+            && self.stream != stream
+            && self.run != r.agent_run
+            && self.age(now) < live
+        {
+            return Err(format!(
+                "node name {:?} is already reporting from another agent process (run {}, last report {:.1}s ago): \
+                 give every agent a unique --node-name (this one is run {})",
+                r.node_name,
+                self.run,
+                self.age(now),
+                r.agent_run
+            ));
+        }
+        Ok(())
+    }
+
+    /// Records which stream delivers this agent's reports.
+    pub fn set_stream(&mut self, stream: u64) {
+        self.stream = stream;
     }
 
     /// The last processed sequence of the current run.

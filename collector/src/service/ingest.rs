@@ -8,7 +8,10 @@
 
 use std::{
     pin::Pin,
-    sync::{Arc, Mutex, atomic::Ordering::Relaxed},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
 };
 
 use evenflow_proto::v1::{AgentReport, ReportAck, ingest_server::Ingest};
@@ -21,6 +24,9 @@ use crate::service::{
     agents::{AgentState, Applied, Parsed, validate},
     engine::Shared,
 };
+
+/// Numbers each Report stream.
+static STREAMS: AtomicU64 = AtomicU64::new(1);
 
 /// The Ingest service.
 pub struct IngestService {
@@ -46,6 +52,7 @@ impl Ingest for IngestService {
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel::<Result<ReportAck, Status>>(64);
         let shared = self.shared.clone();
+        let stream_id = STREAMS.fetch_add(1, Relaxed);
         tokio::spawn(async move {
             let mut parsed = Parsed::default();
             let mut current: Option<(String, Arc<Mutex<AgentState>>)> = None;
@@ -79,8 +86,10 @@ impl Ingest for IngestService {
                         s
                     }
                 };
-                let ack = {
+                let ack = (|| -> Result<ReportAck, String> {
                     let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+                    st.check_owner(stream_id, &report, std::time::Instant::now())?;
+                    st.set_stream(stream_id);
                     let applied = st.apply(&report, &parsed, &shared.registry.counters);
                     if let Applied::New { reset: true } = applied {
                         info!(node = %report.node_name, epoch = report.agent_epoch, "agent counters reset (new epoch)");
@@ -91,9 +100,18 @@ impl Ingest for IngestService {
                     } else {
                         report.sequence
                     };
-                    ReportAck {
+                    Ok(ReportAck {
                         agent_run: report.agent_run,
                         acked_sequence: acked,
+                    })
+                })();
+                let ack = match ack {
+                    Ok(a) => a,
+                    Err(e) => {
+                        shared.registry.counters.invalid.fetch_add(1, Relaxed);
+                        warn!(?peer, node = %report.node_name, "rejected report: {e}");
+                        let _ = tx.send(Err(Status::failed_precondition(e))).await;
+                        return;
                     }
                 };
                 if tx.send(Ok(ack)).await.is_err() {
