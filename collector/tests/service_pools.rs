@@ -203,6 +203,18 @@ async fn pool_file_weights_draining_no_data_and_numbers() {
         body.contains(r#"evenflow_agent_last_seen_age_seconds{node="b1"}"#),
         "{body}"
     );
+    // The agents' own cumulative totals (what a restarted collector still
+    // agrees on with the kernel): at least the first report's 1000.
+    let reported: u64 = body
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                r#"evenflow_member_reported_connections_total{pool="api",member="10.7.0.1:80",view="server"} "#,
+            )
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no reported total in {body}"));
+    assert!(reported >= 1000, "{reported}");
     c.shutdown().await;
 }
 

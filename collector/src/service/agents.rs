@@ -581,6 +581,7 @@ impl AgentState {
                 delta,
                 rate: s.rate.unwrap_or_default(),
                 total: s.total,
+                cumulative: s.opened,
                 reset: std::mem::take(&mut s.reset) || s.rate.is_none(),
                 active: s.active,
             });
@@ -645,6 +646,9 @@ pub struct TickEndpoint {
     pub rate: [f64; 3],
     /// Exact new connections since the collector first saw it.
     pub total: u64,
+    /// New connections as the agent's counter reports it (since its
+    /// epoch; the kernel's total).
+    pub cumulative: u64,
     /// Its counters went backwards or its rate is not known yet: the
     /// tick's count is unknown.
     pub reset: bool,

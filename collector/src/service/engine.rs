@@ -50,6 +50,9 @@ pub struct Published {
     pub open: Vec<v1::Alert>,
     /// Recently resolved alerts, newest first.
     pub resolved: Vec<v1::Alert>,
+    /// Per pool, per member (same order as the Pool's members): the
+    /// agents' own cumulative new-connection totals, server and LB view.
+    pub reported: BTreeMap<String, Vec<(Option<u64>, Option<u64>)>>,
 }
 
 /// Counters about the tick itself.
@@ -372,12 +375,27 @@ impl Engine {
         // 3. Judge.
         let mut transitions = Vec::new();
         let mut published = BTreeMap::new();
+        let mut reported = BTreeMap::new();
         let mut names = HashSet::with_capacity(pool_ticks.len());
         let pool_count = pool_ticks.len();
         for mut pt in pool_ticks {
             let (pv, tr) = self.detector.evaluate(&pt.input);
             transitions.extend(tr);
             names.insert(pt.input.name.clone());
+            reported.insert(
+                pt.input.name.clone(),
+                pt.input
+                    .members
+                    .iter()
+                    .zip(&pt.meta)
+                    .map(|(m, meta)| {
+                        (
+                            m.server.map(|_| meta.server.reported_total),
+                            m.lb.map(|_| meta.lb.reported_total),
+                        )
+                    })
+                    .collect(),
+            );
             published.insert(
                 pt.input.name.clone(),
                 Arc::new(pool_message(&mut pt, &pv, at)),
@@ -465,6 +483,7 @@ impl Engine {
             pools: published,
             open,
             resolved,
+            reported,
         }));
 
         // 5. Forget long-silent agents.

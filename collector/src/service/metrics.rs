@@ -347,6 +347,29 @@ pub fn render(shared: &Shared) -> String {
     }
     help(
         &mut out,
+        "evenflow_member_reported_connections_total",
+        "counter",
+        "New connections to the member as its observers' counters report them (each since its agent's epoch: the kernels' totals).",
+    );
+    for (pool, rows) in &p.reported {
+        let Some(members) = p.pools.get(pool).map(|x| &x.members) else {
+            continue;
+        };
+        for (m, (server, lb)) in members.iter().zip(rows) {
+            for (view, v) in [("server", server), ("lb", lb)] {
+                if let Some(v) = v {
+                    let _ = writeln!(
+                        out,
+                        "evenflow_member_reported_connections_total{{pool=\"{}\",member=\"{}\",view=\"{view}\"}} {v}",
+                        esc(pool),
+                        esc(&member_id(m))
+                    );
+                }
+            }
+        }
+    }
+    help(
+        &mut out,
         "evenflow_member_cpu_utilization",
         "gauge",
         "CPU utilisation of the member's node, 0..1.",

@@ -97,6 +97,9 @@ pub struct Measured {
     pub bytes_out_per_sec: f64,
     /// Exact new connections since first seen.
     pub conns_total: u64,
+    /// New connections as the agents' counters report them (each since
+    /// its epoch): the kernels' totals, also after a collector restart.
+    pub reported_total: u64,
 }
 
 impl Measured {
@@ -105,6 +108,7 @@ impl Measured {
         self.bytes_in_per_sec += e.rate[1];
         self.bytes_out_per_sec += e.rate[2];
         self.conns_total += e.total;
+        self.reported_total += e.cumulative;
     }
 }
 
@@ -360,6 +364,7 @@ mod tests {
             },
             rate: [conns as f64, conns as f64 * 10.0, conns as f64 * 100.0],
             total: conns,
+            cumulative: conns,
             reset: false,
             active: 1,
         }
