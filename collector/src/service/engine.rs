@@ -37,6 +37,9 @@ const TICK_TIMES: usize = 4096;
 /// open (Alertmanager resolves alerts it stops hearing about).
 const WEBHOOK_REFRESH: Duration = Duration::from_secs(60);
 
+/// A member's reported cumulative new connections: (server view, LB view).
+pub type ReportedTotals = (Option<u64>, Option<u64>);
+
 /// What the last tick produced.
 #[derive(Default)]
 pub struct Published {
@@ -52,7 +55,7 @@ pub struct Published {
     pub resolved: Vec<v1::Alert>,
     /// Per pool, per member (same order as the Pool's members): the
     /// agents' own cumulative new-connection totals, server and LB view.
-    pub reported: BTreeMap<String, Vec<(Option<u64>, Option<u64>)>>,
+    pub reported: BTreeMap<String, Vec<ReportedTotals>>,
 }
 
 /// Counters about the tick itself.
