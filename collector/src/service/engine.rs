@@ -17,7 +17,7 @@ use std::{
 
 use evenflow_proto::v1;
 use tokio::sync::{broadcast, watch};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     detect::{self, Detector, Settings},
@@ -338,7 +338,18 @@ impl Engine {
                 std::thread::sleep((next - now).min(Duration::from_millis(50)));
                 continue;
             }
-            self.tick_once();
+            // A bug in one tick must not end detection for good: log it and
+            // carry on with the next.
+            if let Err(p) =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.tick_once()))
+            {
+                let what = p
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                error!(tick = self.tick, "detection tick panicked: {what}");
+            }
             next += interval;
             let after = Instant::now();
             if after > next {
