@@ -141,6 +141,28 @@ pub struct Config {
     /// Upper bound on the dispersion factor learned from healthy ticks.
     #[arg(long, env = "EVENFLOW_MAX_DISPERSION", default_value_t = defaults().max_dispersion, value_parser = positive)]
     pub max_dispersion: f64,
+
+    /// PEM certificate (chain) of the gRPC listener; with --tls-key the
+    /// listener speaks TLS. Without both, plaintext (for a laptop).
+    #[arg(long, env = "EVENFLOW_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "EVENFLOW_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle: agents (and every other client of the gRPC listener)
+    /// must present a certificate it signed — mutual TLS. Refused peers
+    /// are logged with the reason.
+    #[arg(long, env = "EVENFLOW_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// A second, read-only listener serving only the query API
+    /// (Distribution, reflection, health; no Ingest), plaintext: for people,
+    /// the CLI and dashboards when the main listener requires client
+    /// certificates.
+    #[arg(long, env = "EVENFLOW_QUERY_ADDR")]
+    pub query_addr: Option<SocketAddr>,
 }
 
 impl Config {

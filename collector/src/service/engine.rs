@@ -382,6 +382,7 @@ impl Engine {
             st.take_tick(started, secs, out);
         }
         drop(handles);
+        self.scratch.sort_unstable_by(|a, b| a.node.cmp(&b.node));
 
         // 2. Pools.
         let pool_ticks = pools::build(&self.scratch, &self.file, tick);

@@ -18,4 +18,5 @@ pub mod poolfile;
 pub mod pools;
 pub mod query;
 pub mod server;
+pub mod tls;
 pub mod webhook;

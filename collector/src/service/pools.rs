@@ -138,7 +138,7 @@ fn announceable(a: IpAddr) -> bool {
 type Index = FxHashMap<(IpAddr, u16), Vec<(usize, usize)>>;
 
 /// Groups this tick's agents into pools (sorted by name, members sorted by
-/// address and port).
+/// address and port). `agents` must be sorted by node name.
 pub fn build(agents: &[AgentTick], file: &PoolFile, tick: u64) -> Vec<PoolTick> {
     // Index every endpoint by (address, port) and direction.
     let mut serves: Index = FxHashMap::default();
@@ -238,7 +238,9 @@ pub fn build(agents: &[AgentTick], file: &PoolFile, tick: u64) -> Vec<PoolTick> 
                     }
                 }
             }
-            lb_nodes.extend(lb_idx.iter().map(|&i| agents[i].node.to_string()));
+            // Agents come sorted by node name: sorting indices sorts names.
+            lb_idx.sort_unstable();
+            lb_nodes.extend(lb_idx.iter().map(|&i| String::from(&*agents[i].node)));
         } else {
             for n in declared {
                 match node_index.get(n.as_str()) {
@@ -253,7 +255,9 @@ pub fn build(agents: &[AgentTick], file: &PoolFile, tick: u64) -> Vec<PoolTick> 
                 lb_nodes.push(n.clone());
             }
         }
-        lb_nodes.sort_unstable();
+        if !declared.is_empty() {
+            lb_nodes.sort_unstable();
+        }
         let lb_fresh = lb_idx.iter().any(|&i| agents[i].fresh);
         let lb_reset = lb_idx.iter().any(|&i| agents[i].fresh && agents[i].reset);
         let has_lb = !lb_idx.is_empty() || lb_missing;
@@ -324,7 +328,7 @@ pub fn build(agents: &[AgentTick], file: &PoolFile, tick: u64) -> Vec<PoolTick> 
             });
             metas.push(MemberMeta {
                 addr: Some(addr),
-                node: first.map(|a| a.node.to_string()).unwrap_or_default(),
+                node: first.map(|a| String::from(&*a.node)).unwrap_or_default(),
                 source: d.source,
                 server: server_m,
                 lb: lb_m,
@@ -332,7 +336,7 @@ pub fn build(agents: &[AgentTick], file: &PoolFile, tick: u64) -> Vec<PoolTick> 
         }
         out.push(PoolTick {
             input: PoolInput {
-                name: name.to_string(),
+                name: String::from(&*name),
                 tick,
                 members: inputs,
             },

@@ -44,6 +44,9 @@ pub enum StartError {
     /// Reflection could not be built.
     #[error("building gRPC reflection: {0}")]
     Reflection(String),
+    /// The TLS files are unusable.
+    #[error(transparent)]
+    Tls(#[from] crate::service::tls::TlsError),
     /// The tick thread could not start.
     #[error("starting the detection thread: {0}")]
     Thread(std::io::Error),
@@ -151,21 +154,72 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         IngestServer::new(IngestService::new(shared.clone())).max_decoding_message_size(64 << 20);
     let distribution = DistributionServer::new(DistributionService::new(shared.clone()))
         .max_encoding_message_size(256 << 20);
-    let grpc = tokio::spawn(
-        tonic::transport::Server::builder()
-            .tcp_nodelay(true)
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::service::tls::acceptor(
+            cert,
+            key,
+            config.tls_client_ca.as_deref(),
+        )?),
+        _ => None,
+    };
+    // The read-only query listener: Distribution, reflection and health.
+    if let Some(addr) = config.query_addr {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                flag: "--query-addr",
+                addr,
+                source,
+            })?;
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter
+            .set_serving::<DistributionServer<DistributionService>>()
+            .await;
+        let router = tonic::transport::Server::builder()
             .add_service(health)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(ingest)
-            .add_service(distribution)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
-                async move {
-                    let _ = shutdown_rx.changed().await;
-                },
-            ),
-    );
+            .add_service(
+                reflection()
+                    .build_v1()
+                    .map_err(|e| StartError::Reflection(e.to_string()))?,
+            )
+            .add_service(
+                reflection()
+                    .build_v1alpha()
+                    .map_err(|e| StartError::Reflection(e.to_string()))?,
+            )
+            .add_service(
+                DistributionServer::new(DistributionService::new(shared.clone()))
+                    .max_encoding_message_size(256 << 20),
+            );
+        let mut stop = shutdown_rx.clone();
+        info!(%addr, "serving the read-only query API (evenflow.v1.Distribution)");
+        tokio::spawn(router.serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async move {
+                let _ = stop.changed().await;
+            },
+        ));
+    }
+    let router = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(ingest)
+        .add_service(distribution);
+    let stopped = async move {
+        let _ = shutdown_rx.changed().await;
+    };
+    let grpc = match tls {
+        Some(acceptor) => tokio::spawn(router.serve_with_incoming_shutdown(
+            crate::service::tls::incoming(grpc_listener, acceptor),
+            stopped,
+        )),
+        None => tokio::spawn(router.serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+            stopped,
+        )),
+    };
     let metrics = tokio::spawn(crate::service::metrics::serve(
         metrics_listener,
         shared.clone(),
