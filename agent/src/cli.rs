@@ -65,6 +65,20 @@ pub struct Args {
     #[arg(long, env = "EVENFLOW_EMBEDDED_COLLECTOR", value_name = "ADDR")]
     pub embedded_collector: Option<SocketAddr>,
 
+    /// PEM CA bundle that signed the collector's certificate. With an
+    /// https:// --collector URL, the agent verifies the collector with it.
+    #[arg(long, env = "EVENFLOW_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// PEM client certificate the agent presents to the collector (mutual
+    /// TLS); needs --tls-key.
+    #[arg(long, env = "EVENFLOW_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "EVENFLOW_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// Print a table of endpoints to stdout every interval.
     #[arg(long, env = "EVENFLOW_PRINT")]
     pub print: bool,

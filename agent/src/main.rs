@@ -125,7 +125,16 @@ async fn run(args: cli::Args) -> Result<()> {
         })
     });
     if let Some(url) = collector_url {
-        tokio::spawn(report::run(url, snap_rx));
+        let tls = if url.starts_with("https://") || args.tls_ca.is_some() || args.tls_cert.is_some()
+        {
+            Some(report::Tls::load(
+                args.tls_ca.as_deref(),
+                args.tls_cert.as_deref().zip(args.tls_key.as_deref()),
+            )?)
+        } else {
+            None
+        };
+        tokio::spawn(report::run(url, tls, snap_rx));
     }
 
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;

@@ -104,15 +104,81 @@ pub fn new_run_id() -> u64 {
     ((u64::from_ne_bytes(buf) ^ t) >> 11).max(1)
 }
 
+/// TLS towards the collector: the CA that signed its certificate and,
+/// for mutual TLS, the agent's own identity.
+#[derive(Clone)]
+pub struct Tls(tonic::transport::ClientTlsConfig);
+
+impl Tls {
+    /// Reads the PEM files, naming the flag and file of any problem.
+    pub fn load(
+        ca: Option<&std::path::Path>,
+        cert_key: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let read = |flag: &str, p: &std::path::Path| {
+            let text = std::fs::read(p)
+                .with_context(|| format!("{flag} {}: cannot read it", p.display()))?;
+            anyhow::ensure!(
+                String::from_utf8_lossy(&text).contains("-----BEGIN"),
+                "{flag} {}: not a PEM file (expected -----BEGIN ...)",
+                p.display()
+            );
+            Ok(text)
+        };
+        let mut cfg = tonic::transport::ClientTlsConfig::new();
+        if let Some(ca) = ca {
+            cfg = cfg.ca_certificate(tonic::transport::Certificate::from_pem(read(
+                "--tls-ca", ca,
+            )?));
+        }
+        if let Some((cert, key)) = cert_key {
+            cfg = cfg.identity(tonic::transport::Identity::from_pem(
+                read("--tls-cert", cert)?,
+                read("--tls-key", key)?,
+            ));
+        }
+        Ok(Self(cfg))
+    }
+}
+
+async fn connect(
+    url: &str,
+    tls: Option<&Tls>,
+) -> Result<IngestClient<tonic::transport::Channel>, String> {
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .map_err(|e| format!("bad URL: {e}"))?;
+    if let Some(t) = tls {
+        endpoint = endpoint
+            .tls_config(t.0.clone())
+            .map_err(|e| format!("TLS configuration: {e}"))?;
+    }
+    let channel = endpoint
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| format!("connecting: {e}"))?;
+    Ok(IngestClient::new(channel))
+}
+
 /// Streams every new snapshot to `url` until the process exits.
-pub async fn run(url: String, mut snapshots: watch::Receiver<Arc<v1::Snapshot>>) {
+pub async fn run(url: String, tls: Option<Tls>, mut snapshots: watch::Receiver<Arc<v1::Snapshot>>) {
     let run = new_run_id();
     let mut buffer = Buffer::default();
     let mut sequence = 0u64;
     let mut backoff = BACKOFF_MIN;
     info!(collector = %url, run, "streaming reports");
     loop {
-        match session(&url, run, &mut sequence, &mut buffer, &mut snapshots).await {
+        match session(
+            &url,
+            tls.as_ref(),
+            run,
+            &mut sequence,
+            &mut buffer,
+            &mut snapshots,
+        )
+        .await
+        {
             Ok(()) => return, // the agent is shutting down
             Err(e) => {
                 let wait = jittered(backoff);
@@ -163,14 +229,13 @@ fn push_latest(
 /// acknowledged ones. Returns `Ok` only when snapshots end (shutdown).
 async fn session(
     url: &str,
+    tls: Option<&Tls>,
     run: u64,
     sequence: &mut u64,
     buffer: &mut Buffer,
     snapshots: &mut watch::Receiver<Arc<v1::Snapshot>>,
 ) -> Result<(), String> {
-    let mut client = IngestClient::connect(url.to_owned())
-        .await
-        .map_err(|e| format!("connecting: {e}"))?;
+    let mut client = connect(url, tls).await?;
     let (tx, rx) = mpsc::channel::<AgentReport>(MAX_BUFFERED + 8);
     for r in buffer.iter() {
         tx.try_send(r.clone())
