@@ -116,6 +116,33 @@ fn setup_env() -> Result<Env> {
     Ok(env)
 }
 
+/// `kernel.bpf_stats_enabled`: off while throughput is measured (the stats
+/// add two clock reads to every program run), on for the per-program cost,
+/// and back to what it was when the bench ends.
+struct BpfStats(String);
+
+impl BpfStats {
+    const KEY: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+    fn off() -> Result<Self> {
+        let was =
+            std::fs::read_to_string(Self::KEY).with_context(|| format!("reading {}", Self::KEY))?;
+        Self::set(false)?;
+        Ok(Self(was.trim().to_owned()))
+    }
+
+    fn set(on: bool) -> Result<()> {
+        std::fs::write(Self::KEY, if on { "1" } else { "0" })
+            .with_context(|| format!("writing {} (needs root)", Self::KEY))
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::KEY, &self.0);
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(0.0)
@@ -244,9 +271,12 @@ fn start_agent(node: &str, cgroup: &std::path::Path) -> Result<Guard> {
 }
 
 pub fn run(rounds: usize) -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("the benchmark builds namespaces and loads eBPF: run it as root");
+    crate::shell::require_root(
+        "bench-datapath",
+        "builds network namespaces and loads eBPF programs",
+    )?;
+    if rounds == 0 {
+        bail!("--rounds must be at least 1");
     }
     crate::setup::run()?;
     crate::shell::step("cargo build --release (bins)", || {
@@ -259,6 +289,7 @@ pub fn run(rounds: usize) -> Result<()> {
             crate::shell::workspace_root().join("target/release/evenflow-agent"),
         )
     };
+    crate::interrupt::install();
     let env = setup_env()?;
     let (client_cg, server_cg) = (env.cgroups[0].clone(), env.cgroups[1].clone());
     let nginx_dir = env.dir.join("nginx");
@@ -280,9 +311,10 @@ pub fn run(rounds: usize) -> Result<()> {
     std::thread::sleep(Duration::from_secs(1));
 
     let (mut tput, mut conns) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
-    let _ = netns::sh("sysctl", &["-qw", "kernel.bpf_stats_enabled=0"]);
+    let _stats = BpfStats::off()?;
     for round in 0..rounds {
         for with in [false, true] {
+            crate::interrupt::check()?;
             let agent = if with {
                 Some(start_agent(SERVER, &server_cg)?)
             } else {
@@ -306,15 +338,17 @@ pub fn run(rounds: usize) -> Result<()> {
     }
     // Per-program cost in a pass of its own: bpf_stats adds two clock reads
     // to every run, which would bias the throughput figures above.
+    crate::interrupt::check()?;
     let costs = {
         let _agent = start_agent(SERVER, &server_cg)?;
-        netns::sh("sysctl", &["-qw", "kernel.bpf_stats_enabled=1"])?;
+        BpfStats::set(true)?;
         let r = iperf().and_then(|_| churn());
         let costs = bpf_costs();
-        netns::sh("sysctl", &["-qw", "kernel.bpf_stats_enabled=0"])?;
+        BpfStats::set(false)?;
         r?;
         costs?
     };
+    crate::interrupt::check()?;
     let (t0, t1) = (median(tput[0].clone()), median(tput[1].clone()));
     let (c0, c1) = (median(conns[0].clone()), median(conns[1].clone()));
 
@@ -331,6 +365,7 @@ pub fn run(rounds: usize) -> Result<()> {
     let t = Instant::now();
     let mut maker = maker;
     while maker.0.try_wait()?.is_none() && t.elapsed() < Duration::from_secs(120) {
+        crate::interrupt::check()?;
         std::thread::sleep(Duration::from_millis(200));
     }
     std::thread::sleep(Duration::from_secs(2));
@@ -343,7 +378,10 @@ pub fn run(rounds: usize) -> Result<()> {
         .unwrap_or(0);
     let window = 20.0;
     let cpu0 = proc_cpu_secs(pid)?;
-    std::thread::sleep(Duration::from_secs_f64(window));
+    for _ in 0..(window as u64 * 5) {
+        crate::interrupt::check()?;
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let cpu_pct = (proc_cpu_secs(pid)? - cpu0) / window * 100.0;
     let rss = rss_mib(pid)?;
     drop(agent);

@@ -22,15 +22,10 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use crate::interrupt;
 use anyhow::{Context as _, Result, bail};
 use evenflow_tests::{agent, client, haproxy, lab::Lab, netns, nft, nginx};
 use serde_json::Value;
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
 
 /// The load balancer the lab runs.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -100,10 +95,7 @@ impl Timeline {
 }
 
 pub fn run(o: &Options) -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("the demo builds network namespaces and loads eBPF: run it as root");
-    }
+    crate::shell::require_root("demo", "builds network namespaces and loads eBPF programs")?;
     if !(3..=16).contains(&o.backends) || o.kept == 0 || o.kept >= o.backends {
         bail!("--backends must be 3-16 and the update must keep between 1 and backends-1 of them");
     }
@@ -112,12 +104,20 @@ pub fn run(o: &Options) -> Result<()> {
         crate::shell::step("cargo build (bins)", || {
             crate::shell::cargo(&["build", "--bins"])
         })?;
+        // Run what was just built, not a newer-looking release build.
+        let debug = crate::shell::target_dir().join("debug");
+        for (var, bin) in [
+            ("EVENFLOW_AGENT_BIN", "evenflow-agent"),
+            ("EVENFLOW_COLLECTOR_BIN", "evenflow-collector"),
+            ("EVENFLOW_CLI_BIN", "evenflow"),
+        ] {
+            if std::env::var_os(var).is_none() {
+                // SAFETY: no other thread exists yet.
+                unsafe { std::env::set_var(var, debug.join(bin)) };
+            }
+        }
     }
-    // SAFETY: installing a handler that only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-    }
+    interrupt::install();
     let cli = agent::binary("evenflow", "EVENFLOW_CLI_BIN")?;
     let collector = agent::binary("evenflow-collector", "EVENFLOW_COLLECTOR_BIN")?;
     eprintln!(
@@ -215,6 +215,13 @@ pub fn run(o: &Options) -> Result<()> {
         }
     })?;
 
+    if interrupt::interrupted() {
+        stop.store(true, Ordering::Relaxed);
+        let _ = load.join();
+        drop(lab);
+        bail!("interrupted; the lab was removed");
+    }
+
     // Phase 2: the bad update.
     let update_at = match (o.lb, &stats) {
         (LbKind::Haproxy, Some(sock)) => {
@@ -279,6 +286,13 @@ pub fn run(o: &Options) -> Result<()> {
     let first_alert_at = find("ALERT FIRED");
     let all_zero_at = find("ZERO for");
 
+    if interrupt::interrupted() {
+        stop.store(true, Ordering::Relaxed);
+        let _ = load.join();
+        drop(lab);
+        bail!("interrupted; the lab was removed");
+    }
+
     // Phase 3: rollback.
     match (o.lb, &stats) {
         (LbKind::Haproxy, Some(sock)) => {
@@ -294,7 +308,7 @@ pub fn run(o: &Options) -> Result<()> {
     let rollback_at = tl.note("ROLLBACK applied: every backend back in rotation".into());
     let mut resolved_at = None;
     let deadline = Instant::now() + o.recovery;
-    while Instant::now() < deadline && !INTERRUPTED.load(Ordering::SeqCst) {
+    while Instant::now() < deadline && !interrupt::interrupted() {
         watch(
             &lab,
             &cli,
@@ -313,7 +327,7 @@ pub fn run(o: &Options) -> Result<()> {
     let sent = load
         .join()
         .map_err(|_| anyhow::anyhow!("load thread panicked"))?;
-    if INTERRUPTED.load(Ordering::SeqCst) {
+    if interrupt::interrupted() {
         drop(lab);
         bail!("interrupted; the lab was removed");
     }
@@ -465,7 +479,7 @@ fn watch(
     mut f: impl FnMut(Option<&Value>, &Value),
 ) -> Result<()> {
     let end = Instant::now() + dur;
-    while Instant::now() < end && !INTERRUPTED.load(Ordering::SeqCst) {
+    while Instant::now() < end && !interrupt::interrupted() {
         std::thread::sleep(Duration::from_secs(1));
         let st = status(lab, cli).ok();
         let pool = st.as_ref().and_then(|s| {

@@ -14,6 +14,7 @@
 
 mod bench;
 mod demo;
+mod interrupt;
 mod setup;
 mod shell;
 
@@ -78,6 +79,10 @@ fn build() -> Result<()> {
 }
 
 fn test(extra: &[String]) -> Result<()> {
+    shell::require_root(
+        "test",
+        "runs end-to-end tests that build network namespaces and load eBPF programs",
+    )?;
     setup::run()?;
     shell::step("cargo fmt --check", || {
         shell::cargo(&["fmt", "--all", "--", "--check"])
@@ -86,7 +91,20 @@ fn test(extra: &[String]) -> Result<()> {
         shell::cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])
     })?;
     shell::step("cargo build (bins)", || shell::cargo(&["build", "--bins"]))?;
+    // The end-to-end tests start these binaries: the debug builds just made,
+    // never a stale release build that happens to be newer.
+    let debug = shell::target_dir().join("debug");
+    let bins = [
+        ("EVENFLOW_AGENT_BIN", debug.join("evenflow-agent")),
+        ("EVENFLOW_COLLECTOR_BIN", debug.join("evenflow-collector")),
+        ("EVENFLOW_CLI_BIN", debug.join("evenflow")),
+    ];
+    for (k, v) in &bins {
+        eprintln!("    {k}={}", v.display());
+    }
+    let env: Vec<(&str, &std::ffi::OsStr)> =
+        bins.iter().map(|(k, v)| (*k, v.as_os_str())).collect();
     let mut args = vec!["test", "--no-fail-fast"];
     args.extend(extra.iter().map(String::as_str));
-    shell::step("cargo test", || shell::cargo(&args))
+    shell::step("cargo test", || shell::cargo_with_env(&args, &env))
 }

