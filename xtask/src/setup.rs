@@ -59,7 +59,7 @@ fn rust_components() -> Result<()> {
         sh(Command::new("rustup").args([
             "toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src",
         ]))
-        .context("the nightly toolchain (for the eBPF programs) could not be installed; evenflow's agent cannot be built without it")?;
+        .context("the nightly toolchain could not be fetched, and the eBPF programs build only with it: give rustup network access (static.rust-lang.org) and rerun `cargo xtask setup`")?;
     }
     let installed = output(Command::new("rustup").args([
         "component",
@@ -73,7 +73,7 @@ fn rust_components() -> Result<()> {
         done("nightly rust-src", true);
     } else {
         sh(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
-            .context("rust-src for nightly could not be installed; the eBPF build needs it (-Z build-std=core)")?;
+            .context("nightly rust-src could not be fetched, and the eBPF build needs it (-Z build-std=core): give rustup network access (static.rust-lang.org) and rerun `cargo xtask setup`")?;
         done("nightly rust-src", false);
     }
     let stable = output(Command::new("rustup").args(["component", "list", "--installed"]))
@@ -259,10 +259,10 @@ fn mount(fstype: &str, src: &str, path: &str) -> Result<()> {
         done(&format!("{fstype} at {path}"), true);
         return Ok(());
     }
-    std::fs::create_dir_all(path).with_context(|| format!("creating {path}"))?;
+    std::fs::create_dir_all(path).with_context(|| format!("creating {path} (needs root)"))?;
     sh(Command::new("mount").args(["-t", fstype, src, path]))
-        .with_context(|| format!("mounting {fstype} at {path} (needs root)"))?;
-    done(&format!("{fstype} at {path}"), false);
+        .with_context(|| format!("mounting {fstype} at {path} failed (needs root)"))?;
+    eprintln!("    {fstype} at {path}: mounted");
     Ok(())
 }
 
@@ -274,14 +274,18 @@ fn mounts() -> Result<()> {
     }
     mount("bpf", "bpf", "/sys/fs/bpf")?;
     mount("tracefs", "nodev", "/sys/kernel/tracing")?;
-    let has_cgroup2 = std::fs::read_to_string("/proc/self/mounts")
+    // Any mounted cgroup v2 hierarchy will do (the agent and the tests find
+    // it the same way); mount one only when there is none.
+    let cgroup2 = std::fs::read_to_string("/proc/self/mounts")
         .unwrap_or_default()
         .lines()
-        .any(|l| l.split_whitespace().nth(2) == Some("cgroup2"));
-    if has_cgroup2 {
-        done("cgroup v2", true);
-    } else {
-        mount("cgroup2", "none", "/sys/fs/cgroup/unified")?;
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| f.get(1).map(|p| p.to_string()))?
+        });
+    match cgroup2 {
+        Some(at) => done(&format!("cgroup2 at {at}"), true),
+        None => mount("cgroup2", "none", "/sys/fs/cgroup/unified")?,
     }
     Ok(())
 }
