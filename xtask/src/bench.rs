@@ -48,8 +48,22 @@ impl Drop for Env {
             netns::delete(ns);
             let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/evenflow/{ns}"));
         }
+        // A cgroup is removable once its last process has exited, which
+        // can lag the kill by a moment.
+        let rmdir = |c: &std::path::Path| {
+            for _ in 0..20 {
+                if std::fs::remove_dir(c).is_ok() || !c.exists() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            eprintln!("    could not remove cgroup {}", c.display());
+        };
         for c in &self.cgroups {
-            let _ = std::fs::remove_dir(c);
+            rmdir(c);
+        }
+        if let Some(root) = self.cgroups.first().and_then(|c| c.parent()) {
+            rmdir(root);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -146,6 +160,13 @@ impl Drop for BpfStats {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// `min–max` of a series, scaled, for the spread next to each median.
+fn spread(v: &[f64], scale: f64, decimals: usize) -> String {
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min) / scale;
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max) / scale;
+    format!("{lo:.decimals$}–{hi:.decimals$}")
 }
 
 fn iperf() -> Result<f64> {
@@ -306,8 +327,8 @@ pub fn run(rounds: usize) -> Result<()> {
     )?;
     let conf = nginx_dir.join("nginx.conf").display().to_string();
     let prefix = nginx_dir.display().to_string();
-    let _nginx = spawn_in(&server_cg, SERVER, "nginx", &["-p", &prefix, "-c", &conf])?;
-    let _iperf = spawn_in(&server_cg, SERVER, "iperf3", &["-s"])?;
+    let nginx = spawn_in(&server_cg, SERVER, "nginx", &["-p", &prefix, "-c", &conf])?;
+    let iperf3_server = spawn_in(&server_cg, SERVER, "iperf3", &["-s"])?;
     std::thread::sleep(Duration::from_secs(1));
 
     let (mut tput, mut conns) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
@@ -385,6 +406,9 @@ pub fn run(rounds: usize) -> Result<()> {
     let cpu_pct = (proc_cpu_secs(pid)? - cpu0) / window * 100.0;
     let rss = rss_mib(pid)?;
     drop(agent);
+    drop(maker);
+    drop(iperf3_server);
+    drop(nginx);
     drop(env);
 
     println!(
@@ -402,11 +426,23 @@ pub fn run(rounds: usize) -> Result<()> {
         t1 / t0
     );
     println!(
+        "{:<44} {:>14} {:>14}",
+        "  range over the rounds",
+        spread(&tput[0], 1e9, 2),
+        spread(&tput[1], 1e9, 2)
+    );
+    println!(
         "{:<44} {:>14.0} {:>14.0} {:>8.3}  >= 0.95",
         "connection churn, hey no keep-alive (conn/s)",
         c0,
         c1,
         c1 / c0
+    );
+    println!(
+        "{:<44} {:>14} {:>14}",
+        "  range over the rounds",
+        spread(&conns[0], 1.0, 0),
+        spread(&conns[1], 1.0, 0)
     );
     println!(
         "\nper-program cost (kernel.bpf_stats_enabled: run_time_ns / run_cnt over one iperf3 + one churn run):"
