@@ -137,7 +137,9 @@ fn bpf_linker() -> Result<()> {
     std::os::unix::fs::symlink(&lib, &link)
         .with_context(|| format!("linking {}", link.display()))?;
     eprintln!("    bpf-linker: building against the nightly's LLVM {major} (about 75 s)");
-    sh(Command::new("cargo")
+    let mut install = Command::new("cargo");
+    crate::shell::without_cargo_run_env(&mut install);
+    sh(install
         .args([
             "install",
             "--force",

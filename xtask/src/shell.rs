@@ -14,10 +14,35 @@ pub fn cargo_with_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Result
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let mut cmd = Command::new(cargo);
     cmd.args(args).current_dir(workspace_root());
+    without_cargo_run_env(&mut cmd);
     for (k, v) in env {
         cmd.env(k, v);
     }
     run(&mut cmd)
+}
+
+/// Removes what `cargo run` set for xtask itself (`CARGO_MANIFEST_DIR`,
+/// `CARGO_PKG_*`, ...): build scripts that watch those variables (ring's
+/// watches `CARGO_MANIFEST_DIR`) would otherwise rebuild, with everything
+/// above them, whenever a build alternates between `cargo build` and
+/// `cargo xtask`.
+pub fn without_cargo_run_env(cmd: &mut Command) {
+    for (k, _) in std::env::vars_os() {
+        let Some(k) = k.to_str() else { continue };
+        if k.starts_with("CARGO_PKG_")
+            || matches!(
+                k,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_MANIFEST_LINKS"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+            )
+        {
+            cmd.env_remove(k);
+        }
+    }
 }
 
 /// The workspace's target directory (`$CARGO_TARGET_DIR` or `target/`).
