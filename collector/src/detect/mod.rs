@@ -11,8 +11,14 @@
 //!   `P(0 | E) = exp(-E)`; under the learned overdispersion φ (negative
 //!   binomial with the same mean) `P(0) = exp(-E · ln φ / (φ - 1))`. It
 //!   fires when that probability falls below `zero_alpha / members`
-//!   (default 2·10⁻⁹ per pool: about `E ≥ 20` for one member, `E ≥ 27` in a
+//!   (default 2·10⁻⁸ per pool and tick: `E ≥ 17.7` for one member, `E ≥ 20`
+//!   in a pool of 10 (P ≈ 2·10⁻⁹ per member), `E ≥ 24.6` in a
 //!   pool of 1,000), the Poisson floor on speed: `ln(M/α) / rate` seconds.
+//!   A false ZERO needs a run of silence that starts at a tick with traffic
+//!   (probability `1 − e^{−r}` at `r` expected per tick) and, to page, lasts
+//!   the alert's confirmation tick too (`e^{−r}`); `(1 − e^{−r}) e^{−r} ≤ ¼`,
+//!   so false ZERO pages stay below `86,400 · zero_alpha / 4` per pool-day
+//!   (0.43 per 1,000 pool-days), whatever the rate.
 //! * **SKEW** compares observed with expected counts over several windows
 //!   (1, 3, 10 and 30 ticks): it needs the ratio outside a band (page: below
 //!   0.5 or above 2; warning: 0.7 / 1.4) *and* a variance-stabilised z-score
@@ -46,8 +52,9 @@ use std::collections::HashMap;
 /// Detection settings. Every field is a collector flag.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
-    /// Per-pool false-alarm probability per member-test for ZERO, split
-    /// across members (Bonferroni).
+    /// Per-pool false-alarm probability per tick for ZERO verdicts, split
+    /// across members (Bonferroni); pages are at most a quarter of that
+    /// (see the module docs).
     pub zero_alpha: f64,
     /// Per-pool false-alarm probability per tick for SKEW pages.
     pub skew_alpha: f64,
@@ -83,7 +90,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            zero_alpha: 2e-9,
+            zero_alpha: 2e-8,
             skew_alpha: 1e-9,
             page_low: 0.5,
             page_high: 2.0,

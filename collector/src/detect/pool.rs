@@ -213,7 +213,13 @@ struct ViewState {
     was_concentrated: bool,
     /// Exponentially averaged new connections per tick.
     slow_rate: f64,
+    /// The dispersion used: `dispersion_mean` clamped to `[1, max]`.
     dispersion: f64,
+    /// Running mean of the per-tick χ²/df, unclamped below: clamping each
+    /// tick at 1 before averaging would bias φ upwards (a Poisson pool's
+    /// per-tick χ²/df is below 1 about half the time) and slow ZERO by
+    /// `(φ−1)/ln φ` for nothing.
+    dispersion_mean: f64,
     samples: u32,
     totals: [f64; RING],
     totals_len: usize,
@@ -229,6 +235,7 @@ impl Default for ViewState {
             // Until healthy ticks teach otherwise, assume traffic twice as
             // bursty as Poisson.
             dispersion: 2.0,
+            dispersion_mean: 2.0,
             samples: 0,
             totals: [0.0; RING],
             totals_len: 0,
@@ -728,12 +735,12 @@ impl ViewState {
         self.was_concentrated = concentrated;
         // Learn dispersion only from ticks where nothing looks wrong.
         if dof >= 2 && !suspect && !concentrated {
-            let phi_tick = (chi2 / (dof - 1) as f64).clamp(1.0, s.max_dispersion);
             // Winsorise: one burst moves the estimate a little, not a lot.
-            let phi_tick = phi_tick.min(self.dispersion * 3.0);
+            let phi_tick = (chi2 / (dof - 1) as f64).min(self.dispersion * 3.0);
             let alpha = if self.samples < 20 { 0.2 } else { 0.03 };
-            self.dispersion =
-                ((1.0 - alpha) * self.dispersion + alpha * phi_tick).clamp(1.0, s.max_dispersion);
+            self.dispersion_mean = ((1.0 - alpha) * self.dispersion_mean + alpha * phi_tick)
+                .clamp(0.0, s.max_dispersion);
+            self.dispersion = self.dispersion_mean.clamp(1.0, s.max_dispersion);
             self.samples += 1;
         }
         ViewOutcome {

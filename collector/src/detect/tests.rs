@@ -395,3 +395,25 @@ mod props {
         }
     }
 }
+
+#[test]
+fn learned_dispersion_is_unbiased() {
+    // Averaging per-tick χ²/df clamped at 1 settles near 1.15 on a Poisson
+    // pool and slows ZERO by about 7 %; the estimate must sit at 1, and
+    // still find a burstier pool's real dispersion.
+    for (phi, lo, hi) in [(1.0, 1.0, 1.12), (2.0, 1.6, 2.5)] {
+        let mut d = Detector::default();
+        let mut rng = Rng::new(11);
+        let w = [1.0; 10];
+        let mut last = None;
+        for t in 0..600 {
+            let counts: Vec<u64> = w.iter().map(|_| rng.neg_binomial(10.0, phi)).collect();
+            last = Some(d.evaluate(&input(t, &counts, &w)).0);
+        }
+        let got = last.expect("600 ticks").dispersion_server;
+        assert!(
+            (lo..=hi).contains(&got),
+            "member dispersion {phi}: learned {got}"
+        );
+    }
+}

@@ -81,8 +81,8 @@ pub struct Config {
     #[arg(long, env = "EVENFLOW_AGENT_RETENTION", default_value = "10m", value_parser = parse_duration)]
     pub agent_retention: Duration,
 
-    /// ZERO: false-alarm probability per pool per test (split over the
-    /// members): about 20 expected connections for one member.
+    /// ZERO: false-alarm probability per pool per tick (split over the
+    /// members): 20 expected connections for a member of a pool of 10.
     #[arg(long, env = "EVENFLOW_ZERO_ALPHA", default_value_t = defaults().zero_alpha, value_parser = fraction)]
     pub zero_alpha: f64,
 
