@@ -260,6 +260,11 @@ async fn session(
             }
             ack = acks.next() => match ack {
                 Some(Ok(a)) => {
+                    if !a.rejected.is_empty() {
+                        // Dropped, not replayed: the next report's
+                        // cumulative counters carry its traffic.
+                        warn!(seq = a.acked_sequence, "collector rejected a report: {}", a.rejected);
+                    }
                     buffer.ack(a.agent_run, a.acked_sequence);
                     debug!(seq = a.acked_sequence, buffered = buffer.len(), "acked");
                 }

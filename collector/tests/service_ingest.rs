@@ -165,27 +165,31 @@ async fn invalid_reports_are_rejected_without_disturbing_others() {
         e.message()
     );
 
-    // A known agent sends garbage on its stream: rejected, its state kept.
+    // A known agent sends garbage on its stream: that report alone is
+    // rejected (acked with the reason, so the agent drops it instead of
+    // replaying it forever), its state is kept, and the stream goes on.
     let mut b = Agent::connect(&c, "b").await;
     let r = b.next(vec![serves("10.9.2.2", 80, "web", 10)], vec![]);
-    b.send(r).await.expect("ack");
+    assert_eq!(b.send(r).await.expect("ack").rejected, "");
     let r = b.next(vec![serves("not-an-ip", 80, "web", 10)], vec![]);
-    let e = b.send(r).await.expect_err("rejected");
-    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    let ack = b.send(r).await.expect("rejected in an ack, stream open");
+    assert_eq!(ack.acked_sequence, 2);
     assert!(
-        e.message().contains("not-an-ip") && e.message().contains("not an IP address"),
+        ack.rejected.contains("not-an-ip") && ack.rejected.contains("not an IP address"),
         "{}",
-        e.message()
+        ack.rejected
     );
-    let mut b = Agent::connect(&c, "b").await;
-    b.seq = 0;
     let mut r = b.next(vec![serves("10.9.2.2", 80, "web", 10)], vec![]);
     r.cpu = Some(v1::Cpu {
         utilization: f64::NAN,
         cores: 1,
     });
-    let e = b.send(r).await.expect_err("NaN CPU rejected");
-    assert!(e.message().contains("cpu.utilization"), "{}", e.message());
+    let ack = b.send(r).await.expect("NaN CPU rejected in an ack");
+    assert!(ack.rejected.contains("cpu.utilization"), "{}", ack.rejected);
+    // The same stream still delivers the next valid report.
+    let r = b.next(vec![serves("10.9.2.2", 80, "web", 25)], vec![]);
+    let ack = b.send(r).await.expect("valid report after rejected ones");
+    assert_eq!((ack.acked_sequence, ack.rejected.as_str()), (4, ""));
 
     // The good agent's stream goes on.
     let r = good.next(vec![serves("10.9.2.1", 80, "web", 20)], vec![]);
@@ -200,7 +204,10 @@ async fn invalid_reports_are_rejected_without_disturbing_others() {
     let names: Vec<_> = agents.iter().map(|a| a.node_name.as_str()).collect();
     assert_eq!(names, ["b", "good"]);
     let b = agents.iter().find(|a| a.node_name == "b").unwrap();
-    assert_eq!(b.last_sequence, 1, "rejected reports change nothing");
+    assert_eq!(
+        b.last_sequence, 4,
+        "the stream outlived two rejected reports"
+    );
     let body = http_get(c.metrics_addr, "/metrics").await;
     assert!(
         body.contains("evenflow_collector_invalid_reports_total 3"),

@@ -178,11 +178,11 @@ fn dir_of(d: i32) -> Option<Dir> {
     }
 }
 
-/// Checks a report without touching any state.
-pub fn validate(r: &AgentReport, out: &mut Parsed) -> Result<(), InvalidReport> {
+/// Checks that a report names its agent: node name, run and sequence.
+/// Without them the collector cannot tell whose report it rejects, so the
+/// stream ends; any other fault rejects just that report.
+pub fn validate_identity(r: &AgentReport) -> Result<(), InvalidReport> {
     let bad = |s: String| Err(InvalidReport(s));
-    out.eps.clear();
-    out.listeners.clear();
     let node = r.node_name.as_str();
     if node.trim().is_empty() {
         return bad(
@@ -206,6 +206,16 @@ pub fn validate(r: &AgentReport, out: &mut Parsed) -> Result<(), InvalidReport> 
             "report from {node} has sequence 0: sequences start at 1 within a run"
         ));
     }
+    Ok(())
+}
+
+/// Checks a report without touching any state.
+pub fn validate(r: &AgentReport, out: &mut Parsed) -> Result<(), InvalidReport> {
+    let bad = |s: String| Err(InvalidReport(s));
+    out.eps.clear();
+    out.listeners.clear();
+    validate_identity(r)?;
+    let node = r.node_name.as_str();
     if !(r.interval_seconds.is_finite() && (0.0..=3600.0).contains(&r.interval_seconds)) {
         return bad(format!(
             "report from {node} has interval_seconds {}: it must be between 0 and 3600 (the agent's --interval)",

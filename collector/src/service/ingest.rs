@@ -21,7 +21,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
 use crate::service::{
-    agents::{AgentState, Applied, Parsed, validate},
+    agents::{AgentState, Applied, Parsed, validate, validate_identity},
     engine::Shared,
 };
 
@@ -68,12 +68,25 @@ impl Ingest for IngestService {
                 if let Err(e) = validate(&report, &mut parsed) {
                     shared.registry.counters.invalid.fetch_add(1, Relaxed);
                     warn!(?peer, node = %report.node_name, seq = report.sequence, "rejected report: {e}");
-                    let _ = tx
-                        .send(Err(Status::invalid_argument(format!(
-                            "invalid report: {e}"
-                        ))))
-                        .await;
-                    return;
+                    // A report that names its agent is rejected alone: the
+                    // agent drops it and the stream goes on (the next
+                    // report's cumulative counters carry its traffic).
+                    // Without a usable identity every report would fail,
+                    // so the stream ends with the reason.
+                    let reply = if validate_identity(&report).is_ok() {
+                        Ok(ReportAck {
+                            agent_run: report.agent_run,
+                            acked_sequence: report.sequence,
+                            rejected: format!("invalid report: {e}"),
+                        })
+                    } else {
+                        Err(Status::invalid_argument(format!("invalid report: {e}")))
+                    };
+                    let end = reply.is_err();
+                    if tx.send(reply).await.is_err() || end {
+                        return;
+                    }
+                    continue;
                 }
                 let state = match &current {
                     Some((n, s)) if *n == report.node_name => s.clone(),
@@ -103,6 +116,7 @@ impl Ingest for IngestService {
                     Ok(ReportAck {
                         agent_run: report.agent_run,
                         acked_sequence: acked,
+                        rejected: String::new(),
                     })
                 })();
                 let ack = match ack {
