@@ -212,6 +212,67 @@ pub fn interfaces() -> Result<Vec<Interface>> {
     Ok(out)
 }
 
+/// The node's unicast addresses in the current network namespace, sorted:
+/// where a listener bound to `0.0.0.0` or `::` can be reached. Loopback and
+/// link-local addresses are left out (no load balancer on another node
+/// reaches them). The collector uses these so that a labelled wildcard
+/// listener is a pool member from the first report, before (and even if
+/// never) any traffic arrives: a backend that gets nothing is exactly what
+/// evenflow must see.
+pub fn addresses() -> Result<Vec<std::net::IpAddr>> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("getifaddrs");
+    }
+    let mut out = Vec::new();
+    let mut p = head;
+    // SAFETY: walk the list getifaddrs returned; each ifa_addr is either
+    // NULL or a sockaddr of the family it names.
+    unsafe {
+        while !p.is_null() {
+            let sa = (*p).ifa_addr;
+            if !sa.is_null() {
+                match i32::from((*sa).sa_family) {
+                    libc::AF_INET => {
+                        let sin = &*(sa as *const libc::sockaddr_in);
+                        out.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                            sin.sin_addr.s_addr,
+                        ))));
+                    }
+                    libc::AF_INET6 => {
+                        let sin6 = &*(sa as *const libc::sockaddr_in6);
+                        out.push(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
+                    }
+                    _ => {}
+                }
+            }
+            p = (*p).ifa_next;
+        }
+        libc::freeifaddrs(head);
+    }
+    out.retain(|a| reachable_from_elsewhere(*a));
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// Not loopback, unspecified, multicast or link-local.
+fn reachable_from_elsewhere(a: std::net::IpAddr) -> bool {
+    match a {
+        std::net::IpAddr::V4(v) => {
+            !(v.is_loopback() || v.is_unspecified() || v.is_multicast() || v.is_link_local())
+        }
+        std::net::IpAddr::V6(v) => {
+            !(v.is_loopback()
+                || v.is_unspecified()
+                || v.is_multicast()
+                || v.is_unicast_link_local())
+        }
+    }
+}
+
 /// Resolves `--iface`: the named interfaces, each checked to exist and to be
 /// Ethernet (the TC programs parse Ethernet frames), or by default every
 /// Ethernet interface that is up.
@@ -281,6 +342,27 @@ mod tests {
         let all = interfaces().expect("if_nameindex works");
         let lo = all.iter().find(|i| i.name == "lo").expect("lo exists");
         assert_eq!(lo.hw_type, 772);
+    }
+
+    #[test]
+    fn addresses_leave_out_what_no_other_node_reaches() {
+        let all = addresses().expect("getifaddrs works");
+        assert!(all.iter().all(|a| reachable_from_elsewhere(*a)), "{all:?}");
+        assert!(
+            all.windows(2).all(|w| w[0] < w[1]),
+            "sorted, unique: {all:?}"
+        );
+        for (a, keep) in [
+            ("127.0.0.1", false),
+            ("169.254.1.1", false),
+            ("fe80::1", false),
+            ("::1", false),
+            ("10.1.2.3", true),
+            ("2001:db8::1", true),
+        ] {
+            let ip: std::net::IpAddr = a.parse().expect("literal");
+            assert_eq!(reachable_from_elsewhere(ip), keep, "{a}");
+        }
     }
 
     #[test]

@@ -211,6 +211,10 @@ async fn counting_loop(
             warn!("listing listeners: {e:#}");
             Vec::new()
         });
+        let addresses = host::addresses().unwrap_or_else(|e| {
+            warn!("listing the node's addresses: {e:#}");
+            Vec::new()
+        });
         let cpu_now = cpu::Sample::read()?;
         sequence += 1;
         let snap = snapshot::build(&snapshot::Inputs {
@@ -226,6 +230,7 @@ async fn counting_loop(
             stats: &stats,
             interfaces: dp.interfaces(),
             cgroup: &cgroup,
+            addresses: &addresses,
         });
         cpu_prev = cpu_now;
         if args.print {

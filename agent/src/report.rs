@@ -89,6 +89,7 @@ pub fn from_snapshot(snap: &v1::Snapshot, run: u64, sequence: u64) -> AgentRepor
         cpu: snap.cpu,
         datapath: snap.datapath,
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        node_addresses: snap.addresses.clone(),
     }
 }
 

@@ -25,6 +25,8 @@ pub struct Inputs<'a> {
     pub stats: &'a datapath::Stats,
     pub interfaces: &'a [String],
     pub cgroup: &'a str,
+    /// The node's addresses (see `host::addresses`).
+    pub addresses: &'a [std::net::IpAddr],
 }
 
 /// The service label of a port, if `--service` named it.
@@ -141,6 +143,7 @@ pub fn build(i: &Inputs<'_>) -> v1::Snapshot {
         }),
         interfaces: i.interfaces.to_vec(),
         cgroup: i.cgroup.to_owned(),
+        addresses: i.addresses.iter().map(ToString::to_string).collect(),
     }
 }
 
@@ -195,6 +198,7 @@ mod tests {
             stats: &stats,
             interfaces: &[],
             cgroup: "/",
+            addresses: &[],
         });
         assert_eq!(snap.endpoints.len(), 2);
         let serves = &snap.endpoints[0];

@@ -290,6 +290,7 @@ async fn agent(
             }),
             datapath: None,
             agent_version: "scale-bench".into(),
+            node_addresses: Vec::new(),
         };
         if let Ok(mut l) = log.lock() {
             l.sent.push((seq, now));

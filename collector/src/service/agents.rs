@@ -121,6 +121,8 @@ pub struct AgentState {
     version: String,
     endpoints: FxHashMap<EpKey, EpState>,
     listeners: Vec<ListenerInfo>,
+    /// The node's own addresses (sorted), for wildcard listeners.
+    addresses: Vec<IpAddr>,
     cpu: Option<f64>,
     generation: u64,
     resets: u64,
@@ -168,6 +170,7 @@ pub struct IngestCounters {
 pub struct Parsed {
     eps: Vec<(EpKey, usize)>,
     listeners: Vec<(IpAddr, u16, usize)>,
+    addresses: Vec<IpAddr>,
 }
 
 fn dir_of(d: i32) -> Option<Dir> {
@@ -214,6 +217,7 @@ pub fn validate(r: &AgentReport, out: &mut Parsed) -> Result<(), InvalidReport> 
     let bad = |s: String| Err(InvalidReport(s));
     out.eps.clear();
     out.listeners.clear();
+    out.addresses.clear();
     validate_identity(r)?;
     let node = r.node_name.as_str();
     if !(r.interval_seconds.is_finite() && (0.0..=3600.0).contains(&r.interval_seconds)) {
@@ -312,6 +316,23 @@ pub fn validate(r: &AgentReport, out: &mut Parsed) -> Result<(), InvalidReport> 
         }
         out.listeners.push((canonical(addr), l.port as u16, i));
     }
+    if r.node_addresses.len() > MAX_LISTENERS {
+        return bad(format!(
+            "report from {node} has {} node addresses, more than the limit of {MAX_LISTENERS}",
+            r.node_addresses.len()
+        ));
+    }
+    for a in &r.node_addresses {
+        let Ok(addr) = a.parse::<IpAddr>() else {
+            return bad(format!(
+                "report from {node}: node address {:?} is not an IP address",
+                a.chars().take(64).collect::<String>()
+            ));
+        };
+        out.addresses.push(canonical(addr));
+    }
+    out.addresses.sort_unstable();
+    out.addresses.dedup();
     Ok(())
 }
 
@@ -337,6 +358,7 @@ impl AgentState {
             version: String::new(),
             endpoints: FxHashMap::default(),
             listeners: Vec::new(),
+            addresses: Vec::new(),
             cpu: None,
             generation: 0,
             resets: 0,
@@ -480,6 +502,9 @@ impl AgentState {
                 })
                 .collect();
         }
+        if self.addresses != p.addresses {
+            self.addresses.clone_from(&p.addresses);
+        }
         counters.reports.fetch_add(1, Relaxed);
         counters.endpoints.fetch_add(p.eps.len() as u64, Relaxed);
         Applied::New { reset: new_epoch }
@@ -599,6 +624,9 @@ impl AgentState {
         if out.listeners != self.listeners {
             out.listeners.clone_from(&self.listeners);
         }
+        if out.addresses != self.addresses {
+            out.addresses.clone_from(&self.addresses);
+        }
     }
 
     /// The agent's status for ListAgents.
@@ -683,6 +711,8 @@ pub struct AgentTick {
     pub endpoints: Vec<TickEndpoint>,
     /// Listening sockets.
     pub listeners: Vec<ListenerInfo>,
+    /// The node's own addresses, sorted.
+    pub addresses: Vec<IpAddr>,
 }
 
 type Shard = RwLock<HashMap<Arc<str>, Arc<Mutex<AgentState>>>>;

@@ -10,7 +10,12 @@
 //!    bound to a specific address. A labelled listener bound to `0.0.0.0`
 //!    announces every IPv4 address the node has been seen serving on (any
 //!    port, from its SERVES endpoints); one bound to `::` announces every
-//!    address seen. Loopback, unspecified and multicast addresses never
+//!    address seen. A node that has served nothing yet is not left out:
+//!    its wildcard listener announces, from the node addresses its agent
+//!    reports, the one address per family closest (longest common prefix)
+//!    to the pool's other members (all of them when the pool has none), so
+//!    a backend its load balancers never send to is a member, judged ZERO,
+//!    from its agent's first report. Loopback, unspecified and multicast addresses never
 //!    become members by announcement (no load balancer on another node
 //!    reaches them); declare them in the pool file if you mean them.
 //! 2. **Declared** in the pool file (`--pools FILE`), with a weight
@@ -44,7 +49,7 @@ use std::{
 use crate::{
     detect::{MemberInput, PoolInput, ViewInput},
     service::{
-        agents::{AgentTick, Dir},
+        agents::{AgentTick, Dir, ListenerInfo},
         fxhash::FxHashMap,
         poolfile::PoolFile,
     },
@@ -137,6 +142,55 @@ fn announceable(a: IpAddr) -> bool {
 
 type Index = FxHashMap<(IpAddr, u16), Vec<(usize, usize)>>;
 
+/// The members a labelled wildcard listener announces on a node that has
+/// served nothing yet: of the node's own addresses (in the listener's
+/// family), per family the pool already has members in, the one sharing
+/// the longest prefix with one of them (a node has one address on the
+/// pool's network, and docker0 or a second NIC must not become phantom
+/// members); every address when the pool has no member yet.
+fn dark_targets<'a>(
+    node: &[IpAddr],
+    l: &ListenerInfo,
+    members: impl Iterator<Item = &'a SocketAddr>,
+) -> Vec<IpAddr> {
+    let candidates: Vec<IpAddr> = node
+        .iter()
+        .copied()
+        .filter(|x| announceable(*x) && (l.addr.is_ipv6() || x.is_ipv4()))
+        .collect();
+    let members: Vec<IpAddr> = members.map(SocketAddr::ip).collect();
+    if members.is_empty() {
+        return candidates;
+    }
+    let mut out = Vec::new();
+    for v4 in [true, false] {
+        let best = candidates
+            .iter()
+            .filter(|c| c.is_ipv4() == v4)
+            .filter_map(|c| {
+                members
+                    .iter()
+                    .filter(|m| m.is_ipv4() == v4)
+                    .map(|m| common_prefix(*c, *m))
+                    .max()
+                    .map(|len| (len, *c))
+            })
+            // Longest prefix; the lowest address on a tie.
+            .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        out.extend(best.map(|(_, c)| c));
+    }
+    out
+}
+
+/// Leading bits two addresses of one family share.
+fn common_prefix(a: IpAddr, b: IpAddr) -> u32 {
+    match (a, b) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => (u32::from(a) ^ u32::from(b)).leading_zeros(),
+        (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a) ^ u128::from(b)).leading_zeros(),
+        _ => 0,
+    }
+}
+
 /// Groups this tick's agents into pools (sorted by name, members sorted by
 /// address and port). `agents` must be sorted by node name.
 pub fn build(agents: &[AgentTick], file: &PoolFile, tick: u64) -> Vec<PoolTick> {
@@ -173,14 +227,21 @@ pub fn build(agents: &[AgentTick], file: &PoolFile, tick: u64) -> Vec<PoolTick> 
         }
         node_addrs.push(addrs);
     }
+    // Wildcard listeners of nodes that have served nothing yet ("dark"),
+    // resolved once every other member is known.
+    let mut dark: Vec<(usize, &ListenerInfo)> = Vec::new();
     for (ai, a) in agents.iter().enumerate() {
         for l in a.listeners.iter().filter(|l| !l.service.is_empty()) {
             let targets: Vec<IpAddr> = if l.addr.is_unspecified() {
-                node_addrs[ai]
+                let seen: Vec<IpAddr> = node_addrs[ai]
                     .iter()
                     .copied()
                     .filter(|x| l.addr.is_ipv6() || x.is_ipv4())
-                    .collect()
+                    .collect();
+                if seen.is_empty() {
+                    dark.push((ai, l));
+                }
+                seen
             } else if announceable(l.addr) {
                 vec![l.addr]
             } else {
@@ -195,6 +256,15 @@ pub fn build(agents: &[AgentTick], file: &PoolFile, tick: u64) -> Vec<PoolTick> 
                     .announcers
                     .insert(ai);
             }
+        }
+    }
+    for (ai, l) in dark {
+        let pool = drafts.entry(l.service.clone()).or_default();
+        for t in dark_targets(&agents[ai].addresses, l, pool.keys()) {
+            pool.entry(SocketAddr::new(t, l.port))
+                .or_default()
+                .announcers
+                .insert(ai);
         }
     }
     for d in drafts.values_mut() {
@@ -350,7 +420,7 @@ pub fn build(agents: &[AgentTick], file: &PoolFile, tick: u64) -> Vec<PoolTick> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::agents::{Delta, EpKey, ListenerInfo, TickEndpoint};
+    use crate::service::agents::{Delta, EpKey, TickEndpoint};
 
     fn ep(addr: &str, port: u16, dir: Dir, service: Option<&str>, conns: u64) -> TickEndpoint {
         TickEndpoint {
@@ -383,6 +453,7 @@ mod tests {
             cpu: Some(0.5),
             endpoints,
             listeners,
+            addresses: Vec::new(),
         }
     }
 
@@ -430,6 +501,83 @@ mod tests {
         assert_eq!(m1.server.unwrap().new_conns, 0);
         assert!(m1.server.unwrap().fresh);
         assert_eq!(p.meta[1].node, "b2");
+    }
+
+    #[test]
+    fn a_wildcard_listener_is_a_member_before_any_traffic() {
+        // Four backends listen on 0.0.0.0:8080 labelled web; the LB has only
+        // ever sent to three. The fourth must be a member (judged ZERO), not
+        // invisible: its agent's node addresses name it from the start.
+        let mut agents: Vec<AgentTick> = (1..=4)
+            .map(|i| {
+                let mut a = agent(
+                    &format!("b{i}"),
+                    if i < 4 {
+                        vec![ep(
+                            &format!("10.0.0.{i}"),
+                            8080,
+                            Dir::Serves,
+                            Some("web"),
+                            10,
+                        )]
+                    } else {
+                        vec![]
+                    },
+                    vec![ListenerInfo {
+                        addr: "0.0.0.0".parse().unwrap(),
+                        port: 8080,
+                        service: "web".into(),
+                    }],
+                );
+                a.addresses = vec![
+                    "127.0.0.1".parse().unwrap(),
+                    "172.17.0.1".parse().unwrap(),
+                    format!("10.0.0.{i}").parse().unwrap(),
+                    format!("fd00::{i}").parse().unwrap(),
+                ];
+                a
+            })
+            .collect();
+        let pools = build(&agents, &PoolFile::new(), 1);
+        let ids: Vec<_> = pools[0]
+            .input
+            .members
+            .iter()
+            .map(|m| m.id.as_str())
+            .collect();
+        // The address on the pool's network only: not IPv6 (0.0.0.0 does
+        // not take it, and the pool has no IPv6 member), not loopback, not
+        // the docker bridge.
+        assert_eq!(
+            ids,
+            [
+                "10.0.0.1:8080",
+                "10.0.0.2:8080",
+                "10.0.0.3:8080",
+                "10.0.0.4:8080"
+            ]
+        );
+        let dark = &pools[0].input.members[3];
+        assert_eq!(dark.server.unwrap().new_conns, 0);
+        assert!(dark.server.unwrap().fresh);
+        // A `::` listener on the dark node still picks only the pool's family.
+        agents[3].listeners[0].addr = "::".parse().unwrap();
+        let pools = build(&agents, &PoolFile::new(), 1);
+        assert_eq!(pools[0].input.members[3].id, "10.0.0.4:8080");
+        assert_eq!(pools[0].input.members.len(), 4);
+        // Once it serves, what it serves on decides, as for every node.
+        agents[3].endpoints = vec![ep("10.0.0.4", 8080, Dir::Serves, Some("web"), 1)];
+        assert_eq!(
+            build(&agents, &PoolFile::new(), 1)[0].input.members.len(),
+            4
+        );
+        // Without node addresses (an older agent) it stays unseen.
+        agents[3].endpoints.clear();
+        agents[3].addresses.clear();
+        assert_eq!(
+            build(&agents, &PoolFile::new(), 1)[0].input.members.len(),
+            3
+        );
     }
 
     #[test]

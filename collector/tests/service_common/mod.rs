@@ -100,6 +100,7 @@ impl Agent {
             }),
             datapath: None,
             agent_version: "test".into(),
+            node_addresses: Vec::new(),
         }
     }
 
