@@ -107,3 +107,31 @@ fn launch(lab: &mut Lab, node: &Node, extra: &[&str]) -> Result<()> {
     }
     Ok(())
 }
+
+/// The lab's collector address, on the lb (every node routes to it).
+pub const COLLECTOR: &str = "10.1.0.1:50052";
+
+/// Starts the real `evenflow-collector` on the lab's lb, ingest and query
+/// API on [`COLLECTOR`], metrics on `metrics_addr`.
+pub fn start_collector(lab: &mut Lab, metrics_addr: &str) -> Result<()> {
+    let bin = binary("evenflow-collector", "EVENFLOW_COLLECTOR_BIN")?;
+    let lb = lab.lb.clone();
+    lab.spawn(
+        &lb,
+        "collector",
+        &bin.display().to_string(),
+        &["--grpc-addr", COLLECTOR, "--metrics-addr", metrics_addr],
+    )
+}
+
+/// Starts nginx and an agent labelling port 8080 `web` on every backend,
+/// each agent reporting to [`COLLECTOR`]; returns nginx's access logs.
+pub fn start_web_backends(lab: &mut Lab) -> Result<Vec<PathBuf>> {
+    let url = format!("http://{COLLECTOR}");
+    let mut logs = Vec::new();
+    for b in lab.backends.clone() {
+        logs.push(crate::nginx::start(lab, &b)?);
+        start(lab, &b, &["--service", "web=8080", "--collector", &url])?;
+    }
+    Ok(logs)
+}

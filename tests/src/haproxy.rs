@@ -162,6 +162,21 @@ pub fn parse_stat(csv: &str) -> Result<Stats> {
     Ok(out)
 }
 
+/// Sends one command to HAProxy's stats socket (admin level), such as
+/// `disable server be/b3`; an answer other than silence is an error.
+pub fn command(sock: &Path, cmd: &str) -> Result<()> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::os::unix::net::UnixStream::connect(sock)
+        .with_context(|| format!("connecting {}", sock.display()))?;
+    s.write_all(format!("{cmd}\n").as_bytes())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    if !out.trim().is_empty() {
+        bail!("HAProxy answered `{}` to `{cmd}`", out.trim());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -64,35 +64,8 @@ fn prometheus_scrapes_agents_and_collector() {
     evenflow_tests::require_root();
     let mut lab = Lab::new("prom", 2).expect("lab");
     let lb = lab.lb.clone();
-    let collector =
-        agent::binary("evenflow-collector", "EVENFLOW_COLLECTOR_BIN").expect("collector built");
-    lab.spawn(
-        &lb,
-        "collector",
-        &collector.display().to_string(),
-        &[
-            "--grpc-addr",
-            "10.1.0.1:50052",
-            "--metrics-addr",
-            "10.1.0.1:9465",
-        ],
-    )
-    .expect("collector");
-    let mut logs = Vec::new();
-    for b in lab.backends.clone() {
-        logs.push(nginx::start(&mut lab, &b).expect("nginx"));
-        agent::start(
-            &mut lab,
-            &b,
-            &[
-                "--service",
-                "web=8080",
-                "--collector",
-                "http://10.1.0.1:50052",
-            ],
-        )
-        .expect("agent");
-    }
+    agent::start_collector(&mut lab, "10.1.0.1:9465").expect("collector");
+    let logs = agent::start_web_backends(&mut lab).expect("backends");
     agent::start(&mut lab, &lb, &["--collector", "http://10.1.0.1:50052"]).expect("lb agent");
     haproxy::start(&mut lab, false).expect("haproxy");
     let prom_dir = lab.dir.join("prometheus");

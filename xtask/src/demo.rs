@@ -13,7 +13,6 @@
 
 use std::{
     collections::BTreeSet,
-    io::{Read as _, Write as _},
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -226,7 +225,7 @@ pub fn run(o: &Options) -> Result<()> {
     let update_at = match (o.lb, &stats) {
         (LbKind::Haproxy, Some(sock)) => {
             for b in &lab.backends[o.kept..] {
-                haproxy_cmd(sock, &format!("disable server be/{}", b.role))?;
+                haproxy::command(sock, &format!("disable server be/{}", b.role))?;
             }
             tl.note(format!(
                 "LB UPDATE applied: HAProxy now routes only to {} ({} servers disabled)",
@@ -297,7 +296,7 @@ pub fn run(o: &Options) -> Result<()> {
     match (o.lb, &stats) {
         (LbKind::Haproxy, Some(sock)) => {
             for b in &lab.backends[o.kept..] {
-                haproxy_cmd(sock, &format!("enable server be/{}", b.role))?;
+                haproxy::command(sock, &format!("enable server be/{}", b.role))?;
             }
         }
         _ => {
@@ -422,18 +421,6 @@ fn members_with(pool: &Value, verdict: &str) -> BTreeSet<String> {
         .filter(|m| m["verdict"] == verdict)
         .filter_map(|m| m["member"].as_str().map(str::to_owned))
         .collect()
-}
-
-fn haproxy_cmd(sock: &Path, cmd: &str) -> Result<()> {
-    let mut s = std::os::unix::net::UnixStream::connect(sock)
-        .with_context(|| format!("connecting {}", sock.display()))?;
-    s.write_all(format!("{cmd}\n").as_bytes())?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    if !out.trim().is_empty() {
-        bail!("HAProxy answered `{}` to `{cmd}`", out.trim());
-    }
-    Ok(())
 }
 
 fn status(lab: &Lab, cli: &Path) -> Result<Value> {
