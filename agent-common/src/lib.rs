@@ -113,6 +113,43 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 
+impl FlowKey {
+    /// The key's forty bytes as five native-endian `u64` words, built from
+    /// its fields. The TC programs build their lookup keys this way: five
+    /// stores of computed values, where LLVM would otherwise merge the
+    /// constant zero words and padding into a `memset` call (a byte loop on
+    /// BPF). Identical bytes to the struct with the same fields.
+    #[inline(always)]
+    pub const fn words(
+        local_addr: [u32; 4],
+        remote_addr: [u32; 4],
+        local_port: u16,
+        remote_port: u16,
+        proto: u8,
+    ) -> [u64; 5] {
+        // Two u32 words as the u64 that covers both in memory.
+        const fn pair(lo_addr: u32, hi_addr: u32) -> u64 {
+            if cfg!(target_endian = "little") {
+                lo_addr as u64 | (hi_addr as u64) << 32
+            } else {
+                (lo_addr as u64) << 32 | hi_addr as u64
+            }
+        }
+        let tail = if cfg!(target_endian = "little") {
+            local_port as u64 | (remote_port as u64) << 16 | (proto as u64) << 32
+        } else {
+            (local_port as u64) << 48 | (remote_port as u64) << 32 | (proto as u64) << 24
+        };
+        [
+            pair(local_addr[0], local_addr[1]),
+            pair(local_addr[2], local_addr[3]),
+            pair(remote_addr[0], remote_addr[1]),
+            pair(remote_addr[2], remote_addr[3]),
+            tail,
+        ]
+    }
+}
+
 /// Who registered a flow.
 pub const ORIGIN_SOCKET: u8 = 1;
 /// A flow registered by the TC program for forwarded (DNAT) traffic.
@@ -259,6 +296,30 @@ mod tests {
         assert_eq!(size_of::<EndpointCounters>(), 6 * 8);
         assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 1 + 3);
         assert_eq!(size_of::<FlowValue>(), size_of::<EndpointKey>() + 4);
+    }
+
+    #[test]
+    fn flow_key_words_match_the_struct() {
+        let key = FlowKey {
+            local_addr: v4_mapped(u32::from_ne_bytes([10, 0, 0, 1])),
+            remote_addr: [1, 0x0203_0405, 0xdead_beef, 7],
+            local_port: 8080,
+            remote_port: 54321,
+            proto: PROTO_TCP,
+            _pad: [0; 3],
+        };
+        let words = FlowKey::words(
+            key.local_addr,
+            key.remote_addr,
+            key.local_port,
+            key.remote_port,
+            key.proto,
+        );
+        // SAFETY: both are 40 plain bytes; FlowKey has no padding.
+        let bytes: [u8; 40] = unsafe { core::mem::transmute(key) };
+        // SAFETY: as above.
+        let from_words: [u8; 40] = unsafe { core::mem::transmute(words) };
+        assert_eq!(bytes, from_words);
     }
 
     #[test]

@@ -34,12 +34,19 @@ pub fn stat(which: Stat, n: u64) {
 }
 
 /// This CPU's counters for `key`, created zeroed on first use.
-#[inline(never)]
+#[inline(always)]
 fn counters(key: &EndpointKey) -> Option<&'static mut EndpointCounters> {
-    if let Some(c) = ENDPOINTS.get_ptr_mut(key) {
+    match ENDPOINTS.get_ptr_mut(key) {
         // SAFETY: per-CPU value of a live entry.
-        return Some(unsafe { &mut *c });
+        Some(c) => Some(unsafe { &mut *c }),
+        None => create(key),
     }
+}
+
+/// Inserts zeroed counters for `key` and returns this CPU's. Out of line:
+/// only an endpoint's first packet (per CPU) or connection gets here.
+#[inline(never)]
+fn create(key: &EndpointKey) -> Option<&'static mut EndpointCounters> {
     let zero = EndpointCounters::default();
     match ENDPOINTS.insert(key, &zero, BPF_NOEXIST as u64) {
         Ok(()) => stat(Stat::EndpointInserted, 1),

@@ -18,6 +18,7 @@
 //! by sock_ops, forwarded flows by TC. Every program passes every packet.
 #![no_std]
 #![no_main]
+#![feature(asm_experimental_arch)]
 
 use core::ptr::read_volatile;
 
@@ -197,34 +198,44 @@ fn on_packet(ctx: &TcContext, side: Side) {
         // A connection attempt routed through this node: no local socket owns
         // it, so it was forwarded (DNAT). Its destination is the backend.
         // SYN retransmissions find the flow already there.
-        if FLOWS.get_ptr(&key).is_none() {
-            let value = FlowValue {
-                endpoint: EndpointKey {
-                    addr: key.remote_addr,
-                    port: key.remote_port,
-                    direction: Direction::SendsTo as u8,
-                    proto: key.proto,
-                },
-                origin: ORIGIN_FORWARDED,
-                flags: 0,
-                _pad: [0; 2],
-            };
-            if flow::insert(&key, &value).is_err() {
-                debug!(ctx, "evenflow: flow map insert failed on forwarded SYN");
-            }
-        }
+        register_forwarded(ctx, key);
     }
-    let Some(flow) = FLOWS.get_ptr_mut(&key) else {
+    let Some(flow) = FLOWS.get_ptr_mut(key) else {
         return;
     };
     // SAFETY: the pointer comes from a successful lookup; the entry may be
     // replaced concurrently, in which case we count towards a stale copy of
     // the endpoint key at worst.
     let flow = unsafe { &mut *flow };
-    let endpoint = flow.endpoint;
-    add_traffic(&endpoint, side, pkt.payload_len, pkt.segments);
+    // The endpoint key is passed to the endpoint map straight from the flow
+    // entry (a map value is a valid key pointer): no copy to the stack.
+    add_traffic(&flow.endpoint, side, pkt.payload_len, pkt.segments);
     if flow.origin == ORIGIN_FORWARDED && pkt.proto == PROTO_TCP {
-        track_forwarded(flow, &endpoint, &key, &pkt, side);
+        let endpoint = flow.endpoint;
+        track_forwarded(flow, &endpoint, key, &pkt, side);
+    }
+}
+
+/// Registers a forwarded flow on its first SYN (a retransmitted SYN finds
+/// it there). Off the per-packet path: SYNs only.
+#[inline(never)]
+fn register_forwarded(ctx: &TcContext, key: &FlowKey) {
+    if FLOWS.get_ptr(key).is_some() {
+        return;
+    }
+    let value = FlowValue {
+        endpoint: EndpointKey {
+            addr: key.remote_addr,
+            port: key.remote_port,
+            direction: Direction::SendsTo as u8,
+            proto: key.proto,
+        },
+        origin: ORIGIN_FORWARDED,
+        flags: 0,
+        _pad: [0; 2],
+    };
+    if flow::insert(key, &value).is_err() {
+        debug!(ctx, "evenflow: flow map insert failed on forwarded SYN");
     }
 }
 

@@ -30,17 +30,26 @@ const TCP_ACK: u8 = 0x10;
 
 /// What counting needs from one packet.
 pub struct Packet {
-    src: [u32; 4],
-    dst: [u32; 4],
-    sport: u16,
-    dport: u16,
+    /// The flow key's bytes (see [`FlowKey::words`]).
+    key: [u64; 5],
     pub proto: u8,
     tcp_flags: u8,
-    side: Side,
     /// Transport payload bytes (all segments of a GSO/GRO packet).
     pub payload_len: u64,
     /// Wire packets this skb stands for.
     pub segments: u64,
+}
+
+/// What the slow parser fills in (see [`parse_into`]).
+struct Raw {
+    src: [u32; 4],
+    dst: [u32; 4],
+    sport: u16,
+    dport: u16,
+    proto: u8,
+    tcp_flags: u8,
+    payload_len: u64,
+    segments: u64,
 }
 
 // Headers are read in place (direct packet access: no helper call, no stack
@@ -105,41 +114,42 @@ impl Packet {
     /// `Ok(None)`: not a packet evenflow counts (ARP, ICMP, non-first
     /// fragment). `Err(())`: a packet that should have been parsable but was
     /// not (truncated headers, more than four IPv6 extension headers).
+    ///
+    /// The common shapes (untagged IPv4 without options, IPv6 without
+    /// extension headers, TCP or UDP, headers in the linear area) are read
+    /// in place at constant offsets; anything else goes to the general
+    /// parser, a subprogram of its own.
     #[inline(always)]
     pub fn parse(ctx: &TcContext, side: Side) -> Result<Option<Self>, ()> {
-        let mut pkt = Packet {
-            src: [0; 4],
-            dst: [0; 4],
-            sport: 0,
-            dport: 0,
-            proto: 0,
-            tcp_flags: 0,
-            side,
-            payload_len: 0,
-            segments: 1,
-        };
-        match parse_into(ctx, &mut pkt) {
-            PARSED => Ok(Some(pkt)),
-            SKIPPED => Ok(None),
-            _ => Err(()),
+        match fast(ctx, side) {
+            Fast::Parsed(pkt) => Ok(Some(pkt)),
+            Fast::Skipped => Ok(None),
+            Fast::Slow => slow(ctx, side),
         }
     }
 
     /// The flow key as this node sees it: the local end is the source of an
     /// egress packet and the destination of an ingress one.
     #[inline(always)]
-    pub fn flow_key(&self) -> FlowKey {
-        let (local_addr, local_port, remote_addr, remote_port) = match self.side {
-            Side::Egress => (self.src, self.sport, self.dst, self.dport),
-            Side::Ingress => (self.dst, self.dport, self.src, self.sport),
+    pub fn flow_key(&self) -> &FlowKey {
+        // SAFETY: `key` holds the 40 bytes of a FlowKey (see
+        // `FlowKey::words`), is at least as aligned, and every bit pattern
+        // is a valid FlowKey.
+        unsafe { &*(self.key.as_ptr() as *const FlowKey) }
+    }
+
+    #[inline(always)]
+    fn new(side: Side, src: [u32; 4], dst: [u32; 4], sport: u16, dport: u16, proto: u8) -> Self {
+        let key = match side {
+            Side::Egress => FlowKey::words(src, dst, sport, dport, proto),
+            Side::Ingress => FlowKey::words(dst, src, dport, sport, proto),
         };
-        FlowKey {
-            local_addr,
-            remote_addr,
-            local_port,
-            remote_port,
-            proto: self.proto,
-            _pad: [0; 3],
+        Packet {
+            key,
+            proto,
+            tcp_flags: 0,
+            payload_len: 0,
+            segments: 1,
         }
     }
 
@@ -173,10 +183,202 @@ impl Packet {
     }
 }
 
-/// Parses headers into `pkt` (whose `side` is already set). Not inlined, so
-/// parsing has a stack frame of its own.
+// The fast path reads 16-bit words in place, at even offsets from skb->data.
+// skb->data is even in practice (the kernel aligns the IP header), but the
+// verifier forbids testing a packet pointer's bits, so a Rust reference
+// could not promise alignment: the loads are BPF instructions of their own
+// (`ldxh`), which may be misaligned on packet data wherever the kernel runs
+// BPF without strict alignment (x86-64, arm64: the verifier enforces it
+// elsewhere). Byte order arithmetic below assumes the little-endian target
+// the agent builds for.
+const _: () = assert!(cfg!(target_endian = "little"));
+
+enum Fast {
+    Parsed(Packet),
+    Skipped,
+    Slow,
+}
+
+/// The native-endian `u16` at packet address `p`.
+///
+/// # Safety
+/// `p + 2` is within the packet's linear area (checked against data_end).
+#[inline(always)]
+unsafe fn rd16(p: usize) -> u16 {
+    let v: u64;
+    // SAFETY: per the contract; a BPF load has no alignment requirement on
+    // packet data where the verifier does not enforce one.
+    unsafe {
+        core::arch::asm!(
+            "{v} = *(u16 *)({p} + 0)",
+            p = in(reg) p,
+            v = lateout(reg) v,
+            options(pure, readonly, nostack, preserves_flags)
+        )
+    };
+    v as u16
+}
+
+/// The native-endian `u32` at packet address `p`.
+///
+/// # Safety
+/// `p + 4` is within the packet's linear area.
+#[inline(always)]
+unsafe fn rd32(p: usize) -> u32 {
+    let v: u64;
+    // SAFETY: as for `rd16`.
+    unsafe {
+        core::arch::asm!(
+            "{v} = *(u32 *)({p} + 0)",
+            p = in(reg) p,
+            v = lateout(reg) v,
+            options(pure, readonly, nostack, preserves_flags)
+        )
+    };
+    v as u32
+}
+
+#[inline(always)]
+fn fast(ctx: &TcContext, side: Side) -> Fast {
+    const IP4: usize = ETH_HLEN;
+    const IP6: usize = ETH_HLEN;
+    const L4_4: usize = ETH_HLEN + 20;
+    const L4_6: usize = ETH_HLEN + IPV6_HLEN;
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + ETH_HLEN > end {
+        return Fast::Slow;
+    }
+    // SAFETY (every read below): each is bounds-checked against `end`
+    // first.
+    let ethertype = u16::from_be(unsafe { rd16(start + 12) });
+    let (mut pkt, l4, l4_len) = if ethertype == ETH_P_IP {
+        if start + L4_4 > end {
+            return Fast::Slow;
+        }
+        let vihl = unsafe { rd16(start + IP4) } & 0xff;
+        if vihl != 0x45 {
+            // Options (or not IPv4 at all): the general parser decides.
+            return Fast::Slow;
+        }
+        if u16::from_be(unsafe { rd16(start + IP4 + 6) }) & 0x1fff != 0 {
+            return Fast::Skipped;
+        }
+        let proto = (unsafe { rd16(start + IP4 + 8) } >> 8) as u8;
+        if proto != PROTO_TCP && proto != PROTO_UDP {
+            return Fast::Skipped;
+        }
+        let tot_len = u16::from_be(unsafe { rd16(start + IP4 + 2) }) as u64;
+        let src = v4_mapped(unsafe { rd32(start + IP4 + 12) });
+        let dst = v4_mapped(unsafe { rd32(start + IP4 + 16) });
+        (
+            Packet::new(side, src, dst, 0, 0, proto),
+            L4_4,
+            tot_len.saturating_sub(20),
+        )
+    } else if ethertype == ETH_P_IPV6 {
+        if start + L4_6 > end {
+            return Fast::Slow;
+        }
+        let proto = (unsafe { rd16(start + IP6 + 6) } & 0xff) as u8;
+        match proto {
+            PROTO_TCP | PROTO_UDP => {}
+            // Extension headers: the general parser walks them.
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT => {
+                return Fast::Slow;
+            }
+            _ => return Fast::Skipped,
+        }
+        let payload_len = u16::from_be(unsafe { rd16(start + IP6 + 4) }) as u64;
+        let a = start + IP6 + 8;
+        let (src, dst) = unsafe {
+            (
+                [rd32(a), rd32(a + 4), rd32(a + 8), rd32(a + 12)],
+                [rd32(a + 16), rd32(a + 20), rd32(a + 24), rd32(a + 28)],
+            )
+        };
+        (Packet::new(side, src, dst, 0, 0, proto), L4_6, payload_len)
+    } else if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        return Fast::Slow;
+    } else {
+        return Fast::Skipped;
+    };
+    let (sport, dport, hdr_len) = if pkt.proto == PROTO_TCP {
+        if start + l4 + 14 > end {
+            return Fast::Slow;
+        }
+        let (sport, dport, doff_flags) = unsafe {
+            (
+                rd16(start + l4),
+                rd16(start + l4 + 2),
+                rd16(start + l4 + 12),
+            )
+        };
+        pkt.tcp_flags = (doff_flags >> 8) as u8;
+        (sport, dport, (((doff_flags & 0xff) >> 4) as u64) * 4)
+    } else {
+        if start + l4 + 4 > end {
+            return Fast::Slow;
+        }
+        let (sport, dport) = unsafe { (rd16(start + l4), rd16(start + l4 + 2)) };
+        (sport, dport, 8)
+    };
+    let (sport, dport) = (u16::from_be(sport), u16::from_be(dport));
+    // The ports go into the last key word (see FlowKey::words).
+    let (lport, rport) = match side {
+        Side::Egress => (sport, dport),
+        Side::Ingress => (dport, sport),
+    };
+    pkt.key[4] |= lport as u64 | (rport as u64) << 16;
+    // A zero IP length is a BIG TCP super-packet: take the skb's length.
+    let l4_len = if l4_len == 0 {
+        (ctx.len() as u64).saturating_sub(l4 as u64)
+    } else {
+        l4_len
+    };
+    pkt.payload_len = l4_len.saturating_sub(hdr_len);
+    pkt.segments = gso_segments(ctx);
+    Fast::Parsed(pkt)
+}
+
+#[inline(always)]
+fn gso_segments(ctx: &TcContext) -> u64 {
+    // SAFETY: reading a scalar field of the context the kernel gave us.
+    let gso_segs = unsafe { (*ctx.skb.skb).gso_segs } as u64;
+    if gso_segs > 1 { gso_segs } else { 1 }
+}
+
+/// The general parser, for what the fast path leaves: VLAN tags, IPv4
+/// options, IPv6 extension headers, headers outside the linear area.
+#[inline(always)]
+fn slow(ctx: &TcContext, side: Side) -> Result<Option<Packet>, ()> {
+    let mut raw = Raw {
+        src: [0; 4],
+        dst: [0; 4],
+        sport: 0,
+        dport: 0,
+        proto: 0,
+        tcp_flags: 0,
+        payload_len: 0,
+        segments: 1,
+    };
+    match parse_into(ctx, &mut raw) {
+        PARSED => {
+            let mut pkt = Packet::new(side, raw.src, raw.dst, raw.sport, raw.dport, raw.proto);
+            pkt.tcp_flags = raw.tcp_flags;
+            pkt.payload_len = raw.payload_len;
+            pkt.segments = raw.segments;
+            Ok(Some(pkt))
+        }
+        SKIPPED => Ok(None),
+        _ => Err(()),
+    }
+}
+
+/// Parses headers into `pkt`. Not inlined, so parsing has a stack frame of
+/// its own.
 #[inline(never)]
-fn parse_into(ctx: &TcContext, pkt: &mut Packet) -> i32 {
+fn parse_into(ctx: &TcContext, pkt: &mut Raw) -> i32 {
     match parse_headers(ctx, pkt) {
         Ok(true) => PARSED,
         Ok(false) => SKIPPED,
@@ -199,7 +401,7 @@ fn load<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, ()> {
 }
 
 #[inline(always)]
-fn parse_headers(ctx: &TcContext, pkt: &mut Packet) -> Result<bool, ()> {
+fn parse_headers(ctx: &TcContext, pkt: &mut Raw) -> Result<bool, ()> {
     let Ok(eth) = load::<EthHdr>(ctx, 0) else {
         return Ok(false);
     };
@@ -274,9 +476,7 @@ fn parse_headers(ctx: &TcContext, pkt: &mut Packet) -> Result<bool, ()> {
         _ => return Ok(false),
     };
     pkt.payload_len = l4_len.saturating_sub(hdr_len);
-    // SAFETY: reading a scalar field of the context the kernel gave us.
-    let gso_segs = unsafe { (*ctx.skb.skb).gso_segs } as u64;
-    pkt.segments = if gso_segs > 1 { gso_segs } else { 1 };
+    pkt.segments = gso_segments(ctx);
     Ok(true)
 }
 
