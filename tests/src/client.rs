@@ -51,6 +51,22 @@ pub struct Spec {
     pub pad: usize,
     /// The path every request asks for (see [`crate::nginx::BIG_PATH`]).
     pub path: &'static str,
+    /// Longer IP headers on the client's packets.
+    pub extras: IpExtras,
+}
+
+/// IP header extras on every packet the client sends: real stacks send
+/// these (timestamps, router alert, jumbo), and they move the transport
+/// header, so the datapath's general parser must count them right.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum IpExtras {
+    /// Plain headers.
+    #[default]
+    None,
+    /// IPv4 options (four NOPs: IHL 6 instead of 5).
+    Ipv4Options,
+    /// An IPv6 hop-by-hop extension header (PadN, 8 bytes).
+    Ipv6HopByHop,
 }
 
 /// Makes `n` connections to `target` from inside namespace `ns`, `workers`
@@ -65,6 +81,7 @@ pub fn http_load(ns: &str, target: SocketAddr, n: u64, workers: u64) -> Result<L
             workers,
             pad: 0,
             path: "/",
+            extras: IpExtras::None,
         },
     )
 }
@@ -80,7 +97,7 @@ pub fn run(ns: &str, target: SocketAddr, spec: Spec) -> Result<Load> {
             crate::netns::run_in(&ns, move || {
                 let mut load = Load::default();
                 for i in 0..count {
-                    match one(target, &request(spec.path, w, i, spec.pad)) {
+                    match one(target, &request(spec.path, w, i, spec.pad), spec.extras) {
                         Ok((s, r)) => {
                             load.connections += 1;
                             load.bytes_sent += s;
@@ -124,9 +141,12 @@ pub fn request(path: &str, worker: u64, i: u64, pad: usize) -> String {
 
 /// One connection: connect, send the request, read the response to EOF.
 /// Returns the payload bytes sent and received.
-fn one(target: SocketAddr, req: &str) -> Result<(u64, u64)> {
-    let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(3))
-        .with_context(|| format!("connecting to {target}"))?;
+fn one(target: SocketAddr, req: &str, extras: IpExtras) -> Result<(u64, u64)> {
+    let mut s = match extras {
+        IpExtras::None => TcpStream::connect_timeout(&target, Duration::from_secs(3))
+            .with_context(|| format!("connecting to {target}"))?,
+        _ => connect_with(target, extras)?,
+    };
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     s.write_all(req.as_bytes()).context("sending the request")?;
     let mut buf = Vec::with_capacity(1 << 20);
@@ -137,4 +157,95 @@ fn one(target: SocketAddr, req: &str) -> Result<(u64, u64)> {
         String::from_utf8_lossy(&buf[..buf.len().min(80)])
     );
     Ok((req.len() as u64, buf.len() as u64))
+}
+
+/// Connects a TCP socket whose packets carry `extras` (set before connect,
+/// so the SYN carries them too).
+fn connect_with(target: SocketAddr, extras: IpExtras) -> Result<TcpStream> {
+    use std::os::fd::FromRawFd as _;
+    let (family, level, name, value): (i32, i32, i32, &[u8]) = match extras {
+        IpExtras::Ipv4Options => (
+            libc::AF_INET,
+            libc::IPPROTO_IP,
+            libc::IP_OPTIONS,
+            &[1, 1, 1, 1],
+        ),
+        // Next header (the kernel fills it), length 0 (8 bytes), PadN of 4.
+        IpExtras::Ipv6HopByHop => (
+            libc::AF_INET6,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_HOPOPTS,
+            &[0, 0, 1, 4, 0, 0, 0, 0],
+        ),
+        IpExtras::None => unreachable!("plain connects use TcpStream::connect_timeout"),
+    };
+    ensure!(
+        (family == libc::AF_INET) == target.is_ipv4(),
+        "{extras:?} does not fit {target}"
+    );
+    // SAFETY: plain socket(2); the fd is owned by the TcpStream below.
+    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    ensure!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    // SAFETY: we own fd; from here the TcpStream closes it.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    // SAFETY: value outlives the call; its length is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            value.as_ptr().cast(),
+            value.len() as libc::socklen_t,
+        )
+    };
+    ensure!(
+        rc == 0,
+        "setsockopt {extras:?}: {}",
+        std::io::Error::last_os_error()
+    );
+    let rc = match target {
+        SocketAddr::V4(a) => {
+            let sa = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*a.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: a valid sockaddr_in of the size passed.
+            unsafe {
+                libc::connect(
+                    fd,
+                    (&raw const sa).cast(),
+                    size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            }
+        }
+        SocketAddr::V6(a) => {
+            let sa = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: a valid sockaddr_in6 of the size passed.
+            unsafe {
+                libc::connect(
+                    fd,
+                    (&raw const sa).cast(),
+                    size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+                )
+            }
+        }
+    };
+    ensure!(
+        rc == 0,
+        "connecting to {target} with {extras:?}: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(stream)
 }

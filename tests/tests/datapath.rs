@@ -67,6 +67,8 @@ struct Traffic {
     pad: usize,
     /// Path asked for: small responses, or nginx::BIG_PATH.
     path: &'static str,
+    /// IP header extras on the client's packets.
+    extras: client::IpExtras,
 }
 
 /// Many small requests and responses, as web traffic mostly is.
@@ -74,6 +76,7 @@ const SMALL: Traffic = Traffic {
     connections: CONNECTIONS,
     pad: 0,
     path: "/",
+    extras: client::IpExtras::None,
 };
 
 /// The same with padded requests, for HAProxy (see [`HAPROXY_PAD`]).
@@ -88,6 +91,15 @@ const LARGE: Traffic = Traffic {
     connections: 40,
     pad: 0,
     path: nginx::BIG_PATH,
+    extras: client::IpExtras::None,
+};
+
+/// Small requests whose packets carry IPv4 options or an IPv6 hop-by-hop
+/// header: off the datapath's fast path (constant header offsets), through
+/// its general parser, on the forwarding lb and on the backends.
+const WITH_OPTIONS: Traffic = Traffic {
+    connections: 60,
+    ..SMALL
 };
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -144,6 +156,7 @@ impl Run {
             workers: WORKERS,
             pad: traffic.pad,
             path: traffic.path,
+            extras: traffic.extras,
         };
         // One connection first, retried until the path works; it counts
         // like every other.
@@ -524,6 +537,30 @@ fn nftables_dnat_ipv6_counts_match_nginx_logs() {
 #[test]
 fn nftables_dnat_large_responses_match_nginx_logs() {
     dnat_counts("big4", false, LARGE);
+}
+
+#[test]
+fn nftables_dnat_with_ipv4_options_matches_nginx_logs() {
+    dnat_counts(
+        "opt4",
+        false,
+        Traffic {
+            extras: client::IpExtras::Ipv4Options,
+            ..WITH_OPTIONS
+        },
+    );
+}
+
+#[test]
+fn nftables_dnat_with_ipv6_hop_by_hop_matches_nginx_logs() {
+    dnat_counts(
+        "opt6",
+        true,
+        Traffic {
+            extras: client::IpExtras::Ipv6HopByHop,
+            ..WITH_OPTIONS
+        },
+    );
 }
 
 /// Counters live in pinned maps: an agent restart (SIGTERM, start again)

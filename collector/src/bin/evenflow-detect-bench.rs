@@ -540,6 +540,11 @@ fn balanced_days(days: u64, threads: usize, seed: u64) -> (Vec<(u64, usize)>, u6
                     };
                     let o = run_one(&s, seed ^ 0xbeef ^ ((j as u64) << 20));
                     member_ticks.fetch_add((s.ticks as usize) * members, Ordering::Relaxed);
+                    if std::env::var_os("BENCH_DEBUG").is_some_and(|v| v == "balanced") {
+                        for f in o.fired_kinds.iter().filter(|f| f.contains(":Page@")) {
+                            eprintln!("balanced {members}x{rate} phi {phi}: {f}");
+                        }
+                    }
                     if let Ok(mut r) = results.lock() {
                         r[c].0 += d;
                         r[c].1 += o.pages;
