@@ -330,15 +330,22 @@ fn fast(ctx: &TcContext, side: Side) -> Fast {
         Side::Ingress => (dport, sport),
     };
     pkt.key[4] |= lport as u64 | (rport as u64) << 16;
-    // A zero IP length is a BIG TCP super-packet: take the skb's length.
+    pkt.payload_len = payload_len(ctx, l4, l4_len, hdr_len);
+    pkt.segments = gso_segments(ctx);
+    Fast::Parsed(pkt)
+}
+
+/// Transport payload bytes: the IP header's transport length (`l4_len`,
+/// from offset `l4`) less the transport header. A zero IP length is a BIG
+/// TCP super-packet: the skb's length stands for it.
+#[inline(always)]
+fn payload_len(ctx: &TcContext, l4: usize, l4_len: u64, hdr_len: u64) -> u64 {
     let l4_len = if l4_len == 0 {
         (ctx.len() as u64).saturating_sub(l4 as u64)
     } else {
         l4_len
     };
-    pkt.payload_len = l4_len.saturating_sub(hdr_len);
-    pkt.segments = gso_segments(ctx);
-    Fast::Parsed(pkt)
+    l4_len.saturating_sub(hdr_len)
 }
 
 #[inline(always)]
@@ -453,12 +460,6 @@ fn parse_headers(ctx: &TcContext, pkt: &mut Raw) -> Result<bool, ()> {
         }
         _ => return Ok(false),
     };
-    // A zero IP length is a BIG TCP super-packet: take the skb's length.
-    let l4_len = if l4_len == 0 {
-        (ctx.len() as u64).saturating_sub(l4_off as u64)
-    } else {
-        l4_len
-    };
     let hdr_len = match pkt.proto {
         PROTO_TCP => {
             let tcp = load::<TcpHdr>(ctx, l4_off)?;
@@ -475,7 +476,7 @@ fn parse_headers(ctx: &TcContext, pkt: &mut Raw) -> Result<bool, ()> {
         }
         _ => return Ok(false),
     };
-    pkt.payload_len = l4_len.saturating_sub(hdr_len);
+    pkt.payload_len = payload_len(ctx, l4_off, l4_len, hdr_len);
     pkt.segments = gso_segments(ctx);
     Ok(true)
 }
