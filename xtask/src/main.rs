@@ -6,9 +6,11 @@
 //! * `test` is the test command: setup, format and lint checks, build, and
 //!   every test (as root: the end-to-end tests need it).
 //!
-//! Cargo commands here name no `--workspace`: the workspace's default members
-//! are every host crate, and `agent-ebpf` (a `bpfel-unknown-none` binary that
-//! `agent/build.rs` builds) must not be built for the host.
+//! Checks and tests cover every host crate: `--workspace --exclude
+//! agent-ebpf` ([`HOST_CRATES`]). `agent-ebpf` (a `bpfel-unknown-none`
+//! binary that `agent/build.rs` builds) must not be built for the host, and
+//! the root-only `tests` crate is not a default member (see the workspace
+//! manifest), so a plain `cargo test` would leave it out.
 //! * `demo` replays the incident evenflow exists for on this machine.
 //! * `bench-datapath` measures what the agent costs the traffic it counts.
 //! * `bench-detect` and `bench-scale` run the detector and collector
@@ -22,8 +24,11 @@ mod shell;
 
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
+
+/// Every crate that builds for the host, the root-only `tests` included.
+const HOST_CRATES: [&str; 3] = ["--workspace", "--exclude", "agent-ebpf"];
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "evenflow's developer tasks")]
@@ -122,23 +127,31 @@ fn test(extra: &[String]) -> Result<()> {
         shell::cargo(&["fmt", "--all", "--", "--check"])
     })?;
     shell::step("cargo clippy", || {
-        shell::cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])
+        let mut args = vec!["clippy"];
+        args.extend(HOST_CRATES);
+        args.extend(["--all-targets", "--", "-D", "warnings"]);
+        shell::cargo(&args)
     })?;
     shell::step("cargo build (bins)", || shell::cargo(&["build", "--bins"]))?;
     // The end-to-end tests start these binaries: the debug builds just made,
     // never a stale release build that happens to be newer.
     let debug = shell::target_dir().join("debug");
+    // The incident test runs the demo through this very binary.
+    let xtask = std::env::current_exe().context("locating the xtask binary")?;
     let bins = [
         ("EVENFLOW_AGENT_BIN", debug.join("evenflow-agent")),
         ("EVENFLOW_COLLECTOR_BIN", debug.join("evenflow-collector")),
         ("EVENFLOW_CLI_BIN", debug.join("evenflow")),
+        ("EVENFLOW_XTASK_BIN", xtask),
     ];
     for (k, v) in &bins {
         eprintln!("    {k}={}", v.display());
     }
     let env: Vec<(&str, &std::ffi::OsStr)> =
         bins.iter().map(|(k, v)| (*k, v.as_os_str())).collect();
-    let mut args = vec!["test", "--no-fail-fast"];
+    let mut args = vec!["test"];
+    args.extend(HOST_CRATES);
+    args.push("--no-fail-fast");
     args.extend(extra.iter().map(String::as_str));
     shell::step("cargo test", || shell::cargo_with_env(&args, &env))
 }

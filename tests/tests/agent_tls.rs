@@ -28,14 +28,12 @@ fn issue(ca: &CertifiedIssuer<'static, KeyPair>, names: &[&str]) -> (String, Str
 }
 
 fn collector_bin() -> std::path::PathBuf {
-    let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_evenflow-agent"));
-    let bin = exe.with_file_name("evenflow-collector");
-    assert!(
-        bin.exists(),
-        "{} is not built: run `cargo build --bins` (cargo xtask test does)",
-        bin.display()
-    );
-    bin
+    evenflow_tests::agent::binary("evenflow-collector", "EVENFLOW_COLLECTOR_BIN")
+        .expect("the collector binary (cargo xtask test builds it)")
+}
+
+fn agent_bin() -> std::path::PathBuf {
+    evenflow_tests::agent::agent_bin().expect("the agent binary (cargo xtask test builds it)")
 }
 
 struct Guard(Vec<std::process::Child>);
@@ -174,7 +172,7 @@ fn an_agent_reports_over_mutual_tls_and_a_rogue_one_is_refused() {
         ("eftls-rogue", &rogue, "50062"),
     ] {
         guard.0.push(
-            Command::new(env!("CARGO_BIN_EXE_evenflow-agent"))
+            Command::new(agent_bin())
                 .args([
                     "--netns",
                     &format!("/run/netns/{NS}"),

@@ -1,11 +1,16 @@
-//! The agent's promise on bad input: exit non-zero with one line that names
-//! what is missing and how to fix it. These run the real binary as root (CI
-//! runs as root); they fail loudly when not root rather than skip.
+//! The agent's promise on a host it cannot use: exit non-zero with one line
+//! that names what is missing and how to fix it. These run the real binary
+//! as root (CI runs as root); they fail loudly when not root rather than
+//! skip. Bad flag values, which need no root, are `agent/tests/flags.rs`.
 
 use std::process::{Command, Output};
 
+fn agent_bin() -> std::path::PathBuf {
+    evenflow_tests::agent::agent_bin().expect("the agent binary (cargo xtask test builds it)")
+}
+
 fn agent(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_evenflow-agent"))
+    Command::new(agent_bin())
         .args(args)
         .env_remove("EVENFLOW_COLLECTOR")
         .output()
@@ -17,7 +22,7 @@ fn assert_root() {
     assert_eq!(
         unsafe { libc::geteuid() },
         0,
-        "these tests need root (CI runs them as root): run `sudo cargo test -p evenflow-agent`"
+        "these tests need root (CI runs them as root): run them with `cargo xtask test`"
     );
 }
 
@@ -87,7 +92,7 @@ fn without_capabilities_it_names_them() {
             "--inh-caps=-all",
             "--",
         ])
-        .arg(env!("CARGO_BIN_EXE_evenflow-agent"))
+        .arg(agent_bin())
         .args(["--node-name", "errtest-caps"])
         .output()
         .expect("setpriv (util-linux) runs");
@@ -97,15 +102,4 @@ fn without_capabilities_it_names_them() {
         line.contains("CAP_BPF") && line.contains("CAP_NET_ADMIN"),
         "{line}"
     );
-}
-
-#[test]
-fn bad_flag_values_are_explained() {
-    let o = agent(&["--service", "web"]);
-    assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("NAME=PORT"));
-    let o = agent(&["--interval", "1ms"]);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("between 100ms and 1h"));
-    let o = agent(&["--collector", "collector:50052"]);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("http://"));
 }

@@ -2,8 +2,9 @@
 //! real lab (HAProxy, six nginx backends, an agent per node, a collector),
 //! shortened, judged from the timeline it writes.
 //!
-//! Needs root and the workspace's binaries (`cargo xtask test` builds them
-//! first); fails loudly without them.
+//! Needs root and the workspace's binaries, xtask's among them
+//! (`$EVENFLOW_XTASK_BIN`, else the newest build; `cargo xtask test` builds
+//! them first and points at them); fails loudly without them.
 
 use std::{path::PathBuf, process::Command};
 
@@ -52,7 +53,9 @@ fn the_incident_is_detected_and_resolves() {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("incident");
     std::fs::create_dir_all(&dir).expect("tmp dir");
     let (md, json) = (dir.join("timeline.md"), dir.join("timeline.json"));
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+    let xtask = evenflow_tests::agent::binary("xtask", "EVENFLOW_XTASK_BIN")
+        .expect("the xtask binary (cargo xtask test points at itself)");
+    let out = Command::new(xtask)
         .args([
             "demo",
             "--no-build",

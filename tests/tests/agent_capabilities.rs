@@ -69,7 +69,8 @@ fn agent_as_nobody(caps: &str, extra: &[&str]) -> Command {
     ])
     .arg(format!("--inh-caps={caps}"))
     .arg(format!("--ambient-caps={caps}"))
-    .args(["--", env!("CARGO_BIN_EXE_evenflow-agent")])
+    .arg("--")
+    .arg(evenflow_tests::agent::agent_bin().expect("the agent binary (cargo xtask test builds it)"))
     .args(extra);
     c
 }
