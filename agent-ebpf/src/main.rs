@@ -1,7 +1,7 @@
 //! evenflow's eBPF programs.
 //!
 //! Three hooks see the three kinds of traffic a node carries (see
-//! `shared/design.md`):
+//! `docs/counting.md`):
 //!
 //! * `evenflow_sockops` (sock_ops on the node's cgroup v2) sees every TCP
 //!   socket the node's processes establish: accepted connections

@@ -1,5 +1,11 @@
 //! `cargo xtask setup`: everything a fresh Debian 12 machine with rustup
-//! lacks, installed only when missing. See `shared/toolchain.md`.
+//! lacks, installed only when missing.
+//!
+//! The host crates build with the stable toolchain. The eBPF programs
+//! (`agent-ebpf`, built by `agent/build.rs`) need the nightly toolchain's
+//! `rust-src` (`-Z build-std=core` for `bpfel-unknown-none`) and
+//! bpf-linker, which links through the same LLVM major version as the
+//! nightly that emitted the bitcode.
 
 use std::{
     path::{Path, PathBuf},
@@ -98,8 +104,8 @@ fn cargo_bin() -> PathBuf {
     home.join("bin")
 }
 
-/// bpf-linker built against the nightly's own libLLVM (Debian 12 has no
-/// LLVM 21+), as toolchain.md describes.
+/// bpf-linker built against the nightly's own libLLVM (Debian 12 packages
+/// no LLVM as new as the nightly's).
 fn bpf_linker() -> Result<()> {
     if output(Command::new("bpf-linker").arg("--version")).is_some()
         || output(Command::new(cargo_bin().join("bpf-linker")).arg("--version")).is_some()
