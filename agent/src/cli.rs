@@ -61,8 +61,10 @@ pub struct Args {
 
     /// Run a collector inside this agent, listening on ADDR (e.g.
     /// 127.0.0.1:50052), and stream to it: one process is enough to try
-    /// evenflow on one host. Its /metrics is on the same IP, port 9465.
-    #[arg(long, env = "EVENFLOW_EMBEDDED_COLLECTOR", value_name = "ADDR")]
+    /// evenflow on one host. Its /metrics is on the same IP, port 9465; it
+    /// runs with the collector's defaults (none of this agent's settings).
+    /// Not in the node image's build.
+    #[arg(long, env = "EVENFLOW_EMBEDDED_COLLECTOR", value_name = "ADDR", value_parser = parse_embedded_collector)]
     pub embedded_collector: Option<SocketAddr>,
 
     /// PEM CA bundle that signed the collector's certificate. With an
@@ -202,6 +204,15 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
         return Err(format!("interval {s} must be between 100ms and 1h"));
     }
     Ok(d)
+}
+
+/// `--embedded-collector ADDR`, refused by a build without the collector.
+fn parse_embedded_collector(s: &str) -> Result<SocketAddr, String> {
+    if !cfg!(feature = "embedded-collector") {
+        return Err(crate::embedded::MISSING.to_owned());
+    }
+    s.parse()
+        .map_err(|e| format!("`{s}` is not an address such as 127.0.0.1:50052: {e}"))
 }
 
 /// The node name to use: the flag, else the host name.

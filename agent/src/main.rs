@@ -9,6 +9,7 @@ mod batch;
 mod cli;
 mod cpu;
 mod datapath;
+mod embedded;
 mod grpc;
 mod host;
 mod listeners;
@@ -111,19 +112,13 @@ async fn run(args: cli::Args) -> Result<()> {
         shutdown_rx.clone(),
     ));
     let embedded = match args.embedded_collector {
-        Some(addr) => Some(start_embedded_collector(addr).await?),
+        Some(addr) => Some(embedded::start(addr).await?),
         None => None,
     };
-    let collector_url = args.collector.clone().or_else(|| {
-        args.embedded_collector.map(|a| {
-            let ip = if a.ip().is_unspecified() {
-                std::net::IpAddr::from([127, 0, 0, 1])
-            } else {
-                a.ip()
-            };
-            format!("http://{}", std::net::SocketAddr::new(ip, a.port()))
-        })
-    });
+    let collector_url = args
+        .collector
+        .clone()
+        .or_else(|| args.embedded_collector.map(embedded::url));
     if let Some(url) = collector_url {
         let tls = if url.starts_with("https://") || args.tls_ca.is_some() || args.tls_cert.is_some()
         {
@@ -154,28 +149,6 @@ async fn run(args: cli::Args) -> Result<()> {
     drop(dp);
     info!(pins = %pins.display(), "programs detached; counters stay pinned");
     result
-}
-
-/// Starts a collector in this process (`--embedded-collector`).
-async fn start_embedded_collector(
-    addr: std::net::SocketAddr,
-) -> Result<evenflow_collector::service::server::Running> {
-    use clap::Parser as _;
-    let grpc = addr.to_string();
-    let metrics = std::net::SocketAddr::new(addr.ip(), 9465).to_string();
-    let cfg = evenflow_collector::service::config::Config::try_parse_from([
-        "evenflow-collector",
-        "--grpc-addr",
-        &grpc,
-        "--metrics-addr",
-        &metrics,
-    ])
-    .context("configuring the embedded collector")?;
-    let running = evenflow_collector::service::server::start(&cfg)
-        .await
-        .map_err(|e| anyhow::anyhow!("starting the embedded collector on {addr}: {e}"))?;
-    info!(%addr, %metrics, "embedded collector running");
-    Ok(running)
 }
 
 async fn flatten(h: tokio::task::JoinHandle<Result<()>>) -> Result<()> {

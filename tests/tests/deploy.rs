@@ -236,6 +236,13 @@ fn images_build_with_cargo_xtask_build() {
         );
         assert!(text.matches("FROM ").count() >= 2, "{f} is multi-stage");
     }
+    // The node image's agent carries no collector (see agent/Cargo.toml).
+    let agent = std::fs::read_to_string(root().join("deploy/docker/Dockerfile.agent"))
+        .expect("Dockerfile.agent");
+    assert!(
+        agent.contains("cargo xtask build --node-agent"),
+        "the node image builds the agent without the embedded collector"
+    );
     let unit = std::fs::read_to_string(root().join("deploy/systemd/evenflow-agent.service"))
         .expect("unit");
     assert!(unit.contains("AmbientCapabilities=CAP_BPF CAP_NET_ADMIN CAP_PERFMON"));

@@ -2,7 +2,8 @@
 //!
 //! * `setup` installs what a fresh machine lacks and mounts what the agent
 //!   needs; it is idempotent and fast when nothing is missing.
-//! * `build` builds the release binaries (the agent embeds its eBPF object).
+//! * `build` builds the release binaries (the agent embeds its eBPF object);
+//!   `build --node-agent` only the agent, as the node image carries it.
 //! * `test` is the test command: setup, format and lint checks, build, and
 //!   every test (as root: the end-to-end tests need it).
 //!
@@ -24,11 +25,13 @@ mod shell;
 
 use std::process::ExitCode;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 /// Every crate that builds for the host, the root-only `tests` included.
 const HOST_CRATES: [&str; 3] = ["--workspace", "--exclude", "agent-ebpf"];
+/// The agent as the node image carries it: without the embedded collector.
+const NODE_AGENT: [&str; 3] = ["-p", "evenflow-agent", "--no-default-features"];
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "evenflow's developer tasks")]
@@ -42,7 +45,12 @@ enum Cmd {
     /// Install toolchain pieces, packages and mounts a fresh machine lacks.
     Setup,
     /// Build the release binaries (agent with its eBPF object, collector, CLI).
-    Build,
+    Build {
+        /// Only the agent, as the node image carries it: without the
+        /// embedded collector (cargo feature `embedded-collector` off).
+        #[arg(long)]
+        node_agent: bool,
+    },
     /// Replay the incident on this machine: a lab of network namespaces
     /// (HAProxy or nftables, six nginx backends, an agent per node, a
     /// collector), a bad load balancer update, the alerts, the rollback.
@@ -82,7 +90,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.command {
         Cmd::Setup => setup::run(),
-        Cmd::Build => build(),
+        Cmd::Build { node_agent } => build(node_agent),
         Cmd::Test { args } => test(&args),
         Cmd::BenchDatapath { rounds } => bench::run(rounds),
         Cmd::BenchDetect { args } => release_bin(&["evenflow-detect-bench"], &args),
@@ -101,8 +109,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn build() -> Result<()> {
+fn build(node_agent: bool) -> Result<()> {
     setup::run()?;
+    if node_agent {
+        let mut args = vec!["build", "--release"];
+        args.extend(NODE_AGENT);
+        return shell::cargo(&args);
+    }
     shell::cargo(&["build", "--release", "--bins"])
 }
 
@@ -132,17 +145,23 @@ fn test(extra: &[String]) -> Result<()> {
         args.extend(["--all-targets", "--", "-D", "warnings"]);
         shell::cargo(&args)
     })?;
+    shell::step("cargo clippy (node agent)", || {
+        let mut args = vec!["clippy"];
+        args.extend(NODE_AGENT);
+        args.extend(["--all-targets", "--", "-D", "warnings"]);
+        shell::cargo(&args)
+    })?;
     shell::step("cargo build (bins)", || shell::cargo(&["build", "--bins"]))?;
     // The end-to-end tests start these binaries: the debug builds just made,
     // never a stale release build that happens to be newer.
     let debug = shell::target_dir().join("debug");
-    // The incident test runs the demo through this very binary.
-    let xtask = std::env::current_exe().context("locating the xtask binary")?;
+    // xtask's own build too (the incident test runs the demo through it):
+    // not this process's file, which the build above may have replaced.
     let bins = [
         ("EVENFLOW_AGENT_BIN", debug.join("evenflow-agent")),
         ("EVENFLOW_COLLECTOR_BIN", debug.join("evenflow-collector")),
         ("EVENFLOW_CLI_BIN", debug.join("evenflow")),
-        ("EVENFLOW_XTASK_BIN", xtask),
+        ("EVENFLOW_XTASK_BIN", debug.join("xtask")),
     ];
     for (k, v) in &bins {
         eprintln!("    {k}={}", v.display());

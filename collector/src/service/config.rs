@@ -1,8 +1,15 @@
-//! Command-line flags (each also an `EVENFLOW_*` environment variable).
+//! The collector's configuration: one typed struct whose fields are also
+//! its command-line flags (each also an `EVENFLOW_*` environment variable).
+//!
+//! The binary fills it from its command line and environment
+//! ([`clap::Parser::parse`]); a program that embeds the collector (the
+//! agent's `--embedded-collector`) fills it in code from
+//! [`Config::default`], which reads no environment, so the embedding
+//! program's own `EVENFLOW_*` variables never configure the collector.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::Parser;
+use clap::{CommandFactory as _, FromArgMatches as _, Parser};
 
 use crate::detect::Settings;
 
@@ -41,7 +48,7 @@ fn positive(s: &str) -> Result<f64, String> {
 /// into pools, judges each pool's traffic shares and serves the results
 /// (gRPC evenflow.v1.Distribution with reflection and health, /metrics,
 /// Alertmanager webhooks).
-#[derive(Parser, Debug, Clone)]
+#[derive(Parser, Debug, Clone, PartialEq)]
 #[command(name = "evenflow-collector", version)]
 pub struct Config {
     /// gRPC address (evenflow.v1.Ingest, evenflow.v1.Distribution,
@@ -165,6 +172,21 @@ pub struct Config {
     pub query_addr: Option<SocketAddr>,
 }
 
+impl Default for Config {
+    /// What `evenflow-collector` runs with when given no flag and no
+    /// environment variable. The values are the flags' own defaults, read
+    /// from their definitions with every environment variable detached, so
+    /// they are stated once (in the attributes above) and the caller's
+    /// environment plays no part.
+    fn default() -> Self {
+        let flags = Self::command().mut_args(|a| a.env(None));
+        let matches = flags
+            .try_get_matches_from(["evenflow-collector"])
+            .expect("every collector flag has a default (tested)");
+        Self::from_arg_matches(&matches).expect("the defaults parse (tested)")
+    }
+}
+
 impl Config {
     /// The detector settings these flags give.
     pub fn settings(&self) -> Settings {
@@ -201,5 +223,23 @@ impl Config {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_is_every_flags_default() {
+        let c = Config::default();
+        assert_eq!(c.grpc_addr, "0.0.0.0:50052".parse().expect("addr"));
+        assert_eq!(c.metrics_addr, "0.0.0.0:9465".parse().expect("addr"));
+        assert_eq!(c.interval, Duration::from_secs(1));
+        assert_eq!(c.agent_retention, Duration::from_secs(600));
+        assert_eq!(c.settings(), Settings::default());
+        assert_eq!((c.tls_cert, c.tls_key, c.tls_client_ca), (None, None, None));
+        assert!(c.pools.is_none() && c.webhooks.is_empty() && c.query_addr.is_none());
+        assert_eq!(Config::default().check(), Ok(()));
     }
 }
