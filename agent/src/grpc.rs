@@ -58,26 +58,12 @@ pub async fn serve(
     snapshots: watch::Receiver<Arc<Snapshot>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
-    let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<NodeServer<NodeService>>()
-        .await;
-    let reflection = evenflow_proto::reflection;
-    let reflection_v1 = reflection()
-        .build_v1()
-        .context("building gRPC reflection (v1)")?;
-    // v1alpha too: grpcurl 1.8 only speaks the older reflection protocol.
-    let reflection_v1alpha = reflection()
-        .build_v1alpha()
-        .context("building gRPC reflection (v1alpha)")?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding --grpc-addr {addr}: pick a free address"))?;
+    let (health, router) =
+        evenflow_daemon::grpc::health_and_reflection(&mut tonic::transport::Server::builder())?;
+    health.set_serving::<NodeServer<NodeService>>().await;
+    let listener = evenflow_daemon::bind("--grpc-addr", addr).await?;
     info!(%addr, "serving gRPC (evenflow.v1.Node, reflection, health)");
-    tonic::transport::Server::builder()
-        .add_service(health)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+    router
         .add_service(NodeServer::new(NodeService { snapshots }))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),

@@ -1,14 +1,15 @@
 //! Prometheus text exposition of the latest snapshot on `/metrics`.
 
-use std::{convert::Infallible, fmt::Write as _, net::SocketAddr, sync::Arc};
+use std::{fmt::Write as _, net::SocketAddr, sync::Arc};
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
+use evenflow_daemon::{
+    exposition::{self, escape as esc},
+    http::Page,
+};
 use evenflow_proto::v1;
-use http_body_util::Full;
-use hyper::{Request, Response, body::Bytes, server::conn::http1, service::service_fn};
-use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
-use tracing::{debug, info};
+use tracing::info;
 
 /// Serves `/metrics` until `shutdown` fires.
 pub async fn serve(
@@ -16,58 +17,26 @@ pub async fn serve(
     snapshots: watch::Receiver<Arc<v1::Snapshot>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding --metrics-addr {addr}: pick a free address"))?;
+    let listener = evenflow_daemon::bind("--metrics-addr", addr).await?;
     info!(%addr, "serving /metrics");
-    loop {
-        let (stream, _) = tokio::select! {
-            r = listener.accept() => r.context("accepting a /metrics connection")?,
-            _ = shutdown.changed() => return Ok(()),
-        };
-        let snapshots = snapshots.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let snap = snapshots.borrow().clone();
-                async move { Ok::<_, Infallible>(respond(req.uri().path(), &snap)) }
-            });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                debug!("metrics connection: {e}");
-            }
-        });
-    }
+    evenflow_daemon::http::serve(
+        listener,
+        move |path| page(path, &snapshots.borrow()),
+        async move {
+            let _ = shutdown.changed().await;
+        },
+    )
+    .await;
+    Ok(())
 }
 
-fn respond(path: &str, snap: &v1::Snapshot) -> Response<Full<Bytes>> {
-    let (status, ctype, body) = match path {
-        "/metrics" => (
-            200,
-            "text/plain; version=0.0.4; charset=utf-8",
-            render(snap),
-        ),
-        "/" => (
-            200,
-            "text/plain",
-            "evenflow-agent: see /metrics\n".to_owned(),
-        ),
-        _ => (404, "text/plain", "not found: try /metrics\n".to_owned()),
-    };
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
-    if let Ok(v) = hyper::header::HeaderValue::from_str(ctype) {
-        resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+/// The answer to an HTTP request for `path`.
+fn page(path: &str, snap: &v1::Snapshot) -> Page {
+    match path {
+        "/metrics" => Page::ok(exposition::CONTENT_TYPE, render(snap)),
+        "/" => Page::ok("text/plain", "evenflow-agent: see /metrics\n".to_owned()),
+        _ => Page::not_found("not found: try /metrics\n".to_owned()),
     }
-    resp
-}
-
-/// Escapes a label value per the exposition format.
-fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 fn direction_label(d: i32) -> &'static str {

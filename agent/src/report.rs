@@ -116,30 +116,7 @@ impl Tls {
         ca: Option<&std::path::Path>,
         cert_key: Option<(&std::path::Path, &std::path::Path)>,
     ) -> anyhow::Result<Self> {
-        use anyhow::Context as _;
-        let read = |flag: &str, p: &std::path::Path| {
-            let text = std::fs::read(p)
-                .with_context(|| format!("{flag} {}: cannot read it", p.display()))?;
-            anyhow::ensure!(
-                String::from_utf8_lossy(&text).contains("-----BEGIN"),
-                "{flag} {}: not a PEM file (expected -----BEGIN ...)",
-                p.display()
-            );
-            Ok(text)
-        };
-        let mut cfg = tonic::transport::ClientTlsConfig::new();
-        if let Some(ca) = ca {
-            cfg = cfg.ca_certificate(tonic::transport::Certificate::from_pem(read(
-                "--tls-ca", ca,
-            )?));
-        }
-        if let Some((cert, key)) = cert_key {
-            cfg = cfg.identity(tonic::transport::Identity::from_pem(
-                read("--tls-cert", cert)?,
-                read("--tls-key", key)?,
-            ));
-        }
-        Ok(Self(cfg))
+        Ok(Self(evenflow_daemon::tls::client(ca, cert_key)?))
     }
 }
 

@@ -68,6 +68,20 @@ pub fn run(ns: &str, args: &[&str], rest: &[&str]) -> Result<String> {
     crate::netns::exec(ns, &bin, &all).with_context(|| format!("grpcurl in {ns}"))
 }
 
+/// Calls `method` on the gRPC server at `addr` from inside `ns`, with
+/// `body` (JSON) as the request; the answer parsed, or `None` while the
+/// server cannot answer.
+pub fn call(ns: &str, addr: &str, method: &str, body: &str) -> Option<Value> {
+    let bin = bin().ok()?.display().to_string();
+    let out = crate::netns::exec(
+        ns,
+        &bin,
+        &["-plaintext", "-max-time", "5", "-d", body, addr, method],
+    )
+    .ok()?;
+    serde_json::from_str(&out).ok()
+}
+
 /// `grpcurl list`: the services the agent registers for reflection.
 pub fn list(ns: &str) -> Result<Vec<String>> {
     Ok(run(ns, &[], &["list"])?

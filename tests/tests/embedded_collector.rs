@@ -8,27 +8,13 @@
 use std::time::{Duration, Instant};
 
 use evenflow_tests::{grpcurl, lab::Lab, netns};
-use serde_json::Value;
 
 const GRPC: &str = "127.0.0.1:50052";
 const METRICS: &str = "http://127.0.0.1:9465/metrics";
 
 /// The embedded collector's view of the agent's last sequence number.
 fn last_sequence(ns: &str, node: &str) -> Option<u64> {
-    let bin = grpcurl::bin().ok()?.display().to_string();
-    let out = netns::exec(
-        ns,
-        &bin,
-        &[
-            "-plaintext",
-            "-max-time",
-            "5",
-            GRPC,
-            "evenflow.v1.Distribution/ListAgents",
-        ],
-    )
-    .ok()?;
-    let v: Value = serde_json::from_str(&out).ok()?;
+    let v = grpcurl::call(ns, GRPC, "evenflow.v1.Distribution/ListAgents", "{}")?;
     v["agents"]
         .as_array()?
         .iter()

@@ -139,18 +139,17 @@ fn test(extra: &[String]) -> Result<()> {
     shell::step("cargo fmt --check", || {
         shell::cargo(&["fmt", "--all", "--", "--check"])
     })?;
-    shell::step("cargo clippy", || {
-        let mut args = vec!["clippy"];
-        args.extend(HOST_CRATES);
-        args.extend(["--all-targets", "--", "-D", "warnings"]);
-        shell::cargo(&args)
-    })?;
-    shell::step("cargo clippy (node agent)", || {
-        let mut args = vec!["clippy"];
-        args.extend(NODE_AGENT);
-        args.extend(["--all-targets", "--", "-D", "warnings"]);
-        shell::cargo(&args)
-    })?;
+    for (step, crates) in [
+        ("cargo clippy", HOST_CRATES),
+        ("cargo clippy (node agent)", NODE_AGENT),
+    ] {
+        shell::step(step, || {
+            let mut args = vec!["clippy"];
+            args.extend(crates);
+            args.extend(["--all-targets", "--", "-D", "warnings"]);
+            shell::cargo(&args)
+        })?;
+    }
     shell::step("cargo build (bins)", || shell::cargo(&["build", "--bins"]))?;
     // The end-to-end tests start these binaries: the debug builds just made,
     // never a stale release build that happens to be newer.

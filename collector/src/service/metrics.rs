@@ -1,78 +1,35 @@
 //! Prometheus text exposition on `/metrics`, and `/pools/NAME` (the
 //! webhook alerts' generatorURL) as plain text.
 
-use std::{
-    convert::Infallible,
-    fmt::Write as _,
-    sync::{Arc, atomic::Ordering::Relaxed},
-    time::Instant,
-};
+use std::{fmt::Write as _, sync::atomic::Ordering::Relaxed, time::Instant};
 
+use evenflow_daemon::{
+    exposition::{self, escape as esc},
+    http::Page,
+};
 use evenflow_proto::v1;
-use http_body_util::Full;
-use hyper::{Request, Response, body::Bytes, server::conn::http1, service::service_fn};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-use tracing::debug;
 
 use crate::service::engine::Shared;
 
-/// Serves HTTP on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                // Out of file descriptors and the like: do not spin.
-                debug!("accepting a /metrics connection: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(respond(req.uri().path(), &shared)) }
-            });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                debug!("metrics connection: {e}");
-            }
-        });
-    }
-}
-
-fn respond(path: &str, shared: &Shared) -> Response<Full<Bytes>> {
-    let (status, ctype, body) = if path == "/metrics" {
-        (
-            200,
-            "text/plain; version=0.0.4; charset=utf-8",
-            render(shared),
-        )
+/// The answer to an HTTP request for `path` (served by
+/// [`evenflow_daemon::http::serve`]).
+pub fn page(path: &str, shared: &Shared) -> Page {
+    if path == "/metrics" {
+        Page::ok(exposition::CONTENT_TYPE, render(shared))
     } else if let Some(name) = path.strip_prefix("/pools/") {
         let p = shared.published.borrow().clone();
         match p.pools.get(name) {
-            Some(pool) => (200, "text/plain; charset=utf-8", pool_text(pool)),
-            None => (404, "text/plain", format!("no pool {name:?}\n")),
+            Some(pool) => Page::ok("text/plain; charset=utf-8", pool_text(pool)),
+            None => Page::not_found(format!("no pool {name:?}\n")),
         }
     } else if path == "/" {
-        (
-            200,
+        Page::ok(
             "text/plain",
             "evenflow-collector: see /metrics and /pools/NAME\n".to_owned(),
         )
     } else {
-        (404, "text/plain", "not found: try /metrics\n".to_owned())
-    };
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
-    if let Ok(v) = hyper::header::HeaderValue::from_str(ctype) {
-        resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+        Page::not_found("not found: try /metrics\n".to_owned())
     }
-    resp
 }
 
 fn verdict_name(v: i32) -> &'static str {
@@ -104,13 +61,6 @@ fn pool_text(p: &v1::Pool) -> String {
         );
     }
     s
-}
-
-/// Escapes a label value per the exposition format.
-fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 fn help(out: &mut String, name: &str, kind: &str, text: &str) {

@@ -6,7 +6,9 @@
 //! (`--pools FILE`), [`pools`] (the grouping rule), [`engine`] (the tick),
 //! [`ingest`] (`evenflow.v1.Ingest`), [`query`] (`evenflow.v1.Distribution`),
 //! [`metrics`] (`/metrics`), [`webhook`] (Alertmanager v2), [`config`]
-//! (flags), [`server`] (starts everything).
+//! (flags), [`server`] (starts everything). What the collector serves with
+//! and the agent too (listeners, the `/metrics` HTTP server, health and
+//! reflection, TLS) is the `evenflow-daemon` crate.
 
 pub mod agents;
 pub mod config;
@@ -18,5 +20,4 @@ pub mod poolfile;
 pub mod pools;
 pub mod query;
 pub mod server;
-pub mod tls;
 pub mod webhook;

@@ -6,8 +6,9 @@ use std::{
     sync::{Arc, atomic::AtomicBool},
 };
 
+use evenflow_daemon::{BindError, bind, grpc::ReflectionError, http, tls};
 use evenflow_proto::v1::{distribution_server::DistributionServer, ingest_server::IngestServer};
-use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tokio::{sync::watch, task::JoinHandle};
 use tracing::info;
 
 use crate::service::{
@@ -23,15 +24,8 @@ use crate::service::{
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// A listening address could not be bound.
-    #[error("binding {flag} {addr}: {source}; pick a free address")]
-    Bind {
-        /// Which flag.
-        flag: &'static str,
-        /// The address.
-        addr: SocketAddr,
-        /// Why.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] BindError),
     /// The pool file is unusable.
     #[error(transparent)]
     PoolFile(#[from] PoolFileError),
@@ -42,11 +36,11 @@ pub enum StartError {
     #[error("{0}")]
     Flags(String),
     /// Reflection could not be built.
-    #[error("building gRPC reflection: {0}")]
-    Reflection(String),
+    #[error(transparent)]
+    Reflection(#[from] ReflectionError),
     /// The TLS files are unusable.
     #[error(transparent)]
-    Tls(#[from] crate::service::tls::TlsError),
+    Tls(#[from] tls::TlsError),
     /// The tick thread could not start.
     #[error("starting the detection thread: {0}")]
     Thread(std::io::Error),
@@ -102,6 +96,12 @@ impl Running {
     }
 }
 
+/// The query API over `shared`, as both listeners serve it.
+fn distribution(shared: &Arc<Shared>) -> DistributionServer<DistributionService> {
+    DistributionServer::new(DistributionService::new(shared.clone()))
+        .max_encoding_message_size(256 << 20)
+}
+
 /// Starts the collector on the current tokio runtime.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
     config.check().map_err(StartError::Flags)?;
@@ -116,81 +116,25 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         shared.webhook_stats.clone(),
     )?;
 
-    let grpc_listener = TcpListener::bind(config.grpc_addr)
-        .await
-        .map_err(|source| StartError::Bind {
-            flag: "--grpc-addr",
-            addr: config.grpc_addr,
-            source,
-        })?;
-    let metrics_listener = TcpListener::bind(config.metrics_addr)
-        .await
-        .map_err(|source| StartError::Bind {
-            flag: "--metrics-addr",
-            addr: config.metrics_addr,
-            source,
-        })?;
+    let grpc_listener = bind("--grpc-addr", config.grpc_addr).await?;
+    let metrics_listener = bind("--metrics-addr", config.metrics_addr).await?;
     let grpc_addr = grpc_listener.local_addr().unwrap_or(config.grpc_addr);
     let metrics_addr = metrics_listener.local_addr().unwrap_or(config.metrics_addr);
 
-    let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<IngestServer<IngestService>>()
-        .await;
-    health_reporter
-        .set_serving::<DistributionServer<DistributionService>>()
-        .await;
-    let reflection = evenflow_proto::reflection;
-    let reflection_v1 = reflection()
-        .build_v1()
-        .map_err(|e| StartError::Reflection(e.to_string()))?;
-    // v1alpha too: grpcurl 1.8 only speaks the older reflection protocol.
-    let reflection_v1alpha = reflection()
-        .build_v1alpha()
-        .map_err(|e| StartError::Reflection(e.to_string()))?;
-
     let (shutdown, mut shutdown_rx) = watch::channel(false);
-    let ingest =
-        IngestServer::new(IngestService::new(shared.clone())).max_decoding_message_size(64 << 20);
-    let distribution = DistributionServer::new(DistributionService::new(shared.clone()))
-        .max_encoding_message_size(256 << 20);
     let tls = match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => Some(crate::service::tls::acceptor(
-            cert,
-            key,
-            config.tls_client_ca.as_deref(),
-        )?),
+        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key, config.tls_client_ca.as_deref())?),
         _ => None,
     };
     // The read-only query listener: Distribution, reflection and health.
     if let Some(addr) = config.query_addr {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind {
-                flag: "--query-addr",
-                addr,
-                source,
-            })?;
-        let (reporter, health) = tonic_health::server::health_reporter();
+        let listener = bind("--query-addr", addr).await?;
+        let (reporter, router) =
+            evenflow_daemon::grpc::health_and_reflection(&mut tonic::transport::Server::builder())?;
         reporter
             .set_serving::<DistributionServer<DistributionService>>()
             .await;
-        let router = tonic::transport::Server::builder()
-            .add_service(health)
-            .add_service(
-                reflection()
-                    .build_v1()
-                    .map_err(|e| StartError::Reflection(e.to_string()))?,
-            )
-            .add_service(
-                reflection()
-                    .build_v1alpha()
-                    .map_err(|e| StartError::Reflection(e.to_string()))?,
-            )
-            .add_service(
-                DistributionServer::new(DistributionService::new(shared.clone()))
-                    .max_encoding_message_size(256 << 20),
-            );
+        let router = router.add_service(distribution(&shared));
         let mut stop = shutdown_rx.clone();
         info!(%addr, "serving the read-only query API (evenflow.v1.Distribution)");
         tokio::spawn(router.serve_with_incoming_shutdown(
@@ -200,29 +144,39 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             },
         ));
     }
-    let router = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .add_service(health)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(ingest)
-        .add_service(distribution);
+    let (health, router) = evenflow_daemon::grpc::health_and_reflection(
+        &mut tonic::transport::Server::builder().tcp_nodelay(true),
+    )?;
+    health.set_serving::<IngestServer<IngestService>>().await;
+    health
+        .set_serving::<DistributionServer<DistributionService>>()
+        .await;
+    let router = router
+        .add_service(
+            IngestServer::new(IngestService::new(shared.clone()))
+                .max_decoding_message_size(64 << 20),
+        )
+        .add_service(distribution(&shared));
+    let mut metrics_stop = shutdown_rx.clone();
     let stopped = async move {
         let _ = shutdown_rx.changed().await;
     };
     let grpc = match tls {
-        Some(acceptor) => tokio::spawn(router.serve_with_incoming_shutdown(
-            crate::service::tls::incoming(grpc_listener, acceptor),
-            stopped,
-        )),
+        Some(acceptor) => tokio::spawn(
+            router.serve_with_incoming_shutdown(tls::incoming(grpc_listener, acceptor), stopped),
+        ),
         None => tokio::spawn(router.serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
             stopped,
         )),
     };
-    let metrics = tokio::spawn(crate::service::metrics::serve(
+    let pages = shared.clone();
+    let metrics = tokio::spawn(http::serve(
         metrics_listener,
-        shared.clone(),
+        move |path| crate::service::metrics::page(path, &pages),
+        async move {
+            let _ = metrics_stop.changed().await;
+        },
     ));
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -1,10 +1,14 @@
-//! Mutual TLS for the ingest listener (`--tls-cert`, `--tls-key`,
-//! `--tls-client-ca`).
+//! TLS from PEM files, for both ends of the agents' report streams: the
+//! collector's listener (`--tls-cert`, `--tls-key`, `--tls-client-ca`:
+//! [`acceptor`], [`incoming`]) and the agent's connection to it
+//! (`--tls-ca`, `--tls-cert`, `--tls-key`: [`client`]). Every file is read
+//! by [`read_pem`], so a bad one is refused the same way on both sides,
+//! naming the flag, the file and what was expected.
 //!
-//! The handshake is done here rather than inside tonic so that a refused
-//! agent is logged with the reason (no certificate, unknown issuer,
-//! expired...), at warning level, with its address: the operator sees why
-//! an agent cannot report without turning on debug logs.
+//! The listener's handshakes are done here rather than inside tonic so that
+//! a refused agent is logged with the reason (no certificate, unknown
+//! issuer, expired...), at warning level, with its address: the operator
+//! sees why an agent cannot report without turning on debug logs.
 
 use std::{net::SocketAddr, path::Path, sync::Arc};
 
@@ -34,22 +38,43 @@ pub enum TlsError {
     Setup(String),
 }
 
+fn file_error(flag: &'static str, path: &Path, reason: String) -> TlsError {
+    TlsError::File {
+        flag,
+        path: path.display().to_string(),
+        reason,
+    }
+}
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The bytes of the PEM file `path` given by `flag`.
+pub fn read_pem(flag: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    let text =
+        std::fs::read(path).map_err(|e| file_error(flag, path, format!("cannot read it: {e}")))?;
+    if !String::from_utf8_lossy(&text).contains("-----BEGIN") {
+        return Err(file_error(
+            flag,
+            path,
+            "not a PEM file (expected -----BEGIN ...)".into(),
+        ));
+    }
+    Ok(text)
+}
+
 fn certs(flag: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let bad = |reason: String| TlsError::File {
-        flag,
-        path: path.display().to_string(),
-        reason,
-    };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| bad(format!("{e} (expected a PEM file of certificates)")))?
+    let pem = read_pem(flag, path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(format!("{e} (expected PEM certificates)")))?;
+        .map_err(|e| file_error(flag, path, format!("{e} (expected PEM certificates)")))?;
     if certs.is_empty() {
-        return Err(bad("no PEM certificate in the file".into()));
+        return Err(file_error(
+            flag,
+            path,
+            "no PEM certificate in the file".into(),
+        ));
     }
     Ok(certs)
 }
@@ -62,10 +87,12 @@ pub fn acceptor(
     client_ca: Option<&Path>,
 ) -> Result<TlsAcceptor, TlsError> {
     let chain = certs("--tls-cert", cert)?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::File {
-        flag: "--tls-key",
-        path: key.display().to_string(),
-        reason: format!("{e} (expected a PEM private key)"),
+    let key = PrivateKeyDer::from_pem_slice(&read_pem("--tls-key", key)?).map_err(|e| {
+        file_error(
+            "--tls-key",
+            key,
+            format!("{e} (expected a PEM private key)"),
+        )
     })?;
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -74,11 +101,9 @@ pub fn acceptor(
         Some(ca) => {
             let mut roots = RootCertStore::empty();
             for c in certs("--tls-client-ca", ca)? {
-                roots.add(c).map_err(|e| TlsError::File {
-                    flag: "--tls-client-ca",
-                    path: ca.display().to_string(),
-                    reason: e.to_string(),
-                })?;
+                roots
+                    .add(c)
+                    .map_err(|e| file_error("--tls-client-ca", ca, e.to_string()))?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
                 .build()
@@ -92,6 +117,26 @@ pub fn acceptor(
         .map_err(|e| TlsError::Setup(format!("--tls-cert and --tls-key do not match: {e}")))?;
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// The client side: `ca` verifies the server's certificate; `cert_key` is
+/// this client's own identity for mutual TLS.
+pub fn client(
+    ca: Option<&Path>,
+    cert_key: Option<(&Path, &Path)>,
+) -> Result<tonic::transport::ClientTlsConfig, TlsError> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let mut cfg = ClientTlsConfig::new();
+    if let Some(ca) = ca {
+        cfg = cfg.ca_certificate(Certificate::from_pem(read_pem("--tls-ca", ca)?));
+    }
+    if let Some((cert, key)) = cert_key {
+        cfg = cfg.identity(Identity::from_pem(
+            read_pem("--tls-cert", cert)?,
+            read_pem("--tls-key", key)?,
+        ));
+    }
+    Ok(cfg)
 }
 
 /// Accepted, authenticated connections from `listener`. Each handshake runs
@@ -132,4 +177,34 @@ pub fn incoming(
         }
     });
     ReceiverStream::new(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_files_name_their_flag_and_what_was_expected() {
+        let dir = std::env::temp_dir().join(format!("evenflow-daemon-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let not_pem = dir.join("not.pem");
+        std::fs::write(&not_pem, "hello").expect("write");
+        let e = client(Some(&not_pem), None)
+            .expect_err("not PEM")
+            .to_string();
+        assert!(
+            e.starts_with("--tls-ca ") && e.contains("not a PEM file"),
+            "{e}"
+        );
+        let missing = dir.join("missing.pem");
+        let e = acceptor(&missing, &missing, None)
+            .err()
+            .expect("missing file")
+            .to_string();
+        assert!(
+            e.starts_with("--tls-cert ") && e.contains("cannot read it"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
