@@ -14,10 +14,12 @@ pub mod cgroup;
 pub mod client;
 pub mod grpcurl;
 pub mod haproxy;
+pub mod kubeapi;
 pub mod lab;
 pub mod netns;
 pub mod nft;
 pub mod nginx;
+pub mod simagent;
 
 use std::{path::Path, time::Duration};
 

@@ -298,7 +298,10 @@ fn pool_message(
                 .unwrap_or("announced")
                 .to_owned(),
             pod: meta.and_then(|m| m.pod.as_deref()).unwrap_or("").to_owned(),
-            zone: meta.and_then(|m| m.zone.as_deref()).unwrap_or("").to_owned(),
+            zone: meta
+                .and_then(|m| m.zone.as_deref())
+                .unwrap_or("")
+                .to_owned(),
         });
     }
     if !pt.unjudged.is_empty() {

@@ -446,11 +446,7 @@ pub fn build(agents: &[AgentTick], declared: &Declared, tick: u64) -> Vec<PoolTi
 }
 
 /// Adds one observer's endpoint to a member's view and measured rates.
-fn add_endpoint(
-    v: &mut ViewInput,
-    m: &mut Measured,
-    e: &crate::service::agents::TickEndpoint,
-) {
+fn add_endpoint(v: &mut ViewInput, m: &mut Measured, e: &crate::service::agents::TickEndpoint) {
     v.reset |= e.reset;
     v.new_conns += e.delta.conns;
     v.bytes_in += e.delta.bytes_in;
@@ -492,7 +488,10 @@ fn load_balancers<'a>(
             }
             // Agents come sorted by node name: sorting indices sorts names.
             idx.sort_unstable();
-            let names = idx.iter().map(|&i| String::from(&*agents[i].node)).collect();
+            let names = idx
+                .iter()
+                .map(|&i| String::from(&*agents[i].node))
+                .collect();
             (idx, names, false)
         }
         LbNodes::Named(declared) => {
@@ -661,14 +660,20 @@ mod tests {
         // Once it serves, what it serves on decides, as for every node.
         agents[3].endpoints = vec![ep("10.0.0.4", 8080, Dir::Serves, Some("web"), 1)];
         assert_eq!(
-            build(&agents, &Declared::default(), 1)[0].input.members.len(),
+            build(&agents, &Declared::default(), 1)[0]
+                .input
+                .members
+                .len(),
             4
         );
         // Without node addresses (an older agent) it stays unseen.
         agents[3].endpoints.clear();
         agents[3].addresses.clear();
         assert_eq!(
-            build(&agents, &Declared::default(), 1)[0].input.members.len(),
+            build(&agents, &Declared::default(), 1)[0]
+                .input
+                .members
+                .len(),
             3
         );
     }
@@ -704,7 +709,11 @@ members = [
         assert!(!p.input.members[0].lb.unwrap().fresh);
     }
 
-    fn kube_member(addr: &str, node: &str, expect: Expect) -> crate::service::declared::DeclaredMember {
+    fn kube_member(
+        addr: &str,
+        node: &str,
+        expect: Expect,
+    ) -> crate::service::declared::DeclaredMember {
         crate::service::declared::DeclaredMember {
             addr: addr.parse().unwrap(),
             weight: 1.0,
@@ -792,7 +801,10 @@ members = [
         assert_eq!(a.input.members[1].lb.unwrap().new_conns, 0);
         assert_eq!(a.meta[1].node, "n1");
         assert_eq!(a.meta[1].source.as_str(), "kubernetes");
-        assert_eq!(a.meta[1].pod.as_deref(), Some("default/pod-10.244.0.4:8080"));
+        assert_eq!(
+            a.meta[1].pod.as_deref(),
+            Some("default/pod-10.244.0.4:8080")
+        );
         let b = &pools[1];
         assert_eq!(b.input.members.len(), 1);
         assert_eq!(b.input.members[0].server.unwrap().new_conns, 7);
@@ -805,8 +817,16 @@ members = [
     #[test]
     fn a_zone_pool_takes_its_lb_view_from_its_zone_only() {
         let agents = vec![
-            agent("a1", vec![ep("10.244.1.2", 8080, Dir::SendsTo, None, 4)], vec![]),
-            agent("b1", vec![ep("10.244.1.2", 8080, Dir::SendsTo, None, 9)], vec![]),
+            agent(
+                "a1",
+                vec![ep("10.244.1.2", 8080, Dir::SendsTo, None, 4)],
+                vec![],
+            ),
+            agent(
+                "b1",
+                vec![ep("10.244.1.2", 8080, Dir::SendsTo, None, 9)],
+                vec![],
+            ),
         ];
         let mut declared = kube(vec![(
             "default/a:http@zone-a",

@@ -298,7 +298,11 @@ fn split(
         .filter(|m| m.condition == Condition::Ready)
         .collect();
     if spec.and_then(|s| s.internal_traffic_policy.as_deref()) == Some("Local") {
-        let nodes: BTreeSet<&Arc<str>> = whole.members.iter().filter_map(|m| m.node.as_ref()).collect();
+        let nodes: BTreeSet<&Arc<str>> = whole
+            .members
+            .iter()
+            .filter_map(|m| m.node.as_ref())
+            .collect();
         for node in nodes {
             let mut service = (*whole.service).clone();
             service.node = node.to_string();
@@ -321,7 +325,9 @@ fn split(
     }
     let hinted = !ready.is_empty() && ready.iter().all(|m| !m.for_zones.is_empty());
     if !hinted {
-        let asked = spec.and_then(|s| s.traffic_distribution.as_deref()).map(|t| format!("trafficDistribution: {t}"))
+        let asked = spec
+            .and_then(|s| s.traffic_distribution.as_deref())
+            .map(|t| format!("trafficDistribution: {t}"))
             .or_else(|| {
                 let a = svc.metadata.annotations.as_ref()?;
                 a.get(TOPOLOGY_MODE)

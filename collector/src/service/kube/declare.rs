@@ -72,7 +72,11 @@ impl KubePools {
     fn track_draining(&mut self, catalog: &Catalog, now: Instant) {
         let mut since = HashMap::new();
         for p in &catalog.pools {
-            for m in p.members.iter().filter(|m| m.condition == Condition::Draining) {
+            for m in p
+                .members
+                .iter()
+                .filter(|m| m.condition == Condition::Draining)
+            {
                 let key = (p.name.clone(), m.addr);
                 let t = self.draining_since.get(&key).copied().unwrap_or(now);
                 since.insert(key, t);
@@ -185,7 +189,9 @@ mod tests {
                 Expect::Share => "share",
                 Expect::Draining => "draining",
                 Expect::Unjudged { draining: true, .. } => "grace",
-                Expect::Unjudged { draining: false, .. } => "not ready",
+                Expect::Unjudged {
+                    draining: false, ..
+                } => "not ready",
             })
             .collect()
     }
@@ -207,7 +213,10 @@ mod tests {
             &[Condition::Ready, Condition::Draining, Condition::NotReady],
         ));
         let t1 = t0 + Duration::from_secs(2);
-        assert_eq!(expects(&k.poll(t1).unwrap()), ["share", "grace", "not ready"]);
+        assert_eq!(
+            expects(&k.poll(t1).unwrap()),
+            ["share", "grace", "not ready"]
+        );
         // A catalog change within the grace keeps the first-seen time.
         tx.send_replace(catalog(
             3,

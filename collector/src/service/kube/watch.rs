@@ -18,10 +18,6 @@
 
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 
-use k8s_openapi::api::{
-    core::v1::{Node, Service},
-    discovery::v1::EndpointSlice,
-};
 use ::kube::{
     Api, Client, Resource, ResourceExt as _,
     config::{KubeConfigOptions, Kubeconfig},
@@ -31,6 +27,10 @@ use ::kube::{
         reflector::{self, Store},
         watcher,
     },
+};
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
 };
 use tokio::sync::{Notify, watch};
 use tokio_stream::{Stream, StreamExt as _};
@@ -98,7 +98,10 @@ pub async fn start(opts: &Options) -> Result<watch::Receiver<Arc<Catalog>>, Kube
     let changed = Arc::new(Notify::new());
     let services = spawn_reflector(
         "services",
-        watcher(Api::<Service>::all(client.clone()), watcher::Config::default()),
+        watcher(
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default(),
+        ),
         trim_service,
         changed.clone(),
     );

@@ -91,9 +91,7 @@ fn slice(svc: &str, name: &str, port: (&str, i32), eps: &[Ep]) -> EndpointSlice 
                     for_zones: Some(
                         e.hints
                             .iter()
-                            .map(|z| ForZone {
-                                name: (*z).into(),
-                            })
+                            .map(|z| ForZone { name: (*z).into() })
                             .collect(),
                     ),
                     ..Default::default()
@@ -116,9 +114,17 @@ fn two_services_on_one_port_are_two_pools() {
             "a",
             "a-1",
             ("http", 8080),
-            &[ready("10.244.0.2", "n1", "z1"), ready("10.244.0.3", "n1", "z1")],
+            &[
+                ready("10.244.0.2", "n1", "z1"),
+                ready("10.244.0.3", "n1", "z1"),
+            ],
         ),
-        slice("b", "b-1", ("http", 8080), &[ready("10.244.0.4", "n1", "z1")]),
+        slice(
+            "b",
+            "b-1",
+            ("http", 8080),
+            &[ready("10.244.0.4", "n1", "z1")],
+        ),
     ];
     let pools = build(&svcs, &slices, &BTreeMap::new());
     let names: Vec<&str> = pools.iter().map(|p| &*p.name).collect();
@@ -164,7 +170,11 @@ fn conditions_read_as_kube_proxy_reads_them() {
             ..ready("10.0.0.4", "n", "z")
         },
     ];
-    let pools = build(&svcs, &[slice("a", "a-1", ("", 8080), &eps)], &BTreeMap::new());
+    let pools = build(
+        &svcs,
+        &[slice("a", "a-1", ("", 8080), &eps)],
+        &BTreeMap::new(),
+    );
     // An unnamed port is named by its number.
     assert_eq!(&*pools[0].name, "default/a:80");
     let c: Vec<Condition> = pools[0].members.iter().map(|m| m.condition).collect();
@@ -240,7 +250,11 @@ fn zone_hints_split_the_service_by_zone() {
         ("client-z2".to_owned(), "z2".to_owned()),
     ]
     .into();
-    let pools = build(&[svc.clone()], &[slice("a", "a-1", ("http", 8080), &eps)], &zones);
+    let pools = build(
+        &[svc.clone()],
+        &[slice("a", "a-1", ("http", 8080), &eps)],
+        &zones,
+    );
     let names: Vec<&str> = pools.iter().map(|p| &*p.name).collect();
     assert_eq!(names, ["default/a:http@z1", "default/a:http@z2"]);
     assert_eq!(addrs(&pools[0]), ["10.0.1.1:8080", "10.0.1.2:8080"]);
@@ -258,7 +272,10 @@ fn zone_hints_split_the_service_by_zone() {
     let pools = build(&[svc], &[slice("a", "a-1", ("http", 8080), &eps)], &zones);
     assert_eq!(pools.len(), 1);
     let note = pools[0].note.as_deref().unwrap();
-    assert!(note.contains("trafficDistribution: PreferClose") && note.contains("one pool"), "{note}");
+    assert!(
+        note.contains("trafficDistribution: PreferClose") && note.contains("one pool"),
+        "{note}"
+    );
 }
 
 #[test]
@@ -270,7 +287,11 @@ fn internal_traffic_policy_local_splits_by_node() {
         ready("10.0.1.2", "n1", "z"),
         ready("10.0.2.1", "n2", "z"),
     ];
-    let pools = build(&[svc], &[slice("dns", "d-1", ("dns-tcp", 53), &eps)], &BTreeMap::new());
+    let pools = build(
+        &[svc],
+        &[slice("dns", "d-1", ("dns-tcp", 53), &eps)],
+        &BTreeMap::new(),
+    );
     let names: Vec<&str> = pools.iter().map(|p| &*p.name).collect();
     assert_eq!(names, ["default/dns:dns-tcp@n1", "default/dns:dns-tcp@n2"]);
     assert_eq!(addrs(&pools[0]), ["10.0.1.1:53", "10.0.1.2:53"]);
