@@ -95,6 +95,15 @@ impl Cluster {
         format!("http://{}", self.grpc)
     }
 
+    /// List requests so far for `resource` (every resource when empty).
+    fn lists(&self, resource: &str) -> usize {
+        self.api
+            .requests()
+            .iter()
+            .filter(|r| r.verb == "list" && (resource.is_empty() || r.resource == resource))
+            .count()
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("collector.log")).unwrap_or_default()
     }
@@ -191,6 +200,12 @@ impl Traffic {
         }
     }
 
+    /// kube-proxy follows the slice: it routes to the ready pods.
+    fn route_ready(&mut self, service: &str, pods: &[Pod]) {
+        let ready: Vec<&Pod> = pods.iter().filter(|p| p.state == State::Ready).collect();
+        self.route(service, &ready);
+    }
+
     /// Reports every 250 ms for `d`.
     async fn run(&mut self, d: Duration) {
         let end = Instant::now() + d;
@@ -219,6 +234,18 @@ async fn pools(q: &mut DistributionClient<Channel>) -> Vec<v1::Pool> {
         .await
         .map(|r| r.into_inner().pools)
         .unwrap_or_default()
+}
+
+/// ListAlerts: open ones, and resolved ones too when `resolved`.
+async fn alerts(q: &mut DistributionClient<Channel>, pool: &str, resolved: bool) -> Vec<v1::Alert> {
+    q.list_alerts(v1::ListAlertsRequest {
+        pool: pool.into(),
+        include_resolved: resolved,
+    })
+    .await
+    .expect("ListAlerts")
+    .into_inner()
+    .alerts
 }
 
 fn members(p: &v1::Pool) -> Vec<(String, String, &'static str)> {
@@ -364,12 +391,7 @@ async fn two_services_on_one_port_are_two_pools_and_follow_watches_through_410_a
 
     // etcd compacts and the watches end with 410 Gone; a change made
     // meanwhile must arrive through the re-list.
-    let lists_before = c
-        .api
-        .requests()
-        .iter()
-        .filter(|r| r.verb == "list" && r.resource == "endpointslices")
-        .count();
+    let lists_before = c.lists("endpointslices");
     c.api.expire_watches();
     slice_a.remove(0);
     apply_service(&c.api, "svc-a", "10.96.0.10", &slice_a);
@@ -377,12 +399,7 @@ async fn two_services_on_one_port_are_two_pools_and_follow_watches_through_410_a
         p.members.len() == 3 && p.members[0].pod == "default/svc-a-2"
     })
     .await;
-    let lists_after = c
-        .api
-        .requests()
-        .iter()
-        .filter(|r| r.verb == "list" && r.resource == "endpointslices")
-        .count();
+    let lists_after = c.lists("endpointslices");
     assert!(
         lists_after > lists_before,
         "a 410 makes the client list again ({lists_before} → {lists_after} lists)"
@@ -404,7 +421,7 @@ async fn two_services_on_one_port_are_two_pools_and_follow_watches_through_410_a
     t.run(Duration::from_secs(2)).await;
     // An API server restart ends the watches without an error: the client
     // resumes from the last revision it saw, without listing again.
-    let lists = c.api.requests().iter().filter(|r| r.verb == "list").count();
+    let lists = c.lists("");
     c.api.drop_watches();
     apply_service(&c.api, "svc-b", "10.96.0.11", &b);
     wait_pool(&c, &mut q, "default/svc-b:http", 20, |p| {
@@ -484,13 +501,7 @@ async fn a_rolling_update_pages_nothing_and_a_ready_pod_left_out_is_zero_by_name
         *live.last_mut().expect("new pod") = p;
         apply_service(&c.api, "svc-a", "10.96.0.10", &live);
         t.run(Duration::from_millis(500)).await;
-        t.route(
-            "svc-a",
-            &live
-                .iter()
-                .filter(|p| p.state == State::Ready)
-                .collect::<Vec<_>>(),
-        );
+        t.route_ready("svc-a", &live);
         t.run(Duration::from_secs(2)).await;
         let i = live
             .iter()
@@ -499,13 +510,7 @@ async fn a_rolling_update_pages_nothing_and_a_ready_pod_left_out_is_zero_by_name
         live[i].state = State::Terminating;
         apply_service(&c.api, "svc-a", "10.96.0.10", &live);
         t.run(Duration::from_millis(500)).await;
-        t.route(
-            "svc-a",
-            &live
-                .iter()
-                .filter(|p| p.state == State::Ready)
-                .collect::<Vec<_>>(),
-        );
+        t.route_ready("svc-a", &live);
         t.run(Duration::from_millis(1500)).await;
         let ps = pools(&mut q).await;
         saw_draining |= ps.iter().flat_map(|p| &p.members).any(|m| {
@@ -518,15 +523,7 @@ async fn a_rolling_update_pages_nothing_and_a_ready_pod_left_out_is_zero_by_name
     }
     t.run(Duration::from_secs(4)).await;
     let rollout = started.elapsed();
-    let alerts = q
-        .list_alerts(v1::ListAlertsRequest {
-            pool: String::new(),
-            include_resolved: true,
-        })
-        .await
-        .expect("alerts")
-        .into_inner()
-        .alerts;
+    let alerts = alerts(&mut q, "", true).await;
     assert!(saw_draining, "a terminating pod is shown draining");
     assert!(
         alerts.is_empty(),
@@ -558,15 +555,8 @@ async fn a_rolling_update_pages_nothing_and_a_ready_pod_left_out_is_zero_by_name
     let mut zero = None;
     while added.elapsed() < Duration::from_secs(20) && zero.is_none() {
         t.run(Duration::from_millis(500)).await;
-        zero = q
-            .list_alerts(v1::ListAlertsRequest {
-                pool: "default/svc-a:http".into(),
-                include_resolved: false,
-            })
+        zero = alerts(&mut q, "default/svc-a:http", false)
             .await
-            .expect("alerts")
-            .into_inner()
-            .alerts
             .into_iter()
             .find(|a| a.kind == v1::AlertKind::Zero as i32);
     }
@@ -668,15 +658,7 @@ async fn zone_hints_make_one_pool_per_zone_judged_against_that_zones_nodes() {
             p.members
         );
     }
-    let alerts = q
-        .list_alerts(v1::ListAlertsRequest {
-            pool: String::new(),
-            include_resolved: true,
-        })
-        .await
-        .expect("alerts")
-        .into_inner()
-        .alerts;
+    let alerts = alerts(&mut q, "", true).await;
     assert!(
         alerts.is_empty(),
         "intended zone skew raised alerts: {alerts:#?}"

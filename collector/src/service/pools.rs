@@ -211,6 +211,31 @@ fn common_prefix(a: IpAddr, b: IpAddr) -> u32 {
     }
 }
 
+type Drafts = BTreeMap<Arc<str>, BTreeMap<SocketAddr, Draft>>;
+
+/// Records that agent `ai` announces `addrs` as members of `service`'s
+/// pool, but those a Kubernetes Service has: they are that Service's
+/// members, whatever the label says.
+fn announce(
+    drafts: &mut Drafts,
+    declared: &Declared,
+    service: &Arc<str>,
+    addrs: impl IntoIterator<Item = SocketAddr>,
+    ai: usize,
+) {
+    for addr in addrs {
+        if !declared.kubernetes_members.contains(&addr) {
+            drafts
+                .entry(service.clone())
+                .or_default()
+                .entry(addr)
+                .or_default()
+                .announcers
+                .insert(ai);
+        }
+    }
+}
+
 /// Groups this tick's agents into pools (sorted by name, members sorted by
 /// address and port). `agents` must be sorted by node name.
 pub fn build(agents: &[AgentTick], declared: &Declared, tick: u64) -> Vec<PoolTick> {
@@ -220,10 +245,8 @@ pub fn build(agents: &[AgentTick], declared: &Declared, tick: u64) -> Vec<PoolTi
     // Per-pool marks of LB agents: `lb_mark[i] == stamp` while pool
     // number `stamp` is being built.
     let mut lb_mark: Vec<usize> = vec![usize::MAX; agents.len()];
-    let mut drafts: BTreeMap<Arc<str>, BTreeMap<SocketAddr, Draft>> = BTreeMap::new();
+    let mut drafts: Drafts = BTreeMap::new();
     let mut node_addrs: Vec<BTreeSet<IpAddr>> = Vec::with_capacity(agents.len());
-    // A Service's address:port is its pool's, whatever its label says.
-    let labelled = |addr: SocketAddr| !declared.kubernetes_members.contains(&addr);
     for (ai, a) in agents.iter().enumerate() {
         let mut addrs = BTreeSet::new();
         for (ei, e) in a.endpoints.iter().enumerate() {
@@ -233,17 +256,9 @@ pub fn build(agents: &[AgentTick], declared: &Declared, tick: u64) -> Vec<PoolTi
                     serves.entry(k).or_default().push((ai, ei));
                     if announceable(e.key.addr) {
                         addrs.insert(e.key.addr);
-                        let addr = SocketAddr::new(e.key.addr, e.key.port);
-                        if let Some(svc) = &e.service
-                            && labelled(addr)
-                        {
-                            drafts
-                                .entry(svc.clone())
-                                .or_default()
-                                .entry(addr)
-                                .or_default()
-                                .announcers
-                                .insert(ai);
+                        if let Some(svc) = &e.service {
+                            let addr = SocketAddr::new(e.key.addr, e.key.port);
+                            announce(&mut drafts, declared, svc, [addr], ai);
                         }
                     }
                 }
@@ -272,38 +287,15 @@ pub fn build(agents: &[AgentTick], declared: &Declared, tick: u64) -> Vec<PoolTi
             } else {
                 vec![]
             };
-            for t in targets {
-                let addr = SocketAddr::new(t, l.port);
-                if labelled(addr) {
-                    drafts
-                        .entry(l.service.clone())
-                        .or_default()
-                        .entry(addr)
-                        .or_default()
-                        .announcers
-                        .insert(ai);
-                }
-            }
+            let addrs = targets.into_iter().map(|t| SocketAddr::new(t, l.port));
+            announce(&mut drafts, declared, &l.service, addrs, ai);
         }
     }
     for (ai, l) in dark {
-        let targets: Vec<SocketAddr> = {
-            let known = drafts.get(&l.service).into_iter().flat_map(|p| p.keys());
-            dark_targets(&agents[ai].addresses, l, known)
-                .into_iter()
-                .map(|t| SocketAddr::new(t, l.port))
-                .filter(|a| labelled(*a))
-                .collect()
-        };
-        for addr in targets {
-            drafts
-                .entry(l.service.clone())
-                .or_default()
-                .entry(addr)
-                .or_default()
-                .announcers
-                .insert(ai);
-        }
+        let known = drafts.get(&l.service).into_iter().flat_map(|p| p.keys());
+        let targets = dark_targets(&agents[ai].addresses, l, known);
+        let addrs = targets.into_iter().map(|t| SocketAddr::new(t, l.port));
+        announce(&mut drafts, declared, &l.service, addrs, ai);
     }
     for d in drafts.values_mut() {
         for m in d.values_mut() {

@@ -304,22 +304,14 @@ fn split(
             .filter_map(|m| m.node.as_ref())
             .collect();
         for node in nodes {
-            let mut service = (*whole.service).clone();
-            service.node = node.to_string();
-            out.push(ServicePool {
-                name: Arc::from(format!("{}@{node}", whole.name)),
-                service: Arc::new(service),
-                members: whole
-                    .members
-                    .iter()
-                    .filter(|m| m.node.as_ref() == Some(node))
-                    .cloned()
-                    .collect(),
-                lb_nodes: LbNodes::SendersAmong(Arc::new([node.to_string()].into())),
-                note: Some(Arc::from(
-                    "internalTrafficPolicy: Local: each node sends only to its own endpoints, so this pool is one node's endpoints judged against that node's sends",
-                )),
-            });
+            out.push(part(
+                &whole,
+                node,
+                |s| s.node = node.to_string(),
+                |m| m.node.as_ref() == Some(node),
+                [node.to_string()].into(),
+                "internalTrafficPolicy: Local: each node sends only to its own endpoints, so this pool is one node's endpoints judged against that node's sends".into(),
+            ));
         }
         return;
     }
@@ -358,26 +350,41 @@ fn split(
                 .filter(|m| m.zone.as_ref() == Some(zone))
                 .filter_map(|m| m.node.as_deref().map(str::to_owned)),
         );
-        let mut service = (*whole.service).clone();
-        service.zone = zone.to_string();
-        out.push(ServicePool {
-            name: Arc::from(format!("{}@{zone}", whole.name)),
-            service: Arc::new(service),
-            members: whole
-                .members
-                .iter()
-                .filter(|m| match m.condition {
-                    Condition::Ready => m.for_zones.contains(zone),
-                    _ if !m.for_zones.is_empty() => m.for_zones.contains(zone),
-                    _ => m.zone.as_ref().is_none_or(|z| z == zone),
-                })
-                .cloned()
-                .collect(),
-            lb_nodes: LbNodes::SendersAmong(Arc::new(nodes)),
-            note: Some(Arc::from(format!(
+        out.push(part(
+            &whole,
+            zone,
+            |s| s.zone = zone.to_string(),
+            |m| match m.condition {
+                Condition::Ready => m.for_zones.contains(zone),
+                _ if !m.for_zones.is_empty() => m.for_zones.contains(zone),
+                _ => m.zone.as_ref().is_none_or(|z| z == zone),
+            },
+            nodes,
+            format!(
                 "topology-aware routing (zone hints): clients on {zone}'s nodes are sent to the endpoints hinted for {zone} only, so this pool is judged against {zone}'s load balancer view"
-            ))),
-        });
+            ),
+        ));
+    }
+}
+
+/// The part `@at` of a Service port's pool: the members `keep` selects,
+/// judged against the sends of `lb_nodes`.
+fn part(
+    whole: &ServicePool,
+    at: &str,
+    mark: impl FnOnce(&mut KubeService),
+    keep: impl Fn(&Member) -> bool,
+    lb_nodes: BTreeSet<String>,
+    note: String,
+) -> ServicePool {
+    let mut service = (*whole.service).clone();
+    mark(&mut service);
+    ServicePool {
+        name: Arc::from(format!("{}@{at}", whole.name)),
+        service: Arc::new(service),
+        members: whole.members.iter().filter(|m| keep(m)).cloned().collect(),
+        lb_nodes: LbNodes::SendersAmong(Arc::new(lb_nodes)),
+        note: Some(Arc::from(note)),
     }
 }
 
