@@ -237,7 +237,11 @@ async fn pools(q: &mut DistributionClient<Channel>) -> Vec<v1::Pool> {
 }
 
 /// ListAlerts: open ones, and resolved ones too when `resolved`.
-async fn alerts(q: &mut DistributionClient<Channel>, pool: &str, resolved: bool) -> Vec<v1::Alert> {
+async fn list_alerts(
+    q: &mut DistributionClient<Channel>,
+    pool: &str,
+    resolved: bool,
+) -> Vec<v1::Alert> {
     q.list_alerts(v1::ListAlertsRequest {
         pool: pool.into(),
         include_resolved: resolved,
@@ -509,7 +513,9 @@ async fn a_rolling_update_pages_nothing_and_a_ready_pod_left_out_is_zero_by_name
             .expect("old pod");
         live[i].state = State::Terminating;
         apply_service(&c.api, "svc-a", "10.96.0.10", &live);
-        t.run(Duration::from_millis(500)).await;
+        // kube-proxy takes 1.5 s to sync (a busy node): the terminating
+        // pod still gets new connections meanwhile, within the drain grace.
+        t.run(Duration::from_millis(1500)).await;
         t.route_ready("svc-a", &live);
         t.run(Duration::from_millis(1500)).await;
         let ps = pools(&mut q).await;
@@ -523,7 +529,7 @@ async fn a_rolling_update_pages_nothing_and_a_ready_pod_left_out_is_zero_by_name
     }
     t.run(Duration::from_secs(4)).await;
     let rollout = started.elapsed();
-    let alerts = alerts(&mut q, "", true).await;
+    let alerts = list_alerts(&mut q, "", true).await;
     assert!(saw_draining, "a terminating pod is shown draining");
     assert!(
         alerts.is_empty(),
@@ -555,7 +561,7 @@ async fn a_rolling_update_pages_nothing_and_a_ready_pod_left_out_is_zero_by_name
     let mut zero = None;
     while added.elapsed() < Duration::from_secs(20) && zero.is_none() {
         t.run(Duration::from_millis(500)).await;
-        zero = alerts(&mut q, "default/svc-a:http", false)
+        zero = list_alerts(&mut q, "default/svc-a:http", false)
             .await
             .into_iter()
             .find(|a| a.kind == v1::AlertKind::Zero as i32);
@@ -658,7 +664,7 @@ async fn zone_hints_make_one_pool_per_zone_judged_against_that_zones_nodes() {
             p.members
         );
     }
-    let alerts = alerts(&mut q, "", true).await;
+    let alerts = list_alerts(&mut q, "", true).await;
     assert!(
         alerts.is_empty(),
         "intended zone skew raised alerts: {alerts:#?}"
