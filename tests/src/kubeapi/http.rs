@@ -561,6 +561,18 @@ impl Watch {
             .compacted()
     }
 
+    /// Ends the watch as the test asked: an ERROR 410 event first when
+    /// the history was compacted, a plain close otherwise.
+    async fn end(&self, c: Control, last: u64) {
+        if c.expire {
+            let e = Expired {
+                asked: last,
+                oldest: self.compacted(),
+            };
+            let _ = self.tx.send(line(&Self::expired(&e))).await;
+        }
+    }
+
     /// Sends the watch's events until it times out, the client goes, or
     /// the test ends it.
     async fn run(self, from: Option<u64>, initial_events_end: bool) {
@@ -598,6 +610,12 @@ impl Watch {
             }
         };
         loop {
+            // Ended by the test: nothing written after that reaches this
+            // watch (it is what a client must learn by listing again).
+            if control.has_changed().unwrap_or(true) {
+                let c = *control.borrow_and_update();
+                return self.end(c, last).await;
+            }
             // Everything since `last`, or 410 if that history is gone.
             let evs = {
                 let s = self.shared.store.lock().unwrap_or_else(|e| e.into_inner());
@@ -636,12 +654,8 @@ impl Watch {
                 _ = tokio::time::sleep_until(deadline) => return,
                 r = control.changed() => {
                     let c = *control.borrow_and_update();
-                    if r.is_err() {
-                        return;
-                    }
-                    if c.expire {
-                        let e = Expired { asked: last, oldest: self.compacted() };
-                        let _ = self.tx.send(line(&Self::expired(&e))).await;
+                    if r.is_ok() {
+                        self.end(c, last).await;
                     }
                     return;
                 }
