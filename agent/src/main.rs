@@ -6,11 +6,13 @@
 //! one immutable snapshot that every reader (gRPC, /metrics, --print) renders.
 
 mod batch;
+mod btf;
 mod cli;
 mod cpu;
 mod datapath;
 mod grpc;
 mod host;
+mod iter;
 mod listeners;
 mod metrics;
 mod print;
