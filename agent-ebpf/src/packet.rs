@@ -202,7 +202,8 @@ impl Packet {
     /// The sequence number of the first payload byte (a SYN occupies one).
     #[inline(always)]
     pub fn data_seq(&self) -> u32 {
-        self.seq.wrapping_add((self.tcp_flags & TCP_SYN != 0) as u32)
+        self.seq
+            .wrapping_add((self.tcp_flags & TCP_SYN != 0) as u32)
     }
 }
 

@@ -61,9 +61,8 @@ fn storage(ops: *mut bpf_sock_ops, create: bool) -> Option<*mut SockState> {
         0
     };
     // SAFETY: a valid map and a non-null socket.
-    let st = unsafe {
-        bpf_sk_storage_get(SOCKS.as_ptr(), sk.cast(), core::ptr::null_mut(), flags)
-    } as *mut SockState;
+    let st = unsafe { bpf_sk_storage_get(SOCKS.as_ptr(), sk.cast(), core::ptr::null_mut(), flags) }
+        as *mut SockState;
     (!st.is_null()).then_some(st)
 }
 

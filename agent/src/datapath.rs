@@ -56,12 +56,20 @@ pub struct Stats {
 }
 
 impl Stats {
-    fn slot(&self, s: agent_common::Stat) -> u64 {
+    pub fn slot(&self, s: agent_common::Stat) -> u64 {
         self.slots[s as usize]
     }
 
-    /// Endpoints the LRU map evicted: inserted minus live (nothing else
-    /// deletes endpoints).
+    /// Forwarded connections tracked now: registered minus ended (each
+    /// registration and each end counts one connection, two map entries).
+    pub fn live_flows(&self) -> u64 {
+        self.slot(agent_common::Stat::FlowInserted)
+            .saturating_sub(self.slot(agent_common::Stat::FlowDeleted))
+    }
+
+    /// Endpoints that vanished from the map: inserted minus live (the map
+    /// is not LRU and nothing deletes endpoints, so this stays zero unless
+    /// something outside evenflow edits its pinned map).
     pub fn endpoint_evictions(&self) -> u64 {
         self.slot(agent_common::Stat::EndpointInserted)
             .saturating_sub(self.live_endpoints)
@@ -167,8 +175,20 @@ impl Datapath {
             }
         }
         let iterators = [
-            attach_iter(&mut ebpf, "evenflow_sock_sampler", "bpf_sk_storage_map", &pin_dir, maps::SOCKS)?,
-            attach_iter(&mut ebpf, "evenflow_flow_sweeper", "bpf_map_elem", &pin_dir, maps::FLOWS)?,
+            attach_iter(
+                &mut ebpf,
+                "evenflow_sock_sampler",
+                "bpf_sk_storage_map",
+                &pin_dir,
+                maps::SOCKS,
+            )?,
+            attach_iter(
+                &mut ebpf,
+                "evenflow_flow_sweeper",
+                "bpf_map_elem",
+                &pin_dir,
+                maps::FLOWS,
+            )?,
         ];
         info!(
             node = cfg.node_name,
@@ -312,8 +332,8 @@ fn retire_other_layout(pin_dir: &Path) -> Result<()> {
         needed = LAYOUT_VERSION,
         "pinned maps have another layout: removing them, counters start a new epoch"
     );
-    for entry in std::fs::read_dir(pin_dir)
-        .with_context(|| format!("listing {}", pin_dir.display()))?
+    for entry in
+        std::fs::read_dir(pin_dir).with_context(|| format!("listing {}", pin_dir.display()))?
     {
         let path = entry?.path();
         std::fs::remove_file(&path)
@@ -347,9 +367,21 @@ fn init_meta(meta: &mut Array<MapData, u64>) -> Result<u64> {
 /// or conntrack's defaults where it is not loaded.
 fn write_flow_timeouts(meta: &mut Array<MapData, u64>) -> Result<()> {
     for (slot, sysctl, default_s) in [
-        (META_TIMEOUT_SYN_NS, "nf_conntrack_tcp_timeout_syn_sent", 120),
-        (META_TIMEOUT_ESTABLISHED_NS, "nf_conntrack_tcp_timeout_established", 432_000),
-        (META_TIMEOUT_CLOSING_NS, "nf_conntrack_tcp_timeout_fin_wait", 120),
+        (
+            META_TIMEOUT_SYN_NS,
+            "nf_conntrack_tcp_timeout_syn_sent",
+            120,
+        ),
+        (
+            META_TIMEOUT_ESTABLISHED_NS,
+            "nf_conntrack_tcp_timeout_established",
+            432_000,
+        ),
+        (
+            META_TIMEOUT_CLOSING_NS,
+            "nf_conntrack_tcp_timeout_fin_wait",
+            120,
+        ),
     ] {
         let secs = std::fs::read_to_string(format!("/proc/sys/net/netfilter/{sysctl}"))
             .ok()

@@ -73,7 +73,11 @@ impl MapIter {
     /// Runs the program over every element once (it writes no output).
     pub fn run(&self) -> std::io::Result<()> {
         let attr: [u32; 2] = [self.link.as_raw_fd() as u32, 0];
-        let fd = bpf(BPF_ITER_CREATE, attr.as_ptr().cast(), std::mem::size_of_val(&attr))?;
+        let fd = bpf(
+            BPF_ITER_CREATE,
+            attr.as_ptr().cast(),
+            std::mem::size_of_val(&attr),
+        )?;
         let mut f = File::from(fd);
         let mut sink = [0u8; 64];
         while f.read(&mut sink)? != 0 {}

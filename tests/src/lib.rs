@@ -18,6 +18,7 @@ pub mod lab;
 pub mod netns;
 pub mod nft;
 pub mod nginx;
+pub mod tcx;
 
 use std::{path::Path, time::Duration};
 
