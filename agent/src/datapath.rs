@@ -5,8 +5,9 @@
 //! reuses them and keeps counting from where it was, and agents of different
 //! nodes on one machine never share them. Maps pinned by an agent with
 //! another layout are removed and a new epoch starts (the collector sees one
-//! reset, never a crash loop). Dropping [`Datapath`] detaches every program
-//! (TCX links and the cgroup link close with it); the pinned maps stay.
+//! reset, never a crash loop). Links are pinned too (see [`crate::links`]):
+//! dropping [`Datapath`], or the agent dying, leaves every program attached
+//! and counting.
 //!
 //! Before each read the two iterators run: the socket sampler (bytes of
 //! live local connections) and the flow sweeper (bytes of live forwarded
@@ -28,7 +29,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, PerCpuHashMap},
-    programs::{CgroupAttachMode, Iter, SchedClassifier, SockOps, TcAttachType},
+    programs::{CgroupAttachMode, Iter, SchedClassifier, SockOps, TcAttachType, links::FdLink},
 };
 use tracing::{debug, info};
 
@@ -151,17 +152,10 @@ impl Datapath {
         let epoch = init_meta(&mut meta)?;
         write_flow_timeouts(&mut meta)?;
 
-        let sockops: &mut SockOps = program(&mut ebpf, "evenflow_sockops")?;
-        sockops
-            .load()
-            .context("loading evenflow_sockops (sock_ops)")?;
-        let cg = File::open(cfg.cgroup)
-            .with_context(|| format!("opening cgroup {}", cfg.cgroup.display()))?;
-        sockops
-            .attach(cg, CgroupAttachMode::Single)
-            .with_context(|| format!("attaching sock_ops to cgroup {}", cfg.cgroup.display()))?;
-        debug!(cgroup = %cfg.cgroup.display(), "sock_ops attached");
-
+        let links_dir = crate::links::dir(&pin_dir);
+        std::fs::create_dir_all(&links_dir)
+            .with_context(|| format!("creating {}", links_dir.display()))?;
+        let mut pinned = vec![attach_sockops(&mut ebpf, cfg.cgroup, &links_dir)?];
         for (name, side) in [
             ("evenflow_tc_ingress", TcAttachType::Ingress),
             ("evenflow_tc_egress", TcAttachType::Egress),
@@ -170,10 +164,10 @@ impl Datapath {
             prog.load()
                 .with_context(|| format!("loading {name} (TC)"))?;
             for iface in cfg.ifaces {
-                prog.attach(iface, side)
-                    .with_context(|| format!("attaching {name} to {iface}"))?;
+                pinned.push(attach_tc(prog, name, side, iface, &links_dir)?);
             }
         }
+        crate::links::prune(&links_dir, &pinned)?;
         let iterators = [
             attach_iter(
                 &mut ebpf,
@@ -313,9 +307,66 @@ where
         .with_context(|| format!("program {name} has an unexpected type"))
 }
 
+/// Attaches sock_ops to `cgroup`, or adopts the pinned link already there;
+/// returns the pin's name.
+fn attach_sockops(ebpf: &mut Ebpf, cgroup: &Path, links_dir: &Path) -> Result<String> {
+    let sockops: &mut SockOps = program(ebpf, "evenflow_sockops")?;
+    sockops
+        .load()
+        .context("loading evenflow_sockops (sock_ops)")?;
+    let name = crate::links::sockops_name(cgroup)?;
+    let pin = links_dir.join(&name);
+    let prog_fd = sockops.fd().context("evenflow_sockops has no fd")?;
+    if crate::links::adopt(&pin, prog_fd.as_fd())? {
+        return Ok(name);
+    }
+    let cg = File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+    let id = sockops
+        .attach(cg, CgroupAttachMode::Single)
+        .with_context(|| format!("attaching sock_ops to cgroup {}", cgroup.display()))?;
+    let link = FdLink::try_from(sockops.take_link(id)?).context("sock_ops link as an fd link")?;
+    link.pin(&pin)
+        .with_context(|| format!("pinning {}", pin.display()))?;
+    debug!(cgroup = %cgroup.display(), "sock_ops attached");
+    Ok(name)
+}
+
+/// Attaches the TC program `name` to `iface`, or adopts the pinned link
+/// already there; returns the pin's name.
+fn attach_tc(
+    prog: &mut SchedClassifier,
+    name: &str,
+    side: TcAttachType,
+    iface: &str,
+    links_dir: &Path,
+) -> Result<String> {
+    let pin_name = format!("{name}@{iface}");
+    let pin = links_dir.join(&pin_name);
+    let prog_fd = prog.fd().with_context(|| format!("{name} has no fd"))?;
+    if crate::links::adopt(&pin, prog_fd.as_fd())? {
+        return Ok(pin_name);
+    }
+    let id = prog
+        .attach(iface, side)
+        .with_context(|| format!("attaching {name} to {iface}"))?;
+    // TCX links (kernel ≥ 6.6) pin; a netlink (clsact) filter has no link
+    // to pin and stays attached by aya for this process's life only.
+    match FdLink::try_from(prog.take_link(id)?) {
+        Ok(link) => {
+            link.pin(&pin)
+                .with_context(|| format!("pinning {}", pin.display()))?;
+        }
+        Err(e) => {
+            tracing::warn!(iface, error = %e, "TC attached without TCX: it detaches when the agent exits");
+        }
+    }
+    Ok(pin_name)
+}
+
 /// Removes maps an agent with another layout pinned, so this one starts a
 /// new epoch on fresh maps instead of failing (an upgrade on a DaemonSet
-/// must never crash-loop).
+/// must never crash-loop). The pinned links stay: the new programs replace
+/// the old ones in them, so counting goes on.
 fn retire_other_layout(pin_dir: &Path) -> Result<()> {
     let Ok(map) = MapData::from_pin(pin_dir.join(maps::META)) else {
         return Ok(());
@@ -323,23 +374,36 @@ fn retire_other_layout(pin_dir: &Path) -> Result<()> {
     let layout = Array::<MapData, u64>::try_from(aya::maps::Map::Array(map))
         .ok()
         .and_then(|meta| meta.get(&META_LAYOUT, 0).ok());
-    if layout == Some(LAYOUT_VERSION) {
+    if layout == Some(layout_version()) {
         return Ok(());
     }
     info!(
         pins = %pin_dir.display(),
         found = ?layout,
-        needed = LAYOUT_VERSION,
+        needed = layout_version(),
         "pinned maps have another layout: removing them, counters start a new epoch"
     );
     for entry in
         std::fs::read_dir(pin_dir).with_context(|| format!("listing {}", pin_dir.display()))?
     {
         let path = entry?.path();
+        if path.is_dir() {
+            continue;
+        }
         std::fs::remove_file(&path)
             .with_context(|| format!("removing the old pin {}", path.display()))?;
     }
     Ok(())
+}
+
+/// The map layout this agent needs. `EVENFLOW_TEST_LAYOUT_BUMP=N` adds N,
+/// so tests can play an upgrade to an agent built with another layout.
+fn layout_version() -> u64 {
+    LAYOUT_VERSION
+        + std::env::var("EVENFLOW_TEST_LAYOUT_BUMP")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
 }
 
 /// Reads the epoch of the pinned maps, or starts a new one when they were
@@ -349,14 +413,14 @@ fn init_meta(meta: &mut Array<MapData, u64>) -> Result<u64> {
         .get(&META_LAYOUT, 0)
         .context("reading EF_META layout")?;
     let epoch = meta.get(&META_EPOCH, 0).context("reading EF_META epoch")?;
-    if layout == LAYOUT_VERSION && epoch != 0 {
+    if layout == layout_version() && epoch != 0 {
         info!(epoch, "reusing pinned counters");
         return Ok(epoch);
     }
     let epoch = new_epoch()?;
     meta.set(META_EPOCH, epoch, 0)
         .context("writing EF_META epoch")?;
-    meta.set(META_LAYOUT, LAYOUT_VERSION, 0)
+    meta.set(META_LAYOUT, layout_version(), 0)
         .context("writing EF_META layout")?;
     info!(epoch, "new counters (epoch started)");
     Ok(epoch)

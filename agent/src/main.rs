@@ -13,6 +13,7 @@ mod datapath;
 mod grpc;
 mod host;
 mod iter;
+mod links;
 mod listeners;
 mod metrics;
 mod print;
@@ -78,6 +79,9 @@ fn init_tracing(filter: &str) {
 
 async fn run(args: cli::Args) -> Result<()> {
     let node_name = cli::node_name(&args)?;
+    if args.command == Some(cli::Command::Uninstall) {
+        return uninstall(&args.bpffs, &node_name);
+    }
     host::check_capabilities()?;
     host::check_btf()?;
     host::check_bpffs(&args.bpffs)?;
@@ -143,8 +147,8 @@ async fn run(args: cli::Args) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let result = tokio::select! {
         r = counting_loop(&args, &node_name, &dp, &snap_tx) => r,
-        _ = sigint.recv() => { info!("SIGINT: detaching"); Ok(()) }
-        _ = sigterm.recv() => { info!("SIGTERM: detaching"); Ok(()) }
+        _ = sigint.recv() => { info!("SIGINT: stopping"); Ok(()) }
+        _ = sigterm.recv() => { info!("SIGTERM: stopping"); Ok(()) }
         r = flatten(grpc) => r,
         r = flatten(metrics) => r,
     };
@@ -154,11 +158,30 @@ async fn run(args: cli::Args) -> Result<()> {
     }
     let pins = dp.pin_dir().to_owned();
     drop(dp);
-    info!(pins = %pins.display(), "programs detached; counters stay pinned");
+    info!(
+        pins = %pins.display(),
+        "stopped; the programs stay attached and counting (`evenflow-agent uninstall` removes them)"
+    );
     result
 }
 
 /// Starts a collector in this process (`--embedded-collector`).
+/// `evenflow-agent uninstall`: removes the node's pins, and with them every
+/// program evenflow attached for it.
+fn uninstall(bpffs: &std::path::Path, node_name: &str) -> Result<()> {
+    let pin_dir = bpffs.join("evenflow").join(node_name);
+    if links::uninstall(&pin_dir)? {
+        info!(pins = %pin_dir.display(), "uninstalled: programs detached, pins and counters removed");
+        println!(
+            "evenflow-agent: removed {} (programs detached)",
+            pin_dir.display()
+        );
+    } else {
+        println!("evenflow-agent: nothing to remove at {}", pin_dir.display());
+    }
+    Ok(())
+}
+
 async fn start_embedded_collector(
     addr: std::net::SocketAddr,
 ) -> Result<evenflow_collector::service::server::Running> {
