@@ -707,8 +707,6 @@ fn nftables_dnat_with_ipv6_hop_by_hop_matches_nginx_logs() {
     );
 }
 
-/// Counters live in pinned maps: an agent restart (SIGTERM, start again)
-/// keeps them and the epoch, and counting goes on from where it was.
 // The field matrix: shapes users run, each against the same ground truth
 // (nginx's logs, the client's tally) to 0.1 %, in both views.
 
@@ -751,6 +749,8 @@ fn field_tcx_neighbours_all_run() {
     dnat_counts_shaped("tcxnb", false, SMALL, Shape::TcxNeighbours);
 }
 
+/// Counters live in pinned maps: an agent restart (SIGTERM, start again)
+/// keeps them and the epoch, and counting goes on from where it was.
 #[test]
 fn agent_restart_keeps_pinned_counters_and_epoch() {
     evenflow_tests::require_root();
