@@ -70,8 +70,9 @@ fn ifindex(ctx: &TcContext) -> u32 {
 }
 
 /// Counts a packet of a tracked half: its new bytes (by sequence number, on
-/// whichever device: a bridge and its port see the same bytes), its
-/// segments on the half's own device only.
+/// whichever device: a bridge and its port see the same bytes, and a
+/// retransmission adds nothing), its segments on the half's own device
+/// only.
 #[inline(always)]
 fn on_flow_packet(ctx: &TcContext, f: *mut FlowValue, pkt: &Packet) {
     // SAFETY: a live entry. Two CPUs writing one half at once (one flow's
@@ -82,11 +83,14 @@ fn on_flow_packet(ctx: &TcContext, f: *mut FlowValue, pkt: &Packet) {
     if f.ifindex == 0 {
         f.ifindex = dev;
     }
+    // Bytes are how far the highest sequence number moved: a segment
+    // that passes after an earlier one was lost (dropped before egress)
+    // counts the gap too, which its retransmission then finds counted.
     if pkt.payload_len != 0 && f.state & SEQ_KNOWN != 0 {
         let end = pkt.data_seq().wrapping_add(pkt.payload_len as u32);
         let ahead = end.wrapping_sub(f.next_seq) as i32;
         if ahead > 0 {
-            f.bytes += (ahead as u64).min(pkt.payload_len);
+            f.bytes += ahead as u64;
             f.next_seq = end;
         }
     }

@@ -111,7 +111,10 @@ pub struct Datapath {
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     /// The socket sampler and the flow sweeper, run before every read.
     iterators: [MapIter; 2],
-    _ebpf: Ebpf,
+    /// Pins this agent keeps (sock_ops, and TC per interface).
+    pinned: Vec<String>,
+    links_dir: PathBuf,
+    ebpf: Ebpf,
 }
 
 impl Datapath {
@@ -156,10 +159,7 @@ impl Datapath {
         std::fs::create_dir_all(&links_dir)
             .with_context(|| format!("creating {}", links_dir.display()))?;
         let mut pinned = vec![attach_sockops(&mut ebpf, cfg.cgroup, &links_dir)?];
-        for (name, side) in [
-            ("evenflow_tc_ingress", TcAttachType::Ingress),
-            ("evenflow_tc_egress", TcAttachType::Egress),
-        ] {
+        for (name, side) in TC_PROGRAMS {
             let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
             prog.load()
                 .with_context(|| format!("loading {name} (TC)"))?;
@@ -209,8 +209,39 @@ impl Datapath {
             cgroup: cfg.cgroup.to_owned(),
             logger,
             iterators,
-            _ebpf: ebpf,
+            pinned,
+            links_dir,
+            ebpf,
         })
+    }
+
+    /// Attaches the TC programs to interfaces in `wanted` that have none yet
+    /// (a pod's veth created after the agent started) and forgets the ones
+    /// no longer there (their links went with the device).
+    pub fn follow_interfaces(&mut self, wanted: &[String]) -> Result<()> {
+        if wanted == self.interfaces.as_slice() {
+            return Ok(());
+        }
+        for iface in wanted.iter().filter(|i| !self.interfaces.contains(i)) {
+            for (name, side) in TC_PROGRAMS {
+                let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
+                let pin = attach_tc(prog, name, side, iface, &self.links_dir)?;
+                self.pinned.push(pin);
+            }
+            info!(iface, "attached to a new interface");
+        }
+        for gone in self.interfaces.iter().filter(|i| !wanted.contains(i)) {
+            info!(iface = %gone, "interface gone");
+        }
+        self.pinned.retain(|pin| match pin.split_once('@') {
+            Some((prog, iface)) if prog.starts_with("evenflow_tc_") => {
+                wanted.iter().any(|w| w == iface)
+            }
+            _ => true,
+        });
+        crate::links::prune(&self.links_dir, &self.pinned)?;
+        self.interfaces = wanted.to_vec();
+        Ok(())
     }
 
     /// The epoch of the pinned counters.
@@ -306,6 +337,12 @@ where
     p.try_into()
         .with_context(|| format!("program {name} has an unexpected type"))
 }
+
+/// The TC programs and where each attaches.
+const TC_PROGRAMS: [(&str, TcAttachType); 2] = [
+    ("evenflow_tc_ingress", TcAttachType::Ingress),
+    ("evenflow_tc_egress", TcAttachType::Egress),
+];
 
 /// Attaches sock_ops to `cgroup`, or adopts the pinned link already there;
 /// returns the pin's name.

@@ -146,7 +146,7 @@ async fn run(args: cli::Args) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let result = tokio::select! {
-        r = counting_loop(&args, &node_name, &dp, &snap_tx) => r,
+        r = counting_loop(&args, &node_name, &mut dp, &snap_tx) => r,
         _ = sigint.recv() => { info!("SIGINT: stopping"); Ok(()) }
         _ = sigterm.recv() => { info!("SIGTERM: stopping"); Ok(()) }
         r = flatten(grpc) => r,
@@ -213,7 +213,7 @@ async fn flatten(h: tokio::task::JoinHandle<Result<()>>) -> Result<()> {
 async fn counting_loop(
     args: &cli::Args,
     node_name: &str,
-    dp: &datapath::Datapath,
+    dp: &mut datapath::Datapath,
     snap_tx: &watch::Sender<Arc<v1::Snapshot>>,
 ) -> Result<()> {
     let mut ticker = tokio::time::interval(args.interval);
@@ -229,6 +229,12 @@ async fn counting_loop(
         let now = Instant::now();
         let secs = now.duration_since(last).as_secs_f64();
         last = now;
+        // Without --iface the agent follows the node's interfaces as they
+        // come and go (pods' veths).
+        if args.ifaces.is_empty() {
+            let wanted = host::up_ethernet_interfaces()?;
+            tokio::task::block_in_place(|| dp.follow_interfaces(&wanted))?;
+        }
         // Map reads are syscalls: keep them off the async workers' backs.
         let stats = tokio::task::block_in_place(|| dp.read(&mut read))?;
         table.update(&read, if sequence == 0 { 0.0 } else { secs });

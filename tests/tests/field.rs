@@ -314,3 +314,51 @@ fn field_loopback_and_redirect_count_at_the_socket() {
         snap["datapath"]
     );
 }
+
+/// A device that appears after the agent started (a pod's veth) is
+/// followed: the lb's agent attaches to it and counts what it forwards
+/// there, exactly.
+#[test]
+fn field_new_interfaces_are_followed() {
+    evenflow_tests::require_root();
+    let mut lab = Lab::new("follow", 2).expect("the lab builds");
+    let (lb, b2) = (lab.lb.clone(), lab.backends[1].clone());
+    let lb_side = format!("{}l2", lab.name);
+    let b2_side = format!("{}b2", lab.name);
+    netns::exec(&lb.ns, "ip", &["link", "del", &lb_side]).expect("b2's link goes");
+    let mut logs = Vec::new();
+    for b in lab.backends.clone() {
+        logs.push(nginx::start(&mut lab, &b).expect("nginx starts"));
+        agent::start(&mut lab, &b, &["--service", "web=8080"]).expect("a backend agent starts");
+    }
+    agent::start(&mut lab, &lb, &[]).expect("the lb agent starts");
+    // The link comes (back) while the agent runs.
+    netns::veth(&b2_side, &b2.ns, &lb_side, &lb.ns).expect("the new veth");
+    netns::addr(&b2.ns, &b2_side, "10.2.2.2/24").expect("b2's address");
+    netns::addr(&lb.ns, &lb_side, "10.2.2.1/24").expect("the lb's address");
+    netns::default_route(&b2.ns, "10.2.2.1").expect("b2's route");
+    nft::start(&lab).expect("the DNAT rules load");
+    let followed = evenflow_tests::wait_for(Duration::from_secs(10), || {
+        grpcurl::snapshot(&lb.ns).ok().filter(|s| {
+            s["interfaces"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|i| i == lb_side.as_str()))
+        })
+    });
+    assert!(followed.is_some(), "the lb's agent attaches to {lb_side}");
+    let load = client::http_load(&lab.client.ns, lab::vip(false), 40, 4).expect("the load runs");
+    assert_eq!(load.connections, 40, "{load:?}");
+    let served = evenflow_tests::wait_for(Duration::from_secs(5), || {
+        nginx::read_log(&logs[1])
+            .ok()
+            .filter(|s| s.connections == 20)
+    })
+    .expect("b2 served half the connections");
+    let addr = backend_addr(&lab, 1);
+    let t = settled(&lb.ns, &addr, BACKEND_PORT, SENDS_TO, served.connections);
+    println!("b2: nginx {served:?}; lb {t:?}");
+    assert!(
+        within(t.bytes_tx, served.request_bytes) && within(t.bytes_rx, served.response_bytes),
+        "lb SENDS_TO {addr}: {t:?} vs nginx {served:?}"
+    );
+}
