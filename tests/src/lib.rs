@@ -20,6 +20,7 @@ pub mod netns;
 pub mod nft;
 pub mod nginx;
 pub mod simagent;
+pub mod tcx;
 
 use std::{path::Path, time::Duration};
 
