@@ -549,3 +549,57 @@ fn field_same_node_pods_direct_and_through_a_clusterip() {
     }
     assert_eq!(datapath(&snap, "liveFlows"), 0, "{}", snap["datapath"]);
 }
+
+/// A hostNetwork proxy on the lb node dialling a ClusterIP-like VIP that
+/// the node's own DNAT (OUTPUT chain) sends to a backend: the proxy's
+/// sockets count towards the backend they really reached, not the VIP.
+#[test]
+fn field_host_network_proxy_through_local_dnat_counts_the_backend() {
+    evenflow_tests::require_root();
+    let mut lab = Lab::new("hostnet", 2).expect("the lab builds");
+    let mut logs = Vec::new();
+    for b in lab.backends.clone() {
+        logs.push(nginx::start(&mut lab, &b).expect("nginx starts"));
+    }
+    let lb = lab.lb.clone();
+    let dnat = format!(
+        "table ip localdnat {{ chain output {{ type nat hook output priority -100; \
+         ip daddr {} tcp dport 80 dnat ip to numgen inc mod 2 map {{ 0 : {} . 8080, 1 : {} . 8080 }}; }} }}",
+        lab::VIP4,
+        lab.backends[0].addr4,
+        lab.backends[1].addr4
+    );
+    nft_load(&lab, &lb.ns, "localdnat", &dnat).expect("the OUTPUT DNAT loads");
+    agent::start(&mut lab, &lb, &[]).expect("the lb agent starts");
+    // The proxy is a process in the lb's cgroup, as a hostNetwork pod is.
+    let script = format!(
+        "import socket\n\
+         for i in range(40):\n \
+         s = socket.create_connection(('{}', 80), timeout=5)\n \
+         s.sendall(b'GET / HTTP/1.1\\r\\nHost: vip\\r\\nConnection: close\\r\\n\\r\\n')\n \
+         while s.recv(65536): pass\n \
+         s.close()\n",
+        lab::VIP4
+    );
+    lab.spawn(&lb, "proxy", "python3", &["-c", &script])
+        .expect("the proxy starts");
+    for (i, log) in logs.iter().enumerate() {
+        let served = evenflow_tests::wait_for(Duration::from_secs(30), || {
+            nginx::read_log(log).ok().filter(|s| s.connections == 20)
+        })
+        .unwrap_or_else(|| panic!("b{} served 20; {}", i + 1, lab.processes_report()));
+        let addr = backend_addr(&lab, i);
+        let t = settled(&lb.ns, &addr, BACKEND_PORT, SENDS_TO, 20);
+        println!("b{}: nginx {served:?}; lb {t:?}", i + 1);
+        assert!(
+            within(t.bytes_tx, served.request_bytes) && within(t.bytes_rx, served.response_bytes),
+            "lb SENDS_TO {addr}: {t:?} vs nginx {served:?}"
+        );
+    }
+    let snap = grpcurl::snapshot(&lb.ns).expect("the lb's snapshot");
+    assert_eq!(
+        grpcurl::totals(&snap, lab::VIP4, 80, SENDS_TO),
+        Totals::default(),
+        "the VIP is not a backend"
+    );
+}
