@@ -132,6 +132,9 @@ enum Shape {
     /// A foreign TCX program sits first and another last on every lb
     /// interface, as a CNI's would: evenflow's programs run between them.
     TcxNeighbours,
+    /// The lb masquerades what it forwards to the backends (SNAT to its own
+    /// address), as kube-proxy does for traffic from outside the cluster.
+    Masquerade,
 }
 
 /// A lab after its load: everything the assertions need.
@@ -181,6 +184,9 @@ impl Run {
         agent::start(&mut lab, &lb_node, &[]).expect("the lb agent starts");
         if shape == Shape::Lossy {
             drop_forwarded(&lab, 20).expect("the loss rule loads");
+        }
+        if shape == Shape::Masquerade {
+            masquerade(&lab).expect("the masquerade rule loads");
         }
         let neighbours = (shape == Shape::TcxNeighbours)
             .then(|| attach_neighbours(&lab).expect("neighbours attach"));
@@ -514,6 +520,19 @@ fn drop_forwarded(lab: &Lab, one_in: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// SNATs to the lb's own address whatever leaves towards the backends.
+fn masquerade(lab: &Lab) -> anyhow::Result<()> {
+    let rules = format!(
+        "table inet evenflow_masq {{\n chain postrouting {{\n  type nat hook postrouting priority srcnat;\n  \
+         oifname != \"{}l0\" masquerade\n }}\n}}\n",
+        lab.name
+    );
+    let path = lab.dir.join("masq.nft");
+    std::fs::write(&path, rules)?;
+    netns::exec(&lab.lb.ns, "nft", &["-f", &path.display().to_string()])?;
+    Ok(())
+}
+
 /// Foreign TCX programs first and last on every lb interface.
 fn attach_neighbours(lab: &Lab) -> anyhow::Result<(tcx::Neighbour, tcx::Neighbour)> {
     let names: Vec<String> = (0..=lab.backends.len())
@@ -705,6 +724,12 @@ fn nftables_dnat_with_ipv6_hop_by_hop_matches_nginx_logs() {
             ..WITH_OPTIONS
         },
     );
+}
+
+/// DNAT plus masquerade: the lb's own address and ports face the backends.
+#[test]
+fn field_masquerade_counts_exactly() {
+    dnat_counts_shaped("masq", false, SMALL, Shape::Masquerade);
 }
 
 // The field matrix: shapes users run, each against the same ground truth

@@ -362,3 +362,244 @@ fn field_new_interfaces_are_followed() {
         "lb SENDS_TO {addr}: {t:?} vs nginx {served:?}"
     );
 }
+
+/// Pod network namespaces behind veths on one node, removed on drop.
+struct Pods(Vec<String>);
+
+impl Drop for Pods {
+    fn drop(&mut self) {
+        for ns in &self.0 {
+            netns::delete(ns);
+        }
+    }
+}
+
+/// A pod on the lab's `node` as Kubernetes CNIs (Calico-style) build them:
+/// its own namespace and a child cgroup of the node's, a veth whose host end
+/// routes the pod's /32, and a default route through a link-local gateway
+/// that resolves to the host end.
+fn pod(lab: &Lab, pods: &mut Pods, i: usize, ip: &str) -> lab::Node {
+    let node = &lab.lb;
+    let ns = format!("{}-p{i}", lab.name);
+    netns::create(&ns).expect("the pod's namespace");
+    pods.0.push(ns.clone());
+    let cgroup = node.cgroup.join(format!("pod{i}"));
+    evenflow_tests::cgroup::create(&cgroup).expect("the pod's cgroup");
+    let (host_side, pod_side) = (format!("{}h{i}", lab.name), format!("{}q{i}", lab.name));
+    netns::veth(&pod_side, &ns, &host_side, &node.ns).expect("the pod's veth");
+    netns::addr(&ns, &pod_side, &format!("{ip}/32")).expect("the pod's address");
+    // Calico's way: every host end has one MAC, the pod's gateway is a
+    // link-local address resolved to it statically.
+    netns::exec(
+        &node.ns,
+        "ip",
+        &["link", "set", &host_side, "address", "ee:ee:ee:ee:ee:ee"],
+    )
+    .expect("the host end's MAC");
+    netns::exec(
+        &ns,
+        "ip",
+        &["route", "add", "169.254.1.1", "dev", &pod_side],
+    )
+    .expect("route");
+    netns::exec(
+        &ns,
+        "ip",
+        &[
+            "neigh",
+            "add",
+            "169.254.1.1",
+            "lladdr",
+            "ee:ee:ee:ee:ee:ee",
+            "dev",
+            &pod_side,
+            "nud",
+            "permanent",
+        ],
+    )
+    .expect("the gateway's neighbour entry");
+    netns::exec(
+        &ns,
+        "ip",
+        &[
+            "route",
+            "add",
+            "default",
+            "via",
+            "169.254.1.1",
+            "dev",
+            &pod_side,
+        ],
+    )
+    .expect("the pod's default route");
+    netns::exec(
+        &node.ns,
+        "ip",
+        &["route", "add", &format!("{ip}/32"), "dev", &host_side],
+    )
+    .expect("the node's route to the pod");
+    lab::Node {
+        role: format!("p{i}"),
+        ns,
+        cgroup,
+        addr4: ip.parse().expect("an IPv4 address"),
+        addr6: "fd00::1".parse().expect("an IPv6 address"),
+    }
+}
+
+/// A Kubernetes-like node: a client pod reaches two backend pods on the same
+/// node directly by pod IP (as ingress controllers and meshes do) and
+/// through a ClusterIP the node DNATs (kube-proxy). One agent on the node's
+/// parent cgroup sees every pod socket and the node's forwarding: each pod
+/// is sent exactly the connections its nginx served (opened and closed
+/// once, none left active), and serves them, bytes to 0.1 %.
+#[test]
+fn field_same_node_pods_direct_and_through_a_clusterip() {
+    evenflow_tests::require_root();
+    let mut lab = Lab::new("k8n", 1).expect("the lab builds");
+    let mut pods = Pods(Vec::new());
+    let client_pod = pod(&lab, &mut pods, 1, "10.244.0.11");
+    let backends = [
+        pod(&lab, &mut pods, 2, "10.244.0.12"),
+        pod(&lab, &mut pods, 3, "10.244.0.13"),
+    ];
+    let logs: Vec<_> = backends
+        .iter()
+        .map(|b| nginx::start(&mut lab, b).expect("nginx starts in the pod"))
+        .collect();
+    let node = lab.lb.clone();
+    let cluster_ip = "10.96.0.10";
+    let dnat = format!(
+        "table ip kubeproxy {{ chain prerouting {{ type nat hook prerouting priority dstnat; \
+         ip daddr {cluster_ip} tcp dport 80 dnat ip to numgen inc mod 2 map {{ 0 : {} . 8080, 1 : {} . 8080 }}; }} }}",
+        backends[0].addr4, backends[1].addr4
+    );
+    nft_load(&lab, &node.ns, "kubeproxy", &dnat).expect("the ClusterIP DNAT loads");
+    agent::start(&mut lab, &node, &["--service", "web=8080"]).expect("the node's agent starts");
+
+    // The client runs inside the client pod's cgroup, so the node's agent
+    // sees its sockets as it sees any pod's: a process, not the test.
+    let script = format!(
+        "import socket\n\
+         for t, n in [(('{a}', 8080), 30), (('{b}', 8080), 30), (('{cluster_ip}', 80), 40)]:\n \
+         for i in range(n):\n  \
+         s = socket.create_connection(t, timeout=5)\n  \
+         s.sendall(b'GET / HTTP/1.1\\r\\nHost: pod\\r\\nConnection: close\\r\\n\\r\\n')\n  \
+         while s.recv(65536): pass\n  \
+         s.close()\n",
+        a = backends[0].addr4,
+        b = backends[1].addr4,
+    );
+    lab.spawn(&client_pod, "client-pod", "python3", &["-c", &script])
+        .expect("the client pod's process starts");
+
+    for (b, log) in backends.iter().zip(&logs) {
+        let served = evenflow_tests::wait_for(Duration::from_secs(30), || {
+            nginx::read_log(log).ok().filter(|s| s.connections == 50)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{} served 30 direct + 20 via the ClusterIP; processes:\n{}",
+                b.role,
+                lab.processes_report()
+            )
+        });
+        let addr = b.addr4.to_string();
+        let sent = settled(&node.ns, &addr, BACKEND_PORT, SENDS_TO, 50);
+        let serves = settled(&node.ns, &addr, BACKEND_PORT, SERVES, 50);
+        println!(
+            "{}: nginx {served:?}\n  SENDS_TO {sent:?}\n  SERVES {serves:?}",
+            b.role
+        );
+        for (what, t, rx, tx) in [
+            (
+                "SENDS_TO",
+                sent,
+                served.response_bytes,
+                served.request_bytes,
+            ),
+            (
+                "SERVES",
+                serves,
+                served.request_bytes,
+                served.response_bytes,
+            ),
+        ] {
+            assert_eq!(
+                (t.opened, t.closed),
+                (50, 50),
+                "{} {what} {addr}: {t:?}",
+                b.role
+            );
+            assert!(
+                within(t.bytes_rx, rx) && within(t.bytes_tx, tx),
+                "{} {what} {addr}: {t:?} vs nginx {served:?}",
+                b.role
+            );
+        }
+    }
+    let snap = grpcurl::snapshot(&node.ns).expect("the node's snapshot");
+    for e in snap["endpoints"].as_array().into_iter().flatten() {
+        let t = &e["totals"];
+        assert_eq!(
+            num(&t["connsOpened"]),
+            num(&t["connsClosed"]),
+            "no connection is left open: {e}"
+        );
+    }
+    assert_eq!(datapath(&snap, "liveFlows"), 0, "{}", snap["datapath"]);
+}
+
+/// A hostNetwork proxy on the lb node dialling a ClusterIP-like VIP that
+/// the node's own DNAT (OUTPUT chain) sends to a backend: the proxy's
+/// sockets count towards the backend they really reached, not the VIP.
+#[test]
+fn field_host_network_proxy_through_local_dnat_counts_the_backend() {
+    evenflow_tests::require_root();
+    let mut lab = Lab::new("hostnet", 2).expect("the lab builds");
+    let mut logs = Vec::new();
+    for b in lab.backends.clone() {
+        logs.push(nginx::start(&mut lab, &b).expect("nginx starts"));
+    }
+    let lb = lab.lb.clone();
+    let dnat = format!(
+        "table ip localdnat {{ chain output {{ type nat hook output priority -100; \
+         ip daddr {} tcp dport 80 dnat ip to numgen inc mod 2 map {{ 0 : {} . 8080, 1 : {} . 8080 }}; }} }}",
+        lab::VIP4,
+        lab.backends[0].addr4,
+        lab.backends[1].addr4
+    );
+    nft_load(&lab, &lb.ns, "localdnat", &dnat).expect("the OUTPUT DNAT loads");
+    agent::start(&mut lab, &lb, &[]).expect("the lb agent starts");
+    // The proxy is a process in the lb's cgroup, as a hostNetwork pod is.
+    let script = format!(
+        "import socket\n\
+         for i in range(40):\n \
+         s = socket.create_connection(('{}', 80), timeout=5)\n \
+         s.sendall(b'GET / HTTP/1.1\\r\\nHost: vip\\r\\nConnection: close\\r\\n\\r\\n')\n \
+         while s.recv(65536): pass\n \
+         s.close()\n",
+        lab::VIP4
+    );
+    lab.spawn(&lb, "proxy", "python3", &["-c", &script])
+        .expect("the proxy starts");
+    for (i, log) in logs.iter().enumerate() {
+        let served = evenflow_tests::wait_for(Duration::from_secs(30), || {
+            nginx::read_log(log).ok().filter(|s| s.connections == 20)
+        })
+        .unwrap_or_else(|| panic!("b{} served 20; {}", i + 1, lab.processes_report()));
+        let addr = backend_addr(&lab, i);
+        let t = settled(&lb.ns, &addr, BACKEND_PORT, SENDS_TO, 20);
+        println!("b{}: nginx {served:?}; lb {t:?}", i + 1);
+        assert!(
+            within(t.bytes_tx, served.request_bytes) && within(t.bytes_rx, served.response_bytes),
+            "lb SENDS_TO {addr}: {t:?} vs nginx {served:?}"
+        );
+    }
+    let snap = grpcurl::snapshot(&lb.ns).expect("the lb's snapshot");
+    assert_eq!(
+        grpcurl::totals(&snap, lab::VIP4, 80, SENDS_TO),
+        Totals::default(),
+        "the VIP is not a backend"
+    );
+}
