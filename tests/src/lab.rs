@@ -221,6 +221,19 @@ impl Lab {
         Ok(())
     }
 
+    /// SIGKILLs the processes whose names start with `prefix`, as a crash or
+    /// an OOM kill would: no signal handler, no cleanup.
+    pub fn kill(&mut self, prefix: &str) {
+        for p in self.procs.iter_mut().filter(|p| p.name.starts_with(prefix)) {
+            if let Ok(pid) = i32::try_from(p.child.id()) {
+                // SAFETY: signalling the process group we created.
+                unsafe { libc::kill(-pid, libc::SIGKILL) };
+            }
+            let _ = p.child.wait();
+        }
+        self.procs.retain(|p| !p.name.starts_with(prefix));
+    }
+
     /// Stops the processes whose names start with `prefix`.
     pub fn stop(&mut self, prefix: &str) {
         self.procs.retain(|p| !p.name.starts_with(prefix));
@@ -266,14 +279,15 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        // Processes first (agents detach, servers close), then whatever is
-        // left in the cgroups, then namespaces (their veths go with them),
-        // pinned maps and files.
+        // Processes first (agents stop, servers close), then the pins (the
+        // agents' programs stay attached through their pinned links until
+        // these go), whatever is left in the cgroups, then namespaces (their
+        // veths go with them) and files.
         self.procs.clear();
         for n in self.nodes() {
+            let _ = std::fs::remove_dir_all(n.pin_dir());
             cgroup::remove(&n.cgroup);
             netns::delete(&n.ns);
-            let _ = std::fs::remove_dir_all(n.pin_dir());
         }
         // Only succeeds once no other lab uses it.
         let _ = std::fs::remove_dir(&self.cgroup_root);

@@ -14,10 +14,13 @@ pub mod cgroup;
 pub mod client;
 pub mod grpcurl;
 pub mod haproxy;
+pub mod kubeapi;
 pub mod lab;
 pub mod netns;
 pub mod nft;
 pub mod nginx;
+pub mod simagent;
+pub mod tcx;
 
 use std::{path::Path, time::Duration};
 
