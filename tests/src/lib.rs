@@ -15,6 +15,7 @@ pub mod client;
 pub mod grpcurl;
 pub mod haproxy;
 pub mod kubeapi;
+pub mod kubenode;
 pub mod lab;
 pub mod netns;
 pub mod nft;
