@@ -79,6 +79,14 @@ fn build(lab: &mut Lab) -> Result<()> {
     // The node's own address (its uplink's, on a real node).
     netns::addr(&node.ns, "lo", &format!("{}/32", node.addr4))?;
     netns::addr(&node.ns, "lo", &format!("{}/128", node.addr6))?;
+    // Proxy-ARP answers for an address the node routes out of another
+    // interface: on a real node the default route via its uplink covers
+    // the pods' gateway address; here a route of its own does.
+    netns::exec(
+        &node.ns,
+        "ip",
+        &["route", "add", &format!("{GATEWAY4}/32"), "dev", "lo"],
+    )?;
     netns::sysctl(&node.ns, "net.ipv4.ip_forward", "1")?;
     netns::sysctl(&node.ns, "net.ipv6.conf.all.forwarding", "1")?;
     for (i, p) in std::iter::once(lab.client.clone())

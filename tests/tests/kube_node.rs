@@ -435,12 +435,15 @@ impl Background {
             .collect();
         let thread = std::thread::spawn(move || {
             let mut total = client::Load::default();
+            // About 150 connections a second per Service: steady, and
+            // light enough to leave the machine's two cores to the rest.
             while !stop2.load(Ordering::Relaxed) {
                 for t in &targets {
                     if let Ok(l) = client::http_load(&ns, *t, 6, 2) {
                         total.add(&l);
                     }
                 }
+                std::thread::sleep(Duration::from_millis(40));
             }
             total
         });
@@ -594,6 +597,7 @@ fn tools_show_services(k: &mut Node8s) {
     std::thread::sleep(Duration::from_millis(300));
     let _ = Command::new("tmux")
         .args(["kill-session", "-t", &session])
+        .stderr(std::process::Stdio::null())
         .status();
     let screen = String::from_utf8_lossy(&screen.stdout).into_owned();
     let rows = screen
