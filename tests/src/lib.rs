@@ -22,6 +22,7 @@ pub mod nft;
 pub mod nginx;
 pub mod simagent;
 pub mod tcx;
+pub mod tmux;
 
 use std::{path::Path, time::Duration};
 

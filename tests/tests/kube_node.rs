@@ -29,7 +29,6 @@ use std::{
     fmt::Write as _,
     net::{IpAddr, SocketAddr},
     path::PathBuf,
-    process::Command,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -569,37 +568,8 @@ fn tools_show_services(k: &mut Node8s) {
         }
     }
     // top, on a terminal (tmux), asked for the Service by name.
-    let session = format!("efk8n{}", std::process::id());
     let cmd = format!("ip netns exec {node} {cli} top svc-b --collector {url}");
-    let ok = Command::new("tmux")
-        .args([
-            "new-session",
-            "-d",
-            "-s",
-            &session,
-            "-x",
-            "180",
-            "-y",
-            "30",
-            &cmd,
-        ])
-        .status()
-        .expect("tmux (cargo xtask setup installs it)");
-    assert!(ok.success());
-    std::thread::sleep(Duration::from_secs(3));
-    let screen = Command::new("tmux")
-        .args(["capture-pane", "-p", "-t", &session])
-        .output()
-        .expect("capture-pane");
-    let _ = Command::new("tmux")
-        .args(["send-keys", "-t", &session, "q"])
-        .status();
-    std::thread::sleep(Duration::from_millis(300));
-    let _ = Command::new("tmux")
-        .args(["kill-session", "-t", &session])
-        .stderr(std::process::Stdio::null())
-        .status();
-    let screen = String::from_utf8_lossy(&screen.stdout).into_owned();
+    let screen = evenflow_tests::tmux::screen(&cmd, Duration::from_secs(3)).expect("tmux");
     let rows = screen
         .lines()
         .filter(|l| l.contains("default/svc-b-b"))
