@@ -109,8 +109,8 @@ impl Neighbour {
     pub fn attach_sockops(cgroup: &std::path::Path) -> Result<Self> {
         let stats = enable_stats()?;
         let prog = load(BPF_PROG_TYPE_SOCK_OPS, &SOCK_OPS_NOTHING)?;
-        let dir = std::fs::File::open(cgroup)
-            .with_context(|| format!("opening {}", cgroup.display()))?;
+        let dir =
+            std::fs::File::open(cgroup).with_context(|| format!("opening {}", cgroup.display()))?;
         let mut attr = [0u8; 64];
         put_u32(&mut attr, 0, prog.as_raw_fd() as u32);
         put_u32(&mut attr, 4, dir.as_raw_fd() as u32);
@@ -127,7 +127,14 @@ impl Neighbour {
     /// Mean nanoseconds per run, and runs, while stats were on.
     pub fn cost(&self) -> Result<(f64, u64)> {
         let (ns, runs) = self.stats()?;
-        Ok((if runs == 0 { 0.0 } else { ns as f64 / runs as f64 }, runs))
+        Ok((
+            if runs == 0 {
+                0.0
+            } else {
+                ns as f64 / runs as f64
+            },
+            runs,
+        ))
     }
 
     /// How many times the kernel ran the program.
@@ -159,7 +166,9 @@ impl Neighbour {
 /// Turns run statistics on while the returned descriptor is open.
 fn enable_stats() -> Result<OwnedFd> {
     let mut attr = [0u8; 8];
-    Ok(fd(bpf(BPF_ENABLE_STATS, &mut attr).context("BPF_ENABLE_STATS")?))
+    Ok(fd(
+        bpf(BPF_ENABLE_STATS, &mut attr).context("BPF_ENABLE_STATS")?
+    ))
 }
 
 /// Loads a program of `prog_type` made of `insns`.
@@ -171,7 +180,9 @@ fn load(prog_type: u32, insns: &[u8]) -> Result<OwnedFd> {
     put_u64(&mut attr, 8, insns.as_ptr() as u64);
     put_u64(&mut attr, 16, license.as_ptr() as u64);
     attr[48..48 + 9].copy_from_slice(b"neighbour");
-    Ok(fd(bpf(BPF_PROG_LOAD, &mut attr).context("loading the neighbour program")?))
+    Ok(fd(
+        bpf(BPF_PROG_LOAD, &mut attr).context("loading the neighbour program")?
+    ))
 }
 
 /// The indexes of `names` in the calling thread's network namespace.

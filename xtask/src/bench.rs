@@ -149,8 +149,16 @@ fn setup_lb() -> Result<()> {
     }
     netns::addr(LB, "lo", &format!("{VIP}/32"))?;
     netns::sysctl(LB, "net.ipv4.ip_forward", "1")?;
-    netns::exec(CLIENT, "ip", &["route", "add", "10.53.0.0/24", "via", "10.51.0.1"])?;
-    netns::exec(SERVER, "ip", &["route", "add", "10.51.0.0/24", "via", "10.52.0.1"])?;
+    netns::exec(
+        CLIENT,
+        "ip",
+        &["route", "add", "10.53.0.0/24", "via", "10.51.0.1"],
+    )?;
+    netns::exec(
+        SERVER,
+        "ip",
+        &["route", "add", "10.51.0.0/24", "via", "10.52.0.1"],
+    )?;
     netns::exec(
         LB,
         "nft",
@@ -566,7 +574,11 @@ pub fn run(rounds: usize) -> Result<()> {
     ] {
         println!("  {pass}:");
         for c in costs.iter() {
-            let target = if c.name.contains("sockops") { 60.0 } else { tc_target };
+            let target = if c.name.contains("sockops") {
+                60.0
+            } else {
+                tc_target
+            };
             println!(
                 "    {:<22} {:>7.1} ns/run, empty {:>6.1} → {:>+7.1} ns over {} runs   (target <= {target} ns)",
                 c.name,
