@@ -74,6 +74,11 @@ impl SimAgent {
         self.totals.entry((addr, dir)).or_default();
     }
 
+    /// New connections counted so far to `addr` in direction `dir`.
+    pub fn opened(&self, addr: SocketAddr, dir: v1::Direction) -> u64 {
+        self.totals.get(&(addr, dir)).map_or(0, |t| t.conns_opened)
+    }
+
     /// Sends one report with every endpoint's cumulative totals.
     pub async fn report(&mut self) -> Result<()> {
         self.seq += 1;

@@ -20,6 +20,7 @@ fn get_pool(ns: &str) -> Option<Value> {
         "evenflow.v1.Distribution/GetPool",
         r#"{"name":"web"}"#,
     )
+    .ok()
 }
 
 #[test]

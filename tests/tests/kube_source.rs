@@ -42,6 +42,7 @@ struct Cluster {
     api: ApiServer,
     collector: Child,
     grpc: SocketAddr,
+    metrics: SocketAddr,
     dir: PathBuf,
 }
 
@@ -63,6 +64,7 @@ impl Cluster {
         api.write_kubeconfig(&dir.join("kubeconfig"))
             .expect("kubeconfig");
         let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let bin = evenflow_tests::agent::binary("evenflow-collector", "EVENFLOW_COLLECTOR_BIN")
             .expect("collector binary");
         let log = std::fs::File::create(dir.join("collector.log")).expect("log");
@@ -71,7 +73,7 @@ impl Cluster {
                 "--grpc-addr",
                 &grpc.to_string(),
                 "--metrics-addr",
-                &format!("127.0.0.1:{}", free_port()),
+                &metrics.to_string(),
                 "--kubeconfig",
                 &dir.join("kubeconfig").display().to_string(),
                 "--kube-drain-grace",
@@ -87,6 +89,7 @@ impl Cluster {
             api,
             collector,
             grpc,
+            metrics,
             dir,
         }
     }
@@ -102,6 +105,17 @@ impl Cluster {
             .iter()
             .filter(|r| r.verb == "list" && (resource.is_empty() || r.resource == resource))
             .count()
+    }
+
+    /// The collector's /metrics.
+    fn metrics(&self) -> String {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect(self.metrics).expect("metrics listener");
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: collector\r\n\r\n")
+            .expect("request");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("response");
+        out
     }
 
     fn log(&self) -> String {
@@ -375,18 +389,41 @@ async fn two_services_on_one_port_are_two_pools_and_follow_watches_through_410_a
         "no other pool (the ClusterIP is not one)"
     );
 
-    // A new pod: not ready first (listed, not judged), then ready.
-    let mut a4 = pod("svc-a", 4, "node-1", State::Starting);
-    let mut slice_a: Vec<Pod> = a.iter().cloned().chain([a4.clone()]).collect();
+    // A new pod: not ready first (listed, not judged), then ready. Its
+    // address sorts first, among the judged members.
+    let mut a0 = pod("svc-a", 0, "node-1", State::Starting);
+    let mut slice_a: Vec<Pod> = a.iter().cloned().chain([a0.clone()]).collect();
     apply_service(&c.api, "svc-a", "10.96.0.10", &slice_a);
     wait_pool(&c, &mut q, "default/svc-a:http", 10, |p| {
         members(p)
-            .get(3)
-            .is_some_and(|m| m.2 == "not-ready" && m.1 == "default/svc-a-4")
+            .first()
+            .is_some_and(|m| m.2 == "not-ready" && m.1 == "default/svc-a-0")
     })
     .await;
-    a4.state = State::Ready;
-    slice_a[3] = a4.clone();
+    t.run(Duration::from_secs(2)).await;
+    // /metrics: each member's facts, and the kernels' totals of each (the
+    // agent's own counts) on the right member, once a tick has them.
+    let mut want = vec![
+        r#"evenflow_member_info{pool="default/svc-a:http",member="10.244.1.0:8080",state="not_ready",source="kubernetes",node="node-1",pod="default/svc-a-0",zone=""} 1"#.to_owned(),
+    ];
+    want.extend(a.iter().chain([&a0]).map(|p| {
+        format!(
+            r#"evenflow_member_reported_connections_total{{pool="default/svc-a:http",member="{}:8080",view="server"}} {}"#,
+            p.ip,
+            t.agent.opened(addr(&p.ip), v1::Direction::Serves)
+        )
+    }));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut text = c.metrics();
+    while want.iter().any(|w| !text.contains(w.as_str())) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        text = c.metrics();
+    }
+    for w in &want {
+        assert!(text.contains(w.as_str()), "{w} not in:\n{text}");
+    }
+    a0.state = State::Ready;
+    slice_a[3] = a0.clone();
     apply_service(&c.api, "svc-a", "10.96.0.10", &slice_a);
     wait_pool(&c, &mut q, "default/svc-a:http", 10, |p| {
         members(p).iter().all(|m| m.2 == "serving") && p.members.len() == 4
@@ -400,7 +437,7 @@ async fn two_services_on_one_port_are_two_pools_and_follow_watches_through_410_a
     slice_a.remove(0);
     apply_service(&c.api, "svc-a", "10.96.0.10", &slice_a);
     wait_pool(&c, &mut q, "default/svc-a:http", 30, |p| {
-        p.members.len() == 3 && p.members[0].pod == "default/svc-a-2"
+        p.members.len() == 3 && p.members.iter().all(|m| m.pod != "default/svc-a-1")
     })
     .await;
     let lists_after = c.lists("endpointslices");

@@ -217,6 +217,37 @@ fn alert(a: &detect::Alert, clock: &TickClock, pod: Option<&str>) -> v1::Alert {
     }
 }
 
+/// The agents' own cumulative totals of each member of `msg`, in its
+/// order (judged and unjudged members are interleaved there by address).
+fn reported_totals(pt: &PoolTick, msg: &v1::Pool) -> Vec<ReportedTotals> {
+    let judged = pt.input.members.iter().zip(&pt.meta).map(|(m, meta)| {
+        let totals = (
+            m.server.map(|_| meta.server.reported_total),
+            m.lb.map(|_| meta.lb.reported_total),
+        );
+        (meta.addr, totals)
+    });
+    let unjudged = pt.unjudged.iter().map(|u| {
+        let totals = (
+            u.server.map(|_| u.meta.server.reported_total),
+            u.lb.map(|_| u.meta.lb.reported_total),
+        );
+        (u.meta.addr, totals)
+    });
+    let by_addr: HashMap<Option<std::net::SocketAddr>, ReportedTotals> =
+        judged.chain(unjudged).collect();
+    msg.members
+        .iter()
+        .map(|m| {
+            let addr =
+                m.address.parse().ok().and_then(|ip| {
+                    Some(std::net::SocketAddr::new(ip, u16::try_from(m.port).ok()?))
+                });
+            by_addr.get(&addr).copied().unwrap_or_default()
+        })
+        .collect()
+}
+
 /// Remembers the Pod of an alert's member (Kubernetes pools only).
 fn remember_pod(pods: &mut HashMap<String, Arc<str>>, a: &detect::Alert, pt: &PoolTick) {
     if pt.kubernetes.is_none() || a.member.is_empty() || pods.contains_key(&a.id) {
@@ -500,24 +531,9 @@ impl Engine {
             }
             transitions.extend(tr);
             names.insert(pt.input.name.clone());
-            reported.insert(
-                pt.input.name.clone(),
-                pt.input
-                    .members
-                    .iter()
-                    .zip(&pt.meta)
-                    .map(|(m, meta)| {
-                        (
-                            m.server.map(|_| meta.server.reported_total),
-                            m.lb.map(|_| meta.lb.reported_total),
-                        )
-                    })
-                    .collect(),
-            );
-            published.insert(
-                pt.input.name.clone(),
-                Arc::new(pool_message(&mut pt, &pv, at)),
-            );
+            let msg = pool_message(&mut pt, &pv, at);
+            reported.insert(pt.input.name.clone(), reported_totals(&pt, &msg));
+            published.insert(pt.input.name.clone(), Arc::new(msg));
         }
         transitions.extend(self.detector.retain_pools(&names, tick));
 
