@@ -82,7 +82,7 @@ use std::collections::HashMap;
 
 use super::{
     Settings,
-    pool::{MemberInput, PoolInput, Verdict, View, ViewInput, ViewVerdict},
+    pool::{MemberInput, PoolInput, Verdict, View, ViewInput, ViewVerdict, member_entry},
 };
 
 /// What a verdict or alert is about.
@@ -212,22 +212,24 @@ const MIN_BYTES_CONNS: f64 = 5.0;
 const KAPPA_PRIOR: f64 = 1.0;
 const KAPPA_MIN: f64 = 0.02;
 const KAPPA_MAX: f64 = 25.0;
-/// The placement dispersion assumed at first: half again binomial's.
-const PHI_PRIOR: f64 = 1.5;
+/// The placement dispersion assumed until the pool's turnover shows
+/// otherwise: a fifth above binomial's.
+const PHI_PRIOR: f64 = 1.2;
 /// The priors count as this many configurations of the pool's
 /// connections.
 const PRIOR_WEIGHT: f64 = 1.0;
 /// Beyond this many configurations, older ones fade (an exponential
 /// average with this memory).
-const MEMORY: f64 = 20.0;
+const MEMORY: f64 = 50.0;
 
 /// A scale learned from the pool's healthy ticks, weighted by how much of
 /// the pool is new: a tick whose connections are the previous tick's is
 /// the same configuration seen again, not another sample. Each tick counts
-/// `min(1, (new connections + 1) / open connections)` configurations (the
-/// `+ 1` lets a pool that never reconnects learn, slowly); the estimate is
-/// the prior and the first [`MEMORY`] configurations' mean, then an
-/// exponential average over that many.
+/// `min(1, new connections / open connections)` configurations (a pool
+/// that never reconnects keeps its prior: one configuration, however long
+/// it is watched, says little about the next); the estimate is the prior
+/// and the first [`MEMORY`] configurations' mean, then an exponential
+/// average over that many.
 #[derive(Clone, Copy, Debug)]
 struct Learned {
     mean: f64,
@@ -333,13 +335,18 @@ impl Ring {
     /// The mean of the middle half of the defined values (a quarter
     /// trimmed at each end), when at least half the window has one.
     fn trimmed_mean(&self) -> Option<f64> {
-        let mut xs: Vec<f64> = self.values().collect();
-        if xs.len() < BYTES_WINDOW / 2 {
+        let mut xs = [0.0; BYTES_WINDOW];
+        let mut n = 0;
+        for x in self.values() {
+            xs[n] = x;
+            n += 1;
+        }
+        if n < BYTES_WINDOW / 2 {
             return None;
         }
+        let xs = &mut xs[..n];
         xs.sort_unstable_by(f64::total_cmp);
-        let cut = xs.len() / 4;
-        let mid = &xs[cut..xs.len() - cut];
+        let mid = &xs[n / 4..n - n / 4];
         Some(mid.iter().sum::<f64>() / mid.len() as f64)
     }
 }
@@ -514,22 +521,18 @@ impl LoadState {
             ln_warn: (s.load_alpha * 1e3 / tests).min(0.5).ln(),
         };
         // Who holds more than its share, for the reasons of those below.
-        let mut holders: Vec<(f64, String)> = input
+        let mut holders: Vec<(f64, &str)> = input
             .members
             .iter()
             .filter_map(|m| {
                 let v = get(m).filter(|v| eligible(m, v))?;
                 let p = verdicts.get(&m.id)?.expected_share;
                 let ratio = v.active as f64 / (t.active * p);
-                (t.active > 0.0 && p > 0.0 && ratio > 1.1).then(|| (ratio, m.id.clone()))
+                (t.active > 0.0 && p > 0.0 && ratio > 1.1).then_some((ratio, m.id.as_str()))
             })
             .collect();
         holders.sort_by(|a, b| b.0.total_cmp(&a.0));
-        let holders: Vec<String> = holders
-            .iter()
-            .take(3)
-            .map(|(r, id)| format!("{id} ({r:.2}×)"))
-            .collect();
+        holders.truncate(3);
 
         let (mut phi_samples, mut kappa_samples) = (Vec::new(), Vec::new());
         let mut flagged = 0usize;
@@ -538,7 +541,7 @@ impl LoadState {
             let Some(vv) = verdicts.get_mut(&m.id) else {
                 continue;
             };
-            let hist = self.members.entry(m.id.clone()).or_default();
+            let hist = member_entry(&mut self.members, &m.id);
             if !v.fresh || v.reset {
                 // A gap: the windows start again afterwards.
                 *hist = MemberLoad::default();
@@ -618,7 +621,11 @@ impl LoadState {
                 continue;
             }
             let active = judge_active(s, &bounds, &n, t.active, phi);
-            let bytes_j = judge_bytes(s, &bounds, &n, hist, kappa, &active);
+            let window = BytesWindow {
+                share: hist.share.trimmed_mean(),
+                per_conn: hist.per_conn.trimmed_mean(),
+            };
+            let bytes_j = judge_bytes(s, &bounds, &n, &window, kappa, &active);
             let (active_ticks, active_page_ticks) =
                 hist.active.update(input.tick, active.dir, active.level);
             let (bytes_ticks, bytes_page_ticks) =
@@ -628,7 +635,7 @@ impl LoadState {
                 flagged += 1;
             } else {
                 phi_samples.push((n.a, p));
-                if let Some(x) = hist.per_conn.trimmed_mean()
+                if let Some(x) = window.per_conn
                     && n.a >= MIN_BYTES_CONNS
                 {
                     kappa_samples.push((n.a, x));
@@ -660,7 +667,7 @@ impl LoadState {
         }
         // Learn from ticks where at most a quarter of the members look off.
         if judged && flagged * 4 <= t.count {
-            let fresh = (ctx.new_conns + 1.0) / t.active;
+            let fresh = ctx.new_conns / t.active;
             let hi = s.max_dispersion.max(1.0);
             if let Some(x) = placement_dispersion(&phi_samples) {
                 self.phi.learn(x, fresh, 1.0, hi);
@@ -676,6 +683,14 @@ impl LoadState {
             bytes_heterogeneity: kappa,
         }
     }
+}
+
+/// A member's bytes statistics over the window, this tick.
+struct BytesWindow {
+    /// Trimmed mean of its share of the pool's bytes over the expected.
+    share: Option<f64>,
+    /// Trimmed mean of ln(its bytes per connection / the pool's).
+    per_conn: Option<f64>,
 }
 
 /// One signal's evidence this tick.
@@ -747,11 +762,11 @@ fn judge_bytes(
     s: &Settings,
     b: &Bounds,
     n: &Numbers,
-    hist: &MemberLoad,
+    window: &BytesWindow,
     kappa: f64,
     active: &Judged,
 ) -> Judged {
-    let Some(ratio) = hist.share.trimmed_mean() else {
+    let Some(ratio) = window.share else {
         return Judged {
             dir: 0,
             level: Level::None,
@@ -762,7 +777,7 @@ fn judge_bytes(
         };
     };
     let dir = sign(ratio - 1.0);
-    let per_conn = hist.per_conn.trimmed_mean();
+    let per_conn = window.per_conn;
     // The normal tail's Chernoff bound, exp(−z²/2), for z the trimmed mean
     // log-ratio over its per-connection standard error √(κ / a).
     let own_log_p = match per_conn {
@@ -923,7 +938,7 @@ fn active_verdict(
     refill: &Refill,
     conns: &NewConns,
     ctx: &Context,
-    holders: &[String],
+    holders: &[(f64, &str)],
     share: f64,
 ) -> LoadVerdict {
     let zero = (n.a == 0.0).then_some(n.bytes == 0.0);
@@ -956,7 +971,11 @@ fn active_verdict(
         reason.push_str("; ");
         reason.push_str(&refill.text());
         if !holders.is_empty() {
-            reason.push_str(&format!("; its share is held by {}", holders.join(", ")));
+            let names: Vec<String> = holders
+                .iter()
+                .map(|(r, id)| format!("{id} ({r:.2}×)"))
+                .collect();
+            reason.push_str(&format!("; its share is held by {}", names.join(", ")));
         }
     }
     reason.push_str("; ");

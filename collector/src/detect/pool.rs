@@ -578,7 +578,7 @@ impl ViewState {
         let mut window_obs = Vec::with_capacity(count);
         for m in &input.members {
             let Some(v) = get(m) else { continue };
-            let hist = self.members.entry(m.id.clone()).or_default();
+            let hist = member_entry(&mut self.members, &m.id);
             hist.conns_total += v.new_conns;
             let expected_share = if m.draining || !v.fresh || v.reset || wsum <= 0.0 {
                 0.0
@@ -831,6 +831,15 @@ impl ViewState {
             load,
         }
     }
+}
+
+/// A member's state, created on first sight; the id is copied only then
+/// (every tick would be an allocation per member).
+pub(super) fn member_entry<'a, V: Default>(map: &'a mut HashMap<String, V>, id: &str) -> &'a mut V {
+    if !map.contains_key(id) {
+        map.insert(id.to_owned(), V::default());
+    }
+    map.get_mut(id).expect("inserted above")
 }
 
 /// z-score of `observed` against `expected` counts after Anscombe's

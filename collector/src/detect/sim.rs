@@ -86,6 +86,10 @@ pub struct Pareto {
     table: Vec<f64>,
     xm: f64,
     inv_alpha: f64,
+    /// Mean and variance of a draw from the table's body (every draw but
+    /// the tail beyond it), for sums of many.
+    body_mean: f64,
+    body_var: f64,
 }
 
 const PARETO_TABLE: usize = 4096;
@@ -95,17 +99,45 @@ impl Pareto {
     pub fn new(mean: f64, alpha: f64) -> Self {
         let xm = mean * (alpha - 1.0) / alpha;
         let inv_alpha = 1.0 / alpha;
-        let table = (0..=PARETO_TABLE)
+        let table: Vec<f64> = (0..=PARETO_TABLE)
             .map(|k| {
                 let u = (k as f64 / PARETO_TABLE as f64).max(1.0 / PARETO_TABLE as f64);
                 xm * u.powf(-inv_alpha)
             })
             .collect();
+        // Moments of the body: u uniform on [1/T, 1], x interpolated
+        // linearly within each cell (trapezoids of x and of x²).
+        let cells = (1..PARETO_TABLE).map(|k| (table[k], table[k + 1]));
+        let (m1, m2) = cells.fold((0.0, 0.0), |(m1, m2), (a, b)| {
+            (m1 + (a + b) / 2.0, m2 + (a * a + a * b + b * b) / 3.0)
+        });
+        let n = (PARETO_TABLE - 1) as f64;
+        let body_mean = m1 / n;
         Self {
             table,
             xm,
             inv_alpha,
+            body_mean,
+            body_var: (m2 / n - body_mean * body_mean).max(0.0),
         }
+    }
+
+    /// The sum of `k` draws: the draws beyond the table (the heavy tail)
+    /// one by one, exactly; the body's sum by its normal approximation
+    /// once there are 30 or more of them (their variance is finite).
+    pub fn sum(&self, k: u64, rng: &mut Rng) -> f64 {
+        if k < 30 {
+            return (0..k).map(|_| self.sample(rng)).sum();
+        }
+        let tail = rng.poisson(k as f64 / PARETO_TABLE as f64).min(k);
+        let body = (k - tail) as f64;
+        let mut total = (body * self.body_mean + (body * self.body_var).sqrt() * rng.normal())
+            .max(body * self.xm);
+        for _ in 0..tail {
+            let u = rng.f64() / PARETO_TABLE as f64;
+            total += self.xm * u.powf(-self.inv_alpha);
+        }
+        total
     }
 
     pub fn sample(&self, rng: &mut Rng) -> f64 {
@@ -280,6 +312,36 @@ impl LongLived {
         }
     }
 
+    /// Connections member `i` holds now.
+    pub fn held(&self, i: usize) -> usize {
+        self.clients.iter().filter(|c| c.member == i).count()
+    }
+
+    /// Makes member `i` hold exactly `n` connections, without new
+    /// connections: more are moved to it (and pinned, as by
+    /// [`LongLived::move_to`]); surplus ones move to the others.
+    pub fn set_held(&mut self, i: usize, n: usize) {
+        let held = self.held(i);
+        if held < n {
+            self.move_to(i, n - held);
+            return;
+        }
+        let others: Vec<usize> = (0..self.members()).filter(|&m| m != i).collect();
+        if others.is_empty() {
+            return;
+        }
+        let mut k = 0;
+        for c in self
+            .clients
+            .iter_mut()
+            .filter(|c| c.member == i)
+            .take(held - n)
+        {
+            c.member = others[k % others.len()];
+            k += 1;
+        }
+    }
+
     fn place(&self, rng: &mut Rng) -> usize {
         let w = |i: usize| {
             if self.down[i] {
@@ -302,28 +364,42 @@ impl LongLived {
     /// The detector's input for one tick's numbers (server view; members
     /// named by [`member_id`]).
     pub fn input(&self, name: &str, tick: u64, t: &[MemberTick]) -> super::PoolInput {
-        super::PoolInput {
+        let mut input = super::PoolInput {
             name: name.to_owned(),
             tick,
-            members: t
-                .iter()
-                .enumerate()
-                .map(|(i, m)| super::MemberInput {
+            members: Vec::new(),
+        };
+        self.fill(&mut input, tick, t);
+        input
+    }
+
+    /// [`LongLived::input`] into an existing input, reusing its members.
+    pub fn fill(&self, input: &mut super::PoolInput, tick: u64, t: &[MemberTick]) {
+        input.tick = tick;
+        input.members.truncate(t.len());
+        for (i, m) in t.iter().enumerate() {
+            let view = super::ViewInput {
+                fresh: true,
+                reset: false,
+                new_conns: m.new_conns,
+                bytes_in: m.bytes_in,
+                bytes_out: m.bytes_out,
+                active: m.active,
+            };
+            match input.members.get_mut(i) {
+                Some(x) => {
+                    x.weight = self.spec.weights[i];
+                    x.server = Some(view);
+                }
+                None => input.members.push(super::MemberInput {
                     id: member_id(i),
                     weight: self.spec.weights[i],
                     draining: false,
-                    server: Some(super::ViewInput {
-                        fresh: true,
-                        reset: false,
-                        new_conns: m.new_conns,
-                        bytes_in: m.bytes_in,
-                        bytes_out: m.bytes_out,
-                        active: m.active,
-                    }),
+                    server: Some(view),
                     lb: None,
                     cpu: None,
-                })
-                .collect(),
+                }),
+            }
         }
     }
 
@@ -339,20 +415,30 @@ impl LongLived {
         } else {
             0.0
         };
-        for c in 0..self.clients.len() {
-            if hazard > 0.0 && !self.clients[c].pinned && rng.f64() < hazard {
+        // Each client reconnects with probability 1/lifetime: drawn as a
+        // count, then clients at random (pinned ones stay).
+        let clients = self.clients.len();
+        if hazard > 0.0 && clients > 0 {
+            for _ in 0..rng.poisson(clients as f64 * hazard) {
+                let c = ((rng.f64() * clients as f64) as usize).min(clients - 1);
+                if self.clients[c].pinned {
+                    continue;
+                }
                 let m = self.place(rng);
                 self.clients[c].member = m;
                 out[m].new_conns += 1;
             }
-            let Client { member, rate, .. } = self.clients[c];
-            out[member].active += 1;
-            let k = rng.poisson(self.spec.requests * rate * self.load[member]);
-            let t = &mut out[member];
-            for _ in 0..k {
-                t.bytes_in += self.request.sample(rng) as u64;
-                t.bytes_out += self.response.sample(rng) as u64;
-            }
+        }
+        // A member's clients' Poisson requests add up to one Poisson.
+        let mut rates = vec![0.0; n];
+        for c in &self.clients {
+            out[c.member].active += 1;
+            rates[c.member] += c.rate;
+        }
+        for (i, t) in out.iter_mut().enumerate() {
+            let k = rng.poisson(self.spec.requests * rates[i] * self.load[i]);
+            t.bytes_in = self.request.sum(k, rng) as u64;
+            t.bytes_out = self.response.sum(k, rng) as u64;
         }
         out
     }
@@ -361,6 +447,31 @@ impl LongLived {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pareto_sums_keep_the_mean_and_the_tail() {
+        let p = Pareto::new(1000.0, 2.0);
+        let mut r = Rng::new(3);
+        let n = 4000;
+        let exact: Vec<f64> = (0..n)
+            .map(|_| (0..200).map(|_| p.sample(&mut r)).sum())
+            .collect();
+        let fast: Vec<f64> = (0..n).map(|_| p.sum(200, &mut r)).collect();
+        let mean = |x: &[f64]| x.iter().sum::<f64>() / x.len() as f64;
+        assert!(
+            (mean(&exact) / 200_000.0 - 1.0).abs() < 0.03,
+            "{}",
+            mean(&exact)
+        );
+        assert!((mean(&fast) / mean(&exact) - 1.0).abs() < 0.03);
+        // The largest sums come from the same heavy tail.
+        let top = |x: &[f64]| {
+            let mut v = x.to_vec();
+            v.sort_by(f64::total_cmp);
+            v[v.len() * 99 / 100]
+        };
+        assert!((top(&fast) / top(&exact) - 1.0).abs() < 0.15);
+    }
 
     #[test]
     fn moments_are_right() {
