@@ -44,6 +44,51 @@ pub fn alert_kind(k: i32) -> &'static str {
     }
 }
 
+/// What a verdict or alert is about, as metric labels say it.
+pub fn signal(s: i32) -> &'static str {
+    match v1::Signal::try_from(s) {
+        Ok(v1::Signal::NewConnections) => "new_connections",
+        Ok(v1::Signal::ActiveConnections) => "active_connections",
+        Ok(v1::Signal::Bytes) => "bytes",
+        _ => "-",
+    }
+}
+
+/// Routing or pinned.
+pub fn cause(c: i32) -> &'static str {
+    match v1::Cause::try_from(c) {
+        Ok(v1::Cause::Routing) => "routing",
+        Ok(v1::Cause::Pinned) => "pinned",
+        _ => "-",
+    }
+}
+
+/// A member's worst load finding in a few words ("ZERO pinned", "-").
+pub fn load_word(m: &v1::Member) -> String {
+    match m
+        .load
+        .as_ref()
+        .and_then(|l| l.share.as_ref().map(|s| (l, s)))
+    {
+        Some((l, s)) => format!(
+            "{}{} {} {}",
+            verdict(s.verdict),
+            if s.page { "!" } else { "" },
+            match v1::Signal::try_from(l.signal) {
+                Ok(v1::Signal::Bytes) => "bytes",
+                _ => "conns",
+            },
+            cause(s.cause)
+        ),
+        None => "-".into(),
+    }
+}
+
+/// A load share's observed fraction (0 when absent).
+pub fn load_share(s: &Option<v1::LoadShare>) -> f64 {
+    s.as_ref().map_or(0.0, |s| s.observed_share)
+}
+
 pub fn view(v: i32) -> &'static str {
     match v1::View::try_from(v) {
         Ok(v1::View::Server) => "server",
@@ -118,10 +163,11 @@ pub fn pool_text(p: &v1::Pool) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "  {}  {}  {:.1} conn/s  effective members {:.1} of {:.1}{}",
+        "  {}  {}  {:.1} conn/s  {} open  effective members {:.1} of {:.1}{}",
         p.name,
         verdict(p.verdict),
         p.server_conns_per_sec.max(p.lb_conns_per_sec),
+        p.server_active_connections.max(p.lb_active_connections),
         p.effective_members,
         p.expected_effective_members,
         if p.reason.is_empty() {
@@ -132,22 +178,43 @@ pub fn pool_text(p: &v1::Pool) -> String {
     );
     let _ = writeln!(
         out,
-        "    {:<24} {:<9} {:>8} {:>8} {:>8} {:>5}  {:<20} REASON",
-        "MEMBER", "STATE", "CONN/S", "SHARE", "EXPECT", "CPU", "VERDICT"
+        "    {:<24} {:<9} {:>8} {:>8} {:>8} {:>6} {:>8} {:>8} {:>5}  {:<20} {:<22} REASON",
+        "MEMBER",
+        "STATE",
+        "CONN/S",
+        "SHARE",
+        "EXPECT",
+        "OPEN",
+        "OPEN%",
+        "BYTES%",
+        "CPU",
+        "VERDICT",
+        "LOAD"
     );
     for m in &p.members {
         let v = main_view(m);
+        let load_reason = m
+            .load
+            .as_ref()
+            .and_then(|l| l.share.as_ref())
+            .map(|s| format!("; load: {}", s.reason))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "    {:<24} {:<9} {:>8.1} {:>7.1}% {:>7.1}% {:>4.0}%  {:<20} {}",
+            "    {:<24} {:<9} {:>8.1} {:>7.1}% {:>7.1}% {:>6} {:>7.1}% {:>7.1}% {:>4.0}%  {:<20} {:<22} {}{}",
             member_name(m),
             member_state(m.state),
             v.new_conns_per_sec,
             v.observed_share * 100.0,
             v.expected_share * 100.0,
+            v.active_connections,
+            load_share(&v.active) * 100.0,
+            load_share(&v.bytes) * 100.0,
             m.cpu_utilization * 100.0,
             verdict(m.verdict),
-            m.reason
+            load_word(m),
+            m.reason,
+            load_reason
         );
     }
     out
@@ -155,7 +222,7 @@ pub fn pool_text(p: &v1::Pool) -> String {
 
 pub fn alert_text(a: &v1::Alert) -> String {
     format!(
-        "{} {:<8} {:<14} pool={} member={} view={} observed={:.3} expected={:.3} since={} {}{}",
+        "{} {:<8} {:<14} pool={} member={} signal={} cause={} view={} observed={:.3} expected={:.3} since={} {}{}",
         if a.resolved_at.is_some() {
             "RESOLVED"
         } else {
@@ -165,6 +232,8 @@ pub fn alert_text(a: &v1::Alert) -> String {
         alert_kind(a.kind),
         a.pool,
         if a.member.is_empty() { "-" } else { &a.member },
+        signal(a.signal),
+        cause(a.cause),
         view(a.view),
         a.observed,
         a.expected,
@@ -176,6 +245,20 @@ pub fn alert_text(a: &v1::Alert) -> String {
             String::new()
         }
     )
+}
+
+fn load_share_json(s: &Option<v1::LoadShare>) -> Value {
+    match s {
+        None => Value::Null,
+        Some(s) => json!({
+            "observed_share": s.observed_share,
+            "expected_share": s.expected_share,
+            "verdict": verdict(s.verdict),
+            "page": s.page,
+            "cause": cause(s.cause),
+            "reason": s.reason,
+        }),
+    }
 }
 
 fn member_view_json(v: &Option<v1::MemberView>) -> Value {
@@ -192,6 +275,10 @@ fn member_view_json(v: &Option<v1::MemberView>) -> Value {
             "verdict": verdict(v.verdict),
             "reason": v.reason,
             "conns_total": v.conns_total,
+            "active": load_share_json(&v.active),
+            "bytes": load_share_json(&v.bytes),
+            "bytes_in_share": v.bytes_in_share,
+            "bytes_out_share": v.bytes_out_share,
         }),
     }
 }
@@ -205,6 +292,8 @@ pub fn pool_json(p: &v1::Pool) -> Value {
         "expected_effective_members": p.expected_effective_members,
         "server_conns_per_sec": p.server_conns_per_sec,
         "lb_conns_per_sec": p.lb_conns_per_sec,
+        "server_active_connections": p.server_active_connections,
+        "lb_active_connections": p.lb_active_connections,
         "lb_nodes": p.lb_nodes,
         "tick": p.tick,
         "evaluated_at": ts(&p.evaluated_at),
@@ -221,6 +310,11 @@ pub fn pool_json(p: &v1::Pool) -> Value {
             "source": m.source,
             "server_view": member_view_json(&m.server_view),
             "lb_view": member_view_json(&m.lb_view),
+            "load": m.load.as_ref().map_or(Value::Null, |l| json!({
+                "signal": signal(l.signal),
+                "view": view(l.view),
+                "share": load_share_json(&l.share),
+            })),
         })).collect::<Vec<_>>(),
     })
 }
@@ -247,6 +341,8 @@ pub fn alert_json(a: &v1::Alert) -> Value {
         "pool": a.pool,
         "member": a.member,
         "kind": alert_kind(a.kind),
+        "signal": signal(a.signal),
+        "cause": cause(a.cause),
         "view": view(a.view),
         "severity": severity(a.severity),
         "observed": a.observed,
@@ -300,6 +396,42 @@ mod tests {
         let j = pool_json(&p);
         assert_eq!(j["members"][1]["verdict"], "ZERO");
         assert_eq!(j["members"][0]["server_view"]["observed_share"], 1.0);
+    }
+
+    #[test]
+    fn load_findings_show_signal_and_cause() {
+        let mut m = member("10.0.0.3", 0.33, v1::Verdict::Ok);
+        m.load = Some(v1::LoadFinding {
+            signal: v1::Signal::ActiveConnections as i32,
+            view: v1::View::Server as i32,
+            share: Some(v1::LoadShare {
+                observed_share: 0.0,
+                expected_share: 0.33,
+                verdict: v1::Verdict::Zero as i32,
+                page: true,
+                cause: v1::Cause::Pinned as i32,
+                reason: "0 of 90 open connections".into(),
+            }),
+        });
+        let p = v1::Pool {
+            name: "grpc".into(),
+            members: vec![m],
+            ..Default::default()
+        };
+        let t = pool_text(&p);
+        assert!(t.contains("ZERO! conns pinned"), "{t}");
+        assert!(t.contains("load: 0 of 90 open connections"), "{t}");
+        let j = pool_json(&p);
+        assert_eq!(j["members"][0]["load"]["signal"], "active_connections");
+        assert_eq!(j["members"][0]["load"]["share"]["cause"], "pinned");
+        let a = v1::Alert {
+            kind: v1::AlertKind::Zero as i32,
+            signal: v1::Signal::ActiveConnections as i32,
+            cause: v1::Cause::Pinned as i32,
+            ..Default::default()
+        };
+        assert!(alert_text(&a).contains("signal=active_connections cause=pinned"));
+        assert_eq!(alert_json(&a)["cause"], "pinned");
     }
 
     #[test]

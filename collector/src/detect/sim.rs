@@ -330,15 +330,9 @@ impl LongLived {
         if others.is_empty() {
             return;
         }
-        let mut k = 0;
-        for c in self
-            .clients
-            .iter_mut()
-            .filter(|c| c.member == i)
-            .take(held - n)
-        {
+        let surplus = self.clients.iter_mut().filter(|c| c.member == i);
+        for (k, c) in surplus.take(held - n).enumerate() {
             c.member = others[k % others.len()];
-            k += 1;
         }
     }
 
