@@ -48,7 +48,7 @@ pub const PROTO_UDP: u8 = 17;
 /// side copies words (four loads) instead of sixteen bytes, which keeps the
 /// programs well inside the 512-byte BPF stack.
 #[repr(C)]
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EndpointKey {
     /// IPv6 address words; IPv4 is `::ffff:a.b.c.d`. See [`addr_bytes`].
     pub addr: [u32; 4],
@@ -150,33 +150,130 @@ impl FlowKey {
     }
 }
 
-/// Who registered a flow.
-pub const ORIGIN_SOCKET: u8 = 1;
-/// A flow registered by the TC program for forwarded (DNAT) traffic.
-pub const ORIGIN_FORWARDED: u8 = 2;
+/// Which half of a forwarded connection a [`FlowValue`] counts. Both halves
+/// are counted on **egress**, where every forwarded packet passes exactly
+/// once per device: the request half leaves towards the backend (post-DNAT
+/// addresses), the reply half leaves towards the client (un-NATed back to
+/// the address the client dialled).
+pub const HALF_REQUEST: u8 = 1;
+/// The reply half of a forwarded connection (see [`HALF_REQUEST`]).
+pub const HALF_REPLY: u8 = 2;
 
-/// A FIN left this node on the flow.
-pub const FLOW_FIN_TX: u8 = 1;
-/// A FIN reached this node on the flow.
-pub const FLOW_FIN_RX: u8 = 2;
+/// Connection state bits of a forwarded flow, kept in the request half.
+/// The backend answered the SYN.
+pub const FLOW_SYNACK: u8 = 1;
+/// The client acknowledged the SYN-ACK: the connection is open (counted).
+pub const FLOW_OPEN: u8 = 2;
+/// A FIN left towards the backend.
+pub const FLOW_FIN_TX: u8 = 4;
+/// A FIN left towards the client (the backend closed its side).
+pub const FLOW_FIN_RX: u8 = 8;
 
-/// What the flow map remembers about a live flow: which endpoint its packets
-/// count towards and how far it has closed.
+/// One half of a forwarded TCP connection: the endpoint (the post-DNAT
+/// backend) its bytes count towards and what has been counted so far.
+///
+/// Bytes are counted by sequence number (only data beyond the highest
+/// sequence seen), so retransmissions and a packet crossing several devices
+/// (a bridge and its port) count once; packets are counted on one device
+/// only, the first this half was seen leaving through.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct FlowValue {
-    /// The endpoint this flow's bytes and packets are added to.
+    /// The backend this connection was sent to.
     pub endpoint: EndpointKey,
-    /// [`ORIGIN_SOCKET`] or [`ORIGIN_FORWARDED`].
-    pub origin: u8,
-    /// `FLOW_FIN_*` bits seen so far (forwarded flows only).
-    pub flags: u8,
+    /// [`HALF_REQUEST`] or [`HALF_REPLY`].
+    pub half: u8,
+    /// `FLOW_*` state bits (request half only).
+    pub state: u8,
     /// Explicit padding.
     pub _pad: [u8; 2],
+    /// The device this half is counted on (0 until its first packet).
+    pub ifindex: u32,
+    /// The sender's initial sequence number (tells a reused 5-tuple from a
+    /// retransmitted SYN).
+    pub isn: u32,
+    /// The next sequence number beyond every byte counted.
+    pub next_seq: u32,
+    /// Explicit padding.
+    pub _pad2: u32,
+    /// Payload bytes this half carried.
+    pub bytes: u64,
+    /// Packets (GSO segments counted individually) this half carried.
+    pub packets: u64,
+    /// Of `bytes`, what was already added to the endpoint's counters.
+    pub folded_bytes: u64,
+    /// Of `packets`, what was already added to the endpoint's counters.
+    pub folded_packets: u64,
+    /// `bpf_ktime_get_coarse_ns` of the last packet, for idle expiry.
+    pub last_seen_ns: u64,
+    /// The other half's key, so either half can reach the other.
+    pub peer: FlowKey,
 }
 
+/// Key of the SYN-origin map: a SYN's initial sequence number, which NAT
+/// leaves alone, so the SYN can be recognised after translation.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SynKey {
+    /// The client's initial sequence number.
+    pub isn: u32,
+}
+
+/// Where a SYN was going when it entered the node (before any DNAT).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct SynOrigin {
+    /// The client address and port.
+    pub src_addr: [u32; 4],
+    /// The address the client dialled (a VIP, a ClusterIP, a node port).
+    pub dst_addr: [u32; 4],
+    /// Client port, host order.
+    pub src_port: u16,
+    /// Dialled port, host order.
+    pub dst_port: u16,
+}
+
+/// Per-socket state in socket storage (`EF_SOCKS`): which endpoint the
+/// socket counts towards and how much of the kernel's own byte counters
+/// (`tcp_sock.bytes_received` / `bytes_acked`) was already added to it.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct SockState {
+    /// The endpoint; `direction == 0` means "not counted".
+    pub endpoint: EndpointKey,
+    /// `SOCK_*` bits.
+    pub flags: u8,
+    /// Explicit padding.
+    pub _pad: [u8; 3],
+    /// Payload bytes received already added to the endpoint.
+    pub folded_rx: u64,
+    /// Payload bytes sent (and acknowledged) already added to the endpoint.
+    pub folded_tx: u64,
+    /// Segments received already added to the endpoint.
+    pub folded_segs_in: u64,
+    /// Segments sent already added to the endpoint.
+    pub folded_segs_out: u64,
+    /// `bytes_received` when the socket entered FIN_WAIT2: more after that,
+    /// at close, can only be the peer's FIN.
+    pub rx_at_fin_wait2: u64,
+}
+
+/// The socket opened the connection: its `bytes_acked` counts the SYN.
+pub const SOCK_ACTIVE: u8 = 1;
+/// The peer's FIN was received (it counts one in `bytes_received`).
+pub const SOCK_FIN_RX: u8 = 2;
+/// Our FIN was acknowledged (it counts one in `bytes_acked`).
+pub const SOCK_FIN_ACKED: u8 = 4;
+/// The socket closed and was counted; samplers leave it alone.
+pub const SOCK_CLOSED: u8 = 8;
+
+/// Key of the local-NAT map: a local socket whose SYN left with another
+/// destination than the socket's own (DNAT in OUTPUT, e.g. a hostNetwork
+/// proxy dialling a ClusterIP).
+pub type LocalNatKey = FlowKey;
+
 /// Indices into the per-CPU `EF_STATS` array: what the datapath could not
-/// count, and the bookkeeping userspace needs to derive LRU evictions.
+/// count, and the bookkeeping userspace needs.
 #[repr(u32)]
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Stat {
@@ -185,23 +282,33 @@ pub enum Stat {
     PacketUnparsable = 0,
     /// A new endpoint entry was inserted.
     EndpointInserted = 1,
-    /// Inserting a new endpoint failed (map full beyond LRU's reach).
+    /// Inserting a new endpoint failed (the map is full).
     EndpointInsertFailed = 2,
-    /// A new flow entry was inserted.
+    /// A forwarded flow (both halves) was registered.
     FlowInserted = 3,
-    /// Inserting a new flow failed.
+    /// Registering a forwarded flow failed (the flow map is full).
     FlowInsertFailed = 4,
-    /// A flow entry was removed because its connection closed.
+    /// A forwarded flow ended (FIN both ways, RST, or expiry) and was removed.
     FlowDeleted = 5,
-    /// A socket closed whose flow was no longer in the map (evicted, or the
-    /// agent attached after it opened): its close was still counted.
+    /// A socket closed that was never counted as opened (it was established
+    /// before the agent first attached).
     FlowMissingOnClose = 6,
     /// A sock_ops callback for an address family other than IPv4/IPv6.
     UnsupportedFamily = 7,
+    /// A SYN was routed through the node with its destination untranslated:
+    /// plain routing (to a pod, across an overlay), not a balancing decision.
+    SynRouted = 8,
+    /// A SYN left the node with no local socket and no record of how it
+    /// entered (it came in on a device evenflow is not attached to).
+    SynOriginUnknown = 9,
+    /// A forwarded flow idle past its conntrack-like timeout was expired.
+    FlowExpired = 10,
+    /// A socket could not get its storage (memory pressure): not counted.
+    SockStorageFailed = 11,
 }
 
 /// Number of [`Stat`] slots.
-pub const STAT_COUNT: u32 = 8;
+pub const STAT_COUNT: u32 = 12;
 
 /// Names of [`Stat`] slots, in index order, as userspace reports them.
 pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
@@ -213,20 +320,38 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "flow_deleted",
     "flow_missing_on_close",
     "unsupported_family",
+    "syn_routed",
+    "syn_origin_unknown",
+    "flow_expired",
+    "sock_storage_failed",
 ];
 
-/// Capacity of the endpoint map (LRU, per CPU).
+/// Capacity of the endpoint map (per CPU). Not LRU: an endpoint's totals
+/// must never restart at zero within an epoch; when the map is full new
+/// endpoints are not counted and `endpoint_insert_failed` says so.
 pub const MAX_ENDPOINTS: u32 = 65_536;
-/// Capacity of the flow map (LRU).
+/// Capacity of the forwarded-flow map (two entries per connection). Not LRU:
+/// a flow leaves when it closes or expires, never silently.
 pub const MAX_FLOWS: u32 = 262_144;
+/// Capacity of the SYN-origin map (LRU: a SYN is matched within
+/// microseconds of entering, or never).
+pub const MAX_SYNS: u32 = 16_384;
+/// Capacity of the local-NAT map (LRU: read once, at the handshake).
+pub const MAX_LOCAL_NAT: u32 = 16_384;
 
 /// Map names. They are also the pin file names under
 /// `/sys/fs/bpf/evenflow/<node>/`, so renaming one orphans pinned state.
 pub mod maps {
-    /// Per-CPU LRU hash `EndpointKey -> EndpointCounters`.
+    /// Per-CPU hash `EndpointKey -> EndpointCounters`.
     pub const ENDPOINTS: &str = "EF_ENDPOINTS";
-    /// LRU hash `FlowKey -> FlowValue`.
+    /// Hash `FlowKey -> FlowValue`: forwarded connections, two halves each.
     pub const FLOWS: &str = "EF_FLOWS";
+    /// Socket storage `SockState`: every counted local socket.
+    pub const SOCKS: &str = "EF_SOCKS";
+    /// LRU hash `SynKey -> SynOrigin`: where SYNs entering the node went.
+    pub const SYNS: &str = "EF_SYNS";
+    /// LRU hash `FlowKey -> EndpointKey`: local sockets whose SYN was DNATed.
+    pub const LOCAL_NAT: &str = "EF_LOCAL_NAT";
     /// Per-CPU array of `u64` indexed by `Stat`.
     pub const STATS: &str = "EF_STATS";
     /// Array of `u64` owned by userspace; see [`super::META_EPOCH`].
@@ -239,11 +364,21 @@ pub mod maps {
 pub const META_EPOCH: u32 = 0;
 /// Slot of `EF_META` holding the layout version of the pinned maps.
 pub const META_LAYOUT: u32 = 1;
+/// Slot of `EF_META`: nanoseconds a forwarded flow may idle before the
+/// sweeper expires it while its handshake is incomplete (conntrack's
+/// `nf_conntrack_tcp_timeout_syn_sent`).
+pub const META_TIMEOUT_SYN_NS: u32 = 2;
+/// Slot of `EF_META`: idle nanoseconds before an open forwarded flow expires
+/// (conntrack's `nf_conntrack_tcp_timeout_established`).
+pub const META_TIMEOUT_ESTABLISHED_NS: u32 = 3;
+/// Slot of `EF_META`: idle nanoseconds before a half-closed forwarded flow
+/// expires (conntrack's `nf_conntrack_tcp_timeout_fin_wait`).
+pub const META_TIMEOUT_CLOSING_NS: u32 = 4;
 /// Number of `EF_META` slots.
-pub const META_COUNT: u32 = 4;
+pub const META_COUNT: u32 = 8;
 /// Version of the pinned map layout. Bump it when a key or value changes so
 /// an agent refuses maps pinned by an incompatible one.
-pub const LAYOUT_VERSION: u64 = 1;
+pub const LAYOUT_VERSION: u64 = 2;
 
 /// The IPv4-mapped IPv6 form (`::ffff:a.b.c.d`) of an IPv4 address given
 /// as it sits in memory (network byte order bytes read as a native `u32`).
@@ -283,6 +418,9 @@ mod user {
     unsafe impl aya::Pod for EndpointCounters {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
+    unsafe impl aya::Pod for SynKey {}
+    unsafe impl aya::Pod for SynOrigin {}
+    unsafe impl aya::Pod for SockState {}
 }
 
 #[cfg(test)]
@@ -295,7 +433,9 @@ mod tests {
         assert_eq!(size_of::<EndpointKey>(), 16 + 2 + 1 + 1);
         assert_eq!(size_of::<EndpointCounters>(), 6 * 8);
         assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 1 + 3);
-        assert_eq!(size_of::<FlowValue>(), size_of::<EndpointKey>() + 4);
+        assert_eq!(size_of::<FlowValue>(), 120);
+        assert_eq!(size_of::<SockState>(), 64);
+        assert_eq!(size_of::<SynOrigin>(), 36);
     }
 
     #[test]

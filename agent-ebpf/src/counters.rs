@@ -1,52 +1,59 @@
-//! The endpoint counters and the self-accounting stats map.
+//! The endpoint counters, the self-accounting stats and the userspace-owned
+//! meta array.
 
 use agent_common::{EndpointCounters, EndpointKey, MAX_ENDPOINTS, META_COUNT, STAT_COUNT, Stat};
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     macros::map,
-    maps::{Array, LruPerCpuHashMap, PerCpuArray},
+    maps::{Array, PerCpuArray, PerCpuHashMap},
 };
 
-use crate::packet::Side;
+use crate::atomic;
 
-/// Cumulative counters per endpoint. Per CPU because every packet writes;
-/// LRU because keys come from traffic; pinned so an agent restart keeps them.
+/// Cumulative counters per endpoint. Per CPU so writers on different CPUs
+/// never share a cache line; not LRU, because an endpoint's totals must
+/// never restart at zero within an epoch; pinned so an agent restart keeps
+/// them. Written on connection events and folds only, never per packet.
 #[map(name = "EF_ENDPOINTS")]
-static ENDPOINTS: LruPerCpuHashMap<EndpointKey, EndpointCounters> =
-    LruPerCpuHashMap::pinned(MAX_ENDPOINTS, 0);
+static ENDPOINTS: PerCpuHashMap<EndpointKey, EndpointCounters> =
+    PerCpuHashMap::pinned(MAX_ENDPOINTS, 0);
 
-/// What could not be counted, and insert counts from which userspace derives
-/// LRU evictions (inserted - live).
+/// What could not be counted, and bookkeeping userspace reports.
 #[map(name = "EF_STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STAT_COUNT, 0);
 
-/// Written by userspace only (epoch, layout version); pinned with the
-/// counters so it lives and dies with them.
+/// Written by userspace (epoch, layout version, flow timeouts); pinned with
+/// the counters so it lives and dies with them.
 #[map(name = "EF_META")]
-pub static META: Array<u64> = Array::pinned(META_COUNT, 0);
+static META: Array<u64> = Array::pinned(META_COUNT, 0);
 
 #[inline(always)]
 pub fn stat(which: Stat, n: u64) {
     if let Some(slot) = STATS.get_ptr_mut(which as u32) {
-        // SAFETY: per-CPU slot, only this CPU writes it while we run.
-        unsafe { *slot += n };
+        // SAFETY: a per-CPU slot of a live array.
+        unsafe { atomic::add(slot, n) };
     }
+}
+
+/// A `u64` the agent wrote into `EF_META`.
+#[inline(always)]
+pub fn meta(slot: u32) -> u64 {
+    META.get(slot).copied().unwrap_or(0)
 }
 
 /// This CPU's counters for `key`, created zeroed on first use.
 #[inline(always)]
-fn counters(key: &EndpointKey) -> Option<&'static mut EndpointCounters> {
+fn counters(key: &EndpointKey) -> Option<*mut EndpointCounters> {
     match ENDPOINTS.get_ptr_mut(key) {
-        // SAFETY: per-CPU value of a live entry.
-        Some(c) => Some(unsafe { &mut *c }),
+        Some(c) => Some(c),
         None => create(key),
     }
 }
 
-/// Inserts zeroed counters for `key` and returns this CPU's. Out of line:
-/// only an endpoint's first packet (per CPU) or connection gets here.
+/// Inserts zeroed counters for `key`. Out of line: only an endpoint's first
+/// event (per CPU) gets here.
 #[inline(never)]
-fn create(key: &EndpointKey) -> Option<&'static mut EndpointCounters> {
+fn create(key: &EndpointKey) -> Option<*mut EndpointCounters> {
     let zero = EndpointCounters::default();
     match ENDPOINTS.insert(key, &zero, BPF_NOEXIST as u64) {
         Ok(()) => stat(Stat::EndpointInserted, 1),
@@ -57,29 +64,63 @@ fn create(key: &EndpointKey) -> Option<&'static mut EndpointCounters> {
             return None;
         }
     }
-    // SAFETY: as above.
-    ENDPOINTS.get_ptr_mut(key).map(|c| unsafe { &mut *c })
+    ENDPOINTS.get_ptr_mut(key)
 }
 
+/// Counts one connection opened towards `key`.
 #[inline(always)]
-pub fn bump_connections(key: &EndpointKey, opened: u64, closed: u64) {
+pub fn opened(key: &EndpointKey) {
     if let Some(c) = counters(key) {
-        c.conns_opened += opened;
-        c.conns_closed += closed;
+        // SAFETY: a per-CPU value of a live entry.
+        unsafe { atomic::add(&raw mut (*c).conns_opened, 1) };
     }
 }
 
+/// Counts one connection closed towards `key`.
 #[inline(always)]
-pub fn add_traffic(key: &EndpointKey, side: Side, bytes: u64, packets: u64) {
+pub fn closed(key: &EndpointKey) {
     if let Some(c) = counters(key) {
-        match side {
-            Side::Ingress => {
-                c.bytes_rx += bytes;
-                c.packets_rx += packets;
-            }
-            Side::Egress => {
-                c.bytes_tx += bytes;
-                c.packets_tx += packets;
+        // SAFETY: as above.
+        unsafe { atomic::add(&raw mut (*c).conns_closed, 1) };
+    }
+}
+
+/// Traffic to add to an endpoint: payload bytes and packets each way, from
+/// this node's point of view (rx = received from the other side).
+#[derive(Copy, Clone, Default)]
+pub struct Traffic {
+    pub bytes_rx: u64,
+    pub bytes_tx: u64,
+    pub packets_rx: u64,
+    pub packets_tx: u64,
+}
+
+impl Traffic {
+    #[inline(always)]
+    fn is_empty(&self) -> bool {
+        self.bytes_rx | self.bytes_tx | self.packets_rx | self.packets_tx == 0
+    }
+}
+
+/// Adds `t` to `key`'s counters (nothing at all when `t` is empty).
+#[inline(always)]
+pub fn add_traffic(key: &EndpointKey, t: &Traffic) {
+    if t.is_empty() {
+        return;
+    }
+    let Some(c) = counters(key) else {
+        return;
+    };
+    // SAFETY: a per-CPU value of a live entry.
+    unsafe {
+        for (field, v) in [
+            (&raw mut (*c).bytes_rx, t.bytes_rx),
+            (&raw mut (*c).bytes_tx, t.bytes_tx),
+            (&raw mut (*c).packets_rx, t.packets_rx),
+            (&raw mut (*c).packets_tx, t.packets_tx),
+        ] {
+            if v != 0 {
+                atomic::add(field, v);
             }
         }
     }

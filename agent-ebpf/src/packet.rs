@@ -34,6 +34,8 @@ pub struct Packet {
     key: [u64; 5],
     pub proto: u8,
     tcp_flags: u8,
+    /// TCP sequence number (host order; 0 for UDP).
+    pub seq: u32,
     /// Transport payload bytes (all segments of a GSO/GRO packet).
     pub payload_len: u64,
     /// Wire packets this skb stands for.
@@ -48,6 +50,7 @@ struct Raw {
     dport: u16,
     proto: u8,
     tcp_flags: u8,
+    seq: u32,
     payload_len: u64,
     segments: u64,
 }
@@ -98,7 +101,7 @@ struct Ipv6Hdr {
 struct TcpHdr {
     sport: u16,
     dport: u16,
-    _seq: u32,
+    seq: u32,
     _ack: u32,
     doff: u8,
     flags: u8,
@@ -128,6 +131,16 @@ impl Packet {
         }
     }
 
+    /// [`Packet::parse`] without the general parser, for callers that may
+    /// skip uncommon shapes and must keep their stack small.
+    #[inline(always)]
+    pub fn parse_common(ctx: &TcContext, side: Side) -> Option<Self> {
+        match fast(ctx, side) {
+            Fast::Parsed(pkt) => Some(pkt),
+            Fast::Skipped | Fast::Slow => None,
+        }
+    }
+
     /// The flow key as this node sees it: the local end is the source of an
     /// egress packet and the destination of an ingress one.
     #[inline(always)]
@@ -148,6 +161,7 @@ impl Packet {
             key,
             proto,
             tcp_flags: 0,
+            seq: 0,
             payload_len: 0,
             segments: 1,
         }
@@ -173,13 +187,23 @@ impl Packet {
         self.tcp_flags & TCP_FIN != 0
     }
 
-    /// Whether a local socket owns this skb. Locally originated SYNs always
-    /// carry their socket; forwarded packets carry none.
+    /// Whether the packet carries SYN, FIN or RST: the ones that change a
+    /// connection's state.
     #[inline(always)]
-    pub fn has_local_socket(&self, ctx: &TcContext) -> bool {
-        // SAFETY: `sk` is a context field the verifier allows tc to read and
-        // compare with null.
-        !unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk }.is_null()
+    pub fn has_state_flags(&self) -> bool {
+        self.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0
+    }
+
+    #[inline(always)]
+    pub fn is_ack(&self) -> bool {
+        self.tcp_flags & TCP_ACK != 0
+    }
+
+    /// The sequence number of the first payload byte (a SYN occupies one).
+    #[inline(always)]
+    pub fn data_seq(&self) -> u32 {
+        self.seq
+            .wrapping_add((self.tcp_flags & TCP_SYN != 0) as u32)
     }
 }
 
@@ -192,6 +216,67 @@ impl Packet {
 // elsewhere). Byte order arithmetic below assumes the little-endian target
 // the agent builds for.
 const _: () = assert!(cfg!(target_endian = "little"));
+
+/// What [`syn_probe`] saw.
+pub enum Probe {
+    /// A TCP SYN without ACK: a connection attempt.
+    Syn,
+    /// Anything else in a common shape.
+    Other,
+    /// A shape the probe does not read (VLAN, IPv4 options, IPv6 extension
+    /// headers, headers outside the linear area): parse it fully.
+    Unknown,
+}
+
+/// Tells a SYN from everything else with a handful of loads, for the hooks
+/// that only care about connection attempts (TC ingress, local sockets on
+/// egress).
+#[inline(always)]
+pub fn syn_probe(ctx: &TcContext) -> Probe {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    // Ethernet + IPv6 + the first 14 bytes of TCP: enough for both families.
+    if start + ETH_HLEN + 20 + 14 > end {
+        return Probe::Unknown;
+    }
+    // SAFETY (every read below): bounds-checked against `end`.
+    let ethertype = u16::from_be(unsafe { rd16(start + 12) });
+    let flags_at = if ethertype == ETH_P_IP {
+        let vihl_tos = unsafe { rd16(start + ETH_HLEN) };
+        if vihl_tos & 0xff != 0x45 {
+            return Probe::Unknown;
+        }
+        if (unsafe { rd16(start + ETH_HLEN + 8) } >> 8) as u8 != PROTO_TCP {
+            return Probe::Other;
+        }
+        start + ETH_HLEN + 20 + 13
+    } else if ethertype == ETH_P_IPV6 {
+        if start + ETH_HLEN + IPV6_HLEN + 14 > end {
+            return Probe::Unknown;
+        }
+        match (unsafe { rd16(start + ETH_HLEN + 6) } & 0xff) as u8 {
+            PROTO_TCP => start + ETH_HLEN + IPV6_HLEN + 13,
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT => {
+                return Probe::Unknown;
+            }
+            _ => return Probe::Other,
+        }
+    } else if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        return Probe::Unknown;
+    } else {
+        return Probe::Other;
+    };
+    if flags_at + 1 > end {
+        return Probe::Unknown;
+    }
+    // The flags byte sits at an odd offset: read the 16-bit word before it.
+    let flags = (unsafe { rd16(flags_at - 1) } >> 8) as u8;
+    if flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        Probe::Syn
+    } else {
+        Probe::Other
+    }
+}
 
 enum Fast {
     Parsed(Packet),
@@ -315,6 +400,7 @@ fn fast(ctx: &TcContext, side: Side) -> Fast {
             )
         };
         pkt.tcp_flags = (doff_flags >> 8) as u8;
+        pkt.seq = u32::from_be(unsafe { rd32(start + l4 + 4) });
         (sport, dport, (((doff_flags & 0xff) >> 4) as u64) * 4)
     } else {
         if start + l4 + 4 > end {
@@ -366,6 +452,7 @@ fn slow(ctx: &TcContext, side: Side) -> Result<Option<Packet>, ()> {
         dport: 0,
         proto: 0,
         tcp_flags: 0,
+        seq: 0,
         payload_len: 0,
         segments: 1,
     };
@@ -373,6 +460,7 @@ fn slow(ctx: &TcContext, side: Side) -> Result<Option<Packet>, ()> {
         PARSED => {
             let mut pkt = Packet::new(side, raw.src, raw.dst, raw.sport, raw.dport, raw.proto);
             pkt.tcp_flags = raw.tcp_flags;
+            pkt.seq = raw.seq;
             pkt.payload_len = raw.payload_len;
             pkt.segments = raw.segments;
             Ok(Some(pkt))
@@ -466,6 +554,7 @@ fn parse_headers(ctx: &TcContext, pkt: &mut Raw) -> Result<bool, ()> {
             pkt.sport = u16::from_be(tcp.sport);
             pkt.dport = u16::from_be(tcp.dport);
             pkt.tcp_flags = tcp.flags;
+            pkt.seq = u32::from_be(tcp.seq);
             ((tcp.doff >> 4) as u64) * 4
         }
         PROTO_UDP => {

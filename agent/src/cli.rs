@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -18,11 +18,25 @@ Examples:
   evenflow-agent --netns /run/netns/backend1 --node-name backend1 \\
       --cgroup /sys/fs/cgroup/unified/lab/backend1 --grpc-addr 127.0.0.1:50051";
 
+/// Commands other than counting (the default).
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Detach every program and remove every pin of this node (links, maps,
+    /// counters) under `<bpffs>/evenflow/<node-name>/`. Stopping the agent
+    /// leaves its programs attached and counting; this is how they go
+    /// (a DaemonSet's removal runs it in a preStop hook or a cleanup Job).
+    Uninstall,
+}
+
 /// evenflow's node agent: counts connections and bytes per backend endpoint
 /// in the kernel and serves them over gRPC and Prometheus.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "evenflow-agent", version, after_help = EXAMPLES)]
 pub struct Args {
+    /// What to do instead of counting.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Interface to count packets on (repeatable). Default: every interface
     /// that is up, except loopback.
     #[arg(long = "iface", env = "EVENFLOW_IFACE", value_delimiter = ',')]
@@ -39,7 +53,7 @@ pub struct Args {
 
     /// This node's name; also names the pinned map directory
     /// `<bpffs>/evenflow/<node-name>/`. Default: the host name.
-    #[arg(long, env = "EVENFLOW_NODE_NAME", value_parser = parse_node_name)]
+    #[arg(long, global = true, env = "EVENFLOW_NODE_NAME", value_parser = parse_node_name)]
     pub node_name: Option<String>,
 
     /// How often the counters are read and rates computed (e.g. 1s, 500ms).
@@ -90,7 +104,12 @@ pub struct Args {
     pub netns: Option<PathBuf>,
 
     /// Where bpffs is mounted.
-    #[arg(long, env = "EVENFLOW_BPFFS", default_value = "/sys/fs/bpf")]
+    #[arg(
+        global = true,
+        long,
+        env = "EVENFLOW_BPFFS",
+        default_value = "/sys/fs/bpf"
+    )]
     pub bpffs: PathBuf,
 
     /// Level of the eBPF programs' own diagnostics (aya-log).

@@ -3,8 +3,15 @@
 //!
 //! Maps are pinned under `<bpffs>/evenflow/<node-name>/`: a restarted agent
 //! reuses them and keeps counting from where it was, and agents of different
-//! nodes on one machine never share them. Dropping [`Datapath`] detaches every
-//! program (TCX links and the cgroup link close with it); the pinned maps stay.
+//! nodes on one machine never share them. Maps pinned by an agent with
+//! another layout are removed and a new epoch starts (the collector sees one
+//! reset, never a crash loop). Links are pinned too (see [`crate::links`]):
+//! dropping [`Datapath`], or the agent dying, leaves every program attached
+//! and counting.
+//!
+//! Before each read the two iterators run: the socket sampler (bytes of
+//! live local connections) and the flow sweeper (bytes of live forwarded
+//! connections, expiry of idle ones).
 
 use std::{
     fs::File,
@@ -15,17 +22,18 @@ use std::{
 
 use agent_common::{
     EndpointCounters, EndpointKey, LAYOUT_VERSION, MAX_ENDPOINTS, MAX_FLOWS, META_EPOCH,
-    META_LAYOUT, STAT_COUNT, maps,
+    META_LAYOUT, META_TIMEOUT_CLOSING_NS, META_TIMEOUT_ESTABLISHED_NS, META_TIMEOUT_SYN_NS,
+    STAT_COUNT, maps,
 };
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, PerCpuHashMap},
-    programs::{CgroupAttachMode, SchedClassifier, SockOps, TcAttachType},
+    programs::{CgroupAttachMode, Iter, SchedClassifier, SockOps, TcAttachType, links::FdLink},
 };
 use tracing::{debug, info};
 
-use crate::cli::EbpfLog;
+use crate::{cli::EbpfLog, iter::MapIter};
 
 /// The eBPF object built by `agent/build.rs` (aya-build) from `agent-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
@@ -49,12 +57,20 @@ pub struct Stats {
 }
 
 impl Stats {
-    fn slot(&self, s: agent_common::Stat) -> u64 {
+    pub fn slot(&self, s: agent_common::Stat) -> u64 {
         self.slots[s as usize]
     }
 
-    /// Endpoints the LRU map evicted: inserted minus live (nothing else
-    /// deletes endpoints).
+    /// Forwarded connections tracked now: registered minus ended (each
+    /// registration and each end counts one connection, two map entries).
+    pub fn live_flows(&self) -> u64 {
+        self.slot(agent_common::Stat::FlowInserted)
+            .saturating_sub(self.slot(agent_common::Stat::FlowDeleted))
+    }
+
+    /// Endpoints that vanished from the map: inserted minus live (the map
+    /// is not LRU and nothing deletes endpoints, so this stays zero unless
+    /// something outside evenflow edits its pinned map).
     pub fn endpoint_evictions(&self) -> u64 {
         self.slot(agent_common::Stat::EndpointInserted)
             .saturating_sub(self.live_endpoints)
@@ -93,7 +109,12 @@ pub struct Datapath {
     interfaces: Vec<String>,
     cgroup: PathBuf,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
-    _ebpf: Ebpf,
+    /// The socket sampler and the flow sweeper, run before every read.
+    iterators: [MapIter; 2],
+    /// Pins this agent keeps (sock_ops, and TC per interface).
+    pinned: Vec<String>,
+    links_dir: PathBuf,
+    ebpf: Ebpf,
 }
 
 impl Datapath {
@@ -108,18 +129,22 @@ impl Datapath {
         let pin_dir = cfg.bpffs.join("evenflow").join(cfg.node_name);
         std::fs::create_dir_all(&pin_dir)
             .with_context(|| format!("creating pin directory {}", pin_dir.display()))?;
+        retire_other_layout(&pin_dir)?;
         let level = cfg.ebpf_log.aya_level();
-        let mut ebpf = EbpfLoader::new()
+        let offsets = tcp_sock_offsets()?;
+        let mut loader = EbpfLoader::new();
+        loader
             .default_map_pin_directory(&pin_dir)
-            .override_global(aya_log::LEVEL, &level, true)
-            .load(EBPF_OBJECT)
-            .with_context(|| {
-                format!(
-                    "loading evenflow's eBPF programs (maps pinned at {}); if the pinned maps come from an \
-                     incompatible evenflow version, remove that directory (counters restart at zero)",
-                    pin_dir.display()
-                )
-            })?;
+            .override_global(aya_log::LEVEL, &level, true);
+        for (name, off) in &offsets {
+            loader.override_global(name, off, true);
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).with_context(|| {
+            format!(
+                "loading evenflow's eBPF programs (maps pinned at {})",
+                pin_dir.display()
+            )
+        })?;
         let logger = if cfg.ebpf_log == EbpfLog::Off {
             None
         } else {
@@ -127,31 +152,38 @@ impl Datapath {
         };
 
         let mut meta: Array<MapData, u64> = take(&mut ebpf, maps::META)?;
-        let epoch = init_meta(&mut meta, &pin_dir)?;
+        let epoch = init_meta(&mut meta)?;
+        write_flow_timeouts(&mut meta)?;
 
-        let sockops: &mut SockOps = program(&mut ebpf, "evenflow_sockops")?;
-        sockops
-            .load()
-            .context("loading evenflow_sockops (sock_ops)")?;
-        let cg = File::open(cfg.cgroup)
-            .with_context(|| format!("opening cgroup {}", cfg.cgroup.display()))?;
-        sockops
-            .attach(cg, CgroupAttachMode::Single)
-            .with_context(|| format!("attaching sock_ops to cgroup {}", cfg.cgroup.display()))?;
-        debug!(cgroup = %cfg.cgroup.display(), "sock_ops attached");
-
-        for (name, side) in [
-            ("evenflow_tc_ingress", TcAttachType::Ingress),
-            ("evenflow_tc_egress", TcAttachType::Egress),
-        ] {
+        let links_dir = crate::links::dir(&pin_dir);
+        std::fs::create_dir_all(&links_dir)
+            .with_context(|| format!("creating {}", links_dir.display()))?;
+        let mut pinned = vec![attach_sockops(&mut ebpf, cfg.cgroup, &links_dir)?];
+        for (name, side) in TC_PROGRAMS {
             let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
             prog.load()
                 .with_context(|| format!("loading {name} (TC)"))?;
             for iface in cfg.ifaces {
-                prog.attach(iface, side)
-                    .with_context(|| format!("attaching {name} to {iface}"))?;
+                pinned.push(attach_tc(prog, name, side, iface, &links_dir)?);
             }
         }
+        crate::links::prune(&links_dir, &pinned)?;
+        let iterators = [
+            attach_iter(
+                &mut ebpf,
+                "evenflow_sock_sampler",
+                "bpf_sk_storage_map",
+                &pin_dir,
+                maps::SOCKS,
+            )?,
+            attach_iter(
+                &mut ebpf,
+                "evenflow_flow_sweeper",
+                "bpf_map_elem",
+                &pin_dir,
+                maps::FLOWS,
+            )?,
+        ];
         info!(
             node = cfg.node_name,
             epoch,
@@ -176,8 +208,40 @@ impl Datapath {
             interfaces: cfg.ifaces.to_vec(),
             cgroup: cfg.cgroup.to_owned(),
             logger,
-            _ebpf: ebpf,
+            iterators,
+            pinned,
+            links_dir,
+            ebpf,
         })
+    }
+
+    /// Attaches the TC programs to interfaces in `wanted` that have none yet
+    /// (a pod's veth created after the agent started) and forgets the ones
+    /// no longer there (their links went with the device).
+    pub fn follow_interfaces(&mut self, wanted: &[String]) -> Result<()> {
+        if wanted == self.interfaces.as_slice() {
+            return Ok(());
+        }
+        for iface in wanted.iter().filter(|i| !self.interfaces.contains(i)) {
+            for (name, side) in TC_PROGRAMS {
+                let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
+                let pin = attach_tc(prog, name, side, iface, &self.links_dir)?;
+                self.pinned.push(pin);
+            }
+            info!(iface, "attached to a new interface");
+        }
+        for gone in self.interfaces.iter().filter(|i| !wanted.contains(i)) {
+            info!(iface = %gone, "interface gone");
+        }
+        self.pinned.retain(|pin| match pin.split_once('@') {
+            Some((prog, iface)) if prog.starts_with("evenflow_tc_") => {
+                wanted.iter().any(|w| w == iface)
+            }
+            _ => true,
+        });
+        crate::links::prune(&self.links_dir, &self.pinned)?;
+        self.interfaces = wanted.to_vec();
+        Ok(())
     }
 
     /// The epoch of the pinned counters.
@@ -207,6 +271,9 @@ impl Datapath {
     /// value lookups (LRU eviction) is skipped.
     pub fn read(&self, out: &mut Vec<(EndpointKey, EndpointCounters)>) -> Result<Stats> {
         out.clear();
+        for it in &self.iterators {
+            it.run().context("running evenflow's map iterators")?;
+        }
         let mut batch = self.batch.lock().unwrap_or_else(|p| p.into_inner());
         let batched = match batch.as_mut() {
             Some((map, reader)) => match reader.read(map.fd().as_fd(), out) {
@@ -271,34 +338,197 @@ where
         .with_context(|| format!("program {name} has an unexpected type"))
 }
 
+/// The TC programs and where each attaches.
+const TC_PROGRAMS: [(&str, TcAttachType); 2] = [
+    ("evenflow_tc_ingress", TcAttachType::Ingress),
+    ("evenflow_tc_egress", TcAttachType::Egress),
+];
+
+/// Attaches sock_ops to `cgroup`, or adopts the pinned link already there;
+/// returns the pin's name.
+fn attach_sockops(ebpf: &mut Ebpf, cgroup: &Path, links_dir: &Path) -> Result<String> {
+    let sockops: &mut SockOps = program(ebpf, "evenflow_sockops")?;
+    sockops
+        .load()
+        .context("loading evenflow_sockops (sock_ops)")?;
+    let name = crate::links::sockops_name(cgroup)?;
+    let pin = links_dir.join(&name);
+    let prog_fd = sockops.fd().context("evenflow_sockops has no fd")?;
+    if crate::links::adopt(&pin, prog_fd.as_fd())? {
+        return Ok(name);
+    }
+    let cg = File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+    let id = sockops
+        .attach(cg, CgroupAttachMode::Single)
+        .with_context(|| format!("attaching sock_ops to cgroup {}", cgroup.display()))?;
+    let link = FdLink::try_from(sockops.take_link(id)?).context("sock_ops link as an fd link")?;
+    link.pin(&pin)
+        .with_context(|| format!("pinning {}", pin.display()))?;
+    debug!(cgroup = %cgroup.display(), "sock_ops attached");
+    Ok(name)
+}
+
+/// Attaches the TC program `name` to `iface`, or adopts the pinned link
+/// already there; returns the pin's name.
+fn attach_tc(
+    prog: &mut SchedClassifier,
+    name: &str,
+    side: TcAttachType,
+    iface: &str,
+    links_dir: &Path,
+) -> Result<String> {
+    let pin_name = format!("{name}@{iface}");
+    let pin = links_dir.join(&pin_name);
+    let prog_fd = prog.fd().with_context(|| format!("{name} has no fd"))?;
+    if crate::links::adopt(&pin, prog_fd.as_fd())? {
+        return Ok(pin_name);
+    }
+    let id = prog
+        .attach(iface, side)
+        .with_context(|| format!("attaching {name} to {iface}"))?;
+    // TCX links (kernel ≥ 6.6) pin; a netlink (clsact) filter has no link
+    // to pin and stays attached by aya for this process's life only.
+    match FdLink::try_from(prog.take_link(id)?) {
+        Ok(link) => {
+            link.pin(&pin)
+                .with_context(|| format!("pinning {}", pin.display()))?;
+        }
+        Err(e) => {
+            tracing::warn!(iface, error = %e, "TC attached without TCX: it detaches when the agent exits");
+        }
+    }
+    Ok(pin_name)
+}
+
+/// Removes maps an agent with another layout pinned, so this one starts a
+/// new epoch on fresh maps instead of failing (an upgrade on a DaemonSet
+/// must never crash-loop). The pinned links stay: the new programs replace
+/// the old ones in them, so counting goes on.
+fn retire_other_layout(pin_dir: &Path) -> Result<()> {
+    let Ok(map) = MapData::from_pin(pin_dir.join(maps::META)) else {
+        return Ok(());
+    };
+    let layout = Array::<MapData, u64>::try_from(aya::maps::Map::Array(map))
+        .ok()
+        .and_then(|meta| meta.get(&META_LAYOUT, 0).ok());
+    if layout == Some(layout_version()) {
+        return Ok(());
+    }
+    info!(
+        pins = %pin_dir.display(),
+        found = ?layout,
+        needed = layout_version(),
+        "pinned maps have another layout: removing them, counters start a new epoch"
+    );
+    for entry in
+        std::fs::read_dir(pin_dir).with_context(|| format!("listing {}", pin_dir.display()))?
+    {
+        let path = entry?.path();
+        if path.is_dir() {
+            continue;
+        }
+        std::fs::remove_file(&path)
+            .with_context(|| format!("removing the old pin {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The map layout this agent needs. `EVENFLOW_TEST_LAYOUT_BUMP=N` adds N,
+/// so tests can play an upgrade to an agent built with another layout.
+fn layout_version() -> u64 {
+    LAYOUT_VERSION
+        + std::env::var("EVENFLOW_TEST_LAYOUT_BUMP")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+}
+
 /// Reads the epoch of the pinned maps, or starts a new one when they were
-/// just created, and refuses maps pinned with another layout.
-fn init_meta(meta: &mut Array<MapData, u64>, pin_dir: &Path) -> Result<u64> {
+/// just created.
+fn init_meta(meta: &mut Array<MapData, u64>) -> Result<u64> {
     let layout = meta
         .get(&META_LAYOUT, 0)
         .context("reading EF_META layout")?;
     let epoch = meta.get(&META_EPOCH, 0).context("reading EF_META epoch")?;
-    match layout {
-        0 => {}
-        LAYOUT_VERSION => {
-            if epoch != 0 {
-                info!(epoch, "reusing pinned counters");
-                return Ok(epoch);
-            }
-        }
-        other => bail!(
-            "maps pinned at {} have layout {other}, this agent needs {LAYOUT_VERSION}: \
-             remove that directory (counters restart at zero)",
-            pin_dir.display()
-        ),
+    if layout == layout_version() && epoch != 0 {
+        info!(epoch, "reusing pinned counters");
+        return Ok(epoch);
     }
     let epoch = new_epoch()?;
     meta.set(META_EPOCH, epoch, 0)
         .context("writing EF_META epoch")?;
-    meta.set(META_LAYOUT, LAYOUT_VERSION, 0)
+    meta.set(META_LAYOUT, layout_version(), 0)
         .context("writing EF_META layout")?;
     info!(epoch, "new counters (epoch started)");
     Ok(epoch)
+}
+
+/// How long a forwarded flow may idle in each state before the sweeper
+/// ends it: what conntrack allows in this network namespace (its sysctls),
+/// or conntrack's defaults where it is not loaded.
+fn write_flow_timeouts(meta: &mut Array<MapData, u64>) -> Result<()> {
+    for (slot, sysctl, default_s) in [
+        (
+            META_TIMEOUT_SYN_NS,
+            "nf_conntrack_tcp_timeout_syn_sent",
+            120,
+        ),
+        (
+            META_TIMEOUT_ESTABLISHED_NS,
+            "nf_conntrack_tcp_timeout_established",
+            432_000,
+        ),
+        (
+            META_TIMEOUT_CLOSING_NS,
+            "nf_conntrack_tcp_timeout_fin_wait",
+            120,
+        ),
+    ] {
+        let secs = std::fs::read_to_string(format!("/proc/sys/net/netfilter/{sysctl}"))
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(default_s);
+        meta.set(slot, secs.saturating_mul(1_000_000_000), 0)
+            .with_context(|| format!("writing the {sysctl} timeout to EF_META"))?;
+    }
+    Ok(())
+}
+
+/// This kernel's `struct tcp_sock` offsets for the socket sampler.
+fn tcp_sock_offsets() -> Result<[(&'static str, u32); 4]> {
+    let blob = std::fs::read("/sys/kernel/btf/vmlinux")
+        .context("reading /sys/kernel/btf/vmlinux (the kernel needs CONFIG_DEBUG_INFO_BTF)")?;
+    let btf = crate::btf::Btf::parse(&blob).context("parsing the kernel's BTF")?;
+    let off = |field: &str| {
+        btf.member_offset("tcp_sock", field)
+            .with_context(|| format!("finding tcp_sock.{field} in the kernel's BTF"))
+    };
+    Ok([
+        ("TCP_SOCK_BYTES_RECEIVED", off("bytes_received")?),
+        ("TCP_SOCK_BYTES_ACKED", off("bytes_acked")?),
+        ("TCP_SOCK_SEGS_IN", off("segs_in")?),
+        ("TCP_SOCK_SEGS_OUT", off("segs_out")?),
+    ])
+}
+
+/// Loads the iterator program `name` over `kind` maps and links it to the
+/// pinned map `map`.
+fn attach_iter(
+    ebpf: &mut Ebpf,
+    name: &str,
+    kind: &str,
+    pin_dir: &Path,
+    map: &str,
+) -> Result<MapIter> {
+    let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
+    let prog: &mut Iter = program(ebpf, name)?;
+    prog.load(kind, &btf)
+        .with_context(|| format!("loading {name} (iter/{kind})"))?;
+    let map_data = MapData::from_pin(pin_dir.join(map))
+        .with_context(|| format!("opening the pinned map {map}"))?;
+    let prog_fd = prog.fd().with_context(|| format!("{name} has no fd"))?;
+    MapIter::attach(prog_fd.as_fd(), map_data.fd().as_fd())
+        .with_context(|| format!("attaching {name} to {map}"))
 }
 
 fn new_epoch() -> Result<u64> {

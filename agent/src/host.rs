@@ -279,11 +279,7 @@ fn reachable_from_elsewhere(a: std::net::IpAddr) -> bool {
 pub fn select_interfaces(requested: &[String]) -> Result<Vec<String>> {
     let all = interfaces()?;
     if requested.is_empty() {
-        let picked: Vec<String> = all
-            .iter()
-            .filter(|i| i.up && i.hw_type == ARPHRD_ETHER)
-            .map(|i| i.name.clone())
-            .collect();
+        let picked = up_ethernet(&all);
         if picked.is_empty() {
             tracing::warn!(
                 "no Ethernet interface is up; only sockets will be counted (sock_ops), no bytes"
@@ -315,6 +311,19 @@ pub fn select_interfaces(requested: &[String]) -> Result<Vec<String>> {
             }
             Ok(name.clone())
         })
+        .collect()
+}
+
+/// Every Ethernet interface that is up now: what the agent follows when no
+/// `--iface` is given.
+pub fn up_ethernet_interfaces() -> Result<Vec<String>> {
+    Ok(up_ethernet(&interfaces()?))
+}
+
+fn up_ethernet(all: &[Interface]) -> Vec<String> {
+    all.iter()
+        .filter(|i| i.up && i.hw_type == ARPHRD_ETHER)
+        .map(|i| i.name.clone())
         .collect()
 }
 

@@ -6,11 +6,14 @@
 //! one immutable snapshot that every reader (gRPC, /metrics, --print) renders.
 
 mod batch;
+mod btf;
 mod cli;
 mod cpu;
 mod datapath;
 mod grpc;
 mod host;
+mod iter;
+mod links;
 mod listeners;
 mod metrics;
 mod print;
@@ -76,6 +79,9 @@ fn init_tracing(filter: &str) {
 
 async fn run(args: cli::Args) -> Result<()> {
     let node_name = cli::node_name(&args)?;
+    if args.command == Some(cli::Command::Uninstall) {
+        return uninstall(&args.bpffs, &node_name);
+    }
     host::check_capabilities()?;
     host::check_btf()?;
     host::check_bpffs(&args.bpffs)?;
@@ -140,9 +146,9 @@ async fn run(args: cli::Args) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let result = tokio::select! {
-        r = counting_loop(&args, &node_name, &dp, &snap_tx) => r,
-        _ = sigint.recv() => { info!("SIGINT: detaching"); Ok(()) }
-        _ = sigterm.recv() => { info!("SIGTERM: detaching"); Ok(()) }
+        r = counting_loop(&args, &node_name, &mut dp, &snap_tx) => r,
+        _ = sigint.recv() => { info!("SIGINT: stopping"); Ok(()) }
+        _ = sigterm.recv() => { info!("SIGTERM: stopping"); Ok(()) }
         r = flatten(grpc) => r,
         r = flatten(metrics) => r,
     };
@@ -152,11 +158,30 @@ async fn run(args: cli::Args) -> Result<()> {
     }
     let pins = dp.pin_dir().to_owned();
     drop(dp);
-    info!(pins = %pins.display(), "programs detached; counters stay pinned");
+    info!(
+        pins = %pins.display(),
+        "stopped; the programs stay attached and counting (`evenflow-agent uninstall` removes them)"
+    );
     result
 }
 
 /// Starts a collector in this process (`--embedded-collector`).
+/// `evenflow-agent uninstall`: removes the node's pins, and with them every
+/// program evenflow attached for it.
+fn uninstall(bpffs: &std::path::Path, node_name: &str) -> Result<()> {
+    let pin_dir = bpffs.join("evenflow").join(node_name);
+    if links::uninstall(&pin_dir)? {
+        info!(pins = %pin_dir.display(), "uninstalled: programs detached, pins and counters removed");
+        println!(
+            "evenflow-agent: removed {} (programs detached)",
+            pin_dir.display()
+        );
+    } else {
+        println!("evenflow-agent: nothing to remove at {}", pin_dir.display());
+    }
+    Ok(())
+}
+
 async fn start_embedded_collector(
     addr: std::net::SocketAddr,
 ) -> Result<evenflow_collector::service::server::Running> {
@@ -188,7 +213,7 @@ async fn flatten(h: tokio::task::JoinHandle<Result<()>>) -> Result<()> {
 async fn counting_loop(
     args: &cli::Args,
     node_name: &str,
-    dp: &datapath::Datapath,
+    dp: &mut datapath::Datapath,
     snap_tx: &watch::Sender<Arc<v1::Snapshot>>,
 ) -> Result<()> {
     let mut ticker = tokio::time::interval(args.interval);
@@ -204,6 +229,12 @@ async fn counting_loop(
         let now = Instant::now();
         let secs = now.duration_since(last).as_secs_f64();
         last = now;
+        // Without --iface the agent follows the node's interfaces as they
+        // come and go (pods' veths).
+        if args.ifaces.is_empty() {
+            let wanted = host::up_ethernet_interfaces()?;
+            tokio::task::block_in_place(|| dp.follow_interfaces(&wanted))?;
+        }
         // Map reads are syscalls: keep them off the async workers' backs.
         let stats = tokio::task::block_in_place(|| dp.read(&mut read))?;
         table.update(&read, if sequence == 0 { 0.0 } else { secs });

@@ -196,6 +196,26 @@ pub fn render(snap: &v1::Snapshot) -> String {
                 "sock_ops callbacks for sockets neither IPv4 nor IPv6.",
                 d.unsupported_family,
             ),
+            (
+                "syns_routed",
+                "SYNs routed through untranslated (plain routing, not tracked).",
+                d.syns_routed,
+            ),
+            (
+                "syns_origin_unknown",
+                "SYNs forwarded with no record of how they entered (not tracked).",
+                d.syns_origin_unknown,
+            ),
+            (
+                "flows_expired",
+                "Forwarded connections ended by idling past conntrack's timeout.",
+                d.flows_expired,
+            ),
+            (
+                "sock_storage_failed",
+                "Sockets that could not get socket storage (not counted).",
+                d.sock_storage_failed,
+            ),
         ];
         for (n, help, v) in counters {
             let _ = writeln!(
@@ -209,8 +229,10 @@ pub fn render(snap: &v1::Snapshot) -> String {
             "# HELP evenflow_datapath_endpoints Endpoints in the kernel map.\n# TYPE evenflow_datapath_endpoints gauge\n\
              evenflow_datapath_endpoints{{node=\"{node}\"}} {}\n\
              # HELP evenflow_datapath_endpoints_max Capacity of the kernel endpoint map.\n# TYPE evenflow_datapath_endpoints_max gauge\n\
-             evenflow_datapath_endpoints_max{{node=\"{node}\"}} {}",
-            d.live_endpoints, d.max_endpoints
+             evenflow_datapath_endpoints_max{{node=\"{node}\"}} {}\n\
+             # HELP evenflow_datapath_flows Forwarded connections tracked now.\n# TYPE evenflow_datapath_flows gauge\n\
+             evenflow_datapath_flows{{node=\"{node}\"}} {}",
+            d.live_endpoints, d.max_endpoints, d.live_flows
         );
     }
     let _ = writeln!(

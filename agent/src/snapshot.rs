@@ -6,7 +6,7 @@ use std::{
     time::SystemTime,
 };
 
-use agent_common::{Direction, EndpointKey, PROTO_TCP, PROTO_UDP};
+use agent_common::{Direction, EndpointKey, PROTO_TCP, PROTO_UDP, Stat};
 use evenflow_proto::v1;
 
 use crate::{cli::ServiceLabel, datapath, listeners::Listener, table::Table};
@@ -140,6 +140,11 @@ pub fn build(i: &Inputs<'_>) -> v1::Snapshot {
             max_endpoints,
             max_flows,
             endpoints_forgotten: i.table.forgotten,
+            live_flows: i.stats.live_flows(),
+            syns_routed: i.stats.slot(Stat::SynRouted),
+            syns_origin_unknown: i.stats.slot(Stat::SynOriginUnknown),
+            flows_expired: i.stats.slot(Stat::FlowExpired),
+            sock_storage_failed: i.stats.slot(Stat::SockStorageFailed),
         }),
         interfaces: i.interfaces.to_vec(),
         cgroup: i.cgroup.to_owned(),

@@ -4,6 +4,7 @@
 //! API; nothing needs privileges.
 
 mod client;
+mod names;
 mod render;
 mod top;
 mod verify;

@@ -26,6 +26,7 @@ pub fn verdict(v: i32) -> &'static str {
 pub fn member_state(s: i32) -> &'static str {
     match v1::MemberState::try_from(s) {
         Ok(v1::MemberState::Draining) => "draining",
+        Ok(v1::MemberState::NotReady) => "not-ready",
         _ => "serving",
     }
 }
@@ -164,7 +165,7 @@ pub fn pool_text(p: &v1::Pool) -> String {
     let _ = writeln!(
         out,
         "  {}  {}  {:.1} conn/s  {} open  effective members {:.1} of {:.1}{}",
-        p.name,
+        crate::names::title(p),
         verdict(p.verdict),
         p.server_conns_per_sec.max(p.lb_conns_per_sec),
         p.server_active_connections.max(p.lb_active_connections),
@@ -176,10 +177,17 @@ pub fn pool_text(p: &v1::Pool) -> String {
             format!("  ({})", p.reason)
         }
     );
+    if p.kubernetes.is_some() {
+        let _ = writeln!(out, "    pool {}", p.name);
+    }
+    // Kubernetes members are known by their Pods.
+    let pods = p.members.iter().map(|m| m.pod.len()).max().unwrap_or(0);
+    let pod_col = if pods > 0 { pods.max(3) + 1 } else { 0 };
     let _ = writeln!(
         out,
-        "    {:<24} {:<9} {:>8} {:>8} {:>8} {:>6} {:>8} {:>8} {:>5}  {:<20} {:<22} REASON",
+        "    {:<24} {:<pod_col$}{:<9} {:>8} {:>8} {:>8} {:>6} {:>8} {:>8} {:>5}  {:<20} {:<22} REASON",
         "MEMBER",
+        if pods > 0 { "POD" } else { "" },
         "STATE",
         "CONN/S",
         "SHARE",
@@ -201,8 +209,9 @@ pub fn pool_text(p: &v1::Pool) -> String {
             .unwrap_or_default();
         let _ = writeln!(
             out,
-            "    {:<24} {:<9} {:>8.1} {:>7.1}% {:>7.1}% {:>6} {:>7.1}% {:>7.1}% {:>4.0}%  {:<20} {:<22} {}{}",
+            "    {:<24} {:<pod_col$}{:<9} {:>8.1} {:>7.1}% {:>7.1}% {:>6} {:>7.1}% {:>7.1}% {:>4.0}%  {:<20} {:<22} {}{}",
             member_name(m),
+            m.pod,
             member_state(m.state),
             v.new_conns_per_sec,
             v.observed_share * 100.0,
@@ -231,7 +240,13 @@ pub fn alert_text(a: &v1::Alert) -> String {
         severity(a.severity),
         alert_kind(a.kind),
         a.pool,
-        if a.member.is_empty() { "-" } else { &a.member },
+        if a.member.is_empty() {
+            "-".to_owned()
+        } else if a.pod.is_empty() {
+            a.member.clone()
+        } else {
+            format!("{}({})", a.member, a.pod)
+        },
         signal(a.signal),
         cause(a.cause),
         view(a.view),
@@ -295,6 +310,15 @@ pub fn pool_json(p: &v1::Pool) -> Value {
         "server_active_connections": p.server_active_connections,
         "lb_active_connections": p.lb_active_connections,
         "lb_nodes": p.lb_nodes,
+        "kubernetes": p.kubernetes.as_ref().map(|k| json!({
+            "namespace": k.namespace,
+            "service": k.service,
+            "port_name": k.port_name,
+            "port": k.port,
+            "cluster_ips": k.cluster_ips,
+            "zone": k.zone,
+            "node": k.node,
+        })),
         "tick": p.tick,
         "evaluated_at": ts(&p.evaluated_at),
         "members": p.members.iter().map(|m| json!({
@@ -308,6 +332,8 @@ pub fn pool_json(p: &v1::Pool) -> Value {
             "verdict": verdict(m.verdict),
             "reason": m.reason,
             "source": m.source,
+            "pod": m.pod,
+            "zone": m.zone,
             "server_view": member_view_json(&m.server_view),
             "lb_view": member_view_json(&m.lb_view),
             "load": m.load.as_ref().map_or(Value::Null, |l| json!({
@@ -340,6 +366,7 @@ pub fn alert_json(a: &v1::Alert) -> Value {
         "id": a.id,
         "pool": a.pool,
         "member": a.member,
+        "pod": a.pod,
         "kind": alert_kind(a.kind),
         "signal": signal(a.signal),
         "cause": cause(a.cause),
@@ -432,6 +459,36 @@ mod tests {
         };
         assert!(alert_text(&a).contains("signal=active_connections cause=pinned"));
         assert_eq!(alert_json(&a)["cause"], "pinned");
+    }
+
+    #[test]
+    fn kubernetes_pools_show_their_service_and_pods() {
+        let mut ready = member("10.244.0.2", 1.0, v1::Verdict::Ok);
+        ready.pod = "default/web-7d9f-abcde".into();
+        let mut not_ready = member("10.244.0.3", 0.0, v1::Verdict::Unspecified);
+        not_ready.pod = "default/web-7d9f-fghij".into();
+        not_ready.state = v1::MemberState::NotReady as i32;
+        let p = v1::Pool {
+            name: "default/web:http".into(),
+            members: vec![ready, not_ready],
+            kubernetes: Some(v1::KubernetesService {
+                namespace: "default".into(),
+                service: "web".into(),
+                port_name: "http".into(),
+                port: 80,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let t = pool_text(&p);
+        assert!(
+            t.contains("web · Service default/web port http (80)"),
+            "{t}"
+        );
+        assert!(t.contains("default/web-7d9f-abcde"), "{t}");
+        assert!(t.contains("not-ready"), "{t}");
+        assert_eq!(pool_json(&p)["kubernetes"]["service"], "web");
+        assert_eq!(pool_json(&p)["members"][0]["pod"], "default/web-7d9f-abcde");
     }
 
     #[test]

@@ -73,7 +73,7 @@ pub fn member_lines(p: &v1::Pool) -> Vec<(String, i32)> {
             };
             (
                 format!(
-                    "{:<24} {}  {}  {}  /{:>5.1}%  {:>6.1}/s {:>5} open {:>4.0}% cpu  {:<9} {:<10} {}",
+                    "{:<24} {}  {}  {}  /{:>5.1}%  {:>6.1}/s {:>5} open {:>4.0}% cpu  {:<9} {:<10} {}{}",
                     render::member_name(m),
                     bar(v.observed_share, v.expected_share),
                     bar(render::load_share(&v.active), v.expected_share),
@@ -85,6 +85,11 @@ pub fn member_lines(p: &v1::Pool) -> Vec<(String, i32)> {
                     render::member_state(m.state),
                     render::verdict(m.verdict),
                     render::load_word(m),
+                    if m.pod.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  {}", m.pod)
+                    },
                 ),
                 worst,
             )
@@ -155,8 +160,8 @@ fn draw(f: &mut Frame<'_>, pools: &[v1::Pool], collector: &str, error: Option<&s
                 .map(|(text, v)| Line::from(Span::styled(text, Style::default().fg(color(v))))),
         );
         let title = format!(
-            " pool {} · {} {} ",
-            p.name,
+            " {} · {} {} ",
+            crate::names::title(p),
             render::verdict(p.verdict),
             p.reason
         );
@@ -167,24 +172,30 @@ fn draw(f: &mut Frame<'_>, pools: &[v1::Pool], collector: &str, error: Option<&s
     }
 }
 
+/// Every pool, or the pools `pool` names (a pool name, or a Kubernetes
+/// Service: see [`crate::names::matching`]).
 async fn fetch(
     client: &mut v1::distribution_client::DistributionClient<tonic::transport::Channel>,
     pool: Option<&str>,
 ) -> Result<Vec<v1::Pool>, String> {
-    match pool {
-        Some(name) => client
-            .get_pool(v1::GetPoolRequest {
-                name: name.to_owned(),
-            })
-            .await
-            .map(|r| vec![r.into_inner()])
-            .map_err(|s| s.message().to_owned()),
-        None => client
-            .list_pools(v1::ListPoolsRequest {})
-            .await
-            .map(|r| r.into_inner().pools)
-            .map_err(|s| s.message().to_owned()),
+    let pools = client
+        .list_pools(v1::ListPoolsRequest {})
+        .await
+        .map(|r| r.into_inner().pools)
+        .map_err(|s| s.message().to_owned())?;
+    let Some(name) = pool else {
+        return Ok(pools);
+    };
+    let found: Vec<v1::Pool> = crate::names::matching(&pools, name)
+        .into_iter()
+        .cloned()
+        .collect();
+    if found.is_empty() {
+        return Err(format!(
+            "no pool or Kubernetes Service {name:?} (evenflow status lists them)"
+        ));
     }
+    Ok(found)
 }
 
 /// Runs the live view until q, Esc or Ctrl-C.

@@ -183,10 +183,28 @@ async fn fetch(
         .await
     {
         Ok(r) => Ok(r.into_inner()),
-        Err(s) if s.code() == tonic::Code::NotFound => Err(Outcome::CannotJudge(format!(
-            "pool {pool} is unknown to the collector: {} (list pools with `evenflow status`)",
-            s.message()
-        ))),
+        Err(s) if s.code() == tonic::Code::NotFound => {
+            // A Kubernetes Service's name stands for its one pool.
+            let pools = match client.list_pools(v1::ListPoolsRequest {}).await {
+                Ok(r) => r.into_inner().pools,
+                Err(_) => Vec::new(),
+            };
+            match crate::names::matching(&pools, pool).as_slice() {
+                [one] => Ok((*one).clone()),
+                [] => Err(Outcome::CannotJudge(format!(
+                    "pool {pool} is unknown to the collector: {} (list pools with `evenflow status`)",
+                    s.message()
+                ))),
+                many => Err(Outcome::CannotJudge(format!(
+                    "{pool} names {} pools ({}): verify one of them",
+                    many.len(),
+                    many.iter()
+                        .map(|p| p.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))),
+            }
+        }
         Err(s) => Err(Outcome::CannotJudge(format!(
             "collector error: {} ({:?})",
             s.message(),

@@ -226,39 +226,11 @@ fn verify_gates_and_top_shows_the_starved_backend() {
     );
 
     // top under tmux: one bar per member, the starved one at zero.
-    let session = format!("eftop{}", std::process::id());
     let cmd = format!(
         "{} top api --collector {url}",
         env!("CARGO_BIN_EXE_evenflow")
     );
-    let ok = Command::new("tmux")
-        .args([
-            "new-session",
-            "-d",
-            "-s",
-            &session,
-            "-x",
-            "160",
-            "-y",
-            "30",
-            &cmd,
-        ])
-        .status()
-        .expect("tmux (cargo xtask setup installs it)");
-    assert!(ok.success());
-    std::thread::sleep(Duration::from_secs(3));
-    let screen = Command::new("tmux")
-        .args(["capture-pane", "-p", "-t", &session])
-        .output()
-        .expect("capture-pane");
-    let _ = Command::new("tmux")
-        .args(["send-keys", "-t", &session, "q"])
-        .status();
-    std::thread::sleep(Duration::from_millis(500));
-    let _ = Command::new("tmux")
-        .args(["kill-session", "-t", &session])
-        .status();
-    let screen = String::from_utf8_lossy(&screen.stdout);
+    let screen = evenflow_tests::tmux::screen(&cmd, Duration::from_secs(3)).expect("tmux");
     let rows: Vec<&str> = screen.lines().filter(|l| l.contains(":9090")).collect();
     assert_eq!(rows.len(), 3, "one bar per member:\n{screen}");
     let starved = rows

@@ -70,11 +70,27 @@ pub fn restart(lab: &mut Lab, node: &Node, extra: &[&str]) -> Result<()> {
     launch(lab, node, extra)
 }
 
+/// SIGKILLs `node`'s agent: its pinned programs must go on counting.
+pub fn kill(lab: &mut Lab, node: &Node) {
+    lab.kill(&process_name(node));
+}
+
+/// Starts `node`'s agent again on its pinned state (after [`kill`]), with
+/// `env` (`NAME=value` strings) set for it.
+pub fn relaunch(lab: &mut Lab, node: &Node, extra: &[&str], env: &[&str]) -> Result<()> {
+    lab.stop(&process_name(node));
+    launch_with_env(lab, node, extra, env)
+}
+
 fn process_name(node: &Node) -> String {
     format!("agent-{}", node.role)
 }
 
 fn launch(lab: &mut Lab, node: &Node, extra: &[&str]) -> Result<()> {
+    launch_with_env(lab, node, extra, &[])
+}
+
+fn launch_with_env(lab: &mut Lab, node: &Node, extra: &[&str], env: &[&str]) -> Result<()> {
     let bin = agent_bin()?.display().to_string();
     let cgroup = node.cgroup.display().to_string();
     let mut args = vec![
@@ -91,7 +107,14 @@ fn launch(lab: &mut Lab, node: &Node, extra: &[&str]) -> Result<()> {
     ];
     args.extend_from_slice(extra);
     let name = process_name(node);
-    lab.spawn(node, &name, &bin, &args)?;
+    if env.is_empty() {
+        lab.spawn(node, &name, &bin, &args)?;
+    } else {
+        let mut with_env: Vec<&str> = env.to_vec();
+        with_env.push(&bin);
+        with_env.extend_from_slice(&args);
+        lab.spawn(node, &name, "env", &with_env)?;
+    }
     let ready = crate::wait_for(Duration::from_secs(20), || {
         crate::grpcurl::list(&node.ns)
             .ok()

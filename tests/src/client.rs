@@ -249,3 +249,61 @@ fn connect_with(target: SocketAddr, extras: IpExtras) -> Result<TcpStream> {
     );
     Ok(stream)
 }
+
+/// One HTTP/1.1 keep-alive connection that sends requests on demand and
+/// reads each response whole, tallying the payload bytes both ways.
+pub struct KeepAlive {
+    stream: TcpStream,
+    /// Request bytes written so far.
+    pub bytes_sent: u64,
+    /// Response bytes read so far.
+    pub bytes_received: u64,
+    /// Requests answered so far.
+    pub requests: u64,
+}
+
+impl KeepAlive {
+    /// Connects (from the calling thread's namespace).
+    pub fn connect(target: SocketAddr) -> Result<Self> {
+        let stream = TcpStream::connect_timeout(&target, Duration::from_secs(3))
+            .with_context(|| format!("connecting to {target}"))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        Ok(Self {
+            stream,
+            bytes_sent: 0,
+            bytes_received: 0,
+            requests: 0,
+        })
+    }
+
+    /// Sends one request and reads its response (headers, then exactly
+    /// `Content-Length` body bytes).
+    pub fn request(&mut self) -> Result<()> {
+        let req = format!(
+            "GET / HTTP/1.1\r\nHost: lab\r\nUser-Agent: evenflow-tests/{}\r\n\r\n",
+            self.requests
+        );
+        self.stream.write_all(req.as_bytes())?;
+        self.bytes_sent += req.len() as u64;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            ensure!(
+                self.stream.read(&mut byte)? == 1,
+                "the server closed mid-response"
+            );
+            head.push(byte[0]);
+        }
+        let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        let len: usize = text
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .context("a response without Content-Length")?;
+        let mut body = vec![0u8; len];
+        self.stream.read_exact(&mut body)?;
+        self.bytes_received += (head.len() + len) as u64;
+        self.requests += 1;
+        Ok(())
+    }
+}

@@ -60,12 +60,24 @@ fn find() -> Result<PathBuf> {
 
 /// Runs `grpcurl -plaintext <args…> 127.0.0.1:50051 <rest…>` inside `ns`.
 pub fn run(ns: &str, args: &[&str], rest: &[&str]) -> Result<String> {
+    run_at(ns, GRPC, args, rest)
+}
+
+/// Runs `grpcurl -plaintext <args…> <addr> <rest…>` inside `ns`.
+pub fn run_at(ns: &str, addr: &str, args: &[&str], rest: &[&str]) -> Result<String> {
     let bin = bin()?.display().to_string();
     let mut all = vec!["-plaintext", "-max-time", "5"];
     all.extend_from_slice(args);
-    all.push(GRPC);
+    all.push(addr);
     all.extend_from_slice(rest);
     crate::netns::exec(ns, &bin, &all).with_context(|| format!("grpcurl in {ns}"))
+}
+
+/// Calls `method` (e.g. `evenflow.v1.Distribution/GetPool`) at `addr`
+/// from inside `ns` with the JSON request `body`; the response as JSON.
+pub fn call(ns: &str, addr: &str, method: &str, body: &str) -> Result<Value> {
+    let out = run_at(ns, addr, &["-d", body], &[method])?;
+    serde_json::from_str(&out).with_context(|| format!("grpcurl printed non-JSON: {out}"))
 }
 
 /// `grpcurl list`: the services the agent registers for reflection.

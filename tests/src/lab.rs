@@ -99,54 +99,107 @@ pub struct Lab {
     cgroup_root: PathBuf,
 }
 
+/// Names a lab's nodes: namespace and cgroup from the lab's name and the
+/// node's role.
+pub struct Names {
+    lab: String,
+    cgroup_root: PathBuf,
+}
+
+impl Names {
+    /// A node with its own cgroup under the test root.
+    pub fn node(&self, role: &str, addr4: &str, addr6: &str) -> Result<Node> {
+        let cgroup = self.cgroup_root.join(format!("{}-{role}", self.lab));
+        self.with_cgroup(role, addr4, addr6, cgroup)
+    }
+
+    /// A node whose cgroup is a child of `parent`'s (a pod on a node).
+    pub fn child(&self, parent: &Node, role: &str, addr4: &str, addr6: &str) -> Result<Node> {
+        self.with_cgroup(role, addr4, addr6, parent.cgroup.join(role))
+    }
+
+    fn with_cgroup(&self, role: &str, addr4: &str, addr6: &str, cgroup: PathBuf) -> Result<Node> {
+        Ok(Node {
+            role: role.to_owned(),
+            ns: format!("{}-{role}", self.lab),
+            cgroup,
+            addr4: addr4.parse()?,
+            addr6: addr6.parse()?,
+        })
+    }
+}
+
 impl Lab {
     /// Builds the topology with `backends` backend nodes (1 to 99). `name`
     /// must be 1 to 10 letters or digits and unique among labs alive at
     /// once; a leftover lab of the same name (a crashed run) is replaced.
     pub fn new(name: &str, backends: usize) -> Result<Self> {
+        if !(1..=99).contains(&backends) {
+            bail!("a lab has 1 to 99 backends, not {backends}");
+        }
+        Self::assemble(
+            name,
+            |n| {
+                Ok((
+                    n.node("client", "10.1.0.2", "fd01::2")?,
+                    n.node("lb", "10.1.0.1", "fd01::1")?,
+                    (1..=backends)
+                        .map(|i| {
+                            n.node(
+                                &format!("b{i}"),
+                                &format!("10.2.{i}.2"),
+                                &format!("fd02:{i}::2"),
+                            )
+                        })
+                        .collect::<Result<_>>()?,
+                ))
+            },
+            Lab::build,
+        )
+    }
+
+    /// A lab of the client, lb and backends `nodes` names, wired by
+    /// `build` (the topology of [`Lab::new`], or another such as
+    /// [`crate::kubenode`]'s).
+    pub fn assemble(
+        name: &str,
+        nodes: impl FnOnce(&Names) -> Result<(Node, Node, Vec<Node>)>,
+        build: impl FnOnce(&mut Lab) -> Result<()>,
+    ) -> Result<Self> {
         crate::preflight()?;
         if name.is_empty() || name.len() > 10 || !name.chars().all(|c| c.is_ascii_alphanumeric()) {
             bail!(
                 "lab name `{name}` must be 1 to 10 letters or digits (it prefixes interface names)"
             );
         }
-        if !(1..=99).contains(&backends) {
-            bail!("a lab has 1 to 99 backends, not {backends}");
-        }
         let cgroup_root = cgroup::root()?.join("evenflow-test");
         let dir = std::env::temp_dir().join(format!("evenflow-lab-{name}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let node = |role: &str, a4: &str, a6: &str| -> Result<Node> {
-            Ok(Node {
-                role: role.to_owned(),
-                ns: format!("{name}-{role}"),
-                cgroup: cgroup_root.join(format!("{name}-{role}")),
-                addr4: a4.parse()?,
-                addr6: a6.parse()?,
-            })
-        };
+        let (client, lb, backends) = nodes(&Names {
+            lab: name.to_owned(),
+            cgroup_root: cgroup_root.clone(),
+        })?;
         let mut lab = Lab {
             name: name.to_owned(),
-            client: node("client", "10.1.0.2", "fd01::2")?,
-            lb: node("lb", "10.1.0.1", "fd01::1")?,
-            backends: (1..=backends)
-                .map(|i| {
-                    node(
-                        &format!("b{i}"),
-                        &format!("10.2.{i}.2"),
-                        &format!("fd02:{i}::2"),
-                    )
-                })
-                .collect::<Result<_>>()?,
+            client,
+            lb,
+            backends,
             dir,
             procs: Vec::new(),
             cgroup_root,
         };
         // On error, dropping `lab` removes what was built so far.
-        lab.build()
-            .with_context(|| format!("building lab {name}"))?;
+        build(&mut lab).with_context(|| format!("building lab {name}"))?;
         Ok(lab)
+    }
+
+    /// How this lab names nodes (for nodes added after it is built).
+    pub fn names(&self) -> Names {
+        Names {
+            lab: self.name.clone(),
+            cgroup_root: self.cgroup_root.clone(),
+        }
     }
 
     /// Every node: client, lb, backends.
@@ -221,6 +274,19 @@ impl Lab {
         Ok(())
     }
 
+    /// SIGKILLs the processes whose names start with `prefix`, as a crash or
+    /// an OOM kill would: no signal handler, no cleanup.
+    pub fn kill(&mut self, prefix: &str) {
+        for p in self.procs.iter_mut().filter(|p| p.name.starts_with(prefix)) {
+            if let Ok(pid) = i32::try_from(p.child.id()) {
+                // SAFETY: signalling the process group we created.
+                unsafe { libc::kill(-pid, libc::SIGKILL) };
+            }
+            let _ = p.child.wait();
+        }
+        self.procs.retain(|p| !p.name.starts_with(prefix));
+    }
+
     /// Stops the processes whose names start with `prefix`.
     pub fn stop(&mut self, prefix: &str) {
         self.procs.retain(|p| !p.name.starts_with(prefix));
@@ -266,14 +332,15 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        // Processes first (agents detach, servers close), then whatever is
-        // left in the cgroups, then namespaces (their veths go with them),
-        // pinned maps and files.
+        // Processes first (agents stop, servers close), then the pins (the
+        // agents' programs stay attached through their pinned links until
+        // these go), whatever is left in the cgroups, then namespaces (their
+        // veths go with them) and files.
         self.procs.clear();
         for n in self.nodes() {
+            let _ = std::fs::remove_dir_all(n.pin_dir());
             cgroup::remove(&n.cgroup);
             netns::delete(&n.ns);
-            let _ = std::fs::remove_dir_all(n.pin_dir());
         }
         // Only succeeds once no other lab uses it.
         let _ = std::fs::remove_dir(&self.cgroup_root);

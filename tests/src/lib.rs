@@ -14,10 +14,15 @@ pub mod cgroup;
 pub mod client;
 pub mod grpcurl;
 pub mod haproxy;
+pub mod kubeapi;
+pub mod kubenode;
 pub mod lab;
 pub mod netns;
 pub mod nft;
 pub mod nginx;
+pub mod simagent;
+pub mod tcx;
+pub mod tmux;
 
 use std::{path::Path, time::Duration};
 

@@ -31,6 +31,13 @@ pub const LOG_FORMAT: &str = "$connection $request_length $bytes_sent $status";
 /// sees the listener's sockets), waits until it listens, and returns the
 /// path of its access log.
 pub fn start(lab: &mut Lab, node: &Node) -> Result<PathBuf> {
+    start_with(lab, node, "")
+}
+
+/// [`start`] with extra `listen` parameters on both listeners, e.g.
+/// `deferred` (TCP_DEFER_ACCEPT: the connection is accepted only once the
+/// request's first bytes arrive).
+pub fn start_with(lab: &mut Lab, node: &Node, listen_opts: &str) -> Result<PathBuf> {
     let dir = lab.dir.join(format!("nginx-{}", node.role));
     std::fs::create_dir_all(dir.join("tmp"))?;
     let body = "x".repeat(BODY_LEN);
@@ -41,7 +48,7 @@ pub fn start(lab: &mut Lab, node: &Node) -> Result<PathBuf> {
          http {{\n  log_format ef '{LOG_FORMAT}';\n  access_log {d}/access.log ef;\n\
            client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp;\n\
            uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;\n\
-           server {{\n    listen {BACKEND_PORT};\n    listen [::]:{BACKEND_PORT} ipv6only=on;\n\
+           server {{\n    listen {BACKEND_PORT} {listen_opts};\n    listen [::]:{BACKEND_PORT} ipv6only=on {listen_opts};\n\
              location / {{ default_type text/plain; return 200 '{body}'; }}\n\
              location = {BIG_PATH} {{ default_type application/octet-stream; alias {d}/big; }}\n  }}\n}}\n",
         d = dir.display()

@@ -10,26 +10,17 @@
 
 use std::time::{Duration, Instant};
 
-use evenflow_tests::{agent, agent::COLLECTOR, client, grpcurl, haproxy, lab::Lab, netns};
+use evenflow_tests::{agent, agent::COLLECTOR, client, grpcurl, haproxy, lab::Lab};
 use serde_json::Value;
 
 fn get_pool(ns: &str) -> Option<Value> {
-    let bin = grpcurl::bin().ok()?.display().to_string();
-    let out = netns::exec(
+    grpcurl::call(
         ns,
-        &bin,
-        &[
-            "-plaintext",
-            "-max-time",
-            "5",
-            "-d",
-            r#"{"name":"web"}"#,
-            COLLECTOR,
-            "evenflow.v1.Distribution/GetPool",
-        ],
+        COLLECTOR,
+        "evenflow.v1.Distribution/GetPool",
+        r#"{"name":"web"}"#,
     )
-    .ok()?;
-    serde_json::from_str(&out).ok()
+    .ok()
 }
 
 #[test]

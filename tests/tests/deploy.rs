@@ -96,6 +96,100 @@ fn agent_daemonset_has_least_privilege_and_what_it_needs() {
             .is_some_and(|t| !t.is_empty()),
         "runs on every node"
     );
+    // No labels: the collector forms pools from the Services.
+    assert!(
+        !format!("{c:?}").contains("--service") && !format!("{c:?}").contains("EVENFLOW_SERVICE"),
+        "the DaemonSet needs no --service: {c:?}"
+    );
+    // The agent never calls the Kubernetes API: no token in the pod.
+    assert_eq!(spec["automountServiceAccountToken"], false);
+    assert_eq!(
+        kind(&d, "ServiceAccount")["automountServiceAccountToken"],
+        false
+    );
+}
+
+/// Every document of every manifest.
+fn all_docs() -> Vec<(String, Value)> {
+    let dir = root().join("deploy/kubernetes");
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(&dir).expect("deploy/kubernetes") {
+        let name = e.expect("entry").file_name().to_string_lossy().into_owned();
+        if name.ends_with(".yaml") {
+            out.extend(docs(&name).into_iter().map(|d| (name.clone(), d)));
+        }
+    }
+    out
+}
+
+#[test]
+fn collector_rbac_is_read_only_on_services_endpointslices_and_nodes() {
+    let all = all_docs();
+    // One role in all the manifests, and it is the collector's.
+    let roles: Vec<&(String, Value)> = all
+        .iter()
+        .filter(|(_, d)| d["kind"] == "Role" || d["kind"] == "ClusterRole")
+        .collect();
+    assert_eq!(roles.len(), 1, "exactly one role: {roles:?}");
+    let (file, role) = roles[0];
+    assert_eq!(file, "collector-rbac.yaml");
+    assert_eq!(role["kind"], "ClusterRole");
+    assert_eq!(role["metadata"]["name"], "evenflow-collector");
+    // Exactly get/list/watch on these three, nothing else: no wildcard, no
+    // other verb or resource, no named objects, no non-resource URLs.
+    let mut granted = Vec::new();
+    for r in role["rules"].as_sequence().expect("rules") {
+        assert!(
+            r["nonResourceURLs"].is_null() && r["resourceNames"].is_null(),
+            "{r:?}"
+        );
+        for g in strs(&r["apiGroups"]) {
+            for res in strs(&r["resources"]) {
+                for v in strs(&r["verbs"]) {
+                    granted.push(format!("{g}/{res}:{v}"));
+                }
+            }
+        }
+    }
+    granted.sort();
+    let mut want: Vec<String> = ["/services", "/nodes", "discovery.k8s.io/endpointslices"]
+        .iter()
+        .flat_map(|r| ["get", "list", "watch"].map(|v| format!("{r}:{v}")))
+        .collect();
+    want.sort();
+    assert_eq!(
+        granted, want,
+        "the collector's ClusterRole grants exactly this"
+    );
+    // Bound to the collector's ServiceAccount only.
+    let bindings: Vec<&Value> = all
+        .iter()
+        .map(|(_, d)| d)
+        .filter(|d| d["kind"] == "RoleBinding" || d["kind"] == "ClusterRoleBinding")
+        .collect();
+    assert_eq!(bindings.len(), 1, "{bindings:?}");
+    let b = bindings[0];
+    assert_eq!(b["kind"], "ClusterRoleBinding");
+    assert_eq!(b["roleRef"]["kind"], "ClusterRole");
+    assert_eq!(b["roleRef"]["name"], "evenflow-collector");
+    let subjects = b["subjects"].as_sequence().expect("subjects");
+    assert_eq!(subjects.len(), 1, "{subjects:?}");
+    assert_eq!(subjects[0]["kind"], "ServiceAccount");
+    assert_eq!(subjects[0]["name"], "evenflow-collector");
+    assert_eq!(subjects[0]["namespace"], "evenflow");
+    // The collector runs as that ServiceAccount, with --kubernetes.
+    let c = docs("collector.yaml");
+    let spec = &kind(&c, "Deployment")["spec"]["template"]["spec"];
+    assert_eq!(spec["serviceAccountName"], "evenflow-collector");
+    assert!(
+        strs(&spec["containers"][0]["args"]).contains(&"--kubernetes".to_owned()),
+        "{:?}",
+        spec["containers"][0]["args"]
+    );
+    assert!(
+        strs(&docs("kustomization.yaml")[0]["resources"])
+            .contains(&"collector-rbac.yaml".to_owned())
+    );
 }
 
 #[test]
@@ -133,7 +227,10 @@ fn collector_runs_without_privilege() {
         &toml,
     )
     .unwrap_or_else(|e| panic!("the example pool file is refused by the collector: {e}"));
-    assert!(format!("{parsed:?}").contains("10.244.3.9"), "{parsed:?}");
+    // It refines the Kubernetes pool of the Service web's port http, and
+    // declares a pool outside the cluster.
+    assert!(parsed.contains_key("default/web:http"), "{parsed:?}");
+    assert!(format!("{parsed:?}").contains("10.20.0.12"), "{parsed:?}");
     let k = docs("kustomization.yaml");
     for r in strs(&k[0]["resources"]) {
         assert!(

@@ -260,7 +260,23 @@ fn agent_pid(node: &str) -> Result<u32> {
     bail!("agent for {node} not found")
 }
 
-fn start_agent(node: &str, cgroup: &std::path::Path) -> Result<Guard> {
+/// A running agent; dropping it stops it and uninstalls its programs (they
+/// outlive the process through their pinned links, and the "without" rounds
+/// must run with nothing attached).
+struct AgentGuard {
+    _process: Guard,
+    node: &'static str,
+}
+
+impl Drop for AgentGuard {
+    fn drop(&mut self) {
+        // `_process` stops after this body; the pins go first, which
+        // detaches the programs whether or not the process is still up.
+        let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/evenflow/{}", self.node));
+    }
+}
+
+fn start_agent(node: &'static str, cgroup: &std::path::Path) -> Result<AgentGuard> {
     let bin = evenflow_tests::agent::agent_bin()?;
     let child = Command::new(bin)
         .args([
@@ -288,7 +304,7 @@ fn start_agent(node: &str, cgroup: &std::path::Path) -> Result<Guard> {
         netns::exec(node, "curl", &["-sf", "127.0.0.1:9464/metrics"]).ok()
     })
     .context("agent did not come up")?;
-    Ok(g)
+    Ok(AgentGuard { _process: g, node })
 }
 
 pub fn run(rounds: usize) -> Result<()> {

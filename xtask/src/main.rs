@@ -11,6 +11,8 @@
 //! `agent/build.rs` builds) must not be built for the host.
 //! * `demo` replays the incident evenflow exists for on this machine.
 //! * `bench-datapath` measures what the agent costs the traffic it counts.
+//! * `bench-detect` and `bench-scale` run the detector and collector
+//!   benchmarks (the `evenflow-bench` crate) from release builds.
 
 mod bench;
 mod demo;
@@ -47,6 +49,22 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// The detector on seeded traffic: time to detect each fault, detection
+    /// probability, false pages per pool-day (release build). Arguments
+    /// after `--` go to evenflow-detect-bench (`-- --help` lists them).
+    BenchDetect {
+        /// Arguments for evenflow-detect-bench.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Simulated agents over real gRPC against a real collector:
+    /// report-to-verdict latency, RSS and CPU per fleet size (release
+    /// builds of both). Arguments after `--` go to evenflow-scale-bench.
+    BenchScale {
+        /// Arguments for evenflow-scale-bench.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Run every check and test, as CI does.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -62,6 +80,11 @@ fn main() -> ExitCode {
         Cmd::Build => build(),
         Cmd::Test { args } => test(&args),
         Cmd::BenchDatapath { rounds } => bench::run(rounds),
+        Cmd::BenchDetect { args } => release_bin(&["evenflow-detect-bench"], &args),
+        // The scale bench starts the collector found next to itself.
+        Cmd::BenchScale { args } => {
+            release_bin(&["evenflow-scale-bench", "evenflow-collector"], &args)
+        }
         Cmd::Demo(opts) => demo::run(&opts),
     };
     match r {
@@ -76,6 +99,17 @@ fn main() -> ExitCode {
 fn build() -> Result<()> {
     setup::run()?;
     shell::cargo(&["build", "--release", "--bins"])
+}
+
+/// Builds `bins` (release) and runs the first with `args`.
+fn release_bin(bins: &[&str], args: &[String]) -> Result<()> {
+    let mut build = vec!["build", "--release"];
+    for b in bins {
+        build.extend(["--bin", b]);
+    }
+    shell::cargo(&build)?;
+    let exe = shell::target_dir().join("release").join(bins[0]);
+    shell::run(std::process::Command::new(exe).args(args))
 }
 
 fn test(extra: &[String]) -> Result<()> {

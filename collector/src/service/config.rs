@@ -180,6 +180,25 @@ pub struct Config {
     #[arg(long, env = "EVENFLOW_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// Form pools from the Kubernetes API, with the in-cluster
+    /// configuration (the Pod's ServiceAccount): one pool per Service port,
+    /// members from its EndpointSlices, matched to the agents' endpoints by
+    /// address (agents need no --service). Needs get, list and watch on
+    /// services, endpointslices and nodes.
+    #[arg(long, env = "EVENFLOW_KUBERNETES")]
+    pub kubernetes: bool,
+
+    /// As --kubernetes, with the API server and credentials of this
+    /// kubeconfig file (its current context).
+    #[arg(long, env = "EVENFLOW_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Kubernetes: how long an endpoint that began terminating may still
+    /// get new connections (kube-proxy has not synced yet) before it is
+    /// judged as draining.
+    #[arg(long, env = "EVENFLOW_KUBE_DRAIN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub kube_drain_grace: Duration,
+
     /// A second, read-only listener serving only the query API
     /// (Distribution, reflection, health; no Ingest), plaintext: for people,
     /// the CLI and dashboards when the main listener requires client
@@ -211,6 +230,13 @@ impl Config {
             load_refill: self.load_refill,
             min_pool_active: self.min_pool_active,
         }
+    }
+
+    /// Where the Kubernetes API is, when pools come from it.
+    pub fn kube(&self) -> Option<crate::service::kube::Options> {
+        (self.kubernetes || self.kubeconfig.is_some()).then(|| crate::service::kube::Options {
+            kubeconfig: self.kubeconfig.clone(),
+        })
     }
 
     /// Checks relations between flags.

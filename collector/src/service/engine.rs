@@ -7,7 +7,7 @@
 //! lock only long enough to copy that agent's deltas.
 
 use std::{
-    collections::{BTreeMap, HashSet, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
@@ -23,7 +23,7 @@ use crate::{
     detect::{self, Detector, Settings},
     service::{
         agents::{AgentTick, Registry},
-        poolfile::PoolFile,
+        declared::Sources,
         pools::{self, PoolTick},
         webhook,
     },
@@ -238,7 +238,17 @@ impl TickClock {
     }
 }
 
-fn alert(a: &detect::Alert, clock: &TickClock) -> v1::Alert {
+/// The API's alert; `pod` (Kubernetes pools) names the member's Pod, in
+/// the summary too.
+fn alert(a: &detect::Alert, clock: &TickClock, pod: Option<&str>) -> v1::Alert {
+    let summary = match pod {
+        Some(pod) => a.summary.replacen(
+            &format!("member {} ", a.member),
+            &format!("member {} (pod {pod}) ", a.member),
+            1,
+        ),
+        None => a.summary.clone(),
+    };
     v1::Alert {
         id: a.id.clone(),
         pool: a.pool.clone(),
@@ -251,10 +261,58 @@ fn alert(a: &detect::Alert, clock: &TickClock) -> v1::Alert {
         observed: a.observed,
         expected: a.expected,
         since: Some(ts(clock.at(a.since_tick))),
-        summary: a.summary.clone(),
+        summary,
         evidence: a.evidence.iter().cloned().collect(),
         resolved_at: a.resolved_tick.map(|t| ts(clock.at(t))),
         flaps: a.flaps,
+        pod: pod.unwrap_or_default().to_owned(),
+    }
+}
+
+/// The agents' own cumulative totals of each member of `msg`, in its
+/// order (judged and unjudged members are interleaved there by address).
+fn reported_totals(pt: &PoolTick, msg: &v1::Pool) -> Vec<ReportedTotals> {
+    let judged = pt.input.members.iter().zip(&pt.meta).map(|(m, meta)| {
+        let totals = (
+            m.server.map(|_| meta.server.reported_total),
+            m.lb.map(|_| meta.lb.reported_total),
+        );
+        (meta.addr, totals)
+    });
+    let unjudged = pt.unjudged.iter().map(|u| {
+        let totals = (
+            u.server.map(|_| u.meta.server.reported_total),
+            u.lb.map(|_| u.meta.lb.reported_total),
+        );
+        (u.meta.addr, totals)
+    });
+    let by_addr: HashMap<Option<std::net::SocketAddr>, ReportedTotals> =
+        judged.chain(unjudged).collect();
+    msg.members
+        .iter()
+        .map(|m| {
+            let addr =
+                m.address.parse().ok().and_then(|ip| {
+                    Some(std::net::SocketAddr::new(ip, u16::try_from(m.port).ok()?))
+                });
+            by_addr.get(&addr).copied().unwrap_or_default()
+        })
+        .collect()
+}
+
+/// Remembers the Pod of an alert's member (Kubernetes pools only).
+fn remember_pod(pods: &mut HashMap<String, Arc<str>>, a: &detect::Alert, pt: &PoolTick) {
+    if pt.kubernetes.is_none() || a.member.is_empty() || pods.contains_key(&a.id) {
+        return;
+    }
+    let pod = pt
+        .input
+        .members
+        .iter()
+        .position(|m| m.id == a.member)
+        .and_then(|i| pt.meta.get(i)?.pod.clone());
+    if let Some(pod) = pod {
+        pods.insert(a.id.clone(), pod);
     }
 }
 
@@ -327,13 +385,33 @@ fn pool_message(
                 .unwrap_or("announced")
                 .to_owned(),
             load: load_finding(mv),
+            pod: meta.and_then(|m| m.pod.as_deref()).unwrap_or("").to_owned(),
+            zone: meta
+                .and_then(|m| m.zone.as_deref())
+                .unwrap_or("")
+                .to_owned(),
         });
     }
+    if !pt.unjudged.is_empty() {
+        members.extend(pt.unjudged.iter().map(unjudged_member));
+        members.sort_by_key(|m| {
+            (
+                m.address.parse::<std::net::IpAddr>().ok(),
+                m.port,
+                m.address.clone(),
+            )
+        });
+    }
+    let reason = match (&pt.note, pv.reason.is_empty()) {
+        (Some(n), true) => n.to_string(),
+        (Some(n), false) => format!("{}; {n}", pv.reason),
+        (None, _) => pv.reason.clone(),
+    };
     v1::Pool {
         name: pv.name.clone(),
         members,
         verdict: verdict(pv.verdict) as i32,
-        reason: pv.reason.clone(),
+        reason,
         effective_members: pv.effective,
         expected_effective_members: pv.expected_effective,
         // Sums of the measured member rates (the detector's own means are
@@ -343,8 +421,57 @@ fn pool_message(
         lb_nodes: std::mem::take(&mut pt.lb_nodes),
         tick: pv.tick,
         evaluated_at: Some(at),
+        kubernetes: pt.kubernetes.as_deref().map(kube_service),
         server_active_connections: pv.load_server.active,
         lb_active_connections: pv.load_lb.active,
+    }
+}
+
+/// A member the detector does not judge: its measured numbers, no shares,
+/// no verdict, the reason it is not judged.
+fn unjudged_member(u: &pools::Unjudged) -> v1::Member {
+    let view = |v: &crate::detect::ViewInput, m: &pools::Measured| v1::MemberView {
+        fresh: v.fresh,
+        new_conns_per_sec: m.conns_per_sec,
+        active_connections: v.active,
+        bytes_in_per_sec: m.bytes_in_per_sec,
+        bytes_out_per_sec: m.bytes_out_per_sec,
+        reason: u.reason.clone(),
+        conns_total: m.conns_total,
+        ..v1::MemberView::default()
+    };
+    let addr = u.meta.addr;
+    v1::Member {
+        address: addr.map(|a| a.ip().to_string()).unwrap_or_default(),
+        port: addr.map_or(0, |a| u32::from(a.port())),
+        weight: 1.0,
+        state: if u.draining {
+            v1::MemberState::Draining
+        } else {
+            v1::MemberState::NotReady
+        } as i32,
+        node_name: u.meta.node.clone(),
+        server_view: u.server.as_ref().map(|v| view(v, &u.meta.server)),
+        lb_view: u.lb.as_ref().map(|v| view(v, &u.meta.lb)),
+        cpu_utilization: 0.0,
+        verdict: v1::Verdict::Unspecified as i32,
+        reason: u.reason.clone(),
+        source: u.meta.source.as_str().to_owned(),
+        pod: u.meta.pod.as_deref().unwrap_or("").to_owned(),
+        zone: u.meta.zone.as_deref().unwrap_or("").to_owned(),
+        load: None,
+    }
+}
+
+fn kube_service(k: &crate::service::declared::KubeService) -> v1::KubernetesService {
+    v1::KubernetesService {
+        namespace: k.namespace.clone(),
+        service: k.service.clone(),
+        port_name: k.port_name.clone(),
+        port: u32::from(k.port),
+        cluster_ips: k.cluster_ips.clone(),
+        zone: k.zone.clone(),
+        node: k.node.clone(),
     }
 }
 
@@ -352,13 +479,16 @@ fn pool_message(
 pub struct Engine {
     shared: Arc<Shared>,
     detector: Detector,
-    file: PoolFile,
+    sources: Sources,
     tick: u64,
     clock: TickClock,
     webhooks: Option<webhook::Queue>,
     last_refresh: Instant,
     retention: Duration,
     scratch: Vec<AgentTick>,
+    /// The Pod of each alert's member, by alert id, remembered when the
+    /// alert fires: the Pod may be gone when the alert resolves.
+    pods: HashMap<String, Arc<str>>,
 }
 
 impl Engine {
@@ -366,7 +496,7 @@ impl Engine {
     pub fn new(
         shared: Arc<Shared>,
         settings: Settings,
-        file: PoolFile,
+        sources: Sources,
         webhooks: Option<webhook::Queue>,
         retention: Duration,
     ) -> Self {
@@ -374,7 +504,7 @@ impl Engine {
         Self {
             shared,
             detector: Detector::new(settings),
-            file,
+            sources,
             tick: 0,
             clock: TickClock {
                 times: VecDeque::new(),
@@ -384,6 +514,7 @@ impl Engine {
             last_refresh: Instant::now(),
             retention,
             scratch: Vec::new(),
+            pods: HashMap::new(),
         }
     }
 
@@ -444,7 +575,8 @@ impl Engine {
         self.scratch.sort_unstable_by(|a, b| a.node.cmp(&b.node));
 
         // 2. Pools.
-        let pool_ticks = pools::build(&self.scratch, &self.file, tick);
+        let declared = self.sources.at(started);
+        let pool_ticks = pools::build(&self.scratch, &declared, tick);
 
         // 3. Judge.
         let mut transitions = Vec::new();
@@ -454,26 +586,14 @@ impl Engine {
         let pool_count = pool_ticks.len();
         for mut pt in pool_ticks {
             let (pv, tr) = self.detector.evaluate(&pt.input);
+            for t in &tr {
+                remember_pod(&mut self.pods, t.alert(), &pt);
+            }
             transitions.extend(tr);
             names.insert(pt.input.name.clone());
-            reported.insert(
-                pt.input.name.clone(),
-                pt.input
-                    .members
-                    .iter()
-                    .zip(&pt.meta)
-                    .map(|(m, meta)| {
-                        (
-                            m.server.map(|_| meta.server.reported_total),
-                            m.lb.map(|_| meta.lb.reported_total),
-                        )
-                    })
-                    .collect(),
-            );
-            published.insert(
-                pt.input.name.clone(),
-                Arc::new(pool_message(&mut pt, &pv, at)),
-            );
+            let msg = pool_message(&mut pt, &pv, at);
+            reported.insert(pt.input.name.clone(), reported_totals(&pt, &msg));
+            published.insert(pt.input.name.clone(), Arc::new(msg));
         }
         transitions.extend(self.detector.retain_pools(&names, tick));
 
@@ -481,7 +601,7 @@ impl Engine {
         let mut open: Vec<v1::Alert> = self
             .detector
             .open_alerts()
-            .map(|a| alert(a, &self.clock))
+            .map(|a| alert(a, &self.clock, self.pods.get(&a.id).map(|p| &**p)))
             .collect();
         open.sort_by(|a, b| {
             let k = |x: &v1::Alert| x.since.map(|t| (t.seconds, t.nanos)).unwrap_or_default();
@@ -491,13 +611,23 @@ impl Engine {
             .detector
             .resolved_alerts()
             .take(RESOLVED_KEPT)
-            .map(|a| alert(a, &self.clock))
+            .map(|a| alert(a, &self.clock, self.pods.get(&a.id).map(|p| &**p)))
             .collect();
 
+        let kept: HashSet<&str> = open
+            .iter()
+            .chain(&resolved)
+            .map(|a| a.id.as_str())
+            .collect();
+        self.pods.retain(|id, _| kept.contains(id.as_str()));
         let mut hooks = Vec::new();
         let mut events = Vec::with_capacity(transitions.len());
         for t in &transitions {
-            let a = alert(t.alert(), &self.clock);
+            let a = alert(
+                t.alert(),
+                &self.clock,
+                self.pods.get(&t.alert().id).map(|p| &**p),
+            );
             let (transition, name) = match t {
                 detect::Transition::Fired(_) => (v1::alert_event::Transition::Fired, "fired"),
                 detect::Transition::Updated(_) => (v1::alert_event::Transition::Updated, "updated"),

@@ -490,6 +490,27 @@ pub fn render(shared: &Shared) -> String {
     }
     help(
         &mut out,
+        "evenflow_member_info",
+        "gauge",
+        "1 per member, labelled with its state, source and node, and in Kubernetes pools its Pod and zone (join on pool and member).",
+    );
+    for (l, m) in &labels {
+        let state = v1::MemberState::try_from(m.state).map_or("serving", |s| match s {
+            v1::MemberState::Draining => "draining",
+            v1::MemberState::NotReady => "not_ready",
+            _ => "serving",
+        });
+        let _ = writeln!(
+            out,
+            "evenflow_member_info{{{l},state=\"{state}\",source=\"{}\",node=\"{}\",pod=\"{}\",zone=\"{}\"}} 1",
+            esc(&m.source),
+            esc(&m.node_name),
+            esc(&m.pod),
+            esc(&m.zone)
+        );
+    }
+    help(
+        &mut out,
         "evenflow_alert_open",
         "gauge",
         "1 per open alert, by pool, member, kind, signal, cause, view and severity.",

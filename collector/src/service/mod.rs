@@ -3,16 +3,20 @@
 //! webhooks and /metrics.
 //!
 //! Modules: [`agents`] (per-agent state, deltas, validation), [`poolfile`]
-//! (`--pools FILE`), [`pools`] (the grouping rule), [`engine`] (the tick),
+//! (`--pools FILE`), [`kube`] (pools from Kubernetes Services and
+//! EndpointSlices), [`declared`] (the pool file and Kubernetes merged, and
+//! their precedence), [`pools`] (the grouping rule), [`engine`] (the tick),
 //! [`ingest`] (`evenflow.v1.Ingest`), [`query`] (`evenflow.v1.Distribution`),
 //! [`metrics`] (`/metrics`), [`webhook`] (Alertmanager v2), [`config`]
 //! (flags), [`server`] (starts everything).
 
 pub mod agents;
 pub mod config;
+pub mod declared;
 pub mod engine;
 pub mod fxhash;
 pub mod ingest;
+pub mod kube;
 pub mod metrics;
 pub mod poolfile;
 pub mod pools;

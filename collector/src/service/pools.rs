@@ -23,6 +23,16 @@
 //!    declared takes its weight and state from the file (source
 //!    `announced+file`). A declared member that no agent serves has no
 //!    server view: it is NO_DATA, never ZERO.
+//! 3. **Kubernetes** (`--kubernetes`): one pool per Service port, its
+//!    members the EndpointSlices' addresses with that port, matched to the
+//!    endpoints agents report by address and port alone (no labels), so two
+//!    Services on port 8080 of one node are two pools. A member's server
+//!    view is observed by the agent of its slice's `nodeName` from the
+//!    start, so an endpoint nothing reaches is ZERO, not missing. Members
+//!    that are not ready (or within the drain grace) are not judged: they
+//!    are listed apart ([`PoolTick::unjudged`]) with what they received.
+//!    How these sources combine is in [`crate::service::declared`]: an
+//!    address:port of a Service is never announced into a label's pool.
 //!
 //! Announced members have weight 1 and state serving. An agent keeps
 //! announcing its members while it is stale (they become NO_DATA) until it
@@ -46,44 +56,30 @@ use std::{
     sync::Arc,
 };
 
+pub use crate::service::declared::Source;
 use crate::{
     detect::{MemberInput, PoolInput, ViewInput},
     service::{
         agents::{AgentTick, Dir, ListenerInfo},
+        declared::{Declared, Expect, KubeService, LbNodes},
         fxhash::FxHashMap,
-        poolfile::PoolFile,
     },
 };
-
-/// Where a member comes from.
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
-pub struct Source {
-    /// Announced by an agent.
-    pub announced: bool,
-    /// Declared in the pool file.
-    pub file: bool,
-}
-
-impl Source {
-    /// "announced", "file" or "announced+file".
-    pub fn as_str(self) -> &'static str {
-        match (self.announced, self.file) {
-            (true, true) => "announced+file",
-            (false, true) => "file",
-            _ => "announced",
-        }
-    }
-}
 
 /// A member's facts beyond the detector's input.
 #[derive(Clone, Debug, Default)]
 pub struct MemberMeta {
     /// Backend address.
     pub addr: Option<SocketAddr>,
-    /// Node serving it (first, by name).
+    /// Node serving it: the one its source names, else the first observer
+    /// by name.
     pub node: String,
     /// Where it comes from.
     pub source: Source,
+    /// The Pod behind it, "namespace/name" (Kubernetes).
+    pub pod: Option<Arc<str>>,
+    /// Its zone (Kubernetes).
+    pub zone: Option<Arc<str>>,
     /// Server view: measured rates (conns/s, bytes in/s, bytes out/s) and
     /// exact new connections since the collector first saw them.
     pub server: Measured,
@@ -117,6 +113,21 @@ impl Measured {
     }
 }
 
+/// A member the detector does not judge, with what it received.
+#[derive(Clone, Debug)]
+pub struct Unjudged {
+    /// Its facts and measured rates.
+    pub meta: MemberMeta,
+    /// Terminating (draining) rather than not ready.
+    pub draining: bool,
+    /// Why it is not judged.
+    pub reason: String,
+    /// Its server view this tick, when an agent observes it.
+    pub server: Option<ViewInput>,
+    /// Its LB view this tick, when the pool has load balancers.
+    pub lb: Option<ViewInput>,
+}
+
 /// One pool ready for the detector.
 #[derive(Clone, Debug)]
 pub struct PoolTick {
@@ -124,16 +135,25 @@ pub struct PoolTick {
     pub input: PoolInput,
     /// Per member (same order as `input.members`).
     pub meta: Vec<MemberMeta>,
+    /// Members listed but not judged (sorted by address).
+    pub unjudged: Vec<Unjudged>,
     /// Load balancer nodes (declared or seen).
     pub lb_nodes: Vec<String>,
+    /// The Kubernetes Service port it stands for.
+    pub kubernetes: Option<Arc<KubeService>>,
+    /// Said with the pool's verdict.
+    pub note: Option<Arc<str>>,
 }
 
 #[derive(Default)]
 struct Draft {
     weight: Option<f64>,
-    draining: bool,
+    expect: Expect,
     source: Source,
     announcers: BTreeSet<usize>,
+    node: Option<Arc<str>>,
+    pod: Option<Arc<str>>,
+    zone: Option<Arc<str>>,
 }
 
 fn announceable(a: IpAddr) -> bool {
@@ -191,16 +211,41 @@ fn common_prefix(a: IpAddr, b: IpAddr) -> u32 {
     }
 }
 
+type Drafts = BTreeMap<Arc<str>, BTreeMap<SocketAddr, Draft>>;
+
+/// Records that agent `ai` announces `addrs` as members of `service`'s
+/// pool, but those a Kubernetes Service has: they are that Service's
+/// members, whatever the label says.
+fn announce(
+    drafts: &mut Drafts,
+    declared: &Declared,
+    service: &Arc<str>,
+    addrs: impl IntoIterator<Item = SocketAddr>,
+    ai: usize,
+) {
+    for addr in addrs {
+        if !declared.kubernetes_members.contains(&addr) {
+            drafts
+                .entry(service.clone())
+                .or_default()
+                .entry(addr)
+                .or_default()
+                .announcers
+                .insert(ai);
+        }
+    }
+}
+
 /// Groups this tick's agents into pools (sorted by name, members sorted by
 /// address and port). `agents` must be sorted by node name.
-pub fn build(agents: &[AgentTick], file: &PoolFile, tick: u64) -> Vec<PoolTick> {
+pub fn build(agents: &[AgentTick], declared: &Declared, tick: u64) -> Vec<PoolTick> {
     // Index every endpoint by (address, port) and direction.
     let mut serves: Index = FxHashMap::default();
     let mut sends: Index = FxHashMap::default();
     // Per-pool marks of LB agents: `lb_mark[i] == stamp` while pool
     // number `stamp` is being built.
     let mut lb_mark: Vec<usize> = vec![usize::MAX; agents.len()];
-    let mut drafts: BTreeMap<Arc<str>, BTreeMap<SocketAddr, Draft>> = BTreeMap::new();
+    let mut drafts: Drafts = BTreeMap::new();
     let mut node_addrs: Vec<BTreeSet<IpAddr>> = Vec::with_capacity(agents.len());
     for (ai, a) in agents.iter().enumerate() {
         let mut addrs = BTreeSet::new();
@@ -212,13 +257,8 @@ pub fn build(agents: &[AgentTick], file: &PoolFile, tick: u64) -> Vec<PoolTick> 
                     if announceable(e.key.addr) {
                         addrs.insert(e.key.addr);
                         if let Some(svc) = &e.service {
-                            drafts
-                                .entry(svc.clone())
-                                .or_default()
-                                .entry(SocketAddr::new(e.key.addr, e.key.port))
-                                .or_default()
-                                .announcers
-                                .insert(ai);
+                            let addr = SocketAddr::new(e.key.addr, e.key.port);
+                            announce(&mut drafts, declared, svc, [addr], ai);
                         }
                     }
                 }
@@ -247,38 +287,32 @@ pub fn build(agents: &[AgentTick], file: &PoolFile, tick: u64) -> Vec<PoolTick> 
             } else {
                 vec![]
             };
-            for t in targets {
-                drafts
-                    .entry(l.service.clone())
-                    .or_default()
-                    .entry(SocketAddr::new(t, l.port))
-                    .or_default()
-                    .announcers
-                    .insert(ai);
-            }
+            let addrs = targets.into_iter().map(|t| SocketAddr::new(t, l.port));
+            announce(&mut drafts, declared, &l.service, addrs, ai);
         }
     }
     for (ai, l) in dark {
-        let pool = drafts.entry(l.service.clone()).or_default();
-        for t in dark_targets(&agents[ai].addresses, l, pool.keys()) {
-            pool.entry(SocketAddr::new(t, l.port))
-                .or_default()
-                .announcers
-                .insert(ai);
-        }
+        let known = drafts.get(&l.service).into_iter().flat_map(|p| p.keys());
+        let targets = dark_targets(&agents[ai].addresses, l, known);
+        let addrs = targets.into_iter().map(|t| SocketAddr::new(t, l.port));
+        announce(&mut drafts, declared, &l.service, addrs, ai);
     }
     for d in drafts.values_mut() {
         for m in d.values_mut() {
             m.source.announced = true;
         }
     }
-    for (name, fp) in file {
-        let pool = drafts.entry(Arc::from(name.as_str())).or_default();
-        for m in &fp.members {
+    for (name, dp) in &declared.pools {
+        let pool = drafts.entry(name.clone()).or_default();
+        for m in &dp.members {
             let d = pool.entry(m.addr).or_default();
             d.weight = Some(m.weight);
-            d.draining = m.draining;
-            d.source.file = true;
+            d.expect = m.expect.clone();
+            d.source.file |= m.source.file;
+            d.source.kubernetes |= m.source.kubernetes;
+            d.node.clone_from(&m.node);
+            d.pod.clone_from(&m.pod);
+            d.zone.clone_from(&m.zone);
         }
     }
 
@@ -289,58 +323,34 @@ pub fn build(agents: &[AgentTick], file: &PoolFile, tick: u64) -> Vec<PoolTick> 
         .collect();
     let mut out = Vec::with_capacity(drafts.len());
     for (stamp, (name, members)) in drafts.into_iter().enumerate() {
-        // Load balancers: declared, or every node sending to a member.
-        let declared = file
-            .get(&*name)
-            .map(|f| f.lb_nodes.as_slice())
-            .unwrap_or(&[]);
-        let mut lb_idx: Vec<usize> = Vec::new();
-        let mut lb_nodes: Vec<String> = Vec::new();
-        let mut lb_missing = false;
-        if declared.is_empty() {
-            for addr in members.keys() {
-                if let Some(v) = sends.get(&(addr.ip(), addr.port())) {
-                    for &(ai, _) in v {
-                        if lb_mark[ai] != stamp {
-                            lb_mark[ai] = stamp;
-                            lb_idx.push(ai);
-                        }
-                    }
-                }
-            }
-            // Agents come sorted by node name: sorting indices sorts names.
-            lb_idx.sort_unstable();
-            lb_nodes.extend(lb_idx.iter().map(|&i| String::from(&*agents[i].node)));
-        } else {
-            for n in declared {
-                match node_index.get(n.as_str()) {
-                    Some(&i) => {
-                        if lb_mark[i] != stamp {
-                            lb_mark[i] = stamp;
-                            lb_idx.push(i);
-                        }
-                    }
-                    None => lb_missing = true,
-                }
-                lb_nodes.push(n.clone());
-            }
-        }
-        if !declared.is_empty() {
-            lb_nodes.sort_unstable();
-        }
+        let dp = declared.pools.get(&name);
+        let (lb_idx, lb_nodes, lb_missing) = load_balancers(
+            agents,
+            &node_index,
+            &sends,
+            &mut lb_mark,
+            stamp,
+            members.keys(),
+            dp.map_or(&LbNodes::Senders, |p| &p.lb_nodes),
+        );
         let lb_fresh = lb_idx.iter().any(|&i| agents[i].fresh);
         let lb_reset = lb_idx.iter().any(|&i| agents[i].fresh && agents[i].reset);
         let has_lb = !lb_idx.is_empty() || lb_missing;
 
         let mut inputs = Vec::with_capacity(members.len());
         let mut metas = Vec::with_capacity(members.len());
+        let mut unjudged = Vec::new();
         for (addr, d) in members {
             let key = (addr.ip(), addr.port());
             // Server view: every agent serving this address:port, plus the
-            // agents that announced it (a listener with no traffic yet).
+            // agents that announced it (a listener with no traffic yet) and
+            // the agent of the node its source names.
             let eps = serves.get(&key).map(Vec::as_slice).unwrap_or(&[]);
             let mut observers: Vec<usize> = d.announcers.iter().copied().collect();
             observers.extend(eps.iter().map(|&(ai, _)| ai));
+            if let Some(&i) = d.node.as_deref().and_then(|n| node_index.get(n)) {
+                observers.push(i);
+            }
             observers.sort_unstable();
             observers.dedup();
             let mut server_m = Measured::default();
@@ -352,13 +362,7 @@ pub fn build(agents: &[AgentTick], file: &PoolFile, tick: u64) -> Vec<PoolTick> 
                     ..ViewInput::default()
                 };
                 for &(ai, ei) in eps {
-                    let e = &agents[ai].endpoints[ei];
-                    v.reset |= e.reset;
-                    v.new_conns += e.delta.conns;
-                    v.bytes_in += e.delta.bytes_in;
-                    v.bytes_out += e.delta.bytes_out;
-                    v.active += e.active;
-                    server_m.add(e);
+                    add_endpoint(&mut v, &mut server_m, &agents[ai].endpoints[ei]);
                 }
                 v
             });
@@ -368,18 +372,9 @@ pub fn build(agents: &[AgentTick], file: &PoolFile, tick: u64) -> Vec<PoolTick> 
                     reset: lb_reset,
                     ..ViewInput::default()
                 };
-                if let Some(eps) = sends.get(&key) {
-                    for &(ai, ei) in eps {
-                        if lb_mark[ai] != stamp || !agents[ai].fresh {
-                            continue;
-                        }
-                        let e = &agents[ai].endpoints[ei];
-                        v.reset |= e.reset;
-                        v.new_conns += e.delta.conns;
-                        v.bytes_in += e.delta.bytes_in;
-                        v.bytes_out += e.delta.bytes_out;
-                        v.active += e.active;
-                        lb_m.add(e);
+                for &(ai, ei) in sends.get(&key).map(Vec::as_slice).unwrap_or(&[]) {
+                    if lb_mark[ai] == stamp && agents[ai].fresh {
+                        add_endpoint(&mut v, &mut lb_m, &agents[ai].endpoints[ei]);
                     }
                 }
                 v
@@ -388,21 +383,43 @@ pub fn build(agents: &[AgentTick], file: &PoolFile, tick: u64) -> Vec<PoolTick> 
                 .iter()
                 .map(|&i| &agents[i])
                 .min_by(|a, b| a.node.cmp(&b.node));
+            let node = match (&d.node, first) {
+                (Some(n), _) => String::from(&**n),
+                (None, Some(a)) => String::from(&*a.node),
+                (None, None) => String::new(),
+            };
+            let meta = MemberMeta {
+                addr: Some(addr),
+                node,
+                source: d.source,
+                pod: d.pod,
+                zone: d.zone,
+                server: server_m,
+                lb: lb_m,
+            };
+            let draining = match d.expect {
+                Expect::Share => false,
+                Expect::Draining => true,
+                Expect::Unjudged { draining, reason } => {
+                    unjudged.push(Unjudged {
+                        meta,
+                        draining,
+                        reason,
+                        server,
+                        lb,
+                    });
+                    continue;
+                }
+            };
             inputs.push(MemberInput {
                 id: addr.to_string(),
                 weight: d.weight.unwrap_or(1.0),
-                draining: d.draining,
+                draining,
                 server,
                 lb,
                 cpu: first.and_then(|a| a.cpu),
             });
-            metas.push(MemberMeta {
-                addr: Some(addr),
-                node: first.map(|a| String::from(&*a.node)).unwrap_or_default(),
-                source: d.source,
-                server: server_m,
-                lb: lb_m,
-            });
+            metas.push(meta);
         }
         out.push(PoolTick {
             input: PoolInput {
@@ -411,10 +428,77 @@ pub fn build(agents: &[AgentTick], file: &PoolFile, tick: u64) -> Vec<PoolTick> 
                 members: inputs,
             },
             meta: metas,
+            unjudged,
             lb_nodes,
+            kubernetes: dp.and_then(|p| p.kubernetes.clone()),
+            note: dp.and_then(|p| p.note.clone()),
         });
     }
     out
+}
+
+/// Adds one observer's endpoint to a member's view and measured rates.
+fn add_endpoint(v: &mut ViewInput, m: &mut Measured, e: &crate::service::agents::TickEndpoint) {
+    v.reset |= e.reset;
+    v.new_conns += e.delta.conns;
+    v.bytes_in += e.delta.bytes_in;
+    v.bytes_out += e.delta.bytes_out;
+    v.active += e.active;
+    m.add(e);
+}
+
+/// A pool's load balancer agents (indices, marked `stamp` in `lb_mark`),
+/// their node names sorted, and whether a named one never reported.
+fn load_balancers<'a>(
+    agents: &[AgentTick],
+    node_index: &HashMap<&str, usize>,
+    sends: &Index,
+    lb_mark: &mut [usize],
+    stamp: usize,
+    members: impl Iterator<Item = &'a SocketAddr>,
+    which: &LbNodes,
+) -> (Vec<usize>, Vec<String>, bool) {
+    let mut idx: Vec<usize> = Vec::new();
+    let mut mark = |i: usize, idx: &mut Vec<usize>| {
+        if lb_mark[i] != stamp {
+            lb_mark[i] = stamp;
+            idx.push(i);
+        }
+    };
+    match which {
+        LbNodes::Senders | LbNodes::SendersAmong(_) => {
+            let among = match which {
+                LbNodes::SendersAmong(set) => Some(set),
+                _ => None,
+            };
+            for addr in members {
+                for &(ai, _) in sends.get(&(addr.ip(), addr.port())).into_iter().flatten() {
+                    if among.is_none_or(|s| s.contains(&*agents[ai].node)) {
+                        mark(ai, &mut idx);
+                    }
+                }
+            }
+            // Agents come sorted by node name: sorting indices sorts names.
+            idx.sort_unstable();
+            let names = idx
+                .iter()
+                .map(|&i| String::from(&*agents[i].node))
+                .collect();
+            (idx, names, false)
+        }
+        LbNodes::Named(declared) => {
+            let mut missing = false;
+            for n in declared {
+                match node_index.get(n.as_str()) {
+                    Some(&i) => mark(i, &mut idx),
+                    None => missing = true,
+                }
+            }
+            let mut names = declared.clone();
+            names.sort_unstable();
+            (idx, names, missing)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -487,7 +571,7 @@ mod tests {
                 vec![],
             ),
         ];
-        let pools = build(&agents, &PoolFile::new(), 1);
+        let pools = build(&agents, &Declared::default(), 1);
         assert_eq!(pools.len(), 1);
         let p = &pools[0];
         let ids: Vec<_> = p.input.members.iter().map(|m| m.id.as_str()).collect();
@@ -538,7 +622,7 @@ mod tests {
                 a
             })
             .collect();
-        let pools = build(&agents, &PoolFile::new(), 1);
+        let pools = build(&agents, &Declared::default(), 1);
         let ids: Vec<_> = pools[0]
             .input
             .members
@@ -562,20 +646,26 @@ mod tests {
         assert!(dark.server.unwrap().fresh);
         // A `::` listener on the dark node still picks only the pool's family.
         agents[3].listeners[0].addr = "::".parse().unwrap();
-        let pools = build(&agents, &PoolFile::new(), 1);
+        let pools = build(&agents, &Declared::default(), 1);
         assert_eq!(pools[0].input.members[3].id, "10.0.0.4:8080");
         assert_eq!(pools[0].input.members.len(), 4);
         // Once it serves, what it serves on decides, as for every node.
         agents[3].endpoints = vec![ep("10.0.0.4", 8080, Dir::Serves, Some("web"), 1)];
         assert_eq!(
-            build(&agents, &PoolFile::new(), 1)[0].input.members.len(),
+            build(&agents, &Declared::default(), 1)[0]
+                .input
+                .members
+                .len(),
             4
         );
         // Without node addresses (an older agent) it stays unseen.
         agents[3].endpoints.clear();
         agents[3].addresses.clear();
         assert_eq!(
-            build(&agents, &PoolFile::new(), 1)[0].input.members.len(),
+            build(&agents, &Declared::default(), 1)[0]
+                .input
+                .members
+                .len(),
             3
         );
     }
@@ -600,7 +690,7 @@ members = [
             vec![ep("10.0.0.1", 8080, Dir::Serves, Some("web"), 10)],
             vec![],
         )];
-        let pools = build(&agents, &file, 1);
+        let pools = build(&agents, &Declared::from_file(&file), 1);
         let p = &pools[0];
         assert_eq!(p.input.members[0].weight, 3.0);
         assert_eq!(p.meta[0].source.as_str(), "announced+file");
@@ -609,5 +699,136 @@ members = [
         assert_eq!(p.meta[1].source.as_str(), "file");
         // Declared LB that never reported: LB view present but not fresh.
         assert!(!p.input.members[0].lb.unwrap().fresh);
+    }
+
+    fn kube_member(
+        addr: &str,
+        node: &str,
+        expect: Expect,
+    ) -> crate::service::declared::DeclaredMember {
+        crate::service::declared::DeclaredMember {
+            addr: addr.parse().unwrap(),
+            weight: 1.0,
+            expect,
+            node: Some(node.into()),
+            pod: Some(format!("default/pod-{addr}").into()),
+            zone: None,
+            source: Source {
+                kubernetes: true,
+                ..Source::default()
+            },
+        }
+    }
+
+    fn kube(pools: Vec<(&str, Vec<crate::service::declared::DeclaredMember>)>) -> Declared {
+        let pools = pools
+            .into_iter()
+            .map(|(n, members)| {
+                (
+                    Arc::from(n),
+                    crate::service::declared::DeclaredPool {
+                        members,
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect();
+        Declared::merge(pools, &crate::service::poolfile::PoolFile::new())
+    }
+
+    #[test]
+    fn kubernetes_pools_match_endpoints_by_address_not_by_label() {
+        // One node runs pods of two Services, all on port 8080, and a
+        // client sending to them; its agent even labels 8080 "web".
+        let agents = vec![agent(
+            "n1",
+            vec![
+                ep("10.244.0.2", 8080, Dir::Serves, Some("web"), 5),
+                ep("10.244.0.3", 8080, Dir::Serves, Some("web"), 7),
+                ep("10.244.0.2", 8080, Dir::SendsTo, None, 5),
+                ep("10.244.0.3", 8080, Dir::SendsTo, None, 7),
+                ep("10.244.0.5", 8080, Dir::SendsTo, None, 2),
+            ],
+            vec![ListenerInfo {
+                addr: "0.0.0.0".parse().unwrap(),
+                port: 8080,
+                service: "web".into(),
+            }],
+        )];
+        let declared = kube(vec![
+            (
+                "default/a:http",
+                vec![
+                    kube_member("10.244.0.2:8080", "n1", Expect::Share),
+                    // Ready, but nothing ever reached it.
+                    kube_member("10.244.0.4:8080", "n1", Expect::Share),
+                ],
+            ),
+            (
+                "default/b:http",
+                vec![
+                    kube_member("10.244.0.3:8080", "n1", Expect::Share),
+                    kube_member(
+                        "10.244.0.5:8080",
+                        "n1",
+                        Expect::Unjudged {
+                            draining: false,
+                            reason: "not ready".into(),
+                        },
+                    ),
+                ],
+            ),
+        ]);
+        let pools = build(&agents, &declared, 1);
+        let names: Vec<_> = pools.iter().map(|p| p.input.name.as_str()).collect();
+        // No "web" pool: the label names only Service addresses.
+        assert_eq!(names, ["default/a:http", "default/b:http"]);
+        let a = &pools[0];
+        let ids: Vec<_> = a.input.members.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, ["10.244.0.2:8080", "10.244.0.4:8080"]);
+        assert_eq!(a.input.members[0].server.unwrap().new_conns, 5);
+        // The dark pod is observed by its node's agent: fresh, zero.
+        let dark = a.input.members[1].server.expect("observed by n1's agent");
+        assert!(dark.fresh && dark.new_conns == 0);
+        assert_eq!(a.input.members[1].lb.unwrap().new_conns, 0);
+        assert_eq!(a.meta[1].node, "n1");
+        assert_eq!(a.meta[1].source.as_str(), "kubernetes");
+        assert_eq!(
+            a.meta[1].pod.as_deref(),
+            Some("default/pod-10.244.0.4:8080")
+        );
+        let b = &pools[1];
+        assert_eq!(b.input.members.len(), 1);
+        assert_eq!(b.input.members[0].server.unwrap().new_conns, 7);
+        // Not ready: listed apart, with what it got, never judged.
+        assert_eq!(b.unjudged.len(), 1);
+        assert_eq!(b.unjudged[0].meta.lb.conns_total, 2);
+        assert_eq!(b.unjudged[0].reason, "not ready");
+    }
+
+    #[test]
+    fn a_zone_pool_takes_its_lb_view_from_its_zone_only() {
+        let agents = vec![
+            agent(
+                "a1",
+                vec![ep("10.244.1.2", 8080, Dir::SendsTo, None, 4)],
+                vec![],
+            ),
+            agent(
+                "b1",
+                vec![ep("10.244.1.2", 8080, Dir::SendsTo, None, 9)],
+                vec![],
+            ),
+        ];
+        let mut declared = kube(vec![(
+            "default/a:http@zone-a",
+            vec![kube_member("10.244.1.2:8080", "a1", Expect::Share)],
+        )]);
+        for p in declared.pools.values_mut() {
+            p.lb_nodes = LbNodes::SendersAmong(Arc::new(["a1".to_owned()].into()));
+        }
+        let p = &build(&agents, &declared, 1)[0];
+        assert_eq!(p.lb_nodes, ["a1"]);
+        assert_eq!(p.input.members[0].lb.unwrap().new_conns, 4);
     }
 }

@@ -12,6 +12,7 @@ use tracing::info;
 
 use crate::service::{
     config::Config,
+    declared::Sources,
     engine::{Engine, Shared},
     ingest::IngestService,
     poolfile::{self, PoolFileError},
@@ -50,6 +51,9 @@ pub enum StartError {
     /// The tick thread could not start.
     #[error("starting the detection thread: {0}")]
     Thread(std::io::Error),
+    /// The Kubernetes API configuration is unusable.
+    #[error(transparent)]
+    Kube(#[from] crate::service::kube::KubeError),
 }
 
 /// A running collector.
@@ -108,6 +112,13 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let file = match &config.pools {
         Some(p) => poolfile::load(p)?,
         None => Default::default(),
+    };
+    let kube = match config.kube() {
+        Some(opts) => Some(crate::service::kube::KubePools::new(
+            crate::service::kube::start(&opts).await?,
+            config.kube_drain_grace,
+        )),
+        None => None,
     };
     let shared = Shared::new(config.interval);
     let hooks = webhook::Queue::start(
@@ -229,7 +240,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let engine = Engine::new(
         shared.clone(),
         config.settings(),
-        file,
+        Sources::new(file, kube),
         hooks,
         config.agent_retention,
     );
@@ -243,6 +254,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         %metrics_addr,
         interval = ?config.interval,
         pools_file = ?config.pools,
+        kubernetes = config.kube().is_some(),
         webhooks = config.webhooks.len(),
         "collector serving (evenflow.v1.Ingest, evenflow.v1.Distribution, reflection, health; /metrics)"
     );

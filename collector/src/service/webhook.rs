@@ -195,15 +195,20 @@ pub fn body(alerts: &[v1::Alert], external_url: &str, now: SystemTime) -> Vec<u8
                 Some(r) => rfc3339(r),
                 None => humantime::format_rfc3339_millis(now + FIRING_FOR).to_string(),
             };
+            let mut labels = json!({
+                "alertname": alertname(kind),
+                "pool": a.pool,
+                "member": a.member,
+                "kind": kind,
+                "view": view,
+                "severity": severity,
+            });
+            // Kubernetes pools: the member's Pod, for routing and silences.
+            if !a.pod.is_empty() {
+                labels["pod"] = json!(a.pod);
+            }
             json!({
-                "labels": {
-                    "alertname": alertname(kind),
-                    "pool": a.pool,
-                    "member": a.member,
-                    "kind": kind,
-                    "view": view,
-                    "severity": severity,
-                },
+                "labels": labels,
                 "annotations": annotations,
                 "startsAt": starts,
                 "endsAt": ends,
@@ -307,6 +312,19 @@ mod tests {
         assert_eq!(x["labels"]["severity"], "page");
         assert_eq!(x["startsAt"], "2023-11-14T22:13:20.000Z");
         assert_eq!(x["generatorURL"], "http://c:9465/pools/web");
+        assert!(
+            x["labels"]["pod"].is_null(),
+            "no pod label outside Kubernetes"
+        );
+        let k = v1::Alert {
+            pod: "default/web-7d9f-abcde".into(),
+            pool: "default/web:http".into(),
+            ..Default::default()
+        };
+        let v: Value =
+            serde_json::from_slice(&body(&[k], "http://c:9465", SystemTime::now())).unwrap();
+        assert_eq!(v[0]["labels"]["pod"], "default/web-7d9f-abcde");
+        assert_eq!(v[0]["generatorURL"], "http://c:9465/pools/default/web:http");
         assert_eq!(alertname("DRAINING_VIOLATION"), "EvenflowDrainingViolation");
         assert!(parse_url("https://x/").is_err());
         assert!(parse_url("http://127.0.0.1:9093/api/v2/alerts").is_ok());

@@ -18,6 +18,12 @@
 //! The target is `report→verdict` p99 ≤ 250 ms with collector RSS ≤ 1 GiB.
 //! Each simulated agent serves one labelled endpoint (pools of 10) and
 //! sends to `M - 1` other backends, so every pool has an LB view too.
+//!
+//! ```text
+//! cargo xtask bench-scale [--fleets 1000,3000,5000] [...]
+//! ```
+//! builds the release collector next to this binary, which is where it
+//! looks for it (`--collector-bin` says otherwise).
 
 use std::{
     collections::HashMap,
@@ -333,7 +339,7 @@ async fn run_fleet(args: &Args, n: usize) -> Result<Outcome> {
                 .spawn()
                 .with_context(|| {
                     format!(
-                        "starting {} (build it: cargo build --release -p evenflow-collector)",
+                        "starting {} (build it: cargo build --release --bin evenflow-collector; cargo xtask bench-scale does)",
                         bin.display()
                     )
                 })?;

@@ -1,0 +1,305 @@
+//! Forwarded connections: ones this node routes but does not terminate, and
+//! whose destination it translated (DNAT: nftables, iptables, kube-proxy).
+//! Those are balancing decisions; a connection merely routed through (to a
+//! local pod, across an overlay) is not, and is never tracked.
+//!
+//! Each connection is two entries in `EF_FLOWS`, one per direction, both
+//! counted where the packets leave the node (see [`FlowValue`]), so a packet
+//! costs one lookup. A connection opens when the client acknowledges the
+//! backend's SYN-ACK (a half-open one never opens), and ends at an RST, at
+//! a FIN each way, or when the sweeper finds it idle for as long as
+//! conntrack would keep it. Its bytes reach the endpoint when it ends and
+//! whenever the sweeper runs.
+
+use agent_common::{
+    Direction, EndpointKey, FLOW_FIN_RX, FLOW_FIN_TX, FLOW_OPEN, FLOW_SYNACK, FlowKey, FlowValue,
+    HALF_REPLY, HALF_REQUEST, MAX_FLOWS, META_TIMEOUT_CLOSING_NS, META_TIMEOUT_ESTABLISHED_NS,
+    META_TIMEOUT_SYN_NS, PROTO_TCP, Stat, SynKey,
+};
+use aya_ebpf::{
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    helpers::generated::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+    macros::map,
+    maps::HashMap,
+    programs::TcContext,
+};
+
+use aya_log_ebpf::debug;
+
+use crate::{
+    atomic,
+    counters::{Traffic, add_traffic, closed, meta, opened, stat},
+    packet::{Packet, Side},
+    tc::SYNS,
+};
+
+/// State bit of either half: its sequence numbers are known (the request's
+/// from the SYN, the reply's from the SYN-ACK), so its bytes can be counted.
+const SEQ_KNOWN: u8 = 16;
+
+/// Live forwarded connections, two halves each. Not preallocated: an entry
+/// freed while the sweeper reads it stays valid until the read is over.
+#[map(name = "EF_FLOWS")]
+pub static FLOWS: HashMap<FlowKey, FlowValue> = HashMap::pinned(MAX_FLOWS, BPF_F_NO_PREALLOC);
+
+/// A packet leaving the node without a local socket.
+#[inline(always)]
+pub fn on_egress(ctx: &TcContext) {
+    let pkt = match Packet::parse(ctx, Side::Egress) {
+        Ok(Some(p)) => p,
+        Ok(None) => return,
+        Err(()) => {
+            stat(Stat::PacketUnparsable, 1);
+            return;
+        }
+    };
+    if pkt.proto != PROTO_TCP {
+        return;
+    }
+    match FLOWS.get_ptr_mut(pkt.flow_key()) {
+        Some(f) => on_flow_packet(ctx, f, &pkt),
+        None if pkt.is_syn() => register(ctx, &pkt),
+        None => {}
+    }
+}
+
+#[inline(always)]
+fn ifindex(ctx: &TcContext) -> u32 {
+    // SAFETY: a scalar context field.
+    unsafe { (*ctx.skb.skb).ifindex }
+}
+
+/// Counts a packet of a tracked half: its new bytes (by sequence number, on
+/// whichever device: a bridge and its port see the same bytes, and a
+/// retransmission adds nothing), its segments on the half's own device
+/// only.
+#[inline(always)]
+fn on_flow_packet(ctx: &TcContext, f: *mut FlowValue, pkt: &Packet) {
+    // SAFETY: a live entry. Two CPUs writing one half at once (one flow's
+    // packets leaving on two queues) could lose an increment; a flow's
+    // packets in one direction are serialised in practice.
+    let f = unsafe { &mut *f };
+    let dev = ifindex(ctx);
+    if f.ifindex == 0 {
+        f.ifindex = dev;
+    }
+    // Bytes are how far the highest sequence number moved: a segment
+    // that passes after an earlier one was lost (dropped before egress)
+    // counts the gap too, which its retransmission then finds counted.
+    if pkt.payload_len != 0 && f.state & SEQ_KNOWN != 0 {
+        let end = pkt.data_seq().wrapping_add(pkt.payload_len as u32);
+        let ahead = end.wrapping_sub(f.next_seq) as i32;
+        if ahead > 0 {
+            f.bytes += ahead as u64;
+            f.next_seq = end;
+        }
+    }
+    if f.ifindex == dev {
+        f.packets += pkt.segments;
+        // SAFETY: no arguments.
+        f.last_seen_ns = unsafe { bpf_ktime_get_coarse_ns() };
+    }
+    let completes_handshake = f.half == HALF_REQUEST
+        && f.state & (FLOW_SYNACK | FLOW_OPEN) == FLOW_SYNACK
+        && pkt.is_ack();
+    if (pkt.has_state_flags() || completes_handshake) && on_state(f, pkt) {
+        register(ctx, pkt);
+    }
+}
+
+/// SYN, SYN-ACK, FIN, RST and the handshake's last ACK. Out of line: a few
+/// packets per connection. Returns whether the packet starts a new
+/// connection on the tuple, to be registered by the caller (which keeps
+/// the call chain, and so the stack, short).
+#[inline(never)]
+fn on_state(f: &mut FlowValue, pkt: &Packet) -> bool {
+    if f.half == HALF_REQUEST {
+        if pkt.is_syn() {
+            // A SYN with a new initial sequence number on a tracked 5-tuple
+            // is a new connection: the old one is over.
+            if pkt.seq != f.isn {
+                end(f, pkt.flow_key());
+                return true;
+            }
+            return false;
+        }
+        if pkt.is_rst() {
+            end(f, pkt.flow_key());
+            return false;
+        }
+        if f.state & (FLOW_SYNACK | FLOW_OPEN) == FLOW_SYNACK && pkt.is_ack() {
+            f.state |= FLOW_OPEN;
+            opened(&f.endpoint);
+        }
+        if pkt.is_fin() {
+            f.state |= FLOW_FIN_TX;
+            if f.state & FLOW_FIN_RX != 0 {
+                end(f, pkt.flow_key());
+            }
+        }
+        return false;
+    }
+    let request_key = f.peer;
+    let Some(req) = FLOWS.get_ptr_mut(&request_key) else {
+        return false;
+    };
+    // SAFETY: a live entry.
+    let req = unsafe { &mut *req };
+    if pkt.is_syn_ack() {
+        if f.state & SEQ_KNOWN == 0 {
+            f.isn = pkt.seq;
+            f.next_seq = pkt.seq.wrapping_add(1);
+            f.state |= SEQ_KNOWN;
+        }
+        req.state |= FLOW_SYNACK;
+    } else if pkt.is_rst() {
+        end(req, &request_key);
+    } else if pkt.is_fin() {
+        req.state |= FLOW_FIN_RX;
+        if req.state & FLOW_FIN_TX != 0 {
+            end(req, &request_key);
+        }
+    }
+    false
+}
+
+/// Starts tracking a SYN leaving with no local socket, if this node
+/// translated its destination. Out of line: SYNs only.
+#[inline(never)]
+fn register(ctx: &TcContext, pkt: &Packet) {
+    let Some(origin) = SYNS.get_ptr(&SynKey { isn: pkt.seq }) else {
+        stat(Stat::SynOriginUnknown, 1);
+        return;
+    };
+    // SAFETY: a live entry, copied out at once.
+    let origin = unsafe { *origin };
+    let key = pkt.flow_key();
+    if origin.dst_addr == key.remote_addr && origin.dst_port == key.remote_port {
+        stat(Stat::SynRouted, 1);
+        return;
+    }
+    let reply_key = FlowKey {
+        local_addr: origin.dst_addr,
+        remote_addr: origin.src_addr,
+        local_port: origin.dst_port,
+        remote_port: origin.src_port,
+        proto: PROTO_TCP,
+        _pad: [0; 3],
+    };
+    // SAFETY: no arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let data_end = pkt.data_seq().wrapping_add(pkt.payload_len as u32);
+    let mut v = FlowValue {
+        endpoint: EndpointKey {
+            addr: key.remote_addr,
+            port: key.remote_port,
+            direction: Direction::SendsTo as u8,
+            proto: PROTO_TCP,
+        },
+        half: HALF_REQUEST,
+        state: SEQ_KNOWN,
+        _pad: [0; 2],
+        ifindex: ifindex(ctx),
+        isn: pkt.seq,
+        next_seq: data_end,
+        _pad2: 0,
+        // A Fast Open SYN carries data.
+        bytes: pkt.payload_len,
+        packets: pkt.segments,
+        folded_bytes: 0,
+        folded_packets: 0,
+        last_seen_ns: now,
+        peer: reply_key,
+    };
+    if FLOWS.insert(key, &v, BPF_NOEXIST as u64).is_err() {
+        stat(Stat::FlowInsertFailed, 1);
+        debug!(ctx, "evenflow: flow map insert failed on a forwarded SYN");
+        return;
+    }
+    v.half = HALF_REPLY;
+    v.state = 0;
+    v.ifindex = 0;
+    v.isn = 0;
+    v.next_seq = 0;
+    v.bytes = 0;
+    v.packets = 0;
+    v.peer = *key;
+    if FLOWS.insert(&reply_key, &v, 0).is_err() {
+        let _ = FLOWS.remove(key);
+        stat(Stat::FlowInsertFailed, 1);
+        return;
+    }
+    stat(Stat::FlowInserted, 1);
+}
+
+/// Adds to the half's endpoint what it carried since the last fold.
+#[inline(always)]
+pub fn fold(f: *mut FlowValue) {
+    // SAFETY: `f` points to a live (or RCU-protected, just freed) entry.
+    unsafe {
+        let bytes = atomic::raise_to(&raw mut (*f).folded_bytes, (*f).bytes);
+        let packets = atomic::raise_to(&raw mut (*f).folded_packets, (*f).packets);
+        let t = if (*f).half == HALF_REQUEST {
+            Traffic {
+                bytes_tx: bytes,
+                packets_tx: packets,
+                ..Traffic::default()
+            }
+        } else {
+            Traffic {
+                bytes_rx: bytes,
+                packets_rx: packets,
+                ..Traffic::default()
+            }
+        };
+        add_traffic(&(*f).endpoint, &t);
+    }
+}
+
+/// Ends the connection whose request half is `req` (under `req_key`):
+/// folds both halves, counts the close if it had opened, forgets both.
+/// Removing the request half is the claim: of two CPUs ending one
+/// connection at once, only one succeeds.
+#[inline(never)]
+fn end(req: &mut FlowValue, req_key: &FlowKey) {
+    let reply_key = req.peer;
+    if FLOWS.remove(req_key).is_err() {
+        return;
+    }
+    fold(req);
+    if let Some(reply) = FLOWS.get_ptr_mut(&reply_key) {
+        fold(reply);
+    }
+    let _ = FLOWS.remove(&reply_key);
+    if req.state & FLOW_OPEN != 0 {
+        closed(&req.endpoint);
+    }
+    stat(Stat::FlowDeleted, 1);
+}
+
+/// Ends a connection idle for longer than conntrack would keep it in its
+/// state (timeouts the agent copied from conntrack's sysctls).
+#[inline(always)]
+pub fn expire_if_idle(req: &mut FlowValue, req_key: &FlowKey) {
+    let reply_seen = match FLOWS.get_ptr(&req.peer) {
+        // SAFETY: a live entry.
+        Some(r) => unsafe { (*r).last_seen_ns },
+        None => 0,
+    };
+    let last = req.last_seen_ns.max(reply_seen);
+    let timeout = if req.state & FLOW_OPEN == 0 {
+        meta(META_TIMEOUT_SYN_NS)
+    } else if req.state & (FLOW_FIN_TX | FLOW_FIN_RX) != 0 {
+        meta(META_TIMEOUT_CLOSING_NS)
+    } else {
+        meta(META_TIMEOUT_ESTABLISHED_NS)
+    };
+    // The fine clock: tracing programs may not read the coarse one. The
+    // coarse clock the TC programs stamp with lags it by a tick at most.
+    // SAFETY: no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if timeout != 0 && now.saturating_sub(last) > timeout {
+        end(req, req_key);
+        stat(Stat::FlowExpired, 1);
+    }
+}

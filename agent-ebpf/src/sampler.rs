@@ -1,0 +1,44 @@
+//! An iterator over every counted socket (`iter/bpf_sk_storage_map` on
+//! `EF_SOCKS`, in every network namespace), run by the agent before each
+//! read, so a long-lived connection's bytes reach its endpoint every
+//! interval instead of only at its close. It costs nothing per packet.
+
+use core::ptr::read_volatile;
+
+use agent_common::{SOCK_CLOSED, SockState};
+use aya_ebpf::helpers::generated::bpf_skc_to_tcp_sock;
+
+use crate::{kernel, sock};
+
+/// `struct bpf_iter__bpf_sk_storage_map`.
+#[repr(C)]
+pub struct SkStorageIterCtx {
+    meta: *mut core::ffi::c_void,
+    map: *mut core::ffi::c_void,
+    sk: *mut core::ffi::c_void,
+    value: *mut SockState,
+}
+
+#[unsafe(link_section = "iter/bpf_sk_storage_map")]
+#[unsafe(no_mangle)]
+pub extern "C" fn evenflow_sock_sampler(ctx: *mut SkStorageIterCtx) -> i32 {
+    // SAFETY: the context the kernel passed; both pointers are null-checked.
+    let (sk, st) = unsafe { (read_volatile(&(*ctx).sk), read_volatile(&(*ctx).value)) };
+    if sk.is_null() || st.is_null() {
+        return 0;
+    }
+    // SAFETY: `st` is this socket's storage.
+    let (direction, flags) = unsafe { ((*st).endpoint.direction, (*st).flags) };
+    if direction == 0 || flags & SOCK_CLOSED != 0 {
+        return 0;
+    }
+    // SAFETY: a non-null socket pointer.
+    let tp = unsafe { bpf_skc_to_tcp_sock(sk) } as *const u8;
+    if tp.is_null() {
+        return 0;
+    }
+    // SAFETY: a non-null tcp_sock BTF pointer.
+    let c = unsafe { kernel::tcp_sock_counters(tp) };
+    sock::fold(st, &sock::live_payload(flags, &c));
+    0
+}

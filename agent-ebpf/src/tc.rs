@@ -1,0 +1,144 @@
+//! The TC programs (TCX on kernels ≥ 6.6, clsact before).
+//!
+//! * Ingress notes where every SYN entering the node was going (`EF_SYNS`,
+//!   keyed by its initial sequence number, which NAT leaves alone), so that
+//!   egress can tell a translated destination (a balancing decision) from
+//!   plain routing. Every other packet costs a handful of loads.
+//! * Egress returns at once for packets of local sockets (sock_ops counts
+//!   those), after noting a local SYN that DNAT redirected; everything else
+//!   goes to [`crate::forward`].
+//!
+//! Both return `TCX_NEXT` (`TC_ACT_UNSPEC`): the packet goes on to the next
+//! program in the device's chain and then the stack, exactly as if evenflow
+//! were not there, wherever evenflow sits in the chain.
+
+use core::ptr::read_volatile;
+
+use agent_common::{
+    Direction, EndpointKey, FlowKey, MAX_LOCAL_NAT, MAX_SYNS, PROTO_TCP, Stat, SynKey, SynOrigin,
+    v4_mapped,
+};
+use aya_ebpf::{
+    bindings::bpf_sock,
+    macros::{classifier, map},
+    maps::LruHashMap,
+    programs::TcContext,
+};
+
+use crate::{
+    counters::stat,
+    forward,
+    packet::{Packet, Probe, Side, syn_probe},
+};
+
+/// `TCX_NEXT`: pass to the next program in the chain (`TC_ACT_UNSPEC` for
+/// clsact, which continues with the next filter the same way).
+const TCX_NEXT: i32 = -1;
+
+const AF_INET: u32 = 2;
+
+/// Where SYNs entering the node were going, by initial sequence number.
+#[map(name = "EF_SYNS")]
+pub static SYNS: LruHashMap<SynKey, SynOrigin> = LruHashMap::pinned(MAX_SYNS, 0);
+
+/// Local sockets whose SYN left with a translated destination, by the
+/// socket's own flow key: sock_ops counts them towards the real backend.
+#[map(name = "EF_LOCAL_NAT")]
+pub static LOCAL_NAT: LruHashMap<FlowKey, EndpointKey> = LruHashMap::pinned(MAX_LOCAL_NAT, 0);
+
+#[classifier]
+pub fn evenflow_tc_ingress(ctx: TcContext) -> i32 {
+    if !matches!(syn_probe(&ctx), Probe::Other) {
+        record_syn(&ctx);
+    }
+    TCX_NEXT
+}
+
+#[classifier]
+pub fn evenflow_tc_egress(ctx: TcContext) -> i32 {
+    // SAFETY: `sk` is a context field tc may read and compare with null.
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        forward::on_egress(&ctx);
+    } else if !matches!(syn_probe(&ctx), Probe::Other) {
+        note_local_nat(&ctx, sk);
+    }
+    TCX_NEXT
+}
+
+/// Records where an entering SYN was going. Out of line: SYNs only.
+#[inline(never)]
+fn record_syn(ctx: &TcContext) {
+    let pkt = match Packet::parse(ctx, Side::Ingress) {
+        Ok(Some(p)) => p,
+        Ok(None) => return,
+        Err(()) => {
+            stat(Stat::PacketUnparsable, 1);
+            return;
+        }
+    };
+    if !pkt.is_syn() {
+        return;
+    }
+    // On ingress the key's local end is the destination.
+    let key = pkt.flow_key();
+    let origin = SynOrigin {
+        src_addr: key.remote_addr,
+        dst_addr: key.local_addr,
+        src_port: key.remote_port,
+        dst_port: key.local_port,
+    };
+    let _ = SYNS.insert(&SynKey { isn: pkt.seq }, &origin, 0);
+}
+
+/// A local socket's SYN: when it leaves for another destination than the
+/// socket's own, DNAT in OUTPUT chose the backend; note it for sock_ops.
+/// Out of line: SYNs only. Common header shapes only (a hostNetwork proxy's
+/// SYNs carry no IP options or VLAN tags here).
+#[inline(never)]
+fn note_local_nat(ctx: &TcContext, sk: *mut bpf_sock) {
+    // Opaque to the optimiser: else it passes the caller's packet pointers
+    // in as arguments, zero-extends `data_end` and the verifier refuses the
+    // arithmetic on it.
+    let ctx = core::hint::black_box(ctx);
+    let Some(pkt) = Packet::parse_common(ctx, Side::Egress) else {
+        return;
+    };
+    if !pkt.is_syn() {
+        return;
+    }
+    let key = pkt.flow_key();
+    // SAFETY: sock_common fields tc may read from a non-null `skb->sk`.
+    let (family, d4, d6, dport) = unsafe {
+        (
+            read_volatile(&(*sk).family),
+            read_volatile(&(*sk).dst_ip4),
+            [
+                read_volatile(&(*sk).dst_ip6[0]),
+                read_volatile(&(*sk).dst_ip6[1]),
+                read_volatile(&(*sk).dst_ip6[2]),
+                read_volatile(&(*sk).dst_ip6[3]),
+            ],
+            u16::from_be(read_volatile(&(*sk).dst_port)),
+        )
+    };
+    let dialled = if family == AF_INET { v4_mapped(d4) } else { d6 };
+    if dialled == key.remote_addr && dport == key.remote_port {
+        return;
+    }
+    let socket_key = FlowKey {
+        local_addr: key.local_addr,
+        remote_addr: dialled,
+        local_port: key.local_port,
+        remote_port: dport,
+        proto: PROTO_TCP,
+        _pad: [0; 3],
+    };
+    let backend = EndpointKey {
+        addr: key.remote_addr,
+        port: key.remote_port,
+        direction: Direction::SendsTo as u8,
+        proto: PROTO_TCP,
+    };
+    let _ = LOCAL_NAT.insert(&socket_key, &backend, 0);
+}

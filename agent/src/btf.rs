@@ -1,0 +1,208 @@
+//! Just enough of the kernel's BTF to find where fields sit in a struct.
+//!
+//! The socket sampler reads `struct tcp_sock` through a BTF pointer; where
+//! its counters sit changes with every kernel build and configuration, so
+//! the agent looks the offsets up in this kernel's `/sys/kernel/btf/vmlinux`
+//! and hands them to the program as constants before it is loaded. aya
+//! parses BTF too but keeps struct members private.
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum BtfError {
+    #[error("not BTF (bad magic {0:#06x})")]
+    Magic(u16),
+    #[error("BTF is truncated at byte {0}")]
+    Truncated(usize),
+    #[error("BTF type kind {0} is unknown to this agent")]
+    UnknownKind(u32),
+    #[error("this kernel's BTF has no struct {0}")]
+    NoStruct(String),
+    #[error("this kernel's struct {0} has no member {1}")]
+    NoMember(String, String),
+    #[error("member {0}.{1} is a bitfield")]
+    Bitfield(String, String),
+}
+
+const MAGIC: u16 = 0xeb9f;
+const KIND_STRUCT: u32 = 4;
+
+/// A parsed BTF blob: its type and string sections.
+pub struct Btf<'a> {
+    types: &'a [u8],
+    strings: &'a [u8],
+}
+
+fn u32_at(b: &[u8], at: usize) -> Result<u32, BtfError> {
+    b.get(at..at + 4)
+        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+        .ok_or(BtfError::Truncated(at))
+}
+
+impl<'a> Btf<'a> {
+    /// Splits a little-endian BTF blob into its sections.
+    pub fn parse(blob: &'a [u8]) -> Result<Self, BtfError> {
+        let magic = blob
+            .get(0..2)
+            .map(|m| u16::from_le_bytes([m[0], m[1]]))
+            .ok_or(BtfError::Truncated(0))?;
+        if magic != MAGIC {
+            return Err(BtfError::Magic(magic));
+        }
+        let hdr_len = u32_at(blob, 4)? as usize;
+        let section = |off_at: usize, len_at: usize| -> Result<&'a [u8], BtfError> {
+            let start = hdr_len + u32_at(blob, off_at)? as usize;
+            let len = u32_at(blob, len_at)? as usize;
+            blob.get(start..start + len)
+                .ok_or(BtfError::Truncated(start + len))
+        };
+        Ok(Self {
+            types: section(8, 12)?,
+            strings: section(16, 20)?,
+        })
+    }
+
+    fn name(&self, off: u32) -> &'a [u8] {
+        let rest = self.strings.get(off as usize..).unwrap_or_default();
+        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+        &rest[..end]
+    }
+
+    /// The byte offset of `member` (a direct, non-bitfield member) in
+    /// `struct name`.
+    pub fn member_offset(&self, name: &str, member: &str) -> Result<u32, BtfError> {
+        let mut at = 0;
+        while at < self.types.len() {
+            let name_off = u32_at(self.types, at)?;
+            let info = u32_at(self.types, at + 4)?;
+            let (kind, vlen, kind_flag) = ((info >> 24) & 0x1f, info & 0xffff, info >> 31);
+            let body = at + 12;
+            if kind == KIND_STRUCT && self.name(name_off) == name.as_bytes() {
+                return self.find_member(body, vlen, kind_flag == 1, name, member);
+            }
+            at = body + body_len(kind, vlen)?;
+        }
+        Err(BtfError::NoStruct(name.to_owned()))
+    }
+
+    fn find_member(
+        &self,
+        body: usize,
+        vlen: u32,
+        kind_flag: bool,
+        name: &str,
+        member: &str,
+    ) -> Result<u32, BtfError> {
+        for i in 0..vlen as usize {
+            let m = body + i * 12;
+            if self.name(u32_at(self.types, m)?) != member.as_bytes() {
+                continue;
+            }
+            let raw = u32_at(self.types, m + 8)?;
+            let (bits, bitfield_size) = if kind_flag {
+                (raw & 0x00ff_ffff, raw >> 24)
+            } else {
+                (raw, 0)
+            };
+            if bitfield_size != 0 || bits % 8 != 0 {
+                return Err(BtfError::Bitfield(name.to_owned(), member.to_owned()));
+            }
+            return Ok(bits / 8);
+        }
+        Err(BtfError::NoMember(name.to_owned(), member.to_owned()))
+    }
+}
+
+/// Bytes that follow a type's 12-byte header, by kind.
+fn body_len(kind: u32, vlen: u32) -> Result<usize, BtfError> {
+    let vlen = vlen as usize;
+    Ok(match kind {
+        // INT, VAR, DECL_TAG: one u32.
+        1 | 14 | 17 => 4,
+        // PTR, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT, FUNC, FLOAT, TYPE_TAG.
+        2 | 7 | 8 | 9 | 10 | 11 | 12 | 16 | 18 => 0,
+        // ARRAY.
+        3 => 12,
+        // STRUCT, UNION, DATASEC, ENUM64: 12 bytes per member.
+        4 | 5 | 15 | 19 => 12 * vlen,
+        // ENUM, FUNC_PROTO: 8 bytes per member.
+        6 | 13 => 8 * vlen,
+        k => return Err(BtfError::UnknownKind(k)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A BTF blob with one `struct s { u64 a; u32 b; }`.
+    fn blob() -> Vec<u8> {
+        let strings = b"\0s\0a\0b\0u64\0".to_vec();
+        let mut types = Vec::new();
+        let mut push = |v: u32| types.extend_from_slice(&v.to_le_bytes());
+        // [1] INT u64
+        push(7);
+        push(1 << 24);
+        push(8);
+        push(64);
+        // [2] STRUCT s, 2 members
+        push(1);
+        push((4 << 24) | 2);
+        push(16);
+        push(3); // a
+        push(1);
+        push(0);
+        push(5); // b
+        push(1);
+        push(64);
+        let mut out = Vec::new();
+        out.extend_from_slice(&MAGIC.to_le_bytes());
+        out.extend_from_slice(&[1, 0]);
+        for v in [
+            24u32,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            strings.len() as u32,
+        ] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&types);
+        out.extend_from_slice(&strings);
+        out
+    }
+
+    #[test]
+    fn finds_member_offsets() {
+        let b = blob();
+        let btf = Btf::parse(&b).expect("parses");
+        assert_eq!(btf.member_offset("s", "a").expect("a"), 0);
+        assert_eq!(btf.member_offset("s", "b").expect("b"), 8);
+        assert!(matches!(
+            btf.member_offset("s", "c"),
+            Err(BtfError::NoMember(..))
+        ));
+        assert!(matches!(
+            btf.member_offset("t", "a"),
+            Err(BtfError::NoStruct(_))
+        ));
+    }
+
+    #[test]
+    fn rejects_what_is_not_btf() {
+        assert!(matches!(Btf::parse(&[0, 0, 0, 0]), Err(BtfError::Magic(0))));
+        assert!(matches!(Btf::parse(&[]), Err(BtfError::Truncated(0))));
+    }
+
+    #[test]
+    fn reads_this_kernels_tcp_sock() {
+        // Every kernel evenflow runs on has BTF (the agent refuses to start
+        // without it), and the sampler needs these four fields.
+        let blob = std::fs::read("/sys/kernel/btf/vmlinux").expect("this kernel has BTF");
+        let btf = Btf::parse(&blob).expect("parses");
+        for f in ["bytes_received", "bytes_acked", "segs_in", "segs_out"] {
+            let off = btf.member_offset("tcp_sock", f).expect(f);
+            assert!(off > 0 && off < 4096, "{f} at {off}");
+        }
+    }
+}

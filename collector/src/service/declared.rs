@@ -1,0 +1,308 @@
+//! Pools declared by a source other than the agents' labels — the pool
+//! file (`--pools`) and Kubernetes (`--kubernetes`) — merged into the one
+//! map the pool builder reads.
+//!
+//! # Precedence when several sources name the same member
+//! 1. **Kubernetes** decides a Service port's pool: its members (the
+//!    EndpointSlices' addresses with that port), their conditions (ready,
+//!    draining, not ready), nodes, zones and Pods.
+//! 2. **The pool file** refines a pool *of the same name*: the members it
+//!    lists take its weight and `draining` (source `kubernetes+file`), members
+//!    only it lists are added (source `file`), and its `lb_nodes`, when
+//!    given, replace the load balancers Kubernetes would choose. A member
+//!    Kubernetes says is not ready stays not ready whatever the file says.
+//!    A file pool under another name keeps its members even when Kubernetes
+//!    has them too: they are judged in both pools, as declared.
+//! 3. **Agent labels** (`--service NAME=PORT`) announce only endpoints no
+//!    Kubernetes pool has: an address:port in a Service's EndpointSlices
+//!    belongs to that Service's pool whatever label its agent gives the
+//!    port (see [`crate::service::pools`]).
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashSet},
+    net::SocketAddr,
+    sync::Arc,
+    time::Instant,
+};
+
+use crate::service::{kube::KubePools, poolfile::PoolFile};
+
+/// Where a member comes from.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Source {
+    /// Announced by an agent's labelled listener.
+    pub announced: bool,
+    /// Declared in the pool file.
+    pub file: bool,
+    /// An address of a Kubernetes Service's EndpointSlices.
+    pub kubernetes: bool,
+}
+
+impl Source {
+    /// "announced", "file", "announced+file", "kubernetes" or
+    /// "kubernetes+file".
+    pub fn as_str(self) -> &'static str {
+        match (self.kubernetes, self.announced, self.file) {
+            (true, _, true) => "kubernetes+file",
+            (true, _, false) => "kubernetes",
+            (false, true, true) => "announced+file",
+            (false, false, true) => "file",
+            _ => "announced",
+        }
+    }
+}
+
+/// What a member is expected to receive.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Expect {
+    /// Its weighted share; judged.
+    #[default]
+    Share,
+    /// No new connections; judged (a draining violation if it gets them).
+    Draining,
+    /// Not judged at all, for the reason given: shown with its measured
+    /// numbers (a Kubernetes endpoint that is not ready, or one that began
+    /// terminating less than the drain grace ago).
+    Unjudged {
+        /// Draining (terminating) rather than not ready.
+        draining: bool,
+        /// Why it is not judged, for people.
+        reason: String,
+    },
+}
+
+/// One member as a source declares it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeclaredMember {
+    /// Backend address and port.
+    pub addr: SocketAddr,
+    /// Relative weight, > 0.
+    pub weight: f64,
+    /// What it should receive.
+    pub expect: Expect,
+    /// The node whose agent sees its server side (Kubernetes: the
+    /// endpoint's nodeName), even before it has served anything.
+    pub node: Option<Arc<str>>,
+    /// The Pod behind it, "namespace/name".
+    pub pod: Option<Arc<str>>,
+    /// Its zone.
+    pub zone: Option<Arc<str>>,
+    /// Which sources name it.
+    pub source: Source,
+}
+
+/// Which nodes' SENDS_TO traffic is a pool's load balancer view.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum LbNodes {
+    /// Every node that sends to a member.
+    #[default]
+    Senders,
+    /// Exactly these nodes (the pool file's `lb_nodes`).
+    Named(Vec<String>),
+    /// The nodes among these that send to a member (a topology-aware
+    /// Service's zone or node).
+    SendersAmong(Arc<BTreeSet<String>>),
+}
+
+/// The Kubernetes Service port a pool stands for (the proto's
+/// `KubernetesService`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KubeService {
+    /// Namespace.
+    pub namespace: String,
+    /// Service name.
+    pub service: String,
+    /// Port name ("" for a single unnamed port).
+    pub port_name: String,
+    /// The Service port.
+    pub port: u16,
+    /// Cluster IPs.
+    pub cluster_ips: Vec<String>,
+    /// The zone this pool is, for a Service routed by zone hints.
+    pub zone: String,
+    /// The node this pool is, for internalTrafficPolicy: Local.
+    pub node: String,
+}
+
+/// One declared pool.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DeclaredPool {
+    /// Members, by address.
+    pub members: Vec<DeclaredMember>,
+    /// Its load balancer view.
+    pub lb_nodes: LbNodes,
+    /// Set for a Kubernetes Service port.
+    pub kubernetes: Option<Arc<KubeService>>,
+    /// Said with the pool's verdict (e.g. why a Service that asks for
+    /// topology-aware routing is judged as one pool).
+    pub note: Option<Arc<str>>,
+}
+
+/// Every declared pool, by name, and the members Kubernetes places.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Declared {
+    /// Pools by name.
+    pub pools: BTreeMap<Arc<str>, DeclaredPool>,
+    /// Every address:port a Kubernetes pool has: agents' labels do not
+    /// announce these into their own pools.
+    pub kubernetes_members: HashSet<SocketAddr>,
+}
+
+impl Declared {
+    /// Merges the pool file into the Kubernetes pools by the precedence in
+    /// the module docs.
+    pub fn merge(kube: BTreeMap<Arc<str>, DeclaredPool>, file: &PoolFile) -> Self {
+        let kubernetes_members = kube
+            .values()
+            .flat_map(|p| p.members.iter().map(|m| m.addr))
+            .collect();
+        let mut pools = kube;
+        for (name, fp) in file {
+            let pool = pools.entry(Arc::from(name.as_str())).or_default();
+            for fm in &fp.members {
+                let i = match pool.members.iter().position(|m| m.addr == fm.addr) {
+                    Some(i) => i,
+                    None => {
+                        pool.members.push(DeclaredMember {
+                            addr: fm.addr,
+                            weight: 1.0,
+                            expect: Expect::Share,
+                            node: None,
+                            pod: None,
+                            zone: None,
+                            source: Source::default(),
+                        });
+                        pool.members.len() - 1
+                    }
+                };
+                let m = &mut pool.members[i];
+                m.weight = fm.weight;
+                m.source.file = true;
+                if !matches!(m.expect, Expect::Unjudged { .. }) {
+                    m.expect = if fm.draining {
+                        Expect::Draining
+                    } else {
+                        Expect::Share
+                    };
+                }
+            }
+            if !fp.lb_nodes.is_empty() {
+                pool.lb_nodes = LbNodes::Named(fp.lb_nodes.clone());
+            }
+        }
+        Self {
+            pools,
+            kubernetes_members,
+        }
+    }
+
+    /// The pool file alone.
+    pub fn from_file(file: &PoolFile) -> Self {
+        Self::merge(BTreeMap::new(), file)
+    }
+}
+
+/// The declared sources the detection tick reads: the pool file (loaded
+/// at start) and, with `--kubernetes`, the API's latest pools. The merged
+/// map is rebuilt only when Kubernetes' pools change.
+pub struct Sources {
+    file: PoolFile,
+    kube: Option<KubePools>,
+    current: Arc<Declared>,
+}
+
+impl Sources {
+    /// The pool file, and Kubernetes' pools when watched.
+    pub fn new(file: PoolFile, kube: Option<KubePools>) -> Self {
+        let current = Arc::new(Declared::from_file(&file));
+        Self {
+            file,
+            kube,
+            current,
+        }
+    }
+
+    /// The declared pools for a tick at `now`.
+    pub fn at(&mut self, now: Instant) -> Arc<Declared> {
+        if let Some(pools) = self.kube.as_mut().and_then(|k| k.poll(now)) {
+            self.current = Arc::new(Declared::merge(pools, &self.file));
+        }
+        self.current.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kube_member(addr: &str, expect: Expect) -> DeclaredMember {
+        DeclaredMember {
+            addr: addr.parse().unwrap(),
+            weight: 1.0,
+            expect,
+            node: Some("n1".into()),
+            pod: Some("default/web-1".into()),
+            zone: None,
+            source: Source {
+                kubernetes: true,
+                ..Source::default()
+            },
+        }
+    }
+
+    #[test]
+    fn the_file_refines_a_kubernetes_pool_of_the_same_name() {
+        let mut kube = BTreeMap::new();
+        kube.insert(
+            Arc::from("default/web:http"),
+            DeclaredPool {
+                members: vec![
+                    kube_member("10.0.0.1:8080", Expect::Share),
+                    kube_member(
+                        "10.0.0.2:8080",
+                        Expect::Unjudged {
+                            draining: false,
+                            reason: "not ready".into(),
+                        },
+                    ),
+                ],
+                ..DeclaredPool::default()
+            },
+        );
+        let file = crate::service::poolfile::parse(
+            std::path::Path::new("p.toml"),
+            r#"
+[[pool]]
+name = "default/web:http"
+lb_nodes = ["lb"]
+members = [
+  { address = "10.0.0.1:8080", weight = 3 },
+  { address = "10.0.0.2:8080", draining = true },
+  { address = "10.0.0.9:8080" },
+]
+[[pool]]
+name = "legacy"
+members = [{ address = "10.0.0.1:8080" }]
+"#,
+        )
+        .unwrap();
+        let d = Declared::merge(kube, &file);
+        let web = &d.pools["default/web:http"];
+        assert_eq!(web.members[0].weight, 3.0);
+        assert_eq!(web.members[0].source.as_str(), "kubernetes+file");
+        // Not ready stays not ready.
+        assert!(matches!(web.members[1].expect, Expect::Unjudged { .. }));
+        assert_eq!(web.members[2].source.as_str(), "file");
+        assert_eq!(web.lb_nodes, LbNodes::Named(vec!["lb".into()]));
+        // Another pool of the file keeps the Kubernetes member too.
+        assert_eq!(d.pools["legacy"].members.len(), 1);
+        assert!(
+            d.kubernetes_members
+                .contains(&"10.0.0.1:8080".parse().unwrap())
+        );
+        assert!(
+            !d.kubernetes_members
+                .contains(&"10.0.0.9:8080".parse().unwrap())
+        );
+    }
+}

@@ -1,0 +1,392 @@
+//! What the Kubernetes API says the pools are, computed from Services,
+//! EndpointSlices and Node zones. Pure: no clocks, no I/O, so every rule
+//! here is checked on objects built in the tests.
+//!
+//! # Rules
+//! * One pool per TCP Service port, named `namespace/service:port` where
+//!   `port` is the Service port's name, or its number when unnamed.
+//!   ExternalName Services and UDP/SCTP ports make no pool (evenflow counts
+//!   TCP).
+//! * Its members are the addresses of the Service's EndpointSlices (label
+//!   `kubernetes.io/service-name`; FQDN slices skipped) with the slice
+//!   port of the same name: `address:port`. An address in two slices (a
+//!   transient state while the controller rebalances) is one member, with
+//!   the better condition.
+//! * Conditions, as kube-proxy reads them (a missing `ready` or `serving`
+//!   counts as true, a missing `terminating` as false): `ready` →
+//!   [`Condition::Ready`]; `serving` and `terminating` →
+//!   [`Condition::Draining`]; anything else → [`Condition::NotReady`].
+//! * Topology. When every ready endpoint carries `hints.forZones` (what
+//!   `trafficDistribution: PreferClose` and topology-aware routing give),
+//!   kube-proxy on a node of zone Z sends only to the endpoints hinted for
+//!   Z, so the skew between zones is intended: the Service becomes one pool
+//!   per zone (`…@Z`), its ready members the endpoints hinted for Z, its
+//!   draining and not-ready members those located in Z, and its load
+//!   balancer view the sends of Z's nodes only. With
+//!   `internalTrafficPolicy: Local` each node sends only to its own
+//!   endpoints: one pool per node (`…@node`), judged against that node's
+//!   sends. A Service that asks for topology routing while some ready
+//!   endpoint lacks a hint is routed cluster-wide by kube-proxy, and judged
+//!   as one pool with a note saying so.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
+
+use k8s_openapi::api::{
+    core::v1::{Service, ServicePort},
+    discovery::v1::{Endpoint, EndpointConditions, EndpointSlice},
+};
+
+use crate::service::declared::{KubeService, LbNodes};
+
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// The Node label that names its zone.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+/// The annotation that asks for topology-aware routing (1.27+).
+pub const TOPOLOGY_MODE: &str = "service.kubernetes.io/topology-mode";
+/// Its older name (1.23–1.26).
+pub const TOPOLOGY_HINTS: &str = "service.kubernetes.io/topology-aware-hints";
+
+/// An endpoint's condition, as kube-proxy reads it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Condition {
+    /// Neither ready nor draining: gets nothing.
+    NotReady,
+    /// Terminating but still serving: gets no new connections.
+    Draining,
+    /// Serves its share.
+    Ready,
+}
+
+/// One member of a Service port's pool.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Member {
+    /// Address and (target) port.
+    pub addr: SocketAddr,
+    /// Its condition.
+    pub condition: Condition,
+    /// The node it runs on.
+    pub node: Option<Arc<str>>,
+    /// Its zone.
+    pub zone: Option<Arc<str>>,
+    /// The Pod, "namespace/name".
+    pub pod: Option<Arc<str>>,
+    /// The zones it is hinted for.
+    pub for_zones: Vec<Arc<str>>,
+}
+
+/// One pool: a Service port, or one zone's or node's part of it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServicePool {
+    /// `namespace/service:port`, with `@zone` or `@node` for a part.
+    pub name: Arc<str>,
+    /// The Service port it stands for.
+    pub service: Arc<KubeService>,
+    /// Members, sorted by address.
+    pub members: Vec<Member>,
+    /// Its load balancer view.
+    pub lb_nodes: LbNodes,
+    /// Said with its verdict.
+    pub note: Option<Arc<str>>,
+}
+
+/// Everything the API says, as of one moment.
+#[derive(Clone, Debug, Default)]
+pub struct Catalog {
+    /// Every watched resource was listed at least once: until then there
+    /// are no Kubernetes pools (a half-listed cluster would look like
+    /// Services without endpoints).
+    pub synced: bool,
+    /// Increments with every rebuild.
+    pub version: u64,
+    /// Pools, sorted by name.
+    pub pools: Vec<ServicePool>,
+}
+
+fn condition(c: Option<&EndpointConditions>) -> Condition {
+    let ready = c.and_then(|c| c.ready).unwrap_or(true);
+    let serving = c.and_then(|c| c.serving).unwrap_or(ready);
+    let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+    match (terminating, ready, serving) {
+        (true, _, true) => Condition::Draining,
+        (false, true, _) => Condition::Ready,
+        _ => Condition::NotReady,
+    }
+}
+
+fn tcp(protocol: Option<&String>) -> bool {
+    protocol.is_none_or(|p| p == "TCP")
+}
+
+fn pod_of(e: &Endpoint, slice_ns: &str) -> Option<Arc<str>> {
+    let r = e.target_ref.as_ref()?;
+    if r.kind.as_deref().is_some_and(|k| k != "Pod") {
+        return None;
+    }
+    let ns = r.namespace.as_deref().unwrap_or(slice_ns);
+    Some(Arc::from(format!("{ns}/{}", r.name.as_deref()?)))
+}
+
+/// Interns repeated strings (node and zone names) so members share them.
+#[derive(Default)]
+struct Names(BTreeSet<Arc<str>>);
+
+impl Names {
+    fn get(&mut self, s: &str) -> Arc<str> {
+        if let Some(x) = self.0.get(s) {
+            return x.clone();
+        }
+        let x: Arc<str> = Arc::from(s);
+        self.0.insert(x.clone());
+        x
+    }
+}
+
+/// The members of one Service port from its slices.
+fn members(port: &ServicePort, slices: &[&EndpointSlice], names: &mut Names) -> Vec<Member> {
+    let want = port.name.as_deref().unwrap_or("");
+    let mut by_addr: BTreeMap<SocketAddr, Member> = BTreeMap::new();
+    for slice in slices {
+        if slice.address_type == "FQDN" {
+            continue;
+        }
+        let Some(target) = slice
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref().unwrap_or("") == want && tcp(p.protocol.as_ref()))
+            .and_then(|p| p.port)
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0)
+        else {
+            continue;
+        };
+        let ns = slice.metadata.namespace.as_deref().unwrap_or("");
+        for e in &slice.endpoints {
+            let condition = condition(e.conditions.as_ref());
+            for a in &e.addresses {
+                let Ok(ip) = a.parse::<IpAddr>() else {
+                    continue;
+                };
+                let addr = SocketAddr::new(ip, target);
+                if by_addr.get(&addr).is_some_and(|m| m.condition >= condition) {
+                    continue;
+                }
+                let for_zones = e
+                    .hints
+                    .as_ref()
+                    .and_then(|h| h.for_zones.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .map(|z| names.get(&z.name))
+                    .collect();
+                by_addr.insert(
+                    addr,
+                    Member {
+                        addr,
+                        condition,
+                        node: e.node_name.as_deref().map(|n| names.get(n)),
+                        zone: e.zone.as_deref().map(|z| names.get(z)),
+                        pod: pod_of(e, ns),
+                        for_zones,
+                    },
+                );
+            }
+        }
+    }
+    by_addr.into_values().collect()
+}
+
+/// Every pool the API describes. `node_zones` maps node names to zones
+/// (the Nodes' `topology.kubernetes.io/zone`).
+pub fn build<'a>(
+    services: impl IntoIterator<Item = &'a Service>,
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    node_zones: &BTreeMap<String, String>,
+) -> Vec<ServicePool> {
+    let mut by_service: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
+    for s in slices {
+        let (Some(ns), Some(svc)) = (
+            s.metadata.namespace.as_deref(),
+            s.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL)),
+        ) else {
+            continue;
+        };
+        by_service.entry((ns, svc.as_str())).or_default().push(s);
+    }
+    let mut names = Names::default();
+    let mut out = Vec::new();
+    for svc in services {
+        let (Some(ns), Some(name), Some(spec)) = (
+            svc.metadata.namespace.as_deref(),
+            svc.metadata.name.as_deref(),
+            svc.spec.as_ref(),
+        ) else {
+            continue;
+        };
+        if spec.type_.as_deref() == Some("ExternalName") {
+            continue;
+        }
+        let slices = by_service
+            .get(&(ns, name))
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let cluster_ips: Vec<String> = match &spec.cluster_ips {
+            Some(ips) if !ips.is_empty() => ips.clone(),
+            _ => spec.cluster_ip.iter().cloned().collect(),
+        }
+        .into_iter()
+        .filter(|ip| ip != "None" && !ip.is_empty())
+        .collect();
+        for port in spec.ports.iter().flatten() {
+            if !tcp(port.protocol.as_ref()) {
+                continue;
+            }
+            let Ok(number) = u16::try_from(port.port) else {
+                continue;
+            };
+            let port_name = port.name.clone().unwrap_or_default();
+            let label = if port_name.is_empty() {
+                number.to_string()
+            } else {
+                port_name.clone()
+            };
+            let service = KubeService {
+                namespace: ns.to_owned(),
+                service: name.to_owned(),
+                port_name,
+                port: number,
+                cluster_ips: cluster_ips.clone(),
+                zone: String::new(),
+                node: String::new(),
+            };
+            let members = members(port, slices, &mut names);
+            let whole = ServicePool {
+                name: Arc::from(format!("{ns}/{name}:{label}")),
+                service: Arc::new(service),
+                members,
+                lb_nodes: LbNodes::Senders,
+                note: None,
+            };
+            split(svc, whole, node_zones, &mut out);
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// Splits a Service port's pool by topology (module docs), or returns it
+/// whole with a note when the Service asks for topology kube-proxy will
+/// not apply.
+fn split(
+    svc: &Service,
+    whole: ServicePool,
+    node_zones: &BTreeMap<String, String>,
+    out: &mut Vec<ServicePool>,
+) {
+    let spec = svc.spec.as_ref();
+    let ready: Vec<&Member> = whole
+        .members
+        .iter()
+        .filter(|m| m.condition == Condition::Ready)
+        .collect();
+    if spec.and_then(|s| s.internal_traffic_policy.as_deref()) == Some("Local") {
+        let nodes: BTreeSet<&Arc<str>> = whole
+            .members
+            .iter()
+            .filter_map(|m| m.node.as_ref())
+            .collect();
+        for node in nodes {
+            out.push(part(
+                &whole,
+                node,
+                |s| s.node = node.to_string(),
+                |m| m.node.as_ref() == Some(node),
+                [node.to_string()].into(),
+                "internalTrafficPolicy: Local: each node sends only to its own endpoints, so this pool is one node's endpoints judged against that node's sends".into(),
+            ));
+        }
+        return;
+    }
+    let hinted = !ready.is_empty() && ready.iter().all(|m| !m.for_zones.is_empty());
+    if !hinted {
+        let asked = spec
+            .and_then(|s| s.traffic_distribution.as_deref())
+            .map(|t| format!("trafficDistribution: {t}"))
+            .or_else(|| {
+                let a = svc.metadata.annotations.as_ref()?;
+                a.get(TOPOLOGY_MODE)
+                    .or_else(|| a.get(TOPOLOGY_HINTS))
+                    .filter(|v| !v.is_empty() && v.as_str() != "Disabled")
+                    .map(|v| format!("topology mode {v}"))
+            });
+        let note = asked.filter(|_| !ready.is_empty()).map(|asked| {
+            Arc::from(format!(
+                "{asked}, but not every ready endpoint has a zone hint, so kube-proxy routes cluster-wide: judged as one pool"
+            ))
+        });
+        out.push(ServicePool { note, ..whole });
+        return;
+    }
+    let zones: BTreeSet<&Arc<str>> = ready.iter().flat_map(|m| m.for_zones.iter()).collect();
+    for zone in zones {
+        // The zone's nodes: from the Nodes' labels and the endpoints' own.
+        let mut nodes: BTreeSet<String> = node_zones
+            .iter()
+            .filter(|(_, z)| z.as_str() == &**zone)
+            .map(|(n, _)| n.clone())
+            .collect();
+        nodes.extend(
+            whole
+                .members
+                .iter()
+                .filter(|m| m.zone.as_ref() == Some(zone))
+                .filter_map(|m| m.node.as_deref().map(str::to_owned)),
+        );
+        out.push(part(
+            &whole,
+            zone,
+            |s| s.zone = zone.to_string(),
+            |m| match m.condition {
+                Condition::Ready => m.for_zones.contains(zone),
+                _ if !m.for_zones.is_empty() => m.for_zones.contains(zone),
+                _ => m.zone.as_ref().is_none_or(|z| z == zone),
+            },
+            nodes,
+            format!(
+                "topology-aware routing (zone hints): clients on {zone}'s nodes are sent to the endpoints hinted for {zone} only, so this pool is judged against {zone}'s load balancer view"
+            ),
+        ));
+    }
+}
+
+/// The part `@at` of a Service port's pool: the members `keep` selects,
+/// judged against the sends of `lb_nodes`.
+fn part(
+    whole: &ServicePool,
+    at: &str,
+    mark: impl FnOnce(&mut KubeService),
+    keep: impl Fn(&Member) -> bool,
+    lb_nodes: BTreeSet<String>,
+    note: String,
+) -> ServicePool {
+    let mut service = (*whole.service).clone();
+    mark(&mut service);
+    ServicePool {
+        name: Arc::from(format!("{}@{at}", whole.name)),
+        service: Arc::new(service),
+        members: whole.members.iter().filter(|m| keep(m)).cloned().collect(),
+        lb_nodes: LbNodes::SendersAmong(Arc::new(lb_nodes)),
+        note: Some(Arc::from(note)),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,314 @@
+use k8s_openapi::{
+    api::{
+        core::v1::{ObjectReference, ServiceSpec},
+        discovery::v1::{EndpointHints, EndpointPort, ForZone},
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+
+use super::*;
+
+fn service(name: &str, ports: &[(&str, i32)]) -> Service {
+    Service {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("default".into()),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("10.96.0.10".into()),
+            ports: Some(
+                ports
+                    .iter()
+                    .map(|(n, p)| ServicePort {
+                        name: (!n.is_empty()).then(|| (*n).to_owned()),
+                        port: *p,
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+struct Ep {
+    ip: &'static str,
+    node: &'static str,
+    zone: &'static str,
+    ready: Option<bool>,
+    serving: Option<bool>,
+    terminating: Option<bool>,
+    hints: &'static [&'static str],
+}
+
+const fn ready(ip: &'static str, node: &'static str, zone: &'static str) -> Ep {
+    Ep {
+        ip,
+        node,
+        zone,
+        ready: Some(true),
+        serving: Some(true),
+        terminating: Some(false),
+        hints: &[],
+    }
+}
+
+fn slice(svc: &str, name: &str, port: (&str, i32), eps: &[Ep]) -> EndpointSlice {
+    EndpointSlice {
+        address_type: "IPv4".into(),
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("default".into()),
+            labels: Some([(SERVICE_NAME_LABEL.to_owned(), svc.to_owned())].into()),
+            ..Default::default()
+        },
+        ports: Some(vec![EndpointPort {
+            name: (!port.0.is_empty()).then(|| port.0.to_owned()),
+            port: Some(port.1),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        endpoints: eps
+            .iter()
+            .map(|e| Endpoint {
+                addresses: vec![e.ip.into()],
+                conditions: Some(EndpointConditions {
+                    ready: e.ready,
+                    serving: e.serving,
+                    terminating: e.terminating,
+                }),
+                node_name: Some(e.node.into()),
+                zone: Some(e.zone.into()),
+                target_ref: Some(ObjectReference {
+                    kind: Some("Pod".into()),
+                    name: Some(format!("{svc}-{}", e.ip.rsplit('.').next().unwrap_or("x"))),
+                    namespace: Some("default".into()),
+                    ..Default::default()
+                }),
+                hints: (!e.hints.is_empty()).then(|| EndpointHints {
+                    for_zones: Some(
+                        e.hints
+                            .iter()
+                            .map(|z| ForZone { name: (*z).into() })
+                            .collect(),
+                    ),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+fn addrs(p: &ServicePool) -> Vec<String> {
+    p.members.iter().map(|m| m.addr.to_string()).collect()
+}
+
+#[test]
+fn two_services_on_one_port_are_two_pools() {
+    let svcs = [service("a", &[("http", 80)]), service("b", &[("http", 80)])];
+    let slices = [
+        slice(
+            "a",
+            "a-1",
+            ("http", 8080),
+            &[
+                ready("10.244.0.2", "n1", "z1"),
+                ready("10.244.0.3", "n1", "z1"),
+            ],
+        ),
+        slice(
+            "b",
+            "b-1",
+            ("http", 8080),
+            &[ready("10.244.0.4", "n1", "z1")],
+        ),
+    ];
+    let pools = build(&svcs, &slices, &BTreeMap::new());
+    let names: Vec<&str> = pools.iter().map(|p| &*p.name).collect();
+    assert_eq!(names, ["default/a:http", "default/b:http"]);
+    assert_eq!(addrs(&pools[0]), ["10.244.0.2:8080", "10.244.0.3:8080"]);
+    assert_eq!(addrs(&pools[1]), ["10.244.0.4:8080"]);
+    let m = &pools[0].members[0];
+    assert_eq!(m.pod.as_deref(), Some("default/a-2"));
+    assert_eq!(m.node.as_deref(), Some("n1"));
+    assert_eq!(pools[0].service.service, "a");
+    assert_eq!(pools[0].service.port, 80);
+    assert_eq!(pools[0].service.cluster_ips, ["10.96.0.10"]);
+    assert_eq!(pools[0].lb_nodes, LbNodes::Senders);
+}
+
+#[test]
+fn conditions_read_as_kube_proxy_reads_them() {
+    let svcs = [service("a", &[("", 80)])];
+    let eps = [
+        // Unset conditions: ready.
+        Ep {
+            ready: None,
+            serving: None,
+            terminating: None,
+            ..ready("10.0.0.1", "n", "z")
+        },
+        Ep {
+            ready: Some(false),
+            serving: Some(true),
+            terminating: Some(true),
+            ..ready("10.0.0.2", "n", "z")
+        },
+        Ep {
+            ready: Some(false),
+            serving: Some(false),
+            terminating: Some(true),
+            ..ready("10.0.0.3", "n", "z")
+        },
+        Ep {
+            ready: Some(false),
+            serving: Some(false),
+            terminating: Some(false),
+            ..ready("10.0.0.4", "n", "z")
+        },
+    ];
+    let pools = build(
+        &svcs,
+        &[slice("a", "a-1", ("", 8080), &eps)],
+        &BTreeMap::new(),
+    );
+    // An unnamed port is named by its number.
+    assert_eq!(&*pools[0].name, "default/a:80");
+    let c: Vec<Condition> = pools[0].members.iter().map(|m| m.condition).collect();
+    assert_eq!(
+        c,
+        [
+            Condition::Ready,
+            Condition::Draining,
+            Condition::NotReady,
+            Condition::NotReady
+        ]
+    );
+}
+
+#[test]
+fn each_port_takes_its_own_slice_port_and_duplicates_keep_the_better_condition() {
+    let svcs = [service("a", &[("http", 80), ("admin", 9000)])];
+    let mut s1 = slice("a", "a-1", ("http", 8080), &[ready("10.0.0.1", "n", "z")]);
+    s1.ports.as_mut().unwrap().push(EndpointPort {
+        name: Some("admin".into()),
+        port: Some(9090),
+        ..Default::default()
+    });
+    // The same address in a second slice, not ready there (rebalancing).
+    let s2 = slice(
+        "a",
+        "a-2",
+        ("http", 8080),
+        &[Ep {
+            ready: Some(false),
+            ..ready("10.0.0.1", "n", "z")
+        }],
+    );
+    // A slice of another Service and an FQDN slice change nothing.
+    let other = slice("b", "b-1", ("http", 8080), &[ready("10.0.0.7", "n", "z")]);
+    let mut fqdn = slice("a", "a-3", ("http", 8080), &[ready("10.0.0.8", "n", "z")]);
+    fqdn.address_type = "FQDN".into();
+    let pools = build(&svcs, &[s1, s2, other, fqdn], &BTreeMap::new());
+    let names: Vec<&str> = pools.iter().map(|p| &*p.name).collect();
+    assert_eq!(names, ["default/a:admin", "default/a:http"]);
+    assert_eq!(addrs(&pools[0]), ["10.0.0.1:9090"]);
+    assert_eq!(addrs(&pools[1]), ["10.0.0.1:8080"]);
+    assert_eq!(pools[1].members[0].condition, Condition::Ready);
+}
+
+#[test]
+fn zone_hints_split_the_service_by_zone() {
+    let mut svc = service("a", &[("http", 80)]);
+    svc.spec.as_mut().unwrap().traffic_distribution = Some("PreferClose".into());
+    let eps = [
+        Ep {
+            hints: &["z1"],
+            ..ready("10.0.1.1", "n1", "z1")
+        },
+        Ep {
+            hints: &["z1"],
+            ..ready("10.0.1.2", "n1", "z1")
+        },
+        Ep {
+            hints: &["z2"],
+            ..ready("10.0.2.1", "n2", "z2")
+        },
+        // Draining, no hint: stays in its own zone's pool.
+        Ep {
+            ready: Some(false),
+            terminating: Some(true),
+            ..ready("10.0.2.9", "n2", "z2")
+        },
+    ];
+    let zones: BTreeMap<String, String> = [
+        ("n1".to_owned(), "z1".to_owned()),
+        ("n2".to_owned(), "z2".to_owned()),
+        ("client-z2".to_owned(), "z2".to_owned()),
+    ]
+    .into();
+    let pools = build(
+        &[svc.clone()],
+        &[slice("a", "a-1", ("http", 8080), &eps)],
+        &zones,
+    );
+    let names: Vec<&str> = pools.iter().map(|p| &*p.name).collect();
+    assert_eq!(names, ["default/a:http@z1", "default/a:http@z2"]);
+    assert_eq!(addrs(&pools[0]), ["10.0.1.1:8080", "10.0.1.2:8080"]);
+    assert_eq!(addrs(&pools[1]), ["10.0.2.1:8080", "10.0.2.9:8080"]);
+    assert_eq!(pools[1].service.zone, "z2");
+    assert_eq!(
+        pools[1].lb_nodes,
+        LbNodes::SendersAmong(Arc::new(["client-z2".to_owned(), "n2".to_owned()].into()))
+    );
+    assert!(pools[1].note.as_deref().unwrap().contains("z2"));
+
+    // One ready endpoint without a hint: kube-proxy ignores the hints.
+    let mut eps = eps;
+    eps[1].hints = &[];
+    let pools = build(&[svc], &[slice("a", "a-1", ("http", 8080), &eps)], &zones);
+    assert_eq!(pools.len(), 1);
+    let note = pools[0].note.as_deref().unwrap();
+    assert!(
+        note.contains("trafficDistribution: PreferClose") && note.contains("one pool"),
+        "{note}"
+    );
+}
+
+#[test]
+fn internal_traffic_policy_local_splits_by_node() {
+    let mut svc = service("dns", &[("dns-tcp", 53)]);
+    svc.spec.as_mut().unwrap().internal_traffic_policy = Some("Local".into());
+    let eps = [
+        ready("10.0.1.1", "n1", "z"),
+        ready("10.0.1.2", "n1", "z"),
+        ready("10.0.2.1", "n2", "z"),
+    ];
+    let pools = build(
+        &[svc],
+        &[slice("dns", "d-1", ("dns-tcp", 53), &eps)],
+        &BTreeMap::new(),
+    );
+    let names: Vec<&str> = pools.iter().map(|p| &*p.name).collect();
+    assert_eq!(names, ["default/dns:dns-tcp@n1", "default/dns:dns-tcp@n2"]);
+    assert_eq!(addrs(&pools[0]), ["10.0.1.1:53", "10.0.1.2:53"]);
+    assert_eq!(
+        pools[1].lb_nodes,
+        LbNodes::SendersAmong(Arc::new(["n2".to_owned()].into()))
+    );
+}
+
+#[test]
+fn external_name_services_and_udp_ports_make_no_pool() {
+    let mut ext = service("ext", &[("http", 80)]);
+    ext.spec.as_mut().unwrap().type_ = Some("ExternalName".into());
+    let mut udp = service("dns", &[("dns", 53)]);
+    udp.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].protocol = Some("UDP".into());
+    assert!(build(&[ext, udp], &[], &BTreeMap::new()).is_empty());
+    // A Service without endpoints is a pool without members.
+    let pools = build(&[service("empty", &[("http", 80)])], &[], &BTreeMap::new());
+    assert!(pools[0].members.is_empty());
+}

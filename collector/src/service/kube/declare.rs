@@ -1,0 +1,233 @@
+//! From the catalog to declared pools, with the one rule that needs a
+//! clock: the drain grace.
+//!
+//! An endpoint that starts terminating is still in kube-proxy's rules on
+//! some nodes until they sync (about a second, longer on a busy node), so
+//! it may get a few new connections that no one did wrong. For `grace`
+//! after the collector first sees it draining it is listed but not judged;
+//! after that it is judged as draining: expected share 0, a
+//! DRAINING_VIOLATION if it still gets new connections. Not-ready
+//! endpoints are never judged. The clock is the collector's own (an
+//! EndpointSlice says nothing of when an endpoint began terminating), so
+//! a collector that restarts gives draining endpoints a fresh grace.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tokio::sync::watch;
+
+use crate::service::{
+    declared::{DeclaredMember, DeclaredPool, Expect, Source},
+    kube::catalog::{Catalog, Condition},
+};
+
+/// Kubernetes' pools as the tick reads them.
+pub struct KubePools {
+    catalog: watch::Receiver<Arc<Catalog>>,
+    grace: Duration,
+    /// Catalog version the last pools were built from.
+    version: Option<u64>,
+    /// When each draining member (pool, address) was first seen draining.
+    draining_since: HashMap<(Arc<str>, SocketAddr), Instant>,
+    /// The next moment a member's grace ends.
+    next_deadline: Option<Instant>,
+}
+
+impl KubePools {
+    /// Reads catalogs from `catalog`; draining members wait `grace`.
+    pub fn new(catalog: watch::Receiver<Arc<Catalog>>, grace: Duration) -> Self {
+        Self {
+            catalog,
+            grace,
+            version: None,
+            draining_since: HashMap::new(),
+            next_deadline: None,
+        }
+    }
+
+    /// The pools at `now` when they differ from the last ones returned
+    /// (the catalog changed, or a grace ended); `None` when unchanged.
+    /// Before the first full listing there are no Kubernetes pools.
+    pub fn poll(&mut self, now: Instant) -> Option<BTreeMap<Arc<str>, DeclaredPool>> {
+        let catalog = self.catalog.borrow().clone();
+        let version = catalog.synced.then_some(catalog.version);
+        let changed = version != self.version;
+        let grace_ended = self.next_deadline.is_some_and(|d| now >= d);
+        if !changed && !grace_ended {
+            return None;
+        }
+        self.version = version;
+        if changed {
+            self.track_draining(&catalog, now);
+        }
+        Some(self.declare(&catalog, now))
+    }
+
+    /// Keeps the first-seen time of every member draining now, forgets the
+    /// rest.
+    fn track_draining(&mut self, catalog: &Catalog, now: Instant) {
+        let mut since = HashMap::new();
+        for p in &catalog.pools {
+            for m in p
+                .members
+                .iter()
+                .filter(|m| m.condition == Condition::Draining)
+            {
+                let key = (p.name.clone(), m.addr);
+                let t = self.draining_since.get(&key).copied().unwrap_or(now);
+                since.insert(key, t);
+            }
+        }
+        self.draining_since = since;
+    }
+
+    fn declare(&mut self, catalog: &Catalog, now: Instant) -> BTreeMap<Arc<str>, DeclaredPool> {
+        self.next_deadline = None;
+        let grace = humantime::format_duration(self.grace).to_string();
+        let in_grace = format!(
+            "began terminating less than the {grace} drain grace ago: kube-proxy may still send it new connections, so it is judged as draining only after"
+        );
+        let not_ready = "not ready: expected to receive nothing; not judged".to_owned();
+        let mut out = BTreeMap::new();
+        for p in &catalog.pools {
+            let mut members = Vec::with_capacity(p.members.len());
+            for m in &p.members {
+                let expect = match m.condition {
+                    Condition::Ready => Expect::Share,
+                    Condition::NotReady => Expect::Unjudged {
+                        draining: false,
+                        reason: not_ready.clone(),
+                    },
+                    Condition::Draining => {
+                        let since = self
+                            .draining_since
+                            .get(&(p.name.clone(), m.addr))
+                            .copied()
+                            .unwrap_or(now);
+                        let end = since + self.grace;
+                        if now < end {
+                            self.next_deadline =
+                                Some(self.next_deadline.map_or(end, |d| d.min(end)));
+                            Expect::Unjudged {
+                                draining: true,
+                                reason: in_grace.clone(),
+                            }
+                        } else {
+                            Expect::Draining
+                        }
+                    }
+                };
+                members.push(DeclaredMember {
+                    addr: m.addr,
+                    weight: 1.0,
+                    expect,
+                    node: m.node.clone(),
+                    pod: m.pod.clone(),
+                    zone: m.zone.clone(),
+                    source: Source {
+                        kubernetes: true,
+                        ..Source::default()
+                    },
+                });
+            }
+            out.insert(
+                p.name.clone(),
+                DeclaredPool {
+                    members,
+                    lb_nodes: p.lb_nodes.clone(),
+                    kubernetes: Some(p.service.clone()),
+                    note: p.note.clone(),
+                },
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::{
+        declared::{KubeService, LbNodes},
+        kube::catalog::{Member, ServicePool},
+    };
+
+    fn catalog(version: u64, conditions: &[Condition]) -> Arc<Catalog> {
+        Arc::new(Catalog {
+            synced: true,
+            version,
+            pools: vec![ServicePool {
+                name: "default/web:http".into(),
+                service: Arc::new(KubeService::default()),
+                members: conditions
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| Member {
+                        addr: format!("10.0.0.{}:8080", i + 1).parse().unwrap(),
+                        condition: *c,
+                        node: Some("n1".into()),
+                        zone: None,
+                        pod: Some(format!("default/web-{i}").into()),
+                        for_zones: vec![],
+                    })
+                    .collect(),
+                lb_nodes: LbNodes::Senders,
+                note: None,
+            }],
+        })
+    }
+
+    fn expects(p: &BTreeMap<Arc<str>, DeclaredPool>) -> Vec<&'static str> {
+        p["default/web:http"]
+            .members
+            .iter()
+            .map(|m| match &m.expect {
+                Expect::Share => "share",
+                Expect::Draining => "draining",
+                Expect::Unjudged { draining: true, .. } => "grace",
+                Expect::Unjudged {
+                    draining: false, ..
+                } => "not ready",
+            })
+            .collect()
+    }
+
+    #[test]
+    fn draining_members_are_judged_only_after_the_grace() {
+        let (tx, rx) = watch::channel(Arc::new(Catalog::default()));
+        let mut k = KubePools::new(rx, Duration::from_secs(10));
+        let t0 = Instant::now();
+        // Nothing before the first full listing.
+        assert!(k.poll(t0).is_none());
+        tx.send_replace(catalog(1, &[Condition::Ready, Condition::Ready]));
+        let p = k.poll(t0).expect("first pools");
+        assert_eq!(expects(&p), ["share", "share"]);
+        assert!(k.poll(t0 + Duration::from_secs(1)).is_none(), "unchanged");
+        // The second member starts terminating; a third is not ready yet.
+        tx.send_replace(catalog(
+            2,
+            &[Condition::Ready, Condition::Draining, Condition::NotReady],
+        ));
+        let t1 = t0 + Duration::from_secs(2);
+        assert_eq!(
+            expects(&k.poll(t1).unwrap()),
+            ["share", "grace", "not ready"]
+        );
+        // A catalog change within the grace keeps the first-seen time.
+        tx.send_replace(catalog(
+            3,
+            &[Condition::Ready, Condition::Draining, Condition::Ready],
+        ));
+        let t2 = t1 + Duration::from_secs(5);
+        assert_eq!(expects(&k.poll(t2).unwrap()), ["share", "grace", "share"]);
+        assert!(k.poll(t1 + Duration::from_secs(9)).is_none());
+        // The grace ends: the pools change with no catalog change.
+        let p = k.poll(t1 + Duration::from_secs(10)).expect("grace ended");
+        assert_eq!(expects(&p), ["share", "draining", "share"]);
+        assert!(k.poll(t1 + Duration::from_secs(11)).is_none());
+    }
+}

@@ -1,0 +1,139 @@
+//! A foreign TCX program — not evenflow's — to sit beside evenflow's on a
+//! device, as a CNI's (Cilium, Calico eBPF) would: it passes every packet on
+//! (`TCX_NEXT`) and the kernel counts its runs. If a program before it in
+//! the chain ended the chain, its run count would stay at zero.
+//!
+//! Raw `bpf(2)`: the program is two instructions, and the tests crate has
+//! no eBPF toolchain of its own.
+
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+
+use anyhow::{Context as _, Result, bail};
+
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_ENABLE_STATS: libc::c_long = 32;
+const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+const BPF_TCX_INGRESS: u32 = 46;
+const BPF_TCX_EGRESS: u32 = 47;
+const BPF_F_BEFORE: u32 = 1 << 3;
+const BPF_F_AFTER: u32 = 1 << 4;
+/// Offset of `run_cnt` in `struct bpf_prog_info`.
+const RUN_CNT_OFFSET: usize = 200;
+
+/// `r0 = -1 (TCX_NEXT); exit`.
+const PASS_ON: [u8; 16] = [
+    0xb7, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0x95, 0, 0, 0, 0, 0, 0, 0,
+];
+
+fn bpf(cmd: libc::c_long, attr: &mut [u8]) -> std::io::Result<i64> {
+    // SAFETY: `attr` is a readable and writable bpf_attr-sized buffer.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len() as u32) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(r)
+}
+
+fn put_u32(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+}
+
+fn put_u64(b: &mut [u8], at: usize, v: u64) {
+    b[at..at + 8].copy_from_slice(&v.to_ne_bytes());
+}
+
+fn fd(r: i64) -> OwnedFd {
+    // SAFETY: the kernel returned a new descriptor we now own.
+    unsafe { OwnedFd::from_raw_fd(r as i32) }
+}
+
+/// Where in a device's chain to attach.
+#[derive(Clone, Copy, Debug)]
+pub enum Place {
+    /// Ahead of every program attached so far.
+    First,
+    /// Behind every program attached so far.
+    Last,
+}
+
+/// The foreign program and its links; dropping it detaches them.
+pub struct Neighbour {
+    prog: OwnedFd,
+    _links: Vec<OwnedFd>,
+    /// Keeps run counting on while the neighbour lives.
+    _stats: OwnedFd,
+}
+
+impl Neighbour {
+    /// Loads the program and links it at `place` on ingress and egress of
+    /// each interface (by index, in the calling thread's network namespace).
+    pub fn attach(ifindexes: &[u32], place: Place) -> Result<Self> {
+        let mut stats = [0u8; 8];
+        let stats = fd(bpf(BPF_ENABLE_STATS, &mut stats).context("BPF_ENABLE_STATS")?);
+        let license = c"GPL";
+        let mut attr = [0u8; 128];
+        put_u32(&mut attr, 0, BPF_PROG_TYPE_SCHED_CLS);
+        put_u32(&mut attr, 4, (PASS_ON.len() / 8) as u32);
+        put_u64(&mut attr, 8, PASS_ON.as_ptr() as u64);
+        put_u64(&mut attr, 16, license.as_ptr() as u64);
+        attr[48..48 + 9].copy_from_slice(b"neighbour");
+        let prog = fd(bpf(BPF_PROG_LOAD, &mut attr).context("loading the neighbour program")?);
+        let flags = match place {
+            Place::First => BPF_F_BEFORE,
+            Place::Last => BPF_F_AFTER,
+        };
+        let mut links = Vec::new();
+        for &ifindex in ifindexes {
+            for attach_type in [BPF_TCX_INGRESS, BPF_TCX_EGRESS] {
+                let mut attr = [0u8; 64];
+                put_u32(&mut attr, 0, prog.as_raw_fd() as u32);
+                put_u32(&mut attr, 4, ifindex);
+                put_u32(&mut attr, 8, attach_type);
+                put_u32(&mut attr, 12, flags);
+                let link = bpf(BPF_LINK_CREATE, &mut attr).with_context(|| {
+                    format!("linking the neighbour to ifindex {ifindex} ({place:?})")
+                })?;
+                links.push(fd(link));
+            }
+        }
+        Ok(Self {
+            prog,
+            _links: links,
+            _stats: stats,
+        })
+    }
+
+    /// How many times the kernel ran the program.
+    pub fn runs(&self) -> Result<u64> {
+        let mut info = [0u8; 256];
+        let mut attr = [0u8; 16];
+        put_u32(&mut attr, 0, self.prog.as_raw_fd() as u32);
+        put_u32(&mut attr, 4, info.len() as u32);
+        put_u64(&mut attr, 8, info.as_mut_ptr() as u64);
+        bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).context("reading the neighbour's info")?;
+        let got = u32::from_ne_bytes([attr[4], attr[5], attr[6], attr[7]]) as usize;
+        if got < RUN_CNT_OFFSET + 8 {
+            bail!("the kernel's bpf_prog_info ({got} bytes) has no run_cnt");
+        }
+        let mut v = [0u8; 8];
+        v.copy_from_slice(&info[RUN_CNT_OFFSET..RUN_CNT_OFFSET + 8]);
+        Ok(u64::from_ne_bytes(v))
+    }
+}
+
+/// The indexes of `names` in the calling thread's network namespace.
+pub fn ifindexes(names: &[String]) -> Result<Vec<u32>> {
+    names
+        .iter()
+        .map(|name| {
+            let c = std::ffi::CString::new(name.as_str())?;
+            // SAFETY: a valid C string.
+            match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+                0 => bail!("no interface {name} here"),
+                idx => Ok(idx),
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,605 @@
+//! The field matrix, continued: connection shapes rather than node shapes
+//! (the node shapes — bridges, loss, deferred accept, TCX neighbours — are
+//! rows of `datapath.rs`, which shares their ground truth). Each test runs
+//! real nginx and nftables in a lab of network namespaces and checks the
+//! agents against nginx's logs and the client's own tally: connections
+//! exactly (opened, closed, none left active), bytes to 0.1 %, and no flow
+//! state left behind.
+//!
+//! Needs root (network namespaces, eBPF): run with `cargo xtask test`.
+
+use std::{net::SocketAddr, time::Duration};
+
+use evenflow_tests::{
+    agent, client,
+    grpcurl::{self, SENDS_TO, SERVES, Totals},
+    lab::{self, BACKEND_PORT, Lab},
+    netns, nft, nginx,
+};
+use serde_json::Value;
+
+fn num(v: &Value) -> u64 {
+    match v {
+        Value::String(s) => s.parse().unwrap_or(0),
+        Value::Number(n) => n.as_u64().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn datapath(snap: &Value, key: &str) -> u64 {
+    num(&snap["datapath"][key])
+}
+
+fn within(seen: u64, truth: u64) -> bool {
+    (seen as f64 - truth as f64).abs() <= (truth as f64).max(1.0) * 0.001
+}
+
+/// Loads nftables `rules` in `ns` (through a file: the command line wants
+/// statements, not a ruleset).
+fn nft_load(lab: &Lab, ns: &str, name: &str, rules: &str) -> anyhow::Result<()> {
+    let path = lab.dir.join(format!("{name}.nft"));
+    std::fs::write(&path, rules.replace("; ", ";\n").replace("} }", "}\n}\n"))?;
+    netns::exec(ns, "nft", &["-f", &path.display().to_string()])?;
+    Ok(())
+}
+
+fn backend_addr(lab: &Lab, i: usize) -> String {
+    lab.backends[i].addr(false).to_string()
+}
+
+/// Waits until `ns`'s endpoint settles at `want` connections opened and
+/// closed; returns its totals.
+fn settled(ns: &str, addr: &str, port: u16, dir: &str, want: u64) -> Totals {
+    let (_, t) = grpcurl::settle(
+        ns,
+        Duration::from_secs(15),
+        |s| grpcurl::totals(s, addr, port, dir),
+        |t| t.opened == want && t.closed == want,
+    )
+    .expect("grpcurl reads the snapshot");
+    t
+}
+
+/// Failed connects (RST from a backend with no listener), a backend that
+/// drops SYNs, and half-open handshakes (the client's ACK never leaves):
+/// none of them is an opened connection, and the lb's flow state returns to
+/// zero once conntrack would have forgotten them.
+#[test]
+fn field_failed_and_half_open_connections_leave_no_flow() {
+    evenflow_tests::require_root();
+    let mut lab = Lab::new("fail", 4).expect("the lab builds");
+    let mut logs = Vec::new();
+    for (i, b) in lab.backends.clone().iter().enumerate() {
+        // b3 runs no server: its kernel answers RST.
+        if i != 2 {
+            logs.push(Some(nginx::start(&mut lab, b).expect("nginx starts")));
+        } else {
+            logs.push(None);
+        }
+        agent::start(&mut lab, b, &["--service", "web=8080"]).expect("a backend agent starts");
+    }
+    // b4 drops every SYN: the client's connects time out.
+    let drop_syn = "table inet syndrop { chain input { type filter hook input priority 0; \
+                    tcp dport 8080 tcp flags & (syn | ack) == syn drop; } }";
+    nft_load(&lab, &lab.backends[3].ns, "syndrop", drop_syn).expect("b4's SYN drop loads");
+    nft::start(&lab).expect("the DNAT rules load");
+    // VIP:81 goes to b1, for the half-open handshakes below.
+    let half_open_dnat = format!(
+        "table ip halfopen {{ chain prerouting {{ type nat hook prerouting priority dstnat; \
+         ip daddr {} tcp dport 81 dnat ip to {}:{BACKEND_PORT}; }} }}",
+        lab::VIP4,
+        lab.backends[0].addr4
+    );
+    nft_load(&lab, &lab.lb.ns, "halfopen-dnat", &half_open_dnat).expect("the :81 DNAT loads");
+    // conntrack (and so evenflow) forgets unanswered SYNs after 3 s here.
+    netns::sysctl(
+        &lab.lb.ns,
+        "net.netfilter.nf_conntrack_tcp_timeout_syn_sent",
+        "3",
+    )
+    .expect("conntrack's SYN timeout");
+    let lb = lab.lb.clone();
+    agent::start(&mut lab, &lb, &[]).expect("the lb agent starts");
+    let baseline = datapath(&grpcurl::snapshot(&lb.ns).expect("snapshot"), "liveFlows");
+
+    let load = client::http_load(&lab.client.ns, lab::vip(false), 24, 4).expect("the load runs");
+    // Round robin over four backends: b1 and b2 answer, b3 refuses, b4 is
+    // silent.
+    assert_eq!(load.connections, 12, "half the connects succeed: {load:?}");
+    // Half-open: the client's kernel answers the SYN-ACK, its ACK is
+    // dropped on the way out, so only the SYN and the backend's SYN-ACKs
+    // ever pass the lb.
+    let client_drop = "table inet halfopen { chain output { type filter hook output priority 0; \
+                       tcp dport 81 tcp flags & (syn | ack) == ack drop; } }";
+    nft_load(&lab, &lab.client.ns, "halfopen", client_drop).expect("the client's ACK drop loads");
+    let target = SocketAddr::new(lab::vip(false).ip(), 81);
+    let half_open: Vec<_> = (0..3)
+        .map(|_| {
+            let ns = lab.client.ns.clone();
+            std::thread::spawn(move || {
+                netns::run_in(&ns, move || {
+                    // connect() succeeds (the client thinks it is open);
+                    // the request never arrives and the read times out.
+                    client::KeepAlive::connect(target).and_then(|mut c| c.request())
+                })
+            })
+        })
+        .collect();
+    for h in half_open {
+        let r = h.join().expect("thread").expect("runs in the namespace");
+        assert!(r.is_err(), "a half-open connection cannot carry a request");
+    }
+
+    for (i, log) in logs.iter().enumerate() {
+        let addr = backend_addr(&lab, i);
+        let served = log
+            .as_ref()
+            .map(|p| nginx::read_log(p).expect("an access log"))
+            .unwrap_or_default();
+        let lb_view = settled(&lb.ns, &addr, BACKEND_PORT, SENDS_TO, served.connections);
+        let server_view = settled(
+            &lab.backends[i].ns,
+            &addr,
+            BACKEND_PORT,
+            SERVES,
+            served.connections,
+        );
+        println!(
+            "b{}: nginx {served:?}; lb {lb_view:?}; server {server_view:?}",
+            i + 1
+        );
+        assert_eq!(
+            (lb_view.opened, lb_view.closed),
+            (served.connections, served.connections),
+            "lb SENDS_TO {addr}: only completed handshakes open"
+        );
+        assert_eq!(
+            (server_view.opened, server_view.closed),
+            (served.connections, served.connections),
+            "b{} SERVES {addr}",
+            i + 1
+        );
+        for (seen, truth) in [
+            (lb_view.bytes_tx, served.request_bytes),
+            (lb_view.bytes_rx, served.response_bytes),
+            (server_view.bytes_rx, served.request_bytes),
+            (server_view.bytes_tx, served.response_bytes),
+        ] {
+            assert!(
+                within(seen, truth),
+                "{addr}: bytes {seen}, nginx says {truth}"
+            );
+        }
+    }
+    // Every unanswered or half-open attempt expires: the lb holds no flow.
+    let snap = evenflow_tests::wait_for(Duration::from_secs(20), || {
+        grpcurl::snapshot(&lb.ns)
+            .ok()
+            .filter(|s| datapath(s, "liveFlows") == baseline)
+    })
+    .unwrap_or_else(|| panic!("the lb's liveFlows never returned to {baseline}"));
+    let expired = datapath(&snap, "flowsExpired");
+    println!("lb datapath: {}", snap["datapath"]);
+    assert!(
+        expired >= 6 + 3,
+        "6 silent SYNs and 3 half-open handshakes expire (flowsExpired = {expired})"
+    );
+}
+
+/// A keep-alive connection open across many intervals: its bytes grow in
+/// every report, in both views, and equal nginx's log when it closes.
+#[test]
+fn field_keepalive_bytes_appear_every_interval() {
+    evenflow_tests::require_root();
+    let mut lab = Lab::new("keep", 1).expect("the lab builds");
+    let b1 = lab.backends[0].clone();
+    let log = nginx::start(&mut lab, &b1).expect("nginx starts");
+    agent::start(&mut lab, &b1, &["--service", "web=8080"]).expect("the backend agent starts");
+    nft::start(&lab).expect("the DNAT rules load");
+    let lb = lab.lb.clone();
+    agent::start(&mut lab, &lb, &[]).expect("the lb agent starts");
+    let addr = backend_addr(&lab, 0);
+    let vip = lab::vip(false);
+    let ns = lab.client.ns.clone();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let client = std::thread::spawn(move || {
+        netns::run_in(&ns, move || -> anyhow::Result<client::KeepAlive> {
+            let mut c = client::KeepAlive::connect(vip)?;
+            // A request every 100 ms until told to stop.
+            while rx.recv_timeout(Duration::from_millis(100)).is_err() {
+                c.request()?;
+            }
+            Ok(c)
+        })
+    });
+    let mut server_seen = Vec::new();
+    let mut lb_seen = Vec::new();
+    for _ in 0..8 {
+        std::thread::sleep(Duration::from_millis(1200));
+        let s = grpcurl::snapshot(&b1.ns).expect("b1's snapshot");
+        server_seen.push(grpcurl::totals(&s, &addr, BACKEND_PORT, SERVES));
+        let s = grpcurl::snapshot(&lb.ns).expect("the lb's snapshot");
+        lb_seen.push(grpcurl::totals(&s, &addr, BACKEND_PORT, SENDS_TO));
+    }
+    tx.send(()).expect("the client listens");
+    let c = client
+        .join()
+        .expect("thread")
+        .expect("runs in the namespace")
+        .expect("every request is answered");
+    drop(c);
+    for (view, seen) in [("server", &server_seen), ("lb", &lb_seen)] {
+        println!("{view} view while open: {seen:?}");
+        assert!(
+            seen.iter().all(|t| t.opened == 1 && t.closed == 0),
+            "{view} view: one connection, open, in every report"
+        );
+        assert!(
+            seen.windows(2)
+                .all(|w| w[1].bytes_rx > w[0].bytes_rx && w[1].bytes_tx > w[0].bytes_tx),
+            "{view} view: bytes grow in every report while the connection lives"
+        );
+    }
+    let served = evenflow_tests::wait_for(Duration::from_secs(5), || {
+        nginx::read_log(&log).ok().filter(|s| s.requests > 0)
+    })
+    .expect("nginx logged the requests");
+    let server = settled(&b1.ns, &addr, BACKEND_PORT, SERVES, 1);
+    let lb_view = settled(&lb.ns, &addr, BACKEND_PORT, SENDS_TO, 1);
+    println!("nginx {served:?}; server {server:?}; lb {lb_view:?}");
+    assert_eq!(served.connections, 1);
+    for (what, seen, truth) in [
+        ("server rx", server.bytes_rx, served.request_bytes),
+        ("server tx", server.bytes_tx, served.response_bytes),
+        ("lb tx", lb_view.bytes_tx, served.request_bytes),
+        ("lb rx", lb_view.bytes_rx, served.response_bytes),
+    ] {
+        assert!(within(seen, truth), "{what}: {seen}, nginx says {truth}");
+    }
+}
+
+/// Loopback connections count their bytes (sock_ops reads the sockets;
+/// nothing is attached to `lo`), and a `redirect` rule on a backend sends
+/// its port 80 to nginx's 8080: counted at the listener, and the lb, which
+/// only routed those connections, claims none of them.
+#[test]
+fn field_loopback_and_redirect_count_at_the_socket() {
+    evenflow_tests::require_root();
+    let mut lab = Lab::new("loop", 1).expect("the lab builds");
+    let b1 = lab.backends[0].clone();
+    let log = nginx::start(&mut lab, &b1).expect("nginx starts");
+    let redirect = "table ip redir { chain prerouting { type nat hook prerouting priority dstnat; \
+                    tcp dport 80 redirect to :8080; } }";
+    nft_load(&lab, &b1.ns, "redirect", redirect).expect("the redirect loads");
+    agent::start(&mut lab, &b1, &["--service", "web=8080"]).expect("the backend agent starts");
+    let lb = lab.lb.clone();
+    agent::start(&mut lab, &lb, &[]).expect("the lb agent starts");
+    let local = client::http_load(&b1.ns, "127.0.0.1:8080".parse().expect("addr"), 20, 2)
+        .expect("the loopback load runs");
+    let remote_target = SocketAddr::new(b1.addr(false), 80);
+    let remote =
+        client::http_load(&lab.client.ns, remote_target, 20, 2).expect("the redirected load runs");
+    assert_eq!((local.connections, remote.connections), (20, 20));
+    let served = evenflow_tests::wait_for(Duration::from_secs(5), || {
+        nginx::read_log(&log).ok().filter(|s| s.requests == 40)
+    })
+    .expect("nginx logged all 40 requests");
+    let lo = settled(&b1.ns, "127.0.0.1", BACKEND_PORT, SERVES, 20);
+    let addr = backend_addr(&lab, 0);
+    let redirected = settled(&b1.ns, &addr, BACKEND_PORT, SERVES, 20);
+    println!("nginx {served:?}; loopback {lo:?}; redirected {redirected:?}");
+    for (what, seen, truth) in [
+        ("loopback rx", lo.bytes_rx, local.bytes_sent),
+        ("loopback tx", lo.bytes_tx, local.bytes_received),
+        ("redirected rx", redirected.bytes_rx, remote.bytes_sent),
+        ("redirected tx", redirected.bytes_tx, remote.bytes_received),
+        (
+            "both vs nginx rx",
+            lo.bytes_rx + redirected.bytes_rx,
+            served.request_bytes,
+        ),
+    ] {
+        assert!(within(seen, truth), "{what}: {seen}, truth {truth}");
+    }
+    let snap = grpcurl::snapshot(&lb.ns).expect("the lb's snapshot");
+    let claimed = grpcurl::totals(&snap, &addr, 80, SENDS_TO);
+    assert_eq!(
+        claimed,
+        Totals::default(),
+        "the lb routed these connections untranslated: not a balancing decision"
+    );
+    assert!(
+        datapath(&snap, "synsRouted") >= 20,
+        "the lb saw them as routed: {}",
+        snap["datapath"]
+    );
+}
+
+/// A device that appears after the agent started (a pod's veth) is
+/// followed: the lb's agent attaches to it and counts what it forwards
+/// there, exactly.
+#[test]
+fn field_new_interfaces_are_followed() {
+    evenflow_tests::require_root();
+    let mut lab = Lab::new("follow", 2).expect("the lab builds");
+    let (lb, b2) = (lab.lb.clone(), lab.backends[1].clone());
+    let lb_side = format!("{}l2", lab.name);
+    let b2_side = format!("{}b2", lab.name);
+    netns::exec(&lb.ns, "ip", &["link", "del", &lb_side]).expect("b2's link goes");
+    let mut logs = Vec::new();
+    for b in lab.backends.clone() {
+        logs.push(nginx::start(&mut lab, &b).expect("nginx starts"));
+        agent::start(&mut lab, &b, &["--service", "web=8080"]).expect("a backend agent starts");
+    }
+    agent::start(&mut lab, &lb, &[]).expect("the lb agent starts");
+    // The link comes (back) while the agent runs.
+    netns::veth(&b2_side, &b2.ns, &lb_side, &lb.ns).expect("the new veth");
+    netns::addr(&b2.ns, &b2_side, "10.2.2.2/24").expect("b2's address");
+    netns::addr(&lb.ns, &lb_side, "10.2.2.1/24").expect("the lb's address");
+    netns::default_route(&b2.ns, "10.2.2.1").expect("b2's route");
+    nft::start(&lab).expect("the DNAT rules load");
+    let followed = evenflow_tests::wait_for(Duration::from_secs(10), || {
+        grpcurl::snapshot(&lb.ns).ok().filter(|s| {
+            s["interfaces"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|i| i == lb_side.as_str()))
+        })
+    });
+    assert!(followed.is_some(), "the lb's agent attaches to {lb_side}");
+    let load = client::http_load(&lab.client.ns, lab::vip(false), 40, 4).expect("the load runs");
+    assert_eq!(load.connections, 40, "{load:?}");
+    let served = evenflow_tests::wait_for(Duration::from_secs(5), || {
+        nginx::read_log(&logs[1])
+            .ok()
+            .filter(|s| s.connections == 20)
+    })
+    .expect("b2 served half the connections");
+    let addr = backend_addr(&lab, 1);
+    let t = settled(&lb.ns, &addr, BACKEND_PORT, SENDS_TO, served.connections);
+    println!("b2: nginx {served:?}; lb {t:?}");
+    assert!(
+        within(t.bytes_tx, served.request_bytes) && within(t.bytes_rx, served.response_bytes),
+        "lb SENDS_TO {addr}: {t:?} vs nginx {served:?}"
+    );
+}
+
+/// Pod network namespaces behind veths on one node, removed on drop.
+struct Pods(Vec<String>);
+
+impl Drop for Pods {
+    fn drop(&mut self) {
+        for ns in &self.0 {
+            netns::delete(ns);
+        }
+    }
+}
+
+/// A pod on the lab's `node` as Kubernetes CNIs (Calico-style) build them:
+/// its own namespace and a child cgroup of the node's, a veth whose host end
+/// routes the pod's /32, and a default route through a link-local gateway
+/// that resolves to the host end.
+fn pod(lab: &Lab, pods: &mut Pods, i: usize, ip: &str) -> lab::Node {
+    let node = &lab.lb;
+    let ns = format!("{}-p{i}", lab.name);
+    netns::create(&ns).expect("the pod's namespace");
+    pods.0.push(ns.clone());
+    let cgroup = node.cgroup.join(format!("pod{i}"));
+    evenflow_tests::cgroup::create(&cgroup).expect("the pod's cgroup");
+    let (host_side, pod_side) = (format!("{}h{i}", lab.name), format!("{}q{i}", lab.name));
+    netns::veth(&pod_side, &ns, &host_side, &node.ns).expect("the pod's veth");
+    netns::addr(&ns, &pod_side, &format!("{ip}/32")).expect("the pod's address");
+    // Calico's way: every host end has one MAC, the pod's gateway is a
+    // link-local address resolved to it statically.
+    netns::exec(
+        &node.ns,
+        "ip",
+        &["link", "set", &host_side, "address", "ee:ee:ee:ee:ee:ee"],
+    )
+    .expect("the host end's MAC");
+    netns::exec(
+        &ns,
+        "ip",
+        &["route", "add", "169.254.1.1", "dev", &pod_side],
+    )
+    .expect("route");
+    netns::exec(
+        &ns,
+        "ip",
+        &[
+            "neigh",
+            "add",
+            "169.254.1.1",
+            "lladdr",
+            "ee:ee:ee:ee:ee:ee",
+            "dev",
+            &pod_side,
+            "nud",
+            "permanent",
+        ],
+    )
+    .expect("the gateway's neighbour entry");
+    netns::exec(
+        &ns,
+        "ip",
+        &[
+            "route",
+            "add",
+            "default",
+            "via",
+            "169.254.1.1",
+            "dev",
+            &pod_side,
+        ],
+    )
+    .expect("the pod's default route");
+    netns::exec(
+        &node.ns,
+        "ip",
+        &["route", "add", &format!("{ip}/32"), "dev", &host_side],
+    )
+    .expect("the node's route to the pod");
+    lab::Node {
+        role: format!("p{i}"),
+        ns,
+        cgroup,
+        addr4: ip.parse().expect("an IPv4 address"),
+        addr6: "fd00::1".parse().expect("an IPv6 address"),
+    }
+}
+
+/// A Kubernetes-like node: a client pod reaches two backend pods on the same
+/// node directly by pod IP (as ingress controllers and meshes do) and
+/// through a ClusterIP the node DNATs (kube-proxy). One agent on the node's
+/// parent cgroup sees every pod socket and the node's forwarding: each pod
+/// is sent exactly the connections its nginx served (opened and closed
+/// once, none left active), and serves them, bytes to 0.1 %.
+#[test]
+fn field_same_node_pods_direct_and_through_a_clusterip() {
+    evenflow_tests::require_root();
+    let mut lab = Lab::new("k8n", 1).expect("the lab builds");
+    let mut pods = Pods(Vec::new());
+    let client_pod = pod(&lab, &mut pods, 1, "10.244.0.11");
+    let backends = [
+        pod(&lab, &mut pods, 2, "10.244.0.12"),
+        pod(&lab, &mut pods, 3, "10.244.0.13"),
+    ];
+    let logs: Vec<_> = backends
+        .iter()
+        .map(|b| nginx::start(&mut lab, b).expect("nginx starts in the pod"))
+        .collect();
+    let node = lab.lb.clone();
+    let cluster_ip = "10.96.0.10";
+    let dnat = format!(
+        "table ip kubeproxy {{ chain prerouting {{ type nat hook prerouting priority dstnat; \
+         ip daddr {cluster_ip} tcp dport 80 dnat ip to numgen inc mod 2 map {{ 0 : {} . 8080, 1 : {} . 8080 }}; }} }}",
+        backends[0].addr4, backends[1].addr4
+    );
+    nft_load(&lab, &node.ns, "kubeproxy", &dnat).expect("the ClusterIP DNAT loads");
+    agent::start(&mut lab, &node, &["--service", "web=8080"]).expect("the node's agent starts");
+
+    // The client runs inside the client pod's cgroup, so the node's agent
+    // sees its sockets as it sees any pod's: a process, not the test.
+    let script = format!(
+        "import socket\n\
+         for t, n in [(('{a}', 8080), 30), (('{b}', 8080), 30), (('{cluster_ip}', 80), 40)]:\n \
+         for i in range(n):\n  \
+         s = socket.create_connection(t, timeout=5)\n  \
+         s.sendall(b'GET / HTTP/1.1\\r\\nHost: pod\\r\\nConnection: close\\r\\n\\r\\n')\n  \
+         while s.recv(65536): pass\n  \
+         s.close()\n",
+        a = backends[0].addr4,
+        b = backends[1].addr4,
+    );
+    lab.spawn(&client_pod, "client-pod", "python3", &["-c", &script])
+        .expect("the client pod's process starts");
+
+    for (b, log) in backends.iter().zip(&logs) {
+        let served = evenflow_tests::wait_for(Duration::from_secs(30), || {
+            nginx::read_log(log).ok().filter(|s| s.connections == 50)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{} served 30 direct + 20 via the ClusterIP; processes:\n{}",
+                b.role,
+                lab.processes_report()
+            )
+        });
+        let addr = b.addr4.to_string();
+        let sent = settled(&node.ns, &addr, BACKEND_PORT, SENDS_TO, 50);
+        let serves = settled(&node.ns, &addr, BACKEND_PORT, SERVES, 50);
+        println!(
+            "{}: nginx {served:?}\n  SENDS_TO {sent:?}\n  SERVES {serves:?}",
+            b.role
+        );
+        for (what, t, rx, tx) in [
+            (
+                "SENDS_TO",
+                sent,
+                served.response_bytes,
+                served.request_bytes,
+            ),
+            (
+                "SERVES",
+                serves,
+                served.request_bytes,
+                served.response_bytes,
+            ),
+        ] {
+            assert_eq!(
+                (t.opened, t.closed),
+                (50, 50),
+                "{} {what} {addr}: {t:?}",
+                b.role
+            );
+            assert!(
+                within(t.bytes_rx, rx) && within(t.bytes_tx, tx),
+                "{} {what} {addr}: {t:?} vs nginx {served:?}",
+                b.role
+            );
+        }
+    }
+    let snap = grpcurl::snapshot(&node.ns).expect("the node's snapshot");
+    for e in snap["endpoints"].as_array().into_iter().flatten() {
+        let t = &e["totals"];
+        assert_eq!(
+            num(&t["connsOpened"]),
+            num(&t["connsClosed"]),
+            "no connection is left open: {e}"
+        );
+    }
+    assert_eq!(datapath(&snap, "liveFlows"), 0, "{}", snap["datapath"]);
+}
+
+/// A hostNetwork proxy on the lb node dialling a ClusterIP-like VIP that
+/// the node's own DNAT (OUTPUT chain) sends to a backend: the proxy's
+/// sockets count towards the backend they really reached, not the VIP.
+#[test]
+fn field_host_network_proxy_through_local_dnat_counts_the_backend() {
+    evenflow_tests::require_root();
+    let mut lab = Lab::new("hostnet", 2).expect("the lab builds");
+    let mut logs = Vec::new();
+    for b in lab.backends.clone() {
+        logs.push(nginx::start(&mut lab, &b).expect("nginx starts"));
+    }
+    let lb = lab.lb.clone();
+    let dnat = format!(
+        "table ip localdnat {{ chain output {{ type nat hook output priority -100; \
+         ip daddr {} tcp dport 80 dnat ip to numgen inc mod 2 map {{ 0 : {} . 8080, 1 : {} . 8080 }}; }} }}",
+        lab::VIP4,
+        lab.backends[0].addr4,
+        lab.backends[1].addr4
+    );
+    nft_load(&lab, &lb.ns, "localdnat", &dnat).expect("the OUTPUT DNAT loads");
+    agent::start(&mut lab, &lb, &[]).expect("the lb agent starts");
+    // The proxy is a process in the lb's cgroup, as a hostNetwork pod is.
+    let script = format!(
+        "import socket\n\
+         for i in range(40):\n \
+         s = socket.create_connection(('{}', 80), timeout=5)\n \
+         s.sendall(b'GET / HTTP/1.1\\r\\nHost: vip\\r\\nConnection: close\\r\\n\\r\\n')\n \
+         while s.recv(65536): pass\n \
+         s.close()\n",
+        lab::VIP4
+    );
+    lab.spawn(&lb, "proxy", "python3", &["-c", &script])
+        .expect("the proxy starts");
+    for (i, log) in logs.iter().enumerate() {
+        let served = evenflow_tests::wait_for(Duration::from_secs(30), || {
+            nginx::read_log(log).ok().filter(|s| s.connections == 20)
+        })
+        .unwrap_or_else(|| panic!("b{} served 20; {}", i + 1, lab.processes_report()));
+        let addr = backend_addr(&lab, i);
+        let t = settled(&lb.ns, &addr, BACKEND_PORT, SENDS_TO, 20);
+        println!("b{}: nginx {served:?}; lb {t:?}", i + 1);
+        assert!(
+            within(t.bytes_tx, served.request_bytes) && within(t.bytes_rx, served.response_bytes),
+            "lb SENDS_TO {addr}: {t:?} vs nginx {served:?}"
+        );
+    }
+    let snap = grpcurl::snapshot(&lb.ns).expect("the lb's snapshot");
+    assert_eq!(
+        grpcurl::totals(&snap, lab::VIP4, 80, SENDS_TO),
+        Totals::default(),
+        "the VIP is not a backend"
+    );
+}

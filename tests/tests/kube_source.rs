@@ -1,0 +1,797 @@
+//! The collector's Kubernetes pool source (issue 10), end to end without a
+//! cluster: the real `evenflow-collector` binary, its real kube-rs client
+//! configured by a kubeconfig (TLS with the cluster CA, a bearer token),
+//! against the stand-in API server (`evenflow_tests::kubeapi`) enforcing
+//! exactly the ClusterRole of `deploy/kubernetes/collector-rbac.yaml`, and
+//! simulated agents on real gRPC report streams whose traffic follows what
+//! kube-proxy would do with the EndpointSlices.
+//!
+//! The node lab (`kube_node.rs`) proves the same with real pods, real
+//! kube-proxy-style DNAT and the real agent; these tests drive what a lab
+//! cannot drive quickly: watch expiry and re-lists, API server restarts,
+//! RBAC refusals, zones.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use evenflow_proto::v1::{self, distribution_client::DistributionClient};
+use evenflow_tests::{
+    kubeapi::{
+        self, ApiServer, Rule,
+        objects::{self, Pod, State},
+    },
+    simagent::SimAgent,
+};
+use tonic::transport::Channel;
+
+const NS: &str = "default";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The stand-in API server and a collector reading it.
+struct Cluster {
+    api: ApiServer,
+    collector: Child,
+    grpc: SocketAddr,
+    metrics: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Cluster {
+    /// A stand-in with the manifest's RBAC (or `rules`), and a collector
+    /// started with `--kubeconfig` pointing at it.
+    fn start(name: &str, rules: Option<Vec<Rule>>) -> Cluster {
+        let rules = rules
+            .unwrap_or_else(|| kubeapi::collector_rules().expect("the manifest's ClusterRole"));
+        let api = ApiServer::start(kubeapi::Options {
+            rules: Some(rules),
+            bookmark_every: Duration::from_millis(500),
+            ..Default::default()
+        })
+        .expect("stand-in API server");
+        let dir = std::env::temp_dir().join(format!("evenflow-kube-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        api.write_kubeconfig(&dir.join("kubeconfig"))
+            .expect("kubeconfig");
+        let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let bin = evenflow_tests::agent::binary("evenflow-collector", "EVENFLOW_COLLECTOR_BIN")
+            .expect("collector binary");
+        let log = std::fs::File::create(dir.join("collector.log")).expect("log");
+        let collector = Command::new(bin)
+            .args([
+                "--grpc-addr",
+                &grpc.to_string(),
+                "--metrics-addr",
+                &metrics.to_string(),
+                "--kubeconfig",
+                &dir.join("kubeconfig").display().to_string(),
+                "--kube-drain-grace",
+                "3s",
+            ])
+            .env("RUST_LOG", "info,evenflow_collector=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("collector starts");
+        Cluster {
+            api,
+            collector,
+            grpc,
+            metrics,
+            dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    /// List requests so far for `resource` (every resource when empty).
+    fn lists(&self, resource: &str) -> usize {
+        self.api
+            .requests()
+            .iter()
+            .filter(|r| r.verb == "list" && (resource.is_empty() || r.resource == resource))
+            .count()
+    }
+
+    /// The collector's /metrics.
+    fn metrics(&self) -> String {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect(self.metrics).expect("metrics listener");
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: collector\r\n\r\n")
+            .expect("request");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("response");
+        out
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("collector.log")).unwrap_or_default()
+    }
+
+    async fn query(&self) -> DistributionClient<Channel> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match DistributionClient::connect(self.url()).await {
+                Ok(c) => return c,
+                Err(e) if Instant::now() > deadline => {
+                    panic!("collector unreachable: {e}\n{}", self.log())
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.collector.kill();
+        let _ = self.collector.wait();
+        if std::env::var_os("EVENFLOW_KEEP_LAB").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn addr(ip: &str) -> SocketAddr {
+    SocketAddr::new(ip.parse().expect("ip"), 8080)
+}
+
+/// Service `name` with `pods` (name suffix, IP, state), port http 80 →
+/// 8080, all on `node`.
+fn apply_service(api: &ApiServer, name: &str, cluster_ip: &str, pods: &[Pod]) {
+    api.apply(&objects::service(
+        NS,
+        name,
+        cluster_ip,
+        &[("http", 80, 8080)],
+    ))
+    .expect("service");
+    api.apply(&objects::endpoint_slice(
+        NS,
+        name,
+        "abcde",
+        ("http", 8080),
+        pods,
+    ))
+    .expect("slice");
+}
+
+fn pod(service: &str, i: u32, node: &str, state: State) -> Pod {
+    Pod {
+        state,
+        ..Pod::ready(
+            &format!("{service}-{i}"),
+            &format!("10.244.{}.{i}", if service == "svc-a" { 1 } else { 2 }),
+            node,
+        )
+    }
+}
+
+/// What kube-proxy on one node would do: spread each Service's new
+/// connections round-robin over the endpoints its rules hold, counted on
+/// the node as SENDS_TO (the DNAT) and, when the pods are local, SERVES.
+struct Traffic {
+    agent: SimAgent,
+    routed: Vec<(String, Vec<SocketAddr>)>,
+    per_report: u64,
+    next: usize,
+    serves: bool,
+}
+
+impl Traffic {
+    async fn on(c: &Cluster, node: &str, per_report: u64, serves: bool) -> Traffic {
+        Traffic {
+            agent: SimAgent::connect(&c.url(), node).await.expect("agent"),
+            routed: Vec::new(),
+            per_report,
+            next: 0,
+            serves,
+        }
+    }
+
+    fn route(&mut self, service: &str, pods: &[&Pod]) {
+        let addrs: Vec<SocketAddr> = pods.iter().map(|p| addr(&p.ip)).collect();
+        for a in addrs.iter().filter(|_| self.serves) {
+            self.agent.touch(*a, v1::Direction::Serves);
+        }
+        match self.routed.iter_mut().find(|(s, _)| s == service) {
+            Some((_, v)) => *v = addrs,
+            None => self.routed.push((service.to_owned(), addrs)),
+        }
+    }
+
+    /// kube-proxy follows the slice: it routes to the ready pods.
+    fn route_ready(&mut self, service: &str, pods: &[Pod]) {
+        let ready: Vec<&Pod> = pods.iter().filter(|p| p.state == State::Ready).collect();
+        self.route(service, &ready);
+    }
+
+    /// Reports every 250 ms for `d`.
+    async fn run(&mut self, d: Duration) {
+        let end = Instant::now() + d;
+        while Instant::now() < end {
+            for (_, pods) in &self.routed {
+                for _ in 0..self.per_report {
+                    if pods.is_empty() {
+                        break;
+                    }
+                    let a = pods[self.next % pods.len()];
+                    self.next += 1;
+                    self.agent.add(a, v1::Direction::SendsTo, 1);
+                    if self.serves {
+                        self.agent.add(a, v1::Direction::Serves, 1);
+                    }
+                }
+            }
+            self.agent.report().await.expect("report");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+async fn pools(q: &mut DistributionClient<Channel>) -> Vec<v1::Pool> {
+    q.list_pools(v1::ListPoolsRequest {})
+        .await
+        .map(|r| r.into_inner().pools)
+        .unwrap_or_default()
+}
+
+/// ListAlerts: open ones, and resolved ones too when `resolved`.
+async fn list_alerts(
+    q: &mut DistributionClient<Channel>,
+    pool: &str,
+    resolved: bool,
+) -> Vec<v1::Alert> {
+    q.list_alerts(v1::ListAlertsRequest {
+        pool: pool.into(),
+        include_resolved: resolved,
+    })
+    .await
+    .expect("ListAlerts")
+    .into_inner()
+    .alerts
+}
+
+fn members(p: &v1::Pool) -> Vec<(String, String, &'static str)> {
+    p.members
+        .iter()
+        .map(|m| {
+            (
+                format!("{}:{}", m.address, m.port),
+                m.pod.clone(),
+                match v1::MemberState::try_from(m.state) {
+                    Ok(v1::MemberState::Draining) => "draining",
+                    Ok(v1::MemberState::NotReady) => "not-ready",
+                    _ => "serving",
+                },
+            )
+        })
+        .collect()
+}
+
+/// Polls ListPools until `ok` holds for the named pool, or panics with
+/// the last state and the collector's log.
+async fn wait_pool(
+    c: &Cluster,
+    q: &mut DistributionClient<Channel>,
+    name: &str,
+    secs: u64,
+    ok: impl Fn(&v1::Pool) -> bool,
+) -> v1::Pool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut last = None;
+    while Instant::now() < deadline {
+        if let Some(p) = pools(q).await.into_iter().find(|p| p.name == name) {
+            if ok(&p) {
+                return p;
+            }
+            last = Some(p);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "pool {name} never got there in {secs} s; last: {:#?}\ncollector log:\n{}",
+        last.as_ref().map(members),
+        c.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_services_on_one_port_are_two_pools_and_follow_watches_through_410_and_restarts() {
+    let c = Cluster::start("watch", None);
+    c.api
+        .apply(&objects::node("node-1", Some("zone-a")))
+        .expect("node");
+    let a: Vec<Pod> = (1..=3)
+        .map(|i| pod("svc-a", i, "node-1", State::Ready))
+        .collect();
+    let b: Vec<Pod> = (1..=2)
+        .map(|i| pod("svc-b", i, "node-1", State::Ready))
+        .collect();
+    apply_service(&c.api, "svc-a", "10.96.0.10", &a);
+    apply_service(&c.api, "svc-b", "10.96.0.11", &b);
+    let mut q = c.query().await;
+    let mut t = Traffic::on(&c, "node-1", 6, true).await;
+    t.route("svc-a", &a.iter().collect::<Vec<_>>());
+    t.route("svc-b", &b.iter().collect::<Vec<_>>());
+    // The client's own socket towards the ClusterIP (before DNAT) is no
+    // member of anything.
+    t.agent.add(
+        SocketAddr::from(([10, 96, 0, 10], 80)),
+        v1::Direction::SendsTo,
+        5,
+    );
+    t.run(Duration::from_secs(2)).await;
+
+    let pa = wait_pool(&c, &mut q, "default/svc-a:http", 20, |p| {
+        p.members.len() == 3
+    })
+    .await;
+    assert_eq!(
+        members(&pa),
+        [
+            (
+                "10.244.1.1:8080".to_owned(),
+                "default/svc-a-1".to_owned(),
+                "serving"
+            ),
+            (
+                "10.244.1.2:8080".to_owned(),
+                "default/svc-a-2".to_owned(),
+                "serving"
+            ),
+            (
+                "10.244.1.3:8080".to_owned(),
+                "default/svc-a-3".to_owned(),
+                "serving"
+            ),
+        ]
+    );
+    let k = pa.kubernetes.clone().expect("a Kubernetes pool");
+    assert_eq!(
+        (
+            k.namespace.as_str(),
+            k.service.as_str(),
+            k.port_name.as_str(),
+            k.port
+        ),
+        ("default", "svc-a", "http", 80)
+    );
+    assert_eq!(k.cluster_ips, ["10.96.0.10"]);
+    assert!(
+        pa.members
+            .iter()
+            .all(|m| m.node_name == "node-1" && m.source == "kubernetes")
+    );
+    let pb = wait_pool(&c, &mut q, "default/svc-b:http", 5, |p| {
+        p.members.len() == 2
+    })
+    .await;
+    assert_eq!(pb.members[0].pod, "default/svc-b-1");
+    let names: Vec<String> = pools(&mut q).await.into_iter().map(|p| p.name).collect();
+    assert_eq!(
+        names,
+        ["default/svc-a:http", "default/svc-b:http"],
+        "no other pool (the ClusterIP is not one)"
+    );
+
+    // A new pod: not ready first (listed, not judged), then ready. Its
+    // address sorts first, among the judged members.
+    let mut a0 = pod("svc-a", 0, "node-1", State::Starting);
+    let mut slice_a: Vec<Pod> = a.iter().cloned().chain([a0.clone()]).collect();
+    apply_service(&c.api, "svc-a", "10.96.0.10", &slice_a);
+    wait_pool(&c, &mut q, "default/svc-a:http", 10, |p| {
+        members(p)
+            .first()
+            .is_some_and(|m| m.2 == "not-ready" && m.1 == "default/svc-a-0")
+    })
+    .await;
+    t.run(Duration::from_secs(2)).await;
+    // /metrics: each member's facts, and the kernels' totals of each (the
+    // agent's own counts) on the right member, once a tick has them.
+    let mut want = vec![
+        r#"evenflow_member_info{pool="default/svc-a:http",member="10.244.1.0:8080",state="not_ready",source="kubernetes",node="node-1",pod="default/svc-a-0",zone=""} 1"#.to_owned(),
+    ];
+    want.extend(a.iter().chain([&a0]).map(|p| {
+        format!(
+            r#"evenflow_member_reported_connections_total{{pool="default/svc-a:http",member="{}:8080",view="server"}} {}"#,
+            p.ip,
+            t.agent.opened(addr(&p.ip), v1::Direction::Serves)
+        )
+    }));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut text = c.metrics();
+    while want.iter().any(|w| !text.contains(w.as_str())) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        text = c.metrics();
+    }
+    for w in &want {
+        assert!(text.contains(w.as_str()), "{w} not in:\n{text}");
+    }
+    a0.state = State::Ready;
+    slice_a[3] = a0.clone();
+    apply_service(&c.api, "svc-a", "10.96.0.10", &slice_a);
+    wait_pool(&c, &mut q, "default/svc-a:http", 10, |p| {
+        members(p).iter().all(|m| m.2 == "serving") && p.members.len() == 4
+    })
+    .await;
+
+    // etcd compacts and the watches end with 410 Gone; a change made
+    // meanwhile must arrive through the re-list.
+    let lists_before = c.lists("endpointslices");
+    c.api.expire_watches();
+    slice_a.remove(0);
+    apply_service(&c.api, "svc-a", "10.96.0.10", &slice_a);
+    wait_pool(&c, &mut q, "default/svc-a:http", 30, |p| {
+        p.members.len() == 3 && p.members.iter().all(|m| m.pod != "default/svc-a-1")
+    })
+    .await;
+    let lists_after = c.lists("endpointslices");
+    assert!(
+        lists_after > lists_before,
+        "a 410 makes the client list again ({lists_before} → {lists_after} lists)"
+    );
+    assert!(
+        c.log().contains("410 Gone"),
+        "the collector logs the expiry:\n{}",
+        c.log()
+    );
+
+    // A write elsewhere moves the revision past every Node event; idle
+    // Node watches learn the new revision from bookmarks.
+    apply_service(&c.api, "svc-b", "10.96.0.11", &b[..1]);
+    wait_pool(&c, &mut q, "default/svc-b:http", 20, |p| {
+        p.members.len() == 1
+    })
+    .await;
+    let bookmarked = c.api.revision();
+    t.run(Duration::from_secs(2)).await;
+    // An API server restart ends the watches without an error: the client
+    // resumes from the last revision it saw, without listing again.
+    let lists = c.lists("");
+    c.api.drop_watches();
+    apply_service(&c.api, "svc-b", "10.96.0.11", &b);
+    wait_pool(&c, &mut q, "default/svc-b:http", 20, |p| {
+        p.members.len() == 2
+    })
+    .await;
+    let reqs = c.api.requests();
+    assert_eq!(
+        reqs.iter().filter(|r| r.verb == "list").count(),
+        lists,
+        "resumed, not re-listed: {reqs:#?}"
+    );
+    // Nodes did not change since the start, yet their watch resumed from a
+    // recent revision: it learned it from bookmarks.
+    let node_watch = reqs
+        .iter()
+        .rev()
+        .find(|r| r.verb == "watch" && r.resource == "nodes")
+        .expect("a node watch");
+    assert!(
+        node_watch.query.contains("allowWatchBookmarks=true"),
+        "{node_watch:?}"
+    );
+    let rv: u64 = node_watch
+        .query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("resourceVersion="))
+        .and_then(|v| v.parse().ok())
+        .expect("resumed from a resourceVersion");
+    assert!(
+        rv >= bookmarked,
+        "the node watch resumed from {rv}, before the bookmark at {bookmarked}"
+    );
+
+    // Lists were paginated and every request was allowed by the manifest's
+    // rules (the stand-in refuses anything else).
+    assert!(
+        reqs.iter()
+            .filter(|r| r.verb == "list")
+            .all(|r| r.query.contains("limit="))
+    );
+    assert!(
+        reqs.iter().all(|r| r.status == 200),
+        "{:#?}",
+        reqs.iter().filter(|r| r.status != 200).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_update_pages_nothing_and_a_ready_pod_left_out_is_zero_by_name() {
+    let c = Cluster::start("roll", None);
+    c.api.apply(&objects::node("node-1", None)).expect("node");
+    let mut live: Vec<Pod> = (1..=3)
+        .map(|i| pod("svc-a", i, "node-1", State::Ready))
+        .collect();
+    apply_service(&c.api, "svc-a", "10.96.0.10", &live);
+    let mut q = c.query().await;
+    let mut t = Traffic::on(&c, "node-1", 6, true).await;
+    t.route("svc-a", &live.iter().collect::<Vec<_>>());
+    t.run(Duration::from_secs(6)).await;
+    wait_pool(&c, &mut q, "default/svc-a:http", 20, |p| {
+        p.verdict == v1::Verdict::Ok as i32
+    })
+    .await;
+
+    // Three rounds of a rolling update (maxSurge 1, maxUnavailable 0): a new
+    // pod starts, becomes ready and kube-proxy adds it; an old one starts
+    // terminating, kube-proxy drops it, and after a while it is gone.
+    let started = Instant::now();
+    let mut saw_draining = false;
+    for (new, old) in [(4, 1), (5, 2), (6, 3)] {
+        let mut p = pod("svc-a", new, "node-1", State::Starting);
+        live.push(p.clone());
+        apply_service(&c.api, "svc-a", "10.96.0.10", &live);
+        t.run(Duration::from_secs(1)).await;
+        p.state = State::Ready;
+        *live.last_mut().expect("new pod") = p;
+        apply_service(&c.api, "svc-a", "10.96.0.10", &live);
+        t.run(Duration::from_millis(500)).await;
+        t.route_ready("svc-a", &live);
+        t.run(Duration::from_secs(2)).await;
+        let i = live
+            .iter()
+            .position(|p| p.name == format!("svc-a-{old}"))
+            .expect("old pod");
+        live[i].state = State::Terminating;
+        apply_service(&c.api, "svc-a", "10.96.0.10", &live);
+        // kube-proxy takes 1.5 s to sync (a busy node): the terminating
+        // pod still gets new connections meanwhile, within the drain grace.
+        t.run(Duration::from_millis(1500)).await;
+        t.route_ready("svc-a", &live);
+        t.run(Duration::from_millis(1500)).await;
+        let ps = pools(&mut q).await;
+        saw_draining |= ps.iter().flat_map(|p| &p.members).any(|m| {
+            m.pod == format!("default/svc-a-{old}") && m.state == v1::MemberState::Draining as i32
+        });
+        t.run(Duration::from_secs(3)).await;
+        live.remove(i);
+        apply_service(&c.api, "svc-a", "10.96.0.10", &live);
+        t.run(Duration::from_secs(2)).await;
+    }
+    t.run(Duration::from_secs(4)).await;
+    let rollout = started.elapsed();
+    let alerts = list_alerts(&mut q, "", true).await;
+    assert!(saw_draining, "a terminating pod is shown draining");
+    assert!(
+        alerts.is_empty(),
+        "a {:.0} s rolling update raised {} alert(s): {:#?}\ncollector log:\n{}",
+        rollout.as_secs_f64(),
+        alerts.len(),
+        alerts,
+        c.log()
+    );
+    let p = wait_pool(&c, &mut q, "default/svc-a:http", 5, |p| {
+        p.members.len() == 3
+    })
+    .await;
+    assert_eq!(
+        p.members.iter().map(|m| m.pod.as_str()).collect::<Vec<_>>(),
+        ["default/svc-a-4", "default/svc-a-5", "default/svc-a-6"]
+    );
+    println!(
+        "rolling update of 3 pods over {:.1} s: {} alerts",
+        rollout.as_secs_f64(),
+        alerts.len()
+    );
+
+    // Scale up: the new pod is ready in its slice, but kube-proxy's rules
+    // never take it (say its node's sync is stuck).
+    live.push(pod("svc-a", 7, "node-1", State::Ready));
+    apply_service(&c.api, "svc-a", "10.96.0.10", &live);
+    let added = Instant::now();
+    let mut zero = None;
+    while added.elapsed() < Duration::from_secs(20) && zero.is_none() {
+        t.run(Duration::from_millis(500)).await;
+        zero = list_alerts(&mut q, "default/svc-a:http", false)
+            .await
+            .into_iter()
+            .find(|a| a.kind == v1::AlertKind::Zero as i32);
+    }
+    let zero = zero.unwrap_or_else(|| panic!("no ZERO for the pod nothing reaches\n{}", c.log()));
+    println!(
+        "ZERO {:.1} s after the dark pod joined: {}",
+        added.elapsed().as_secs_f64(),
+        zero.summary
+    );
+    assert_eq!(zero.member, "10.244.1.7:8080");
+    assert_eq!(zero.pod, "default/svc-a-7");
+    assert!(
+        zero.summary.contains("(pod default/svc-a-7)"),
+        "{}",
+        zero.summary
+    );
+    assert_eq!(zero.severity, v1::Severity::Page as i32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zone_hints_make_one_pool_per_zone_judged_against_that_zones_nodes() {
+    let c = Cluster::start("zones", None);
+    for (n, z) in [
+        ("node-a", "zone-a"),
+        ("node-b", "zone-b"),
+        ("client-b", "zone-b"),
+    ] {
+        c.api.apply(&objects::node(n, Some(z))).expect("node");
+    }
+    let mut svc = objects::service(NS, "api", "10.96.0.20", &[("http", 80, 8080)]);
+    if let Some(s) = svc.spec.as_mut() {
+        s.traffic_distribution = Some("PreferClose".into());
+    }
+    c.api.apply(&svc).expect("service");
+    // One endpoint in zone a, three in zone b, each hinted for its zone.
+    let hinted = |i: u32, node: &str, zone: &str| Pod {
+        zone: Some(zone.into()),
+        for_zones: vec![zone.into()],
+        ..Pod::ready(&format!("api-{i}"), &format!("10.244.3.{i}"), node)
+    };
+    let eps = [
+        hinted(1, "node-a", "zone-a"),
+        hinted(2, "node-b", "zone-b"),
+        hinted(3, "node-b", "zone-b"),
+        hinted(4, "node-b", "zone-b"),
+    ];
+    c.api
+        .apply(&objects::endpoint_slice(
+            NS,
+            "api",
+            "x",
+            ("http", 8080),
+            &eps,
+        ))
+        .expect("slice");
+    let mut q = c.query().await;
+    // Each zone's clients send as much, to their own zone's endpoints only:
+    // the zone-a endpoint gets three times the share of each zone-b one.
+    let mut za = Traffic::on(&c, "node-a", 9, true).await;
+    za.route("api", &[&eps[0]]);
+    let mut zb = Traffic::on(&c, "client-b", 9, false).await;
+    zb.route("api", &[&eps[1], &eps[2], &eps[3]]);
+    let mut serve_b = SimAgent::connect(&c.url(), "node-b").await.expect("agent");
+    let end = Instant::now() + Duration::from_secs(12);
+    while Instant::now() < end {
+        // node-a hosts its endpoint: its sends and serves are both on it;
+        // zone b's client node sends, node-b serves.
+        za.run(Duration::from_millis(1)).await;
+        zb.run(Duration::from_millis(1)).await;
+        for e in &eps[1..] {
+            serve_b.add(addr(&e.ip), v1::Direction::Serves, 6);
+        }
+        serve_b.report().await.expect("report");
+    }
+    let ps = pools(&mut q).await;
+    let names: Vec<&str> = ps.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["default/api:http@zone-a", "default/api:http@zone-b"]
+    );
+    let b = &ps[1];
+    assert_eq!(
+        b.kubernetes.as_ref().map(|k| k.zone.as_str()),
+        Some("zone-b")
+    );
+    assert_eq!(
+        b.lb_nodes,
+        ["client-b"],
+        "zone b's pool is judged against zone b's senders only"
+    );
+    assert!(b.reason.contains("topology-aware routing"), "{}", b.reason);
+    for p in &ps {
+        assert_eq!(
+            p.verdict,
+            v1::Verdict::Ok as i32,
+            "{}: {} ({:#?})",
+            p.name,
+            p.reason,
+            p.members
+        );
+    }
+    let alerts = list_alerts(&mut q, "", true).await;
+    assert!(
+        alerts.is_empty(),
+        "intended zone skew raised alerts: {alerts:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_permission_is_logged_with_the_fix_and_pools_come_once_granted() {
+    let full = kubeapi::collector_rules().expect("rules");
+    // The ClusterRole without nodes.
+    let without_nodes: Vec<Rule> = full
+        .iter()
+        .map(|r| Rule {
+            resources: r
+                .resources
+                .iter()
+                .filter(|x| *x != "nodes")
+                .cloned()
+                .collect(),
+            ..r.clone()
+        })
+        .collect();
+    let c = Cluster::start("rbac", Some(without_nodes));
+    apply_service(
+        &c.api,
+        "svc-a",
+        "10.96.0.10",
+        &[pod("svc-a", 1, "node-1", State::Ready)],
+    );
+    let mut q = c.query().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !c
+        .log()
+        .contains("grant the collector's ServiceAccount get, list and watch on nodes")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no 403 explanation logged:\n{}",
+            c.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        c.log().contains("cannot list resource \\\"nodes\\\"")
+            || c.log().contains("cannot list resource \"nodes\""),
+        "{}",
+        c.log()
+    );
+    // Half a cluster is not shown as pools without endpoints.
+    assert!(pools(&mut q).await.is_empty());
+    let refused = c.api.requests().iter().filter(|r| r.status == 403).count();
+    assert!(refused >= 1);
+    c.api.set_rules(Some(full));
+    wait_pool(&c, &mut q, "default/svc-a:http", 60, |p| {
+        p.members.len() == 1
+    })
+    .await;
+}
+
+#[test]
+fn an_unusable_kubeconfig_stops_the_collector_with_the_fix() {
+    let bin = evenflow_tests::agent::binary("evenflow-collector", "EVENFLOW_COLLECTOR_BIN")
+        .expect("collector binary");
+    let run = |args: &[&str]| {
+        let out = Command::new(&bin)
+            .args([
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--metrics-addr",
+                "127.0.0.1:0",
+            ])
+            .args(args)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .output()
+            .expect("collector runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = run(&["--kubeconfig", "/nonexistent/kubeconfig"]);
+    assert!(!ok);
+    assert!(
+        err.contains("/nonexistent/kubeconfig") && err.contains("--kubeconfig"),
+        "{err}"
+    );
+    let (ok, err) = run(&["--kubernetes"]);
+    assert!(!ok);
+    assert!(
+        err.contains("in-cluster") && err.contains("--kubeconfig"),
+        "{err}"
+    );
+}

@@ -1,0 +1,220 @@
+//! Counting that never stops: evenflow's programs stay attached through
+//! pinned links when the agent is SIGKILLed, stopped or upgraded, and go
+//! only when `evenflow-agent uninstall` removes them. Checked against
+//! nginx's logs in a lab of network namespaces.
+//!
+//! Needs root (network namespaces, eBPF): run with `cargo xtask test`.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use evenflow_tests::{
+    agent, client,
+    grpcurl::{self, SENDS_TO, SERVES, Totals},
+    lab::{self, BACKEND_PORT, Lab},
+    netns, nft, nginx,
+};
+use serde_json::Value;
+
+const FLAGS: [&str; 2] = ["--service", "web=8080"];
+
+fn within(seen: u64, truth: u64) -> bool {
+    (seen as f64 - truth as f64).abs() <= (truth as f64).max(1.0) * 0.001
+}
+
+/// Waits until `ns`'s endpoint settles at `want` connections opened and
+/// closed; returns the snapshot and its totals.
+fn settled(ns: &str, addr: &str, dir: &str, want: u64) -> (Value, Totals) {
+    grpcurl::settle(
+        ns,
+        Duration::from_secs(15),
+        |s| grpcurl::totals(s, addr, BACKEND_PORT, dir),
+        |t| t.opened == want && t.closed == want,
+    )
+    .expect("grpcurl reads the snapshot")
+}
+
+fn assert_matches(what: &str, t: Totals, served: &nginx::Served, request_is_rx: bool) {
+    let (rx, tx) = if request_is_rx {
+        (served.request_bytes, served.response_bytes)
+    } else {
+        (served.response_bytes, served.request_bytes)
+    };
+    assert_eq!(
+        (t.opened, t.closed),
+        (served.connections, served.connections),
+        "{what}: connections, nginx {served:?}"
+    );
+    assert!(
+        within(t.bytes_rx, rx) && within(t.bytes_tx, tx),
+        "{what}: {t:?} vs nginx {served:?}"
+    );
+}
+
+/// Client load in the background until stopped; returns what it made.
+fn background_load(lab: &Lab) -> (Arc<AtomicBool>, std::thread::JoinHandle<client::Load>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let ns = lab.client.ns.clone();
+    let vip = lab::vip(false);
+    let flag = stop.clone();
+    let h = std::thread::spawn(move || {
+        let mut total = client::Load::default();
+        while !flag.load(Ordering::Relaxed) {
+            let l = client::http_load(&ns, vip, 40, 4).expect("the load runs");
+            total.add(&l);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        total
+    });
+    (stop, h)
+}
+
+/// SIGKILL the lb's agent and a backend's agent for 3 s under load, then
+/// start them again: not one connection or byte goes uncounted, in either
+/// view, and the epoch stays.
+#[test]
+fn agents_killed_under_load_lose_nothing() {
+    evenflow_tests::require_root();
+    let mut lab = Lab::new("kill", 4).expect("the lab builds");
+    let mut logs = Vec::new();
+    for b in lab.backends.clone() {
+        logs.push(nginx::start(&mut lab, &b).expect("nginx starts"));
+        agent::start(&mut lab, &b, &FLAGS).expect("a backend agent starts");
+    }
+    nft::start(&lab).expect("the DNAT rules load");
+    let (lb, b1) = (lab.lb.clone(), lab.backends[0].clone());
+    agent::start(&mut lab, &lb, &[]).expect("the lb agent starts");
+    let epoch_before = grpcurl::snapshot(&lb.ns).expect("snapshot")["agentEpoch"].clone();
+
+    let (stop, load) = background_load(&lab);
+    std::thread::sleep(Duration::from_secs(1));
+    agent::kill(&mut lab, &lb);
+    agent::kill(&mut lab, &b1);
+    std::thread::sleep(Duration::from_secs(3));
+    agent::relaunch(&mut lab, &lb, &[], &[]).expect("the lb agent starts again");
+    agent::relaunch(&mut lab, &b1, &FLAGS, &[]).expect("b1's agent starts again");
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let load = load.join().expect("the load thread");
+    assert_eq!(load.failures, 0, "{load:?}");
+    println!("client: {load:?}");
+
+    let total: u64 = logs
+        .iter()
+        .map(|l| nginx::read_log(l).map(|s| s.connections).unwrap_or(0))
+        .sum();
+    assert_eq!(total, load.connections, "nginx logged every connection");
+    for (i, b) in lab.backends.clone().iter().enumerate() {
+        let served = nginx::read_log(&logs[i]).expect("an access log");
+        let addr = b.addr4.to_string();
+        let (_, server) = settled(&b.ns, &addr, SERVES, served.connections);
+        let (snap, lb_view) = settled(&lb.ns, &addr, SENDS_TO, served.connections);
+        println!(
+            "{}: nginx {served:?}\n  server {server:?}\n  lb {lb_view:?}",
+            b.role
+        );
+        assert_matches(&format!("{} SERVES", b.role), server, &served, true);
+        assert_matches(&format!("lb SENDS_TO {}", b.role), lb_view, &served, false);
+        assert_eq!(snap["agentEpoch"], epoch_before, "the lb's epoch survives");
+    }
+}
+
+/// Program ids behind a node's pinned links (bpftool reads the pins).
+fn pinned_program_ids(pin_dir: &std::path::Path) -> Vec<u64> {
+    let mut ids = Vec::new();
+    for e in std::fs::read_dir(pin_dir.join("links")).expect("the links directory") {
+        let path = e.expect("an entry").path().display().to_string();
+        let out = netns::sh("bpftool", &["-j", "link", "show", "pinned", &path])
+            .expect("bpftool reads a pinned link");
+        let v: Value = serde_json::from_str(&out).expect("bpftool's JSON");
+        ids.push(v["prog_id"].as_u64().expect("a prog_id"));
+    }
+    ids
+}
+
+/// A stopped agent's programs go on counting; `uninstall` detaches them
+/// and leaves no pin behind.
+#[test]
+fn stopped_agent_keeps_counting_until_uninstalled() {
+    evenflow_tests::require_root();
+    let mut lab = Lab::new("unin", 1).expect("the lab builds");
+    let b = lab.backends[0].clone();
+    let log = nginx::start(&mut lab, &b).expect("nginx starts");
+    agent::start(&mut lab, &b, &FLAGS).expect("the agent starts");
+    let target = std::net::SocketAddr::new(b.addr4, BACKEND_PORT);
+    let addr = b.addr4.to_string();
+    lab.stop("agent-");
+    // Counted while no agent runs.
+    let l = client::http_load(&lab.client.ns, target, 30, 2).expect("the load runs");
+    assert_eq!(l.connections, 30);
+    agent::relaunch(&mut lab, &b, &FLAGS, &[]).expect("the agent starts again");
+    let served = nginx::read_log(&log).expect("the access log");
+    let (_, t) = settled(&b.ns, &addr, SERVES, 30);
+    assert_matches("SERVES while the agent was stopped", t, &served, true);
+
+    lab.stop("agent-");
+    let pins = b.pin_dir();
+    let ids = pinned_program_ids(&pins);
+    assert!(ids.len() >= 3, "sock_ops and TC links are pinned: {ids:?}");
+    let bin = agent::agent_bin().expect("the agent binary");
+    let out = netns::sh(
+        &bin.display().to_string(),
+        &["uninstall", "--node-name", &b.ns],
+    )
+    .expect("uninstall runs");
+    println!("{out}");
+    assert!(!pins.exists(), "{} is gone", pins.display());
+    for id in ids {
+        // Programs are freed after an RCU grace period, not at once.
+        let gone = evenflow_tests::wait_for(Duration::from_secs(5), || {
+            netns::sh("bpftool", &["prog", "show", "id", &id.to_string()])
+                .is_err()
+                .then_some(())
+        });
+        assert!(
+            gone.is_some(),
+            "program {id} is detached and freed after uninstall"
+        );
+    }
+}
+
+/// An agent that needs another map layout (an upgrade) starts anyway on a
+/// new epoch, swaps its programs into the pinned links and counts on.
+#[test]
+fn upgrade_to_another_layout_starts_a_new_epoch() {
+    evenflow_tests::require_root();
+    let mut lab = Lab::new("upg", 1).expect("the lab builds");
+    let b = lab.backends[0].clone();
+    let log = nginx::start(&mut lab, &b).expect("nginx starts");
+    agent::start(&mut lab, &b, &FLAGS).expect("the agent starts");
+    let target = std::net::SocketAddr::new(b.addr4, BACKEND_PORT);
+    let addr = b.addr4.to_string();
+    client::http_load(&lab.client.ns, target, 20, 2).expect("the first load runs");
+    let (before, _) = settled(&b.ns, &addr, SERVES, 20);
+
+    agent::relaunch(&mut lab, &b, &FLAGS, &["EVENFLOW_TEST_LAYOUT_BUMP=1"])
+        .expect("the upgraded agent starts, never crash-loops");
+    client::http_load(&lab.client.ns, target, 25, 2).expect("the second load runs");
+    let (after, t) = settled(&b.ns, &addr, SERVES, 25);
+    assert_ne!(
+        before["agentEpoch"], after["agentEpoch"],
+        "a new layout starts a new epoch"
+    );
+    let all = nginx::read_log(&log).expect("the access log");
+    assert_eq!(all.connections, 45);
+    assert_eq!(
+        (t.opened, t.closed),
+        (25, 25),
+        "the new epoch counts from the swap: {t:?}"
+    );
+    // Restarting the upgraded agent again keeps its (new) epoch.
+    agent::relaunch(&mut lab, &b, &FLAGS, &["EVENFLOW_TEST_LAYOUT_BUMP=1"])
+        .expect("the upgraded agent restarts");
+    let again = grpcurl::snapshot(&b.ns).expect("snapshot");
+    assert_eq!(again["agentEpoch"], after["agentEpoch"]);
+}
