@@ -64,7 +64,8 @@ pub fn cause(c: i32) -> &'static str {
     }
 }
 
-/// A member's worst load finding in a few words ("ZERO pinned", "-").
+/// A member's worst load finding in a few words: "ZERO! conns pinned"
+/// (`!`: it pages), "LOW bytes routing", "HIGH conns pinned"; "-" when none.
 pub fn load_word(m: &v1::Member) -> String {
     match m
         .load
@@ -73,7 +74,11 @@ pub fn load_word(m: &v1::Member) -> String {
     {
         Some((l, s)) => format!(
             "{}{} {} {}",
-            verdict(s.verdict),
+            match v1::Verdict::try_from(s.verdict) {
+                Ok(v1::Verdict::SkewLow) => "LOW",
+                Ok(v1::Verdict::SkewHigh) => "HIGH",
+                _ => verdict(s.verdict),
+            },
             if s.page { "!" } else { "" },
             match v1::Signal::try_from(l.signal) {
                 Ok(v1::Signal::Bytes) => "bytes",

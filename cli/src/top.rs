@@ -18,8 +18,9 @@ use ratatui::{
 
 use crate::render;
 
-/// Width of a share bar, in cells.
-const BAR: usize = 16;
+/// Width of a share bar, in cells: three bars and the numbers fit a
+/// 180-column terminal, pods' names included.
+const BAR: usize = 10;
 
 /// The bar for `observed` with a `|` marking `expected` (both 0..1), scaled
 /// so that `scale` fills the bar.
@@ -62,6 +63,9 @@ pub fn member_lines(p: &v1::Pool) -> Vec<(String, i32)> {
             observed * 100.0
         )
     };
+    // Kubernetes members are known by their Pods: right after the address.
+    let pods = p.members.iter().map(|m| m.pod.len()).max().unwrap_or(0);
+    let pod_col = if pods > 0 { pods + 1 } else { 0 };
     p.members
         .iter()
         .zip(&views)
@@ -73,8 +77,9 @@ pub fn member_lines(p: &v1::Pool) -> Vec<(String, i32)> {
             };
             (
                 format!(
-                    "{:<24} {}  {}  {}  /{:>5.1}%  {:>6.1}/s {:>5} open {:>4.0}% cpu  {:<9} {:<10} {}{}",
+                    "{:<21} {:<pod_col$}{} {} {} /{:>5.1}% {:>6.1}/s {:>5} open {:>3.0}% {:<18} {}",
                     render::member_name(m),
+                    m.pod,
                     bar(v.observed_share, v.expected_share),
                     bar(render::load_share(&v.active), v.expected_share),
                     bar(render::load_share(&v.bytes), v.expected_share),
@@ -82,14 +87,15 @@ pub fn member_lines(p: &v1::Pool) -> Vec<(String, i32)> {
                     v.new_conns_per_sec,
                     v.active_connections,
                     m.cpu_utilization * 100.0,
-                    render::member_state(m.state),
-                    render::verdict(m.verdict),
-                    render::load_word(m),
-                    if m.pod.is_empty() {
-                        String::new()
-                    } else {
-                        format!("  {}", m.pod)
+                    match v1::MemberState::try_from(m.state) {
+                        Ok(v1::MemberState::Draining | v1::MemberState::NotReady) => format!(
+                            "{} ({})",
+                            render::verdict(m.verdict),
+                            render::member_state(m.state)
+                        ),
+                        _ => render::verdict(m.verdict).to_owned(),
                     },
+                    render::load_word(m),
                 ),
                 worst,
             )
@@ -140,7 +146,7 @@ fn draw(f: &mut Frame<'_>, pools: &[v1::Pool], collector: &str, error: Option<&s
     for (i, p) in pools.iter().enumerate() {
         let mut lines = vec![Line::from(Span::styled(
             format!(
-                "{:<24} {:<width$}  {:<width$}  {:<width$}  {:>7}  {:>6.1}/s {:>5} open  eff. members {:.1}/{:.1}   VERDICT / LOAD",
+                "{:<21} {:<width$} {:<width$} {:<width$} {:>7} {:>6.1}/s {:>5} open  eff. members {:.1}/{:.1}   CPU VERDICT / LOAD",
                 "MEMBER",
                 "NEW CONNECTIONS",
                 "OPEN CONNECTIONS",
@@ -245,10 +251,11 @@ mod tests {
 
     #[test]
     fn bar_marks_expected_and_fills_observed() {
-        let b = share_bar(0.5, 0.25, 1.0);
+        let b = share_bar(0.5, 0.2, 1.0);
         assert_eq!(b.chars().count(), BAR);
+        // Half the bar filled, the expected mark a fifth in (over a fill).
         assert_eq!(b.chars().filter(|c| *c == '█').count(), BAR / 2 - 1);
-        assert_eq!(b.chars().position(|c| c == '|'), Some(BAR / 4));
+        assert_eq!(b.chars().position(|c| c == '|'), Some(BAR / 5));
         let zero = share_bar(0.0, 0.25, 1.0);
         assert!(!zero.contains('█'));
     }
@@ -311,5 +318,48 @@ mod tests {
         assert!(bars[0].contains('█') && !bars[1].contains('█') && !bars[2].contains('█'));
         assert!(line.contains("ZERO! conns pinned"), "{line}");
         assert_eq!(*verdict, v1::Verdict::Zero as i32);
+    }
+
+    /// The widest line a Kubernetes member makes fits the 180 columns the
+    /// tests' terminal has, borders included.
+    #[test]
+    fn a_pod_line_fits_180_columns() {
+        let m = v1::Member {
+            address: "10.244.100.200".into(),
+            port: 8080,
+            pod: "default/svc-b-5f9c-abcde".into(),
+            verdict: v1::Verdict::DrainingViolation as i32,
+            server_view: Some(v1::MemberView {
+                new_conns_per_sec: 12345.6,
+                active_connections: 99999,
+                observed_share: 1.0,
+                expected_share: 1.0,
+                ..Default::default()
+            }),
+            load: Some(v1::LoadFinding {
+                signal: v1::Signal::ActiveConnections as i32,
+                share: Some(v1::LoadShare {
+                    verdict: v1::Verdict::SkewHigh as i32,
+                    page: true,
+                    cause: v1::Cause::Routing as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            cpu_utilization: 1.0,
+            ..Default::default()
+        };
+        let p = v1::Pool {
+            name: "default/svc-b:http".into(),
+            members: vec![m],
+            ..Default::default()
+        };
+        let (line, _) = &member_lines(&p)[0];
+        assert!(
+            line.chars().count() <= 176,
+            "{} columns: {line}",
+            line.chars().count()
+        );
+        assert!(line.contains("default/svc-b-5f9c-abcde"));
     }
 }

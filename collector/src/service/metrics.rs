@@ -82,7 +82,7 @@ fn verdict_name(v: i32) -> &'static str {
 }
 
 /// "new_connections", "active_connections", "bytes", or "" when unset.
-fn signal_name(s: i32) -> &'static str {
+pub(crate) fn signal_name(s: i32) -> &'static str {
     match v1::Signal::try_from(s) {
         Ok(v1::Signal::NewConnections) => "new_connections",
         Ok(v1::Signal::ActiveConnections) => "active_connections",
@@ -92,7 +92,7 @@ fn signal_name(s: i32) -> &'static str {
 }
 
 /// "routing", "pinned", or "" when unset.
-fn cause_name(c: i32) -> &'static str {
+pub(crate) fn cause_name(c: i32) -> &'static str {
     match v1::Cause::try_from(c) {
         Ok(v1::Cause::Routing) => "routing",
         Ok(v1::Cause::Pinned) => "pinned",
