@@ -642,26 +642,24 @@ impl LoadState {
                 }
             }
             let conns = NewConns::of(vv);
-            vv.active_load = active_verdict(
+            let subject = Subject {
                 s,
-                &n,
-                t.active,
+                n: &n,
+                conns: &conns,
+                ctx,
+            };
+            vv.active_load = subject.active(
                 &active,
                 (active_ticks, active_page_ticks),
                 &refill,
-                &conns,
-                ctx,
+                t.active,
                 &holders,
                 active_share,
             );
-            vv.bytes_load = bytes_verdict(
-                s,
-                &n,
+            vv.bytes_load = subject.bytes(
                 &bytes_j,
                 (bytes_ticks, bytes_page_ticks),
                 &refill,
-                &conns,
-                ctx,
                 bytes_share,
             );
         }
@@ -909,134 +907,123 @@ fn p_text(log_p: f64) -> String {
     }
 }
 
-/// The finding's verdict and whether it pages.
-fn finding(
-    s: &Settings,
-    j: &Judged,
-    page_ticks: u64,
-    refill_in_time: bool,
-    zero: Option<bool>,
-) -> (Verdict, bool) {
-    let sustained = j.level == Level::Page && page_ticks >= u64::from(s.load_sustain.max(1));
-    let page = sustained && (j.dir > 0 || !refill_in_time);
-    let verdict = match (j.level, j.dir, zero) {
-        (Level::None, _, _) | (_, 0, _) => Verdict::Ok,
-        (_, d, Some(dark)) if d < 0 => Verdict::Zero { dark },
-        (_, d, _) if d < 0 => Verdict::SkewLow { page },
-        _ => Verdict::SkewHigh { page },
-    };
-    (verdict, page)
+/// One member's numbers and context, judged into its verdicts.
+struct Subject<'a> {
+    s: &'a Settings,
+    n: &'a Numbers,
+    conns: &'a NewConns,
+    ctx: &'a Context,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn active_verdict(
-    s: &Settings,
-    n: &Numbers,
-    total: f64,
-    j: &Judged,
-    ticks: (u64, u64),
-    refill: &Refill,
-    conns: &NewConns,
-    ctx: &Context,
-    holders: &[(f64, &str)],
-    share: f64,
-) -> LoadVerdict {
-    let zero = (n.a == 0.0).then_some(n.bytes == 0.0);
-    let (verdict, page) = finding(s, j, ticks.1, refill.in_time, zero);
-    let mut out = LoadVerdict {
-        verdict,
-        page,
-        observed_share: share,
-        expected_share: n.p,
-        ratio: j.ratio,
-        log_p: j.log_p,
-        ticks: ticks.0,
-        ..LoadVerdict::default()
-    };
-    if verdict == Verdict::Ok {
-        return out;
-    }
-    let (cause, why) = conns.cause(s, j.dir, ctx);
-    out.cause = Some(cause);
-    let mut reason = format!(
-        "{:.0} of {:.0} open connections where {:.1} were expected ({:.2}× its share, P ≤ {}) for {} ticks",
-        n.a,
-        total,
-        n.e,
-        j.ratio,
-        p_text(j.log_p),
-        ticks.0
-    );
-    if j.dir < 0 {
-        reason.push_str("; ");
-        reason.push_str(&refill.text());
-        if !holders.is_empty() {
-            let names: Vec<String> = holders
-                .iter()
-                .map(|(r, id)| format!("{id} ({r:.2}×)"))
-                .collect();
-            reason.push_str(&format!("; its share is held by {}", names.join(", ")));
+impl Subject<'_> {
+    /// The verdict both signals share: the finding, whether it pages, its
+    /// numbers and, for a finding, its cause with why.
+    fn base(
+        &self,
+        j: &Judged,
+        (ticks, page_ticks): (u64, u64),
+        refill_in_time: bool,
+        zero: Option<bool>,
+        share: f64,
+    ) -> (LoadVerdict, Option<String>) {
+        let sustained =
+            j.level == Level::Page && page_ticks >= u64::from(self.s.load_sustain.max(1));
+        let page = sustained && (j.dir > 0 || !refill_in_time);
+        let verdict = match (j.level, j.dir, zero) {
+            (Level::None, _, _) | (_, 0, _) => Verdict::Ok,
+            (_, d, Some(dark)) if d < 0 => Verdict::Zero { dark },
+            (_, d, _) if d < 0 => Verdict::SkewLow { page },
+            _ => Verdict::SkewHigh { page },
+        };
+        let mut out = LoadVerdict {
+            verdict,
+            page,
+            observed_share: share,
+            expected_share: self.n.p,
+            ratio: j.ratio,
+            log_p: j.log_p,
+            ticks,
+            ..LoadVerdict::default()
+        };
+        if verdict == Verdict::Ok {
+            return (out, None);
         }
+        let (cause, why) = self.conns.cause(self.s, j.dir, self.ctx);
+        out.cause = Some(cause);
+        (out, Some(why))
     }
-    reason.push_str("; ");
-    reason.push_str(&why);
-    out.reason = reason;
-    out
+
+    /// Open connections; a member below its share says whether it refills
+    /// and who holds its share.
+    fn active(
+        &self,
+        j: &Judged,
+        ticks: (u64, u64),
+        refill: &Refill,
+        total: f64,
+        holders: &[(f64, &str)],
+        share: f64,
+    ) -> LoadVerdict {
+        let n = self.n;
+        let zero = (n.a == 0.0).then_some(n.bytes == 0.0);
+        let (mut out, why) = self.base(j, ticks, refill.in_time, zero, share);
+        let Some(why) = why else { return out };
+        let mut reason = format!(
+            "{:.0} of {:.0} open connections where {:.1} were expected ({:.2}× its share, P ≤ {}) for {} ticks",
+            n.a,
+            total,
+            n.e,
+            j.ratio,
+            p_text(j.log_p),
+            ticks.0
+        );
+        if j.dir < 0 {
+            reason.push_str("; ");
+            reason.push_str(&refill.text());
+            if !holders.is_empty() {
+                let names: Vec<String> = holders
+                    .iter()
+                    .map(|(r, id)| format!("{id} ({r:.2}×)"))
+                    .collect();
+                reason.push_str(&format!("; its share is held by {}", names.join(", ")));
+            }
+        }
+        out.reason = format!("{reason}; {why}");
+        out
+    }
+
+    /// Bytes. A member low on bytes because it is low on connections
+    /// refills with them; one whose connections carry little does not.
+    fn bytes(&self, j: &Judged, ticks: (u64, u64), refill: &Refill, share: f64) -> LoadVerdict {
+        let n = self.n;
+        let (mut out, why) = self.base(j, ticks, refill.in_time && !j.own, None, share);
+        out.own = j.own;
+        let Some(why) = why else { return out };
+        let how = if j.own {
+            format!(
+                "its {:.0} open connections carry {:.2}× the pool's bytes per connection (P ≤ {})",
+                n.a,
+                j.per_conn,
+                p_text(j.log_p)
+            )
+        } else {
+            format!(
+                "it follows its open connections ({:.0}, P ≤ {})",
+                n.a,
+                p_text(j.log_p)
+            )
+        };
+        out.reason = format!(
+            "{:.1}% of the pool's bytes where {:.1}% were expected ({:.2}× its share over {BYTES_WINDOW} ticks) for {} ticks; {how}; {why}",
+            share * 100.0,
+            n.p * 100.0,
+            j.ratio,
+            ticks.0
+        );
+        out
+    }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn bytes_verdict(
-    s: &Settings,
-    n: &Numbers,
-    j: &Judged,
-    ticks: (u64, u64),
-    refill: &Refill,
-    conns: &NewConns,
-    ctx: &Context,
-    share: f64,
-) -> LoadVerdict {
-    // A member low on bytes because it is low on connections refills with
-    // them; one whose connections carry little does not.
-    let (verdict, page) = finding(s, j, ticks.1, refill.in_time && !j.own, None);
-    let mut out = LoadVerdict {
-        verdict,
-        page,
-        observed_share: share,
-        expected_share: n.p,
-        ratio: j.ratio,
-        log_p: j.log_p,
-        ticks: ticks.0,
-        own: j.own,
-        ..LoadVerdict::default()
-    };
-    if verdict == Verdict::Ok {
-        return out;
-    }
-    let (cause, why) = conns.cause(s, j.dir, ctx);
-    out.cause = Some(cause);
-    let how = if j.own {
-        format!(
-            "its {:.0} open connections carry {:.2}× the pool's bytes per connection (P ≤ {})",
-            n.a,
-            j.per_conn,
-            p_text(j.log_p)
-        )
-    } else {
-        format!(
-            "it follows its open connections ({:.0}, P ≤ {})",
-            n.a,
-            p_text(j.log_p)
-        )
-    };
-    out.reason = format!(
-        "{:.1}% of the pool's bytes where {:.1}% were expected ({:.2}× its share over {BYTES_WINDOW} ticks) for {} ticks; {how}; {why}",
-        share * 100.0,
-        n.p * 100.0,
-        j.ratio,
-        ticks.0
-    );
-    out
-}
 /// One tick's placement dispersion from the members' open connections and
 /// shares `(a, p)`: each member's squared deviation from its share over the
 /// binomial variance (1 on average for a fair balancer), averaged over the
