@@ -72,8 +72,13 @@ pub fn judge(pool: &v1::Pool) -> Outcome {
     for m in &pool.members {
         let line = |kind: &str| {
             let v = render::main_view(m);
+            let pod = if m.pod.is_empty() {
+                String::new()
+            } else {
+                format!(" (pod {})", m.pod)
+            };
             format!(
-                "{} {kind}: share {:.1}% (expected {:.1}%), {:.1} conn/s{}",
+                "{}{pod} {kind}: share {:.1}% (expected {:.1}%), {:.1} conn/s{}",
                 render::member_name(m),
                 v.observed_share * 100.0,
                 v.expected_share * 100.0,

@@ -15,6 +15,8 @@ const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_ENABLE_STATS: libc::c_long = 32;
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+const BPF_PROG_TYPE_SOCK_OPS: u32 = 13;
+const BPF_CGROUP_SOCK_OPS: u32 = 3;
 const BPF_TCX_INGRESS: u32 = 46;
 const BPF_TCX_EGRESS: u32 = 47;
 const BPF_F_BEFORE: u32 = 1 << 3;
@@ -25,6 +27,11 @@ const RUN_CNT_OFFSET: usize = 200;
 /// `r0 = -1 (TCX_NEXT); exit`.
 const PASS_ON: [u8; 16] = [
     0xb7, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0x95, 0, 0, 0, 0, 0, 0, 0,
+];
+
+/// `r0 = 1; exit`: a sock_ops program that does nothing.
+const SOCK_OPS_NOTHING: [u8; 16] = [
+    0xb7, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x95, 0, 0, 0, 0, 0, 0, 0,
 ];
 
 fn bpf(cmd: libc::c_long, attr: &mut [u8]) -> std::io::Result<i64> {
@@ -70,16 +77,8 @@ impl Neighbour {
     /// Loads the program and links it at `place` on ingress and egress of
     /// each interface (by index, in the calling thread's network namespace).
     pub fn attach(ifindexes: &[u32], place: Place) -> Result<Self> {
-        let mut stats = [0u8; 8];
-        let stats = fd(bpf(BPF_ENABLE_STATS, &mut stats).context("BPF_ENABLE_STATS")?);
-        let license = c"GPL";
-        let mut attr = [0u8; 128];
-        put_u32(&mut attr, 0, BPF_PROG_TYPE_SCHED_CLS);
-        put_u32(&mut attr, 4, (PASS_ON.len() / 8) as u32);
-        put_u64(&mut attr, 8, PASS_ON.as_ptr() as u64);
-        put_u64(&mut attr, 16, license.as_ptr() as u64);
-        attr[48..48 + 9].copy_from_slice(b"neighbour");
-        let prog = fd(bpf(BPF_PROG_LOAD, &mut attr).context("loading the neighbour program")?);
+        let stats = enable_stats()?;
+        let prog = load(BPF_PROG_TYPE_SCHED_CLS, &PASS_ON)?;
         let flags = match place {
             Place::First => BPF_F_BEFORE,
             Place::Last => BPF_F_AFTER,
@@ -105,8 +104,46 @@ impl Neighbour {
         })
     }
 
+    /// An empty sock_ops program on the cgroup v2 directory `cgroup`: the
+    /// baseline a benchmark subtracts from evenflow's sock_ops cost.
+    pub fn attach_sockops(cgroup: &std::path::Path) -> Result<Self> {
+        let stats = enable_stats()?;
+        let prog = load(BPF_PROG_TYPE_SOCK_OPS, &SOCK_OPS_NOTHING)?;
+        let dir =
+            std::fs::File::open(cgroup).with_context(|| format!("opening {}", cgroup.display()))?;
+        let mut attr = [0u8; 64];
+        put_u32(&mut attr, 0, prog.as_raw_fd() as u32);
+        put_u32(&mut attr, 4, dir.as_raw_fd() as u32);
+        put_u32(&mut attr, 8, BPF_CGROUP_SOCK_OPS);
+        let link = bpf(BPF_LINK_CREATE, &mut attr)
+            .with_context(|| format!("linking an empty sock_ops to {}", cgroup.display()))?;
+        Ok(Self {
+            prog,
+            _links: vec![fd(link)],
+            _stats: stats,
+        })
+    }
+
+    /// Mean nanoseconds per run, and runs, while stats were on.
+    pub fn cost(&self) -> Result<(f64, u64)> {
+        let (ns, runs) = self.stats()?;
+        Ok((
+            if runs == 0 {
+                0.0
+            } else {
+                ns as f64 / runs as f64
+            },
+            runs,
+        ))
+    }
+
     /// How many times the kernel ran the program.
     pub fn runs(&self) -> Result<u64> {
+        Ok(self.stats()?.1)
+    }
+
+    /// `run_time_ns` and `run_cnt` from the program's info.
+    fn stats(&self) -> Result<(u64, u64)> {
         let mut info = [0u8; 256];
         let mut attr = [0u8; 16];
         put_u32(&mut attr, 0, self.prog.as_raw_fd() as u32);
@@ -117,10 +154,35 @@ impl Neighbour {
         if got < RUN_CNT_OFFSET + 8 {
             bail!("the kernel's bpf_prog_info ({got} bytes) has no run_cnt");
         }
-        let mut v = [0u8; 8];
-        v.copy_from_slice(&info[RUN_CNT_OFFSET..RUN_CNT_OFFSET + 8]);
-        Ok(u64::from_ne_bytes(v))
+        let at = |off: usize| {
+            let mut v = [0u8; 8];
+            v.copy_from_slice(&info[off..off + 8]);
+            u64::from_ne_bytes(v)
+        };
+        Ok((at(RUN_CNT_OFFSET - 8), at(RUN_CNT_OFFSET)))
     }
+}
+
+/// Turns run statistics on while the returned descriptor is open.
+fn enable_stats() -> Result<OwnedFd> {
+    let mut attr = [0u8; 8];
+    Ok(fd(
+        bpf(BPF_ENABLE_STATS, &mut attr).context("BPF_ENABLE_STATS")?
+    ))
+}
+
+/// Loads a program of `prog_type` made of `insns`.
+fn load(prog_type: u32, insns: &[u8]) -> Result<OwnedFd> {
+    let license = c"GPL";
+    let mut attr = [0u8; 128];
+    put_u32(&mut attr, 0, prog_type);
+    put_u32(&mut attr, 4, (insns.len() / 8) as u32);
+    put_u64(&mut attr, 8, insns.as_ptr() as u64);
+    put_u64(&mut attr, 16, license.as_ptr() as u64);
+    attr[48..48 + 9].copy_from_slice(b"neighbour");
+    Ok(fd(
+        bpf(BPF_PROG_LOAD, &mut attr).context("loading the neighbour program")?
+    ))
 }
 
 /// The indexes of `names` in the calling thread's network namespace.

@@ -132,6 +132,8 @@ enum Shape {
     /// A foreign TCX program sits first and another last on every lb
     /// interface, as a CNI's would: evenflow's programs run between them.
     TcxNeighbours,
+    /// nginx listens with SO_REUSEPORT (`listen … reuseport`).
+    ReusePort,
     /// The lb masquerades what it forwards to the backends (SNAT to its own
     /// address), as kube-proxy does for traffic from outside the cluster.
     Masquerade,
@@ -170,10 +172,10 @@ impl Run {
         if shape == Shape::Bridged {
             bridge_backends(&lab).expect("the lb's backend links become bridge ports");
         }
-        let listen_opts = if shape == Shape::Deferred {
-            "deferred"
-        } else {
-            ""
+        let listen_opts = match shape {
+            Shape::Deferred => "deferred",
+            Shape::ReusePort => "reuseport",
+            _ => "",
         };
         let mut access_logs = Vec::new();
         for b in lab.backends.clone() {
@@ -724,6 +726,12 @@ fn nftables_dnat_with_ipv6_hop_by_hop_matches_nginx_logs() {
             ..WITH_OPTIONS
         },
     );
+}
+
+/// SO_REUSEPORT listeners: counted at the accepted sockets like any other.
+#[test]
+fn field_reuseport_listeners_count_exactly() {
+    dnat_counts_shaped("reuse", false, SMALL, Shape::ReusePort);
 }
 
 /// DNAT plus masquerade: the lb's own address and ports face the backends.

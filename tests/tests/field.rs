@@ -259,34 +259,41 @@ fn field_keepalive_bytes_appear_every_interval() {
 }
 
 /// Loopback connections count their bytes (sock_ops reads the sockets;
-/// nothing is attached to `lo`), and a `redirect` rule on a backend sends
-/// its port 80 to nginx's 8080: counted at the listener, and the lb, which
-/// only routed those connections, claims none of them.
+/// nothing is attached to `lo`); a `redirect` rule on a backend sends its
+/// port 80, and a DNAT rule its port 81, to nginx's 8080: counted at the
+/// listener, and the lb, which only routed those connections, claims none.
 #[test]
 fn field_loopback_and_redirect_count_at_the_socket() {
     evenflow_tests::require_root();
     let mut lab = Lab::new("loop", 1).expect("the lab builds");
     let b1 = lab.backends[0].clone();
     let log = nginx::start(&mut lab, &b1).expect("nginx starts");
-    let redirect = "table ip redir { chain prerouting { type nat hook prerouting priority dstnat; \
-                    tcp dport 80 redirect to :8080; } }";
-    nft_load(&lab, &b1.ns, "redirect", redirect).expect("the redirect loads");
+    let redirect = format!(
+        "table ip redir {{ chain prerouting {{ type nat hook prerouting priority dstnat; \
+         tcp dport 80 redirect to :8080; tcp dport 81 dnat ip to {}:8080; }} }}",
+        b1.addr4
+    );
+    nft_load(&lab, &b1.ns, "redirect", &redirect).expect("the redirect loads");
     agent::start(&mut lab, &b1, &["--service", "web=8080"]).expect("the backend agent starts");
     let lb = lab.lb.clone();
     agent::start(&mut lab, &lb, &[]).expect("the lb agent starts");
     let local = client::http_load(&b1.ns, "127.0.0.1:8080".parse().expect("addr"), 20, 2)
         .expect("the loopback load runs");
     let remote_target = SocketAddr::new(b1.addr(false), 80);
-    let remote =
+    let mut remote =
         client::http_load(&lab.client.ns, remote_target, 20, 2).expect("the redirected load runs");
-    assert_eq!((local.connections, remote.connections), (20, 20));
+    // DNAT to the node's own listener (:81 → its address :8080).
+    let dnat_target = SocketAddr::new(b1.addr(false), 81);
+    remote
+        .add(&client::http_load(&lab.client.ns, dnat_target, 20, 2).expect("the DNATed load runs"));
+    assert_eq!((local.connections, remote.connections), (20, 40));
     let served = evenflow_tests::wait_for(Duration::from_secs(5), || {
-        nginx::read_log(&log).ok().filter(|s| s.requests == 40)
+        nginx::read_log(&log).ok().filter(|s| s.requests == 60)
     })
-    .expect("nginx logged all 40 requests");
+    .expect("nginx logged all 60 requests");
     let lo = settled(&b1.ns, "127.0.0.1", BACKEND_PORT, SERVES, 20);
     let addr = backend_addr(&lab, 0);
-    let redirected = settled(&b1.ns, &addr, BACKEND_PORT, SERVES, 20);
+    let redirected = settled(&b1.ns, &addr, BACKEND_PORT, SERVES, 40);
     println!("nginx {served:?}; loopback {lo:?}; redirected {redirected:?}");
     for (what, seen, truth) in [
         ("loopback rx", lo.bytes_rx, local.bytes_sent),
@@ -602,4 +609,73 @@ fn field_host_network_proxy_through_local_dnat_counts_the_backend() {
         Totals::default(),
         "the VIP is not a backend"
     );
+}
+
+/// TCP Fast Open through the DNAT lb: the request rides in the SYN, before
+/// any socket exists on the backend; both views still count every byte.
+#[test]
+fn field_tcp_fast_open_counts_the_syn_data() {
+    evenflow_tests::require_root();
+    let mut lab = Lab::new("tfo", 1).expect("the lab builds");
+    let b1 = lab.backends[0].clone();
+    for ns in [&lab.client.ns, &b1.ns] {
+        netns::sysctl(ns, "net.ipv4.tcp_fastopen", "3").expect("Fast Open on");
+    }
+    let log = nginx::start_with(&mut lab, &b1, "fastopen=256").expect("nginx starts");
+    agent::start(&mut lab, &b1, &["--service", "web=8080"]).expect("the backend agent starts");
+    nft::start(&lab).expect("the DNAT rules load");
+    let lb = lab.lb.clone();
+    agent::start(&mut lab, &lb, &[]).expect("the lb agent starts");
+    // TCP_FASTOPEN_CONNECT: connect() returns at once and the first write
+    // goes out in the SYN (after a first connection fetched the cookie).
+    let script = format!(
+        "import socket\n\
+         for i in range(30):\n \
+         s = socket.socket()\n \
+         s.setsockopt(socket.IPPROTO_TCP, 30, 1)\n \
+         s.connect(('{}', 80))\n \
+         s.sendall(b'GET / HTTP/1.1\\r\\nHost: tfo\\r\\nConnection: close\\r\\n\\r\\n')\n \
+         while s.recv(65536): pass\n \
+         s.close()\n",
+        lab::VIP4
+    );
+    let client = lab.client.clone();
+    lab.spawn(&client, "tfo-client", "python3", &["-c", &script])
+        .expect("the client starts");
+    let served = evenflow_tests::wait_for(Duration::from_secs(30), || {
+        nginx::read_log(&log).ok().filter(|s| s.connections == 30)
+    })
+    .unwrap_or_else(|| panic!("nginx served 30; {}", lab.processes_report()));
+    let netstat = netns::exec(&b1.ns, "cat", &["/proc/net/netstat"]).expect("netstat");
+    let passive = tcp_ext(&netstat, "TCPFastOpenPassive");
+    assert!(
+        passive > 0,
+        "Fast Open was used (TCPFastOpenPassive = {passive})"
+    );
+    let addr = backend_addr(&lab, 0);
+    let server = settled(&b1.ns, &addr, BACKEND_PORT, SERVES, 30);
+    let lb_view = settled(&lb.ns, &addr, BACKEND_PORT, SENDS_TO, 30);
+    println!("nginx {served:?}; {passive} Fast Open accepts; server {server:?}; lb {lb_view:?}");
+    for (what, seen, truth) in [
+        ("server rx", server.bytes_rx, served.request_bytes),
+        ("server tx", server.bytes_tx, served.response_bytes),
+        ("lb tx", lb_view.bytes_tx, served.request_bytes),
+        ("lb rx", lb_view.bytes_rx, served.response_bytes),
+    ] {
+        assert!(within(seen, truth), "{what}: {seen}, nginx says {truth}");
+    }
+}
+
+/// A `TcpExt:` counter from /proc/net/netstat.
+fn tcp_ext(netstat: &str, name: &str) -> u64 {
+    let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
 }

@@ -25,7 +25,8 @@
 //!   balancer view the sends of Z's nodes only. With
 //!   `internalTrafficPolicy: Local` each node sends only to its own
 //!   endpoints: one pool per node (`…@node`), judged against that node's
-//!   sends. A Service that asks for topology routing while some ready
+//!   sends (an endpoint without a `nodeName` is reachable from no node's
+//!   rules, and in no pool). A Service that asks for topology routing while some ready
 //!   endpoint lacks a hint is routed cluster-wide by kube-proxy, and judged
 //!   as one pool with a note saying so.
 
