@@ -1,6 +1,8 @@
 //! The detection benchmark, reduced (`--quick`, seeded): every scenario must
 //! meet its expectation (page, warn, quiet, stale, abstain) with no false
-//! page, and a balanced pool must stay quiet for two simulated days.
+//! page, and a balanced pool must stay quiet for two simulated days; the
+//! long-lived rows must page `pinned` for load the new connections do not
+//! show.
 
 use std::process::Command;
 
@@ -16,5 +18,13 @@ fn quick_detection_benchmark_passes() {
     assert!(
         text.contains("ZERO within 3 ticks at 100 conn/s, 10 members") && text.contains("MET"),
         "{text}"
+    );
+    let pinned = text
+        .lines()
+        .find(|l| l.starts_with("10x200: one member holds 3x its share"))
+        .unwrap_or_else(|| panic!("no long-lived row: {text}"));
+    assert!(
+        pinned.contains("pinned") && pinned.ends_with("PASS"),
+        "{pinned}"
     );
 }

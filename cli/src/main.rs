@@ -59,7 +59,8 @@ enum Command {
     ///
     /// Example: evenflow status --output json | jq '.pools[].verdict'
     Status,
-    /// A live view of every member's share against its expected share.
+    /// A live view of every member's share of new connections, open
+    /// connections and bytes against its expected share.
     ///
     /// Example: evenflow top web   (q quits)
     Top {
@@ -84,7 +85,8 @@ enum Command {
         all: bool,
     },
     /// Deploy gate: wait, then exit 0 if every member got its share, 1 if
-    /// any is ZERO, SKEW or STALE, 2 if it could not judge.
+    /// any is ZERO, SKEW or STALE or its load (open connections, bytes)
+    /// pages, 2 if it could not judge.
     ///
     /// Example: evenflow verify --pool web --for 60s
     Verify {

@@ -45,6 +45,56 @@ pub fn alert_kind(k: i32) -> &'static str {
     }
 }
 
+/// What a verdict or alert is about, as metric labels say it.
+pub fn signal(s: i32) -> &'static str {
+    match v1::Signal::try_from(s) {
+        Ok(v1::Signal::NewConnections) => "new_connections",
+        Ok(v1::Signal::ActiveConnections) => "active_connections",
+        Ok(v1::Signal::Bytes) => "bytes",
+        _ => "-",
+    }
+}
+
+/// Routing or pinned.
+pub fn cause(c: i32) -> &'static str {
+    match v1::Cause::try_from(c) {
+        Ok(v1::Cause::Routing) => "routing",
+        Ok(v1::Cause::Pinned) => "pinned",
+        _ => "-",
+    }
+}
+
+/// A member's worst load finding in a few words: "ZERO! conns pinned"
+/// (`!`: it pages), "LOW bytes routing", "HIGH conns pinned"; "-" when none.
+pub fn load_word(m: &v1::Member) -> String {
+    match m
+        .load
+        .as_ref()
+        .and_then(|l| l.share.as_ref().map(|s| (l, s)))
+    {
+        Some((l, s)) => format!(
+            "{}{} {} {}",
+            match v1::Verdict::try_from(s.verdict) {
+                Ok(v1::Verdict::SkewLow) => "LOW",
+                Ok(v1::Verdict::SkewHigh) => "HIGH",
+                _ => verdict(s.verdict),
+            },
+            if s.page { "!" } else { "" },
+            match v1::Signal::try_from(l.signal) {
+                Ok(v1::Signal::Bytes) => "bytes",
+                _ => "conns",
+            },
+            cause(s.cause)
+        ),
+        None => "-".into(),
+    }
+}
+
+/// A load share's observed fraction (0 when absent).
+pub fn load_share(s: &Option<v1::LoadShare>) -> f64 {
+    s.as_ref().map_or(0.0, |s| s.observed_share)
+}
+
 pub fn view(v: i32) -> &'static str {
     match v1::View::try_from(v) {
         Ok(v1::View::Server) => "server",
@@ -119,10 +169,11 @@ pub fn pool_text(p: &v1::Pool) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "  {}  {}  {:.1} conn/s  effective members {:.1} of {:.1}{}",
+        "  {}  {}  {:.1} conn/s  {} open  effective members {:.1} of {:.1}{}",
         crate::names::title(p),
         verdict(p.verdict),
         p.server_conns_per_sec.max(p.lb_conns_per_sec),
+        p.server_active_connections.max(p.lb_active_connections),
         p.effective_members,
         p.expected_effective_members,
         if p.reason.is_empty() {
@@ -139,30 +190,45 @@ pub fn pool_text(p: &v1::Pool) -> String {
     let pod_col = if pods > 0 { pods.max(3) + 1 } else { 0 };
     let _ = writeln!(
         out,
-        "    {:<24} {:<pod_col$}{:<9} {:>8} {:>8} {:>8} {:>5}  {:<20} REASON",
+        "    {:<24} {:<pod_col$}{:<9} {:>8} {:>8} {:>8} {:>6} {:>8} {:>8} {:>5}  {:<20} {:<22} REASON",
         "MEMBER",
         if pods > 0 { "POD" } else { "" },
         "STATE",
         "CONN/S",
         "SHARE",
         "EXPECT",
+        "OPEN",
+        "OPEN%",
+        "BYTES%",
         "CPU",
-        "VERDICT"
+        "VERDICT",
+        "LOAD"
     );
     for m in &p.members {
         let v = main_view(m);
+        let load_reason = m
+            .load
+            .as_ref()
+            .and_then(|l| l.share.as_ref())
+            .map(|s| format!("; load: {}", s.reason))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "    {:<24} {:<pod_col$}{:<9} {:>8.1} {:>7.1}% {:>7.1}% {:>4.0}%  {:<20} {}",
+            "    {:<24} {:<pod_col$}{:<9} {:>8.1} {:>7.1}% {:>7.1}% {:>6} {:>7.1}% {:>7.1}% {:>4.0}%  {:<20} {:<22} {}{}",
             member_name(m),
             m.pod,
             member_state(m.state),
             v.new_conns_per_sec,
             v.observed_share * 100.0,
             v.expected_share * 100.0,
+            v.active_connections,
+            load_share(&v.active) * 100.0,
+            load_share(&v.bytes) * 100.0,
             m.cpu_utilization * 100.0,
             verdict(m.verdict),
-            m.reason
+            load_word(m),
+            m.reason,
+            load_reason
         );
     }
     out
@@ -170,7 +236,7 @@ pub fn pool_text(p: &v1::Pool) -> String {
 
 pub fn alert_text(a: &v1::Alert) -> String {
     format!(
-        "{} {:<8} {:<14} pool={} member={} view={} observed={:.3} expected={:.3} since={} {}{}",
+        "{} {:<8} {:<14} pool={} member={} signal={} cause={} view={} observed={:.3} expected={:.3} since={} {}{}",
         if a.resolved_at.is_some() {
             "RESOLVED"
         } else {
@@ -186,6 +252,8 @@ pub fn alert_text(a: &v1::Alert) -> String {
         } else {
             format!("{}({})", a.member, a.pod)
         },
+        signal(a.signal),
+        cause(a.cause),
         view(a.view),
         a.observed,
         a.expected,
@@ -197,6 +265,20 @@ pub fn alert_text(a: &v1::Alert) -> String {
             String::new()
         }
     )
+}
+
+fn load_share_json(s: &Option<v1::LoadShare>) -> Value {
+    match s {
+        None => Value::Null,
+        Some(s) => json!({
+            "observed_share": s.observed_share,
+            "expected_share": s.expected_share,
+            "verdict": verdict(s.verdict),
+            "page": s.page,
+            "cause": cause(s.cause),
+            "reason": s.reason,
+        }),
+    }
 }
 
 fn member_view_json(v: &Option<v1::MemberView>) -> Value {
@@ -213,6 +295,10 @@ fn member_view_json(v: &Option<v1::MemberView>) -> Value {
             "verdict": verdict(v.verdict),
             "reason": v.reason,
             "conns_total": v.conns_total,
+            "active": load_share_json(&v.active),
+            "bytes": load_share_json(&v.bytes),
+            "bytes_in_share": v.bytes_in_share,
+            "bytes_out_share": v.bytes_out_share,
         }),
     }
 }
@@ -226,6 +312,8 @@ pub fn pool_json(p: &v1::Pool) -> Value {
         "expected_effective_members": p.expected_effective_members,
         "server_conns_per_sec": p.server_conns_per_sec,
         "lb_conns_per_sec": p.lb_conns_per_sec,
+        "server_active_connections": p.server_active_connections,
+        "lb_active_connections": p.lb_active_connections,
         "lb_nodes": p.lb_nodes,
         "kubernetes": p.kubernetes.as_ref().map(|k| json!({
             "namespace": k.namespace,
@@ -253,6 +341,11 @@ pub fn pool_json(p: &v1::Pool) -> Value {
             "zone": m.zone,
             "server_view": member_view_json(&m.server_view),
             "lb_view": member_view_json(&m.lb_view),
+            "load": m.load.as_ref().map_or(Value::Null, |l| json!({
+                "signal": signal(l.signal),
+                "view": view(l.view),
+                "share": load_share_json(&l.share),
+            })),
         })).collect::<Vec<_>>(),
     })
 }
@@ -280,6 +373,8 @@ pub fn alert_json(a: &v1::Alert) -> Value {
         "member": a.member,
         "pod": a.pod,
         "kind": alert_kind(a.kind),
+        "signal": signal(a.signal),
+        "cause": cause(a.cause),
         "view": view(a.view),
         "severity": severity(a.severity),
         "observed": a.observed,
@@ -333,6 +428,42 @@ mod tests {
         let j = pool_json(&p);
         assert_eq!(j["members"][1]["verdict"], "ZERO");
         assert_eq!(j["members"][0]["server_view"]["observed_share"], 1.0);
+    }
+
+    #[test]
+    fn load_findings_show_signal_and_cause() {
+        let mut m = member("10.0.0.3", 0.33, v1::Verdict::Ok);
+        m.load = Some(v1::LoadFinding {
+            signal: v1::Signal::ActiveConnections as i32,
+            view: v1::View::Server as i32,
+            share: Some(v1::LoadShare {
+                observed_share: 0.0,
+                expected_share: 0.33,
+                verdict: v1::Verdict::Zero as i32,
+                page: true,
+                cause: v1::Cause::Pinned as i32,
+                reason: "0 of 90 open connections".into(),
+            }),
+        });
+        let p = v1::Pool {
+            name: "grpc".into(),
+            members: vec![m],
+            ..Default::default()
+        };
+        let t = pool_text(&p);
+        assert!(t.contains("ZERO! conns pinned"), "{t}");
+        assert!(t.contains("load: 0 of 90 open connections"), "{t}");
+        let j = pool_json(&p);
+        assert_eq!(j["members"][0]["load"]["signal"], "active_connections");
+        assert_eq!(j["members"][0]["load"]["share"]["cause"], "pinned");
+        let a = v1::Alert {
+            kind: v1::AlertKind::Zero as i32,
+            signal: v1::Signal::ActiveConnections as i32,
+            cause: v1::Cause::Pinned as i32,
+            ..Default::default()
+        };
+        assert!(alert_text(&a).contains("signal=active_connections cause=pinned"));
+        assert_eq!(alert_json(&a)["cause"], "pinned");
     }
 
     #[test]

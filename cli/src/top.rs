@@ -1,5 +1,7 @@
 //! `evenflow top`: a live terminal view of every member's share of new
-//! connections against its expected share, refreshed each interval.
+//! connections (the balancer's choices), of open connections and of bytes
+//! (the load it carries) against its expected share, refreshed each
+//! interval.
 
 use std::time::Duration;
 
@@ -16,11 +18,12 @@ use ratatui::{
 
 use crate::render;
 
-/// Width of the share bar, in cells.
-const BAR: usize = 30;
+/// Width of a share bar, in cells: three bars and the numbers fit a
+/// 180-column terminal, pods' names included.
+const BAR: usize = 10;
 
 /// The bar for `observed` with a `|` marking `expected` (both 0..1), scaled
-/// so the larger of the two (or 1/members * 2) fills the bar.
+/// so that `scale` fills the bar.
 pub fn share_bar(observed: f64, expected: f64, scale: f64) -> String {
     let cells = |x: f64| ((x / scale) * BAR as f64).round().clamp(0.0, BAR as f64) as usize;
     let filled = cells(observed);
@@ -34,39 +37,67 @@ pub fn share_bar(observed: f64, expected: f64, scale: f64) -> String {
         .collect()
 }
 
-/// One line per member: name, bar, share vs expected, rates, CPU, verdict.
+/// One line per member: name; new connections, open connections and
+/// bytes, each a bar with its share against the expected share; rates,
+/// CPU, the new-connection verdict and the load verdict. The line's colour
+/// is the worse of the two.
 pub fn member_lines(p: &v1::Pool) -> Vec<(String, i32)> {
-    let scale = p
-        .members
+    let views: Vec<v1::MemberView> = p.members.iter().map(render::main_view).collect();
+    // One scale for every bar, so bars compare across signals.
+    let scale = views
         .iter()
-        .map(|m| {
-            let v = render::main_view(m);
-            v.observed_share.max(v.expected_share)
+        .flat_map(|v| {
+            [
+                v.observed_share,
+                render::load_share(&v.active),
+                render::load_share(&v.bytes),
+                v.expected_share,
+            ]
         })
         .fold(0.0f64, f64::max)
         .max(1e-9);
+    let bar = |observed: f64, expected: f64| {
+        format!(
+            "{} {:>5.1}%",
+            share_bar(observed, expected, scale),
+            observed * 100.0
+        )
+    };
+    // Kubernetes members are known by their Pods: right after the address.
+    let pods = p.members.iter().map(|m| m.pod.len()).max().unwrap_or(0);
+    let pod_col = if pods > 0 { pods + 1 } else { 0 };
     p.members
         .iter()
-        .map(|m| {
-            let v = render::main_view(m);
+        .zip(&views)
+        .map(|(m, v)| {
+            let load = m.load.as_ref().and_then(|l| l.share.as_ref());
+            let worst = match load {
+                Some(l) if l.page || m.verdict == v1::Verdict::Ok as i32 => l.verdict,
+                _ => m.verdict,
+            };
             (
                 format!(
-                    "{:<24} {} {:>6.1}% / {:>5.1}%  {:>7.1} conn/s  {:>4.0}% cpu  {:<9} {}{}",
+                    "{:<21} {:<pod_col$}{} {} {} /{:>5.1}% {:>6.1}/s {:>5} open {:>3.0}% {:<18} {}",
                     render::member_name(m),
-                    share_bar(v.observed_share, v.expected_share, scale),
-                    v.observed_share * 100.0,
+                    m.pod,
+                    bar(v.observed_share, v.expected_share),
+                    bar(render::load_share(&v.active), v.expected_share),
+                    bar(render::load_share(&v.bytes), v.expected_share),
                     v.expected_share * 100.0,
                     v.new_conns_per_sec,
+                    v.active_connections,
                     m.cpu_utilization * 100.0,
-                    render::member_state(m.state),
-                    render::verdict(m.verdict),
-                    if m.pod.is_empty() {
-                        String::new()
-                    } else {
-                        format!("  {}", m.pod)
+                    match v1::MemberState::try_from(m.state) {
+                        Ok(v1::MemberState::Draining | v1::MemberState::NotReady) => format!(
+                            "{} ({})",
+                            render::verdict(m.verdict),
+                            render::member_state(m.state)
+                        ),
+                        _ => render::verdict(m.verdict).to_owned(),
                     },
+                    render::load_word(m),
                 ),
-                m.verdict,
+                worst,
             )
         })
         .collect()
@@ -107,7 +138,7 @@ fn draw(f: &mut Frame<'_>, pools: &[v1::Pool], collector: &str, error: Option<&s
             Style::default().fg(Color::Red),
         )),
         None => Line::from(format!(
-            "evenflow top · {collector} · {} pools · share of new connections (█) vs expected (|) · q to quit",
+            "evenflow top · {collector} · {} pools · shares of new connections, open connections, bytes (█) vs expected (|) · q to quit",
             pools.len()
         )),
     };
@@ -115,14 +146,17 @@ fn draw(f: &mut Frame<'_>, pools: &[v1::Pool], collector: &str, error: Option<&s
     for (i, p) in pools.iter().enumerate() {
         let mut lines = vec![Line::from(Span::styled(
             format!(
-                "{:<24} {:<width$} {:>15}  {:>7.1} conn/s  eff. members {:.1}/{:.1}",
+                "{:<21} {:<width$} {:<width$} {:<width$} {:>7} {:>6.1}/s {:>5} open  eff. members {:.1}/{:.1}   CPU VERDICT / LOAD",
                 "MEMBER",
-                "SHARE",
-                "OBSERVED/EXPECT",
+                "NEW CONNECTIONS",
+                "OPEN CONNECTIONS",
+                "BYTES",
+                "EXPECT",
                 p.server_conns_per_sec.max(p.lb_conns_per_sec),
+                p.server_active_connections.max(p.lb_active_connections),
                 p.effective_members,
                 p.expected_effective_members,
-                width = BAR
+                width = BAR + 7
             ),
             Style::default().add_modifier(Modifier::BOLD),
         ))];
@@ -217,10 +251,11 @@ mod tests {
 
     #[test]
     fn bar_marks_expected_and_fills_observed() {
-        let b = share_bar(0.5, 0.25, 1.0);
+        let b = share_bar(0.5, 0.2, 1.0);
         assert_eq!(b.chars().count(), BAR);
-        assert_eq!(b.chars().filter(|c| *c == '█').count(), 14);
-        assert_eq!(b.chars().position(|c| c == '|'), Some(8));
+        // Half the bar filled, the expected mark a fifth in (over a fill).
+        assert_eq!(b.chars().filter(|c| *c == '█').count(), BAR / 2 - 1);
+        assert_eq!(b.chars().position(|c| c == '|'), Some(BAR / 5));
         let zero = share_bar(0.0, 0.25, 1.0);
         assert!(!zero.contains('█'));
     }
@@ -233,5 +268,98 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(member_lines(&p).len(), 4);
+    }
+
+    /// A member with its share of new connections and none of the open
+    /// ones shows three bars that say so, and the load verdict's colour.
+    #[test]
+    fn load_bars_beside_the_new_connection_bar() {
+        let share = |observed: f64| v1::LoadShare {
+            observed_share: observed,
+            expected_share: 0.5,
+            ..Default::default()
+        };
+        let m = v1::Member {
+            address: "10.0.0.2".into(),
+            port: 80,
+            verdict: v1::Verdict::Ok as i32,
+            server_view: Some(v1::MemberView {
+                fresh: true,
+                observed_share: 0.5,
+                expected_share: 0.5,
+                active_connections: 0,
+                active: Some(share(0.0)),
+                bytes: Some(share(0.0)),
+                ..Default::default()
+            }),
+            load: Some(v1::LoadFinding {
+                signal: v1::Signal::ActiveConnections as i32,
+                view: v1::View::Server as i32,
+                share: Some(v1::LoadShare {
+                    verdict: v1::Verdict::Zero as i32,
+                    page: true,
+                    cause: v1::Cause::Pinned as i32,
+                    ..share(0.0)
+                }),
+            }),
+            ..Default::default()
+        };
+        let p = v1::Pool {
+            name: "grpc".into(),
+            members: vec![m],
+            ..Default::default()
+        };
+        let (line, verdict) = &member_lines(&p)[0];
+        let bars: Vec<&str> = line
+            .split_whitespace()
+            .filter(|w| w.contains('|'))
+            .collect();
+        assert_eq!(bars.len(), 3, "{line}");
+        assert!(bars[0].contains('█') && !bars[1].contains('█') && !bars[2].contains('█'));
+        assert!(line.contains("ZERO! conns pinned"), "{line}");
+        assert_eq!(*verdict, v1::Verdict::Zero as i32);
+    }
+
+    /// The widest line a Kubernetes member makes fits the 180 columns the
+    /// tests' terminal has, borders included.
+    #[test]
+    fn a_pod_line_fits_180_columns() {
+        let m = v1::Member {
+            address: "10.244.100.200".into(),
+            port: 8080,
+            pod: "default/svc-b-5f9c-abcde".into(),
+            verdict: v1::Verdict::DrainingViolation as i32,
+            server_view: Some(v1::MemberView {
+                new_conns_per_sec: 12345.6,
+                active_connections: 99999,
+                observed_share: 1.0,
+                expected_share: 1.0,
+                ..Default::default()
+            }),
+            load: Some(v1::LoadFinding {
+                signal: v1::Signal::ActiveConnections as i32,
+                share: Some(v1::LoadShare {
+                    verdict: v1::Verdict::SkewHigh as i32,
+                    page: true,
+                    cause: v1::Cause::Routing as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            cpu_utilization: 1.0,
+            ..Default::default()
+        };
+        let p = v1::Pool {
+            name: "default/svc-b:http".into(),
+            members: vec![m],
+            ..Default::default()
+        };
+        let (line, _) = &member_lines(&p)[0];
+        assert!(
+            line.chars().count() <= 176,
+            "{} columns: {line}",
+            line.chars().count()
+        );
+        assert!(line.contains("default/svc-b-5f9c-abcde"));
     }
 }

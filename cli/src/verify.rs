@@ -3,9 +3,11 @@
 //! Run it right after an LB config change. It waits the given time, then
 //! judges the pool from the collector's verdicts: exit 0 when every serving
 //! member receives its share, 1 when any member is ZERO, SKEW or STALE (or
-//! the pool concentrates, or a draining member still gets traffic), and 2
-//! when it cannot judge (collector unreachable, pool unknown, too little
-//! traffic).
+//! the pool concentrates, or a draining member still gets traffic, or a
+//! member's load — its open connections or bytes — pages, routing or
+//! pinned), and 2 when it cannot judge (collector unreachable, pool
+//! unknown, too little traffic). Load warnings (a restarted member
+//! refilling) are printed, not failed.
 
 use std::{io::IsTerminal as _, time::Duration};
 
@@ -96,6 +98,29 @@ pub fn judge(pool: &v1::Pool) -> Outcome {
                 warnings.push(line(render::verdict(v as i32)))
             }
             _ => {}
+        }
+        if let Some(l) = &m.load
+            && let Some(s) = &l.share
+            && matches!(
+                v1::Verdict::try_from(s.verdict),
+                Ok(v1::Verdict::Zero | v1::Verdict::SkewLow | v1::Verdict::SkewHigh)
+            )
+        {
+            let text = format!(
+                "{} {} ({}, {}): share {:.1}% (expected {:.1}%){}",
+                render::member_name(m),
+                render::verdict(s.verdict),
+                render::signal(l.signal),
+                render::cause(s.cause),
+                s.observed_share * 100.0,
+                s.expected_share * 100.0,
+                reason_suffix(&s.reason)
+            );
+            if s.page {
+                bad.push(text);
+            } else {
+                warnings.push(text);
+            }
         }
     }
     if bad.is_empty() {
@@ -258,6 +283,57 @@ mod tests {
             2
         );
         assert_eq!(judge(&pool(v1::Verdict::Ok, vec![])).exit_code(), 2);
+    }
+
+    fn with_load(page: bool) -> v1::Member {
+        v1::Member {
+            load: Some(v1::LoadFinding {
+                signal: v1::Signal::ActiveConnections as i32,
+                view: v1::View::Server as i32,
+                share: Some(v1::LoadShare {
+                    observed_share: 0.0,
+                    expected_share: 0.33,
+                    verdict: v1::Verdict::Zero as i32,
+                    page,
+                    cause: v1::Cause::Pinned as i32,
+                    reason: "0 of 90 open connections".into(),
+                }),
+            }),
+            ..member(v1::Verdict::InsufficientTraffic)
+        }
+    }
+
+    #[test]
+    fn a_load_page_fails_the_gate_and_says_pinned() {
+        // New connections too few to judge, the pool judged on its open
+        // connections: a pinned page fails.
+        let p = pool(
+            v1::Verdict::Ok,
+            vec![member(v1::Verdict::Ok), with_load(true)],
+        );
+        match judge(&p) {
+            Outcome::Unhealthy(lines) => {
+                assert!(
+                    lines[0].contains("ZERO (active_connections, pinned)"),
+                    "{lines:?}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_member_refilling_is_a_warning() {
+        let p = pool(
+            v1::Verdict::Ok,
+            vec![member(v1::Verdict::Ok), with_load(false)],
+        );
+        match judge(&p) {
+            Outcome::Healthy { warnings } => {
+                assert!(warnings[0].contains("pinned"), "{warnings:?}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -240,6 +240,8 @@ async fn webhook_gets_alertmanager_v2_json_and_retries() {
         body.contains("evenflow_collector_webhook_failed_attempts_total 1"),
         "{body}"
     );
-    assert!(body.contains(r#"evenflow_alert_open{pool="web",member="10.6.0.4:80",kind="ZERO",view="server",severity="page"} 1"#), "{body}");
+    assert!(body.contains(r#"evenflow_alert_open{pool="web",member="10.6.0.4:80",kind="ZERO",signal="new_connections",cause="routing",view="server",severity="page"} 1"#), "{body}");
+    assert_eq!(zero["labels"]["signal"], "new_connections");
+    assert_eq!(zero["labels"]["cause"], "routing");
     c.shutdown().await;
 }

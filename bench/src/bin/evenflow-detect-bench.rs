@@ -21,17 +21,27 @@
 //! Bytes are heavy-tailed per connection, and keep-alive clients keep old
 //! connections busy. Time is in ticks (one agent interval, 1 s by default).
 //!
+//! Long-lived connections (gRPC channels, keep-alive) get rows of their own
+//! (see `long_lived` below): what members carry — open connections and
+//! bytes — with faults the new connections do not show.
+//!
 //! ```text
-//! cargo xtask bench-detect [--seed N] [--quick] [--pool-days N] [--threads N]
+//! cargo xtask bench-detect [--seed N] [--quick] [--pool-days N] [--load-pool-days N]
+//!     [--only new-connections|long-lived] [--threads N]
 //! ```
-//! `--pool-days` sets how many balanced pool-days are simulated for the
+//! `--only new-connections|long-lived` runs one half. `--pool-days` sets
+//! how many balanced pool-days are simulated for the
 //! false-page rate (default 20; 1,000 or more to measure the target, split
-//! over `--threads`, default every core).
+//! over `--threads`, default every core); `--load-pool-days` the same per
+//! balanced long-lived configuration (default 5; 1,000 or more each to pin
+//! the rate below 1 per 1,000 pool-days). Pages are counted as they start:
+//! an alert fired as a page, or a warning that became one.
 
 use std::time::Instant;
 
 use evenflow_collector::detect::{
-    AlertKind, Detector, MemberInput, PoolInput, Severity, Transition, Verdict, ViewInput, sim::Rng,
+    AlertKind, Detector, MemberInput, PoolInput, Severity, Transition, Verdict, ViewInput,
+    sim::{Rng, member_id},
 };
 
 const DAY: f64 = 86_400.0;
@@ -98,10 +108,6 @@ struct Outcome {
     fired_kinds: Vec<String>,
 }
 
-fn member_id(i: usize) -> String {
-    format!("10.{}.{}.{}:8080", i / 65_536, (i / 256) % 256, i % 256)
-}
-
 fn run_one(s: &Scenario, seed: u64) -> Outcome {
     let mut rng = Rng::new(seed);
     let mut d = Detector::default();
@@ -109,6 +115,7 @@ fn run_one(s: &Scenario, seed: u64) -> Outcome {
     let wsum: f64 = s.weights.iter().sum();
     let phase = rng.f64() * DAY;
     let mut out = Outcome::default();
+    let mut counter = PageCounter::default();
     let ids: Vec<String> = (0..n).map(member_id).collect();
     for t in 0..s.ticks {
         // A 10x daily swing (geometric), scaled so the pool runs at the
@@ -178,30 +185,33 @@ fn run_one(s: &Scenario, seed: u64) -> Outcome {
             }
         }
         for x in &tr {
-            if let Transition::Fired(a) = x {
-                out.fired_total += 1;
-                out.fired_kinds.push(format!(
-                    "{}:{}:{:?}@{} {}",
-                    a.kind.as_str(),
-                    a.member,
-                    a.severity,
-                    t,
-                    a.summary
-                ));
-                let member = ids.iter().position(|id| *id == a.member);
-                let concerns_truth = member.is_some_and(|m| s.truth.contains(&m))
-                    || (a.kind == AlertKind::Concentration && s.truth.len() > 1);
-                match a.severity {
-                    Severity::Page => {
-                        out.pages += 1;
-                        if t < s.onset || !concerns_truth {
-                            out.false_pages += 1;
-                        } else if out.ttd_page.is_none() {
-                            out.ttd_page = Some(t - s.onset);
-                        }
-                    }
-                    Severity::Warning => out.warnings += 1,
+            // Pages start when an alert fires as one or a warning becomes one.
+            let page = counter.starts_page(x);
+            let a = x.alert();
+            if !page && !matches!(x, Transition::Fired(_)) {
+                continue;
+            }
+            out.fired_total += 1;
+            out.fired_kinds.push(format!(
+                "{}:{}:{:?}@{} {}",
+                a.kind.as_str(),
+                a.member,
+                a.severity,
+                t,
+                a.summary
+            ));
+            let member = ids.iter().position(|id| *id == a.member);
+            let concerns_truth = member.is_some_and(|m| s.truth.contains(&m))
+                || (a.kind == AlertKind::Concentration && s.truth.len() > 1);
+            if page {
+                out.pages += 1;
+                if t < s.onset || !concerns_truth {
+                    out.false_pages += 1;
+                } else if out.ttd_page.is_none() {
+                    out.ttd_page = Some(t - s.onset);
                 }
+            } else {
+                out.warnings += 1;
             }
         }
         if t == s.onset.saturating_add(60) || (t + 1 == s.ticks && out.flagged.is_empty()) {
@@ -558,7 +568,7 @@ fn balanced_days(days: u64, threads: usize, seed: u64) -> (Vec<(u64, usize)>, u6
 
 /// The detector on seeded, reproducible traffic: time to detect each fault,
 /// detection probability, precision/recall, and false pages per pool-day on
-/// balanced pools.
+/// balanced pools; for new connections and for long-lived connections.
 #[derive(clap::Parser)]
 #[command(name = "evenflow-detect-bench", version)]
 struct Args {
@@ -572,9 +582,26 @@ struct Args {
     /// with --quick; 1,000 or more to measure the target).
     #[arg(long)]
     pool_days: Option<u64>,
+    /// Balanced long-lived pool-days per configuration (default 5, three
+    /// hours with --quick; 1,000 or more each to pin the rate below 1 per
+    /// 1,000 pool-days).
+    #[arg(long)]
+    load_pool_days: Option<u64>,
+    /// Run only one half.
+    #[arg(long, value_enum)]
+    only: Option<Only>,
     /// Threads the balanced pool-days are split over (default: every core).
     #[arg(long)]
     threads: Option<usize>,
+}
+
+/// A half of the benchmark.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Only {
+    /// New connections: the balancer's choices.
+    NewConnections,
+    /// Long-lived connections: what members carry.
+    LongLived,
 }
 
 fn main() {
@@ -582,9 +609,14 @@ fn main() {
         seed,
         quick,
         pool_days,
+        load_pool_days,
+        only,
         threads,
     } = clap::Parser::parse();
     let pool_days = pool_days.unwrap_or(if quick { 4 } else { 20 });
+    // Balanced long-lived pool-days per configuration (quick: three hours).
+    let load_ticks =
+        load_pool_days.map_or(if quick { 3 * 3600 } else { 5 * 86_400 }, |d| d * 86_400);
     let threads =
         threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     println!(
@@ -592,6 +624,34 @@ fn main() {
          members Poisson given the burst unless marked; ticks = 1 s)\n",
         if quick { ", quick" } else { "" }
     );
+    let started = Instant::now();
+    let (mut all_ok, mut member_ticks) = (true, 0u64);
+    if only != Some(Only::LongLived) {
+        let (ok, ticks) = new_connections(quick, seed, pool_days, threads);
+        all_ok &= ok;
+        member_ticks += ticks;
+    }
+    if only != Some(Only::NewConnections) {
+        all_ok &= long_lived_rows(quick, seed, load_ticks, threads);
+    }
+    let rate = member_ticks as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "detector throughput: {:.2} M member-ticks/s; 1,000 agents x 100 endpoints = 0.1 M member-ticks per 1 s tick",
+        rate / 1e6,
+    );
+    println!(
+        "\n{}",
+        if all_ok {
+            "ALL PASS"
+        } else {
+            "SOME TARGETS MISSED (see FAIL rows)"
+        }
+    );
+}
+
+/// The new-connection rows and their balanced pools; returns whether all
+/// met their targets and the member-ticks simulated.
+fn new_connections(quick: bool, seed: u64, pool_days: u64, threads: usize) -> (bool, u64) {
     println!(
         "{:<40} {:>4} {:>11} {:>11} {:>10} {:>7} {:>7} {:>9} {:>6}",
         "scenario",
@@ -607,7 +667,6 @@ fn main() {
     let mut all_ok = true;
     let mut p95s: Vec<(&'static str, Option<u64>)> = Vec::new();
     let mut member_ticks = 0u64;
-    let started = Instant::now();
     for (k, s) in scenarios(quick).iter().enumerate() {
         let mut ttd_v = Vec::new();
         let mut ttd_p = Vec::new();
@@ -744,11 +803,9 @@ fn main() {
         );
     }
     let per_1000 = total_pages as f64 / total_days.max(1) as f64 * 1000.0;
-    // With no page seen, the one-sided 95% upper bound on the rate is
-    // 3 / days (the Poisson "rule of three").
-    let upper = (total_pages as f64 + 3.0) / total_days.max(1) as f64 * 1000.0;
+    let upper = poisson_upper_95(total_pages as u64) / total_days.max(1) as f64 * 1000.0;
     println!(
-        "  {total_pages} pages: {per_1000:.2} per 1,000 pool-days (95% upper bound about {upper:.1}; \
+        "  {total_pages} pages: {per_1000:.2} per 1,000 pool-days (95% upper bound {upper:.2}; \
          design bound {:.2}: (ZERO {:.0e} / 4 + SKEW {:.0e}) per pool-tick x 86,400); target <= 1 {}",
         86_400.0 * (d.zero_alpha / 4.0 + d.skew_alpha) * 1000.0,
         d.zero_alpha,
@@ -756,17 +813,492 @@ fn main() {
         if per_1000 <= 1.0 { "PASS" } else { "FAIL" }
     );
     all_ok &= per_1000 <= 1.0;
-    let rate = member_ticks as f64 / started.elapsed().as_secs_f64();
+    (all_ok, member_ticks)
+}
+
+/// The long-lived rows and their balanced pools; returns whether all met
+/// their targets.
+fn long_lived_rows(quick: bool, seed: u64, load_ticks: u64, threads: usize) -> bool {
+    let mut all_ok = long_lived::run(quick, seed);
+    let d = evenflow_collector::detect::Settings::default();
+    let t0 = Instant::now();
+    let rows = long_lived::balanced(load_ticks, threads, seed);
     println!(
-        "detector throughput: {:.2} M member-ticks/s; 1,000 agents x 100 endpoints = 0.1 M member-ticks per 1 s tick",
-        rate / 1e6,
+        "\nbalanced long-lived pools ({} s): members x clients, connection lifetime, client-rate σ, size tail α",
+        t0.elapsed().as_secs()
     );
+    for ((members, clients, lifetime, sigma, alpha), (days, pages, warnings)) in
+        long_lived::BALANCED.iter().zip(&rows)
+    {
+        println!(
+            "  {members:>3} x {clients:<4} L {lifetime:>5} s  σ {sigma}  α {alpha}: {pages} pages, {warnings} warnings in {days:.1} pool-days"
+        );
+    }
+    let days: f64 = rows.iter().map(|r| r.0).sum();
+    let pages: u64 = rows.iter().map(|r| r.1).sum();
+    let per_1000 = pages as f64 / days.max(1e-9) * 1000.0;
+    let upper = poisson_upper_95(pages) / days.max(1e-9) * 1000.0;
     println!(
-        "\n{}",
-        if all_ok {
-            "ALL PASS"
-        } else {
-            "SOME TARGETS MISSED (see FAIL rows)"
+        "  {pages} pages in {days:.1} pool-days: {per_1000:.2} per 1,000 pool-days, 95% upper bound {upper:.2} \
+         (design bound for load pages {:.2}: 86,400 x load_alpha {:.0e}); target <= 1 {}",
+        86_400.0 * d.load_alpha * 1000.0,
+        d.load_alpha,
+        if per_1000 <= 1.0 { "PASS" } else { "FAIL" }
+    );
+    all_ok &= per_1000 <= 1.0;
+    all_ok
+}
+
+/// Counts pages as they start: an alert fired as a page, or a warning
+/// upgraded to one (load findings warn first and page once sustained). A
+/// resolved alert reopened (a flap) is the same incident, held open.
+#[derive(Default)]
+struct PageCounter {
+    severity: std::collections::HashMap<String, Severity>,
+}
+
+impl PageCounter {
+    /// Whether this transition starts a page.
+    fn starts_page(&mut self, t: &Transition) -> bool {
+        let a = t.alert();
+        let before = match t {
+            Transition::Resolved(_) => {
+                self.severity.remove(&a.id);
+                return false;
+            }
+            _ => self.severity.insert(a.id.clone(), a.severity),
+        };
+        a.severity == Severity::Page
+            && match t {
+                Transition::Fired(_) => true,
+                _ => before == Some(Severity::Warning),
+            }
+    }
+}
+
+/// The 95 % one-sided upper confidence bound on a Poisson mean after
+/// seeing `k` events (Garwood): the λ with P(X ≤ k | λ) = 0.05.
+fn poisson_upper_95(k: u64) -> f64 {
+    let cdf = |lambda: f64| {
+        let (mut term, mut sum) = ((-lambda).exp(), 0.0);
+        for i in 0..=k {
+            if i > 0 {
+                term *= lambda / i as f64;
+            }
+            sum += term;
         }
-    );
+        sum
+    };
+    let (mut lo, mut hi) = (0.0, 10.0 + 4.0 * k as f64);
+    for _ in 0..100 {
+        let mid = 0.5 * (lo + hi);
+        if cdf(mid) > 0.05 {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    hi
+}
+
+/// Long-lived connections: what each member carries (open connections and
+/// bytes) against its share, with faults the new connections do not show.
+///
+/// # The traffic model
+/// Each of the pool's clients holds one connection, placed by the balancer
+/// at random by weight, and re-establishes it now and then (exponential
+/// lifetimes, three minutes on average unless a row says otherwise). It
+/// sends requests at its own rate (five a second on average, log-normal
+/// across clients, σ 0.3) with request and response sizes Pareto with tail
+/// index 2 (infinite variance). Faults start after half an hour of
+/// watching, so the pool's dispersion and bytes heterogeneity are learned.
+mod long_lived {
+    use super::{PageCounter, Transition, fmt, pct};
+    use evenflow_collector::detect::{
+        Cause, Detector, Signal,
+        sim::{LongLived, LongLivedSpec, Rng, member_id},
+    };
+
+    /// Watching before a fault.
+    pub const WARMUP: u64 = 1800;
+    /// Ticks between two members' restarts in the rolling-restart rows.
+    const ROLL: u64 = 300;
+    /// Ticks a restarting member is down.
+    const DOWN: u64 = 15;
+
+    /// What a row must show.
+    #[derive(Clone, Copy, PartialEq, Debug)]
+    pub enum Want {
+        /// A page on the faulty member, on this signal, with this cause.
+        Page(Signal, Cause),
+        /// A warning or a page on the faulty member, on this signal.
+        Flag(Signal),
+        /// No page at all (warnings allowed).
+        NoPage,
+    }
+
+    pub struct Scenario {
+        pub name: &'static str,
+        pub members: usize,
+        pub clients: usize,
+        /// Mean connection lifetime, ticks (infinite: never reconnects).
+        pub lifetime: f64,
+        /// Ticks simulated after the warm-up.
+        pub ticks: u64,
+        /// Applied before each tick from the onset, with the ticks since.
+        pub fault: fn(u64, &mut LongLived, &mut Rng),
+        /// The member the fault concerns.
+        pub truth: usize,
+        pub want: Want,
+        /// p95 target in ticks (flag or page, as wanted).
+        pub limit: u64,
+        pub reps: usize,
+    }
+
+    #[derive(Default)]
+    struct Outcome {
+        flag: Option<u64>,
+        page: Option<u64>,
+        cause: Option<Cause>,
+        false_pages: usize,
+        pages_after: usize,
+        warnings: usize,
+    }
+
+    fn new_member(t: u64, p: &mut LongLived, _: &mut Rng) {
+        if t == 0 {
+            p.add_member(1.0);
+        }
+    }
+
+    fn rolling(t: u64, p: &mut LongLived, r: &mut Rng) {
+        let k = ((t / ROLL) as usize) % p.members();
+        match t % ROLL {
+            0 => p.set_down(k, true, r),
+            DOWN => p.set_down(k, false, r),
+            _ => {}
+        }
+    }
+
+    pub fn scenarios(quick: bool) -> Vec<Scenario> {
+        let reps = |n: usize| if quick { n.div_ceil(10).max(2) } else { n };
+        vec![
+            Scenario {
+                name: "10x200: one member holds 3x its share",
+                members: 10,
+                clients: 200,
+                lifetime: 180.0,
+                ticks: 90,
+                // Connections of the others end up on member 0 and stay,
+                // until it holds 60 of the 200: three times its 20.
+                fault: |t, p, _| {
+                    if t == 0 {
+                        p.set_held(0, 60);
+                    }
+                },
+                truth: 0,
+                want: Want::Page(Signal::ActiveConnections, Cause::Pinned),
+                limit: 30,
+                reps: reps(40),
+            },
+            Scenario {
+                name: "10x200: new member, nobody reconnects",
+                members: 9,
+                clients: 200,
+                lifetime: f64::INFINITY,
+                ticks: 120,
+                fault: new_member,
+                truth: 9,
+                want: Want::Flag(Signal::ActiveConnections),
+                limit: 60,
+                reps: reps(40),
+            },
+            Scenario {
+                name: "5x200: new member, nobody reconnects",
+                members: 4,
+                clients: 200,
+                lifetime: f64::INFINITY,
+                ticks: 120,
+                fault: new_member,
+                truth: 4,
+                want: Want::Page(Signal::ActiveConnections, Cause::Pinned),
+                limit: 60,
+                reps: reps(40),
+            },
+            Scenario {
+                name: "10x200: one member's clients send 3x",
+                members: 10,
+                clients: 200,
+                lifetime: 180.0,
+                ticks: 120,
+                // Member 0 holds exactly its share; its clients send three
+                // times the requests of the others'.
+                fault: |t, p, _| {
+                    if t == 0 {
+                        p.set_held(0, 20);
+                        p.load[0] = 3.0;
+                    }
+                },
+                truth: 0,
+                want: Want::Page(Signal::Bytes, Cause::Pinned),
+                limit: 60,
+                reps: reps(40),
+            },
+            Scenario {
+                name: "10x200: rolling restart, refilled in time",
+                members: 10,
+                clients: 200,
+                lifetime: 180.0,
+                ticks: 10 * ROLL,
+                fault: rolling,
+                truth: 0,
+                want: Want::NoPage,
+                limit: 0,
+                reps: reps(10),
+            },
+            Scenario {
+                name: "5x200: rolling restart, refilled in time",
+                members: 5,
+                clients: 200,
+                lifetime: 180.0,
+                ticks: 5 * ROLL,
+                fault: rolling,
+                truth: 0,
+                want: Want::NoPage,
+                limit: 0,
+                reps: reps(10),
+            },
+            Scenario {
+                name: "5x400: balancer prefers one 3x (routing)",
+                members: 5,
+                clients: 400,
+                lifetime: 20.0,
+                ticks: 90,
+                fault: |t, p, _| {
+                    if t == 0 {
+                        p.placement[0] = 3.0;
+                    }
+                },
+                truth: 0,
+                want: Want::Page(Signal::NewConnections, Cause::Routing),
+                limit: 60,
+                reps: reps(20),
+            },
+        ]
+    }
+
+    fn run_one(s: &Scenario, seed: u64) -> Outcome {
+        let mut rng = Rng::new(seed);
+        let mut spec = LongLivedSpec::balanced(s.members, s.clients);
+        spec.lifetime = s.lifetime;
+        let mut pool = LongLived::new(spec, &mut rng);
+        let mut d = Detector::default();
+        let mut pages = PageCounter::default();
+        let mut out = Outcome::default();
+        let truth = member_id(s.truth);
+        let want_signal = match s.want {
+            Want::Page(sig, _) | Want::Flag(sig) => Some(sig),
+            Want::NoPage => None,
+        };
+        for t in 0..WARMUP + s.ticks {
+            if t >= WARMUP {
+                (s.fault)(t - WARMUP, &mut pool, &mut rng);
+            }
+            let numbers = pool.tick(&mut rng);
+            let (_, tr) = d.evaluate(&pool.input("bench", t, &numbers));
+            for x in &tr {
+                let page = pages.starts_page(x);
+                let a = x.alert();
+                let mine = a.member == truth && Some(a.signal).flatten() == want_signal;
+                if matches!(x, Transition::Fired(_)) && !page {
+                    out.warnings += 1;
+                }
+                if t >= WARMUP
+                    && mine
+                    && !matches!(x, Transition::Resolved(_))
+                    && out.flag.is_none()
+                {
+                    out.flag = Some(t - WARMUP);
+                }
+                if !page {
+                    continue;
+                }
+                if t < WARMUP || s.want == Want::NoPage || a.member != truth {
+                    out.false_pages += 1;
+                    if std::env::var_os("BENCH_DEBUG").is_some_and(|v| v == "load") {
+                        eprintln!("{}: false page at {t}: {}", s.name, a.summary);
+                    }
+                    continue;
+                }
+                out.pages_after += 1;
+                if mine && out.page.is_none() {
+                    out.page = Some(t - WARMUP);
+                    out.cause = a.cause;
+                }
+            }
+        }
+        out
+    }
+
+    /// Runs every row; prints them; returns whether all met their targets.
+    pub fn run(quick: bool, seed: u64) -> bool {
+        println!(
+            "\nlong-lived connections (clients hold one connection each, re-established every ~180 s unless \
+             'nobody reconnects'; 5 requests/s per client, rates log-normal σ 0.3, sizes Pareto α 2; \
+             faults after {WARMUP} s of watching; ticks = 1 s)"
+        );
+        println!(
+            "{:<44} {:>4} {:>12} {:>12} {:>6} {:>8} {:>7} {:>16} {:>6}",
+            "scenario",
+            "reps",
+            "flag p50/95",
+            "page p50/95",
+            "paged",
+            "cause",
+            "f.pages",
+            "target",
+            "result"
+        );
+        let mut all = true;
+        for (k, s) in scenarios(quick).iter().enumerate() {
+            let (mut flags, mut pages) = (Vec::new(), Vec::new());
+            let (mut false_pages, mut causes_ok, mut warnings) = (0, true, 0);
+            for r in 0..s.reps {
+                let o = run_one(
+                    s,
+                    seed.wrapping_mul(2_000_003)
+                        .wrapping_add((k * 1000 + r) as u64),
+                );
+                if std::env::var_os("BENCH_DEBUG").is_some_and(|v| v == "reps") {
+                    eprintln!("{} rep {r}: flag {:?} page {:?}", s.name, o.flag, o.page);
+                }
+                flags.extend(o.flag);
+                pages.extend(o.page);
+                false_pages += o.false_pages;
+                warnings += o.warnings;
+                if let Want::Page(_, c) = s.want {
+                    causes_ok &= o.page.is_none() || o.cause == Some(c);
+                }
+            }
+            // Runs that never paged (or flagged) count as never: the p95
+            // over every run, not over those that did.
+            let p_all = |v: &[u64], p: f64| {
+                let mut all: Vec<u64> = v.to_vec();
+                all.resize(s.reps, u64::MAX);
+                pct(&mut all, p)
+            };
+            let p95_all = |v: &[u64]| p_all(v, 0.95);
+            let p50_all = |v: &[u64]| p_all(v, 0.5).filter(|&p| p != u64::MAX);
+            let (target, ok) = match s.want {
+                Want::Page(..) => (
+                    format!("page p95<={}", s.limit),
+                    p95_all(&pages).is_some_and(|p| p <= s.limit) && causes_ok && false_pages == 0,
+                ),
+                Want::Flag(_) => (
+                    format!("flag p95<={}", s.limit),
+                    p95_all(&flags).is_some_and(|p| p <= s.limit) && false_pages == 0,
+                ),
+                Want::NoPage => (format!("no page ({warnings} warn.)"), false_pages == 0),
+            };
+            all &= ok;
+            println!(
+                "{:<44} {:>4} {:>12} {:>12} {:>6} {:>8} {:>7} {:>16} {:>6}",
+                s.name,
+                s.reps,
+                format!(
+                    "{}/{}",
+                    fmt(p50_all(&flags)),
+                    fmt(p95_all(&flags).filter(|&p| p != u64::MAX))
+                ),
+                format!(
+                    "{}/{}",
+                    fmt(p50_all(&pages)),
+                    fmt(p95_all(&pages).filter(|&p| p != u64::MAX))
+                ),
+                format!("{}/{}", pages.len(), s.reps),
+                match s.want {
+                    Want::Page(_, c) if causes_ok => c.as_str(),
+                    Want::Page(..) => "WRONG",
+                    _ => "-",
+                },
+                false_pages,
+                target,
+                if ok { "PASS" } else { "FAIL" }
+            );
+        }
+        all
+    }
+
+    /// Balanced long-lived pools for the false-page rate: (members,
+    /// clients, lifetime, client-rate σ, size tail index).
+    pub const BALANCED: [(usize, usize, f64, f64, f64); 4] = [
+        (10, 200, 180.0, 0.3, 2.0),
+        (10, 200, 3600.0, 0.3, 2.0),
+        (10, 200, 180.0, 0.8, 1.5),
+        (3, 60, 600.0, 0.3, 2.0),
+    ];
+
+    /// Simulates `ticks` balanced ticks per configuration of [`BALANCED`],
+    /// over `threads` threads in 5-day runs (each a fresh detector, so
+    /// learning from scratch is part of what is measured). Returns
+    /// (pool-days, pages, warnings) per configuration.
+    pub fn balanced(ticks: u64, threads: usize, seed: u64) -> Vec<(f64, u64, u64)> {
+        use std::sync::{
+            Mutex,
+            atomic::{AtomicUsize, Ordering},
+        };
+        const CHUNK: u64 = 5 * 86_400;
+        let jobs: Vec<(usize, u64)> = (0..BALANCED.len())
+            .flat_map(|c| {
+                (0..ticks.div_ceil(CHUNK)).map(move |k| (c, CHUNK.min(ticks - k * CHUNK)))
+            })
+            .collect();
+        let next = AtomicUsize::new(0);
+        let results = Mutex::new(vec![(0.0, 0u64, 0u64); BALANCED.len()]);
+        std::thread::scope(|scope| {
+            for _ in 0..threads.max(1) {
+                scope.spawn(|| {
+                    loop {
+                        let j = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(&(c, n)) = jobs.get(j) else { break };
+                        let (members, clients, lifetime, sigma, alpha) = BALANCED[c];
+                        let mut rng = Rng::new(seed ^ 0x10ad ^ ((j as u64) << 20));
+                        let mut spec = LongLivedSpec::balanced(members, clients);
+                        spec.lifetime = lifetime;
+                        spec.rate_sigma = sigma;
+                        spec.size_alpha = alpha;
+                        let mut pool = LongLived::new(spec, &mut rng);
+                        let mut d = Detector::default();
+                        let mut counter = PageCounter::default();
+                        let (mut pages, mut warnings) = (0u64, 0u64);
+                        let mut input = pool.input("bench", 0, &pool.clone().tick(&mut rng));
+                        for t in 0..n {
+                            let numbers = pool.tick(&mut rng);
+                            pool.fill(&mut input, t, &numbers);
+                            for x in d.evaluate(&input).1 {
+                                if counter.starts_page(&x) {
+                                    pages += 1;
+                                    if std::env::var_os("BENCH_DEBUG").is_some_and(|v| v == "load")
+                                    {
+                                        eprintln!(
+                                            "balanced {members}x{clients} L={lifetime} σ={sigma} α={alpha}: page at {t}: {}",
+                                            x.alert().summary
+                                        );
+                                    }
+                                } else if matches!(x, Transition::Fired(_)) {
+                                    warnings += 1;
+                                }
+                            }
+                        }
+                        if let Ok(mut r) = results.lock() {
+                            r[c].0 += n as f64 / 86_400.0;
+                            r[c].1 += pages;
+                            r[c].2 += warnings;
+                        }
+                    }
+                });
+            }
+        });
+        results.into_inner().unwrap_or_default()
+    }
 }

@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use super::{
     Settings,
+    load::{Cause, LoadVerdict, Signal},
     pool::{MemberVerdict, PoolVerdict, Verdict, View},
 };
 
@@ -49,6 +50,11 @@ pub struct Alert {
     /// "address:port"; empty for pool-level alerts.
     pub member: String,
     pub kind: AlertKind,
+    /// What it is about: new connections, open connections or bytes
+    /// (none for STALE and HOT).
+    pub signal: Option<Signal>,
+    /// Routing or pinned, for ZERO, SKEW and CONCENTRATION.
+    pub cause: Option<Cause>,
     pub view: View,
     pub severity: Severity,
     pub observed: f64,
@@ -105,11 +111,21 @@ fn fire_after(kind: AlertKind) -> u32 {
     }
 }
 
-/// The alert a member verdict asks for, if any.
-fn member_alert(
-    pool: &PoolVerdict,
-    m: &MemberVerdict,
-) -> Option<(AlertKind, Severity, f64, f64, String)> {
+/// What an alert says before the book decides whether it fires.
+struct Want {
+    kind: AlertKind,
+    signal: Option<Signal>,
+    cause: Option<Cause>,
+    view: View,
+    severity: Severity,
+    observed: f64,
+    expected: f64,
+    summary: String,
+    evidence: Vec<(String, f64)>,
+}
+
+/// The alert a member's new-connection verdict asks for, if any.
+fn member_alert(pool: &PoolVerdict, m: &MemberVerdict) -> Option<Want> {
     let v = match m.view {
         View::Server => m.server.as_ref().or(m.lb.as_ref()),
         View::Lb => m.lb.as_ref().or(m.server.as_ref()),
@@ -142,7 +158,79 @@ fn member_alert(
         kind.as_str(),
         m.reason
     );
-    Some((kind, sev, observed, expected, summary))
+    let signal = match kind {
+        AlertKind::Stale | AlertKind::Hot => None,
+        _ => Some(Signal::NewConnections),
+    };
+    let cause = matches!(kind, AlertKind::Zero | AlertKind::Skew).then_some(Cause::Routing);
+    let evidence = vec![
+        ("observed_share".to_owned(), v.observed_share),
+        ("expected_share".to_owned(), v.expected_share),
+        ("window_observed".to_owned(), v.window_observed),
+        ("window_expected".to_owned(), v.window_expected),
+        ("zero_expected".to_owned(), v.zero_expected),
+        ("z".to_owned(), v.z),
+    ];
+    Some(Want {
+        kind,
+        signal,
+        cause,
+        view: m.view,
+        severity: sev,
+        observed,
+        expected,
+        summary,
+        evidence,
+    })
+}
+
+/// The alert one load signal's verdict asks for, if any: ZERO (no open
+/// connection) or SKEW, page or warning. A bytes finding that only follows
+/// the member's open connections asks for none (theirs speaks for it).
+fn load_alert(
+    pool: &PoolVerdict,
+    m: &MemberVerdict,
+    signal: Signal,
+    (view, v): &(View, LoadVerdict),
+) -> Option<Want> {
+    if !v.is_finding() || (signal == Signal::Bytes && !v.own) {
+        return None;
+    }
+    let kind = if v.verdict.is_zero() {
+        AlertKind::Zero
+    } else {
+        AlertKind::Skew
+    };
+    let cause = v.cause.unwrap_or(Cause::Pinned);
+    Some(Want {
+        kind,
+        signal: Some(signal),
+        cause: Some(cause),
+        view: *view,
+        severity: if v.page {
+            Severity::Page
+        } else {
+            Severity::Warning
+        },
+        observed: v.observed_share,
+        expected: v.expected_share,
+        summary: format!(
+            "pool {} member {} {} ({}, {}): {}",
+            pool.name,
+            m.id,
+            kind.as_str(),
+            signal.label(),
+            cause.as_str(),
+            v.reason
+        ),
+        evidence: vec![
+            ("observed_share".to_owned(), v.observed_share),
+            ("expected_share".to_owned(), v.expected_share),
+            ("ratio".to_owned(), v.ratio),
+            ("log10_p".to_owned(), v.log_p / std::f64::consts::LN_10),
+            ("ticks".to_owned(), v.ticks as f64),
+        ],
+    })
 }
 
 impl Book {
@@ -158,57 +246,67 @@ impl Book {
             let id = format!("{}//CONCENTRATION", pool.name);
             want.insert(
                 id.clone(),
-                new_alert(
-                    id,
-                    &pool.name,
-                    "",
-                    AlertKind::Concentration,
-                    pool.view,
-                    Severity::Page,
-                    pool.effective,
-                    pool.expected_effective,
-                    tick,
-                    format!("pool {} CONCENTRATION: {}", pool.name, pool.reason),
-                    vec![
+                Want {
+                    kind: AlertKind::Concentration,
+                    signal: Some(Signal::NewConnections),
+                    cause: Some(Cause::Routing),
+                    view: pool.view,
+                    severity: Severity::Page,
+                    observed: pool.effective,
+                    expected: pool.expected_effective,
+                    summary: format!("pool {} CONCENTRATION: {}", pool.name, pool.reason),
+                    evidence: vec![
                         ("effective_members".into(), pool.effective),
                         ("expected_effective_members".into(), pool.expected_effective),
                     ],
-                ),
+                }
+                .into_alert(id, &pool.name, "", tick),
             );
         }
         for m in &pool.members {
-            let Some((kind, mut sev, observed, expected, summary)) = member_alert(pool, m) else {
-                continue;
-            };
-            let v = match m.view {
-                View::Server => m.server.as_ref(),
-                View::Lb => m.lb.as_ref(),
-            };
-            let mut evidence = vec![];
-            if let Some(v) = v {
-                evidence.extend([
-                    ("observed_share".to_owned(), v.observed_share),
-                    ("expected_share".to_owned(), v.expected_share),
-                    ("window_observed".to_owned(), v.window_observed),
-                    ("window_expected".to_owned(), v.window_expected),
-                    ("zero_expected".to_owned(), v.zero_expected),
-                    ("z".to_owned(), v.z),
-                ]);
+            let conns = member_alert(pool, m);
+            // A member whose new connections page for routing already has
+            // its page: its load alerts of the same cause are grouped under
+            // it.
+            let routing_page = conns.as_ref().is_some_and(|w| {
+                w.severity == Severity::Page
+                    && matches!(
+                        w.kind,
+                        AlertKind::Zero | AlertKind::Skew | AlertKind::Mismatch
+                    )
+            });
+            let load = [
+                (Signal::ActiveConnections, m.active.as_ref()),
+                (Signal::Bytes, m.bytes.as_ref()),
+            ]
+            .into_iter()
+            .filter_map(|(signal, v)| load_alert(pool, m, signal, v?));
+            for mut w in conns.into_iter().chain(load) {
+                // One page for the incident's shape: members' ZERO and SKEW
+                // become warnings grouped under the pool's CONCENTRATION.
+                if concentration && matches!(w.kind, AlertKind::Zero | AlertKind::Skew) {
+                    w.severity = Severity::Warning;
+                    w.evidence.push(("grouped_under_concentration".into(), 1.0));
+                } else if routing_page
+                    && w.signal != Some(Signal::NewConnections)
+                    && w.cause == Some(Cause::Routing)
+                {
+                    w.severity = Severity::Warning;
+                    w.evidence
+                        .push(("grouped_under_new_connections".into(), 1.0));
+                }
+                let id = match w.signal {
+                    Some(sig @ (Signal::ActiveConnections | Signal::Bytes)) => format!(
+                        "{}/{}/{}/{}",
+                        pool.name,
+                        m.id,
+                        w.kind.as_str(),
+                        sig.as_str()
+                    ),
+                    _ => format!("{}/{}/{}", pool.name, m.id, w.kind.as_str()),
+                };
+                want.insert(id.clone(), w.into_alert(id, &pool.name, &m.id, tick));
             }
-            // One page for the incident's shape: members' ZERO and SKEW
-            // become warnings grouped under the pool's CONCENTRATION.
-            if concentration && matches!(kind, AlertKind::Zero | AlertKind::Skew) {
-                sev = Severity::Warning;
-                evidence.push(("grouped_under_concentration".into(), 1.0));
-            }
-            let id = format!("{}/{}/{}", pool.name, m.id, kind.as_str());
-            want.insert(
-                id.clone(),
-                new_alert(
-                    id, &pool.name, &m.id, kind, m.view, sev, observed, expected, tick, summary,
-                    evidence,
-                ),
-            );
         }
         let mut out = Vec::new();
         // Open alerts of this pool that are no longer wanted count good
@@ -255,6 +353,7 @@ impl Book {
                 }
                 let changed = open.severity != a.severity;
                 open.severity = a.severity;
+                open.cause = a.cause;
                 open.observed = a.observed;
                 open.expected = a.expected;
                 open.summary = a.summary;
@@ -323,35 +422,26 @@ impl Book {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn new_alert(
-    id: String,
-    pool: &str,
-    member: &str,
-    kind: AlertKind,
-    view: View,
-    severity: Severity,
-    observed: f64,
-    expected: f64,
-    tick: u64,
-    summary: String,
-    evidence: Vec<(String, f64)>,
-) -> Alert {
-    Alert {
-        id,
-        pool: pool.to_owned(),
-        member: member.to_owned(),
-        kind,
-        view,
-        severity,
-        observed,
-        expected,
-        since_tick: tick,
-        resolved_tick: None,
-        summary,
-        evidence,
-        flaps: 0,
-        ok_streak: 0,
-        upgrade: 0,
+impl Want {
+    fn into_alert(self, id: String, pool: &str, member: &str, tick: u64) -> Alert {
+        Alert {
+            id,
+            pool: pool.to_owned(),
+            member: member.to_owned(),
+            kind: self.kind,
+            signal: self.signal,
+            cause: self.cause,
+            view: self.view,
+            severity: self.severity,
+            observed: self.observed,
+            expected: self.expected,
+            since_tick: tick,
+            resolved_tick: None,
+            summary: self.summary,
+            evidence: self.evidence,
+            flaps: 0,
+            ok_streak: 0,
+            upgrade: 0,
+        }
     }
 }

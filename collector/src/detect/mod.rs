@@ -33,16 +33,26 @@
 //!   falls well below what the weights give; one alert for the incident's
 //!   shape instead of one per member.
 //! * **NO_DATA** (stale observer, counter reset) is never judged ZERO.
+//! * **Load** (`load.rs`): what each member carries — its open
+//!   connections (a binomial placement test on the connections open now,
+//!   never summed over ticks, which see the same connections) and its
+//!   bytes (per connection, log scale, medians) — with pages bounded by
+//!   `86,400 · load_alpha` per pool-day, and a cause: *routing* when new
+//!   connections are skewed too, *pinned* when old connections hold it.
+//!   A pool with many open connections is judged on them even when it
+//!   opens too few new ones.
 //! * Hysteresis: alerts fire when evidence crosses its bound, clear after
 //!   `clear_ticks` ticks back inside the warning band, are suppressed for
 //!   `settle_ticks` after the member set changes, and an alert that flaps
 //!   is reopened (held open longer) instead of firing again.
 
 mod alerts;
+mod load;
 mod pool;
 pub mod sim;
 
 pub use alerts::{Alert, AlertKind, Severity, Transition};
+pub use load::{Cause, LoadSummary, LoadVerdict, PINNED_FIXES, Signal, binomial_log_tail};
 pub use pool::{
     MemberInput, MemberVerdict, PoolInput, PoolVerdict, Verdict, View, ViewInput, ViewVerdict,
 };
@@ -85,6 +95,20 @@ pub struct Settings {
     pub hot_min_utilization: f64,
     /// Upper bound on the learned dispersion.
     pub max_dispersion: f64,
+    /// Per-pool false-alarm probability per tick for load pages (open
+    /// connections and bytes), split over members, signals and sides:
+    /// false load pages stay below `86,400 · load_alpha` per pool-day.
+    pub load_alpha: f64,
+    /// Consecutive ticks a load finding must hold at page level before it
+    /// pages.
+    pub load_sustain: u32,
+    /// A member below its share pages only when it will not be back to
+    /// half its share within this many ticks of going low, at the pool's
+    /// connection turnover (a restarted or new member refilling warns).
+    pub load_refill: u64,
+    /// A pool holding at least this many open connections is judged on
+    /// its load, however few new connections it opens.
+    pub min_pool_active: f64,
 }
 
 impl Default for Settings {
@@ -104,6 +128,10 @@ impl Default for Settings {
             hot_ratio: 1.5,
             hot_min_utilization: 0.5,
             max_dispersion: 50.0,
+            load_alpha: 5e-9,
+            load_sustain: 10,
+            load_refill: 300,
+            min_pool_active: 10.0,
         }
     }
 }
@@ -177,3 +205,5 @@ pub fn chi2_bound(alpha: f64, df: usize) -> f64 {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_load;

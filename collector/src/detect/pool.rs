@@ -2,7 +2,11 @@
 
 use std::collections::HashMap;
 
-use super::{Settings, chi2_bound, z_bound};
+use super::{
+    Settings, chi2_bound,
+    load::{Context, LoadState, LoadSummary, LoadVerdict},
+    z_bound,
+};
 
 /// Which observers the numbers come from.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -85,7 +89,7 @@ pub enum Verdict {
 
 impl Verdict {
     /// Ordering for combining views: higher is worse.
-    fn rank(self) -> u8 {
+    pub(super) fn rank(self) -> u8 {
         match self {
             Verdict::Zero { .. } => 9,
             Verdict::SkewLow { page: true } | Verdict::SkewHigh { page: true } => 8,
@@ -131,6 +135,14 @@ pub struct ViewVerdict {
     /// Cumulative new connections seen.
     pub conns_total: u64,
     pub reason: String,
+    /// The load it carries: its open connections...
+    pub active_load: LoadVerdict,
+    /// ...and its bytes (both ways).
+    pub bytes_load: LoadVerdict,
+    /// Its share of the pool's bytes into members over the last 10 ticks.
+    pub bytes_in_share: f64,
+    /// Its share of the pool's bytes out of members over the last 10 ticks.
+    pub bytes_out_share: f64,
 }
 
 /// One member's judgement.
@@ -142,11 +154,15 @@ pub struct MemberVerdict {
     pub server: Option<ViewVerdict>,
     pub lb: Option<ViewVerdict>,
     pub cpu: Option<f64>,
-    /// Both views combined (and HOT).
+    /// Both views' new connections combined (and HOT).
     pub verdict: Verdict,
     /// The view whose evidence decided.
     pub view: View,
     pub reason: String,
+    /// The open connections' verdict of the worse view.
+    pub active: Option<(View, LoadVerdict)>,
+    /// The bytes' verdict of the worse view.
+    pub bytes: Option<(View, LoadVerdict)>,
 }
 
 /// One pool's judgement.
@@ -169,6 +185,9 @@ pub struct PoolVerdict {
     /// Learned dispersion per view.
     pub dispersion_server: f64,
     pub dispersion_lb: f64,
+    /// Open connections and the load statistics, per view.
+    pub load_server: LoadSummary,
+    pub load_lb: LoadSummary,
     pub members: Vec<MemberVerdict>,
 }
 
@@ -224,6 +243,8 @@ struct ViewState {
     totals: [f64; RING],
     totals_len: usize,
     totals_head: usize,
+    /// What the members carry.
+    load: LoadState,
 }
 
 impl Default for ViewState {
@@ -240,6 +261,7 @@ impl Default for ViewState {
             totals: [0.0; RING],
             totals_len: 0,
             totals_head: 0,
+            load: LoadState::default(),
         }
     }
 }
@@ -253,6 +275,7 @@ struct ViewOutcome {
     rate: f64,
     long_rate: f64,
     judged: bool,
+    load: LoadSummary,
 }
 
 #[derive(Default)]
@@ -304,7 +327,12 @@ impl PoolState {
         } else {
             View::Lb
         };
-        let insufficient = !server.judged && !lb.judged || primary.long_rate < s.min_pool_rate;
+        // New connections too few to judge the balancer's choices; the pool
+        // abstains only when it holds too few open connections as well.
+        let conns_insufficient =
+            !server.judged && !lb.judged || primary.long_rate < s.min_pool_rate;
+        let load_judged = server.load.judged || lb.load.judged;
+        let insufficient = conns_insufficient && !load_judged;
         let settling = self.settle_left > 0;
         self.settle_left = self.settle_left.saturating_sub(1);
 
@@ -342,13 +370,15 @@ impl PoolState {
                     ));
                 }
             }
-            if insufficient && verdict.rank() > 0 && verdict != Verdict::NoData {
+            if conns_insufficient && verdict.rank() > 0 && verdict != Verdict::NoData {
                 verdict = Verdict::InsufficientTraffic;
-                reason = "pool too quiet to judge".into();
+                reason = "too few new connections to judge".into();
             } else if settling && verdict.rank() > 1 && verdict != Verdict::NoData {
                 verdict = Verdict::Settling;
                 reason = "member set changed; settling".into();
             }
+            let active = worse(sv.as_ref(), lv.as_ref(), |v| &v.active_load);
+            let bytes = worse(sv.as_ref(), lv.as_ref(), |v| &v.bytes_load);
             members.push(MemberVerdict {
                 id: m.id.clone(),
                 weight: m.weight,
@@ -359,14 +389,21 @@ impl PoolState {
                 verdict,
                 view,
                 reason,
+                active,
+                bytes,
             });
         }
+        let load = if server.load.judged || !lb.load.judged {
+            &server.load
+        } else {
+            &lb.load
+        };
         let (verdict, reason) = if insufficient {
             (
                 Verdict::InsufficientTraffic,
                 format!(
-                    "{:.2} new connections/tick (minimum {:.2}): too quiet to judge",
-                    primary.long_rate, s.min_pool_rate
+                    "{:.2} new connections/tick (minimum {:.2}) and {} open connections (minimum {:.0}): too quiet to judge",
+                    primary.long_rate, s.min_pool_rate, load.active, s.min_pool_active
                 ),
             )
         } else if settling {
@@ -377,6 +414,14 @@ impl PoolState {
                 format!(
                     "traffic concentrates on {:.1} effective members of {:.1}",
                     primary.effective, primary.expected_effective
+                ),
+            )
+        } else if conns_insufficient {
+            (
+                Verdict::Ok,
+                format!(
+                    "{:.2} new connections/tick: too few to judge the balancer's choices; judged on {} open connections",
+                    primary.long_rate, load.active
                 ),
             )
         } else {
@@ -394,8 +439,25 @@ impl PoolState {
             lb_rate: lb.rate,
             dispersion_server: self.server.dispersion,
             dispersion_lb: self.lb.dispersion,
+            load_server: server.load,
+            load_lb: lb.load,
             members,
         }
+    }
+}
+
+/// The worse of a member's two views of one load signal (the server's on
+/// a tie).
+fn worse(
+    sv: Option<&ViewVerdict>,
+    lv: Option<&ViewVerdict>,
+    signal: impl Fn(&ViewVerdict) -> &LoadVerdict,
+) -> Option<(View, LoadVerdict)> {
+    match (sv.map(&signal), lv.map(&signal)) {
+        (Some(s), Some(l)) if l.severity_rank() > s.severity_rank() => Some((View::Lb, l.clone())),
+        (Some(s), _) => Some((View::Server, s.clone())),
+        (None, Some(l)) => Some((View::Lb, l.clone())),
+        (None, None) => None,
     }
 }
 
@@ -516,7 +578,7 @@ impl ViewState {
         let mut window_obs = Vec::with_capacity(count);
         for m in &input.members {
             let Some(v) = get(m) else { continue };
-            let hist = self.members.entry(m.id.clone()).or_default();
+            let hist = member_entry(&mut self.members, &m.id);
             hist.conns_total += v.new_conns;
             let expected_share = if m.draining || !v.fresh || v.reset || wsum <= 0.0 {
                 0.0
@@ -539,6 +601,10 @@ impl ViewState {
                 z: 0.0,
                 conns_total: hist.conns_total,
                 reason: String::new(),
+                active_load: LoadVerdict::default(),
+                bytes_load: LoadVerdict::default(),
+                bytes_in_share: 0.0,
+                bytes_out_share: 0.0,
             };
             if !v.fresh || v.reset {
                 vv.verdict = Verdict::NoData;
@@ -743,6 +809,17 @@ impl ViewState {
             self.dispersion = self.dispersion_mean.clamp(1.0, s.max_dispersion);
             self.samples += 1;
         }
+        let load = self.load.evaluate(
+            s,
+            input,
+            view,
+            &mut verdicts,
+            &Context {
+                turnover: long_rate,
+                concentrated,
+                new_conns: n,
+            },
+        );
         ViewOutcome {
             verdicts,
             effective,
@@ -751,8 +828,18 @@ impl ViewState {
             rate,
             long_rate,
             judged: observed_any && count > 0,
+            load,
         }
     }
+}
+
+/// A member's state, created on first sight; the id is copied only then
+/// (every tick would be an allocation per member).
+pub(super) fn member_entry<'a, V: Default>(map: &'a mut HashMap<String, V>, id: &str) -> &'a mut V {
+    if !map.contains_key(id) {
+        map.insert(id.to_owned(), V::default());
+    }
+    map.get_mut(id).expect("inserted above")
 }
 
 /// z-score of `observed` against `expected` counts after Anscombe's

@@ -149,6 +149,29 @@ pub struct Config {
     #[arg(long, env = "EVENFLOW_MAX_DISPERSION", default_value_t = defaults().max_dispersion, value_parser = positive)]
     pub max_dispersion: f64,
 
+    /// Load (open connections, bytes): false-alarm probability per pool
+    /// per tick for pages, split over members, signals and sides (false
+    /// load pages stay below 86,400 times this per pool-day).
+    #[arg(long, env = "EVENFLOW_LOAD_ALPHA", default_value_t = defaults().load_alpha, value_parser = fraction)]
+    pub load_alpha: f64,
+
+    /// Load: ticks a finding must hold at page level before it pages.
+    #[arg(long, env = "EVENFLOW_LOAD_SUSTAIN", default_value_t = defaults().load_sustain, value_parser = clap::value_parser!(u32).range(1..))]
+    pub load_sustain: u32,
+
+    /// Load: a member below its share (restarted, new) pages only when,
+    /// at the pool's connection turnover, it will not hold half its share
+    /// within this many ticks of going low; until then it warns
+    /// (refilling).
+    #[arg(long, env = "EVENFLOW_LOAD_REFILL", default_value_t = defaults().load_refill)]
+    pub load_refill: u64,
+
+    /// A pool holding at least this many open connections is judged on
+    /// them (never INSUFFICIENT_TRAFFIC), however few new connections it
+    /// opens.
+    #[arg(long, env = "EVENFLOW_MIN_POOL_ACTIVE", default_value_t = defaults().min_pool_active, value_parser = positive)]
+    pub min_pool_active: f64,
+
     /// PEM certificate (chain) of the gRPC listener; with --tls-key the
     /// listener speaks TLS. Without both, plaintext (for a laptop).
     #[arg(long, env = "EVENFLOW_TLS_CERT", requires = "tls_key")]
@@ -224,6 +247,10 @@ impl Config {
             hot_ratio: self.hot_ratio,
             hot_min_utilization: self.hot_min_utilization,
             max_dispersion: self.max_dispersion,
+            load_alpha: self.load_alpha,
+            load_sustain: self.load_sustain,
+            load_refill: self.load_refill,
+            min_pool_active: self.min_pool_active,
         }
     }
 

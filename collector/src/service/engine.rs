@@ -143,6 +143,56 @@ fn kind(k: detect::AlertKind) -> v1::AlertKind {
     }
 }
 
+fn signal(s: Option<detect::Signal>) -> v1::Signal {
+    match s {
+        Some(detect::Signal::NewConnections) => v1::Signal::NewConnections,
+        Some(detect::Signal::ActiveConnections) => v1::Signal::ActiveConnections,
+        Some(detect::Signal::Bytes) => v1::Signal::Bytes,
+        None => v1::Signal::Unspecified,
+    }
+}
+
+fn cause(c: Option<detect::Cause>) -> v1::Cause {
+    match c {
+        Some(detect::Cause::Routing) => v1::Cause::Routing,
+        Some(detect::Cause::Pinned) => v1::Cause::Pinned,
+        None => v1::Cause::Unspecified,
+    }
+}
+
+fn load_share(l: &detect::LoadVerdict) -> v1::LoadShare {
+    v1::LoadShare {
+        observed_share: l.observed_share,
+        expected_share: l.expected_share,
+        verdict: verdict(l.verdict) as i32,
+        page: l.page,
+        cause: cause(l.cause) as i32,
+        reason: l.reason.clone(),
+    }
+}
+
+/// The worse of a member's two load signals, when either is a finding.
+fn load_finding(m: &detect::MemberVerdict) -> Option<v1::LoadFinding> {
+    [
+        (detect::Signal::ActiveConnections, m.active.as_ref()),
+        (detect::Signal::Bytes, m.bytes.as_ref()),
+    ]
+    .into_iter()
+    .filter_map(|(s, f)| f.filter(|(_, l)| l.is_finding()).map(|f| (s, f)))
+    .max_by_key(|(s, (_, l))| {
+        (
+            l.page,
+            l.verdict.is_zero(),
+            *s == detect::Signal::ActiveConnections,
+        )
+    })
+    .map(|(s, (v, l))| v1::LoadFinding {
+        signal: signal(Some(s)) as i32,
+        view: view(*v) as i32,
+        share: Some(load_share(l)),
+    })
+}
+
 fn severity(s: detect::Severity) -> v1::Severity {
     match s {
         detect::Severity::Page => v1::Severity::Page,
@@ -204,6 +254,8 @@ fn alert(a: &detect::Alert, clock: &TickClock, pod: Option<&str>) -> v1::Alert {
         pool: a.pool.clone(),
         member: a.member.clone(),
         kind: kind(a.kind) as i32,
+        signal: signal(a.signal) as i32,
+        cause: cause(a.cause) as i32,
         view: view(a.view) as i32,
         severity: severity(a.severity) as i32,
         observed: a.observed,
@@ -278,6 +330,10 @@ fn member_view(v: &detect::ViewVerdict, m: &pools::Measured) -> v1::MemberView {
         verdict: verdict(v.verdict) as i32,
         reason: v.reason.clone(),
         conns_total: m.conns_total,
+        active: Some(load_share(&v.active_load)),
+        bytes: Some(load_share(&v.bytes_load)),
+        bytes_in_share: v.bytes_in_share,
+        bytes_out_share: v.bytes_out_share,
     }
 }
 
@@ -328,6 +384,7 @@ fn pool_message(
                 .map(|m| m.source.as_str())
                 .unwrap_or("announced")
                 .to_owned(),
+            load: load_finding(mv),
             pod: meta.and_then(|m| m.pod.as_deref()).unwrap_or("").to_owned(),
             zone: meta
                 .and_then(|m| m.zone.as_deref())
@@ -365,6 +422,8 @@ fn pool_message(
         tick: pv.tick,
         evaluated_at: Some(at),
         kubernetes: pt.kubernetes.as_deref().map(kube_service),
+        server_active_connections: pv.load_server.active,
+        lb_active_connections: pv.load_lb.active,
     }
 }
 
@@ -400,6 +459,7 @@ fn unjudged_member(u: &pools::Unjudged) -> v1::Member {
         source: u.meta.source.as_str().to_owned(),
         pod: u.meta.pod.as_deref().unwrap_or("").to_owned(),
         zone: u.meta.zone.as_deref().unwrap_or("").to_owned(),
+        load: None,
     }
 }
 
@@ -561,6 +621,7 @@ impl Engine {
             .collect();
         self.pods.retain(|id, _| kept.contains(id.as_str()));
         let mut hooks = Vec::new();
+        let mut events = Vec::with_capacity(transitions.len());
         for t in &transitions {
             let a = alert(
                 t.alert(),
@@ -592,13 +653,11 @@ impl Engine {
             if self.webhooks.is_some() {
                 hooks.push(a.clone());
             }
-            let ev = v1::AlertEvent {
+            events.push(v1::AlertEvent {
                 transition: transition as i32,
                 alert: Some(a),
                 at: Some(at),
-            };
-            // No subscribers is fine.
-            let _ = self.shared.alerts.send(Arc::new(ev));
+            });
         }
         self.shared
             .stats
@@ -629,6 +688,12 @@ impl Engine {
             resolved,
             reported,
         }));
+        // Streamed only once published: a WatchAlerts subscriber that asks
+        // ListAlerts or GetPool about an event finds it there.
+        for ev in events {
+            // No subscribers is fine.
+            let _ = self.shared.alerts.send(Arc::new(ev));
+        }
 
         // 5. Forget long-silent agents.
         let gone = self

@@ -38,15 +38,36 @@ fn verdict_name(v: i32) -> &'static str {
     })
 }
 
+/// "new_connections", "active_connections", "bytes", or "" when unset.
+pub(crate) fn signal_name(s: i32) -> &'static str {
+    match v1::Signal::try_from(s) {
+        Ok(v1::Signal::NewConnections) => "new_connections",
+        Ok(v1::Signal::ActiveConnections) => "active_connections",
+        Ok(v1::Signal::Bytes) => "bytes",
+        _ => "",
+    }
+}
+
+/// "routing", "pinned", or "" when unset.
+pub(crate) fn cause_name(c: i32) -> &'static str {
+    match v1::Cause::try_from(c) {
+        Ok(v1::Cause::Routing) => "routing",
+        Ok(v1::Cause::Pinned) => "pinned",
+        _ => "",
+    }
+}
+
 fn pool_text(p: &v1::Pool) -> String {
     let mut s = format!(
-        "pool {} tick {} verdict {} {}\neffective members {:.2} of {:.2}\n",
+        "pool {} tick {} verdict {} {}\neffective members {:.2} of {:.2}; open connections {} (server) {} (lb)\n",
         p.name,
         p.tick,
         verdict_name(p.verdict),
         p.reason,
         p.effective_members,
-        p.expected_effective_members
+        p.expected_effective_members,
+        p.server_active_connections,
+        p.lb_active_connections
     );
     for m in &p.members {
         let _ = writeln!(
@@ -59,6 +80,18 @@ fn pool_text(p: &v1::Pool) -> String {
             m.source,
             m.reason
         );
+        if let Some(l) = &m.load
+            && let Some(share) = &l.share
+        {
+            let _ = writeln!(
+                s,
+                "    load: {} {} {} {}",
+                signal_name(l.signal),
+                verdict_name(share.verdict),
+                cause_name(share.cause),
+                share.reason
+            );
+        }
     }
     s
 }
@@ -229,9 +262,28 @@ pub fn render(shared: &Shared) -> String {
         );
     }
 
+    help(
+        &mut out,
+        "evenflow_pool_active_connections",
+        "gauge",
+        "Connections open now in the pool (eligible members), per view.",
+    );
+    for pool in p.pools.values() {
+        for (view, n) in [
+            ("server", pool.server_active_connections),
+            ("lb", pool.lb_active_connections),
+        ] {
+            let _ = writeln!(
+                out,
+                "evenflow_pool_active_connections{{pool=\"{}\",view=\"{view}\"}} {n}",
+                esc(&pool.name)
+            );
+        }
+    }
+
     // Members, per view.
     type F = fn(&v1::MemberView) -> f64;
-    let per_view: [(&str, &str, F); 6] = [
+    let per_view: [(&str, &str, F); 10] = [
         (
             "evenflow_member_new_connections_per_second",
             "New connections per second over the last tick.",
@@ -261,6 +313,26 @@ pub fn render(shared: &Shared) -> String {
             "evenflow_member_expected_share",
             "The share its weight gives it among eligible members.",
             |v| v.expected_share,
+        ),
+        (
+            "evenflow_member_active_share",
+            "The member's share of the pool's open connections now.",
+            |v| v.active.as_ref().map_or(0.0, |l| l.observed_share),
+        ),
+        (
+            "evenflow_member_bytes_share",
+            "The member's share of the pool's bytes, both ways (bytes window).",
+            |v| v.bytes.as_ref().map_or(0.0, |l| l.observed_share),
+        ),
+        (
+            "evenflow_member_received_bytes_share",
+            "The member's share of the bytes the pool's members received (bytes window).",
+            |v| v.bytes_in_share,
+        ),
+        (
+            "evenflow_member_sent_bytes_share",
+            "The member's share of the bytes the pool's members sent (bytes window).",
+            |v| v.bytes_out_share,
         ),
     ];
     let mut labels = Vec::with_capacity(members);
@@ -297,6 +369,35 @@ pub fn render(shared: &Shared) -> String {
                     out,
                     "evenflow_member_verdict{{{l},view=\"{view}\",verdict=\"{}\"}} 1",
                     verdict_name(v.verdict)
+                );
+            }
+        }
+    }
+    help(
+        &mut out,
+        "evenflow_member_load_verdict",
+        "gauge",
+        "1 for the member's load verdict per view and signal (active_connections, bytes), with its cause (routing, pinned) and severity (page, warning, none).",
+    );
+    for (l, m) in &labels {
+        for (view, v) in [("server", &m.server_view), ("lb", &m.lb_view)] {
+            let Some(v) = v else { continue };
+            for (signal, share) in [("active_connections", &v.active), ("bytes", &v.bytes)] {
+                let Some(share) = share else { continue };
+                let finding = matches!(
+                    v1::Verdict::try_from(share.verdict),
+                    Ok(v1::Verdict::Zero | v1::Verdict::SkewLow | v1::Verdict::SkewHigh)
+                );
+                let severity = match (finding, share.page) {
+                    (false, _) => "none",
+                    (true, true) => "page",
+                    (true, false) => "warning",
+                };
+                let _ = writeln!(
+                    out,
+                    "evenflow_member_load_verdict{{{l},view=\"{view}\",signal=\"{signal}\",verdict=\"{}\",cause=\"{}\",severity=\"{severity}\"}} 1",
+                    verdict_name(share.verdict),
+                    cause_name(share.cause)
                 );
             }
         }
@@ -362,7 +463,7 @@ pub fn render(shared: &Shared) -> String {
         &mut out,
         "evenflow_alert_open",
         "gauge",
-        "1 per open alert, by pool, member, kind, view and severity.",
+        "1 per open alert, by pool, member, kind, signal, cause, view and severity.",
     );
     for a in &p.open {
         let kind = v1::AlertKind::try_from(a.kind).map_or("UNSPECIFIED", |k| {
@@ -376,11 +477,13 @@ pub fn render(shared: &Shared) -> String {
             Ok(v1::Severity::Page) => "page",
             _ => "warning",
         };
+        let signal = signal_name(a.signal);
         let _ = writeln!(
             out,
-            "evenflow_alert_open{{pool=\"{}\",member=\"{}\",kind=\"{kind}\",view=\"{view}\",severity=\"{sev}\"}} 1",
+            "evenflow_alert_open{{pool=\"{}\",member=\"{}\",kind=\"{kind}\",signal=\"{signal}\",cause=\"{}\",view=\"{view}\",severity=\"{sev}\"}} 1",
             esc(&a.pool),
-            esc(&a.member)
+            esc(&a.member),
+            cause_name(a.cause)
         );
     }
     out

@@ -207,6 +207,16 @@ pub fn body(alerts: &[v1::Alert], external_url: &str, now: SystemTime) -> Vec<u8
             if !a.pod.is_empty() {
                 labels["pod"] = json!(a.pod);
             }
+            // What the alert is about and why: routes pinned load to the
+            // service's owners, routing to the load balancer's.
+            for (k, v) in [
+                ("signal", super::metrics::signal_name(a.signal)),
+                ("cause", super::metrics::cause_name(a.cause)),
+            ] {
+                if !v.is_empty() {
+                    labels[k] = json!(v);
+                }
+            }
             json!({
                 "labels": labels,
                 "annotations": annotations,
@@ -325,6 +335,16 @@ mod tests {
             serde_json::from_slice(&body(&[k], "http://c:9465", SystemTime::now())).unwrap();
         assert_eq!(v[0]["labels"]["pod"], "default/web-7d9f-abcde");
         assert_eq!(v[0]["generatorURL"], "http://c:9465/pools/default/web:http");
+        assert!(v[0]["labels"]["signal"].is_null() && v[0]["labels"]["cause"].is_null());
+        let pinned = v1::Alert {
+            signal: v1::Signal::ActiveConnections as i32,
+            cause: v1::Cause::Pinned as i32,
+            ..Default::default()
+        };
+        let v: Value =
+            serde_json::from_slice(&body(&[pinned], "http://c:9465", SystemTime::now())).unwrap();
+        assert_eq!(v[0]["labels"]["signal"], "active_connections");
+        assert_eq!(v[0]["labels"]["cause"], "pinned");
         assert_eq!(alertname("DRAINING_VIOLATION"), "EvenflowDrainingViolation");
         assert!(parse_url("https://x/").is_err());
         assert!(parse_url("http://127.0.0.1:9093/api/v2/alerts").is_ok());

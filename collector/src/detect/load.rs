@@ -1,0 +1,1162 @@
+//! Load: what each member *carries* — its open connections and its bytes —
+//! against its share, beside the new connections the balancer decides.
+//!
+//! Long-lived connections (gRPC and HTTP/2 channels, HTTP/1.1 keep-alive,
+//! database pools) are placed once and then carry load for minutes or
+//! hours, so a member can get its share of new connections and still carry
+//! three times its share of load, or nothing at all. These verdicts answer
+//! the second question; the cause says which of the two it is.
+//!
+//! # Open connections
+//! A fair balancer places each connection on member `i` with probability
+//! `p_i` (its weight share), independently of the others (random
+//! balancers exactly; round robin and least connections place them more
+//! evenly still). The `a_i` of the pool's `A` open connections a member
+//! holds is then Binomial(A, p_i), and the test is the Chernoff bound on
+//! that tail, `P ≤ exp(−A · KL(a_i/A ‖ p_i) / φ)`: an upper bound, exact
+//! for a member with none (`(1 − p)^A`), never the normal approximation's
+//! optimism. `φ ≥ 1` is the placement's dispersion (clients that open
+//! several connections at once behind source hashing land them together),
+//! learned from the pool itself: the mean, over members, of each one's
+//! squared standardised deviation, leaving out the fifth that deviate most
+//! and measuring the rest against their own total (so one or two
+//! imbalanced members cannot teach the pool that imbalance is normal),
+//! averaged over the configurations the pool goes through — a tick counts
+//! only as much as its connections are new.
+//!
+//! Open connections persist from tick to tick: the next tick sees the same
+//! connections, not new evidence. So nothing is summed over ticks; the
+//! sample is the `A` connections open now, each counted once, and it grows
+//! only as connections turn over.
+//!
+//! # Bytes
+//! Bytes per request and per connection are heavy-tailed: a few clients
+//! send most of them, and one large request can dominate a tick. So bytes
+//! are judged per connection and on a log scale: each tick, the member's
+//! bytes (both ways) per open connection against the pool's, `q_i`; the
+//! statistic is the mean of the middle half of `ln q_i` over the last 10
+//! ticks (one large request moves one tick, which is trimmed). Its
+//! variance is `κ / a_i`: the mean of `a_i` connections, `κ` their
+//! heterogeneity (and what is left of the requests' noise), learned the
+//! same robust way as `φ`. A bytes verdict needs the member's share of the
+//! pool's bytes (the same trimmed mean over the same ticks) outside the
+//! band, and
+//! evidence: its bytes per connection far from the pool's (the finding is
+//! its own and alerts), or its open connections (the finding follows
+//! them, and the open-connection alert speaks for it).
+//!
+//! # Pages, and their false-alarm bound
+//! A page needs the share outside the page band (below 0.5× or above 2×
+//! by default) and the evidence beyond `load_alpha` split over every test
+//! of the tick (Bonferroni: two signals, two sides, each member), for
+//! `load_sustain` ticks in a row. Inside the page band, or with weaker
+//! evidence (1,000 × the bound), it is a warning.
+//!
+//! The bound does not need ticks to be independent: a false page starts
+//! with a tick whose test rejects, and by the union bound over ticks the
+//! probability that any tick of a day rejects is at most `86,400 ·
+//! load_alpha` (default 5·10⁻⁹: 0.43 per 1,000 pool-days), however
+//! strongly one tick's connections resemble the next's. Persistence adds
+//! no independent evidence and is not counted as such; it keeps brief
+//! states (a restart, a reconnect wave) from paging.
+//!
+//! # Refilling
+//! A member below its share because it restarted or joined refills as
+//! connections turn over: the pool opens `c` new connections per tick and
+//! holds `A`, so connections live `L = A / c` ticks (Little's law), and a
+//! member at `a` of its expected `e` reaches half its share after
+//! `L · ln(2 (e − a) / e)` ticks. While the time it has been low plus
+//! that projection stays within `load_refill` ticks it is a warning
+//! ("refilling"); beyond it — connections that never turn over, or the
+//! window spent — it pages.
+//!
+//! # Routing or pinned
+//! Every finding names its cause: **routing** when the member's new
+//! connections are skewed the same way (or the pool concentrates) — the
+//! balancer's choices are off; **pinned** when its new connections are
+//! balanced (or too few to move anything) and old connections hold the
+//! load — fixed by a maximum connection age, least-connections balancing
+//! or request-level balancing.
+
+use std::collections::HashMap;
+
+use super::{
+    Settings,
+    pool::{MemberInput, PoolInput, Verdict, View, ViewInput, ViewVerdict, member_entry},
+};
+
+/// What a verdict or alert is about.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Signal {
+    /// New connections: the balancer's decisions.
+    NewConnections,
+    /// Connections open now: the load a member holds.
+    ActiveConnections,
+    /// Payload bytes both ways: the load its connections carry.
+    Bytes,
+}
+
+impl Signal {
+    /// Machine name (alert ids, metric labels).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Signal::NewConnections => "new_connections",
+            Signal::ActiveConnections => "active_connections",
+            Signal::Bytes => "bytes",
+        }
+    }
+
+    /// As people say it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Signal::NewConnections => "new connections",
+            Signal::ActiveConnections => "open connections",
+            Signal::Bytes => "bytes",
+        }
+    }
+}
+
+/// Why a member's load is off.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Cause {
+    /// Its new connections are skewed too: the balancer's choices are off.
+    Routing,
+    /// Its new connections are balanced: old connections hold the load.
+    Pinned,
+}
+
+impl Cause {
+    /// Machine name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Routing => "routing",
+            Cause::Pinned => "pinned",
+        }
+    }
+}
+
+/// What usually fixes pinned load, said in every pinned reason.
+pub const PINNED_FIXES: &str = "old connections hold the load; usual fixes: a maximum connection age \
+     (gRPC MAX_CONNECTION_AGE, keep-alive limits), least-connections balancing, or request-level (L7) balancing";
+
+/// One load signal's judgement of one member in one view.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoadVerdict {
+    /// OK, SKEW_LOW / SKEW_HIGH, ZERO (no open connection at all),
+    /// NO_DATA or INSUFFICIENT_TRAFFIC.
+    pub verdict: Verdict,
+    /// Whether it pages (outside the page band, significant, sustained,
+    /// and for a low member not refilling); otherwise a finding warns.
+    pub page: bool,
+    /// Routing or pinned, for findings.
+    pub cause: Option<Cause>,
+    /// The member's share of the pool's open connections now, or of its
+    /// bytes over the last 10 ticks.
+    pub observed_share: f64,
+    /// The share its weight gives it.
+    pub expected_share: f64,
+    /// Observed over expected (bytes: the trimmed mean of the last 10
+    /// ticks).
+    pub ratio: f64,
+    /// Natural log of the tail bound behind the verdict.
+    pub log_p: f64,
+    /// Ticks the finding has lasted.
+    pub ticks: u64,
+    /// Bytes only: the finding stands on the member's bytes per
+    /// connection, beyond what its open connections explain.
+    pub own: bool,
+    pub reason: String,
+}
+
+impl Default for LoadVerdict {
+    fn default() -> Self {
+        Self {
+            verdict: Verdict::Ok,
+            page: false,
+            cause: None,
+            observed_share: 0.0,
+            expected_share: 0.0,
+            ratio: 1.0,
+            log_p: 0.0,
+            ticks: 0,
+            own: false,
+            reason: String::new(),
+        }
+    }
+}
+
+impl LoadVerdict {
+    /// A ZERO, SKEW_LOW or SKEW_HIGH finding.
+    pub fn is_finding(&self) -> bool {
+        matches!(
+            self.verdict,
+            Verdict::Zero { .. } | Verdict::SkewLow { .. } | Verdict::SkewHigh { .. }
+        )
+    }
+
+    /// Ordering for picking the worse of two views.
+    pub(super) fn severity_rank(&self) -> (bool, u8, bool) {
+        (self.page, self.verdict.rank(), self.own)
+    }
+}
+
+/// Ticks of bytes the robust statistics look back over.
+const BYTES_WINDOW: usize = 10;
+/// Fewer open connections than this say nothing about a member's bytes per
+/// connection: the mean of one or two clients' heavy-tailed rates is not
+/// near normal (the open-connection test still speaks for them).
+const MIN_BYTES_CONNS: f64 = 5.0;
+/// The bytes heterogeneity κ assumed before the pool teaches otherwise
+/// (per-connection byte rates with a coefficient of variation of 1), and
+/// its bounds.
+const KAPPA_PRIOR: f64 = 1.0;
+const KAPPA_MIN: f64 = 0.02;
+const KAPPA_MAX: f64 = 25.0;
+/// The placement dispersion assumed until the pool's turnover shows
+/// otherwise: a fifth above binomial's.
+const PHI_PRIOR: f64 = 1.2;
+/// The priors count as this many configurations of the pool's
+/// connections.
+const PRIOR_WEIGHT: f64 = 1.0;
+/// Beyond this many configurations, older ones fade (an exponential
+/// average with this memory).
+const MEMORY: f64 = 50.0;
+
+/// A scale learned from the pool's healthy ticks, weighted by how much of
+/// the pool is new: a tick whose connections are the previous tick's is
+/// the same configuration seen again, not another sample. Each tick counts
+/// `min(1, new connections / open connections)` configurations (a pool
+/// that never reconnects keeps its prior: one configuration, however long
+/// it is watched, says little about the next); the estimate is the prior
+/// and the first [`MEMORY`] configurations' mean, then an exponential
+/// average over that many.
+#[derive(Clone, Copy, Debug)]
+struct Learned {
+    mean: f64,
+    weight: f64,
+}
+
+impl Learned {
+    fn new(prior: f64) -> Self {
+        Self {
+            mean: prior,
+            weight: PRIOR_WEIGHT,
+        }
+    }
+
+    /// Folds in one tick's estimate worth `fresh` configurations,
+    /// winsorised so one tick moves it a little, not a lot.
+    fn learn(&mut self, x: f64, fresh: f64, lo: f64, hi: f64) {
+        let x = x.min(self.mean.max(lo) * 3.0);
+        let fresh = fresh.clamp(0.0, 1.0);
+        self.weight = (self.weight + fresh).min(MEMORY);
+        let w = fresh / self.weight;
+        self.mean = ((1.0 - w) * self.mean + w * x).clamp(0.0, hi);
+    }
+
+    fn value(&self, lo: f64, hi: f64) -> f64 {
+        self.mean.clamp(lo, hi)
+    }
+}
+
+/// Median of χ²₁.
+const MEDIAN_CHI2_1: f64 = 0.454_936_4;
+/// A member whose squared deviation exceeds this many times the pool's
+/// robust scale is an outlier the scale is not learned from (a χ²₁ value
+/// is beyond 16 about once in sixteen thousand).
+const OUTLIER: f64 = 16.0;
+
+/// Pools smaller than this learn from every member: with fewer, one
+/// member far off cannot be told from the rest.
+const ROBUST_FROM: usize = 8;
+
+fn median(xs: &[f64]) -> f64 {
+    let mut sorted = xs.to_vec();
+    sorted.sort_unstable_by(f64::total_cmp);
+    let n = sorted.len();
+    if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        0.5 * (sorted[n / 2 - 1] + sorted[n / 2])
+    }
+}
+
+/// The members the robust estimators keep: those whose `score` (a
+/// squared deviation from a robust centre, χ²₁-like) is within
+/// [`OUTLIER`] times the robust scale — the median score over the median
+/// of χ²₁, at least `floor` (counts tie, and a median of zero would keep
+/// nobody but the ties). Every member in pools smaller than
+/// [`ROBUST_FROM`].
+fn without_outliers(scores: &[f64], floor: f64) -> Vec<usize> {
+    let n = scores.len();
+    if n < ROBUST_FROM {
+        return (0..n).collect();
+    }
+    let bound = OUTLIER * (median(scores) / MEDIAN_CHI2_1).max(floor);
+    (0..n).filter(|&i| scores[i] <= bound).collect()
+}
+
+/// The last [`BYTES_WINDOW`] values of one per-tick statistic (NaN where
+/// a tick had none).
+#[derive(Clone, Debug)]
+struct Ring {
+    v: [f64; BYTES_WINDOW],
+    head: usize,
+    len: usize,
+}
+
+impl Default for Ring {
+    fn default() -> Self {
+        Self {
+            v: [f64::NAN; BYTES_WINDOW],
+            head: 0,
+            len: 0,
+        }
+    }
+}
+
+impl Ring {
+    fn push(&mut self, x: f64) {
+        self.head = (self.head + 1) % BYTES_WINDOW;
+        self.v[self.head] = x;
+        self.len = (self.len + 1).min(BYTES_WINDOW);
+    }
+
+    fn values(&self) -> impl Iterator<Item = f64> + '_ {
+        (0..self.len)
+            .map(|k| self.v[(self.head + BYTES_WINDOW - k) % BYTES_WINDOW])
+            .filter(|x| x.is_finite())
+    }
+
+    fn sum(&self) -> f64 {
+        self.values().sum()
+    }
+
+    /// The mean of the middle half of the defined values (a quarter
+    /// trimmed at each end), when at least half the window has one.
+    fn trimmed_mean(&self) -> Option<f64> {
+        let mut xs = [0.0; BYTES_WINDOW];
+        let mut n = 0;
+        for x in self.values() {
+            xs[n] = x;
+            n += 1;
+        }
+        if n < BYTES_WINDOW / 2 {
+            return None;
+        }
+        let xs = &mut xs[..n];
+        xs.sort_unstable_by(f64::total_cmp);
+        let mid = &xs[n / 4..n - n / 4];
+        Some(mid.iter().sum::<f64>() / mid.len() as f64)
+    }
+}
+
+/// How strong a tick's evidence is.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Level {
+    None,
+    Warn,
+    Page,
+}
+
+/// A run of consecutive ticks with a finding on one side.
+#[derive(Clone, Copy, Debug, Default)]
+struct Run {
+    /// −1 low, +1 high, 0 none.
+    dir: i8,
+    since: u64,
+    page_since: Option<u64>,
+}
+
+impl Run {
+    /// Records this tick; returns (ticks in the run, ticks at page level).
+    fn update(&mut self, tick: u64, dir: i8, level: Level) -> (u64, u64) {
+        if level == Level::None || dir == 0 {
+            *self = Run::default();
+            return (0, 0);
+        }
+        if self.dir != dir {
+            *self = Run {
+                dir,
+                since: tick,
+                page_since: None,
+            };
+        }
+        if level == Level::Page {
+            self.page_since.get_or_insert(tick);
+        } else {
+            self.page_since = None;
+        }
+        (
+            tick.saturating_sub(self.since) + 1,
+            self.page_since.map_or(0, |p| tick.saturating_sub(p) + 1),
+        )
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct MemberLoad {
+    /// ln(bytes per open connection / the pool's), per tick.
+    per_conn: Ring,
+    /// Share of the pool's bytes over the expected share, per tick.
+    share: Ring,
+    bytes_in: Ring,
+    bytes_out: Ring,
+    active: Run,
+    bytes: Run,
+}
+
+/// The pool's bytes per tick, for the members' shares.
+#[derive(Clone, Debug, Default)]
+struct PoolBytes {
+    bytes_in: Ring,
+    bytes_out: Ring,
+}
+
+/// One view's load state of one pool.
+#[derive(Clone, Debug)]
+pub(super) struct LoadState {
+    phi: Learned,
+    kappa: Learned,
+    members: HashMap<String, MemberLoad>,
+    pool: PoolBytes,
+}
+
+impl Default for LoadState {
+    fn default() -> Self {
+        Self {
+            phi: Learned::new(PHI_PRIOR),
+            kappa: Learned::new(KAPPA_PRIOR),
+            members: HashMap::new(),
+            pool: PoolBytes::default(),
+        }
+    }
+}
+
+/// What the new-connection side of the view says, for causes and
+/// refilling.
+pub(super) struct Context {
+    /// The pool's long-run new connections per tick.
+    pub turnover: f64,
+    /// The view's new connections concentrate.
+    pub concentrated: bool,
+    /// The pool's new connections this tick.
+    pub new_conns: f64,
+}
+
+/// The view's load in numbers.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LoadSummary {
+    /// Enough open connections to judge (`min_pool_active`, two members).
+    pub judged: bool,
+    /// Open connections of the eligible members.
+    pub active: u64,
+    /// Learned placement dispersion φ.
+    pub dispersion: f64,
+    /// Learned per-connection bytes heterogeneity κ.
+    pub bytes_heterogeneity: f64,
+}
+
+/// An eligible member's numbers this tick.
+struct Numbers {
+    a: f64,
+    e: f64,
+    p: f64,
+    bytes: f64,
+}
+
+/// The pool's totals over eligible members this tick.
+#[derive(Default)]
+struct Totals {
+    active: f64,
+    bytes: f64,
+    bytes_in: f64,
+    bytes_out: f64,
+    count: usize,
+}
+
+/// Bounds of the tick's tests.
+struct Bounds {
+    ln_page: f64,
+    ln_warn: f64,
+}
+
+impl LoadState {
+    /// Judges the load of every member of `view` this tick, writing each
+    /// member's [`LoadVerdict`]s into its new-connection verdict.
+    pub(super) fn evaluate(
+        &mut self,
+        s: &Settings,
+        input: &PoolInput,
+        view: View,
+        verdicts: &mut HashMap<String, ViewVerdict>,
+        ctx: &Context,
+    ) -> LoadSummary {
+        let get = |m: &MemberInput| match view {
+            View::Server => m.server,
+            View::Lb => m.lb,
+        };
+        let eligible =
+            |m: &MemberInput, v: &ViewInput| v.fresh && !v.reset && !m.draining && m.weight > 0.0;
+        let mut t = Totals::default();
+        for m in &input.members {
+            if let Some(v) = get(m).filter(|v| eligible(m, v)) {
+                t.active += v.active as f64;
+                t.bytes_in += v.bytes_in as f64;
+                t.bytes_out += v.bytes_out as f64;
+                t.count += 1;
+            }
+        }
+        t.bytes = t.bytes_in + t.bytes_out;
+        self.members
+            .retain(|id, _| input.members.iter().any(|m| &m.id == id));
+        self.pool.bytes_in.push(t.bytes_in);
+        self.pool.bytes_out.push(t.bytes_out);
+        let judged = t.count >= 2 && t.active >= s.min_pool_active.max(1.0);
+        let phi = self.phi.value(1.0, s.max_dispersion.max(1.0));
+        let kappa = self.kappa.value(KAPPA_MIN, KAPPA_MAX);
+        let tests = 4.0 * t.count.max(1) as f64;
+        let bounds = Bounds {
+            ln_page: (s.load_alpha / tests).ln(),
+            ln_warn: (s.load_alpha * 1e3 / tests).min(0.5).ln(),
+        };
+        // Who holds more than its share, for the reasons of those below.
+        let mut holders: Vec<(f64, &str)> = input
+            .members
+            .iter()
+            .filter_map(|m| {
+                let v = get(m).filter(|v| eligible(m, v))?;
+                let p = verdicts.get(&m.id)?.expected_share;
+                let ratio = v.active as f64 / (t.active * p);
+                (t.active > 0.0 && p > 0.0 && ratio > 1.1).then_some((ratio, m.id.as_str()))
+            })
+            .collect();
+        holders.sort_by(|a, b| b.0.total_cmp(&a.0));
+        holders.truncate(3);
+
+        let (mut phi_samples, mut kappa_samples) = (Vec::new(), Vec::new());
+        let mut flagged = 0usize;
+        for m in &input.members {
+            let Some(v) = get(m) else { continue };
+            let Some(vv) = verdicts.get_mut(&m.id) else {
+                continue;
+            };
+            let hist = member_entry(&mut self.members, &m.id);
+            if !v.fresh || v.reset {
+                // A gap: the windows start again afterwards.
+                *hist = MemberLoad::default();
+                let nd = LoadVerdict {
+                    verdict: Verdict::NoData,
+                    reason: vv.reason.clone(),
+                    ..LoadVerdict::default()
+                };
+                vv.active_load = nd.clone();
+                vv.bytes_load = nd;
+                continue;
+            }
+            let bytes = (v.bytes_in + v.bytes_out) as f64;
+            hist.bytes_in.push(v.bytes_in as f64);
+            hist.bytes_out.push(v.bytes_out as f64);
+            let pool_in = self.pool.bytes_in.sum();
+            let pool_out = self.pool.bytes_out.sum();
+            let ratio_of = |x: f64, total: f64| if total > 0.0 { x / total } else { 0.0 };
+            vv.bytes_in_share = ratio_of(hist.bytes_in.sum(), pool_in);
+            vv.bytes_out_share = ratio_of(hist.bytes_out.sum(), pool_out);
+            let bytes_share = ratio_of(
+                hist.bytes_in.sum() + hist.bytes_out.sum(),
+                pool_in + pool_out,
+            );
+            let active_share = ratio_of(v.active as f64, t.active);
+            if m.draining {
+                let ok = |share: f64, reason: String| LoadVerdict {
+                    observed_share: share,
+                    reason,
+                    ..LoadVerdict::default()
+                };
+                vv.active_load = ok(
+                    active_share,
+                    format!(
+                        "draining: its {} open connections are expected to close",
+                        v.active
+                    ),
+                );
+                vv.bytes_load = ok(bytes_share, "draining".into());
+                continue;
+            }
+            let p = vv.expected_share;
+            let n = Numbers {
+                a: v.active as f64,
+                e: t.active * p,
+                p,
+                bytes,
+            };
+            // The per-tick bytes statistics, also while too quiet to judge;
+            // a tick without bytes has no bytes per connection.
+            let per_conn = if n.a >= 1.0 && n.bytes > 0.0 && t.active > 0.0 && t.bytes > 0.0 {
+                ((n.bytes / n.a) / (t.bytes / t.active)).ln()
+            } else {
+                f64::NAN
+            };
+            hist.per_conn.push(per_conn);
+            hist.share.push(if t.bytes > 0.0 && p > 0.0 {
+                (n.bytes / t.bytes) / p
+            } else {
+                f64::NAN
+            });
+            if !judged {
+                hist.active = Run::default();
+                hist.bytes = Run::default();
+                let quiet = |share: f64| LoadVerdict {
+                    verdict: Verdict::InsufficientTraffic,
+                    observed_share: share,
+                    expected_share: p,
+                    reason: format!(
+                        "{:.0} open connections in the pool (minimum {:.0}): too few to judge",
+                        t.active, s.min_pool_active
+                    ),
+                    ..LoadVerdict::default()
+                };
+                vv.active_load = quiet(active_share);
+                vv.bytes_load = quiet(bytes_share);
+                continue;
+            }
+            let active = judge_active(s, &bounds, &n, t.active, phi);
+            let window = BytesWindow {
+                share: hist.share.trimmed_mean(),
+                per_conn: hist.per_conn.trimmed_mean(),
+            };
+            let bytes_j = judge_bytes(s, &bounds, &n, &window, kappa, &active);
+            let (active_ticks, active_page_ticks) =
+                hist.active.update(input.tick, active.dir, active.level);
+            let (bytes_ticks, bytes_page_ticks) =
+                hist.bytes.update(input.tick, bytes_j.dir, bytes_j.level);
+            let refill = Refill::project(s, &n, t.active, ctx.turnover, active_ticks);
+            if active.level > Level::None || bytes_j.level > Level::None {
+                flagged += 1;
+            } else {
+                phi_samples.push((n.a, p));
+                if let Some(x) = window.per_conn
+                    && n.a >= MIN_BYTES_CONNS
+                {
+                    kappa_samples.push((n.a, x));
+                }
+            }
+            let conns = NewConns::of(vv);
+            let subject = Subject {
+                s,
+                n: &n,
+                conns: &conns,
+                ctx,
+            };
+            vv.active_load = subject.active(
+                &active,
+                (active_ticks, active_page_ticks),
+                &refill,
+                t.active,
+                &holders,
+                active_share,
+            );
+            vv.bytes_load = subject.bytes(
+                &bytes_j,
+                (bytes_ticks, bytes_page_ticks),
+                &refill,
+                bytes_share,
+            );
+        }
+        // Learn from ticks where at most a quarter of the members look off.
+        if judged && flagged * 4 <= t.count {
+            let fresh = ctx.new_conns / t.active;
+            let hi = s.max_dispersion.max(1.0);
+            if let Some(x) = placement_dispersion(&phi_samples) {
+                self.phi.learn(x, fresh, 1.0, hi);
+            }
+            if let Some(x) = bytes_heterogeneity(&kappa_samples) {
+                self.kappa.learn(x, fresh, KAPPA_MIN, KAPPA_MAX);
+            }
+        }
+        LoadSummary {
+            judged,
+            active: t.active as u64,
+            dispersion: phi,
+            bytes_heterogeneity: kappa,
+        }
+    }
+}
+
+/// A member's bytes statistics over the window, this tick.
+struct BytesWindow {
+    /// Trimmed mean of its share of the pool's bytes over the expected.
+    share: Option<f64>,
+    /// Trimmed mean of ln(its bytes per connection / the pool's).
+    per_conn: Option<f64>,
+}
+
+/// One signal's evidence this tick.
+struct Judged {
+    dir: i8,
+    level: Level,
+    ratio: f64,
+    log_p: f64,
+    /// Bytes: the per-connection evidence alone reaches `level`.
+    own: bool,
+    /// Bytes: the member's bytes per connection over the pool's.
+    per_conn: f64,
+}
+
+fn sign(x: f64) -> i8 {
+    if x > 0.0 {
+        1
+    } else if x < 0.0 {
+        -1
+    } else {
+        0
+    }
+}
+
+/// Band and evidence together.
+fn level(s: &Settings, b: &Bounds, ratio: f64, log_p: f64) -> Level {
+    let band_page = ratio > s.page_high || ratio < s.page_low;
+    let band_warn = ratio > s.warn_high || ratio < s.warn_low;
+    if band_page && log_p <= b.ln_page {
+        Level::Page
+    } else if band_warn && log_p <= b.ln_warn {
+        Level::Warn
+    } else {
+        Level::None
+    }
+}
+
+/// Kullback-Leibler divergence of Bernoulli(x) from Bernoulli(p), nats.
+fn kl(x: f64, p: f64) -> f64 {
+    let term = |a: f64, b: f64| if a <= 0.0 { 0.0 } else { a * (a / b).ln() };
+    term(x, p) + term(1.0 - x, 1.0 - p)
+}
+
+/// The Chernoff bound on the binomial tail beyond `a` of `total` at share
+/// `p`, with the placement dispersion: `−total · KL(a/total ‖ p) / φ`.
+pub fn binomial_log_tail(a: f64, total: f64, p: f64, phi: f64) -> f64 {
+    if total <= 0.0 || p <= 0.0 || p >= 1.0 {
+        return 0.0;
+    }
+    -total * kl((a / total).clamp(0.0, 1.0), p) / phi.max(1.0)
+}
+
+fn judge_active(s: &Settings, b: &Bounds, n: &Numbers, total: f64, phi: f64) -> Judged {
+    let ratio = if n.e > 0.0 { n.a / n.e } else { 1.0 };
+    let log_p = binomial_log_tail(n.a, total, n.p, phi);
+    Judged {
+        dir: sign(n.a - n.e),
+        level: level(s, b, ratio, log_p),
+        ratio,
+        log_p,
+        own: false,
+        per_conn: 1.0,
+    }
+}
+
+/// Bytes: the share's trimmed mean outside the band, with per-connection
+/// evidence (its own) or the open connections' (followed).
+fn judge_bytes(
+    s: &Settings,
+    b: &Bounds,
+    n: &Numbers,
+    window: &BytesWindow,
+    kappa: f64,
+    active: &Judged,
+) -> Judged {
+    let Some(ratio) = window.share else {
+        return Judged {
+            dir: 0,
+            level: Level::None,
+            ratio: 1.0,
+            log_p: 0.0,
+            own: false,
+            per_conn: 1.0,
+        };
+    };
+    let dir = sign(ratio - 1.0);
+    let per_conn = window.per_conn;
+    // The normal tail's Chernoff bound, exp(−z²/2), for z the trimmed mean
+    // log-ratio over its per-connection standard error √(κ / a).
+    let own_log_p = match per_conn {
+        Some(x) if n.a >= MIN_BYTES_CONNS && sign(x) == dir => -0.5 * x * x * n.a / kappa,
+        _ => 0.0,
+    };
+    let conn_log_p = if active.dir == dir { active.log_p } else { 0.0 };
+    let log_p = own_log_p.min(conn_log_p);
+    let lvl = level(s, b, ratio, log_p);
+    Judged {
+        dir,
+        level: lvl,
+        ratio,
+        log_p,
+        own: lvl > Level::None && level(s, b, ratio, own_log_p) == lvl,
+        per_conn: per_conn.map_or(1.0, f64::exp),
+    }
+}
+
+/// What the member's new connections say.
+struct NewConns {
+    skewed_high: bool,
+    skewed_low: bool,
+    ratio: f64,
+    enough: bool,
+}
+
+impl NewConns {
+    fn of(vv: &ViewVerdict) -> Self {
+        Self {
+            skewed_high: matches!(vv.verdict, Verdict::SkewHigh { .. }),
+            skewed_low: matches!(vv.verdict, Verdict::SkewLow { .. } | Verdict::Zero { .. }),
+            ratio: vv.ratio,
+            enough: vv.window_expected >= 5.0,
+        }
+    }
+
+    /// Routing or pinned for a finding on side `dir`, and why.
+    fn cause(&self, s: &Settings, dir: i8, ctx: &Context) -> (Cause, String) {
+        let same_way = if dir > 0 {
+            self.skewed_high || (self.enough && self.ratio > s.warn_high)
+        } else {
+            self.skewed_low || (self.enough && self.ratio < s.warn_low)
+        };
+        if same_way || ctx.concentrated {
+            (
+                Cause::Routing,
+                format!(
+                    "new connections are skewed too ({:.2}× its share): the balancer's choices are off",
+                    self.ratio
+                ),
+            )
+        } else if self.enough {
+            (
+                Cause::Pinned,
+                format!(
+                    "new connections are balanced ({:.2}× its share): {PINNED_FIXES}",
+                    self.ratio
+                ),
+            )
+        } else {
+            (
+                Cause::Pinned,
+                format!(
+                    "the pool opens too few new connections to rebalance ({:.2}/tick): {PINNED_FIXES}",
+                    ctx.turnover
+                ),
+            )
+        }
+    }
+}
+
+/// Whether a member below its share refills in time.
+struct Refill {
+    /// Connections live this many ticks (Little's law); infinite when the
+    /// pool opens none.
+    lifetime: f64,
+    /// Ticks until it holds half its share at that turnover.
+    to_half: f64,
+    /// Ticks it has been low.
+    low_for: u64,
+    /// Low for, plus the projection, within `load_refill`.
+    in_time: bool,
+}
+
+impl Refill {
+    fn project(s: &Settings, n: &Numbers, total: f64, turnover: f64, low_for: u64) -> Self {
+        let lifetime = if turnover > 1e-9 {
+            total / turnover
+        } else {
+            f64::INFINITY
+        };
+        let to_half = if n.a >= n.e / 2.0 {
+            0.0
+        } else {
+            lifetime * (2.0 * (n.e - n.a) / n.e).ln()
+        };
+        Self {
+            lifetime,
+            to_half,
+            low_for,
+            in_time: low_for as f64 + to_half <= s.load_refill as f64,
+        }
+    }
+
+    fn text(&self) -> String {
+        if self.lifetime.is_infinite() {
+            "no new connections reach the pool, so it will not refill".into()
+        } else if self.in_time {
+            format!(
+                "refilling: connections live ~{:.0} ticks, so it holds half its share in ~{:.0} more",
+                self.lifetime, self.to_half
+            )
+        } else {
+            format!(
+                "not refilling in time: low for {} ticks, and connections live ~{:.0} ticks ({:.0} more to half its share)",
+                self.low_for, self.lifetime, self.to_half
+            )
+        }
+    }
+}
+
+/// "1e-13"-style text for a log-probability.
+fn p_text(log_p: f64) -> String {
+    if log_p > -700.0 {
+        format!("{:.0e}", log_p.exp())
+    } else {
+        format!("1e{:.0}", log_p / std::f64::consts::LN_10)
+    }
+}
+
+/// One member's numbers and context, judged into its verdicts.
+struct Subject<'a> {
+    s: &'a Settings,
+    n: &'a Numbers,
+    conns: &'a NewConns,
+    ctx: &'a Context,
+}
+
+impl Subject<'_> {
+    /// The verdict both signals share: the finding, whether it pages, its
+    /// numbers and, for a finding, its cause with why.
+    fn base(
+        &self,
+        j: &Judged,
+        (ticks, page_ticks): (u64, u64),
+        refill_in_time: bool,
+        zero: Option<bool>,
+        share: f64,
+    ) -> (LoadVerdict, Option<String>) {
+        let sustained =
+            j.level == Level::Page && page_ticks >= u64::from(self.s.load_sustain.max(1));
+        let page = sustained && (j.dir > 0 || !refill_in_time);
+        let verdict = match (j.level, j.dir, zero) {
+            (Level::None, _, _) | (_, 0, _) => Verdict::Ok,
+            (_, d, Some(dark)) if d < 0 => Verdict::Zero { dark },
+            (_, d, _) if d < 0 => Verdict::SkewLow { page },
+            _ => Verdict::SkewHigh { page },
+        };
+        let mut out = LoadVerdict {
+            verdict,
+            page,
+            observed_share: share,
+            expected_share: self.n.p,
+            ratio: j.ratio,
+            log_p: j.log_p,
+            ticks,
+            ..LoadVerdict::default()
+        };
+        if verdict == Verdict::Ok {
+            return (out, None);
+        }
+        let (cause, why) = self.conns.cause(self.s, j.dir, self.ctx);
+        out.cause = Some(cause);
+        (out, Some(why))
+    }
+
+    /// Open connections; a member below its share says whether it refills
+    /// and who holds its share.
+    fn active(
+        &self,
+        j: &Judged,
+        ticks: (u64, u64),
+        refill: &Refill,
+        total: f64,
+        holders: &[(f64, &str)],
+        share: f64,
+    ) -> LoadVerdict {
+        let n = self.n;
+        let zero = (n.a == 0.0).then_some(n.bytes == 0.0);
+        let (mut out, why) = self.base(j, ticks, refill.in_time, zero, share);
+        let Some(why) = why else { return out };
+        let mut reason = format!(
+            "{:.0} of {:.0} open connections where {:.1} were expected ({:.2}× its share, P ≤ {}) for {} ticks",
+            n.a,
+            total,
+            n.e,
+            j.ratio,
+            p_text(j.log_p),
+            ticks.0
+        );
+        if j.dir < 0 {
+            reason.push_str("; ");
+            reason.push_str(&refill.text());
+            if !holders.is_empty() {
+                let names: Vec<String> = holders
+                    .iter()
+                    .map(|(r, id)| format!("{id} ({r:.2}×)"))
+                    .collect();
+                reason.push_str(&format!("; its share is held by {}", names.join(", ")));
+            }
+        }
+        out.reason = format!("{reason}; {why}");
+        out
+    }
+
+    /// Bytes. A member low on bytes because it is low on connections
+    /// refills with them; one whose connections carry little does not.
+    fn bytes(&self, j: &Judged, ticks: (u64, u64), refill: &Refill, share: f64) -> LoadVerdict {
+        let n = self.n;
+        let (mut out, why) = self.base(j, ticks, refill.in_time && !j.own, None, share);
+        out.own = j.own;
+        let Some(why) = why else { return out };
+        let how = if j.own {
+            format!(
+                "its {:.0} open connections carry {:.2}× the pool's bytes per connection (P ≤ {})",
+                n.a,
+                j.per_conn,
+                p_text(j.log_p)
+            )
+        } else {
+            format!(
+                "it follows its open connections ({:.0}, P ≤ {})",
+                n.a,
+                p_text(j.log_p)
+            )
+        };
+        out.reason = format!(
+            "{:.1}% of the pool's bytes where {:.1}% were expected ({:.2}× its share over {BYTES_WINDOW} ticks) for {} ticks; {how}; {why}",
+            share * 100.0,
+            n.p * 100.0,
+            j.ratio,
+            ticks.0
+        );
+        out
+    }
+}
+
+/// One tick's placement dispersion from the members' open connections and
+/// shares `(a, p)`: each member's squared deviation from its share over the
+/// binomial variance (1 on average for a fair balancer), averaged over the
+/// members after leaving out outliers and measuring the rest against their
+/// own total — so one member holding the others' connections neither
+/// counts itself nor makes the others look low.
+fn placement_dispersion(xs: &[(f64, f64)]) -> Option<f64> {
+    if xs.len() < 2 {
+        return None;
+    }
+    let u = |a: f64, p: f64, total: f64| {
+        let e = total * p;
+        if e <= 0.0 || p >= 1.0 {
+            0.0
+        } else {
+            (a - e).powi(2) / (e * (1.0 - p))
+        }
+    };
+    // Scored against the median member's total, which one member far off
+    // does not move.
+    let robust_total = median(&xs.iter().map(|&(a, p)| a / p).collect::<Vec<_>>());
+    let scores: Vec<f64> = xs.iter().map(|&(a, p)| u(a, p, robust_total)).collect();
+    let keep = without_outliers(&scores, 1.0);
+    let (kt, kp) = keep
+        .iter()
+        .fold((0.0, 0.0), |(t, p), &i| (t + xs[i].0, p + xs[i].1));
+    if kt <= 0.0 || kp <= 0.0 {
+        return None;
+    }
+    Some(
+        keep.iter()
+            .map(|&i| u(xs[i].0, xs[i].1 / kp, kt))
+            .sum::<f64>()
+            / keep.len() as f64,
+    )
+}
+
+/// One tick's bytes heterogeneity κ from the members' open connections and
+/// log bytes-per-connection ratios `(a, x)`: `a · x²` is κ·χ²₁ for a
+/// balanced member. Robust like [`placement_dispersion`]: outliers (scored
+/// around the median ratio) are left out and the rest are centred on their
+/// own connection-weighted mean, so a member with heavy clients neither
+/// counts nor makes the others look light.
+fn bytes_heterogeneity(xs: &[(f64, f64)]) -> Option<f64> {
+    if xs.len() < 2 {
+        return None;
+    }
+    let mid = median(&xs.iter().map(|x| x.1).collect::<Vec<_>>());
+    let scores: Vec<f64> = xs.iter().map(|&(a, x)| a * (x - mid).powi(2)).collect();
+    let keep = without_outliers(&scores, KAPPA_MIN);
+    let k = keep.len() as f64;
+    let weight: f64 = keep.iter().map(|&i| xs[i].0).sum();
+    if k < 2.0 || weight <= 0.0 {
+        return None;
+    }
+    let centre = keep.iter().map(|&i| xs[i].0 * xs[i].1).sum::<f64>() / weight;
+    // Centring on their own mean takes one degree of freedom.
+    Some(
+        keep.iter()
+            .map(|&i| xs[i].0 * (xs[i].1 - centre).powi(2))
+            .sum::<f64>()
+            / (k - 1.0),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::detect::sim::Rng;
+
+    /// Open connections placed by a fair balancer.
+    fn multinomial(rng: &mut Rng, total: usize, members: usize) -> Vec<(f64, f64)> {
+        let mut counts = vec![0.0; members];
+        for _ in 0..total {
+            counts[((rng.f64() * members as f64) as usize).min(members - 1)] += 1.0;
+        }
+        counts.iter().map(|&a| (a, 1.0 / members as f64)).collect()
+    }
+
+    fn average(k: usize, mut f: impl FnMut() -> Option<f64>) -> f64 {
+        (0..k).filter_map(|_| f()).sum::<f64>() / k as f64
+    }
+
+    /// φ of a fair balancer averages 1 for every pool size: low would
+    /// page falsely, high would page late.
+    #[test]
+    fn placement_dispersion_of_a_fair_balancer_is_one() {
+        let mut rng = Rng::new(1);
+        for members in [2usize, 3, 5, 8, 10, 20, 50] {
+            let got = average(4000, || {
+                super::placement_dispersion(&multinomial(&mut rng, 40 * members, members))
+            });
+            assert!((0.97..=1.12).contains(&got), "{members} members: {got}");
+        }
+    }
+
+    /// One member holding far more than its share does not teach the
+    /// others' dispersion (in pools of ten or more; in smaller ones the
+    /// member is left out once it is flagged).
+    #[test]
+    fn placement_dispersion_ignores_one_member_far_off() {
+        let mut rng = Rng::new(2);
+        for members in [10usize, 30] {
+            let got = average(2000, || {
+                let mut xs = multinomial(&mut rng, 40 * members, members);
+                xs[0].0 += 80.0;
+                super::placement_dispersion(&xs)
+            });
+            assert!(got < 1.2, "{members} members: {got}");
+        }
+    }
+
+    /// κ of normal log-ratios with variance κ / a averages κ, also with
+    /// one member's clients five times heavier (in pools of ten or more).
+    #[test]
+    fn bytes_heterogeneity_is_unbiased_and_robust() {
+        let mut rng = Rng::new(3);
+        for members in [3usize, 5, 10, 30] {
+            for heavy in [false, true].into_iter().filter(|h| !h || members >= 10) {
+                let got = average(4000, || {
+                    let xs: Vec<(f64, f64)> = (0..members)
+                        .map(|i| {
+                            let a = 10.0 + (i % 4) as f64 * 5.0;
+                            let shift = if heavy && i == 0 { 5f64.ln() } else { 0.0 };
+                            (a, shift + rng.normal() * (0.3 / a).sqrt())
+                        })
+                        .collect();
+                    super::bytes_heterogeneity(&xs)
+                });
+                assert!(
+                    (0.9..=1.12).contains(&(got / 0.3)),
+                    "{members} members, heavy {heavy}: {got}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! Load verdicts (open connections, bytes) on simulated pools of
+//! long-lived connections.
+
+use super::*;
+use crate::detect::sim::{LongLived, LongLivedSpec, Rng, member_id};
+
+/// Every transition with the tick it happened on.
+type Log = Vec<(u64, Transition)>;
+
+/// Runs `ticks` ticks of `pool` through `d`, calling `event` before each;
+/// returns every transition and the last verdict.
+fn drive(
+    d: &mut Detector,
+    pool: &mut LongLived,
+    rng: &mut Rng,
+    ticks: std::ops::Range<u64>,
+    mut event: impl FnMut(u64, &mut LongLived, &mut Rng),
+) -> (Log, PoolVerdict) {
+    let mut all = Vec::new();
+    let mut last = None;
+    for t in ticks {
+        event(t, pool, rng);
+        let numbers = pool.tick(rng);
+        let (v, tr) = d.evaluate(&pool.input("grpc", t, &numbers));
+        all.extend(tr.into_iter().map(|x| (t, x)));
+        last = Some(v);
+    }
+    (all, last.expect("at least one tick"))
+}
+
+/// Alerts that became pages (fired as pages, or upgraded to one), with
+/// the tick.
+fn paged(tr: &[(u64, Transition)]) -> Vec<(u64, &Alert)> {
+    tr.iter()
+        .filter_map(|(t, x)| match x {
+            Transition::Fired(a) | Transition::Updated(a) if a.severity == Severity::Page => {
+                Some((*t, a))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn first_page<'a>(tr: &'a Log, member: &str, signal: Signal) -> Option<(u64, &'a Alert)> {
+    paged(tr)
+        .into_iter()
+        .find(|(_, a)| a.member == member && a.signal == Some(signal))
+}
+
+#[test]
+fn chernoff_bound_is_exact_for_a_member_with_none() {
+    let lp = binomial_log_tail(0.0, 200.0, 0.1, 1.0);
+    assert!((lp - 200.0 * 0.9f64.ln()).abs() < 1e-9, "{lp}");
+    // Above the mean, and with dispersion halving the evidence.
+    let hi = binomial_log_tail(60.0, 200.0, 0.1, 1.0);
+    assert!(hi < -25.0 && hi > -35.0, "{hi}");
+    assert!((binomial_log_tail(60.0, 200.0, 0.1, 2.0) - hi / 2.0).abs() < 1e-9);
+    assert_eq!(binomial_log_tail(20.0, 200.0, 0.1, 1.0), 0.0);
+}
+
+#[test]
+fn a_member_nobody_reconnects_to_pages_pinned_and_names_the_holders() {
+    // Five members, 200 clients that never reconnect: a sixth member joins
+    // and gets none of them.
+    let mut rng = Rng::new(21);
+    let mut spec = LongLivedSpec::balanced(5, 200);
+    spec.lifetime = f64::INFINITY;
+    let mut pool = LongLived::new(spec, &mut rng);
+    let mut d = Detector::default();
+    let (before, v) = drive(&mut d, &mut pool, &mut rng, 0..120, |_, _, _| {});
+    assert!(paged(&before).is_empty(), "{:#?}", paged(&before));
+    assert_ne!(
+        v.verdict,
+        Verdict::InsufficientTraffic,
+        "200 open connections are judged however few new ones: {}",
+        v.reason
+    );
+    let (tr, v) = drive(&mut d, &mut pool, &mut rng, 120..200, |t, p, _| {
+        if t == 120 {
+            p.add_member(1.0);
+        }
+    });
+    let new = member_id(5);
+    let (at, a) = first_page(&tr, &new, Signal::ActiveConnections).expect("the new member pages");
+    assert_eq!(a.kind, AlertKind::Zero, "{a:#?}");
+    assert_eq!(a.cause, Some(Cause::Pinned));
+    assert!(a.summary.contains("MAX_CONNECTION_AGE"), "{}", a.summary);
+    assert!(
+        a.summary.contains(&member_id(0)),
+        "names the holders: {}",
+        a.summary
+    );
+    assert!((120..=125).contains(&a.since_tick), "{}", a.since_tick);
+    // The page came within 20 ticks of the member joining.
+    assert!(at < 140, "{at}");
+    let m = v.members.iter().find(|m| m.id == new).expect("member");
+    let (_, active) = m.active.as_ref().expect("active verdict");
+    assert!(active.page && active.verdict.is_zero(), "{active:#?}");
+    // No other member pages.
+    assert!(
+        paged(&tr).iter().all(|(_, a)| a.member == new),
+        "{:#?}",
+        paged(&tr)
+    );
+}
+
+#[test]
+fn a_new_member_that_refills_in_time_only_warns() {
+    // Connections live about a minute: the new member fills as clients
+    // reconnect, well within the refill window.
+    let mut rng = Rng::new(22);
+    let mut spec = LongLivedSpec::balanced(5, 200);
+    spec.lifetime = 60.0;
+    let mut pool = LongLived::new(spec, &mut rng);
+    let mut d = Detector::default();
+    drive(&mut d, &mut pool, &mut rng, 0..200, |_, _, _| {});
+    let (tr, _) = drive(&mut d, &mut pool, &mut rng, 200..600, |t, p, _| {
+        if t == 200 {
+            p.add_member(1.0);
+        }
+    });
+    assert!(paged(&tr).is_empty(), "{:#?}", paged(&tr));
+    let warned = tr.iter().any(|(_, t)| {
+        matches!(t, Transition::Fired(a) if a.member == member_id(5)
+            && a.signal == Some(Signal::ActiveConnections) && a.severity == Severity::Warning)
+    });
+    assert!(warned, "the refilling member is flagged: {tr:#?}");
+}
+
+#[test]
+fn three_times_its_share_of_connections_pages_pinned_within_30_ticks() {
+    let mut rng = Rng::new(23);
+    let mut pool = LongLived::new(LongLivedSpec::balanced(10, 200), &mut rng);
+    let mut d = Detector::default();
+    // Twenty minutes of watching first: the pool's dispersion is learned.
+    drive(&mut d, &mut pool, &mut rng, 0..1200, |_, _, _| {});
+    let (tr, _) = drive(&mut d, &mut pool, &mut rng, 1200..1240, |t, p, _| {
+        if t == 1200 {
+            // Member 0 ends up holding 60 of the 200: 3x its share.
+            p.set_held(0, 60);
+        }
+    });
+    let (at, a) = first_page(&tr, &member_id(0), Signal::ActiveConnections).expect("pages");
+    assert_eq!(a.kind, AlertKind::Skew);
+    assert_eq!(a.cause, Some(Cause::Pinned), "{}", a.summary);
+    assert!(at <= 1230, "{at}");
+    // Bytes follow the connections: no separate bytes alert.
+    assert!(
+        !tr.iter()
+            .any(|(_, t)| t.alert().signal == Some(Signal::Bytes)
+                && t.alert().member == member_id(0)),
+        "{tr:#?}"
+    );
+}
+
+#[test]
+fn heavier_clients_page_on_bytes_not_connections() {
+    let mut rng = Rng::new(24);
+    let mut pool = LongLived::new(LongLivedSpec::balanced(10, 200), &mut rng);
+    let mut d = Detector::default();
+    drive(&mut d, &mut pool, &mut rng, 0..1200, |_, _, _| {});
+    let (tr, v) = drive(&mut d, &mut pool, &mut rng, 1200..1260, |t, p, _| {
+        if t == 1200 {
+            p.set_held(0, 20);
+            p.load[0] = 3.0;
+        }
+    });
+    let (_, a) = first_page(&tr, &member_id(0), Signal::Bytes).expect("a bytes page");
+    assert_eq!(a.cause, Some(Cause::Pinned));
+    assert!(a.summary.contains("bytes per connection"), "{}", a.summary);
+    assert!(
+        first_page(&tr, &member_id(0), Signal::ActiveConnections).is_none(),
+        "connections are balanced"
+    );
+    let m = &v.members[0];
+    let (_, b) = m.bytes.as_ref().expect("bytes verdict");
+    assert!(b.own && b.page, "{b:#?}");
+}
+
+#[test]
+fn skewed_placement_is_routing_under_the_new_connection_page() {
+    // Short-lived connections and a balancer that prefers member 0 three
+    // times: new connections and load skew together.
+    let mut rng = Rng::new(25);
+    let mut spec = LongLivedSpec::balanced(5, 400);
+    spec.lifetime = 10.0;
+    let mut pool = LongLived::new(spec, &mut rng);
+    let mut d = Detector::default();
+    drive(&mut d, &mut pool, &mut rng, 0..200, |_, _, _| {});
+    let (tr, v) = drive(&mut d, &mut pool, &mut rng, 200..300, |t, p, _| {
+        if t == 200 {
+            p.placement[0] = 3.0;
+        }
+    });
+    let (_, conns) = first_page(&tr, &member_id(0), Signal::NewConnections).expect("routing page");
+    assert_eq!(conns.cause, Some(Cause::Routing));
+    let (_, active) = v.members[0].active.as_ref().expect("active");
+    assert_eq!(active.cause, Some(Cause::Routing), "{active:#?}");
+    // The load alert of the same cause is grouped under the routing page.
+    assert!(
+        first_page(&tr, &member_id(0), Signal::ActiveConnections).is_none(),
+        "{:#?}",
+        paged(&tr)
+    );
+    assert!(tr.iter().any(|(_, t)| t.alert().member == member_id(0)
+        && t.alert().signal == Some(Signal::ActiveConnections)));
+}
+
+#[test]
+fn a_rolling_restart_that_refills_in_time_warns_at_most() {
+    // Five members (so one at zero is page-level evidence), connections
+    // living about a minute: each member in turn is down 10 ticks, comes
+    // back empty and refills.
+    let mut rng = Rng::new(26);
+    let mut spec = LongLivedSpec::balanced(5, 200);
+    spec.lifetime = 60.0;
+    let mut pool = LongLived::new(spec, &mut rng);
+    let mut d = Detector::default();
+    drive(&mut d, &mut pool, &mut rng, 0..200, |_, _, _| {});
+    let (tr, _) = drive(&mut d, &mut pool, &mut rng, 200..1700, |t, p, r| {
+        let k = t - 200;
+        let member = (k / 300) as usize;
+        match k % 300 {
+            0 => p.set_down(member, true, r),
+            10 => p.set_down(member, false, r),
+            _ => {}
+        }
+    });
+    assert!(paged(&tr).is_empty(), "{:#?}", paged(&tr));
+}
+
+#[test]
+fn new_connection_alerts_say_routing() {
+    let mut d = Detector::default();
+    let mut rng = Rng::new(27);
+    let mut pool = LongLived::new(LongLivedSpec::balanced(4, 40), &mut rng);
+    let mut tr = Vec::new();
+    for t in 0..80 {
+        let mut numbers = pool.tick(&mut rng);
+        for (i, m) in numbers.iter_mut().enumerate() {
+            m.new_conns = if t >= 40 && i == 1 {
+                0
+            } else {
+                rng.poisson(30.0)
+            };
+        }
+        tr.extend(d.evaluate(&pool.input("web", t, &numbers)).1);
+    }
+    let zero = tr
+        .iter()
+        .find(|t| t.alert().kind == AlertKind::Zero)
+        .expect("ZERO")
+        .alert();
+    assert_eq!(zero.signal, Some(Signal::NewConnections));
+    assert_eq!(zero.cause, Some(Cause::Routing));
+    assert_eq!(zero.id, format!("web/{}/ZERO", member_id(1)));
+}
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// Balanced pools of long-lived connections never page, whatever
+        /// the size, turnover and how unequal the clients are.
+        #[test]
+        fn balanced_long_lived_pools_never_page(
+            seed in any::<u64>(),
+            members in 2usize..12,
+            clients in 30usize..400,
+            lifetime in prop::sample::select(vec![20.0, 180.0, 3600.0, f64::INFINITY]),
+            sigma in 0.0f64..1.2,
+        ) {
+            let mut rng = crate::detect::sim::Rng::new(seed);
+            let mut spec = LongLivedSpec::balanced(members, clients);
+            spec.lifetime = lifetime;
+            spec.rate_sigma = sigma;
+            let mut pool = LongLived::new(spec, &mut rng);
+            let mut d = Detector::default();
+            let (tr, _) = drive(&mut d, &mut pool, &mut rng, 0..1500, |_, _, _| {});
+            prop_assert!(paged(&tr).is_empty(), "{:#?}", paged(&tr));
+        }
+
+        /// A member with no open connection is never judged while its
+        /// observer is stale.
+        #[test]
+        fn stale_members_are_not_judged_on_load(seed in any::<u64>(), members in 3usize..8) {
+            let mut rng = crate::detect::sim::Rng::new(seed);
+            let mut spec = LongLivedSpec::balanced(members, 200);
+            spec.lifetime = f64::INFINITY;
+            let mut pool = LongLived::new(spec, &mut rng);
+            let mut d = Detector::default();
+            for t in 0..100u64 {
+                let mut numbers = pool.tick(&mut rng);
+                numbers[0].active = 0;
+                let mut inp = pool.input("p", t, &numbers);
+                if let Some(v) = inp.members[0].server.as_mut() {
+                    v.fresh = false;
+                }
+                let (v, _) = d.evaluate(&inp);
+                let (_, a) = v.members[0].active.as_ref().expect("verdict");
+                prop_assert_eq!(a.verdict, Verdict::NoData);
+            }
+        }
+    }
+}
