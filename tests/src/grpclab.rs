@@ -308,7 +308,6 @@ pub async fn call(target: SocketAddr, load: Load, stats: PathBuf) -> Result<()> 
     let c = counters.clone();
     let channels = load.channels;
     std::thread::spawn(move || client_stats_loop(c, channels, stats));
-    let mut tasks = Vec::new();
     for _ in 0..load.channels {
         let c = counters.clone();
         let connector = tower::service_fn(move |_: tonic::transport::Uri| {
@@ -326,7 +325,7 @@ pub async fn call(target: SocketAddr, load: Load, stats: PathBuf) -> Result<()> 
         let mut client = pb::echo_client::EchoClient::new(channel);
         let c = counters.clone();
         let load = load.clone();
-        tasks.push(tokio::spawn(async move {
+        tokio::spawn(async move {
             let payload = vec![b'q'; load.payload];
             loop {
                 let req = pb::CallRequest {
@@ -339,12 +338,10 @@ pub async fn call(target: SocketAddr, load: Load, stats: PathBuf) -> Result<()> 
                 };
                 tokio::time::sleep(load.interval).await;
             }
-        }));
+        });
     }
-    for t in tasks {
-        t.await.context("a channel's task")?;
-    }
-    Ok(())
+    // The channels call until the process is killed.
+    std::future::pending().await
 }
 
 /// Holds `load.channels` HTTP/1.1 keep-alive connections to `target` and

@@ -15,7 +15,7 @@
 //! HAProxy's stats socket.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -77,7 +77,7 @@ impl Backend {
     }
 
     /// Its own counts (`counts`: the counters file or the access log).
-    fn truth(self, node: &Node, counts: &PathBuf) -> Truth {
+    fn truth(self, node: &Node, counts: &Path) -> Truth {
         match self {
             Backend::Grpc => {
                 let s = grpclab::read_server(counts).expect("server counters");
@@ -172,14 +172,18 @@ fn run(shape: Shape) {
     )
     .expect("alerts --watch");
     let vip = evenflow_tests::lab::vip(false);
-    let clients = grpclab::start_clients(&mut lab, "clients", shape.mode, vip, &shape.load)
-        .expect("clients");
+    let clients =
+        grpclab::start_clients(&mut lab, "clients", shape.mode, vip, &shape.load).expect("clients");
     let n = shape.load.channels as u64;
     let ids: Vec<String> = lab.backends.iter().map(|b| member(b, port)).collect();
     let ns = lab.lb.ns.clone();
     let pool = |lab: &mut Lab| -> Value {
         grpcurl::get_pool(&ns, COLLECTOR, shape.service).unwrap_or_else(|e| {
-            panic!("GetPool {}: {e:#}\n{}", shape.service, lab.processes_report())
+            panic!(
+                "GetPool {}: {e:#}\n{}",
+                shape.service,
+                lab.processes_report()
+            )
         })
     };
 
@@ -268,7 +272,8 @@ fn run(shape: Shape) {
         "GetPool's open connections (server and LB view) against the servers' and HAProxy's: {:#}\n{stats:#?}",
         pool(&mut lab)
     );
-    lab.signal("clients", libc::SIGCONT).expect("resume clients");
+    lab.signal("clients", libc::SIGCONT)
+        .expect("resume clients");
 
     // The first backend restarts; its clients reconnect to the others.
     let before = grpclab::read_client(&clients).expect("client counters");
@@ -319,7 +324,10 @@ fn run(shape: Shape) {
         .into_iter()
         .filter(|a| a["member"] != ids[0].as_str())
         .collect();
-    assert!(others.is_empty(), "only the restarted member pages: {others:#?}");
+    assert!(
+        others.is_empty(),
+        "only the restarted member pages: {others:#?}"
+    );
     // And it is true: the restarted backend holds nothing, the others
     // hold everything, as their own counts and GetPool say.
     let p = pool(&mut lab);
