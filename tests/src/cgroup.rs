@@ -101,6 +101,17 @@ impl Proc {
     pub fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Sends `signal` to its process group.
+    pub fn signal(&self, signal: i32) -> std::io::Result<()> {
+        let pid = i32::try_from(self.child.id())
+            .map_err(|_| std::io::Error::other("pid out of range"))?;
+        // SAFETY: signalling the process group we created for this child.
+        if unsafe { libc::kill(-pid, signal) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
 }
 
 impl Drop for Proc {

@@ -80,6 +80,23 @@ pub fn call(ns: &str, addr: &str, method: &str, body: &str) -> Result<Value> {
     serde_json::from_str(&out).with_context(|| format!("grpcurl printed non-JSON: {out}"))
 }
 
+/// `evenflow.v1.Distribution/GetPool` of pool `name` from the collector at
+/// `addr`, as JSON (zero fields left out, as grpcurl prints them).
+pub fn get_pool(ns: &str, addr: &str, name: &str) -> Result<Value> {
+    call(
+        ns,
+        addr,
+        "evenflow.v1.Distribution/GetPool",
+        &serde_json::json!({ "name": name }).to_string(),
+    )
+}
+
+/// A JSON number or numeric string, or 0 when absent (grpcurl leaves zero
+/// fields out and prints 64-bit numbers as strings).
+pub fn number(v: &Value) -> u64 {
+    num(v).unwrap_or(0)
+}
+
 /// `grpcurl list`: the services the agent registers for reflection.
 pub fn list(ns: &str) -> Result<Vec<String>> {
     Ok(run(ns, &[], &["list"])?

@@ -36,6 +36,34 @@ pub const BACKEND: &str = "be";
 /// `http-reuse never`) and no health checks (they would add connections no
 /// client made). Waits until it listens; returns the stats socket's path.
 pub fn start(lab: &mut Lab, ipv6_backends: bool) -> Result<PathBuf> {
+    launch(
+        lab,
+        "  mode http\n  timeout connect 3s\n  timeout client 20s\n  timeout server 20s\n\
+         \x20 option httpclose\n  http-reuse never\n",
+        ipv6_backends,
+        BACKEND_PORT,
+    )
+}
+
+/// HAProxy in TCP mode: it balances connections, not requests, as gRPC
+/// and keep-alive clients meet it in front of many services. Round robin
+/// over every backend's `backend_port`, idle timeouts of an hour (a
+/// connection lives as long as its client keeps it), a failed connect
+/// retried on another server (`option redispatch 1`), no health checks.
+/// Returns the stats socket's path.
+pub fn start_tcp(lab: &mut Lab, backend_port: u16) -> Result<PathBuf> {
+    launch(
+        lab,
+        "  mode tcp\n  timeout connect 500ms\n  timeout client 1h\n  timeout server 1h\n\
+         \x20 retries 2\n  option redispatch 1\n",
+        false,
+        backend_port,
+    )
+}
+
+/// Writes the configuration (global, these `defaults`, the VIP frontend,
+/// round robin over every backend) and starts HAProxy.
+fn launch(lab: &mut Lab, defaults: &str, ipv6_backends: bool, port: u16) -> Result<PathBuf> {
     let dir = lab.dir.join("haproxy");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let sock = dir.join("stats.sock");
@@ -46,12 +74,11 @@ pub fn start(lab: &mut Lab, ipv6_backends: bool) -> Result<PathBuf> {
         } else {
             b.addr4.to_string()
         };
-        servers.push_str(&format!("  server {} {addr}:{BACKEND_PORT}\n", b.role));
+        servers.push_str(&format!("  server {} {addr}:{port}\n", b.role));
     }
     let cfg = format!(
         "global\n  maxconn 8192\n  stats socket {sock} mode 600 level admin\n\
-         defaults\n  mode http\n  timeout connect 3s\n  timeout client 20s\n  timeout server 20s\n\
-         \x20 option httpclose\n  http-reuse never\n\
+         defaults\n{defaults}\
          frontend fe\n  bind :::{VIP_PORT} v4v6\n  default_backend {BACKEND}\n\
          backend {BACKEND}\n  balance roundrobin\n{servers}",
         sock = sock.display()
@@ -79,6 +106,8 @@ pub struct ServerStat {
     pub bin: u64,
     /// Response bytes from the server, in HTX form.
     pub bout: u64,
+    /// Sessions open with the server now (= connections, in TCP mode).
+    pub scur: u64,
 }
 
 /// `show stat` for the pool [`BACKEND`].
@@ -124,7 +153,7 @@ pub fn parse_stat(csv: &str) -> Result<Stats> {
         need("bin")?,
         need("bout")?,
     );
-    let (h1_in, h1_out) = (idx("h1_bytes_in"), idx("h1_bytes_out"));
+    let (h1_in, h1_out, scur) = (idx("h1_bytes_in"), idx("h1_bytes_out"), idx("scur"));
     let mut out = Stats::default();
     let mut saw_pool = false;
     for l in lines.filter(|l| !l.trim().is_empty()) {
@@ -142,6 +171,7 @@ pub fn parse_stat(csv: &str) -> Result<Stats> {
             stot: num(stot)?,
             bin: num(bin)?,
             bout: num(bout)?,
+            scur: opt(scur).unwrap_or(0),
         };
         match f.get(sv).copied() {
             Some("BACKEND") => {
@@ -186,7 +216,7 @@ mod tests {
 # pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,h1_bytes_in,h1_bytes_out,
 fe,FRONTEND,,,0,3,8192,40,2740,85000,0,3220,85800,
 be,b1,0,0,0,1,,10,685,21250,,,,
-be,b2,0,0,0,1,,30,2055,63750,,,,
+be,b2,0,0,3,4,,30,2055,63750,,,,
 be,BACKEND,0,0,0,1,,40,2740,85000,,85800,3220,
 ";
 
@@ -199,9 +229,11 @@ be,BACKEND,0,0,0,1,,40,2740,85000,,85800,3220,
             ServerStat {
                 stot: 10,
                 bin: 685,
-                bout: 21250
+                bout: 21250,
+                scur: 0
             }
         );
+        assert_eq!(s.servers["b2"].scur, 3);
         assert_eq!(s.pool.stot, 40);
         assert_eq!(s.pool_wire_from_servers, Some(85800));
         assert_eq!(s.pool_wire_to_servers, Some(3220));

@@ -287,6 +287,17 @@ impl Lab {
         self.procs.retain(|p| !p.name.starts_with(prefix));
     }
 
+    /// Sends `signal` to the processes whose names start with `prefix`
+    /// (SIGSTOP pauses a client with its connections open, SIGCONT resumes
+    /// it).
+    pub fn signal(&self, prefix: &str, signal: i32) -> Result<()> {
+        for p in self.procs.iter().filter(|p| p.name.starts_with(prefix)) {
+            p.signal(signal)
+                .with_context(|| format!("signalling {}", p.name))?;
+        }
+        Ok(())
+    }
+
     /// Stops the processes whose names start with `prefix`.
     pub fn stop(&mut self, prefix: &str) {
         self.procs.retain(|p| !p.name.starts_with(prefix));

@@ -12,6 +12,7 @@
 pub mod agent;
 pub mod cgroup;
 pub mod client;
+pub mod grpclab;
 pub mod grpcurl;
 pub mod haproxy;
 pub mod kubeapi;

@@ -38,6 +38,22 @@ pub fn start(lab: &mut Lab, node: &Node) -> Result<PathBuf> {
 /// `deferred` (TCP_DEFER_ACCEPT: the connection is accepted only once the
 /// request's first bytes arrive).
 pub fn start_with(lab: &mut Lab, node: &Node, listen_opts: &str) -> Result<PathBuf> {
+    launch(lab, node, listen_opts, "")
+}
+
+/// [`start`] for keep-alive clients: a connection stays open for an hour
+/// and any number of requests (nginx's defaults close it after 75 s idle
+/// or 1,000 requests, which would rebalance it).
+pub fn start_keepalive(lab: &mut Lab, node: &Node) -> Result<PathBuf> {
+    launch(
+        lab,
+        node,
+        "",
+        "keepalive_timeout 3600s; keepalive_requests 100000000;",
+    )
+}
+
+fn launch(lab: &mut Lab, node: &Node, listen_opts: &str, http: &str) -> Result<PathBuf> {
     let dir = lab.dir.join(format!("nginx-{}", node.role));
     std::fs::create_dir_all(dir.join("tmp"))?;
     let body = "x".repeat(BODY_LEN);
@@ -45,7 +61,7 @@ pub fn start_with(lab: &mut Lab, node: &Node, listen_opts: &str) -> Result<PathB
     let conf = format!(
         "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
          events {{ worker_connections 4096; }}\n\
-         http {{\n  log_format ef '{LOG_FORMAT}';\n  access_log {d}/access.log ef;\n\
+         http {{\n  log_format ef '{LOG_FORMAT}';\n  access_log {d}/access.log ef;\n  {http}\n\
            client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp;\n\
            uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;\n\
            server {{\n    listen {BACKEND_PORT} {listen_opts};\n    listen [::]:{BACKEND_PORT} ipv6only=on {listen_opts};\n\

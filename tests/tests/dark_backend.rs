@@ -14,13 +14,7 @@ use evenflow_tests::{agent, agent::COLLECTOR, client, grpcurl, haproxy, lab::Lab
 use serde_json::Value;
 
 fn get_pool(ns: &str) -> Option<Value> {
-    grpcurl::call(
-        ns,
-        COLLECTOR,
-        "evenflow.v1.Distribution/GetPool",
-        r#"{"name":"web"}"#,
-    )
-    .ok()
+    grpcurl::get_pool(ns, COLLECTOR, "web").ok()
 }
 
 #[test]

@@ -1,0 +1,383 @@
+//! Long-lived connections end to end: load a balancer placed once and old
+//! connections keep holding.
+//!
+//! Real lab: three backends behind HAProxy in `mode tcp` (it balances
+//! connections, round robin), one agent per node, the collector on the lb.
+//! Clients on the client node hold their connections open and use them
+//! continuously: 150 gRPC channels (HTTP/2) calling a real tonic server
+//! that counts its own connections, calls and bytes; or 60 HTTP/1.1
+//! keep-alive connections to nginx. Then one backend restarts: its clients
+//! reconnect to the other two, and when it comes back nobody reconnects to
+//! it. evenflow must page `pinned` for it within 60 s, naming the members
+//! holding its share, and must page nothing while the pool is balanced.
+//! Every count evenflow shows is held to the servers' own (the gRPC
+//! server's counters, nginx's access log, the kernel's `ss`) and to
+//! HAProxy's stats socket.
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use evenflow_tests::{
+    agent::{self, COLLECTOR, SERVES},
+    grpclab::{self, Load},
+    grpcurl::{self, number},
+    haproxy,
+    lab::{Lab, Node},
+    nginx,
+};
+use serde_json::Value;
+
+/// How long the pool runs balanced before the restart.
+const BALANCED: Duration = Duration::from_secs(40);
+/// The page must come within this of the restart.
+const PAGE_WITHIN: Duration = Duration::from_secs(60);
+
+/// The backends' server, and what it says it served.
+#[derive(Clone, Copy)]
+enum Backend {
+    /// The lab's tonic gRPC server (its own counters file per run).
+    Grpc,
+    /// nginx with long keep-alive (its access log, and `ss`).
+    Nginx,
+}
+
+/// What a backend says it served: connections it accepted and has open,
+/// bytes it read and wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Truth {
+    opened: u64,
+    open: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+impl Backend {
+    fn port(self) -> u16 {
+        match self {
+            Backend::Grpc => grpclab::PORT,
+            Backend::Nginx => evenflow_tests::lab::BACKEND_PORT,
+        }
+    }
+
+    /// Starts it on `node`; returns where its own counts are.
+    fn start(self, lab: &mut Lab, node: &Node) -> PathBuf {
+        match self {
+            Backend::Grpc => grpclab::start_server(lab, node).expect("gRPC backend"),
+            Backend::Nginx => nginx::start_keepalive(lab, node).expect("nginx"),
+        }
+    }
+
+    fn stop(self, lab: &mut Lab, node: &Node) {
+        match self {
+            Backend::Grpc => grpclab::stop_server(lab, node),
+            Backend::Nginx => lab.stop(&format!("nginx-{}", node.role)),
+        }
+    }
+
+    /// Its own counts (`counts`: the counters file or the access log).
+    fn truth(self, node: &Node, counts: &Path) -> Truth {
+        match self {
+            Backend::Grpc => {
+                let s = grpclab::read_server(counts).expect("server counters");
+                Truth {
+                    opened: s.accepted,
+                    open: s.open(),
+                    bytes_in: s.bytes_read,
+                    bytes_out: s.bytes_written,
+                }
+            }
+            Backend::Nginx => {
+                let s = nginx::read_log(counts).expect("access log");
+                Truth {
+                    opened: s.connections,
+                    open: grpclab::established(node, self.port()).expect("ss"),
+                    bytes_in: s.request_bytes,
+                    bytes_out: s.response_bytes,
+                }
+            }
+        }
+    }
+}
+
+/// One run's shape.
+struct Shape {
+    lab: &'static str,
+    backend: Backend,
+    service: &'static str,
+    mode: &'static str,
+    load: Load,
+}
+
+/// `address:port` of a backend.
+fn member(node: &Node, port: u16) -> String {
+    format!("{}:{port}", node.addr4)
+}
+
+/// The alert lines `evenflow alerts --watch --output json` printed so far.
+fn alerts(lab: &Lab) -> Vec<Value> {
+    lab.log("alerts")
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn pages(lab: &Lab) -> Vec<Value> {
+    alerts(lab)
+        .into_iter()
+        .filter(|a| a["severity"] == "page")
+        .collect()
+}
+
+fn pool_member<'a>(pool: &'a Value, id: &str) -> Option<&'a Value> {
+    pool["members"].as_array()?.iter().find(|m| {
+        format!(
+            "{}:{}",
+            m["address"].as_str().unwrap_or(""),
+            number(&m["port"])
+        ) == id
+    })
+}
+
+/// Builds the lab, runs it balanced, checks every count, restarts the
+/// first backend and waits for the page.
+fn run(shape: Shape) {
+    evenflow_tests::require_root();
+    let mut lab = Lab::new(shape.lab, 3).expect("lab");
+    let lb = lab.lb.clone();
+    let port = shape.backend.port();
+    agent::start_collector(&mut lab, "10.1.0.1:9465").expect("collector");
+    let url = format!("http://{COLLECTOR}");
+    let label = format!("{}={port}", shape.service);
+    let mut counts = Vec::new();
+    for b in lab.backends.clone() {
+        counts.push(shape.backend.start(&mut lab, &b));
+        agent::start(&mut lab, &b, &["--service", &label, "--collector", &url])
+            .expect("backend agent");
+    }
+    agent::start(&mut lab, &lb, &["--collector", &url]).expect("lb agent");
+    let sock = haproxy::start_tcp(&mut lab, port).expect("haproxy");
+    let cli = agent::binary("evenflow", "EVENFLOW_CLI_BIN")
+        .expect("evenflow CLI")
+        .display()
+        .to_string();
+    let client = lab.client.clone();
+    lab.spawn(
+        &client,
+        "alerts",
+        &cli,
+        &["alerts", "--watch", "--output", "json", "--collector", &url],
+    )
+    .expect("alerts --watch");
+    let vip = evenflow_tests::lab::vip(false);
+    let clients =
+        grpclab::start_clients(&mut lab, "clients", shape.mode, vip, &shape.load).expect("clients");
+    let n = shape.load.channels as u64;
+    let ids: Vec<String> = lab.backends.iter().map(|b| member(b, port)).collect();
+    let ns = lab.lb.ns.clone();
+    let pool = |lab: &mut Lab| -> Value {
+        grpcurl::get_pool(&ns, COLLECTOR, shape.service).unwrap_or_else(|e| {
+            panic!(
+                "GetPool {}: {e:#}\n{}",
+                shape.service,
+                lab.processes_report()
+            )
+        })
+    };
+
+    // Every client connected and the collector sees them all.
+    let up = evenflow_tests::wait_for(Duration::from_secs(30), || {
+        let c = grpclab::read_client(&clients).ok()?;
+        (c.connects >= n && c.ok >= n).then_some(())
+    });
+    assert!(
+        up.is_some(),
+        "clients did not connect: {:?}\n{}",
+        grpclab::read_client(&clients),
+        lab.processes_report()
+    );
+
+    // Balanced: nothing pages, and the pool is judged on its open
+    // connections however few new ones it opens.
+    let started = Instant::now();
+    let mut last = Value::Null;
+    while started.elapsed() < BALANCED {
+        std::thread::sleep(Duration::from_secs(2));
+        last = pool(&mut lab);
+        assert!(
+            pages(&lab).is_empty(),
+            "a balanced pool paged: {:#?}",
+            pages(&lab)
+        );
+    }
+    assert_ne!(
+        last["verdict"], "VERDICT_INSUFFICIENT_TRAFFIC",
+        "{n} open connections are judged: {last:#}"
+    );
+    assert_eq!(
+        number(&last["serverActiveConnections"]),
+        n,
+        "the pool's open connections: {last:#}"
+    );
+
+    // Counts, with the clients paused (their connections stay open).
+    lab.signal("clients", libc::SIGSTOP).expect("pause clients");
+    for (i, b) in lab.backends.clone().iter().enumerate() {
+        let (snap, t) = grpcurl::settle(
+            &b.ns,
+            Duration::from_secs(10),
+            |s| grpcurl::totals(s, &b.addr4.to_string(), port, SERVES),
+            |_| true,
+        )
+        .expect("backend snapshot");
+        let mut truth = shape.backend.truth(b, &counts[i]);
+        // A sample of a live socket leaves one byte each way for its close
+        // to add (it cannot tell a FIN in flight from data; the agent's
+        // datapath, agent-ebpf/src/sock.rs): every connection here is
+        // open.
+        truth.bytes_in -= truth.open;
+        truth.bytes_out -= truth.open;
+        let seen = Truth {
+            opened: t.opened,
+            open: t.opened - t.closed,
+            bytes_in: t.bytes_rx,
+            bytes_out: t.bytes_tx,
+        };
+        assert_eq!(
+            seen,
+            truth,
+            "{}: the agent's counts against the server's own\n{}",
+            ids[i],
+            grpcurl::summary(&snap)
+        );
+    }
+    let stats = haproxy::stats(&sock).expect("HAProxy stats");
+    let settled = evenflow_tests::wait_for(Duration::from_secs(10), || {
+        let p = grpcurl::get_pool(&ns, COLLECTOR, shape.service).ok()?;
+        let ok = lab.backends.iter().enumerate().all(|(i, b)| {
+            let Some(m) = pool_member(&p, &ids[i]) else {
+                return false;
+            };
+            let open = shape.backend.truth(b, &counts[i]).open;
+            number(&m["serverView"]["activeConnections"]) == open
+                && number(&m["lbView"]["activeConnections"])
+                    == stats.servers.get(&b.role).map_or(u64::MAX, |s| s.scur)
+        });
+        ok.then_some(p)
+    });
+    assert!(
+        settled.is_some(),
+        "GetPool's open connections (server and LB view) against the servers' and HAProxy's: {:#}\n{stats:#?}",
+        pool(&mut lab)
+    );
+    lab.signal("clients", libc::SIGCONT)
+        .expect("resume clients");
+
+    // The first backend restarts; its clients reconnect to the others.
+    let before = grpclab::read_client(&clients).expect("client counters");
+    let first = lab.backends[0].clone();
+    let restarted = Instant::now();
+    shape.backend.stop(&mut lab, &first);
+    let moved = evenflow_tests::wait_for(Duration::from_secs(20), || {
+        let c = grpclab::read_client(&clients).ok()?;
+        (c.connects >= before.connects + n / 4).then_some(c)
+    });
+    assert!(
+        moved.is_some(),
+        "the restarted backend's clients did not reconnect: {:?}",
+        grpclab::read_client(&clients)
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let back = shape.backend.start(&mut lab, &first);
+    let back_at = restarted.elapsed();
+
+    // The page: ZERO on its open connections, pinned, naming the holders.
+    let page = evenflow_tests::wait_for(PAGE_WITHIN.saturating_sub(restarted.elapsed()), || {
+        pages(&lab).into_iter().find(|a| {
+            a["member"] == ids[0].as_str()
+                && a["signal"] == "active_connections"
+                && a["cause"] == "pinned"
+        })
+    });
+    let paged_after = restarted.elapsed();
+    let page = page.unwrap_or_else(|| {
+        panic!(
+            "no pinned page for {} within {PAGE_WITHIN:?} of its restart; alerts: {:#?}\npool: {:#}",
+            ids[0],
+            alerts(&lab),
+            pool(&mut lab)
+        )
+    });
+    assert_eq!(page["kind"], "ZERO", "{page:#}");
+    let summary = page["summary"].as_str().unwrap_or("");
+    for holder in &ids[1..] {
+        assert!(
+            summary.contains(holder.as_str()),
+            "the page names {holder}, which holds its share: {summary}"
+        );
+    }
+    assert!(summary.contains("MAX_CONNECTION_AGE"), "{summary}");
+    // Nothing else pages.
+    let others: Vec<Value> = pages(&lab)
+        .into_iter()
+        .filter(|a| a["member"] != ids[0].as_str())
+        .collect();
+    assert!(
+        others.is_empty(),
+        "only the restarted member pages: {others:#?}"
+    );
+    // And it is true: the restarted backend holds nothing, the others
+    // hold everything, as their own counts and GetPool say.
+    let p = pool(&mut lab);
+    let m = pool_member(&p, &ids[0]).expect("restarted member");
+    let truth = shape.backend.truth(&first, &back);
+    assert_eq!(truth.open, 0, "nobody reconnected to the restarted backend");
+    assert_eq!(number(&m["serverView"]["activeConnections"]), 0, "{m:#}");
+    assert_eq!(m["load"]["share"]["verdict"], "VERDICT_ZERO", "{m:#}");
+    assert_eq!(m["load"]["share"]["cause"], "CAUSE_PINNED", "{m:#}");
+    let held: u64 = ids[1..]
+        .iter()
+        .filter_map(|id| pool_member(&p, id))
+        .map(|m| number(&m["serverView"]["activeConnections"]))
+        .sum();
+    assert_eq!(held, n, "the other two hold every connection: {p:#}");
+    println!(
+        "{}: balanced {BALANCED:?} without a page; restarted {} (back after {back_at:.1?}); \
+         pinned page {paged_after:.1?} after the restart: {summary}",
+        shape.lab, ids[0]
+    );
+}
+
+#[test]
+fn grpc_channels_left_on_the_others_after_a_restart_page_pinned() {
+    run(Shape {
+        lab: "pingrpc",
+        backend: Backend::Grpc,
+        service: "grpc",
+        mode: "call",
+        load: Load {
+            channels: 150,
+            interval: Duration::from_millis(250),
+            payload: 200,
+            reply: 1000,
+        },
+    });
+}
+
+#[test]
+fn keepalive_connections_left_on_the_others_after_a_restart_page_pinned() {
+    run(Shape {
+        lab: "pinkeep",
+        backend: Backend::Nginx,
+        service: "web",
+        mode: "keepalive",
+        load: Load {
+            channels: 120,
+            interval: Duration::from_millis(250),
+            payload: 0,
+            reply: 0,
+        },
+    });
+}
