@@ -17,6 +17,7 @@
 mod bench;
 mod demo;
 mod interrupt;
+mod pinned_demo;
 mod setup;
 mod shell;
 
@@ -132,6 +133,7 @@ fn test(extra: &[String]) -> Result<()> {
         ("EVENFLOW_AGENT_BIN", debug.join("evenflow-agent")),
         ("EVENFLOW_COLLECTOR_BIN", debug.join("evenflow-collector")),
         ("EVENFLOW_CLI_BIN", debug.join("evenflow")),
+        ("EVENFLOW_GRPC_LAB_BIN", debug.join("evenflow-grpc-lab")),
     ];
     for (k, v) in &bins {
         eprintln!("    {k}={}", v.display());
