@@ -241,17 +241,3 @@ async fn two_agents_under_one_node_name_are_told_apart() {
     again.send(r).await.expect("same run on a new stream");
     c.shutdown().await;
 }
-
-/// A minimal HTTP/1.1 GET.
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect metrics");
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
-}

@@ -147,6 +147,40 @@ pub fn start_collector(lab: &mut Lab, metrics_addr: &str) -> Result<()> {
     )
 }
 
+/// Waits (up to 30 s) until the collector at [`COLLECTOR`] lists the
+/// agents of every one of `nodes` as fresh. Connections opened before an
+/// agent's first report are its baseline, not news; traffic started
+/// before then would show the load balancers sending what a backend never
+/// received.
+pub fn wait_reporting(lab: &Lab, nodes: &[Node]) -> Result<()> {
+    let ns = lab.lb.ns.clone();
+    let all = crate::wait_for(Duration::from_secs(30), || {
+        let v = crate::grpcurl::call(&ns, COLLECTOR, "evenflow.v1.Distribution/ListAgents", "{}")
+            .ok()?;
+        let fresh: Vec<&str> = v["agents"]
+            .as_array()?
+            .iter()
+            .filter(|a| a["fresh"] == true)
+            .filter_map(|a| a["nodeName"].as_str())
+            .collect();
+        nodes
+            .iter()
+            .all(|n| fresh.contains(&n.ns.as_str()))
+            .then_some(())
+    });
+    if all.is_none() {
+        bail!(
+            "the collector did not list every agent ({}) as reporting within 30 s",
+            nodes
+                .iter()
+                .map(|n| n.ns.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// Starts nginx and an agent labelling port 8080 `web` on every backend,
 /// each agent reporting to [`COLLECTOR`]; returns nginx's access logs.
 pub fn start_web_backends(lab: &mut Lab) -> Result<Vec<PathBuf>> {

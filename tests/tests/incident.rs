@@ -6,41 +6,13 @@
 //! (`$EVENFLOW_XTASK_BIN`, else the newest build; `cargo xtask test` builds
 //! them first and points at them); fails loudly without them.
 
+mod common;
+
 use std::{path::PathBuf, process::Command};
 
-use serde_json::Value;
+use common::leftovers;
 
-fn leftovers() -> Vec<String> {
-    let mut found = Vec::new();
-    if let Ok(o) = Command::new("ip").args(["netns", "list"]).output() {
-        found.extend(
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .filter(|l| l.starts_with("demo-"))
-                .map(|l| format!("netns {l}")),
-        );
-    }
-    if let Ok(rd) = std::fs::read_dir("/sys/fs/bpf/evenflow") {
-        found.extend(
-            rd.filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with("demo-"))
-                .map(|n| format!("pinned maps {n}")),
-        );
-    }
-    if let Ok(o) = Command::new("pgrep")
-        .args(["-af", "node-name demo-"])
-        .output()
-    {
-        found.extend(
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .filter(|l| !l.contains("pgrep"))
-                .map(|l| format!("process {l}")),
-        );
-    }
-    found
-}
+use serde_json::Value;
 
 #[test]
 fn the_incident_is_detected_and_resolves() {
@@ -133,5 +105,5 @@ fn the_incident_is_detected_and_resolves() {
         assert!(text.contains(marker), "timeline lacks `{marker}`:\n{text}");
     }
     // Nothing left behind.
-    assert_eq!(leftovers(), Vec::<String>::new());
+    assert_eq!(leftovers("demo-"), Vec::<String>::new());
 }

@@ -159,6 +159,9 @@ fn run(shape: Shape) {
     }
     agent::start(&mut lab, &lb, &["--collector", &url]).expect("lb agent");
     let sock = haproxy::start_tcp(&mut lab, port).expect("haproxy");
+    let mut nodes = lab.backends.clone();
+    nodes.push(lb.clone());
+    agent::wait_reporting(&lab, &nodes).expect("agents reporting");
     let cli = agent::binary("evenflow", "EVENFLOW_CLI_BIN")
         .expect("evenflow CLI")
         .display()

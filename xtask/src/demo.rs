@@ -36,9 +36,24 @@ pub enum LbKind {
     Nftables,
 }
 
+/// Which story the demo tells.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// A load balancer update routes everything to a few backends
+    /// (routing).
+    Incident,
+    /// gRPC channels stay where they first landed: a restarted backend gets
+    /// none back (pinned). Three backends, HAProxy in TCP mode; --lb,
+    /// --backends, --kept and --incident do not apply.
+    Pinned,
+}
+
 /// Options of the demo.
 #[derive(clap::Args, Debug)]
 pub struct Options {
+    /// The story.
+    #[arg(long, value_enum, default_value_t = Scenario::Incident)]
+    pub scenario: Scenario,
     /// The load balancer kind.
     #[arg(long, value_enum, default_value_t = LbKind::Haproxy)]
     pub lb: LbKind,
@@ -70,22 +85,49 @@ pub struct Options {
 
 const COLLECTOR_ADDR: &str = "10.1.0.1:50052";
 
-fn collector_url() -> String {
+pub(crate) fn collector_url() -> String {
     format!("http://{COLLECTOR_ADDR}")
 }
 
-struct Timeline {
-    start: Instant,
-    wall_start: SystemTime,
-    events: Vec<(f64, String)>,
+/// What happened when, for the postmortem.
+pub(crate) struct Timeline {
+    pub start: Instant,
+    pub wall_start: SystemTime,
+    pub events: Vec<(f64, String)>,
 }
 
 impl Timeline {
-    fn at(&self) -> f64 {
+    pub fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            wall_start: SystemTime::now(),
+            events: Vec::new(),
+        }
+    }
+
+    pub fn at(&self) -> f64 {
         self.start.elapsed().as_secs_f64()
     }
 
-    fn note(&mut self, what: String) -> f64 {
+    /// The events as a Markdown table (UTC time, seconds since the start).
+    pub fn table(&self) -> String {
+        let wall = |t: f64| {
+            humantime::format_rfc3339_seconds(self.wall_start + Duration::from_secs_f64(t))
+                .to_string()
+        };
+        let mut md = String::from("| time (UTC) | t | event |\n| --- | --- | --- |\n");
+        for (t, e) in &self.events {
+            md.push_str(&format!(
+                "| {} | {:.1}s | {} |\n",
+                wall(*t),
+                t,
+                e.replace('|', "\\|")
+            ));
+        }
+        md
+    }
+
+    pub fn note(&mut self, what: String) -> f64 {
         let t = self.at();
         println!("\x1b[1m[{t:>6.1}s] {what}\x1b[0m");
         self.events.push((t, what));
@@ -95,7 +137,9 @@ impl Timeline {
 
 pub fn run(o: &Options) -> Result<()> {
     crate::shell::require_root("demo", "builds network namespaces and loads eBPF programs")?;
-    if !(3..=16).contains(&o.backends) || o.kept == 0 || o.kept >= o.backends {
+    if o.scenario == Scenario::Incident
+        && (!(3..=16).contains(&o.backends) || o.kept == 0 || o.kept >= o.backends)
+    {
         bail!("--backends must be 3-16 and the update must keep between 1 and backends-1 of them");
     }
     if !o.no_build {
@@ -109,6 +153,7 @@ pub fn run(o: &Options) -> Result<()> {
             ("EVENFLOW_AGENT_BIN", "evenflow-agent"),
             ("EVENFLOW_COLLECTOR_BIN", "evenflow-collector"),
             ("EVENFLOW_CLI_BIN", "evenflow"),
+            ("EVENFLOW_GRPC_LAB_BIN", "evenflow-grpc-lab"),
         ] {
             if std::env::var_os(var).is_none() {
                 // SAFETY: no other thread exists yet.
@@ -118,6 +163,9 @@ pub fn run(o: &Options) -> Result<()> {
     }
     interrupt::install();
     let cli = agent::binary("evenflow", "EVENFLOW_CLI_BIN")?;
+    if o.scenario == Scenario::Pinned {
+        return crate::pinned_demo::run(o, &cli);
+    }
     let collector = agent::binary("evenflow-collector", "EVENFLOW_COLLECTOR_BIN")?;
     eprintln!(
         "==> lab: client -> {:?} load balancer -> {} nginx backends; one agent per node; collector on the lb node",
@@ -188,11 +236,7 @@ pub fn run(o: &Options) -> Result<()> {
             total
         })
     };
-    let mut tl = Timeline {
-        start: Instant::now(),
-        wall_start: SystemTime::now(),
-        events: Vec::new(),
-    };
+    let mut tl = Timeline::new();
     tl.note(format!(
         "steady traffic: {} backends, roundrobin, ~150 conn/s",
         o.backends
@@ -423,7 +467,7 @@ fn members_with(pool: &Value, verdict: &str) -> BTreeSet<String> {
         .collect()
 }
 
-fn status(lab: &Lab, cli: &Path) -> Result<Value> {
+pub(crate) fn status(lab: &Lab, cli: &Path) -> Result<Value> {
     let out = netns::exec(
         &lab.client.ns,
         &cli.display().to_string(),
@@ -438,7 +482,7 @@ fn status(lab: &Lab, cli: &Path) -> Result<Value> {
     serde_json::from_str(&out).context("evenflow status --output json")
 }
 
-fn open_alerts(lab: &Lab, cli: &Path) -> Result<usize> {
+pub(crate) fn open_alerts(lab: &Lab, cli: &Path) -> Result<usize> {
     let out = netns::exec(
         &lab.client.ns,
         &cli.display().to_string(),
@@ -486,33 +530,48 @@ fn watch(
                 ));
             }
         }
-        let log = lab.log("alerts");
-        let lines: Vec<&str> = log.lines().filter(|l| l.starts_with('{')).collect();
-        for l in lines.iter().skip(*seen) {
-            let Ok(a) = serde_json::from_str::<Value>(l) else {
-                continue;
-            };
-            let resolved = !a["resolved_at"].is_null();
-            tl.note(format!(
-                "ALERT {} {} {} {} ({}): {}",
-                if resolved { "RESOLVED" } else { "FIRED" },
-                a["severity"].as_str().unwrap_or(""),
-                a["kind"].as_str().unwrap_or(""),
-                a["member"]
-                    .as_str()
-                    .filter(|m| !m.is_empty())
-                    .unwrap_or("pool"),
-                a["view"].as_str().unwrap_or(""),
-                a["summary"].as_str().unwrap_or("")
-            ));
+        for a in new_alerts(lab, tl, seen) {
             f(pool.as_ref(), &a);
         }
-        *seen = lines.len();
         if let Some(p) = &pool {
             f(Some(p), &Value::Null);
         }
     }
     Ok(())
+}
+
+/// The alerts `evenflow alerts --watch` printed since `seen`, each noted on
+/// the timeline.
+pub(crate) fn new_alerts(lab: &Lab, tl: &mut Timeline, seen: &mut usize) -> Vec<Value> {
+    let log = lab.log("alerts");
+    let lines: Vec<&str> = log.lines().filter(|l| l.starts_with('{')).collect();
+    let mut out = Vec::new();
+    for l in lines.iter().skip(*seen) {
+        let Ok(a) = serde_json::from_str::<Value>(l) else {
+            continue;
+        };
+        let resolved = !a["resolved_at"].is_null();
+        let signal = a["signal"].as_str().filter(|s| *s != "-");
+        tl.note(format!(
+            "ALERT {} {} {} {} ({}{}): {}",
+            if resolved { "RESOLVED" } else { "FIRED" },
+            a["severity"].as_str().unwrap_or(""),
+            a["kind"].as_str().unwrap_or(""),
+            a["member"]
+                .as_str()
+                .filter(|m| !m.is_empty())
+                .unwrap_or("pool"),
+            a["view"].as_str().unwrap_or(""),
+            signal.map_or(String::new(), |s| format!(
+                ", {s}, {}",
+                a["cause"].as_str().unwrap_or("-")
+            )),
+            a["summary"].as_str().unwrap_or("")
+        ));
+        out.push(a);
+    }
+    *seen = lines.len();
+    out
 }
 
 fn print_view(t: f64, p: &Value) {
@@ -584,7 +643,7 @@ fn markdown(
          A load balancer update routed every connection to {} of {} backends ({}). \
          evenflow raised its first alert {} after the update and flagged the starved backends ({}) as ZERO {} after it. \
          The update was rolled back at {}; the alerts resolved {} later. The client made {} connections ({} failed).\n\n\
-         ## Timeline\n\n| time (UTC) | t | event |\n| --- | --- | --- |\n",
+         ## Timeline\n\n",
         o.lb,
         o.backends,
         kept.len(),
@@ -598,14 +657,7 @@ fn markdown(
         sent.connections,
         sent.failures,
     );
-    for (t, e) in &tl.events {
-        md.push_str(&format!(
-            "| {} | {:.1}s | {} |\n",
-            wall(*t),
-            t,
-            e.replace('|', "\\|")
-        ));
-    }
+    md.push_str(&tl.table());
     md.push_str("\n## Detection\n\n");
     if problems.is_empty() {
         md.push_str("Detection worked: no page while balanced, ZERO for exactly the starved backends, SKEW for the ones that took the load, resolution after the rollback.\n");

@@ -20,6 +20,7 @@
 mod bench;
 mod demo;
 mod interrupt;
+mod pinned_demo;
 mod setup;
 mod shell;
 
@@ -161,6 +162,7 @@ fn test(extra: &[String]) -> Result<()> {
         ("EVENFLOW_COLLECTOR_BIN", debug.join("evenflow-collector")),
         ("EVENFLOW_CLI_BIN", debug.join("evenflow")),
         ("EVENFLOW_XTASK_BIN", debug.join("xtask")),
+        ("EVENFLOW_GRPC_LAB_BIN", debug.join("evenflow-grpc-lab")),
     ];
     for (k, v) in &bins {
         eprintln!("    {k}={}", v.display());

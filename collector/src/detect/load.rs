@@ -72,8 +72,8 @@
 //!
 //! # Routing or pinned
 //! Every finding names its cause: **routing** when the member's new
-//! connections are skewed the same way (or the pool concentrates) — the
-//! balancer's choices are off; **pinned** when its new connections are
+//! connections are judged skewed the same way (SKEW or ZERO, or the pool
+//! concentrates) — the balancer's choices are off; **pinned** when its new connections are
 //! balanced (or too few to move anything) and old connections hold the
 //! load — fixed by a maximum connection age, least-connections balancing
 //! or request-level balancing.
@@ -813,12 +813,16 @@ impl NewConns {
         }
     }
 
-    /// Routing or pinned for a finding on side `dir`, and why.
-    fn cause(&self, s: &Settings, dir: i8, ctx: &Context) -> (Cause, String) {
+    /// Routing or pinned for a finding on side `dir`, and why: routing
+    /// when the member's new connections are judged skewed the same way
+    /// (a raw ratio is not enough: a member that was down while its
+    /// clients reconnected elsewhere missed those connections through no
+    /// fault of the balancer).
+    fn cause(&self, dir: i8, ctx: &Context) -> (Cause, String) {
         let same_way = if dir > 0 {
-            self.skewed_high || (self.enough && self.ratio > s.warn_high)
+            self.skewed_high
         } else {
-            self.skewed_low || (self.enough && self.ratio < s.warn_low)
+            self.skewed_low
         };
         if same_way || ctx.concentrated {
             (
@@ -948,7 +952,7 @@ impl Subject<'_> {
         if verdict == Verdict::Ok {
             return (out, None);
         }
-        let (cause, why) = self.conns.cause(self.s, j.dir, self.ctx);
+        let (cause, why) = self.conns.cause(j.dir, self.ctx);
         out.cause = Some(cause);
         (out, Some(why))
     }
