@@ -481,6 +481,84 @@ struct Bounds {
     ln_warn: f64,
 }
 
+/// Everything one tick's member judgements share.
+struct Tick<'a> {
+    s: &'a Settings,
+    tick: u64,
+    totals: Totals,
+    /// The pool's bytes in and out over the bytes window.
+    pool_in: f64,
+    pool_out: f64,
+    judged: bool,
+    phi: f64,
+    kappa: f64,
+    bounds: Bounds,
+    holders: Vec<(f64, &'a str)>,
+    ctx: &'a Context,
+}
+
+/// Healthy members' numbers the scales learn from.
+#[derive(Default)]
+struct Samples {
+    placement: Vec<(f64, f64)>,
+    bytes: Vec<(f64, f64)>,
+    flagged: usize,
+}
+
+impl Totals {
+    /// Sums over the members eligible in `view` (fresh, not reset, not
+    /// draining, weighted).
+    fn of(input: &PoolInput, view: View) -> Self {
+        let mut t = Totals::default();
+        for m in &input.members {
+            if let Some(v) = eligible(m, view) {
+                t.active += v.active as f64;
+                t.bytes_in += v.bytes_in as f64;
+                t.bytes_out += v.bytes_out as f64;
+                t.count += 1;
+            }
+        }
+        t.bytes = t.bytes_in + t.bytes_out;
+        t
+    }
+}
+
+/// A member's input in `view`.
+fn view_of(m: &MemberInput, view: View) -> Option<ViewInput> {
+    match view {
+        View::Server => m.server,
+        View::Lb => m.lb,
+    }
+}
+
+/// A member's input in `view` when it is eligible for a share.
+fn eligible(m: &MemberInput, view: View) -> Option<ViewInput> {
+    view_of(m, view).filter(|v| v.fresh && !v.reset && !m.draining && m.weight > 0.0)
+}
+
+/// Up to three members holding more than their share of the open
+/// connections, most first: who holds what a member below its share lacks.
+fn holders<'a>(
+    input: &'a PoolInput,
+    view: View,
+    verdicts: &HashMap<String, ViewVerdict>,
+    active: f64,
+) -> Vec<(f64, &'a str)> {
+    let mut h: Vec<(f64, &str)> = input
+        .members
+        .iter()
+        .filter_map(|m| {
+            let v = eligible(m, view)?;
+            let p = verdicts.get(&m.id)?.expected_share;
+            let ratio = v.active as f64 / (active * p);
+            (active > 0.0 && p > 0.0 && ratio > 1.1).then_some((ratio, m.id.as_str()))
+        })
+        .collect();
+    h.sort_by(|a, b| b.0.total_cmp(&a.0));
+    h.truncate(3);
+    h
+}
+
 impl LoadState {
     /// Judges the load of every member of `view` this tick, writing each
     /// member's [`LoadVerdict`]s into its new-connection verdict.
@@ -492,194 +570,190 @@ impl LoadState {
         verdicts: &mut HashMap<String, ViewVerdict>,
         ctx: &Context,
     ) -> LoadSummary {
-        let get = |m: &MemberInput| match view {
-            View::Server => m.server,
-            View::Lb => m.lb,
-        };
-        let eligible =
-            |m: &MemberInput, v: &ViewInput| v.fresh && !v.reset && !m.draining && m.weight > 0.0;
-        let mut t = Totals::default();
-        for m in &input.members {
-            if let Some(v) = get(m).filter(|v| eligible(m, v)) {
-                t.active += v.active as f64;
-                t.bytes_in += v.bytes_in as f64;
-                t.bytes_out += v.bytes_out as f64;
-                t.count += 1;
-            }
-        }
-        t.bytes = t.bytes_in + t.bytes_out;
+        let totals = Totals::of(input, view);
         self.members
             .retain(|id, _| input.members.iter().any(|m| &m.id == id));
-        self.pool.bytes_in.push(t.bytes_in);
-        self.pool.bytes_out.push(t.bytes_out);
-        let judged = t.count >= 2 && t.active >= s.min_pool_active.max(1.0);
-        let phi = self.phi.value(1.0, s.max_dispersion.max(1.0));
-        let kappa = self.kappa.value(KAPPA_MIN, KAPPA_MAX);
-        let tests = 4.0 * t.count.max(1) as f64;
-        let bounds = Bounds {
-            ln_page: (s.load_alpha / tests).ln(),
-            ln_warn: (s.load_alpha * 1e3 / tests).min(0.5).ln(),
+        self.pool.bytes_in.push(totals.bytes_in);
+        self.pool.bytes_out.push(totals.bytes_out);
+        let tests = 4.0 * totals.count.max(1) as f64;
+        let tick = Tick {
+            s,
+            tick: input.tick,
+            pool_in: self.pool.bytes_in.sum(),
+            pool_out: self.pool.bytes_out.sum(),
+            judged: totals.count >= 2 && totals.active >= s.min_pool_active.max(1.0),
+            phi: self.phi.value(1.0, s.max_dispersion.max(1.0)),
+            kappa: self.kappa.value(KAPPA_MIN, KAPPA_MAX),
+            bounds: Bounds {
+                ln_page: (s.load_alpha / tests).ln(),
+                ln_warn: (s.load_alpha * 1e3 / tests).min(0.5).ln(),
+            },
+            holders: holders(input, view, verdicts, totals.active),
+            ctx,
+            totals,
         };
-        // Who holds more than its share, for the reasons of those below.
-        let mut holders: Vec<(f64, &str)> = input
-            .members
-            .iter()
-            .filter_map(|m| {
-                let v = get(m).filter(|v| eligible(m, v))?;
-                let p = verdicts.get(&m.id)?.expected_share;
-                let ratio = v.active as f64 / (t.active * p);
-                (t.active > 0.0 && p > 0.0 && ratio > 1.1).then_some((ratio, m.id.as_str()))
-            })
-            .collect();
-        holders.sort_by(|a, b| b.0.total_cmp(&a.0));
-        holders.truncate(3);
-
-        let (mut phi_samples, mut kappa_samples) = (Vec::new(), Vec::new());
-        let mut flagged = 0usize;
+        let mut samples = Samples::default();
         for m in &input.members {
-            let Some(v) = get(m) else { continue };
+            let Some(v) = view_of(m, view) else { continue };
             let Some(vv) = verdicts.get_mut(&m.id) else {
                 continue;
             };
             let hist = member_entry(&mut self.members, &m.id);
-            if !v.fresh || v.reset {
-                // A gap: the windows start again afterwards.
-                *hist = MemberLoad::default();
-                let nd = LoadVerdict {
-                    verdict: Verdict::NoData,
-                    reason: vv.reason.clone(),
-                    ..LoadVerdict::default()
-                };
-                vv.active_load = nd.clone();
-                vv.bytes_load = nd;
-                continue;
-            }
-            let bytes = (v.bytes_in + v.bytes_out) as f64;
-            hist.bytes_in.push(v.bytes_in as f64);
-            hist.bytes_out.push(v.bytes_out as f64);
-            let pool_in = self.pool.bytes_in.sum();
-            let pool_out = self.pool.bytes_out.sum();
-            let ratio_of = |x: f64, total: f64| if total > 0.0 { x / total } else { 0.0 };
-            vv.bytes_in_share = ratio_of(hist.bytes_in.sum(), pool_in);
-            vv.bytes_out_share = ratio_of(hist.bytes_out.sum(), pool_out);
-            let bytes_share = ratio_of(
-                hist.bytes_in.sum() + hist.bytes_out.sum(),
-                pool_in + pool_out,
-            );
-            let active_share = ratio_of(v.active as f64, t.active);
-            if m.draining {
-                let ok = |share: f64, reason: String| LoadVerdict {
-                    observed_share: share,
-                    reason,
-                    ..LoadVerdict::default()
-                };
-                vv.active_load = ok(
+            (vv.active_load, vv.bytes_load) = hist.judge(&tick, m, &v, vv, &mut samples);
+        }
+        self.learn(&tick, samples);
+        LoadSummary {
+            judged: tick.judged,
+            active: tick.totals.active as u64,
+            dispersion: tick.phi,
+            bytes_heterogeneity: tick.kappa,
+        }
+    }
+
+    /// Learns the scales from ticks where at most a quarter of the members
+    /// look off.
+    fn learn(&mut self, tick: &Tick, samples: Samples) {
+        if !tick.judged || samples.flagged * 4 > tick.totals.count {
+            return;
+        }
+        let fresh = tick.ctx.new_conns / tick.totals.active;
+        let hi = tick.s.max_dispersion.max(1.0);
+        if let Some(x) = placement_dispersion(&samples.placement) {
+            self.phi.learn(x, fresh, 1.0, hi);
+        }
+        if let Some(x) = bytes_heterogeneity(&samples.bytes) {
+            self.kappa.learn(x, fresh, KAPPA_MIN, KAPPA_MAX);
+        }
+    }
+}
+
+impl MemberLoad {
+    /// One member's open-connection and bytes verdicts this tick; records
+    /// its statistics, and its numbers in `samples` when it looks healthy.
+    fn judge(
+        &mut self,
+        tick: &Tick,
+        m: &MemberInput,
+        v: &ViewInput,
+        vv: &mut ViewVerdict,
+        samples: &mut Samples,
+    ) -> (LoadVerdict, LoadVerdict) {
+        let t = &tick.totals;
+        if !v.fresh || v.reset {
+            // A gap: the windows start again afterwards.
+            *self = MemberLoad::default();
+            let nd = LoadVerdict {
+                verdict: Verdict::NoData,
+                reason: vv.reason.clone(),
+                ..LoadVerdict::default()
+            };
+            return (nd.clone(), nd);
+        }
+        let bytes = (v.bytes_in + v.bytes_out) as f64;
+        self.bytes_in.push(v.bytes_in as f64);
+        self.bytes_out.push(v.bytes_out as f64);
+        let ratio_of = |x: f64, total: f64| if total > 0.0 { x / total } else { 0.0 };
+        vv.bytes_in_share = ratio_of(self.bytes_in.sum(), tick.pool_in);
+        vv.bytes_out_share = ratio_of(self.bytes_out.sum(), tick.pool_out);
+        let bytes_share = ratio_of(
+            self.bytes_in.sum() + self.bytes_out.sum(),
+            tick.pool_in + tick.pool_out,
+        );
+        let active_share = ratio_of(v.active as f64, t.active);
+        if m.draining {
+            let ok = |share: f64, reason: String| LoadVerdict {
+                observed_share: share,
+                reason,
+                ..LoadVerdict::default()
+            };
+            return (
+                ok(
                     active_share,
                     format!(
                         "draining: its {} open connections are expected to close",
                         v.active
                     ),
-                );
-                vv.bytes_load = ok(bytes_share, "draining".into());
-                continue;
-            }
-            let p = vv.expected_share;
-            let n = Numbers {
-                a: v.active as f64,
-                e: t.active * p,
-                p,
-                bytes,
+                ),
+                ok(bytes_share, "draining".into()),
+            );
+        }
+        let p = vv.expected_share;
+        let n = Numbers {
+            a: v.active as f64,
+            e: t.active * p,
+            p,
+            bytes,
+        };
+        self.record_bytes(&n, t);
+        if !tick.judged {
+            self.active = Run::default();
+            self.bytes = Run::default();
+            let quiet = |share: f64| LoadVerdict {
+                verdict: Verdict::InsufficientTraffic,
+                observed_share: share,
+                expected_share: p,
+                reason: format!(
+                    "{:.0} open connections in the pool (minimum {:.0}): too few to judge",
+                    t.active, tick.s.min_pool_active
+                ),
+                ..LoadVerdict::default()
             };
-            // The per-tick bytes statistics, also while too quiet to judge;
-            // a tick without bytes has no bytes per connection.
-            let per_conn = if n.a >= 1.0 && n.bytes > 0.0 && t.active > 0.0 && t.bytes > 0.0 {
+            return (quiet(active_share), quiet(bytes_share));
+        }
+        let active = judge_active(tick.s, &tick.bounds, &n, t.active, tick.phi);
+        let window = BytesWindow {
+            share: self.share.trimmed_mean(),
+            per_conn: self.per_conn.trimmed_mean(),
+        };
+        let bytes_j = judge_bytes(tick.s, &tick.bounds, &n, &window, tick.kappa, &active);
+        let active_ticks = self.active.update(tick.tick, active.dir, active.level);
+        let bytes_ticks = self.bytes.update(tick.tick, bytes_j.dir, bytes_j.level);
+        let refill = Refill::project(tick.s, &n, t.active, tick.ctx.turnover, active_ticks.0);
+        if active.level > Level::None || bytes_j.level > Level::None {
+            samples.flagged += 1;
+        } else {
+            samples.placement.push((n.a, p));
+            if let Some(x) = window.per_conn
+                && n.a >= MIN_BYTES_CONNS
+            {
+                samples.bytes.push((n.a, x));
+            }
+        }
+        let conns = NewConns::of(vv);
+        let subject = Subject {
+            s: tick.s,
+            n: &n,
+            conns: &conns,
+            ctx: tick.ctx,
+        };
+        (
+            subject.active(
+                &active,
+                active_ticks,
+                &refill,
+                t.active,
+                &tick.holders,
+                active_share,
+            ),
+            subject.bytes(&bytes_j, bytes_ticks, &refill, bytes_share),
+        )
+    }
+
+    /// The per-tick bytes statistics, kept also while the pool is too quiet
+    /// to judge; a tick without bytes has no bytes per connection.
+    fn record_bytes(&mut self, n: &Numbers, t: &Totals) {
+        self.per_conn.push(
+            if n.a >= 1.0 && n.bytes > 0.0 && t.active > 0.0 && t.bytes > 0.0 {
                 ((n.bytes / n.a) / (t.bytes / t.active)).ln()
             } else {
                 f64::NAN
-            };
-            hist.per_conn.push(per_conn);
-            hist.share.push(if t.bytes > 0.0 && p > 0.0 {
-                (n.bytes / t.bytes) / p
-            } else {
-                f64::NAN
-            });
-            if !judged {
-                hist.active = Run::default();
-                hist.bytes = Run::default();
-                let quiet = |share: f64| LoadVerdict {
-                    verdict: Verdict::InsufficientTraffic,
-                    observed_share: share,
-                    expected_share: p,
-                    reason: format!(
-                        "{:.0} open connections in the pool (minimum {:.0}): too few to judge",
-                        t.active, s.min_pool_active
-                    ),
-                    ..LoadVerdict::default()
-                };
-                vv.active_load = quiet(active_share);
-                vv.bytes_load = quiet(bytes_share);
-                continue;
-            }
-            let active = judge_active(s, &bounds, &n, t.active, phi);
-            let window = BytesWindow {
-                share: hist.share.trimmed_mean(),
-                per_conn: hist.per_conn.trimmed_mean(),
-            };
-            let bytes_j = judge_bytes(s, &bounds, &n, &window, kappa, &active);
-            let (active_ticks, active_page_ticks) =
-                hist.active.update(input.tick, active.dir, active.level);
-            let (bytes_ticks, bytes_page_ticks) =
-                hist.bytes.update(input.tick, bytes_j.dir, bytes_j.level);
-            let refill = Refill::project(s, &n, t.active, ctx.turnover, active_ticks);
-            if active.level > Level::None || bytes_j.level > Level::None {
-                flagged += 1;
-            } else {
-                phi_samples.push((n.a, p));
-                if let Some(x) = window.per_conn
-                    && n.a >= MIN_BYTES_CONNS
-                {
-                    kappa_samples.push((n.a, x));
-                }
-            }
-            let conns = NewConns::of(vv);
-            let subject = Subject {
-                s,
-                n: &n,
-                conns: &conns,
-                ctx,
-            };
-            vv.active_load = subject.active(
-                &active,
-                (active_ticks, active_page_ticks),
-                &refill,
-                t.active,
-                &holders,
-                active_share,
-            );
-            vv.bytes_load = subject.bytes(
-                &bytes_j,
-                (bytes_ticks, bytes_page_ticks),
-                &refill,
-                bytes_share,
-            );
-        }
-        // Learn from ticks where at most a quarter of the members look off.
-        if judged && flagged * 4 <= t.count {
-            let fresh = ctx.new_conns / t.active;
-            let hi = s.max_dispersion.max(1.0);
-            if let Some(x) = placement_dispersion(&phi_samples) {
-                self.phi.learn(x, fresh, 1.0, hi);
-            }
-            if let Some(x) = bytes_heterogeneity(&kappa_samples) {
-                self.kappa.learn(x, fresh, KAPPA_MIN, KAPPA_MAX);
-            }
-        }
-        LoadSummary {
-            judged,
-            active: t.active as u64,
-            dispersion: phi,
-            bytes_heterogeneity: kappa,
-        }
+            },
+        );
+        self.share.push(if t.bytes > 0.0 && n.p > 0.0 {
+            (n.bytes / t.bytes) / n.p
+        } else {
+            f64::NAN
+        });
     }
 }
 
