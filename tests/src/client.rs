@@ -53,7 +53,14 @@ pub struct Spec {
     pub path: &'static str,
     /// Longer IP headers on the client's packets.
     pub extras: IpExtras,
+    /// How long a connect or a read may wait before the connection counts
+    /// as failed ([`PATIENCE`] unless the path is meant to lose packets:
+    /// three losses of one segment back off for 1 + 2 + 4 s).
+    pub patience: Duration,
 }
+
+/// How long a connect or a read waits on a healthy path.
+pub const PATIENCE: Duration = Duration::from_secs(5);
 
 /// IP header extras on every packet the client sends: real stacks send
 /// these (timestamps, router alert, jumbo), and they move the transport
@@ -82,6 +89,7 @@ pub fn http_load(ns: &str, target: SocketAddr, n: u64, workers: u64) -> Result<L
             pad: 0,
             path: "/",
             extras: IpExtras::None,
+            patience: PATIENCE,
         },
     )
 }
@@ -97,7 +105,7 @@ pub fn run(ns: &str, target: SocketAddr, spec: Spec) -> Result<Load> {
             crate::netns::run_in(&ns, move || {
                 let mut load = Load::default();
                 for i in 0..count {
-                    match one(target, &request(spec.path, w, i, spec.pad), spec.extras) {
+                    match one(target, &request(spec.path, w, i, spec.pad), spec) {
                         Ok((s, r)) => {
                             load.connections += 1;
                             load.bytes_sent += s;
@@ -141,13 +149,13 @@ pub fn request(path: &str, worker: u64, i: u64, pad: usize) -> String {
 
 /// One connection: connect, send the request, read the response to EOF.
 /// Returns the payload bytes sent and received.
-fn one(target: SocketAddr, req: &str, extras: IpExtras) -> Result<(u64, u64)> {
-    let mut s = match extras {
-        IpExtras::None => TcpStream::connect_timeout(&target, Duration::from_secs(3))
+fn one(target: SocketAddr, req: &str, spec: Spec) -> Result<(u64, u64)> {
+    let mut s = match spec.extras {
+        IpExtras::None => TcpStream::connect_timeout(&target, spec.patience)
             .with_context(|| format!("connecting to {target}"))?,
-        _ => connect_with(target, extras)?,
+        extras => connect_with(target, extras)?,
     };
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.set_read_timeout(Some(spec.patience))?;
     s.write_all(req.as_bytes()).context("sending the request")?;
     let mut buf = Vec::with_capacity(1 << 20);
     s.read_to_end(&mut buf).context("reading the response")?;

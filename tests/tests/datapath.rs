@@ -207,6 +207,11 @@ impl Run {
             pad: traffic.pad,
             path: traffic.path,
             extras: traffic.extras,
+            patience: if shape == Shape::Lossy {
+                Duration::from_secs(30)
+            } else {
+                client::PATIENCE
+            },
         };
         // One connection first, retried until the path works; it counts
         // like every other.

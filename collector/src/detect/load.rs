@@ -73,7 +73,8 @@
 //! # Routing or pinned
 //! Every finding names its cause: **routing** when the member's new
 //! connections are judged skewed the same way (SKEW or ZERO, or the pool
-//! concentrates) — the balancer's choices are off; **pinned** when its new connections are
+//! concentrates) and the last ten ticks still show it — the balancer's
+//! choices are off; **pinned** when its new connections are
 //! balanced (or too few to move anything) and old connections hold the
 //! load — fixed by a maximum connection age, least-connections balancing
 //! or request-level balancing.
@@ -878,12 +879,26 @@ struct NewConns {
 }
 
 impl NewConns {
+    /// The new-connection verdict counts for the cause only while the
+    /// balancer is still choosing that way: the last ten ticks must hold
+    /// enough new connections, on the same side of the member's share. A
+    /// ZERO or SKEW left by an old burst (a restarted member's clients
+    /// reconnecting elsewhere while it was down) says nothing about the
+    /// balancer now.
     fn of(vv: &ViewVerdict) -> Self {
+        let enough = vv.window_expected >= 5.0;
+        let recent = if enough {
+            vv.window_observed / vv.window_expected
+        } else {
+            1.0
+        };
         Self {
-            skewed_high: matches!(vv.verdict, Verdict::SkewHigh { .. }),
-            skewed_low: matches!(vv.verdict, Verdict::SkewLow { .. } | Verdict::Zero { .. }),
-            ratio: vv.ratio,
-            enough: vv.window_expected >= 5.0,
+            skewed_high: enough && recent > 1.0 && matches!(vv.verdict, Verdict::SkewHigh { .. }),
+            skewed_low: enough
+                && recent < 1.0
+                && matches!(vv.verdict, Verdict::SkewLow { .. } | Verdict::Zero { .. }),
+            ratio: recent,
+            enough,
         }
     }
 
