@@ -210,18 +210,22 @@ pub struct FlowValue {
     pub peer: FlowKey,
 }
 
-/// Key of the SYN-origin map: a SYN's initial sequence number, which NAT
-/// leaves alone, so the SYN can be recognised after translation.
+/// One slot of the SYN-origin table (`EF_SYNS`): an entering SYN's initial
+/// sequence number, which NAT leaves alone, and where the SYN was going.
+/// The slot is the ISN's low bits; a SYN is matched within microseconds
+/// of entering or never, so a later SYN taking the slot loses nothing.
 #[repr(C)]
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
-pub struct SynKey {
-    /// The client's initial sequence number.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct SynSlot {
+    /// Where the SYN was going.
+    pub origin: SynOrigin,
+    /// The client's initial sequence number; written after `origin`.
     pub isn: u32,
 }
 
 /// Where a SYN was going when it entered the node (before any DNAT).
 #[repr(C)]
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct SynOrigin {
     /// The client address and port.
     pub src_addr: [u32; 4],
@@ -333,8 +337,9 @@ pub const MAX_ENDPOINTS: u32 = 65_536;
 /// Capacity of the forwarded-flow map (two entries per connection). Not LRU:
 /// a flow leaves when it closes or expires, never silently.
 pub const MAX_FLOWS: u32 = 262_144;
-/// Capacity of the SYN-origin map (LRU: a SYN is matched within
-/// microseconds of entering, or never).
+/// Slots of the SYN-origin table (a power of two: the slot is the ISN's
+/// low bits). An array slot costs a store where an LRU insert costs a
+/// lock and a list move, on every SYN the node receives.
 pub const MAX_SYNS: u32 = 16_384;
 /// Capacity of the local-NAT map (LRU: read once, at the handshake).
 pub const MAX_LOCAL_NAT: u32 = 16_384;
@@ -348,7 +353,7 @@ pub mod maps {
     pub const FLOWS: &str = "EF_FLOWS";
     /// Socket storage `SockState`: every counted local socket.
     pub const SOCKS: &str = "EF_SOCKS";
-    /// LRU hash `SynKey -> SynOrigin`: where SYNs entering the node went.
+    /// Array of `SynSlot` by ISN: where SYNs entering the node went.
     pub const SYNS: &str = "EF_SYNS";
     /// LRU hash `FlowKey -> EndpointKey`: local sockets whose SYN was DNATed.
     pub const LOCAL_NAT: &str = "EF_LOCAL_NAT";
@@ -378,7 +383,7 @@ pub const META_TIMEOUT_CLOSING_NS: u32 = 4;
 pub const META_COUNT: u32 = 8;
 /// Version of the pinned map layout. Bump it when a key or value changes so
 /// an agent refuses maps pinned by an incompatible one.
-pub const LAYOUT_VERSION: u64 = 2;
+pub const LAYOUT_VERSION: u64 = 3;
 
 /// The IPv4-mapped IPv6 form (`::ffff:a.b.c.d`) of an IPv4 address given
 /// as it sits in memory (network byte order bytes read as a native `u32`).
@@ -418,7 +423,7 @@ mod user {
     unsafe impl aya::Pod for EndpointCounters {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
-    unsafe impl aya::Pod for SynKey {}
+    unsafe impl aya::Pod for SynSlot {}
     unsafe impl aya::Pod for SynOrigin {}
     unsafe impl aya::Pod for SockState {}
 }
@@ -436,6 +441,7 @@ mod tests {
         assert_eq!(size_of::<FlowValue>(), 120);
         assert_eq!(size_of::<SockState>(), 64);
         assert_eq!(size_of::<SynOrigin>(), 36);
+        assert_eq!(size_of::<SynSlot>(), 40);
     }
 
     #[test]

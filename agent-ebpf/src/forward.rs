@@ -14,7 +14,7 @@
 use agent_common::{
     Direction, EndpointKey, FLOW_FIN_RX, FLOW_FIN_TX, FLOW_OPEN, FLOW_SYNACK, FlowKey, FlowValue,
     HALF_REPLY, HALF_REQUEST, MAX_FLOWS, META_TIMEOUT_CLOSING_NS, META_TIMEOUT_ESTABLISHED_NS,
-    META_TIMEOUT_SYN_NS, PROTO_TCP, Stat, SynKey,
+    META_TIMEOUT_SYN_NS, PROTO_TCP, Stat,
 };
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
@@ -28,9 +28,9 @@ use aya_log_ebpf::debug;
 
 use crate::{
     atomic,
-    counters::{Traffic, add_traffic, closed, meta, opened, stat},
+    counters::{Traffic, add_traffic, meta, opened, stat},
     packet::{Packet, Side},
-    tc::SYNS,
+    tc::syn_origin,
 };
 
 /// State bit of either half: its sequence numbers are known (the request's
@@ -167,12 +167,10 @@ fn on_state(f: &mut FlowValue, pkt: &Packet) -> bool {
 /// translated its destination. Out of line: SYNs only.
 #[inline(never)]
 fn register(ctx: &TcContext, pkt: &Packet) {
-    let Some(origin) = SYNS.get_ptr(&SynKey { isn: pkt.seq }) else {
+    let Some(origin) = syn_origin(pkt.seq) else {
         stat(Stat::SynOriginUnknown, 1);
         return;
     };
-    // SAFETY: a live entry, copied out at once.
-    let origin = unsafe { *origin };
     let key = pkt.flow_key();
     if origin.dst_addr == key.remote_addr && origin.dst_port == key.remote_port {
         stat(Stat::SynRouted, 1);
@@ -235,11 +233,20 @@ fn register(ctx: &TcContext, pkt: &Packet) {
 /// Adds to the half's endpoint what it carried since the last fold.
 #[inline(always)]
 pub fn fold(f: *mut FlowValue) {
+    let t = unfolded(f);
+    // SAFETY: `f` points to a live (or RCU-protected, just freed) entry.
+    add_traffic(unsafe { &(*f).endpoint }, &t);
+}
+
+/// What the half carried since the last fold, marked folded (racing
+/// folders each take only what they raised the marks by).
+#[inline(always)]
+fn unfolded(f: *mut FlowValue) -> Traffic {
     // SAFETY: `f` points to a live (or RCU-protected, just freed) entry.
     unsafe {
         let bytes = atomic::raise_to(&raw mut (*f).folded_bytes, (*f).bytes);
         let packets = atomic::raise_to(&raw mut (*f).folded_packets, (*f).packets);
-        let t = if (*f).half == HALF_REQUEST {
+        if (*f).half == HALF_REQUEST {
             Traffic {
                 bytes_tx: bytes,
                 packets_tx: packets,
@@ -251,8 +258,7 @@ pub fn fold(f: *mut FlowValue) {
                 packets_rx: packets,
                 ..Traffic::default()
             }
-        };
-        add_traffic(&(*f).endpoint, &t);
+        }
     }
 }
 
@@ -266,14 +272,17 @@ fn end(req: &mut FlowValue, req_key: &FlowKey) {
     if FLOWS.remove(req_key).is_err() {
         return;
     }
-    fold(req);
+    // Both halves count towards the same endpoint: one update for both and
+    // the close.
+    let mut t = unfolded(req);
     if let Some(reply) = FLOWS.get_ptr_mut(&reply_key) {
-        fold(reply);
+        let r = unfolded(reply);
+        t.bytes_rx = r.bytes_rx;
+        t.packets_rx = r.packets_rx;
     }
+    t.conns_closed = (req.state & FLOW_OPEN != 0) as u64;
+    add_traffic(&req.endpoint, &t);
     let _ = FLOWS.remove(&reply_key);
-    if req.state & FLOW_OPEN != 0 {
-        closed(&req.endpoint);
-    }
     stat(Stat::FlowDeleted, 1);
 }
 

@@ -39,6 +39,6 @@ pub extern "C" fn evenflow_sock_sampler(ctx: *mut SkStorageIterCtx) -> i32 {
     }
     // SAFETY: a non-null tcp_sock BTF pointer.
     let c = unsafe { kernel::tcp_sock_counters(tp) };
-    sock::fold(st, &sock::live_payload(flags, &c));
+    sock::fold(st, &sock::live_payload(flags, &c), false);
     0
 }

@@ -77,11 +77,12 @@ pub fn live_payload(flags: u8, c: &SockCounters) -> Payload {
     }
 }
 
-/// Adds to the socket's endpoint whatever of `p` was not added before.
-/// Racing folders (sock_ops on one CPU, the sampler on another) each add
-/// only what they raised the high-water marks by.
+/// Adds to the socket's endpoint whatever of `p` was not added before, and
+/// its close when `closing`. Racing folders (sock_ops on one CPU, the
+/// sampler on another) each add only what they raised the high-water marks
+/// by.
 #[inline(always)]
-pub fn fold(st: *mut SockState, p: &Payload) {
+pub fn fold(st: *mut SockState, p: &Payload, closing: bool) {
     // SAFETY: `st` points into live socket storage.
     let t = unsafe {
         Traffic {
@@ -89,6 +90,7 @@ pub fn fold(st: *mut SockState, p: &Payload) {
             bytes_tx: atomic::raise_to(&raw mut (*st).folded_tx, p.tx),
             packets_rx: atomic::raise_to(&raw mut (*st).folded_segs_in, p.segs_in),
             packets_tx: atomic::raise_to(&raw mut (*st).folded_segs_out, p.segs_out),
+            conns_closed: closing as u64,
         }
     };
     // SAFETY: as above.

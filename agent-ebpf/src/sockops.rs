@@ -25,7 +25,7 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 
 use crate::{
-    counters::{closed, opened, stat},
+    counters::{opened, stat},
     kernel::SockCounters,
     sock::{self, Payload, SOCKS},
     tc::LOCAL_NAT,
@@ -164,9 +164,7 @@ fn on_state(ctx: &SockOpsContext) {
             segs_in: c.segs_in,
             segs_out: c.segs_out,
         };
-        sock::fold(st, &p);
-        // SAFETY: as above.
-        closed(unsafe { &(*st).endpoint });
+        sock::fold(st, &p, true);
     }
 }
 

@@ -1,9 +1,10 @@
 //! The TC programs (TCX on kernels ≥ 6.6, clsact before).
 //!
 //! * Ingress notes where every SYN entering the node was going (`EF_SYNS`,
-//!   keyed by its initial sequence number, which NAT leaves alone), so that
-//!   egress can tell a translated destination (a balancing decision) from
-//!   plain routing. Every other packet costs a handful of loads.
+//!   a table slotted by its initial sequence number, which NAT leaves
+//!   alone), so that egress can tell a translated destination (a balancing
+//!   decision) from plain routing. A SYN costs one array store, every other
+//!   packet a handful of loads.
 //! * Egress returns at once for packets of local sockets (sock_ops counts
 //!   those), after noting a local SYN that DNAT redirected; everything else
 //!   goes to [`crate::forward`].
@@ -12,16 +13,16 @@
 //! program in the device's chain and then the stack, exactly as if evenflow
 //! were not there, wherever evenflow sits in the chain.
 
-use core::ptr::read_volatile;
+use core::ptr::{read_volatile, write_volatile};
 
 use agent_common::{
-    Direction, EndpointKey, FlowKey, MAX_LOCAL_NAT, MAX_SYNS, PROTO_TCP, Stat, SynKey, SynOrigin,
+    Direction, EndpointKey, FlowKey, MAX_LOCAL_NAT, MAX_SYNS, PROTO_TCP, Stat, SynOrigin, SynSlot,
     v4_mapped,
 };
 use aya_ebpf::{
     bindings::bpf_sock,
     macros::{classifier, map},
-    maps::LruHashMap,
+    maps::{Array, LruHashMap},
     programs::TcContext,
 };
 
@@ -37,9 +38,33 @@ const TCX_NEXT: i32 = -1;
 
 const AF_INET: u32 = 2;
 
-/// Where SYNs entering the node were going, by initial sequence number.
+/// Where SYNs entering the node were going, slotted by initial sequence
+/// number (see [`SynSlot`]).
 #[map(name = "EF_SYNS")]
-pub static SYNS: LruHashMap<SynKey, SynOrigin> = LruHashMap::pinned(MAX_SYNS, 0);
+pub static SYNS: Array<SynSlot> = Array::pinned(MAX_SYNS, 0);
+
+/// The slot of a SYN with initial sequence number `isn`.
+#[inline(always)]
+fn syn_slot(isn: u32) -> u32 {
+    isn & (MAX_SYNS - 1)
+}
+
+/// Where the SYN with initial sequence number `isn` was going when it
+/// entered, if its slot still holds it. The ISN is checked before and
+/// after the copy, so a slot rewritten meanwhile by another SYN (two CPUs,
+/// the same low bits, the same microseconds) is not taken for this one.
+#[inline(always)]
+pub fn syn_origin(isn: u32) -> Option<SynOrigin> {
+    let slot = SYNS.get_ptr(syn_slot(isn))?;
+    // SAFETY: an array slot, valid for the map's lifetime.
+    unsafe {
+        if read_volatile(&raw const (*slot).isn) != isn {
+            return None;
+        }
+        let origin = read_volatile(&raw const (*slot).origin);
+        (read_volatile(&raw const (*slot).isn) == isn && origin.src_port != 0).then_some(origin)
+    }
+}
 
 /// Local sockets whose SYN left with a translated destination, by the
 /// socket's own flow key: sock_ops counts them towards the real backend.
@@ -88,7 +113,16 @@ fn record_syn(ctx: &TcContext) {
         src_port: key.remote_port,
         dst_port: key.local_port,
     };
-    let _ = SYNS.insert(&SynKey { isn: pkt.seq }, &origin, 0);
+    let Some(slot) = SYNS.get_ptr_mut(syn_slot(pkt.seq)) else {
+        return;
+    };
+    // SAFETY: an array slot; the origin first, the ISN that validates it
+    // last (see `syn_origin`).
+    unsafe {
+        write_volatile(&raw mut (*slot).isn, 0);
+        write_volatile(&raw mut (*slot).origin, origin);
+        write_volatile(&raw mut (*slot).isn, pkt.seq);
+    }
 }
 
 /// A local socket's SYN: when it leaves for another destination than the

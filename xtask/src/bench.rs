@@ -293,6 +293,45 @@ fn cost_pass(
         .collect())
 }
 
+/// One program's costs over several passes: medians, and the range of
+/// the cost above the empty program.
+struct CostSummary {
+    name: String,
+    ns: f64,
+    baseline: f64,
+    above: f64,
+    above_range: (f64, f64),
+    runs: u64,
+}
+
+/// Per program (by name, in the first pass's order), the medians over
+/// `passes`.
+fn cost_medians(passes: &[Vec<Cost>]) -> Vec<CostSummary> {
+    let Some(first) = passes.first() else {
+        return Vec::new();
+    };
+    first
+        .iter()
+        .map(|c| {
+            let same: Vec<&Cost> = passes
+                .iter()
+                .filter_map(|p| p.iter().find(|x| x.name == c.name))
+                .collect();
+            let above: Vec<f64> = same.iter().map(|x| x.ns - x.baseline).collect();
+            let lo = above.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = above.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            CostSummary {
+                name: c.name.clone(),
+                ns: median(same.iter().map(|x| x.ns).collect()),
+                baseline: median(same.iter().map(|x| x.baseline).collect()),
+                above: median(above),
+                above_range: (lo, hi),
+                runs: median(same.iter().map(|x| x.runs as f64).collect()) as u64,
+            }
+        })
+        .collect()
+}
+
 /// Mean cost per run of the programs behind `node`'s pinned links (not
 /// every evenflow program on the machine: other agents may be running).
 fn bpf_costs(node: &str) -> Result<Vec<(String, f64, u64)>> {
@@ -483,12 +522,16 @@ pub fn run(rounds: usize) -> Result<()> {
     // reads to every run, which would bias the throughput figures above.
     // Each pass runs an empty program beside evenflow's on the same hooks
     // (TC ingress and egress, sock_ops): the cost above it is evenflow's.
-    crate::interrupt::check()?;
-    let local = cost_pass(SERVER, &server_cg, &["efb-s", "efb-sl"], SERVER_IP)?;
-    crate::interrupt::check()?;
+    // As many passes as rounds, local and forwarded alternating.
     let lb_cg = server_cg.with_file_name("lb");
     std::fs::create_dir_all(&lb_cg)?;
-    let forwarded = cost_pass(LB, &lb_cg, &["efb-lc", "efb-ls"], VIP)?;
+    let (mut local, mut forwarded) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        crate::interrupt::check()?;
+        local.push(cost_pass(SERVER, &server_cg, &["efb-s", "efb-sl"], SERVER_IP)?);
+        crate::interrupt::check()?;
+        forwarded.push(cost_pass(LB, &lb_cg, &["efb-lc", "efb-ls"], VIP)?);
+    }
     let _ = std::fs::remove_dir(&lb_cg);
     crate::interrupt::check()?;
     let (t0, t1) = (median(tput[0].clone()), median(tput[1].clone()));
@@ -566,26 +609,22 @@ pub fn run(rounds: usize) -> Result<()> {
         spread(&conns[1], 1.0, 0)
     );
     println!(
-        "\nper-run cost above an empty program on the same hooks (kernel bpf stats, one iperf3 + one churn run):"
+        "\nper-run cost above an empty program on the same hooks (kernel bpf stats; {rounds} passes of one iperf3 + one churn run, medians):"
     );
-    for (pass, costs, tc_target) in [
+    for (pass, passes, tc_target) in [
         ("local sockets (agent on the server)", &local, 20.0),
         ("forwarded (agent on the DNAT lb)", &forwarded, 60.0),
     ] {
         println!("  {pass}:");
-        for c in costs.iter() {
+        for c in cost_medians(passes) {
             let target = if c.name.contains("sockops") {
                 60.0
             } else {
                 tc_target
             };
             println!(
-                "    {:<22} {:>7.1} ns/run, empty {:>6.1} → {:>+7.1} ns over {} runs   (target <= {target} ns)",
-                c.name,
-                c.ns,
-                c.baseline,
-                c.ns - c.baseline,
-                c.runs
+                "    {:<22} {:>7.1} ns/run, empty {:>6.1} → {:>+7.1} ns (passes {:+.1}–{:+.1}), {} runs/pass   (target <= {target} ns)",
+                c.name, c.ns, c.baseline, c.above, c.above_range.0, c.above_range.1, c.runs
             );
         }
     }
