@@ -40,6 +40,7 @@ use evenflow_tests::{
     netns, nft,
     nginx::{self, Served},
     tcx,
+    truth::{BYTES_PCT, pct_off, within_pct as within},
 };
 use serde_json::Value;
 
@@ -56,9 +57,6 @@ const WORKERS: u64 = 4;
 const HAPROXY_PAD: usize = 1500;
 /// How long counters may take to reach their final values after the load.
 const SETTLE: Duration = Duration::from_secs(10);
-/// Byte tolerance against the applications' own counts (nginx's logs, the
-/// client's tally), percent.
-const BYTES_PCT: f64 = 0.1;
 /// Byte tolerance against HAProxy's per-server counters, which count HTTP
 /// messages in HAProxy's internal form (see [`HAPROXY_PAD`]), percent.
 const HAPROXY_STATS_PCT: f64 = 2.0;
@@ -153,14 +151,6 @@ struct Run {
     failures: Vec<String>,
     /// Ground truth and snapshots, printed when something failed.
     context: String,
-}
-
-fn within(seen: u64, truth: u64, pct: f64) -> bool {
-    (seen as f64 - truth as f64).abs() <= (truth as f64).max(1.0) * pct / 100.0
-}
-
-fn pct_off(seen: u64, truth: u64) -> f64 {
-    (seen as f64 - truth as f64) / (truth as f64).max(1.0) * 100.0
 }
 
 impl Run {
@@ -518,26 +508,20 @@ fn bridge_backends(lab: &Lab) -> anyhow::Result<()> {
 /// Drops one in `one_in` of the packets the lb forwards, either way.
 fn drop_forwarded(lab: &Lab, one_in: u32) -> anyhow::Result<()> {
     let rules = format!(
-        "table inet evenflow_loss {{\n chain forward {{\n  type filter hook forward priority 0;\n  \
-         numgen random mod {one_in} == 0 drop\n }}\n}}\n"
+        "table inet evenflow_loss {{ chain forward {{ type filter hook forward priority 0; \
+         numgen random mod {one_in} == 0 drop; }} }}"
     );
-    let path = lab.dir.join("loss.nft");
-    std::fs::write(&path, rules)?;
-    netns::exec(&lab.lb.ns, "nft", &["-f", &path.display().to_string()])?;
-    Ok(())
+    nft::load(lab, &lab.lb.ns, "loss", &rules)
 }
 
 /// SNATs to the lb's own address whatever leaves towards the backends.
 fn masquerade(lab: &Lab) -> anyhow::Result<()> {
     let rules = format!(
-        "table inet evenflow_masq {{\n chain postrouting {{\n  type nat hook postrouting priority srcnat;\n  \
-         oifname != \"{}l0\" masquerade\n }}\n}}\n",
+        "table inet evenflow_masq {{ chain postrouting {{ type nat hook postrouting priority srcnat; \
+         oifname != \"{}l0\" masquerade; }} }}",
         lab.name
     );
-    let path = lab.dir.join("masq.nft");
-    std::fs::write(&path, rules)?;
-    netns::exec(&lab.lb.ns, "nft", &["-f", &path.display().to_string()])?;
-    Ok(())
+    nft::load(lab, &lab.lb.ns, "masq", &rules)
 }
 
 /// Foreign TCX programs first and last on every lb interface.

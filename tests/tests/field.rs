@@ -15,49 +15,11 @@ use evenflow_tests::{
     grpcurl::{self, SENDS_TO, SERVES, Totals},
     lab::{self, BACKEND_PORT, Lab},
     netns, nft, nginx,
+    truth::{datapath_stat as datapath, settled, within},
 };
-use serde_json::Value;
-
-fn num(v: &Value) -> u64 {
-    match v {
-        Value::String(s) => s.parse().unwrap_or(0),
-        Value::Number(n) => n.as_u64().unwrap_or(0),
-        _ => 0,
-    }
-}
-
-fn datapath(snap: &Value, key: &str) -> u64 {
-    num(&snap["datapath"][key])
-}
-
-fn within(seen: u64, truth: u64) -> bool {
-    (seen as f64 - truth as f64).abs() <= (truth as f64).max(1.0) * 0.001
-}
-
-/// Loads nftables `rules` in `ns` (through a file: the command line wants
-/// statements, not a ruleset).
-fn nft_load(lab: &Lab, ns: &str, name: &str, rules: &str) -> anyhow::Result<()> {
-    let path = lab.dir.join(format!("{name}.nft"));
-    std::fs::write(&path, rules.replace("; ", ";\n").replace("} }", "}\n}\n"))?;
-    netns::exec(ns, "nft", &["-f", &path.display().to_string()])?;
-    Ok(())
-}
 
 fn backend_addr(lab: &Lab, i: usize) -> String {
     lab.backends[i].addr(false).to_string()
-}
-
-/// Waits until `ns`'s endpoint settles at `want` connections opened and
-/// closed; returns its totals.
-fn settled(ns: &str, addr: &str, port: u16, dir: &str, want: u64) -> Totals {
-    let (_, t) = grpcurl::settle(
-        ns,
-        Duration::from_secs(15),
-        |s| grpcurl::totals(s, addr, port, dir),
-        |t| t.opened == want && t.closed == want,
-    )
-    .expect("grpcurl reads the snapshot");
-    t
 }
 
 /// Failed connects (RST from a backend with no listener), a backend that
@@ -81,7 +43,7 @@ fn field_failed_and_half_open_connections_leave_no_flow() {
     // b4 drops every SYN: the client's connects time out.
     let drop_syn = "table inet syndrop { chain input { type filter hook input priority 0; \
                     tcp dport 8080 tcp flags & (syn | ack) == syn drop; } }";
-    nft_load(&lab, &lab.backends[3].ns, "syndrop", drop_syn).expect("b4's SYN drop loads");
+    nft::load(&lab, &lab.backends[3].ns, "syndrop", drop_syn).expect("b4's SYN drop loads");
     nft::start(&lab).expect("the DNAT rules load");
     // VIP:81 goes to b1, for the half-open handshakes below.
     let half_open_dnat = format!(
@@ -90,7 +52,7 @@ fn field_failed_and_half_open_connections_leave_no_flow() {
         lab::VIP4,
         lab.backends[0].addr4
     );
-    nft_load(&lab, &lab.lb.ns, "halfopen-dnat", &half_open_dnat).expect("the :81 DNAT loads");
+    nft::load(&lab, &lab.lb.ns, "halfopen-dnat", &half_open_dnat).expect("the :81 DNAT loads");
     // conntrack (and so evenflow) forgets unanswered SYNs after 3 s here.
     netns::sysctl(
         &lab.lb.ns,
@@ -111,7 +73,7 @@ fn field_failed_and_half_open_connections_leave_no_flow() {
     // ever pass the lb.
     let client_drop = "table inet halfopen { chain output { type filter hook output priority 0; \
                        tcp dport 81 tcp flags & (syn | ack) == ack drop; } }";
-    nft_load(&lab, &lab.client.ns, "halfopen", client_drop).expect("the client's ACK drop loads");
+    nft::load(&lab, &lab.client.ns, "halfopen", client_drop).expect("the client's ACK drop loads");
     let target = SocketAddr::new(lab::vip(false).ip(), 81);
     let half_open: Vec<_> = (0..3)
         .map(|_| {
@@ -136,14 +98,15 @@ fn field_failed_and_half_open_connections_leave_no_flow() {
             .as_ref()
             .map(|p| nginx::read_log(p).expect("an access log"))
             .unwrap_or_default();
-        let lb_view = settled(&lb.ns, &addr, BACKEND_PORT, SENDS_TO, served.connections);
+        let lb_view = settled(&lb.ns, &addr, BACKEND_PORT, SENDS_TO, served.connections).1;
         let server_view = settled(
             &lab.backends[i].ns,
             &addr,
             BACKEND_PORT,
             SERVES,
             served.connections,
-        );
+        )
+        .1;
         println!(
             "b{}: nginx {served:?}; lb {lb_view:?}; server {server_view:?}",
             i + 1
@@ -244,8 +207,8 @@ fn field_keepalive_bytes_appear_every_interval() {
         nginx::read_log(&log).ok().filter(|s| s.requests > 0)
     })
     .expect("nginx logged the requests");
-    let server = settled(&b1.ns, &addr, BACKEND_PORT, SERVES, 1);
-    let lb_view = settled(&lb.ns, &addr, BACKEND_PORT, SENDS_TO, 1);
+    let server = settled(&b1.ns, &addr, BACKEND_PORT, SERVES, 1).1;
+    let lb_view = settled(&lb.ns, &addr, BACKEND_PORT, SENDS_TO, 1).1;
     println!("nginx {served:?}; server {server:?}; lb {lb_view:?}");
     assert_eq!(served.connections, 1);
     for (what, seen, truth) in [
@@ -273,7 +236,7 @@ fn field_loopback_and_redirect_count_at_the_socket() {
          tcp dport 80 redirect to :8080; tcp dport 81 dnat ip to {}:8080; }} }}",
         b1.addr4
     );
-    nft_load(&lab, &b1.ns, "redirect", &redirect).expect("the redirect loads");
+    nft::load(&lab, &b1.ns, "redirect", &redirect).expect("the redirect loads");
     agent::start(&mut lab, &b1, &["--service", "web=8080"]).expect("the backend agent starts");
     let lb = lab.lb.clone();
     agent::start(&mut lab, &lb, &[]).expect("the lb agent starts");
@@ -291,9 +254,9 @@ fn field_loopback_and_redirect_count_at_the_socket() {
         nginx::read_log(&log).ok().filter(|s| s.requests == 60)
     })
     .expect("nginx logged all 60 requests");
-    let lo = settled(&b1.ns, "127.0.0.1", BACKEND_PORT, SERVES, 20);
+    let lo = settled(&b1.ns, "127.0.0.1", BACKEND_PORT, SERVES, 20).1;
     let addr = backend_addr(&lab, 0);
-    let redirected = settled(&b1.ns, &addr, BACKEND_PORT, SERVES, 40);
+    let redirected = settled(&b1.ns, &addr, BACKEND_PORT, SERVES, 40).1;
     println!("nginx {served:?}; loopback {lo:?}; redirected {redirected:?}");
     for (what, seen, truth) in [
         ("loopback rx", lo.bytes_rx, local.bytes_sent),
@@ -362,7 +325,7 @@ fn field_new_interfaces_are_followed() {
     })
     .expect("b2 served half the connections");
     let addr = backend_addr(&lab, 1);
-    let t = settled(&lb.ns, &addr, BACKEND_PORT, SENDS_TO, served.connections);
+    let t = settled(&lb.ns, &addr, BACKEND_PORT, SENDS_TO, served.connections).1;
     println!("b2: nginx {served:?}; lb {t:?}");
     assert!(
         within(t.bytes_tx, served.request_bytes) && within(t.bytes_rx, served.response_bytes),
@@ -481,7 +444,7 @@ fn field_same_node_pods_direct_and_through_a_clusterip() {
          ip daddr {cluster_ip} tcp dport 80 dnat ip to numgen inc mod 2 map {{ 0 : {} . 8080, 1 : {} . 8080 }}; }} }}",
         backends[0].addr4, backends[1].addr4
     );
-    nft_load(&lab, &node.ns, "kubeproxy", &dnat).expect("the ClusterIP DNAT loads");
+    nft::load(&lab, &node.ns, "kubeproxy", &dnat).expect("the ClusterIP DNAT loads");
     agent::start(&mut lab, &node, &["--service", "web=8080"]).expect("the node's agent starts");
 
     // The client runs inside the client pod's cgroup, so the node's agent
@@ -512,8 +475,8 @@ fn field_same_node_pods_direct_and_through_a_clusterip() {
             )
         });
         let addr = b.addr4.to_string();
-        let sent = settled(&node.ns, &addr, BACKEND_PORT, SENDS_TO, 50);
-        let serves = settled(&node.ns, &addr, BACKEND_PORT, SERVES, 50);
+        let sent = settled(&node.ns, &addr, BACKEND_PORT, SENDS_TO, 50).1;
+        let serves = settled(&node.ns, &addr, BACKEND_PORT, SERVES, 50).1;
         println!(
             "{}: nginx {served:?}\n  SENDS_TO {sent:?}\n  SERVES {serves:?}",
             b.role
@@ -549,8 +512,8 @@ fn field_same_node_pods_direct_and_through_a_clusterip() {
     for e in snap["endpoints"].as_array().into_iter().flatten() {
         let t = &e["totals"];
         assert_eq!(
-            num(&t["connsOpened"]),
-            num(&t["connsClosed"]),
+            grpcurl::number(&t["connsOpened"]),
+            grpcurl::number(&t["connsClosed"]),
             "no connection is left open: {e}"
         );
     }
@@ -576,7 +539,7 @@ fn field_host_network_proxy_through_local_dnat_counts_the_backend() {
         lab.backends[0].addr4,
         lab.backends[1].addr4
     );
-    nft_load(&lab, &lb.ns, "localdnat", &dnat).expect("the OUTPUT DNAT loads");
+    nft::load(&lab, &lb.ns, "localdnat", &dnat).expect("the OUTPUT DNAT loads");
     agent::start(&mut lab, &lb, &[]).expect("the lb agent starts");
     // The proxy is a process in the lb's cgroup, as a hostNetwork pod is.
     let script = format!(
@@ -596,7 +559,7 @@ fn field_host_network_proxy_through_local_dnat_counts_the_backend() {
         })
         .unwrap_or_else(|| panic!("b{} served 20; {}", i + 1, lab.processes_report()));
         let addr = backend_addr(&lab, i);
-        let t = settled(&lb.ns, &addr, BACKEND_PORT, SENDS_TO, 20);
+        let t = settled(&lb.ns, &addr, BACKEND_PORT, SENDS_TO, 20).1;
         println!("b{}: nginx {served:?}; lb {t:?}", i + 1);
         assert!(
             within(t.bytes_tx, served.request_bytes) && within(t.bytes_rx, served.response_bytes),
@@ -653,8 +616,8 @@ fn field_tcp_fast_open_counts_the_syn_data() {
         "Fast Open was used (TCPFastOpenPassive = {passive})"
     );
     let addr = backend_addr(&lab, 0);
-    let server = settled(&b1.ns, &addr, BACKEND_PORT, SERVES, 30);
-    let lb_view = settled(&lb.ns, &addr, BACKEND_PORT, SENDS_TO, 30);
+    let server = settled(&b1.ns, &addr, BACKEND_PORT, SERVES, 30).1;
+    let lb_view = settled(&lb.ns, &addr, BACKEND_PORT, SENDS_TO, 30).1;
     println!("nginx {served:?}; {passive} Fast Open accepts; server {server:?}; lb {lb_view:?}");
     for (what, seen, truth) in [
         ("server rx", server.bytes_rx, served.request_bytes),
