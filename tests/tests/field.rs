@@ -15,7 +15,7 @@ use evenflow_tests::{
     grpcurl::{self, SENDS_TO, SERVES, Totals},
     lab::{self, BACKEND_PORT, Lab},
     netns, nft, nginx,
-    truth::{datapath_stat as datapath, settled, within},
+    truth::{View, assert_served, datapath_stat as datapath, settled, within},
 };
 
 fn backend_addr(lab: &Lab, i: usize) -> String {
@@ -333,28 +333,17 @@ fn field_new_interfaces_are_followed() {
     );
 }
 
-/// Pod network namespaces behind veths on one node, removed on drop.
-struct Pods(Vec<String>);
-
-impl Drop for Pods {
-    fn drop(&mut self) {
-        for ns in &self.0 {
-            netns::delete(ns);
-        }
-    }
-}
-
-/// A pod on the lab's `node` as Kubernetes CNIs (Calico-style) build them:
-/// its own namespace and a child cgroup of the node's, a veth whose host end
-/// routes the pod's /32, and a default route through a link-local gateway
-/// that resolves to the host end.
-fn pod(lab: &Lab, pods: &mut Pods, i: usize, ip: &str) -> lab::Node {
-    let node = &lab.lb;
-    let ns = format!("{}-p{i}", lab.name);
-    netns::create(&ns).expect("the pod's namespace");
-    pods.0.push(ns.clone());
-    let cgroup = node.cgroup.join(format!("pod{i}"));
-    evenflow_tests::cgroup::create(&cgroup).expect("the pod's cgroup");
+/// A pod on `node` as Kubernetes CNIs (Calico-style) build them: its own
+/// namespace and a child cgroup of the node's, a veth whose host end routes
+/// the pod's /32, and a default route through a link-local gateway that
+/// resolves to the host end. `i` numbers the lab's pods, on whichever node.
+fn pod(lab: &mut Lab, node: &lab::Node, i: usize, ip: &str) -> lab::Node {
+    let p = lab
+        .names()
+        .child(node, &format!("p{i}"), ip, "fd00::1")
+        .and_then(|p| lab.add_node(p))
+        .expect("the pod's namespace and cgroup");
+    let ns = p.ns.clone();
     let (host_side, pod_side) = (format!("{}h{i}", lab.name), format!("{}q{i}", lab.name));
     netns::veth(&pod_side, &ns, &host_side, &node.ns).expect("the pod's veth");
     netns::addr(&ns, &pod_side, &format!("{ip}/32")).expect("the pod's address");
@@ -408,13 +397,86 @@ fn pod(lab: &Lab, pods: &mut Pods, i: usize, ip: &str) -> lab::Node {
         &["route", "add", &format!("{ip}/32"), "dev", &host_side],
     )
     .expect("the node's route to the pod");
-    lab::Node {
-        role: format!("p{i}"),
-        ns,
-        cgroup,
-        addr4: ip.parse().expect("an IPv4 address"),
-        addr6: "fd00::1".parse().expect("an IPv6 address"),
+    p
+}
+
+/// kube-proxy's DNAT for one ClusterIP on `node`, in a table of its own:
+/// round robin over `backends`' :8080; with `masquerade`, what it
+/// translates leaves with the node's own source address (kube-proxy's
+/// masquerade mark).
+fn cluster_ip(lab: &Lab, node: &lab::Node, ip: &str, backends: &[lab::Node], masquerade: bool) {
+    let map: Vec<String> = backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!("{i} : {} . {BACKEND_PORT}", b.addr4))
+        .collect();
+    let (mark, masq) = if masquerade {
+        (
+            "meta mark set 0x4000 ",
+            "chain postrouting { type nat hook postrouting priority srcnat; \
+             meta mark & 0x4000 == 0x4000 masquerade; } ",
+        )
+    } else {
+        ("", "")
+    };
+    let table = format!("kp{}", ip.replace('.', ""));
+    let rules = format!(
+        "table ip {table} {{ chain prerouting {{ type nat hook prerouting priority dstnat; \
+         ip daddr {ip} tcp dport 80 {mark}dnat ip to numgen inc mod {} map {{ {} }}; }} {masq}}}",
+        backends.len(),
+        map.join(", ")
+    );
+    nft::load(lab, &node.ns, &table, &rules).expect("the ClusterIP DNAT loads");
+}
+
+/// Starts a client process in pod `client` (its cgroup, so the node's agent
+/// sees its sockets as any pod's): `n` connections to each `(address,
+/// port)`, one `Connection: close` request each, read to EOF.
+fn pod_client(lab: &mut Lab, client: &lab::Node, targets: &[(String, u16, usize)]) {
+    let list: Vec<String> = targets
+        .iter()
+        .map(|(a, p, n)| format!("(('{a}', {p}), {n})"))
+        .collect();
+    let script = format!(
+        "import socket\n\
+         for t, n in [{}]:\n \
+         for i in range(n):\n  \
+         s = socket.create_connection(t, timeout=5)\n  \
+         s.sendall(b'GET / HTTP/1.1\\r\\nHost: pod\\r\\nConnection: close\\r\\n\\r\\n')\n  \
+         while s.recv(65536): pass\n  \
+         s.close()\n",
+        list.join(", ")
+    );
+    lab.spawn(client, "client-pod", "python3", &["-c", &script])
+        .expect("the client pod's process starts");
+}
+
+/// Waits until `log` shows `want` connections served by `who`.
+fn served_by(lab: &mut Lab, who: &str, log: &std::path::Path, want: u64) -> nginx::Served {
+    evenflow_tests::wait_for(Duration::from_secs(30), || {
+        nginx::read_log(log).ok().filter(|s| s.connections == want)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "{who} did not serve {want} connections; processes:\n{}",
+            lab.processes_report()
+        )
+    })
+}
+
+/// Every endpoint on `ns` has closed what it opened, and no forwarded flow
+/// is left: no connection outlives its end.
+fn assert_nothing_left_open(ns: &str) {
+    let snap = grpcurl::snapshot(ns).expect("the node's snapshot");
+    for e in snap["endpoints"].as_array().into_iter().flatten() {
+        let t = &e["totals"];
+        assert_eq!(
+            grpcurl::number(&t["connsOpened"]),
+            grpcurl::number(&t["connsClosed"]),
+            "{ns}: no connection is left open: {e}"
+        );
     }
+    assert_eq!(datapath(&snap, "liveFlows"), 0, "{ns}: {}", snap["datapath"]);
 }
 
 /// A Kubernetes-like node: a client pod reaches two backend pods on the same
@@ -427,53 +489,31 @@ fn pod(lab: &Lab, pods: &mut Pods, i: usize, ip: &str) -> lab::Node {
 fn field_same_node_pods_direct_and_through_a_clusterip() {
     evenflow_tests::require_root();
     let mut lab = Lab::new("k8n", 1).expect("the lab builds");
-    let mut pods = Pods(Vec::new());
-    let client_pod = pod(&lab, &mut pods, 1, "10.244.0.11");
+    let node = lab.lb.clone();
+    let client_pod = pod(&mut lab, &node, 1, "10.244.0.11");
     let backends = [
-        pod(&lab, &mut pods, 2, "10.244.0.12"),
-        pod(&lab, &mut pods, 3, "10.244.0.13"),
+        pod(&mut lab, &node, 2, "10.244.0.12"),
+        pod(&mut lab, &node, 3, "10.244.0.13"),
     ];
     let logs: Vec<_> = backends
         .iter()
         .map(|b| nginx::start(&mut lab, b).expect("nginx starts in the pod"))
         .collect();
-    let node = lab.lb.clone();
-    let cluster_ip = "10.96.0.10";
-    let dnat = format!(
-        "table ip kubeproxy {{ chain prerouting {{ type nat hook prerouting priority dstnat; \
-         ip daddr {cluster_ip} tcp dport 80 dnat ip to numgen inc mod 2 map {{ 0 : {} . 8080, 1 : {} . 8080 }}; }} }}",
-        backends[0].addr4, backends[1].addr4
-    );
-    nft::load(&lab, &node.ns, "kubeproxy", &dnat).expect("the ClusterIP DNAT loads");
+    cluster_ip(&lab, &node, "10.96.0.10", &backends, false);
     agent::start(&mut lab, &node, &["--service", "web=8080"]).expect("the node's agent starts");
-
-    // The client runs inside the client pod's cgroup, so the node's agent
-    // sees its sockets as it sees any pod's: a process, not the test.
-    let script = format!(
-        "import socket\n\
-         for t, n in [(('{a}', 8080), 30), (('{b}', 8080), 30), (('{cluster_ip}', 80), 40)]:\n \
-         for i in range(n):\n  \
-         s = socket.create_connection(t, timeout=5)\n  \
-         s.sendall(b'GET / HTTP/1.1\\r\\nHost: pod\\r\\nConnection: close\\r\\n\\r\\n')\n  \
-         while s.recv(65536): pass\n  \
-         s.close()\n",
-        a = backends[0].addr4,
-        b = backends[1].addr4,
+    let direct = |b: &lab::Node| (b.addr4.to_string(), BACKEND_PORT, 30);
+    pod_client(
+        &mut lab,
+        &client_pod,
+        &[
+            direct(&backends[0]),
+            direct(&backends[1]),
+            ("10.96.0.10".to_owned(), 80, 40),
+        ],
     );
-    lab.spawn(&client_pod, "client-pod", "python3", &["-c", &script])
-        .expect("the client pod's process starts");
-
     for (b, log) in backends.iter().zip(&logs) {
-        let served = evenflow_tests::wait_for(Duration::from_secs(30), || {
-            nginx::read_log(log).ok().filter(|s| s.connections == 50)
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "{} served 30 direct + 20 via the ClusterIP; processes:\n{}",
-                b.role,
-                lab.processes_report()
-            )
-        });
+        // 30 direct + 20 through the ClusterIP.
+        let served = served_by(&mut lab, &b.role, log, 50);
         let addr = b.addr4.to_string();
         let sent = settled(&node.ns, &addr, BACKEND_PORT, SENDS_TO, 50).1;
         let serves = settled(&node.ns, &addr, BACKEND_PORT, SERVES, 50).1;
@@ -481,43 +521,85 @@ fn field_same_node_pods_direct_and_through_a_clusterip() {
             "{}: nginx {served:?}\n  SENDS_TO {sent:?}\n  SERVES {serves:?}",
             b.role
         );
-        for (what, t, rx, tx) in [
-            (
-                "SENDS_TO",
-                sent,
-                served.response_bytes,
-                served.request_bytes,
-            ),
-            (
-                "SERVES",
-                serves,
-                served.request_bytes,
-                served.response_bytes,
-            ),
-        ] {
-            assert_eq!(
-                (t.opened, t.closed),
-                (50, 50),
-                "{} {what} {addr}: {t:?}",
-                b.role
-            );
-            assert!(
-                within(t.bytes_rx, rx) && within(t.bytes_tx, tx),
-                "{} {what} {addr}: {t:?} vs nginx {served:?}",
-                b.role
-            );
-        }
+        assert_served(&format!("{} SENDS_TO {addr}", b.role), sent, &served, View::Lb);
+        assert_served(&format!("{} SERVES {addr}", b.role), serves, &served, View::Server);
     }
-    let snap = grpcurl::snapshot(&node.ns).expect("the node's snapshot");
-    for e in snap["endpoints"].as_array().into_iter().flatten() {
-        let t = &e["totals"];
+    assert_nothing_left_open(&node.ns);
+}
+
+/// A two-node cluster: a client pod on node 1 reaches two backend pods on
+/// node 2 directly by pod IP, through a ClusterIP node 1 DNATs, and through
+/// one it DNATs and masquerades. Node 2 only routes what arrives (the
+/// balancing decision, if any, was node 1's): its agent serves each pod
+/// exactly what its nginx served and sends to none (`synsRouted` grows);
+/// node 1's agent sends each pod exactly that, from the client's sockets
+/// (direct) and its own forwarding (the ClusterIPs).
+#[test]
+fn field_two_node_cluster_pods_across_nodes() {
+    evenflow_tests::require_root();
+    let mut lab = Lab::new("fdk2", 1).expect("the lab builds");
+    // Node 1 is the lab's lb, node 2 its backend, one link between them.
+    let (node1, node2) = (lab.lb.clone(), lab.backends[0].clone());
+    netns::sysctl(&node2.ns, "net.ipv4.ip_forward", "1").expect("node 2 forwards");
+    let via = node2.addr4.to_string();
+    netns::exec(
+        &node1.ns,
+        "ip",
+        &["route", "add", "10.244.1.0/24", "via", &via],
+    )
+    .expect("node 1's route to node 2's pods");
+    let client_pod = pod(&mut lab, &node1, 1, "10.244.0.11");
+    let backends = [
+        pod(&mut lab, &node2, 2, "10.244.1.12"),
+        pod(&mut lab, &node2, 3, "10.244.1.13"),
+    ];
+    let logs: Vec<_> = backends
+        .iter()
+        .map(|b| nginx::start(&mut lab, b).expect("nginx starts in the pod"))
+        .collect();
+    cluster_ip(&lab, &node1, "10.96.0.10", &backends, false);
+    cluster_ip(&lab, &node1, "10.96.0.11", &backends, true);
+    agent::start(&mut lab, &node1, &[]).expect("node 1's agent starts");
+    agent::start(&mut lab, &node2, &["--service", "web=8080"]).expect("node 2's agent starts");
+    let direct = |b: &lab::Node| (b.addr4.to_string(), BACKEND_PORT, 20);
+    pod_client(
+        &mut lab,
+        &client_pod,
+        &[
+            direct(&backends[0]),
+            direct(&backends[1]),
+            ("10.96.0.10".to_owned(), 80, 20),
+            ("10.96.0.11".to_owned(), 80, 20),
+        ],
+    );
+    for (b, log) in backends.iter().zip(&logs) {
+        // 20 direct, 10 through each ClusterIP.
+        let served = served_by(&mut lab, &b.role, log, 40);
+        let addr = b.addr4.to_string();
+        let sent = settled(&node1.ns, &addr, BACKEND_PORT, SENDS_TO, 40).1;
+        let serves = settled(&node2.ns, &addr, BACKEND_PORT, SERVES, 40).1;
+        println!(
+            "{}: nginx {served:?}\n  node 1 SENDS_TO {sent:?}\n  node 2 SERVES {serves:?}",
+            b.role
+        );
+        assert_served(&format!("node 1 SENDS_TO {addr}"), sent, &served, View::Lb);
+        assert_served(&format!("node 2 SERVES {addr}"), serves, &served, View::Server);
+        let snap = grpcurl::snapshot(&node2.ns).expect("node 2's snapshot");
         assert_eq!(
-            grpcurl::number(&t["connsOpened"]),
-            grpcurl::number(&t["connsClosed"]),
-            "no connection is left open: {e}"
+            grpcurl::totals(&snap, &addr, BACKEND_PORT, SENDS_TO),
+            Totals::default(),
+            "node 2 only routed to {addr}: not a balancing decision"
         );
     }
-    assert_eq!(datapath(&snap, "liveFlows"), 0, "{}", snap["datapath"]);
+    let snap = grpcurl::snapshot(&node2.ns).expect("node 2's snapshot");
+    assert!(
+        datapath(&snap, "synsRouted") >= 80,
+        "node 2 routed all 80 connections untranslated: {}",
+        snap["datapath"]
+    );
+    for n in [&node1, &node2] {
+        assert_nothing_left_open(&n.ns);
+    }
 }
 
 /// A hostNetwork proxy on the lb node dialling a ClusterIP-like VIP that
