@@ -233,7 +233,9 @@ fn parse_max_flows(s: &str) -> Result<u32, String> {
     s.parse::<u32>()
         .ok()
         .filter(|n| (lo..=hi).contains(n))
-        .ok_or_else(|| format!("--max-flows `{s}` must be a number of connections from {lo} to {hi}"))
+        .ok_or_else(|| {
+            format!("--max-flows `{s}` must be a number of connections from {lo} to {hi}")
+        })
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {

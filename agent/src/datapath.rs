@@ -21,9 +21,8 @@ use std::{
 };
 
 use agent_common::{
-    EndpointCounters, EndpointKey, LAYOUT_VERSION, META_EPOCH,
-    META_LAYOUT, META_TIMEOUT_CLOSING_NS, META_TIMEOUT_ESTABLISHED_NS, META_TIMEOUT_SYN_NS,
-    STAT_COUNT, maps,
+    EndpointCounters, EndpointKey, LAYOUT_VERSION, META_EPOCH, META_LAYOUT,
+    META_TIMEOUT_CLOSING_NS, META_TIMEOUT_ESTABLISHED_NS, META_TIMEOUT_SYN_NS, STAT_COUNT, maps,
 };
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{

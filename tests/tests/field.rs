@@ -414,7 +414,7 @@ fn cluster_ip(lab: &Lab, node: &lab::Node, ip: &str, backends: &[lab::Node], mas
         (
             "meta mark set 0x4000 ",
             "chain postrouting { type nat hook postrouting priority srcnat; \
-             meta mark & 0x4000 == 0x4000 masquerade; } ",
+             meta mark & 0x4000 == 0x4000 masquerade; }\n",
         )
     } else {
         ("", "")
@@ -422,7 +422,7 @@ fn cluster_ip(lab: &Lab, node: &lab::Node, ip: &str, backends: &[lab::Node], mas
     let table = format!("kp{}", ip.replace('.', ""));
     let rules = format!(
         "table ip {table} {{ chain prerouting {{ type nat hook prerouting priority dstnat; \
-         ip daddr {ip} tcp dport 80 {mark}dnat ip to numgen inc mod {} map {{ {} }}; }} {masq}}}",
+         ip daddr {ip} tcp dport 80 {mark}dnat ip to numgen inc mod {} map {{ {} }}; }}\n{masq}}}",
         backends.len(),
         map.join(", ")
     );
@@ -476,7 +476,12 @@ fn assert_nothing_left_open(ns: &str) {
             "{ns}: no connection is left open: {e}"
         );
     }
-    assert_eq!(datapath(&snap, "liveFlows"), 0, "{ns}: {}", snap["datapath"]);
+    assert_eq!(
+        datapath(&snap, "liveFlows"),
+        0,
+        "{ns}: {}",
+        snap["datapath"]
+    );
 }
 
 /// A Kubernetes-like node: a client pod reaches two backend pods on the same
@@ -521,8 +526,18 @@ fn field_same_node_pods_direct_and_through_a_clusterip() {
             "{}: nginx {served:?}\n  SENDS_TO {sent:?}\n  SERVES {serves:?}",
             b.role
         );
-        assert_served(&format!("{} SENDS_TO {addr}", b.role), sent, &served, View::Lb);
-        assert_served(&format!("{} SERVES {addr}", b.role), serves, &served, View::Server);
+        assert_served(
+            &format!("{} SENDS_TO {addr}", b.role),
+            sent,
+            &served,
+            View::Lb,
+        );
+        assert_served(
+            &format!("{} SERVES {addr}", b.role),
+            serves,
+            &served,
+            View::Server,
+        );
     }
     assert_nothing_left_open(&node.ns);
 }
@@ -583,7 +598,12 @@ fn field_two_node_cluster_pods_across_nodes() {
             b.role
         );
         assert_served(&format!("node 1 SENDS_TO {addr}"), sent, &served, View::Lb);
-        assert_served(&format!("node 2 SERVES {addr}"), serves, &served, View::Server);
+        assert_served(
+            &format!("node 2 SERVES {addr}"),
+            serves,
+            &served,
+            View::Server,
+        );
         let snap = grpcurl::snapshot(&node2.ns).expect("node 2's snapshot");
         assert_eq!(
             grpcurl::totals(&snap, &addr, BACKEND_PORT, SENDS_TO),
