@@ -135,6 +135,9 @@ enum Shape {
     /// The lb masquerades what it forwards to the backends (SNAT to its own
     /// address), as kube-proxy does for traffic from outside the cluster.
     Masquerade,
+    /// The backends' interfaces are macvlans (bridge mode) on one parent,
+    /// and the lb reaches them through a macvlan of its own on it.
+    Macvlan,
 }
 
 /// A lab after its load: everything the assertions need.
@@ -159,8 +162,12 @@ impl Run {
     fn shaped(name: &str, lb: Lb, ipv6: bool, traffic: Traffic, shape: Shape) -> Run {
         evenflow_tests::require_root();
         let mut lab = Lab::new(name, 4).expect("the lab builds");
-        if shape == Shape::Bridged {
-            bridge_backends(&lab).expect("the lb's backend links become bridge ports");
+        match shape {
+            Shape::Bridged => {
+                bridge_backends(&lab).expect("the lb's backend links become bridge ports")
+            }
+            Shape::Macvlan => macvlan_backends(&lab).expect("the backends move onto macvlans"),
+            _ => {}
         }
         let listen_opts = match shape {
             Shape::Deferred => "deferred",
@@ -505,6 +512,62 @@ fn bridge_backends(lab: &Lab) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Replaces the lb's veths to the backends with macvlans in bridge mode on
+/// one parent (a veth standing for the host's uplink, its peer unwired):
+/// each backend's
+/// interface is a macvlan moved into its namespace, and the lb reaches them
+/// through a macvlan of its own on the same parent, holding every backend
+/// gateway address (the "shim" hosts add, since a macvlan's parent cannot
+/// reach its macvlans). Macvlan-to-macvlan frames never cross the parent.
+fn macvlan_backends(lab: &Lab) -> anyhow::Result<()> {
+    let ns = &lab.lb.ns;
+    let ip = |ns: &str, args: &[&str]| netns::exec(ns, "ip", args).map(drop);
+    let parent = format!("{}mp", lab.name);
+    let shim = format!("{}m0", lab.name);
+    let macvlan = |name: &str| {
+        ip(
+            ns,
+            &[
+                "link", "add", name, "link", &parent, "type", "macvlan", "mode", "bridge",
+            ],
+        )
+    };
+    let uplink_peer = format!("{}mq", lab.name);
+    ip(
+        ns,
+        &[
+            "link",
+            "add",
+            &parent,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &uplink_peer,
+        ],
+    )?;
+    for dev in [&parent, &uplink_peer] {
+        ip(ns, &["link", "set", dev, "up"])?;
+    }
+    macvlan(&shim)?;
+    ip(ns, &["link", "set", &shim, "up"])?;
+    for (i, b) in lab.backends.iter().enumerate() {
+        let i = i + 1;
+        ip(ns, &["link", "del", &format!("{}l{i}", lab.name)])?;
+        let dev = format!("{}m{i}", lab.name);
+        macvlan(&dev)?;
+        ip(ns, &["link", "set", &dev, "netns", &b.ns])?;
+        ip(&b.ns, &["link", "set", &dev, "up"])?;
+        netns::addr(&b.ns, &dev, &format!("10.2.{i}.2/24"))?;
+        netns::addr(&b.ns, &dev, &format!("fd02:{i}::2/64"))?;
+        netns::default_route(&b.ns, &format!("10.2.{i}.1"))?;
+        netns::default_route(&b.ns, &format!("fd02:{i}::1"))?;
+        netns::addr(ns, &shim, &format!("10.2.{i}.1/24"))?;
+        netns::addr(ns, &shim, &format!("fd02:{i}::1/64"))?;
+    }
+    Ok(())
+}
+
 /// Drops one in `one_in` of the packets the lb forwards, either way.
 fn drop_forwarded(lab: &Lab, one_in: u32) -> anyhow::Result<()> {
     let rules = format!(
@@ -749,6 +812,25 @@ fn field_bridge_dnat_counts_once() {
 #[test]
 fn field_bridge_dnat_ipv6_counts_once() {
     dnat_counts_shaped("brdnat6", true, SMALL, Shape::Bridged);
+}
+
+/// DNAT to backends on macvlans (bridge mode), the lb on a macvlan of the
+/// same parent: each forwarded byte once, both views exact.
+#[test]
+fn field_macvlan_dnat_counts_exactly() {
+    dnat_counts_shaped("fdmvdnat", false, SMALL, Shape::Macvlan);
+}
+
+/// Over IPv6 as well (neighbour discovery across the macvlans).
+#[test]
+fn field_macvlan_dnat_ipv6_counts_exactly() {
+    dnat_counts_shaped("fdmvdnat6", true, SMALL, Shape::Macvlan);
+}
+
+/// A proxy whose backend side is a macvlan: its sockets count, exactly.
+#[test]
+fn field_macvlan_proxy_counts_exactly() {
+    haproxy_counts_shaped("fdmvhap", false, Shape::Macvlan);
 }
 
 /// 5 % of forwarded packets lost: retransmissions count once, and a
