@@ -15,7 +15,7 @@ use evenflow_tests::{
     grpcurl::{self, SENDS_TO, SERVES, Totals},
     lab::{self, BACKEND_PORT, Lab},
     netns, nft, nginx,
-    truth::{View, assert_served, datapath_stat as datapath, settled, within},
+    truth::{self, View, assert_served, datapath_stat as datapath, settled, within},
 };
 
 fn backend_addr(lab: &Lab, i: usize) -> String {
@@ -875,4 +875,157 @@ fn field_vxlan_overlay_counts_at_the_balancer_only() {
     for n in [&a, &b] {
         assert_nothing_left_open(&n.ns);
     }
+}
+
+/// The lb's SENDS_TO totals summed over every backend.
+fn pool_totals(snap: &serde_json::Value, lab: &Lab) -> Totals {
+    lab.backends
+        .iter()
+        .map(|b| grpcurl::totals(snap, &b.addr4.to_string(), BACKEND_PORT, SENDS_TO))
+        .fold(Totals::default(), |a, t| Totals {
+            opened: a.opened + t.opened,
+            closed: a.closed + t.closed,
+            bytes_rx: a.bytes_rx + t.bytes_rx,
+            bytes_tx: a.bytes_tx + t.bytes_tx,
+            packets_rx: a.packets_rx + t.packets_rx,
+            packets_tx: a.packets_tx + t.packets_tx,
+        })
+}
+
+/// Idle keep-alive connections through the DNAT lb while its flow map is
+/// nearly full (the agent sized for 32 connections, 28 of them idle), then
+/// a burst of 40 new connections, 10 at a time, into the room for 4. The
+/// map is not LRU, so nothing leaves it silently: every idle connection is
+/// still counted when it talks again and closes; a burst connection that
+/// finds the map full is not counted at all, and `flowInsertFailed`, the
+/// agent's /metrics and its log say how many; once the burst is over the
+/// map has room again. The backends' own agents count everything.
+#[test]
+fn field_flow_map_pressure_keeps_idle_connections_and_reports_the_rest() {
+    const MAX_FLOWS: u64 = 32;
+    const IDLE: u64 = 28;
+    const BURST: u64 = 40;
+    const AFTER: u64 = 20;
+    evenflow_tests::require_root();
+    let mut lab = Lab::new("fdflow", 2).expect("the lab builds");
+    let mut logs = Vec::new();
+    for b in lab.backends.clone() {
+        logs.push(nginx::start_keepalive(&mut lab, &b).expect("nginx starts"));
+        agent::start(&mut lab, &b, &["--service", "web=8080"]).expect("a backend agent starts");
+    }
+    nft::start(&lab).expect("the DNAT rules load");
+    let lb = lab.lb.clone();
+    agent::start(&mut lab, &lb, &["--max-flows", &MAX_FLOWS.to_string()])
+        .expect("the lb agent starts");
+    let snap = grpcurl::snapshot(&lb.ns).expect("the lb's snapshot");
+    assert_eq!(
+        datapath(&snap, "maxFlows"),
+        MAX_FLOWS,
+        "{}",
+        snap["datapath"]
+    );
+    let baseline = datapath(&snap, "liveFlows");
+
+    let vip = lab::vip(false);
+    let mut idle = netns::run_in(&lab.client.ns, move || {
+        (0..IDLE)
+            .map(|_| {
+                let mut c = client::KeepAlive::connect(vip)?;
+                c.request()?;
+                Ok(c)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+    })
+    .expect("runs in the client's namespace")
+    .expect("the idle connections open");
+    truth::wait_datapath(&lb.ns, "liveFlows", baseline + IDLE, Duration::from_secs(5))
+        .expect("the lb tracks every idle connection");
+    // Workers w0..w9, connections r0..r3: every request the same length,
+    // and so every response.
+    let burst = client::http_load(&lab.client.ns, vip, BURST, 10).expect("the burst runs");
+    assert_eq!((burst.connections, burst.failures), (BURST, 0), "{burst:?}");
+    assert!(
+        burst.bytes_sent % BURST == 0 && burst.bytes_received % BURST == 0,
+        "burst connections carry the same bytes each: {burst:?}"
+    );
+    let (req_each, resp_each) = (burst.bytes_sent / BURST, burst.bytes_received / BURST);
+    // The idle connections are still tracked: they talk again, and close.
+    for c in &mut idle {
+        c.request().expect("an idle connection still works");
+    }
+    drop(idle);
+    let snap = truth::wait_datapath(&lb.ns, "liveFlows", baseline, Duration::from_secs(10))
+        .expect("every flow ends with its connection");
+    let failed = datapath(&snap, "flowInsertFailed");
+    println!("lb datapath after the burst: {}", snap["datapath"]);
+    assert!(
+        failed > 0 && failed < BURST,
+        "the burst overflowed the map, and only some of it: flowInsertFailed = {failed}"
+    );
+    let after = client::http_load(&lab.client.ns, vip, AFTER, 2).expect("the load after runs");
+    assert_eq!(after.connections, AFTER, "{after:?}");
+
+    let total = IDLE + BURST + AFTER;
+    let mut served = Vec::new();
+    for (i, (b, log)) in lab.backends.clone().iter().zip(&logs).enumerate() {
+        let s = served_by(&mut lab, &b.role, log, total / 2);
+        let addr = backend_addr(&lab, i);
+        let server = settled(&b.ns, &addr, BACKEND_PORT, SERVES, s.connections).1;
+        println!("{}: nginx {s:?}; server {server:?}", b.role);
+        assert_served(
+            &format!("{} SERVES {addr}", b.role),
+            server,
+            &s,
+            View::Server,
+        );
+        served.push(s);
+    }
+    // Round robin spread the lost ones over the backends unknowably: the
+    // lb view is checked over the pool, the lost connections taken out.
+    let counted = total - failed;
+    let (_, pool) = grpcurl::settle(
+        &lb.ns,
+        truth::SETTLE,
+        |s| pool_totals(s, &lab),
+        |t| t.opened == counted && t.closed == counted,
+    )
+    .expect("the lb's snapshot");
+    let request_bytes: u64 = served.iter().map(|s| s.request_bytes).sum();
+    let response_bytes: u64 = served.iter().map(|s| s.response_bytes).sum();
+    println!(
+        "lb pool {pool:?}; {failed} of {BURST} burst connections untracked ({req_each}/{resp_each} B each)"
+    );
+    truth::assert_counts(
+        "lb SENDS_TO the pool, less the untracked",
+        pool,
+        counted,
+        response_bytes - failed * resp_each,
+        request_bytes - failed * req_each,
+    );
+    let snap = grpcurl::snapshot(&lb.ns).expect("the lb's snapshot");
+    assert_eq!(
+        datapath(&snap, "flowInsertFailed"),
+        failed,
+        "with room again every connection is tracked"
+    );
+    assert_eq!(datapath(&snap, "liveFlows"), baseline);
+    let metrics = netns::exec(&lb.ns, "curl", &["-sf", "http://127.0.0.1:9464/metrics"])
+        .expect("the lb agent's /metrics");
+    for line in [
+        format!(
+            "evenflow_datapath_flow_insert_failed_total{{node=\"{}\"}} {failed}",
+            lb.ns
+        ),
+        format!(
+            "evenflow_datapath_flows_max{{node=\"{}\"}} {MAX_FLOWS}",
+            lb.ns
+        ),
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "/metrics has `{line}`");
+    }
+    assert!(
+        lab.log("agent-lb").contains("the flow map is full"),
+        "the agent's log says the flow map was full:\n{}",
+        lab.log("agent-lb")
+    );
 }
