@@ -40,7 +40,7 @@ use evenflow_tests::{
     netns, nft,
     nginx::{self, Served},
     tcx,
-    truth::{BYTES_PCT, pct_off, within_pct as within},
+    truth::{self, BYTES_PCT, pct_off, within_pct as within},
 };
 use serde_json::Value;
 
@@ -419,6 +419,12 @@ impl Run {
             .collect();
         let lb_ns = self.lab.lb.ns.clone();
         let (_, totals) = self.settle(&lb_ns, &endpoints, conns);
+        // Every connection ended: the lb (whose agent started on fresh
+        // maps) tracks none.
+        if truth::wait_datapath(&lb_ns, "liveFlows", 0, SETTLE).is_none() {
+            let left = grpcurl::snapshot(&lb_ns).map(|s| s["datapath"].clone());
+            self.fail(format!("lb: liveFlows never returned to 0: {left:?}"));
+        }
         for (i, b) in self.lab.backends.clone().iter().enumerate() {
             // What the lb sends (tx) is what the backend receives, and back.
             self.compare(
