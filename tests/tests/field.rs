@@ -1,10 +1,13 @@
-//! The field matrix, continued: connection shapes rather than node shapes
-//! (the node shapes — bridges, loss, deferred accept, TCX neighbours — are
-//! rows of `datapath.rs`, which shares their ground truth). Each test runs
-//! real nginx and nftables in a lab of network namespaces and checks the
-//! agents against nginx's logs and the client's own tally: connections
-//! exactly (opened, closed, none left active), bytes to 0.1 %, and no flow
-//! state left behind.
+//! The field matrix, continued (`docs/counting.md` lists every row): the
+//! shapes that need more than the lab's one-lb topology (pods on one or two
+//! nodes, a VXLAN overlay, a flow map under pressure) and connection shapes
+//! (failed, half-open, keep-alive, loopback, Fast Open). The node shapes
+//! that only change the lb's links (bridges, macvlans, loss, deferred
+//! accept, TCX neighbours) are rows of `datapath.rs`, which shares their
+//! ground truth. Each test runs real nginx and nftables in a lab of network
+//! namespaces and checks the agents against nginx's logs and the client's
+//! own tally: connections exactly (opened, closed, none left active), bytes
+//! to 0.1 %, and no flow state left behind.
 //!
 //! Needs root (network namespaces, eBPF): run with `cargo xtask test`.
 
