@@ -624,6 +624,8 @@ fn field_two_node_cluster_pods_across_nodes() {
             "node 2 only routed to {addr}: not a balancing decision"
         );
     }
+    let node1_snap = grpcurl::snapshot(&node1.ns).expect("node 1's snapshot");
+    println!("node 1:\n{}", grpcurl::summary(&node1_snap));
     let snap = grpcurl::snapshot(&node2.ns).expect("node 2's snapshot");
     assert!(
         datapath(&snap, "synsRouted") >= 80,
