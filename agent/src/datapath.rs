@@ -99,29 +99,27 @@ impl Stats {
 /// `/metrics`.
 pub fn warn_new_losses(prev: &Stats, now: &Stats, capacity: Capacity) {
     use agent_common::Stat;
-    let grew = |s: Stat| now.slot(s).saturating_sub(prev.slot(s));
-    let flows = grew(Stat::FlowInsertFailed);
-    if flows > 0 {
-        tracing::warn!(
-            lost = flows,
-            max_flows = capacity.flows,
-            "the flow map is full: forwarded connections were not counted (raise --max-flows)"
-        );
-    }
-    let endpoints = grew(Stat::EndpointInsertFailed);
-    if endpoints > 0 {
-        tracing::warn!(
-            lost = endpoints,
-            max_endpoints = capacity.endpoints,
-            "the endpoint map is full: new endpoints were not counted"
-        );
-    }
-    let socks = grew(Stat::SockStorageFailed);
-    if socks > 0 {
-        tracing::warn!(
-            lost = socks,
-            "sockets could not get evenflow's storage (memory pressure): not counted"
-        );
+    for (stat, capacity, what) in [
+        (
+            Stat::FlowInsertFailed,
+            Some(capacity.flows),
+            "the flow map is full: forwarded connections were not counted (raise --max-flows)",
+        ),
+        (
+            Stat::EndpointInsertFailed,
+            Some(capacity.endpoints),
+            "the endpoint map is full: new endpoints were not counted",
+        ),
+        (
+            Stat::SockStorageFailed,
+            None,
+            "sockets could not get evenflow's storage (memory pressure): not counted",
+        ),
+    ] {
+        let lost = now.slot(stat).saturating_sub(prev.slot(stat));
+        if lost > 0 {
+            tracing::warn!(lost, capacity = ?capacity, "{what}");
+        }
     }
 }
 

@@ -467,6 +467,42 @@ fn served_by(lab: &mut Lab, who: &str, log: &std::path::Path, want: u64) -> ngin
     })
 }
 
+/// Backend `b` (nginx's access log `log`) served `want` connections, and
+/// both views say exactly that: `server_ns`'s agent `SERVES` it,
+/// `lb_ns`'s `SENDS_TO` it; a `router_ns` that only routed to it claims
+/// none of it.
+fn assert_both_views(
+    lab: &mut Lab,
+    b: &lab::Node,
+    log: &std::path::Path,
+    want: u64,
+    (server_ns, lb_ns, router_ns): (&str, &str, Option<&str>),
+) {
+    let served = served_by(lab, &b.role, log, want);
+    let addr = b.addr4.to_string();
+    let sent = settled(lb_ns, &addr, BACKEND_PORT, SENDS_TO, want).1;
+    let serves = settled(server_ns, &addr, BACKEND_PORT, SERVES, want).1;
+    println!(
+        "{}: nginx {served:?}\n  {lb_ns} SENDS_TO {sent:?}\n  {server_ns} SERVES {serves:?}",
+        b.role
+    );
+    assert_served(&format!("{lb_ns} SENDS_TO {addr}"), sent, &served, View::Lb);
+    assert_served(
+        &format!("{server_ns} SERVES {addr}"),
+        serves,
+        &served,
+        View::Server,
+    );
+    if let Some(ns) = router_ns {
+        let snap = grpcurl::snapshot(ns).expect("the router's snapshot");
+        assert_eq!(
+            grpcurl::totals(&snap, &addr, BACKEND_PORT, SENDS_TO),
+            Totals::default(),
+            "{ns} only routed to {addr}: not a balancing decision"
+        );
+    }
+}
+
 /// Every endpoint on `ns` has closed what it opened, and no forwarded flow
 /// is left: no connection outlives its end. The agent's own API is left
 /// out: the snapshot is read over one of its connections.
@@ -531,26 +567,7 @@ fn field_same_node_pods_direct_and_through_a_clusterip() {
     );
     for (b, log) in backends.iter().zip(&logs) {
         // 30 direct + 20 through the ClusterIP.
-        let served = served_by(&mut lab, &b.role, log, 50);
-        let addr = b.addr4.to_string();
-        let sent = settled(&node.ns, &addr, BACKEND_PORT, SENDS_TO, 50).1;
-        let serves = settled(&node.ns, &addr, BACKEND_PORT, SERVES, 50).1;
-        println!(
-            "{}: nginx {served:?}\n  SENDS_TO {sent:?}\n  SERVES {serves:?}",
-            b.role
-        );
-        assert_served(
-            &format!("{} SENDS_TO {addr}", b.role),
-            sent,
-            &served,
-            View::Lb,
-        );
-        assert_served(
-            &format!("{} SERVES {addr}", b.role),
-            serves,
-            &served,
-            View::Server,
-        );
+        assert_both_views(&mut lab, b, log, 50, (&node.ns, &node.ns, None));
     }
     assert_nothing_left_open(&node.ns);
 }
@@ -602,26 +619,12 @@ fn field_two_node_cluster_pods_across_nodes() {
     );
     for (b, log) in backends.iter().zip(&logs) {
         // 20 direct, 10 through each ClusterIP.
-        let served = served_by(&mut lab, &b.role, log, 40);
-        let addr = b.addr4.to_string();
-        let sent = settled(&node1.ns, &addr, BACKEND_PORT, SENDS_TO, 40).1;
-        let serves = settled(&node2.ns, &addr, BACKEND_PORT, SERVES, 40).1;
-        println!(
-            "{}: nginx {served:?}\n  node 1 SENDS_TO {sent:?}\n  node 2 SERVES {serves:?}",
-            b.role
-        );
-        assert_served(&format!("node 1 SENDS_TO {addr}"), sent, &served, View::Lb);
-        assert_served(
-            &format!("node 2 SERVES {addr}"),
-            serves,
-            &served,
-            View::Server,
-        );
-        let snap = grpcurl::snapshot(&node2.ns).expect("node 2's snapshot");
-        assert_eq!(
-            grpcurl::totals(&snap, &addr, BACKEND_PORT, SENDS_TO),
-            Totals::default(),
-            "node 2 only routed to {addr}: not a balancing decision"
+        assert_both_views(
+            &mut lab,
+            b,
+            log,
+            40,
+            (&node2.ns, &node1.ns, Some(&node2.ns)),
         );
     }
     let node1_snap = grpcurl::snapshot(&node1.ns).expect("node 1's snapshot");
@@ -830,33 +833,8 @@ fn field_vxlan_overlay_counts_at_the_balancer_only() {
     agent::start(&mut lab, &b, &[]).expect("node B's agent starts");
     let load = client::http_load(&lab.client.ns, lab::vip(false), 80, 4).expect("the load runs");
     assert_eq!((load.connections, load.failures), (80, 0), "{load:?}");
-    for (i, (bk, log)) in lab.backends.clone().iter().zip(&logs).enumerate() {
-        let served = served_by(&mut lab, &bk.role, log, 40);
-        let addr = backend_addr(&lab, i);
-        let server = settled(&bk.ns, &addr, BACKEND_PORT, SERVES, 40).1;
-        let lb_view = settled(&a.ns, &addr, BACKEND_PORT, SENDS_TO, 40).1;
-        println!(
-            "{}: nginx {served:?}\n  server {server:?}\n  node A {lb_view:?}",
-            bk.role
-        );
-        assert_served(
-            &format!("{} SERVES {addr}", bk.role),
-            server,
-            &served,
-            View::Server,
-        );
-        assert_served(
-            &format!("node A SENDS_TO {addr}"),
-            lb_view,
-            &served,
-            View::Lb,
-        );
-        let snap = grpcurl::snapshot(&b.ns).expect("node B's snapshot");
-        assert_eq!(
-            grpcurl::totals(&snap, &addr, BACKEND_PORT, SENDS_TO),
-            Totals::default(),
-            "node B only routed to {addr}: not a balancing decision"
-        );
+    for (bk, log) in lab.backends.clone().iter().zip(&logs) {
+        assert_both_views(&mut lab, bk, log, 40, (&bk.ns, &a.ns, Some(&b.ns)));
     }
     let vx = format!("{}vx", lab.name);
     for n in [&a, &b] {
@@ -950,7 +928,7 @@ fn field_flow_map_pressure_keeps_idle_connections_and_reports_the_rest() {
     let burst = client::http_load(&lab.client.ns, vip, BURST, 10).expect("the burst runs");
     assert_eq!((burst.connections, burst.failures), (BURST, 0), "{burst:?}");
     assert!(
-        burst.bytes_sent % BURST == 0 && burst.bytes_received % BURST == 0,
+        burst.bytes_sent.is_multiple_of(BURST) && burst.bytes_received.is_multiple_of(BURST),
         "burst connections carry the same bytes each: {burst:?}"
     );
     let (req_each, resp_each) = (burst.bytes_sent / BURST, burst.bytes_received / BURST);
