@@ -67,7 +67,18 @@ fn field_failed_and_half_open_connections_leave_no_flow() {
     agent::start(&mut lab, &lb, &[]).expect("the lb agent starts");
     let baseline = datapath(&grpcurl::snapshot(&lb.ns).expect("snapshot"), "liveFlows");
 
-    let load = client::http_load(&lab.client.ns, lab::vip(false), 24, 4).expect("the load runs");
+    // Patience shorter than conntrack's 3 s SYN timeout: a SYN retried
+    // after the entry expired would be balanced afresh, and could reach a
+    // backend that answers.
+    let spec = client::Spec {
+        connections: 24,
+        workers: 4,
+        pad: 0,
+        path: "/",
+        extras: client::IpExtras::None,
+        patience: Duration::from_secs(2),
+    };
+    let load = client::run(&lab.client.ns, lab::vip(false), spec).expect("the load runs");
     // Round robin over four backends: b1 and b2 answer, b3 refuses, b4 is
     // silent.
     assert_eq!(load.connections, 12, "half the connects succeed: {load:?}");
