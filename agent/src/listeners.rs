@@ -1,7 +1,10 @@
-//! Listening sockets of the agent's network namespace, from `/proc/net`.
+//! Listening sockets of the agent's network namespace: from sock_diag,
+//! which the kernel filters by state (see [`crate::sockdiag`]), or from
+//! `/proc/net` where a kernel does not answer for a family or protocol
+//! (`udp_diag` not loaded).
 //!
-//! `/proc/net/*` shows the namespace of the reading thread, so this sees the
-//! node's listeners even when the agent entered a namespace with `--netns`.
+//! Both show the namespace of the calling thread, so this sees the node's
+//! listeners even when the agent entered a namespace with `--netns`.
 
 use std::net::IpAddr;
 
@@ -19,15 +22,51 @@ pub struct Listener {
 const TCP_LISTEN: &str = "0A";
 const UDP_UNCONNECTED: &str = "07";
 
+/// TCP_LISTEN and TCP_CLOSE (an unconnected UDP socket) as `idiag_states`
+/// bits.
+const LISTEN_BIT: u32 = 1 << 10;
+const UNCONNECTED_BIT: u32 = 1 << 7;
+
 /// Every TCP listener and bound, unconnected UDP socket, deduplicated.
 pub fn read() -> Result<Vec<Listener>> {
     let mut out = Vec::new();
-    for (file, proto, state) in [
-        ("/proc/net/tcp", agent_common::PROTO_TCP, TCP_LISTEN),
-        ("/proc/net/tcp6", agent_common::PROTO_TCP, TCP_LISTEN),
-        ("/proc/net/udp", agent_common::PROTO_UDP, UDP_UNCONNECTED),
-        ("/proc/net/udp6", agent_common::PROTO_UDP, UDP_UNCONNECTED),
+    for (file, family, proto, state, bit) in [
+        (
+            "/proc/net/tcp",
+            libc::AF_INET,
+            agent_common::PROTO_TCP,
+            TCP_LISTEN,
+            LISTEN_BIT,
+        ),
+        (
+            "/proc/net/tcp6",
+            libc::AF_INET6,
+            agent_common::PROTO_TCP,
+            TCP_LISTEN,
+            LISTEN_BIT,
+        ),
+        (
+            "/proc/net/udp",
+            libc::AF_INET,
+            agent_common::PROTO_UDP,
+            UDP_UNCONNECTED,
+            UNCONNECTED_BIT,
+        ),
+        (
+            "/proc/net/udp6",
+            libc::AF_INET6,
+            agent_common::PROTO_UDP,
+            UDP_UNCONNECTED,
+            UNCONNECTED_BIT,
+        ),
     ] {
+        if let Ok(ends) = crate::sockdiag::local_ends(family as u8, proto, bit) {
+            out.extend(
+                ends.into_iter()
+                    .map(|(addr, port)| Listener { addr, port, proto }),
+            );
+            continue;
+        }
         let text = match std::fs::read_to_string(file) {
             Ok(t) => t,
             // IPv6 disabled: no tcp6/udp6 file.
@@ -117,6 +156,28 @@ mod tests {
         assert_eq!(l[0].addr, "::".parse::<IpAddr>().expect("ip"));
         assert_eq!(l[1].addr, "fd77::11".parse::<IpAddr>().expect("ip"));
         assert_eq!(l[1].port, 80);
+    }
+
+    #[test]
+    fn finds_tcp_listeners_and_unconnected_udp_sockets() {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let udp = std::net::UdpSocket::bind("[::1]:0").expect("bind");
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let connected = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        connected
+            .connect(peer.local_addr().expect("addr"))
+            .expect("connect");
+        let all = read().expect("listeners");
+        let has = |a: std::net::SocketAddr, proto| {
+            all.contains(&Listener {
+                addr: a.ip(),
+                port: a.port(),
+                proto,
+            })
+        };
+        assert!(has(tcp.local_addr().expect("addr"), 6), "{all:?}");
+        assert!(has(udp.local_addr().expect("addr"), 17), "{all:?}");
+        assert!(!has(connected.local_addr().expect("addr"), 17), "{all:?}");
     }
 
     #[test]

@@ -528,7 +528,12 @@ pub fn run(rounds: usize) -> Result<()> {
     let (mut local, mut forwarded) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         crate::interrupt::check()?;
-        local.push(cost_pass(SERVER, &server_cg, &["efb-s", "efb-sl"], SERVER_IP)?);
+        local.push(cost_pass(
+            SERVER,
+            &server_cg,
+            &["efb-s", "efb-sl"],
+            SERVER_IP,
+        )?);
         crate::interrupt::check()?;
         forwarded.push(cost_pass(LB, &lb_cg, &["efb-lc", "efb-ls"], VIP)?);
     }
