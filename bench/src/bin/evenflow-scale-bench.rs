@@ -78,7 +78,7 @@ struct Args {
     /// from their members).
     #[arg(long, default_value_t = 10)]
     watch_pools: usize,
-    /// Collector binary (default: next to this one).
+    /// Collector binary under test (default: next to this one).
     #[arg(long)]
     collector_bin: Option<PathBuf>,
     /// Baseline collector binary (default: the collector under test with
@@ -121,6 +121,7 @@ struct Outcome {
     peak_rss_mib: f64,
     cpu: f64,
     bench_cpu: f64,
+    /// Median of the tick durations sampled during the window.
     tick_ms: f64,
     overruns: u64,
     holds: bool,
@@ -492,10 +493,23 @@ async fn run_fleet(args: &Args, collector: &Collector, n: usize) -> Result<Outco
     let bench0 = proc_cpu_secs(std::process::id());
     let t0 = Instant::now();
     let mut peak_rss = 0u64;
+    // The tick's duration, sampled every other second (one tick is one
+    // sample of a noisy machine; /metrics shows the last).
+    let mut ticks_ms = Vec::new();
+    let mut polls = 0u32;
     while t0.elapsed() < args.duration {
         tokio::time::sleep(Duration::from_millis(500)).await;
         if let Some(p) = pid {
             peak_rss = peak_rss.max(proc_status_kib(p, "VmRSS:").unwrap_or(0));
+        }
+        polls += 1;
+        if polls % 4 == 0
+            && let Some(addr) = metrics_addr
+        {
+            let text = tokio::task::spawn_blocking(move || scrape(addr))
+                .await
+                .unwrap_or_default();
+            ticks_ms.push(metric(&text, "evenflow_collector_tick_seconds") * 1e3);
         }
     }
     let wall = t0.elapsed().as_secs_f64();
@@ -563,7 +577,10 @@ async fn run_fleet(args: &Args, collector: &Collector, n: usize) -> Result<Outco
             (Some(a), Some(b)) => (b - a) / wall,
             _ => f64::NAN,
         },
-        tick_ms: metric(&metrics_text, "evenflow_collector_tick_seconds") * 1e3,
+        tick_ms: {
+            ticks_ms.push(metric(&metrics_text, "evenflow_collector_tick_seconds") * 1e3);
+            Spread::of(ticks_ms).median
+        },
         overruns: metric(&metrics_text, "evenflow_collector_tick_overruns_total") as u64,
         holds: false,
     };

@@ -369,7 +369,7 @@ fn pool_message(
             } else {
                 v1::MemberState::Serving
             } as i32,
-            node_name: meta.map(|m| m.node.clone()).unwrap_or_default(),
+            node_name: meta.map(|m| m.node.to_string()).unwrap_or_default(),
             server_view: mv
                 .server
                 .as_ref()
@@ -419,7 +419,7 @@ fn pool_message(
         // over its share window).
         server_conns_per_sec: pt.meta.iter().map(|m| m.server.conns_per_sec).sum(),
         lb_conns_per_sec: pt.meta.iter().map(|m| m.lb.conns_per_sec).sum(),
-        lb_nodes: std::mem::take(&mut pt.lb_nodes),
+        lb_nodes: pt.lb_nodes.iter().map(|n| n.to_string()).collect(),
         tick: pv.tick,
         evaluated_at: Some(at),
         kubernetes: pt.kubernetes.as_deref().map(kube_service),
@@ -451,7 +451,7 @@ fn unjudged_member(u: &pools::Unjudged) -> v1::Member {
         } else {
             v1::MemberState::NotReady
         } as i32,
-        node_name: u.meta.node.clone(),
+        node_name: u.meta.node.to_string(),
         server_view: u.server.as_ref().map(|v| view(v, &u.meta.server)),
         lb_view: u.lb.as_ref().map(|v| view(v, &u.meta.lb)),
         cpu_utilization: 0.0,

@@ -73,8 +73,9 @@ pub struct MemberMeta {
     /// Backend address.
     pub addr: Option<SocketAddr>,
     /// Node serving it: the one its source names, else the first observer
-    /// by name.
-    pub node: String,
+    /// by name (empty when none). Shared with the agent's state: a tick
+    /// copies no node name.
+    pub node: Arc<str>,
     /// Where it comes from.
     pub source: Source,
     /// The Pod behind it, "namespace/name" (Kubernetes).
@@ -138,8 +139,9 @@ pub struct PoolTick {
     pub meta: Vec<MemberMeta>,
     /// Members listed but not judged (sorted by address).
     pub unjudged: Vec<Unjudged>,
-    /// Load balancer nodes (declared or seen).
-    pub lb_nodes: Vec<String>,
+    /// Load balancer nodes (declared or seen), sorted; the agents' own
+    /// names, shared.
+    pub lb_nodes: Vec<Arc<str>>,
     /// The Kubernetes Service port it stands for.
     pub kubernetes: Option<Arc<KubeService>>,
     /// Said with the pool's verdict.
@@ -444,9 +446,9 @@ impl Seen<'_> {
                 .map(|&i| &agents[i])
                 .min_by(|a, b| a.node.cmp(&b.node));
             let node = match (&d.node, first) {
-                (Some(n), _) => String::from(&**n),
-                (None, Some(a)) => String::from(&*a.node),
-                (None, None) => String::new(),
+                (Some(n), _) => n.clone(),
+                (None, Some(a)) => a.node.clone(),
+                (None, None) => Arc::from(""),
             };
             let meta = MemberMeta {
                 addr: Some(addr),
@@ -516,7 +518,7 @@ fn load_balancers<'a>(
     stamp: usize,
     members: impl Iterator<Item = &'a SocketAddr>,
     which: &LbNodes,
-) -> (Vec<usize>, Vec<String>, bool) {
+) -> (Vec<usize>, Vec<Arc<str>>, bool) {
     let mut idx: Vec<usize> = Vec::new();
     let mut mark = |i: usize, idx: &mut Vec<usize>| {
         if lb_mark[i] != stamp {
@@ -539,10 +541,7 @@ fn load_balancers<'a>(
             }
             // Agents come sorted by node name: sorting indices sorts names.
             idx.sort_unstable();
-            let names = idx
-                .iter()
-                .map(|&i| String::from(&*agents[i].node))
-                .collect();
+            let names = idx.iter().map(|&i| agents[i].node.clone()).collect();
             (idx, names, false)
         }
         LbNodes::Named(declared) => {
@@ -553,7 +552,7 @@ fn load_balancers<'a>(
                     None => missing = true,
                 }
             }
-            let mut names = declared.clone();
+            let mut names: Vec<Arc<str>> = declared.iter().map(|n| Arc::from(n.as_str())).collect();
             names.sort_unstable();
             (idx, names, missing)
         }
@@ -635,7 +634,7 @@ mod tests {
         let p = &pools[0];
         let ids: Vec<_> = p.input.members.iter().map(|m| m.id.as_str()).collect();
         assert_eq!(ids, ["10.0.0.1:8080", "10.0.0.2:8080"]);
-        assert_eq!(p.lb_nodes, ["lb"]);
+        assert_eq!(p.lb_nodes, [Arc::from("lb")]);
         let m0 = &p.input.members[0];
         assert_eq!(m0.server.unwrap().new_conns, 10);
         assert_eq!(m0.lb.unwrap().new_conns, 9);
@@ -643,7 +642,7 @@ mod tests {
         let m1 = &p.input.members[1];
         assert_eq!(m1.server.unwrap().new_conns, 0);
         assert!(m1.server.unwrap().fresh);
-        assert_eq!(p.meta[1].node, "b2");
+        assert_eq!(&*p.meta[1].node, "b2");
     }
 
     #[test]
@@ -850,7 +849,7 @@ members = [
         let dark = a.input.members[1].server.expect("observed by n1's agent");
         assert!(dark.fresh && dark.new_conns == 0);
         assert_eq!(a.input.members[1].lb.unwrap().new_conns, 0);
-        assert_eq!(a.meta[1].node, "n1");
+        assert_eq!(&*a.meta[1].node, "n1");
         assert_eq!(a.meta[1].source.as_str(), "kubernetes");
         assert_eq!(
             a.meta[1].pod.as_deref(),
@@ -887,7 +886,7 @@ members = [
             p.lb_nodes = LbNodes::SendersAmong(Arc::new(["a1".to_owned()].into()));
         }
         let p = &build(&agents, &declared, 1, Threads::ONE)[0];
-        assert_eq!(p.lb_nodes, ["a1"]);
+        assert_eq!(p.lb_nodes, [Arc::from("a1")]);
         assert_eq!(p.input.members[0].lb.unwrap().new_conns, 4);
     }
 }
