@@ -49,6 +49,7 @@ pub fn collector(rev: &str) -> Result<PathBuf> {
     }
     fs::create_dir_all(&src).with_context(|| format!("creating {}", src.display()))?;
     unpack(&root, &commit, &src)?;
+    mark_version(&src.join("Cargo.toml"))?;
     let target = shell::target_dir();
     let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
     build
@@ -62,6 +63,26 @@ pub fn collector(rev: &str) -> Result<PathBuf> {
         .with_context(|| format!("copying {} to {}", built.display(), bin.display()))?;
     eprintln!("baseline collector of {rev} ({commit}): {}", bin.display());
     Ok(bin)
+}
+
+/// Gives REV's crates another version. Cargo names a workspace crate's
+/// artifacts by name, version and path *relative to its workspace*, so
+/// REV's collector and this tree's would otherwise be the same artifact
+/// in the shared target directory, each build taking the other's for
+/// up to date.
+fn mark_version(manifest: &std::path::Path) -> Result<()> {
+    let text =
+        fs::read_to_string(manifest).with_context(|| format!("reading {}", manifest.display()))?;
+    let Some(at) = text.find("\nversion = \"") else {
+        bail!(
+            "{} states no workspace version: this revision is too old for --baseline",
+            manifest.display()
+        );
+    };
+    // "0.1.0" becomes "0.0.0-scale-baseline.0.1.0" (a valid version).
+    let value = at + "\nversion = \"".len();
+    let marked = format!("{}0.0.0-scale-baseline.{}", &text[..value], &text[value..]);
+    fs::write(manifest, marked).with_context(|| format!("writing {}", manifest.display()))
 }
 
 /// `git archive COMMIT | tar -x -C DIR`.

@@ -360,6 +360,13 @@ impl Collector {
                 extra: vec!["--tick-threads".into(), "1".into()],
             },
         };
+        if base.extra.is_empty() && same_file_contents(&base.bin, &bin) {
+            bail!(
+                "the baseline {} and the collector under test {} are the same binary: build the baseline apart (cargo xtask bench-scale --baseline REV does)",
+                base.bin.display(),
+                bin.display()
+            );
+        }
         let new = Self {
             label: "new",
             bin,
@@ -378,6 +385,14 @@ impl Collector {
     }
 }
 
+/// Whether two files hold the same bytes (unreadable ones do not).
+fn same_file_contents(a: &std::path::Path, b: &std::path::Path) -> bool {
+    match (std::fs::read(a), std::fs::read(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
 async fn run_fleet(args: &Args, collector: &Collector, n: usize) -> Result<Outcome> {
     // The collector.
     let mut child: Option<Child> = None;
@@ -387,7 +402,7 @@ async fn run_fleet(args: &Args, collector: &Collector, n: usize) -> Result<Outco
             let bin = &collector.bin;
             let grpc = free_addr()?;
             let metrics = free_addr()?;
-            let c = Command::new(&bin)
+            let c = Command::new(bin)
                 .args([
                     "--grpc-addr",
                     &grpc.to_string(),
@@ -503,7 +518,7 @@ async fn run_fleet(args: &Args, collector: &Collector, n: usize) -> Result<Outco
             peak_rss = peak_rss.max(proc_status_kib(p, "VmRSS:").unwrap_or(0));
         }
         polls += 1;
-        if polls % 4 == 0
+        if polls.is_multiple_of(4)
             && let Some(addr) = metrics_addr
         {
             let text = tokio::task::spawn_blocking(move || scrape(addr))
@@ -691,8 +706,12 @@ impl Spread {
     }
 }
 
+/// A summary line: its name, the value it reads from an outcome, and the
+/// decimals it is shown with.
+type Metric = (&'static str, fn(&Outcome) -> f64, usize);
+
 /// What the summary compares, per outcome.
-const METRICS: [(&str, fn(&Outcome) -> f64, usize); 5] = [
+const METRICS: [Metric; 5] = [
     ("verdict p99 ms", |o| o.verdict.1 * 1e3, 1),
     ("verdict p50 ms", |o| o.verdict.0 * 1e3, 1),
     ("tick ms", |o| o.tick_ms, 1),
