@@ -330,8 +330,10 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
 /// must never restart at zero within an epoch; when the map is full new
 /// endpoints are not counted and `endpoint_insert_failed` says so.
 pub const MAX_ENDPOINTS: u32 = 65_536;
-/// Capacity of the forwarded-flow map (two entries per connection). Not LRU:
-/// a flow leaves when it closes or expires, never silently.
+/// Default capacity of the forwarded-flow map (two entries per connection;
+/// the agent's `--max-flows` sets it in connections). Not LRU: a flow
+/// leaves when it closes or expires, never silently; when the map is full a
+/// new connection is not tracked and `flow_insert_failed` counts it.
 pub const MAX_FLOWS: u32 = 262_144;
 /// Capacity of the SYN-origin map (LRU: a SYN is matched within
 /// microseconds of entering, or never).

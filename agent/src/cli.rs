@@ -114,6 +114,14 @@ pub struct Args {
     )]
     pub bpffs: PathBuf,
 
+    /// Forwarded connections the datapath can track at once (its flow map
+    /// holds two entries each). Connections beyond it are not counted and
+    /// `flow_insert_failed` says how many. Takes effect when the pinned maps
+    /// are created (first start, new epoch); snapshots report the capacity
+    /// in force.
+    #[arg(long, env = "EVENFLOW_MAX_FLOWS", default_value_t = agent_common::MAX_FLOWS / 2, value_parser = parse_max_flows)]
+    pub max_flows: u32,
+
     /// Level of the eBPF programs' own diagnostics (aya-log).
     #[arg(long, env = "EVENFLOW_EBPF_LOG", value_enum, default_value_t = EbpfLog::Off)]
     pub ebpf_log: EbpfLog,
@@ -217,6 +225,19 @@ fn parse_collector_url(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
+/// Fewest and most forwarded connections `--max-flows` accepts.
+pub const MAX_FLOWS_RANGE: (u32, u32) = (16, 1 << 24);
+
+fn parse_max_flows(s: &str) -> Result<u32, String> {
+    let (lo, hi) = MAX_FLOWS_RANGE;
+    s.parse::<u32>()
+        .ok()
+        .filter(|n| (lo..=hi).contains(n))
+        .ok_or_else(|| {
+            format!("--max-flows `{s}` must be a number of connections from {lo} to {hi}")
+        })
+}
+
 fn parse_interval(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (try 1s or 500ms)"))?;
     if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
@@ -274,6 +295,15 @@ mod tests {
         assert_eq!(parse_interval("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_interval("1ms").is_err());
         assert!(parse_interval("soon").is_err());
+    }
+
+    #[test]
+    fn max_flows_is_bounded() {
+        assert_eq!(parse_max_flows("64"), Ok(64));
+        for bad in ["8", "0", "-1", "many", "99999999999"] {
+            let err = parse_max_flows(bad).unwrap_err();
+            assert!(err.contains("--max-flows"), "{err}");
+        }
     }
 
     #[test]

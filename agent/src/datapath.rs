@@ -21,9 +21,8 @@ use std::{
 };
 
 use agent_common::{
-    EndpointCounters, EndpointKey, LAYOUT_VERSION, MAX_ENDPOINTS, MAX_FLOWS, META_EPOCH,
-    META_LAYOUT, META_TIMEOUT_CLOSING_NS, META_TIMEOUT_ESTABLISHED_NS, META_TIMEOUT_SYN_NS,
-    STAT_COUNT, maps,
+    EndpointCounters, EndpointKey, LAYOUT_VERSION, META_EPOCH, META_LAYOUT,
+    META_TIMEOUT_CLOSING_NS, META_TIMEOUT_ESTABLISHED_NS, META_TIMEOUT_SYN_NS, STAT_COUNT, maps,
 };
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
@@ -45,6 +44,8 @@ pub struct Config<'a> {
     pub ifaces: &'a [String],
     pub cgroup: &'a Path,
     pub ebpf_log: EbpfLog,
+    /// Forwarded connections the flow map is created for (`--max-flows`).
+    pub max_flows: u32,
 }
 
 /// Datapath accounting read from `EF_STATS`, plus what userspace derives.
@@ -93,8 +94,44 @@ impl Stats {
     }
 }
 
-/// Capacities, for reporting.
-pub const CAPACITY: (u64, u64) = (MAX_ENDPOINTS as u64, MAX_FLOWS as u64);
+/// Logs a warning for each loss counter that grew between two reads: what
+/// the datapath could not count must not stay silent until someone reads
+/// `/metrics`.
+pub fn warn_new_losses(prev: &Stats, now: &Stats, capacity: Capacity) {
+    use agent_common::Stat;
+    for (stat, capacity, what) in [
+        (
+            Stat::FlowInsertFailed,
+            Some(capacity.flows),
+            "the flow map is full: forwarded connections were not counted (raise --max-flows)",
+        ),
+        (
+            Stat::EndpointInsertFailed,
+            Some(capacity.endpoints),
+            "the endpoint map is full: new endpoints were not counted",
+        ),
+        (
+            Stat::SockStorageFailed,
+            None,
+            "sockets could not get evenflow's storage (memory pressure): not counted",
+        ),
+    ] {
+        let lost = now.slot(stat).saturating_sub(prev.slot(stat));
+        if lost > 0 {
+            tracing::warn!(lost, capacity = ?capacity, "{what}");
+        }
+    }
+}
+
+/// What the pinned maps can hold, as created (a restart with another
+/// `--max-flows` keeps the pinned map and its size).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Capacity {
+    /// Endpoints.
+    pub endpoints: u64,
+    /// Forwarded connections (two flow map entries each).
+    pub flows: u64,
+}
 
 /// Loaded and attached programs and the maps userspace reads.
 pub struct Datapath {
@@ -104,6 +141,7 @@ pub struct Datapath {
     /// reader's buffers; `None` once the kernel refused batch lookups.
     batch: std::sync::Mutex<Option<(MapData, crate::batch::Reader)>>,
     stats: PerCpuArray<MapData, u64>,
+    capacity: Capacity,
     epoch: u64,
     pin_dir: PathBuf,
     interfaces: Vec<String>,
@@ -135,6 +173,7 @@ impl Datapath {
         let mut loader = EbpfLoader::new();
         loader
             .default_map_pin_directory(&pin_dir)
+            .map_max_entries(maps::FLOWS, cfg.max_flows.saturating_mul(2))
             .override_global(aya_log::LEVEL, &level, true);
         for (name, off) in &offsets {
             loader.override_global(name, off, true);
@@ -199,8 +238,20 @@ impl Datapath {
             (Ok(m), Ok(n)) => Some((m, crate::batch::Reader::new(n))),
             _ => None,
         };
+        let capacity = Capacity {
+            endpoints: max_entries(&pin_dir, maps::ENDPOINTS)?,
+            flows: max_entries(&pin_dir, maps::FLOWS)? / 2,
+        };
+        if capacity.flows != u64::from(cfg.max_flows) {
+            info!(
+                pinned = capacity.flows,
+                asked = cfg.max_flows,
+                "the pinned flow map keeps its size until the counters start a new epoch"
+            );
+        }
         Ok(Self {
             batch: std::sync::Mutex::new(batch),
+            capacity,
             endpoints: take(&mut ebpf, maps::ENDPOINTS)?,
             stats: take(&mut ebpf, maps::STATS)?,
             epoch,
@@ -242,6 +293,11 @@ impl Datapath {
         crate::links::prune(&self.links_dir, &self.pinned)?;
         self.interfaces = wanted.to_vec();
         Ok(())
+    }
+
+    /// What the pinned maps can hold.
+    pub fn capacity(&self) -> Capacity {
+        self.capacity
     }
 
     /// The epoch of the pinned counters.
@@ -315,6 +371,13 @@ impl Datapath {
         }
         Ok(stats)
     }
+}
+
+/// The `max_entries` the pinned map `name` was created with.
+fn max_entries(pin_dir: &Path, name: &str) -> Result<u64> {
+    let info = aya::maps::MapInfo::from_pin(pin_dir.join(name))
+        .with_context(|| format!("reading the pinned map {name}'s info"))?;
+    Ok(u64::from(info.max_entries()))
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>

@@ -100,6 +100,7 @@ async fn run(args: cli::Args) -> Result<()> {
         ifaces: &ifaces,
         cgroup: &cgroup,
         ebpf_log: args.ebpf_log,
+        max_flows: args.max_flows,
     })?;
     if let Some(logger) = dp.take_logger() {
         tokio::spawn(drive_ebpf_logger(logger));
@@ -197,6 +198,7 @@ async fn counting_loop(
     let mut last = Instant::now();
     let cgroup = dp.cgroup().display().to_string();
     let mut sequence = 0u64;
+    let mut prev_stats = None;
     loop {
         ticker.tick().await;
         let now = Instant::now();
@@ -210,6 +212,10 @@ async fn counting_loop(
         }
         // Map reads are syscalls: keep them off the async workers' backs.
         let stats = tokio::task::block_in_place(|| dp.read(&mut read))?;
+        if let Some(prev) = &prev_stats {
+            datapath::warn_new_losses(prev, &stats, dp.capacity());
+        }
+        prev_stats = Some(stats);
         table.update(&read, if sequence == 0 { 0.0 } else { secs });
         let listeners = listeners::read().unwrap_or_else(|e| {
             warn!("listing listeners: {e:#}");
@@ -232,6 +238,7 @@ async fn counting_loop(
             cpu_utilization: cpu_now.utilization_since(&cpu_prev),
             cores: cpu_now.cores(),
             stats: &stats,
+            capacity: dp.capacity(),
             interfaces: dp.interfaces(),
             cgroup: &cgroup,
             addresses: &addresses,

@@ -152,7 +152,7 @@ pub fn render(snap: &v1::Snapshot) -> String {
             ),
             (
                 "flow_insert_failed",
-                "New flows the kernel could not insert.",
+                "Forwarded connections not tracked: the flow map was full.",
                 d.flow_insert_failed,
             ),
             (
@@ -200,8 +200,10 @@ pub fn render(snap: &v1::Snapshot) -> String {
              # HELP evenflow_datapath_endpoints_max Capacity of the kernel endpoint map.\n# TYPE evenflow_datapath_endpoints_max gauge\n\
              evenflow_datapath_endpoints_max{{node=\"{node}\"}} {}\n\
              # HELP evenflow_datapath_flows Forwarded connections tracked now.\n# TYPE evenflow_datapath_flows gauge\n\
-             evenflow_datapath_flows{{node=\"{node}\"}} {}",
-            d.live_endpoints, d.max_endpoints, d.live_flows
+             evenflow_datapath_flows{{node=\"{node}\"}} {}\n\
+             # HELP evenflow_datapath_flows_max Forwarded connections the flow map can track.\n# TYPE evenflow_datapath_flows_max gauge\n\
+             evenflow_datapath_flows_max{{node=\"{node}\"}} {}",
+            d.live_endpoints, d.max_endpoints, d.live_flows, d.max_flows
         );
     }
     let _ = writeln!(

@@ -23,6 +23,7 @@ pub struct Inputs<'a> {
     pub cpu_utilization: f64,
     pub cores: u32,
     pub stats: &'a datapath::Stats,
+    pub capacity: datapath::Capacity,
     pub interfaces: &'a [String],
     pub cgroup: &'a str,
     /// The node's addresses (see `host::addresses`).
@@ -107,7 +108,6 @@ pub fn build(i: &Inputs<'_>) -> v1::Snapshot {
             b.0.proto,
         ))
     });
-    let (max_endpoints, max_flows) = datapath::CAPACITY;
     v1::Snapshot {
         node_name: i.node_name.to_owned(),
         agent_epoch: i.epoch,
@@ -137,8 +137,8 @@ pub fn build(i: &Inputs<'_>) -> v1::Snapshot {
             flow_missing_on_close: i.stats.flow_missing_on_close(),
             unsupported_family: i.stats.unsupported_family(),
             live_endpoints: i.stats.live_endpoints,
-            max_endpoints,
-            max_flows,
+            max_endpoints: i.capacity.endpoints,
+            max_flows: i.capacity.flows,
             endpoints_forgotten: i.table.forgotten,
             live_flows: i.stats.live_flows(),
             syns_routed: i.stats.slot(Stat::SynRouted),
@@ -201,6 +201,7 @@ mod tests {
             cpu_utilization: 0.25,
             cores: 2,
             stats: &stats,
+            capacity: datapath::Capacity::default(),
             interfaces: &[],
             cgroup: "/",
             addresses: &[],

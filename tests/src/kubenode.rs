@@ -30,7 +30,6 @@ use std::net::IpAddr;
 use anyhow::{Context as _, Result};
 
 use crate::{
-    cgroup,
     lab::{Lab, Names, Node},
     netns,
 };
@@ -73,9 +72,7 @@ impl Lab {
 
 fn build(lab: &mut Lab) -> Result<()> {
     let node = lab.lb.clone();
-    netns::create(&node.ns)?;
-    cgroup::create(&node.cgroup)?;
-    let _ = std::fs::remove_dir_all(node.pin_dir());
+    node.create()?;
     // The node's own address (its uplink's, on a real node).
     netns::addr(&node.ns, "lo", &format!("{}/32", node.addr4))?;
     netns::addr(&node.ns, "lo", &format!("{}/128", node.addr6))?;
@@ -102,8 +99,7 @@ fn build(lab: &mut Lab) -> Result<()> {
 /// the lab and `slot`), addresses and routes.
 fn wire(lab: &Lab, p: &Node, slot: usize) -> Result<()> {
     let node = &lab.lb.ns;
-    netns::create(&p.ns)?;
-    cgroup::create(&p.cgroup)?;
+    p.create()?;
     let host = format!("{}h{slot}", lab.name);
     // Created straight into both namespaces: `eth0` never exists on the
     // host running the test.

@@ -77,6 +77,15 @@ impl Node {
         if ipv6 { self.addr6 } else { self.addr4 }
     }
 
+    /// Creates the node's namespace (with `lo` up) and cgroup, with no
+    /// pinned state left from an earlier run; wiring is the caller's.
+    pub fn create(&self) -> Result<()> {
+        netns::create(&self.ns)?;
+        cgroup::create(&self.cgroup)?;
+        let _ = std::fs::remove_dir_all(self.pin_dir());
+        Ok(())
+    }
+
     /// Where the node's agent pins its maps.
     pub fn pin_dir(&self) -> PathBuf {
         PathBuf::from(crate::BPFFS).join("evenflow").join(&self.ns)
@@ -95,6 +104,9 @@ pub struct Lab {
     pub backends: Vec<Node>,
     /// Temporary directory for configuration files and logs.
     pub dir: PathBuf,
+    /// Nodes added after the lab was built ([`Lab::add_node`]): a second
+    /// cluster node, pods.
+    others: Vec<Node>,
     procs: Vec<Proc>,
     cgroup_root: PathBuf,
 }
@@ -186,6 +198,7 @@ impl Lab {
             lb,
             backends,
             dir,
+            others: Vec::new(),
             procs: Vec::new(),
             cgroup_root,
         };
@@ -202,18 +215,26 @@ impl Lab {
         }
     }
 
-    /// Every node: client, lb, backends.
+    /// Every node: client, lb, backends, then those added later.
     pub fn nodes(&self) -> Vec<Node> {
         let mut v = vec![self.client.clone(), self.lb.clone()];
         v.extend(self.backends.iter().cloned());
+        v.extend(self.others.iter().cloned());
         v
+    }
+
+    /// Adds `node` (named by [`Lab::names`]) to the built lab: its
+    /// namespace, with `lo` up, and its cgroup, removed with the lab. Wiring
+    /// it is the caller's.
+    pub fn add_node(&mut self, node: Node) -> Result<Node> {
+        node.create()?;
+        self.others.push(node.clone());
+        Ok(node)
     }
 
     fn build(&mut self) -> Result<()> {
         for n in self.nodes() {
-            netns::create(&n.ns)?;
-            cgroup::create(&n.cgroup)?;
-            let _ = std::fs::remove_dir_all(n.pin_dir());
+            n.create()?;
         }
         let (c, l) = (self.client.ns.clone(), self.lb.ns.clone());
         // client <-> lb

@@ -24,6 +24,7 @@ pub mod nginx;
 pub mod simagent;
 pub mod tcx;
 pub mod tmux;
+pub mod truth;
 
 use std::{path::Path, time::Duration};
 

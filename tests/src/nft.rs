@@ -41,3 +41,16 @@ pub fn start(lab: &Lab) -> Result<()> {
         .with_context(|| format!("loading the DNAT rules:\n{rules}"))?;
     Ok(())
 }
+
+/// Loads the nftables ruleset `rules` in `ns`, through a file named after
+/// `name` in the lab's directory (`nft` wants a ruleset file, not
+/// statements, for tables and chains). Single-line rulesets are split at
+/// `; ` and `} }` first, so tests may write them on one line.
+pub fn load(lab: &Lab, ns: &str, name: &str, rules: &str) -> Result<()> {
+    let path = lab.dir.join(format!("{name}.nft"));
+    let text = rules.replace("; ", ";\n").replace("} }", "}\n}\n");
+    std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
+    netns::exec(ns, "nft", &["-f", &path.display().to_string()])
+        .with_context(|| format!("loading nftables rules in {ns}:\n{text}"))?;
+    Ok(())
+}

@@ -40,6 +40,7 @@ use evenflow_tests::{
     netns, nft,
     nginx::{self, Served},
     tcx,
+    truth::{self, BYTES_PCT, pct_off, within_pct as within},
 };
 use serde_json::Value;
 
@@ -56,9 +57,6 @@ const WORKERS: u64 = 4;
 const HAPROXY_PAD: usize = 1500;
 /// How long counters may take to reach their final values after the load.
 const SETTLE: Duration = Duration::from_secs(10);
-/// Byte tolerance against the applications' own counts (nginx's logs, the
-/// client's tally), percent.
-const BYTES_PCT: f64 = 0.1;
 /// Byte tolerance against HAProxy's per-server counters, which count HTTP
 /// messages in HAProxy's internal form (see [`HAPROXY_PAD`]), percent.
 const HAPROXY_STATS_PCT: f64 = 2.0;
@@ -137,6 +135,9 @@ enum Shape {
     /// The lb masquerades what it forwards to the backends (SNAT to its own
     /// address), as kube-proxy does for traffic from outside the cluster.
     Masquerade,
+    /// The backends' interfaces are macvlans (bridge mode) on one parent,
+    /// and the lb reaches them through a macvlan of its own on it.
+    Macvlan,
 }
 
 /// A lab after its load: everything the assertions need.
@@ -155,22 +156,18 @@ struct Run {
     context: String,
 }
 
-fn within(seen: u64, truth: u64, pct: f64) -> bool {
-    (seen as f64 - truth as f64).abs() <= (truth as f64).max(1.0) * pct / 100.0
-}
-
-fn pct_off(seen: u64, truth: u64) -> f64 {
-    (seen as f64 - truth as f64) / (truth as f64).max(1.0) * 100.0
-}
-
 impl Run {
     /// Builds the lab, starts nginx and an agent on every backend, an
     /// agent and the load balancer on the lb, and drives the load.
     fn shaped(name: &str, lb: Lb, ipv6: bool, traffic: Traffic, shape: Shape) -> Run {
         evenflow_tests::require_root();
         let mut lab = Lab::new(name, 4).expect("the lab builds");
-        if shape == Shape::Bridged {
-            bridge_backends(&lab).expect("the lb's backend links become bridge ports");
+        match shape {
+            Shape::Bridged => {
+                bridge_backends(&lab).expect("the lb's backend links become bridge ports")
+            }
+            Shape::Macvlan => macvlan_backends(&lab).expect("the backends move onto macvlans"),
+            _ => {}
         }
         let listen_opts = match shape {
             Shape::Deferred => "deferred",
@@ -422,6 +419,12 @@ impl Run {
             .collect();
         let lb_ns = self.lab.lb.ns.clone();
         let (_, totals) = self.settle(&lb_ns, &endpoints, conns);
+        // Every connection ended: the lb (whose agent started on fresh
+        // maps) tracks none.
+        if truth::wait_datapath(&lb_ns, "liveFlows", 0, SETTLE).is_none() {
+            let left = grpcurl::snapshot(&lb_ns).map(|s| s["datapath"].clone());
+            self.fail(format!("lb: liveFlows never returned to 0: {left:?}"));
+        }
         for (i, b) in self.lab.backends.clone().iter().enumerate() {
             // What the lb sends (tx) is what the backend receives, and back.
             self.compare(
@@ -515,29 +518,79 @@ fn bridge_backends(lab: &Lab) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Replaces the lb's veths to the backends with macvlans in bridge mode on
+/// one parent (a veth standing for the host's uplink, its peer unwired):
+/// each backend's
+/// interface is a macvlan moved into its namespace, and the lb reaches them
+/// through a macvlan of its own on the same parent, holding every backend
+/// gateway address (the "shim" hosts add, since a macvlan's parent cannot
+/// reach its macvlans). Macvlan-to-macvlan frames never cross the parent.
+fn macvlan_backends(lab: &Lab) -> anyhow::Result<()> {
+    let ns = &lab.lb.ns;
+    let ip = |ns: &str, args: &[&str]| netns::exec(ns, "ip", args).map(drop);
+    let parent = format!("{}mp", lab.name);
+    let shim = format!("{}m0", lab.name);
+    let macvlan = |name: &str| {
+        ip(
+            ns,
+            &[
+                "link", "add", name, "link", &parent, "type", "macvlan", "mode", "bridge",
+            ],
+        )
+    };
+    let uplink_peer = format!("{}mq", lab.name);
+    ip(
+        ns,
+        &[
+            "link",
+            "add",
+            &parent,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &uplink_peer,
+        ],
+    )?;
+    for dev in [&parent, &uplink_peer] {
+        ip(ns, &["link", "set", dev, "up"])?;
+    }
+    macvlan(&shim)?;
+    ip(ns, &["link", "set", &shim, "up"])?;
+    for (i, b) in lab.backends.iter().enumerate() {
+        let i = i + 1;
+        ip(ns, &["link", "del", &format!("{}l{i}", lab.name)])?;
+        let dev = format!("{}m{i}", lab.name);
+        macvlan(&dev)?;
+        ip(ns, &["link", "set", &dev, "netns", &b.ns])?;
+        ip(&b.ns, &["link", "set", &dev, "up"])?;
+        netns::addr(&b.ns, &dev, &format!("10.2.{i}.2/24"))?;
+        netns::addr(&b.ns, &dev, &format!("fd02:{i}::2/64"))?;
+        netns::default_route(&b.ns, &format!("10.2.{i}.1"))?;
+        netns::default_route(&b.ns, &format!("fd02:{i}::1"))?;
+        netns::addr(ns, &shim, &format!("10.2.{i}.1/24"))?;
+        netns::addr(ns, &shim, &format!("fd02:{i}::1/64"))?;
+    }
+    Ok(())
+}
+
 /// Drops one in `one_in` of the packets the lb forwards, either way.
 fn drop_forwarded(lab: &Lab, one_in: u32) -> anyhow::Result<()> {
     let rules = format!(
-        "table inet evenflow_loss {{\n chain forward {{\n  type filter hook forward priority 0;\n  \
-         numgen random mod {one_in} == 0 drop\n }}\n}}\n"
+        "table inet evenflow_loss {{ chain forward {{ type filter hook forward priority 0; \
+         numgen random mod {one_in} == 0 drop; }} }}"
     );
-    let path = lab.dir.join("loss.nft");
-    std::fs::write(&path, rules)?;
-    netns::exec(&lab.lb.ns, "nft", &["-f", &path.display().to_string()])?;
-    Ok(())
+    nft::load(lab, &lab.lb.ns, "loss", &rules)
 }
 
 /// SNATs to the lb's own address whatever leaves towards the backends.
 fn masquerade(lab: &Lab) -> anyhow::Result<()> {
     let rules = format!(
-        "table inet evenflow_masq {{\n chain postrouting {{\n  type nat hook postrouting priority srcnat;\n  \
-         oifname != \"{}l0\" masquerade\n }}\n}}\n",
+        "table inet evenflow_masq {{ chain postrouting {{ type nat hook postrouting priority srcnat; \
+         oifname != \"{}l0\" masquerade; }} }}",
         lab.name
     );
-    let path = lab.dir.join("masq.nft");
-    std::fs::write(&path, rules)?;
-    netns::exec(&lab.lb.ns, "nft", &["-f", &path.display().to_string()])?;
-    Ok(())
+    nft::load(lab, &lab.lb.ns, "masq", &rules)
 }
 
 /// Foreign TCX programs first and last on every lb interface.
@@ -765,6 +818,25 @@ fn field_bridge_dnat_counts_once() {
 #[test]
 fn field_bridge_dnat_ipv6_counts_once() {
     dnat_counts_shaped("brdnat6", true, SMALL, Shape::Bridged);
+}
+
+/// DNAT to backends on macvlans (bridge mode), the lb on a macvlan of the
+/// same parent: each forwarded byte once, both views exact.
+#[test]
+fn field_macvlan_dnat_counts_exactly() {
+    dnat_counts_shaped("fdmvdnat", false, SMALL, Shape::Macvlan);
+}
+
+/// Over IPv6 as well (neighbour discovery across the macvlans).
+#[test]
+fn field_macvlan_dnat_ipv6_counts_exactly() {
+    dnat_counts_shaped("fdmvdnat6", true, SMALL, Shape::Macvlan);
+}
+
+/// A proxy whose backend side is a macvlan: its sockets count, exactly.
+#[test]
+fn field_macvlan_proxy_counts_exactly() {
+    haproxy_counts_shaped("fdmvhap", false, Shape::Macvlan);
 }
 
 /// 5 % of forwarded packets lost: retransmissions count once, and a

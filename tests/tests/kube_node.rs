@@ -48,6 +48,7 @@ use evenflow_tests::{
     lab::{BACKEND_PORT, Lab, Node},
     netns,
     nginx::{self, Served},
+    truth::within_pct,
 };
 use serde_json::Value;
 
@@ -244,17 +245,6 @@ fn build() -> Node8s {
     k
 }
 
-fn within(seen: u64, truth: u64) -> bool {
-    (seen as f64 - truth as f64).abs() <= (truth as f64).max(1.0) * BYTES_PCT / 100.0
-}
-
-fn num(v: &Value) -> u64 {
-    match v {
-        Value::String(s) => s.parse().unwrap_or(0),
-        v => v.as_u64().unwrap_or(0),
-    }
-}
-
 /// Phase 1: known loads through each ClusterIP; every count of every pod
 /// against its nginx log, in the agent's two views and the collector's.
 fn counts_match_each_pods_log(k: &mut Node8s) {
@@ -343,7 +333,9 @@ fn counts_match_each_pods_log(k: &mut Node8s) {
                     p.role, t.opened, t.closed, s.connections
                 ));
             }
-            if !within(rx, s.request_bytes) || !within(tx, s.response_bytes) {
+            if !within_pct(rx, s.request_bytes, BYTES_PCT)
+                || !within_pct(tx, s.response_bytes, BYTES_PCT)
+            {
                 failures.push(format!(
                     "{} {what}: request/response bytes {rx}/{tx}, nginx logged {}/{}",
                     p.role, s.request_bytes, s.response_bytes
@@ -369,8 +361,9 @@ fn counts_match_each_pods_log(k: &mut Node8s) {
                             .iter()
                             .position(|p| m["address"] == p.addr4.to_string().as_str());
                         i.is_some_and(|i| {
-                            num(&m["serverView"]["connsTotal"]) == served[i].connections
-                                && num(&m["lbView"]["connsTotal"]) == served[i].connections
+                            grpcurl::number(&m["serverView"]["connsTotal"]) == served[i].connections
+                                && grpcurl::number(&m["lbView"]["connsTotal"])
+                                    == served[i].connections
                         })
                     })
                 })

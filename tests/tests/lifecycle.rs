@@ -15,46 +15,14 @@ use std::{
 
 use evenflow_tests::{
     agent, client,
-    grpcurl::{self, SENDS_TO, SERVES, Totals},
+    grpcurl::{self, SENDS_TO, SERVES},
     lab::{self, BACKEND_PORT, Lab},
     netns, nft, nginx,
+    truth::{View, assert_served, settled},
 };
 use serde_json::Value;
 
 const FLAGS: [&str; 2] = ["--service", "web=8080"];
-
-fn within(seen: u64, truth: u64) -> bool {
-    (seen as f64 - truth as f64).abs() <= (truth as f64).max(1.0) * 0.001
-}
-
-/// Waits until `ns`'s endpoint settles at `want` connections opened and
-/// closed; returns the snapshot and its totals.
-fn settled(ns: &str, addr: &str, dir: &str, want: u64) -> (Value, Totals) {
-    grpcurl::settle(
-        ns,
-        Duration::from_secs(15),
-        |s| grpcurl::totals(s, addr, BACKEND_PORT, dir),
-        |t| t.opened == want && t.closed == want,
-    )
-    .expect("grpcurl reads the snapshot")
-}
-
-fn assert_matches(what: &str, t: Totals, served: &nginx::Served, request_is_rx: bool) {
-    let (rx, tx) = if request_is_rx {
-        (served.request_bytes, served.response_bytes)
-    } else {
-        (served.response_bytes, served.request_bytes)
-    };
-    assert_eq!(
-        (t.opened, t.closed),
-        (served.connections, served.connections),
-        "{what}: connections, nginx {served:?}"
-    );
-    assert!(
-        within(t.bytes_rx, rx) && within(t.bytes_tx, tx),
-        "{what}: {t:?} vs nginx {served:?}"
-    );
-}
 
 /// Client load in the background until stopped; returns what it made.
 fn background_load(lab: &Lab) -> (Arc<AtomicBool>, std::thread::JoinHandle<client::Load>) {
@@ -112,14 +80,19 @@ fn agents_killed_under_load_lose_nothing() {
     for (i, b) in lab.backends.clone().iter().enumerate() {
         let served = nginx::read_log(&logs[i]).expect("an access log");
         let addr = b.addr4.to_string();
-        let (_, server) = settled(&b.ns, &addr, SERVES, served.connections);
-        let (snap, lb_view) = settled(&lb.ns, &addr, SENDS_TO, served.connections);
+        let (_, server) = settled(&b.ns, &addr, BACKEND_PORT, SERVES, served.connections);
+        let (snap, lb_view) = settled(&lb.ns, &addr, BACKEND_PORT, SENDS_TO, served.connections);
         println!(
             "{}: nginx {served:?}\n  server {server:?}\n  lb {lb_view:?}",
             b.role
         );
-        assert_matches(&format!("{} SERVES", b.role), server, &served, true);
-        assert_matches(&format!("lb SENDS_TO {}", b.role), lb_view, &served, false);
+        assert_served(&format!("{} SERVES", b.role), server, &served, View::Server);
+        assert_served(
+            &format!("lb SENDS_TO {}", b.role),
+            lb_view,
+            &served,
+            View::Lb,
+        );
         assert_eq!(snap["agentEpoch"], epoch_before, "the lb's epoch survives");
     }
 }
@@ -154,8 +127,13 @@ fn stopped_agent_keeps_counting_until_uninstalled() {
     assert_eq!(l.connections, 30);
     agent::relaunch(&mut lab, &b, &FLAGS, &[]).expect("the agent starts again");
     let served = nginx::read_log(&log).expect("the access log");
-    let (_, t) = settled(&b.ns, &addr, SERVES, 30);
-    assert_matches("SERVES while the agent was stopped", t, &served, true);
+    let (_, t) = settled(&b.ns, &addr, BACKEND_PORT, SERVES, 30);
+    assert_served(
+        "SERVES while the agent was stopped",
+        t,
+        &served,
+        View::Server,
+    );
 
     lab.stop("agent-");
     let pins = b.pin_dir();
@@ -195,12 +173,12 @@ fn upgrade_to_another_layout_starts_a_new_epoch() {
     let target = std::net::SocketAddr::new(b.addr4, BACKEND_PORT);
     let addr = b.addr4.to_string();
     client::http_load(&lab.client.ns, target, 20, 2).expect("the first load runs");
-    let (before, _) = settled(&b.ns, &addr, SERVES, 20);
+    let (before, _) = settled(&b.ns, &addr, BACKEND_PORT, SERVES, 20);
 
     agent::relaunch(&mut lab, &b, &FLAGS, &["EVENFLOW_TEST_LAYOUT_BUMP=1"])
         .expect("the upgraded agent starts, never crash-loops");
     client::http_load(&lab.client.ns, target, 25, 2).expect("the second load runs");
-    let (after, t) = settled(&b.ns, &addr, SERVES, 25);
+    let (after, t) = settled(&b.ns, &addr, BACKEND_PORT, SERVES, 25);
     assert_ne!(
         before["agentEpoch"], after["agentEpoch"],
         "a new layout starts a new epoch"
