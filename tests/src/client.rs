@@ -56,11 +56,26 @@ pub struct Spec {
     /// How long a connect or a read may wait before the connection counts
     /// as failed ([`PATIENCE`] unless the path is meant to lose packets:
     /// three losses of one segment back off for 1 + 2 + 4 s).
-    pub patience: Duration,
+    pub patience: Patience,
 }
 
-/// How long a connect or a read waits on a healthy path.
-pub const PATIENCE: Duration = Duration::from_secs(5);
+/// How long a connection waits before it counts as failed.
+#[derive(Clone, Copy, Debug)]
+pub struct Patience {
+    /// For the handshake.
+    pub connect: Duration,
+    /// For each read of the response.
+    pub read: Duration,
+}
+
+/// On a healthy path. The connect gives up at 3 s, when the SYN's second
+/// retransmission would leave: tests that make a backend drop SYNs count
+/// on the connect failing rather than on a retransmission that finds the
+/// conntrack entry expired and is balanced anew.
+pub const PATIENCE: Patience = Patience {
+    connect: Duration::from_secs(3),
+    read: Duration::from_secs(5),
+};
 
 /// IP header extras on every packet the client sends: real stacks send
 /// these (timestamps, router alert, jumbo), and they move the transport
@@ -151,11 +166,11 @@ pub fn request(path: &str, worker: u64, i: u64, pad: usize) -> String {
 /// Returns the payload bytes sent and received.
 fn one(target: SocketAddr, req: &str, spec: Spec) -> Result<(u64, u64)> {
     let mut s = match spec.extras {
-        IpExtras::None => TcpStream::connect_timeout(&target, spec.patience)
+        IpExtras::None => TcpStream::connect_timeout(&target, spec.patience.connect)
             .with_context(|| format!("connecting to {target}"))?,
         extras => connect_with(target, extras)?,
     };
-    s.set_read_timeout(Some(spec.patience))?;
+    s.set_read_timeout(Some(spec.patience.read))?;
     s.write_all(req.as_bytes()).context("sending the request")?;
     let mut buf = Vec::with_capacity(1 << 20);
     s.read_to_end(&mut buf).context("reading the response")?;

@@ -205,7 +205,10 @@ impl Run {
             path: traffic.path,
             extras: traffic.extras,
             patience: if shape == Shape::Lossy {
-                Duration::from_secs(30)
+                client::Patience {
+                    connect: Duration::from_secs(30),
+                    read: Duration::from_secs(30),
+                }
             } else {
                 client::PATIENCE
             },

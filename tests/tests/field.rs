@@ -76,7 +76,10 @@ fn field_failed_and_half_open_connections_leave_no_flow() {
         pad: 0,
         path: "/",
         extras: client::IpExtras::None,
-        patience: Duration::from_secs(2),
+        patience: client::Patience {
+            connect: Duration::from_secs(2),
+            ..client::PATIENCE
+        },
     };
     let load = client::run(&lab.client.ns, lab::vip(false), spec).expect("the load runs");
     // Round robin over four backends: b1 and b2 answer, b3 refuses, b4 is
