@@ -4,4 +4,5 @@
 //! webhooks, Prometheus `/metrics`).
 
 pub mod detect;
+pub mod parallel;
 pub mod service;

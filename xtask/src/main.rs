@@ -21,6 +21,7 @@ mod bench;
 mod demo;
 mod interrupt;
 mod pinned_demo;
+mod scale_baseline;
 mod setup;
 mod shell;
 
@@ -75,6 +76,11 @@ enum Cmd {
     /// report-to-verdict latency, RSS and CPU per fleet size (release
     /// builds of both). Arguments after `--` go to evenflow-scale-bench.
     BenchScale {
+        /// Compare with this git revision's collector (built once, kept
+        /// under target/scale-baseline/); without it the baseline is the
+        /// same collector with its tick on one thread.
+        #[arg(long)]
+        baseline: Option<String>,
         /// Arguments for evenflow-scale-bench.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -96,9 +102,18 @@ fn main() -> ExitCode {
         Cmd::BenchDatapath { rounds } => bench::run(rounds),
         Cmd::BenchDetect { args } => release_bin(&["evenflow-detect-bench"], &args),
         // The scale bench starts the collector found next to itself.
-        Cmd::BenchScale { args } => {
-            release_bin(&["evenflow-scale-bench", "evenflow-collector"], &args)
-        }
+        // Its baseline, when another revision's, is built first: both
+        // builds leave their binary at the same path.
+        Cmd::BenchScale { baseline, args } => baseline
+            .map(|rev| scale_baseline::collector(&rev))
+            .transpose()
+            .and_then(|base| {
+                let mut args = args;
+                if let Some(b) = base {
+                    args.splice(0..0, ["--baseline-bin".into(), b.display().to_string()]);
+                }
+                release_bin(&["evenflow-scale-bench", "evenflow-collector"], &args)
+            }),
         Cmd::Demo(opts) => demo::run(&opts),
     };
     match r {

@@ -19,8 +19,17 @@
 //! Each simulated agent serves one labelled endpoint (pools of 10) and
 //! sends to `M - 1` other backends, so every pool has an LB view too.
 //!
+//! Every fleet runs `--runs` times against the collector under test and
+//! as often against a *baseline* in the same run, alternating which goes
+//! first: another collector binary (`--baseline-bin`, e.g. a build of an
+//! older commit: `cargo xtask bench-scale --baseline REV` makes one), or
+//! by default the same binary with its tick on one thread
+//! (`--tick-threads 1`). The summary gives medians with their ranges and
+//! the ratios new/baseline per round (median and range), and projects the
+//! largest fleets' measured growth to `--project` agents.
+//!
 //! ```text
-//! cargo xtask bench-scale [--fleets 1000,3000,5000] [...]
+//! cargo xtask bench-scale [--baseline REV] [-- --fleets 1000,3000,5000 ...]
 //! ```
 //! builds the release collector next to this binary, which is where it
 //! looks for it (`--collector-bin` says otherwise).
@@ -69,11 +78,21 @@ struct Args {
     /// from their members).
     #[arg(long, default_value_t = 10)]
     watch_pools: usize,
-    /// Collector binary (default: next to this one).
+    /// Collector binary under test (default: next to this one).
     #[arg(long)]
     collector_bin: Option<PathBuf>,
+    /// Baseline collector binary (default: the collector under test with
+    /// `--tick-threads 1`).
+    #[arg(long)]
+    baseline_bin: Option<PathBuf>,
+    /// Runs per fleet and collector; the summary gives medians and ranges.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Fleet size to project the two largest fleets' growth to.
+    #[arg(long, default_value_t = 10_000)]
+    project: usize,
     /// Target an already running collector (gRPC URL) instead of starting
-    /// one; RSS and CPU then need --target-pid.
+    /// one (no baseline then); RSS and CPU then need --target-pid.
     #[arg(long)]
     target: Option<String>,
     /// PID of the targeted collector, for RSS and CPU.
@@ -102,6 +121,7 @@ struct Outcome {
     peak_rss_mib: f64,
     cpu: f64,
     bench_cpu: f64,
+    /// Median of the tick durations sampled during the window.
     tick_ms: f64,
     overruns: u64,
     holds: bool,
@@ -310,21 +330,79 @@ async fn agent(
     Ok(())
 }
 
-async fn run_fleet(args: &Args, n: usize) -> Result<Outcome> {
+/// A collector to start: its binary and extra arguments.
+#[derive(Clone, Debug)]
+struct Collector {
+    /// "new" or "base".
+    label: &'static str,
+    bin: PathBuf,
+    extra: Vec<String>,
+}
+
+impl Collector {
+    /// The collector under test and its baseline.
+    fn both(args: &Args) -> Result<(Self, Self)> {
+        let bin = match &args.collector_bin {
+            Some(b) => b.clone(),
+            None => std::env::current_exe()
+                .context("locating this binary")?
+                .with_file_name("evenflow-collector"),
+        };
+        let base = match &args.baseline_bin {
+            Some(b) => Self {
+                label: "base",
+                bin: b.clone(),
+                extra: Vec::new(),
+            },
+            None => Self {
+                label: "base",
+                bin: bin.clone(),
+                extra: vec!["--tick-threads".into(), "1".into()],
+            },
+        };
+        if base.extra.is_empty() && same_file_contents(&base.bin, &bin) {
+            bail!(
+                "the baseline {} and the collector under test {} are the same binary: build the baseline apart (cargo xtask bench-scale --baseline REV does)",
+                base.bin.display(),
+                bin.display()
+            );
+        }
+        let new = Self {
+            label: "new",
+            bin,
+            extra: Vec::new(),
+        };
+        Ok((new, base))
+    }
+
+    fn describe(&self) -> String {
+        let mut s = self.bin.display().to_string();
+        for a in &self.extra {
+            s.push(' ');
+            s.push_str(a);
+        }
+        s
+    }
+}
+
+/// Whether two files hold the same bytes (unreadable ones do not).
+fn same_file_contents(a: &std::path::Path, b: &std::path::Path) -> bool {
+    match (std::fs::read(a), std::fs::read(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+async fn run_fleet(args: &Args, collector: &Collector, n: usize) -> Result<Outcome> {
     // The collector.
     let mut child: Option<Child> = None;
     let (url, metrics_addr, pid) = match &args.target {
         Some(u) => (u.clone(), None, args.target_pid),
         None => {
-            let bin = match &args.collector_bin {
-                Some(b) => b.clone(),
-                None => std::env::current_exe()
-                    .context("locating this binary")?
-                    .with_file_name("evenflow-collector"),
-            };
+            let bin = &collector.bin;
             let grpc = free_addr()?;
             let metrics = free_addr()?;
-            let c = Command::new(&bin)
+            let c = Command::new(bin)
                 .args([
                     "--grpc-addr",
                     &grpc.to_string(),
@@ -333,6 +411,7 @@ async fn run_fleet(args: &Args, n: usize) -> Result<Outcome> {
                     "--interval",
                     &humantime::format_duration(args.interval).to_string(),
                 ])
+                .args(&collector.extra)
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -429,10 +508,23 @@ async fn run_fleet(args: &Args, n: usize) -> Result<Outcome> {
     let bench0 = proc_cpu_secs(std::process::id());
     let t0 = Instant::now();
     let mut peak_rss = 0u64;
+    // The tick's duration, sampled every other second (one tick is one
+    // sample of a noisy machine; /metrics shows the last).
+    let mut ticks_ms = Vec::new();
+    let mut polls = 0u32;
     while t0.elapsed() < args.duration {
         tokio::time::sleep(Duration::from_millis(500)).await;
         if let Some(p) = pid {
             peak_rss = peak_rss.max(proc_status_kib(p, "VmRSS:").unwrap_or(0));
+        }
+        polls += 1;
+        if polls.is_multiple_of(4)
+            && let Some(addr) = metrics_addr
+        {
+            let text = tokio::task::spawn_blocking(move || scrape(addr))
+                .await
+                .unwrap_or_default();
+            ticks_ms.push(metric(&text, "evenflow_collector_tick_seconds") * 1e3);
         }
     }
     let wall = t0.elapsed().as_secs_f64();
@@ -500,7 +592,10 @@ async fn run_fleet(args: &Args, n: usize) -> Result<Outcome> {
             (Some(a), Some(b)) => (b - a) / wall,
             _ => f64::NAN,
         },
-        tick_ms: metric(&metrics_text, "evenflow_collector_tick_seconds") * 1e3,
+        tick_ms: {
+            ticks_ms.push(metric(&metrics_text, "evenflow_collector_tick_seconds") * 1e3);
+            Spread::of(ticks_ms).median
+        },
         overruns: metric(&metrics_text, "evenflow_collector_tick_overruns_total") as u64,
         holds: false,
     };
@@ -519,19 +614,11 @@ fn ms(v: f64) -> String {
     }
 }
 
-fn main() -> Result<()> {
-    let args = Args::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
+fn header() {
     println!(
-        "evenflow-scale-bench: {} endpoints per agent, reports every {:?}, collector tick {:?}, {:?} warm-up + {:?} measured per fleet",
-        args.endpoints, args.report_interval, args.interval, args.warmup, args.duration
-    );
-    println!(
-        "{:>6} {:>8} {:>7} {:>8} {:>17} {:>17} {:>17} {:>17} {:>9} {:>9} {:>7} {:>7} {:>8} {:>5}",
+        "{:>6} {:>4} {:>8} {:>7} {:>8} {:>17} {:>17} {:>17} {:>17} {:>9} {:>9} {:>7} {:>8} {:>8} {:>5}",
         "agents",
+        "run",
         "reports",
         "acked%",
         "samples",
@@ -546,40 +633,243 @@ fn main() -> Result<()> {
         "tick ms",
         "holds"
     );
-    let mut best = None;
-    for &n in &args.fleets {
-        let o = rt.block_on(run_fleet(&args, n))?;
-        println!(
-            "{:>6} {:>8} {:>7.2} {:>8} {:>17} {:>17} {:>17} {:>17} {:>9.1} {:>9.1} {:>6.0}% {:>7.0}% {:>8.1} {:>5}",
-            o.agents,
-            o.reports,
-            if o.reports > 0 {
-                o.acked as f64 * 100.0 / o.reports as f64
-            } else {
-                0.0
-            },
-            o.samples,
-            format!("{}/{}", ms(o.ingest.0), ms(o.ingest.1)),
-            format!("{}/{}", ms(o.publish.0), ms(o.publish.1)),
-            format!("{}/{}", ms(o.verdict.0), ms(o.verdict.1)),
-            format!("{}/{}", ms(o.end_to_end.0), ms(o.end_to_end.1)),
-            o.rss_mib,
-            o.peak_rss_mib,
-            o.cpu * 100.0,
-            o.bench_cpu * 100.0,
-            o.tick_ms,
-            if o.holds { "yes" } else { "NO" }
-        );
-        if o.overruns > 0 {
-            println!("        ({} tick overruns)", o.overruns);
+}
+
+fn row(o: &Outcome, run: &str) {
+    println!(
+        "{:>6} {:>4} {:>8} {:>7.2} {:>8} {:>17} {:>17} {:>17} {:>17} {:>9.1} {:>9.1} {:>6.0}% {:>7.0}% {:>8.1} {:>5}",
+        o.agents,
+        run,
+        o.reports,
+        if o.reports > 0 {
+            o.acked as f64 * 100.0 / o.reports as f64
+        } else {
+            0.0
+        },
+        o.samples,
+        format!("{}/{}", ms(o.ingest.0), ms(o.ingest.1)),
+        format!("{}/{}", ms(o.publish.0), ms(o.publish.1)),
+        format!("{}/{}", ms(o.verdict.0), ms(o.verdict.1)),
+        format!("{}/{}", ms(o.end_to_end.0), ms(o.end_to_end.1)),
+        o.rss_mib,
+        o.peak_rss_mib,
+        o.cpu * 100.0,
+        o.bench_cpu * 100.0,
+        o.tick_ms,
+        if o.holds { "yes" } else { "NO" }
+    );
+    if o.overruns > 0 {
+        println!("        ({} tick overruns)", o.overruns);
+    }
+}
+
+/// Median, minimum and maximum.
+#[derive(Copy, Clone, Debug)]
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Spread {
+    fn of(mut v: Vec<f64>) -> Self {
+        v.retain(|x| !x.is_nan());
+        if v.is_empty() {
+            return Self {
+                median: f64::NAN,
+                min: f64::NAN,
+                max: f64::NAN,
+            };
         }
-        if o.holds {
-            best = Some(n);
+        v.sort_by(|a, b| a.total_cmp(b));
+        let mid = v.len() / 2;
+        let median = if v.len() % 2 == 1 {
+            v[mid]
+        } else {
+            (v[mid - 1] + v[mid]) / 2.0
+        };
+        Self {
+            median,
+            min: v[0],
+            max: v[v.len() - 1],
         }
     }
-    match best {
+
+    fn show(&self, decimals: usize) -> String {
+        format!(
+            "{:.d$} [{:.d$}–{:.d$}]",
+            self.median,
+            self.min,
+            self.max,
+            d = decimals
+        )
+    }
+}
+
+/// A summary line: its name, the value it reads from an outcome, and the
+/// decimals it is shown with.
+type Metric = (&'static str, fn(&Outcome) -> f64, usize);
+
+/// What the summary compares, per outcome.
+const METRICS: [Metric; 5] = [
+    ("verdict p99 ms", |o| o.verdict.1 * 1e3, 1),
+    ("verdict p50 ms", |o| o.verdict.0 * 1e3, 1),
+    ("tick ms", |o| o.tick_ms, 1),
+    ("peak RSS MiB", |o| o.peak_rss_mib, 0),
+    ("CPU %", |o| o.cpu * 100.0, 0),
+];
+
+/// One fleet's runs of both collectors, in round order.
+struct Fleet {
+    agents: usize,
+    new: Vec<Outcome>,
+    base: Vec<Outcome>,
+}
+
+impl Fleet {
+    fn spread(runs: &[Outcome], f: fn(&Outcome) -> f64) -> Spread {
+        Spread::of(runs.iter().map(f).collect())
+    }
+
+    /// The new collector holds when its medians do.
+    fn holds(&self, args: &Args) -> bool {
+        let p99 = Self::spread(&self.new, METRICS[0].1).median;
+        let rss = Self::spread(&self.new, METRICS[3].1).median;
+        let acked = self.new.iter().all(|o| o.acked * 100 >= o.reports * 99);
+        self.new.iter().all(|o| o.samples > 0)
+            && acked
+            && p99 <= args.p99_target.as_secs_f64() * 1e3
+            && rss <= args.rss_target_mib as f64
+    }
+
+    fn summary(&self, args: &Args) {
+        println!(
+            "\n{} agents x {} endpoints, {} runs each (median [min–max]; ratio = new/base per round):",
+            self.agents,
+            args.endpoints,
+            self.new.len()
+        );
+        println!(
+            "  {:<16} {:>26} {:>26} {:>24}",
+            "", "new", "base", "ratio new/base"
+        );
+        for (name, f, d) in METRICS {
+            let ratios = self
+                .new
+                .iter()
+                .zip(&self.base)
+                .map(|(n, b)| f(n) / f(b))
+                .collect::<Vec<_>>();
+            println!(
+                "  {:<16} {:>26} {:>26} {:>24}",
+                name,
+                Self::spread(&self.new, f).show(d),
+                if self.base.is_empty() {
+                    "-".into()
+                } else {
+                    Self::spread(&self.base, f).show(d)
+                },
+                if self.base.is_empty() {
+                    "-".into()
+                } else {
+                    Spread::of(ratios).show(2)
+                },
+            );
+        }
+    }
+}
+
+/// Projects each metric's growth between the two largest fleets (a power
+/// law through their medians) to `to` agents.
+fn project(fleets: &[Fleet], to: usize, which: &str, runs: fn(&Fleet) -> &[Outcome]) {
+    let mut sized: Vec<&Fleet> = fleets.iter().filter(|f| !runs(f).is_empty()).collect();
+    sized.sort_by_key(|f| f.agents);
+    let [.., a, b] = sized.as_slice() else {
+        return;
+    };
+    if a.agents == b.agents {
+        return;
+    }
+    let grow = (b.agents as f64 / a.agents as f64).ln();
+    let mut parts = Vec::new();
+    for (name, f, d) in METRICS {
+        let (va, vb) = (
+            Fleet::spread(runs(a), f).median,
+            Fleet::spread(runs(b), f).median,
+        );
+        if !(va > 0.0 && vb > 0.0) {
+            continue;
+        }
+        let k = (vb / va).ln() / grow;
+        let at = vb * (to as f64 / b.agents as f64).powf(k);
+        parts.push(format!("{name} ≈ {at:.d$} (∝ n^{k:.2})"));
+    }
+    println!(
+        "{which}: {to} agents, projected from {} → {} agents: {}",
+        a.agents,
+        b.agents,
+        parts.join(", ")
+    );
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if args.runs == 0 {
+        bail!("--runs 0 measures nothing: give at least 1 (3 for ranges)");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let (new, base) = Collector::both(&args)?;
+    println!(
+        "evenflow-scale-bench: {} endpoints per agent, reports every {:?}, collector tick {:?}, {:?} warm-up + {:?} measured per run",
+        args.endpoints, args.report_interval, args.interval, args.warmup, args.duration
+    );
+    if args.target.is_none() {
+        println!("  new:  {}\n  base: {}", new.describe(), base.describe());
+    }
+    header();
+    let mut fleets = Vec::new();
+    for &n in &args.fleets {
+        let mut fleet = Fleet {
+            agents: n,
+            new: Vec::new(),
+            base: Vec::new(),
+        };
+        for round in 0..args.runs {
+            // Alternate which goes first, so drift in the machine's load
+            // falls on both.
+            let order = match (args.target.is_some(), round % 2) {
+                (true, _) => vec![&new],
+                (false, 0) => vec![&base, &new],
+                (false, _) => vec![&new, &base],
+            };
+            for c in order {
+                let o = rt.block_on(run_fleet(&args, c, n))?;
+                row(&o, &format!("{}{}", c.label, round + 1));
+                match c.label {
+                    "new" => fleet.new.push(o),
+                    _ => fleet.base.push(o),
+                }
+            }
+        }
+        fleets.push(fleet);
+    }
+    for f in &fleets {
+        f.summary(&args);
+    }
+    println!();
+    project(&fleets, args.project, "new", |f| &f.new);
+    project(&fleets, args.project, "base", |f| &f.base);
+    match fleets
+        .iter()
+        .filter(|f| f.holds(&args))
+        .map(|f| f.agents)
+        .max()
+    {
         Some(n) => println!(
-            "largest fleet holding report→verdict p99 <= {:?} and RSS <= {} MiB: {n} agents x {} endpoints",
+            "largest fleet holding median report→verdict p99 <= {:?} and peak RSS <= {} MiB: {n} agents x {} endpoints",
             args.p99_target, args.rss_target_mib, args.endpoints
         ),
         None => println!("no fleet held the targets"),

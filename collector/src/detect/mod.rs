@@ -59,6 +59,8 @@ pub use pool::{
 
 use std::collections::HashMap;
 
+use crate::parallel::Threads;
+
 /// Detection settings. Every field is a collector flag.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
@@ -159,6 +161,54 @@ impl Detector {
         let verdict = state.evaluate(&self.settings, input);
         let transitions = self.alerts.update(&self.settings, input.tick, &verdict);
         (verdict, transitions)
+    }
+
+    /// Judges one tick of every pool in `inputs`: the same verdicts and
+    /// transitions as [`Detector::evaluate`] on each in turn. Pools share
+    /// no state, so they are judged on `threads`; their alerts are then
+    /// booked one pool at a time, in `inputs` order (the alert book is one
+    /// for every pool).
+    pub fn evaluate_all(
+        &mut self,
+        inputs: &[&PoolInput],
+        threads: Threads,
+    ) -> Vec<(PoolVerdict, Vec<Transition>)> {
+        for input in inputs {
+            if !self.pools.contains_key(&input.name) {
+                self.pools
+                    .insert(input.name.clone(), pool::PoolState::default());
+            }
+        }
+        let mut states: HashMap<&str, &mut pool::PoolState> = self
+            .pools
+            .iter_mut()
+            .map(|(name, state)| (name.as_str(), state))
+            .collect();
+        // A name given twice gets its state once, here; the second is
+        // judged below, after the first, as one at a time would.
+        let mut jobs: Vec<(&PoolInput, Option<&mut pool::PoolState>)> = inputs
+            .iter()
+            .map(|input| (*input, states.remove(input.name.as_str())))
+            .collect();
+        let settings = &self.settings;
+        let verdicts = threads.map(
+            &mut jobs,
+            |(input, _)| input.members.len(),
+            |_, (input, state)| state.as_mut().map(|s| s.evaluate(settings, input)),
+        );
+        drop(jobs);
+        inputs
+            .iter()
+            .zip(verdicts)
+            .map(|(input, verdict)| {
+                let verdict = verdict.unwrap_or_else(|| {
+                    let state = self.pools.entry(input.name.clone()).or_default();
+                    state.evaluate(&self.settings, input)
+                });
+                let transitions = self.alerts.update(&self.settings, input.tick, &verdict);
+                (verdict, transitions)
+            })
+            .collect()
     }
 
     /// Forgets pools not in `names` (removed from the fleet), resolving

@@ -88,6 +88,12 @@ pub struct Config {
     #[arg(long, env = "EVENFLOW_AGENT_RETENTION", default_value = "10m", value_parser = parse_duration)]
     pub agent_retention: Duration,
 
+    /// Threads the detection tick spreads its work over (agents and pools
+    /// are independent); 0: one per core. The tick's results are the same
+    /// with any number.
+    #[arg(long, env = "EVENFLOW_TICK_THREADS", default_value_t = 0)]
+    pub tick_threads: usize,
+
     /// ZERO: false-alarm probability per pool per tick (split over the
     /// members): 20 expected connections for a member of a pool of 10.
     #[arg(long, env = "EVENFLOW_ZERO_ALPHA", default_value_t = defaults().zero_alpha, value_parser = fraction)]
@@ -290,6 +296,7 @@ mod tests {
         assert_eq!(c.metrics_addr, "0.0.0.0:9465".parse().expect("addr"));
         assert_eq!(c.interval, Duration::from_secs(1));
         assert_eq!(c.agent_retention, Duration::from_secs(600));
+        assert_eq!(c.tick_threads, 0);
         assert_eq!(c.settings(), Settings::default());
         assert_eq!((c.tls_cert, c.tls_key, c.tls_client_ca), (None, None, None));
         assert!(c.pools.is_none() && c.webhooks.is_empty() && c.query_addr.is_none());

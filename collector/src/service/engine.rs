@@ -21,6 +21,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::{
     detect::{self, Detector, Settings},
+    parallel::Threads,
     service::{
         agents::{AgentTick, Registry},
         declared::Sources,
@@ -368,7 +369,7 @@ fn pool_message(
             } else {
                 v1::MemberState::Serving
             } as i32,
-            node_name: meta.map(|m| m.node.clone()).unwrap_or_default(),
+            node_name: meta.map(|m| m.node.to_string()).unwrap_or_default(),
             server_view: mv
                 .server
                 .as_ref()
@@ -418,7 +419,7 @@ fn pool_message(
         // over its share window).
         server_conns_per_sec: pt.meta.iter().map(|m| m.server.conns_per_sec).sum(),
         lb_conns_per_sec: pt.meta.iter().map(|m| m.lb.conns_per_sec).sum(),
-        lb_nodes: std::mem::take(&mut pt.lb_nodes),
+        lb_nodes: pt.lb_nodes.iter().map(|n| n.to_string()).collect(),
         tick: pv.tick,
         evaluated_at: Some(at),
         kubernetes: pt.kubernetes.as_deref().map(kube_service),
@@ -450,7 +451,7 @@ fn unjudged_member(u: &pools::Unjudged) -> v1::Member {
         } else {
             v1::MemberState::NotReady
         } as i32,
-        node_name: u.meta.node.clone(),
+        node_name: u.meta.node.to_string(),
         server_view: u.server.as_ref().map(|v| view(v, &u.meta.server)),
         lb_view: u.lb.as_ref().map(|v| view(v, &u.meta.lb)),
         cpu_utilization: 0.0,
@@ -485,6 +486,8 @@ pub struct Engine {
     webhooks: Option<webhook::Queue>,
     last_refresh: Instant,
     retention: Duration,
+    /// Threads the tick's stages spread over.
+    threads: Threads,
     scratch: Vec<AgentTick>,
     /// The Pod of each alert's member, by alert id, remembered when the
     /// alert fires: the Pod may be gone when the alert resolves.
@@ -499,6 +502,7 @@ impl Engine {
         sources: Sources,
         webhooks: Option<webhook::Queue>,
         retention: Duration,
+        threads: Threads,
     ) -> Self {
         let interval = shared.interval;
         Self {
@@ -513,6 +517,7 @@ impl Engine {
             webhooks,
             last_refresh: Instant::now(),
             retention,
+            threads,
             scratch: Vec::new(),
             pods: HashMap::new(),
         }
@@ -567,35 +572,56 @@ impl Engine {
         // 1. Each agent's deltas, one agent lock at a time.
         let handles = self.shared.registry.all();
         self.scratch.resize_with(handles.len(), AgentTick::default);
-        for (h, out) in handles.iter().zip(self.scratch.iter_mut()) {
-            let mut st = h.lock().unwrap_or_else(|e| e.into_inner());
-            st.take_tick(started, secs, out);
-        }
+        self.threads.map(
+            &mut self.scratch,
+            |out| out.endpoints.len(),
+            |i, out| {
+                let mut st = handles[i].lock().unwrap_or_else(|e| e.into_inner());
+                st.take_tick(started, secs, out);
+            },
+        );
         drop(handles);
         self.scratch.sort_unstable_by(|a, b| a.node.cmp(&b.node));
 
         // 2. Pools.
         let declared = self.sources.at(started);
-        let pool_ticks = pools::build(&self.scratch, &declared, tick);
+        let pool_ticks = pools::build(&self.scratch, &declared, tick, self.threads);
 
         // 3. Judge.
+        let inputs: Vec<&detect::PoolInput> = pool_ticks.iter().map(|pt| &pt.input).collect();
+        let judged = self.detector.evaluate_all(&inputs, self.threads);
+        drop(inputs);
         let mut transitions = Vec::new();
-        let mut published = BTreeMap::new();
-        let mut reported = BTreeMap::new();
         let mut names = HashSet::with_capacity(pool_ticks.len());
         let pool_count = pool_ticks.len();
-        for mut pt in pool_ticks {
-            let (pv, tr) = self.detector.evaluate(&pt.input);
-            for t in &tr {
-                remember_pod(&mut self.pods, t.alert(), &pt);
-            }
-            transitions.extend(tr);
-            names.insert(pt.input.name.clone());
-            let msg = pool_message(&mut pt, &pv, at);
-            reported.insert(pt.input.name.clone(), reported_totals(&pt, &msg));
-            published.insert(pt.input.name.clone(), Arc::new(msg));
-        }
+        let mut pool_ticks: Vec<(PoolTick, detect::PoolVerdict)> = pool_ticks
+            .into_iter()
+            .zip(judged)
+            .map(|(pt, (pv, tr))| {
+                for t in &tr {
+                    remember_pod(&mut self.pods, t.alert(), &pt);
+                }
+                transitions.extend(tr);
+                names.insert(pt.input.name.clone());
+                (pt, pv)
+            })
+            .collect();
         transitions.extend(self.detector.retain_pools(&names, tick));
+        let messages = self.threads.map(
+            &mut pool_ticks,
+            |(pt, _)| pt.input.members.len(),
+            |_, (pt, pv)| {
+                let msg = pool_message(pt, pv, at);
+                let reported = reported_totals(pt, &msg);
+                (msg, reported)
+            },
+        );
+        let mut published = BTreeMap::new();
+        let mut reported = BTreeMap::new();
+        for ((pt, _), (msg, totals)) in pool_ticks.into_iter().zip(messages) {
+            reported.insert(pt.input.name.clone(), totals);
+            published.insert(pt.input.name, Arc::new(msg));
+        }
 
         // 4. Alerts.
         let mut open: Vec<v1::Alert> = self

@@ -59,6 +59,7 @@ use std::{
 pub use crate::service::declared::Source;
 use crate::{
     detect::{MemberInput, PoolInput, ViewInput},
+    parallel::Threads,
     service::{
         agents::{AgentTick, Dir, ListenerInfo},
         declared::{Declared, Expect, KubeService, LbNodes},
@@ -72,8 +73,9 @@ pub struct MemberMeta {
     /// Backend address.
     pub addr: Option<SocketAddr>,
     /// Node serving it: the one its source names, else the first observer
-    /// by name.
-    pub node: String,
+    /// by name (empty when none). Shared with the agent's state: a tick
+    /// copies no node name.
+    pub node: Arc<str>,
     /// Where it comes from.
     pub source: Source,
     /// The Pod behind it, "namespace/name" (Kubernetes).
@@ -137,8 +139,9 @@ pub struct PoolTick {
     pub meta: Vec<MemberMeta>,
     /// Members listed but not judged (sorted by address).
     pub unjudged: Vec<Unjudged>,
-    /// Load balancer nodes (declared or seen).
-    pub lb_nodes: Vec<String>,
+    /// Load balancer nodes (declared or seen), sorted; the agents' own
+    /// names, shared.
+    pub lb_nodes: Vec<Arc<str>>,
     /// The Kubernetes Service port it stands for.
     pub kubernetes: Option<Arc<KubeService>>,
     /// Said with the pool's verdict.
@@ -238,13 +241,15 @@ fn announce(
 
 /// Groups this tick's agents into pools (sorted by name, members sorted by
 /// address and port). `agents` must be sorted by node name.
-pub fn build(agents: &[AgentTick], declared: &Declared, tick: u64) -> Vec<PoolTick> {
+pub fn build(
+    agents: &[AgentTick],
+    declared: &Declared,
+    tick: u64,
+    threads: Threads,
+) -> Vec<PoolTick> {
     // Index every endpoint by (address, port) and direction.
     let mut serves: Index = FxHashMap::default();
     let mut sends: Index = FxHashMap::default();
-    // Per-pool marks of LB agents: `lb_mark[i] == stamp` while pool
-    // number `stamp` is being built.
-    let mut lb_mark: Vec<usize> = vec![usize::MAX; agents.len()];
     let mut drafts: Drafts = BTreeMap::new();
     let mut node_addrs: Vec<BTreeSet<IpAddr>> = Vec::with_capacity(agents.len());
     for (ai, a) in agents.iter().enumerate() {
@@ -321,14 +326,71 @@ pub fn build(agents: &[AgentTick], declared: &Declared, tick: u64) -> Vec<PoolTi
         .enumerate()
         .map(|(i, a)| (&*a.node, i))
         .collect();
-    let mut out = Vec::with_capacity(drafts.len());
-    for (stamp, (name, members)) in drafts.into_iter().enumerate() {
-        let dp = declared.pools.get(&name);
+    let seen = Seen {
+        agents,
+        node_index,
+        serves,
+        sends,
+    };
+    // Each pool is assembled on its own from what the agents reported:
+    // spread over the tick's threads, each with its own LB marks.
+    let mut drafts: Vec<(Arc<str>, BTreeMap<SocketAddr, Draft>)> = drafts.into_iter().collect();
+    threads.map_with(
+        &mut drafts,
+        |(_, members)| members.len(),
+        || vec![usize::MAX; agents.len()],
+        |lb_mark, stamp, (name, members)| {
+            seen.pool(
+                declared,
+                lb_mark,
+                stamp,
+                name,
+                std::mem::take(members),
+                tick,
+            )
+        },
+    )
+}
+
+/// What every pool of a tick is assembled from: the agents and their
+/// endpoints indexed by address and port.
+struct Seen<'a> {
+    /// The agents, sorted by node name.
+    agents: &'a [AgentTick],
+    /// Agent index by node name.
+    node_index: HashMap<&'a str, usize>,
+    /// SERVES endpoints by address and port: (agent, endpoint) indices.
+    serves: Index,
+    /// SENDS_TO endpoints, likewise.
+    sends: Index,
+}
+
+impl Seen<'_> {
+    /// One pool: its members' views, meta and the unjudged, from its
+    /// drafts. `lb_mark[i] == stamp` marks the pool's LB agents while it
+    /// is assembled (`stamp` is the pool's number, so marks need no
+    /// clearing between pools).
+    fn pool(
+        &self,
+        declared: &Declared,
+        lb_mark: &mut [usize],
+        stamp: usize,
+        name: &Arc<str>,
+        members: BTreeMap<SocketAddr, Draft>,
+        tick: u64,
+    ) -> PoolTick {
+        let Self {
+            agents,
+            node_index,
+            serves,
+            sends,
+        } = self;
+        let dp = declared.pools.get(name);
         let (lb_idx, lb_nodes, lb_missing) = load_balancers(
             agents,
-            &node_index,
-            &sends,
-            &mut lb_mark,
+            node_index,
+            sends,
+            lb_mark,
             stamp,
             members.keys(),
             dp.map_or(&LbNodes::Senders, |p| &p.lb_nodes),
@@ -384,9 +446,9 @@ pub fn build(agents: &[AgentTick], declared: &Declared, tick: u64) -> Vec<PoolTi
                 .map(|&i| &agents[i])
                 .min_by(|a, b| a.node.cmp(&b.node));
             let node = match (&d.node, first) {
-                (Some(n), _) => String::from(&**n),
-                (None, Some(a)) => String::from(&*a.node),
-                (None, None) => String::new(),
+                (Some(n), _) => n.clone(),
+                (None, Some(a)) => a.node.clone(),
+                (None, None) => Arc::from(""),
             };
             let meta = MemberMeta {
                 addr: Some(addr),
@@ -421,9 +483,9 @@ pub fn build(agents: &[AgentTick], declared: &Declared, tick: u64) -> Vec<PoolTi
             });
             metas.push(meta);
         }
-        out.push(PoolTick {
+        PoolTick {
             input: PoolInput {
-                name: String::from(&*name),
+                name: String::from(&**name),
                 tick,
                 members: inputs,
             },
@@ -432,9 +494,8 @@ pub fn build(agents: &[AgentTick], declared: &Declared, tick: u64) -> Vec<PoolTi
             lb_nodes,
             kubernetes: dp.and_then(|p| p.kubernetes.clone()),
             note: dp.and_then(|p| p.note.clone()),
-        });
+        }
     }
-    out
 }
 
 /// Adds one observer's endpoint to a member's view and measured rates.
@@ -457,7 +518,7 @@ fn load_balancers<'a>(
     stamp: usize,
     members: impl Iterator<Item = &'a SocketAddr>,
     which: &LbNodes,
-) -> (Vec<usize>, Vec<String>, bool) {
+) -> (Vec<usize>, Vec<Arc<str>>, bool) {
     let mut idx: Vec<usize> = Vec::new();
     let mut mark = |i: usize, idx: &mut Vec<usize>| {
         if lb_mark[i] != stamp {
@@ -480,10 +541,7 @@ fn load_balancers<'a>(
             }
             // Agents come sorted by node name: sorting indices sorts names.
             idx.sort_unstable();
-            let names = idx
-                .iter()
-                .map(|&i| String::from(&*agents[i].node))
-                .collect();
+            let names = idx.iter().map(|&i| agents[i].node.clone()).collect();
             (idx, names, false)
         }
         LbNodes::Named(declared) => {
@@ -494,7 +552,7 @@ fn load_balancers<'a>(
                     None => missing = true,
                 }
             }
-            let mut names = declared.clone();
+            let mut names: Vec<Arc<str>> = declared.iter().map(|n| Arc::from(n.as_str())).collect();
             names.sort_unstable();
             (idx, names, missing)
         }
@@ -571,12 +629,12 @@ mod tests {
                 vec![],
             ),
         ];
-        let pools = build(&agents, &Declared::default(), 1);
+        let pools = build(&agents, &Declared::default(), 1, Threads::ONE);
         assert_eq!(pools.len(), 1);
         let p = &pools[0];
         let ids: Vec<_> = p.input.members.iter().map(|m| m.id.as_str()).collect();
         assert_eq!(ids, ["10.0.0.1:8080", "10.0.0.2:8080"]);
-        assert_eq!(p.lb_nodes, ["lb"]);
+        assert_eq!(p.lb_nodes, [Arc::from("lb")]);
         let m0 = &p.input.members[0];
         assert_eq!(m0.server.unwrap().new_conns, 10);
         assert_eq!(m0.lb.unwrap().new_conns, 9);
@@ -584,7 +642,7 @@ mod tests {
         let m1 = &p.input.members[1];
         assert_eq!(m1.server.unwrap().new_conns, 0);
         assert!(m1.server.unwrap().fresh);
-        assert_eq!(p.meta[1].node, "b2");
+        assert_eq!(&*p.meta[1].node, "b2");
     }
 
     #[test]
@@ -622,7 +680,7 @@ mod tests {
                 a
             })
             .collect();
-        let pools = build(&agents, &Declared::default(), 1);
+        let pools = build(&agents, &Declared::default(), 1, Threads::ONE);
         let ids: Vec<_> = pools[0]
             .input
             .members
@@ -646,13 +704,13 @@ mod tests {
         assert!(dark.server.unwrap().fresh);
         // A `::` listener on the dark node still picks only the pool's family.
         agents[3].listeners[0].addr = "::".parse().unwrap();
-        let pools = build(&agents, &Declared::default(), 1);
+        let pools = build(&agents, &Declared::default(), 1, Threads::ONE);
         assert_eq!(pools[0].input.members[3].id, "10.0.0.4:8080");
         assert_eq!(pools[0].input.members.len(), 4);
         // Once it serves, what it serves on decides, as for every node.
         agents[3].endpoints = vec![ep("10.0.0.4", 8080, Dir::Serves, Some("web"), 1)];
         assert_eq!(
-            build(&agents, &Declared::default(), 1)[0]
+            build(&agents, &Declared::default(), 1, Threads::ONE)[0]
                 .input
                 .members
                 .len(),
@@ -662,7 +720,7 @@ mod tests {
         agents[3].endpoints.clear();
         agents[3].addresses.clear();
         assert_eq!(
-            build(&agents, &Declared::default(), 1)[0]
+            build(&agents, &Declared::default(), 1, Threads::ONE)[0]
                 .input
                 .members
                 .len(),
@@ -690,7 +748,7 @@ members = [
             vec![ep("10.0.0.1", 8080, Dir::Serves, Some("web"), 10)],
             vec![],
         )];
-        let pools = build(&agents, &Declared::from_file(&file), 1);
+        let pools = build(&agents, &Declared::from_file(&file), 1, Threads::ONE);
         let p = &pools[0];
         assert_eq!(p.input.members[0].weight, 3.0);
         assert_eq!(p.meta[0].source.as_str(), "announced+file");
@@ -779,7 +837,7 @@ members = [
                 ],
             ),
         ]);
-        let pools = build(&agents, &declared, 1);
+        let pools = build(&agents, &declared, 1, Threads::ONE);
         let names: Vec<_> = pools.iter().map(|p| p.input.name.as_str()).collect();
         // No "web" pool: the label names only Service addresses.
         assert_eq!(names, ["default/a:http", "default/b:http"]);
@@ -791,7 +849,7 @@ members = [
         let dark = a.input.members[1].server.expect("observed by n1's agent");
         assert!(dark.fresh && dark.new_conns == 0);
         assert_eq!(a.input.members[1].lb.unwrap().new_conns, 0);
-        assert_eq!(a.meta[1].node, "n1");
+        assert_eq!(&*a.meta[1].node, "n1");
         assert_eq!(a.meta[1].source.as_str(), "kubernetes");
         assert_eq!(
             a.meta[1].pod.as_deref(),
@@ -827,8 +885,8 @@ members = [
         for p in declared.pools.values_mut() {
             p.lb_nodes = LbNodes::SendersAmong(Arc::new(["a1".to_owned()].into()));
         }
-        let p = &build(&agents, &declared, 1)[0];
-        assert_eq!(p.lb_nodes, ["a1"]);
+        let p = &build(&agents, &declared, 1, Threads::ONE)[0];
+        assert_eq!(p.lb_nodes, [Arc::from("a1")]);
         assert_eq!(p.input.members[0].lb.unwrap().new_conns, 4);
     }
 }

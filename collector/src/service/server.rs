@@ -11,14 +11,17 @@ use evenflow_proto::v1::{distribution_server::DistributionServer, ingest_server:
 use tokio::{sync::watch, task::JoinHandle};
 use tracing::info;
 
-use crate::service::{
-    config::Config,
-    declared::Sources,
-    engine::{Engine, Shared},
-    ingest::IngestService,
-    poolfile::{self, PoolFileError},
-    query::DistributionService,
-    webhook,
+use crate::{
+    parallel::Threads,
+    service::{
+        config::Config,
+        declared::Sources,
+        engine::{Engine, Shared},
+        ingest::IngestService,
+        poolfile::{self, PoolFileError},
+        query::DistributionService,
+        webhook,
+    },
 };
 
 /// Why the collector could not start.
@@ -197,6 +200,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         Sources::new(file, kube),
         hooks,
         config.agent_retention,
+        Threads::new(config.tick_threads),
     );
     let stop2 = stop.clone();
     let tick = std::thread::Builder::new()

@@ -1,0 +1,109 @@
+//! The scale benchmark's baseline collector: the collector of another git
+//! revision, built once and kept, so `cargo xtask bench-scale --baseline
+//! REV` compares the working tree's collector with REV's in the same run.
+
+use std::{
+    fs,
+    path::PathBuf,
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::shell;
+
+/// Builds REV's collector (release) and returns its path,
+/// `target/scale-baseline/COMMIT/evenflow-collector`.
+///
+/// REV's tree is unpacked (`git archive`, no worktree to clean up) next
+/// to the binary and built into this workspace's target directory, so the
+/// dependencies already built are reused and only evenflow's own crates
+/// compile. The binary is copied out before the collector under test is
+/// built over it, and kept: the next run with the same commit builds
+/// nothing.
+pub fn collector(rev: &str) -> Result<PathBuf> {
+    let root = shell::workspace_root();
+    let commit = shell::output(
+        Command::new("git")
+            .args(["rev-parse", "--verify", &format!("{rev}^{{commit}}")])
+            .current_dir(&root),
+    )
+    .map(|s| s.trim().to_owned())
+    .filter(|s| !s.is_empty())
+    .with_context(|| {
+        format!(
+            "--baseline {rev} is not a commit of this repository: give a branch, tag or commit id"
+        )
+    })?;
+    let dir = shell::target_dir()
+        .join("scale-baseline")
+        .join(&commit[..commit.len().min(12)]);
+    let bin = dir.join("evenflow-collector");
+    if bin.is_file() {
+        eprintln!("baseline collector of {rev} ({commit}): {}", bin.display());
+        return Ok(bin);
+    }
+    let src = dir.join("src");
+    if src.exists() {
+        fs::remove_dir_all(&src).with_context(|| format!("removing {}", src.display()))?;
+    }
+    fs::create_dir_all(&src).with_context(|| format!("creating {}", src.display()))?;
+    unpack(&root, &commit, &src)?;
+    mark_version(&src.join("Cargo.toml"))?;
+    let target = shell::target_dir();
+    let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
+    build
+        .args(["build", "--release", "--bin", "evenflow-collector"])
+        .current_dir(&src)
+        .env("CARGO_TARGET_DIR", &target);
+    shell::without_cargo_run_env(&mut build);
+    shell::run(&mut build).with_context(|| format!("building the collector of {rev}"))?;
+    let built = target.join("release").join("evenflow-collector");
+    fs::copy(&built, &bin)
+        .with_context(|| format!("copying {} to {}", built.display(), bin.display()))?;
+    eprintln!("baseline collector of {rev} ({commit}): {}", bin.display());
+    Ok(bin)
+}
+
+/// Gives REV's crates another version. Cargo names a workspace crate's
+/// artifacts by name, version and path *relative to its workspace*, so
+/// REV's collector and this tree's would otherwise be the same artifact
+/// in the shared target directory, each build taking the other's for
+/// up to date.
+fn mark_version(manifest: &std::path::Path) -> Result<()> {
+    let text =
+        fs::read_to_string(manifest).with_context(|| format!("reading {}", manifest.display()))?;
+    let Some(at) = text.find("\nversion = \"") else {
+        bail!(
+            "{} states no workspace version: this revision is too old for --baseline",
+            manifest.display()
+        );
+    };
+    // "0.1.0" becomes "0.0.0-scale-baseline.0.1.0" (a valid version).
+    let value = at + "\nversion = \"".len();
+    let marked = format!("{}0.0.0-scale-baseline.{}", &text[..value], &text[value..]);
+    fs::write(manifest, marked).with_context(|| format!("writing {}", manifest.display()))
+}
+
+/// `git archive COMMIT | tar -x -C DIR`.
+fn unpack(root: &std::path::Path, commit: &str, dir: &std::path::Path) -> Result<()> {
+    let mut archive = Command::new("git")
+        .args(["archive", "--format=tar", commit])
+        .current_dir(root)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting git archive")?;
+    let tar_in = archive.stdout.take().context("git archive's output")?;
+    let status = Command::new("tar")
+        .arg("-x")
+        .arg("-C")
+        .arg(dir)
+        .stdin(tar_in)
+        .status()
+        .context("starting tar")?;
+    let archived = archive.wait().context("waiting for git archive")?;
+    if !status.success() || !archived.success() {
+        bail!("unpacking {commit} into {} failed", dir.display());
+    }
+    Ok(())
+}
