@@ -232,7 +232,8 @@ async fn counting_loop(
         }
         prev_stats = Some(stats);
         table.update(&read, if sequence == 0 { 0.0 } else { secs });
-        let listeners = listeners::read().unwrap_or_else(|e| {
+        // A netlink dump, and /proc where the kernel gives none: blocking.
+        let listeners = tokio::task::block_in_place(listeners::read).unwrap_or_else(|e| {
             warn!("listing listeners: {e:#}");
             Vec::new()
         });
