@@ -51,12 +51,28 @@ pub struct MemberInput {
     pub cpu: Option<f64>,
 }
 
-/// One pool's input for one tick.
+impl AsRef<MemberInput> for MemberInput {
+    fn as_ref(&self) -> &MemberInput {
+        self
+    }
+}
+
+/// One pool's input for one tick. Its members are [`MemberInput`]s or
+/// anything that carries one (the collector's members carry their
+/// address, node and measured rates along, so nothing is re-joined by
+/// index after the detector has judged them).
 #[derive(Clone, Debug, PartialEq)]
-pub struct PoolInput {
+pub struct PoolInput<M = MemberInput> {
     pub name: String,
     pub tick: u64,
-    pub members: Vec<MemberInput>,
+    pub members: Vec<M>,
+}
+
+impl<M: AsRef<MemberInput>> PoolInput<M> {
+    /// Each member's detector input, in order.
+    pub fn members(&self) -> impl Iterator<Item = &MemberInput> {
+        self.members.iter().map(AsRef::as_ref)
+    }
 }
 
 /// A judgement.
@@ -288,10 +304,13 @@ pub(super) struct PoolState {
 }
 
 impl PoolState {
-    pub(super) fn evaluate(&mut self, s: &Settings, input: &PoolInput) -> PoolVerdict {
+    pub(super) fn evaluate(
+        &mut self,
+        s: &Settings,
+        input: &PoolInput<impl AsRef<MemberInput>>,
+    ) -> PoolVerdict {
         let mut set: Vec<(String, bool)> = input
-            .members
-            .iter()
+            .members()
             .map(|m| (m.id.clone(), m.draining))
             .collect();
         set.sort();
@@ -305,17 +324,13 @@ impl PoolState {
         let lb = self.lb.evaluate(s, input, View::Lb);
 
         // CPU: smoothed per member.
-        for m in &input.members {
+        for m in input.members() {
             if let Some(c) = m.cpu {
                 let e = self.cpu.entry(m.id.clone()).or_insert(c);
                 *e = 0.7 * *e + 0.3 * c;
             }
         }
-        let cpu_total: f64 = input
-            .members
-            .iter()
-            .filter_map(|m| self.cpu.get(&m.id))
-            .sum();
+        let cpu_total: f64 = input.members().filter_map(|m| self.cpu.get(&m.id)).sum();
 
         let primary = if server.judged || !lb.judged {
             &server
@@ -337,7 +352,7 @@ impl PoolState {
         self.settle_left = self.settle_left.saturating_sub(1);
 
         let mut members = Vec::with_capacity(input.members.len());
-        for m in &input.members {
+        for m in input.members() {
             let sv = server.verdicts.get(&m.id).cloned();
             let lv = lb.verdicts.get(&m.id).cloned();
             let (mut verdict, view, mut reason) = combine(m, sv.as_ref(), lv.as_ref());
@@ -517,18 +532,22 @@ fn combine(
 }
 
 impl ViewState {
-    fn evaluate(&mut self, s: &Settings, input: &PoolInput, view: View) -> ViewOutcome {
+    fn evaluate(
+        &mut self,
+        s: &Settings,
+        input: &PoolInput<impl AsRef<MemberInput>>,
+        view: View,
+    ) -> ViewOutcome {
         let get = |m: &MemberInput| match view {
             View::Server => m.server,
             View::Lb => m.lb,
         };
         let eligible: Vec<(&MemberInput, ViewInput)> = input
-            .members
-            .iter()
+            .members()
             .filter_map(|m| get(m).map(|v| (m, v)))
             .filter(|(m, v)| v.fresh && !v.reset && !m.draining && m.weight > 0.0)
             .collect();
-        let observed_any = input.members.iter().any(|m| get(m).is_some());
+        let observed_any = input.members().any(|m| get(m).is_some());
         let n: f64 = eligible.iter().map(|(_, v)| v.new_conns as f64).sum();
         let wsum: f64 = eligible.iter().map(|(m, _)| m.weight).sum();
         let count = eligible.len();
@@ -558,7 +577,7 @@ impl ViewState {
 
         // Forget members that left.
         self.members
-            .retain(|id, _| input.members.iter().any(|m| &m.id == id));
+            .retain(|id, _| input.members().any(|m| &m.id == id));
 
         let phi = self.dispersion.max(1.0);
         let zero_gain = if phi > 1.0001 {
@@ -576,7 +595,7 @@ impl ViewState {
         let mut dof = 0usize;
         let mut suspect = false;
         let mut window_obs = Vec::with_capacity(count);
-        for m in &input.members {
+        for m in input.members() {
             let Some(v) = get(m) else { continue };
             let hist = member_entry(&mut self.members, &m.id);
             hist.conns_total += v.new_conns;

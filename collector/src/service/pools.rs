@@ -61,17 +61,17 @@ use crate::{
     detect::{MemberInput, PoolInput, ViewInput},
     parallel::Threads,
     service::{
-        agents::{AgentTick, Dir, ListenerInfo},
         declared::{Declared, Expect, KubeService, LbNodes},
         fxhash::FxHashMap,
+        ingest::{AgentTick, Dir, ListenerInfo, TickEndpoint},
     },
 };
 
 /// A member's facts beyond the detector's input.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct MemberMeta {
     /// Backend address.
-    pub addr: Option<SocketAddr>,
+    pub addr: SocketAddr,
     /// Node serving it: the one its source names, else the first observer
     /// by name (empty when none). Shared with the agent's state: a tick
     /// copies no node name.
@@ -106,7 +106,7 @@ pub struct Measured {
 }
 
 impl Measured {
-    fn add(&mut self, e: &crate::service::agents::TickEndpoint) {
+    fn add(&mut self, e: &TickEndpoint) {
         self.conns_per_sec += e.rate[0];
         self.bytes_in_per_sec += e.rate[1];
         self.bytes_out_per_sec += e.rate[2];
@@ -130,13 +130,27 @@ pub struct Unjudged {
     pub lb: Option<ViewInput>,
 }
 
+/// A judged member: the detector's input and the facts that travel with
+/// it to publishing.
+#[derive(Clone, Debug)]
+pub struct PoolMember {
+    /// What the detector judges.
+    pub input: MemberInput,
+    /// Its address, node, source and measured rates.
+    pub meta: MemberMeta,
+}
+
+impl AsRef<MemberInput> for PoolMember {
+    fn as_ref(&self) -> &MemberInput {
+        &self.input
+    }
+}
+
 /// One pool ready for the detector.
 #[derive(Clone, Debug)]
 pub struct PoolTick {
-    /// The detector's input.
-    pub input: PoolInput,
-    /// Per member (same order as `input.members`).
-    pub meta: Vec<MemberMeta>,
+    /// The detector's input, each member with its facts.
+    pub input: PoolInput<PoolMember>,
     /// Members listed but not judged (sorted by address).
     pub unjudged: Vec<Unjudged>,
     /// Load balancer nodes (declared or seen), sorted; the agents' own
@@ -399,8 +413,7 @@ impl Seen<'_> {
         let lb_reset = lb_idx.iter().any(|&i| agents[i].fresh && agents[i].reset);
         let has_lb = !lb_idx.is_empty() || lb_missing;
 
-        let mut inputs = Vec::with_capacity(members.len());
-        let mut metas = Vec::with_capacity(members.len());
+        let mut judged = Vec::with_capacity(members.len());
         let mut unjudged = Vec::new();
         for (addr, d) in members {
             let key = (addr.ip(), addr.port());
@@ -451,7 +464,7 @@ impl Seen<'_> {
                 (None, None) => Arc::from(""),
             };
             let meta = MemberMeta {
-                addr: Some(addr),
+                addr,
                 node,
                 source: d.source,
                 pod: d.pod,
@@ -473,23 +486,24 @@ impl Seen<'_> {
                     continue;
                 }
             };
-            inputs.push(MemberInput {
-                id: addr.to_string(),
-                weight: d.weight.unwrap_or(1.0),
-                draining,
-                server,
-                lb,
-                cpu: first.and_then(|a| a.cpu),
+            judged.push(PoolMember {
+                input: MemberInput {
+                    id: addr.to_string(),
+                    weight: d.weight.unwrap_or(1.0),
+                    draining,
+                    server,
+                    lb,
+                    cpu: first.and_then(|a| a.cpu),
+                },
+                meta,
             });
-            metas.push(meta);
         }
         PoolTick {
             input: PoolInput {
                 name: String::from(&**name),
                 tick,
-                members: inputs,
+                members: judged,
             },
-            meta: metas,
             unjudged,
             lb_nodes,
             kubernetes: dp.and_then(|p| p.kubernetes.clone()),
@@ -499,7 +513,7 @@ impl Seen<'_> {
 }
 
 /// Adds one observer's endpoint to a member's view and measured rates.
-fn add_endpoint(v: &mut ViewInput, m: &mut Measured, e: &crate::service::agents::TickEndpoint) {
+fn add_endpoint(v: &mut ViewInput, m: &mut Measured, e: &TickEndpoint) {
     v.reset |= e.reset;
     v.new_conns += e.delta.conns;
     v.bytes_in += e.delta.bytes_in;
@@ -562,7 +576,7 @@ fn load_balancers<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::agents::{Delta, EpKey, TickEndpoint};
+    use crate::service::ingest::{Delta, EpKey, TickEndpoint};
 
     fn ep(addr: &str, port: u16, dir: Dir, service: Option<&str>, conns: u64) -> TickEndpoint {
         TickEndpoint {
@@ -632,17 +646,22 @@ mod tests {
         let pools = build(&agents, &Declared::default(), 1, Threads::ONE);
         assert_eq!(pools.len(), 1);
         let p = &pools[0];
-        let ids: Vec<_> = p.input.members.iter().map(|m| m.id.as_str()).collect();
+        let ids: Vec<_> = p
+            .input
+            .members
+            .iter()
+            .map(|m| m.input.id.as_str())
+            .collect();
         assert_eq!(ids, ["10.0.0.1:8080", "10.0.0.2:8080"]);
         assert_eq!(p.lb_nodes, [Arc::from("lb")]);
-        let m0 = &p.input.members[0];
+        let m0 = &p.input.members[0].input;
         assert_eq!(m0.server.unwrap().new_conns, 10);
         assert_eq!(m0.lb.unwrap().new_conns, 9);
         assert_eq!(m0.lb.unwrap().bytes_in, 90);
-        let m1 = &p.input.members[1];
+        let m1 = &p.input.members[1].input;
         assert_eq!(m1.server.unwrap().new_conns, 0);
         assert!(m1.server.unwrap().fresh);
-        assert_eq!(&*p.meta[1].node, "b2");
+        assert_eq!(&*p.input.members[1].meta.node, "b2");
     }
 
     #[test]
@@ -685,7 +704,7 @@ mod tests {
             .input
             .members
             .iter()
-            .map(|m| m.id.as_str())
+            .map(|m| m.input.id.as_str())
             .collect();
         // The address on the pool's network only: not IPv6 (0.0.0.0 does
         // not take it, and the pool has no IPv6 member), not loopback, not
@@ -699,13 +718,13 @@ mod tests {
                 "10.0.0.4:8080"
             ]
         );
-        let dark = &pools[0].input.members[3];
+        let dark = &pools[0].input.members[3].input;
         assert_eq!(dark.server.unwrap().new_conns, 0);
         assert!(dark.server.unwrap().fresh);
         // A `::` listener on the dark node still picks only the pool's family.
         agents[3].listeners[0].addr = "::".parse().unwrap();
         let pools = build(&agents, &Declared::default(), 1, Threads::ONE);
-        assert_eq!(pools[0].input.members[3].id, "10.0.0.4:8080");
+        assert_eq!(pools[0].input.members[3].input.id, "10.0.0.4:8080");
         assert_eq!(pools[0].input.members.len(), 4);
         // Once it serves, what it serves on decides, as for every node.
         agents[3].endpoints = vec![ep("10.0.0.4", 8080, Dir::Serves, Some("web"), 1)];
@@ -750,13 +769,13 @@ members = [
         )];
         let pools = build(&agents, &Declared::from_file(&file), 1, Threads::ONE);
         let p = &pools[0];
-        assert_eq!(p.input.members[0].weight, 3.0);
-        assert_eq!(p.meta[0].source.as_str(), "announced+file");
-        assert!(p.input.members[1].draining);
-        assert!(p.input.members[1].server.is_none());
-        assert_eq!(p.meta[1].source.as_str(), "file");
+        assert_eq!(p.input.members[0].input.weight, 3.0);
+        assert_eq!(p.input.members[0].meta.source.as_str(), "announced+file");
+        assert!(p.input.members[1].input.draining);
+        assert!(p.input.members[1].input.server.is_none());
+        assert_eq!(p.input.members[1].meta.source.as_str(), "file");
         // Declared LB that never reported: LB view present but not fresh.
-        assert!(!p.input.members[0].lb.unwrap().fresh);
+        assert!(!p.input.members[0].input.lb.unwrap().fresh);
     }
 
     fn kube_member(
@@ -842,22 +861,30 @@ members = [
         // No "web" pool: the label names only Service addresses.
         assert_eq!(names, ["default/a:http", "default/b:http"]);
         let a = &pools[0];
-        let ids: Vec<_> = a.input.members.iter().map(|m| m.id.as_str()).collect();
+        let ids: Vec<_> = a
+            .input
+            .members
+            .iter()
+            .map(|m| m.input.id.as_str())
+            .collect();
         assert_eq!(ids, ["10.244.0.2:8080", "10.244.0.4:8080"]);
-        assert_eq!(a.input.members[0].server.unwrap().new_conns, 5);
+        assert_eq!(a.input.members[0].input.server.unwrap().new_conns, 5);
         // The dark pod is observed by its node's agent: fresh, zero.
-        let dark = a.input.members[1].server.expect("observed by n1's agent");
+        let dark = a.input.members[1]
+            .input
+            .server
+            .expect("observed by n1's agent");
         assert!(dark.fresh && dark.new_conns == 0);
-        assert_eq!(a.input.members[1].lb.unwrap().new_conns, 0);
-        assert_eq!(&*a.meta[1].node, "n1");
-        assert_eq!(a.meta[1].source.as_str(), "kubernetes");
+        assert_eq!(a.input.members[1].input.lb.unwrap().new_conns, 0);
+        assert_eq!(&*a.input.members[1].meta.node, "n1");
+        assert_eq!(a.input.members[1].meta.source.as_str(), "kubernetes");
         assert_eq!(
-            a.meta[1].pod.as_deref(),
+            a.input.members[1].meta.pod.as_deref(),
             Some("default/pod-10.244.0.4:8080")
         );
         let b = &pools[1];
         assert_eq!(b.input.members.len(), 1);
-        assert_eq!(b.input.members[0].server.unwrap().new_conns, 7);
+        assert_eq!(b.input.members[0].input.server.unwrap().new_conns, 7);
         // Not ready: listed apart, with what it got, never judged.
         assert_eq!(b.unjudged.len(), 1);
         assert_eq!(b.unjudged[0].meta.lb.conns_total, 2);
@@ -887,6 +914,6 @@ members = [
         }
         let p = &build(&agents, &declared, 1, Threads::ONE)[0];
         assert_eq!(p.lb_nodes, [Arc::from("a1")]);
-        assert_eq!(p.input.members[0].lb.unwrap().new_conns, 4);
+        assert_eq!(p.input.members[0].input.lb.unwrap().new_conns, 4);
     }
 }

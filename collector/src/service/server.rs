@@ -14,12 +14,12 @@ use tracing::info;
 use crate::{
     parallel::Threads,
     service::{
+        api::{ingest::IngestService, query::DistributionService},
         config::Config,
         declared::Sources,
-        engine::{Engine, Shared},
-        ingest::IngestService,
         poolfile::{self, PoolFileError},
-        query::DistributionService,
+        shared::Shared,
+        tick::Engine,
         webhook,
     },
 };
@@ -187,7 +187,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let pages = shared.clone();
     let metrics = tokio::spawn(http::serve(
         metrics_listener,
-        move |path| crate::service::metrics::page(path, &pages),
+        move |path| crate::service::api::metrics::page(path, &pages),
         async move {
             let _ = metrics_stop.changed().await;
         },
