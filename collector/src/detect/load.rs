@@ -627,6 +627,46 @@ impl LoadState {
     }
 }
 
+/// A draining member's load: its shares, no judgement (its open
+/// connections are expected to close).
+fn draining(v: &ViewInput, active_share: f64, bytes_share: f64) -> (LoadVerdict, LoadVerdict) {
+    let ok = |share: f64, reason: String| LoadVerdict {
+        observed_share: share,
+        reason,
+        ..LoadVerdict::default()
+    };
+    (
+        ok(
+            active_share,
+            format!(
+                "draining: its {} open connections are expected to close",
+                v.active
+            ),
+        ),
+        ok(bytes_share, "draining".into()),
+    )
+}
+
+/// A member's load in a pool with too few open connections to judge.
+fn too_quiet(
+    tick: &Tick,
+    expected_share: f64,
+    active_share: f64,
+    bytes_share: f64,
+) -> (LoadVerdict, LoadVerdict) {
+    let quiet = |share: f64| LoadVerdict {
+        verdict: Verdict::InsufficientTraffic,
+        observed_share: share,
+        expected_share,
+        reason: format!(
+            "{:.0} open connections in the pool (minimum {:.0}): too few to judge",
+            tick.totals.active, tick.s.min_pool_active
+        ),
+        ..LoadVerdict::default()
+    };
+    (quiet(active_share), quiet(bytes_share))
+}
+
 impl MemberLoad {
     /// One member's open-connection and bytes verdicts this tick; records
     /// its statistics, and its numbers in `samples` when it looks healthy.
@@ -661,21 +701,7 @@ impl MemberLoad {
         );
         let active_share = ratio_of(v.active as f64, t.active);
         if m.draining {
-            let ok = |share: f64, reason: String| LoadVerdict {
-                observed_share: share,
-                reason,
-                ..LoadVerdict::default()
-            };
-            return (
-                ok(
-                    active_share,
-                    format!(
-                        "draining: its {} open connections are expected to close",
-                        v.active
-                    ),
-                ),
-                ok(bytes_share, "draining".into()),
-            );
+            return draining(v, active_share, bytes_share);
         }
         let p = vv.expected_share;
         let n = Numbers {
@@ -688,17 +714,7 @@ impl MemberLoad {
         if !tick.judged {
             self.active = Run::default();
             self.bytes = Run::default();
-            let quiet = |share: f64| LoadVerdict {
-                verdict: Verdict::InsufficientTraffic,
-                observed_share: share,
-                expected_share: p,
-                reason: format!(
-                    "{:.0} open connections in the pool (minimum {:.0}): too few to judge",
-                    t.active, tick.s.min_pool_active
-                ),
-                ..LoadVerdict::default()
-            };
-            return (quiet(active_share), quiet(bytes_share));
+            return too_quiet(tick, p, active_share, bytes_share);
         }
         let active = judge_active(tick.s, &tick.bounds, &n, t.active, tick.phi);
         let window = BytesWindow {
