@@ -261,79 +261,15 @@ pub fn build(
     tick: u64,
     threads: Threads,
 ) -> Vec<PoolTick> {
-    // Index every endpoint by (address, port) and direction.
-    let mut serves: Index = FxHashMap::default();
-    let mut sends: Index = FxHashMap::default();
     let mut drafts: Drafts = BTreeMap::new();
-    let mut node_addrs: Vec<BTreeSet<IpAddr>> = Vec::with_capacity(agents.len());
-    for (ai, a) in agents.iter().enumerate() {
-        let mut addrs = BTreeSet::new();
-        for (ei, e) in a.endpoints.iter().enumerate() {
-            let k = (e.key.addr, e.key.port);
-            match e.key.dir {
-                Dir::Serves => {
-                    serves.entry(k).or_default().push((ai, ei));
-                    if announceable(e.key.addr) {
-                        addrs.insert(e.key.addr);
-                        if let Some(svc) = &e.service {
-                            let addr = SocketAddr::new(e.key.addr, e.key.port);
-                            announce(&mut drafts, declared, svc, [addr], ai);
-                        }
-                    }
-                }
-                Dir::SendsTo => sends.entry(k).or_default().push((ai, ei)),
-            }
-        }
-        node_addrs.push(addrs);
-    }
-    // Wildcard listeners of nodes that have served nothing yet ("dark"),
-    // resolved once every other member is known.
-    let mut dark: Vec<(usize, &ListenerInfo)> = Vec::new();
-    for (ai, a) in agents.iter().enumerate() {
-        for l in a.listeners.iter().filter(|l| !l.service.is_empty()) {
-            let targets: Vec<IpAddr> = if l.addr.is_unspecified() {
-                let seen: Vec<IpAddr> = node_addrs[ai]
-                    .iter()
-                    .copied()
-                    .filter(|x| l.addr.is_ipv6() || x.is_ipv4())
-                    .collect();
-                if seen.is_empty() {
-                    dark.push((ai, l));
-                }
-                seen
-            } else if announceable(l.addr) {
-                vec![l.addr]
-            } else {
-                vec![]
-            };
-            let addrs = targets.into_iter().map(|t| SocketAddr::new(t, l.port));
-            announce(&mut drafts, declared, &l.service, addrs, ai);
+    let (serves, sends, node_addrs) = index_endpoints(agents, declared, &mut drafts);
+    announce_listeners(agents, declared, &node_addrs, &mut drafts);
+    for pool in drafts.values_mut() {
+        for member in pool.values_mut() {
+            member.source.announced = true;
         }
     }
-    for (ai, l) in dark {
-        let known = drafts.get(&l.service).into_iter().flat_map(|p| p.keys());
-        let targets = dark_targets(&agents[ai].addresses, l, known);
-        let addrs = targets.into_iter().map(|t| SocketAddr::new(t, l.port));
-        announce(&mut drafts, declared, &l.service, addrs, ai);
-    }
-    for d in drafts.values_mut() {
-        for m in d.values_mut() {
-            m.source.announced = true;
-        }
-    }
-    for (name, dp) in &declared.pools {
-        let pool = drafts.entry(name.clone()).or_default();
-        for m in &dp.members {
-            let d = pool.entry(m.addr).or_default();
-            d.weight = Some(m.weight);
-            d.expect = m.expect.clone();
-            d.source.file |= m.source.file;
-            d.source.kubernetes |= m.source.kubernetes;
-            d.node.clone_from(&m.node);
-            d.pod.clone_from(&m.pod);
-            d.zone.clone_from(&m.zone);
-        }
-    }
+    add_declared(declared, &mut drafts);
 
     let node_index: HashMap<&str, usize> = agents
         .iter()
@@ -366,6 +302,98 @@ pub fn build(
     )
 }
 
+/// Indexes every endpoint by (address, port) and direction, announces the
+/// labelled endpoints agents serve, and returns, per agent, the
+/// announceable addresses it serves on.
+fn index_endpoints(
+    agents: &[AgentTick],
+    declared: &Declared,
+    drafts: &mut Drafts,
+) -> (Index, Index, Vec<BTreeSet<IpAddr>>) {
+    let mut serves: Index = FxHashMap::default();
+    let mut sends: Index = FxHashMap::default();
+    let mut node_addrs: Vec<BTreeSet<IpAddr>> = Vec::with_capacity(agents.len());
+    for (ai, a) in agents.iter().enumerate() {
+        let mut addrs = BTreeSet::new();
+        for (ei, e) in a.endpoints.iter().enumerate() {
+            let k = (e.key.addr, e.key.port);
+            match e.key.dir {
+                Dir::Serves => {
+                    serves.entry(k).or_default().push((ai, ei));
+                    if announceable(e.key.addr) {
+                        addrs.insert(e.key.addr);
+                        if let Some(svc) = &e.service {
+                            let addr = SocketAddr::new(e.key.addr, e.key.port);
+                            announce(drafts, declared, svc, [addr], ai);
+                        }
+                    }
+                }
+                Dir::SendsTo => sends.entry(k).or_default().push((ai, ei)),
+            }
+        }
+        node_addrs.push(addrs);
+    }
+    (serves, sends, node_addrs)
+}
+
+/// Announces the members labelled listeners name: a specific address
+/// itself, a wildcard every address its node serves on, and the wildcard
+/// listeners of nodes that have served nothing yet ("dark") once every
+/// other member is known.
+fn announce_listeners(
+    agents: &[AgentTick],
+    declared: &Declared,
+    node_addrs: &[BTreeSet<IpAddr>],
+    drafts: &mut Drafts,
+) {
+    let mut dark: Vec<(usize, &ListenerInfo)> = Vec::new();
+    for (ai, a) in agents.iter().enumerate() {
+        for l in a.listeners.iter().filter(|l| !l.service.is_empty()) {
+            let targets: Vec<IpAddr> = if l.addr.is_unspecified() {
+                let seen: Vec<IpAddr> = node_addrs[ai]
+                    .iter()
+                    .copied()
+                    .filter(|x| l.addr.is_ipv6() || x.is_ipv4())
+                    .collect();
+                if seen.is_empty() {
+                    dark.push((ai, l));
+                }
+                seen
+            } else if announceable(l.addr) {
+                vec![l.addr]
+            } else {
+                vec![]
+            };
+            let addrs = targets.into_iter().map(|t| SocketAddr::new(t, l.port));
+            announce(drafts, declared, &l.service, addrs, ai);
+        }
+    }
+    for (ai, l) in dark {
+        let known = drafts.get(&l.service).into_iter().flat_map(|p| p.keys());
+        let targets = dark_targets(&agents[ai].addresses, l, known);
+        let addrs = targets.into_iter().map(|t| SocketAddr::new(t, l.port));
+        announce(drafts, declared, &l.service, addrs, ai);
+    }
+}
+
+/// The pool file's and Kubernetes' members: their weight, expectation,
+/// node, Pod and zone override what announcing said.
+fn add_declared(declared: &Declared, drafts: &mut Drafts) {
+    for (name, dp) in &declared.pools {
+        let pool = drafts.entry(name.clone()).or_default();
+        for m in &dp.members {
+            let d = pool.entry(m.addr).or_default();
+            d.weight = Some(m.weight);
+            d.expect = m.expect.clone();
+            d.source.file |= m.source.file;
+            d.source.kubernetes |= m.source.kubernetes;
+            d.node.clone_from(&m.node);
+            d.pod.clone_from(&m.pod);
+            d.zone.clone_from(&m.zone);
+        }
+    }
+}
+
 /// What every pool of a tick is assembled from: the agents and their
 /// endpoints indexed by address and port.
 struct Seen<'a> {
@@ -396,8 +424,8 @@ impl Seen<'_> {
         let Self {
             agents,
             node_index,
-            serves,
             sends,
+            ..
         } = self;
         let dp = declared.pools.get(name);
         let (lb_idx, lb_nodes, lb_missing) = load_balancers(
@@ -409,94 +437,20 @@ impl Seen<'_> {
             members.keys(),
             dp.map_or(&LbNodes::Senders, |p| &p.lb_nodes),
         );
-        let lb_fresh = lb_idx.iter().any(|&i| agents[i].fresh);
-        let lb_reset = lb_idx.iter().any(|&i| agents[i].fresh && agents[i].reset);
-        let has_lb = !lb_idx.is_empty() || lb_missing;
-
+        let lbs = PoolLbs {
+            fresh: lb_idx.iter().any(|&i| agents[i].fresh),
+            reset: lb_idx.iter().any(|&i| agents[i].fresh && agents[i].reset),
+            present: !lb_idx.is_empty() || lb_missing,
+            mark: lb_mark,
+            stamp,
+        };
         let mut judged = Vec::with_capacity(members.len());
         let mut unjudged = Vec::new();
-        for (addr, d) in members {
-            let key = (addr.ip(), addr.port());
-            // Server view: every agent serving this address:port, plus the
-            // agents that announced it (a listener with no traffic yet) and
-            // the agent of the node its source names.
-            let eps = serves.get(&key).map(Vec::as_slice).unwrap_or(&[]);
-            let mut observers: Vec<usize> = d.announcers.iter().copied().collect();
-            observers.extend(eps.iter().map(|&(ai, _)| ai));
-            if let Some(&i) = d.node.as_deref().and_then(|n| node_index.get(n)) {
-                observers.push(i);
+        for (addr, draft) in members {
+            match self.member(&lbs, addr, draft) {
+                Assembled::Judged(member) => judged.push(member),
+                Assembled::Unjudged(member) => unjudged.push(member),
             }
-            observers.sort_unstable();
-            observers.dedup();
-            let mut server_m = Measured::default();
-            let mut lb_m = Measured::default();
-            let server = (!observers.is_empty()).then(|| {
-                let mut v = ViewInput {
-                    fresh: observers.iter().all(|&i| agents[i].fresh),
-                    reset: observers.iter().any(|&i| agents[i].reset),
-                    ..ViewInput::default()
-                };
-                for &(ai, ei) in eps {
-                    add_endpoint(&mut v, &mut server_m, &agents[ai].endpoints[ei]);
-                }
-                v
-            });
-            let lb = has_lb.then(|| {
-                let mut v = ViewInput {
-                    fresh: lb_fresh,
-                    reset: lb_reset,
-                    ..ViewInput::default()
-                };
-                for &(ai, ei) in sends.get(&key).map(Vec::as_slice).unwrap_or(&[]) {
-                    if lb_mark[ai] == stamp && agents[ai].fresh {
-                        add_endpoint(&mut v, &mut lb_m, &agents[ai].endpoints[ei]);
-                    }
-                }
-                v
-            });
-            let first = observers
-                .iter()
-                .map(|&i| &agents[i])
-                .min_by(|a, b| a.node.cmp(&b.node));
-            let node = match (&d.node, first) {
-                (Some(n), _) => n.clone(),
-                (None, Some(a)) => a.node.clone(),
-                (None, None) => Arc::from(""),
-            };
-            let meta = MemberMeta {
-                addr,
-                node,
-                source: d.source,
-                pod: d.pod,
-                zone: d.zone,
-                server: server_m,
-                lb: lb_m,
-            };
-            let draining = match d.expect {
-                Expect::Share => false,
-                Expect::Draining => true,
-                Expect::Unjudged { draining, reason } => {
-                    unjudged.push(Unjudged {
-                        meta,
-                        draining,
-                        reason,
-                        server,
-                        lb,
-                    });
-                    continue;
-                }
-            };
-            judged.push(PoolMember {
-                input: MemberInput {
-                    id: addr.to_string(),
-                    weight: d.weight.unwrap_or(1.0),
-                    draining,
-                    server,
-                    lb,
-                    cpu: first.and_then(|a| a.cpu),
-                },
-                meta,
-            });
         }
         PoolTick {
             input: PoolInput {
@@ -510,6 +464,115 @@ impl Seen<'_> {
             note: dp.and_then(|p| p.note.clone()),
         }
     }
+
+    /// One member of a pool: its server view (every agent serving its
+    /// address:port, plus the agents that announced it and the agent of the
+    /// node its source names), its LB view (the pool's fresh load
+    /// balancers), and its facts.
+    fn member(&self, lbs: &PoolLbs<'_>, addr: SocketAddr, draft: Draft) -> Assembled {
+        let Self {
+            agents,
+            node_index,
+            serves,
+            sends,
+        } = self;
+        let key = (addr.ip(), addr.port());
+        let eps = serves.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+        let mut observers: Vec<usize> = draft.announcers.iter().copied().collect();
+        observers.extend(eps.iter().map(|&(ai, _)| ai));
+        if let Some(&i) = draft.node.as_deref().and_then(|n| node_index.get(n)) {
+            observers.push(i);
+        }
+        observers.sort_unstable();
+        observers.dedup();
+        let mut server_measured = Measured::default();
+        let mut lb_measured = Measured::default();
+        let server = (!observers.is_empty()).then(|| {
+            let mut v = ViewInput {
+                fresh: observers.iter().all(|&i| agents[i].fresh),
+                reset: observers.iter().any(|&i| agents[i].reset),
+                ..ViewInput::default()
+            };
+            for &(ai, ei) in eps {
+                add_endpoint(&mut v, &mut server_measured, &agents[ai].endpoints[ei]);
+            }
+            v
+        });
+        let lb = lbs.present.then(|| {
+            let mut v = ViewInput {
+                fresh: lbs.fresh,
+                reset: lbs.reset,
+                ..ViewInput::default()
+            };
+            for &(ai, ei) in sends.get(&key).map(Vec::as_slice).unwrap_or(&[]) {
+                if lbs.mark[ai] == lbs.stamp && agents[ai].fresh {
+                    add_endpoint(&mut v, &mut lb_measured, &agents[ai].endpoints[ei]);
+                }
+            }
+            v
+        });
+        let first = observers
+            .iter()
+            .map(|&i| &agents[i])
+            .min_by(|a, b| a.node.cmp(&b.node));
+        let node = match (&draft.node, first) {
+            (Some(n), _) => n.clone(),
+            (None, Some(a)) => a.node.clone(),
+            (None, None) => Arc::from(""),
+        };
+        let meta = MemberMeta {
+            addr,
+            node,
+            source: draft.source,
+            pod: draft.pod,
+            zone: draft.zone,
+            server: server_measured,
+            lb: lb_measured,
+        };
+        let draining = match draft.expect {
+            Expect::Share => false,
+            Expect::Draining => true,
+            Expect::Unjudged { draining, reason } => {
+                return Assembled::Unjudged(Unjudged {
+                    meta,
+                    draining,
+                    reason,
+                    server,
+                    lb,
+                });
+            }
+        };
+        Assembled::Judged(PoolMember {
+            input: MemberInput {
+                id: addr.to_string(),
+                weight: draft.weight.unwrap_or(1.0),
+                draining,
+                server,
+                lb,
+                cpu: first.and_then(|a| a.cpu),
+            },
+            meta,
+        })
+    }
+}
+
+/// A member as assembled: judged, or listed but not judged.
+enum Assembled {
+    Judged(PoolMember),
+    Unjudged(Unjudged),
+}
+
+/// A pool's load balancers as its members' LB views need them.
+struct PoolLbs<'a> {
+    /// At least one LB agent is fresh.
+    fresh: bool,
+    /// A fresh LB agent's counters reset this tick.
+    reset: bool,
+    /// The pool has load balancers (seen or declared).
+    present: bool,
+    /// `mark[i] == stamp` for the pool's LB agents.
+    mark: &'a [usize],
+    stamp: usize,
 }
 
 /// Adds one observer's endpoint to a member's view and measured rates.
