@@ -1,4 +1,4 @@
-//! Ingest, the path a report takes: [`validate`] (checked and parsed before
+//! Ingest, the path a report takes: [`validate`](mod@validate) (checked and parsed before
 //! anything is touched) → [`agent`] (that agent's counter state machine)
 //! → [`registry`] (every agent by node name). [`rates`] hands each agent's
 //! counts to the tick. [`ReportStream`] runs these stages for one agent's
