@@ -233,95 +233,125 @@ fn load_alert(
     })
 }
 
+/// The alerts a pool's verdicts want this tick, by id: its
+/// CONCENTRATION, and each member's new-connection and load alerts, grouped
+/// (as warnings) under the page that explains them.
+fn wanted(pool: &PoolVerdict, tick: u64) -> HashMap<String, Alert> {
+    let mut want: HashMap<String, Alert> = HashMap::new();
+    let concentration = pool.verdict == Verdict::Concentration;
+    if concentration {
+        let id = format!("{}//CONCENTRATION", pool.name);
+        want.insert(
+            id.clone(),
+            Want {
+                kind: AlertKind::Concentration,
+                signal: Some(Signal::NewConnections),
+                cause: Some(Cause::Routing),
+                view: pool.view,
+                severity: Severity::Page,
+                observed: pool.effective,
+                expected: pool.expected_effective,
+                summary: format!("pool {} CONCENTRATION: {}", pool.name, pool.reason),
+                evidence: vec![
+                    ("effective_members".into(), pool.effective),
+                    ("expected_effective_members".into(), pool.expected_effective),
+                ],
+            }
+            .into_alert(id, &pool.name, "", tick),
+        );
+    }
+    for m in &pool.members {
+        let conns = member_alert(pool, m);
+        // A member whose new connections page for routing already has
+        // its page: its load alerts of the same cause are grouped under
+        // it.
+        let routing_page = conns.as_ref().is_some_and(|w| {
+            w.severity == Severity::Page
+                && matches!(
+                    w.kind,
+                    AlertKind::Zero | AlertKind::Skew | AlertKind::Mismatch
+                )
+        });
+        let load = [
+            (Signal::ActiveConnections, m.active.as_ref()),
+            (Signal::Bytes, m.bytes.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(signal, v)| load_alert(pool, m, signal, v?));
+        for mut w in conns.into_iter().chain(load) {
+            // One page for the incident's shape: members' ZERO and SKEW
+            // become warnings grouped under the pool's CONCENTRATION.
+            if concentration && matches!(w.kind, AlertKind::Zero | AlertKind::Skew) {
+                w.severity = Severity::Warning;
+                w.evidence.push(("grouped_under_concentration".into(), 1.0));
+            } else if routing_page
+                && w.signal != Some(Signal::NewConnections)
+                && w.cause == Some(Cause::Routing)
+            {
+                w.severity = Severity::Warning;
+                w.evidence
+                    .push(("grouped_under_new_connections".into(), 1.0));
+            }
+            let id = match w.signal {
+                Some(sig @ (Signal::ActiveConnections | Signal::Bytes)) => format!(
+                    "{}/{}/{}/{}",
+                    pool.name,
+                    m.id,
+                    w.kind.as_str(),
+                    sig.as_str()
+                ),
+                _ => format!("{}/{}/{}", pool.name, m.id, w.kind.as_str()),
+            };
+            want.insert(id.clone(), w.into_alert(id, &pool.name, &m.id, tick));
+        }
+    }
+    want
+}
+
 impl Book {
+    /// Books one pool's tick: the alerts its verdicts want, good ticks
+    /// towards clearing those it no longer wants, and the transitions.
     pub(super) fn update(
         &mut self,
         s: &Settings,
         tick: u64,
         pool: &PoolVerdict,
     ) -> Vec<Transition> {
-        let mut want: HashMap<String, Alert> = HashMap::new();
-        let concentration = pool.verdict == Verdict::Concentration;
-        if concentration {
-            let id = format!("{}//CONCENTRATION", pool.name);
-            want.insert(
-                id.clone(),
-                Want {
-                    kind: AlertKind::Concentration,
-                    signal: Some(Signal::NewConnections),
-                    cause: Some(Cause::Routing),
-                    view: pool.view,
-                    severity: Severity::Page,
-                    observed: pool.effective,
-                    expected: pool.expected_effective,
-                    summary: format!("pool {} CONCENTRATION: {}", pool.name, pool.reason),
-                    evidence: vec![
-                        ("effective_members".into(), pool.effective),
-                        ("expected_effective_members".into(), pool.expected_effective),
-                    ],
-                }
-                .into_alert(id, &pool.name, "", tick),
-            );
-        }
-        for m in &pool.members {
-            let conns = member_alert(pool, m);
-            // A member whose new connections page for routing already has
-            // its page: its load alerts of the same cause are grouped under
-            // it.
-            let routing_page = conns.as_ref().is_some_and(|w| {
-                w.severity == Severity::Page
-                    && matches!(
-                        w.kind,
-                        AlertKind::Zero | AlertKind::Skew | AlertKind::Mismatch
-                    )
-            });
-            let load = [
-                (Signal::ActiveConnections, m.active.as_ref()),
-                (Signal::Bytes, m.bytes.as_ref()),
-            ]
-            .into_iter()
-            .filter_map(|(signal, v)| load_alert(pool, m, signal, v?));
-            for mut w in conns.into_iter().chain(load) {
-                // One page for the incident's shape: members' ZERO and SKEW
-                // become warnings grouped under the pool's CONCENTRATION.
-                if concentration && matches!(w.kind, AlertKind::Zero | AlertKind::Skew) {
-                    w.severity = Severity::Warning;
-                    w.evidence.push(("grouped_under_concentration".into(), 1.0));
-                } else if routing_page
-                    && w.signal != Some(Signal::NewConnections)
-                    && w.cause == Some(Cause::Routing)
-                {
-                    w.severity = Severity::Warning;
-                    w.evidence
-                        .push(("grouped_under_new_connections".into(), 1.0));
-                }
-                let id = match w.signal {
-                    Some(sig @ (Signal::ActiveConnections | Signal::Bytes)) => format!(
-                        "{}/{}/{}/{}",
-                        pool.name,
-                        m.id,
-                        w.kind.as_str(),
-                        sig.as_str()
-                    ),
-                    _ => format!("{}/{}/{}", pool.name, m.id, w.kind.as_str()),
-                };
-                want.insert(id.clone(), w.into_alert(id, &pool.name, &m.id, tick));
-            }
-        }
-        let mut out = Vec::new();
-        // Open alerts of this pool that are no longer wanted count good
-        // ticks towards clearing; a flapping alert needs more of them.
-        let ids: Vec<String> = self
-            .open
-            .iter()
-            .filter(|(_, a)| a.pool == pool.name)
-            .map(|(id, _)| id.clone())
-            .collect();
+        let want = wanted(pool, tick);
         let quiet = matches!(pool.verdict, Verdict::Settling);
         self.pending
             .retain(|id, (a, _)| a.pool != pool.name || want.contains_key(id));
+        let mut out = Vec::new();
+        if !quiet {
+            self.count_towards_clearing(s, tick, &pool.name, &want, &mut out);
+        }
+        if quiet || pool.verdict == Verdict::InsufficientTraffic {
+            return out;
+        }
+        for (id, alert) in want {
+            self.book(s, tick, id, alert, &mut out);
+        }
+        out
+    }
+
+    /// Open alerts of `pool` that are no longer wanted count good ticks
+    /// towards clearing; a flapping alert needs more of them.
+    fn count_towards_clearing(
+        &mut self,
+        s: &Settings,
+        tick: u64,
+        pool: &str,
+        want: &HashMap<String, Alert>,
+        out: &mut Vec<Transition>,
+    ) {
+        let ids: Vec<String> = self
+            .open
+            .iter()
+            .filter(|(_, a)| a.pool == pool)
+            .map(|(id, _)| id.clone())
+            .collect();
         for id in ids {
-            if want.contains_key(&id) || quiet {
+            if want.contains_key(&id) {
                 continue;
             }
             let Some(a) = self.open.get_mut(&id) else {
@@ -338,58 +368,65 @@ impl Book {
                 out.push(Transition::Resolved(a));
             }
         }
-        if quiet || pool.verdict == Verdict::InsufficientTraffic {
-            return out;
+    }
+
+    /// One wanted alert: an open one is kept (and updated), one resolved
+    /// within the flap window reopens, a new one fires once it has been
+    /// wanted long enough.
+    fn book(
+        &mut self,
+        s: &Settings,
+        tick: u64,
+        id: String,
+        mut a: Alert,
+        out: &mut Vec<Transition>,
+    ) {
+        if let Some(open) = self.open.get_mut(&id) {
+            open.ok_streak = 0;
+            // Becoming a page needs the same persistence as firing one:
+            // the tick a CONCENTRATION ends still judges stale windows.
+            let upgrade = open.severity == Severity::Warning && a.severity == Severity::Page;
+            open.upgrade = if upgrade { open.upgrade + 1 } else { 0 };
+            if upgrade && open.upgrade < fire_after(a.kind) {
+                a.severity = Severity::Warning;
+            }
+            let changed = open.severity != a.severity;
+            open.severity = a.severity;
+            open.cause = a.cause;
+            open.observed = a.observed;
+            open.expected = a.expected;
+            open.summary = a.summary;
+            open.evidence = a.evidence;
+            open.view = a.view;
+            if changed {
+                out.push(Transition::Updated(open.clone()));
+            }
+            return;
         }
-        for (id, mut a) in want {
-            if let Some(open) = self.open.get_mut(&id) {
-                open.ok_streak = 0;
-                // Becoming a page needs the same persistence as firing one:
-                // the tick a CONCENTRATION ends still judges stale windows.
-                let upgrade = open.severity == Severity::Warning && a.severity == Severity::Page;
-                open.upgrade = if upgrade { open.upgrade + 1 } else { 0 };
-                if upgrade && open.upgrade < fire_after(a.kind) {
-                    a.severity = Severity::Warning;
-                }
-                let changed = open.severity != a.severity;
-                open.severity = a.severity;
-                open.cause = a.cause;
-                open.observed = a.observed;
-                open.expected = a.expected;
-                open.summary = a.summary;
-                open.evidence = a.evidence;
-                open.view = a.view;
-                if changed {
-                    out.push(Transition::Updated(open.clone()));
-                }
-                continue;
-            }
-            // A flap: it resolved recently, so reopen it and hold it open
-            // longer instead of firing again.
-            if let Some(pos) = self.resolved.iter().position(|r| {
-                r.id == id
-                    && r.resolved_tick
-                        .is_some_and(|t| tick.saturating_sub(t) <= s.flap_window)
-            }) && let Some(old) = self.resolved.remove(pos)
-            {
-                a.since_tick = old.since_tick;
-                a.flaps = old.flaps + 1;
-                out.push(Transition::Updated(a.clone()));
-                self.open.insert(id, a);
-                continue;
-            }
-            let seen = self.pending.get(&id).map_or(0, |(_, n)| *n) + 1;
-            if seen < fire_after(a.kind) {
-                self.pending.insert(id, (a, seen));
-                continue;
-            }
-            if let Some((first, _)) = self.pending.remove(&id) {
-                a.since_tick = first.since_tick;
-            }
-            out.push(Transition::Fired(a.clone()));
+        // A flap: it resolved recently, so reopen it and hold it open
+        // longer instead of firing again.
+        if let Some(pos) = self.resolved.iter().position(|r| {
+            r.id == id
+                && r.resolved_tick
+                    .is_some_and(|t| tick.saturating_sub(t) <= s.flap_window)
+        }) && let Some(old) = self.resolved.remove(pos)
+        {
+            a.since_tick = old.since_tick;
+            a.flaps = old.flaps + 1;
+            out.push(Transition::Updated(a.clone()));
             self.open.insert(id, a);
+            return;
         }
-        out
+        let seen = self.pending.get(&id).map_or(0, |(_, n)| *n) + 1;
+        if seen < fire_after(a.kind) {
+            self.pending.insert(id, (a, seen));
+            return;
+        }
+        if let Some((first, _)) = self.pending.remove(&id) {
+            a.since_tick = first.since_tick;
+        }
+        out.push(Transition::Fired(a.clone()));
+        self.open.insert(id, a);
     }
 
     pub(super) fn resolve_pools_not_in(

@@ -509,9 +509,9 @@ struct Samples {
 impl Totals {
     /// Sums over the members eligible in `view` (fresh, not reset, not
     /// draining, weighted).
-    fn of(input: &PoolInput, view: View) -> Self {
+    fn of(input: &PoolInput<impl AsRef<MemberInput>>, view: View) -> Self {
         let mut t = Totals::default();
-        for m in &input.members {
+        for m in input.members() {
             if let Some(v) = eligible(m, view) {
                 t.active += v.active as f64;
                 t.bytes_in += v.bytes_in as f64;
@@ -540,14 +540,13 @@ fn eligible(m: &MemberInput, view: View) -> Option<ViewInput> {
 /// Up to three members holding more than their share of the open
 /// connections, most first: who holds what a member below its share lacks.
 fn holders<'a>(
-    input: &'a PoolInput,
+    input: &'a PoolInput<impl AsRef<MemberInput>>,
     view: View,
     verdicts: &HashMap<String, ViewVerdict>,
     active: f64,
 ) -> Vec<(f64, &'a str)> {
     let mut h: Vec<(f64, &str)> = input
-        .members
-        .iter()
+        .members()
         .filter_map(|m| {
             let v = eligible(m, view)?;
             let p = verdicts.get(&m.id)?.expected_share;
@@ -566,14 +565,14 @@ impl LoadState {
     pub(super) fn evaluate(
         &mut self,
         s: &Settings,
-        input: &PoolInput,
+        input: &PoolInput<impl AsRef<MemberInput>>,
         view: View,
         verdicts: &mut HashMap<String, ViewVerdict>,
         ctx: &Context,
     ) -> LoadSummary {
         let totals = Totals::of(input, view);
         self.members
-            .retain(|id, _| input.members.iter().any(|m| &m.id == id));
+            .retain(|id, _| input.members().any(|m| &m.id == id));
         self.pool.bytes_in.push(totals.bytes_in);
         self.pool.bytes_out.push(totals.bytes_out);
         let tests = 4.0 * totals.count.max(1) as f64;
@@ -594,7 +593,7 @@ impl LoadState {
             totals,
         };
         let mut samples = Samples::default();
-        for m in &input.members {
+        for m in input.members() {
             let Some(v) = view_of(m, view) else { continue };
             let Some(vv) = verdicts.get_mut(&m.id) else {
                 continue;
@@ -626,6 +625,46 @@ impl LoadState {
             self.kappa.learn(x, fresh, KAPPA_MIN, KAPPA_MAX);
         }
     }
+}
+
+/// A draining member's load: its shares, no judgement (its open
+/// connections are expected to close).
+fn draining(v: &ViewInput, active_share: f64, bytes_share: f64) -> (LoadVerdict, LoadVerdict) {
+    let ok = |share: f64, reason: String| LoadVerdict {
+        observed_share: share,
+        reason,
+        ..LoadVerdict::default()
+    };
+    (
+        ok(
+            active_share,
+            format!(
+                "draining: its {} open connections are expected to close",
+                v.active
+            ),
+        ),
+        ok(bytes_share, "draining".into()),
+    )
+}
+
+/// A member's load in a pool with too few open connections to judge.
+fn too_quiet(
+    tick: &Tick,
+    expected_share: f64,
+    active_share: f64,
+    bytes_share: f64,
+) -> (LoadVerdict, LoadVerdict) {
+    let quiet = |share: f64| LoadVerdict {
+        verdict: Verdict::InsufficientTraffic,
+        observed_share: share,
+        expected_share,
+        reason: format!(
+            "{:.0} open connections in the pool (minimum {:.0}): too few to judge",
+            tick.totals.active, tick.s.min_pool_active
+        ),
+        ..LoadVerdict::default()
+    };
+    (quiet(active_share), quiet(bytes_share))
 }
 
 impl MemberLoad {
@@ -662,21 +701,7 @@ impl MemberLoad {
         );
         let active_share = ratio_of(v.active as f64, t.active);
         if m.draining {
-            let ok = |share: f64, reason: String| LoadVerdict {
-                observed_share: share,
-                reason,
-                ..LoadVerdict::default()
-            };
-            return (
-                ok(
-                    active_share,
-                    format!(
-                        "draining: its {} open connections are expected to close",
-                        v.active
-                    ),
-                ),
-                ok(bytes_share, "draining".into()),
-            );
+            return draining(v, active_share, bytes_share);
         }
         let p = vv.expected_share;
         let n = Numbers {
@@ -689,17 +714,7 @@ impl MemberLoad {
         if !tick.judged {
             self.active = Run::default();
             self.bytes = Run::default();
-            let quiet = |share: f64| LoadVerdict {
-                verdict: Verdict::InsufficientTraffic,
-                observed_share: share,
-                expected_share: p,
-                reason: format!(
-                    "{:.0} open connections in the pool (minimum {:.0}): too few to judge",
-                    t.active, tick.s.min_pool_active
-                ),
-                ..LoadVerdict::default()
-            };
-            return (quiet(active_share), quiet(bytes_share));
+            return too_quiet(tick, p, active_share, bytes_share);
         }
         let active = judge_active(tick.s, &tick.bounds, &n, t.active, tick.phi);
         let window = BytesWindow {

@@ -156,7 +156,10 @@ impl Detector {
 
     /// Judges one tick of one pool; returns the verdicts and the alert
     /// transitions this tick caused.
-    pub fn evaluate(&mut self, input: &PoolInput) -> (PoolVerdict, Vec<Transition>) {
+    pub fn evaluate(
+        &mut self,
+        input: &PoolInput<impl AsRef<MemberInput>>,
+    ) -> (PoolVerdict, Vec<Transition>) {
         let state = self.pools.entry(input.name.clone()).or_default();
         let verdict = state.evaluate(&self.settings, input);
         let transitions = self.alerts.update(&self.settings, input.tick, &verdict);
@@ -168,9 +171,9 @@ impl Detector {
     /// no state, so they are judged on `threads`; their alerts are then
     /// booked one pool at a time, in `inputs` order (the alert book is one
     /// for every pool).
-    pub fn evaluate_all(
+    pub fn evaluate_all<M: AsRef<MemberInput> + Sync>(
         &mut self,
-        inputs: &[&PoolInput],
+        inputs: &[&PoolInput<M>],
         threads: Threads,
     ) -> Vec<(PoolVerdict, Vec<Transition>)> {
         for input in inputs {
@@ -186,7 +189,7 @@ impl Detector {
             .collect();
         // A name given twice gets its state once, here; the second is
         // judged below, after the first, as one at a time would.
-        let mut jobs: Vec<(&PoolInput, Option<&mut pool::PoolState>)> = inputs
+        let mut jobs: Vec<(&PoolInput<M>, Option<&mut pool::PoolState>)> = inputs
             .iter()
             .map(|input| (*input, states.remove(input.name.as_str())))
             .collect();

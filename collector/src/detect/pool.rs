@@ -51,12 +51,28 @@ pub struct MemberInput {
     pub cpu: Option<f64>,
 }
 
-/// One pool's input for one tick.
+impl AsRef<MemberInput> for MemberInput {
+    fn as_ref(&self) -> &MemberInput {
+        self
+    }
+}
+
+/// One pool's input for one tick. Its members are [`MemberInput`]s or
+/// anything that carries one (the collector's members carry their
+/// address, node and measured rates along, so nothing is re-joined by
+/// index after the detector has judged them).
 #[derive(Clone, Debug, PartialEq)]
-pub struct PoolInput {
+pub struct PoolInput<M = MemberInput> {
     pub name: String,
     pub tick: u64,
-    pub members: Vec<MemberInput>,
+    pub members: Vec<M>,
+}
+
+impl<M: AsRef<MemberInput>> PoolInput<M> {
+    /// Each member's detector input, in order.
+    pub fn members(&self) -> impl Iterator<Item = &MemberInput> {
+        self.members.iter().map(AsRef::as_ref)
+    }
 }
 
 /// A judgement.
@@ -287,146 +303,63 @@ pub(super) struct PoolState {
     cpu: HashMap<String, f64>,
 }
 
+/// How the pool's views came out, for its members' and its own verdict.
+struct PoolJudging {
+    /// Too few new connections to judge the balancer's choices.
+    conns_insufficient: bool,
+    /// The member set changed within `settle_ticks`.
+    settling: bool,
+    /// The members' smoothed CPU summed.
+    cpu_total: f64,
+    /// Members in the pool.
+    member_count: usize,
+}
+
 impl PoolState {
-    pub(super) fn evaluate(&mut self, s: &Settings, input: &PoolInput) -> PoolVerdict {
-        let mut set: Vec<(String, bool)> = input
-            .members
-            .iter()
-            .map(|m| (m.id.clone(), m.draining))
-            .collect();
-        set.sort();
-        if set != self.member_set {
-            if !self.member_set.is_empty() {
-                self.settle_left = s.settle_ticks;
-            }
-            self.member_set = set;
-        }
+    /// Judges one tick of the pool: both views, then each member (its
+    /// views combined, HOT, quiet and settling pools), then the pool.
+    pub(super) fn evaluate(
+        &mut self,
+        s: &Settings,
+        input: &PoolInput<impl AsRef<MemberInput>>,
+    ) -> PoolVerdict {
+        self.note_member_set(s, input);
         let server = self.server.evaluate(s, input, View::Server);
         let lb = self.lb.evaluate(s, input, View::Lb);
+        self.smooth_cpu(input);
 
-        // CPU: smoothed per member.
-        for m in &input.members {
-            if let Some(c) = m.cpu {
-                let e = self.cpu.entry(m.id.clone()).or_insert(c);
-                *e = 0.7 * *e + 0.3 * c;
-            }
-        }
-        let cpu_total: f64 = input
-            .members
-            .iter()
-            .filter_map(|m| self.cpu.get(&m.id))
-            .sum();
-
-        let primary = if server.judged || !lb.judged {
-            &server
-        } else {
-            &lb
-        };
-        let primary_view = if std::ptr::eq(primary, &server) {
+        let primary_view = if server.judged || !lb.judged {
             View::Server
         } else {
             View::Lb
+        };
+        let primary = match primary_view {
+            View::Server => &server,
+            View::Lb => &lb,
         };
         // New connections too few to judge the balancer's choices; the pool
         // abstains only when it holds too few open connections as well.
         let conns_insufficient =
             !server.judged && !lb.judged || primary.long_rate < s.min_pool_rate;
-        let load_judged = server.load.judged || lb.load.judged;
-        let insufficient = conns_insufficient && !load_judged;
-        let settling = self.settle_left > 0;
+        let judging = PoolJudging {
+            conns_insufficient,
+            settling: self.settle_left > 0,
+            cpu_total: input.members().filter_map(|m| self.cpu.get(&m.id)).sum(),
+            member_count: input.members.len(),
+        };
         self.settle_left = self.settle_left.saturating_sub(1);
 
-        let mut members = Vec::with_capacity(input.members.len());
-        for m in &input.members {
-            let sv = server.verdicts.get(&m.id).cloned();
-            let lv = lb.verdicts.get(&m.id).cloned();
-            let (mut verdict, view, mut reason) = combine(m, sv.as_ref(), lv.as_ref());
-            // HOT, from the smoothed CPU against the traffic share.
-            if let (Some(&cpu), true) = (self.cpu.get(&m.id), cpu_total > 0.0) {
-                let share = sv
-                    .as_ref()
-                    .or(lv.as_ref())
-                    .map_or(0.0, |v| v.observed_share.max(v.expected_share));
-                let cpu_share = cpu / cpu_total;
-                if cpu >= s.hot_min_utilization
-                    && cpu_share > s.hot_ratio * share
-                    && share > 0.0
-                    && verdict.rank() < 3
-                {
-                    verdict = Verdict::Hot { explained: false };
-                    reason = format!(
-                        "CPU {:.0}% is {:.0}% of the pool's CPU but it gets {:.0}% of the traffic: a host problem",
-                        cpu * 100.0,
-                        cpu_share * 100.0,
-                        share * 100.0
-                    );
-                } else if cpu >= s.hot_min_utilization
-                    && cpu_share > s.hot_ratio / (input.members.len().max(1) as f64)
-                    && matches!(verdict, Verdict::SkewHigh { .. })
-                {
-                    reason.push_str(&format!(
-                        "; its CPU ({:.0}%) follows the traffic",
-                        cpu * 100.0
-                    ));
-                }
-            }
-            if conns_insufficient && verdict.rank() > 0 && verdict != Verdict::NoData {
-                verdict = Verdict::InsufficientTraffic;
-                reason = "too few new connections to judge".into();
-            } else if settling && verdict.rank() > 1 && verdict != Verdict::NoData {
-                verdict = Verdict::Settling;
-                reason = "member set changed; settling".into();
-            }
-            let active = worse(sv.as_ref(), lv.as_ref(), |v| &v.active_load);
-            let bytes = worse(sv.as_ref(), lv.as_ref(), |v| &v.bytes_load);
-            members.push(MemberVerdict {
-                id: m.id.clone(),
-                weight: m.weight,
-                draining: m.draining,
-                server: sv,
-                lb: lv,
-                cpu: self.cpu.get(&m.id).copied(),
-                verdict,
-                view,
-                reason,
-                active,
-                bytes,
-            });
-        }
+        let members = input
+            .members()
+            .map(|m| self.member_verdict(s, &judging, m, &server, &lb))
+            .collect();
         let load = if server.load.judged || !lb.load.judged {
             &server.load
         } else {
             &lb.load
         };
-        let (verdict, reason) = if insufficient {
-            (
-                Verdict::InsufficientTraffic,
-                format!(
-                    "{:.2} new connections/tick (minimum {:.2}) and {} open connections (minimum {:.0}): too quiet to judge",
-                    primary.long_rate, s.min_pool_rate, load.active, s.min_pool_active
-                ),
-            )
-        } else if settling {
-            (Verdict::Settling, "member set changed; settling".into())
-        } else if primary.concentrated {
-            (
-                Verdict::Concentration,
-                format!(
-                    "traffic concentrates on {:.1} effective members of {:.1}",
-                    primary.effective, primary.expected_effective
-                ),
-            )
-        } else if conns_insufficient {
-            (
-                Verdict::Ok,
-                format!(
-                    "{:.2} new connections/tick: too few to judge the balancer's choices; judged on {} open connections",
-                    primary.long_rate, load.active
-                ),
-            )
-        } else {
-            (Verdict::Ok, String::new())
-        };
+        let insufficient = conns_insufficient && !(server.load.judged || lb.load.judged);
+        let (verdict, reason) = pool_verdict(s, &judging, insufficient, primary, load);
         PoolVerdict {
             name: input.name.clone(),
             tick: input.tick,
@@ -443,6 +376,148 @@ impl PoolState {
             load_lb: lb.load,
             members,
         }
+    }
+
+    /// A changed member set (after the first) starts `settle_ticks`.
+    fn note_member_set(&mut self, s: &Settings, input: &PoolInput<impl AsRef<MemberInput>>) {
+        let mut set: Vec<(String, bool)> = input
+            .members()
+            .map(|m| (m.id.clone(), m.draining))
+            .collect();
+        set.sort();
+        if set != self.member_set {
+            if !self.member_set.is_empty() {
+                self.settle_left = s.settle_ticks;
+            }
+            self.member_set = set;
+        }
+    }
+
+    /// CPU: smoothed per member.
+    fn smooth_cpu(&mut self, input: &PoolInput<impl AsRef<MemberInput>>) {
+        for m in input.members() {
+            if let Some(c) = m.cpu {
+                let e = self.cpu.entry(m.id.clone()).or_insert(c);
+                *e = 0.7 * *e + 0.3 * c;
+            }
+        }
+    }
+
+    /// One member's verdict: its views combined, then HOT, then a quiet or
+    /// settling pool's abstention.
+    fn member_verdict(
+        &self,
+        s: &Settings,
+        judging: &PoolJudging,
+        m: &MemberInput,
+        server: &ViewOutcome,
+        lb: &ViewOutcome,
+    ) -> MemberVerdict {
+        let sv = server.verdicts.get(&m.id).cloned();
+        let lv = lb.verdicts.get(&m.id).cloned();
+        let (mut verdict, view, mut reason) = combine(m, sv.as_ref(), lv.as_ref());
+        if let (Some(&cpu), true) = (self.cpu.get(&m.id), judging.cpu_total > 0.0) {
+            let share = sv
+                .as_ref()
+                .or(lv.as_ref())
+                .map_or(0.0, |v| v.observed_share.max(v.expected_share));
+            hot(s, judging, cpu, share, &mut verdict, &mut reason);
+        }
+        if judging.conns_insufficient && verdict.rank() > 0 && verdict != Verdict::NoData {
+            verdict = Verdict::InsufficientTraffic;
+            reason = "too few new connections to judge".into();
+        } else if judging.settling && verdict.rank() > 1 && verdict != Verdict::NoData {
+            verdict = Verdict::Settling;
+            reason = "member set changed; settling".into();
+        }
+        let active = worse(sv.as_ref(), lv.as_ref(), |v| &v.active_load);
+        let bytes = worse(sv.as_ref(), lv.as_ref(), |v| &v.bytes_load);
+        MemberVerdict {
+            id: m.id.clone(),
+            weight: m.weight,
+            draining: m.draining,
+            server: sv,
+            lb: lv,
+            cpu: self.cpu.get(&m.id).copied(),
+            verdict,
+            view,
+            reason,
+            active,
+            bytes,
+        }
+    }
+}
+
+/// HOT, from the member's smoothed CPU against its traffic share; a SKEW
+/// HIGH whose CPU follows the traffic says so.
+fn hot(
+    s: &Settings,
+    judging: &PoolJudging,
+    cpu: f64,
+    share: f64,
+    verdict: &mut Verdict,
+    reason: &mut String,
+) {
+    let cpu_share = cpu / judging.cpu_total;
+    if cpu >= s.hot_min_utilization
+        && cpu_share > s.hot_ratio * share
+        && share > 0.0
+        && verdict.rank() < 3
+    {
+        *verdict = Verdict::Hot { explained: false };
+        *reason = format!(
+            "CPU {:.0}% is {:.0}% of the pool's CPU but it gets {:.0}% of the traffic: a host problem",
+            cpu * 100.0,
+            cpu_share * 100.0,
+            share * 100.0
+        );
+    } else if cpu >= s.hot_min_utilization
+        && cpu_share > s.hot_ratio / (judging.member_count.max(1) as f64)
+        && matches!(verdict, Verdict::SkewHigh { .. })
+    {
+        reason.push_str(&format!(
+            "; its CPU ({:.0}%) follows the traffic",
+            cpu * 100.0
+        ));
+    }
+}
+
+/// The pool's own verdict: too quiet, settling, concentrated, or OK.
+fn pool_verdict(
+    s: &Settings,
+    judging: &PoolJudging,
+    insufficient: bool,
+    primary: &ViewOutcome,
+    load: &LoadSummary,
+) -> (Verdict, String) {
+    if insufficient {
+        (
+            Verdict::InsufficientTraffic,
+            format!(
+                "{:.2} new connections/tick (minimum {:.2}) and {} open connections (minimum {:.0}): too quiet to judge",
+                primary.long_rate, s.min_pool_rate, load.active, s.min_pool_active
+            ),
+        )
+    } else if judging.settling {
+        (Verdict::Settling, "member set changed; settling".into())
+    } else if primary.concentrated {
+        (
+            Verdict::Concentration,
+            format!(
+                "traffic concentrates on {:.1} effective members of {:.1}",
+                primary.effective, primary.expected_effective
+            ),
+        )
+    } else if judging.conns_insufficient {
+        (
+            Verdict::Ok,
+            format!(
+                "{:.2} new connections/tick: too few to judge the balancer's choices; judged on {} open connections",
+                primary.long_rate, load.active
+            ),
+        )
+    } else {
+        (Verdict::Ok, String::new())
     }
 }
 
@@ -516,23 +591,147 @@ fn combine(
     }
 }
 
+/// The bounds one view's members are judged against this tick.
+struct Bounds {
+    /// Dispersion (φ ≥ 1).
+    phi: f64,
+    /// ZERO evidence per expected connection under dispersion φ.
+    zero_gain: f64,
+    /// ZERO evidence that fires (Bonferroni over the members).
+    zero_bound: f64,
+    /// SKEW z that pages, and that warns.
+    z_page: f64,
+    z_warn: f64,
+}
+
+impl Bounds {
+    fn new(s: &Settings, dispersion: f64, count: usize) -> Self {
+        let phi = dispersion.max(1.0);
+        let zero_gain = if phi > 1.0001 {
+            phi.ln() / (phi - 1.0)
+        } else {
+            1.0
+        };
+        let tests = count.max(1) * WINDOWS.len();
+        Self {
+            phi,
+            zero_gain,
+            zero_bound: (count.max(1) as f64 / s.zero_alpha).ln(),
+            z_page: z_bound(s.skew_alpha, tests),
+            z_warn: z_bound(s.skew_alpha * 1e3, tests),
+        }
+    }
+}
+
+/// The pool-wide facts one view's members are judged in this tick.
+struct ShareTick {
+    /// New connections to the eligible members.
+    new_conns: f64,
+    /// Their weights' sum.
+    weight_sum: f64,
+    /// Whether the pool's long-run rate is high enough to judge ZERO.
+    judged_rate: bool,
+}
+
+/// What judging the members leaves for the pool-wide statistics.
+#[derive(Default)]
+struct Tally {
+    /// χ² of this tick's counts against the weights, and its terms.
+    chi2: f64,
+    dof: usize,
+    /// Something looks wrong (a SKEW, or half a ZERO's evidence): this
+    /// tick teaches the dispersion nothing.
+    suspect: bool,
+    /// Each judged member's (observed, expected) over the share window.
+    window: Vec<(f64, f64)>,
+}
+
+/// The strongest SKEW finding over the windows: (verdict, ratio, observed,
+/// z, expected).
+type Skew = (Verdict, f64, f64, f64, f64);
+
 impl ViewState {
-    fn evaluate(&mut self, s: &Settings, input: &PoolInput, view: View) -> ViewOutcome {
+    /// Judges one view of a pool: each member's share, ZERO and SKEW, the
+    /// pool's concentration, then the load signals.
+    fn evaluate(
+        &mut self,
+        s: &Settings,
+        input: &PoolInput<impl AsRef<MemberInput>>,
+        view: View,
+    ) -> ViewOutcome {
         let get = |m: &MemberInput| match view {
             View::Server => m.server,
             View::Lb => m.lb,
         };
         let eligible: Vec<(&MemberInput, ViewInput)> = input
-            .members
-            .iter()
+            .members()
             .filter_map(|m| get(m).map(|v| (m, v)))
             .filter(|(m, v)| v.fresh && !v.reset && !m.draining && m.weight > 0.0)
             .collect();
-        let observed_any = input.members.iter().any(|m| get(m).is_some());
+        let observed_any = input.members().any(|m| get(m).is_some());
         let n: f64 = eligible.iter().map(|(_, v)| v.new_conns as f64).sum();
         let wsum: f64 = eligible.iter().map(|(m, _)| m.weight).sum();
         let count = eligible.len();
+        let (rate, long_rate) = self.record_total(n);
+        let share_tick = ShareTick {
+            new_conns: n,
+            weight_sum: wsum,
+            judged_rate: long_rate >= s.min_pool_rate,
+        };
 
+        // Forget members that left.
+        self.members
+            .retain(|id, _| input.members().any(|m| &m.id == id));
+
+        let bounds = Bounds::new(s, self.dispersion, count);
+        let mut verdicts = HashMap::with_capacity(input.members.len());
+        let mut tally = Tally {
+            window: Vec::with_capacity(count),
+            ..Tally::default()
+        };
+        for m in input.members() {
+            let Some(v) = get(m) else { continue };
+            let vv = self.judge_member(s, &bounds, &share_tick, m, v, &mut tally);
+            verdicts.insert(m.id.clone(), vv);
+        }
+        self.observed_shares(&mut verdicts, &tally.window);
+        let expected_effective = if wsum > 0.0 {
+            1.0 / eligible
+                .iter()
+                .map(|(m, _)| (m.weight / wsum).powi(2))
+                .sum::<f64>()
+        } else {
+            0.0
+        };
+        let (effective, concentrated) =
+            self.concentration(s, &eligible, expected_effective, bounds.phi);
+        self.learn_dispersion(s, &tally, concentrated);
+        let load = self.load.evaluate(
+            s,
+            input,
+            view,
+            &mut verdicts,
+            &Context {
+                turnover: long_rate,
+                concentrated,
+                new_conns: n,
+            },
+        );
+        ViewOutcome {
+            verdicts,
+            effective,
+            expected_effective,
+            concentrated,
+            rate,
+            long_rate,
+            judged: observed_any && count > 0,
+            load,
+        }
+    }
+
+    /// Records this tick's new connections; returns the rate over the
+    /// share window and the long-run rate.
+    fn record_total(&mut self, n: f64) -> (f64, f64) {
         self.totals_head = (self.totals_head + 1) % RING;
         self.totals[self.totals_head] = n;
         self.totals_len = (self.totals_len + 1).min(RING);
@@ -554,176 +753,79 @@ impl ViewState {
         let long_rate = self
             .slow_rate
             .min(total_w(RING) / self.totals_len.max(1) as f64);
-        let judged_rate = long_rate >= s.min_pool_rate;
+        (rate, long_rate)
+    }
 
-        // Forget members that left.
-        self.members
-            .retain(|id, _| input.members.iter().any(|m| &m.id == id));
-
-        let phi = self.dispersion.max(1.0);
-        let zero_gain = if phi > 1.0001 {
-            phi.ln() / (phi - 1.0)
+    /// One member's verdict in this view: NO_DATA when its observer is
+    /// stale or reset, DRAINING_VIOLATION when a draining member keeps
+    /// getting connections, else ZERO or SKEW from its share.
+    fn judge_member(
+        &mut self,
+        s: &Settings,
+        bounds: &Bounds,
+        share_tick: &ShareTick,
+        m: &MemberInput,
+        v: ViewInput,
+        tally: &mut Tally,
+    ) -> ViewVerdict {
+        let hist = member_entry(&mut self.members, &m.id);
+        hist.conns_total += v.new_conns;
+        let expected_share = if m.draining || !v.fresh || v.reset || share_tick.weight_sum <= 0.0 {
+            0.0
         } else {
-            1.0
+            m.weight / share_tick.weight_sum
         };
-        let zero_bound = (count.max(1) as f64 / s.zero_alpha).ln();
-        let tests = count.max(1) * WINDOWS.len();
-        let z_page = z_bound(s.skew_alpha, tests);
-        let z_warn = z_bound(s.skew_alpha * 1e3, tests);
-
-        let mut verdicts = HashMap::with_capacity(input.members.len());
-        let mut chi2 = 0.0;
-        let mut dof = 0usize;
-        let mut suspect = false;
-        let mut window_obs = Vec::with_capacity(count);
-        for m in &input.members {
-            let Some(v) = get(m) else { continue };
-            let hist = member_entry(&mut self.members, &m.id);
-            hist.conns_total += v.new_conns;
-            let expected_share = if m.draining || !v.fresh || v.reset || wsum <= 0.0 {
-                0.0
+        let mut vv = ViewVerdict {
+            verdict: Verdict::Ok,
+            fresh: v.fresh,
+            new_conns: v.new_conns,
+            bytes_in: v.bytes_in,
+            bytes_out: v.bytes_out,
+            active: v.active,
+            observed_share: 0.0,
+            expected_share,
+            ratio: 1.0,
+            window_observed: 0.0,
+            window_expected: 0.0,
+            zero_expected: 0.0,
+            z: 0.0,
+            conns_total: hist.conns_total,
+            reason: String::new(),
+            active_load: LoadVerdict::default(),
+            bytes_load: LoadVerdict::default(),
+            bytes_in_share: 0.0,
+            bytes_out_share: 0.0,
+        };
+        if !v.fresh || v.reset {
+            vv.verdict = Verdict::NoData;
+            vv.reason = if v.reset {
+                "its agent's counters restarted this tick".into()
             } else {
-                m.weight / wsum
+                "its observer missed three reports (stale)".into()
             };
-            let mut vv = ViewVerdict {
-                verdict: Verdict::Ok,
-                fresh: v.fresh,
-                new_conns: v.new_conns,
-                bytes_in: v.bytes_in,
-                bytes_out: v.bytes_out,
-                active: v.active,
-                observed_share: 0.0,
-                expected_share,
-                ratio: 1.0,
-                window_observed: 0.0,
-                window_expected: 0.0,
-                zero_expected: 0.0,
-                z: 0.0,
-                conns_total: hist.conns_total,
-                reason: String::new(),
-                active_load: LoadVerdict::default(),
-                bytes_load: LoadVerdict::default(),
-                bytes_in_share: 0.0,
-                bytes_out_share: 0.0,
-            };
-            if !v.fresh || v.reset {
-                vv.verdict = Verdict::NoData;
-                vv.reason = if v.reset {
-                    "its agent's counters restarted this tick".into()
-                } else {
-                    "its observer missed three reports (stale)".into()
-                };
-                // A gap: start the ZERO evidence again afterwards.
-                hist.zero_e = 0.0;
-                verdicts.insert(m.id.clone(), vv);
-                continue;
-            }
-            if m.draining {
-                hist.draining_recent.rotate_right(1);
-                hist.draining_recent[0] = v.new_conns;
-                let recent: u64 = hist.draining_recent.iter().sum();
-                vv.window_observed = recent as f64;
-                if recent >= 3 {
-                    vv.verdict = Verdict::DrainingViolation;
-                    vv.reason =
-                        format!("draining, yet it got {recent} new connections in 10 ticks");
-                }
-                verdicts.insert(m.id.clone(), vv);
-                continue;
-            }
-            let e = n * expected_share;
-            let o = v.new_conns as f64;
-            // A member that was ZERO and receives again starts its windows
-            // afresh: the dark ticks are the ZERO alert's, not a SKEW's.
-            if v.new_conns > 0 && hist.zero_e * zero_gain >= zero_bound {
-                hist.len = 0;
-            }
-            hist.push(o, e);
-            if e >= 1.0 {
-                chi2 += (o - e) * (o - e) / e;
-                dof += 1;
-            }
-            // ZERO evidence; a pool too quiet to judge accumulates none.
-            if v.new_conns == 0 {
-                if judged_rate {
-                    hist.zero_e += e;
-                }
-                if v.bytes_in + v.bytes_out > 0 {
-                    hist.zero_bytes = true;
-                }
-            } else {
-                hist.zero_e = 0.0;
-                hist.zero_bytes = false;
-            }
-            vv.zero_expected = hist.zero_e;
-            let zero_evidence = hist.zero_e * zero_gain;
-            if zero_evidence >= zero_bound / 2.0 {
-                suspect = true;
-            }
-            // SKEW over several windows: keep the strongest finding.
-            let (ow, ew) = hist.sums(SHARE_WINDOW);
-            vv.window_observed = ow;
-            vv.window_expected = ew;
-            vv.ratio = if ew > 0.0 { ow / ew } else { 1.0 };
-            window_obs.push((ow, ew));
-            let mut best: Option<(Verdict, f64, f64, f64, f64)> = None;
-            for w in WINDOWS {
-                let (ow, ew) = hist.sums(w);
-                if ew < 1.0 {
-                    continue;
-                }
-                let r = ow / ew;
-                let z = anscombe_z(ow, ew, phi);
-                let found = if r > s.page_high && z > z_page {
-                    Some(Verdict::SkewHigh { page: true })
-                } else if r < s.page_low && -z > z_page && ow > 0.0 {
-                    // Nothing at all is ZERO's to call, with its own bound.
-                    Some(Verdict::SkewLow { page: true })
-                } else if r > s.warn_high && z > z_warn {
-                    Some(Verdict::SkewHigh { page: false })
-                } else if r < s.warn_low && -z > z_warn && ow > 0.0 {
-                    Some(Verdict::SkewLow { page: false })
-                } else {
-                    None
-                };
-                if let Some(f) = found
-                    && best.is_none_or(|b| {
-                        f.rank() > b.0.rank() || (f.rank() == b.0.rank() && z.abs() > b.3.abs())
-                    })
-                {
-                    best = Some((f, r, ow, z, ew));
-                }
-            }
-            if zero_evidence >= zero_bound {
-                vv.verdict = Verdict::Zero {
-                    dark: !hist.zero_bytes,
-                };
-                vv.reason = format!(
-                    "0 new connections while {:.1} were expected since its last one (P ≈ {:.1e}; {} )",
-                    hist.zero_e,
-                    (-zero_evidence).exp(),
-                    if hist.zero_bytes {
-                        "bytes still flow on old connections"
-                    } else {
-                        "fully dark"
-                    }
-                );
-                vv.z = -zero_evidence.sqrt();
-            } else if let Some((verdict, r, ow, z, ew)) = best {
-                suspect = true;
-                vv.verdict = verdict;
-                vv.ratio = r;
-                vv.z = z;
-                vv.reason = format!(
-                    "{:.0} new connections where {:.1} were expected ({:.2}× its share, z = {:.1}, dispersion {:.2})",
-                    ow, ew, r, z, phi
-                );
-            }
-            verdicts.insert(m.id.clone(), vv);
+            // A gap: start the ZERO evidence again afterwards.
+            hist.zero_e = 0.0;
+            return vv;
         }
-        // Observed shares over the share window, for display and
-        // concentration.
-        let total_obs: f64 = window_obs.iter().map(|(o, _)| o).sum();
+        if m.draining {
+            hist.draining_recent.rotate_right(1);
+            hist.draining_recent[0] = v.new_conns;
+            let recent: u64 = hist.draining_recent.iter().sum();
+            vv.window_observed = recent as f64;
+            if recent >= 3 {
+                vv.verdict = Verdict::DrainingViolation;
+                vv.reason = format!("draining, yet it got {recent} new connections in 10 ticks");
+            }
+            return vv;
+        }
+        judge_share(s, bounds, share_tick, hist, &v, &mut vv, tally);
+        vv
+    }
+
+    /// Observed shares over the share window, for display and
+    /// concentration.
+    fn observed_shares(&self, verdicts: &mut HashMap<String, ViewVerdict>, window: &[(f64, f64)]) {
+        let total_obs: f64 = window.iter().map(|(o, _)| o).sum();
         for (id, vv) in verdicts.iter_mut() {
             if vv.expected_share > 0.0
                 && total_obs > 0.0
@@ -732,19 +834,22 @@ impl ViewState {
                 vv.observed_share = h.sums(SHARE_WINDOW).0 / total_obs;
             }
         }
-        let expected_effective = if wsum > 0.0 {
-            1.0 / eligible
-                .iter()
-                .map(|(m, _)| (m.weight / wsum).powi(2))
-                .sum::<f64>()
-        } else {
-            0.0
-        };
-        // CONCENTRATION over the last 1, 3 and 10 ticks: the effective
-        // number must fall below the ratio *and* the counts must be far from
-        // the weights (a χ² test at skew_alpha, with dispersion), with at
-        // least five expected connections per member in the window (the
-        // usual condition for the χ² approximation).
+    }
+
+    /// CONCENTRATION over the last 1, 3 and 10 ticks: the effective number
+    /// must fall below the ratio *and* the counts must be far from the
+    /// weights (a χ² test at skew_alpha, with dispersion), with at least
+    /// five expected connections per member in the window (the usual
+    /// condition for the χ² approximation). Returns the effective number of
+    /// members and whether the view is concentrated.
+    fn concentration(
+        &mut self,
+        s: &Settings,
+        eligible: &[(&MemberInput, ViewInput)],
+        expected_effective: f64,
+        phi: f64,
+    ) -> (f64, bool) {
+        let count = eligible.len();
         let mut effective = 0.0;
         let mut concentrated = false;
         // Whether a short window had enough data and was *not*
@@ -799,38 +904,126 @@ impl ViewState {
             }
         }
         self.was_concentrated = concentrated;
-        // Learn dispersion only from ticks where nothing looks wrong.
-        if dof >= 2 && !suspect && !concentrated {
+        (effective, concentrated)
+    }
+
+    /// Learns the dispersion, only from ticks where nothing looks wrong.
+    fn learn_dispersion(&mut self, s: &Settings, tally: &Tally, concentrated: bool) {
+        if tally.dof >= 2 && !tally.suspect && !concentrated {
             // Winsorise: one burst moves the estimate a little, not a lot.
-            let phi_tick = (chi2 / (dof - 1) as f64).min(self.dispersion * 3.0);
+            let phi_tick = (tally.chi2 / (tally.dof - 1) as f64).min(self.dispersion * 3.0);
             let alpha = if self.samples < 20 { 0.2 } else { 0.03 };
             self.dispersion_mean = ((1.0 - alpha) * self.dispersion_mean + alpha * phi_tick)
                 .clamp(0.0, s.max_dispersion);
             self.dispersion = self.dispersion_mean.clamp(1.0, s.max_dispersion);
             self.samples += 1;
         }
-        let load = self.load.evaluate(
-            s,
-            input,
-            view,
-            &mut verdicts,
-            &Context {
-                turnover: long_rate,
-                concentrated,
-                new_conns: n,
-            },
+    }
+}
+
+/// A serving member's ZERO evidence and SKEW over its windows, into `vv`.
+fn judge_share(
+    s: &Settings,
+    bounds: &Bounds,
+    share_tick: &ShareTick,
+    hist: &mut MemberHist,
+    v: &ViewInput,
+    vv: &mut ViewVerdict,
+    tally: &mut Tally,
+) {
+    let e = share_tick.new_conns * vv.expected_share;
+    let o = v.new_conns as f64;
+    // A member that was ZERO and receives again starts its windows
+    // afresh: the dark ticks are the ZERO alert's, not a SKEW's.
+    if v.new_conns > 0 && hist.zero_e * bounds.zero_gain >= bounds.zero_bound {
+        hist.len = 0;
+    }
+    hist.push(o, e);
+    if e >= 1.0 {
+        tally.chi2 += (o - e) * (o - e) / e;
+        tally.dof += 1;
+    }
+    // ZERO evidence; a pool too quiet to judge accumulates none.
+    if v.new_conns == 0 {
+        if share_tick.judged_rate {
+            hist.zero_e += e;
+        }
+        if v.bytes_in + v.bytes_out > 0 {
+            hist.zero_bytes = true;
+        }
+    } else {
+        hist.zero_e = 0.0;
+        hist.zero_bytes = false;
+    }
+    vv.zero_expected = hist.zero_e;
+    let zero_evidence = hist.zero_e * bounds.zero_gain;
+    if zero_evidence >= bounds.zero_bound / 2.0 {
+        tally.suspect = true;
+    }
+    let (ow, ew) = hist.sums(SHARE_WINDOW);
+    vv.window_observed = ow;
+    vv.window_expected = ew;
+    vv.ratio = if ew > 0.0 { ow / ew } else { 1.0 };
+    tally.window.push((ow, ew));
+    let best = strongest_skew(s, bounds, hist);
+    if zero_evidence >= bounds.zero_bound {
+        vv.verdict = Verdict::Zero {
+            dark: !hist.zero_bytes,
+        };
+        vv.reason = format!(
+            "0 new connections while {:.1} were expected since its last one (P ≈ {:.1e}; {} )",
+            hist.zero_e,
+            (-zero_evidence).exp(),
+            if hist.zero_bytes {
+                "bytes still flow on old connections"
+            } else {
+                "fully dark"
+            }
         );
-        ViewOutcome {
-            verdicts,
-            effective,
-            expected_effective,
-            concentrated,
-            rate,
-            long_rate,
-            judged: observed_any && count > 0,
-            load,
+        vv.z = -zero_evidence.sqrt();
+    } else if let Some((verdict, r, ow, z, ew)) = best {
+        tally.suspect = true;
+        vv.verdict = verdict;
+        vv.ratio = r;
+        vv.z = z;
+        vv.reason = format!(
+            "{:.0} new connections where {:.1} were expected ({:.2}× its share, z = {:.1}, dispersion {:.2})",
+            ow, ew, r, z, bounds.phi
+        );
+    }
+}
+
+/// SKEW over several windows: the strongest finding.
+fn strongest_skew(s: &Settings, bounds: &Bounds, hist: &MemberHist) -> Option<Skew> {
+    let mut best: Option<Skew> = None;
+    for w in WINDOWS {
+        let (ow, ew) = hist.sums(w);
+        if ew < 1.0 {
+            continue;
+        }
+        let r = ow / ew;
+        let z = anscombe_z(ow, ew, bounds.phi);
+        let found = if r > s.page_high && z > bounds.z_page {
+            Some(Verdict::SkewHigh { page: true })
+        } else if r < s.page_low && -z > bounds.z_page && ow > 0.0 {
+            // Nothing at all is ZERO's to call, with its own bound.
+            Some(Verdict::SkewLow { page: true })
+        } else if r > s.warn_high && z > bounds.z_warn {
+            Some(Verdict::SkewHigh { page: false })
+        } else if r < s.warn_low && -z > bounds.z_warn && ow > 0.0 {
+            Some(Verdict::SkewLow { page: false })
+        } else {
+            None
+        };
+        if let Some(f) = found
+            && best.is_none_or(|b| {
+                f.rank() > b.0.rank() || (f.rank() == b.0.rank() && z.abs() > b.3.abs())
+            })
+        {
+            best = Some((f, r, ow, z, ew));
         }
     }
+    best
 }
 
 /// A member's state, created on first sight; the id is copied only then

@@ -114,20 +114,11 @@ pub fn load(path: &Path) -> Result<PoolFile, PoolFileError> {
 
 /// Parses and validates pool file text; `path` only names it in errors.
 pub fn parse(path: &Path, text: &str) -> Result<PoolFile, PoolFileError> {
-    let invalid = |span: std::ops::Range<usize>, message: String, fix: &str| {
-        let (line, column) = line_col(text, span.start);
-        PoolFileError::Invalid {
-            path: path.to_owned(),
-            line,
-            column,
-            message,
-            fix: fix.to_owned(),
-        }
-    };
+    let file = FileText { path, text };
     let raw: RawFile = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
         let message = e.message().trim().replace('\n', " ");
-        invalid(
+        file.invalid(
             span,
             message,
             "write pools as [[pool]] tables with name = \"...\", optional lb_nodes = [\"node\", ...] \
@@ -138,14 +129,14 @@ pub fn parse(path: &Path, text: &str) -> Result<PoolFile, PoolFileError> {
     for p in raw.pool {
         let name = p.name.get_ref().trim().to_owned();
         if name.is_empty() {
-            return Err(invalid(
+            return Err(file.invalid(
                 p.name.span(),
                 "pool name is empty".into(),
                 "give the pool the service name its agents use (--service NAME=PORT)",
             ));
         }
         if pools.contains_key(&name) {
-            return Err(invalid(
+            return Err(file.invalid(
                 p.name.span(),
                 format!("pool {name:?} is declared twice"),
                 "merge the two [[pool]] tables into one",
@@ -154,64 +145,17 @@ pub fn parse(path: &Path, text: &str) -> Result<PoolFile, PoolFileError> {
         let mut seen = BTreeSet::new();
         let mut members = Vec::with_capacity(p.members.len());
         for m in p.members {
-            let s = m.address.get_ref().trim();
-            let addr: SocketAddr = s.parse().map_err(|_| {
-                invalid(
-                    m.address.span(),
-                    format!("member address {s:?} of pool {name:?} is not ADDRESS:PORT"),
-                    "write \"10.0.0.11:8080\" or, for IPv6, \"[fd00::11]:8080\"",
-                )
-            })?;
-            if addr.port() == 0 {
-                return Err(invalid(
-                    m.address.span(),
-                    format!("member {addr} of pool {name:?} has port 0"),
-                    "give the port the backend listens on",
-                ));
-            }
-            if !seen.insert(addr) {
-                return Err(invalid(
-                    m.address.span(),
-                    format!("member {addr} appears twice in pool {name:?}"),
+            let (member, span) = file.member(&name, m)?;
+            if !seen.insert(member.addr) {
+                return Err(file.invalid(
+                    span,
+                    format!("member {} appears twice in pool {name:?}", member.addr),
                     "list each member once",
                 ));
             }
-            let weight = match &m.weight {
-                None => 1.0,
-                Some(w) => {
-                    let v = *w.get_ref();
-                    if !(v.is_finite() && v > 0.0 && v <= 1e6) {
-                        return Err(invalid(
-                            w.span(),
-                            format!(
-                                "weight {v} of member {addr} in pool {name:?} is not a positive number"
-                            ),
-                            "use a weight between 0 (exclusive) and 1000000; mark a member that should get no new connections with draining = true",
-                        ));
-                    }
-                    v
-                }
-            };
-            members.push(FileMember {
-                addr,
-                weight,
-                draining: m.draining,
-            });
+            members.push(member);
         }
-        let mut lb_nodes = Vec::with_capacity(p.lb_nodes.len());
-        for n in p.lb_nodes {
-            let v = n.get_ref().trim();
-            if v.is_empty() {
-                return Err(invalid(
-                    n.span(),
-                    format!("pool {name:?} lists an empty load balancer node name"),
-                    "use the node names the LB agents report (their --node-name)",
-                ));
-            }
-            if !lb_nodes.iter().any(|x: &String| x == v) {
-                lb_nodes.push(v.to_owned());
-            }
-        }
+        let lb_nodes = file.lb_nodes(&name, p.lb_nodes)?;
         pools.insert(
             name.clone(),
             FilePool {
@@ -222,6 +166,97 @@ pub fn parse(path: &Path, text: &str) -> Result<PoolFile, PoolFileError> {
         );
     }
     Ok(pools)
+}
+
+/// The pool file being parsed, to name places in it.
+struct FileText<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl FileText<'_> {
+    /// The error for `span`: what is wrong and how to fix it.
+    fn invalid(&self, span: std::ops::Range<usize>, message: String, fix: &str) -> PoolFileError {
+        let (line, column) = line_col(self.text, span.start);
+        PoolFileError::Invalid {
+            path: self.path.to_owned(),
+            line,
+            column,
+            message,
+            fix: fix.to_owned(),
+        }
+    }
+
+    /// One member of pool `name`, its address and weight checked, and
+    /// where its address is written.
+    fn member(
+        &self,
+        name: &str,
+        m: RawMember,
+    ) -> Result<(FileMember, std::ops::Range<usize>), PoolFileError> {
+        let s = m.address.get_ref().trim();
+        let addr: SocketAddr = s.parse().map_err(|_| {
+            self.invalid(
+                m.address.span(),
+                format!("member address {s:?} of pool {name:?} is not ADDRESS:PORT"),
+                "write \"10.0.0.11:8080\" or, for IPv6, \"[fd00::11]:8080\"",
+            )
+        })?;
+        if addr.port() == 0 {
+            return Err(self.invalid(
+                m.address.span(),
+                format!("member {addr} of pool {name:?} has port 0"),
+                "give the port the backend listens on",
+            ));
+        }
+        let weight = match &m.weight {
+            None => 1.0,
+            Some(w) => {
+                let v = *w.get_ref();
+                if !(v.is_finite() && v > 0.0 && v <= 1e6) {
+                    return Err(self.invalid(
+                        w.span(),
+                        format!(
+                            "weight {v} of member {addr} in pool {name:?} is not a positive number"
+                        ),
+                        "use a weight between 0 (exclusive) and 1000000; mark a member that should get no new connections with draining = true",
+                    ));
+                }
+                v
+            }
+        };
+        Ok((
+            FileMember {
+                addr,
+                weight,
+                draining: m.draining,
+            },
+            m.address.span(),
+        ))
+    }
+
+    /// Pool `name`'s load balancer node names, each once.
+    fn lb_nodes(
+        &self,
+        name: &str,
+        nodes: Vec<Spanned<String>>,
+    ) -> Result<Vec<String>, PoolFileError> {
+        let mut lb_nodes = Vec::with_capacity(nodes.len());
+        for n in nodes {
+            let v = n.get_ref().trim();
+            if v.is_empty() {
+                return Err(self.invalid(
+                    n.span(),
+                    format!("pool {name:?} lists an empty load balancer node name"),
+                    "use the node names the LB agents report (their --node-name)",
+                ));
+            }
+            if !lb_nodes.iter().any(|x: &String| x == v) {
+                lb_nodes.push(v.to_owned());
+            }
+        }
+        Ok(lb_nodes)
+    }
 }
 
 /// 1-based line and column of byte offset `at`.

@@ -61,17 +61,17 @@ use crate::{
     detect::{MemberInput, PoolInput, ViewInput},
     parallel::Threads,
     service::{
-        agents::{AgentTick, Dir, ListenerInfo},
         declared::{Declared, Expect, KubeService, LbNodes},
         fxhash::FxHashMap,
+        ingest::{AgentTick, Dir, ListenerInfo, TickEndpoint},
     },
 };
 
 /// A member's facts beyond the detector's input.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct MemberMeta {
     /// Backend address.
-    pub addr: Option<SocketAddr>,
+    pub addr: SocketAddr,
     /// Node serving it: the one its source names, else the first observer
     /// by name (empty when none). Shared with the agent's state: a tick
     /// copies no node name.
@@ -106,7 +106,7 @@ pub struct Measured {
 }
 
 impl Measured {
-    fn add(&mut self, e: &crate::service::agents::TickEndpoint) {
+    fn add(&mut self, e: &TickEndpoint) {
         self.conns_per_sec += e.rate[0];
         self.bytes_in_per_sec += e.rate[1];
         self.bytes_out_per_sec += e.rate[2];
@@ -130,13 +130,27 @@ pub struct Unjudged {
     pub lb: Option<ViewInput>,
 }
 
+/// A judged member: the detector's input and the facts that travel with
+/// it to publishing.
+#[derive(Clone, Debug)]
+pub struct PoolMember {
+    /// What the detector judges.
+    pub input: MemberInput,
+    /// Its address, node, source and measured rates.
+    pub meta: MemberMeta,
+}
+
+impl AsRef<MemberInput> for PoolMember {
+    fn as_ref(&self) -> &MemberInput {
+        &self.input
+    }
+}
+
 /// One pool ready for the detector.
 #[derive(Clone, Debug)]
 pub struct PoolTick {
-    /// The detector's input.
-    pub input: PoolInput,
-    /// Per member (same order as `input.members`).
-    pub meta: Vec<MemberMeta>,
+    /// The detector's input, each member with its facts.
+    pub input: PoolInput<PoolMember>,
     /// Members listed but not judged (sorted by address).
     pub unjudged: Vec<Unjudged>,
     /// Load balancer nodes (declared or seen), sorted; the agents' own
@@ -247,79 +261,15 @@ pub fn build(
     tick: u64,
     threads: Threads,
 ) -> Vec<PoolTick> {
-    // Index every endpoint by (address, port) and direction.
-    let mut serves: Index = FxHashMap::default();
-    let mut sends: Index = FxHashMap::default();
     let mut drafts: Drafts = BTreeMap::new();
-    let mut node_addrs: Vec<BTreeSet<IpAddr>> = Vec::with_capacity(agents.len());
-    for (ai, a) in agents.iter().enumerate() {
-        let mut addrs = BTreeSet::new();
-        for (ei, e) in a.endpoints.iter().enumerate() {
-            let k = (e.key.addr, e.key.port);
-            match e.key.dir {
-                Dir::Serves => {
-                    serves.entry(k).or_default().push((ai, ei));
-                    if announceable(e.key.addr) {
-                        addrs.insert(e.key.addr);
-                        if let Some(svc) = &e.service {
-                            let addr = SocketAddr::new(e.key.addr, e.key.port);
-                            announce(&mut drafts, declared, svc, [addr], ai);
-                        }
-                    }
-                }
-                Dir::SendsTo => sends.entry(k).or_default().push((ai, ei)),
-            }
-        }
-        node_addrs.push(addrs);
-    }
-    // Wildcard listeners of nodes that have served nothing yet ("dark"),
-    // resolved once every other member is known.
-    let mut dark: Vec<(usize, &ListenerInfo)> = Vec::new();
-    for (ai, a) in agents.iter().enumerate() {
-        for l in a.listeners.iter().filter(|l| !l.service.is_empty()) {
-            let targets: Vec<IpAddr> = if l.addr.is_unspecified() {
-                let seen: Vec<IpAddr> = node_addrs[ai]
-                    .iter()
-                    .copied()
-                    .filter(|x| l.addr.is_ipv6() || x.is_ipv4())
-                    .collect();
-                if seen.is_empty() {
-                    dark.push((ai, l));
-                }
-                seen
-            } else if announceable(l.addr) {
-                vec![l.addr]
-            } else {
-                vec![]
-            };
-            let addrs = targets.into_iter().map(|t| SocketAddr::new(t, l.port));
-            announce(&mut drafts, declared, &l.service, addrs, ai);
+    let (serves, sends, node_addrs) = index_endpoints(agents, declared, &mut drafts);
+    announce_listeners(agents, declared, &node_addrs, &mut drafts);
+    for pool in drafts.values_mut() {
+        for member in pool.values_mut() {
+            member.source.announced = true;
         }
     }
-    for (ai, l) in dark {
-        let known = drafts.get(&l.service).into_iter().flat_map(|p| p.keys());
-        let targets = dark_targets(&agents[ai].addresses, l, known);
-        let addrs = targets.into_iter().map(|t| SocketAddr::new(t, l.port));
-        announce(&mut drafts, declared, &l.service, addrs, ai);
-    }
-    for d in drafts.values_mut() {
-        for m in d.values_mut() {
-            m.source.announced = true;
-        }
-    }
-    for (name, dp) in &declared.pools {
-        let pool = drafts.entry(name.clone()).or_default();
-        for m in &dp.members {
-            let d = pool.entry(m.addr).or_default();
-            d.weight = Some(m.weight);
-            d.expect = m.expect.clone();
-            d.source.file |= m.source.file;
-            d.source.kubernetes |= m.source.kubernetes;
-            d.node.clone_from(&m.node);
-            d.pod.clone_from(&m.pod);
-            d.zone.clone_from(&m.zone);
-        }
-    }
+    add_declared(declared, &mut drafts);
 
     let node_index: HashMap<&str, usize> = agents
         .iter()
@@ -352,6 +302,98 @@ pub fn build(
     )
 }
 
+/// Indexes every endpoint by (address, port) and direction, announces the
+/// labelled endpoints agents serve, and returns, per agent, the
+/// announceable addresses it serves on.
+fn index_endpoints(
+    agents: &[AgentTick],
+    declared: &Declared,
+    drafts: &mut Drafts,
+) -> (Index, Index, Vec<BTreeSet<IpAddr>>) {
+    let mut serves: Index = FxHashMap::default();
+    let mut sends: Index = FxHashMap::default();
+    let mut node_addrs: Vec<BTreeSet<IpAddr>> = Vec::with_capacity(agents.len());
+    for (ai, a) in agents.iter().enumerate() {
+        let mut addrs = BTreeSet::new();
+        for (ei, e) in a.endpoints.iter().enumerate() {
+            let k = (e.key.addr, e.key.port);
+            match e.key.dir {
+                Dir::Serves => {
+                    serves.entry(k).or_default().push((ai, ei));
+                    if announceable(e.key.addr) {
+                        addrs.insert(e.key.addr);
+                        if let Some(svc) = &e.service {
+                            let addr = SocketAddr::new(e.key.addr, e.key.port);
+                            announce(drafts, declared, svc, [addr], ai);
+                        }
+                    }
+                }
+                Dir::SendsTo => sends.entry(k).or_default().push((ai, ei)),
+            }
+        }
+        node_addrs.push(addrs);
+    }
+    (serves, sends, node_addrs)
+}
+
+/// Announces the members labelled listeners name: a specific address
+/// itself, a wildcard every address its node serves on, and the wildcard
+/// listeners of nodes that have served nothing yet ("dark") once every
+/// other member is known.
+fn announce_listeners(
+    agents: &[AgentTick],
+    declared: &Declared,
+    node_addrs: &[BTreeSet<IpAddr>],
+    drafts: &mut Drafts,
+) {
+    let mut dark: Vec<(usize, &ListenerInfo)> = Vec::new();
+    for (ai, a) in agents.iter().enumerate() {
+        for l in a.listeners.iter().filter(|l| !l.service.is_empty()) {
+            let targets: Vec<IpAddr> = if l.addr.is_unspecified() {
+                let seen: Vec<IpAddr> = node_addrs[ai]
+                    .iter()
+                    .copied()
+                    .filter(|x| l.addr.is_ipv6() || x.is_ipv4())
+                    .collect();
+                if seen.is_empty() {
+                    dark.push((ai, l));
+                }
+                seen
+            } else if announceable(l.addr) {
+                vec![l.addr]
+            } else {
+                vec![]
+            };
+            let addrs = targets.into_iter().map(|t| SocketAddr::new(t, l.port));
+            announce(drafts, declared, &l.service, addrs, ai);
+        }
+    }
+    for (ai, l) in dark {
+        let known = drafts.get(&l.service).into_iter().flat_map(|p| p.keys());
+        let targets = dark_targets(&agents[ai].addresses, l, known);
+        let addrs = targets.into_iter().map(|t| SocketAddr::new(t, l.port));
+        announce(drafts, declared, &l.service, addrs, ai);
+    }
+}
+
+/// The pool file's and Kubernetes' members: their weight, expectation,
+/// node, Pod and zone override what announcing said.
+fn add_declared(declared: &Declared, drafts: &mut Drafts) {
+    for (name, dp) in &declared.pools {
+        let pool = drafts.entry(name.clone()).or_default();
+        for m in &dp.members {
+            let d = pool.entry(m.addr).or_default();
+            d.weight = Some(m.weight);
+            d.expect = m.expect.clone();
+            d.source.file |= m.source.file;
+            d.source.kubernetes |= m.source.kubernetes;
+            d.node.clone_from(&m.node);
+            d.pod.clone_from(&m.pod);
+            d.zone.clone_from(&m.zone);
+        }
+    }
+}
+
 /// What every pool of a tick is assembled from: the agents and their
 /// endpoints indexed by address and port.
 struct Seen<'a> {
@@ -382,8 +424,8 @@ impl Seen<'_> {
         let Self {
             agents,
             node_index,
-            serves,
             sends,
+            ..
         } = self;
         let dp = declared.pools.get(name);
         let (lb_idx, lb_nodes, lb_missing) = load_balancers(
@@ -395,111 +437,146 @@ impl Seen<'_> {
             members.keys(),
             dp.map_or(&LbNodes::Senders, |p| &p.lb_nodes),
         );
-        let lb_fresh = lb_idx.iter().any(|&i| agents[i].fresh);
-        let lb_reset = lb_idx.iter().any(|&i| agents[i].fresh && agents[i].reset);
-        let has_lb = !lb_idx.is_empty() || lb_missing;
-
-        let mut inputs = Vec::with_capacity(members.len());
-        let mut metas = Vec::with_capacity(members.len());
+        let lbs = PoolLbs {
+            fresh: lb_idx.iter().any(|&i| agents[i].fresh),
+            reset: lb_idx.iter().any(|&i| agents[i].fresh && agents[i].reset),
+            present: !lb_idx.is_empty() || lb_missing,
+            mark: lb_mark,
+            stamp,
+        };
+        let mut judged = Vec::with_capacity(members.len());
         let mut unjudged = Vec::new();
-        for (addr, d) in members {
-            let key = (addr.ip(), addr.port());
-            // Server view: every agent serving this address:port, plus the
-            // agents that announced it (a listener with no traffic yet) and
-            // the agent of the node its source names.
-            let eps = serves.get(&key).map(Vec::as_slice).unwrap_or(&[]);
-            let mut observers: Vec<usize> = d.announcers.iter().copied().collect();
-            observers.extend(eps.iter().map(|&(ai, _)| ai));
-            if let Some(&i) = d.node.as_deref().and_then(|n| node_index.get(n)) {
-                observers.push(i);
+        for (addr, draft) in members {
+            match self.member(&lbs, addr, draft) {
+                Assembled::Judged(member) => judged.push(member),
+                Assembled::Unjudged(member) => unjudged.push(member),
             }
-            observers.sort_unstable();
-            observers.dedup();
-            let mut server_m = Measured::default();
-            let mut lb_m = Measured::default();
-            let server = (!observers.is_empty()).then(|| {
-                let mut v = ViewInput {
-                    fresh: observers.iter().all(|&i| agents[i].fresh),
-                    reset: observers.iter().any(|&i| agents[i].reset),
-                    ..ViewInput::default()
-                };
-                for &(ai, ei) in eps {
-                    add_endpoint(&mut v, &mut server_m, &agents[ai].endpoints[ei]);
-                }
-                v
-            });
-            let lb = has_lb.then(|| {
-                let mut v = ViewInput {
-                    fresh: lb_fresh,
-                    reset: lb_reset,
-                    ..ViewInput::default()
-                };
-                for &(ai, ei) in sends.get(&key).map(Vec::as_slice).unwrap_or(&[]) {
-                    if lb_mark[ai] == stamp && agents[ai].fresh {
-                        add_endpoint(&mut v, &mut lb_m, &agents[ai].endpoints[ei]);
-                    }
-                }
-                v
-            });
-            let first = observers
-                .iter()
-                .map(|&i| &agents[i])
-                .min_by(|a, b| a.node.cmp(&b.node));
-            let node = match (&d.node, first) {
-                (Some(n), _) => n.clone(),
-                (None, Some(a)) => a.node.clone(),
-                (None, None) => Arc::from(""),
-            };
-            let meta = MemberMeta {
-                addr: Some(addr),
-                node,
-                source: d.source,
-                pod: d.pod,
-                zone: d.zone,
-                server: server_m,
-                lb: lb_m,
-            };
-            let draining = match d.expect {
-                Expect::Share => false,
-                Expect::Draining => true,
-                Expect::Unjudged { draining, reason } => {
-                    unjudged.push(Unjudged {
-                        meta,
-                        draining,
-                        reason,
-                        server,
-                        lb,
-                    });
-                    continue;
-                }
-            };
-            inputs.push(MemberInput {
-                id: addr.to_string(),
-                weight: d.weight.unwrap_or(1.0),
-                draining,
-                server,
-                lb,
-                cpu: first.and_then(|a| a.cpu),
-            });
-            metas.push(meta);
         }
         PoolTick {
             input: PoolInput {
                 name: String::from(&**name),
                 tick,
-                members: inputs,
+                members: judged,
             },
-            meta: metas,
             unjudged,
             lb_nodes,
             kubernetes: dp.and_then(|p| p.kubernetes.clone()),
             note: dp.and_then(|p| p.note.clone()),
         }
     }
+
+    /// One member of a pool: its server view (every agent serving its
+    /// address:port, plus the agents that announced it and the agent of the
+    /// node its source names), its LB view (the pool's fresh load
+    /// balancers), and its facts.
+    fn member(&self, lbs: &PoolLbs<'_>, addr: SocketAddr, draft: Draft) -> Assembled {
+        let Self {
+            agents,
+            node_index,
+            serves,
+            sends,
+        } = self;
+        let key = (addr.ip(), addr.port());
+        let eps = serves.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+        let mut observers: Vec<usize> = draft.announcers.iter().copied().collect();
+        observers.extend(eps.iter().map(|&(ai, _)| ai));
+        if let Some(&i) = draft.node.as_deref().and_then(|n| node_index.get(n)) {
+            observers.push(i);
+        }
+        observers.sort_unstable();
+        observers.dedup();
+        let mut server_measured = Measured::default();
+        let mut lb_measured = Measured::default();
+        let server = (!observers.is_empty()).then(|| {
+            let mut v = ViewInput {
+                fresh: observers.iter().all(|&i| agents[i].fresh),
+                reset: observers.iter().any(|&i| agents[i].reset),
+                ..ViewInput::default()
+            };
+            for &(ai, ei) in eps {
+                add_endpoint(&mut v, &mut server_measured, &agents[ai].endpoints[ei]);
+            }
+            v
+        });
+        let lb = lbs.present.then(|| {
+            let mut v = ViewInput {
+                fresh: lbs.fresh,
+                reset: lbs.reset,
+                ..ViewInput::default()
+            };
+            for &(ai, ei) in sends.get(&key).map(Vec::as_slice).unwrap_or(&[]) {
+                if lbs.mark[ai] == lbs.stamp && agents[ai].fresh {
+                    add_endpoint(&mut v, &mut lb_measured, &agents[ai].endpoints[ei]);
+                }
+            }
+            v
+        });
+        let first = observers
+            .iter()
+            .map(|&i| &agents[i])
+            .min_by(|a, b| a.node.cmp(&b.node));
+        let node = match (&draft.node, first) {
+            (Some(n), _) => n.clone(),
+            (None, Some(a)) => a.node.clone(),
+            (None, None) => Arc::from(""),
+        };
+        let meta = MemberMeta {
+            addr,
+            node,
+            source: draft.source,
+            pod: draft.pod,
+            zone: draft.zone,
+            server: server_measured,
+            lb: lb_measured,
+        };
+        let draining = match draft.expect {
+            Expect::Share => false,
+            Expect::Draining => true,
+            Expect::Unjudged { draining, reason } => {
+                return Assembled::Unjudged(Unjudged {
+                    meta,
+                    draining,
+                    reason,
+                    server,
+                    lb,
+                });
+            }
+        };
+        Assembled::Judged(PoolMember {
+            input: MemberInput {
+                id: addr.to_string(),
+                weight: draft.weight.unwrap_or(1.0),
+                draining,
+                server,
+                lb,
+                cpu: first.and_then(|a| a.cpu),
+            },
+            meta,
+        })
+    }
+}
+
+/// A member as assembled: judged, or listed but not judged.
+enum Assembled {
+    Judged(PoolMember),
+    Unjudged(Unjudged),
+}
+
+/// A pool's load balancers as its members' LB views need them.
+struct PoolLbs<'a> {
+    /// At least one LB agent is fresh.
+    fresh: bool,
+    /// A fresh LB agent's counters reset this tick.
+    reset: bool,
+    /// The pool has load balancers (seen or declared).
+    present: bool,
+    /// `mark[i] == stamp` for the pool's LB agents.
+    mark: &'a [usize],
+    stamp: usize,
 }
 
 /// Adds one observer's endpoint to a member's view and measured rates.
-fn add_endpoint(v: &mut ViewInput, m: &mut Measured, e: &crate::service::agents::TickEndpoint) {
+fn add_endpoint(v: &mut ViewInput, m: &mut Measured, e: &TickEndpoint) {
     v.reset |= e.reset;
     v.new_conns += e.delta.conns;
     v.bytes_in += e.delta.bytes_in;
@@ -562,7 +639,7 @@ fn load_balancers<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::agents::{Delta, EpKey, TickEndpoint};
+    use crate::service::ingest::{Delta, EpKey, TickEndpoint};
 
     fn ep(addr: &str, port: u16, dir: Dir, service: Option<&str>, conns: u64) -> TickEndpoint {
         TickEndpoint {
@@ -632,17 +709,22 @@ mod tests {
         let pools = build(&agents, &Declared::default(), 1, Threads::ONE);
         assert_eq!(pools.len(), 1);
         let p = &pools[0];
-        let ids: Vec<_> = p.input.members.iter().map(|m| m.id.as_str()).collect();
+        let ids: Vec<_> = p
+            .input
+            .members
+            .iter()
+            .map(|m| m.input.id.as_str())
+            .collect();
         assert_eq!(ids, ["10.0.0.1:8080", "10.0.0.2:8080"]);
         assert_eq!(p.lb_nodes, [Arc::from("lb")]);
-        let m0 = &p.input.members[0];
+        let m0 = &p.input.members[0].input;
         assert_eq!(m0.server.unwrap().new_conns, 10);
         assert_eq!(m0.lb.unwrap().new_conns, 9);
         assert_eq!(m0.lb.unwrap().bytes_in, 90);
-        let m1 = &p.input.members[1];
+        let m1 = &p.input.members[1].input;
         assert_eq!(m1.server.unwrap().new_conns, 0);
         assert!(m1.server.unwrap().fresh);
-        assert_eq!(&*p.meta[1].node, "b2");
+        assert_eq!(&*p.input.members[1].meta.node, "b2");
     }
 
     #[test]
@@ -685,7 +767,7 @@ mod tests {
             .input
             .members
             .iter()
-            .map(|m| m.id.as_str())
+            .map(|m| m.input.id.as_str())
             .collect();
         // The address on the pool's network only: not IPv6 (0.0.0.0 does
         // not take it, and the pool has no IPv6 member), not loopback, not
@@ -699,13 +781,13 @@ mod tests {
                 "10.0.0.4:8080"
             ]
         );
-        let dark = &pools[0].input.members[3];
+        let dark = &pools[0].input.members[3].input;
         assert_eq!(dark.server.unwrap().new_conns, 0);
         assert!(dark.server.unwrap().fresh);
         // A `::` listener on the dark node still picks only the pool's family.
         agents[3].listeners[0].addr = "::".parse().unwrap();
         let pools = build(&agents, &Declared::default(), 1, Threads::ONE);
-        assert_eq!(pools[0].input.members[3].id, "10.0.0.4:8080");
+        assert_eq!(pools[0].input.members[3].input.id, "10.0.0.4:8080");
         assert_eq!(pools[0].input.members.len(), 4);
         // Once it serves, what it serves on decides, as for every node.
         agents[3].endpoints = vec![ep("10.0.0.4", 8080, Dir::Serves, Some("web"), 1)];
@@ -750,13 +832,13 @@ members = [
         )];
         let pools = build(&agents, &Declared::from_file(&file), 1, Threads::ONE);
         let p = &pools[0];
-        assert_eq!(p.input.members[0].weight, 3.0);
-        assert_eq!(p.meta[0].source.as_str(), "announced+file");
-        assert!(p.input.members[1].draining);
-        assert!(p.input.members[1].server.is_none());
-        assert_eq!(p.meta[1].source.as_str(), "file");
+        assert_eq!(p.input.members[0].input.weight, 3.0);
+        assert_eq!(p.input.members[0].meta.source.as_str(), "announced+file");
+        assert!(p.input.members[1].input.draining);
+        assert!(p.input.members[1].input.server.is_none());
+        assert_eq!(p.input.members[1].meta.source.as_str(), "file");
         // Declared LB that never reported: LB view present but not fresh.
-        assert!(!p.input.members[0].lb.unwrap().fresh);
+        assert!(!p.input.members[0].input.lb.unwrap().fresh);
     }
 
     fn kube_member(
@@ -842,22 +924,30 @@ members = [
         // No "web" pool: the label names only Service addresses.
         assert_eq!(names, ["default/a:http", "default/b:http"]);
         let a = &pools[0];
-        let ids: Vec<_> = a.input.members.iter().map(|m| m.id.as_str()).collect();
+        let ids: Vec<_> = a
+            .input
+            .members
+            .iter()
+            .map(|m| m.input.id.as_str())
+            .collect();
         assert_eq!(ids, ["10.244.0.2:8080", "10.244.0.4:8080"]);
-        assert_eq!(a.input.members[0].server.unwrap().new_conns, 5);
+        assert_eq!(a.input.members[0].input.server.unwrap().new_conns, 5);
         // The dark pod is observed by its node's agent: fresh, zero.
-        let dark = a.input.members[1].server.expect("observed by n1's agent");
+        let dark = a.input.members[1]
+            .input
+            .server
+            .expect("observed by n1's agent");
         assert!(dark.fresh && dark.new_conns == 0);
-        assert_eq!(a.input.members[1].lb.unwrap().new_conns, 0);
-        assert_eq!(&*a.meta[1].node, "n1");
-        assert_eq!(a.meta[1].source.as_str(), "kubernetes");
+        assert_eq!(a.input.members[1].input.lb.unwrap().new_conns, 0);
+        assert_eq!(&*a.input.members[1].meta.node, "n1");
+        assert_eq!(a.input.members[1].meta.source.as_str(), "kubernetes");
         assert_eq!(
-            a.meta[1].pod.as_deref(),
+            a.input.members[1].meta.pod.as_deref(),
             Some("default/pod-10.244.0.4:8080")
         );
         let b = &pools[1];
         assert_eq!(b.input.members.len(), 1);
-        assert_eq!(b.input.members[0].server.unwrap().new_conns, 7);
+        assert_eq!(b.input.members[0].input.server.unwrap().new_conns, 7);
         // Not ready: listed apart, with what it got, never judged.
         assert_eq!(b.unjudged.len(), 1);
         assert_eq!(b.unjudged[0].meta.lb.conns_total, 2);
@@ -887,6 +977,6 @@ members = [
         }
         let p = &build(&agents, &declared, 1, Threads::ONE)[0];
         assert_eq!(p.lb_nodes, [Arc::from("a1")]);
-        assert_eq!(p.input.members[0].lb.unwrap().new_conns, 4);
+        assert_eq!(p.input.members[0].input.lb.unwrap().new_conns, 4);
     }
 }

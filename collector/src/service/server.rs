@@ -9,17 +9,18 @@ use std::{
 use evenflow_daemon::{BindError, bind, grpc::ReflectionError, http, tls};
 use evenflow_proto::v1::{distribution_server::DistributionServer, ingest_server::IngestServer};
 use tokio::{sync::watch, task::JoinHandle};
+use tonic::transport::server::Router;
 use tracing::info;
 
 use crate::{
     parallel::Threads,
     service::{
+        api::{ingest::IngestService, query::DistributionService},
         config::Config,
         declared::Sources,
-        engine::{Engine, Shared},
-        ingest::IngestService,
         poolfile::{self, PoolFileError},
-        query::DistributionService,
+        shared::Shared,
+        tick::Engine,
         webhook,
     },
 };
@@ -135,45 +136,19 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let grpc_addr = grpc_listener.local_addr().unwrap_or(config.grpc_addr);
     let metrics_addr = metrics_listener.local_addr().unwrap_or(config.metrics_addr);
 
-    let (shutdown, mut shutdown_rx) = watch::channel(false);
+    let (shutdown, shutdown_rx) = watch::channel(false);
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(tls::acceptor(cert, key, config.tls_client_ca.as_deref())?),
         _ => None,
     };
-    // The read-only query listener: Distribution, reflection and health.
     if let Some(addr) = config.query_addr {
-        let listener = bind("--query-addr", addr).await?;
-        let (reporter, router) =
-            evenflow_daemon::grpc::health_and_reflection(&mut tonic::transport::Server::builder())?;
-        reporter
-            .set_serving::<DistributionServer<DistributionService>>()
-            .await;
-        let router = router.add_service(distribution(&shared));
-        let mut stop = shutdown_rx.clone();
-        info!(%addr, "serving the read-only query API (evenflow.v1.Distribution)");
-        tokio::spawn(router.serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            async move {
-                let _ = stop.changed().await;
-            },
-        ));
+        serve_query(addr, &shared, shutdown_rx.clone()).await?;
     }
-    let (health, router) = evenflow_daemon::grpc::health_and_reflection(
-        &mut tonic::transport::Server::builder().tcp_nodelay(true),
-    )?;
-    health.set_serving::<IngestServer<IngestService>>().await;
-    health
-        .set_serving::<DistributionServer<DistributionService>>()
-        .await;
-    let router = router
-        .add_service(
-            IngestServer::new(IngestService::new(shared.clone()))
-                .max_decoding_message_size(64 << 20),
-        )
-        .add_service(distribution(&shared));
     let mut metrics_stop = shutdown_rx.clone();
+    let router = grpc_router(&shared).await?;
+    let mut grpc_stop = shutdown_rx;
     let stopped = async move {
-        let _ = shutdown_rx.changed().await;
+        let _ = grpc_stop.changed().await;
     };
     let grpc = match tls {
         Some(acceptor) => tokio::spawn(
@@ -187,7 +162,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let pages = shared.clone();
     let metrics = tokio::spawn(http::serve(
         metrics_listener,
-        move |path| crate::service::metrics::page(path, &pages),
+        move |path| crate::service::api::metrics::page(path, &pages),
         async move {
             let _ = metrics_stop.changed().await;
         },
@@ -202,10 +177,10 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         config.agent_retention,
         Threads::new(config.tick_threads),
     );
-    let stop2 = stop.clone();
+    let tick_stop = stop.clone();
     let tick = std::thread::Builder::new()
         .name("evenflow-tick".into())
-        .spawn(move || engine.run(stop2))
+        .spawn(move || engine.run(tick_stop))
         .map_err(StartError::Thread)?;
     info!(
         %grpc_addr,
@@ -226,4 +201,46 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         metrics,
         tick: Some(tick),
     })
+}
+
+/// The read-only query listener: Distribution, reflection and health,
+/// until `stop` changes.
+async fn serve_query(
+    addr: SocketAddr,
+    shared: &Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), StartError> {
+    let listener = bind("--query-addr", addr).await?;
+    let (reporter, router) =
+        evenflow_daemon::grpc::health_and_reflection(&mut tonic::transport::Server::builder())?;
+    reporter
+        .set_serving::<DistributionServer<DistributionService>>()
+        .await;
+    let router = router.add_service(distribution(shared));
+    info!(%addr, "serving the read-only query API (evenflow.v1.Distribution)");
+    tokio::spawn(router.serve_with_incoming_shutdown(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        async move {
+            let _ = stop.changed().await;
+        },
+    ));
+    Ok(())
+}
+
+/// The main gRPC listener's services: Ingest, Distribution, reflection and
+/// health.
+async fn grpc_router(shared: &Arc<Shared>) -> Result<Router, StartError> {
+    let (health, router) = evenflow_daemon::grpc::health_and_reflection(
+        &mut tonic::transport::Server::builder().tcp_nodelay(true),
+    )?;
+    health.set_serving::<IngestServer<IngestService>>().await;
+    health
+        .set_serving::<DistributionServer<DistributionService>>()
+        .await;
+    Ok(router
+        .add_service(
+            IngestServer::new(IngestService::new(shared.clone()))
+                .max_decoding_message_size(64 << 20),
+        )
+        .add_service(distribution(shared)))
 }

@@ -23,6 +23,10 @@ use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use crate::service::publish::names::{
+    alert_kind_name, cause_name, severity_name, signal_name, view_name,
+};
+
 /// Batches waiting per URL.
 const QUEUE: usize = 256;
 const ATTEMPTS: u32 = 8;
@@ -139,20 +143,6 @@ fn rfc3339(t: &prost_types::Timestamp) -> String {
         .unwrap_or_default()
 }
 
-fn kind_name(k: i32) -> &'static str {
-    match v1::AlertKind::try_from(k) {
-        Ok(v1::AlertKind::Zero) => "ZERO",
-        Ok(v1::AlertKind::Skew) => "SKEW",
-        Ok(v1::AlertKind::Concentration) => "CONCENTRATION",
-        Ok(v1::AlertKind::Stale) => "STALE",
-        Ok(v1::AlertKind::Hot) => "HOT",
-        Ok(v1::AlertKind::Mismatch) => "MISMATCH",
-        Ok(v1::AlertKind::DrainingViolation) => "DRAINING_VIOLATION",
-        Ok(v1::AlertKind::InsufficientTraffic) => "INSUFFICIENT_TRAFFIC",
-        _ => "UNSPECIFIED",
-    }
-}
-
 /// `EvenflowZero`, `EvenflowDrainingViolation`, ...
 fn alertname(kind: &str) -> String {
     let mut s = String::from("Evenflow");
@@ -171,15 +161,9 @@ pub fn body(alerts: &[v1::Alert], external_url: &str, now: SystemTime) -> Vec<u8
     let items: Vec<Value> = alerts
         .iter()
         .map(|a| {
-            let kind = kind_name(a.kind);
-            let view = match v1::View::try_from(a.view) {
-                Ok(v1::View::Lb) => "lb",
-                _ => "server",
-            };
-            let severity = match v1::Severity::try_from(a.severity) {
-                Ok(v1::Severity::Page) => "page",
-                _ => "warning",
-            };
+            let kind = alert_kind_name(a.kind);
+            let view = view_name(a.view);
+            let severity = severity_name(a.severity);
             let mut annotations = Map::new();
             annotations.insert("summary".into(), a.summary.clone().into());
             annotations.insert("observed".into(), format!("{}", a.observed).into());
@@ -210,8 +194,8 @@ pub fn body(alerts: &[v1::Alert], external_url: &str, now: SystemTime) -> Vec<u8
             // What the alert is about and why: routes pinned load to the
             // service's owners, routing to the load balancer's.
             for (k, v) in [
-                ("signal", super::metrics::signal_name(a.signal)),
-                ("cause", super::metrics::cause_name(a.cause)),
+                ("signal", signal_name(a.signal)),
+                ("cause", cause_name(a.cause)),
             ] {
                 if !v.is_empty() {
                     labels[k] = json!(v);

@@ -1,7 +1,7 @@
 //! Prometheus text exposition on `/metrics`, and `/pools/NAME` (the
 //! webhook alerts' generatorURL) as plain text.
 
-use std::{fmt::Write as _, sync::atomic::Ordering::Relaxed, time::Instant};
+use std::{fmt::Write as _, net::SocketAddr, sync::atomic::Ordering::Relaxed};
 
 use evenflow_daemon::{
     exposition::{self, escape as esc},
@@ -9,7 +9,14 @@ use evenflow_daemon::{
 };
 use evenflow_proto::v1;
 
-use crate::service::engine::Shared;
+use crate::service::{
+    api::query::agent_statuses,
+    publish::{
+        Published,
+        names::{alert_kind_name, cause_name, severity_name, signal_name, verdict_name, view_name},
+    },
+    shared::Shared,
+};
 
 /// The answer to an HTTP request for `path` (served by
 /// [`evenflow_daemon::http::serve`]).
@@ -29,31 +36,6 @@ pub fn page(path: &str, shared: &Shared) -> Page {
         )
     } else {
         Page::not_found("not found: try /metrics\n".to_owned())
-    }
-}
-
-fn verdict_name(v: i32) -> &'static str {
-    v1::Verdict::try_from(v).map_or("UNSPECIFIED", |v| {
-        v.as_str_name().trim_start_matches("VERDICT_")
-    })
-}
-
-/// "new_connections", "active_connections", "bytes", or "" when unset.
-pub(crate) fn signal_name(s: i32) -> &'static str {
-    match v1::Signal::try_from(s) {
-        Ok(v1::Signal::NewConnections) => "new_connections",
-        Ok(v1::Signal::ActiveConnections) => "active_connections",
-        Ok(v1::Signal::Bytes) => "bytes",
-        _ => "",
-    }
-}
-
-/// "routing", "pinned", or "" when unset.
-pub(crate) fn cause_name(c: i32) -> &'static str {
-    match v1::Cause::try_from(c) {
-        Ok(v1::Cause::Routing) => "routing",
-        Ok(v1::Cause::Pinned) => "pinned",
-        _ => "",
     }
 }
 
@@ -102,11 +84,35 @@ fn help(out: &mut String, name: &str, kind: &str, text: &str) {
 
 /// Renders every metric.
 pub fn render(shared: &Shared) -> String {
-    let p = shared.published.borrow().clone();
-    let members: usize = p.pools.values().map(|x| x.members.len()).sum();
-    let mut out = String::with_capacity(4096 + members * 2048);
+    let published = shared.published.borrow().clone();
+    let member_count: usize = published.pools.values().map(|x| x.members.len()).sum();
+    let mut out = String::with_capacity(4096 + member_count * 2048);
+    counters(&mut out, shared);
+    agents(&mut out, shared);
+    pools(&mut out, &published);
+    let members: Vec<(String, &v1::Member)> = (published.pools.values())
+        .flat_map(|pool| {
+            pool.members.iter().map(|member| {
+                let labels = format!(
+                    "pool=\"{}\",member=\"{}\"",
+                    esc(&pool.name),
+                    esc(&member_id(member))
+                );
+                (labels, member)
+            })
+        })
+        .collect();
+    member_views(&mut out, &members);
+    member_verdicts(&mut out, &members);
+    member_load_verdicts(&mut out, &members);
+    reported_connections(&mut out, &published);
+    member_info(&mut out, &members);
+    open_alerts(&mut out, &published);
+    out
+}
 
-    // Ingest.
+/// Ingest, tick and webhook counters, and the tick's duration.
+fn counters(out: &mut String, shared: &Shared) {
     let c = &shared.registry.counters;
     for (name, text, v) in [
         (
@@ -170,11 +176,11 @@ pub fn render(shared: &Shared) -> String {
             shared.webhook_stats.dropped.load(Relaxed),
         ),
     ] {
-        help(&mut out, name, "counter", text);
+        help(out, name, "counter", text);
         let _ = writeln!(out, "{name} {v}");
     }
     help(
-        &mut out,
+        out,
         "evenflow_collector_tick_seconds",
         "gauge",
         "Duration of the last detection tick.",
@@ -184,23 +190,13 @@ pub fn render(shared: &Shared) -> String {
         "evenflow_collector_tick_seconds {}",
         shared.stats.last_tick_micros.load(Relaxed) as f64 / 1e6
     );
+}
 
-    // Agents.
-    let now = Instant::now();
-    let secs = shared.interval.as_secs_f64();
-    let mut agents: Vec<v1::AgentStatus> = shared
-        .registry
-        .all()
-        .iter()
-        .map(|h| {
-            h.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .status(now, secs)
-        })
-        .collect();
-    agents.sort_by(|a, b| a.node_name.cmp(&b.node_name));
+/// Each agent's age and freshness.
+fn agents(out: &mut String, shared: &Shared) {
+    let agents = agent_statuses(shared);
     help(
-        &mut out,
+        out,
         "evenflow_agent_last_seen_age_seconds",
         "gauge",
         "Seconds since the agent's last report reached the collector.",
@@ -214,7 +210,7 @@ pub fn render(shared: &Shared) -> String {
         );
     }
     help(
-        &mut out,
+        out,
         "evenflow_agent_fresh",
         "gauge",
         "1 while the agent reported within three intervals.",
@@ -227,10 +223,13 @@ pub fn render(shared: &Shared) -> String {
             u8::from(a.fresh)
         );
     }
+}
 
-    // Pools.
+/// Per pool: effective members, members, open connections.
+fn pools(out: &mut String, published: &Published) {
+    let p = published;
     help(
-        &mut out,
+        out,
         "evenflow_pool_effective_members_ratio",
         "gauge",
         "Effective members (1 / sum of squared shares) over what the weights give.",
@@ -247,12 +246,7 @@ pub fn render(shared: &Shared) -> String {
             esc(&pool.name)
         );
     }
-    help(
-        &mut out,
-        "evenflow_pool_members",
-        "gauge",
-        "Members per pool.",
-    );
+    help(out, "evenflow_pool_members", "gauge", "Members per pool.");
     for pool in p.pools.values() {
         let _ = writeln!(
             out,
@@ -263,7 +257,7 @@ pub fn render(shared: &Shared) -> String {
     }
 
     help(
-        &mut out,
+        out,
         "evenflow_pool_active_connections",
         "gauge",
         "Connections open now in the pool (eligible members), per view.",
@@ -280,8 +274,10 @@ pub fn render(shared: &Shared) -> String {
             );
         }
     }
+}
 
-    // Members, per view.
+/// Per member and view: rates, open connections and shares.
+fn member_views(out: &mut String, members: &[(String, &v1::Member)]) {
     type F = fn(&v1::MemberView) -> f64;
     let per_view: [(&str, &str, F); 10] = [
         (
@@ -335,20 +331,9 @@ pub fn render(shared: &Shared) -> String {
             |v| v.bytes_out_share,
         ),
     ];
-    let mut labels = Vec::with_capacity(members);
-    for pool in p.pools.values() {
-        for m in &pool.members {
-            let l = format!(
-                "pool=\"{}\",member=\"{}\"",
-                esc(&pool.name),
-                esc(&member_id(m))
-            );
-            labels.push((l, m));
-        }
-    }
     for (name, text, f) in per_view {
-        help(&mut out, name, "gauge", text);
-        for (l, m) in &labels {
+        help(out, name, "gauge", text);
+        for (l, m) in members {
             for (view, v) in [("server", &m.server_view), ("lb", &m.lb_view)] {
                 if let Some(v) = v {
                     let _ = writeln!(out, "{name}{{{l},view=\"{view}\"}} {}", f(v));
@@ -356,13 +341,17 @@ pub fn render(shared: &Shared) -> String {
             }
         }
     }
+}
+
+/// Per member and view: its verdict.
+fn member_verdicts(out: &mut String, members: &[(String, &v1::Member)]) {
     help(
-        &mut out,
+        out,
         "evenflow_member_verdict",
         "gauge",
         "1 for the member's current verdict in each view (label verdict).",
     );
-    for (l, m) in &labels {
+    for (l, m) in members {
         for (view, v) in [("server", &m.server_view), ("lb", &m.lb_view)] {
             if let Some(v) = v {
                 let _ = writeln!(
@@ -373,13 +362,18 @@ pub fn render(shared: &Shared) -> String {
             }
         }
     }
+}
+
+/// Per member, view and load signal: its load verdict, cause and
+/// severity.
+fn member_load_verdicts(out: &mut String, members: &[(String, &v1::Member)]) {
     help(
-        &mut out,
+        out,
         "evenflow_member_load_verdict",
         "gauge",
         "1 for the member's load verdict per view and signal (active_connections, bytes), with its cause (routing, pinned) and severity (page, warning, none).",
     );
-    for (l, m) in &labels {
+    for (l, m) in members {
         for (view, v) in [("server", &m.server_view), ("lb", &m.lb_view)] {
             let Some(v) = v else { continue };
             for (signal, share) in [("active_connections", &v.active), ("bytes", &v.bytes)] {
@@ -402,36 +396,49 @@ pub fn render(shared: &Shared) -> String {
             }
         }
     }
+}
+
+/// Per member and view: new connections as the agents' counters report
+/// them.
+fn reported_connections(out: &mut String, published: &Published) {
     help(
-        &mut out,
+        out,
         "evenflow_member_reported_connections_total",
         "counter",
         "New connections to the member as its observers' counters report them (each since its agent's epoch: the kernels' totals).",
     );
-    for (pool, rows) in &p.reported {
-        let Some(members) = p.pools.get(pool).map(|x| &x.members) else {
+    for (pool, totals) in &published.reported {
+        let Some(members) = published.pools.get(pool).map(|x| &x.members) else {
             continue;
         };
-        for (m, (server, lb)) in members.iter().zip(rows) {
+        for member in members {
+            let Some((server, lb)) = member_addr(member).and_then(|addr| totals.get(&addr)) else {
+                continue;
+            };
             for (view, v) in [("server", server), ("lb", lb)] {
                 if let Some(v) = v {
                     let _ = writeln!(
                         out,
                         "evenflow_member_reported_connections_total{{pool=\"{}\",member=\"{}\",view=\"{view}\"}} {v}",
                         esc(pool),
-                        esc(&member_id(m))
+                        esc(&member_id(member))
                     );
                 }
             }
         }
     }
+}
+
+/// Per member: its node's CPU and what it is (state, source, node, Pod,
+/// zone).
+fn member_info(out: &mut String, members: &[(String, &v1::Member)]) {
     help(
-        &mut out,
+        out,
         "evenflow_member_cpu_utilization",
         "gauge",
         "CPU utilisation of the member's node, 0..1.",
     );
-    for (l, m) in &labels {
+    for (l, m) in members {
         let _ = writeln!(
             out,
             "evenflow_member_cpu_utilization{{{l}}} {}",
@@ -439,12 +446,12 @@ pub fn render(shared: &Shared) -> String {
         );
     }
     help(
-        &mut out,
+        out,
         "evenflow_member_info",
         "gauge",
         "1 per member, labelled with its state, source and node, and in Kubernetes pools its Pod and zone (join on pool and member).",
     );
-    for (l, m) in &labels {
+    for (l, m) in members {
         let state = v1::MemberState::try_from(m.state).map_or("serving", |s| match s {
             v1::MemberState::Draining => "draining",
             v1::MemberState::NotReady => "not_ready",
@@ -459,24 +466,20 @@ pub fn render(shared: &Shared) -> String {
             esc(&m.zone)
         );
     }
+}
+
+/// One line per open alert.
+fn open_alerts(out: &mut String, published: &Published) {
     help(
-        &mut out,
+        out,
         "evenflow_alert_open",
         "gauge",
         "1 per open alert, by pool, member, kind, signal, cause, view and severity.",
     );
-    for a in &p.open {
-        let kind = v1::AlertKind::try_from(a.kind).map_or("UNSPECIFIED", |k| {
-            k.as_str_name().trim_start_matches("ALERT_KIND_")
-        });
-        let view = match v1::View::try_from(a.view) {
-            Ok(v1::View::Lb) => "lb",
-            _ => "server",
-        };
-        let sev = match v1::Severity::try_from(a.severity) {
-            Ok(v1::Severity::Page) => "page",
-            _ => "warning",
-        };
+    for a in &published.open {
+        let kind = alert_kind_name(a.kind);
+        let view = view_name(a.view);
+        let sev = severity_name(a.severity);
         let signal = signal_name(a.signal);
         let _ = writeln!(
             out,
@@ -486,7 +489,12 @@ pub fn render(shared: &Shared) -> String {
             cause_name(a.cause)
         );
     }
-    out
+}
+
+/// A member's address and port, when its address is an IP address.
+fn member_addr(member: &v1::Member) -> Option<SocketAddr> {
+    let ip = member.address.parse().ok()?;
+    Some(SocketAddr::new(ip, u16::try_from(member.port).ok()?))
 }
 
 /// "address:port" ("[v6]:port" for IPv6).

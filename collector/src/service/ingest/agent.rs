@@ -1,0 +1,438 @@
+//! The second ingest stage: one agent's counter state machine. A report
+//! of the same epoch adds its counters' growth to each endpoint's pending
+//! counts; a new epoch (or the first report) only sets the baseline; a
+//! replay changes nothing; counters that went backwards are a reset.
+
+use std::{
+    net::IpAddr,
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::{Instant, SystemTime},
+};
+
+use evenflow_proto::v1::AgentReport;
+
+use super::{registry::IngestCounters, validate::Parsed};
+use crate::service::fxhash::FxHashMap;
+
+/// Which side of an endpoint the reporting node is on.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Dir {
+    /// The node accepted the connections (a local listener).
+    Serves,
+    /// The node opened or forwarded them (a remote backend).
+    SendsTo,
+}
+
+/// Identifies an endpoint within one agent.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct EpKey {
+    /// Endpoint address.
+    pub addr: IpAddr,
+    /// Endpoint port.
+    pub port: u16,
+    /// Direction.
+    pub dir: Dir,
+    /// Protocol number as in the proto enum.
+    pub proto: i32,
+}
+
+/// Counts accumulated since the last tick, oriented to the *member*: `bytes_in`
+/// is what the backend received, whichever side observed it.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Delta {
+    /// New connections.
+    pub conns: u64,
+    /// Bytes into the backend.
+    pub bytes_in: u64,
+    /// Bytes out of the backend.
+    pub bytes_out: u64,
+}
+
+impl Delta {
+    pub(super) fn add(&mut self, o: Delta) {
+        self.conns = self.conns.saturating_add(o.conns);
+        self.bytes_in = self.bytes_in.saturating_add(o.bytes_in);
+        self.bytes_out = self.bytes_out.saturating_add(o.bytes_out);
+    }
+}
+
+/// One endpoint's counters as its agent last reported them, and what the
+/// collector derived from them since.
+#[derive(Debug)]
+pub(super) struct EpState {
+    /// Its service label.
+    pub(super) service: Option<Arc<str>>,
+    /// New connections, as the agent's counter reports them.
+    pub(super) opened: u64,
+    /// Bytes received, likewise.
+    pub(super) bytes_rx: u64,
+    /// Bytes sent, likewise.
+    pub(super) bytes_tx: u64,
+    /// Connections open now.
+    pub(super) active: u64,
+    /// Counts since the last tick, oriented to the backend.
+    pub(super) pending: Delta,
+    /// Per-second rates (conns, bytes in, bytes out) over the reports of
+    /// the last tick that had any; `None` until a report measured them.
+    pub(super) rate: Option<[f64; 3]>,
+    /// Fractional counts not yet handed to the detector.
+    pub(super) carry: [f64; 3],
+    /// New connections since the collector first saw the endpoint (exact).
+    pub(super) total: u64,
+    /// Counters went backwards within the epoch since the last tick.
+    pub(super) reset: bool,
+    /// Report generation that last carried this endpoint.
+    pub(super) gen_seen: u64,
+}
+
+/// A labelled (or unlabelled) listening socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerInfo {
+    /// Bound address (unspecified = every address).
+    pub addr: IpAddr,
+    /// Port.
+    pub port: u16,
+    /// Service label.
+    pub service: Arc<str>,
+}
+
+/// One agent's state.
+#[derive(Debug)]
+///
+/// The fields ListAgents shows are readable across the service (the
+/// conversion to `v1::AgentStatus` lives with the other conversions); the
+/// rest belongs to this stage.
+pub struct AgentState {
+    /// Node name, shared with every tick's copy.
+    pub(in crate::service) node: Arc<str>,
+    /// Counter epoch (a new one means the agent's counters restarted).
+    pub(in crate::service) epoch: u64,
+    /// Agent process run id.
+    pub(in crate::service) run: u64,
+    /// Last processed sequence of the run.
+    pub(in crate::service) last_seq: u64,
+    /// When the agent took its last report.
+    pub(in crate::service) last_taken_at: Option<prost_types::Timestamp>,
+    last_received: Instant,
+    last_received_wall: SystemTime,
+    /// The agent's reporting interval, seconds.
+    pub(super) interval: f64,
+    /// The agent's version.
+    pub(in crate::service) version: String,
+    /// Every endpoint of the last report.
+    pub(super) endpoints: FxHashMap<EpKey, EpState>,
+    /// Listening sockets of the last report.
+    pub(super) listeners: Vec<ListenerInfo>,
+    /// The node's own addresses (sorted), for wildcard listeners.
+    pub(super) addresses: Vec<IpAddr>,
+    /// CPU utilisation, 0..1.
+    pub(super) cpu: Option<f64>,
+    /// Reports applied (0: no baseline yet).
+    generation: u64,
+    /// Epoch changes seen.
+    pub(in crate::service) resets: u64,
+    /// Replays ignored.
+    pub(in crate::service) replays: u64,
+    /// Endpoints in the last report.
+    pub(in crate::service) endpoint_count: u32,
+    /// The epoch changed (or this is the first report) since the last tick:
+    /// this tick's deltas are unknown.
+    pub(super) reset_pending: bool,
+    /// Agent seconds covered by the reports applied since the last tick.
+    pub(super) covered: f64,
+    /// The stream that applied the last report.
+    stream: u64,
+}
+
+/// Outcome of applying a report.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// Processed; ack this sequence.
+    New {
+        /// The report started a new epoch (counter reset).
+        reset: bool,
+    },
+    /// Already processed; ack this sequence without changing anything.
+    Replay,
+}
+
+impl AgentState {
+    pub(super) fn new(node: Arc<str>) -> Self {
+        Self {
+            node,
+            epoch: 0,
+            run: 0,
+            last_seq: 0,
+            last_taken_at: None,
+            last_received: Instant::now(),
+            last_received_wall: SystemTime::now(),
+            interval: 0.0,
+            version: String::new(),
+            endpoints: FxHashMap::default(),
+            listeners: Vec::new(),
+            addresses: Vec::new(),
+            cpu: None,
+            generation: 0,
+            resets: 0,
+            replays: 0,
+            endpoint_count: 0,
+            reset_pending: true,
+            covered: 0.0,
+            stream: 0,
+        }
+    }
+
+    /// Applies a validated report (`parsed` from
+    /// [`super::validate::validate`] on the same report).
+    pub fn apply(
+        &mut self,
+        report: &AgentReport,
+        parsed: &Parsed,
+        counters: &IngestCounters,
+    ) -> Applied {
+        if report.agent_run == self.run && report.sequence <= self.last_seq {
+            self.replays += 1;
+            counters.replays.fetch_add(1, Relaxed);
+            return Applied::Replay;
+        }
+        let first = self.generation == 0;
+        let new_epoch = !first && report.agent_epoch != self.epoch;
+        if new_epoch || first {
+            // Counters restarted (or we have no baseline yet): every total
+            // becomes the new baseline; this tick's deltas are unknown.
+            self.endpoints.clear();
+            self.reset_pending = true;
+            self.covered = 0.0;
+            if new_epoch {
+                self.resets += 1;
+                counters.resets.fetch_add(1, Relaxed);
+            }
+        } else {
+            self.covered += self.seconds_covered(report);
+        }
+        self.record_report(report);
+        self.apply_endpoints(report, parsed, first || new_epoch);
+        self.apply_listeners(report, parsed);
+        counters.reports.fetch_add(1, Relaxed);
+        counters
+            .endpoints
+            .fetch_add(parsed.endpoints.len() as u64, Relaxed);
+        Applied::New { reset: new_epoch }
+    }
+
+    /// The time a report of the current epoch covers, by the agent's clock
+    /// (its interval when the clock says nothing usable).
+    fn seconds_covered(&self, report: &AgentReport) -> f64 {
+        let elapsed = match (self.last_taken_at, report.taken_at) {
+            (Some(a), Some(b)) => {
+                (b.seconds - a.seconds) as f64 + f64::from(b.nanos - a.nanos) / 1e9
+            }
+            _ => 0.0,
+        };
+        if elapsed > 0.0 && elapsed <= 3600.0 {
+            elapsed
+        } else if report.interval_seconds > 0.0 {
+            report.interval_seconds
+        } else {
+            1.0
+        }
+    }
+
+    /// The report's identity, timing, version and CPU.
+    fn record_report(&mut self, report: &AgentReport) {
+        self.epoch = report.agent_epoch;
+        self.run = report.agent_run;
+        self.last_seq = report.sequence;
+        self.last_taken_at = report.taken_at;
+        self.last_received = Instant::now();
+        self.last_received_wall = SystemTime::now();
+        self.interval = report.interval_seconds;
+        if self.version != report.agent_version {
+            self.version.clone_from(&report.agent_version);
+        }
+        self.cpu = report.cpu.map(|c| c.utilization.clamp(0.0, 1.0));
+        self.generation += 1;
+    }
+
+    /// Each endpoint's counters: growth since the last report becomes
+    /// pending counts, unless `baseline_only` (first report, new epoch).
+    /// Endpoints the report no longer lists are forgotten.
+    fn apply_endpoints(&mut self, report: &AgentReport, parsed: &Parsed, baseline_only: bool) {
+        let generation = self.generation;
+        for &(key, index) in &parsed.endpoints {
+            let endpoint = &report.endpoints[index];
+            let totals = endpoint.totals.unwrap_or_default();
+            let service = (!endpoint.service.is_empty()).then_some(endpoint.service.as_str());
+            match self.endpoints.get_mut(&key) {
+                Some(state) => {
+                    if totals.conns_opened < state.opened
+                        || totals.bytes_rx < state.bytes_rx
+                        || totals.bytes_tx < state.bytes_tx
+                    {
+                        // Went backwards within an epoch (the kernel evicted
+                        // and re-created the entry): new baseline, no delta.
+                        state.reset = true;
+                    } else {
+                        let growth = orient(
+                            key.dir,
+                            totals.conns_opened - state.opened,
+                            totals.bytes_rx - state.bytes_rx,
+                            totals.bytes_tx - state.bytes_tx,
+                        );
+                        state.total = state.total.saturating_add(growth.conns);
+                        state.pending.add(growth);
+                    }
+                    state.opened = totals.conns_opened;
+                    state.bytes_rx = totals.bytes_rx;
+                    state.bytes_tx = totals.bytes_tx;
+                    state.active = endpoint.active_connections;
+                    state.gen_seen = generation;
+                    if state.service.as_deref() != service {
+                        state.service = service.map(Arc::from);
+                    }
+                }
+                None => {
+                    // A new endpoint of a known epoch appeared since the
+                    // previous report: its totals are new traffic.
+                    let pending = if baseline_only {
+                        Delta::default()
+                    } else {
+                        orient(
+                            key.dir,
+                            totals.conns_opened,
+                            totals.bytes_rx,
+                            totals.bytes_tx,
+                        )
+                    };
+                    self.endpoints.insert(
+                        key,
+                        EpState {
+                            service: service.map(Arc::from),
+                            opened: totals.conns_opened,
+                            bytes_rx: totals.bytes_rx,
+                            bytes_tx: totals.bytes_tx,
+                            active: endpoint.active_connections,
+                            pending,
+                            rate: None,
+                            carry: [0.0; 3],
+                            total: pending.conns,
+                            reset: false,
+                            gen_seen: generation,
+                        },
+                    );
+                }
+            }
+        }
+        if self.endpoints.len() != parsed.endpoints.len() {
+            self.endpoints.retain(|_, s| s.gen_seen == generation);
+        }
+        self.endpoint_count = parsed.endpoints.len() as u32;
+    }
+
+    /// The report's listeners and node addresses, replaced only when they
+    /// changed (they rarely do).
+    fn apply_listeners(&mut self, report: &AgentReport, parsed: &Parsed) {
+        let same =
+            self.listeners.len() == parsed.listeners.len()
+                && self.listeners.iter().zip(&parsed.listeners).all(
+                    |(known, &(addr, port, index))| {
+                        known.addr == addr
+                            && known.port == port
+                            && *known.service == *report.listeners[index].service
+                    },
+                );
+        if !same {
+            self.listeners = parsed
+                .listeners
+                .iter()
+                .map(|&(addr, port, index)| ListenerInfo {
+                    addr,
+                    port,
+                    service: Arc::from(report.listeners[index].service.as_str()),
+                })
+                .collect();
+        }
+        if self.addresses != parsed.addresses {
+            self.addresses.clone_from(&parsed.addresses);
+        }
+    }
+
+    /// Refuses a report from another agent process using the same node
+    /// name while the current one is live: two agents under one name would
+    /// turn each other's counters into endless resets.
+    pub fn check_owner(&self, stream: u64, r: &AgentReport, now: Instant) -> Result<(), String> {
+        let live = self.interval.max(1.0) * 2.0;
+        if self.stream != 0
+            && self.stream != stream
+            && self.run != r.agent_run
+            && self.age(now) < live
+        {
+            return Err(format!(
+                "node name {:?} is already reporting from another agent process (run {}, last report {:.1}s ago): \
+                 give every agent a unique --node-name (this one is run {})",
+                r.node_name,
+                self.run,
+                self.age(now),
+                r.agent_run
+            ));
+        }
+        Ok(())
+    }
+
+    /// Records which stream delivers this agent's reports.
+    pub fn set_stream(&mut self, stream: u64) {
+        self.stream = stream;
+    }
+
+    /// The last processed sequence of the current run.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// The current run.
+    pub fn run(&self) -> u64 {
+        self.run
+    }
+
+    /// Whether the agent reported within three of its intervals (at least
+    /// three of `tick` when it does not say).
+    pub fn fresh(&self, now: Instant, tick: f64) -> bool {
+        let interval = if self.interval > 0.0 {
+            self.interval
+        } else {
+            tick
+        };
+        now.saturating_duration_since(self.last_received)
+            .as_secs_f64()
+            <= 3.0 * interval.max(tick) + 0.05
+    }
+
+    /// Seconds since the last report.
+    pub fn age(&self, now: Instant) -> f64 {
+        now.saturating_duration_since(self.last_received)
+            .as_secs_f64()
+    }
+
+    /// When the collector last received a report (wall clock).
+    pub fn last_received_wall(&self) -> SystemTime {
+        self.last_received_wall
+    }
+}
+
+/// Orients an endpoint's counter deltas to the backend: a SERVES endpoint's
+/// received bytes went into the backend, a SENDS_TO endpoint's sent bytes
+/// did.
+fn orient(dir: Dir, conns: u64, rx: u64, tx: u64) -> Delta {
+    match dir {
+        Dir::Serves => Delta {
+            conns,
+            bytes_in: rx,
+            bytes_out: tx,
+        },
+        Dir::SendsTo => Delta {
+            conns,
+            bytes_in: tx,
+            bytes_out: rx,
+        },
+    }
+}

@@ -1,0 +1,117 @@
+//! The ingest stage's hand-over to the tick: each endpoint's counts for a
+//! tick are its measured rate times the tick length, so agents reporting on
+//! their own clocks stay comparable.
+
+use std::{net::IpAddr, sync::Arc, time::Instant};
+
+use super::agent::{AgentState, Delta, EpKey, ListenerInfo};
+
+impl AgentState {
+    /// Takes this tick's view of the agent.
+    ///
+    /// Agents report on their own clocks, so a tick may hold no report of
+    /// an agent, or two. Handing raw deltas to the detector would then make
+    /// a healthy member look dark for a tick (and double the next one). So
+    /// each endpoint's counts for the tick are its *rate*, measured over
+    /// the agent seconds its reports since the previous tick cover, times
+    /// the tick length (fractions carried over). A fresh agent with no
+    /// report this tick keeps its last measured rate. An endpoint whose
+    /// rate is not known yet (first report, counter reset) is unknown for
+    /// the tick, never zero.
+    pub fn take_tick(&mut self, now: Instant, tick: f64, out: &mut AgentTick) {
+        out.node = self.node.clone();
+        out.fresh = self.fresh(now, tick);
+        out.age = self.age(now);
+        out.reset = std::mem::take(&mut self.reset_pending);
+        out.cpu = self.cpu;
+        out.endpoints.clear();
+        out.endpoints.reserve(self.endpoints.len());
+        let covered = std::mem::take(&mut self.covered);
+        for (k, s) in &mut self.endpoints {
+            let p = std::mem::take(&mut s.pending);
+            if covered > 0.0 {
+                s.rate = Some([
+                    p.conns as f64 / covered,
+                    p.bytes_in as f64 / covered,
+                    p.bytes_out as f64 / covered,
+                ]);
+            }
+            let mut delta = Delta::default();
+            if let Some(r) = s.rate {
+                let mut emit = [0u64; 3];
+                for i in 0..3 {
+                    s.carry[i] += r[i] * tick;
+                    let e = s.carry[i].floor().max(0.0);
+                    s.carry[i] -= e;
+                    emit[i] = e as u64;
+                }
+                delta = Delta {
+                    conns: emit[0],
+                    bytes_in: emit[1],
+                    bytes_out: emit[2],
+                };
+            }
+            out.endpoints.push(TickEndpoint {
+                key: *k,
+                service: s.service.clone(),
+                delta,
+                rate: s.rate.unwrap_or_default(),
+                total: s.total,
+                cumulative: s.opened,
+                reset: std::mem::take(&mut s.reset) || s.rate.is_none(),
+                active: s.active,
+            });
+        }
+        if out.listeners != self.listeners {
+            out.listeners.clone_from(&self.listeners);
+        }
+        if out.addresses != self.addresses {
+            out.addresses.clone_from(&self.addresses);
+        }
+    }
+}
+
+/// One endpoint as the tick sees it.
+#[derive(Clone, Debug)]
+pub struct TickEndpoint {
+    /// Which endpoint.
+    pub key: EpKey,
+    /// Its service label.
+    pub service: Option<Arc<str>>,
+    /// Counts for this tick (rate times tick length), oriented to the
+    /// backend.
+    pub delta: Delta,
+    /// Measured per-second rates: new connections, bytes in, bytes out.
+    pub rate: [f64; 3],
+    /// Exact new connections since the collector first saw it.
+    pub total: u64,
+    /// New connections as the agent's counter reports it (since its
+    /// epoch; the kernel's total).
+    pub cumulative: u64,
+    /// Its counters went backwards or its rate is not known yet: the
+    /// tick's count is unknown.
+    pub reset: bool,
+    /// Connections open now.
+    pub active: u64,
+}
+
+/// One agent as the tick sees it.
+#[derive(Clone, Debug, Default)]
+pub struct AgentTick {
+    /// Node name.
+    pub node: Arc<str>,
+    /// Reported within three intervals.
+    pub fresh: bool,
+    /// Seconds since the last report.
+    pub age: f64,
+    /// Counters restarted (or first report) since the previous tick.
+    pub reset: bool,
+    /// CPU utilisation.
+    pub cpu: Option<f64>,
+    /// Every endpoint.
+    pub endpoints: Vec<TickEndpoint>,
+    /// Listening sockets.
+    pub listeners: Vec<ListenerInfo>,
+    /// The node's own addresses, sorted.
+    pub addresses: Vec<IpAddr>,
+}

@@ -1,0 +1,118 @@
+//! The ingest stage on reports: deltas, replays, resets and rejections.
+
+use std::{sync::atomic::Ordering::Relaxed, time::Instant};
+
+use evenflow_proto::v1::{self, AgentReport};
+
+use super::{
+    agent::{AgentState, Applied, Delta},
+    rates::AgentTick,
+    registry::IngestCounters,
+    validate::{Parsed, validate},
+};
+
+fn ep(addr: &str, port: u32, dir: v1::Direction, opened: u64) -> v1::Endpoint {
+    v1::Endpoint {
+        address: addr.into(),
+        port,
+        direction: dir as i32,
+        protocol: v1::Protocol::Tcp as i32,
+        service: "web".into(),
+        totals: Some(v1::Counters {
+            conns_opened: opened,
+            bytes_rx: opened * 10,
+            bytes_tx: opened * 100,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn report(epoch: u64, seq: u64, opened: u64) -> AgentReport {
+    AgentReport {
+        node_name: "n1".into(),
+        agent_epoch: epoch,
+        agent_run: 7,
+        sequence: seq,
+        interval_seconds: 1.0,
+        endpoints: vec![ep("10.0.0.1", 80, v1::Direction::Serves, opened)],
+        ..Default::default()
+    }
+}
+
+fn apply(s: &mut AgentState, r: &AgentReport, c: &IngestCounters) -> Applied {
+    let mut p = Parsed::default();
+    validate(r, &mut p).unwrap();
+    s.apply(r, &p, c)
+}
+
+#[test]
+fn deltas_replays_and_resets() {
+    let c = IngestCounters::default();
+    let mut s = AgentState::new("n1".into());
+    let mut t = AgentTick::default();
+    assert_eq!(
+        apply(&mut s, &report(1, 1, 100), &c),
+        Applied::New { reset: false }
+    );
+    s.take_tick(Instant::now(), 1.0, &mut t);
+    assert!(t.reset);
+    assert_eq!(t.endpoints[0].delta.conns, 0);
+    apply(&mut s, &report(1, 2, 130), &c);
+    assert_eq!(apply(&mut s, &report(1, 2, 130), &c), Applied::Replay);
+    apply(&mut s, &report(1, 3, 150), &c);
+    s.take_tick(Instant::now(), 1.0, &mut t);
+    assert!(!t.reset);
+    // Two reports (2 agent seconds) in one 1 s tick: the rate, not the
+    // sum, so shares stay comparable across agents.
+    assert_eq!(
+        t.endpoints[0].delta,
+        Delta {
+            conns: 25,
+            bytes_in: 250,
+            bytes_out: 2500
+        }
+    );
+    assert_eq!(t.endpoints[0].total, 50);
+    assert_eq!(t.endpoints[0].rate, [25.0, 250.0, 2500.0]);
+    // No report this tick: the last rate holds (a late report is not a
+    // dark member).
+    s.take_tick(Instant::now(), 1.0, &mut t);
+    assert_eq!(t.endpoints[0].delta.conns, 25);
+    assert!(!t.reset && !t.endpoints[0].reset);
+    // New epoch: counters start again, no negative delta.
+    assert_eq!(
+        apply(&mut s, &report(2, 4, 5), &c),
+        Applied::New { reset: true }
+    );
+    s.take_tick(Instant::now(), 1.0, &mut t);
+    assert!(t.reset);
+    assert_eq!(t.endpoints[0].delta.conns, 0);
+    apply(&mut s, &report(2, 5, 9), &c);
+    s.take_tick(Instant::now(), 1.0, &mut t);
+    assert_eq!(t.endpoints[0].delta.conns, 4);
+    assert_eq!(c.replays.load(Relaxed), 1);
+    assert_eq!(c.resets.load(Relaxed), 1);
+}
+
+#[test]
+fn invalid_reports_are_named() {
+    let mut p = Parsed::default();
+    let mut r = report(1, 1, 1);
+    r.node_name.clear();
+    assert!(validate(&r, &mut p).unwrap_err().0.contains("--node-name"));
+    let mut r = report(1, 1, 1);
+    r.endpoints[0].address = "nope".into();
+    assert!(
+        validate(&r, &mut p)
+            .unwrap_err()
+            .0
+            .contains("not an IP address")
+    );
+    let mut r = report(1, 1, 1);
+    r.interval_seconds = f64::NAN;
+    assert!(validate(&r, &mut p).is_err());
+    let mut r = report(1, 1, 1);
+    r.endpoints.push(r.endpoints[0].clone());
+    assert!(validate(&r, &mut p).unwrap_err().0.contains("twice"));
+}

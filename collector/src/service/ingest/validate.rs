@@ -1,0 +1,238 @@
+//! The first ingest stage: a report is checked, and its endpoints,
+//! listeners and node addresses parsed, before any agent state is touched.
+//! A fault names the report's node, what is wrong and how to fix it.
+
+use std::net::IpAddr;
+
+use evenflow_proto::v1::{self, AgentReport};
+
+use super::agent::{Dir, EpKey};
+
+/// Upper bound on endpoints in one report.
+pub const MAX_ENDPOINTS: usize = 200_000;
+/// Upper bound on listeners in one report.
+pub const MAX_LISTENERS: usize = 100_000;
+
+/// A report that cannot be used; the text says what is wrong and how to fix
+/// it.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("{0}")]
+pub struct InvalidReport(pub String);
+
+/// A report checked and parsed, ready to apply. Reused across reports of a
+/// stream to avoid allocating.
+#[derive(Default)]
+pub struct Parsed {
+    /// Each endpoint's key and its index in the report.
+    pub(super) endpoints: Vec<(EpKey, usize)>,
+    /// Each listener's address and port and its index in the report.
+    pub(super) listeners: Vec<(IpAddr, u16, usize)>,
+    /// The node's own addresses, sorted, without duplicates.
+    pub(super) addresses: Vec<IpAddr>,
+}
+
+fn dir_of(d: i32) -> Option<Dir> {
+    match v1::Direction::try_from(d) {
+        Ok(v1::Direction::Serves) => Some(Dir::Serves),
+        Ok(v1::Direction::SendsTo) => Some(Dir::SendsTo),
+        _ => None,
+    }
+}
+
+/// Checks that a report names its agent: node name, run and sequence.
+/// Without them the collector cannot tell whose report it rejects, so the
+/// stream ends; any other fault rejects just that report.
+pub fn validate_identity(r: &AgentReport) -> Result<(), InvalidReport> {
+    let bad = |s: String| Err(InvalidReport(s));
+    let node = r.node_name.as_str();
+    if node.trim().is_empty() {
+        return bad(
+            "report has an empty node_name: start the agent with --node-name NAME (or a host name)"
+                .into(),
+        );
+    }
+    if node.len() > 253 || node.chars().any(|c| c.is_control()) {
+        return bad(format!(
+            "node_name {:?} is not a usable name (longer than 253 bytes or with control characters): set --node-name to the node's host name",
+            node.chars().take(64).collect::<String>()
+        ));
+    }
+    if r.agent_run == 0 {
+        return bad(format!(
+            "report from {node} has agent_run 0: the run id must be non-zero (random per agent start)"
+        ));
+    }
+    if r.sequence == 0 {
+        return bad(format!(
+            "report from {node} has sequence 0: sequences start at 1 within a run"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a report without touching any state.
+pub fn validate(report: &AgentReport, out: &mut Parsed) -> Result<(), InvalidReport> {
+    out.endpoints.clear();
+    out.listeners.clear();
+    out.addresses.clear();
+    validate_identity(report)?;
+    validate_limits(report)?;
+    for (index, endpoint) in report.endpoints.iter().enumerate() {
+        out.endpoints
+            .push((parse_endpoint(&report.node_name, index, endpoint)?, index));
+    }
+    reject_duplicate_endpoints(&report.node_name, &out.endpoints)?;
+    for (index, listener) in report.listeners.iter().enumerate() {
+        let (addr, port) = parse_listener(&report.node_name, index, listener)?;
+        out.listeners.push((addr, port, index));
+    }
+    parse_node_addresses(report, &mut out.addresses)
+}
+
+/// The report's scalar fields and sizes within bounds.
+fn validate_limits(r: &AgentReport) -> Result<(), InvalidReport> {
+    let bad = |s: String| Err(InvalidReport(s));
+    let node = r.node_name.as_str();
+    if !(r.interval_seconds.is_finite() && (0.0..=3600.0).contains(&r.interval_seconds)) {
+        return bad(format!(
+            "report from {node} has interval_seconds {}: it must be between 0 and 3600 (the agent's --interval)",
+            r.interval_seconds
+        ));
+    }
+    if let Some(c) = &r.cpu
+        && !(c.utilization.is_finite() && (0.0..=1.0001).contains(&c.utilization))
+    {
+        return bad(format!(
+            "report from {node} has cpu.utilization {}: it must be a fraction between 0 and 1",
+            c.utilization
+        ));
+    }
+    if r.endpoints.len() > MAX_ENDPOINTS {
+        return bad(format!(
+            "report from {node} has {} endpoints, more than the collector's limit of {MAX_ENDPOINTS}: lower the agent's map size",
+            r.endpoints.len()
+        ));
+    }
+    if r.listeners.len() > MAX_LISTENERS {
+        return bad(format!(
+            "report from {node} has {} listeners, more than the limit of {MAX_LISTENERS}",
+            r.listeners.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Endpoint `index` of `node`'s report, checked, as its key.
+fn parse_endpoint(node: &str, index: usize, e: &v1::Endpoint) -> Result<EpKey, InvalidReport> {
+    let bad = |s: String| Err(InvalidReport(s));
+    let Ok(addr) = e.address.parse::<IpAddr>() else {
+        return bad(format!(
+            "report from {node}: endpoint {index} has address {:?}, which is not an IP address (write \"10.0.0.11\" or \"fd00::11\")",
+            e.address.chars().take(64).collect::<String>()
+        ));
+    };
+    let addr = canonical(addr);
+    if e.port == 0 || e.port > 65535 {
+        return bad(format!(
+            "report from {node}: endpoint {addr} has port {}, outside 1..=65535",
+            e.port
+        ));
+    }
+    let Some(dir) = dir_of(e.direction) else {
+        return bad(format!(
+            "report from {node}: endpoint {addr}:{} has no direction: set SERVES or SENDS_TO",
+            e.port
+        ));
+    };
+    if let Some(t) = &e.totals
+        && (t.conns_closed > t.conns_opened.saturating_add(1 << 40))
+    {
+        return bad(format!(
+            "report from {node}: endpoint {addr}:{} closed {} connections but opened only {}: absurd totals",
+            e.port, t.conns_closed, t.conns_opened
+        ));
+    }
+    if e.service.len() > 256 {
+        return bad(format!(
+            "report from {node}: endpoint {addr}:{} has a service label longer than 256 bytes",
+            e.port
+        ));
+    }
+    Ok(EpKey {
+        addr,
+        port: e.port as u16,
+        dir,
+        proto: e.protocol,
+    })
+}
+
+/// Duplicate keys would make deltas ambiguous.
+fn reject_duplicate_endpoints(
+    node: &str,
+    endpoints: &[(EpKey, usize)],
+) -> Result<(), InvalidReport> {
+    if endpoints.len() <= 1 {
+        return Ok(());
+    }
+    let mut keys: Vec<EpKey> = endpoints.iter().map(|(k, _)| *k).collect();
+    keys.sort_unstable_by_key(|k| (k.addr, k.port, k.dir, k.proto));
+    match keys.windows(2).find(|pair| pair[0] == pair[1]) {
+        Some(pair) => Err(InvalidReport(format!(
+            "report from {node} lists endpoint {}:{} ({:?}) twice: each endpoint must appear once",
+            pair[0].addr, pair[0].port, pair[0].dir
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Listener `index` of `node`'s report: its address (canonical) and port.
+fn parse_listener(
+    node: &str,
+    index: usize,
+    l: &v1::Listener,
+) -> Result<(IpAddr, u16), InvalidReport> {
+    let Ok(addr) = l.address.parse::<IpAddr>() else {
+        return Err(InvalidReport(format!(
+            "report from {node}: listener {index} has address {:?}, which is not an IP address",
+            l.address.chars().take(64).collect::<String>()
+        )));
+    };
+    if l.port == 0 || l.port > 65535 {
+        return Err(InvalidReport(format!(
+            "report from {node}: listener {addr} has port {}, outside 1..=65535",
+            l.port
+        )));
+    }
+    Ok((canonical(addr), l.port as u16))
+}
+
+/// The node's own addresses, canonical, sorted and without duplicates.
+fn parse_node_addresses(r: &AgentReport, out: &mut Vec<IpAddr>) -> Result<(), InvalidReport> {
+    let node = r.node_name.as_str();
+    if r.node_addresses.len() > MAX_LISTENERS {
+        return Err(InvalidReport(format!(
+            "report from {node} has {} node addresses, more than the limit of {MAX_LISTENERS}",
+            r.node_addresses.len()
+        )));
+    }
+    for a in &r.node_addresses {
+        let Ok(addr) = a.parse::<IpAddr>() else {
+            return Err(InvalidReport(format!(
+                "report from {node}: node address {:?} is not an IP address",
+                a.chars().take(64).collect::<String>()
+            )));
+        };
+        out.push(canonical(addr));
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(())
+}
+
+/// IPv4-mapped IPv6 addresses as plain IPv4.
+pub fn canonical(a: IpAddr) -> IpAddr {
+    match a {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(a, IpAddr::V4),
+        v4 => v4,
+    }
+}

@@ -1,0 +1,285 @@
+//! Publish, the tick's last stage: judged pools become the API's messages
+//! ([`convert`], every conversion to proto), alert transitions are logged,
+//! streamed to WatchAlerts subscribers and sent to webhooks (open alerts
+//! re-sent so receivers keep them open), and the whole is published for
+//! the query API and /metrics ([`Published`]).
+
+mod clock;
+pub mod convert;
+mod member;
+pub mod names;
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::{Duration, Instant, SystemTime},
+};
+
+use evenflow_proto::v1;
+pub use member::{PublishedMember, ReportedTotals};
+use tracing::info;
+
+use self::{
+    clock::TickClock,
+    convert::{AlertAt, PoolAt},
+};
+use crate::{
+    detect::{self, Detector},
+    parallel::Threads,
+    service::{pools::PoolTick, shared::Shared, webhook},
+};
+
+/// Resolved alerts kept for ListAlerts.
+const RESOLVED_KEPT: usize = 1000;
+/// Open alerts are re-sent to webhooks this often so receivers keep them
+/// open (Alertmanager resolves alerts it stops hearing about).
+const WEBHOOK_REFRESH: Duration = Duration::from_secs(60);
+
+/// What the last tick produced.
+#[derive(Default)]
+pub struct Published {
+    /// Tick number (0 before the first).
+    pub tick: u64,
+    /// When the tick took its snapshot of the agents.
+    pub evaluated_at: Option<prost_types::Timestamp>,
+    /// Every pool by name.
+    pub pools: BTreeMap<String, Arc<v1::Pool>>,
+    /// Open alerts, newest first.
+    pub open: Vec<v1::Alert>,
+    /// Recently resolved alerts, newest first.
+    pub resolved: Vec<v1::Alert>,
+    /// Per pool, per member address: the agents' own cumulative
+    /// new-connection totals, server and LB view.
+    pub reported: BTreeMap<String, MemberTotals>,
+}
+
+/// A pool's members' reported totals by member address.
+pub type MemberTotals = HashMap<SocketAddr, ReportedTotals>;
+
+/// One pool as the detector judged it this tick.
+pub struct JudgedPool {
+    /// What the pools stage assembled.
+    pub pool: PoolTick,
+    /// The detector's verdict.
+    pub verdict: detect::PoolVerdict,
+    /// The alert transitions judging it caused.
+    pub transitions: Vec<detect::Transition>,
+}
+
+/// The publish stage's own state across ticks.
+pub struct Publisher {
+    clock: TickClock,
+    /// Threads the pool messages are built on.
+    threads: Threads,
+    webhooks: Option<webhook::Queue>,
+    last_refresh: Instant,
+    /// The Pod of each alert's member, by alert id, remembered when the
+    /// alert fires: the Pod may be gone when the alert resolves.
+    pods: HashMap<String, Arc<str>>,
+}
+
+impl Publisher {
+    /// A publisher for ticks `interval` apart, sending to `webhooks`.
+    pub fn new(interval: Duration, webhooks: Option<webhook::Queue>, threads: Threads) -> Self {
+        Self {
+            clock: TickClock::new(interval),
+            threads,
+            webhooks,
+            last_refresh: Instant::now(),
+            pods: HashMap::new(),
+        }
+    }
+
+    /// Records that `tick` started at `wall`.
+    pub fn tick_started(&mut self, tick: u64, wall: SystemTime) {
+        self.clock.push(tick, wall);
+    }
+
+    /// Publishes one tick: `pools` judged at `at`, and `gone`, the
+    /// transitions of pools no longer in the fleet.
+    pub fn publish(
+        &mut self,
+        shared: &Shared,
+        tick: u64,
+        at: prost_types::Timestamp,
+        mut pools: Vec<JudgedPool>,
+        gone: Vec<detect::Transition>,
+        detector: &Detector,
+    ) {
+        for judged in &pools {
+            self.remember_pods(judged);
+        }
+        let (messages, reported) = pool_messages(&mut pools, at, self.threads);
+        let transitions: Vec<detect::Transition> = (pools.into_iter())
+            .flat_map(|judged| judged.transitions)
+            .chain(gone)
+            .collect();
+        let (open, resolved) = self.alert_lists(detector);
+        let events = self.alert_events(&transitions, at);
+        shared
+            .stats
+            .transitions
+            .fetch_add(transitions.len() as u64, Relaxed);
+        self.send_webhooks(&events, &open);
+        shared.published.send_replace(Arc::new(Published {
+            tick,
+            evaluated_at: Some(at),
+            pools: messages,
+            open,
+            resolved,
+            reported,
+        }));
+        // Streamed only once published: a WatchAlerts subscriber that asks
+        // ListAlerts or GetPool about an event finds it there.
+        for event in events {
+            // No subscribers is fine.
+            let _ = shared.alerts.send(Arc::new(event));
+        }
+    }
+
+    /// Remembers the Pod of each member an alert of a Kubernetes pool is
+    /// about.
+    fn remember_pods(&mut self, judged: &JudgedPool) {
+        if judged.pool.kubernetes.is_none() {
+            return;
+        }
+        for transition in &judged.transitions {
+            let alert = transition.alert();
+            if alert.member.is_empty() || self.pods.contains_key(&alert.id) {
+                continue;
+            }
+            let pod = (judged.pool.input.members.iter())
+                .find(|member| member.input.id == alert.member)
+                .and_then(|member| member.meta.pod.clone());
+            if let Some(pod) = pod {
+                self.pods.insert(alert.id.clone(), pod);
+            }
+        }
+    }
+
+    /// An alert as the API shows it.
+    fn alert(&self, alert: &detect::Alert) -> v1::Alert {
+        AlertAt {
+            alert,
+            since: self.clock.at(alert.since_tick),
+            resolved_at: alert.resolved_tick.map(|t| self.clock.at(t)),
+            pod: self.pods.get(&alert.id).map(|pod| &**pod),
+        }
+        .into()
+    }
+
+    /// Open alerts (newest first) and recently resolved ones; forgets the
+    /// Pods of alerts in neither.
+    fn alert_lists(&mut self, detector: &Detector) -> (Vec<v1::Alert>, Vec<v1::Alert>) {
+        let mut open: Vec<v1::Alert> = detector.open_alerts().map(|a| self.alert(a)).collect();
+        open.sort_by(|a, b| {
+            let since = |x: &v1::Alert| x.since.map(|t| (t.seconds, t.nanos)).unwrap_or_default();
+            since(b).cmp(&since(a)).then_with(|| a.id.cmp(&b.id))
+        });
+        let resolved: Vec<v1::Alert> = (detector.resolved_alerts())
+            .take(RESOLVED_KEPT)
+            .map(|a| self.alert(a))
+            .collect();
+        let kept: HashSet<&str> = (open.iter().chain(&resolved))
+            .map(|a| a.id.as_str())
+            .collect();
+        self.pods.retain(|id, _| kept.contains(id.as_str()));
+        (open, resolved)
+    }
+
+    /// Each transition as an event, logged.
+    fn alert_events(
+        &self,
+        transitions: &[detect::Transition],
+        at: prost_types::Timestamp,
+    ) -> Vec<v1::AlertEvent> {
+        transitions
+            .iter()
+            .map(|transition| {
+                let alert = self.alert(transition.alert());
+                let name = match transition {
+                    detect::Transition::Fired(_) => "fired",
+                    detect::Transition::Updated(_) => "updated",
+                    detect::Transition::Resolved(_) => "resolved",
+                };
+                info!(
+                    target: "evenflow::alert",
+                    transition = name,
+                    id = %alert.id,
+                    pool = %alert.pool,
+                    member = %alert.member,
+                    kind = transition.alert().kind.as_str(),
+                    view = ?transition.alert().view,
+                    severity = ?transition.alert().severity,
+                    observed = alert.observed,
+                    expected = alert.expected,
+                    flaps = alert.flaps,
+                    "{}",
+                    alert.summary
+                );
+                v1::AlertEvent {
+                    transition: v1::alert_event::Transition::from(transition) as i32,
+                    alert: Some(alert),
+                    at: Some(at),
+                }
+            })
+            .collect()
+    }
+
+    /// This tick's transitions to the webhooks and, once a refresh period,
+    /// every open alert not among them.
+    fn send_webhooks(&mut self, events: &[v1::AlertEvent], open: &[v1::Alert]) {
+        let Some(queue) = &self.webhooks else {
+            return;
+        };
+        let mut hooks: Vec<v1::Alert> = events.iter().filter_map(|e| e.alert.clone()).collect();
+        if self.last_refresh.elapsed() >= WEBHOOK_REFRESH {
+            self.last_refresh = Instant::now();
+            let sent: HashSet<&str> = hooks.iter().map(|a| a.id.as_str()).collect();
+            let refresh: Vec<v1::Alert> = open
+                .iter()
+                .filter(|a| !sent.contains(a.id.as_str()))
+                .cloned()
+                .collect();
+            hooks.extend(refresh);
+        }
+        if !hooks.is_empty() {
+            queue.push(hooks);
+        }
+    }
+}
+
+/// Every judged pool's message and its members' reported totals, built on
+/// the tick's threads.
+fn pool_messages(
+    pools: &mut [JudgedPool],
+    at: prost_types::Timestamp,
+    threads: Threads,
+) -> (
+    BTreeMap<String, Arc<v1::Pool>>,
+    BTreeMap<String, MemberTotals>,
+) {
+    let built = threads.map(
+        pools,
+        |judged| judged.pool.input.members.len(),
+        |_, judged| {
+            let message = v1::Pool::from(PoolAt {
+                pool: &judged.pool,
+                verdict: &judged.verdict,
+                at,
+            });
+            let reported: MemberTotals = PublishedMember::of(&judged.pool, &judged.verdict)
+                .map(|member| (member.addr(), member.reported()))
+                .collect();
+            (message, reported)
+        },
+    );
+    let mut messages = BTreeMap::new();
+    let mut reported = BTreeMap::new();
+    for (judged, (message, totals)) in pools.iter().zip(built) {
+        reported.insert(judged.pool.input.name.clone(), totals);
+        messages.insert(judged.pool.input.name.clone(), Arc::new(message));
+    }
+    (messages, reported)
+}
