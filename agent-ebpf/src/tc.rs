@@ -6,8 +6,9 @@
 //!   decision) from plain routing. A SYN costs one array store, every other
 //!   packet a handful of loads.
 //! * Egress returns at once for packets of local sockets (sock_ops counts
-//!   those), after noting a local SYN that DNAT redirected; everything else
-//!   goes to [`crate::forward`].
+//!   those) — reading the socket's state, not the packet, unless the socket
+//!   is connecting — after noting a local SYN that DNAT redirected;
+//!   everything else goes to [`crate::forward`].
 //!
 //! Both return `TCX_NEXT` (`TC_ACT_UNSPEC`): the packet goes on to the next
 //! program in the device's chain and then the stack, exactly as if evenflow
@@ -20,7 +21,7 @@ use agent_common::{
     v4_mapped,
 };
 use aya_ebpf::{
-    bindings::bpf_sock,
+    bindings::{BPF_TCP_SYN_SENT, bpf_sock},
     macros::{classifier, map},
     maps::{Array, LruHashMap},
     programs::TcContext,
@@ -85,10 +86,20 @@ pub fn evenflow_tc_egress(ctx: TcContext) -> i32 {
     let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
     if sk.is_null() {
         forward::on_egress(&ctx);
-    } else if !matches!(syn_probe(&ctx), Probe::Other) {
+    } else if connecting(sk) && !matches!(syn_probe(&ctx), Probe::Other) {
         note_local_nat(&ctx, sk);
     }
     TCX_NEXT
+}
+
+/// Whether a local socket is sending its SYN (`SYN_SENT`): the one state
+/// in which its packets can be a SYN. Every other local packet leaves
+/// without evenflow reading a byte of it.
+#[inline(always)]
+fn connecting(sk: *mut bpf_sock) -> bool {
+    // SAFETY: `state` is a sock_common field tc may read from a non-null
+    // `skb->sk`.
+    unsafe { read_volatile(&(*sk).state) == BPF_TCP_SYN_SENT }
 }
 
 /// Records where an entering SYN was going. Out of line: SYNs only.
