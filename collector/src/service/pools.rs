@@ -379,17 +379,17 @@ fn announce_listeners(
 /// The pool file's and Kubernetes' members: their weight, expectation,
 /// node, Pod and zone override what announcing said.
 fn add_declared(declared: &Declared, drafts: &mut Drafts) {
-    for (name, dp) in &declared.pools {
+    for (name, declared_pool) in &declared.pools {
         let pool = drafts.entry(name.clone()).or_default();
-        for m in &dp.members {
-            let d = pool.entry(m.addr).or_default();
-            d.weight = Some(m.weight);
-            d.expect = m.expect.clone();
-            d.source.file |= m.source.file;
-            d.source.kubernetes |= m.source.kubernetes;
-            d.node.clone_from(&m.node);
-            d.pod.clone_from(&m.pod);
-            d.zone.clone_from(&m.zone);
+        for member in &declared_pool.members {
+            let draft = pool.entry(member.addr).or_default();
+            draft.weight = Some(member.weight);
+            draft.expect = member.expect.clone();
+            draft.source.file |= member.source.file;
+            draft.source.kubernetes |= member.source.kubernetes;
+            draft.node.clone_from(&member.node);
+            draft.pod.clone_from(&member.pod);
+            draft.zone.clone_from(&member.zone);
         }
     }
 }
@@ -427,7 +427,7 @@ impl Seen<'_> {
             sends,
             ..
         } = self;
-        let dp = declared.pools.get(name);
+        let declared_pool = declared.pools.get(name);
         let (lb_idx, lb_nodes, lb_missing) = load_balancers(
             agents,
             node_index,
@@ -435,7 +435,7 @@ impl Seen<'_> {
             lb_mark,
             stamp,
             members.keys(),
-            dp.map_or(&LbNodes::Senders, |p| &p.lb_nodes),
+            declared_pool.map_or(&LbNodes::Senders, |p| &p.lb_nodes),
         );
         let lbs = PoolLbs {
             fresh: lb_idx.iter().any(|&i| agents[i].fresh),
@@ -460,8 +460,8 @@ impl Seen<'_> {
             },
             unjudged,
             lb_nodes,
-            kubernetes: dp.and_then(|p| p.kubernetes.clone()),
-            note: dp.and_then(|p| p.note.clone()),
+            kubernetes: declared_pool.and_then(|p| p.kubernetes.clone()),
+            note: declared_pool.and_then(|p| p.note.clone()),
         }
     }
 
