@@ -204,6 +204,8 @@ pub struct PoolVerdict {
     /// Open connections and the load statistics, per view.
     pub load_server: LoadSummary,
     pub load_lb: LoadSummary,
+    /// One per input member, in the input's order: the collector pairs
+    /// each verdict with the member it judged by position.
     pub members: Vec<MemberVerdict>,
 }
 
