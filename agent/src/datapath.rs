@@ -327,8 +327,14 @@ impl Datapath {
     /// value lookups (LRU eviction) is skipped.
     pub fn read(&self, out: &mut Vec<(EndpointKey, EndpointCounters)>) -> Result<Stats> {
         out.clear();
-        for it in &self.iterators {
-            it.run().context("running evenflow's map iterators")?;
+        let [sampler, sweeper] = &self.iterators;
+        sampler.run().context("running the socket sampler")?;
+        // The sweeper walks every bucket of the flow map, empty or not
+        // (--max-flows of them: a fifth of the agent's CPU on a node with
+        // 10,000 endpoints and no forwarded connection), so it runs only
+        // while there is a flow to fold or expire.
+        if self.flows_tracked()? {
+            sweeper.run().context("running the flow sweeper")?;
         }
         let mut batch = self.batch.lock().unwrap_or_else(|p| p.into_inner());
         let batched = match batch.as_mut() {
@@ -370,6 +376,21 @@ impl Datapath {
             *slot = per_cpu.iter().fold(0u64, |a, v| a.wrapping_add(*v));
         }
         Ok(stats)
+    }
+}
+
+impl Datapath {
+    /// Whether the flow map holds any connection (registered minus ended).
+    fn flows_tracked(&self) -> Result<bool> {
+        let slot = |stat: agent_common::Stat| -> Result<u64> {
+            let per_cpu = self
+                .stats
+                .get(&(stat as u32), 0)
+                .with_context(|| format!("reading EF_STATS[{}]", stat as u32))?;
+            Ok(per_cpu.iter().fold(0u64, |a, v| a.wrapping_add(*v)))
+        };
+        let inserted = slot(agent_common::Stat::FlowInserted)?;
+        Ok(inserted.wrapping_sub(slot(agent_common::Stat::FlowDeleted)?) != 0)
     }
 }
 

@@ -9,7 +9,12 @@ use std::{
 use agent_common::{Direction, EndpointKey, PROTO_TCP, PROTO_UDP, Stat};
 use evenflow_proto::v1;
 
-use crate::{cli::ServiceLabel, datapath, listeners::Listener, table::Table};
+use crate::{
+    cli::ServiceLabel,
+    datapath,
+    listeners::Listener,
+    table::{Entry, Table},
+};
 
 /// Everything a snapshot is made of, borrowed from the agent loop.
 pub struct Inputs<'a> {
@@ -58,63 +63,21 @@ fn protocol(proto: u8) -> v1::Protocol {
 /// Builds the snapshot. Endpoints are sorted (direction, address, port) so
 /// consecutive snapshots diff cleanly.
 pub fn build(i: &Inputs<'_>) -> v1::Snapshot {
-    let mut endpoints: Vec<(EndpointKey, v1::Endpoint)> = i
-        .table
-        .iter()
-        .map(|(key, e)| {
-            let direction = match Direction::from_u8(key.direction) {
-                Some(Direction::Serves) => v1::Direction::Serves,
-                Some(Direction::SendsTo) => v1::Direction::SendsTo,
-                None => v1::Direction::Unspecified,
-            };
-            let service = if direction == v1::Direction::Serves {
-                service_for(i.services, key.port)
-            } else {
-                ""
-            };
-            let t = &e.totals;
-            let ep = v1::Endpoint {
-                address: key_addr(key).to_string(),
-                port: u32::from(key.port),
-                direction: direction as i32,
-                protocol: protocol(key.proto) as i32,
-                service: service.to_owned(),
-                totals: Some(v1::Counters {
-                    conns_opened: t.conns_opened,
-                    conns_closed: t.conns_closed,
-                    bytes_rx: t.bytes_rx,
-                    bytes_tx: t.bytes_tx,
-                    packets_rx: t.packets_rx,
-                    packets_tx: t.packets_tx,
-                }),
-                rates: Some(v1::Rates {
-                    conns_opened: e.rates.conns_opened,
-                    conns_closed: e.rates.conns_closed,
-                    bytes_rx: e.rates.bytes_rx,
-                    bytes_tx: e.rates.bytes_tx,
-                    packets_rx: e.rates.packets_rx,
-                    packets_tx: e.rates.packets_tx,
-                }),
-                active_connections: t.conns_opened.saturating_sub(t.conns_closed),
-            };
-            (*key, ep)
-        })
+    // Sorted as references: the endpoints themselves are too big to move
+    // around a sort of tens of thousands.
+    let mut entries: Vec<(&EndpointKey, &Entry)> = i.table.iter().collect();
+    entries.sort_unstable_by_key(|(k, _)| (k.direction, k.addr, k.port, k.proto));
+    let endpoints = entries
+        .into_iter()
+        .map(|(key, e)| endpoint(i.services, key, e))
         .collect();
-    endpoints.sort_by(|a, b| {
-        (a.0.direction, a.0.addr, a.0.port, a.0.proto).cmp(&(
-            b.0.direction,
-            b.0.addr,
-            b.0.port,
-            b.0.proto,
-        ))
-    });
     v1::Snapshot {
         node_name: i.node_name.to_owned(),
         agent_epoch: i.epoch,
         sequence: i.sequence,
         taken_at: Some(prost_types::Timestamp::from(SystemTime::now())),
         interval_seconds: i.interval_secs,
-        endpoints: endpoints.into_iter().map(|(_, e)| e).collect(),
+        endpoints,
         listeners: i
             .listeners
             .iter()
@@ -149,6 +112,45 @@ pub fn build(i: &Inputs<'_>) -> v1::Snapshot {
         interfaces: i.interfaces.to_vec(),
         cgroup: i.cgroup.to_owned(),
         addresses: i.addresses.iter().map(ToString::to_string).collect(),
+    }
+}
+
+/// One endpoint as the API shows it.
+fn endpoint(services: &[ServiceLabel], key: &EndpointKey, e: &Entry) -> v1::Endpoint {
+    let direction = match Direction::from_u8(key.direction) {
+        Some(Direction::Serves) => v1::Direction::Serves,
+        Some(Direction::SendsTo) => v1::Direction::SendsTo,
+        None => v1::Direction::Unspecified,
+    };
+    let service = if direction == v1::Direction::Serves {
+        service_for(services, key.port)
+    } else {
+        ""
+    };
+    let t = &e.totals;
+    v1::Endpoint {
+        address: e.address.clone(),
+        port: u32::from(key.port),
+        direction: direction as i32,
+        protocol: protocol(key.proto) as i32,
+        service: service.to_owned(),
+        totals: Some(v1::Counters {
+            conns_opened: t.conns_opened,
+            conns_closed: t.conns_closed,
+            bytes_rx: t.bytes_rx,
+            bytes_tx: t.bytes_tx,
+            packets_rx: t.packets_rx,
+            packets_tx: t.packets_tx,
+        }),
+        rates: Some(v1::Rates {
+            conns_opened: e.rates.conns_opened,
+            conns_closed: e.rates.conns_closed,
+            bytes_rx: e.rates.bytes_rx,
+            bytes_tx: e.rates.bytes_tx,
+            packets_rx: e.rates.packets_rx,
+            packets_tx: e.rates.packets_tx,
+        }),
+        active_connections: t.conns_opened.saturating_sub(t.conns_closed),
     }
 }
 

@@ -1,9 +1,16 @@
 //! The agent's table of endpoints: cumulative totals as the kernel reports
 //! them and per-second rates over the last interval.
-
-use std::collections::HashMap;
+//!
+//! It is updated from a full read of the kernel map every interval, tens of
+//! thousands of endpoints on a busy node: the hasher is foldhash (SipHash
+//! was a tenth of the agent's CPU), and each endpoint's address is written
+//! out once, when it is first seen, not in every snapshot.
 
 use agent_common::{EndpointCounters, EndpointKey};
+
+use crate::snapshot::key_addr;
+
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Per-second rates of one endpoint.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -17,10 +24,12 @@ pub struct Rates {
 }
 
 /// One endpoint's state.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Entry {
     pub totals: EndpointCounters,
     pub rates: Rates,
+    /// The endpoint's address as people write it (see [`key_addr`]).
+    pub address: String,
 }
 
 /// Endpoints seen since the epoch, keyed as the kernel keys them.
@@ -40,7 +49,10 @@ impl Table {
         let secs = if secs > 0.0 { secs } else { 1.0 };
         let mut kept = 0usize;
         for (key, now) in read {
-            let entry = self.entries.entry(*key).or_default();
+            let entry = self.entries.entry(*key).or_insert_with(|| Entry {
+                address: key_addr(key).to_string(),
+                ..Entry::default()
+            });
             let prev = entry.totals;
             let rate = |n: u64, p: u64| n.saturating_sub(p) as f64 / secs;
             entry.rates = Rates {
@@ -56,7 +68,7 @@ impl Table {
         }
         let known = self.entries.len();
         if known != kept {
-            let live: std::collections::HashSet<&EndpointKey> =
+            let live: std::collections::HashSet<&EndpointKey, foldhash::fast::RandomState> =
                 read.iter().map(|(k, _)| k).collect();
             self.entries.retain(|k, _| live.contains(k));
             self.forgotten += (known - self.entries.len()) as u64;

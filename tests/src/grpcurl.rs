@@ -212,6 +212,16 @@ pub fn summary(snap: &Value) -> String {
     if out.is_empty() {
         out.push_str("    (no endpoints)\n");
     }
+    // What the datapath could not count, or did on the way (flows inserted,
+    // SYNs of unknown origin…): a count that came up short shows its cause.
+    if let Some(stats) = snap["datapath"].as_object() {
+        let nonzero: Vec<String> = stats
+            .iter()
+            .filter(|(_, v)| num(v).is_some_and(|n| n != 0))
+            .map(|(k, v)| format!("{k} {}", num(v).unwrap_or(0)))
+            .collect();
+        out.push_str(&format!("    datapath: {}\n", nonzero.join(", ")));
+    }
     out
 }
 

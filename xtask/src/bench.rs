@@ -452,7 +452,18 @@ fn start_agent(node: &'static str, cgroup: &std::path::Path) -> Result<AgentGuar
     Ok(AgentGuard { _process: g, node })
 }
 
-pub fn run(rounds: usize) -> Result<()> {
+/// What `bench-datapath` measures; all of it unless `--only` picks one.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// iperf3 throughput and connection churn, with and without the agent.
+    Throughput,
+    /// Each program's cost per run above an empty program (bpf stats).
+    Cost,
+    /// The agent's CPU and RSS with 10,000 live endpoints.
+    Footprint,
+}
+
+pub fn run(rounds: usize, only: Option<Part>) -> Result<()> {
     crate::shell::require_root(
         "bench-datapath",
         "builds network namespaces and loads eBPF programs",
@@ -473,37 +484,83 @@ pub fn run(rounds: usize) -> Result<()> {
     };
     crate::interrupt::install();
     let env = setup_env()?;
-    let (client_cg, server_cg) = (env.cgroups[0].clone(), env.cgroups[1].clone());
-    let nginx_dir = env.dir.join("nginx");
-    std::fs::create_dir_all(nginx_dir.join("tmp"))?;
-    let d = nginx_dir.display();
-    std::fs::write(
-        nginx_dir.join("nginx.conf"),
-        format!(
-            "worker_processes 2;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
-             events {{ worker_connections 8192; }}\nhttp {{ access_log off; client_body_temp_path {d}/tmp;\n\
-             proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp; uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;\n\
-             server {{ listen 8080 backlog=4096; location / {{ return 200 'ok'; }} }} }}\n"
-        ),
-    )?;
-    let conf = nginx_dir.join("nginx.conf").display().to_string();
-    let prefix = nginx_dir.display().to_string();
-    let nginx = spawn_in(&server_cg, SERVER, "nginx", &["-p", &prefix, "-c", &conf])?;
-    let iperf3_server = spawn_in(&server_cg, SERVER, "iperf3", &["-s"])?;
-    std::thread::sleep(Duration::from_secs(1));
+    let servers = Servers::start(&env)?;
+    let wants = |part: Part| only.is_none_or(|o| o == part);
+    println!(
+        "\nevenflow datapath benchmark ({rounds} rounds, medians; veth between two namespaces)"
+    );
+    if wants(Part::Throughput) {
+        throughput(rounds, &env)?.print();
+    }
+    if wants(Part::Cost) {
+        print_costs(rounds, &costs(rounds, &env)?);
+    }
+    if wants(Part::Footprint) {
+        footprint(&env)?.print();
+    }
+    drop(servers);
+    drop(env);
+    Ok(())
+}
 
-    let (mut tput, mut conns) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
+/// nginx and the iperf3 server in the server namespace, stopped on drop.
+struct Servers {
+    _nginx: Guard,
+    _iperf3: Guard,
+}
+
+impl Servers {
+    fn start(env: &Env) -> Result<Self> {
+        let server_cg = &env.cgroups[1];
+        let nginx_dir = env.dir.join("nginx");
+        std::fs::create_dir_all(nginx_dir.join("tmp"))?;
+        let d = nginx_dir.display();
+        std::fs::write(
+            nginx_dir.join("nginx.conf"),
+            format!(
+                "worker_processes 2;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+                 events {{ worker_connections 8192; }}\nhttp {{ access_log off; client_body_temp_path {d}/tmp;\n\
+                 proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp; uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;\n\
+                 server {{ listen 8080 backlog=4096; location / {{ return 200 'ok'; }} }} }}\n"
+            ),
+        )?;
+        let conf = nginx_dir.join("nginx.conf").display().to_string();
+        let prefix = nginx_dir.display().to_string();
+        let nginx = spawn_in(server_cg, SERVER, "nginx", &["-p", &prefix, "-c", &conf])?;
+        let iperf3 = spawn_in(server_cg, SERVER, "iperf3", &["-s"])?;
+        std::thread::sleep(Duration::from_secs(1));
+        Ok(Self {
+            _nginx: nginx,
+            _iperf3: iperf3,
+        })
+    }
+}
+
+/// Throughput and churn per round, without and with the agent.
+struct Throughput {
+    tput: [Vec<f64>; 2],
+    conns: [Vec<f64>; 2],
+}
+
+/// Alternating rounds without and with the agent on the server. bpf stats
+/// stay off: they add two clock reads to every program run.
+fn throughput(rounds: usize, env: &Env) -> Result<Throughput> {
+    let server_cg = &env.cgroups[1];
+    let mut t = Throughput {
+        tput: [Vec::new(), Vec::new()],
+        conns: [Vec::new(), Vec::new()],
+    };
     let _stats = BpfStats::off()?;
     for round in 0..rounds {
         for with in [false, true] {
             crate::interrupt::check()?;
             let agent = if with {
-                Some(start_agent(SERVER, &server_cg)?)
+                Some(start_agent(SERVER, server_cg)?)
             } else {
                 None
             };
-            tput[with as usize].push(iperf()?);
-            conns[with as usize].push(churn()?);
+            t.tput[with as usize].push(iperf()?);
+            t.conns[with as usize].push(churn()?);
             eprintln!(
                 "    round {} {}: {:.2} Gbit/s, {:.0} conn/s",
                 round + 1,
@@ -512,25 +569,68 @@ pub fn run(rounds: usize) -> Result<()> {
                 } else {
                     "without agent"
                 },
-                tput[with as usize].last().copied().unwrap_or(0.0) / 1e9,
-                conns[with as usize].last().copied().unwrap_or(0.0)
+                t.tput[with as usize].last().copied().unwrap_or(0.0) / 1e9,
+                t.conns[with as usize].last().copied().unwrap_or(0.0)
             );
             drop(agent);
         }
     }
-    // Per-program cost in passes of their own: bpf_stats adds two clock
-    // reads to every run, which would bias the throughput figures above.
-    // Each pass runs an empty program beside evenflow's on the same hooks
-    // (TC ingress and egress, sock_ops): the cost above it is evenflow's.
-    // As many passes as rounds, local and forwarded alternating.
+    Ok(t)
+}
+
+impl Throughput {
+    fn print(&self) {
+        let (t0, t1) = (median(self.tput[0].clone()), median(self.tput[1].clone()));
+        let (c0, c1) = (median(self.conns[0].clone()), median(self.conns[1].clone()));
+        println!(
+            "{:<44} {:>14} {:>14} {:>8}  target",
+            "", "without agent", "with agent", "ratio"
+        );
+        println!(
+            "{:<44} {:>14.2} {:>14.2} {:>8.3}  >= 0.99",
+            "bulk throughput, iperf3 (Gbit/s)",
+            t0 / 1e9,
+            t1 / 1e9,
+            t1 / t0
+        );
+        println!(
+            "{:<44} {:>14} {:>14}",
+            "  range over the rounds",
+            spread(&self.tput[0], 1e9, 2),
+            spread(&self.tput[1], 1e9, 2)
+        );
+        println!(
+            "{:<44} {:>14.0} {:>14.0} {:>8.3}  >= 0.97",
+            "connection churn, hey no keep-alive (conn/s)",
+            c0,
+            c1,
+            c1 / c0
+        );
+        println!(
+            "{:<44} {:>14} {:>14}",
+            "  range over the rounds",
+            spread(&self.conns[0], 1.0, 0),
+            spread(&self.conns[1], 1.0, 0)
+        );
+    }
+}
+
+/// Per-program cost in passes of their own (bpf stats on). Each pass runs
+/// an empty program beside evenflow's on the same hooks (TC ingress and
+/// egress, sock_ops): the cost above it is evenflow's. As many passes as
+/// rounds, local and forwarded alternating.
+fn costs(rounds: usize, env: &Env) -> Result<[Vec<Vec<Cost>>; 2]> {
+    let server_cg = &env.cgroups[1];
     let lb_cg = server_cg.with_file_name("lb");
     std::fs::create_dir_all(&lb_cg)?;
+    // Back to what it was when the passes are over.
+    let _stats = BpfStats::off()?;
     let (mut local, mut forwarded) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         crate::interrupt::check()?;
         local.push(cost_pass(
             SERVER,
-            &server_cg,
+            server_cg,
             &["efb-s", "efb-sl"],
             SERVER_IP,
         )?);
@@ -538,87 +638,16 @@ pub fn run(rounds: usize) -> Result<()> {
         forwarded.push(cost_pass(LB, &lb_cg, &["efb-lc", "efb-ls"], VIP)?);
     }
     let _ = std::fs::remove_dir(&lb_cg);
-    crate::interrupt::check()?;
-    let (t0, t1) = (median(tput[0].clone()), median(tput[1].clone()));
-    let (c0, c1) = (median(conns[0].clone()), median(conns[1].clone()));
+    Ok([local, forwarded])
+}
 
-    // Agent footprint with 10,000 live endpoints: the client's agent sees
-    // SENDS_TO 10.50.0.2:20000..29999, one connection each.
-    let agent = start_agent(CLIENT, &client_cg)?;
-    let pid = agent_pid(CLIENT)?;
-    let idle_rss = rss_mib(pid)?;
-    let script = format!(
-        "import socket\nfor p in range(20000, 30000):\n s=socket.create_connection(('{SERVER_IP}', p), timeout=5)\n \
-         s.sendall(b'GET / HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n')\n while s.recv(4096): pass\n s.close()\n"
-    );
-    let maker = spawn_in(&client_cg, CLIENT, "python3", &["-c", &script])?;
-    let t = Instant::now();
-    let mut maker = maker;
-    while maker.0.try_wait()?.is_none() && t.elapsed() < Duration::from_secs(120) {
-        crate::interrupt::check()?;
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    std::thread::sleep(Duration::from_secs(2));
-    let metrics = netns::exec(CLIENT, "curl", &["-sf", "127.0.0.1:9464/metrics"])?;
-    let live: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("evenflow_datapath_endpoints{"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let window = 20.0;
-    let cpu0 = proc_cpu_secs(pid)?;
-    for _ in 0..(window as u64 * 5) {
-        crate::interrupt::check()?;
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let cpu_pct = (proc_cpu_secs(pid)? - cpu0) / window * 100.0;
-    let rss = rss_mib(pid)?;
-    drop(agent);
-    drop(maker);
-    drop(iperf3_server);
-    drop(nginx);
-    drop(env);
-
-    println!(
-        "\nevenflow datapath benchmark ({rounds} rounds, medians; veth between two namespaces)"
-    );
-    println!(
-        "{:<44} {:>14} {:>14} {:>8}  target",
-        "", "without agent", "with agent", "ratio"
-    );
-    println!(
-        "{:<44} {:>14.2} {:>14.2} {:>8.3}  >= 0.97",
-        "bulk throughput, iperf3 (Gbit/s)",
-        t0 / 1e9,
-        t1 / 1e9,
-        t1 / t0
-    );
-    println!(
-        "{:<44} {:>14} {:>14}",
-        "  range over the rounds",
-        spread(&tput[0], 1e9, 2),
-        spread(&tput[1], 1e9, 2)
-    );
-    println!(
-        "{:<44} {:>14.0} {:>14.0} {:>8.3}  >= 0.95",
-        "connection churn, hey no keep-alive (conn/s)",
-        c0,
-        c1,
-        c1 / c0
-    );
-    println!(
-        "{:<44} {:>14} {:>14}",
-        "  range over the rounds",
-        spread(&conns[0], 1.0, 0),
-        spread(&conns[1], 1.0, 0)
-    );
+fn print_costs(rounds: usize, [local, forwarded]: &[Vec<Vec<Cost>>; 2]) {
     println!(
         "\nper-run cost above an empty program on the same hooks (kernel bpf stats; {rounds} passes of one iperf3 + one churn run, medians):"
     );
     for (pass, passes, tc_target) in [
-        ("local sockets (agent on the server)", &local, 20.0),
-        ("forwarded (agent on the DNAT lb)", &forwarded, 60.0),
+        ("local sockets (agent on the server)", local, 20.0),
+        ("forwarded (agent on the DNAT lb)", forwarded, 60.0),
     ] {
         println!("  {pass}:");
         for c in cost_medians(passes) {
@@ -633,11 +662,76 @@ pub fn run(rounds: usize) -> Result<()> {
             );
         }
     }
-    println!("\nagent footprint, {live} live endpoints, 1 s interval:");
-    println!("  CPU {cpu_pct:.2}% of one core over {window:.0} s   (target <= 2%)");
-    println!("  RSS {rss:.1} MiB (idle {idle_rss:.1} MiB)   (target <= 64 MiB)");
-    if live < 10_000 {
-        println!("  note: only {live} endpoints became live (expected 10,000)");
+}
+
+/// The agent's footprint with 10,000 live endpoints.
+struct Footprint {
+    live: u64,
+    window: f64,
+    cpu_pct: f64,
+    rss: f64,
+    idle_rss: f64,
+}
+
+/// The client's agent sees SENDS_TO 10.50.0.2:20000..29999, one connection
+/// each; its CPU over 20 s at a 1 s interval and its RSS after.
+fn footprint(env: &Env) -> Result<Footprint> {
+    let client_cg = &env.cgroups[0];
+    let agent = start_agent(CLIENT, client_cg)?;
+    let pid = agent_pid(CLIENT)?;
+    let idle_rss = rss_mib(pid)?;
+    let script = format!(
+        "import socket\nfor p in range(20000, 30000):\n s=socket.create_connection(('{SERVER_IP}', p), timeout=5)\n \
+         s.sendall(b'GET / HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n')\n while s.recv(4096): pass\n s.close()\n"
+    );
+    let mut maker = spawn_in(client_cg, CLIENT, "python3", &["-c", &script])?;
+    let t = Instant::now();
+    while maker.0.try_wait()?.is_none() && t.elapsed() < Duration::from_secs(120) {
+        crate::interrupt::check()?;
+        std::thread::sleep(Duration::from_millis(200));
     }
-    Ok(())
+    std::thread::sleep(Duration::from_secs(2));
+    let metrics = netns::exec(CLIENT, "curl", &["-sf", "127.0.0.1:9464/metrics"])?;
+    let live: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("evenflow_datapath_endpoints{"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let window = 20.0;
+    eprintln!("    agent pid {pid}: {live} live endpoints; measuring CPU for {window:.0} s");
+    let cpu0 = proc_cpu_secs(pid)?;
+    for _ in 0..(window as u64 * 5) {
+        crate::interrupt::check()?;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let cpu_pct = (proc_cpu_secs(pid)? - cpu0) / window * 100.0;
+    let rss = rss_mib(pid)?;
+    drop(agent);
+    drop(maker);
+    Ok(Footprint {
+        live,
+        window,
+        cpu_pct,
+        rss,
+        idle_rss,
+    })
+}
+
+impl Footprint {
+    fn print(&self) {
+        let Footprint {
+            live,
+            window,
+            cpu_pct,
+            rss,
+            idle_rss,
+        } = self;
+        println!("\nagent footprint, {live} live endpoints, 1 s interval:");
+        println!("  CPU {cpu_pct:.2}% of one core over {window:.0} s   (target <= 1%)");
+        println!("  RSS {rss:.1} MiB (idle {idle_rss:.1} MiB)   (target <= 32 MiB)");
+        if *live < 10_000 {
+            println!("  note: only {live} endpoints became live (expected 10,000)");
+        }
+    }
 }

@@ -63,6 +63,9 @@ enum Cmd {
         /// Alternating rounds without and with the agent.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Measure only this part (throughput, cost or footprint).
+        #[arg(long, value_enum)]
+        only: Option<bench::Part>,
     },
     /// The detector on seeded traffic: time to detect each fault, detection
     /// probability, false pages per pool-day (release build). Arguments
@@ -99,7 +102,7 @@ fn main() -> ExitCode {
         Cmd::Setup => setup::run(),
         Cmd::Build { node_agent } => build(node_agent),
         Cmd::Test { args } => test(&args),
-        Cmd::BenchDatapath { rounds } => bench::run(rounds),
+        Cmd::BenchDatapath { rounds, only } => bench::run(rounds, only),
         Cmd::BenchDetect { args } => release_bin(&["evenflow-detect-bench"], &args),
         // The scale bench starts the collector found next to itself.
         // Its baseline, when another revision's, is built first: both
