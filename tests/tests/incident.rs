@@ -8,69 +8,15 @@
 
 mod common;
 
-use std::{path::PathBuf, process::Command};
-
-use common::leftovers;
-
-use serde_json::Value;
+use common::{leftovers, run_demo};
 
 #[test]
 fn the_incident_is_detected_and_resolves() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "the incident test builds namespaces and loads eBPF: run it as root (cargo xtask test)"
+    let demo = run_demo(
+        "incident",
+        &["--warmup", "20s", "--incident", "12s", "--recovery", "20s"],
     );
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("incident");
-    std::fs::create_dir_all(&dir).expect("tmp dir");
-    let (md, json) = (dir.join("timeline.md"), dir.join("timeline.json"));
-    let xtask = evenflow_tests::agent::binary("xtask", "EVENFLOW_XTASK_BIN")
-        .expect("the xtask binary (cargo xtask test points at itself)");
-    let out = Command::new(xtask)
-        .args([
-            "demo",
-            "--no-build",
-            "--warmup",
-            "20s",
-            "--incident",
-            "12s",
-            "--recovery",
-            "20s",
-        ])
-        .arg("--timeline")
-        .arg(&md)
-        .arg("--timeline-json")
-        .arg(&json)
-        .output()
-        .expect("xtask demo runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let tail = |s: &str| {
-        s.lines()
-            .rev()
-            .take(40)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    let t: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap_or_default())
-        .unwrap_or_else(|e| {
-            panic!(
-                "no timeline JSON ({e}); demo stderr:\n{}\nstdout:\n{}",
-                tail(&stderr),
-                tail(&stdout)
-            )
-        });
-    assert!(
-        out.status.success(),
-        "demo failed: {}\n{}",
-        t["problems"],
-        tail(&stdout)
-    );
-
+    let t = &demo.timeline;
     let set = |k: &str| -> Vec<String> {
         t[k].as_array()
             .into_iter()
@@ -91,7 +37,7 @@ fn the_incident_is_detected_and_resolves() {
     // Resolved within 10 s of the rollback.
     assert!(num("resolved_at") - num("rollback_at") <= 10.0, "{t}");
     // The Markdown timeline names the right backends and the times.
-    let text = std::fs::read_to_string(&md).expect("timeline.md");
+    let text = std::fs::read_to_string(&demo.markdown).expect("timeline.md");
     for b in set("starved").iter().chain(set("kept").iter()) {
         assert!(text.contains(b.as_str()), "timeline lacks {b}:\n{text}");
     }

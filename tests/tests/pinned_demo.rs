@@ -9,60 +9,22 @@
 
 mod common;
 
-use std::{path::PathBuf, process::Command};
-
-use common::leftovers;
-use serde_json::Value;
+use common::{leftovers, run_demo};
 
 #[test]
 fn the_pinned_story_pages_pinned_and_resolves_after_the_fix() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "the pinned demo builds namespaces and loads eBPF: run it as root (cargo xtask test)"
-    );
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pinned");
-    std::fs::create_dir_all(&dir).expect("tmp dir");
-    let (md, json) = (dir.join("timeline.md"), dir.join("timeline.json"));
-    let xtask = evenflow_tests::agent::binary("xtask", "EVENFLOW_XTASK_BIN")
-        .expect("the xtask binary (cargo xtask test points at itself)");
-    let out = Command::new(xtask)
-        .args([
-            "demo",
+    let demo = run_demo(
+        "pinned",
+        &[
             "--scenario",
             "pinned",
-            "--no-build",
             "--warmup",
             "20s",
             "--recovery",
             "30s",
-        ])
-        .arg("--timeline")
-        .arg(&md)
-        .arg("--timeline-json")
-        .arg(&json)
-        .output()
-        .expect("xtask demo runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let tail = |s: &str| {
-        let lines: Vec<&str> = s.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    };
-    let t: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap_or_default())
-        .unwrap_or_else(|e| {
-            panic!(
-                "no timeline JSON ({e}); demo stderr:\n{}\nstdout:\n{}",
-                tail(&String::from_utf8_lossy(&out.stderr)),
-                tail(&stdout)
-            )
-        });
-    assert!(
-        out.status.success(),
-        "demo failed: {}\n{}",
-        t["problems"],
-        tail(&stdout)
+        ],
     );
+    let t = &demo.timeline;
     let num = |k: &str| t[k].as_f64().unwrap_or_else(|| panic!("{k} missing: {t}"));
     // No page while balanced; the pinned page within 60 s of the restart,
     // on the restarted member's open connections.
@@ -80,7 +42,7 @@ fn the_pinned_story_pages_pinned_and_resolves_after_the_fix() {
     // Resolved after the fix.
     assert!(num("resolved_at") - num("fix_at") <= 30.0, "{t}");
     // The Markdown timeline names the backends and the steps.
-    let text = std::fs::read_to_string(&md).expect("timeline.md");
+    let text = std::fs::read_to_string(&demo.markdown).expect("timeline.md");
     let restarted = t["restarted"].as_str().expect("restarted");
     assert!(text.contains(restarted), "{text}");
     for h in t["holders"].as_array().into_iter().flatten() {

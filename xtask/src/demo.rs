@@ -423,29 +423,35 @@ pub fn run(o: &Options) -> Result<()> {
         &sent,
         &problems,
     );
+    let json = serde_json::json!({
+        "update_at": update_at,
+        "first_alert_at": first_alert_at,
+        "all_zero_at": all_zero_at,
+        "rollback_at": rollback_at,
+        "resolved_at": resolved_at,
+        "zero_members": zero_members,
+        "skew_members": skew_members,
+        "starved": starved,
+        "kept": kept,
+        "page_before_update": page_before_update,
+        "problems": problems,
+        "events": tl.events,
+    });
+    drop(lab);
+    finish(o, &md, &json, &problems)
+}
+
+/// Writes the timeline (Markdown, and JSON when asked), prints it, and
+/// fails when detection did not work as it should.
+pub(crate) fn finish(o: &Options, md: &str, json: &Value, problems: &[String]) -> Result<()> {
     if let Some(dir) = o.timeline.parent() {
         std::fs::create_dir_all(dir).ok();
     }
-    std::fs::write(&o.timeline, &md)
-        .with_context(|| format!("writing {}", o.timeline.display()))?;
+    std::fs::write(&o.timeline, md).with_context(|| format!("writing {}", o.timeline.display()))?;
     if let Some(p) = &o.timeline_json {
-        let j = serde_json::json!({
-            "update_at": update_at,
-            "first_alert_at": first_alert_at,
-            "all_zero_at": all_zero_at,
-            "rollback_at": rollback_at,
-            "resolved_at": resolved_at,
-            "zero_members": zero_members,
-            "skew_members": skew_members,
-            "starved": starved,
-            "kept": kept,
-            "page_before_update": page_before_update,
-            "problems": problems,
-            "events": tl.events,
-        });
-        std::fs::write(p, serde_json::to_string_pretty(&j)?)?;
+        std::fs::write(p, serde_json::to_string_pretty(json)?)
+            .with_context(|| format!("writing {}", p.display()))?;
     }
-    drop(lab);
     println!("\n{md}");
     println!("timeline written to {}", o.timeline.display());
     if !problems.is_empty() {
@@ -509,18 +515,8 @@ fn watch(
     seen: &mut usize,
     mut f: impl FnMut(Option<&Value>, &Value),
 ) -> Result<()> {
-    let end = Instant::now() + dur;
-    while Instant::now() < end && !interrupt::interrupted() {
-        std::thread::sleep(Duration::from_secs(1));
-        let st = status(lab, cli).ok();
-        let pool = st.as_ref().and_then(|s| {
-            s["pools"]
-                .as_array()?
-                .iter()
-                .find(|p| p["name"] == "web")
-                .cloned()
-        });
-        if let Some(p) = &pool {
+    watch_pool(lab, cli, tl, "web", dur, seen, |tl, pool, alerts| {
+        if let Some(p) = pool {
             print_view(tl.at(), p);
             let zs = members_with(p, "ZERO");
             if !zs.is_empty() && !tl.events.iter().any(|(_, e)| e.starts_with("ZERO for")) {
@@ -530,11 +526,41 @@ fn watch(
                 ));
             }
         }
-        for a in new_alerts(lab, tl, seen) {
-            f(pool.as_ref(), &a);
+        for a in alerts {
+            f(pool, a);
         }
-        if let Some(p) = &pool {
+        if let Some(p) = pool {
             f(Some(p), &Value::Null);
+        }
+        false
+    })
+}
+
+/// Every second for up to `dur`: reads pool `name` with `evenflow status`
+/// and the alerts `evenflow alerts --watch` printed since `seen` (noted on
+/// the timeline), and hands both to `each`, which says when to stop early.
+pub(crate) fn watch_pool(
+    lab: &Lab,
+    cli: &Path,
+    tl: &mut Timeline,
+    name: &str,
+    dur: Duration,
+    seen: &mut usize,
+    mut each: impl FnMut(&mut Timeline, Option<&Value>, &[Value]) -> bool,
+) -> Result<()> {
+    let end = Instant::now() + dur;
+    while Instant::now() < end && !interrupt::interrupted() {
+        std::thread::sleep(Duration::from_secs(1));
+        let pool = status(lab, cli).ok().and_then(|s| {
+            s["pools"]
+                .as_array()?
+                .iter()
+                .find(|p| p["name"] == name)
+                .cloned()
+        });
+        let alerts = new_alerts(lab, tl, seen);
+        if each(tl, pool.as_ref(), &alerts) {
+            break;
         }
     }
     Ok(())

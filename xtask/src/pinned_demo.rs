@@ -30,7 +30,7 @@ use evenflow_tests::{
 use serde_json::Value;
 
 use crate::{
-    demo::{Options, Timeline, collector_url, new_alerts, open_alerts, status},
+    demo::{Options, Timeline, collector_url, finish, open_alerts, watch_pool},
     interrupt,
 };
 
@@ -79,37 +79,21 @@ pub fn run(o: &Options, cli: &Path) -> Result<()> {
     }
     let problems = verdict(&f, &restarted, &holders);
     let md = markdown(&tl, &f, &restarted, &holders, &problems);
-    if let Some(dir) = o.timeline.parent() {
-        std::fs::create_dir_all(dir).ok();
-    }
-    std::fs::write(&o.timeline, &md)
-        .with_context(|| format!("writing {}", o.timeline.display()))?;
-    if let Some(p) = &o.timeline_json {
-        let j = serde_json::json!({
-            "restart_at": f.restart_at,
-            "back_at": f.back_at,
-            "page_at": f.page_at,
-            "page": f.page,
-            "fix_at": f.fix_at,
-            "resolved_at": f.resolved_at,
-            "restarted": restarted,
-            "holders": holders,
-            "page_before_restart": f.page_before_restart,
-            "other_pages": f.other_pages,
-            "problems": problems,
-            "events": tl.events,
-        });
-        std::fs::write(p, serde_json::to_string_pretty(&j)?)?;
-    }
-    println!("\n{md}");
-    println!("timeline written to {}", o.timeline.display());
-    if !problems.is_empty() {
-        bail!(
-            "detection did not work as it should: {}",
-            problems.join("; ")
-        );
-    }
-    Ok(())
+    let json = serde_json::json!({
+        "restart_at": f.restart_at,
+        "back_at": f.back_at,
+        "page_at": f.page_at,
+        "page": f.page,
+        "fix_at": f.fix_at,
+        "resolved_at": f.resolved_at,
+        "restarted": restarted,
+        "holders": holders,
+        "page_before_restart": f.page_before_restart,
+        "other_pages": f.other_pages,
+        "problems": problems,
+        "events": tl.events,
+    });
+    finish(o, &md, &json, &problems)
 }
 
 /// Builds the workload, runs the story; returns the timeline, what was
@@ -241,27 +225,16 @@ fn watch(
     seen: &mut usize,
     mut stop: impl FnMut(f64, &Value) -> bool,
 ) -> Result<()> {
-    let end = Instant::now() + dur;
-    while Instant::now() < end && !interrupt::interrupted() {
-        std::thread::sleep(Duration::from_secs(1));
-        if let Some(p) = status(lab, cli).ok().and_then(|s| {
-            s["pools"]
-                .as_array()?
-                .iter()
-                .find(|p| p["name"] == POOL)
-                .cloned()
-        }) {
-            print_view(tl.at(), &p);
+    watch_pool(lab, cli, tl, POOL, dur, seen, |tl, pool, alerts| {
+        if let Some(p) = pool {
+            print_view(tl.at(), p);
         }
         let mut done = false;
-        for a in new_alerts(lab, tl, seen) {
-            done |= stop(tl.at(), &a);
+        for a in alerts {
+            done |= stop(tl.at(), a);
         }
-        if done {
-            break;
-        }
-    }
-    Ok(())
+        done
+    })
 }
 
 /// One line per member: its shares of new connections, open connections

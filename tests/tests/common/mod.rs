@@ -1,6 +1,64 @@
 //! What the demos' tests share.
 
-use std::process::Command;
+use std::{path::PathBuf, process::Command};
+
+use serde_json::Value;
+
+/// A finished demo: its timeline (JSON) and where its Markdown is.
+pub struct Demo {
+    pub timeline: Value,
+    pub markdown: PathBuf,
+}
+
+/// Runs `cargo xtask demo` (as root, from the built xtask) with `args`,
+/// writing its timelines under the test's temporary directory `name`;
+/// fails with the tail of its output when it wrote no timeline or failed.
+pub fn run_demo(name: &str, args: &[&str]) -> Demo {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the {name} demo builds namespaces and loads eBPF: run it as root (cargo xtask test)"
+    );
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let (md, json) = (dir.join("timeline.md"), dir.join("timeline.json"));
+    let xtask = evenflow_tests::agent::binary("xtask", "EVENFLOW_XTASK_BIN")
+        .expect("the xtask binary (cargo xtask test points at itself)");
+    let out = Command::new(xtask)
+        .arg("demo")
+        .args(args)
+        .arg("--no-build")
+        .arg("--timeline")
+        .arg(&md)
+        .arg("--timeline-json")
+        .arg(&json)
+        .output()
+        .expect("xtask demo runs");
+    let tail = |s: &[u8]| {
+        let s = String::from_utf8_lossy(s);
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    };
+    let timeline: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap_or_default())
+        .unwrap_or_else(|e| {
+            panic!(
+                "no timeline JSON ({e}); demo stderr:\n{}\nstdout:\n{}",
+                tail(&out.stderr),
+                tail(&out.stdout)
+            )
+        });
+    assert!(
+        out.status.success(),
+        "demo failed: {}\n{}",
+        timeline["problems"],
+        tail(&out.stdout)
+    );
+    Demo {
+        timeline,
+        markdown: md,
+    }
+}
 
 /// What a lab named `prefix` ("demo-") left behind: namespaces, pinned
 /// maps, agent processes.
