@@ -204,6 +204,8 @@ pub struct PoolVerdict {
     /// Open connections and the load statistics, per view.
     pub load_server: LoadSummary,
     pub load_lb: LoadSummary,
+    /// One per input member, in the input's order: the collector pairs
+    /// each verdict with the member it judged by position.
     pub members: Vec<MemberVerdict>,
 }
 
@@ -764,24 +766,25 @@ impl ViewState {
         s: &Settings,
         bounds: &Bounds,
         share_tick: &ShareTick,
-        m: &MemberInput,
-        v: ViewInput,
+        member: &MemberInput,
+        input: ViewInput,
         tally: &mut Tally,
     ) -> ViewVerdict {
-        let hist = member_entry(&mut self.members, &m.id);
-        hist.conns_total += v.new_conns;
-        let expected_share = if m.draining || !v.fresh || v.reset || share_tick.weight_sum <= 0.0 {
-            0.0
-        } else {
-            m.weight / share_tick.weight_sum
-        };
-        let mut vv = ViewVerdict {
+        let hist = member_entry(&mut self.members, &member.id);
+        hist.conns_total += input.new_conns;
+        let expected_share =
+            if member.draining || !input.fresh || input.reset || share_tick.weight_sum <= 0.0 {
+                0.0
+            } else {
+                member.weight / share_tick.weight_sum
+            };
+        let mut judged = ViewVerdict {
             verdict: Verdict::Ok,
-            fresh: v.fresh,
-            new_conns: v.new_conns,
-            bytes_in: v.bytes_in,
-            bytes_out: v.bytes_out,
-            active: v.active,
+            fresh: input.fresh,
+            new_conns: input.new_conns,
+            bytes_in: input.bytes_in,
+            bytes_out: input.bytes_out,
+            active: input.active,
             observed_share: 0.0,
             expected_share,
             ratio: 1.0,
@@ -796,30 +799,31 @@ impl ViewState {
             bytes_in_share: 0.0,
             bytes_out_share: 0.0,
         };
-        if !v.fresh || v.reset {
-            vv.verdict = Verdict::NoData;
-            vv.reason = if v.reset {
+        if !input.fresh || input.reset {
+            judged.verdict = Verdict::NoData;
+            judged.reason = if input.reset {
                 "its agent's counters restarted this tick".into()
             } else {
                 "its observer missed three reports (stale)".into()
             };
             // A gap: start the ZERO evidence again afterwards.
             hist.zero_e = 0.0;
-            return vv;
+            return judged;
         }
-        if m.draining {
+        if member.draining {
             hist.draining_recent.rotate_right(1);
-            hist.draining_recent[0] = v.new_conns;
+            hist.draining_recent[0] = input.new_conns;
             let recent: u64 = hist.draining_recent.iter().sum();
-            vv.window_observed = recent as f64;
+            judged.window_observed = recent as f64;
             if recent >= 3 {
-                vv.verdict = Verdict::DrainingViolation;
-                vv.reason = format!("draining, yet it got {recent} new connections in 10 ticks");
+                judged.verdict = Verdict::DrainingViolation;
+                judged.reason =
+                    format!("draining, yet it got {recent} new connections in 10 ticks");
             }
-            return vv;
+            return judged;
         }
-        judge_share(s, bounds, share_tick, hist, &v, &mut vv, tally);
-        vv
+        judge_share(s, bounds, share_tick, hist, &input, &mut judged, tally);
+        judged
     }
 
     /// Observed shares over the share window, for display and
@@ -927,15 +931,15 @@ fn judge_share(
     bounds: &Bounds,
     share_tick: &ShareTick,
     hist: &mut MemberHist,
-    v: &ViewInput,
-    vv: &mut ViewVerdict,
+    input: &ViewInput,
+    judged: &mut ViewVerdict,
     tally: &mut Tally,
 ) {
-    let e = share_tick.new_conns * vv.expected_share;
-    let o = v.new_conns as f64;
+    let e = share_tick.new_conns * judged.expected_share;
+    let o = input.new_conns as f64;
     // A member that was ZERO and receives again starts its windows
     // afresh: the dark ticks are the ZERO alert's, not a SKEW's.
-    if v.new_conns > 0 && hist.zero_e * bounds.zero_gain >= bounds.zero_bound {
+    if input.new_conns > 0 && hist.zero_e * bounds.zero_gain >= bounds.zero_bound {
         hist.len = 0;
     }
     hist.push(o, e);
@@ -944,33 +948,33 @@ fn judge_share(
         tally.dof += 1;
     }
     // ZERO evidence; a pool too quiet to judge accumulates none.
-    if v.new_conns == 0 {
+    if input.new_conns == 0 {
         if share_tick.judged_rate {
             hist.zero_e += e;
         }
-        if v.bytes_in + v.bytes_out > 0 {
+        if input.bytes_in + input.bytes_out > 0 {
             hist.zero_bytes = true;
         }
     } else {
         hist.zero_e = 0.0;
         hist.zero_bytes = false;
     }
-    vv.zero_expected = hist.zero_e;
+    judged.zero_expected = hist.zero_e;
     let zero_evidence = hist.zero_e * bounds.zero_gain;
     if zero_evidence >= bounds.zero_bound / 2.0 {
         tally.suspect = true;
     }
     let (ow, ew) = hist.sums(SHARE_WINDOW);
-    vv.window_observed = ow;
-    vv.window_expected = ew;
-    vv.ratio = if ew > 0.0 { ow / ew } else { 1.0 };
+    judged.window_observed = ow;
+    judged.window_expected = ew;
+    judged.ratio = if ew > 0.0 { ow / ew } else { 1.0 };
     tally.window.push((ow, ew));
     let best = strongest_skew(s, bounds, hist);
     if zero_evidence >= bounds.zero_bound {
-        vv.verdict = Verdict::Zero {
+        judged.verdict = Verdict::Zero {
             dark: !hist.zero_bytes,
         };
-        vv.reason = format!(
+        judged.reason = format!(
             "0 new connections while {:.1} were expected since its last one (P ≈ {:.1e}; {} )",
             hist.zero_e,
             (-zero_evidence).exp(),
@@ -980,13 +984,13 @@ fn judge_share(
                 "fully dark"
             }
         );
-        vv.z = -zero_evidence.sqrt();
+        judged.z = -zero_evidence.sqrt();
     } else if let Some((verdict, r, ow, z, ew)) = best {
         tally.suspect = true;
-        vv.verdict = verdict;
-        vv.ratio = r;
-        vv.z = z;
-        vv.reason = format!(
+        judged.verdict = verdict;
+        judged.ratio = r;
+        judged.z = z;
+        judged.reason = format!(
             "{:.0} new connections where {:.1} were expected ({:.2}× its share, z = {:.1}, dispersion {:.2})",
             ow, ew, r, z, bounds.phi
         );

@@ -313,22 +313,28 @@ fn index_endpoints(
     let mut serves: Index = FxHashMap::default();
     let mut sends: Index = FxHashMap::default();
     let mut node_addrs: Vec<BTreeSet<IpAddr>> = Vec::with_capacity(agents.len());
-    for (ai, a) in agents.iter().enumerate() {
+    for (agent_index, agent) in agents.iter().enumerate() {
         let mut addrs = BTreeSet::new();
-        for (ei, e) in a.endpoints.iter().enumerate() {
-            let k = (e.key.addr, e.key.port);
-            match e.key.dir {
+        for (endpoint_index, endpoint) in agent.endpoints.iter().enumerate() {
+            let key = (endpoint.key.addr, endpoint.key.port);
+            match endpoint.key.dir {
                 Dir::Serves => {
-                    serves.entry(k).or_default().push((ai, ei));
-                    if announceable(e.key.addr) {
-                        addrs.insert(e.key.addr);
-                        if let Some(svc) = &e.service {
-                            let addr = SocketAddr::new(e.key.addr, e.key.port);
-                            announce(drafts, declared, svc, [addr], ai);
+                    serves
+                        .entry(key)
+                        .or_default()
+                        .push((agent_index, endpoint_index));
+                    if announceable(endpoint.key.addr) {
+                        addrs.insert(endpoint.key.addr);
+                        if let Some(svc) = &endpoint.service {
+                            let addr = SocketAddr::new(endpoint.key.addr, endpoint.key.port);
+                            announce(drafts, declared, svc, [addr], agent_index);
                         }
                     }
                 }
-                Dir::SendsTo => sends.entry(k).or_default().push((ai, ei)),
+                Dir::SendsTo => sends
+                    .entry(key)
+                    .or_default()
+                    .push((agent_index, endpoint_index)),
             }
         }
         node_addrs.push(addrs);
@@ -347,49 +353,56 @@ fn announce_listeners(
     drafts: &mut Drafts,
 ) {
     let mut dark: Vec<(usize, &ListenerInfo)> = Vec::new();
-    for (ai, a) in agents.iter().enumerate() {
-        for l in a.listeners.iter().filter(|l| !l.service.is_empty()) {
-            let targets: Vec<IpAddr> = if l.addr.is_unspecified() {
-                let seen: Vec<IpAddr> = node_addrs[ai]
+    for (agent_index, agent) in agents.iter().enumerate() {
+        for listener in agent.listeners.iter().filter(|l| !l.service.is_empty()) {
+            let targets: Vec<IpAddr> = if listener.addr.is_unspecified() {
+                let seen: Vec<IpAddr> = node_addrs[agent_index]
                     .iter()
                     .copied()
-                    .filter(|x| l.addr.is_ipv6() || x.is_ipv4())
+                    .filter(|x| listener.addr.is_ipv6() || x.is_ipv4())
                     .collect();
                 if seen.is_empty() {
-                    dark.push((ai, l));
+                    dark.push((agent_index, listener));
                 }
                 seen
-            } else if announceable(l.addr) {
-                vec![l.addr]
+            } else if announceable(listener.addr) {
+                vec![listener.addr]
             } else {
                 vec![]
             };
-            let addrs = targets.into_iter().map(|t| SocketAddr::new(t, l.port));
-            announce(drafts, declared, &l.service, addrs, ai);
+            let addrs = targets
+                .into_iter()
+                .map(|t| SocketAddr::new(t, listener.port));
+            announce(drafts, declared, &listener.service, addrs, agent_index);
         }
     }
-    for (ai, l) in dark {
-        let known = drafts.get(&l.service).into_iter().flat_map(|p| p.keys());
-        let targets = dark_targets(&agents[ai].addresses, l, known);
-        let addrs = targets.into_iter().map(|t| SocketAddr::new(t, l.port));
-        announce(drafts, declared, &l.service, addrs, ai);
+    for (agent_index, listener) in dark {
+        let known = drafts
+            .get(&listener.service)
+            .into_iter()
+            .flat_map(|p| p.keys());
+        let targets = dark_targets(&agents[agent_index].addresses, listener, known);
+        let addrs = targets
+            .into_iter()
+            .map(|t| SocketAddr::new(t, listener.port));
+        announce(drafts, declared, &listener.service, addrs, agent_index);
     }
 }
 
 /// The pool file's and Kubernetes' members: their weight, expectation,
 /// node, Pod and zone override what announcing said.
 fn add_declared(declared: &Declared, drafts: &mut Drafts) {
-    for (name, dp) in &declared.pools {
+    for (name, declared_pool) in &declared.pools {
         let pool = drafts.entry(name.clone()).or_default();
-        for m in &dp.members {
-            let d = pool.entry(m.addr).or_default();
-            d.weight = Some(m.weight);
-            d.expect = m.expect.clone();
-            d.source.file |= m.source.file;
-            d.source.kubernetes |= m.source.kubernetes;
-            d.node.clone_from(&m.node);
-            d.pod.clone_from(&m.pod);
-            d.zone.clone_from(&m.zone);
+        for member in &declared_pool.members {
+            let draft = pool.entry(member.addr).or_default();
+            draft.weight = Some(member.weight);
+            draft.expect = member.expect.clone();
+            draft.source.file |= member.source.file;
+            draft.source.kubernetes |= member.source.kubernetes;
+            draft.node.clone_from(&member.node);
+            draft.pod.clone_from(&member.pod);
+            draft.zone.clone_from(&member.zone);
         }
     }
 }
@@ -427,7 +440,7 @@ impl Seen<'_> {
             sends,
             ..
         } = self;
-        let dp = declared.pools.get(name);
+        let declared_pool = declared.pools.get(name);
         let (lb_idx, lb_nodes, lb_missing) = load_balancers(
             agents,
             node_index,
@@ -435,7 +448,7 @@ impl Seen<'_> {
             lb_mark,
             stamp,
             members.keys(),
-            dp.map_or(&LbNodes::Senders, |p| &p.lb_nodes),
+            declared_pool.map_or(&LbNodes::Senders, |p| &p.lb_nodes),
         );
         let lbs = PoolLbs {
             fresh: lb_idx.iter().any(|&i| agents[i].fresh),
@@ -460,8 +473,8 @@ impl Seen<'_> {
             },
             unjudged,
             lb_nodes,
-            kubernetes: dp.and_then(|p| p.kubernetes.clone()),
-            note: dp.and_then(|p| p.note.clone()),
+            kubernetes: declared_pool.and_then(|p| p.kubernetes.clone()),
+            note: declared_pool.and_then(|p| p.note.clone()),
         }
     }
 

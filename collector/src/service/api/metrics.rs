@@ -333,10 +333,10 @@ fn member_views(out: &mut String, members: &[(String, &v1::Member)]) {
     ];
     for (name, text, f) in per_view {
         help(out, name, "gauge", text);
-        for (l, m) in members {
-            for (view, v) in [("server", &m.server_view), ("lb", &m.lb_view)] {
+        for (labels, member) in members {
+            for (view, v) in [("server", &member.server_view), ("lb", &member.lb_view)] {
                 if let Some(v) = v {
-                    let _ = writeln!(out, "{name}{{{l},view=\"{view}\"}} {}", f(v));
+                    let _ = writeln!(out, "{name}{{{labels},view=\"{view}\"}} {}", f(v));
                 }
             }
         }
@@ -351,12 +351,12 @@ fn member_verdicts(out: &mut String, members: &[(String, &v1::Member)]) {
         "gauge",
         "1 for the member's current verdict in each view (label verdict).",
     );
-    for (l, m) in members {
-        for (view, v) in [("server", &m.server_view), ("lb", &m.lb_view)] {
+    for (labels, member) in members {
+        for (view, v) in [("server", &member.server_view), ("lb", &member.lb_view)] {
             if let Some(v) = v {
                 let _ = writeln!(
                     out,
-                    "evenflow_member_verdict{{{l},view=\"{view}\",verdict=\"{}\"}} 1",
+                    "evenflow_member_verdict{{{labels},view=\"{view}\",verdict=\"{}\"}} 1",
                     verdict_name(v.verdict)
                 );
             }
@@ -373,8 +373,8 @@ fn member_load_verdicts(out: &mut String, members: &[(String, &v1::Member)]) {
         "gauge",
         "1 for the member's load verdict per view and signal (active_connections, bytes), with its cause (routing, pinned) and severity (page, warning, none).",
     );
-    for (l, m) in members {
-        for (view, v) in [("server", &m.server_view), ("lb", &m.lb_view)] {
+    for (labels, member) in members {
+        for (view, v) in [("server", &member.server_view), ("lb", &member.lb_view)] {
             let Some(v) = v else { continue };
             for (signal, share) in [("active_connections", &v.active), ("bytes", &v.bytes)] {
                 let Some(share) = share else { continue };
@@ -389,7 +389,7 @@ fn member_load_verdicts(out: &mut String, members: &[(String, &v1::Member)]) {
                 };
                 let _ = writeln!(
                     out,
-                    "evenflow_member_load_verdict{{{l},view=\"{view}\",signal=\"{signal}\",verdict=\"{}\",cause=\"{}\",severity=\"{severity}\"}} 1",
+                    "evenflow_member_load_verdict{{{labels},view=\"{view}\",signal=\"{signal}\",verdict=\"{}\",cause=\"{}\",severity=\"{severity}\"}} 1",
                     verdict_name(share.verdict),
                     cause_name(share.cause)
                 );
@@ -438,11 +438,11 @@ fn member_info(out: &mut String, members: &[(String, &v1::Member)]) {
         "gauge",
         "CPU utilisation of the member's node, 0..1.",
     );
-    for (l, m) in members {
+    for (labels, member) in members {
         let _ = writeln!(
             out,
-            "evenflow_member_cpu_utilization{{{l}}} {}",
-            m.cpu_utilization
+            "evenflow_member_cpu_utilization{{{labels}}} {}",
+            member.cpu_utilization
         );
     }
     help(
@@ -451,19 +451,19 @@ fn member_info(out: &mut String, members: &[(String, &v1::Member)]) {
         "gauge",
         "1 per member, labelled with its state, source and node, and in Kubernetes pools its Pod and zone (join on pool and member).",
     );
-    for (l, m) in members {
-        let state = v1::MemberState::try_from(m.state).map_or("serving", |s| match s {
+    for (labels, member) in members {
+        let state = v1::MemberState::try_from(member.state).map_or("serving", |s| match s {
             v1::MemberState::Draining => "draining",
             v1::MemberState::NotReady => "not_ready",
             _ => "serving",
         });
         let _ = writeln!(
             out,
-            "evenflow_member_info{{{l},state=\"{state}\",source=\"{}\",node=\"{}\",pod=\"{}\",zone=\"{}\"}} 1",
-            esc(&m.source),
-            esc(&m.node_name),
-            esc(&m.pod),
-            esc(&m.zone)
+            "evenflow_member_info{{{labels},state=\"{state}\",source=\"{}\",node=\"{}\",pod=\"{}\",zone=\"{}\"}} 1",
+            esc(&member.source),
+            esc(&member.node_name),
+            esc(&member.pod),
+            esc(&member.zone)
         );
     }
 }

@@ -27,23 +27,23 @@ impl AgentState {
         out.endpoints.clear();
         out.endpoints.reserve(self.endpoints.len());
         let covered = std::mem::take(&mut self.covered);
-        for (k, s) in &mut self.endpoints {
-            let p = std::mem::take(&mut s.pending);
+        for (key, state) in &mut self.endpoints {
+            let pending = std::mem::take(&mut state.pending);
             if covered > 0.0 {
-                s.rate = Some([
-                    p.conns as f64 / covered,
-                    p.bytes_in as f64 / covered,
-                    p.bytes_out as f64 / covered,
+                state.rate = Some([
+                    pending.conns as f64 / covered,
+                    pending.bytes_in as f64 / covered,
+                    pending.bytes_out as f64 / covered,
                 ]);
             }
             let mut delta = Delta::default();
-            if let Some(r) = s.rate {
+            if let Some(rate) = state.rate {
                 let mut emit = [0u64; 3];
                 for i in 0..3 {
-                    s.carry[i] += r[i] * tick;
-                    let e = s.carry[i].floor().max(0.0);
-                    s.carry[i] -= e;
-                    emit[i] = e as u64;
+                    state.carry[i] += rate[i] * tick;
+                    let whole = state.carry[i].floor().max(0.0);
+                    state.carry[i] -= whole;
+                    emit[i] = whole as u64;
                 }
                 delta = Delta {
                     conns: emit[0],
@@ -52,14 +52,14 @@ impl AgentState {
                 };
             }
             out.endpoints.push(TickEndpoint {
-                key: *k,
-                service: s.service.clone(),
+                key: *key,
+                service: state.service.clone(),
                 delta,
-                rate: s.rate.unwrap_or_default(),
-                total: s.total,
-                cumulative: s.opened,
-                reset: std::mem::take(&mut s.reset) || s.rate.is_none(),
-                active: s.active,
+                rate: state.rate.unwrap_or_default(),
+                total: state.total,
+                cumulative: state.opened,
+                reset: std::mem::take(&mut state.reset) || state.rate.is_none(),
+                active: state.active,
             });
         }
         if out.listeners != self.listeners {

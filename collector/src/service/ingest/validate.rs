@@ -42,9 +42,9 @@ fn dir_of(d: i32) -> Option<Dir> {
 /// Checks that a report names its agent: node name, run and sequence.
 /// Without them the collector cannot tell whose report it rejects, so the
 /// stream ends; any other fault rejects just that report.
-pub fn validate_identity(r: &AgentReport) -> Result<(), InvalidReport> {
+pub fn validate_identity(report: &AgentReport) -> Result<(), InvalidReport> {
     let bad = |s: String| Err(InvalidReport(s));
-    let node = r.node_name.as_str();
+    let node = report.node_name.as_str();
     if node.trim().is_empty() {
         return bad(
             "report has an empty node_name: start the agent with --node-name NAME (or a host name)"
@@ -57,12 +57,12 @@ pub fn validate_identity(r: &AgentReport) -> Result<(), InvalidReport> {
             node.chars().take(64).collect::<String>()
         ));
     }
-    if r.agent_run == 0 {
+    if report.agent_run == 0 {
         return bad(format!(
             "report from {node} has agent_run 0: the run id must be non-zero (random per agent start)"
         ));
     }
-    if r.sequence == 0 {
+    if report.sequence == 0 {
         return bad(format!(
             "report from {node} has sequence 0: sequences start at 1 within a run"
         ));
@@ -90,79 +90,83 @@ pub fn validate(report: &AgentReport, out: &mut Parsed) -> Result<(), InvalidRep
 }
 
 /// The report's scalar fields and sizes within bounds.
-fn validate_limits(r: &AgentReport) -> Result<(), InvalidReport> {
+fn validate_limits(report: &AgentReport) -> Result<(), InvalidReport> {
     let bad = |s: String| Err(InvalidReport(s));
-    let node = r.node_name.as_str();
-    if !(r.interval_seconds.is_finite() && (0.0..=3600.0).contains(&r.interval_seconds)) {
+    let node = report.node_name.as_str();
+    if !(report.interval_seconds.is_finite() && (0.0..=3600.0).contains(&report.interval_seconds)) {
         return bad(format!(
             "report from {node} has interval_seconds {}: it must be between 0 and 3600 (the agent's --interval)",
-            r.interval_seconds
+            report.interval_seconds
         ));
     }
-    if let Some(c) = &r.cpu
-        && !(c.utilization.is_finite() && (0.0..=1.0001).contains(&c.utilization))
+    if let Some(cpu) = &report.cpu
+        && !(cpu.utilization.is_finite() && (0.0..=1.0001).contains(&cpu.utilization))
     {
         return bad(format!(
             "report from {node} has cpu.utilization {}: it must be a fraction between 0 and 1",
-            c.utilization
+            cpu.utilization
         ));
     }
-    if r.endpoints.len() > MAX_ENDPOINTS {
+    if report.endpoints.len() > MAX_ENDPOINTS {
         return bad(format!(
             "report from {node} has {} endpoints, more than the collector's limit of {MAX_ENDPOINTS}: lower the agent's map size",
-            r.endpoints.len()
+            report.endpoints.len()
         ));
     }
-    if r.listeners.len() > MAX_LISTENERS {
+    if report.listeners.len() > MAX_LISTENERS {
         return bad(format!(
             "report from {node} has {} listeners, more than the limit of {MAX_LISTENERS}",
-            r.listeners.len()
+            report.listeners.len()
         ));
     }
     Ok(())
 }
 
 /// Endpoint `index` of `node`'s report, checked, as its key.
-fn parse_endpoint(node: &str, index: usize, e: &v1::Endpoint) -> Result<EpKey, InvalidReport> {
+fn parse_endpoint(
+    node: &str,
+    index: usize,
+    endpoint: &v1::Endpoint,
+) -> Result<EpKey, InvalidReport> {
     let bad = |s: String| Err(InvalidReport(s));
-    let Ok(addr) = e.address.parse::<IpAddr>() else {
+    let Ok(addr) = endpoint.address.parse::<IpAddr>() else {
         return bad(format!(
             "report from {node}: endpoint {index} has address {:?}, which is not an IP address (write \"10.0.0.11\" or \"fd00::11\")",
-            e.address.chars().take(64).collect::<String>()
+            endpoint.address.chars().take(64).collect::<String>()
         ));
     };
     let addr = canonical(addr);
-    if e.port == 0 || e.port > 65535 {
+    if endpoint.port == 0 || endpoint.port > 65535 {
         return bad(format!(
             "report from {node}: endpoint {addr} has port {}, outside 1..=65535",
-            e.port
+            endpoint.port
         ));
     }
-    let Some(dir) = dir_of(e.direction) else {
+    let Some(dir) = dir_of(endpoint.direction) else {
         return bad(format!(
             "report from {node}: endpoint {addr}:{} has no direction: set SERVES or SENDS_TO",
-            e.port
+            endpoint.port
         ));
     };
-    if let Some(t) = &e.totals
-        && (t.conns_closed > t.conns_opened.saturating_add(1 << 40))
+    if let Some(totals) = &endpoint.totals
+        && (totals.conns_closed > totals.conns_opened.saturating_add(1 << 40))
     {
         return bad(format!(
             "report from {node}: endpoint {addr}:{} closed {} connections but opened only {}: absurd totals",
-            e.port, t.conns_closed, t.conns_opened
+            endpoint.port, totals.conns_closed, totals.conns_opened
         ));
     }
-    if e.service.len() > 256 {
+    if endpoint.service.len() > 256 {
         return bad(format!(
             "report from {node}: endpoint {addr}:{} has a service label longer than 256 bytes",
-            e.port
+            endpoint.port
         ));
     }
     Ok(EpKey {
         addr,
-        port: e.port as u16,
+        port: endpoint.port as u16,
         dir,
-        proto: e.protocol,
+        proto: endpoint.protocol,
     })
 }
 
@@ -189,37 +193,37 @@ fn reject_duplicate_endpoints(
 fn parse_listener(
     node: &str,
     index: usize,
-    l: &v1::Listener,
+    listener: &v1::Listener,
 ) -> Result<(IpAddr, u16), InvalidReport> {
-    let Ok(addr) = l.address.parse::<IpAddr>() else {
+    let Ok(addr) = listener.address.parse::<IpAddr>() else {
         return Err(InvalidReport(format!(
             "report from {node}: listener {index} has address {:?}, which is not an IP address",
-            l.address.chars().take(64).collect::<String>()
+            listener.address.chars().take(64).collect::<String>()
         )));
     };
-    if l.port == 0 || l.port > 65535 {
+    if listener.port == 0 || listener.port > 65535 {
         return Err(InvalidReport(format!(
             "report from {node}: listener {addr} has port {}, outside 1..=65535",
-            l.port
+            listener.port
         )));
     }
-    Ok((canonical(addr), l.port as u16))
+    Ok((canonical(addr), listener.port as u16))
 }
 
 /// The node's own addresses, canonical, sorted and without duplicates.
-fn parse_node_addresses(r: &AgentReport, out: &mut Vec<IpAddr>) -> Result<(), InvalidReport> {
-    let node = r.node_name.as_str();
-    if r.node_addresses.len() > MAX_LISTENERS {
+fn parse_node_addresses(report: &AgentReport, out: &mut Vec<IpAddr>) -> Result<(), InvalidReport> {
+    let node = report.node_name.as_str();
+    if report.node_addresses.len() > MAX_LISTENERS {
         return Err(InvalidReport(format!(
             "report from {node} has {} node addresses, more than the limit of {MAX_LISTENERS}",
-            r.node_addresses.len()
+            report.node_addresses.len()
         )));
     }
-    for a in &r.node_addresses {
-        let Ok(addr) = a.parse::<IpAddr>() else {
+    for address in &report.node_addresses {
+        let Ok(addr) = address.parse::<IpAddr>() else {
             return Err(InvalidReport(format!(
                 "report from {node}: node address {:?} is not an IP address",
-                a.chars().take(64).collect::<String>()
+                address.chars().take(64).collect::<String>()
             )));
         };
         out.push(canonical(addr));
