@@ -2,10 +2,11 @@
 
 use std::fmt::Write as _;
 
-use evenflow_proto::v1;
+use evenflow_proto::{names, v1};
 use serde_json::{Value, json};
 
-/// Short upper-case name of a verdict, as people say it.
+/// Short upper-case name of a verdict, as people say it: the API's names
+/// but for NO_DATA, which a person reads as "STALE" (the alert it raises).
 pub fn verdict(v: i32) -> &'static str {
     match v1::Verdict::try_from(v) {
         Ok(v1::Verdict::Ok) => "OK",
@@ -31,37 +32,31 @@ pub fn member_state(s: i32) -> &'static str {
     }
 }
 
-pub fn alert_kind(k: i32) -> &'static str {
-    match v1::AlertKind::try_from(k) {
-        Ok(v1::AlertKind::Zero) => "ZERO",
-        Ok(v1::AlertKind::Skew) => "SKEW",
-        Ok(v1::AlertKind::Concentration) => "CONCENTRATION",
-        Ok(v1::AlertKind::Stale) => "STALE",
-        Ok(v1::AlertKind::Hot) => "HOT",
-        Ok(v1::AlertKind::Mismatch) => "MISMATCH",
-        Ok(v1::AlertKind::DrainingViolation) => "DRAINING_VIOLATION",
-        Ok(v1::AlertKind::InsufficientTraffic) => "INSUFFICIENT_TRAFFIC",
-        _ => "-",
+/// The names below are the API's (`evenflow_proto::names`, as the
+/// collector's /metrics and webhooks spell them), with "-" for a value the
+/// message leaves unset.
+fn or_dash(set: bool, name: &'static str) -> &'static str {
+    if set && !name.is_empty() && name != "UNSPECIFIED" {
+        name
+    } else {
+        "-"
     }
 }
 
-/// What a verdict or alert is about, as metric labels say it.
-pub fn signal(s: i32) -> &'static str {
-    match v1::Signal::try_from(s) {
-        Ok(v1::Signal::NewConnections) => "new_connections",
-        Ok(v1::Signal::ActiveConnections) => "active_connections",
-        Ok(v1::Signal::Bytes) => "bytes",
-        _ => "-",
-    }
+/// "ZERO", "DRAINING_VIOLATION", ...
+pub fn alert_kind(kind: i32) -> &'static str {
+    or_dash(kind != 0, names::alert_kind_name(kind))
 }
 
-/// Routing or pinned.
-pub fn cause(c: i32) -> &'static str {
-    match v1::Cause::try_from(c) {
-        Ok(v1::Cause::Routing) => "routing",
-        Ok(v1::Cause::Pinned) => "pinned",
-        _ => "-",
-    }
+/// What a verdict or alert is about: "new_connections",
+/// "active_connections", "bytes".
+pub fn signal(signal: i32) -> &'static str {
+    or_dash(signal != 0, names::signal_name(signal))
+}
+
+/// "routing" or "pinned".
+pub fn cause(cause: i32) -> &'static str {
+    or_dash(cause != 0, names::cause_name(cause))
 }
 
 /// A member's worst load finding in a few words: "ZERO! conns pinned"
@@ -95,20 +90,14 @@ pub fn load_share(s: &Option<v1::LoadShare>) -> f64 {
     s.as_ref().map_or(0.0, |s| s.observed_share)
 }
 
-pub fn view(v: i32) -> &'static str {
-    match v1::View::try_from(v) {
-        Ok(v1::View::Server) => "server",
-        Ok(v1::View::Lb) => "lb",
-        _ => "-",
-    }
+/// "server" or "lb".
+pub fn view(view: i32) -> &'static str {
+    or_dash(view != 0, names::view_name(view))
 }
 
-pub fn severity(s: i32) -> &'static str {
-    match v1::Severity::try_from(s) {
-        Ok(v1::Severity::Page) => "page",
-        Ok(v1::Severity::Warning) => "warning",
-        _ => "-",
-    }
+/// "page" or "warning".
+pub fn severity(severity: i32) -> &'static str {
+    or_dash(severity != 0, names::severity_name(severity))
 }
 
 /// `address:port`, bracketing IPv6.
