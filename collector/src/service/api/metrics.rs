@@ -497,7 +497,7 @@ fn member_addr(member: &v1::Member) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, u16::try_from(member.port).ok()?))
 }
 
-/// "address:port" ("[v6]:port" for IPv6).
+/// "address:port" (`[v6]:port` for IPv6).
 pub fn member_id(m: &v1::Member) -> String {
     if m.address.contains(':') {
         format!("[{}]:{}", m.address, m.port)
