@@ -269,7 +269,10 @@ fn alert_rules_pass_promtool() {
 /// Metric names the agent and collector export (from their sources).
 fn exported() -> Vec<String> {
     let mut names = Vec::new();
-    for f in ["agent/src/metrics.rs", "collector/src/service/metrics.rs"] {
+    for f in [
+        "agent/src/metrics.rs",
+        "collector/src/service/api/metrics.rs",
+    ] {
         let text = std::fs::read_to_string(root().join(f)).expect(f);
         for (i, _) in text.match_indices("evenflow_") {
             let name: String = text[i..]
