@@ -369,28 +369,28 @@ impl Datapath {
             ..Stats::default()
         };
         for (i, slot) in stats.slots.iter_mut().enumerate() {
-            let per_cpu = self
-                .stats
-                .get(&(i as u32), 0)
-                .with_context(|| format!("reading EF_STATS[{i}]"))?;
-            *slot = per_cpu.iter().fold(0u64, |a, v| a.wrapping_add(*v));
+            *slot = self.stat_total(i as u32)?;
         }
         Ok(stats)
     }
 }
 
 impl Datapath {
-    /// Whether the flow map holds any connection (registered minus ended).
+    /// Statistic `slot` of `EF_STATS`, summed over the CPUs.
+    fn stat_total(&self, slot: u32) -> Result<u64> {
+        let per_cpu = self
+            .stats
+            .get(&slot, 0)
+            .with_context(|| format!("reading EF_STATS[{slot}]"))?;
+        Ok(per_cpu.iter().fold(0u64, |a, v| a.wrapping_add(*v)))
+    }
+
+    /// Whether the flow map holds any connection: registered minus ended,
+    /// as [`Stats::live_flows`] counts them.
     fn flows_tracked(&self) -> Result<bool> {
-        let slot = |stat: agent_common::Stat| -> Result<u64> {
-            let per_cpu = self
-                .stats
-                .get(&(stat as u32), 0)
-                .with_context(|| format!("reading EF_STATS[{}]", stat as u32))?;
-            Ok(per_cpu.iter().fold(0u64, |a, v| a.wrapping_add(*v)))
-        };
-        let inserted = slot(agent_common::Stat::FlowInserted)?;
-        Ok(inserted.wrapping_sub(slot(agent_common::Stat::FlowDeleted)?) != 0)
+        let inserted = self.stat_total(agent_common::Stat::FlowInserted as u32)?;
+        let deleted = self.stat_total(agent_common::Stat::FlowDeleted as u32)?;
+        Ok(inserted.saturating_sub(deleted) != 0)
     }
 }
 
