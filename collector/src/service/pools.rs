@@ -154,8 +154,9 @@ pub struct PoolTick {
     /// Members listed but not judged (sorted by address).
     pub unjudged: Vec<Unjudged>,
     /// Load balancer nodes (declared or seen), sorted; the agents' own
-    /// names, shared.
-    pub lb_nodes: Vec<Arc<str>>,
+    /// names, shared, and the same list from tick to tick while the pool's
+    /// plan holds.
+    pub lb_nodes: Arc<[Arc<str>]>,
     /// The Kubernetes Service port it stands for.
     pub kubernetes: Option<Arc<KubeService>>,
     /// Said with the pool's verdict.
@@ -261,6 +262,109 @@ pub fn build(
     tick: u64,
     threads: Threads,
 ) -> Vec<PoolTick> {
+    plan(agents, declared, threads).assemble(agents, tick, threads)
+}
+
+/// The pools stage across ticks: the plan it last made and what it made
+/// it from. A plan depends only on the agents' layouts and the declared
+/// pools, which rarely change, so most ticks only read the agents' counts
+/// through the plan they already have.
+#[derive(Default)]
+pub struct Builder {
+    last: Option<(PlanKey, Plan)>,
+}
+
+/// What a plan was made from: every agent's layout number, in the order
+/// of the agents (sorted by node name), and the declared pools (kept, so
+/// their address is not reused by other pools while compared).
+struct PlanKey {
+    layouts: Vec<u64>,
+    declared: Arc<Declared>,
+}
+
+impl PlanKey {
+    fn new(agents: &[AgentTick], declared: Arc<Declared>) -> Self {
+        Self {
+            layouts: agents.iter().map(|agent| agent.layout).collect(),
+            declared,
+        }
+    }
+
+    /// Whether a plan made from `self` holds for these agents and pools.
+    fn holds(&self, agents: &[AgentTick], declared: &Arc<Declared>) -> bool {
+        Arc::ptr_eq(&self.declared, declared)
+            && self.layouts.iter().copied().eq(agents.iter().map(|a| a.layout))
+    }
+}
+
+impl Builder {
+    /// As [`build`], planning anew only when an agent's layout or the
+    /// declared pools changed since the last call.
+    pub fn build(
+        &mut self,
+        agents: &[AgentTick],
+        declared: Arc<Declared>,
+        tick: u64,
+        threads: Threads,
+    ) -> Vec<PoolTick> {
+        let plan = match self.last.take() {
+            Some((key, plan)) if key.holds(agents, &declared) => (key, plan),
+            _ => (
+                PlanKey::new(agents, declared.clone()),
+                plan(agents, &declared, threads),
+            ),
+        };
+        let (_, plan) = self.last.insert(plan);
+        plan.assemble(agents, tick, threads)
+    }
+}
+
+/// Every pool as the agents' layouts and the declared pools make it: its
+/// members and, per member, which agents' endpoints are its views. Agents
+/// are referred to by their index in the (sorted) agents it was made from.
+pub struct Plan {
+    pools: Vec<PoolPlan>,
+}
+
+/// One pool of a [`Plan`].
+struct PoolPlan {
+    name: Arc<str>,
+    members: Vec<MemberPlan>,
+    /// Its load balancer agents.
+    lb_agents: Vec<usize>,
+    /// Their node names (or the declared ones), sorted.
+    lb_nodes: Arc<[Arc<str>]>,
+    /// The pool has load balancers (seen or declared): its members have
+    /// an LB view.
+    lb_present: bool,
+    kubernetes: Option<Arc<KubeService>>,
+    note: Option<Arc<str>>,
+}
+
+/// One member of a [`PoolPlan`].
+struct MemberPlan {
+    addr: SocketAddr,
+    /// Its detector id, "address:port".
+    id: String,
+    weight: f64,
+    expect: Expect,
+    source: Source,
+    node: Arc<str>,
+    pod: Option<Arc<str>>,
+    zone: Option<Arc<str>>,
+    /// Agents that observe its server side (sorted); it has a server view
+    /// when there is one.
+    observers: Vec<usize>,
+    /// The first observer by node name: its CPU is the member's.
+    first: Option<usize>,
+    /// SERVES endpoints of its address and port: (agent, endpoint).
+    serving: Vec<(usize, usize)>,
+    /// SENDS_TO endpoints towards it of the pool's load balancers.
+    sending: Vec<(usize, usize)>,
+}
+
+/// Plans the pools of `agents` (sorted by node name) and `declared`.
+pub fn plan(agents: &[AgentTick], declared: &Declared, threads: Threads) -> Plan {
     let mut drafts: Drafts = BTreeMap::new();
     let (serves, sends, node_addrs) = index_endpoints(agents, declared, &mut drafts);
     announce_listeners(agents, declared, &node_addrs, &mut drafts);
@@ -282,24 +386,32 @@ pub fn build(
         serves,
         sends,
     };
-    // Each pool is assembled on its own from what the agents reported:
+    // Each pool is planned on its own from what the agents reported:
     // spread over the tick's threads, each with its own LB marks.
     let mut drafts: Vec<(Arc<str>, BTreeMap<SocketAddr, Draft>)> = drafts.into_iter().collect();
-    threads.map_with(
+    let pools = threads.map_with(
         &mut drafts,
         |(_, members)| members.len(),
         || vec![usize::MAX; agents.len()],
         |lb_mark, stamp, (name, members)| {
-            seen.pool(
-                declared,
-                lb_mark,
-                stamp,
-                name,
-                std::mem::take(members),
-                tick,
-            )
+            seen.pool(declared, lb_mark, stamp, name, std::mem::take(members))
         },
-    )
+    );
+    Plan { pools }
+}
+
+impl Plan {
+    /// This tick's pools: each member's views summed from the agents'
+    /// counts (`agents` as the plan was made from), spread over the tick's
+    /// threads.
+    pub fn assemble(&self, agents: &[AgentTick], tick: u64, threads: Threads) -> Vec<PoolTick> {
+        let mut pools: Vec<&PoolPlan> = self.pools.iter().collect();
+        threads.map(
+            &mut pools,
+            |pool| pool.members.len(),
+            |_, pool| pool.assemble(agents, tick),
+        )
+    }
 }
 
 /// Indexes every endpoint by (address, port) and direction, announces the
@@ -407,7 +519,7 @@ fn add_declared(declared: &Declared, drafts: &mut Drafts) {
     }
 }
 
-/// What every pool of a tick is assembled from: the agents and their
+/// What every pool of a plan is made from: the agents and their
 /// endpoints indexed by address and port.
 struct Seen<'a> {
     /// The agents, sorted by node name.
@@ -421,10 +533,10 @@ struct Seen<'a> {
 }
 
 impl Seen<'_> {
-    /// One pool: its members' views, meta and the unjudged, from its
-    /// drafts. `lb_mark[i] == stamp` marks the pool's LB agents while it
-    /// is assembled (`stamp` is the pool's number, so marks need no
-    /// clearing between pools).
+    /// One pool's plan: its load balancers, and its members with the
+    /// endpoints of their views, from its drafts. `lb_mark[i] == stamp`
+    /// marks the pool's LB agents while it is planned (`stamp` is the
+    /// pool's number, so marks need no clearing between pools).
     fn pool(
         &self,
         declared: &Declared,
@@ -432,57 +544,38 @@ impl Seen<'_> {
         stamp: usize,
         name: &Arc<str>,
         members: BTreeMap<SocketAddr, Draft>,
-        tick: u64,
-    ) -> PoolTick {
-        let Self {
-            agents,
-            node_index,
-            sends,
-            ..
-        } = self;
+    ) -> PoolPlan {
         let declared_pool = declared.pools.get(name);
-        let (lb_idx, lb_nodes, lb_missing) = load_balancers(
-            agents,
-            node_index,
-            sends,
+        let (lb_agents, lb_nodes, lb_missing) = load_balancers(
+            self.agents,
+            &self.node_index,
+            &self.sends,
             lb_mark,
             stamp,
             members.keys(),
             declared_pool.map_or(&LbNodes::Senders, |p| &p.lb_nodes),
         );
-        let lbs = PoolLbs {
-            fresh: lb_idx.iter().any(|&i| agents[i].fresh),
-            reset: lb_idx.iter().any(|&i| agents[i].fresh && agents[i].reset),
-            present: !lb_idx.is_empty() || lb_missing,
-            mark: lb_mark,
-            stamp,
-        };
-        let mut judged = Vec::with_capacity(members.len());
-        let mut unjudged = Vec::new();
-        for (addr, draft) in members {
-            match self.member(&lbs, addr, draft) {
-                Assembled::Judged(member) => judged.push(member),
-                Assembled::Unjudged(member) => unjudged.push(member),
-            }
-        }
-        PoolTick {
-            input: PoolInput {
-                name: String::from(&**name),
-                tick,
-                members: judged,
-            },
-            unjudged,
-            lb_nodes,
+        let lb_present = !lb_agents.is_empty() || lb_missing;
+        let members = (members.into_iter())
+            .map(|(addr, draft)| self.member(lb_mark, stamp, addr, draft))
+            .collect();
+        PoolPlan {
+            name: name.clone(),
+            members,
+            lb_agents,
+            lb_nodes: lb_nodes.into(),
+            lb_present,
             kubernetes: declared_pool.and_then(|p| p.kubernetes.clone()),
             note: declared_pool.and_then(|p| p.note.clone()),
         }
     }
 
-    /// One member of a pool: its server view (every agent serving its
-    /// address:port, plus the agents that announced it and the agent of the
-    /// node its source names), its LB view (the pool's fresh load
-    /// balancers), and its facts.
-    fn member(&self, lbs: &PoolLbs<'_>, addr: SocketAddr, draft: Draft) -> Assembled {
+    /// One member of a pool: the agents that observe its server side
+    /// (every agent serving its address:port, plus the agents that
+    /// announced it and the agent of the node its source names), the
+    /// endpoints of its server view and of its LB view (the pool's load
+    /// balancers, marked `stamp` in `lb_mark`), and its facts.
+    fn member(&self, lb_mark: &[usize], stamp: usize, addr: SocketAddr, draft: Draft) -> MemberPlan {
         let Self {
             agents,
             node_index,
@@ -490,23 +583,84 @@ impl Seen<'_> {
             sends,
         } = self;
         let key = (addr.ip(), addr.port());
-        let eps = serves.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+        let serving = serves.get(&key).cloned().unwrap_or_default();
         let mut observers: Vec<usize> = draft.announcers.iter().copied().collect();
-        observers.extend(eps.iter().map(|&(ai, _)| ai));
+        observers.extend(serving.iter().map(|&(ai, _)| ai));
         if let Some(&i) = draft.node.as_deref().and_then(|n| node_index.get(n)) {
             observers.push(i);
         }
         observers.sort_unstable();
         observers.dedup();
+        let sending = (sends.get(&key).map(Vec::as_slice).unwrap_or(&[]).iter())
+            .filter(|&&(ai, _)| lb_mark[ai] == stamp)
+            .copied()
+            .collect();
+        let first = (observers.iter().copied()).min_by(|&a, &b| agents[a].node.cmp(&agents[b].node));
+        let node = match (&draft.node, first) {
+            (Some(n), _) => n.clone(),
+            (None, Some(i)) => agents[i].node.clone(),
+            (None, None) => Arc::from(""),
+        };
+        MemberPlan {
+            addr,
+            id: addr.to_string(),
+            weight: draft.weight.unwrap_or(1.0),
+            expect: draft.expect,
+            source: draft.source,
+            node,
+            pod: draft.pod,
+            zone: draft.zone,
+            observers,
+            first,
+            serving,
+            sending,
+        }
+    }
+}
+
+impl PoolPlan {
+    /// The pool this tick, from the agents' counts.
+    fn assemble(&self, agents: &[AgentTick], tick: u64) -> PoolTick {
+        let lbs = PoolLbs {
+            fresh: self.lb_agents.iter().any(|&i| agents[i].fresh),
+            reset: (self.lb_agents.iter()).any(|&i| agents[i].fresh && agents[i].reset),
+            present: self.lb_present,
+        };
+        let mut judged = Vec::with_capacity(self.members.len());
+        let mut unjudged = Vec::new();
+        for member in &self.members {
+            match member.assemble(agents, &lbs) {
+                Assembled::Judged(member) => judged.push(member),
+                Assembled::Unjudged(member) => unjudged.push(member),
+            }
+        }
+        PoolTick {
+            input: PoolInput {
+                name: String::from(&*self.name),
+                tick,
+                members: judged,
+            },
+            unjudged,
+            lb_nodes: self.lb_nodes.clone(),
+            kubernetes: self.kubernetes.clone(),
+            note: self.note.clone(),
+        }
+    }
+}
+
+impl MemberPlan {
+    /// The member this tick: its server view (fresh while every observer
+    /// is), its LB view (the fresh load balancers' counts), its facts.
+    fn assemble(&self, agents: &[AgentTick], lbs: &PoolLbs) -> Assembled {
         let mut server_measured = Measured::default();
         let mut lb_measured = Measured::default();
-        let server = (!observers.is_empty()).then(|| {
+        let server = (!self.observers.is_empty()).then(|| {
             let mut v = ViewInput {
-                fresh: observers.iter().all(|&i| agents[i].fresh),
-                reset: observers.iter().any(|&i| agents[i].reset),
+                fresh: self.observers.iter().all(|&i| agents[i].fresh),
+                reset: self.observers.iter().any(|&i| agents[i].reset),
                 ..ViewInput::default()
             };
-            for &(ai, ei) in eps {
+            for &(ai, ei) in &self.serving {
                 add_endpoint(&mut v, &mut server_measured, &agents[ai].endpoints[ei]);
             }
             v
@@ -517,39 +671,30 @@ impl Seen<'_> {
                 reset: lbs.reset,
                 ..ViewInput::default()
             };
-            for &(ai, ei) in sends.get(&key).map(Vec::as_slice).unwrap_or(&[]) {
-                if lbs.mark[ai] == lbs.stamp && agents[ai].fresh {
+            for &(ai, ei) in &self.sending {
+                if agents[ai].fresh {
                     add_endpoint(&mut v, &mut lb_measured, &agents[ai].endpoints[ei]);
                 }
             }
             v
         });
-        let first = observers
-            .iter()
-            .map(|&i| &agents[i])
-            .min_by(|a, b| a.node.cmp(&b.node));
-        let node = match (&draft.node, first) {
-            (Some(n), _) => n.clone(),
-            (None, Some(a)) => a.node.clone(),
-            (None, None) => Arc::from(""),
-        };
         let meta = MemberMeta {
-            addr,
-            node,
-            source: draft.source,
-            pod: draft.pod,
-            zone: draft.zone,
+            addr: self.addr,
+            node: self.node.clone(),
+            source: self.source,
+            pod: self.pod.clone(),
+            zone: self.zone.clone(),
             server: server_measured,
             lb: lb_measured,
         };
-        let draining = match draft.expect {
+        let draining = match &self.expect {
             Expect::Share => false,
             Expect::Draining => true,
             Expect::Unjudged { draining, reason } => {
                 return Assembled::Unjudged(Unjudged {
                     meta,
-                    draining,
-                    reason,
+                    draining: *draining,
+                    reason: reason.clone(),
                     server,
                     lb,
                 });
@@ -557,12 +702,12 @@ impl Seen<'_> {
         };
         Assembled::Judged(PoolMember {
             input: MemberInput {
-                id: addr.to_string(),
-                weight: draft.weight.unwrap_or(1.0),
+                id: self.id.clone(),
+                weight: self.weight,
                 draining,
                 server,
                 lb,
-                cpu: first.and_then(|a| a.cpu),
+                cpu: self.first.and_then(|i| agents[i].cpu),
             },
             meta,
         })
@@ -575,17 +720,14 @@ enum Assembled {
     Unjudged(Unjudged),
 }
 
-/// A pool's load balancers as its members' LB views need them.
-struct PoolLbs<'a> {
+/// A pool's load balancers as its members' LB views need them this tick.
+struct PoolLbs {
     /// At least one LB agent is fresh.
     fresh: bool,
     /// A fresh LB agent's counters reset this tick.
     reset: bool,
     /// The pool has load balancers (seen or declared).
     present: bool,
-    /// `mark[i] == stamp` for the pool's LB agents.
-    mark: &'a [usize],
-    stamp: usize,
 }
 
 /// Adds one observer's endpoint to a member's view and measured rates.
@@ -679,6 +821,7 @@ mod tests {
     fn agent(node: &str, endpoints: Vec<TickEndpoint>, listeners: Vec<ListenerInfo>) -> AgentTick {
         AgentTick {
             node: node.into(),
+            layout: 0,
             fresh: true,
             age: 0.0,
             reset: false,
@@ -729,7 +872,7 @@ mod tests {
             .map(|m| m.input.id.as_str())
             .collect();
         assert_eq!(ids, ["10.0.0.1:8080", "10.0.0.2:8080"]);
-        assert_eq!(p.lb_nodes, [Arc::from("lb")]);
+        assert_eq!(*p.lb_nodes, [Arc::from("lb")]);
         let m0 = &p.input.members[0].input;
         assert_eq!(m0.server.unwrap().new_conns, 10);
         assert_eq!(m0.lb.unwrap().new_conns, 9);
@@ -989,7 +1132,7 @@ members = [
             p.lb_nodes = LbNodes::SendersAmong(Arc::new(["a1".to_owned()].into()));
         }
         let p = &build(&agents, &declared, 1, Threads::ONE)[0];
-        assert_eq!(p.lb_nodes, [Arc::from("a1")]);
+        assert_eq!(*p.lb_nodes, [Arc::from("a1")]);
         assert_eq!(p.input.members[0].input.lb.unwrap().new_conns, 4);
     }
 }

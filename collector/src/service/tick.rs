@@ -44,6 +44,9 @@ pub struct Engine {
     threads: Threads,
     /// Each agent's counts for this tick (reused across ticks).
     agents: Vec<AgentTick>,
+    /// The pools stage, with the plan it keeps while the fleet's layout
+    /// holds.
+    pools: pools::Builder,
 }
 
 impl Engine {
@@ -66,6 +69,7 @@ impl Engine {
             retention,
             threads,
             agents: Vec::new(),
+            pools: pools::Builder::default(),
         }
     }
 
@@ -113,7 +117,8 @@ impl Engine {
         self.publisher.tick_started(tick, wall);
 
         self.take(started);
-        let pools = pools::build(&self.agents, &self.sources.at(started), tick, self.threads);
+        let declared = self.sources.at(started);
+        let pools = (self.pools).build(&self.agents, declared, tick, self.threads);
         let pool_count = pools.len();
         let (judged, gone) = self.evaluate(pools, tick);
         self.publisher.publish(

@@ -26,7 +26,7 @@ pub fn page(path: &str, shared: &Shared) -> Page {
     } else if let Some(name) = path.strip_prefix("/pools/") {
         let p = shared.published.borrow().clone();
         match p.pools.get(name) {
-            Some(pool) => Page::ok("text/plain; charset=utf-8", pool_text(pool)),
+            Some(pool) => Page::ok("text/plain; charset=utf-8", pool_text(&pool.summary)),
             None => Page::not_found(format!("no pool {name:?}\n")),
         }
     } else if path == "/" {
@@ -85,12 +85,13 @@ fn help(out: &mut String, name: &str, kind: &str, text: &str) {
 /// Renders every metric.
 pub fn render(shared: &Shared) -> String {
     let published = shared.published.borrow().clone();
-    let member_count: usize = published.pools.values().map(|x| x.members.len()).sum();
+    let member_count: usize = published.pools.values().map(|x| x.summary.members.len()).sum();
     let mut out = String::with_capacity(4096 + member_count * 2048);
     counters(&mut out, shared);
     agents(&mut out, shared);
     pools(&mut out, &published);
     let members: Vec<(String, &v1::Member)> = (published.pools.values())
+        .map(|pool| &pool.summary)
         .flat_map(|pool| {
             pool.members.iter().map(|member| {
                 let labels = format!(
@@ -234,7 +235,7 @@ fn pools(out: &mut String, published: &Published) {
         "gauge",
         "Effective members (1 / sum of squared shares) over what the weights give.",
     );
-    for pool in p.pools.values() {
+    for pool in p.pools.values().map(|pool| &pool.summary) {
         let r = if pool.expected_effective_members > 0.0 {
             pool.effective_members / pool.expected_effective_members
         } else {
@@ -247,7 +248,7 @@ fn pools(out: &mut String, published: &Published) {
         );
     }
     help(out, "evenflow_pool_members", "gauge", "Members per pool.");
-    for pool in p.pools.values() {
+    for pool in p.pools.values().map(|pool| &pool.summary) {
         let _ = writeln!(
             out,
             "evenflow_pool_members{{pool=\"{}\"}} {}",
@@ -262,7 +263,7 @@ fn pools(out: &mut String, published: &Published) {
         "gauge",
         "Connections open now in the pool (eligible members), per view.",
     );
-    for pool in p.pools.values() {
+    for pool in p.pools.values().map(|pool| &pool.summary) {
         for (view, n) in [
             ("server", pool.server_active_connections),
             ("lb", pool.lb_active_connections),
@@ -408,7 +409,7 @@ fn reported_connections(out: &mut String, published: &Published) {
         "New connections to the member as its observers' counters report them (each since its agent's epoch: the kernels' totals).",
     );
     for (pool, totals) in &published.reported {
-        let Some(members) = published.pools.get(pool).map(|x| &x.members) else {
+        let Some(members) = published.pools.get(pool).map(|x| &x.summary.members) else {
             continue;
         };
         for member in members {

@@ -97,7 +97,7 @@ pub fn list_pools(shared: &Shared) -> Result<ListPoolsResponse, Status> {
         pools: published
             .pools
             .values()
-            .map(|pool| (**pool).clone())
+            .map(|pool| pool.message())
             .collect(),
     })
 }
@@ -106,7 +106,7 @@ pub fn list_pools(shared: &Shared) -> Result<ListPoolsResponse, Status> {
 pub fn get_pool(shared: &Shared, request: GetPoolRequest) -> Result<Pool, Status> {
     let published = shared.published.borrow().clone();
     match published.pools.get(&request.name) {
-        Some(pool) => Ok((**pool).clone()),
+        Some(pool) => Ok(pool.message()),
         None => Err(unknown_pool(&request.name, published.pools.keys().cloned())),
     }
 }
@@ -173,7 +173,7 @@ pub fn watch_pool(shared: &Shared, request: WatchPoolRequest) -> Result<BoxStrea
             first = false;
             let pool = rx.borrow_and_update().pools.get(&name).cloned();
             let item = match pool {
-                Some(pool) => Ok((*pool).clone()),
+                Some(pool) => Ok(pool.message()),
                 None => continue,
             };
             if tx.send(item).await.is_err() {

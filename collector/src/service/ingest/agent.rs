@@ -5,7 +5,10 @@
 
 use std::{
     net::IpAddr,
-    sync::{Arc, atomic::Ordering::Relaxed},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
     time::{Instant, SystemTime},
 };
 
@@ -13,6 +16,10 @@ use evenflow_proto::v1::AgentReport;
 
 use super::{registry::IngestCounters, validate::Parsed};
 use crate::service::fxhash::FxHashMap;
+
+/// Numbers every agent layout (see [`AgentState::layout`]), across agents,
+/// so two layouts never share a number.
+static LAYOUTS: AtomicU64 = AtomicU64::new(1);
 
 /// Which side of an endpoint the reporting node is on.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -142,6 +149,11 @@ pub struct AgentState {
     pub(super) covered: f64,
     /// The stream that applied the last report.
     stream: u64,
+    /// What the pools stage builds from: the endpoints (and their order),
+    /// their service labels, the listeners and the node addresses. A new
+    /// number whenever one of them changes, so the tick can keep the pools
+    /// it built while no agent's layout moved (`crate::service::pools`).
+    pub(super) layout: u64,
 }
 
 /// Outcome of applying a report.
@@ -179,6 +191,7 @@ impl AgentState {
             reset_pending: true,
             covered: 0.0,
             stream: 0,
+            layout: LAYOUTS.fetch_add(1, Relaxed),
         }
     }
 
@@ -201,6 +214,7 @@ impl AgentState {
             // Counters restarted (or we have no baseline yet): every total
             // becomes the new baseline; this tick's deltas are unknown.
             self.endpoints.clear();
+            self.relayout();
             self.reset_pending = true;
             self.covered = 0.0;
             if new_epoch {
@@ -259,6 +273,8 @@ impl AgentState {
     /// Endpoints the report no longer lists are forgotten.
     fn apply_endpoints(&mut self, report: &AgentReport, parsed: &Parsed, baseline_only: bool) {
         let generation = self.generation;
+        // An endpoint came or went, or a label changed.
+        let mut moved = false;
         for &(key, index) in &parsed.endpoints {
             let endpoint = &report.endpoints[index];
             let totals = endpoint.totals.unwrap_or_default();
@@ -289,6 +305,7 @@ impl AgentState {
                     state.gen_seen = generation;
                     if state.service.as_deref() != service {
                         state.service = service.map(Arc::from);
+                        moved = true;
                     }
                 }
                 None => {
@@ -304,6 +321,7 @@ impl AgentState {
                             totals.bytes_tx,
                         )
                     };
+                    moved = true;
                     self.endpoints.insert(
                         key,
                         EpState {
@@ -325,6 +343,10 @@ impl AgentState {
         }
         if self.endpoints.len() != parsed.endpoints.len() {
             self.endpoints.retain(|_, s| s.gen_seen == generation);
+            moved = true;
+        }
+        if moved {
+            self.relayout();
         }
         self.endpoint_count = parsed.endpoints.len() as u32;
     }
@@ -351,10 +373,18 @@ impl AgentState {
                     service: Arc::from(report.listeners[index].service.as_str()),
                 })
                 .collect();
+            self.relayout();
         }
         if self.addresses != parsed.addresses {
             self.addresses.clone_from(&parsed.addresses);
+            self.relayout();
         }
+    }
+
+    /// Gives the agent a new layout number: what the pools stage builds
+    /// from changed.
+    fn relayout(&mut self) {
+        self.layout = LAYOUTS.fetch_add(1, Relaxed);
     }
 
     /// Refuses a report from another agent process using the same node

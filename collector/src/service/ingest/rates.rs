@@ -20,6 +20,7 @@ impl AgentState {
     /// the tick, never zero.
     pub fn take_tick(&mut self, now: Instant, tick: f64, out: &mut AgentTick) {
         out.node = self.node.clone();
+        out.layout = self.layout;
         out.fresh = self.fresh(now, tick);
         out.age = self.age(now);
         out.reset = std::mem::take(&mut self.reset_pending);
@@ -100,6 +101,9 @@ pub struct TickEndpoint {
 pub struct AgentTick {
     /// Node name.
     pub node: Arc<str>,
+    /// The agent's layout number: the same while its endpoints (in the
+    /// same order), their labels, its listeners and node addresses are.
+    pub layout: u64,
     /// Reported within three intervals.
     pub fresh: bool,
     /// Seconds since the last report.

@@ -327,7 +327,8 @@ impl From<PublishedMember<'_>> for v1::Member {
     }
 }
 
-/// A judged pool as one tick publishes it.
+/// A judged pool as one tick publishes it; the message leaves `lb_nodes`
+/// empty (see [`super::PublishedPool`]).
 pub struct PoolAt<'a> {
     /// What the pools stage assembled.
     pub pool: &'a PoolTick,
@@ -378,7 +379,8 @@ impl From<PoolAt<'_>> for v1::Pool {
                 .iter()
                 .map(|m| m.meta.lb.conns_per_sec)
                 .sum(),
-            lb_nodes: pool.lb_nodes.iter().map(|n| n.to_string()).collect(),
+            // Shared from tick to tick instead: `PublishedPool`.
+            lb_nodes: Vec::new(),
             tick: verdict.tick,
             evaluated_at: Some(at),
             kubernetes: pool.kubernetes.as_deref().map(Into::into),

@@ -44,7 +44,7 @@ pub struct Published {
     /// When the tick took its snapshot of the agents.
     pub evaluated_at: Option<prost_types::Timestamp>,
     /// Every pool by name.
-    pub pools: BTreeMap<String, Arc<v1::Pool>>,
+    pub pools: BTreeMap<String, Arc<PublishedPool>>,
     /// Open alerts, newest first.
     pub open: Vec<v1::Alert>,
     /// Recently resolved alerts, newest first.
@@ -53,6 +53,35 @@ pub struct Published {
     /// new-connection totals, server and LB view.
     pub reported: BTreeMap<String, MemberTotals>,
 }
+
+/// One pool as a tick published it. Its load balancers' names are kept
+/// apart from its message and shared from tick to tick while they stay the
+/// same: a pool that every node sends to has one per node, and copying
+/// thousands of names into every pool's message each tick was most of
+/// what publishing cost.
+#[derive(Debug)]
+pub struct PublishedPool {
+    /// The pool's message with `lb_nodes` left empty (they are in
+    /// [`PublishedPool::lb_nodes`]); [`PublishedPool::message`] is the
+    /// whole of it.
+    pub summary: v1::Pool,
+    /// Its load balancer nodes, sorted.
+    pub lb_nodes: Arc<[String]>,
+}
+
+impl PublishedPool {
+    /// The pool's message as the API serves it.
+    pub fn message(&self) -> v1::Pool {
+        v1::Pool {
+            lb_nodes: self.lb_nodes.to_vec(),
+            ..self.summary.clone()
+        }
+    }
+}
+
+/// Each pool's load balancer names as its last message had them: the
+/// names the pools stage gave, and the same as strings.
+type LbNames = HashMap<String, (Arc<[Arc<str>]>, Arc<[String]>)>;
 
 /// A pool's members' reported totals by member address.
 pub type MemberTotals = HashMap<SocketAddr, ReportedTotals>;
@@ -77,6 +106,8 @@ pub struct Publisher {
     /// The Pod of each alert's member, by alert id, remembered when the
     /// alert fires: the Pod may be gone when the alert resolves.
     pods: HashMap<String, Arc<str>>,
+    /// Each pool's load balancer names as last published.
+    lb_names: LbNames,
 }
 
 impl Publisher {
@@ -88,6 +119,7 @@ impl Publisher {
             webhooks,
             last_refresh: Instant::now(),
             pods: HashMap::new(),
+            lb_names: HashMap::new(),
         }
     }
 
@@ -110,7 +142,7 @@ impl Publisher {
         for judged in &pools {
             self.remember_pods(judged);
         }
-        let (messages, reported) = pool_messages(&mut pools, at, self.threads);
+        let (messages, reported) = pool_messages(&mut pools, at, &mut self.lb_names, self.threads);
         let transitions: Vec<detect::Transition> = (pools.into_iter())
             .flat_map(|judged| judged.transitions)
             .chain(gone)
@@ -251,35 +283,52 @@ impl Publisher {
 }
 
 /// Every judged pool's message and its members' reported totals, built on
-/// the tick's threads.
+/// the tick's threads. `lb_names` (each pool's load balancer names as last
+/// published) is reused where a pool's are the same and then holds this
+/// tick's.
 fn pool_messages(
     pools: &mut [JudgedPool],
     at: prost_types::Timestamp,
+    lb_names: &mut LbNames,
     threads: Threads,
 ) -> (
-    BTreeMap<String, Arc<v1::Pool>>,
+    BTreeMap<String, Arc<PublishedPool>>,
     BTreeMap<String, MemberTotals>,
 ) {
+    let last: &LbNames = lb_names;
     let built = threads.map(
         pools,
         |judged| judged.pool.input.members.len(),
         |_, judged| {
-            let message = v1::Pool::from(PoolAt {
+            let summary = v1::Pool::from(PoolAt {
                 pool: &judged.pool,
                 verdict: &judged.verdict,
                 at,
             });
+            let names = &judged.pool.lb_nodes;
+            let lb_nodes = match last.get(&judged.pool.input.name) {
+                Some((known, strings)) if Arc::ptr_eq(known, names) || **known == **names => {
+                    strings.clone()
+                }
+                _ => names.iter().map(|name| name.to_string()).collect(),
+            };
             let reported: MemberTotals = PublishedMember::of(&judged.pool, &judged.verdict)
                 .map(|member| (member.addr(), member.reported()))
                 .collect();
-            (message, reported)
+            (PublishedPool { summary, lb_nodes }, reported)
         },
     );
+    lb_names.clear();
     let mut messages = BTreeMap::new();
     let mut reported = BTreeMap::new();
     for (judged, (message, totals)) in pools.iter().zip(built) {
-        reported.insert(judged.pool.input.name.clone(), totals);
-        messages.insert(judged.pool.input.name.clone(), Arc::new(message));
+        let name = &judged.pool.input.name;
+        lb_names.insert(
+            name.clone(),
+            (judged.pool.lb_nodes.clone(), message.lb_nodes.clone()),
+        );
+        reported.insert(name.clone(), totals);
+        messages.insert(name.clone(), Arc::new(message));
     }
     (messages, reported)
 }
