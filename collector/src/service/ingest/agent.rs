@@ -12,7 +12,7 @@ use std::{
     time::{Instant, SystemTime},
 };
 
-use evenflow_proto::v1::AgentReport;
+use evenflow_proto::v1::{AgentReport, Endpoint};
 
 use super::{registry::IngestCounters, validate::Parsed};
 use crate::service::fxhash::FxHashMap;
@@ -67,6 +67,8 @@ impl Delta {
 /// collector derived from them since.
 #[derive(Debug)]
 pub(super) struct EpState {
+    /// Which endpoint.
+    pub(super) key: EpKey,
     /// Its service label.
     pub(super) service: Option<Arc<str>>,
     /// New connections, as the agent's counter reports them.
@@ -88,8 +90,75 @@ pub(super) struct EpState {
     pub(super) total: u64,
     /// Counters went backwards within the epoch since the last tick.
     pub(super) reset: bool,
-    /// Report generation that last carried this endpoint.
-    pub(super) gen_seen: u64,
+}
+
+impl EpState {
+    /// An endpoint first seen in a report, with `endpoint`'s totals as its
+    /// counters; they are new traffic unless `baseline_only`.
+    fn new(key: EpKey, endpoint: &Endpoint, baseline_only: bool) -> Self {
+        let totals = endpoint.totals.unwrap_or_default();
+        let pending = if baseline_only {
+            Delta::default()
+        } else {
+            orient(
+                key.dir,
+                totals.conns_opened,
+                totals.bytes_rx,
+                totals.bytes_tx,
+            )
+        };
+        Self {
+            key,
+            service: label(endpoint).map(Arc::from),
+            opened: totals.conns_opened,
+            bytes_rx: totals.bytes_rx,
+            bytes_tx: totals.bytes_tx,
+            active: endpoint.active_connections,
+            pending,
+            rate: None,
+            carry: [0.0; 3],
+            total: pending.conns,
+            reset: false,
+        }
+    }
+
+    /// The endpoint's next report: its counters' growth becomes pending
+    /// counts. Returns whether its label changed.
+    fn update(&mut self, endpoint: &Endpoint) -> bool {
+        let totals = endpoint.totals.unwrap_or_default();
+        if totals.conns_opened < self.opened
+            || totals.bytes_rx < self.bytes_rx
+            || totals.bytes_tx < self.bytes_tx
+        {
+            // Went backwards within an epoch (the kernel evicted and
+            // re-created the entry): new baseline, no delta.
+            self.reset = true;
+        } else {
+            let growth = orient(
+                self.key.dir,
+                totals.conns_opened - self.opened,
+                totals.bytes_rx - self.bytes_rx,
+                totals.bytes_tx - self.bytes_tx,
+            );
+            self.total = self.total.saturating_add(growth.conns);
+            self.pending.add(growth);
+        }
+        self.opened = totals.conns_opened;
+        self.bytes_rx = totals.bytes_rx;
+        self.bytes_tx = totals.bytes_tx;
+        self.active = endpoint.active_connections;
+        let service = label(endpoint);
+        let relabelled = self.service.as_deref() != service;
+        if relabelled {
+            self.service = service.map(Arc::from);
+        }
+        relabelled
+    }
+}
+
+/// An endpoint's service label, when it has one.
+fn label(endpoint: &Endpoint) -> Option<&str> {
+    (!endpoint.service.is_empty()).then_some(endpoint.service.as_str())
 }
 
 /// A labelled (or unlabelled) listening socket.
@@ -126,8 +195,8 @@ pub struct AgentState {
     pub(super) interval: f64,
     /// The agent's version.
     pub(in crate::service) version: String,
-    /// Every endpoint of the last report.
-    pub(super) endpoints: FxHashMap<EpKey, EpState>,
+    /// Every endpoint of the last report, in its order.
+    pub(super) endpoints: Vec<EpState>,
     /// Listening sockets of the last report.
     pub(super) listeners: Vec<ListenerInfo>,
     /// The node's own addresses (sorted), for wildcard listeners.
@@ -180,7 +249,7 @@ impl AgentState {
             last_received_wall: SystemTime::now(),
             interval: 0.0,
             version: String::new(),
-            endpoints: FxHashMap::default(),
+            endpoints: Vec::new(),
             listeners: Vec::new(),
             addresses: Vec::new(),
             cpu: None,
@@ -272,83 +341,46 @@ impl AgentState {
     /// pending counts, unless `baseline_only` (first report, new epoch).
     /// Endpoints the report no longer lists are forgotten.
     fn apply_endpoints(&mut self, report: &AgentReport, parsed: &Parsed, baseline_only: bool) {
-        let generation = self.generation;
-        // An endpoint came or went, or a label changed.
-        let mut moved = false;
-        for &(key, index) in &parsed.endpoints {
-            let endpoint = &report.endpoints[index];
-            let totals = endpoint.totals.unwrap_or_default();
-            let service = (!endpoint.service.is_empty()).then_some(endpoint.service.as_str());
-            match self.endpoints.get_mut(&key) {
-                Some(state) => {
-                    if totals.conns_opened < state.opened
-                        || totals.bytes_rx < state.bytes_rx
-                        || totals.bytes_tx < state.bytes_tx
-                    {
-                        // Went backwards within an epoch (the kernel evicted
-                        // and re-created the entry): new baseline, no delta.
-                        state.reset = true;
-                    } else {
-                        let growth = orient(
-                            key.dir,
-                            totals.conns_opened - state.opened,
-                            totals.bytes_rx - state.bytes_rx,
-                            totals.bytes_tx - state.bytes_tx,
-                        );
-                        state.total = state.total.saturating_add(growth.conns);
-                        state.pending.add(growth);
-                    }
-                    state.opened = totals.conns_opened;
-                    state.bytes_rx = totals.bytes_rx;
-                    state.bytes_tx = totals.bytes_tx;
-                    state.active = endpoint.active_connections;
-                    state.gen_seen = generation;
-                    if state.service.as_deref() != service {
-                        state.service = service.map(Arc::from);
-                        moved = true;
-                    }
-                }
-                None => {
-                    // A new endpoint of a known epoch appeared since the
-                    // previous report: its totals are new traffic.
-                    let pending = if baseline_only {
-                        Delta::default()
-                    } else {
-                        orient(
-                            key.dir,
-                            totals.conns_opened,
-                            totals.bytes_rx,
-                            totals.bytes_tx,
-                        )
-                    };
-                    moved = true;
-                    self.endpoints.insert(
-                        key,
-                        EpState {
-                            service: service.map(Arc::from),
-                            opened: totals.conns_opened,
-                            bytes_rx: totals.bytes_rx,
-                            bytes_tx: totals.bytes_tx,
-                            active: endpoint.active_connections,
-                            pending,
-                            rate: None,
-                            carry: [0.0; 3],
-                            total: pending.conns,
-                            reset: false,
-                            gen_seen: generation,
-                        },
-                    );
-                }
+        // An agent lists the same endpoints in the same order report after
+        // report: then each state is the report's endpoint at its place.
+        let same = self.endpoints.len() == parsed.endpoints.len()
+            && (self.endpoints.iter())
+                .zip(&parsed.endpoints)
+                .all(|(state, (key, _))| state.key == *key);
+        if same {
+            let mut relabelled = false;
+            for (state, &(_, index)) in self.endpoints.iter_mut().zip(&parsed.endpoints) {
+                relabelled |= state.update(&report.endpoints[index]);
             }
-        }
-        if self.endpoints.len() != parsed.endpoints.len() {
-            self.endpoints.retain(|_, s| s.gen_seen == generation);
-            moved = true;
-        }
-        if moved {
-            self.relayout();
+            if relabelled {
+                self.relayout();
+            }
+        } else {
+            self.lay_out_endpoints(report, parsed, baseline_only);
         }
         self.endpoint_count = parsed.endpoints.len() as u32;
+    }
+
+    /// The endpoints in the report's order: known ones updated, new ones
+    /// added (a new endpoint of a known epoch appeared since the previous
+    /// report: its totals are new traffic), the ones it no longer lists
+    /// forgotten.
+    fn lay_out_endpoints(&mut self, report: &AgentReport, parsed: &Parsed, baseline_only: bool) {
+        let mut known: FxHashMap<EpKey, EpState> = (self.endpoints.drain(..))
+            .map(|state| (state.key, state))
+            .collect();
+        for &(key, index) in &parsed.endpoints {
+            let endpoint = &report.endpoints[index];
+            let state = match known.remove(&key) {
+                Some(mut state) => {
+                    state.update(endpoint);
+                    state
+                }
+                None => EpState::new(key, endpoint, baseline_only),
+            };
+            self.endpoints.push(state);
+        }
+        self.relayout();
     }
 
     /// The report's listeners and node addresses, replaced only when they

@@ -28,7 +28,7 @@ impl AgentState {
         out.endpoints.clear();
         out.endpoints.reserve(self.endpoints.len());
         let covered = std::mem::take(&mut self.covered);
-        for (key, state) in &mut self.endpoints {
+        for state in &mut self.endpoints {
             let pending = std::mem::take(&mut state.pending);
             if covered > 0.0 {
                 state.rate = Some([
@@ -53,7 +53,7 @@ impl AgentState {
                 };
             }
             out.endpoints.push(TickEndpoint {
-                key: *key,
+                key: state.key,
                 service: state.service.clone(),
                 delta,
                 rate: state.rate.unwrap_or_default(),

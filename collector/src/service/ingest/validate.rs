@@ -29,6 +29,46 @@ pub struct Parsed {
     pub(super) listeners: Vec<(IpAddr, u16, usize)>,
     /// The node's own addresses, sorted, without duplicates.
     pub(super) addresses: Vec<IpAddr>,
+    /// The endpoints of the stream's last report whose endpoints passed.
+    known: Known,
+}
+
+/// The endpoints of a report that passed, as the report spelled them and
+/// as parsed. An agent lists the same endpoints in the same order report
+/// after report, so each is parsed (and the list checked for duplicates)
+/// once, not every second.
+#[derive(Default)]
+struct Known {
+    /// Their addresses, one after the other.
+    addresses: String,
+    /// Per endpoint: where its address ends in `addresses`, its port and
+    /// direction as reported, and its key.
+    endpoints: Vec<(usize, u32, i32, EpKey)>,
+}
+
+impl Known {
+    /// The key of endpoint `index` when the known endpoint at that place
+    /// is spelled the same.
+    fn key(&self, index: usize, endpoint: &v1::Endpoint) -> Option<EpKey> {
+        let &(end, port, direction, key) = self.endpoints.get(index)?;
+        let start = index.checked_sub(1).map_or(0, |i| self.endpoints[i].0);
+        (port == endpoint.port
+            && direction == endpoint.direction
+            && key.proto == endpoint.protocol
+            && self.addresses[start..end] == *endpoint.address)
+            .then_some(key)
+    }
+
+    /// Knows `endpoints` (with their keys) from now on.
+    fn replace(&mut self, endpoints: &[v1::Endpoint], keys: &[(EpKey, usize)]) {
+        self.addresses.clear();
+        self.endpoints.clear();
+        for (endpoint, &(key, _)) in endpoints.iter().zip(keys) {
+            self.addresses.push_str(&endpoint.address);
+            let end = self.addresses.len();
+            (self.endpoints).push((end, endpoint.port, endpoint.direction, key));
+        }
+    }
 }
 
 fn dir_of(d: i32) -> Option<Dir> {
@@ -77,11 +117,24 @@ pub fn validate(report: &AgentReport, out: &mut Parsed) -> Result<(), InvalidRep
     out.addresses.clear();
     validate_identity(report)?;
     validate_limits(report)?;
+    let node = report.node_name.as_str();
+    let mut all_known = report.endpoints.len() == out.known.endpoints.len();
     for (index, endpoint) in report.endpoints.iter().enumerate() {
-        out.endpoints
-            .push((parse_endpoint(&report.node_name, index, endpoint)?, index));
+        let key = match out.known.key(index, endpoint) {
+            Some(key) => key,
+            None => {
+                all_known = false;
+                parse_endpoint(node, index, endpoint)?
+            }
+        };
+        check_counts(node, key, endpoint)?;
+        out.endpoints.push((key, index));
     }
-    reject_duplicate_endpoints(&report.node_name, &out.endpoints)?;
+    // The known endpoints had no duplicates.
+    if !all_known {
+        reject_duplicate_endpoints(node, &out.endpoints)?;
+        out.known.replace(&report.endpoints, &out.endpoints);
+    }
     for (index, listener) in report.listeners.iter().enumerate() {
         let (addr, port) = parse_listener(&report.node_name, index, listener)?;
         out.listeners.push((addr, port, index));
@@ -122,7 +175,8 @@ fn validate_limits(report: &AgentReport) -> Result<(), InvalidReport> {
     Ok(())
 }
 
-/// Endpoint `index` of `node`'s report, checked, as its key.
+/// Endpoint `index` of `node`'s report, its address, port and direction
+/// checked, as its key.
 fn parse_endpoint(
     node: &str,
     index: usize,
@@ -148,6 +202,19 @@ fn parse_endpoint(
             endpoint.port
         ));
     };
+    Ok(EpKey {
+        addr,
+        port: endpoint.port as u16,
+        dir,
+        proto: endpoint.protocol,
+    })
+}
+
+/// The rest of an endpoint's checks, on what may change from report to
+/// report: its totals and its label.
+fn check_counts(node: &str, key: EpKey, endpoint: &v1::Endpoint) -> Result<(), InvalidReport> {
+    let bad = |s: String| Err(InvalidReport(s));
+    let addr = key.addr;
     if let Some(totals) = &endpoint.totals
         && (totals.conns_closed > totals.conns_opened.saturating_add(1 << 40))
     {
@@ -162,12 +229,7 @@ fn parse_endpoint(
             endpoint.port
         ));
     }
-    Ok(EpKey {
-        addr,
-        port: endpoint.port as u16,
-        dir,
-        proto: endpoint.protocol,
-    })
+    Ok(())
 }
 
 /// Duplicate keys would make deltas ambiguous.
