@@ -293,7 +293,11 @@ impl PlanKey {
     /// Whether a plan made from `self` holds for these agents and pools.
     fn holds(&self, agents: &[AgentTick], declared: &Arc<Declared>) -> bool {
         Arc::ptr_eq(&self.declared, declared)
-            && self.layouts.iter().copied().eq(agents.iter().map(|a| a.layout))
+            && self
+                .layouts
+                .iter()
+                .copied()
+                .eq(agents.iter().map(|a| a.layout))
     }
 }
 
@@ -575,7 +579,13 @@ impl Seen<'_> {
     /// announced it and the agent of the node its source names), the
     /// endpoints of its server view and of its LB view (the pool's load
     /// balancers, marked `stamp` in `lb_mark`), and its facts.
-    fn member(&self, lb_mark: &[usize], stamp: usize, addr: SocketAddr, draft: Draft) -> MemberPlan {
+    fn member(
+        &self,
+        lb_mark: &[usize],
+        stamp: usize,
+        addr: SocketAddr,
+        draft: Draft,
+    ) -> MemberPlan {
         let Self {
             agents,
             node_index,
@@ -595,7 +605,8 @@ impl Seen<'_> {
             .filter(|&&(ai, _)| lb_mark[ai] == stamp)
             .copied()
             .collect();
-        let first = (observers.iter().copied()).min_by(|&a, &b| agents[a].node.cmp(&agents[b].node));
+        let first =
+            (observers.iter().copied()).min_by(|&a, &b| agents[a].node.cmp(&agents[b].node));
         let node = match (&draft.node, first) {
             (Some(n), _) => n.clone(),
             (None, Some(i)) => agents[i].node.clone(),

@@ -85,7 +85,11 @@ fn help(out: &mut String, name: &str, kind: &str, text: &str) {
 /// Renders every metric.
 pub fn render(shared: &Shared) -> String {
     let published = shared.published.borrow().clone();
-    let member_count: usize = published.pools.values().map(|x| x.summary.members.len()).sum();
+    let member_count: usize = published
+        .pools
+        .values()
+        .map(|x| x.summary.members.len())
+        .sum();
     let mut out = String::with_capacity(4096 + member_count * 2048);
     counters(&mut out, shared);
     agents(&mut out, shared);
