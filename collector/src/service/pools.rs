@@ -895,6 +895,60 @@ mod tests {
     }
 
     #[test]
+    fn a_plan_is_kept_while_layouts_hold_and_made_anew_when_one_moves() {
+        let mut agents = vec![
+            agent(
+                "b1",
+                vec![ep("10.0.0.1", 8080, Dir::Serves, Some("web"), 10)],
+                vec![],
+            ),
+            agent(
+                "lb",
+                vec![ep("10.0.0.1", 8080, Dir::SendsTo, None, 9)],
+                vec![],
+            ),
+        ];
+        agents[0].layout = 1;
+        agents[1].layout = 2;
+        let declared = Arc::new(Declared::default());
+        let views = |pools: &[PoolTick]| -> Vec<(String, Option<u64>, Option<u64>)> {
+            (pools.iter().flat_map(|p| &p.input.members))
+                .map(|m| {
+                    let input = &m.input;
+                    let conns = |v: Option<ViewInput>| v.map(|v| v.new_conns);
+                    (input.id.clone(), conns(input.server), conns(input.lb))
+                })
+                .collect()
+        };
+        let mut builder = Builder::default();
+        let first = builder.build(&agents, declared.clone(), 1, Threads::ONE);
+        assert_eq!(
+            views(&first),
+            views(&build(&agents, &declared, 1, Threads::ONE))
+        );
+        // New counts, the same layouts: the kept plan reads the new counts.
+        agents[0].endpoints[0].delta.conns = 4;
+        agents[1].endpoints[0].delta.conns = 3;
+        let kept = builder.build(&agents, declared.clone(), 2, Threads::ONE);
+        assert!(Arc::ptr_eq(&first[0].lb_nodes, &kept[0].lb_nodes));
+        assert_eq!(
+            views(&kept),
+            [("10.0.0.1:8080".to_owned(), Some(4), Some(3))]
+        );
+        // A new endpoint comes with a new layout: planned anew.
+        agents[0]
+            .endpoints
+            .push(ep("10.0.0.2", 8080, Dir::Serves, Some("web"), 5));
+        agents[0].layout = 3;
+        let moved = builder.build(&agents, declared.clone(), 3, Threads::ONE);
+        assert_eq!(moved[0].input.members.len(), 2);
+        assert_eq!(
+            views(&moved),
+            views(&build(&agents, &declared, 3, Threads::ONE))
+        );
+    }
+
+    #[test]
     fn a_wildcard_listener_is_a_member_before_any_traffic() {
         // Four backends listen on 0.0.0.0:8080 labelled web; the LB has only
         // ever sent to three. The fourth must be a member (judged ZERO), not

@@ -116,3 +116,83 @@ fn invalid_reports_are_named() {
     r.endpoints.push(r.endpoints[0].clone());
     assert!(validate(&r, &mut p).unwrap_err().0.contains("twice"));
 }
+
+#[test]
+fn the_layout_changes_only_with_what_pools_are_built_from() {
+    let c = IngestCounters::default();
+    let mut s = AgentState::new("n1".into());
+    let mut t = AgentTick::default();
+    let mut layout = |s: &mut AgentState| {
+        s.take_tick(Instant::now(), 1.0, &mut t);
+        (
+            t.layout,
+            t.endpoints.iter().map(|e| e.key.addr).collect::<Vec<_>>(),
+        )
+    };
+    apply(&mut s, &report(1, 1, 100), &c);
+    let (first, _) = layout(&mut s);
+    apply(&mut s, &report(1, 2, 130), &c);
+    assert_eq!(layout(&mut s).0, first, "counts alone keep the layout");
+    let mut r = report(1, 3, 140);
+    r.endpoints[0].service = "api".into();
+    apply(&mut s, &r, &c);
+    let (relabelled, _) = layout(&mut s);
+    assert_ne!(relabelled, first);
+    r.sequence = 4;
+    r.endpoints
+        .push(ep("10.0.0.2", 80, v1::Direction::SendsTo, 1));
+    apply(&mut s, &r, &c);
+    let (grown, order) = layout(&mut s);
+    assert_ne!(grown, relabelled);
+    assert_eq!(
+        order,
+        [
+            "10.0.0.1".parse::<std::net::IpAddr>().unwrap(),
+            "10.0.0.2".parse().unwrap()
+        ]
+    );
+    // The same endpoints in another order: the tick's follow the report's.
+    r.sequence = 5;
+    r.endpoints.reverse();
+    apply(&mut s, &r, &c);
+    let (reordered, order) = layout(&mut s);
+    assert_ne!(reordered, grown);
+    assert_eq!(
+        order,
+        [
+            "10.0.0.2".parse::<std::net::IpAddr>().unwrap(),
+            "10.0.0.1".parse().unwrap()
+        ]
+    );
+}
+
+#[test]
+fn a_stream_parses_each_endpoint_once_and_still_checks_every_report() {
+    let mut p = Parsed::default();
+    let mut r = report(1, 1, 1);
+    r.endpoints
+        .push(ep("10.0.0.2", 80, v1::Direction::SendsTo, 1));
+    validate(&r, &mut p).unwrap();
+    let keys = p.endpoints.clone();
+    validate(&r, &mut p).unwrap();
+    assert_eq!(p.endpoints, keys);
+    // Spelled as long as before, another address: parsed again.
+    r.endpoints[1].address = "10.0.0.3".into();
+    validate(&r, &mut p).unwrap();
+    assert_eq!(
+        p.endpoints[1].0.addr,
+        "10.0.0.3".parse::<std::net::IpAddr>().unwrap()
+    );
+    // What changes from report to report is checked every time.
+    let mut absurd = r.clone();
+    if let Some(totals) = absurd.endpoints[0].totals.as_mut() {
+        totals.conns_closed = 1 << 41;
+    }
+    assert!(validate(&absurd, &mut p).unwrap_err().0.contains("absurd"));
+    // A known endpoint listed twice is still refused.
+    let mut twice = r.clone();
+    twice.endpoints[1] = twice.endpoints[0].clone();
+    assert!(validate(&twice, &mut p).unwrap_err().0.contains("twice"));
+    validate(&r, &mut p).unwrap();
+    assert_eq!(p.endpoints.len(), 2);
+}
