@@ -154,17 +154,19 @@ impl Declared {
     pub fn merge(kube: BTreeMap<Arc<str>, DeclaredPool>, file: &PoolFile) -> Self {
         let kubernetes_members = kube
             .values()
-            .flat_map(|p| p.members.iter().map(|m| m.addr))
+            .flat_map(|pool| pool.members.iter().map(|member| member.addr))
             .collect();
         let mut pools = kube;
-        for (name, fp) in file {
+        for (name, file_pool) in file {
             let pool = pools.entry(Arc::from(name.as_str())).or_default();
-            for fm in &fp.members {
-                let i = match pool.members.iter().position(|m| m.addr == fm.addr) {
-                    Some(i) => i,
+            for file_member in &file_pool.members {
+                let known =
+                    (pool.members.iter()).position(|member| member.addr == file_member.addr);
+                let index = match known {
+                    Some(index) => index,
                     None => {
                         pool.members.push(DeclaredMember {
-                            addr: fm.addr,
+                            addr: file_member.addr,
                             weight: 1.0,
                             expect: Expect::Share,
                             node: None,
@@ -175,19 +177,19 @@ impl Declared {
                         pool.members.len() - 1
                     }
                 };
-                let m = &mut pool.members[i];
-                m.weight = fm.weight;
-                m.source.file = true;
-                if !matches!(m.expect, Expect::Unjudged { .. }) {
-                    m.expect = if fm.draining {
+                let member = &mut pool.members[index];
+                member.weight = file_member.weight;
+                member.source.file = true;
+                if !matches!(member.expect, Expect::Unjudged { .. }) {
+                    member.expect = if file_member.draining {
                         Expect::Draining
                     } else {
                         Expect::Share
                     };
                 }
             }
-            if !fp.lb_nodes.is_empty() {
-                pool.lb_nodes = LbNodes::Named(fp.lb_nodes.clone());
+            if !file_pool.lb_nodes.is_empty() {
+                pool.lb_nodes = LbNodes::Named(file_pool.lb_nodes.clone());
             }
         }
         Self {
@@ -224,7 +226,7 @@ impl Sources {
 
     /// The declared pools for a tick at `now`.
     pub fn at(&mut self, now: Instant) -> Arc<Declared> {
-        if let Some(pools) = self.kube.as_mut().and_then(|k| k.poll(now)) {
+        if let Some(pools) = self.kube.as_mut().and_then(|kube| kube.poll(now)) {
             self.current = Arc::new(Declared::merge(pools, &self.file));
         }
         self.current.clone()
@@ -286,8 +288,8 @@ members = [{ address = "10.0.0.1:8080" }]
 "#,
         )
         .unwrap();
-        let d = Declared::merge(kube, &file);
-        let web = &d.pools["default/web:http"];
+        let declared = Declared::merge(kube, &file);
+        let web = &declared.pools["default/web:http"];
         assert_eq!(web.members[0].weight, 3.0);
         assert_eq!(web.members[0].source.as_str(), "kubernetes+file");
         // Not ready stays not ready.
@@ -295,13 +297,15 @@ members = [{ address = "10.0.0.1:8080" }]
         assert_eq!(web.members[2].source.as_str(), "file");
         assert_eq!(web.lb_nodes, LbNodes::Named(vec!["lb".into()]));
         // Another pool of the file keeps the Kubernetes member too.
-        assert_eq!(d.pools["legacy"].members.len(), 1);
+        assert_eq!(declared.pools["legacy"].members.len(), 1);
         assert!(
-            d.kubernetes_members
+            declared
+                .kubernetes_members
                 .contains(&"10.0.0.1:8080".parse().unwrap())
         );
         assert!(
-            !d.kubernetes_members
+            !declared
+                .kubernetes_members
                 .contains(&"10.0.0.9:8080".parse().unwrap())
         );
     }

@@ -107,11 +107,11 @@ impl Queue {
             return Ok(None);
         }
         let mut targets = Vec::new();
-        for u in urls {
-            let uri = parse_url(u)?;
+        for url in urls {
+            let uri = parse_url(url)?;
             let authority = match (uri.host(), uri.port_u16()) {
-                (Some(h), Some(p)) => format!("{h}:{p}"),
-                (Some(h), None) => format!("{h}:80"),
+                (Some(host), Some(port)) => format!("{host}:{port}"),
+                (Some(host), None) => format!("{host}:80"),
                 _ => unreachable!("parse_url checked the host"),
             };
             let (tx, rx) = mpsc::channel(QUEUE);
@@ -128,77 +128,77 @@ impl Queue {
     /// Queues alerts for every URL without waiting.
     pub fn push(&self, alerts: Vec<v1::Alert>) {
         let body = Arc::new(body(&alerts, &self.external_url, SystemTime::now()));
-        for t in &self.targets {
-            if t.tx.try_send(body.clone()).is_err() {
+        for target in &self.targets {
+            if target.tx.try_send(body.clone()).is_err() {
                 self.stats.dropped.fetch_add(1, Relaxed);
-                warn!(webhook = %t.uri, authority = %t.authority, "webhook queue full: dropped a batch of {} alerts", alerts.len());
+                warn!(webhook = %target.uri, authority = %target.authority, "webhook queue full: dropped a batch of {} alerts", alerts.len());
             }
         }
     }
 }
 
-fn rfc3339(t: &prost_types::Timestamp) -> String {
-    SystemTime::try_from(*t)
-        .map(|t| humantime::format_rfc3339_millis(t).to_string())
+fn rfc3339(timestamp: &prost_types::Timestamp) -> String {
+    SystemTime::try_from(*timestamp)
+        .map(|time| humantime::format_rfc3339_millis(time).to_string())
         .unwrap_or_default()
 }
 
 /// `EvenflowZero`, `EvenflowDrainingViolation`, ...
 fn alertname(kind: &str) -> String {
-    let mut s = String::from("Evenflow");
+    let mut name = String::from("Evenflow");
     for part in kind.split('_') {
-        let mut c = part.chars();
-        if let Some(f) = c.next() {
-            s.push(f);
-            s.extend(c.flat_map(char::to_lowercase));
+        let mut chars = part.chars();
+        if let Some(first) = chars.next() {
+            name.push(first);
+            name.extend(chars.flat_map(char::to_lowercase));
         }
     }
-    s
+    name
 }
 
 /// The Alertmanager v2 JSON body for `alerts`.
 pub fn body(alerts: &[v1::Alert], external_url: &str, now: SystemTime) -> Vec<u8> {
     let items: Vec<Value> = alerts
         .iter()
-        .map(|a| {
-            let kind = alert_kind_name(a.kind);
-            let view = view_name(a.view);
-            let severity = severity_name(a.severity);
+        .map(|alert| {
+            let kind = alert_kind_name(alert.kind);
+            let view = view_name(alert.view);
+            let severity = severity_name(alert.severity);
             let mut annotations = Map::new();
-            annotations.insert("summary".into(), a.summary.clone().into());
-            annotations.insert("observed".into(), format!("{}", a.observed).into());
-            annotations.insert("expected".into(), format!("{}", a.expected).into());
-            annotations.insert("flaps".into(), a.flaps.to_string().into());
-            let mut ev: Vec<_> = a.evidence.iter().collect();
-            ev.sort_by(|x, y| x.0.cmp(y.0));
-            for (k, v) in ev {
-                annotations.insert(format!("evidence_{k}"), format!("{v}").into());
+            annotations.insert("summary".into(), alert.summary.clone().into());
+            annotations.insert("observed".into(), format!("{}", alert.observed).into());
+            annotations.insert("expected".into(), format!("{}", alert.expected).into());
+            annotations.insert("flaps".into(), alert.flaps.to_string().into());
+            let mut evidence: Vec<_> = alert.evidence.iter().collect();
+            evidence.sort_by(|a, b| a.0.cmp(b.0));
+            for (name, value) in evidence {
+                annotations.insert(format!("evidence_{name}"), format!("{value}").into());
             }
-            let starts = a.since.as_ref().map(rfc3339).unwrap_or_default();
-            let ends = match &a.resolved_at {
-                Some(r) => rfc3339(r),
+            let starts = alert.since.as_ref().map(rfc3339).unwrap_or_default();
+            let ends = match &alert.resolved_at {
+                Some(resolved) => rfc3339(resolved),
                 None => humantime::format_rfc3339_millis(now + FIRING_FOR).to_string(),
             };
             let mut labels = json!({
                 "alertname": alertname(kind),
-                "pool": a.pool,
-                "member": a.member,
+                "pool": alert.pool,
+                "member": alert.member,
                 "kind": kind,
                 "view": view,
                 "severity": severity,
             });
             // Kubernetes pools: the member's Pod, for routing and silences.
-            if !a.pod.is_empty() {
-                labels["pod"] = json!(a.pod);
+            if !alert.pod.is_empty() {
+                labels["pod"] = json!(alert.pod);
             }
             // What the alert is about and why: routes pinned load to the
             // service's owners, routing to the load balancer's.
-            for (k, v) in [
-                ("signal", signal_name(a.signal)),
-                ("cause", cause_name(a.cause)),
+            for (label, value) in [
+                ("signal", signal_name(alert.signal)),
+                ("cause", cause_name(alert.cause)),
             ] {
-                if !v.is_empty() {
-                    labels[k] = json!(v);
+                if !value.is_empty() {
+                    labels[label] = json!(value);
                 }
             }
             json!({
@@ -206,7 +206,7 @@ pub fn body(alerts: &[v1::Alert], external_url: &str, now: SystemTime) -> Vec<u8
                 "annotations": annotations,
                 "startsAt": starts,
                 "endsAt": ends,
-                "generatorURL": format!("{external_url}/pools/{}", a.pool),
+                "generatorURL": format!("{external_url}/pools/{}", alert.pool),
             })
         })
         .collect();
@@ -228,9 +228,9 @@ async fn sender(
                     debug!(webhook = %uri, attempt, "delivered");
                     break;
                 }
-                Ok(Err(e)) => {
+                Ok(Err(error)) => {
                     stats.failed_attempts.fetch_add(1, Relaxed);
-                    warn!(webhook = %uri, attempt, "webhook delivery failed: {e}; retrying in {backoff:?}");
+                    warn!(webhook = %uri, attempt, "webhook delivery failed: {error}; retrying in {backoff:?}");
                 }
                 Err(_) => {
                     stats.failed_attempts.fetch_add(1, Relaxed);
@@ -251,24 +251,24 @@ async fn sender(
 async fn post(uri: &Uri, authority: &str, body: Arc<Vec<u8>>) -> Result<(), String> {
     let stream = tokio::net::TcpStream::connect(authority)
         .await
-        .map_err(|e| format!("connecting to {authority}: {e}"))?;
+        .map_err(|error| format!("connecting to {authority}: {error}"))?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| format!("HTTP handshake: {e}"))?;
+        .map_err(|error| format!("HTTP handshake: {error}"))?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let path = uri.path_and_query().map_or("/", |path| path.as_str());
     let req = Request::post(path)
         .header(hyper::header::HOST, authority)
         .header(hyper::header::CONTENT_TYPE, "application/json")
         .header(hyper::header::USER_AGENT, "evenflow-collector")
         .body(Full::new(Bytes::from(body.as_ref().clone())))
-        .map_err(|e| format!("building the request: {e}"))?;
+        .map_err(|error| format!("building the request: {error}"))?;
     let resp = send
         .send_request(req)
         .await
-        .map_err(|e| format!("sending: {e}"))?;
+        .map_err(|error| format!("sending: {error}"))?;
     let status = resp.status();
     // Drain the body so the connection closes cleanly.
     let _ = resp.into_body().collect().await;
@@ -285,7 +285,7 @@ mod tests {
 
     #[test]
     fn alertmanager_v2_shape() {
-        let a = v1::Alert {
+        let zero = v1::Alert {
             id: "web/10.0.0.1:80/ZERO/server".into(),
             pool: "web".into(),
             member: "10.0.0.1:80".into(),
@@ -299,36 +299,39 @@ mod tests {
             summary: "zero".into(),
             ..Default::default()
         };
-        let v: Value =
-            serde_json::from_slice(&body(&[a], "http://c:9465", SystemTime::now())).unwrap();
-        let x = &v[0];
-        assert_eq!(x["labels"]["alertname"], "EvenflowZero");
-        assert_eq!(x["labels"]["severity"], "page");
-        assert_eq!(x["startsAt"], "2023-11-14T22:13:20.000Z");
-        assert_eq!(x["generatorURL"], "http://c:9465/pools/web");
+        let sent: Value =
+            serde_json::from_slice(&body(&[zero], "http://c:9465", SystemTime::now())).unwrap();
+        let first = &sent[0];
+        assert_eq!(first["labels"]["alertname"], "EvenflowZero");
+        assert_eq!(first["labels"]["severity"], "page");
+        assert_eq!(first["startsAt"], "2023-11-14T22:13:20.000Z");
+        assert_eq!(first["generatorURL"], "http://c:9465/pools/web");
         assert!(
-            x["labels"]["pod"].is_null(),
+            first["labels"]["pod"].is_null(),
             "no pod label outside Kubernetes"
         );
-        let k = v1::Alert {
+        let kube = v1::Alert {
             pod: "default/web-7d9f-abcde".into(),
             pool: "default/web:http".into(),
             ..Default::default()
         };
-        let v: Value =
-            serde_json::from_slice(&body(&[k], "http://c:9465", SystemTime::now())).unwrap();
-        assert_eq!(v[0]["labels"]["pod"], "default/web-7d9f-abcde");
-        assert_eq!(v[0]["generatorURL"], "http://c:9465/pools/default/web:http");
-        assert!(v[0]["labels"]["signal"].is_null() && v[0]["labels"]["cause"].is_null());
+        let sent: Value =
+            serde_json::from_slice(&body(&[kube], "http://c:9465", SystemTime::now())).unwrap();
+        assert_eq!(sent[0]["labels"]["pod"], "default/web-7d9f-abcde");
+        assert_eq!(
+            sent[0]["generatorURL"],
+            "http://c:9465/pools/default/web:http"
+        );
+        assert!(sent[0]["labels"]["signal"].is_null() && sent[0]["labels"]["cause"].is_null());
         let pinned = v1::Alert {
             signal: v1::Signal::ActiveConnections as i32,
             cause: v1::Cause::Pinned as i32,
             ..Default::default()
         };
-        let v: Value =
+        let sent: Value =
             serde_json::from_slice(&body(&[pinned], "http://c:9465", SystemTime::now())).unwrap();
-        assert_eq!(v[0]["labels"]["signal"], "active_connections");
-        assert_eq!(v[0]["labels"]["cause"], "pinned");
+        assert_eq!(sent[0]["labels"]["signal"], "active_connections");
+        assert_eq!(sent[0]["labels"]["cause"], "pinned");
         assert_eq!(alertname("DRAINING_VIOLATION"), "EvenflowDrainingViolation");
         assert!(parse_url("https://x/").is_err());
         assert!(parse_url("http://127.0.0.1:9093/api/v2/alerts").is_ok());

@@ -108,10 +108,10 @@ pub struct Catalog {
     pub pools: Vec<ServicePool>,
 }
 
-fn condition(c: Option<&EndpointConditions>) -> Condition {
-    let ready = c.and_then(|c| c.ready).unwrap_or(true);
-    let serving = c.and_then(|c| c.serving).unwrap_or(ready);
-    let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+fn condition(conditions: Option<&EndpointConditions>) -> Condition {
+    let ready = conditions.and_then(|given| given.ready).unwrap_or(true);
+    let serving = conditions.and_then(|given| given.serving).unwrap_or(ready);
+    let terminating = (conditions.and_then(|given| given.terminating)).unwrap_or(false);
     match (terminating, ready, serving) {
         (true, _, true) => Condition::Draining,
         (false, true, _) => Condition::Ready,
@@ -120,16 +120,16 @@ fn condition(c: Option<&EndpointConditions>) -> Condition {
 }
 
 fn tcp(protocol: Option<&String>) -> bool {
-    protocol.is_none_or(|p| p == "TCP")
+    protocol.is_none_or(|name| name == "TCP")
 }
 
-fn pod_of(e: &Endpoint, slice_ns: &str) -> Option<Arc<str>> {
-    let r = e.target_ref.as_ref()?;
-    if r.kind.as_deref().is_some_and(|k| k != "Pod") {
+fn pod_of(endpoint: &Endpoint, slice_ns: &str) -> Option<Arc<str>> {
+    let target = endpoint.target_ref.as_ref()?;
+    if target.kind.as_deref().is_some_and(|kind| kind != "Pod") {
         return None;
     }
-    let ns = r.namespace.as_deref().unwrap_or(slice_ns);
-    Some(Arc::from(format!("{ns}/{}", r.name.as_deref()?)))
+    let ns = target.namespace.as_deref().unwrap_or(slice_ns);
+    Some(Arc::from(format!("{ns}/{}", target.name.as_deref()?)))
 }
 
 /// Interns repeated strings (node and zone names) so members share them.
@@ -137,13 +137,13 @@ fn pod_of(e: &Endpoint, slice_ns: &str) -> Option<Arc<str>> {
 struct Names(BTreeSet<Arc<str>>);
 
 impl Names {
-    fn get(&mut self, s: &str) -> Arc<str> {
-        if let Some(x) = self.0.get(s) {
-            return x.clone();
+    fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(known) = self.0.get(name) {
+            return known.clone();
         }
-        let x: Arc<str> = Arc::from(s);
-        self.0.insert(x.clone());
-        x
+        let interned: Arc<str> = Arc::from(name);
+        self.0.insert(interned.clone());
+        interned
     }
 }
 
@@ -159,40 +159,40 @@ fn members(port: &ServicePort, slices: &[&EndpointSlice], names: &mut Names) -> 
             .ports
             .iter()
             .flatten()
-            .find(|p| p.name.as_deref().unwrap_or("") == want && tcp(p.protocol.as_ref()))
-            .and_then(|p| p.port)
-            .and_then(|p| u16::try_from(p).ok())
-            .filter(|p| *p != 0)
+            .find(|port| port.name.as_deref().unwrap_or("") == want && tcp(port.protocol.as_ref()))
+            .and_then(|port| port.port)
+            .and_then(|number| u16::try_from(number).ok())
+            .filter(|number| *number != 0)
         else {
             continue;
         };
         let ns = slice.metadata.namespace.as_deref().unwrap_or("");
-        for e in &slice.endpoints {
-            let condition = condition(e.conditions.as_ref());
-            for a in &e.addresses {
-                let Ok(ip) = a.parse::<IpAddr>() else {
+        for endpoint in &slice.endpoints {
+            let condition = condition(endpoint.conditions.as_ref());
+            for address in &endpoint.addresses {
+                let Ok(ip) = address.parse::<IpAddr>() else {
                     continue;
                 };
                 let addr = SocketAddr::new(ip, target);
-                if by_addr.get(&addr).is_some_and(|m| m.condition >= condition) {
+                if (by_addr.get(&addr)).is_some_and(|known| known.condition >= condition) {
                     continue;
                 }
-                let for_zones = e
+                let for_zones = endpoint
                     .hints
                     .as_ref()
-                    .and_then(|h| h.for_zones.as_ref())
+                    .and_then(|hints| hints.for_zones.as_ref())
                     .into_iter()
                     .flatten()
-                    .map(|z| names.get(&z.name))
+                    .map(|zone| names.get(&zone.name))
                     .collect();
                 by_addr.insert(
                     addr,
                     Member {
                         addr,
                         condition,
-                        node: e.node_name.as_deref().map(|n| names.get(n)),
-                        zone: e.zone.as_deref().map(|z| names.get(z)),
-                        pod: pod_of(e, ns),
+                        node: endpoint.node_name.as_deref().map(|node| names.get(node)),
+                        zone: endpoint.zone.as_deref().map(|zone| names.get(zone)),
+                        pod: pod_of(endpoint, ns),
                         for_zones,
                     },
                 );
@@ -210,17 +210,21 @@ pub fn build<'a>(
     node_zones: &BTreeMap<String, String>,
 ) -> Vec<ServicePool> {
     let mut by_service: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
-    for s in slices {
+    for slice in slices {
         let (Some(ns), Some(svc)) = (
-            s.metadata.namespace.as_deref(),
-            s.metadata
+            slice.metadata.namespace.as_deref(),
+            slice
+                .metadata
                 .labels
                 .as_ref()
-                .and_then(|l| l.get(SERVICE_NAME_LABEL)),
+                .and_then(|labels| labels.get(SERVICE_NAME_LABEL)),
         ) else {
             continue;
         };
-        by_service.entry((ns, svc.as_str())).or_default().push(s);
+        by_service
+            .entry((ns, svc.as_str()))
+            .or_default()
+            .push(slice);
     }
     let mut names = Names::default();
     let mut out = Vec::new();
@@ -296,37 +300,37 @@ fn split(
     let ready: Vec<&Member> = whole
         .members
         .iter()
-        .filter(|m| m.condition == Condition::Ready)
+        .filter(|member| member.condition == Condition::Ready)
         .collect();
-    if spec.and_then(|s| s.internal_traffic_policy.as_deref()) == Some("Local") {
+    if spec.and_then(|spec| spec.internal_traffic_policy.as_deref()) == Some("Local") {
         let nodes: BTreeSet<&Arc<str>> = whole
             .members
             .iter()
-            .filter_map(|m| m.node.as_ref())
+            .filter_map(|member| member.node.as_ref())
             .collect();
         for node in nodes {
             out.push(part(
                 &whole,
                 node,
-                |s| s.node = node.to_string(),
-                |m| m.node.as_ref() == Some(node),
+                |service| service.node = node.to_string(),
+                |member| member.node.as_ref() == Some(node),
                 [node.to_string()].into(),
                 "internalTrafficPolicy: Local: each node sends only to its own endpoints, so this pool is one node's endpoints judged against that node's sends".into(),
             ));
         }
         return;
     }
-    let hinted = !ready.is_empty() && ready.iter().all(|m| !m.for_zones.is_empty());
+    let hinted = !ready.is_empty() && ready.iter().all(|member| !member.for_zones.is_empty());
     if !hinted {
         let asked = spec
-            .and_then(|s| s.traffic_distribution.as_deref())
-            .map(|t| format!("trafficDistribution: {t}"))
+            .and_then(|spec| spec.traffic_distribution.as_deref())
+            .map(|distribution| format!("trafficDistribution: {distribution}"))
             .or_else(|| {
-                let a = svc.metadata.annotations.as_ref()?;
-                a.get(TOPOLOGY_MODE)
-                    .or_else(|| a.get(TOPOLOGY_HINTS))
-                    .filter(|v| !v.is_empty() && v.as_str() != "Disabled")
-                    .map(|v| format!("topology mode {v}"))
+                let annotations = svc.metadata.annotations.as_ref()?;
+                (annotations.get(TOPOLOGY_MODE))
+                    .or_else(|| annotations.get(TOPOLOGY_HINTS))
+                    .filter(|mode| !mode.is_empty() && mode.as_str() != "Disabled")
+                    .map(|mode| format!("topology mode {mode}"))
             });
         let note = asked.filter(|_| !ready.is_empty()).map(|asked| {
             Arc::from(format!(
@@ -336,29 +340,31 @@ fn split(
         out.push(ServicePool { note, ..whole });
         return;
     }
-    let zones: BTreeSet<&Arc<str>> = ready.iter().flat_map(|m| m.for_zones.iter()).collect();
+    let zones: BTreeSet<&Arc<str>> = (ready.iter())
+        .flat_map(|member| member.for_zones.iter())
+        .collect();
     for zone in zones {
         // The zone's nodes: from the Nodes' labels and the endpoints' own.
         let mut nodes: BTreeSet<String> = node_zones
             .iter()
-            .filter(|(_, z)| z.as_str() == &**zone)
-            .map(|(n, _)| n.clone())
+            .filter(|(_, node_zone)| node_zone.as_str() == &**zone)
+            .map(|(node, _)| node.clone())
             .collect();
         nodes.extend(
             whole
                 .members
                 .iter()
-                .filter(|m| m.zone.as_ref() == Some(zone))
-                .filter_map(|m| m.node.as_deref().map(str::to_owned)),
+                .filter(|member| member.zone.as_ref() == Some(zone))
+                .filter_map(|member| member.node.as_deref().map(str::to_owned)),
         );
         out.push(part(
             &whole,
             zone,
-            |s| s.zone = zone.to_string(),
-            |m| match m.condition {
-                Condition::Ready => m.for_zones.contains(zone),
-                _ if !m.for_zones.is_empty() => m.for_zones.contains(zone),
-                _ => m.zone.as_ref().is_none_or(|z| z == zone),
+            |service| service.zone = zone.to_string(),
+            |member| match member.condition {
+                Condition::Ready => member.for_zones.contains(zone),
+                _ if !member.for_zones.is_empty() => member.for_zones.contains(zone),
+                _ => member.zone.as_ref().is_none_or(|own| own == zone),
             },
             nodes,
             format!(
@@ -383,7 +389,10 @@ fn part(
     ServicePool {
         name: Arc::from(format!("{}@{at}", whole.name)),
         service: Arc::new(service),
-        members: whole.members.iter().filter(|m| keep(m)).cloned().collect(),
+        members: (whole.members.iter())
+            .filter(|member| keep(member))
+            .cloned()
+            .collect(),
         lb_nodes: LbNodes::SendersAmong(Arc::new(lb_nodes)),
         note: Some(Arc::from(note)),
     }

@@ -56,7 +56,7 @@ impl KubePools {
         let catalog = self.catalog.borrow().clone();
         let version = catalog.synced.then_some(catalog.version);
         let changed = version != self.version;
-        let grace_ended = self.next_deadline.is_some_and(|d| now >= d);
+        let grace_ended = self.next_deadline.is_some_and(|deadline| now >= deadline);
         if !changed && !grace_ended {
             return None;
         }
@@ -71,15 +71,15 @@ impl KubePools {
     /// rest.
     fn track_draining(&mut self, catalog: &Catalog, now: Instant) {
         let mut since = HashMap::new();
-        for p in &catalog.pools {
-            for m in p
+        for pool in &catalog.pools {
+            for member in pool
                 .members
                 .iter()
-                .filter(|m| m.condition == Condition::Draining)
+                .filter(|member| member.condition == Condition::Draining)
             {
-                let key = (p.name.clone(), m.addr);
-                let t = self.draining_since.get(&key).copied().unwrap_or(now);
-                since.insert(key, t);
+                let key = (pool.name.clone(), member.addr);
+                let first_seen = self.draining_since.get(&key).copied().unwrap_or(now);
+                since.insert(key, first_seen);
             }
         }
         self.draining_since = since;
@@ -93,10 +93,10 @@ impl KubePools {
         );
         let not_ready = "not ready: expected to receive nothing; not judged".to_owned();
         let mut out = BTreeMap::new();
-        for p in &catalog.pools {
-            let mut members = Vec::with_capacity(p.members.len());
-            for m in &p.members {
-                let expect = match m.condition {
+        for pool in &catalog.pools {
+            let mut members = Vec::with_capacity(pool.members.len());
+            for member in &pool.members {
+                let expect = match member.condition {
                     Condition::Ready => Expect::Share,
                     Condition::NotReady => Expect::Unjudged {
                         draining: false,
@@ -105,13 +105,13 @@ impl KubePools {
                     Condition::Draining => {
                         let since = self
                             .draining_since
-                            .get(&(p.name.clone(), m.addr))
+                            .get(&(pool.name.clone(), member.addr))
                             .copied()
                             .unwrap_or(now);
                         let end = since + self.grace;
                         if now < end {
                             self.next_deadline =
-                                Some(self.next_deadline.map_or(end, |d| d.min(end)));
+                                Some(self.next_deadline.map_or(end, |deadline| deadline.min(end)));
                             Expect::Unjudged {
                                 draining: true,
                                 reason: in_grace.clone(),
@@ -122,12 +122,12 @@ impl KubePools {
                     }
                 };
                 members.push(DeclaredMember {
-                    addr: m.addr,
+                    addr: member.addr,
                     weight: 1.0,
                     expect,
-                    node: m.node.clone(),
-                    pod: m.pod.clone(),
-                    zone: m.zone.clone(),
+                    node: member.node.clone(),
+                    pod: member.pod.clone(),
+                    zone: member.zone.clone(),
                     source: Source {
                         kubernetes: true,
                         ..Source::default()
@@ -135,12 +135,12 @@ impl KubePools {
                 });
             }
             out.insert(
-                p.name.clone(),
+                pool.name.clone(),
                 DeclaredPool {
                     members,
-                    lb_nodes: p.lb_nodes.clone(),
-                    kubernetes: Some(p.service.clone()),
-                    note: p.note.clone(),
+                    lb_nodes: pool.lb_nodes.clone(),
+                    kubernetes: Some(pool.service.clone()),
+                    note: pool.note.clone(),
                 },
             );
         }
@@ -181,11 +181,11 @@ mod tests {
         })
     }
 
-    fn expects(p: &BTreeMap<Arc<str>, DeclaredPool>) -> Vec<&'static str> {
-        p["default/web:http"]
+    fn expects(pools: &BTreeMap<Arc<str>, DeclaredPool>) -> Vec<&'static str> {
+        pools["default/web:http"]
             .members
             .iter()
-            .map(|m| match &m.expect {
+            .map(|member| match &member.expect {
                 Expect::Share => "share",
                 Expect::Draining => "draining",
                 Expect::Unjudged { draining: true, .. } => "grace",
@@ -199,14 +199,17 @@ mod tests {
     #[test]
     fn draining_members_are_judged_only_after_the_grace() {
         let (tx, rx) = watch::channel(Arc::new(Catalog::default()));
-        let mut k = KubePools::new(rx, Duration::from_secs(10));
+        let mut kube = KubePools::new(rx, Duration::from_secs(10));
         let t0 = Instant::now();
         // Nothing before the first full listing.
-        assert!(k.poll(t0).is_none());
+        assert!(kube.poll(t0).is_none());
         tx.send_replace(catalog(1, &[Condition::Ready, Condition::Ready]));
-        let p = k.poll(t0).expect("first pools");
-        assert_eq!(expects(&p), ["share", "share"]);
-        assert!(k.poll(t0 + Duration::from_secs(1)).is_none(), "unchanged");
+        let pools = kube.poll(t0).expect("first pools");
+        assert_eq!(expects(&pools), ["share", "share"]);
+        assert!(
+            kube.poll(t0 + Duration::from_secs(1)).is_none(),
+            "unchanged"
+        );
         // The second member starts terminating; a third is not ready yet.
         tx.send_replace(catalog(
             2,
@@ -214,7 +217,7 @@ mod tests {
         ));
         let t1 = t0 + Duration::from_secs(2);
         assert_eq!(
-            expects(&k.poll(t1).unwrap()),
+            expects(&kube.poll(t1).unwrap()),
             ["share", "grace", "not ready"]
         );
         // A catalog change within the grace keeps the first-seen time.
@@ -223,11 +226,16 @@ mod tests {
             &[Condition::Ready, Condition::Draining, Condition::Ready],
         ));
         let t2 = t1 + Duration::from_secs(5);
-        assert_eq!(expects(&k.poll(t2).unwrap()), ["share", "grace", "share"]);
-        assert!(k.poll(t1 + Duration::from_secs(9)).is_none());
+        assert_eq!(
+            expects(&kube.poll(t2).unwrap()),
+            ["share", "grace", "share"]
+        );
+        assert!(kube.poll(t1 + Duration::from_secs(9)).is_none());
         // The grace ends: the pools change with no catalog change.
-        let p = k.poll(t1 + Duration::from_secs(10)).expect("grace ended");
-        assert_eq!(expects(&p), ["share", "draining", "share"]);
-        assert!(k.poll(t1 + Duration::from_secs(11)).is_none());
+        let pools = kube
+            .poll(t1 + Duration::from_secs(10))
+            .expect("grace ended");
+        assert_eq!(expects(&pools), ["share", "draining", "share"]);
+        assert!(kube.poll(t1 + Duration::from_secs(11)).is_none());
     }
 }

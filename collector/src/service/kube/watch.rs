@@ -145,15 +145,15 @@ where
     let stream = events.default_backoff().modify(trim).reflect(writer);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
-        while let Some(ev) = stream.next().await {
-            match ev {
+        while let Some(event) = stream.next().await {
+            match event {
                 Ok(watcher::Event::InitDone) => {
                     debug!(resource, "Kubernetes: listed");
                     changed.notify_one();
                 }
                 Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
                 Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => changed.notify_one(),
-                Err(e) => log_error(resource, &e),
+                Err(error) => log_error(resource, &error),
             }
         }
     });
@@ -161,46 +161,47 @@ where
 }
 
 /// Logs a watch error with what it means and what to do.
-fn log_error(resource: &str, e: &watcher::Error) {
-    let api_status = match e {
-        watcher::Error::InitialListFailed(::kube::Error::Api(s))
-        | watcher::Error::WatchStartFailed(::kube::Error::Api(s))
-        | watcher::Error::WatchFailed(::kube::Error::Api(s)) => Some(&**s),
-        watcher::Error::WatchError(s) => Some(&**s),
+fn log_error(resource: &str, error: &watcher::Error) {
+    let api_status = match error {
+        watcher::Error::InitialListFailed(::kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(::kube::Error::Api(status))
+        | watcher::Error::WatchFailed(::kube::Error::Api(status)) => Some(&**status),
+        watcher::Error::WatchError(status) => Some(&**status),
         _ => None,
     };
     match api_status {
-        Some(s) if s.code == 410 => info!(
+        Some(status) if status.code == 410 => info!(
             resource,
-            "Kubernetes: watch expired (410 Gone: {}): listing again", s.message
+            "Kubernetes: watch expired (410 Gone: {}): listing again", status.message
         ),
-        Some(s) if s.code == 401 || s.code == 403 => error!(
+        Some(status) if status.code == 401 || status.code == 403 => error!(
             resource,
             "Kubernetes: the API server refuses ({} {}: {}): grant the collector's ServiceAccount get, list and watch on {resource} (deploy/kubernetes/collector-rbac.yaml); retrying",
-            s.code,
-            s.reason,
-            s.message
+            status.code,
+            status.reason,
+            status.message
         ),
-        _ => warn!(resource, "Kubernetes: {e}; retrying with backoff"),
+        _ => warn!(resource, "Kubernetes: {error}; retrying with backoff"),
     }
 }
 
-fn trim_service(s: &mut Service) {
-    s.managed_fields_mut().clear();
-    s.annotations_mut()
-        .retain(|k, _| k == TOPOLOGY_MODE || k == TOPOLOGY_HINTS);
-    s.status = None;
+fn trim_service(service: &mut Service) {
+    service.managed_fields_mut().clear();
+    service
+        .annotations_mut()
+        .retain(|key, _| key == TOPOLOGY_MODE || key == TOPOLOGY_HINTS);
+    service.status = None;
 }
 
-fn trim_slice(s: &mut EndpointSlice) {
-    s.managed_fields_mut().clear();
-    s.annotations_mut().clear();
+fn trim_slice(slice: &mut EndpointSlice) {
+    slice.managed_fields_mut().clear();
+    slice.annotations_mut().clear();
 }
 
-fn trim_node(n: &mut PartialObjectMeta<Node>) {
-    n.managed_fields_mut().clear();
-    n.annotations_mut().clear();
-    n.labels_mut().retain(|k, _| k == ZONE_LABEL);
+fn trim_node(node: &mut PartialObjectMeta<Node>) {
+    node.managed_fields_mut().clear();
+    node.annotations_mut().clear();
+    node.labels_mut().retain(|key, _| key == ZONE_LABEL);
 }
 
 /// Waits until every store is listed, then publishes a catalog after each
@@ -225,17 +226,21 @@ async fn publish(
         let zones: BTreeMap<String, String> = nodes
             .state()
             .iter()
-            .filter_map(|n| Some((n.name_any(), n.labels().get(ZONE_LABEL)?.clone())))
+            .filter_map(|node| Some((node.name_any(), node.labels().get(ZONE_LABEL)?.clone())))
             .collect();
-        let svc = services.state();
-        let sl = slices.state();
+        let services_now = services.state();
+        let slices_now = slices.state();
         version += 1;
-        let pools = catalog::build(svc.iter().map(|s| &**s), sl.iter().map(|s| &**s), &zones);
+        let pools = catalog::build(
+            services_now.iter().map(|service| &**service),
+            slices_now.iter().map(|slice| &**slice),
+            &zones,
+        );
         debug!(version, pools = pools.len(), "Kubernetes: catalog rebuilt");
         if version == 1 {
             info!(
-                services = svc.len(),
-                endpointslices = sl.len(),
+                services = services_now.len(),
+                endpointslices = slices_now.len(),
                 nodes = zones.len(),
                 pools = pools.len(),
                 "Kubernetes: listed; pools follow the EndpointSlices from now on"

@@ -72,26 +72,32 @@ fn slice(svc: &str, name: &str, port: (&str, i32), eps: &[Ep]) -> EndpointSlice 
         }]),
         endpoints: eps
             .iter()
-            .map(|e| Endpoint {
-                addresses: vec![e.ip.into()],
+            .map(|endpoint| Endpoint {
+                addresses: vec![endpoint.ip.into()],
                 conditions: Some(EndpointConditions {
-                    ready: e.ready,
-                    serving: e.serving,
-                    terminating: e.terminating,
+                    ready: endpoint.ready,
+                    serving: endpoint.serving,
+                    terminating: endpoint.terminating,
                 }),
-                node_name: Some(e.node.into()),
-                zone: Some(e.zone.into()),
+                node_name: Some(endpoint.node.into()),
+                zone: Some(endpoint.zone.into()),
                 target_ref: Some(ObjectReference {
                     kind: Some("Pod".into()),
-                    name: Some(format!("{svc}-{}", e.ip.rsplit('.').next().unwrap_or("x"))),
+                    name: Some(format!(
+                        "{svc}-{}",
+                        endpoint.ip.rsplit('.').next().unwrap_or("x")
+                    )),
                     namespace: Some("default".into()),
                     ..Default::default()
                 }),
-                hints: (!e.hints.is_empty()).then(|| EndpointHints {
+                hints: (!endpoint.hints.is_empty()).then(|| EndpointHints {
                     for_zones: Some(
-                        e.hints
+                        endpoint
+                            .hints
                             .iter()
-                            .map(|z| ForZone { name: (*z).into() })
+                            .map(|zone| ForZone {
+                                name: (*zone).into(),
+                            })
                             .collect(),
                     ),
                     ..Default::default()
@@ -102,8 +108,10 @@ fn slice(svc: &str, name: &str, port: (&str, i32), eps: &[Ep]) -> EndpointSlice 
     }
 }
 
-fn addrs(p: &ServicePool) -> Vec<String> {
-    p.members.iter().map(|m| m.addr.to_string()).collect()
+fn addrs(pool: &ServicePool) -> Vec<String> {
+    (pool.members.iter())
+        .map(|member| member.addr.to_string())
+        .collect()
 }
 
 #[test]
@@ -127,13 +135,13 @@ fn two_services_on_one_port_are_two_pools() {
         ),
     ];
     let pools = build(&svcs, &slices, &BTreeMap::new());
-    let names: Vec<&str> = pools.iter().map(|p| &*p.name).collect();
+    let names: Vec<&str> = pools.iter().map(|pool| &*pool.name).collect();
     assert_eq!(names, ["default/a:http", "default/b:http"]);
     assert_eq!(addrs(&pools[0]), ["10.244.0.2:8080", "10.244.0.3:8080"]);
     assert_eq!(addrs(&pools[1]), ["10.244.0.4:8080"]);
-    let m = &pools[0].members[0];
-    assert_eq!(m.pod.as_deref(), Some("default/a-2"));
-    assert_eq!(m.node.as_deref(), Some("n1"));
+    let first = &pools[0].members[0];
+    assert_eq!(first.pod.as_deref(), Some("default/a-2"));
+    assert_eq!(first.node.as_deref(), Some("n1"));
     assert_eq!(pools[0].service.service, "a");
     assert_eq!(pools[0].service.port, 80);
     assert_eq!(pools[0].service.cluster_ips, ["10.96.0.10"]);
@@ -177,9 +185,11 @@ fn conditions_read_as_kube_proxy_reads_them() {
     );
     // An unnamed port is named by its number.
     assert_eq!(&*pools[0].name, "default/a:80");
-    let c: Vec<Condition> = pools[0].members.iter().map(|m| m.condition).collect();
+    let conditions: Vec<Condition> = (pools[0].members.iter())
+        .map(|member| member.condition)
+        .collect();
     assert_eq!(
-        c,
+        conditions,
         [
             Condition::Ready,
             Condition::Draining,
@@ -213,7 +223,7 @@ fn each_port_takes_its_own_slice_port_and_duplicates_keep_the_better_condition()
     let mut fqdn = slice("a", "a-3", ("http", 8080), &[ready("10.0.0.8", "n", "z")]);
     fqdn.address_type = "FQDN".into();
     let pools = build(&svcs, &[s1, s2, other, fqdn], &BTreeMap::new());
-    let names: Vec<&str> = pools.iter().map(|p| &*p.name).collect();
+    let names: Vec<&str> = pools.iter().map(|pool| &*pool.name).collect();
     assert_eq!(names, ["default/a:admin", "default/a:http"]);
     assert_eq!(addrs(&pools[0]), ["10.0.0.1:9090"]);
     assert_eq!(addrs(&pools[1]), ["10.0.0.1:8080"]);
@@ -255,7 +265,7 @@ fn zone_hints_split_the_service_by_zone() {
         &[slice("a", "a-1", ("http", 8080), &eps)],
         &zones,
     );
-    let names: Vec<&str> = pools.iter().map(|p| &*p.name).collect();
+    let names: Vec<&str> = pools.iter().map(|pool| &*pool.name).collect();
     assert_eq!(names, ["default/a:http@z1", "default/a:http@z2"]);
     assert_eq!(addrs(&pools[0]), ["10.0.1.1:8080", "10.0.1.2:8080"]);
     assert_eq!(addrs(&pools[1]), ["10.0.2.1:8080", "10.0.2.9:8080"]);
@@ -292,7 +302,7 @@ fn internal_traffic_policy_local_splits_by_node() {
         &[slice("dns", "d-1", ("dns-tcp", 53), &eps)],
         &BTreeMap::new(),
     );
-    let names: Vec<&str> = pools.iter().map(|p| &*p.name).collect();
+    let names: Vec<&str> = pools.iter().map(|pool| &*pool.name).collect();
     assert_eq!(names, ["default/dns:dns-tcp@n1", "default/dns:dns-tcp@n2"]);
     assert_eq!(addrs(&pools[0]), ["10.0.1.1:53", "10.0.1.2:53"]);
     assert_eq!(
