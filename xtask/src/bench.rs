@@ -1,7 +1,7 @@
 //! `cargo xtask bench-datapath`: what the agent costs the traffic it counts.
 //!
 //! On a veth pair between two network namespaces, in one run, measured with
-//! and without the agent attached (alternating, medians of several runs):
+//! and without the agent attached (paired rounds, medians of several runs):
 //! bulk throughput (iperf3), connection churn (hey, one connection per
 //! request against nginx), the mean cost per run of each eBPF program from
 //! `kernel.bpf_stats_enabled`, and the agent's CPU and RSS with 10,000 live
@@ -586,7 +586,14 @@ fn throughput(rounds: usize, env: &Env) -> Result<Throughput> {
     };
     let _stats = BpfStats::off()?;
     for round in 0..rounds {
-        for with in [false, true] {
+        // Each round's pair in turn order, so a drift in the machine's load
+        // does not favour one side.
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for with in order {
             crate::interrupt::check()?;
             let agent = if with {
                 Some(start_agent(SERVER, server_cg)?)
@@ -614,39 +621,50 @@ fn throughput(rounds: usize, env: &Env) -> Result<Throughput> {
 
 impl Throughput {
     fn print(&self) {
-        let (t0, t1) = (median(self.tput[0].clone()), median(self.tput[1].clone()));
-        let (c0, c1) = (median(self.conns[0].clone()), median(self.conns[1].clone()));
         println!(
             "{:<44} {:>14} {:>14} {:>8}  target",
             "", "without agent", "with agent", "ratio"
         );
-        println!(
-            "{:<44} {:>14.2} {:>14.2} {:>8.3}  >= 0.99",
-            "bulk throughput, iperf3 (Gbit/s)",
-            t0 / 1e9,
-            t1 / 1e9,
-            t1 / t0
-        );
-        println!(
-            "{:<44} {:>14} {:>14}",
-            "  range over the rounds",
-            spread(&self.tput[0], 1e9, 2),
-            spread(&self.tput[1], 1e9, 2)
-        );
-        println!(
-            "{:<44} {:>14.0} {:>14.0} {:>8.3}  >= 0.97",
+        paired_row("bulk throughput, iperf3 (Gbit/s)", &self.tput, 1e9, 2, 0.99);
+        paired_row(
             "connection churn, hey no keep-alive (conn/s)",
-            c0,
-            c1,
-            c1 / c0
-        );
-        println!(
-            "{:<44} {:>14} {:>14}",
-            "  range over the rounds",
-            spread(&self.conns[0], 1.0, 0),
-            spread(&self.conns[1], 1.0, 0)
+            &self.conns,
+            1.0,
+            0,
+            0.97,
         );
     }
+}
+
+/// One measure's medians without and with the agent, and the ratio that
+/// decides: the median over rounds of each round's with/without ratio.
+/// Pairing each round's two runs cancels what drifts between rounds on a
+/// shared machine (builds, other benchmarks), which the ranges show.
+fn paired_row(
+    label: &str,
+    [without, with]: &[Vec<f64>; 2],
+    scale: f64,
+    decimals: usize,
+    target: f64,
+) {
+    let ratios: Vec<f64> = without
+        .iter()
+        .zip(with)
+        .map(|(base, agent)| agent / base)
+        .collect();
+    println!(
+        "{label:<44} {:>14.decimals$} {:>14.decimals$} {:>8.3}  >= {target}",
+        median(without.clone()) / scale,
+        median(with.clone()) / scale,
+        median(ratios.clone()),
+    );
+    println!(
+        "{:<44} {:>14} {:>14} {:>8}",
+        "  range over the rounds",
+        spread(without, scale, decimals),
+        spread(with, scale, decimals),
+        spread(&ratios, 1.0, 3),
+    );
 }
 
 /// Per-program cost in passes of their own (bpf stats on). Each pass runs
@@ -692,7 +710,14 @@ fn print_costs(rounds: usize, [local, forwarded]: &[Vec<Vec<Cost>>; 2]) {
             };
             println!(
                 "    {:<22} {:>7.1} ns/run, empty {:>6.1} → {:>+7.1} ns (passes {:+.1}–{:+.1}), first {:>6.1}, {} runs/pass   (target <= {target} ns)",
-                c.name, c.ns, c.baseline, c.above, c.above_range.0, c.above_range.1, c.first, c.runs
+                c.name,
+                c.ns,
+                c.baseline,
+                c.above,
+                c.above_range.0,
+                c.above_range.1,
+                c.first,
+                c.runs
             );
         }
     }
