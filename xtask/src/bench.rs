@@ -667,38 +667,48 @@ fn paired_row(
     );
 }
 
-/// Per-program cost in passes of their own (bpf stats on). Each pass runs
-/// an empty program beside evenflow's on the same hooks (TC ingress and
-/// egress, sock_ops): the cost above it is evenflow's. As many passes as
-/// rounds, local and forwarded alternating.
-fn costs(rounds: usize, env: &Env) -> Result<[Vec<Vec<Cost>>; 2]> {
+/// Per-program cost in passes of their own (bpf stats on), between empty
+/// programs on the same hooks (see [`Empties`]). Each round runs a local
+/// pass, the same on a server that forwards, and a forwarded one.
+fn costs(rounds: usize, env: &Env) -> Result<[Vec<Vec<Cost>>; 3]> {
     let server_cg = &env.cgroups[1];
     let lb_cg = server_cg.with_file_name("lb");
     std::fs::create_dir_all(&lb_cg)?;
     // Back to what it was when the passes are over.
     let _stats = BpfStats::off()?;
-    let (mut local, mut forwarded) = (Vec::new(), Vec::new());
+    let mut passes: [Vec<Vec<Cost>>; 3] = Default::default();
+    let local = || cost_pass(SERVER, server_cg, &["efb-s", "efb-sl"], SERVER_IP);
     for _ in 0..rounds {
         crate::interrupt::check()?;
-        local.push(cost_pass(
-            SERVER,
-            server_cg,
-            &["efb-s", "efb-sl"],
-            SERVER_IP,
-        )?);
+        passes[0].push(local()?);
         crate::interrupt::check()?;
-        forwarded.push(cost_pass(LB, &lb_cg, &["efb-lc", "efb-ls"], VIP)?);
+        // A Kubernetes node forwards: its agent adds TC ingress.
+        netns::sysctl(SERVER, "net.ipv4.ip_forward", "1")?;
+        let pass = local();
+        netns::sysctl(SERVER, "net.ipv4.ip_forward", "0")?;
+        passes[1].push(pass?);
+        crate::interrupt::check()?;
+        passes[2].push(cost_pass(LB, &lb_cg, &["efb-lc", "efb-ls"], VIP)?);
     }
     let _ = std::fs::remove_dir(&lb_cg);
-    Ok([local, forwarded])
+    Ok(passes)
 }
 
-fn print_costs(rounds: usize, [local, forwarded]: &[Vec<Vec<Cost>>; 2]) {
+fn print_costs(rounds: usize, [local, local_forwarding, forwarded]: &[Vec<Vec<Cost>>; 3]) {
     println!(
         "\nper-run cost above an empty program behind it on the same hooks (kernel bpf stats; {rounds} passes of one iperf3 + one churn run, medians; \"first\": an empty program ahead of it, which pays what any program first on the hook pays):"
     );
     for (pass, passes, tc_target) in [
-        ("local sockets (agent on the server)", local, 20.0),
+        (
+            "local sockets (agent on the server, which does not forward)",
+            local,
+            20.0,
+        ),
+        (
+            "local sockets on a node that forwards (the server, ip_forward on)",
+            local_forwarding,
+            20.0,
+        ),
         ("forwarded (agent on the DNAT lb)", forwarded, 60.0),
     ] {
         println!("  {pass}:");
