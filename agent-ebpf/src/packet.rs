@@ -233,14 +233,22 @@ pub enum Probe {
 /// egress).
 #[inline(always)]
 pub fn syn_probe(ctx: &TcContext) -> Probe {
+    // SAFETY: scalar context fields.
+    let (protocol, gso_segs) = unsafe { ((*ctx.skb.skb).protocol, (*ctx.skb.skb).gso_segs) };
+    // A GRO/GSO super-packet stands for several segments, which a SYN never
+    // is: bulk traffic is told apart without touching the packet.
+    if gso_segs > 1 {
+        return Probe::Other;
+    }
     let start = ctx.data();
     let end = ctx.data_end();
     // Ethernet + IPv6 + the first 14 bytes of TCP: enough for both families.
     if start + ETH_HLEN + 20 + 14 > end {
         return Probe::Unknown;
     }
-    // SAFETY (every read below): bounds-checked against `end`.
-    let ethertype = u16::from_be(unsafe { rd16(start + 12) });
+    // The skb's protocol is the Ethernet header's type (network order),
+    // read from the skb rather than the packet.
+    let ethertype = u16::from_be(protocol as u16);
     let flags_at = if ethertype == ETH_P_IP {
         let vihl_tos = unsafe { rd16(start + ETH_HLEN) };
         if vihl_tos & 0xff != 0x45 {

@@ -149,6 +149,8 @@ pub struct Datapath {
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     /// The socket sampler and the flow sweeper, run before every read.
     iterators: [MapIter; 2],
+    /// Whether TC ingress is attached: the node forwards.
+    forwards: bool,
     /// Pins this agent keeps (sock_ops, and TC per interface).
     pinned: Vec<String>,
     links_dir: PathBuf,
@@ -198,11 +200,15 @@ impl Datapath {
         std::fs::create_dir_all(&links_dir)
             .with_context(|| format!("creating {}", links_dir.display()))?;
         let mut pinned = vec![attach_sockops(&mut ebpf, cfg.cgroup, &links_dir)?];
-        for (name, side) in TC_PROGRAMS {
+        for (name, _) in TC_PROGRAMS {
             let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
             prog.load()
                 .with_context(|| format!("loading {name} (TC)"))?;
-            for iface in cfg.ifaces {
+        }
+        let forwards = crate::host::forwards();
+        for iface in cfg.ifaces {
+            for (name, side) in tc_programs(forwards) {
+                let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
                 pinned.push(attach_tc(prog, name, side, iface, &links_dir)?);
             }
         }
@@ -228,6 +234,7 @@ impl Datapath {
             epoch,
             pins = %pin_dir.display(),
             ifaces = ?cfg.ifaces,
+            forwards,
             cgroup = %cfg.cgroup.display(),
             "eBPF programs attached"
         );
@@ -257,6 +264,7 @@ impl Datapath {
             epoch,
             pin_dir,
             interfaces: cfg.ifaces.to_vec(),
+            forwards,
             cgroup: cfg.cgroup.to_owned(),
             logger,
             iterators,
@@ -266,20 +274,34 @@ impl Datapath {
         })
     }
 
-    /// Attaches the TC programs to interfaces in `wanted` that have none yet
-    /// (a pod's veth created after the agent started) and forgets the ones
-    /// no longer there (their links went with the device).
-    pub fn follow_interfaces(&mut self, wanted: &[String]) -> Result<()> {
-        if wanted == self.interfaces.as_slice() {
+    /// Keeps the TC programs on the interfaces in `wanted` (a pod's veth
+    /// created after the agent started gets them; a device that went took
+    /// its links along), and TC ingress only while the node `forwards`
+    /// (see [`tc_programs`]).
+    pub fn follow(&mut self, wanted: &[String], forwards: bool) -> Result<()> {
+        if wanted == self.interfaces.as_slice() && forwards == self.forwards {
             return Ok(());
         }
-        for iface in wanted.iter().filter(|i| !self.interfaces.contains(i)) {
-            for (name, side) in TC_PROGRAMS {
+        if forwards != self.forwards {
+            info!(
+                forwards,
+                "IP forwarding changed: TC ingress (where SYNs entering the node were going) follows"
+            );
+        }
+        for iface in wanted {
+            let new = !self.interfaces.contains(iface);
+            for (name, side) in tc_programs(forwards) {
+                let pin_name = format!("{name}@{iface}");
+                if self.pinned.contains(&pin_name) {
+                    continue;
+                }
                 let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
                 let pin = attach_tc(prog, name, side, iface, &self.links_dir)?;
                 self.pinned.push(pin);
             }
-            info!(iface, "attached to a new interface");
+            if new {
+                info!(iface, "attached to a new interface");
+            }
         }
         for gone in self.interfaces.iter().filter(|i| !wanted.contains(i)) {
             info!(iface = %gone, "interface gone");
@@ -287,11 +309,13 @@ impl Datapath {
         self.pinned.retain(|pin| match pin.split_once('@') {
             Some((prog, iface)) if prog.starts_with("evenflow_tc_") => {
                 wanted.iter().any(|w| w == iface)
+                    && tc_programs(forwards).any(|(name, _)| name == prog)
             }
             _ => true,
         });
         crate::links::prune(&self.links_dir, &self.pinned)?;
         self.interfaces = wanted.to_vec();
+        self.forwards = forwards;
         Ok(())
     }
 
@@ -427,6 +451,16 @@ const TC_PROGRAMS: [(&str, TcAttachType); 2] = [
     ("evenflow_tc_ingress", TcAttachType::Ingress),
     ("evenflow_tc_egress", TcAttachType::Egress),
 ];
+
+/// The TC programs a node needs. Ingress notes where SYNs entering the
+/// node were going, which only a forwarded connection ever asks (egress
+/// compares it with where the SYN leaves for); a node that does not
+/// forward would pay it on every arriving packet for nothing.
+fn tc_programs(forwards: bool) -> impl Iterator<Item = (&'static str, TcAttachType)> {
+    TC_PROGRAMS
+        .into_iter()
+        .filter(move |(_, side)| forwards || *side == TcAttachType::Egress)
+}
 
 /// Attaches sock_ops to `cgroup`, or adopts the pinned link already there;
 /// returns the pin's name.

@@ -327,6 +327,32 @@ fn up_ethernet(all: &[Interface]) -> Vec<String> {
         .collect()
 }
 
+/// The sysctls that make a node pass on packets it does not terminate.
+/// (`br_netfilter`'s `bridge-nf-call-iptables` is left out: it is on in
+/// every namespace once the module is loaded, bridge or not. A namespace
+/// that DNATs between bridge ports with IP forwarding off is not followed;
+/// every Kubernetes node and Docker host forwards.)
+const FORWARDING_SYSCTLS: [&str; 2] = [
+    "/proc/sys/net/ipv4/ip_forward",
+    "/proc/sys/net/ipv6/conf/all/forwarding",
+];
+
+/// Whether this network namespace forwards IPv4 or IPv6. A sysctl that is
+/// absent (no IPv6) does not; one that cannot be read is taken to, so a
+/// forwarded connection is never missed.
+pub fn forwards() -> bool {
+    FORWARDING_SYSCTLS
+        .iter()
+        .any(|path| match std::fs::read_to_string(path) {
+            Ok(v) => v.trim() != "0",
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => {
+                tracing::debug!(path, error = %e, "unreadable: taken as forwarding");
+                true
+            }
+        })
+}
+
 /// Lifts RLIMIT_MEMLOCK for kernels that still charge BPF maps to it (< 5.11).
 pub fn raise_memlock() {
     let rlim = libc::rlimit {

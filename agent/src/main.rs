@@ -220,11 +220,14 @@ async fn counting_loop(
         let secs = now.duration_since(last).as_secs_f64();
         last = now;
         // Without --iface the agent follows the node's interfaces as they
-        // come and go (pods' veths).
-        if args.ifaces.is_empty() {
-            let wanted = host::up_ethernet_interfaces()?;
-            tokio::task::block_in_place(|| dp.follow_interfaces(&wanted))?;
-        }
+        // come and go (pods' veths); with or without, whether it forwards.
+        let wanted = if args.ifaces.is_empty() {
+            host::up_ethernet_interfaces()?
+        } else {
+            dp.interfaces().to_vec()
+        };
+        let forwards = host::forwards();
+        tokio::task::block_in_place(|| dp.follow(&wanted, forwards))?;
         // Map reads are syscalls: keep them off the async workers' backs.
         let stats = tokio::task::block_in_place(|| dp.read(&mut read))?;
         if let Some(prev) = &prev_stats {

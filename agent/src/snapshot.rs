@@ -60,15 +60,12 @@ fn protocol(proto: u8) -> v1::Protocol {
     }
 }
 
-/// Builds the snapshot. Endpoints are sorted (direction, address, port) so
-/// consecutive snapshots diff cleanly.
+/// Builds the snapshot. Endpoints come in the table's listing order
+/// (direction, address, port), so consecutive snapshots diff cleanly.
 pub fn build(i: &Inputs<'_>) -> v1::Snapshot {
-    // Sorted as references: the endpoints themselves are too big to move
-    // around a sort of tens of thousands.
-    let mut entries: Vec<(&EndpointKey, &Entry)> = i.table.iter().collect();
-    entries.sort_unstable_by_key(|(k, _)| (k.direction, k.addr, k.port, k.proto));
-    let endpoints = entries
-        .into_iter()
+    let endpoints = i
+        .table
+        .iter()
         .map(|(key, e)| endpoint(i.services, key, e))
         .collect();
     v1::Snapshot {

@@ -2,8 +2,12 @@
 //! them and per-second rates over the last interval.
 //!
 //! It is updated from a full read of the kernel map every interval, tens of
-//! thousands of endpoints on a busy node: the hasher is foldhash (SipHash
-//! was a tenth of the agent's CPU), and each endpoint's address is written
+//! thousands of endpoints on a busy node, so the steady state does no
+//! hashing and no sorting: the kernel walks an unchanged map in the same
+//! order every time, so the table remembers where each position of the last
+//! read went and only checks that the keys still line up. Entries are kept
+//! in the order snapshots list them (direction, address, port), re-sorted
+//! only when an endpoint comes or goes. Each endpoint's address is written
 //! out once, when it is first seen, not in every snapshot.
 
 use agent_common::{EndpointCounters, EndpointKey};
@@ -32,10 +36,41 @@ pub struct Entry {
     pub address: String,
 }
 
-/// Endpoints seen since the epoch, keyed as the kernel keys them.
+impl Entry {
+    fn new(key: &EndpointKey) -> Self {
+        Self {
+            address: key_addr(key).to_string(),
+            ..Self::default()
+        }
+    }
+
+    /// Takes the kernel's totals `now` and the rates since the last ones.
+    fn advance(&mut self, now: &EndpointCounters, secs: f64) {
+        let prev = self.totals;
+        let rate = |n: u64, p: u64| n.saturating_sub(p) as f64 / secs;
+        self.rates = Rates {
+            conns_opened: rate(now.conns_opened, prev.conns_opened),
+            conns_closed: rate(now.conns_closed, prev.conns_closed),
+            bytes_rx: rate(now.bytes_rx, prev.bytes_rx),
+            bytes_tx: rate(now.bytes_tx, prev.bytes_tx),
+            packets_rx: rate(now.packets_rx, prev.packets_rx),
+            packets_tx: rate(now.packets_tx, prev.packets_tx),
+        };
+        self.totals = *now;
+    }
+}
+
+/// The order snapshots list endpoints in, so consecutive ones diff cleanly.
+fn listing_order(key: &EndpointKey) -> (u8, [u32; 4], u16, u8) {
+    (key.direction, key.addr, key.port, key.proto)
+}
+
+/// Endpoints seen since the epoch, in listing order.
 #[derive(Default)]
 pub struct Table {
-    entries: HashMap<EndpointKey, Entry>,
+    entries: Vec<(EndpointKey, Entry)>,
+    /// For each position of the last read, the entry it updated.
+    read_order: Vec<usize>,
     /// Endpoints removed because the kernel map no longer has them (LRU
     /// eviction); their counts are gone from the kernel too.
     pub forgotten: u64,
@@ -47,36 +82,52 @@ impl Table {
     /// under us) restarts its rate from zero rather than going negative.
     pub fn update(&mut self, read: &[(EndpointKey, EndpointCounters)], secs: f64) {
         let secs = if secs > 0.0 { secs } else { 1.0 };
-        let mut kept = 0usize;
-        for (key, now) in read {
-            let entry = self.entries.entry(*key).or_insert_with(|| Entry {
-                address: key_addr(key).to_string(),
-                ..Entry::default()
-            });
-            let prev = entry.totals;
-            let rate = |n: u64, p: u64| n.saturating_sub(p) as f64 / secs;
-            entry.rates = Rates {
-                conns_opened: rate(now.conns_opened, prev.conns_opened),
-                conns_closed: rate(now.conns_closed, prev.conns_closed),
-                bytes_rx: rate(now.bytes_rx, prev.bytes_rx),
-                bytes_tx: rate(now.bytes_tx, prev.bytes_tx),
-                packets_rx: rate(now.packets_rx, prev.packets_rx),
-                packets_tx: rate(now.packets_tx, prev.packets_tx),
-            };
-            entry.totals = *now;
-            kept += 1;
+        if !self.lines_up(read) {
+            self.rebuild(read);
         }
-        let known = self.entries.len();
-        if known != kept {
-            let live: std::collections::HashSet<&EndpointKey, foldhash::fast::RandomState> =
-                read.iter().map(|(k, _)| k).collect();
-            self.entries.retain(|k, _| live.contains(k));
-            self.forgotten += (known - self.entries.len()) as u64;
+        for ((_, now), &at) in read.iter().zip(&self.read_order) {
+            self.entries[at].1.advance(now, secs);
         }
     }
 
+    /// Whether `read` holds the same keys in the same order as the last read.
+    fn lines_up(&self, read: &[(EndpointKey, EndpointCounters)]) -> bool {
+        read.len() == self.read_order.len()
+            && read
+                .iter()
+                .zip(&self.read_order)
+                .all(|((key, _), &at)| self.entries[at].0 == *key)
+    }
+
+    /// Re-lays the table out for `read`'s keys: entries it no longer has are
+    /// forgotten, new ones start from zero, and the order is sorted again.
+    fn rebuild(&mut self, read: &[(EndpointKey, EndpointCounters)]) {
+        let mut old: HashMap<EndpointKey, Entry> = self.entries.drain(..).collect();
+        let mut laid: Vec<(EndpointKey, Entry)> = Vec::with_capacity(read.len());
+        for (key, _) in read {
+            let entry = old.remove(key).unwrap_or_else(|| Entry::new(key));
+            laid.push((*key, entry));
+        }
+        self.forgotten += old.len() as u64;
+        laid.sort_unstable_by_key(|(key, _)| listing_order(key));
+        // A hash map's keys are unique; were one read twice, it is laid out
+        // once and both positions update it.
+        laid.dedup_by(|b, a| a.0 == b.0);
+        let at_of: HashMap<EndpointKey, usize> = laid
+            .iter()
+            .enumerate()
+            .map(|(at, (key, _))| (*key, at))
+            .collect();
+        self.read_order = read
+            .iter()
+            .map(|(key, _)| at_of.get(key).copied().unwrap_or_default())
+            .collect();
+        self.entries = laid;
+    }
+
+    /// The endpoints in listing order (direction, address, port).
     pub fn iter(&self) -> impl Iterator<Item = (&EndpointKey, &Entry)> {
-        self.entries.iter()
+        self.entries.iter().map(|(k, e)| (k, e))
     }
 
     #[cfg(test)]
@@ -133,5 +184,53 @@ mod tests {
         t.update(&[(key(80), counters(5, 5))], 1.0);
         let (_, e) = t.iter().next().expect("one entry");
         assert_eq!(e.rates.conns_opened, 0.0);
+    }
+
+    #[test]
+    fn endpoints_are_listed_in_order_whatever_order_the_kernel_reads_them() {
+        let mut t = Table::default();
+        t.update(&[(key(82), counters(1, 1)), (key(80), counters(1, 1))], 1.0);
+        t.update(
+            &[
+                (key(81), counters(1, 1)),
+                (key(82), counters(2, 2)),
+                (key(80), counters(3, 3)),
+            ],
+            1.0,
+        );
+        let listed: Vec<(u16, u64)> = t
+            .iter()
+            .map(|(k, e)| (k.port, e.totals.conns_opened))
+            .collect();
+        assert_eq!(listed, vec![(80, 3), (81, 1), (82, 2)]);
+        let (_, e80) = t.iter().next().expect("80");
+        assert_eq!(e80.rates.conns_opened, 2.0, "80 kept its history");
+    }
+
+    #[test]
+    fn a_read_in_the_same_order_updates_each_endpoint_in_place() {
+        let mut t = Table::default();
+        let read = |a: u64, b: u64| [(key(90), counters(a, 0)), (key(70), counters(b, 0))];
+        t.update(&read(1, 10), 1.0);
+        t.update(&read(4, 30), 1.0);
+        t.update(&read(9, 60), 1.0);
+        let rates: Vec<(u16, f64)> = t
+            .iter()
+            .map(|(k, e)| (k.port, e.rates.conns_opened))
+            .collect();
+        assert_eq!(rates, vec![(70, 30.0), (90, 5.0)]);
+    }
+
+    #[test]
+    fn the_same_keys_in_another_order_still_update_the_right_endpoints() {
+        let mut t = Table::default();
+        t.update(&[(key(1), counters(1, 0)), (key(2), counters(100, 0))], 1.0);
+        t.update(&[(key(2), counters(101, 0)), (key(1), counters(5, 0))], 1.0);
+        let rates: Vec<(u16, f64)> = t
+            .iter()
+            .map(|(k, e)| (k.port, e.rates.conns_opened))
+            .collect();
+        assert_eq!(rates, vec![(1, 4.0), (2, 1.0)]);
+        assert_eq!(t.forgotten, 0);
     }
 }

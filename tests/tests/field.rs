@@ -350,6 +350,105 @@ fn field_new_interfaces_are_followed() {
     );
 }
 
+/// The TC ingress links pinned for `node`'s agent, by interface.
+fn ingress_links(node: &lab::Node) -> Vec<String> {
+    let dir = node.pin_dir().join("links");
+    let mut found: Vec<String> = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()
+                        .and_then(|n| n.strip_prefix("evenflow_tc_ingress@"))
+                        .map(str::to_owned)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+}
+
+fn set_forwarding(node: &lab::Node, on: bool) {
+    let v = if on { "1" } else { "0" };
+    for key in ["net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"] {
+        netns::sysctl(&node.ns, key, v).expect("the forwarding sysctl");
+    }
+}
+
+/// TC ingress (where SYNs entering the node were going) only runs where
+/// the node forwards: a backend that does not pays nothing per arriving
+/// packet. A balancer whose forwarding is turned on after its agent
+/// started gets it within an interval and counts what it forwards from
+/// then on, exactly; turned off, it goes again.
+#[test]
+fn field_tc_ingress_follows_ip_forwarding() {
+    evenflow_tests::require_root();
+    let mut lab = Lab::new("fdfwd", 2).expect("the lab builds");
+    let lb = lab.lb.clone();
+    set_forwarding(&lb, false);
+    let mut logs = Vec::new();
+    for b in lab.backends.clone() {
+        set_forwarding(&b, false);
+        logs.push(nginx::start(&mut lab, &b).expect("nginx starts"));
+        agent::start(&mut lab, &b, &["--service", "web=8080"]).expect("a backend agent starts");
+    }
+    agent::start(&mut lab, &lb, &[]).expect("the lb agent starts");
+    assert_eq!(
+        ingress_links(&lb),
+        Vec::<String>::new(),
+        "no forwarding, no TC ingress"
+    );
+    set_forwarding(&lb, true);
+    let lb_ifaces = grpcurl::snapshot(&lb.ns).expect("the lb's snapshot")["interfaces"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|i| i.as_str().map(str::to_owned))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    assert!(!lb_ifaces.is_empty(), "the lb's agent follows its devices");
+    let mut want = lb_ifaces.clone();
+    want.sort();
+    let attached = evenflow_tests::wait_for(Duration::from_secs(10), || {
+        Some(ingress_links(&lb)).filter(|l| *l == want)
+    });
+    assert!(
+        attached.is_some(),
+        "TC ingress on every lb device once it forwards: {:?} vs {want:?}",
+        ingress_links(&lb)
+    );
+    nft::start(&lab).expect("the DNAT rules load");
+    let load = client::http_load(&lab.client.ns, lab::vip(false), 40, 4).expect("the load runs");
+    assert_eq!(load.connections, 40, "{load:?}");
+    for (i, log) in logs.iter().enumerate() {
+        let served = evenflow_tests::wait_for(Duration::from_secs(5), || {
+            nginx::read_log(log).ok().filter(|s| s.connections == 20)
+        })
+        .expect("each backend served half the connections");
+        let addr = backend_addr(&lab, i);
+        let t = settled(&lb.ns, &addr, BACKEND_PORT, SENDS_TO, served.connections).1;
+        assert!(
+            within(t.bytes_tx, served.request_bytes) && within(t.bytes_rx, served.response_bytes),
+            "lb SENDS_TO {addr}: {t:?} vs nginx {served:?}"
+        );
+        let b = &lab.backends[i];
+        assert_eq!(
+            ingress_links(b),
+            Vec::<String>::new(),
+            "{} does not forward",
+            b.ns
+        );
+    }
+    set_forwarding(&lb, false);
+    let detached = evenflow_tests::wait_for(Duration::from_secs(10), || {
+        Some(ingress_links(&lb)).filter(|l| l.is_empty())
+    });
+    assert!(detached.is_some(), "TC ingress goes when forwarding does");
+}
+
 /// A pod on `node` as Kubernetes CNIs (Calico-style) build them: its own
 /// namespace and a child cgroup of the node's, a veth whose host end routes
 /// the pod's /32, and a default route through a link-local gateway that
