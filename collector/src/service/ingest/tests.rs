@@ -119,80 +119,63 @@ fn invalid_reports_are_named() {
 
 #[test]
 fn the_layout_changes_only_with_what_pools_are_built_from() {
-    let c = IngestCounters::default();
-    let mut s = AgentState::new("n1".into());
-    let mut t = AgentTick::default();
-    let mut layout = |s: &mut AgentState| {
-        s.take_tick(Instant::now(), 1.0, &mut t);
-        (
-            t.layout,
-            t.endpoints.iter().map(|e| e.key.addr).collect::<Vec<_>>(),
-        )
+    let counters = IngestCounters::default();
+    let mut state = AgentState::new("n1".into());
+    let mut tick = AgentTick::default();
+    // Applies a report and takes a tick: the agent's layout number and its
+    // endpoints' addresses in the tick's order.
+    let mut apply_and_take = |report: &AgentReport| {
+        apply(&mut state, report, &counters);
+        state.take_tick(Instant::now(), 1.0, &mut tick);
+        let addrs: Vec<String> = (tick.endpoints.iter())
+            .map(|endpoint| endpoint.key.addr.to_string())
+            .collect();
+        (tick.layout, addrs)
     };
-    apply(&mut s, &report(1, 1, 100), &c);
-    let (first, _) = layout(&mut s);
-    apply(&mut s, &report(1, 2, 130), &c);
-    assert_eq!(layout(&mut s).0, first, "counts alone keep the layout");
-    let mut r = report(1, 3, 140);
-    r.endpoints[0].service = "api".into();
-    apply(&mut s, &r, &c);
-    let (relabelled, _) = layout(&mut s);
+    let (first, _) = apply_and_take(&report(1, 1, 100));
+    let (counted, _) = apply_and_take(&report(1, 2, 130));
+    assert_eq!(counted, first, "counts alone keep the layout");
+    let mut next = report(1, 3, 140);
+    next.endpoints[0].service = "api".into();
+    let (relabelled, _) = apply_and_take(&next);
     assert_ne!(relabelled, first);
-    r.sequence = 4;
-    r.endpoints
-        .push(ep("10.0.0.2", 80, v1::Direction::SendsTo, 1));
-    apply(&mut s, &r, &c);
-    let (grown, order) = layout(&mut s);
-    assert_ne!(grown, relabelled);
-    assert_eq!(
-        order,
-        [
-            "10.0.0.1".parse::<std::net::IpAddr>().unwrap(),
-            "10.0.0.2".parse().unwrap()
-        ]
-    );
+    next.sequence = 4;
+    (next.endpoints).push(ep("10.0.0.2", 80, v1::Direction::SendsTo, 1));
+    let (grown, order) = apply_and_take(&next);
+    assert!(grown != relabelled && order == ["10.0.0.1", "10.0.0.2"]);
     // The same endpoints in another order: the tick's follow the report's.
-    r.sequence = 5;
-    r.endpoints.reverse();
-    apply(&mut s, &r, &c);
-    let (reordered, order) = layout(&mut s);
-    assert_ne!(reordered, grown);
-    assert_eq!(
-        order,
-        [
-            "10.0.0.2".parse::<std::net::IpAddr>().unwrap(),
-            "10.0.0.1".parse().unwrap()
-        ]
-    );
+    next.sequence = 5;
+    next.endpoints.reverse();
+    let (reordered, order) = apply_and_take(&next);
+    assert!(reordered != grown && order == ["10.0.0.2", "10.0.0.1"]);
 }
 
 #[test]
 fn a_stream_parses_each_endpoint_once_and_still_checks_every_report() {
-    let mut p = Parsed::default();
-    let mut r = report(1, 1, 1);
-    r.endpoints
+    let mut parsed = Parsed::default();
+    let mut two = report(1, 1, 1);
+    two.endpoints
         .push(ep("10.0.0.2", 80, v1::Direction::SendsTo, 1));
-    validate(&r, &mut p).unwrap();
-    let keys = p.endpoints.clone();
-    validate(&r, &mut p).unwrap();
-    assert_eq!(p.endpoints, keys);
+    validate(&two, &mut parsed).unwrap();
+    let keys = parsed.endpoints.clone();
+    validate(&two, &mut parsed).unwrap();
+    assert_eq!(parsed.endpoints, keys);
     // Spelled as long as before, another address: parsed again.
-    r.endpoints[1].address = "10.0.0.3".into();
-    validate(&r, &mut p).unwrap();
-    assert_eq!(
-        p.endpoints[1].0.addr,
-        "10.0.0.3".parse::<std::net::IpAddr>().unwrap()
-    );
+    two.endpoints[1].address = "10.0.0.3".into();
+    validate(&two, &mut parsed).unwrap();
+    assert_eq!(parsed.endpoints[1].0.addr.to_string(), "10.0.0.3");
     // What changes from report to report is checked every time.
-    let mut absurd = r.clone();
+    let mut absurd = two.clone();
     if let Some(totals) = absurd.endpoints[0].totals.as_mut() {
         totals.conns_closed = 1 << 41;
     }
-    assert!(validate(&absurd, &mut p).unwrap_err().0.contains("absurd"));
+    let refused = validate(&absurd, &mut parsed).unwrap_err();
+    assert!(refused.0.contains("absurd"));
     // A known endpoint listed twice is still refused.
-    let mut twice = r.clone();
+    let mut twice = two.clone();
     twice.endpoints[1] = twice.endpoints[0].clone();
-    assert!(validate(&twice, &mut p).unwrap_err().0.contains("twice"));
-    validate(&r, &mut p).unwrap();
-    assert_eq!(p.endpoints.len(), 2);
+    let refused = validate(&twice, &mut parsed).unwrap_err();
+    assert!(refused.0.contains("twice"));
+    validate(&two, &mut parsed).unwrap();
+    assert_eq!(parsed.endpoints.len(), 2);
 }
