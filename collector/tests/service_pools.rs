@@ -218,13 +218,10 @@ async fn pool_file_weights_draining_no_data_and_numbers() {
     c.shutdown().await;
 }
 
-#[test]
-fn pool_file_errors_name_file_line_and_fix() {
-    let bad = temp_file(
-        "bad-pools.toml",
-        "[[pool]]\nname = \"api\"\nmembers = [\n  { address = \"10.7.0.1\", weight = 2 },\n]\n",
-    );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_evenflow-collector"))
+/// The collector started on `pools`, run until it exits (it should: the
+/// file is bad).
+fn collector_with_pools(pools: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_evenflow-collector"))
         .args([
             "--grpc-addr",
             "127.0.0.1:0",
@@ -232,9 +229,18 @@ fn pool_file_errors_name_file_line_and_fix() {
             "127.0.0.1:0",
             "--pools",
         ])
-        .arg(&bad)
+        .arg(pools)
         .output()
-        .expect("run evenflow-collector");
+        .expect("run evenflow-collector")
+}
+
+#[test]
+fn pool_file_errors_name_file_line_and_fix() {
+    let bad = temp_file(
+        "bad-pools.toml",
+        "[[pool]]\nname = \"api\"\nmembers = [\n  { address = \"10.7.0.1\", weight = 2 },\n]\n",
+    );
+    let out = collector_with_pools(&bad);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     let want = format!("{}:4:", bad.display());
@@ -248,27 +254,14 @@ fn pool_file_errors_name_file_line_and_fix() {
         "weights.toml",
         "[[pool]]\nname = \"api\"\nmembers = [{ address = \"10.0.0.1:80\", weight = 0 }]\n",
     );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_evenflow-collector"))
-        .args([
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--pools",
-        ])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = collector_with_pools(&bad);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains(":3:") && err.contains("draining = true"),
         "{err}"
     );
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_evenflow-collector"))
-        .args(["--pools", "/nonexistent/pools.toml"])
-        .output()
-        .unwrap();
+    let out = collector_with_pools(std::path::Path::new("/nonexistent/pools.toml"));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("/nonexistent/pools.toml") && err.contains("--pools"),
