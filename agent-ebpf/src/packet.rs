@@ -249,6 +249,7 @@ pub fn syn_probe(ctx: &TcContext) -> Probe {
     // The skb's protocol is the Ethernet header's type (network order),
     // read from the skb rather than the packet.
     let ethertype = u16::from_be(protocol as u16);
+    // SAFETY (every read below): bounds-checked against `end`.
     let flags_at = if ethertype == ETH_P_IP {
         let vihl_tos = unsafe { rd16(start + ETH_HLEN) };
         if vihl_tos & 0xff != 0x45 {

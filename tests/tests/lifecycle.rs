@@ -139,9 +139,15 @@ fn stopped_agent_keeps_counting_until_uninstalled() {
     let pins = b.pin_dir();
     let ids = pinned_program_ids(&pins);
     // The backend does not forward: sock_ops and TC egress, no ingress.
+    let names: Vec<String> = std::fs::read_dir(pins.join("links"))
+        .expect("the links directory")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
     assert!(
-        ids.len() >= 2,
-        "sock_ops and TC egress links are pinned: {ids:?}"
+        ids.len() >= 2
+            && names.iter().any(|n| n.starts_with("evenflow_tc_egress@"))
+            && !names.iter().any(|n| n.starts_with("evenflow_tc_ingress@")),
+        "sock_ops and TC egress links are pinned, no ingress: {names:?} {ids:?}"
     );
     let bin = agent::agent_bin().expect("the agent binary");
     let out = netns::sh(
