@@ -80,7 +80,7 @@ fn a_member_that_stops_listening_is_down_not_zero_and_judged_from_its_return() {
     }
     let down = fired(&log, AlertKind::Down);
     assert_eq!(down.len(), 1, "{log:#?}");
-    assert_eq!(down[0].member, member_id_of(&v[65], 0));
+    assert_eq!(down[0].member, v[65].members[0].id);
     assert_eq!(down[0].severity, Severity::Warning);
     assert_eq!((down[0].signal, down[0].cause), (None, None));
     // Back: its evidence starts from its return; it gets its share, so it
@@ -93,10 +93,6 @@ fn a_member_that_stops_listening_is_down_not_zero_and_judged_from_its_return() {
         log.iter()
             .any(|(_, x)| matches!(x, Transition::Resolved(a) if a.kind == AlertKind::Down))
     );
-}
-
-fn member_id_of(v: &PoolVerdict, i: usize) -> String {
-    v.members[i].id.clone()
 }
 
 #[test]
@@ -120,23 +116,30 @@ fn the_ticks_it_was_down_are_not_evidence_after_its_return() {
     assert_eq!(back.window_expected, back.zero_expected, "{back:#?}");
 }
 
-#[test]
-fn a_listening_member_without_new_connections_still_pages_zero_routing() {
+/// Member 0 gets nothing from tick 60 on while its agent reports
+/// `listening` throughout: the ZERO and DOWN alerts fired by tick 70.
+fn silent_from_60(seed: u64, listening: Option<bool>) -> (Vec<Alert>, Vec<Alert>) {
     let mut d = Detector::default();
-    let mut rng = Rng::new(43);
+    let mut rng = Rng::new(seed);
     let (log, _) = three_members(
         0..70,
         &mut d,
         &mut rng,
         |t| if t >= 60 { 0.0 } else { 1.0 },
-        |_| Some(true),
+        |_| listening,
     );
-    let zero = fired(&log, AlertKind::Zero);
-    assert_eq!(zero.len(), 1, "{log:#?}");
+    let cloned = |kind| fired(&log, kind).into_iter().cloned().collect();
+    (cloned(AlertKind::Zero), cloned(AlertKind::Down))
+}
+
+#[test]
+fn a_listening_member_without_new_connections_still_pages_zero_routing() {
+    let (zero, down) = silent_from_60(43, Some(true));
+    assert_eq!(zero.len(), 1, "{zero:#?}");
     assert_eq!(zero[0].severity, Severity::Page);
     assert_eq!(zero[0].signal, Some(Signal::NewConnections));
     assert_eq!(zero[0].cause, Some(Cause::Routing));
-    assert!(fired(&log, AlertKind::Down).is_empty());
+    assert!(down.is_empty(), "{down:#?}");
 }
 
 #[test]
@@ -144,18 +147,10 @@ fn a_member_never_seen_listening_is_judged_on_its_share() {
     // Its agent owns the address but never lists a listener on the port
     // (the node forwards it elsewhere): that says nothing, so silence
     // there is still ZERO.
-    let mut d = Detector::default();
-    let mut rng = Rng::new(44);
-    let (log, _) = three_members(
-        0..70,
-        &mut d,
-        &mut rng,
-        |t| if t >= 60 { 0.0 } else { 1.0 },
-        |_| Some(false),
-    );
-    let zero = fired(&log, AlertKind::Zero);
-    assert_eq!(zero.len(), 1, "{log:#?}");
+    let (zero, down) = silent_from_60(44, Some(false));
+    assert_eq!(zero.len(), 1, "{zero:#?}");
     assert_eq!(zero[0].cause, Some(Cause::Routing));
+    assert!(down.is_empty(), "{down:#?}");
 }
 
 #[test]
