@@ -25,11 +25,12 @@ mod table;
 
 use std::{
     sync::Arc,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context as _, Result};
 use clap::Parser as _;
+use evenflow_daemon::clock;
 use evenflow_proto::v1;
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -205,8 +206,6 @@ async fn counting_loop(
     dp: &mut datapath::Datapath,
     snap_tx: &watch::Sender<Arc<v1::Snapshot>>,
 ) -> Result<()> {
-    let mut ticker = tokio::time::interval(args.interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut table = table::Table::default();
     let mut read = Vec::new();
     let mut cpu_prev = cpu::Sample::read()?;
@@ -215,7 +214,13 @@ async fn counting_loop(
     let mut sequence = 0u64;
     let mut prev_stats = None;
     loop {
-        ticker.tick().await;
+        // The first report at once, the others on the wall-clock grid the
+        // whole fleet keeps (`evenflow_daemon::clock`): every agent's
+        // report then covers the same stretch of time as its peers'.
+        if sequence > 0 {
+            let wait = clock::until_next(SystemTime::now(), args.interval, Duration::ZERO);
+            tokio::time::sleep(wait).await;
+        }
         let now = Instant::now();
         let secs = now.duration_since(last).as_secs_f64();
         last = now;

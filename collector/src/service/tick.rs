@@ -17,6 +17,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use evenflow_daemon::clock;
 use tracing::{debug, error, warn};
 
 use crate::{
@@ -73,10 +74,14 @@ impl Engine {
         }
     }
 
-    /// Runs ticks until `stop` is set.
+    /// Runs ticks until `stop` is set, each a quarter interval past a
+    /// whole multiple of the interval on the wall clock: the agents report
+    /// on that grid (`evenflow_daemon::clock`), so each tick takes the
+    /// same stretch of time from every one of them.
     pub fn run(mut self, stop: Arc<AtomicBool>) {
         let interval = self.shared.interval;
-        let mut next = Instant::now() + interval;
+        let offset = clock::tick_offset(interval);
+        let mut next = Instant::now() + clock::until_next(SystemTime::now(), interval, offset);
         while !stop.load(Relaxed) {
             let now = Instant::now();
             if now < next {
@@ -94,17 +99,14 @@ impl Engine {
                     .unwrap_or_default();
                 error!(tick = self.tick, "detection tick panicked: {what}");
             }
-            next += interval;
-            let after = Instant::now();
-            if after > next {
-                // Overran: skip the missed ticks rather than bursting.
-                let missed = ((after - next).as_secs_f64() / interval.as_secs_f64()).ceil() as u32;
-                self.shared
-                    .stats
-                    .overruns
-                    .fetch_add(u64::from(missed), Relaxed);
-                next += interval * missed;
+            let following = Instant::now() + clock::until_next(SystemTime::now(), interval, offset);
+            // Overran: the ticks skipped, rather than a burst of them.
+            let gap = following.saturating_duration_since(next).as_secs_f64();
+            let missed = (gap / interval.as_secs_f64()).round() as u64;
+            if missed > 1 {
+                (self.shared.stats.overruns).fetch_add(missed - 1, Relaxed);
             }
+            next = following;
         }
     }
 
