@@ -195,6 +195,31 @@ mod tests {
         push(5); // b
         push(1);
         push(64);
+        with_header(&types, &strings)
+    }
+
+    /// A module's split BTF over [`blob`]: `struct m { u64 c; u64 a; }`,
+    /// its own names after the base's strings, `a` and `u64` reused from
+    /// the base's.
+    fn module_blob() -> Vec<u8> {
+        let base_len = 11;
+        let strings = b"m\0c\0".to_vec();
+        let mut types = Vec::new();
+        let mut push = |v: u32| types.extend_from_slice(&v.to_le_bytes());
+        // [3] STRUCT m, 2 members, its type ids following the base's.
+        push(base_len);
+        push((4 << 24) | 2);
+        push(16);
+        push(base_len + 2); // c
+        push(1);
+        push(0);
+        push(3); // a, a base string
+        push(1);
+        push(64);
+        with_header(&types, &strings)
+    }
+
+    fn with_header(types: &[u8], strings: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         out.extend_from_slice(&MAGIC.to_le_bytes());
         out.extend_from_slice(&[1, 0]);
@@ -207,8 +232,8 @@ mod tests {
         ] {
             out.extend_from_slice(&v.to_le_bytes());
         }
-        out.extend_from_slice(&types);
-        out.extend_from_slice(&strings);
+        out.extend_from_slice(types);
+        out.extend_from_slice(strings);
         out
     }
 
@@ -226,6 +251,27 @@ mod tests {
             btf.member_offset("t", "a"),
             Err(BtfError::NoStruct(_))
         ));
+    }
+
+    #[test]
+    fn finds_struct_sizes() {
+        let b = blob();
+        let btf = Btf::parse(&b).expect("parses");
+        assert_eq!(btf.struct_size("s").expect("s"), 16);
+        assert!(matches!(btf.struct_size("t"), Err(BtfError::NoStruct(_))));
+    }
+
+    #[test]
+    fn reads_a_modules_split_btf() {
+        let (b, m) = (blob(), module_blob());
+        let base = Btf::parse(&b).expect("base parses");
+        let module = Btf::parse_split(&m, &base).expect("module parses");
+        assert_eq!(module.member_offset("m", "c").expect("c"), 0);
+        assert_eq!(module.member_offset("m", "a").expect("a"), 8);
+        assert_eq!(module.struct_size("m").expect("m"), 16);
+        // Without its base, the module's names point nowhere.
+        let alone = Btf::parse(&m).expect("parses alone");
+        assert!(alone.member_offset("m", "c").is_err());
     }
 
     #[test]

@@ -718,3 +718,19 @@ fn new_epoch() -> Result<u64> {
     // the exact value; zero means "unset".
     Ok((u64::from_ne_bytes(buf) >> 11).max(1))
 }
+
+#[cfg(test)]
+mod tests {
+    /// The forwarded path reads conntrack's record at offsets from this
+    /// kernel's BTF: every one of them is found (conntrack built in, or its
+    /// module loaded: `modprobe nf_conntrack`).
+    #[test]
+    fn finds_this_kernels_conntrack() {
+        let blob = std::fs::read("/sys/kernel/btf/vmlinux").expect("this kernel has BTF");
+        let btf = crate::btf::Btf::parse(&blob).expect("parses");
+        let offsets = super::conntrack_offsets(&btf).expect("conntrack's offsets");
+        for (name, off) in offsets {
+            assert!(off > 0 && off < 1024, "{name} = {off}");
+        }
+    }
+}
