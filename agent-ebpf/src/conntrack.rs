@@ -15,7 +15,10 @@
 
 use core::{ffi::c_void, ptr::read_volatile};
 
-use aya_ebpf::{helpers::bpf_probe_read_kernel, programs::TcContext};
+use aya_ebpf::{
+    helpers::{bpf_probe_read_kernel, generated::bpf_jiffies64},
+    programs::TcContext,
+};
 
 /// `offsetof(struct sk_buff, _nfct)`; 0 turns the conntrack path off.
 #[unsafe(no_mangle)]
@@ -23,6 +26,9 @@ static SKB_NFCT: u32 = 0;
 /// `offsetof(struct nf_conn, status)`.
 #[unsafe(no_mangle)]
 static NF_CONN_STATUS: u32 = 0;
+/// `offsetof(struct nf_conn, timeout)`: when it expires, in jiffies.
+#[unsafe(no_mangle)]
+static NF_CONN_TIMEOUT: u32 = 0;
 /// `offsetof(struct nf_conn, tuplehash[0].tuple.src)`.
 #[unsafe(no_mangle)]
 static NF_CONN_ORIGINAL_SRC: u32 = 0;
@@ -115,14 +121,25 @@ fn same_addr(addr: &[u32; 4], ct_addr: &[u32; 4]) -> bool {
     }
 }
 
-/// Whether `ct` still is the connection from `client` to `backend`
+/// Whether `ct` still is the live connection from `client` to `backend`
 /// (address, port): a stored `nf_conn` may since have been freed and
-/// reused for another.
+/// reused for another, or have expired (conntrack frees an expired record
+/// only when its garbage collector, which can wait a minute, gets to it).
 #[inline(always)]
 pub fn is_connection(ct: u64, client: (&[u32; 4], u16), backend: (&[u32; 4], u16)) -> bool {
-    let (Some(orig), Some(reply)) = (source(ct, ORIGINAL), source(ct, REPLY)) else {
+    let (Some(orig), Some(reply), Some(timeout)) = (
+        source(ct, ORIGINAL),
+        source(ct, REPLY),
+        read::<u32>(ct + offset(&NF_CONN_TIMEOUT)),
+    ) else {
         return false;
     };
+    // `nf_ct_is_expired`: the timeout is in 32-bit jiffies.
+    // SAFETY: no arguments.
+    let now = unsafe { bpf_jiffies64() } as u32;
+    if timeout.wrapping_sub(now) as i32 <= 0 {
+        return false;
+    }
     same_addr(client.0, &orig.0)
         && client.1 == orig.1
         && same_addr(backend.0, &reply.0)

@@ -67,10 +67,13 @@ pub fn on_egress(ctx: &TcContext) {
     if pkt.proto != PROTO_TCP {
         return;
     }
-    match FLOWS.get_ptr_mut(pkt.flow_key()) {
-        Some(f) => on_flow_packet(ctx, f, &pkt, ct),
-        None if pkt.is_syn() => register(ctx, &pkt, ct),
-        None => {}
+    // A SYN is nearly always a new connection: registering it is tried
+    // first, which spares the lookup that would miss.
+    if pkt.is_syn() && register(ctx, &pkt, ct) {
+        return;
+    }
+    if let Some(f) = FLOWS.get_ptr_mut(pkt.flow_key()) {
+        on_flow_packet(ctx, f, &pkt, ct);
     }
 }
 
@@ -98,7 +101,7 @@ fn on_flow_packet(ctx: &TcContext, f: *mut FlowValue, pkt: &Packet, ct: u64) {
     }
     let completes_handshake = f.ct == 0 && count_packet(ctx, f, pkt);
     if (pkt.has_state_flags() || completes_handshake) && on_state(f, pkt, ct) {
-        register(ctx, pkt, ct);
+        let _ = register(ctx, pkt, ct);
     }
 }
 
@@ -169,6 +172,18 @@ fn on_state(f: &mut FlowValue, pkt: &Packet, ct: u64) -> bool {
         }
         return false;
     }
+    if pkt.is_syn_ack() {
+        if f.state & SEQ_KNOWN == 0 {
+            f.isn = pkt.seq;
+            f.next_seq = pkt.seq.wrapping_add(1);
+            f.state |= SEQ_KNOWN;
+        }
+        // Conntrack's "assured" mark will tell the handshake's end: the
+        // request half need not be looked up for it.
+        if f.ct != 0 {
+            return false;
+        }
+    }
     let request_key = f.peer;
     let Some(req) = FLOWS.get_ptr_mut(&request_key) else {
         return false;
@@ -176,11 +191,6 @@ fn on_state(f: &mut FlowValue, pkt: &Packet, ct: u64) -> bool {
     // SAFETY: a live entry.
     let req = unsafe { &mut *req };
     if pkt.is_syn_ack() {
-        if f.state & SEQ_KNOWN == 0 {
-            f.isn = pkt.seq;
-            f.next_seq = pkt.seq.wrapping_add(1);
-            f.state |= SEQ_KNOWN;
-        }
         req.state |= FLOW_SYNACK;
         return false;
     }
@@ -209,23 +219,25 @@ fn open(req: &mut FlowValue) {
 /// passed unlooked-at, if conntrack saw it.
 #[inline(always)]
 fn catch_up_open(req: &mut FlowValue, ct: u64) {
-    if req.state & (FLOW_SYNACK | FLOW_OPEN) == FLOW_SYNACK && conntrack::assured(ct) {
+    if req.state & FLOW_OPEN == 0 && conntrack::assured(ct) {
         open(req);
     }
 }
 
 /// Starts tracking a SYN leaving with no local socket, if this node
-/// translated its destination. Out of line: SYNs only.
+/// translated its destination. Returns false only when its 5-tuple is
+/// tracked already (a retransmission, or a new connection on it, for the
+/// caller to look up). Out of line: SYNs only.
 #[inline(never)]
-fn register(ctx: &TcContext, pkt: &Packet, ct: u64) {
+fn register(ctx: &TcContext, pkt: &Packet, ct: u64) -> bool {
     let Some(origin) = syn_origin(pkt.seq) else {
         stat(Stat::SynOriginUnknown, 1);
-        return;
+        return true;
     };
     let key = pkt.flow_key();
     if origin.dst_addr == key.remote_addr && origin.dst_port == key.remote_port {
         stat(Stat::SynRouted, 1);
-        return;
+        return true;
     }
     let reply_key = FlowKey {
         local_addr: origin.dst_addr,
@@ -261,10 +273,15 @@ fn register(ctx: &TcContext, pkt: &Packet, ct: u64) {
         ct,
         peer: reply_key,
     };
-    if FLOWS.insert(key, &v, BPF_NOEXIST as u64).is_err() {
-        stat(Stat::FlowInsertFailed, 1);
-        debug!(ctx, "evenflow: flow map insert failed on a forwarded SYN");
-        return;
+    match FLOWS.insert(key, &v, BPF_NOEXIST as u64) {
+        Ok(()) => {}
+        // -EEXIST.
+        Err(-17) => return false,
+        Err(_) => {
+            stat(Stat::FlowInsertFailed, 1);
+            debug!(ctx, "evenflow: flow map insert failed on a forwarded SYN");
+            return true;
+        }
     }
     v.half = HALF_REPLY;
     v.state = 0;
@@ -277,9 +294,10 @@ fn register(ctx: &TcContext, pkt: &Packet, ct: u64) {
     if FLOWS.insert(&reply_key, &v, 0).is_err() {
         let _ = FLOWS.remove(key);
         stat(Stat::FlowInsertFailed, 1);
-        return;
+        return true;
     }
     stat(Stat::FlowInserted, 1);
+    true
 }
 
 /// The sweeper's visit to a half under `key`: catches a conntrack-followed

@@ -46,6 +46,9 @@ pub struct Config<'a> {
     pub ebpf_log: EbpfLog,
     /// Forwarded connections the flow map is created for (`--max-flows`).
     pub max_flows: u32,
+    /// Count forwarded connections per packet even where conntrack follows
+    /// them (`--forwarded-per-packet`).
+    pub forwarded_per_packet: bool,
 }
 
 /// Datapath accounting read from `EF_STATS`, plus what userspace derives.
@@ -171,7 +174,7 @@ impl Datapath {
             .with_context(|| format!("creating pin directory {}", pin_dir.display()))?;
         retire_other_layout(&pin_dir)?;
         let level = cfg.ebpf_log.aya_level();
-        let offsets = kernel_offsets()?;
+        let offsets = kernel_offsets(cfg.forwarded_per_packet)?;
         let mut loader = EbpfLoader::new();
         loader
             .default_map_pin_directory(&pin_dir)
@@ -616,7 +619,7 @@ fn write_flow_timeouts(meta: &mut Array<MapData, u64>) -> Result<()> {
 /// tcp_sock` offsets for the socket sampler, and conntrack's for forwarded
 /// connections (all zero when this kernel's BTF has none: see
 /// [`conntrack_offsets`]).
-fn kernel_offsets() -> Result<Vec<(&'static str, u32)>> {
+fn kernel_offsets(per_packet: bool) -> Result<Vec<(&'static str, u32)>> {
     let blob = std::fs::read("/sys/kernel/btf/vmlinux")
         .context("reading /sys/kernel/btf/vmlinux (the kernel needs CONFIG_DEBUG_INFO_BTF)")?;
     let btf = crate::btf::Btf::parse(&blob).context("parsing the kernel's BTF")?;
@@ -630,6 +633,10 @@ fn kernel_offsets() -> Result<Vec<(&'static str, u32)>> {
         ("TCP_SOCK_SEGS_IN", off("segs_in")?),
         ("TCP_SOCK_SEGS_OUT", off("segs_out")?),
     ];
+    if per_packet {
+        info!("forwarded connections are counted packet by packet (--forwarded-per-packet)");
+        return Ok(offsets);
+    }
     match conntrack_offsets(&btf) {
         Ok(ct) => offsets.extend(ct),
         Err(e) => info!(
@@ -642,7 +649,7 @@ fn kernel_offsets() -> Result<Vec<(&'static str, u32)>> {
 /// Where conntrack keeps what the forwarded-connection path reads: in the
 /// kernel's BTF when conntrack is built in, else in `nf_conntrack`'s
 /// module BTF (there only while the module is loaded).
-fn conntrack_offsets(vmlinux: &crate::btf::Btf<'_>) -> Result<[(&'static str, u32); 7]> {
+fn conntrack_offsets(vmlinux: &crate::btf::Btf<'_>) -> Result<[(&'static str, u32); 8]> {
     let nfct = vmlinux
         .member_offset("sk_buff", "_nfct")
         .context("the kernel is built without conntrack")?;
@@ -656,7 +663,7 @@ fn conntrack_offsets(vmlinux: &crate::btf::Btf<'_>) -> Result<[(&'static str, u3
     nf_conn_offsets(nfct, &module)
 }
 
-fn nf_conn_offsets(nfct: u32, btf: &crate::btf::Btf<'_>) -> Result<[(&'static str, u32); 7]> {
+fn nf_conn_offsets(nfct: u32, btf: &crate::btf::Btf<'_>) -> Result<[(&'static str, u32); 8]> {
     let off = |s: &str, m: &str| {
         btf.member_offset(s, m)
             .with_context(|| format!("finding {s}.{m} in conntrack's BTF"))
@@ -672,6 +679,7 @@ fn nf_conn_offsets(nfct: u32, btf: &crate::btf::Btf<'_>) -> Result<[(&'static st
     Ok([
         ("SKB_NFCT", nfct),
         ("NF_CONN_STATUS", off("nf_conn", "status")?),
+        ("NF_CONN_TIMEOUT", off("nf_conn", "timeout")?),
         (
             "NF_CONN_ORIGINAL_SRC",
             off("nf_conn", "tuplehash")?
