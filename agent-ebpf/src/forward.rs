@@ -266,7 +266,8 @@ fn register(ctx: &TcContext, pkt: &Packet, ct: u64) -> bool {
         _pad2: 0,
         // A Fast Open SYN carries data.
         bytes: pkt.payload_len,
-        packets: pkt.segments,
+        // Conntrack counts no segments: a connection it follows has none.
+        packets: if ct == 0 { pkt.segments } else { 0 },
         folded_bytes: 0,
         folded_packets: 0,
         last_seen_ns: now,

@@ -658,8 +658,8 @@ fn conntrack_offsets(vmlinux: &crate::btf::Btf<'_>) -> Result<[(&'static str, u3
     }
     let blob = std::fs::read("/sys/kernel/btf/nf_conntrack")
         .context("reading /sys/kernel/btf/nf_conntrack (is nf_conntrack loaded?)")?;
-    let module = crate::btf::Btf::parse_split(&blob, vmlinux)
-        .context("parsing nf_conntrack's BTF")?;
+    let module =
+        crate::btf::Btf::parse_split(&blob, vmlinux).context("parsing nf_conntrack's BTF")?;
     nf_conn_offsets(nfct, &module)
 }
 
@@ -691,7 +691,9 @@ fn nf_conn_offsets(nfct: u32, btf: &crate::btf::Btf<'_>) -> Result<[(&'static st
         (
             "NF_CONN_TD_END",
             // `proto` is a union: its `tcp` member sits at its start.
-            off("nf_conn", "proto")? + off("ip_ct_tcp", "seen")? + off("ip_ct_tcp_state", "td_end")?,
+            off("nf_conn", "proto")?
+                + off("ip_ct_tcp", "seen")?
+                + off("ip_ct_tcp_state", "td_end")?,
         ),
         ("NF_CONN_SEEN_STRIDE", size("ip_ct_tcp_state")?),
     ])

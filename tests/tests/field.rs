@@ -161,9 +161,12 @@ fn field_failed_and_half_open_connections_leave_no_flow() {
     .unwrap_or_else(|| panic!("the lb's liveFlows never returned to {baseline}"));
     let expired = datapath(&snap, "flowsExpired");
     println!("lb datapath: {}", snap["datapath"]);
+    // The half-open handshakes end either way: expired, or at the RST the
+    // client's kernel answers a retransmitted SYN-ACK with once its socket
+    // is gone (conntrack keeps them while SYN-ACKs are retransmitted).
     assert!(
-        expired >= 6 + 3,
-        "6 silent SYNs and 3 half-open handshakes expire (flowsExpired = {expired})"
+        expired >= 6,
+        "6 silent SYNs expire (flowsExpired = {expired})"
     );
 }
 

@@ -303,7 +303,10 @@ impl Snapshot {
         Ok(Self {
             programs: bpf_costs(node)?,
             tc: [stats(&empties.tc_last)?, stats(&empties.tc_first)?],
-            sockops: [stats(&empties.sockops_last)?, stats(&empties.sockops_first)?],
+            sockops: [
+                stats(&empties.sockops_last)?,
+                stats(&empties.sockops_first)?,
+            ],
         })
     }
 
