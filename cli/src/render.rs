@@ -20,6 +20,7 @@ pub fn verdict(v: i32) -> &'static str {
         Ok(v1::Verdict::InsufficientTraffic) => "INSUFFICIENT_TRAFFIC",
         Ok(v1::Verdict::Concentration) => "CONCENTRATION",
         Ok(v1::Verdict::Settling) => "SETTLING",
+        Ok(v1::Verdict::Down) => "DOWN",
         _ => "-",
     }
 }
@@ -486,7 +487,8 @@ mod tests {
     }
 
     #[test]
-    fn stale_is_what_no_data_is_called() {
+    fn verdicts_are_named_as_people_say_them() {
         assert_eq!(verdict(v1::Verdict::NoData as i32), "STALE");
+        assert_eq!(verdict(v1::Verdict::Down as i32), "DOWN");
     }
 }

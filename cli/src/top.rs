@@ -110,7 +110,8 @@ fn color(verdict: i32) -> Color {
             v1::Verdict::Zero
             | v1::Verdict::SkewLow
             | v1::Verdict::SkewHigh
-            | v1::Verdict::Concentration,
+            | v1::Verdict::Concentration
+            | v1::Verdict::Down,
         ) => Color::Red,
         Ok(
             v1::Verdict::NoData

@@ -92,6 +92,7 @@ pub fn judge(pool: &v1::Pool) -> Outcome {
                 | v1::Verdict::SkewLow
                 | v1::Verdict::SkewHigh
                 | v1::Verdict::NoData
+                | v1::Verdict::Down
                 | v1::Verdict::DrainingViolation),
             ) => bad.push(line(render::verdict(v as i32))),
             Ok(v @ (v1::Verdict::Hot | v1::Verdict::Mismatch)) => {
@@ -247,12 +248,13 @@ mod tests {
     }
 
     #[test]
-    fn zero_skew_or_stale_fail_the_gate() {
+    fn zero_skew_stale_or_down_fail_the_gate() {
         for v in [
             v1::Verdict::Zero,
             v1::Verdict::SkewHigh,
             v1::Verdict::SkewLow,
             v1::Verdict::NoData,
+            v1::Verdict::Down,
         ] {
             let p = pool(v1::Verdict::Ok, vec![member(v1::Verdict::Ok), member(v)]);
             match judge(&p) {

@@ -154,6 +154,7 @@ fn run_one(s: &Scenario, seed: u64) -> Outcome {
                     }),
                     lb: None,
                     cpu: None,
+                    listening: None,
                 }
             })
             .collect();

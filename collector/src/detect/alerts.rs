@@ -19,6 +19,7 @@ pub enum AlertKind {
     Hot,
     Mismatch,
     DrainingViolation,
+    Down,
 }
 
 impl AlertKind {
@@ -31,6 +32,7 @@ impl AlertKind {
             AlertKind::Hot => "HOT",
             AlertKind::Mismatch => "MISMATCH",
             AlertKind::DrainingViolation => "DRAINING_VIOLATION",
+            AlertKind::Down => "DOWN",
         }
     }
 }
@@ -39,6 +41,17 @@ impl AlertKind {
 pub enum Severity {
     Page,
     Warning,
+}
+
+impl Severity {
+    /// A page when `page`, else a warning.
+    fn page_if(page: bool) -> Self {
+        if page {
+            Severity::Page
+        } else {
+            Severity::Warning
+        }
+    }
 }
 
 /// An alert: pool, member, kind, view, observed vs expected, since when,
@@ -132,18 +145,14 @@ fn member_alert(pool: &PoolVerdict, m: &MemberVerdict) -> Option<Want> {
     }?;
     let (kind, sev) = match m.verdict {
         Verdict::Zero { .. } => (AlertKind::Zero, Severity::Page),
-        Verdict::SkewLow { page } | Verdict::SkewHigh { page } => (
-            AlertKind::Skew,
-            if page {
-                Severity::Page
-            } else {
-                Severity::Warning
-            },
-        ),
+        Verdict::SkewLow { page } | Verdict::SkewHigh { page } => {
+            (AlertKind::Skew, Severity::page_if(page))
+        }
         Verdict::NoData => (AlertKind::Stale, Severity::Warning),
         Verdict::Hot { .. } => (AlertKind::Hot, Severity::Warning),
         Verdict::Mismatch => (AlertKind::Mismatch, Severity::Page),
         Verdict::DrainingViolation => (AlertKind::DrainingViolation, Severity::Page),
+        Verdict::Down { page } => (AlertKind::Down, Severity::page_if(page)),
         _ => return None,
     };
     let (observed, expected) = match kind {
@@ -159,7 +168,7 @@ fn member_alert(pool: &PoolVerdict, m: &MemberVerdict) -> Option<Want> {
         m.reason
     );
     let signal = match kind {
-        AlertKind::Stale | AlertKind::Hot => None,
+        AlertKind::Stale | AlertKind::Hot | AlertKind::Down => None,
         _ => Some(Signal::NewConnections),
     };
     let cause = matches!(kind, AlertKind::Zero | AlertKind::Skew).then_some(Cause::Routing);
@@ -207,11 +216,7 @@ fn load_alert(
         signal: Some(signal),
         cause: Some(cause),
         view: *view,
-        severity: if v.page {
-            Severity::Page
-        } else {
-            Severity::Warning
-        },
+        severity: Severity::page_if(v.page),
         observed: v.observed_share,
         expected: v.expected_share,
         summary: format!(

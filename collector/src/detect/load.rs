@@ -83,7 +83,7 @@ use std::collections::HashMap;
 
 use super::{
     Settings,
-    pool::{MemberInput, PoolInput, Verdict, View, ViewInput, ViewVerdict, member_entry},
+    pool::{MemberInput, PoolInput, Presence, Verdict, View, ViewInput, ViewVerdict, member_entry},
 };
 
 /// What a verdict or alert is about.
@@ -144,7 +144,7 @@ pub const PINNED_FIXES: &str = "old connections hold the load; usual fixes: a ma
 #[derive(Clone, Debug, PartialEq)]
 pub struct LoadVerdict {
     /// OK, SKEW_LOW / SKEW_HIGH, ZERO (no open connection at all),
-    /// NO_DATA or INSUFFICIENT_TRAFFIC.
+    /// NO_DATA, DOWN (not listening: not judged) or INSUFFICIENT_TRAFFIC.
     pub verdict: Verdict,
     /// Whether it pages (outside the page band, significant, sustained,
     /// and for a low member not refilling); otherwise a finding warns.
@@ -509,10 +509,10 @@ struct Samples {
 impl Totals {
     /// Sums over the members eligible in `view` (fresh, not reset, not
     /// draining, weighted).
-    fn of(input: &PoolInput<impl AsRef<MemberInput>>, view: View) -> Self {
+    fn of(input: &PoolInput<impl AsRef<MemberInput>>, view: View, presence: &Presence) -> Self {
         let mut t = Totals::default();
         for m in input.members() {
-            if let Some(v) = eligible(m, view) {
+            if let Some(v) = m.eligible(view, presence) {
                 t.active += v.active as f64;
                 t.bytes_in += v.bytes_in as f64;
                 t.bytes_out += v.bytes_out as f64;
@@ -524,31 +524,19 @@ impl Totals {
     }
 }
 
-/// A member's input in `view`.
-fn view_of(m: &MemberInput, view: View) -> Option<ViewInput> {
-    match view {
-        View::Server => m.server,
-        View::Lb => m.lb,
-    }
-}
-
-/// A member's input in `view` when it is eligible for a share.
-fn eligible(m: &MemberInput, view: View) -> Option<ViewInput> {
-    view_of(m, view).filter(|v| v.fresh && !v.reset && !m.draining && m.weight > 0.0)
-}
-
 /// Up to three members holding more than their share of the open
 /// connections, most first: who holds what a member below its share lacks.
 fn holders<'a>(
     input: &'a PoolInput<impl AsRef<MemberInput>>,
     view: View,
+    presence: &Presence,
     verdicts: &HashMap<String, ViewVerdict>,
     active: f64,
 ) -> Vec<(f64, &'a str)> {
     let mut h: Vec<(f64, &str)> = input
         .members()
         .filter_map(|m| {
-            let v = eligible(m, view)?;
+            let v = m.eligible(view, presence)?;
             let p = verdicts.get(&m.id)?.expected_share;
             let ratio = v.active as f64 / (active * p);
             (active > 0.0 && p > 0.0 && ratio > 1.1).then_some((ratio, m.id.as_str()))
@@ -567,10 +555,11 @@ impl LoadState {
         s: &Settings,
         input: &PoolInput<impl AsRef<MemberInput>>,
         view: View,
+        presence: &Presence,
         verdicts: &mut HashMap<String, ViewVerdict>,
         ctx: &Context,
     ) -> LoadSummary {
-        let totals = Totals::of(input, view);
+        let totals = Totals::of(input, view, presence);
         self.members
             .retain(|id, _| input.members().any(|m| &m.id == id));
         self.pool.bytes_in.push(totals.bytes_in);
@@ -588,13 +577,13 @@ impl LoadState {
                 ln_page: (s.load_alpha / tests).ln(),
                 ln_warn: (s.load_alpha * 1e3 / tests).min(0.5).ln(),
             },
-            holders: holders(input, view, verdicts, totals.active),
+            holders: holders(input, view, presence, verdicts, totals.active),
             ctx,
             totals,
         };
         let mut samples = Samples::default();
         for m in input.members() {
-            let Some(v) = view_of(m, view) else { continue };
+            let Some(v) = m.view(view) else { continue };
             let Some(vv) = verdicts.get_mut(&m.id) else {
                 continue;
             };
@@ -679,15 +668,17 @@ impl MemberLoad {
         samples: &mut Samples,
     ) -> (LoadVerdict, LoadVerdict) {
         let t = &tick.totals;
-        if !v.fresh || v.reset {
-            // A gap: the windows start again afterwards.
+        if vv.verdict.is_fact() {
+            // Stale, reset or down: a gap, the windows start again
+            // afterwards (a member back from an outage is judged from its
+            // return, refilling).
             *self = MemberLoad::default();
-            let nd = LoadVerdict {
-                verdict: Verdict::NoData,
+            let gap = LoadVerdict {
+                verdict: vv.verdict,
                 reason: vv.reason.clone(),
                 ..LoadVerdict::default()
             };
-            return (nd.clone(), nd);
+            return (gap.clone(), gap);
         }
         let bytes = (v.bytes_in + v.bytes_out) as f64;
         self.bytes_in.push(v.bytes_in as f64);

@@ -33,6 +33,12 @@
 //!   falls well below what the weights give; one alert for the incident's
 //!   shape instead of one per member.
 //! * **NO_DATA** (stale observer, counter reset) is never judged ZERO.
+//! * **DOWN**: a member whose own agent listed a listener on its port and
+//!   no longer does is not listening, so its silence is no evidence about
+//!   the balancer: it leaves the shares (its peers' expectations grow, as
+//!   its connections go to them), gathers no ZERO evidence, and its
+//!   windows start again when it listens again. It warns, and pages after
+//!   `down_page_ticks`.
 //! * **Load** (`load.rs`): what each member carries — its open
 //!   connections (a binomial placement test on the connections open now,
 //!   never summed over ticks, which see the same connections) and its
@@ -111,6 +117,9 @@ pub struct Settings {
     /// A pool holding at least this many open connections is judged on
     /// its load, however few new connections it opens.
     pub min_pool_active: f64,
+    /// A member down (its agent lists no listener on its port) for this
+    /// many ticks in a row pages; before that it warns.
+    pub down_page_ticks: u64,
 }
 
 impl Default for Settings {
@@ -134,6 +143,7 @@ impl Default for Settings {
             load_sustain: 10,
             load_refill: 300,
             min_pool_active: 10.0,
+            down_page_ticks: 60,
         }
     }
 }
@@ -258,5 +268,7 @@ pub fn chi2_bound(alpha: f64, df: usize) -> f64 {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_down;
 #[cfg(test)]
 mod tests_load;

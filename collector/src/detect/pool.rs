@@ -49,11 +49,38 @@ pub struct MemberInput {
     pub lb: Option<ViewInput>,
     /// The member node's CPU utilisation, 0..1.
     pub cpu: Option<f64>,
+    /// Whether its own (fresh) agent lists a socket listening on its
+    /// address and port: `None` when no agent can say (the address is not
+    /// its node's, or the agent listed no listener at all). A member that
+    /// listened and no longer does is DOWN, not judged on its share.
+    pub listening: Option<bool>,
 }
 
 impl AsRef<MemberInput> for MemberInput {
     fn as_ref(&self) -> &MemberInput {
         self
+    }
+}
+
+impl MemberInput {
+    /// Its input in `view`.
+    pub(super) fn view(&self, view: View) -> Option<ViewInput> {
+        match view {
+            View::Server => self.server,
+            View::Lb => self.lb,
+        }
+    }
+
+    /// Its input in `view` when it is eligible for a share: observed
+    /// fresh, counters not reset, serving with a weight, and not down.
+    pub(super) fn eligible(&self, view: View, presence: &Presence) -> Option<ViewInput> {
+        self.view(view).filter(|v| {
+            v.fresh
+                && !v.reset
+                && !self.draining
+                && self.weight > 0.0
+                && presence.down_since(&self.id).is_none()
+        })
     }
 }
 
@@ -101,6 +128,12 @@ pub enum Verdict {
     InsufficientTraffic,
     Concentration,
     Settling,
+    /// Its own agent no longer lists a listener on its port: the backend
+    /// is not listening, so no balancer can give it anything. `page` once
+    /// it has been down for `down_page_ticks`.
+    Down {
+        page: bool,
+    },
 }
 
 impl Verdict {
@@ -111,7 +144,7 @@ impl Verdict {
             Verdict::SkewLow { page: true } | Verdict::SkewHigh { page: true } => 8,
             Verdict::DrainingViolation => 7,
             Verdict::Mismatch => 6,
-            Verdict::NoData => 5,
+            Verdict::NoData | Verdict::Down { .. } => 5,
             Verdict::SkewLow { page: false } | Verdict::SkewHigh { page: false } => 4,
             Verdict::Hot { .. } => 3,
             Verdict::Concentration => 2,
@@ -122,6 +155,13 @@ impl Verdict {
 
     pub fn is_zero(self) -> bool {
         matches!(self, Verdict::Zero { .. })
+    }
+
+    /// A fact about the member's observers or its listener (NO_DATA,
+    /// DOWN) rather than a judgement of its traffic: a quiet or settling
+    /// pool does not hide it.
+    pub(super) fn is_fact(self) -> bool {
+        matches!(self, Verdict::NoData | Verdict::Down { .. })
     }
 }
 
@@ -243,6 +283,57 @@ impl MemberHist {
     }
 }
 
+/// Which members listened on their port, and since when those that no
+/// longer do are down. Only a member seen listening can be down: an
+/// address its agent owns but never listens on (a port the node forwards
+/// elsewhere) says nothing about the backend.
+#[derive(Default)]
+pub(super) struct Presence {
+    /// Members seen listening: the tick each went down, while it is.
+    members: HashMap<String, Option<u64>>,
+    /// Members down this tick.
+    down: usize,
+}
+
+impl Presence {
+    /// Records this tick's listener reports.
+    fn note(&mut self, input: &PoolInput<impl AsRef<MemberInput>>) {
+        self.down = 0;
+        for m in input.members() {
+            if m.listening.is_none() && self.members.is_empty() {
+                continue;
+            }
+            let state = match (self.members.get_mut(&m.id), m.listening) {
+                (Some(state), _) => state,
+                (None, Some(true)) => member_entry(&mut self.members, &m.id),
+                (None, _) => continue,
+            };
+            match m.listening {
+                Some(false) => {
+                    state.get_or_insert(input.tick);
+                    self.down += 1;
+                }
+                // Listening again, or nobody can say this tick (its agent
+                // is stale): not down.
+                _ => *state = None,
+            }
+        }
+    }
+
+    /// Forgets members that left the pool.
+    fn retain(&mut self, ids: &std::collections::HashSet<&str>) {
+        self.members.retain(|id, _| ids.contains(id.as_str()));
+    }
+
+    /// The tick member `id` went down, while it is.
+    pub(super) fn down_since(&self, id: &str) -> Option<u64> {
+        if self.down == 0 {
+            return None;
+        }
+        self.members.get(id).copied().flatten()
+    }
+}
+
 struct ViewState {
     members: HashMap<String, MemberHist>,
     /// The view was concentrated last tick: when that ends, every member's
@@ -303,6 +394,7 @@ pub(super) struct PoolState {
     member_set: Vec<(String, bool)>,
     settle_left: u32,
     cpu: HashMap<String, f64>,
+    presence: Presence,
 }
 
 /// How the pool's views came out, for its members' and its own verdict.
@@ -326,8 +418,9 @@ impl PoolState {
         input: &PoolInput<impl AsRef<MemberInput>>,
     ) -> PoolVerdict {
         self.note_member_set(s, input);
-        let server = self.server.evaluate(s, input, View::Server);
-        let lb = self.lb.evaluate(s, input, View::Lb);
+        self.presence.note(input);
+        let server = self.server.evaluate(s, input, View::Server, &self.presence);
+        let lb = self.lb.evaluate(s, input, View::Lb, &self.presence);
         self.smooth_cpu(input);
 
         let primary_view = if server.judged || !lb.judged {
@@ -391,6 +484,8 @@ impl PoolState {
             if !self.member_set.is_empty() {
                 self.settle_left = s.settle_ticks;
             }
+            self.presence
+                .retain(&set.iter().map(|(id, _)| id.as_str()).collect());
             self.member_set = set;
         }
     }
@@ -425,10 +520,10 @@ impl PoolState {
                 .map_or(0.0, |v| v.observed_share.max(v.expected_share));
             hot(s, judging, cpu, share, &mut verdict, &mut reason);
         }
-        if judging.conns_insufficient && verdict.rank() > 0 && verdict != Verdict::NoData {
+        if judging.conns_insufficient && verdict.rank() > 0 && !verdict.is_fact() {
             verdict = Verdict::InsufficientTraffic;
             reason = "too few new connections to judge".into();
-        } else if judging.settling && verdict.rank() > 1 && verdict != Verdict::NoData {
+        } else if judging.settling && verdict.rank() > 1 && !verdict.is_fact() {
             verdict = Verdict::Settling;
             reason = "member set changed; settling".into();
         }
@@ -627,6 +722,8 @@ impl Bounds {
 
 /// The pool-wide facts one view's members are judged in this tick.
 struct ShareTick {
+    /// The tick judged.
+    tick: u64,
     /// New connections to the eligible members.
     new_conns: f64,
     /// Their weights' sum.
@@ -660,22 +757,19 @@ impl ViewState {
         s: &Settings,
         input: &PoolInput<impl AsRef<MemberInput>>,
         view: View,
+        presence: &Presence,
     ) -> ViewOutcome {
-        let get = |m: &MemberInput| match view {
-            View::Server => m.server,
-            View::Lb => m.lb,
-        };
         let eligible: Vec<(&MemberInput, ViewInput)> = input
             .members()
-            .filter_map(|m| get(m).map(|v| (m, v)))
-            .filter(|(m, v)| v.fresh && !v.reset && !m.draining && m.weight > 0.0)
+            .filter_map(|m| m.eligible(view, presence).map(|v| (m, v)))
             .collect();
-        let observed_any = input.members().any(|m| get(m).is_some());
+        let observed_any = input.members().any(|m| m.view(view).is_some());
         let n: f64 = eligible.iter().map(|(_, v)| v.new_conns as f64).sum();
         let wsum: f64 = eligible.iter().map(|(m, _)| m.weight).sum();
         let count = eligible.len();
         let (rate, long_rate) = self.record_total(n);
         let share_tick = ShareTick {
+            tick: input.tick,
             new_conns: n,
             weight_sum: wsum,
             judged_rate: long_rate >= s.min_pool_rate,
@@ -692,8 +786,9 @@ impl ViewState {
             ..Tally::default()
         };
         for m in input.members() {
-            let Some(v) = get(m) else { continue };
-            let vv = self.judge_member(s, &bounds, &share_tick, m, v, &mut tally);
+            let Some(v) = m.view(view) else { continue };
+            let down_since = presence.down_since(&m.id);
+            let vv = self.judge_member(s, &bounds, &share_tick, (m, down_since), v, &mut tally);
             verdicts.insert(m.id.clone(), vv);
         }
         self.observed_shares(&mut verdicts, &tally.window);
@@ -712,6 +807,7 @@ impl ViewState {
             s,
             input,
             view,
+            presence,
             &mut verdicts,
             &Context {
                 turnover: long_rate,
@@ -760,24 +856,29 @@ impl ViewState {
 
     /// One member's verdict in this view: NO_DATA when its observer is
     /// stale or reset, DRAINING_VIOLATION when a draining member keeps
-    /// getting connections, else ZERO or SKEW from its share.
+    /// getting connections, DOWN when it stopped listening (`down_since`),
+    /// else ZERO or SKEW from its share.
     fn judge_member(
         &mut self,
         s: &Settings,
         bounds: &Bounds,
         share_tick: &ShareTick,
-        member: &MemberInput,
+        (member, down_since): (&MemberInput, Option<u64>),
         input: ViewInput,
         tally: &mut Tally,
     ) -> ViewVerdict {
         let hist = member_entry(&mut self.members, &member.id);
         hist.conns_total += input.new_conns;
-        let expected_share =
-            if member.draining || !input.fresh || input.reset || share_tick.weight_sum <= 0.0 {
-                0.0
-            } else {
-                member.weight / share_tick.weight_sum
-            };
+        let expected_share = if member.draining
+            || !input.fresh
+            || input.reset
+            || down_since.is_some()
+            || share_tick.weight_sum <= 0.0
+        {
+            0.0
+        } else {
+            member.weight / share_tick.weight_sum
+        };
         let mut judged = ViewVerdict {
             verdict: Verdict::Ok,
             fresh: input.fresh,
@@ -820,6 +921,21 @@ impl ViewState {
                 judged.reason =
                     format!("draining, yet it got {recent} new connections in 10 ticks");
             }
+            return judged;
+        }
+        if let Some(since) = down_since {
+            let ticks = share_tick.tick.saturating_sub(since) + 1;
+            judged.verdict = Verdict::Down {
+                page: ticks >= s.down_page_ticks,
+            };
+            judged.reason = format!(
+                "its agent lists no listener on its port ({ticks} ticks): the backend is down, so no balancer can send it connections"
+            );
+            // Its silence is the outage's, not the balancer's: the ZERO
+            // evidence and the windows start again when it is back.
+            hist.zero_e = 0.0;
+            hist.zero_bytes = false;
+            hist.len = 0;
             return judged;
         }
         judge_share(s, bounds, share_tick, hist, &input, &mut judged, tally);

@@ -380,10 +380,13 @@ impl LongLived {
                 bytes_out: m.bytes_out,
                 active: m.active,
             };
+            // A member that is down does not listen, and its agent says so.
+            let listening = Some(!self.down[i]);
             match input.members.get_mut(i) {
                 Some(x) => {
                     x.weight = self.spec.weights[i];
                     x.server = Some(view);
+                    x.listening = listening;
                 }
                 None => input.members.push(super::MemberInput {
                     id: member_id(i),
@@ -392,6 +395,7 @@ impl LongLived {
                     server: Some(view),
                     lb: None,
                     cpu: None,
+                    listening,
                 }),
             }
         }

@@ -4,7 +4,7 @@ use super::*;
 use crate::detect::sim::Rng;
 
 /// A pool of `weights.len()` members, all fresh, server view only.
-fn input(tick: u64, counts: &[u64], weights: &[f64]) -> PoolInput {
+pub(super) fn input(tick: u64, counts: &[u64], weights: &[f64]) -> PoolInput {
     PoolInput {
         name: "web".into(),
         tick,
@@ -25,6 +25,7 @@ fn input(tick: u64, counts: &[u64], weights: &[f64]) -> PoolInput {
                 }),
                 lb: None,
                 cpu: None,
+                listening: None,
             })
             .collect(),
     }

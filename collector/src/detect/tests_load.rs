@@ -30,7 +30,7 @@ fn drive(
 
 /// Alerts that became pages (fired as pages, or upgraded to one), with
 /// the tick.
-fn paged(tr: &[(u64, Transition)]) -> Vec<(u64, &Alert)> {
+pub(super) fn paged(tr: &[(u64, Transition)]) -> Vec<(u64, &Alert)> {
     tr.iter()
         .filter_map(|(t, x)| match x {
             Transition::Fired(a) | Transition::Updated(a) if a.severity == Severity::Page => {

@@ -178,6 +178,12 @@ pub struct Config {
     #[arg(long, env = "EVENFLOW_MIN_POOL_ACTIVE", default_value_t = defaults().min_pool_active, value_parser = positive)]
     pub min_pool_active: f64,
 
+    /// A member whose backend stopped listening on its port (its agent
+    /// lists no listener there) is DOWN: a warning, and a page once it has
+    /// been down this many ticks in a row.
+    #[arg(long, env = "EVENFLOW_DOWN_PAGE_TICKS", default_value_t = defaults().down_page_ticks, value_parser = clap::value_parser!(u64).range(1..))]
+    pub down_page_ticks: u64,
+
     /// PEM certificate (chain) of the gRPC listener; with --tls-key the
     /// listener speaks TLS. Without both, plaintext (for a laptop).
     #[arg(long, env = "EVENFLOW_TLS_CERT", requires = "tls_key")]
@@ -257,6 +263,7 @@ impl Config {
             load_sustain: self.load_sustain,
             load_refill: self.load_refill,
             min_pool_active: self.min_pool_active,
+            down_page_ticks: self.down_page_ticks,
         }
     }
 

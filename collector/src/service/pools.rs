@@ -42,6 +42,13 @@
 //! serves its `address:port` (normally the one node that owns the
 //! address), summed; fresh only while every such agent is.
 //!
+//! **Listening**: whether a socket listens on the member's address and
+//! port (bound to it or to a wildcard of its family), as the agents that
+//! observe it and own its address (it is one of their node's addresses)
+//! list it; unknown when no such agent listed any listener, or one is
+//! stale. The detector calls a member that listened and no longer does
+//! DOWN rather than judging its silence.
+//!
 //! **LB view**: the SENDS_TO counters towards the member's `address:port`
 //! from the pool's load balancer nodes, summed. The load balancers are the
 //! `lb_nodes` the pool file declares; when it declares none, every node
@@ -178,6 +185,30 @@ fn announceable(a: IpAddr) -> bool {
     !(a.is_loopback() || a.is_unspecified() || a.is_multicast())
 }
 
+/// Whether a listener bound to the wildcard `wildcard` (`0.0.0.0` or `::`)
+/// takes connections to `addr`: `::` takes both families.
+fn wildcard_takes(wildcard: IpAddr, addr: IpAddr) -> bool {
+    wildcard.is_ipv6() || addr.is_ipv4()
+}
+
+/// Whether `l` takes connections to `addr`.
+fn listens_on(l: &ListenerInfo, addr: SocketAddr) -> bool {
+    l.port == addr.port()
+        && (l.addr == addr.ip() || (l.addr.is_unspecified() && wildcard_takes(l.addr, addr.ip())))
+}
+
+/// Whether a socket listens on `addr`, by the agents among `observers`
+/// that can say: those whose node owns the address (its listeners are
+/// theirs to list) and that listed any listener at all (an empty listing
+/// may be one that failed). `None` when no such agent observes it.
+fn listening(agents: &[AgentTick], observers: &[usize], addr: SocketAddr) -> Option<bool> {
+    let mut owners = (observers.iter().map(|&i| &agents[i]))
+        .filter(|a| !a.listeners.is_empty() && a.addresses.binary_search(&addr.ip()).is_ok())
+        .peekable();
+    owners.peek()?;
+    Some(owners.any(|a| a.listeners.iter().any(|l| listens_on(l, addr))))
+}
+
 type Index = FxHashMap<(IpAddr, u16), Vec<(usize, usize)>>;
 
 /// The members a labelled wildcard listener announces on a node that has
@@ -194,7 +225,7 @@ fn dark_targets<'a>(
     let candidates: Vec<IpAddr> = node
         .iter()
         .copied()
-        .filter(|x| announceable(*x) && (l.addr.is_ipv6() || x.is_ipv4()))
+        .filter(|x| announceable(*x) && wildcard_takes(l.addr, *x))
         .collect();
     let members: Vec<IpAddr> = members.map(SocketAddr::ip).collect();
     if members.is_empty() {
@@ -365,6 +396,9 @@ struct MemberPlan {
     serving: Vec<(usize, usize)>,
     /// SENDS_TO endpoints towards it of the pool's load balancers.
     sending: Vec<(usize, usize)>,
+    /// Whether a socket listens on its address and port, by the observers
+    /// that can say (see [`listening`]).
+    listening: Option<bool>,
 }
 
 /// Plans the pools of `agents` (sorted by node name) and `declared`.
@@ -475,7 +509,7 @@ fn announce_listeners(
                 let seen: Vec<IpAddr> = node_addrs[agent_index]
                     .iter()
                     .copied()
-                    .filter(|x| listener.addr.is_ipv6() || x.is_ipv4())
+                    .filter(|x| wildcard_takes(listener.addr, *x))
                     .collect();
                 if seen.is_empty() {
                     dark.push((agent_index, listener));
@@ -613,6 +647,7 @@ impl Seen<'_> {
             (None, None) => Arc::from(""),
         };
         MemberPlan {
+            listening: listening(agents, &observers, addr),
             addr,
             id: addr.to_string(),
             weight: draft.weight.unwrap_or(1.0),
@@ -719,6 +754,8 @@ impl MemberPlan {
                 server,
                 lb,
                 cpu: self.first.and_then(|i| agents[i].cpu),
+                // What a stale agent listed is old news.
+                listening: self.listening.filter(|_| server.is_some_and(|v| v.fresh)),
             },
             meta,
         })
@@ -1199,5 +1236,60 @@ members = [
         let p = &build(&agents, &declared, 1, Threads::ONE)[0];
         assert_eq!(*p.lb_nodes, [Arc::from("a1")]);
         assert_eq!(p.input.members[0].input.lb.unwrap().new_conns, 4);
+    }
+
+    #[test]
+    fn a_member_listens_as_the_agent_owning_its_address_says() {
+        let listener = |addr: &str, port: u16| ListenerInfo {
+            addr: addr.parse().unwrap(),
+            port,
+            service: "".into(),
+        };
+        // Node i serves 10.0.0.i:8080. b1 listens on every IPv4 address,
+        // b2 on another port only, b3 listed no listener (a listing that
+        // failed), b4 does not own its member's address (forwarded to it),
+        // b5 listens on `::` (both families), b6 on another address.
+        let listeners = [
+            vec![listener("0.0.0.0", 8080)],
+            vec![listener("10.0.0.2", 9090)],
+            vec![],
+            vec![listener("0.0.0.0", 8080)],
+            vec![listener("::", 8080)],
+            vec![listener("10.0.0.60", 8080)],
+        ];
+        let mut agents: Vec<AgentTick> = (listeners.into_iter().enumerate())
+            .map(|(i, listeners)| {
+                let i = i + 1;
+                let mut a = agent(
+                    &format!("b{i}"),
+                    vec![ep(
+                        &format!("10.0.0.{i}"),
+                        8080,
+                        Dir::Serves,
+                        Some("web"),
+                        5,
+                    )],
+                    listeners,
+                );
+                let own = if i == 4 { 99 } else { i };
+                a.addresses = vec![format!("10.0.0.{own}").parse().unwrap()];
+                a
+            })
+            .collect();
+        let listening = |agents: &[AgentTick]| -> Vec<Option<bool>> {
+            build(agents, &Declared::default(), 1, Threads::ONE)[0]
+                .input
+                .members
+                .iter()
+                .map(|m| m.input.listening)
+                .collect()
+        };
+        assert_eq!(
+            listening(&agents),
+            [Some(true), Some(false), None, None, Some(true), Some(false)]
+        );
+        // What a stale agent listed is not news.
+        agents[0].fresh = false;
+        assert_eq!(listening(&agents)[0], None);
     }
 }

@@ -32,6 +32,7 @@ impl From<detect::Verdict> for v1::Verdict {
             D::InsufficientTraffic => Self::InsufficientTraffic,
             D::Concentration => Self::Concentration,
             D::Settling => Self::Settling,
+            D::Down { .. } => Self::Down,
         }
     }
 }
@@ -56,6 +57,7 @@ impl From<detect::AlertKind> for v1::AlertKind {
             K::Hot => Self::Hot,
             K::Mismatch => Self::Mismatch,
             K::DrainingViolation => Self::DrainingViolation,
+            K::Down => Self::Down,
         }
     }
 }

@@ -20,6 +20,7 @@ mod tests {
             AlertKind::Hot,
             AlertKind::Mismatch,
             AlertKind::DrainingViolation,
+            AlertKind::Down,
         ] {
             assert_eq!(
                 alert_kind_name(v1::AlertKind::from(kind) as i32),

@@ -1,0 +1,242 @@
+//! DOWN: a member whose own agent stopped listing a listener on its port
+//! is down, not starved by the balancer.
+
+use super::*;
+use crate::detect::{
+    sim::{LongLived, LongLivedSpec, Rng, member_id},
+    tests::input,
+    tests_load::paged,
+};
+
+/// Three equal members at about 100 new connections per tick (Poisson);
+/// member 0 gets `own(t)` of its share and its agent reports
+/// `listening(t)`. Returns every transition with its tick, and the
+/// verdicts of each tick.
+fn three_members(
+    ticks: std::ops::Range<u64>,
+    d: &mut Detector,
+    rng: &mut Rng,
+    own: impl Fn(u64) -> f64,
+    listening: impl Fn(u64) -> Option<bool>,
+) -> (Vec<(u64, Transition)>, Vec<PoolVerdict>) {
+    let mut log = Vec::new();
+    let mut verdicts = Vec::new();
+    for t in ticks {
+        let share = own(t);
+        // What member 0 does not get goes to the others.
+        let others = 100.0 / 3.0 * (1.0 + (1.0 - share) / 2.0);
+        let counts = [
+            rng.poisson(100.0 / 3.0 * share),
+            rng.poisson(others),
+            rng.poisson(others),
+        ];
+        let mut inp = input(t, &counts, &[1.0; 3]);
+        for m in &mut inp.members {
+            m.listening = Some(true);
+        }
+        inp.members[0].listening = listening(t);
+        let (v, tr) = d.evaluate(&inp);
+        log.extend(tr.into_iter().map(|x| (t, x)));
+        verdicts.push(v);
+    }
+    (log, verdicts)
+}
+
+fn fired(log: &[(u64, Transition)], kind: AlertKind) -> Vec<&Alert> {
+    log.iter()
+        .filter_map(|(_, x)| match x {
+            Transition::Fired(a) if a.kind == kind => Some(a),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Member 0 down (no listener) for ticks 60..70, as its agent says one
+/// tick late (tick 60 still lists the listener).
+fn outage(t: u64) -> (f64, Option<bool>) {
+    match t {
+        60 => (0.0, Some(true)),
+        61..70 => (0.0, Some(false)),
+        _ => (1.0, Some(true)),
+    }
+}
+
+#[test]
+fn a_member_that_stops_listening_is_down_not_zero_and_judged_from_its_return() {
+    let mut d = Detector::default();
+    let mut rng = Rng::new(41);
+    let (log, v) = three_members(0..100, &mut d, &mut rng, |t| outage(t).0, |t| outage(t).1);
+    assert!(paged(&log).is_empty(), "{:#?}", paged(&log));
+    assert!(fired(&log, AlertKind::Zero).is_empty(), "{log:#?}");
+    // While down: DOWN, out of the shares (its peers are not SKEW_HIGH for
+    // taking its connections), and a warning of its own kind.
+    let during = &v[65];
+    assert_eq!(during.members[0].verdict, Verdict::Down { page: false });
+    assert!(during.members[0].reason.contains("no listener"));
+    for m in &during.members[1..] {
+        assert_eq!(m.verdict, Verdict::Ok, "{m:#?}");
+        let s = m.server.as_ref().expect("server view");
+        assert!((s.expected_share - 0.5).abs() < 1e-9, "{s:#?}");
+    }
+    let down = fired(&log, AlertKind::Down);
+    assert_eq!(down.len(), 1, "{log:#?}");
+    assert_eq!(down[0].member, v[65].members[0].id);
+    assert_eq!(down[0].severity, Severity::Warning);
+    assert_eq!((down[0].signal, down[0].cause), (None, None));
+    // Back: its evidence starts from its return; it gets its share, so it
+    // is OK at once and the DOWN warning resolves.
+    for p in &v[70..] {
+        let m = &p.members[0];
+        assert_eq!(m.verdict, Verdict::Ok, "tick {}: {m:#?}", p.tick);
+    }
+    assert!(
+        log.iter()
+            .any(|(_, x)| matches!(x, Transition::Resolved(a) if a.kind == AlertKind::Down))
+    );
+}
+
+#[test]
+fn the_ticks_it_was_down_are_not_evidence_after_its_return() {
+    // Back at tick 70, it gets nothing on its first tick back: only that
+    // tick's expectation counts, not the outage's.
+    let mut d = Detector::default();
+    let mut rng = Rng::new(42);
+    let (_, v) = three_members(
+        0..71,
+        &mut d,
+        &mut rng,
+        |t| if (60..=70).contains(&t) { 0.0 } else { 1.0 },
+        |t| Some(!(60..70).contains(&t)),
+    );
+    let back = v[70].members[0].server.as_ref().expect("server view");
+    assert!(
+        back.zero_expected > 20.0 && back.zero_expected < 50.0,
+        "one tick's expectation (about 33), not eleven: {back:#?}"
+    );
+    assert_eq!(back.window_expected, back.zero_expected, "{back:#?}");
+}
+
+/// Member 0 gets nothing from tick 60 on while its agent reports
+/// `listening` throughout: the ZERO and DOWN alerts fired by tick 70.
+fn silent_from_60(seed: u64, listening: Option<bool>) -> (Vec<Alert>, Vec<Alert>) {
+    let mut d = Detector::default();
+    let mut rng = Rng::new(seed);
+    let (log, _) = three_members(
+        0..70,
+        &mut d,
+        &mut rng,
+        |t| if t >= 60 { 0.0 } else { 1.0 },
+        |_| listening,
+    );
+    let cloned = |kind| fired(&log, kind).into_iter().cloned().collect();
+    (cloned(AlertKind::Zero), cloned(AlertKind::Down))
+}
+
+#[test]
+fn a_listening_member_without_new_connections_still_pages_zero_routing() {
+    let (zero, down) = silent_from_60(43, Some(true));
+    assert_eq!(zero.len(), 1, "{zero:#?}");
+    assert_eq!(zero[0].severity, Severity::Page);
+    assert_eq!(zero[0].signal, Some(Signal::NewConnections));
+    assert_eq!(zero[0].cause, Some(Cause::Routing));
+    assert!(down.is_empty(), "{down:#?}");
+}
+
+#[test]
+fn a_member_never_seen_listening_is_judged_on_its_share() {
+    // Its agent owns the address but never lists a listener on the port
+    // (the node forwards it elsewhere): that says nothing, so silence
+    // there is still ZERO.
+    let (zero, down) = silent_from_60(44, Some(false));
+    assert_eq!(zero.len(), 1, "{zero:#?}");
+    assert_eq!(zero[0].cause, Some(Cause::Routing));
+    assert!(down.is_empty(), "{down:#?}");
+}
+
+#[test]
+fn a_member_down_for_long_pages_down() {
+    let mut d = Detector::default();
+    let mut rng = Rng::new(45);
+    let page_after = d.settings.down_page_ticks;
+    let (log, v) = three_members(
+        0..60 + page_after + 5,
+        &mut d,
+        &mut rng,
+        |t| if t >= 60 { 0.0 } else { 1.0 },
+        |t| Some(t < 60),
+    );
+    let pages = paged(&log);
+    assert_eq!(pages.len(), 1, "{pages:#?}");
+    let (at, a) = pages[0];
+    assert_eq!(a.kind, AlertKind::Down);
+    assert_eq!(a.since_tick, 60, "{a:#?}");
+    // Down for `down_page_ticks`, and confirmed like any page.
+    assert!(
+        (60 + page_after..=60 + page_after + 2).contains(&at),
+        "{at}"
+    );
+    let last = v.last().expect("verdicts");
+    assert_eq!(last.members[0].verdict, Verdict::Down { page: true });
+}
+
+/// The pinned demo's story: three backends, 150 gRPC channels that never
+/// reconnect on their own; backend 0 stops for three ticks and its 50
+/// clients reconnect to the others, each twice (the balancer's retries),
+/// counted a tick before its agent reports the listener gone. `listening`
+/// says whether the agents' listener reports reach the detector. Returns
+/// the pages.
+fn pinned_restart(listening: bool) -> Vec<(u64, Alert)> {
+    let mut rng = Rng::new(46);
+    let mut spec = LongLivedSpec::balanced(3, 150);
+    spec.lifetime = f64::INFINITY;
+    let mut pool = LongLived::new(spec, &mut rng);
+    let mut d = Detector::default();
+    let mut log = Vec::new();
+    for t in 0..240 {
+        match t {
+            120 => pool.set_down(0, true, &mut rng),
+            123 => pool.set_down(0, false, &mut rng),
+            _ => {}
+        }
+        let mut numbers = pool.tick(&mut rng);
+        if t == 120 {
+            for n in &mut numbers {
+                n.new_conns *= 2;
+            }
+        }
+        let mut inp = pool.input("grpc", t, &numbers);
+        if t == 120 {
+            inp.members[0].listening = Some(true);
+        }
+        if !listening {
+            for m in &mut inp.members {
+                m.listening = None;
+            }
+        }
+        log.extend(d.evaluate(&inp).1.into_iter().map(|x| (t, x)));
+    }
+    paged(&log)
+        .into_iter()
+        .map(|(t, a)| (t, a.clone()))
+        .collect()
+}
+
+#[test]
+fn a_restart_under_pinned_channels_pages_pinned_only() {
+    let pages = pinned_restart(true);
+    assert_eq!(pages.len(), 1, "{pages:#?}");
+    let (_, a) = &pages[0];
+    assert_eq!(a.member, member_id(0));
+    assert_eq!(a.kind, AlertKind::Zero);
+    assert_eq!(a.signal, Some(Signal::ActiveConnections));
+    assert_eq!(a.cause, Some(Cause::Pinned));
+    // Without the agents' listener reports the same traffic also pages
+    // ZERO for routing: the page this test rules out.
+    let blind = pinned_restart(false);
+    assert!(
+        blind.iter().any(|(_, a)| a.kind == AlertKind::Zero
+            && a.signal == Some(Signal::NewConnections)
+            && a.cause == Some(Cause::Routing)),
+        "{blind:#?}"
+    );
+}
