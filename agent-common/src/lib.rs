@@ -204,8 +204,13 @@ pub struct FlowValue {
     pub folded_bytes: u64,
     /// Of `packets`, what was already added to the endpoint's counters.
     pub folded_packets: u64,
-    /// `bpf_ktime_get_coarse_ns` of the last packet, for idle expiry.
+    /// `bpf_ktime_get_coarse_ns` of the last packet, for idle expiry (of
+    /// a connection conntrack does not follow).
     pub last_seen_ns: u64,
+    /// The kernel address of conntrack's record of the connection
+    /// (`struct nf_conn`), or 0: then the connection is counted packet by
+    /// packet. Only compared and read through `bpf_probe_read_kernel`.
+    pub ct: u64,
     /// The other half's key, so either half can reach the other.
     pub peer: FlowKey,
 }
@@ -385,7 +390,7 @@ pub const META_TIMEOUT_CLOSING_NS: u32 = 4;
 pub const META_COUNT: u32 = 8;
 /// Version of the pinned map layout. Bump it when a key or value changes so
 /// an agent refuses maps pinned by an incompatible one.
-pub const LAYOUT_VERSION: u64 = 3;
+pub const LAYOUT_VERSION: u64 = 4;
 
 /// The IPv4-mapped IPv6 form (`::ffff:a.b.c.d`) of an IPv4 address given
 /// as it sits in memory (network byte order bytes read as a native `u32`).

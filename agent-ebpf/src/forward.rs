@@ -4,12 +4,19 @@
 //! local pod, across an overlay) is not, and is never tracked.
 //!
 //! Each connection is two entries in `EF_FLOWS`, one per direction, both
-//! counted where the packets leave the node (see [`FlowValue`]), so a packet
-//! costs one lookup. A connection opens when the client acknowledges the
-//! backend's SYN-ACK (a half-open one never opens), and ends at an RST, at
-//! a FIN each way, or when the sweeper finds it idle for as long as
-//! conntrack would keep it. Its bytes reach the endpoint when it ends and
-//! whenever the sweeper runs.
+//! counted where the packets leave the node (see [`FlowValue`]). A
+//! connection opens when the client acknowledges the backend's SYN-ACK (a
+//! half-open one never opens), and ends at an RST, at a FIN each way, or
+//! when the sweeper finds it gone. Its bytes reach the endpoint when it
+//! ends and whenever the sweeper runs.
+//!
+//! A connection whose packets carry conntrack's record of it (any the node
+//! translated through netfilter) is looked up only for the packets that
+//! change its state (SYN, FIN, RST): its bytes are read from conntrack (see
+//! [`crate::conntrack`]), its handshake's last ACK from conntrack's
+//! "assured" mark, and it is gone when its record is. Every other tracked
+//! connection costs one lookup per packet, which counts its bytes by
+//! sequence number and stamps it for idle expiry.
 
 use agent_common::{
     Direction, EndpointKey, FLOW_FIN_RX, FLOW_FIN_TX, FLOW_OPEN, FLOW_SYNACK, FlowKey, FlowValue,
@@ -27,9 +34,9 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 
 use crate::{
-    atomic,
+    atomic, conntrack,
     counters::{Traffic, add_traffic, meta, opened, stat},
-    packet::{Packet, Side},
+    packet::{Packet, Side, may_change_state},
     tc::syn_origin,
 };
 
@@ -45,6 +52,10 @@ pub static FLOWS: HashMap<FlowKey, FlowValue> = HashMap::pinned(MAX_FLOWS, BPF_F
 /// A packet leaving the node without a local socket.
 #[inline(always)]
 pub fn on_egress(ctx: &TcContext) {
+    let ct = conntrack::of_packet(ctx);
+    if ct != 0 && !may_change_state(ctx) {
+        return;
+    }
     let pkt = match Packet::parse(ctx, Side::Egress) {
         Ok(Some(p)) => p,
         Ok(None) => return,
@@ -56,10 +67,13 @@ pub fn on_egress(ctx: &TcContext) {
     if pkt.proto != PROTO_TCP {
         return;
     }
-    match FLOWS.get_ptr_mut(pkt.flow_key()) {
-        Some(f) => on_flow_packet(ctx, f, &pkt),
-        None if pkt.is_syn() => register(ctx, &pkt),
-        None => {}
+    // A SYN is nearly always a new connection: registering it is tried
+    // first, which spares the lookup that would miss.
+    if pkt.is_syn() && register(ctx, &pkt, ct) {
+        return;
+    }
+    if let Some(f) = FLOWS.get_ptr_mut(pkt.flow_key()) {
+        on_flow_packet(ctx, f, &pkt, ct);
     }
 }
 
@@ -69,16 +83,34 @@ fn ifindex(ctx: &TcContext) -> u32 {
     unsafe { (*ctx.skb.skb).ifindex }
 }
 
-/// Counts a packet of a tracked half: its new bytes (by sequence number, on
-/// whichever device: a bridge and its port see the same bytes, and a
-/// retransmission adds nothing), its segments on the half's own device
-/// only.
+/// A packet of a tracked half: counted here unless conntrack counts it,
+/// then on to [`on_state`] if it may change the connection's state.
 #[inline(always)]
-fn on_flow_packet(ctx: &TcContext, f: *mut FlowValue, pkt: &Packet) {
+fn on_flow_packet(ctx: &TcContext, f: *mut FlowValue, pkt: &Packet, ct: u64) {
     // SAFETY: a live entry. Two CPUs writing one half at once (one flow's
     // packets leaving on two queues) could lose an increment; a flow's
     // packets in one direction are serialised in practice.
     let f = unsafe { &mut *f };
+    if f.ct != 0 && f.ct == ct {
+        let dir = if f.half == HALF_REQUEST {
+            conntrack::ORIGINAL
+        } else {
+            conntrack::REPLY
+        };
+        catch_up_bytes(f, dir, 1);
+    }
+    let completes_handshake = f.ct == 0 && count_packet(ctx, f, pkt);
+    if (pkt.has_state_flags() || completes_handshake) && on_state(f, pkt, ct) {
+        let _ = register(ctx, pkt, ct);
+    }
+}
+
+/// Counts a packet of a half conntrack does not follow: its new bytes (by
+/// sequence number, on whichever device: a bridge and its port see the
+/// same bytes, and a retransmission adds nothing), its segments on the
+/// half's own device only. Returns whether it is the handshake's last ACK.
+#[inline(always)]
+fn count_packet(ctx: &TcContext, f: &mut FlowValue, pkt: &Packet) -> bool {
     let dev = ifindex(ctx);
     if f.ifindex == 0 {
         f.ifindex = dev;
@@ -99,12 +131,7 @@ fn on_flow_packet(ctx: &TcContext, f: *mut FlowValue, pkt: &Packet) {
         // SAFETY: no arguments.
         f.last_seen_ns = unsafe { bpf_ktime_get_coarse_ns() };
     }
-    let completes_handshake = f.half == HALF_REQUEST
-        && f.state & (FLOW_SYNACK | FLOW_OPEN) == FLOW_SYNACK
-        && pkt.is_ack();
-    if (pkt.has_state_flags() || completes_handshake) && on_state(f, pkt) {
-        register(ctx, pkt);
-    }
+    f.half == HALF_REQUEST && f.state & (FLOW_SYNACK | FLOW_OPEN) == FLOW_SYNACK && pkt.is_ack()
 }
 
 /// SYN, SYN-ACK, FIN, RST and the handshake's last ACK. Out of line: a few
@@ -112,32 +139,50 @@ fn on_flow_packet(ctx: &TcContext, f: *mut FlowValue, pkt: &Packet) {
 /// connection on the tuple, to be registered by the caller (which keeps
 /// the call chain, and so the stack, short).
 #[inline(never)]
-fn on_state(f: &mut FlowValue, pkt: &Packet) -> bool {
+fn on_state(f: &mut FlowValue, pkt: &Packet, ct: u64) -> bool {
+    // Conntrack's record is read only while the packet in hand carries
+    // this connection's own.
+    let live = f.ct != 0 && f.ct == ct;
     if f.half == HALF_REQUEST {
         if pkt.is_syn() {
             // A SYN with a new initial sequence number on a tracked 5-tuple
-            // is a new connection: the old one is over.
+            // is a new connection: the old one is over (and conntrack's
+            // record, if any, is the new one's).
             if pkt.seq != f.isn {
-                end(f, pkt.flow_key());
+                end(f, pkt.flow_key(), false);
                 return true;
             }
             return false;
         }
+        if live {
+            catch_up_open(f, ct);
+        }
         if pkt.is_rst() {
-            end(f, pkt.flow_key());
+            end(f, pkt.flow_key(), live);
             return false;
         }
         if f.state & (FLOW_SYNACK | FLOW_OPEN) == FLOW_SYNACK && pkt.is_ack() {
-            f.state |= FLOW_OPEN;
-            opened(&f.endpoint);
+            open(f);
         }
         if pkt.is_fin() {
             f.state |= FLOW_FIN_TX;
             if f.state & FLOW_FIN_RX != 0 {
-                end(f, pkt.flow_key());
+                end(f, pkt.flow_key(), live);
             }
         }
         return false;
+    }
+    if pkt.is_syn_ack() {
+        if f.state & SEQ_KNOWN == 0 {
+            f.isn = pkt.seq;
+            f.next_seq = pkt.seq.wrapping_add(1);
+            f.state |= SEQ_KNOWN;
+        }
+        // Conntrack's "assured" mark will tell the handshake's end: the
+        // request half need not be looked up for it.
+        if f.ct != 0 {
+            return false;
+        }
     }
     let request_key = f.peer;
     let Some(req) = FLOWS.get_ptr_mut(&request_key) else {
@@ -146,35 +191,53 @@ fn on_state(f: &mut FlowValue, pkt: &Packet) -> bool {
     // SAFETY: a live entry.
     let req = unsafe { &mut *req };
     if pkt.is_syn_ack() {
-        if f.state & SEQ_KNOWN == 0 {
-            f.isn = pkt.seq;
-            f.next_seq = pkt.seq.wrapping_add(1);
-            f.state |= SEQ_KNOWN;
-        }
         req.state |= FLOW_SYNACK;
-    } else if pkt.is_rst() {
-        end(req, &request_key);
+        return false;
+    }
+    if live {
+        catch_up_open(req, ct);
+    }
+    if pkt.is_rst() {
+        end(req, &request_key, live);
     } else if pkt.is_fin() {
         req.state |= FLOW_FIN_RX;
         if req.state & FLOW_FIN_TX != 0 {
-            end(req, &request_key);
+            end(req, &request_key, live);
         }
     }
     false
 }
 
+/// Counts the connection of request half `req` opened.
+#[inline(always)]
+fn open(req: &mut FlowValue) {
+    req.state |= FLOW_OPEN;
+    opened(&req.endpoint);
+}
+
+/// Opens a conntrack-followed connection whose handshake's last ACK
+/// passed unlooked-at, if conntrack saw it.
+#[inline(always)]
+fn catch_up_open(req: &mut FlowValue, ct: u64) {
+    if req.state & FLOW_OPEN == 0 && conntrack::assured(ct) {
+        open(req);
+    }
+}
+
 /// Starts tracking a SYN leaving with no local socket, if this node
-/// translated its destination. Out of line: SYNs only.
+/// translated its destination. Returns false only when its 5-tuple is
+/// tracked already (a retransmission, or a new connection on it, for the
+/// caller to look up). Out of line: SYNs only.
 #[inline(never)]
-fn register(ctx: &TcContext, pkt: &Packet) {
+fn register(ctx: &TcContext, pkt: &Packet, ct: u64) -> bool {
     let Some(origin) = syn_origin(pkt.seq) else {
         stat(Stat::SynOriginUnknown, 1);
-        return;
+        return true;
     };
     let key = pkt.flow_key();
     if origin.dst_addr == key.remote_addr && origin.dst_port == key.remote_port {
         stat(Stat::SynRouted, 1);
-        return;
+        return true;
     }
     let reply_key = FlowKey {
         local_addr: origin.dst_addr,
@@ -203,16 +266,23 @@ fn register(ctx: &TcContext, pkt: &Packet) {
         _pad2: 0,
         // A Fast Open SYN carries data.
         bytes: pkt.payload_len,
-        packets: pkt.segments,
+        // Conntrack counts no segments: a connection it follows has none.
+        packets: if ct == 0 { pkt.segments } else { 0 },
         folded_bytes: 0,
         folded_packets: 0,
         last_seen_ns: now,
+        ct,
         peer: reply_key,
     };
-    if FLOWS.insert(key, &v, BPF_NOEXIST as u64).is_err() {
-        stat(Stat::FlowInsertFailed, 1);
-        debug!(ctx, "evenflow: flow map insert failed on a forwarded SYN");
-        return;
+    match FLOWS.insert(key, &v, BPF_NOEXIST as u64) {
+        Ok(()) => {}
+        // -EEXIST.
+        Err(-17) => return false,
+        Err(_) => {
+            stat(Stat::FlowInsertFailed, 1);
+            debug!(ctx, "evenflow: flow map insert failed on a forwarded SYN");
+            return true;
+        }
     }
     v.half = HALF_REPLY;
     v.state = 0;
@@ -225,57 +295,140 @@ fn register(ctx: &TcContext, pkt: &Packet) {
     if FLOWS.insert(&reply_key, &v, 0).is_err() {
         let _ = FLOWS.remove(key);
         stat(Stat::FlowInsertFailed, 1);
-        return;
+        return true;
     }
     stat(Stat::FlowInserted, 1);
+    true
+}
+
+/// The sweeper's visit to a half under `key`: catches a conntrack-followed
+/// half up with conntrack, adds what the half carried since the last fold,
+/// and ends a connection that is gone.
+#[inline(always)]
+pub fn sweep(key: &FlowKey, f: &mut FlowValue) {
+    let followed = f.ct != 0 && conntrack_has(key, f);
+    let request = f.half == HALF_REQUEST;
+    if followed {
+        let dir = if request {
+            conntrack::ORIGINAL
+        } else {
+            conntrack::REPLY
+        };
+        catch_up_bytes(f, dir, 1);
+        if request {
+            catch_up_open(f, f.ct);
+        }
+    }
+    fold(f);
+    if !request {
+        return;
+    }
+    if f.ct == 0 {
+        expire_if_idle(f, key);
+    } else if !followed {
+        // Conntrack forgot the connection (it timed out, or was flushed):
+        // so does evenflow, with the bytes it had.
+        end(f, key, false);
+        stat(Stat::FlowExpired, 1);
+    }
+}
+
+/// Whether the `nf_conn` a half stored still is its connection's (the
+/// sweeper reads it long after the packet that brought it).
+#[inline(always)]
+fn conntrack_has(key: &FlowKey, f: &FlowValue) -> bool {
+    // The reply half's key and the request half's peer face the client as
+    // it arrived; the endpoint is the backend.
+    let client = if f.half == HALF_REQUEST { &f.peer } else { key };
+    conntrack::is_connection(
+        f.ct,
+        (&client.remote_addr, client.remote_port),
+        (&f.endpoint.addr, f.endpoint.port),
+    )
+}
+
+/// Raises a conntrack-followed half's bytes to what conntrack saw sent in
+/// `dir`, less `held` sequence numbers at the end: one while the
+/// connection lives (a FIN may be among them: the end adds it back if
+/// not), its FIN's when it ends. `bytes` is a high-water mark, so racing
+/// catch-ups (the sweeper and a packet) never add twice.
+#[inline(always)]
+fn catch_up_bytes(f: &mut FlowValue, dir: u32, held: u32) {
+    if f.state & SEQ_KNOWN == 0 {
+        return;
+    }
+    let Some(end) = conntrack::seq_end(f.ct, dir) else {
+        return;
+    };
+    // SAFETY: a field of a live (or RCU-protected) entry.
+    let have = unsafe { core::ptr::read_volatile(&f.bytes) };
+    // Where the bytes counted so far end, in sequence space: past the SYN.
+    let at = f.isn.wrapping_add(1).wrapping_add(have as u32);
+    let ahead = end.wrapping_sub(held).wrapping_sub(at) as i32;
+    if ahead > 0 {
+        // SAFETY: as above.
+        unsafe { atomic::raise_to(&raw mut f.bytes, have + ahead as u64) };
+    }
 }
 
 /// Adds to the half's endpoint what it carried since the last fold.
 #[inline(always)]
-pub fn fold(f: *mut FlowValue) {
+fn fold(f: &mut FlowValue) {
     let t = unfolded(f);
-    // SAFETY: `f` points to a live (or RCU-protected, just freed) entry.
-    add_traffic(unsafe { &(*f).endpoint }, &t);
+    add_traffic(&f.endpoint, &t);
 }
 
 /// What the half carried since the last fold, marked folded (racing
 /// folders each take only what they raised the marks by).
 #[inline(always)]
-fn unfolded(f: *mut FlowValue) -> Traffic {
-    // SAFETY: `f` points to a live (or RCU-protected, just freed) entry.
-    unsafe {
-        let bytes = atomic::raise_to(&raw mut (*f).folded_bytes, (*f).bytes);
-        let packets = atomic::raise_to(&raw mut (*f).folded_packets, (*f).packets);
-        if (*f).half == HALF_REQUEST {
-            Traffic {
-                bytes_tx: bytes,
-                packets_tx: packets,
-                ..Traffic::default()
-            }
-        } else {
-            Traffic {
-                bytes_rx: bytes,
-                packets_rx: packets,
-                ..Traffic::default()
-            }
+fn unfolded(f: &mut FlowValue) -> Traffic {
+    // SAFETY: fields of a live (or RCU-protected, just freed) entry.
+    let (bytes, packets) = unsafe {
+        (
+            atomic::raise_to(&raw mut f.folded_bytes, f.bytes),
+            atomic::raise_to(&raw mut f.folded_packets, f.packets),
+        )
+    };
+    if f.half == HALF_REQUEST {
+        Traffic {
+            bytes_tx: bytes,
+            packets_tx: packets,
+            ..Traffic::default()
+        }
+    } else {
+        Traffic {
+            bytes_rx: bytes,
+            packets_rx: packets,
+            ..Traffic::default()
         }
     }
 }
 
 /// Ends the connection whose request half is `req` (under `req_key`):
-/// folds both halves, counts the close if it had opened, forgets both.
-/// Removing the request half is the claim: of two CPUs ending one
-/// connection at once, only one succeeds.
+/// folds both halves (caught up with conntrack first when `live`: the
+/// packet in hand carries the connection's record), counts the close if it
+/// had opened, forgets both. Removing the request half is the claim: of
+/// two CPUs ending one connection at once, only one succeeds.
 #[inline(never)]
-fn end(req: &mut FlowValue, req_key: &FlowKey) {
+fn end(req: &mut FlowValue, req_key: &FlowKey, live: bool) {
     let reply_key = req.peer;
     if FLOWS.remove(req_key).is_err() {
         return;
+    }
+    let fin_tx = (req.state & FLOW_FIN_TX != 0) as u32;
+    let fin_rx = (req.state & FLOW_FIN_RX != 0) as u32;
+    if live {
+        catch_up_bytes(req, conntrack::ORIGINAL, fin_tx);
     }
     // Both halves count towards the same endpoint: one update for both and
     // the close.
     let mut t = unfolded(req);
     if let Some(reply) = FLOWS.get_ptr_mut(&reply_key) {
+        // SAFETY: a live entry.
+        let reply = unsafe { &mut *reply };
+        if live {
+            catch_up_bytes(reply, conntrack::REPLY, fin_rx);
+        }
         let r = unfolded(reply);
         t.bytes_rx = r.bytes_rx;
         t.packets_rx = r.packets_rx;
@@ -286,10 +439,11 @@ fn end(req: &mut FlowValue, req_key: &FlowKey) {
     stat(Stat::FlowDeleted, 1);
 }
 
-/// Ends a connection idle for longer than conntrack would keep it in its
-/// state (timeouts the agent copied from conntrack's sysctls).
+/// Ends a connection conntrack does not follow once it has idled longer
+/// than conntrack would keep it in its state (timeouts the agent copied
+/// from conntrack's sysctls).
 #[inline(always)]
-pub fn expire_if_idle(req: &mut FlowValue, req_key: &FlowKey) {
+fn expire_if_idle(req: &mut FlowValue, req_key: &FlowKey) {
     let reply_seen = match FLOWS.get_ptr(&req.peer) {
         // SAFETY: a live entry.
         Some(r) => unsafe { (*r).last_seen_ns },
@@ -308,7 +462,7 @@ pub fn expire_if_idle(req: &mut FlowValue, req_key: &FlowKey) {
     // SAFETY: no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     if timeout != 0 && now.saturating_sub(last) > timeout {
-        end(req, req_key);
+        end(req, req_key, false);
         stat(Stat::FlowExpired, 1);
     }
 }

@@ -18,6 +18,7 @@
 #![feature(asm_experimental_arch)]
 
 mod atomic;
+mod conntrack;
 mod counters;
 mod forward;
 mod kernel;

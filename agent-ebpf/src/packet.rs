@@ -233,58 +233,105 @@ pub enum Probe {
 /// egress).
 #[inline(always)]
 pub fn syn_probe(ctx: &TcContext) -> Probe {
-    // SAFETY: scalar context fields.
-    let (protocol, gso_segs) = unsafe { ((*ctx.skb.skb).protocol, (*ctx.skb.skb).gso_segs) };
+    // SAFETY: a scalar context field.
+    let gso_segs = unsafe { (*ctx.skb.skb).gso_segs };
     // A GRO/GSO super-packet stands for several segments, which a SYN never
     // is: bulk traffic is told apart without touching the packet.
     if gso_segs > 1 {
         return Probe::Other;
     }
+    match tcp_header(ctx) {
+        // SAFETY: `tcp_header` checked that the header's first 14 bytes
+        // are in the linear area.
+        Ok(Some(tcp)) if unsafe { flags(tcp) } & (TCP_SYN | TCP_ACK) == TCP_SYN => Probe::Syn,
+        Ok(_) => Probe::Other,
+        Err(()) => Probe::Unknown,
+    }
+}
+
+/// Whether a forwarded packet of a connection conntrack follows needs its
+/// flow looked up: it may change the connection's state (SYN, FIN, RST),
+/// or its sequence numbers cross a multiple of 2^29, where the flow's byte
+/// count catches up with conntrack's (so it never falls 2^31 behind, where
+/// sequence arithmetic would lose track). A shape the probe does not read
+/// says yes.
+#[inline(always)]
+pub fn may_change_state(ctx: &TcContext) -> bool {
+    let tcp = match tcp_header(ctx) {
+        Ok(Some(tcp)) => tcp,
+        Ok(None) => return false,
+        Err(()) => return true,
+    };
+    // SAFETY: `tcp_header` checked the header's first 14 bytes.
+    let (flags, seq) = unsafe { (flags(tcp), u32::from_be(rd32(tcp + 4))) };
+    if flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0 {
+        return true;
+    }
+    // SAFETY: a scalar context field. The packet's length past the TCP
+    // header's start bounds its payload (from above: a boundary is never
+    // missed, at worst a lookup is spared less often).
+    let len = unsafe { (*ctx.skb.skb).len }.saturating_sub((tcp - ctx.data()) as u32);
+    (seq ^ seq.wrapping_add(len)) >> 29 != 0
+}
+
+/// Where the TCP header of a common-shape packet starts (its first 14
+/// bytes checked to be in the linear area), `Ok(None)` for a common shape
+/// that is not TCP, `Err(())` for a shape this does not read (VLAN, IPv4
+/// options, IPv6 extension headers, headers outside the linear area).
+#[inline(always)]
+fn tcp_header(ctx: &TcContext) -> Result<Option<usize>, ()> {
+    // SAFETY: a scalar context field.
+    let protocol = unsafe { (*ctx.skb.skb).protocol };
     let start = ctx.data();
     let end = ctx.data_end();
-    // Ethernet + IPv6 + the first 14 bytes of TCP: enough for both families.
+    // Ethernet + IPv4 + the first 14 bytes of TCP.
     if start + ETH_HLEN + 20 + 14 > end {
-        return Probe::Unknown;
+        return Err(());
     }
     // The skb's protocol is the Ethernet header's type (network order),
     // read from the skb rather than the packet.
     let ethertype = u16::from_be(protocol as u16);
     // SAFETY (every read below): bounds-checked against `end`.
-    let flags_at = if ethertype == ETH_P_IP {
+    let tcp = if ethertype == ETH_P_IP {
         let vihl_tos = unsafe { rd16(start + ETH_HLEN) };
         if vihl_tos & 0xff != 0x45 {
-            return Probe::Unknown;
+            return Err(());
         }
         if (unsafe { rd16(start + ETH_HLEN + 8) } >> 8) as u8 != PROTO_TCP {
-            return Probe::Other;
+            return Ok(None);
         }
-        start + ETH_HLEN + 20 + 13
+        start + ETH_HLEN + 20
     } else if ethertype == ETH_P_IPV6 {
         if start + ETH_HLEN + IPV6_HLEN + 14 > end {
-            return Probe::Unknown;
+            return Err(());
         }
         match (unsafe { rd16(start + ETH_HLEN + 6) } & 0xff) as u8 {
-            PROTO_TCP => start + ETH_HLEN + IPV6_HLEN + 13,
+            PROTO_TCP => start + ETH_HLEN + IPV6_HLEN,
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT => {
-                return Probe::Unknown;
+                return Err(());
             }
-            _ => return Probe::Other,
+            _ => return Ok(None),
         }
     } else if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-        return Probe::Unknown;
+        return Err(());
     } else {
-        return Probe::Other;
+        return Ok(None);
     };
-    if flags_at + 1 > end {
-        return Probe::Unknown;
+    if tcp + 14 > end {
+        return Err(());
     }
+    Ok(Some(tcp))
+}
+
+/// The flags byte of the TCP header at `tcp`.
+///
+/// # Safety
+/// The header's first 14 bytes are in the linear area.
+#[inline(always)]
+unsafe fn flags(tcp: usize) -> u8 {
     // The flags byte sits at an odd offset: read the 16-bit word before it.
-    let flags = (unsafe { rd16(flags_at - 1) } >> 8) as u8;
-    if flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-        Probe::Syn
-    } else {
-        Probe::Other
-    }
+    // SAFETY: per the contract.
+    (unsafe { rd16(tcp + 12) } >> 8) as u8
 }
 
 enum Fast {

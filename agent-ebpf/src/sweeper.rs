@@ -7,7 +7,7 @@
 
 use core::ptr::read_volatile;
 
-use agent_common::{FlowKey, FlowValue, HALF_REQUEST};
+use agent_common::{FlowKey, FlowValue};
 
 use crate::forward;
 
@@ -28,14 +28,11 @@ pub extern "C" fn evenflow_flow_sweeper(ctx: *mut MapElemIterCtx) -> i32 {
     if key.is_null() || value.is_null() {
         return 0;
     }
-    forward::fold(value);
-    // SAFETY: the element being visited; the key is copied to the stack for
-    // the helpers.
+    // SAFETY: the element being visited (valid until the visit is over);
+    // the key is copied to the stack for the helpers.
     unsafe {
-        if (*value).half == HALF_REQUEST {
-            let key = read_volatile(key);
-            forward::expire_if_idle(&mut *value, &key);
-        }
+        let key = read_volatile(key);
+        forward::sweep(&key, &mut *value);
     }
     0
 }

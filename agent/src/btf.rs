@@ -27,10 +27,12 @@ pub enum BtfError {
 const MAGIC: u16 = 0xeb9f;
 const KIND_STRUCT: u32 = 4;
 
-/// A parsed BTF blob: its type and string sections.
+/// A parsed BTF blob: its type and string sections, and for a module's
+/// split BTF the string section of the kernel's it extends.
 pub struct Btf<'a> {
     types: &'a [u8],
     strings: &'a [u8],
+    base_strings: &'a [u8],
 }
 
 fn u32_at(b: &[u8], at: usize) -> Result<u32, BtfError> {
@@ -59,11 +61,26 @@ impl<'a> Btf<'a> {
         Ok(Self {
             types: section(8, 12)?,
             strings: section(16, 20)?,
+            base_strings: &[],
+        })
+    }
+
+    /// Parses a module's split BTF (`/sys/kernel/btf/<module>`), whose
+    /// names may sit in `base`'s (the kernel's) string section.
+    pub fn parse_split(blob: &'a [u8], base: &Btf<'a>) -> Result<Self, BtfError> {
+        Ok(Self {
+            base_strings: base.strings,
+            ..Self::parse(blob)?
         })
     }
 
     fn name(&self, off: u32) -> &'a [u8] {
-        let rest = self.strings.get(off as usize..).unwrap_or_default();
+        // A split BTF's string offsets continue from its base's.
+        let (strings, off) = match (off as usize).checked_sub(self.base_strings.len()) {
+            Some(own) => (self.strings, own),
+            None => (self.base_strings, off as usize),
+        };
+        let rest = strings.get(off..).unwrap_or_default();
         let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
         &rest[..end]
     }
@@ -71,6 +88,16 @@ impl<'a> Btf<'a> {
     /// The byte offset of `member` (a direct, non-bitfield member) in
     /// `struct name`.
     pub fn member_offset(&self, name: &str, member: &str) -> Result<u32, BtfError> {
+        let s = self.find_struct(name)?;
+        self.find_member(s.body, s.vlen, s.kind_flag, name, member)
+    }
+
+    /// `sizeof(struct name)`.
+    pub fn struct_size(&self, name: &str) -> Result<u32, BtfError> {
+        Ok(self.find_struct(name)?.size)
+    }
+
+    fn find_struct(&self, name: &str) -> Result<Struct, BtfError> {
         let mut at = 0;
         while at < self.types.len() {
             let name_off = u32_at(self.types, at)?;
@@ -78,7 +105,12 @@ impl<'a> Btf<'a> {
             let (kind, vlen, kind_flag) = ((info >> 24) & 0x1f, info & 0xffff, info >> 31);
             let body = at + 12;
             if kind == KIND_STRUCT && self.name(name_off) == name.as_bytes() {
-                return self.find_member(body, vlen, kind_flag == 1, name, member);
+                return Ok(Struct {
+                    body,
+                    vlen,
+                    kind_flag: kind_flag == 1,
+                    size: u32_at(self.types, at + 8)?,
+                });
             }
             at = body + body_len(kind, vlen)?;
         }
@@ -111,6 +143,14 @@ impl<'a> Btf<'a> {
         }
         Err(BtfError::NoMember(name.to_owned(), member.to_owned()))
     }
+}
+
+/// Where a struct's members are, and its size.
+struct Struct {
+    body: usize,
+    vlen: u32,
+    kind_flag: bool,
+    size: u32,
 }
 
 /// Bytes that follow a type's 12-byte header, by kind.
@@ -155,6 +195,31 @@ mod tests {
         push(5); // b
         push(1);
         push(64);
+        with_header(&types, &strings)
+    }
+
+    /// A module's split BTF over [`blob`]: `struct m { u64 c; u64 a; }`,
+    /// its own names after the base's strings, `a` and `u64` reused from
+    /// the base's.
+    fn module_blob() -> Vec<u8> {
+        let base_len = 11;
+        let strings = b"m\0c\0".to_vec();
+        let mut types = Vec::new();
+        let mut push = |v: u32| types.extend_from_slice(&v.to_le_bytes());
+        // [3] STRUCT m, 2 members, its type ids following the base's.
+        push(base_len);
+        push((4 << 24) | 2);
+        push(16);
+        push(base_len + 2); // c
+        push(1);
+        push(0);
+        push(3); // a, a base string
+        push(1);
+        push(64);
+        with_header(&types, &strings)
+    }
+
+    fn with_header(types: &[u8], strings: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         out.extend_from_slice(&MAGIC.to_le_bytes());
         out.extend_from_slice(&[1, 0]);
@@ -167,8 +232,8 @@ mod tests {
         ] {
             out.extend_from_slice(&v.to_le_bytes());
         }
-        out.extend_from_slice(&types);
-        out.extend_from_slice(&strings);
+        out.extend_from_slice(types);
+        out.extend_from_slice(strings);
         out
     }
 
@@ -186,6 +251,27 @@ mod tests {
             btf.member_offset("t", "a"),
             Err(BtfError::NoStruct(_))
         ));
+    }
+
+    #[test]
+    fn finds_struct_sizes() {
+        let b = blob();
+        let btf = Btf::parse(&b).expect("parses");
+        assert_eq!(btf.struct_size("s").expect("s"), 16);
+        assert!(matches!(btf.struct_size("t"), Err(BtfError::NoStruct(_))));
+    }
+
+    #[test]
+    fn reads_a_modules_split_btf() {
+        let (b, m) = (blob(), module_blob());
+        let base = Btf::parse(&b).expect("base parses");
+        let module = Btf::parse_split(&m, &base).expect("module parses");
+        assert_eq!(module.member_offset("m", "c").expect("c"), 0);
+        assert_eq!(module.member_offset("m", "a").expect("a"), 8);
+        assert_eq!(module.struct_size("m").expect("m"), 16);
+        // Without its base, the module's names point nowhere.
+        let alone = Btf::parse(&m).expect("parses alone");
+        assert!(alone.member_offset("m", "c").is_err());
     }
 
     #[test]

@@ -122,6 +122,14 @@ pub struct Args {
     #[arg(long, env = "EVENFLOW_MAX_FLOWS", default_value_t = agent_common::MAX_FLOWS / 2, value_parser = parse_max_flows)]
     pub max_flows: u32,
 
+    /// Count every forwarded connection packet by packet, as connections
+    /// NATed without conntrack always are, instead of reading the bytes of
+    /// those conntrack follows from conntrack (which spares their data
+    /// packets a lookup). For comparing the two ways, and for a node whose
+    /// conntrack does not track TCP windows.
+    #[arg(long, env = "EVENFLOW_FORWARDED_PER_PACKET")]
+    pub forwarded_per_packet: bool,
+
     /// Level of the eBPF programs' own diagnostics (aya-log).
     #[arg(long, env = "EVENFLOW_EBPF_LOG", value_enum, default_value_t = EbpfLog::Off)]
     pub ebpf_log: EbpfLog,

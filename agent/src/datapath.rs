@@ -46,6 +46,9 @@ pub struct Config<'a> {
     pub ebpf_log: EbpfLog,
     /// Forwarded connections the flow map is created for (`--max-flows`).
     pub max_flows: u32,
+    /// Count forwarded connections per packet even where conntrack follows
+    /// them (`--forwarded-per-packet`).
+    pub forwarded_per_packet: bool,
 }
 
 /// Datapath accounting read from `EF_STATS`, plus what userspace derives.
@@ -171,7 +174,7 @@ impl Datapath {
             .with_context(|| format!("creating pin directory {}", pin_dir.display()))?;
         retire_other_layout(&pin_dir)?;
         let level = cfg.ebpf_log.aya_level();
-        let offsets = tcp_sock_offsets()?;
+        let offsets = kernel_offsets(cfg.forwarded_per_packet)?;
         let mut loader = EbpfLoader::new();
         loader
             .default_map_pin_directory(&pin_dir)
@@ -612,8 +615,11 @@ fn write_flow_timeouts(meta: &mut Array<MapData, u64>) -> Result<()> {
     Ok(())
 }
 
-/// This kernel's `struct tcp_sock` offsets for the socket sampler.
-fn tcp_sock_offsets() -> Result<[(&'static str, u32); 4]> {
+/// The constants the programs take from this kernel's BTF: `struct
+/// tcp_sock` offsets for the socket sampler, and conntrack's for forwarded
+/// connections (all zero when this kernel's BTF has none: see
+/// [`conntrack_offsets`]).
+fn kernel_offsets(per_packet: bool) -> Result<Vec<(&'static str, u32)>> {
     let blob = std::fs::read("/sys/kernel/btf/vmlinux")
         .context("reading /sys/kernel/btf/vmlinux (the kernel needs CONFIG_DEBUG_INFO_BTF)")?;
     let btf = crate::btf::Btf::parse(&blob).context("parsing the kernel's BTF")?;
@@ -621,11 +627,75 @@ fn tcp_sock_offsets() -> Result<[(&'static str, u32); 4]> {
         btf.member_offset("tcp_sock", field)
             .with_context(|| format!("finding tcp_sock.{field} in the kernel's BTF"))
     };
-    Ok([
+    let mut offsets = vec![
         ("TCP_SOCK_BYTES_RECEIVED", off("bytes_received")?),
         ("TCP_SOCK_BYTES_ACKED", off("bytes_acked")?),
         ("TCP_SOCK_SEGS_IN", off("segs_in")?),
         ("TCP_SOCK_SEGS_OUT", off("segs_out")?),
+    ];
+    if per_packet {
+        info!("forwarded connections are counted packet by packet (--forwarded-per-packet)");
+        return Ok(offsets);
+    }
+    match conntrack_offsets(&btf) {
+        Ok(ct) => offsets.extend(ct),
+        Err(e) => info!(
+            "forwarded connections are counted packet by packet: {e:#} (load nf_conntrack before the agent to count them from conntrack)"
+        ),
+    }
+    Ok(offsets)
+}
+
+/// Where conntrack keeps what the forwarded-connection path reads: in the
+/// kernel's BTF when conntrack is built in, else in `nf_conntrack`'s
+/// module BTF (there only while the module is loaded).
+fn conntrack_offsets(vmlinux: &crate::btf::Btf<'_>) -> Result<[(&'static str, u32); 8]> {
+    let nfct = vmlinux
+        .member_offset("sk_buff", "_nfct")
+        .context("the kernel is built without conntrack")?;
+    if vmlinux.struct_size("nf_conn").is_ok() {
+        return nf_conn_offsets(nfct, vmlinux);
+    }
+    let blob = std::fs::read("/sys/kernel/btf/nf_conntrack")
+        .context("reading /sys/kernel/btf/nf_conntrack (is nf_conntrack loaded?)")?;
+    let module =
+        crate::btf::Btf::parse_split(&blob, vmlinux).context("parsing nf_conntrack's BTF")?;
+    nf_conn_offsets(nfct, &module)
+}
+
+fn nf_conn_offsets(nfct: u32, btf: &crate::btf::Btf<'_>) -> Result<[(&'static str, u32); 8]> {
+    let off = |s: &str, m: &str| {
+        btf.member_offset(s, m)
+            .with_context(|| format!("finding {s}.{m} in conntrack's BTF"))
+    };
+    let size = |s: &str| {
+        btf.struct_size(s)
+            .with_context(|| format!("finding struct {s} in conntrack's BTF"))
+    };
+    // The program reads an address and, right after it, a port.
+    if off("nf_conntrack_man", "u3")? != 0 {
+        bail!("this kernel's nf_conntrack_man does not start with its address");
+    }
+    Ok([
+        ("SKB_NFCT", nfct),
+        ("NF_CONN_STATUS", off("nf_conn", "status")?),
+        ("NF_CONN_TIMEOUT", off("nf_conn", "timeout")?),
+        (
+            "NF_CONN_ORIGINAL_SRC",
+            off("nf_conn", "tuplehash")?
+                + off("nf_conntrack_tuple_hash", "tuple")?
+                + off("nf_conntrack_tuple", "src")?,
+        ),
+        ("NF_CONN_TUPLE_STRIDE", size("nf_conntrack_tuple_hash")?),
+        ("NF_CONN_MAN_PORT", off("nf_conntrack_man", "u")?),
+        (
+            "NF_CONN_TD_END",
+            // `proto` is a union: its `tcp` member sits at its start.
+            off("nf_conn", "proto")?
+                + off("ip_ct_tcp", "seen")?
+                + off("ip_ct_tcp_state", "td_end")?,
+        ),
+        ("NF_CONN_SEEN_STRIDE", size("ip_ct_tcp_state")?),
     ])
 }
 
@@ -657,4 +727,20 @@ fn new_epoch() -> Result<u64> {
     // Keep it within 2^53 so JSON consumers that parse numbers as doubles see
     // the exact value; zero means "unset".
     Ok((u64::from_ne_bytes(buf) >> 11).max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    /// The forwarded path reads conntrack's record at offsets from this
+    /// kernel's BTF: every one of them is found (conntrack built in, or its
+    /// module loaded: `modprobe nf_conntrack`).
+    #[test]
+    fn finds_this_kernels_conntrack() {
+        let blob = std::fs::read("/sys/kernel/btf/vmlinux").expect("this kernel has BTF");
+        let btf = crate::btf::Btf::parse(&blob).expect("parses");
+        let offsets = super::conntrack_offsets(&btf).expect("conntrack's offsets");
+        for (name, off) in offsets {
+            assert!(off > 0 && off < 1024, "{name} = {off}");
+        }
+    }
 }

@@ -116,6 +116,7 @@ async fn run(args: cli::Args) -> Result<()> {
         cgroup: &cgroup,
         ebpf_log: args.ebpf_log,
         max_flows: args.max_flows,
+        forwarded_per_packet: args.forwarded_per_packet,
     })?;
     if let Some(logger) = dp.take_logger() {
         tokio::spawn(drive_ebpf_logger(logger));

@@ -142,8 +142,9 @@ impl Neighbour {
         Ok(self.stats()?.1)
     }
 
-    /// `run_time_ns` and `run_cnt` from the program's info.
-    fn stats(&self) -> Result<(u64, u64)> {
+    /// `run_time_ns` and `run_cnt` from the program's info (cumulative
+    /// while stats are on).
+    pub fn stats(&self) -> Result<(u64, u64)> {
         let mut info = [0u8; 256];
         let mut attr = [0u8; 16];
         put_u32(&mut attr, 0, self.prog.as_raw_fd() as u32);

@@ -138,6 +138,9 @@ enum Shape {
     /// The backends' interfaces are macvlans (bridge mode) on one parent,
     /// and the lb reaches them through a macvlan of its own on it.
     Macvlan,
+    /// The lb's agent counts forwarded connections packet by packet
+    /// (`--forwarded-per-packet`), as it does any NATed without conntrack.
+    PerPacket,
 }
 
 /// A lab after its load: everything the assertions need.
@@ -180,7 +183,12 @@ impl Run {
             agent::start(&mut lab, &b, &["--service", "web=8080"]).expect("a backend agent starts");
         }
         let lb_node = lab.lb.clone();
-        agent::start(&mut lab, &lb_node, &[]).expect("the lb agent starts");
+        let lb_args: &[&str] = if shape == Shape::PerPacket {
+            &["--forwarded-per-packet"]
+        } else {
+            &[]
+        };
+        agent::start(&mut lab, &lb_node, lb_args).expect("the lb agent starts");
         if shape == Shape::Lossy {
             drop_forwarded(&lab, 20).expect("the loss rule loads");
         }
@@ -787,6 +795,13 @@ fn nftables_dnat_with_ipv6_hop_by_hop_matches_nginx_logs() {
             ..WITH_OPTIONS
         },
     );
+}
+
+/// Forwarded connections counted packet by packet (as ones NATed without
+/// conntrack are): the same totals as read from conntrack.
+#[test]
+fn field_forwarded_per_packet_counts_exactly() {
+    dnat_counts_shaped("perpkt", false, SMALL, Shape::PerPacket);
 }
 
 /// SO_REUSEPORT listeners: counted at the accepted sockets like any other.

@@ -245,13 +245,87 @@ fn churn_to(target: &str) -> Result<f64> {
 }
 
 /// One program's mean cost per run, and the empty programs' on its hook:
-/// the one behind it in the chain (the baseline) and the one ahead of it.
+/// the one behind it in the chain (the baseline) and the one ahead of it;
+/// and its cost above the baseline in each phase of the pass apart.
 struct Cost {
     name: String,
     ns: f64,
     runs: u64,
     baseline: f64,
     first: f64,
+    /// Above the baseline during the iperf3 run (bulk: few, large packets
+    /// of one long connection).
+    bulk: f64,
+    /// Above the baseline during the churn run (connections of a few
+    /// packets each: per-connection work weighs in every packet).
+    churn: f64,
+}
+
+/// Cumulative bpf stats of one program: nanoseconds and runs.
+#[derive(Copy, Clone, Default)]
+struct Stats {
+    ns: u64,
+    runs: u64,
+}
+
+impl Stats {
+    fn since(self, before: Stats) -> Stats {
+        Stats {
+            ns: self.ns.saturating_sub(before.ns),
+            runs: self.runs.saturating_sub(before.runs),
+        }
+    }
+
+    fn mean(self) -> f64 {
+        if self.runs == 0 {
+            0.0
+        } else {
+            self.ns as f64 / self.runs as f64
+        }
+    }
+}
+
+/// Every program's stats on the hooks of one pass at one moment.
+struct Snapshot {
+    programs: Vec<(String, Stats)>,
+    /// The empty TC programs behind and ahead of evenflow's.
+    tc: [Stats; 2],
+    /// The empty sock_ops programs behind and ahead of evenflow's.
+    sockops: [Stats; 2],
+}
+
+impl Snapshot {
+    fn take(node: &str, empties: &Empties) -> Result<Self> {
+        let stats = |n: &evenflow_tests::tcx::Neighbour| -> Result<Stats> {
+            let (ns, runs) = n.stats()?;
+            Ok(Stats { ns, runs })
+        };
+        Ok(Self {
+            programs: bpf_costs(node)?,
+            tc: [stats(&empties.tc_last)?, stats(&empties.tc_first)?],
+            sockops: [
+                stats(&empties.sockops_last)?,
+                stats(&empties.sockops_first)?,
+            ],
+        })
+    }
+
+    /// The empty programs on `name`'s hook.
+    fn empties(&self, name: &str) -> [Stats; 2] {
+        if name.contains("sockops") {
+            self.sockops
+        } else {
+            self.tc
+        }
+    }
+
+    fn program(&self, name: &str) -> Stats {
+        self.programs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| *s)
+            .unwrap_or_default()
+    }
 }
 
 /// Empty programs ahead of and behind evenflow's on every hook it uses.
@@ -297,29 +371,30 @@ fn cost_pass(
         })
     })??;
     BpfStats::set(true)?;
-    let r = iperf_to(target).and_then(|_| churn_to(target));
-    let costs = bpf_costs(node);
+    let phases = iperf_to(target)
+        .and_then(|_| Snapshot::take(node, &empties))
+        .and_then(|bulk| {
+            churn_to(target)?;
+            Ok((bulk, Snapshot::take(node, &empties)?))
+        });
     BpfStats::set(false)?;
-    r?;
-    let tc = (empties.tc_last.cost()?.0, empties.tc_first.cost()?.0);
-    let sockops = (
-        empties.sockops_last.cost()?.0,
-        empties.sockops_first.cost()?.0,
-    );
-    Ok(costs?
-        .into_iter()
-        .map(|(name, ns, runs)| {
-            let (baseline, first) = if name.contains("sockops") {
-                sockops
-            } else {
-                tc
-            };
+    let (bulk, all) = phases?;
+    Ok(all
+        .programs
+        .iter()
+        .map(|(name, stats)| {
+            let [behind, ahead] = all.empties(name);
+            let [behind_bulk, _] = bulk.empties(name);
+            let at_bulk = bulk.program(name);
+            let above = |prog: Stats, empty: Stats| prog.mean() - empty.mean();
             Cost {
-                name,
-                ns,
-                runs,
-                baseline,
-                first,
+                name: name.clone(),
+                ns: stats.mean(),
+                runs: stats.runs,
+                baseline: behind.mean(),
+                first: ahead.mean(),
+                bulk: above(at_bulk, behind_bulk),
+                churn: above(stats.since(at_bulk), behind.since(behind_bulk)),
             }
         })
         .collect())
@@ -334,6 +409,8 @@ struct CostSummary {
     first: f64,
     above: f64,
     above_range: (f64, f64),
+    bulk: f64,
+    churn: f64,
     runs: u64,
 }
 
@@ -360,15 +437,17 @@ fn cost_medians(passes: &[Vec<Cost>]) -> Vec<CostSummary> {
                 first: median(same.iter().map(|x| x.first).collect()),
                 above: median(above),
                 above_range: (lo, hi),
+                bulk: median(same.iter().map(|x| x.bulk).collect()),
+                churn: median(same.iter().map(|x| x.churn).collect()),
                 runs: median(same.iter().map(|x| x.runs as f64).collect()) as u64,
             }
         })
         .collect()
 }
 
-/// Mean cost per run of the programs behind `node`'s pinned links (not
+/// Cumulative stats of the programs behind `node`'s pinned links (not
 /// every evenflow program on the machine: other agents may be running).
-fn bpf_costs(node: &str) -> Result<Vec<(String, f64, u64)>> {
+fn bpf_costs(node: &str) -> Result<Vec<(String, Stats)>> {
     let links = std::path::PathBuf::from(format!("/sys/fs/bpf/evenflow/{node}/links"));
     let mut ids = std::collections::BTreeSet::new();
     for e in std::fs::read_dir(&links).with_context(|| format!("listing {}", links.display()))? {
@@ -389,7 +468,7 @@ fn bpf_costs(node: &str) -> Result<Vec<(String, f64, u64)>> {
             p["run_cnt"].as_u64().unwrap_or(0),
         );
         if cnt > 0 {
-            costs.push((name.to_owned(), ns as f64 / cnt as f64, cnt));
+            costs.push((name.to_owned(), Stats { ns, runs: cnt }));
         }
     }
     Ok(costs)
@@ -696,7 +775,7 @@ fn costs(rounds: usize, env: &Env) -> Result<[Vec<Vec<Cost>>; 3]> {
 
 fn print_costs(rounds: usize, [local, local_forwarding, forwarded]: &[Vec<Vec<Cost>>; 3]) {
     println!(
-        "\nper-run cost above an empty program behind it on the same hooks (kernel bpf stats; {rounds} passes of one iperf3 + one churn run, medians; \"first\": an empty program ahead of it, which pays what any program first on the hook pays):"
+        "\nper-run cost above an empty program behind it on the same hooks (kernel bpf stats; {rounds} passes of one iperf3 + one churn run, medians, and each run apart; \"first\": an empty program ahead of it, which pays what any program first on the hook pays):"
     );
     for (pass, passes, tc_target) in [
         (
@@ -728,6 +807,10 @@ fn print_costs(rounds: usize, [local, local_forwarding, forwarded]: &[Vec<Vec<Co
                 c.above_range.1,
                 c.first,
                 c.runs
+            );
+            println!(
+                "    {:<22} of which: bulk (iperf3) {:>+7.1} ns, churn (hey) {:>+7.1} ns",
+                "", c.bulk, c.churn
             );
         }
     }
