@@ -81,7 +81,12 @@ impl Engine {
     pub fn run(mut self, stop: Arc<AtomicBool>) {
         let interval = self.shared.interval;
         let offset = clock::tick_offset(interval);
-        let mut next = Instant::now() + clock::until_next(SystemTime::now(), interval, offset);
+        // The first tick a whole interval after the start at least: the
+        // agents that connect at once report before it.
+        let settle = interval * 3 / 4;
+        let mut next = Instant::now()
+            + settle
+            + clock::until_next(SystemTime::now() + settle, interval, offset);
         while !stop.load(Relaxed) {
             let now = Instant::now();
             if now < next {
