@@ -210,10 +210,7 @@ impl Datapath {
         }
         let forwards = crate::host::forwards();
         for iface in cfg.ifaces {
-            for (name, side) in tc_programs(forwards) {
-                let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
-                pinned.push(attach_tc(prog, name, side, iface, &links_dir)?);
-            }
+            attach_tc_missing(&mut ebpf, &mut pinned, &links_dir, iface, forwards)?;
         }
         crate::links::prune(&links_dir, &pinned)?;
         let iterators = [
@@ -293,15 +290,13 @@ impl Datapath {
         }
         for iface in wanted {
             let new = !self.interfaces.contains(iface);
-            for (name, side) in tc_programs(forwards) {
-                let pin_name = format!("{name}@{iface}");
-                if self.pinned.contains(&pin_name) {
-                    continue;
-                }
-                let prog: &mut SchedClassifier = program(&mut self.ebpf, name)?;
-                let pin = attach_tc(prog, name, side, iface, &self.links_dir)?;
-                self.pinned.push(pin);
-            }
+            attach_tc_missing(
+                &mut self.ebpf,
+                &mut self.pinned,
+                &self.links_dir,
+                iface,
+                forwards,
+            )?;
             if new {
                 info!(iface, "attached to a new interface");
             }
@@ -491,6 +486,26 @@ fn attach_sockops(ebpf: &mut Ebpf, cgroup: &Path, links_dir: &Path) -> Result<St
 
 /// Attaches the TC program `name` to `iface`, or adopts the pinned link
 /// already there; returns the pin's name.
+/// Attaches to `iface` the TC programs a node that `forwards` (or not)
+/// needs there and this agent has not attached yet, adding their pins to
+/// `pinned`.
+fn attach_tc_missing(
+    ebpf: &mut Ebpf,
+    pinned: &mut Vec<String>,
+    links_dir: &Path,
+    iface: &str,
+    forwards: bool,
+) -> Result<()> {
+    for (name, side) in tc_programs(forwards) {
+        if pinned.iter().any(|p| *p == format!("{name}@{iface}")) {
+            continue;
+        }
+        let prog: &mut SchedClassifier = program(ebpf, name)?;
+        pinned.push(attach_tc(prog, name, side, iface, links_dir)?);
+    }
+    Ok(())
+}
+
 fn attach_tc(
     prog: &mut SchedClassifier,
     name: &str,
