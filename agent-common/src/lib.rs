@@ -445,7 +445,9 @@ mod tests {
         assert_eq!(size_of::<EndpointKey>(), 16 + 2 + 1 + 1);
         assert_eq!(size_of::<EndpointCounters>(), 6 * 8);
         assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 1 + 3);
-        assert_eq!(size_of::<FlowValue>(), 120);
+        // endpoint, half/state/pad, ifindex, isn, next_seq, pad, six u64
+        // (bytes, packets, their folded marks, last_seen_ns, ct), peer.
+        assert_eq!(size_of::<FlowValue>(), 20 + 4 + 4 + 4 + 4 + 4 + 6 * 8 + 40);
         assert_eq!(size_of::<SockState>(), 64);
         assert_eq!(size_of::<SynOrigin>(), 36);
         assert_eq!(size_of::<SynSlot>(), 40);
