@@ -91,16 +91,14 @@ fn on_flow_packet(ctx: &TcContext, f: *mut FlowValue, pkt: &Packet, ct: u64) {
     // packets leaving on two queues) could lose an increment; a flow's
     // packets in one direction are serialised in practice.
     let f = unsafe { &mut *f };
-    if f.ct != 0 && f.ct == ct {
-        let dir = if f.half == HALF_REQUEST {
-            conntrack::ORIGINAL
-        } else {
-            conntrack::REPLY
-        };
-        catch_up_bytes(f, dir, 1);
+    // Conntrack's record is read only while the packet in hand carries
+    // this connection's own.
+    let live = f.ct != 0 && f.ct == ct;
+    if live {
+        catch_up_bytes(f, 1);
     }
     let completes_handshake = f.ct == 0 && count_packet(ctx, f, pkt);
-    if (pkt.has_state_flags() || completes_handshake) && on_state(f, pkt, ct) {
+    if (pkt.has_state_flags() || completes_handshake) && on_state(f, pkt, live) {
         let _ = register(ctx, pkt, ct);
     }
 }
@@ -138,11 +136,10 @@ fn count_packet(ctx: &TcContext, f: &mut FlowValue, pkt: &Packet) -> bool {
 /// packets per connection. Returns whether the packet starts a new
 /// connection on the tuple, to be registered by the caller (which keeps
 /// the call chain, and so the stack, short).
+/// `live`: the packet carries the connection's conntrack record, which
+/// may then be read.
 #[inline(never)]
-fn on_state(f: &mut FlowValue, pkt: &Packet, ct: u64) -> bool {
-    // Conntrack's record is read only while the packet in hand carries
-    // this connection's own.
-    let live = f.ct != 0 && f.ct == ct;
+fn on_state(f: &mut FlowValue, pkt: &Packet, live: bool) -> bool {
     if f.half == HALF_REQUEST {
         if pkt.is_syn() {
             // A SYN with a new initial sequence number on a tracked 5-tuple
@@ -155,7 +152,7 @@ fn on_state(f: &mut FlowValue, pkt: &Packet, ct: u64) -> bool {
             return false;
         }
         if live {
-            catch_up_open(f, ct);
+            catch_up_open(f);
         }
         if pkt.is_rst() {
             end(f, pkt.flow_key(), live);
@@ -178,11 +175,15 @@ fn on_state(f: &mut FlowValue, pkt: &Packet, ct: u64) -> bool {
             f.next_seq = pkt.seq.wrapping_add(1);
             f.state |= SEQ_KNOWN;
         }
-        // Conntrack's "assured" mark will tell the handshake's end: the
-        // request half need not be looked up for it.
-        if f.ct != 0 {
-            return false;
+        // For a conntrack-followed connection, conntrack's "assured" mark
+        // tells the handshake's end: its request half need not be looked up.
+        if f.ct == 0 {
+            if let Some(req) = FLOWS.get_ptr_mut(&f.peer) {
+                // SAFETY: a live entry.
+                unsafe { (*req).state |= FLOW_SYNACK };
+            }
         }
+        return false;
     }
     let request_key = f.peer;
     let Some(req) = FLOWS.get_ptr_mut(&request_key) else {
@@ -190,12 +191,8 @@ fn on_state(f: &mut FlowValue, pkt: &Packet, ct: u64) -> bool {
     };
     // SAFETY: a live entry.
     let req = unsafe { &mut *req };
-    if pkt.is_syn_ack() {
-        req.state |= FLOW_SYNACK;
-        return false;
-    }
     if live {
-        catch_up_open(req, ct);
+        catch_up_open(req);
     }
     if pkt.is_rst() {
         end(req, &request_key, live);
@@ -218,8 +215,8 @@ fn open(req: &mut FlowValue) {
 /// Opens a conntrack-followed connection whose handshake's last ACK
 /// passed unlooked-at, if conntrack saw it.
 #[inline(always)]
-fn catch_up_open(req: &mut FlowValue, ct: u64) {
-    if req.state & FLOW_OPEN == 0 && conntrack::assured(ct) {
+fn catch_up_open(req: &mut FlowValue) {
+    if req.state & FLOW_OPEN == 0 && conntrack::assured(req.ct) {
         open(req);
     }
 }
@@ -309,14 +306,9 @@ pub fn sweep(key: &FlowKey, f: &mut FlowValue) {
     let followed = f.ct != 0 && conntrack_has(key, f);
     let request = f.half == HALF_REQUEST;
     if followed {
-        let dir = if request {
-            conntrack::ORIGINAL
-        } else {
-            conntrack::REPLY
-        };
-        catch_up_bytes(f, dir, 1);
+        catch_up_bytes(f, 1);
         if request {
-            catch_up_open(f, f.ct);
+            catch_up_open(f);
         }
     }
     fold(f);
@@ -348,15 +340,20 @@ fn conntrack_has(key: &FlowKey, f: &FlowValue) -> bool {
 }
 
 /// Raises a conntrack-followed half's bytes to what conntrack saw sent in
-/// `dir`, less `held` sequence numbers at the end: one while the
+/// its direction, less `held` sequence numbers at the end: one while the
 /// connection lives (a FIN may be among them: the end adds it back if
 /// not), its FIN's when it ends. `bytes` is a high-water mark, so racing
 /// catch-ups (the sweeper and a packet) never add twice.
 #[inline(always)]
-fn catch_up_bytes(f: &mut FlowValue, dir: u32, held: u32) {
+fn catch_up_bytes(f: &mut FlowValue, held: u32) {
     if f.state & SEQ_KNOWN == 0 {
         return;
     }
+    let dir = if f.half == HALF_REQUEST {
+        conntrack::ORIGINAL
+    } else {
+        conntrack::REPLY
+    };
     let Some(end) = conntrack::seq_end(f.ct, dir) else {
         return;
     };
@@ -418,7 +415,7 @@ fn end(req: &mut FlowValue, req_key: &FlowKey, live: bool) {
     let fin_tx = (req.state & FLOW_FIN_TX != 0) as u32;
     let fin_rx = (req.state & FLOW_FIN_RX != 0) as u32;
     if live {
-        catch_up_bytes(req, conntrack::ORIGINAL, fin_tx);
+        catch_up_bytes(req, fin_tx);
     }
     // Both halves count towards the same endpoint: one update for both and
     // the close.
@@ -427,7 +424,7 @@ fn end(req: &mut FlowValue, req_key: &FlowKey, live: bool) {
         // SAFETY: a live entry.
         let reply = unsafe { &mut *reply };
         if live {
-            catch_up_bytes(reply, conntrack::REPLY, fin_rx);
+            catch_up_bytes(reply, fin_rx);
         }
         let r = unfolded(reply);
         t.bytes_rx = r.bytes_rx;

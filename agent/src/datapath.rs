@@ -484,8 +484,6 @@ fn attach_sockops(ebpf: &mut Ebpf, cgroup: &Path, links_dir: &Path) -> Result<St
     Ok(name)
 }
 
-/// Attaches the TC program `name` to `iface`, or adopts the pinned link
-/// already there; returns the pin's name.
 /// Attaches to `iface` the TC programs a node that `forwards` (or not)
 /// needs there and this agent has not attached yet, adding their pins to
 /// `pinned`.
@@ -497,7 +495,7 @@ fn attach_tc_missing(
     forwards: bool,
 ) -> Result<()> {
     for (name, side) in tc_programs(forwards) {
-        if pinned.iter().any(|p| *p == format!("{name}@{iface}")) {
+        if pinned.contains(&format!("{name}@{iface}")) {
             continue;
         }
         let prog: &mut SchedClassifier = program(ebpf, name)?;
@@ -506,6 +504,8 @@ fn attach_tc_missing(
     Ok(())
 }
 
+/// Attaches the TC program `name` to `iface`, or adopts the pinned link
+/// already there; returns the pin's name.
 fn attach_tc(
     prog: &mut SchedClassifier,
     name: &str,
