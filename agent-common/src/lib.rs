@@ -204,16 +204,51 @@ pub struct FlowValue {
     pub folded_bytes: u64,
     /// Of `packets`, what was already added to the endpoint's counters.
     pub folded_packets: u64,
-    /// `bpf_ktime_get_coarse_ns` of the last packet, for idle expiry (of
-    /// a connection conntrack does not follow).
+    /// `bpf_ktime_get_coarse_ns` of the last packet, for idle expiry.
     pub last_seen_ns: u64,
-    /// The kernel address of conntrack's record of the connection
-    /// (`struct nf_conn`), or 0: then the connection is counted packet by
-    /// packet. Only compared and read through `bpf_probe_read_kernel`.
-    pub ct: u64,
     /// The other half's key, so either half can reach the other.
     pub peer: FlowKey,
 }
+
+/// A forwarded TCP connection that conntrack follows (`EF_CT_FLOWS`, keyed
+/// by the kernel address of conntrack's `struct nf_conn`, which every
+/// packet of it carries): one entry for both directions, whose bytes are
+/// read from conntrack. [`CT_ORIGINAL`] indexes the direction towards the
+/// backend, [`CT_REPLY`] the one back to the client.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct CtFlow {
+    /// The backend this connection was sent to.
+    pub endpoint: EndpointKey,
+    /// The client's port, host order.
+    pub client_port: u16,
+    /// Explicit padding.
+    pub _pad: u16,
+    /// The client's address (IPv4-mapped for IPv4), as it dialled: with
+    /// the backend, what tells this connection's record from a reused one.
+    pub client_addr: [u32; 4],
+    /// Each direction's initial sequence number.
+    pub isn: [u32; 2],
+    /// `FLOW_OPEN`, `FLOW_FIN_*`, and which directions' initial sequence
+    /// numbers are known ([`CT_ISN_ORIGINAL`], [`CT_ISN_REPLY`]). Set with
+    /// an atomic fetch-or, so that of two CPUs racing to open or end the
+    /// connection exactly one does.
+    pub flags: u64,
+    /// Payload bytes each direction carried, as far as conntrack saw.
+    pub bytes: [u64; 2],
+    /// Of `bytes`, what was already added to the endpoint's counters.
+    pub folded: [u64; 2],
+}
+
+/// [`CtFlow`] index of the direction towards the backend (conntrack's
+/// `IP_CT_DIR_ORIGINAL`).
+pub const CT_ORIGINAL: usize = 0;
+/// [`CtFlow`] index of the direction back to the client.
+pub const CT_REPLY: usize = 1;
+/// [`CtFlow::flags`] bit: the client's initial sequence number is known.
+pub const CT_ISN_ORIGINAL: u64 = 16;
+/// [`CtFlow::flags`] bit: the backend's initial sequence number is known.
+pub const CT_ISN_REPLY: u64 = 32;
 
 /// One slot of the SYN-origin table (`EF_SYNS`): an entering SYN's initial
 /// sequence number, which NAT leaves alone, and where the SYN was going.
@@ -340,7 +375,8 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
 /// endpoints are not counted and `endpoint_insert_failed` says so.
 pub const MAX_ENDPOINTS: u32 = 65_536;
 /// Default capacity of the forwarded-flow map (two entries per connection;
-/// the agent's `--max-flows` sets it in connections). Not LRU: a flow
+/// the agent's `--max-flows` sets it in connections, and the conntrack
+/// flow map's capacity to as many). Not LRU: a flow
 /// leaves when it closes or expires, never silently; when the map is full a
 /// new connection is not tracked and `flow_insert_failed` counts it.
 pub const MAX_FLOWS: u32 = 262_144;
@@ -356,8 +392,12 @@ pub const MAX_LOCAL_NAT: u32 = 16_384;
 pub mod maps {
     /// Per-CPU hash `EndpointKey -> EndpointCounters`.
     pub const ENDPOINTS: &str = "EF_ENDPOINTS";
-    /// Hash `FlowKey -> FlowValue`: forwarded connections, two halves each.
+    /// Hash `FlowKey -> FlowValue`: forwarded connections counted packet
+    /// by packet, two halves each.
     pub const FLOWS: &str = "EF_FLOWS";
+    /// Hash `u64 -> CtFlow`: forwarded connections conntrack follows, by
+    /// the address of its record.
+    pub const CT_FLOWS: &str = "EF_CT_FLOWS";
     /// Socket storage `SockState`: every counted local socket.
     pub const SOCKS: &str = "EF_SOCKS";
     /// Array of `SynSlot` by ISN: where SYNs entering the node went.
@@ -390,7 +430,7 @@ pub const META_TIMEOUT_CLOSING_NS: u32 = 4;
 pub const META_COUNT: u32 = 8;
 /// Version of the pinned map layout. Bump it when a key or value changes so
 /// an agent refuses maps pinned by an incompatible one.
-pub const LAYOUT_VERSION: u64 = 4;
+pub const LAYOUT_VERSION: u64 = 5;
 
 /// The IPv4-mapped IPv6 form (`::ffff:a.b.c.d`) of an IPv4 address given
 /// as it sits in memory (network byte order bytes read as a native `u32`).
@@ -430,6 +470,7 @@ mod user {
     unsafe impl aya::Pod for EndpointCounters {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
+    unsafe impl aya::Pod for CtFlow {}
     unsafe impl aya::Pod for SynSlot {}
     unsafe impl aya::Pod for SynOrigin {}
     unsafe impl aya::Pod for SockState {}
@@ -445,9 +486,11 @@ mod tests {
         assert_eq!(size_of::<EndpointKey>(), 16 + 2 + 1 + 1);
         assert_eq!(size_of::<EndpointCounters>(), 6 * 8);
         assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 1 + 3);
-        // endpoint, half/state/pad, ifindex, isn, next_seq, pad, six u64
-        // (bytes, packets, their folded marks, last_seen_ns, ct), peer.
-        assert_eq!(size_of::<FlowValue>(), 20 + 4 + 4 + 4 + 4 + 4 + 6 * 8 + 40);
+        // endpoint, half/state/pad, ifindex, isn, next_seq, pad, five u64
+        // (bytes, packets, their folded marks, last_seen_ns), peer.
+        assert_eq!(size_of::<FlowValue>(), 20 + 4 + 4 + 4 + 4 + 4 + 5 * 8 + 40);
+        // endpoint, client_port/pad, client_addr, isn, flags, bytes, folded.
+        assert_eq!(size_of::<CtFlow>(), 20 + 4 + 16 + 8 + 8 + 16 + 16);
         assert_eq!(size_of::<SockState>(), 64);
         assert_eq!(size_of::<SynOrigin>(), 36);
         assert_eq!(size_of::<SynSlot>(), 40);

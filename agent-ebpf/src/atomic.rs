@@ -1,4 +1,4 @@
-//! The two atomic operations counting needs, as BPF instructions: the
+//! The atomic operations counting needs, as BPF instructions: the
 //! `bpfel-unknown-none` target has no compare-and-swap in `core`.
 //!
 //! Counters are written from softirq (TC, most sock_ops callbacks) and from
@@ -22,6 +22,27 @@ pub unsafe fn add(p: *mut u64, v: u64) {
             options(nostack, preserves_flags)
         )
     };
+}
+
+/// Sets the bits `v` in the `u64` at `p` atomically; returns the bits that
+/// were set before, so of CPUs setting the same bit at once exactly one
+/// finds it clear.
+///
+/// # Safety
+/// `p` points into a map value.
+#[inline(always)]
+pub unsafe fn fetch_or(p: *mut u64, v: u64) -> u64 {
+    let old: u64;
+    // SAFETY: per the contract.
+    unsafe {
+        core::arch::asm!(
+            "{v} = atomic_fetch_or((u64 *)({p} + 0), {v})",
+            p = in(reg) p,
+            v = inout(reg) v => old,
+            options(nostack, preserves_flags)
+        )
+    };
+    old
 }
 
 /// Compare-and-swap on the `u64` at `p`; returns the value found there.

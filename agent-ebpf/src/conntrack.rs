@@ -15,6 +15,8 @@
 
 use core::{ffi::c_void, ptr::read_volatile};
 
+use agent_common::SynOrigin;
+
 use aya_ebpf::{
     helpers::{bpf_probe_read_kernel, generated::bpf_jiffies64},
     programs::TcContext,
@@ -32,6 +34,10 @@ static NF_CONN_TIMEOUT: u32 = 0;
 /// `offsetof(struct nf_conn, tuplehash[0].tuple.src)`.
 #[unsafe(no_mangle)]
 static NF_CONN_ORIGINAL_SRC: u32 = 0;
+/// `offsetof(struct nf_conn, tuplehash[0].tuple.dst)`: its port follows
+/// its address as the source's does (see [`NF_CONN_MAN_PORT`]).
+#[unsafe(no_mangle)]
+static NF_CONN_ORIGINAL_DST: u32 = 0;
 /// `sizeof(struct nf_conntrack_tuple_hash)`: from the original direction's
 /// tuple to the reply's.
 #[unsafe(no_mangle)]
@@ -70,10 +76,40 @@ fn read<T>(addr: u64) -> Option<T> {
     unsafe { bpf_probe_read_kernel(addr as *const T).ok() }
 }
 
-/// The packet's `nf_conn`, or 0 where it has none (or this kernel's BTF
-/// told the agent of no conntrack).
+/// Whether the agent found conntrack's layout: forwarded connections are
+/// then followed in conntrack's records, and only there.
 #[inline(always)]
-pub fn of_packet(ctx: &TcContext) -> u64 {
+pub fn followed() -> bool {
+    offset(&SKB_NFCT) != 0
+}
+
+/// `IP_CT_IS_REPLY`: a ctinfo from it on is a reply direction's packet.
+const IP_CT_IS_REPLY: u64 = 3;
+
+/// A packet's conntrack record.
+#[derive(Copy, Clone)]
+pub struct Ct {
+    /// The `nf_conn`'s address.
+    pub conn: u64,
+    /// Whether the packet travels the connection's reply direction.
+    pub reply: bool,
+}
+
+/// The packet's conntrack record, if it has one (and this kernel's BTF
+/// told the agent where to find it).
+#[inline(always)]
+pub fn of_packet(ctx: &TcContext) -> Option<Ct> {
+    let nfct = nfct(ctx);
+    let conn = nfct & !NFCT_INFOMASK;
+    (conn != 0).then_some(Ct {
+        conn,
+        reply: nfct & NFCT_INFOMASK >= IP_CT_IS_REPLY,
+    })
+}
+
+/// `skb->_nfct`: the record's address, ctinfo in its low bits.
+#[inline(always)]
+fn nfct(ctx: &TcContext) -> u64 {
     let at = offset(&SKB_NFCT);
     if at == 0 {
         return 0;
@@ -81,11 +117,8 @@ pub fn of_packet(ctx: &TcContext) -> u64 {
     // The context is the kernel's `struct sk_buff`.
     let skb = ctx.skb.skb as *const u8;
     // SAFETY: a read through the helper, which checks the address.
-    let nfct: u64 = unsafe {
-        bpf_probe_read_kernel((skb as *const c_void).byte_add(at as usize) as *const u64)
-    }
-    .unwrap_or(0);
-    nfct & !NFCT_INFOMASK
+    unsafe { bpf_probe_read_kernel((skb as *const c_void).byte_add(at as usize) as *const u64) }
+        .unwrap_or(0)
 }
 
 /// Whether conntrack saw the client acknowledge the backend's SYN-ACK.
@@ -104,10 +137,51 @@ pub fn seq_end(ct: u64, dir: u32) -> Option<u32> {
 /// The address and port (host order) a direction's tuple comes from.
 #[inline(always)]
 fn source(ct: u64, dir: u32) -> Option<([u32; 4], u16)> {
-    let at = ct + offset(&NF_CONN_ORIGINAL_SRC) + dir as u64 * offset(&NF_CONN_TUPLE_STRIDE);
+    address_at(ct + offset(&NF_CONN_ORIGINAL_SRC) + dir as u64 * offset(&NF_CONN_TUPLE_STRIDE))
+}
+
+/// The address (`union nf_inet_addr`) at `at` and the port (host order)
+/// after it.
+#[inline(always)]
+fn address_at(at: u64) -> Option<([u32; 4], u16)> {
     let addr = read::<[u32; 4]>(at)?;
     let port = read::<u16>(at + offset(&NF_CONN_MAN_PORT))?;
     Some((addr, u16::from_be(port)))
+}
+
+/// `ct_addr` in flow-key form: IPv4-mapped where `like` (a flow key's
+/// address of the same connection) is.
+#[inline(always)]
+fn key_addr(ct_addr: [u32; 4], like: &[u32; 4]) -> [u32; 4] {
+    if like[..3] == agent_common::v4_mapped(0)[..3] {
+        agent_common::v4_mapped(ct_addr[0])
+    } else {
+        ct_addr
+    }
+}
+
+/// Where a connection that conntrack translated to `backend` (address in
+/// flow-key form, port) was headed: the client and the destination it
+/// dialled, from conntrack's original tuple. `None` where conntrack's
+/// reply does not come from `backend`, or the client dialled `backend`
+/// itself: conntrack routed the connection untranslated.
+#[inline(always)]
+pub fn dialled(ct: u64, backend: (&[u32; 4], u16)) -> Option<SynOrigin> {
+    let reply = source(ct, REPLY)?;
+    if !same_addr(backend.0, &reply.0) || backend.1 != reply.1 {
+        return None;
+    }
+    let dst = address_at(ct + offset(&NF_CONN_ORIGINAL_DST))?;
+    if dst == reply {
+        return None;
+    }
+    let src = source(ct, ORIGINAL)?;
+    Some(SynOrigin {
+        src_addr: key_addr(src.0, backend.0),
+        dst_addr: key_addr(dst.0, backend.0),
+        src_port: src.1,
+        dst_port: dst.1,
+    })
 }
 
 /// Whether `addr` (IPv4-mapped for IPv4, as flow keys hold it) is the

@@ -3,20 +3,19 @@
 //! Those are balancing decisions; a connection merely routed through (to a
 //! local pod, across an overlay) is not, and is never tracked.
 //!
-//! Each connection is two entries in `EF_FLOWS`, one per direction, both
-//! counted where the packets leave the node (see [`FlowValue`]). A
-//! connection opens when the client acknowledges the backend's SYN-ACK (a
-//! half-open one never opens), and ends at an RST, at a FIN each way, or
-//! when the sweeper finds it gone. Its bytes reach the endpoint when it
-//! ends and whenever the sweeper runs.
-//!
 //! A connection whose packets carry conntrack's record of it (any the node
-//! translated through netfilter) is looked up only for the packets that
-//! change its state (SYN, FIN, RST): its bytes are read from conntrack (see
-//! [`crate::conntrack`]), its handshake's last ACK from conntrack's
-//! "assured" mark, and it is gone when its record is. Every other tracked
-//! connection costs one lookup per packet, which counts its bytes by
-//! sequence number and stamps it for idle expiry.
+//! translated through netfilter) is followed in that record: see
+//! [`crate::ct_flow`]. This module counts the others packet by packet (a
+//! node without conntrack, or `--forwarded-per-packet`).
+//!
+//! Each such connection is two entries in `EF_FLOWS`, one per direction,
+//! both counted where the packets leave the node (see [`FlowValue`]): one
+//! lookup per packet, which counts its bytes by sequence number and stamps
+//! it for idle expiry. A connection opens when the client acknowledges the
+//! backend's SYN-ACK (a half-open one never opens), and ends at an RST, at
+//! a FIN each way, or when the sweeper finds it idle past conntrack's
+//! timeout. Its bytes reach the endpoint when it ends and whenever the
+//! sweeper runs.
 
 use agent_common::{
     Direction, EndpointKey, FLOW_FIN_RX, FLOW_FIN_TX, FLOW_OPEN, FLOW_SYNACK, FlowKey, FlowValue,
@@ -36,7 +35,8 @@ use aya_log_ebpf::debug;
 use crate::{
     atomic, conntrack,
     counters::{Traffic, add_traffic, meta, opened, stat},
-    packet::{Packet, Side, may_change_state},
+    ct_flow,
+    packet::{Packet, Probe, Side, may_change_state, syn_probe},
     tc::syn_origin,
 };
 
@@ -44,16 +44,28 @@ use crate::{
 /// from the SYN, the reply's from the SYN-ACK), so its bytes can be counted.
 const SEQ_KNOWN: u8 = 16;
 
-/// Live forwarded connections, two halves each. Not preallocated: an entry
-/// freed while the sweeper reads it stays valid until the read is over.
+/// Live forwarded connections counted packet by packet, two halves each.
+/// Not preallocated: an entry freed while the sweeper reads it stays valid
+/// until the read is over.
 #[map(name = "EF_FLOWS")]
 pub static FLOWS: HashMap<FlowKey, FlowValue> = HashMap::pinned(MAX_FLOWS, BPF_F_NO_PREALLOC);
 
 /// A packet leaving the node without a local socket.
 #[inline(always)]
 pub fn on_egress(ctx: &TcContext) {
-    let ct = conntrack::of_packet(ctx);
-    if ct != 0 && !may_change_state(ctx) {
+    if let Some(ct) = conntrack::of_packet(ctx) {
+        if may_change_state(ctx) {
+            ct_flow::on_packet(ctx, ct);
+        }
+        return;
+    }
+    if conntrack::followed() {
+        // Conntrack does not follow this connection, so nothing translated
+        // it through netfilter: it is routed (or NATed some other way,
+        // which `--forwarded-per-packet` counts).
+        if matches!(syn_probe(ctx), Probe::Syn) {
+            stat(Stat::SynRouted, 1);
+        }
         return;
     }
     let pkt = match Packet::parse(ctx, Side::Egress) {
@@ -69,11 +81,11 @@ pub fn on_egress(ctx: &TcContext) {
     }
     // A SYN is nearly always a new connection: registering it is tried
     // first, which spares the lookup that would miss.
-    if pkt.is_syn() && register(ctx, &pkt, ct) {
+    if pkt.is_syn() && register(ctx, &pkt) {
         return;
     }
     if let Some(f) = FLOWS.get_ptr_mut(pkt.flow_key()) {
-        on_flow_packet(ctx, f, &pkt, ct);
+        on_flow_packet(ctx, f, &pkt);
     }
 }
 
@@ -83,27 +95,21 @@ fn ifindex(ctx: &TcContext) -> u32 {
     unsafe { (*ctx.skb.skb).ifindex }
 }
 
-/// A packet of a tracked half: counted here unless conntrack counts it,
-/// then on to [`on_state`] if it may change the connection's state.
+/// A packet of a tracked half: counted, then on to [`on_state`] if it may
+/// change the connection's state.
 #[inline(always)]
-fn on_flow_packet(ctx: &TcContext, f: *mut FlowValue, pkt: &Packet, ct: u64) {
+fn on_flow_packet(ctx: &TcContext, f: *mut FlowValue, pkt: &Packet) {
     // SAFETY: a live entry. Two CPUs writing one half at once (one flow's
     // packets leaving on two queues) could lose an increment; a flow's
     // packets in one direction are serialised in practice.
     let f = unsafe { &mut *f };
-    // Conntrack's record is read only while the packet in hand carries
-    // this connection's own.
-    let live = f.ct != 0 && f.ct == ct;
-    if live {
-        catch_up_bytes(f, 1);
-    }
-    let completes_handshake = f.ct == 0 && count_packet(ctx, f, pkt);
-    if (pkt.has_state_flags() || completes_handshake) && on_state(f, pkt, live) {
-        let _ = register(ctx, pkt, ct);
+    let completes_handshake = count_packet(ctx, f, pkt);
+    if (pkt.has_state_flags() || completes_handshake) && on_state(f, pkt) {
+        let _ = register(ctx, pkt);
     }
 }
 
-/// Counts a packet of a half conntrack does not follow: its new bytes (by
+/// Counts a packet of a half: its new bytes (by
 /// sequence number, on whichever device: a bridge and its port see the
 /// same bytes, and a retransmission adds nothing), its segments on the
 /// half's own device only. Returns whether it is the handshake's last ACK.
@@ -136,26 +142,20 @@ fn count_packet(ctx: &TcContext, f: &mut FlowValue, pkt: &Packet) -> bool {
 /// packets per connection. Returns whether the packet starts a new
 /// connection on the tuple, to be registered by the caller (which keeps
 /// the call chain, and so the stack, short).
-/// `live`: the packet carries the connection's conntrack record, which
-/// may then be read.
 #[inline(never)]
-fn on_state(f: &mut FlowValue, pkt: &Packet, live: bool) -> bool {
+fn on_state(f: &mut FlowValue, pkt: &Packet) -> bool {
     if f.half == HALF_REQUEST {
         if pkt.is_syn() {
             // A SYN with a new initial sequence number on a tracked 5-tuple
-            // is a new connection: the old one is over (and conntrack's
-            // record, if any, is the new one's).
+            // is a new connection: the old one is over.
             if pkt.seq != f.isn {
-                end(f, pkt.flow_key(), false);
+                end(f, pkt.flow_key());
                 return true;
             }
             return false;
         }
-        if live {
-            catch_up_open(f);
-        }
         if pkt.is_rst() {
-            end(f, pkt.flow_key(), live);
+            end(f, pkt.flow_key());
             return false;
         }
         if f.state & (FLOW_SYNACK | FLOW_OPEN) == FLOW_SYNACK && pkt.is_ack() {
@@ -164,7 +164,7 @@ fn on_state(f: &mut FlowValue, pkt: &Packet, live: bool) -> bool {
         if pkt.is_fin() {
             f.state |= FLOW_FIN_TX;
             if f.state & FLOW_FIN_RX != 0 {
-                end(f, pkt.flow_key(), live);
+                end(f, pkt.flow_key());
             }
         }
         return false;
@@ -175,13 +175,9 @@ fn on_state(f: &mut FlowValue, pkt: &Packet, live: bool) -> bool {
             f.next_seq = pkt.seq.wrapping_add(1);
             f.state |= SEQ_KNOWN;
         }
-        // For a conntrack-followed connection, conntrack's "assured" mark
-        // tells the handshake's end: its request half need not be looked up.
-        if f.ct == 0 {
-            if let Some(req) = FLOWS.get_ptr_mut(&f.peer) {
-                // SAFETY: a live entry.
-                unsafe { (*req).state |= FLOW_SYNACK };
-            }
+        if let Some(req) = FLOWS.get_ptr_mut(&f.peer) {
+            // SAFETY: a live entry.
+            unsafe { (*req).state |= FLOW_SYNACK };
         }
         return false;
     }
@@ -191,15 +187,12 @@ fn on_state(f: &mut FlowValue, pkt: &Packet, live: bool) -> bool {
     };
     // SAFETY: a live entry.
     let req = unsafe { &mut *req };
-    if live {
-        catch_up_open(req);
-    }
     if pkt.is_rst() {
-        end(req, &request_key, live);
+        end(req, &request_key);
     } else if pkt.is_fin() {
         req.state |= FLOW_FIN_RX;
         if req.state & FLOW_FIN_TX != 0 {
-            end(req, &request_key, live);
+            end(req, &request_key);
         }
     }
     false
@@ -212,21 +205,13 @@ fn open(req: &mut FlowValue) {
     opened(&req.endpoint);
 }
 
-/// Opens a conntrack-followed connection whose handshake's last ACK
-/// passed unlooked-at, if conntrack saw it.
-#[inline(always)]
-fn catch_up_open(req: &mut FlowValue) {
-    if req.state & FLOW_OPEN == 0 && conntrack::assured(req.ct) {
-        open(req);
-    }
-}
-
 /// Starts tracking a SYN leaving with no local socket, if this node
-/// translated its destination. Returns false only when its 5-tuple is
-/// tracked already (a retransmission, or a new connection on it, for the
-/// caller to look up). Out of line: SYNs only.
+/// translated its destination (TC ingress noted where it was headed).
+/// Returns false only when its 5-tuple is tracked already (a
+/// retransmission, or a new connection on it, for the caller to look up).
+/// Out of line: SYNs only.
 #[inline(never)]
-fn register(ctx: &TcContext, pkt: &Packet, ct: u64) -> bool {
+fn register(ctx: &TcContext, pkt: &Packet) -> bool {
     let Some(origin) = syn_origin(pkt.seq) else {
         stat(Stat::SynOriginUnknown, 1);
         return true;
@@ -263,12 +248,10 @@ fn register(ctx: &TcContext, pkt: &Packet, ct: u64) -> bool {
         _pad2: 0,
         // A Fast Open SYN carries data.
         bytes: pkt.payload_len,
-        // Conntrack counts no segments: a connection it follows has none.
-        packets: if ct == 0 { pkt.segments } else { 0 },
+        packets: pkt.segments,
         folded_bytes: 0,
         folded_packets: 0,
         last_seen_ns: now,
-        ct,
         peer: reply_key,
     };
     match FLOWS.insert(key, &v, BPF_NOEXIST as u64) {
@@ -298,73 +281,13 @@ fn register(ctx: &TcContext, pkt: &Packet, ct: u64) -> bool {
     true
 }
 
-/// The sweeper's visit to a half under `key`: catches a conntrack-followed
-/// half up with conntrack, adds what the half carried since the last fold,
-/// and ends a connection that is gone.
+/// The sweeper's visit to a half under `key`: adds what the half carried
+/// since the last fold, and ends a connection idle past its timeout.
 #[inline(always)]
 pub fn sweep(key: &FlowKey, f: &mut FlowValue) {
-    let followed = f.ct != 0 && conntrack_has(key, f);
-    let request = f.half == HALF_REQUEST;
-    if followed {
-        catch_up_bytes(f, 1);
-        if request {
-            catch_up_open(f);
-        }
-    }
     fold(f);
-    if !request {
-        return;
-    }
-    if f.ct == 0 {
+    if f.half == HALF_REQUEST {
         expire_if_idle(f, key);
-    } else if !followed {
-        // Conntrack forgot the connection (it timed out, or was flushed):
-        // so does evenflow, with the bytes it had.
-        end(f, key, false);
-        stat(Stat::FlowExpired, 1);
-    }
-}
-
-/// Whether the `nf_conn` a half stored still is its connection's (the
-/// sweeper reads it long after the packet that brought it).
-#[inline(always)]
-fn conntrack_has(key: &FlowKey, f: &FlowValue) -> bool {
-    // The reply half's key and the request half's peer face the client as
-    // it arrived; the endpoint is the backend.
-    let client = if f.half == HALF_REQUEST { &f.peer } else { key };
-    conntrack::is_connection(
-        f.ct,
-        (&client.remote_addr, client.remote_port),
-        (&f.endpoint.addr, f.endpoint.port),
-    )
-}
-
-/// Raises a conntrack-followed half's bytes to what conntrack saw sent in
-/// its direction, less `held` sequence numbers at the end: one while the
-/// connection lives (a FIN may be among them: the end adds it back if
-/// not), its FIN's when it ends. `bytes` is a high-water mark, so racing
-/// catch-ups (the sweeper and a packet) never add twice.
-#[inline(always)]
-fn catch_up_bytes(f: &mut FlowValue, held: u32) {
-    if f.state & SEQ_KNOWN == 0 {
-        return;
-    }
-    let dir = if f.half == HALF_REQUEST {
-        conntrack::ORIGINAL
-    } else {
-        conntrack::REPLY
-    };
-    let Some(end) = conntrack::seq_end(f.ct, dir) else {
-        return;
-    };
-    // SAFETY: a field of a live (or RCU-protected) entry.
-    let have = unsafe { core::ptr::read_volatile(&f.bytes) };
-    // Where the bytes counted so far end, in sequence space: past the SYN.
-    let at = f.isn.wrapping_add(1).wrapping_add(have as u32);
-    let ahead = end.wrapping_sub(held).wrapping_sub(at) as i32;
-    if ahead > 0 {
-        // SAFETY: as above.
-        unsafe { atomic::raise_to(&raw mut f.bytes, have + ahead as u64) };
     }
 }
 
@@ -402,31 +325,21 @@ fn unfolded(f: &mut FlowValue) -> Traffic {
 }
 
 /// Ends the connection whose request half is `req` (under `req_key`):
-/// folds both halves (caught up with conntrack first when `live`: the
-/// packet in hand carries the connection's record), counts the close if it
-/// had opened, forgets both. Removing the request half is the claim: of
-/// two CPUs ending one connection at once, only one succeeds.
+/// folds both halves, counts the close if it had opened, forgets both.
+/// Removing the request half is the claim: of two CPUs ending one
+/// connection at once, only one succeeds.
 #[inline(never)]
-fn end(req: &mut FlowValue, req_key: &FlowKey, live: bool) {
+fn end(req: &mut FlowValue, req_key: &FlowKey) {
     let reply_key = req.peer;
     if FLOWS.remove(req_key).is_err() {
         return;
-    }
-    let fin_tx = (req.state & FLOW_FIN_TX != 0) as u32;
-    let fin_rx = (req.state & FLOW_FIN_RX != 0) as u32;
-    if live {
-        catch_up_bytes(req, fin_tx);
     }
     // Both halves count towards the same endpoint: one update for both and
     // the close.
     let mut t = unfolded(req);
     if let Some(reply) = FLOWS.get_ptr_mut(&reply_key) {
         // SAFETY: a live entry.
-        let reply = unsafe { &mut *reply };
-        if live {
-            catch_up_bytes(reply, fin_rx);
-        }
-        let r = unfolded(reply);
+        let r = unfolded(unsafe { &mut *reply });
         t.bytes_rx = r.bytes_rx;
         t.packets_rx = r.packets_rx;
     }
@@ -459,7 +372,7 @@ fn expire_if_idle(req: &mut FlowValue, req_key: &FlowKey) {
     // SAFETY: no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     if timeout != 0 && now.saturating_sub(last) > timeout {
-        end(req, req_key, false);
+        end(req, req_key);
         stat(Stat::FlowExpired, 1);
     }
 }

@@ -8,8 +8,11 @@
 //! * [`tc`]: TC ingress notes where each SYN was going; TC egress returns at
 //!   once for local sockets and tracks only forwarded connections whose
 //!   destination this node translated (DNAT): a balancing decision.
-//! * [`sweeper`]: an iterator over forwarded flows that folds their bytes
-//!   into the endpoints and expires the ones conntrack would have forgotten.
+//!   Connections conntrack follows are one entry each, looked up only when
+//!   their state may change ([`ct_flow`]); others are counted packet by
+//!   packet ([`forward`]).
+//! * [`sweeper`]: iterators over forwarded flows that fold their bytes into
+//!   the endpoints and end the ones conntrack forgot (or would have).
 //!
 //! Every program passes every packet on (TCX_NEXT): evenflow observes and
 //! never changes what the network does.
@@ -20,6 +23,7 @@
 mod atomic;
 mod conntrack;
 mod counters;
+mod ct_flow;
 mod forward;
 mod kernel;
 mod packet;

@@ -1,38 +1,55 @@
-//! An iterator over forwarded flows (`iter/bpf_map_elem` on `EF_FLOWS`), run
-//! by the agent before each read: it folds each half's bytes into its
-//! endpoint, so long-lived forwarded connections show up every interval, and
-//! ends the connections that went idle past their timeout (a peer that
-//! vanished, an asymmetric return path, a SYN nobody answered), so no flow
-//! state outlives its flow.
+//! Iterators over forwarded connections (`iter/bpf_map_elem` on `EF_FLOWS`
+//! and on `EF_CT_FLOWS`), run by the agent before each read: they fold each
+//! connection's bytes into its endpoint, so long-lived forwarded
+//! connections show up every interval, and end the connections that are
+//! gone (idle past their timeout: a peer that vanished, an asymmetric
+//! return path, a SYN nobody answered; or forgotten by conntrack), so no
+//! flow state outlives its flow.
 
 use core::ptr::read_volatile;
 
-use agent_common::{FlowKey, FlowValue};
+use agent_common::{CtFlow, FlowKey, FlowValue};
 
-use crate::forward;
+use crate::{ct_flow, forward};
 
-/// `struct bpf_iter__bpf_map_elem`.
+/// `struct bpf_iter__bpf_map_elem` over a map of `K` to `V`.
 #[repr(C)]
-pub struct MapElemIterCtx {
+pub struct MapElemIterCtx<K, V> {
     meta: *mut core::ffi::c_void,
     map: *mut core::ffi::c_void,
-    key: *const FlowKey,
-    value: *mut FlowValue,
+    key: *const K,
+    value: *mut V,
+}
+
+/// The element being visited: its key (copied to the stack for the
+/// helpers) and its value (valid until the visit is over).
+#[inline(always)]
+fn element<'a, K: Copy, V>(ctx: *mut MapElemIterCtx<K, V>) -> Option<(K, &'a mut V)> {
+    // SAFETY: the context the kernel passed; both pointers are null-checked
+    // before use.
+    unsafe {
+        let (key, value) = (read_volatile(&(*ctx).key), read_volatile(&(*ctx).value));
+        if key.is_null() || value.is_null() {
+            return None;
+        }
+        Some((read_volatile(key), &mut *value))
+    }
 }
 
 #[unsafe(link_section = "iter/bpf_map_elem")]
 #[unsafe(no_mangle)]
-pub extern "C" fn evenflow_flow_sweeper(ctx: *mut MapElemIterCtx) -> i32 {
-    // SAFETY: the context the kernel passed; both pointers are null-checked.
-    let (key, value) = unsafe { (read_volatile(&(*ctx).key), read_volatile(&(*ctx).value)) };
-    if key.is_null() || value.is_null() {
-        return 0;
+pub extern "C" fn evenflow_flow_sweeper(ctx: *mut MapElemIterCtx<FlowKey, FlowValue>) -> i32 {
+    if let Some((key, value)) = element(ctx) {
+        forward::sweep(&key, value);
     }
-    // SAFETY: the element being visited (valid until the visit is over);
-    // the key is copied to the stack for the helpers.
-    unsafe {
-        let key = read_volatile(key);
-        forward::sweep(&key, &mut *value);
+    0
+}
+
+#[unsafe(link_section = "iter/bpf_map_elem")]
+#[unsafe(no_mangle)]
+pub extern "C" fn evenflow_ct_sweeper(ctx: *mut MapElemIterCtx<u64, CtFlow>) -> i32 {
+    if let Some((conn, value)) = element(ctx) {
+        ct_flow::sweep(conn, value);
     }
     0
 }

@@ -4,7 +4,9 @@
 //!   a table slotted by its initial sequence number, which NAT leaves
 //!   alone), so that egress can tell a translated destination (a balancing
 //!   decision) from plain routing. A SYN costs one array store, every other
-//!   packet a handful of loads.
+//!   packet a handful of loads. The agent attaches it only to a forwarding
+//!   node that counts forwarded connections packet by packet: where
+//!   conntrack follows them, its record tells where a SYN was headed.
 //! * Egress returns at once for packets of local sockets (sock_ops counts
 //!   those) — reading the socket's state, not the packet, unless the socket
 //!   is connecting — after noting a local SYN that DNAT redirected;

@@ -122,11 +122,13 @@ pub struct Args {
     #[arg(long, env = "EVENFLOW_MAX_FLOWS", default_value_t = agent_common::MAX_FLOWS / 2, value_parser = parse_max_flows)]
     pub max_flows: u32,
 
-    /// Count every forwarded connection packet by packet, as connections
-    /// NATed without conntrack always are, instead of reading the bytes of
-    /// those conntrack follows from conntrack (which spares their data
-    /// packets a lookup). For comparing the two ways, and for a node whose
-    /// conntrack does not track TCP windows.
+    /// Count every forwarded connection packet by packet, and recognise
+    /// translated ones by where their SYN entered the node (TC ingress),
+    /// instead of from conntrack's record (which spares entering packets
+    /// any program and data packets a lookup). Needed on a node that
+    /// translates without conntrack (IPVS with `vs.conntrack=0`, NAT in a
+    /// TC program) or whose conntrack does not track TCP windows; and for
+    /// comparing the two ways.
     #[arg(long, env = "EVENFLOW_FORWARDED_PER_PACKET")]
     pub forwarded_per_packet: bool,
 

@@ -10,8 +10,9 @@
 //! and counting.
 //!
 //! Before each read the two iterators run: the socket sampler (bytes of
-//! live local connections) and the flow sweeper (bytes of live forwarded
-//! connections, expiry of idle ones).
+//! live local connections) and the flow sweeper of whichever flow map this
+//! agent keeps forwarded connections in (their bytes; the end of those
+//! gone).
 
 use std::{
     fs::File,
@@ -132,7 +133,7 @@ pub fn warn_new_losses(prev: &Stats, now: &Stats, capacity: Capacity) {
 pub struct Capacity {
     /// Endpoints.
     pub endpoints: u64,
-    /// Forwarded connections (two flow map entries each).
+    /// Forwarded connections.
     pub flows: u64,
 }
 
@@ -152,8 +153,12 @@ pub struct Datapath {
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     /// The socket sampler and the flow sweeper, run before every read.
     iterators: [MapIter; 2],
-    /// Whether TC ingress is attached: the node forwards.
+    /// Whether the node forwards.
     forwards: bool,
+    /// Whether forwarded connections are followed in conntrack's record,
+    /// which tells where their SYNs were headed: TC ingress, which notes
+    /// that otherwise, is then not needed.
+    conntrack: bool,
     /// Pins this agent keeps (sock_ops, and TC per interface).
     pinned: Vec<String>,
     links_dir: PathBuf,
@@ -172,15 +177,17 @@ impl Datapath {
         let pin_dir = cfg.bpffs.join("evenflow").join(cfg.node_name);
         std::fs::create_dir_all(&pin_dir)
             .with_context(|| format!("creating pin directory {}", pin_dir.display()))?;
-        retire_other_layout(&pin_dir)?;
+        let kernel = kernel_offsets(cfg.forwarded_per_packet)?;
+        let layout = layout_version(kernel.conntrack);
+        retire_other_layout(&pin_dir, layout)?;
         let level = cfg.ebpf_log.aya_level();
-        let offsets = kernel_offsets(cfg.forwarded_per_packet)?;
         let mut loader = EbpfLoader::new();
         loader
             .default_map_pin_directory(&pin_dir)
             .map_max_entries(maps::FLOWS, cfg.max_flows.saturating_mul(2))
+            .map_max_entries(maps::CT_FLOWS, cfg.max_flows)
             .override_global(aya_log::LEVEL, &level, true);
-        for (name, off) in &offsets {
+        for (name, off) in &kernel.offsets {
             loader.override_global(name, off, true);
         }
         let mut ebpf = loader.load(EBPF_OBJECT).with_context(|| {
@@ -196,7 +203,7 @@ impl Datapath {
         };
 
         let mut meta: Array<MapData, u64> = take(&mut ebpf, maps::META)?;
-        let epoch = init_meta(&mut meta)?;
+        let epoch = init_meta(&mut meta, layout)?;
         write_flow_timeouts(&mut meta)?;
 
         let links_dir = crate::links::dir(&pin_dir);
@@ -209,8 +216,9 @@ impl Datapath {
                 .with_context(|| format!("loading {name} (TC)"))?;
         }
         let forwards = crate::host::forwards();
+        let ingress = forwards && !kernel.conntrack;
         for iface in cfg.ifaces {
-            attach_tc_missing(&mut ebpf, &mut pinned, &links_dir, iface, forwards)?;
+            attach_tc_missing(&mut ebpf, &mut pinned, &links_dir, iface, ingress)?;
         }
         crate::links::prune(&links_dir, &pinned)?;
         let iterators = [
@@ -221,13 +229,23 @@ impl Datapath {
                 &pin_dir,
                 maps::SOCKS,
             )?,
-            attach_iter(
-                &mut ebpf,
-                "evenflow_flow_sweeper",
-                "bpf_map_elem",
-                &pin_dir,
-                maps::FLOWS,
-            )?,
+            if kernel.conntrack {
+                attach_iter(
+                    &mut ebpf,
+                    "evenflow_ct_sweeper",
+                    "bpf_map_elem",
+                    &pin_dir,
+                    maps::CT_FLOWS,
+                )?
+            } else {
+                attach_iter(
+                    &mut ebpf,
+                    "evenflow_flow_sweeper",
+                    "bpf_map_elem",
+                    &pin_dir,
+                    maps::FLOWS,
+                )?
+            },
         ];
         info!(
             node = cfg.node_name,
@@ -235,6 +253,7 @@ impl Datapath {
             pins = %pin_dir.display(),
             ifaces = ?cfg.ifaces,
             forwards,
+            conntrack = kernel.conntrack,
             cgroup = %cfg.cgroup.display(),
             "eBPF programs attached"
         );
@@ -247,7 +266,11 @@ impl Datapath {
         };
         let capacity = Capacity {
             endpoints: max_entries(&pin_dir, maps::ENDPOINTS)?,
-            flows: max_entries(&pin_dir, maps::FLOWS)? / 2,
+            flows: if kernel.conntrack {
+                max_entries(&pin_dir, maps::CT_FLOWS)?
+            } else {
+                max_entries(&pin_dir, maps::FLOWS)? / 2
+            },
         };
         if capacity.flows != u64::from(cfg.max_flows) {
             info!(
@@ -265,6 +288,7 @@ impl Datapath {
             pin_dir,
             interfaces: cfg.ifaces.to_vec(),
             forwards,
+            conntrack: kernel.conntrack,
             cgroup: cfg.cgroup.to_owned(),
             logger,
             iterators,
@@ -277,12 +301,14 @@ impl Datapath {
     /// Keeps the TC programs on the interfaces in `wanted` (a pod's veth
     /// created after the agent started gets them; a device that went took
     /// its links along), and TC ingress only while the node `forwards`
-    /// (see [`tc_programs`]).
+    /// and conntrack does not tell where SYNs were headed (see
+    /// [`tc_programs`]).
     pub fn follow(&mut self, wanted: &[String], forwards: bool) -> Result<()> {
         if wanted == self.interfaces.as_slice() && forwards == self.forwards {
             return Ok(());
         }
-        if forwards != self.forwards {
+        let ingress = forwards && !self.conntrack;
+        if forwards != self.forwards && !self.conntrack {
             info!(
                 forwards,
                 "IP forwarding changed: TC ingress (where SYNs entering the node were going) follows"
@@ -295,7 +321,7 @@ impl Datapath {
                 &mut self.pinned,
                 &self.links_dir,
                 iface,
-                forwards,
+                ingress,
             )?;
             if new {
                 info!(iface, "attached to a new interface");
@@ -307,7 +333,7 @@ impl Datapath {
         self.pinned.retain(|pin| match pin.split_once('@') {
             Some((prog, iface)) if prog.starts_with("evenflow_tc_") => {
                 wanted.iter().any(|w| w == iface)
-                    && tc_programs(forwards).any(|(name, _)| name == prog)
+                    && tc_programs(ingress).any(|(name, _)| name == prog)
             }
             _ => true,
         });
@@ -450,14 +476,16 @@ const TC_PROGRAMS: [(&str, TcAttachType); 2] = [
     ("evenflow_tc_egress", TcAttachType::Egress),
 ];
 
-/// The TC programs a node needs. Ingress notes where SYNs entering the
-/// node were going, which only a forwarded connection ever asks (egress
-/// compares it with where the SYN leaves for); a node that does not
-/// forward would pay it on every arriving packet for nothing.
-fn tc_programs(forwards: bool) -> impl Iterator<Item = (&'static str, TcAttachType)> {
+/// The TC programs a node needs: egress always, and `ingress` where the
+/// node forwards and conntrack does not follow its connections. Ingress
+/// notes where SYNs entering the node were going, which only a forwarded
+/// connection ever asks (egress compares it with where the SYN leaves
+/// for), and which conntrack's record tells where it has one; otherwise
+/// every arriving packet would pay for it for nothing.
+fn tc_programs(ingress: bool) -> impl Iterator<Item = (&'static str, TcAttachType)> {
     TC_PROGRAMS
         .into_iter()
-        .filter(move |(_, side)| forwards || *side == TcAttachType::Egress)
+        .filter(move |(_, side)| ingress || *side == TcAttachType::Egress)
 }
 
 /// Attaches sock_ops to `cgroup`, or adopts the pinned link already there;
@@ -484,17 +512,16 @@ fn attach_sockops(ebpf: &mut Ebpf, cgroup: &Path, links_dir: &Path) -> Result<St
     Ok(name)
 }
 
-/// Attaches to `iface` the TC programs a node that `forwards` (or not)
-/// needs there and this agent has not attached yet, adding their pins to
-/// `pinned`.
+/// Attaches to `iface` the TC programs (with `ingress` or without) this
+/// agent has not attached yet, adding their pins to `pinned`.
 fn attach_tc_missing(
     ebpf: &mut Ebpf,
     pinned: &mut Vec<String>,
     links_dir: &Path,
     iface: &str,
-    forwards: bool,
+    ingress: bool,
 ) -> Result<()> {
-    for (name, side) in tc_programs(forwards) {
+    for (name, side) in tc_programs(ingress) {
         if pinned.contains(&format!("{name}@{iface}")) {
             continue;
         }
@@ -540,20 +567,20 @@ fn attach_tc(
 /// new epoch on fresh maps instead of failing (an upgrade on a DaemonSet
 /// must never crash-loop). The pinned links stay: the new programs replace
 /// the old ones in them, so counting goes on.
-fn retire_other_layout(pin_dir: &Path) -> Result<()> {
+fn retire_other_layout(pin_dir: &Path, layout: u64) -> Result<()> {
     let Ok(map) = MapData::from_pin(pin_dir.join(maps::META)) else {
         return Ok(());
     };
-    let layout = Array::<MapData, u64>::try_from(aya::maps::Map::Array(map))
+    let found = Array::<MapData, u64>::try_from(aya::maps::Map::Array(map))
         .ok()
         .and_then(|meta| meta.get(&META_LAYOUT, 0).ok());
-    if layout == Some(layout_version()) {
+    if found == Some(layout) {
         return Ok(());
     }
     info!(
         pins = %pin_dir.display(),
-        found = ?layout,
-        needed = layout_version(),
+        ?found,
+        needed = layout,
         "pinned maps have another layout: removing them, counters start a new epoch"
     );
     for entry in
@@ -569,31 +596,37 @@ fn retire_other_layout(pin_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The map layout this agent needs. `EVENFLOW_TEST_LAYOUT_BUMP=N` adds N,
-/// so tests can play an upgrade to an agent built with another layout.
-fn layout_version() -> u64 {
-    LAYOUT_VERSION
+/// The map layout this agent needs, and in its low bit which flow map it
+/// keeps forwarded connections in: `EF_CT_FLOWS` when conntrack follows
+/// them (0), `EF_FLOWS` when they are counted packet by packet (1). An
+/// agent that switches between the two starts a new epoch: connections
+/// open across the switch would otherwise sit in the map it no longer
+/// sweeps. `EVENFLOW_TEST_LAYOUT_BUMP=N` adds N to the layout, so tests
+/// can play an upgrade to an agent built with another.
+fn layout_version(conntrack: bool) -> u64 {
+    let layout = LAYOUT_VERSION
         + std::env::var("EVENFLOW_TEST_LAYOUT_BUMP")
             .ok()
             .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
+            .unwrap_or(0);
+    layout << 1 | u64::from(!conntrack)
 }
 
 /// Reads the epoch of the pinned maps, or starts a new one when they were
 /// just created.
-fn init_meta(meta: &mut Array<MapData, u64>) -> Result<u64> {
-    let layout = meta
+fn init_meta(meta: &mut Array<MapData, u64>, layout: u64) -> Result<u64> {
+    let found = meta
         .get(&META_LAYOUT, 0)
         .context("reading EF_META layout")?;
     let epoch = meta.get(&META_EPOCH, 0).context("reading EF_META epoch")?;
-    if layout == layout_version() && epoch != 0 {
+    if found == layout && epoch != 0 {
         info!(epoch, "reusing pinned counters");
         return Ok(epoch);
     }
     let epoch = new_epoch()?;
     meta.set(META_EPOCH, epoch, 0)
         .context("writing EF_META epoch")?;
-    meta.set(META_LAYOUT, layout_version(), 0)
+    meta.set(META_LAYOUT, layout, 0)
         .context("writing EF_META layout")?;
     info!(epoch, "new counters (epoch started)");
     Ok(epoch)
@@ -634,7 +667,7 @@ fn write_flow_timeouts(meta: &mut Array<MapData, u64>) -> Result<()> {
 /// tcp_sock` offsets for the socket sampler, and conntrack's for forwarded
 /// connections (all zero when this kernel's BTF has none: see
 /// [`conntrack_offsets`]).
-fn kernel_offsets(per_packet: bool) -> Result<Vec<(&'static str, u32)>> {
+fn kernel_offsets(per_packet: bool) -> Result<KernelOffsets> {
     let blob = std::fs::read("/sys/kernel/btf/vmlinux")
         .context("reading /sys/kernel/btf/vmlinux (the kernel needs CONFIG_DEBUG_INFO_BTF)")?;
     let btf = crate::btf::Btf::parse(&blob).context("parsing the kernel's BTF")?;
@@ -650,21 +683,38 @@ fn kernel_offsets(per_packet: bool) -> Result<Vec<(&'static str, u32)>> {
     ];
     if per_packet {
         info!("forwarded connections are counted packet by packet (--forwarded-per-packet)");
-        return Ok(offsets);
+        return Ok(KernelOffsets {
+            offsets,
+            conntrack: false,
+        });
     }
-    match conntrack_offsets(&btf) {
-        Ok(ct) => offsets.extend(ct),
-        Err(e) => info!(
-            "forwarded connections are counted packet by packet: {e:#} (load nf_conntrack before the agent to count them from conntrack)"
-        ),
-    }
-    Ok(offsets)
+    let conntrack = match conntrack_offsets(&btf) {
+        Ok(ct) => {
+            offsets.extend(ct);
+            true
+        }
+        Err(e) => {
+            info!(
+                "forwarded connections are counted packet by packet: {e:#} (load nf_conntrack before the agent to count them from conntrack)"
+            );
+            false
+        }
+    };
+    Ok(KernelOffsets { offsets, conntrack })
+}
+
+/// What [`kernel_offsets`] found.
+struct KernelOffsets {
+    /// The programs' `.rodata` constants, by name.
+    offsets: Vec<(&'static str, u32)>,
+    /// Whether conntrack's were among them.
+    conntrack: bool,
 }
 
 /// Where conntrack keeps what the forwarded-connection path reads: in the
 /// kernel's BTF when conntrack is built in, else in `nf_conntrack`'s
 /// module BTF (there only while the module is loaded).
-fn conntrack_offsets(vmlinux: &crate::btf::Btf<'_>) -> Result<[(&'static str, u32); 8]> {
+fn conntrack_offsets(vmlinux: &crate::btf::Btf<'_>) -> Result<[(&'static str, u32); 9]> {
     let nfct = vmlinux
         .member_offset("sk_buff", "_nfct")
         .context("the kernel is built without conntrack")?;
@@ -678,7 +728,7 @@ fn conntrack_offsets(vmlinux: &crate::btf::Btf<'_>) -> Result<[(&'static str, u3
     nf_conn_offsets(nfct, &module)
 }
 
-fn nf_conn_offsets(nfct: u32, btf: &crate::btf::Btf<'_>) -> Result<[(&'static str, u32); 8]> {
+fn nf_conn_offsets(nfct: u32, btf: &crate::btf::Btf<'_>) -> Result<[(&'static str, u32); 9]> {
     let off = |s: &str, m: &str| {
         btf.member_offset(s, m)
             .with_context(|| format!("finding {s}.{m} in conntrack's BTF"))
@@ -691,15 +741,20 @@ fn nf_conn_offsets(nfct: u32, btf: &crate::btf::Btf<'_>) -> Result<[(&'static st
     if off("nf_conntrack_man", "u3")? != 0 {
         bail!("this kernel's nf_conntrack_man does not start with its address");
     }
+    let original = off("nf_conn", "tuplehash")? + off("nf_conntrack_tuple_hash", "tuple")?;
     Ok([
         ("SKB_NFCT", nfct),
         ("NF_CONN_STATUS", off("nf_conn", "status")?),
         ("NF_CONN_TIMEOUT", off("nf_conn", "timeout")?),
         (
             "NF_CONN_ORIGINAL_SRC",
-            off("nf_conn", "tuplehash")?
-                + off("nf_conntrack_tuple_hash", "tuple")?
-                + off("nf_conntrack_tuple", "src")?,
+            original + off("nf_conntrack_tuple", "src")?,
+        ),
+        // The destination's address and port are laid out as a
+        // `nf_conntrack_man`'s: the port's union right after the address.
+        (
+            "NF_CONN_ORIGINAL_DST",
+            original + off("nf_conntrack_tuple", "dst")?,
         ),
         ("NF_CONN_TUPLE_STRIDE", size("nf_conntrack_tuple_hash")?),
         ("NF_CONN_MAN_PORT", off("nf_conntrack_man", "u")?),
@@ -757,5 +812,14 @@ mod tests {
         for (name, off) in offsets {
             assert!(off > 0 && off < 1024, "{name} = {off}");
         }
+        let at = |name: &str| offsets.iter().find(|(n, _)| *n == name).map(|(_, o)| *o);
+        // The original tuple's destination follows its source, a whole
+        // `nf_conntrack_man` on.
+        assert_eq!(
+            at("NF_CONN_ORIGINAL_DST"),
+            at("NF_CONN_ORIGINAL_SRC").map(|o| o + btf
+                .struct_size("nf_conntrack_man")
+                .expect("nf_conntrack_man")),
+        );
     }
 }

@@ -393,14 +393,30 @@ fn set_forwarding(node: &lab::Node, on: bool) {
 }
 
 /// TC ingress (where SYNs entering the node were going) only runs where
-/// the node forwards: a backend that does not pays nothing per arriving
-/// packet. A balancer whose forwarding is turned on after its agent
-/// started gets it within an interval and counts what it forwards from
-/// then on, exactly; turned off, it goes again.
+/// the node forwards and counts forwarded connections packet by packet: a
+/// backend that does not forward pays nothing per arriving packet. A
+/// balancer whose forwarding is turned on after its agent started gets it
+/// within an interval and counts what it forwards from then on, exactly;
+/// turned off, it goes again.
 #[test]
 fn field_tc_ingress_follows_ip_forwarding() {
+    forwarding_turned_on_later("fdfwd", &["--forwarded-per-packet"], true);
+}
+
+/// Where conntrack follows forwarded connections (the default), its record
+/// tells where each SYN was headed: no TC ingress on any device, even once
+/// the node forwards, and what it forwards is counted exactly all the same.
+#[test]
+fn field_conntrack_nodes_need_no_tc_ingress() {
+    forwarding_turned_on_later("fdnoi", &[], false);
+}
+
+/// Turns forwarding on under a running lb agent (started with `lb_args`),
+/// checks TC ingress is on every lb device once it forwards (`ingress`) or
+/// on none, counts a DNAT load exactly, and turns forwarding off again.
+fn forwarding_turned_on_later(name: &str, lb_args: &[&str], ingress: bool) {
     evenflow_tests::require_root();
-    let mut lab = Lab::new("fdfwd", 2).expect("the lab builds");
+    let mut lab = Lab::new(name, 2).expect("the lab builds");
     let lb = lab.lb.clone();
     set_forwarding(&lb, false);
     let mut logs = Vec::new();
@@ -409,7 +425,7 @@ fn field_tc_ingress_follows_ip_forwarding() {
         logs.push(nginx::start(&mut lab, &b).expect("nginx starts"));
         agent::start(&mut lab, &b, &["--service", "web=8080"]).expect("a backend agent starts");
     }
-    agent::start(&mut lab, &lb, &[]).expect("the lb agent starts");
+    agent::start(&mut lab, &lb, lb_args).expect("the lb agent starts");
     assert_eq!(
         ingress_links(&lb),
         Vec::<String>::new(),
@@ -425,16 +441,30 @@ fn field_tc_ingress_follows_ip_forwarding() {
         })
         .unwrap_or_default();
     assert!(!lb_ifaces.is_empty(), "the lb's agent follows its devices");
-    let mut want = lb_ifaces.clone();
+    let mut want = if ingress {
+        lb_ifaces.clone()
+    } else {
+        Vec::new()
+    };
     want.sort();
-    let attached = evenflow_tests::wait_for(Duration::from_secs(10), || {
-        Some(ingress_links(&lb)).filter(|l| *l == want)
-    });
-    assert!(
-        attached.is_some(),
-        "TC ingress on every lb device once it forwards: {:?} vs {want:?}",
-        ingress_links(&lb)
-    );
+    if ingress {
+        let attached = evenflow_tests::wait_for(Duration::from_secs(10), || {
+            Some(ingress_links(&lb)).filter(|l| *l == want)
+        });
+        assert!(
+            attached.is_some(),
+            "TC ingress on every lb device once it forwards: {:?} vs {want:?}",
+            ingress_links(&lb)
+        );
+    } else {
+        // Past the agent's next look at forwarding (each interval).
+        std::thread::sleep(Duration::from_secs(3));
+        assert_eq!(
+            ingress_links(&lb),
+            want,
+            "no TC ingress where conntrack follows forwarded connections"
+        );
+    }
     nft::start(&lab).expect("the DNAT rules load");
     let load = client::http_load(&lab.client.ns, lab::vip(false), 40, 4).expect("the load runs");
     assert_eq!(load.connections, 40, "{load:?}");

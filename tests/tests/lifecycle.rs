@@ -206,3 +206,43 @@ fn upgrade_to_another_layout_starts_a_new_epoch() {
     let again = grpcurl::snapshot(&b.ns).expect("snapshot");
     assert_eq!(again["agentEpoch"], after["agentEpoch"]);
 }
+
+/// An lb agent keeps forwarded connections in one of two flow maps, by
+/// how it counts them (from conntrack, or packet by packet). Switching
+/// starts a new epoch, once, as an upgrade does, and the new way counts
+/// exactly from the switch.
+#[test]
+fn switching_how_forwarded_connections_are_counted_starts_a_new_epoch() {
+    evenflow_tests::require_root();
+    let mut lab = Lab::new("fsw", 1).expect("the lab builds");
+    let lb = lab.lb.clone();
+    let b = lab.backends[0].clone();
+    let log = nginx::start(&mut lab, &b).expect("nginx starts");
+    nft::start(&lab).expect("the DNAT rules load");
+    agent::start(&mut lab, &lb, &[]).expect("the lb agent starts");
+    let addr = b.addr4.to_string();
+    let vip = lab::vip(false);
+    client::http_load(&lab.client.ns, vip, 20, 2).expect("the first load runs");
+    let (before, _) = settled(&lb.ns, &addr, BACKEND_PORT, SENDS_TO, 20);
+
+    let per_packet = ["EVENFLOW_FORWARDED_PER_PACKET=true"];
+    agent::relaunch(&mut lab, &lb, &[], &per_packet).expect("the agent starts per packet");
+    client::http_load(&lab.client.ns, vip, 25, 2).expect("the second load runs");
+    let (after, t) = settled(&lb.ns, &addr, BACKEND_PORT, SENDS_TO, 25);
+    assert_ne!(
+        before["agentEpoch"], after["agentEpoch"],
+        "switching flow maps starts a new epoch"
+    );
+    assert_eq!(
+        nginx::read_log(&log).expect("the access log").connections,
+        45
+    );
+    assert_eq!(
+        (t.opened, t.closed),
+        (25, 25),
+        "the new epoch counts from the switch: {t:?}"
+    );
+    agent::relaunch(&mut lab, &lb, &[], &per_packet).expect("the agent restarts");
+    let again = grpcurl::snapshot(&lb.ns).expect("snapshot");
+    assert_eq!(again["agentEpoch"], after["agentEpoch"]);
+}

@@ -777,21 +777,30 @@ fn print_costs(rounds: usize, [local, local_forwarding, forwarded]: &[Vec<Vec<Co
     println!(
         "\nper-run cost above an empty program behind it on the same hooks (kernel bpf stats; {rounds} passes of one iperf3 + one churn run, medians, and each run apart; \"first\": an empty program ahead of it, which pays what any program first on the hook pays):"
     );
-    for (pass, passes, tc_target) in [
+    for (pass, passes, tc_target, forwards) in [
         (
             "local sockets (agent on the server, which does not forward)",
             local,
             20.0,
+            false,
         ),
         (
             "local sockets on a node that forwards (the server, ip_forward on)",
             local_forwarding,
             20.0,
+            true,
         ),
-        ("forwarded (agent on the DNAT lb)", forwarded, 60.0),
+        ("forwarded (agent on the DNAT lb)", forwarded, 60.0, true),
     ] {
         println!("  {pass}:");
-        for c in cost_medians(passes) {
+        let medians = cost_medians(passes);
+        if forwards && !medians.iter().any(|c| c.name.contains("ingress")) {
+            println!(
+                "    {:<22} not attached: conntrack tells where SYNs were headed (EVENFLOW_FORWARDED_PER_PACKET=true attaches it)",
+                "evenflow_tc_ingress"
+            );
+        }
+        for c in medians {
             let target = if c.name.contains("sockops") {
                 60.0
             } else {

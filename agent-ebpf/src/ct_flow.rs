@@ -1,0 +1,267 @@
+//! Forwarded connections conntrack follows: any the node translated through
+//! netfilter (nftables, iptables, kube-proxy). Every packet of one carries
+//! conntrack's record of it (see [`crate::conntrack`]), so the connection is
+//! one entry in `EF_CT_FLOWS` for both directions, keyed by the record's
+//! address, and is looked up only for the packets that may change its
+//! state (SYN, SYN-ACK, FIN, RST, and one per 2^29 sequence numbers: see
+//! [`crate::packet::may_change_state`]). Its bytes are read from conntrack
+//! at its end and by the sweeper every interval; it opens when conntrack
+//! marks it assured (the client acknowledged the backend's SYN-ACK) and is
+//! gone when its record is.
+
+use agent_common::{
+    CT_ISN_ORIGINAL, CT_ISN_REPLY, CT_ORIGINAL, CT_REPLY, CtFlow, Direction, EndpointKey,
+    FLOW_FIN_RX, FLOW_FIN_TX, FLOW_OPEN, MAX_FLOWS, PROTO_TCP, Stat,
+};
+use aya_ebpf::{
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    macros::map,
+    maps::HashMap,
+    programs::TcContext,
+};
+use aya_log_ebpf::debug;
+
+use crate::{
+    atomic,
+    conntrack::{self, Ct},
+    counters::{Traffic, add_traffic, opened, stat},
+    packet::{Packet, Side},
+};
+
+/// Live conntrack-followed connections, by their `nf_conn`'s address. Not
+/// preallocated: an entry freed while the sweeper reads it stays valid
+/// until the read is over.
+#[map(name = "EF_CT_FLOWS")]
+pub static CT_FLOWS: HashMap<u64, CtFlow> = HashMap::pinned(MAX_FLOWS / 2, BPF_F_NO_PREALLOC);
+
+/// A packet of a connection conntrack follows that may change its state.
+/// Inline: in a frame of its own, with the packet parser's below it, the
+/// call chain would overflow the stack.
+#[inline(always)]
+pub fn on_packet(ctx: &TcContext, ct: Ct) {
+    let pkt = match Packet::parse(ctx, Side::Egress) {
+        Ok(Some(p)) => p,
+        Ok(None) => return,
+        Err(()) => {
+            stat(Stat::PacketUnparsable, 1);
+            return;
+        }
+    };
+    if pkt.proto != PROTO_TCP {
+        return;
+    }
+    if pkt.is_syn() && !ct.reply {
+        if register(ctx, &pkt, ct.conn) {
+            // Ended here, not in `register`: the call chain, and so the
+            // stack, stays short.
+            end_stale(ct.conn);
+            let _ = register(ctx, &pkt, ct.conn);
+        }
+        return;
+    }
+    let Some(f) = CT_FLOWS.get_ptr_mut(&ct.conn) else {
+        return;
+    };
+    // SAFETY: a live entry.
+    let f = unsafe { &mut *f };
+    if pkt.is_syn_ack() {
+        if ct.reply {
+            f.isn[CT_REPLY] = pkt.seq;
+            set(f, CT_ISN_REPLY);
+        }
+        return;
+    }
+    catch_up_open(f, ct.conn);
+    if pkt.is_rst() {
+        end(f, ct.conn, true);
+    } else if pkt.is_fin() {
+        let (mine, other) = if ct.reply {
+            (FLOW_FIN_RX, FLOW_FIN_TX)
+        } else {
+            (FLOW_FIN_TX, FLOW_FIN_RX)
+        };
+        if set(f, mine as u64) & other as u64 != 0 {
+            end(f, ct.conn, true);
+        }
+    } else {
+        // Its sequence numbers crossed a multiple of 2^29.
+        catch_up_bytes(f, ct.conn, ct.reply, 1);
+    }
+}
+
+/// Sets `bits` in the connection's flags; returns the flags before.
+#[inline(always)]
+fn set(f: &mut CtFlow, bits: u64) -> u64 {
+    // SAFETY: a field of a live entry.
+    unsafe { atomic::fetch_or(&raw mut f.flags, bits) }
+}
+
+/// Starts following a SYN's connection if conntrack translated its
+/// destination. Returns true when its record is followed already for
+/// another connection: conntrack freed the record and reused it for this
+/// one before the sweeper saw the old one go, which the caller ends before
+/// registering again. Out of line: SYNs only.
+#[inline(never)]
+fn register(ctx: &TcContext, pkt: &Packet, conn: u64) -> bool {
+    let key = pkt.flow_key();
+    let Some(origin) = conntrack::dialled(conn, (&key.remote_addr, key.remote_port)) else {
+        stat(Stat::SynRouted, 1);
+        return false;
+    };
+    let v = CtFlow {
+        endpoint: EndpointKey {
+            addr: key.remote_addr,
+            port: key.remote_port,
+            direction: Direction::SendsTo as u8,
+            proto: PROTO_TCP,
+        },
+        client_port: origin.src_port,
+        _pad: 0,
+        client_addr: origin.src_addr,
+        isn: [pkt.seq, 0],
+        flags: CT_ISN_ORIGINAL,
+        bytes: [0; 2],
+        folded: [0; 2],
+    };
+    match CT_FLOWS.insert(&conn, &v, BPF_NOEXIST as u64) {
+        Ok(()) => stat(Stat::FlowInserted, 1),
+        // -EEXIST: a retransmitted SYN, or a reused record.
+        Err(-17) => return !is_followed(conn, &v),
+        Err(_) => {
+            stat(Stat::FlowInsertFailed, 1);
+            debug!(ctx, "evenflow: flow map insert failed on a forwarded SYN");
+        }
+    }
+    false
+}
+
+/// Whether `conn` is followed as `v`'s connection already.
+#[inline(always)]
+fn is_followed(conn: u64, v: &CtFlow) -> bool {
+    CT_FLOWS.get_ptr(&conn).is_some_and(|old| {
+        // SAFETY: a live entry.
+        let old = unsafe { &*old };
+        old.isn[CT_ORIGINAL] == v.isn[CT_ORIGINAL]
+            && old.client_port == v.client_port
+            && old.client_addr == v.client_addr
+            && old.endpoint == v.endpoint
+    })
+}
+
+/// Ends the connection a reused record was followed for.
+#[inline(always)]
+fn end_stale(conn: u64) {
+    if let Some(old) = CT_FLOWS.get_ptr_mut(&conn) {
+        // SAFETY: a live entry.
+        end(unsafe { &mut *old }, conn, false);
+        stat(Stat::FlowExpired, 1);
+    }
+}
+
+/// The sweeper's visit: a connection conntrack still has is caught up
+/// with it and its bytes since the last visit added to its endpoint; one
+/// it no longer has (it timed out, or was flushed) ends with the bytes it
+/// had.
+#[inline(always)]
+pub fn sweep(conn: u64, f: &mut CtFlow) {
+    let client = (&f.client_addr, f.client_port);
+    if !conntrack::is_connection(conn, client, (&f.endpoint.addr, f.endpoint.port)) {
+        end(f, conn, false);
+        stat(Stat::FlowExpired, 1);
+        return;
+    }
+    catch_up_bytes(f, conn, false, 1);
+    catch_up_bytes(f, conn, true, 1);
+    catch_up_open(f, conn);
+    let t = unfolded(f);
+    add_traffic(&f.endpoint, &t);
+}
+
+/// Counts the connection opened once conntrack saw its handshake end (its
+/// last ACK passed unlooked-at).
+#[inline(always)]
+fn catch_up_open(f: &mut CtFlow, conn: u64) {
+    // SAFETY: a field of a live entry.
+    let flags = unsafe { core::ptr::read_volatile(&f.flags) };
+    if flags & FLOW_OPEN as u64 == 0
+        && conntrack::assured(conn)
+        && set(f, FLOW_OPEN as u64) & FLOW_OPEN as u64 == 0
+    {
+        opened(&f.endpoint);
+    }
+}
+
+/// Raises a direction's bytes to what conntrack saw sent that way, less
+/// `held` sequence numbers at the end: one while the connection lives (a
+/// FIN may be among them: the end adds it back if not), its FIN's when it
+/// ends. `bytes` is a high-water mark, so racing catch-ups (the sweeper
+/// and a packet) never add twice.
+#[inline(always)]
+fn catch_up_bytes(f: &mut CtFlow, conn: u64, reply: bool, held: u32) {
+    let (known, dir, isn, bytes) = if reply {
+        (
+            CT_ISN_REPLY,
+            conntrack::REPLY,
+            f.isn[CT_REPLY],
+            &raw mut f.bytes[CT_REPLY],
+        )
+    } else {
+        (
+            CT_ISN_ORIGINAL,
+            conntrack::ORIGINAL,
+            f.isn[CT_ORIGINAL],
+            &raw mut f.bytes[CT_ORIGINAL],
+        )
+    };
+    if f.flags & known == 0 {
+        return;
+    }
+    let Some(end) = conntrack::seq_end(conn, dir) else {
+        return;
+    };
+    // SAFETY: a field of a live (or RCU-protected) entry.
+    let have = unsafe { core::ptr::read_volatile(bytes) };
+    // Where the bytes counted so far end, in sequence space: past the SYN.
+    let at = isn.wrapping_add(1).wrapping_add(have as u32);
+    let ahead = end.wrapping_sub(held).wrapping_sub(at) as i32;
+    if ahead > 0 {
+        // SAFETY: as above.
+        unsafe { atomic::raise_to(bytes, have + ahead as u64) };
+    }
+}
+
+/// What the connection carried since the last fold, each way, marked
+/// folded (racing folders each take only what they raised the marks by).
+#[inline(always)]
+fn unfolded(f: &mut CtFlow) -> Traffic {
+    // SAFETY: fields of a live (or RCU-protected, just freed) entry.
+    unsafe {
+        Traffic {
+            bytes_tx: atomic::raise_to(&raw mut f.folded[CT_ORIGINAL], f.bytes[CT_ORIGINAL]),
+            bytes_rx: atomic::raise_to(&raw mut f.folded[CT_REPLY], f.bytes[CT_REPLY]),
+            ..Traffic::default()
+        }
+    }
+}
+
+/// Ends the connection: catches it up with conntrack when `live` (the
+/// packet in hand carries its record), adds what it carried since the last
+/// fold and its close, if it had opened, to its endpoint, and forgets it.
+/// Removing the entry is the claim: of two CPUs ending one connection at
+/// once, only one succeeds.
+#[inline(never)]
+fn end(f: &mut CtFlow, conn: u64, live: bool) {
+    if CT_FLOWS.remove(&conn).is_err() {
+        return;
+    }
+    if live {
+        let fin = |bit: u8| (f.flags & bit as u64 != 0) as u32;
+        let (fin_tx, fin_rx) = (fin(FLOW_FIN_TX), fin(FLOW_FIN_RX));
+        catch_up_bytes(f, conn, false, fin_tx);
+        catch_up_bytes(f, conn, true, fin_rx);
+    }
+    let mut t = unfolded(f);
+    t.conns_closed = (f.flags & FLOW_OPEN as u64 != 0) as u64;
+    add_traffic(&f.endpoint, &t);
+    stat(Stat::FlowDeleted, 1);
+}
