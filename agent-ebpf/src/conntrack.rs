@@ -34,17 +34,10 @@ static NF_CONN_TIMEOUT: u32 = 0;
 /// `offsetof(struct nf_conn, tuplehash[0].tuple.src)`.
 #[unsafe(no_mangle)]
 static NF_CONN_ORIGINAL_SRC: u32 = 0;
-/// `offsetof(struct nf_conn, tuplehash[0].tuple.dst)`: its port follows
-/// its address as the source's does (see [`NF_CONN_MAN_PORT`]).
-#[unsafe(no_mangle)]
-static NF_CONN_ORIGINAL_DST: u32 = 0;
 /// `sizeof(struct nf_conntrack_tuple_hash)`: from the original direction's
 /// tuple to the reply's.
 #[unsafe(no_mangle)]
 static NF_CONN_TUPLE_STRIDE: u32 = 0;
-/// `offsetof(struct nf_conntrack_man, u)`: the port after the address.
-#[unsafe(no_mangle)]
-static NF_CONN_MAN_PORT: u32 = 0;
 /// `offsetof(struct nf_conn, proto.tcp.seen[0].td_end)`.
 #[unsafe(no_mangle)]
 static NF_CONN_TD_END: u32 = 0;
@@ -134,30 +127,62 @@ pub fn seq_end(ct: u64, dir: u32) -> Option<u32> {
     read::<u32>(ct + offset(&NF_CONN_TD_END) + dir as u64 * offset(&NF_CONN_SEEN_STRIDE))
 }
 
-/// The address and port (host order) a direction's tuple comes from.
-#[inline(always)]
-fn source(ct: u64, dir: u32) -> Option<([u32; 4], u16)> {
-    address_at(ct + offset(&NF_CONN_ORIGINAL_SRC) + dir as u64 * offset(&NF_CONN_TUPLE_STRIDE))
+/// `struct nf_conntrack_man`, and a tuple's destination, which is laid out
+/// the same way up to its port: an address (`union nf_inet_addr`), then
+/// its port (network order). The agent checks this kernel's BTF agrees.
+#[repr(C)]
+#[derive(Copy, Clone)]
+struct Man {
+    addr: [u32; 4],
+    port: u16,
+    _rest: u16,
 }
 
-/// The address (`union nf_inet_addr`) at `at` and the port (host order)
-/// after it.
+/// `struct nf_conntrack_tuple`: where a direction's packets come from and
+/// go to.
+#[repr(C)]
+#[derive(Copy, Clone)]
+struct Tuple {
+    src: Man,
+    dst: Man,
+}
+
+/// Where a direction's tuple comes from.
 #[inline(always)]
-fn address_at(at: u64) -> Option<([u32; 4], u16)> {
-    let addr = read::<[u32; 4]>(at)?;
-    let port = read::<u16>(at + offset(&NF_CONN_MAN_PORT))?;
-    Some((addr, u16::from_be(port)))
+fn source(ct: u64, dir: u32) -> Option<Man> {
+    read::<Man>(ct + offset(&NF_CONN_ORIGINAL_SRC) + dir as u64 * offset(&NF_CONN_TUPLE_STRIDE))
+}
+
+/// Whether two addresses are the same, word by word (a slice comparison
+/// would be a call).
+#[inline(always)]
+fn eq(a: &[u32; 4], b: &[u32; 4]) -> bool {
+    (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) == 0
+}
+
+/// Whether a flow key's address is IPv4 (IPv4-mapped).
+#[inline(always)]
+fn is_v4(addr: &[u32; 4]) -> bool {
+    let mapped = agent_common::v4_mapped(0);
+    addr[0] | addr[1] == 0 && addr[2] == mapped[2]
 }
 
 /// `ct_addr` in flow-key form: IPv4-mapped where `like` (a flow key's
 /// address of the same connection) is.
 #[inline(always)]
 fn key_addr(ct_addr: [u32; 4], like: &[u32; 4]) -> [u32; 4] {
-    if like[..3] == agent_common::v4_mapped(0)[..3] {
+    if is_v4(like) {
         agent_common::v4_mapped(ct_addr[0])
     } else {
         ct_addr
     }
+}
+
+/// Whether `man` is `(addr, port)` (address in flow-key form, port in
+/// host order).
+#[inline(always)]
+fn is(man: &Man, (addr, port): (&[u32; 4], u16)) -> bool {
+    u16::from_be(man.port) == port && same_addr(addr, &man.addr)
 }
 
 /// Where a connection that conntrack translated to `backend` (address in
@@ -168,19 +193,19 @@ fn key_addr(ct_addr: [u32; 4], like: &[u32; 4]) -> [u32; 4] {
 #[inline(always)]
 pub fn dialled(ct: u64, backend: (&[u32; 4], u16)) -> Option<SynOrigin> {
     let reply = source(ct, REPLY)?;
-    if !same_addr(backend.0, &reply.0) || backend.1 != reply.1 {
+    if !is(&reply, backend) {
         return None;
     }
-    let dst = address_at(ct + offset(&NF_CONN_ORIGINAL_DST))?;
-    if dst == reply {
+    let original = read::<Tuple>(ct + offset(&NF_CONN_ORIGINAL_SRC))?;
+    let (src, dst) = (original.src, original.dst);
+    if dst.port == reply.port && eq(&dst.addr, &reply.addr) {
         return None;
     }
-    let src = source(ct, ORIGINAL)?;
     Some(SynOrigin {
-        src_addr: key_addr(src.0, backend.0),
-        dst_addr: key_addr(dst.0, backend.0),
-        src_port: src.1,
-        dst_port: dst.1,
+        src_addr: key_addr(src.addr, backend.0),
+        dst_addr: key_addr(dst.addr, backend.0),
+        src_port: u16::from_be(src.port),
+        dst_port: u16::from_be(dst.port),
     })
 }
 
@@ -188,10 +213,10 @@ pub fn dialled(ct: u64, backend: (&[u32; 4], u16)) -> Option<SynOrigin> {
 /// `union nf_inet_addr` `ct_addr` (IPv4 in its first word, the rest zero).
 #[inline(always)]
 fn same_addr(addr: &[u32; 4], ct_addr: &[u32; 4]) -> bool {
-    if addr[..3] == agent_common::v4_mapped(0)[..3] {
+    if is_v4(addr) {
         ct_addr[0] == addr[3] && ct_addr[1] | ct_addr[2] | ct_addr[3] == 0
     } else {
-        addr == ct_addr
+        eq(addr, ct_addr)
     }
 }
 
@@ -214,8 +239,5 @@ pub fn is_connection(ct: u64, client: (&[u32; 4], u16), backend: (&[u32; 4], u16
     if timeout.wrapping_sub(now) as i32 <= 0 {
         return false;
     }
-    same_addr(client.0, &orig.0)
-        && client.1 == orig.1
-        && same_addr(backend.0, &reply.0)
-        && backend.1 == reply.1
+    is(&orig, client) && is(&reply, backend)
 }

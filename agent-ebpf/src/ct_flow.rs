@@ -141,10 +141,9 @@ fn is_followed(conn: u64, v: &CtFlow) -> bool {
     CT_FLOWS.get_ptr(&conn).is_some_and(|old| {
         // SAFETY: a live entry.
         let old = unsafe { &*old };
-        old.isn[CT_ORIGINAL] == v.isn[CT_ORIGINAL]
-            && old.client_port == v.client_port
-            && old.client_addr == v.client_addr
-            && old.endpoint == v.endpoint
+        // A retransmitted SYN has the connection's initial sequence number
+        // and client port; a new connection on a reused record has others.
+        old.isn[CT_ORIGINAL] == v.isn[CT_ORIGINAL] && old.client_port == v.client_port
     })
 }
 

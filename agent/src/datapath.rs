@@ -714,7 +714,7 @@ struct KernelOffsets {
 /// Where conntrack keeps what the forwarded-connection path reads: in the
 /// kernel's BTF when conntrack is built in, else in `nf_conntrack`'s
 /// module BTF (there only while the module is loaded).
-fn conntrack_offsets(vmlinux: &crate::btf::Btf<'_>) -> Result<[(&'static str, u32); 9]> {
+fn conntrack_offsets(vmlinux: &crate::btf::Btf<'_>) -> Result<[(&'static str, u32); 7]> {
     let nfct = vmlinux
         .member_offset("sk_buff", "_nfct")
         .context("the kernel is built without conntrack")?;
@@ -728,7 +728,7 @@ fn conntrack_offsets(vmlinux: &crate::btf::Btf<'_>) -> Result<[(&'static str, u3
     nf_conn_offsets(nfct, &module)
 }
 
-fn nf_conn_offsets(nfct: u32, btf: &crate::btf::Btf<'_>) -> Result<[(&'static str, u32); 9]> {
+fn nf_conn_offsets(nfct: u32, btf: &crate::btf::Btf<'_>) -> Result<[(&'static str, u32); 7]> {
     let off = |s: &str, m: &str| {
         btf.member_offset(s, m)
             .with_context(|| format!("finding {s}.{m} in conntrack's BTF"))
@@ -737,27 +737,29 @@ fn nf_conn_offsets(nfct: u32, btf: &crate::btf::Btf<'_>) -> Result<[(&'static st
         btf.struct_size(s)
             .with_context(|| format!("finding struct {s} in conntrack's BTF"))
     };
-    // The program reads an address and, right after it, a port.
-    if off("nf_conntrack_man", "u3")? != 0 {
-        bail!("this kernel's nf_conntrack_man does not start with its address");
+    // The programs read a tuple as two 20-byte halves, an address and its
+    // port at byte 16 in each (see `Man` in agent-ebpf's conntrack.rs).
+    let layout = [
+        off("nf_conntrack_man", "u3")?,
+        off("nf_conntrack_man", "u")?,
+        size("nf_conntrack_man")?,
+        off("nf_conntrack_tuple", "src")?,
+        off("nf_conntrack_tuple", "dst")?,
+    ];
+    if layout != [0, 16, 20, 0, 20] {
+        bail!(
+            "this kernel's conntrack tuple is laid out unlike the one evenflow reads (nf_conntrack_man.u3, .u, its size, nf_conntrack_tuple.src, .dst: {layout:?}, not [0, 16, 20, 0, 20])"
+        );
     }
-    let original = off("nf_conn", "tuplehash")? + off("nf_conntrack_tuple_hash", "tuple")?;
     Ok([
         ("SKB_NFCT", nfct),
         ("NF_CONN_STATUS", off("nf_conn", "status")?),
         ("NF_CONN_TIMEOUT", off("nf_conn", "timeout")?),
         (
             "NF_CONN_ORIGINAL_SRC",
-            original + off("nf_conntrack_tuple", "src")?,
-        ),
-        // The destination's address and port are laid out as a
-        // `nf_conntrack_man`'s: the port's union right after the address.
-        (
-            "NF_CONN_ORIGINAL_DST",
-            original + off("nf_conntrack_tuple", "dst")?,
+            off("nf_conn", "tuplehash")? + off("nf_conntrack_tuple_hash", "tuple")?,
         ),
         ("NF_CONN_TUPLE_STRIDE", size("nf_conntrack_tuple_hash")?),
-        ("NF_CONN_MAN_PORT", off("nf_conntrack_man", "u")?),
         (
             "NF_CONN_TD_END",
             // `proto` is a union: its `tcp` member sits at its start.
@@ -812,14 +814,5 @@ mod tests {
         for (name, off) in offsets {
             assert!(off > 0 && off < 1024, "{name} = {off}");
         }
-        let at = |name: &str| offsets.iter().find(|(n, _)| *n == name).map(|(_, o)| *o);
-        // The original tuple's destination follows its source, a whole
-        // `nf_conntrack_man` on.
-        assert_eq!(
-            at("NF_CONN_ORIGINAL_DST"),
-            at("NF_CONN_ORIGINAL_SRC").map(|o| o + btf
-                .struct_size("nf_conntrack_man")
-                .expect("nf_conntrack_man")),
-        );
     }
 }
