@@ -39,13 +39,8 @@ pub static CT_FLOWS: HashMap<u64, CtFlow> = HashMap::pinned(MAX_FLOWS / 2, BPF_F
 /// call chain would overflow the stack.
 #[inline(always)]
 pub fn on_packet(ctx: &TcContext, ct: Ct) {
-    let pkt = match Packet::parse(ctx, Side::Egress) {
-        Ok(Some(p)) => p,
-        Ok(None) => return,
-        Err(()) => {
-            stat(Stat::PacketUnparsable, 1);
-            return;
-        }
+    let Some(pkt) = Packet::parse(ctx, Side::Egress) else {
+        return;
     };
     if pkt.proto != PROTO_TCP {
         return;

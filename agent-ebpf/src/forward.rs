@@ -68,13 +68,8 @@ pub fn on_egress(ctx: &TcContext) {
         }
         return;
     }
-    let pkt = match Packet::parse(ctx, Side::Egress) {
-        Ok(Some(p)) => p,
-        Ok(None) => return,
-        Err(()) => {
-            stat(Stat::PacketUnparsable, 1);
-            return;
-        }
+    let Some(pkt) = Packet::parse(ctx, Side::Egress) else {
+        return;
     };
     if pkt.proto != PROTO_TCP {
         return;

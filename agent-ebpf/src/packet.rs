@@ -2,8 +2,10 @@
 //! IPv6 (walking common extension headers), then TCP or UDP. Only what
 //! counting needs is read.
 
-use agent_common::{FlowKey, PROTO_TCP, PROTO_UDP, v4_mapped};
+use agent_common::{FlowKey, PROTO_TCP, PROTO_UDP, Stat, v4_mapped};
 use aya_ebpf::programs::TcContext;
+
+use crate::counters::stat;
 
 #[derive(Copy, Clone, PartialEq, Eq)]
 pub enum Side {
@@ -114,21 +116,26 @@ const SKIPPED: i32 = 1;
 const UNPARSABLE: i32 = 2;
 
 impl Packet {
-    /// `Ok(None)`: not a packet evenflow counts (ARP, ICMP, non-first
-    /// fragment). `Err(())`: a packet that should have been parsable but was
-    /// not (truncated headers, more than four IPv6 extension headers).
+    /// `None`: not a packet evenflow counts (ARP, ICMP, non-first
+    /// fragment), or one that should have been parsable but was not
+    /// (truncated headers, more than four IPv6 extension headers), which
+    /// `packet_unparsable` counts.
     ///
     /// The common shapes (untagged IPv4 without options, IPv6 without
     /// extension headers, TCP or UDP, headers in the linear area) are read
     /// in place at constant offsets; anything else goes to the general
     /// parser, a subprogram of its own.
     #[inline(always)]
-    pub fn parse(ctx: &TcContext, side: Side) -> Result<Option<Self>, ()> {
-        match fast(ctx, side) {
+    pub fn parse(ctx: &TcContext, side: Side) -> Option<Self> {
+        let parsed = match fast(ctx, side) {
             Fast::Parsed(pkt) => Ok(Some(pkt)),
             Fast::Skipped => Ok(None),
             Fast::Slow => slow(ctx, side),
-        }
+        };
+        parsed.unwrap_or_else(|()| {
+            stat(Stat::PacketUnparsable, 1);
+            None
+        })
     }
 
     /// [`Packet::parse`] without the general parser, for callers that may

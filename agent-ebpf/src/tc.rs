@@ -19,7 +19,7 @@
 use core::ptr::{read_volatile, write_volatile};
 
 use agent_common::{
-    Direction, EndpointKey, FlowKey, MAX_LOCAL_NAT, MAX_SYNS, PROTO_TCP, Stat, SynOrigin, SynSlot,
+    Direction, EndpointKey, FlowKey, MAX_LOCAL_NAT, MAX_SYNS, PROTO_TCP, SynOrigin, SynSlot,
     v4_mapped,
 };
 use aya_ebpf::{
@@ -30,7 +30,6 @@ use aya_ebpf::{
 };
 
 use crate::{
-    counters::stat,
     forward,
     packet::{Packet, Probe, Side, syn_probe},
 };
@@ -107,13 +106,8 @@ fn connecting(sk: *mut bpf_sock) -> bool {
 /// Records where an entering SYN was going. Out of line: SYNs only.
 #[inline(never)]
 fn record_syn(ctx: &TcContext) {
-    let pkt = match Packet::parse(ctx, Side::Ingress) {
-        Ok(Some(p)) => p,
-        Ok(None) => return,
-        Err(()) => {
-            stat(Stat::PacketUnparsable, 1);
-            return;
-        }
+    let Some(pkt) = Packet::parse(ctx, Side::Ingress) else {
+        return;
     };
     if !pkt.is_syn() {
         return;
