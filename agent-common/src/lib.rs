@@ -249,6 +249,10 @@ pub const CT_REPLY: usize = 1;
 pub const CT_ISN_ORIGINAL: u64 = 16;
 /// [`CtFlow::flags`] bit: the backend's initial sequence number is known.
 pub const CT_ISN_REPLY: u64 = 32;
+/// [`CtFlow::flags`] bit: the connection was ended (counted closed if it
+/// had opened, its bytes folded). Whoever sets it first ends it; an open
+/// that finds it set is not counted.
+pub const CT_ENDED: u64 = 64;
 
 /// One slot of the SYN-origin table (`EF_SYNS`): an entering SYN's initial
 /// sequence number, which NAT leaves alone, and where the SYN was going.

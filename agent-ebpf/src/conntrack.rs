@@ -236,8 +236,5 @@ pub fn is_connection(ct: u64, client: (&[u32; 4], u16), backend: (&[u32; 4], u16
     // `nf_ct_is_expired`: the timeout is in 32-bit jiffies.
     // SAFETY: no arguments.
     let now = unsafe { bpf_jiffies64() } as u32;
-    if timeout.wrapping_sub(now) as i32 <= 0 {
-        return false;
-    }
-    is(&orig, client) && is(&reply, backend)
+    timeout.wrapping_sub(now) as i32 > 0 && is(&orig, client) && is(&reply, backend)
 }

@@ -10,7 +10,7 @@
 //! gone when its record is.
 
 use agent_common::{
-    CT_ISN_ORIGINAL, CT_ISN_REPLY, CT_ORIGINAL, CT_REPLY, CtFlow, Direction, EndpointKey,
+    CT_ENDED, CT_ISN_ORIGINAL, CT_ISN_REPLY, CT_ORIGINAL, CT_REPLY, CtFlow, Direction, EndpointKey,
     FLOW_FIN_RX, FLOW_FIN_TX, FLOW_OPEN, MAX_FLOWS, PROTO_TCP, Stat,
 };
 use aya_ebpf::{
@@ -49,7 +49,10 @@ pub fn on_packet(ctx: &TcContext, ct: Ct) {
         if register(ctx, &pkt, ct.conn) {
             // Ended here, not in `register`: the call chain, and so the
             // stack, stays short.
-            end_stale(ct.conn);
+            if let Some(old) = CT_FLOWS.get_ptr_mut(&ct.conn) {
+                // SAFETY: a live entry.
+                end_stale(unsafe { &mut *old }, ct.conn);
+            }
             let _ = register(ctx, &pkt, ct.conn);
         }
         return;
@@ -59,6 +62,13 @@ pub fn on_packet(ctx: &TcContext, ct: Ct) {
     };
     // SAFETY: a live entry.
     let f = unsafe { &mut *f };
+    if !is_for(f, &pkt, ct.reply) {
+        // Conntrack reused the record for a connection evenflow does not
+        // follow (routed, or picked up midway) before the sweeper saw the
+        // followed one go: that one is over.
+        end_stale(f, ct.conn);
+        return;
+    }
     if pkt.is_syn_ack() {
         if ct.reply {
             f.isn[CT_REPLY] = pkt.seq;
@@ -68,7 +78,7 @@ pub fn on_packet(ctx: &TcContext, ct: Ct) {
     }
     catch_up_open(f, ct.conn);
     if pkt.is_rst() {
-        end(f, ct.conn, true);
+        end(f, ct.conn, Some(fins(f)));
     } else if pkt.is_fin() {
         let (mine, other) = if ct.reply {
             (FLOW_FIN_RX, FLOW_FIN_TX)
@@ -76,12 +86,37 @@ pub fn on_packet(ctx: &TcContext, ct: Ct) {
             (FLOW_FIN_TX, FLOW_FIN_RX)
         };
         if set(f, mine as u64) & other as u64 != 0 {
-            end(f, ct.conn, true);
+            end(f, ct.conn, Some(fins(f)));
         }
     } else {
         // Its sequence numbers crossed a multiple of 2^29.
         catch_up_bytes(f, ct.conn, ct.reply, 1);
     }
+}
+
+/// The FINs each way (original, reply) the connection's flags record: the
+/// sequence numbers its end holds back from conntrack's.
+#[inline(always)]
+fn fins(f: &CtFlow) -> (u32, u32) {
+    // SAFETY: a field of a live entry.
+    let flags = unsafe { core::ptr::read_volatile(&f.flags) };
+    let fin = |bit: u8| (flags & bit as u64 != 0) as u32;
+    (fin(FLOW_FIN_TX), fin(FLOW_FIN_RX))
+}
+
+/// Whether `pkt` belongs to the connection `f` follows: it leaves for the
+/// backend in the original direction, for the client in the reply one.
+#[inline(always)]
+fn is_for(f: &CtFlow, pkt: &Packet, reply: bool) -> bool {
+    let key = pkt.flow_key();
+    let (addr, port) = if reply {
+        (&f.client_addr, f.client_port)
+    } else {
+        (&f.endpoint.addr, f.endpoint.port)
+    };
+    let a = &key.remote_addr;
+    key.remote_port == port
+        && (a[0] ^ addr[0]) | (a[1] ^ addr[1]) | (a[2] ^ addr[2]) | (a[3] ^ addr[3]) == 0
 }
 
 /// Sets `bits` in the connection's flags; returns the flags before.
@@ -142,12 +177,11 @@ fn is_followed(conn: u64, v: &CtFlow) -> bool {
     })
 }
 
-/// Ends the connection a reused record was followed for.
+/// Ends a connection whose record conntrack reused for another: with the
+/// bytes it had at the last sweep (the record now holds the other's).
 #[inline(always)]
-fn end_stale(conn: u64) {
-    if let Some(old) = CT_FLOWS.get_ptr_mut(&conn) {
-        // SAFETY: a live entry.
-        end(unsafe { &mut *old }, conn, false);
+fn end_stale(f: &mut CtFlow, conn: u64) {
+    if end(f, conn, None) {
         stat(Stat::FlowExpired, 1);
     }
 }
@@ -159,27 +193,32 @@ fn end_stale(conn: u64) {
 #[inline(always)]
 pub fn sweep(conn: u64, f: &mut CtFlow) {
     let client = (&f.client_addr, f.client_port);
-    if !conntrack::is_connection(conn, client, (&f.endpoint.addr, f.endpoint.port)) {
-        end(f, conn, false);
+    if conntrack::is_connection(conn, client, (&f.endpoint.addr, f.endpoint.port)) {
+        catch_up_bytes(f, conn, false, 1);
+        catch_up_bytes(f, conn, true, 1);
+        catch_up_open(f, conn);
+        let t = unfolded(f);
+        add_traffic(&f.endpoint, &t);
+    } else if end(f, conn, None) {
+        // Not read once more: an expired record's sequence numbers may be
+        // a SYN's that never left (a retry conntrack took on the record
+        // before a rule dropped it); a connection idle until it expired
+        // carried nothing since the last sweep but the byte held back.
         stat(Stat::FlowExpired, 1);
-        return;
     }
-    catch_up_bytes(f, conn, false, 1);
-    catch_up_bytes(f, conn, true, 1);
-    catch_up_open(f, conn);
-    let t = unfolded(f);
-    add_traffic(&f.endpoint, &t);
 }
 
 /// Counts the connection opened once conntrack saw its handshake end (its
-/// last ACK passed unlooked-at).
+/// last ACK passed unlooked-at), unless it ended meanwhile: setting the
+/// open bit and the end's bit are ordered, so either the end sees it open
+/// and counts the close, or the open sees it ended and counts nothing.
 #[inline(always)]
 fn catch_up_open(f: &mut CtFlow, conn: u64) {
     // SAFETY: a field of a live entry.
     let flags = unsafe { core::ptr::read_volatile(&f.flags) };
-    if flags & FLOW_OPEN as u64 == 0
+    if flags & (FLOW_OPEN as u64 | CT_ENDED) == 0
         && conntrack::assured(conn)
-        && set(f, FLOW_OPEN as u64) & FLOW_OPEN as u64 == 0
+        && set(f, FLOW_OPEN as u64) & (FLOW_OPEN as u64 | CT_ENDED) == 0
     {
         opened(&f.endpoint);
     }
@@ -207,7 +246,10 @@ fn catch_up_bytes(f: &mut CtFlow, conn: u64, reply: bool, held: u32) {
             &raw mut f.bytes[CT_ORIGINAL],
         )
     };
-    if f.flags & known == 0 {
+    // Until the backend answered, conntrack's count for the client's side
+    // may stem from a retried SYN that never left (a rule dropped it): it
+    // is read only once the handshake passed.
+    if f.flags & (known | CT_ISN_REPLY) != known | CT_ISN_REPLY {
         return;
     }
     let Some(end) = conntrack::seq_end(conn, dir) else {
@@ -238,24 +280,28 @@ fn unfolded(f: &mut CtFlow) -> Traffic {
     }
 }
 
-/// Ends the connection: catches it up with conntrack when `live` (the
-/// packet in hand carries its record), adds what it carried since the last
-/// fold and its close, if it had opened, to its endpoint, and forgets it.
-/// Removing the entry is the claim: of two CPUs ending one connection at
-/// once, only one succeeds.
+/// Ends the connection: catches it up with conntrack first when `held`
+/// says how many sequence numbers to hold back each way (original,
+/// reply: its FINs'; `None` when its record is no longer its own), adds
+/// what it carried since the last fold and its close, if it had opened, to
+/// its endpoint, and forgets it. Returns whether this call ended it: the
+/// end bit is the claim, so of two CPUs ending one connection at once (or
+/// the sweeper holding an entry a SYN's end replaced) only one does, and
+/// only the claimer removes the key, which then still holds this entry.
 #[inline(never)]
-fn end(f: &mut CtFlow, conn: u64, live: bool) {
-    if CT_FLOWS.remove(&conn).is_err() {
-        return;
+fn end(f: &mut CtFlow, conn: u64, held: Option<(u32, u32)>) -> bool {
+    let flags = set(f, CT_ENDED);
+    if flags & CT_ENDED != 0 {
+        return false;
     }
-    if live {
-        let fin = |bit: u8| (f.flags & bit as u64 != 0) as u32;
-        let (fin_tx, fin_rx) = (fin(FLOW_FIN_TX), fin(FLOW_FIN_RX));
-        catch_up_bytes(f, conn, false, fin_tx);
-        catch_up_bytes(f, conn, true, fin_rx);
+    let _ = CT_FLOWS.remove(&conn);
+    if let Some((tx, rx)) = held {
+        catch_up_bytes(f, conn, false, tx);
+        catch_up_bytes(f, conn, true, rx);
     }
     let mut t = unfolded(f);
-    t.conns_closed = (f.flags & FLOW_OPEN as u64 != 0) as u64;
+    t.conns_closed = (flags & FLOW_OPEN as u64 != 0) as u64;
     add_traffic(&f.endpoint, &t);
     stat(Stat::FlowDeleted, 1);
+    true
 }
