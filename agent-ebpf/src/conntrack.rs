@@ -129,7 +129,9 @@ pub fn seq_end(ct: u64, dir: u32) -> Option<u32> {
 
 /// `struct nf_conntrack_man`, and a tuple's destination, which is laid out
 /// the same way up to its port: an address (`union nf_inet_addr`), then
-/// its port (network order). The agent checks this kernel's BTF agrees.
+/// its port (network order). The agent checks this kernel's BTF agrees for
+/// the source; the destination is an anonymous struct BTF cannot be asked
+/// for by name, laid out so since conntrack has had IPv6.
 #[repr(C)]
 #[derive(Copy, Clone)]
 struct Man {

@@ -3,10 +3,11 @@
 //! Those are balancing decisions; a connection merely routed through (to a
 //! local pod, across an overlay) is not, and is never tracked.
 //!
-//! A connection whose packets carry conntrack's record of it (any the node
-//! translated through netfilter) is followed in that record: see
-//! [`crate::ct_flow`]. This module counts the others packet by packet (a
-//! node without conntrack, or `--forwarded-per-packet`).
+//! Where the agent found conntrack, a connection is followed in
+//! conntrack's record of it (see [`crate::ct_flow`]) and one without a
+//! record is not tracked at all: nothing translated it through netfilter.
+//! This module counts connections packet by packet where the agent found
+//! no conntrack, or was told to (`--forwarded-per-packet`).
 //!
 //! Each such connection is two entries in `EF_FLOWS`, one per direction,
 //! both counted where the packets leave the node (see [`FlowValue`]): one

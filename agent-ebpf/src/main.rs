@@ -5,7 +5,8 @@
 //!   counters at close: no per-packet work for local traffic.
 //! * [`sampler`]: an iterator over those sockets that the agent runs every
 //!   interval, so long-lived connections' bytes appear while they last.
-//! * [`tc`]: TC ingress notes where each SYN was going; TC egress returns at
+//! * [`tc`]: TC ingress (counting per packet only) notes where each SYN was
+//!   going; TC egress returns at
 //!   once for local sockets and tracks only forwarded connections whose
 //!   destination this node translated (DNAT): a balancing decision.
 //!   Connections conntrack follows are one entry each, looked up only when
