@@ -443,6 +443,13 @@ pub const fn v4_mapped(v4: u32) -> [u32; 4] {
     [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), v4]
 }
 
+/// Whether two addresses (four words each) are the same, compared word by
+/// word: in an eBPF program an array comparison becomes a call to `memcmp`.
+#[inline(always)]
+pub fn same_addr(a: &[u32; 4], b: &[u32; 4]) -> bool {
+    (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) == 0
+}
+
 /// The sixteen address bytes, in network order, of address words.
 pub fn addr_bytes(words: &[u32; 4]) -> [u8; 16] {
     let mut out = [0u8; 16];

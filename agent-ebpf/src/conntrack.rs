@@ -155,13 +155,6 @@ fn source(ct: u64, dir: u32) -> Option<Man> {
     read::<Man>(ct + offset(&NF_CONN_ORIGINAL_SRC) + dir as u64 * offset(&NF_CONN_TUPLE_STRIDE))
 }
 
-/// Whether two addresses are the same, word by word (a slice comparison
-/// would be a call).
-#[inline(always)]
-fn eq(a: &[u32; 4], b: &[u32; 4]) -> bool {
-    (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) == 0
-}
-
 /// Whether a flow key's address is IPv4 (IPv4-mapped).
 #[inline(always)]
 fn is_v4(addr: &[u32; 4]) -> bool {
@@ -184,7 +177,7 @@ fn key_addr(ct_addr: [u32; 4], like: &[u32; 4]) -> [u32; 4] {
 /// host order).
 #[inline(always)]
 fn is(man: &Man, (addr, port): (&[u32; 4], u16)) -> bool {
-    u16::from_be(man.port) == port && same_addr(addr, &man.addr)
+    u16::from_be(man.port) == port && is_ct_addr(addr, &man.addr)
 }
 
 /// Where a connection that conntrack translated to `backend` (address in
@@ -200,7 +193,7 @@ pub fn dialled(ct: u64, backend: (&[u32; 4], u16)) -> Option<SynOrigin> {
     }
     let original = read::<Tuple>(ct + offset(&NF_CONN_ORIGINAL_SRC))?;
     let (src, dst) = (original.src, original.dst);
-    if dst.port == reply.port && eq(&dst.addr, &reply.addr) {
+    if dst.port == reply.port && agent_common::same_addr(&dst.addr, &reply.addr) {
         return None;
     }
     Some(SynOrigin {
@@ -214,11 +207,11 @@ pub fn dialled(ct: u64, backend: (&[u32; 4], u16)) -> Option<SynOrigin> {
 /// Whether `addr` (IPv4-mapped for IPv4, as flow keys hold it) is the
 /// `union nf_inet_addr` `ct_addr` (IPv4 in its first word, the rest zero).
 #[inline(always)]
-fn same_addr(addr: &[u32; 4], ct_addr: &[u32; 4]) -> bool {
+fn is_ct_addr(addr: &[u32; 4], ct_addr: &[u32; 4]) -> bool {
     if is_v4(addr) {
         ct_addr[0] == addr[3] && ct_addr[1] | ct_addr[2] | ct_addr[3] == 0
     } else {
-        eq(addr, ct_addr)
+        agent_common::same_addr(addr, ct_addr)
     }
 }
 

@@ -114,9 +114,7 @@ fn is_for(f: &CtFlow, pkt: &Packet, reply: bool) -> bool {
     } else {
         (&f.endpoint.addr, f.endpoint.port)
     };
-    let a = &key.remote_addr;
-    key.remote_port == port
-        && (a[0] ^ addr[0]) | (a[1] ^ addr[1]) | (a[2] ^ addr[2]) | (a[3] ^ addr[3]) == 0
+    key.remote_port == port && agent_common::same_addr(&key.remote_addr, addr)
 }
 
 /// Sets `bits` in the connection's flags; returns the flags before.

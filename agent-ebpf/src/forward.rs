@@ -155,7 +155,8 @@ fn on_state(f: &mut FlowValue, pkt: &Packet) -> bool {
             return false;
         }
         if f.state & (FLOW_SYNACK | FLOW_OPEN) == FLOW_SYNACK && pkt.is_ack() {
-            open(f);
+            f.state |= FLOW_OPEN;
+            opened(&f.endpoint);
         }
         if pkt.is_fin() {
             f.state |= FLOW_FIN_TX;
@@ -192,13 +193,6 @@ fn on_state(f: &mut FlowValue, pkt: &Packet) -> bool {
         }
     }
     false
-}
-
-/// Counts the connection of request half `req` opened.
-#[inline(always)]
-fn open(req: &mut FlowValue) {
-    req.state |= FLOW_OPEN;
-    opened(&req.endpoint);
 }
 
 /// Starts tracking a SYN leaving with no local socket, if this node

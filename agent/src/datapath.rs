@@ -221,6 +221,7 @@ impl Datapath {
             attach_tc_missing(&mut ebpf, &mut pinned, &links_dir, iface, ingress)?;
         }
         crate::links::prune(&links_dir, &pinned)?;
+        let flows = FlowMap::of(kernel.conntrack);
         let iterators = [
             attach_iter(
                 &mut ebpf,
@@ -229,23 +230,13 @@ impl Datapath {
                 &pin_dir,
                 maps::SOCKS,
             )?,
-            if kernel.conntrack {
-                attach_iter(
-                    &mut ebpf,
-                    "evenflow_ct_sweeper",
-                    "bpf_map_elem",
-                    &pin_dir,
-                    maps::CT_FLOWS,
-                )?
-            } else {
-                attach_iter(
-                    &mut ebpf,
-                    "evenflow_flow_sweeper",
-                    "bpf_map_elem",
-                    &pin_dir,
-                    maps::FLOWS,
-                )?
-            },
+            attach_iter(
+                &mut ebpf,
+                flows.sweeper,
+                "bpf_map_elem",
+                &pin_dir,
+                flows.map,
+            )?,
         ];
         info!(
             node = cfg.node_name,
@@ -266,11 +257,7 @@ impl Datapath {
         };
         let capacity = Capacity {
             endpoints: max_entries(&pin_dir, maps::ENDPOINTS)?,
-            flows: if kernel.conntrack {
-                max_entries(&pin_dir, maps::CT_FLOWS)?
-            } else {
-                max_entries(&pin_dir, maps::FLOWS)? / 2
-            },
+            flows: max_entries(&pin_dir, flows.map)? / flows.entries_per_connection,
         };
         if capacity.flows != u64::from(cfg.max_flows) {
             info!(
@@ -701,6 +688,33 @@ fn kernel_offsets(per_packet: bool) -> Result<KernelOffsets> {
         }
     };
     Ok(KernelOffsets { offsets, conntrack })
+}
+
+/// The map this agent keeps forwarded connections in, and its sweeper.
+struct FlowMap {
+    map: &'static str,
+    sweeper: &'static str,
+    entries_per_connection: u64,
+}
+
+impl FlowMap {
+    /// One entry per connection conntrack follows; two halves per
+    /// connection counted packet by packet.
+    fn of(conntrack: bool) -> Self {
+        if conntrack {
+            Self {
+                map: maps::CT_FLOWS,
+                sweeper: "evenflow_ct_sweeper",
+                entries_per_connection: 1,
+            }
+        } else {
+            Self {
+                map: maps::FLOWS,
+                sweeper: "evenflow_flow_sweeper",
+                entries_per_connection: 2,
+            }
+        }
+    }
 }
 
 /// What [`kernel_offsets`] found.
