@@ -301,19 +301,45 @@ pub struct SockState {
     pub folded_segs_in: u64,
     /// Segments sent already added to the endpoint.
     pub folded_segs_out: u64,
-    /// `bytes_received` when the socket entered FIN_WAIT2: more after that,
-    /// at close, can only be the peer's FIN.
-    pub rx_at_fin_wait2: u64,
 }
+
+/// A slot of `EF_SOCK_SLOTS`: one local socket's [`SockState`], found by
+/// the socket's address. A slot costs sock_ops an array read and a
+/// compare-and-swap where socket storage costs two allocations and a memory
+/// charge per connection; a socket whose slots are all taken gets socket
+/// storage instead.
+///
+/// A slot is reused as soon as its socket closes, possibly while the
+/// sampler is reading it. So `seq` is odd while an owner fills the slot,
+/// and every `folded_*` mark carries the slot's generation in its top
+/// [`SOCK_MARK_TAG_BITS`] bits: a sampler that read one generation cannot
+/// raise the marks of the next.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct SockSlot {
+    /// The owning `struct sock`'s address; 0 when free. The sampler reads
+    /// the socket's counters there through `bpf_probe_read_kernel`.
+    pub sk: u64,
+    /// The owner's cookie: what tells the sampler that the socket at `sk`
+    /// is still the owner.
+    pub cookie: u64,
+    /// Bumped twice per owner: odd while the slot is being filled.
+    pub seq: u64,
+    pub state: SockState,
+}
+
+/// Top bits of a slot's `folded_*` marks that hold its generation (see
+/// [`SockSlot`]); the marks count up to 2^48 each.
+pub const SOCK_MARK_TAG_BITS: u32 = 16;
+
+/// Slots of `EF_SOCK_SLOTS` (a power of two). Sockets beyond what fits
+/// get socket storage: counted the same, at a higher cost.
+pub const MAX_SOCK_SLOTS: u32 = 16_384;
 
 /// The socket opened the connection: its `bytes_acked` counts the SYN.
 pub const SOCK_ACTIVE: u8 = 1;
-/// The peer's FIN was received (it counts one in `bytes_received`).
-pub const SOCK_FIN_RX: u8 = 2;
-/// Our FIN was acknowledged (it counts one in `bytes_acked`).
-pub const SOCK_FIN_ACKED: u8 = 4;
 /// The socket closed and was counted; samplers leave it alone.
-pub const SOCK_CLOSED: u8 = 8;
+pub const SOCK_CLOSED: u8 = 2;
 
 /// Key of the local-NAT map: a local socket whose SYN left with another
 /// destination than the socket's own (DNAT in OUTPUT, e.g. a hostNetwork
@@ -402,8 +428,11 @@ pub mod maps {
     /// Hash `u64 -> CtFlow`: forwarded connections conntrack follows, by
     /// the address of its record.
     pub const CT_FLOWS: &str = "EF_CT_FLOWS";
-    /// Socket storage `SockState`: every counted local socket.
+    /// Socket storage `SockState`: counted local sockets that found no
+    /// free slot in `EF_SOCK_SLOTS`.
     pub const SOCKS: &str = "EF_SOCKS";
+    /// Array of `SockSlot` by socket cookie: counted local sockets.
+    pub const SOCK_SLOTS: &str = "EF_SOCK_SLOTS";
     /// Array of `SynSlot` by ISN: where SYNs entering the node went.
     pub const SYNS: &str = "EF_SYNS";
     /// LRU hash `FlowKey -> EndpointKey`: local sockets whose SYN was DNATed.
@@ -434,7 +463,7 @@ pub const META_TIMEOUT_CLOSING_NS: u32 = 4;
 pub const META_COUNT: u32 = 8;
 /// Version of the pinned map layout. Bump it when a key or value changes so
 /// an agent refuses maps pinned by an incompatible one.
-pub const LAYOUT_VERSION: u64 = 5;
+pub const LAYOUT_VERSION: u64 = 6;
 
 /// The IPv4-mapped IPv6 form (`::ffff:a.b.c.d`) of an IPv4 address given
 /// as it sits in memory (network byte order bytes read as a native `u32`).
@@ -485,6 +514,7 @@ mod user {
     unsafe impl aya::Pod for SynSlot {}
     unsafe impl aya::Pod for SynOrigin {}
     unsafe impl aya::Pod for SockState {}
+    unsafe impl aya::Pod for SockSlot {}
 }
 
 #[cfg(test)]
@@ -502,7 +532,8 @@ mod tests {
         assert_eq!(size_of::<FlowValue>(), 20 + 4 + 4 + 4 + 4 + 4 + 5 * 8 + 40);
         // endpoint, client_port/pad, client_addr, isn, flags, bytes, folded.
         assert_eq!(size_of::<CtFlow>(), 20 + 4 + 16 + 8 + 8 + 16 + 16);
-        assert_eq!(size_of::<SockState>(), 64);
+        assert_eq!(size_of::<SockState>(), 56);
+        assert_eq!(size_of::<SockSlot>(), 3 * 8 + 56);
         assert_eq!(size_of::<SynOrigin>(), 36);
         assert_eq!(size_of::<SynSlot>(), 40);
     }

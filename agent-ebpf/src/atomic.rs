@@ -50,7 +50,7 @@ pub unsafe fn fetch_or(p: *mut u64, v: u64) -> u64 {
 /// # Safety
 /// `p` points into a map value.
 #[inline(always)]
-unsafe fn cmpxchg(p: *mut u64, old: u64, new: u64) -> u64 {
+pub unsafe fn cmpxchg(p: *mut u64, old: u64, new: u64) -> u64 {
     let found: u64;
     // SAFETY: per the contract.
     unsafe {
@@ -86,4 +86,45 @@ pub unsafe fn raise_to(acc: *mut u64, target: u64) -> u64 {
     }
     // Four lost races in a row: the next fold picks up the difference.
     0
+}
+
+/// Reads the `u64` at `p` as a full barrier (a fetch-or of nothing): the
+/// reads after it see at least what the writes before its writer's
+/// barrier left.
+///
+/// # Safety
+/// `p` points into a map value.
+#[inline(always)]
+pub unsafe fn load(p: *mut u64) -> u64 {
+    // SAFETY: per the contract.
+    unsafe { fetch_or(p, 0) }
+}
+
+/// [`raise_to`] for a mark whose top `tag_bits` bits hold a generation:
+/// raises it only while it still carries `tag`, and returns `None` once it
+/// carries another (its owner changed since `tag` was read).
+///
+/// # Safety
+/// `acc` points into a map value.
+#[inline(always)]
+pub unsafe fn raise_tagged(acc: *mut u64, tag: u64, tag_bits: u32, target: u64) -> Option<u64> {
+    let shift = 64 - tag_bits;
+    let mask = (1u64 << shift) - 1;
+    let target = target.min(mask);
+    for _ in 0..4 {
+        // SAFETY: per the contract.
+        let cur = unsafe { read_volatile(acc) };
+        if cur >> shift != tag {
+            return None;
+        }
+        let value = cur & mask;
+        if target <= value {
+            return Some(0);
+        }
+        // SAFETY: per the contract.
+        if unsafe { cmpxchg(acc, cur, tag << shift | target) } == cur {
+            return Some(target - value);
+        }
+    }
+    Some(0)
 }

@@ -1,12 +1,15 @@
-//! Offsets of the `struct tcp_sock` fields the socket sampler reads.
+//! Offsets of the `struct tcp_sock` fields the socket samplers read.
 //!
-//! The sampler reads the kernel's own socket counters through a BTF pointer,
-//! whose layout changes with every kernel build. The agent reads the offsets
+//! The samplers read the kernel's own socket counters, through a BTF
+//! pointer (socket storage's iterator) or a socket's address (a slot's),
+//! and the layout changes with every kernel build. The agent reads the offsets
 //! from this kernel's BTF (`/sys/kernel/btf/vmlinux`) and writes them here
 //! before loading; they sit in `.rodata`, which the verifier treats as
 //! constants, so each read is a checked fixed-offset access.
 
 use core::ptr::read_volatile;
+
+use aya_ebpf::helpers::bpf_probe_read_kernel;
 
 #[unsafe(no_mangle)]
 static TCP_SOCK_BYTES_RECEIVED: u32 = 0;
@@ -16,6 +19,17 @@ static TCP_SOCK_BYTES_ACKED: u32 = 0;
 static TCP_SOCK_SEGS_IN: u32 = 0;
 #[unsafe(no_mangle)]
 static TCP_SOCK_SEGS_OUT: u32 = 0;
+/// `struct sock_common.skc_cookie` (a `struct sock` begins with it).
+#[unsafe(no_mangle)]
+static SOCK_COOKIE: u32 = 0;
+/// `struct sock.sk_flags`.
+#[unsafe(no_mangle)]
+static SOCK_FLAGS: u32 = 0;
+
+/// `SOCK_DONE` of `enum sock_flags`: set by `tcp_fin()`, when the peer's
+/// FIN is taken in order (and counted in `bytes_received`); cleared only by
+/// `tcp_disconnect()`.
+const SOCK_DONE: u64 = 1;
 
 /// A TCP socket's own counters.
 #[derive(Copy, Clone)]
@@ -46,5 +60,40 @@ pub unsafe fn tcp_sock_counters(tp: *const u8) -> SockCounters {
             segs_in: read_volatile(at(&TCP_SOCK_SEGS_IN) as *const u32) as u64,
             segs_out: read_volatile(at(&TCP_SOCK_SEGS_OUT) as *const u32) as u64,
         }
+    }
+}
+
+/// Reads the counters of the socket at `sk` (a `struct tcp_sock` address
+/// kept in a slot), if it is still the socket with cookie `cookie`. TCP
+/// sockets are freed RCU-safely and a reused one starts with cookie 0, so a
+/// cookie read after the counters that still matches says they were this
+/// socket's.
+#[inline(always)]
+pub fn probe_tcp_sock_counters(sk: u64, cookie: u64) -> Option<SockCounters> {
+    // SAFETY: `bpf_probe_read_kernel` checks every address; the offsets
+    // are this kernel's.
+    unsafe {
+        let at = |off: &u32| (sk + read_volatile(off) as u64) as *const u8;
+        let c = SockCounters {
+            bytes_received: bpf_probe_read_kernel(at(&TCP_SOCK_BYTES_RECEIVED) as *const u64)
+                .ok()?,
+            bytes_acked: bpf_probe_read_kernel(at(&TCP_SOCK_BYTES_ACKED) as *const u64).ok()?,
+            segs_in: bpf_probe_read_kernel(at(&TCP_SOCK_SEGS_IN) as *const u32).ok()? as u64,
+            segs_out: bpf_probe_read_kernel(at(&TCP_SOCK_SEGS_OUT) as *const u32).ok()? as u64,
+        };
+        (bpf_probe_read_kernel(at(&SOCK_COOKIE) as *const u64).ok()? == cookie).then_some(c)
+    }
+}
+
+/// Whether the peer's FIN arrived, from the socket's `SOCK_DONE` flag.
+///
+/// # Safety
+/// `tp` is a non-null `struct tcp_sock` BTF pointer.
+#[inline(always)]
+pub unsafe fn fin_received(tp: *const u8) -> bool {
+    // SAFETY: as for `tcp_sock_counters`.
+    unsafe {
+        let flags = read_volatile(tp.add(read_volatile(&SOCK_FLAGS) as usize) as *const u64);
+        flags & (1 << SOCK_DONE) != 0
     }
 }

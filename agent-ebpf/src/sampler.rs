@@ -1,14 +1,45 @@
-//! An iterator over every counted socket (`iter/bpf_sk_storage_map` on
-//! `EF_SOCKS`, in every network namespace), run by the agent before each
-//! read, so a long-lived connection's bytes reach its endpoint every
-//! interval instead of only at its close. It costs nothing per packet.
+//! Iterators over every counted socket, in every network namespace: over
+//! the slots (`iter/bpf_map_elem` on `EF_SOCK_SLOTS`) and over socket
+//! storage (`iter/bpf_sk_storage_map` on `EF_SOCKS`), run by the agent
+//! before each read, so a long-lived connection's bytes reach its endpoint
+//! every interval instead of only at its close. They cost nothing per
+//! packet.
 
 use core::ptr::read_volatile;
 
-use agent_common::{SOCK_CLOSED, SockState};
+use agent_common::{SOCK_CLOSED, SockSlot, SockState};
 use aya_ebpf::helpers::generated::bpf_skc_to_tcp_sock;
 
-use crate::{kernel, sock};
+use crate::{kernel, sock, sweeper::MapElemIterCtx};
+
+#[unsafe(link_section = "iter/bpf_map_elem")]
+#[unsafe(no_mangle)]
+pub extern "C" fn evenflow_slot_sampler(ctx: *mut MapElemIterCtx<u32, SockSlot>) -> i32 {
+    // SAFETY: the context the kernel passed; null-checked.
+    let slot = unsafe { read_volatile(&(*ctx).value) };
+    if slot.is_null() {
+        return 0;
+    }
+    let Some(v) = sock::view(slot) else {
+        return 0;
+    };
+    if v.flags & SOCK_CLOSED != 0 {
+        return 0;
+    }
+    let Some(c) = kernel::probe_tcp_sock_counters(v.sk, v.cookie) else {
+        return 0;
+    };
+    // SAFETY: a slot of the array.
+    let st = unsafe { &raw mut (*slot).state };
+    sock::fold(
+        &v.endpoint,
+        st,
+        v.tag,
+        &sock::live_payload(v.flags, &c),
+        false,
+    );
+    0
+}
 
 /// `struct bpf_iter__bpf_sk_storage_map`.
 #[repr(C)]
@@ -28,8 +59,8 @@ pub extern "C" fn evenflow_sock_sampler(ctx: *mut SkStorageIterCtx) -> i32 {
         return 0;
     }
     // SAFETY: `st` is this socket's storage.
-    let (direction, flags) = unsafe { ((*st).endpoint.direction, (*st).flags) };
-    if direction == 0 || flags & SOCK_CLOSED != 0 {
+    let (endpoint, flags) = unsafe { ((*st).endpoint, (*st).flags) };
+    if endpoint.direction == 0 || flags & SOCK_CLOSED != 0 {
         return 0;
     }
     // SAFETY: a non-null socket pointer.
@@ -39,6 +70,6 @@ pub extern "C" fn evenflow_sock_sampler(ctx: *mut SkStorageIterCtx) -> i32 {
     }
     // SAFETY: a non-null tcp_sock BTF pointer.
     let c = unsafe { kernel::tcp_sock_counters(tp) };
-    sock::fold(st, &sock::live_payload(flags, &c), false);
+    sock::fold(&endpoint, st, 0, &sock::live_payload(flags, &c), false);
     0
 }

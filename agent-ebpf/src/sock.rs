@@ -1,6 +1,11 @@
-//! Local sockets: their storage and how their kernel counters become
-//! endpoint counters, shared by sock_ops (at close) and the sampler (while
-//! they live).
+//! Local sockets: where their state lives and how their kernel counters
+//! become endpoint counters, shared by sock_ops (at close) and the
+//! samplers (while they live).
+//!
+//! A socket's state lives in a slot of `EF_SOCK_SLOTS`, found by its
+//! address; a socket whose slots are all taken gets socket storage
+//! (`EF_SOCKS`) instead, which costs an allocation per connection. See
+//! [`SockSlot`] for how a slot changes hands under a sampler reading it.
 //!
 //! A socket's payload bytes are the kernel's `bytes_received` and
 //! `bytes_acked` less the sequence numbers that carry no data: the peer's
@@ -10,14 +15,195 @@
 //! cannot tell a FIN in flight from a data byte, so it always leaves one
 //! byte each way for the close to add.
 
-use agent_common::{SOCK_ACTIVE, SockState};
-use aya_ebpf::bindings::{BPF_F_NO_PREALLOC, bpf_map_type::BPF_MAP_TYPE_SK_STORAGE};
+use core::ptr::{read_volatile, write_volatile};
+
+use agent_common::{
+    EndpointKey, MAX_SOCK_SLOTS, SOCK_ACTIVE, SOCK_MARK_TAG_BITS, SockSlot, SockState,
+};
+use aya_ebpf::{
+    bindings::{BPF_F_NO_PREALLOC, bpf_map_type::BPF_MAP_TYPE_SK_STORAGE},
+    macros::map,
+    maps::Array,
+};
 
 use crate::{
     atomic,
     counters::{Traffic, add_traffic},
     kernel::SockCounters,
 };
+
+/// Counted local sockets, by address (see [`SockSlot`]).
+#[map(name = "EF_SOCK_SLOTS")]
+pub static SOCK_SLOTS: Array<SockSlot> = Array::pinned(MAX_SOCK_SLOTS, 0);
+
+/// Slots a socket may take, from the one its address hashes to.
+const PROBES: u32 = 4;
+
+/// `EF_SOCK_SLOTS`'s size less one (a power of two less one): written by
+/// the agent before loading, to the size of the map it pins.
+#[unsafe(no_mangle)]
+static SOCK_SLOTS_MASK: u32 = MAX_SOCK_SLOTS - 1;
+
+/// The `i`th slot socket `sk` may take. A socket freed and allocated again
+/// at the same address (the slab hands out what was freed last) finds the
+/// slot its predecessor left, still in cache.
+#[inline(always)]
+fn slot(sk: u64, i: u32) -> Option<*mut SockSlot> {
+    // SAFETY: a `.rodata` constant.
+    let mask = unsafe { read_volatile(&SOCK_SLOTS_MASK) };
+    let first = (sk.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32;
+    SOCK_SLOTS.get_ptr_mut((first + i) & mask)
+}
+
+/// A counted socket's state and the generation its marks carry (0 in
+/// socket storage, which is never reused under a reader).
+#[derive(Copy, Clone)]
+pub struct Held {
+    pub st: *mut SockState,
+    pub tag: u64,
+    /// The slot, or null in socket storage.
+    slot: *mut SockSlot,
+}
+
+impl Held {
+    /// State in socket storage.
+    #[inline(always)]
+    pub fn storage(st: *mut SockState) -> Self {
+        Self {
+            st,
+            tag: 0,
+            slot: core::ptr::null_mut(),
+        }
+    }
+
+    /// Gives the slot of socket `sk` back once it closed (socket storage
+    /// goes with the socket).
+    #[inline(always)]
+    pub fn release(&self, sk: u64) {
+        if !self.slot.is_null() {
+            // SAFETY: a slot of the array; a full barrier after the close's
+            // fold.
+            unsafe { atomic::cmpxchg(&raw mut (*self.slot).sk, sk, 0) };
+        }
+    }
+}
+
+/// The generation tag of a slot whose `seq` is `seq` (even).
+#[inline(always)]
+fn tag_of(seq: u64) -> u64 {
+    (seq >> 1) & ((1 << SOCK_MARK_TAG_BITS) - 1)
+}
+
+/// What [`claim`] did.
+#[derive(Copy, Clone, PartialEq, Eq)]
+pub enum Claim {
+    Taken,
+    /// The socket already holds a slot.
+    Held,
+    Full,
+}
+
+/// Takes a free slot for socket `sk` (whose cookie is `cookie`), counting
+/// towards `endpoint`.
+#[inline(always)]
+pub fn claim(sk: u64, cookie: u64, endpoint: &EndpointKey, flags: u8) -> Claim {
+    for i in 0..PROBES {
+        let Some(slot) = slot(sk, i) else {
+            return Claim::Full;
+        };
+        // SAFETY: a slot of the array.
+        match unsafe { atomic::cmpxchg(&raw mut (*slot).sk, 0, sk) } {
+            0 => {
+                // SAFETY: the slot is ours until released.
+                unsafe { fill(slot, cookie, endpoint, flags) };
+                return Claim::Taken;
+            }
+            owner if owner == sk => return Claim::Held,
+            _ => {}
+        }
+    }
+    Claim::Full
+}
+
+/// Fills a slot just claimed: `seq` is odd while the fields change, and
+/// the marks start at zero with the new generation's tag.
+///
+/// # Safety
+/// The caller owns `slot`.
+#[inline(always)]
+unsafe fn fill(slot: *mut SockSlot, cookie: u64, endpoint: &EndpointKey, flags: u8) {
+    // SAFETY: per the contract; only owners write `seq`, one at a time.
+    unsafe {
+        let seq = read_volatile(&raw const (*slot).seq) | 1;
+        atomic::cmpxchg(&raw mut (*slot).seq, seq - 1, seq);
+        let mark = tag_of(seq + 1) << (64 - SOCK_MARK_TAG_BITS);
+        write_volatile(&raw mut (*slot).cookie, cookie);
+        write_volatile(
+            &raw mut (*slot).state,
+            SockState {
+                endpoint: *endpoint,
+                flags,
+                _pad: [0; 3],
+                folded_rx: mark,
+                folded_tx: mark,
+                folded_segs_in: mark,
+                folded_segs_out: mark,
+            },
+        );
+        atomic::cmpxchg(&raw mut (*slot).seq, seq, seq + 1);
+    }
+}
+
+/// The slot socket `sk` holds, if any. Only the socket's own callbacks
+/// (under its lock) call this: a slot it holds cannot change hands.
+#[inline(always)]
+pub fn find(sk: u64) -> Option<Held> {
+    for i in 0..PROBES {
+        let slot = slot(sk, i)?;
+        // SAFETY: a slot of the array.
+        unsafe {
+            if read_volatile(&raw const (*slot).sk) == sk {
+                return Some(Held {
+                    st: &raw mut (*slot).state,
+                    tag: tag_of(read_volatile(&raw const (*slot).seq)),
+                    slot,
+                });
+            }
+        }
+    }
+    None
+}
+
+/// A consistent read of a slot someone else owns, for the sampler.
+#[derive(Copy, Clone)]
+pub struct SlotView {
+    pub sk: u64,
+    pub cookie: u64,
+    pub endpoint: EndpointKey,
+    pub flags: u8,
+    pub tag: u64,
+}
+
+/// Reads `slot` between two reads of its `seq`; `None` while it is free
+/// or being filled.
+#[inline(always)]
+pub fn view(slot: *mut SockSlot) -> Option<SlotView> {
+    // SAFETY: a slot of the array; the reads are checked by `seq`.
+    unsafe {
+        let seq = atomic::load(&raw mut (*slot).seq);
+        if seq & 1 != 0 {
+            return None;
+        }
+        let v = SlotView {
+            sk: read_volatile(&raw const (*slot).sk),
+            cookie: read_volatile(&raw const (*slot).cookie),
+            endpoint: read_volatile(&raw const (*slot).state.endpoint),
+            flags: read_volatile(&raw const (*slot).state.flags),
+            tag: tag_of(seq),
+        };
+        (v.sk != 0 && atomic::load(&raw mut (*slot).seq) == seq).then_some(v)
+    }
+}
 
 /// A BTF map definition for `EF_SOCKS`, written out because aya-ebpf's
 /// `SkStorage` has no `pinning` field: the storage must outlive the agent
@@ -77,22 +263,29 @@ pub fn live_payload(flags: u8, c: &SockCounters) -> Payload {
     }
 }
 
-/// Adds to the socket's endpoint whatever of `p` was not added before, and
-/// its close when `closing`. Racing folders (sock_ops on one CPU, the
-/// sampler on another) each add only what they raised the high-water marks
-/// by.
+/// Adds to `endpoint` whatever of `p` was not added before, and the close
+/// when `closing`. Racing folders (sock_ops on one CPU, a sampler on
+/// another) each add only what they raised the high-water marks by; a
+/// sampler stops at the first mark of another generation than `tag` (the
+/// slot changed hands) and adds what it raised before.
 #[inline(always)]
-pub fn fold(st: *mut SockState, p: &Payload, closing: bool) {
-    // SAFETY: `st` points into live socket storage.
-    let t = unsafe {
-        Traffic {
-            bytes_rx: atomic::raise_to(&raw mut (*st).folded_rx, p.rx),
-            bytes_tx: atomic::raise_to(&raw mut (*st).folded_tx, p.tx),
-            packets_rx: atomic::raise_to(&raw mut (*st).folded_segs_in, p.segs_in),
-            packets_tx: atomic::raise_to(&raw mut (*st).folded_segs_out, p.segs_out),
-            conns_closed: closing as u64,
-        }
+pub fn fold(endpoint: &EndpointKey, st: *mut SockState, tag: u64, p: &Payload, closing: bool) {
+    // SAFETY: `st` points into a slot or live socket storage.
+    let raise = |acc: *mut u64, target: u64| {
+        // SAFETY: as above.
+        unsafe { atomic::raise_tagged(acc, tag, SOCK_MARK_TAG_BITS, target) }
+    };
+    let mut t = Traffic {
+        conns_closed: closing as u64,
+        ..Traffic::default()
     };
     // SAFETY: as above.
-    add_traffic(unsafe { &(*st).endpoint }, &t);
+    let _ = (|| unsafe {
+        t.bytes_rx = raise(&raw mut (*st).folded_rx, p.rx)?;
+        t.bytes_tx = raise(&raw mut (*st).folded_tx, p.tx)?;
+        t.packets_rx = raise(&raw mut (*st).folded_segs_in, p.segs_in)?;
+        t.packets_tx = raise(&raw mut (*st).folded_segs_out, p.segs_out)?;
+        Some(())
+    })();
+    add_traffic(endpoint, &t);
 }

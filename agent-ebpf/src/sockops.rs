@@ -7,18 +7,18 @@
 use core::ptr::read_volatile;
 
 use agent_common::{
-    Direction, EndpointKey, FlowKey, PROTO_TCP, SOCK_ACTIVE, SOCK_CLOSED, SOCK_FIN_ACKED,
-    SOCK_FIN_RX, SockState, Stat, v4_mapped,
+    Direction, EndpointKey, FlowKey, PROTO_TCP, SOCK_ACTIVE, SOCK_CLOSED, SockState, Stat,
+    v4_mapped,
 };
 use aya_ebpf::{
     bindings::{
         BPF_SK_STORAGE_GET_F_CREATE, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
-        BPF_TCP_CLOSE, BPF_TCP_CLOSE_WAIT, BPF_TCP_CLOSING, BPF_TCP_FIN_WAIT1, BPF_TCP_FIN_WAIT2,
-        BPF_TCP_LAST_ACK, bpf_sock_ops,
+        BPF_TCP_CLOSE, BPF_TCP_CLOSING, BPF_TCP_FIN_WAIT2, BPF_TCP_LAST_ACK, bpf_sock,
     },
-    helpers::generated::bpf_sk_storage_get,
-    macros::sock_ops,
+    helpers::generated::{bpf_get_socket_cookie, bpf_sk_storage_get, bpf_skc_to_tcp_sock},
+    macros::{map, sock_ops},
+    maps::PerCpuArray,
     programs::SockOpsContext,
 };
 
@@ -26,8 +26,8 @@ use aya_log_ebpf::debug;
 
 use crate::{
     counters::{opened, stat},
-    kernel::SockCounters,
-    sock::{self, Payload, SOCKS},
+    kernel::{self, SockCounters},
+    sock::{self, Claim, Held, Payload, SOCKS},
     tc::LOCAL_NAT,
 };
 
@@ -46,12 +46,52 @@ pub fn evenflow_sockops(ctx: SockOpsContext) -> u32 {
     1
 }
 
+/// The socket's cookie.
+#[inline(always)]
+fn cookie(ctx: &SockOpsContext) -> u64 {
+    // SAFETY: sock_ops may ask for its socket's cookie.
+    unsafe { bpf_get_socket_cookie(ctx.ops.cast()) }
+}
+
+/// The socket (null-checked, as the verifier requires).
+#[inline(always)]
+fn socket(ctx: &SockOpsContext) -> Option<*mut bpf_sock> {
+    // SAFETY: `sk` is a context field sock_ops may read.
+    let sk = unsafe { read_volatile(&(*ctx.ops).__bindgen_anon_2.sk) };
+    (!sk.is_null()).then_some(sk)
+}
+
+/// One word per CPU that turns a socket pointer into a number (see
+/// [`address`]).
+#[map(name = "EF_SCRATCH")]
+static SCRATCH: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// The socket's address as a number. The verifier forbids arithmetic on a
+/// socket pointer (a slot's index is a hash of it) and reading a spilled
+/// one back in halves; a word read back from a map is a plain number.
+#[inline(always)]
+fn address(sk: *mut bpf_sock) -> Option<u64> {
+    let word = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's word; nothing runs between the store and the load.
+    unsafe {
+        core::ptr::write_volatile(word, sk as u64);
+        Some(read_volatile(word))
+    }
+}
+
+/// The socket's state: in its slot, else in socket storage.
+#[inline(always)]
+fn held(sk: *mut bpf_sock) -> Option<Held> {
+    if let Some(h) = address(sk).and_then(sock::find) {
+        return Some(h);
+    }
+    storage(sk, false).map(Held::storage)
+}
+
 /// The socket's storage, created when `create`.
 #[inline(always)]
-fn storage(ops: *mut bpf_sock_ops, create: bool) -> Option<*mut SockState> {
-    // SAFETY: `sk` is a context field sock_ops may read; it is null-checked
-    // before use, as the verifier requires.
-    let sk = unsafe { read_volatile(&(*ops).__bindgen_anon_2.sk) };
+fn storage(sk: *mut bpf_sock, create: bool) -> Option<*mut SockState> {
+    // The verifier requires the null check before the helper.
     if sk.is_null() {
         return None;
     }
@@ -86,86 +126,115 @@ fn on_established(ctx: &SockOpsContext, active: bool) {
     } else {
         endpoint(key.local_addr, key.local_port, Direction::Serves)
     };
-    let Some(st) = storage(ctx.ops, true) else {
-        stat(Stat::SockStorageFailed, 1);
-        debug!(ctx, "evenflow: no socket storage for an established socket");
+    let flags = if active { SOCK_ACTIVE } else { 0 };
+    let Some(sk) = socket(ctx) else {
         return;
     };
-    // SAFETY: live socket storage; only this socket's callbacks (serialised
-    // by its lock) write these fields.
-    unsafe {
-        if (*st).endpoint.direction != 0 {
-            return;
+    let Some(addr) = address(sk) else {
+        return;
+    };
+    match sock::claim(addr, cookie(ctx), &endpoint, flags) {
+        Claim::Taken => {}
+        Claim::Held => return,
+        Claim::Full => {
+            if !in_storage(sk, &endpoint, flags) {
+                debug!(ctx, "evenflow: no socket storage for an established socket");
+                return;
+            }
         }
-        (*st).endpoint = endpoint;
-        (*st).flags = if active { SOCK_ACTIVE } else { 0 };
     }
     opened(&endpoint);
     let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
 }
 
-/// A state change: remember the FINs, and at TCP_CLOSE add the final bytes
-/// and count the close.
+/// Keeps a socket that found no free slot in socket storage; whether it
+/// is to be counted opened now (not if it already was).
+#[inline(always)]
+fn in_storage(sk: *mut bpf_sock, endpoint: &EndpointKey, flags: u8) -> bool {
+    let Some(st) = storage(sk, true) else {
+        stat(Stat::SockStorageFailed, 1);
+        return false;
+    };
+    // SAFETY: live socket storage; only this socket's callbacks (serialised
+    // by its lock) write these fields.
+    unsafe {
+        if (*st).endpoint.direction != 0 {
+            return false;
+        }
+        (*st).endpoint = *endpoint;
+        (*st).flags = flags;
+    }
+    true
+}
+
+/// A state change: at TCP_CLOSE add the final bytes and count the close.
+/// Every other change returns before touching anything: what the close
+/// needs to know of the FINs is in the socket itself then.
 #[inline(always)]
 fn on_state(ctx: &SockOpsContext) {
-    let (old, new) = (ctx.arg(0), ctx.arg(1));
-    let Some(st) = storage(ctx.ops, false) else {
-        if new == BPF_TCP_CLOSE {
-            stat(Stat::FlowMissingOnClose, 1);
-        }
+    if ctx.arg(1) == BPF_TCP_CLOSE {
+        on_close(ctx, ctx.arg(0));
+    }
+}
+
+/// TCP_CLOSE from state `old`.
+#[inline(always)]
+fn on_close(ctx: &SockOpsContext, old: u32) {
+    let Some(sk) = socket(ctx) else {
         return;
     };
-    let ops = ctx.ops;
-    // SAFETY: context fields sock_ops may read.
-    let (bytes_received, bytes_acked, snd_una, snd_nxt, segs_in, segs_out) = unsafe {
-        (
-            read_volatile(&(*ops).bytes_received),
-            read_volatile(&(*ops).bytes_acked),
-            read_volatile(&(*ops).snd_una),
-            read_volatile(&(*ops).snd_nxt),
-            read_volatile(&(*ops).segs_in),
-            read_volatile(&(*ops).segs_out),
-        )
+    let Some(held) = held(sk) else {
+        stat(Stat::FlowMissingOnClose, 1);
+        return;
     };
-    // SAFETY: live socket storage, written under the socket's lock.
+    let st = held.st;
+    // SAFETY: the socket's own state, written under the socket's lock.
     let flags = unsafe { &mut (*st).flags };
     if *flags & SOCK_CLOSED != 0 {
         return;
     }
-    if new == BPF_TCP_CLOSE_WAIT || new == BPF_TCP_CLOSING {
-        *flags |= SOCK_FIN_RX;
-    } else if old == BPF_TCP_FIN_WAIT1 && new == BPF_TCP_FIN_WAIT2 {
-        // Leaving FIN_WAIT1 for FIN_WAIT2 is the ACK of our FIN.
-        *flags |= SOCK_FIN_ACKED;
-        // SAFETY: as above.
-        unsafe { (*st).rx_at_fin_wait2 = bytes_received };
-    } else if new == BPF_TCP_CLOSE {
-        // SAFETY: as above.
-        let rx_at_fin_wait2 = unsafe { (*st).rx_at_fin_wait2 };
-        // From FIN_WAIT2 only the peer's FIN moves `bytes_received` before
-        // the close (an orphaned socket resets on data).
-        let fin_rx = *flags & SOCK_FIN_RX != 0
-            || (old == BPF_TCP_FIN_WAIT2 && bytes_received > rx_at_fin_wait2);
-        // In LAST_ACK or CLOSING everything up to our FIN was sent: it was
-        // acknowledged when nothing is outstanding.
-        let fin_acked = *flags & SOCK_FIN_ACKED != 0
-            || ((old == BPF_TCP_LAST_ACK || old == BPF_TCP_CLOSING) && snd_una == snd_nxt);
-        let syn = (*flags & SOCK_ACTIVE != 0) as u64;
-        *flags |= SOCK_CLOSED;
-        let c = SockCounters {
-            bytes_received,
-            bytes_acked,
-            segs_in: segs_in as u64,
-            segs_out: segs_out as u64,
-        };
-        let p = Payload {
-            rx: c.bytes_received.saturating_sub(fin_rx as u64),
-            tx: c.bytes_acked.saturating_sub(syn + fin_acked as u64),
-            segs_in: c.segs_in,
-            segs_out: c.segs_out,
-        };
-        sock::fold(st, &p, true);
+    *flags |= SOCK_CLOSED;
+    let ops = ctx.ops;
+    // SAFETY: context fields sock_ops may read.
+    let (c, snd_una, snd_nxt) = unsafe {
+        (
+            SockCounters {
+                bytes_received: read_volatile(&(*ops).bytes_received),
+                bytes_acked: read_volatile(&(*ops).bytes_acked),
+                segs_in: read_volatile(&(*ops).segs_in) as u64,
+                segs_out: read_volatile(&(*ops).segs_out) as u64,
+            },
+            read_volatile(&(*ops).snd_una),
+            read_volatile(&(*ops).snd_nxt),
+        )
+    };
+    // Our FIN was acknowledged if we left FIN_WAIT1 for FIN_WAIT2 (the
+    // only way there), or, from LAST_ACK or CLOSING (everything up to our
+    // FIN sent), when nothing is outstanding.
+    let fin_acked = old == BPF_TCP_FIN_WAIT2
+        || ((old == BPF_TCP_LAST_ACK || old == BPF_TCP_CLOSING) && snd_una == snd_nxt);
+    let syn = (*flags & SOCK_ACTIVE != 0) as u64;
+    let p = Payload {
+        rx: c.bytes_received.saturating_sub(peer_fin(sk) as u64),
+        tx: c.bytes_acked.saturating_sub(syn + fin_acked as u64),
+        segs_in: c.segs_in,
+        segs_out: c.segs_out,
+    };
+    // SAFETY: as above.
+    let endpoint = unsafe { (*st).endpoint };
+    sock::fold(&endpoint, st, held.tag, &p, true);
+    if let Some(addr) = address(sk) {
+        held.release(addr);
     }
+}
+
+/// Whether the peer's FIN arrived (and counts one in `bytes_received`).
+#[inline(always)]
+fn peer_fin(sk: *mut bpf_sock) -> bool {
+    // SAFETY: a non-null socket.
+    let tp = unsafe { bpf_skc_to_tcp_sock(sk.cast()) } as *const u8;
+    // SAFETY: a non-null tcp_sock BTF pointer.
+    !tp.is_null() && unsafe { kernel::fin_received(tp) }
 }
 
 #[inline(always)]

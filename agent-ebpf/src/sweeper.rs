@@ -17,8 +17,8 @@ use crate::{ct_flow, forward};
 pub struct MapElemIterCtx<K, V> {
     meta: *mut core::ffi::c_void,
     map: *mut core::ffi::c_void,
-    key: *const K,
-    value: *mut V,
+    pub key: *const K,
+    pub value: *mut V,
 }
 
 /// The element being visited: its key (copied to the stack for the

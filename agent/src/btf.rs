@@ -26,6 +26,7 @@ pub enum BtfError {
 
 const MAGIC: u16 = 0xeb9f;
 const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
 
 /// A parsed BTF blob: its type and string sections, and for a module's
 /// split BTF the string section of the kernel's it extends.
@@ -85,8 +86,8 @@ impl<'a> Btf<'a> {
         &rest[..end]
     }
 
-    /// The byte offset of `member` (a direct, non-bitfield member) in
-    /// `struct name`.
+    /// The byte offset of `member` (a non-bitfield member, directly or
+    /// inside an anonymous struct or union) in `struct name`.
     pub fn member_offset(&self, name: &str, member: &str) -> Result<u32, BtfError> {
         let s = self.find_struct(name)?;
         self.find_member(s.body, s.vlen, s.kind_flag, name, member)
@@ -127,21 +128,57 @@ impl<'a> Btf<'a> {
     ) -> Result<u32, BtfError> {
         for i in 0..vlen as usize {
             let m = body + i * 12;
-            if self.name(u32_at(self.types, m)?) != member.as_bytes() {
-                continue;
-            }
             let raw = u32_at(self.types, m + 8)?;
             let (bits, bitfield_size) = if kind_flag {
                 (raw & 0x00ff_ffff, raw >> 24)
             } else {
                 (raw, 0)
             };
+            let member_name = self.name(u32_at(self.types, m)?);
+            if member_name.is_empty() {
+                let Some(inner) = self.anonymous(u32_at(self.types, m + 4)?)? else {
+                    continue;
+                };
+                match self.find_member(inner.body, inner.vlen, inner.kind_flag, name, member) {
+                    Ok(off) => return Ok(bits / 8 + off),
+                    Err(BtfError::NoMember(..)) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            if member_name != member.as_bytes() {
+                continue;
+            }
             if bitfield_size != 0 || bits % 8 != 0 {
                 return Err(BtfError::Bitfield(name.to_owned(), member.to_owned()));
             }
             return Ok(bits / 8);
         }
         Err(BtfError::NoMember(name.to_owned(), member.to_owned()))
+    }
+
+    /// Type `id` when it is a struct or union (an anonymous member's), in
+    /// this blob.
+    fn anonymous(&self, id: u32) -> Result<Option<Struct>, BtfError> {
+        let mut at = 0;
+        let mut n = 1;
+        while at < self.types.len() {
+            let info = u32_at(self.types, at + 4)?;
+            let (kind, vlen, kind_flag) = ((info >> 24) & 0x1f, info & 0xffff, info >> 31);
+            let body = at + 12;
+            if n == id {
+                return Ok(
+                    (kind == KIND_STRUCT || kind == KIND_UNION).then_some(Struct {
+                        body,
+                        vlen,
+                        kind_flag: kind_flag == 1,
+                        size: u32_at(self.types, at + 8)?,
+                    }),
+                );
+            }
+            at = body + body_len(kind, vlen)?;
+            n += 1;
+        }
+        Ok(None)
     }
 }
 
@@ -290,5 +327,13 @@ mod tests {
             let off = btf.member_offset("tcp_sock", f).expect(f);
             assert!(off > 0 && off < 4096, "{f} at {off}");
         }
+        // Inside an anonymous union of `struct sock_common` on this kernel.
+        let flags = btf
+            .member_offset("sock_common", "skc_flags")
+            .expect("skc_flags");
+        let cookie = btf
+            .member_offset("sock_common", "skc_cookie")
+            .expect("skc_cookie");
+        assert!(flags > cookie && flags < 256, "skc_flags at {flags}");
     }
 }

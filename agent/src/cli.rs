@@ -122,6 +122,13 @@ pub struct Args {
     #[arg(long, env = "EVENFLOW_MAX_FLOWS", default_value_t = agent_common::MAX_FLOWS / 2, value_parser = parse_max_flows)]
     pub max_flows: u32,
 
+    /// Local sockets whose state can sit in slots found by the socket's
+    /// cookie (a power of two). A socket that finds its slots taken gets
+    /// socket storage instead: counted the same, at several times the cost
+    /// per connection. Takes effect when the pinned maps are created.
+    #[arg(long, env = "EVENFLOW_SOCK_SLOTS", default_value_t = agent_common::MAX_SOCK_SLOTS, value_parser = parse_sock_slots)]
+    pub sock_slots: u32,
+
     /// Count every forwarded connection packet by packet, and recognise
     /// translated ones by where their SYN entered the node (TC ingress),
     /// instead of from conntrack's record (which spares entering packets
@@ -248,6 +255,18 @@ fn parse_max_flows(s: &str) -> Result<u32, String> {
         })
 }
 
+/// Most slots `--sock-slots` accepts.
+pub const MAX_SOCK_SLOTS: u32 = 1 << 22;
+
+fn parse_sock_slots(s: &str) -> Result<u32, String> {
+    s.parse::<u32>()
+        .ok()
+        .filter(|n| n.is_power_of_two() && *n <= MAX_SOCK_SLOTS)
+        .ok_or_else(|| {
+            format!("--sock-slots `{s}` must be a power of two from 1 to {MAX_SOCK_SLOTS}")
+        })
+}
+
 fn parse_interval(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (try 1s or 500ms)"))?;
     if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
@@ -305,6 +324,16 @@ mod tests {
         assert_eq!(parse_interval("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_interval("1ms").is_err());
         assert!(parse_interval("soon").is_err());
+    }
+
+    #[test]
+    fn sock_slots_are_a_power_of_two() {
+        assert_eq!(parse_sock_slots("1"), Ok(1));
+        assert_eq!(parse_sock_slots("16384"), Ok(16384));
+        for bad in ["0", "3", "100", "8388608", "x"] {
+            let err = parse_sock_slots(bad).unwrap_err();
+            assert!(err.contains("--sock-slots"), "{err}");
+        }
     }
 
     #[test]

@@ -9,8 +9,8 @@
 //! dropping [`Datapath`], or the agent dying, leaves every program attached
 //! and counting.
 //!
-//! Before each read the two iterators run: the socket sampler (bytes of
-//! live local connections) and the flow sweeper of whichever flow map this
+//! Before each read the iterators run: the socket samplers (bytes of live
+//! local connections, in slots and in socket storage) and the flow sweeper of whichever flow map this
 //! agent keeps forwarded connections in (their bytes; the end of those
 //! gone).
 
@@ -47,6 +47,8 @@ pub struct Config<'a> {
     pub ebpf_log: EbpfLog,
     /// Forwarded connections the flow map is created for (`--max-flows`).
     pub max_flows: u32,
+    /// Socket slots `EF_SOCK_SLOTS` is created with (`--sock-slots`).
+    pub sock_slots: u32,
     /// Count forwarded connections per packet even where conntrack follows
     /// them (`--forwarded-per-packet`).
     pub forwarded_per_packet: bool,
@@ -151,8 +153,9 @@ pub struct Datapath {
     interfaces: Vec<String>,
     cgroup: PathBuf,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
-    /// The socket sampler and the flow sweeper, run before every read.
-    iterators: [MapIter; 2],
+    /// The socket samplers (slots, socket storage) and the flow sweeper,
+    /// run before every read.
+    iterators: [MapIter; 3],
     /// Whether the node forwards.
     forwards: bool,
     /// Whether forwarded connections are followed in conntrack's record,
@@ -180,12 +183,16 @@ impl Datapath {
         let kernel = kernel_offsets(cfg.forwarded_per_packet)?;
         let layout = layout_version(kernel.conntrack);
         retire_other_layout(&pin_dir, layout)?;
+        let sock_slots = sock_slots(&pin_dir, cfg.sock_slots);
+        let sock_slots_mask = sock_slots - 1;
         let level = cfg.ebpf_log.aya_level();
         let mut loader = EbpfLoader::new();
         loader
             .default_map_pin_directory(&pin_dir)
             .map_max_entries(maps::FLOWS, cfg.max_flows.saturating_mul(2))
             .map_max_entries(maps::CT_FLOWS, cfg.max_flows)
+            .map_max_entries(maps::SOCK_SLOTS, sock_slots)
+            .override_global("SOCK_SLOTS_MASK", &sock_slots_mask, true)
             .override_global(aya_log::LEVEL, &level, true);
         for (name, off) in &kernel.offsets {
             loader.override_global(name, off, true);
@@ -223,6 +230,13 @@ impl Datapath {
         crate::links::prune(&links_dir, &pinned)?;
         let flows = FlowMap::of(kernel.conntrack);
         let iterators = [
+            attach_iter(
+                &mut ebpf,
+                "evenflow_slot_sampler",
+                "bpf_map_elem",
+                &pin_dir,
+                maps::SOCK_SLOTS,
+            )?,
             attach_iter(
                 &mut ebpf,
                 "evenflow_sock_sampler",
@@ -362,8 +376,11 @@ impl Datapath {
     /// value lookups (LRU eviction) is skipped.
     pub fn read(&self, out: &mut Vec<(EndpointKey, EndpointCounters)>) -> Result<Stats> {
         out.clear();
-        let [sampler, sweeper] = &self.iterators;
-        sampler.run().context("running the socket sampler")?;
+        let [slots, storage, sweeper] = &self.iterators;
+        slots.run().context("running the socket slot sampler")?;
+        storage
+            .run()
+            .context("running the socket storage sampler")?;
         // The sweeper walks every bucket of the flow map, empty or not
         // (--max-flows of them: a fifth of the agent's CPU on a node with
         // 10,000 endpoints and no forwarded connection), so it runs only
@@ -430,6 +447,24 @@ impl Datapath {
 }
 
 /// The `max_entries` the pinned map `name` was created with.
+/// The socket slots in force: the pinned map's, which keeps its size until
+/// a new epoch, else `asked`.
+fn sock_slots(pin_dir: &Path, asked: u32) -> u32 {
+    match aya::maps::MapInfo::from_pin(pin_dir.join(maps::SOCK_SLOTS)) {
+        Ok(info) if info.max_entries().is_power_of_two() => {
+            if info.max_entries() != asked {
+                info!(
+                    pinned = info.max_entries(),
+                    asked,
+                    "the pinned socket slots keep their number until the counters start a new epoch"
+                );
+            }
+            info.max_entries()
+        }
+        _ => asked,
+    }
+}
+
 fn max_entries(pin_dir: &Path, name: &str) -> Result<u64> {
     let info = aya::maps::MapInfo::from_pin(pin_dir.join(name))
         .with_context(|| format!("reading the pinned map {name}'s info"))?;
@@ -651,7 +686,7 @@ fn write_flow_timeouts(meta: &mut Array<MapData, u64>) -> Result<()> {
 }
 
 /// The constants the programs take from this kernel's BTF: `struct
-/// tcp_sock` offsets for the socket sampler, and conntrack's for forwarded
+/// tcp_sock` offsets (and the socket cookie's) for the socket samplers, and conntrack's for forwarded
 /// connections (all zero when this kernel's BTF has none: see
 /// [`conntrack_offsets`]).
 fn kernel_offsets(per_packet: bool) -> Result<KernelOffsets> {
@@ -667,6 +702,18 @@ fn kernel_offsets(per_packet: bool) -> Result<KernelOffsets> {
         ("TCP_SOCK_BYTES_ACKED", off("bytes_acked")?),
         ("TCP_SOCK_SEGS_IN", off("segs_in")?),
         ("TCP_SOCK_SEGS_OUT", off("segs_out")?),
+        (
+            "SOCK_COOKIE",
+            btf.member_offset("sock_common", "skc_cookie")
+                .context("finding sock_common.skc_cookie in the kernel's BTF")?,
+        ),
+        (
+            "SOCK_FLAGS",
+            // In `struct sock_common` on newer kernels, `struct sock` before.
+            btf.member_offset("sock_common", "skc_flags")
+                .or_else(|_| btf.member_offset("sock", "sk_flags"))
+                .context("finding sock.sk_flags in the kernel's BTF")?,
+        ),
     ];
     if per_packet {
         info!("forwarded connections are counted packet by packet (--forwarded-per-packet)");

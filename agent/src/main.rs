@@ -116,6 +116,7 @@ async fn run(args: cli::Args) -> Result<()> {
         cgroup: &cgroup,
         ebpf_log: args.ebpf_log,
         max_flows: args.max_flows,
+        sock_slots: args.sock_slots,
         forwarded_per_packet: args.forwarded_per_packet,
     })?;
     if let Some(logger) = dp.take_logger() {

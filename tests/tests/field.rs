@@ -253,6 +253,71 @@ fn keepalive_bytes(name: &str, lb_args: &[&str]) {
     }
 }
 
+/// A backend whose agent has one socket slot (`--sock-slots 1`): eight
+/// keep-alive connections and a churn of short ones at once take the slot
+/// in turn and socket storage the rest of the time, and the slot changes
+/// hands under the sampler every interval. The keep-alive bytes still grow
+/// in every report and the server's view equals nginx's log exactly.
+#[test]
+fn field_sockets_beyond_their_slots_count_exactly() {
+    evenflow_tests::require_root();
+    let mut lab = Lab::new("slots", 1).expect("the lab builds");
+    let b1 = lab.backends[0].clone();
+    let log = nginx::start(&mut lab, &b1).expect("nginx starts");
+    agent::start(
+        &mut lab,
+        &b1,
+        &["--service", "web=8080", "--sock-slots", "1"],
+    )
+    .expect("the backend agent starts");
+    nft::start(&lab).expect("the DNAT rules load");
+    let addr = backend_addr(&lab, 0);
+    let vip = lab::vip(false);
+    let ns = lab.client.ns.clone();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let kept = std::thread::spawn(move || {
+        netns::run_in(&ns, move || -> anyhow::Result<Vec<client::KeepAlive>> {
+            let mut conns = (0..8)
+                .map(|_| client::KeepAlive::connect(vip))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            while rx.recv_timeout(Duration::from_millis(100)).is_err() {
+                for c in &mut conns {
+                    c.request()?;
+                }
+            }
+            Ok(conns)
+        })
+    });
+    let ns = lab.client.ns.clone();
+    let churn = std::thread::spawn(move || client::http_load(&ns, vip, 600, 8));
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(1200));
+        let s = grpcurl::snapshot(&b1.ns).expect("b1's snapshot");
+        seen.push(grpcurl::totals(&s, &addr, BACKEND_PORT, SERVES));
+    }
+    tx.send(()).expect("the keep-alive clients listen");
+    let conns = kept
+        .join()
+        .expect("thread")
+        .expect("runs in the namespace")
+        .expect("every keep-alive request is answered");
+    let load = churn.join().expect("thread").expect("the churn runs");
+    assert_eq!(load.failures, 0, "{:?}", load.first_error);
+    println!("server view while open: {seen:?}");
+    assert!(
+        seen.windows(2).all(|w| w[1].bytes_rx > w[0].bytes_rx),
+        "bytes grow in every report while the keep-alive connections live"
+    );
+    drop(conns);
+    let want = 8 + load.connections;
+    let served = served_by(&mut lab, "b1", &log, want);
+    let serves = settled(&b1.ns, &addr, BACKEND_PORT, SERVES, want).1;
+    println!("nginx {served:?}; server {serves:?}");
+    assert_served("b1 SERVES", serves, &served, View::Server);
+    assert_nothing_left_open(&b1.ns);
+}
+
 /// Loopback connections count their bytes (sock_ops reads the sockets;
 /// nothing is attached to `lo`); a `redirect` rule on a backend sends its
 /// port 80, and a DNAT rule its port 81, to nginx's 8080: counted at the
