@@ -310,23 +310,28 @@ pub struct SockState {
 /// storage instead.
 ///
 /// A slot is reused as soon as its socket closes, possibly while the
-/// sampler is reading it. So `seq` is odd while an owner fills the slot,
-/// and every `folded_*` mark carries the slot's generation in its top
-/// [`SOCK_MARK_TAG_BITS`] bits: a sampler that read one generation cannot
-/// raise the marks of the next.
+/// sampler is reading it. So every `folded_*` mark carries the slot's
+/// generation in its top [`SOCK_MARK_TAG_BITS`] bits, a new owner changes
+/// the generation before anything else and names its socket last, and a
+/// sampler trusts what it read only if the socket and the generation are
+/// the same afterwards: it cannot raise the marks of the next owner.
+///
+/// 64 bytes, in an array whose values start on a page (`BPF_F_MMAPABLE`):
+/// one cache line per slot.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct SockSlot {
-    /// The owning `struct sock`'s address; 0 when free. The sampler reads
-    /// the socket's counters there through `bpf_probe_read_kernel`.
+    /// The owning `struct sock`'s address; 0 when free, 1 while a new
+    /// owner fills the slot. The sampler reads the socket's counters there
+    /// through `bpf_probe_read_kernel`, and trusts them if the slot still
+    /// holds the socket afterwards (a socket gives its slot back before it
+    /// is freed).
     pub sk: u64,
-    /// The owner's cookie: what tells the sampler that the socket at `sk`
-    /// is still the owner.
-    pub cookie: u64,
-    /// Bumped twice per owner: odd while the slot is being filled.
-    pub seq: u64,
     pub state: SockState,
 }
+
+/// [`SockSlot::sk`] while a new owner fills the slot.
+pub const SOCK_SLOT_FILLING: u64 = 1;
 
 /// Top bits of a slot's `folded_*` marks that hold its generation (see
 /// [`SockSlot`]); the marks count up to 2^48 each.
@@ -431,7 +436,7 @@ pub mod maps {
     /// Socket storage `SockState`: counted local sockets that found no
     /// free slot in `EF_SOCK_SLOTS`.
     pub const SOCKS: &str = "EF_SOCKS";
-    /// Array of `SockSlot` by socket cookie: counted local sockets.
+    /// Array of `SockSlot` by socket address: counted local sockets.
     pub const SOCK_SLOTS: &str = "EF_SOCK_SLOTS";
     /// Array of `SynSlot` by ISN: where SYNs entering the node went.
     pub const SYNS: &str = "EF_SYNS";
@@ -533,7 +538,7 @@ mod tests {
         // endpoint, client_port/pad, client_addr, isn, flags, bytes, folded.
         assert_eq!(size_of::<CtFlow>(), 20 + 4 + 16 + 8 + 8 + 16 + 16);
         assert_eq!(size_of::<SockState>(), 56);
-        assert_eq!(size_of::<SockSlot>(), 3 * 8 + 56);
+        assert_eq!(size_of::<SockSlot>(), 64);
         assert_eq!(size_of::<SynOrigin>(), 36);
         assert_eq!(size_of::<SynSlot>(), 40);
     }

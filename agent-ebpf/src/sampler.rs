@@ -26,9 +26,12 @@ pub extern "C" fn evenflow_slot_sampler(ctx: *mut MapElemIterCtx<u32, SockSlot>)
     if v.flags & SOCK_CLOSED != 0 {
         return 0;
     }
-    let Some(c) = kernel::probe_tcp_sock_counters(v.sk, v.cookie) else {
+    let Some(c) = kernel::probe_tcp_sock_counters(v.sk) else {
         return 0;
     };
+    if !sock::still(slot, &v) {
+        return 0;
+    }
     // SAFETY: a slot of the array.
     let st = unsafe { &raw mut (*slot).state };
     sock::fold(

@@ -18,10 +18,11 @@
 use core::ptr::{read_volatile, write_volatile};
 
 use agent_common::{
-    EndpointKey, MAX_SOCK_SLOTS, SOCK_ACTIVE, SOCK_MARK_TAG_BITS, SockSlot, SockState,
+    EndpointKey, MAX_SOCK_SLOTS, SOCK_ACTIVE, SOCK_MARK_TAG_BITS, SOCK_SLOT_FILLING, SockSlot,
+    SockState,
 };
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, bpf_map_type::BPF_MAP_TYPE_SK_STORAGE},
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, bpf_map_type::BPF_MAP_TYPE_SK_STORAGE},
     macros::map,
     maps::Array,
 };
@@ -34,7 +35,7 @@ use crate::{
 
 /// Counted local sockets, by address (see [`SockSlot`]).
 #[map(name = "EF_SOCK_SLOTS")]
-pub static SOCK_SLOTS: Array<SockSlot> = Array::pinned(MAX_SOCK_SLOTS, 0);
+pub static SOCK_SLOTS: Array<SockSlot> = Array::pinned(MAX_SOCK_SLOTS, BPF_F_MMAPABLE);
 
 /// Slots a socket may take, from the one its address hashes to.
 const PROBES: u32 = 4;
@@ -88,10 +89,14 @@ impl Held {
     }
 }
 
-/// The generation tag of a slot whose `seq` is `seq` (even).
+/// The generation a slot's marks carry (the top bits of `folded_rx`).
+///
+/// # Safety
+/// `slot` is a slot of the array.
 #[inline(always)]
-fn tag_of(seq: u64) -> u64 {
-    (seq >> 1) & ((1 << SOCK_MARK_TAG_BITS) - 1)
+unsafe fn generation(slot: *mut SockSlot) -> u64 {
+    // SAFETY: per the contract; a full barrier, for the sampler's checks.
+    unsafe { atomic::load(&raw mut (*slot).state.folded_rx) >> (64 - SOCK_MARK_TAG_BITS) }
 }
 
 /// What [`claim`] did.
@@ -103,19 +108,18 @@ pub enum Claim {
     Full,
 }
 
-/// Takes a free slot for socket `sk` (whose cookie is `cookie`), counting
-/// towards `endpoint`.
+/// Takes a free slot for socket `sk`, counting towards `endpoint`.
 #[inline(always)]
-pub fn claim(sk: u64, cookie: u64, endpoint: &EndpointKey, flags: u8) -> Claim {
+pub fn claim(sk: u64, endpoint: &EndpointKey, flags: u8) -> Claim {
     for i in 0..PROBES {
         let Some(slot) = slot(sk, i) else {
             return Claim::Full;
         };
         // SAFETY: a slot of the array.
-        match unsafe { atomic::cmpxchg(&raw mut (*slot).sk, 0, sk) } {
+        match unsafe { atomic::cmpxchg(&raw mut (*slot).sk, 0, SOCK_SLOT_FILLING) } {
             0 => {
                 // SAFETY: the slot is ours until released.
-                unsafe { fill(slot, cookie, endpoint, flags) };
+                unsafe { fill(slot, sk, endpoint, flags) };
                 return Claim::Taken;
             }
             owner if owner == sk => return Claim::Held,
@@ -125,32 +129,24 @@ pub fn claim(sk: u64, cookie: u64, endpoint: &EndpointKey, flags: u8) -> Claim {
     Claim::Full
 }
 
-/// Fills a slot just claimed: `seq` is odd while the fields change, and
-/// the marks start at zero with the new generation's tag.
+/// Fills a slot just claimed for socket `sk`: the marks start at zero in
+/// the next generation, then the socket is named.
 ///
 /// # Safety
-/// The caller owns `slot`.
+/// The caller claimed `slot`.
 #[inline(always)]
-unsafe fn fill(slot: *mut SockSlot, cookie: u64, endpoint: &EndpointKey, flags: u8) {
-    // SAFETY: per the contract; only owners write `seq`, one at a time.
+unsafe fn fill(slot: *mut SockSlot, sk: u64, endpoint: &EndpointKey, flags: u8) {
+    // SAFETY: per the contract.
     unsafe {
-        let seq = read_volatile(&raw const (*slot).seq) | 1;
-        atomic::cmpxchg(&raw mut (*slot).seq, seq - 1, seq);
-        let mark = tag_of(seq + 1) << (64 - SOCK_MARK_TAG_BITS);
-        write_volatile(&raw mut (*slot).cookie, cookie);
-        write_volatile(
-            &raw mut (*slot).state,
-            SockState {
-                endpoint: *endpoint,
-                flags,
-                _pad: [0; 3],
-                folded_rx: mark,
-                folded_tx: mark,
-                folded_segs_in: mark,
-                folded_segs_out: mark,
-            },
-        );
-        atomic::cmpxchg(&raw mut (*slot).seq, seq, seq + 1);
+        let tag_mask = (1 << SOCK_MARK_TAG_BITS) - 1;
+        let mark = ((generation(slot) + 1) & tag_mask) << (64 - SOCK_MARK_TAG_BITS);
+        write_volatile(&raw mut (*slot).state.folded_rx, mark);
+        write_volatile(&raw mut (*slot).state.folded_tx, mark);
+        write_volatile(&raw mut (*slot).state.folded_segs_in, mark);
+        write_volatile(&raw mut (*slot).state.folded_segs_out, mark);
+        write_volatile(&raw mut (*slot).state.endpoint, *endpoint);
+        write_volatile(&raw mut (*slot).state.flags, flags);
+        atomic::cmpxchg(&raw mut (*slot).sk, SOCK_SLOT_FILLING, sk);
     }
 }
 
@@ -165,7 +161,8 @@ pub fn find(sk: u64) -> Option<Held> {
             if read_volatile(&raw const (*slot).sk) == sk {
                 return Some(Held {
                     st: &raw mut (*slot).state,
-                    tag: tag_of(read_volatile(&raw const (*slot).seq)),
+                    tag: read_volatile(&raw const (*slot).state.folded_rx)
+                        >> (64 - SOCK_MARK_TAG_BITS),
                     slot,
                 });
             }
@@ -178,31 +175,38 @@ pub fn find(sk: u64) -> Option<Held> {
 #[derive(Copy, Clone)]
 pub struct SlotView {
     pub sk: u64,
-    pub cookie: u64,
     pub endpoint: EndpointKey,
     pub flags: u8,
     pub tag: u64,
 }
 
-/// Reads `slot` between two reads of its `seq`; `None` while it is free
-/// or being filled.
+/// Reads `slot` between two reads of its generation and socket; `None`
+/// while it is free or being filled.
 #[inline(always)]
 pub fn view(slot: *mut SockSlot) -> Option<SlotView> {
-    // SAFETY: a slot of the array; the reads are checked by `seq`.
+    // SAFETY: a slot of the array.
     unsafe {
-        let seq = atomic::load(&raw mut (*slot).seq);
-        if seq & 1 != 0 {
+        let tag = generation(slot);
+        let sk = atomic::load(&raw mut (*slot).sk);
+        if sk <= SOCK_SLOT_FILLING {
             return None;
         }
         let v = SlotView {
-            sk: read_volatile(&raw const (*slot).sk),
-            cookie: read_volatile(&raw const (*slot).cookie),
+            sk,
             endpoint: read_volatile(&raw const (*slot).state.endpoint),
             flags: read_volatile(&raw const (*slot).state.flags),
-            tag: tag_of(seq),
+            tag,
         };
-        (v.sk != 0 && atomic::load(&raw mut (*slot).seq) == seq).then_some(v)
+        still(slot, &v).then_some(v)
     }
+}
+
+/// Whether `slot` still holds what `v` read: the same socket, not given
+/// back, not claimed again since.
+#[inline(always)]
+pub fn still(slot: *mut SockSlot, v: &SlotView) -> bool {
+    // SAFETY: a slot of the array.
+    unsafe { atomic::load(&raw mut (*slot).sk) == v.sk && generation(slot) == v.tag }
 }
 
 /// A BTF map definition for `EF_SOCKS`, written out because aya-ebpf's
@@ -271,21 +275,32 @@ pub fn live_payload(flags: u8, c: &SockCounters) -> Payload {
 #[inline(always)]
 pub fn fold(endpoint: &EndpointKey, st: *mut SockState, tag: u64, p: &Payload, closing: bool) {
     // SAFETY: `st` points into a slot or live socket storage.
-    let raise = |acc: *mut u64, target: u64| {
-        // SAFETY: as above.
-        unsafe { atomic::raise_tagged(acc, tag, SOCK_MARK_TAG_BITS, target) }
-    };
     let mut t = Traffic {
         conns_closed: closing as u64,
         ..Traffic::default()
     };
     // SAFETY: as above.
-    let _ = (|| unsafe {
-        t.bytes_rx = raise(&raw mut (*st).folded_rx, p.rx)?;
-        t.bytes_tx = raise(&raw mut (*st).folded_tx, p.tx)?;
-        t.packets_rx = raise(&raw mut (*st).folded_segs_in, p.segs_in)?;
-        t.packets_tx = raise(&raw mut (*st).folded_segs_out, p.segs_out)?;
-        Some(())
-    })();
+    unsafe {
+        let marks = [
+            (&raw mut (*st).folded_rx, p.rx, &raw mut t.bytes_rx),
+            (&raw mut (*st).folded_tx, p.tx, &raw mut t.bytes_tx),
+            (
+                &raw mut (*st).folded_segs_in,
+                p.segs_in,
+                &raw mut t.packets_rx,
+            ),
+            (
+                &raw mut (*st).folded_segs_out,
+                p.segs_out,
+                &raw mut t.packets_tx,
+            ),
+        ];
+        for (mark, target, out) in marks {
+            match atomic::raise_tagged(mark, tag, SOCK_MARK_TAG_BITS, target) {
+                Some(v) => *out = v,
+                None => break,
+            }
+        }
+    }
     add_traffic(endpoint, &t);
 }

@@ -16,7 +16,7 @@ use aya_ebpf::{
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
         BPF_TCP_CLOSE, BPF_TCP_CLOSING, BPF_TCP_FIN_WAIT2, BPF_TCP_LAST_ACK, bpf_sock,
     },
-    helpers::generated::{bpf_get_socket_cookie, bpf_sk_storage_get, bpf_skc_to_tcp_sock},
+    helpers::generated::{bpf_sk_storage_get, bpf_skc_to_tcp_sock},
     macros::{map, sock_ops},
     maps::PerCpuArray,
     programs::SockOpsContext,
@@ -44,13 +44,6 @@ pub fn evenflow_sockops(ctx: SockOpsContext) -> u32 {
         on_established(&ctx, op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB);
     }
     1
-}
-
-/// The socket's cookie.
-#[inline(always)]
-fn cookie(ctx: &SockOpsContext) -> u64 {
-    // SAFETY: sock_ops may ask for its socket's cookie.
-    unsafe { bpf_get_socket_cookie(ctx.ops.cast()) }
 }
 
 /// The socket (null-checked, as the verifier requires).
@@ -133,7 +126,7 @@ fn on_established(ctx: &SockOpsContext, active: bool) {
     let Some(addr) = address(sk) else {
         return;
     };
-    match sock::claim(addr, cookie(ctx), &endpoint, flags) {
+    match sock::claim(addr, &endpoint, flags) {
         Claim::Taken => {}
         Claim::Held => return,
         Claim::Full => {

@@ -686,7 +686,8 @@ fn write_flow_timeouts(meta: &mut Array<MapData, u64>) -> Result<()> {
 }
 
 /// The constants the programs take from this kernel's BTF: `struct
-/// tcp_sock` offsets (and the socket cookie's) for the socket samplers, and conntrack's for forwarded
+/// tcp_sock` offsets for the socket samplers (and `sk_flags`' for
+/// sock_ops), and conntrack's for forwarded
 /// connections (all zero when this kernel's BTF has none: see
 /// [`conntrack_offsets`]).
 fn kernel_offsets(per_packet: bool) -> Result<KernelOffsets> {
@@ -702,11 +703,6 @@ fn kernel_offsets(per_packet: bool) -> Result<KernelOffsets> {
         ("TCP_SOCK_BYTES_ACKED", off("bytes_acked")?),
         ("TCP_SOCK_SEGS_IN", off("segs_in")?),
         ("TCP_SOCK_SEGS_OUT", off("segs_out")?),
-        (
-            "SOCK_COOKIE",
-            btf.member_offset("sock_common", "skc_cookie")
-                .context("finding sock_common.skc_cookie in the kernel's BTF")?,
-        ),
         (
             "SOCK_FLAGS",
             // In `struct sock_common` on newer kernels, `struct sock` before.
