@@ -384,10 +384,13 @@ pub enum Stat {
     FlowExpired = 10,
     /// A socket could not get its storage (memory pressure): not counted.
     SockStorageFailed = 11,
+    /// A socket found its slots taken and was kept in socket storage:
+    /// counted the same, at a higher cost.
+    SockInStorage = 12,
 }
 
 /// Number of [`Stat`] slots.
-pub const STAT_COUNT: u32 = 12;
+pub const STAT_COUNT: u32 = 13;
 
 /// Names of [`Stat`] slots, in index order, as userspace reports them.
 pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
@@ -403,6 +406,7 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "syn_origin_unknown",
     "flow_expired",
     "sock_storage_failed",
+    "socks_in_storage",
 ];
 
 /// Capacity of the endpoint map (per CPU). Not LRU: an endpoint's totals

@@ -130,6 +130,7 @@ fn on_established(ctx: &SockOpsContext, active: bool) {
         Claim::Taken => {}
         Claim::Held => return,
         Claim::Full => {
+            stat(Stat::SockInStorage, 1);
             if !in_storage(sk, &endpoint, flags) {
                 debug!(ctx, "evenflow: no socket storage for an established socket");
                 return;

@@ -185,6 +185,11 @@ pub fn render(snap: &v1::Snapshot) -> String {
                 "Sockets that could not get socket storage (not counted).",
                 d.sock_storage_failed,
             ),
+            (
+                "socks_in_storage",
+                "Sockets kept in socket storage because their slots were taken (raise --sock-slots).",
+                d.socks_in_storage,
+            ),
         ];
         for (n, help, v) in counters {
             let _ = writeln!(

@@ -105,6 +105,7 @@ pub fn build(i: &Inputs<'_>) -> v1::Snapshot {
             syns_origin_unknown: i.stats.slot(Stat::SynOriginUnknown),
             flows_expired: i.stats.slot(Stat::FlowExpired),
             sock_storage_failed: i.stats.slot(Stat::SockStorageFailed),
+            socks_in_storage: i.stats.slot(Stat::SockInStorage),
         }),
         interfaces: i.interfaces.to_vec(),
         cgroup: i.cgroup.to_owned(),

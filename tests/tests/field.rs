@@ -243,6 +243,14 @@ fn keepalive_bytes(name: &str, lb_args: &[&str]) {
     let lb_view = settled(&lb.ns, &addr, BACKEND_PORT, SENDS_TO, 1).1;
     println!("nginx {served:?}; server {server:?}; lb {lb_view:?}");
     assert_eq!(served.connections, 1);
+    assert_eq!(
+        datapath(
+            &grpcurl::snapshot(&b1.ns).expect("b1's snapshot"),
+            "socksInStorage"
+        ),
+        0,
+        "the connection's socket had a slot"
+    );
     for (what, seen, truth) in [
         ("server rx", server.bytes_rx, served.request_bytes),
         ("server tx", server.bytes_tx, served.response_bytes),
@@ -315,6 +323,13 @@ fn field_sockets_beyond_their_slots_count_exactly() {
     let serves = settled(&b1.ns, &addr, BACKEND_PORT, SERVES, want).1;
     println!("nginx {served:?}; server {serves:?}");
     assert_served("b1 SERVES", serves, &served, View::Server);
+    assert!(
+        datapath(
+            &grpcurl::snapshot(&b1.ns).expect("b1's snapshot"),
+            "socksInStorage"
+        ) > 0,
+        "sockets beyond the one slot were kept in socket storage"
+    );
     assert_nothing_left_open(&b1.ns);
 }
 
