@@ -2,8 +2,9 @@
 //!
 //! * [`sockops`]: every TCP socket the node's processes establish, opened
 //!   and closed once, its bytes taken from the kernel's own per-socket
-//!   counters at close: no per-packet work for local traffic.
-//! * [`sampler`]: an iterator over those sockets that the agent runs every
+//!   counters at close: no per-packet work for local traffic. Its state
+//!   sits in a slot found by the socket's address ([`sock`]).
+//! * [`sampler`]: iterators over those sockets that the agent runs every
 //!   interval, so long-lived connections' bytes appear while they last.
 //! * [`tc`]: TC ingress (counting per packet only) notes where each SYN was
 //!   going; TC egress returns at
