@@ -281,9 +281,21 @@ pub struct SynOrigin {
     pub dst_port: u16,
 }
 
-/// Per-socket state in socket storage (`EF_SOCKS`): which endpoint the
-/// socket counts towards and how much of the kernel's own byte counters
-/// (`tcp_sock.bytes_received` / `bytes_acked`) was already added to it.
+/// How much of a socket's own counters (`tcp_sock.bytes_received`,
+/// `bytes_acked`, `segs_in`, `segs_out`, less what carries no data) was
+/// already added to its endpoint: high-water marks that only rise.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Marks {
+    pub rx: u64,
+    pub tx: u64,
+    pub segs_in: u64,
+    pub segs_out: u64,
+}
+
+/// Per-socket state in socket storage (`EF_SOCKS`), for sockets that found
+/// their slots taken: which endpoint the socket counts towards and its
+/// [`Marks`].
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct SockState {
@@ -293,53 +305,56 @@ pub struct SockState {
     pub flags: u8,
     /// Explicit padding.
     pub _pad: [u8; 3],
-    /// Payload bytes received already added to the endpoint.
-    pub folded_rx: u64,
-    /// Payload bytes sent (and acknowledged) already added to the endpoint.
-    pub folded_tx: u64,
-    /// Segments received already added to the endpoint.
-    pub folded_segs_in: u64,
-    /// Segments sent already added to the endpoint.
-    pub folded_segs_out: u64,
+    pub marks: Marks,
 }
 
-/// A slot of `EF_SOCK_SLOTS`: one local socket's [`SockState`], found by
-/// the socket's address. A slot costs sock_ops an array read and a
-/// compare-and-swap where socket storage costs two allocations and a memory
-/// charge per connection; a socket whose slots are all taken gets socket
-/// storage instead.
+/// A slot of `EF_SOCK_SLOTS`: one local socket's endpoint and [`Marks`],
+/// found by the socket's address. A slot costs sock_ops two
+/// compare-and-swaps on one cache line where socket storage costs two
+/// allocations and a memory charge per connection; a socket whose slots
+/// are all taken gets socket storage instead.
 ///
 /// A slot is reused as soon as its socket closes, possibly while the
-/// sampler is reading it. So every `folded_*` mark carries the slot's
-/// generation in its top [`SOCK_MARK_TAG_BITS`] bits, a new owner changes
-/// the generation before anything else and names its socket last, and a
-/// sampler trusts what it read only if the socket and the generation are
-/// the same afterwards: it cannot raise the marks of the next owner.
+/// sampler is reading it. So every mark carries the slot's generation in
+/// its top [`SOCK_MARK_TAG_BITS`] bits, a new owner changes the generation
+/// before it writes anything else and names its socket last, and a sampler
+/// trusts what it read only if the owner and the generation are the same
+/// afterwards and the socket at the owner's address still has the owner's
+/// cookie: it cannot raise the marks of the next owner, nor count another
+/// socket that took a dead owner's address.
 ///
 /// 64 bytes, in an array whose values start on a page (`BPF_F_MMAPABLE`):
 /// one cache line per slot.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct SockSlot {
-    /// The owning `struct sock`'s address; 0 when free, 1 while a new
-    /// owner fills the slot. The sampler reads the socket's counters there
-    /// through `bpf_probe_read_kernel`, and trusts them if the slot still
-    /// holds the socket afterwards (a socket gives its slot back before it
-    /// is freed).
-    pub sk: u64,
-    pub state: SockState,
+    /// The owning `struct sock`'s address (cache-line aligned) with the
+    /// socket's `SOCK_*` bits in its low bits ([`SOCK_SLOT_FLAGS`]); 0
+    /// when free, [`SOCK_SLOT_FILLING`] while a new owner fills the slot.
+    pub owner: u64,
+    /// The owner's cookie in the low [`SOCK_COOKIE_BITS`] bits, its
+    /// endpoint's port in the top 16.
+    pub id: u64,
+    /// The endpoint's address (its direction follows from `SOCK_ACTIVE`).
+    pub addr: [u32; 4],
+    pub marks: Marks,
 }
 
-/// [`SockSlot::sk`] while a new owner fills the slot.
-pub const SOCK_SLOT_FILLING: u64 = 1;
+/// The bits of [`SockSlot::owner`] that hold `SOCK_*` flags.
+pub const SOCK_SLOT_FLAGS: u64 = 0x3f;
+/// [`SockSlot::owner`] while a new owner fills the slot.
+pub const SOCK_SLOT_FILLING: u64 = 0x20;
+/// Bits of a socket cookie a slot keeps (2^48 sockets per boot).
+pub const SOCK_COOKIE_BITS: u32 = 48;
 
-/// Top bits of a slot's `folded_*` marks that hold its generation (see
+/// Top bits of a slot's marks that hold its generation (see
 /// [`SockSlot`]); the marks count up to 2^48 each.
 pub const SOCK_MARK_TAG_BITS: u32 = 16;
 
-/// Slots of `EF_SOCK_SLOTS` (a power of two). Sockets beyond what fits
-/// get socket storage: counted the same, at a higher cost.
-pub const MAX_SOCK_SLOTS: u32 = 16_384;
+/// Default number of `EF_SOCK_SLOTS` slots (`--sock-slots`, a power of
+/// two; 64 bytes each). Sockets beyond what fits get socket storage:
+/// counted the same, at a higher cost.
+pub const DEFAULT_SOCK_SLOTS: u32 = 16_384;
 
 /// The socket opened the connection: its `bytes_acked` counts the SYN.
 pub const SOCK_ACTIVE: u8 = 1;
@@ -524,6 +539,7 @@ mod user {
     unsafe impl aya::Pod for SynOrigin {}
     unsafe impl aya::Pod for SockState {}
     unsafe impl aya::Pod for SockSlot {}
+    unsafe impl aya::Pod for Marks {}
 }
 
 #[cfg(test)]

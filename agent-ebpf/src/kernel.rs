@@ -19,6 +19,9 @@ static TCP_SOCK_BYTES_ACKED: u32 = 0;
 static TCP_SOCK_SEGS_IN: u32 = 0;
 #[unsafe(no_mangle)]
 static TCP_SOCK_SEGS_OUT: u32 = 0;
+/// `struct sock_common.skc_cookie` (a `struct sock` begins with it).
+#[unsafe(no_mangle)]
+static SOCK_COOKIE: u32 = 0;
 /// `struct sock.sk_flags`.
 #[unsafe(no_mangle)]
 static SOCK_FLAGS: u32 = 0;
@@ -60,23 +63,28 @@ pub unsafe fn tcp_sock_counters(tp: *const u8) -> SockCounters {
     }
 }
 
-/// Reads the counters of the socket at `sk` (a `struct tcp_sock` address
-/// kept in a slot). The caller checks afterwards that the slot still holds
-/// `sk`: a socket gives its slot back before it is freed, so then these
-/// were its counters.
+/// Reads the counters and then the cookie of the socket at `sk` (a
+/// `struct tcp_sock` address kept in a slot). TCP sockets are freed
+/// RCU-safely and one allocated at the same address starts with cookie 0:
+/// a cookie read after the counters that is still the owner's says they
+/// were the owner's.
 #[inline(always)]
-pub fn probe_tcp_sock_counters(sk: u64) -> Option<SockCounters> {
+pub fn probe_tcp_sock_counters(sk: u64) -> Option<(SockCounters, u64)> {
     // SAFETY: `bpf_probe_read_kernel` checks every address; the offsets
     // are this kernel's.
     unsafe {
         let at = |off: &u32| (sk + read_volatile(off) as u64) as *const u8;
-        Some(SockCounters {
+        let c = SockCounters {
             bytes_received: bpf_probe_read_kernel(at(&TCP_SOCK_BYTES_RECEIVED) as *const u64)
                 .ok()?,
             bytes_acked: bpf_probe_read_kernel(at(&TCP_SOCK_BYTES_ACKED) as *const u64).ok()?,
             segs_in: bpf_probe_read_kernel(at(&TCP_SOCK_SEGS_IN) as *const u32).ok()? as u64,
             segs_out: bpf_probe_read_kernel(at(&TCP_SOCK_SEGS_OUT) as *const u32).ok()? as u64,
-        })
+        };
+        Some((
+            c,
+            bpf_probe_read_kernel(at(&SOCK_COOKIE) as *const u64).ok()?,
+        ))
     }
 }
 

@@ -26,17 +26,20 @@ pub extern "C" fn evenflow_slot_sampler(ctx: *mut MapElemIterCtx<u32, SockSlot>)
     if v.flags & SOCK_CLOSED != 0 {
         return 0;
     }
-    let Some(c) = kernel::probe_tcp_sock_counters(v.sk) else {
+    let Some((c, cookie)) = kernel::probe_tcp_sock_counters(v.sk) else {
         return 0;
     };
-    if !sock::still(slot, &v) {
+    // Another socket at the owner's address (the owner died without its
+    // close reaching sock_ops) is not the owner: its next claim there takes
+    // the slot over.
+    if !sock::same_cookie(&v, cookie) || !sock::still(slot, &v) {
         return 0;
     }
     // SAFETY: a slot of the array.
-    let st = unsafe { &raw mut (*slot).state };
+    let marks = unsafe { &raw mut (*slot).marks };
     sock::fold(
         &v.endpoint,
-        st,
+        marks,
         v.tag,
         &sock::live_payload(v.flags, &c),
         false,
@@ -62,7 +65,7 @@ pub extern "C" fn evenflow_sock_sampler(ctx: *mut SkStorageIterCtx) -> i32 {
         return 0;
     }
     // SAFETY: `st` is this socket's storage.
-    let (endpoint, flags) = unsafe { ((*st).endpoint, (*st).flags) };
+    let (endpoint, flags, marks) = unsafe { ((*st).endpoint, (*st).flags, &raw mut (*st).marks) };
     if endpoint.direction == 0 || flags & SOCK_CLOSED != 0 {
         return 0;
     }
@@ -73,6 +76,6 @@ pub extern "C" fn evenflow_sock_sampler(ctx: *mut SkStorageIterCtx) -> i32 {
     }
     // SAFETY: a non-null tcp_sock BTF pointer.
     let c = unsafe { kernel::tcp_sock_counters(tp) };
-    sock::fold(&endpoint, st, 0, &sock::live_payload(flags, &c), false);
+    sock::fold(&endpoint, marks, 0, &sock::live_payload(flags, &c), false);
     0
 }

@@ -18,8 +18,8 @@
 use core::ptr::{read_volatile, write_volatile};
 
 use agent_common::{
-    EndpointKey, MAX_SOCK_SLOTS, SOCK_ACTIVE, SOCK_MARK_TAG_BITS, SOCK_SLOT_FILLING, SockSlot,
-    SockState,
+    DEFAULT_SOCK_SLOTS, Direction, EndpointKey, Marks, PROTO_TCP, SOCK_ACTIVE, SOCK_CLOSED,
+    SOCK_COOKIE_BITS, SOCK_MARK_TAG_BITS, SOCK_SLOT_FILLING, SOCK_SLOT_FLAGS, SockSlot, SockState,
 };
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, bpf_map_type::BPF_MAP_TYPE_SK_STORAGE},
@@ -35,7 +35,7 @@ use crate::{
 
 /// Counted local sockets, by address (see [`SockSlot`]).
 #[map(name = "EF_SOCK_SLOTS")]
-pub static SOCK_SLOTS: Array<SockSlot> = Array::pinned(MAX_SOCK_SLOTS, BPF_F_MMAPABLE);
+pub static SOCK_SLOTS: Array<SockSlot> = Array::pinned(DEFAULT_SOCK_SLOTS, BPF_F_MMAPABLE);
 
 /// Slots a socket may take, from the one its address hashes to.
 const PROBES: u32 = 4;
@@ -43,7 +43,9 @@ const PROBES: u32 = 4;
 /// `EF_SOCK_SLOTS`'s size less one (a power of two less one): written by
 /// the agent before loading, to the size of the map it pins.
 #[unsafe(no_mangle)]
-static SOCK_SLOTS_MASK: u32 = MAX_SOCK_SLOTS - 1;
+static SOCK_SLOTS_MASK: u32 = DEFAULT_SOCK_SLOTS - 1;
+
+const COOKIE_MASK: u64 = (1 << SOCK_COOKIE_BITS) - 1;
 
 /// The `i`th slot socket `sk` may take. A socket freed and allocated again
 /// at the same address (the slab hands out what was freed last) finds the
@@ -56,14 +58,18 @@ fn slot(sk: u64, i: u32) -> Option<*mut SockSlot> {
     SOCK_SLOTS.get_ptr_mut((first + i) & mask)
 }
 
-/// A counted socket's state and the generation its marks carry (0 in
-/// socket storage, which is never reused under a reader).
+/// A counted socket's state, held by the socket's own callbacks (under its
+/// lock): in a slot, or in socket storage.
 #[derive(Copy, Clone)]
 pub struct Held {
-    pub st: *mut SockState,
+    pub marks: *mut Marks,
+    /// The generation its marks carry (0 in socket storage, which is never
+    /// reused under a reader).
     pub tag: u64,
-    /// The slot, or null in socket storage.
+    /// The slot, or null.
     slot: *mut SockSlot,
+    /// The socket storage, or null.
+    st: *mut SockState,
 }
 
 impl Held {
@@ -71,32 +77,99 @@ impl Held {
     #[inline(always)]
     pub fn storage(st: *mut SockState) -> Self {
         Self {
-            st,
+            // SAFETY: a field of live socket storage.
+            marks: unsafe { &raw mut (*st).marks },
             tag: 0,
             slot: core::ptr::null_mut(),
+            st,
         }
     }
 
-    /// Gives the slot of socket `sk` back once it closed (socket storage
-    /// goes with the socket).
+    /// The socket's `SOCK_*` bits.
     #[inline(always)]
-    pub fn release(&self, sk: u64) {
+    pub fn flags(&self) -> u8 {
+        // SAFETY: the held slot or storage.
+        unsafe {
+            if self.slot.is_null() {
+                (*self.st).flags
+            } else {
+                (read_volatile(&raw const (*self.slot).owner) & SOCK_SLOT_FLAGS) as u8
+            }
+        }
+    }
+
+    /// Sets `SOCK_CLOSED`; false if it was set already.
+    #[inline(always)]
+    pub fn mark_closed(&self) -> bool {
+        // SAFETY: the held slot or storage; only the owner writes its flags.
+        unsafe {
+            if self.slot.is_null() {
+                let was = (*self.st).flags;
+                (*self.st).flags = was | SOCK_CLOSED;
+                return was & SOCK_CLOSED == 0;
+            }
+            let owner = read_volatile(&raw const (*self.slot).owner);
+            write_volatile(&raw mut (*self.slot).owner, owner | SOCK_CLOSED as u64);
+            owner & SOCK_CLOSED as u64 == 0
+        }
+    }
+
+    /// The endpoint the socket counts towards.
+    #[inline(always)]
+    pub fn endpoint(&self) -> EndpointKey {
+        // SAFETY: the held slot or storage.
+        unsafe {
+            if self.slot.is_null() {
+                (*self.st).endpoint
+            } else {
+                slot_endpoint(
+                    read_volatile(&raw const (*self.slot).id),
+                    read_volatile(&raw const (*self.slot).addr),
+                    self.flags(),
+                )
+            }
+        }
+    }
+
+    /// Gives the slot back once the socket closed (socket storage goes with
+    /// the socket).
+    #[inline(always)]
+    pub fn release(&self) {
         if !self.slot.is_null() {
             // SAFETY: a slot of the array; a full barrier after the close's
             // fold.
-            unsafe { atomic::cmpxchg(&raw mut (*self.slot).sk, sk, 0) };
+            unsafe {
+                let owner = read_volatile(&raw const (*self.slot).owner);
+                atomic::cmpxchg(&raw mut (*self.slot).owner, owner, 0);
+            }
         }
     }
 }
 
-/// The generation a slot's marks carry (the top bits of `folded_rx`).
+/// A slot's endpoint, from its `id` and `addr` and the owner's flags.
+#[inline(always)]
+fn slot_endpoint(id: u64, addr: [u32; 4], flags: u8) -> EndpointKey {
+    let direction = if flags & SOCK_ACTIVE != 0 {
+        Direction::SendsTo
+    } else {
+        Direction::Serves
+    };
+    EndpointKey {
+        addr,
+        port: (id >> SOCK_COOKIE_BITS) as u16,
+        direction: direction as u8,
+        proto: PROTO_TCP,
+    }
+}
+
+/// The generation a slot's marks carry (the top bits of its `rx` mark).
 ///
 /// # Safety
 /// `slot` is a slot of the array.
 #[inline(always)]
 unsafe fn generation(slot: *mut SockSlot) -> u64 {
     // SAFETY: per the contract; a full barrier, for the sampler's checks.
-    unsafe { atomic::load(&raw mut (*slot).state.folded_rx) >> (64 - SOCK_MARK_TAG_BITS) }
+    unsafe { atomic::load(&raw mut (*slot).marks.rx) >> (64 - SOCK_MARK_TAG_BITS) }
 }
 
 /// What [`claim`] did.
@@ -108,22 +181,32 @@ pub enum Claim {
     Full,
 }
 
-/// Takes a free slot for socket `sk`, counting towards `endpoint`.
+/// Takes a slot for socket `sk` (cookie `cookie`), counting towards
+/// `endpoint` (whose direction `flags`' `SOCK_ACTIVE` says): a free one, or
+/// one a dead socket at the same address left (its close never reached
+/// this program: the programs were detached from its cgroup meanwhile).
 #[inline(always)]
-pub fn claim(sk: u64, endpoint: &EndpointKey, flags: u8) -> Claim {
+pub fn claim(sk: u64, cookie: u64, endpoint: &EndpointKey, flags: u8) -> Claim {
+    if sk & SOCK_SLOT_FLAGS != 0 {
+        return Claim::Full;
+    }
     for i in 0..PROBES {
         let Some(slot) = slot(sk, i) else {
             return Claim::Full;
         };
         // SAFETY: a slot of the array.
-        match unsafe { atomic::cmpxchg(&raw mut (*slot).sk, 0, SOCK_SLOT_FILLING) } {
-            0 => {
-                // SAFETY: the slot is ours until released.
-                unsafe { fill(slot, sk, endpoint, flags) };
+        unsafe {
+            let owner = read_volatile(&raw const (*slot).owner);
+            let stale = owner & !SOCK_SLOT_FLAGS == sk;
+            if stale && (read_volatile(&raw const (*slot).id) ^ cookie) & COOKIE_MASK == 0 {
+                return Claim::Held;
+            }
+            if (owner == 0 || stale)
+                && atomic::cmpxchg(&raw mut (*slot).owner, owner, SOCK_SLOT_FILLING) == owner
+            {
+                fill(slot, sk, cookie, endpoint, flags);
                 return Claim::Taken;
             }
-            owner if owner == sk => return Claim::Held,
-            _ => {}
         }
     }
     Claim::Full
@@ -135,18 +218,30 @@ pub fn claim(sk: u64, endpoint: &EndpointKey, flags: u8) -> Claim {
 /// # Safety
 /// The caller claimed `slot`.
 #[inline(always)]
-unsafe fn fill(slot: *mut SockSlot, sk: u64, endpoint: &EndpointKey, flags: u8) {
+unsafe fn fill(slot: *mut SockSlot, sk: u64, cookie: u64, endpoint: &EndpointKey, flags: u8) {
     // SAFETY: per the contract.
     unsafe {
         let tag_mask = (1 << SOCK_MARK_TAG_BITS) - 1;
         let mark = ((generation(slot) + 1) & tag_mask) << (64 - SOCK_MARK_TAG_BITS);
-        write_volatile(&raw mut (*slot).state.folded_rx, mark);
-        write_volatile(&raw mut (*slot).state.folded_tx, mark);
-        write_volatile(&raw mut (*slot).state.folded_segs_in, mark);
-        write_volatile(&raw mut (*slot).state.folded_segs_out, mark);
-        write_volatile(&raw mut (*slot).state.endpoint, *endpoint);
-        write_volatile(&raw mut (*slot).state.flags, flags);
-        atomic::cmpxchg(&raw mut (*slot).sk, SOCK_SLOT_FILLING, sk);
+        write_volatile(
+            &raw mut (*slot).marks,
+            Marks {
+                rx: mark,
+                tx: mark,
+                segs_in: mark,
+                segs_out: mark,
+            },
+        );
+        write_volatile(
+            &raw mut (*slot).id,
+            cookie & COOKIE_MASK | u64::from(endpoint.port) << SOCK_COOKIE_BITS,
+        );
+        write_volatile(&raw mut (*slot).addr, endpoint.addr);
+        atomic::cmpxchg(
+            &raw mut (*slot).owner,
+            SOCK_SLOT_FILLING,
+            sk | u64::from(flags) & SOCK_SLOT_FLAGS,
+        );
     }
 }
 
@@ -158,12 +253,12 @@ pub fn find(sk: u64) -> Option<Held> {
         let slot = slot(sk, i)?;
         // SAFETY: a slot of the array.
         unsafe {
-            if read_volatile(&raw const (*slot).sk) == sk {
+            if read_volatile(&raw const (*slot).owner) & !SOCK_SLOT_FLAGS == sk {
                 return Some(Held {
-                    st: &raw mut (*slot).state,
-                    tag: read_volatile(&raw const (*slot).state.folded_rx)
-                        >> (64 - SOCK_MARK_TAG_BITS),
+                    marks: &raw mut (*slot).marks,
+                    tag: read_volatile(&raw const (*slot).marks.rx) >> (64 - SOCK_MARK_TAG_BITS),
                     slot,
+                    st: core::ptr::null_mut(),
                 });
             }
         }
@@ -175,38 +270,51 @@ pub fn find(sk: u64) -> Option<Held> {
 #[derive(Copy, Clone)]
 pub struct SlotView {
     pub sk: u64,
+    pub cookie: u64,
     pub endpoint: EndpointKey,
     pub flags: u8,
     pub tag: u64,
+    owner: u64,
 }
 
-/// Reads `slot` between two reads of its generation and socket; `None`
+/// Reads `slot` between two reads of its generation and owner; `None`
 /// while it is free or being filled.
 #[inline(always)]
 pub fn view(slot: *mut SockSlot) -> Option<SlotView> {
     // SAFETY: a slot of the array.
     unsafe {
         let tag = generation(slot);
-        let sk = atomic::load(&raw mut (*slot).sk);
-        if sk <= SOCK_SLOT_FILLING {
+        let owner = atomic::load(&raw mut (*slot).owner);
+        let sk = owner & !SOCK_SLOT_FLAGS;
+        if sk == 0 {
             return None;
         }
+        let id = read_volatile(&raw const (*slot).id);
+        let flags = (owner & SOCK_SLOT_FLAGS) as u8;
         let v = SlotView {
             sk,
-            endpoint: read_volatile(&raw const (*slot).state.endpoint),
-            flags: read_volatile(&raw const (*slot).state.flags),
+            cookie: id & COOKIE_MASK,
+            endpoint: slot_endpoint(id, read_volatile(&raw const (*slot).addr), flags),
+            flags,
             tag,
+            owner,
         };
         still(slot, &v).then_some(v)
     }
 }
 
-/// Whether `slot` still holds what `v` read: the same socket, not given
+/// Whether `slot` still holds what `v` read: the same owner, not given
 /// back, not claimed again since.
 #[inline(always)]
 pub fn still(slot: *mut SockSlot, v: &SlotView) -> bool {
     // SAFETY: a slot of the array.
-    unsafe { atomic::load(&raw mut (*slot).sk) == v.sk && generation(slot) == v.tag }
+    unsafe { atomic::load(&raw mut (*slot).owner) == v.owner && generation(slot) == v.tag }
+}
+
+/// Whether cookie `cookie` is a slot's (`v`'s).
+#[inline(always)]
+pub fn same_cookie(v: &SlotView, cookie: u64) -> bool {
+    cookie & COOKIE_MASK == v.cookie
 }
 
 /// A BTF map definition for `EF_SOCKS`, written out because aya-ebpf's
@@ -273,24 +381,19 @@ pub fn live_payload(flags: u8, c: &SockCounters) -> Payload {
 /// sampler stops at the first mark of another generation than `tag` (the
 /// slot changed hands) and adds what it raised before.
 #[inline(always)]
-pub fn fold(endpoint: &EndpointKey, st: *mut SockState, tag: u64, p: &Payload, closing: bool) {
-    // SAFETY: `st` points into a slot or live socket storage.
+pub fn fold(endpoint: &EndpointKey, marks: *mut Marks, tag: u64, p: &Payload, closing: bool) {
     let mut t = Traffic {
         conns_closed: closing as u64,
         ..Traffic::default()
     };
-    // SAFETY: as above.
+    // SAFETY: `marks` points into a slot or live socket storage.
     unsafe {
         let marks = [
-            (&raw mut (*st).folded_rx, p.rx, &raw mut t.bytes_rx),
-            (&raw mut (*st).folded_tx, p.tx, &raw mut t.bytes_tx),
+            (&raw mut (*marks).rx, p.rx, &raw mut t.bytes_rx),
+            (&raw mut (*marks).tx, p.tx, &raw mut t.bytes_tx),
+            (&raw mut (*marks).segs_in, p.segs_in, &raw mut t.packets_rx),
             (
-                &raw mut (*st).folded_segs_in,
-                p.segs_in,
-                &raw mut t.packets_rx,
-            ),
-            (
-                &raw mut (*st).folded_segs_out,
+                &raw mut (*marks).segs_out,
                 p.segs_out,
                 &raw mut t.packets_tx,
             ),

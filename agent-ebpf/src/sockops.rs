@@ -7,8 +7,7 @@
 use core::ptr::read_volatile;
 
 use agent_common::{
-    Direction, EndpointKey, FlowKey, PROTO_TCP, SOCK_ACTIVE, SOCK_CLOSED, SockState, Stat,
-    v4_mapped,
+    Direction, EndpointKey, FlowKey, PROTO_TCP, SOCK_ACTIVE, SockState, Stat, v4_mapped,
 };
 use aya_ebpf::{
     bindings::{
@@ -16,7 +15,7 @@ use aya_ebpf::{
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
         BPF_TCP_CLOSE, BPF_TCP_CLOSING, BPF_TCP_FIN_WAIT2, BPF_TCP_LAST_ACK, bpf_sock,
     },
-    helpers::generated::{bpf_sk_storage_get, bpf_skc_to_tcp_sock},
+    helpers::generated::{bpf_get_socket_cookie, bpf_sk_storage_get, bpf_skc_to_tcp_sock},
     macros::{map, sock_ops},
     maps::PerCpuArray,
     programs::SockOpsContext,
@@ -52,6 +51,13 @@ fn socket(ctx: &SockOpsContext) -> Option<*mut bpf_sock> {
     // SAFETY: `sk` is a context field sock_ops may read.
     let sk = unsafe { read_volatile(&(*ctx.ops).__bindgen_anon_2.sk) };
     (!sk.is_null()).then_some(sk)
+}
+
+/// The socket's cookie.
+#[inline(always)]
+fn cookie(ctx: &SockOpsContext) -> u64 {
+    // SAFETY: sock_ops may ask for its socket's cookie.
+    unsafe { bpf_get_socket_cookie(ctx.ops.cast()) }
 }
 
 /// One word per CPU that turns a socket pointer into a number (see
@@ -126,15 +132,15 @@ fn on_established(ctx: &SockOpsContext, active: bool) {
     let Some(addr) = address(sk) else {
         return;
     };
-    match sock::claim(addr, &endpoint, flags) {
+    match sock::claim(addr, cookie(ctx), &endpoint, flags) {
         Claim::Taken => {}
         Claim::Held => return,
         Claim::Full => {
-            stat(Stat::SockInStorage, 1);
             if !in_storage(sk, &endpoint, flags) {
                 debug!(ctx, "evenflow: no socket storage for an established socket");
                 return;
             }
+            stat(Stat::SockInStorage, 1);
         }
     }
     opened(&endpoint);
@@ -181,13 +187,9 @@ fn on_close(ctx: &SockOpsContext, old: u32) {
         stat(Stat::FlowMissingOnClose, 1);
         return;
     };
-    let st = held.st;
-    // SAFETY: the socket's own state, written under the socket's lock.
-    let flags = unsafe { &mut (*st).flags };
-    if *flags & SOCK_CLOSED != 0 {
+    if !held.mark_closed() {
         return;
     }
-    *flags |= SOCK_CLOSED;
     let ops = ctx.ops;
     // SAFETY: context fields sock_ops may read.
     let (c, snd_una, snd_nxt) = unsafe {
@@ -207,19 +209,15 @@ fn on_close(ctx: &SockOpsContext, old: u32) {
     // FIN sent), when nothing is outstanding.
     let fin_acked = old == BPF_TCP_FIN_WAIT2
         || ((old == BPF_TCP_LAST_ACK || old == BPF_TCP_CLOSING) && snd_una == snd_nxt);
-    let syn = (*flags & SOCK_ACTIVE != 0) as u64;
+    let syn = (held.flags() & SOCK_ACTIVE != 0) as u64;
     let p = Payload {
         rx: c.bytes_received.saturating_sub(peer_fin(sk) as u64),
         tx: c.bytes_acked.saturating_sub(syn + fin_acked as u64),
         segs_in: c.segs_in,
         segs_out: c.segs_out,
     };
-    // SAFETY: as above.
-    let endpoint = unsafe { (*st).endpoint };
-    sock::fold(&endpoint, st, held.tag, &p, true);
-    if let Some(addr) = address(sk) {
-        held.release(addr);
-    }
+    sock::fold(&held.endpoint(), held.marks, held.tag, &p, true);
+    held.release();
 }
 
 /// Whether the peer's FIN arrived (and counts one in `bytes_received`).

@@ -1,10 +1,11 @@
 //! Just enough of the kernel's BTF to find where fields sit in a struct.
 //!
-//! The socket sampler reads `struct tcp_sock` through a BTF pointer; where
-//! its counters sit changes with every kernel build and configuration, so
-//! the agent looks the offsets up in this kernel's `/sys/kernel/btf/vmlinux`
-//! and hands them to the program as constants before it is loaded. aya
-//! parses BTF too but keeps struct members private.
+//! The socket samplers and sock_ops read `struct tcp_sock` and `struct
+//! sock` fields; where they sit changes with every kernel build and
+//! configuration, so the agent looks the offsets up in this kernel's
+//! `/sys/kernel/btf/vmlinux` and hands them to the programs as constants
+//! before they are loaded. aya parses BTF too but keeps struct members
+//! private.
 
 use thiserror::Error;
 
@@ -34,6 +35,9 @@ pub struct Btf<'a> {
     types: &'a [u8],
     strings: &'a [u8],
     base_strings: &'a [u8],
+    /// The id of this blob's first type: a split BTF's ids continue from
+    /// its base's.
+    first_id: u32,
 }
 
 fn u32_at(b: &[u8], at: usize) -> Result<u32, BtfError> {
@@ -63,6 +67,7 @@ impl<'a> Btf<'a> {
             types: section(8, 12)?,
             strings: section(16, 20)?,
             base_strings: &[],
+            first_id: 1,
         })
     }
 
@@ -71,6 +76,7 @@ impl<'a> Btf<'a> {
     pub fn parse_split(blob: &'a [u8], base: &Btf<'a>) -> Result<Self, BtfError> {
         Ok(Self {
             base_strings: base.strings,
+            first_id: base.first_id + base.type_count()?,
             ..Self::parse(blob)?
         })
     }
@@ -90,7 +96,7 @@ impl<'a> Btf<'a> {
     /// inside an anonymous struct or union) in `struct name`.
     pub fn member_offset(&self, name: &str, member: &str) -> Result<u32, BtfError> {
         let s = self.find_struct(name)?;
-        self.find_member(s.body, s.vlen, s.kind_flag, name, member)
+        self.find_member(s.body, s.vlen, s.kind_flag, name, member, 0)
     }
 
     /// `sizeof(struct name)`.
@@ -125,6 +131,7 @@ impl<'a> Btf<'a> {
         kind_flag: bool,
         name: &str,
         member: &str,
+        depth: u32,
     ) -> Result<u32, BtfError> {
         for i in 0..vlen as usize {
             let m = body + i * 12;
@@ -135,11 +142,21 @@ impl<'a> Btf<'a> {
                 (raw, 0)
             };
             let member_name = self.name(u32_at(self.types, m)?);
-            if member_name.is_empty() {
+            // Anonymous structs and unions nest a few deep in C; a blob
+            // that nests deeper is not followed.
+            if member_name.is_empty() && depth < 8 {
                 let Some(inner) = self.anonymous(u32_at(self.types, m + 4)?)? else {
                     continue;
                 };
-                match self.find_member(inner.body, inner.vlen, inner.kind_flag, name, member) {
+                let found = self.find_member(
+                    inner.body,
+                    inner.vlen,
+                    inner.kind_flag,
+                    name,
+                    member,
+                    depth + 1,
+                );
+                match found {
                     Ok(off) => return Ok(bits / 8 + off),
                     Err(BtfError::NoMember(..)) => continue,
                     Err(e) => return Err(e),
@@ -156,11 +173,22 @@ impl<'a> Btf<'a> {
         Err(BtfError::NoMember(name.to_owned(), member.to_owned()))
     }
 
-    /// Type `id` when it is a struct or union (an anonymous member's), in
-    /// this blob.
+    /// How many types this blob holds.
+    fn type_count(&self) -> Result<u32, BtfError> {
+        let (mut at, mut n) = (0, 0);
+        while at < self.types.len() {
+            let info = u32_at(self.types, at + 4)?;
+            at += 12 + body_len((info >> 24) & 0x1f, info & 0xffff)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Type `id` when it is a struct or union (an anonymous member's) of
+    /// this blob; `None` for any other, and for a split BTF's base types.
     fn anonymous(&self, id: u32) -> Result<Option<Struct>, BtfError> {
         let mut at = 0;
-        let mut n = 1;
+        let mut n = self.first_id;
         while at < self.types.len() {
             let info = u32_at(self.types, at + 4)?;
             let (kind, vlen, kind_flag) = ((info >> 24) & 0x1f, info & 0xffff, info >> 31);
@@ -287,6 +315,44 @@ mod tests {
         assert!(matches!(
             btf.member_offset("t", "a"),
             Err(BtfError::NoStruct(_))
+        ));
+    }
+
+    /// `struct o { u64 x; union { u64 y; }; }` after [`blob`]'s types.
+    #[test]
+    fn finds_members_inside_anonymous_unions() {
+        let strings = b"\0s\0a\0b\0u64\0o\0x\0y\0".to_vec();
+        let mut types = Vec::new();
+        let mut push = |v: u32| types.extend_from_slice(&v.to_le_bytes());
+        // [1] INT u64
+        push(7);
+        push(1 << 24);
+        push(8);
+        push(64);
+        // [2] UNION, anonymous, 1 member: y
+        push(0);
+        push((5 << 24) | 1);
+        push(8);
+        push(15); // y
+        push(1);
+        push(0);
+        // [3] STRUCT o, 2 members: x, then the anonymous union
+        push(11); // o
+        push((4 << 24) | 2);
+        push(16);
+        push(13); // x
+        push(1);
+        push(0);
+        push(0); // anonymous
+        push(2);
+        push(64);
+        let b = with_header(&types, &strings);
+        let btf = Btf::parse(&b).expect("parses");
+        assert_eq!(btf.member_offset("o", "x").expect("x"), 0);
+        assert_eq!(btf.member_offset("o", "y").expect("y"), 8);
+        assert!(matches!(
+            btf.member_offset("o", "z"),
+            Err(BtfError::NoMember(..))
         ));
     }
 

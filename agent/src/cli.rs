@@ -123,10 +123,11 @@ pub struct Args {
     pub max_flows: u32,
 
     /// Local sockets whose state can sit in slots found by the socket's
-    /// cookie (a power of two). A socket that finds its slots taken gets
-    /// socket storage instead: counted the same, at several times the cost
-    /// per connection. Takes effect when the pinned maps are created.
-    #[arg(long, env = "EVENFLOW_SOCK_SLOTS", default_value_t = agent_common::MAX_SOCK_SLOTS, value_parser = parse_sock_slots)]
+    /// address (a power of two; 64 bytes of kernel memory each). A socket
+    /// that finds its slots taken gets socket storage instead: counted the
+    /// same, at several times the cost per connection. Takes effect when
+    /// the pinned maps are created.
+    #[arg(long, env = "EVENFLOW_SOCK_SLOTS", default_value_t = agent_common::DEFAULT_SOCK_SLOTS, value_parser = parse_sock_slots)]
     pub sock_slots: u32,
 
     /// Count every forwarded connection packet by packet, and recognise

@@ -446,7 +446,6 @@ impl Datapath {
     }
 }
 
-/// The `max_entries` the pinned map `name` was created with.
 /// The socket slots in force: the pinned map's, which keeps its size until
 /// a new epoch, else `asked`.
 fn sock_slots(pin_dir: &Path, asked: u32) -> u32 {
@@ -465,6 +464,7 @@ fn sock_slots(pin_dir: &Path, asked: u32) -> u32 {
     }
 }
 
+/// The `max_entries` the pinned map `name` was created with.
 fn max_entries(pin_dir: &Path, name: &str) -> Result<u64> {
     let info = aya::maps::MapInfo::from_pin(pin_dir.join(name))
         .with_context(|| format!("reading the pinned map {name}'s info"))?;
@@ -686,8 +686,8 @@ fn write_flow_timeouts(meta: &mut Array<MapData, u64>) -> Result<()> {
 }
 
 /// The constants the programs take from this kernel's BTF: `struct
-/// tcp_sock` offsets for the socket samplers (and `sk_flags`' for
-/// sock_ops), and conntrack's for forwarded
+/// tcp_sock` offsets and the socket cookie's for the socket samplers,
+/// `sk_flags`' for sock_ops, and conntrack's for forwarded
 /// connections (all zero when this kernel's BTF has none: see
 /// [`conntrack_offsets`]).
 fn kernel_offsets(per_packet: bool) -> Result<KernelOffsets> {
@@ -703,6 +703,11 @@ fn kernel_offsets(per_packet: bool) -> Result<KernelOffsets> {
         ("TCP_SOCK_BYTES_ACKED", off("bytes_acked")?),
         ("TCP_SOCK_SEGS_IN", off("segs_in")?),
         ("TCP_SOCK_SEGS_OUT", off("segs_out")?),
+        (
+            "SOCK_COOKIE",
+            btf.member_offset("sock_common", "skc_cookie")
+                .context("finding sock_common.skc_cookie in the kernel's BTF")?,
+        ),
         (
             "SOCK_FLAGS",
             // In `struct sock_common` on newer kernels, `struct sock` before.

@@ -674,6 +674,16 @@ fn cluster_ip(lab: &Lab, node: &lab::Node, ip: &str, backends: &[lab::Node], mas
 /// sees its sockets as any pod's): `n` connections to each `(address,
 /// port)`, one `Connection: close` request each, read to EOF.
 fn pod_client(lab: &mut Lab, client: &lab::Node, targets: &[(String, u16, usize)]) {
+    pod_client_named(lab, client, "client-pod", targets);
+}
+
+/// [`pod_client`], as process `name`.
+fn pod_client_named(
+    lab: &mut Lab,
+    client: &lab::Node,
+    name: &str,
+    targets: &[(String, u16, usize)],
+) {
     let list: Vec<String> = targets
         .iter()
         .map(|(a, p, n)| format!("(('{a}', {p}), {n})"))
@@ -688,7 +698,7 @@ fn pod_client(lab: &mut Lab, client: &lab::Node, targets: &[(String, u16, usize)
          s.close()\n",
         list.join(", ")
     );
-    lab.spawn(client, "client-pod", "python3", &["-c", &script])
+    lab.spawn(client, name, "python3", &["-c", &script])
         .expect("the client pod's process starts");
 }
 
@@ -807,6 +817,54 @@ fn field_same_node_pods_direct_and_through_a_clusterip() {
         // 30 direct + 20 through the ClusterIP.
         assert_both_views(&mut lab, b, log, 50, (&node.ns, &node.ns, None));
     }
+    assert_nothing_left_open(&node.ns);
+}
+
+/// One node agent with one socket slot (`--sock-slots 1`) sees three pods'
+/// sockets at once: four clients in a client pod each open 40 connections
+/// to each of two backend pods, interleaved. The slot changes hands between
+/// sockets of four endpoints (each pod `SERVES`, the client `SENDS_TO` each)
+/// while the rest wait in socket storage: every endpoint gets exactly its
+/// own connections and bytes, none of another's.
+#[test]
+fn field_one_slot_shared_by_pods_counts_each_endpoint_exactly() {
+    evenflow_tests::require_root();
+    let mut lab = Lab::new("k8slot", 1).expect("the lab builds");
+    let node = lab.lb.clone();
+    let client_pod = pod(&mut lab, &node, 1, "10.244.0.11");
+    let backends = [
+        pod(&mut lab, &node, 2, "10.244.0.12"),
+        pod(&mut lab, &node, 3, "10.244.0.13"),
+    ];
+    let logs: Vec<_> = backends
+        .iter()
+        .map(|b| nginx::start(&mut lab, b).expect("nginx starts in the pod"))
+        .collect();
+    agent::start(
+        &mut lab,
+        &node,
+        &["--service", "web=8080", "--sock-slots", "1"],
+    )
+    .expect("the node's agent starts");
+    let direct = |b: &lab::Node| (b.addr4.to_string(), BACKEND_PORT, 40);
+    for i in 0..4 {
+        pod_client_named(
+            &mut lab,
+            &client_pod,
+            &format!("client-pod-{i}"),
+            &[direct(&backends[0]), direct(&backends[1])],
+        );
+    }
+    for (b, log) in backends.iter().zip(&logs) {
+        assert_both_views(&mut lab, b, log, 160, (&node.ns, &node.ns, None));
+    }
+    assert!(
+        datapath(
+            &grpcurl::snapshot(&node.ns).expect("the node's snapshot"),
+            "socksInStorage"
+        ) > 0,
+        "sockets beyond the one slot were kept in socket storage"
+    );
     assert_nothing_left_open(&node.ns);
 }
 
