@@ -781,6 +781,33 @@ fn assert_nothing_left_open(ns: &str) {
     );
 }
 
+/// A client pod and two nginx backend pods on the lab's lb node.
+struct SameNodePods {
+    node: lab::Node,
+    client_pod: lab::Node,
+    backends: [lab::Node; 2],
+    logs: Vec<std::path::PathBuf>,
+}
+
+fn same_node_pods(lab: &mut Lab) -> SameNodePods {
+    let node = lab.lb.clone();
+    let client_pod = pod(lab, &node, 1, "10.244.0.11");
+    let backends = [
+        pod(lab, &node, 2, "10.244.0.12"),
+        pod(lab, &node, 3, "10.244.0.13"),
+    ];
+    let logs = backends
+        .iter()
+        .map(|b| nginx::start(lab, b).expect("nginx starts in the pod"))
+        .collect();
+    SameNodePods {
+        node,
+        client_pod,
+        backends,
+        logs,
+    }
+}
+
 /// A Kubernetes-like node: a client pod reaches two backend pods on the same
 /// node directly by pod IP (as ingress controllers and meshes do) and
 /// through a ClusterIP the node DNATs (kube-proxy). One agent on the node's
@@ -791,16 +818,12 @@ fn assert_nothing_left_open(ns: &str) {
 fn field_same_node_pods_direct_and_through_a_clusterip() {
     evenflow_tests::require_root();
     let mut lab = Lab::new("k8n", 1).expect("the lab builds");
-    let node = lab.lb.clone();
-    let client_pod = pod(&mut lab, &node, 1, "10.244.0.11");
-    let backends = [
-        pod(&mut lab, &node, 2, "10.244.0.12"),
-        pod(&mut lab, &node, 3, "10.244.0.13"),
-    ];
-    let logs: Vec<_> = backends
-        .iter()
-        .map(|b| nginx::start(&mut lab, b).expect("nginx starts in the pod"))
-        .collect();
+    let SameNodePods {
+        node,
+        client_pod,
+        backends,
+        logs,
+    } = same_node_pods(&mut lab);
     cluster_ip(&lab, &node, "10.96.0.10", &backends, false);
     agent::start(&mut lab, &node, &["--service", "web=8080"]).expect("the node's agent starts");
     let direct = |b: &lab::Node| (b.addr4.to_string(), BACKEND_PORT, 30);
@@ -830,16 +853,12 @@ fn field_same_node_pods_direct_and_through_a_clusterip() {
 fn field_one_slot_shared_by_pods_counts_each_endpoint_exactly() {
     evenflow_tests::require_root();
     let mut lab = Lab::new("k8slot", 1).expect("the lab builds");
-    let node = lab.lb.clone();
-    let client_pod = pod(&mut lab, &node, 1, "10.244.0.11");
-    let backends = [
-        pod(&mut lab, &node, 2, "10.244.0.12"),
-        pod(&mut lab, &node, 3, "10.244.0.13"),
-    ];
-    let logs: Vec<_> = backends
-        .iter()
-        .map(|b| nginx::start(&mut lab, b).expect("nginx starts in the pod"))
-        .collect();
+    let SameNodePods {
+        node,
+        client_pod,
+        backends,
+        logs,
+    } = same_node_pods(&mut lab);
     agent::start(
         &mut lab,
         &node,
