@@ -105,23 +105,39 @@ impl<'a> Btf<'a> {
     }
 
     fn find_struct(&self, name: &str) -> Result<Struct, BtfError> {
-        let mut at = 0;
+        self.find_type(|_, t| {
+            (t.kind == KIND_STRUCT && self.name(t.name_off) == name.as_bytes()).then_some(t.members)
+        })?
+        .ok_or_else(|| BtfError::NoStruct(name.to_owned()))
+    }
+
+    /// The first of this blob's types, with their ids, for which `f` gives
+    /// something.
+    fn find_type<T>(
+        &self,
+        mut f: impl FnMut(u32, &Type) -> Option<T>,
+    ) -> Result<Option<T>, BtfError> {
+        let (mut at, mut id) = (0, self.first_id);
         while at < self.types.len() {
-            let name_off = u32_at(self.types, at)?;
             let info = u32_at(self.types, at + 4)?;
-            let (kind, vlen, kind_flag) = ((info >> 24) & 0x1f, info & 0xffff, info >> 31);
-            let body = at + 12;
-            if kind == KIND_STRUCT && self.name(name_off) == name.as_bytes() {
-                return Ok(Struct {
-                    body,
+            let (kind, vlen) = ((info >> 24) & 0x1f, info & 0xffff);
+            let t = Type {
+                name_off: u32_at(self.types, at)?,
+                kind,
+                members: Struct {
+                    body: at + 12,
                     vlen,
-                    kind_flag: kind_flag == 1,
+                    kind_flag: info >> 31 == 1,
                     size: u32_at(self.types, at + 8)?,
-                });
+                },
+            };
+            if let Some(found) = f(id, &t) {
+                return Ok(Some(found));
             }
-            at = body + body_len(kind, vlen)?;
+            at += 12 + body_len(kind, vlen)?;
+            id += 1;
         }
-        Err(BtfError::NoStruct(name.to_owned()))
+        Ok(None)
     }
 
     fn find_member(
@@ -175,42 +191,35 @@ impl<'a> Btf<'a> {
 
     /// How many types this blob holds.
     fn type_count(&self) -> Result<u32, BtfError> {
-        let (mut at, mut n) = (0, 0);
-        while at < self.types.len() {
-            let info = u32_at(self.types, at + 4)?;
-            at += 12 + body_len((info >> 24) & 0x1f, info & 0xffff)?;
+        let mut n = 0;
+        self.find_type(|_, _| {
             n += 1;
-        }
+            None::<()>
+        })?;
         Ok(n)
     }
 
     /// Type `id` when it is a struct or union (an anonymous member's) of
     /// this blob; `None` for any other, and for a split BTF's base types.
     fn anonymous(&self, id: u32) -> Result<Option<Struct>, BtfError> {
-        let mut at = 0;
-        let mut n = self.first_id;
-        while at < self.types.len() {
-            let info = u32_at(self.types, at + 4)?;
-            let (kind, vlen, kind_flag) = ((info >> 24) & 0x1f, info & 0xffff, info >> 31);
-            let body = at + 12;
-            if n == id {
-                return Ok(
-                    (kind == KIND_STRUCT || kind == KIND_UNION).then_some(Struct {
-                        body,
-                        vlen,
-                        kind_flag: kind_flag == 1,
-                        size: u32_at(self.types, at + 8)?,
-                    }),
-                );
-            }
-            at = body + body_len(kind, vlen)?;
-            n += 1;
-        }
-        Ok(None)
+        Ok(self
+            .find_type(|n, t| (n == id).then_some(*t))?
+            .filter(|t| t.kind == KIND_STRUCT || t.kind == KIND_UNION)
+            .map(|t| t.members))
     }
 }
 
+/// One type's header, as [`Btf::find_type`] walks them.
+#[derive(Clone, Copy)]
+struct Type {
+    name_off: u32,
+    kind: u32,
+    /// Where its members would be (a struct's or union's).
+    members: Struct,
+}
+
 /// Where a struct's members are, and its size.
+#[derive(Clone, Copy)]
 struct Struct {
     body: usize,
     vlen: u32,
@@ -242,25 +251,22 @@ mod tests {
 
     /// A BTF blob with one `struct s { u64 a; u32 b; }`.
     fn blob() -> Vec<u8> {
-        let strings = b"\0s\0a\0b\0u64\0".to_vec();
-        let mut types = Vec::new();
-        let mut push = |v: u32| types.extend_from_slice(&v.to_le_bytes());
-        // [1] INT u64
-        push(7);
-        push(1 << 24);
-        push(8);
-        push(64);
-        // [2] STRUCT s, 2 members
-        push(1);
-        push((4 << 24) | 2);
-        push(16);
-        push(3); // a
-        push(1);
-        push(0);
-        push(5); // b
-        push(1);
-        push(64);
-        with_header(&types, &strings)
+        let strings = b"\0s\0a\0b\0u64\0";
+        #[rustfmt::skip]
+        let types = words(&[
+            // [1] INT u64
+            7, 1 << 24, 8, 64,
+            // [2] STRUCT s, 2 members: a, b
+            1, (4 << 24) | 2, 16,
+            3, 1, 0,
+            5, 1, 64,
+        ]);
+        with_header(&types, strings)
+    }
+
+    /// Little-endian words, as BTF's type section holds them.
+    fn words(w: &[u32]) -> Vec<u8> {
+        w.iter().flat_map(|v| v.to_le_bytes()).collect()
     }
 
     /// A module's split BTF over [`blob`]: `struct m { u64 c; u64 a; }`,
@@ -268,20 +274,16 @@ mod tests {
     /// the base's.
     fn module_blob() -> Vec<u8> {
         let base_len = 11;
-        let strings = b"m\0c\0".to_vec();
-        let mut types = Vec::new();
-        let mut push = |v: u32| types.extend_from_slice(&v.to_le_bytes());
-        // [3] STRUCT m, 2 members, its type ids following the base's.
-        push(base_len);
-        push((4 << 24) | 2);
-        push(16);
-        push(base_len + 2); // c
-        push(1);
-        push(0);
-        push(3); // a, a base string
-        push(1);
-        push(64);
-        with_header(&types, &strings)
+        let strings = b"m\0c\0";
+        #[rustfmt::skip]
+        let types = words(&[
+            // [3] STRUCT m, 2 members, its type ids following the base's:
+            // c, then a (a base string)
+            base_len, (4 << 24) | 2, 16,
+            base_len + 2, 1, 0,
+            3, 1, 64,
+        ]);
+        with_header(&types, strings)
     }
 
     fn with_header(types: &[u8], strings: &[u8]) -> Vec<u8> {
@@ -321,32 +323,20 @@ mod tests {
     /// `struct o { u64 x; union { u64 y; }; }` after [`blob`]'s types.
     #[test]
     fn finds_members_inside_anonymous_unions() {
-        let strings = b"\0s\0a\0b\0u64\0o\0x\0y\0".to_vec();
-        let mut types = Vec::new();
-        let mut push = |v: u32| types.extend_from_slice(&v.to_le_bytes());
-        // [1] INT u64
-        push(7);
-        push(1 << 24);
-        push(8);
-        push(64);
-        // [2] UNION, anonymous, 1 member: y
-        push(0);
-        push((5 << 24) | 1);
-        push(8);
-        push(15); // y
-        push(1);
-        push(0);
-        // [3] STRUCT o, 2 members: x, then the anonymous union
-        push(11); // o
-        push((4 << 24) | 2);
-        push(16);
-        push(13); // x
-        push(1);
-        push(0);
-        push(0); // anonymous
-        push(2);
-        push(64);
-        let b = with_header(&types, &strings);
+        let strings = b"\0s\0a\0b\0u64\0o\0x\0y\0";
+        #[rustfmt::skip]
+        let types = words(&[
+            // [1] INT u64
+            7, 1 << 24, 8, 64,
+            // [2] UNION, anonymous, 1 member: y
+            0, (5 << 24) | 1, 8,
+            15, 1, 0,
+            // [3] STRUCT o, 2 members: x, then the anonymous union
+            11, (4 << 24) | 2, 16,
+            13, 1, 0,
+            0, 2, 64,
+        ]);
+        let b = with_header(&types, strings);
         let btf = Btf::parse(&b).expect("parses");
         assert_eq!(btf.member_offset("o", "x").expect("x"), 0);
         assert_eq!(btf.member_offset("o", "y").expect("y"), 8);
