@@ -162,14 +162,21 @@ fn slot_endpoint(id: u64, addr: [u32; 4], flags: u8) -> EndpointKey {
     }
 }
 
-/// The generation a slot's marks carry (the top bits of its `rx` mark).
+/// The generation a mark carries (its top bits).
+#[inline(always)]
+fn tag_of(mark: u64) -> u64 {
+    mark >> (64 - SOCK_MARK_TAG_BITS)
+}
+
+/// The generation a slot's marks carry (its `rx` mark's), read as a full
+/// barrier for the sampler's checks.
 ///
 /// # Safety
 /// `slot` is a slot of the array.
 #[inline(always)]
 unsafe fn generation(slot: *mut SockSlot) -> u64 {
-    // SAFETY: per the contract; a full barrier, for the sampler's checks.
-    unsafe { atomic::load(&raw mut (*slot).marks.rx) >> (64 - SOCK_MARK_TAG_BITS) }
+    // SAFETY: per the contract.
+    tag_of(unsafe { atomic::load(&raw mut (*slot).marks.rx) })
 }
 
 /// What [`claim`] did.
@@ -256,7 +263,7 @@ pub fn find(sk: u64) -> Option<Held> {
             if read_volatile(&raw const (*slot).owner) & !SOCK_SLOT_FLAGS == sk {
                 return Some(Held {
                     marks: &raw mut (*slot).marks,
-                    tag: read_volatile(&raw const (*slot).marks.rx) >> (64 - SOCK_MARK_TAG_BITS),
+                    tag: tag_of(read_volatile(&raw const (*slot).marks.rx)),
                     slot,
                     st: core::ptr::null_mut(),
                 });
