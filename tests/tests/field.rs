@@ -195,18 +195,7 @@ fn keepalive_bytes(name: &str, lb_args: &[&str]) {
     agent::start(&mut lab, &lb, lb_args).expect("the lb agent starts");
     let addr = backend_addr(&lab, 0);
     let vip = lab::vip(false);
-    let ns = lab.client.ns.clone();
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let client = std::thread::spawn(move || {
-        netns::run_in(&ns, move || -> anyhow::Result<client::KeepAlive> {
-            let mut c = client::KeepAlive::connect(vip)?;
-            // A request every 100 ms until told to stop.
-            while rx.recv_timeout(Duration::from_millis(100)).is_err() {
-                c.request()?;
-            }
-            Ok(c)
-        })
-    });
+    let client = KeptAlive::start(&lab.client.ns, vip, 1);
     let mut server_seen = Vec::new();
     let mut lb_seen = Vec::new();
     for _ in 0..8 {
@@ -216,13 +205,7 @@ fn keepalive_bytes(name: &str, lb_args: &[&str]) {
         let s = grpcurl::snapshot(&lb.ns).expect("the lb's snapshot");
         lb_seen.push(grpcurl::totals(&s, &addr, BACKEND_PORT, SENDS_TO));
     }
-    tx.send(()).expect("the client listens");
-    let c = client
-        .join()
-        .expect("thread")
-        .expect("runs in the namespace")
-        .expect("every request is answered");
-    drop(c);
+    drop(client.stop());
     for (view, seen) in [("server", &server_seen), ("lb", &lb_seen)] {
         println!("{view} view while open: {seen:?}");
         assert!(
@@ -261,6 +244,44 @@ fn keepalive_bytes(name: &str, lb_args: &[&str]) {
     }
 }
 
+/// Keep-alive connections from a namespace, each sending a request every
+/// 100 ms until stopped.
+struct KeptAlive {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<anyhow::Result<anyhow::Result<Vec<client::KeepAlive>>>>,
+}
+
+impl KeptAlive {
+    fn start(ns: &str, target: SocketAddr, n: usize) -> Self {
+        let ns = ns.to_owned();
+        let (stop, rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            netns::run_in(&ns, move || -> anyhow::Result<Vec<client::KeepAlive>> {
+                let mut conns = (0..n)
+                    .map(|_| client::KeepAlive::connect(target))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                while rx.recv_timeout(Duration::from_millis(100)).is_err() {
+                    for c in &mut conns {
+                        c.request()?;
+                    }
+                }
+                Ok(conns)
+            })
+        });
+        Self { stop, thread }
+    }
+
+    /// Stops the requests; the connections, still open.
+    fn stop(self) -> Vec<client::KeepAlive> {
+        self.stop.send(()).expect("the keep-alive clients listen");
+        self.thread
+            .join()
+            .expect("thread")
+            .expect("runs in the namespace")
+            .expect("every keep-alive request is answered")
+    }
+}
+
 /// A backend whose agent has one socket slot (`--sock-slots 1`): eight
 /// keep-alive connections and a churn of short ones at once take the slot
 /// in turn and socket storage the rest of the time, and the slot changes
@@ -281,21 +302,7 @@ fn field_sockets_beyond_their_slots_count_exactly() {
     nft::start(&lab).expect("the DNAT rules load");
     let addr = backend_addr(&lab, 0);
     let vip = lab::vip(false);
-    let ns = lab.client.ns.clone();
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let kept = std::thread::spawn(move || {
-        netns::run_in(&ns, move || -> anyhow::Result<Vec<client::KeepAlive>> {
-            let mut conns = (0..8)
-                .map(|_| client::KeepAlive::connect(vip))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            while rx.recv_timeout(Duration::from_millis(100)).is_err() {
-                for c in &mut conns {
-                    c.request()?;
-                }
-            }
-            Ok(conns)
-        })
-    });
+    let kept = KeptAlive::start(&lab.client.ns, vip, 8);
     let ns = lab.client.ns.clone();
     let churn = std::thread::spawn(move || client::http_load(&ns, vip, 600, 8));
     let mut seen = Vec::new();
@@ -304,12 +311,7 @@ fn field_sockets_beyond_their_slots_count_exactly() {
         let s = grpcurl::snapshot(&b1.ns).expect("b1's snapshot");
         seen.push(grpcurl::totals(&s, &addr, BACKEND_PORT, SERVES));
     }
-    tx.send(()).expect("the keep-alive clients listen");
-    let conns = kept
-        .join()
-        .expect("thread")
-        .expect("runs in the namespace")
-        .expect("every keep-alive request is answered");
+    let conns = kept.stop();
     let load = churn.join().expect("thread").expect("the churn runs");
     assert_eq!(load.failures, 0, "{:?}", load.first_error);
     println!("server view while open: {seen:?}");
