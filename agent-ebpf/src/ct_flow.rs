@@ -6,8 +6,9 @@
 //! state (SYN, SYN-ACK, FIN, RST, and one per 2^29 sequence numbers: see
 //! [`crate::packet::may_change_state`]). Its bytes are read from conntrack
 //! at its end and by the sweeper every interval; it opens when conntrack
-//! marks it assured (the client acknowledged the backend's SYN-ACK) and is
-//! gone when its record is.
+//! marks it assured (the client acknowledged the backend's SYN-ACK),
+//! counted by the next sweep or with its close, and is gone when its
+//! record is.
 
 use agent_common::{
     CT_ENDED, CT_ISN_ORIGINAL, CT_ISN_REPLY, CT_ORIGINAL, CT_REPLY, CtFlow, Direction, EndpointKey,
@@ -76,7 +77,6 @@ pub fn on_packet(ctx: &TcContext, ct: Ct) {
         }
         return;
     }
-    catch_up_open(f, ct.conn);
     if pkt.is_rst() {
         end(f, ct.conn, Some(fins(f)));
     } else if pkt.is_fin() {
@@ -209,7 +209,10 @@ pub fn sweep(conn: u64, f: &mut CtFlow) {
 /// Counts the connection opened once conntrack saw its handshake end (its
 /// last ACK passed unlooked-at), unless it ended meanwhile: setting the
 /// open bit and the end's bit are ordered, so either the end sees it open
-/// and counts the close, or the open sees it ended and counts nothing.
+/// and counts the close, or the open sees it ended and counts nothing (the
+/// end then counts both). Only the sweeper calls this: a connection that
+/// ends before a sweep saw it open has its open counted with its close, in
+/// one update of its endpoint instead of two.
 #[inline(always)]
 fn catch_up_open(f: &mut CtFlow, conn: u64) {
     // SAFETY: a field of a live entry.
@@ -281,11 +284,12 @@ fn unfolded(f: &mut CtFlow) -> Traffic {
 /// Ends the connection: catches it up with conntrack first when `held`
 /// says how many sequence numbers to hold back each way (original,
 /// reply: its FINs'; `None` when its record is no longer its own), adds
-/// what it carried since the last fold and its close, if it had opened, to
-/// its endpoint, and forgets it. Returns whether this call ended it: the
-/// end bit is the claim, so of two CPUs ending one connection at once (or
-/// the sweeper holding an entry a SYN's end replaced) only one does, and
-/// only the claimer removes the key, which then still holds this entry.
+/// what it carried since the last fold, its open if no sweep counted it
+/// yet and its close, if it had opened, to its endpoint in one update, and
+/// forgets it. Returns whether this call ended it: the end bit is the
+/// claim, so of two CPUs ending one connection at once (or the sweeper
+/// holding an entry a SYN's end replaced) only one does, and only the
+/// claimer removes the key, which then still holds this entry.
 #[inline(never)]
 fn end(f: &mut CtFlow, conn: u64, held: Option<(u32, u32)>) -> bool {
     let flags = set(f, CT_ENDED);
@@ -298,7 +302,10 @@ fn end(f: &mut CtFlow, conn: u64, held: Option<(u32, u32)>) -> bool {
         catch_up_bytes(f, conn, true, rx);
     }
     let mut t = unfolded(f);
-    t.conns_closed = (flags & FLOW_OPEN as u64 != 0) as u64;
+    // The end bit is set: no sweep counts the open from here on.
+    let counted = flags & FLOW_OPEN as u64 != 0;
+    t.conns_opened = (!counted && held.is_some() && conntrack::assured(conn)) as u64;
+    t.conns_closed = (counted || t.conns_opened != 0) as u64;
     add_traffic(&f.endpoint, &t);
     stat(Stat::FlowDeleted, 1);
     true
