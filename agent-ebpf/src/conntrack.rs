@@ -44,9 +44,14 @@ static NF_CONN_TD_END: u32 = 0;
 /// `sizeof(struct ip_ct_tcp_state)`: from `seen[0]` to `seen[1]`.
 #[unsafe(no_mangle)]
 static NF_CONN_SEEN_STRIDE: u32 = 0;
+/// `offsetof(struct nf_conn, proto.tcp.seen[0].flags)`.
+#[unsafe(no_mangle)]
+static NF_CONN_SEEN_FLAGS: u32 = 0;
 
 /// `IPS_ASSURED`: conntrack saw the handshake's last ACK.
 const IPS_ASSURED: u64 = 1 << 2;
+/// `IP_CT_TCP_FLAG_CLOSE_INIT`: the direction whose FIN began the close.
+const CLOSE_INIT: u8 = 0x04;
 /// Low bits of `skb->_nfct` hold the packet's ctinfo, not the pointer.
 const NFCT_INFOMASK: u64 = 7;
 
@@ -125,6 +130,15 @@ pub fn assured(ct: u64) -> bool {
 #[inline(always)]
 pub fn seq_end(ct: u64, dir: u32) -> Option<u32> {
     read::<u32>(ct + offset(&NF_CONN_TD_END) + dir as u64 * offset(&NF_CONN_SEEN_STRIDE))
+}
+
+/// Whether `dir` sent the connection's first FIN: conntrack marks the
+/// direction whose FIN moved the connection into `FIN_WAIT`, and no other
+/// (a retransmission of that FIN, or the other side's, marks nothing).
+#[inline(always)]
+pub fn closed_first(ct: u64, dir: u32) -> bool {
+    read::<u8>(ct + offset(&NF_CONN_SEEN_FLAGS) + dir as u64 * offset(&NF_CONN_SEEN_STRIDE))
+        .is_some_and(|f| f & CLOSE_INIT != 0)
 }
 
 /// `struct nf_conntrack_man`, and a tuple's destination, which is laid out

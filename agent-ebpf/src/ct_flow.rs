@@ -3,8 +3,10 @@
 //! conntrack's record of it (see [`crate::conntrack`]), so the connection is
 //! one entry in `EF_CT_FLOWS` for both directions, keyed by the record's
 //! address, and is looked up only for the packets that may change its
-//! state (SYN, SYN-ACK, FIN, RST, and one per 2^29 sequence numbers: see
-//! [`crate::packet::may_change_state`]). Its bytes are read from conntrack
+//! state (SYN, SYN-ACK, the FIN that answers the other side's, RST, and
+//! one per 2^29 sequence numbers: see [`crate::packet::may_change_state`]).
+//! Conntrack marks the direction that sent the first FIN, so that FIN
+//! needs no lookup. Its bytes are read from conntrack
 //! at its end and by the sweeper every interval; it opens when conntrack
 //! marks it assured (the client acknowledged the backend's SYN-ACK),
 //! counted by the next sweep or with its close, and is gone when its
@@ -12,7 +14,7 @@
 
 use agent_common::{
     CT_ENDED, CT_ISN_ORIGINAL, CT_ISN_REPLY, CT_ORIGINAL, CT_REPLY, CtFlow, Direction, EndpointKey,
-    FLOW_FIN_RX, FLOW_FIN_TX, FLOW_OPEN, MAX_FLOWS, PROTO_TCP, Stat,
+    FLOW_OPEN, MAX_FLOWS, PROTO_TCP, Stat,
 };
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
@@ -58,6 +60,11 @@ pub fn on_packet(ctx: &TcContext, ct: Ct) {
         }
         return;
     }
+    if pkt.is_fin() && !pkt.is_rst() && !closes(ct) {
+        // The close's first FIN (or a retransmission of it): conntrack
+        // remembers it; nothing is looked up until the other side's.
+        return;
+    }
     let Some(f) = CT_FLOWS.get_ptr_mut(&ct.conn) else {
         return;
     };
@@ -78,30 +85,37 @@ pub fn on_packet(ctx: &TcContext, ct: Ct) {
         return;
     }
     if pkt.is_rst() {
-        end(f, ct.conn, Some(fins(f)));
+        end(f, ct.conn, Some(first_fin(ct.conn)));
     } else if pkt.is_fin() {
-        let (mine, other) = if ct.reply {
-            (FLOW_FIN_RX, FLOW_FIN_TX)
-        } else {
-            (FLOW_FIN_TX, FLOW_FIN_RX)
-        };
-        if set(f, mine as u64) & other as u64 != 0 {
-            end(f, ct.conn, Some(fins(f)));
-        }
+        // The other side's FIN came first: both are in conntrack's count.
+        end(f, ct.conn, Some((1, 1)));
     } else {
         // Its sequence numbers crossed a multiple of 2^29.
         catch_up_bytes(f, ct.conn, ct.reply, 1);
     }
 }
 
-/// The FINs each way (original, reply) the connection's flags record: the
-/// sequence numbers its end holds back from conntrack's.
+/// Whether a FIN travelling `ct`'s direction closes the connection: the
+/// other direction sent the first FIN.
 #[inline(always)]
-fn fins(f: &CtFlow) -> (u32, u32) {
-    // SAFETY: a field of a live entry.
-    let flags = unsafe { core::ptr::read_volatile(&f.flags) };
-    let fin = |bit: u8| (flags & bit as u64 != 0) as u32;
-    (fin(FLOW_FIN_TX), fin(FLOW_FIN_RX))
+fn closes(ct: Ct) -> bool {
+    let other = if ct.reply {
+        conntrack::ORIGINAL
+    } else {
+        conntrack::REPLY
+    };
+    conntrack::closed_first(ct.conn, other)
+}
+
+/// The FIN each way (original, reply) that an RST's end holds back from
+/// conntrack's sequence numbers: the first FIN's, if one was sent (had the
+/// other side's followed, that FIN would have ended the connection).
+#[inline(always)]
+fn first_fin(conn: u64) -> (u32, u32) {
+    (
+        conntrack::closed_first(conn, conntrack::ORIGINAL) as u32,
+        conntrack::closed_first(conn, conntrack::REPLY) as u32,
+    )
 }
 
 /// Whether `pkt` belongs to the connection `f` follows: it leaves for the

@@ -776,7 +776,7 @@ struct KernelOffsets {
 /// Where conntrack keeps what the forwarded-connection path reads: in the
 /// kernel's BTF when conntrack is built in, else in `nf_conntrack`'s
 /// module BTF (there only while the module is loaded).
-fn conntrack_offsets(vmlinux: &crate::btf::Btf<'_>) -> Result<[(&'static str, u32); 7]> {
+fn conntrack_offsets(vmlinux: &crate::btf::Btf<'_>) -> Result<[(&'static str, u32); 8]> {
     let nfct = vmlinux
         .member_offset("sk_buff", "_nfct")
         .context("the kernel is built without conntrack")?;
@@ -790,7 +790,7 @@ fn conntrack_offsets(vmlinux: &crate::btf::Btf<'_>) -> Result<[(&'static str, u3
     nf_conn_offsets(nfct, &module)
 }
 
-fn nf_conn_offsets(nfct: u32, btf: &crate::btf::Btf<'_>) -> Result<[(&'static str, u32); 7]> {
+fn nf_conn_offsets(nfct: u32, btf: &crate::btf::Btf<'_>) -> Result<[(&'static str, u32); 8]> {
     let off = |s: &str, m: &str| {
         btf.member_offset(s, m)
             .with_context(|| format!("finding {s}.{m} in conntrack's BTF"))
@@ -830,6 +830,10 @@ fn nf_conn_offsets(nfct: u32, btf: &crate::btf::Btf<'_>) -> Result<[(&'static st
                 + off("ip_ct_tcp_state", "td_end")?,
         ),
         ("NF_CONN_SEEN_STRIDE", size("ip_ct_tcp_state")?),
+        (
+            "NF_CONN_SEEN_FLAGS",
+            off("nf_conn", "proto")? + off("ip_ct_tcp", "seen")? + off("ip_ct_tcp_state", "flags")?,
+        ),
     ])
 }
 
