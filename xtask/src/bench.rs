@@ -585,8 +585,9 @@ pub fn run(rounds: usize, only: Option<Part>) -> Result<()> {
         bail!("--rounds must be at least 1");
     }
     crate::setup::run()?;
-    crate::shell::step("cargo build --release (bins)", || {
-        crate::shell::cargo(&["build", "--release", "--bins"])
+    // The agent is the only binary the bench runs.
+    crate::shell::step("cargo build --release -p evenflow-agent", || {
+        crate::shell::cargo(&["build", "--release", "-p", "evenflow-agent"])
     })?;
     // SAFETY: setting an env var before any thread is spawned.
     unsafe {
