@@ -741,6 +741,12 @@ struct Throughput {
 /// to every program run.
 fn throughput(rounds: usize, env: &Env) -> Result<Throughput> {
     let _stats = BpfStats::off()?;
+    if online_cpus() < 2 {
+        bail!(
+            "bench-datapath --only throughput needs two CPUs (see `SERVERS_CPU` in xtask/src/bench.rs)"
+        );
+    }
+    let _pinned = PinnedServers::hold(env)?;
     let mut t = Throughput { rounds: Vec::new() };
     for round in 0..rounds {
         // Each round's pair in turn order, so that a drift in the machine's
@@ -774,8 +780,8 @@ fn side(env: &Env, with: bool) -> Result<Sample> {
     };
     check_sight(env, with)?;
     let sample = Sample {
-        tput: both(|path| iperf_to(path.client, SERVER_IP))?,
-        conns: both(|path| churn_to(path.client, SERVER_IP))?,
+        tput: both(IPERF_CLIENTS_CPU, |path| iperf_to(path.client, SERVER_IP))?,
+        conns: both(HEY_CLIENTS_CPU, |path| churn_to(path.client, SERVER_IP))?,
     };
     drop(agent);
     Ok(sample)
@@ -797,16 +803,102 @@ fn log_side(round: usize, with: bool, s: &Sample) {
     );
 }
 
-/// Runs `measure` on paths A and B at the same time, `[A, B]`.
-fn both(measure: impl Fn(Path) -> Result<f64> + Sync) -> Result<[f64; 2]> {
+/// Runs `measure` on paths A and B at the same time, `[A, B]`, each from
+/// a thread held on `cpu`: the client a run starts inherits it.
+fn both(cpu: usize, measure: impl Fn(Path) -> Result<f64> + Sync) -> Result<[f64; 2]> {
+    let run = |path: Path| -> Result<f64> {
+        set_affinity(0, &[cpu])
+            .with_context(|| format!("pinning path {}'s client", path.client))?;
+        measure(path)
+    };
     std::thread::scope(|s| {
-        let b = s.spawn(|| measure(B));
-        let a = measure(A);
-        let b = b
-            .join()
-            .map_err(|_| anyhow::anyhow!("path B's run panicked"))?;
-        Ok([a?, b?])
+        let a = s.spawn(|| run(A));
+        let b = s.spawn(|| run(B));
+        let joined = |h: std::thread::ScopedJoinHandle<'_, Result<f64>>| {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a measuring thread panicked"))?
+        };
+        Ok([joined(a)?, joined(b)?])
     })
+}
+
+/// Where both paths' processes are held while throughput and churn are
+/// measured: servers (iperf3, nginx) and hey clients on CPU 1, iperf3
+/// clients on CPU 0. Each CPU then runs A's and B's counterparts side by
+/// side, the scheduler shares it evenly between them, and whatever else
+/// lands on a CPU slows A and B alike.
+///
+/// Left to the scheduler, one iperf3 run (the sender, and the receive
+/// path the veth runs in the sender's softirq) fits on one CPU, so two
+/// concurrent runs settle one per CPU and A/B compares two CPUs, each with
+/// its own share of the machine's other work: A/B ranged 0.82–1.13 over a
+/// bench's runs, and two concurrent hey runs 0.73–1.05. With iperf3's
+/// clients on one CPU and the servers on the other, A/B held within
+/// ±1.5 % (everything on one CPU: ±4 %); for hey that layout starved the
+/// paths in turns (0.51–1.24), and hey with nginx on one CPU held within
+/// ±5 %. What pinning leaves out of churn is what the agent's programs pay
+/// for cache lines moving between CPUs (a socket's slot taken on one and
+/// given back on another); the cost part (`--only cost`), which runs
+/// unpinned, measures that.
+const SERVERS_CPU: usize = 1;
+/// See [`SERVERS_CPU`].
+const IPERF_CLIENTS_CPU: usize = 0;
+/// See [`SERVERS_CPU`].
+const HEY_CLIENTS_CPU: usize = 1;
+
+/// Sets the CPUs thread `tid` may run on (0: the calling thread).
+fn set_affinity(tid: libc::pid_t, cpus: &[usize]) -> std::io::Result<()> {
+    // SAFETY: cpu_set_t is a plain bit array; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        // SAFETY: CPU_SET bounds-checks `cpu` against the set's size.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    // SAFETY: `set` is a valid cpu_set_t of the size passed.
+    let r = unsafe { libc::sched_setaffinity(tid, std::mem::size_of_val(&set), &set) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Both paths' servers held on [`SERVERS_CPU`]; on drop, given
+/// every CPU back (the cost and footprint parts run unpinned).
+struct PinnedServers(Vec<PathBuf>);
+
+impl PinnedServers {
+    fn hold(env: &Env) -> Result<Self> {
+        let pinned = Self([A, B].map(|p| env.cgroup(p.server_cgroup)).to_vec());
+        for cgroup in &pinned.0 {
+            pin_threads(cgroup, &[SERVERS_CPU])?;
+        }
+        Ok(pinned)
+    }
+}
+
+impl Drop for PinnedServers {
+    fn drop(&mut self) {
+        let all: Vec<usize> = (0..online_cpus()).collect();
+        for cgroup in &self.0 {
+            let _ = pin_threads(cgroup, &all);
+        }
+    }
+}
+
+fn online_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// Holds every thread of `cgroup`'s processes (nginx's workers, iperf3)
+/// on `cpus`.
+fn pin_threads(cgroup: &std::path::Path, cpus: &[usize]) -> Result<()> {
+    let threads = cgroup.join("cgroup.threads");
+    let list = std::fs::read_to_string(&threads)
+        .with_context(|| format!("reading {}", threads.display()))?;
+    for tid in list.lines().filter_map(|l| l.trim().parse().ok()) {
+        set_affinity(tid, cpus).with_context(|| format!("pinning thread {tid}"))?;
+    }
+    Ok(())
 }
 
 /// How many of the agent's programs sit on each hook of a path.
