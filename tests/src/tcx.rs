@@ -79,8 +79,24 @@ impl Neighbour {
     /// Loads the program and links it at `place` on ingress and egress of
     /// each interface (by index, in the calling thread's network namespace).
     pub fn attach(ifindexes: &[u32], place: Place) -> Result<Self> {
+        Self::attach_insns(ifindexes, place, &PASS_ON)
+    }
+
+    /// Like [`Neighbour::attach`], but the program counts down from
+    /// `iterations` before it passes the packet on: a known cost per
+    /// packet, for a benchmark to check that it can see one.
+    pub fn attach_spinning(ifindexes: &[u32], place: Place, iterations: u32) -> Result<Self> {
+        let mut insns = vec![0xb7, 0x01, 0, 0]; // r1 = iterations
+        insns.extend(iterations.to_ne_bytes());
+        insns.extend([0x17, 0x01, 0, 0, 1, 0, 0, 0]); // r1 -= 1
+        insns.extend([0x55, 0x01, 0xfe, 0xff, 0, 0, 0, 0]); // if r1 != 0 goto -2
+        insns.extend(PASS_ON);
+        Self::attach_insns(ifindexes, place, &insns)
+    }
+
+    fn attach_insns(ifindexes: &[u32], place: Place, insns: &[u8]) -> Result<Self> {
         let stats = enable_stats()?;
-        let prog = load(BPF_PROG_TYPE_SCHED_CLS, &PASS_ON)?;
+        let prog = load(BPF_PROG_TYPE_SCHED_CLS, insns)?;
         let flags = match place {
             Place::First => BPF_F_BEFORE,
             Place::Last => BPF_F_AFTER,

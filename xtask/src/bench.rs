@@ -242,6 +242,33 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
+/// An interval that holds the median of the population `v` was drawn from
+/// with at least 95 % confidence, whatever its distribution: the k-th
+/// smallest and k-th largest of `v`, k the largest with P(Binomial(n, ½)
+/// < k) ≤ 2.5 %. `None` under 6 values (no such k). With 11 rounds it is
+/// the 2nd smallest to the 2nd largest; with 21, the 6th to the 16th.
+fn median_interval(v: &[f64]) -> Option<(f64, f64)> {
+    let n = v.len();
+    let mut below = 0.0; // P(X < k)
+    let mut choose = 1.0; // C(n, k)
+    let mut k = 0;
+    while k < n / 2 {
+        let next = below + choose / 2f64.powi(n as i32);
+        if next > 0.025 {
+            break;
+        }
+        below = next;
+        choose = choose * (n - k) as f64 / (k + 1) as f64;
+        k += 1;
+    }
+    if k == 0 {
+        return None;
+    }
+    let mut sorted = v.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    Some((sorted[k - 1], sorted[n - k]))
+}
+
 /// `min–max` of a series, scaled, for the spread next to each median.
 fn spread(v: &[f64], scale: f64, decimals: usize) -> String {
     let lo = v.iter().copied().fold(f64::INFINITY, f64::min) / scale;
@@ -622,7 +649,7 @@ pub enum Part {
     Footprint,
 }
 
-pub fn run(rounds: usize, only: Option<Part>) -> Result<()> {
+pub fn run(rounds: usize, only: Option<Part>, spin: Option<u32>) -> Result<()> {
     crate::shell::require_root(
         "bench-datapath",
         "builds network namespaces and loads eBPF programs",
@@ -650,7 +677,7 @@ pub fn run(rounds: usize, only: Option<Part>) -> Result<()> {
         "\nevenflow datapath benchmark ({rounds} rounds, medians; veth pairs between namespaces)"
     );
     if wants(Part::Throughput) {
-        throughput(rounds, &env)?.print();
+        throughput(rounds, spin, &env)?.print();
     }
     if wants(Part::Cost) {
         print_costs(rounds, &costs(rounds, &env)?);
@@ -716,6 +743,8 @@ struct Sample {
 /// Throughput and churn per round, `[without, with]` the agent.
 struct Throughput {
     rounds: Vec<[Sample; 2]>,
+    /// The spinner's iterations per packet, if the with-sides had one.
+    spin: Option<u32>,
 }
 
 /// Throughput and churn, decided by two identical paths measured at once.
@@ -739,7 +768,9 @@ struct Throughput {
 /// agent's own process takes, which slows both paths alike: `--only
 /// footprint` measures that. bpf stats stay off: they add two clock reads
 /// to every program run.
-fn throughput(rounds: usize, env: &Env) -> Result<Throughput> {
+///
+/// `spin` adds a known cost to the with-sides (see `--spin`).
+fn throughput(rounds: usize, spin: Option<u32>, env: &Env) -> Result<Throughput> {
     let _stats = BpfStats::off()?;
     if online_cpus() < 2 {
         bail!(
@@ -747,7 +778,10 @@ fn throughput(rounds: usize, env: &Env) -> Result<Throughput> {
         );
     }
     let _pinned = PinnedServers::hold(env)?;
-    let mut t = Throughput { rounds: Vec::new() };
+    let mut t = Throughput {
+        rounds: Vec::new(),
+        spin,
+    };
     for round in 0..rounds {
         // Each round's pair in turn order, so that a drift in the machine's
         // load over the round does not favour one side.
@@ -759,7 +793,7 @@ fn throughput(rounds: usize, env: &Env) -> Result<Throughput> {
         let mut pair = [None; 2];
         for with in order {
             crate::interrupt::check()?;
-            let sample = side(env, with)?;
+            let sample = side(env, with, spin)?;
             log_side(round, with, &sample);
             pair[with as usize] = Some(sample);
         }
@@ -772,19 +806,39 @@ fn throughput(rounds: usize, env: &Env) -> Result<Throughput> {
 
 /// One side of a round: the agent started on path A (or not), checked to
 /// see A and only A, and both paths measured at once.
-fn side(env: &Env, with: bool) -> Result<Sample> {
+fn side(env: &Env, with: bool, spin: Option<u32>) -> Result<Sample> {
     let agent = if with {
         Some(start_agent(A.server, &env.cgroup(A.server_cgroup))?)
     } else {
         None
     };
     check_sight(env, with)?;
+    let spinner = match spin.filter(|_| with) {
+        Some(n) => Some(spinner(n)?),
+        None => None,
+    };
     let sample = Sample {
         tput: both(IPERF_CLIENTS_CPU, |path| iperf_to(path.client, SERVER_IP))?,
         conns: both(HEY_CLIENTS_CPU, |path| churn_to(path.client, SERVER_IP))?,
     };
+    if let Some(s) = &spinner {
+        let (ns, runs) = s.cost()?;
+        eprintln!("    spinner on path A: {ns:.0} ns per run, {runs} runs");
+    }
+    drop(spinner);
     drop(agent);
     Ok(sample)
+}
+
+/// A program counting down from `iterations` on both directions of path
+/// A's server veth, behind the agent's: a cost the bench must see. It
+/// turns bpf stats on while attached, so its own cost per run is known.
+fn spinner(iterations: u32) -> Result<evenflow_tests::tcx::Neighbour> {
+    use evenflow_tests::tcx::{Neighbour, Place, ifindexes};
+    let dev = A.server_dev.to_owned();
+    netns::run_in(A.server, move || {
+        Neighbour::attach_spinning(&ifindexes(&[dev])?, Place::Last, iterations)
+    })?
 }
 
 fn log_side(round: usize, with: bool, s: &Sample) {
@@ -969,6 +1023,9 @@ fn sight(
 
 impl Throughput {
     fn print(&self) {
+        if let Some(n) = self.spin {
+            println!("(with agent: and a spinner of {n} iterations per packet on path A, --spin)");
+        }
         println!(
             "{:<44} {:>14} {:>14} {:>9}  target",
             "", "without agent", "with agent", "ratio"
@@ -1015,6 +1072,13 @@ fn paired_row(label: &str, rounds: &[[[f64; 2]; 2]], scale: f64, decimals: usize
         spread(&a0, scale, decimals),
         spread(&a1, scale, decimals),
         spread(&ratios, 1.0, 3),
+    );
+    println!(
+        "{:<44} {:>14} {:>14} {:>9}",
+        "  95 % interval of the median ratio",
+        "",
+        "",
+        median_interval(&ratios).map_or("n/a".to_owned(), |(lo, hi)| format!("{lo:.3}–{hi:.3}")),
     );
     println!(
         "{:<44} {:>14} {:>14} {:>9}",
