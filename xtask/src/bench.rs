@@ -888,7 +888,7 @@ fn both(cpu: usize, measure: impl Fn(Path) -> Result<f64> + Sync) -> Result<[f64
 /// its own share of the machine's other work: A/B ranged 0.82–1.13 over a
 /// bench's runs, and two concurrent hey runs 0.73–1.05. With iperf3's
 /// clients on one CPU and the servers on the other, A/B held within
-/// ±1.5 % (everything on one CPU: ±4 %); for hey that layout starved the
+/// ±1.5 % (everything on one CPU: ±5 %); for hey that layout starved the
 /// paths in turns (0.51–1.24), and hey with nginx on one CPU held within
 /// ±5 %. What pinning leaves out of churn is what the agent's programs pay
 /// for cache lines moving between CPUs (a socket's slot taken on one and
@@ -999,7 +999,10 @@ fn sight(
 ) -> Result<Sight> {
     let count = |ids: Vec<u32>| ids.iter().filter(|id| !with || ours.contains(id)).count();
     let mut tc = 0;
-    for (ns, dev) in [(path.client, path.client_dev), (path.server, path.server_dev)] {
+    for (ns, dev) in [
+        (path.client, path.client_dev),
+        (path.server, path.server_dev),
+    ] {
         let dev = dev.to_owned();
         let ids = netns::run_in(ns, move || -> Result<Vec<u32>> {
             use evenflow_tests::tcx::{ifindexes, tcx_programs};
@@ -1031,8 +1034,11 @@ impl Throughput {
             "", "without agent", "with agent", "ratio"
         );
         let tput: Vec<[[f64; 2]; 2]> = self.rounds.iter().map(|[o, w]| [o.tput, w.tput]).collect();
-        let conns: Vec<[[f64; 2]; 2]> =
-            self.rounds.iter().map(|[o, w]| [o.conns, w.conns]).collect();
+        let conns: Vec<[[f64; 2]; 2]> = self
+            .rounds
+            .iter()
+            .map(|[o, w]| [o.conns, w.conns])
+            .collect();
         paired_row("bulk throughput, iperf3 (Gbit/s)", &tput, 1e9, 2, 0.99);
         paired_row(
             "connection churn, hey no keep-alive (conn/s)",
@@ -1051,9 +1057,8 @@ impl Throughput {
 /// drifted between the two sides of a round (what the old, unpaired
 /// method would have read as the agent's cost).
 fn paired_row(label: &str, rounds: &[[[f64; 2]; 2]], scale: f64, decimals: usize, target: f64) {
-    let series = |side: usize, path: usize| -> Vec<f64> {
-        rounds.iter().map(|r| r[side][path]).collect()
-    };
+    let series =
+        |side: usize, path: usize| -> Vec<f64> { rounds.iter().map(|r| r[side][path]).collect() };
     let ratios: Vec<f64> = rounds
         .iter()
         .map(|[[a0, b0], [a1, b1]]| (a1 / b1) / (a0 / b0))
@@ -1250,5 +1255,23 @@ impl Footprint {
         if *live < 10_000 {
             println!("  note: only {live} endpoints became live (expected 10,000)");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median_interval;
+
+    #[test]
+    fn median_interval_is_the_order_statistics_that_cover_95_percent() {
+        let eleven: Vec<f64> = (1..=11).map(f64::from).collect();
+        assert_eq!(median_interval(&eleven), Some((2.0, 10.0)));
+        let twenty_one: Vec<f64> = (1..=21).rev().map(f64::from).collect();
+        assert_eq!(median_interval(&twenty_one), Some((6.0, 16.0)));
+        assert_eq!(
+            median_interval(&[3.0, 1.0, 2.0, 6.0, 5.0, 4.0]),
+            Some((1.0, 6.0))
+        );
+        assert_eq!(median_interval(&[1.0; 5]), None);
     }
 }
