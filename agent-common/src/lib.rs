@@ -229,8 +229,9 @@ pub struct CtFlow {
     pub client_addr: [u32; 4],
     /// Each direction's initial sequence number.
     pub isn: [u32; 2],
-    /// `FLOW_OPEN`, `FLOW_FIN_*`, and which directions' initial sequence
-    /// numbers are known ([`CT_ISN_ORIGINAL`], [`CT_ISN_REPLY`]). Set with
+    /// `FLOW_OPEN`, [`CT_ENDED`], and which directions' initial sequence
+    /// numbers are known ([`CT_ISN_ORIGINAL`], [`CT_ISN_REPLY`]); which
+    /// side sent a FIN is conntrack's to remember, not this. Set with
     /// an atomic fetch-or, so that of two CPUs racing to open or end the
     /// connection exactly one does.
     pub flags: u64,

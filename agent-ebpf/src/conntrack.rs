@@ -34,19 +34,15 @@ static NF_CONN_TIMEOUT: u32 = 0;
 /// `offsetof(struct nf_conn, tuplehash[0].tuple.src)`.
 #[unsafe(no_mangle)]
 static NF_CONN_ORIGINAL_SRC: u32 = 0;
-/// `sizeof(struct nf_conntrack_tuple_hash)`: from the original direction's
-/// tuple to the reply's.
+/// `offsetof(struct nf_conn, proto.tcp.seen)`: both directions' TCP
+/// state, laid out as [`TcpSeen`] (the agent checks).
 #[unsafe(no_mangle)]
-static NF_CONN_TUPLE_STRIDE: u32 = 0;
-/// `offsetof(struct nf_conn, proto.tcp.seen[0].td_end)`.
-#[unsafe(no_mangle)]
-static NF_CONN_TD_END: u32 = 0;
-/// `sizeof(struct ip_ct_tcp_state)`: from `seen[0]` to `seen[1]`.
-#[unsafe(no_mangle)]
-static NF_CONN_SEEN_STRIDE: u32 = 0;
+static NF_CONN_SEEN: u32 = 0;
 
 /// `IPS_ASSURED`: conntrack saw the handshake's last ACK.
 const IPS_ASSURED: u64 = 1 << 2;
+/// `IP_CT_TCP_FLAG_CLOSE_INIT`: the direction whose FIN began the close.
+const CLOSE_INIT: u8 = 0x04;
 /// Low bits of `skb->_nfct` hold the packet's ctinfo, not the pointer.
 const NFCT_INFOMASK: u64 = 7;
 
@@ -120,11 +116,44 @@ pub fn assured(ct: u64) -> bool {
     read::<u64>(ct + offset(&NF_CONN_STATUS)).is_some_and(|s| s & IPS_ASSURED != 0)
 }
 
-/// The sequence number just past everything conntrack saw sent in `dir`
-/// (SYN and FIN included).
-#[inline(always)]
-pub fn seq_end(ct: u64, dir: u32) -> Option<u32> {
-    read::<u32>(ct + offset(&NF_CONN_TD_END) + dir as u64 * offset(&NF_CONN_SEEN_STRIDE))
+/// `struct ip_ct_tcp_state`: what conntrack saw of one direction's
+/// sequence numbers, and its flags.
+#[repr(C)]
+#[derive(Copy, Clone)]
+struct TcpSeen {
+    td_end: u32,
+    _window: [u32; 3],
+    _scale: u8,
+    flags: u8,
+    _pad: u16,
+}
+
+/// Both directions' TCP state (`proto.tcp.seen`), read in one go.
+#[derive(Copy, Clone)]
+pub struct Seen([TcpSeen; 2]);
+
+impl Seen {
+    /// `ct`'s, or `None` where its memory cannot be read.
+    #[inline(always)]
+    pub fn of(ct: u64) -> Option<Self> {
+        read::<[TcpSeen; 2]>(ct + offset(&NF_CONN_SEEN)).map(Self)
+    }
+
+    /// The sequence number just past everything conntrack saw sent in
+    /// `dir` (SYN and FIN included).
+    #[inline(always)]
+    pub fn end(&self, dir: u32) -> u32 {
+        self.0[dir as usize & 1].td_end
+    }
+
+    /// Whether `dir` sent the connection's first FIN: conntrack marks the
+    /// direction whose FIN moved the connection into `FIN_WAIT`, and no
+    /// other (a retransmission of that FIN, or the other side's, marks
+    /// nothing).
+    #[inline(always)]
+    pub fn closed_first(&self, dir: u32) -> bool {
+        self.0[dir as usize & 1].flags & CLOSE_INIT != 0
+    }
 }
 
 /// `struct nf_conntrack_man`, and a tuple's destination, which is laid out
@@ -149,10 +178,27 @@ struct Tuple {
     dst: Man,
 }
 
-/// Where a direction's tuple comes from.
-#[inline(always)]
-fn source(ct: u64, dir: u32) -> Option<Man> {
-    read::<Man>(ct + offset(&NF_CONN_ORIGINAL_SRC) + dir as u64 * offset(&NF_CONN_TUPLE_STRIDE))
+/// From the original direction's tuple to the reply's: the size of a
+/// `struct nf_conntrack_tuple_hash` (a 16-byte hash node, then the
+/// tuple), which the agent checks.
+const TUPLE_STRIDE: u64 = 56;
+
+/// `tuplehash[0].tuple` up to `tuplehash[1].tuple.src`: the original
+/// direction's tuple and where the reply comes from, read in one go (by
+/// the sweeper: on the TC programs' stack it would not fit).
+#[repr(C)]
+#[derive(Copy, Clone)]
+struct Tuples {
+    original: Tuple,
+    _node: [u32; 4],
+    reply_src: Man,
+}
+
+impl Tuples {
+    #[inline(always)]
+    fn of(ct: u64) -> Option<Self> {
+        read::<Self>(ct + offset(&NF_CONN_ORIGINAL_SRC))
+    }
 }
 
 /// Whether a flow key's address is IPv4 (IPv4-mapped).
@@ -187,7 +233,7 @@ fn is(man: &Man, (addr, port): (&[u32; 4], u16)) -> bool {
 /// itself: conntrack routed the connection untranslated.
 #[inline(always)]
 pub fn dialled(ct: u64, backend: (&[u32; 4], u16)) -> Option<SynOrigin> {
-    let reply = source(ct, REPLY)?;
+    let reply = read::<Man>(ct + offset(&NF_CONN_ORIGINAL_SRC) + TUPLE_STRIDE)?;
     if !is(&reply, backend) {
         return None;
     }
@@ -221,13 +267,12 @@ fn is_ct_addr(addr: &[u32; 4], ct_addr: &[u32; 4]) -> bool {
 /// only when its garbage collector, which can wait a minute, gets to it).
 #[inline(always)]
 pub fn is_connection(ct: u64, client: (&[u32; 4], u16), backend: (&[u32; 4], u16)) -> bool {
-    let (Some(orig), Some(reply), Some(timeout)) = (
-        source(ct, ORIGINAL),
-        source(ct, REPLY),
-        read::<u32>(ct + offset(&NF_CONN_TIMEOUT)),
-    ) else {
+    let (Some(tuples), Some(timeout)) =
+        (Tuples::of(ct), read::<u32>(ct + offset(&NF_CONN_TIMEOUT)))
+    else {
         return false;
     };
+    let (orig, reply) = (tuples.original.src, tuples.reply_src);
     // `nf_ct_is_expired`: the timeout is in 32-bit jiffies.
     // SAFETY: no arguments.
     let now = unsafe { bpf_jiffies64() } as u32;

@@ -78,20 +78,27 @@ pub fn opened(key: &EndpointKey) {
 
 /// Traffic to add to an endpoint: payload bytes and packets each way, from
 /// this node's point of view (rx = received from the other side), and the
-/// connection's close when it ended (one lookup for both).
+/// connection's open and close when it ended (one lookup for all).
 #[derive(Copy, Clone, Default)]
 pub struct Traffic {
     pub bytes_rx: u64,
     pub bytes_tx: u64,
     pub packets_rx: u64,
     pub packets_tx: u64,
+    pub conns_opened: u64,
     pub conns_closed: u64,
 }
 
 impl Traffic {
     #[inline(always)]
     fn is_empty(&self) -> bool {
-        self.bytes_rx | self.bytes_tx | self.packets_rx | self.packets_tx | self.conns_closed == 0
+        self.bytes_rx
+            | self.bytes_tx
+            | self.packets_rx
+            | self.packets_tx
+            | self.conns_opened
+            | self.conns_closed
+            == 0
     }
 }
 
@@ -111,6 +118,7 @@ pub fn add_traffic(key: &EndpointKey, t: &Traffic) {
             (&raw mut (*c).bytes_tx, t.bytes_tx),
             (&raw mut (*c).packets_rx, t.packets_rx),
             (&raw mut (*c).packets_tx, t.packets_tx),
+            (&raw mut (*c).conns_opened, t.conns_opened),
             (&raw mut (*c).conns_closed, t.conns_closed),
         ] {
             if v != 0 {

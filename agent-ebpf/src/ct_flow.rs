@@ -3,15 +3,18 @@
 //! conntrack's record of it (see [`crate::conntrack`]), so the connection is
 //! one entry in `EF_CT_FLOWS` for both directions, keyed by the record's
 //! address, and is looked up only for the packets that may change its
-//! state (SYN, SYN-ACK, FIN, RST, and one per 2^29 sequence numbers: see
-//! [`crate::packet::may_change_state`]). Its bytes are read from conntrack
+//! state (SYN, SYN-ACK, the FIN that answers the other side's, RST, and
+//! one per 2^29 sequence numbers: see [`crate::packet::may_change_state`]).
+//! Conntrack marks the direction that sent the first FIN, so that FIN
+//! needs no lookup. Its bytes are read from conntrack
 //! at its end and by the sweeper every interval; it opens when conntrack
-//! marks it assured (the client acknowledged the backend's SYN-ACK) and is
-//! gone when its record is.
+//! marks it assured (the client acknowledged the backend's SYN-ACK),
+//! counted by the next sweep or with its close, and is gone when its
+//! record is.
 
 use agent_common::{
     CT_ENDED, CT_ISN_ORIGINAL, CT_ISN_REPLY, CT_ORIGINAL, CT_REPLY, CtFlow, Direction, EndpointKey,
-    FLOW_FIN_RX, FLOW_FIN_TX, FLOW_OPEN, MAX_FLOWS, PROTO_TCP, Stat,
+    FLOW_OPEN, MAX_FLOWS, PROTO_TCP, Stat,
 };
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
@@ -23,7 +26,7 @@ use aya_log_ebpf::debug;
 
 use crate::{
     atomic,
-    conntrack::{self, Ct},
+    conntrack::{self, Ct, Seen},
     counters::{Traffic, add_traffic, opened, stat},
     packet::{Packet, Side},
 };
@@ -57,51 +60,71 @@ pub fn on_packet(ctx: &TcContext, ct: Ct) {
         }
         return;
     }
-    let Some(f) = CT_FLOWS.get_ptr_mut(&ct.conn) else {
-        return;
-    };
-    // SAFETY: a live entry.
-    let f = unsafe { &mut *f };
-    if !is_for(f, &pkt, ct.reply) {
-        // Conntrack reused the record for a connection evenflow does not
-        // follow (routed, or picked up midway) before the sweeper saw the
-        // followed one go: that one is over.
-        end_stale(f, ct.conn);
+    if pkt.is_fin() || pkt.is_rst() {
+        on_close(&pkt, ct);
         return;
     }
+    let Some(f) = followed(&pkt, ct) else {
+        return;
+    };
     if pkt.is_syn_ack() {
         if ct.reply {
             f.isn[CT_REPLY] = pkt.seq;
             set(f, CT_ISN_REPLY);
         }
-        return;
-    }
-    catch_up_open(f, ct.conn);
-    if pkt.is_rst() {
-        end(f, ct.conn, Some(fins(f)));
-    } else if pkt.is_fin() {
-        let (mine, other) = if ct.reply {
-            (FLOW_FIN_RX, FLOW_FIN_TX)
-        } else {
-            (FLOW_FIN_TX, FLOW_FIN_RX)
-        };
-        if set(f, mine as u64) & other as u64 != 0 {
-            end(f, ct.conn, Some(fins(f)));
-        }
-    } else {
+    } else if let Some(seen) = Seen::of(ct.conn) {
         // Its sequence numbers crossed a multiple of 2^29.
-        catch_up_bytes(f, ct.conn, ct.reply, 1);
+        catch_up_bytes(f, &seen, ct.reply, 1);
     }
 }
 
-/// The FINs each way (original, reply) the connection's flags record: the
-/// sequence numbers its end holds back from conntrack's.
+/// A FIN or an RST. The close's first FIN (or a retransmission of it)
+/// needs no lookup: conntrack remembers which side sent it. The other
+/// side's FIN ends the connection with both FINs held back from
+/// conntrack's sequence numbers; an RST ends it holding back the first
+/// FIN, if one was sent (had the other side's followed, that FIN would
+/// have ended the connection). Out of line: at most a few packets per
+/// connection, and conntrack's state read here stays off the stack of the
+/// programs' main frame.
+#[inline(never)]
+fn on_close(pkt: &Packet, ct: Ct) {
+    let Some(seen) = Seen::of(ct.conn) else {
+        return;
+    };
+    let (this, other) = if ct.reply {
+        (conntrack::REPLY, conntrack::ORIGINAL)
+    } else {
+        (conntrack::ORIGINAL, conntrack::REPLY)
+    };
+    let held = if pkt.is_rst() {
+        (
+            seen.closed_first(conntrack::ORIGINAL) as u32,
+            seen.closed_first(conntrack::REPLY) as u32,
+        )
+    } else if seen.closed_first(other) && !seen.closed_first(this) {
+        (1, 1)
+    } else {
+        return;
+    };
+    if let Some(f) = followed(pkt, ct) {
+        end(f, ct.conn, Some((&seen, held)));
+    }
+}
+
+/// The connection `pkt` belongs to, if it is followed. A record followed
+/// for another connection was reused by conntrack for one evenflow does
+/// not follow (routed, or picked up midway) before the sweeper saw the
+/// followed one go: that one is over.
 #[inline(always)]
-fn fins(f: &CtFlow) -> (u32, u32) {
-    // SAFETY: a field of a live entry.
-    let flags = unsafe { core::ptr::read_volatile(&f.flags) };
-    let fin = |bit: u8| (flags & bit as u64 != 0) as u32;
-    (fin(FLOW_FIN_TX), fin(FLOW_FIN_RX))
+fn followed<'a>(pkt: &Packet, ct: Ct) -> Option<&'a mut CtFlow> {
+    // SAFETY: a live entry.
+    let f = unsafe { &mut *CT_FLOWS.get_ptr_mut(&ct.conn)? };
+    if is_for(f, pkt, ct.reply) {
+        Some(f)
+    } else {
+        end_stale(f, ct.conn);
+        None
+    }
 }
 
 /// Whether `pkt` belongs to the connection `f` follows: it leaves for the
@@ -192,8 +215,10 @@ fn end_stale(f: &mut CtFlow, conn: u64) {
 pub fn sweep(conn: u64, f: &mut CtFlow) {
     let client = (&f.client_addr, f.client_port);
     if conntrack::is_connection(conn, client, (&f.endpoint.addr, f.endpoint.port)) {
-        catch_up_bytes(f, conn, false, 1);
-        catch_up_bytes(f, conn, true, 1);
+        if let Some(seen) = Seen::of(conn) {
+            catch_up_bytes(f, &seen, false, 1);
+            catch_up_bytes(f, &seen, true, 1);
+        }
         catch_up_open(f, conn);
         let t = unfolded(f);
         add_traffic(&f.endpoint, &t);
@@ -209,7 +234,10 @@ pub fn sweep(conn: u64, f: &mut CtFlow) {
 /// Counts the connection opened once conntrack saw its handshake end (its
 /// last ACK passed unlooked-at), unless it ended meanwhile: setting the
 /// open bit and the end's bit are ordered, so either the end sees it open
-/// and counts the close, or the open sees it ended and counts nothing.
+/// and counts the close, or the open sees it ended and counts nothing (the
+/// end then counts both). Only the sweeper calls this: a connection that
+/// ends before a sweep saw it open has its open counted with its close, in
+/// one update of its endpoint instead of two.
 #[inline(always)]
 fn catch_up_open(f: &mut CtFlow, conn: u64) {
     // SAFETY: a field of a live entry.
@@ -228,7 +256,7 @@ fn catch_up_open(f: &mut CtFlow, conn: u64) {
 /// ends. `bytes` is a high-water mark, so racing catch-ups (the sweeper
 /// and a packet) never add twice.
 #[inline(always)]
-fn catch_up_bytes(f: &mut CtFlow, conn: u64, reply: bool, held: u32) {
+fn catch_up_bytes(f: &mut CtFlow, seen: &Seen, reply: bool, held: u32) {
     let (known, dir, isn, bytes) = if reply {
         (
             CT_ISN_REPLY,
@@ -250,9 +278,7 @@ fn catch_up_bytes(f: &mut CtFlow, conn: u64, reply: bool, held: u32) {
     if f.flags & (known | CT_ISN_REPLY) != known | CT_ISN_REPLY {
         return;
     }
-    let Some(end) = conntrack::seq_end(conn, dir) else {
-        return;
-    };
+    let end = seen.end(dir);
     // SAFETY: a field of a live (or RCU-protected) entry.
     let have = unsafe { core::ptr::read_volatile(bytes) };
     // Where the bytes counted so far end, in sequence space: past the SYN.
@@ -278,27 +304,32 @@ fn unfolded(f: &mut CtFlow) -> Traffic {
     }
 }
 
-/// Ends the connection: catches it up with conntrack first when `held`
-/// says how many sequence numbers to hold back each way (original,
-/// reply: its FINs'; `None` when its record is no longer its own), adds
-/// what it carried since the last fold and its close, if it had opened, to
-/// its endpoint, and forgets it. Returns whether this call ended it: the
-/// end bit is the claim, so of two CPUs ending one connection at once (or
-/// the sweeper holding an entry a SYN's end replaced) only one does, and
-/// only the claimer removes the key, which then still holds this entry.
+/// Ends the connection: catches it up with what conntrack `seen` when
+/// `last` has it, holding back as many sequence numbers each way as it
+/// says (original, reply: its FINs'; `None` when its record is no longer
+/// its own), adds
+/// what it carried since the last fold, its open if no sweep counted it
+/// yet and its close, if it had opened, to its endpoint in one update, and
+/// forgets it. Returns whether this call ended it: the end bit is the
+/// claim, so of two CPUs ending one connection at once (or the sweeper
+/// holding an entry a SYN's end replaced) only one does, and only the
+/// claimer removes the key, which then still holds this entry.
 #[inline(never)]
-fn end(f: &mut CtFlow, conn: u64, held: Option<(u32, u32)>) -> bool {
+fn end(f: &mut CtFlow, conn: u64, last: Option<(&Seen, (u32, u32))>) -> bool {
     let flags = set(f, CT_ENDED);
     if flags & CT_ENDED != 0 {
         return false;
     }
     let _ = CT_FLOWS.remove(&conn);
-    if let Some((tx, rx)) = held {
-        catch_up_bytes(f, conn, false, tx);
-        catch_up_bytes(f, conn, true, rx);
+    if let Some((seen, (tx, rx))) = last {
+        catch_up_bytes(f, seen, false, tx);
+        catch_up_bytes(f, seen, true, rx);
     }
     let mut t = unfolded(f);
-    t.conns_closed = (flags & FLOW_OPEN as u64 != 0) as u64;
+    // The end bit is set: no sweep counts the open from here on.
+    let counted = flags & FLOW_OPEN as u64 != 0;
+    t.conns_opened = (!counted && last.is_some() && conntrack::assured(conn)) as u64;
+    t.conns_closed = (counted || t.conns_opened != 0) as u64;
     add_traffic(&f.endpoint, &t);
     stat(Stat::FlowDeleted, 1);
     true

@@ -54,18 +54,12 @@ pub static FLOWS: HashMap<FlowKey, FlowValue> = HashMap::pinned(MAX_FLOWS, BPF_F
 /// A packet leaving the node without a local socket.
 #[inline(always)]
 pub fn on_egress(ctx: &TcContext) {
-    if let Some(ct) = conntrack::of_packet(ctx) {
-        if may_change_state(ctx) {
-            ct_flow::on_packet(ctx, ct);
-        }
-        return;
-    }
     if conntrack::followed() {
-        // Conntrack does not follow this connection, so nothing translated
-        // it through netfilter: it is routed (or NATed some other way,
-        // which `--forwarded-per-packet` counts).
-        if matches!(syn_probe(ctx), Probe::Syn) {
-            stat(Stat::SynRouted, 1);
+        // The packet's headers are read before its conntrack record: most
+        // packets change no state, and those are done without the helper
+        // call that reads `skb->_nfct`.
+        if may_change_state(ctx) {
+            on_conntrack_packet(ctx);
         }
         return;
     }
@@ -82,6 +76,20 @@ pub fn on_egress(ctx: &TcContext) {
     }
     if let Some(f) = FLOWS.get_ptr_mut(pkt.flow_key()) {
         on_flow_packet(ctx, f, &pkt);
+    }
+}
+
+/// A packet that may change its connection's state, where conntrack
+/// follows forwarded connections.
+#[inline(always)]
+fn on_conntrack_packet(ctx: &TcContext) {
+    if let Some(ct) = conntrack::of_packet(ctx) {
+        ct_flow::on_packet(ctx, ct);
+    } else if matches!(syn_probe(ctx), Probe::Syn) {
+        // Conntrack does not follow this connection, so nothing translated
+        // it through netfilter: it is routed (or NATed some other way,
+        // which `--forwarded-per-packet` counts).
+        stat(Stat::SynRouted, 1);
     }
 }
 

@@ -776,7 +776,7 @@ struct KernelOffsets {
 /// Where conntrack keeps what the forwarded-connection path reads: in the
 /// kernel's BTF when conntrack is built in, else in `nf_conntrack`'s
 /// module BTF (there only while the module is loaded).
-fn conntrack_offsets(vmlinux: &crate::btf::Btf<'_>) -> Result<[(&'static str, u32); 7]> {
+fn conntrack_offsets(vmlinux: &crate::btf::Btf<'_>) -> Result<[(&'static str, u32); 5]> {
     let nfct = vmlinux
         .member_offset("sk_buff", "_nfct")
         .context("the kernel is built without conntrack")?;
@@ -790,7 +790,7 @@ fn conntrack_offsets(vmlinux: &crate::btf::Btf<'_>) -> Result<[(&'static str, u3
     nf_conn_offsets(nfct, &module)
 }
 
-fn nf_conn_offsets(nfct: u32, btf: &crate::btf::Btf<'_>) -> Result<[(&'static str, u32); 7]> {
+fn nf_conn_offsets(nfct: u32, btf: &crate::btf::Btf<'_>) -> Result<[(&'static str, u32); 5]> {
     let off = |s: &str, m: &str| {
         btf.member_offset(s, m)
             .with_context(|| format!("finding {s}.{m} in conntrack's BTF"))
@@ -800,17 +800,31 @@ fn nf_conn_offsets(nfct: u32, btf: &crate::btf::Btf<'_>) -> Result<[(&'static st
             .with_context(|| format!("finding struct {s} in conntrack's BTF"))
     };
     // The programs read a tuple as two 20-byte halves, an address and its
-    // port at byte 16 in each (see `Man` in agent-ebpf's conntrack.rs).
+    // port at byte 16 in each, and the reply's tuple 56 bytes after the
+    // original's (see `Man` and `Tuples` in agent-ebpf's conntrack.rs).
     let layout = [
         off("nf_conntrack_man", "u3")?,
         off("nf_conntrack_man", "u")?,
         size("nf_conntrack_man")?,
         off("nf_conntrack_tuple", "src")?,
         off("nf_conntrack_tuple", "dst")?,
+        size("nf_conntrack_tuple_hash")?,
     ];
-    if layout != [0, 16, 20, 0, 20] {
+    if layout != [0, 16, 20, 0, 20, 56] {
         bail!(
-            "this kernel's conntrack tuple is laid out unlike the one evenflow reads (nf_conntrack_man.u3, .u, its size, nf_conntrack_tuple.src, .dst: {layout:?}, not [0, 16, 20, 0, 20])"
+            "this kernel's conntrack tuple is laid out unlike the one evenflow reads (nf_conntrack_man.u3, .u, its size, nf_conntrack_tuple.src, .dst, the size of nf_conntrack_tuple_hash: {layout:?}, not [0, 16, 20, 0, 20, 56])"
+        );
+    }
+    // Both directions' TCP state are read as one array of 20-byte entries,
+    // `td_end` first and the flags at byte 17 (see `TcpSeen` there).
+    let seen = [
+        off("ip_ct_tcp_state", "td_end")?,
+        off("ip_ct_tcp_state", "flags")?,
+        size("ip_ct_tcp_state")?,
+    ];
+    if seen != [0, 17, 20] {
+        bail!(
+            "this kernel's conntrack TCP state is laid out unlike the one evenflow reads (ip_ct_tcp_state.td_end, .flags, its size: {seen:?}, not [0, 17, 20])"
         );
     }
     Ok([
@@ -821,15 +835,11 @@ fn nf_conn_offsets(nfct: u32, btf: &crate::btf::Btf<'_>) -> Result<[(&'static st
             "NF_CONN_ORIGINAL_SRC",
             off("nf_conn", "tuplehash")? + off("nf_conntrack_tuple_hash", "tuple")?,
         ),
-        ("NF_CONN_TUPLE_STRIDE", size("nf_conntrack_tuple_hash")?),
         (
-            "NF_CONN_TD_END",
+            "NF_CONN_SEEN",
             // `proto` is a union: its `tcp` member sits at its start.
-            off("nf_conn", "proto")?
-                + off("ip_ct_tcp", "seen")?
-                + off("ip_ct_tcp_state", "td_end")?,
+            off("nf_conn", "proto")? + off("ip_ct_tcp", "seen")?,
         ),
-        ("NF_CONN_SEEN_STRIDE", size("ip_ct_tcp_state")?),
     ])
 }
 

@@ -1066,6 +1066,138 @@ fn field_tcp_fast_open_counts_the_syn_data() {
     }
 }
 
+/// The backend for [`field_forwarded_close_shapes_count_exactly`]: each
+/// connection's first 9 bytes say how to end it (shape, request length,
+/// response length); the server reads the request, answers, and closes as
+/// the shape says.
+const CLOSE_SHAPES_SERVER: &str = r#"
+import socket, struct, time
+def exact(c, n):
+    got = b''
+    while len(got) < n:
+        b = c.recv(n - len(got))
+        if not b: raise EOFError
+        got += b
+    return got
+def drain(c):
+    try:
+        while c.recv(65536): pass
+    except ConnectionResetError: pass
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(('0.0.0.0', 8080))
+srv.listen(64)
+while True:
+    c, _ = srv.accept()
+    shape, req, resp = struct.unpack('!BII', exact(c, 9))
+    exact(c, req - 9)
+    if shape in (1, 3): drain(c)
+    c.sendall(b'r' * resp)
+    if shape == 3:
+        time.sleep(0.2)
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
+    elif shape == 4:
+        drain(c)
+    c.close()
+"#;
+
+/// The client for [`field_forwarded_close_shapes_count_exactly`]: ten
+/// connections of each shape to `{vip}`, of varied sizes; prints the
+/// connections and payload bytes each way.
+const CLOSE_SHAPES_CLIENT: &str = r#"
+import socket, struct, sys, time
+def exact(s, n):
+    got = 0
+    while got < n:
+        b = s.recv(min(65536, n - got))
+        if not b: raise EOFError
+        got += len(b)
+def to_end(s):
+    try:
+        while s.recv(65536): pass
+    except ConnectionResetError: pass
+conns = req_total = resp_total = 0
+for i in range(50):
+    shape = i % 5 + 1
+    req, resp = 9 + (i * 397) % 3000, 1 + (i * 7919) % 40000
+    s = socket.create_connection(('{vip}', 80), timeout=10)
+    s.sendall(struct.pack('!BII', shape, req, resp) + b'q' * (req - 9))
+    if shape in (1, 3):
+        # The client closes first: its FIN, then the answer.
+        s.shutdown(socket.SHUT_WR)
+    exact(s, resp)
+    if shape == 4:
+        # An abortive close: RST, no FIN either way.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
+    elif shape != 5:
+        to_end(s)
+    # Shape 5 closes as soon as the answer is in, as the server does:
+    # the two FINs may cross.
+    s.close()
+    conns += 1; req_total += req; resp_total += resp
+time.sleep(0.5)
+print(conns, req_total, resp_total)
+"#;
+
+/// How connections end, through the DNAT lb: the client's FIN first (the
+/// server answers a half-closed connection, then closes), the server's
+/// first, an RST from the server after the client's FIN, an RST from the
+/// client with no FIN at all, and both closing at once. The lb reads the
+/// first FIN's side from conntrack instead of looking the connection up,
+/// and an RST's end holds back only a FIN that was sent: both views count
+/// every connection and every payload byte exactly.
+#[test]
+fn field_forwarded_close_shapes_count_exactly() {
+    evenflow_tests::require_root();
+    let mut lab = Lab::new("shut", 1).expect("the lab builds");
+    let b1 = lab.backends[0].clone();
+    lab.spawn(
+        &b1,
+        "shapes-server",
+        "python3",
+        &["-c", CLOSE_SHAPES_SERVER],
+    )
+    .expect("the server starts");
+    evenflow_tests::wait_for(Duration::from_secs(10), || {
+        netns::exec(&b1.ns, "ss", &["-ltnH", "sport = :8080"])
+            .ok()
+            .filter(|out| !out.trim().is_empty())
+    })
+    .unwrap_or_else(|| panic!("the server listens; {}", lab.processes_report()));
+    agent::start(&mut lab, &b1, &["--service", "web=8080"]).expect("the backend agent starts");
+    nft::start(&lab).expect("the DNAT rules load");
+    let lb = lab.lb.clone();
+    agent::start(&mut lab, &lb, &[]).expect("the lb agent starts");
+    let script = CLOSE_SHAPES_CLIENT.replace("{vip}", lab::VIP4);
+    let out = netns::exec(&lab.client.ns, "python3", &["-c", &script])
+        .unwrap_or_else(|e| panic!("the client runs: {e:#}; {}", lab.processes_report()));
+    let truth: Vec<u64> = out
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let [conns, request_bytes, response_bytes] = truth[..] else {
+        panic!("the client printed connections and bytes: {out:?}");
+    };
+    let addr = backend_addr(&lab, 0);
+    let server = settled(&b1.ns, &addr, BACKEND_PORT, SERVES, conns).1;
+    let lb_view = settled(&lb.ns, &addr, BACKEND_PORT, SENDS_TO, conns).1;
+    println!(
+        "client: {conns} connections, {request_bytes} B out, {response_bytes} B back; server {server:?}; lb {lb_view:?}"
+    );
+    for (what, seen, want) in [
+        ("server opened", server.opened, conns),
+        ("server closed", server.closed, conns),
+        ("server rx", server.bytes_rx, request_bytes),
+        ("server tx", server.bytes_tx, response_bytes),
+        ("lb opened", lb_view.opened, conns),
+        ("lb closed", lb_view.closed, conns),
+        ("lb tx", lb_view.bytes_tx, request_bytes),
+        ("lb rx", lb_view.bytes_rx, response_bytes),
+    ] {
+        assert_eq!(seen, want, "{what}");
+    }
+}
+
 /// A `TcpExt:` counter from /proc/net/netstat.
 fn tcp_ext(netstat: &str, name: &str) -> u64 {
     let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
