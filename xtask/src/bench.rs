@@ -1071,27 +1071,29 @@ fn paired_row(label: &str, rounds: &[[[f64; 2]; 2]], scale: f64, decimals: usize
         median(a1.clone()) / scale,
         median(ratios.clone()),
     );
-    println!(
-        "{:<44} {:>14} {:>14} {:>9}",
-        "  range over the rounds",
-        spread(&a0, scale, decimals),
-        spread(&a1, scale, decimals),
-        spread(&ratios, 1.0, 3),
-    );
-    println!(
-        "{:<44} {:>14} {:>14} {:>9}",
-        "  95 % interval of the median ratio",
-        "",
-        "",
-        median_interval(&ratios).map_or("n/a".to_owned(), |(lo, hi)| format!("{lo:.3}–{hi:.3}")),
-    );
-    println!(
-        "{:<44} {:>14} {:>14} {:>9}",
-        "  unseen path B (its with/without: drift)",
-        spread(&b0, scale, decimals),
-        spread(&b1, scale, decimals),
-        spread(&drift, 1.0, 3),
-    );
+    let interval = median_interval(&ratios).map(|(lo, hi)| format!("{lo:.3}–{hi:.3}"));
+    for [what, without, with, ratio] in [
+        [
+            "  range over the rounds",
+            &spread(&a0, scale, decimals),
+            &spread(&a1, scale, decimals),
+            &spread(&ratios, 1.0, 3),
+        ],
+        [
+            "  95 % interval of the median ratio",
+            "",
+            "",
+            interval.as_deref().unwrap_or("needs 6 rounds"),
+        ],
+        [
+            "  unseen path B (its with/without: drift)",
+            &spread(&b0, scale, decimals),
+            &spread(&b1, scale, decimals),
+            &spread(&drift, 1.0, 3),
+        ],
+    ] {
+        println!("{what:<44} {without:>14} {with:>14} {ratio:>9}");
+    }
 }
 
 /// Per-program cost in passes of their own (bpf stats on), between empty
