@@ -14,6 +14,8 @@ const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_ENABLE_STATS: libc::c_long = 32;
+const BPF_PROG_QUERY: libc::c_long = 16;
+const BPF_F_QUERY_EFFECTIVE: u32 = 1;
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 const BPF_PROG_TYPE_SOCK_OPS: u32 = 13;
 const BPF_CGROUP_SOCK_OPS: u32 = 3;
@@ -77,8 +79,24 @@ impl Neighbour {
     /// Loads the program and links it at `place` on ingress and egress of
     /// each interface (by index, in the calling thread's network namespace).
     pub fn attach(ifindexes: &[u32], place: Place) -> Result<Self> {
+        Self::attach_insns(ifindexes, place, &PASS_ON)
+    }
+
+    /// Like [`Neighbour::attach`], but the program counts down from
+    /// `iterations` before it passes the packet on: a known cost per
+    /// packet, for a benchmark to check that it can see one.
+    pub fn attach_spinning(ifindexes: &[u32], place: Place, iterations: u32) -> Result<Self> {
+        let mut insns = vec![0xb7, 0x01, 0, 0]; // r1 = iterations
+        insns.extend(iterations.to_ne_bytes());
+        insns.extend([0x17, 0x01, 0, 0, 1, 0, 0, 0]); // r1 -= 1
+        insns.extend([0x55, 0x01, 0xfe, 0xff, 0, 0, 0, 0]); // if r1 != 0 goto -2
+        insns.extend(PASS_ON);
+        Self::attach_insns(ifindexes, place, &insns)
+    }
+
+    fn attach_insns(ifindexes: &[u32], place: Place, insns: &[u8]) -> Result<Self> {
         let stats = enable_stats()?;
-        let prog = load(BPF_PROG_TYPE_SCHED_CLS, &PASS_ON)?;
+        let prog = load(BPF_PROG_TYPE_SCHED_CLS, insns)?;
         let flags = match place {
             Place::First => BPF_F_BEFORE,
             Place::Last => BPF_F_AFTER,
@@ -184,6 +202,46 @@ fn load(prog_type: u32, insns: &[u8]) -> Result<OwnedFd> {
     Ok(fd(
         bpf(BPF_PROG_LOAD, &mut attr).context("loading the neighbour program")?
     ))
+}
+
+/// The ids of the programs on the TCX hook of the device `ifindex` (in the
+/// calling thread's network namespace), ingress or egress. The kernel is
+/// asked directly: the bpftool this project installs (Debian 12's 7.1)
+/// lists TCX links only as "type 11", without their device.
+pub fn tcx_programs(ifindex: u32, ingress: bool) -> Result<Vec<u32>> {
+    let hook = if ingress {
+        BPF_TCX_INGRESS
+    } else {
+        BPF_TCX_EGRESS
+    };
+    query(ifindex, hook, 0).with_context(|| format!("querying TCX on ifindex {ifindex}"))
+}
+
+/// The ids of the sock_ops programs that run for sockets of the cgroup v2
+/// directory `cgroup`: its own and those it inherits from its ancestors.
+pub fn sockops_programs(cgroup: &std::path::Path) -> Result<Vec<u32>> {
+    let dir =
+        std::fs::File::open(cgroup).with_context(|| format!("opening {}", cgroup.display()))?;
+    query(
+        dir.as_raw_fd() as u32,
+        BPF_CGROUP_SOCK_OPS,
+        BPF_F_QUERY_EFFECTIVE,
+    )
+    .with_context(|| format!("querying sock_ops on {}", cgroup.display()))
+}
+
+/// `BPF_PROG_QUERY` on `target` (a device index or a cgroup descriptor).
+fn query(target: u32, attach_type: u32, flags: u32) -> Result<Vec<u32>> {
+    let mut ids = [0u32; 64];
+    let mut attr = [0u8; 64];
+    put_u32(&mut attr, 0, target);
+    put_u32(&mut attr, 4, attach_type);
+    put_u32(&mut attr, 8, flags);
+    put_u64(&mut attr, 16, ids.as_mut_ptr() as u64);
+    put_u32(&mut attr, 24, ids.len() as u32);
+    bpf(BPF_PROG_QUERY, &mut attr)?;
+    let count = u32::from_ne_bytes([attr[24], attr[25], attr[26], attr[27]]) as usize;
+    Ok(ids[..count.min(ids.len())].to_vec())
 }
 
 /// The indexes of `names` in the calling thread's network namespace.

@@ -1,12 +1,15 @@
 //! `cargo xtask bench-datapath`: what the agent costs the traffic it counts.
 //!
-//! On a veth pair between two network namespaces, in one run, measured with
-//! and without the agent attached (paired rounds, medians of several runs):
-//! bulk throughput (iperf3), connection churn (hey, one connection per
-//! request against nginx), the mean cost per run of each eBPF program from
-//! `kernel.bpf_stats_enabled`, and the agent's CPU and RSS with 10,000 live
-//! endpoints at a 1 s interval. It prints the figures next to the targets
-//! and exits non-zero only when it could not measure.
+//! Between network namespaces joined by veth pairs, in one run, measured
+//! with and without the agent attached (paired rounds, medians of several
+//! runs): bulk throughput (iperf3) and connection churn (hey, one
+//! connection per request against nginx), each on two identical paths at
+//! once, one the agent counts and one it does not see, so that what the
+//! shared machine does during a run cancels (see [`throughput`]); the mean
+//! cost per run of each eBPF program from `kernel.bpf_stats_enabled`; and
+//! the agent's CPU and RSS with 10,000 live endpoints at a 1 s interval.
+//! It prints the figures next to the targets and exits non-zero only when
+//! it could not measure.
 
 use std::{
     os::unix::process::CommandExt as _,
@@ -22,9 +25,46 @@ const CLIENT: &str = "efb-client";
 const SERVER: &str = "efb-server";
 /// Forwards client → VIP to the server with DNAT: the forwarded pass.
 const LB: &str = "efb-lb";
+/// The server's address on either path (each path has namespaces of its
+/// own, so both use the same addresses and their packets are alike).
 const SERVER_IP: &str = "10.50.0.2";
 /// The VIP on the lb, DNATed to the server's other address.
 const VIP: &str = "10.53.0.1";
+
+/// A client namespace joined to a server namespace by a veth pair, with a
+/// cgroup for the processes on each side.
+#[derive(Copy, Clone, Debug)]
+struct Path {
+    client: &'static str,
+    server: &'static str,
+    client_dev: &'static str,
+    server_dev: &'static str,
+    client_cgroup: &'static str,
+    server_cgroup: &'static str,
+}
+
+/// The path the agent counts: it runs in `server`'s namespace (TC on
+/// `server_dev`) with `server_cgroup` as its cgroup (sock_ops).
+const A: Path = Path {
+    client: CLIENT,
+    server: SERVER,
+    client_dev: "efb-c",
+    server_dev: "efb-s",
+    client_cgroup: "client",
+    server_cgroup: "server",
+};
+
+/// A path identical to [`A`] that the agent does not see: its devices are
+/// in namespaces the agent is not in, and its cgroups are siblings of A's,
+/// not below them. [`check_sight`] verifies both in every round.
+const B: Path = Path {
+    client: "efb-client-b",
+    server: "efb-server-b",
+    client_dev: "efb-cb",
+    server_dev: "efb-sb",
+    client_cgroup: "client-b",
+    server_cgroup: "server-b",
+};
 
 /// A process group killed on drop.
 struct Guard(Child);
@@ -42,13 +82,21 @@ impl Drop for Guard {
 
 /// Namespaces, cgroups and pins of the bench, removed on drop.
 struct Env {
-    cgroups: Vec<PathBuf>,
+    /// The bench's cgroup; every cgroup of the bench is a child of it.
+    cgroups: PathBuf,
     dir: PathBuf,
+}
+
+impl Env {
+    /// The cgroup `name` of the bench (see [`Path`]).
+    fn cgroup(&self, name: &str) -> PathBuf {
+        self.cgroups.join(name)
+    }
 }
 
 impl Drop for Env {
     fn drop(&mut self) {
-        for ns in [CLIENT, SERVER, LB] {
+        for ns in [A.client, A.server, B.client, B.server, LB] {
             netns::delete(ns);
             let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/evenflow/{ns}"));
         }
@@ -63,12 +111,12 @@ impl Drop for Env {
             }
             eprintln!("    could not remove cgroup {}", c.display());
         };
-        for c in &self.cgroups {
-            rmdir(c);
+        if let Ok(children) = std::fs::read_dir(&self.cgroups) {
+            for c in children.flatten().filter(|c| c.path().is_dir()) {
+                rmdir(&c.path());
+            }
         }
-        if let Some(root) = self.cgroups.first().and_then(|c| c.parent()) {
-            rmdir(root);
-        }
+        rmdir(&self.cgroups);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -91,48 +139,40 @@ fn spawn_in(cgroup: &std::path::Path, ns: &str, cmd: &str, args: &[&str]) -> Res
 }
 
 fn setup_env() -> Result<Env> {
-    let root = evenflow_tests::lab::cgroup2_root()?.join("evenflow-bench");
-    let cgroups = vec![root.join("client"), root.join("server")];
-    for c in &cgroups {
-        std::fs::create_dir_all(c)?;
+    let env = Env {
+        cgroups: evenflow_tests::lab::cgroup2_root()?.join("evenflow-bench"),
+        dir: std::env::temp_dir().join("evenflow-bench"),
+    };
+    std::fs::create_dir_all(&env.dir)?;
+    for path in [A, B] {
+        setup_path(&env, path)?;
     }
-    let dir = std::env::temp_dir().join("evenflow-bench");
-    std::fs::create_dir_all(&dir)?;
-    let env = Env { cgroups, dir };
-    netns::create(CLIENT)?;
-    netns::create(SERVER)?;
-    let _ = netns::sh("ip", &["link", "del", "efb-c"]);
-    netns::sh(
-        "ip",
-        &[
-            "link", "add", "efb-c", "type", "veth", "peer", "name", "efb-s",
-        ],
-    )?;
-    netns::sh("ip", &["link", "set", "efb-c", "netns", CLIENT])?;
-    netns::sh("ip", &["link", "set", "efb-s", "netns", SERVER])?;
-    netns::exec(
-        CLIENT,
-        "ip",
-        &["addr", "add", "10.50.0.1/24", "dev", "efb-c"],
-    )?;
-    netns::exec(
-        SERVER,
-        "ip",
-        &["addr", "add", "10.50.0.2/24", "dev", "efb-s"],
-    )?;
-    netns::exec(CLIENT, "ip", &["link", "set", "efb-c", "up"])?;
-    netns::exec(SERVER, "ip", &["link", "set", "efb-s", "up"])?;
     setup_lb()?;
-    // 10,000 endpoints: ports 20000-29999 all lead to nginx.
+    Ok(env)
+}
+
+/// One path's namespaces, cgroups and veth. Both paths get the same
+/// addresses and the same NAT table (10,000 endpoints for the footprint:
+/// ports 20000-29999 all lead to nginx), so conntrack follows the
+/// connections of both alike.
+fn setup_path(env: &Env, path: Path) -> Result<()> {
+    for cg in [path.client_cgroup, path.server_cgroup] {
+        std::fs::create_dir_all(env.cgroup(cg))?;
+    }
+    netns::create(path.client)?;
+    netns::create(path.server)?;
+    netns::veth(path.client_dev, path.client, path.server_dev, path.server)?;
+    netns::addr(path.client, path.client_dev, "10.50.0.1/24")?;
+    netns::addr(path.server, path.server_dev, &format!("{SERVER_IP}/24"))?;
     netns::exec(
-        SERVER,
+        path.server,
         "nft",
         &[
             "add table ip efb; add chain ip efb pre { type nat hook prerouting priority dstnat; }; \
            add rule ip efb pre tcp dport 20000-29999 redirect to :8080",
         ],
     )?;
-    Ok(env)
+    Ok(())
 }
 
 /// The forwarded path: client —efb-cl/efb-lc— lb —efb-ls/efb-sl— server,
@@ -202,6 +242,33 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
+/// An interval that holds the median of the population `v` was drawn from
+/// with at least 95 % confidence, whatever its distribution: the k-th
+/// smallest and k-th largest of `v`, k the largest with P(Binomial(n, ½)
+/// < k) ≤ 2.5 %. `None` under 6 values (no such k). With 11 rounds it is
+/// the 2nd smallest to the 2nd largest; with 21, the 6th to the 16th.
+fn median_interval(v: &[f64]) -> Option<(f64, f64)> {
+    let n = v.len();
+    let mut below = 0.0; // P(X < k)
+    let mut choose = 1.0; // C(n, k)
+    let mut k = 0;
+    while k < n / 2 {
+        let next = below + choose / 2f64.powi(n as i32);
+        if next > 0.025 {
+            break;
+        }
+        below = next;
+        choose = choose * (n - k) as f64 / (k + 1) as f64;
+        k += 1;
+    }
+    if k == 0 {
+        return None;
+    }
+    let mut sorted = v.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    Some((sorted[k - 1], sorted[n - k]))
+}
+
 /// `min–max` of a series, scaled, for the spread next to each median.
 fn spread(v: &[f64], scale: f64, decimals: usize) -> String {
     let lo = v.iter().copied().fold(f64::INFINITY, f64::min) / scale;
@@ -209,29 +276,28 @@ fn spread(v: &[f64], scale: f64, decimals: usize) -> String {
     format!("{lo:.decimals$}–{hi:.decimals$}")
 }
 
-fn iperf() -> Result<f64> {
-    iperf_to(SERVER_IP)
-}
+/// Seconds of each iperf3 and hey run.
+const RUN_SECS: u32 = 4;
 
-fn iperf_to(target: &str) -> Result<f64> {
-    let out = netns::exec(CLIENT, "iperf3", &["-c", target, "-t", "4", "-J"])?;
+/// Bulk throughput from `client` to `target`, in bits per second.
+fn iperf_to(client: &str, target: &str) -> Result<f64> {
+    let secs = RUN_SECS.to_string();
+    let out = netns::exec(client, "iperf3", &["-c", target, "-t", &secs, "-J"])?;
     let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 -J output")?;
     v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .context("no bits_per_second in iperf3 output")
 }
 
-fn churn() -> Result<f64> {
-    churn_to(SERVER_IP)
-}
-
-fn churn_to(target: &str) -> Result<f64> {
+/// Connections per second from `client` to nginx on `target`, one request
+/// per connection.
+fn churn_to(client: &str, target: &str) -> Result<f64> {
     let out = netns::exec(
-        CLIENT,
+        client,
         "hey",
         &[
             "-z",
-            "4s",
+            &format!("{RUN_SECS}s"),
             "-c",
             "16",
             "-disable-keepalive",
@@ -371,10 +437,10 @@ fn cost_pass(
         })
     })??;
     BpfStats::set(true)?;
-    let phases = iperf_to(target)
+    let phases = iperf_to(CLIENT, target)
         .and_then(|_| Snapshot::take(node, &empties))
         .and_then(|bulk| {
-            churn_to(target)?;
+            churn_to(CLIENT, target)?;
             Ok((bulk, Snapshot::take(node, &empties)?))
         });
     BpfStats::set(false)?;
@@ -445,19 +511,26 @@ fn cost_medians(passes: &[Vec<Cost>]) -> Vec<CostSummary> {
         .collect()
 }
 
-/// Cumulative stats of the programs behind `node`'s pinned links (not
-/// every evenflow program on the machine: other agents may be running).
-fn bpf_costs(node: &str) -> Result<Vec<(String, Stats)>> {
+/// The ids of the programs behind `node`'s pinned links: that agent's
+/// programs (not every evenflow program on the machine: other agents may
+/// be running).
+fn pinned_programs(node: &str) -> Result<std::collections::BTreeSet<u32>> {
     let links = std::path::PathBuf::from(format!("/sys/fs/bpf/evenflow/{node}/links"));
     let mut ids = std::collections::BTreeSet::new();
     for e in std::fs::read_dir(&links).with_context(|| format!("listing {}", links.display()))? {
         let path = e?.path().display().to_string();
         let out = netns::sh("bpftool", &["-j", "link", "show", "pinned", &path])?;
         let v: serde_json::Value = serde_json::from_str(&out)?;
-        if let Some(id) = v["prog_id"].as_u64() {
+        if let Some(id) = v["prog_id"].as_u64().and_then(|id| u32::try_from(id).ok()) {
             ids.insert(id);
         }
     }
+    Ok(ids)
+}
+
+/// Cumulative stats of the programs behind `node`'s pinned links.
+fn bpf_costs(node: &str) -> Result<Vec<(String, Stats)>> {
+    let ids = pinned_programs(node)?;
     let mut costs = Vec::new();
     for id in ids {
         let out = netns::sh("bpftool", &["-j", "prog", "show", "id", &id.to_string()])?;
@@ -576,7 +649,7 @@ pub enum Part {
     Footprint,
 }
 
-pub fn run(rounds: usize, only: Option<Part>) -> Result<()> {
+pub fn run(rounds: usize, only: Option<Part>, spin: Option<u32>) -> Result<()> {
     crate::shell::require_root(
         "bench-datapath",
         "builds network namespaces and loads eBPF programs",
@@ -585,8 +658,9 @@ pub fn run(rounds: usize, only: Option<Part>) -> Result<()> {
         bail!("--rounds must be at least 1");
     }
     crate::setup::run()?;
-    crate::shell::step("cargo build --release (bins)", || {
-        crate::shell::cargo(&["build", "--release", "--bins"])
+    // The agent is the only binary the bench runs.
+    crate::shell::step("cargo build --release -p evenflow-agent", || {
+        crate::shell::cargo(&["build", "--release", "-p", "evenflow-agent"])
     })?;
     // SAFETY: setting an env var before any thread is spawned.
     unsafe {
@@ -600,10 +674,10 @@ pub fn run(rounds: usize, only: Option<Part>) -> Result<()> {
     let servers = Servers::start(&env)?;
     let wants = |part: Part| only.is_none_or(|o| o == part);
     println!(
-        "\nevenflow datapath benchmark ({rounds} rounds, medians; veth between two namespaces)"
+        "\nevenflow datapath benchmark ({rounds} rounds, medians; veth pairs between namespaces)"
     );
     if wants(Part::Throughput) {
-        throughput(rounds, &env)?.print();
+        throughput(rounds, spin, &env)?.print();
     }
     if wants(Part::Cost) {
         print_costs(rounds, &costs(rounds, &env)?);
@@ -616,98 +690,359 @@ pub fn run(rounds: usize, only: Option<Part>) -> Result<()> {
     Ok(())
 }
 
-/// nginx and the iperf3 server in the server namespace, stopped on drop.
+/// nginx and the iperf3 server on each path's server, in its server
+/// cgroup, stopped on drop.
 struct Servers {
-    _nginx: Guard,
-    _iperf3: Guard,
+    _guards: Vec<Guard>,
 }
 
 impl Servers {
     fn start(env: &Env) -> Result<Self> {
-        let server_cg = &env.cgroups[1];
-        let nginx_dir = env.dir.join("nginx");
-        std::fs::create_dir_all(nginx_dir.join("tmp"))?;
-        let d = nginx_dir.display();
-        std::fs::write(
-            nginx_dir.join("nginx.conf"),
-            format!(
-                "worker_processes 2;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
-                 events {{ worker_connections 8192; }}\nhttp {{ access_log off; client_body_temp_path {d}/tmp;\n\
-                 proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp; uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;\n\
-                 server {{ listen 8080 backlog=4096; location / {{ return 200 'ok'; }} }} }}\n"
-            ),
-        )?;
-        let conf = nginx_dir.join("nginx.conf").display().to_string();
-        let prefix = nginx_dir.display().to_string();
-        let nginx = spawn_in(server_cg, SERVER, "nginx", &["-p", &prefix, "-c", &conf])?;
-        let iperf3 = spawn_in(server_cg, SERVER, "iperf3", &["-s"])?;
+        let mut guards = Vec::new();
+        for path in [A, B] {
+            let cgroup = env.cgroup(path.server_cgroup);
+            let conf = nginx_conf(&env.dir.join(format!("nginx-{}", path.server)))?;
+            let conf: Vec<&str> = conf.iter().map(String::as_str).collect();
+            guards.push(spawn_in(&cgroup, path.server, "nginx", &conf)?);
+            guards.push(spawn_in(&cgroup, path.server, "iperf3", &["-s"])?);
+        }
         std::thread::sleep(Duration::from_secs(1));
-        Ok(Self {
-            _nginx: nginx,
-            _iperf3: iperf3,
-        })
+        Ok(Self { _guards: guards })
     }
 }
 
-/// Throughput and churn per round, without and with the agent.
-struct Throughput {
-    tput: [Vec<f64>; 2],
-    conns: [Vec<f64>; 2],
+/// Writes an nginx configuration under `dir` (its own pid file and temp
+/// paths: one nginx per path) and returns nginx's arguments for it.
+fn nginx_conf(dir: &std::path::Path) -> Result<[String; 4]> {
+    std::fs::create_dir_all(dir.join("tmp"))?;
+    let d = dir.display();
+    std::fs::write(
+        dir.join("nginx.conf"),
+        format!(
+            "worker_processes 2;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{ worker_connections 8192; }}\nhttp {{ access_log off; client_body_temp_path {d}/tmp;\n\
+             proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp; uwsgi_temp_path {d}/tmp; scgi_temp_path {d}/tmp;\n\
+             server {{ listen 8080 backlog=4096; location / {{ return 200 'ok'; }} }} }}\n"
+        ),
+    )?;
+    Ok([
+        "-p".to_owned(),
+        d.to_string(),
+        "-c".to_owned(),
+        dir.join("nginx.conf").display().to_string(),
+    ])
 }
 
-/// Alternating rounds without and with the agent on the server. bpf stats
-/// stay off: they add two clock reads to every program run.
-fn throughput(rounds: usize, env: &Env) -> Result<Throughput> {
-    let server_cg = &env.cgroups[1];
-    let mut t = Throughput {
-        tput: [Vec::new(), Vec::new()],
-        conns: [Vec::new(), Vec::new()],
-    };
+/// What one run measured on both paths at once, `[A, B]`.
+#[derive(Copy, Clone)]
+struct Sample {
+    tput: [f64; 2],
+    conns: [f64; 2],
+}
+
+/// Throughput and churn per round, `[without, with]` the agent.
+struct Throughput {
+    rounds: Vec<[Sample; 2]>,
+    /// The spinner's iterations per packet, if the with-sides had one.
+    spin: Option<u32>,
+}
+
+/// Throughput and churn, decided by two identical paths measured at once.
+///
+/// On this project's 2-core VM the machine's speed drifts by a quarter
+/// from minute to minute (other work on it and on its host): a run with
+/// the agent and one without, even seconds apart, see different machines,
+/// and 11 rounds of such pairs ranged 0.85–1.16. So every run drives path
+/// [`A`], which the agent counts, and path [`B`], which it does not see,
+/// concurrently: what slows the machine during the run slows both, and
+/// A/B cancels it. A/B without the agent calibrates what differs between
+/// the paths (alike, but not the same devices, sockets or cache lines).
+/// Each round's figure is (A/B with the agent) / (A/B without), the
+/// median over rounds decides, and the range shows how well it held.
+///
+/// Both paths' runs are CPU-bound (a veth moves bytes as fast as the CPUs
+/// copy them) and share the same two CPUs, which the scheduler divides
+/// evenly between their processes: A/B is the ratio of the work each path
+/// gets done per CPU second, which is what the agent's in-kernel work per
+/// packet and per connection takes away. What it cannot see is CPU the
+/// agent's own process takes, which slows both paths alike: `--only
+/// footprint` measures that. bpf stats stay off: they add two clock reads
+/// to every program run.
+///
+/// `spin` adds a known cost to the with-sides (see `--spin`).
+fn throughput(rounds: usize, spin: Option<u32>, env: &Env) -> Result<Throughput> {
     let _stats = BpfStats::off()?;
+    if online_cpus() < 2 {
+        bail!(
+            "bench-datapath --only throughput needs two CPUs (see `SERVERS_CPU` in xtask/src/bench.rs)"
+        );
+    }
+    let _pinned = PinnedServers::hold(env)?;
+    let mut t = Throughput {
+        rounds: Vec::new(),
+        spin,
+    };
     for round in 0..rounds {
-        // Each round's pair in turn order, so a drift in the machine's load
-        // does not favour one side.
+        // Each round's pair in turn order, so that a drift in the machine's
+        // load over the round does not favour one side.
         let order = if round % 2 == 0 {
             [false, true]
         } else {
             [true, false]
         };
+        let mut pair = [None; 2];
         for with in order {
             crate::interrupt::check()?;
-            let agent = if with {
-                Some(start_agent(SERVER, server_cg)?)
-            } else {
-                None
-            };
-            t.tput[with as usize].push(iperf()?);
-            t.conns[with as usize].push(churn()?);
-            eprintln!(
-                "    round {} {}: {:.2} Gbit/s, {:.0} conn/s",
-                round + 1,
-                if with {
-                    "with agent   "
-                } else {
-                    "without agent"
-                },
-                t.tput[with as usize].last().copied().unwrap_or(0.0) / 1e9,
-                t.conns[with as usize].last().copied().unwrap_or(0.0)
-            );
-            drop(agent);
+            let sample = side(env, with, spin)?;
+            log_side(round, with, &sample);
+            pair[with as usize] = Some(sample);
+        }
+        if let [Some(without), Some(with)] = pair {
+            t.rounds.push([without, with]);
         }
     }
     Ok(t)
 }
 
+/// One side of a round: the agent started on path A (or not), checked to
+/// see A and only A, and both paths measured at once.
+fn side(env: &Env, with: bool, spin: Option<u32>) -> Result<Sample> {
+    let agent = if with {
+        Some(start_agent(A.server, &env.cgroup(A.server_cgroup))?)
+    } else {
+        None
+    };
+    check_sight(env, with)?;
+    let spinner = match spin.filter(|_| with) {
+        Some(n) => Some(spinner(n)?),
+        None => None,
+    };
+    let sample = Sample {
+        tput: both(IPERF_CLIENTS_CPU, |path| iperf_to(path.client, SERVER_IP))?,
+        conns: both(HEY_CLIENTS_CPU, |path| churn_to(path.client, SERVER_IP))?,
+    };
+    if let Some(s) = &spinner {
+        let (ns, runs) = s.cost()?;
+        eprintln!("    spinner on path A: {ns:.0} ns per run, {runs} runs");
+    }
+    drop(spinner);
+    drop(agent);
+    Ok(sample)
+}
+
+/// A program counting down from `iterations` on both directions of path
+/// A's server veth, behind the agent's: a cost the bench must see. It
+/// turns bpf stats on while attached, so its own cost per run is known.
+fn spinner(iterations: u32) -> Result<evenflow_tests::tcx::Neighbour> {
+    use evenflow_tests::tcx::{Neighbour, Place, ifindexes};
+    let dev = A.server_dev.to_owned();
+    netns::run_in(A.server, move || {
+        Neighbour::attach_spinning(&ifindexes(&[dev])?, Place::Last, iterations)
+    })?
+}
+
+fn log_side(round: usize, with: bool, s: &Sample) {
+    eprintln!(
+        "    round {} {}: A {:.2} B {:.2} Gbit/s, A {:.0} B {:.0} conn/s",
+        round + 1,
+        if with {
+            "with agent   "
+        } else {
+            "without agent"
+        },
+        s.tput[0] / 1e9,
+        s.tput[1] / 1e9,
+        s.conns[0],
+        s.conns[1],
+    );
+}
+
+/// Runs `measure` on paths A and B at the same time, `[A, B]`, each from
+/// a thread held on `cpu`: the client a run starts inherits it.
+fn both(cpu: usize, measure: impl Fn(Path) -> Result<f64> + Sync) -> Result<[f64; 2]> {
+    let run = |path: Path| -> Result<f64> {
+        set_affinity(0, &[cpu])
+            .with_context(|| format!("pinning path {}'s client", path.client))?;
+        measure(path)
+    };
+    std::thread::scope(|s| {
+        let a = s.spawn(|| run(A));
+        let b = s.spawn(|| run(B));
+        let joined = |h: std::thread::ScopedJoinHandle<'_, Result<f64>>| {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a measuring thread panicked"))?
+        };
+        Ok([joined(a)?, joined(b)?])
+    })
+}
+
+/// Where both paths' processes are held while throughput and churn are
+/// measured: servers (iperf3, nginx) and hey clients on CPU 1, iperf3
+/// clients on CPU 0. Each CPU then runs A's and B's counterparts side by
+/// side, the scheduler shares it evenly between them, and whatever else
+/// lands on a CPU slows A and B alike.
+///
+/// Left to the scheduler, one iperf3 run (the sender, and the receive
+/// path the veth runs in the sender's softirq) fits on one CPU, so two
+/// concurrent runs settle one per CPU and A/B compares two CPUs, each with
+/// its own share of the machine's other work: A/B ranged 0.82–1.13 over a
+/// bench's runs, and two concurrent hey runs 0.73–1.05. With iperf3's
+/// clients on one CPU and the servers on the other, A/B held within
+/// ±1.5 % (everything on one CPU: ±5 %); for hey that layout starved the
+/// paths in turns (0.51–1.24), and hey with nginx on one CPU held within
+/// ±5 %. What pinning leaves out of churn is what the agent's programs pay
+/// for cache lines moving between CPUs (a socket's slot taken on one and
+/// given back on another); the cost part (`--only cost`), which runs
+/// unpinned, measures that.
+const SERVERS_CPU: usize = 1;
+/// See [`SERVERS_CPU`].
+const IPERF_CLIENTS_CPU: usize = 0;
+/// See [`SERVERS_CPU`].
+const HEY_CLIENTS_CPU: usize = 1;
+
+/// Sets the CPUs thread `tid` may run on (0: the calling thread).
+fn set_affinity(tid: libc::pid_t, cpus: &[usize]) -> std::io::Result<()> {
+    // SAFETY: cpu_set_t is a plain bit array; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        // SAFETY: CPU_SET bounds-checks `cpu` against the set's size.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    // SAFETY: `set` is a valid cpu_set_t of the size passed.
+    let r = unsafe { libc::sched_setaffinity(tid, std::mem::size_of_val(&set), &set) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Both paths' servers held on [`SERVERS_CPU`]; on drop, given
+/// every CPU back (the cost and footprint parts run unpinned).
+struct PinnedServers(Vec<PathBuf>);
+
+impl PinnedServers {
+    fn hold(env: &Env) -> Result<Self> {
+        let pinned = Self([A, B].map(|p| env.cgroup(p.server_cgroup)).to_vec());
+        for cgroup in &pinned.0 {
+            pin_threads(cgroup, &[SERVERS_CPU])?;
+        }
+        Ok(pinned)
+    }
+}
+
+impl Drop for PinnedServers {
+    fn drop(&mut self) {
+        let all: Vec<usize> = (0..online_cpus()).collect();
+        for cgroup in &self.0 {
+            let _ = pin_threads(cgroup, &all);
+        }
+    }
+}
+
+fn online_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// Holds every thread of `cgroup`'s processes (nginx's workers, iperf3)
+/// on `cpus`.
+fn pin_threads(cgroup: &std::path::Path, cpus: &[usize]) -> Result<()> {
+    let threads = cgroup.join("cgroup.threads");
+    let list = std::fs::read_to_string(&threads)
+        .with_context(|| format!("reading {}", threads.display()))?;
+    for tid in list.lines().filter_map(|l| l.trim().parse().ok()) {
+        set_affinity(tid, cpus).with_context(|| format!("pinning thread {tid}"))?;
+    }
+    Ok(())
+}
+
+/// How many of the agent's programs sit on each hook of a path.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Sight {
+    /// TCX, either direction, on either end of the path's veth.
+    tc: usize,
+    /// sock_ops in effect for the server cgroup's sockets.
+    server_sockops: usize,
+    /// sock_ops in effect for the client cgroup's sockets.
+    client_sockops: usize,
+}
+
+/// Fails unless the agent (if `with`) counts path A's server and nothing
+/// of path B, and (if not) left nothing on A: otherwise the paired figure
+/// would compare two counted paths, or two uncounted ones, and read 1.0.
+fn check_sight(env: &Env, with: bool) -> Result<()> {
+    let ours = if with {
+        pinned_programs(A.server)?
+    } else {
+        Default::default()
+    };
+    let a = sight(env, A, &ours, with)?;
+    let b = sight(env, B, &ours, with)?;
+    let counted = a.tc > 0 && a.server_sockops > 0;
+    let a_ok = a.client_sockops == 0 && if with { counted } else { a.tc == 0 };
+    if b != Sight::default() || !a_ok {
+        bail!(
+            "the agent's programs are not where the bench needs them (with agent: {with}): \
+             path A {a:?} (wants TC and server sock_ops with the agent, nothing without), \
+             path B {b:?} (wants nothing)"
+        );
+    }
+    Ok(())
+}
+
+/// The programs of `ours` on `path`'s hooks; without the agent (`!with`),
+/// any program on its devices.
+fn sight(
+    env: &Env,
+    path: Path,
+    ours: &std::collections::BTreeSet<u32>,
+    with: bool,
+) -> Result<Sight> {
+    let count = |ids: Vec<u32>| ids.iter().filter(|id| !with || ours.contains(id)).count();
+    let mut tc = 0;
+    for (ns, dev) in [
+        (path.client, path.client_dev),
+        (path.server, path.server_dev),
+    ] {
+        let dev = dev.to_owned();
+        let ids = netns::run_in(ns, move || -> Result<Vec<u32>> {
+            use evenflow_tests::tcx::{ifindexes, tcx_programs};
+            let idx = ifindexes(&[dev])?[0];
+            Ok([tcx_programs(idx, true)?, tcx_programs(idx, false)?].concat())
+        })??;
+        tc += count(ids);
+    }
+    let sockops = |cg: &str| -> Result<usize> {
+        let ids = evenflow_tests::tcx::sockops_programs(&env.cgroup(cg))?;
+        // Sockets of the bench's cgroups inherit whatever other agents
+        // attach above them; only this agent's programs count here.
+        Ok(ids.iter().filter(|id| ours.contains(id)).count())
+    };
+    Ok(Sight {
+        tc,
+        server_sockops: sockops(path.server_cgroup)?,
+        client_sockops: sockops(path.client_cgroup)?,
+    })
+}
+
 impl Throughput {
     fn print(&self) {
+        if let Some(n) = self.spin {
+            println!("(with agent: and a spinner of {n} iterations per packet on path A, --spin)");
+        }
         println!(
-            "{:<44} {:>14} {:>14} {:>8}  target",
+            "{:<44} {:>14} {:>14} {:>9}  target",
             "", "without agent", "with agent", "ratio"
         );
-        paired_row("bulk throughput, iperf3 (Gbit/s)", &self.tput, 1e9, 2, 0.99);
+        let tput: Vec<[[f64; 2]; 2]> = self.rounds.iter().map(|[o, w]| [o.tput, w.tput]).collect();
+        let conns: Vec<[[f64; 2]; 2]> = self
+            .rounds
+            .iter()
+            .map(|[o, w]| [o.conns, w.conns])
+            .collect();
+        paired_row("bulk throughput, iperf3 (Gbit/s)", &tput, 1e9, 2, 0.99);
         paired_row(
             "connection churn, hey no keep-alive (conn/s)",
-            &self.conns,
+            &conns,
             1.0,
             0,
             0.97,
@@ -715,43 +1050,58 @@ impl Throughput {
     }
 }
 
-/// One measure's medians without and with the agent, and the ratio that
-/// decides: the median over rounds of each round's with/without ratio.
-/// Pairing each round's two runs cancels what drifts between rounds on a
-/// shared machine (builds, other benchmarks), which the ranges show.
-fn paired_row(
-    label: &str,
-    [without, with]: &[Vec<f64>; 2],
-    scale: f64,
-    decimals: usize,
-    target: f64,
-) {
-    let ratios: Vec<f64> = without
+/// One measure: path A's medians without and with the agent, and the
+/// ratio that decides, the median over rounds of (A/B with) / (A/B
+/// without) (see [`throughput`]); then the ranges; then path B's medians
+/// and the range of B with / B without, which is how far the machine
+/// drifted between the two sides of a round (what the old, unpaired
+/// method would have read as the agent's cost).
+fn paired_row(label: &str, rounds: &[[[f64; 2]; 2]], scale: f64, decimals: usize, target: f64) {
+    let series =
+        |side: usize, path: usize| -> Vec<f64> { rounds.iter().map(|r| r[side][path]).collect() };
+    let ratios: Vec<f64> = rounds
         .iter()
-        .zip(with)
-        .map(|(base, agent)| agent / base)
+        .map(|[[a0, b0], [a1, b1]]| (a1 / b1) / (a0 / b0))
         .collect();
+    let drift: Vec<f64> = rounds.iter().map(|[[_, b0], [_, b1]]| b1 / b0).collect();
+    let (a0, a1, b0, b1) = (series(0, 0), series(1, 0), series(0, 1), series(1, 1));
     println!(
-        "{label:<44} {:>14.decimals$} {:>14.decimals$} {:>8.3}  >= {target}",
-        median(without.clone()) / scale,
-        median(with.clone()) / scale,
+        "{label:<44} {:>14.decimals$} {:>14.decimals$} {:>9.3}  >= {target}",
+        median(a0.clone()) / scale,
+        median(a1.clone()) / scale,
         median(ratios.clone()),
     );
-    println!(
-        "{:<44} {:>14} {:>14} {:>8}",
-        "  range over the rounds",
-        spread(without, scale, decimals),
-        spread(with, scale, decimals),
-        spread(&ratios, 1.0, 3),
-    );
+    let interval = median_interval(&ratios).map(|(lo, hi)| format!("{lo:.3}–{hi:.3}"));
+    for [what, without, with, ratio] in [
+        [
+            "  range over the rounds",
+            &spread(&a0, scale, decimals),
+            &spread(&a1, scale, decimals),
+            &spread(&ratios, 1.0, 3),
+        ],
+        [
+            "  95 % interval of the median ratio",
+            "",
+            "",
+            interval.as_deref().unwrap_or("needs 6 rounds"),
+        ],
+        [
+            "  unseen path B (its with/without: drift)",
+            &spread(&b0, scale, decimals),
+            &spread(&b1, scale, decimals),
+            &spread(&drift, 1.0, 3),
+        ],
+    ] {
+        println!("{what:<44} {without:>14} {with:>14} {ratio:>9}");
+    }
 }
 
 /// Per-program cost in passes of their own (bpf stats on), between empty
 /// programs on the same hooks (see [`Empties`]). Each round runs a local
 /// pass, the same on a server that forwards, and a forwarded one.
 fn costs(rounds: usize, env: &Env) -> Result<[Vec<Vec<Cost>>; 3]> {
-    let server_cg = &env.cgroups[1];
-    let lb_cg = server_cg.with_file_name("lb");
+    let server_cg = &env.cgroup(A.server_cgroup);
+    let lb_cg = env.cgroup("lb");
     std::fs::create_dir_all(&lb_cg)?;
     // Back to what it was when the passes are over.
     let _stats = BpfStats::off()?;
@@ -841,7 +1191,7 @@ struct Footprint {
 /// The client's agent sees SENDS_TO 10.50.0.2:20000..29999, one connection
 /// each; its CPU over windows at a 1 s interval and its RSS after.
 fn footprint(env: &Env) -> Result<Footprint> {
-    let client_cg = &env.cgroups[0];
+    let client_cg = &env.cgroup(A.client_cgroup);
     let agent = start_agent(CLIENT, client_cg)?;
     let pid = agent_pid(CLIENT)?;
     let idle_rss = rss_mib(pid)?;
@@ -907,5 +1257,23 @@ impl Footprint {
         if *live < 10_000 {
             println!("  note: only {live} endpoints became live (expected 10,000)");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median_interval;
+
+    #[test]
+    fn median_interval_is_the_order_statistics_that_cover_95_percent() {
+        let eleven: Vec<f64> = (1..=11).map(f64::from).collect();
+        assert_eq!(median_interval(&eleven), Some((2.0, 10.0)));
+        let twenty_one: Vec<f64> = (1..=21).rev().map(f64::from).collect();
+        assert_eq!(median_interval(&twenty_one), Some((6.0, 16.0)));
+        assert_eq!(
+            median_interval(&[3.0, 1.0, 2.0, 6.0, 5.0, 4.0]),
+            Some((1.0, 6.0))
+        );
+        assert_eq!(median_interval(&[1.0; 5]), None);
     }
 }

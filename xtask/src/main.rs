@@ -66,6 +66,11 @@ enum Cmd {
         /// Measure only this part (throughput, cost or footprint).
         #[arg(long, value_enum)]
         only: Option<bench::Part>,
+        /// With the agent, also attach to the counted path's veth a TC
+        /// program that counts down from N per packet: a known extra cost,
+        /// to check that the throughput part sees one.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        spin: Option<u32>,
     },
     /// The detector on seeded traffic: time to detect each fault, detection
     /// probability, false pages per pool-day (release build). Arguments
@@ -102,7 +107,7 @@ fn main() -> ExitCode {
         Cmd::Setup => setup::run(),
         Cmd::Build { node_agent } => build(node_agent),
         Cmd::Test { args } => test(&args),
-        Cmd::BenchDatapath { rounds, only } => bench::run(rounds, only),
+        Cmd::BenchDatapath { rounds, only, spin } => bench::run(rounds, only, spin),
         Cmd::BenchDetect { args } => release_bin(&["evenflow-detect-bench"], &args),
         // The scale bench starts the collector found next to itself.
         // Its baseline, when another revision's, is built first: both
