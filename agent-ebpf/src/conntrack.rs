@@ -35,7 +35,8 @@ static NF_CONN_TIMEOUT: u32 = 0;
 #[unsafe(no_mangle)]
 static NF_CONN_ORIGINAL_SRC: u32 = 0;
 /// `offsetof(struct nf_conn, proto.tcp.seen)`: both directions' TCP
-/// state, laid out as [`TcpSeen`] (the agent checks).
+/// state, then the connection's, laid out as [`TcpTrack`] (the agent
+/// checks).
 #[unsafe(no_mangle)]
 static NF_CONN_SEEN: u32 = 0;
 
@@ -128,31 +129,54 @@ struct TcpSeen {
     _pad: u16,
 }
 
-/// Both directions' TCP state (`proto.tcp.seen`), read in one go.
+/// `struct ip_ct_tcp` up to its state: both directions' TCP state
+/// (`seen`), then conntrack's state of the connection.
+#[repr(C)]
 #[derive(Copy, Clone)]
-pub struct Seen([TcpSeen; 2]);
+struct TcpTrack {
+    seen: [TcpSeen; 2],
+    state: u8,
+    _rest: [u8; 3],
+}
+
+/// `TCP_CONNTRACK_CLOSE`: an RST closed the connection.
+const TCP_CONNTRACK_CLOSE: u8 = 8;
+
+/// What conntrack saw of a TCP connection (`proto.tcp`), read in one go.
+#[derive(Copy, Clone)]
+pub struct Seen(TcpTrack);
 
 impl Seen {
     /// `ct`'s, or `None` where its memory cannot be read.
     #[inline(always)]
     pub fn of(ct: u64) -> Option<Self> {
-        read::<[TcpSeen; 2]>(ct + offset(&NF_CONN_SEEN)).map(Self)
+        read::<TcpTrack>(ct + offset(&NF_CONN_SEEN)).map(Self)
+    }
+
+    /// Whether an RST closed the connection. Conntrack lets an RST through
+    /// in the window but not at the expected sequence number without
+    /// closing (the receiver answers it with a challenge ACK and the
+    /// connection lives on).
+    #[inline(always)]
+    pub fn reset(&self) -> bool {
+        self.0.state == TCP_CONNTRACK_CLOSE
     }
 
     /// The sequence number just past everything conntrack saw sent in
     /// `dir` (SYN and FIN included).
     #[inline(always)]
     pub fn end(&self, dir: u32) -> u32 {
-        self.0[dir as usize & 1].td_end
+        self.0.seen[dir as usize & 1].td_end
     }
 
     /// Whether `dir` sent the connection's first FIN: conntrack marks the
-    /// direction whose FIN moved the connection into `FIN_WAIT`, and no
-    /// other (a retransmission of that FIN, or the other side's, marks
-    /// nothing).
+    /// direction whose FIN moved the connection into `FIN_WAIT` (a
+    /// retransmission of that FIN, or the other side's, marks nothing; a
+    /// flowtable's teardown, which evenflow does not count through, marks
+    /// the original direction).
     #[inline(always)]
     pub fn closed_first(&self, dir: u32) -> bool {
-        self.0[dir as usize & 1].flags & CLOSE_INIT != 0
+        self.0.seen[dir as usize & 1].flags & CLOSE_INIT != 0
     }
 }
 

@@ -72,8 +72,16 @@ pub fn on_packet(ctx: &TcContext, ct: Ct) {
             f.isn[CT_REPLY] = pkt.seq;
             set(f, CT_ISN_REPLY);
         }
-    } else if let Some(seen) = Seen::of(ct.conn) {
-        // Its sequence numbers crossed a multiple of 2^29.
+    } else {
+        catch_up_crossing(f, ct);
+    }
+}
+
+/// A packet whose sequence numbers crossed a multiple of 2^29: the count
+/// catches up with conntrack's. Out of line, like [`on_close`].
+#[inline(never)]
+fn catch_up_crossing(f: &mut CtFlow, ct: Ct) {
+    if let Some(seen) = Seen::of(ct.conn) {
         catch_up_bytes(f, &seen, ct.reply, 1);
     }
 }
@@ -81,11 +89,11 @@ pub fn on_packet(ctx: &TcContext, ct: Ct) {
 /// A FIN or an RST. The close's first FIN (or a retransmission of it)
 /// needs no lookup: conntrack remembers which side sent it. The other
 /// side's FIN ends the connection with both FINs held back from
-/// conntrack's sequence numbers; an RST ends it holding back the first
-/// FIN, if one was sent (had the other side's followed, that FIN would
-/// have ended the connection). Out of line: at most a few packets per
-/// connection, and conntrack's state read here stays off the stack of the
-/// programs' main frame.
+/// conntrack's sequence numbers; an RST that closed it in conntrack's
+/// view ends it holding back the first FIN, if one was sent (had the other
+/// side's followed, that FIN would have ended the connection). Out of
+/// line: at most a few packets per connection, and conntrack's state read
+/// here stays off the main frame's stack.
 #[inline(never)]
 fn on_close(pkt: &Packet, ct: Ct) {
     let Some(seen) = Seen::of(ct.conn) else {
@@ -97,6 +105,9 @@ fn on_close(pkt: &Packet, ct: Ct) {
         (conntrack::ORIGINAL, conntrack::REPLY)
     };
     let held = if pkt.is_rst() {
+        if !seen.reset() {
+            return;
+        }
         (
             seen.closed_first(conntrack::ORIGINAL) as u32,
             seen.closed_first(conntrack::REPLY) as u32,

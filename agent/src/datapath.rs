@@ -816,15 +816,17 @@ fn nf_conn_offsets(nfct: u32, btf: &crate::btf::Btf<'_>) -> Result<[(&'static st
         );
     }
     // Both directions' TCP state are read as one array of 20-byte entries,
-    // `td_end` first and the flags at byte 17 (see `TcpSeen` there).
+    // `td_end` first and the flags at byte 17, with the connection's state
+    // right after them (see `TcpTrack` there).
     let seen = [
         off("ip_ct_tcp_state", "td_end")?,
         off("ip_ct_tcp_state", "flags")?,
         size("ip_ct_tcp_state")?,
+        off("ip_ct_tcp", "state")?.wrapping_sub(off("ip_ct_tcp", "seen")?),
     ];
-    if seen != [0, 17, 20] {
+    if seen != [0, 17, 20, 40] {
         bail!(
-            "this kernel's conntrack TCP state is laid out unlike the one evenflow reads (ip_ct_tcp_state.td_end, .flags, its size: {seen:?}, not [0, 17, 20])"
+            "this kernel's conntrack TCP state is laid out unlike the one evenflow reads (ip_ct_tcp_state.td_end, .flags, its size, ip_ct_tcp.state after .seen: {seen:?}, not [0, 17, 20, 40])"
         );
     }
     Ok([
