@@ -224,22 +224,37 @@ fn end_stale(f: &mut CtFlow, conn: u64) {
 /// had.
 #[inline(always)]
 pub fn sweep(conn: u64, f: &mut CtFlow) {
-    let client = (&f.client_addr, f.client_port);
-    if conntrack::is_connection(conn, client, (&f.endpoint.addr, f.endpoint.port)) {
-        if let Some(seen) = Seen::of(conn) {
-            catch_up_bytes(f, &seen, false, 1);
-            catch_up_bytes(f, &seen, true, 1);
+    let (client, backend) = (
+        (f.client_addr, f.client_port),
+        (f.endpoint.addr, f.endpoint.port),
+    );
+    let is_it = || conntrack::is_connection(conn, (&client.0, client.1), (&backend.0, backend.1));
+    if !is_it() {
+        if end(f, conn, None) {
+            // Not read once more: an expired record's sequence numbers may
+            // be a SYN's that never left (a retry conntrack took on the
+            // record before a rule dropped it); a connection idle until it
+            // expired carried nothing since the last sweep but the byte
+            // held back.
+            stat(Stat::FlowExpired, 1);
         }
-        catch_up_open(f, conn);
-        let t = unfolded(f);
-        add_traffic(&f.endpoint, &t);
-    } else if end(f, conn, None) {
-        // Not read once more: an expired record's sequence numbers may be
-        // a SYN's that never left (a retry conntrack took on the record
-        // before a rule dropped it); a connection idle until it expired
-        // carried nothing since the last sweep but the byte held back.
-        stat(Stat::FlowExpired, 1);
+        return;
     }
+    let seen = Seen::of(conn);
+    // The sweeper holds no reference to the record: checked again after
+    // the read, so that a record freed and reused for another connection
+    // in between never lends this one its sequence numbers. The next
+    // sweep ends it.
+    if !is_it() {
+        return;
+    }
+    if let Some(seen) = seen {
+        catch_up_bytes(f, &seen, false, 1);
+        catch_up_bytes(f, &seen, true, 1);
+    }
+    catch_up_open(f, conn);
+    let t = unfolded(f);
+    add_traffic(&f.endpoint, &t);
 }
 
 /// Counts the connection opened once conntrack saw its handshake end (its
