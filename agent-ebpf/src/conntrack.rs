@@ -202,11 +202,6 @@ struct Tuple {
     dst: Man,
 }
 
-/// From the original direction's tuple to the reply's: the size of a
-/// `struct nf_conntrack_tuple_hash` (a 16-byte hash node, then the
-/// tuple), which the agent checks.
-const TUPLE_STRIDE: u64 = 56;
-
 /// `tuplehash[0].tuple` up to `tuplehash[1].tuple.src`: the original
 /// direction's tuple and where the reply comes from, read in one go (by
 /// the sweeper: on the TC programs' stack it would not fit).
@@ -224,6 +219,11 @@ impl Tuples {
         read::<Self>(ct + offset(&NF_CONN_ORIGINAL_SRC))
     }
 }
+
+/// From the original direction's tuple to the reply's: the size of a
+/// `struct nf_conntrack_tuple_hash` (a 16-byte hash node, then the
+/// tuple), which the agent checks is 56.
+const TUPLE_STRIDE: u64 = core::mem::offset_of!(Tuples, reply_src) as u64;
 
 /// Whether a flow key's address is IPv4 (IPv4-mapped).
 #[inline(always)]

@@ -333,10 +333,9 @@ fn unfolded(f: &mut CtFlow) -> Traffic {
 /// Ends the connection: catches it up with what conntrack `seen` when
 /// `last` has it, holding back as many sequence numbers each way as it
 /// says (original, reply: its FINs'; `None` when its record is no longer
-/// its own), adds
-/// what it carried since the last fold, its open if no sweep counted it
-/// yet and its close, if it had opened, to its endpoint in one update, and
-/// forgets it. Returns whether this call ended it: the end bit is the
+/// its own), adds what it carried since the last fold, its open if no
+/// sweep counted it yet and its close, if it had opened, to its endpoint
+/// in one update, and forgets it. Returns whether this call ended it: the end bit is the
 /// claim, so of two CPUs ending one connection at once (or the sweeper
 /// holding an entry a SYN's end replaced) only one does, and only the
 /// claimer removes the key, which then still holds this entry.
