@@ -87,7 +87,7 @@ pub fn evenflow_tc_egress(ctx: TcContext) -> i32 {
     let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
     if sk.is_null() {
         forward::on_egress(&ctx);
-    } else if connecting(sk) && !matches!(syn_probe(&ctx), Probe::Other) {
+    } else if connecting(sk) {
         note_local_nat(&ctx, sk);
     }
     TCX_NEXT
@@ -132,16 +132,21 @@ fn record_syn(ctx: &TcContext) {
     }
 }
 
-/// A local socket's SYN: when it leaves for another destination than the
-/// socket's own, DNAT in OUTPUT chose the backend; note it for sock_ops.
-/// Out of line: SYNs only. Common header shapes only (a hostNetwork proxy's
-/// SYNs carry no IP options or VLAN tags here).
+/// A connecting local socket's packet: when it is a SYN leaving for
+/// another destination than the socket's own, DNAT in OUTPUT chose the
+/// backend; note it for sock_ops. Out of line, like
+/// [`forward::on_egress`]: the egress program's own code stays the few
+/// instructions every other local packet runs. Common header shapes only
+/// (a hostNetwork proxy's SYNs carry no IP options or VLAN tags here).
 #[inline(never)]
 fn note_local_nat(ctx: &TcContext, sk: *mut bpf_sock) {
     // Opaque to the optimiser: else it passes the caller's packet pointers
     // in as arguments, zero-extends `data_end` and the verifier refuses the
     // arithmetic on it.
     let ctx = core::hint::black_box(ctx);
+    if matches!(syn_probe(ctx), Probe::Other) {
+        return;
+    }
     let Some(pkt) = Packet::parse_common(ctx, Side::Egress) else {
         return;
     };
