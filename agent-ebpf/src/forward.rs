@@ -67,8 +67,18 @@ pub fn on_egress(ctx: &TcContext) {
         if may_change_state(ctx) {
             on_conntrack_packet(ctx);
         }
-        return;
+    } else {
+        on_packet(ctx);
     }
+}
+
+/// A forwarded packet where connections are counted packet by packet. Out
+/// of line, like [`on_conntrack_packet`]: [`on_egress`] keeps only what a
+/// data packet of a connection conntrack follows runs.
+#[inline(never)]
+fn on_packet(ctx: &TcContext) {
+    // Opaque to the optimiser, as in `tc::note_local_nat`.
+    let ctx = core::hint::black_box(ctx);
     let Some(pkt) = Packet::parse(ctx, Side::Egress) else {
         return;
     };
@@ -86,8 +96,9 @@ pub fn on_egress(ctx: &TcContext) {
 }
 
 /// A packet that may change its connection's state, where conntrack
-/// follows forwarded connections.
-#[inline(always)]
+/// follows forwarded connections. Out of line: a few packets per
+/// connection.
+#[inline(never)]
 fn on_conntrack_packet(ctx: &TcContext) {
     if let Some(ct) = conntrack::of_packet(ctx) {
         ct_flow::on_packet(ctx, ct);
