@@ -67,18 +67,8 @@ pub fn on_egress(ctx: &TcContext) {
         if may_change_state(ctx) {
             on_conntrack_packet(ctx);
         }
-    } else {
-        on_packet(ctx);
+        return;
     }
-}
-
-/// A forwarded packet where connections are counted packet by packet. Out
-/// of line, like [`on_conntrack_packet`]: [`on_egress`] keeps only what a
-/// data packet of a connection conntrack follows runs.
-#[inline(never)]
-fn on_packet(ctx: &TcContext) {
-    // Opaque to the optimiser, as in `tc::note_local_nat`.
-    let ctx = core::hint::black_box(ctx);
     let Some(pkt) = Packet::parse(ctx, Side::Egress) else {
         return;
     };
@@ -96,9 +86,8 @@ fn on_packet(ctx: &TcContext) {
 }
 
 /// A packet that may change its connection's state, where conntrack
-/// follows forwarded connections. Out of line: a few packets per
-/// connection.
-#[inline(never)]
+/// follows forwarded connections.
+#[inline(always)]
 fn on_conntrack_packet(ctx: &TcContext) {
     if let Some(ct) = conntrack::of_packet(ctx) {
         ct_flow::on_packet(ctx, ct);
