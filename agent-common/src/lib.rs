@@ -441,6 +441,10 @@ pub const MAX_FLOWS: u32 = 262_144;
 pub const MAX_SYNS: u32 = 16_384;
 /// Capacity of the local-NAT map (LRU: read once, at the handshake).
 pub const MAX_LOCAL_NAT: u32 = 16_384;
+/// Slots of the reset table (a power of two: the slot is the RST's
+/// sequence number's low bits). A slot lives from the RST's arrival to the
+/// socket's close a few microseconds later, in the same softirq.
+pub const MAX_RESETS: u32 = 4_096;
 
 /// Map names. They are also the pin file names under
 /// `/sys/fs/bpf/evenflow/<node>/`, so renaming one orphans pinned state.
@@ -462,6 +466,9 @@ pub mod maps {
     pub const SYNS: &str = "EF_SYNS";
     /// LRU hash `FlowKey -> EndpointKey`: local sockets whose SYN was DNATed.
     pub const LOCAL_NAT: &str = "EF_LOCAL_NAT";
+    /// Array of `u64` by sequence number: the acknowledgement each RST
+    /// arriving at a local socket carried (see `MAX_RESETS`).
+    pub const RESETS: &str = "EF_RESETS";
     /// Per-CPU array of `u64` indexed by `Stat`.
     pub const STATS: &str = "EF_STATS";
     /// Array of `u64` owned by userspace; see [`super::META_EPOCH`].

@@ -25,6 +25,10 @@ static SOCK_COOKIE: u32 = 0;
 /// `struct sock.sk_flags`.
 #[unsafe(no_mangle)]
 static SOCK_FLAGS: u32 = 0;
+/// `struct tcp_sock.write_seq`: the sequence number after the last byte
+/// the application wrote (and after a queued FIN).
+#[unsafe(no_mangle)]
+static TCP_SOCK_WRITE_SEQ: u32 = 0;
 
 /// `SOCK_DONE` of `enum sock_flags`: set by `tcp_fin()`, when the peer's
 /// FIN is taken in order (and counted in `bytes_received`); cleared only by
@@ -99,4 +103,14 @@ pub unsafe fn fin_received(tp: *const u8) -> bool {
         let flags = read_volatile(tp.add(read_volatile(&SOCK_FLAGS) as usize) as *const u64);
         flags & (1 << SOCK_DONE) != 0
     }
+}
+
+/// The socket's `write_seq`.
+///
+/// # Safety
+/// `tp` is a non-null `struct tcp_sock` BTF pointer.
+#[inline(always)]
+pub unsafe fn write_seq(tp: *const u8) -> u32 {
+    // SAFETY: as for `tcp_sock_counters`.
+    unsafe { read_volatile(tp.add(read_volatile(&TCP_SOCK_WRITE_SEQ) as usize) as *const u32) }
 }

@@ -4,6 +4,8 @@
 //!   and closed once, its bytes taken from the kernel's own per-socket
 //!   counters at close: no per-packet work for local traffic. Its state
 //!   sits in a slot found by the socket's address ([`sock`]).
+//! * [`reset`]: cgroup_skb ingress notes what every RST reaching a local
+//!   socket acknowledged, which sock_ops adds to the bytes it sent.
 //! * [`sampler`]: iterators over those sockets that the agent runs every
 //!   interval, so long-lived connections' bytes appear while they last.
 //! * [`tc`]: TC ingress (counting per packet only) notes where each SYN was
@@ -29,6 +31,7 @@ mod ct_flow;
 mod forward;
 mod kernel;
 mod packet;
+mod reset;
 mod sampler;
 mod sock;
 mod sockops;

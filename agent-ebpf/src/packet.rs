@@ -287,40 +287,46 @@ pub fn may_change_state(ctx: &TcContext) -> bool {
 /// options, IPv6 extension headers, headers outside the linear area).
 #[inline(always)]
 fn tcp_header(ctx: &TcContext) -> Result<Option<usize>, ()> {
-    // SAFETY: a scalar context field.
+    // SAFETY: a scalar context field. The skb's protocol is the Ethernet
+    // header's type (network order), read from the skb rather than the
+    // packet.
     let protocol = unsafe { (*ctx.skb.skb).protocol };
-    let start = ctx.data();
-    let end = ctx.data_end();
-    // Ethernet + IPv4 + the first 14 bytes of TCP.
-    if start + ETH_HLEN + 20 + 14 > end {
+    match tcp_header_at(protocol, ctx.data() + ETH_HLEN, ctx.data_end()) {
+        Ok(None) if matches!(u16::from_be(protocol as u16), ETH_P_8021Q | ETH_P_8021AD) => Err(()),
+        header => header,
+    }
+}
+
+/// [`tcp_header`] from the network header at `l3`, of a packet whose
+/// linear area ends at `end` and whose skb protocol is `protocol`.
+#[inline(always)]
+fn tcp_header_at(protocol: u32, l3: usize, end: usize) -> Result<Option<usize>, ()> {
+    // IPv4 + the first 14 bytes of TCP.
+    if l3 + 20 + 14 > end {
         return Err(());
     }
-    // The skb's protocol is the Ethernet header's type (network order),
-    // read from the skb rather than the packet.
     let ethertype = u16::from_be(protocol as u16);
     // SAFETY (every read below): bounds-checked against `end`.
     let tcp = if ethertype == ETH_P_IP {
-        let vihl_tos = unsafe { rd16(start + ETH_HLEN) };
+        let vihl_tos = unsafe { rd16(l3) };
         if vihl_tos & 0xff != 0x45 {
             return Err(());
         }
-        if (unsafe { rd16(start + ETH_HLEN + 8) } >> 8) as u8 != PROTO_TCP {
+        if (unsafe { rd16(l3 + 8) } >> 8) as u8 != PROTO_TCP {
             return Ok(None);
         }
-        start + ETH_HLEN + 20
+        l3 + 20
     } else if ethertype == ETH_P_IPV6 {
-        if start + ETH_HLEN + IPV6_HLEN + 14 > end {
+        if l3 + IPV6_HLEN + 14 > end {
             return Err(());
         }
-        match (unsafe { rd16(start + ETH_HLEN + 6) } & 0xff) as u8 {
-            PROTO_TCP => start + ETH_HLEN + IPV6_HLEN,
+        match (unsafe { rd16(l3 + 6) } & 0xff) as u8 {
+            PROTO_TCP => l3 + IPV6_HLEN,
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT => {
                 return Err(());
             }
             _ => return Ok(None),
         }
-    } else if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-        return Err(());
     } else {
         return Ok(None);
     };
@@ -328,6 +334,24 @@ fn tcp_header(ctx: &TcContext) -> Result<Option<usize>, ()> {
         return Err(());
     }
     Ok(Some(tcp))
+}
+
+/// The sequence and acknowledgement numbers (host order) of a TCP RST
+/// that carries an ACK, from the network header at `l3` (see
+/// [`tcp_header_at`]); `None` for anything else, and for the shapes that
+/// reads not.
+#[inline(always)]
+pub fn reset_at(protocol: u32, l3: usize, end: usize) -> Option<(u32, u32)> {
+    let Ok(Some(tcp)) = tcp_header_at(protocol, l3, end) else {
+        return None;
+    };
+    // SAFETY: `tcp_header_at` checked the header's first 14 bytes.
+    unsafe {
+        if flags(tcp) & (TCP_RST | TCP_ACK) != TCP_RST | TCP_ACK {
+            return None;
+        }
+        Some((u32::from_be(rd32(tcp + 4)), u32::from_be(rd32(tcp + 8))))
+    }
 }
 
 /// The flags byte of the TCP header at `tcp`.

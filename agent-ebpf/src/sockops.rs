@@ -13,7 +13,8 @@ use aya_ebpf::{
     bindings::{
         BPF_SK_STORAGE_GET_F_CREATE, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
-        BPF_TCP_CLOSE, BPF_TCP_CLOSING, BPF_TCP_FIN_WAIT2, BPF_TCP_LAST_ACK, bpf_sock,
+        BPF_TCP_CLOSE, BPF_TCP_CLOSING, BPF_TCP_FIN_WAIT1, BPF_TCP_FIN_WAIT2, BPF_TCP_LAST_ACK,
+        bpf_sock,
     },
     helpers::generated::{bpf_get_socket_cookie, bpf_sk_storage_get, bpf_skc_to_tcp_sock},
     macros::{map, sock_ops},
@@ -26,6 +27,7 @@ use aya_log_ebpf::debug;
 use crate::{
     counters::{opened, stat},
     kernel::{self, SockCounters},
+    reset,
     sock::{self, Claim, Held, Payload, SOCKS},
     tc::LOCAL_NAT,
 };
@@ -213,9 +215,14 @@ fn on_close(ctx: &SockOpsContext, old: u32) {
     let fin_acked = old == BPF_TCP_FIN_WAIT2
         || ((old == BPF_TCP_LAST_ACK || old == BPF_TCP_CLOSING) && snd_una == snd_nxt);
     let syn = (held.flags() & SOCK_ACTIVE != 0) as u64;
+    let reset = if snd_una == snd_nxt {
+        0
+    } else {
+        reset_acked(ctx, old, snd_una, snd_nxt)
+    };
     let p = Payload {
         rx: c.bytes_received.saturating_sub(peer_fin(sk) as u64),
-        tx: c.bytes_acked.saturating_sub(syn + fin_acked as u64),
+        tx: (c.bytes_acked + reset).saturating_sub(syn + fin_acked as u64),
         segs_in: c.segs_in,
         segs_out: c.segs_out,
     };
@@ -223,13 +230,40 @@ fn on_close(ctx: &SockOpsContext, old: u32) {
     held.release();
 }
 
+/// Data the RST that closed the socket acknowledged past `snd_una`, which
+/// the kernel never adds to `bytes_acked` (see [`crate::reset`]). Out of
+/// line: only a close with data in flight asks.
+#[inline(never)]
+fn reset_acked(ctx: &SockOpsContext, old: u32, snd_una: u32, snd_nxt: u32) -> u64 {
+    // SAFETY: a context field sock_ops may read.
+    let rcv_nxt = unsafe { read_volatile(&(*ctx.ops).rcv_nxt) };
+    // In these states our FIN is queued, one past the last data byte.
+    let fin_queued = matches!(
+        old,
+        BPF_TCP_FIN_WAIT1 | BPF_TCP_FIN_WAIT2 | BPF_TCP_CLOSING | BPF_TCP_LAST_ACK
+    );
+    let data_end = match socket(ctx).and_then(tcp_sock) {
+        // SAFETY: a non-null tcp_sock BTF pointer.
+        Some(tp) if fin_queued => unsafe { kernel::write_seq(tp) }.wrapping_sub(1),
+        Some(_) => snd_nxt,
+        None => return 0,
+    };
+    u64::from(reset::acked(rcv_nxt, snd_una, snd_nxt, data_end))
+}
+
 /// Whether the peer's FIN arrived (and counts one in `bytes_received`).
 #[inline(always)]
 fn peer_fin(sk: *mut bpf_sock) -> bool {
+    // SAFETY: a non-null tcp_sock BTF pointer.
+    tcp_sock(sk).is_some_and(|tp| unsafe { kernel::fin_received(tp) })
+}
+
+/// The socket as a `struct tcp_sock` BTF pointer.
+#[inline(always)]
+fn tcp_sock(sk: *mut bpf_sock) -> Option<*const u8> {
     // SAFETY: a non-null socket.
     let tp = unsafe { bpf_skc_to_tcp_sock(sk.cast()) } as *const u8;
-    // SAFETY: a non-null tcp_sock BTF pointer.
-    !tp.is_null() && unsafe { kernel::fin_received(tp) }
+    (!tp.is_null()).then_some(tp)
 }
 
 #[inline(always)]

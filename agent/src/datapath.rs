@@ -17,7 +17,7 @@
 use std::{
     fs::File,
     io::Read as _,
-    os::fd::AsFd as _,
+    os::fd::{AsFd as _, BorrowedFd},
     path::{Path, PathBuf},
 };
 
@@ -29,7 +29,10 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuArray, PerCpuHashMap},
-    programs::{CgroupAttachMode, Iter, SchedClassifier, SockOps, TcAttachType, links::FdLink},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, Iter, SchedClassifier, SockOps,
+        TcAttachType, links::FdLink,
+    },
 };
 use tracing::{debug, info};
 
@@ -216,7 +219,10 @@ impl Datapath {
         let links_dir = crate::links::dir(&pin_dir);
         std::fs::create_dir_all(&links_dir)
             .with_context(|| format!("creating {}", links_dir.display()))?;
-        let mut pinned = vec![attach_sockops(&mut ebpf, cfg.cgroup, &links_dir)?];
+        let mut pinned = vec![
+            attach_sockops(&mut ebpf, cfg.cgroup, &links_dir)?,
+            attach_resets(&mut ebpf, cfg.cgroup, &links_dir)?,
+        ];
         for (name, _) in TC_PROGRAMS {
             let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
             prog.load()
@@ -517,21 +523,58 @@ fn attach_sockops(ebpf: &mut Ebpf, cgroup: &Path, links_dir: &Path) -> Result<St
     sockops
         .load()
         .context("loading evenflow_sockops (sock_ops)")?;
-    let name = crate::links::sockops_name(cgroup)?;
+    let fd = sockops.fd()?.try_clone()?;
+    attach_cgroup("sockops", fd.as_fd(), cgroup, links_dir, |cg| {
+        let id = sockops.attach(cg, CgroupAttachMode::Single)?;
+        Ok(FdLink::try_from(sockops.take_link(id)?)?)
+    })
+}
+
+/// Attaches the RST watcher (cgroup_skb ingress) to `cgroup`, or adopts
+/// the pinned link already there; returns the pin's name.
+fn attach_resets(ebpf: &mut Ebpf, cgroup: &Path, links_dir: &Path) -> Result<String> {
+    let resets: &mut CgroupSkb = program(ebpf, "evenflow_resets")?;
+    resets
+        .load()
+        .context("loading evenflow_resets (cgroup_skb)")?;
+    let fd = resets.fd()?.try_clone()?;
+    attach_cgroup("resets", fd.as_fd(), cgroup, links_dir, |cg| {
+        // A link (what `Single` makes on kernels ≥ 5.7) runs beside whatever
+        // else filters this cgroup's packets; evenflow's program passes
+        // every packet, so theirs decide.
+        let id = resets.attach(cg, CgroupSkbAttachType::Ingress, CgroupAttachMode::Single)?;
+        Ok(FdLink::try_from(resets.take_link(id)?)?)
+    })
+}
+
+/// Points the link pinned for program `what` on `cgroup` at `prog`, or
+/// attaches it afresh with `attach` and pins the link; returns the pin's
+/// name.
+fn attach_cgroup(
+    what: &str,
+    prog: BorrowedFd<'_>,
+    cgroup: &Path,
+    links_dir: &Path,
+    attach: impl FnOnce(File) -> Result<FdLink>,
+) -> Result<String> {
+    let name = crate::links::cgroup_name(what, cgroup)?;
     let pin = links_dir.join(&name);
-    let prog_fd = sockops.fd().context("evenflow_sockops has no fd")?;
-    if crate::links::adopt(&pin, prog_fd.as_fd())? {
+    if crate::links::adopt(&pin, prog)? {
         return Ok(name);
     }
     let cg = File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
-    let id = sockops
-        .attach(cg, CgroupAttachMode::Single)
-        .with_context(|| format!("attaching sock_ops to cgroup {}", cgroup.display()))?;
-    let link = FdLink::try_from(sockops.take_link(id)?).context("sock_ops link as an fd link")?;
-    link.pin(&pin)
-        .with_context(|| format!("pinning {}", pin.display()))?;
-    debug!(cgroup = %cgroup.display(), "sock_ops attached");
+    let link =
+        attach(cg).with_context(|| format!("attaching {what} to cgroup {}", cgroup.display()))?;
+    pin_link(link, &pin)?;
+    debug!(cgroup = %cgroup.display(), what, "attached to the cgroup");
     Ok(name)
+}
+
+/// Pins a link so its program outlives the agent.
+fn pin_link(link: FdLink, pin: &Path) -> Result<()> {
+    link.pin(pin)
+        .with_context(|| format!("pinning {}", pin.display()))?;
+    Ok(())
 }
 
 /// Attaches to `iface` the TC programs (with `ingress` or without) this
@@ -575,8 +618,7 @@ fn attach_tc(
     // to pin and stays attached by aya for this process's life only.
     match FdLink::try_from(prog.take_link(id)?) {
         Ok(link) => {
-            link.pin(&pin)
-                .with_context(|| format!("pinning {}", pin.display()))?;
+            pin_link(link, &pin)?;
         }
         Err(e) => {
             tracing::warn!(iface, error = %e, "TC attached without TCX: it detaches when the agent exits");
@@ -703,6 +745,7 @@ fn kernel_offsets(per_packet: bool) -> Result<KernelOffsets> {
         ("TCP_SOCK_BYTES_ACKED", off("bytes_acked")?),
         ("TCP_SOCK_SEGS_IN", off("segs_in")?),
         ("TCP_SOCK_SEGS_OUT", off("segs_out")?),
+        ("TCP_SOCK_WRITE_SEQ", off("write_seq")?),
         (
             "SOCK_COOKIE",
             btf.member_offset("sock_common", "skc_cookie")

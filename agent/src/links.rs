@@ -6,7 +6,8 @@
 //! and with them the programs.
 //!
 //! Links are pinned under `<pin dir>/links/`, one per attachment, named for
-//! what they attach to: `sockops@<cgroup inode>`, `<program>@<interface>`.
+//! what they attach to: `sockops@<cgroup inode>`, `resets@<cgroup inode>`,
+//! `<program>@<interface>`.
 //! Pins for attachments this agent no longer wants (another cgroup, an
 //! interface it no longer selects, a device that went away) are removed.
 
@@ -103,14 +104,14 @@ pub fn prune(dir: &Path, keep: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// The pin name of sock_ops on `cgroup`: its inode identifies it even if
-/// it is mounted elsewhere next time.
-pub fn sockops_name(cgroup: &Path) -> Result<String> {
+/// The pin name of program `what` on `cgroup`: its inode identifies it
+/// even if it is mounted elsewhere next time.
+pub fn cgroup_name(what: &str, cgroup: &Path) -> Result<String> {
     use std::os::unix::fs::MetadataExt as _;
     let ino = std::fs::metadata(cgroup)
         .with_context(|| format!("reading {}", cgroup.display()))?
         .ino();
-    Ok(format!("sockops@{ino}"))
+    Ok(format!("{what}@{ino}"))
 }
 
 /// Removes a node's whole pin directory (links, maps, epoch): every

@@ -1096,7 +1096,7 @@ while True:
     if shape == 3:
         time.sleep(0.2)
         c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
-    elif shape == 4:
+    elif shape in (4, 6):
         drain(c)
     c.close()
 "#;
@@ -1117,17 +1117,24 @@ def to_end(s):
         while s.recv(65536): pass
     except ConnectionResetError: pass
 conns = req_total = resp_total = 0
-for i in range(50):
-    shape = i % 5 + 1
+for i in range(60):
+    shape = i % 6 + 1
     req, resp = 9 + (i * 397) % 3000, 1 + (i * 7919) % 40000
-    s = socket.create_connection(('{vip}', 80), timeout=10)
+    source = None
+    if shape == 6:
+        # Bare ACKs from these ports never leave (`HELD_ACKS`): the answer
+        # must fit the server's initial window.
+        resp = 1 + (i * 7919) % 14000
+        source = ('0.0.0.0', 20000 + i)
+    s = socket.create_connection(('{vip}', 80), timeout=10, source_address=source)
     s.sendall(struct.pack('!BII', shape, req, resp) + b'q' * (req - 9))
     if shape in (1, 3):
         # The client closes first: its FIN, then the answer.
         s.shutdown(socket.SHUT_WR)
     exact(s, resp)
-    if shape == 4:
-        # An abortive close: RST, no FIN either way.
+    if shape in (4, 6):
+        # An abortive close: RST, no FIN either way. In shape 6 the RST is
+        # the only word that the answer arrived: its acknowledgement.
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
     elif shape != 5:
         to_end(s)
@@ -1139,10 +1146,19 @@ time.sleep(0.5)
 print(conns, req_total, resp_total)
 "#;
 
+/// Drops the bare ACKs the close-shapes client sends from ports 20000 on
+/// (shape 6), as a peer whose ACK is delayed when it resets sends none.
+const HELD_ACKS: &str = "table inet heldacks { chain output { type filter hook output priority 0; \
+                         tcp sport 20000-20999 tcp flags & (syn | fin | rst) == 0 ip length <= 52 drop; } }";
+
 /// How connections end, through the DNAT lb: the client's FIN first (the
 /// server answers a half-closed connection, then closes), the server's
 /// first, an RST from the server after the client's FIN, an RST from the
-/// client with no FIN at all, and both closing at once. The lb reads the
+/// client with no FIN at all, and both closing at once; and an RST from a
+/// client that acknowledged none of the answer before it (HAProxy's
+/// `option httpclose` against a server: the kernel ignores an RST's
+/// acknowledgement, so only evenflow's RST watcher tells the server's
+/// count that the answer arrived). The lb reads the
 /// first FIN's side from conntrack instead of looking the connection up,
 /// and an RST's end holds back only a FIN that was sent: both views count
 /// every connection and every payload byte exactly, and the packets, not
@@ -1171,6 +1187,7 @@ fn field_forwarded_close_shapes_count_exactly() {
     let lb = lab.lb.clone();
     agent::start(&mut lab, &lb, &[]).expect("the lb agent starts");
     let baseline = datapath(&grpcurl::snapshot(&lb.ns).expect("snapshot"), "liveFlows");
+    nft::load(&lab, &lab.client.ns, "heldacks", HELD_ACKS).expect("the ACK drop loads");
     let script = CLOSE_SHAPES_CLIENT.replace("{vip}", lab::VIP4);
     let out = netns::exec(&lab.client.ns, "python3", &["-c", &script])
         .unwrap_or_else(|e| panic!("the client runs: {e:#}; {}", lab.processes_report()));
