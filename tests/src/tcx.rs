@@ -18,7 +18,9 @@ const BPF_PROG_QUERY: libc::c_long = 16;
 const BPF_F_QUERY_EFFECTIVE: u32 = 1;
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 const BPF_PROG_TYPE_SOCK_OPS: u32 = 13;
+const BPF_PROG_TYPE_CGROUP_SKB: u32 = 8;
 const BPF_CGROUP_SOCK_OPS: u32 = 3;
+const BPF_CGROUP_INET_INGRESS: u32 = 0;
 const BPF_TCX_INGRESS: u32 = 46;
 const BPF_TCX_EGRESS: u32 = 47;
 const BPF_F_BEFORE: u32 = 1 << 3;
@@ -31,8 +33,9 @@ const PASS_ON: [u8; 16] = [
     0xb7, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0x95, 0, 0, 0, 0, 0, 0, 0,
 ];
 
-/// `r0 = 1; exit`: a sock_ops program that does nothing.
-const SOCK_OPS_NOTHING: [u8; 16] = [
+/// `r0 = 1; exit`: a sock_ops program that does nothing, a cgroup_skb one
+/// that passes every packet.
+const RETURN_ONE: [u8; 16] = [
     0xb7, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x95, 0, 0, 0, 0, 0, 0, 0,
 ];
 
@@ -125,16 +128,32 @@ impl Neighbour {
     /// An empty sock_ops program on the cgroup v2 directory `cgroup`: the
     /// baseline a benchmark subtracts from evenflow's sock_ops cost.
     pub fn attach_sockops(cgroup: &std::path::Path) -> Result<Self> {
+        Self::attach_cgroup(cgroup, BPF_PROG_TYPE_SOCK_OPS, BPF_CGROUP_SOCK_OPS)
+    }
+
+    /// An empty cgroup_skb ingress program (it passes every packet) on
+    /// the cgroup v2 directory `cgroup`: the baseline for evenflow's.
+    pub fn attach_cgroup_skb(cgroup: &std::path::Path) -> Result<Self> {
+        Self::attach_cgroup(cgroup, BPF_PROG_TYPE_CGROUP_SKB, BPF_CGROUP_INET_INGRESS)
+    }
+
+    /// A program of `prog_type` that returns 1 (sock_ops: done; cgroup_skb:
+    /// pass), linked to `cgroup` at `attach_type`, behind whatever is there.
+    fn attach_cgroup(cgroup: &std::path::Path, prog_type: u32, attach_type: u32) -> Result<Self> {
         let stats = enable_stats()?;
-        let prog = load(BPF_PROG_TYPE_SOCK_OPS, &SOCK_OPS_NOTHING)?;
+        let prog = load(prog_type, &RETURN_ONE)?;
         let dir =
             std::fs::File::open(cgroup).with_context(|| format!("opening {}", cgroup.display()))?;
         let mut attr = [0u8; 64];
         put_u32(&mut attr, 0, prog.as_raw_fd() as u32);
         put_u32(&mut attr, 4, dir.as_raw_fd() as u32);
-        put_u32(&mut attr, 8, BPF_CGROUP_SOCK_OPS);
-        let link = bpf(BPF_LINK_CREATE, &mut attr)
-            .with_context(|| format!("linking an empty sock_ops to {}", cgroup.display()))?;
+        put_u32(&mut attr, 8, attach_type);
+        let link = bpf(BPF_LINK_CREATE, &mut attr).with_context(|| {
+            format!(
+                "linking an empty program (type {prog_type}) to {}",
+                cgroup.display()
+            )
+        })?;
         Ok(Self {
             prog,
             _links: vec![fd(link)],

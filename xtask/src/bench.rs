@@ -358,6 +358,8 @@ struct Snapshot {
     tc: [Stats; 2],
     /// The empty sock_ops programs behind and ahead of evenflow's.
     sockops: [Stats; 2],
+    /// The empty cgroup_skb ingress programs behind and ahead of evenflow's.
+    resets: [Stats; 2],
 }
 
 impl Snapshot {
@@ -373,6 +375,10 @@ impl Snapshot {
                 stats(&empties.sockops_last)?,
                 stats(&empties.sockops_first)?,
             ],
+            resets: [
+                stats(&empties.resets_last)?,
+                stats(&empties.resets_first)?,
+            ],
         })
     }
 
@@ -380,6 +386,8 @@ impl Snapshot {
     fn empties(&self, name: &str) -> [Stats; 2] {
         if name.contains("sockops") {
             self.sockops
+        } else if name.contains("resets") {
+            self.resets
         } else {
             self.tc
         }
@@ -408,6 +416,8 @@ struct Empties {
     tc_last: evenflow_tests::tcx::Neighbour,
     sockops_first: evenflow_tests::tcx::Neighbour,
     sockops_last: evenflow_tests::tcx::Neighbour,
+    resets_first: evenflow_tests::tcx::Neighbour,
+    resets_last: evenflow_tests::tcx::Neighbour,
 }
 
 /// Starts an agent on `node` between empty programs on `ifaces` and its
@@ -421,9 +431,10 @@ fn cost_pass(
     target: &str,
 ) -> Result<Vec<Cost>> {
     use evenflow_tests::tcx::{Neighbour, Place};
-    // A cgroup runs its sock_ops programs in the order they were attached:
-    // this one goes before the agent's.
+    // A cgroup runs its programs of a kind in the order they were
+    // attached: these go before the agent's.
     let sockops_first = Neighbour::attach_sockops(cgroup)?;
+    let resets_first = Neighbour::attach_cgroup_skb(cgroup)?;
     let _agent = start_agent(node, cgroup)?;
     let ifaces: Vec<String> = ifaces.iter().map(|s| (*s).to_owned()).collect();
     let cg = cgroup.to_owned();
@@ -434,6 +445,8 @@ fn cost_pass(
             tc_last: Neighbour::attach(&idx, Place::Last)?,
             sockops_first,
             sockops_last: Neighbour::attach_sockops(&cg)?,
+            resets_first,
+            resets_last: Neighbour::attach_cgroup_skb(&cg)?,
         })
     })??;
     BpfStats::set(true)?;
