@@ -376,10 +376,17 @@ mod tests {
     #[test]
     fn reads_this_kernels_tcp_sock() {
         // Every kernel evenflow runs on has BTF (the agent refuses to start
-        // without it), and the sampler needs these four fields.
+        // without it): the sampler needs the four counters, sock_ops
+        // `write_seq` at a close an RST caused.
         let blob = std::fs::read("/sys/kernel/btf/vmlinux").expect("this kernel has BTF");
         let btf = Btf::parse(&blob).expect("parses");
-        for f in ["bytes_received", "bytes_acked", "segs_in", "segs_out"] {
+        for f in [
+            "bytes_received",
+            "bytes_acked",
+            "segs_in",
+            "segs_out",
+            "write_seq",
+        ] {
             let off = btf.member_offset("tcp_sock", f).expect(f);
             assert!(off > 0 && off < 4096, "{f} at {off}");
         }

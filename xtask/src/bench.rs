@@ -375,10 +375,7 @@ impl Snapshot {
                 stats(&empties.sockops_last)?,
                 stats(&empties.sockops_first)?,
             ],
-            resets: [
-                stats(&empties.resets_last)?,
-                stats(&empties.resets_first)?,
-            ],
+            resets: [stats(&empties.resets_last)?, stats(&empties.resets_first)?],
         })
     }
 
