@@ -209,11 +209,15 @@ fn on_close(ctx: &SockOpsContext, old: u32) {
             read_volatile(&(*ops).snd_nxt),
         )
     };
+    let tp = tcp_sock(sk);
     // Our FIN was acknowledged if we left FIN_WAIT1 for FIN_WAIT2 (the
-    // only way there), or, from LAST_ACK or CLOSING (everything up to our
-    // FIN sent), when nothing is outstanding.
+    // only way there), or, from LAST_ACK or CLOSING, when everything up to
+    // it is: `write_seq`, which counts the FIN, not `snd_nxt`, which
+    // does not while a closed window holds the FIN back.
     let fin_acked = old == BPF_TCP_FIN_WAIT2
-        || ((old == BPF_TCP_LAST_ACK || old == BPF_TCP_CLOSING) && snd_una == snd_nxt);
+        || ((old == BPF_TCP_LAST_ACK || old == BPF_TCP_CLOSING)
+            // SAFETY: a non-null tcp_sock BTF pointer.
+            && tp.is_some_and(|tp| unsafe { kernel::write_seq(tp) } == snd_una));
     let syn = (held.flags() & SOCK_ACTIVE != 0) as u64;
     let reset = if snd_una == snd_nxt {
         0
@@ -221,7 +225,7 @@ fn on_close(ctx: &SockOpsContext, old: u32) {
         reset_acked(ctx, old, snd_una, snd_nxt)
     };
     let p = Payload {
-        rx: c.bytes_received.saturating_sub(peer_fin(sk) as u64),
+        rx: c.bytes_received.saturating_sub(peer_fin(tp) as u64),
         tx: (c.bytes_acked + reset).saturating_sub(syn + fin_acked as u64),
         segs_in: c.segs_in,
         segs_out: c.segs_out,
@@ -253,9 +257,9 @@ fn reset_acked(ctx: &SockOpsContext, old: u32, snd_una: u32, snd_nxt: u32) -> u6
 
 /// Whether the peer's FIN arrived (and counts one in `bytes_received`).
 #[inline(always)]
-fn peer_fin(sk: *mut bpf_sock) -> bool {
+fn peer_fin(tp: Option<*const u8>) -> bool {
     // SAFETY: a non-null tcp_sock BTF pointer.
-    tcp_sock(sk).is_some_and(|tp| unsafe { kernel::fin_received(tp) })
+    tp.is_some_and(|tp| unsafe { kernel::fin_received(tp) })
 }
 
 /// The socket as a `struct tcp_sock` BTF pointer.

@@ -1091,8 +1091,16 @@ while True:
     c, _ = srv.accept()
     shape, req, resp = struct.unpack('!BII', exact(c, 9))
     exact(c, req - 9)
-    if shape in (1, 3): drain(c)
-    c.sendall(b'r' * resp)
+    if shape in (1, 3, 7): drain(c)
+    if shape == 7:
+        # As much as the client's window and our buffer take: the rest,
+        # and so the FIN queued behind it, stays unsent.
+        c.setblocking(False)
+        try:
+            while True: c.send(b'r' * 65536)
+        except BlockingIOError: pass
+    else:
+        c.sendall(b'r' * resp)
     if shape == 3:
         time.sleep(0.2)
         c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
@@ -1117,8 +1125,8 @@ def to_end(s):
         while s.recv(65536): pass
     except ConnectionResetError: pass
 conns = req_total = resp_total = 0
-for i in range(60):
-    shape = i % 6 + 1
+for i in range(70):
+    shape = i % 7 + 1
     req, resp = 9 + (i * 397) % 3000, 1 + (i * 7919) % 40000
     source = None
     if shape == 6:
@@ -1126,13 +1134,28 @@ for i in range(60):
         # must fit the server's initial window.
         resp = 1 + (i * 7919) % 14000
         source = ('0.0.0.0', 20000 + i)
-    s = socket.create_connection(('{vip}', {port}), timeout=10, source_address=source)
+    if shape == 7:
+        # A reader that stopped: a small window, never read.
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.settimeout(10)
+        s.connect(('{vip}', {port}))
+    else:
+        s = socket.create_connection(('{vip}', {port}), timeout=10, source_address=source)
     s.sendall(struct.pack('!BII', shape, req, resp) + b'q' * (req - 9))
-    if shape in (1, 3):
+    if shape in (1, 3, 7):
         # The client closes first: its FIN, then the answer.
         s.shutdown(socket.SHUT_WR)
-    exact(s, resp)
-    if shape in (4, 6):
+    if shape == 7:
+        # The server filled the window and closed: LAST_ACK, its FIN
+        # queued behind data the closed window holds back. What arrived
+        # is the kernel's count (tcpi_bytes_received); then an RST.
+        time.sleep(0.3)
+        info = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+        resp = struct.unpack_from('Q', info, 128)[0]
+    else:
+        exact(s, resp)
+    if shape in (4, 6, 7):
         # An abortive close: RST, no FIN either way. In shape 6 the RST is
         # the only word that the answer arrived: its acknowledgement.
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
@@ -1154,11 +1177,13 @@ const HELD_ACKS: &str = "table inet heldacks { chain output { type filter hook o
 /// How connections end, through the DNAT lb: the client's FIN first (the
 /// server answers a half-closed connection, then closes), the server's
 /// first, an RST from the server after the client's FIN, an RST from the
-/// client with no FIN at all, and both closing at once; and an RST from a
+/// client with no FIN at all, and both closing at once; an RST from a
 /// client that acknowledged none of the answer before it (HAProxy's
 /// `option httpclose` against a server: the kernel ignores an RST's
 /// acknowledgement, so only evenflow's RST watcher tells the server's
-/// count that the answer arrived). The lb reads the
+/// count that the answer arrived); and an RST from a client that stopped
+/// reading, to a server in LAST_ACK whose FIN a closed window held back
+/// (not acknowledged, though nothing sent is outstanding). The lb reads the
 /// first FIN's side from conntrack instead of looking the connection up,
 /// and an RST's end holds back only a FIN that was sent: both views count
 /// every connection and every payload byte exactly, and the packets, not
