@@ -34,7 +34,7 @@ use aya::{
         TcAttachType, links::FdLink,
     },
 };
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::{cli::EbpfLog, iter::MapIter};
 
@@ -219,10 +219,19 @@ impl Datapath {
         let links_dir = crate::links::dir(&pin_dir);
         std::fs::create_dir_all(&links_dir)
             .with_context(|| format!("creating {}", links_dir.display()))?;
-        let mut pinned = vec![
-            attach_sockops(&mut ebpf, cfg.cgroup, &links_dir)?,
-            attach_resets(&mut ebpf, cfg.cgroup, &links_dir)?,
-        ];
+        let mut pinned = vec![attach_sockops(&mut ebpf, cfg.cgroup, &links_dir)?];
+        // A refinement, not a requirement: without it every connection is
+        // still counted, and only bytes a resetting peer took unacknowledged
+        // are missed.
+        match attach_resets(&mut ebpf, cfg.cgroup, &links_dir) {
+            Ok(pin) => pinned.push(pin),
+            Err(e) => warn!(
+                error = format!("{e:#}"),
+                "the RST watcher (cgroup_skb ingress) is not attached: a server's sent bytes will miss \
+                 what a peer that reset took without acknowledging; it needs cgroup_skb links \
+                 (kernel >= 5.7) on the cgroup given by --cgroup"
+            ),
+        }
         for (name, _) in TC_PROGRAMS {
             let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
             prog.load()
