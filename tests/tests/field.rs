@@ -1083,9 +1083,10 @@ def drain(c):
     try:
         while c.recv(65536): pass
     except ConnectionResetError: pass
-srv = socket.socket()
+srv = socket.socket(socket.AF_INET6)
 srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(('0.0.0.0', 8080))
+srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+srv.bind(('::', 8080))
 srv.listen(64)
 while True:
     c, _ = srv.accept()
@@ -1125,6 +1126,8 @@ def to_end(s):
         while s.recv(65536): pass
     except ConnectionResetError: pass
 conns = req_total = resp_total = 0
+fam = socket.AF_INET6 if ':' in '{vip}' else socket.AF_INET
+anywhere = '::' if fam == socket.AF_INET6 else '0.0.0.0'
 for i in range(70):
     shape = i % 7 + 1
     req, resp = 9 + (i * 397) % 3000, 1 + (i * 7919) % 40000
@@ -1133,10 +1136,10 @@ for i in range(70):
         # Bare ACKs from these ports never leave (`HELD_ACKS`): the answer
         # must fit the server's initial window.
         resp = 1 + (i * 7919) % 14000
-        source = ('0.0.0.0', 20000 + i)
+        source = (anywhere, 20000 + i)
     if shape == 7:
         # A reader that stopped: a small window, never read.
-        s = socket.socket()
+        s = socket.socket(fam)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         s.settimeout(10)
         s.connect(('{vip}', {port}))
@@ -1172,7 +1175,8 @@ print(conns, req_total, resp_total)
 /// Drops the bare ACKs the close-shapes client sends from ports 20000 on
 /// (shape 6), as a peer whose ACK is delayed when it resets sends none.
 const HELD_ACKS: &str = "table inet heldacks { chain output { type filter hook output priority 0; \
-                         tcp sport 20000-20999 tcp flags & (syn | fin | rst) == 0 ip length <= 52 drop; } }";
+                         tcp sport 20000-20999 tcp flags & (syn | fin | rst) == 0 ip length <= 52 drop; \
+                         tcp sport 20000-20999 tcp flags & (syn | fin | rst) == 0 ip6 length <= 32 drop; } }";
 
 /// How connections end, through the DNAT lb: the client's FIN first (the
 /// server answers a half-closed connection, then closes), the server's
@@ -1214,8 +1218,9 @@ fn field_forwarded_close_shapes_count_exactly() {
 }
 
 /// The close shapes of [`field_forwarded_close_shapes_count_exactly`]
-/// between two sockets of one node over loopback, where no packet hook is
-/// attached: the server's view exact, the RSTs' acknowledgements included.
+/// between two sockets of one node over loopback, IPv4 and IPv6, where no
+/// packet hook is attached: the server's view exact, the RSTs'
+/// acknowledgements included.
 /// (The client's side is not a view of its own: a connection to a local
 /// listener is counted once, at the listener.)
 #[test]
@@ -1224,10 +1229,12 @@ fn field_loopback_close_shapes_count_exactly() {
     let mut lab = Lab::new("lpsh", 1).expect("the lab builds");
     let b1 = lab.backends[0].clone();
     start_shapes_server(&mut lab, &b1);
-    let truth = run_shapes_client(&mut lab, &b1, "127.0.0.1", BACKEND_PORT);
-    let server = settled(&b1.ns, "127.0.0.1", BACKEND_PORT, SERVES, truth.conns).1;
-    println!("client: {truth:?}; server {server:?}");
-    truth.assert_server(&server);
+    for lo in ["127.0.0.1", "::1"] {
+        let truth = run_shapes_client(&mut lab, &b1, lo, BACKEND_PORT);
+        let server = settled(&b1.ns, lo, BACKEND_PORT, SERVES, truth.conns).1;
+        println!("{lo}: client {truth:?}; server {server:?}");
+        truth.assert_server(&server);
+    }
 }
 
 /// Starts the close-shapes server on `node`'s port 8080, and its agent.
