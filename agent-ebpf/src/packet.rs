@@ -338,8 +338,8 @@ fn tcp_header_at(protocol: u32, l3: usize, end: usize) -> Result<Option<usize>, 
 
 /// The sequence and acknowledgement numbers (host order) of a TCP RST
 /// that carries an ACK, from the network header at `l3` (see
-/// [`tcp_header_at`]); `None` for anything else, and for the shapes that
-/// reads not.
+/// [`tcp_header_at`]); `None` for anything else, and for the shapes
+/// [`tcp_header_at`] does not read.
 #[inline(always)]
 pub fn reset_at(protocol: u32, l3: usize, end: usize) -> Option<(u32, u32)> {
     let Ok(Some(tcp)) = tcp_header_at(protocol, l3, end) else {

@@ -219,10 +219,11 @@ fn on_close(ctx: &SockOpsContext, old: u32) {
             // SAFETY: a non-null tcp_sock BTF pointer.
             && tp.is_some_and(|tp| unsafe { kernel::write_seq(tp) } == snd_una));
     let syn = (held.flags() & SOCK_ACTIVE != 0) as u64;
-    let reset = if snd_una == snd_nxt {
-        0
-    } else {
-        reset_acked(ctx, old, snd_una, snd_nxt)
+    let reset = match tp {
+        Some(tp) if snd_una != snd_nxt => {
+            reset_acked(ctx, snd_una, snd_nxt, data_end(tp, old, snd_nxt))
+        }
+        _ => 0,
     };
     let p = Payload {
         rx: c.bytes_received.saturating_sub(peer_fin(tp) as u64),
@@ -234,25 +235,30 @@ fn on_close(ctx: &SockOpsContext, old: u32) {
     held.release();
 }
 
-/// Data the RST that closed the socket acknowledged past `snd_una`, which
-/// the kernel never adds to `bytes_acked` (see [`crate::reset`]). Out of
-/// line: only a close with data in flight asks.
+/// Data the RST that closed the socket acknowledged past `snd_una`, up to
+/// `data_end`, which the kernel never adds to `bytes_acked` (see
+/// [`crate::reset`]). Out of line: only a close with data in flight asks.
 #[inline(never)]
-fn reset_acked(ctx: &SockOpsContext, old: u32, snd_una: u32, snd_nxt: u32) -> u64 {
+fn reset_acked(ctx: &SockOpsContext, snd_una: u32, snd_nxt: u32, data_end: u32) -> u64 {
     // SAFETY: a context field sock_ops may read.
     let rcv_nxt = unsafe { read_volatile(&(*ctx.ops).rcv_nxt) };
-    // In these states our FIN is queued, one past the last data byte.
-    let fin_queued = matches!(
+    u64::from(reset::acked(rcv_nxt, snd_una, snd_nxt, data_end))
+}
+
+/// The sequence number after the socket's last data byte, closing from
+/// state `old`: one before `write_seq` where our FIN is queued (the FIN is
+/// not data), else `snd_nxt`.
+#[inline(always)]
+fn data_end(tp: *const u8, old: u32, snd_nxt: u32) -> u32 {
+    if matches!(
         old,
         BPF_TCP_FIN_WAIT1 | BPF_TCP_FIN_WAIT2 | BPF_TCP_CLOSING | BPF_TCP_LAST_ACK
-    );
-    let data_end = match socket(ctx).and_then(tcp_sock) {
+    ) {
         // SAFETY: a non-null tcp_sock BTF pointer.
-        Some(tp) if fin_queued => unsafe { kernel::write_seq(tp) }.wrapping_sub(1),
-        Some(_) => snd_nxt,
-        None => return 0,
-    };
-    u64::from(reset::acked(rcv_nxt, snd_una, snd_nxt, data_end))
+        unsafe { kernel::write_seq(tp) }.wrapping_sub(1)
+    } else {
+        snd_nxt
+    }
 }
 
 /// Whether the peer's FIN arrived (and counts one in `bytes_received`).

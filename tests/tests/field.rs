@@ -1159,7 +1159,8 @@ for i in range(70):
     else:
         exact(s, resp)
     if shape in (4, 6, 7):
-        # An abortive close: RST, no FIN either way. In shape 6 the RST is
+        # An abortive close: RST, no FIN either way (shape 7: after the
+        # client's FIN, with the server's unsent). In shape 6 the RST is
         # the only word that the answer arrived: its acknowledgement.
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
     elif shape != 5:
