@@ -1220,10 +1220,8 @@ fn field_forwarded_close_shapes_count_exactly() {
 
 /// The close shapes of [`field_forwarded_close_shapes_count_exactly`]
 /// between two sockets of one node over loopback, IPv4 and IPv6, where no
-/// packet hook is attached: the server's view exact, the RSTs'
-/// acknowledgements included.
-/// (The client's side is not a view of its own: a connection to a local
-/// listener is counted once, at the listener.)
+/// packet hook is attached: the server's and the client's views exact, the
+/// RSTs' acknowledgements included.
 #[test]
 fn field_loopback_close_shapes_count_exactly() {
     evenflow_tests::require_root();
@@ -1233,13 +1231,42 @@ fn field_loopback_close_shapes_count_exactly() {
     for lo in ["127.0.0.1", "::1"] {
         let truth = run_shapes_client(&mut lab, &b1, lo, BACKEND_PORT);
         let server = settled(&b1.ns, lo, BACKEND_PORT, SERVES, truth.conns).1;
-        println!("{lo}: client {truth:?}; server {server:?}");
-        truth.assert_server(&server);
+        let client = settled(&b1.ns, lo, BACKEND_PORT, SENDS_TO, truth.conns).1;
+        println!("{lo}: client {truth:?}; server {server:?}; client {client:?}");
+        truth.assert_views(&server, &client);
     }
+}
+
+/// The close shapes of [`field_forwarded_close_shapes_count_exactly`]
+/// between two pods on one node, each behind its veth, one agent on the
+/// node's cgroup: the pod that serves and the pod that sends each count
+/// every connection and payload byte exactly, the RST watcher reading the
+/// RSTs that reach a pod's socket through its veth.
+#[test]
+fn field_same_node_pod_close_shapes_count_exactly() {
+    evenflow_tests::require_root();
+    let mut lab = Lab::new("podsh", 1).expect("the lab builds");
+    let node = lab.lb.clone();
+    let client_pod = pod(&mut lab, &node, 1, "10.244.0.11");
+    let server_pod = pod(&mut lab, &node, 2, "10.244.0.12");
+    spawn_shapes_server(&mut lab, &server_pod);
+    agent::start(&mut lab, &node, &["--service", "web=8080"]).expect("the node's agent starts");
+    let addr = server_pod.addr4.to_string();
+    let truth = run_shapes_client(&mut lab, &client_pod, &addr, BACKEND_PORT);
+    let server = settled(&node.ns, &addr, BACKEND_PORT, SERVES, truth.conns).1;
+    let client = settled(&node.ns, &addr, BACKEND_PORT, SENDS_TO, truth.conns).1;
+    println!("client: {truth:?}; server pod {server:?}; client pod {client:?}");
+    truth.assert_views(&server, &client);
 }
 
 /// Starts the close-shapes server on `node`'s port 8080, and its agent.
 fn start_shapes_server(lab: &mut Lab, node: &lab::Node) {
+    spawn_shapes_server(lab, node);
+    agent::start(lab, node, &["--service", "web=8080"]).expect("the backend agent starts");
+}
+
+/// Starts the close-shapes server on `node`'s port 8080.
+fn spawn_shapes_server(lab: &mut Lab, node: &lab::Node) {
     lab.spawn(
         node,
         "shapes-server",
@@ -1253,7 +1280,6 @@ fn start_shapes_server(lab: &mut Lab, node: &lab::Node) {
             .filter(|out| !out.trim().is_empty())
     })
     .unwrap_or_else(|| panic!("the server listens; {}", lab.processes_report()));
-    agent::start(lab, node, &["--service", "web=8080"]).expect("the backend agent starts");
 }
 
 /// What the close-shapes client did.
@@ -1288,27 +1314,40 @@ impl ShapesTruth {
     }
 }
 
-/// Runs the close-shapes client on `node` against `target`:`port`, its
+/// Runs the close-shapes client in `node`'s namespace and cgroup (where
+/// an agent on the node sees its sockets) against `target`:`port`, its
 /// bare ACKs from the held ports dropped (`HELD_ACKS`).
 fn run_shapes_client(lab: &mut Lab, node: &lab::Node, target: &str, port: u16) -> ShapesTruth {
     nft::load(&*lab, &node.ns, "heldacks", HELD_ACKS).expect("the ACK drop loads");
     let script = CLOSE_SHAPES_CLIENT
         .replace("{vip}", target)
         .replace("{port}", &port.to_string());
-    let out = netns::exec(&node.ns, "python3", &["-c", &script])
-        .unwrap_or_else(|e| panic!("the client runs: {e:#}; {}", lab.processes_report()));
-    let truth: Vec<u64> = out
-        .split_whitespace()
-        .filter_map(|w| w.parse().ok())
-        .collect();
-    let [conns, request_bytes, response_bytes] = truth[..] else {
-        panic!("the client printed connections and bytes: {out:?}");
-    };
-    ShapesTruth {
-        conns,
-        request_bytes,
-        response_bytes,
-    }
+    let name = format!("shapes-client-{target}");
+    lab.spawn(node, &name, "python3", &["-c", &script])
+        .expect("the client starts");
+    // It prints its tally once, when it is done.
+    let truth = evenflow_tests::wait_for(Duration::from_secs(120), || {
+        let out = lab.log(&name);
+        let words: Vec<u64> = out
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        match words[..] {
+            [conns, request_bytes, response_bytes] => Some(ShapesTruth {
+                conns,
+                request_bytes,
+                response_bytes,
+            }),
+            _ => None,
+        }
+    });
+    truth.unwrap_or_else(|| {
+        panic!(
+            "the client printed connections and bytes: {:?}; {}",
+            lab.log(&name),
+            lab.processes_report()
+        )
+    })
 }
 
 /// A `TcpExt:` counter from /proc/net/netstat.
