@@ -426,13 +426,14 @@ fn cost_pass(
     cgroup: &std::path::Path,
     ifaces: &[&str],
     target: &str,
+    agent: &std::path::Path,
 ) -> Result<Vec<Cost>> {
     use evenflow_tests::tcx::{Neighbour, Place};
     // A cgroup runs its programs of a kind in the order they were
     // attached: these go before the agent's.
     let sockops_first = Neighbour::attach_sockops(cgroup)?;
     let resets_first = Neighbour::attach_cgroup_skb(cgroup)?;
-    let _agent = start_agent(node, cgroup)?;
+    let _agent = start_agent(node, cgroup, agent)?;
     let ifaces: Vec<String> = ifaces.iter().map(|s| (*s).to_owned()).collect();
     let cg = cgroup.to_owned();
     let empties = netns::run_in(node, move || -> Result<_> {
@@ -617,8 +618,12 @@ impl Drop for AgentGuard {
     }
 }
 
-fn start_agent(node: &'static str, cgroup: &std::path::Path) -> Result<AgentGuard> {
-    let bin = evenflow_tests::agent::agent_bin()?;
+/// Starts the agent `bin` (the one under test: [`this_agent`]) on `node`.
+fn start_agent(
+    node: &'static str,
+    cgroup: &std::path::Path,
+    bin: &std::path::Path,
+) -> Result<AgentGuard> {
     let child = Command::new(bin)
         .args([
             "--netns",
@@ -659,7 +664,30 @@ pub enum Part {
     Footprint,
 }
 
-pub fn run(rounds: usize, only: Option<Part>, spin: Option<u32>) -> Result<()> {
+/// Refuses `--baseline` where it would compare nothing: it is the cost
+/// part's. Checked before the baseline is built.
+pub fn check_baseline(only: Option<Part>, baseline: Option<&str>) -> Result<()> {
+    match (only, baseline) {
+        (Some(part), Some(rev)) if part != Part::Cost => bail!(
+            "--baseline {rev} compares per-program cost: use it with --only cost, or without --only"
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// The agent under test: this tree's release build.
+fn this_agent() -> Result<PathBuf> {
+    evenflow_tests::agent::agent_bin()
+}
+
+/// `baseline`: another revision's agent (its name and binary) whose cost
+/// is measured beside this tree's.
+pub fn run(
+    rounds: usize,
+    only: Option<Part>,
+    spin: Option<u32>,
+    baseline: Option<(String, PathBuf)>,
+) -> Result<()> {
     crate::shell::require_root(
         "bench-datapath",
         "builds network namespaces and loads eBPF programs",
@@ -690,7 +718,15 @@ pub fn run(rounds: usize, only: Option<Part>, spin: Option<u32>) -> Result<()> {
         throughput(rounds, spin, &env)?.print();
     }
     if wants(Part::Cost) {
-        print_costs(rounds, &costs(rounds, &env)?);
+        let mut agents = vec![("this tree".to_owned(), this_agent()?)];
+        agents.extend(baseline);
+        let measured = costs(rounds, &env, &agents)?;
+        for ((name, _), passes) in agents.iter().zip(&measured) {
+            print_costs(rounds, name, passes);
+        }
+        if let [this, base] = &measured[..] {
+            print_cost_differences(&agents[1].0, this, base);
+        }
     }
     if wants(Part::Footprint) {
         footprint(&env)?.print();
@@ -818,7 +854,11 @@ fn throughput(rounds: usize, spin: Option<u32>, env: &Env) -> Result<Throughput>
 /// see A and only A, and both paths measured at once.
 fn side(env: &Env, with: bool, spin: Option<u32>) -> Result<Sample> {
     let agent = if with {
-        Some(start_agent(A.server, &env.cgroup(A.server_cgroup))?)
+        Some(start_agent(
+            A.server,
+            &env.cgroup(A.server_cgroup),
+            &this_agent()?,
+        )?)
     } else {
         None
     };
@@ -1108,50 +1148,107 @@ fn paired_row(label: &str, rounds: &[[[f64; 2]; 2]], scale: f64, decimals: usize
 
 /// Per-program cost in passes of their own (bpf stats on), between empty
 /// programs on the same hooks (see [`Empties`]). Each round runs a local
-/// pass, the same on a server that forwards, and a forwarded one.
-fn costs(rounds: usize, env: &Env) -> Result<[Vec<Vec<Cost>>; 3]> {
+/// pass, the same on a server that forwards, and a forwarded one; each
+/// pass once per agent in `agents`, one after the other, in an order that
+/// alternates from round to round. One `[local, forwarding, forwarded]`
+/// per agent.
+fn costs(
+    rounds: usize,
+    env: &Env,
+    agents: &[(String, PathBuf)],
+) -> Result<Vec<[Vec<Vec<Cost>>; 3]>> {
     let server_cg = &env.cgroup(A.server_cgroup);
     let lb_cg = env.cgroup("lb");
     std::fs::create_dir_all(&lb_cg)?;
     // Back to what it was when the passes are over.
     let _stats = BpfStats::off()?;
-    let mut passes: [Vec<Vec<Cost>>; 3] = Default::default();
-    let local = || cost_pass(SERVER, server_cg, &["efb-s", "efb-sl"], SERVER_IP);
-    for _ in 0..rounds {
-        crate::interrupt::check()?;
-        passes[0].push(local()?);
-        crate::interrupt::check()?;
+    let mut passes: Vec<[Vec<Vec<Cost>>; 3]> = agents.iter().map(|_| Default::default()).collect();
+    let local =
+        |bin: &std::path::Path| cost_pass(SERVER, server_cg, &["efb-s", "efb-sl"], SERVER_IP, bin);
+    for round in 0..rounds {
+        let mut order: Vec<usize> = (0..agents.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for &i in &order {
+            crate::interrupt::check()?;
+            passes[i][0].push(local(&agents[i].1)?);
+        }
         // A Kubernetes node forwards: its agent adds TC ingress.
         netns::sysctl(SERVER, "net.ipv4.ip_forward", "1")?;
-        let pass = local();
+        let forwarding: Result<()> = order.iter().try_for_each(|&i| {
+            crate::interrupt::check()?;
+            passes[i][1].push(local(&agents[i].1)?);
+            Ok(())
+        });
         netns::sysctl(SERVER, "net.ipv4.ip_forward", "0")?;
-        passes[1].push(pass?);
-        crate::interrupt::check()?;
-        passes[2].push(cost_pass(LB, &lb_cg, &["efb-lc", "efb-ls"], VIP)?);
+        forwarding?;
+        for &i in &order {
+            crate::interrupt::check()?;
+            let bin = &agents[i].1;
+            passes[i][2].push(cost_pass(LB, &lb_cg, &["efb-lc", "efb-ls"], VIP, bin)?);
+        }
     }
     let _ = std::fs::remove_dir(&lb_cg);
     Ok(passes)
 }
 
-fn print_costs(rounds: usize, [local, local_forwarding, forwarded]: &[Vec<Vec<Cost>>; 3]) {
+/// Per program, this tree's cost above the empty program less the
+/// baseline's, round by round (their passes ran back to back): the median,
+/// the 95 % interval of the median where there are rounds enough, and the
+/// range.
+fn print_cost_differences(base: &str, this: &[Vec<Vec<Cost>>; 3], baseline: &[Vec<Vec<Cost>>; 3]) {
     println!(
-        "\nper-run cost above an empty program behind it on the same hooks (kernel bpf stats; {rounds} passes of one iperf3 + one churn run, medians, and each run apart; \"first\": an empty program ahead of it, which pays what any program first on the hook pays):"
+        "\nthis tree less {base}, per run above the empty program, pass by pass (median; 95 % interval of the median; range over the rounds):"
     );
-    for (pass, passes, tc_target, forwards) in [
-        (
-            "local sockets (agent on the server, which does not forward)",
-            local,
-            20.0,
-            false,
-        ),
-        (
-            "local sockets on a node that forwards (the server, ip_forward on)",
-            local_forwarding,
-            20.0,
-            true,
-        ),
-        ("forwarded (agent on the DNAT lb)", forwarded, 60.0, true),
-    ] {
+    for ((pass, this), baseline) in COST_PASSES.iter().zip(this).zip(baseline) {
+        println!("  {pass}:");
+        let Some(first) = this.first() else {
+            continue;
+        };
+        for c in first {
+            let above = |passes: &[Vec<Cost>], round: usize| {
+                passes
+                    .get(round)
+                    .and_then(|p| p.iter().find(|x| x.name == c.name))
+                    .map(|x| x.ns - x.baseline)
+            };
+            let diffs: Vec<f64> = (0..this.len())
+                .filter_map(|r| Some(above(this, r)? - above(baseline, r)?))
+                .collect();
+            if diffs.is_empty() {
+                continue;
+            }
+            let interval = median_interval(&diffs)
+                .map(|(lo, hi)| format!("{lo:+.1} … {hi:+.1}"))
+                .unwrap_or_else(|| "needs 6 rounds".to_owned());
+            println!(
+                "    {:<22} {:>+7.1} ns   ({interval}; {})",
+                c.name,
+                median(diffs.clone()),
+                spread(&diffs, 1.0, 1)
+            );
+        }
+    }
+}
+
+/// The three passes of a round, as printed.
+const COST_PASSES: [&str; 3] = [
+    "local sockets (agent on the server, which does not forward)",
+    "local sockets on a node that forwards (the server, ip_forward on)",
+    "forwarded (agent on the DNAT lb)",
+];
+
+fn print_costs(rounds: usize, agent: &str, passes: &[Vec<Vec<Cost>>; 3]) {
+    println!(
+        "\nper-run cost above an empty program behind it on the same hooks, {agent} (kernel bpf stats; {rounds} passes of one iperf3 + one churn run, medians, and each run apart; \"first\": an empty program ahead of it, which pays what any program first on the hook pays):"
+    );
+    for ((pass, passes), (tc_target, forwards)) in
+        COST_PASSES
+            .iter()
+            .zip(passes)
+            .zip([(20.0, false), (20.0, true), (60.0, true)])
+    {
         println!("  {pass}:");
         let medians = cost_medians(passes);
         if forwards && !medians.iter().any(|c| c.name.contains("ingress")) {
@@ -1202,7 +1299,7 @@ struct Footprint {
 /// each; its CPU over windows at a 1 s interval and its RSS after.
 fn footprint(env: &Env) -> Result<Footprint> {
     let client_cg = &env.cgroup(A.client_cgroup);
-    let agent = start_agent(CLIENT, client_cg)?;
+    let agent = start_agent(CLIENT, client_cg, &this_agent()?)?;
     let pid = agent_pid(CLIENT)?;
     let idle_rss = rss_mib(pid)?;
     let script = format!(

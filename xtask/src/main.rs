@@ -17,11 +17,11 @@
 //! * `bench-detect` and `bench-scale` run the detector and collector
 //!   benchmarks (the `evenflow-bench` crate) from release builds.
 
+mod baseline;
 mod bench;
 mod demo;
 mod interrupt;
 mod pinned_demo;
-mod scale_baseline;
 mod setup;
 mod shell;
 
@@ -71,6 +71,12 @@ enum Cmd {
         /// to check that the throughput part sees one.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
         spin: Option<u32>,
+        /// Also measure this git revision's agent (built once, kept under
+        /// target/baseline/), pass by pass in alternating order with this
+        /// tree's, and print the per-program cost difference round by
+        /// round: what a change costs, on a machine whose speed drifts.
+        #[arg(long, value_name = "REV")]
+        baseline: Option<String>,
     },
     /// The detector on seeded traffic: time to detect each fault, detection
     /// probability, false pages per pool-day (release build). Arguments
@@ -85,7 +91,7 @@ enum Cmd {
     /// builds of both). Arguments after `--` go to evenflow-scale-bench.
     BenchScale {
         /// Compare with this git revision's collector (built once, kept
-        /// under target/scale-baseline/); without it the baseline is the
+        /// under target/baseline/); without it the baseline is the
         /// same collector with its tick on one thread.
         #[arg(long)]
         baseline: Option<String>,
@@ -107,13 +113,24 @@ fn main() -> ExitCode {
         Cmd::Setup => setup::run(),
         Cmd::Build { node_agent } => build(node_agent),
         Cmd::Test { args } => test(&args),
-        Cmd::BenchDatapath { rounds, only, spin } => bench::run(rounds, only, spin),
+        Cmd::BenchDatapath {
+            rounds,
+            only,
+            spin,
+            baseline,
+        } => bench::check_baseline(only, baseline.as_deref())
+            .and_then(|()| {
+                baseline
+                    .map(|rev| baseline::binary(&rev, "evenflow-agent").map(|b| (rev, b)))
+                    .transpose()
+            })
+            .and_then(|base| bench::run(rounds, only, spin, base)),
         Cmd::BenchDetect { args } => release_bin(&["evenflow-detect-bench"], &args),
         // The scale bench starts the collector found next to itself.
         // Its baseline, when another revision's, is built first: both
         // builds leave their binary at the same path.
         Cmd::BenchScale { baseline, args } => baseline
-            .map(|rev| scale_baseline::collector(&rev))
+            .map(|rev| baseline::binary(&rev, "evenflow-collector"))
             .transpose()
             .and_then(|base| {
                 let mut args = args;

@@ -1,6 +1,7 @@
-//! The scale benchmark's baseline collector: the collector of another git
-//! revision, built once and kept, so `cargo xtask bench-scale --baseline
-//! REV` compares the working tree's collector with REV's in the same run.
+//! A benchmark's baseline: a binary of another git revision, built once
+//! and kept, so a bench compares the working tree's build with REV's in
+//! the same run: `cargo xtask bench-scale --baseline REV` the collector,
+//! `cargo xtask bench-datapath --baseline REV` the agent.
 
 use std::{
     fs,
@@ -12,16 +13,15 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::shell;
 
-/// Builds REV's collector (release) and returns its path,
-/// `target/scale-baseline/COMMIT/evenflow-collector`.
+/// Builds REV's binary `name` (release) and returns its path,
+/// `target/baseline/COMMIT/NAME`.
 ///
 /// REV's tree is unpacked (`git archive`, no worktree to clean up) next
 /// to the binary and built into this workspace's target directory, so the
 /// dependencies already built are reused and only evenflow's own crates
-/// compile. The binary is copied out before the collector under test is
-/// built over it, and kept: the next run with the same commit builds
-/// nothing.
-pub fn collector(rev: &str) -> Result<PathBuf> {
+/// compile. The binary is copied out before the one under test is built
+/// over it, and kept: the next run with the same commit builds nothing.
+pub fn binary(rev: &str, name: &str) -> Result<PathBuf> {
     let root = shell::workspace_root();
     let commit = shell::output(
         Command::new("git")
@@ -36,11 +36,11 @@ pub fn collector(rev: &str) -> Result<PathBuf> {
         )
     })?;
     let dir = shell::target_dir()
-        .join("scale-baseline")
+        .join("baseline")
         .join(&commit[..commit.len().min(12)]);
-    let bin = dir.join("evenflow-collector");
+    let bin = dir.join(name);
     if bin.is_file() {
-        eprintln!("baseline collector of {rev} ({commit}): {}", bin.display());
+        eprintln!("baseline {name} of {rev} ({commit}): {}", bin.display());
         return Ok(bin);
     }
     let src = dir.join("src");
@@ -53,21 +53,21 @@ pub fn collector(rev: &str) -> Result<PathBuf> {
     let target = shell::target_dir();
     let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
     build
-        .args(["build", "--release", "--bin", "evenflow-collector"])
+        .args(["build", "--release", "--bin", name])
         .current_dir(&src)
         .env("CARGO_TARGET_DIR", &target);
     shell::without_cargo_run_env(&mut build);
-    shell::run(&mut build).with_context(|| format!("building the collector of {rev}"))?;
-    let built = target.join("release").join("evenflow-collector");
+    shell::run(&mut build).with_context(|| format!("building {name} of {rev}"))?;
+    let built = target.join("release").join(name);
     fs::copy(&built, &bin)
         .with_context(|| format!("copying {} to {}", built.display(), bin.display()))?;
-    eprintln!("baseline collector of {rev} ({commit}): {}", bin.display());
+    eprintln!("baseline {name} of {rev} ({commit}): {}", bin.display());
     Ok(bin)
 }
 
 /// Gives REV's crates another version. Cargo names a workspace crate's
 /// artifacts by name, version and path *relative to its workspace*, so
-/// REV's collector and this tree's would otherwise be the same artifact
+/// REV's binary and this tree's would otherwise be the same artifact
 /// in the shared target directory, each build taking the other's for
 /// up to date.
 fn mark_version(manifest: &std::path::Path) -> Result<()> {
@@ -79,9 +79,9 @@ fn mark_version(manifest: &std::path::Path) -> Result<()> {
             manifest.display()
         );
     };
-    // "0.1.0" becomes "0.0.0-scale-baseline.0.1.0" (a valid version).
+    // "0.1.0" becomes "0.0.0-baseline.0.1.0" (a valid version).
     let value = at + "\nversion = \"".len();
-    let marked = format!("{}0.0.0-scale-baseline.{}", &text[..value], &text[value..]);
+    let marked = format!("{}0.0.0-baseline.{}", &text[..value], &text[value..]);
     fs::write(manifest, marked).with_context(|| format!("writing {}", manifest.display()))
 }
 
