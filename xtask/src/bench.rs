@@ -327,6 +327,13 @@ struct Cost {
     churn: f64,
 }
 
+impl Cost {
+    /// Mean nanoseconds per run above the empty program behind it.
+    fn above(&self) -> f64 {
+        self.ns - self.baseline
+    }
+}
+
 /// Cumulative bpf stats of one program: nanoseconds and runs.
 #[derive(Copy, Clone, Default)]
 struct Stats {
@@ -504,7 +511,7 @@ fn cost_medians(passes: &[Vec<Cost>]) -> Vec<CostSummary> {
                 .iter()
                 .filter_map(|p| p.iter().find(|x| x.name == c.name))
                 .collect();
-            let above: Vec<f64> = same.iter().map(|x| x.ns - x.baseline).collect();
+            let above: Vec<f64> = same.iter().map(|x| x.above()).collect();
             let lo = above.iter().copied().fold(f64::INFINITY, f64::min);
             let hi = above.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             CostSummary {
@@ -1170,24 +1177,23 @@ fn costs(
         if round % 2 == 1 {
             order.reverse();
         }
-        for &i in &order {
-            crate::interrupt::check()?;
-            passes[i][0].push(local(&agents[i].1)?);
-        }
+        // Pass `k` once per agent, in this round's order.
+        let mut each = |k: usize, pass: &dyn Fn(&std::path::Path) -> Result<Vec<Cost>>| {
+            order.iter().try_for_each(|&i| {
+                crate::interrupt::check()?;
+                passes[i][k].push(pass(&agents[i].1)?);
+                Ok::<_, anyhow::Error>(())
+            })
+        };
+        each(0, &local)?;
         // A Kubernetes node forwards: its agent adds TC ingress.
         netns::sysctl(SERVER, "net.ipv4.ip_forward", "1")?;
-        let forwarding: Result<()> = order.iter().try_for_each(|&i| {
-            crate::interrupt::check()?;
-            passes[i][1].push(local(&agents[i].1)?);
-            Ok(())
-        });
+        let forwarding = each(1, &local);
         netns::sysctl(SERVER, "net.ipv4.ip_forward", "0")?;
         forwarding?;
-        for &i in &order {
-            crate::interrupt::check()?;
-            let bin = &agents[i].1;
-            passes[i][2].push(cost_pass(LB, &lb_cg, &["efb-lc", "efb-ls"], VIP, bin)?);
-        }
+        each(2, &|bin| {
+            cost_pass(LB, &lb_cg, &["efb-lc", "efb-ls"], VIP, bin)
+        })?;
     }
     let _ = std::fs::remove_dir(&lb_cg);
     Ok(passes)
@@ -1211,7 +1217,7 @@ fn print_cost_differences(base: &str, this: &[Vec<Vec<Cost>>; 3], baseline: &[Ve
                 passes
                     .get(round)
                     .and_then(|p| p.iter().find(|x| x.name == c.name))
-                    .map(|x| x.ns - x.baseline)
+                    .map(Cost::above)
             };
             let diffs: Vec<f64> = (0..this.len())
                 .filter_map(|r| Some(above(this, r)? - above(baseline, r)?))
