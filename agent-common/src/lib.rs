@@ -405,6 +405,13 @@ pub enum Stat {
     SockInStorage = 12,
 }
 
+/// What the adoption iterator (`iter/tcp`, run once at the agent's start)
+/// writes for each established socket it adopted.
+pub const ADOPT_ADOPTED: u8 = b'a';
+/// What it writes for a socket it could not give sock_ops' state callbacks
+/// (a kernel without `TCP_BPF_SOCK_OPS_CB_FLAGS`, 6.12): left uncounted.
+pub const ADOPT_UNSUPPORTED: u8 = b'u';
+
 /// Number of [`Stat`] slots.
 pub const STAT_COUNT: u32 = 13;
 

@@ -6,6 +6,8 @@
 //!   sits in a slot found by the socket's address ([`sock`]).
 //! * [`reset`]: cgroup_skb ingress notes what every RST reaching a local
 //!   socket acknowledged, which sock_ops adds to the bytes it sent.
+//! * [`adopt`]: an iterator the agent runs once at start, which adopts the
+//!   connections established before sock_ops could see them.
 //! * [`sampler`]: iterators over those sockets that the agent runs every
 //!   interval, so long-lived connections' bytes appear while they last.
 //! * [`tc`]: TC ingress (counting per packet only) notes where each SYN was
@@ -24,6 +26,7 @@
 #![no_main]
 #![feature(asm_experimental_arch)]
 
+mod adopt;
 mod atomic;
 mod conntrack;
 mod counters;

@@ -24,7 +24,7 @@ use agent_common::{
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, bpf_map_type::BPF_MAP_TYPE_SK_STORAGE},
     macros::map,
-    maps::Array,
+    maps::{Array, PerCpuArray},
 };
 
 use crate::{
@@ -36,6 +36,33 @@ use crate::{
 /// Counted local sockets, by address (see [`SockSlot`]).
 #[map(name = "EF_SOCK_SLOTS")]
 pub static SOCK_SLOTS: Array<SockSlot> = Array::pinned(DEFAULT_SOCK_SLOTS, BPF_F_MMAPABLE);
+
+/// Words per CPU that turn a socket pointer into a number (see
+/// [`address`]): one for sock_ops, one for the adoption iterator, so that
+/// a callback interrupting the iterator on its CPU never writes the
+/// iterator's word.
+#[map(name = "EF_SCRATCH")]
+static SCRATCH: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+
+/// Which word of `EF_SCRATCH` a program uses.
+#[derive(Copy, Clone)]
+pub enum Scratch {
+    SockOps = 0,
+    Adopt = 1,
+}
+
+/// The socket's address as a number. The verifier forbids arithmetic on a
+/// socket pointer (a slot's index is a hash of it) and reading a spilled
+/// one back in halves; a word read back from a map is a plain number.
+#[inline(always)]
+pub fn address<T>(sk: *const T, word: Scratch) -> Option<u64> {
+    let word = SCRATCH.get_ptr_mut(word as u32)?;
+    // SAFETY: this CPU's word; nothing runs between the store and the load.
+    unsafe {
+        write_volatile(word, sk as u64);
+        Some(read_volatile(word))
+    }
+}
 
 /// Slots a socket may take, from the one its address hashes to.
 const PROBES: u32 = 4;
@@ -193,7 +220,7 @@ pub enum Claim {
 /// one a dead socket at the same address left (its close never reached
 /// this program: the programs were detached from its cgroup meanwhile).
 #[inline(always)]
-pub fn claim(sk: u64, cookie: u64, endpoint: &EndpointKey, flags: u8) -> Claim {
+pub fn claim(sk: u64, cookie: u64, endpoint: &EndpointKey, flags: u8, base: &Payload) -> Claim {
     if sk & SOCK_SLOT_FLAGS != 0 {
         return Claim::Full;
     }
@@ -211,7 +238,7 @@ pub fn claim(sk: u64, cookie: u64, endpoint: &EndpointKey, flags: u8) -> Claim {
             if (owner == 0 || stale)
                 && atomic::cmpxchg(&raw mut (*slot).owner, owner, SOCK_SLOT_FILLING) == owner
             {
-                fill(slot, sk, cookie, endpoint, flags);
+                fill(slot, sk, cookie, endpoint, flags, base);
                 return Claim::Taken;
             }
         }
@@ -219,24 +246,34 @@ pub fn claim(sk: u64, cookie: u64, endpoint: &EndpointKey, flags: u8) -> Claim {
     Claim::Full
 }
 
-/// Fills a slot just claimed for socket `sk`: the marks start at zero in
-/// the next generation, then the socket is named.
+/// Fills a slot just claimed for socket `sk`: the marks start at `base`
+/// (what the socket carried before it was counted: nothing for one
+/// counted from its handshake) in the next generation, then the socket is
+/// named.
 ///
 /// # Safety
 /// The caller claimed `slot`.
 #[inline(always)]
-unsafe fn fill(slot: *mut SockSlot, sk: u64, cookie: u64, endpoint: &EndpointKey, flags: u8) {
+unsafe fn fill(
+    slot: *mut SockSlot,
+    sk: u64,
+    cookie: u64,
+    endpoint: &EndpointKey,
+    flags: u8,
+    base: &Payload,
+) {
     // SAFETY: per the contract.
     unsafe {
         let tag_mask = (1 << SOCK_MARK_TAG_BITS) - 1;
         let mark = ((generation(slot) + 1) & tag_mask) << (64 - SOCK_MARK_TAG_BITS);
+        let value = (1 << (64 - SOCK_MARK_TAG_BITS)) - 1;
         write_volatile(
             &raw mut (*slot).marks,
             Marks {
-                rx: mark,
-                tx: mark,
-                segs_in: mark,
-                segs_out: mark,
+                rx: mark | base.rx & value,
+                tx: mark | base.tx & value,
+                segs_in: mark | base.segs_in & value,
+                segs_out: mark | base.segs_out & value,
             },
         );
         write_volatile(
@@ -367,6 +404,16 @@ pub struct Payload {
     pub tx: u64,
     pub segs_in: u64,
     pub segs_out: u64,
+}
+
+impl Payload {
+    /// Nothing yet: a socket counted from its handshake.
+    pub const NONE: Self = Self {
+        rx: 0,
+        tx: 0,
+        segs_in: 0,
+        segs_out: 0,
+    };
 }
 
 /// What a sample of a live socket may count: everything but one byte each

@@ -17,8 +17,7 @@ use aya_ebpf::{
         bpf_sock,
     },
     helpers::generated::{bpf_get_socket_cookie, bpf_sk_storage_get, bpf_skc_to_tcp_sock},
-    macros::{map, sock_ops},
-    maps::PerCpuArray,
+    macros::sock_ops,
     programs::SockOpsContext,
 };
 
@@ -28,7 +27,7 @@ use crate::{
     counters::{opened, stat},
     kernel::{self, SockCounters},
     reset,
-    sock::{self, Claim, Held, Payload, SOCKS},
+    sock::{self, Claim, Held, Payload, SOCKS, Scratch},
     tc::LOCAL_NAT,
 };
 
@@ -62,28 +61,10 @@ fn cookie(ctx: &SockOpsContext) -> u64 {
     unsafe { bpf_get_socket_cookie(ctx.ops.cast()) }
 }
 
-/// One word per CPU that turns a socket pointer into a number (see
-/// [`address`]).
-#[map(name = "EF_SCRATCH")]
-static SCRATCH: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-
-/// The socket's address as a number. The verifier forbids arithmetic on a
-/// socket pointer (a slot's index is a hash of it) and reading a spilled
-/// one back in halves; a word read back from a map is a plain number.
-#[inline(always)]
-fn address(sk: *mut bpf_sock) -> Option<u64> {
-    let word = SCRATCH.get_ptr_mut(0)?;
-    // SAFETY: this CPU's word; nothing runs between the store and the load.
-    unsafe {
-        core::ptr::write_volatile(word, sk as u64);
-        Some(read_volatile(word))
-    }
-}
-
 /// The socket's state: in its slot, else in socket storage.
 #[inline(always)]
 fn held(sk: *mut bpf_sock) -> Option<Held> {
-    if let Some(h) = address(sk).and_then(sock::find) {
+    if let Some(h) = sock::address(sk, Scratch::SockOps).and_then(sock::find) {
         return Some(h);
     }
     storage(sk, false).map(Held::storage)
@@ -132,10 +113,10 @@ fn on_established(ctx: &SockOpsContext, active: bool) {
     let Some(sk) = socket(ctx) else {
         return;
     };
-    let Some(addr) = address(sk) else {
+    let Some(addr) = sock::address(sk, Scratch::SockOps) else {
         return;
     };
-    match sock::claim(addr, cookie(ctx), &endpoint, flags) {
+    match sock::claim(addr, cookie(ctx), &endpoint, flags, &Payload::NONE) {
         Claim::Taken => {}
         Claim::Held => return,
         Claim::Full => {

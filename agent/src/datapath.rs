@@ -200,6 +200,8 @@ impl Datapath {
         for (name, off) in &kernel.offsets {
             loader.override_global(name, off, true);
         }
+        let cgroup_id = crate::adopt::cgroup_id(cfg.cgroup)?;
+        loader.override_global("ADOPT_CGROUP_ID", &cgroup_id, true);
         let mut ebpf = loader.load(EBPF_OBJECT).with_context(|| {
             format!(
                 "loading evenflow's eBPF programs (maps pinned at {})",
@@ -267,6 +269,9 @@ impl Datapath {
                 flows.map,
             )?,
         ];
+        if kernel.adopt {
+            adopt(&mut ebpf);
+        }
         info!(
             node = cfg.node_name,
             epoch,
@@ -768,11 +773,24 @@ fn kernel_offsets(per_packet: bool) -> Result<KernelOffsets> {
                 .context("finding sock.sk_flags in the kernel's BTF")?,
         ),
     ];
+    let adopt = match crate::adopt::offsets(&btf) {
+        Ok(o) => {
+            offsets.extend(o);
+            true
+        }
+        Err(e) => {
+            warn!(
+                "connections established before evenflow first attached will not be counted: {e:#}"
+            );
+            false
+        }
+    };
     if per_packet {
         info!("forwarded connections are counted packet by packet (--forwarded-per-packet)");
         return Ok(KernelOffsets {
             offsets,
             conntrack: false,
+            adopt,
         });
     }
     let conntrack = match conntrack_offsets(&btf) {
@@ -787,7 +805,11 @@ fn kernel_offsets(per_packet: bool) -> Result<KernelOffsets> {
             false
         }
     };
-    Ok(KernelOffsets { offsets, conntrack })
+    Ok(KernelOffsets {
+        offsets,
+        conntrack,
+        adopt,
+    })
 }
 
 /// The map this agent keeps forwarded connections in, and its sweeper.
@@ -823,6 +845,8 @@ struct KernelOffsets {
     offsets: Vec<(&'static str, u32)>,
     /// Whether conntrack's were among them.
     conntrack: bool,
+    /// Whether the adoption iterator's were (see [`crate::adopt`]).
+    adopt: bool,
 }
 
 /// Where conntrack keeps what the forwarded-connection path reads: in the
@@ -915,6 +939,28 @@ fn attach_iter(
     let prog_fd = prog.fd().with_context(|| format!("{name} has no fd"))?;
     MapIter::attach(prog_fd.as_fd(), map_data.fd().as_fd())
         .with_context(|| format!("attaching {name} to {map}"))
+}
+
+/// Adopts the connections established before sock_ops was attached. A
+/// refinement, not a requirement: without it those connections go
+/// uncounted, as they did before evenflow was there.
+fn adopt(ebpf: &mut Ebpf) {
+    match crate::adopt::run(ebpf) {
+        Ok(a) if a.unsupported > 0 => warn!(
+            adopted = a.sockets,
+            left = a.unsupported,
+            "connections established before evenflow attached are left uncounted: this kernel \
+             cannot give them sock_ops' callbacks (TCP_BPF_SOCK_OPS_CB_FLAGS, Linux 6.12)"
+        ),
+        Ok(a) => info!(
+            adopted = a.sockets,
+            "connections established before evenflow attached are counted from now on"
+        ),
+        Err(e) => warn!(
+            error = format!("{e:#}"),
+            "connections established before evenflow attached are not counted"
+        ),
+    }
 }
 
 fn new_epoch() -> Result<u64> {

@@ -1,6 +1,6 @@
-//! BPF iterators over a map: attached with the map they walk and run by
-//! reading them. aya 0.14's `Iter::attach` passes no map, so the link is
-//! made with a raw `bpf(BPF_LINK_CREATE)` carrying `iter_info`.
+//! BPF iterators, attached (with the map they walk, for a map's) and run
+//! by reading them. aya 0.14's `Iter::attach` passes no map, so the link
+//! is made with a raw `bpf(BPF_LINK_CREATE)` carrying `iter_info`.
 
 use std::{
     fs::File,
@@ -41,7 +41,7 @@ fn bpf(cmd: libc::c_long, attr: *const u8, size: usize) -> std::io::Result<Owned
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// An iterator program attached to one map.
+/// An attached iterator program.
 pub struct MapIter {
     link: OwnedFd,
 }
@@ -53,13 +53,23 @@ impl MapIter {
             map_fd: map.as_raw_fd() as u32,
             _rest: [0; 3],
         };
+        Self::link(prog, Some(&info))
+    }
+
+    /// Links the loaded iterator program `prog`, whose target needs no map
+    /// (`iter/tcp`: the sockets of the calling thread's network namespace).
+    pub fn attach_target(prog: BorrowedFd<'_>) -> std::io::Result<Self> {
+        Self::link(prog, None)
+    }
+
+    fn link(prog: BorrowedFd<'_>, info: Option<&IterLinkInfo>) -> std::io::Result<Self> {
         let attr = LinkCreateAttr {
             prog_fd: prog.as_raw_fd() as u32,
             target_fd: 0,
             attach_type: BPF_TRACE_ITER,
             flags: 0,
-            iter_info: &info as *const IterLinkInfo as u64,
-            iter_info_len: std::mem::size_of::<IterLinkInfo>() as u32,
+            iter_info: info.map_or(0, |i| i as *const IterLinkInfo as u64),
+            iter_info_len: info.map_or(0, |_| std::mem::size_of::<IterLinkInfo>() as u32),
             _rest: [0; 9],
         };
         let link = bpf(
@@ -72,15 +82,26 @@ impl MapIter {
 
     /// Runs the program over every element once (it writes no output).
     pub fn run(&self) -> std::io::Result<()> {
+        let mut sink = [0u8; 64];
+        let mut f = self.open()?;
+        while f.read(&mut sink)? != 0 {}
+        Ok(())
+    }
+
+    /// Runs the program over every element once and returns what it wrote.
+    pub fn output(&self) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.open()?.read_to_end(&mut out)?;
+        Ok(out)
+    }
+
+    fn open(&self) -> std::io::Result<File> {
         let attr: [u32; 2] = [self.link.as_raw_fd() as u32, 0];
         let fd = bpf(
             BPF_ITER_CREATE,
             attr.as_ptr().cast(),
             std::mem::size_of_val(&attr),
         )?;
-        let mut f = File::from(fd);
-        let mut sink = [0u8; 64];
-        while f.read(&mut sink)? != 0 {}
-        Ok(())
+        Ok(File::from(fd))
     }
 }

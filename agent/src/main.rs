@@ -5,6 +5,7 @@
 //! update cumulative totals and rates, list listeners, sample CPU, and publish
 //! one immutable snapshot that every reader (gRPC, /metrics, --print) renders.
 
+mod adopt;
 mod batch;
 mod btf;
 mod cli;

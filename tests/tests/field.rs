@@ -244,6 +244,196 @@ fn keepalive_bytes(name: &str, lb_args: &[&str]) {
     }
 }
 
+/// Keep-alive connections established before the backend's agent first
+/// started (evenflow installed on a node already serving them): three
+/// accepted by b1's nginx, one b1 itself dialled to b2. The agent adopts
+/// them at its start, and not a connection from b1's namespace to b2 held
+/// by a process outside b1's cgroup (sock_ops would not count it either).
+/// Each is counted opened under its endpoint (b1's
+/// `SERVES`, b2's `SENDS_TO`), what it carries from then on appears in
+/// every report, and its close is counted with the exact rest; what it
+/// carried before is not counted (a new epoch starts at zero). The agent
+/// restarted on its pins adopts nothing twice.
+#[test]
+fn field_connections_older_than_the_agent_are_adopted() {
+    evenflow_tests::require_root();
+    const CONNS: usize = 3;
+    let mut lab = Lab::new("adopt", 2).expect("the lab builds");
+    let (b1, b2) = (lab.backends[0].clone(), lab.backends[1].clone());
+    let log = nginx::start_keepalive(&mut lab, &b1).expect("nginx starts on b1");
+    nginx::start_keepalive(&mut lab, &b2).expect("nginx starts on b2");
+    let (addr, addr2) = (backend_addr(&lab, 0), backend_addr(&lab, 1));
+    let target: SocketAddr = format!("{addr}:{BACKEND_PORT}").parse().expect("an address");
+    let mut conns = netns::run_in(&lab.client.ns, move || {
+        (0..CONNS)
+            .map(|_| client::KeepAlive::connect(target))
+            .collect::<anyhow::Result<Vec<_>>>()
+    })
+    .expect("the client's namespace")
+    .expect("the keep-alive connections open");
+    let talk = |conns: &mut Vec<client::KeepAlive>, n| {
+        for c in conns.iter_mut() {
+            for _ in 0..n {
+                c.request().expect("every keep-alive request is answered");
+            }
+        }
+    };
+    let dialler = Dialler::start(&mut lab, &b1, &addr2);
+    let to_b2: SocketAddr = format!("{addr2}:{BACKEND_PORT}").parse().expect("an address");
+    let mut outsider = netns::run_in(&b1.ns, move || client::KeepAlive::connect(to_b2))
+        .expect("b1's namespace")
+        .expect("the outsider's connection opens");
+    talk(&mut conns, 5);
+    let dialled_before = dialler.phase("before");
+    // The last responses' delayed ACKs reach the servers before the agent
+    // reads its sockets' counters.
+    std::thread::sleep(Duration::from_millis(500));
+    let sum = |conns: &[client::KeepAlive]| {
+        conns
+            .iter()
+            .map(|c| (c.bytes_sent, c.bytes_received))
+            .fold((0, 0), |a, c| (a.0 + c.0, a.1 + c.1))
+    };
+    let before = sum(&conns);
+    agent::start(&mut lab, &b1, &["--service", "web=8080"]).expect("the backend agent starts");
+    let agent_log = lab.log("agent-b1");
+    assert!(
+        agent_log.contains(&format!("adopted={}", CONNS + 1)),
+        "the agent adopted the {} connections at its start:\n{agent_log}",
+        CONNS + 1
+    );
+    let mut seen = Vec::new();
+    for round in 0..4 {
+        talk(&mut conns, 2);
+        if round == 2 {
+            agent::restart(&mut lab, &b1, &["--service", "web=8080"])
+                .expect("the backend agent restarts");
+        }
+        std::thread::sleep(Duration::from_millis(1200));
+        let s = grpcurl::snapshot(&b1.ns).expect("b1's snapshot");
+        seen.push(grpcurl::totals(&s, &addr, BACKEND_PORT, SERVES));
+    }
+    println!("server view while open: {seen:?}");
+    assert!(
+        seen.iter().all(|t| t.opened == CONNS as u64 && t.closed == 0),
+        "the adopted connections are open, once each, in every report"
+    );
+    assert!(
+        seen.windows(2).all(|w| w[1].bytes_rx > w[0].bytes_rx),
+        "their bytes grow in every report while they live"
+    );
+    let dialled_after = dialler.phase("after");
+    outsider
+        .request()
+        .expect("the outsider's request is answered");
+    drop(outsider);
+    let after = sum(&conns);
+    drop(conns);
+    dialler.close();
+    let server = settled(&b1.ns, &addr, BACKEND_PORT, SERVES, CONNS as u64).1;
+    let served = nginx::read_log(&log).expect("nginx's log");
+    println!("before the agent {before:?}, in all {after:?}; nginx {served:?}; server {server:?}");
+    assert_eq!(served.request_bytes, after.0, "the client's count is nginx's");
+    assert_eq!(
+        (server.opened, server.closed),
+        (CONNS as u64, CONNS as u64)
+    );
+    assert_eq!(
+        (server.bytes_rx, server.bytes_tx),
+        (after.0 - before.0, after.1 - before.1),
+        "exactly what the connections carried after the agent's start"
+    );
+    let sent = settled(&b1.ns, &addr2, BACKEND_PORT, SENDS_TO, 1).1;
+    println!("dialled before {dialled_before:?}, in all {dialled_after:?}; b1 sends to b2 {sent:?}");
+    assert_eq!((sent.opened, sent.closed), (1, 1));
+    assert_eq!(
+        (sent.bytes_tx, sent.bytes_rx),
+        (
+            dialled_after.0 - dialled_before.0,
+            dialled_after.1 - dialled_before.1
+        ),
+        "exactly what the dialled connection carried after the agent's start"
+    );
+    assert!(
+        lab.log("agent-b1").contains("adopted=0"),
+        "the restarted agent adopted nothing twice"
+    );
+}
+
+/// A process in a node's namespace and cgroup holding one keep-alive
+/// connection it dialled: three requests, then three more each time it
+/// is asked for a phase, then a close. Files in the lab's directory say
+/// when to go on and what it sent and received so far.
+struct Dialler {
+    dir: std::path::PathBuf,
+}
+
+impl Dialler {
+    fn start(lab: &mut Lab, node: &lab::Node, server: &str) -> Self {
+        let dir = lab.dir.join("dialler");
+        std::fs::create_dir_all(&dir).expect("the dialler's directory");
+        let script = format!(
+            r#"
+import os, socket, time
+d = "{dir}"
+s = socket.create_connection(("{server}", {BACKEND_PORT}))
+sent = got = 0
+def request():
+    global sent, got
+    r = b"GET / HTTP/1.1\r\nHost: lab\r\n\r\n"
+    s.sendall(r); sent += len(r)
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        c = s.recv(1)
+        assert c, "the server closed"
+        head += c
+    n = int([l.split(b":")[1] for l in head.lower().split(b"\r\n") if l.startswith(b"content-length:")][0])
+    body = b""
+    while len(body) < n:
+        body += s.recv(n - len(body))
+    got += len(head) + n
+def wait(name):
+    while not os.path.exists(os.path.join(d, name)):
+        time.sleep(0.02)
+def done(name):
+    for _ in range(3):
+        request()
+    with open(os.path.join(d, name + ".tmp"), "w") as f:
+        f.write(f"{{sent}} {{got}}")
+    os.rename(os.path.join(d, name + ".tmp"), os.path.join(d, name))
+done("before")
+wait("go-after")
+done("after")
+wait("go-close")
+s.close()
+time.sleep(3600)
+"#,
+            dir = dir.display(),
+        );
+        lab.spawn(node, "dialler", "python3", &["-c", &script])
+            .expect("the dialler starts");
+        Self { dir }
+    }
+
+    /// Asks for phase `name` (the first, "before", needs no asking) and
+    /// waits for its count: request and response bytes so far.
+    fn phase(&self, name: &str) -> (u64, u64) {
+        if name != "before" {
+            std::fs::write(self.dir.join(format!("go-{name}")), "").expect("asking the dialler");
+        }
+        let text = evenflow_tests::wait_for(Duration::from_secs(10), || {
+            std::fs::read_to_string(self.dir.join(name)).ok()
+        })
+        .expect("the dialler answers");
+        let mut n = text.split_whitespace().map(|v| v.parse::<u64>().expect("a count"));
+        (n.next().expect("sent"), n.next().expect("received"))
+    }
+
+    fn close(&self) {
+        std::fs::write(self.dir.join("go-close"), "").expect("asking the dialler to close");
+    }
+}
+
 /// Keep-alive connections from a namespace, each sending a request every
 /// 100 ms until stopped.
 struct KeptAlive {

@@ -1,0 +1,318 @@
+//! An iterator over the TCP sockets of the agent's network namespace
+//! (`iter/tcp`), run once each time the agent starts: it adopts the
+//! connections established before sock_ops was there to see their
+//! handshake (evenflow's first start, or a start on fresh maps after an
+//! upgrade to another map layout).
+//!
+//! Without it such a connection is never counted: a gRPC channel or a
+//! database pool opened before evenflow stays invisible until it
+//! reconnects, which can be days, and the member holding the most of them
+//! looks the least loaded. An adopted socket is counted opened, gets a
+//! slot whose marks start at what its counters say now (so only what it
+//! carries from then on is counted: the counters of a new epoch start at
+//! zero), and gets sock_ops' state callbacks, so its close is counted
+//! exactly like any other.
+//!
+//! The iterator runs with each socket locked: no callback of the socket
+//! runs meanwhile. Listening sockets come before established ones, so a
+//! socket is told apart as accepted (it serves its local address and port,
+//! on which something listens) or connected (it sends to its peer).
+//! Only sockets in the cgroup sock_ops is attached to (or below it) are
+//! adopted, the ones sock_ops would have counted.
+
+use core::{ffi::c_void, ptr::read_volatile};
+
+use agent_common::{
+    ADOPT_ADOPTED, ADOPT_UNSUPPORTED, Direction, EndpointKey, PROTO_TCP, SOCK_ACTIVE, SockState,
+    v4_mapped,
+};
+use aya_ebpf::{
+    bindings::{BPF_SOCK_OPS_STATE_CB_FLAG, BPF_TCP_ESTABLISHED, BPF_TCP_LISTEN},
+    helpers::{
+        bpf_probe_read_kernel,
+        generated::{
+            bpf_get_socket_cookie, bpf_getsockopt, bpf_seq_write, bpf_setsockopt,
+            bpf_sk_storage_get, bpf_skc_to_tcp_sock,
+        },
+    },
+    macros::map,
+    maps::HashMap,
+};
+
+use crate::{
+    counters::opened,
+    kernel,
+    sock::{self, Claim, Payload, SOCKS, Scratch},
+};
+
+/// `offsetof(struct sock_common, …)` of the fields that name a socket's
+/// ends, and of its family and state.
+#[unsafe(no_mangle)]
+static SKC_DADDR: u32 = 0;
+#[unsafe(no_mangle)]
+static SKC_RCV_SADDR: u32 = 0;
+#[unsafe(no_mangle)]
+static SKC_V6_DADDR: u32 = 0;
+#[unsafe(no_mangle)]
+static SKC_V6_RCV_SADDR: u32 = 0;
+#[unsafe(no_mangle)]
+static SKC_DPORT: u32 = 0;
+#[unsafe(no_mangle)]
+static SKC_NUM: u32 = 0;
+#[unsafe(no_mangle)]
+static SKC_FAMILY: u32 = 0;
+#[unsafe(no_mangle)]
+static SKC_STATE: u32 = 0;
+/// `offsetof(struct sock, sk_cgrp_data.cgroup)`: the socket's cgroup.
+#[unsafe(no_mangle)]
+static SOCK_CGROUP: u32 = 0;
+/// `offsetof(struct cgroup, level)`, `…ancestors` and `…kn`.
+#[unsafe(no_mangle)]
+static CGROUP_LEVEL: u32 = 0;
+#[unsafe(no_mangle)]
+static CGROUP_ANCESTORS: u32 = 0;
+#[unsafe(no_mangle)]
+static CGROUP_KN: u32 = 0;
+/// `offsetof(struct kernfs_node, id)`: a cgroup's id.
+#[unsafe(no_mangle)]
+static KERNFS_NODE_ID: u32 = 0;
+/// The id of the cgroup sock_ops is attached to.
+#[unsafe(no_mangle)]
+static ADOPT_CGROUP_ID: u64 = 0;
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const SOL_TCP: i32 = 6;
+/// `TCP_BPF_SOCK_OPS_CB_FLAGS` (kernel ≥ 6.12): a socket's sock_ops
+/// callback flags, read and set through `bpf_{get,set}sockopt`.
+const TCP_BPF_SOCK_OPS_CB_FLAGS: i32 = 1008;
+/// The deepest cgroup nesting looked through.
+const MAX_CGROUP_LEVEL: u32 = 16;
+
+/// Local ends something listens on, seen earlier in the same run.
+#[map(name = "EF_ADOPT_LISTENERS")]
+static LISTENERS: HashMap<EndpointKey, u8> = HashMap::with_max_entries(16_384, 0);
+
+/// `struct bpf_iter_meta`.
+#[repr(C)]
+pub struct IterMeta {
+    seq: *mut c_void,
+    session_id: u64,
+    seq_num: u64,
+}
+
+/// `struct bpf_iter__tcp`.
+#[repr(C)]
+pub struct TcpIterCtx {
+    meta: *mut IterMeta,
+    sk_common: *mut c_void,
+    uid: u32,
+}
+
+#[unsafe(link_section = "iter/tcp")]
+#[unsafe(no_mangle)]
+pub extern "C" fn evenflow_adopt(ctx: *mut TcpIterCtx) -> i32 {
+    // SAFETY: the context the kernel passed; both pointers are null-checked.
+    let (meta, skc) = unsafe { (read_volatile(&(*ctx).meta), read_volatile(&(*ctx).sk_common)) };
+    if meta.is_null() || skc.is_null() {
+        return 0;
+    }
+    let Some(ends) = Ends::of(skc) else {
+        return 0;
+    };
+    match read::<u8>(skc, &SKC_STATE).map(u32::from) {
+        Some(BPF_TCP_LISTEN) => {
+            let _ = LISTENERS.insert(&ends.local(Direction::Serves), &1, 0);
+        }
+        Some(BPF_TCP_ESTABLISHED) if in_cgroup(skc) => {
+            if let Some(note) = adopt(skc, &ends) {
+                // SAFETY: the iterator's seq_file; one byte from the stack.
+                unsafe { bpf_seq_write((*meta).seq.cast(), (&raw const note).cast(), 1) };
+            }
+        }
+        _ => {}
+    }
+    0
+}
+
+/// `size_of::<T>()` bytes at `off` (an offset the agent wrote) into the
+/// kernel object at `obj`.
+#[inline(always)]
+fn read<T>(obj: *const c_void, off: &u32) -> Option<T> {
+    // SAFETY: the helper checks the address; `off` is a `.rodata` constant.
+    unsafe {
+        let at = obj.byte_add(read_volatile(off) as usize);
+        bpf_probe_read_kernel(at as *const T).ok()
+    }
+}
+
+/// A socket's two ends, addresses in flow-key form (IPv4-mapped).
+struct Ends {
+    local: [u32; 4],
+    remote: [u32; 4],
+    local_port: u16,
+    remote_port: u16,
+}
+
+impl Ends {
+    #[inline(always)]
+    fn of(skc: *const c_void) -> Option<Self> {
+        let (local, remote) = match read::<u16>(skc, &SKC_FAMILY)? {
+            AF_INET => (
+                v4_mapped(read(skc, &SKC_RCV_SADDR)?),
+                v4_mapped(read(skc, &SKC_DADDR)?),
+            ),
+            AF_INET6 => (read(skc, &SKC_V6_RCV_SADDR)?, read(skc, &SKC_V6_DADDR)?),
+            _ => return None,
+        };
+        Some(Self {
+            local,
+            remote,
+            local_port: read(skc, &SKC_NUM)?,
+            remote_port: u16::from_be(read(skc, &SKC_DPORT)?),
+        })
+    }
+
+    #[inline(always)]
+    fn local(&self, direction: Direction) -> EndpointKey {
+        endpoint(self.local, self.local_port, direction)
+    }
+
+    /// Whether something listens on the local end: on its address, or on
+    /// every address (IPv4's or IPv6's wildcard, which takes IPv4 too).
+    #[inline(always)]
+    fn accepted(&self) -> bool {
+        [self.local, v4_mapped(0), [0; 4]].iter().any(|addr| {
+            let key = endpoint(*addr, self.local_port, Direction::Serves);
+            // SAFETY: the value is only tested for presence.
+            unsafe { LISTENERS.get(&key) }.is_some()
+        })
+    }
+}
+
+#[inline(always)]
+fn endpoint(addr: [u32; 4], port: u16, direction: Direction) -> EndpointKey {
+    EndpointKey {
+        addr,
+        port,
+        direction: direction as u8,
+        proto: PROTO_TCP,
+    }
+}
+
+/// Whether the socket's cgroup is sock_ops' or one below it.
+#[inline(always)]
+fn in_cgroup(skc: *const c_void) -> bool {
+    // SAFETY: a `.rodata` constant.
+    let want = unsafe { read_volatile(&ADOPT_CGROUP_ID) };
+    let Some(cgroup) = read::<u64>(skc, &SOCK_CGROUP) else {
+        return false;
+    };
+    let cgroup = cgroup as *const c_void;
+    let Some(level) = read::<i32>(cgroup, &CGROUP_LEVEL) else {
+        return false;
+    };
+    // SAFETY: a `.rodata` constant.
+    let ancestors = unsafe { read_volatile(&CGROUP_ANCESTORS) } as u64;
+    for i in 0..MAX_CGROUP_LEVEL {
+        if i as i32 > level {
+            return false;
+        }
+        let at = (cgroup as u64 + ancestors + u64::from(i) * 8) as *const u64;
+        // SAFETY: the helper checks the address.
+        let Ok(ancestor) = (unsafe { bpf_probe_read_kernel(at) }) else {
+            return false;
+        };
+        let id = read::<u64>(ancestor as *const c_void, &CGROUP_KN)
+            .and_then(|kn| read::<u64>(kn as *const c_void, &KERNFS_NODE_ID));
+        if id == Some(want) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Adopts an established socket nobody counts yet; what to write for it.
+/// Out of line: the iterator's own frame stays small.
+#[inline(never)]
+fn adopt(skc: *mut c_void, ends: &Ends) -> Option<u8> {
+    // SAFETY: a non-null socket from the iterator.
+    let tp = unsafe { bpf_skc_to_tcp_sock(skc) } as *const u8;
+    if tp.is_null() || counted_in_storage(skc) {
+        return None;
+    }
+    let mut cb: i32 = 0;
+    // SAFETY: a locked full socket; `cb` is 4 writable bytes.
+    let got = unsafe {
+        bpf_getsockopt(
+            tp as *mut c_void,
+            SOL_TCP,
+            TCP_BPF_SOCK_OPS_CB_FLAGS,
+            (&raw mut cb).cast(),
+            4,
+        )
+    };
+    if got != 0 {
+        return Some(ADOPT_UNSUPPORTED);
+    }
+    let (endpoint, flags) = if ends.accepted() {
+        (ends.local(Direction::Serves), 0)
+    } else {
+        (
+            endpoint(ends.remote, ends.remote_port, Direction::SendsTo),
+            SOCK_ACTIVE,
+        )
+    };
+    let addr = sock::address(skc, Scratch::Adopt)?;
+    // SAFETY: the iterator's socket.
+    let cookie = unsafe { bpf_get_socket_cookie(skc) };
+    let base = so_far(tp, flags);
+    if sock::claim(addr, cookie, &endpoint, flags, &base) != Claim::Taken {
+        return None;
+    }
+    cb |= BPF_SOCK_OPS_STATE_CB_FLAG as i32;
+    // SAFETY: as for the read.
+    let set = unsafe {
+        bpf_setsockopt(
+            tp as *mut c_void,
+            SOL_TCP,
+            TCP_BPF_SOCK_OPS_CB_FLAGS,
+            (&raw mut cb).cast(),
+            4,
+        )
+    };
+    if set != 0 {
+        if let Some(held) = sock::find(addr) {
+            held.release();
+        }
+        return Some(ADOPT_UNSUPPORTED);
+    }
+    opened(&endpoint);
+    Some(ADOPT_ADOPTED)
+}
+
+/// What an established socket carried before it was adopted, as sock_ops
+/// reckons it at the close: no FIN either way yet; an active opener's SYN
+/// is in `bytes_acked`.
+#[inline(always)]
+fn so_far(tp: *const u8, flags: u8) -> Payload {
+    // SAFETY: a non-null tcp_sock BTF pointer.
+    let c = unsafe { kernel::tcp_sock_counters(tp) };
+    Payload {
+        rx: c.bytes_received,
+        tx: c.bytes_acked.saturating_sub(u64::from(flags & SOCK_ACTIVE)),
+        segs_in: c.segs_in,
+        segs_out: c.segs_out,
+    }
+}
+
+/// Whether the socket is counted already, in socket storage (it found its
+/// slots taken at its handshake).
+#[inline(always)]
+fn counted_in_storage(skc: *mut c_void) -> bool {
+    // SAFETY: a valid map and a non-null socket; no flags: never created.
+    let st = unsafe { bpf_sk_storage_get(SOCKS.as_ptr(), skc, core::ptr::null_mut(), 0) }
+        as *const SockState;
+    // SAFETY: live socket storage.
+    !st.is_null() && unsafe { (*st).endpoint.direction } != 0
+}
