@@ -9,6 +9,9 @@
 //! dropping [`Datapath`], or the agent dying, leaves every program attached
 //! and counting.
 //!
+//! At start, once sock_ops is attached, the adoption iterator counts the
+//! connections established before it (see [`crate::adopt`]).
+//!
 //! Before each read the iterators run: the socket samplers (bytes of live
 //! local connections, in slots and in socket storage) and the flow sweeper of whichever flow map this
 //! agent keeps forwarded connections in (their bytes; the end of those
