@@ -60,6 +60,18 @@ pub struct EndpointKey {
     pub proto: u8,
 }
 
+impl EndpointKey {
+    /// A TCP endpoint.
+    pub const fn tcp(addr: [u32; 4], port: u16, direction: Direction) -> Self {
+        Self {
+            addr,
+            port,
+            direction: direction as u8,
+            proto: PROTO_TCP,
+        }
+    }
+}
+
 /// Cumulative counters of one endpoint. Stored per CPU; userspace sums them.
 ///
 /// `rx` is what this node received from the other side of the flow, `tx`

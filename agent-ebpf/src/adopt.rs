@@ -8,7 +8,8 @@
 //! database pool opened before evenflow stays invisible until it
 //! reconnects, which can be days, and the member holding the most of them
 //! looks the least loaded. An adopted socket is counted opened, gets a
-//! slot whose marks start at what its counters say now (so only what it
+//! slot (or socket storage) whose marks start at what its counters say
+//! now (so only what it
 //! carries from then on is counted: the counters of a new epoch start at
 //! zero), and gets sock_ops' state callbacks, so its close is counted
 //! exactly like any other.
@@ -23,8 +24,7 @@
 use core::{ffi::c_void, ptr::read_volatile};
 
 use agent_common::{
-    ADOPT_ADOPTED, ADOPT_UNSUPPORTED, Direction, EndpointKey, PROTO_TCP, SOCK_ACTIVE, SockState,
-    v4_mapped,
+    ADOPT_ADOPTED, ADOPT_UNSUPPORTED, Direction, EndpointKey, SOCK_ACTIVE, Stat, v4_mapped,
 };
 use aya_ebpf::{
     bindings::{BPF_SOCK_OPS_STATE_CB_FLAG, BPF_TCP_ESTABLISHED, BPF_TCP_LISTEN},
@@ -32,7 +32,7 @@ use aya_ebpf::{
         bpf_probe_read_kernel,
         generated::{
             bpf_get_socket_cookie, bpf_getsockopt, bpf_seq_write, bpf_setsockopt,
-            bpf_sk_storage_get, bpf_skc_to_tcp_sock,
+            bpf_skc_to_tcp_sock,
         },
     },
     macros::map,
@@ -40,9 +40,9 @@ use aya_ebpf::{
 };
 
 use crate::{
-    counters::opened,
+    counters::{opened, stat},
     kernel,
-    sock::{self, Claim, Payload, SOCKS, Scratch},
+    sock::{self, Claim, Payload, Scratch},
 };
 
 /// `offsetof(struct sock_common, …)` of the fields that name a socket's
@@ -113,7 +113,12 @@ pub struct TcpIterCtx {
 #[unsafe(no_mangle)]
 pub extern "C" fn evenflow_adopt(ctx: *mut TcpIterCtx) -> i32 {
     // SAFETY: the context the kernel passed; both pointers are null-checked.
-    let (meta, skc) = unsafe { (read_volatile(&(*ctx).meta), read_volatile(&(*ctx).sk_common)) };
+    let (meta, skc) = unsafe {
+        (
+            read_volatile(&(*ctx).meta),
+            read_volatile(&(*ctx).sk_common),
+        )
+    };
     if meta.is_null() || skc.is_null() {
         return 0;
     }
@@ -175,7 +180,7 @@ impl Ends {
 
     #[inline(always)]
     fn local(&self, direction: Direction) -> EndpointKey {
-        endpoint(self.local, self.local_port, direction)
+        EndpointKey::tcp(self.local, self.local_port, direction)
     }
 
     /// Whether something listens on the local end: on its address, or on
@@ -183,20 +188,10 @@ impl Ends {
     #[inline(always)]
     fn accepted(&self) -> bool {
         [self.local, v4_mapped(0), [0; 4]].iter().any(|addr| {
-            let key = endpoint(*addr, self.local_port, Direction::Serves);
+            let key = EndpointKey::tcp(*addr, self.local_port, Direction::Serves);
             // SAFETY: the value is only tested for presence.
             unsafe { LISTENERS.get(&key) }.is_some()
         })
-    }
-}
-
-#[inline(always)]
-fn endpoint(addr: [u32; 4], port: u16, direction: Direction) -> EndpointKey {
-    EndpointKey {
-        addr,
-        port,
-        direction: direction as u8,
-        proto: PROTO_TCP,
     }
 }
 
@@ -233,7 +228,11 @@ fn in_cgroup(skc: *const c_void) -> bool {
 }
 
 /// Adopts an established socket nobody counts yet; what to write for it.
-/// Out of line: the iterator's own frame stays small.
+/// Its state callbacks go on first: a socket counted already (by the
+/// agent before a restart) has them on anyway, and one whose storage
+/// cannot be had then closes as `flow_missing_on_close`, uncounted, as it
+/// would have without adoption. Out of line: the iterator's own frame
+/// stays small.
 #[inline(never)]
 fn adopt(skc: *mut c_void, ends: &Ends) -> Option<u8> {
     // SAFETY: a non-null socket from the iterator.
@@ -242,24 +241,18 @@ fn adopt(skc: *mut c_void, ends: &Ends) -> Option<u8> {
         return None;
     }
     let mut cb: i32 = 0;
-    // SAFETY: a locked full socket; `cb` is 4 writable bytes.
-    let got = unsafe {
-        bpf_getsockopt(
-            tp as *mut c_void,
-            SOL_TCP,
-            TCP_BPF_SOCK_OPS_CB_FLAGS,
-            (&raw mut cb).cast(),
-            4,
-        )
-    };
-    if got != 0 {
+    if cb_flags(tp, &mut cb, false) != 0 {
+        return Some(ADOPT_UNSUPPORTED);
+    }
+    cb |= BPF_SOCK_OPS_STATE_CB_FLAG as i32;
+    if cb_flags(tp, &mut cb, true) != 0 {
         return Some(ADOPT_UNSUPPORTED);
     }
     let (endpoint, flags) = if ends.accepted() {
         (ends.local(Direction::Serves), 0)
     } else {
         (
-            endpoint(ends.remote, ends.remote_port, Direction::SendsTo),
+            EndpointKey::tcp(ends.remote, ends.remote_port, Direction::SendsTo),
             SOCK_ACTIVE,
         )
     };
@@ -267,28 +260,34 @@ fn adopt(skc: *mut c_void, ends: &Ends) -> Option<u8> {
     // SAFETY: the iterator's socket.
     let cookie = unsafe { bpf_get_socket_cookie(skc) };
     let base = so_far(tp, flags);
-    if sock::claim(addr, cookie, &endpoint, flags, &base) != Claim::Taken {
-        return None;
-    }
-    cb |= BPF_SOCK_OPS_STATE_CB_FLAG as i32;
-    // SAFETY: as for the read.
-    let set = unsafe {
-        bpf_setsockopt(
-            tp as *mut c_void,
-            SOL_TCP,
-            TCP_BPF_SOCK_OPS_CB_FLAGS,
-            (&raw mut cb).cast(),
-            4,
-        )
-    };
-    if set != 0 {
-        if let Some(held) = sock::find(addr) {
-            held.release();
+    match sock::claim(addr, cookie, &endpoint, flags, &base) {
+        Claim::Taken => {}
+        Claim::Held => return None,
+        Claim::Full => {
+            let st = sock::storage(skc, true)?;
+            if !sock::keep_in_storage(st, &endpoint, flags, &base) {
+                return None;
+            }
+            stat(Stat::SockInStorage, 1);
         }
-        return Some(ADOPT_UNSUPPORTED);
     }
     opened(&endpoint);
     Some(ADOPT_ADOPTED)
+}
+
+/// Reads (or, when `set`, writes) the socket's sock_ops callback flags;
+/// the helper's result (non-zero: this kernel has no such option).
+#[inline(always)]
+fn cb_flags(tp: *const u8, cb: &mut i32, set: bool) -> i64 {
+    let (tp, cb) = (tp as *mut c_void, (cb as *mut i32).cast());
+    // SAFETY: a locked full socket; `cb` is 4 writable bytes.
+    unsafe {
+        if set {
+            bpf_setsockopt(tp, SOL_TCP, TCP_BPF_SOCK_OPS_CB_FLAGS, cb, 4)
+        } else {
+            bpf_getsockopt(tp, SOL_TCP, TCP_BPF_SOCK_OPS_CB_FLAGS, cb, 4)
+        }
+    }
 }
 
 /// What an established socket carried before it was adopted, as sock_ops
@@ -310,9 +309,6 @@ fn so_far(tp: *const u8, flags: u8) -> Payload {
 /// slots taken at its handshake).
 #[inline(always)]
 fn counted_in_storage(skc: *mut c_void) -> bool {
-    // SAFETY: a valid map and a non-null socket; no flags: never created.
-    let st = unsafe { bpf_sk_storage_get(SOCKS.as_ptr(), skc, core::ptr::null_mut(), 0) }
-        as *const SockState;
     // SAFETY: live socket storage.
-    !st.is_null() && unsafe { (*st).endpoint.direction } != 0
+    sock::storage(skc, false).is_some_and(|st| unsafe { (*st).endpoint.direction } != 0)
 }

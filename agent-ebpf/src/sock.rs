@@ -22,7 +22,11 @@ use agent_common::{
     SOCK_COOKIE_BITS, SOCK_MARK_TAG_BITS, SOCK_SLOT_FILLING, SOCK_SLOT_FLAGS, SockSlot, SockState,
 };
 use aya_ebpf::{
-    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, bpf_map_type::BPF_MAP_TYPE_SK_STORAGE},
+    bindings::{
+        BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_SK_STORAGE_GET_F_CREATE,
+        bpf_map_type::BPF_MAP_TYPE_SK_STORAGE,
+    },
+    helpers::generated::bpf_sk_storage_get,
     macros::map,
     maps::{Array, PerCpuArray},
 };
@@ -395,6 +399,55 @@ pub static SOCKS: SockStorage = SockStorage {
     map_flags: core::ptr::null(),
     pinning: core::ptr::null(),
 };
+
+/// The socket's storage, created when `create`.
+#[inline(always)]
+pub fn storage<T>(sk: *mut T, create: bool) -> Option<*mut SockState> {
+    // The verifier requires the null check before the helper.
+    if sk.is_null() {
+        return None;
+    }
+    let flags = if create {
+        BPF_SK_STORAGE_GET_F_CREATE as u64
+    } else {
+        0
+    };
+    // SAFETY: a valid map and a non-null socket.
+    let st = unsafe { bpf_sk_storage_get(SOCKS.as_ptr(), sk.cast(), core::ptr::null_mut(), flags) }
+        as *mut SockState;
+    (!st.is_null()).then_some(st)
+}
+
+/// Keeps a socket's state in its storage `st`, its marks at `base`; false
+/// if the storage holds a counted socket already. The endpoint is written
+/// last: the storage sampler skips storage without one.
+#[inline(always)]
+pub fn keep_in_storage(
+    st: *mut SockState,
+    endpoint: &EndpointKey,
+    flags: u8,
+    base: &Payload,
+) -> bool {
+    // SAFETY: live socket storage; only the socket's own callbacks and the
+    // adoption iterator (each holding the socket's lock) write its fields.
+    unsafe {
+        if (*st).endpoint.direction != 0 {
+            return false;
+        }
+        write_volatile(
+            &raw mut (*st).marks,
+            Marks {
+                rx: base.rx,
+                tx: base.tx,
+                segs_in: base.segs_in,
+                segs_out: base.segs_out,
+            },
+        );
+        (*st).flags = flags;
+        write_volatile(&raw mut (*st).endpoint, *endpoint);
+    }
+    true
+}
 
 /// Payload bytes and segments so far, from the socket's counters and what
 /// is known of its SYN and FINs.

@@ -6,17 +6,14 @@
 
 use core::ptr::read_volatile;
 
-use agent_common::{
-    Direction, EndpointKey, FlowKey, PROTO_TCP, SOCK_ACTIVE, SockState, Stat, v4_mapped,
-};
+use agent_common::{Direction, EndpointKey, FlowKey, PROTO_TCP, SOCK_ACTIVE, Stat, v4_mapped};
 use aya_ebpf::{
     bindings::{
-        BPF_SK_STORAGE_GET_F_CREATE, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
-        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
-        BPF_TCP_CLOSE, BPF_TCP_CLOSING, BPF_TCP_FIN_WAIT1, BPF_TCP_FIN_WAIT2, BPF_TCP_LAST_ACK,
-        bpf_sock,
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_TCP_CLOSE, BPF_TCP_CLOSING,
+        BPF_TCP_FIN_WAIT1, BPF_TCP_FIN_WAIT2, BPF_TCP_LAST_ACK, bpf_sock,
     },
-    helpers::generated::{bpf_get_socket_cookie, bpf_sk_storage_get, bpf_skc_to_tcp_sock},
+    helpers::generated::{bpf_get_socket_cookie, bpf_skc_to_tcp_sock},
     macros::sock_ops,
     programs::SockOpsContext,
 };
@@ -27,7 +24,7 @@ use crate::{
     counters::{opened, stat},
     kernel::{self, SockCounters},
     reset,
-    sock::{self, Claim, Held, Payload, SOCKS, Scratch},
+    sock::{self, Claim, Held, Payload, Scratch},
     tc::LOCAL_NAT,
 };
 
@@ -67,25 +64,7 @@ fn held(sk: *mut bpf_sock) -> Option<Held> {
     if let Some(h) = sock::address(sk, Scratch::SockOps).and_then(sock::find) {
         return Some(h);
     }
-    storage(sk, false).map(Held::storage)
-}
-
-/// The socket's storage, created when `create`.
-#[inline(always)]
-fn storage(sk: *mut bpf_sock, create: bool) -> Option<*mut SockState> {
-    // The verifier requires the null check before the helper.
-    if sk.is_null() {
-        return None;
-    }
-    let flags = if create {
-        BPF_SK_STORAGE_GET_F_CREATE as u64
-    } else {
-        0
-    };
-    // SAFETY: a valid map and a non-null socket.
-    let st = unsafe { bpf_sk_storage_get(SOCKS.as_ptr(), sk.cast(), core::ptr::null_mut(), flags) }
-        as *mut SockState;
-    (!st.is_null()).then_some(st)
+    sock::storage(sk, false).map(Held::storage)
 }
 
 /// A connection was established: count it opened towards its endpoint and
@@ -104,10 +83,10 @@ fn on_established(ctx: &SockOpsContext, active: bool) {
         match LOCAL_NAT.get_ptr(&key) {
             // SAFETY: a live entry, copied out at once.
             Some(real) => unsafe { *real },
-            None => endpoint(key.remote_addr, key.remote_port, Direction::SendsTo),
+            None => EndpointKey::tcp(key.remote_addr, key.remote_port, Direction::SendsTo),
         }
     } else {
-        endpoint(key.local_addr, key.local_port, Direction::Serves)
+        EndpointKey::tcp(key.local_addr, key.local_port, Direction::Serves)
     };
     let flags = if active { SOCK_ACTIVE } else { 0 };
     let Some(sk) = socket(ctx) else {
@@ -135,20 +114,11 @@ fn on_established(ctx: &SockOpsContext, active: bool) {
 /// is to be counted opened now (not if it already was).
 #[inline(always)]
 fn in_storage(sk: *mut bpf_sock, endpoint: &EndpointKey, flags: u8) -> bool {
-    let Some(st) = storage(sk, true) else {
+    let Some(st) = sock::storage(sk, true) else {
         stat(Stat::SockStorageFailed, 1);
         return false;
     };
-    // SAFETY: live socket storage; only this socket's callbacks (serialised
-    // by its lock) write these fields.
-    unsafe {
-        if (*st).endpoint.direction != 0 {
-            return false;
-        }
-        (*st).endpoint = *endpoint;
-        (*st).flags = flags;
-    }
-    true
+    sock::keep_in_storage(st, endpoint, flags, &Payload::NONE)
 }
 
 /// A state change: at TCP_CLOSE add the final bytes and count the close.
@@ -255,16 +225,6 @@ fn tcp_sock(sk: *mut bpf_sock) -> Option<*const u8> {
     // SAFETY: a non-null socket.
     let tp = unsafe { bpf_skc_to_tcp_sock(sk.cast()) } as *const u8;
     (!tp.is_null()).then_some(tp)
-}
-
-#[inline(always)]
-fn endpoint(addr: [u32; 4], port: u16, direction: Direction) -> EndpointKey {
-    EndpointKey {
-        addr,
-        port,
-        direction: direction as u8,
-        proto: PROTO_TCP,
-    }
 }
 
 /// The socket's flow key (local and remote address and port).

@@ -112,7 +112,11 @@ mod tests {
         let offsets = offsets(&btf).expect("every field");
         assert_eq!(offsets.len(), 13);
         let at = |name| offsets.iter().find(|(n, _)| *n == name).map(|(_, o)| *o);
-        assert_eq!(at("SKC_DADDR"), Some(0), "sock_common begins with skc_daddr");
+        assert_eq!(
+            at("SKC_DADDR"),
+            Some(0),
+            "sock_common begins with skc_daddr"
+        );
         assert!(at("CGROUP_ANCESTORS") > at("CGROUP_KN"));
     }
 }

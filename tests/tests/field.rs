@@ -256,14 +256,36 @@ fn keepalive_bytes(name: &str, lb_args: &[&str]) {
 /// restarted on its pins adopts nothing twice.
 #[test]
 fn field_connections_older_than_the_agent_are_adopted() {
+    adoption("adopt", &[]);
+}
+
+/// The same with one socket slot (`--sock-slots 1`): the adopted sockets
+/// that find it taken are kept in socket storage, and counted the same.
+#[test]
+fn field_connections_older_than_the_agent_are_adopted_beyond_their_slots() {
+    let snap = adoption("adoptst", &["--sock-slots", "1"]);
+    assert!(
+        datapath(&snap, "socksInStorage") >= 3,
+        "three of the four adopted sockets found the one slot taken: {}",
+        snap["datapath"]
+    );
+}
+
+/// Runs the adoption lab with the backend's agent given `extra` flags;
+/// the backend's last snapshot.
+fn adoption(name: &str, extra: &[&str]) -> serde_json::Value {
     evenflow_tests::require_root();
     const CONNS: usize = 3;
-    let mut lab = Lab::new("adopt", 2).expect("the lab builds");
+    let mut args = vec!["--service", "web=8080"];
+    args.extend_from_slice(extra);
+    let mut lab = Lab::new(name, 2).expect("the lab builds");
     let (b1, b2) = (lab.backends[0].clone(), lab.backends[1].clone());
     let log = nginx::start_keepalive(&mut lab, &b1).expect("nginx starts on b1");
     nginx::start_keepalive(&mut lab, &b2).expect("nginx starts on b2");
     let (addr, addr2) = (backend_addr(&lab, 0), backend_addr(&lab, 1));
-    let target: SocketAddr = format!("{addr}:{BACKEND_PORT}").parse().expect("an address");
+    let target: SocketAddr = format!("{addr}:{BACKEND_PORT}")
+        .parse()
+        .expect("an address");
     let mut conns = netns::run_in(&lab.client.ns, move || {
         (0..CONNS)
             .map(|_| client::KeepAlive::connect(target))
@@ -279,7 +301,9 @@ fn field_connections_older_than_the_agent_are_adopted() {
         }
     };
     let dialler = Dialler::start(&mut lab, &b1, &addr2);
-    let to_b2: SocketAddr = format!("{addr2}:{BACKEND_PORT}").parse().expect("an address");
+    let to_b2: SocketAddr = format!("{addr2}:{BACKEND_PORT}")
+        .parse()
+        .expect("an address");
     let mut outsider = netns::run_in(&b1.ns, move || client::KeepAlive::connect(to_b2))
         .expect("b1's namespace")
         .expect("the outsider's connection opens");
@@ -295,7 +319,7 @@ fn field_connections_older_than_the_agent_are_adopted() {
             .fold((0, 0), |a, c| (a.0 + c.0, a.1 + c.1))
     };
     let before = sum(&conns);
-    agent::start(&mut lab, &b1, &["--service", "web=8080"]).expect("the backend agent starts");
+    agent::start(&mut lab, &b1, &args).expect("the backend agent starts");
     let agent_log = lab.log("agent-b1");
     assert!(
         agent_log.contains(&format!("adopted={}", CONNS + 1)),
@@ -306,8 +330,7 @@ fn field_connections_older_than_the_agent_are_adopted() {
     for round in 0..4 {
         talk(&mut conns, 2);
         if round == 2 {
-            agent::restart(&mut lab, &b1, &["--service", "web=8080"])
-                .expect("the backend agent restarts");
+            agent::restart(&mut lab, &b1, &args).expect("the backend agent restarts");
         }
         std::thread::sleep(Duration::from_millis(1200));
         let s = grpcurl::snapshot(&b1.ns).expect("b1's snapshot");
@@ -315,7 +338,8 @@ fn field_connections_older_than_the_agent_are_adopted() {
     }
     println!("server view while open: {seen:?}");
     assert!(
-        seen.iter().all(|t| t.opened == CONNS as u64 && t.closed == 0),
+        seen.iter()
+            .all(|t| t.opened == CONNS as u64 && t.closed == 0),
         "the adopted connections are open, once each, in every report"
     );
     assert!(
@@ -333,18 +357,20 @@ fn field_connections_older_than_the_agent_are_adopted() {
     let server = settled(&b1.ns, &addr, BACKEND_PORT, SERVES, CONNS as u64).1;
     let served = nginx::read_log(&log).expect("nginx's log");
     println!("before the agent {before:?}, in all {after:?}; nginx {served:?}; server {server:?}");
-    assert_eq!(served.request_bytes, after.0, "the client's count is nginx's");
     assert_eq!(
-        (server.opened, server.closed),
-        (CONNS as u64, CONNS as u64)
+        served.request_bytes, after.0,
+        "the client's count is nginx's"
     );
+    assert_eq!((server.opened, server.closed), (CONNS as u64, CONNS as u64));
     assert_eq!(
         (server.bytes_rx, server.bytes_tx),
         (after.0 - before.0, after.1 - before.1),
         "exactly what the connections carried after the agent's start"
     );
     let sent = settled(&b1.ns, &addr2, BACKEND_PORT, SENDS_TO, 1).1;
-    println!("dialled before {dialled_before:?}, in all {dialled_after:?}; b1 sends to b2 {sent:?}");
+    println!(
+        "dialled before {dialled_before:?}, in all {dialled_after:?}; b1 sends to b2 {sent:?}"
+    );
     assert_eq!((sent.opened, sent.closed), (1, 1));
     assert_eq!(
         (sent.bytes_tx, sent.bytes_rx),
@@ -358,6 +384,7 @@ fn field_connections_older_than_the_agent_are_adopted() {
         lab.log("agent-b1").contains("adopted=0"),
         "the restarted agent adopted nothing twice"
     );
+    grpcurl::snapshot(&b1.ns).expect("b1's snapshot")
 }
 
 /// A process in a node's namespace and cgroup holding one keep-alive
@@ -425,7 +452,9 @@ time.sleep(3600)
             std::fs::read_to_string(self.dir.join(name)).ok()
         })
         .expect("the dialler answers");
-        let mut n = text.split_whitespace().map(|v| v.parse::<u64>().expect("a count"));
+        let mut n = text
+            .split_whitespace()
+            .map(|v| v.parse::<u64>().expect("a count"));
         (n.next().expect("sent"), n.next().expect("received"))
     }
 
