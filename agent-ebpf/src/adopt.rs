@@ -1,5 +1,5 @@
-//! An iterator over the TCP sockets of the agent's network namespace
-//! (`iter/tcp`), run once each time the agent starts: it adopts the
+//! An iterator over the TCP sockets of a network namespace (`iter/tcp`),
+//! run once in each namespace each time the agent starts: it adopts the
 //! connections established before sock_ops was there to see their
 //! handshake (evenflow's first start, or a start on fresh maps after an
 //! upgrade to another map layout).
@@ -15,9 +15,10 @@
 //! exactly like any other.
 //!
 //! The iterator runs with each socket locked: no callback of the socket
-//! runs meanwhile. Listening sockets come before established ones, so a
-//! socket is told apart as accepted (it serves its local address and port,
-//! on which something listens) or connected (it sends to its peer).
+//! runs meanwhile. Listening sockets come before established ones in a
+//! namespace's walk, so a socket is told apart as accepted (it serves its
+//! local address and port, on which something in its namespace listens)
+//! or connected (it sends to its peer).
 //! Only sockets in the cgroup sock_ops is attached to (or below it) are
 //! adopted, the ones sock_ops would have counted.
 
@@ -27,7 +28,9 @@ use agent_common::{
     ADOPT_ADOPTED, ADOPT_UNSUPPORTED, Direction, EndpointKey, SOCK_ACTIVE, Stat, v4_mapped,
 };
 use aya_ebpf::{
-    bindings::{BPF_SOCK_OPS_STATE_CB_FLAG, BPF_TCP_ESTABLISHED, BPF_TCP_LISTEN},
+    bindings::{
+        BPF_F_NO_PREALLOC, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_TCP_ESTABLISHED, BPF_TCP_LISTEN,
+    },
     helpers::{
         bpf_probe_read_kernel,
         generated::{
@@ -63,6 +66,10 @@ static SKC_NUM: u32 = 0;
 static SKC_FAMILY: u32 = 0;
 #[unsafe(no_mangle)]
 static SKC_STATE: u32 = 0;
+/// `offsetof(struct sock_common, skc_net)`: the socket's network
+/// namespace (`struct net *`).
+#[unsafe(no_mangle)]
+static SKC_NET: u32 = 0;
 /// `offsetof(struct sock, sk_cgrp_data.cgroup)`: the socket's cgroup.
 #[unsafe(no_mangle)]
 static SOCK_CGROUP: u32 = 0;
@@ -89,9 +96,20 @@ const TCP_BPF_SOCK_OPS_CB_FLAGS: i32 = 1008;
 /// The deepest cgroup nesting looked through.
 const MAX_CGROUP_LEVEL: u32 = 16;
 
-/// Local ends something listens on, seen earlier in the same run.
+/// A local end something listens on, in the network namespace at `net`.
+#[repr(C)]
+#[derive(Copy, Clone)]
+struct Listener {
+    net: u64,
+    end: EndpointKey,
+    /// Explicit, so the key has no bytes left uninitialised.
+    _pad: u32,
+}
+
+/// Local ends something listens on, seen earlier in the walk of their
+/// namespace. Not preallocated: a node's listeners are few.
 #[map(name = "EF_ADOPT_LISTENERS")]
-static LISTENERS: HashMap<EndpointKey, u8> = HashMap::with_max_entries(16_384, 0);
+static LISTENERS: HashMap<Listener, u8> = HashMap::with_max_entries(65_536, BPF_F_NO_PREALLOC);
 
 /// `struct bpf_iter_meta`.
 #[repr(C)]
@@ -127,7 +145,7 @@ pub extern "C" fn evenflow_adopt(ctx: *mut TcpIterCtx) -> i32 {
     };
     match read::<u8>(skc, &SKC_STATE).map(u32::from) {
         Some(BPF_TCP_LISTEN) => {
-            let _ = LISTENERS.insert(&ends.local(Direction::Serves), &1, 0);
+            let _ = LISTENERS.insert(&ends.listener(ends.local), &1, 0);
         }
         Some(BPF_TCP_ESTABLISHED) if in_cgroup(skc) => {
             if let Some(note) = adopt(skc, &ends) {
@@ -151,8 +169,10 @@ fn read<T>(obj: *const c_void, off: &u32) -> Option<T> {
     }
 }
 
-/// A socket's two ends, addresses in flow-key form (IPv4-mapped).
+/// A socket's two ends, addresses in flow-key form (IPv4-mapped), and its
+/// network namespace.
 struct Ends {
+    net: u64,
     local: [u32; 4],
     remote: [u32; 4],
     local_port: u16,
@@ -171,6 +191,7 @@ impl Ends {
             _ => return None,
         };
         Some(Self {
+            net: read(skc, &SKC_NET)?,
             local,
             remote,
             local_port: read(skc, &SKC_NUM)?,
@@ -188,10 +209,19 @@ impl Ends {
     #[inline(always)]
     fn accepted(&self) -> bool {
         [self.local, v4_mapped(0), [0; 4]].iter().any(|addr| {
-            let key = EndpointKey::tcp(*addr, self.local_port, Direction::Serves);
             // SAFETY: the value is only tested for presence.
-            unsafe { LISTENERS.get(&key) }.is_some()
+            unsafe { LISTENERS.get(&self.listener(*addr)) }.is_some()
         })
+    }
+
+    /// The listener key of `addr` and the local port, in this namespace.
+    #[inline(always)]
+    fn listener(&self, addr: [u32; 4]) -> Listener {
+        Listener {
+            net: self.net,
+            end: EndpointKey::tcp(addr, self.local_port, Direction::Serves),
+            _pad: 0,
+        }
     }
 }
 

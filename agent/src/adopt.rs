@@ -1,10 +1,26 @@
 //! Adopting the connections established before sock_ops could see them
 //! (evenflow's first start on a node, or a start on fresh maps after an
 //! upgrade to another map layout): the `iter/tcp` program
-//! `evenflow_adopt`, run once when the agent starts, over the sockets of
-//! the agent's network namespace. See agent-ebpf's `adopt.rs`.
+//! `evenflow_adopt`, run once when the agent starts, in its own network
+//! namespace and then in every other one it can enter (pods'). See
+//! agent-ebpf's `adopt.rs`.
+//!
+//! An `iter/tcp` iterator walks the namespace of the thread that opens
+//! it, so a thread enters each namespace (`setns`, which takes
+//! `CAP_SYS_ADMIN`) to open it there. The namespaces are the ones the
+//! node's processes are in (`/proc/*/ns/net`, all of them only with the
+//! host's PID namespace) and the ones `ip netns` and CNI plugins name
+//! (`/run/netns`).
 
-use std::{os::fd::AsFd as _, os::unix::fs::MetadataExt as _, path::Path};
+use std::{
+    collections::HashSet,
+    fs::File,
+    os::{
+        fd::{AsFd as _, AsRawFd as _},
+        unix::fs::MetadataExt as _,
+    },
+    path::{Path, PathBuf},
+};
 
 use agent_common::{ADOPT_ADOPTED, ADOPT_UNSUPPORTED};
 use anyhow::{Context as _, Result};
@@ -29,6 +45,7 @@ pub fn offsets(btf: &Btf<'_>) -> Result<Vec<(&'static str, u32)>> {
         ("SKC_NUM", off("sock_common", "skc_num")?),
         ("SKC_FAMILY", off("sock_common", "skc_family")?),
         ("SKC_STATE", off("sock_common", "skc_state")?),
+        ("SKC_NET", off("sock_common", "skc_net")?),
         (
             "SOCK_CGROUP",
             off("sock", "sk_cgrp_data")? + off("sock_cgroup_data", "cgroup")?,
@@ -55,22 +72,51 @@ pub struct Adopted {
     /// Sockets left uncounted: this kernel cannot give them sock_ops'
     /// state callbacks.
     pub unsupported: usize,
+    /// Network namespaces walked, the agent's own included.
+    pub namespaces: usize,
+    /// Why the other namespaces could not be entered, if they could not.
+    pub unreachable: Option<String>,
 }
 
 impl Adopted {
-    fn tally(out: &[u8]) -> Self {
+    /// Adds what the program wrote in one namespace.
+    fn tally(&mut self, out: &[u8]) {
         let count = |b| out.iter().filter(|&&x| x == b).count();
-        Self {
-            sockets: count(ADOPT_ADOPTED),
-            unsupported: count(ADOPT_UNSUPPORTED),
-        }
+        self.sockets += count(ADOPT_ADOPTED);
+        self.unsupported += count(ADOPT_UNSUPPORTED);
+        self.namespaces += 1;
     }
 }
 
-/// Runs the adoption once, over the sockets of this thread's network
-/// namespace. Call it after sock_ops is attached: a socket established
-/// from then on is sock_ops' own, and the program leaves it alone.
+/// Runs the adoption once, in the agent's network namespace and in every
+/// other it can enter. Call it after sock_ops is attached: a socket
+/// established from then on is sock_ops' own, and the program leaves it
+/// alone.
 pub fn run(ebpf: &mut Ebpf) -> Result<Adopted> {
+    let iter = attach(ebpf)?;
+    let mut adopted = Adopted::default();
+    adopted.tally(
+        &iter
+            .output()
+            .with_context(|| format!("running {PROGRAM}"))?,
+    );
+    for ns in other_namespaces() {
+        match in_namespace(&ns, || iter.output()) {
+            Ok(out) => adopted.tally(&out),
+            // Entering takes CAP_SYS_ADMIN: without it, none can be entered.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                adopted.unreachable = Some(format!("entering {}: {e}", ns.display()));
+                break;
+            }
+            // A namespace that went meanwhile.
+            Err(e) => tracing::debug!(ns = %ns.display(), error = %e, "not adopting there"),
+        }
+    }
+    Ok(adopted)
+}
+
+/// Loads `evenflow_adopt` and links it.
+fn attach(ebpf: &mut Ebpf) -> Result<MapIter> {
     let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
     let prog: &mut Iter = ebpf
         .program_mut(PROGRAM)
@@ -80,12 +126,57 @@ pub fn run(ebpf: &mut Ebpf) -> Result<Adopted> {
     prog.load("tcp", &btf)
         .with_context(|| format!("loading {PROGRAM} (iter/tcp)"))?;
     let fd = prog.fd().with_context(|| format!("{PROGRAM} has no fd"))?;
-    let iter = MapIter::attach_target(fd.as_fd())
-        .with_context(|| format!("attaching {PROGRAM} (iter/tcp)"))?;
-    let out = iter
-        .output()
-        .with_context(|| format!("running {PROGRAM}"))?;
-    Ok(Adopted::tally(&out))
+    MapIter::attach_target(fd.as_fd()).with_context(|| format!("attaching {PROGRAM} (iter/tcp)"))
+}
+
+/// A path to each network namespace other than this thread's, one per
+/// namespace: those of the node's processes and those named under
+/// `/run/netns`.
+fn other_namespaces() -> Vec<PathBuf> {
+    let own = std::fs::metadata("/proc/thread-self/ns/net").map(|m| (m.dev(), m.ino()));
+    let mut seen: HashSet<(u64, u64)> = own.into_iter().collect();
+    let processes = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .map(|e| e.path().join("ns/net"));
+    let named = ["/run/netns", "/var/run/netns"]
+        .into_iter()
+        .flat_map(std::fs::read_dir)
+        .flatten()
+        .flatten()
+        .map(|e| e.path());
+    processes
+        .chain(named)
+        .filter(|p| std::fs::metadata(p).is_ok_and(|m| seen.insert((m.dev(), m.ino()))))
+        .collect()
+}
+
+/// Runs `f` on a thread that entered the network namespace at `ns`.
+fn in_namespace<T: Send>(
+    ns: &Path,
+    f: impl FnOnce() -> std::io::Result<T> + Send,
+) -> std::io::Result<T> {
+    let file = File::open(ns)?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: setns on a descriptor we hold open; it moves only
+                // this thread, which ends when `f` returns.
+                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                f()
+            })
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the adopting thread panicked")))
+    })
 }
 
 #[cfg(test)]
@@ -94,14 +185,35 @@ mod tests {
 
     #[test]
     fn tallies_what_the_program_wrote() {
+        let mut a = Adopted::default();
+        a.tally(b"aauaa");
+        a.tally(b"");
+        a.tally(b"a");
         assert_eq!(
-            Adopted::tally(b"aauaa"),
+            a,
             Adopted {
-                sockets: 4,
-                unsupported: 1
+                sockets: 5,
+                unsupported: 1,
+                namespaces: 3,
+                unreachable: None,
             }
         );
-        assert_eq!(Adopted::tally(b""), Adopted::default());
+    }
+
+    /// This thread's namespace is never among the others; each of the
+    /// others is listed once.
+    #[test]
+    fn lists_each_other_namespace_once() {
+        let own = std::fs::metadata("/proc/thread-self/ns/net").expect("this thread's namespace");
+        let others = other_namespaces();
+        let ids: Vec<_> = others
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| (m.dev(), m.ino()))
+            .collect();
+        assert!(!ids.contains(&(own.dev(), own.ino())));
+        let unique: HashSet<_> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len(), "{others:?}");
     }
 
     /// Every field the program reads is in this kernel's BTF.
@@ -110,7 +222,7 @@ mod tests {
         let blob = std::fs::read("/sys/kernel/btf/vmlinux").expect("this kernel has BTF");
         let btf = Btf::parse(&blob).expect("parses");
         let offsets = offsets(&btf).expect("every field");
-        assert_eq!(offsets.len(), 13);
+        assert_eq!(offsets.len(), 14);
         let at = |name| offsets.iter().find(|(n, _)| *n == name).map(|(_, o)| *o);
         assert_eq!(
             at("SKC_DADDR"),

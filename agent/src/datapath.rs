@@ -948,21 +948,34 @@ fn attach_iter(
 /// refinement, not a requirement: without it those connections go
 /// uncounted, as they did before evenflow was there.
 fn adopt(ebpf: &mut Ebpf) {
-    match crate::adopt::run(ebpf) {
-        Ok(a) if a.unsupported > 0 => warn!(
-            adopted = a.sockets,
+    let a = match crate::adopt::run(ebpf) {
+        Ok(a) => a,
+        Err(e) => {
+            warn!(
+                error = format!("{e:#}"),
+                "connections established before evenflow attached are not counted"
+            );
+            return;
+        }
+    };
+    info!(
+        adopted = a.sockets,
+        namespaces = a.namespaces,
+        "connections established before evenflow attached are counted from now on"
+    );
+    if a.unsupported > 0 {
+        warn!(
             left = a.unsupported,
             "connections established before evenflow attached are left uncounted: this kernel \
              cannot give them sock_ops' callbacks (TCP_BPF_SOCK_OPS_CB_FLAGS, Linux 6.12)"
-        ),
-        Ok(a) => info!(
-            adopted = a.sockets,
-            "connections established before evenflow attached are counted from now on"
-        ),
-        Err(e) => warn!(
-            error = format!("{e:#}"),
-            "connections established before evenflow attached are not counted"
-        ),
+        );
+    }
+    if let Some(why) = a.unreachable {
+        warn!(
+            error = why,
+            "connections older than the agent in other network namespaces (pods') are not \
+             adopted: entering them takes CAP_SYS_ADMIN, and seeing them hostPID"
+        );
     }
 }
 

@@ -249,21 +249,21 @@ fn keepalive_bytes(name: &str, lb_args: &[&str]) {
 /// accepted by b1's nginx, one b1 itself dialled to b2. The agent adopts
 /// them at its start, and not a connection from b1's namespace to b2 held
 /// by a process outside b1's cgroup (sock_ops would not count it either).
-/// Each is counted opened under its endpoint (b1's
-/// `SERVES`, b2's `SENDS_TO`), what it carries from then on appears in
-/// every report, and its close is counted with the exact rest; what it
-/// carried before is not counted (a new epoch starts at zero). The agent
-/// restarted on its pins adopts nothing twice.
+/// Each is counted opened under its endpoint (b1's `SERVES`, b2's
+/// `SENDS_TO`), what it carries from then on appears in every report, and
+/// its close is counted with the exact rest; what it carried before is
+/// not counted (a new epoch starts at zero). The agent restarted on its
+/// pins adopts nothing twice.
 #[test]
 fn field_connections_older_than_the_agent_are_adopted() {
-    adoption("adopt", &[]);
+    adoption(Adoption::hosts("adopt"), &[]);
 }
 
 /// The same with one socket slot (`--sock-slots 1`): the adopted sockets
 /// that find it taken are kept in socket storage, and counted the same.
 #[test]
 fn field_connections_older_than_the_agent_are_adopted_beyond_their_slots() {
-    let snap = adoption("adoptst", &["--sock-slots", "1"]);
+    let snap = adoption(Adoption::hosts("adoptst"), &["--sock-slots", "1"]);
     assert!(
         datapath(&snap, "socksInStorage") >= 3,
         "three of the four adopted sockets found the one slot taken: {}",
@@ -271,18 +271,93 @@ fn field_connections_older_than_the_agent_are_adopted_beyond_their_slots() {
     );
 }
 
-/// Runs the adoption lab with the backend's agent given `extra` flags;
-/// the backend's last snapshot.
-fn adoption(name: &str, extra: &[&str]) -> serde_json::Value {
+/// The same on a Kubernetes-like node, where the connections are pods':
+/// three accepted by nginx in pod p2, one pod p1 dialled to pod p3, each
+/// in its own network namespace. The node's agent enters each namespace to
+/// adopt them, and p3's ends too: p3 serves the dialler and the outsider
+/// (whose own end, outside the node's cgroup, is not adopted).
+#[test]
+fn field_pods_connections_older_than_the_agent_are_adopted() {
+    adoption(Adoption::pods("adoptpod"), &[]);
+}
+
+/// Where the adoption lab's connections live: `server` runs the nginx the
+/// client's keep-alive connections reach at `server_addr`; a process in
+/// `dialler` holds a connection to nginx at `dialled_addr`; the agent runs
+/// on `node`, whose namespace the outsider's connection leaves from. When
+/// `dialled_counted`, `dialled` is in the agent's cgroup too.
+struct Adoption {
+    lab: Lab,
+    node: lab::Node,
+    server: lab::Node,
+    server_addr: String,
+    dialler: lab::Node,
+    dialled: lab::Node,
+    dialled_addr: String,
+    dialled_counted: bool,
+}
+
+impl Adoption {
+    /// Hosts: b1 serves and dials b2; b1's agent.
+    fn hosts(name: &str) -> Self {
+        let lab = Lab::new(name, 2).expect("the lab builds");
+        let (b1, b2) = (lab.backends[0].clone(), lab.backends[1].clone());
+        let (server_addr, dialled_addr) = (backend_addr(&lab, 0), backend_addr(&lab, 1));
+        Self {
+            lab,
+            node: b1.clone(),
+            server: b1.clone(),
+            server_addr,
+            dialler: b1,
+            dialled: b2,
+            dialled_addr,
+            dialled_counted: false,
+        }
+    }
+
+    /// Pods on the lb's node: p2 serves, p1 dials p3; the node's agent.
+    fn pods(name: &str) -> Self {
+        let mut lab = Lab::new(name, 1).expect("the lab builds");
+        let node = lab.lb.clone();
+        let p1 = pod(&mut lab, &node, 1, "10.244.0.11");
+        let p2 = pod(&mut lab, &node, 2, "10.244.0.12");
+        let p3 = pod(&mut lab, &node, 3, "10.244.0.13");
+        Self {
+            lab,
+            node,
+            server: p2,
+            server_addr: "10.244.0.12".into(),
+            dialler: p1,
+            dialled: p3,
+            dialled_addr: "10.244.0.13".into(),
+            dialled_counted: true,
+        }
+    }
+}
+
+/// Runs the adoption lab with the agent given `extra` flags; the node's
+/// last snapshot.
+fn adoption(shape: Adoption, extra: &[&str]) -> serde_json::Value {
     evenflow_tests::require_root();
     const CONNS: usize = 3;
     let mut args = vec!["--service", "web=8080"];
     args.extend_from_slice(extra);
-    let mut lab = Lab::new(name, 2).expect("the lab builds");
-    let (b1, b2) = (lab.backends[0].clone(), lab.backends[1].clone());
-    let log = nginx::start_keepalive(&mut lab, &b1).expect("nginx starts on b1");
-    nginx::start_keepalive(&mut lab, &b2).expect("nginx starts on b2");
-    let (addr, addr2) = (backend_addr(&lab, 0), backend_addr(&lab, 1));
+    let Adoption {
+        mut lab,
+        node,
+        server,
+        server_addr: addr,
+        dialler,
+        dialled,
+        dialled_addr: addr2,
+        dialled_counted,
+    } = shape;
+    // The client's, the dialler's, and where the dialled server is counted
+    // too, its ends of the dialler's and the outsider's.
+    let adopted = CONNS + 1 + if dialled_counted { 2 } else { 0 };
+    let agent_name = format!("agent-{}", node.role);
+    let log = nginx::start_keepalive(&mut lab, &server).expect("nginx starts on the server");
+    nginx::start_keepalive(&mut lab, &dialled).expect("nginx starts where the dialler dials");
     let target: SocketAddr = format!("{addr}:{BACKEND_PORT}")
         .parse()
         .expect("an address");
@@ -300,12 +375,12 @@ fn adoption(name: &str, extra: &[&str]) -> serde_json::Value {
             }
         }
     };
-    let dialler = Dialler::start(&mut lab, &b1, &addr2);
-    let to_b2: SocketAddr = format!("{addr2}:{BACKEND_PORT}")
+    let dialler = Dialler::start(&mut lab, &dialler, &addr2);
+    let to_dialled: SocketAddr = format!("{addr2}:{BACKEND_PORT}")
         .parse()
         .expect("an address");
-    let mut outsider = netns::run_in(&b1.ns, move || client::KeepAlive::connect(to_b2))
-        .expect("b1's namespace")
+    let mut outsider = netns::run_in(&node.ns, move || client::KeepAlive::connect(to_dialled))
+        .expect("the node's namespace")
         .expect("the outsider's connection opens");
     talk(&mut conns, 5);
     let dialled_before = dialler.phase("before");
@@ -319,21 +394,20 @@ fn adoption(name: &str, extra: &[&str]) -> serde_json::Value {
             .fold((0, 0), |a, c| (a.0 + c.0, a.1 + c.1))
     };
     let before = sum(&conns);
-    agent::start(&mut lab, &b1, &args).expect("the backend agent starts");
-    let agent_log = lab.log("agent-b1");
+    agent::start(&mut lab, &node, &args).expect("the agent starts");
+    let agent_log = lab.log(&agent_name);
     assert!(
-        agent_log.contains(&format!("adopted={}", CONNS + 1)),
-        "the agent adopted the {} connections at its start:\n{agent_log}",
-        CONNS + 1
+        agent_log.contains(&format!("adopted={adopted}")),
+        "the agent adopted the {adopted} connections at its start:\n{agent_log}"
     );
     let mut seen = Vec::new();
     for round in 0..4 {
         talk(&mut conns, 2);
         if round == 2 {
-            agent::restart(&mut lab, &b1, &args).expect("the backend agent restarts");
+            agent::restart(&mut lab, &node, &args).expect("the agent restarts");
         }
         std::thread::sleep(Duration::from_millis(1200));
-        let s = grpcurl::snapshot(&b1.ns).expect("b1's snapshot");
+        let s = grpcurl::snapshot(&node.ns).expect("the node's snapshot");
         seen.push(grpcurl::totals(&s, &addr, BACKEND_PORT, SERVES));
     }
     println!("server view while open: {seen:?}");
@@ -350,11 +424,12 @@ fn adoption(name: &str, extra: &[&str]) -> serde_json::Value {
     outsider
         .request()
         .expect("the outsider's request is answered");
+    let outsider_carried = (outsider.bytes_sent, outsider.bytes_received);
     drop(outsider);
     let after = sum(&conns);
     drop(conns);
     dialler.close();
-    let server = settled(&b1.ns, &addr, BACKEND_PORT, SERVES, CONNS as u64).1;
+    let server = settled(&node.ns, &addr, BACKEND_PORT, SERVES, CONNS as u64).1;
     let served = nginx::read_log(&log).expect("nginx's log");
     println!("before the agent {before:?}, in all {after:?}; nginx {served:?}; server {server:?}");
     assert_eq!(
@@ -367,9 +442,9 @@ fn adoption(name: &str, extra: &[&str]) -> serde_json::Value {
         (after.0 - before.0, after.1 - before.1),
         "exactly what the connections carried after the agent's start"
     );
-    let sent = settled(&b1.ns, &addr2, BACKEND_PORT, SENDS_TO, 1).1;
+    let sent = settled(&node.ns, &addr2, BACKEND_PORT, SENDS_TO, 1).1;
     println!(
-        "dialled before {dialled_before:?}, in all {dialled_after:?}; b1 sends to b2 {sent:?}"
+        "dialled before {dialled_before:?}, in all {dialled_after:?}; sent to {addr2} {sent:?}"
     );
     assert_eq!((sent.opened, sent.closed), (1, 1));
     assert_eq!(
@@ -380,11 +455,24 @@ fn adoption(name: &str, extra: &[&str]) -> serde_json::Value {
         ),
         "exactly what the dialled connection carried after the agent's start"
     );
+    if dialled_counted {
+        let served = settled(&node.ns, &addr2, BACKEND_PORT, SERVES, 2).1;
+        println!("{addr2} serves {served:?}");
+        assert_eq!((served.opened, served.closed), (2, 2));
+        assert_eq!(
+            (served.bytes_rx, served.bytes_tx),
+            (
+                dialled_after.0 - dialled_before.0 + outsider_carried.0,
+                dialled_after.1 - dialled_before.1 + outsider_carried.1
+            ),
+            "the dialled server's ends count what they carried after the agent's start"
+        );
+    }
     assert!(
-        lab.log("agent-b1").contains("adopted=0"),
+        lab.log(&agent_name).contains("adopted=0"),
         "the restarted agent adopted nothing twice"
     );
-    grpcurl::snapshot(&b1.ns).expect("b1's snapshot")
+    grpcurl::snapshot(&node.ns).expect("the node's snapshot")
 }
 
 /// A process in a node's namespace and cgroup holding one keep-alive
