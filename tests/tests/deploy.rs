@@ -55,10 +55,14 @@ fn agent_daemonset_has_least_privilege_and_what_it_needs() {
         vec!["BPF", "NET_ADMIN", "PERFMON"],
         "exactly the capabilities the capability test proves"
     );
-    // Host bpffs and cgroup v2 mounted.
+    // Host bpffs and cgroup v2 mounted, and the pods' network namespaces
+    // named (adopting their older connections, given SYS_ADMIN).
     let vols = spec["volumes"].as_sequence().expect("volumes");
     let host = |p: &str| vols.iter().any(|v| v["hostPath"]["path"] == p);
-    assert!(host("/sys/fs/bpf") && host("/sys/fs/cgroup"), "{vols:?}");
+    assert!(
+        host("/sys/fs/bpf") && host("/sys/fs/cgroup") && host("/run/netns"),
+        "{vols:?}"
+    );
     // Node name from the downward API; collector URL set.
     let env = c["env"].as_sequence().expect("env");
     let var = |n: &str| {
