@@ -58,14 +58,44 @@ pub enum Scratch {
 /// The socket's address as a number. The verifier forbids arithmetic on a
 /// socket pointer (a slot's index is a hash of it) and reading a spilled
 /// one back in halves; a word read back from a map is a plain number.
+/// A program that ran between the store and the load on this CPU (a
+/// softirq's callback interrupting a process-context one) may have left
+/// its own socket in the word: it is read until it holds this one.
 #[inline(always)]
 pub fn address<T>(sk: *const T, word: Scratch) -> Option<u64> {
     let word = SCRATCH.get_ptr_mut(word as u32)?;
-    // SAFETY: this CPU's word; nothing runs between the store and the load.
-    unsafe {
-        write_volatile(word, sk as u64);
-        Some(read_volatile(word))
+    for _ in 0..3 {
+        // SAFETY: this CPU's word.
+        let addr = unsafe {
+            write_volatile(word, sk as u64);
+            read_volatile(word)
+        };
+        if same(addr, sk as u64) {
+            return Some(addr);
+        }
     }
+    None
+}
+
+/// Whether the number `addr` is the pointer `sk`, compared where LLVM
+/// cannot see it: knowing them equal, it would hash the pointer instead
+/// of the number, which the verifier refuses.
+#[inline(always)]
+fn same(addr: u64, sk: u64) -> bool {
+    let eq: u64;
+    // SAFETY: register arithmetic only.
+    unsafe {
+        core::arch::asm!(
+            "{eq} = 1",
+            "if {addr} == {sk} goto +1",
+            "{eq} = 0",
+            eq = out(reg) eq,
+            addr = in(reg) addr,
+            sk = in(reg) sk,
+            options(pure, nomem, nostack)
+        )
+    };
+    eq != 0
 }
 
 /// Slots a socket may take, from the one its address hashes to.
