@@ -7,12 +7,11 @@
 //! Without it such a connection is never counted: a gRPC channel or a
 //! database pool opened before evenflow stays invisible until it
 //! reconnects, which can be days, and the member holding the most of them
-//! looks the least loaded. An adopted socket is counted opened, gets a
-//! slot (or socket storage) whose marks start at what its counters say
-//! now (so only what it
-//! carries from then on is counted: the counters of a new epoch start at
-//! zero), and gets sock_ops' state callbacks, so its close is counted
-//! exactly like any other.
+//! looks the least loaded. An adopted socket gets sock_ops' state
+//! callbacks, so its close is counted exactly like any other; it is
+//! counted opened; and it takes a slot (or socket storage) whose marks
+//! start at what its counters say now, so only what it carries from then
+//! on is counted (the counters of a new epoch start at zero).
 //!
 //! The iterator runs with each socket locked: no callback of the socket
 //! runs meanwhile. Listening sockets come before established ones in a

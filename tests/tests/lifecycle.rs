@@ -207,6 +207,79 @@ fn upgrade_to_another_layout_starts_a_new_epoch() {
     assert_eq!(again["agentEpoch"], after["agentEpoch"]);
 }
 
+/// Keep-alive connections open across an upgrade to another map layout:
+/// the new epoch starts on fresh maps, and the upgraded agent adopts the
+/// connections at its start, so they are open in its every report and
+/// their close counts exactly what they carried from the upgrade on.
+#[test]
+fn an_upgrade_keeps_counting_the_connections_open_across_it() {
+    evenflow_tests::require_root();
+    let mut lab = Lab::new("upgka", 1).expect("the lab builds");
+    let b = lab.backends[0].clone();
+    let log = nginx::start_keepalive(&mut lab, &b).expect("nginx starts");
+    agent::start(&mut lab, &b, &FLAGS).expect("the agent starts");
+    let target = std::net::SocketAddr::new(b.addr4, BACKEND_PORT);
+    let addr = b.addr4.to_string();
+    let mut conns = netns::run_in(&lab.client.ns, move || {
+        (0..2)
+            .map(|_| client::KeepAlive::connect(target))
+            .collect::<anyhow::Result<Vec<_>>>()
+    })
+    .expect("the client's namespace")
+    .expect("the keep-alive connections open");
+    let talk = |conns: &mut Vec<client::KeepAlive>, n| {
+        for c in conns.iter_mut() {
+            for _ in 0..n {
+                c.request().expect("every keep-alive request is answered");
+            }
+        }
+    };
+    let carried = |conns: &[client::KeepAlive]| {
+        conns
+            .iter()
+            .map(|c| (c.bytes_sent, c.bytes_received))
+            .fold((0, 0), |a, c| (a.0 + c.0, a.1 + c.1))
+    };
+    talk(&mut conns, 3);
+    let old = grpcurl::snapshot(&b.ns).expect("snapshot");
+    // The last responses' delayed ACKs reach the server first.
+    std::thread::sleep(Duration::from_millis(500));
+    let at_upgrade = carried(&conns);
+
+    agent::relaunch(&mut lab, &b, &FLAGS, &["EVENFLOW_TEST_LAYOUT_BUMP=1"])
+        .expect("the upgraded agent starts");
+    let agent_log = lab.log("agent-b1");
+    assert!(
+        agent_log.contains("adopted=2"),
+        "the upgraded agent adopted the two connections:\n{agent_log}"
+    );
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        talk(&mut conns, 2);
+        std::thread::sleep(Duration::from_millis(1200));
+        let s = grpcurl::snapshot(&b.ns).expect("snapshot");
+        assert_ne!(s["agentEpoch"], old["agentEpoch"], "a new epoch");
+        seen.push(grpcurl::totals(&s, &addr, BACKEND_PORT, SERVES));
+    }
+    println!("after the upgrade: {seen:?}");
+    assert!(
+        seen.iter().all(|t| t.opened == 2 && t.closed == 0),
+        "both connections open in every report of the new epoch"
+    );
+    assert!(seen.windows(2).all(|w| w[1].bytes_rx > w[0].bytes_rx));
+    let end = carried(&conns);
+    drop(conns);
+    let (_, t) = settled(&b.ns, &addr, BACKEND_PORT, SERVES, 2);
+    let served = nginx::read_log(&log).expect("the access log");
+    println!("at the upgrade {at_upgrade:?}, in all {end:?}; nginx {served:?}; counted {t:?}");
+    assert_eq!(served.request_bytes, end.0);
+    assert_eq!(
+        (t.bytes_rx, t.bytes_tx),
+        (end.0 - at_upgrade.0, end.1 - at_upgrade.1),
+        "exactly what the connections carried from the upgrade on"
+    );
+}
+
 /// An lb agent keeps forwarded connections in one of two flow maps, by
 /// how it counts them (from conntrack, or packet by packet). Switching
 /// starts a new epoch, once, as an upgrade does, and the new way counts
