@@ -330,3 +330,35 @@ impl KeepAlive {
         Ok(())
     }
 }
+
+/// Keep-alive connections opened from a namespace, used from any thread.
+pub struct KeepAlives(pub Vec<KeepAlive>);
+
+impl KeepAlives {
+    /// Opens `n` connections to `target` from namespace `ns`.
+    pub fn open(ns: &str, target: SocketAddr, n: usize) -> Result<Self> {
+        let conns = crate::netns::run_in(ns, move || {
+            (0..n)
+                .map(|_| KeepAlive::connect(target))
+                .collect::<Result<Vec<_>>>()
+        })??;
+        Ok(Self(conns))
+    }
+
+    /// `n` requests on each connection, each answered whole.
+    pub fn talk(&mut self, n: usize) -> Result<()> {
+        for c in &mut self.0 {
+            for _ in 0..n {
+                c.request()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Request and response bytes all the connections carried so far.
+    pub fn carried(&self) -> (u64, u64) {
+        self.0
+            .iter()
+            .fold((0, 0), |a, c| (a.0 + c.bytes_sent, a.1 + c.bytes_received))
+    }
+}

@@ -361,20 +361,9 @@ fn adoption(shape: Adoption, extra: &[&str]) -> serde_json::Value {
     let target: SocketAddr = format!("{addr}:{BACKEND_PORT}")
         .parse()
         .expect("an address");
-    let mut conns = netns::run_in(&lab.client.ns, move || {
-        (0..CONNS)
-            .map(|_| client::KeepAlive::connect(target))
-            .collect::<anyhow::Result<Vec<_>>>()
-    })
-    .expect("the client's namespace")
-    .expect("the keep-alive connections open");
-    let talk = |conns: &mut Vec<client::KeepAlive>, n| {
-        for c in conns.iter_mut() {
-            for _ in 0..n {
-                c.request().expect("every keep-alive request is answered");
-            }
-        }
-    };
+    let mut conns = client::KeepAlives::open(&lab.client.ns, target, CONNS)
+        .expect("the keep-alive connections open");
+    let talked = "every keep-alive request is answered";
     let dialler = Dialler::start(&mut lab, &dialler, &addr2);
     let to_dialled: SocketAddr = format!("{addr2}:{BACKEND_PORT}")
         .parse()
@@ -382,18 +371,12 @@ fn adoption(shape: Adoption, extra: &[&str]) -> serde_json::Value {
     let mut outsider = netns::run_in(&node.ns, move || client::KeepAlive::connect(to_dialled))
         .expect("the node's namespace")
         .expect("the outsider's connection opens");
-    talk(&mut conns, 5);
+    conns.talk(5).expect(talked);
     let dialled_before = dialler.phase("before");
     // The last responses' delayed ACKs reach the servers before the agent
     // reads its sockets' counters.
     std::thread::sleep(Duration::from_millis(500));
-    let sum = |conns: &[client::KeepAlive]| {
-        conns
-            .iter()
-            .map(|c| (c.bytes_sent, c.bytes_received))
-            .fold((0, 0), |a, c| (a.0 + c.0, a.1 + c.1))
-    };
-    let before = sum(&conns);
+    let before = conns.carried();
     agent::start(&mut lab, &node, &args).expect("the agent starts");
     let agent_log = lab.log(&agent_name);
     assert!(
@@ -402,7 +385,7 @@ fn adoption(shape: Adoption, extra: &[&str]) -> serde_json::Value {
     );
     let mut seen = Vec::new();
     for round in 0..4 {
-        talk(&mut conns, 2);
+        conns.talk(2).expect(talked);
         if round == 2 {
             agent::restart(&mut lab, &node, &args).expect("the agent restarts");
         }
@@ -426,7 +409,7 @@ fn adoption(shape: Adoption, extra: &[&str]) -> serde_json::Value {
         .expect("the outsider's request is answered");
     let outsider_carried = (outsider.bytes_sent, outsider.bytes_received);
     drop(outsider);
-    let after = sum(&conns);
+    let after = conns.carried();
     drop(conns);
     dialler.close();
     let server = settled(&node.ns, &addr, BACKEND_PORT, SERVES, CONNS as u64).1;

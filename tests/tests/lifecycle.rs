@@ -220,31 +220,14 @@ fn an_upgrade_keeps_counting_the_connections_open_across_it() {
     agent::start(&mut lab, &b, &FLAGS).expect("the agent starts");
     let target = std::net::SocketAddr::new(b.addr4, BACKEND_PORT);
     let addr = b.addr4.to_string();
-    let mut conns = netns::run_in(&lab.client.ns, move || {
-        (0..2)
-            .map(|_| client::KeepAlive::connect(target))
-            .collect::<anyhow::Result<Vec<_>>>()
-    })
-    .expect("the client's namespace")
-    .expect("the keep-alive connections open");
-    let talk = |conns: &mut Vec<client::KeepAlive>, n| {
-        for c in conns.iter_mut() {
-            for _ in 0..n {
-                c.request().expect("every keep-alive request is answered");
-            }
-        }
-    };
-    let carried = |conns: &[client::KeepAlive]| {
-        conns
-            .iter()
-            .map(|c| (c.bytes_sent, c.bytes_received))
-            .fold((0, 0), |a, c| (a.0 + c.0, a.1 + c.1))
-    };
-    talk(&mut conns, 3);
+    let mut conns = client::KeepAlives::open(&lab.client.ns, target, 2)
+        .expect("the keep-alive connections open");
+    let talked = "every keep-alive request is answered";
+    conns.talk(3).expect(talked);
     let old = grpcurl::snapshot(&b.ns).expect("snapshot");
     // The last responses' delayed ACKs reach the server first.
     std::thread::sleep(Duration::from_millis(500));
-    let at_upgrade = carried(&conns);
+    let at_upgrade = conns.carried();
 
     agent::relaunch(&mut lab, &b, &FLAGS, &["EVENFLOW_TEST_LAYOUT_BUMP=1"])
         .expect("the upgraded agent starts");
@@ -255,7 +238,7 @@ fn an_upgrade_keeps_counting_the_connections_open_across_it() {
     );
     let mut seen = Vec::new();
     for _ in 0..3 {
-        talk(&mut conns, 2);
+        conns.talk(2).expect(talked);
         std::thread::sleep(Duration::from_millis(1200));
         let s = grpcurl::snapshot(&b.ns).expect("snapshot");
         assert_ne!(s["agentEpoch"], old["agentEpoch"], "a new epoch");
@@ -267,7 +250,7 @@ fn an_upgrade_keeps_counting_the_connections_open_across_it() {
         "both connections open in every report of the new epoch"
     );
     assert!(seen.windows(2).all(|w| w[1].bytes_rx > w[0].bytes_rx));
-    let end = carried(&conns);
+    let end = conns.carried();
     drop(conns);
     let (_, t) = settled(&b.ns, &addr, BACKEND_PORT, SERVES, 2);
     let served = nginx::read_log(&log).expect("the access log");
