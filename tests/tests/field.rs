@@ -256,14 +256,20 @@ fn keepalive_bytes(name: &str, lb_args: &[&str]) {
 /// pins adopts nothing twice.
 #[test]
 fn field_connections_older_than_the_agent_are_adopted() {
-    adoption(Adoption::hosts("adopt"), &[]);
+    adoption(Adoption::hosts("adopt", false), &[]);
+}
+
+/// The same over IPv6.
+#[test]
+fn field_connections_older_than_the_agent_are_adopted_over_ipv6() {
+    adoption(Adoption::hosts("adopt6", true), &[]);
 }
 
 /// The same with one socket slot (`--sock-slots 1`): the adopted sockets
 /// that find it taken are kept in socket storage, and counted the same.
 #[test]
 fn field_connections_older_than_the_agent_are_adopted_beyond_their_slots() {
-    let snap = adoption(Adoption::hosts("adoptst"), &["--sock-slots", "1"]);
+    let snap = adoption(Adoption::hosts("adoptst", false), &["--sock-slots", "1"]);
     assert!(
         datapath(&snap, "socksInStorage") >= 3,
         "three of the four adopted sockets found the one slot taken: {}",
@@ -298,11 +304,11 @@ struct Adoption {
 }
 
 impl Adoption {
-    /// Hosts: b1 serves and dials b2; b1's agent.
-    fn hosts(name: &str) -> Self {
+    /// Hosts: b1 serves and dials b2, over IPv6 when `ipv6`; b1's agent.
+    fn hosts(name: &str, ipv6: bool) -> Self {
         let lab = Lab::new(name, 2).expect("the lab builds");
         let (b1, b2) = (lab.backends[0].clone(), lab.backends[1].clone());
-        let (server_addr, dialled_addr) = (backend_addr(&lab, 0), backend_addr(&lab, 1));
+        let (server_addr, dialled_addr) = (b1.addr(ipv6).to_string(), b2.addr(ipv6).to_string());
         Self {
             lab,
             node: b1.clone(),
@@ -358,16 +364,12 @@ fn adoption(shape: Adoption, extra: &[&str]) -> serde_json::Value {
     let agent_name = format!("agent-{}", node.role);
     let log = nginx::start_keepalive(&mut lab, &server).expect("nginx starts on the server");
     nginx::start_keepalive(&mut lab, &dialled).expect("nginx starts where the dialler dials");
-    let target: SocketAddr = format!("{addr}:{BACKEND_PORT}")
-        .parse()
-        .expect("an address");
+    let target = SocketAddr::new(addr.parse().expect("an address"), BACKEND_PORT);
     let mut conns = client::KeepAlives::open(&lab.client.ns, target, CONNS)
         .expect("the keep-alive connections open");
     let talked = "every keep-alive request is answered";
     let dialler = Dialler::start(&mut lab, &dialler, &addr2);
-    let to_dialled: SocketAddr = format!("{addr2}:{BACKEND_PORT}")
-        .parse()
-        .expect("an address");
+    let to_dialled = SocketAddr::new(addr2.parse().expect("an address"), BACKEND_PORT);
     let mut outsider = netns::run_in(&node.ns, move || client::KeepAlive::connect(to_dialled))
         .expect("the node's namespace")
         .expect("the outsider's connection opens");
