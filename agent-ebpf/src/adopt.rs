@@ -139,19 +139,19 @@ pub extern "C" fn evenflow_adopt(ctx: *mut TcpIterCtx) -> i32 {
     if meta.is_null() || skc.is_null() {
         return 0;
     }
-    let Some(ends) = Ends::of(skc) else {
-        return 0;
-    };
     match read::<u8>(skc, &SKC_STATE).map(u32::from) {
         Some(BPF_TCP_LISTEN) => {
-            let _ = LISTENERS.insert(&ends.listener(ends.local), &1, 0);
+            if let Some(ends) = Ends::of(skc) {
+                let _ = LISTENERS.insert(&ends.listener(ends.local), &1, 0);
+            }
         }
         Some(BPF_TCP_ESTABLISHED) if in_cgroup(skc) => {
-            if let Some(note) = adopt(skc, &ends) {
+            if let Some(note) = Ends::of(skc).and_then(|ends| adopt(skc, &ends)) {
                 // SAFETY: the iterator's seq_file; one byte from the stack.
                 unsafe { bpf_seq_write((*meta).seq.cast(), (&raw const note).cast(), 1) };
             }
         }
+        // TIME_WAIT, request and closing sockets: nothing to adopt.
         _ => {}
     }
     0
@@ -293,7 +293,10 @@ fn adopt(skc: *mut c_void, ends: &Ends) -> Option<u8> {
         Claim::Taken => {}
         Claim::Held => return None,
         Claim::Full => {
-            let st = sock::storage(skc, true)?;
+            let Some(st) = sock::storage(skc, true) else {
+                stat(Stat::SockStorageFailed, 1);
+                return None;
+            };
             if !sock::keep_in_storage(st, &endpoint, flags, &base) {
                 return None;
             }
