@@ -15,16 +15,13 @@
 use std::{
     collections::HashSet,
     fs::File,
-    os::{
-        fd::{AsFd as _, AsRawFd as _},
-        unix::fs::MetadataExt as _,
-    },
+    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
 };
 
 use agent_common::{ADOPT_ADOPTED, ADOPT_UNSUPPORTED};
 use anyhow::{Context as _, Result};
-use aya::{Ebpf, programs::Iter};
+use aya::Ebpf;
 
 use crate::{btf::Btf, iter::MapIter};
 
@@ -92,8 +89,8 @@ impl Adopted {
 /// other it can enter. Call it after sock_ops is attached: a socket
 /// established from then on is sock_ops' own, and the program leaves it
 /// alone.
-pub fn run(ebpf: &mut Ebpf) -> Result<Adopted> {
-    let iter = attach(ebpf)?;
+pub fn run(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<Adopted> {
+    let iter = attach(ebpf, btf)?;
     let mut adopted = Adopted::default();
     adopted.tally(
         &iter
@@ -116,17 +113,9 @@ pub fn run(ebpf: &mut Ebpf) -> Result<Adopted> {
 }
 
 /// Loads `evenflow_adopt` and links it.
-fn attach(ebpf: &mut Ebpf) -> Result<MapIter> {
-    let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
-    let prog: &mut Iter = ebpf
-        .program_mut(PROGRAM)
-        .with_context(|| format!("eBPF object has no program {PROGRAM}"))?
-        .try_into()
-        .with_context(|| format!("{PROGRAM} is not an iterator"))?;
-    prog.load("tcp", &btf)
-        .with_context(|| format!("loading {PROGRAM} (iter/tcp)"))?;
-    let fd = prog.fd().with_context(|| format!("{PROGRAM} has no fd"))?;
-    MapIter::attach_target(fd.as_fd()).with_context(|| format!("attaching {PROGRAM} (iter/tcp)"))
+fn attach(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<MapIter> {
+    let fd = crate::datapath::load_iter(ebpf, btf, PROGRAM, "tcp")?;
+    MapIter::attach_target(fd).with_context(|| format!("attaching {PROGRAM} (iter/tcp)"))
 }
 
 /// A path to each network namespace other than this thread's, one per

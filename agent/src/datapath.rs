@@ -249,9 +249,11 @@ impl Datapath {
         }
         crate::links::prune(&links_dir, &pinned)?;
         let flows = FlowMap::of(kernel.conntrack);
+        let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
         let iterators = [
             attach_iter(
                 &mut ebpf,
+                &btf,
                 "evenflow_slot_sampler",
                 "bpf_map_elem",
                 &pin_dir,
@@ -259,6 +261,7 @@ impl Datapath {
             )?,
             attach_iter(
                 &mut ebpf,
+                &btf,
                 "evenflow_sock_sampler",
                 "bpf_sk_storage_map",
                 &pin_dir,
@@ -266,6 +269,7 @@ impl Datapath {
             )?,
             attach_iter(
                 &mut ebpf,
+                &btf,
                 flows.sweeper,
                 "bpf_map_elem",
                 &pin_dir,
@@ -273,7 +277,7 @@ impl Datapath {
             )?,
         ];
         if kernel.adopt {
-            adopt(&mut ebpf);
+            adopt(&mut ebpf, &btf);
         }
         info!(
             node = cfg.node_name,
@@ -928,27 +932,39 @@ fn nf_conn_offsets(nfct: u32, btf: &crate::btf::Btf<'_>) -> Result<[(&'static st
 /// pinned map `map`.
 fn attach_iter(
     ebpf: &mut Ebpf,
+    btf: &aya::Btf,
     name: &str,
     kind: &str,
     pin_dir: &Path,
     map: &str,
 ) -> Result<MapIter> {
-    let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
-    let prog: &mut Iter = program(ebpf, name)?;
-    prog.load(kind, &btf)
-        .with_context(|| format!("loading {name} (iter/{kind})"))?;
     let map_data = MapData::from_pin(pin_dir.join(map))
         .with_context(|| format!("opening the pinned map {map}"))?;
-    let prog_fd = prog.fd().with_context(|| format!("{name} has no fd"))?;
-    MapIter::attach(prog_fd.as_fd(), map_data.fd().as_fd())
+    MapIter::attach(load_iter(ebpf, btf, name, kind)?, map_data.fd().as_fd())
         .with_context(|| format!("attaching {name} to {map}"))
+}
+
+/// Loads the iterator program `name` over `kind` (`bpf_map_elem`, `tcp`…).
+pub fn load_iter<'a>(
+    ebpf: &'a mut Ebpf,
+    btf: &aya::Btf,
+    name: &str,
+    kind: &str,
+) -> Result<BorrowedFd<'a>> {
+    let prog: &mut Iter = program(ebpf, name)?;
+    prog.load(kind, btf)
+        .with_context(|| format!("loading {name} (iter/{kind})"))?;
+    Ok(prog
+        .fd()
+        .with_context(|| format!("{name} has no fd"))?
+        .as_fd())
 }
 
 /// Adopts the connections established before sock_ops was attached. A
 /// refinement, not a requirement: without it those connections go
 /// uncounted, as they did before evenflow was there.
-fn adopt(ebpf: &mut Ebpf) {
-    let a = match crate::adopt::run(ebpf) {
+fn adopt(ebpf: &mut Ebpf, btf: &aya::Btf) {
+    let a = match crate::adopt::run(ebpf, btf) {
         Ok(a) => a,
         Err(e) => {
             warn!(
