@@ -49,7 +49,7 @@ pub fn binary(rev: &str, name: &str) -> Result<PathBuf> {
     }
     fs::create_dir_all(&src).with_context(|| format!("creating {}", src.display()))?;
     unpack(&root, &commit, &src)?;
-    mark_version(&src.join("Cargo.toml"))?;
+    mark_version(&src.join("Cargo.toml"), &commit[..commit.len().min(12)])?;
     let target = shell::target_dir();
     let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
     build
@@ -65,12 +65,13 @@ pub fn binary(rev: &str, name: &str) -> Result<PathBuf> {
     Ok(bin)
 }
 
-/// Gives REV's crates another version. Cargo names a workspace crate's
-/// artifacts by name, version and path *relative to its workspace*, so
-/// REV's binary and this tree's would otherwise be the same artifact
-/// in the shared target directory, each build taking the other's for
-/// up to date.
-fn mark_version(manifest: &std::path::Path) -> Result<()> {
+/// Gives REV's crates another version, naming `commit`. Cargo names a
+/// workspace crate's artifacts by name, version and path *relative to its
+/// workspace*, so REV's binary and this tree's (or another baseline's)
+/// would otherwise be the same artifact in the shared target directory,
+/// each build taking the other's for up to date: `git archive` dates the
+/// files it unpacks at their commit, older than the other's artifacts.
+fn mark_version(manifest: &std::path::Path, commit: &str) -> Result<()> {
     let text =
         fs::read_to_string(manifest).with_context(|| format!("reading {}", manifest.display()))?;
     let Some(at) = text.find("\nversion = \"") else {
@@ -79,9 +80,13 @@ fn mark_version(manifest: &std::path::Path) -> Result<()> {
             manifest.display()
         );
     };
-    // "0.1.0" becomes "0.0.0-baseline.0.1.0" (a valid version).
+    // "0.1.0" becomes "0.0.0-baseline-c1234abcd.0.1.0" (a valid version).
     let value = at + "\nversion = \"".len();
-    let marked = format!("{}0.0.0-baseline.{}", &text[..value], &text[value..]);
+    let marked = format!(
+        "{}0.0.0-baseline-c{commit}.{}",
+        &text[..value],
+        &text[value..]
+    );
     fs::write(manifest, marked).with_context(|| format!("writing {}", manifest.display()))
 }
 
