@@ -514,7 +514,9 @@ pub const META_TIMEOUT_CLOSING_NS: u32 = 4;
 pub const META_COUNT: u32 = 8;
 /// Version of the pinned map layout. Bump it when a key or value changes so
 /// an agent refuses maps pinned by an incompatible one.
-pub const LAYOUT_VERSION: u64 = 6;
+/// 7: a socket's slot is placed by its slab; programs of layout 6 would
+/// look for it elsewhere.
+pub const LAYOUT_VERSION: u64 = 7;
 
 /// The IPv4-mapped IPv6 form (`::ffff:a.b.c.d`) of an IPv4 address given
 /// as it sits in memory (network byte order bytes read as a native `u32`).

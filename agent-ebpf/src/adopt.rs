@@ -24,7 +24,7 @@
 use core::{ffi::c_void, ptr::read_volatile};
 
 use agent_common::{
-    ADOPT_ADOPTED, ADOPT_UNSUPPORTED, Direction, EndpointKey, SOCK_ACTIVE, Stat, v4_mapped,
+    ADOPT_ADOPTED, ADOPT_UNSUPPORTED, Direction, EndpointKey, SOCK_ACTIVE, v4_mapped,
 };
 use aya_ebpf::{
     bindings::{
@@ -42,9 +42,8 @@ use aya_ebpf::{
 };
 
 use crate::{
-    counters::{opened, stat},
     kernel,
-    sock::{self, Claim, Payload, Scratch},
+    sock::{self, Payload, Scratch},
 };
 
 /// `offsetof(struct sock_common, …)` of the fields that name a socket's
@@ -289,22 +288,7 @@ fn adopt(skc: *mut c_void, ends: &Ends) -> Option<u8> {
     // SAFETY: the iterator's socket.
     let cookie = unsafe { bpf_get_socket_cookie(skc) };
     let base = so_far(tp, flags);
-    match sock::claim(addr, cookie, &endpoint, flags, &base) {
-        Claim::Taken => {}
-        Claim::Held => return None,
-        Claim::Full => {
-            let Some(st) = sock::storage(skc, true) else {
-                stat(Stat::SockStorageFailed, 1);
-                return None;
-            };
-            if !sock::keep_in_storage(st, &endpoint, flags, &base) {
-                return None;
-            }
-            stat(Stat::SockInStorage, 1);
-        }
-    }
-    opened(&endpoint);
-    Some(ADOPT_ADOPTED)
+    sock::count(skc, addr, cookie, &endpoint, flags, &base).then_some(ADOPT_ADOPTED)
 }
 
 /// Reads (or, when `set`, writes) the socket's sock_ops callback flags;

@@ -20,6 +20,7 @@ use core::ptr::{read_volatile, write_volatile};
 use agent_common::{
     DEFAULT_SOCK_SLOTS, Direction, EndpointKey, Marks, PROTO_TCP, SOCK_ACTIVE, SOCK_CLOSED,
     SOCK_COOKIE_BITS, SOCK_MARK_TAG_BITS, SOCK_SLOT_FILLING, SOCK_SLOT_FLAGS, SockSlot, SockState,
+    Stat,
 };
 use aya_ebpf::{
     bindings::{
@@ -33,7 +34,7 @@ use aya_ebpf::{
 
 use crate::{
     atomic,
-    counters::{Traffic, add_traffic},
+    counters::{Traffic, add_traffic, opened, stat},
     kernel::SockCounters,
 };
 
@@ -56,7 +57,7 @@ pub enum Scratch {
 }
 
 /// The socket's address as a number. The verifier forbids arithmetic on a
-/// socket pointer (a slot's index is a hash of it) and reading a spilled
+/// socket pointer (a slot's index is computed from it) and reading a spilled
 /// one back in halves; a word read back from a map is a plain number.
 /// A program that ran between the store and the load on this CPU (a
 /// softirq's callback interrupting a process-context one) may have left
@@ -108,15 +109,25 @@ static SOCK_SLOTS_MASK: u32 = DEFAULT_SOCK_SLOTS - 1;
 
 const COOKIE_MASK: u64 = (1 << SOCK_COOKIE_BITS) - 1;
 
-/// The `i`th slot socket `sk` may take. A socket freed and allocated again
-/// at the same address (the slab hands out what was freed last) finds the
-/// slot its predecessor left, still in cache.
+/// The `i`th slot socket `sk` may take. The kernel allocates TCP sockets
+/// from slabs of 32 KiB, a dozen or so of about 2.3 KiB to a slab: a
+/// slab's sockets take neighbouring slots of one group of 16 (1 KiB),
+/// chosen by a hash of the slab's address, each by where it lies in its
+/// slab (sockets of 2 KiB or more never share a position). So the live
+/// sockets of a node touch as few of the array's pages and cache lines as
+/// they fill slabs, where a hash of each socket's address spread them over
+/// the whole array: at 16,384 slots a TLB and cache miss in nearly every
+/// claim and close, a fifth of sock_ops' cost. A socket freed and allocated
+/// again at the same address (the slab hands out what was freed last)
+/// finds the slot its predecessor left, still in cache. Probes past the
+/// first go to the next groups, at the same position.
 #[inline(always)]
 fn slot(sk: u64, i: u32) -> Option<*mut SockSlot> {
     // SAFETY: a `.rodata` constant.
     let mask = unsafe { read_volatile(&SOCK_SLOTS_MASK) };
-    let first = (sk.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32;
-    SOCK_SLOTS.get_ptr_mut((first + i) & mask)
+    let group = ((sk >> 15).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32;
+    let position = (sk >> 11) as u32 & 15;
+    SOCK_SLOTS.get_ptr_mut(((group + i) << 4 | position) & mask)
 }
 
 /// A counted socket's state, held by the socket's own callbacks (under its
@@ -240,9 +251,39 @@ unsafe fn generation(slot: *mut SockSlot) -> u64 {
     tag_of(unsafe { atomic::load(&raw mut (*slot).marks.rx) })
 }
 
+/// Counts socket `sk` (at address `addr`, with cookie `cookie`) opened
+/// towards `endpoint`, its marks at `base`, in a slot or else in socket
+/// storage; false if it is counted already or cannot be.
+#[inline(always)]
+pub fn count<T>(
+    sk: *mut T,
+    addr: u64,
+    cookie: u64,
+    endpoint: &EndpointKey,
+    flags: u8,
+    base: &Payload,
+) -> bool {
+    match claim(addr, cookie, endpoint, flags, base) {
+        Claim::Taken => {}
+        Claim::Held => return false,
+        Claim::Full => {
+            let Some(st) = storage(sk, true) else {
+                stat(Stat::SockStorageFailed, 1);
+                return false;
+            };
+            if !keep_in_storage(st, endpoint, flags, base) {
+                return false;
+            }
+            stat(Stat::SockInStorage, 1);
+        }
+    }
+    opened(endpoint);
+    true
+}
+
 /// What [`claim`] did.
 #[derive(Copy, Clone, PartialEq, Eq)]
-pub enum Claim {
+enum Claim {
     Taken,
     /// The socket already holds a slot.
     Held,
@@ -254,7 +295,7 @@ pub enum Claim {
 /// one a dead socket at the same address left (its close never reached
 /// this program: the programs were detached from its cgroup meanwhile).
 #[inline(always)]
-pub fn claim(sk: u64, cookie: u64, endpoint: &EndpointKey, flags: u8, base: &Payload) -> Claim {
+fn claim(sk: u64, cookie: u64, endpoint: &EndpointKey, flags: u8, base: &Payload) -> Claim {
     if sk & SOCK_SLOT_FLAGS != 0 {
         return Claim::Full;
     }
@@ -452,12 +493,7 @@ pub fn storage<T>(sk: *mut T, create: bool) -> Option<*mut SockState> {
 /// if the storage holds a counted socket already. The endpoint is written
 /// last: the storage sampler skips storage without one.
 #[inline(always)]
-pub fn keep_in_storage(
-    st: *mut SockState,
-    endpoint: &EndpointKey,
-    flags: u8,
-    base: &Payload,
-) -> bool {
+fn keep_in_storage(st: *mut SockState, endpoint: &EndpointKey, flags: u8, base: &Payload) -> bool {
     // SAFETY: live socket storage; only the socket's own callbacks and the
     // adoption iterator (each holding the socket's lock) write its fields.
     unsafe {

@@ -18,13 +18,11 @@ use aya_ebpf::{
     programs::SockOpsContext,
 };
 
-use aya_log_ebpf::debug;
-
 use crate::{
-    counters::{opened, stat},
+    counters::stat,
     kernel::{self, SockCounters},
     reset,
-    sock::{self, Claim, Held, Payload, Scratch},
+    sock::{self, Held, Payload, Scratch},
     tc::LOCAL_NAT,
 };
 
@@ -95,30 +93,9 @@ fn on_established(ctx: &SockOpsContext, active: bool) {
     let Some(addr) = sock::address(sk, Scratch::SockOps) else {
         return;
     };
-    match sock::claim(addr, cookie(ctx), &endpoint, flags, &Payload::NONE) {
-        Claim::Taken => {}
-        Claim::Held => return,
-        Claim::Full => {
-            if !in_storage(sk, &endpoint, flags) {
-                debug!(ctx, "evenflow: no socket storage for an established socket");
-                return;
-            }
-            stat(Stat::SockInStorage, 1);
-        }
+    if sock::count(sk, addr, cookie(ctx), &endpoint, flags, &Payload::NONE) {
+        let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
     }
-    opened(&endpoint);
-    let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
-}
-
-/// Keeps a socket that found no free slot in socket storage; whether it
-/// is to be counted opened now (not if it already was).
-#[inline(always)]
-fn in_storage(sk: *mut bpf_sock, endpoint: &EndpointKey, flags: u8) -> bool {
-    let Some(st) = sock::storage(sk, true) else {
-        stat(Stat::SockStorageFailed, 1);
-        return false;
-    };
-    sock::keep_in_storage(st, endpoint, flags, &Payload::NONE)
 }
 
 /// A state change: at TCP_CLOSE add the final bytes and count the close.

@@ -287,6 +287,79 @@ fn field_pods_connections_older_than_the_agent_are_adopted() {
     adoption(Adoption::pods("adoptpod"), &[]);
 }
 
+/// Keep-alive connections that each live about one agent interval, a
+/// hundred or more open at a time: the sampler counts the opens of those
+/// it finds alive, their closes count the rest, and some close while the
+/// sampler is folding them. Each is counted opened once and closed once,
+/// with exactly the bytes the client and nginx counted.
+#[test]
+fn field_connections_closing_while_sampled_are_counted_once() {
+    evenflow_tests::require_root();
+    const BATCH: usize = 50;
+    const BATCHES: usize = 24;
+    let mut lab = Lab::new("sampled", 1).expect("the lab builds");
+    let b1 = lab.backends[0].clone();
+    let log = nginx::start_keepalive(&mut lab, &b1).expect("nginx starts");
+    agent::start(&mut lab, &b1, &["--service", "web=8080"]).expect("the agent starts");
+    let addr = b1.addr(false).to_string();
+    let target = SocketAddr::new(b1.addr(false), BACKEND_PORT);
+    let talked = "every keep-alive request is answered";
+    let mut live = std::collections::VecDeque::new();
+    let mut carried = (0, 0);
+    let mut close = |mut batch: client::KeepAlives| {
+        batch.talk(1).expect(talked);
+        let c = batch.carried();
+        carried = (carried.0 + c.0, carried.1 + c.1);
+    };
+    let mut open_seen = Vec::new();
+    for i in 0..BATCHES {
+        let mut batch =
+            client::KeepAlives::open(&lab.client.ns, target, BATCH).expect("a batch opens");
+        batch.talk(1).expect(talked);
+        live.push_back(batch);
+        // Each batch lives while two more open: about 500 ms.
+        if live.len() > 2 {
+            close(live.pop_front().expect("a live batch"));
+        }
+        if i % 6 == 5 {
+            let s = grpcurl::snapshot(&b1.ns).expect("the node's snapshot");
+            let t = grpcurl::totals(&s, &addr, BACKEND_PORT, SERVES);
+            open_seen.push(t.opened.saturating_sub(t.closed));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    live.into_iter().for_each(&mut close);
+    let n = (BATCH * BATCHES) as u64;
+    let server = settled(&b1.ns, &addr, BACKEND_PORT, SERVES, n).1;
+    let served = nginx::read_log(&log).expect("nginx's log");
+    println!(
+        "open in reports while running: {open_seen:?}; client {carried:?}; nginx {served:?}; server {server:?}"
+    );
+    assert!(
+        open_seen.iter().all(|&open| open >= BATCH as u64),
+        "every report counts the connections open at its read (two batches or more)"
+    );
+    assert_eq!(
+        (
+            served.connections,
+            served.request_bytes,
+            served.response_bytes
+        ),
+        (n, carried.0, carried.1),
+        "the client's count is nginx's"
+    );
+    assert_eq!(
+        (server.opened, server.closed),
+        (n, n),
+        "each connection opened and closed once"
+    );
+    assert_eq!(
+        (server.bytes_rx, server.bytes_tx),
+        carried,
+        "exactly the bytes the connections carried"
+    );
+}
+
 /// Where the adoption lab's connections live: `server` runs the nginx the
 /// client's keep-alive connections reach at `server_addr`; a process in
 /// `dialler` holds a connection to nginx at `dialled_addr`; the agent runs
