@@ -119,15 +119,16 @@ const COOKIE_MASK: u64 = (1 << SOCK_COOKIE_BITS) - 1;
 /// the whole array: at 16,384 slots a TLB and cache miss in nearly every
 /// claim and close, a fifth of sock_ops' cost. A socket freed and allocated
 /// again at the same address (the slab hands out what was freed last)
-/// finds the slot its predecessor left, still in cache. Probes past the
-/// first go to the next groups, at the same position.
+/// finds the slot its predecessor left, still in cache. Each probe past
+/// the first goes to the next group and the next position: in an array
+/// of fewer than 16 slots, the next slot.
 #[inline(always)]
 fn slot(sk: u64, i: u32) -> Option<*mut SockSlot> {
     // SAFETY: a `.rodata` constant.
     let mask = unsafe { read_volatile(&SOCK_SLOTS_MASK) };
     let group = ((sk >> 15).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32;
     let position = (sk >> 11) as u32 & 15;
-    SOCK_SLOTS.get_ptr_mut(((group + i) << 4 | position) & mask)
+    SOCK_SLOTS.get_ptr_mut((group << 4 | position).wrapping_add(i * 17) & mask)
 }
 
 /// A counted socket's state, held by the socket's own callbacks (under its
