@@ -288,10 +288,11 @@ fn field_pods_connections_older_than_the_agent_are_adopted() {
 }
 
 /// Keep-alive connections that each live about one agent interval, a
-/// hundred or more open at a time: the sampler counts the opens of those
-/// it finds alive, their closes count the rest, and some close while the
-/// sampler is folding them. Each is counted opened once and closed once,
-/// with exactly the bytes the client and nginx counted.
+/// hundred or more open at a time: most are sampled while they live, some
+/// close while the sampler is folding them, and their slots change hands
+/// all the while. Every report counts the ones open at its read; each is
+/// counted opened once and closed once, with exactly the bytes the client
+/// and nginx counted.
 #[test]
 fn field_connections_closing_while_sampled_are_counted_once() {
     evenflow_tests::require_root();

@@ -35,9 +35,8 @@ pub fn binary(rev: &str, name: &str) -> Result<PathBuf> {
             "--baseline {rev} is not a commit of this repository: give a branch, tag or commit id"
         )
     })?;
-    let dir = shell::target_dir()
-        .join("baseline")
-        .join(&commit[..commit.len().min(12)]);
+    let short = &commit[..commit.len().min(12)];
+    let dir = shell::target_dir().join("baseline").join(short);
     let bin = dir.join(name);
     if bin.is_file() {
         eprintln!("baseline {name} of {rev} ({commit}): {}", bin.display());
@@ -49,7 +48,7 @@ pub fn binary(rev: &str, name: &str) -> Result<PathBuf> {
     }
     fs::create_dir_all(&src).with_context(|| format!("creating {}", src.display()))?;
     unpack(&root, &commit, &src)?;
-    mark_version(&src.join("Cargo.toml"), &commit[..commit.len().min(12)])?;
+    mark_version(&src.join("Cargo.toml"), short)?;
     let target = shell::target_dir();
     let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
     build
