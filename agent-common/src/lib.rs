@@ -267,6 +267,36 @@ pub const CT_ISN_REPLY: u64 = 32;
 /// that finds it set is not counted.
 pub const CT_ENDED: u64 = 64;
 
+/// A forwarded connection conntrack follows that was established before
+/// evenflow could see its SYN, for the agent's adoption iterator
+/// (`EF_CT_ADOPT`, by the address of its record): its client and backend
+/// (addresses IPv4-mapped for IPv4, ports in host order), which the record
+/// must still name when it is adopted.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct CtAdopt {
+    pub client_addr: [u32; 4],
+    pub backend_addr: [u32; 4],
+    pub client_port: u16,
+    pub backend_port: u16,
+    /// Explicit padding.
+    pub _pad: u32,
+}
+
+/// What the forwarded adoption iterator writes for a connection it
+/// adopted: counted opened, its bytes from now on, its close.
+pub const CT_ADOPT_ADOPTED: u8 = b'a';
+/// What it writes for a connection evenflow follows already.
+pub const CT_ADOPT_FOLLOWED: u8 = b'f';
+/// What it writes for a record that no longer is that connection, or no
+/// longer established.
+pub const CT_ADOPT_GONE: u8 = b'g';
+/// What it writes where the flow map was full: not adopted.
+pub const CT_ADOPT_FULL: u8 = b'x';
+/// How many connections the agent hands the forwarded adoption iterator
+/// at a time.
+pub const CT_ADOPT_BATCH: u32 = 4096;
+
 /// One slot of the SYN-origin table (`EF_SYNS`): an entering SYN's initial
 /// sequence number, which NAT leaves alone, and where the SYN was going.
 /// The slot is the ISN's low bits; a SYN is matched within microseconds
@@ -476,6 +506,9 @@ pub mod maps {
     /// Hash `u64 -> CtFlow`: forwarded connections conntrack follows, by
     /// the address of its record.
     pub const CT_FLOWS: &str = "EF_CT_FLOWS";
+    /// Hash `u64 -> CtAdopt`, not pinned: the forwarded connections the
+    /// agent asks the adoption iterator to adopt, by their record.
+    pub const CT_ADOPT: &str = "EF_CT_ADOPT";
     /// Socket storage `SockState`: counted local sockets that found no
     /// free slot in `EF_SOCK_SLOTS`.
     pub const SOCKS: &str = "EF_SOCKS";
@@ -564,6 +597,7 @@ mod user {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for CtFlow {}
+    unsafe impl aya::Pod for CtAdopt {}
     unsafe impl aya::Pod for SynSlot {}
     unsafe impl aya::Pod for SynOrigin {}
     unsafe impl aya::Pod for SockState {}

@@ -19,12 +19,16 @@
 //! local address and port, on which something in its namespace listens)
 //! or connected (it sends to its peer).
 //! Only sockets in the cgroup sock_ops is attached to (or below it) are
-//! adopted, the ones sock_ops would have counted.
+//! adopted, the ones sock_ops would have counted. A connected socket
+//! whose SYN the node's own DNAT redirected counts towards where it went,
+//! which the agent noted in `EF_LOCAL_NAT` from conntrack's table before
+//! the walk, as TC egress notes it for sock_ops.
 
 use core::{ffi::c_void, ptr::read_volatile};
 
 use agent_common::{
-    ADOPT_ADOPTED, ADOPT_UNSUPPORTED, Direction, EndpointKey, SOCK_ACTIVE, v4_mapped,
+    ADOPT_ADOPTED, ADOPT_UNSUPPORTED, Direction, EndpointKey, FlowKey, PROTO_TCP, SOCK_ACTIVE,
+    v4_mapped,
 };
 use aya_ebpf::{
     bindings::{
@@ -44,6 +48,7 @@ use aya_ebpf::{
 use crate::{
     kernel,
     sock::{self, Payload, Scratch},
+    tc::LOCAL_NAT,
 };
 
 /// `offsetof(struct sock_common, …)` of the fields that name a socket's
@@ -125,6 +130,16 @@ pub struct TcpIterCtx {
     uid: u32,
 }
 
+/// Writes one byte to the iterator's output, which the agent tallies.
+#[inline(always)]
+pub fn write(meta: *mut IterMeta, note: u8) {
+    if meta.is_null() {
+        return;
+    }
+    // SAFETY: the iterator's seq_file; one byte from the stack.
+    unsafe { bpf_seq_write((*meta).seq.cast(), (&raw const note).cast(), 1) };
+}
+
 #[unsafe(link_section = "iter/tcp")]
 #[unsafe(no_mangle)]
 pub extern "C" fn evenflow_adopt(ctx: *mut TcpIterCtx) -> i32 {
@@ -146,8 +161,7 @@ pub extern "C" fn evenflow_adopt(ctx: *mut TcpIterCtx) -> i32 {
         }
         Some(BPF_TCP_ESTABLISHED) if in_cgroup(skc) => {
             if let Some(note) = Ends::of(skc).and_then(|ends| adopt(skc, &ends)) {
-                // SAFETY: the iterator's seq_file; one byte from the stack.
-                unsafe { bpf_seq_write((*meta).seq.cast(), (&raw const note).cast(), 1) };
+                write(meta, note);
             }
         }
         // TIME_WAIT, request and closing sockets: nothing to adopt.
@@ -200,6 +214,26 @@ impl Ends {
     #[inline(always)]
     fn local(&self, direction: Direction) -> EndpointKey {
         EndpointKey::tcp(self.local, self.local_port, direction)
+    }
+
+    /// Where a connected socket sends: its peer, or where the node's own
+    /// DNAT sent its SYN (a hostNetwork proxy dialling a ClusterIP), which
+    /// the agent noted from conntrack's records before the walk.
+    #[inline(always)]
+    fn dialled(&self) -> EndpointKey {
+        let key = FlowKey {
+            local_addr: self.local,
+            remote_addr: self.remote,
+            local_port: self.local_port,
+            remote_port: self.remote_port,
+            proto: PROTO_TCP,
+            _pad: [0; 3],
+        };
+        match LOCAL_NAT.get_ptr(&key) {
+            // SAFETY: a live entry, copied out at once.
+            Some(real) => unsafe { *real },
+            None => EndpointKey::tcp(self.remote, self.remote_port, Direction::SendsTo),
+        }
     }
 
     /// Whether something listens on the local end: on its address, or on
@@ -279,10 +313,7 @@ fn adopt(skc: *mut c_void, ends: &Ends) -> Option<u8> {
     let (endpoint, flags) = if ends.accepted() {
         (ends.local(Direction::Serves), 0)
     } else {
-        (
-            EndpointKey::tcp(ends.remote, ends.remote_port, Direction::SendsTo),
-            SOCK_ACTIVE,
-        )
+        (ends.dialled(), SOCK_ACTIVE)
     };
     let addr = sock::address(skc, Scratch::Adopt)?;
     // SAFETY: the iterator's socket.

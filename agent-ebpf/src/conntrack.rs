@@ -139,6 +139,8 @@ struct TcpTrack {
     _rest: [u8; 3],
 }
 
+/// `TCP_CONNTRACK_ESTABLISHED`.
+const TCP_CONNTRACK_ESTABLISHED: u8 = 3;
 /// `TCP_CONNTRACK_CLOSE`: an RST closed the connection.
 const TCP_CONNTRACK_CLOSE: u8 = 8;
 
@@ -160,6 +162,12 @@ impl Seen {
     #[inline(always)]
     pub fn reset(&self) -> bool {
         self.0.state == TCP_CONNTRACK_CLOSE
+    }
+
+    /// Whether the handshake is over and neither side began to close.
+    #[inline(always)]
+    pub fn established(&self) -> bool {
+        self.0.state == TCP_CONNTRACK_ESTABLISHED
     }
 
     /// The sequence number just past everything conntrack saw sent in

@@ -13,8 +13,9 @@
 //! record is.
 
 use agent_common::{
-    CT_ENDED, CT_ISN_ORIGINAL, CT_ISN_REPLY, CT_ORIGINAL, CT_REPLY, CtFlow, Direction, EndpointKey,
-    FLOW_OPEN, MAX_FLOWS, PROTO_TCP, Stat,
+    CT_ADOPT_ADOPTED, CT_ADOPT_FOLLOWED, CT_ADOPT_FULL, CT_ADOPT_GONE, CT_ENDED, CT_ISN_ORIGINAL,
+    CT_ISN_REPLY, CT_ORIGINAL, CT_REPLY, CtFlow, Direction, EndpointKey, FLOW_OPEN, MAX_FLOWS,
+    PROTO_TCP, Stat,
 };
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
@@ -195,6 +196,57 @@ fn register(ctx: &TcContext, pkt: &Packet, conn: u64) -> bool {
         }
     }
     false
+}
+
+/// Follows the established connection from `client` to `backend` whose
+/// record is at `conn`, begun before evenflow saw its SYN: counted opened
+/// now, its bytes from now on (as if each direction's SYN had ended where
+/// conntrack's count of it ends now), its close as any other's. Returns
+/// what the adoption iterator writes for it.
+#[inline(always)]
+pub fn adopt(conn: u64, client: (&[u32; 4], u16), backend: (&[u32; 4], u16)) -> u8 {
+    if !conntrack::is_connection(conn, client, backend) {
+        return CT_ADOPT_GONE;
+    }
+    let Some(seen) = Seen::of(conn) else {
+        return CT_ADOPT_GONE;
+    };
+    // Checked again after the read, as the sweeper does: the record could
+    // have been reused meanwhile for another connection.
+    if !seen.established() || !conntrack::is_connection(conn, client, backend) {
+        return CT_ADOPT_GONE;
+    }
+    let v = CtFlow {
+        endpoint: EndpointKey {
+            addr: *backend.0,
+            port: backend.1,
+            direction: Direction::SendsTo as u8,
+            proto: PROTO_TCP,
+        },
+        client_port: client.1,
+        _pad: 0,
+        client_addr: *client.0,
+        isn: [
+            seen.end(conntrack::ORIGINAL).wrapping_sub(1),
+            seen.end(conntrack::REPLY).wrapping_sub(1),
+        ],
+        flags: CT_ISN_ORIGINAL | CT_ISN_REPLY | FLOW_OPEN as u64,
+        bytes: [0; 2],
+        folded: [0; 2],
+    };
+    match CT_FLOWS.insert(&conn, &v, BPF_NOEXIST as u64) {
+        Ok(()) => {
+            stat(Stat::FlowInserted, 1);
+            opened(&v.endpoint);
+            CT_ADOPT_ADOPTED
+        }
+        // -EEXIST: its SYN was seen, or an earlier start adopted it.
+        Err(-17) => CT_ADOPT_FOLLOWED,
+        Err(_) => {
+            stat(Stat::FlowInsertFailed, 1);
+            CT_ADOPT_FULL
+        }
+    }
 }
 
 /// Whether `conn` is followed as `v`'s connection already.

@@ -19,6 +19,8 @@
 //!   packet ([`forward`]).
 //! * [`sweeper`]: iterators over forwarded flows that fold their bytes into
 //!   the endpoints and end the ones conntrack forgot (or would have).
+//! * [`ct_adopt`]: an iterator the agent runs once at start, which adopts
+//!   the forwarded connections conntrack followed before evenflow could.
 //!
 //! Every program passes every packet on (TCX_NEXT): evenflow observes and
 //! never changes what the network does.
@@ -30,6 +32,7 @@ mod adopt;
 mod atomic;
 mod conntrack;
 mod counters;
+mod ct_adopt;
 mod ct_flow;
 mod forward;
 mod kernel;

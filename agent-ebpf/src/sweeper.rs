@@ -15,7 +15,7 @@ use crate::{ct_flow, forward};
 /// `struct bpf_iter__bpf_map_elem` over a map of `K` to `V`.
 #[repr(C)]
 pub struct MapElemIterCtx<K, V> {
-    meta: *mut core::ffi::c_void,
+    pub meta: *mut crate::adopt::IterMeta,
     map: *mut core::ffi::c_void,
     pub key: *const K,
     pub value: *mut V,
@@ -24,7 +24,7 @@ pub struct MapElemIterCtx<K, V> {
 /// The element being visited: its key (copied to the stack for the
 /// helpers) and its value (valid until the visit is over).
 #[inline(always)]
-fn element<'a, K: Copy, V>(ctx: *mut MapElemIterCtx<K, V>) -> Option<(K, &'a mut V)> {
+pub fn element<'a, K: Copy, V>(ctx: *mut MapElemIterCtx<K, V>) -> Option<(K, &'a mut V)> {
     // SAFETY: the context the kernel passed; both pointers are null-checked
     // before use.
     unsafe {

@@ -19,6 +19,8 @@ pub enum BtfError {
     UnknownKind(u32),
     #[error("this kernel's BTF has no struct {0}")]
     NoStruct(String),
+    #[error("this kernel's BTF has no function {0}")]
+    NoFunc(String),
     #[error("this kernel's struct {0} has no member {1}")]
     NoMember(String, String),
     #[error("member {0}.{1} is a bitfield")]
@@ -28,6 +30,7 @@ pub enum BtfError {
 const MAGIC: u16 = 0xeb9f;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
+const KIND_FUNC: u32 = 12;
 
 /// A parsed BTF blob: its type and string sections, and for a module's
 /// split BTF the string section of the kernel's it extends.
@@ -102,6 +105,14 @@ impl<'a> Btf<'a> {
     /// `sizeof(struct name)`.
     pub fn struct_size(&self, name: &str) -> Result<u32, BtfError> {
         Ok(self.find_struct(name)?.size)
+    }
+
+    /// The type id of function `name` (a kfunc's, for a call to it).
+    pub fn func_id(&self, name: &str) -> Result<u32, BtfError> {
+        self.find_type(|id, t| {
+            (t.kind == KIND_FUNC && self.name(t.name_off) == name.as_bytes()).then_some(id)
+        })?
+        .ok_or_else(|| BtfError::NoFunc(name.to_owned()))
     }
 
     fn find_struct(&self, name: &str) -> Result<Struct, BtfError> {

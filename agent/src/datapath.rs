@@ -39,7 +39,7 @@ use aya::{
 };
 use tracing::{debug, info, warn};
 
-use crate::{cli::EbpfLog, iter::MapIter};
+use crate::{cli::EbpfLog, ct_adopt::Translations, ctnetlink::Translated, iter::MapIter};
 
 /// The eBPF object built by `agent/build.rs` (aya-build) from `agent-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
@@ -276,8 +276,13 @@ impl Datapath {
                 flows.map,
             )?,
         ];
+        let translations = translations(kernel.conntrack);
         if kernel.adopt {
+            note_local_nat(&mut ebpf, &translations.local);
             adopt(&mut ebpf, &btf);
+        }
+        if kernel.conntrack && forwards {
+            adopt_forwarded(&mut ebpf, &btf, &translations.forwarded);
         }
         info!(
             node = cfg.node_name,
@@ -992,6 +997,64 @@ fn adopt(ebpf: &mut Ebpf, btf: &aya::Btf) {
             "connections older than the agent in other network namespaces (pods') are not \
              adopted: entering them takes CAP_SYS_ADMIN, and seeing them hostPID"
         );
+    }
+}
+
+/// Conntrack's translated connections, for the adoptions; none where it
+/// cannot be read (a warning only where the forwarded path follows
+/// conntrack: elsewhere conntrack may well not be loaded).
+fn translations(conntrack: bool) -> Translations {
+    Translations::list().unwrap_or_else(|e| {
+        if conntrack {
+            warn!(
+                error = format!("{e:#}"),
+                "connections this node translated before evenflow attached are not adopted"
+            );
+        } else {
+            debug!(
+                error = format!("{e:#}"),
+                "conntrack's table is not readable"
+            );
+        }
+        Translations::default()
+    })
+}
+
+/// Notes where local sockets' SYNs that the node's DNAT redirected before
+/// evenflow attached really went, for the socket adoption.
+fn note_local_nat(ebpf: &mut Ebpf, local: &[Translated]) {
+    if let Err(e) = crate::ct_adopt::note_local_nat(ebpf, local) {
+        warn!(
+            error = format!("{e:#}"),
+            "local connections the node's DNAT redirected before evenflow attached count \
+             towards the address they dialled"
+        );
+    }
+}
+
+/// Adopts the forwarded connections conntrack followed before evenflow
+/// could see their SYN. A refinement, as [`adopt`] is.
+fn adopt_forwarded(ebpf: &mut Ebpf, btf: &aya::Btf, forwarded: &[Translated]) {
+    match crate::ct_adopt::adopt_forwarded(ebpf, btf, forwarded) {
+        Ok(a) => {
+            info!(
+                adopted = a.connections,
+                followed = a.followed,
+                gone = a.gone,
+                "forwarded connections established before evenflow attached are counted from now on"
+            );
+            if a.full > 0 {
+                warn!(
+                    left = a.full,
+                    "forwarded connections established before evenflow attached are left \
+                     uncounted: the flow map is full (--max-flows)"
+                );
+            }
+        }
+        Err(e) => warn!(
+            error = format!("{e:#}"),
+            "forwarded connections established before evenflow attached are not counted"
+        ),
     }
 }
 

@@ -5,8 +5,10 @@
 use std::{
     fs::File,
     io::Read as _,
-    os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+    os::fd::{AsRawFd as _, BorrowedFd, OwnedFd},
 };
+
+use crate::sys::bpf_fd;
 
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_ITER_CREATE: libc::c_long = 33;
@@ -31,16 +33,6 @@ struct LinkCreateAttr {
     _rest: [u32; 9],
 }
 
-fn bpf(cmd: libc::c_long, attr: *const u8, size: usize) -> std::io::Result<OwnedFd> {
-    // SAFETY: `attr` points to `size` readable bytes of a bpf_attr member.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr, size as u32) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the kernel returned a new descriptor we now own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
 /// An attached iterator program.
 pub struct MapIter {
     link: OwnedFd,
@@ -63,7 +55,7 @@ impl MapIter {
     }
 
     fn link(prog: BorrowedFd<'_>, info: Option<&IterLinkInfo>) -> std::io::Result<Self> {
-        let attr = LinkCreateAttr {
+        let mut attr = LinkCreateAttr {
             prog_fd: prog.as_raw_fd() as u32,
             target_fd: 0,
             attach_type: BPF_TRACE_ITER,
@@ -72,11 +64,7 @@ impl MapIter {
             iter_info_len: info.map_or(0, |_| std::mem::size_of::<IterLinkInfo>() as u32),
             _rest: [0; 9],
         };
-        let link = bpf(
-            BPF_LINK_CREATE,
-            &attr as *const LinkCreateAttr as *const u8,
-            std::mem::size_of::<LinkCreateAttr>(),
-        )?;
+        let link = bpf_fd(BPF_LINK_CREATE, &mut attr)?;
         Ok(Self { link })
     }
 
@@ -96,12 +84,8 @@ impl MapIter {
     }
 
     fn open(&self) -> std::io::Result<File> {
-        let attr: [u32; 2] = [self.link.as_raw_fd() as u32, 0];
-        let fd = bpf(
-            BPF_ITER_CREATE,
-            attr.as_ptr().cast(),
-            std::mem::size_of_val(&attr),
-        )?;
+        let mut attr: [u32; 2] = [self.link.as_raw_fd() as u32, 0];
+        let fd = bpf_fd(BPF_ITER_CREATE, &mut attr)?;
         Ok(File::from(fd))
     }
 }

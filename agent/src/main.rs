@@ -10,6 +10,9 @@ mod batch;
 mod btf;
 mod cli;
 mod cpu;
+mod ct_adopt;
+mod ct_lookup;
+mod ctnetlink;
 mod datapath;
 mod embedded;
 mod grpc;
@@ -18,10 +21,12 @@ mod iter;
 mod links;
 mod listeners;
 mod metrics;
+mod netlink;
 mod print;
 mod report;
 mod snapshot;
 mod sockdiag;
+mod sys;
 mod table;
 
 use std::{

@@ -1323,18 +1323,19 @@ fn field_two_node_cluster_pods_across_nodes() {
     }
 }
 
-/// A hostNetwork proxy on the lb node dialling a ClusterIP-like VIP that
-/// the node's own DNAT (OUTPUT chain) sends to a backend: the proxy's
-/// sockets count towards the backend they really reached, not the VIP.
-#[test]
-fn field_host_network_proxy_through_local_dnat_counts_the_backend() {
-    evenflow_tests::require_root();
-    let mut lab = Lab::new("hostnet", 2).expect("the lab builds");
+/// Two backends, each with nginx started by `start`, and the lb node's
+/// own DNAT (OUTPUT chain) sending connections to the VIP's port 80 to
+/// them in turn, as kube-proxy does for a hostNetwork pod dialling a
+/// ClusterIP. Returns the lab and nginx's logs.
+fn host_network_dnat(
+    name: &str,
+    start: fn(&mut Lab, &lab::Node) -> anyhow::Result<std::path::PathBuf>,
+) -> (Lab, Vec<std::path::PathBuf>) {
+    let mut lab = Lab::new(name, 2).expect("the lab builds");
     let mut logs = Vec::new();
     for b in lab.backends.clone() {
-        logs.push(nginx::start(&mut lab, &b).expect("nginx starts"));
+        logs.push(start(&mut lab, &b).expect("nginx starts"));
     }
-    let lb = lab.lb.clone();
     let dnat = format!(
         "table ip localdnat {{ chain output {{ type nat hook output priority -100; \
          ip daddr {} tcp dport 80 dnat ip to numgen inc mod 2 map {{ 0 : {} . 8080, 1 : {} . 8080 }}; }} }}",
@@ -1342,7 +1343,18 @@ fn field_host_network_proxy_through_local_dnat_counts_the_backend() {
         lab.backends[0].addr4,
         lab.backends[1].addr4
     );
-    nft::load(&lab, &lb.ns, "localdnat", &dnat).expect("the OUTPUT DNAT loads");
+    nft::load(&lab, &lab.lb.ns, "localdnat", &dnat).expect("the OUTPUT DNAT loads");
+    (lab, logs)
+}
+
+/// A hostNetwork proxy on the lb node dialling a ClusterIP-like VIP that
+/// the node's own DNAT (OUTPUT chain) sends to a backend: the proxy's
+/// sockets count towards the backend they really reached, not the VIP.
+#[test]
+fn field_host_network_proxy_through_local_dnat_counts_the_backend() {
+    evenflow_tests::require_root();
+    let (mut lab, logs) = host_network_dnat("hostnet", nginx::start);
+    let lb = lab.lb.clone();
     agent::start(&mut lab, &lb, &[]).expect("the lb agent starts");
     // The proxy is a process in the lb's cgroup, as a hostNetwork pod is.
     let script = format!(
@@ -1369,6 +1381,106 @@ fn field_host_network_proxy_through_local_dnat_counts_the_backend() {
             "lb SENDS_TO {addr}: {t:?} vs nginx {served:?}"
         );
     }
+    let snap = grpcurl::snapshot(&lb.ns).expect("the lb's snapshot");
+    assert_eq!(
+        grpcurl::totals(&snap, lab::VIP4, 80, SENDS_TO),
+        Totals::default(),
+        "the VIP is not a backend"
+    );
+}
+
+/// The same proxy's keep-alive connections, opened before the lb's agent
+/// first starts: their SYNs' translation was never seen, but conntrack's
+/// record of each tells where it went, so the adopted sockets count
+/// towards the backends they reached, exactly what they carried from the
+/// agent's start on, and the VIP stays no backend.
+#[test]
+fn field_host_network_proxy_connections_older_than_the_agent_count_the_backend() {
+    evenflow_tests::require_root();
+    let (mut lab, logs) = host_network_dnat("hostnetold", nginx::start_keepalive);
+    let lb = lab.lb.clone();
+    let go = lab.dir.join("proxy-go");
+    // Two keep-alive connections, two requests on each before the agent
+    // starts and three after; the bytes each way printed at both points.
+    let script = format!(
+        "import os, socket, time\n\
+         R = b'GET / HTTP/1.1\\r\\nHost: vip\\r\\n\\r\\n'\n\
+         def req(s):\n \
+         s.sendall(R)\n \
+         buf = b''\n \
+         while b'\\r\\n\\r\\n' not in buf: buf += s.recv(65536)\n \
+         head, body = buf.split(b'\\r\\n\\r\\n', 1)\n \
+         n = int([l.split(b':')[1] for l in head.split(b'\\r\\n') if l.lower().startswith(b'content-length')][0])\n \
+         while len(body) < n: body += s.recv(65536)\n \
+         return len(head) + 4 + len(body)\n\
+         conns = [socket.create_connection(('{vip}', 80), timeout=5) for _ in range(2)]\n\
+         sent = got = 0\n\
+         def talk(n):\n \
+         global sent, got\n \
+         for s in conns:\n  \
+         for _ in range(n): got += req(s); sent += len(R)\n\
+         talk(2)\n\
+         time.sleep(0.5)\n\
+         print('before', sent, got, flush=True)\n\
+         while not os.path.exists('{go}'): time.sleep(0.05)\n\
+         talk(3)\n\
+         for s in conns: s.close()\n\
+         print('after', sent, got, flush=True)\n",
+        vip = lab::VIP4,
+        go = go.display()
+    );
+    lab.spawn(&lb, "proxy", "python3", &["-c", &script])
+        .expect("the proxy starts");
+    let counts = |lab: &mut Lab, at: &str| {
+        evenflow_tests::wait_for(Duration::from_secs(20), || {
+            let log = lab.log("proxy");
+            let line = log.lines().find(|l| l.starts_with(at))?.to_owned();
+            let n: Vec<u64> = line
+                .split(' ')
+                .skip(1)
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            (n.len() == 2).then(|| (n[0], n[1]))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "the proxy prints its bytes {at}; {}",
+                lab.processes_report()
+            )
+        })
+    };
+    let before = counts(&mut lab, "before");
+    agent::start(&mut lab, &lb, &[]).expect("the lb agent starts");
+    assert!(
+        lab.log("agent-lb").contains("adopted=2"),
+        "the agent adopted the proxy's two sockets:\n{}",
+        lab.log("agent-lb")
+    );
+    std::fs::write(&go, b"").expect("the go file");
+    let after = counts(&mut lab, "after");
+    let mut counted = (0, 0);
+    for i in 0..2 {
+        let addr = backend_addr(&lab, i);
+        let t = settled(&lb.ns, &addr, BACKEND_PORT, SENDS_TO, 1).1;
+        println!("b{}: lb {t:?}", i + 1);
+        assert_eq!((t.opened, t.closed), (1, 1), "one connection to b{}", i + 1);
+        counted = (counted.0 + t.bytes_tx, counted.1 + t.bytes_rx);
+    }
+    let served: Vec<_> = logs
+        .iter()
+        .map(|l| nginx::read_log(l).expect("nginx's log"))
+        .collect();
+    println!("proxy before {before:?}, after {after:?}; nginx {served:?}");
+    assert_eq!(
+        served.iter().map(|s| s.request_bytes).sum::<u64>(),
+        after.0,
+        "the proxy's count is nginx's"
+    );
+    assert_eq!(
+        counted,
+        (after.0 - before.0, after.1 - before.1),
+        "exactly what the connections carried from the agent's start on"
+    );
     let snap = grpcurl::snapshot(&lb.ns).expect("the lb's snapshot");
     assert_eq!(
         grpcurl::totals(&snap, lab::VIP4, 80, SENDS_TO),

@@ -207,6 +207,37 @@ fn upgrade_to_another_layout_starts_a_new_epoch() {
     assert_eq!(again["agentEpoch"], after["agentEpoch"]);
 }
 
+/// Closes `conns` (keep-alive connections to nginx logging to `log`) and
+/// checks what `ns`'s agent counted for `addr` in `dir`: each connection
+/// closed, and exactly the bytes they carried since `from` (requests,
+/// responses), `since` naming that moment.
+fn assert_counted_since(
+    ns: &str,
+    log: &std::path::Path,
+    addr: &str,
+    dir: &str,
+    conns: client::KeepAlives,
+    from: (u64, u64),
+    since: &str,
+) {
+    let (n, end) = (conns.0.len() as u64, conns.carried());
+    drop(conns);
+    let (_, t) = settled(ns, addr, BACKEND_PORT, dir, n);
+    let served = nginx::read_log(log).expect("the access log");
+    println!("at {since} {from:?}, in all {end:?}; nginx {served:?}; counted {t:?}");
+    assert_eq!(served.request_bytes, end.0);
+    let counted = if dir == SERVES {
+        (t.bytes_rx, t.bytes_tx)
+    } else {
+        (t.bytes_tx, t.bytes_rx)
+    };
+    assert_eq!(
+        counted,
+        (end.0 - from.0, end.1 - from.1),
+        "exactly what the connections carried from {since} on"
+    );
+}
+
 /// Keep-alive connections open across an upgrade to another map layout:
 /// the new epoch starts on fresh maps, and the upgraded agent adopts the
 /// connections at its start, so they are open in its every report and
@@ -250,16 +281,118 @@ fn an_upgrade_keeps_counting_the_connections_open_across_it() {
         "both connections open in every report of the new epoch"
     );
     assert!(seen.windows(2).all(|w| w[1].bytes_rx > w[0].bytes_rx));
-    let end = conns.carried();
-    drop(conns);
-    let (_, t) = settled(&b.ns, &addr, BACKEND_PORT, SERVES, 2);
-    let served = nginx::read_log(&log).expect("the access log");
-    println!("at the upgrade {at_upgrade:?}, in all {end:?}; nginx {served:?}; counted {t:?}");
-    assert_eq!(served.request_bytes, end.0);
-    assert_eq!(
-        (t.bytes_rx, t.bytes_tx),
-        (end.0 - at_upgrade.0, end.1 - at_upgrade.1),
-        "exactly what the connections carried from the upgrade on"
+    assert_counted_since(&b.ns, &log, &addr, SERVES, conns, at_upgrade, "the upgrade");
+}
+
+/// The line of an agent's log that tells how many forwarded connections
+/// it adopted at its start.
+fn forwarded_adoption(log: &str) -> &str {
+    log.lines()
+        .rfind(|l| l.contains("forwarded connections established before evenflow"))
+        .unwrap_or_else(|| panic!("the agent says what it adopted:\n{log}"))
+}
+
+/// Keep-alive connections through the load balancer, opened before its
+/// agent first starts: conntrack followed them, evenflow never saw their
+/// SYN. The agent adopts them from conntrack at its start, so the
+/// balancer's view has them open in every report, their bytes growing,
+/// and counts exactly what they carried from its start.
+#[test]
+fn forwarded_connections_older_than_the_agent_are_adopted() {
+    evenflow_tests::require_root();
+    let mut lab = Lab::new("fadopt", 1).expect("the lab builds");
+    let lb = lab.lb.clone();
+    let b = lab.backends[0].clone();
+    let log = nginx::start_keepalive(&mut lab, &b).expect("nginx starts");
+    nft::start(&lab).expect("the DNAT rules load");
+    let addr = b.addr4.to_string();
+    let mut conns = client::KeepAlives::open(&lab.client.ns, lab::vip(false), 2)
+        .expect("the keep-alive connections open");
+    let talked = "every keep-alive request is answered";
+    conns.talk(3).expect(talked);
+    // The last responses' delayed ACKs pass the balancer first.
+    std::thread::sleep(Duration::from_millis(500));
+    let at_start = conns.carried();
+
+    agent::start(&mut lab, &lb, &[]).expect("the lb agent starts");
+    let agent_log = lab.log("agent-lb");
+    let adoption = forwarded_adoption(&agent_log);
+    assert!(
+        adoption.contains("adopted=2"),
+        "the agent adopted the two connections: {adoption}"
+    );
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        conns.talk(2).expect(talked);
+        std::thread::sleep(Duration::from_millis(1200));
+        let s = grpcurl::snapshot(&lb.ns).expect("snapshot");
+        seen.push(grpcurl::totals(&s, &addr, BACKEND_PORT, SENDS_TO));
+    }
+    println!("after the start: {seen:?}");
+    assert!(
+        seen.iter().all(|t| t.opened == 2 && t.closed == 0),
+        "both connections open in every report"
+    );
+    assert!(
+        seen.windows(2)
+            .all(|w| w[1].bytes_tx > w[0].bytes_tx && w[1].bytes_rx > w[0].bytes_rx)
+    );
+    assert_counted_since(
+        &lb.ns,
+        &log,
+        &addr,
+        SENDS_TO,
+        conns,
+        at_start,
+        "the agent's start",
+    );
+}
+
+/// Keep-alive connections through the load balancer (over IPv6), open
+/// across an upgrade of its agent to another map layout: the new epoch starts on
+/// fresh maps, and the upgraded agent adopts them from conntrack, so the
+/// balancer's view counts exactly what they carried from the upgrade on.
+#[test]
+fn an_upgrade_keeps_counting_the_forwarded_connections_open_across_it() {
+    evenflow_tests::require_root();
+    let mut lab = Lab::new("fupg", 1).expect("the lab builds");
+    let lb = lab.lb.clone();
+    let b = lab.backends[0].clone();
+    let log = nginx::start_keepalive(&mut lab, &b).expect("nginx starts");
+    nft::start(&lab).expect("the DNAT rules load");
+    agent::start(&mut lab, &lb, &[]).expect("the lb agent starts");
+    assert!(
+        forwarded_adoption(&lab.log("agent-lb")).contains("adopted=0"),
+        "nothing to adopt on a first start with no connections"
+    );
+    // Over IPv6: the first start's adoption is checked over IPv4 above.
+    let addr = b.addr6.to_string();
+    let mut conns = client::KeepAlives::open(&lab.client.ns, lab::vip(true), 2)
+        .expect("the keep-alive connections open");
+    let talked = "every keep-alive request is answered";
+    conns.talk(3).expect(talked);
+    let old = grpcurl::snapshot(&lb.ns).expect("snapshot");
+    std::thread::sleep(Duration::from_millis(500));
+    let at_upgrade = conns.carried();
+
+    agent::relaunch(&mut lab, &lb, &[], &["EVENFLOW_TEST_LAYOUT_BUMP=1"])
+        .expect("the upgraded agent starts");
+    let adoption = forwarded_adoption(&lab.log("agent-lb")).to_owned();
+    assert!(
+        adoption.contains("adopted=2"),
+        "the upgraded agent adopted the two connections: {adoption}"
+    );
+    conns.talk(2).expect(talked);
+    let s = grpcurl::snapshot(&lb.ns).expect("snapshot");
+    assert_ne!(s["agentEpoch"], old["agentEpoch"], "a new epoch");
+    assert_counted_since(
+        &lb.ns,
+        &log,
+        &addr,
+        SENDS_TO,
+        conns,
+        at_upgrade,
+        "the upgrade",
     );
 }
 
