@@ -92,9 +92,32 @@ const EXIT: u8 = 0x95;
 const KFUNC: u8 = 2;
 const FP: u8 = 10;
 
-/// `bpf_xdp_ct_lookup(ctx, tuple, size, opts, 16)`; on a hit, the
-/// record's address stored after the tuple and the reference released.
-fn program(lookup: i32, release: i32, btf_index: i16) -> [Insn; 25] {
+/// The kfuncs a [`program`] calls, by BTF id, in the BTF object at
+/// `btf_index` of its `fd_array` (0: the kernel's), and the size of
+/// `struct bpf_ct_opts` that object declares (12 before conntrack zones
+/// were added to it, 16 since: the kfunc refuses any other).
+struct Kfuncs {
+    lookup: i32,
+    release: i32,
+    btf_index: i16,
+    opts_size: i32,
+}
+
+impl Kfuncs {
+    fn find(btf: &Btf<'_>, btf_index: i16) -> Result<Self, CtLookupError> {
+        Ok(Self {
+            lookup: btf.func_id("bpf_xdp_ct_lookup")? as i32,
+            release: btf.func_id("bpf_ct_release")? as i32,
+            btf_index,
+            opts_size: btf.struct_size("bpf_ct_opts")? as i32,
+        })
+    }
+}
+
+/// `bpf_xdp_ct_lookup(ctx, tuple, size, opts, sizeof(opts))`; on a hit,
+/// the record's address stored after the tuple and the reference
+/// released.
+fn program(k: &Kfuncs) -> [Insn; 25] {
     const PACKET: i32 = ADDRESS_AT as i32 + 8;
     const EXIT_AT: i16 = 23;
     // A jump's offset counts from the instruction after it.
@@ -110,7 +133,8 @@ fn program(lookup: i32, release: i32, btf_index: i16) -> [Insn; 25] {
         insn(LOAD_W, 3, 2, TUPLE_SIZE_AT as i16, 0),
         insn(JGT_IMM, 3, 0, to_exit(7), 36),
         insn(JLT_IMM, 3, 0, to_exit(8), 12),
-        // `struct bpf_ct_opts` on the stack: this thread's namespace
+        // `struct bpf_ct_opts` on the stack (16 bytes zeroed, whichever
+        // size the kernel's is): this thread's namespace
         // (BPF_F_CURRENT_NETNS), TCP, zone 0.
         insn(STORE_W, FP, 0, -16, -1),
         insn(STORE_W, FP, 0, -12, 0),
@@ -120,12 +144,12 @@ fn program(lookup: i32, release: i32, btf_index: i16) -> [Insn; 25] {
         insn(MOV_REG, 1, 6, 0, 0),
         insn(MOV_REG, 4, FP, 0, 0),
         insn(ADD_IMM, 4, 0, 0, -16),
-        insn(MOV_IMM, 5, 0, 0, 16),
-        insn(CALL, 0, KFUNC, btf_index, lookup),
+        insn(MOV_IMM, 5, 0, 0, k.opts_size),
+        insn(CALL, 0, KFUNC, k.btf_index, k.lookup),
         insn(JEQ_IMM, 0, 0, to_exit(19), 0),
         insn(STORE_REG_DW, 7, 0, ADDRESS_AT as i16, 0),
         insn(MOV_REG, 1, 0, 0, 0),
-        insn(CALL, 0, KFUNC, btf_index, release),
+        insn(CALL, 0, KFUNC, k.btf_index, k.release),
         insn(MOV_IMM, 0, 0, 0, XDP_PASS as i32),
         insn(EXIT, 0, 0, 0, 0),
     ]
@@ -209,28 +233,21 @@ impl CtLookup {
     /// Loads the program, with conntrack's kfuncs from `vmlinux` (the
     /// kernel's BTF) or, where conntrack is a module, from its BTF.
     pub fn load(vmlinux: &Btf<'_>) -> Result<Self, CtLookupError> {
-        let in_kernel = (
-            vmlinux.func_id("bpf_xdp_ct_lookup"),
-            vmlinux.func_id("bpf_ct_release"),
-        );
-        if let (Ok(lookup), Ok(release)) = in_kernel {
+        if let Ok(k) = Kfuncs::find(vmlinux, 0) {
             return Ok(Self {
-                prog: load(&program(lookup as i32, release as i32, 0), None)?,
+                prog: load(&program(&k), None)?,
                 _module: None,
             });
         }
         let blob = std::fs::read("/sys/kernel/btf/nf_conntrack")
             .map_err(|e| CtLookupError::Read("/sys/kernel/btf/nf_conntrack", e))?;
         let module = Btf::parse_split(&blob, vmlinux)?;
-        let (lookup, release) = (
-            module.func_id("bpf_xdp_ct_lookup")?,
-            module.func_id("bpf_ct_release")?,
-        );
-        let module_fd = module_btf("nf_conntrack").map_err(CtLookupError::ModuleBtf)?;
         // A kfunc call's offset indexes `fd_array`; 0 means the kernel's.
+        let k = Kfuncs::find(&module, 1)?;
+        let module_fd = module_btf("nf_conntrack").map_err(CtLookupError::ModuleBtf)?;
         let fds = [0, module_fd.as_raw_fd()];
         Ok(Self {
-            prog: load(&program(lookup as i32, release as i32, 1), Some(&fds))?,
+            prog: load(&program(&k), Some(&fds))?,
             _module: Some(module_fd),
         })
     }

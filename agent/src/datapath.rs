@@ -1000,10 +1000,14 @@ fn adopt(ebpf: &mut Ebpf, btf: &aya::Btf) {
     }
 }
 
-/// Conntrack's translated connections, for the adoptions; none where it
-/// cannot be read (a warning only where the forwarded path follows
-/// conntrack: elsewhere conntrack may well not be loaded).
+/// Conntrack's translated connections, for the adoptions; none where
+/// conntrack is not loaded (asking would load its netlink module, and
+/// conntrack with it, on a node that does not use it) or cannot be read (a
+/// warning only where the forwarded path follows conntrack).
 fn translations(conntrack: bool) -> Translations {
+    if !Path::new("/sys/module/nf_conntrack").exists() {
+        return Translations::default();
+    }
     Translations::list().unwrap_or_else(|e| {
         if conntrack {
             warn!(

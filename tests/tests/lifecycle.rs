@@ -348,6 +348,63 @@ fn forwarded_connections_older_than_the_agent_are_adopted() {
     );
 }
 
+/// The same at scale: 6,000 keep-alive connections through the balancer
+/// to two backends, more than the agent hands the adoption program at a
+/// time (`CT_ADOPT_BATCH`, 4,096). Every one is adopted, and each backend's
+/// LB view counts its connections and exactly what they carried from the
+/// agent's start on.
+#[test]
+fn forwarded_adoption_at_scale_counts_every_connection() {
+    evenflow_tests::require_root();
+    const N: usize = 6_000;
+    let mut lab = Lab::new("fadoptn", 2).expect("the lab builds");
+    let mut logs = Vec::new();
+    for b in lab.backends.clone() {
+        logs.push(nginx::start_keepalive(&mut lab, &b).expect("nginx starts"));
+    }
+    nft::start(&lab).expect("the DNAT rules load");
+    let mut conns = client::KeepAlives::open(&lab.client.ns, lab::vip(false), N)
+        .expect("the keep-alive connections open");
+    let talked = "every keep-alive request is answered";
+    conns.talk(1).expect(talked);
+    std::thread::sleep(Duration::from_millis(500));
+    let at_start = conns.carried();
+    let lb = lab.lb.clone();
+    agent::start(&mut lab, &lb, &[]).expect("the lb agent starts");
+    let agent_log = lab.log("agent-lb");
+    // Both adoptions' lines: the forwarded one's time less the sockets' is
+    // what finding the records and adopting them took.
+    for line in agent_log
+        .lines()
+        .filter(|l| l.contains("before evenflow attached"))
+    {
+        println!("{line}");
+    }
+    let adoption = forwarded_adoption(&agent_log);
+    assert!(adoption.contains("adopted=6000"), "{adoption}");
+    conns.talk(2).expect(talked);
+    let end = conns.carried();
+    drop(conns);
+    let mut counted = (0, 0);
+    for b in lab.backends.clone() {
+        let addr = b.addr4.to_string();
+        let (_, t) = settled(&lb.ns, &addr, BACKEND_PORT, SENDS_TO, (N / 2) as u64);
+        println!("{addr}: {t:?}");
+        assert_eq!((t.opened, t.closed), (N as u64 / 2, N as u64 / 2), "{addr}");
+        counted = (counted.0 + t.bytes_tx, counted.1 + t.bytes_rx);
+    }
+    let served: u64 = logs
+        .iter()
+        .map(|l| nginx::read_log(l).expect("the access log").request_bytes)
+        .sum();
+    assert_eq!(served, end.0, "the clients' count is nginx's");
+    assert_eq!(
+        counted,
+        (end.0 - at_start.0, end.1 - at_start.1),
+        "exactly what the connections carried from the agent's start on"
+    );
+}
+
 /// Keep-alive connections through the load balancer (over IPv6), open
 /// across an upgrade of its agent to another map layout: the new epoch starts on
 /// fresh maps, and the upgraded agent adopts them from conntrack, so the
