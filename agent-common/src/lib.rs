@@ -206,15 +206,18 @@ pub struct FlowValue {
     pub isn: u32,
     /// The next sequence number beyond every byte counted.
     pub next_seq: u32,
-    /// Explicit padding.
-    pub _pad2: u32,
+    /// The connection's tag (both halves'; see [`TAG_SHIFT`]), which the
+    /// folded marks carry too.
+    pub tag: u32,
     /// Payload bytes this half carried.
     pub bytes: u64,
     /// Packets (GSO segments counted individually) this half carried.
     pub packets: u64,
-    /// Of `bytes`, what was already added to the endpoint's counters.
+    /// Of `bytes`, what was already added to the endpoint's counters; the
+    /// tag above [`TAG_SHIFT`].
     pub folded_bytes: u64,
-    /// Of `packets`, what was already added to the endpoint's counters.
+    /// Of `packets`, what was already added to the endpoint's counters;
+    /// the tag above [`TAG_SHIFT`].
     pub folded_packets: u64,
     /// `bpf_ktime_get_coarse_ns` of the last packet, for idle expiry.
     pub last_seen_ns: u64,
@@ -243,14 +246,36 @@ pub struct CtFlow {
     pub isn: [u32; 2],
     /// `FLOW_OPEN`, [`CT_ENDED`], and which directions' initial sequence
     /// numbers are known ([`CT_ISN_ORIGINAL`], [`CT_ISN_REPLY`]); which
-    /// side sent a FIN is conntrack's to remember, not this. Set with
-    /// an atomic fetch-or, so that of two CPUs racing to open or end the
-    /// connection exactly one does.
+    /// side sent a FIN is conntrack's to remember, not this. Set
+    /// atomically, so that of two CPUs racing to open or end the
+    /// connection exactly one does. Above [`TAG_SHIFT`]: the connection's
+    /// tag, as in `bytes` and `folded`.
     pub flags: u64,
-    /// Payload bytes each direction carried, as far as conntrack saw.
+    /// Payload bytes each direction carried, as far as conntrack saw;
+    /// the tag above [`TAG_SHIFT`].
     pub bytes: [u64; 2],
-    /// Of `bytes`, what was already added to the endpoint's counters.
+    /// Of `bytes`, what was already added to the endpoint's counters; the
+    /// tag above [`TAG_SHIFT`].
     pub folded: [u64; 2],
+}
+
+/// Where the tag of a [`CtFlow`] (or [`FlowValue`]) sits in the words a
+/// reader other than the packet path writes: its top 16 bits.
+///
+/// The kernel gives a deleted hash-map element to the next insert on the
+/// same CPU at once (its allocator reuses freed elements, preallocated or
+/// not), while an iterator run by the agent may still hold it. Every write
+/// the sweeper makes is a compare-and-swap that expects the tag it read
+/// first, so once the element holds another connection (another tag) its
+/// writes fail instead of landing in the other connection's counts.
+pub const TAG_SHIFT: u32 = 48;
+
+/// The tag of a connection whose client's initial sequence number is
+/// `isn` and port `client_port`: sixteen bits that another connection
+/// shares one time in 65,535, never zero.
+pub const fn flow_tag(isn: u32, client_port: u16) -> u64 {
+    let t = (isn ^ (isn >> 16) ^ client_port as u32) & 0xffff;
+    if t == 0 { 1 } else { t as u64 }
 }
 
 /// [`CtFlow`] index of the direction towards the backend (conntrack's
@@ -548,8 +573,9 @@ pub const META_COUNT: u32 = 8;
 /// Version of the pinned map layout. Bump it when a key or value changes so
 /// an agent refuses maps pinned by an incompatible one.
 /// 7: a socket's slot is placed by its slab; programs of layout 6 would
-/// look for it elsewhere.
-pub const LAYOUT_VERSION: u64 = 7;
+/// look for it elsewhere. 8: forwarded connections' marks carry a tag
+/// ([`TAG_SHIFT`]), which programs of layout 7 would take for bytes.
+pub const LAYOUT_VERSION: u64 = 8;
 
 /// The IPv4-mapped IPv6 form (`::ffff:a.b.c.d`) of an IPv4 address given
 /// as it sits in memory (network byte order bytes read as a native `u32`).
@@ -609,6 +635,22 @@ mod user {
 mod tests {
     use super::*;
     use core::mem::size_of;
+
+    #[test]
+    fn tags_fit_above_the_shift_and_are_never_zero() {
+        assert_eq!(flow_tag(0, 0), 1);
+        assert_eq!(flow_tag(0x1234_5678, 0), 0x1234 ^ 0x5678);
+        for (isn, port) in [(u32::MAX, u16::MAX), (0xdead_beef, 443), (7, 7)] {
+            let t = flow_tag(isn, port);
+            assert!(
+                t != 0 && t << TAG_SHIFT >> TAG_SHIFT == t,
+                "{isn:#x} {port}"
+            );
+        }
+        // Two connections differing in either part mostly differ in tag.
+        assert_ne!(flow_tag(1000, 40000), flow_tag(1001, 40000));
+        assert_ne!(flow_tag(1000, 40000), flow_tag(1000, 40001));
+    }
 
     #[test]
     fn layouts_have_no_implicit_padding() {

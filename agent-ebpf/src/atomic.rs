@@ -65,29 +65,6 @@ pub unsafe fn cmpxchg(p: *mut u64, old: u64, new: u64) -> u64 {
     found
 }
 
-/// Raises the high-water mark at `acc` to `target` and returns by how much
-/// it rose: zero when it was already there (another CPU folded first), so
-/// what two racing folders add sums to exactly `target - start`.
-///
-/// # Safety
-/// `acc` points into a map value.
-#[inline(always)]
-pub unsafe fn raise_to(acc: *mut u64, target: u64) -> u64 {
-    for _ in 0..4 {
-        // SAFETY: per the contract.
-        let cur = unsafe { read_volatile(acc) };
-        if target <= cur {
-            return 0;
-        }
-        // SAFETY: per the contract.
-        if unsafe { cmpxchg(acc, cur, target) } == cur {
-            return target - cur;
-        }
-    }
-    // Four lost races in a row: the next fold picks up the difference.
-    0
-}
-
 /// Reads the `u64` at `p` as a full barrier (a fetch-or of nothing): the
 /// reads after it see at least what the writes before its writer's
 /// barrier left.
@@ -100,9 +77,12 @@ pub unsafe fn load(p: *mut u64) -> u64 {
     unsafe { fetch_or(p, 0) }
 }
 
-/// [`raise_to`] for a mark whose top `tag_bits` bits hold a generation:
-/// raises it only while it still carries `tag`, and returns `None` once it
-/// carries another (its owner changed since `tag` was read).
+/// Raises the high-water mark at `acc`, whose top `tag_bits` bits hold a
+/// tag (an owner's generation), to `target`, only while it still carries
+/// `tag`: returns by how much it rose, zero when it was already there
+/// (another CPU folded first), so what racing folders add sums to exactly
+/// `target - start`; `None` once it carries another tag (its owner
+/// changed since `tag` was read).
 ///
 /// # Safety
 /// `acc` points into a map value.

@@ -12,10 +12,12 @@
 //! counted by the next sweep or with its close, and is gone when its
 //! record is.
 
+use core::ptr::read_volatile;
+
 use agent_common::{
     CT_ADOPT_ADOPTED, CT_ADOPT_FOLLOWED, CT_ADOPT_FULL, CT_ADOPT_GONE, CT_ENDED, CT_ISN_ORIGINAL,
     CT_ISN_REPLY, CT_ORIGINAL, CT_REPLY, CtFlow, Direction, EndpointKey, FLOW_OPEN, MAX_FLOWS,
-    PROTO_TCP, Stat,
+    PROTO_TCP, Stat, TAG_SHIFT, flow_tag,
 };
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
@@ -33,8 +35,9 @@ use crate::{
 };
 
 /// Live conntrack-followed connections, by their `nf_conn`'s address. Not
-/// preallocated: an entry freed while the sweeper reads it stays valid
-/// until the read is over.
+/// preallocated: its memory grows with the connections followed. A deleted
+/// entry goes to the next insert on its CPU at once (preallocated or not),
+/// so what the sweeper writes is tagged (see [`TAG_SHIFT`]).
 #[map(name = "EF_CT_FLOWS")]
 pub static CT_FLOWS: HashMap<u64, CtFlow> = HashMap::pinned(MAX_FLOWS / 2, BPF_F_NO_PREALLOC);
 
@@ -55,7 +58,8 @@ pub fn on_packet(ctx: &TcContext, ct: Ct) {
             // stack, stays short.
             if let Some(old) = CT_FLOWS.get_ptr_mut(&ct.conn) {
                 // SAFETY: a live entry.
-                end_stale(unsafe { &mut *old }, ct.conn);
+                let old = unsafe { &mut *old };
+                end_stale(old, tag(old), ct.conn);
             }
             let _ = register(ctx, &pkt, ct.conn);
         }
@@ -65,7 +69,7 @@ pub fn on_packet(ctx: &TcContext, ct: Ct) {
         on_close(&pkt, ct);
         return;
     }
-    let Some(f) = followed(&pkt, ct) else {
+    let Some((f, tag)) = followed(&pkt, ct) else {
         return;
     };
     if pkt.is_syn_ack() {
@@ -74,16 +78,16 @@ pub fn on_packet(ctx: &TcContext, ct: Ct) {
             set(f, CT_ISN_REPLY);
         }
     } else {
-        catch_up_crossing(f, ct);
+        catch_up_crossing(f, tag, ct);
     }
 }
 
 /// A packet whose sequence numbers crossed a multiple of 2^29: the count
 /// catches up with conntrack's. Out of line, like [`on_close`].
 #[inline(never)]
-fn catch_up_crossing(f: &mut CtFlow, ct: Ct) {
+fn catch_up_crossing(f: &mut CtFlow, tag: u64, ct: Ct) {
     if let Some(seen) = Seen::of(ct.conn) {
-        catch_up_bytes(f, &seen, ct.reply, 1);
+        catch_up_bytes(f, tag, &seen, ct.reply, 1);
     }
 }
 
@@ -118,24 +122,48 @@ fn on_close(pkt: &Packet, ct: Ct) {
     } else {
         return;
     };
-    if let Some(f) = followed(pkt, ct) {
-        end(f, ct.conn, Some((&seen, held)));
+    if let Some((f, tag)) = followed(pkt, ct) {
+        end(f, tag, ct.conn, Some((&seen, held)));
     }
 }
 
-/// The connection `pkt` belongs to, if it is followed. A record followed
-/// for another connection was reused by conntrack for one evenflow does
-/// not follow (routed, or picked up midway) before the sweeper saw the
-/// followed one go: that one is over.
+/// The connection `pkt` belongs to, if it is followed, and its tag. A
+/// record followed for another connection was reused by conntrack for one
+/// evenflow does not follow (routed, or picked up midway) before the
+/// sweeper saw the followed one go: that one is over.
 #[inline(always)]
-fn followed<'a>(pkt: &Packet, ct: Ct) -> Option<&'a mut CtFlow> {
+fn followed<'a>(pkt: &Packet, ct: Ct) -> Option<(&'a mut CtFlow, u64)> {
     // SAFETY: a live entry.
     let f = unsafe { &mut *CT_FLOWS.get_ptr_mut(&ct.conn)? };
+    let tag = tag(f);
     if is_for(f, pkt, ct.reply) {
-        Some(f)
+        Some((f, tag))
     } else {
-        end_stale(f, ct.conn);
+        end_stale(f, tag, ct.conn);
         None
+    }
+}
+
+/// The tag `f`'s words carry (see [`TAG_SHIFT`]).
+#[inline(always)]
+fn tag(f: &CtFlow) -> u64 {
+    // SAFETY: a field of a live (or just reused) entry.
+    unsafe { read_volatile(&f.flags) >> TAG_SHIFT }
+}
+
+/// A new connection's entry: every word the sweeper may write tagged.
+#[inline(always)]
+fn entry(endpoint: EndpointKey, client: (&[u32; 4], u16), isn: [u32; 2], flags: u64) -> CtFlow {
+    let tag = flow_tag(isn[CT_ORIGINAL], client.1) << TAG_SHIFT;
+    CtFlow {
+        endpoint,
+        client_port: client.1,
+        _pad: 0,
+        client_addr: *client.0,
+        isn,
+        flags: tag | flags,
+        bytes: [tag; 2],
+        folded: [tag; 2],
     }
 }
 
@@ -152,11 +180,32 @@ fn is_for(f: &CtFlow, pkt: &Packet, reply: bool) -> bool {
     key.remote_port == port && agent_common::same_addr(&key.remote_addr, addr)
 }
 
-/// Sets `bits` in the connection's flags; returns the flags before.
+/// Sets `bits` in the connection's flags, from the packet path (which
+/// holds the entry for a few hundred nanoseconds, on a CPU that reuses no
+/// element meanwhile); returns the flags before.
 #[inline(always)]
 fn set(f: &mut CtFlow, bits: u64) -> u64 {
     // SAFETY: a field of a live entry.
     unsafe { atomic::fetch_or(&raw mut f.flags, bits) }
+}
+
+/// Sets `bits` in the flags of the connection tagged `tag`; the flags
+/// before, or `None` once the entry holds another connection (or, after
+/// eight lost races in a row, to be tried again by the next sweep).
+#[inline(always)]
+fn set_tagged(f: &mut CtFlow, tag: u64, bits: u64) -> Option<u64> {
+    for _ in 0..8 {
+        // SAFETY: a field of a live (or just reused) entry.
+        let cur = unsafe { read_volatile(&f.flags) };
+        if cur >> TAG_SHIFT != tag {
+            return None;
+        }
+        // SAFETY: as above.
+        if unsafe { atomic::cmpxchg(&raw mut f.flags, cur, cur | bits) } == cur {
+            return Some(cur);
+        }
+    }
+    None
 }
 
 /// Starts following a SYN's connection if conntrack translated its
@@ -171,21 +220,14 @@ fn register(ctx: &TcContext, pkt: &Packet, conn: u64) -> bool {
         stat(Stat::SynRouted, 1);
         return false;
     };
-    let v = CtFlow {
-        endpoint: EndpointKey {
-            addr: key.remote_addr,
-            port: key.remote_port,
-            direction: Direction::SendsTo as u8,
-            proto: PROTO_TCP,
-        },
-        client_port: origin.src_port,
-        _pad: 0,
-        client_addr: origin.src_addr,
-        isn: [pkt.seq, 0],
-        flags: CT_ISN_ORIGINAL,
-        bytes: [0; 2],
-        folded: [0; 2],
+    let endpoint = EndpointKey {
+        addr: key.remote_addr,
+        port: key.remote_port,
+        direction: Direction::SendsTo as u8,
+        proto: PROTO_TCP,
     };
+    let client = (&origin.src_addr, origin.src_port);
+    let v = entry(endpoint, client, [pkt.seq, 0], CT_ISN_ORIGINAL);
     match CT_FLOWS.insert(&conn, &v, BPF_NOEXIST as u64) {
         Ok(()) => stat(Stat::FlowInserted, 1),
         // -EEXIST: a retransmitted SYN, or a reused record.
@@ -216,24 +258,17 @@ pub fn adopt(conn: u64, client: (&[u32; 4], u16), backend: (&[u32; 4], u16)) -> 
     if !seen.established() || !conntrack::is_connection(conn, client, backend) {
         return CT_ADOPT_GONE;
     }
-    let v = CtFlow {
-        endpoint: EndpointKey {
-            addr: *backend.0,
-            port: backend.1,
-            direction: Direction::SendsTo as u8,
-            proto: PROTO_TCP,
-        },
-        client_port: client.1,
-        _pad: 0,
-        client_addr: *client.0,
-        isn: [
-            seen.end(conntrack::ORIGINAL).wrapping_sub(1),
-            seen.end(conntrack::REPLY).wrapping_sub(1),
-        ],
-        flags: CT_ISN_ORIGINAL | CT_ISN_REPLY | FLOW_OPEN as u64,
-        bytes: [0; 2],
-        folded: [0; 2],
-    };
+    let endpoint = EndpointKey::tcp(*backend.0, backend.1, Direction::SendsTo);
+    let isn = [
+        seen.end(conntrack::ORIGINAL).wrapping_sub(1),
+        seen.end(conntrack::REPLY).wrapping_sub(1),
+    ];
+    let v = entry(
+        endpoint,
+        client,
+        isn,
+        CT_ISN_ORIGINAL | CT_ISN_REPLY | FLOW_OPEN as u64,
+    );
     match CT_FLOWS.insert(&conn, &v, BPF_NOEXIST as u64) {
         Ok(()) => {
             stat(Stat::FlowInserted, 1);
@@ -264,25 +299,37 @@ fn is_followed(conn: u64, v: &CtFlow) -> bool {
 /// Ends a connection whose record conntrack reused for another: with the
 /// bytes it had at the last sweep (the record now holds the other's).
 #[inline(always)]
-fn end_stale(f: &mut CtFlow, conn: u64) {
-    if end(f, conn, None) {
+fn end_stale(f: &mut CtFlow, tag: u64, conn: u64) {
+    if end(f, tag, conn, None) {
         stat(Stat::FlowExpired, 1);
     }
 }
 
-/// The sweeper's visit: a connection conntrack still has is caught up
-/// with it and its bytes since the last visit added to its endpoint; one
-/// it no longer has (it timed out, or was flushed) ends with the bytes it
-/// had.
+/// The sweeper's visit to the entry under `key`: a connection conntrack
+/// still has is caught up with it and its bytes since the last visit
+/// added to its endpoint; one it no longer has (it timed out, or was
+/// flushed) ends with the bytes it had.
+///
+/// The entry can be deleted and given to another connection while the
+/// sweeper holds it (see [`TAG_SHIFT`]): its tag is read first and checked
+/// again once the key and the ends are copied, so they are one
+/// connection's, and every write after expects it.
 #[inline(always)]
-pub fn sweep(conn: u64, f: &mut CtFlow) {
+pub fn sweep(key: *const u64, f: &mut CtFlow) {
+    let tag = tag(f);
+    // SAFETY: the key of the element being visited.
+    let conn = unsafe { read_volatile(key) };
+    let endpoint = f.endpoint;
     let (client, backend) = (
         (f.client_addr, f.client_port),
-        (f.endpoint.addr, f.endpoint.port),
+        (endpoint.addr, endpoint.port),
     );
+    if self::tag(f) != tag {
+        return;
+    }
     let is_it = || conntrack::is_connection(conn, (&client.0, client.1), (&backend.0, backend.1));
     if !is_it() {
-        if end(f, conn, None) {
+        if end(f, tag, conn, None) {
             // Not read once more: an expired record's sequence numbers may
             // be a SYN's that never left (a retry conntrack took on the
             // record before a rule dropped it); a connection idle until it
@@ -301,12 +348,12 @@ pub fn sweep(conn: u64, f: &mut CtFlow) {
         return;
     }
     if let Some(seen) = seen {
-        catch_up_bytes(f, &seen, false, 1);
-        catch_up_bytes(f, &seen, true, 1);
+        catch_up_bytes(f, tag, &seen, false, 1);
+        catch_up_bytes(f, tag, &seen, true, 1);
     }
-    catch_up_open(f, conn);
-    let t = unfolded(f);
-    add_traffic(&f.endpoint, &t);
+    catch_up_open(f, tag, &endpoint, conn);
+    let t = unfolded(f, tag);
+    add_traffic(&endpoint, &t);
 }
 
 /// Counts the connection opened once conntrack saw its handshake end (its
@@ -317,14 +364,15 @@ pub fn sweep(conn: u64, f: &mut CtFlow) {
 /// ends before a sweep saw it open has its open counted with its close, in
 /// one update of its endpoint instead of two.
 #[inline(always)]
-fn catch_up_open(f: &mut CtFlow, conn: u64) {
+fn catch_up_open(f: &mut CtFlow, tag: u64, endpoint: &EndpointKey, conn: u64) {
     // SAFETY: a field of a live entry.
-    let flags = unsafe { core::ptr::read_volatile(&f.flags) };
-    if flags & (FLOW_OPEN as u64 | CT_ENDED) == 0
+    let flags = unsafe { read_volatile(&f.flags) };
+    let done = FLOW_OPEN as u64 | CT_ENDED;
+    if flags & done == 0
         && conntrack::assured(conn)
-        && set(f, FLOW_OPEN as u64) & (FLOW_OPEN as u64 | CT_ENDED) == 0
+        && set_tagged(f, tag, FLOW_OPEN as u64).is_some_and(|before| before & done == 0)
     {
-        opened(&f.endpoint);
+        opened(endpoint);
     }
 }
 
@@ -332,9 +380,10 @@ fn catch_up_open(f: &mut CtFlow, conn: u64) {
 /// `held` sequence numbers at the end: one while the connection lives (a
 /// FIN may be among them: the end adds it back if not), its FIN's when it
 /// ends. `bytes` is a high-water mark, so racing catch-ups (the sweeper
-/// and a packet) never add twice.
+/// and a packet) never add twice; tagged, so it is never raised once the
+/// entry holds another connection.
 #[inline(always)]
-fn catch_up_bytes(f: &mut CtFlow, seen: &Seen, reply: bool, held: u32) {
+fn catch_up_bytes(f: &mut CtFlow, tag: u64, seen: &Seen, reply: bool, held: u32) {
     let (known, dir, isn, bytes) = if reply {
         (
             CT_ISN_REPLY,
@@ -357,28 +406,37 @@ fn catch_up_bytes(f: &mut CtFlow, seen: &Seen, reply: bool, held: u32) {
         return;
     }
     let end = seen.end(dir);
-    // SAFETY: a field of a live (or RCU-protected) entry.
-    let have = unsafe { core::ptr::read_volatile(bytes) };
+    // SAFETY: a field of a live (or just reused) entry.
+    let have = unsafe { read_volatile(bytes) } & VALUE;
     // Where the bytes counted so far end, in sequence space: past the SYN.
     let at = isn.wrapping_add(1).wrapping_add(have as u32);
     let ahead = end.wrapping_sub(held).wrapping_sub(at) as i32;
     if ahead > 0 {
         // SAFETY: as above.
-        unsafe { atomic::raise_to(bytes, have + ahead as u64) };
+        unsafe { atomic::raise_tagged(bytes, tag, TAG_BITS, have + ahead as u64) };
     }
 }
 
-/// What the connection carried since the last fold, each way, marked
-/// folded (racing folders each take only what they raised the marks by).
+/// The value bits of a tagged word.
+const VALUE: u64 = (1 << TAG_SHIFT) - 1;
+const TAG_BITS: u32 = 64 - TAG_SHIFT;
+
+/// What the connection tagged `tag` carried since the last fold, each
+/// way, marked folded (racing folders each take only what they raised the
+/// marks by; nothing once the entry holds another connection).
 #[inline(always)]
-fn unfolded(f: &mut CtFlow) -> Traffic {
-    // SAFETY: fields of a live (or RCU-protected, just freed) entry.
-    unsafe {
-        Traffic {
-            bytes_tx: atomic::raise_to(&raw mut f.folded[CT_ORIGINAL], f.bytes[CT_ORIGINAL]),
-            bytes_rx: atomic::raise_to(&raw mut f.folded[CT_REPLY], f.bytes[CT_REPLY]),
-            ..Traffic::default()
+fn unfolded(f: &mut CtFlow, tag: u64) -> Traffic {
+    let mut fold = |dir: usize| {
+        // SAFETY: fields of a live (or just reused) entry.
+        unsafe {
+            let bytes = read_volatile(&f.bytes[dir]) & VALUE;
+            atomic::raise_tagged(&raw mut f.folded[dir], tag, TAG_BITS, bytes).unwrap_or(0)
         }
+    };
+    Traffic {
+        bytes_tx: fold(CT_ORIGINAL),
+        bytes_rx: fold(CT_REPLY),
+        ..Traffic::default()
     }
 }
 
@@ -392,22 +450,27 @@ fn unfolded(f: &mut CtFlow) -> Traffic {
 /// holding an entry a SYN's end replaced) only one does, and only the
 /// claimer removes the key, which then still holds this entry.
 #[inline(never)]
-fn end(f: &mut CtFlow, conn: u64, last: Option<(&Seen, (u32, u32))>) -> bool {
-    let flags = set(f, CT_ENDED);
+fn end(f: &mut CtFlow, tag: u64, conn: u64, last: Option<(&Seen, (u32, u32))>) -> bool {
+    let Some(flags) = set_tagged(f, tag, CT_ENDED) else {
+        return false;
+    };
     if flags & CT_ENDED != 0 {
         return false;
     }
+    // Copied before the removal, after which the entry may go to the next
+    // connection inserted on this CPU (the tagged writes below then fail).
+    let endpoint = f.endpoint;
     let _ = CT_FLOWS.remove(&conn);
     if let Some((seen, (tx, rx))) = last {
-        catch_up_bytes(f, seen, false, tx);
-        catch_up_bytes(f, seen, true, rx);
+        catch_up_bytes(f, tag, seen, false, tx);
+        catch_up_bytes(f, tag, seen, true, rx);
     }
-    let mut t = unfolded(f);
+    let mut t = unfolded(f, tag);
     // The end bit is set: no sweep counts the open from here on.
     let counted = flags & FLOW_OPEN as u64 != 0;
     t.conns_opened = (!counted && last.is_some() && conntrack::assured(conn)) as u64;
     t.conns_closed = (counted || t.conns_opened != 0) as u64;
-    add_traffic(&f.endpoint, &t);
+    add_traffic(&endpoint, &t);
     stat(Stat::FlowDeleted, 1);
     true
 }

@@ -18,10 +18,12 @@
 //! timeout. Its bytes reach the endpoint when it ends and whenever the
 //! sweeper runs.
 
+use core::ptr::read_volatile;
+
 use agent_common::{
     Direction, EndpointKey, FLOW_FIN_RX, FLOW_FIN_TX, FLOW_OPEN, FLOW_SYNACK, FlowKey, FlowValue,
     HALF_REPLY, HALF_REQUEST, MAX_FLOWS, META_TIMEOUT_CLOSING_NS, META_TIMEOUT_ESTABLISHED_NS,
-    META_TIMEOUT_SYN_NS, PROTO_TCP, Stat,
+    META_TIMEOUT_SYN_NS, PROTO_TCP, Stat, TAG_SHIFT, flow_tag,
 };
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
@@ -46,8 +48,9 @@ use crate::{
 const SEQ_KNOWN: u8 = 16;
 
 /// Live forwarded connections counted packet by packet, two halves each.
-/// Not preallocated: an entry freed while the sweeper reads it stays valid
-/// until the read is over.
+/// Not preallocated: its memory grows with the connections tracked. A
+/// deleted entry goes to the next insert on its CPU at once, so what the
+/// sweeper writes is tagged (see [`TAG_SHIFT`]).
 #[map(name = "EF_FLOWS")]
 pub static FLOWS: HashMap<FlowKey, FlowValue> = HashMap::pinned(MAX_FLOWS, BPF_F_NO_PREALLOC);
 
@@ -154,18 +157,20 @@ fn count_packet(ctx: &TcContext, f: &mut FlowValue, pkt: &Packet) -> bool {
 /// the call chain, and so the stack, short).
 #[inline(never)]
 fn on_state(f: &mut FlowValue, pkt: &Packet) -> bool {
+    // Both halves carry the connection's tag.
+    let tag = f.tag;
     if f.half == HALF_REQUEST {
         if pkt.is_syn() {
             // A SYN with a new initial sequence number on a tracked 5-tuple
             // is a new connection: the old one is over.
             if pkt.seq != f.isn {
-                end(f, pkt.flow_key());
+                end(f, u64::from(tag), pkt.flow_key());
                 return true;
             }
             return false;
         }
         if pkt.is_rst() {
-            end(f, pkt.flow_key());
+            end(f, u64::from(tag), pkt.flow_key());
             return false;
         }
         if f.state & (FLOW_SYNACK | FLOW_OPEN) == FLOW_SYNACK && pkt.is_ack() {
@@ -175,7 +180,7 @@ fn on_state(f: &mut FlowValue, pkt: &Packet) -> bool {
         if pkt.is_fin() {
             f.state |= FLOW_FIN_TX;
             if f.state & FLOW_FIN_RX != 0 {
-                end(f, pkt.flow_key());
+                end(f, u64::from(tag), pkt.flow_key());
             }
         }
         return false;
@@ -199,11 +204,11 @@ fn on_state(f: &mut FlowValue, pkt: &Packet) -> bool {
     // SAFETY: a live entry.
     let req = unsafe { &mut *req };
     if pkt.is_rst() {
-        end(req, &request_key);
+        end(req, u64::from(tag), &request_key);
     } else if pkt.is_fin() {
         req.state |= FLOW_FIN_RX;
         if req.state & FLOW_FIN_TX != 0 {
-            end(req, &request_key);
+            end(req, u64::from(tag), &request_key);
         }
     }
     false
@@ -236,6 +241,7 @@ fn register(ctx: &TcContext, pkt: &Packet) -> bool {
     // SAFETY: no arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let data_end = pkt.data_seq().wrapping_add(pkt.payload_len as u32);
+    let tag = flow_tag(pkt.seq, key.local_port);
     let mut v = FlowValue {
         endpoint: EndpointKey {
             addr: key.remote_addr,
@@ -249,12 +255,12 @@ fn register(ctx: &TcContext, pkt: &Packet) -> bool {
         ifindex: ifindex(ctx),
         isn: pkt.seq,
         next_seq: data_end,
-        _pad2: 0,
+        tag: tag as u32,
         // A Fast Open SYN carries data.
         bytes: pkt.payload_len,
         packets: pkt.segments,
-        folded_bytes: 0,
-        folded_packets: 0,
+        folded_bytes: tag << TAG_SHIFT,
+        folded_packets: tag << TAG_SHIFT,
         last_seen_ns: now,
         peer: reply_key,
     };
@@ -287,33 +293,46 @@ fn register(ctx: &TcContext, pkt: &Packet) -> bool {
 
 /// The sweeper's visit to a half under `key`: adds what the half carried
 /// since the last fold, and ends a connection idle past its timeout.
+///
+/// The entry can be deleted and given to another half while the sweeper
+/// holds it (see [`TAG_SHIFT`]): its tag is read first and checked again
+/// once the key and the endpoint are copied, and the folds expect it.
 #[inline(always)]
-pub fn sweep(key: &FlowKey, f: &mut FlowValue) {
-    fold(f);
-    if f.half == HALF_REQUEST {
-        expire_if_idle(f, key);
+pub fn sweep(key: *const FlowKey, f: &mut FlowValue) {
+    // SAFETY: fields of the element being visited.
+    let (tag, key, endpoint, half) = unsafe {
+        (
+            read_volatile(&f.tag),
+            read_volatile(key),
+            read_volatile(&f.endpoint),
+            read_volatile(&f.half),
+        )
+    };
+    // SAFETY: as above.
+    if unsafe { read_volatile(&f.tag) } != tag {
+        return;
+    }
+    let tag = u64::from(tag);
+    add_traffic(&endpoint, &unfolded(f, tag, half));
+    if half == HALF_REQUEST {
+        expire_if_idle(f, tag, &key);
     }
 }
 
-/// Adds to the half's endpoint what it carried since the last fold.
+/// What the half tagged `tag` carried since the last fold, marked folded
+/// (racing folders each take only what they raised the marks by; nothing
+/// once the entry holds another half).
 #[inline(always)]
-fn fold(f: &mut FlowValue) {
-    let t = unfolded(f);
-    add_traffic(&f.endpoint, &t);
-}
-
-/// What the half carried since the last fold, marked folded (racing
-/// folders each take only what they raised the marks by).
-#[inline(always)]
-fn unfolded(f: &mut FlowValue) -> Traffic {
-    // SAFETY: fields of a live (or RCU-protected, just freed) entry.
+fn unfolded(f: &mut FlowValue, tag: u64, half: u8) -> Traffic {
+    const TAG_BITS: u32 = 64 - TAG_SHIFT;
+    // SAFETY: fields of a live (or just reused) entry.
     let (bytes, packets) = unsafe {
         (
-            atomic::raise_to(&raw mut f.folded_bytes, f.bytes),
-            atomic::raise_to(&raw mut f.folded_packets, f.packets),
+            atomic::raise_tagged(&raw mut f.folded_bytes, tag, TAG_BITS, f.bytes).unwrap_or(0),
+            atomic::raise_tagged(&raw mut f.folded_packets, tag, TAG_BITS, f.packets).unwrap_or(0),
         )
     };
-    if f.half == HALF_REQUEST {
+    if half == HALF_REQUEST {
         Traffic {
             bytes_tx: bytes,
             packets_tx: packets,
@@ -333,22 +352,24 @@ fn unfolded(f: &mut FlowValue) -> Traffic {
 /// Removing the request half is the claim: of two CPUs ending one
 /// connection at once, only one succeeds.
 #[inline(never)]
-fn end(req: &mut FlowValue, req_key: &FlowKey) {
-    let reply_key = req.peer;
+fn end(req: &mut FlowValue, tag: u64, req_key: &FlowKey) {
+    // Copied before the removal, after which the entry may go to the next
+    // half inserted on this CPU (the tagged folds below then fail).
+    let (reply_key, endpoint, state) = (req.peer, req.endpoint, req.state);
     if FLOWS.remove(req_key).is_err() {
         return;
     }
     // Both halves count towards the same endpoint: one update for both and
     // the close.
-    let mut t = unfolded(req);
+    let mut t = unfolded(req, tag, HALF_REQUEST);
     if let Some(reply) = FLOWS.get_ptr_mut(&reply_key) {
         // SAFETY: a live entry.
-        let r = unfolded(unsafe { &mut *reply });
+        let r = unfolded(unsafe { &mut *reply }, tag, HALF_REPLY);
         t.bytes_rx = r.bytes_rx;
         t.packets_rx = r.packets_rx;
     }
-    t.conns_closed = (req.state & FLOW_OPEN != 0) as u64;
-    add_traffic(&req.endpoint, &t);
+    t.conns_closed = (state & FLOW_OPEN != 0) as u64;
+    add_traffic(&endpoint, &t);
     let _ = FLOWS.remove(&reply_key);
     stat(Stat::FlowDeleted, 1);
 }
@@ -357,7 +378,7 @@ fn end(req: &mut FlowValue, req_key: &FlowKey) {
 /// than conntrack would keep it in its state (timeouts the agent copied
 /// from conntrack's sysctls).
 #[inline(always)]
-fn expire_if_idle(req: &mut FlowValue, req_key: &FlowKey) {
+fn expire_if_idle(req: &mut FlowValue, tag: u64, req_key: &FlowKey) {
     let reply_seen = match FLOWS.get_ptr(&req.peer) {
         // SAFETY: a live entry.
         Some(r) => unsafe { (*r).last_seen_ns },
@@ -376,7 +397,7 @@ fn expire_if_idle(req: &mut FlowValue, req_key: &FlowKey) {
     // SAFETY: no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     if timeout != 0 && now.saturating_sub(last) > timeout {
-        end(req, req_key);
+        end(req, tag, req_key);
         stat(Stat::FlowExpired, 1);
     }
 }

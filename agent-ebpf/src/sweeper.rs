@@ -39,8 +39,8 @@ pub fn element<'a, K: Copy, V>(ctx: *mut MapElemIterCtx<K, V>) -> Option<(K, &'a
 #[unsafe(link_section = "iter/bpf_map_elem")]
 #[unsafe(no_mangle)]
 pub extern "C" fn evenflow_flow_sweeper(ctx: *mut MapElemIterCtx<FlowKey, FlowValue>) -> i32 {
-    if let Some((key, value)) = element(ctx) {
-        forward::sweep(&key, value);
+    if let Some((key, value)) = visited(ctx) {
+        forward::sweep(key, value);
     }
     0
 }
@@ -48,8 +48,24 @@ pub extern "C" fn evenflow_flow_sweeper(ctx: *mut MapElemIterCtx<FlowKey, FlowVa
 #[unsafe(link_section = "iter/bpf_map_elem")]
 #[unsafe(no_mangle)]
 pub extern "C" fn evenflow_ct_sweeper(ctx: *mut MapElemIterCtx<u64, CtFlow>) -> i32 {
-    if let Some((conn, value)) = element(ctx) {
-        ct_flow::sweep(conn, value);
+    if let Some((key, value)) = visited(ctx) {
+        ct_flow::sweep(key, value);
     }
     0
+}
+
+/// The element being visited, its key left in place: a sweeper reads it
+/// only after the entry's tag, since the element may be deleted and
+/// given to another connection meanwhile (see `agent_common::TAG_SHIFT`).
+#[inline(always)]
+fn visited<'a, K, V>(ctx: *mut MapElemIterCtx<K, V>) -> Option<(*const K, &'a mut V)> {
+    // SAFETY: the context the kernel passed; both pointers are null-checked
+    // before use, and stay valid memory until the visit is over.
+    unsafe {
+        let (key, value) = (read_volatile(&(*ctx).key), read_volatile(&(*ctx).value));
+        if key.is_null() || value.is_null() {
+            return None;
+        }
+        Some((key, &mut *value))
+    }
 }

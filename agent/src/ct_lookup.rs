@@ -16,14 +16,18 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
-    os::fd::{AsRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
 };
 
 use thiserror::Error;
 
 use crate::{
     btf::Btf,
-    sys::{bpf, bpf_fd},
+    sys::{
+        ADD_IMM, CALL, EXIT, FP, Insn, JEQ_IMM, JGT_IMM, JGT_REG, JLT_IMM, KFUNC, LOAD_W, MOV_IMM,
+        MOV_REG, STORE_B, STORE_DW, STORE_REG_DW, STORE_W, insn, kernel_btf_object, load_xdp,
+        test_run,
+    },
 };
 
 #[derive(Debug, Error)]
@@ -40,13 +44,7 @@ pub enum CtLookupError {
     Run(std::io::Error),
 }
 
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
-const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-const BPF_BTF_GET_FD_BY_ID: libc::c_long = 19;
-const BPF_BTF_GET_NEXT_ID: libc::c_long = 23;
-const BPF_PROG_TYPE_XDP: u32 = 6;
-const XDP_PASS: u32 = 2;
+const XDP_PASS: i32 = 2;
 
 /// The program's "packet": `struct bpf_sock_tuple` (IPv4's 12 bytes or
 /// IPv6's 36), then the tuple's size, then where the program writes the
@@ -54,43 +52,6 @@ const XDP_PASS: u32 = 2;
 const TUPLE_SIZE_AT: usize = 36;
 const ADDRESS_AT: usize = 40;
 const PACKET_LEN: usize = 64;
-
-/// `struct bpf_insn`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Insn {
-    code: u8,
-    regs: u8,
-    off: i16,
-    imm: i32,
-}
-
-const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
-    Insn {
-        code,
-        regs: dst | src << 4,
-        off,
-        imm,
-    }
-}
-
-const MOV_REG: u8 = 0xbf;
-const MOV_IMM: u8 = 0xb7;
-const ADD_IMM: u8 = 0x07;
-const LOAD_W: u8 = 0x61;
-const STORE_REG_DW: u8 = 0x7b;
-const STORE_W: u8 = 0x62;
-const STORE_DW: u8 = 0x7a;
-const STORE_B: u8 = 0x72;
-const JGT_REG: u8 = 0x2d;
-const JGT_IMM: u8 = 0x25;
-const JLT_IMM: u8 = 0xa5;
-const JEQ_IMM: u8 = 0x15;
-const CALL: u8 = 0x85;
-const EXIT: u8 = 0x95;
-/// `BPF_PSEUDO_KFUNC_CALL`: a call's `imm` is a BTF function id.
-const KFUNC: u8 = 2;
-const FP: u8 = 10;
 
 /// The kfuncs a [`program`] calls, by BTF id, in the BTF object at
 /// `btf_index` of its `fd_array` (0: the kernel's), and the size of
@@ -150,75 +111,9 @@ fn program(k: &Kfuncs) -> [Insn; 25] {
         insn(STORE_REG_DW, 7, 0, ADDRESS_AT as i16, 0),
         insn(MOV_REG, 1, 0, 0, 0),
         insn(CALL, 0, KFUNC, k.btf_index, k.release),
-        insn(MOV_IMM, 0, 0, 0, XDP_PASS as i32),
+        insn(MOV_IMM, 0, 0, 0, XDP_PASS),
         insn(EXIT, 0, 0, 0, 0),
     ]
-}
-
-/// The `prog_load` member of `union bpf_attr`.
-#[repr(C)]
-#[derive(Default)]
-struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
-    prog_ifindex: u32,
-    expected_attach_type: u32,
-    prog_btf_fd: u32,
-    func_info_rec_size: u32,
-    func_info: u64,
-    func_info_cnt: u32,
-    line_info_rec_size: u32,
-    line_info: u64,
-    line_info_cnt: u32,
-    attach_btf_id: u32,
-    attach_prog_fd: u32,
-    core_relo_cnt: u32,
-    fd_array: u64,
-    core_relos: u64,
-    core_relo_rec_size: u32,
-    log_true_size: u32,
-}
-
-/// The `test` member of `union bpf_attr`.
-#[repr(C)]
-#[derive(Default)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: u32,
-}
-
-/// `struct bpf_btf_info`.
-#[repr(C)]
-#[derive(Default)]
-struct BtfInfo {
-    btf: u64,
-    btf_size: u32,
-    id: u32,
-    name: u64,
-    name_len: u32,
-    kernel_btf: u32,
 }
 
 /// The loaded lookup program.
@@ -244,7 +139,7 @@ impl CtLookup {
         let module = Btf::parse_split(&blob, vmlinux)?;
         // A kfunc call's offset indexes `fd_array`; 0 means the kernel's.
         let k = Kfuncs::find(&module, 1)?;
-        let module_fd = module_btf("nf_conntrack").map_err(CtLookupError::ModuleBtf)?;
+        let module_fd = kernel_btf_object("nf_conntrack").map_err(CtLookupError::ModuleBtf)?;
         let fds = [0, module_fd.as_raw_fd()];
         Ok(Self {
             prog: load(&program(&k), Some(&fds))?,
@@ -266,20 +161,16 @@ impl CtLookup {
         let size = tuple(&mut packet, client, dialled);
         packet[TUPLE_SIZE_AT..TUPLE_SIZE_AT + 4].copy_from_slice(&(size as u32).to_ne_bytes());
         let mut out = [0u8; PACKET_LEN];
-        let mut attr = TestRunAttr {
-            prog_fd: self.prog.as_raw_fd() as u32,
-            data_size_in: PACKET_LEN as u32,
-            data_size_out: PACKET_LEN as u32,
-            data_in: packet.as_ptr() as u64,
-            data_out: out.as_mut_ptr() as u64,
-            repeat: 1,
-            ..TestRunAttr::default()
-        };
-        bpf(BPF_PROG_TEST_RUN, &mut attr).map_err(CtLookupError::Run)?;
+        test_run(self.prog.as_fd(), &packet, &mut out).map_err(CtLookupError::Run)?;
         let mut addr = [0u8; 8];
         addr.copy_from_slice(&out[ADDRESS_AT..ADDRESS_AT + 8]);
         Ok(Some(u64::from_ne_bytes(addr)).filter(|&a| a != 0))
     }
+}
+
+/// Loads the lookup program.
+fn load(insns: &[Insn], fd_array: Option<&[i32; 2]>) -> Result<OwnedFd, CtLookupError> {
+    load_xdp(insns, c"evenflow_ct_fnd", fd_array).map_err(|(e, log)| CtLookupError::Load(e, log))
 }
 
 /// Writes `struct bpf_sock_tuple` for `src` → `dst` at the start of
@@ -303,64 +194,6 @@ fn tuple(packet: &mut [u8; PACKET_LEN], src: SocketAddr, dst: SocketAddr) -> usi
             packet[32..34].copy_from_slice(&src.port().to_be_bytes());
             packet[34..36].copy_from_slice(&dst.port().to_be_bytes());
             36
-        }
-    }
-}
-
-/// Loads `insns` as an XDP program, with the verifier's log on failure.
-fn load(insns: &[Insn], fd_array: Option<&[i32; 2]>) -> Result<OwnedFd, CtLookupError> {
-    let license = c"GPL";
-    let mut log = vec![0u8; 64 * 1024];
-    let mut attr = ProgLoadAttr {
-        prog_type: BPF_PROG_TYPE_XDP,
-        insn_cnt: insns.len() as u32,
-        insns: insns.as_ptr() as u64,
-        license: license.as_ptr() as u64,
-        log_level: 1,
-        log_size: log.len() as u32,
-        log_buf: log.as_mut_ptr() as u64,
-        prog_name: *b"evenflow_ct_fnd\0",
-        fd_array: fd_array.map_or(0, |f| f.as_ptr() as u64),
-        ..ProgLoadAttr::default()
-    };
-    bpf_fd(BPF_PROG_LOAD, &mut attr).map_err(|e| {
-        let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
-        CtLookupError::Load(e, String::from_utf8_lossy(&log[..end]).into_owned())
-    })
-}
-
-/// A descriptor of the kernel module `name`'s BTF object.
-fn module_btf(name: &str) -> std::io::Result<OwnedFd> {
-    let mut id = 0u32;
-    loop {
-        let mut next = [id, 0, 0];
-        bpf(BPF_BTF_GET_NEXT_ID, &mut next)?;
-        id = next[1];
-        let mut by_id = [id, 0, 0];
-        let Ok(fd) = bpf_fd(BPF_BTF_GET_FD_BY_ID, &mut by_id) else {
-            continue;
-        };
-        let mut found = [0u8; 64];
-        let mut info = BtfInfo {
-            name: found.as_mut_ptr() as u64,
-            name_len: found.len() as u32,
-            ..BtfInfo::default()
-        };
-        #[repr(C)]
-        struct InfoAttr {
-            fd: u32,
-            len: u32,
-            info: u64,
-        }
-        let mut attr = InfoAttr {
-            fd: fd.as_raw_fd() as u32,
-            len: size_of::<BtfInfo>() as u32,
-            info: (&raw mut info) as u64,
-        };
-        bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-        let end = found.iter().position(|&b| b == 0).unwrap_or(found.len());
-        if info.kernel_btf != 0 && &found[..end] == name.as_bytes() {
-            return Ok(fd);
         }
     }
 }
