@@ -296,7 +296,8 @@ fn forwarded_adoption(log: &str) -> &str {
 /// agent first starts: conntrack followed them, evenflow never saw their
 /// SYN. The agent adopts them from conntrack at its start, so the
 /// balancer's view has them open in every report, their bytes growing,
-/// and counts exactly what they carried from its start.
+/// and counts exactly what they carried from its start. A restart on its
+/// pins adopts nothing twice.
 #[test]
 fn forwarded_connections_older_than_the_agent_are_adopted() {
     evenflow_tests::require_root();
@@ -322,7 +323,18 @@ fn forwarded_connections_older_than_the_agent_are_adopted() {
         "the agent adopted the two connections: {adoption}"
     );
     let mut seen = Vec::new();
-    for _ in 0..3 {
+    for i in 0..3 {
+        if i == 1 {
+            // A restart on the same pins: the connections are followed
+            // already, and none is adopted twice.
+            agent::relaunch(&mut lab, &lb, &[], &[]).expect("the lb agent restarts");
+            let again = lab.log("agent-lb");
+            let adoption = forwarded_adoption(&again);
+            assert!(
+                adoption.contains("adopted=0 followed=2"),
+                "the restarted agent found both followed: {adoption}"
+            );
+        }
         conns.talk(2).expect(talked);
         std::thread::sleep(Duration::from_millis(1200));
         let s = grpcurl::snapshot(&lb.ns).expect("snapshot");
@@ -331,7 +343,7 @@ fn forwarded_connections_older_than_the_agent_are_adopted() {
     println!("after the start: {seen:?}");
     assert!(
         seen.iter().all(|t| t.opened == 2 && t.closed == 0),
-        "both connections open in every report"
+        "both connections open once in every report, a restart included"
     );
     assert!(
         seen.windows(2)
