@@ -11,13 +11,15 @@
 //! (ctnetlink) and their records' addresses with a lookup by tuple (see
 //! the agent's `ct_lookup.rs`), and hands them over in `EF_CT_ADOPT`.
 
+use core::ptr::read_volatile;
+
 use agent_common::{CT_ADOPT_BATCH, CtAdopt};
 use aya_ebpf::{bindings::BPF_F_NO_PREALLOC, macros::map, maps::HashMap};
 
 use crate::{
     adopt::write,
     ct_flow,
-    sweeper::{MapElemIterCtx, element},
+    sweeper::{MapElemIterCtx, visited},
 };
 
 /// The connections to adopt, by their record's address. Not pinned: the
@@ -29,7 +31,10 @@ static CT_ADOPT: HashMap<u64, CtAdopt> =
 #[unsafe(link_section = "iter/bpf_map_elem")]
 #[unsafe(no_mangle)]
 pub extern "C" fn evenflow_ct_adopt(ctx: *mut MapElemIterCtx<u64, CtAdopt>) -> i32 {
-    if let Some((conn, c)) = element(ctx) {
+    if let Some((conn, c)) = visited(ctx) {
+        // SAFETY: the key of the element being visited; nothing else
+        // deletes from this map.
+        let conn = unsafe { read_volatile(conn) };
         let client = (&c.client_addr, c.client_port);
         let backend = (&c.backend_addr, c.backend_port);
         // SAFETY: the context the kernel passed.

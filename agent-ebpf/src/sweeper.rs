@@ -21,21 +21,6 @@ pub struct MapElemIterCtx<K, V> {
     pub value: *mut V,
 }
 
-/// The element being visited: its key (copied to the stack for the
-/// helpers) and its value (valid until the visit is over).
-#[inline(always)]
-pub fn element<'a, K: Copy, V>(ctx: *mut MapElemIterCtx<K, V>) -> Option<(K, &'a mut V)> {
-    // SAFETY: the context the kernel passed; both pointers are null-checked
-    // before use.
-    unsafe {
-        let (key, value) = (read_volatile(&(*ctx).key), read_volatile(&(*ctx).value));
-        if key.is_null() || value.is_null() {
-            return None;
-        }
-        Some((read_volatile(key), &mut *value))
-    }
-}
-
 #[unsafe(link_section = "iter/bpf_map_elem")]
 #[unsafe(no_mangle)]
 pub extern "C" fn evenflow_flow_sweeper(ctx: *mut MapElemIterCtx<FlowKey, FlowValue>) -> i32 {
@@ -58,7 +43,7 @@ pub extern "C" fn evenflow_ct_sweeper(ctx: *mut MapElemIterCtx<u64, CtFlow>) -> 
 /// only after the entry's tag, since the element may be deleted and
 /// given to another connection meanwhile (see `agent_common::TAG_SHIFT`).
 #[inline(always)]
-fn visited<'a, K, V>(ctx: *mut MapElemIterCtx<K, V>) -> Option<(*const K, &'a mut V)> {
+pub fn visited<'a, K, V>(ctx: *mut MapElemIterCtx<K, V>) -> Option<(*const K, &'a mut V)> {
     // SAFETY: the context the kernel passed; both pointers are null-checked
     // before use, and stay valid memory until the visit is over.
     unsafe {
