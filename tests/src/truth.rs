@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::grpcurl::{self, Totals};
+use crate::{
+    grpcurl::{self, SENDS_TO, Totals},
+    lab::BACKEND_PORT,
+};
 
 /// Byte tolerance against the applications' own counts, percent.
 pub const BYTES_PCT: f64 = 0.1;
@@ -39,6 +42,19 @@ pub fn settled(ns: &str, addr: &str, port: u16, dir: &str, want: u64) -> (Value,
         |t| t.opened == want && t.closed == want,
     )
     .unwrap_or_else(|e| panic!("reading {ns}'s snapshot with grpcurl: {e:#}"))
+}
+
+/// Waits until `ns`'s LB view (`SENDS_TO`) of each backend in `addrs`
+/// settles at `conns` connections opened and as many closed, asserts it,
+/// and returns the request and response bytes it counted, summed over
+/// them.
+pub fn sent_to_each(ns: &str, addrs: &[String], conns: u64) -> (u64, u64) {
+    addrs.iter().fold((0, 0), |sum, addr| {
+        let t = settled(ns, addr, BACKEND_PORT, SENDS_TO, conns).1;
+        println!("{ns} SENDS_TO {addr}: {t:?}");
+        assert_eq!((t.opened, t.closed), (conns, conns), "{addr}");
+        (sum.0 + t.bytes_tx, sum.1 + t.bytes_rx)
+    })
 }
 
 /// One of the snapshot's datapath statistics (`liveFlows`, `synsRouted`…).

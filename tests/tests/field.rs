@@ -1458,14 +1458,9 @@ fn field_host_network_proxy_connections_older_than_the_agent_count_the_backend()
     );
     std::fs::write(&go, b"").expect("the go file");
     let after = counts(&mut lab, "after");
-    let mut counted = (0, 0);
-    for i in 0..2 {
-        let addr = backend_addr(&lab, i);
-        let t = settled(&lb.ns, &addr, BACKEND_PORT, SENDS_TO, 1).1;
-        println!("b{}: lb {t:?}", i + 1);
-        assert_eq!((t.opened, t.closed), (1, 1), "one connection to b{}", i + 1);
-        counted = (counted.0 + t.bytes_tx, counted.1 + t.bytes_rx);
-    }
+    let backends = [backend_addr(&lab, 0), backend_addr(&lab, 1)];
+    // One connection to each backend.
+    let counted = truth::sent_to_each(&lb.ns, &backends, 1);
     let served: Vec<_> = logs
         .iter()
         .map(|l| nginx::read_log(l).expect("nginx's log"))

@@ -18,7 +18,7 @@ use evenflow_tests::{
     grpcurl::{self, SENDS_TO, SERVES},
     lab::{self, BACKEND_PORT, Lab},
     netns, nft, nginx,
-    truth::{View, assert_served, settled},
+    truth::{self, View, assert_served, settled},
 };
 use serde_json::Value;
 
@@ -397,14 +397,8 @@ fn forwarded_adoption_at_scale_counts_every_connection() {
     conns.talk(2).expect(talked);
     let end = conns.carried();
     drop(conns);
-    let mut counted = (0, 0);
-    for b in lab.backends.clone() {
-        let addr = b.addr4.to_string();
-        let (_, t) = settled(&lb.ns, &addr, BACKEND_PORT, SENDS_TO, (N / 2) as u64);
-        println!("{addr}: {t:?}");
-        assert_eq!((t.opened, t.closed), (N as u64 / 2, N as u64 / 2), "{addr}");
-        counted = (counted.0 + t.bytes_tx, counted.1 + t.bytes_rx);
-    }
+    let backends: Vec<String> = lab.backends.iter().map(|b| b.addr4.to_string()).collect();
+    let counted = truth::sent_to_each(&lb.ns, &backends, (N / 2) as u64);
     let served: u64 = logs
         .iter()
         .map(|l| nginx::read_log(l).expect("the access log").request_bytes)
