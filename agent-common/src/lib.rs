@@ -291,6 +291,11 @@ pub const CT_ISN_REPLY: u64 = 32;
 /// had opened, its bytes folded). Whoever sets it first ends it; an open
 /// that finds it set is not counted.
 pub const CT_ENDED: u64 = 64;
+/// [`CtFlow::flags`] bit, in `EF_CT_YOUNG` only: the sweeper copied the
+/// connection into `EF_CT_FLOWS`, which holds it from then on. Set like
+/// [`CT_ENDED`], and exclusive with it: whichever is set first decides
+/// whether the connection ended young or moved.
+pub const CT_MOVED: u64 = 128;
 
 /// A forwarded connection conntrack follows that was established before
 /// evenflow could see its SYN, for the agent's adoption iterator
@@ -509,6 +514,15 @@ pub const MAX_ENDPOINTS: u32 = 65_536;
 /// leaves when it closes or expires, never silently; when the map is full a
 /// new connection is not tracked and `flow_insert_failed` counts it.
 pub const MAX_FLOWS: u32 = 262_144;
+/// Capacity of `EF_CT_YOUNG`, where a connection conntrack follows is kept
+/// from its SYN until the sweeper has seen it open for an interval (most
+/// connections end there), before it moves to `EF_CT_FLOWS`. Small so that
+/// its buckets (16 bytes each, 32 KiB) stay in the cache and come from
+/// the kernel's linear mapping: the packets that look a connection up land
+/// on a bucket at random, and in `EF_CT_FLOWS`' megabytes of buckets that
+/// was a miss (see docs/counting.md). When it is full, new connections go
+/// to `EF_CT_FLOWS` at once.
+pub const CT_YOUNG_ENTRIES: u32 = 2_048;
 /// Slots of the SYN-origin table (a power of two: the slot is the ISN's
 /// low bits). An array slot costs a store where an LRU insert costs a
 /// lock and a list move, on every SYN the node receives.
@@ -531,6 +545,10 @@ pub mod maps {
     /// Hash `u64 -> CtFlow`: forwarded connections conntrack follows, by
     /// the address of its record.
     pub const CT_FLOWS: &str = "EF_CT_FLOWS";
+    /// Hash `u64 -> CtFlow`, as `EF_CT_FLOWS`: the connections conntrack
+    /// follows until the sweeper moves them there (see
+    /// [`CT_YOUNG_ENTRIES`](super::CT_YOUNG_ENTRIES)).
+    pub const CT_YOUNG: &str = "EF_CT_YOUNG";
     /// Hash `u64 -> CtAdopt`, not pinned: the forwarded connections the
     /// agent asks the adoption iterator to adopt, by their record.
     pub const CT_ADOPT: &str = "EF_CT_ADOPT";
@@ -575,7 +593,9 @@ pub const META_COUNT: u32 = 8;
 /// 7: a socket's slot is placed by its slab; programs of layout 6 would
 /// look for it elsewhere. 8: forwarded connections' marks carry a tag
 /// ([`TAG_SHIFT`]), which programs of layout 7 would take for bytes.
-pub const LAYOUT_VERSION: u64 = 8;
+/// 9: a connection conntrack follows starts in `EF_CT_YOUNG`, where
+/// programs of layout 8 would not look for it.
+pub const LAYOUT_VERSION: u64 = 9;
 
 /// The IPv4-mapped IPv6 form (`::ffff:a.b.c.d`) of an IPv4 address given
 /// as it sits in memory (network byte order bytes read as a native `u32`).

@@ -5,6 +5,9 @@
 //! address, and is looked up only for the packets that may change its
 //! state (SYN, SYN-ACK, the FIN that answers the other side's, RST, and
 //! one per 2^29 sequence numbers: see [`crate::packet::may_change_state`]).
+//! It starts in `EF_CT_YOUNG`, a table small enough to stay in the cache,
+//! and the sweeper moves it to `EF_CT_FLOWS` once it has been open an
+//! interval: most connections end young, their lookups never missing.
 //! Conntrack marks the direction that sent the first FIN, so that FIN
 //! needs no lookup. Its bytes are read from conntrack
 //! at its end and by the sweeper every interval; it opens when conntrack
@@ -16,8 +19,8 @@ use core::ptr::read_volatile;
 
 use agent_common::{
     CT_ADOPT_ADOPTED, CT_ADOPT_FOLLOWED, CT_ADOPT_FULL, CT_ADOPT_GONE, CT_ENDED, CT_ISN_ORIGINAL,
-    CT_ISN_REPLY, CT_ORIGINAL, CT_REPLY, CtFlow, Direction, EndpointKey, FLOW_OPEN, MAX_FLOWS,
-    PROTO_TCP, Stat, TAG_SHIFT, flow_tag,
+    CT_ISN_REPLY, CT_MOVED, CT_ORIGINAL, CT_REPLY, CT_YOUNG_ENTRIES, CtFlow, Direction,
+    EndpointKey, FLOW_OPEN, MAX_FLOWS, PROTO_TCP, Stat, TAG_SHIFT, flow_tag,
 };
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
@@ -34,12 +37,57 @@ use crate::{
     packet::{Packet, Side},
 };
 
-/// Live conntrack-followed connections, by their `nf_conn`'s address. Not
-/// preallocated: its memory grows with the connections followed. A deleted
-/// entry goes to the next insert on its CPU at once (preallocated or not),
-/// so what the sweeper writes is tagged (see [`TAG_SHIFT`]).
+/// Live conntrack-followed connections that settled (open since an
+/// earlier sweep), by their `nf_conn`'s address. Not preallocated: its
+/// memory grows with the connections followed. A deleted entry goes to the
+/// next insert on its CPU at once (preallocated or not), so what the
+/// sweeper writes is tagged (see [`TAG_SHIFT`]).
 #[map(name = "EF_CT_FLOWS")]
 pub static CT_FLOWS: HashMap<u64, CtFlow> = HashMap::pinned(MAX_FLOWS / 2, BPF_F_NO_PREALLOC);
+
+/// Connections from their SYN until they settle, as `EF_CT_FLOWS` (see
+/// [`CT_YOUNG_ENTRIES`]): its buckets stay in the cache, where a lookup in
+/// `EF_CT_FLOWS` lands on a cold one.
+#[map(name = "EF_CT_YOUNG")]
+pub static CT_YOUNG: HashMap<u64, CtFlow> = HashMap::pinned(CT_YOUNG_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Which map holds a connection.
+#[derive(Copy, Clone, PartialEq, Eq)]
+pub enum Tier {
+    /// `EF_CT_YOUNG`.
+    Young,
+    /// `EF_CT_FLOWS`.
+    Settled,
+}
+
+impl Tier {
+    #[inline(always)]
+    fn map(self) -> &'static HashMap<u64, CtFlow> {
+        match self {
+            Tier::Young => &CT_YOUNG,
+            Tier::Settled => &CT_FLOWS,
+        }
+    }
+}
+
+/// The entry of the connection whose record is at `conn`, and its map:
+/// young unless the sweeper moved it (it copies it first, so a packet that
+/// finds it moved finds the copy).
+#[inline(always)]
+fn find<'a>(conn: u64) -> Option<(&'a mut CtFlow, Tier)> {
+    if let Some(f) = CT_YOUNG.get_ptr_mut(&conn) {
+        // SAFETY: a live entry.
+        let f = unsafe { &mut *f };
+        // SAFETY: as above.
+        if unsafe { read_volatile(&f.flags) } & CT_MOVED == 0 {
+            return Some((f, Tier::Young));
+        }
+    }
+    // SAFETY: a live entry.
+    CT_FLOWS
+        .get_ptr_mut(&conn)
+        .map(|f| (unsafe { &mut *f }, Tier::Settled))
+}
 
 /// A packet of a connection conntrack follows that may change its state.
 /// Inline: in a frame of its own, with the packet parser's below it, the
@@ -56,10 +104,8 @@ pub fn on_packet(ctx: &TcContext, ct: Ct) {
         if register(ctx, &pkt, ct.conn) {
             // Ended here, not in `register`: the call chain, and so the
             // stack, stays short.
-            if let Some(old) = CT_FLOWS.get_ptr_mut(&ct.conn) {
-                // SAFETY: a live entry.
-                let old = unsafe { &mut *old };
-                end_stale(old, tag(old), ct.conn);
+            if let Some((old, tier)) = find(ct.conn) {
+                end_stale(old, tag(old), ct.conn, tier);
             }
             let _ = register(ctx, &pkt, ct.conn);
         }
@@ -69,7 +115,7 @@ pub fn on_packet(ctx: &TcContext, ct: Ct) {
         on_close(&pkt, ct);
         return;
     }
-    let Some((f, tag)) = followed(&pkt, ct) else {
+    let Some((f, tag, _)) = followed(&pkt, ct) else {
         return;
     };
     if pkt.is_syn_ack() {
@@ -122,24 +168,23 @@ fn on_close(pkt: &Packet, ct: Ct) {
     } else {
         return;
     };
-    if let Some((f, tag)) = followed(pkt, ct) {
-        end(f, tag, ct.conn, Some((&seen, held)));
+    if let Some((f, tag, tier)) = followed(pkt, ct) {
+        end(f, tag, ct.conn, tier, Some((&seen, held)));
     }
 }
 
-/// The connection `pkt` belongs to, if it is followed, and its tag. A
-/// record followed for another connection was reused by conntrack for one
-/// evenflow does not follow (routed, or picked up midway) before the
-/// sweeper saw the followed one go: that one is over.
+/// The connection `pkt` belongs to, if it is followed, its tag and its
+/// map. A record followed for another connection was reused by conntrack
+/// for one evenflow does not follow (routed, or picked up midway) before
+/// the sweeper saw the followed one go: that one is over.
 #[inline(always)]
-fn followed<'a>(pkt: &Packet, ct: Ct) -> Option<(&'a mut CtFlow, u64)> {
-    // SAFETY: a live entry.
-    let f = unsafe { &mut *CT_FLOWS.get_ptr_mut(&ct.conn)? };
+fn followed<'a>(pkt: &Packet, ct: Ct) -> Option<(&'a mut CtFlow, u64, Tier)> {
+    let (f, tier) = find(ct.conn)?;
     let tag = tag(f);
     if is_for(f, pkt, ct.reply) {
-        Some((f, tag))
+        Some((f, tag, tier))
     } else {
-        end_stale(f, tag, ct.conn);
+        end_stale(f, tag, ct.conn, tier);
         None
     }
 }
@@ -228,10 +273,17 @@ fn register(ctx: &TcContext, pkt: &Packet, conn: u64) -> bool {
     };
     let client = (&origin.src_addr, origin.src_port);
     let v = entry(endpoint, client, [pkt.seq, 0], CT_ISN_ORIGINAL);
-    match CT_FLOWS.insert(&conn, &v, BPF_NOEXIST as u64) {
+    let mut tier = Tier::Young;
+    let mut inserted = CT_YOUNG.insert(&conn, &v, BPF_NOEXIST as u64);
+    // -E2BIG: the young are as many as it holds.
+    if inserted == Err(-7) {
+        tier = Tier::Settled;
+        inserted = CT_FLOWS.insert(&conn, &v, BPF_NOEXIST as u64);
+    }
+    match inserted {
         Ok(()) => stat(Stat::FlowInserted, 1),
         // -EEXIST: a retransmitted SYN, or a reused record.
-        Err(-17) => return !is_followed(conn, &v),
+        Err(-17) => return !is_followed(conn, tier, &v),
         Err(_) => {
             stat(Stat::FlowInsertFailed, 1);
             debug!(ctx, "evenflow: flow map insert failed on a forwarded SYN");
@@ -269,6 +321,11 @@ pub fn adopt(conn: u64, client: (&[u32; 4], u16), backend: (&[u32; 4], u16)) -> 
         isn,
         CT_ISN_ORIGINAL | CT_ISN_REPLY | FLOW_OPEN as u64,
     );
+    // Its SYN was seen a moment ago: it is young.
+    if CT_YOUNG.get_ptr(&conn).is_some() {
+        return CT_ADOPT_FOLLOWED;
+    }
+    // Settled at once: it has been open for longer than an interval.
     match CT_FLOWS.insert(&conn, &v, BPF_NOEXIST as u64) {
         Ok(()) => {
             stat(Stat::FlowInserted, 1);
@@ -284,10 +341,10 @@ pub fn adopt(conn: u64, client: (&[u32; 4], u16), backend: (&[u32; 4], u16)) -> 
     }
 }
 
-/// Whether `conn` is followed as `v`'s connection already.
+/// Whether `conn` is followed in `tier` as `v`'s connection already.
 #[inline(always)]
-fn is_followed(conn: u64, v: &CtFlow) -> bool {
-    CT_FLOWS.get_ptr(&conn).is_some_and(|old| {
+fn is_followed(conn: u64, tier: Tier, v: &CtFlow) -> bool {
+    tier.map().get_ptr(&conn).is_some_and(|old| {
         // SAFETY: a live entry.
         let old = unsafe { &*old };
         // A retransmitted SYN has the connection's initial sequence number
@@ -299,24 +356,27 @@ fn is_followed(conn: u64, v: &CtFlow) -> bool {
 /// Ends a connection whose record conntrack reused for another: with the
 /// bytes it had at the last sweep (the record now holds the other's).
 #[inline(always)]
-fn end_stale(f: &mut CtFlow, tag: u64, conn: u64) {
-    if end(f, tag, conn, None) {
+fn end_stale(f: &mut CtFlow, tag: u64, conn: u64, tier: Tier) {
+    if end(f, tag, conn, tier, None) {
         stat(Stat::FlowExpired, 1);
     }
 }
 
-/// The sweeper's visit to the entry under `key`: a connection conntrack
-/// still has is caught up with it and its bytes since the last visit
-/// added to its endpoint; one it no longer has (it timed out, or was
-/// flushed) ends with the bytes it had.
+/// The sweeper's visit to the entry under `key` in `tier`: a connection
+/// conntrack still has is caught up with it and its bytes since the last
+/// visit added to its endpoint; one it no longer has (it timed out, or was
+/// flushed) ends with the bytes it had. A young one open since an earlier
+/// visit then settles.
 ///
 /// The entry can be deleted and given to another connection while the
 /// sweeper holds it (see [`TAG_SHIFT`]): its tag is read first and checked
 /// again once the key and the ends are copied, so they are one
 /// connection's, and every write after expects it.
 #[inline(always)]
-pub fn sweep(key: *const u64, f: &mut CtFlow) {
-    let tag = tag(f);
+pub fn sweep(key: *const u64, f: &mut CtFlow, tier: Tier) {
+    // SAFETY: a field of the element being visited.
+    let flags = unsafe { read_volatile(&f.flags) };
+    let tag = flags >> TAG_SHIFT;
     // SAFETY: the key of the element being visited.
     let conn = unsafe { read_volatile(key) };
     let endpoint = f.endpoint;
@@ -324,12 +384,13 @@ pub fn sweep(key: *const u64, f: &mut CtFlow) {
         (f.client_addr, f.client_port),
         (endpoint.addr, endpoint.port),
     );
-    if self::tag(f) != tag {
+    // A moved entry is the settled copy's to count.
+    if self::tag(f) != tag || flags & CT_MOVED != 0 {
         return;
     }
     let is_it = || conntrack::is_connection(conn, (&client.0, client.1), (&backend.0, backend.1));
-    if !is_it() {
-        if end(f, tag, conn, None) {
+    if !is_it() || (tier == Tier::Settled && young_again(conn, tag)) {
+        if end(f, tag, conn, tier, None) {
             // Not read once more: an expired record's sequence numbers may
             // be a SYN's that never left (a retry conntrack took on the
             // record before a rule dropped it); a connection idle until it
@@ -354,6 +415,46 @@ pub fn sweep(key: *const u64, f: &mut CtFlow) {
     catch_up_open(f, tag, &endpoint, conn);
     let t = unfolded(f, tag);
     add_traffic(&endpoint, &t);
+    let settled = CT_ISN_REPLY | FLOW_OPEN as u64;
+    if tier == Tier::Young && flags & settled == settled {
+        settle(f, tag, conn);
+    }
+}
+
+/// Whether a young connection other than the settled one tagged `tag`
+/// holds `conn`: conntrack reused the record for a new connection on the
+/// same addresses and ports, and the settled one is over.
+#[inline(always)]
+fn young_again(conn: u64, tag: u64) -> bool {
+    CT_YOUNG.get_ptr(&conn).is_some_and(|y| {
+        // SAFETY: a field of a live (or just reused) entry.
+        let flags = unsafe { read_volatile(&(*y).flags) };
+        flags >> TAG_SHIFT != tag && flags & CT_MOVED == 0
+    })
+}
+
+/// Moves the young connection tagged `tag` (open since an earlier visit,
+/// just caught up and folded) to `EF_CT_FLOWS`: a copy goes there first,
+/// then the young entry is marked moved, unless a packet ended it first
+/// (the copy is then dropped). Packets that look the connection up find
+/// the young entry until it is marked, the copy from then on; an end that
+/// claims the young entry once it is marked ends the copy.
+#[inline(never)]
+fn settle(f: &mut CtFlow, tag: u64, conn: u64) {
+    // SAFETY: the element being visited, copied whole.
+    let copy = unsafe { read_volatile(f) };
+    if copy.flags >> TAG_SHIFT != tag || CT_FLOWS.insert(&conn, &copy, BPF_NOEXIST as u64).is_err()
+    {
+        return;
+    }
+    match set_tagged(f, tag, CT_MOVED) {
+        Some(before) if before & CT_ENDED == 0 => {
+            let _ = CT_YOUNG.remove(&conn);
+        }
+        _ => {
+            let _ = CT_FLOWS.remove(&conn);
+        }
+    }
 }
 
 /// Counts the connection opened once conntrack saw its handshake end (its
@@ -450,17 +551,18 @@ fn unfolded(f: &mut CtFlow, tag: u64) -> Traffic {
 /// holding an entry a SYN's end replaced) only one does, and only the
 /// claimer removes the key, which then still holds this entry.
 #[inline(never)]
-fn end(f: &mut CtFlow, tag: u64, conn: u64, last: Option<(&Seen, (u32, u32))>) -> bool {
-    let Some(flags) = set_tagged(f, tag, CT_ENDED) else {
+fn end(f: &mut CtFlow, tag: u64, conn: u64, tier: Tier, last: Option<(&Seen, (u32, u32))>) -> bool {
+    let Some((f, tier, flags)) = claim(f, tag, conn, tier) else {
         return false;
     };
-    if flags & CT_ENDED != 0 {
-        return false;
-    }
     // Copied before the removal, after which the entry may go to the next
     // connection inserted on this CPU (the tagged writes below then fail).
     let endpoint = f.endpoint;
-    let _ = CT_FLOWS.remove(&conn);
+    match tier {
+        Tier::Young => CT_YOUNG.remove(&conn),
+        Tier::Settled => CT_FLOWS.remove(&conn),
+    }
+    .ok();
     if let Some((seen, (tx, rx))) = last {
         catch_up_bytes(f, tag, seen, false, tx);
         catch_up_bytes(f, tag, seen, true, rx);
@@ -473,4 +575,28 @@ fn end(f: &mut CtFlow, tag: u64, conn: u64, last: Option<(&Seen, (u32, u32))>) -
     add_traffic(&endpoint, &t);
     stat(Stat::FlowDeleted, 1);
     true
+}
+
+/// Sets the end bit of the connection tagged `tag`, in `f` or, once the
+/// sweeper moved it, in its settled copy; returns the entry claimed, its
+/// map and its flags before. `None` when it is no longer this
+/// connection's, or another end claimed it first.
+#[inline(always)]
+fn claim<'a>(
+    f: &'a mut CtFlow,
+    tag: u64,
+    conn: u64,
+    tier: Tier,
+) -> Option<(&'a mut CtFlow, Tier, u64)> {
+    let flags = set_tagged(f, tag, CT_ENDED)?;
+    if flags & CT_ENDED != 0 {
+        return None;
+    }
+    if flags & CT_MOVED == 0 {
+        return Some((f, tier, flags));
+    }
+    // SAFETY: a live entry.
+    let moved = unsafe { &mut *CT_FLOWS.get_ptr_mut(&conn)? };
+    let flags = set_tagged(moved, tag, CT_ENDED)?;
+    (flags & CT_ENDED == 0).then_some((moved, Tier::Settled, flags))
 }

@@ -1,5 +1,5 @@
-//! Iterators over forwarded connections (`iter/bpf_map_elem` on `EF_FLOWS`
-//! and on `EF_CT_FLOWS`), run by the agent before each read: they fold each
+//! Iterators over forwarded connections (`iter/bpf_map_elem` on `EF_FLOWS`,
+//! `EF_CT_FLOWS` and `EF_CT_YOUNG`), run by the agent before each read: they fold each
 //! connection's bytes into its endpoint, so long-lived forwarded
 //! connections show up every interval, and end the connections that are
 //! gone (idle past their timeout: a peer that vanished, an asymmetric
@@ -10,7 +10,10 @@ use core::ptr::read_volatile;
 
 use agent_common::{CtFlow, FlowKey, FlowValue};
 
-use crate::{ct_flow, forward};
+use crate::{
+    ct_flow::{self, Tier},
+    forward,
+};
 
 /// `struct bpf_iter__bpf_map_elem` over a map of `K` to `V`.
 #[repr(C)]
@@ -34,7 +37,16 @@ pub extern "C" fn evenflow_flow_sweeper(ctx: *mut MapElemIterCtx<FlowKey, FlowVa
 #[unsafe(no_mangle)]
 pub extern "C" fn evenflow_ct_sweeper(ctx: *mut MapElemIterCtx<u64, CtFlow>) -> i32 {
     if let Some((key, value)) = visited(ctx) {
-        ct_flow::sweep(key, value);
+        ct_flow::sweep(key, value, Tier::Settled);
+    }
+    0
+}
+
+#[unsafe(link_section = "iter/bpf_map_elem")]
+#[unsafe(no_mangle)]
+pub extern "C" fn evenflow_ct_young_sweeper(ctx: *mut MapElemIterCtx<u64, CtFlow>) -> i32 {
+    if let Some((key, value)) = visited(ctx) {
+        ct_flow::sweep(key, value, Tier::Young);
     }
     0
 }

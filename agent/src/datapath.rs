@@ -13,9 +13,9 @@
 //! connections established before it (see [`crate::adopt`]).
 //!
 //! Before each read the iterators run: the socket samplers (bytes of live
-//! local connections, in slots and in socket storage) and the flow sweeper of whichever flow map this
-//! agent keeps forwarded connections in (their bytes; the end of those
-//! gone).
+//! local connections, in slots and in socket storage) and the flow
+//! sweepers of the maps this agent keeps forwarded connections in (their
+//! bytes; the end of those gone; young connections that settled move).
 
 use std::{
     fs::File,
@@ -159,9 +159,11 @@ pub struct Datapath {
     interfaces: Vec<String>,
     cgroup: PathBuf,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
-    /// The socket samplers (slots, socket storage) and the flow sweeper,
-    /// run before every read.
-    iterators: [MapIter; 3],
+    /// The socket samplers (slots, socket storage), run before every read.
+    samplers: [MapIter; 2],
+    /// The flow sweepers, one per map of forwarded connections, run before
+    /// every read while a connection is tracked.
+    sweepers: Vec<MapIter>,
     /// Whether the node forwards.
     forwards: bool,
     /// Whether forwarded connections are followed in conntrack's record,
@@ -196,7 +198,8 @@ impl Datapath {
         loader
             .default_map_pin_directory(&pin_dir)
             .map_max_entries(maps::FLOWS, cfg.max_flows.saturating_mul(2))
-            .map_max_entries(maps::CT_FLOWS, cfg.max_flows)
+            .map_max_entries(maps::CT_FLOWS, cfg.max_flows - young_flows(cfg.max_flows))
+            .map_max_entries(maps::CT_YOUNG, young_flows(cfg.max_flows))
             .map_max_entries(maps::SOCK_SLOTS, sock_slots)
             .override_global("SOCK_SLOTS_MASK", &sock_slots_mask, true)
             .override_global(aya_log::LEVEL, &level, true);
@@ -250,7 +253,7 @@ impl Datapath {
         crate::links::prune(&links_dir, &pinned)?;
         let flows = FlowMap::of(kernel.conntrack);
         let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
-        let iterators = [
+        let samplers = [
             attach_iter(
                 &mut ebpf,
                 &btf,
@@ -267,15 +270,14 @@ impl Datapath {
                 &pin_dir,
                 maps::SOCKS,
             )?,
-            attach_iter(
-                &mut ebpf,
-                &btf,
-                flows.sweeper,
-                "bpf_map_elem",
-                &pin_dir,
-                flows.map,
-            )?,
         ];
+        let sweepers = flows
+            .maps
+            .iter()
+            .map(|(map, sweeper)| {
+                attach_iter(&mut ebpf, &btf, sweeper, "bpf_map_elem", &pin_dir, map)
+            })
+            .collect::<Result<Vec<_>>>()?;
         let translations = translations(kernel.conntrack);
         if kernel.adopt {
             note_local_nat(&mut ebpf, &translations.local);
@@ -303,7 +305,12 @@ impl Datapath {
         };
         let capacity = Capacity {
             endpoints: max_entries(&pin_dir, maps::ENDPOINTS)?,
-            flows: max_entries(&pin_dir, flows.map)? / flows.entries_per_connection,
+            flows: flows
+                .maps
+                .iter()
+                .map(|(map, _)| max_entries(&pin_dir, map))
+                .sum::<Result<u64>>()?
+                / flows.entries_per_connection,
         };
         if capacity.flows != u64::from(cfg.max_flows) {
             info!(
@@ -324,7 +331,8 @@ impl Datapath {
             conntrack: kernel.conntrack,
             cgroup: cfg.cgroup.to_owned(),
             logger,
-            iterators,
+            samplers,
+            sweepers,
             pinned,
             links_dir,
             ebpf,
@@ -408,7 +416,7 @@ impl Datapath {
     /// value lookups (LRU eviction) is skipped.
     pub fn read(&self, out: &mut Vec<(EndpointKey, EndpointCounters)>) -> Result<Stats> {
         out.clear();
-        let [slots, storage, sweeper] = &self.iterators;
+        let [slots, storage] = &self.samplers;
         slots.run().context("running the socket slot sampler")?;
         storage
             .run()
@@ -418,7 +426,9 @@ impl Datapath {
         // 10,000 endpoints and no forwarded connection), so it runs only
         // while there is a flow to fold or expire.
         if self.flows_tracked()? {
-            sweeper.run().context("running the flow sweeper")?;
+            for sweeper in &self.sweepers {
+                sweeper.run().context("running the flow sweeper")?;
+            }
         }
         let mut batch = self.batch.lock().unwrap_or_else(|p| p.into_inner());
         let batched = match batch.as_mut() {
@@ -824,27 +834,36 @@ fn kernel_offsets(per_packet: bool) -> Result<KernelOffsets> {
     })
 }
 
-/// The map this agent keeps forwarded connections in, and its sweeper.
+/// Of `max_flows` connections conntrack follows, how many `EF_CT_YOUNG`
+/// holds: [`CT_YOUNG_ENTRIES`](agent_common::CT_YOUNG_ENTRIES), or half of
+/// a smaller `--max-flows`. `EF_CT_FLOWS` holds the rest, so that the two
+/// hold `--max-flows` together.
+fn young_flows(max_flows: u32) -> u32 {
+    (max_flows / 2).min(agent_common::CT_YOUNG_ENTRIES)
+}
+
+/// The maps this agent keeps forwarded connections in, each with its
+/// sweeper, which `--max-flows` sizes together.
 struct FlowMap {
-    map: &'static str,
-    sweeper: &'static str,
+    maps: &'static [(&'static str, &'static str)],
     entries_per_connection: u64,
 }
 
 impl FlowMap {
-    /// One entry per connection conntrack follows; two halves per
-    /// connection counted packet by packet.
+    /// One entry per connection conntrack follows, young or settled; two
+    /// halves per connection counted packet by packet.
     fn of(conntrack: bool) -> Self {
         if conntrack {
             Self {
-                map: maps::CT_FLOWS,
-                sweeper: "evenflow_ct_sweeper",
+                maps: &[
+                    (maps::CT_FLOWS, "evenflow_ct_sweeper"),
+                    (maps::CT_YOUNG, "evenflow_ct_young_sweeper"),
+                ],
                 entries_per_connection: 1,
             }
         } else {
             Self {
-                map: maps::FLOWS,
-                sweeper: "evenflow_flow_sweeper",
+                maps: &[(maps::FLOWS, "evenflow_flow_sweeper")],
                 entries_per_connection: 2,
             }
         }

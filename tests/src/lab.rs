@@ -90,6 +90,18 @@ impl Node {
     pub fn pin_dir(&self) -> PathBuf {
         PathBuf::from(crate::BPFFS).join("evenflow").join(&self.ns)
     }
+
+    /// How many entries the node's pinned map `map` holds (bpftool reads
+    /// the pin).
+    pub fn pinned_entries(&self, map: &str) -> Result<usize> {
+        let path = self.pin_dir().join(map).display().to_string();
+        let out = netns::sh("bpftool", &["-j", "map", "dump", "pinned", &path])?;
+        let v: serde_json::Value =
+            serde_json::from_str(&out).with_context(|| format!("bpftool's dump of {path}"))?;
+        v.as_array()
+            .map(Vec::len)
+            .with_context(|| format!("bpftool's dump of {path} is not a list: {v}"))
+    }
 }
 
 /// The lab. Dropping it tears everything down.

@@ -205,6 +205,14 @@ fn keepalive_bytes(name: &str, lb_args: &[&str]) {
         let s = grpcurl::snapshot(&lb.ns).expect("the lb's snapshot");
         lb_seen.push(grpcurl::totals(&s, &addr, BACKEND_PORT, SENDS_TO));
     }
+    if lb_args.is_empty() {
+        let entries = |map| lb.pinned_entries(map).expect("bpftool reads the lb's map");
+        assert_eq!(
+            (entries("EF_CT_YOUNG"), entries("EF_CT_FLOWS")),
+            (0, 1),
+            "open for intervals, the connection moved from EF_CT_YOUNG to EF_CT_FLOWS"
+        );
+    }
     drop(client.stop());
     for (view, seen) in [("server", &server_seen), ("lb", &lb_seen)] {
         println!("{view} view while open: {seen:?}");
@@ -241,6 +249,55 @@ fn keepalive_bytes(name: &str, lb_args: &[&str]) {
         ("lb rx", lb_view.bytes_rx, served.response_bytes),
     ] {
         assert!(within(seen, truth), "{what}: {seen}, nginx says {truth}");
+    }
+}
+
+/// Forwarded keep-alive connections closing one after another over four
+/// sweeps, talking until they close: some end young, some after the
+/// sweeper moved them to `EF_CT_FLOWS`, some while it moves them. The lb
+/// counts each opened and closed once and exactly the bytes the clients
+/// carried, and leaves nothing in either map.
+#[test]
+fn field_forwarded_connections_closing_as_they_settle_count_exactly() {
+    const CONNS: usize = 120;
+    const STEPS: usize = 40;
+    evenflow_tests::require_root();
+    let mut lab = Lab::new("settle", 1).expect("the lab builds");
+    let b1 = lab.backends[0].clone();
+    nginx::start_keepalive(&mut lab, &b1).expect("nginx starts");
+    nft::start(&lab).expect("the DNAT rules load");
+    let lb = lab.lb.clone();
+    agent::start(&mut lab, &lb, &[]).expect("the lb agent starts");
+    let mut open = client::KeepAlives::open(&lab.client.ns, lab::vip(false), CONNS)
+        .expect("the connections open");
+    let (mut carried, mut settled_midway) = ((0, 0), 0);
+    for step in 0..STEPS {
+        std::thread::sleep(Duration::from_millis(100));
+        open.talk(1).expect("every open connection is answered");
+        for c in open.0.drain(..CONNS / STEPS) {
+            carried = (carried.0 + c.bytes_sent, carried.1 + c.bytes_received);
+        }
+        if step == STEPS / 2 {
+            settled_midway = lb
+                .pinned_entries("EF_CT_FLOWS")
+                .expect("bpftool reads the map");
+        }
+    }
+    assert!(open.0.is_empty());
+    assert!(
+        settled_midway > 0,
+        "connections open for intervals moved to EF_CT_FLOWS"
+    );
+    let counted = truth::sent_to_each(&lb.ns, &[backend_addr(&lab, 0)], CONNS as u64);
+    assert_eq!(counted, carried, "bytes counted (request, response)");
+    truth::wait_datapath(&lb.ns, "liveFlows", 0, Duration::from_secs(5))
+        .expect("no connection is left tracked");
+    for map in ["EF_CT_YOUNG", "EF_CT_FLOWS"] {
+        assert_eq!(
+            lb.pinned_entries(map).expect("bpftool reads the map"),
+            0,
+            "{map}"
+        );
     }
 }
 
