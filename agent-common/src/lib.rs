@@ -296,6 +296,14 @@ pub const CT_ENDED: u64 = 64;
 /// [`CT_ENDED`], and exclusive with it: whichever is set first decides
 /// whether the connection ended young or moved.
 pub const CT_MOVED: u64 = 128;
+/// [`CtFlow::flags`] bit, in `EF_CT_FLOWS` only: the sweeper's copy of a
+/// young connection it is moving, which nothing may end until the young
+/// entry is marked [`CT_MOVED`] and the bit cleared.
+pub const CT_COPY: u64 = 256;
+/// [`CtFlow::flags`] bit: an end claimed this connection's young entry
+/// while the sweeper was moving it and could not end the copy; the next
+/// sweep ends it, as that end would have, unless a packet does first.
+pub const CT_CLOSING: u64 = 512;
 
 /// A forwarded connection conntrack follows that was established before
 /// evenflow could see its SYN, for the agent's adoption iterator

@@ -177,6 +177,22 @@ impl Seen {
         self.0.seen[dir as usize & 1].td_end
     }
 
+    /// The sequence numbers to hold back from each direction's end
+    /// (original, reply) when the connection ends now: its FINs, or, where
+    /// an RST closed it, the first FIN, if one was sent (had the other
+    /// side's followed, that FIN would have ended the connection).
+    #[inline(always)]
+    pub fn held(&self) -> (u32, u32) {
+        if self.reset() {
+            (
+                self.closed_first(ORIGINAL) as u32,
+                self.closed_first(REPLY) as u32,
+            )
+        } else {
+            (1, 1)
+        }
+    }
+
     /// Whether `dir` sent the connection's first FIN: conntrack marks the
     /// direction whose FIN moved the connection into `FIN_WAIT` (a
     /// retransmission of that FIN, or the other side's, marks nothing; a
@@ -297,7 +313,10 @@ fn is_ct_addr(addr: &[u32; 4], ct_addr: &[u32; 4]) -> bool {
 /// (address, port): a stored `nf_conn` may since have been freed and
 /// reused for another, or have expired (conntrack frees an expired record
 /// only when its garbage collector, which can wait a minute, gets to it).
-#[inline(always)]
+/// Out of line: the iterators that ask it twice a visit would otherwise
+/// hold a copy of the tuples for each ask in the frame below every call
+/// they make, and run out of stack.
+#[inline(never)]
 pub fn is_connection(ct: u64, client: (&[u32; 4], u16), backend: (&[u32; 4], u16)) -> bool {
     let (Some(tuples), Some(timeout)) =
         (Tuples::of(ct), read::<u32>(ct + offset(&NF_CONN_TIMEOUT)))

@@ -18,9 +18,9 @@
 use core::ptr::read_volatile;
 
 use agent_common::{
-    CT_ADOPT_ADOPTED, CT_ADOPT_FOLLOWED, CT_ADOPT_FULL, CT_ADOPT_GONE, CT_ENDED, CT_ISN_ORIGINAL,
-    CT_ISN_REPLY, CT_MOVED, CT_ORIGINAL, CT_REPLY, CT_YOUNG_ENTRIES, CtFlow, Direction,
-    EndpointKey, FLOW_OPEN, MAX_FLOWS, PROTO_TCP, Stat, TAG_SHIFT, flow_tag,
+    CT_ADOPT_ADOPTED, CT_ADOPT_FOLLOWED, CT_ADOPT_FULL, CT_ADOPT_GONE, CT_CLOSING, CT_COPY,
+    CT_ENDED, CT_ISN_ORIGINAL, CT_ISN_REPLY, CT_MOVED, CT_ORIGINAL, CT_REPLY, CT_YOUNG_ENTRIES,
+    CtFlow, Direction, EndpointKey, FLOW_OPEN, MAX_FLOWS, PROTO_TCP, Stat, TAG_SHIFT, flow_tag,
 };
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
@@ -155,21 +155,16 @@ fn on_close(pkt: &Packet, ct: Ct) {
     } else {
         (conntrack::ORIGINAL, conntrack::REPLY)
     };
-    let held = if pkt.is_rst() {
-        if !seen.reset() {
-            return;
-        }
-        (
-            seen.closed_first(conntrack::ORIGINAL) as u32,
-            seen.closed_first(conntrack::REPLY) as u32,
-        )
-    } else if seen.closed_first(other) && !seen.closed_first(this) {
-        (1, 1)
+    let ends = if pkt.is_rst() {
+        seen.reset()
     } else {
-        return;
+        seen.closed_first(other) && !seen.closed_first(this)
     };
+    if !ends {
+        return;
+    }
     if let Some((f, tag, tier)) = followed(pkt, ct) {
-        end(f, tag, ct.conn, tier, Some((&seen, held)));
+        end(f, tag, ct.conn, tier, Some((&seen, seen.held())));
     }
 }
 
@@ -239,10 +234,16 @@ fn set(f: &mut CtFlow, bits: u64) -> u64 {
 /// eight lost races in a row, to be tried again by the next sweep).
 #[inline(always)]
 fn set_tagged(f: &mut CtFlow, tag: u64, bits: u64) -> Option<u64> {
+    set_tagged_unless(f, tag, bits, 0)
+}
+
+/// [`set_tagged`], unless any of the bits `unless` is set (`None` then).
+#[inline(always)]
+fn set_tagged_unless(f: &mut CtFlow, tag: u64, bits: u64, unless: u64) -> Option<u64> {
     for _ in 0..8 {
         // SAFETY: a field of a live (or just reused) entry.
         let cur = unsafe { read_volatile(&f.flags) };
-        if cur >> TAG_SHIFT != tag {
+        if cur >> TAG_SHIFT != tag || cur & unless != 0 {
             return None;
         }
         // SAFETY: as above.
@@ -408,13 +409,22 @@ pub fn sweep(key: *const u64, f: &mut CtFlow, tier: Tier) {
     if !is_it() {
         return;
     }
+    // One sequence number held back each way while the connection lives (a
+    // FIN may be among them); what an end holds back once it closed.
+    let closing = flags & CT_CLOSING != 0;
     if let Some(seen) = seen {
-        catch_up_bytes(f, tag, &seen, false, 1);
-        catch_up_bytes(f, tag, &seen, true, 1);
+        let held = if closing { seen.held() } else { (1, 1) };
+        catch_up_bytes(f, tag, &seen, false, held.0);
+        catch_up_bytes(f, tag, &seen, true, held.1);
     }
     catch_up_open(f, tag, &endpoint, conn);
     let t = unfolded(f, tag);
     add_traffic(&endpoint, &t);
+    if closing {
+        // Caught up to its close and folded: the end counts the close.
+        end(f, tag, conn, tier, None);
+        return;
+    }
     let settled = CT_ISN_REPLY | FLOW_OPEN as u64;
     if tier == Tier::Young && flags & settled == settled {
         settle(f, tag, conn);
@@ -434,27 +444,47 @@ fn young_again(conn: u64, tag: u64) -> bool {
 }
 
 /// Moves the young connection tagged `tag` (open since an earlier visit,
-/// just caught up and folded) to `EF_CT_FLOWS`: a copy goes there first,
-/// then the young entry is marked moved, unless a packet ended it first
-/// (the copy is then dropped). Packets that look the connection up find
-/// the young entry until it is marked, the copy from then on; an end that
-/// claims the young entry once it is marked ends the copy.
+/// just caught up and folded) to `EF_CT_FLOWS`:
+///
+/// 1. a copy goes there, marked [`CT_COPY`]: nothing ends it yet;
+/// 2. the young entry is marked moved, unless a packet ended it first (the
+///    copy, which nothing could end meanwhile, is then dropped);
+/// 3. the copy's mark is cleared: packets find the copy from the moment
+///    the young entry is marked, and an end that claims the young entry
+///    then ends the copy;
+/// 4. if an end claimed the young entry while the copy was still marked,
+///    it could not end the copy: the copy is marked [`CT_CLOSING`], and
+///    the next sweep ends it as that end would have, from conntrack's
+///    record (ending it here would take more stack than an iterator has);
+/// 5. the young entry goes.
 #[inline(never)]
 fn settle(f: &mut CtFlow, tag: u64, conn: u64) {
     // SAFETY: the element being visited, copied whole.
-    let copy = unsafe { read_volatile(f) };
-    if copy.flags >> TAG_SHIFT != tag || CT_FLOWS.insert(&conn, &copy, BPF_NOEXIST as u64).is_err()
-    {
+    let mut copy = unsafe { read_volatile(f) };
+    if copy.flags >> TAG_SHIFT != tag {
         return;
     }
-    match set_tagged(f, tag, CT_MOVED) {
-        Some(before) if before & CT_ENDED == 0 => {
-            let _ = CT_YOUNG.remove(&conn);
-        }
-        _ => {
-            let _ = CT_FLOWS.remove(&conn);
-        }
+    copy.flags |= CT_COPY;
+    if CT_FLOWS.insert(&conn, &copy, BPF_NOEXIST as u64).is_err() {
+        return;
     }
+    if !set_tagged(f, tag, CT_MOVED).is_some_and(|before| before & CT_ENDED == 0) {
+        let _ = CT_FLOWS.remove(&conn);
+        return;
+    }
+    let Some(moved) = CT_FLOWS.get_ptr_mut(&conn) else {
+        return;
+    };
+    // SAFETY: a live entry, which nothing but this removes while it is
+    // marked a copy.
+    let moved = unsafe { &mut *moved };
+    // SAFETY: as above.
+    unsafe { atomic::fetch_and(&raw mut moved.flags, !CT_COPY) };
+    // SAFETY: a field of the element being visited.
+    if unsafe { read_volatile(&f.flags) } & CT_ENDED != 0 {
+        set_tagged(moved, tag, CT_CLOSING);
+    }
+    let _ = CT_YOUNG.remove(&conn);
 }
 
 /// Counts the connection opened once conntrack saw its handshake end (its
@@ -588,15 +618,21 @@ fn claim<'a>(
     conn: u64,
     tier: Tier,
 ) -> Option<(&'a mut CtFlow, Tier, u64)> {
-    let flags = set_tagged(f, tag, CT_ENDED)?;
-    if flags & CT_ENDED != 0 {
-        return None;
-    }
+    let flags = mark_ended(f, tag)?;
     if flags & CT_MOVED == 0 {
         return Some((f, tier, flags));
     }
     // SAFETY: a live entry.
     let moved = unsafe { &mut *CT_FLOWS.get_ptr_mut(&conn)? };
-    let flags = set_tagged(moved, tag, CT_ENDED)?;
-    (flags & CT_ENDED == 0).then_some((moved, Tier::Settled, flags))
+    let flags = mark_ended(moved, tag)?;
+    Some((moved, Tier::Settled, flags))
+}
+
+/// Sets the end bit of the connection tagged `tag`; the flags before, or
+/// `None` when it is no longer this connection's, another end set the bit
+/// first, or it is the sweeper's copy of a connection it is moving (which
+/// the sweeper then ends: see [`settle`]).
+#[inline(always)]
+fn mark_ended(f: &mut CtFlow, tag: u64) -> Option<u64> {
+    set_tagged_unless(f, tag, CT_ENDED, CT_ENDED | CT_COPY)
 }
