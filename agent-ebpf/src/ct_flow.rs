@@ -472,17 +472,16 @@ fn settle(f: &mut CtFlow, tag: u64, conn: u64) {
         let _ = CT_FLOWS.remove(&conn);
         return;
     }
-    let Some(moved) = CT_FLOWS.get_ptr_mut(&conn) else {
-        return;
-    };
-    // SAFETY: a live entry, which nothing but this removes while it is
-    // marked a copy.
-    let moved = unsafe { &mut *moved };
-    // SAFETY: as above.
-    unsafe { atomic::fetch_and(&raw mut moved.flags, !CT_COPY) };
-    // SAFETY: a field of the element being visited.
-    if unsafe { read_volatile(&f.flags) } & CT_ENDED != 0 {
-        set_tagged(moved, tag, CT_CLOSING);
+    // Nothing but this removes the copy while it is marked.
+    if let Some(moved) = CT_FLOWS.get_ptr_mut(&conn) {
+        // SAFETY: a live entry.
+        let moved = unsafe { &mut *moved };
+        // SAFETY: as above.
+        unsafe { atomic::fetch_and(&raw mut moved.flags, !CT_COPY) };
+        // SAFETY: a field of the element being visited.
+        if unsafe { read_volatile(&f.flags) } & CT_ENDED != 0 {
+            set_tagged(moved, tag, CT_CLOSING);
+        }
     }
     let _ = CT_YOUNG.remove(&conn);
 }
