@@ -587,11 +587,7 @@ fn end(f: &mut CtFlow, tag: u64, conn: u64, tier: Tier, last: Option<(&Seen, (u3
     // Copied before the removal, after which the entry may go to the next
     // connection inserted on this CPU (the tagged writes below then fail).
     let endpoint = f.endpoint;
-    match tier {
-        Tier::Young => CT_YOUNG.remove(&conn),
-        Tier::Settled => CT_FLOWS.remove(&conn),
-    }
-    .ok();
+    let _ = tier.map().remove(&conn);
     if let Some((seen, (tx, rx))) = last {
         catch_up_bytes(f, tag, seen, false, tx);
         catch_up_bytes(f, tag, seen, true, rx);

@@ -194,12 +194,13 @@ impl Datapath {
         let sock_slots = sock_slots(&pin_dir, cfg.sock_slots);
         let sock_slots_mask = sock_slots - 1;
         let level = cfg.ebpf_log.aya_level();
+        let young = young_flows(cfg.max_flows);
         let mut loader = EbpfLoader::new();
         loader
             .default_map_pin_directory(&pin_dir)
             .map_max_entries(maps::FLOWS, cfg.max_flows.saturating_mul(2))
-            .map_max_entries(maps::CT_FLOWS, cfg.max_flows - young_flows(cfg.max_flows))
-            .map_max_entries(maps::CT_YOUNG, young_flows(cfg.max_flows))
+            .map_max_entries(maps::CT_FLOWS, cfg.max_flows - young)
+            .map_max_entries(maps::CT_YOUNG, young)
             .map_max_entries(maps::SOCK_SLOTS, sock_slots)
             .override_global("SOCK_SLOTS_MASK", &sock_slots_mask, true)
             .override_global(aya_log::LEVEL, &level, true);
