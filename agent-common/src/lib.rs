@@ -602,8 +602,9 @@ pub const META_COUNT: u32 = 8;
 /// look for it elsewhere. 8: forwarded connections' marks carry a tag
 /// ([`TAG_SHIFT`]), which programs of layout 7 would take for bytes.
 /// 9: a connection conntrack follows starts in `EF_CT_YOUNG`, where
-/// programs of layout 8 would not look for it.
-pub const LAYOUT_VERSION: u64 = 9;
+/// programs of layout 8 would not look for it. 10: `EF_ENDPOINTS` is not
+/// preallocated, and the flow maps the layout does not use have one entry.
+pub const LAYOUT_VERSION: u64 = 10;
 
 /// The IPv4-mapped IPv6 form (`::ffff:a.b.c.d`) of an IPv4 address given
 /// as it sits in memory (network byte order bytes read as a native `u32`).

@@ -3,7 +3,7 @@
 
 use agent_common::{EndpointCounters, EndpointKey, MAX_ENDPOINTS, META_COUNT, STAT_COUNT, Stat};
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     macros::map,
     maps::{Array, PerCpuArray, PerCpuHashMap},
 };
@@ -14,9 +14,12 @@ use crate::atomic;
 /// never share a cache line; not LRU, because an endpoint's totals must
 /// never restart at zero within an epoch; pinned so an agent restart keeps
 /// them. Written on connection events and folds only, never per packet.
+/// Not preallocated: an endpoint's counters, one set per CPU, are
+/// allocated when it first appears, where preallocating would hold
+/// `MAX_ENDPOINTS` sets on every CPU (192 MiB on a 64-CPU node).
 #[map(name = "EF_ENDPOINTS")]
 static ENDPOINTS: PerCpuHashMap<EndpointKey, EndpointCounters> =
-    PerCpuHashMap::pinned(MAX_ENDPOINTS, 0);
+    PerCpuHashMap::pinned(MAX_ENDPOINTS, BPF_F_NO_PREALLOC);
 
 /// What could not be counted, and bookkeeping userspace reports.
 #[map(name = "EF_STATS")]

@@ -194,13 +194,12 @@ impl Datapath {
         let sock_slots = sock_slots(&pin_dir, cfg.sock_slots);
         let sock_slots_mask = sock_slots - 1;
         let level = cfg.ebpf_log.aya_level();
-        let young = young_flows(cfg.max_flows);
         let mut loader = EbpfLoader::new();
+        for (map, entries) in flow_map_sizes(kernel.conntrack, cfg.max_flows) {
+            loader.map_max_entries(map, entries);
+        }
         loader
             .default_map_pin_directory(&pin_dir)
-            .map_max_entries(maps::FLOWS, cfg.max_flows.saturating_mul(2))
-            .map_max_entries(maps::CT_FLOWS, cfg.max_flows - young)
-            .map_max_entries(maps::CT_YOUNG, young)
             .map_max_entries(maps::SOCK_SLOTS, sock_slots)
             .override_global("SOCK_SLOTS_MASK", &sock_slots_mask, true)
             .override_global(aya_log::LEVEL, &level, true);
@@ -843,6 +842,24 @@ fn young_flows(max_flows: u32) -> u32 {
     (max_flows / 2).min(agent_common::CT_YOUNG_ENTRIES)
 }
 
+/// Each flow map's entries for `--max-flows`: the maps forwarded
+/// connections are kept in share it (see [`FlowMap`]), and the others,
+/// which no program touches in this layout, get one entry each instead of
+/// megabytes of buckets.
+fn flow_map_sizes(conntrack: bool, max_flows: u32) -> [(&'static str, u32); 3] {
+    let young = young_flows(max_flows);
+    let (per_packet, settled, young) = if conntrack {
+        (1, max_flows - young, young)
+    } else {
+        (max_flows.saturating_mul(2), 1, 1)
+    };
+    [
+        (maps::FLOWS, per_packet),
+        (maps::CT_FLOWS, settled),
+        (maps::CT_YOUNG, young),
+    ]
+}
+
 /// The maps this agent keeps forwarded connections in, each with its
 /// sweeper, which `--max-flows` sizes together.
 struct FlowMap {
@@ -1105,5 +1122,24 @@ mod tests {
         for (name, off) in offsets {
             assert!(off > 0 && off < 1024, "{name} = {off}");
         }
+    }
+
+    /// `--max-flows` goes to the maps the layout keeps connections in,
+    /// whole; the others get one entry.
+    #[test]
+    fn max_flows_sizes_only_the_layouts_flow_maps() {
+        use agent_common::maps::{CT_FLOWS, CT_YOUNG, FLOWS};
+        assert_eq!(
+            super::flow_map_sizes(true, 131_072),
+            [(FLOWS, 1), (CT_FLOWS, 129_024), (CT_YOUNG, 2_048)]
+        );
+        assert_eq!(
+            super::flow_map_sizes(true, 32),
+            [(FLOWS, 1), (CT_FLOWS, 16), (CT_YOUNG, 16)]
+        );
+        assert_eq!(
+            super::flow_map_sizes(false, 131_072),
+            [(FLOWS, 262_144), (CT_FLOWS, 1), (CT_YOUNG, 1)]
+        );
     }
 }
