@@ -91,6 +91,14 @@ impl Node {
         PathBuf::from(crate::BPFFS).join("evenflow").join(&self.ns)
     }
 
+    /// What bpftool shows of the node's pinned map `map` (`max_entries`,
+    /// `bytes_memlock`: the kernel memory it holds, ...).
+    pub fn pinned_map(&self, map: &str) -> Result<serde_json::Value> {
+        let path = self.pin_dir().join(map).display().to_string();
+        let out = netns::sh("bpftool", &["-j", "map", "show", "pinned", &path])?;
+        serde_json::from_str(&out).with_context(|| format!("bpftool's show of {path}"))
+    }
+
     /// How many entries the node's pinned map `map` holds (bpftool reads
     /// the pin).
     pub fn pinned_entries(&self, map: &str) -> Result<usize> {

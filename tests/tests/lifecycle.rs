@@ -459,8 +459,28 @@ fn an_upgrade_keeps_counting_the_forwarded_connections_open_across_it() {
     );
 }
 
+/// The flow maps' sizes on `node`: `EF_FLOWS`, `EF_CT_FLOWS`,
+/// `EF_CT_YOUNG`.
+fn flow_map_sizes(node: &lab::Node) -> [u64; 3] {
+    ["EF_FLOWS", "EF_CT_FLOWS", "EF_CT_YOUNG"].map(|map| {
+        let info = node.pinned_map(map).expect("bpftool shows the map");
+        info["max_entries"].as_u64().expect("max_entries")
+    })
+}
+
+/// The kernel memory `node`'s endpoint map holds.
+fn endpoint_map_bytes(node: &lab::Node) -> u64 {
+    let info = node.pinned_map("EF_ENDPOINTS").expect("bpftool shows it");
+    info["bytes_memlock"].as_u64().expect("bytes_memlock")
+}
+
+/// Buckets for 65,536 endpoints take 1 MiB; their counters, preallocated,
+/// would take 48 bytes more each on every CPU.
+const ENDPOINT_MAP_MAX_BYTES: u64 = 2 << 20;
+
 /// An lb agent keeps forwarded connections in one of two flow maps, by
-/// how it counts them (from conntrack, or packet by packet). Switching
+/// how it counts them (from conntrack, or packet by packet); the other
+/// holds one entry, and the endpoint map only the endpoints seen. Switching
 /// starts a new epoch, once, as an upgrade does, and the new way counts
 /// exactly from the switch.
 #[test]
@@ -476,11 +496,18 @@ fn switching_how_forwarded_connections_are_counted_starts_a_new_epoch() {
     let vip = lab::vip(false);
     client::http_load(&lab.client.ns, vip, 20, 2).expect("the first load runs");
     let (before, _) = settled(&lb.ns, &addr, BACKEND_PORT, SENDS_TO, 20);
+    assert_eq!(flow_map_sizes(&lb), [1, 129_024, 2_048]);
+    let endpoints = endpoint_map_bytes(&lb);
+    assert!(
+        endpoints < ENDPOINT_MAP_MAX_BYTES,
+        "EF_ENDPOINTS holds {endpoints} bytes for a few endpoints"
+    );
 
     let per_packet = ["EVENFLOW_FORWARDED_PER_PACKET=true"];
     agent::relaunch(&mut lab, &lb, &[], &per_packet).expect("the agent starts per packet");
     client::http_load(&lab.client.ns, vip, 25, 2).expect("the second load runs");
     let (after, t) = settled(&lb.ns, &addr, BACKEND_PORT, SENDS_TO, 25);
+    assert_eq!(flow_map_sizes(&lb), [262_144, 1, 1]);
     assert_ne!(
         before["agentEpoch"], after["agentEpoch"],
         "switching flow maps starts a new epoch"
