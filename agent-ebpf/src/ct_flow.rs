@@ -119,9 +119,14 @@ pub fn on_packet(ctx: &TcContext, ct: Ct) {
         return;
     };
     if pkt.is_syn_ack() {
-        if ct.reply {
+        // The backend's initial sequence number, from its first SYN-ACK:
+        // a retransmission carries the same one and writes nothing, so
+        // that no SYN-ACK writes into an entry the sweeper is moving (only
+        // a connection whose number is known moves) or has just freed.
+        // SAFETY: a field of a live entry.
+        if ct.reply && unsafe { read_volatile(&f.flags) } & CT_ISN_REPLY == 0 {
             f.isn[CT_REPLY] = pkt.seq;
-            set(f, CT_ISN_REPLY);
+            set_tagged(f, tag, CT_ISN_REPLY);
         }
     } else {
         catch_up_crossing(f, tag, ct);
@@ -218,15 +223,6 @@ fn is_for(f: &CtFlow, pkt: &Packet, reply: bool) -> bool {
         (&f.endpoint.addr, f.endpoint.port)
     };
     key.remote_port == port && agent_common::same_addr(&key.remote_addr, addr)
-}
-
-/// Sets `bits` in the connection's flags, from the packet path (which
-/// holds the entry for a few hundred nanoseconds, on a CPU that reuses no
-/// element meanwhile); returns the flags before.
-#[inline(always)]
-fn set(f: &mut CtFlow, bits: u64) -> u64 {
-    // SAFETY: a field of a live entry.
-    unsafe { atomic::fetch_or(&raw mut f.flags, bits) }
 }
 
 /// Sets `bits` in the flags of the connection tagged `tag`; the flags
