@@ -194,8 +194,9 @@ impl Datapath {
         let sock_slots = sock_slots(&pin_dir, cfg.sock_slots);
         let sock_slots_mask = sock_slots - 1;
         let level = cfg.ebpf_log.aya_level();
+        let flows = FlowMap::of(kernel.conntrack);
         let mut loader = EbpfLoader::new();
-        for (map, entries) in flow_map_sizes(kernel.conntrack, cfg.max_flows) {
+        for (map, entries) in flows.sizes(cfg.max_flows) {
             loader.map_max_entries(map, entries);
         }
         loader
@@ -251,7 +252,6 @@ impl Datapath {
             attach_tc_missing(&mut ebpf, &mut pinned, &links_dir, iface, ingress)?;
         }
         crate::links::prune(&links_dir, &pinned)?;
-        let flows = FlowMap::of(kernel.conntrack);
         let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
         let samplers = [
             attach_iter(
@@ -842,24 +842,6 @@ fn young_flows(max_flows: u32) -> u32 {
     (max_flows / 2).min(agent_common::CT_YOUNG_ENTRIES)
 }
 
-/// Each flow map's entries for `--max-flows`: the maps forwarded
-/// connections are kept in share it (see [`FlowMap`]), and the others,
-/// which no program touches in this layout, get one entry each instead of
-/// megabytes of buckets.
-fn flow_map_sizes(conntrack: bool, max_flows: u32) -> [(&'static str, u32); 3] {
-    let young = young_flows(max_flows);
-    let (per_packet, settled, young) = if conntrack {
-        (1, max_flows - young, young)
-    } else {
-        (max_flows.saturating_mul(2), 1, 1)
-    };
-    [
-        (maps::FLOWS, per_packet),
-        (maps::CT_FLOWS, settled),
-        (maps::CT_YOUNG, young),
-    ]
-}
-
 /// The maps this agent keeps forwarded connections in, each with its
 /// sweeper, which `--max-flows` sizes together.
 struct FlowMap {
@@ -885,6 +867,25 @@ impl FlowMap {
                 entries_per_connection: 2,
             }
         }
+    }
+
+    /// Each flow map's entries for `--max-flows`: the maps this agent
+    /// keeps connections in share it, and the others, which no program
+    /// touches in this layout, get one entry each instead of megabytes of
+    /// buckets.
+    fn sizes(&self, max_flows: u32) -> [(&'static str, u32); 3] {
+        let young = young_flows(max_flows);
+        [
+            (maps::FLOWS, max_flows.saturating_mul(2)),
+            (maps::CT_FLOWS, max_flows - young),
+            (maps::CT_YOUNG, young),
+        ]
+        .map(|(map, entries)| (map, if self.keeps(map) { entries } else { 1 }))
+    }
+
+    /// Whether connections are kept in `map`.
+    fn keeps(&self, map: &str) -> bool {
+        self.maps.iter().any(|(m, _)| *m == map)
     }
 }
 
@@ -1130,15 +1131,15 @@ mod tests {
     fn max_flows_sizes_only_the_layouts_flow_maps() {
         use agent_common::maps::{CT_FLOWS, CT_YOUNG, FLOWS};
         assert_eq!(
-            super::flow_map_sizes(true, 131_072),
+            super::FlowMap::of(true).sizes(131_072),
             [(FLOWS, 1), (CT_FLOWS, 129_024), (CT_YOUNG, 2_048)]
         );
         assert_eq!(
-            super::flow_map_sizes(true, 32),
+            super::FlowMap::of(true).sizes(32),
             [(FLOWS, 1), (CT_FLOWS, 16), (CT_YOUNG, 16)]
         );
         assert_eq!(
-            super::flow_map_sizes(false, 131_072),
+            super::FlowMap::of(false).sizes(131_072),
             [(FLOWS, 262_144), (CT_FLOWS, 1), (CT_YOUNG, 1)]
         );
     }
