@@ -1,9 +1,9 @@
 //! Header parsing for the TC programs: Ethernet (with one VLAN tag), IPv4 or
-//! IPv6 (walking common extension headers), then TCP or UDP. Only what
-//! counting needs is read.
+//! IPv6 (walking common extension headers), then TCP or UDP; and an RST's
+//! numbers for the RST watcher. Only what counting needs is read.
 
 use agent_common::{FlowKey, PROTO_TCP, PROTO_UDP, Stat, v4_mapped};
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::programs::{TcContext, sk_buff::SkBuff};
 
 use crate::counters::stat;
 
@@ -104,7 +104,7 @@ struct TcpHdr {
     sport: u16,
     dport: u16,
     seq: u32,
-    _ack: u32,
+    ack: u32,
     doff: u8,
     flags: u8,
 }
@@ -338,20 +338,53 @@ fn tcp_header_at(protocol: u32, l3: usize, end: usize) -> Result<Option<usize>, 
 
 /// The sequence and acknowledgement numbers (host order) of a TCP RST
 /// that carries an ACK, from the network header at `l3` (see
-/// [`tcp_header_at`]); `None` for anything else, and for the shapes
-/// [`tcp_header_at`] does not read.
+/// [`tcp_header_at`]); `Ok(None)` for anything else, `Err(())` for the
+/// shapes [`tcp_header_at`] does not read (see [`reset_parsed`]).
 #[inline(always)]
-pub fn reset_at(protocol: u32, l3: usize, end: usize) -> Option<(u32, u32)> {
-    let Ok(Some(tcp)) = tcp_header_at(protocol, l3, end) else {
-        return None;
+pub fn reset_at(protocol: u32, l3: usize, end: usize) -> Result<Option<(u32, u32)>, ()> {
+    let Some(tcp) = tcp_header_at(protocol, l3, end)? else {
+        return Ok(None);
     };
     // SAFETY: `tcp_header_at` checked the header's first 14 bytes.
     unsafe {
         if flags(tcp) & (TCP_RST | TCP_ACK) != TCP_RST | TCP_ACK {
-            return None;
+            return Ok(None);
         }
-        Some((u32::from_be(rd32(tcp + 4)), u32::from_be(rd32(tcp + 8))))
+        Ok(Some((
+            u32::from_be(rd32(tcp + 4)),
+            u32::from_be(rd32(tcp + 8)),
+        )))
     }
+}
+
+/// [`reset_at`] for what it does not read in place: IPv4 options, IPv6
+/// extension headers, headers outside the linear area (a peer's kernel
+/// echoes a packet's IPv4 options in its RST; a socket with `IP_OPTIONS`
+/// or `IPV6_DSTOPTS` sends them on all of its packets). `skb`'s data
+/// starts at the network header; `protocol` is the skb's.
+#[inline(always)]
+pub fn reset_parsed(skb: &SkBuff, protocol: u32) -> Option<(u32, u32)> {
+    let l4 = match u16::from_be(protocol as u16) {
+        ETH_P_IP => {
+            let ip = skb.load::<Ipv4Hdr>(0).ok()?;
+            let ihl = ((ip.vihl & 0x0f) as usize) * 4;
+            if ihl < 20 || ip.proto != PROTO_TCP {
+                return None;
+            }
+            ihl
+        }
+        ETH_P_IPV6 => {
+            let next = skb.load::<Ipv6Hdr>(0).ok()?.next_hdr;
+            match walk_ipv6_ext(skb, next, IPV6_HLEN)? {
+                (PROTO_TCP, l4) => l4,
+                _ => return None,
+            }
+        }
+        _ => return None,
+    };
+    let tcp = skb.load::<TcpHdr>(l4).ok()?;
+    (tcp.flags & (TCP_RST | TCP_ACK) == TCP_RST | TCP_ACK)
+        .then(|| (u32::from_be(tcp.seq), u32::from_be(tcp.ack)))
 }
 
 /// The flags byte of the TCP header at `tcp`.
@@ -568,6 +601,26 @@ fn parse_into(ctx: &TcContext, pkt: &mut Raw) -> i32 {
     }
 }
 
+/// Where headers are read from: a TC program's packet, in place where it
+/// can, or any skb, copied out.
+trait Headers {
+    fn load<T: Copy>(&self, off: usize) -> Result<T, ()>;
+}
+
+impl Headers for TcContext {
+    #[inline(always)]
+    fn load<T: Copy>(&self, off: usize) -> Result<T, ()> {
+        load(self, off)
+    }
+}
+
+impl Headers for SkBuff {
+    #[inline(always)]
+    fn load<T: Copy>(&self, off: usize) -> Result<T, ()> {
+        SkBuff::load(self, off).map_err(|_| ())
+    }
+}
+
 /// The `T` at `off` in the packet: read in place when it lies in the linear
 /// area, else copied out with `bpf_skb_load_bytes`.
 #[inline(always)]
@@ -663,18 +716,18 @@ fn parse_headers(ctx: &TcContext, pkt: &mut Raw) -> Result<bool, ()> {
 /// fragment (no transport header). A header that cannot be read leaves the
 /// extension header as the protocol, which the caller counts as unparsable.
 #[inline(always)]
-fn walk_ipv6_ext(ctx: &TcContext, mut proto: u8, mut off: usize) -> Option<(u8, usize)> {
+fn walk_ipv6_ext(h: &impl Headers, mut proto: u8, mut off: usize) -> Option<(u8, usize)> {
     for _ in 0..IPV6_MAX_EXT {
         match proto {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
-                let Ok(hdr) = load::<[u8; 2]>(ctx, off) else {
+                let Ok(hdr) = h.load::<[u8; 2]>(off) else {
                     break;
                 };
                 proto = hdr[0];
                 off += (hdr[1] as usize + 1) * 8;
             }
             IPPROTO_FRAGMENT => {
-                let Ok(hdr) = load::<[u8; 4]>(ctx, off) else {
+                let Ok(hdr) = h.load::<[u8; 4]>(off) else {
                     break;
                 };
                 if u16::from_be_bytes([hdr[2], hdr[3]]) & 0xfff8 != 0 {

@@ -35,7 +35,8 @@ use crate::packet;
 const PASS: i32 = 1;
 
 /// The longest packet that can be a kernel's RST: an IPv6 header and a TCP
-/// header with the most options (kernel RSTs carry no payload).
+/// header with the most options, or an IPv4 header with the most options
+/// and a TCP header with timestamps (92; kernel RSTs carry no payload).
 const MAX_RST_LEN: u32 = 40 + 60;
 
 /// What RSTs acknowledged, `seq << 32 | ack`, slotted by `seq`'s low bits.
@@ -71,7 +72,11 @@ fn note(ctx: &SkBuffContext) {
             (*skb).data_end as usize,
         )
     };
-    let Some((seq, ack)) = packet::reset_at(protocol, data, end) else {
+    let reset = match packet::reset_at(protocol, data, end) {
+        Ok(reset) => reset,
+        Err(()) => packet::reset_parsed(&ctx.skb, protocol),
+    };
+    let Some((seq, ack)) = reset else {
         return;
     };
     if let Some(slot) = RESETS.get_ptr_mut(seq & (MAX_RESETS - 1)) {

@@ -10,7 +10,7 @@ use core::ptr::read_volatile;
 use agent_common::{SOCK_CLOSED, SockSlot, SockState};
 use aya_ebpf::helpers::generated::bpf_skc_to_tcp_sock;
 
-use crate::{kernel, sock, sweeper::MapElemIterCtx};
+use crate::{atomic, kernel, sock, sweeper::MapElemIterCtx};
 
 #[unsafe(link_section = "iter/bpf_map_elem")]
 #[unsafe(no_mangle)]
@@ -76,6 +76,19 @@ pub extern "C" fn evenflow_sock_sampler(ctx: *mut SkStorageIterCtx) -> i32 {
     }
     // SAFETY: a non-null tcp_sock BTF pointer.
     let c = unsafe { kernel::tcp_sock_counters(tp) };
+    // The iterator holds no reference on the socket: it may have closed
+    // since its flags were read, and its memory gone to a new socket (the
+    // kernel reuses a TCP socket's memory without waiting), whose counters
+    // these would then be. Its close marked the storage first; read after
+    // a full barrier, the mark tells.
+    // SAFETY: `st` is this socket's storage.
+    let closed = unsafe {
+        atomic::load(&raw mut (*marks).rx);
+        read_volatile(&(*st).flags) & SOCK_CLOSED != 0
+    };
+    if closed {
+        return 0;
+    }
     sock::fold(&endpoint, marks, 0, &sock::live_payload(flags, &c), false);
     0
 }

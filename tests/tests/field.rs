@@ -1655,6 +1655,14 @@ def to_end(s):
     try:
         while s.recv(65536): pass
     except ConnectionResetError: pass
+def with_options(s):
+    # Every packet of the socket from here on, its RST too, carries IPv4
+    # options (four bytes: NOPs) or an IPv6 destination options header.
+    if not {options}: return
+    if fam == socket.AF_INET:
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, b'\x01\x01\x01\x00')
+    else:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_DSTOPTS, bytes([0, 0, 1, 4, 0, 0, 0, 0]))
 conns = req_total = resp_total = 0
 fam = socket.AF_INET6 if ':' in '{vip}' else socket.AF_INET
 anywhere = '::' if fam == socket.AF_INET6 else '0.0.0.0'
@@ -1675,6 +1683,7 @@ for i in range(70):
         s.connect(('{vip}', {port}))
     else:
         s = socket.create_connection(('{vip}', {port}), timeout=10, source_address=source)
+    with_options(s)
     s.sendall(struct.pack('!BII', shape, req, resp) + b'q' * (req - 9))
     if shape in (1, 3, 7):
         # The client closes first: its FIN, then the answer.
@@ -1704,10 +1713,12 @@ print(conns, req_total, resp_total)
 "#;
 
 /// Drops the bare ACKs the close-shapes client sends from ports 20000 on
-/// (shape 6), as a peer whose ACK is delayed when it resets sends none.
+/// (shape 6), as a peer whose ACK is delayed when it resets sends none
+/// (with timestamps, and room for [`IpHeaders::Options`]; every request
+/// carries at least 9 bytes).
 const HELD_ACKS: &str = "table inet heldacks { chain output { type filter hook output priority 0; \
-                         tcp sport 20000-20999 tcp flags & (syn | fin | rst) == 0 ip length <= 52 drop; \
-                         tcp sport 20000-20999 tcp flags & (syn | fin | rst) == 0 ip6 length <= 32 drop; } }";
+                         tcp sport 20000-20999 tcp flags & (syn | fin | rst) == 0 ip length <= 56 drop; \
+                         tcp sport 20000-20999 tcp flags & (syn | fin | rst) == 0 ip6 length <= 40 drop; } }";
 
 /// How connections end, through the DNAT lb: the client's FIN first (the
 /// server answers a half-closed connection, then closes), the server's
@@ -1735,7 +1746,7 @@ fn field_forwarded_close_shapes_count_exactly() {
     agent::start(&mut lab, &lb, &[]).expect("the lb agent starts");
     let baseline = datapath(&grpcurl::snapshot(&lb.ns).expect("snapshot"), "liveFlows");
     let client = lab.client.clone();
-    let truth = run_shapes_client(&mut lab, &client, lab::VIP4, 80);
+    let truth = run_shapes_client(&mut lab, &client, lab::VIP4, 80, IpHeaders::Plain);
     let addr = backend_addr(&lab, 0);
     let server = settled(&b1.ns, &addr, BACKEND_PORT, SERVES, truth.conns).1;
     let lb_view = settled(&lb.ns, &addr, BACKEND_PORT, SENDS_TO, truth.conns).1;
@@ -1759,7 +1770,29 @@ fn field_loopback_close_shapes_count_exactly() {
     let b1 = lab.backends[0].clone();
     start_shapes_server(&mut lab, &b1);
     for lo in ["127.0.0.1", "::1"] {
-        let truth = run_shapes_client(&mut lab, &b1, lo, BACKEND_PORT);
+        let truth = run_shapes_client(&mut lab, &b1, lo, BACKEND_PORT, IpHeaders::Plain);
+        let server = settled(&b1.ns, lo, BACKEND_PORT, SERVES, truth.conns).1;
+        let client = settled(&b1.ns, lo, BACKEND_PORT, SENDS_TO, truth.conns).1;
+        println!("{lo}: client {truth:?}; server {server:?}; client {client:?}");
+        truth.assert_views(&server, &client);
+    }
+}
+
+/// The close shapes over loopback with IPv4 options, and an IPv6
+/// destination options header, on every packet the client sends, its RSTs
+/// included (a socket with `IP_OPTIONS` or `IPV6_DSTOPTS`; a kernel that
+/// resets a connection echoes the options of the packet it answers): the
+/// RST watcher reads what those RSTs acknowledged (the headers it does not
+/// read in place it copies out), so the server's view counts every answer
+/// byte the client took, as the client's does.
+#[test]
+fn field_resets_behind_ip_options_count_exactly() {
+    evenflow_tests::require_root();
+    let mut lab = Lab::new("ipopt", 1).expect("the lab builds");
+    let b1 = lab.backends[0].clone();
+    start_shapes_server(&mut lab, &b1);
+    for lo in ["127.0.0.1", "::1"] {
+        let truth = run_shapes_client(&mut lab, &b1, lo, BACKEND_PORT, IpHeaders::Options);
         let server = settled(&b1.ns, lo, BACKEND_PORT, SERVES, truth.conns).1;
         let client = settled(&b1.ns, lo, BACKEND_PORT, SENDS_TO, truth.conns).1;
         println!("{lo}: client {truth:?}; server {server:?}; client {client:?}");
@@ -1782,7 +1815,7 @@ fn field_same_node_pod_close_shapes_count_exactly() {
     spawn_shapes_server(&mut lab, &server_pod);
     agent::start(&mut lab, &node, &["--service", "web=8080"]).expect("the node's agent starts");
     let addr = server_pod.addr4.to_string();
-    let truth = run_shapes_client(&mut lab, &client_pod, &addr, BACKEND_PORT);
+    let truth = run_shapes_client(&mut lab, &client_pod, &addr, BACKEND_PORT, IpHeaders::Plain);
     let server = settled(&node.ns, &addr, BACKEND_PORT, SERVES, truth.conns).1;
     let client = settled(&node.ns, &addr, BACKEND_PORT, SENDS_TO, truth.conns).1;
     println!("client: {truth:?}; server pod {server:?}; client pod {client:?}");
@@ -1844,14 +1877,36 @@ impl ShapesTruth {
     }
 }
 
+/// What the close-shapes client's packets carry between the IP and TCP
+/// headers.
+#[derive(Copy, Clone, PartialEq, Eq)]
+enum IpHeaders {
+    Plain,
+    /// IPv4 options, or an IPv6 destination options header, from the
+    /// first byte of the request on.
+    Options,
+}
+
 /// Runs the close-shapes client in `node`'s namespace and cgroup (where
 /// an agent on the node sees its sockets) against `target`:`port`, its
 /// bare ACKs from the held ports dropped (`HELD_ACKS`).
-fn run_shapes_client(lab: &mut Lab, node: &lab::Node, target: &str, port: u16) -> ShapesTruth {
+fn run_shapes_client(
+    lab: &mut Lab,
+    node: &lab::Node,
+    target: &str,
+    port: u16,
+    headers: IpHeaders,
+) -> ShapesTruth {
     nft::load(&*lab, &node.ns, "heldacks", HELD_ACKS).expect("the ACK drop loads");
+    let options = if headers == IpHeaders::Options {
+        "True"
+    } else {
+        "False"
+    };
     let script = CLOSE_SHAPES_CLIENT
         .replace("{vip}", target)
-        .replace("{port}", &port.to_string());
+        .replace("{port}", &port.to_string())
+        .replace("{options}", options);
     let name = format!("shapes-client-{target}");
     lab.spawn(node, &name, "python3", &["-c", &script])
         .expect("the client starts");
