@@ -1765,17 +1765,7 @@ fn field_forwarded_close_shapes_count_exactly() {
 /// RSTs' acknowledgements included.
 #[test]
 fn field_loopback_close_shapes_count_exactly() {
-    evenflow_tests::require_root();
-    let mut lab = Lab::new("lpsh", 1).expect("the lab builds");
-    let b1 = lab.backends[0].clone();
-    start_shapes_server(&mut lab, &b1);
-    for lo in ["127.0.0.1", "::1"] {
-        let truth = run_shapes_client(&mut lab, &b1, lo, BACKEND_PORT, IpHeaders::Plain);
-        let server = settled(&b1.ns, lo, BACKEND_PORT, SERVES, truth.conns).1;
-        let client = settled(&b1.ns, lo, BACKEND_PORT, SENDS_TO, truth.conns).1;
-        println!("{lo}: client {truth:?}; server {server:?}; client {client:?}");
-        truth.assert_views(&server, &client);
-    }
+    loopback_close_shapes("lpsh", IpHeaders::Plain);
 }
 
 /// The close shapes over loopback with IPv4 options, and an IPv6
@@ -1787,12 +1777,18 @@ fn field_loopback_close_shapes_count_exactly() {
 /// byte the client took, as the client's does.
 #[test]
 fn field_resets_behind_ip_options_count_exactly() {
+    loopback_close_shapes("ipopt", IpHeaders::Options);
+}
+
+/// The close shapes over loopback, IPv4 then IPv6, in lab `name`: both
+/// views exact.
+fn loopback_close_shapes(name: &str, headers: IpHeaders) {
     evenflow_tests::require_root();
-    let mut lab = Lab::new("ipopt", 1).expect("the lab builds");
+    let mut lab = Lab::new(name, 1).expect("the lab builds");
     let b1 = lab.backends[0].clone();
     start_shapes_server(&mut lab, &b1);
     for lo in ["127.0.0.1", "::1"] {
-        let truth = run_shapes_client(&mut lab, &b1, lo, BACKEND_PORT, IpHeaders::Options);
+        let truth = run_shapes_client(&mut lab, &b1, lo, BACKEND_PORT, headers);
         let server = settled(&b1.ns, lo, BACKEND_PORT, SERVES, truth.conns).1;
         let client = settled(&b1.ns, lo, BACKEND_PORT, SENDS_TO, truth.conns).1;
         println!("{lo}: client {truth:?}; server {server:?}; client {client:?}");
