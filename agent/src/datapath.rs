@@ -111,27 +111,44 @@ impl Stats {
 /// `/metrics`.
 pub fn warn_new_losses(prev: &Stats, now: &Stats, capacity: Capacity) {
     use agent_common::Stat;
-    for (stat, capacity, what) in [
-        (
-            Stat::FlowInsertFailed,
-            Some(capacity.flows),
-            "the flow map is full: forwarded connections were not counted (raise --max-flows)",
-        ),
-        (
-            Stat::EndpointInsertFailed,
-            Some(capacity.endpoints),
-            "the endpoint map is full: new endpoints were not counted",
-        ),
-        (
-            Stat::SockStorageFailed,
-            None,
-            "sockets could not get evenflow's storage (memory pressure): not counted",
-        ),
+    for stat in [
+        Stat::FlowInsertFailed,
+        Stat::EndpointInsertFailed,
+        Stat::SockStorageFailed,
     ] {
         let lost = now.slot(stat).saturating_sub(prev.slot(stat));
         if lost > 0 {
-            tracing::warn!(lost, capacity = ?capacity, "{what}");
+            tracing::warn!(lost, capacity = ?capacity, "{}", loss_cause(stat, now, capacity));
         }
+    }
+}
+
+/// What a loss counter's growth means. The endpoint and flow maps are not
+/// preallocated, so an insert fails when the map is full or when the
+/// kernel cannot allocate the entry: the two need different fixes.
+fn loss_cause(stat: agent_common::Stat, now: &Stats, capacity: Capacity) -> &'static str {
+    use agent_common::Stat;
+    // Within a tenth of the size: the kernel's count of a map's entries is
+    // per CPU and approximate near its limit.
+    let near = |held: u64, max: u64| held >= max - max / 10;
+    match stat {
+        Stat::FlowInsertFailed if near(now.live_flows(), capacity.flows) => {
+            "the flow map is full: forwarded connections were not counted (raise --max-flows)"
+        }
+        Stat::FlowInsertFailed => {
+            "the kernel could not allocate flow entries though the flow map has room \
+             (memory is short: the kernel charges evenflow's maps to the memory cgroup \
+             of the agent that created them): forwarded connections were not counted"
+        }
+        Stat::EndpointInsertFailed if near(now.live_endpoints, capacity.endpoints) => {
+            "the endpoint map is full: new endpoints were not counted"
+        }
+        Stat::EndpointInsertFailed => {
+            "the kernel could not allocate counters for new endpoints though the endpoint \
+             map has room (memory is short: the kernel charges evenflow's maps to the \
+             memory cgroup of the agent that created them): they were not counted"
+        }
+        _ => "sockets could not get evenflow's storage (memory pressure): not counted",
     }
 }
 
@@ -1112,6 +1129,33 @@ fn new_epoch() -> Result<u64> {
 
 #[cfg(test)]
 mod tests {
+    /// A failed insert into a map near its size says to make it bigger;
+    /// one into a map with room says memory is short.
+    #[test]
+    fn a_loss_names_a_full_map_or_short_memory() {
+        use super::{Capacity, Stats, loss_cause};
+        use agent_common::Stat;
+        let capacity = Capacity {
+            endpoints: 65_536,
+            flows: 131_072,
+        };
+        let held = |endpoints: u64, flows: u64| {
+            let mut s = Stats {
+                live_endpoints: endpoints,
+                ..Stats::default()
+            };
+            s.slots[Stat::FlowInserted as usize] = flows + 7;
+            s.slots[Stat::FlowDeleted as usize] = 7;
+            s
+        };
+        let full = held(65_536, 130_000);
+        let roomy = held(12, 40);
+        assert!(loss_cause(Stat::EndpointInsertFailed, &full, capacity).contains("is full"));
+        assert!(loss_cause(Stat::EndpointInsertFailed, &roomy, capacity).contains("memory"));
+        assert!(loss_cause(Stat::FlowInsertFailed, &full, capacity).contains("--max-flows"));
+        assert!(loss_cause(Stat::FlowInsertFailed, &roomy, capacity).contains("memory"));
+    }
+
     /// The forwarded path reads conntrack's record at offsets from this
     /// kernel's BTF: every one of them is found (conntrack built in, or its
     /// module loaded: `modprobe nf_conntrack`).
