@@ -1309,6 +1309,62 @@ struct Footprint {
     idle_rss: f64,
     /// The kernel memory of the agent's maps, which RSS does not show.
     maps_mib: f64,
+    /// The agent's iterators that visited anything in one window with bpf
+    /// stats on: name, what they ran, and how often.
+    iterators: Vec<(String, Stats)>,
+}
+
+/// The iterators the agent runs before each read: what it costs per
+/// endpoint or connection grows with their count, not with traffic.
+const ITERATORS: [&str; 5] = [
+    "evenflow_slot_sampler",
+    "evenflow_sock_sampler",
+    "evenflow_flow_sweeper",
+    "evenflow_ct_sweeper",
+    "evenflow_ct_young_sweeper",
+];
+
+/// Cumulative stats of the agent's iterators (the only agent running).
+fn iterator_stats() -> Result<Vec<(String, Stats)>> {
+    let out = netns::sh("bpftool", &["-j", "prog", "show"])?;
+    let progs: Vec<serde_json::Value> = serde_json::from_str(&out)?;
+    Ok(progs
+        .iter()
+        .filter_map(|p| {
+            // bpftool names a program by its BTF function, or else by
+            // the kernel's first 15 bytes of its name.
+            let name = p["name"].as_str().filter(|n| n.starts_with("evenflow_"))?;
+            ITERATORS.iter().any(|&i| i.starts_with(name)).then(|| {
+                let stats = Stats {
+                    ns: p["run_time_ns"].as_u64().unwrap_or(0),
+                    runs: p["run_cnt"].as_u64().unwrap_or(0),
+                };
+                (name.to_owned(), stats)
+            })
+        })
+        .collect())
+}
+
+/// What the agent's iterators ran over one window of `secs` with bpf
+/// stats on (apart from the CPU windows: the stats' clock reads add to
+/// every visit).
+fn iterator_window(secs: u64) -> Result<Vec<(String, Stats)>> {
+    let _stats = BpfStats::off()?;
+    BpfStats::set(true)?;
+    let before = iterator_stats()?;
+    for _ in 0..secs * 5 {
+        crate::interrupt::check()?;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let after = iterator_stats()?;
+    Ok(after
+        .into_iter()
+        .filter_map(|(name, now)| {
+            let was = before.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)?;
+            Some((name, now.since(was)))
+        })
+        .filter(|(_, s)| s.runs > 0)
+        .collect())
 }
 
 /// Both footprints: a node's sockets' endpoints, a balancer's forwarded
@@ -1425,6 +1481,7 @@ fn measure(
         rss: rss_mib(pid)?,
         idle_rss,
         maps_mib: maps_mib(node)?,
+        iterators: iterator_window(window as u64)?,
     })
 }
 
@@ -1456,6 +1513,7 @@ impl Footprint {
             rss,
             idle_rss,
             maps_mib,
+            iterators,
         } = self;
         println!("\nagent footprint, {live} {what}, 1 s interval:");
         println!(
@@ -1465,6 +1523,14 @@ impl Footprint {
         );
         println!("  RSS {rss:.1} MiB (idle {idle_rss:.1} MiB)   (target <= 32 MiB)");
         println!("  kernel maps {maps_mib:.1} MiB (bpftool's bytes_memlock of the pinned maps)");
+        for (name, s) in iterators {
+            println!(
+                "  {name:<26} {:>6.0} ns a visit, {:>7.0} visits/s: {:.2}% of one core (one {window:.0} s window, bpf stats on)",
+                s.mean(),
+                s.runs as f64 / window,
+                s.ns as f64 / window / 1e7
+            );
+        }
         if *live < FOOTPRINT_LIVE {
             println!("  note: only {live} {what} (expected {FOOTPRINT_LIVE})");
         }
