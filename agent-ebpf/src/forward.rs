@@ -396,8 +396,20 @@ fn expire_if_idle(req: &mut FlowValue, tag: u64, req_key: &FlowKey) {
     // coarse clock the TC programs stamp with lags it by a tick at most.
     // SAFETY: no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    if timeout != 0 && now.saturating_sub(last) > timeout {
+    if timeout != 0 && now.saturating_sub(last) > timeout && still_under(req_key, tag) {
         end(req, tag, req_key);
         stat(Stat::FlowExpired, 1);
     }
+}
+
+/// Whether the half under `key` is still the connection tagged `tag`. The
+/// end removes by key: had a packet ended this connection since the
+/// sweeper read it and a new one registered on the same addresses and
+/// ports, the removal would take the new one's entries instead.
+#[inline(always)]
+fn still_under(key: &FlowKey, tag: u64) -> bool {
+    // SAFETY: a field of a live (or just reused) entry.
+    FLOWS
+        .get_ptr(key)
+        .is_some_and(|f| u64::from(unsafe { read_volatile(&(*f).tag) }) == tag)
 }

@@ -31,8 +31,20 @@ fn backend_addr(lab: &Lab, i: usize) -> String {
 /// zero once conntrack would have forgotten them.
 #[test]
 fn field_failed_and_half_open_connections_leave_no_flow() {
+    failed_and_half_open("fail", &[]);
+}
+
+/// The same with the lb counting its forwarded connections packet by
+/// packet: its sweeper ends what conntrack would have forgotten by the
+/// node's own timeouts.
+#[test]
+fn field_failed_and_half_open_connections_leave_no_flow_per_packet() {
+    failed_and_half_open("failpp", &["--forwarded-per-packet"]);
+}
+
+fn failed_and_half_open(name: &str, lb_args: &[&str]) {
     evenflow_tests::require_root();
-    let mut lab = Lab::new("fail", 4).expect("the lab builds");
+    let mut lab = Lab::new(name, 4).expect("the lab builds");
     let mut logs = Vec::new();
     for (i, b) in lab.backends.clone().iter().enumerate() {
         // b3 runs no server: its kernel answers RST.
@@ -65,7 +77,7 @@ fn field_failed_and_half_open_connections_leave_no_flow() {
         netns::sysctl(&lab.lb.ns, sysctl, "3").expect("conntrack's handshake timeouts");
     }
     let lb = lab.lb.clone();
-    agent::start(&mut lab, &lb, &[]).expect("the lb agent starts");
+    agent::start(&mut lab, &lb, lb_args).expect("the lb agent starts");
     let baseline = datapath(&grpcurl::snapshot(&lb.ns).expect("snapshot"), "liveFlows");
 
     // Patience shorter than conntrack's 3 s SYN timeout: a SYN retried
