@@ -108,47 +108,40 @@ impl Stats {
 
 /// Logs a warning for each loss counter that grew between two reads: what
 /// the datapath could not count must not stay silent until someone reads
-/// `/metrics`.
+/// `/metrics`. The endpoint and flow maps are not preallocated, so an
+/// insert fails when the map is full or when the kernel cannot allocate
+/// the entry; which one, the counts beside the warning tell (the maps'
+/// sizes, and what they held at the read).
 pub fn warn_new_losses(prev: &Stats, now: &Stats, capacity: Capacity) {
     use agent_common::Stat;
-    for stat in [
-        Stat::FlowInsertFailed,
-        Stat::EndpointInsertFailed,
-        Stat::SockStorageFailed,
+    for (stat, what) in [
+        (
+            Stat::FlowInsertFailed,
+            "the flow map is full, or the kernel could not allocate an entry (memory): \
+             forwarded connections were not counted (raise --max-flows, or the agent's \
+             memory limit where the map had room)",
+        ),
+        (
+            Stat::EndpointInsertFailed,
+            "the endpoint map is full, or the kernel could not allocate an endpoint's \
+             counters (memory): new endpoints were not counted (raise the agent's memory \
+             limit where the map had room)",
+        ),
+        (
+            Stat::SockStorageFailed,
+            "sockets could not get evenflow's storage (memory pressure): not counted",
+        ),
     ] {
         let lost = now.slot(stat).saturating_sub(prev.slot(stat));
         if lost > 0 {
-            tracing::warn!(lost, capacity = ?capacity, "{}", loss_cause(stat, now, capacity));
+            tracing::warn!(
+                lost,
+                capacity = ?capacity,
+                live_flows = now.live_flows(),
+                live_endpoints = now.live_endpoints,
+                "{what}"
+            );
         }
-    }
-}
-
-/// What a loss counter's growth means. The endpoint and flow maps are not
-/// preallocated, so an insert fails when the map is full or when the
-/// kernel cannot allocate the entry: the two need different fixes.
-fn loss_cause(stat: agent_common::Stat, now: &Stats, capacity: Capacity) -> &'static str {
-    use agent_common::Stat;
-    // Within a tenth of the size: the kernel's count of a map's entries is
-    // per CPU and approximate near its limit.
-    let near = |held: u64, max: u64| held >= max - max / 10;
-    match stat {
-        Stat::FlowInsertFailed if near(now.live_flows(), capacity.flows) => {
-            "the flow map is full: forwarded connections were not counted (raise --max-flows)"
-        }
-        Stat::FlowInsertFailed => {
-            "the kernel could not allocate flow entries though the flow map has room \
-             (memory is short: the kernel charges evenflow's maps to the memory cgroup \
-             of the agent that created them): forwarded connections were not counted"
-        }
-        Stat::EndpointInsertFailed if near(now.live_endpoints, capacity.endpoints) => {
-            "the endpoint map is full: new endpoints were not counted"
-        }
-        Stat::EndpointInsertFailed => {
-            "the kernel could not allocate counters for new endpoints though the endpoint \
-             map has room (memory is short: the kernel charges evenflow's maps to the \
-             memory cgroup of the agent that created them): they were not counted"
-        }
-        _ => "sockets could not get evenflow's storage (memory pressure): not counted",
     }
 }
 
@@ -1129,33 +1122,6 @@ fn new_epoch() -> Result<u64> {
 
 #[cfg(test)]
 mod tests {
-    /// A failed insert into a map near its size says to make it bigger;
-    /// one into a map with room says memory is short.
-    #[test]
-    fn a_loss_names_a_full_map_or_short_memory() {
-        use super::{Capacity, Stats, loss_cause};
-        use agent_common::Stat;
-        let capacity = Capacity {
-            endpoints: 65_536,
-            flows: 131_072,
-        };
-        let held = |endpoints: u64, flows: u64| {
-            let mut s = Stats {
-                live_endpoints: endpoints,
-                ..Stats::default()
-            };
-            s.slots[Stat::FlowInserted as usize] = flows + 7;
-            s.slots[Stat::FlowDeleted as usize] = 7;
-            s
-        };
-        let full = held(65_536, 130_000);
-        let roomy = held(12, 40);
-        assert!(loss_cause(Stat::EndpointInsertFailed, &full, capacity).contains("is full"));
-        assert!(loss_cause(Stat::EndpointInsertFailed, &roomy, capacity).contains("memory"));
-        assert!(loss_cause(Stat::FlowInsertFailed, &full, capacity).contains("--max-flows"));
-        assert!(loss_cause(Stat::FlowInsertFailed, &roomy, capacity).contains("memory"));
-    }
-
     /// The forwarded path reads conntrack's record at offsets from this
     /// kernel's BTF: every one of them is found (conntrack built in, or its
     /// module loaded: `modprobe nf_conntrack`).
