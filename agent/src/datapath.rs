@@ -110,8 +110,10 @@ impl Stats {
 /// the datapath could not count must not stay silent until someone reads
 /// `/metrics`. The endpoint and flow maps are not preallocated, so an
 /// insert fails when the map is full or when the kernel cannot allocate
-/// the entry; which one, the counts beside the warning tell (the maps'
-/// sizes, and what they held at the read).
+/// the entry. What the maps held at this read goes with the warning, but
+/// cannot decide which: the connections a full map refused may have ended
+/// before the read (the programs would have to count the two errors
+/// apart, a stats slot more).
 pub fn warn_new_losses(prev: &Stats, now: &Stats, capacity: Capacity) {
     use agent_common::Stat;
     for (stat, what) in [
