@@ -349,6 +349,14 @@ impl Stats {
         }
     }
 
+    /// A program's stats from bpftool's JSON for it.
+    fn of(prog: &serde_json::Value) -> Stats {
+        Stats {
+            ns: prog["run_time_ns"].as_u64().unwrap_or(0),
+            runs: prog["run_cnt"].as_u64().unwrap_or(0),
+        }
+    }
+
     fn mean(self) -> f64 {
         if self.runs == 0 {
             0.0
@@ -554,12 +562,9 @@ fn bpf_costs(node: &str) -> Result<Vec<(String, Stats)>> {
         let out = netns::sh("bpftool", &["-j", "prog", "show", "id", &id.to_string()])?;
         let p: serde_json::Value = serde_json::from_str(&out)?;
         let name = p["name"].as_str().unwrap_or_default();
-        let (ns, cnt) = (
-            p["run_time_ns"].as_u64().unwrap_or(0),
-            p["run_cnt"].as_u64().unwrap_or(0),
-        );
-        if cnt > 0 {
-            costs.push((name.to_owned(), Stats { ns, runs: cnt }));
+        let stats = Stats::of(&p);
+        if stats.runs > 0 {
+            costs.push((name.to_owned(), stats));
         }
     }
     Ok(costs)
@@ -1334,13 +1339,10 @@ fn iterator_stats() -> Result<Vec<(String, Stats)>> {
             // bpftool names a program by its BTF function, or else by
             // the kernel's first 15 bytes of its name.
             let name = p["name"].as_str().filter(|n| n.starts_with("evenflow_"))?;
-            ITERATORS.iter().any(|&i| i.starts_with(name)).then(|| {
-                let stats = Stats {
-                    ns: p["run_time_ns"].as_u64().unwrap_or(0),
-                    runs: p["run_cnt"].as_u64().unwrap_or(0),
-                };
-                (name.to_owned(), stats)
-            })
+            ITERATORS
+                .iter()
+                .any(|&i| i.starts_with(name))
+                .then(|| (name.to_owned(), Stats::of(p)))
         })
         .collect())
 }
