@@ -1347,6 +1347,15 @@ fn iterator_stats() -> Result<Vec<(String, Stats)>> {
         .collect())
 }
 
+/// Sleeps `secs` seconds, stopping early on Ctrl-C.
+fn wait(secs: u64) -> Result<()> {
+    for _ in 0..secs * 5 {
+        crate::interrupt::check()?;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
 /// What the agent's iterators ran over one window of `secs` with bpf
 /// stats on (apart from the CPU windows: the stats' clock reads add to
 /// every visit).
@@ -1354,10 +1363,7 @@ fn iterator_window(secs: u64) -> Result<Vec<(String, Stats)>> {
     let _stats = BpfStats::off()?;
     BpfStats::set(true)?;
     let before = iterator_stats()?;
-    for _ in 0..secs * 5 {
-        crate::interrupt::check()?;
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait(secs)?;
     let after = iterator_stats()?;
     Ok(after
         .into_iter()
@@ -1469,10 +1475,7 @@ fn measure(
     let mut cpu_pct = Vec::with_capacity(WINDOWS);
     for _ in 0..WINDOWS {
         let cpu0 = proc_cpu_secs(pid)?;
-        for _ in 0..(window as u64 * 5) {
-            crate::interrupt::check()?;
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait(window as u64)?;
         cpu_pct.push((proc_cpu_secs(pid)? - cpu0) / window * 100.0);
     }
     Ok(Footprint {
