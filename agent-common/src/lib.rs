@@ -457,11 +457,15 @@ pub enum Stat {
     PacketUnparsable = 0,
     /// A new endpoint entry was inserted.
     EndpointInserted = 1,
-    /// Inserting a new endpoint failed (the map is full).
+    /// Inserting a new endpoint failed: the map is full, or (counted in
+    /// [`Stat::EndpointNoMemory`] as well) its counters could not be
+    /// allocated.
     EndpointInsertFailed = 2,
     /// A forwarded flow (both halves) was registered.
     FlowInserted = 3,
-    /// Registering a forwarded flow failed (the flow map is full).
+    /// Registering a forwarded flow failed: the flow map is full, or
+    /// (counted in [`Stat::FlowNoMemory`] as well) its entry could not be
+    /// allocated.
     FlowInsertFailed = 4,
     /// A forwarded flow ended (FIN both ways, RST, or expiry) and was removed.
     FlowDeleted = 5,
@@ -483,6 +487,13 @@ pub enum Stat {
     /// A socket found its slots taken and was kept in socket storage:
     /// counted the same, at a higher cost.
     SockInStorage = 12,
+    /// Of [`Stat::EndpointInsertFailed`], the inserts the kernel refused
+    /// for want of memory (`-ENOMEM`: the maps are not preallocated, and
+    /// their memory is charged to the cgroup that created them), not room.
+    EndpointNoMemory = 13,
+    /// Of [`Stat::FlowInsertFailed`], the inserts refused for want of
+    /// memory, as [`Stat::EndpointNoMemory`].
+    FlowNoMemory = 14,
 }
 
 /// What the adoption iterator (`iter/tcp`, run once at the agent's start)
@@ -493,7 +504,7 @@ pub const ADOPT_ADOPTED: u8 = b'a';
 pub const ADOPT_UNSUPPORTED: u8 = b'u';
 
 /// Number of [`Stat`] slots.
-pub const STAT_COUNT: u32 = 13;
+pub const STAT_COUNT: u32 = 15;
 
 /// Names of [`Stat`] slots, in index order, as userspace reports them.
 pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
@@ -510,6 +521,8 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "flow_expired",
     "sock_storage_failed",
     "socks_in_storage",
+    "endpoint_insert_no_memory",
+    "flow_insert_no_memory",
 ];
 
 /// Capacity of the endpoint map (per CPU). Not LRU: an endpoint's totals
@@ -604,7 +617,8 @@ pub const META_COUNT: u32 = 8;
 /// 9: a connection conntrack follows starts in `EF_CT_YOUNG`, where
 /// programs of layout 8 would not look for it. 10: `EF_ENDPOINTS` is not
 /// preallocated, and the flow maps the layout does not use have one entry.
-pub const LAYOUT_VERSION: u64 = 10;
+/// 11: `EF_STATS` counts inserts refused for want of memory apart.
+pub const LAYOUT_VERSION: u64 = 11;
 
 /// The IPv4-mapped IPv6 form (`::ffff:a.b.c.d`) of an IPv4 address given
 /// as it sits in memory (network byte order bytes read as a native `u32`).

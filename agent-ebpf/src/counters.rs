@@ -38,6 +38,18 @@ pub fn stat(which: Stat, n: u64) {
     }
 }
 
+/// Counts an insert the kernel refused with `err`: in `failed`, and in
+/// `no_memory` as well when it could not allocate the entry (`-ENOMEM`)
+/// instead of finding the map full, so that the agent can say which limit
+/// to raise.
+#[inline(always)]
+pub fn insert_failed(err: i32, failed: Stat, no_memory: Stat) {
+    stat(failed, 1);
+    if err == -12 {
+        stat(no_memory, 1);
+    }
+}
+
 /// A `u64` the agent wrote into `EF_META`.
 #[inline(always)]
 pub fn meta(slot: u32) -> u64 {
@@ -75,8 +87,8 @@ fn create(key: &EndpointKey) -> Option<*mut EndpointCounters> {
         Ok(()) => stat(Stat::EndpointInserted, 1),
         // -EEXIST: another CPU inserted it first; anything else is a failure.
         Err(e) if e == -17 => {}
-        Err(_) => {
-            stat(Stat::EndpointInsertFailed, 1);
+        Err(e) => {
+            insert_failed(e, Stat::EndpointInsertFailed, Stat::EndpointNoMemory);
             return None;
         }
     }

@@ -33,7 +33,7 @@ use aya_log_ebpf::debug;
 use crate::{
     atomic,
     conntrack::{self, Ct, Seen},
-    counters::{Traffic, add_traffic, opened, stat},
+    counters::{Traffic, add_traffic, insert_failed, opened, stat},
     packet::{Packet, Side},
 };
 
@@ -281,8 +281,8 @@ fn register(ctx: &TcContext, pkt: &Packet, conn: u64) -> bool {
         Ok(()) => stat(Stat::FlowInserted, 1),
         // -EEXIST: a retransmitted SYN, or a reused record.
         Err(-17) => return !is_followed(conn, tier, &v),
-        Err(_) => {
-            stat(Stat::FlowInsertFailed, 1);
+        Err(e) => {
+            insert_failed(e, Stat::FlowInsertFailed, Stat::FlowNoMemory);
             debug!(ctx, "evenflow: flow map insert failed on a forwarded SYN");
         }
     }
@@ -331,8 +331,8 @@ pub fn adopt(conn: u64, client: (&[u32; 4], u16), backend: (&[u32; 4], u16)) -> 
         }
         // -EEXIST: its SYN was seen, or an earlier start adopted it.
         Err(-17) => CT_ADOPT_FOLLOWED,
-        Err(_) => {
-            stat(Stat::FlowInsertFailed, 1);
+        Err(e) => {
+            insert_failed(e, Stat::FlowInsertFailed, Stat::FlowNoMemory);
             CT_ADOPT_FULL
         }
     }

@@ -37,7 +37,7 @@ use aya_log_ebpf::debug;
 
 use crate::{
     atomic, conntrack,
-    counters::{Traffic, add_traffic, meta, opened, stat},
+    counters::{Traffic, add_traffic, insert_failed, meta, opened, stat},
     ct_flow,
     packet::{Packet, Probe, Side, may_change_state, syn_probe},
     tc::syn_origin,
@@ -268,8 +268,8 @@ fn register(ctx: &TcContext, pkt: &Packet) -> bool {
         Ok(()) => {}
         // -EEXIST.
         Err(-17) => return false,
-        Err(_) => {
-            stat(Stat::FlowInsertFailed, 1);
+        Err(e) => {
+            insert_failed(e, Stat::FlowInsertFailed, Stat::FlowNoMemory);
             debug!(ctx, "evenflow: flow map insert failed on a forwarded SYN");
             return true;
         }
@@ -282,9 +282,9 @@ fn register(ctx: &TcContext, pkt: &Packet) -> bool {
     v.bytes = 0;
     v.packets = 0;
     v.peer = *key;
-    if FLOWS.insert(&reply_key, &v, 0).is_err() {
+    if let Err(e) = FLOWS.insert(&reply_key, &v, 0) {
         let _ = FLOWS.remove(key);
-        stat(Stat::FlowInsertFailed, 1);
+        insert_failed(e, Stat::FlowInsertFailed, Stat::FlowNoMemory);
         return true;
     }
     stat(Stat::FlowInserted, 1);

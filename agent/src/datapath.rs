@@ -98,6 +98,12 @@ impl Stats {
     pub fn flow_insert_failed(&self) -> u64 {
         self.slot(agent_common::Stat::FlowInsertFailed)
     }
+    pub fn endpoint_insert_no_memory(&self) -> u64 {
+        self.slot(agent_common::Stat::EndpointNoMemory)
+    }
+    pub fn flow_insert_no_memory(&self) -> u64 {
+        self.slot(agent_common::Stat::FlowNoMemory)
+    }
     pub fn flow_missing_on_close(&self) -> u64 {
         self.slot(agent_common::Stat::FlowMissingOnClose)
     }
@@ -109,32 +115,40 @@ impl Stats {
 /// Logs a warning for each loss counter that grew between two reads: what
 /// the datapath could not count must not stay silent until someone reads
 /// `/metrics`. The endpoint and flow maps are not preallocated, so an
-/// insert fails when the map is full or when the kernel cannot allocate
-/// the entry. What the maps held at this read goes with the warning, but
-/// cannot decide which: the connections a full map refused may have ended
-/// before the read (the programs would have to count the two errors
-/// apart, a stats slot more).
+/// insert fails either because the map is full or because the kernel could
+/// not allocate the entry; the programs count the second apart, and each
+/// cause gets its own warning with its own fix.
 pub fn warn_new_losses(prev: &Stats, now: &Stats, capacity: Capacity) {
     use agent_common::Stat;
-    for (stat, what) in [
+    let grew = |s: Stat| now.slot(s).saturating_sub(prev.slot(s));
+    let mut losses = Vec::new();
+    for (failed, no_memory, full, memory) in [
         (
             Stat::FlowInsertFailed,
-            "the flow map is full, or the kernel could not allocate an entry (memory): \
-             forwarded connections were not counted (raise --max-flows, or the agent's \
-             memory limit where the map had room)",
+            Stat::FlowNoMemory,
+            "the flow map is full: forwarded connections were not counted (raise --max-flows)",
+            "the kernel could not allocate flow map entries: forwarded connections were not \
+             counted (the maps' memory is charged to the cgroup of the agent that created \
+             them: raise the agent's memory limit)",
         ),
         (
             Stat::EndpointInsertFailed,
-            "the endpoint map is full, or the kernel could not allocate an endpoint's \
-             counters (memory): new endpoints were not counted (raise the agent's memory \
-             limit where the map had room)",
-        ),
-        (
-            Stat::SockStorageFailed,
-            "sockets could not get evenflow's storage (memory pressure): not counted",
+            Stat::EndpointNoMemory,
+            "the endpoint map is full: new endpoints were not counted",
+            "the kernel could not allocate endpoints' counters: new endpoints were not \
+             counted (the maps' memory is charged to the cgroup of the agent that created \
+             them: raise the agent's memory limit)",
         ),
     ] {
-        let lost = now.slot(stat).saturating_sub(prev.slot(stat));
+        let short_of_memory = grew(no_memory);
+        losses.push((grew(failed).saturating_sub(short_of_memory), full));
+        losses.push((short_of_memory, memory));
+    }
+    losses.push((
+        grew(Stat::SockStorageFailed),
+        "sockets could not get evenflow's storage (memory pressure): not counted",
+    ));
+    for (lost, what) in losses {
         if lost > 0 {
             tracing::warn!(
                 lost,

@@ -142,7 +142,7 @@ pub fn render(snap: &v1::Snapshot) -> String {
             ),
             (
                 "endpoint_insert_failed",
-                "New endpoints the kernel could not insert.",
+                "New endpoints the kernel could not insert: the map was full, or memory short.",
                 d.endpoint_insert_failed,
             ),
             (
@@ -151,9 +151,19 @@ pub fn render(snap: &v1::Snapshot) -> String {
                 d.endpoint_evictions,
             ),
             (
+                "endpoint_insert_no_memory",
+                "Of endpoint_insert_failed, endpoints the kernel could not allocate counters for (memory limit).",
+                d.endpoint_insert_no_memory,
+            ),
+            (
                 "flow_insert_failed",
-                "Forwarded connections not tracked: the flow map was full.",
+                "Forwarded connections not tracked: the flow map was full, or memory short.",
                 d.flow_insert_failed,
+            ),
+            (
+                "flow_insert_no_memory",
+                "Of flow_insert_failed, connections whose entry the kernel could not allocate (memory limit).",
+                d.flow_insert_no_memory,
             ),
             (
                 "flow_missing_on_close",

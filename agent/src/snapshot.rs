@@ -106,6 +106,8 @@ pub fn build(i: &Inputs<'_>) -> v1::Snapshot {
             flows_expired: i.stats.slot(Stat::FlowExpired),
             sock_storage_failed: i.stats.slot(Stat::SockStorageFailed),
             socks_in_storage: i.stats.slot(Stat::SockInStorage),
+            endpoint_insert_no_memory: i.stats.endpoint_insert_no_memory(),
+            flow_insert_no_memory: i.stats.flow_insert_no_memory(),
         }),
         interfaces: i.interfaces.to_vec(),
         cgroup: i.cgroup.to_owned(),

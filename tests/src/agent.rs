@@ -6,7 +6,10 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::{Context as _, Result, bail};
 
 pub use crate::grpcurl::{GRPC, SENDS_TO, SERVES, Totals, settle, snapshot, totals};
-use crate::lab::{Lab, Node};
+use crate::{
+    lab::{Lab, Node},
+    memcg::MemCg,
+};
 
 /// The agents' metrics address inside each node's namespace.
 pub const METRICS: &str = "0.0.0.0:9464";
@@ -55,11 +58,25 @@ pub fn agent_bin() -> Result<PathBuf> {
 /// so counters start at zero, and waits until its gRPC API answers.
 /// `extra` adds flags, e.g. `["--service", "web=8080"]`.
 pub fn start(lab: &mut Lab, node: &Node, extra: &[&str]) -> Result<()> {
+    remove_pins(node)?;
+    launch(lab, node, extra)
+}
+
+/// [`start`], with the agent in `memcg` as well: the maps it creates are
+/// charged to that memory cgroup for as long as they live.
+pub fn start_in(lab: &mut Lab, node: &Node, extra: &[&str], memcg: &MemCg) -> Result<()> {
+    remove_pins(node)?;
+    let procs = memcg.procs().display().to_string();
+    let join = ["sh", "-c", "echo $$ > \"$0\" && exec \"$@\"", &procs];
+    launch_via(lab, node, extra, &join)
+}
+
+fn remove_pins(node: &Node) -> Result<()> {
     let pins = node.pin_dir();
     if pins.exists() {
         std::fs::remove_dir_all(&pins).with_context(|| format!("removing {}", pins.display()))?;
     }
-    launch(lab, node, extra)
+    Ok(())
 }
 
 /// Stops `node`'s agent (SIGTERM, as a rolling update does) and starts it
@@ -87,10 +104,18 @@ fn process_name(node: &Node) -> String {
 }
 
 fn launch(lab: &mut Lab, node: &Node, extra: &[&str]) -> Result<()> {
-    launch_with_env(lab, node, extra, &[])
+    launch_via(lab, node, extra, &[])
 }
 
 fn launch_with_env(lab: &mut Lab, node: &Node, extra: &[&str], env: &[&str]) -> Result<()> {
+    let mut via = vec!["env"];
+    via.extend_from_slice(env);
+    launch_via(lab, node, extra, if env.is_empty() { &[] } else { &via })
+}
+
+/// Launches the agent through the command `via` (empty: directly), which
+/// ends by running the command line it is given.
+fn launch_via(lab: &mut Lab, node: &Node, extra: &[&str], via: &[&str]) -> Result<()> {
     let bin = agent_bin()?.display().to_string();
     let cgroup = node.cgroup.display().to_string();
     let mut args = vec![
@@ -107,13 +132,14 @@ fn launch_with_env(lab: &mut Lab, node: &Node, extra: &[&str], env: &[&str]) -> 
     ];
     args.extend_from_slice(extra);
     let name = process_name(node);
-    if env.is_empty() {
-        lab.spawn(node, &name, &bin, &args)?;
-    } else {
-        let mut with_env: Vec<&str> = env.to_vec();
-        with_env.push(&bin);
-        with_env.extend_from_slice(&args);
-        lab.spawn(node, &name, "env", &with_env)?;
+    match via.split_first() {
+        None => lab.spawn(node, &name, &bin, &args)?,
+        Some((cmd, rest)) => {
+            let mut line = rest.to_vec();
+            line.push(&bin);
+            line.extend_from_slice(&args);
+            lab.spawn(node, &name, cmd, &line)?;
+        }
     }
     let ready = crate::wait_for(Duration::from_secs(20), || {
         crate::grpcurl::list(&node.ns)

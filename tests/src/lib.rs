@@ -18,6 +18,7 @@ pub mod haproxy;
 pub mod kubeapi;
 pub mod kubenode;
 pub mod lab;
+pub mod memcg;
 pub mod netns;
 pub mod nft;
 pub mod nginx;

@@ -17,6 +17,7 @@ use evenflow_tests::{
     agent, client,
     grpcurl::{self, SENDS_TO, SERVES, Totals},
     lab::{self, BACKEND_PORT, Lab},
+    memcg::MemCg,
     netns, nft, nginx,
     truth::{self, View, assert_served, datapath_stat as datapath, settled, within},
 };
@@ -2215,9 +2216,181 @@ fn field_flow_map_pressure_keeps_idle_connections_and_reports_the_rest() {
     ] {
         assert!(metrics.lines().any(|l| l == line), "/metrics has `{line}`");
     }
+    let log = lab.log("agent-lb");
     assert!(
-        lab.log("agent-lb").contains("the flow map is full"),
-        "the agent's log says the flow map was full:\n{}",
-        lab.log("agent-lb")
+        log.contains("the flow map is full") && !log.contains("could not allocate"),
+        "the agent's log says the flow map was full, and nothing of memory:\n{log}"
     );
+    assert_eq!(
+        datapath(&snap, "flowInsertNoMemory"),
+        0,
+        "a full map is not short of memory"
+    );
+}
+
+/// The flow map with room but the kernel short of memory for its entries:
+/// the lb's agent created its maps in a memory cgroup (the kernel charges a
+/// map's entries there for the map's life) and was restarted outside it,
+/// and that cgroup is then held at what it uses. Idle keep-alive
+/// connections opened through the VIP from then on find no memory for
+/// their entry once the allocator's per-CPU reserve is spent: they are not
+/// counted, `flowInsertFailed` and `flowInsertNoMemory` say how many, and
+/// the log says memory, not a full map, with the fix. Every connection
+/// that got its entry is counted exactly, and with the limit lifted new
+/// ones are tracked again (all but the first on a CPU whose reserve ran
+/// dry: see below).
+#[test]
+fn field_flow_map_short_of_memory_says_so_and_counts_the_rest() {
+    const WARM: u64 = 4;
+    const HELD: u64 = 600;
+    const AFTER: u64 = 20;
+    evenflow_tests::require_root();
+    let mut lab = Lab::new("fdmem", 2).expect("the lab builds");
+    let mut logs = Vec::new();
+    for b in lab.backends.clone() {
+        logs.push(nginx::start_keepalive(&mut lab, &b).expect("nginx starts"));
+    }
+    nft::start(&lab).expect("the DNAT rules load");
+    let lb = lab.lb.clone();
+    let memcg = MemCg::create("evenflow-fdmem").expect("the memory cgroup is made");
+    agent::start_in(&mut lab, &lb, &[], &memcg).expect("the lb agent starts in it");
+    let vip = lab::vip(false);
+    // The pool's endpoints exist before memory runs short.
+    let warm = client::http_load(&lab.client.ns, vip, WARM, 2).expect("the warm-up runs");
+    assert_eq!(warm.connections, WARM, "{warm:?}");
+    grpcurl::settle(
+        &lb.ns,
+        truth::SETTLE,
+        |s| pool_totals(s, &lab),
+        |t| t.closed == WARM,
+    )
+    .expect("the warm-up is counted");
+    agent::restart(&mut lab, &lb, &[]).expect("the lb agent restarts outside the cgroup");
+    let usage = memcg
+        .hold_at_usage()
+        .expect("the cgroup is held at its usage");
+    let snap = grpcurl::snapshot(&lb.ns).expect("the lb's snapshot");
+    let baseline = datapath(&snap, "liveFlows");
+    assert_eq!(
+        datapath(&snap, "flowInsertFailed"),
+        0,
+        "{}",
+        snap["datapath"]
+    );
+
+    let mut held = client::KeepAlives::open(&lab.client.ns, vip, HELD as usize)
+        .expect("the held connections open");
+    held.talk(1).expect("each held connection answers");
+    let snap = evenflow_tests::wait_for(Duration::from_secs(10), || {
+        grpcurl::snapshot(&lb.ns).ok().filter(|s| {
+            (datapath(s, "liveFlows") + datapath(s, "flowInsertFailed")).saturating_sub(baseline)
+                == HELD
+        })
+    })
+    .expect("every held connection is tracked or counted as failed");
+    println!(
+        "lb datapath holding {HELD} with {usage} B charged: {}",
+        snap["datapath"]
+    );
+    let failed = datapath(&snap, "flowInsertFailed");
+    assert!(
+        failed > 0,
+        "{HELD} new entries fit in a cgroup held at its usage: the test did not run short"
+    );
+    assert_eq!(
+        datapath(&snap, "flowInsertNoMemory"),
+        failed,
+        "every failed insert was for want of memory: the map ({} of {}) had room",
+        datapath(&snap, "liveFlows"),
+        datapath(&snap, "maxFlows")
+    );
+    memcg.limit(None).expect("the limit is lifted");
+    held.talk(1).expect("each held connection still answers");
+    let each = same_bytes_each(&held);
+    drop(held);
+    truth::wait_datapath(&lb.ns, "liveFlows", baseline, Duration::from_secs(10))
+        .expect("every tracked flow ends with its connection");
+    let after = carry_one_request_each(&lab, vip, AFTER);
+
+    let total = WARM + HELD + AFTER;
+    let mut served = Vec::new();
+    for (b, log) in lab.backends.clone().iter().zip(&logs) {
+        served.push(served_by(&mut lab, &b.role, log, total / 2));
+    }
+    // Read with the pool's totals: the count it settles on must account
+    // for every connection, and the loads after the limit was lifted may
+    // have added to it (below).
+    let (snap, (pool, lost)) = grpcurl::settle(
+        &lb.ns,
+        truth::SETTLE,
+        |s| (pool_totals(s, &lab), datapath(s, "flowInsertNoMemory")),
+        |(t, lost)| t.opened + lost == total && t.closed + lost == total,
+    )
+    .expect("the lb's snapshot");
+    let request_bytes: u64 = served.iter().map(|s| s.request_bytes).sum();
+    let response_bytes: u64 = served.iter().map(|s| s.response_bytes).sum();
+    println!(
+        "lb pool {pool:?}; {failed} of {HELD} held connections untracked ({each:?} B each), \
+         {lost} in all"
+    );
+    // The allocator gives entries from a reserve on each CPU that it
+    // refills in the background: a CPU whose reserve ran dry fails its
+    // next insert once more after the memory is back, and the refill it
+    // starts serves the next.
+    // SAFETY: sysconf reads a system value.
+    let cpus = u64::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) })
+        .expect("the number of CPUs");
+    assert_eq!(
+        datapath(&snap, "flowInsertFailed"),
+        lost,
+        "every failed insert was for want of memory"
+    );
+    assert!(
+        (failed..=failed + cpus).contains(&lost),
+        "with the limit lifted every connection but at most one a CPU is tracked: \
+         {lost} lost, {failed} of them while held"
+    );
+    let untracked_after = lost - failed;
+    truth::assert_counts(
+        "lb SENDS_TO the pool, less the untracked",
+        pool,
+        total - lost,
+        response_bytes - failed * each.1 - untracked_after * after.1,
+        request_bytes - failed * each.0 - untracked_after * after.0,
+    );
+    let metrics = netns::exec(&lb.ns, "curl", &["-sf", "http://127.0.0.1:9464/metrics"])
+        .expect("the lb agent's /metrics");
+    let line = format!(
+        "evenflow_datapath_flow_insert_no_memory_total{{node=\"{}\"}} {lost}",
+        lb.ns
+    );
+    assert!(metrics.lines().any(|l| l == line), "/metrics has `{line}`");
+    let log = lab.log("agent-lb");
+    assert!(
+        log.contains("the kernel could not allocate flow map entries")
+            && log.contains("raise the agent's memory limit")
+            && !log.contains("the flow map is full"),
+        "the agent's log says memory ran short, not that the map was full:\n{log}"
+    );
+}
+
+/// Opens `n` connections to `vip` at once, one request on each, and closes
+/// them; the request and response bytes each carried.
+fn carry_one_request_each(lab: &Lab, vip: SocketAddr, n: u64) -> (u64, u64) {
+    let mut conns =
+        client::KeepAlives::open(&lab.client.ns, vip, n as usize).expect("the connections open");
+    conns.talk(1).expect("each connection answers");
+    same_bytes_each(&conns)
+}
+
+/// The request and response bytes each of `conns` carried, the same for
+/// all of them.
+fn same_bytes_each(conns: &client::KeepAlives) -> (u64, u64) {
+    let each = |c: &client::KeepAlive| (c.bytes_sent, c.bytes_received);
+    let first = conns.0.first().map(each).unwrap_or_default();
+    assert!(
+        conns.0.iter().all(|c| each(c) == first),
+        "the connections carry the same bytes each"
+    );
+    first
 }

@@ -1,0 +1,159 @@
+//! A memory cgroup whose limit a test sets.
+//!
+//! The kernel charges a BPF map's entries to the memory cgroup of the
+//! process that created the map, for the map's whole life. An agent started
+//! in such a cgroup, then restarted outside it on the same pinned maps,
+//! leaves the maps charged to a cgroup with no process in it: a limit set
+//! there makes the kernel refuse the maps' new entries (`-ENOMEM`) without
+//! the out-of-memory killer taking any process, which a limit on the
+//! agent's own cgroup would do first.
+//!
+//! On a host whose memory controller is on a cgroup v1 hierarchy (this
+//! project's VMs) the cgroup is made there; on a pure cgroup v2 host, in
+//! the v2 hierarchy.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+
+/// The limit and usage files of one hierarchy's memory controller.
+struct Files {
+    usage: &'static str,
+    limit: &'static str,
+    unlimited: &'static str,
+}
+
+const V1: Files = Files {
+    usage: "memory.usage_in_bytes",
+    limit: "memory.limit_in_bytes",
+    unlimited: "-1",
+};
+
+const V2: Files = Files {
+    usage: "memory.current",
+    limit: "memory.max",
+    unlimited: "max",
+};
+
+/// A memory cgroup, removed on drop.
+pub struct MemCg {
+    dir: PathBuf,
+    files: &'static Files,
+}
+
+impl MemCg {
+    /// Creates the memory cgroup `name` (a leftover of a crashed run is
+    /// removed first).
+    pub fn create(name: &str) -> Result<Self> {
+        let (root, files) = memory_root()?;
+        let dir = root.join(name);
+        crate::cgroup::remove(&dir);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating memory cgroup {}", dir.display()))?;
+        Ok(Self { dir, files })
+    }
+
+    /// The file a process writes its pid to, to join.
+    pub fn procs(&self) -> PathBuf {
+        self.dir.join("cgroup.procs")
+    }
+
+    /// Bytes charged to it now.
+    pub fn usage(&self) -> Result<u64> {
+        let path = self.dir.join(self.files.usage);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        text.trim()
+            .parse()
+            .with_context(|| format!("{}: {text:?} is not a byte count", path.display()))
+    }
+
+    /// Limits it to what is charged to it once the kernel has taken back
+    /// all it can (page cache, the charges it keeps ahead on each CPU),
+    /// and returns that: a new charge then fails, where the charges kept
+    /// ahead would have let a few hundred KiB through.
+    pub fn hold_at_usage(&self) -> Result<u64> {
+        // Refused (-EBUSY) where what is charged cannot all be taken back,
+        // as the maps' entries cannot: the reclaim and the drain it tried
+        // are what is wanted.
+        let _ = self.limit(Some(0));
+        let usage = self.usage()?;
+        self.limit(Some(usage))?;
+        Ok(usage)
+    }
+
+    /// Limits it to `bytes`, or lifts the limit (`None`).
+    pub fn limit(&self, bytes: Option<u64>) -> Result<()> {
+        let path = self.dir.join(self.files.limit);
+        let value = bytes.map_or_else(|| self.files.unlimited.to_owned(), |b| b.to_string());
+        std::fs::write(&path, &value)
+            .with_context(|| format!("writing {value} to {}", path.display()))
+    }
+}
+
+impl Drop for MemCg {
+    fn drop(&mut self) {
+        let _ = self.limit(None);
+        crate::cgroup::remove(&self.dir);
+    }
+}
+
+/// Where memory cgroups are made: the cgroup v1 hierarchy that has the
+/// memory controller if one is mounted, else the cgroup v2 hierarchy, with
+/// the controller enabled for its children.
+fn memory_root() -> Result<(PathBuf, &'static Files)> {
+    let info =
+        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    if let Some(root) = v1_memory_mount(&info) {
+        return Ok((root, &V1));
+    }
+    let root = crate::cgroup::root()?;
+    let controllers = std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+    if !controllers.split_whitespace().any(|c| c == "memory") {
+        bail!(
+            "no memory controller: neither a cgroup v1 memory hierarchy is mounted nor \
+             {} lists `memory` in cgroup.controllers (boot with the memory cgroup enabled)",
+            root.display()
+        );
+    }
+    enable_memory(&root)?;
+    Ok((root, &V2))
+}
+
+fn enable_memory(root: &Path) -> Result<()> {
+    let path = root.join("cgroup.subtree_control");
+    std::fs::write(&path, "+memory")
+        .with_context(|| format!("writing +memory to {}", path.display()))
+}
+
+/// The mount point of a cgroup v1 hierarchy with the memory controller.
+fn v1_memory_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        let mut post = post.split_whitespace();
+        let is_memory = post.next()? == "cgroup" && post.nth(1)?.split(',').any(|o| o == "memory");
+        is_memory.then(|| pre.split_whitespace().nth(4).map(PathBuf::from))?
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_v1_memory_hierarchy() {
+        let info = "\
+35 25 0:30 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw,nsdelegate
+36 25 0:31 / /sys/fs/cgroup/cpu rw,nosuid - cgroup cgroup rw,cpu
+40 25 0:35 / /sys/fs/cgroup/memory rw,nosuid,nodev - cgroup cgroup rw,memory
+";
+        assert_eq!(
+            v1_memory_mount(info),
+            Some(PathBuf::from("/sys/fs/cgroup/memory"))
+        );
+        assert_eq!(
+            v1_memory_mount(&info.lines().take(2).collect::<Vec<_>>().join("\n")),
+            None
+        );
+    }
+}
