@@ -494,6 +494,10 @@ pub enum Stat {
     /// Of [`Stat::FlowInsertFailed`], the inserts refused for want of
     /// memory, as [`Stat::EndpointNoMemory`].
     FlowNoMemory = 14,
+    /// Endpoints the agent removed from the endpoint map to make room:
+    /// idle for long, with no connection open, while the map filled up.
+    /// Written by the agent, not the programs.
+    EndpointRetired = 15,
 }
 
 /// What the adoption iterator (`iter/tcp`, run once at the agent's start)
@@ -504,7 +508,7 @@ pub const ADOPT_ADOPTED: u8 = b'a';
 pub const ADOPT_UNSUPPORTED: u8 = b'u';
 
 /// Number of [`Stat`] slots.
-pub const STAT_COUNT: u32 = 15;
+pub const STAT_COUNT: u32 = 16;
 
 /// Names of [`Stat`] slots, in index order, as userspace reports them.
 pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
@@ -523,6 +527,7 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "socks_in_storage",
     "endpoint_insert_no_memory",
     "flow_insert_no_memory",
+    "endpoints_retired",
 ];
 
 /// Capacity of the endpoint map (per CPU). Not LRU: an endpoint's totals
@@ -617,7 +622,8 @@ pub const META_COUNT: u32 = 8;
 /// 9: a connection conntrack follows starts in `EF_CT_YOUNG`, where
 /// programs of layout 8 would not look for it. 10: `EF_ENDPOINTS` is not
 /// preallocated, and the flow maps the layout does not use have one entry.
-/// 11: `EF_STATS` counts inserts refused for want of memory apart.
+/// 11: `EF_STATS` counts inserts refused for want of memory apart, and
+/// the endpoints the agent retired.
 pub const LAYOUT_VERSION: u64 = 11;
 
 /// The IPv4-mapped IPv6 form (`::ffff:a.b.c.d`) of an IPv4 address given

@@ -122,6 +122,25 @@ pub struct Args {
     #[arg(long, env = "EVENFLOW_MAX_FLOWS", default_value_t = agent_common::MAX_FLOWS / 2, value_parser = parse_max_flows)]
     pub max_flows: u32,
 
+    /// Endpoints (address, port, direction) the endpoint map holds at once,
+    /// on every CPU (48 bytes each). When it is three-quarters full the
+    /// agent retires endpoints idle for `--retire-idle-after` (see there);
+    /// past full, new endpoints are not counted and
+    /// `endpoint_insert_failed` says how many. Takes effect when the pinned
+    /// maps are created.
+    #[arg(long, env = "EVENFLOW_MAX_ENDPOINTS", default_value_t = agent_common::MAX_ENDPOINTS, value_parser = parse_max_endpoints)]
+    pub max_endpoints: u32,
+
+    /// How long an endpoint must have carried nothing, with no connection
+    /// open, before the agent may retire it from a filling endpoint map
+    /// (pod addresses a rollout replaced, clients long gone). A retired
+    /// endpoint leaves the reports, so the collector forgets it; if it
+    /// comes back, it is counted from zero as a new one. Endpoints of a
+    /// listening socket are never retired. Until the map is three-quarters
+    /// full nothing is retired.
+    #[arg(long, env = "EVENFLOW_RETIRE_IDLE_AFTER", default_value = "10m", value_parser = parse_retire_idle_after)]
+    pub retire_idle_after: Duration,
+
     /// Local sockets whose state can sit in slots found by the socket's
     /// address (a power of two; 64 bytes of kernel memory each). A socket
     /// that finds its slots taken gets socket storage instead: counted the
@@ -256,6 +275,29 @@ fn parse_max_flows(s: &str) -> Result<u32, String> {
         })
 }
 
+/// Fewest and most endpoints `--max-endpoints` accepts.
+pub const MAX_ENDPOINTS_RANGE: (u32, u32) = (16, 1 << 22);
+
+fn parse_max_endpoints(s: &str) -> Result<u32, String> {
+    let (lo, hi) = MAX_ENDPOINTS_RANGE;
+    s.parse::<u32>()
+        .ok()
+        .filter(|n| (lo..=hi).contains(n))
+        .ok_or_else(|| {
+            format!("--max-endpoints `{s}` must be a number of endpoints from {lo} to {hi}")
+        })
+}
+
+fn parse_retire_idle_after(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (try 10m or 1h)"))?;
+    if d < Duration::from_secs(1) {
+        return Err(format!(
+            "--retire-idle-after {s} must be at least 1s: an endpoint idle for less is not idle"
+        ));
+    }
+    Ok(d)
+}
+
 /// Most slots `--sock-slots` accepts.
 pub const MAX_SOCK_SLOTS: u32 = 1 << 22;
 
@@ -325,6 +367,18 @@ mod tests {
         assert_eq!(parse_interval("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_interval("1ms").is_err());
         assert!(parse_interval("soon").is_err());
+    }
+
+    #[test]
+    fn max_endpoints_and_retirement_are_bounded() {
+        assert_eq!(parse_max_endpoints("64"), Ok(64));
+        for bad in ["0", "15", "99999999", "many"] {
+            let err = parse_max_endpoints(bad).unwrap_err();
+            assert!(err.contains("--max-endpoints"), "{err}");
+        }
+        assert_eq!(parse_retire_idle_after("10m"), Ok(Duration::from_secs(600)));
+        assert!(parse_retire_idle_after("100ms").is_err());
+        assert!(parse_retire_idle_after("later").is_err());
     }
 
     #[test]

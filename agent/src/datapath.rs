@@ -53,6 +53,8 @@ pub struct Config<'a> {
     pub ebpf_log: EbpfLog,
     /// Forwarded connections the flow map is created for (`--max-flows`).
     pub max_flows: u32,
+    /// Endpoints the endpoint map is created for (`--max-endpoints`).
+    pub max_endpoints: u32,
     /// Socket slots `EF_SOCK_SLOTS` is created with (`--sock-slots`).
     pub sock_slots: u32,
     /// Count forwarded connections per packet even where conntrack follows
@@ -81,12 +83,14 @@ impl Stats {
             .saturating_sub(self.slot(agent_common::Stat::FlowDeleted))
     }
 
-    /// Endpoints that vanished from the map: inserted minus live (the map
-    /// is not LRU and nothing deletes endpoints, so this stays zero unless
-    /// something outside evenflow edits its pinned map).
+    /// Endpoints that vanished from the map: inserted minus live, less
+    /// the ones the agent retired (the map is not LRU and nothing else
+    /// deletes endpoints, so this stays zero unless something outside
+    /// evenflow edits its pinned map).
     pub fn endpoint_evictions(&self) -> u64 {
         self.slot(agent_common::Stat::EndpointInserted)
             .saturating_sub(self.live_endpoints)
+            .saturating_sub(self.slot(agent_common::Stat::EndpointRetired))
     }
 
     pub fn packets_unparsable(&self) -> u64 {
@@ -227,6 +231,7 @@ impl Datapath {
         }
         loader
             .default_map_pin_directory(&pin_dir)
+            .map_max_entries(maps::ENDPOINTS, cfg.max_endpoints)
             .map_max_entries(maps::SOCK_SLOTS, sock_slots)
             .override_global("SOCK_SLOTS_MASK", &sock_slots_mask, true)
             .override_global(aya_log::LEVEL, &level, true);
@@ -338,6 +343,13 @@ impl Datapath {
                 .sum::<Result<u64>>()?
                 / flows.entries_per_connection,
         };
+        if capacity.endpoints != u64::from(cfg.max_endpoints) {
+            info!(
+                pinned = capacity.endpoints,
+                asked = cfg.max_endpoints,
+                "the pinned endpoint map keeps its size until the counters start a new epoch"
+            );
+        }
         if capacity.flows != u64::from(cfg.max_flows) {
             info!(
                 pinned = capacity.flows,
@@ -411,6 +423,54 @@ impl Datapath {
     }
 
     /// What the pinned maps can hold.
+    /// Retires the endpoints `idle` (each with the totals the last read
+    /// found) from the endpoint map, as [`crate::retire`] says, and counts
+    /// them in `endpoints_retired`; returns the ones no longer in the map.
+    pub fn retire(&mut self, idle: &[(EndpointKey, EndpointCounters)]) -> Result<Vec<EndpointKey>> {
+        use crate::retire::Outcome;
+        use aya::maps::IterableMap as _;
+        let ncpus = aya::util::nr_cpus()
+            .map_err(|(_, e)| e)
+            .context("counting the possible CPUs")?;
+        let fd = self.endpoints.map().fd().as_fd();
+        let (mut gone, mut retired) = (Vec::new(), 0);
+        for (key, seen) in idle {
+            match crate::retire::retire(fd, ncpus, key, seen)
+                .with_context(|| format!("retiring endpoint {key:?} from EF_ENDPOINTS"))?
+            {
+                Outcome::Retired => {
+                    retired += 1;
+                    gone.push(*key);
+                }
+                Outcome::Gone => gone.push(*key),
+                Outcome::Restored => {
+                    debug!(?key, "an endpoint counted as it was retired: kept");
+                }
+            }
+        }
+        if retired > 0 {
+            self.add_to_stat(agent_common::Stat::EndpointRetired, retired)?;
+        }
+        Ok(gone)
+    }
+
+    /// Adds `n` to a stats slot only the agent writes.
+    fn add_to_stat(&mut self, stat: agent_common::Stat, n: u64) -> Result<()> {
+        let index = stat as u32;
+        let mut values: Vec<u64> = self
+            .stats
+            .get(&index, 0)
+            .context("reading EF_STATS")?
+            .iter()
+            .copied()
+            .collect();
+        if let Some(first) = values.first_mut() {
+            *first += n;
+        }
+        let values = aya::maps::PerCpuValues::try_from(values).context("EF_STATS values")?;
+        self.stats.set(index, values, 0).context("writing EF_STATS")
+    }
+
     pub fn capacity(&self) -> Capacity {
         self.capacity
     }

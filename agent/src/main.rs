@@ -24,6 +24,7 @@ mod metrics;
 mod netlink;
 mod print;
 mod report;
+mod retire;
 mod snapshot;
 mod sockdiag;
 mod sys;
@@ -122,6 +123,7 @@ async fn run(args: cli::Args) -> Result<()> {
         cgroup: &cgroup,
         ebpf_log: args.ebpf_log,
         max_flows: args.max_flows,
+        max_endpoints: args.max_endpoints,
         sock_slots: args.sock_slots,
         forwarded_per_packet: args.forwarded_per_packet,
     })?;
@@ -253,6 +255,7 @@ async fn counting_loop(
             warn!("listing listeners: {e:#}");
             Vec::new()
         });
+        retire_idle(dp, &mut table, &listeners, &stats, args)?;
         let addresses = host::addresses().unwrap_or_else(|e| {
             warn!("listing the node's addresses: {e:#}");
             Vec::new()
@@ -281,6 +284,42 @@ async fn counting_loop(
         }
         snap_tx.send_replace(Arc::new(snap));
     }
+}
+
+/// Retires idle endpoints from a filling endpoint map (see [`retire`]) and
+/// forgets them, so this interval's report already leaves them out.
+fn retire_idle(
+    dp: &mut datapath::Datapath,
+    table: &mut table::Table,
+    listeners: &[listeners::Listener],
+    stats: &datapath::Stats,
+    args: &cli::Args,
+) -> Result<()> {
+    let policy = retire::Policy {
+        quiet_reads: quiet_reads(args.retire_idle_after, args.interval),
+        capacity: dp.capacity().endpoints,
+    };
+    let idle = policy.candidates(table, listeners, stats.live_endpoints);
+    if idle.is_empty() {
+        return Ok(());
+    }
+    let gone = tokio::task::block_in_place(|| dp.retire(&idle))?;
+    info!(
+        retired = gone.len(),
+        live = stats.live_endpoints,
+        capacity = policy.capacity,
+        "the endpoint map is filling up: retired endpoints idle for {} with no connection open",
+        humantime::format_duration(args.retire_idle_after)
+    );
+    table.remove(&gone);
+    Ok(())
+}
+
+/// Reads in a row an endpoint must stay unchanged through to be idle for
+/// `idle` at one read every `interval`.
+fn quiet_reads(idle: Duration, interval: Duration) -> u64 {
+    let reads = idle.as_secs_f64() / interval.as_secs_f64().max(0.001);
+    reads.ceil() as u64
 }
 
 /// Drains the aya-log ring buffer whenever it becomes readable.

@@ -147,8 +147,13 @@ pub fn render(snap: &v1::Snapshot) -> String {
             ),
             (
                 "endpoint_evictions",
-                "Endpoints evicted by the LRU endpoint map.",
+                "Endpoints that vanished from the endpoint map other than by retirement.",
                 d.endpoint_evictions,
+            ),
+            (
+                "endpoints_retired",
+                "Endpoints retired from a filling endpoint map: idle, no connection open, no listener.",
+                d.endpoints_retired,
             ),
             (
                 "endpoint_insert_no_memory",

@@ -108,6 +108,7 @@ pub fn build(i: &Inputs<'_>) -> v1::Snapshot {
             socks_in_storage: i.stats.slot(Stat::SockInStorage),
             endpoint_insert_no_memory: i.stats.endpoint_insert_no_memory(),
             flow_insert_no_memory: i.stats.flow_insert_no_memory(),
+            endpoints_retired: i.stats.slot(Stat::EndpointRetired),
         }),
         interfaces: i.interfaces.to_vec(),
         cgroup: i.cgroup.to_owned(),

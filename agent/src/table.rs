@@ -34,6 +34,8 @@ pub struct Entry {
     pub rates: Rates,
     /// The endpoint's address as people write it (see [`key_addr`]).
     pub address: String,
+    /// Reads in a row that found its totals unchanged.
+    pub quiet_reads: u64,
 }
 
 impl Entry {
@@ -56,7 +58,18 @@ impl Entry {
             packets_rx: rate(now.packets_rx, prev.packets_rx),
             packets_tx: rate(now.packets_tx, prev.packets_tx),
         };
+        self.quiet_reads = if *now == prev {
+            self.quiet_reads + 1
+        } else {
+            0
+        };
         self.totals = *now;
+    }
+
+    /// Whether a connection to or from it is open (or was when it was last
+    /// counted): one it opened has not closed.
+    pub fn has_open_connections(&self) -> bool {
+        self.totals.conns_opened > self.totals.conns_closed
     }
 }
 
@@ -123,6 +136,17 @@ impl Table {
             .map(|(key, _)| at_of.get(key).copied().unwrap_or_default())
             .collect();
         self.entries = laid;
+    }
+
+    /// Forgets the endpoints `keys` (retired from the kernel map): the next
+    /// read lays the table out again, without counting them as forgotten.
+    pub fn remove(&mut self, keys: &[EndpointKey]) {
+        if keys.is_empty() {
+            return;
+        }
+        let gone: std::collections::HashSet<&EndpointKey> = keys.iter().collect();
+        self.entries.retain(|(key, _)| !gone.contains(key));
+        self.read_order.clear();
     }
 
     /// The endpoints in listing order (direction, address, port).

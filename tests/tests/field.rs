@@ -2394,3 +2394,140 @@ fn same_bytes_each(conns: &client::KeepAlives) -> (u64, u64) {
     );
     first
 }
+
+/// A balancer whose endpoint map fills with backends that come and go (a
+/// rollout's old pod addresses): the lb's agent holds 32 endpoints and
+/// retires the ones idle for 2 s, with no connection open, once the map
+/// is three-quarters full. Twenty backend ports served once and then idle,
+/// then fourteen new ones one after another: every new one is counted (none
+/// refused), the idle ones the agent retired have left the snapshot, and
+/// one of them dialled again is counted from zero, exactly.
+#[test]
+fn field_filling_endpoint_map_retires_idle_endpoints() {
+    const MAX_ENDPOINTS: u16 = 32;
+    const OLD: u16 = 20;
+    // More than the map has room for beside the old: without retiring,
+    // four would be refused.
+    const NEW: u16 = 14;
+    const VIP_PORT: u16 = 10_000;
+    const BACKEND_BASE: u16 = 9_000;
+    evenflow_tests::require_root();
+    let mut lab = Lab::new("fdretire", 1).expect("the lab builds");
+    let b1 = lab.backends[0].clone();
+    nginx::start(&mut lab, &b1).expect("nginx starts");
+    // Every backend port ends at nginx; the lb dials a port of its own for
+    // each VIP port, so each is an endpoint of the lb's.
+    let redirect = format!(
+        "table ip redir {{ chain prerouting {{ type nat hook prerouting priority dstnat; \
+         tcp dport {BACKEND_BASE}-{} redirect to :{BACKEND_PORT}; }} }}",
+        BACKEND_BASE + OLD + NEW
+    );
+    nft::load(&lab, &b1.ns, "redirect", &redirect).expect("the backend's redirect loads");
+    let dnat: String = (0..OLD + NEW)
+        .map(|i| {
+            format!(
+                "ip daddr {} tcp dport {} dnat ip to {}:{}; ",
+                lab::VIP4,
+                VIP_PORT + i,
+                b1.addr4,
+                BACKEND_BASE + i
+            )
+        })
+        .collect();
+    let dnat = format!(
+        "table ip ports {{ chain prerouting {{ type nat hook prerouting priority dstnat; {dnat}}} }}"
+    );
+    nft::load(&lab, &lab.lb.ns, "ports", &dnat).expect("the lb's DNAT loads");
+    let lb = lab.lb.clone();
+    agent::start(
+        &mut lab,
+        &lb,
+        &[
+            "--max-endpoints",
+            &MAX_ENDPOINTS.to_string(),
+            "--retire-idle-after",
+            "2s",
+        ],
+    )
+    .expect("the lb agent starts");
+    let backend = b1.addr4.to_string();
+    let dial = |i: u16| {
+        let target = SocketAddr::new(lab::vip(false).ip(), VIP_PORT + i);
+        let load = client::http_load(&lab.client.ns, target, 1, 1).expect("the connection runs");
+        assert_eq!(load.connections, 1, "{load:?}");
+        load
+    };
+    let counted_once = |s: &serde_json::Value, i: u16, load: &client::Load| {
+        let t = grpcurl::totals(s, &backend, BACKEND_BASE + i, SENDS_TO);
+        (t.opened, t.closed, t.bytes_rx, t.bytes_tx) == (1, 1, load.bytes_received, load.bytes_sent)
+    };
+
+    let old: Vec<_> = (0..OLD).map(dial).collect();
+    grpcurl::settle(
+        &lb.ns,
+        truth::SETTLE,
+        |s| s.clone(),
+        |s| {
+            old.iter()
+                .zip(0..)
+                .all(|(load, i)| counted_once(s, i, load))
+        },
+    )
+    .expect("every old port is counted once");
+    std::thread::sleep(Duration::from_secs(3));
+    // One new port at a time, a read apart: the agent retires at its reads.
+    let new: Vec<_> = (OLD..OLD + NEW)
+        .map(|i| {
+            let load = dial(i);
+            std::thread::sleep(Duration::from_millis(600));
+            load
+        })
+        .collect();
+    let (snap, _) = grpcurl::settle(
+        &lb.ns,
+        truth::SETTLE,
+        |s| s.clone(),
+        |s| {
+            new.iter()
+                .zip(OLD..)
+                .all(|(load, i)| counted_once(s, i, load))
+        },
+    )
+    .expect("every new port is counted once");
+    println!("lb datapath: {}", snap["datapath"]);
+    assert_eq!(datapath(&snap, "endpointInsertFailed"), 0, "none refused");
+    assert_eq!(datapath(&snap, "endpointEvictions"), 0);
+    let retired: Vec<u16> = (0..OLD)
+        .filter(|&i| grpcurl::endpoint(&snap, &backend, BACKEND_BASE + i, SENDS_TO).is_none())
+        .collect();
+    assert!(
+        !retired.is_empty(),
+        "a full map of idle endpoints retired none"
+    );
+    assert_eq!(
+        datapath(&snap, "endpointsRetired"),
+        retired.len() as u64,
+        "the retired are the old ports gone from the snapshot: {retired:?}"
+    );
+    assert!(
+        datapath(&snap, "liveEndpoints") * 4 < u64::from(MAX_ENDPOINTS) * 3,
+        "the map was brought back under three-quarters: {}",
+        snap["datapath"]
+    );
+    // A retired port dialled again is a new endpoint, counted from zero.
+    let again = retired[0];
+    let load = dial(again);
+    grpcurl::settle(
+        &lb.ns,
+        truth::SETTLE,
+        |s| s.clone(),
+        |s| counted_once(s, again, &load),
+    )
+    .expect("the retired port dialled again is counted once, from zero");
+    assert!(
+        lab.log("agent-lb")
+            .contains("retired endpoints idle for 2s"),
+        "the agent's log says it retired endpoints:\n{}",
+        lab.log("agent-lb")
+    );
+}

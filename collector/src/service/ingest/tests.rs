@@ -179,3 +179,39 @@ fn a_stream_parses_each_endpoint_once_and_still_checks_every_report() {
     validate(&two, &mut parsed).unwrap();
     assert_eq!(parsed.endpoints.len(), 2);
 }
+
+/// An endpoint an agent retired (it leaves the reports) and that later
+/// comes back counts from zero: the collector forgot it when it left, so
+/// its new totals are new traffic, not a counter that went backwards.
+#[test]
+fn a_retired_endpoint_that_comes_back_counts_from_zero() {
+    let c = IngestCounters::default();
+    let mut s = AgentState::new("n1".into());
+    let mut t = AgentTick::default();
+    let with = |seq: u64, endpoints: Vec<v1::Endpoint>| AgentReport {
+        endpoints,
+        ..report(1, seq, 0)
+    };
+    let a = |opened| ep("10.0.0.1", 80, v1::Direction::Serves, opened);
+    let b = |opened| ep("10.0.0.2", 9000, v1::Direction::SendsTo, opened);
+    apply(&mut s, &with(1, vec![a(10), b(5)]), &c);
+    apply(&mut s, &with(2, vec![a(12), b(5)]), &c);
+    // Retired: the report leaves it out.
+    apply(&mut s, &with(3, vec![a(13)]), &c);
+    s.take_tick(Instant::now(), 1.0, &mut t);
+    assert_eq!(t.endpoints.len(), 1, "the retired endpoint is forgotten");
+    // Back, its counters started again from zero in the kernel.
+    apply(&mut s, &with(4, vec![a(14), b(3)]), &c);
+    s.take_tick(Instant::now(), 1.0, &mut t);
+    let back = t
+        .endpoints
+        .iter()
+        .find(|e| e.cumulative == 3)
+        .expect("the endpoint that came back");
+    assert_eq!(back.total, 3, "all of its new counts are new traffic");
+    assert!(
+        !back.reset,
+        "a new endpoint, not a counter that went backwards"
+    );
+    assert_eq!(c.resets.load(Relaxed), 0);
+}

@@ -1,0 +1,332 @@
+//! Retiring idle endpoints from a filling endpoint map.
+//!
+//! The endpoint map is not LRU, so an endpoint's totals never restart
+//! behind the collector's back. But endpoints come and never go on their
+//! own: every pod address a node ever dialled or served stays, and a
+//! cluster that rolls its deployments out daily gives a node new ones every
+//! day. Once the map is full, new endpoints go uncounted. So when it is
+//! three-quarters full, the agent removes endpoints that have carried
+//! nothing for `--retire-idle-after`, with no connection open and no
+//! listening socket behind them, longest idle first, until it is half
+//! full.
+//!
+//! A retired endpoint leaves the next report, so the collector forgets
+//! it; if it comes back, its counters start from zero, which the collector
+//! counts as new traffic. Nothing counted is lost: the removal takes the
+//! counters with it (`BPF_MAP_LOOKUP_AND_DELETE_ELEM`), and if they moved
+//! since the read that found the endpoint idle (a connection opened in
+//! between), they go back into the map.
+
+use std::os::fd::{AsRawFd as _, BorrowedFd};
+
+use agent_common::{Direction, EndpointCounters, EndpointKey};
+
+use crate::{listeners::Listener, table::Table};
+
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+const BPF_NOEXIST: u64 = 1;
+const BPF_EXIST: u64 = 2;
+
+/// When to retire and what.
+#[derive(Clone, Copy, Debug)]
+pub struct Policy {
+    /// Reads an endpoint must have stayed unchanged through.
+    pub quiet_reads: u64,
+    /// Endpoints the map holds.
+    pub capacity: u64,
+}
+
+impl Policy {
+    /// The endpoints to retire from a map holding `live`, longest idle
+    /// first, with the totals the last read found: none until the map is
+    /// three-quarters full, then enough to bring it to half, of those idle
+    /// long enough, with no connection open and no listener on their port.
+    pub fn candidates(
+        &self,
+        table: &Table,
+        listeners: &[Listener],
+        live: u64,
+    ) -> Vec<(EndpointKey, EndpointCounters)> {
+        if live * 4 < self.capacity * 3 {
+            return Vec::new();
+        }
+        let listened = |key: &EndpointKey| {
+            key.direction == Direction::Serves as u8
+                && listeners
+                    .iter()
+                    .any(|l| l.port == key.port && l.proto == key.proto)
+        };
+        let mut idle: Vec<_> = table
+            .iter()
+            .filter(|(key, e)| {
+                e.quiet_reads >= self.quiet_reads && !e.has_open_connections() && !listened(key)
+            })
+            .map(|(key, e)| (e.quiet_reads, *key, e.totals))
+            .collect();
+        idle.sort_unstable_by_key(|&(quiet, key, _)| (std::cmp::Reverse(quiet), key));
+        let excess = live.saturating_sub(self.capacity / 2);
+        idle.into_iter()
+            .take(usize::try_from(excess).unwrap_or(usize::MAX))
+            .map(|(_, key, totals)| (key, totals))
+            .collect()
+    }
+}
+
+/// What became of an endpoint the agent tried to retire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Removed with the totals it was found idle with.
+    Retired,
+    /// It counted something since: its counters went back into the map.
+    Restored,
+    /// It was no longer in the map.
+    Gone,
+}
+
+/// Removes `key` from the per-CPU endpoint map behind `fd` (values of
+/// `ncpus` CPUs) if its counters still sum to `seen`, and puts them back
+/// if they do not.
+pub fn retire(
+    fd: BorrowedFd<'_>,
+    ncpus: usize,
+    key: &EndpointKey,
+    seen: &EndpointCounters,
+) -> std::io::Result<Outcome> {
+    let mut taken = vec![EndpointCounters::default(); ncpus];
+    match elem(fd, BPF_MAP_LOOKUP_AND_DELETE_ELEM, key, &mut taken, 0) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Outcome::Gone),
+        Err(e) => return Err(e),
+    }
+    if sum(&taken) == *seen {
+        return Ok(Outcome::Retired);
+    }
+    put_back(fd, key, &mut taken)?;
+    Ok(Outcome::Restored)
+}
+
+/// Puts counters taken from the map back: as they were, or, when a program
+/// counted the endpoint anew in between, added to what it counted.
+fn put_back(
+    fd: BorrowedFd<'_>,
+    key: &EndpointKey,
+    taken: &mut [EndpointCounters],
+) -> std::io::Result<()> {
+    match elem(fd, BPF_MAP_UPDATE_ELEM, key, taken, BPF_NOEXIST) {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        done => return done,
+    }
+    let mut now = vec![EndpointCounters::default(); taken.len()];
+    elem(fd, BPF_MAP_LOOKUP_ELEM, key, &mut now, 0)?;
+    for (n, t) in now.iter_mut().zip(taken.iter()) {
+        n.accumulate(t);
+    }
+    elem(fd, BPF_MAP_UPDATE_ELEM, key, &mut now, BPF_EXIST)
+}
+
+fn sum(values: &[EndpointCounters]) -> EndpointCounters {
+    let mut total = EndpointCounters::default();
+    for v in values {
+        total.accumulate(v);
+    }
+    total
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// One `bpf(2)` element command on `key`, the per-CPU `values` read or
+/// written (one per possible CPU; `EndpointCounters` is a multiple of 8
+/// bytes, as the kernel lays them out).
+fn elem(
+    fd: BorrowedFd<'_>,
+    cmd: libc::c_long,
+    key: &EndpointKey,
+    values: &mut [EndpointCounters],
+    flags: u64,
+) -> std::io::Result<()> {
+    let mut attr = ElemAttr {
+        map_fd: fd.as_raw_fd() as u32,
+        key: std::ptr::from_ref(key) as u64,
+        value: values.as_mut_ptr() as u64,
+        flags,
+        ..Default::default()
+    };
+    // SAFETY: attr points at a live key and a buffer of one value per
+    // possible CPU, which is what the kernel reads or writes.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            &raw mut attr,
+            std::mem::size_of::<ElemAttr>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(port: u16, direction: Direction) -> EndpointKey {
+        EndpointKey::tcp(
+            agent_common::v4_mapped(u32::from_ne_bytes([10, 0, 0, 1])),
+            port,
+            direction,
+        )
+    }
+
+    fn counters(opened: u64, closed: u64) -> EndpointCounters {
+        EndpointCounters {
+            conns_opened: opened,
+            conns_closed: closed,
+            ..Default::default()
+        }
+    }
+
+    /// A table after `reads` reads: `still` keys unchanged through all of
+    /// them, `busy` ones counting on every read.
+    fn table(still: &[(EndpointKey, EndpointCounters)], busy: &[EndpointKey], reads: u64) -> Table {
+        let mut t = Table::default();
+        for r in 0..reads {
+            let mut read: Vec<_> = still.to_vec();
+            read.extend(busy.iter().map(|k| (*k, counters(r + 1, r + 1))));
+            t.update(&read, 1.0);
+        }
+        t
+    }
+
+    #[test]
+    fn nothing_retires_below_three_quarters() {
+        let idle = [(key(1, Direction::SendsTo), counters(1, 1))];
+        let t = table(&idle, &[], 10);
+        let policy = Policy {
+            quiet_reads: 2,
+            capacity: 8,
+        };
+        assert!(policy.candidates(&t, &[], 5).is_empty());
+        assert_eq!(policy.candidates(&t, &[], 6).len(), 1);
+    }
+
+    #[test]
+    fn only_long_idle_closed_unlistened_endpoints_retire_longest_idle_first() {
+        let open = (key(2, Direction::SendsTo), counters(3, 2));
+        let listened = (key(8080, Direction::Serves), counters(5, 5));
+        let done = (key(3, Direction::SendsTo), counters(4, 4));
+        let busy = key(4, Direction::SendsTo);
+        let t = table(&[open, listened, done], &[busy], 6);
+        let listeners = [Listener {
+            addr: "0.0.0.0".parse().expect("an address"),
+            port: 8080,
+            proto: agent_common::PROTO_TCP,
+        }];
+        let policy = Policy {
+            quiet_reads: 3,
+            capacity: 4,
+        };
+        assert_eq!(policy.candidates(&t, &listeners, 4), vec![done]);
+        let policy = Policy {
+            quiet_reads: 6,
+            ..policy
+        };
+        assert!(
+            policy.candidates(&t, &listeners, 4).is_empty(),
+            "five reads unchanged (the first read changes everything) is not six"
+        );
+    }
+
+    /// A per-CPU hash map shaped like `EF_ENDPOINTS`, and the number of
+    /// possible CPUs its values come in. Needs root, as the agent does.
+    fn endpoint_map() -> (std::os::fd::OwnedFd, usize) {
+        const BPF_MAP_CREATE: libc::c_long = 0;
+        const BPF_MAP_TYPE_PERCPU_HASH: u32 = 5;
+        const BPF_F_NO_PREALLOC: u32 = 1;
+        let mut create = [0u32; 32];
+        create[..5].copy_from_slice(&[
+            BPF_MAP_TYPE_PERCPU_HASH,
+            std::mem::size_of::<EndpointKey>() as u32,
+            std::mem::size_of::<EndpointCounters>() as u32,
+            16,
+            BPF_F_NO_PREALLOC,
+        ]);
+        let map = crate::sys::bpf_fd(BPF_MAP_CREATE, &mut create)
+            .expect("a per-CPU hash map (the agent's tests run as root)");
+        let ncpus = aya::util::nr_cpus().expect("the possible CPUs");
+        (map, ncpus)
+    }
+
+    fn per_cpu(ncpus: usize, opened: u64) -> Vec<EndpointCounters> {
+        vec![counters(opened, opened); ncpus]
+    }
+
+    fn put(fd: BorrowedFd<'_>, key: &EndpointKey, values: &mut [EndpointCounters]) {
+        elem(fd, BPF_MAP_UPDATE_ELEM, key, values, 0).expect("the endpoint goes in");
+    }
+
+    fn get(fd: BorrowedFd<'_>, key: &EndpointKey, ncpus: usize) -> Option<Vec<EndpointCounters>> {
+        let mut values = vec![EndpointCounters::default(); ncpus];
+        elem(fd, BPF_MAP_LOOKUP_ELEM, key, &mut values, 0)
+            .ok()
+            .map(|()| values)
+    }
+
+    #[test]
+    fn an_endpoint_retires_only_with_the_counters_it_was_found_idle_with() {
+        use std::os::fd::AsFd as _;
+        let (map, ncpus) = endpoint_map();
+        let fd = map.as_fd();
+        let k = key(9000, Direction::SendsTo);
+        put(fd, &k, &mut per_cpu(ncpus, 2));
+        let seen = sum(&per_cpu(ncpus, 2));
+        assert_eq!(retire(fd, ncpus, &k, &seen).ok(), Some(Outcome::Retired));
+        assert!(get(fd, &k, ncpus).is_none(), "retired: gone from the map");
+        assert_eq!(retire(fd, ncpus, &k, &seen).ok(), Some(Outcome::Gone));
+        // A connection opened after the read that found it idle.
+        put(fd, &k, &mut per_cpu(ncpus, 3));
+        assert_eq!(retire(fd, ncpus, &k, &seen).ok(), Some(Outcome::Restored));
+        assert_eq!(
+            get(fd, &k, ncpus),
+            Some(per_cpu(ncpus, 3)),
+            "its counters went back as they were"
+        );
+    }
+
+    #[test]
+    fn counters_put_back_beside_a_new_entry_are_added_to_it() {
+        use std::os::fd::AsFd as _;
+        let (map, ncpus) = endpoint_map();
+        let fd = map.as_fd();
+        let k = key(9001, Direction::SendsTo);
+        // A program counted the endpoint anew after the retirement took
+        // its counters out.
+        put(fd, &k, &mut per_cpu(ncpus, 1));
+        put_back(fd, &k, &mut per_cpu(ncpus, 4)).expect("they go back");
+        assert_eq!(get(fd, &k, ncpus), Some(per_cpu(ncpus, 5)));
+    }
+
+    #[test]
+    fn retires_down_to_half_the_capacity() {
+        let idle: Vec<_> = (1..=8)
+            .map(|p| (key(p, Direction::SendsTo), counters(1, 1)))
+            .collect();
+        let t = table(&idle, &[], 4);
+        let policy = Policy {
+            quiet_reads: 1,
+            capacity: 8,
+        };
+        assert_eq!(policy.candidates(&t, &[], 8).len(), 4);
+    }
+}
