@@ -20,4 +20,8 @@ fn bad_flag_values_are_explained() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("between 100ms and 1h"));
     let o = agent(&["--collector", "collector:50052"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("http://"));
+    let o = agent(&["--max-endpoints", "0"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("from 16 to"));
+    let o = agent(&["--retire-idle-after", "10ms"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("at least 1s"));
 }
