@@ -196,6 +196,8 @@ pub struct Datapath {
     sweepers: Vec<MapIter>,
     /// Whether the node forwards.
     forwards: bool,
+    /// Whether idle endpoints are retired (until the kernel refuses).
+    retiring: bool,
     /// Whether forwarded connections are followed in conntrack's record,
     /// which tells where their SYNs were headed: TC ingress, which notes
     /// that otherwise, is then not needed.
@@ -366,6 +368,7 @@ impl Datapath {
             pin_dir,
             interfaces: cfg.ifaces.to_vec(),
             forwards,
+            retiring: true,
             conntrack: kernel.conntrack,
             cgroup: cfg.cgroup.to_owned(),
             logger,
@@ -429,15 +432,32 @@ impl Datapath {
     pub fn retire(&mut self, idle: &[(EndpointKey, EndpointCounters)]) -> Result<Vec<EndpointKey>> {
         use crate::retire::Outcome;
         use aya::maps::IterableMap as _;
+        if !self.retiring {
+            return Ok(Vec::new());
+        }
         let ncpus = aya::util::nr_cpus()
             .map_err(|(_, e)| e)
             .context("counting the possible CPUs")?;
         let fd = self.endpoints.map().fd().as_fd();
         let (mut gone, mut retired) = (Vec::new(), 0);
         for (key, seen) in idle {
-            match crate::retire::retire(fd, ncpus, key, seen)
-                .with_context(|| format!("retiring endpoint {key:?} from EF_ENDPOINTS"))?
-            {
+            let outcome = match crate::retire::retire(fd, ncpus, key, seen) {
+                Ok(outcome) => outcome,
+                // The kernel refused to take the entry out (per-CPU hash
+                // maps can since 5.14), or to put moved counters back
+                // (short of memory). Not tried again by this process: the
+                // map fills as it did before retiring.
+                Err(e) => {
+                    warn!(
+                        ?key,
+                        "could not retire an endpoint from EF_ENDPOINTS: {e}; idle endpoints \
+                         stay, and new ones are refused once the map is full"
+                    );
+                    self.retiring = false;
+                    break;
+                }
+            };
+            match outcome {
                 Outcome::Retired => {
                     retired += 1;
                     gone.push(*key);

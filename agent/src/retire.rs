@@ -161,20 +161,9 @@ fn elem(
         flags,
         ..Default::default()
     };
-    // SAFETY: attr points at a live key and a buffer of one value per
-    // possible CPU, which is what the kernel reads or writes.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            &raw mut attr,
-            std::mem::size_of::<ElemAttr>() as u32,
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    // The kernel reads the key and reads or writes one value per possible
+    // CPU, which is what `values` holds.
+    crate::sys::bpf(cmd, &mut attr).map(drop)
 }
 
 #[cfg(test)]
