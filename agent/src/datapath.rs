@@ -138,7 +138,9 @@ pub fn warn_new_losses(prev: &Stats, now: &Stats, capacity: Capacity) {
         (
             Stat::EndpointInsertFailed,
             Stat::EndpointNoMemory,
-            "the endpoint map is full: new endpoints were not counted",
+            "the endpoint map is full: new endpoints were not counted (raise --max-endpoints; \
+             or lower --retire-idle-after, if the map holds endpoints long gone: only those \
+             idle for it are retired)",
             "the kernel could not allocate endpoints' counters: new endpoints were not \
              counted (the maps' memory is charged to the cgroup of the agent that created \
              them: raise the agent's memory limit)",

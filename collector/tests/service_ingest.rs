@@ -241,3 +241,46 @@ async fn two_agents_under_one_node_name_are_told_apart() {
     again.send(r).await.expect("same run on a new stream");
     c.shutdown().await;
 }
+
+/// An agent whose datapath could not count everything says so in its
+/// reports; the collector shows it per agent (ListAgents) and on its own
+/// /metrics, where dashboards that scrape only the collector see it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_an_agent_could_not_count_reaches_the_collectors_metrics() {
+    let c = start(&["--interval", "200ms"]).await;
+    let mut a = Agent::connect(&c, "lb").await;
+    let mut r = a.next(vec![serves("10.9.0.1", 80, "web", 10)], vec![]);
+    r.datapath = Some(v1::DatapathStats {
+        flow_insert_failed: 7,
+        flow_insert_no_memory: 7,
+        max_flows: 32,
+        ..Default::default()
+    });
+    a.send(r).await.expect("ack");
+    // A report without the accounting keeps the last one.
+    let r = a.next(vec![serves("10.9.0.1", 80, "web", 11)], vec![]);
+    a.send(r).await.expect("ack");
+    let mut q = query(&c).await;
+    let agents = q
+        .list_agents(v1::ListAgentsRequest {})
+        .await
+        .expect("ListAgents")
+        .into_inner()
+        .agents;
+    let datapath = agents[0].datapath.expect("the agent's datapath accounting");
+    assert_eq!(
+        (datapath.flow_insert_failed, datapath.flow_insert_no_memory),
+        (7, 7)
+    );
+    let body = http_get(c.metrics_addr, "/metrics").await;
+    for line in [
+        r#"evenflow_agent_uncounted_total{node="lb",kind="flow_insert_failed"} 7"#,
+        r#"evenflow_agent_uncounted_total{node="lb",kind="endpoint_insert_failed"} 0"#,
+    ] {
+        assert!(
+            body.lines().any(|l| l == line),
+            "/metrics has `{line}`:\n{body}"
+        );
+    }
+    c.shutdown().await;
+}

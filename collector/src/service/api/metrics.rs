@@ -228,6 +228,36 @@ fn agents(out: &mut String, shared: &Shared) {
             u8::from(a.fresh)
         );
     }
+    help(
+        out,
+        "evenflow_agent_uncounted_total",
+        "counter",
+        "What the agent's datapath could not count, by kind, since its epoch (as its last report \
+         said): while one grows, the views its node feeds stand on incomplete counts. The \
+         agent's own /metrics splits the insert failures by cause.",
+    );
+    for a in &agents {
+        let Some(d) = &a.datapath else { continue };
+        for (kind, n) in uncounted(d) {
+            let _ = writeln!(
+                out,
+                "evenflow_agent_uncounted_total{{node=\"{}\",kind=\"{kind}\"}} {n}",
+                esc(&a.node_name),
+            );
+        }
+    }
+}
+
+/// The datapath's counts of what it could not count, by kind.
+fn uncounted(d: &v1::DatapathStats) -> [(&'static str, u64); 6] {
+    [
+        ("packets_unparsable", d.packets_unparsable),
+        ("endpoint_insert_failed", d.endpoint_insert_failed),
+        ("flow_insert_failed", d.flow_insert_failed),
+        ("flow_missing_on_close", d.flow_missing_on_close),
+        ("sock_storage_failed", d.sock_storage_failed),
+        ("syns_origin_unknown", d.syns_origin_unknown),
+    ]
 }
 
 /// Per pool: effective members, members, open connections.

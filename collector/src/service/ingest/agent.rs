@@ -12,7 +12,7 @@ use std::{
     time::{Instant, SystemTime},
 };
 
-use evenflow_proto::v1::{AgentReport, Endpoint};
+use evenflow_proto::v1::{self, AgentReport, Endpoint};
 
 use super::{registry::IngestCounters, validate::Parsed};
 use crate::service::fxhash::FxHashMap;
@@ -203,6 +203,8 @@ pub struct AgentState {
     pub(super) addresses: Vec<IpAddr>,
     /// CPU utilisation, 0..1.
     pub(super) cpu: Option<f64>,
+    /// The datapath accounting of the last report that carried it.
+    pub(in crate::service) datapath: Option<v1::DatapathStats>,
     /// Reports applied (0: no baseline yet).
     generation: u64,
     /// Epoch changes seen.
@@ -253,6 +255,7 @@ impl AgentState {
             listeners: Vec::new(),
             addresses: Vec::new(),
             cpu: None,
+            datapath: None,
             generation: 0,
             resets: 0,
             replays: 0,
@@ -321,7 +324,7 @@ impl AgentState {
         }
     }
 
-    /// The report's identity, timing, version and CPU.
+    /// The report's identity, timing, version, CPU and datapath accounting.
     fn record_report(&mut self, report: &AgentReport) {
         self.epoch = report.agent_epoch;
         self.run = report.agent_run;
@@ -334,6 +337,9 @@ impl AgentState {
             self.version.clone_from(&report.agent_version);
         }
         self.cpu = report.cpu.map(|c| c.utilization.clamp(0.0, 1.0));
+        if report.datapath.is_some() {
+            self.datapath = report.datapath;
+        }
         self.generation += 1;
     }
 

@@ -417,6 +417,7 @@ impl From<AgentStatusAt<'_>> for v1::AgentStatus {
             resets: state.resets,
             replays_ignored: state.replays,
             agent_version: state.version.clone(),
+            datapath: state.datapath,
         }
     }
 }
