@@ -23,12 +23,7 @@ async fn replay_is_ignored_and_acked() {
     let ack = a.send(r).await.expect("ack for replay");
     assert_eq!(ack.acked_sequence, 3, "a replay acks what was processed");
     let mut q = query(&c).await;
-    let agents = q
-        .list_agents(v1::ListAgentsRequest {})
-        .await
-        .expect("ListAgents")
-        .into_inner()
-        .agents;
+    let agents = agents(&mut q).await;
     assert_eq!(agents.len(), 1);
     assert_eq!(agents[0].replays_ignored, 1);
     assert_eq!(agents[0].last_sequence, 3);
@@ -136,12 +131,7 @@ async fn new_epoch_is_a_reset_no_data_never_negative() {
             .new_conns_per_sec,
         50.0
     );
-    let agents = q
-        .list_agents(v1::ListAgentsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .agents;
+    let agents = agents(&mut q).await;
     let a1 = agents.iter().find(|a| a.node_name == "b1").unwrap();
     assert_eq!((a1.resets, a1.agent_epoch), (1, 2));
     c.shutdown().await;
@@ -195,12 +185,7 @@ async fn invalid_reports_are_rejected_without_disturbing_others() {
     let r = good.next(vec![serves("10.9.2.1", 80, "web", 20)], vec![]);
     assert_eq!(good.send(r).await.expect("still acked").acked_sequence, 2);
     let mut q = query(&c).await;
-    let agents = q
-        .list_agents(v1::ListAgentsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .agents;
+    let agents = agents(&mut q).await;
     let names: Vec<_> = agents.iter().map(|a| a.node_name.as_str()).collect();
     assert_eq!(names, ["b", "good"]);
     let b = agents.iter().find(|a| a.node_name == "b").unwrap();
@@ -261,12 +246,7 @@ async fn what_an_agent_could_not_count_reaches_the_collectors_metrics() {
     let r = a.next(vec![serves("10.9.0.1", 80, "web", 11)], vec![]);
     a.send(r).await.expect("ack");
     let mut q = query(&c).await;
-    let agents = q
-        .list_agents(v1::ListAgentsRequest {})
-        .await
-        .expect("ListAgents")
-        .into_inner()
-        .agents;
+    let agents = agents(&mut q).await;
     let datapath = agents[0].datapath.expect("the agent's datapath accounting");
     assert_eq!(
         (datapath.flow_insert_failed, datapath.flow_insert_no_memory),

@@ -38,6 +38,15 @@ pub async fn query(c: &Running) -> DistributionClient<Channel> {
     DistributionClient::connect(url(c)).await.expect("connect")
 }
 
+/// Every agent the collector knows (ListAgents).
+pub async fn agents(q: &mut DistributionClient<Channel>) -> Vec<v1::AgentStatus> {
+    q.list_agents(v1::ListAgentsRequest {})
+        .await
+        .expect("ListAgents")
+        .into_inner()
+        .agents
+}
+
 /// One simulated agent: a Report stream.
 pub struct Agent {
     pub node: String,
