@@ -141,11 +141,12 @@ pub fn status_text(agents: &[v1::AgentStatus], pools: &[v1::Pool]) -> String {
     for a in agents {
         let _ = writeln!(
             out,
-            "  {:<24} {:<6} last report {:>5.1}s ago  {:>5} endpoints",
+            "  {:<24} {:<6} last report {:>5.1}s ago  {:>5} endpoints{}",
             a.node_name,
             if a.fresh { "fresh" } else { "STALE" },
             a.age_seconds,
-            a.endpoints
+            a.endpoints,
+            uncounted_text(a)
         );
     }
     let _ = writeln!(out, "\nPOOLS   {}", pools.len());
@@ -153,6 +154,24 @@ pub fn status_text(agents: &[v1::AgentStatus], pools: &[v1::Pool]) -> String {
         out.push_str(&pool_text(p));
     }
     out
+}
+
+/// "  UNCOUNTED flow_insert_failed 7, ..." for an agent whose datapath
+/// could not count something; empty otherwise.
+fn uncounted_text(a: &v1::AgentStatus) -> String {
+    let Some(d) = &a.datapath else {
+        return String::new();
+    };
+    let lost: Vec<String> = evenflow_proto::names::uncounted(d)
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(kind, n)| format!("{kind} {n}"))
+        .collect();
+    if lost.is_empty() {
+        String::new()
+    } else {
+        format!("  UNCOUNTED {}", lost.join(", "))
+    }
 }
 
 pub fn pool_text(p: &v1::Pool) -> String {
@@ -353,6 +372,12 @@ pub fn agent_json(a: &v1::AgentStatus) -> Value {
         "resets": a.resets,
         "replays_ignored": a.replays_ignored,
         "version": a.agent_version,
+        "uncounted": a.datapath.as_ref().map(|d| {
+            evenflow_proto::names::uncounted(d)
+                .iter()
+                .map(|&(kind, n)| (kind.to_owned(), json!(n)))
+                .collect::<serde_json::Map<_, _>>()
+        }),
     })
 }
 
@@ -397,6 +422,35 @@ mod tests {
             verdict: v as i32,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn status_names_what_an_agent_could_not_count() {
+        let agent = |node: &str, flows_lost: u64| v1::AgentStatus {
+            node_name: node.into(),
+            fresh: true,
+            datapath: Some(v1::DatapathStats {
+                flow_insert_failed: flows_lost,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let text = status_text(&[agent("lb", 7), agent("b1", 0)], &[]);
+        let line = |node: &str| {
+            text.lines()
+                .find(|l| l.trim_start().starts_with(node))
+                .unwrap_or_default()
+                .to_owned()
+        };
+        assert!(
+            line("lb").ends_with("UNCOUNTED flow_insert_failed 7"),
+            "{text}"
+        );
+        assert!(!line("b1").contains("UNCOUNTED"), "{text}");
+        assert_eq!(
+            agent_json(&agent("lb", 7))["uncounted"]["flow_insert_failed"],
+            7
+        );
     }
 
     #[test]

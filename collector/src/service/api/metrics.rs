@@ -238,7 +238,7 @@ fn agents(out: &mut String, shared: &Shared) {
     );
     for a in &agents {
         let Some(d) = &a.datapath else { continue };
-        for (kind, n) in uncounted(d) {
+        for (kind, n) in evenflow_proto::names::uncounted(d) {
             let _ = writeln!(
                 out,
                 "evenflow_agent_uncounted_total{{node=\"{}\",kind=\"{kind}\"}} {n}",
@@ -246,18 +246,6 @@ fn agents(out: &mut String, shared: &Shared) {
             );
         }
     }
-}
-
-/// The datapath's counts of what it could not count, by kind.
-fn uncounted(d: &v1::DatapathStats) -> [(&'static str, u64); 6] {
-    [
-        ("packets_unparsable", d.packets_unparsable),
-        ("endpoint_insert_failed", d.endpoint_insert_failed),
-        ("flow_insert_failed", d.flow_insert_failed),
-        ("flow_missing_on_close", d.flow_missing_on_close),
-        ("sock_storage_failed", d.sock_storage_failed),
-        ("syns_origin_unknown", d.syns_origin_unknown),
-    ]
 }
 
 /// Per pool: effective members, members, open connections.
