@@ -304,6 +304,9 @@ fn retire_idle(
         return Ok(());
     }
     let gone = tokio::task::block_in_place(|| dp.retire(&idle))?;
+    if gone.is_empty() {
+        return Ok(());
+    }
     info!(
         retired = gone.len(),
         live = stats.live_endpoints,

@@ -15,7 +15,8 @@
 //! counts as new traffic. Nothing counted is lost: the removal takes the
 //! counters with it (`BPF_MAP_LOOKUP_AND_DELETE_ELEM`), and if they moved
 //! since the read that found the endpoint idle (a connection opened in
-//! between), they go back into the map.
+//! between), they go back into the map (but see [`put_back`] and
+//! docs/counting.md for what the same microseconds can still do).
 
 use std::os::fd::{AsRawFd as _, BorrowedFd};
 
@@ -108,7 +109,10 @@ pub fn retire(
 }
 
 /// Puts counters taken from the map back: as they were, or, when a program
-/// counted the endpoint anew in between, added to what it counted.
+/// counted the endpoint anew in between, added to what it counted. That
+/// addition is a read and a write from here: a count a program adds
+/// between them is lost. It takes an endpoint idle for `--retire-idle-after`
+/// counted three times within microseconds of its retirement.
 fn put_back(
     fd: BorrowedFd<'_>,
     key: &EndpointKey,
