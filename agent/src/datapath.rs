@@ -427,7 +427,6 @@ impl Datapath {
         Ok(())
     }
 
-    /// What the pinned maps can hold.
     /// Retires the endpoints `idle` (each with the totals the last read
     /// found) from the endpoint map, as [`crate::retire`] says, and counts
     /// them in `endpoints_retired`; returns the ones no longer in the map.
@@ -493,6 +492,7 @@ impl Datapath {
         self.stats.set(index, values, 0).context("writing EF_STATS")
     }
 
+    /// What the pinned maps can hold.
     pub fn capacity(&self) -> Capacity {
         self.capacity
     }
