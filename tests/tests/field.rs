@@ -2133,14 +2133,7 @@ fn field_flow_map_pressure_keeps_idle_connections_and_reports_the_rest() {
     })
     .expect("runs in the client's namespace")
     .expect("the burst runs");
-    let (req_each, resp_each) = (burst[0].bytes_sent, burst[0].bytes_received);
-    assert!(
-        burst
-            .iter()
-            .all(|c| (c.bytes_sent, c.bytes_received) == (req_each, resp_each)),
-        "burst connections carry the same bytes each"
-    );
-    drop(burst);
+    let (req_each, resp_each) = same_bytes_each(&client::KeepAlives(burst));
     // The idle connections are still tracked: they talk again, and close.
     for c in &mut idle {
         c.request().expect("an idle connection still works");
