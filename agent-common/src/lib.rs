@@ -104,6 +104,15 @@ impl EndpointCounters {
         self.packets_rx = self.packets_rx.wrapping_add(other.packets_rx);
         self.packets_tx = self.packets_tx.wrapping_add(other.packets_tx);
     }
+
+    /// One endpoint's per-CPU values merged into its totals.
+    pub fn sum<'a>(per_cpu: impl IntoIterator<Item = &'a Self>) -> Self {
+        let mut total = Self::default();
+        for c in per_cpu {
+            total.accumulate(c);
+        }
+        total
+    }
 }
 
 /// A flow as seen from this node: `local` is the packet's source on egress

@@ -94,11 +94,8 @@ impl Reader {
             };
             let n = (attr.count as usize).min(CHUNK);
             for i in 0..n {
-                let mut sum = EndpointCounters::default();
-                for c in &self.values[i * self.ncpus..(i + 1) * self.ncpus] {
-                    sum.accumulate(c);
-                }
-                out.push((self.keys[i], sum));
+                let per_cpu = &self.values[i * self.ncpus..(i + 1) * self.ncpus];
+                out.push((self.keys[i], EndpointCounters::sum(per_cpu)));
             }
             if done {
                 return Ok(());

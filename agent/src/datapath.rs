@@ -559,11 +559,7 @@ impl Datapath {
                     Err(aya::maps::MapError::KeyNotFound) => continue,
                     Err(e) => return Err(e).context("reading EF_ENDPOINTS"),
                 };
-                let mut sum = EndpointCounters::default();
-                for c in per_cpu.iter() {
-                    sum.accumulate(c);
-                }
-                out.push((key, sum));
+                out.push((key, EndpointCounters::sum(per_cpu.iter())));
             }
         }
         let mut stats = Stats {

@@ -101,7 +101,7 @@ pub fn retire(
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Outcome::Gone),
         Err(e) => return Err(e),
     }
-    if sum(&taken) == *seen {
+    if EndpointCounters::sum(&taken) == *seen {
         return Ok(Outcome::Retired);
     }
     put_back(fd, key, &mut taken)?;
@@ -128,14 +128,6 @@ fn put_back(
         n.accumulate(t);
     }
     elem(fd, BPF_MAP_UPDATE_ELEM, key, &mut now, BPF_EXIST)
-}
-
-fn sum(values: &[EndpointCounters]) -> EndpointCounters {
-    let mut total = EndpointCounters::default();
-    for v in values {
-        total.accumulate(v);
-    }
-    total
 }
 
 #[repr(C)]
@@ -283,7 +275,7 @@ mod tests {
         let fd = map.as_fd();
         let k = key(9000, Direction::SendsTo);
         put(fd, &k, &mut per_cpu(ncpus, 2));
-        let seen = sum(&per_cpu(ncpus, 2));
+        let seen = EndpointCounters::sum(&per_cpu(ncpus, 2));
         assert_eq!(retire(fd, ncpus, &k, &seen).ok(), Some(Outcome::Retired));
         assert!(get(fd, &k, ncpus).is_none(), "retired: gone from the map");
         assert_eq!(retire(fd, ncpus, &k, &seen).ok(), Some(Outcome::Gone));
