@@ -295,10 +295,11 @@ fn retire_idle(
     stats: &datapath::Stats,
     args: &cli::Args,
 ) -> Result<()> {
-    let policy = retire::Policy {
-        quiet_reads: quiet_reads(args.retire_idle_after, args.interval),
-        capacity: dp.capacity().endpoints,
-    };
+    let policy = retire::Policy::new(
+        args.retire_idle_after,
+        args.interval,
+        dp.capacity().endpoints,
+    );
     let idle = policy.candidates(table, listeners, stats.live_endpoints);
     if idle.is_empty() {
         return Ok(());
@@ -316,13 +317,6 @@ fn retire_idle(
     );
     table.remove(&gone);
     Ok(())
-}
-
-/// Reads in a row an endpoint must stay unchanged through to be idle for
-/// `idle` at one read every `interval`.
-fn quiet_reads(idle: Duration, interval: Duration) -> u64 {
-    let reads = idle.as_secs_f64() / interval.as_secs_f64().max(0.001);
-    reads.ceil() as u64
 }
 
 /// Drains the aya-log ring buffer whenever it becomes readable.

@@ -40,6 +40,16 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// Endpoints idle for `idle` at one read every `interval`, from a map
+    /// holding `capacity`.
+    pub fn new(idle: std::time::Duration, interval: std::time::Duration, capacity: u64) -> Self {
+        let reads = idle.as_secs_f64() / interval.as_secs_f64().max(0.001);
+        Self {
+            quiet_reads: reads.ceil() as u64,
+            capacity,
+        }
+    }
+
     /// The endpoints to retire from a map holding `live`, longest idle
     /// first, with the totals the last read found: none until the map is
     /// three-quarters full, then enough to bring it to half, of those idle
@@ -192,6 +202,15 @@ mod tests {
             t.update(&read, 1.0);
         }
         t
+    }
+
+    #[test]
+    fn idle_time_is_counted_in_reads() {
+        use std::time::Duration;
+        let reads = |idle, interval| Policy::new(idle, interval, 16).quiet_reads;
+        assert_eq!(reads(Duration::from_secs(600), Duration::from_secs(1)), 600);
+        assert_eq!(reads(Duration::from_secs(2), Duration::from_millis(500)), 4);
+        assert_eq!(reads(Duration::from_secs(1), Duration::from_millis(300)), 4);
     }
 
     #[test]
