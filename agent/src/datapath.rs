@@ -62,6 +62,21 @@ pub struct Config<'a> {
     pub forwarded_per_packet: bool,
 }
 
+/// What one retirement pass did (see [`Datapath::retire`]).
+#[derive(Debug, Default)]
+pub struct Retired {
+    /// The endpoints no longer in the map, with the totals they were
+    /// found idle with.
+    pub gone: Vec<(EndpointKey, EndpointCounters)>,
+    /// Of those, the ones this pass took out, counted in
+    /// `endpoints_retired`.
+    pub removed: u64,
+    /// Endpoints a program counted anew while they were out, their
+    /// counters added back: in `endpoints_retired` too (the program's
+    /// insert counted one more), still in the map.
+    pub merged: u64,
+}
+
 /// Datapath accounting read from `EF_STATS`, plus what userspace derives.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -74,6 +89,13 @@ pub struct Stats {
 impl Stats {
     pub fn slot(&self, s: agent_common::Stat) -> u64 {
         self.slots[s as usize]
+    }
+
+    /// Takes in what a retirement after the read did, so that the
+    /// interval's report counts the map as it leaves it.
+    pub fn note_retired(&mut self, r: &Retired) {
+        self.live_endpoints = self.live_endpoints.saturating_sub(r.removed);
+        self.slots[agent_common::Stat::EndpointRetired as usize] += r.removed + r.merged;
     }
 
     /// Forwarded connections tracked now: registered minus ended (each
@@ -429,25 +451,24 @@ impl Datapath {
 
     /// Retires the endpoints `idle` (each with the totals the last read
     /// found) from the endpoint map, as [`crate::retire`] says, and counts
-    /// them in `endpoints_retired`; returns the ones no longer in the map.
-    pub fn retire(&mut self, idle: &[(EndpointKey, EndpointCounters)]) -> Result<Vec<EndpointKey>> {
+    /// them in `endpoints_retired`.
+    pub fn retire(&mut self, idle: &[(EndpointKey, EndpointCounters)]) -> Result<Retired> {
         use crate::retire::Outcome;
         use aya::maps::IterableMap as _;
+        let mut done = Retired::default();
         if !self.retiring {
-            return Ok(Vec::new());
+            return Ok(done);
         }
         let ncpus = aya::util::nr_cpus()
             .map_err(|(_, e)| e)
             .context("counting the possible CPUs")?;
         let fd = self.endpoints.map().fd().as_fd();
-        let (mut gone, mut retired) = (Vec::new(), 0);
         for (key, seen) in idle {
             let outcome = match crate::retire::retire(fd, ncpus, key, seen) {
                 Ok(outcome) => outcome,
                 // The kernel refused to take the entry out (per-CPU hash
-                // maps can since 5.14), or to put moved counters back
-                // (short of memory). Not tried again by this process: the
-                // map fills as it did before retiring.
+                // maps can since 5.14). Not tried again by this process:
+                // the map fills as it did before retiring.
                 Err(e) => {
                     warn!(
                         ?key,
@@ -459,20 +480,26 @@ impl Datapath {
                 }
             };
             match outcome {
-                Outcome::Retired => {
-                    retired += 1;
-                    gone.push(*key);
+                Outcome::Retired | Outcome::Dropped => {
+                    done.removed += 1;
+                    done.gone.push((*key, *seen));
                 }
-                Outcome::Gone => gone.push(*key),
+                // A program inserted it anew, which counted an insert.
+                Outcome::Merged => done.merged += 1,
+                Outcome::Gone => done.gone.push((*key, *seen)),
                 Outcome::Restored => {
                     debug!(?key, "an endpoint counted as it was retired: kept");
                 }
             }
         }
-        if retired > 0 {
-            self.add_to_stat(agent_common::Stat::EndpointRetired, retired)?;
+        let counted = done.removed + done.merged;
+        if counted > 0
+            && let Err(e) = self.add_to_stat(agent_common::Stat::EndpointRetired, counted)
+        {
+            // Out of the map either way: they read as evictions.
+            warn!("counting {counted} retired endpoints in EF_STATS: {e:#}");
         }
-        Ok(gone)
+        Ok(done)
     }
 
     /// Adds `n` to a stats slot only the agent writes.

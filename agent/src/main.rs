@@ -244,18 +244,18 @@ async fn counting_loop(
         let forwards = host::forwards();
         tokio::task::block_in_place(|| dp.follow(&wanted, forwards))?;
         // Map reads are syscalls: keep them off the async workers' backs.
-        let stats = tokio::task::block_in_place(|| dp.read(&mut read))?;
+        let mut stats = tokio::task::block_in_place(|| dp.read(&mut read))?;
         if let Some(prev) = &prev_stats {
             datapath::warn_new_losses(prev, &stats, dp.capacity());
         }
-        prev_stats = Some(stats);
         table.update(&read, if sequence == 0 { 0.0 } else { secs });
         // A netlink dump, and /proc where the kernel gives none: blocking.
         let listeners = tokio::task::block_in_place(listeners::read).unwrap_or_else(|e| {
             warn!("listing listeners: {e:#}");
             Vec::new()
         });
-        retire_idle(dp, &mut table, &listeners, &stats, args)?;
+        retire_idle(dp, &mut table, &listeners, &mut stats, args)?;
+        prev_stats = Some(stats);
         let addresses = host::addresses().unwrap_or_else(|e| {
             warn!("listing the node's addresses: {e:#}");
             Vec::new()
@@ -292,7 +292,7 @@ fn retire_idle(
     dp: &mut datapath::Datapath,
     table: &mut table::Table,
     listeners: &[listeners::Listener],
-    stats: &datapath::Stats,
+    stats: &mut datapath::Stats,
     args: &cli::Args,
 ) -> Result<()> {
     let policy = retire::Policy::new(
@@ -300,21 +300,22 @@ fn retire_idle(
         args.interval,
         dp.capacity().endpoints,
     );
-    let idle = policy.candidates(table, listeners, stats.live_endpoints);
+    let idle = policy.candidates(table, listeners, &args.services, stats.live_endpoints);
     if idle.is_empty() {
         return Ok(());
     }
-    let gone = tokio::task::block_in_place(|| dp.retire(&idle))?;
-    if gone.is_empty() {
-        return Ok(());
+    let done = tokio::task::block_in_place(|| dp.retire(&idle))?;
+    if done.removed > 0 {
+        info!(
+            retired = done.removed,
+            live = stats.live_endpoints,
+            capacity = policy.capacity,
+            "the endpoint map is filling up: retired endpoints idle for {} with no connection open",
+            humantime::format_duration(args.retire_idle_after)
+        );
     }
-    info!(
-        retired = gone.len(),
-        live = stats.live_endpoints,
-        capacity = policy.capacity,
-        "the endpoint map is filling up: retired endpoints idle for {} with no connection open",
-        humantime::format_duration(args.retire_idle_after)
-    );
+    stats.note_retired(&done);
+    let gone: Vec<_> = done.gone.iter().map(|(key, _)| *key).collect();
     table.remove(&gone);
     Ok(())
 }

@@ -7,7 +7,8 @@
 //! day. Once the map is full, new endpoints go uncounted. So when it is
 //! three-quarters full, the agent removes endpoints that have carried
 //! nothing for `--retire-idle-after`, with no connection open and no
-//! listening socket behind them, longest idle first, until it is half
+//! listening socket or `--service` label behind them, the ones it dialled
+//! before the ones it served and longest idle first, until it is half
 //! full.
 //!
 //! A retired endpoint leaves the next report, so the collector forgets
@@ -21,8 +22,9 @@
 use std::os::fd::{AsRawFd as _, BorrowedFd};
 
 use agent_common::{Direction, EndpointCounters, EndpointKey};
+use tracing::warn;
 
-use crate::{listeners::Listener, table::Table};
+use crate::{cli::ServiceLabel, listeners::Listener, table::Table};
 
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
@@ -50,33 +52,42 @@ impl Policy {
         }
     }
 
-    /// The endpoints to retire from a map holding `live`, longest idle
-    /// first, with the totals the last read found: none until the map is
-    /// three-quarters full, then enough to bring it to half, of those idle
-    /// long enough, with no connection open and no listener on their port.
+    /// The endpoints to retire from a map holding `live`, with the totals
+    /// the last read found: none until the map is three-quarters full, then
+    /// enough to bring it to half, of those idle long enough, with no
+    /// connection open.
+    ///
+    /// A served endpoint with a listener on its port, or a port
+    /// `--service` labels, stays: it is a pool's member, which an idle
+    /// spell must leave judged ZERO, not gone (the agent sees only its own
+    /// namespace's listeners, not a pod's). Dialled endpoints go first,
+    /// then served ones; longest idle first within each.
     pub fn candidates(
         &self,
         table: &Table,
         listeners: &[Listener],
+        services: &[ServiceLabel],
         live: u64,
     ) -> Vec<(EndpointKey, EndpointCounters)> {
         if live * 4 < self.capacity * 3 {
             return Vec::new();
         }
-        let listened = |key: &EndpointKey| {
-            key.direction == Direction::Serves as u8
-                && listeners
-                    .iter()
-                    .any(|l| l.port == key.port && l.proto == key.proto)
+        let served = |key: &EndpointKey| key.direction == Direction::Serves as u8;
+        let member = |key: &EndpointKey| {
+            served(key)
+                && (services.iter().any(|s| s.port == key.port)
+                    || listeners
+                        .iter()
+                        .any(|l| l.port == key.port && l.proto == key.proto))
         };
         let mut idle: Vec<_> = table
             .iter()
             .filter(|(key, e)| {
-                e.quiet_reads >= self.quiet_reads && !e.has_open_connections() && !listened(key)
+                e.quiet_reads >= self.quiet_reads && !e.has_open_connections() && !member(key)
             })
             .map(|(key, e)| (e.quiet_reads, *key, e.totals))
             .collect();
-        idle.sort_unstable_by_key(|&(quiet, key, _)| (std::cmp::Reverse(quiet), key));
+        idle.sort_unstable_by_key(|&(quiet, key, _)| (served(&key), std::cmp::Reverse(quiet), key));
         let excess = live.saturating_sub(self.capacity / 2);
         idle.into_iter()
             .take(usize::try_from(excess).unwrap_or(usize::MAX))
@@ -92,13 +103,20 @@ pub enum Outcome {
     Retired,
     /// It counted something since: its counters went back into the map.
     Restored,
+    /// It counted something since, and a program had already counted it
+    /// anew: its counters were added to the new entry.
+    Merged,
+    /// Taken out, but its counters could not go back (the map filled or
+    /// memory ran short in the same microseconds): what it counted since
+    /// the read is lost, and said so in the log.
+    Dropped,
     /// It was no longer in the map.
     Gone,
 }
 
 /// Removes `key` from the per-CPU endpoint map behind `fd` (values of
 /// `ncpus` CPUs) if its counters still sum to `seen`, and puts them back
-/// if they do not.
+/// if they do not. An error means the kernel refused to take it out.
 pub fn retire(
     fd: BorrowedFd<'_>,
     ncpus: usize,
@@ -111,11 +129,23 @@ pub fn retire(
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Outcome::Gone),
         Err(e) => return Err(e),
     }
-    if EndpointCounters::sum(&taken) == *seen {
+    let sum = EndpointCounters::sum(&taken);
+    if sum == *seen {
         return Ok(Outcome::Retired);
     }
-    put_back(fd, key, &mut taken)?;
-    Ok(Outcome::Restored)
+    match put_back(fd, key, &mut taken) {
+        Ok(outcome) => Ok(outcome),
+        Err(e) => {
+            warn!(
+                ?key,
+                ?seen,
+                now = ?sum,
+                "an endpoint counted as it was retired, and its counters could not go back \
+                 into EF_ENDPOINTS: {e}; what it counted since the last read is lost"
+            );
+            Ok(Outcome::Dropped)
+        }
+    }
 }
 
 /// Puts counters taken from the map back: as they were, or, when a program
@@ -127,17 +157,17 @@ fn put_back(
     fd: BorrowedFd<'_>,
     key: &EndpointKey,
     taken: &mut [EndpointCounters],
-) -> std::io::Result<()> {
+) -> std::io::Result<Outcome> {
     match elem(fd, BPF_MAP_UPDATE_ELEM, key, taken, BPF_NOEXIST) {
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-        done => return done,
+        done => return done.map(|()| Outcome::Restored),
     }
     let mut now = vec![EndpointCounters::default(); taken.len()];
     elem(fd, BPF_MAP_LOOKUP_ELEM, key, &mut now, 0)?;
     for (n, t) in now.iter_mut().zip(taken.iter()) {
         n.accumulate(t);
     }
-    elem(fd, BPF_MAP_UPDATE_ELEM, key, &mut now, BPF_EXIST)
+    elem(fd, BPF_MAP_UPDATE_ELEM, key, &mut now, BPF_EXIST).map(|()| Outcome::Merged)
 }
 
 #[repr(C)]
@@ -221,8 +251,8 @@ mod tests {
             quiet_reads: 2,
             capacity: 8,
         };
-        assert!(policy.candidates(&t, &[], 5).is_empty());
-        assert_eq!(policy.candidates(&t, &[], 6).len(), 1);
+        assert!(policy.candidates(&t, &[], &[], 5).is_empty());
+        assert_eq!(policy.candidates(&t, &[], &[], 6).len(), 1);
     }
 
     #[test]
@@ -241,13 +271,13 @@ mod tests {
             quiet_reads: 3,
             capacity: 4,
         };
-        assert_eq!(policy.candidates(&t, &listeners, 4), vec![done]);
+        assert_eq!(policy.candidates(&t, &listeners, &[], 4), vec![done]);
         let policy = Policy {
             quiet_reads: 6,
             ..policy
         };
         assert!(
-            policy.candidates(&t, &listeners, 4).is_empty(),
+            policy.candidates(&t, &listeners, &[], 4).is_empty(),
             "five reads unchanged (the first read changes everything) is not six"
         );
     }
@@ -317,8 +347,48 @@ mod tests {
         // A program counted the endpoint anew after the retirement took
         // its counters out.
         put(fd, &k, &mut per_cpu(ncpus, 1));
-        put_back(fd, &k, &mut per_cpu(ncpus, 4)).expect("they go back");
+        assert_eq!(
+            put_back(fd, &k, &mut per_cpu(ncpus, 4)).ok(),
+            Some(Outcome::Merged)
+        );
         assert_eq!(get(fd, &k, ncpus), Some(per_cpu(ncpus, 5)));
+    }
+
+    #[test]
+    fn dialled_endpoints_go_before_served_ones_longest_idle_first() {
+        let (a, b) = (key(1, Direction::SendsTo), key(2, Direction::SendsTo));
+        let (served, labelled) = (key(9, Direction::Serves), key(80, Direction::Serves));
+        let mut t = Table::default();
+        // `b` counts until the fourth read, the others only at the first.
+        for r in 0..8 {
+            let until = |last: u64| counters(r.min(last) + 1, r.min(last) + 1);
+            let read = [
+                (a, until(0)),
+                (b, until(3)),
+                (served, until(0)),
+                (labelled, until(0)),
+            ];
+            t.update(&read, 1.0);
+        }
+        let services = [ServiceLabel {
+            name: "web".into(),
+            port: 80,
+        }];
+        let retired = |capacity, live| {
+            let policy = Policy {
+                quiet_reads: 2,
+                capacity,
+            };
+            let idle = policy.candidates(&t, &[], &services, live);
+            idle.into_iter().map(|(key, _)| key).collect::<Vec<_>>()
+        };
+        assert_eq!(retired(4, 3), vec![a], "the longest idle first");
+        assert_eq!(retired(4, 4), vec![a, b]);
+        assert_eq!(
+            retired(8, 8),
+            vec![a, b, served],
+            "dialled before served, and a labelled port's endpoint never"
+        );
     }
 
     #[test]
@@ -331,6 +401,6 @@ mod tests {
             quiet_reads: 1,
             capacity: 8,
         };
-        assert_eq!(policy.candidates(&t, &[], 8).len(), 4);
+        assert_eq!(policy.candidates(&t, &[], &[], 8).len(), 4);
     }
 }

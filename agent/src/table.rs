@@ -87,6 +87,8 @@ pub struct Table {
     /// Endpoints removed because the kernel map no longer has them (LRU
     /// eviction); their counts are gone from the kernel too.
     pub forgotten: u64,
+    /// Entries were removed since the last read: lay the next one out anew.
+    relayout: bool,
 }
 
 impl Table {
@@ -105,7 +107,8 @@ impl Table {
 
     /// Whether `read` holds the same keys in the same order as the last read.
     fn lines_up(&self, read: &[(EndpointKey, EndpointCounters)]) -> bool {
-        read.len() == self.read_order.len()
+        !self.relayout
+            && read.len() == self.read_order.len()
             && read
                 .iter()
                 .zip(&self.read_order)
@@ -136,6 +139,7 @@ impl Table {
             .map(|(key, _)| at_of.get(key).copied().unwrap_or_default())
             .collect();
         self.entries = laid;
+        self.relayout = false;
     }
 
     /// Forgets the endpoints `keys` (retired from the kernel map): the next
@@ -147,6 +151,7 @@ impl Table {
         let gone: std::collections::HashSet<&EndpointKey> = keys.iter().collect();
         self.entries.retain(|(key, _)| !gone.contains(key));
         self.read_order.clear();
+        self.relayout = true;
     }
 
     /// The endpoints in listing order (direction, address, port).
@@ -199,6 +204,22 @@ mod tests {
         t.update(&[(key(81), counters(2, 2))], 1.0);
         assert_eq!(t.len(), 1);
         assert_eq!(t.forgotten, 1);
+    }
+
+    #[test]
+    fn removed_endpoints_stay_gone_whatever_the_next_read_holds() {
+        for next in [vec![], vec![(key(81), counters(2, 2))]] {
+            let mut t = Table::default();
+            t.update(&[(key(80), counters(1, 1)), (key(81), counters(1, 1))], 1.0);
+            t.remove(&[key(80)]);
+            t.update(&next, 1.0);
+            assert_eq!(t.len(), next.len(), "after a read of {next:?}");
+            assert_eq!(
+                t.forgotten,
+                1 - next.len() as u64,
+                "only 81 can be forgotten"
+            );
+        }
     }
 
     #[test]

@@ -2450,43 +2450,44 @@ fn field_filling_endpoint_map_retires_idle_endpoints() {
         assert_eq!(load.connections, 1, "{load:?}");
         load
     };
-    let counted_once = |s: &serde_json::Value, i: u16, load: &client::Load| {
-        let t = grpcurl::totals(s, &backend, BACKEND_BASE + i, SENDS_TO);
-        (t.opened, t.closed, t.bytes_rx, t.bytes_tx) == (1, 1, load.bytes_received, load.bytes_sent)
+    // Each port's (opened, closed, bytes in, bytes out) towards the backend,
+    // and what it must read: one connection that carried the load's bytes.
+    let counted = |s: &serde_json::Value, ports: &[u16]| -> Vec<(u64, u64, u64, u64)> {
+        let t = |i| grpcurl::totals(s, &backend, BACKEND_BASE + i, SENDS_TO);
+        ports
+            .iter()
+            .map(|&i| t(i))
+            .map(|t| (t.opened, t.closed, t.bytes_rx, t.bytes_tx))
+            .collect()
+    };
+    let once = |loads: &[client::Load]| -> Vec<(u64, u64, u64, u64)> {
+        let once = |l: &client::Load| (1, 1, l.bytes_received, l.bytes_sent);
+        loads.iter().map(once).collect()
+    };
+    let settled = |ports: &[u16], loads: &[client::Load], what: &str| {
+        let want = once(loads);
+        let (snap, seen) =
+            grpcurl::settle(&lb.ns, truth::SETTLE, |s| counted(s, ports), |t| *t == want)
+                .expect("the lb's snapshot");
+        assert_eq!(seen, want, "{what}: ports {ports:?} counted once each");
+        snap
     };
 
-    let old: Vec<_> = (0..OLD).map(dial).collect();
-    grpcurl::settle(
-        &lb.ns,
-        truth::SETTLE,
-        |s| s.clone(),
-        |s| {
-            old.iter()
-                .zip(0..)
-                .all(|(load, i)| counted_once(s, i, load))
-        },
-    )
-    .expect("every old port is counted once");
+    let old_ports: Vec<u16> = (0..OLD).collect();
+    let old: Vec<_> = old_ports.iter().map(|&i| dial(i)).collect();
+    settled(&old_ports, &old, "the old ports");
     std::thread::sleep(Duration::from_secs(3));
     // One new port at a time, a read apart: the agent retires at its reads.
-    let new: Vec<_> = (OLD..OLD + NEW)
-        .map(|i| {
+    let new_ports: Vec<u16> = (OLD..OLD + NEW).collect();
+    let new: Vec<_> = new_ports
+        .iter()
+        .map(|&i| {
             let load = dial(i);
             std::thread::sleep(Duration::from_millis(600));
             load
         })
         .collect();
-    let (snap, _) = grpcurl::settle(
-        &lb.ns,
-        truth::SETTLE,
-        |s| s.clone(),
-        |s| {
-            new.iter()
-                .zip(OLD..)
-                .all(|(load, i)| counted_once(s, i, load))
-        },
-    )
-    .expect("every new port is counted once");
+    let snap = settled(&new_ports, &new, "the new ports");
     println!("lb datapath: {}", snap["datapath"]);
     assert_eq!(datapath(&snap, "endpointInsertFailed"), 0, "none refused");
     assert_eq!(datapath(&snap, "endpointEvictions"), 0);
@@ -2509,14 +2510,11 @@ fn field_filling_endpoint_map_retires_idle_endpoints() {
     );
     // A retired port dialled again is a new endpoint, counted from zero.
     let again = retired[0];
-    let load = dial(again);
-    grpcurl::settle(
-        &lb.ns,
-        truth::SETTLE,
-        |s| s.clone(),
-        |s| counted_once(s, again, &load),
-    )
-    .expect("the retired port dialled again is counted once, from zero");
+    settled(
+        &[again],
+        &[dial(again)],
+        "the retired port dialled again, from zero",
+    );
     assert!(
         lab.log("agent-lb")
             .contains("retired endpoints idle for 2s"),
