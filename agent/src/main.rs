@@ -29,6 +29,7 @@ mod snapshot;
 mod sockdiag;
 mod sys;
 mod table;
+mod withheld;
 
 use std::{
     sync::Arc,
@@ -148,6 +149,8 @@ async fn run(args: cli::Args) -> Result<()> {
         Some(addr) => Some(embedded::start(addr).await?),
         None => None,
     };
+    // The newest snapshot the collector acknowledged (see `withheld`).
+    let mut acked = None;
     let collector_url = args
         .collector
         .clone()
@@ -162,13 +165,15 @@ async fn run(args: cli::Args) -> Result<()> {
         } else {
             None
         };
-        tokio::spawn(report::run(url, tls, snap_rx));
+        let (tx, rx) = watch::channel(0);
+        acked = Some(rx);
+        tokio::spawn(report::run(url, tls, snap_rx, tx));
     }
 
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let result = tokio::select! {
-        r = counting_loop(&args, &node_name, &mut dp, &snap_tx) => r,
+        r = counting_loop(&args, &node_name, &mut dp, &snap_tx, acked) => r,
         _ = sigint.recv() => { info!("SIGINT: stopping"); Ok(()) }
         _ = sigterm.recv() => { info!("SIGTERM: stopping"); Ok(()) }
         r = flatten(grpc) => r,
@@ -215,8 +220,10 @@ async fn counting_loop(
     node_name: &str,
     dp: &mut datapath::Datapath,
     snap_tx: &watch::Sender<Arc<v1::Snapshot>>,
+    acked: Option<watch::Receiver<u64>>,
 ) -> Result<()> {
     let mut table = table::Table::default();
+    let mut withheld = withheld::Withheld::default();
     let mut read = Vec::new();
     let mut cpu_prev = cpu::Sample::read()?;
     let mut last = Instant::now();
@@ -254,7 +261,15 @@ async fn counting_loop(
             warn!("listing listeners: {e:#}");
             Vec::new()
         });
-        retire_idle(dp, &mut table, &listeners, &mut stats, args)?;
+        let this = sequence + 1;
+        let retired = retire_idle(dp, &mut table, &listeners, &mut stats, args)?;
+        withheld.retire(retired, this);
+        withheld.advance(
+            acked
+                .as_ref()
+                .map_or(withheld::NO_COLLECTOR, |a| *a.borrow()),
+            this,
+        );
         prev_stats = Some(stats);
         let addresses = host::addresses().unwrap_or_else(|e| {
             warn!("listing the node's addresses: {e:#}");
@@ -268,6 +283,7 @@ async fn counting_loop(
             sequence,
             interval_secs: secs,
             table: &table,
+            withheld: &withheld,
             listeners: &listeners,
             services: &args.services,
             cpu_utilization: cpu_now.utilization_since(&cpu_prev),
@@ -287,14 +303,14 @@ async fn counting_loop(
 }
 
 /// Retires idle endpoints from a filling endpoint map (see [`retire`]) and
-/// forgets them, so this interval's report already leaves them out.
+/// takes them out of the table, returning their entries for [`withheld`].
 fn retire_idle(
     dp: &mut datapath::Datapath,
     table: &mut table::Table,
     listeners: &[listeners::Listener],
     stats: &mut datapath::Stats,
     args: &cli::Args,
-) -> Result<()> {
+) -> Result<Vec<(agent_common::EndpointKey, table::Entry)>> {
     let policy = retire::Policy::new(
         args.retire_idle_after,
         args.interval,
@@ -302,7 +318,7 @@ fn retire_idle(
     );
     let idle = policy.candidates(table, listeners, &args.services, stats.live_endpoints);
     if idle.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let done = tokio::task::block_in_place(|| dp.retire(&idle))?;
     if done.removed > 0 {
@@ -316,8 +332,7 @@ fn retire_idle(
     }
     stats.note_retired(&done);
     let gone: Vec<_> = done.gone.iter().map(|(key, _)| *key).collect();
-    table.remove(&gone);
-    Ok(())
+    Ok(table.take(&gone))
 }
 
 /// Drains the aya-log ring buffer whenever it becomes readable.

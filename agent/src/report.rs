@@ -6,7 +6,9 @@
 //! still unacknowledged is replayed after a reconnect. The collector ignores
 //! a (run, sequence) it has seen. When the buffer overflows during a long
 //! outage the oldest reports go first: the newest one alone still carries
-//! every total, so the collector loses resolution, never traffic.
+//! every total, so the collector loses resolution, never traffic. A report
+//! is numbered by its snapshot, so that what the collector acknowledged
+//! tells the counting loop which snapshots it applied (see `withheld`).
 
 use std::{collections::VecDeque, sync::Arc, time::Duration};
 
@@ -139,8 +141,14 @@ async fn connect(
     Ok(IngestClient::new(channel))
 }
 
-/// Streams every new snapshot to `url` until the process exits.
-pub async fn run(url: String, tls: Option<Tls>, mut snapshots: watch::Receiver<Arc<v1::Snapshot>>) {
+/// Streams every new snapshot to `url` until the process exits, and
+/// publishes on `acked` the newest snapshot the collector applied.
+pub async fn run(
+    url: String,
+    tls: Option<Tls>,
+    mut snapshots: watch::Receiver<Arc<v1::Snapshot>>,
+    acked: watch::Sender<u64>,
+) {
     let run = new_run_id();
     let mut buffer = Buffer::default();
     let mut sequence = 0u64;
@@ -154,6 +162,7 @@ pub async fn run(url: String, tls: Option<Tls>, mut snapshots: watch::Receiver<A
             &mut sequence,
             &mut buffer,
             &mut snapshots,
+            &acked,
         )
         .await
         {
@@ -187,6 +196,8 @@ pub async fn run(url: String, tls: Option<Tls>, mut snapshots: watch::Receiver<A
     }
 }
 
+/// Buffers a report of the newest snapshot, numbered as it is, unless it
+/// went out already (`sequence`: the last one that did).
 fn push_latest(
     snapshots: &watch::Receiver<Arc<v1::Snapshot>>,
     run: u64,
@@ -194,10 +205,10 @@ fn push_latest(
     buffer: &mut Buffer,
 ) -> Option<AgentReport> {
     let snap = snapshots.borrow().clone();
-    if snap.sequence == 0 {
+    if snap.sequence <= *sequence {
         return None;
     }
-    *sequence += 1;
+    *sequence = snap.sequence;
     let r = from_snapshot(&snap, run, *sequence);
     buffer.push(r.clone());
     Some(r)
@@ -212,6 +223,7 @@ async fn session(
     sequence: &mut u64,
     buffer: &mut Buffer,
     snapshots: &mut watch::Receiver<Arc<v1::Snapshot>>,
+    acked: &watch::Sender<u64>,
 ) -> Result<(), String> {
     let mut client = connect(url, tls).await?;
     let (tx, rx) = mpsc::channel::<AgentReport>(MAX_BUFFERED + 8);
@@ -244,6 +256,13 @@ async fn session(
                         warn!(seq = a.acked_sequence, "collector rejected a report: {}", a.rejected);
                     }
                     buffer.ack(a.agent_run, a.acked_sequence);
+                    if a.agent_run == run && a.rejected.is_empty() {
+                        acked.send_if_modified(|newest| {
+                            let newer = a.acked_sequence > *newest;
+                            *newest = (*newest).max(a.acked_sequence);
+                            newer
+                        });
+                    }
                     debug!(seq = a.acked_sequence, buffered = buffer.len(), "acked");
                 }
                 Some(Err(s)) => return Err(format!("collector said: {} ({:?})", s.message(), s.code())),
@@ -296,6 +315,36 @@ mod tests {
         assert_eq!(b.len(), MAX_BUFFERED);
         assert_eq!(b.dropped, 10);
         assert_eq!(b.iter().next().map(|r| r.sequence), Some(11));
+    }
+
+    #[test]
+    fn reports_are_numbered_by_their_snapshot_and_sent_once() {
+        let snap = |sequence| {
+            Arc::new(v1::Snapshot {
+                node_name: "n".into(),
+                sequence,
+                ..Default::default()
+            })
+        };
+        let (tx, rx) = watch::channel(snap(0));
+        let (mut sent, mut b) = (0, Buffer::default());
+        assert!(
+            push_latest(&rx, 1, &mut sent, &mut b).is_none(),
+            "no snapshot yet"
+        );
+        tx.send_replace(snap(5));
+        let r = push_latest(&rx, 1, &mut sent, &mut b).map(|r| r.sequence);
+        assert_eq!(r, Some(5));
+        assert!(
+            push_latest(&rx, 1, &mut sent, &mut b).is_none(),
+            "5 went out"
+        );
+        // Snapshots 6 to 8 were taken while the stream waited: the newest
+        // goes, with its own number.
+        tx.send_replace(snap(9));
+        let r = push_latest(&rx, 1, &mut sent, &mut b).map(|r| r.sequence);
+        assert_eq!(r, Some(9));
+        assert_eq!(b.len(), 2);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::{
     datapath,
     listeners::Listener,
     table::{Entry, Table},
+    withheld::Withheld,
 };
 
 /// Everything a snapshot is made of, borrowed from the agent loop.
@@ -23,6 +24,8 @@ pub struct Inputs<'a> {
     pub sequence: u64,
     pub interval_secs: f64,
     pub table: &'a Table,
+    /// Retired endpoints held as the collector last knew them.
+    pub withheld: &'a Withheld,
     pub listeners: &'a [Listener],
     pub services: &'a [ServiceLabel],
     pub cpu_utilization: f64,
@@ -64,8 +67,9 @@ fn protocol(proto: u8) -> v1::Protocol {
 /// (direction, address, port), so consecutive snapshots diff cleanly.
 pub fn build(i: &Inputs<'_>) -> v1::Snapshot {
     let endpoints = i
-        .table
-        .iter()
+        .withheld
+        .listing(i.table)
+        .into_iter()
         .map(|(key, e)| endpoint(i.services, key, e))
         .collect();
     v1::Snapshot {
@@ -199,6 +203,7 @@ mod tests {
             sequence: 1,
             interval_secs: 1.0,
             table: &table,
+            withheld: &Withheld::default(),
             listeners: &[],
             services: &services,
             cpu_utilization: 0.25,

@@ -74,7 +74,7 @@ impl Entry {
 }
 
 /// The order snapshots list endpoints in, so consecutive ones diff cleanly.
-fn listing_order(key: &EndpointKey) -> (u8, [u32; 4], u16, u8) {
+pub fn listing_order(key: &EndpointKey) -> (u8, [u32; 4], u16, u8) {
     (key.direction, key.addr, key.port, key.proto)
 }
 
@@ -142,16 +142,22 @@ impl Table {
         self.relayout = false;
     }
 
-    /// Forgets the endpoints `keys` (retired from the kernel map): the next
-    /// read lays the table out again, without counting them as forgotten.
-    pub fn remove(&mut self, keys: &[EndpointKey]) {
+    /// Takes out the endpoints `keys` (retired from the kernel map) and
+    /// returns their entries: the next read lays the table out again,
+    /// without counting them as forgotten.
+    pub fn take(&mut self, keys: &[EndpointKey]) -> Vec<(EndpointKey, Entry)> {
         if keys.is_empty() {
-            return;
+            return Vec::new();
         }
         let gone: std::collections::HashSet<&EndpointKey> = keys.iter().collect();
-        self.entries.retain(|(key, _)| !gone.contains(key));
+        let (taken, kept) = self
+            .entries
+            .drain(..)
+            .partition(|(key, _)| gone.contains(key));
+        self.entries = kept;
         self.read_order.clear();
         self.relayout = true;
+        taken
     }
 
     /// The endpoints in listing order (direction, address, port).
@@ -211,7 +217,7 @@ mod tests {
         for next in [vec![], vec![(key(81), counters(2, 2))]] {
             let mut t = Table::default();
             t.update(&[(key(80), counters(1, 1)), (key(81), counters(1, 1))], 1.0);
-            t.remove(&[key(80)]);
+            t.take(&[key(80)]);
             t.update(&next, 1.0);
             assert_eq!(t.len(), next.len(), "after a read of {next:?}");
             assert_eq!(

@@ -123,13 +123,14 @@ fn launch_via(lab: &mut Lab, node: &Node, extra: &[&str], via: &[&str]) -> Resul
         &node.ns,
         "--cgroup",
         &cgroup,
-        "--interval",
-        INTERVAL,
         "--grpc-addr",
         GRPC,
         "--metrics-addr",
         METRICS,
     ];
+    if !extra.contains(&"--interval") {
+        args.extend_from_slice(&["--interval", INTERVAL]);
+    }
     args.extend_from_slice(extra);
     let name = process_name(node);
     match via.split_first() {
@@ -163,14 +164,16 @@ pub const COLLECTOR: &str = "10.1.0.1:50052";
 /// Starts the real `evenflow-collector` on the lab's lb, ingest and query
 /// API on [`COLLECTOR`], metrics on `metrics_addr`.
 pub fn start_collector(lab: &mut Lab, metrics_addr: &str) -> Result<()> {
+    start_collector_with(lab, metrics_addr, &[])
+}
+
+/// [`start_collector`] with `extra` flags.
+pub fn start_collector_with(lab: &mut Lab, metrics_addr: &str, extra: &[&str]) -> Result<()> {
     let bin = binary("evenflow-collector", "EVENFLOW_COLLECTOR_BIN")?;
     let lb = lab.lb.clone();
-    lab.spawn(
-        &lb,
-        "collector",
-        &bin.display().to_string(),
-        &["--grpc-addr", COLLECTOR, "--metrics-addr", metrics_addr],
-    )
+    let mut args = vec!["--grpc-addr", COLLECTOR, "--metrics-addr", metrics_addr];
+    args.extend_from_slice(extra);
+    lab.spawn(&lb, "collector", &bin.display().to_string(), &args)
 }
 
 /// Waits (up to 30 s) until the collector at [`COLLECTOR`] lists the

@@ -2388,28 +2388,23 @@ fn same_bytes_each(conns: &client::KeepAlives) -> (u64, u64) {
     first
 }
 
-/// A balancer whose endpoint map fills with backends that come and go (a
-/// rollout's old pod addresses): the lb's agent holds 32 endpoints and
-/// retires the ones idle for 2 s, with no connection open, once the map
-/// is three-quarters full. Twenty backend ports served once and then idle,
-/// then fourteen new ones one after another: every new one is counted (none
-/// refused), the idle ones the agent retired have left the snapshot, and
-/// one of them dialled again is counted from zero, exactly.
-#[test]
-fn field_filling_endpoint_map_retires_idle_endpoints() {
-    const MAX_ENDPOINTS: u16 = 32;
-    const OLD: u16 = 20;
-    // More than the map has room for beside the old: without retiring,
-    // four would be refused.
-    const NEW: u16 = 14;
-    const VIP_PORT: u16 = 10_000;
-    const BACKEND_BASE: u16 = 9_000;
-    evenflow_tests::require_root();
-    let mut lab = Lab::new("fdretire", 1).expect("the lab builds");
+/// The endpoint map of the balancer in [`ports_lab`]: 32 endpoints, idle
+/// ones retired after 2 s once it is three-quarters full.
+const MAX_ENDPOINTS: u16 = 32;
+/// Backend ports dialled first, then left idle.
+const OLD: u16 = 20;
+/// Backend ports dialled later: more than the map has room for beside the
+/// old, so that without retiring four would be refused.
+const NEW: u16 = 14;
+const VIP_PORT: u16 = 10_000;
+const BACKEND_BASE: u16 = 9_000;
+
+/// A balancer with a backend port of its own for each of `OLD + NEW` VIP
+/// ports, all ending at b1's nginx: each port is an endpoint of the lb's.
+fn ports_lab(name: &str) -> Lab {
+    let mut lab = Lab::new(name, 1).expect("the lab builds");
     let b1 = lab.backends[0].clone();
     nginx::start(&mut lab, &b1).expect("nginx starts");
-    // Every backend port ends at nginx; the lb dials a port of its own for
-    // each VIP port, so each is an endpoint of the lb's.
     let redirect = format!(
         "table ip redir {{ chain prerouting {{ type nat hook prerouting priority dstnat; \
          tcp dport {BACKEND_BASE}-{} redirect to :{BACKEND_PORT}; }} }}",
@@ -2431,28 +2426,50 @@ fn field_filling_endpoint_map_retires_idle_endpoints() {
         "table ip ports {{ chain prerouting {{ type nat hook prerouting priority dstnat; {dnat}}} }}"
     );
     nft::load(&lab, &lab.lb.ns, "ports", &dnat).expect("the lb's DNAT loads");
+    lab
+}
+
+/// Starts the lb's agent of [`ports_lab`] with a map of [`MAX_ENDPOINTS`]
+/// that retires endpoints idle for 2 s, and `extra` flags.
+fn start_retiring_agent(lab: &mut Lab, extra: &[&str]) {
     let lb = lab.lb.clone();
-    agent::start(
-        &mut lab,
-        &lb,
-        &[
-            "--max-endpoints",
-            &MAX_ENDPOINTS.to_string(),
-            "--retire-idle-after",
-            "2s",
-        ],
-    )
-    .expect("the lb agent starts");
-    let backend = b1.addr4.to_string();
-    let dial = |i: u16| {
-        let target = SocketAddr::new(lab::vip(false).ip(), VIP_PORT + i);
-        let load = client::http_load(&lab.client.ns, target, 1, 1).expect("the connection runs");
-        assert_eq!(load.connections, 1, "{load:?}");
-        load
-    };
-    // Each port's (opened, closed, bytes in, bytes out) towards the backend,
-    // and what it must read: one connection that carried the load's bytes.
-    let counted = |s: &serde_json::Value, ports: &[u16]| -> Vec<(u64, u64, u64, u64)> {
+    let max = MAX_ENDPOINTS.to_string();
+    let mut args = vec!["--max-endpoints", &max, "--retire-idle-after", "2s"];
+    args.extend_from_slice(extra);
+    agent::start(lab, &lb, &args).expect("the lb agent starts");
+}
+
+/// One connection from the client through VIP port `VIP_PORT + i`.
+fn dial_port(lab: &Lab, i: u16) -> client::Load {
+    let target = SocketAddr::new(lab::vip(false).ip(), VIP_PORT + i);
+    let load = client::http_load(&lab.client.ns, target, 1, 1).expect("the connection runs");
+    assert_eq!(load.connections, 1, "{load:?}");
+    load
+}
+
+/// Connections opened and closed and bytes both ways, of one endpoint.
+type Counts = (u64, u64, u64, u64);
+
+/// What one connection carrying each of `loads` counts.
+fn once_each(loads: &[client::Load]) -> Vec<Counts> {
+    let once = |l: &client::Load| (1, 1, l.bytes_received, l.bytes_sent);
+    loads.iter().map(once).collect()
+}
+
+/// A balancer whose endpoint map fills with backends that come and go (a
+/// rollout's old pod addresses): the lb's agent holds 32 endpoints and
+/// retires the ones idle for 2 s, with no connection open, once the map
+/// is three-quarters full. Twenty backend ports served once and then idle,
+/// then fourteen new ones one after another: every new one is counted (none
+/// refused), the idle ones the agent retired have left the snapshot, and
+/// one of them dialled again is counted from zero, exactly.
+#[test]
+fn field_filling_endpoint_map_retires_idle_endpoints() {
+    evenflow_tests::require_root();
+    let mut lab = ports_lab("fdretire");
+    start_retiring_agent(&mut lab, &[]);
+    let (lb, backend) = (lab.lb.clone(), lab.backends[0].addr4.to_string());
+    let counted = |s: &serde_json::Value, ports: &[u16]| -> Vec<Counts> {
         let t = |i| grpcurl::totals(s, &backend, BACKEND_BASE + i, SENDS_TO);
         ports
             .iter()
@@ -2460,12 +2477,8 @@ fn field_filling_endpoint_map_retires_idle_endpoints() {
             .map(|t| (t.opened, t.closed, t.bytes_rx, t.bytes_tx))
             .collect()
     };
-    let once = |loads: &[client::Load]| -> Vec<(u64, u64, u64, u64)> {
-        let once = |l: &client::Load| (1, 1, l.bytes_received, l.bytes_sent);
-        loads.iter().map(once).collect()
-    };
     let settled = |ports: &[u16], loads: &[client::Load], what: &str| {
-        let want = once(loads);
+        let want = once_each(loads);
         let (snap, seen) =
             grpcurl::settle(&lb.ns, truth::SETTLE, |s| counted(s, ports), |t| *t == want)
                 .expect("the lb's snapshot");
@@ -2474,7 +2487,7 @@ fn field_filling_endpoint_map_retires_idle_endpoints() {
     };
 
     let old_ports: Vec<u16> = (0..OLD).collect();
-    let old: Vec<_> = old_ports.iter().map(|&i| dial(i)).collect();
+    let old: Vec<_> = old_ports.iter().map(|&i| dial_port(&lab, i)).collect();
     settled(&old_ports, &old, "the old ports");
     std::thread::sleep(Duration::from_secs(3));
     // One new port at a time, a read apart: the agent retires at its reads.
@@ -2482,7 +2495,7 @@ fn field_filling_endpoint_map_retires_idle_endpoints() {
     let new: Vec<_> = new_ports
         .iter()
         .map(|&i| {
-            let load = dial(i);
+            let load = dial_port(&lab, i);
             std::thread::sleep(Duration::from_millis(600));
             load
         })
@@ -2512,7 +2525,7 @@ fn field_filling_endpoint_map_retires_idle_endpoints() {
     let again = retired[0];
     settled(
         &[again],
-        &[dial(again)],
+        &[dial_port(&lab, again)],
         "the retired port dialled again, from zero",
     );
     assert!(
@@ -2520,5 +2533,114 @@ fn field_filling_endpoint_map_retires_idle_endpoints() {
             .contains("retired endpoints idle for 2s"),
         "the agent's log says it retired endpoints:\n{}",
         lab.log("agent-lb")
+    );
+}
+
+/// An endpoint retired and back while the collector is out of reach. The
+/// lb's agent streams to the collector every 100 ms; port 0's endpoint
+/// carries three connections, which the collector counts, then the
+/// collector becomes unreachable (its port rejected), the map fills, port
+/// 0's endpoint is retired and dialled twice more, counted from zero. The
+/// agent's buffer keeps the newest 120 reports, so by the time the
+/// collector is back none of them is from before the endpoint came back.
+/// The agent holds the endpoint out of its reports until the collector has
+/// seen it leave; the collector then counts the two as the new traffic of
+/// a new endpoint (its total starts again at 2). Without the hold it took
+/// two for a counter reset from three: nothing counted, its total stuck
+/// at 3.
+#[test]
+fn field_endpoint_retired_and_back_during_a_collector_outage_counts_once() {
+    use agent::COLLECTOR;
+    evenflow_tests::require_root();
+    let mut lab = ports_lab("fdoutage");
+    let backend = lab.backends[0].addr4.to_string();
+    let lb = lab.lb.clone();
+    let pools = lab.dir.join("pools.toml");
+    let member = |i: u16| format!("{backend}:{}", BACKEND_BASE + i);
+    std::fs::write(
+        &pools,
+        format!(
+            "[[pool]]\nname = \"ports\"\nlb_nodes = [\"{}\"]\nmembers = [\n  {{ address = \"{}\" }},\n  {{ address = \"{}\" }},\n]\n",
+            lb.ns,
+            member(0),
+            member(1)
+        ),
+    )
+    .expect("the pool file is written");
+    let pools = pools.display().to_string();
+    agent::start_collector_with(&mut lab, "10.1.0.1:9465", &["--pools", &pools])
+        .expect("the collector starts");
+    let url = format!("http://{COLLECTOR}");
+    start_retiring_agent(&mut lab, &["--collector", &url, "--interval", "100ms"]);
+    agent::wait_reporting(&lab, std::slice::from_ref(&lb)).expect("the lb's agent reports");
+    // Port 0's connections in the collector's LB view.
+    let collected = || -> anyhow::Result<u64> {
+        let pool = grpcurl::get_pool(&lb.ns, COLLECTOR, "ports")?;
+        let port0 = pool["members"]
+            .as_array()
+            .and_then(|ms| ms.iter().find(|m| m["port"] == u64::from(BACKEND_BASE)));
+        Ok(port0.map_or(0, |m| grpcurl::number(&m["lbView"]["connsTotal"])))
+    };
+    let settle_collected = |want: u64| {
+        let got = evenflow_tests::wait_for(Duration::from_secs(60), || {
+            collected().ok().filter(|&n| n == want)
+        });
+        assert_eq!(
+            got,
+            Some(want),
+            "the collector's LB view of port 0 ({:?}); the collector:\n{}\nthe agent:\n{}",
+            collected(),
+            lab.log("collector"),
+            lab.log("agent-lb")
+        );
+    };
+
+    let mut port0 = (0..3).map(|_| dial_port(&lab, 0)).collect::<Vec<_>>();
+    for i in 1..OLD {
+        dial_port(&lab, i);
+    }
+    settle_collected(3);
+
+    let outage = format!(
+        "table inet outage {{ chain output {{ type filter hook output priority 0; \
+         tcp dport {} reject with tcp reset; }} }}",
+        COLLECTOR.rsplit(':').next().unwrap_or_default()
+    );
+    nft::load(&lab, &lb.ns, "outage", &outage).expect("the outage begins");
+    std::thread::sleep(Duration::from_secs(3));
+    for i in OLD..OLD + NEW {
+        dial_port(&lab, i);
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let snap = grpcurl::snapshot(&lb.ns).expect("the lb's snapshot");
+    assert!(
+        datapath(&snap, "endpointsRetired") > 0,
+        "the map filled and retired idle endpoints: {}",
+        snap["datapath"]
+    );
+    port0.extend((0..2).map(|_| dial_port(&lab, 0)));
+    let port0_listed = || {
+        let snap = grpcurl::snapshot(&lb.ns).expect("the lb's snapshot");
+        grpcurl::endpoint(&snap, &backend, BACKEND_BASE, SENDS_TO).map(|_| {
+            let t = grpcurl::totals(&snap, &backend, BACKEND_BASE, SENDS_TO);
+            (t.opened, t.closed)
+        })
+    };
+    assert_eq!(
+        port0_listed(),
+        None,
+        "back in the kernel's map, but held out of the reports while the collector is away"
+    );
+    // Past the 120 reports the agent buffers, at 100 ms each.
+    std::thread::sleep(Duration::from_secs(14));
+    netns::exec(&lb.ns, "nft", &["delete", "table", "inet", "outage"]).expect("the outage ends");
+
+    settle_collected(2);
+    let served: u64 = port0.iter().map(|l| l.connections).sum();
+    assert_eq!(served, 5, "the client's own count");
+    assert_eq!(
+        port0_listed(),
+        Some((2, 2)),
+        "the node view counts the endpoint back from zero once the collector let it go"
     );
 }
