@@ -65,9 +65,8 @@ pub struct Config<'a> {
 /// What one retirement pass did (see [`Datapath::retire`]).
 #[derive(Debug, Default)]
 pub struct Retired {
-    /// The endpoints no longer in the map, with the totals they were
-    /// found idle with.
-    pub gone: Vec<(EndpointKey, EndpointCounters)>,
+    /// The endpoints no longer in the map.
+    pub gone: Vec<EndpointKey>,
     /// Of those, the ones this pass took out, counted in
     /// `endpoints_retired`.
     pub removed: u64,
@@ -482,11 +481,11 @@ impl Datapath {
             match outcome {
                 Outcome::Retired | Outcome::Dropped => {
                     done.removed += 1;
-                    done.gone.push((*key, *seen));
+                    done.gone.push(*key);
                 }
                 // A program inserted it anew, which counted an insert.
                 Outcome::Merged => done.merged += 1,
-                Outcome::Gone => done.gone.push((*key, *seen)),
+                Outcome::Gone => done.gone.push(*key),
                 Outcome::Restored => {
                     debug!(?key, "an endpoint counted as it was retired: kept");
                 }

@@ -331,8 +331,7 @@ fn retire_idle(
         );
     }
     stats.note_retired(&done);
-    let gone: Vec<_> = done.gone.iter().map(|(key, _)| *key).collect();
-    Ok(table.take(&gone))
+    Ok(table.take(&done.gone))
 }
 
 /// Drains the aya-log ring buffer whenever it becomes readable.
