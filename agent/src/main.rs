@@ -149,8 +149,8 @@ async fn run(args: cli::Args) -> Result<()> {
         Some(addr) => Some(embedded::start(addr).await?),
         None => None,
     };
-    // The newest snapshot the collector acknowledged (see `withheld`).
-    let mut acked = None;
+    // Endpoints retired, for the reports to hold (see `withheld`).
+    let mut retirements = None;
     let collector_url = args
         .collector
         .clone()
@@ -165,15 +165,15 @@ async fn run(args: cli::Args) -> Result<()> {
         } else {
             None
         };
-        let (tx, rx) = watch::channel(0);
-        acked = Some(rx);
-        tokio::spawn(report::run(url, tls, snap_rx, tx));
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        retirements = Some(tx);
+        tokio::spawn(report::run(url, tls, snap_rx, rx));
     }
 
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let result = tokio::select! {
-        r = counting_loop(&args, &node_name, &mut dp, &snap_tx, acked) => r,
+        r = counting_loop(&args, &node_name, &mut dp, &snap_tx, retirements) => r,
         _ = sigint.recv() => { info!("SIGINT: stopping"); Ok(()) }
         _ = sigterm.recv() => { info!("SIGTERM: stopping"); Ok(()) }
         r = flatten(grpc) => r,
@@ -220,10 +220,9 @@ async fn counting_loop(
     node_name: &str,
     dp: &mut datapath::Datapath,
     snap_tx: &watch::Sender<Arc<v1::Snapshot>>,
-    acked: Option<watch::Receiver<u64>>,
+    retirements: Option<tokio::sync::mpsc::UnboundedSender<withheld::Retirement>>,
 ) -> Result<()> {
     let mut table = table::Table::default();
-    let mut withheld = withheld::Withheld::default();
     let mut read = Vec::new();
     let mut cpu_prev = cpu::Sample::read()?;
     let mut last = Instant::now();
@@ -261,15 +260,18 @@ async fn counting_loop(
             warn!("listing listeners: {e:#}");
             Vec::new()
         });
-        let this = sequence + 1;
         let retired = retire_idle(dp, &mut table, &listeners, &mut stats, args)?;
-        withheld.retire(retired, this);
-        withheld.advance(
-            acked
-                .as_ref()
-                .map_or(withheld::NO_COLLECTOR, |a| *a.borrow()),
-            this,
-        );
+        if let Some(tx) = retirements.as_ref().filter(|_| !retired.is_empty()) {
+            let endpoints = retired
+                .iter()
+                .map(|(key, e)| (snapshot::endpoint(&args.services, key, e), e.quiet_reads))
+                .collect();
+            // The reporter gone means the agent is stopping.
+            let _ = tx.send(withheld::Retirement {
+                snapshot: sequence + 1,
+                endpoints,
+            });
+        }
         prev_stats = Some(stats);
         let addresses = host::addresses().unwrap_or_else(|e| {
             warn!("listing the node's addresses: {e:#}");
@@ -283,7 +285,6 @@ async fn counting_loop(
             sequence,
             interval_secs: secs,
             table: &table,
-            withheld: &withheld,
             listeners: &listeners,
             services: &args.services,
             cpu_utilization: cpu_now.utilization_since(&cpu_prev),
@@ -303,7 +304,8 @@ async fn counting_loop(
 }
 
 /// Retires idle endpoints from a filling endpoint map (see [`retire`]) and
-/// takes them out of the table, returning their entries for [`withheld`].
+/// takes them out of the table, returning their entries (for the reports
+/// to hold: see [`withheld`]).
 fn retire_idle(
     dp: &mut datapath::Datapath,
     table: &mut table::Table,

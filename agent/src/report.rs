@@ -18,6 +18,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::{StreamExt as _, wrappers::ReceiverStream};
 use tracing::{debug, info, warn};
 
+use crate::withheld::{Retirement, Withheld};
+
 /// Buffer bounds: whichever is hit first.
 const MAX_BUFFERED: usize = 120;
 const MAX_BUFFERED_BYTES: usize = 32 << 20;
@@ -141,38 +143,91 @@ async fn connect(
     Ok(IngestClient::new(channel))
 }
 
-/// Streams every new snapshot to `url` until the process exits, and
-/// publishes on `acked` the newest snapshot the collector applied.
+/// What the stream keeps from one connection to the next.
+struct Stream {
+    /// This process's identifier.
+    run: u64,
+    /// The snapshot of the last report buffered.
+    sequence: u64,
+    buffer: Buffer,
+    /// Retired endpoints the reports hold for the collector.
+    withheld: Withheld,
+    /// Endpoints the counting loop retired, in snapshot order.
+    retirements: mpsc::UnboundedReceiver<Retirement>,
+    /// The newest snapshot the collector acknowledged applying.
+    acked: u64,
+}
+
+impl Stream {
+    /// Buffers a report of the newest snapshot, numbered as it is, unless
+    /// it went out already.
+    fn push_latest(
+        &mut self,
+        snapshots: &watch::Receiver<Arc<v1::Snapshot>>,
+    ) -> Option<AgentReport> {
+        let snap = snapshots.borrow().clone();
+        if snap.sequence <= self.sequence {
+            return None;
+        }
+        self.sequence = snap.sequence;
+        while let Ok(r) = self.retirements.try_recv() {
+            self.withheld.retire(r);
+        }
+        self.withheld.advance(self.acked, snap.sequence);
+        let mut r = from_snapshot(&snap, self.run, snap.sequence);
+        r.endpoints = self.withheld.apply(&r.endpoints);
+        self.buffer.push(r.clone());
+        Some(r)
+    }
+
+    /// Takes in the collector's acknowledgement `a`.
+    fn ack(&mut self, a: &v1::ReportAck) {
+        if !a.rejected.is_empty() {
+            // Dropped, not replayed: the next report's cumulative
+            // counters carry its traffic.
+            warn!(
+                seq = a.acked_sequence,
+                "collector rejected a report: {}", a.rejected
+            );
+        } else if a.agent_run == self.run {
+            self.acked = self.acked.max(a.acked_sequence);
+        }
+        self.buffer.ack(a.agent_run, a.acked_sequence);
+        debug!(
+            seq = a.acked_sequence,
+            buffered = self.buffer.len(),
+            "acked"
+        );
+    }
+}
+
+/// Streams every new snapshot to `url` until the process exits, holding
+/// the endpoints of `retirements` as [`Withheld`] says.
 pub async fn run(
     url: String,
     tls: Option<Tls>,
     mut snapshots: watch::Receiver<Arc<v1::Snapshot>>,
-    acked: watch::Sender<u64>,
+    retirements: mpsc::UnboundedReceiver<Retirement>,
 ) {
-    let run = new_run_id();
-    let mut buffer = Buffer::default();
-    let mut sequence = 0u64;
+    let mut stream = Stream {
+        run: new_run_id(),
+        sequence: 0,
+        buffer: Buffer::default(),
+        withheld: Withheld::default(),
+        retirements,
+        acked: 0,
+    };
     let mut backoff = BACKOFF_MIN;
-    info!(collector = %url, run, "streaming reports");
+    info!(collector = %url, run = stream.run, "streaming reports");
     loop {
-        match session(
-            &url,
-            tls.as_ref(),
-            run,
-            &mut sequence,
-            &mut buffer,
-            &mut snapshots,
-            &acked,
-        )
-        .await
-        {
+        match session(&url, tls.as_ref(), &mut stream, &mut snapshots).await {
             Ok(()) => return, // the agent is shutting down
             Err(e) => {
                 let wait = jittered(backoff);
                 warn!(
                     collector = %url,
-                    buffered = buffer.len(),
-                    dropped = buffer.dropped,
+                    buffered = stream.buffer.len(),
+                    dropped = stream.buffer.dropped,
                     "collector stream: {e}; retrying in {wait:?}"
                 );
                 // Keep buffering while we wait.
@@ -183,35 +238,17 @@ pub async fn run(
                         _ = &mut deadline => break,
                         changed = snapshots.changed() => {
                             if changed.is_err() { return; }
-                            push_latest(&snapshots, run, &mut sequence, &mut buffer);
+                            stream.push_latest(&snapshots);
                         }
                     }
                 }
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
-        if buffer.len() == 0 {
+        if stream.buffer.len() == 0 {
             backoff = BACKOFF_MIN;
         }
     }
-}
-
-/// Buffers a report of the newest snapshot, numbered as it is, unless it
-/// went out already (`sequence`: the last one that did).
-fn push_latest(
-    snapshots: &watch::Receiver<Arc<v1::Snapshot>>,
-    run: u64,
-    sequence: &mut u64,
-    buffer: &mut Buffer,
-) -> Option<AgentReport> {
-    let snap = snapshots.borrow().clone();
-    if snap.sequence <= *sequence {
-        return None;
-    }
-    *sequence = snap.sequence;
-    let r = from_snapshot(&snap, run, *sequence);
-    buffer.push(r.clone());
-    Some(r)
 }
 
 /// One connection: replay the buffer, then send each new report and drop
@@ -219,19 +256,16 @@ fn push_latest(
 async fn session(
     url: &str,
     tls: Option<&Tls>,
-    run: u64,
-    sequence: &mut u64,
-    buffer: &mut Buffer,
+    stream: &mut Stream,
     snapshots: &mut watch::Receiver<Arc<v1::Snapshot>>,
-    acked: &watch::Sender<u64>,
 ) -> Result<(), String> {
     let mut client = connect(url, tls).await?;
     let (tx, rx) = mpsc::channel::<AgentReport>(MAX_BUFFERED + 8);
-    for r in buffer.iter() {
+    for r in stream.buffer.iter() {
         tx.try_send(r.clone())
             .map_err(|e| format!("queueing replay: {e}"))?;
     }
-    let replayed = buffer.len();
+    let replayed = stream.buffer.len();
     let mut acks = client
         .report(ReceiverStream::new(rx))
         .await
@@ -244,27 +278,12 @@ async fn session(
                 if changed.is_err() {
                     return Ok(());
                 }
-                if let Some(r) = push_latest(snapshots, run, sequence, buffer) {
+                if let Some(r) = stream.push_latest(snapshots) {
                     tx.send(r).await.map_err(|_| "stream closed".to_owned())?;
                 }
             }
             ack = acks.next() => match ack {
-                Some(Ok(a)) => {
-                    if !a.rejected.is_empty() {
-                        // Dropped, not replayed: the next report's
-                        // cumulative counters carry its traffic.
-                        warn!(seq = a.acked_sequence, "collector rejected a report: {}", a.rejected);
-                    }
-                    buffer.ack(a.agent_run, a.acked_sequence);
-                    if a.agent_run == run && a.rejected.is_empty() {
-                        acked.send_if_modified(|newest| {
-                            let newer = a.acked_sequence > *newest;
-                            *newest = (*newest).max(a.acked_sequence);
-                            newer
-                        });
-                    }
-                    debug!(seq = a.acked_sequence, buffered = buffer.len(), "acked");
-                }
+                Some(Ok(a)) => stream.ack(&a),
                 Some(Err(s)) => return Err(format!("collector said: {} ({:?})", s.message(), s.code())),
                 None => return Err("collector closed the stream".to_owned()),
             }
@@ -317,34 +336,90 @@ mod tests {
         assert_eq!(b.iter().next().map(|r| r.sequence), Some(11));
     }
 
+    fn snap(sequence: u64, ports: &[u32]) -> Arc<v1::Snapshot> {
+        let endpoint = |port| v1::Endpoint {
+            address: "10.0.0.1".into(),
+            port,
+            direction: v1::Direction::SendsTo as i32,
+            ..Default::default()
+        };
+        Arc::new(v1::Snapshot {
+            node_name: "n".into(),
+            sequence,
+            endpoints: ports.iter().copied().map(endpoint).collect(),
+            ..Default::default()
+        })
+    }
+
+    fn stream() -> (Stream, mpsc::UnboundedSender<Retirement>) {
+        let (tx, retirements) = mpsc::unbounded_channel();
+        let s = Stream {
+            run: 1,
+            sequence: 0,
+            buffer: Buffer::default(),
+            withheld: Withheld::default(),
+            retirements,
+            acked: 0,
+        };
+        (s, tx)
+    }
+
     #[test]
     fn reports_are_numbered_by_their_snapshot_and_sent_once() {
-        let snap = |sequence| {
-            Arc::new(v1::Snapshot {
-                node_name: "n".into(),
-                sequence,
-                ..Default::default()
-            })
-        };
-        let (tx, rx) = watch::channel(snap(0));
-        let (mut sent, mut b) = (0, Buffer::default());
-        assert!(
-            push_latest(&rx, 1, &mut sent, &mut b).is_none(),
-            "no snapshot yet"
-        );
-        tx.send_replace(snap(5));
-        let r = push_latest(&rx, 1, &mut sent, &mut b).map(|r| r.sequence);
-        assert_eq!(r, Some(5));
-        assert!(
-            push_latest(&rx, 1, &mut sent, &mut b).is_none(),
-            "5 went out"
-        );
+        let (mut s, _retirements) = stream();
+        let (tx, rx) = watch::channel(snap(0, &[]));
+        assert!(s.push_latest(&rx).is_none(), "no snapshot yet");
+        tx.send_replace(snap(5, &[]));
+        assert_eq!(s.push_latest(&rx).map(|r| r.sequence), Some(5));
+        assert!(s.push_latest(&rx).is_none(), "5 went out");
         // Snapshots 6 to 8 were taken while the stream waited: the newest
         // goes, with its own number.
-        tx.send_replace(snap(9));
-        let r = push_latest(&rx, 1, &mut sent, &mut b).map(|r| r.sequence);
-        assert_eq!(r, Some(9));
-        assert_eq!(b.len(), 2);
+        tx.send_replace(snap(9, &[]));
+        assert_eq!(s.push_latest(&rx).map(|r| r.sequence), Some(9));
+        assert_eq!(s.buffer.len(), 2);
+    }
+
+    #[test]
+    fn a_retired_endpoint_leaves_the_reports_once_the_collector_applied_its_totals() {
+        let (mut s, retirements) = stream();
+        let ports = |r: Option<AgentReport>| -> Vec<u32> {
+            r.map(|r| r.endpoints.iter().map(|e| e.port).collect())
+                .unwrap_or_default()
+        };
+        let (tx, rx) = watch::channel(snap(1, &[80, 81]));
+        assert_eq!(ports(s.push_latest(&rx)), vec![80, 81]);
+        let ack = |s: &mut Stream, seq, rejected: &str| {
+            s.ack(&v1::ReportAck {
+                agent_run: 1,
+                acked_sequence: seq,
+                rejected: rejected.into(),
+            })
+        };
+        ack(&mut s, 1, "");
+        // Port 80, unchanged since snapshot 1, retires at 3; snapshot 2 was
+        // never reported.
+        let retired = snap(3, &[80]).endpoints[0].clone();
+        retirements
+            .send(Retirement {
+                snapshot: 3,
+                endpoints: vec![(retired, 2)],
+            })
+            .expect("the stream listens");
+        tx.send_replace(snap(3, &[81]));
+        assert_eq!(
+            ports(s.push_latest(&rx)),
+            vec![81],
+            "the collector has its totals"
+        );
+        // Back in the kernel, from zero, before the collector saw it go.
+        tx.send_replace(snap(4, &[80, 81]));
+        assert_eq!(ports(s.push_latest(&rx)), vec![81], "held out");
+        ack(&mut s, 4, "a rejection applies nothing");
+        tx.send_replace(snap(5, &[80, 81]));
+        assert_eq!(ports(s.push_latest(&rx)), vec![81], "still held out");
+        ack(&mut s, 3, "");
+        tx.send_replace(snap(6, &[80, 81]));
+        assert_eq!(ports(s.push_latest(&rx)), vec![80, 81], "released");
     }
 
     #[test]

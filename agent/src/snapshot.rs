@@ -14,7 +14,6 @@ use crate::{
     datapath,
     listeners::Listener,
     table::{Entry, Table},
-    withheld::Withheld,
 };
 
 /// Everything a snapshot is made of, borrowed from the agent loop.
@@ -24,8 +23,6 @@ pub struct Inputs<'a> {
     pub sequence: u64,
     pub interval_secs: f64,
     pub table: &'a Table,
-    /// Retired endpoints held as the collector last knew them.
-    pub withheld: &'a Withheld,
     pub listeners: &'a [Listener],
     pub services: &'a [ServiceLabel],
     pub cpu_utilization: f64,
@@ -67,9 +64,8 @@ fn protocol(proto: u8) -> v1::Protocol {
 /// (direction, address, port), so consecutive snapshots diff cleanly.
 pub fn build(i: &Inputs<'_>) -> v1::Snapshot {
     let endpoints = i
-        .withheld
-        .listing(i.table)
-        .into_iter()
+        .table
+        .iter()
         .map(|(key, e)| endpoint(i.services, key, e))
         .collect();
     v1::Snapshot {
@@ -121,7 +117,7 @@ pub fn build(i: &Inputs<'_>) -> v1::Snapshot {
 }
 
 /// One endpoint as the API shows it.
-fn endpoint(services: &[ServiceLabel], key: &EndpointKey, e: &Entry) -> v1::Endpoint {
+pub fn endpoint(services: &[ServiceLabel], key: &EndpointKey, e: &Entry) -> v1::Endpoint {
     let direction = match Direction::from_u8(key.direction) {
         Some(Direction::Serves) => v1::Direction::Serves,
         Some(Direction::SendsTo) => v1::Direction::SendsTo,
@@ -203,7 +199,6 @@ mod tests {
             sequence: 1,
             interval_secs: 1.0,
             table: &table,
-            withheld: &Withheld::default(),
             listeners: &[],
             services: &services,
             cpu_utilization: 0.25,

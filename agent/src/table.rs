@@ -74,7 +74,7 @@ impl Entry {
 }
 
 /// The order snapshots list endpoints in, so consecutive ones diff cleanly.
-pub fn listing_order(key: &EndpointKey) -> (u8, [u32; 4], u16, u8) {
+fn listing_order(key: &EndpointKey) -> (u8, [u32; 4], u16, u8) {
     (key.direction, key.addr, key.port, key.proto)
 }
 

@@ -8,9 +8,9 @@
 //! it missed, once it reconnects. Were the report without the endpoint
 //! lost and the endpoint back meanwhile, counted from zero, the collector
 //! would take the new totals for the old ones: fewer reads as a reset,
-//! its traffic not counted; more as only the difference. So a retired
-//! endpoint is held as the collector last knew it until the collector has
-//! acknowledged what lets it go:
+//! its traffic not counted; more as only the difference. So the reports
+//! hold a retired endpoint as the collector last knew it until the
+//! collector has acknowledged what lets it go:
 //!
 //! 1. **frozen**: listed with the totals it retired with, until the
 //!    collector acknowledges a report carrying them (what it counted
@@ -19,47 +19,57 @@
 //!    the collector acknowledges a report without it;
 //! 3. **released**: listed as the kernel counts it, from zero.
 //!
-//! Without a collector every acknowledgement is already there: a retired
-//! endpoint leaves the next report at once, as it always did. The node's
-//! own view (gRPC, `/metrics`) shows the same snapshots.
+//! Only the reports to the collector are held: the node's own view
+//! (gRPC, `/metrics`) shows the kernel's counters as they are, where a
+//! counter that restarts is what Prometheus expects.
 
-use agent_common::EndpointKey;
-
-use crate::table::{Entry, Table, listing_order};
+use evenflow_proto::v1;
 
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
-/// The newest snapshot sequence the collector acknowledged, when there is
-/// no collector: every one.
-pub const NO_COLLECTOR: u64 = u64::MAX;
+/// An endpoint as the reports name it: address, port, direction, protocol.
+type Id = (String, u32, i32, i32);
 
+fn id(e: &v1::Endpoint) -> Id {
+    (e.address.clone(), e.port, e.direction, e.protocol)
+}
+
+/// Endpoints retired at one snapshot, as that snapshot would have listed
+/// them, each with the reads its totals had stood still for.
+#[derive(Debug)]
+pub struct Retirement {
+    pub snapshot: u64,
+    pub endpoints: Vec<(v1::Endpoint, u64)>,
+}
+
+#[derive(Debug)]
 enum Hold {
     /// Listed as it retired; its totals were unchanged since snapshot
     /// `since`.
-    Frozen { entry: Entry, since: u64 },
-    /// Left out of every snapshot from `from` on.
+    Frozen { endpoint: v1::Endpoint, since: u64 },
+    /// Left out of every report from snapshot `from` on.
     Absent { from: u64 },
 }
 
-/// The held endpoints, by key.
-#[derive(Default)]
+/// The held endpoints, by name.
+#[derive(Debug, Default)]
 pub struct Withheld {
-    holds: HashMap<EndpointKey, Hold>,
+    holds: HashMap<Id, Hold>,
 }
 
 impl Withheld {
-    /// Holds the endpoints `retired` while snapshot `this` is built, each
-    /// with its last entry (whose `quiet_reads` say since which snapshot
-    /// its totals stood still).
-    pub fn retire(&mut self, retired: Vec<(EndpointKey, Entry)>, this: u64) {
-        for (key, entry) in retired {
-            let since = this.saturating_sub(entry.quiet_reads);
-            self.holds.insert(key, Hold::Frozen { entry, since });
+    /// Holds the endpoints of `r`.
+    pub fn retire(&mut self, r: Retirement) {
+        for (mut endpoint, quiet_reads) in r.endpoints {
+            endpoint.rates = None;
+            let since = r.snapshot.saturating_sub(quiet_reads);
+            self.holds
+                .insert(id(&endpoint), Hold::Frozen { endpoint, since });
         }
     }
 
     /// Lets go of what the collector caught up with, `acked` being the
-    /// newest snapshot it acknowledged and `this` the one being built.
+    /// newest snapshot it applied and `this` the one being reported.
     pub fn advance(&mut self, acked: u64, this: u64) {
         self.holds.retain(|_, hold| {
             if let Hold::Frozen { since, .. } = hold
@@ -77,98 +87,96 @@ impl Withheld {
         self.holds.len()
     }
 
-    /// The endpoints a snapshot lists, in the table's listing order: the
-    /// table's, with the held ones as they are held.
-    pub fn listing<'a>(&'a self, table: &'a Table) -> Vec<(&'a EndpointKey, &'a Entry)> {
-        if self.holds.is_empty() {
-            return table.iter().collect();
-        }
-        let mut listed: Vec<_> = table
+    /// The endpoints a report lists of `endpoints` (a snapshot's): the
+    /// held ones as they are held.
+    pub fn apply(&self, endpoints: &[v1::Endpoint]) -> Vec<v1::Endpoint> {
+        let free = endpoints
             .iter()
-            .filter(|(key, _)| !self.holds.contains_key(*key))
-            .collect();
-        let frozen = self.holds.iter().filter_map(|(key, hold)| match hold {
-            Hold::Frozen { entry, .. } => Some((key, entry)),
+            .filter(|e| self.holds.is_empty() || !self.holds.contains_key(&id(e)));
+        let frozen = self.holds.values().filter_map(|hold| match hold {
+            Hold::Frozen { endpoint, .. } => Some(endpoint),
             Hold::Absent { .. } => None,
         });
-        listed.extend(frozen);
-        listed.sort_unstable_by_key(|(key, _)| listing_order(key));
-        listed
+        free.chain(frozen).cloned().collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use agent_common::{Direction, EndpointCounters};
-
     use super::*;
 
-    fn key(port: u16) -> EndpointKey {
-        EndpointKey::tcp(
-            agent_common::v4_mapped(u32::from_ne_bytes([10, 0, 0, 1])),
+    fn endpoint(port: u32, opened: u64) -> v1::Endpoint {
+        v1::Endpoint {
+            address: "10.0.0.1".into(),
             port,
-            Direction::SendsTo,
-        )
-    }
-
-    fn opened(n: u64) -> EndpointCounters {
-        EndpointCounters {
-            conns_opened: n,
-            conns_closed: n,
+            direction: v1::Direction::SendsTo as i32,
+            totals: Some(v1::Counters {
+                conns_opened: opened,
+                conns_closed: opened,
+                ..Default::default()
+            }),
+            rates: Some(v1::Rates::default()),
             ..Default::default()
         }
     }
 
-    /// What a snapshot lists: each endpoint's port and connections.
-    fn listed(w: &Withheld, t: &Table) -> Vec<(u16, u64)> {
-        w.listing(t)
-            .into_iter()
-            .map(|(k, e)| (k.port, e.totals.conns_opened))
-            .collect()
+    /// Each listed endpoint's port and connections.
+    fn listed(w: &Withheld, snapshot: &[v1::Endpoint]) -> Vec<(u32, u64)> {
+        let mut l: Vec<_> = w
+            .apply(snapshot)
+            .iter()
+            .map(|e| (e.port, e.totals.map_or(0, |t| t.conns_opened)))
+            .collect();
+        l.sort_unstable();
+        l
     }
 
-    /// A table that read port 80 at `n` connections for `reads` reads and
-    /// port 81 at one, and the entry port 80 retires with.
-    fn retiring(n: u64, reads: u64) -> (Table, (EndpointKey, Entry)) {
-        let mut t = Table::default();
-        for _ in 0..reads {
-            t.update(&[(key(80), opened(n)), (key(81), opened(1))], 1.0);
-        }
-        let retired = t.take(&[key(80)]).remove(0);
-        (t, retired)
+    /// Port 80 retired at snapshot 10 with 5 connections, its totals
+    /// standing still since snapshot 7.
+    fn retired() -> Withheld {
+        let mut w = Withheld::default();
+        w.retire(Retirement {
+            snapshot: 10,
+            endpoints: vec![(endpoint(80, 5), 3)],
+        });
+        w
     }
 
     #[test]
-    fn without_a_collector_a_retired_endpoint_leaves_at_once() {
-        let (t, retired) = retiring(5, 4);
-        let mut w = Withheld::default();
-        w.retire(vec![retired], 10);
-        w.advance(NO_COLLECTOR, 10);
-        assert_eq!(w.len(), 0);
-        assert_eq!(listed(&w, &t), vec![(81, 1)]);
+    fn a_retired_endpoint_the_collector_knew_idle_leaves_the_next_report() {
+        let mut w = retired();
+        let snapshot = [endpoint(81, 1)];
+        w.advance(9, 10);
+        assert_eq!(listed(&w, &snapshot), vec![(81, 1)]);
+        w.advance(10, 11);
+        assert_eq!(
+            w.len(),
+            0,
+            "released once the report without it is acknowledged"
+        );
     }
 
     #[test]
-    fn totals_the_collector_may_not_have_stay_listed_until_it_acknowledges_them() {
-        // Port 80 stood still at 5 since snapshot 7 (reads 1 to 4 of
-        // snapshots 7 to 10; the first one saw the change).
-        let (mut t, retired) = retiring(5, 4);
-        let mut w = Withheld::default();
-        w.retire(vec![retired], 10);
+    fn totals_the_collector_may_not_have_stay_reported_until_it_acknowledges_them() {
+        let mut w = retired();
         w.advance(6, 10);
-        assert_eq!(listed(&w, &t), vec![(80, 5), (81, 1)], "frozen at 5");
+        assert_eq!(
+            listed(&w, &[endpoint(81, 1)]),
+            vec![(80, 5), (81, 1)],
+            "frozen at 5"
+        );
         // It comes back: the kernel counts it from zero, the collector
-        // still sees 5.
-        t.update(&[(key(80), opened(2)), (key(81), opened(1))], 1.0);
+        // still knows 5.
+        let back = [endpoint(80, 2), endpoint(81, 1)];
         w.advance(6, 11);
-        assert_eq!(listed(&w, &t), vec![(80, 5), (81, 1)], "still frozen");
+        assert_eq!(listed(&w, &back), vec![(80, 5), (81, 1)], "still frozen");
         w.advance(7, 12);
-        assert_eq!(listed(&w, &t), vec![(81, 1)], "absent from 12 on");
+        assert_eq!(listed(&w, &back), vec![(81, 1)], "absent from 12 on");
         w.advance(11, 13);
-        assert_eq!(listed(&w, &t), vec![(81, 1)], "until 12 is acknowledged");
+        assert_eq!(listed(&w, &back), vec![(81, 1)], "until 12 is acknowledged");
         w.advance(12, 14);
         assert_eq!(
-            listed(&w, &t),
+            listed(&w, &back),
             vec![(80, 2), (81, 1)],
             "released: from zero"
         );
@@ -176,17 +184,10 @@ mod tests {
     }
 
     #[test]
-    fn an_endpoint_the_collector_knew_idle_is_absent_at_once() {
-        let (t, retired) = retiring(5, 4);
-        let mut w = Withheld::default();
-        w.retire(vec![retired], 10);
-        w.advance(9, 10);
-        assert_eq!(listed(&w, &t), vec![(81, 1)]);
-        w.advance(10, 11);
-        assert_eq!(
-            w.len(),
-            0,
-            "released once the report without it is acknowledged"
-        );
+    fn a_held_endpoint_is_reported_without_rates() {
+        let w = retired();
+        let held = w.apply(&[]);
+        assert_eq!(held.len(), 1);
+        assert!(held[0].rates.is_none());
     }
 }
