@@ -74,6 +74,8 @@ pub struct Retired {
     /// counters added back: in `endpoints_retired` too (the program's
     /// insert counted one more), still in the map.
     pub merged: u64,
+    /// Whether `removed` and `merged` went into `EF_STATS`.
+    pub recorded: bool,
 }
 
 /// Datapath accounting read from `EF_STATS`, plus what userspace derives.
@@ -94,7 +96,9 @@ impl Stats {
     /// interval's report counts the map as it leaves it.
     pub fn note_retired(&mut self, r: &Retired) {
         self.live_endpoints = self.live_endpoints.saturating_sub(r.removed);
-        self.slots[agent_common::Stat::EndpointRetired as usize] += r.removed + r.merged;
+        if r.recorded {
+            self.slots[agent_common::Stat::EndpointRetired as usize] += r.removed + r.merged;
+        }
     }
 
     /// Forwarded connections tracked now: registered minus ended (each
@@ -492,12 +496,15 @@ impl Datapath {
             }
         }
         let counted = done.removed + done.merged;
-        if counted > 0
-            && let Err(e) = self.add_to_stat(agent_common::Stat::EndpointRetired, counted)
-        {
-            // Out of the map either way: they read as evictions.
-            warn!("counting {counted} retired endpoints in EF_STATS: {e:#}");
-        }
+        done.recorded = counted == 0
+            || match self.add_to_stat(agent_common::Stat::EndpointRetired, counted) {
+                Ok(()) => true,
+                // Out of the map either way: they read as evictions.
+                Err(e) => {
+                    warn!("counting {counted} retired endpoints in EF_STATS: {e:#}");
+                    false
+                }
+            };
         Ok(done)
     }
 

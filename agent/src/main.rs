@@ -167,7 +167,9 @@ async fn run(args: cli::Args) -> Result<()> {
         };
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         retirements = Some(tx);
-        tokio::spawn(report::run(url, tls, snap_rx, rx));
+        // Frozen endpoints ride beside the live ones: half the map's more.
+        let max_frozen = usize::try_from(dp.capacity().endpoints / 2).unwrap_or(usize::MAX);
+        tokio::spawn(report::run(url, tls, snap_rx, rx, max_frozen));
     }
 
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;

@@ -202,18 +202,20 @@ impl Stream {
 }
 
 /// Streams every new snapshot to `url` until the process exits, holding
-/// the endpoints of `retirements` as [`Withheld`] says.
+/// the endpoints of `retirements` as [`Withheld`] says, at most
+/// `max_frozen` frozen.
 pub async fn run(
     url: String,
     tls: Option<Tls>,
     mut snapshots: watch::Receiver<Arc<v1::Snapshot>>,
     retirements: mpsc::UnboundedReceiver<Retirement>,
+    max_frozen: usize,
 ) {
     let mut stream = Stream {
         run: new_run_id(),
         sequence: 0,
         buffer: Buffer::default(),
-        withheld: Withheld::default(),
+        withheld: Withheld::new(max_frozen),
         retirements,
         acked: 0,
     };
@@ -357,7 +359,7 @@ mod tests {
             run: 1,
             sequence: 0,
             buffer: Buffer::default(),
-            withheld: Withheld::default(),
+            withheld: Withheld::new(16),
             retirements,
             acked: 0,
         };

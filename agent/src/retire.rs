@@ -11,9 +11,11 @@
 //! before the ones it served and longest idle first, until it is half
 //! full.
 //!
-//! A retired endpoint leaves the next report, so the collector forgets
-//! it; if it comes back, its counters start from zero, which the collector
-//! counts as new traffic. Nothing counted is lost: the removal takes the
+//! A retired endpoint leaves the node's view at once and the reports to
+//! the collector once the collector has its last totals (see
+//! [`crate::withheld`]); the collector then forgets it, and if it comes
+//! back, its counters start from zero, which the collector counts as new
+//! traffic. Nothing counted is lost: the removal takes the
 //! counters with it (`BPF_MAP_LOOKUP_AND_DELETE_ELEM`), and if they moved
 //! since the read that found the endpoint idle (a connection opened in
 //! between), they go back into the map (but see [`put_back`] and

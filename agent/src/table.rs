@@ -84,8 +84,9 @@ pub struct Table {
     entries: Vec<(EndpointKey, Entry)>,
     /// For each position of the last read, the entry it updated.
     read_order: Vec<usize>,
-    /// Endpoints removed because the kernel map no longer has them (LRU
-    /// eviction); their counts are gone from the kernel too.
+    /// Endpoints dropped because the kernel map no longer has them and
+    /// the agent did not retire them (something outside evenflow edited
+    /// its pinned map); their counts are gone from the kernel too.
     pub forgotten: u64,
     /// Entries were removed since the last read: lay the next one out anew.
     relayout: bool,

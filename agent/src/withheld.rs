@@ -17,15 +17,25 @@
 //!    during an outage may not have reached it);
 //! 2. **absent**: left out, even while the kernel counts it again, until
 //!    the collector acknowledges a report without it;
-//! 3. **released**: listed as the kernel counts it, from zero.
+//! 3. **listed** as the kernel counts it, from zero, and forgotten once
+//!    the collector acknowledges a report listing it.
+//!
+//! An endpoint retired again before that (it came back and went idle
+//! again within one outage) keeps its place: what it counted since is
+//! kept with the hold and reported, frozen, once the collector saw the
+//! endpoint leave; a third time adds to it (to the collector each is new
+//! traffic). Frozen endpoints are bounded: past the bound the oldest goes
+//! straight to absent, and what the collector had not seen of it is lost,
+//! and logged.
 //!
 //! Only the reports to the collector are held: the node's own view
 //! (gRPC, `/metrics`) shows the kernel's counters as they are, where a
 //! counter that restarts is what Prometheus expects.
 
-use evenflow_proto::v1;
+use std::collections::BTreeMap;
 
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+use evenflow_proto::v1;
+use tracing::warn;
 
 /// An endpoint as the reports name it: address, port, direction, protocol.
 type Id = (String, u32, i32, i32);
@@ -44,27 +54,79 @@ pub struct Retirement {
 
 #[derive(Debug)]
 enum Hold {
-    /// Listed as it retired; its totals were unchanged since snapshot
-    /// `since`.
-    Frozen { endpoint: v1::Endpoint, since: u64 },
+    /// Listed with `endpoint`'s totals; the collector has them once it
+    /// acknowledged snapshot `since`. `then`: a later incarnation's,
+    /// retired while this one was held.
+    Frozen {
+        endpoint: v1::Endpoint,
+        since: u64,
+        then: Option<v1::Endpoint>,
+    },
     /// Left out of every report from snapshot `from` on.
-    Absent { from: u64 },
+    Absent {
+        from: u64,
+        then: Option<v1::Endpoint>,
+    },
+    /// Listed as the kernel counts it from snapshot `from` on.
+    Listed { from: u64 },
 }
 
-/// The held endpoints, by name.
-#[derive(Debug, Default)]
+/// The held endpoints, by name (in the order reports list frozen ones).
+#[derive(Debug)]
 pub struct Withheld {
-    holds: HashMap<Id, Hold>,
+    holds: BTreeMap<Id, Hold>,
+    /// At most this many frozen at once.
+    max_frozen: usize,
 }
 
 impl Withheld {
+    /// Holds that keep at most `max_frozen` endpoints frozen: reports
+    /// list them beside the live ones, and the collector refuses a report
+    /// past its limit.
+    pub fn new(max_frozen: usize) -> Self {
+        Self {
+            holds: BTreeMap::new(),
+            max_frozen,
+        }
+    }
+
     /// Holds the endpoints of `r`.
     pub fn retire(&mut self, r: Retirement) {
         for (mut endpoint, quiet_reads) in r.endpoints {
             endpoint.rates = None;
             let since = r.snapshot.saturating_sub(quiet_reads);
-            self.holds
-                .insert(id(&endpoint), Hold::Frozen { endpoint, since });
+            let id = id(&endpoint);
+            let Some(hold) = self.holds.get_mut(&id) else {
+                let then = None;
+                self.holds.insert(
+                    id,
+                    Hold::Frozen {
+                        endpoint,
+                        since,
+                        then,
+                    },
+                );
+                continue;
+            };
+            match hold {
+                // Its totals reached the collector no earlier than the
+                // first report listing them.
+                Hold::Listed { from } => {
+                    let since = since.max(*from);
+                    let then = None;
+                    *hold = Hold::Frozen {
+                        endpoint,
+                        since,
+                        then,
+                    };
+                }
+                Hold::Frozen { then, .. } | Hold::Absent { then, .. } => {
+                    *then = Some(match then.take() {
+                        None => endpoint,
+                        Some(earlier) => added(earlier, &endpoint),
+                    });
+                }
+            }
         }
     }
 
@@ -72,13 +134,60 @@ impl Withheld {
     /// newest snapshot it applied and `this` the one being reported.
     pub fn advance(&mut self, acked: u64, this: u64) {
         self.holds.retain(|_, hold| {
-            if let Hold::Frozen { since, .. } = hold
-                && acked >= *since
-            {
-                *hold = Hold::Absent { from: this };
-            }
-            !matches!(hold, Hold::Absent { from } if acked >= *from)
+            *hold = match std::mem::replace(hold, Hold::Listed { from: 0 }) {
+                Hold::Frozen { since, then, .. } if acked >= since => {
+                    Hold::Absent { from: this, then }
+                }
+                Hold::Absent {
+                    from,
+                    then: Some(endpoint),
+                } if acked >= from => Hold::Frozen {
+                    endpoint,
+                    since: this,
+                    then: None,
+                },
+                Hold::Absent { from, then: None } if acked >= from => Hold::Listed { from: this },
+                Hold::Listed { from } if acked >= from => return false,
+                unchanged => unchanged,
+            };
+            true
         });
+        self.bound(this);
+    }
+
+    /// Keeps at most `max_frozen` frozen: the ones the collector waits
+    /// longest for go absent from snapshot `this` on.
+    fn bound(&mut self, this: u64) {
+        let frozen = |h: &Hold| matches!(h, Hold::Frozen { .. });
+        let over = self.holds.values().filter(|h| frozen(h)).count();
+        let Some(over) = over.checked_sub(self.max_frozen).filter(|&n| n > 0) else {
+            return;
+        };
+        let mut oldest: Vec<(u64, Id)> = self
+            .holds
+            .iter()
+            .filter_map(|(id, h)| match h {
+                Hold::Frozen { since, .. } => Some((*since, id.clone())),
+                _ => None,
+            })
+            .collect();
+        oldest.sort_unstable();
+        for (since, id) in oldest.into_iter().take(over) {
+            warn!(
+                endpoint = ?id,
+                since,
+                max = self.max_frozen,
+                "too many retired endpoints wait for an unreachable collector: this one's last \
+                 totals are no longer reported, and what the collector had not seen of it is lost"
+            );
+            if let Some(hold) = self.holds.get_mut(&id) {
+                let then = match std::mem::replace(hold, Hold::Listed { from: 0 }) {
+                    Hold::Frozen { then, .. } => then,
+                    _ => None,
+                };
+                *hold = Hold::Absent { from: this, then };
+            }
+        }
     }
 
     /// How many endpoints are held.
@@ -90,15 +199,35 @@ impl Withheld {
     /// The endpoints a report lists of `endpoints` (a snapshot's): the
     /// held ones as they are held.
     pub fn apply(&self, endpoints: &[v1::Endpoint]) -> Vec<v1::Endpoint> {
-        let free = endpoints
-            .iter()
-            .filter(|e| self.holds.is_empty() || !self.holds.contains_key(&id(e)));
+        let shown = |e: &&v1::Endpoint| {
+            self.holds.is_empty()
+                || matches!(self.holds.get(&id(e)), None | Some(Hold::Listed { .. }))
+        };
         let frozen = self.holds.values().filter_map(|hold| match hold {
             Hold::Frozen { endpoint, .. } => Some(endpoint),
-            Hold::Absent { .. } => None,
+            _ => None,
         });
-        free.chain(frozen).cloned().collect()
+        endpoints
+            .iter()
+            .filter(shown)
+            .chain(frozen)
+            .cloned()
+            .collect()
     }
+}
+
+/// `a` with `b`'s totals added: two incarnations the collector counts as
+/// new traffic alike.
+fn added(mut a: v1::Endpoint, b: &v1::Endpoint) -> v1::Endpoint {
+    let (mut t, u) = (a.totals.unwrap_or_default(), b.totals.unwrap_or_default());
+    t.conns_opened += u.conns_opened;
+    t.conns_closed += u.conns_closed;
+    t.bytes_rx += u.bytes_rx;
+    t.bytes_tx += u.bytes_tx;
+    t.packets_rx += u.packets_rx;
+    t.packets_tx += u.packets_tx;
+    a.totals = Some(t);
+    a
 }
 
 #[cfg(test)]
@@ -131,14 +260,18 @@ mod tests {
         l
     }
 
+    fn retire(w: &mut Withheld, snapshot: u64, port: u32, opened: u64, quiet_reads: u64) {
+        w.retire(Retirement {
+            snapshot,
+            endpoints: vec![(endpoint(port, opened), quiet_reads)],
+        });
+    }
+
     /// Port 80 retired at snapshot 10 with 5 connections, its totals
     /// standing still since snapshot 7.
     fn retired() -> Withheld {
-        let mut w = Withheld::default();
-        w.retire(Retirement {
-            snapshot: 10,
-            endpoints: vec![(endpoint(80, 5), 3)],
-        });
+        let mut w = Withheld::new(16);
+        retire(&mut w, 10, 80, 5, 3);
         w
     }
 
@@ -149,11 +282,8 @@ mod tests {
         w.advance(9, 10);
         assert_eq!(listed(&w, &snapshot), vec![(81, 1)]);
         w.advance(10, 11);
-        assert_eq!(
-            w.len(),
-            0,
-            "released once the report without it is acknowledged"
-        );
+        w.advance(11, 12);
+        assert_eq!(w.len(), 0, "released, and listed once");
     }
 
     #[test]
@@ -178,9 +308,63 @@ mod tests {
         assert_eq!(
             listed(&w, &back),
             vec![(80, 2), (81, 1)],
-            "released: from zero"
+            "listed: from zero"
         );
+        w.advance(14, 15);
         assert_eq!(w.len(), 0);
+    }
+
+    #[test]
+    fn an_endpoint_retired_again_while_held_is_reported_after_it_was_seen_to_leave() {
+        let mut w = retired();
+        w.advance(9, 10);
+        // Back at 2 during the outage, idle again, retired at 20; then
+        // back once more at 1 and retired at 30.
+        retire(&mut w, 20, 80, 2, 4);
+        retire(&mut w, 30, 80, 1, 4);
+        let back = [endpoint(80, 7)];
+        w.advance(9, 31);
+        assert_eq!(listed(&w, &back), vec![], "absent");
+        w.advance(10, 32);
+        assert_eq!(listed(&w, &back), vec![(80, 3)], "both later ones, frozen");
+        w.advance(31, 33);
+        assert_eq!(listed(&w, &back), vec![(80, 3)], "until 32 is acknowledged");
+        w.advance(32, 34);
+        assert_eq!(listed(&w, &back), vec![], "absent again");
+        w.advance(34, 35);
+        assert_eq!(
+            listed(&w, &back),
+            vec![(80, 7)],
+            "and then as the kernel counts it"
+        );
+    }
+
+    #[test]
+    fn an_endpoint_retired_soon_after_its_release_waits_for_its_listing() {
+        let mut w = retired();
+        w.advance(9, 10);
+        w.advance(10, 11);
+        // Listed from 11 at 2, which it had stood at since snapshot 8 (while
+        // held out); retired at 12.
+        retire(&mut w, 12, 80, 2, 4);
+        w.advance(10, 12);
+        assert_eq!(
+            listed(&w, &[]),
+            vec![(80, 2)],
+            "the collector has not seen 2"
+        );
+        w.advance(11, 13);
+        assert_eq!(listed(&w, &[]), vec![], "now it has");
+    }
+
+    #[test]
+    fn frozen_endpoints_are_bounded_oldest_first() {
+        let mut w = Withheld::new(2);
+        for (port, since) in [(80, 5), (81, 3), (82, 4)] {
+            retire(&mut w, 10, port, 1, 10 - since);
+        }
+        w.advance(0, 10);
+        assert_eq!(listed(&w, &[]), vec![(80, 1), (82, 1)]);
     }
 
     #[test]
