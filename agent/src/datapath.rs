@@ -147,39 +147,8 @@ impl Stats {
 /// insert fails either because the map is full or because the kernel could
 /// not allocate the entry; the programs count the second apart, and each
 /// cause gets its own warning with its own fix.
-pub fn warn_new_losses(prev: &Stats, now: &Stats, capacity: Capacity) {
-    use agent_common::Stat;
-    let grew = |s: Stat| now.slot(s).saturating_sub(prev.slot(s));
-    let mut losses = Vec::new();
-    for (failed, no_memory, full, memory) in [
-        (
-            Stat::FlowInsertFailed,
-            Stat::FlowNoMemory,
-            "the flow map is full: forwarded connections were not counted (raise --max-flows)",
-            "the kernel could not allocate flow map entries: forwarded connections were not \
-             counted (the maps' memory is charged to the cgroup of the agent that created \
-             them: raise the agent's memory limit)",
-        ),
-        (
-            Stat::EndpointInsertFailed,
-            Stat::EndpointNoMemory,
-            "the endpoint map is full: new endpoints were not counted (raise --max-endpoints; \
-             or lower --retire-idle-after, if the map holds endpoints long gone: only those \
-             idle for it are retired)",
-            "the kernel could not allocate endpoints' counters: new endpoints were not \
-             counted (the maps' memory is charged to the cgroup of the agent that created \
-             them: raise the agent's memory limit)",
-        ),
-    ] {
-        let short_of_memory = grew(no_memory);
-        losses.push((grew(failed).saturating_sub(short_of_memory), full));
-        losses.push((short_of_memory, memory));
-    }
-    losses.push((
-        grew(Stat::SockStorageFailed),
-        "sockets could not get evenflow's storage (memory pressure): not counted",
-    ));
-    for (lost, what) in losses {
+pub fn warn_new_losses(prev: &Stats, now: &Stats, capacity: Capacity, marks: &mut FullMarks) {
+    for (lost, what) in new_losses(prev, now, marks) {
         if lost > 0 {
             tracing::warn!(
                 lost,
@@ -190,6 +159,60 @@ pub fn warn_new_losses(prev: &Stats, now: &Stats, capacity: Capacity) {
             );
         }
     }
+}
+
+/// What each loss counter gained between two reads, with what to say of it.
+fn new_losses(prev: &Stats, now: &Stats, marks: &mut FullMarks) -> Vec<(u64, &'static str)> {
+    use agent_common::Stat;
+    let grew = |s: Stat| now.slot(s).saturating_sub(prev.slot(s));
+    let refused_full =
+        |s: &Stats, failed, no_memory| s.slot(failed).saturating_sub(s.slot(no_memory));
+    let mut losses = Vec::new();
+    for (mark, failed, no_memory, full, memory) in [
+        (
+            &mut marks.flow,
+            Stat::FlowInsertFailed,
+            Stat::FlowNoMemory,
+            "the flow map is full: forwarded connections were not counted (raise --max-flows)",
+            "the kernel could not allocate flow map entries: forwarded connections were not \
+             counted (the maps' memory is charged to the cgroup of the agent that created \
+             them: raise the agent's memory limit)",
+        ),
+        (
+            &mut marks.endpoint,
+            Stat::EndpointInsertFailed,
+            Stat::EndpointNoMemory,
+            "the endpoint map is full: new endpoints were not counted (raise --max-endpoints; \
+             or lower --retire-idle-after, if the map holds endpoints long gone: only those \
+             idle for it are retired)",
+            "the kernel could not allocate endpoints' counters: new endpoints were not \
+             counted (the maps' memory is charged to the cgroup of the agent that created \
+             them: raise the agent's memory limit)",
+        ),
+    ] {
+        let before = (*mark).max(refused_full(prev, failed, no_memory));
+        let so_far = refused_full(now, failed, no_memory);
+        *mark = before.max(so_far);
+        losses.push((so_far.saturating_sub(before), full));
+        losses.push((grew(no_memory), memory));
+    }
+    losses.push((
+        grew(Stat::SockStorageFailed),
+        "sockets could not get evenflow's storage (memory pressure): not counted",
+    ));
+    losses
+}
+
+/// The most inserts each map refused for being full (refused less refused
+/// for want of memory) that the agent has read. A program counts a
+/// refusal for want of memory in both slots, one after the other, and the
+/// agent reads them one after the other too: one counted between the two
+/// reads shows in one slot a read before the other, and read as deltas,
+/// the next interval would take it for a full map.
+#[derive(Debug, Default)]
+pub struct FullMarks {
+    flow: u64,
+    endpoint: u64,
 }
 
 /// What the pinned maps can hold, as created (a restart with another
@@ -1226,7 +1249,7 @@ fn adopt_forwarded(ebpf: &mut Ebpf, btf: &aya::Btf, forwarded: &[Translated]) {
                 warn!(
                     left = a.full,
                     "forwarded connections established before evenflow attached are left \
-                     uncounted: the flow map is full (--max-flows)"
+                     uncounted: the flow map is full (--max-flows) or short of memory"
                 );
             }
         }
@@ -1249,6 +1272,42 @@ fn new_epoch() -> Result<u64> {
 
 #[cfg(test)]
 mod tests {
+    use agent_common::Stat;
+
+    use super::{FullMarks, Stats, new_losses};
+
+    fn stats(flow_failed: u64, flow_no_memory: u64) -> Stats {
+        let mut s = Stats::default();
+        s.slots[Stat::FlowInsertFailed as usize] = flow_failed;
+        s.slots[Stat::FlowNoMemory as usize] = flow_no_memory;
+        s
+    }
+
+    /// Flow losses (full, short of memory) between consecutive reads.
+    fn flow_losses(reads: &[(u64, u64)]) -> Vec<(u64, u64)> {
+        let mut marks = FullMarks::default();
+        reads
+            .windows(2)
+            .map(|w| {
+                let l = new_losses(&stats(w[0].0, w[0].1), &stats(w[1].0, w[1].1), &mut marks);
+                (l[0].0, l[1].0)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_refusal_for_want_of_memory_read_between_its_two_slots_is_not_a_full_map() {
+        // Three refusals for want of memory: the agent read the failed
+        // slot before the third was counted there, and the no-memory slot
+        // after.
+        assert_eq!(flow_losses(&[(0, 0), (2, 3), (3, 3)]), vec![(0, 3), (0, 0)]);
+        // A full map is told as such, once.
+        assert_eq!(
+            flow_losses(&[(0, 0), (2, 3), (3, 3), (5, 3), (5, 3)]),
+            vec![(0, 3), (0, 0), (2, 0), (0, 0)]
+        );
+    }
+
     /// The forwarded path reads conntrack's record at offsets from this
     /// kernel's BTF: every one of them is found (conntrack built in, or its
     /// module loaded: `modprobe nf_conntrack`).

@@ -231,6 +231,7 @@ async fn counting_loop(
     let cgroup = dp.cgroup().display().to_string();
     let mut sequence = 0u64;
     let mut prev_stats = None;
+    let mut full_marks = datapath::FullMarks::default();
     loop {
         // The first report at once, the others on the wall-clock grid the
         // whole fleet keeps (`evenflow_daemon::clock`): every agent's
@@ -254,7 +255,7 @@ async fn counting_loop(
         // Map reads are syscalls: keep them off the async workers' backs.
         let mut stats = tokio::task::block_in_place(|| dp.read(&mut read))?;
         if let Some(prev) = &prev_stats {
-            datapath::warn_new_losses(prev, &stats, dp.capacity());
+            datapath::warn_new_losses(prev, &stats, dp.capacity(), &mut full_marks);
         }
         table.update(&read, if sequence == 0 { 0.0 } else { secs });
         // A netlink dump, and /proc where the kernel gives none: blocking.

@@ -170,6 +170,9 @@ impl Stream {
             return None;
         }
         self.sequence = snap.sequence;
+        // The counting loop sends a snapshot's retirements before the
+        // snapshot: drained after reading it, none is ever late (one may
+        // come a snapshot early, with the totals it had then too).
         while let Ok(r) = self.retirements.try_recv() {
             self.withheld.retire(r);
         }

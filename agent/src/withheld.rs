@@ -180,11 +180,10 @@ impl Withheld {
                 "too many retired endpoints wait for an unreachable collector: this one's last \
                  totals are no longer reported, and what the collector had not seen of it is lost"
             );
-            if let Some(hold) = self.holds.get_mut(&id) {
-                let then = match std::mem::replace(hold, Hold::Listed { from: 0 }) {
-                    Hold::Frozen { then, .. } => then,
-                    _ => None,
-                };
+            if let Some(hold) = self.holds.get_mut(&id)
+                && let Hold::Frozen { then, .. } = hold
+            {
+                let then = then.take();
                 *hold = Hold::Absent { from: this, then };
             }
         }
@@ -278,12 +277,15 @@ mod tests {
     #[test]
     fn a_retired_endpoint_the_collector_knew_idle_leaves_the_next_report() {
         let mut w = retired();
-        let snapshot = [endpoint(81, 1)];
+        // Back in the kernel at once, at 1.
+        let back = [endpoint(80, 1), endpoint(81, 1)];
         w.advance(9, 10);
-        assert_eq!(listed(&w, &snapshot), vec![(81, 1)]);
+        assert_eq!(listed(&w, &back), vec![(81, 1)], "absent from 10");
         w.advance(10, 11);
+        assert_eq!(listed(&w, &back), vec![(80, 1), (81, 1)], "listed from 11");
+        assert_eq!(w.len(), 1, "until 11 is acknowledged");
         w.advance(11, 12);
-        assert_eq!(w.len(), 0, "released, and listed once");
+        assert_eq!(w.len(), 0);
     }
 
     #[test]
@@ -347,14 +349,15 @@ mod tests {
         // Listed from 11 at 2, which it had stood at since snapshot 8 (while
         // held out); retired at 12.
         retire(&mut w, 12, 80, 2, 4);
+        let back = [endpoint(80, 1)];
         w.advance(10, 12);
         assert_eq!(
-            listed(&w, &[]),
+            listed(&w, &back),
             vec![(80, 2)],
             "the collector has not seen 2"
         );
         w.advance(11, 13);
-        assert_eq!(listed(&w, &[]), vec![], "now it has");
+        assert_eq!(listed(&w, &back), vec![], "now it has: absent");
     }
 
     #[test]
@@ -363,8 +366,17 @@ mod tests {
         for (port, since) in [(80, 5), (81, 3), (82, 4)] {
             retire(&mut w, 10, port, 1, 10 - since);
         }
+        // 81 came back and went idle again while held.
+        retire(&mut w, 10, 81, 4, 1);
         w.advance(0, 10);
-        assert_eq!(listed(&w, &[]), vec![(80, 1), (82, 1)]);
+        let back = [endpoint(81, 7)];
+        assert_eq!(listed(&w, &back), vec![(80, 1), (82, 1)], "81 left out");
+        w.advance(10, 11);
+        assert_eq!(
+            listed(&w, &back),
+            vec![(81, 4)],
+            "80 and 82 acknowledged, so absent; 81's later incarnation frozen"
+        );
     }
 
     #[test]

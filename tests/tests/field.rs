@@ -2251,13 +2251,14 @@ fn field_flow_map_short_of_memory_says_so_and_counts_the_rest() {
     // The pool's endpoints exist before memory runs short.
     let warm = client::http_load(&lab.client.ns, vip, WARM, 2).expect("the warm-up runs");
     assert_eq!(warm.connections, WARM, "{warm:?}");
-    grpcurl::settle(
+    let (_, warm) = grpcurl::settle(
         &lb.ns,
         truth::SETTLE,
         |s| pool_totals(s, &lab),
         |t| t.closed == WARM,
     )
-    .expect("the warm-up is counted");
+    .expect("the lb's snapshot");
+    assert_eq!(warm.closed, WARM, "the warm-up is counted: {warm:?}");
     agent::restart(&mut lab, &lb, &[]).expect("the lb agent restarts outside the cgroup");
     let usage = memcg
         .hold_at_usage()
