@@ -236,7 +236,11 @@ pub struct Datapath {
     capacity: Capacity,
     epoch: u64,
     pin_dir: PathBuf,
+    /// The interfaces the TC programs are on, and each one's index.
     interfaces: Vec<String>,
+    ifindexes: std::collections::HashMap<String, u32>,
+    /// Interfaces wanted that could not be attached to (warned once).
+    unattached: std::collections::HashSet<String>,
     cgroup: PathBuf,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     /// The socket samplers (slots, socket storage), run before every read.
@@ -331,8 +335,17 @@ impl Datapath {
         }
         let forwards = crate::host::forwards();
         let ingress = forwards && !kernel.conntrack;
+        let mut interfaces = Vec::with_capacity(cfg.ifaces.len());
         for iface in cfg.ifaces {
-            attach_tc_missing(&mut ebpf, &mut pinned, &links_dir, iface, ingress)?;
+            match attach_tc_missing(&mut ebpf, &mut pinned, &links_dir, iface, ingress) {
+                Ok(()) => interfaces.push(iface.clone()),
+                // A pod's veth can go between the listing and the attach:
+                // the first interval follows what is there then.
+                Err(e) if !crate::host::exists(iface) => {
+                    warn!(iface, "the interface went as the agent started: {e:#}");
+                }
+                Err(e) => return Err(e),
+            }
         }
         crate::links::prune(&links_dir, &pinned)?;
         let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
@@ -416,7 +429,9 @@ impl Datapath {
             stats: take(&mut ebpf, maps::STATS)?,
             epoch,
             pin_dir,
-            interfaces: cfg.ifaces.to_vec(),
+            interfaces,
+            ifindexes: std::collections::HashMap::new(),
+            unattached: std::collections::HashSet::new(),
             forwards,
             retiring: true,
             conntrack: kernel.conntrack,
@@ -434,9 +449,23 @@ impl Datapath {
     /// created after the agent started gets them; a device that went took
     /// its links along), and TC ingress only while the node `forwards`
     /// and conntrack does not tell where SYNs were headed (see
-    /// [`tc_programs`]).
-    pub fn follow(&mut self, wanted: &[String], forwards: bool) -> Result<()> {
-        if wanted == self.interfaces.as_slice() && forwards == self.forwards {
+    /// [`tc_programs`]). `indexes`: every interface's index now, by name.
+    ///
+    /// An interface that cannot be attached to (on a busy node a pod's
+    /// veth can go between the listing and the attach) is warned of once
+    /// and tried again every interval: a device's trouble never stops the
+    /// agent. One deleted and created again under its name (a
+    /// StatefulSet's pod, a VLAN recreated) is attached afresh: its links
+    /// went with the old device.
+    pub fn follow(
+        &mut self,
+        wanted: &[String],
+        indexes: &std::collections::HashMap<String, u32>,
+        forwards: bool,
+    ) -> Result<()> {
+        let replaced = self.note_indexes(indexes);
+        if replaced.is_empty() && wanted == self.interfaces.as_slice() && forwards == self.forwards
+        {
             return Ok(());
         }
         let ingress = forwards && !self.conntrack;
@@ -446,33 +475,81 @@ impl Datapath {
                 "IP forwarding changed: TC ingress (where SYNs entering the node were going) follows"
             );
         }
+        let mut attached = Vec::with_capacity(wanted.len());
         for iface in wanted {
-            let new = !self.interfaces.contains(iface);
-            attach_tc_missing(
+            let Some(&index) = indexes.get(iface) else {
+                self.unattachable(iface, &anyhow!("no such interface now"));
+                continue;
+            };
+            let attach = attach_tc_missing(
                 &mut self.ebpf,
                 &mut self.pinned,
                 &self.links_dir,
                 iface,
                 ingress,
-            )?;
-            if new {
+            );
+            if let Err(e) = attach {
+                self.unattachable(iface, &e);
+                continue;
+            }
+            if !self.interfaces.contains(iface) || self.unattached.remove(iface) {
                 info!(iface, "attached to a new interface");
             }
+            self.ifindexes.insert(iface.clone(), index);
+            attached.push(iface.clone());
         }
-        for gone in self.interfaces.iter().filter(|i| !wanted.contains(i)) {
+        for gone in self.interfaces.iter().filter(|i| !attached.contains(i)) {
             info!(iface = %gone, "interface gone");
         }
+        self.ifindexes.retain(|name, _| attached.contains(name));
         self.pinned.retain(|pin| match pin.split_once('@') {
             Some((prog, iface)) if prog.starts_with("evenflow_tc_") => {
-                wanted.iter().any(|w| w == iface)
+                attached.iter().any(|a| a == iface)
                     && tc_programs(ingress).any(|(name, _)| name == prog)
             }
             _ => true,
         });
         crate::links::prune(&self.links_dir, &self.pinned)?;
-        self.interfaces = wanted.to_vec();
+        self.interfaces = attached;
         self.forwards = forwards;
         Ok(())
+    }
+
+    /// Records the index of each interface the programs are on, and returns
+    /// the ones whose index changed, with their pins forgotten so that they
+    /// are attached afresh.
+    fn note_indexes(&mut self, indexes: &std::collections::HashMap<String, u32>) -> Vec<String> {
+        let mut replaced = Vec::new();
+        for iface in &self.interfaces {
+            let Some(&now) = indexes.get(iface) else {
+                continue;
+            };
+            match self.ifindexes.insert(iface.clone(), now) {
+                Some(before) if before != now => replaced.push(iface.clone()),
+                _ => {}
+            }
+        }
+        for iface in &replaced {
+            info!(
+                iface,
+                "interface created again under its name: attaching afresh"
+            );
+            self.pinned
+                .retain(|pin| pin.split_once('@').is_none_or(|(_, on)| on != iface));
+        }
+        replaced
+    }
+
+    /// Warns, once per interface until it is attached, that `iface` could
+    /// not be.
+    fn unattachable(&mut self, iface: &str, e: &anyhow::Error) {
+        if self.unattached.insert(iface.to_owned()) {
+            warn!(
+                iface,
+                "could not attach to the interface (removed as it was listed?); trying again every \
+                 interval: {e:#}"
+            );
+        }
     }
 
     /// Retires the endpoints `idle` (each with the totals the last read

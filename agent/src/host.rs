@@ -86,6 +86,35 @@ pub fn check_btf() -> Result<()> {
     Ok(())
 }
 
+/// Fails on a kernel older than 6.6. Before TCX, aya attaches TC programs
+/// as netlink filters, which no link holds: they cannot be pinned, so they
+/// outlive the agent unseen, and each restart would add another that
+/// counts every packet again.
+pub fn check_kernel() -> Result<()> {
+    // SAFETY: a zeroed utsname is a valid out-parameter.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid out pointer.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("uname");
+    }
+    // SAFETY: uname NUL-terminates the release.
+    let release = unsafe { CStr::from_ptr(u.release.as_ptr()) }.to_string_lossy();
+    match kernel_version(&release) {
+        Some(v) if v >= (6, 6) => Ok(()),
+        Some(_) => bail!(
+            "kernel {release} is older than 6.6: evenflow attaches its TC programs with TCX links \
+             (6.6 and later), which stay pinned across agent restarts; run a kernel >= 6.6"
+        ),
+        None => bail!("cannot read the kernel version from its release {release:?}"),
+    }
+}
+
+/// The major and minor version at the start of a kernel release string.
+fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
 fn fs_magic(path: &Path) -> Result<i64> {
     let c = CString::new(path.as_os_str().as_encoded_bytes())
         .with_context(|| format!("path {} contains NUL", path.display()))?;
@@ -161,6 +190,9 @@ fn unescape_mount(s: &str) -> PathBuf {
 pub struct Interface {
     /// Name.
     pub name: String,
+    /// Index: a device deleted and created again under the same name gets
+    /// another.
+    pub index: u32,
     /// IFF_UP is set.
     pub up: bool,
     /// ARPHRD_* hardware type (1 = Ethernet, 772 = loopback).
@@ -189,6 +221,7 @@ pub fn interfaces() -> Result<Vec<Interface>> {
     unsafe {
         while (*p).if_index != 0 && !(*p).if_name.is_null() {
             let name = CStr::from_ptr((*p).if_name).to_string_lossy().into_owned();
+            let index = (*p).if_index;
             let mut req: libc::ifreq = std::mem::zeroed();
             for (dst, src) in req
                 .ifr_name
@@ -204,7 +237,12 @@ pub fn interfaces() -> Result<Vec<Interface>> {
             } else {
                 0
             };
-            out.push(Interface { name, up, hw_type });
+            out.push(Interface {
+                name,
+                index,
+                up,
+                hw_type,
+            });
             p = p.add(1);
         }
         libc::if_freenameindex(list);
@@ -314,13 +352,18 @@ pub fn select_interfaces(requested: &[String]) -> Result<Vec<String>> {
         .collect()
 }
 
-/// Every Ethernet interface that is up now: what the agent follows when no
-/// `--iface` is given.
-pub fn up_ethernet_interfaces() -> Result<Vec<String>> {
-    Ok(up_ethernet(&interfaces()?))
+/// Whether an interface named `name` exists in this network namespace.
+pub fn exists(name: &str) -> bool {
+    let Ok(name) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: a NUL-terminated name; no other precondition.
+    unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
 }
 
-fn up_ethernet(all: &[Interface]) -> Vec<String> {
+/// Every Ethernet interface that is up in `all`: what the agent follows
+/// when no `--iface` is given.
+pub fn up_ethernet(all: &[Interface]) -> Vec<String> {
     all.iter()
         .filter(|i| i.up && i.hw_type == ARPHRD_ETHER)
         .map(|i| i.name.clone())
@@ -377,6 +420,18 @@ mod tests {
         let all = interfaces().expect("if_nameindex works");
         let lo = all.iter().find(|i| i.name == "lo").expect("lo exists");
         assert_eq!(lo.hw_type, 772);
+        assert!(lo.index > 0);
+        assert!(exists("lo"));
+        assert!(!exists("no-such-iface"));
+    }
+
+    #[test]
+    fn kernel_versions_are_read_from_releases() {
+        assert_eq!(kernel_version("6.18.44-fc-v669"), Some((6, 18)));
+        assert_eq!(kernel_version("5.15.0-91-generic"), Some((5, 15)));
+        assert_eq!(kernel_version("6.6"), Some((6, 6)));
+        assert_eq!(kernel_version("garbage"), None);
+        check_kernel().expect("this machine's kernel is new enough");
     }
 
     #[test]

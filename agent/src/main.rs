@@ -107,6 +107,7 @@ async fn run(args: cli::Args) -> Result<()> {
         return uninstall(&args.bpffs, &node_name);
     }
     host::check_capabilities()?;
+    host::check_kernel()?;
     host::check_btf()?;
     host::check_bpffs(&args.bpffs)?;
     let cgroup = match &args.cgroup {
@@ -197,6 +198,9 @@ async fn run(args: cli::Args) -> Result<()> {
 /// `evenflow-agent uninstall`: removes the node's pins, and with them every
 /// program evenflow attached for it.
 fn uninstall(bpffs: &std::path::Path, node_name: &str) -> Result<()> {
+    // Without the host's bpffs there is nothing to find, and "nothing to
+    // remove" would leave every program attached.
+    host::check_bpffs(bpffs)?;
     let pin_dir = bpffs.join("evenflow").join(node_name);
     if links::uninstall(&pin_dir)? {
         info!(pins = %pin_dir.display(), "uninstalled: programs detached, pins and counters removed");
@@ -245,13 +249,15 @@ async fn counting_loop(
         last = now;
         // Without --iface the agent follows the node's interfaces as they
         // come and go (pods' veths); with or without, whether it forwards.
+        let all = host::interfaces()?;
         let wanted = if args.ifaces.is_empty() {
-            host::up_ethernet_interfaces()?
+            host::up_ethernet(&all)
         } else {
-            dp.interfaces().to_vec()
+            args.ifaces.clone()
         };
+        let indexes = all.into_iter().map(|i| (i.name, i.index)).collect();
         let forwards = host::forwards();
-        tokio::task::block_in_place(|| dp.follow(&wanted, forwards))?;
+        tokio::task::block_in_place(|| dp.follow(&wanted, &indexes, forwards))?;
         // Map reads are syscalls: keep them off the async workers' backs.
         let mut stats = tokio::task::block_in_place(|| dp.read(&mut read))?;
         if let Some(prev) = &prev_stats {

@@ -883,6 +883,132 @@ fn field_new_interfaces_are_followed() {
     );
 }
 
+/// An interface deleted and created again under its name between two of
+/// the agent's reads (a StatefulSet's pod gets its veth back under the
+/// same name; a VLAN is recreated): its TC links went with the old device.
+/// The lb's agent names its interfaces with `--iface`, so the list it
+/// follows never changes; it must see the new device by its index and
+/// attach to it, and b2's connections through it must be counted.
+#[test]
+fn field_an_interface_created_again_under_its_name_is_attached_again() {
+    evenflow_tests::require_root();
+    let mut lab = Lab::new("again", 2).expect("the lab builds");
+    let (lb, b2) = (lab.lb.clone(), lab.backends[1].clone());
+    let mut logs = Vec::new();
+    for b in lab.backends.clone() {
+        logs.push(nginx::start(&mut lab, &b).expect("nginx starts"));
+    }
+    let ifaces: Vec<String> = (0..3).map(|i| format!("{}l{i}", lab.name)).collect();
+    let mut args = Vec::new();
+    for iface in &ifaces {
+        args.extend(["--iface", iface.as_str()]);
+    }
+    agent::start(&mut lab, &lb, &args).expect("the lb agent starts");
+    nft::start(&lab).expect("the DNAT rules load");
+    let load = |n| {
+        let load = client::http_load(&lab.client.ns, lab::vip(false), n, 4).expect("the load runs");
+        assert_eq!(load.connections, n, "{load:?}");
+    };
+    load(20);
+    let (lb_side, b2_side) = (&ifaces[2], format!("{}b2", lab.name));
+    // Gone and back within a few milliseconds: no read of the agent's
+    // falls between.
+    netns::exec(&lb.ns, "ip", &["link", "del", lb_side]).expect("b2's link goes");
+    netns::veth(&b2_side, &b2.ns, lb_side, &lb.ns).expect("and comes back");
+    netns::addr(&b2.ns, &b2_side, "10.2.2.2/24").expect("b2's address");
+    netns::addr(&lb.ns, lb_side, "10.2.2.1/24").expect("the lb's address");
+    netns::default_route(&b2.ns, "10.2.2.1").expect("b2's route");
+    let log = || lab.log("agent-lb");
+    // Seen as created again, or, had a read fallen in between, as gone
+    // and then new.
+    let attached = evenflow_tests::wait_for(Duration::from_secs(10), || {
+        let log = log();
+        (log.contains("interface created again under its name")
+            || log.contains("attached to a new interface"))
+        .then_some(())
+    });
+    assert!(
+        attached.is_some(),
+        "the agent attaches to the new {lb_side}:\n{}",
+        log()
+    );
+    load(40);
+    let served = evenflow_tests::wait_for(Duration::from_secs(5), || {
+        nginx::read_log(&logs[1])
+            .ok()
+            .filter(|s| s.connections == 30)
+    })
+    .expect("b2 served half of the 60 connections");
+    let addr = backend_addr(&lab, 1);
+    let t = settled(&lb.ns, &addr, BACKEND_PORT, SENDS_TO, served.connections).1;
+    assert_eq!(
+        (t.opened, t.closed),
+        (served.connections, served.connections),
+        "lb SENDS_TO {addr}, before and after its link was created again: {t:?} vs nginx {served:?}"
+    );
+    assert!(
+        within(t.bytes_tx, served.request_bytes) && within(t.bytes_rx, served.response_bytes),
+        "lb SENDS_TO {addr}: {t:?} vs nginx {served:?}"
+    );
+}
+
+/// Interfaces that come and go faster than the agent's reads, as pods'
+/// veths do on a busy node: one listed up can be gone by the time the
+/// agent attaches to it. That is a device's trouble, never the agent's:
+/// it keeps running and counting.
+#[test]
+fn field_interfaces_churning_never_stop_the_agent() {
+    evenflow_tests::require_root();
+    let mut lab = Lab::new("churn", 1).expect("the lab builds");
+    let lb = lab.lb.clone();
+    let b1 = lab.backends[0].clone();
+    let log = nginx::start(&mut lab, &b1).expect("nginx starts");
+    agent::start(&mut lab, &lb, &["--interval", "100ms"]).expect("the lb agent starts");
+    nft::start(&lab).expect("the DNAT rules load");
+    // Three churners, each making and deleting veth pairs for 8 s: about
+    // one listed a millisecond before it goes, every few reads.
+    let churners: Vec<_> = (0..3)
+        .map(|c| {
+            let ns = lb.ns.clone();
+            std::thread::spawn(move || {
+                let deadline = std::time::Instant::now() + Duration::from_secs(8);
+                let mut made = 0;
+                while std::time::Instant::now() < deadline {
+                    let (a, b) = (format!("chn{c}a"), format!("chn{c}b"));
+                    let ip = |args: &[&str]| netns::exec(&ns, "ip", args).map(drop);
+                    ip(&["link", "add", &a, "type", "veth", "peer", "name", &b])?;
+                    ip(&["link", "set", &a, "up"])?;
+                    ip(&["link", "set", &b, "up"])?;
+                    ip(&["link", "del", &a])?;
+                    made += 1;
+                }
+                anyhow::Ok(made)
+            })
+        })
+        .collect();
+    let made: u32 = churners
+        .into_iter()
+        .map(|c| c.join().expect("a churner").expect("its veths"))
+        .sum();
+    lab.check_alive().expect("the agent survives the churn");
+    let load = client::http_load(&lab.client.ns, lab::vip(false), 20, 4).expect("the load runs");
+    assert_eq!(load.connections, 20, "{load:?}");
+    let served = nginx::read_log(&log).expect("nginx's log");
+    let t = settled(
+        &lb.ns,
+        &backend_addr(&lab, 0),
+        BACKEND_PORT,
+        SENDS_TO,
+        served.connections,
+    )
+    .1;
+    assert_eq!(
+        (t.opened, t.closed),
+        (20, 20),
+        "{t:?} after {made} veth pairs came and went"
+    );
+}
+
 /// The TC ingress links pinned for `node`'s agent, by interface.
 fn ingress_links(node: &lab::Node) -> Vec<String> {
     let dir = node.pin_dir().join("links");
