@@ -225,6 +225,11 @@ pub struct AgentState {
     /// number whenever one of them changes, so the tick can keep the pools
     /// it built while no agent's layout moved (`crate::service::pools`).
     pub(super) layout: u64,
+    /// The registry forgot this state (the agent was silent longer than
+    /// `--agent-retention`); set under its lock. A stream that kept the
+    /// handle (the agent was paused, its connection open) must not report
+    /// into it any more: the tick no longer reads it.
+    pub(super) forgotten: bool,
 }
 
 /// Outcome of applying a report.
@@ -264,6 +269,7 @@ impl AgentState {
             covered: 0.0,
             stream: 0,
             layout: LAYOUTS.fetch_add(1, Relaxed),
+            forgotten: false,
         }
     }
 

@@ -87,8 +87,21 @@ impl ReportStream {
                 Err(_) => Err(StreamEnd::Unidentified(e)),
             };
         }
-        let state = self.agent(registry, report);
-        let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut handle = self.agent(registry, report);
+        let mut state = loop {
+            let state = handle.lock().unwrap_or_else(|e| e.into_inner());
+            if !state.forgotten {
+                break state;
+            }
+            // The registry forgot the agent while this stream held it (it
+            // was silent longer than --agent-retention, its connection
+            // open): it is known again, from a new state, so this report
+            // is its first again (a baseline).
+            drop(state);
+            info!(?peer, node = %report.node_name, "forgotten agent reports again: its counts start from a new baseline");
+            handle = registry.get_or_insert(&report.node_name);
+            self.current = Some((report.node_name.clone(), handle.clone()));
+        };
         if let Err(e) = state.check_owner(self.id, report, Instant::now()) {
             registry.counters.invalid.fetch_add(1, Relaxed);
             warn!(?peer, node = %report.node_name, "rejected report: {e}");
@@ -113,7 +126,9 @@ impl ReportStream {
     }
 
     /// The state of the report's agent: the one this stream delivered for
-    /// last, else looked up (created on first use) in the registry.
+    /// last, else looked up (created on first use) in the registry. The
+    /// caller checks, under its lock, that the registry has not forgotten
+    /// it since.
     fn agent(&mut self, registry: &Registry, report: &AgentReport) -> Arc<Mutex<AgentState>> {
         match &self.current {
             Some((node, state)) if *node == report.node_name => state.clone(),

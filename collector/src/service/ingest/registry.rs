@@ -84,13 +84,23 @@ impl Registry {
         v
     }
 
-    /// Forgets agents silent for longer than `secs`.
+    /// Forgets agents silent for longer than `secs`. Each forgotten state
+    /// is marked so, under its lock: a stream still holding it (its agent
+    /// paused with the connection open) then looks its agent up again
+    /// rather than reporting into a state the tick no longer reads.
     pub fn forget_older_than(&self, now: Instant, secs: f64) -> Vec<Arc<str>> {
         let mut gone = Vec::new();
         for s in &self.shards {
             let mut w = s.write().unwrap_or_else(|e| e.into_inner());
             w.retain(|k, st| {
-                let keep = st.lock().map(|st| st.age(now) <= secs).unwrap_or(true);
+                let keep = match st.lock() {
+                    Ok(mut st) => {
+                        let keep = st.age(now) <= secs;
+                        st.forgotten |= !keep;
+                        keep
+                    }
+                    Err(_) => true,
+                };
                 if !keep {
                     gone.push(k.clone());
                 }

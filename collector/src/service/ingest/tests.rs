@@ -1,13 +1,17 @@
 //! The ingest stage on reports: deltas, replays, resets and rejections.
 
-use std::{sync::atomic::Ordering::Relaxed, time::Instant};
+use std::{
+    sync::atomic::Ordering::Relaxed,
+    time::{Duration, Instant},
+};
 
 use evenflow_proto::v1::{self, AgentReport};
 
 use super::{
+    ReportStream,
     agent::{AgentState, Applied, Delta},
     rates::AgentTick,
-    registry::IngestCounters,
+    registry::{IngestCounters, Registry},
     validate::{Parsed, validate},
 };
 
@@ -214,4 +218,42 @@ fn a_retired_endpoint_that_comes_back_counts_from_zero() {
         "a new endpoint, not a counter that went backwards"
     );
     assert_eq!(c.resets.load(Relaxed), 0);
+}
+
+/// An agent paused longer than `--agent-retention` with its stream open
+/// (a VM pause, SIGSTOP) is forgotten by the registry; when it resumes on
+/// the same stream its reports must reach a state the tick reads, and the
+/// first of them is a baseline again (its counts in the pause are unknown).
+#[test]
+fn an_agent_forgotten_while_its_stream_stays_open_is_known_again() {
+    let registry = Registry::default();
+    let mut stream = ReportStream::new(None);
+    stream.ingest(&registry, &report(1, 1, 100)).unwrap();
+    stream.ingest(&registry, &report(1, 2, 130)).unwrap();
+    let later = Instant::now() + Duration::from_secs(60);
+    assert_eq!(registry.forget_older_than(later, 30.0).len(), 1);
+    assert!(registry.all().is_empty());
+    // It resumes, on the same stream.
+    let ack = stream.ingest(&registry, &report(1, 3, 150)).unwrap();
+    assert_eq!(ack.acked_sequence, 3);
+    assert!(ack.rejected.is_empty());
+    let agents = registry.all();
+    assert_eq!(
+        agents.len(),
+        1,
+        "the resumed agent is in the registry again"
+    );
+    let mut tick = AgentTick::default();
+    let take = |tick: &mut AgentTick| {
+        (agents[0].lock().unwrap()).take_tick(Instant::now(), 1.0, tick);
+    };
+    take(&mut tick);
+    assert!(tick.reset, "its first report again: a baseline");
+    assert_eq!(tick.endpoints[0].delta.conns, 0);
+    assert_eq!(tick.endpoints[0].total, 0);
+    // Its next report counts, in the state the tick reads.
+    stream.ingest(&registry, &report(1, 4, 160)).unwrap();
+    take(&mut tick);
+    assert!(!tick.reset);
+    assert_eq!(tick.endpoints[0].delta.conns, 10);
 }
