@@ -65,6 +65,12 @@ impl EpState {
                 let whole = self.carry[i].floor().max(0.0);
                 self.carry[i] -= whole;
                 emit[i] = whole as u64;
+                // An infinite rate leaves an infinite or NaN carry, and a
+                // NaN carry would hide every later count (NaN floors to 0)
+                // until the endpoint's epoch changed.
+                if !self.carry[i].is_finite() {
+                    self.carry[i] = 0.0;
+                }
             }
             delta = Delta {
                 conns: emit[0],

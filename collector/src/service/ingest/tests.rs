@@ -257,3 +257,43 @@ fn an_agent_forgotten_while_its_stream_stays_open_is_known_again() {
     assert!(!tick.reset);
     assert_eq!(tick.endpoints[0].delta.conns, 10);
 }
+
+/// A non-zero interval too short to divide by is refused, naming the
+/// field and the bounds; 0 (not said) and the agent's own range pass.
+#[test]
+fn a_tiny_interval_is_refused() {
+    let mut parsed = Parsed::default();
+    let mut r = report(1, 1, 1);
+    r.interval_seconds = 5e-324;
+    let refused = validate(&r, &mut parsed).unwrap_err();
+    assert!(
+        refused.0.contains("interval_seconds") && refused.0.contains("0.01"),
+        "{refused}"
+    );
+    for fine in [0.0, 0.01, 0.1, 3600.0] {
+        r.interval_seconds = fine;
+        validate(&r, &mut parsed).unwrap();
+    }
+}
+
+/// An infinite rate (a report covering almost no time) must not poison
+/// the endpoint's carry: once its rate is finite again, its counts show.
+#[test]
+fn an_infinite_rate_does_not_hide_later_counts() {
+    let c = IngestCounters::default();
+    let mut s = AgentState::new("n1".into());
+    let mut t = AgentTick::default();
+    apply(&mut s, &report(1, 1, 100), &c);
+    s.take_tick(Instant::now(), 1.0, &mut t);
+    // Validation refuses such an interval; the state must cope anyway.
+    let mut tiny = report(1, 2, 130);
+    let mut parsed = Parsed::default();
+    validate(&tiny, &mut parsed).unwrap();
+    tiny.interval_seconds = 5e-324;
+    s.apply(&tiny, &parsed, &c);
+    s.take_tick(Instant::now(), 1.0, &mut t);
+    apply(&mut s, &report(1, 3, 140), &c);
+    s.take_tick(Instant::now(), 1.0, &mut t);
+    assert_eq!(t.endpoints[0].delta.conns, 10);
+    assert_eq!(t.endpoints[0].delta.bytes_in, 100);
+}

@@ -12,6 +12,9 @@ use super::agent::{Dir, EpKey};
 pub const MAX_ENDPOINTS: usize = 200_000;
 /// Upper bound on listeners in one report.
 pub const MAX_LISTENERS: usize = 100_000;
+/// The shortest reporting interval a report may state, seconds (the agent
+/// allows 100ms).
+pub const MIN_INTERVAL_SECONDS: f64 = 0.01;
 
 /// A report that cannot be used; the text says what is wrong and how to fix
 /// it.
@@ -146,10 +149,14 @@ pub fn validate(report: &AgentReport, out: &mut Parsed) -> Result<(), InvalidRep
 fn validate_limits(report: &AgentReport) -> Result<(), InvalidReport> {
     let bad = |s: String| Err(InvalidReport(s));
     let node = report.node_name.as_str();
-    if !(report.interval_seconds.is_finite() && (0.0..=3600.0).contains(&report.interval_seconds)) {
+    // A tiny non-zero interval would divide a report's counts by almost
+    // nothing (an infinite rate); 0 means "not said".
+    let interval = report.interval_seconds;
+    if !(interval.is_finite()
+        && (interval == 0.0 || (MIN_INTERVAL_SECONDS..=3600.0).contains(&interval)))
+    {
         return bad(format!(
-            "report from {node} has interval_seconds {}: it must be between 0 and 3600 (the agent's --interval)",
-            report.interval_seconds
+            "report from {node} has interval_seconds {interval}: it must be 0 (not said) or between {MIN_INTERVAL_SECONDS} and 3600 (the agent's --interval)",
         ));
     }
     if let Some(cpu) = &report.cpu
