@@ -117,8 +117,9 @@ impl Measured {
         self.conns_per_sec += e.rate[0];
         self.bytes_in_per_sec += e.rate[1];
         self.bytes_out_per_sec += e.rate[2];
-        self.conns_total += e.total;
-        self.reported_total += e.cumulative;
+        // Totals from agents near u64::MAX must not overflow the sum.
+        self.conns_total = self.conns_total.saturating_add(e.total);
+        self.reported_total = self.reported_total.saturating_add(e.cumulative);
     }
 }
 
@@ -780,11 +781,12 @@ struct PoolLbs {
 
 /// Adds one observer's endpoint to a member's view and measured rates.
 fn add_endpoint(v: &mut ViewInput, m: &mut Measured, e: &TickEndpoint) {
+    // Counts come from agents: several near u64::MAX must not overflow.
     v.reset |= e.reset;
-    v.new_conns += e.delta.conns;
-    v.bytes_in += e.delta.bytes_in;
-    v.bytes_out += e.delta.bytes_out;
-    v.active += e.active;
+    v.new_conns = v.new_conns.saturating_add(e.delta.conns);
+    v.bytes_in = v.bytes_in.saturating_add(e.delta.bytes_in);
+    v.bytes_out = v.bytes_out.saturating_add(e.delta.bytes_out);
+    v.active = v.active.saturating_add(e.active);
     m.add(e);
 }
 
@@ -1291,5 +1293,42 @@ members = [
         // What a stale agent listed is not news.
         agents[0].fresh = false;
         assert_eq!(listening(&agents)[0], None);
+    }
+
+    /// Two agents serving one member with counts near u64::MAX: its views
+    /// saturate rather than overflow.
+    #[test]
+    fn a_members_sums_saturate() {
+        let huge = |dir: Dir, service: Option<&str>| {
+            let mut e = ep("10.0.0.1", 8080, dir, service, 1);
+            e.delta = Delta {
+                conns: u64::MAX - 1,
+                bytes_in: u64::MAX - 1,
+                bytes_out: u64::MAX - 1,
+            };
+            e.total = u64::MAX - 1;
+            e.cumulative = u64::MAX - 1;
+            e.active = u64::MAX - 1;
+            e
+        };
+        let agents = vec![
+            agent("b1", vec![huge(Dir::Serves, Some("web"))], vec![]),
+            agent("b2", vec![huge(Dir::Serves, Some("web"))], vec![]),
+            agent("lb1", vec![huge(Dir::SendsTo, None)], vec![]),
+            agent("lb2", vec![huge(Dir::SendsTo, None)], vec![]),
+        ];
+        let pools = build(&agents, &Declared::default(), 1, Threads::ONE);
+        let member = &pools[0].input.members[0];
+        for view in [member.input.server, member.input.lb] {
+            let view = view.unwrap();
+            assert_eq!(
+                [view.new_conns, view.bytes_in, view.bytes_out, view.active],
+                [u64::MAX; 4]
+            );
+        }
+        for measured in [member.meta.server, member.meta.lb] {
+            assert_eq!(measured.conns_total, u64::MAX);
+            assert_eq!(measured.reported_total, u64::MAX);
+        }
     }
 }

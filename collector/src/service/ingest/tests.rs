@@ -297,3 +297,29 @@ fn an_infinite_rate_does_not_hide_later_counts() {
     assert_eq!(t.endpoints[0].delta.conns, 10);
     assert_eq!(t.endpoints[0].delta.bytes_in, 100);
 }
+
+/// An endpoint's protocol is TCP or UDP: another number would be a second
+/// key for the same address, port and direction, counted into its member
+/// twice. TCP and UDP on one port are two endpoints.
+#[test]
+fn an_unknown_protocol_is_refused() {
+    let mut parsed = Parsed::default();
+    for protocol in [0, 3, 999, -1] {
+        let mut r = report(1, 1, 1);
+        let mut other = r.endpoints[0].clone();
+        other.protocol = protocol;
+        r.endpoints.push(other);
+        let refused = validate(&r, &mut parsed).unwrap_err();
+        assert!(
+            refused.0.contains(&format!("protocol {protocol}"))
+                && refused.0.contains("PROTOCOL_TCP"),
+            "{refused}"
+        );
+    }
+    let mut r = report(1, 1, 1);
+    let mut udp = r.endpoints[0].clone();
+    udp.protocol = v1::Protocol::Udp as i32;
+    r.endpoints.push(udp);
+    validate(&r, &mut parsed).unwrap();
+    assert_eq!(parsed.endpoints.len(), 2);
+}

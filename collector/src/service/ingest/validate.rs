@@ -209,6 +209,18 @@ fn parse_endpoint(
             endpoint.port
         ));
     };
+    // Only TCP and UDP are counted: any other number would make a second
+    // key for one address, port and direction, and its traffic would be
+    // summed into the member twice.
+    if !matches!(
+        v1::Protocol::try_from(endpoint.protocol),
+        Ok(v1::Protocol::Tcp | v1::Protocol::Udp)
+    ) {
+        return bad(format!(
+            "report from {node}: endpoint {addr}:{} has protocol {}, neither TCP nor UDP: set PROTOCOL_TCP (1) or PROTOCOL_UDP (2), the only protocols the collector counts",
+            endpoint.port, endpoint.protocol
+        ));
+    }
     Ok(EpKey {
         addr,
         port: endpoint.port as u16,
