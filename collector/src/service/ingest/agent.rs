@@ -316,8 +316,12 @@ impl AgentState {
     /// (its interval when the clock says nothing usable).
     fn seconds_covered(&self, report: &AgentReport) -> f64 {
         let elapsed = match (self.last_taken_at, report.taken_at) {
+            // In i128: any two agent timestamps, however far apart (the
+            // clock is the agent's), differ without overflow.
             (Some(a), Some(b)) => {
-                (b.seconds - a.seconds) as f64 + f64::from(b.nanos - a.nanos) / 1e9
+                let nanos = (i128::from(b.seconds) - i128::from(a.seconds)) * 1_000_000_000
+                    + (i128::from(b.nanos) - i128::from(a.nanos));
+                nanos as f64 / 1e9
             }
             _ => 0.0,
         };

@@ -323,3 +323,48 @@ fn an_unknown_protocol_is_refused() {
     validate(&r, &mut parsed).unwrap();
     assert_eq!(parsed.endpoints.len(), 2);
 }
+
+/// A taken_at whose nanos are outside a second is refused, naming the
+/// field; a normalized one passes.
+#[test]
+fn taken_at_nanos_outside_a_second_are_refused() {
+    let mut parsed = Parsed::default();
+    let mut r = report(1, 1, 1);
+    for nanos in [-1, 1_000_000_000, i32::MIN, i32::MAX] {
+        r.taken_at = Some(prost_types::Timestamp { seconds: 1, nanos });
+        let refused = validate(&r, &mut parsed).unwrap_err();
+        assert!(refused.0.contains("taken_at.nanos"), "{refused}");
+    }
+    for nanos in [0, 999_999_999] {
+        r.taken_at = Some(prost_types::Timestamp { seconds: 1, nanos });
+        validate(&r, &mut parsed).unwrap();
+    }
+}
+
+/// Two taken_at as far apart as their fields go (validation aside) do not
+/// overflow: the report covers its interval, as for any unusable clock.
+#[test]
+fn taken_at_far_apart_does_not_overflow() {
+    let at = |seconds, nanos| Some(prost_types::Timestamp { seconds, nanos });
+    for (first, second) in [
+        (at(i64::MIN, 0), at(i64::MAX, 0)),
+        (at(i64::MAX, 0), at(i64::MIN, 0)),
+        (at(0, i32::MIN), at(7200, i32::MAX)),
+        (at(0, i32::MAX), at(0, i32::MIN)),
+    ] {
+        let c = IngestCounters::default();
+        let mut s = AgentState::new("n1".into());
+        let mut t = AgentTick::default();
+        let mut parsed = Parsed::default();
+        let mut next = |seq, opened, taken_at| {
+            let mut r = report(1, seq, opened);
+            validate(&r, &mut parsed).unwrap();
+            r.taken_at = taken_at;
+            s.apply(&r, &parsed, &c);
+            s.take_tick(Instant::now(), 1.0, &mut t);
+        };
+        next(1, 100, first);
+        next(2, 130, second);
+        assert_eq!(t.endpoints[0].delta.conns, 30);
+    }
+}

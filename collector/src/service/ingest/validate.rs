@@ -159,6 +159,14 @@ fn validate_limits(report: &AgentReport) -> Result<(), InvalidReport> {
             "report from {node} has interval_seconds {interval}: it must be 0 (not said) or between {MIN_INTERVAL_SECONDS} and 3600 (the agent's --interval)",
         ));
     }
+    if let Some(taken_at) = &report.taken_at
+        && !(0..1_000_000_000).contains(&taken_at.nanos)
+    {
+        return bad(format!(
+            "report from {node} has taken_at.nanos {}: it must be between 0 and 999999999 (a normalized protobuf Timestamp)",
+            taken_at.nanos
+        ));
+    }
     if let Some(cpu) = &report.cpu
         && !(cpu.utilization.is_finite() && (0.0..=1.0001).contains(&cpu.utilization))
     {
