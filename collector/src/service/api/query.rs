@@ -167,8 +167,17 @@ pub fn watch_pool(shared: &Shared, request: WatchPoolRequest) -> Result<BoxStrea
     tokio::spawn(async move {
         let mut first = true;
         loop {
-            if !first && rx.changed().await.is_err() {
-                return;
+            // While the pool is missing nothing is sent, so nothing else
+            // would tell that the client went away: the task would wake
+            // every tick for ever.
+            if !first {
+                let changed = tokio::select! {
+                    changed = rx.changed() => changed,
+                    () = tx.closed() => return,
+                };
+                if changed.is_err() {
+                    return;
+                }
             }
             first = false;
             let pool = rx.borrow_and_update().pools.get(&name).cloned();
@@ -208,7 +217,13 @@ pub fn watch_alerts(
             }
         }
         loop {
-            match events.recv().await {
+            // Events of other pools send nothing: without watching for the
+            // client to go, a watcher of a quiet pool would outlive it.
+            let received = tokio::select! {
+                received = events.recv() => received,
+                () = tx.closed() => return,
+            };
+            match received {
                 Ok(event) => {
                     if !pool.is_empty() && event.alert.as_ref().is_none_or(|a| a.pool != pool) {
                         continue;
@@ -231,4 +246,70 @@ pub fn watch_alerts(
         }
     });
     Ok(Box::pin(ReceiverStream::new(out)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::service::publish::Published;
+
+    /// Waits (up to two seconds) until `live` says no watcher is left.
+    async fn all_gone(live: impl Fn() -> usize) -> bool {
+        for _ in 0..200 {
+            if live() == 0 {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    /// A WatchPool of a pool that does not exist sends nothing; when its
+    /// client goes, its task must end all the same.
+    #[tokio::test]
+    async fn a_pool_watcher_ends_when_its_client_goes() {
+        let shared = Shared::new(Duration::from_secs(1));
+        let tick = |tick| {
+            (shared.published).send_replace(Arc::new(Published {
+                tick,
+                ..Published::default()
+            }));
+        };
+        let request = WatchPoolRequest { name: "web".into() };
+        let stream = watch_pool(&shared, request).unwrap();
+        tick(1);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(shared.published.receiver_count(), 1, "watching");
+        drop(stream);
+        tick(2);
+        tick(3);
+        assert!(all_gone(|| shared.published.receiver_count()).await);
+    }
+
+    /// Likewise a WatchAlerts of one pool while only other pools' alerts
+    /// come.
+    #[tokio::test]
+    async fn an_alert_watcher_ends_when_its_client_goes() {
+        let shared = Shared::new(Duration::from_secs(1));
+        let other = || {
+            let _ = shared.alerts.send(Arc::new(AlertEvent {
+                alert: Some(v1::Alert {
+                    pool: "other".into(),
+                    ..v1::Alert::default()
+                }),
+                ..AlertEvent::default()
+            }));
+        };
+        let request = WatchAlertsRequest { pool: "web".into() };
+        let stream = watch_alerts(&shared, request).unwrap();
+        other();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(shared.alerts.receiver_count(), 1, "watching");
+        drop(stream);
+        other();
+        other();
+        assert!(all_gone(|| shared.alerts.receiver_count()).await);
+    }
 }
