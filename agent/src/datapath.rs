@@ -236,6 +236,8 @@ pub struct Datapath {
     capacity: Capacity,
     epoch: u64,
     pin_dir: PathBuf,
+    /// The pin directory's lock, held while this agent lives.
+    _lock: std::fs::File,
     /// The interfaces the TC programs are on, and each one's index.
     interfaces: Vec<String>,
     ifindexes: std::collections::HashMap<String, u32>,
@@ -274,6 +276,7 @@ impl Datapath {
         let pin_dir = cfg.bpffs.join("evenflow").join(cfg.node_name);
         std::fs::create_dir_all(&pin_dir)
             .with_context(|| format!("creating pin directory {}", pin_dir.display()))?;
+        let lock = lock_pin_dir(&pin_dir)?;
         let kernel = kernel_offsets(cfg.forwarded_per_packet)?;
         let layout = layout_version(kernel.conntrack);
         retire_other_layout(&pin_dir, layout)?;
@@ -429,6 +432,7 @@ impl Datapath {
             stats: take(&mut ebpf, maps::STATS)?,
             epoch,
             pin_dir,
+            _lock: lock,
             interfaces,
             ifindexes: std::collections::HashMap::new(),
             unattached: std::collections::HashSet::new(),
@@ -898,6 +902,36 @@ fn attach_tc(
         }
     }
     Ok(pin_name)
+}
+
+/// Takes the node's pin directory for this agent alone (`flock`): a second
+/// agent for the same node, such as a DaemonSet pod surging in before the
+/// old one has gone, waits for the first to stop instead of swapping maps
+/// and programs under it. The kernel drops the lock with the process,
+/// however it ends; the programs keep counting while the second waits.
+fn lock_pin_dir(pin_dir: &Path) -> Result<std::fs::File> {
+    let dir = std::fs::File::open(pin_dir)
+        .with_context(|| format!("opening pin directory {}", pin_dir.display()))?;
+    let lock = |how| {
+        // SAFETY: flock(2) on a descriptor this function owns.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&dir), how) } == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    match lock(libc::LOCK_EX | libc::LOCK_NB) {
+        Ok(()) => return Ok(dir),
+        Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {}
+        Err(e) => return Err(e).with_context(|| format!("locking {}", pin_dir.display())),
+    }
+    info!(
+        pins = %pin_dir.display(),
+        "another evenflow-agent runs for this node: waiting for it to stop (its programs go on counting)"
+    );
+    lock(libc::LOCK_EX).with_context(|| format!("locking {}", pin_dir.display()))?;
+    info!("the other agent stopped: taking over");
+    Ok(dir)
 }
 
 /// Removes maps an agent with another layout pinned, so this one starts a

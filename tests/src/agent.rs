@@ -113,10 +113,17 @@ fn launch_with_env(lab: &mut Lab, node: &Node, extra: &[&str], env: &[&str]) -> 
     launch_via(lab, node, extra, if env.is_empty() { &[] } else { &via })
 }
 
-/// Launches the agent through the command `via` (empty: directly), which
-/// ends by running the command line it is given.
-fn launch_via(lab: &mut Lab, node: &Node, extra: &[&str], via: &[&str]) -> Result<()> {
+/// Starts a second agent for `node` beside the one running, as
+/// `agent2-<role>`, without waiting for it to serve.
+pub fn launch_second(lab: &mut Lab, node: &Node, extra: &[&str]) -> Result<()> {
     let bin = agent_bin()?.display().to_string();
+    let args = command_line(node, extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    lab.spawn(node, &format!("agent2-{}", node.role), &bin, &args)
+}
+
+/// The agent's flags for `node`, then `extra`.
+fn command_line(node: &Node, extra: &[&str]) -> Vec<String> {
     let cgroup = node.cgroup.display().to_string();
     let mut args = vec![
         "--node-name",
@@ -132,6 +139,15 @@ fn launch_via(lab: &mut Lab, node: &Node, extra: &[&str], via: &[&str]) -> Resul
         args.extend_from_slice(&["--interval", INTERVAL]);
     }
     args.extend_from_slice(extra);
+    args.into_iter().map(str::to_owned).collect()
+}
+
+/// Launches the agent through the command `via` (empty: directly), which
+/// ends by running the command line it is given.
+fn launch_via(lab: &mut Lab, node: &Node, extra: &[&str], via: &[&str]) -> Result<()> {
+    let bin = agent_bin()?.display().to_string();
+    let args = command_line(node, extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let name = process_name(node);
     match via.split_first() {
         None => lab.spawn(node, &name, &bin, &args)?,

@@ -171,6 +171,64 @@ fn stopped_agent_keeps_counting_until_uninstalled() {
     }
 }
 
+/// A second agent for a node whose agent runs (a DaemonSet pod surging in
+/// before the old one has gone) waits for the first to stop, instead of
+/// swapping maps and programs under it, then takes over: every connection
+/// of both stretches is counted once, on the same epoch.
+#[test]
+fn a_second_agent_for_a_node_waits_for_the_first() {
+    evenflow_tests::require_root();
+    let mut lab = Lab::new("second", 1).expect("the lab builds");
+    let b = lab.backends[0].clone();
+    let log = nginx::start(&mut lab, &b).expect("nginx starts");
+    agent::start(&mut lab, &b, &FLAGS).expect("the agent starts");
+    let epoch = |lab: &Lab| -> Value {
+        let snap =
+            grpcurl::snapshot(&b.ns).unwrap_or_else(|e| panic!("{e:#}\n{}", lab.log("agent2-b1")));
+        snap["agentEpoch"].clone()
+    };
+    let first_epoch = epoch(&lab);
+    agent::launch_second(&mut lab, &b, &FLAGS).expect("a second agent starts");
+    let waits = evenflow_tests::wait_for(Duration::from_secs(10), || {
+        lab.log("agent2-b1")
+            .contains("another evenflow-agent runs for this node")
+            .then_some(())
+    });
+    assert!(
+        waits.is_some(),
+        "the second agent waits:\n{}",
+        lab.log("agent2-b1")
+    );
+    let target = std::net::SocketAddr::new(b.addr4, BACKEND_PORT);
+    let client = lab.client.ns.clone();
+    let load = |n| {
+        let l = client::http_load(&client, target, n, 2).expect("the load runs");
+        assert_eq!(l.connections, n);
+    };
+    load(20);
+    lab.check_alive().expect("both agents run");
+    agent::kill(&mut lab, &b);
+    load(20);
+    let took_over = evenflow_tests::wait_for(Duration::from_secs(20), || {
+        grpcurl::snapshot(&b.ns)
+            .ok()
+            .filter(|_| lab.log("agent2-b1").contains("taking over"))
+    });
+    assert!(
+        took_over.is_some(),
+        "the second agent takes over:\n{}",
+        lab.log("agent2-b1")
+    );
+    assert_eq!(
+        epoch(&lab),
+        first_epoch,
+        "the same counters, the same epoch"
+    );
+    let served = nginx::read_log(&log).expect("the access log");
+    let (_, t) = settled(&b.ns, &b.addr4.to_string(), BACKEND_PORT, SERVES, 40);
+    assert_served("SERVES across the hand-over", t, &served, View::Server);
+}
+
 /// An agent that needs another map layout (an upgrade) starts anyway on a
 /// new epoch, swaps its programs into the pinned links and counts on.
 #[test]
