@@ -202,6 +202,12 @@ impl FileText<'_> {
                 "write \"10.0.0.11:8080\" or, for IPv6, \"[fd00::11]:8080\"",
             )
         })?;
+        // Agents name IPv4 endpoints as plain IPv4: an IPv4-mapped spelling
+        // would never match one.
+        let addr = SocketAddr::new(
+            crate::service::ingest::validate::canonical(addr.ip()),
+            addr.port(),
+        );
         if addr.port() == 0 {
             return Err(self.invalid(
                 m.address.span(),
@@ -274,6 +280,18 @@ mod tests {
 
     fn p(text: &str) -> Result<PoolFile, PoolFileError> {
         parse(Path::new("pools.toml"), text)
+    }
+
+    #[test]
+    fn an_ipv4_mapped_member_is_plain_ipv4() {
+        let f = p(r#"
+[[pool]]
+name = "web"
+members = [{ address = "[::ffff:10.0.0.11]:8080" }]
+"#)
+        .expect("parses");
+        let want: SocketAddr = "10.0.0.11:8080".parse().expect("an address");
+        assert_eq!(f["web"].members[0].addr, want);
     }
 
     #[test]
