@@ -506,6 +506,7 @@ impl Datapath {
             info!(iface = %gone, "interface gone");
         }
         self.ifindexes.retain(|name, _| attached.contains(name));
+        self.unattached.retain(|name| wanted.contains(name));
         self.pinned.retain(|pin| match pin.split_once('@') {
             Some((prog, iface)) if prog.starts_with("evenflow_tc_") => {
                 attached.iter().any(|a| a == iface)
