@@ -7,8 +7,9 @@
 //! a (run, sequence) it has seen. When the buffer overflows during a long
 //! outage the oldest reports go first: the newest one alone still carries
 //! every total, so the collector loses resolution, never traffic. A report
-//! is numbered by its snapshot, so that what the collector acknowledged
-//! tells the counting loop which snapshots it applied (see `withheld`).
+//! is numbered by its snapshot, so that an acknowledgement says which
+//! snapshots the collector applied, which is what releases the retired
+//! endpoints the reports hold (see `withheld`).
 
 use std::{collections::VecDeque, sync::Arc, time::Duration};
 
