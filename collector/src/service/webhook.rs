@@ -248,6 +248,9 @@ async fn sender(
     }
 }
 
+/// The most of a receiver's answer read before the connection is dropped.
+const MAX_ANSWER: usize = 64 << 10;
+
 async fn post(uri: &Uri, authority: &str, body: Arc<Vec<u8>>) -> Result<(), String> {
     let stream = tokio::net::TcpStream::connect(authority)
         .await
@@ -270,8 +273,13 @@ async fn post(uri: &Uri, authority: &str, body: Arc<Vec<u8>>) -> Result<(), Stri
         .await
         .map_err(|error| format!("sending: {error}"))?;
     let status = resp.status();
-    // Drain the body so the connection closes cleanly.
-    let _ = resp.into_body().collect().await;
+    // Drain the body so the connection closes cleanly, but only so much of
+    // it: a receiver that streams an endless answer must neither fill the
+    // collector's memory nor turn a delivery it acknowledged into a
+    // timeout, and a retry.
+    let _ = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
+        .collect()
+        .await;
     if status.is_success() {
         Ok(())
     } else {
@@ -282,6 +290,36 @@ async fn post(uri: &Uri, authority: &str, body: Arc<Vec<u8>>) -> Result<(), Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_endless_answer_is_cut_short_and_the_delivery_counts() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port");
+        let addr = listener.local_addr().expect("its address");
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.expect("the delivery");
+            let mut request = [0u8; 4096];
+            let _ = s.read(&mut request).await;
+            let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+            let mut chunk = b"1000\r\n".to_vec();
+            chunk.extend([b'x'; 0x1000]);
+            chunk.extend(b"\r\n");
+            if s.write_all(head.as_bytes()).await.is_ok() {
+                while s.write_all(&chunk).await.is_ok() {}
+            }
+        });
+        let uri: Uri = format!("http://{addr}/alerts").parse().expect("a URI");
+        let authority = addr.to_string();
+        let sent = post(&uri, &authority, Arc::new(b"[]".to_vec()));
+        let answered = tokio::time::timeout(std::time::Duration::from_secs(5), sent).await;
+        assert_eq!(
+            answered,
+            Ok(Ok(())),
+            "delivered, its endless answer cut short"
+        );
+    }
 
     #[test]
     fn alertmanager_v2_shape() {
