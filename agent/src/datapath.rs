@@ -507,12 +507,12 @@ impl Datapath {
         }
         self.ifindexes.retain(|name, _| attached.contains(name));
         self.unattached.retain(|name| wanted.contains(name));
-        self.pinned.retain(|pin| match pin.split_once('@') {
-            Some((prog, iface)) if prog.starts_with("evenflow_tc_") => {
+        self.pinned.retain(|pin| match tc_pin(pin) {
+            Some((prog, iface)) => {
                 attached.iter().any(|a| a == iface)
                     && tc_programs(ingress).any(|(name, _)| name == prog)
             }
-            _ => true,
+            None => true,
         });
         crate::links::prune(&self.links_dir, &self.pinned)?;
         self.interfaces = attached;
@@ -529,9 +529,15 @@ impl Datapath {
             let Some(&now) = indexes.get(iface) else {
                 continue;
             };
-            match self.ifindexes.insert(iface.clone(), now) {
-                Some(before) if before != now => replaced.push(iface.clone()),
-                _ => {}
+            match self.ifindexes.get_mut(iface) {
+                Some(before) if *before != now => {
+                    *before = now;
+                    replaced.push(iface.clone());
+                }
+                Some(_) => {}
+                None => {
+                    self.ifindexes.insert(iface.clone(), now);
+                }
             }
         }
         for iface in &replaced {
@@ -540,7 +546,7 @@ impl Datapath {
                 "interface created again under its name: attaching afresh"
             );
             self.pinned
-                .retain(|pin| pin.split_once('@').is_none_or(|(_, on)| on != iface));
+                .retain(|pin| tc_pin(pin).is_none_or(|(_, on)| on != iface));
         }
         replaced
     }
@@ -872,6 +878,13 @@ fn attach_tc_missing(
         pinned.push(attach_tc(prog, name, side, iface, links_dir)?);
     }
     Ok(())
+}
+
+/// The program and interface of a TC link's pin name (`<program>@<iface>`);
+/// `None` for the cgroup links' pins (`<program>@<cgroup inode>`).
+fn tc_pin(pin: &str) -> Option<(&str, &str)> {
+    pin.split_once('@')
+        .filter(|(prog, _)| prog.starts_with("evenflow_tc_"))
 }
 
 /// Attaches the TC program `name` to `iface`, or adopts the pinned link
