@@ -10,7 +10,8 @@
 //!    lists take its weight and `draining` (source `kubernetes+file`), members
 //!    only it lists are added (source `file`), and its `lb_nodes`, when
 //!    given, replace the load balancers Kubernetes would choose. A member
-//!    Kubernetes says is not ready stays not ready whatever the file says.
+//!    Kubernetes says is not ready or terminating stays so whatever the
+//!    file says: the file cannot know which Pods are.
 //!    A file pool under another name keeps its members even when Kubernetes
 //!    has them too: they are judged in both pools, as declared.
 //! 3. **Agent labels** (`--service NAME=PORT`) announce only endpoints no
@@ -180,12 +181,10 @@ impl Declared {
                 let member = &mut pool.members[index];
                 member.weight = file_member.weight;
                 member.source.file = true;
-                if !matches!(member.expect, Expect::Unjudged { .. }) {
-                    member.expect = if file_member.draining {
-                        Expect::Draining
-                    } else {
-                        Expect::Share
-                    };
+                // The file refines what the API says but cannot know which
+                // Pods are terminating or not ready: those stay as they are.
+                if matches!(member.expect, Expect::Share) && file_member.draining {
+                    member.expect = Expect::Draining;
                 }
             }
             if !file_pool.lb_nodes.is_empty() {
@@ -267,6 +266,7 @@ mod tests {
                             reason: "not ready".into(),
                         },
                     ),
+                    kube_member("10.0.0.3:8080", Expect::Draining),
                 ],
                 ..DeclaredPool::default()
             },
@@ -280,6 +280,7 @@ lb_nodes = ["lb"]
 members = [
   { address = "10.0.0.1:8080", weight = 3 },
   { address = "10.0.0.2:8080", draining = true },
+  { address = "10.0.0.3:8080", weight = 2 },
   { address = "10.0.0.9:8080" },
 ]
 [[pool]]
@@ -294,7 +295,10 @@ members = [{ address = "10.0.0.1:8080" }]
         assert_eq!(web.members[0].source.as_str(), "kubernetes+file");
         // Not ready stays not ready.
         assert!(matches!(web.members[1].expect, Expect::Unjudged { .. }));
-        assert_eq!(web.members[2].source.as_str(), "file");
+        // A terminating Pod stays draining whatever the file says.
+        assert_eq!(web.members[2].expect, Expect::Draining);
+        assert_eq!(web.members[2].weight, 2.0);
+        assert_eq!(web.members[3].source.as_str(), "file");
         assert_eq!(web.lb_nodes, LbNodes::Named(vec!["lb".into()]));
         // Another pool of the file keeps the Kubernetes member too.
         assert_eq!(declared.pools["legacy"].members.len(), 1);

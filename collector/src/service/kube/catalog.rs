@@ -9,13 +9,20 @@
 //!   TCP).
 //! * Its members are the addresses of the Service's EndpointSlices (label
 //!   `kubernetes.io/service-name`; FQDN slices skipped) with the slice
-//!   port of the same name: `address:port`. An address in two slices (a
-//!   transient state while the controller rebalances) is one member, with
-//!   the better condition.
+//!   port of the same name: `address:port`, from each endpoint's first
+//!   address (the only one the API lets consumers use). An address in two
+//!   slices (a transient state while the controller rebalances) is one
+//!   member, with the better condition.
+//! * A dual-stack Service port is one pool per IP family: kube-proxy
+//!   balances each family on its own. The Service's first family keeps
+//!   the plain name, the other is `…@IPv4` or `…@IPv6`.
 //! * Conditions, as kube-proxy reads them (a missing `ready` or `serving`
 //!   counts as true, a missing `terminating` as false): `ready` →
 //!   [`Condition::Ready`]; `serving` and `terminating` →
 //!   [`Condition::Draining`]; anything else → [`Condition::NotReady`].
+//!   Where none is ready (the whole pool, or under `internalTrafficPolicy:
+//!   Local` a node's own endpoints) kube-proxy sends new connections to
+//!   the serving terminating ones, and so they count as ready there.
 //! * Topology. When every ready endpoint carries `hints.forZones` (what
 //!   `trafficDistribution: PreferClose` and topology-aware routing give),
 //!   kube-proxy on a node of zone Z sends only to the endpoints hinted for
@@ -37,7 +44,7 @@ use std::{
 };
 
 use k8s_openapi::api::{
-    core::v1::{Service, ServicePort},
+    core::v1::{Service, ServicePort, ServiceSpec},
     discovery::v1::{Endpoint, EndpointConditions, EndpointSlice},
 };
 
@@ -169,7 +176,9 @@ fn members(port: &ServicePort, slices: &[&EndpointSlice], names: &mut Names) -> 
         let ns = slice.metadata.namespace.as_deref().unwrap_or("");
         for endpoint in &slice.endpoints {
             let condition = condition(endpoint.conditions.as_ref());
-            for address in &endpoint.addresses {
+            // Only the first address: the API lets consumers use no other,
+            // and kube-proxy routes to no other.
+            if let Some(address) = endpoint.addresses.first() {
                 let Ok(ip) = address.parse::<IpAddr>() else {
                     continue;
                 };
@@ -272,51 +281,136 @@ pub fn build<'a>(
                 zone: String::new(),
                 node: String::new(),
             };
-            let members = members(port, slices, &mut names);
             let whole = ServicePool {
                 name: Arc::from(format!("{ns}/{name}:{label}")),
                 service: Arc::new(service),
-                members,
+                members: members(port, slices, &mut names),
                 lb_nodes: LbNodes::Senders,
                 note: None,
             };
-            split(svc, whole, node_zones, &mut out);
+            for family in by_family(spec, whole) {
+                split(svc, family, node_zones, &mut out);
+            }
         }
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out
 }
 
+/// A dual-stack Service port's pool as one pool per IP family: kube-proxy
+/// balances each family on its own (a client of the IPv4 cluster IP only
+/// ever reaches IPv4 endpoints), so members of one family are not short of
+/// the other's share. The Service's first family keeps the plain name, the
+/// other is `…@IPv4` or `…@IPv6`. A single-stack pool is returned whole.
+fn by_family(spec: &ServiceSpec, whole: ServicePool) -> Vec<ServicePool> {
+    let (v4, v6): (Vec<Member>, Vec<Member>) =
+        (whole.members.iter().cloned()).partition(|member| member.addr.is_ipv4());
+    if v4.is_empty() || v6.is_empty() {
+        return vec![whole];
+    }
+    let v6_first = (spec.ip_families.as_deref())
+        .and_then(<[String]>::first)
+        .is_some_and(|family| family == "IPv6");
+    let of_family = |members: Vec<Member>, v4: bool, first: bool| {
+        let family = if v4 { "IPv4" } else { "IPv6" };
+        let mut service = (*whole.service).clone();
+        service
+            .cluster_ips
+            .retain(|ip| ip.parse::<IpAddr>().is_ok_and(|ip| ip.is_ipv4() == v4));
+        ServicePool {
+            name: if first {
+                whole.name.clone()
+            } else {
+                Arc::from(format!("{}@{family}", whole.name))
+            },
+            service: Arc::new(service),
+            members,
+            lb_nodes: whole.lb_nodes.clone(),
+            note: Some(Arc::from(format!(
+                "dual-stack: kube-proxy balances each IP family on its own, so this pool is the {family} endpoints"
+            ))),
+        }
+    };
+    vec![
+        of_family(v4, true, !v6_first),
+        of_family(v6, false, v6_first),
+    ]
+}
+
+/// kube-proxy's last resort (KEP-1669): when none of `members` is ready,
+/// it sends new connections to those still serving while terminating, so
+/// they are judged as ready rather than as draining. Whether it did so.
+fn serve_terminating_if_none_ready(members: &mut [Member]) -> bool {
+    if members
+        .iter()
+        .any(|member| member.condition == Condition::Ready)
+    {
+        return false;
+    }
+    let mut any = false;
+    for member in members
+        .iter_mut()
+        .filter(|member| member.condition == Condition::Draining)
+    {
+        member.condition = Condition::Ready;
+        any = true;
+    }
+    any
+}
+
+/// `note`, then `more`.
+fn also(note: Option<&Arc<str>>, more: &str) -> Arc<str> {
+    match note {
+        Some(note) => Arc::from(format!("{note}; {more}")),
+        None => Arc::from(more),
+    }
+}
+
+const SERVING_TERMINATING: &str = "no endpoint is ready: kube-proxy sends new connections to the ones still serving while they terminate, so they are judged as ready";
+
 /// Splits a Service port's pool by topology (module docs), or returns it
 /// whole with a note when the Service asks for topology kube-proxy will
 /// not apply.
 fn split(
     svc: &Service,
-    whole: ServicePool,
+    mut whole: ServicePool,
     node_zones: &BTreeMap<String, String>,
     out: &mut Vec<ServicePool>,
 ) {
     let spec = svc.spec.as_ref();
+    let local = spec.and_then(|spec| spec.internal_traffic_policy.as_deref()) == Some("Local");
+    // The fallback ignores topology: kube-proxy takes it only when no
+    // endpoint anywhere is ready.
+    if !local && serve_terminating_if_none_ready(&mut whole.members) {
+        whole.note = Some(also(whole.note.as_ref(), SERVING_TERMINATING));
+        out.push(whole);
+        return;
+    }
     let ready: Vec<&Member> = whole
         .members
         .iter()
         .filter(|member| member.condition == Condition::Ready)
         .collect();
-    if spec.and_then(|spec| spec.internal_traffic_policy.as_deref()) == Some("Local") {
+    if local {
         let nodes: BTreeSet<&Arc<str>> = whole
             .members
             .iter()
             .filter_map(|member| member.node.as_ref())
             .collect();
         for node in nodes {
-            out.push(part(
+            // Each node falls back on its own endpoints alone.
+            let mut own = part(
                 &whole,
                 node,
                 |service| service.node = node.to_string(),
                 |member| member.node.as_ref() == Some(node),
                 [node.to_string()].into(),
                 "internalTrafficPolicy: Local: each node sends only to its own endpoints, so this pool is one node's endpoints judged against that node's sends".into(),
-            ));
+            );
+            if serve_terminating_if_none_ready(&mut own.members) {
+                own.note = Some(also(own.note.as_ref(), SERVING_TERMINATING));
+            }
+            out.push(own);
         }
         return;
     }
@@ -333,11 +427,17 @@ fn split(
                     .map(|mode| format!("topology mode {mode}"))
             });
         let note = asked.filter(|_| !ready.is_empty()).map(|asked| {
-            Arc::from(format!(
-                "{asked}, but not every ready endpoint has a zone hint, so kube-proxy routes cluster-wide: judged as one pool"
-            ))
+            also(
+                whole.note.as_ref(),
+                &format!(
+                    "{asked}, but not every ready endpoint has a zone hint, so kube-proxy routes cluster-wide: judged as one pool"
+                ),
+            )
         });
-        out.push(ServicePool { note, ..whole });
+        out.push(ServicePool {
+            note: note.or(whole.note.clone()),
+            ..whole
+        });
         return;
     }
     let zones: BTreeSet<&Arc<str>> = (ready.iter())
@@ -394,7 +494,7 @@ fn part(
             .cloned()
             .collect(),
         lb_nodes: LbNodes::SendersAmong(Arc::new(lb_nodes)),
-        note: Some(Arc::from(note)),
+        note: Some(also(whole.note.as_ref(), &note)),
     }
 }
 

@@ -322,3 +322,157 @@ fn external_name_services_and_udp_ports_make_no_pool() {
     let pools = build(&[service("empty", &[("http", 80)])], &[], &BTreeMap::new());
     assert!(pools[0].members.is_empty());
 }
+
+const fn terminating(ip: &'static str, node: &'static str) -> Ep {
+    Ep {
+        ready: Some(false),
+        serving: Some(true),
+        terminating: Some(true),
+        ..ready(ip, node, "z")
+    }
+}
+
+const fn starting(ip: &'static str, node: &'static str) -> Ep {
+    Ep {
+        ready: Some(false),
+        serving: Some(false),
+        terminating: Some(false),
+        ..ready(ip, node, "z")
+    }
+}
+
+fn conditions(pool: &ServicePool) -> Vec<Condition> {
+    (pool.members.iter())
+        .map(|member| member.condition)
+        .collect()
+}
+
+#[test]
+fn a_dual_stack_service_is_one_pool_per_family() {
+    let mut svc = service("web", &[("http", 80)]);
+    let spec = svc.spec.as_mut().unwrap();
+    spec.ip_families = Some(vec!["IPv4".into(), "IPv6".into()]);
+    spec.cluster_ips = Some(vec!["10.96.0.10".into(), "fd00::10".into()]);
+    let v4 = slice(
+        "web",
+        "web-v4",
+        ("http", 8080),
+        &[ready("10.0.0.1", "n1", "z"), ready("10.0.0.2", "n2", "z")],
+    );
+    let mut v6 = slice(
+        "web",
+        "web-v6",
+        ("http", 8080),
+        &[ready("fd00::1", "n1", "z"), ready("fd00::2", "n2", "z")],
+    );
+    v6.address_type = "IPv6".into();
+    let pools = build(&[svc.clone()], &[v4.clone(), v6.clone()], &BTreeMap::new());
+    let names: Vec<&str> = pools.iter().map(|pool| &*pool.name).collect();
+    assert_eq!(names, ["default/web:http", "default/web:http@IPv6"]);
+    assert_eq!(addrs(&pools[0]), ["10.0.0.1:8080", "10.0.0.2:8080"]);
+    assert_eq!(addrs(&pools[1]), ["[fd00::1]:8080", "[fd00::2]:8080"]);
+    assert_eq!(pools[0].service.cluster_ips, ["10.96.0.10"]);
+    assert_eq!(pools[1].service.cluster_ips, ["fd00::10"]);
+    assert!(
+        pools[1]
+            .note
+            .as_deref()
+            .is_some_and(|note| note.contains("IPv6"))
+    );
+
+    // The Service's first family keeps the plain name.
+    svc.spec.as_mut().unwrap().ip_families = Some(vec!["IPv6".into(), "IPv4".into()]);
+    let pools = build(&[svc], &[v4, v6], &BTreeMap::new());
+    assert_eq!(addrs(&pools[0]), ["[fd00::1]:8080", "[fd00::2]:8080"]);
+    assert_eq!(&*pools[1].name, "default/web:http@IPv4");
+}
+
+#[test]
+fn only_an_endpoints_first_address_is_a_member() {
+    let mut s = slice("a", "a-1", ("http", 8080), &[ready("10.0.0.1", "n", "z")]);
+    s.endpoints[0].addresses.push("10.0.0.9".into());
+    let pools = build(&[service("a", &[("http", 80)])], &[s], &BTreeMap::new());
+    assert_eq!(addrs(&pools[0]), ["10.0.0.1:8080"]);
+}
+
+#[test]
+fn with_no_endpoint_ready_the_serving_terminating_ones_are_ready() {
+    // A one-replica Deployment whose Pod terminates while its replacement
+    // starts: kube-proxy keeps sending to the terminating one.
+    let eps = [terminating("10.0.0.1", "n1"), starting("10.0.0.2", "n2")];
+    let pools = build(
+        &[service("a", &[("http", 80)])],
+        &[slice("a", "a-1", ("http", 8080), &eps)],
+        &BTreeMap::new(),
+    );
+    assert_eq!(
+        conditions(&pools[0]),
+        [Condition::Ready, Condition::NotReady]
+    );
+    assert!(
+        (pools[0].note.as_deref()).is_some_and(|note| note.contains("no endpoint is ready")),
+        "{:?}",
+        pools[0].note
+    );
+
+    // Once one is ready the terminating one drains.
+    let eps = [terminating("10.0.0.1", "n1"), ready("10.0.0.2", "n2", "z")];
+    let pools = build(
+        &[service("a", &[("http", 80)])],
+        &[slice("a", "a-1", ("http", 8080), &eps)],
+        &BTreeMap::new(),
+    );
+    assert_eq!(
+        conditions(&pools[0]),
+        [Condition::Draining, Condition::Ready]
+    );
+    assert_eq!(pools[0].note, None);
+}
+
+#[test]
+fn the_fallback_ignores_zone_hints() {
+    let eps = [
+        Ep {
+            hints: &["a"],
+            ..terminating("10.0.0.1", "n1")
+        },
+        Ep {
+            hints: &["b"],
+            ..terminating("10.0.0.2", "n2")
+        },
+    ];
+    let mut svc = service("a", &[("http", 80)]);
+    svc.spec.as_mut().unwrap().traffic_distribution = Some("PreferClose".into());
+    let pools = build(
+        &[svc],
+        &[slice("a", "a-1", ("http", 8080), &eps)],
+        &BTreeMap::new(),
+    );
+    let names: Vec<&str> = pools.iter().map(|pool| &*pool.name).collect();
+    assert_eq!(names, ["default/a:http"]);
+    assert_eq!(conditions(&pools[0]), [Condition::Ready, Condition::Ready]);
+}
+
+#[test]
+fn under_local_policy_each_node_falls_back_on_its_own() {
+    // A node-local DaemonSet rolling: n1's Pod terminates with no
+    // replacement yet, n2's new Pod is ready beside its old one.
+    let mut svc = service("dns", &[("dns-tcp", 53)]);
+    svc.spec.as_mut().unwrap().internal_traffic_policy = Some("Local".into());
+    let eps = [
+        terminating("10.0.1.1", "n1"),
+        terminating("10.0.2.1", "n2"),
+        ready("10.0.2.2", "n2", "z"),
+    ];
+    let pools = build(
+        &[svc],
+        &[slice("dns", "d-1", ("dns-tcp", 53), &eps)],
+        &BTreeMap::new(),
+    );
+    assert_eq!(conditions(&pools[0]), [Condition::Ready]);
+    assert!((pools[0].note.as_deref()).is_some_and(|note| note.contains("no endpoint is ready")));
+    assert_eq!(
+        conditions(&pools[1]),
+        [Condition::Draining, Condition::Ready]
+    );
+}
