@@ -1,22 +1,32 @@
-//! Iterators over every counted socket, in every network namespace: over
-//! the slots (`iter/bpf_map_elem` on `EF_SOCK_SLOTS`) and over socket
-//! storage (`iter/bpf_sk_storage_map` on `EF_SOCKS`), run by the agent
-//! before each read, so a long-lived connection's bytes reach its endpoint
-//! every interval instead of only at its close. They cost nothing per
-//! packet.
+//! Walks over every counted socket, in every network namespace: over the
+//! slots (a TC program the agent runs with `BPF_PROG_TEST_RUN`, which
+//! visits `EF_SOCK_SLOTS` with `bpf_for_each_map_elem`) and over socket
+//! storage (`iter/bpf_sk_storage_map` on `EF_SOCKS`, where the kernel
+//! allows that iterator), run by the agent before each read, so a
+//! long-lived connection's bytes reach its endpoint every interval instead
+//! of only at its close. They cost nothing per packet.
 
-use core::ptr::read_volatile;
+use core::{ffi::c_void, ptr::read_volatile};
 
 use agent_common::{SOCK_CLOSED, SockSlot, SockState};
-use aya_ebpf::helpers::generated::bpf_skc_to_tcp_sock;
+use aya_ebpf::{helpers::generated::bpf_skc_to_tcp_sock, macros::classifier, programs::TcContext};
 
-use crate::{atomic, kernel, sock, sweeper::MapElemIterCtx};
+use crate::{atomic, kernel, sock, sweeper};
 
-#[unsafe(link_section = "iter/bpf_map_elem")]
-#[unsafe(no_mangle)]
-pub extern "C" fn evenflow_slot_sampler(ctx: *mut MapElemIterCtx<u32, SockSlot>) -> i32 {
-    // SAFETY: the context the kernel passed; null-checked.
-    let slot = unsafe { read_volatile(&(*ctx).value) };
+#[classifier]
+pub fn evenflow_slot_sampler(_ctx: TcContext) -> i32 {
+    sweeper::for_each(&sock::SOCK_SLOTS, sample_slot);
+    0
+}
+
+#[inline(never)]
+extern "C" fn sample_slot(
+    _: *mut c_void,
+    _: *const c_void,
+    slot: *mut c_void,
+    _: *mut c_void,
+) -> i64 {
+    let slot = slot.cast::<SockSlot>();
     if slot.is_null() {
         return 0;
     }

@@ -39,7 +39,9 @@ use aya::{
 };
 use tracing::{debug, info, warn};
 
-use crate::{cli::EbpfLog, ct_adopt::Translations, ctnetlink::Translated, iter::MapIter};
+use crate::{
+    cli::EbpfLog, ct_adopt::Translations, ctnetlink::Translated, iter::MapIter, walk::Walk,
+};
 
 /// The eBPF object built by `agent/build.rs` (aya-build) from `agent-ebpf`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
@@ -245,11 +247,14 @@ pub struct Datapath {
     unattached: std::collections::HashSet<String>,
     cgroup: PathBuf,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
-    /// The socket samplers (slots, socket storage), run before every read.
-    samplers: [MapIter; 2],
+    /// The socket slot sampler, run before every read.
+    slot_sampler: Walk,
+    /// The socket storage sampler, run before every read, where the kernel
+    /// allows its iterator.
+    storage_sampler: Option<MapIter>,
     /// The flow sweepers, one per map of forwarded connections, run before
     /// every read while a connection is tracked.
-    sweepers: Vec<MapIter>,
+    sweepers: Vec<Walk>,
     /// Whether the node forwards.
     forwards: bool,
     /// Whether idle endpoints are retired (until the kernel refuses).
@@ -352,30 +357,12 @@ impl Datapath {
         }
         crate::links::prune(&links_dir, &pinned)?;
         let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
-        let samplers = [
-            attach_iter(
-                &mut ebpf,
-                &btf,
-                "evenflow_slot_sampler",
-                "bpf_map_elem",
-                &pin_dir,
-                maps::SOCK_SLOTS,
-            )?,
-            attach_iter(
-                &mut ebpf,
-                &btf,
-                "evenflow_sock_sampler",
-                "bpf_sk_storage_map",
-                &pin_dir,
-                maps::SOCKS,
-            )?,
-        ];
+        let slot_sampler = Walk::load(&mut ebpf, "evenflow_slot_sampler")?;
+        let storage_sampler = storage_sampler(&mut ebpf, &btf, &pin_dir);
         let sweepers = flows
             .maps
             .iter()
-            .map(|(map, sweeper)| {
-                attach_iter(&mut ebpf, &btf, sweeper, "bpf_map_elem", &pin_dir, map)
-            })
+            .map(|(_, sweeper)| Walk::load(&mut ebpf, sweeper))
             .collect::<Result<Vec<_>>>()?;
         let translations = translations(kernel.conntrack);
         if kernel.adopt {
@@ -441,7 +428,8 @@ impl Datapath {
             conntrack: kernel.conntrack,
             cgroup: cfg.cgroup.to_owned(),
             logger,
-            samplers,
+            slot_sampler,
+            storage_sampler,
             sweepers,
             pinned,
             links_dir,
@@ -668,18 +656,19 @@ impl Datapath {
     /// value lookups (LRU eviction) is skipped.
     pub fn read(&self, out: &mut Vec<(EndpointKey, EndpointCounters)>) -> Result<Stats> {
         out.clear();
-        let [slots, storage] = &self.samplers;
-        slots.run().context("running the socket slot sampler")?;
-        storage
-            .run()
-            .context("running the socket storage sampler")?;
+        self.slot_sampler.run()?;
+        if let Some(storage) = &self.storage_sampler {
+            storage
+                .run()
+                .context("running the socket storage sampler")?;
+        }
         // The sweeper walks every bucket of the flow map, empty or not
         // (--max-flows of them: a fifth of the agent's CPU on a node with
         // 10,000 endpoints and no forwarded connection), so it runs only
         // while there is a flow to fold or expire.
         if self.flows_tracked()? {
             for sweeper in &self.sweepers {
-                sweeper.run().context("running the flow sweeper")?;
+                sweeper.run()?;
             }
         }
         let mut batch = self.batch.lock().unwrap_or_else(|p| p.into_inner());
@@ -771,7 +760,7 @@ where
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
 }
 
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+pub fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
@@ -1254,6 +1243,31 @@ fn nf_conn_offsets(nfct: u32, btf: &crate::btf::Btf<'_>) -> Result<[(&'static st
             off("nf_conn", "proto")? + off("ip_ct_tcp", "seen")?,
         ),
     ])
+}
+
+/// The socket storage sampler, where the kernel allows its iterator
+/// (`iter/bpf_sk_storage_map`). Without it, sockets beyond the slots (a
+/// node with more open connections than `--sock-slots`) are counted at
+/// their close only, which is said once here.
+fn storage_sampler(ebpf: &mut Ebpf, btf: &aya::Btf, pin_dir: &Path) -> Option<MapIter> {
+    let attached = attach_iter(
+        ebpf,
+        btf,
+        "evenflow_sock_sampler",
+        "bpf_sk_storage_map",
+        pin_dir,
+        maps::SOCKS,
+    );
+    attached
+        .inspect_err(|e| {
+            warn!(
+                error = format!("{e:#}"),
+                "this kernel refuses socket storage iterators: the bytes of sockets beyond \
+                 --sock-slots reach their endpoint at their close only, not every interval; \
+                 give the node more slots than it keeps sockets open"
+            );
+        })
+        .ok()
 }
 
 /// Loads the iterator program `name` over `kind` maps and links it to the

@@ -29,6 +29,7 @@ mod snapshot;
 mod sockdiag;
 mod sys;
 mod table;
+mod walk;
 mod withheld;
 
 use std::{
