@@ -85,8 +85,8 @@ enum Command {
         all: bool,
     },
     /// Deploy gate: wait, then exit 0 if every member got its share, 1 if
-    /// any is ZERO, SKEW or STALE or its load (open connections, bytes)
-    /// pages, 2 if it could not judge.
+    /// any is ZERO, SKEW, STALE, DOWN or MISMATCH or its load (open
+    /// connections, bytes) pages, 2 if it could not judge.
     ///
     /// Example: evenflow verify --pool web --for 60s
     Verify {

@@ -2,12 +2,14 @@
 //!
 //! Run it right after an LB config change. It waits the given time, then
 //! judges the pool from the collector's verdicts: exit 0 when every serving
-//! member receives its share, 1 when any member is ZERO, SKEW or STALE (or
-//! the pool concentrates, or a draining member still gets traffic, or a
-//! member's load — its open connections or bytes — pages, routing or
-//! pinned), and 2 when it cannot judge (collector unreachable, pool
-//! unknown, too little traffic). Load warnings (a restarted member
-//! refilling) are printed, not failed.
+//! member receives its share, 1 when any member is ZERO, SKEW, STALE, DOWN
+//! or MISMATCH (its load balancers and its own agent disagree on whether it
+//! gets connections: the collector pages on it), or the pool concentrates,
+//! or a draining member still gets traffic, or a member's load — its open
+//! connections or bytes — pages, routing or pinned; and 2 when it cannot
+//! judge (collector unreachable, pool unknown, too little traffic). HOT
+//! and load warnings (a restarted member refilling) are printed, not
+//! failed.
 
 use std::{io::IsTerminal as _, time::Duration};
 
@@ -93,11 +95,10 @@ pub fn judge(pool: &v1::Pool) -> Outcome {
                 | v1::Verdict::SkewHigh
                 | v1::Verdict::NoData
                 | v1::Verdict::Down
+                | v1::Verdict::Mismatch
                 | v1::Verdict::DrainingViolation),
             ) => bad.push(line(render::verdict(v as i32))),
-            Ok(v @ (v1::Verdict::Hot | v1::Verdict::Mismatch)) => {
-                warnings.push(line(render::verdict(v as i32)))
-            }
+            Ok(v @ v1::Verdict::Hot) => warnings.push(line(render::verdict(v as i32))),
             _ => {}
         }
         if let Some(l) = &m.load
@@ -248,13 +249,15 @@ mod tests {
     }
 
     #[test]
-    fn zero_skew_stale_or_down_fail_the_gate() {
+    fn zero_skew_stale_down_or_mismatch_fail_the_gate() {
         for v in [
             v1::Verdict::Zero,
             v1::Verdict::SkewHigh,
             v1::Verdict::SkewLow,
             v1::Verdict::NoData,
             v1::Verdict::Down,
+            // The collector pages on it: its LBs send what it never gets.
+            v1::Verdict::Mismatch,
         ] {
             let p = pool(v1::Verdict::Ok, vec![member(v1::Verdict::Ok), member(v)]);
             match judge(&p) {
