@@ -122,16 +122,25 @@ pub fn main_view(m: &v1::Member) -> v1::MemberView {
     }
 }
 
+/// A time in RFC 3339 ("2026-12-01T10:00:00Z"; before 1970 as 1970), or,
+/// past what it can write (year 9999), "unix time SECONDS"; "" when unset.
 fn ts(t: &Option<prost_types::Timestamp>) -> String {
-    t.as_ref()
-        .and_then(|t| {
-            let st = std::time::UNIX_EPOCH.checked_add(std::time::Duration::new(
-                t.seconds.max(0) as u64,
-                t.nanos.max(0) as u32,
-            ))?;
-            Some(humantime::format_rfc3339_seconds(st).to_string())
-        })
-        .unwrap_or_default()
+    let Some(t) = t else {
+        return String::new();
+    };
+    rfc3339(t).unwrap_or_else(|| format!("unix time {}", t.seconds))
+}
+
+/// `t` in RFC 3339 to the second, if it has four-digit years.
+fn rfc3339(t: &prost_types::Timestamp) -> Option<String> {
+    let st = std::time::UNIX_EPOCH.checked_add(std::time::Duration::new(
+        t.seconds.max(0).unsigned_abs(),
+        t.nanos.clamp(0, 999_999_999).unsigned_abs(),
+    ))?;
+    // Its Display fails from year 10000 on: to_string() would panic.
+    let mut out = String::new();
+    write!(out, "{}", humantime::format_rfc3339_seconds(st)).ok()?;
+    Some(out)
 }
 
 pub fn status_text(agents: &[v1::AgentStatus], pools: &[v1::Pool]) -> String {
@@ -538,6 +547,40 @@ mod tests {
         assert!(t.contains("not-ready"), "{t}");
         assert_eq!(pool_json(&p)["kubernetes"]["service"], "web");
         assert_eq!(pool_json(&p)["members"][0]["pod"], "default/web-7d9f-abcde");
+    }
+
+    /// RFC 3339 has four-digit years: a time from year 10000 on (an
+    /// agent's clock or a report's field gone wrong) is shown as seconds
+    /// since the epoch, and nothing panics on it.
+    #[test]
+    fn times_past_year_9999_render_as_seconds() {
+        let at = |seconds| Some(prost_types::Timestamp { seconds, nanos: 0 });
+        assert_eq!(ts(&at(0)), "1970-01-01T00:00:00Z");
+        assert_eq!(ts(&at(253_402_300_799)), "9999-12-31T23:59:59Z");
+        assert_eq!(ts(&at(253_402_300_800)), "unix time 253402300800");
+        assert_eq!(ts(&at(i64::MAX)), format!("unix time {}", i64::MAX));
+        let a = v1::Alert {
+            since: at(253_402_300_800),
+            resolved_at: at(i64::MAX),
+            ..Default::default()
+        };
+        assert!(
+            alert_text(&a).contains("since=unix time 253402300800"),
+            "{}",
+            alert_text(&a)
+        );
+        assert_eq!(
+            alert_json(&a)["resolved_at"],
+            format!("unix time {}", i64::MAX)
+        );
+        let agent = v1::AgentStatus {
+            last_report_at: at(253_402_300_800),
+            ..Default::default()
+        };
+        assert_eq!(
+            agent_json(&agent)["last_report_at"],
+            "unix time 253402300800"
+        );
     }
 
     #[test]
