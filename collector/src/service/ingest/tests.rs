@@ -341,6 +341,28 @@ fn taken_at_nanos_outside_a_second_are_refused() {
     }
 }
 
+/// A taken_at outside a protobuf Timestamp's range (years 1 to 9999) is
+/// refused, naming the field: nothing downstream (RFC 3339, the CLI) can
+/// write it. Its ends pass.
+#[test]
+fn taken_at_outside_years_1_to_9999_is_refused() {
+    let mut parsed = Parsed::default();
+    let mut r = report(1, 1, 1);
+    for seconds in [253_402_300_800, i64::MAX, -62_135_596_801, i64::MIN] {
+        r.taken_at = Some(prost_types::Timestamp { seconds, nanos: 0 });
+        let refused = validate(&r, &mut parsed).unwrap_err();
+        assert!(refused.0.contains("taken_at.seconds"), "{refused}");
+        assert!(refused.0.contains("9999"), "{refused}");
+    }
+    for seconds in [253_402_300_799, -62_135_596_800, 0] {
+        r.taken_at = Some(prost_types::Timestamp {
+            seconds,
+            nanos: 999_999_999,
+        });
+        validate(&r, &mut parsed).unwrap();
+    }
+}
+
 /// Two taken_at as far apart as their fields go (validation aside) do not
 /// overflow: the report covers its interval, as for any unusable clock.
 #[test]

@@ -15,6 +15,9 @@ pub const MAX_LISTENERS: usize = 100_000;
 /// The shortest reporting interval a report may state, seconds (the agent
 /// allows 100ms).
 pub const MIN_INTERVAL_SECONDS: f64 = 0.01;
+/// A protobuf Timestamp's range, seconds since the epoch: from
+/// 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z, what RFC 3339 can write.
+pub const TIMESTAMP_SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
 
 /// A report that cannot be used; the text says what is wrong and how to fix
 /// it.
@@ -165,6 +168,17 @@ fn validate_limits(report: &AgentReport) -> Result<(), InvalidReport> {
         return bad(format!(
             "report from {node} has taken_at.nanos {}: it must be between 0 and 999999999 (a normalized protobuf Timestamp)",
             taken_at.nanos
+        ));
+    }
+    // Shown as the agent's last report time (RFC 3339, four-digit years).
+    if let Some(taken_at) = &report.taken_at
+        && !TIMESTAMP_SECONDS.contains(&taken_at.seconds)
+    {
+        return bad(format!(
+            "report from {node} has taken_at.seconds {}: it must be a time between the years 1 and 9999 ({} to {} seconds since 1970, a protobuf Timestamp): check the node's clock",
+            taken_at.seconds,
+            TIMESTAMP_SECONDS.start(),
+            TIMESTAMP_SECONDS.end()
         ));
     }
     if let Some(cpu) = &report.cpu
