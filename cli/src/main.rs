@@ -3,6 +3,7 @@
 //! Everything here reads the collector's `evenflow.v1.Distribution` gRPC
 //! API; nothing needs privileges.
 
+mod alerts;
 mod client;
 mod names;
 mod render;
@@ -14,7 +15,6 @@ use std::{process::ExitCode, time::Duration};
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use evenflow_proto::v1;
-use tokio_stream::StreamExt as _;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -77,7 +77,9 @@ enum Command {
         /// Stream transitions (fired, updated, resolved) as they happen.
         #[arg(long)]
         watch: bool,
-        /// Only this pool.
+        /// Only this pool, or a Kubernetes Service's pools (web,
+        /// default/web, web:http); exits 1 if it names none. With --watch,
+        /// the pools it names when the watch starts.
         #[arg(long)]
         pool: Option<String>,
         /// Include recently resolved alerts.
@@ -155,41 +157,7 @@ async fn run(cli: &Cli) -> Result<()> {
             top::run(&cli.collector, pool.clone(), *interval).await?
         }
         Command::Alerts { watch, pool, all } => {
-            let mut c = client::connect(&cli.collector).await?;
-            let pool = pool.clone().unwrap_or_default();
-            if *watch {
-                let mut stream = c
-                    .watch_alerts(v1::WatchAlertsRequest { pool })
-                    .await?
-                    .into_inner();
-                while let Some(ev) = stream.next().await {
-                    let ev = ev?;
-                    let Some(a) = ev.alert else { continue };
-                    match cli.output {
-                        Output::Text => println!("{}", render::alert_text(&a)),
-                        Output::Json => println!("{}", render::alert_json(&a)),
-                    }
-                }
-            } else {
-                let alerts = c
-                    .list_alerts(v1::ListAlertsRequest {
-                        pool,
-                        include_resolved: *all,
-                    })
-                    .await?
-                    .into_inner()
-                    .alerts;
-                match cli.output {
-                    Output::Text if alerts.is_empty() => println!("no alerts"),
-                    Output::Text => alerts
-                        .iter()
-                        .for_each(|a| println!("{}", render::alert_text(a))),
-                    Output::Json => println!(
-                        "{}",
-                        serde_json::Value::Array(alerts.iter().map(render::alert_json).collect())
-                    ),
-                }
-            }
+            alerts::run(&cli.collector, cli.output, *watch, pool.as_deref(), *all).await?
         }
         Command::Verify { .. } => unreachable!("handled in main"),
     }

@@ -62,6 +62,18 @@ pub fn matching<'a>(pools: &'a [v1::Pool], name: &str) -> Vec<&'a v1::Pool> {
         .collect()
 }
 
+/// The pools `name` means ([`matching`]), or, when none, why: in words
+/// for the person who typed it.
+pub fn resolve<'a>(pools: &'a [v1::Pool], name: &str) -> Result<Vec<&'a v1::Pool>, String> {
+    let found = matching(pools, name);
+    if found.is_empty() {
+        return Err(format!(
+            "no pool or Kubernetes Service {name:?} (evenflow status lists them)"
+        ));
+    }
+    Ok(found)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,6 +125,12 @@ mod tests {
         );
         assert_eq!(names("default/api:http@z2"), ["default/api:http@z2"]);
         assert!(names("nope").is_empty());
+        assert!(
+            resolve(&pools, "nope").is_err_and(|e| e.contains("\"nope\"")),
+            "{:?}",
+            resolve(&pools, "nope")
+        );
+        assert_eq!(resolve(&pools, "api").map(|p| p.len()), Ok(3));
         assert_eq!(
             title(&pools[2]),
             "api · Service default/api port http (80) · zone z1"

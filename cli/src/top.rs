@@ -193,16 +193,10 @@ async fn fetch(
     let Some(name) = pool else {
         return Ok(pools);
     };
-    let found: Vec<v1::Pool> = crate::names::matching(&pools, name)
+    Ok(crate::names::resolve(&pools, name)?
         .into_iter()
         .cloned()
-        .collect();
-    if found.is_empty() {
-        return Err(format!(
-            "no pool or Kubernetes Service {name:?} (evenflow status lists them)"
-        ));
-    }
-    Ok(found)
+        .collect())
 }
 
 /// Runs the live view until q, Esc or Ctrl-C.

@@ -1,0 +1,189 @@
+//! `evenflow alerts`: the open (and recently resolved) alerts, or a live
+//! stream of their transitions, of every pool or of the pools a name means
+//! (a pool's name, or a Kubernetes Service's: see
+//! [`crate::names::matching`]).
+
+use std::collections::HashSet;
+
+use anyhow::{Context as _, Result};
+use evenflow_proto::v1::{self, distribution_client::DistributionClient};
+use tokio_stream::StreamExt as _;
+use tonic::transport::Channel;
+
+use crate::{Output, client, render};
+
+/// The pools whose alerts to show: every pool, or these by name.
+#[derive(Debug, PartialEq)]
+pub enum Pools {
+    All,
+    Named(HashSet<String>),
+}
+
+impl Pools {
+    /// The pools `name` means among `pools` (every pool without a name);
+    /// an error saying so when it means none.
+    pub fn resolve(pools: &[v1::Pool], name: Option<&str>) -> Result<Self, String> {
+        let Some(name) = name else {
+            return Ok(Self::All);
+        };
+        let found = crate::names::resolve(pools, name)?;
+        Ok(Self::Named(found.iter().map(|p| p.name.clone()).collect()))
+    }
+
+    /// Whether `alert` is of one of these pools.
+    pub fn wants(&self, alert: &v1::Alert) -> bool {
+        match self {
+            Self::All => true,
+            Self::Named(names) => names.contains(&alert.pool),
+        }
+    }
+}
+
+/// Runs `evenflow alerts`: the list, or with `watch` the stream.
+pub async fn run(
+    collector: &str,
+    output: Output,
+    watch: bool,
+    pool: Option<&str>,
+    include_resolved: bool,
+) -> Result<()> {
+    let mut c = client::connect(collector).await?;
+    let pools = pools(&mut c, pool).await?;
+    if watch {
+        stream(&mut c, &pools, output).await
+    } else {
+        list(&mut c, &pools, include_resolved, output).await
+    }
+}
+
+/// The pools `pool` means, from the collector's list (not asked for
+/// without a name).
+async fn pools(c: &mut DistributionClient<Channel>, pool: Option<&str>) -> Result<Pools> {
+    if pool.is_none() {
+        return Ok(Pools::All);
+    }
+    let listed = c
+        .list_pools(v1::ListPoolsRequest {})
+        .await
+        .context("listing the collector's pools")?
+        .into_inner()
+        .pools;
+    Pools::resolve(&listed, pool).map_err(anyhow::Error::msg)
+}
+
+/// Prints the open alerts (and the recently resolved ones) of `pools`.
+async fn list(
+    c: &mut DistributionClient<Channel>,
+    pools: &Pools,
+    include_resolved: bool,
+    output: Output,
+) -> Result<()> {
+    let alerts: Vec<v1::Alert> = c
+        .list_alerts(v1::ListAlertsRequest {
+            pool: String::new(),
+            include_resolved,
+        })
+        .await?
+        .into_inner()
+        .alerts
+        .into_iter()
+        .filter(|a| pools.wants(a))
+        .collect();
+    match output {
+        Output::Text if alerts.is_empty() => println!("no alerts"),
+        Output::Text => alerts
+            .iter()
+            .for_each(|a| println!("{}", render::alert_text(a))),
+        Output::Json => println!(
+            "{}",
+            serde_json::Value::Array(alerts.iter().map(render::alert_json).collect())
+        ),
+    }
+    Ok(())
+}
+
+/// Prints the transitions of `pools`' alerts as they happen, every open
+/// one first.
+async fn stream(c: &mut DistributionClient<Channel>, pools: &Pools, output: Output) -> Result<()> {
+    let mut stream = c
+        .watch_alerts(v1::WatchAlertsRequest {
+            pool: String::new(),
+        })
+        .await?
+        .into_inner();
+    while let Some(ev) = stream.next().await {
+        let Some(a) = ev?.alert else { continue };
+        if !pools.wants(&a) {
+            continue;
+        }
+        match output {
+            Output::Text => println!("{}", render::alert_text(&a)),
+            Output::Json => println!("{}", render::alert_json(&a)),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alert(pool: &str) -> v1::Alert {
+        v1::Alert {
+            pool: pool.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Under Kubernetes a pool is `namespace/service:port`: `--pool web`
+    /// keeps the alerts of Service web's pools, and only theirs.
+    #[test]
+    fn a_service_name_keeps_its_pools_alerts() {
+        let kube = |ns: &str, service: &str, port: &str| v1::Pool {
+            name: format!("{ns}/{service}:{port}"),
+            kubernetes: Some(v1::KubernetesService {
+                namespace: ns.into(),
+                service: service.into(),
+                port_name: port.into(),
+                port: 80,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let pools = [
+            kube("default", "web", "http"),
+            kube("default", "web", "admin"),
+            kube("default", "api", "http"),
+            kube("other", "web", "http"),
+        ];
+        let web = Pools::resolve(&pools, Some("default/web")).expect("resolves");
+        assert!(web.wants(&alert("default/web:http")));
+        assert!(web.wants(&alert("default/web:admin")));
+        assert!(!web.wants(&alert("default/api:http")));
+        assert!(!web.wants(&alert("other/web:http")));
+        // "web" names both namespaces' Services.
+        let every_web = Pools::resolve(&pools, Some("web")).expect("resolves");
+        assert!(every_web.wants(&alert("other/web:http")));
+        // An exact name keeps its pool alone.
+        let one = Pools::resolve(&pools, Some("default/web:http")).expect("resolves");
+        assert_eq!(
+            one,
+            Pools::Named(HashSet::from(["default/web:http".to_owned()]))
+        );
+    }
+
+    #[test]
+    fn a_name_of_nothing_is_an_error_and_no_name_keeps_all() {
+        let pools = [v1::Pool {
+            name: "web".into(),
+            ..Default::default()
+        }];
+        let err = Pools::resolve(&pools, Some("nope")).expect_err("no pool nope");
+        assert!(
+            err.contains("no pool or Kubernetes Service \"nope\""),
+            "{err}"
+        );
+        let all = Pools::resolve(&pools, None).expect("every pool");
+        assert!(all.wants(&alert("anything")));
+    }
+}
