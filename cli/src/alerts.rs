@@ -50,6 +50,7 @@ pub async fn run(
     let mut c = client::connect(collector).await?;
     let pools = pools(&mut c, pool).await?;
     if watch {
+        let mut c = client::connect_for_stream(collector).await?;
         stream(&mut c, &pools, output).await
     } else {
         list(&mut c, &pools, include_resolved, output).await
@@ -65,6 +66,7 @@ async fn pools(c: &mut DistributionClient<Channel>, pool: Option<&str>) -> Resul
     let listed = c
         .list_pools(v1::ListPoolsRequest {})
         .await
+        .map_err(client::call_error)
         .context("listing the collector's pools")?
         .into_inner()
         .pools;
@@ -83,7 +85,8 @@ async fn list(
             pool: String::new(),
             include_resolved,
         })
-        .await?
+        .await
+        .map_err(client::call_error)?
         .into_inner()
         .alerts
         .into_iter()

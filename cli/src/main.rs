@@ -25,6 +25,9 @@ Examples:
   evenflow verify --pool web --for 60s && echo 'rollout may proceed'";
 
 /// Where traffic really goes: status, live view, alerts and the deploy gate.
+///
+/// A call the collector has not answered within 10s fails (the stream of
+/// `alerts --watch` excepted).
 #[derive(Parser, Debug)]
 #[command(name = "evenflow", version, after_help = EXAMPLES)]
 struct Cli {
@@ -88,7 +91,8 @@ enum Command {
     },
     /// Deploy gate: wait, then exit 0 if every member got its share, 1 if
     /// any is ZERO, SKEW, STALE, DOWN or MISMATCH or its load (open
-    /// connections, bytes) pages, 2 if it could not judge.
+    /// connections, bytes) pages, 2 if it could not judge (among others,
+    /// the collector unreachable or not answering a call within 10s).
     ///
     /// Example: evenflow verify --pool web --for 60s
     Verify {
@@ -134,12 +138,14 @@ async fn run(cli: &Cli) -> Result<()> {
             let mut c = client::connect(&cli.collector).await?;
             let agents = c
                 .list_agents(v1::ListAgentsRequest {})
-                .await?
+                .await
+                .map_err(client::call_error)?
                 .into_inner()
                 .agents;
             let pools = c
                 .list_pools(v1::ListPoolsRequest {})
-                .await?
+                .await
+                .map_err(client::call_error)?
                 .into_inner()
                 .pools;
             match cli.output {
@@ -165,13 +171,7 @@ async fn run(cli: &Cli) -> Result<()> {
 }
 
 async fn verify(cli: &Cli, pool: &str, duration: Duration) -> ExitCode {
-    let outcome = match client::connect(&cli.collector).await {
-        Err(e) => verify::Outcome::CannotJudge(format!("{e:#}")),
-        Ok(mut c) => match verify::wait_and_fetch(&mut c, pool, duration).await {
-            Ok(p) => verify::judge(&p),
-            Err(o) => o,
-        },
-    };
+    let outcome = verify::gate(&cli.collector, pool, duration).await;
     match cli.output {
         Output::Json => {
             let (result, details) = match &outcome {

@@ -7,9 +7,9 @@
 //! gets connections: the collector pages on it), or the pool concentrates,
 //! or a draining member still gets traffic, or a member's load — its open
 //! connections or bytes — pages, routing or pinned; and 2 when it cannot
-//! judge (collector unreachable, pool unknown, too little traffic). HOT
-//! and load warnings (a restarted member refilling) are printed, not
-//! failed.
+//! judge (collector unreachable or not answering, pool unknown, too little
+//! traffic). HOT and load warnings (a restarted member refilling) are
+//! printed, not failed.
 
 use std::{io::IsTerminal as _, time::Duration};
 
@@ -140,9 +140,20 @@ fn reason_suffix(r: &str) -> String {
     }
 }
 
+/// The gate: connects to `collector`, waits `wait` and judges `pool`.
+pub async fn gate(collector: &str, pool: &str, wait: Duration) -> Outcome {
+    match crate::client::connect(collector).await {
+        Err(e) => Outcome::CannotJudge(format!("{e:#}")),
+        Ok(mut c) => match wait_and_fetch(&mut c, pool, wait).await {
+            Ok(p) => judge(&p),
+            Err(o) => o,
+        },
+    }
+}
+
 /// Waits `wait`, showing progress on stderr, re-reading the pool every
 /// second so progress shows its state, and returns the final state.
-pub async fn wait_and_fetch(
+async fn wait_and_fetch(
     client: &mut v1::distribution_client::DistributionClient<tonic::transport::Channel>,
     pool: &str,
     wait: Duration,
@@ -212,6 +223,10 @@ async fn fetch(
                 ))),
             }
         }
+        Err(s) if crate::client::timed_out(&s) => Err(Outcome::CannotJudge(format!(
+            "{:#}",
+            crate::client::call_error(s)
+        ))),
         Err(s) => Err(Outcome::CannotJudge(format!(
             "collector error: {} ({:?})",
             s.message(),
@@ -339,6 +354,24 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A collector that stops answering is a collector the gate cannot
+    /// hear: exit 2, in bounded time.
+    #[tokio::test]
+    async fn a_collector_that_never_answers_cannot_judge() {
+        let (url, _collector) = crate::client::stalled::collector().await;
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(15),
+            gate(&url, "web", Duration::from_secs(1)),
+        )
+        .await
+        .expect("the gate ends");
+        match &outcome {
+            Outcome::CannotJudge(why) => assert!(why.contains("did not answer"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(outcome.exit_code(), 2);
     }
 
     #[test]
