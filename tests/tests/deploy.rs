@@ -4,7 +4,7 @@
 //! `promtool test`, the dashboard queries metrics that exist, and the
 //! images build their binaries with `cargo xtask build`.
 
-use std::{path::PathBuf, process::Command};
+use std::{collections::HashMap, path::PathBuf, process::Command};
 
 use serde_yaml::Value;
 
@@ -242,6 +242,86 @@ fn collector_runs_without_privilege() {
             "kustomization lists missing {r}"
         );
     }
+}
+
+/// The labels Prometheus's `kubernetes_sd_configs` (role pod) gives a pod
+/// made from `template`: its labels and annotations, as
+/// `__meta_kubernetes_pod_label_<name>` and `..._annotation_<name>`, every
+/// character of the name that is not a letter, digit or `_` made `_`.
+fn pod_meta(template: &Value) -> HashMap<String, String> {
+    let sanitize = |k: &str| -> String {
+        k.chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect()
+    };
+    let mut meta = HashMap::new();
+    for (kind, map) in [("label", "labels"), ("annotation", "annotations")] {
+        for (k, v) in template["metadata"][map].as_mapping().into_iter().flatten() {
+            let (Some(k), Some(v)) = (k.as_str(), v.as_str()) else {
+                continue;
+            };
+            meta.insert(
+                format!("__meta_kubernetes_pod_{kind}_{}", sanitize(k)),
+                v.to_owned(),
+            );
+        }
+    }
+    meta
+}
+
+/// Whether a scrape job's `relabel_configs` keep a target with these
+/// labels: its `keep` and `drop` rules applied, their regexes read as
+/// alternatives of literals (anything else fails, to be taught here).
+fn kept(relabel: &Value, meta: &HashMap<String, String>) -> bool {
+    relabel.as_sequence().into_iter().flatten().all(|r| {
+        let action = r["action"].as_str().unwrap_or("replace");
+        if action != "keep" && action != "drop" {
+            return true;
+        }
+        let value = strs(&r["source_labels"])
+            .iter()
+            .map(|l| meta.get(l).map_or("", String::as_str))
+            .collect::<Vec<_>>()
+            .join(r["separator"].as_str().unwrap_or(";"));
+        let regex = r["regex"].as_str().expect("keep or drop with a regex");
+        assert!(
+            !regex.contains(|c| ".*+?()[]{}^$\\".contains(c)),
+            "teach kept() regex {regex:?}"
+        );
+        let matched = regex.split('|').any(|alt| alt == value);
+        matched == (action == "keep")
+    })
+}
+
+/// The pod template of the first `kind` in a manifest.
+fn template(file: &str, k: &str) -> Value {
+    kind(&docs(file), k)["spec"]["template"].clone()
+}
+
+#[test]
+fn agent_scrape_job_keeps_the_agents_and_not_the_collector() {
+    let path = root().join("deploy/prometheus/scrape.yml");
+    let scrape: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&path).expect("scrape.yml")).expect("YAML");
+    let job = |name: &str| {
+        scrape["scrape_configs"]
+            .as_sequence()
+            .and_then(|jobs| jobs.iter().find(|j| j["job_name"] == name))
+            .unwrap_or_else(|| panic!("no job {name}"))
+            .clone()
+    };
+    assert!(job("evenflow-collector")["static_configs"].is_sequence());
+    let agents = &job("evenflow-agent")["relabel_configs"];
+    let agent = pod_meta(&template("agent-daemonset.yaml", "DaemonSet"));
+    assert!(kept(agents, &agent), "the agents are scraped: {agent:?}");
+    // The collector's pod is in the same namespace and also annotated: its
+    // own job scrapes it; a second scrape would double its series (and
+    // pair every alert the rules raise on them).
+    let collector = pod_meta(&template("collector.yaml", "Deployment"));
+    assert!(
+        !kept(agents, &collector),
+        "the agent job also scrapes the collector: {collector:?}"
+    );
 }
 
 #[test]
