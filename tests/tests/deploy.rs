@@ -324,6 +324,44 @@ fn agent_scrape_job_keeps_the_agents_and_not_the_collector() {
     );
 }
 
+/// The port of an address the container sets by its environment variable
+/// `env` or its flag `flag` (`--flag=ADDR`).
+fn addr_port(c: &Value, env: &str, flag: &str) -> Option<i64> {
+    let from_env = c["env"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|e| e["name"] == env)
+        .and_then(|e| e["value"].as_str().map(str::to_owned));
+    let from_args = strs(&c["args"])
+        .iter()
+        .find_map(|a| a.strip_prefix(&format!("{flag}=")).map(str::to_owned));
+    let addr: std::net::SocketAddr = from_args.or(from_env)?.parse().ok()?;
+    Some(i64::from(addr.port()))
+}
+
+#[test]
+fn collector_probes_the_plaintext_query_listener() {
+    let t = template("collector.yaml", "Deployment");
+    let c = &t["spec"]["containers"][0];
+    let grpc = addr_port(c, "EVENFLOW_GRPC_ADDR", "--grpc-addr").expect("gRPC address");
+    // The main listener takes --tls-cert (and --tls-client-ca): the
+    // kubelet's gRPC probes speak plaintext, so they go to the query
+    // listener, which serves health and is never TLS.
+    let query =
+        addr_port(c, "EVENFLOW_QUERY_ADDR", "--query-addr").expect("a --query-addr listener");
+    assert_ne!(query, grpc);
+    let port = c["ports"]
+        .as_sequence()
+        .and_then(|p| p.iter().find(|p| p["name"] == "query"))
+        .expect("query port")["containerPort"]
+        .as_i64();
+    assert_eq!(port, Some(query));
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert_eq!(c[probe]["grpc"]["port"].as_i64(), Some(query), "{probe}");
+    }
+}
+
 #[test]
 fn alert_rules_pass_promtool() {
     let dir = root().join("deploy/prometheus");
