@@ -315,10 +315,10 @@ pub const CT_COPY: u64 = 256;
 pub const CT_CLOSING: u64 = 512;
 
 /// A forwarded connection conntrack follows that was established before
-/// evenflow could see its SYN, for the agent's adoption iterator
-/// (`EF_CT_ADOPT`, by the address of its record): its client and backend
-/// (addresses IPv4-mapped for IPv4, ports in host order), which the record
-/// must still name when it is adopted.
+/// evenflow could see its SYN, for the agent's adoption walk (`EF_CT_ADOPT`,
+/// by the address of its record): its client and backend (addresses
+/// IPv4-mapped for IPv4, ports in host order), which the record must still
+/// name when it is adopted, and what the walk did with it.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct CtAdopt {
@@ -326,22 +326,24 @@ pub struct CtAdopt {
     pub backend_addr: [u32; 4],
     pub client_port: u16,
     pub backend_port: u16,
+    /// One of the `CT_ADOPT_*` outcomes, written by the walk; 0 before.
+    pub outcome: u8,
     /// Explicit padding.
-    pub _pad: u32,
+    pub _pad: [u8; 3],
 }
 
-/// What the forwarded adoption iterator writes for a connection it
-/// adopted: counted opened, its bytes from now on, its close.
+/// The forwarded adoption walk's outcome for a connection it adopted:
+/// counted opened, its bytes from now on, its close.
 pub const CT_ADOPT_ADOPTED: u8 = b'a';
-/// What it writes for a connection evenflow follows already.
+/// Its outcome for a connection evenflow follows already.
 pub const CT_ADOPT_FOLLOWED: u8 = b'f';
-/// What it writes for a record that no longer is that connection, or no
+/// Its outcome for a record that no longer is that connection, or no
 /// longer established.
 pub const CT_ADOPT_GONE: u8 = b'g';
-/// What it writes where the flow map was full: not adopted.
+/// Its outcome where the flow map was full: not adopted.
 pub const CT_ADOPT_FULL: u8 = b'x';
-/// How many connections the agent hands the forwarded adoption iterator
-/// at a time.
+/// How many connections the agent hands the forwarded adoption walk at a
+/// time.
 pub const CT_ADOPT_BATCH: u32 = 4096;
 
 /// One slot of the SYN-origin table (`EF_SYNS`): an entering SYN's initial
@@ -724,6 +726,7 @@ mod tests {
         assert_eq!(size_of::<SockSlot>(), 64);
         assert_eq!(size_of::<SynOrigin>(), 36);
         assert_eq!(size_of::<SynSlot>(), 40);
+        assert_eq!(size_of::<CtAdopt>(), 16 + 16 + 2 + 2 + 1 + 3);
     }
 
     #[test]

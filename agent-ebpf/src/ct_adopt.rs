@@ -1,4 +1,4 @@
-//! An iterator the agent runs once at start over the forwarded connections
+//! A walk the agent runs once at start over the forwarded connections
 //! conntrack follows that were established before evenflow could see their
 //! SYN (evenflow's first start on a node that forwards, or a start on
 //! fresh maps after an upgrade): it adopts each into `EF_CT_FLOWS`, as if
@@ -11,16 +11,20 @@
 //! (ctnetlink) and their records' addresses with a lookup by tuple (see
 //! the agent's `ct_lookup.rs`), and hands them over in `EF_CT_ADOPT`.
 
-use core::ptr::read_volatile;
+use core::{
+    ffi::c_void,
+    ptr::{read_volatile, write_volatile},
+};
 
 use agent_common::{CT_ADOPT_BATCH, CtAdopt};
-use aya_ebpf::{bindings::BPF_F_NO_PREALLOC, macros::map, maps::HashMap};
-
-use crate::{
-    adopt::write,
-    ct_flow,
-    sweeper::{MapElemIterCtx, visited},
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::{classifier, map},
+    maps::HashMap,
+    programs::TcContext,
 };
+
+use crate::{ct_flow, sweeper};
 
 /// The connections to adopt, by their record's address. Not pinned: the
 /// agent fills it for each run.
@@ -28,20 +32,32 @@ use crate::{
 static CT_ADOPT: HashMap<u64, CtAdopt> =
     HashMap::with_max_entries(CT_ADOPT_BATCH, BPF_F_NO_PREALLOC);
 
-#[unsafe(link_section = "iter/bpf_map_elem")]
-#[unsafe(no_mangle)]
-pub extern "C" fn evenflow_ct_adopt(ctx: *mut MapElemIterCtx<u64, CtAdopt>) -> i32 {
-    if let Some((conn, c)) = visited(ctx) {
+/// A walk over `EF_CT_ADOPT` (see [`sweeper`]), which the agent reads the
+/// outcomes back from.
+#[classifier]
+pub fn evenflow_ct_adopt(_ctx: TcContext) -> i32 {
+    sweeper::for_each(&CT_ADOPT, adopt_one);
+    0
+}
+
+#[inline(never)]
+extern "C" fn adopt_one(
+    _: *mut c_void,
+    key: *const c_void,
+    value: *mut c_void,
+    _: *mut c_void,
+) -> i64 {
+    if let Some((conn, c)) = sweeper::element::<u64, CtAdopt>(key, value) {
         // SAFETY: the key of the element being visited; nothing else
         // deletes from this map.
         let conn = unsafe { read_volatile(conn) };
-        let client = (&c.client_addr, c.client_port);
-        let backend = (&c.backend_addr, c.backend_port);
-        // SAFETY: the context the kernel passed.
-        write(
-            unsafe { (*ctx).meta },
-            ct_flow::adopt(conn, client, backend),
+        let outcome = ct_flow::adopt(
+            conn,
+            (&c.client_addr, c.client_port),
+            (&c.backend_addr, c.backend_port),
         );
+        // SAFETY: a field of the element being visited.
+        unsafe { write_volatile(&raw mut c.outcome, outcome) };
     }
     0
 }

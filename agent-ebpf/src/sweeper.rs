@@ -12,7 +12,7 @@
 //! kernels hardened against those (seen: lockdown builds that refuse
 //! `iter/bpf_map_elem` with EPERM) still run these.
 
-use core::{ffi::c_void, ptr::read_volatile};
+use core::ffi::c_void;
 
 use agent_common::{CtFlow, FlowKey, FlowValue};
 use aya_ebpf::{
@@ -112,30 +112,4 @@ pub fn element<'a, K, V>(key: *const c_void, value: *mut c_void) -> Option<(*con
     // SAFETY: non-null pointers the kernel passed to a map's element,
     // valid memory until the visit is over.
     Some((key.cast(), unsafe { &mut *value.cast::<V>() }))
-}
-
-/// `struct bpf_iter__bpf_map_elem` over a map of `K` to `V` (the
-/// forwarded connections' adoption walks its map this way).
-#[repr(C)]
-pub struct MapElemIterCtx<K, V> {
-    pub meta: *mut crate::adopt::IterMeta,
-    map: *mut core::ffi::c_void,
-    pub key: *const K,
-    pub value: *mut V,
-}
-
-/// The element being visited, its key left in place: a sweeper reads it
-/// only after the entry's tag, since the element may be deleted and
-/// given to another connection meanwhile (see `agent_common::TAG_SHIFT`).
-#[inline(always)]
-pub fn visited<'a, K, V>(ctx: *mut MapElemIterCtx<K, V>) -> Option<(*const K, &'a mut V)> {
-    // SAFETY: the context the kernel passed; both pointers are null-checked
-    // before use, and stay valid memory until the visit is over.
-    unsafe {
-        let (key, value) = (read_volatile(&(*ctx).key), read_volatile(&(*ctx).value));
-        if key.is_null() || value.is_null() {
-            return None;
-        }
-        Some((key, &mut *value))
-    }
 }

@@ -9,16 +9,13 @@
 //!   `EF_LOCAL_NAT` as sock_ops would have noted it, and the socket
 //!   adoption ([`crate::adopt`]) counts the socket towards it.
 //! * One the node forwards (neither end is the node's) is adopted into
-//!   `EF_CT_FLOWS` by the `iter/bpf_map_elem` program `evenflow_ct_adopt`
-//!   (see agent-ebpf's `ct_adopt.rs`), where conntrack follows forwarded
+//!   `EF_CT_FLOWS` by the walk `evenflow_ct_adopt` (see agent-ebpf's
+//!   `ct_adopt.rs`), where conntrack follows forwarded
 //!   connections: its record is found by its tuple ([`crate::ct_lookup`])
 //!   and handed to the program, which checks the record still is that
 //!   connection's before following it.
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    os::fd::AsFd as _,
-};
+use std::net::{IpAddr, SocketAddr};
 
 use agent_common::{
     CT_ADOPT_ADOPTED, CT_ADOPT_BATCH, CT_ADOPT_FOLLOWED, CT_ADOPT_FULL, CT_ADOPT_GONE, CtAdopt,
@@ -27,12 +24,10 @@ use agent_common::{
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
-    maps::{HashMap, IterableMap as _, MapData},
+    maps::{HashMap, MapData},
 };
 
-use crate::{
-    btf::Btf, ct_lookup::CtLookup, ctnetlink::Translated, datapath::load_iter, iter::MapIter,
-};
+use crate::{btf::Btf, ct_lookup::CtLookup, ctnetlink::Translated, walk::Walk};
 
 const PROGRAM: &str = "evenflow_ct_adopt";
 
@@ -107,13 +102,15 @@ pub struct Adopted {
 }
 
 impl Adopted {
-    /// Adds what the program wrote for one batch.
-    fn tally(&mut self, out: &[u8]) {
-        let count = |b| out.iter().filter(|&&x| x == b).count();
-        self.connections += count(CT_ADOPT_ADOPTED);
-        self.followed += count(CT_ADOPT_FOLLOWED);
-        self.gone += count(CT_ADOPT_GONE);
-        self.full += count(CT_ADOPT_FULL);
+    /// Adds the walk's outcome for one connection.
+    fn note(&mut self, outcome: u8) {
+        match outcome {
+            CT_ADOPT_ADOPTED => self.connections += 1,
+            CT_ADOPT_FOLLOWED => self.followed += 1,
+            CT_ADOPT_GONE => self.gone += 1,
+            CT_ADOPT_FULL => self.full += 1,
+            _ => {}
+        }
     }
 }
 
@@ -121,11 +118,7 @@ impl Adopted {
 /// namespace. Call it after TC egress is attached: a connection whose SYN
 /// leaves from then on is the forwarded path's own, and the program leaves
 /// it alone.
-pub fn adopt_forwarded(
-    ebpf: &mut Ebpf,
-    btf: &aya::Btf,
-    forwarded: &[Translated],
-) -> Result<Adopted> {
+pub fn adopt_forwarded(ebpf: &mut Ebpf, forwarded: &[Translated]) -> Result<Adopted> {
     let blob = std::fs::read("/sys/kernel/btf/vmlinux").context("reading the kernel's BTF")?;
     let vmlinux = Btf::parse(&blob).context("parsing the kernel's BTF")?;
     let lookup = CtLookup::load(&vmlinux).context("loading the conntrack lookup")?;
@@ -134,9 +127,7 @@ pub fn adopt_forwarded(
         .with_context(|| format!("the eBPF object has no map {}", maps::CT_ADOPT))?;
     let mut todo: HashMap<MapData, u64, CtAdopt> = HashMap::try_from(map)
         .with_context(|| format!("map {} has another type", maps::CT_ADOPT))?;
-    let prog = load_iter(ebpf, btf, PROGRAM, "bpf_map_elem")?;
-    let iter = MapIter::attach(prog, todo.map().fd().as_fd())
-        .with_context(|| format!("attaching {PROGRAM} to {}", maps::CT_ADOPT))?;
+    let walk = Walk::load(ebpf, PROGRAM)?;
     let mut adopted = Adopted::default();
     let mut batch = Vec::new();
     for t in forwarded {
@@ -149,16 +140,17 @@ pub fn adopt_forwarded(
             .with_context(|| format!("filling {}", maps::CT_ADOPT))?;
         batch.push(conn);
         if batch.len() == CT_ADOPT_BATCH as usize {
-            adopt_batch(&iter, &mut todo, &mut batch, &mut adopted)?;
+            adopt_batch(&walk, &mut todo, &mut batch, &mut adopted)?;
         }
     }
-    adopt_batch(&iter, &mut todo, &mut batch, &mut adopted)?;
+    adopt_batch(&walk, &mut todo, &mut batch, &mut adopted)?;
     Ok(adopted)
 }
 
-/// Runs the program over the batch in the map, then empties both.
+/// Runs the walk over the batch in the map, reads back each outcome,
+/// then empties both.
 fn adopt_batch(
-    iter: &MapIter,
+    walk: &Walk,
     todo: &mut HashMap<MapData, u64, CtAdopt>,
     batch: &mut Vec<u64>,
     adopted: &mut Adopted,
@@ -166,12 +158,12 @@ fn adopt_batch(
     if batch.is_empty() {
         return Ok(());
     }
-    adopted.tally(
-        &iter
-            .output()
-            .with_context(|| format!("running {PROGRAM}"))?,
-    );
+    walk.run()?;
     for conn in batch.drain(..) {
+        let done = todo
+            .get(&conn, 0)
+            .with_context(|| format!("reading {}", maps::CT_ADOPT))?;
+        adopted.note(done.outcome);
         todo.remove(&conn)
             .with_context(|| format!("emptying {}", maps::CT_ADOPT))?;
     }
@@ -185,7 +177,7 @@ fn entry(t: &Translated) -> CtAdopt {
         backend_addr: key_addr(t.backend),
         client_port: t.client.port(),
         backend_port: t.backend.port(),
-        _pad: 0,
+        ..CtAdopt::default()
     }
 }
 

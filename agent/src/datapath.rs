@@ -370,7 +370,7 @@ impl Datapath {
             adopt(&mut ebpf, &btf);
         }
         if kernel.conntrack && forwards {
-            adopt_forwarded(&mut ebpf, &btf, &translations.forwarded);
+            adopt_forwarded(&mut ebpf, &translations.forwarded);
         }
         info!(
             node = cfg.node_name,
@@ -1375,8 +1375,8 @@ fn note_local_nat(ebpf: &mut Ebpf, local: &[Translated]) {
 
 /// Adopts the forwarded connections conntrack followed before evenflow
 /// could see their SYN. A refinement, as [`adopt`] is.
-fn adopt_forwarded(ebpf: &mut Ebpf, btf: &aya::Btf, forwarded: &[Translated]) {
-    match crate::ct_adopt::adopt_forwarded(ebpf, btf, forwarded) {
+fn adopt_forwarded(ebpf: &mut Ebpf, forwarded: &[Translated]) {
+    match crate::ct_adopt::adopt_forwarded(ebpf, forwarded) {
         Ok(a) => {
             info!(
                 adopted = a.connections,
