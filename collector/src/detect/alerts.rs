@@ -330,11 +330,17 @@ impl Book {
         if !quiet {
             self.count_towards_clearing(s, tick, &pool.name, &want, &mut out);
         }
-        if quiet || pool.verdict == Verdict::InsufficientTraffic {
+        if quiet {
             return out;
         }
+        // Too little traffic to judge shares; but a member that stopped
+        // listening, or whose agent went stale, is a fact that needs no
+        // traffic, and an outage of every member leaves none.
+        let judged = pool.verdict != Verdict::InsufficientTraffic;
         for (id, alert) in want {
-            self.book(s, tick, id, alert, &mut out);
+            if judged || matches!(alert.kind, AlertKind::Down | AlertKind::Stale) {
+                self.book(s, tick, id, alert, &mut out);
+            }
         }
         out
     }

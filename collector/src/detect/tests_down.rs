@@ -240,3 +240,32 @@ fn a_restart_under_pinned_channels_pages_pinned_only() {
         "{blind:#?}"
     );
 }
+
+/// Every member down at once (the total outage): the pool has no eligible
+/// member and no traffic, so no share is judged, but DOWN needs neither.
+#[test]
+fn every_member_down_at_once_still_alerts_down() {
+    let mut d = Detector::default();
+    let page_after = d.settings.down_page_ticks;
+    let mut log = Vec::new();
+    let mut last = None;
+    for t in 0..60 + page_after + 5 {
+        let up = t < 60;
+        let counts = if up { [33, 33, 34] } else { [0, 0, 0] };
+        let mut inp = input(t, &counts, &[1.0; 3]);
+        for m in &mut inp.members {
+            m.listening = Some(up);
+        }
+        let (v, tr) = d.evaluate(&inp);
+        log.extend(tr.into_iter().map(|x| (t, x)));
+        last = Some(v);
+    }
+    let down = fired(&log, AlertKind::Down);
+    assert_eq!(down.len(), 3, "{log:#?}");
+    assert!(down.iter().all(|a| a.since_tick == 60), "{down:#?}");
+    let pages = paged(&log);
+    assert_eq!(pages.len(), 3, "{pages:#?}");
+    assert!(pages.iter().all(|(_, a)| a.kind == AlertKind::Down));
+    let last = last.expect("verdicts");
+    assert_eq!(last.verdict, Verdict::InsufficientTraffic, "{last:#?}");
+}
