@@ -104,7 +104,8 @@ const RESOLVED_KEPT: usize = 1000;
 #[derive(Default)]
 pub(super) struct Book {
     open: HashMap<String, Alert>,
-    /// Alerts wanted on consecutive ticks but not fired yet, with the count.
+    /// Alerts wanted on consecutive ticks but not fired yet, with the
+    /// count, by [`finding`].
     pending: HashMap<String, (Alert, u32)>,
     resolved: VecDeque<Alert>,
 }
@@ -313,6 +314,23 @@ fn wanted(pool: &PoolVerdict, tick: u64) -> HashMap<String, Alert> {
     want
 }
 
+/// What a wanted alert waits for confirmation under: its id, except that
+/// a member's ZERO and SKEW of one signal are one finding, so either
+/// confirms the other. A starved member's ticks alternate between none
+/// (ZERO) and a few (SKEW: a balancer that dropped it still health-checks
+/// it), and each kind alone would never be wanted twice in a row.
+fn finding(a: &Alert) -> String {
+    match a.kind {
+        AlertKind::Zero | AlertKind::Skew => format!(
+            "{}/{}/ZERO|SKEW/{}",
+            a.pool,
+            a.member,
+            a.signal.map_or("", Signal::as_str)
+        ),
+        _ => a.id.clone(),
+    }
+}
+
 impl Book {
     /// Books one pool's tick: the alerts its verdicts want, good ticks
     /// towards clearing those it no longer wants, and the transitions.
@@ -324,8 +342,9 @@ impl Book {
     ) -> Vec<Transition> {
         let want = wanted(pool, tick);
         let quiet = matches!(pool.verdict, Verdict::Settling);
+        let findings: HashSet<String> = want.values().map(finding).collect();
         self.pending
-            .retain(|id, (a, _)| a.pool != pool.name || want.contains_key(id));
+            .retain(|key, (a, _)| a.pool != pool.name || findings.contains(key));
         let mut out = Vec::new();
         if !quiet {
             self.count_towards_clearing(s, tick, &pool.name, &want, &mut out);
@@ -428,12 +447,15 @@ impl Book {
             self.open.insert(id, a);
             return;
         }
-        let seen = self.pending.get(&id).map_or(0, |(_, n)| *n) + 1;
+        let key = finding(&a);
+        let seen = self.pending.get(&key).map_or(0, |(_, n)| *n) + 1;
         if seen < fire_after(a.kind) {
-            self.pending.insert(id, (a, seen));
+            let since = self.pending.get(&key).map(|(first, _)| first.since_tick);
+            a.since_tick = since.unwrap_or(a.since_tick);
+            self.pending.insert(key, (a, seen));
             return;
         }
-        if let Some((first, _)) = self.pending.remove(&id) {
+        if let Some((first, _)) = self.pending.remove(&key) {
             a.since_tick = first.since_tick;
         }
         out.push(Transition::Fired(a.clone()));

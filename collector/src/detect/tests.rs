@@ -487,3 +487,31 @@ fn by_id(mut t: Vec<Transition>) -> Vec<Transition> {
     t.sort_by(|a, b| a.alert().id.cmp(&b.alert().id));
     t
 }
+
+/// A balancer that dropped member 0 from rotation but still health-checks
+/// it: a connection every other tick. Its ticks alternate between ZERO
+/// (none) and SKEW (one, a tiny share): one finding, which pages.
+#[test]
+fn a_member_alternating_between_zero_and_skew_pages() {
+    let mut d = Detector::default();
+    let mut log = Vec::new();
+    for t in 0..100u64 {
+        let counts = if t < 60 {
+            [33, 33, 34]
+        } else {
+            [u64::from(t % 2 == 0), 50, 50]
+        };
+        let (_, tr) = d.evaluate(&input(t, &counts, &[1.0; 3]));
+        log.extend(tr.into_iter().map(|x| (t, x)));
+    }
+    let pages: Vec<_> = crate::detect::tests_load::paged(&log)
+        .into_iter()
+        .filter(|(_, a)| a.member == "10.0.0.1:8080")
+        .collect();
+    assert!(
+        pages
+            .iter()
+            .any(|(t, a)| matches!(a.kind, AlertKind::Zero | AlertKind::Skew) && *t < 70),
+        "{log:#?}"
+    );
+}
