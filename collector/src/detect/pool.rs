@@ -767,7 +767,13 @@ impl ViewState {
         let n: f64 = eligible.iter().map(|(_, v)| v.new_conns as f64).sum();
         let wsum: f64 = eligible.iter().map(|(m, _)| m.weight).sum();
         let count = eligible.len();
-        let (rate, long_rate) = self.record_total(n);
+        // A tick without one eligible member (every observer reset or
+        // stale, a pool before its agents' first reports) says nothing of
+        // the pool's traffic: it is not a tick of none.
+        if count > 0 {
+            self.record_total(n);
+        }
+        let (rate, long_rate) = self.rates();
         let share_tick = ShareTick {
             tick: input.tick,
             new_conns: n,
@@ -827,19 +833,11 @@ impl ViewState {
         }
     }
 
-    /// Records this tick's new connections; returns the rate over the
-    /// share window and the long-run rate.
-    fn record_total(&mut self, n: f64) -> (f64, f64) {
+    /// Records this tick's new connections.
+    fn record_total(&mut self, n: f64) {
         self.totals_head = (self.totals_head + 1) % RING;
         self.totals[self.totals_head] = n;
         self.totals_len = (self.totals_len + 1).min(RING);
-        let total_w = |w: usize| -> f64 {
-            let w = w.min(self.totals_len);
-            (0..w)
-                .map(|k| self.totals[(self.totals_head + RING - k) % RING])
-                .sum()
-        };
-        let rate = total_w(SHARE_WINDOW) / SHARE_WINDOW.min(self.totals_len).max(1) as f64;
         // The long-run rate decides whether the pool is judged at all: an
         // exponential average over about five minutes, so one burst does not
         // make a trickle judgeable.
@@ -848,6 +846,18 @@ impl ViewState {
         } else {
             0.99 * self.slow_rate + 0.01 * n
         };
+    }
+
+    /// The rate over the share window and the long-run rate, of the ticks
+    /// recorded.
+    fn rates(&self) -> (f64, f64) {
+        let total_w = |w: usize| -> f64 {
+            let w = w.min(self.totals_len);
+            (0..w)
+                .map(|k| self.totals[(self.totals_head + RING - k) % RING])
+                .sum()
+        };
+        let rate = total_w(SHARE_WINDOW) / SHARE_WINDOW.min(self.totals_len).max(1) as f64;
         let long_rate = self
             .slow_rate
             .min(total_w(RING) / self.totals_len.max(1) as f64);

@@ -515,3 +515,28 @@ fn a_member_alternating_between_zero_and_skew_pages() {
         "{log:#?}"
     );
 }
+
+/// A pool whose first tick has every observer reset (each agent's first
+/// report, as after a collector restart) then a connection a tick: the
+/// reset tick is no data, not a tick of none, so the pool is judged as
+/// soon as its rate says so.
+#[test]
+fn a_tick_without_data_is_not_a_tick_of_no_traffic() {
+    let mut d = Detector::default();
+    let mut last = None;
+    for t in 0..20u64 {
+        let mut counts = [0u64; 3];
+        counts[(t % 3) as usize] = 1;
+        let mut inp = input(t, &counts, &[1.0; 3]);
+        if t == 0 {
+            for m in &mut inp.members {
+                if let Some(v) = m.server.as_mut() {
+                    v.reset = true;
+                }
+            }
+        }
+        last = Some(d.evaluate(&inp).0);
+    }
+    let last = last.expect("verdicts");
+    assert_ne!(last.verdict, Verdict::InsufficientTraffic, "{last:#?}");
+}
