@@ -433,8 +433,18 @@ impl Book {
             }
             return;
         }
-        // A flap: it resolved recently, so reopen it and hold it open
-        // longer instead of firing again.
+        let key = finding(&a);
+        let seen = self.pending.get(&key).map_or(0, |(_, n)| *n) + 1;
+        if seen < fire_after(a.kind) {
+            let since = self.pending.get(&key).map(|(first, _)| first.since_tick);
+            a.since_tick = since.unwrap_or(a.since_tick);
+            self.pending.insert(key, (a, seen));
+            return;
+        }
+        let first = self.pending.remove(&key);
+        // A flap: it resolved recently, so reopen it (confirmed like a new
+        // one: never on one tick) and hold it open longer instead of firing
+        // again.
         if let Some(pos) = self.resolved.iter().position(|r| {
             r.id == id
                 && r.resolved_tick
@@ -447,15 +457,7 @@ impl Book {
             self.open.insert(id, a);
             return;
         }
-        let key = finding(&a);
-        let seen = self.pending.get(&key).map_or(0, |(_, n)| *n) + 1;
-        if seen < fire_after(a.kind) {
-            let since = self.pending.get(&key).map(|(first, _)| first.since_tick);
-            a.since_tick = since.unwrap_or(a.since_tick);
-            self.pending.insert(key, (a, seen));
-            return;
-        }
-        if let Some((first, _)) = self.pending.remove(&key) {
+        if let Some((first, _)) = first {
             a.since_tick = first.since_tick;
         }
         out.push(Transition::Fired(a.clone()));

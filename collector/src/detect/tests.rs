@@ -540,3 +540,28 @@ fn a_tick_without_data_is_not_a_tick_of_no_traffic() {
     let last = last.expect("verdicts");
     assert_ne!(last.verdict, Verdict::InsufficientTraffic, "{last:#?}");
 }
+
+/// A ZERO that fired and resolved comes back for one tick within the flap
+/// window: one tick never pages, a reopening no more than a first firing.
+#[test]
+fn a_resolved_alert_does_not_reopen_on_one_tick() {
+    let mut d = Detector::default();
+    let mut log = Vec::new();
+    for t in 0..100u64 {
+        let starved = (50..53).contains(&t) || t == 80;
+        let counts = [if starved { 0 } else { 333 }, 333, 334];
+        let (_, tr) = d.evaluate(&input(t, &counts, &[1.0; 3]));
+        log.extend(tr.into_iter().map(|x| (t, x)));
+    }
+    let pages = crate::detect::tests_load::paged(&log);
+    assert!(
+        pages.iter().any(|(t, a)| a.kind == AlertKind::Zero && *t < 60),
+        "{log:#?}"
+    );
+    assert!(
+        log.iter()
+            .any(|(t, x)| matches!(x, Transition::Resolved(_)) && *t < 80),
+        "{log:#?}"
+    );
+    assert!(pages.iter().all(|(t, _)| *t < 80), "{pages:#?}");
+}
