@@ -492,6 +492,13 @@ impl PoolState {
 
     /// CPU: smoothed per member.
     fn smooth_cpu(&mut self, input: &PoolInput<impl AsRef<MemberInput>>) {
+        // A member that left, or whose agent stopped sending its CPU, has
+        // no CPU now: an old figure would still count towards HOT.
+        let reporting: std::collections::HashSet<&str> = (input.members())
+            .filter(|m| m.cpu.is_some())
+            .map(|m| m.id.as_str())
+            .collect();
+        self.cpu.retain(|id, _| reporting.contains(id.as_str()));
         for m in input.members() {
             if let Some(c) = m.cpu {
                 let e = self.cpu.entry(m.id.clone()).or_insert(c);

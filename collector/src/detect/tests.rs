@@ -565,3 +565,23 @@ fn a_resolved_alert_does_not_reopen_on_one_tick() {
     );
     assert!(pages.iter().all(|(t, _)| *t < 80), "{pages:#?}");
 }
+
+/// A member's CPU is what its agent says now: one that stops sending it
+/// (or leaves and comes back without it) has none, not its old figure.
+#[test]
+fn a_member_without_cpu_now_has_none() {
+    let mut d = Detector::default();
+    let mut last = None;
+    for t in 0..20u64 {
+        let mut inp = input(t, &[33, 33, 34], &[1.0; 3]);
+        if t < 5 {
+            inp.members[0].cpu = Some(0.9);
+        }
+        if (5..10).contains(&t) {
+            inp.members.remove(0);
+        }
+        last = Some(d.evaluate(&inp).0);
+    }
+    let last = last.expect("verdicts");
+    assert_eq!(last.members[0].cpu, None, "{:#?}", last.members[0]);
+}
