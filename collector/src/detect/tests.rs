@@ -555,7 +555,9 @@ fn a_resolved_alert_does_not_reopen_on_one_tick() {
     }
     let pages = crate::detect::tests_load::paged(&log);
     assert!(
-        pages.iter().any(|(t, a)| a.kind == AlertKind::Zero && *t < 60),
+        pages
+            .iter()
+            .any(|(t, a)| a.kind == AlertKind::Zero && *t < 60),
         "{log:#?}"
     );
     assert!(
