@@ -1319,8 +1319,9 @@ struct Footprint {
     iterators: Vec<(String, Stats)>,
 }
 
-/// The iterators the agent runs before each read: what it costs per
-/// endpoint or connection grows with their count, not with traffic.
+/// The walks and iterators the agent runs before each read: what they
+/// cost grows with the endpoints and connections, not with traffic. A
+/// walk's run is one pass over its map; an iterator's, one element.
 const ITERATORS: [&str; 5] = [
     "evenflow_slot_sampler",
     "evenflow_sock_sampler",
@@ -1530,7 +1531,7 @@ impl Footprint {
         println!("  kernel maps {maps_mib:.1} MiB (bpftool's bytes_memlock of the pinned maps)");
         for (name, s) in iterators {
             println!(
-                "  {name:<26} {:>6.0} ns a visit, {:>7.0} visits/s: {:.2}% of one core (one {window:.0} s window, bpf stats on)",
+                "  {name:<26} {:>9.0} ns a run, {:>7.0} runs/s: {:.2}% of one core (one {window:.0} s window, bpf stats on)",
                 s.mean(),
                 s.runs as f64 / window,
                 s.ns as f64 / window / 1e7
