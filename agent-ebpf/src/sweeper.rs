@@ -82,10 +82,7 @@ extern "C" fn sweep_settled(
     value: *mut c_void,
     _: *mut c_void,
 ) -> i64 {
-    if let Some((key, value)) = element::<u64, CtFlow>(key, value) {
-        ct_flow::sweep(key, value, Tier::Settled);
-    }
-    0
+    sweep_ct(key, value, Tier::Settled)
 }
 
 #[inline(never)]
@@ -95,8 +92,13 @@ extern "C" fn sweep_young(
     value: *mut c_void,
     _: *mut c_void,
 ) -> i64 {
+    sweep_ct(key, value, Tier::Young)
+}
+
+#[inline(always)]
+fn sweep_ct(key: *const c_void, value: *mut c_void, tier: Tier) -> i64 {
     if let Some((key, value)) = element::<u64, CtFlow>(key, value) {
-        ct_flow::sweep(key, value, Tier::Young);
+        ct_flow::sweep(key, value, tier);
     }
     0
 }

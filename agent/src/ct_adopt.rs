@@ -216,10 +216,12 @@ mod tests {
     }
 
     #[test]
-    fn tallies_what_the_program_wrote() {
+    fn tallies_the_walks_outcomes() {
         let mut a = Adopted::default();
-        a.tally(b"aafg");
-        a.tally(b"ax");
+        // 0: an entry the walk did not reach (it counts as nothing).
+        for outcome in *b"aafgax\0" {
+            a.note(outcome);
+        }
         assert_eq!(
             a,
             Adopted {

@@ -399,34 +399,26 @@ fn only_an_endpoints_first_address_is_a_member() {
 fn with_no_endpoint_ready_the_serving_terminating_ones_are_ready() {
     // A one-replica Deployment whose Pod terminates while its replacement
     // starts: kube-proxy keeps sending to the terminating one.
-    let eps = [terminating("10.0.0.1", "n1"), starting("10.0.0.2", "n2")];
-    let pools = build(
-        &[service("a", &[("http", 80)])],
-        &[slice("a", "a-1", ("http", 8080), &eps)],
-        &BTreeMap::new(),
-    );
-    assert_eq!(
-        conditions(&pools[0]),
-        [Condition::Ready, Condition::NotReady]
-    );
+    let pool_of = |eps: &[Ep]| {
+        let mut pools = build(
+            &[service("a", &[("http", 80)])],
+            &[slice("a", "a-1", ("http", 8080), eps)],
+            &BTreeMap::new(),
+        );
+        pools.remove(0)
+    };
+    let pool = pool_of(&[terminating("10.0.0.1", "n1"), starting("10.0.0.2", "n2")]);
+    assert_eq!(conditions(&pool), [Condition::Ready, Condition::NotReady]);
     assert!(
-        (pools[0].note.as_deref()).is_some_and(|note| note.contains("no endpoint is ready")),
+        (pool.note.as_deref()).is_some_and(|note| note.contains("no endpoint is ready")),
         "{:?}",
-        pools[0].note
+        pool.note
     );
 
     // Once one is ready the terminating one drains.
-    let eps = [terminating("10.0.0.1", "n1"), ready("10.0.0.2", "n2", "z")];
-    let pools = build(
-        &[service("a", &[("http", 80)])],
-        &[slice("a", "a-1", ("http", 8080), &eps)],
-        &BTreeMap::new(),
-    );
-    assert_eq!(
-        conditions(&pools[0]),
-        [Condition::Draining, Condition::Ready]
-    );
-    assert_eq!(pools[0].note, None);
+    let pool = pool_of(&[terminating("10.0.0.1", "n1"), ready("10.0.0.2", "n2", "z")]);
+    assert_eq!(conditions(&pool), [Condition::Draining, Condition::Ready]);
+    assert_eq!(pool.note, None);
 }
 
 #[test]
