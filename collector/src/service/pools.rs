@@ -109,6 +109,9 @@ pub struct Measured {
     pub conns_total: u64,
     /// New connections as the agents' counters report them (each since
     /// its epoch): the kernels' totals, also after a collector restart.
+    /// A stale agent's last figure stays in: its kernel's count stands
+    /// while its agent restarts, and a sum that dropped with it would read
+    /// to Prometheus as a reset of every other node's count.
     pub reported_total: u64,
 }
 
@@ -119,6 +122,10 @@ impl Measured {
         self.bytes_out_per_sec += e.rate[2];
         // Totals from agents near u64::MAX must not overflow the sum.
         self.conns_total = self.conns_total.saturating_add(e.total);
+        self.add_reported(e);
+    }
+
+    fn add_reported(&mut self, e: &TickEndpoint) {
         self.reported_total = self.reported_total.saturating_add(e.cumulative);
     }
 }
@@ -719,8 +726,11 @@ impl MemberPlan {
                 ..ViewInput::default()
             };
             for &(ai, ei) in &self.sending {
+                let e = &agents[ai].endpoints[ei];
                 if agents[ai].fresh {
-                    add_endpoint(&mut v, &mut lb_measured, &agents[ai].endpoints[ei]);
+                    add_endpoint(&mut v, &mut lb_measured, e);
+                } else {
+                    lb_measured.add_reported(e);
                 }
             }
             v
@@ -1297,6 +1307,34 @@ members = [
 
     /// Two agents serving one member with counts near u64::MAX: its views
     /// saturate rather than overflow.
+    /// A load balancer whose agent goes stale (restarting in a DaemonSet
+    /// rollout) keeps its last count in the member's reported total: the
+    /// exported counter never goes down for it.
+    #[test]
+    fn a_stale_load_balancer_keeps_its_count_in_the_reported_total() {
+        let lb = |node: &str, total: u64| {
+            let mut e = ep("10.0.0.1", 8080, Dir::SendsTo, None, 1);
+            e.cumulative = total;
+            agent(node, vec![e], vec![])
+        };
+        let mut agents = vec![
+            agent(
+                "b1",
+                vec![ep("10.0.0.1", 8080, Dir::Serves, Some("web"), 1)],
+                vec![],
+            ),
+            lb("lb1", 700),
+            lb("lb2", 300),
+        ];
+        let reported = |agents: &[AgentTick]| {
+            let pools = build(agents, &Declared::default(), 1, Threads::ONE);
+            pools[0].input.members[0].meta.lb.reported_total
+        };
+        assert_eq!(reported(&agents), 1000);
+        agents[2].fresh = false;
+        assert_eq!(reported(&agents), 1000);
+    }
+
     #[test]
     fn a_members_sums_saturate() {
         let huge = |dir: Dir, service: Option<&str>| {

@@ -428,7 +428,7 @@ fn reported_connections(out: &mut String, published: &Published) {
         out,
         "evenflow_member_reported_connections_total",
         "counter",
-        "New connections to the member as its observers' counters report them (each since its agent's epoch: the kernels' totals).",
+        "New connections to the member as its observers' counters report them (each since its agent's epoch: the kernels' totals; a stale agent's last figure stays in, so a restarting agent does not read as a reset).",
     );
     for (pool, totals) in &published.reported {
         let Some(members) = published.pools.get(pool).map(|x| &x.summary.members) else {
