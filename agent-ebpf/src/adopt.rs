@@ -126,7 +126,7 @@ pub struct IterMeta {
 #[repr(C)]
 pub struct TcpIterCtx {
     meta: *mut IterMeta,
-    sk_common: *mut c_void,
+    pub sk_common: *mut c_void,
     uid: u32,
 }
 

@@ -11,7 +11,7 @@ use core::{ffi::c_void, ptr::read_volatile};
 use agent_common::{SOCK_CLOSED, SockSlot, SockState};
 use aya_ebpf::{helpers::generated::bpf_skc_to_tcp_sock, macros::classifier, programs::TcContext};
 
-use crate::{atomic, kernel, sock, sweeper};
+use crate::{adopt::TcpIterCtx, atomic, kernel, sock, sweeper};
 
 #[classifier]
 pub fn evenflow_slot_sampler(_ctx: TcContext) -> i32 {
@@ -74,31 +74,57 @@ pub extern "C" fn evenflow_sock_sampler(ctx: *mut SkStorageIterCtx) -> i32 {
     if sk.is_null() || st.is_null() {
         return 0;
     }
+    sample_storage(sk, st);
+    0
+}
+
+/// Where the kernel refuses socket storage iterators: the TCP sockets of
+/// the network namespace the agent opens it in (`iter/tcp`), each one's
+/// storage looked up. It visits every TCP socket there, so the agent runs
+/// it only once a socket has gone to storage.
+#[unsafe(link_section = "iter/tcp")]
+#[unsafe(no_mangle)]
+pub extern "C" fn evenflow_sock_sampler_tcp(ctx: *mut TcpIterCtx) -> i32 {
+    // SAFETY: the context the kernel passed; null-checked.
+    let skc = unsafe { read_volatile(&(*ctx).sk_common) };
+    if skc.is_null() {
+        return 0;
+    }
+    // SAFETY: a non-null socket pointer.
+    let sk = unsafe { bpf_skc_to_tcp_sock(skc) } as *mut c_void;
+    if let Some(st) = sock::storage(sk, false) {
+        sample_storage(sk, st);
+    }
+    0
+}
+
+/// Adds what the socket `sk` carried since its storage `st` last recorded.
+#[inline(always)]
+fn sample_storage(sk: *mut c_void, st: *mut SockState) {
     // SAFETY: `st` is this socket's storage.
     let (endpoint, flags, marks) = unsafe { ((*st).endpoint, (*st).flags, &raw mut (*st).marks) };
     if endpoint.direction == 0 || flags & SOCK_CLOSED != 0 {
-        return 0;
+        return;
     }
     // SAFETY: a non-null socket pointer.
     let tp = unsafe { bpf_skc_to_tcp_sock(sk) } as *const u8;
     if tp.is_null() {
-        return 0;
+        return;
     }
     // SAFETY: a non-null tcp_sock BTF pointer.
     let c = unsafe { kernel::tcp_sock_counters(tp) };
-    // The iterator holds no reference on the socket: it may have closed
-    // since its flags were read, and its memory gone to a new socket (the
-    // kernel reuses a TCP socket's memory without waiting), whose counters
-    // these would then be. Its close marked the storage first; read after
-    // a full barrier, the mark tells.
+    // The storage iterator holds no reference on the socket: it may have
+    // closed since its flags were read, and its memory gone to a new
+    // socket (the kernel reuses a TCP socket's memory without waiting),
+    // whose counters these would then be. Its close marked the storage
+    // first; read after a full barrier, the mark tells.
     // SAFETY: `st` is this socket's storage.
     let closed = unsafe {
         atomic::load(&raw mut (*marks).rx);
         read_volatile(&(*st).flags) & SOCK_CLOSED != 0
     };
     if closed {
-        return 0;
+        return;
     }
     sock::fold(&endpoint, marks, 0, &sock::live_payload(flags, &c), false);
-    0
 }

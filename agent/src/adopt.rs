@@ -91,25 +91,47 @@ impl Adopted {
 /// alone.
 pub fn run(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<Adopted> {
     let iter = attach(ebpf, btf)?;
+    let walked =
+        in_each_namespace(|| iter.output()).with_context(|| format!("running {PROGRAM}"))?;
     let mut adopted = Adopted::default();
-    adopted.tally(
-        &iter
-            .output()
-            .with_context(|| format!("running {PROGRAM}"))?,
-    );
+    for out in &walked.results {
+        adopted.tally(out);
+    }
+    adopted.unreachable = walked.unreachable;
+    Ok(adopted)
+}
+
+/// What [`in_each_namespace`] ran.
+pub struct Walked<T> {
+    /// One result per namespace walked, the agent's own first.
+    pub results: Vec<T>,
+    /// Why the other namespaces could not be entered, if they could not.
+    pub unreachable: Option<String>,
+}
+
+/// Runs `run` in this thread's network namespace, then on a thread in
+/// every other one it can enter (an `iter/tcp` iterator walks the
+/// namespace of the thread that opens it). An error in its own namespace
+/// is returned; another namespace's (one that went meanwhile) is skipped.
+pub fn in_each_namespace<T: Send>(
+    run: impl Fn() -> std::io::Result<T> + Sync,
+) -> std::io::Result<Walked<T>> {
+    let mut walked = Walked {
+        results: vec![run()?],
+        unreachable: None,
+    };
     for ns in other_namespaces() {
-        match in_namespace(&ns, || iter.output()) {
-            Ok(out) => adopted.tally(&out),
+        match in_namespace(&ns, &run) {
+            Ok(out) => walked.results.push(out),
             // Entering takes CAP_SYS_ADMIN: without it, none can be entered.
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                adopted.unreachable = Some(format!("entering {}: {e}", ns.display()));
+                walked.unreachable = Some(format!("entering {}: {e}", ns.display()));
                 break;
             }
-            // A namespace that went meanwhile.
-            Err(e) => tracing::debug!(ns = %ns.display(), error = %e, "not adopting there"),
+            Err(e) => tracing::debug!(ns = %ns.display(), error = %e, "not walked"),
         }
     }
-    Ok(adopted)
+    Ok(walked)
 }
 
 /// Loads `evenflow_adopt` and links it.
@@ -150,7 +172,7 @@ fn other_namespaces() -> Vec<PathBuf> {
 /// Runs `f` on a thread that entered the network namespace at `ns`.
 fn in_namespace<T: Send>(
     ns: &Path,
-    f: impl FnOnce() -> std::io::Result<T> + Send,
+    f: &(impl Fn() -> std::io::Result<T> + Sync),
 ) -> std::io::Result<T> {
     let file = File::open(ns)?;
     std::thread::scope(|scope| {

@@ -249,9 +249,11 @@ pub struct Datapath {
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     /// The socket slot sampler, run before every read.
     slot_sampler: Walk,
-    /// The socket storage sampler, run before every read, where the kernel
-    /// allows its iterator.
-    storage_sampler: Option<MapIter>,
+    /// The socket storage sampler, run before every read.
+    storage_sampler: Option<StorageSampler>,
+    /// Whether the storage sampler's walk was said not to reach other
+    /// network namespaces.
+    unreached_said: std::sync::atomic::AtomicBool,
     /// The flow sweepers, one per map of forwarded connections, run before
     /// every read while a connection is tracked.
     sweepers: Vec<Walk>,
@@ -430,6 +432,7 @@ impl Datapath {
             logger,
             slot_sampler,
             storage_sampler,
+            unreached_said: std::sync::atomic::AtomicBool::new(false),
             sweepers,
             pinned,
             links_dir,
@@ -657,11 +660,7 @@ impl Datapath {
     pub fn read(&self, out: &mut Vec<(EndpointKey, EndpointCounters)>) -> Result<Stats> {
         out.clear();
         self.slot_sampler.run()?;
-        if let Some(storage) = &self.storage_sampler {
-            storage
-                .run()
-                .context("running the socket storage sampler")?;
-        }
+        self.sample_storage()?;
         // The sweeper walks every bucket of the flow map, empty or not
         // (--max-flows of them: a fifth of the agent's CPU on a node with
         // 10,000 endpoints and no forwarded connection), so it runs only
@@ -707,6 +706,35 @@ impl Datapath {
 }
 
 impl Datapath {
+    /// Runs the socket storage sampler: its iterator, or else its walk over
+    /// every namespace's TCP sockets once a socket has gone to storage.
+    fn sample_storage(&self) -> Result<()> {
+        match &self.storage_sampler {
+            Some(StorageSampler::Storage(iter)) => {
+                iter.run().context("running the socket storage sampler")
+            }
+            Some(StorageSampler::Sockets(iter))
+                if self.stat_total(agent_common::Stat::SockInStorage as u32)? > 0 =>
+            {
+                let walked = crate::adopt::in_each_namespace(|| iter.run())
+                    .context("running the socket storage sampler (iter/tcp)")?;
+                if let Some(why) = walked.unreachable
+                    && !self
+                        .unreached_said
+                        .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    warn!(
+                        error = why,
+                        "sockets beyond --sock-slots in other network namespaces (pods') reach their \
+                         endpoint at their close only: entering a namespace takes CAP_SYS_ADMIN"
+                    );
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Statistic `slot` of `EF_STATS`, summed over the CPUs.
     fn stat_total(&self, slot: u32) -> Result<u64> {
         let per_cpu = self
@@ -1245,29 +1273,52 @@ fn nf_conn_offsets(nfct: u32, btf: &crate::btf::Btf<'_>) -> Result<[(&'static st
     ])
 }
 
-/// The socket storage sampler, where the kernel allows its iterator
-/// (`iter/bpf_sk_storage_map`). Without it, sockets beyond the slots (a
-/// node with more open connections than `--sock-slots`) are counted at
-/// their close only, which is said once here.
-fn storage_sampler(ebpf: &mut Ebpf, btf: &aya::Btf, pin_dir: &Path) -> Option<MapIter> {
-    let attached = attach_iter(
+/// How sockets kept in storage (beyond the slots) are sampled.
+enum StorageSampler {
+    /// An iterator over the storage (`iter/bpf_sk_storage_map`).
+    Storage(MapIter),
+    /// Where the kernel refuses that iterator: one over each network
+    /// namespace's TCP sockets (`iter/tcp`), each one's storage looked up.
+    Sockets(MapIter),
+}
+
+/// The socket storage sampler: its iterator where the kernel allows it,
+/// else a walk over each namespace's TCP sockets, else none (said once:
+/// sockets beyond the slots are then counted at their close only).
+fn storage_sampler(ebpf: &mut Ebpf, btf: &aya::Btf, pin_dir: &Path) -> Option<StorageSampler> {
+    let refused = match attach_iter(
         ebpf,
         btf,
         "evenflow_sock_sampler",
         "bpf_sk_storage_map",
         pin_dir,
         maps::SOCKS,
-    );
-    attached
-        .inspect_err(|e| {
+    ) {
+        Ok(iter) => return Some(StorageSampler::Storage(iter)),
+        Err(e) => e,
+    };
+    let sockets = load_iter(ebpf, btf, "evenflow_sock_sampler_tcp", "tcp").and_then(|fd| {
+        MapIter::attach_target(fd).context("attaching evenflow_sock_sampler_tcp (iter/tcp)")
+    });
+    match sockets {
+        Ok(iter) => {
+            info!(
+                refused = format!("{refused:#}"),
+                "this kernel refuses socket storage iterators: sockets beyond --sock-slots are \
+                 sampled by walking each network namespace's TCP sockets, once one has gone to storage"
+            );
+            Some(StorageSampler::Sockets(iter))
+        }
+        Err(e) => {
             warn!(
-                error = format!("{e:#}"),
+                error = format!("{refused:#}; {e:#}"),
                 "this kernel refuses socket storage iterators: the bytes of sockets beyond \
                  --sock-slots reach their endpoint at their close only, not every interval; \
                  give the node more slots than it keeps sockets open"
             );
-        })
-        .ok()
+            None
+        }
+    }
 }
 
 /// Loads the iterator program `name` over `kind` maps and links it to the
