@@ -771,6 +771,59 @@ fn field_sockets_beyond_their_slots_count_exactly() {
     assert_nothing_left_open(&b1.ns);
 }
 
+/// A backend whose agent has the most socket slots it accepts a map of
+/// (`--sock-slots 1048576`): more than the 1,000,000 elements one read of
+/// an iterator visits, after which the kernel's read fails with `EAGAIN`
+/// when the program wrote nothing, as the samplers never do. The agent
+/// reads on, lives through every interval, and a keep-alive connection's
+/// bytes grow in every report and end exactly what the client carried.
+#[test]
+fn field_a_million_socket_slots_are_sampled_every_interval() {
+    evenflow_tests::require_root();
+    let mut lab = Lab::new("bigslots", 1).expect("the lab builds");
+    let b1 = lab.backends[0].clone();
+    nginx::start(&mut lab, &b1).expect("nginx starts");
+    agent::start(
+        &mut lab,
+        &b1,
+        &["--service", "web=8080", "--sock-slots", "1048576"],
+    )
+    .expect("the backend agent starts");
+    nft::start(&lab).expect("the DNAT rules load");
+    let addr = backend_addr(&lab, 0);
+    let kept = KeptAlive::start(&lab.client.ns, lab::vip(false), 1);
+    // 500 ms intervals: each look comes after two reads or more.
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(1200));
+        lab.check_alive()
+            .unwrap_or_else(|e| panic!("the agent reads its million slots: {e:#}"));
+        let s = grpcurl::snapshot(&b1.ns).expect("b1's snapshot");
+        seen.push(grpcurl::totals(&s, &addr, BACKEND_PORT, SERVES));
+    }
+    let conns = kept.stop();
+    println!("server view while open: {seen:?}");
+    assert!(
+        seen.iter().all(|t| t.opened == 1 && t.closed == 0),
+        "one connection, open, in every report: {seen:?}"
+    );
+    assert!(
+        seen.windows(2)
+            .all(|w| w[1].bytes_rx > w[0].bytes_rx && w[1].bytes_tx > w[0].bytes_tx),
+        "bytes grow in every report while the connection lives: {seen:?}"
+    );
+    let (sent, received) = (conns[0].bytes_sent, conns[0].bytes_received);
+    drop(conns);
+    let serves = settled(&b1.ns, &addr, BACKEND_PORT, SERVES, 1).1;
+    println!("client sent {sent}, received {received}; server {serves:?}");
+    assert_eq!(
+        (serves.bytes_rx, serves.bytes_tx),
+        (sent, received),
+        "the server view is exactly what the client carried"
+    );
+    lab.check_alive().expect("the agent still runs");
+}
+
 /// Loopback connections count their bytes (sock_ops reads the sockets;
 /// nothing is attached to `lo`); a `redirect` rule on a backend sends its
 /// port 80, and a DNAT rule its port 81, to nginx's 8080: counted at the
