@@ -77,10 +77,16 @@ fn on_established(ctx: &SockOpsContext, active: bool) {
     let endpoint = if active {
         // A SYN this socket sent may have been DNATed on the way out (a
         // hostNetwork proxy dialling a ClusterIP): then the backend is
-        // where it really went.
+        // where it really went. The note is read once: a later
+        // connection on the same ends whose SYN nothing translated must
+        // not inherit it.
         match LOCAL_NAT.get_ptr(&key) {
-            // SAFETY: a live entry, copied out at once.
-            Some(real) => unsafe { *real },
+            Some(real) => {
+                // SAFETY: a live entry, copied out before it goes.
+                let real = unsafe { *real };
+                let _ = LOCAL_NAT.remove(&key);
+                real
+            }
             None => EndpointKey::tcp(key.remote_addr, key.remote_port, Direction::SendsTo),
         }
     } else {

@@ -69,7 +69,8 @@ pub fn syn_origin(isn: u32) -> Option<SynOrigin> {
 }
 
 /// Local sockets whose SYN left with a translated destination, by the
-/// socket's own flow key: sock_ops counts them towards the real backend.
+/// socket's own flow key: sock_ops counts them towards the real backend,
+/// and deletes the entry as it reads it.
 #[map(name = "EF_LOCAL_NAT")]
 pub static LOCAL_NAT: LruHashMap<FlowKey, EndpointKey> = LruHashMap::pinned(MAX_LOCAL_NAT, 0);
 
@@ -134,10 +135,14 @@ fn record_syn(ctx: &TcContext) {
 
 /// A connecting local socket's packet: when it is a SYN leaving for
 /// another destination than the socket's own, DNAT in OUTPUT chose the
-/// backend; note it for sock_ops. Out of line, like
-/// [`forward::on_egress`]: the egress program's own code stays the few
-/// instructions every other local packet runs. Common header shapes only
-/// (a hostNetwork proxy's SYNs carry no IP options or VLAN tags here).
+/// backend; note it for sock_ops, under the socket's own ends. Those are
+/// read from the socket, not the packet: egress runs after POSTROUTING,
+/// so a masquerade or SNAT there (kube-proxy masquerades the node's own
+/// traffic to a ClusterIP) has rewritten the packet's source. Out of
+/// line, like [`forward::on_egress`]: the egress program's own code stays
+/// the few instructions every other local packet runs. Common header
+/// shapes only (a hostNetwork proxy's SYNs carry no IP options or VLAN
+/// tags here).
 #[inline(never)]
 fn note_local_nat(ctx: &TcContext, sk: *mut bpf_sock) {
     // Opaque to the optimiser: else it passes the caller's packet pointers
@@ -172,10 +177,23 @@ fn note_local_nat(ctx: &TcContext, sk: *mut bpf_sock) {
     if dialled == key.remote_addr && dport == key.remote_port {
         return;
     }
+    // SAFETY: as above. `src_port` is in host order (`skc_num`).
+    let (s4, s6, sport) = unsafe {
+        (
+            read_volatile(&(*sk).src_ip4),
+            [
+                read_volatile(&(*sk).src_ip6[0]),
+                read_volatile(&(*sk).src_ip6[1]),
+                read_volatile(&(*sk).src_ip6[2]),
+                read_volatile(&(*sk).src_ip6[3]),
+            ],
+            read_volatile(&(*sk).src_port) as u16,
+        )
+    };
     let socket_key = FlowKey {
-        local_addr: key.local_addr,
+        local_addr: if family == AF_INET { v4_mapped(s4) } else { s6 },
         remote_addr: dialled,
-        local_port: key.local_port,
+        local_port: sport,
         remote_port: dport,
         proto: PROTO_TCP,
         _pad: [0; 3],

@@ -1601,9 +1601,34 @@ fn host_network_dnat(
 /// sockets count towards the backend they really reached, not the VIP.
 #[test]
 fn field_host_network_proxy_through_local_dnat_counts_the_backend() {
+    host_network_proxy("hostnet", false);
+}
+
+/// The same with the node masquerading the proxy's connections on their
+/// way out (POSTROUTING), as kube-proxy does the node's own traffic to a
+/// ClusterIP: TC egress sees the SYN with its source rewritten, but
+/// sock_ops looks the socket up by its own source. Each backend is still
+/// sent exactly what its nginx served, the VIP nothing.
+#[test]
+fn field_host_network_proxy_through_local_dnat_and_masquerade_counts_the_backend() {
+    host_network_proxy("hostnetmasq", true);
+}
+
+fn host_network_proxy(name: &str, masquerade: bool) {
     evenflow_tests::require_root();
-    let (mut lab, logs) = host_network_dnat("hostnet", nginx::start);
+    let (mut lab, logs) = host_network_dnat(name, nginx::start);
     let lb = lab.lb.clone();
+    if masquerade {
+        // The proxy's sockets take the VIP's address as their source (it is
+        // the lb's own, on lo); masquerade rewrites it to the lb's address
+        // on the backend's link.
+        let snat = format!(
+            "table ip localsnat {{ chain postrouting {{ type nat hook postrouting priority 100; \
+             ip saddr {} tcp dport 8080 counter masquerade; }} }}",
+            lab::VIP4
+        );
+        nft::load(&lab, &lb.ns, "localsnat", &snat).expect("the masquerade loads");
+    }
     agent::start(&mut lab, &lb, &[]).expect("the lb agent starts");
     // The proxy is a process in the lb's cgroup, as a hostNetwork pod is.
     let script = format!(
@@ -1625,10 +1650,15 @@ fn field_host_network_proxy_through_local_dnat_counts_the_backend() {
         let addr = backend_addr(&lab, i);
         let t = settled(&lb.ns, &addr, BACKEND_PORT, SENDS_TO, 20).1;
         println!("b{}: nginx {served:?}; lb {t:?}", i + 1);
-        assert!(
-            within(t.bytes_tx, served.request_bytes) && within(t.bytes_rx, served.response_bytes),
-            "lb SENDS_TO {addr}: {t:?} vs nginx {served:?}"
-        );
+        if masquerade {
+            assert_served(&format!("lb SENDS_TO {addr}"), t, &served, View::Lb);
+        } else {
+            assert!(
+                within(t.bytes_tx, served.request_bytes)
+                    && within(t.bytes_rx, served.response_bytes),
+                "lb SENDS_TO {addr}: {t:?} vs nginx {served:?}"
+            );
+        }
     }
     let snap = grpcurl::snapshot(&lb.ns).expect("the lb's snapshot");
     assert_eq!(
@@ -1636,6 +1666,15 @@ fn field_host_network_proxy_through_local_dnat_counts_the_backend() {
         Totals::default(),
         "the VIP is not a backend"
     );
+    if masquerade {
+        // NAT rules see a connection's first packet only: one a connection.
+        let rules = netns::exec(&lb.ns, "nft", &["list", "table", "ip", "localsnat"])
+            .expect("nft lists the masquerade");
+        assert!(
+            rules.contains("counter packets 40 "),
+            "every connection was masqueraded:\n{rules}"
+        );
+    }
 }
 
 /// The same proxy's keep-alive connections, opened before the lb's agent
