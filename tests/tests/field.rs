@@ -773,10 +773,11 @@ fn field_sockets_beyond_their_slots_count_exactly() {
 
 /// A backend whose agent has the most socket slots it accepts a map of
 /// (`--sock-slots 1048576`): more than the 1,000,000 elements one read of
-/// an iterator visits, after which the kernel's read fails with `EAGAIN`
-/// when the program wrote nothing, as the samplers never do. The agent
-/// reads on, lives through every interval, and a keep-alive connection's
-/// bytes grow in every report and end exactly what the client carried.
+/// an iterator visits (after which the kernel's read fails with `EAGAIN`
+/// when the program wrote nothing, as the slot sampler did when it was an
+/// iterator). The agent lives through every interval, and a keep-alive
+/// connection's bytes grow in every report and end exactly what the
+/// client carried.
 #[test]
 fn field_a_million_socket_slots_are_sampled_every_interval() {
     evenflow_tests::require_root();
@@ -1611,7 +1612,7 @@ fn field_host_network_proxy_through_local_dnat_counts_the_backend() {
 /// sent exactly what its nginx served, the VIP nothing.
 #[test]
 fn field_host_network_proxy_through_local_dnat_and_masquerade_counts_the_backend() {
-    host_network_proxy("hostnetmasq", true);
+    host_network_proxy("hostmasq", true);
 }
 
 fn host_network_proxy(name: &str, masquerade: bool) {
