@@ -5,7 +5,8 @@
 //! The tick hands each batch to a bounded queue per URL and never waits:
 //! when a receiver is down its queue fills, retries back off exponentially
 //! (200 ms doubling to 30 s, 8 attempts per batch), and batches that do not
-//! fit are dropped and counted.
+//! fit are dropped and counted. A batch the receiver refuses (a 4xx answer
+//! other than 408 and 429) would be refused again: it is given up at once.
 
 use std::{
     sync::{
@@ -228,7 +229,15 @@ async fn sender(
                     debug!(webhook = %uri, attempt, "delivered");
                     break;
                 }
-                Ok(Err(error)) => {
+                Ok(Err(Failure::Refused(status))) => {
+                    // The same batch would be refused again: retrying
+                    // only delays the batches behind it.
+                    stats.failed_attempts.fetch_add(1, Relaxed);
+                    stats.abandoned.fetch_add(1, Relaxed);
+                    warn!(webhook = %uri, "the receiver refused a batch (HTTP {status}), which is not retried: check the webhook's URL and that it takes Alertmanager's v2 alerts");
+                    break;
+                }
+                Ok(Err(Failure::Transient(error))) => {
                     stats.failed_attempts.fetch_add(1, Relaxed);
                     warn!(webhook = %uri, attempt, "webhook delivery failed: {error}; retrying in {backoff:?}");
                 }
@@ -251,7 +260,23 @@ async fn sender(
 /// The most of a receiver's answer read before the connection is dropped.
 const MAX_ANSWER: usize = 64 << 10;
 
-async fn post(uri: &Uri, authority: &str, body: Arc<Vec<u8>>) -> Result<(), String> {
+/// Why a delivery failed.
+#[derive(Debug, PartialEq)]
+enum Failure {
+    /// The receiver answered a client error (4xx but 408 and 429): the
+    /// batch would be refused again.
+    Refused(hyper::StatusCode),
+    /// Anything else: worth another attempt.
+    Transient(String),
+}
+
+impl From<String> for Failure {
+    fn from(error: String) -> Self {
+        Self::Transient(error)
+    }
+}
+
+async fn post(uri: &Uri, authority: &str, body: Arc<Vec<u8>>) -> Result<(), Failure> {
     let stream = tokio::net::TcpStream::connect(authority)
         .await
         .map_err(|error| format!("connecting to {authority}: {error}"))?;
@@ -280,10 +305,18 @@ async fn post(uri: &Uri, authority: &str, body: Arc<Vec<u8>>) -> Result<(), Stri
     let _ = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
         .collect()
         .await;
+    let retried = [
+        hyper::StatusCode::REQUEST_TIMEOUT,
+        hyper::StatusCode::TOO_MANY_REQUESTS,
+    ];
     if status.is_success() {
         Ok(())
+    } else if status.is_client_error() && !retried.contains(&status) {
+        Err(Failure::Refused(status))
     } else {
-        Err(format!("receiver answered HTTP {status}"))
+        Err(Failure::Transient(format!(
+            "receiver answered HTTP {status}"
+        )))
     }
 }
 
@@ -319,6 +352,52 @@ mod tests {
             Ok(Ok(())),
             "delivered, its endless answer cut short"
         );
+    }
+
+    /// A receiver answering `status` to every request, counting them.
+    async fn answering(status: &'static str) -> (std::net::SocketAddr, Arc<AtomicU64>) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port");
+        let addr = listener.local_addr().expect("its address");
+        let requests = Arc::new(AtomicU64::new(0));
+        let counted = requests.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut request = [0u8; 4096];
+                let _ = s.read(&mut request).await;
+                counted.fetch_add(1, Relaxed);
+                let answer = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n");
+                let _ = s.write_all(answer.as_bytes()).await;
+            }
+        });
+        (addr, requests)
+    }
+
+    #[tokio::test]
+    async fn a_refused_batch_is_not_retried_but_a_throttled_one_is() {
+        for (status, refused) in [("400 Bad Request", true), ("429 Too Many Requests", false)] {
+            let (addr, requests) = answering(status).await;
+            let uri: Uri = format!("http://{addr}/api/v2/alerts")
+                .parse()
+                .expect("a URI");
+            let stats = Arc::new(Stats::default());
+            let (tx, rx) = mpsc::channel(1);
+            let sending = tokio::spawn(sender(uri, addr.to_string(), rx, stats.clone()));
+            tx.send(Arc::new(b"[]".to_vec())).await.expect("queued");
+            // The first retry comes 200 ms after the first attempt.
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            sending.abort();
+            let requests = requests.load(Relaxed);
+            if refused {
+                assert_eq!(requests, 1, "{status}");
+                assert_eq!(stats.abandoned.load(Relaxed), 1, "{status}");
+            } else {
+                assert!(requests >= 2, "{status}: {requests} attempts");
+                assert_eq!(stats.abandoned.load(Relaxed), 0, "{status}");
+            }
+        }
     }
 
     #[test]
