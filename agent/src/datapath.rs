@@ -325,11 +325,22 @@ impl Datapath {
         let links_dir = crate::links::dir(&pin_dir);
         std::fs::create_dir_all(&links_dir)
             .with_context(|| format!("creating {}", links_dir.display()))?;
+        // Every program is loaded, and so verified, before the first is
+        // swapped into a pinned link: a build the kernel refuses exits
+        // leaving the programs pinned before it counting, not half of them
+        // replaced by its own.
+        let resets_loaded = load_linked(&mut ebpf)?;
+        let slot_sampler = Walk::load(&mut ebpf, "evenflow_slot_sampler")?;
+        let sweepers = flows
+            .maps
+            .iter()
+            .map(|(_, sweeper)| Walk::load(&mut ebpf, sweeper))
+            .collect::<Result<Vec<_>>>()?;
         let mut pinned = vec![attach_sockops(&mut ebpf, cfg.cgroup, &links_dir)?];
         // A refinement, not a requirement: without it every connection is
         // still counted, and only bytes a resetting peer took unacknowledged
         // are missed.
-        match attach_resets(&mut ebpf, cfg.cgroup, &links_dir) {
+        match resets_loaded.and_then(|()| attach_resets(&mut ebpf, cfg.cgroup, &links_dir)) {
             Ok(pin) => pinned.push(pin),
             Err(e) => warn!(
                 error = format!("{e:#}"),
@@ -337,11 +348,6 @@ impl Datapath {
                  what a peer that reset took without acknowledging; it needs cgroup_skb links \
                  (kernel >= 5.7) on the cgroup given by --cgroup"
             ),
-        }
-        for (name, _) in TC_PROGRAMS {
-            let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
-            prog.load()
-                .with_context(|| format!("loading {name} (TC)"))?;
         }
         let forwards = crate::host::forwards();
         let ingress = forwards && !kernel.conntrack;
@@ -359,13 +365,7 @@ impl Datapath {
         }
         crate::links::prune(&links_dir, &pinned)?;
         let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
-        let slot_sampler = Walk::load(&mut ebpf, "evenflow_slot_sampler")?;
         let storage_sampler = storage_sampler(&mut ebpf, &btf, &pin_dir);
-        let sweepers = flows
-            .maps
-            .iter()
-            .map(|(_, sweeper)| Walk::load(&mut ebpf, sweeper))
-            .collect::<Result<Vec<_>>>()?;
         let translations = translations(kernel.conntrack);
         if kernel.adopt {
             note_local_nat(&mut ebpf, &translations.local);
@@ -817,13 +817,28 @@ fn tc_programs(ingress: bool) -> impl Iterator<Item = (&'static str, TcAttachTyp
         .filter(move |(_, side)| ingress || *side == TcAttachType::Egress)
 }
 
-/// Attaches sock_ops to `cgroup`, or adopts the pinned link already there;
-/// returns the pin's name.
-fn attach_sockops(ebpf: &mut Ebpf, cgroup: &Path, links_dir: &Path) -> Result<String> {
+/// Loads the programs that go into pinned links: sock_ops and TC, and the
+/// RST watcher, whose refusal is returned (it is optional), not raised.
+fn load_linked(ebpf: &mut Ebpf) -> Result<Result<()>> {
     let sockops: &mut SockOps = program(ebpf, "evenflow_sockops")?;
     sockops
         .load()
         .context("loading evenflow_sockops (sock_ops)")?;
+    for (name, _) in TC_PROGRAMS {
+        let prog: &mut SchedClassifier = program(ebpf, name)?;
+        prog.load()
+            .with_context(|| format!("loading {name} (TC)"))?;
+    }
+    let resets: &mut CgroupSkb = program(ebpf, "evenflow_resets")?;
+    Ok(resets
+        .load()
+        .context("loading evenflow_resets (cgroup_skb)"))
+}
+
+/// Attaches the loaded sock_ops program to `cgroup`, or adopts the link
+/// pinned there (pointing it at this program); returns the pin's name.
+fn attach_sockops(ebpf: &mut Ebpf, cgroup: &Path, links_dir: &Path) -> Result<String> {
+    let sockops: &mut SockOps = program(ebpf, "evenflow_sockops")?;
     let fd = sockops.fd()?.try_clone()?;
     attach_cgroup("sockops", fd.as_fd(), cgroup, links_dir, |cg| {
         let id = sockops.attach(cg, CgroupAttachMode::Single)?;
@@ -835,9 +850,6 @@ fn attach_sockops(ebpf: &mut Ebpf, cgroup: &Path, links_dir: &Path) -> Result<St
 /// the pinned link already there; returns the pin's name.
 fn attach_resets(ebpf: &mut Ebpf, cgroup: &Path, links_dir: &Path) -> Result<String> {
     let resets: &mut CgroupSkb = program(ebpf, "evenflow_resets")?;
-    resets
-        .load()
-        .context("loading evenflow_resets (cgroup_skb)")?;
     let fd = resets.fd()?.try_clone()?;
     attach_cgroup("resets", fd.as_fd(), cgroup, links_dir, |cg| {
         // A link (what `Single` makes on kernels ≥ 5.7) runs beside whatever

@@ -21,6 +21,10 @@ pub struct Walk {
 impl Walk {
     /// Loads the walk program `name` from `ebpf`.
     pub fn load(ebpf: &mut Ebpf, name: &'static str) -> Result<Self> {
+        // A test switch: a build whose walk the kernel refuses.
+        if std::env::var("EVENFLOW_TEST_REFUSE_LOAD").is_ok_and(|refused| refused == name) {
+            anyhow::bail!("loading {name}: refused (EVENFLOW_TEST_REFUSE_LOAD, a test switch)");
+        }
         let prog: &mut SchedClassifier = crate::datapath::program(ebpf, name)?;
         prog.load()
             .with_context(|| format!("loading {name} (a walk over a map, run as a TC program)"))?;

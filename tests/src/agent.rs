@@ -113,6 +113,30 @@ fn launch_with_env(lab: &mut Lab, node: &Node, extra: &[&str], env: &[&str]) -> 
     launch_via(lab, node, extra, if env.is_empty() { &[] } else { &via })
 }
 
+/// Starts `node`'s agent again on its pinned state with `env` set,
+/// expecting it to exit (a build the kernel refuses): waits up to 30 s for
+/// it to end and returns its output.
+pub fn launch_failing(lab: &mut Lab, node: &Node, extra: &[&str], env: &[&str]) -> Result<String> {
+    let name = process_name(node);
+    lab.stop(&name);
+    let bin = agent_bin()?.display().to_string();
+    let args = command_line(node, extra);
+    let mut line: Vec<&str> = env.to_vec();
+    line.push(&bin);
+    line.extend(args.iter().map(String::as_str));
+    lab.spawn(node, &name, "env", &line)?;
+    let ended = crate::wait_for(Duration::from_secs(30), || lab.check_alive().err());
+    let Some(ended) = ended else {
+        bail!(
+            "the agent on {} still runs after 30 s; its output:\n{}",
+            node.ns,
+            lab.log(&name)
+        );
+    };
+    lab.stop(&name);
+    Ok(format!("{ended:#}"))
+}
+
 /// Starts a second agent for `node` beside the one running, as
 /// `agent2-<role>`, without waiting for it to serve.
 pub fn launch_second(lab: &mut Lab, node: &Node, extra: &[&str]) -> Result<()> {

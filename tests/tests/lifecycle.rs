@@ -265,6 +265,74 @@ fn upgrade_to_another_layout_starts_a_new_epoch() {
     assert_eq!(again["agentEpoch"], after["agentEpoch"]);
 }
 
+/// The program each of `node`'s pinned links runs, by pin name (bpftool).
+fn linked_programs(node: &lab::Node) -> Vec<(String, u64)> {
+    let dir = node.pin_dir().join("links");
+    let mut out: Vec<(String, u64)> = std::fs::read_dir(&dir)
+        .expect("the links directory")
+        .map(|e| e.expect("an entry").path())
+        .map(|pin| {
+            let shown = std::process::Command::new("bpftool")
+                .args(["-j", "link", "show", "pinned"])
+                .arg(&pin)
+                .output()
+                .expect("bpftool runs");
+            let link: Value = serde_json::from_slice(&shown.stdout).expect("bpftool's JSON");
+            let name = pin
+                .file_name()
+                .expect("a name")
+                .to_string_lossy()
+                .into_owned();
+            (name, link["prog_id"].as_u64().expect("a program id"))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// An upgrade to a build one of whose programs the kernel refuses exits
+/// with the reason and swaps nothing: every pinned link still runs the
+/// program the previous agent attached, and counting goes on, exact.
+#[test]
+fn a_build_the_kernel_refuses_swaps_nothing() {
+    evenflow_tests::require_root();
+    let mut lab = Lab::new("refuse", 1).expect("the lab builds");
+    let b = lab.backends[0].clone();
+    let log = nginx::start(&mut lab, &b).expect("nginx starts");
+    agent::start(&mut lab, &b, &FLAGS).expect("the agent starts");
+    let target = std::net::SocketAddr::new(b.addr4, BACKEND_PORT);
+    client::http_load(&lab.client.ns, target, 10, 2).expect("the first load runs");
+    let before = linked_programs(&b);
+    assert!(
+        before.iter().any(|(pin, _)| pin.starts_with("sockops")),
+        "{before:?}"
+    );
+    let said = agent::launch_failing(
+        &mut lab,
+        &b,
+        &FLAGS,
+        &["EVENFLOW_TEST_REFUSE_LOAD=evenflow_flow_sweeper"],
+    )
+    .expect("the refused build exits");
+    assert!(said.contains("refused"), "{said}");
+    assert_eq!(
+        linked_programs(&b),
+        before,
+        "every pinned link runs the programs it ran"
+    );
+    client::http_load(&lab.client.ns, target, 15, 2).expect("the second load runs");
+    agent::relaunch(&mut lab, &b, &FLAGS, &[]).expect("the previous build starts again");
+    let served = nginx::read_log(&log).expect("the access log");
+    assert_eq!(served.connections, 25);
+    let (_, t) = settled(&b.ns, &b.addr4.to_string(), BACKEND_PORT, SERVES, 25);
+    assert_served(
+        "SERVES across the refused upgrade",
+        t,
+        &served,
+        View::Server,
+    );
+}
+
 /// Closes `conns` (keep-alive connections to nginx logging to `log`) and
 /// checks what `ns`'s agent counted for `addr` in `dir`: each connection
 /// closed, and exactly the bytes they carried since `from` (requests,
