@@ -311,7 +311,7 @@ fn a_build_the_kernel_refuses_swaps_nothing() {
         &mut lab,
         &b,
         &FLAGS,
-        &["EVENFLOW_TEST_REFUSE_LOAD=evenflow_flow_sweeper"],
+        &["EVENFLOW_TEST_REFUSE_LOAD=evenflow_slot_sampler"],
     )
     .expect("the refused build exits");
     assert!(said.contains("refused"), "{said}");
