@@ -1789,16 +1789,24 @@ fn field_tcp_fast_open_counts_the_syn_data() {
     let lb = lab.lb.clone();
     agent::start(&mut lab, &lb, &[]).expect("the lb agent starts");
     // TCP_FASTOPEN_CONNECT: connect() returns at once and the first write
-    // goes out in the SYN (after a first connection fetched the cookie).
+    // goes out in the SYN (after a first connection fetched the cookie). A
+    // SYN reset before nginx saw it (seen once in CI, never reproduced: the
+    // send failed with ECONNRESET) is tried again, up to three times: the
+    // counts are compared with nginx's log, which has only what it served.
     let script = format!(
         "import socket\n\
-         for i in range(30):\n \
+         def once():\n \
          s = socket.socket()\n \
          s.setsockopt(socket.IPPROTO_TCP, 30, 1)\n \
          s.connect(('{}', 80))\n \
+         try:\n  \
          s.sendall(b'GET / HTTP/1.1\\r\\nHost: tfo\\r\\nConnection: close\\r\\n\\r\\n')\n \
+         except ConnectionResetError:\n  \
+         s.close(); return False\n \
          while s.recv(65536): pass\n \
-         s.close()\n",
+         s.close(); return True\n\
+         for i in range(30):\n \
+         assert any(once() for _ in range(3))\n",
         lab::VIP4
     );
     let client = lab.client.clone();
