@@ -4,9 +4,9 @@
 //!
 //! One `read()` of an iterator visits at most 1,000,000 elements
 //! (`MAX_ITER_OBJECTS` in the kernel's `bpf_seq_read`), and fails with
-//! `EAGAIN` when it wrote nothing meanwhile: the samplers and sweepers
-//! never write, so over a map of more elements (`--sock-slots 1048576`, a
-//! million forwarded connections) the first read fails. The next read goes
+//! `EAGAIN` when it wrote nothing meanwhile: the storage sampler (and its
+//! `iter/tcp` walk) never writes, so over more elements than that (a
+//! million sockets in storage) the first read fails. The next read goes
 //! on from the element after the last visited, so every read here is tried
 //! again on `EAGAIN` (and `EINTR`): each element is visited exactly once.
 
