@@ -299,7 +299,7 @@ fn in_cgroup(skc: *const c_void) -> bool {
 fn adopt(skc: *mut c_void, ends: &Ends) -> Option<u8> {
     // SAFETY: a non-null socket from the iterator.
     let tp = unsafe { bpf_skc_to_tcp_sock(skc) } as *const u8;
-    if tp.is_null() || counted_in_storage(skc) {
+    if tp.is_null() || sock::storage(skc, false).is_some_and(sock::counted_in_storage) {
         return None;
     }
     let mut cb: i32 = 0;
@@ -350,12 +350,4 @@ fn so_far(tp: *const u8, flags: u8) -> Payload {
         segs_in: c.segs_in,
         segs_out: c.segs_out,
     }
-}
-
-/// Whether the socket is counted already, in socket storage (it found its
-/// slots taken at its handshake).
-#[inline(always)]
-fn counted_in_storage(skc: *mut c_void) -> bool {
-    // SAFETY: live socket storage.
-    sock::storage(skc, false).is_some_and(|st| unsafe { (*st).endpoint.direction } != 0)
 }

@@ -99,10 +99,19 @@ pub extern "C" fn evenflow_sock_sampler_tcp(ctx: *mut TcpIterCtx) -> i32 {
 }
 
 /// Adds what the socket `sk` carried since its storage `st` last recorded.
+/// The generation is read first and the flags before the endpoint (the
+/// order a reused storage is written in reverse, see
+/// `sock::keep_in_storage`): a reading that spans a reconnect raises no
+/// mark of the new connection.
 #[inline(always)]
 fn sample_storage(sk: *mut c_void, st: *mut SockState) {
     // SAFETY: `st` is this socket's storage.
-    let (endpoint, flags, marks) = unsafe { ((*st).endpoint, (*st).flags, &raw mut (*st).marks) };
+    let (tag, flags, endpoint, marks) = unsafe {
+        let marks = &raw mut (*st).marks;
+        let tag = sock::tag_of(atomic::load(&raw mut (*marks).rx));
+        let flags = read_volatile(&(*st).flags);
+        (tag, flags, read_volatile(&(*st).endpoint), marks)
+    };
     if endpoint.direction == 0 || flags & SOCK_CLOSED != 0 {
         return;
     }
@@ -126,5 +135,5 @@ fn sample_storage(sk: *mut c_void, st: *mut SockState) {
     if closed {
         return;
     }
-    sock::fold(&endpoint, marks, 0, &sock::live_payload(flags, &c), false);
+    sock::fold(&endpoint, marks, tag, &sock::live_payload(flags, &c), false);
 }

@@ -136,8 +136,7 @@ fn slot(sk: u64, i: u32) -> Option<*mut SockSlot> {
 #[derive(Copy, Clone)]
 pub struct Held {
     pub marks: *mut Marks,
-    /// The generation its marks carry (0 in socket storage, which is never
-    /// reused under a reader).
+    /// The generation its marks carry.
     pub tag: u64,
     /// The slot, or null.
     slot: *mut SockSlot,
@@ -152,7 +151,8 @@ impl Held {
         Self {
             // SAFETY: a field of live socket storage.
             marks: unsafe { &raw mut (*st).marks },
-            tag: 0,
+            // SAFETY: as above.
+            tag: tag_of(unsafe { read_volatile(&raw const (*st).marks.rx) }),
             slot: core::ptr::null_mut(),
             st,
         }
@@ -237,7 +237,7 @@ fn slot_endpoint(id: u64, addr: [u32; 4], flags: u8) -> EndpointKey {
 
 /// The generation a mark carries (its top bits).
 #[inline(always)]
-fn tag_of(mark: u64) -> u64 {
+pub fn tag_of(mark: u64) -> u64 {
     mark >> (64 - SOCK_MARK_TAG_BITS)
 }
 
@@ -340,18 +340,7 @@ unsafe fn fill(
 ) {
     // SAFETY: per the contract.
     unsafe {
-        let tag_mask = (1 << SOCK_MARK_TAG_BITS) - 1;
-        let mark = ((generation(slot) + 1) & tag_mask) << (64 - SOCK_MARK_TAG_BITS);
-        let value = (1 << (64 - SOCK_MARK_TAG_BITS)) - 1;
-        write_volatile(
-            &raw mut (*slot).marks,
-            Marks {
-                rx: mark | base.rx & value,
-                tx: mark | base.tx & value,
-                segs_in: mark | base.segs_in & value,
-                segs_out: mark | base.segs_out & value,
-            },
-        );
+        write_volatile(&raw mut (*slot).marks, base.marks(generation(slot) + 1));
         write_volatile(
             &raw mut (*slot).id,
             cookie & COOKIE_MASK | u64::from(endpoint.port) << SOCK_COOKIE_BITS,
@@ -491,29 +480,41 @@ pub fn storage<T>(sk: *mut T, create: bool) -> Option<*mut SockState> {
 }
 
 /// Keeps a socket's state in its storage `st`, its marks at `base`; false
-/// if the storage holds a counted socket already. The endpoint is written
-/// last: the storage sampler skips storage without one.
+/// if the storage holds a counted socket already. Storage whose socket
+/// closed and was counted is taken again: the socket disconnected
+/// (`connect(AF_UNSPEC)`) and is connecting anew, its counters started
+/// over. Its marks go to the next generation, so a sampler still holding
+/// the last connection's reading raises nothing, and the storage stays
+/// marked closed until the endpoint is written: a sampler skips it
+/// meanwhile (and skips fresh storage until the endpoint names one).
 #[inline(always)]
 fn keep_in_storage(st: *mut SockState, endpoint: &EndpointKey, flags: u8, base: &Payload) -> bool {
     // SAFETY: live socket storage; only the socket's own callbacks and the
     // adoption iterator (each holding the socket's lock) write its fields.
     unsafe {
-        if (*st).endpoint.direction != 0 {
+        let was = read_volatile(&raw const (*st).flags);
+        if (*st).endpoint.direction != 0 && was & SOCK_CLOSED == 0 {
             return false;
         }
-        write_volatile(
-            &raw mut (*st).marks,
-            Marks {
-                rx: base.rx,
-                tx: base.tx,
-                segs_in: base.segs_in,
-                segs_out: base.segs_out,
-            },
-        );
-        (*st).flags = flags;
+        write_volatile(&raw mut (*st).flags, flags | SOCK_CLOSED);
+        let tag = tag_of(atomic::load(&raw mut (*st).marks.rx));
+        write_volatile(&raw mut (*st).marks, base.marks(tag + 1));
+        atomic::load(&raw mut (*st).marks.rx);
         write_volatile(&raw mut (*st).endpoint, *endpoint);
+        atomic::load(&raw mut (*st).marks.rx);
+        write_volatile(&raw mut (*st).flags, flags);
     }
     true
+}
+
+/// Whether the socket's storage counts it now (its slots were taken at its
+/// handshake): it names an endpoint and has not closed since.
+#[inline(always)]
+pub fn counted_in_storage(st: *mut SockState) -> bool {
+    // SAFETY: live socket storage.
+    unsafe {
+        (*st).endpoint.direction != 0 && read_volatile(&raw const (*st).flags) & SOCK_CLOSED == 0
+    }
 }
 
 /// Payload bytes and segments so far, from the socket's counters and what
@@ -534,6 +535,20 @@ impl Payload {
         segs_in: 0,
         segs_out: 0,
     };
+
+    /// Marks at these counts, in generation `tag` (wrapping).
+    #[inline(always)]
+    fn marks(&self, tag: u64) -> Marks {
+        let tag_mask = (1 << SOCK_MARK_TAG_BITS) - 1;
+        let mark = (tag & tag_mask) << (64 - SOCK_MARK_TAG_BITS);
+        let value = (1 << (64 - SOCK_MARK_TAG_BITS)) - 1;
+        Marks {
+            rx: mark | self.rx & value,
+            tx: mark | self.tx & value,
+            segs_in: mark | self.segs_in & value,
+            segs_out: mark | self.segs_out & value,
+        }
+    }
 }
 
 /// What a sample of a live socket may count: everything but one byte each

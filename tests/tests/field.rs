@@ -771,6 +771,97 @@ fn field_sockets_beyond_their_slots_count_exactly() {
     assert_nothing_left_open(&b1.ns);
 }
 
+/// A proxy whose agent has one socket slot (`--sock-slots 1`), held by a
+/// keep-alive connection: a second socket, in socket storage, talks,
+/// disconnects (`connect(AF_UNSPEC)`) and connects again twice. Each
+/// connection it makes is counted (storage its socket closed is taken
+/// again), its bytes reach the report while it lives, and the totals end
+/// exactly what nginx served.
+#[test]
+fn field_a_socket_connecting_again_from_socket_storage_is_counted_again() {
+    evenflow_tests::require_root();
+    let mut lab = Lab::new("reconnect", 1).expect("the lab builds");
+    let b1 = lab.backends[0].clone();
+    let log = nginx::start_keepalive(&mut lab, &b1).expect("nginx starts");
+    let lb = lab.lb.clone();
+    agent::start(&mut lab, &lb, &["--sock-slots", "1"]).expect("the lb agent starts");
+    let addr = backend_addr(&lab, 0);
+    let go = lab.dir.join("reconnect-go");
+    let script = format!(
+        "import ctypes, os, socket, struct, time\n\
+         A = ('{addr}', {BACKEND_PORT})\n\
+         R = b'GET / HTTP/1.1\\r\\nHost: b\\r\\n\\r\\n'\n\
+         sent = got = 0\n\
+         def req(s):\n \
+         global sent, got\n \
+         s.sendall(R); sent += len(R)\n \
+         buf = b''\n \
+         while b'\\r\\n\\r\\n' not in buf: buf += s.recv(65536)\n \
+         head, body = buf.split(b'\\r\\n\\r\\n', 1)\n \
+         n = int([l.split(b':')[1] for l in head.split(b'\\r\\n') if l.lower().startswith(b'content-length')][0])\n \
+         while len(body) < n: body += s.recv(65536)\n \
+         got += len(head) + 4 + len(body)\n\
+         libc = ctypes.CDLL(None, use_errno=True)\n\
+         hold = socket.create_connection(A, timeout=5)\n\
+         req(hold)\n\
+         s = socket.create_connection(A, timeout=5)\n\
+         req(s)\n\
+         for i in range(2):\n \
+         if libc.connect(s.fileno(), struct.pack('H14x', 0), 16) != 0: raise OSError(ctypes.get_errno(), 'AF_UNSPEC')\n \
+         s.connect(A)\n \
+         for _ in range(i + 2): req(s)\n\
+         print('live', sent, got, flush=True)\n\
+         while not os.path.exists('{go}'): time.sleep(0.05)\n\
+         s.close(); hold.close()\n",
+        go = go.display()
+    );
+    lab.spawn(&lb, "proxy", "python3", &["-c", &script])
+        .expect("the proxy starts");
+    let live = evenflow_tests::wait_for(Duration::from_secs(20), || {
+        let line = lab
+            .log("proxy")
+            .lines()
+            .find(|l| l.starts_with("live"))?
+            .to_owned();
+        let n: Vec<u64> = line
+            .split(' ')
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        (n.len() == 2).then(|| (n[0], n[1]))
+    })
+    .unwrap_or_else(|| panic!("the proxy talks; {}", lab.processes_report()));
+    // Two connections still open, the rest closed: a sample leaves one byte
+    // each way of each open one for its close.
+    let open = evenflow_tests::wait_for(Duration::from_secs(10), || {
+        let s = grpcurl::snapshot(&lb.ns).ok()?;
+        let t = grpcurl::totals(&s, &addr, BACKEND_PORT, SENDS_TO);
+        (t.opened == 4 && t.bytes_rx + 2 == live.1).then_some(t)
+    });
+    std::fs::write(&go, b"").expect("the go file");
+    let served = served_by(&mut lab, "b1", &log, 4);
+    let t = settled(&lb.ns, &addr, BACKEND_PORT, SENDS_TO, 4).1;
+    println!("proxy live {live:?}; lb while open {open:?}; nginx {served:?}; lb {t:?}");
+    assert!(
+        open.is_some(),
+        "the reconnected socket's bytes reach the report while it lives (live {live:?})"
+    );
+    assert_served("lb SENDS_TO b1", t, &served, View::Lb);
+    assert_eq!(
+        (t.bytes_tx, t.bytes_rx),
+        live,
+        "exactly what the proxy carried"
+    );
+    assert!(
+        datapath(
+            &grpcurl::snapshot(&lb.ns).expect("the lb's snapshot"),
+            "socksInStorage"
+        ) > 0,
+        "the reconnecting socket was kept in socket storage"
+    );
+    assert_nothing_left_open(&lb.ns);
+}
+
 /// A backend whose agent has the most socket slots it accepts a map of
 /// (`--sock-slots 1048576`): more than the 1,000,000 elements one read of
 /// an iterator visits (after which the kernel's read fails with `EAGAIN`
