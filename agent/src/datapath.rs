@@ -25,8 +25,8 @@ use std::{
 };
 
 use agent_common::{
-    EndpointCounters, EndpointKey, LAYOUT_VERSION, META_EPOCH, META_LAYOUT,
-    META_TIMEOUT_CLOSING_NS, META_TIMEOUT_ESTABLISHED_NS, META_TIMEOUT_SYN_NS, STAT_COUNT, maps,
+    EndpointCounters, EndpointKey, META_EPOCH, META_LAYOUT, META_TIMEOUT_CLOSING_NS,
+    META_TIMEOUT_ESTABLISHED_NS, META_TIMEOUT_SYN_NS, STAT_COUNT, maps,
 };
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
@@ -285,8 +285,8 @@ impl Datapath {
             .with_context(|| format!("creating pin directory {}", pin_dir.display()))?;
         let lock = lock_pin_dir(&pin_dir)?;
         let kernel = kernel_offsets(cfg.forwarded_per_packet)?;
-        let layout = layout_version(kernel.conntrack);
-        retire_other_layout(&pin_dir, layout)?;
+        let layout = crate::layout::version(kernel.conntrack);
+        let aside = crate::layout::Aside::other_layout(&pin_dir, layout)?;
         let sock_slots = sock_slots(&pin_dir, cfg.sock_slots);
         let sock_slots_mask = sock_slots - 1;
         let level = cfg.ebpf_log.aya_level();
@@ -336,6 +336,9 @@ impl Datapath {
             .iter()
             .map(|(_, sweeper)| Walk::load(&mut ebpf, sweeper))
             .collect::<Result<Vec<_>>>()?;
+        if let Some(aside) = aside {
+            aside.retire()?;
+        }
         let mut pinned = vec![attach_sockops(&mut ebpf, cfg.cgroup, &links_dir)?];
         // A refinement, not a requirement: without it every connection is
         // still counted, and only bytes a resetting peer took unacknowledged
@@ -975,55 +978,6 @@ fn lock_pin_dir(pin_dir: &Path) -> Result<std::fs::File> {
     lock(libc::LOCK_EX).with_context(|| format!("locking {}", pin_dir.display()))?;
     info!("the other agent stopped: taking over");
     Ok(dir)
-}
-
-/// Removes maps an agent with another layout pinned, so this one starts a
-/// new epoch on fresh maps instead of failing (an upgrade on a DaemonSet
-/// must never crash-loop). The pinned links stay: the new programs replace
-/// the old ones in them, so counting goes on.
-fn retire_other_layout(pin_dir: &Path, layout: u64) -> Result<()> {
-    let Ok(map) = MapData::from_pin(pin_dir.join(maps::META)) else {
-        return Ok(());
-    };
-    let found = Array::<MapData, u64>::try_from(aya::maps::Map::Array(map))
-        .ok()
-        .and_then(|meta| meta.get(&META_LAYOUT, 0).ok());
-    if found == Some(layout) {
-        return Ok(());
-    }
-    info!(
-        pins = %pin_dir.display(),
-        ?found,
-        needed = layout,
-        "pinned maps have another layout: removing them, counters start a new epoch"
-    );
-    for entry in
-        std::fs::read_dir(pin_dir).with_context(|| format!("listing {}", pin_dir.display()))?
-    {
-        let path = entry?.path();
-        if path.is_dir() {
-            continue;
-        }
-        std::fs::remove_file(&path)
-            .with_context(|| format!("removing the old pin {}", path.display()))?;
-    }
-    Ok(())
-}
-
-/// The map layout this agent needs, and in its low bit which flow map it
-/// keeps forwarded connections in: `EF_CT_FLOWS` when conntrack follows
-/// them (0), `EF_FLOWS` when they are counted packet by packet (1). An
-/// agent that switches between the two starts a new epoch: connections
-/// open across the switch would otherwise sit in the map it no longer
-/// sweeps. `EVENFLOW_TEST_LAYOUT_BUMP=N` adds N to the layout, so tests
-/// can play an upgrade to an agent built with another.
-fn layout_version(conntrack: bool) -> u64 {
-    let layout = LAYOUT_VERSION
-        + std::env::var("EVENFLOW_TEST_LAYOUT_BUMP")
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
-    layout << 1 | u64::from(!conntrack)
 }
 
 /// Reads the epoch of the pinned maps, or starts a new one when they were

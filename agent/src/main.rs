@@ -18,6 +18,7 @@ mod embedded;
 mod grpc;
 mod host;
 mod iter;
+mod layout;
 mod links;
 mod listeners;
 mod metrics;

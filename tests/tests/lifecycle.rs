@@ -295,8 +295,21 @@ fn linked_programs(node: &lab::Node) -> Vec<(String, u64)> {
 /// program the previous agent attached, and counting goes on, exact.
 #[test]
 fn a_build_the_kernel_refuses_swaps_nothing() {
+    refused_build("refuse", &[]);
+}
+
+/// The same for a refused build of another map layout: it moves the old
+/// maps aside to load its own, and puts them back as it exits. The
+/// previous build, started again, finds them with every connection its
+/// programs counted meanwhile: the same epoch, nothing lost.
+#[test]
+fn a_refused_build_of_another_layout_leaves_the_maps_pinned() {
+    refused_build("refuselay", &["EVENFLOW_TEST_LAYOUT_BUMP=1"]);
+}
+
+fn refused_build(name: &str, env: &[&str]) {
     evenflow_tests::require_root();
-    let mut lab = Lab::new("refuse", 1).expect("the lab builds");
+    let mut lab = Lab::new(name, 1).expect("the lab builds");
     let b = lab.backends[0].clone();
     let log = nginx::start(&mut lab, &b).expect("nginx starts");
     agent::start(&mut lab, &b, &FLAGS).expect("the agent starts");
@@ -307,19 +320,18 @@ fn a_build_the_kernel_refuses_swaps_nothing() {
         before.iter().any(|(pin, _)| pin.starts_with("sockops")),
         "{before:?}"
     );
-    let said = agent::launch_failing(
-        &mut lab,
-        &b,
-        &FLAGS,
-        &["EVENFLOW_TEST_REFUSE_LOAD=evenflow_slot_sampler"],
-    )
-    .expect("the refused build exits");
+    let pins = pinned_files(&b);
+    let mut refused = vec!["EVENFLOW_TEST_REFUSE_LOAD=evenflow_slot_sampler"];
+    refused.extend_from_slice(env);
+    let said =
+        agent::launch_failing(&mut lab, &b, &FLAGS, &refused).expect("the refused build exits");
     assert!(said.contains("refused"), "{said}");
     assert_eq!(
         linked_programs(&b),
         before,
         "every pinned link runs the programs it ran"
     );
+    assert_eq!(pinned_files(&b), pins, "the same maps are pinned");
     client::http_load(&lab.client.ns, target, 15, 2).expect("the second load runs");
     agent::relaunch(&mut lab, &b, &FLAGS, &[]).expect("the previous build starts again");
     let served = nginx::read_log(&log).expect("the access log");
@@ -331,6 +343,34 @@ fn a_build_the_kernel_refuses_swaps_nothing() {
         &served,
         View::Server,
     );
+}
+
+/// The node's pin directory's files (its maps) and directories, each
+/// pinned map with its id.
+fn pinned_files(node: &lab::Node) -> Vec<(String, Option<u64>)> {
+    let mut out: Vec<_> = std::fs::read_dir(node.pin_dir())
+        .expect("the pin directory lists")
+        .map(|e| {
+            let path = e.expect("an entry").path();
+            let name = path
+                .file_name()
+                .expect("a name")
+                .to_string_lossy()
+                .into_owned();
+            if path.is_dir() {
+                return (name, None);
+            }
+            let shown = std::process::Command::new("bpftool")
+                .args(["-j", "map", "show", "pinned"])
+                .arg(&path)
+                .output()
+                .expect("bpftool runs");
+            let map: Value = serde_json::from_slice(&shown.stdout).expect("bpftool's JSON");
+            (name, map["id"].as_u64())
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// Closes `conns` (keep-alive connections to nginx logging to `log`) and
