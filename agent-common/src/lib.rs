@@ -443,6 +443,18 @@ pub const SOCK_COOKIE_BITS: u32 = 48;
 /// [`SockSlot`]); the marks count up to 2^48 each.
 pub const SOCK_MARK_TAG_BITS: u32 = 16;
 
+/// A socket's segment count past a mark at `have`, from the kernel's
+/// 32-bit counter (`segs_in`, `segs_out`) reading `now`: the mark plus
+/// what the counter grew by since, modulo 2^32, so the count keeps growing
+/// after the counter wraps (2^32 segments is about fourteen hours of one
+/// connection at 1 Gb/s). A reading behind the mark (taken before another
+/// folder raised it) adds nothing. Readings come at least once an
+/// interval, far fewer than 2^31 segments apart.
+pub const fn segs_past(have: u64, now: u64) -> u64 {
+    let ahead = (now as u32).wrapping_sub(have as u32) as i32;
+    if ahead > 0 { have + ahead as u64 } else { have }
+}
+
 /// Default number of `EF_SOCK_SLOTS` slots (`--sock-slots`, a power of
 /// two; 64 bytes each). Sockets beyond what fits get socket storage:
 /// counted the same, at a higher cost.
@@ -775,6 +787,21 @@ mod tests {
                 packets_tx: 12,
             }
         );
+    }
+
+    #[test]
+    fn segment_counts_grow_past_the_kernels_32_bits() {
+        assert_eq!(segs_past(10, 25), 25);
+        // Read before another folder raised the mark: nothing.
+        assert_eq!(segs_past(25, 10), 25);
+        assert_eq!(segs_past(25, 25), 25);
+        // The counter wrapped: 10 past 2^32 - 6 is 16 more.
+        let have = u64::from(u32::MAX) - 5;
+        assert_eq!(segs_past(have, 10), have + 16);
+        // Marks past 2^32 keep growing with the counter's low bits.
+        let have = (3u64 << 32) + 100;
+        assert_eq!(segs_past(have, 150), have + 50);
+        assert_eq!(segs_past(have, 50), have);
     }
 
     #[test]

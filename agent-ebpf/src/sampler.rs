@@ -110,6 +110,9 @@ fn sample_storage(sk: *mut c_void, st: *mut SockState) {
         let marks = &raw mut (*st).marks;
         let tag = sock::tag_of(atomic::load(&raw mut (*marks).rx));
         let flags = read_volatile(&(*st).flags);
+        // Ordered after the flags (arm64 reorders loads): flags without
+        // the mark are written after the endpoint.
+        atomic::load(&raw mut (*marks).rx);
         (tag, flags, read_volatile(&(*st).endpoint), marks)
     };
     if endpoint.direction == 0 || flags & SOCK_CLOSED != 0 {

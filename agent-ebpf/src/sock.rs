@@ -20,7 +20,7 @@ use core::ptr::{read_volatile, write_volatile};
 use agent_common::{
     DEFAULT_SOCK_SLOTS, Direction, EndpointKey, Marks, PROTO_TCP, SOCK_ACTIVE, SOCK_CLOSED,
     SOCK_COOKIE_BITS, SOCK_MARK_TAG_BITS, SOCK_SLOT_FILLING, SOCK_SLOT_FLAGS, SockSlot, SockState,
-    Stat,
+    Stat, segs_past,
 };
 use aya_ebpf::{
     bindings::{
@@ -108,6 +108,9 @@ const PROBES: u32 = 4;
 static SOCK_SLOTS_MASK: u32 = DEFAULT_SOCK_SLOTS - 1;
 
 const COOKIE_MASK: u64 = (1 << SOCK_COOKIE_BITS) - 1;
+
+/// The value bits of a mark (below its generation).
+const MARK_VALUE: u64 = (1 << (64 - SOCK_MARK_TAG_BITS)) - 1;
 
 /// The `i`th slot socket `sk` may take. The kernel allocates TCP sockets
 /// from slabs of 32 KiB, a dozen or so of about 2.3 KiB to a slab: a
@@ -497,8 +500,10 @@ fn keep_in_storage(st: *mut SockState, endpoint: &EndpointKey, flags: u8, base: 
             return false;
         }
         write_volatile(&raw mut (*st).flags, flags | SOCK_CLOSED);
-        let tag = tag_of(atomic::load(&raw mut (*st).marks.rx));
-        write_volatile(&raw mut (*st).marks, base.marks(tag + 1));
+        // Fresh storage keeps generation 0, which builds before
+        // generations in storage read too (a rollback keeps counting it).
+        let tag = tag_of(atomic::load(&raw mut (*st).marks.rx)) + u64::from(was & SOCK_CLOSED != 0);
+        write_volatile(&raw mut (*st).marks, base.marks(tag));
         atomic::load(&raw mut (*st).marks.rx);
         write_volatile(&raw mut (*st).endpoint, *endpoint);
         atomic::load(&raw mut (*st).marks.rx);
@@ -541,12 +546,11 @@ impl Payload {
     fn marks(&self, tag: u64) -> Marks {
         let tag_mask = (1 << SOCK_MARK_TAG_BITS) - 1;
         let mark = (tag & tag_mask) << (64 - SOCK_MARK_TAG_BITS);
-        let value = (1 << (64 - SOCK_MARK_TAG_BITS)) - 1;
         Marks {
-            rx: mark | self.rx & value,
-            tx: mark | self.tx & value,
-            segs_in: mark | self.segs_in & value,
-            segs_out: mark | self.segs_out & value,
+            rx: mark | self.rx & MARK_VALUE,
+            tx: mark | self.tx & MARK_VALUE,
+            segs_in: mark | self.segs_in & MARK_VALUE,
+            segs_out: mark | self.segs_out & MARK_VALUE,
         }
     }
 }
@@ -568,7 +572,8 @@ pub fn live_payload(flags: u8, c: &SockCounters) -> Payload {
 /// when `closing`. Racing folders (sock_ops on one CPU, a sampler on
 /// another) each add only what they raised the high-water marks by; a
 /// sampler stops at the first mark of another generation than `tag` (the
-/// slot changed hands) and adds what it raised before.
+/// slot changed hands) and adds what it raised before. Segment counts are
+/// the kernel's 32 bits, carried past a wrap (see [`segs_past`]).
 #[inline(always)]
 pub fn fold(endpoint: &EndpointKey, marks: *mut Marks, tag: u64, p: &Payload, closing: bool) {
     let mut t = Traffic {
@@ -578,16 +583,27 @@ pub fn fold(endpoint: &EndpointKey, marks: *mut Marks, tag: u64, p: &Payload, cl
     // SAFETY: `marks` points into a slot or live socket storage.
     unsafe {
         let marks = [
-            (&raw mut (*marks).rx, p.rx, &raw mut t.bytes_rx),
-            (&raw mut (*marks).tx, p.tx, &raw mut t.bytes_tx),
-            (&raw mut (*marks).segs_in, p.segs_in, &raw mut t.packets_rx),
+            (&raw mut (*marks).rx, p.rx, false, &raw mut t.bytes_rx),
+            (&raw mut (*marks).tx, p.tx, false, &raw mut t.bytes_tx),
+            (
+                &raw mut (*marks).segs_in,
+                p.segs_in,
+                true,
+                &raw mut t.packets_rx,
+            ),
             (
                 &raw mut (*marks).segs_out,
                 p.segs_out,
+                true,
                 &raw mut t.packets_tx,
             ),
         ];
-        for (mark, target, out) in marks {
+        for (mark, reading, segs, out) in marks {
+            let target = if segs {
+                segs_past(read_volatile(mark) & MARK_VALUE, reading)
+            } else {
+                reading
+            };
             match atomic::raise_tagged(mark, tag, SOCK_MARK_TAG_BITS, target) {
                 Some(v) => *out = v,
                 None => break,

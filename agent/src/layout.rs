@@ -20,6 +20,9 @@ use tracing::{info, warn};
 /// Where maps of another layout wait while a new build loads, under the
 /// node's pin directory.
 const ASIDE: &str = "other-layout";
+/// Where retired maps go to be removed: an agent stopped while it removed
+/// them leaves nothing to put back.
+const RETIRED: &str = "other-layout.retired";
 
 /// The map layout this agent needs, and in its low bit which flow map it
 /// keeps forwarded connections in: `EF_CT_FLOWS` when conntrack follows
@@ -68,9 +71,9 @@ impl Aside {
         );
         let aside = pin_dir.join(ASIDE);
         std::fs::create_dir_all(&aside).with_context(|| format!("creating {}", aside.display()))?;
-        if let Err(e) = move_pins(pin_dir, &aside) {
-            // Those that moved go back: nothing else was pinned meanwhile.
-            let _ = move_pins(&aside, pin_dir);
+        if let Err(e) = set_aside(pin_dir, &aside) {
+            // Nothing new was pinned: whatever moved goes back.
+            let _ = put_back(pin_dir);
             return Err(e);
         }
         Ok(Some(Self {
@@ -80,12 +83,15 @@ impl Aside {
     }
 
     /// The new programs are about to replace the old ones: the old maps
-    /// go with them.
+    /// go with them. Renamed first, so an agent stopped while it removes
+    /// them does not take them for maps to put back.
     pub fn retire(mut self) -> Result<()> {
         self.armed = false;
-        let aside = self.pin_dir.join(ASIDE);
-        std::fs::remove_dir_all(&aside)
-            .with_context(|| format!("removing the old maps at {}", aside.display()))
+        let retired = self.pin_dir.join(RETIRED);
+        std::fs::rename(self.pin_dir.join(ASIDE), &retired)
+            .with_context(|| format!("retiring the old maps to {}", retired.display()))?;
+        std::fs::remove_dir_all(&retired)
+            .with_context(|| format!("removing the old maps at {}", retired.display()))
     }
 }
 
@@ -102,59 +108,75 @@ impl Drop for Aside {
             Err(e) => warn!(
                 pins = %self.pin_dir.display(),
                 error = format!("{e:#}"),
-                "could not pin the old maps again; the next agent starts a new epoch"
+                "could not pin the old maps again; the next agent to start tries again"
             ),
         }
     }
 }
 
-/// Maps an agent left aside when it stopped before it either put them
-/// back or retired them (it was killed as it loaded). With no map pinned
-/// in their place, they are the ones the attached programs count into:
-/// they go back. Otherwise the agent had pinned its own, and they are
-/// stale.
+/// Deals with maps an agent left aside when it was stopped (killed, or
+/// SIGTERMed, which ends a loading agent at once) before it either put
+/// them back or retired them: no program of its own was swapped in, so
+/// they are still the ones the attached programs count into, and go back.
 fn recover(pin_dir: &Path) -> Result<()> {
-    let aside = pin_dir.join(ASIDE);
-    if !aside.exists() {
+    let retired = pin_dir.join(RETIRED);
+    if retired.exists() {
+        std::fs::remove_dir_all(&retired)
+            .with_context(|| format!("removing {}", retired.display()))?;
+    }
+    if !pin_dir.join(ASIDE).exists() {
         return Ok(());
     }
-    if pin_dir.join(maps::META).exists() {
-        info!(pins = %aside.display(), "removing maps of another layout an agent left aside");
-        return std::fs::remove_dir_all(&aside)
-            .with_context(|| format!("removing {}", aside.display()));
-    }
-    info!(pins = %aside.display(), "pinning again the maps an agent left aside as it loaded");
+    info!(pins = %pin_dir.display(), "pinning again the maps an agent left aside as it loaded");
     put_back(pin_dir)
 }
 
-/// Removes whatever a build pinned before it failed, then moves the maps
-/// set aside back.
-fn put_back(pin_dir: &Path) -> Result<()> {
+/// Moves every pinned map into `aside`, `EF_META` last: while it is still
+/// in the pin directory, every pin there is an old one.
+fn set_aside(pin_dir: &Path, aside: &Path) -> Result<()> {
     for path in pins(pin_dir)? {
-        std::fs::remove_file(&path)
-            .with_context(|| format!("removing the new pin {}", path.display()))?;
+        if !is_meta(&path) {
+            move_pin(&path, aside)?;
+        }
     }
+    move_pin(&pin_dir.join(maps::META), aside)
+}
+
+/// Moves the maps set aside back, `EF_META` first. Whatever a build
+/// pinned before it failed is removed first, while `EF_META` is aside
+/// (once it is back, every pin in the pin directory is an old one).
+fn put_back(pin_dir: &Path) -> Result<()> {
     let aside = pin_dir.join(ASIDE);
-    move_pins(&aside, pin_dir)?;
+    let meta = aside.join(maps::META);
+    if meta.exists() {
+        for path in pins(pin_dir)? {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("removing the new pin {}", path.display()))?;
+        }
+        move_pin(&meta, pin_dir)?;
+    }
+    for path in pins(&aside)? {
+        move_pin(&path, pin_dir)?;
+    }
     std::fs::remove_dir(&aside).with_context(|| format!("removing {}", aside.display()))
 }
 
-/// Renames every pinned map in `from` (not the directories: the links'
-/// and the aside one) into `to`.
-fn move_pins(from: &Path, to: &Path) -> Result<()> {
-    for path in pins(from)? {
-        let Some(name) = path.file_name() else {
-            continue;
-        };
-        let target = to.join(name);
-        std::fs::rename(&path, &target).with_context(|| {
-            format!("moving the pin {} to {}", path.display(), target.display())
-        })?;
-    }
-    Ok(())
+fn is_meta(path: &Path) -> bool {
+    path.file_name() == Some(std::ffi::OsStr::new(maps::META))
 }
 
-/// The pinned maps in `dir`.
+/// Renames the pin at `path` into the directory `to`.
+fn move_pin(path: &Path, to: &Path) -> Result<()> {
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} names no pin", path.display()))?;
+    let target = to.join(name);
+    std::fs::rename(path, &target)
+        .with_context(|| format!("moving the pin {} to {}", path.display(), target.display()))
+}
+
+/// The pinned maps in `dir` (not its directories: the links' and the
+/// aside ones).
 fn pins(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut pins = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
@@ -166,4 +188,141 @@ fn pins(dir: &Path) -> Result<Vec<PathBuf>> {
         }
     }
     Ok(pins)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    /// A pin directory of plain files (renames and removals behave as on
+    /// bpffs), each holding which build pinned it.
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(name: &str) -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("evenflow-layout-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(dir.join("links")).expect("a temporary directory");
+            Self(dir)
+        }
+
+        fn pin(&self, at: &str, name: &str, build: &str) {
+            let dir = self.0.join(at);
+            std::fs::create_dir_all(&dir).expect("the directory");
+            std::fs::write(dir.join(name), build).expect("a pin");
+        }
+
+        /// Every pin under the directory, by path, with its build.
+        fn all(&self) -> BTreeMap<String, String> {
+            let mut out = BTreeMap::new();
+            for sub in ["", ASIDE, RETIRED] {
+                let dir = self.0.join(sub);
+                let Ok(entries) = std::fs::read_dir(&dir) else {
+                    continue;
+                };
+                for e in entries {
+                    let path = e.expect("an entry").path();
+                    if path.is_file() {
+                        let name = format!(
+                            "{sub}/{}",
+                            path.file_name().expect("a name").to_string_lossy()
+                        );
+                        out.insert(name, std::fs::read_to_string(&path).expect("a pin"));
+                    }
+                }
+            }
+            out
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn old_pins(d: &Dir) {
+        for name in [maps::META, maps::ENDPOINTS, maps::SOCK_SLOTS] {
+            d.pin("", name, "old");
+        }
+    }
+
+    fn only_old_pinned() -> BTreeMap<String, String> {
+        [maps::META, maps::ENDPOINTS, maps::SOCK_SLOTS]
+            .into_iter()
+            .map(|name| (format!("/{name}"), "old".to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn maps_set_aside_go_back_over_what_the_failed_build_pinned() {
+        let d = Dir::new("back");
+        old_pins(&d);
+        set_aside(&d.0, &{
+            let aside = d.0.join(ASIDE);
+            std::fs::create_dir_all(&aside).expect("the aside directory");
+            aside
+        })
+        .expect("the pins move aside");
+        d.pin("", maps::META, "new");
+        d.pin("", maps::ENDPOINTS, "new");
+        put_back(&d.0).expect("the pins go back");
+        assert_eq!(d.all(), only_old_pinned());
+        assert!(d.0.join("links").is_dir(), "the links stay");
+    }
+
+    #[test]
+    fn an_agent_stopped_as_it_set_maps_aside_leaves_them_to_go_back() {
+        let d = Dir::new("halfaside");
+        old_pins(&d);
+        // Stopped after moving one map, before EF_META: every pin left in
+        // the pin directory is an old one.
+        std::fs::create_dir_all(d.0.join(ASIDE)).expect("the aside directory");
+        std::fs::rename(
+            d.0.join(maps::ENDPOINTS),
+            d.0.join(ASIDE).join(maps::ENDPOINTS),
+        )
+        .expect("one pin moves");
+        recover(&d.0).expect("recovers");
+        assert_eq!(d.all(), only_old_pinned());
+    }
+
+    #[test]
+    fn an_agent_stopped_as_it_loaded_leaves_the_old_maps_to_go_back() {
+        let d = Dir::new("loading");
+        for name in [maps::META, maps::ENDPOINTS, maps::SOCK_SLOTS] {
+            d.pin(ASIDE, name, "old");
+        }
+        // The new build had pinned its own maps, EF_META among them.
+        d.pin("", maps::META, "new");
+        d.pin("", maps::ENDPOINTS, "new");
+        recover(&d.0).expect("recovers");
+        assert_eq!(d.all(), only_old_pinned());
+    }
+
+    #[test]
+    fn an_agent_stopped_as_it_put_maps_back_leaves_the_rest_to_go_back() {
+        let d = Dir::new("halfback");
+        // EF_META went back first, then the agent stopped.
+        d.pin("", maps::META, "old");
+        d.pin(ASIDE, maps::ENDPOINTS, "old");
+        d.pin(ASIDE, maps::SOCK_SLOTS, "old");
+        recover(&d.0).expect("recovers");
+        assert_eq!(d.all(), only_old_pinned());
+    }
+
+    #[test]
+    fn maps_an_agent_was_removing_are_removed() {
+        let d = Dir::new("retired");
+        d.pin("", maps::META, "new");
+        d.pin(RETIRED, maps::ENDPOINTS, "old");
+        recover(&d.0).expect("recovers");
+        assert_eq!(
+            d.all(),
+            [(format!("/{}", maps::META), "new".to_owned())].into()
+        );
+    }
 }
