@@ -20,9 +20,10 @@ use tracing::{info, warn};
 /// Where maps of another layout wait while a new build loads, under the
 /// node's pin directory.
 const ASIDE: &str = "other-layout";
-/// Where retired maps go to be removed: an agent stopped while it removed
-/// them leaves nothing to put back.
-const RETIRED: &str = "other-layout.retired";
+/// A directory that says the maps aside are retired, made before they
+/// are removed: an agent stopped while it removed them leaves nothing to
+/// put back. (bpffs refuses names with a dot.)
+const RETIRED: &str = "retired-layout";
 
 /// The map layout this agent needs, and in its low bit which flow map it
 /// keeps forwarded connections in: `EF_CT_FLOWS` when conntrack follows
@@ -83,16 +84,28 @@ impl Aside {
     }
 
     /// The new programs are about to replace the old ones: the old maps
-    /// go with them. Renamed first, so an agent stopped while it removes
-    /// them does not take them for maps to put back.
+    /// go with them. A marker directory says so first (bpffs renames
+    /// pins, not directories), so an agent stopped while it removes them
+    /// does not take them for maps to put back.
     pub fn retire(mut self) -> Result<()> {
         self.armed = false;
         let retired = self.pin_dir.join(RETIRED);
-        std::fs::rename(self.pin_dir.join(ASIDE), &retired)
-            .with_context(|| format!("retiring the old maps to {}", retired.display()))?;
-        std::fs::remove_dir_all(&retired)
-            .with_context(|| format!("removing the old maps at {}", retired.display()))
+        std::fs::create_dir_all(&retired)
+            .with_context(|| format!("creating {}", retired.display()))?;
+        remove_retired(&self.pin_dir)
     }
+}
+
+/// Removes the maps set aside and then the marker that says they are
+/// retired.
+fn remove_retired(pin_dir: &Path) -> Result<()> {
+    let aside = pin_dir.join(ASIDE);
+    if aside.exists() {
+        std::fs::remove_dir_all(&aside)
+            .with_context(|| format!("removing the old maps at {}", aside.display()))?;
+    }
+    let retired = pin_dir.join(RETIRED);
+    std::fs::remove_dir(&retired).with_context(|| format!("removing {}", retired.display()))
 }
 
 impl Drop for Aside {
@@ -119,10 +132,8 @@ impl Drop for Aside {
 /// them back or retired them: no program of its own was swapped in, so
 /// they are still the ones the attached programs count into, and go back.
 fn recover(pin_dir: &Path) -> Result<()> {
-    let retired = pin_dir.join(RETIRED);
-    if retired.exists() {
-        std::fs::remove_dir_all(&retired)
-            .with_context(|| format!("removing {}", retired.display()))?;
+    if pin_dir.join(RETIRED).exists() {
+        return remove_retired(pin_dir);
     }
     if !pin_dir.join(ASIDE).exists() {
         return Ok(());
@@ -318,8 +329,11 @@ mod tests {
     fn maps_an_agent_was_removing_are_removed() {
         let d = Dir::new("retired");
         d.pin("", maps::META, "new");
-        d.pin(RETIRED, maps::ENDPOINTS, "old");
+        // Stopped after removing the old EF_META.
+        d.pin(ASIDE, maps::ENDPOINTS, "old");
+        std::fs::create_dir(d.0.join(RETIRED)).expect("the marker");
         recover(&d.0).expect("recovers");
+        assert!(!d.0.join(RETIRED).exists() && !d.0.join(ASIDE).exists());
         assert_eq!(
             d.all(),
             [(format!("/{}", maps::META), "new".to_owned())].into()

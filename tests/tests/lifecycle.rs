@@ -251,6 +251,12 @@ fn upgrade_to_another_layout_starts_a_new_epoch() {
         before["agentEpoch"], after["agentEpoch"],
         "a new layout starts a new epoch"
     );
+    let dirs: Vec<_> = pinned_files(&b)
+        .into_iter()
+        .filter(|(_, id)| id.is_none())
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(dirs, ["links"], "the old maps are gone, nothing left aside");
     let all = nginx::read_log(&log).expect("the access log");
     assert_eq!(all.connections, 45);
     assert_eq!(
