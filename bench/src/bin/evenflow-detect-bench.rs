@@ -162,6 +162,7 @@ fn run_one(s: &Scenario, seed: u64) -> Outcome {
             name: "bench".into(),
             tick: t,
             members,
+            balancing: Default::default(),
         });
         if t >= s.onset {
             for &i in &s.truth {

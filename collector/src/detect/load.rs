@@ -68,7 +68,10 @@
 //! `L · ln(2 (e − a) / e)` ticks. While the time it has been low plus
 //! that projection stays within `load_refill` ticks it is a warning
 //! ("refilling"); beyond it — connections that never turn over, or the
-//! window spent — it pages.
+//! window spent — it pages. In a least-connections pool a member below
+//! its share should get most new connections: one that gets less than its
+//! share of them over the last ten ticks is not refilling at all, and
+//! pages once the finding is sustained.
 //!
 //! # Routing or pinned
 //! Every finding names its cause: **routing** when the member's new
@@ -77,7 +80,9 @@
 //! choices are off; **pinned** when its new connections are
 //! balanced (or too few to move anything) and old connections hold the
 //! load — fixed by a maximum connection age, least-connections balancing
-//! or request-level balancing.
+//! or request-level balancing. In a least-connections pool, whose new
+//! connections are never judged skewed, the cause reads their ratio
+//! instead: routing when they do not lean towards evening the member out.
 
 use std::collections::HashMap;
 
@@ -443,6 +448,10 @@ pub(super) struct Context {
     pub concentrated: bool,
     /// The pool's new connections this tick.
     pub new_conns: f64,
+    /// The pool balances by least connections: a member below its share
+    /// should get more than its share of new connections, one above it
+    /// fewer.
+    pub least_connections: bool,
 }
 
 /// The view's load in numbers.
@@ -715,7 +724,15 @@ impl MemberLoad {
         let bytes_j = judge_bytes(tick.s, &tick.bounds, &n, &window, tick.kappa, &active);
         let active_ticks = self.active.update(tick.tick, active.dir, active.level);
         let bytes_ticks = self.bytes.update(tick.tick, bytes_j.dir, bytes_j.level);
-        let refill = Refill::project(tick.s, &n, t.active, tick.ctx.turnover, active_ticks.0);
+        let conns = NewConns::of(vv);
+        let starved = tick.ctx.least_connections && conns.starved();
+        let refill = Refill::project(
+            tick.s,
+            &n,
+            t.active,
+            tick.ctx.turnover,
+            (active_ticks.0, starved),
+        );
         if active.level > Level::None || bytes_j.level > Level::None {
             samples.flagged += 1;
         } else {
@@ -726,7 +743,6 @@ impl MemberLoad {
                 samples.bytes.push((n.a, x));
             }
         }
-        let conns = NewConns::of(vv);
         let subject = Subject {
             s: tick.s,
             n: &n,
@@ -908,12 +924,22 @@ impl NewConns {
         }
     }
 
+    /// Under least-connections, a member below its share that gets less
+    /// than its share of new connections over the last ten ticks: the
+    /// balancer, which should send it nearly all of them, is not.
+    fn starved(&self) -> bool {
+        self.enough && self.ratio < 1.0
+    }
+
     /// Routing or pinned for a finding on side `dir`, and why: routing
     /// when the member's new connections are judged skewed the same way
     /// (a raw ratio is not enough: a member that was down while its
     /// clients reconnected elsewhere missed those connections through no
     /// fault of the balancer).
     fn cause(&self, dir: i8, ctx: &Context) -> (Cause, String) {
+        if ctx.least_connections {
+            return self.least_connections_cause(dir, ctx);
+        }
         let same_way = if dir > 0 {
             self.skewed_high
         } else {
@@ -947,6 +973,48 @@ impl NewConns {
     }
 }
 
+impl NewConns {
+    /// [`NewConns::cause`] in a least-connections pool, whose new
+    /// connections are never judged skewed: the balancer sends them to the
+    /// members holding the fewest, so a member below its share should get
+    /// more than its share of them and one above it less. The wrong way,
+    /// or its bare share, is the balancer's choice (routing); the right
+    /// way, old connections the balancer is still evening out (pinned).
+    fn least_connections_cause(&self, dir: i8, ctx: &Context) -> (Cause, String) {
+        if !self.enough {
+            return (
+                Cause::Pinned,
+                format!(
+                    "least-connections, but the pool opens too few new connections to even out ({:.2}/tick): old connections hold the load",
+                    ctx.turnover
+                ),
+            );
+        }
+        let wrong_way = if dir < 0 {
+            self.ratio <= 1.0
+        } else {
+            self.ratio >= 1.0
+        };
+        if wrong_way {
+            (
+                Cause::Routing,
+                format!(
+                    "least-connections, yet it gets {:.2}× its share of new connections: the balancer is not evening it out",
+                    self.ratio
+                ),
+            )
+        } else {
+            (
+                Cause::Pinned,
+                format!(
+                    "least-connections is evening it out ({:.2}× its share of new connections); old connections hold the load until they close (a maximum connection age shortens that)",
+                    self.ratio
+                ),
+            )
+        }
+    }
+}
+
 /// Whether a member below its share refills in time.
 struct Refill {
     /// Connections live this many ticks (Little's law); infinite when the
@@ -956,12 +1024,25 @@ struct Refill {
     to_half: f64,
     /// Ticks it has been low.
     low_for: u64,
-    /// Low for, plus the projection, within `load_refill`.
+    /// Low for, plus the projection, within `load_refill`, and not
+    /// `starved`.
     in_time: bool,
+    /// A least-connections balancer does not send it the new connections
+    /// it would refill with.
+    starved: bool,
 }
 
 impl Refill {
-    fn project(s: &Settings, n: &Numbers, total: f64, turnover: f64, low_for: u64) -> Self {
+    /// The projection for a member at `low_for` ticks below its share;
+    /// `starved`: it gets less than its share of new connections from a
+    /// least-connections balancer, so it will not refill at all.
+    fn project(
+        s: &Settings,
+        n: &Numbers,
+        total: f64,
+        turnover: f64,
+        (low_for, starved): (u64, bool),
+    ) -> Self {
         let lifetime = if turnover > 1e-9 {
             total / turnover
         } else {
@@ -976,12 +1057,15 @@ impl Refill {
             lifetime,
             to_half,
             low_for,
-            in_time: low_for as f64 + to_half <= s.load_refill as f64,
+            in_time: !starved && low_for as f64 + to_half <= s.load_refill as f64,
+            starved,
         }
     }
 
     fn text(&self) -> String {
-        if self.lifetime.is_infinite() {
+        if self.starved {
+            "not refilling: a least-connections balancer should send it most new connections, and does not".into()
+        } else if self.lifetime.is_infinite() {
             "no new connections reach the pool, so it will not refill".into()
         } else if self.in_time {
             format!(

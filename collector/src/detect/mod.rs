@@ -47,6 +47,13 @@
 //!   connections are skewed too, *pinned* when old connections hold it.
 //!   A pool with many open connections is judged on them even when it
 //!   opens too few new ones.
+//! * **Least-connections pools** ([`Balancing::LeastConnections`], a
+//!   hint users declare): the balancer sends every new connection to the
+//!   member holding the fewest, so a restarted member takes them all while
+//!   the others take none. Their new connections raise no ZERO, SKEW or
+//!   CONCENTRATION; their open connections are judged as everywhere, and
+//!   a member below its share that gets less than its share of new
+//!   connections is not refilling (the balancer should be catching it up).
 //! * Hysteresis: alerts fire when evidence crosses its bound, clear after
 //!   `clear_ticks` ticks back inside the warning band, are suppressed for
 //!   `settle_ticks` after the member set changes, and an alert that flaps
@@ -60,7 +67,8 @@ pub mod sim;
 pub use alerts::{Alert, AlertKind, Severity, Transition};
 pub use load::{Cause, LoadSummary, LoadVerdict, PINNED_FIXES, Signal, binomial_log_tail};
 pub use pool::{
-    MemberInput, MemberVerdict, PoolInput, PoolVerdict, Verdict, View, ViewInput, ViewVerdict,
+    Balancing, MemberInput, MemberVerdict, PoolInput, PoolVerdict, Verdict, View, ViewInput,
+    ViewVerdict,
 };
 
 use std::collections::HashMap;
@@ -268,6 +276,8 @@ pub fn chi2_bound(alpha: f64, df: usize) -> f64 {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_balancing;
 #[cfg(test)]
 mod tests_down;
 #[cfg(test)]

@@ -84,6 +84,51 @@ impl MemberInput {
     }
 }
 
+/// How a pool's balancer picks the member for each new connection, as its
+/// users declare it (pool file `balancing`, Kubernetes annotation
+/// `evenflow.io/balancing`). It decides what the split of new connections
+/// can be judged against.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub enum Balancing {
+    /// By weight, whatever the members hold (round robin, random, hashing,
+    /// kube-proxy): new connections are expected to follow the weights.
+    #[default]
+    Weighted,
+    /// To the member holding the fewest open connections (HAProxy
+    /// `leastconn`, nginx `least_conn`, Envoy `LEAST_REQUEST`, IPVS `lc`).
+    /// A member that restarted or joined holds none, so it gets every new
+    /// connection until it catches up while the others get none: the split
+    /// of new connections is the balancer working, not a fault, and only
+    /// the open connections it evens out are judged.
+    LeastConnections,
+}
+
+impl Balancing {
+    /// The values users may write, as they write them.
+    pub const ALLOWED: &'static str = "\"least-connections\" or \"weighted\"";
+
+    /// Said with the verdict of a pool so declared: why its new
+    /// connections raise no ZERO, SKEW or CONCENTRATION.
+    pub const LEAST_CONNECTIONS_NOTE: &'static str =
+        "least-connections: new connections are not judged, open connections are";
+
+    /// The hint a user wrote (`least-connections`, `weighted`), if it is
+    /// one.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name.trim() {
+            "least-connections" => Some(Self::LeastConnections),
+            "weighted" => Some(Self::Weighted),
+            _ => None,
+        }
+    }
+
+    /// Whether the pool's new connections are judged against the weights
+    /// (ZERO, SKEW, CONCENTRATION).
+    pub fn judges_new_connections(self) -> bool {
+        self == Self::Weighted
+    }
+}
+
 /// One pool's input for one tick. Its members are [`MemberInput`]s or
 /// anything that carries one (the collector's members carry their
 /// address, node and measured rates along, so nothing is re-joined by
@@ -93,6 +138,8 @@ pub struct PoolInput<M = MemberInput> {
     pub name: String,
     pub tick: u64,
     pub members: Vec<M>,
+    /// How its balancer places new connections.
+    pub balancing: Balancing,
 }
 
 impl<M: AsRef<MemberInput>> PoolInput<M> {
@@ -407,6 +454,9 @@ struct PoolJudging {
     cpu_total: f64,
     /// Members in the pool.
     member_count: usize,
+    /// New connections are judged against the weights (not a
+    /// least-connections pool).
+    judges_new_connections: bool,
 }
 
 impl PoolState {
@@ -441,6 +491,7 @@ impl PoolState {
             settling: self.settle_left > 0,
             cpu_total: input.members().filter_map(|m| self.cpu.get(&m.id)).sum(),
             member_count: input.members.len(),
+            judges_new_connections: input.balancing.judges_new_connections(),
         };
         self.settle_left = self.settle_left.saturating_sub(1);
 
@@ -517,9 +568,17 @@ impl PoolState {
         server: &ViewOutcome,
         lb: &ViewOutcome,
     ) -> MemberVerdict {
-        let sv = server.verdicts.get(&m.id).cloned();
-        let lv = lb.verdicts.get(&m.id).cloned();
+        let mut sv = server.verdicts.get(&m.id).cloned();
+        let mut lv = lb.verdicts.get(&m.id).cloned();
         let (mut verdict, view, mut reason) = combine(m, sv.as_ref(), lv.as_ref());
+        if !judging.judges_new_connections {
+            // After combining: a view's raw ZERO still makes a MISMATCH
+            // when the other view saw new connections.
+            unjudge_split(&mut verdict, &mut reason);
+            for v in sv.iter_mut().chain(lv.iter_mut()) {
+                unjudge_split(&mut v.verdict, &mut v.reason);
+            }
+        }
         if let (Some(&cpu), true) = (self.cpu.get(&m.id), judging.cpu_total > 0.0) {
             let share = sv
                 .as_ref()
@@ -549,6 +608,19 @@ impl PoolState {
             active,
             bytes,
         }
+    }
+}
+
+/// Drops a ZERO or SKEW on new connections from a pool that does not
+/// judge them ([`Balancing::LeastConnections`]): there a member's share of
+/// new connections follows how few it holds, not its weight.
+fn unjudge_split(verdict: &mut Verdict, reason: &mut String) {
+    if matches!(
+        verdict,
+        Verdict::Zero { .. } | Verdict::SkewLow { .. } | Verdict::SkewHigh { .. }
+    ) {
+        *verdict = Verdict::Ok;
+        *reason = Balancing::LEAST_CONNECTIONS_NOTE.into();
     }
 }
 
@@ -815,6 +887,10 @@ impl ViewState {
         };
         let (effective, concentrated) =
             self.concentration(s, &eligible, expected_effective, bounds.phi);
+        // A least-connections balancer concentrates new connections on the
+        // members holding the fewest: by design, not a fault.
+        let least_connections = !input.balancing.judges_new_connections();
+        let concentrated = concentrated && !least_connections;
         self.learn_dispersion(s, &tally, concentrated);
         let load = self.load.evaluate(
             s,
@@ -826,6 +902,7 @@ impl ViewState {
                 turnover: long_rate,
                 concentrated,
                 new_conns: n,
+                least_connections,
             },
         );
         ViewOutcome {

@@ -173,6 +173,9 @@ pub struct LongLivedSpec {
     pub response_bytes: f64,
     /// Pareto tail index of both sizes.
     pub size_alpha: f64,
+    /// The balancer places each connection on the member holding the
+    /// fewest (ties at random) instead of at random by weight.
+    pub least_connections: bool,
 }
 
 impl LongLivedSpec {
@@ -187,6 +190,7 @@ impl LongLivedSpec {
             request_bytes: 600.0,
             response_bytes: 4000.0,
             size_alpha: 2.0,
+            least_connections: false,
         }
     }
 }
@@ -215,7 +219,8 @@ struct Client {
 
 /// A pool of long-lived connections, simulated a tick at a time: each
 /// client holds one connection, placed by the balancer at random by weight
-/// (as kube-proxy and random balancers do), re-established now and then,
+/// (as kube-proxy and random balancers do) or on the member holding the
+/// fewest for weight ([`LongLivedSpec::least_connections`]), re-established now and then,
 /// and sends requests at its own rate with heavy-tailed sizes both ways.
 /// Faults: members down (their clients reconnect elsewhere), new members,
 /// skewed placement (routing), heavier clients on one member, and
@@ -337,6 +342,9 @@ impl LongLived {
     }
 
     fn place(&self, rng: &mut Rng) -> usize {
+        if self.spec.least_connections {
+            return self.least_held(rng);
+        }
         let w = |i: usize| {
             if self.down[i] {
                 0.0
@@ -355,6 +363,27 @@ impl LongLived {
         (0..self.members()).rev().find(|&i| w(i) > 0.0).unwrap_or(0)
     }
 
+    /// The member a least-connections balancer picks: the fewest
+    /// connections for its weight, among those it sends to (up, placement
+    /// above zero); ties at random.
+    fn least_held(&self, rng: &mut Rng) -> usize {
+        let mut held = vec![0usize; self.members()];
+        for c in &self.clients {
+            if let Some(h) = held.get_mut(c.member) {
+                *h += 1;
+            }
+        }
+        let open = |i: &usize| !self.down[*i] && self.placement[*i] > 0.0;
+        let load = |i: usize| held[i] as f64 / self.spec.weights[i];
+        let Some(least) = (0..self.members()).filter(open).map(load).reduce(f64::min) else {
+            return 0;
+        };
+        let ties: Vec<usize> = (0..self.members())
+            .filter(|i| open(i) && load(*i) <= least)
+            .collect();
+        ties[((rng.f64() * ties.len() as f64) as usize).min(ties.len() - 1)]
+    }
+
     /// The detector's input for one tick's numbers (server view; members
     /// named by [`member_id`]).
     pub fn input(&self, name: &str, tick: u64, t: &[MemberTick]) -> super::PoolInput {
@@ -362,6 +391,11 @@ impl LongLived {
             name: name.to_owned(),
             tick,
             members: Vec::new(),
+            balancing: if self.spec.least_connections {
+                super::Balancing::LeastConnections
+            } else {
+                super::Balancing::Weighted
+            },
         };
         self.fill(&mut input, tick, t);
         input
@@ -422,6 +456,9 @@ impl LongLived {
                 if self.clients[c].pinned {
                     continue;
                 }
+                // Closed first: a least-connections balancer no longer
+                // counts it where it was.
+                self.clients[c].member = usize::MAX;
                 let m = self.place(rng);
                 self.clients[c].member = m;
                 out[m].new_conns += 1;

@@ -28,6 +28,7 @@ pub(super) fn input(tick: u64, counts: &[u64], weights: &[f64]) -> PoolInput {
                 listening: None,
             })
             .collect(),
+        balancing: Balancing::Weighted,
     }
 }
 

@@ -65,7 +65,7 @@ use std::{
 
 pub use crate::service::declared::Source;
 use crate::{
-    detect::{MemberInput, PoolInput, ViewInput},
+    detect::{Balancing, MemberInput, PoolInput, ViewInput},
     parallel::Threads,
     service::{
         declared::{Declared, Expect, KubeService, LbNodes},
@@ -693,6 +693,8 @@ impl PoolPlan {
                 name: String::from(&*self.name),
                 tick,
                 members: judged,
+                // Declared pools say otherwise (next commit).
+                balancing: Balancing::default(),
             },
             unjudged,
             lb_nodes: self.lb_nodes.clone(),
