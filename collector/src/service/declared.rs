@@ -13,7 +13,9 @@
 //!    Kubernetes says is not ready or terminating stays so whatever the
 //!    file says: the file cannot know which Pods are.
 //!    A file pool under another name keeps its members even when Kubernetes
-//!    has them too: they are judged in both pools, as declared.
+//!    has them too: they are judged in both pools, as declared. Its
+//!    `balancing`, when given, replaces the Service's
+//!    `evenflow.io/balancing` annotation.
 //! 3. **Agent labels** (`--service NAME=PORT`) announce only endpoints no
 //!    Kubernetes pool has: an address:port in a Service's EndpointSlices
 //!    belongs to that Service's pool whatever label its agent gives the
@@ -26,7 +28,10 @@ use std::{
     time::Instant,
 };
 
-use crate::service::{kube::KubePools, poolfile::PoolFile};
+use crate::{
+    detect::Balancing,
+    service::{kube::KubePools, poolfile::PoolFile},
+};
 
 /// Where a member comes from.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
@@ -137,6 +142,9 @@ pub struct DeclaredPool {
     /// Said with the pool's verdict (e.g. why a Service that asks for
     /// topology-aware routing is judged as one pool).
     pub note: Option<Arc<str>>,
+    /// How its balancer places new connections (pool file `balancing`,
+    /// annotation `evenflow.io/balancing`).
+    pub balancing: Balancing,
 }
 
 /// Every declared pool, by name, and the members Kubernetes places.
@@ -190,6 +198,12 @@ impl Declared {
             if !file_pool.lb_nodes.is_empty() {
                 pool.lb_nodes = LbNodes::Named(file_pool.lb_nodes.clone());
             }
+            if let Some(balancing) = file_pool.balancing {
+                pool.balancing = balancing;
+            }
+        }
+        for pool in pools.values_mut() {
+            say_balancing(pool);
         }
         Self {
             pools,
@@ -201,6 +215,20 @@ impl Declared {
     pub fn from_file(file: &PoolFile) -> Self {
         Self::merge(BTreeMap::new(), file)
     }
+}
+
+/// Adds to a least-connections pool's note that its new connections are
+/// not judged, so whoever reads its verdict knows why no ZERO or SKEW on
+/// them can come.
+fn say_balancing(pool: &mut DeclaredPool) {
+    if pool.balancing.judges_new_connections() {
+        return;
+    }
+    let said = Balancing::LEAST_CONNECTIONS_NOTE;
+    pool.note = Some(match &pool.note {
+        Some(note) => Arc::from(format!("{note}; {said}")),
+        None => Arc::from(said),
+    });
 }
 
 /// The declared sources the detection tick reads: the pool file (loaded
@@ -311,6 +339,54 @@ members = [{ address = "10.0.0.1:8080" }]
             !declared
                 .kubernetes_members
                 .contains(&"10.0.0.9:8080".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn a_least_connections_pool_says_so_in_its_note_and_the_file_decides() {
+        let mut kube = BTreeMap::new();
+        for name in ["default/grpc:h2", "default/web:http"] {
+            kube.insert(
+                Arc::from(name),
+                DeclaredPool {
+                    members: vec![kube_member("10.0.0.1:8080", Expect::Share)],
+                    note: Some("dual-stack".into()),
+                    balancing: Balancing::LeastConnections,
+                    ..DeclaredPool::default()
+                },
+            );
+        }
+        let file = crate::service::poolfile::parse(
+            std::path::Path::new("p.toml"),
+            r#"
+[[pool]]
+name = "default/web:http"
+balancing = "weighted"
+[[pool]]
+name = "legacy"
+balancing = "least-connections"
+members = [{ address = "10.0.0.2:8080" }]
+"#,
+        )
+        .unwrap();
+        let declared = Declared::merge(kube, &file);
+        let grpc = &declared.pools["default/grpc:h2"];
+        assert_eq!(grpc.balancing, Balancing::LeastConnections);
+        assert_eq!(
+            grpc.note.as_deref(),
+            Some(
+                "dual-stack; least-connections: new connections are not judged, open connections are"
+            )
+        );
+        // The file overrides the annotation.
+        let web = &declared.pools["default/web:http"];
+        assert_eq!(web.balancing, Balancing::Weighted);
+        assert_eq!(web.note.as_deref(), Some("dual-stack"));
+        let legacy = &declared.pools["legacy"];
+        assert_eq!(legacy.balancing, Balancing::LeastConnections);
+        assert_eq!(
+            legacy.note.as_deref(),
+            Some(Balancing::LEAST_CONNECTIONS_NOTE)
         );
     }
 }

@@ -5,6 +5,7 @@
 //! [[pool]]
 //! name = "web"
 //! lb_nodes = ["lb-1", "lb-2"]        # optional
+//! balancing = "least-connections"    # optional; default "weighted"
 //! members = [
 //!   { address = "10.0.0.11:8080", weight = 2 },
 //!   { address = "10.0.0.12:8080" },                   # weight 1
@@ -23,6 +24,8 @@ use std::{
 
 use serde::Deserialize;
 use toml::Spanned;
+
+use crate::detect::Balancing;
 
 /// A pool file that could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +75,9 @@ pub struct FilePool {
     /// Nodes whose SENDS_TO traffic is this pool's LB view; empty means
     /// "any node sending to a member".
     pub lb_nodes: Vec<String>,
+    /// How its balancer places new connections, when the file says (it
+    /// then overrides a Kubernetes annotation on the same pool).
+    pub balancing: Option<Balancing>,
 }
 
 /// Every pool in the file, by name.
@@ -90,6 +96,7 @@ struct RawPool {
     name: Spanned<String>,
     #[serde(default)]
     lb_nodes: Vec<Spanned<String>>,
+    balancing: Option<Spanned<String>>,
     #[serde(default)]
     members: Vec<RawMember>,
 }
@@ -121,8 +128,8 @@ pub fn parse(path: &Path, text: &str) -> Result<PoolFile, PoolFileError> {
         file.invalid(
             span,
             message,
-            "write pools as [[pool]] tables with name = \"...\", optional lb_nodes = [\"node\", ...] \
-             and members = [{ address = \"10.0.0.1:8080\", weight = 1, draining = false }, ...]",
+            "write pools as [[pool]] tables with name = \"...\", optional lb_nodes = [\"node\", ...], \
+             optional balancing = \"least-connections\" and members = [{ address = \"10.0.0.1:8080\", weight = 1, draining = false }, ...]",
         )
     })?;
     let mut pools = PoolFile::new();
@@ -156,12 +163,16 @@ pub fn parse(path: &Path, text: &str) -> Result<PoolFile, PoolFileError> {
             members.push(member);
         }
         let lb_nodes = file.lb_nodes(&name, p.lb_nodes)?;
+        let balancing = (p.balancing.as_ref())
+            .map(|b| file.balancing(&name, b))
+            .transpose()?;
         pools.insert(
             name.clone(),
             FilePool {
                 name,
                 members,
                 lb_nodes,
+                balancing,
             },
         );
     }
@@ -239,6 +250,21 @@ impl FileText<'_> {
             },
             m.address.span(),
         ))
+    }
+
+    /// Pool `name`'s `balancing`: one of the hints the detector knows.
+    fn balancing(&self, name: &str, b: &Spanned<String>) -> Result<Balancing, PoolFileError> {
+        let v = b.get_ref();
+        Balancing::from_name(v).ok_or_else(|| {
+            self.invalid(
+                b.span(),
+                format!(
+                    "balancing {v:?} of pool {name:?} is not one of {}",
+                    Balancing::ALLOWED
+                ),
+                "write balancing = \"least-connections\" when the balancer sends each new connection to the member with the fewest open (HAProxy leastconn, nginx least_conn, Envoy LEAST_REQUEST, IPVS lc), or leave it out (\"weighted\")",
+            )
+        })
     }
 
     /// Pool `name`'s load balancer node names, each once.
@@ -330,5 +356,31 @@ members = [
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("pools.toml:3:"), "{e}");
+    }
+
+    #[test]
+    fn parses_the_balancing_hint_and_names_the_allowed_values() {
+        let f = p(r#"
+[[pool]]
+name = "grpc"
+balancing = "least-connections"
+members = [{ address = "10.0.0.11:8080" }]
+[[pool]]
+name = "web"
+members = [{ address = "10.0.0.12:8080" }]
+"#)
+        .expect("parses");
+        assert_eq!(f["grpc"].balancing, Some(Balancing::LeastConnections));
+        assert_eq!(f["web"].balancing, None, "not said: not overridden");
+        let e = p("[[pool]]\nname = \"web\"\nbalancing = \"leastconn\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("pools.toml:3:13"), "{e}");
+        assert!(
+            e.contains("balancing \"leastconn\" of pool \"web\"")
+                && e.contains("\"least-connections\" or \"weighted\"")
+                && e.contains("fix:"),
+            "{e}"
+        );
     }
 }

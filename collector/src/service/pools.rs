@@ -382,6 +382,8 @@ struct PoolPlan {
     lb_present: bool,
     kubernetes: Option<Arc<KubeService>>,
     note: Option<Arc<str>>,
+    /// How its balancer places new connections.
+    balancing: Balancing,
 }
 
 /// One member of a [`PoolPlan`].
@@ -613,6 +615,7 @@ impl Seen<'_> {
             lb_present,
             kubernetes: declared_pool.and_then(|p| p.kubernetes.clone()),
             note: declared_pool.and_then(|p| p.note.clone()),
+            balancing: declared_pool.map_or(Balancing::default(), |p| p.balancing),
         }
     }
 
@@ -693,8 +696,7 @@ impl PoolPlan {
                 name: String::from(&*self.name),
                 tick,
                 members: judged,
-                // Declared pools say otherwise (next commit).
-                balancing: Balancing::default(),
+                balancing: self.balancing,
             },
             unjudged,
             lb_nodes: self.lb_nodes.clone(),

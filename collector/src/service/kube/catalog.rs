@@ -36,6 +36,13 @@
 //!   rules, and in no pool). A Service that asks for topology routing while some ready
 //!   endpoint lacks a hint is routed cluster-wide by kube-proxy, and judged
 //!   as one pool with a note saying so.
+//! * Balancing. The annotation `evenflow.io/balancing: least-connections`
+//!   says the Service's traffic reaches its endpoints through a
+//!   least-connections balancer (an ingress or mesh in front, not
+//!   kube-proxy): every pool of the Service is judged on its open
+//!   connections, not on its split of new connections
+//!   ([`Balancing::LeastConnections`]). A value not understood leaves the
+//!   pools judged as weighted, with a note naming the value.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -48,7 +55,10 @@ use k8s_openapi::api::{
     discovery::v1::{Endpoint, EndpointConditions, EndpointSlice},
 };
 
-use crate::service::declared::{KubeService, LbNodes};
+use crate::{
+    detect::Balancing,
+    service::declared::{KubeService, LbNodes},
+};
 
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -58,6 +68,9 @@ pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 pub const TOPOLOGY_MODE: &str = "service.kubernetes.io/topology-mode";
 /// Its older name (1.23–1.26).
 pub const TOPOLOGY_HINTS: &str = "service.kubernetes.io/topology-aware-hints";
+/// The annotation that names how the Service's balancer places new
+/// connections ([`Balancing`]).
+pub const BALANCING: &str = "evenflow.io/balancing";
 
 /// An endpoint's condition, as kube-proxy reads it.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -100,6 +113,8 @@ pub struct ServicePool {
     pub lb_nodes: LbNodes,
     /// Said with its verdict.
     pub note: Option<Arc<str>>,
+    /// How its balancer places new connections.
+    pub balancing: Balancing,
 }
 
 /// Everything the API says, as of one moment.
@@ -123,6 +138,25 @@ fn condition(conditions: Option<&EndpointConditions>) -> Condition {
         (true, _, true) => Condition::Draining,
         (false, true, _) => Condition::Ready,
         _ => Condition::NotReady,
+    }
+}
+
+/// The Service's balancing hint ([`BALANCING`]) and, for a value that is
+/// not one, a note saying so: such a pool is judged as weighted, as if
+/// there were no annotation, rather than not judged on a typo.
+fn balancing(svc: &Service) -> (Balancing, Option<Arc<str>>) {
+    let Some(value) = (svc.metadata.annotations.as_ref()).and_then(|a| a.get(BALANCING)) else {
+        return (Balancing::default(), None);
+    };
+    match Balancing::from_name(value) {
+        Some(balancing) => (balancing, None),
+        None => (
+            Balancing::default(),
+            Some(Arc::from(format!(
+                "annotation {BALANCING}: {value:?} is not understood (allowed: {}): new connections are judged against the weights",
+                Balancing::ALLOWED
+            ))),
+        ),
     }
 }
 
@@ -259,6 +293,7 @@ pub fn build<'a>(
         .into_iter()
         .filter(|ip| ip != "None" && !ip.is_empty())
         .collect();
+        let (balancing, note) = balancing(svc);
         for port in spec.ports.iter().flatten() {
             if !tcp(port.protocol.as_ref()) {
                 continue;
@@ -286,7 +321,8 @@ pub fn build<'a>(
                 service: Arc::new(service),
                 members: members(port, slices, &mut names),
                 lb_nodes: LbNodes::Senders,
-                note: None,
+                note: note.clone(),
+                balancing,
             };
             for family in by_family(spec, whole) {
                 split(svc, family, node_zones, &mut out);
@@ -326,9 +362,13 @@ fn by_family(spec: &ServiceSpec, whole: ServicePool) -> Vec<ServicePool> {
             service: Arc::new(service),
             members,
             lb_nodes: whole.lb_nodes.clone(),
-            note: Some(Arc::from(format!(
-                "dual-stack: kube-proxy balances each IP family on its own, so this pool is the {family} endpoints"
-            ))),
+            note: Some(also(
+                whole.note.as_ref(),
+                &format!(
+                    "dual-stack: kube-proxy balances each IP family on its own, so this pool is the {family} endpoints"
+                ),
+            )),
+            balancing: whole.balancing,
         }
     };
     vec![
@@ -495,6 +535,7 @@ fn part(
             .collect(),
         lb_nodes: LbNodes::SendersAmong(Arc::new(lb_nodes)),
         note: Some(also(whole.note.as_ref(), &note)),
+        balancing: whole.balancing,
     }
 }
 

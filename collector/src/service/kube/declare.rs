@@ -141,6 +141,7 @@ impl KubePools {
                     lb_nodes: pool.lb_nodes.clone(),
                     kubernetes: Some(pool.service.clone()),
                     note: pool.note.clone(),
+                    balancing: pool.balancing,
                 },
             );
         }
@@ -177,6 +178,7 @@ mod tests {
                     .collect(),
                 lb_nodes: LbNodes::Senders,
                 note: None,
+                balancing: Default::default(),
             }],
         })
     }

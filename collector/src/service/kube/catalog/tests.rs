@@ -468,3 +468,44 @@ fn under_local_policy_each_node_falls_back_on_its_own() {
         [Condition::Draining, Condition::Ready]
     );
 }
+
+#[test]
+fn the_balancing_annotation_marks_every_pool_of_the_service() {
+    let annotated = |name: &str, value: &str| {
+        let mut svc = service(name, &[("http", 80), ("grpc", 9090)]);
+        svc.metadata.annotations = Some([(BALANCING.to_owned(), value.to_owned())].into());
+        svc
+    };
+    let svcs = [
+        annotated("a", "least-connections"),
+        annotated("b", "leastconn"),
+        service("c", &[("http", 80)]),
+    ];
+    let slices = [
+        slice("a", "a-1", ("http", 8080), &[ready("10.0.0.1", "n1", "z1")]),
+        slice("a", "a-2", ("grpc", 9090), &[ready("10.0.0.1", "n1", "z1")]),
+        slice("b", "b-1", ("http", 8080), &[ready("10.0.0.2", "n1", "z1")]),
+        slice("c", "c-1", ("http", 8080), &[ready("10.0.0.3", "n1", "z1")]),
+    ];
+    let pools = build(&svcs, &slices, &BTreeMap::new());
+    let of = |name: &str| {
+        (pools.iter())
+            .find(|pool| &*pool.name == name)
+            .unwrap_or_else(|| panic!("no pool {name}"))
+    };
+    for name in ["default/a:http", "default/a:grpc"] {
+        assert_eq!(of(name).balancing, Balancing::LeastConnections, "{name}");
+        assert_eq!(of(name).note, None, "{name}");
+    }
+    // A value not understood: judged as today, and the note says why.
+    let b = of("default/b:http");
+    assert_eq!(b.balancing, Balancing::Weighted);
+    let note = b.note.as_deref().expect("a note");
+    assert!(
+        note.contains("evenflow.io/balancing") && note.contains("\"leastconn\" is not understood"),
+        "{note}"
+    );
+    assert!(note.contains("\"least-connections\""), "{note}");
+    assert_eq!(of("default/c:http").balancing, Balancing::Weighted);
+    assert_eq!(of("default/c:http").note, None);
+}
