@@ -761,14 +761,45 @@ fn field_sockets_beyond_their_slots_count_exactly() {
     let serves = settled(&b1.ns, &addr, BACKEND_PORT, SERVES, want).1;
     println!("nginx {served:?}; server {serves:?}");
     assert_served("b1 SERVES", serves, &served, View::Server);
-    assert!(
-        datapath(
-            &grpcurl::snapshot(&b1.ns).expect("b1's snapshot"),
-            "socksInStorage"
-        ) > 0,
-        "sockets beyond the one slot were kept in socket storage"
+    assert_storage_used(
+        &b1.ns,
+        "sockets beyond the one slot were kept in socket storage",
     );
     assert_nothing_left_open(&b1.ns);
+}
+
+/// Python: `request(s)` sends one keep-alive request `R` on socket `s`,
+/// reads the whole answer and returns its length in bytes.
+const PY_REQUEST: &str = "R = b'GET / HTTP/1.1\\r\\nHost: b\\r\\n\\r\\n'\n\
+    def request(s):\n \
+    s.sendall(R)\n \
+    buf = b''\n \
+    while b'\\r\\n\\r\\n' not in buf: buf += s.recv(65536)\n \
+    head, body = buf.split(b'\\r\\n\\r\\n', 1)\n \
+    n = int([l.split(b':')[1] for l in head.split(b'\\r\\n') if l.lower().startswith(b'content-length')][0])\n \
+    while len(body) < n: body += s.recv(65536)\n \
+    return len(head) + 4 + len(body)\n";
+
+/// The two numbers process `name` printed on its line starting with `at`
+/// (bytes sent and received), waiting up to 20 s for it.
+fn printed_pair(lab: &mut Lab, name: &str, at: &str) -> (u64, u64) {
+    evenflow_tests::wait_for(Duration::from_secs(20), || {
+        let log = lab.log(name);
+        let line = log.lines().find(|l| l.starts_with(at))?.to_owned();
+        let n: Vec<u64> = line
+            .split(' ')
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        (n.len() == 2).then(|| (n[0], n[1]))
+    })
+    .unwrap_or_else(|| panic!("{name} prints its bytes {at}; {}", lab.processes_report()))
+}
+
+/// Asserts that `ns`'s agent kept some socket in socket storage (`why`).
+fn assert_storage_used(ns: &str, why: &str) {
+    let snap = grpcurl::snapshot(ns).expect("the node's snapshot");
+    assert!(datapath(&snap, "socksInStorage") > 0, "{why}");
 }
 
 /// A proxy whose agent has one socket slot (`--sock-slots 1`), held by a
@@ -790,17 +821,11 @@ fn field_a_socket_connecting_again_from_socket_storage_is_counted_again() {
     let script = format!(
         "import ctypes, os, socket, struct, time\n\
          A = ('{addr}', {BACKEND_PORT})\n\
-         R = b'GET / HTTP/1.1\\r\\nHost: b\\r\\n\\r\\n'\n\
+         {PY_REQUEST}\
          sent = got = 0\n\
          def req(s):\n \
          global sent, got\n \
-         s.sendall(R); sent += len(R)\n \
-         buf = b''\n \
-         while b'\\r\\n\\r\\n' not in buf: buf += s.recv(65536)\n \
-         head, body = buf.split(b'\\r\\n\\r\\n', 1)\n \
-         n = int([l.split(b':')[1] for l in head.split(b'\\r\\n') if l.lower().startswith(b'content-length')][0])\n \
-         while len(body) < n: body += s.recv(65536)\n \
-         got += len(head) + 4 + len(body)\n\
+         sent += len(R); got += request(s)\n\
          libc = ctypes.CDLL(None, use_errno=True)\n\
          hold = socket.create_connection(A, timeout=5)\n\
          req(hold)\n\
@@ -817,20 +842,7 @@ fn field_a_socket_connecting_again_from_socket_storage_is_counted_again() {
     );
     lab.spawn(&lb, "proxy", "python3", &["-c", &script])
         .expect("the proxy starts");
-    let live = evenflow_tests::wait_for(Duration::from_secs(20), || {
-        let line = lab
-            .log("proxy")
-            .lines()
-            .find(|l| l.starts_with("live"))?
-            .to_owned();
-        let n: Vec<u64> = line
-            .split(' ')
-            .skip(1)
-            .filter_map(|v| v.parse().ok())
-            .collect();
-        (n.len() == 2).then(|| (n[0], n[1]))
-    })
-    .unwrap_or_else(|| panic!("the proxy talks; {}", lab.processes_report()));
+    let live = printed_pair(&mut lab, "proxy", "live");
     // Two connections still open, the rest closed: a sample leaves one byte
     // each way of each open one for its close.
     let open = evenflow_tests::wait_for(Duration::from_secs(10), || {
@@ -852,13 +864,7 @@ fn field_a_socket_connecting_again_from_socket_storage_is_counted_again() {
         live,
         "exactly what the proxy carried"
     );
-    assert!(
-        datapath(
-            &grpcurl::snapshot(&lb.ns).expect("the lb's snapshot"),
-            "socksInStorage"
-        ) > 0,
-        "the reconnecting socket was kept in socket storage"
-    );
+    assert_storage_used(&lb.ns, "the reconnecting socket was kept in socket storage");
     assert_nothing_left_open(&lb.ns);
 }
 
@@ -1586,12 +1592,9 @@ fn field_one_slot_shared_by_pods_counts_each_endpoint_exactly() {
     for (b, log) in backends.iter().zip(&logs) {
         assert_both_views(&mut lab, b, log, 160, (&node.ns, &node.ns, None));
     }
-    assert!(
-        datapath(
-            &grpcurl::snapshot(&node.ns).expect("the node's snapshot"),
-            "socksInStorage"
-        ) > 0,
-        "sockets beyond the one slot were kept in socket storage"
+    assert_storage_used(
+        &node.ns,
+        "sockets beyond the one slot were kept in socket storage",
     );
     assert_nothing_left_open(&node.ns);
 }
@@ -1784,15 +1787,8 @@ fn field_host_network_proxy_connections_older_than_the_agent_count_the_backend()
     // starts and three after; the bytes each way printed at both points.
     let script = format!(
         "import os, socket, time\n\
-         R = b'GET / HTTP/1.1\\r\\nHost: vip\\r\\n\\r\\n'\n\
-         def req(s):\n \
-         s.sendall(R)\n \
-         buf = b''\n \
-         while b'\\r\\n\\r\\n' not in buf: buf += s.recv(65536)\n \
-         head, body = buf.split(b'\\r\\n\\r\\n', 1)\n \
-         n = int([l.split(b':')[1] for l in head.split(b'\\r\\n') if l.lower().startswith(b'content-length')][0])\n \
-         while len(body) < n: body += s.recv(65536)\n \
-         return len(head) + 4 + len(body)\n\
+         {PY_REQUEST}\
+         req = request\n\
          conns = [socket.create_connection(('{vip}', 80), timeout=5) for _ in range(2)]\n\
          sent = got = 0\n\
          def talk(n):\n \
@@ -1811,25 +1807,7 @@ fn field_host_network_proxy_connections_older_than_the_agent_count_the_backend()
     );
     lab.spawn(&lb, "proxy", "python3", &["-c", &script])
         .expect("the proxy starts");
-    let counts = |lab: &mut Lab, at: &str| {
-        evenflow_tests::wait_for(Duration::from_secs(20), || {
-            let log = lab.log("proxy");
-            let line = log.lines().find(|l| l.starts_with(at))?.to_owned();
-            let n: Vec<u64> = line
-                .split(' ')
-                .skip(1)
-                .filter_map(|v| v.parse().ok())
-                .collect();
-            (n.len() == 2).then(|| (n[0], n[1]))
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "the proxy prints its bytes {at}; {}",
-                lab.processes_report()
-            )
-        })
-    };
-    let before = counts(&mut lab, "before");
+    let before = printed_pair(&mut lab, "proxy", "before");
     agent::start(&mut lab, &lb, &[]).expect("the lb agent starts");
     assert!(
         lab.log("agent-lb").contains("adopted=2"),
@@ -1837,7 +1815,7 @@ fn field_host_network_proxy_connections_older_than_the_agent_count_the_backend()
         lab.log("agent-lb")
     );
     std::fs::write(&go, b"").expect("the go file");
-    let after = counts(&mut lab, "after");
+    let after = printed_pair(&mut lab, "proxy", "after");
     let backends = [backend_addr(&lab, 0), backend_addr(&lab, 1)];
     // One connection to each backend.
     let counted = truth::sent_to_each(&lb.ns, &backends, 1);
