@@ -68,10 +68,10 @@
 //! `L · ln(2 (e − a) / e)` ticks. While the time it has been low plus
 //! that projection stays within `load_refill` ticks it is a warning
 //! ("refilling"); beyond it — connections that never turn over, or the
-//! window spent — it pages. In a least-connections pool a member below
-//! its share should get most new connections: one that gets less than its
-//! share of them over the last ten ticks is not refilling at all, and
-//! pages once the finding is sustained.
+//! window spent — it pages. In a least-connections pool the member
+//! holding the fewest should get nearly all new connections: one that
+//! gets less than half its share of them over the last ten ticks is not
+//! refilling at all, and pages once the finding is sustained.
 //!
 //! # Routing or pinned
 //! Every finding names its cause: **routing** when the member's new
@@ -504,6 +504,11 @@ struct Tick<'a> {
     kappa: f64,
     bounds: Bounds,
     holders: Vec<(f64, &'a str)>,
+    /// The lowest open-connection load of an eligible member, as a
+    /// multiple of its share: whom a least-connections balancer sends to.
+    emptiest: f64,
+    /// Open connections eligible members lack to half their shares.
+    backlog: f64,
     ctx: &'a Context,
 }
 
@@ -556,6 +561,44 @@ fn holders<'a>(
     h
 }
 
+/// The lowest open-connection load of a member eligible in `view`, as a
+/// multiple of its share of `active` (infinite when none has a share).
+fn emptiest(
+    input: &PoolInput<impl AsRef<MemberInput>>,
+    view: View,
+    presence: &Presence,
+    verdicts: &HashMap<String, ViewVerdict>,
+    active: f64,
+) -> f64 {
+    input
+        .members()
+        .filter_map(|m| {
+            let v = m.eligible(view, presence)?;
+            let e = active * verdicts.get(&m.id)?.expected_share;
+            (e > 0.0).then(|| v.active as f64 / e)
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// Open connections the members eligible in `view` lack to half their
+/// shares of `active`.
+fn backlog(
+    input: &PoolInput<impl AsRef<MemberInput>>,
+    view: View,
+    presence: &Presence,
+    verdicts: &HashMap<String, ViewVerdict>,
+    active: f64,
+) -> f64 {
+    input
+        .members()
+        .filter_map(|m| {
+            let v = m.eligible(view, presence)?;
+            let e = active * verdicts.get(&m.id)?.expected_share;
+            Some((e / 2.0 - v.active as f64).max(0.0))
+        })
+        .sum()
+}
+
 impl LoadState {
     /// Judges the load of every member of `view` this tick, writing each
     /// member's [`LoadVerdict`]s into its new-connection verdict.
@@ -587,6 +630,8 @@ impl LoadState {
                 ln_warn: (s.load_alpha * 1e3 / tests).min(0.5).ln(),
             },
             holders: holders(input, view, presence, verdicts, totals.active),
+            emptiest: emptiest(input, view, presence, verdicts, totals.active),
+            backlog: backlog(input, view, presence, verdicts, totals.active),
             ctx,
             totals,
         };
@@ -725,13 +770,16 @@ impl MemberLoad {
         let active_ticks = self.active.update(tick.tick, active.dir, active.level);
         let bytes_ticks = self.bytes.update(tick.tick, bytes_j.dir, bytes_j.level);
         let conns = NewConns::of(vv);
-        let starved = tick.ctx.least_connections && conns.starved();
+        let lc = tick.ctx.least_connections.then(|| LeastConnections {
+            starved: conns.starved(tick.s, &n, tick.emptiest),
+            backlog: tick.backlog,
+        });
         let refill = Refill::project(
             tick.s,
             &n,
-            t.active,
-            tick.ctx.turnover,
-            (active_ticks.0, starved),
+            (t.active, tick.ctx.turnover),
+            active_ticks.0,
+            lc,
         );
         if active.level > Level::None || bytes_j.level > Level::None {
             samples.flagged += 1;
@@ -924,11 +972,16 @@ impl NewConns {
         }
     }
 
-    /// Under least-connections, a member below its share that gets less
-    /// than its share of new connections over the last ten ticks: the
-    /// balancer, which should send it nearly all of them, is not.
-    fn starved(&self) -> bool {
-        self.enough && self.ratio < 1.0
+    /// Under least-connections, a member holding the fewest open
+    /// connections for its share (within one; `emptiest` is the pool's
+    /// lowest load as a multiple of share) that got less than half its
+    /// share of new connections over the last ten ticks: the balancer,
+    /// which should send it nearly all of them, is not. A member below its
+    /// share but above the emptiest one rightly gets few: another is
+    /// refilling first.
+    fn starved(&self, s: &Settings, n: &Numbers, emptiest: f64) -> bool {
+        let lowest = n.e > 0.0 && n.a <= emptiest * n.e + 1.0;
+        lowest && self.enough && self.ratio < s.page_low
     }
 
     /// Routing or pinned for a finding on side `dir`, and why: routing
@@ -1030,26 +1083,45 @@ struct Refill {
     /// A least-connections balancer does not send it the new connections
     /// it would refill with.
     starved: bool,
+    /// The projection is a least-connections balancer's: every new
+    /// connection to the members lacking most.
+    least_connections: bool,
+}
+
+/// How a least-connections pool refills a member below its share.
+#[derive(Clone, Copy)]
+struct LeastConnections {
+    /// It holds the fewest and still gets less than half its share of new
+    /// connections: it will not refill at all.
+    starved: bool,
+    /// Open connections the pool's members lack to half their shares: the
+    /// balancer hands every new connection to one of them, so all of them
+    /// hold half their shares once that many new connections came.
+    backlog: f64,
 }
 
 impl Refill {
-    /// The projection for a member at `low_for` ticks below its share;
-    /// `starved`: it gets less than its share of new connections from a
-    /// least-connections balancer, so it will not refill at all.
+    /// The projection for a member at `low_for` ticks below its share,
+    /// in a pool holding `total` open connections and opening `turnover`
+    /// new ones a tick: by weight, a share of them; by least connections
+    /// (`lc`), all of them, to whichever members lack most.
     fn project(
         s: &Settings,
         n: &Numbers,
-        total: f64,
-        turnover: f64,
-        (low_for, starved): (u64, bool),
+        (total, turnover): (f64, f64),
+        low_for: u64,
+        lc: Option<LeastConnections>,
     ) -> Self {
         let lifetime = if turnover > 1e-9 {
             total / turnover
         } else {
             f64::INFINITY
         };
+        let starved = lc.is_some_and(|lc| lc.starved);
         let to_half = if n.a >= n.e / 2.0 {
             0.0
+        } else if let Some(lc) = lc.filter(|_| turnover > 1e-9) {
+            lc.backlog / turnover
         } else {
             lifetime * (2.0 * (n.e - n.a) / n.e).ln()
         };
@@ -1059,6 +1131,7 @@ impl Refill {
             low_for,
             in_time: !starved && low_for as f64 + to_half <= s.load_refill as f64,
             starved,
+            least_connections: lc.is_some(),
         }
     }
 
@@ -1067,6 +1140,11 @@ impl Refill {
             "not refilling: a least-connections balancer should send it most new connections, and does not".into()
         } else if self.lifetime.is_infinite() {
             "no new connections reach the pool, so it will not refill".into()
+        } else if self.in_time && self.least_connections {
+            format!(
+                "refilling: least-connections sends new connections to the members lacking most, so it holds half its share in ~{:.0} more ticks",
+                self.to_half
+            )
         } else if self.in_time {
             format!(
                 "refilling: connections live ~{:.0} ticks, so it holds half its share in ~{:.0} more",

@@ -52,8 +52,9 @@
 //!   member holding the fewest, so a restarted member takes them all while
 //!   the others take none. Their new connections raise no ZERO, SKEW or
 //!   CONCENTRATION; their open connections are judged as everywhere, and
-//!   a member below its share that gets less than its share of new
-//!   connections is not refilling (the balancer should be catching it up).
+//!   the member holding the fewest that gets less than half its share of
+//!   new connections is not refilling (the balancer should be catching it
+//!   up).
 //! * Hysteresis: alerts fire when evidence crosses its bound, clear after
 //!   `clear_ticks` ticks back inside the warning band, are suppressed for
 //!   `settle_ticks` after the member set changes, and an alert that flaps

@@ -94,8 +94,9 @@ pub enum Balancing {
     /// kube-proxy): new connections are expected to follow the weights.
     #[default]
     Weighted,
-    /// To the member holding the fewest open connections (HAProxy
-    /// `leastconn`, nginx `least_conn`, Envoy `LEAST_REQUEST`, IPVS `lc`).
+    /// To the member holding the fewest open connections for its weight
+    /// (HAProxy `leastconn`, nginx `least_conn`, Envoy `LEAST_REQUEST`,
+    /// IPVS `wlc`, or `lc` with equal weights).
     /// A member that restarted or joined holds none, so it gets every new
     /// connection until it catches up while the others get none: the split
     /// of new connections is the balancer working, not a fault, and only
@@ -570,10 +571,11 @@ impl PoolState {
     ) -> MemberVerdict {
         let mut sv = server.verdicts.get(&m.id).cloned();
         let mut lv = lb.verdicts.get(&m.id).cloned();
-        let (mut verdict, view, mut reason) = combine(m, sv.as_ref(), lv.as_ref());
+        let (mut verdict, view, mut reason) =
+            combine(m, sv.as_ref(), lv.as_ref(), judging.judges_new_connections);
         if !judging.judges_new_connections {
             // After combining: a view's raw ZERO still makes a MISMATCH
-            // when the other view saw new connections.
+            // when the other view sees new connections now.
             unjudge_split(&mut verdict, &mut reason);
             for v in sv.iter_mut().chain(lv.iter_mut()) {
                 unjudge_split(&mut v.verdict, &mut v.reason);
@@ -719,7 +721,21 @@ fn combine(
     m: &MemberInput,
     sv: Option<&ViewVerdict>,
     lv: Option<&ViewVerdict>,
+    weighted: bool,
 ) -> (Verdict, View, String) {
+    // What the other view saw while one is ZERO. Where new connections
+    // follow the weights, ZERO means an outage, and any the other view saw
+    // over the window contradicts it. In a least-connections pool every
+    // healthy member goes ZERO while another refills, each view crossing
+    // the bound at its own pace with connections from before the refill
+    // still in the other's window: only connections this tick contradict.
+    let saw = |v: &ViewVerdict| {
+        if weighted {
+            v.window_observed > 0.0
+        } else {
+            v.new_conns > 0
+        }
+    };
     match (sv, lv) {
         (None, None) => (
             Verdict::NoData,
@@ -744,7 +760,7 @@ fn combine(
             }
             match (s.verdict.is_zero(), l.verdict.is_zero()) {
                 (true, true) => (s.verdict, View::Server, s.reason.clone()),
-                (true, false) if l.window_observed > 0.0 => (
+                (true, false) if saw(l) => (
                     Verdict::Mismatch,
                     View::Server,
                     format!(
@@ -752,7 +768,7 @@ fn combine(
                         l.window_observed
                     ),
                 ),
-                (false, true) if s.window_observed > 0.0 => (
+                (false, true) if saw(s) => (
                     Verdict::Mismatch,
                     View::Lb,
                     format!(

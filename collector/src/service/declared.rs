@@ -167,6 +167,22 @@ impl Declared {
             .collect();
         let mut pools = kube;
         for (name, file_pool) in file {
+            // A Service's parts (`…@zone`, `…@node`, `…@IPv6`) take the
+            // whole's balancing; an entry that names nothing but that
+            // makes no pool of its own beside them.
+            let parts = format!("{name}@");
+            let split = pools.keys().any(|pool| pool.starts_with(&parts));
+            if let Some(balancing) = file_pool.balancing {
+                for (_, pool) in pools
+                    .iter_mut()
+                    .filter(|(pool, _)| pool.starts_with(&parts))
+                {
+                    pool.balancing = balancing;
+                }
+            }
+            if split && file_pool.members.is_empty() && !pools.contains_key(name.as_str()) {
+                continue;
+            }
             let pool = pools.entry(Arc::from(name.as_str())).or_default();
             for file_member in &file_pool.members {
                 let known =
@@ -387,6 +403,39 @@ members = [{ address = "10.0.0.2:8080" }]
         assert_eq!(
             legacy.note.as_deref(),
             Some(Balancing::LEAST_CONNECTIONS_NOTE)
+        );
+    }
+
+    #[test]
+    fn a_file_balancing_reaches_a_services_parts_and_makes_no_pool_beside_them() {
+        let mut kube = BTreeMap::new();
+        for name in ["default/api:grpc@zone-a", "default/api:grpc@zone-b"] {
+            kube.insert(
+                Arc::from(name),
+                DeclaredPool {
+                    members: vec![kube_member("10.0.0.1:8080", Expect::Share)],
+                    balancing: Balancing::LeastConnections,
+                    ..DeclaredPool::default()
+                },
+            );
+        }
+        let file = crate::service::poolfile::parse(
+            std::path::Path::new("p.toml"),
+            "[[pool]]\nname = \"default/api:grpc\"\nbalancing = \"weighted\"\n",
+        )
+        .unwrap();
+        let declared = Declared::merge(kube, &file);
+        for part in ["default/api:grpc@zone-a", "default/api:grpc@zone-b"] {
+            assert_eq!(
+                declared.pools[part].balancing,
+                Balancing::Weighted,
+                "{part}"
+            );
+        }
+        assert!(
+            !declared.pools.contains_key("default/api:grpc"),
+            "{:?}",
+            declared.pools.keys().collect::<Vec<_>>()
         );
     }
 }
