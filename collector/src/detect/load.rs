@@ -410,6 +410,9 @@ struct MemberLoad {
     bytes_out: Ring,
     active: Run,
     bytes: Run,
+    /// Ticks in a row it held the fewest open connections for its share
+    /// (least-connections pools).
+    emptiest_for: u64,
 }
 
 /// The pool's bytes per tick, for the members' shares.
@@ -770,8 +773,10 @@ impl MemberLoad {
         let active_ticks = self.active.update(tick.tick, active.dir, active.level);
         let bytes_ticks = self.bytes.update(tick.tick, bytes_j.dir, bytes_j.level);
         let conns = NewConns::of(vv);
+        let lowest = n.e > 0.0 && n.a <= tick.emptiest * n.e + 1.0;
+        self.emptiest_for = if lowest { self.emptiest_for + 1 } else { 0 };
         let lc = tick.ctx.least_connections.then(|| LeastConnections {
-            starved: conns.starved(tick.s, &n, tick.emptiest),
+            starved: conns.starved(tick.s, self.emptiest_for),
             backlog: tick.backlog,
         });
         let refill = Refill::project(
@@ -972,16 +977,15 @@ impl NewConns {
         }
     }
 
-    /// Under least-connections, a member holding the fewest open
-    /// connections for its share (within one; `emptiest` is the pool's
-    /// lowest load as a multiple of share) that got less than half its
-    /// share of new connections over the last ten ticks: the balancer,
-    /// which should send it nearly all of them, is not. A member below its
-    /// share but above the emptiest one rightly gets few: another is
-    /// refilling first.
-    fn starved(&self, s: &Settings, n: &Numbers, emptiest: f64) -> bool {
-        let lowest = n.e > 0.0 && n.a <= emptiest * n.e + 1.0;
-        lowest && self.enough && self.ratio < s.page_low
+    /// Under least-connections, a member that held the fewest open
+    /// connections for its share (within one) through the whole window,
+    /// `emptiest_for` ticks in a row, and got less than half its share of
+    /// new connections over it: the balancer, which should send it nearly
+    /// all of them, is not. A member below its share but above the
+    /// emptiest one rightly gets few while another refills first, and its
+    /// window holds those ticks until it has been the emptiest for as long.
+    fn starved(&self, s: &Settings, emptiest_for: u64) -> bool {
+        emptiest_for >= super::pool::SHARE_WINDOW as u64 && self.enough && self.ratio < s.page_low
     }
 
     /// Routing or pinned for a finding on side `dir`, and why: routing

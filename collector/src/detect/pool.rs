@@ -234,6 +234,8 @@ pub struct ViewVerdict {
     pub window_expected: f64,
     /// Expected count accumulated since the member's last new connection.
     pub zero_expected: f64,
+    /// Ticks in a row without a new connection.
+    pub dark_ticks: u64,
     /// z-score of the deciding window.
     pub z: f64,
     /// Cumulative new connections seen.
@@ -299,7 +301,7 @@ pub struct PoolVerdict {
 
 const RING: usize = 30;
 const WINDOWS: [usize; 4] = [1, 3, 10, 30];
-const SHARE_WINDOW: usize = 10;
+pub(super) const SHARE_WINDOW: usize = 10;
 
 #[derive(Clone, Default)]
 struct MemberHist {
@@ -310,6 +312,8 @@ struct MemberHist {
     head: usize,
     zero_e: f64,
     zero_bytes: bool,
+    /// Ticks in a row without a new connection.
+    dark_ticks: u64,
     conns_total: u64,
     draining_recent: [u64; 10],
 }
@@ -723,18 +727,17 @@ fn combine(
     lv: Option<&ViewVerdict>,
     weighted: bool,
 ) -> (Verdict, View, String) {
-    // What the other view saw while one is ZERO. Where new connections
-    // follow the weights, ZERO means an outage, and any the other view saw
-    // over the window contradicts it. In a least-connections pool every
-    // healthy member goes ZERO while another refills, each view crossing
-    // the bound at its own pace with connections from before the refill
-    // still in the other's window: only connections this tick contradict.
-    let saw = |v: &ViewVerdict| {
-        if weighted {
-            v.window_observed > 0.0
-        } else {
-            v.new_conns > 0
-        }
+    // Whether `other` saw new connections while `zero` was ZERO. Where new
+    // connections follow the weights, ZERO means an outage, and any the
+    // other view saw over the window contradicts it. In a least-connections
+    // pool every healthy member goes ZERO while another refills, each view
+    // crossing the bound at its own pace with connections from before the
+    // refill still in the other's window: only connections within the dark
+    // run contradict it (this tick's, or the window's once the run is as
+    // long as the window).
+    let saw = |other: &ViewVerdict, zero: &ViewVerdict| {
+        other.window_observed > 0.0
+            && (weighted || other.new_conns > 0 || zero.dark_ticks >= SHARE_WINDOW as u64)
     };
     match (sv, lv) {
         (None, None) => (
@@ -760,7 +763,7 @@ fn combine(
             }
             match (s.verdict.is_zero(), l.verdict.is_zero()) {
                 (true, true) => (s.verdict, View::Server, s.reason.clone()),
-                (true, false) if saw(l) => (
+                (true, false) if saw(l, s) => (
                     Verdict::Mismatch,
                     View::Server,
                     format!(
@@ -768,7 +771,7 @@ fn combine(
                         l.window_observed
                     ),
                 ),
-                (false, true) if saw(s) => (
+                (false, true) if saw(s, l) => (
                     Verdict::Mismatch,
                     View::Lb,
                     format!(
@@ -1002,6 +1005,7 @@ impl ViewState {
             window_observed: 0.0,
             window_expected: 0.0,
             zero_expected: 0.0,
+            dark_ticks: 0,
             z: 0.0,
             conns_total: hist.conns_total,
             reason: String::new(),
@@ -1185,7 +1189,13 @@ fn judge_share(
         hist.zero_e = 0.0;
         hist.zero_bytes = false;
     }
+    hist.dark_ticks = if input.new_conns == 0 {
+        hist.dark_ticks + 1
+    } else {
+        0
+    };
     judged.zero_expected = hist.zero_e;
+    judged.dark_ticks = hist.dark_ticks;
     let zero_evidence = hist.zero_e * bounds.zero_gain;
     if zero_evidence >= bounds.zero_bound / 2.0 {
         tally.suspect = true;
