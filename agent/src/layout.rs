@@ -84,9 +84,8 @@ impl Aside {
     }
 
     /// The new programs are about to replace the old ones: the old maps
-    /// go with them. A marker directory says so first (bpffs renames
-    /// pins, not directories), so an agent stopped while it removes them
-    /// does not take them for maps to put back.
+    /// go with them. A marker directory says so first, so an agent stopped
+    /// while it removes them does not take them for maps to put back.
     pub fn retire(mut self) -> Result<()> {
         self.armed = false;
         let retired = self.pin_dir.join(RETIRED);
