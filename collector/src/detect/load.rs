@@ -541,65 +541,54 @@ impl Totals {
     }
 }
 
-/// Up to three members holding more than their share of the open
-/// connections, most first: who holds what a member below its share lacks.
-fn holders<'a>(
+/// A member eligible in `view`: its id, its open connections and what its
+/// share of the pool's open connections would be.
+type OpenLoad<'a> = (&'a str, f64, f64);
+
+/// Every member eligible in `view` with a verdict, as an [`OpenLoad`] of
+/// the pool's `active` open connections.
+fn open_loads<'a>(
     input: &'a PoolInput<impl AsRef<MemberInput>>,
     view: View,
     presence: &Presence,
     verdicts: &HashMap<String, ViewVerdict>,
     active: f64,
-) -> Vec<(f64, &'a str)> {
-    let mut h: Vec<(f64, &str)> = input
+) -> Vec<OpenLoad<'a>> {
+    input
         .members()
         .filter_map(|m| {
             let v = m.eligible(view, presence)?;
-            let p = verdicts.get(&m.id)?.expected_share;
-            let ratio = v.active as f64 / (active * p);
-            (active > 0.0 && p > 0.0 && ratio > 1.1).then_some((ratio, m.id.as_str()))
+            let e = active * verdicts.get(&m.id)?.expected_share;
+            Some((m.id.as_str(), v.active as f64, e))
         })
+        .collect()
+}
+
+/// Up to three members holding more than their share of the open
+/// connections, most first: who holds what a member below its share lacks.
+fn holders<'a>(loads: &[OpenLoad<'a>]) -> Vec<(f64, &'a str)> {
+    let mut h: Vec<(f64, &str)> = (loads.iter())
+        .filter(|(_, _, e)| *e > 0.0)
+        .map(|&(id, a, e)| (a / e, id))
+        .filter(|(ratio, _)| *ratio > 1.1)
         .collect();
     h.sort_by(|a, b| b.0.total_cmp(&a.0));
     h.truncate(3);
     h
 }
 
-/// The lowest open-connection load of a member eligible in `view`, as a
-/// multiple of its share of `active` (infinite when none has a share).
-fn emptiest(
-    input: &PoolInput<impl AsRef<MemberInput>>,
-    view: View,
-    presence: &Presence,
-    verdicts: &HashMap<String, ViewVerdict>,
-    active: f64,
-) -> f64 {
-    input
-        .members()
-        .filter_map(|m| {
-            let v = m.eligible(view, presence)?;
-            let e = active * verdicts.get(&m.id)?.expected_share;
-            (e > 0.0).then(|| v.active as f64 / e)
-        })
+/// The lowest open-connection load of a member, as a multiple of its
+/// share (infinite when none has a share).
+fn emptiest(loads: &[OpenLoad]) -> f64 {
+    (loads.iter())
+        .filter(|(_, _, e)| *e > 0.0)
+        .map(|(_, a, e)| a / e)
         .fold(f64::INFINITY, f64::min)
 }
 
-/// Open connections the members eligible in `view` lack to half their
-/// shares of `active`.
-fn backlog(
-    input: &PoolInput<impl AsRef<MemberInput>>,
-    view: View,
-    presence: &Presence,
-    verdicts: &HashMap<String, ViewVerdict>,
-    active: f64,
-) -> f64 {
-    input
-        .members()
-        .filter_map(|m| {
-            let v = m.eligible(view, presence)?;
-            let e = active * verdicts.get(&m.id)?.expected_share;
-            Some((e / 2.0 - v.active as f64).max(0.0))
-        })
-        .sum()
+/// Open connections the members lack to half their shares.
+fn backlog(loads: &[OpenLoad]) -> f64 {
+    loads.iter().map(|(_, a, e)| (e / 2.0 - a).max(0.0)).sum()
 }
 
 impl LoadState {
@@ -620,6 +609,7 @@ impl LoadState {
         self.pool.bytes_in.push(totals.bytes_in);
         self.pool.bytes_out.push(totals.bytes_out);
         let tests = 4.0 * totals.count.max(1) as f64;
+        let loads = open_loads(input, view, presence, verdicts, totals.active);
         let tick = Tick {
             s,
             tick: input.tick,
@@ -632,9 +622,9 @@ impl LoadState {
                 ln_page: (s.load_alpha / tests).ln(),
                 ln_warn: (s.load_alpha * 1e3 / tests).min(0.5).ln(),
             },
-            holders: holders(input, view, presence, verdicts, totals.active),
-            emptiest: emptiest(input, view, presence, verdicts, totals.active),
-            backlog: backlog(input, view, presence, verdicts, totals.active),
+            holders: holders(&loads),
+            emptiest: emptiest(&loads),
+            backlog: backlog(&loads),
             ctx,
             totals,
         };
