@@ -507,11 +507,9 @@ struct Tick<'a> {
     kappa: f64,
     bounds: Bounds,
     holders: Vec<(f64, &'a str)>,
-    /// The lowest open-connection load of an eligible member, as a
-    /// multiple of its share: whom a least-connections balancer sends to.
-    emptiest: f64,
-    /// Open connections eligible members lack to half their shares.
-    backlog: f64,
+    /// A least-connections pool's open connections: whom its balancer
+    /// sends to, and what it has to refill.
+    least_connections: Option<OpenPool>,
     ctx: &'a Context,
 }
 
@@ -553,23 +551,20 @@ fn open_loads<'a>(
     presence: &Presence,
     verdicts: &HashMap<String, ViewVerdict>,
     active: f64,
-) -> Vec<OpenLoad<'a>> {
-    input
-        .members()
-        .filter_map(|m| {
-            let v = m.eligible(view, presence)?;
-            let e = active * verdicts.get(&m.id)?.expected_share;
-            Some((m.id.as_str(), v.active as f64, e))
-        })
-        .collect()
+) -> impl Iterator<Item = OpenLoad<'a>> {
+    input.members().filter_map(move |m| {
+        let v = m.eligible(view, presence)?;
+        let e = active * verdicts.get(&m.id)?.expected_share;
+        Some((m.id.as_str(), v.active as f64, e))
+    })
 }
 
 /// Up to three members holding more than their share of the open
 /// connections, most first: who holds what a member below its share lacks.
-fn holders<'a>(loads: &[OpenLoad<'a>]) -> Vec<(f64, &'a str)> {
-    let mut h: Vec<(f64, &str)> = (loads.iter())
+fn holders<'a>(loads: impl Iterator<Item = OpenLoad<'a>>) -> Vec<(f64, &'a str)> {
+    let mut h: Vec<(f64, &str)> = loads
         .filter(|(_, _, e)| *e > 0.0)
-        .map(|&(id, a, e)| (a / e, id))
+        .map(|(id, a, e)| (a / e, id))
         .filter(|(ratio, _)| *ratio > 1.1)
         .collect();
     h.sort_by(|a, b| b.0.total_cmp(&a.0));
@@ -577,18 +572,33 @@ fn holders<'a>(loads: &[OpenLoad<'a>]) -> Vec<(f64, &'a str)> {
     h
 }
 
-/// The lowest open-connection load of a member, as a multiple of its
-/// share (infinite when none has a share).
-fn emptiest(loads: &[OpenLoad]) -> f64 {
-    (loads.iter())
-        .filter(|(_, _, e)| *e > 0.0)
-        .map(|(_, a, e)| a / e)
-        .fold(f64::INFINITY, f64::min)
+/// A least-connections pool's open connections, in one pass.
+#[derive(Clone, Copy)]
+struct OpenPool {
+    /// The lowest open-connection load of a member, as a multiple of its
+    /// share (infinite when none has a share): whom the balancer sends to.
+    emptiest: f64,
+    /// Open connections the members lack to half their shares.
+    backlog: f64,
 }
 
-/// Open connections the members lack to half their shares.
-fn backlog(loads: &[OpenLoad]) -> f64 {
-    loads.iter().map(|(_, a, e)| (e / 2.0 - a).max(0.0)).sum()
+impl OpenPool {
+    fn of<'a>(loads: impl Iterator<Item = OpenLoad<'a>>) -> Self {
+        loads.fold(
+            Self {
+                emptiest: f64::INFINITY,
+                backlog: 0.0,
+            },
+            |p, (_, a, e)| Self {
+                emptiest: if e > 0.0 {
+                    p.emptiest.min(a / e)
+                } else {
+                    p.emptiest
+                },
+                backlog: p.backlog + (e / 2.0 - a).max(0.0),
+            },
+        )
+    }
 }
 
 impl LoadState {
@@ -609,7 +619,11 @@ impl LoadState {
         self.pool.bytes_in.push(totals.bytes_in);
         self.pool.bytes_out.push(totals.bytes_out);
         let tests = 4.0 * totals.count.max(1) as f64;
-        let loads = open_loads(input, view, presence, verdicts, totals.active);
+        let loads = || open_loads(input, view, presence, verdicts, totals.active);
+        let (holders, least_connections) = (
+            holders(loads()),
+            ctx.least_connections.then(|| OpenPool::of(loads())),
+        );
         let tick = Tick {
             s,
             tick: input.tick,
@@ -622,9 +636,8 @@ impl LoadState {
                 ln_page: (s.load_alpha / tests).ln(),
                 ln_warn: (s.load_alpha * 1e3 / tests).min(0.5).ln(),
             },
-            holders: holders(&loads),
-            emptiest: emptiest(&loads),
-            backlog: backlog(&loads),
+            holders,
+            least_connections,
             ctx,
             totals,
         };
@@ -763,11 +776,13 @@ impl MemberLoad {
         let active_ticks = self.active.update(tick.tick, active.dir, active.level);
         let bytes_ticks = self.bytes.update(tick.tick, bytes_j.dir, bytes_j.level);
         let conns = NewConns::of(vv);
-        let lowest = n.e > 0.0 && n.a <= tick.emptiest * n.e + 1.0;
-        self.emptiest_for = if lowest { self.emptiest_for + 1 } else { 0 };
-        let lc = tick.ctx.least_connections.then(|| LeastConnections {
-            starved: conns.starved(tick.s, self.emptiest_for),
-            backlog: tick.backlog,
+        let lc = tick.least_connections.map(|pool| {
+            let lowest = n.e > 0.0 && n.a <= pool.emptiest * n.e + 1.0;
+            self.emptiest_for = if lowest { self.emptiest_for + 1 } else { 0 };
+            LeastConnections {
+                starved: conns.starved(tick.s, self.emptiest_for),
+                backlog: pool.backlog,
+            }
         });
         let refill = Refill::project(
             tick.s,
