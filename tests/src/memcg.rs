@@ -13,6 +13,7 @@
 //! the v2 hierarchy.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -34,6 +35,13 @@ const V2: Files = Files {
     limit: "memory.max",
     unlimited: "max",
 };
+
+/// How long the usage must hold still before [`MemCg::hold_at_usage`]
+/// trusts it.
+const SETTLED: Duration = Duration::from_millis(500);
+
+/// How long [`MemCg::hold_at_usage`] waits for the usage to hold still.
+const HOLD_WITHIN: Duration = Duration::from_secs(10);
 
 /// A memory cgroup, removed on drop.
 pub struct MemCg {
@@ -72,7 +80,35 @@ impl MemCg {
     /// all it can (page cache, the charges it keeps ahead on each CPU),
     /// and returns that: a new charge then fails, where the charges kept
     /// ahead would have let a few hundred KiB through.
+    ///
+    /// The kernel drains the charges kept ahead on other CPUs in work it
+    /// queues there and does not wait for, and frees some objects after an
+    /// RCU grace period: usage can fall after it is read. So the limit
+    /// follows the usage down until the usage has held for [`SETTLED`].
     pub fn hold_at_usage(&self) -> Result<u64> {
+        let deadline = Instant::now() + HOLD_WITHIN;
+        let mut held = self.hold_once()?;
+        let mut since = Instant::now();
+        while since.elapsed() < SETTLED {
+            if Instant::now() > deadline {
+                bail!(
+                    "the usage of {} kept falling for {HOLD_WITHIN:?} (now {held} B): \
+                     something in it is still being freed",
+                    self.dir.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            let usage = self.hold_once()?;
+            if usage != held {
+                held = usage;
+                since = Instant::now();
+            }
+        }
+        Ok(held)
+    }
+
+    /// Takes back all the kernel can and sets the limit at what is left.
+    fn hold_once(&self) -> Result<u64> {
         // Refused (-EBUSY) where what is charged cannot all be taken back,
         // as the maps' entries cannot: the reclaim and the drain it tried
         // are what is wanted.
