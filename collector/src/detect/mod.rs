@@ -283,3 +283,5 @@ mod tests_balancing;
 mod tests_down;
 #[cfg(test)]
 mod tests_load;
+#[cfg(test)]
+mod tests_mismatch;

@@ -575,8 +575,7 @@ impl PoolState {
     ) -> MemberVerdict {
         let mut sv = server.verdicts.get(&m.id).cloned();
         let mut lv = lb.verdicts.get(&m.id).cloned();
-        let (mut verdict, view, mut reason) =
-            combine(m, sv.as_ref(), lv.as_ref(), judging.judges_new_connections);
+        let (mut verdict, view, mut reason) = combine(m, sv.as_ref(), lv.as_ref());
         if !judging.judges_new_connections {
             // After combining: a view's raw ZERO still makes a MISMATCH
             // when the other view sees new connections now.
@@ -725,19 +724,15 @@ fn combine(
     m: &MemberInput,
     sv: Option<&ViewVerdict>,
     lv: Option<&ViewVerdict>,
-    weighted: bool,
 ) -> (Verdict, View, String) {
-    // Whether `other` saw new connections while `zero` was ZERO. Where new
-    // connections follow the weights, ZERO means an outage, and any the
-    // other view saw over the window contradicts it. In a least-connections
-    // pool every healthy member goes ZERO while another refills, each view
-    // crossing the bound at its own pace with connections from before the
-    // refill still in the other's window: only connections within the dark
-    // run contradict it (this tick's, or the window's once the run is as
-    // long as the window).
+    // Whether `other` saw new connections within `zero`'s dark run, a tick
+    // of the two agents' clocks apart. The views cross the ZERO bound each
+    // at its own pace (one may see a fraction of the traffic, or be more
+    // dispersed), so connections from before the member went dark are still
+    // in the slower view's window when the faster one says ZERO: they are
+    // the same outage, not a disagreement.
     let saw = |other: &ViewVerdict, zero: &ViewVerdict| {
-        other.window_observed > 0.0
-            && (weighted || other.new_conns > 0 || zero.dark_ticks >= SHARE_WINDOW as u64)
+        other.window_observed > 0.0 && other.dark_ticks + 1 < zero.dark_ticks
     };
     match (sv, lv) {
         (None, None) => (
