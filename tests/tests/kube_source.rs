@@ -175,7 +175,14 @@ fn pod(service: &str, i: u32, node: &str, state: State) -> Pod {
         state,
         ..Pod::ready(
             &format!("{service}-{i}"),
-            &format!("10.244.{}.{i}", if service == "svc-a" { 1 } else { 2 }),
+            &format!(
+                "10.244.{}.{i}",
+                match service {
+                    "svc-a" => 1,
+                    "db" => 3,
+                    _ => 2,
+                }
+            ),
             node,
         )
     }
@@ -322,6 +329,12 @@ async fn two_services_on_one_port_are_two_pools_and_follow_watches_through_410_a
     let b: Vec<Pod> = (1..=2)
         .map(|i| pod("svc-b", i, "node-1", State::Ready))
         .collect();
+    // A headless Service (a StatefulSet's): its clients pick Pods by name,
+    // so it is no pool.
+    let db: Vec<Pod> = (1..=2)
+        .map(|i| pod("db", i, "node-1", State::Ready))
+        .collect();
+    apply_service(&c.api, "db", "None", &db);
     apply_service(&c.api, "svc-a", "10.96.0.10", &a);
     apply_service(&c.api, "svc-b", "10.96.0.11", &b);
     let mut q = c.query().await;
@@ -386,7 +399,7 @@ async fn two_services_on_one_port_are_two_pools_and_follow_watches_through_410_a
     assert_eq!(
         names,
         ["default/svc-a:http", "default/svc-b:http"],
-        "no other pool (the ClusterIP is not one)"
+        "no other pool (the ClusterIP is not one, nor the headless Service)"
     );
 
     // A new pod: not ready first (listed, not judged), then ready. Its

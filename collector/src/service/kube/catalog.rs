@@ -43,6 +43,14 @@
 //!   connections, not on its split of new connections
 //!   ([`Balancing::LeastConnections`]). A value not understood leaves the
 //!   pools judged as weighted, with a note naming the value.
+//! * Headless Services (`clusterIP: None`) make no pool unless that
+//!   annotation names their balancing. No kube-proxy rule chooses among
+//!   their endpoints: clients pick them by name (a StatefulSet's `db-0`)
+//!   or from DNS, so an uneven split is no fault. A headless Service whose
+//!   clients do balance over its DNS answer (gRPC's `round_robin`, a mesh)
+//!   is annotated to be judged, as one pool per port and family: topology
+//!   and the terminating fallback are kube-proxy's, and do not apply. Its
+//!   load balancer view is the clients' nodes' sends to the Pods.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -145,7 +153,7 @@ fn condition(conditions: Option<&EndpointConditions>) -> Condition {
 /// not one, a note saying so: such a pool is judged as weighted, as if
 /// there were no annotation, rather than not judged on a typo.
 fn balancing(svc: &Service) -> (Balancing, Option<Arc<str>>) {
-    let Some(value) = (svc.metadata.annotations.as_ref()).and_then(|a| a.get(BALANCING)) else {
+    let Some(value) = annotation(svc) else {
         return (Balancing::default(), None);
     };
     match Balancing::from_name(value) {
@@ -159,6 +167,14 @@ fn balancing(svc: &Service) -> (Balancing, Option<Arc<str>>) {
         ),
     }
 }
+
+/// The Service's `evenflow.io/balancing` annotation, if it has one.
+fn annotation(svc: &Service) -> Option<&String> {
+    (svc.metadata.annotations.as_ref()).and_then(|a| a.get(BALANCING))
+}
+
+/// Said with every pool of an annotated headless Service.
+const HEADLESS_NOTE: &str = "headless Service, judged as its evenflow.io/balancing annotation says: its clients choose the endpoints from DNS";
 
 fn tcp(protocol: Option<&String>) -> bool {
     protocol.is_none_or(|name| name == "TCP")
@@ -282,6 +298,10 @@ pub fn build<'a>(
         if spec.type_.as_deref() == Some("ExternalName") {
             continue;
         }
+        let headless = spec.cluster_ip.as_deref() == Some("None");
+        if headless && annotation(svc).is_none() {
+            continue;
+        }
         let slices = by_service
             .get(&(ns, name))
             .map(Vec::as_slice)
@@ -293,7 +313,10 @@ pub fn build<'a>(
         .into_iter()
         .filter(|ip| ip != "None" && !ip.is_empty())
         .collect();
-        let (balancing, note) = balancing(svc);
+        let (balancing, mut note) = balancing(svc);
+        if headless {
+            note = Some(also(note.as_ref(), HEADLESS_NOTE));
+        }
         for port in spec.ports.iter().flatten() {
             if !tcp(port.protocol.as_ref()) {
                 continue;
@@ -325,7 +348,13 @@ pub fn build<'a>(
                 balancing,
             };
             for family in by_family(spec, whole) {
-                split(svc, family, node_zones, &mut out);
+                // Topology and the terminating fallback are kube-proxy's,
+                // which a headless Service's clients do not go through.
+                if headless {
+                    out.push(family);
+                } else {
+                    split(svc, family, node_zones, &mut out);
+                }
             }
         }
     }

@@ -509,3 +509,47 @@ fn the_balancing_annotation_marks_every_pool_of_the_service() {
     assert_eq!(of("default/c:http").balancing, Balancing::Weighted);
     assert_eq!(of("default/c:http").note, None);
 }
+
+#[test]
+fn a_headless_service_makes_a_pool_only_when_annotated() {
+    let headless = |name: &str, balancing: Option<&str>| {
+        let mut svc = service(name, &[("grpc", 9090)]);
+        svc.spec.as_mut().unwrap().cluster_ip = Some("None".into());
+        svc.spec.as_mut().unwrap().cluster_ips = Some(vec!["None".into()]);
+        svc.metadata.annotations =
+            balancing.map(|value| [(BALANCING.to_owned(), value.to_owned())].into());
+        svc
+    };
+    // A zone hint on every endpoint: kube-proxy's topology, which headless
+    // clients never go through.
+    let hinted = |ip: &'static str, zone: &'static str| Ep {
+        hints: if zone == "z1" { &["z1"] } else { &["z2"] },
+        ..ready(ip, "n1", zone)
+    };
+    let eps = [hinted("10.0.0.1", "z1"), hinted("10.0.0.2", "z2")];
+    let svcs = [
+        headless("db", None),
+        headless("api", Some("weighted")),
+        headless("chat", Some("least-connections")),
+    ];
+    let slices = [
+        slice("db", "db-1", ("grpc", 9090), &eps),
+        slice("api", "api-1", ("grpc", 9090), &eps),
+        slice("chat", "chat-1", ("grpc", 9090), &eps),
+    ];
+    let zones = [("n1".to_owned(), "z1".to_owned())].into();
+    let pools = build(&svcs, &slices, &zones);
+    let names: Vec<&str> = pools.iter().map(|pool| &*pool.name).collect();
+    assert_eq!(names, ["default/api:grpc", "default/chat:grpc"]);
+    for (pool, balancing) in pools
+        .iter()
+        .zip([Balancing::Weighted, Balancing::LeastConnections])
+    {
+        assert_eq!(pool.balancing, balancing, "{}", pool.name);
+        assert_eq!(addrs(pool), ["10.0.0.1:9090", "10.0.0.2:9090"]);
+        assert!(pool.service.cluster_ips.is_empty());
+        assert_eq!(pool.lb_nodes, LbNodes::Senders);
+        let note = pool.note.as_deref().expect("a note");
+        assert!(note.contains("headless Service"), "{note}");
+    }
+}
