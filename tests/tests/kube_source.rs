@@ -13,7 +13,7 @@
 
 use std::{
     net::SocketAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -50,6 +50,11 @@ impl Cluster {
     /// A stand-in with the manifest's RBAC (or `rules`), and a collector
     /// started with `--kubeconfig` pointing at it.
     fn start(name: &str, rules: Option<Vec<Rule>>) -> Cluster {
+        Self::start_with(name, rules, &[])
+    }
+
+    /// [`Cluster::start`] with `extra` collector flags.
+    fn start_with(name: &str, rules: Option<Vec<Rule>>, extra: &[&str]) -> Cluster {
         let rules = rules
             .unwrap_or_else(|| kubeapi::collector_rules().expect("the manifest's ClusterRole"));
         let api = ApiServer::start(kubeapi::Options {
@@ -79,6 +84,7 @@ impl Cluster {
                 "--kube-drain-grace",
                 "3s",
             ])
+            .args(extra)
             .env("RUST_LOG", "info,evenflow_collector=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -807,4 +813,106 @@ fn an_unusable_kubeconfig_stops_the_collector_with_the_fix() {
         err.contains("in-cluster") && err.contains("--kubeconfig"),
         "{err}"
     );
+}
+
+/// Writes `text` as a ConfigMap volume does: into a new timestamped
+/// directory, then `..data` swapped to it by a rename, and `pools.toml` a
+/// symlink through `..data` (made once).
+fn configmap_write(dir: &Path, version: u32, text: &str) {
+    let data = dir.join(format!("..2026_12_02_{version}"));
+    std::fs::create_dir_all(&data).expect("the version's directory");
+    std::fs::write(data.join("pools.toml"), text).expect("the version's file");
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(data.file_name().expect("a name"), &tmp).expect("..data_tmp");
+    std::fs::rename(&tmp, dir.join("..data")).expect("..data swapped");
+    let link = dir.join("pools.toml");
+    if std::fs::symlink_metadata(&link).is_err() {
+        std::os::unix::fs::symlink("..data/pools.toml", &link).expect("pools.toml");
+    }
+}
+
+/// The pool file's entry for svc-a giving its first Pod `weight`.
+fn weighted_first(weight: u32) -> String {
+    format!(
+        "[[pool]]\nname = \"default/svc-a:http\"\nmembers = [{{ address = \"10.244.1.1:8080\", weight = {weight} }}]\n"
+    )
+}
+
+fn first_member(p: &v1::Pool) -> Option<(f64, &str)> {
+    (p.members.iter())
+        .find(|m| m.address == "10.244.1.1")
+        .map(|m| (m.weight, m.source.as_str()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_file_from_a_configmap_is_read_again_when_it_changes_and_a_bad_one_keeps_the_pools()
+{
+    let cm = std::env::temp_dir().join(format!("evenflow-kube-cm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cm);
+    std::fs::create_dir_all(&cm).expect("the ConfigMap's volume");
+    configmap_write(&cm, 1, &weighted_first(2));
+    let file = cm.join("pools.toml").display().to_string();
+    let c = Cluster::start_with("reload", None, &["--pools", &file]);
+    c.api.apply(&objects::node("node-1", None)).expect("node");
+    let a: Vec<Pod> = (1..=3)
+        .map(|i| pod("svc-a", i, "node-1", State::Ready))
+        .collect();
+    apply_service(&c.api, "svc-a", "10.96.0.10", &a);
+    let mut q = c.query().await;
+    let name = "default/svc-a:http";
+    wait_pool(&c, &mut q, name, 20, |p| {
+        first_member(p) == Some((2.0, "kubernetes+file"))
+    })
+    .await;
+
+    configmap_write(&cm, 2, &weighted_first(3));
+    wait_pool(&c, &mut q, name, 5, |p| {
+        first_member(p) == Some((3.0, "kubernetes+file"))
+    })
+    .await;
+
+    // An edit that breaks it: said with the place and the fix, counted,
+    // and the pools it declared stay.
+    configmap_write(
+        &cm,
+        3,
+        "[[pool]]\nname = \"default/svc-a:http\"\nmembers = [{ address = \"10.244.1.1\" }]\n",
+    );
+    let failed = evenflow_tests::wait_for(Duration::from_secs(5), || {
+        c.metrics()
+            .lines()
+            .any(|l| l == "evenflow_collector_pool_file_last_reload_successful 0")
+            .then_some(())
+    });
+    assert!(failed.is_some(), "the failure shows:\n{}", c.metrics());
+    let log = c.log();
+    assert!(
+        log.contains("pool file changed but cannot be used")
+            && log.contains("pools.toml:3:")
+            && log.contains("fix:"),
+        "the log names the place and the fix:\n{log}"
+    );
+    let metrics = c.metrics();
+    for line in [
+        "evenflow_collector_pool_file_reloads_total 1",
+        "evenflow_collector_pool_file_reload_failures_total 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line}:\n{metrics}");
+    }
+    let p = wait_pool(&c, &mut q, name, 1, |_| true).await;
+    assert_eq!(first_member(&p), Some((3.0, "kubernetes+file")));
+
+    // Fixed by dropping the entry: the API's pool alone again.
+    configmap_write(&cm, 4, "");
+    wait_pool(&c, &mut q, name, 5, |p| {
+        first_member(p) == Some((1.0, "kubernetes"))
+    })
+    .await;
+    assert!(
+        c.metrics()
+            .lines()
+            .any(|l| l == "evenflow_collector_pool_file_last_reload_successful 1")
+    );
+    let _ = std::fs::remove_dir_all(&cm);
 }

@@ -30,7 +30,10 @@ use std::{
 
 use crate::{
     detect::Balancing,
-    service::{kube::KubePools, poolfile::PoolFile},
+    service::{
+        kube::KubePools,
+        poolfile::{PoolFile, Reloader},
+    },
 };
 
 /// Where a member comes from.
@@ -247,31 +250,46 @@ fn say_balancing(pool: &mut DeclaredPool) {
     });
 }
 
-/// The declared sources the detection tick reads: the pool file (loaded
-/// at start) and, with `--kubernetes`, the API's latest pools. The merged
-/// map is rebuilt only when Kubernetes' pools change.
+/// The declared sources the detection tick reads: the pool file (read
+/// again when it changes) and, with `--kubernetes`, the API's latest
+/// pools. The merged map is rebuilt only when one of them changes.
 pub struct Sources {
     file: PoolFile,
+    reloader: Option<Reloader>,
     kube: Option<KubePools>,
+    /// Kubernetes' latest pools, merged again when the file changes.
+    kube_pools: BTreeMap<Arc<str>, DeclaredPool>,
     current: Arc<Declared>,
 }
 
 impl Sources {
-    /// The pool file, and Kubernetes' pools when watched.
-    pub fn new(file: PoolFile, kube: Option<KubePools>) -> Self {
+    /// The pool file (and what reads it again), and Kubernetes' pools when
+    /// watched.
+    pub fn new(file: PoolFile, reloader: Option<Reloader>, kube: Option<KubePools>) -> Self {
         let current = Arc::new(Declared::from_file(&file));
         Self {
             file,
+            reloader,
             kube,
+            kube_pools: BTreeMap::new(),
             current,
         }
     }
 
     /// The declared pools for a tick at `now`.
     pub fn at(&mut self, now: Instant) -> Arc<Declared> {
-        if let Some(pools) = self.kube.as_mut().and_then(|kube| kube.poll(now)) {
-            self.current = Arc::new(Declared::merge(pools, &self.file));
+        let file = self.reloader.as_mut().and_then(Reloader::poll);
+        let kube = self.kube.as_mut().and_then(|kube| kube.poll(now));
+        if file.is_none() && kube.is_none() {
+            return self.current.clone();
         }
+        if let Some(file) = file {
+            self.file = file;
+        }
+        if let Some(pools) = kube {
+            self.kube_pools = pools;
+        }
+        self.current = Arc::new(Declared::merge(self.kube_pools.clone(), &self.file));
         self.current.clone()
     }
 }

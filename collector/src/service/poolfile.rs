@@ -27,6 +27,10 @@ use toml::Spanned;
 
 use crate::detect::Balancing;
 
+mod reload;
+
+pub use reload::{ReloadStats, Reloader};
+
 /// A pool file that could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolFileError {

@@ -113,8 +113,12 @@ fn distribution(shared: &Arc<Shared>) -> DistributionServer<DistributionService>
 /// Starts the collector on the current tokio runtime.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
     config.check().map_err(StartError::Flags)?;
-    let file = match &config.pools {
-        Some(p) => poolfile::load(p)?,
+    let shared = Shared::new(config.interval);
+    let (file, reloader) = match &config.pools {
+        Some(path) => {
+            let (file, reloader) = poolfile::Reloader::start(path, shared.pool_file.clone())?;
+            (file, Some(reloader))
+        }
         None => Default::default(),
     };
     let kube = match config.kube() {
@@ -124,7 +128,6 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         )),
         None => None,
     };
-    let shared = Shared::new(config.interval);
     let hooks = webhook::Queue::start(
         &config.webhooks,
         &config.external_url,
@@ -172,7 +175,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let engine = Engine::new(
         shared.clone(),
         config.settings(),
-        Sources::new(file, kube),
+        Sources::new(file, reloader, kube),
         hooks,
         config.agent_retention,
         Threads::new(config.tick_threads),

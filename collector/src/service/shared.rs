@@ -10,7 +10,7 @@ use std::{
 use evenflow_proto::v1;
 use tokio::sync::{broadcast, watch};
 
-use crate::service::{ingest::Registry, publish::Published, webhook};
+use crate::service::{ingest::Registry, poolfile, publish::Published, webhook};
 
 /// Counters about the tick itself.
 #[derive(Default, Debug)]
@@ -41,6 +41,8 @@ pub struct Shared {
     pub stats: TickStats,
     /// Webhook counters.
     pub webhook_stats: Arc<webhook::Stats>,
+    /// Pool file reload counters.
+    pub pool_file: Arc<poolfile::ReloadStats>,
 }
 
 impl Shared {
@@ -55,6 +57,7 @@ impl Shared {
             interval,
             stats: TickStats::default(),
             webhook_stats: Arc::default(),
+            pool_file: Arc::default(),
         })
     }
 }

@@ -180,10 +180,31 @@ fn counters(out: &mut String, shared: &Shared) {
             "Webhook batches dropped because the queue was full.",
             shared.webhook_stats.dropped.load(Relaxed),
         ),
+        (
+            "evenflow_collector_pool_file_reloads_total",
+            "Changes to the pool file read and put in place.",
+            shared.pool_file.reloads.load(Relaxed),
+        ),
+        (
+            "evenflow_collector_pool_file_reload_failures_total",
+            "Changes to the pool file that could not be used (the pools it declared before stay).",
+            shared.pool_file.failures.load(Relaxed),
+        ),
     ] {
         help(out, name, "counter", text);
         let _ = writeln!(out, "{name} {v}");
     }
+    help(
+        out,
+        "evenflow_collector_pool_file_last_reload_successful",
+        "gauge",
+        "Whether the last change to the pool file was put in place (1 before any change).",
+    );
+    let _ = writeln!(
+        out,
+        "evenflow_collector_pool_file_last_reload_successful {}",
+        u8::from(shared.pool_file.last_ok.load(Relaxed))
+    );
     help(
         out,
         "evenflow_collector_tick_seconds",
