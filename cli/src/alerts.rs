@@ -50,8 +50,14 @@ pub async fn run(
     let mut c = client::connect(collector).await?;
     let pools = pools(&mut c, pool).await?;
     if watch {
+        let mut watched = Watched {
+            name: pool,
+            pools,
+            looked_up: HashSet::new(),
+            client: c,
+        };
         let mut c = client::connect_for_stream(collector).await?;
-        stream(&mut c, &pools, output).await
+        stream(&mut c, &mut watched, output).await
     } else {
         list(&mut c, &pools, include_resolved, output).await
     }
@@ -105,9 +111,44 @@ async fn list(
     Ok(())
 }
 
-/// Prints the transitions of `pools`' alerts as they happen, every open
-/// one first.
-async fn stream(c: &mut DistributionClient<Channel>, pools: &Pools, output: Output) -> Result<()> {
+/// The pools a watch prints the alerts of, kept current while it runs: a
+/// pool the name comes to mean later (a Service's new port, zone or IP
+/// family, a port renamed) is looked up when its first alert comes.
+struct Watched<'a> {
+    /// What `--pool` said.
+    name: Option<&'a str>,
+    pools: Pools,
+    /// Pools already looked up, matched or not: each is looked up once.
+    looked_up: HashSet<String>,
+    client: DistributionClient<Channel>,
+}
+
+impl Watched<'_> {
+    /// Whether `alert` is of a watched pool, looking its pool up again
+    /// when it is new.
+    async fn wants(&mut self, alert: &v1::Alert) -> bool {
+        if self.pools.wants(alert) {
+            return true;
+        }
+        if self.name.is_none() || !self.looked_up.insert(alert.pool.clone()) {
+            return false;
+        }
+        // The name may mean nothing now (the Service deleted): the pools
+        // it meant stay watched.
+        if let Ok(pools) = pools(&mut self.client, self.name).await {
+            self.pools = pools;
+        }
+        self.pools.wants(alert)
+    }
+}
+
+/// Prints the transitions of the watched pools' alerts as they happen,
+/// every open one first.
+async fn stream(
+    c: &mut DistributionClient<Channel>,
+    watched: &mut Watched<'_>,
+    output: Output,
+) -> Result<()> {
     let mut stream = c
         .watch_alerts(v1::WatchAlertsRequest {
             pool: String::new(),
@@ -116,7 +157,7 @@ async fn stream(c: &mut DistributionClient<Channel>, pools: &Pools, output: Outp
         .into_inner();
     while let Some(ev) = stream.next().await {
         let Some(a) = ev?.alert else { continue };
-        if !pools.wants(&a) {
+        if !watched.wants(&a).await {
             continue;
         }
         match output {

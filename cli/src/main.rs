@@ -82,7 +82,8 @@ enum Command {
         watch: bool,
         /// Only this pool, or a Kubernetes Service's pools (web,
         /// default/web, web:http); exits 1 if it names none. With --watch,
-        /// the pools it names when the watch starts.
+        /// also the pools it comes to name while the watch runs (a new
+        /// port, zone or IP family of the Service).
         #[arg(long)]
         pool: Option<String>,
         /// Include recently resolved alerts.

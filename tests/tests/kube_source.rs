@@ -159,18 +159,18 @@ fn addr(ip: &str) -> SocketAddr {
 /// Service `name` with `pods` (name suffix, IP, state), port http 80 →
 /// 8080, all on `node`.
 fn apply_service(api: &ApiServer, name: &str, cluster_ip: &str, pods: &[Pod]) {
-    api.apply(&objects::service(
-        NS,
-        name,
-        cluster_ip,
-        &[("http", 80, 8080)],
-    ))
-    .expect("service");
+    apply_service_port(api, name, cluster_ip, "http", pods);
+}
+
+/// [`apply_service`] with the port named `port`.
+fn apply_service_port(api: &ApiServer, name: &str, cluster_ip: &str, port: &str, pods: &[Pod]) {
+    api.apply(&objects::service(NS, name, cluster_ip, &[(port, 80, 8080)]))
+        .expect("service");
     api.apply(&objects::endpoint_slice(
         NS,
         name,
         "abcde",
-        ("http", 8080),
+        (port, 8080),
         pods,
     ))
     .expect("slice");
@@ -915,4 +915,59 @@ async fn a_pool_file_from_a_configmap_is_read_again_when_it_changes_and_a_bad_on
             .any(|l| l == "evenflow_collector_pool_file_last_reload_successful 1")
     );
     let _ = std::fs::remove_dir_all(&cm);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_watch_of_a_service_follows_its_pools_as_they_change() {
+    let c = Cluster::start("watchcli", None);
+    c.api.apply(&objects::node("node-1", None)).expect("node");
+    let mut live: Vec<Pod> = (1..=3)
+        .map(|i| pod("svc-a", i, "node-1", State::Ready))
+        .collect();
+    apply_service(&c.api, "svc-a", "10.96.0.10", &live);
+    let mut q = c.query().await;
+    let mut t = Traffic::on(&c, "node-1", 6, true).await;
+    t.route("svc-a", &live.iter().collect::<Vec<_>>());
+    t.run(Duration::from_secs(3)).await;
+    wait_pool(&c, &mut q, "default/svc-a:http", 20, |p| {
+        p.members.len() == 3
+    })
+    .await;
+
+    let cli = evenflow_tests::agent::binary("evenflow", "EVENFLOW_CLI_BIN").expect("evenflow CLI");
+    let out = c.dir.join("watch.out");
+    let mut watch = Command::new(cli)
+        .args(["alerts", "--watch", "--pool", "svc-a", "--output", "json"])
+        .args(["--collector", &c.url()])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).expect("watch.out"))
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("alerts --watch starts");
+    t.run(Duration::from_secs(1)).await;
+
+    // The port is renamed: the Service's pool is default/svc-a:web from
+    // now on, and a ready Pod that kube-proxy never takes is ZERO there.
+    live.push(pod("svc-a", 4, "node-1", State::Ready));
+    apply_service_port(&c.api, "svc-a", "10.96.0.10", "web", &live);
+    let renamed = Instant::now();
+    let mut printed = None;
+    while renamed.elapsed() < Duration::from_secs(30) && printed.is_none() {
+        t.run(Duration::from_millis(500)).await;
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        printed = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|a| a["pool"] == "default/svc-a:web" && a["kind"] == "ZERO");
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let zero = list_alerts(&mut q, "default/svc-a:web", false).await;
+    let printed = printed.unwrap_or_else(|| {
+        panic!(
+            "the watch printed no ZERO of default/svc-a:web; the collector has {zero:#?}\nthe watch printed:\n{}",
+            std::fs::read_to_string(&out).unwrap_or_default()
+        )
+    });
+    assert_eq!(printed["member"], "10.244.1.4:8080", "{printed}");
 }
