@@ -1108,10 +1108,20 @@ impl ViewState {
             // Concentration is many members losing their share at once, not
             // one member's skew: at least two, and a quarter of the pool,
             // below the page band.
-            let starved = sums
+            let (starved, short, starved_e) = sums
                 .iter()
                 .filter(|(o, e)| *e > 0.0 && o / e < s.page_low)
-                .count();
+                .fold((0, 0.0, 0.0), |(n, short, exp), (o, e)| {
+                    (n + 1, short + e - o, exp + e)
+                });
+            // The starved members' shortfall together is beyond chance (five
+            // standard deviations): in a window of a few connections each,
+            // members dip below the band by chance.
+            let starved = if short > 5.0 * (phi * starved_e).sqrt() {
+                starved
+            } else {
+                0
+            };
             let judgeable = count >= 2 && exp >= 5.0 * count as f64 && expected_effective > 0.0;
             if judgeable
                 && eff / expected_effective < s.concentration_ratio
@@ -1120,7 +1130,11 @@ impl ViewState {
             {
                 concentrated = true;
                 effective = eff;
-            } else if judgeable && w <= 3 {
+            } else if judgeable && w <= 3 && exp / phi >= chi_crit {
+                // Only a window that would have seen half the pool go dark
+                // (its chi-square is then exp / φ) says the pool is
+                // balanced: one tick of a moderate, overdispersed pool
+                // holds too few connections to say anything.
                 short_balanced = true;
             }
         }

@@ -588,3 +588,40 @@ fn a_member_without_cpu_now_has_none() {
     let last = last.expect("verdicts");
     assert_eq!(last.members[0].cpu, None, "{:#?}", last.members[0]);
 }
+
+#[test]
+fn the_incident_at_a_moderate_rate_is_one_page() {
+    // Overdispersed pools at a moderate rate: one tick's window holds just
+    // enough connections to be judged, too few for its chi-square to reach
+    // the pool's bound. It must not veto what the longer windows see, or
+    // each dark member pages on its own before the pool's CONCENTRATION.
+    for (members, rate) in [(10, 60.0), (20, 100.0)] {
+        for seed in 1..=20 {
+            let mut d = Detector::default();
+            let mut rng = Rng::new(seed);
+            let w = vec![1.0; members];
+            let (_, before) = simulate(&mut d, &mut rng, 60, rate, &w, 1.5, |_, _| 1.0, |_| false);
+            assert_eq!(pages(&before), 0, "{members}/{seed}: {before:#?}");
+            let half = members / 2;
+            let (_, tr) = simulate(
+                &mut d,
+                &mut rng,
+                20,
+                rate,
+                &w,
+                1.5,
+                |_, i| if i < half { 2.0 } else { 0.0 },
+                |_| false,
+            );
+            assert_eq!(
+                pages(&tr),
+                1,
+                "{members} members, seed {seed}: one page (CONCENTRATION): {tr:#?}"
+            );
+            assert!(
+                d.open_alerts().any(|a| a.kind == AlertKind::Concentration),
+                "{members} members, seed {seed}"
+            );
+        }
+    }
+}
