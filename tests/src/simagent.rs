@@ -25,6 +25,8 @@ pub struct SimAgent {
     seq: u64,
     last: Option<SystemTime>,
     totals: BTreeMap<(SocketAddr, v1::Direction), v1::Counters>,
+    /// `--service` labels, by endpoint.
+    labels: BTreeMap<SocketAddr, String>,
     tx: mpsc::Sender<AgentReport>,
 }
 
@@ -49,6 +51,7 @@ impl SimAgent {
             seq: 0,
             last: None,
             totals: BTreeMap::new(),
+            labels: BTreeMap::new(),
             tx,
         })
     }
@@ -74,6 +77,12 @@ impl SimAgent {
         self.totals.entry((addr, dir)).or_default();
     }
 
+    /// Reports `addr` with the `--service` label `service`, as an agent
+    /// started with `--service service=PORT` does.
+    pub fn label(&mut self, addr: SocketAddr, service: &str) {
+        self.labels.insert(addr, service.to_owned());
+    }
+
     /// New connections counted so far to `addr` in direction `dir`.
     pub fn opened(&self, addr: SocketAddr, dir: v1::Direction) -> u64 {
         self.totals.get(&(addr, dir)).map_or(0, |t| t.conns_opened)
@@ -96,7 +105,7 @@ impl SimAgent {
                 port: u32::from(addr.port()),
                 direction: *dir as i32,
                 protocol: v1::Protocol::Tcp as i32,
-                service: String::new(),
+                service: self.labels.get(addr).cloned().unwrap_or_default(),
                 totals: Some(*t),
                 rates: None,
                 active_connections: 0,

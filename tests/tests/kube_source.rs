@@ -347,6 +347,12 @@ async fn two_services_on_one_port_are_two_pools_and_follow_watches_through_410_a
     let mut t = Traffic::on(&c, "node-1", 6, true).await;
     t.route("svc-a", &a.iter().collect::<Vec<_>>());
     t.route("svc-b", &b.iter().collect::<Vec<_>>());
+    // The headless Service's Pods serve on a port their agent labels: they
+    // are still the Service's, so the label announces no pool of them.
+    for p in &db {
+        t.agent.label(addr(&p.ip), "db");
+        t.agent.add(addr(&p.ip), v1::Direction::Serves, 3);
+    }
     // The client's own socket towards the ClusterIP (before DNAT) is no
     // member of anything.
     t.agent.add(

@@ -31,7 +31,7 @@ use std::{
 use crate::{
     detect::Balancing,
     service::{
-        kube::KubePools,
+        kube::{KubeDeclared, KubePools},
         poolfile::{PoolFile, Reloader},
     },
 };
@@ -155,8 +155,9 @@ pub struct DeclaredPool {
 pub struct Declared {
     /// Pools by name.
     pub pools: BTreeMap<Arc<str>, DeclaredPool>,
-    /// Every address:port a Kubernetes pool has: agents' labels do not
-    /// announce these into their own pools.
+    /// Every address:port a Kubernetes Service has (its pools', and those
+    /// of Services that make none): agents' labels do not announce these
+    /// into their own pools.
     pub kubernetes_members: HashSet<SocketAddr>,
 }
 
@@ -257,8 +258,8 @@ pub struct Sources {
     file: PoolFile,
     reloader: Option<Reloader>,
     kube: Option<KubePools>,
-    /// Kubernetes' latest pools, merged again when the file changes.
-    kube_pools: BTreeMap<Arc<str>, DeclaredPool>,
+    /// What Kubernetes declared last, merged again when the file changes.
+    kube_declared: KubeDeclared,
     current: Arc<Declared>,
 }
 
@@ -271,7 +272,7 @@ impl Sources {
             file,
             reloader,
             kube,
-            kube_pools: BTreeMap::new(),
+            kube_declared: KubeDeclared::default(),
             current,
         }
     }
@@ -286,10 +287,12 @@ impl Sources {
         if let Some(file) = file {
             self.file = file;
         }
-        if let Some(pools) = kube {
-            self.kube_pools = pools;
+        if let Some(declared) = kube {
+            self.kube_declared = declared;
         }
-        self.current = Arc::new(Declared::merge(self.kube_pools.clone(), &self.file));
+        let mut merged = Declared::merge(self.kube_declared.pools.clone(), &self.file);
+        (merged.kubernetes_members).extend(self.kube_declared.unpooled.iter().copied());
+        self.current = Arc::new(merged);
         self.current.clone()
     }
 }

@@ -136,6 +136,9 @@ pub struct Catalog {
     pub version: u64,
     /// Pools, sorted by name.
     pub pools: Vec<ServicePool>,
+    /// Endpoints of Services that make no pool (headless ones not
+    /// annotated): still theirs, so agents' labels do not announce them.
+    pub unpooled: Arc<[SocketAddr]>,
 }
 
 fn condition(conditions: Option<&EndpointConditions>) -> Condition {
@@ -268,6 +271,15 @@ pub fn build<'a>(
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
     node_zones: &BTreeMap<String, String>,
 ) -> Vec<ServicePool> {
+    build_all(services, slices, node_zones).0
+}
+
+/// [`build`], and the endpoints of the Services that make no pool.
+pub fn build_all<'a>(
+    services: impl IntoIterator<Item = &'a Service>,
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    node_zones: &BTreeMap<String, String>,
+) -> (Vec<ServicePool>, Vec<SocketAddr>) {
     let mut by_service: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
     for slice in slices {
         let (Some(ns), Some(svc)) = (
@@ -287,6 +299,7 @@ pub fn build<'a>(
     }
     let mut names = Names::default();
     let mut out = Vec::new();
+    let mut unpooled = Vec::new();
     for svc in services {
         let (Some(ns), Some(name), Some(spec)) = (
             svc.metadata.namespace.as_deref(),
@@ -299,9 +312,7 @@ pub fn build<'a>(
             continue;
         }
         let headless = spec.cluster_ip.as_deref() == Some("None");
-        if headless && annotation(svc).is_none() {
-            continue;
-        }
+        let pooled = !headless || annotation(svc).is_some();
         let slices = by_service
             .get(&(ns, name))
             .map(Vec::as_slice)
@@ -324,6 +335,11 @@ pub fn build<'a>(
             let Ok(number) = u16::try_from(port.port) else {
                 continue;
             };
+            if !pooled {
+                let members = members(port, slices, &mut names);
+                unpooled.extend(members.iter().map(|member| member.addr));
+                continue;
+            }
             let port_name = port.name.clone().unwrap_or_default();
             let label = if port_name.is_empty() {
                 number.to_string()
@@ -347,7 +363,7 @@ pub fn build<'a>(
                 note: note.clone(),
                 balancing,
             };
-            for family in by_family(spec, whole) {
+            for family in by_family(spec, whole, headless) {
                 // Topology and the terminating fallback are kube-proxy's,
                 // which a headless Service's clients do not go through.
                 if headless {
@@ -359,7 +375,7 @@ pub fn build<'a>(
         }
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
-    out
+    (out, unpooled)
 }
 
 /// A dual-stack Service port's pool as one pool per IP family: kube-proxy
@@ -367,7 +383,9 @@ pub fn build<'a>(
 /// ever reaches IPv4 endpoints), so members of one family are not short of
 /// the other's share. The Service's first family keeps the plain name, the
 /// other is `…@IPv4` or `…@IPv6`. A single-stack pool is returned whole.
-fn by_family(spec: &ServiceSpec, whole: ServicePool) -> Vec<ServicePool> {
+/// (An annotated headless Service splits the same way: each client
+/// connects over one family at a time.)
+fn by_family(spec: &ServiceSpec, whole: ServicePool, headless: bool) -> Vec<ServicePool> {
     let (v4, v6): (Vec<Member>, Vec<Member>) =
         (whole.members.iter().cloned()).partition(|member| member.addr.is_ipv4());
     if v4.is_empty() || v6.is_empty() {
@@ -393,9 +411,15 @@ fn by_family(spec: &ServiceSpec, whole: ServicePool) -> Vec<ServicePool> {
             lb_nodes: whole.lb_nodes.clone(),
             note: Some(also(
                 whole.note.as_ref(),
-                &format!(
-                    "dual-stack: kube-proxy balances each IP family on its own, so this pool is the {family} endpoints"
-                ),
+                &if headless {
+                    format!(
+                        "dual-stack: its clients connect over one IP family at a time, so this pool is the {family} endpoints"
+                    )
+                } else {
+                    format!(
+                        "dual-stack: kube-proxy balances each IP family on its own, so this pool is the {family} endpoints"
+                    )
+                },
             )),
             balancing: whole.balancing,
         }

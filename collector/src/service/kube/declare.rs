@@ -25,6 +25,14 @@ use crate::service::{
     kube::catalog::{Catalog, Condition},
 };
 
+/// What Kubernetes declares: its pools, and the endpoints of Services
+/// that make none.
+#[derive(Clone, Debug, Default)]
+pub struct KubeDeclared {
+    pub pools: BTreeMap<Arc<str>, DeclaredPool>,
+    pub unpooled: Arc<[SocketAddr]>,
+}
+
 /// Kubernetes' pools as the tick reads them.
 pub struct KubePools {
     catalog: watch::Receiver<Arc<Catalog>>,
@@ -52,7 +60,7 @@ impl KubePools {
     /// The pools at `now` when they differ from the last ones returned
     /// (the catalog changed, or a grace ended); `None` when unchanged.
     /// Before the first full listing there are no Kubernetes pools.
-    pub fn poll(&mut self, now: Instant) -> Option<BTreeMap<Arc<str>, DeclaredPool>> {
+    pub fn poll(&mut self, now: Instant) -> Option<KubeDeclared> {
         let catalog = self.catalog.borrow().clone();
         let version = catalog.synced.then_some(catalog.version);
         let changed = version != self.version;
@@ -64,7 +72,10 @@ impl KubePools {
         if changed {
             self.track_draining(&catalog, now);
         }
-        Some(self.declare(&catalog, now))
+        Some(KubeDeclared {
+            pools: self.declare(&catalog, now),
+            unpooled: catalog.unpooled.clone(),
+        })
     }
 
     /// Keeps the first-seen time of every member draining now, forgets the
@@ -180,6 +191,7 @@ mod tests {
                 note: None,
                 balancing: Default::default(),
             }],
+            unpooled: Arc::from([]),
         })
     }
 
@@ -206,7 +218,7 @@ mod tests {
         // Nothing before the first full listing.
         assert!(kube.poll(t0).is_none());
         tx.send_replace(catalog(1, &[Condition::Ready, Condition::Ready]));
-        let pools = kube.poll(t0).expect("first pools");
+        let pools = kube.poll(t0).expect("first pools").pools;
         assert_eq!(expects(&pools), ["share", "share"]);
         assert!(
             kube.poll(t0 + Duration::from_secs(1)).is_none(),
@@ -219,7 +231,7 @@ mod tests {
         ));
         let t1 = t0 + Duration::from_secs(2);
         assert_eq!(
-            expects(&kube.poll(t1).unwrap()),
+            expects(&kube.poll(t1).unwrap().pools),
             ["share", "grace", "not ready"]
         );
         // A catalog change within the grace keeps the first-seen time.
@@ -229,14 +241,15 @@ mod tests {
         ));
         let t2 = t1 + Duration::from_secs(5);
         assert_eq!(
-            expects(&kube.poll(t2).unwrap()),
+            expects(&kube.poll(t2).unwrap().pools),
             ["share", "grace", "share"]
         );
         assert!(kube.poll(t1 + Duration::from_secs(9)).is_none());
         // The grace ends: the pools change with no catalog change.
         let pools = kube
             .poll(t1 + Duration::from_secs(10))
-            .expect("grace ended");
+            .expect("grace ended")
+            .pools;
         assert_eq!(expects(&pools), ["share", "draining", "share"]);
         assert!(kube.poll(t1 + Duration::from_secs(11)).is_none());
     }

@@ -13,5 +13,5 @@ pub mod catalog;
 pub mod declare;
 pub mod watch;
 
-pub use declare::KubePools;
+pub use declare::{KubeDeclared, KubePools};
 pub use watch::{KubeError, Options, start};

@@ -231,7 +231,7 @@ async fn publish(
         let services_now = services.state();
         let slices_now = slices.state();
         version += 1;
-        let pools = catalog::build(
+        let (pools, unpooled) = catalog::build_all(
             services_now.iter().map(|service| &**service),
             slices_now.iter().map(|slice| &**slice),
             &zones,
@@ -251,6 +251,7 @@ async fn publish(
                 synced: true,
                 version,
                 pools,
+                unpooled: unpooled.into(),
             }))
             .is_err()
         {

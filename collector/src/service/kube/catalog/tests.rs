@@ -553,3 +553,19 @@ fn a_headless_service_makes_a_pool_only_when_annotated() {
         assert!(note.contains("headless Service"), "{note}");
     }
 }
+
+#[test]
+fn a_headless_service_left_out_still_owns_its_endpoints() {
+    let mut db = service("db", &[("pg", 5432)]);
+    db.spec.as_mut().unwrap().cluster_ip = Some("None".into());
+    let slices = [slice(
+        "db",
+        "db-1",
+        ("pg", 5432),
+        &[ready("10.0.0.1", "n1", "z1"), ready("10.0.0.2", "n1", "z1")],
+    )];
+    let (pools, unpooled) = build_all(&[db], &slices, &BTreeMap::new());
+    assert!(pools.is_empty());
+    let unpooled: Vec<String> = unpooled.iter().map(ToString::to_string).collect();
+    assert_eq!(unpooled, ["10.0.0.1:5432", "10.0.0.2:5432"]);
+}
