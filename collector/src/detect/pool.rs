@@ -316,6 +316,59 @@ struct MemberHist {
     dark_ticks: u64,
     conns_total: u64,
     draining_recent: [u64; 10],
+    /// When its view last counted new connections, and how many, on the
+    /// pool's tick clock: the two views of a member are compared on it.
+    seen: Seen,
+}
+
+/// When a member's view last counted new connections, on the pool's tick
+/// clock, and how many the other view had counted by then and by the
+/// time this view's ZERO began: the two views of a member are compared on
+/// these marks.
+#[derive(Clone, Default)]
+struct Seen {
+    /// The last tick with new connections.
+    last: Option<u64>,
+    /// The other view's `conns_total` at the end of tick `last`...
+    other_at_last: u64,
+    /// ...and at the end of the tick after (a tick of the agents' clocks).
+    other_after_clock: u64,
+    /// ...and at the end of the tick this view's ZERO began, while it lasts.
+    other_at_zero: Option<u64>,
+}
+
+impl Seen {
+    fn record(&mut self, tick: u64, conns: u64) {
+        if conns > 0 {
+            self.last = Some(tick);
+        }
+    }
+
+    /// Notes the other view's `other_total` at the end of tick `now`, and
+    /// whether this view says ZERO.
+    fn mark(&mut self, now: u64, other_total: u64, zero: bool) {
+        match self.last {
+            Some(last) if last == now => {
+                self.other_at_last = other_total;
+                self.other_after_clock = other_total;
+            }
+            Some(last) if last + 1 == now => self.other_after_clock = other_total,
+            _ => {}
+        }
+        if !zero {
+            self.other_at_zero = None;
+        } else if self.other_at_zero.is_none() {
+            self.other_at_zero = Some(other_total);
+        }
+    }
+
+    /// The other view's count after which its new connections disagree
+    /// with this view's ZERO: past the agents' clocks, and counted while
+    /// this view said ZERO (those from before belong to a sparse view's
+    /// ordinary gaps).
+    fn other_disagreeing_after(&self) -> u64 {
+        (self.other_after_clock).max(self.other_at_zero.unwrap_or(0))
+    }
 }
 
 impl MemberHist {
@@ -499,6 +552,14 @@ impl PoolState {
             judges_new_connections: input.balancing.judges_new_connections(),
         };
         self.settle_left = self.settle_left.saturating_sub(1);
+        for m in input.members() {
+            let zero = |view: &ViewOutcome| {
+                view.verdicts
+                    .get(&m.id)
+                    .is_some_and(|v| v.verdict.is_zero())
+            };
+            self.mark_views(&m.id, input.tick, (zero(&server), zero(&lb)));
+        }
 
         let members = input
             .members()
@@ -527,6 +588,18 @@ impl PoolState {
             load_lb: lb.load,
             members,
         }
+    }
+
+    /// Notes in each of a member's views what the other had counted at
+    /// its last new connection and when its ZERO began (see [`Seen`]).
+    fn mark_views(&mut self, id: &str, now: u64, (server_zero, lb_zero): (bool, bool)) {
+        let (Some(server), Some(lb)) =
+            (self.server.members.get_mut(id), self.lb.members.get_mut(id))
+        else {
+            return;
+        };
+        server.seen.mark(now, lb.conns_total, server_zero);
+        lb.seen.mark(now, server.conns_total, lb_zero);
     }
 
     /// A changed member set (after the first) starts `settle_ticks`.
@@ -575,7 +648,11 @@ impl PoolState {
     ) -> MemberVerdict {
         let mut sv = server.verdicts.get(&m.id).cloned();
         let mut lv = lb.verdicts.get(&m.id).cloned();
-        let (mut verdict, view, mut reason) = combine(m, sv.as_ref(), lv.as_ref());
+        let (mut verdict, view, mut reason) = combine(
+            m,
+            (sv.as_ref(), self.server.seen(&m.id), server.rate),
+            (lv.as_ref(), self.lb.seen(&m.id), lb.rate),
+        );
         if !judging.judges_new_connections {
             // After combining: a view's raw ZERO still makes a MISMATCH
             // when the other view sees new connections now.
@@ -717,23 +794,67 @@ fn worse(
     }
 }
 
+/// Expected connections one view would have counted of those the other
+/// saw, at which its silence is no chance: the chance of missing them all
+/// is then e⁻⁵ < 1%. It bounds both ways: the ZERO view's missing
+/// connections the other counted since its last one (a MISMATCH), and the
+/// other view's own silence since its last (then it went dark too, and
+/// the ZERO stands).
+const SILENCE_EXPECTED: f64 = 5.0;
+
+/// What the other view's new connections say of one view's ZERO.
+#[derive(Debug, PartialEq)]
+enum Disagreement {
+    /// None since the ZERO view's last, a tick of the agents' clocks
+    /// apart, or the other view has been silent long enough to be dark
+    /// too: the same outage, seen by both.
+    None,
+    /// Some, too few yet for the ZERO view to have surely counted one (it
+    /// may see a fraction of the traffic), and the other view not yet
+    /// surely dark: the ZERO waits, the other view's verdict stands.
+    Pending,
+    /// This many, more than the ZERO view could have missed.
+    Mismatch(u64),
+}
+
+/// Reads `other`'s new connections since `zero`'s last (marked on the
+/// pool's tick clock, see [`Seen`]) against its ZERO. The views cross ZERO's bound each at
+/// its own pace (one may count only the balancers that run an agent, or
+/// be more dispersed), and the slower one still holds connections from
+/// before the member went dark: those are no disagreement. Nor are the
+/// first connections after an outage ends, which the sparser view counts
+/// later. The expectation scales by `ratio`, the ZERO view's rate (the
+/// pool's new connections a tick) over the other's: a view that sees a
+/// tenth of the traffic needs ten times the other's connections.
+fn disagreement(
+    (zero, zero_seen): (&ViewVerdict, &Seen),
+    other: &ViewVerdict,
+    ratio: f64,
+) -> Disagreement {
+    let disagreeing = (other.conns_total).saturating_sub(zero_seen.other_disagreeing_after());
+    let since_last = other.conns_total.saturating_sub(zero_seen.other_at_last);
+    // A pool the other view sees none of has no ratio, and no disagreement.
+    let ratio = if ratio.is_finite() { ratio } else { 0.0 };
+    let other_dark = other.zero_expected >= SILENCE_EXPECTED;
+    if disagreeing as f64 * ratio >= SILENCE_EXPECTED {
+        Disagreement::Mismatch(disagreeing)
+    } else if !other_dark && (since_last > 0 || zero.dark_ticks < SHARE_WINDOW as u64) {
+        Disagreement::Pending
+    } else {
+        Disagreement::None
+    }
+}
+
 /// Combines a member's views: ZERO needs every fresh observer to agree;
 /// an LB that sends to a backend that receives nothing (or the reverse) is
 /// a MISMATCH.
 fn combine(
     m: &MemberInput,
-    sv: Option<&ViewVerdict>,
-    lv: Option<&ViewVerdict>,
+    (sv, server_seen, server_rate): (Option<&ViewVerdict>, Option<&Seen>, f64),
+    (lv, lb_seen, lb_rate): (Option<&ViewVerdict>, Option<&Seen>, f64),
 ) -> (Verdict, View, String) {
-    // Whether `other` saw new connections within `zero`'s dark run, a tick
-    // of the two agents' clocks apart. The views cross the ZERO bound each
-    // at its own pace (one may see a fraction of the traffic, or be more
-    // dispersed), so connections from before the member went dark are still
-    // in the slower view's window when the faster one says ZERO: they are
-    // the same outage, not a disagreement.
-    let saw = |other: &ViewVerdict, zero: &ViewVerdict| {
-        other.window_observed > 0.0 && other.dark_ticks + 1 < zero.dark_ticks
-    };
+    let none = Seen::default();
+    let (server_seen, lb_seen) = (server_seen.unwrap_or(&none), lb_seen.unwrap_or(&none));
     match (sv, lv) {
         (None, None) => (
             Verdict::NoData,
@@ -756,24 +877,38 @@ fn combine(
             if l.verdict == Verdict::NoData {
                 return (s.verdict, View::Server, s.reason.clone());
             }
-            match (s.verdict.is_zero(), l.verdict.is_zero()) {
-                (true, true) => (s.verdict, View::Server, s.reason.clone()),
-                (true, false) if saw(l, s) => (
+            let zero_in = match (s.verdict.is_zero(), l.verdict.is_zero()) {
+                (true, false) => Some((
+                    View::Server,
+                    disagreement((s, server_seen), l, server_rate / lb_rate),
+                )),
+                (false, true) => Some((
+                    View::Lb,
+                    disagreement((l, lb_seen), s, lb_rate / server_rate),
+                )),
+                _ => None,
+            };
+            match zero_in {
+                Some((View::Server, Disagreement::Mismatch(n))) => (
                     Verdict::Mismatch,
                     View::Server,
                     format!(
-                        "its load balancers sent {:.0} new connections that it never received",
-                        l.window_observed
+                        "its load balancers sent {n} new connections since it last received one, and it received none"
                     ),
                 ),
-                (false, true) if saw(s, l) => (
+                Some((View::Lb, Disagreement::Mismatch(n))) => (
                     Verdict::Mismatch,
                     View::Lb,
                     format!(
-                        "it received {:.0} new connections its load balancers never sent",
-                        s.window_observed
+                        "it received {n} new connections since its load balancers last sent one, and they sent none"
                     ),
                 ),
+                Some((View::Server, Disagreement::Pending)) => {
+                    (l.verdict, View::Lb, l.reason.clone())
+                }
+                Some((View::Lb, Disagreement::Pending)) => {
+                    (s.verdict, View::Server, s.reason.clone())
+                }
                 _ if l.verdict.rank() > s.verdict.rank() => (l.verdict, View::Lb, l.reason.clone()),
                 _ => (s.verdict, View::Server, s.reason.clone()),
             }
@@ -843,6 +978,11 @@ struct Tally {
 type Skew = (Verdict, f64, f64, f64, f64);
 
 impl ViewState {
+    /// A member's recent new connections in this view.
+    fn seen(&self, id: &str) -> Option<&Seen> {
+        self.members.get(id).map(|hist| &hist.seen)
+    }
+
     /// Judges one view of a pool: each member's share, ZERO and SKEW, the
     /// pool's concentration, then the load signals.
     fn evaluate(
@@ -1020,6 +1160,7 @@ impl ViewState {
             hist.zero_e = 0.0;
             return judged;
         }
+        hist.seen.record(share_tick.tick, input.new_conns);
         if member.draining {
             hist.draining_recent.rotate_right(1);
             hist.draining_recent[0] = input.new_conns;

@@ -9,10 +9,9 @@ use crate::detect::{sim::Rng, tests::input, tests_load::paged};
 type Log = Vec<(u64, Transition)>;
 
 const MEMBERS: usize = 10;
-const RATE: f64 = 100.0;
 const DARK: usize = 3;
 
-/// How the two views see member [`DARK`] from tick 60 on.
+/// How the two views see member [`DARK`] while the fault lasts.
 #[derive(Clone, Copy)]
 enum Fault {
     /// Nothing reaches it: both views dark.
@@ -23,49 +22,71 @@ enum Fault {
     Around,
 }
 
-/// 200 ticks of a ten-member pool at 100 new connections a tick. The
-/// server view counts every connection; the LB view only `lb_part` of
-/// them (the balancers that run an agent), so it crosses the ZERO bound
-/// later than the server view. Returns each tick's verdict for the member
-/// and every transition.
-fn run(fault: Fault, lb_part: f64, seed: u64) -> (Vec<Verdict>, Log) {
-    let mut rng = Rng::new(seed);
-    let mut detector = Detector::default();
-    let weights = [1.0; MEMBERS];
-    let mut verdicts = Vec::new();
-    let mut log = Log::new();
-    for t in 0..200 {
-        let counts: Vec<u64> = (0..MEMBERS)
-            .map(|_| rng.neg_binomial(RATE / MEMBERS as f64, 1.0))
-            .collect();
-        let mut pool = input(t, &counts, &weights);
-        for (i, m) in pool.members.iter_mut().enumerate() {
-            let Some(mut server) = m.server else { continue };
-            let sent = (0..server.new_conns)
-                .filter(|_| rng.f64() < lb_part)
-                .count() as u64;
-            let mut lb = ViewInput {
-                new_conns: sent,
-                ..server
-            };
-            if i == DARK && t >= 60 {
-                match fault {
-                    Fault::Outage => {
-                        server.new_conns = 0;
-                        lb.new_conns = 0;
-                    }
-                    Fault::Lost => server.new_conns = 0,
-                    Fault::Around => lb.new_conns = 0,
-                }
-            }
-            m.server = Some(server);
-            m.lb = Some(lb);
+/// 200 ticks of a ten-member pool at `rate` new connections a tick, the
+/// fault on member [`DARK`] over `fault_at`. The server view counts every
+/// connection; the LB view only `lb_part` of them (the balancers that run
+/// an agent), so the views cross the ZERO bound at their own pace. The LB
+/// view's agent is stale over `lb_stale`.
+struct Scenario {
+    fault: Fault,
+    fault_at: std::ops::Range<u64>,
+    rate: f64,
+    lb_part: f64,
+    lb_stale: std::ops::Range<u64>,
+}
+
+impl Scenario {
+    fn new(fault: Fault, lb_part: f64) -> Self {
+        Self {
+            fault,
+            fault_at: 60..200,
+            rate: 100.0,
+            lb_part,
+            lb_stale: 0..0,
         }
-        let (v, tr) = detector.evaluate(&pool);
-        verdicts.push(v.members[DARK].verdict);
-        log.extend(tr.into_iter().map(|x| (t, x)));
     }
-    (verdicts, log)
+
+    /// Each tick's verdict for the member, and every transition.
+    fn run(&self, seed: u64) -> (Vec<Verdict>, Log) {
+        let mut rng = Rng::new(seed);
+        let mut detector = Detector::default();
+        let weights = [1.0; MEMBERS];
+        let mut verdicts = Vec::new();
+        let mut log = Log::new();
+        for t in 0..200 {
+            let counts: Vec<u64> = (0..MEMBERS)
+                .map(|_| rng.neg_binomial(self.rate / MEMBERS as f64, 1.0))
+                .collect();
+            let mut pool = input(t, &counts, &weights);
+            for (i, m) in pool.members.iter_mut().enumerate() {
+                let Some(mut server) = m.server else { continue };
+                let sent = (0..server.new_conns)
+                    .filter(|_| rng.f64() < self.lb_part)
+                    .count() as u64;
+                let mut lb = ViewInput {
+                    new_conns: sent,
+                    fresh: !self.lb_stale.contains(&t),
+                    ..server
+                };
+                if i == DARK && self.fault_at.contains(&t) {
+                    match self.fault {
+                        Fault::Outage => {
+                            server.new_conns = 0;
+                            lb.new_conns = 0;
+                        }
+                        Fault::Lost => server.new_conns = 0,
+                        Fault::Around => lb.new_conns = 0,
+                    }
+                }
+                m.server = Some(server);
+                m.lb = Some(lb);
+            }
+            let (v, tr) = detector.evaluate(&pool);
+            verdicts.push(v.members[DARK].verdict);
+            log.extend(tr.into_iter().map(|x| (t, x)));
+        }
+        (verdicts, log)
+    }
 }
 
 fn mismatch_pages(log: &Log) -> Vec<u64> {
@@ -79,7 +100,7 @@ fn mismatch_pages(log: &Log) -> Vec<u64> {
 #[test]
 fn an_outage_seen_sooner_by_one_view_is_zero_never_a_mismatch() {
     for seed in 1..=20 {
-        let (verdicts, log) = run(Fault::Outage, 0.25, seed);
+        let (verdicts, log) = Scenario::new(Fault::Outage, 0.25).run(seed);
         let mismatched: Vec<usize> = (0..verdicts.len())
             .filter(|&t| verdicts[t] == Verdict::Mismatch)
             .collect();
@@ -101,7 +122,7 @@ fn an_outage_seen_sooner_by_one_view_is_zero_never_a_mismatch() {
 #[test]
 fn connections_sent_that_never_arrive_are_a_lasting_mismatch() {
     for seed in 1..=20 {
-        let (verdicts, log) = run(Fault::Lost, 0.25, seed);
+        let (verdicts, log) = Scenario::new(Fault::Lost, 0.25).run(seed);
         let pages = mismatch_pages(&log);
         assert!(
             pages.first().is_some_and(|t| (60..70).contains(t)),
@@ -122,7 +143,7 @@ fn connections_sent_that_never_arrive_are_a_lasting_mismatch() {
 #[test]
 fn connections_received_that_were_never_sent_are_a_lasting_mismatch() {
     for seed in 1..=20 {
-        let (verdicts, log) = run(Fault::Around, 1.0, seed);
+        let (verdicts, log) = Scenario::new(Fault::Around, 1.0).run(seed);
         let pages = mismatch_pages(&log);
         assert!(
             pages.first().is_some_and(|t| (60..70).contains(t)),
@@ -132,6 +153,80 @@ fn connections_received_that_were_never_sent_are_a_lasting_mismatch() {
             verdicts[70..].iter().all(|v| *v == Verdict::Mismatch),
             "seed {seed}: the mismatch holds: {:?}",
             &verdicts[60..]
+        );
+    }
+}
+
+fn zero_pages(log: &Log) -> Vec<u64> {
+    paged(log)
+        .into_iter()
+        .filter(|(_, a)| a.kind == AlertKind::Zero)
+        .map(|(t, _)| t)
+        .collect()
+}
+
+#[test]
+fn connections_lost_behind_a_sparse_view_page_mismatch_not_zero() {
+    // The server view crosses ZERO on its first dark tick; the LB view
+    // sees a twentieth of the traffic, its last connections a tick apart.
+    for seed in 1..=20 {
+        let scenario = Scenario {
+            rate: 300.0,
+            ..Scenario::new(Fault::Lost, 0.05)
+        };
+        let (verdicts, log) = scenario.run(seed);
+        let zero = zero_pages(&log);
+        assert!(
+            zero.is_empty(),
+            "seed {seed}: ZERO paged at {zero:?}: {:?}",
+            &verdicts[60..75]
+        );
+        let pages = mismatch_pages(&log);
+        assert!(
+            pages.first().is_some_and(|t| (60..70).contains(t)),
+            "seed {seed}: MISMATCH pages within ten ticks: {pages:?} {:?}",
+            &verdicts[60..75]
+        );
+    }
+}
+
+#[test]
+fn an_outage_while_one_agent_was_stale_is_zero_never_a_mismatch() {
+    for seed in 1..=20 {
+        let scenario = Scenario {
+            lb_stale: 58..64,
+            ..Scenario::new(Fault::Outage, 0.25)
+        };
+        let (verdicts, log) = scenario.run(seed);
+        assert!(
+            mismatch_pages(&log).is_empty(),
+            "seed {seed}: {:?}",
+            &verdicts[56..80]
+        );
+        assert!(
+            zero_pages(&log)
+                .first()
+                .is_some_and(|t| (60..75).contains(t)),
+            "seed {seed}: ZERO pages: {:?}",
+            &verdicts[56..80]
+        );
+    }
+}
+
+#[test]
+fn the_end_of_a_long_outage_seen_first_by_the_denser_view_is_no_mismatch() {
+    for seed in 1..=20 {
+        let scenario = Scenario {
+            fault_at: 20..150,
+            rate: 40.0,
+            ..Scenario::new(Fault::Outage, 0.1)
+        };
+        let (verdicts, log) = scenario.run(seed);
+        let pages = mismatch_pages(&log);
+        assert!(
+            pages.is_empty(),
+            "seed {seed}: MISMATCH paged at {pages:?}: {:?}",
+            &verdicts[145..175]
         );
     }
 }
