@@ -873,7 +873,7 @@ async fn a_pool_file_from_a_configmap_is_read_again_when_it_changes_and_a_bad_on
     .await;
 
     configmap_write(&cm, 2, &weighted_first(3));
-    wait_pool(&c, &mut q, name, 5, |p| {
+    wait_pool(&c, &mut q, name, 10, |p| {
         first_member(p) == Some((3.0, "kubernetes+file"))
     })
     .await;
@@ -885,7 +885,7 @@ async fn a_pool_file_from_a_configmap_is_read_again_when_it_changes_and_a_bad_on
         3,
         "[[pool]]\nname = \"default/svc-a:http\"\nmembers = [{ address = \"10.244.1.1\" }]\n",
     );
-    let failed = evenflow_tests::wait_for(Duration::from_secs(5), || {
+    let failed = evenflow_tests::wait_for(Duration::from_secs(10), || {
         c.metrics()
             .lines()
             .any(|l| l == "evenflow_collector_pool_file_last_reload_successful 0")
@@ -911,7 +911,7 @@ async fn a_pool_file_from_a_configmap_is_read_again_when_it_changes_and_a_bad_on
 
     // Fixed by dropping the entry: the API's pool alone again.
     configmap_write(&cm, 4, "");
-    wait_pool(&c, &mut q, name, 5, |p| {
+    wait_pool(&c, &mut q, name, 10, |p| {
         first_member(p) == Some((1.0, "kubernetes"))
     })
     .await;

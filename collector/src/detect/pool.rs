@@ -496,7 +496,7 @@ struct ViewOutcome {
 pub(super) struct PoolState {
     server: ViewState,
     lb: ViewState,
-    member_set: Vec<(String, bool)>,
+    member_set: Vec<(String, bool, u64)>,
     settle_left: u32,
     cpu: HashMap<String, f64>,
     presence: Presence,
@@ -602,11 +602,13 @@ impl PoolState {
         lb.seen.mark(now, server.conns_total, lb_zero);
     }
 
-    /// A changed member set (after the first) starts `settle_ticks`.
+    /// A changed member set (after the first), or a member's weight or
+    /// draining changed (the balancer applies them at its own moment),
+    /// starts `settle_ticks`.
     fn note_member_set(&mut self, s: &Settings, input: &PoolInput<impl AsRef<MemberInput>>) {
-        let mut set: Vec<(String, bool)> = input
+        let mut set: Vec<(String, bool, u64)> = input
             .members()
-            .map(|m| (m.id.clone(), m.draining))
+            .map(|m| (m.id.clone(), m.draining, m.weight.to_bits()))
             .collect();
         set.sort();
         if set != self.member_set {
@@ -614,7 +616,7 @@ impl PoolState {
                 self.settle_left = s.settle_ticks;
             }
             self.presence
-                .retain(&set.iter().map(|(id, _)| id.as_str()).collect());
+                .retain(&set.iter().map(|(id, _, _)| id.as_str()).collect());
             self.member_set = set;
         }
     }

@@ -625,3 +625,25 @@ fn the_incident_at_a_moderate_rate_is_one_page() {
         }
     }
 }
+
+#[test]
+fn a_weight_change_settles_the_pool_as_a_member_change_does() {
+    // The pool file read again with new weights: the balancer applies
+    // them at its own moment, so the pool settles rather than judging the
+    // old split against the new weights.
+    let mut d = Detector::default();
+    let mut rng = Rng::new(31);
+    simulate(
+        &mut d,
+        &mut rng,
+        60,
+        60.0,
+        &[1.0; 3],
+        1.0,
+        |_, _| 1.0,
+        |_| false,
+    );
+    let counts: Vec<u64> = (0..3).map(|_| rng.poisson(20.0)).collect();
+    let (v, _) = d.evaluate(&input(60, &counts, &[2.0, 1.0, 1.0]));
+    assert_eq!(v.verdict, Verdict::Settling, "{v:#?}");
+}

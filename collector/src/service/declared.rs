@@ -32,7 +32,7 @@ use crate::{
     detect::Balancing,
     service::{
         kube::{KubeDeclared, KubePools},
-        poolfile::{PoolFile, Reloader},
+        poolfile::PoolFile,
     },
 };
 
@@ -256,7 +256,8 @@ fn say_balancing(pool: &mut DeclaredPool) {
 /// pools. The merged map is rebuilt only when one of them changes.
 pub struct Sources {
     file: PoolFile,
-    reloader: Option<Reloader>,
+    /// New versions of the pool file, from its reloader's thread.
+    reloads: Option<std::sync::mpsc::Receiver<PoolFile>>,
     kube: Option<KubePools>,
     /// What Kubernetes declared last, merged again when the file changes.
     kube_declared: KubeDeclared,
@@ -264,13 +265,17 @@ pub struct Sources {
 }
 
 impl Sources {
-    /// The pool file (and what reads it again), and Kubernetes' pools when
+    /// The pool file (and its new versions), and Kubernetes' pools when
     /// watched.
-    pub fn new(file: PoolFile, reloader: Option<Reloader>, kube: Option<KubePools>) -> Self {
+    pub fn new(
+        file: PoolFile,
+        reloads: Option<std::sync::mpsc::Receiver<PoolFile>>,
+        kube: Option<KubePools>,
+    ) -> Self {
         let current = Arc::new(Declared::from_file(&file));
         Self {
             file,
-            reloader,
+            reloads,
             kube,
             kube_declared: KubeDeclared::default(),
             current,
@@ -279,7 +284,8 @@ impl Sources {
 
     /// The declared pools for a tick at `now`.
     pub fn at(&mut self, now: Instant) -> Arc<Declared> {
-        let file = self.reloader.as_mut().and_then(Reloader::poll);
+        // The latest version sent since the last tick.
+        let file = (self.reloads.as_ref()).and_then(|reloads| reloads.try_iter().last());
         let kube = self.kube.as_mut().and_then(|kube| kube.poll(now));
         if file.is_none() && kube.is_none() {
             return self.current.clone();

@@ -117,7 +117,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let (file, reloader) = match &config.pools {
         Some(path) => {
             let (file, reloader) = poolfile::Reloader::start(path, shared.pool_file.clone())?;
-            (file, Some(reloader))
+            (file, Some(reloader.spawn().map_err(StartError::Thread)?))
         }
         None => Default::default(),
     };

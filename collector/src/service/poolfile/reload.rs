@@ -2,28 +2,44 @@
 //! ConfigMap update, which swaps a symlink) takes effect without a restart
 //! that would forget every pool's history.
 //!
-//! The tick looks at the file's identity (device, inode, length, mtime)
-//! once a tick, following symlinks. A change is read once it has held for
-//! a tick, so an editor that writes in place is read when it is done, not
-//! half-way. A file that cannot be read or parsed is logged with what is
-//! wrong and how to fix it, counted, and the pools it declared before stay.
+//! A thread of its own looks at the file's identity (device, inode,
+//! length, mtime, ctime; through symlinks) every [`LOOK_EVERY`], so a file
+//! on a mount that hangs never stalls the detection tick. A change is read
+//! once it has held still for [`HOLD_STILL`], and used only if the file
+//! did not change while it was read: an editor or a shell redirect that
+//! writes in place is read when it is done, not half-way. A version that
+//! cannot be parsed is logged with what is wrong and how to fix it,
+//! counted, and the pools it declared before stay; one that cannot be
+//! read (permissions, a missing file) is tried again every look and
+//! logged once.
 
 use std::{
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
-    sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+        mpsc,
+    },
+    time::{Duration, Instant},
 };
 
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::{PoolFile, PoolFileError, load};
+
+/// How often the file is looked at.
+const LOOK_EVERY: Duration = Duration::from_millis(500);
+
+/// How long a change must hold still before it is read.
+const HOLD_STILL: Duration = Duration::from_secs(2);
 
 /// What the reloads did, for /metrics.
 #[derive(Debug)]
 pub struct ReloadStats {
     /// Changes read and put in place.
     pub reloads: AtomicU64,
-    /// Changes that could not be used.
+    /// Changes that could not be used (each version once).
     pub failures: AtomicU64,
     /// Whether the last change was used (true before any change).
     pub last_ok: AtomicBool,
@@ -40,14 +56,15 @@ impl Default for ReloadStats {
 }
 
 /// What identifies one version of the file on disk; `None` when it cannot
-/// be looked at.
+/// be looked at. The ctime changes with the permissions, so fixing them
+/// is a change too.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Stamp {
     dev: u64,
     ino: u64,
     len: u64,
-    mtime: i64,
-    mtime_nsec: i64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
 }
 
 fn stamp(path: &Path) -> Option<Stamp> {
@@ -56,54 +73,80 @@ fn stamp(path: &Path) -> Option<Stamp> {
         dev: meta.dev(),
         ino: meta.ino(),
         len: meta.len(),
-        mtime: meta.mtime(),
-        mtime_nsec: meta.mtime_nsec(),
+        mtime: (meta.mtime(), meta.mtime_nsec()),
+        ctime: (meta.ctime(), meta.ctime_nsec()),
     })
 }
 
-/// The pool file's path and the version of it last looked at and read.
+/// The pool file's path and the versions of it looked at and read.
 pub struct Reloader {
     path: PathBuf,
-    /// What the last look saw.
-    seen: Option<Stamp>,
-    /// What the pools in use were read from (or last failed to be).
+    /// What the last look saw, and since when.
+    seen: (Option<Stamp>, Instant),
+    /// What the pools in use were read from, or last failed to parse.
     read: Option<Stamp>,
-    stats: std::sync::Arc<ReloadStats>,
+    /// The version whose read error was last logged.
+    unreadable: Option<Option<Stamp>>,
+    stats: Arc<ReloadStats>,
 }
 
 impl Reloader {
     /// Reads the file at `path` the first time; an error here stops the
     /// collector (nothing to keep yet).
-    pub fn start(
-        path: &Path,
-        stats: std::sync::Arc<ReloadStats>,
-    ) -> Result<(PoolFile, Self), PoolFileError> {
+    pub fn start(path: &Path, stats: Arc<ReloadStats>) -> Result<(PoolFile, Self), PoolFileError> {
         // Looked at before it is read: a change in between is read again.
         let at = stamp(path);
         let file = load(path)?;
         let reloader = Self {
             path: path.to_owned(),
-            seen: at,
+            seen: (at, Instant::now()),
             read: at,
+            unreadable: None,
             stats,
         };
         Ok((file, reloader))
     }
 
-    /// The file's pools if it changed, has held still since the last look,
-    /// and is valid; `None` otherwise (then the pools in use stay).
-    pub fn poll(&mut self) -> Option<PoolFile> {
-        let now = stamp(&self.path);
-        if now != self.seen {
-            self.seen = now;
+    /// Looks at the file every [`LOOK_EVERY`] on a thread of its own and
+    /// sends each new version's pools; the thread ends when the receiver
+    /// is dropped.
+    pub fn spawn(mut self) -> std::io::Result<mpsc::Receiver<PoolFile>> {
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("evenflow-pools".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(LOOK_EVERY);
+                    if let Some(file) = self.poll(Instant::now())
+                        && tx.send(file).is_err()
+                    {
+                        return;
+                    }
+                }
+            })?;
+        Ok(rx)
+    }
+
+    /// The file's pools if it changed, has held still for [`HOLD_STILL`]
+    /// at `now`, did not change while read, and is valid; `None` otherwise
+    /// (then the pools in use stay).
+    fn poll(&mut self, now: Instant) -> Option<PoolFile> {
+        let at = stamp(&self.path);
+        if at != self.seen.0 {
+            self.seen = (at, now);
             return None;
         }
-        if now == self.read {
+        if at == self.read || now.duration_since(self.seen.1) < HOLD_STILL {
             return None;
         }
-        self.read = now;
-        match load(&self.path) {
+        let loaded = load(&self.path);
+        if stamp(&self.path) != at {
+            return None;
+        }
+        match loaded {
             Ok(file) => {
+                self.read = at;
+                self.unreadable = None;
                 self.stats.reloads.fetch_add(1, Relaxed);
                 self.stats.last_ok.store(true, Relaxed);
                 info!(
@@ -113,7 +156,19 @@ impl Reloader {
                 );
                 Some(file)
             }
+            Err(e @ PoolFileError::Read { .. }) => {
+                // Tried again every look: a permission or a mount fixed
+                // is taken up as soon as it is.
+                if self.unreadable != Some(at) {
+                    self.unreadable = Some(at);
+                    self.stats.failures.fetch_add(1, Relaxed);
+                    self.stats.last_ok.store(false, Relaxed);
+                    warn!("pool file cannot be read, so the pools it declared stay: {e}");
+                }
+                None
+            }
             Err(e) => {
+                self.read = at;
                 self.stats.failures.fetch_add(1, Relaxed);
                 self.stats.last_ok.store(false, Relaxed);
                 error!(
@@ -127,8 +182,6 @@ impl Reloader {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
 
     const ONE: &str = "[[pool]]\nname = \"web\"\nmembers = [{ address = \"10.0.0.1:80\" }]\n";
@@ -138,8 +191,15 @@ mod tests {
         file.get("web").map_or(0, |pool| pool.members.len())
     }
 
+    /// Looks at the file now and once it has held still.
+    fn settle(reloader: &mut Reloader, clock: &mut Instant) -> Option<PoolFile> {
+        assert!(reloader.poll(*clock).is_none(), "a change waits");
+        *clock += HOLD_STILL;
+        reloader.poll(*clock)
+    }
+
     #[test]
-    fn a_change_is_read_once_it_held_for_a_look_and_a_bad_one_keeps_the_pools() {
+    fn a_change_is_read_once_it_held_still_and_a_bad_one_keeps_the_pools() {
         let dir = std::env::temp_dir().join(format!("evenflow-reload-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -147,17 +207,22 @@ mod tests {
         std::fs::write(&path, ONE).unwrap();
         let stats = Arc::new(ReloadStats::default());
         let (file, mut reloader) = Reloader::start(&path, stats.clone()).unwrap();
+        let mut clock = Instant::now();
         assert_eq!(members(&file), 1);
-        assert!(reloader.poll().is_none(), "unchanged");
+        clock += HOLD_STILL;
+        assert!(reloader.poll(clock).is_none(), "unchanged");
 
         std::fs::write(&path, TWO).unwrap();
         assert!(
-            reloader.poll().is_none(),
-            "changed this look: read next look"
+            reloader.poll(clock).is_none(),
+            "changed: read once it held still"
         );
-        let file = reloader.poll().expect("read once it held");
+        clock += HOLD_STILL / 2;
+        assert!(reloader.poll(clock).is_none(), "not held still long enough");
+        clock += HOLD_STILL / 2;
+        let file = reloader.poll(clock).expect("read once it held still");
         assert_eq!(members(&file), 2);
-        assert!(reloader.poll().is_none(), "read once");
+        assert!(reloader.poll(clock + HOLD_STILL).is_none(), "read once");
         assert_eq!(stats.reloads.load(Relaxed), 1);
 
         std::fs::write(
@@ -165,23 +230,48 @@ mod tests {
             "[[pool]]\nname = \"web\"\nmembers = [{ address = \"nowhere\" }]\n",
         )
         .unwrap();
-        assert!(reloader.poll().is_none());
-        assert!(reloader.poll().is_none(), "invalid: the pools in use stay");
+        assert!(
+            settle(&mut reloader, &mut clock).is_none(),
+            "invalid: the pools stay"
+        );
         assert_eq!(stats.failures.load(Relaxed), 1);
         assert!(!stats.last_ok.load(Relaxed));
-        assert!(reloader.poll().is_none(), "an invalid version fails once");
-        assert_eq!(stats.failures.load(Relaxed), 1);
+        clock += HOLD_STILL;
+        assert!(reloader.poll(clock).is_none());
+        assert_eq!(
+            stats.failures.load(Relaxed),
+            1,
+            "an invalid version fails once"
+        );
+
+        // Unreadable (a directory where the file was): tried again every
+        // look, counted once, and read as soon as it can be.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        assert!(settle(&mut reloader, &mut clock).is_none());
+        assert_eq!(stats.failures.load(Relaxed), 2);
+        clock += HOLD_STILL;
+        assert!(reloader.poll(clock).is_none());
+        assert_eq!(stats.failures.load(Relaxed), 2, "logged and counted once");
+        std::fs::remove_dir(&path).unwrap();
+        std::fs::write(&path, ONE).unwrap();
+        let got = settle(&mut reloader, &mut clock);
+        assert_eq!(got.map(|file| members(&file)), Some(1));
+        assert!(stats.last_ok.load(Relaxed));
 
         std::fs::remove_file(&path).unwrap();
-        assert!(reloader.poll().is_none());
-        assert!(reloader.poll().is_none(), "gone: the pools in use stay");
-        assert_eq!(stats.failures.load(Relaxed), 2);
+        assert!(
+            settle(&mut reloader, &mut clock).is_none(),
+            "gone: the pools stay"
+        );
+        let failures = stats.failures.load(Relaxed);
+        clock += HOLD_STILL;
+        assert!(reloader.poll(clock).is_none());
+        assert_eq!(stats.failures.load(Relaxed), failures, "counted once");
 
-        std::fs::write(&path, ONE).unwrap();
-        assert!(reloader.poll().is_none());
-        assert_eq!(reloader.poll().map(|file| members(&file)), Some(1));
-        assert!(stats.last_ok.load(Relaxed));
-        assert_eq!(stats.reloads.load(Relaxed), 2);
+        std::fs::write(&path, TWO).unwrap();
+        let got = settle(&mut reloader, &mut clock);
+        assert_eq!(got.map(|file| members(&file)), Some(2));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
