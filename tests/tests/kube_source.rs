@@ -536,18 +536,28 @@ async fn two_services_on_one_port_are_two_pools_and_follow_watches_through_410_a
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rolling_update_pages_nothing_and_a_ready_pod_left_out_is_zero_by_name() {
-    let c = Cluster::start("roll", None);
+/// A one-node cluster whose Service svc-a has three ready Pods that
+/// kube-proxy balances, with its traffic run for `warm`.
+async fn svc_a_balanced(
+    name: &str,
+    warm: Duration,
+) -> (Cluster, Vec<Pod>, DistributionClient<Channel>, Traffic) {
+    let c = Cluster::start(name, None);
     c.api.apply(&objects::node("node-1", None)).expect("node");
-    let mut live: Vec<Pod> = (1..=3)
+    let live: Vec<Pod> = (1..=3)
         .map(|i| pod("svc-a", i, "node-1", State::Ready))
         .collect();
     apply_service(&c.api, "svc-a", "10.96.0.10", &live);
-    let mut q = c.query().await;
+    let q = c.query().await;
     let mut t = Traffic::on(&c, "node-1", 6, true).await;
     t.route("svc-a", &live.iter().collect::<Vec<_>>());
-    t.run(Duration::from_secs(6)).await;
+    t.run(warm).await;
+    (c, live, q, t)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_update_pages_nothing_and_a_ready_pod_left_out_is_zero_by_name() {
+    let (c, mut live, mut q, mut t) = svc_a_balanced("roll", Duration::from_secs(6)).await;
     wait_pool(&c, &mut q, "default/svc-a:http", 20, |p| {
         p.verdict == v1::Verdict::Ok as i32
     })
@@ -925,16 +935,7 @@ async fn a_pool_file_from_a_configmap_is_read_again_when_it_changes_and_a_bad_on
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerts_watch_of_a_service_follows_its_pools_as_they_change() {
-    let c = Cluster::start("watchcli", None);
-    c.api.apply(&objects::node("node-1", None)).expect("node");
-    let mut live: Vec<Pod> = (1..=3)
-        .map(|i| pod("svc-a", i, "node-1", State::Ready))
-        .collect();
-    apply_service(&c.api, "svc-a", "10.96.0.10", &live);
-    let mut q = c.query().await;
-    let mut t = Traffic::on(&c, "node-1", 6, true).await;
-    t.route("svc-a", &live.iter().collect::<Vec<_>>());
-    t.run(Duration::from_secs(3)).await;
+    let (c, mut live, mut q, mut t) = svc_a_balanced("watchcli", Duration::from_secs(3)).await;
     wait_pool(&c, &mut q, "default/svc-a:http", 20, |p| {
         p.members.len() == 3
     })
