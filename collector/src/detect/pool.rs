@@ -333,8 +333,19 @@ struct Seen {
     other_at_last: u64,
     /// ...and at the end of the tick after (a tick of the agents' clocks).
     other_after_clock: u64,
-    /// ...and at the end of the tick this view's ZERO began, while it lasts.
-    other_at_zero: Option<u64>,
+    /// While this view says ZERO: since when, the other view's
+    /// `conns_total` then, and the views' rates then (this view's over the
+    /// other's). The rates are kept from before: a fault that spreads to
+    /// the whole pool takes this view's rate to zero, and the disagreement
+    /// with it.
+    zero: Option<ZeroMark>,
+}
+
+#[derive(Clone, Copy)]
+struct ZeroMark {
+    since: u64,
+    other_total: u64,
+    ratio: f64,
 }
 
 impl Seen {
@@ -345,8 +356,8 @@ impl Seen {
     }
 
     /// Notes the other view's `other_total` at the end of tick `now`, and
-    /// whether this view says ZERO.
-    fn mark(&mut self, now: u64, other_total: u64, zero: bool) {
+    /// whether this view says ZERO (with the views' rate ratio now).
+    fn mark(&mut self, now: u64, other_total: u64, zero_ratio: Option<f64>) {
         match self.last {
             Some(last) if last == now => {
                 self.other_at_last = other_total;
@@ -355,10 +366,16 @@ impl Seen {
             Some(last) if last + 1 == now => self.other_after_clock = other_total,
             _ => {}
         }
-        if !zero {
-            self.other_at_zero = None;
-        } else if self.other_at_zero.is_none() {
-            self.other_at_zero = Some(other_total);
+        match zero_ratio {
+            None => self.zero = None,
+            Some(ratio) if self.zero.is_none() => {
+                self.zero = Some(ZeroMark {
+                    since: now,
+                    other_total,
+                    ratio: if ratio.is_finite() { ratio } else { 0.0 },
+                });
+            }
+            Some(_) => {}
         }
     }
 
@@ -367,7 +384,7 @@ impl Seen {
     /// this view said ZERO (those from before belong to a sparse view's
     /// ordinary gaps).
     fn other_disagreeing_after(&self) -> u64 {
-        (self.other_after_clock).max(self.other_at_zero.unwrap_or(0))
+        (self.other_after_clock).max(self.zero.map_or(0, |zero| zero.other_total))
     }
 }
 
@@ -515,6 +532,8 @@ struct PoolJudging {
     /// New connections are judged against the weights (not a
     /// least-connections pool).
     judges_new_connections: bool,
+    /// The tick judged.
+    tick: u64,
 }
 
 impl PoolState {
@@ -550,6 +569,7 @@ impl PoolState {
             cpu_total: input.members().filter_map(|m| self.cpu.get(&m.id)).sum(),
             member_count: input.members.len(),
             judges_new_connections: input.balancing.judges_new_connections(),
+            tick: input.tick,
         };
         self.settle_left = self.settle_left.saturating_sub(1);
         for m in input.members() {
@@ -558,7 +578,12 @@ impl PoolState {
                     .get(&m.id)
                     .is_some_and(|v| v.verdict.is_zero())
             };
-            self.mark_views(&m.id, input.tick, (zero(&server), zero(&lb)));
+            self.mark_views(
+                &m.id,
+                input.tick,
+                (zero(&server), zero(&lb)),
+                (server.rate, lb.rate),
+            );
         }
 
         let members = input
@@ -592,14 +617,29 @@ impl PoolState {
 
     /// Notes in each of a member's views what the other had counted at
     /// its last new connection and when its ZERO began (see [`Seen`]).
-    fn mark_views(&mut self, id: &str, now: u64, (server_zero, lb_zero): (bool, bool)) {
+    fn mark_views(
+        &mut self,
+        id: &str,
+        now: u64,
+        (server_zero, lb_zero): (bool, bool),
+        (server_rate, lb_rate): (f64, f64),
+    ) {
         let (Some(server), Some(lb)) =
             (self.server.members.get_mut(id), self.lb.members.get_mut(id))
         else {
             return;
         };
-        server.seen.mark(now, lb.conns_total, server_zero);
-        lb.seen.mark(now, server.conns_total, lb_zero);
+        let other_total = lb.conns_total;
+        server.seen.mark(
+            now,
+            other_total,
+            server_zero.then_some(server_rate / lb_rate),
+        );
+        lb.seen.mark(
+            now,
+            server.conns_total,
+            lb_zero.then_some(lb_rate / server_rate),
+        );
     }
 
     /// A changed member set (after the first), or a member's weight or
@@ -652,8 +692,9 @@ impl PoolState {
         let mut lv = lb.verdicts.get(&m.id).cloned();
         let (mut verdict, view, mut reason) = combine(
             m,
-            (sv.as_ref(), self.server.seen(&m.id), server.rate),
-            (lv.as_ref(), self.lb.seen(&m.id), lb.rate),
+            (sv.as_ref(), self.server.seen(&m.id)),
+            (lv.as_ref(), self.lb.seen(&m.id)),
+            judging.tick,
         );
         if !judging.judges_new_connections {
             // After combining: a view's raw ZERO still makes a MISMATCH
@@ -670,7 +711,11 @@ impl PoolState {
                 .map_or(0.0, |v| v.observed_share.max(v.expected_share));
             hot(s, judging, cpu, share, &mut verdict, &mut reason);
         }
-        if judging.conns_insufficient && verdict.rank() > 0 && !verdict.is_fact() {
+        // A MISMATCH stands in a pool one view sees too little of: it
+        // weighs the other view's connections, and when a fault takes a
+        // whole pool's connections away in one view, it is what is left.
+        let abstains = !verdict.is_fact() && verdict != Verdict::Mismatch;
+        if judging.conns_insufficient && verdict.rank() > 0 && abstains {
             verdict = Verdict::InsufficientTraffic;
             reason = "too few new connections to judge".into();
         } else if judging.settling && verdict.rank() > 1 && !verdict.is_fact() {
@@ -819,28 +864,26 @@ enum Disagreement {
     Mismatch(u64),
 }
 
-/// Reads `other`'s new connections since `zero`'s last (marked on the
-/// pool's tick clock, see [`Seen`]) against its ZERO. The views cross ZERO's bound each at
-/// its own pace (one may count only the balancers that run an agent, or
-/// be more dispersed), and the slower one still holds connections from
-/// before the member went dark: those are no disagreement. Nor are the
-/// first connections after an outage ends, which the sparser view counts
-/// later. The expectation scales by `ratio`, the ZERO view's rate (the
-/// pool's new connections a tick) over the other's: a view that sees a
-/// tenth of the traffic needs ten times the other's connections.
-fn disagreement(
-    (zero, zero_seen): (&ViewVerdict, &Seen),
-    other: &ViewVerdict,
-    ratio: f64,
-) -> Disagreement {
+/// Reads `other`'s new connections since the ZERO view's last one (as
+/// marked in `zero_seen` on the pool's tick clock, see [`Seen`]) against
+/// the ZERO, at tick `now`. The views cross ZERO's bound each at its own
+/// pace (one may count only the balancers that run an agent, or be more
+/// dispersed), and the slower one still holds connections from before the
+/// member went dark: those are no disagreement. Nor are the first
+/// connections after an outage ends, which the sparser view counts later.
+/// The expectation scales by the views' rates when the ZERO began: a view
+/// that sees a tenth of the traffic needs ten times the other's
+/// connections. The ZERO waits for the other view at most
+/// [`SHARE_WINDOW`] ticks from its start.
+fn disagreement(zero_seen: &Seen, other: &ViewVerdict, now: u64) -> Disagreement {
+    let Some(mark) = zero_seen.zero else {
+        return Disagreement::None;
+    };
     let disagreeing = (other.conns_total).saturating_sub(zero_seen.other_disagreeing_after());
-    let since_last = other.conns_total.saturating_sub(zero_seen.other_at_last);
-    // A pool the other view sees none of has no ratio, and no disagreement.
-    let ratio = if ratio.is_finite() { ratio } else { 0.0 };
     let other_dark = other.zero_expected >= SILENCE_EXPECTED;
-    if disagreeing as f64 * ratio >= SILENCE_EXPECTED {
+    if disagreeing as f64 * mark.ratio >= SILENCE_EXPECTED {
         Disagreement::Mismatch(disagreeing)
-    } else if !other_dark && (since_last > 0 || zero.dark_ticks < SHARE_WINDOW as u64) {
+    } else if !other_dark && now < mark.since + SHARE_WINDOW as u64 {
         Disagreement::Pending
     } else {
         Disagreement::None
@@ -852,8 +895,9 @@ fn disagreement(
 /// a MISMATCH.
 fn combine(
     m: &MemberInput,
-    (sv, server_seen, server_rate): (Option<&ViewVerdict>, Option<&Seen>, f64),
-    (lv, lb_seen, lb_rate): (Option<&ViewVerdict>, Option<&Seen>, f64),
+    (sv, server_seen): (Option<&ViewVerdict>, Option<&Seen>),
+    (lv, lb_seen): (Option<&ViewVerdict>, Option<&Seen>),
+    now: u64,
 ) -> (Verdict, View, String) {
     let none = Seen::default();
     let (server_seen, lb_seen) = (server_seen.unwrap_or(&none), lb_seen.unwrap_or(&none));
@@ -880,14 +924,8 @@ fn combine(
                 return (s.verdict, View::Server, s.reason.clone());
             }
             let zero_in = match (s.verdict.is_zero(), l.verdict.is_zero()) {
-                (true, false) => Some((
-                    View::Server,
-                    disagreement((s, server_seen), l, server_rate / lb_rate),
-                )),
-                (false, true) => Some((
-                    View::Lb,
-                    disagreement((l, lb_seen), s, lb_rate / server_rate),
-                )),
+                (true, false) => Some((View::Server, disagreement(server_seen, l, now))),
+                (false, true) => Some((View::Lb, disagreement(lb_seen, s, now))),
                 _ => None,
             };
             match zero_in {
@@ -1118,7 +1156,11 @@ impl ViewState {
         tally: &mut Tally,
     ) -> ViewVerdict {
         let hist = member_entry(&mut self.members, &member.id);
-        hist.conns_total += input.new_conns;
+        // A stale observer's figures are its last rate carried on, and a
+        // reset tick's delta is unknown: neither is a connection seen.
+        if input.fresh && !input.reset {
+            hist.conns_total += input.new_conns;
+        }
         let expected_share = if member.draining
             || !input.fresh
             || input.reset

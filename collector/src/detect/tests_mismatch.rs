@@ -30,9 +30,19 @@ enum Fault {
 struct Scenario {
     fault: Fault,
     fault_at: std::ops::Range<u64>,
+    /// From this tick the fault is every member's.
+    spread_at: u64,
     rate: f64,
     lb_part: f64,
     lb_stale: std::ops::Range<u64>,
+    /// The server's agent is stale here, and its figures carry on at
+    /// three new connections a tick (what a stale agent's last rate
+    /// gives).
+    server_stale: std::ops::Range<u64>,
+    /// The LB view counts one last connection in the fault's first tick,
+    /// which the server view counted in the tick before (the two agents'
+    /// clocks a tick apart).
+    lb_late: bool,
 }
 
 impl Scenario {
@@ -40,9 +50,12 @@ impl Scenario {
         Self {
             fault,
             fault_at: 60..200,
+            spread_at: u64::MAX,
             rate: 100.0,
             lb_part,
             lb_stale: 0..0,
+            server_stale: 0..0,
+            lb_late: false,
         }
     }
 
@@ -68,7 +81,7 @@ impl Scenario {
                     fresh: !self.lb_stale.contains(&t),
                     ..server
                 };
-                if i == DARK && self.fault_at.contains(&t) {
+                if (i == DARK || t >= self.spread_at) && self.fault_at.contains(&t) {
                     match self.fault {
                         Fault::Outage => {
                             server.new_conns = 0;
@@ -77,6 +90,13 @@ impl Scenario {
                         Fault::Lost => server.new_conns = 0,
                         Fault::Around => lb.new_conns = 0,
                     }
+                }
+                if i == DARK && self.lb_late && t == self.fault_at.start {
+                    lb.new_conns = 1;
+                }
+                if i == DARK && self.server_stale.contains(&t) {
+                    server.fresh = false;
+                    server.new_conns = 3;
                 }
                 m.server = Some(server);
                 m.lb = Some(lb);
@@ -227,6 +247,76 @@ fn the_end_of_a_long_outage_seen_first_by_the_denser_view_is_no_mismatch() {
             pages.is_empty(),
             "seed {seed}: MISMATCH paged at {pages:?}: {:?}",
             &verdicts[145..175]
+        );
+    }
+}
+
+#[test]
+fn an_outage_behind_a_view_too_sparse_to_go_dark_is_zero_within_the_wait() {
+    // The LB view counts 0.4% of the connections (0.04 a tick for the
+    // member): it can never say it went dark too, so the server's ZERO
+    // waits for it ten ticks at most.
+    for seed in 1..=20 {
+        let scenario = Scenario {
+            lb_late: true,
+            ..Scenario::new(Fault::Outage, 0.004)
+        };
+        let (verdicts, log) = scenario.run(seed);
+        let zero = zero_pages(&log);
+        assert!(
+            zero.first().is_some_and(|t| (60..75).contains(t)),
+            "seed {seed}: ZERO pages within fifteen ticks: {zero:?} {:?}",
+            &verdicts[58..80]
+        );
+        assert!(mismatch_pages(&log).is_empty(), "seed {seed}");
+    }
+}
+
+#[test]
+fn a_stale_agents_carried_rate_is_no_connection_seen() {
+    // The member's node is cut off at tick 60: its agent's figures go
+    // stale, carried on at its last rate; the balancers take it out of
+    // rotation (both views dark), the node comes back at 75 and the
+    // balancers add it again at 85.
+    for seed in 1..=20 {
+        let scenario = Scenario {
+            fault_at: 60..85,
+            server_stale: 60..75,
+            rate: 40.0,
+            ..Scenario::new(Fault::Outage, 1.0)
+        };
+        let (verdicts, log) = scenario.run(seed);
+        let pages = mismatch_pages(&log);
+        assert!(
+            pages.is_empty(),
+            "seed {seed}: MISMATCH paged at {pages:?}: {:?}",
+            &verdicts[58..95]
+        );
+    }
+}
+
+#[test]
+fn a_mismatch_holds_when_the_fault_spreads_to_the_whole_pool() {
+    for seed in 1..=20 {
+        let scenario = Scenario {
+            spread_at: 100,
+            ..Scenario::new(Fault::Lost, 0.25)
+        };
+        let (verdicts, log) = scenario.run(seed);
+        assert!(
+            mismatch_pages(&log)
+                .first()
+                .is_some_and(|t| (60..70).contains(t)),
+            "seed {seed}"
+        );
+        let held = verdicts[100..]
+            .iter()
+            .filter(|v| **v == Verdict::Mismatch)
+            .count();
+        assert!(
+            held >= 95,
+            "seed {seed}: the mismatch holds after the fault spread ({held} of 100): {:?}",
+            &verdicts[95..130]
         );
     }
 }
