@@ -117,7 +117,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let (file, reloader) = match &config.pools {
         Some(path) => {
             let (file, reloader) = poolfile::Reloader::start(path, shared.pool_file.clone())?;
-            (file, Some(reloader.spawn().map_err(StartError::Thread)?))
+            (file, Some(reloader))
         }
         None => Default::default(),
     };
@@ -172,10 +172,15 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     ));
 
     let stop = Arc::new(AtomicBool::new(false));
+    // Started last, when nothing else can fail: it ends with `stop`.
+    let reloads = match reloader {
+        Some(reloader) => Some(reloader.spawn(stop.clone()).map_err(StartError::Thread)?),
+        None => None,
+    };
     let engine = Engine::new(
         shared.clone(),
         config.settings(),
-        Sources::new(file, reloader, kube),
+        Sources::new(file, reloads, kube),
         hooks,
         config.agent_retention,
         Threads::new(config.tick_threads),

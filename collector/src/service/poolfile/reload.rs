@@ -83,8 +83,9 @@ pub struct Reloader {
     path: PathBuf,
     /// What the last look saw, and since when.
     seen: (Option<Stamp>, Instant),
-    /// What the pools in use were read from, or last failed to parse.
-    read: Option<Stamp>,
+    /// What the pools in use were read from, or last failed to parse, and
+    /// whether it parsed.
+    read: (Option<Stamp>, bool),
     /// The version whose read error was last logged.
     unreadable: Option<Option<Stamp>>,
     stats: Arc<ReloadStats>,
@@ -100,7 +101,7 @@ impl Reloader {
         let reloader = Self {
             path: path.to_owned(),
             seen: (at, Instant::now()),
-            read: at,
+            read: (at, true),
             unreadable: None,
             stats,
         };
@@ -108,14 +109,14 @@ impl Reloader {
     }
 
     /// Looks at the file every [`LOOK_EVERY`] on a thread of its own and
-    /// sends each new version's pools; the thread ends when the receiver
-    /// is dropped.
-    pub fn spawn(mut self) -> std::io::Result<mpsc::Receiver<PoolFile>> {
+    /// sends each new version's pools; the thread ends once `stop` is set
+    /// (or the receiver is dropped).
+    pub fn spawn(mut self, stop: Arc<AtomicBool>) -> std::io::Result<mpsc::Receiver<PoolFile>> {
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("evenflow-pools".into())
             .spawn(move || {
-                loop {
+                while !stop.load(Relaxed) {
                     std::thread::sleep(LOOK_EVERY);
                     if let Some(file) = self.poll(Instant::now())
                         && tx.send(file).is_err()
@@ -132,11 +133,20 @@ impl Reloader {
     /// (then the pools in use stay).
     fn poll(&mut self, now: Instant) -> Option<PoolFile> {
         let at = stamp(&self.path);
+        if at == self.read.0 {
+            // The version last read, perhaps back after it could not be
+            // read for a while: its outcome is the one that stands.
+            self.seen = (at, now);
+            if self.unreadable.take().is_some() {
+                self.stats.last_ok.store(self.read.1, Relaxed);
+            }
+            return None;
+        }
         if at != self.seen.0 {
             self.seen = (at, now);
             return None;
         }
-        if at == self.read || now.duration_since(self.seen.1) < HOLD_STILL {
+        if now.duration_since(self.seen.1) < HOLD_STILL {
             return None;
         }
         let loaded = load(&self.path);
@@ -145,7 +155,7 @@ impl Reloader {
         }
         match loaded {
             Ok(file) => {
-                self.read = at;
+                self.read = (at, true);
                 self.unreadable = None;
                 self.stats.reloads.fetch_add(1, Relaxed);
                 self.stats.last_ok.store(true, Relaxed);
@@ -168,7 +178,7 @@ impl Reloader {
                 None
             }
             Err(e) => {
-                self.read = at;
+                self.read = (at, false);
                 self.stats.failures.fetch_add(1, Relaxed);
                 self.stats.last_ok.store(false, Relaxed);
                 error!(
@@ -258,6 +268,22 @@ mod tests {
         let got = settle(&mut reloader, &mut clock);
         assert_eq!(got.map(|file| members(&file)), Some(1));
         assert!(stats.last_ok.load(Relaxed));
+
+        // Out of reach for a while (its directory moved away and back, as a
+        // mount that hiccups): the same version again, nothing to read,
+        // and the failure no longer stands.
+        let reloads = stats.reloads.load(Relaxed);
+        let away = dir.with_extension("away");
+        std::fs::rename(&dir, &away).unwrap();
+        assert!(settle(&mut reloader, &mut clock).is_none());
+        assert!(!stats.last_ok.load(Relaxed), "cannot be read");
+        std::fs::rename(&away, &dir).unwrap();
+        assert!(
+            reloader.poll(clock + HOLD_STILL).is_none(),
+            "the version in use"
+        );
+        assert!(stats.last_ok.load(Relaxed), "the version in use parsed");
+        assert_eq!(stats.reloads.load(Relaxed), reloads);
 
         std::fs::remove_file(&path).unwrap();
         assert!(
