@@ -111,6 +111,10 @@ async fn list(
     Ok(())
 }
 
+/// How long a watch waits for the collector's pools when a new pool's
+/// alert comes.
+const LOOKUP_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The pools a watch prints the alerts of, kept current while it runs: a
 /// pool the name comes to mean later (a Service's new port, zone or IP
 /// family, a port renamed) is looked up when its first alert comes.
@@ -130,13 +134,22 @@ impl Watched<'_> {
         if self.pools.wants(alert) {
             return true;
         }
-        if self.name.is_none() || !self.looked_up.insert(alert.pool.clone()) {
+        if self.name.is_none() || self.looked_up.contains(&alert.pool) {
             return false;
         }
-        // The name may mean nothing now (the Service deleted): the pools
-        // it meant stay watched.
-        if let Ok(pools) = pools(&mut self.client, self.name).await {
-            self.pools = pools;
+        // A lookup that fails (or takes too long for a live stream) is
+        // tried again at the pool's next alert.
+        let request = self.client.list_pools(v1::ListPoolsRequest {});
+        let Ok(Ok(listed)) = tokio::time::timeout(LOOKUP_WITHIN, request).await else {
+            return false;
+        };
+        self.looked_up.insert(alert.pool.clone());
+        // Added to what is watched: a pool the name meant and no longer
+        // means still has its alerts resolve. The name may mean nothing
+        // now (the Service deleted).
+        let found = Pools::resolve(&listed.into_inner().pools, self.name);
+        if let (Ok(Pools::Named(found)), Pools::Named(watched)) = (found, &mut self.pools) {
+            watched.extend(found);
         }
         self.pools.wants(alert)
     }
