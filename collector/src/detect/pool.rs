@@ -1265,12 +1265,10 @@ impl ViewState {
     ) -> (f64, bool) {
         let count = eligible.len();
         let mut effective = 0.0;
-        let mut concentrated = false;
-        // Whether a short window had enough data and was *not*
-        // concentrated: then the pool is not (the long window only speaks
-        // for pools too quiet for short ones).
-        let mut short_balanced = false;
         let chi_crit = chi2_bound(s.skew_alpha, count.saturating_sub(1).max(1));
+        // Each window's look: (window, expected connections, judgeable,
+        // concentrated, χ² per connection of its shape).
+        let mut looks = Vec::with_capacity(3);
         for w in [1usize, 3, SHARE_WINDOW] {
             let sums: Vec<(f64, f64)> = eligible
                 .iter()
@@ -1278,7 +1276,7 @@ impl ViewState {
                 .collect();
             let obs: f64 = sums.iter().map(|(o, _)| o).sum();
             let exp: f64 = sums.iter().map(|(_, e)| e).sum();
-            if obs <= 0.0 {
+            if obs <= 0.0 || exp <= 0.0 {
                 continue;
             }
             let eff = 1.0 / sums.iter().map(|(o, _)| (o / obs).powi(2)).sum::<f64>();
@@ -1289,6 +1287,13 @@ impl ViewState {
                 .iter()
                 .filter(|(_, e)| *e > 0.0)
                 .map(|(o, e)| (o - e) * (o - e) / (phi * e))
+                .sum();
+            // The shape's distance from the weights, per connection: a
+            // window of `exp` connections would see χ² = exp / φ × this.
+            let shape: f64 = sums
+                .iter()
+                .filter(|(_, e)| *e > 0.0)
+                .map(|(o, e)| (o / obs - e / exp).powi(2) / (e / exp))
                 .sum();
             // Concentration is many members losing their share at once, not
             // one member's skew: at least two, and a quarter of the pool,
@@ -1308,24 +1313,32 @@ impl ViewState {
                 0
             };
             let judgeable = count >= 2 && exp >= 5.0 * count as f64 && expected_effective > 0.0;
-            if judgeable
+            let concentrated = judgeable
                 && eff / expected_effective < s.concentration_ratio
                 && chi > chi_crit
-                && starved >= count.div_ceil(4).max(2)
-            {
-                concentrated = true;
+                && starved >= count.div_ceil(4).max(2);
+            if concentrated {
                 effective = eff;
-            } else if judgeable && w <= 3 && exp / phi >= chi_crit {
-                // Only a window that would have seen half the pool go dark
-                // (its chi-square is then exp / φ) says the pool is
-                // balanced: one tick of a moderate, overdispersed pool
-                // holds too few connections to say anything.
-                short_balanced = true;
             }
+            looks.push((w, exp, judgeable, concentrated, shape));
         }
-        if short_balanced {
-            concentrated = false;
-        }
+        // The shape a concentrated window saw, the plainest of them.
+        let seen = (looks.iter())
+            .filter(|look| look.3)
+            .map(|look| look.4)
+            .fold(None, |most: Option<f64>, shape| {
+                Some(most.map_or(shape, |m| m.max(shape)))
+            });
+        // A short window that is not concentrated says the pool is not
+        // (the long window only speaks for pools too quiet for short
+        // ones), if it could have seen that shape: one tick of a
+        // moderate, overdispersed pool holds too few connections to say
+        // anything.
+        let concentrated = seen.is_some_and(|shape| {
+            !looks.iter().any(|&(w, exp, judgeable, concentrated, _)| {
+                w <= 3 && judgeable && !concentrated && exp / phi * shape >= chi_crit
+            })
+        });
         if self.was_concentrated && !concentrated {
             for h in self.members.values_mut() {
                 h.len = 0;

@@ -595,14 +595,19 @@ fn the_incident_at_a_moderate_rate_is_one_page() {
     // enough connections to be judged, too few for its chi-square to reach
     // the pool's bound. It must not veto what the longer windows see, or
     // each dark member pages on its own before the pool's CONCENTRATION.
-    for (members, rate) in [(10, 60.0), (20, 100.0)] {
+    for (members, rate, dark) in [
+        (10, 60.0, 5),
+        (20, 100.0, 10),
+        (10, 150.0, 3),
+        (20, 200.0, 6),
+    ] {
         for seed in 1..=20 {
             let mut d = Detector::default();
             let mut rng = Rng::new(seed);
             let w = vec![1.0; members];
             let (_, before) = simulate(&mut d, &mut rng, 60, rate, &w, 1.5, |_, _| 1.0, |_| false);
             assert_eq!(pages(&before), 0, "{members}/{seed}: {before:#?}");
-            let half = members / 2;
+            let live = members - dark;
             let (_, tr) = simulate(
                 &mut d,
                 &mut rng,
@@ -610,13 +615,19 @@ fn the_incident_at_a_moderate_rate_is_one_page() {
                 rate,
                 &w,
                 1.5,
-                |_, i| if i < half { 2.0 } else { 0.0 },
+                |_, i| {
+                    if i < live {
+                        members as f64 / live as f64
+                    } else {
+                        0.0
+                    }
+                },
                 |_| false,
             );
             assert_eq!(
                 pages(&tr),
                 1,
-                "{members} members, seed {seed}: one page (CONCENTRATION): {tr:#?}"
+                "{dark} of {members} members dark, seed {seed}: one page (CONCENTRATION): {tr:#?}"
             );
             assert!(
                 d.open_alerts().any(|a| a.kind == AlertKind::Concentration),
