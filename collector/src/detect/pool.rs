@@ -1276,7 +1276,7 @@ impl ViewState {
                 .collect();
             let obs: f64 = sums.iter().map(|(o, _)| o).sum();
             let exp: f64 = sums.iter().map(|(_, e)| e).sum();
-            if obs <= 0.0 || exp <= 0.0 {
+            if obs <= 0.0 {
                 continue;
             }
             let eff = 1.0 / sums.iter().map(|(o, _)| (o / obs).powi(2)).sum::<f64>();
