@@ -322,16 +322,15 @@ struct MemberHist {
 }
 
 /// When a member's view last counted new connections, on the pool's tick
-/// clock, and how many the other view had counted by then and by the
-/// time this view's ZERO began: the two views of a member are compared on
-/// these marks.
+/// clock, and how many the other view had counted a tick after that and
+/// by the time this view's ZERO began: the two views of a member are
+/// compared on these marks.
 #[derive(Clone, Default)]
 struct Seen {
     /// The last tick with new connections.
     last: Option<u64>,
-    /// The other view's `conns_total` at the end of tick `last`...
-    other_at_last: u64,
-    /// ...and at the end of the tick after (a tick of the agents' clocks).
+    /// The other view's `conns_total` at the end of the tick after `last`
+    /// (a tick of the agents' clocks).
     other_after_clock: u64,
     /// While this view says ZERO: since when, the other view's
     /// `conns_total` then, and the views' rates then (this view's over the
@@ -358,13 +357,8 @@ impl Seen {
     /// Notes the other view's `other_total` at the end of tick `now`, and
     /// whether this view says ZERO (with the views' rate ratio now).
     fn mark(&mut self, now: u64, other_total: u64, zero_ratio: Option<f64>) {
-        match self.last {
-            Some(last) if last == now => {
-                self.other_at_last = other_total;
-                self.other_after_clock = other_total;
-            }
-            Some(last) if last + 1 == now => self.other_after_clock = other_total,
-            _ => {}
+        if self.last.is_some_and(|last| last == now || last + 1 == now) {
+            self.other_after_clock = other_total;
         }
         match zero_ratio {
             None => self.zero = None,
@@ -629,10 +623,9 @@ impl PoolState {
         else {
             return;
         };
-        let other_total = lb.conns_total;
         server.seen.mark(
             now,
-            other_total,
+            lb.conns_total,
             server_zero.then_some(server_rate / lb_rate),
         );
         lb.seen.mark(
