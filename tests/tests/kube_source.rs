@@ -556,7 +556,7 @@ async fn svc_a_balanced(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rolling_update_pages_nothing_and_a_ready_pod_left_out_is_zero_by_name() {
+async fn a_rolling_update_and_a_late_kube_proxy_page_nothing_and_a_pod_left_out_is_zero_by_name() {
     let (c, mut live, mut q, mut t) = svc_a_balanced("roll", Duration::from_secs(6)).await;
     wait_pool(&c, &mut q, "default/svc-a:http", 20, |p| {
         p.verdict == v1::Verdict::Ok as i32
@@ -625,13 +625,55 @@ async fn a_rolling_update_pages_nothing_and_a_ready_pod_left_out_is_zero_by_name
         alerts.len()
     );
 
-    // Scale up: the new pod is ready in its slice, but kube-proxy's rules
-    // never take it (say its node's sync is stuck).
+    // Scale up on a busy node: the new pod is ready in its slice, and
+    // kube-proxy's rules take it in 6 s later. Until then it is joining
+    // (SETTLING), not ZERO.
     live.push(pod("svc-a", 7, "node-1", State::Ready));
+    apply_service(&c.api, "svc-a", "10.96.0.10", &live);
+    t.run(Duration::from_secs(5)).await;
+    let p = wait_pool(&c, &mut q, "default/svc-a:http", 5, |p| {
+        p.members.iter().any(|m| m.pod == "default/svc-a-7")
+    })
+    .await;
+    let joining = p
+        .members
+        .iter()
+        .find(|m| m.pod == "default/svc-a-7")
+        .expect("the new pod");
+    assert_eq!(
+        joining.verdict,
+        v1::Verdict::Settling as i32,
+        "{joining:#?}"
+    );
+    assert!(
+        joining.reason.contains("joined the pool") && joining.reason.contains("nothing yet"),
+        "{}",
+        joining.reason
+    );
+    t.run(Duration::from_secs(1)).await;
+    t.route_ready("svc-a", &live);
+    t.run(Duration::from_secs(4)).await;
+    let alerts = list_alerts(&mut q, "", true).await;
+    assert!(
+        alerts.is_empty(),
+        "a pod kube-proxy took in 6 s late raised {} alert(s): {alerts:#?}\ncollector log:\n{}",
+        alerts.len(),
+        c.log()
+    );
+    wait_pool(&c, &mut q, "default/svc-a:http", 5, |p| {
+        p.members
+            .iter()
+            .any(|m| m.pod == "default/svc-a-7" && m.verdict == v1::Verdict::Ok as i32)
+    })
+    .await;
+
+    // The next pod's rules never come (say its node's sync is stuck): it
+    // joins, and pages ZERO once the join grace (30 ticks) has passed.
+    live.push(pod("svc-a", 8, "node-1", State::Ready));
     apply_service(&c.api, "svc-a", "10.96.0.10", &live);
     let added = Instant::now();
     let mut zero = None;
-    while added.elapsed() < Duration::from_secs(20) && zero.is_none() {
+    while added.elapsed() < Duration::from_secs(45) && zero.is_none() {
         t.run(Duration::from_millis(500)).await;
         zero = list_alerts(&mut q, "default/svc-a:http", false)
             .await
@@ -639,15 +681,20 @@ async fn a_rolling_update_pages_nothing_and_a_ready_pod_left_out_is_zero_by_name
             .find(|a| a.kind == v1::AlertKind::Zero as i32);
     }
     let zero = zero.unwrap_or_else(|| panic!("no ZERO for the pod nothing reaches\n{}", c.log()));
+    let after = added.elapsed();
     println!(
         "ZERO {:.1} s after the dark pod joined: {}",
-        added.elapsed().as_secs_f64(),
+        after.as_secs_f64(),
         zero.summary
     );
-    assert_eq!(zero.member, "10.244.1.7:8080");
-    assert_eq!(zero.pod, "default/svc-a-7");
     assert!(
-        zero.summary.contains("(pod default/svc-a-7)"),
+        after > Duration::from_secs(25),
+        "ZERO within the join grace: {after:?}"
+    );
+    assert_eq!(zero.member, "10.244.1.8:8080");
+    assert_eq!(zero.pod, "default/svc-a-8");
+    assert!(
+        zero.summary.contains("(pod default/svc-a-8)"),
         "{}",
         zero.summary
     );

@@ -44,6 +44,11 @@ pub enum Severity {
 }
 
 impl Severity {
+    /// As severe as `other`, or more.
+    fn at_least(self, other: Severity) -> bool {
+        self == Severity::Page || other == Severity::Warning
+    }
+
     /// A page when `page`, else a warning.
     fn page_if(page: bool) -> Self {
         if page {
@@ -340,7 +345,8 @@ impl Book {
         tick: u64,
         pool: &PoolVerdict,
     ) -> Vec<Transition> {
-        let want = wanted(pool, tick);
+        let mut want = wanted(pool, tick);
+        self.fold_findings(&mut want);
         let quiet = matches!(pool.verdict, Verdict::Settling);
         let findings: HashSet<String> = want.values().map(finding).collect();
         self.pending
@@ -362,6 +368,34 @@ impl Book {
             }
         }
         out
+    }
+
+    /// A member's ZERO wanted while its SKEW of the same signal is open
+    /// (or the reverse), at least as severe, is that finding still: it
+    /// keeps the open alert open instead of paging a second time. A member
+    /// at a tenth of its share is SKEW, and ZERO on each tick it gets
+    /// none.
+    fn fold_findings(&self, want: &mut HashMap<String, Alert>) {
+        let folds: Vec<(String, String)> = want
+            .iter()
+            .filter(|(_, a)| matches!(a.kind, AlertKind::Zero | AlertKind::Skew))
+            .filter_map(|(id, a)| {
+                let key = finding(a);
+                let (open_id, _) = self.open.iter().find(|(open_id, open)| {
+                    *open_id != id
+                        && open.pool == a.pool
+                        && open.severity.at_least(a.severity)
+                        && finding(open) == key
+                })?;
+                Some((id.clone(), open_id.clone()))
+            })
+            .collect();
+        for (id, open_id) in folds {
+            want.remove(&id);
+            if let Some(open) = self.open.get(&open_id) {
+                want.entry(open_id).or_insert_with(|| open.clone());
+            }
+        }
     }
 
     /// Open alerts of `pool` that are no longer wanted count good ticks

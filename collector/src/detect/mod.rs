@@ -61,6 +61,7 @@
 //!   is reopened (held open longer) instead of firing again.
 
 mod alerts;
+mod joining;
 mod load;
 mod pool;
 pub mod sim;
@@ -97,6 +98,11 @@ pub struct Settings {
     pub clear_ticks: u32,
     /// Ticks of silence after the member set changes.
     pub settle_ticks: u32,
+    /// Ticks a member that joins a pool (or listens again after being
+    /// down) may take to be picked up by its balancer before it is judged
+    /// on its share; it is judged sooner once it takes half its share.
+    /// 0 judges it at once.
+    pub join_grace_ticks: u64,
     /// A resolved alert that would fire again within this many ticks is
     /// reopened (a flap) rather than fired anew.
     pub flap_window: u64,
@@ -142,6 +148,7 @@ impl Default for Settings {
             warn_high: 1.4,
             clear_ticks: 5,
             settle_ticks: 2,
+            join_grace_ticks: 30,
             flap_window: 300,
             min_pool_rate: 0.5,
             concentration_ratio: 0.75,
@@ -281,6 +288,8 @@ mod tests;
 mod tests_balancing;
 #[cfg(test)]
 mod tests_down;
+#[cfg(test)]
+mod tests_joining;
 #[cfg(test)]
 mod tests_load;
 #[cfg(test)]

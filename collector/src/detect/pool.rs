@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use super::{
     Settings, chi2_bound,
+    joining::{Join, Joins, ViewTick},
     load::{Context, LoadState, LoadSummary, LoadVerdict},
     z_bound,
 };
@@ -72,7 +73,8 @@ impl MemberInput {
     }
 
     /// Its input in `view` when it is eligible for a share: observed
-    /// fresh, counters not reset, serving with a weight, and not down.
+    /// fresh, counters not reset, serving with a weight, not down, and not
+    /// joining.
     pub(super) fn eligible(&self, view: View, presence: &Presence) -> Option<ViewInput> {
         self.view(view).filter(|v| {
             v.fresh
@@ -80,6 +82,7 @@ impl MemberInput {
                 && !self.draining
                 && self.weight > 0.0
                 && presence.down_since(&self.id).is_none()
+                && presence.joining(&self.id).is_none()
         })
     }
 }
@@ -402,18 +405,22 @@ impl MemberHist {
 /// Which members listened on their port, and since when those that no
 /// longer do are down. Only a member seen listening can be down: an
 /// address its agent owns but never listens on (a port the node forwards
-/// elsewhere) says nothing about the backend.
+/// elsewhere) says nothing about the backend. And which members are
+/// joining the balancer's rotation (see [`super::joining`]): new ones, and
+/// those listening again after being down.
 #[derive(Default)]
 pub(super) struct Presence {
     /// Members seen listening: the tick each went down, while it is.
     members: HashMap<String, Option<u64>>,
     /// Members down this tick.
     down: usize,
+    joins: Joins,
 }
 
 impl Presence {
-    /// Records this tick's listener reports.
-    fn note(&mut self, input: &PoolInput<impl AsRef<MemberInput>>) {
+    /// Records this tick's listener reports: a member listening again
+    /// joins for up to `grace` ticks.
+    fn note(&mut self, input: &PoolInput<impl AsRef<MemberInput>>, grace: u64) {
         self.down = 0;
         for m in input.members() {
             if m.listening.is_none() && self.members.is_empty() {
@@ -429,8 +436,11 @@ impl Presence {
                     state.get_or_insert(input.tick);
                     self.down += 1;
                 }
-                // Listening again, or nobody can say this tick (its agent
-                // is stale): not down.
+                Some(true) if state.is_some() => {
+                    *state = None;
+                    self.joins.start(&m.id, input.tick, grace);
+                }
+                // Nobody can say this tick (its agent is stale): not down.
                 _ => *state = None,
             }
         }
@@ -439,6 +449,29 @@ impl Presence {
     /// Forgets members that left the pool.
     fn retain(&mut self, ids: &std::collections::HashSet<&str>) {
         self.members.retain(|id, _| ids.contains(id.as_str()));
+        self.joins.retain(ids);
+    }
+
+    /// Member `id`, while it joins.
+    pub(super) fn joining(&self, id: &str) -> Option<&Join> {
+        self.joins.get(id)
+    }
+
+    /// Adds this tick of both views to the joining members' pick-up, and
+    /// ends the joins picked up or past `grace`.
+    fn note_joins(
+        &mut self,
+        input: &PoolInput<impl AsRef<MemberInput>>,
+        views: [ViewTick; 2],
+        grace: u64,
+    ) {
+        for m in input.members() {
+            for tick in &views {
+                let taken = m.view(tick.view).filter(|v| v.fresh && !v.reset);
+                (self.joins).note(&m.id, m.weight, taken.map(|v| v.new_conns), tick);
+            }
+        }
+        self.joins.end(input.tick, grace);
     }
 
     /// The tick member `id` went down, while it is.
@@ -501,6 +534,21 @@ struct ViewOutcome {
     long_rate: f64,
     judged: bool,
     load: LoadSummary,
+    /// This tick's new connections to the eligible members, and their
+    /// weights summed.
+    new_conns: f64,
+    weight_sum: f64,
+}
+
+impl ViewOutcome {
+    /// This tick, as a joining member's pick-up sees it.
+    fn tick(&self, view: View) -> ViewTick {
+        ViewTick {
+            view,
+            new_conns: self.new_conns,
+            weight_sum: self.weight_sum,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -539,9 +587,11 @@ impl PoolState {
         input: &PoolInput<impl AsRef<MemberInput>>,
     ) -> PoolVerdict {
         self.note_member_set(s, input);
-        self.presence.note(input);
+        self.presence.note(input, s.join_grace_ticks);
         let server = self.server.evaluate(s, input, View::Server, &self.presence);
         let lb = self.lb.evaluate(s, input, View::Lb, &self.presence);
+        let views = [server.tick(View::Server), lb.tick(View::Lb)];
+        self.presence.note_joins(input, views, s.join_grace_ticks);
         self.smooth_cpu(input);
 
         let primary_view = if server.judged || !lb.judged {
@@ -637,21 +687,31 @@ impl PoolState {
 
     /// A changed member set (after the first), or a member's weight or
     /// draining changed (the balancer applies them at its own moment),
-    /// starts `settle_ticks`.
+    /// starts `settle_ticks`; a member new to the set joins.
     fn note_member_set(&mut self, s: &Settings, input: &PoolInput<impl AsRef<MemberInput>>) {
         let mut set: Vec<(String, bool, u64)> = input
             .members()
             .map(|m| (m.id.clone(), m.draining, m.weight.to_bits()))
             .collect();
         set.sort();
-        if set != self.member_set {
-            if !self.member_set.is_empty() {
-                self.settle_left = s.settle_ticks;
-            }
-            self.presence
-                .retain(&set.iter().map(|(id, _, _)| id.as_str()).collect());
-            self.member_set = set;
+        if set == self.member_set {
+            return;
         }
+        let ids: std::collections::HashSet<&str> =
+            set.iter().map(|(id, _, _)| id.as_str()).collect();
+        if !self.member_set.is_empty() {
+            self.settle_left = s.settle_ticks;
+            let before: std::collections::HashSet<&str> = self
+                .member_set
+                .iter()
+                .map(|(id, _, _)| id.as_str())
+                .collect();
+            for id in ids.difference(&before) {
+                (self.presence.joins).start(id, input.tick, s.join_grace_ticks);
+            }
+        }
+        self.presence.retain(&ids);
+        self.member_set = set;
     }
 
     /// CPU: smoothed per member.
@@ -1059,8 +1119,7 @@ impl ViewState {
         };
         for m in input.members() {
             let Some(v) = m.view(view) else { continue };
-            let down_since = presence.down_since(&m.id);
-            let vv = self.judge_member(s, &bounds, &share_tick, (m, down_since), v, &mut tally);
+            let vv = self.judge_member(s, &bounds, &share_tick, (m, presence), v, &mut tally);
             verdicts.insert(m.id.clone(), vv);
         }
         self.observed_shares(&mut verdicts, &tally.window);
@@ -1101,6 +1160,8 @@ impl ViewState {
             long_rate,
             judged: observed_any && count > 0,
             load,
+            new_conns: n,
+            weight_sum: wsum,
         }
     }
 
@@ -1137,17 +1198,19 @@ impl ViewState {
 
     /// One member's verdict in this view: NO_DATA when its observer is
     /// stale or reset, DRAINING_VIOLATION when a draining member keeps
-    /// getting connections, DOWN when it stopped listening (`down_since`),
-    /// else ZERO or SKEW from its share.
+    /// getting connections, DOWN when it stopped listening, SETTLING while
+    /// it joins, else ZERO or SKEW from its share.
     fn judge_member(
         &mut self,
         s: &Settings,
         bounds: &Bounds,
         share_tick: &ShareTick,
-        (member, down_since): (&MemberInput, Option<u64>),
+        (member, presence): (&MemberInput, &Presence),
         input: ViewInput,
         tally: &mut Tally,
     ) -> ViewVerdict {
+        let down_since = presence.down_since(&member.id);
+        let joining = presence.joining(&member.id);
         let hist = member_entry(&mut self.members, &member.id);
         // A stale observer's figures are its last rate carried on, and a
         // reset tick's delta is unknown: neither is a connection seen.
@@ -1158,6 +1221,7 @@ impl ViewState {
             || !input.fresh
             || input.reset
             || down_since.is_some()
+            || joining.is_some()
             || share_tick.weight_sum <= 0.0
         {
             0.0
@@ -1220,6 +1284,15 @@ impl ViewState {
             );
             // Its silence is the outage's, not the balancer's: the ZERO
             // evidence and the windows start again when it is back.
+            hist.zero_e = 0.0;
+            hist.zero_bytes = false;
+            hist.len = 0;
+            return judged;
+        }
+        if let Some(join) = joining {
+            judged.verdict = Verdict::Settling;
+            judged.reason = join.reason(share_tick.tick, s.join_grace_ticks);
+            // Judged from when it joins the rotation, on windows of its own.
             hist.zero_e = 0.0;
             hist.zero_bytes = false;
             hist.len = 0;

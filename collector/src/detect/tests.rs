@@ -517,6 +517,39 @@ fn a_member_alternating_between_zero_and_skew_pages() {
     );
 }
 
+/// A member at a tenth of its share is SKEW, and ZERO on each tick it
+/// gets none: one finding, one page, not a second one on its first empty
+/// tick.
+#[test]
+fn a_member_at_a_tenth_of_its_share_pages_once() {
+    for seed in 0..20 {
+        let mut d = Detector::default();
+        let mut rng = Rng::new(seed);
+        let mut paged = std::collections::HashSet::new();
+        for t in 0..300u64 {
+            let counts: Vec<u64> = (0..11)
+                .map(|i| {
+                    let share = if i == 10 { 0.1 } else { 1.0 };
+                    rng.neg_binomial(500.0 * share / 10.1, 1.5)
+                })
+                .collect();
+            let (_, tr) = d.evaluate(&input(t, &counts, &[1.0; 11]));
+            for x in tr {
+                if let Transition::Fired(a) | Transition::Updated(a) = x
+                    && a.severity == Severity::Page
+                {
+                    paged.insert((a.member, a.kind));
+                }
+            }
+        }
+        assert_eq!(paged.len(), 1, "seed {seed}: {paged:?}");
+        assert!(
+            paged.iter().all(|(m, _)| m == "10.0.0.11:8080"),
+            "{paged:?}"
+        );
+    }
+}
+
 /// A pool whose first tick has every observer reset (each agent's first
 /// report, as after a collector restart) then a connection a tick: the
 /// reset tick is no data, not a tick of none, so the pool is judged as

@@ -83,9 +83,16 @@ fn a_member_that_stops_listening_is_down_not_zero_and_judged_from_its_return() {
     assert_eq!(down[0].member, v[65].members[0].id);
     assert_eq!(down[0].severity, Severity::Warning);
     assert_eq!((down[0].signal, down[0].cause), (None, None));
-    // Back: its evidence starts from its return; it gets its share, so it
-    // is OK at once and the DOWN warning resolves.
-    for p in &v[70..] {
+    // Back: it joins the rotation again (SETTLING), and its balancer takes
+    // it in at once, so it is judged from the next tick, OK, and the DOWN
+    // warning resolves.
+    assert_eq!(v[70].members[0].verdict, Verdict::Settling);
+    assert!(
+        v[70].members[0]
+            .reason
+            .contains("joined the pool 0 ticks ago")
+    );
+    for p in &v[71..] {
         let m = &p.members[0];
         assert_eq!(m.verdict, Verdict::Ok, "tick {}: {m:#?}", p.tick);
     }
@@ -98,8 +105,12 @@ fn a_member_that_stops_listening_is_down_not_zero_and_judged_from_its_return() {
 #[test]
 fn the_ticks_it_was_down_are_not_evidence_after_its_return() {
     // Back at tick 70, it gets nothing on its first tick back: only that
-    // tick's expectation counts, not the outage's.
-    let mut d = Detector::default();
+    // tick's expectation counts, not the outage's (judged at once, without
+    // the grace a member joining its balancer's rotation again has).
+    let mut d = Detector::new(Settings {
+        join_grace_ticks: 0,
+        ..Settings::default()
+    });
     let mut rng = Rng::new(42);
     let (_, v) = three_members(
         0..71,
@@ -268,4 +279,33 @@ fn every_member_down_at_once_still_alerts_down() {
     assert!(pages.iter().all(|(_, a)| a.kind == AlertKind::Down));
     let last = last.expect("verdicts");
     assert_eq!(last.verdict, Verdict::InsufficientTraffic, "{last:#?}");
+}
+
+#[test]
+fn a_member_back_before_its_balancer_sends_again_does_not_page() {
+    // Listening again at tick 70, but HAProxy waits for `rise 2` checks
+    // (`inter 2s`) before it sends to it again: nothing until tick 74.
+    let back = |grace: u64, seed: u64| {
+        let mut d = Detector::new(Settings {
+            join_grace_ticks: grace,
+            ..Settings::default()
+        });
+        let mut rng = Rng::new(seed);
+        let (log, v) = three_members(
+            0..120,
+            &mut d,
+            &mut rng,
+            |t| if (60..74).contains(&t) { 0.0 } else { 1.0 },
+            |t| Some(!(61..70).contains(&t)),
+        );
+        (fired(&log, AlertKind::Zero).len(), v)
+    };
+    for seed in 0..20 {
+        let (zero, v) = back(Settings::default().join_grace_ticks, seed);
+        assert_eq!(zero, 0, "seed {seed}");
+        assert_eq!(v[72].members[0].verdict, Verdict::Settling);
+        assert_eq!(v[80].members[0].verdict, Verdict::Ok, "{:#?}", v[80]);
+        // Judged at once on its return, it paged.
+        assert_eq!(back(0, seed).0, 1, "seed {seed}");
+    }
 }

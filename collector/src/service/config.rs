@@ -127,6 +127,14 @@ pub struct Config {
     #[arg(long, env = "EVENFLOW_SETTLE_TICKS", default_value_t = defaults().settle_ticks)]
     pub settle_ticks: u32,
 
+    /// Ticks a member that joins a pool (or listens again after being
+    /// down) may take to be picked up by its balancer (kube-proxy's sync,
+    /// DNS re-resolution, health checks, a slow start) before it is judged
+    /// on its share; it is judged sooner once it takes half its share.
+    /// 0 judges it at once.
+    #[arg(long, env = "EVENFLOW_JOIN_GRACE_TICKS", default_value_t = defaults().join_grace_ticks)]
+    pub join_grace_ticks: u64,
+
     /// An alert that would fire again within this many ticks of resolving
     /// is reopened (counted as a flap) instead of firing anew.
     #[arg(long, env = "EVENFLOW_FLAP_WINDOW", default_value_t = defaults().flap_window)]
@@ -253,6 +261,7 @@ impl Config {
             warn_high: self.warn_high,
             clear_ticks: self.clear_ticks,
             settle_ticks: self.settle_ticks,
+            join_grace_ticks: self.join_grace_ticks,
             flap_window: self.flap_window,
             min_pool_rate: self.min_pool_rate,
             concentration_ratio: self.concentration_ratio,

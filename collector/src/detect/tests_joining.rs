@@ -1,0 +1,248 @@
+//! Members joining a pool: judged on their share once their balancer takes
+//! them in, or after `join_grace_ticks`.
+
+use super::*;
+use crate::detect::{sim::Rng, tests::input};
+
+/// The tick the new members join at.
+const JOIN: u64 = 120;
+
+/// A scale-up: `old` equal members at `rate` new connections a tick
+/// (negative binomial, φ = 1.5), and `new` more from [`JOIN`] on that
+/// take `served(t)` of their share (what they do not take goes to the
+/// others).
+struct ScaleUp {
+    old: usize,
+    new: usize,
+    rate: f64,
+}
+
+/// What a run gave: its pages with their ticks, and its verdicts.
+struct Run {
+    pages: Vec<(u64, Alert)>,
+    verdicts: Vec<PoolVerdict>,
+}
+
+impl ScaleUp {
+    fn run(&self, d: &mut Detector, seed: u64, ticks: u64, served: impl Fn(u64) -> f64) -> Run {
+        let mut rng = Rng::new(seed);
+        let mut run = Run {
+            pages: Vec::new(),
+            verdicts: Vec::new(),
+        };
+        for t in 0..ticks {
+            let (members, f) = if t < JOIN {
+                (self.old, 0.0)
+            } else {
+                (self.old + self.new, served(t))
+            };
+            let weight_sum = self.old as f64 + self.new as f64 * f;
+            let counts: Vec<u64> = (0..members)
+                .map(|i| {
+                    let share = if i < self.old { 1.0 } else { f };
+                    rng.neg_binomial(self.rate * share / weight_sum, 1.5)
+                })
+                .collect();
+            let (v, tr) = d.evaluate(&input(t, &counts, &vec![1.0; members]));
+            run.pages.extend(tr.into_iter().filter_map(|x| match x {
+                Transition::Fired(a) if a.severity == Severity::Page => Some((t, a)),
+                _ => None,
+            }));
+            run.verdicts.push(v);
+        }
+        run
+    }
+}
+
+/// Served from `lag` ticks after joining.
+fn after(lag: u64) -> impl Fn(u64) -> f64 {
+    move |t| if t >= JOIN + lag { 1.0 } else { 0.0 }
+}
+
+#[test]
+fn a_scale_up_the_balancer_takes_in_late_pages_nothing() {
+    // kube-proxy's sync, a gRPC client's next DNS resolution, HAProxy's
+    // `rise` checks: up to the grace (30 ticks) late.
+    for (old, new, rate, lag) in [
+        (10, 1, 500.0, 5),
+        (10, 1, 500.0, 15),
+        (10, 1, 100.0, 29),
+        (5, 5, 100.0, 8),
+        (5, 5, 1000.0, 15),
+        (10, 20, 2000.0, 3),
+        (10, 20, 2000.0, 20),
+    ] {
+        let pool = ScaleUp { old, new, rate };
+        for seed in 0..20 {
+            let mut d = Detector::default();
+            let run = pool.run(&mut d, seed, 300, after(lag));
+            assert!(
+                run.pages.is_empty(),
+                "{old}+{new} at {rate}/tick, {lag} ticks late, seed {seed}: {:#?}",
+                run.pages
+            );
+            // Until taken in, the new members are SETTLING and out of the
+            // split; taken in, they are judged within a few ticks.
+            let waiting = &run.verdicts[(JOIN + lag - 1) as usize];
+            for m in &waiting.members[old..] {
+                assert_eq!(m.verdict, Verdict::Settling, "{m:#?}");
+                assert!(m.reason.contains("sends it nothing yet"), "{}", m.reason);
+            }
+            let judged = &run.verdicts[(JOIN + lag + 4) as usize];
+            for m in &judged.members[old..] {
+                let share = m.server.as_ref().expect("server view").expected_share;
+                assert!((share - 1.0 / (old + new) as f64).abs() < 1e-9, "{m:#?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn without_the_grace_the_same_scale_up_pages() {
+    // What the grace is for: judged from the first tick, a new member the
+    // balancer takes in 5 ticks late pages ZERO, and a doubled pool pages
+    // CONCENTRATION.
+    let no_grace = || {
+        Detector::new(Settings {
+            join_grace_ticks: 0,
+            ..Settings::default()
+        })
+    };
+    for (pool, kind) in [
+        (
+            ScaleUp {
+                old: 10,
+                new: 1,
+                rate: 500.0,
+            },
+            AlertKind::Zero,
+        ),
+        (
+            ScaleUp {
+                old: 5,
+                new: 5,
+                rate: 1000.0,
+            },
+            AlertKind::Concentration,
+        ),
+    ] {
+        let run = pool.run(&mut no_grace(), 1, 200, after(5));
+        assert!(
+            run.pages.iter().any(|(_, a)| a.kind == kind),
+            "{kind:?}: {:#?}",
+            run.pages
+        );
+    }
+}
+
+#[test]
+fn a_member_the_balancer_never_takes_in_pages_once_the_grace_ends() {
+    let grace = Settings::default().join_grace_ticks;
+    let judged = JOIN + grace;
+    for seed in 0..20 {
+        // One new member: ZERO.
+        let pool = ScaleUp {
+            old: 10,
+            new: 1,
+            rate: 500.0,
+        };
+        let run = pool.run(&mut Detector::default(), seed, 200, |_| 0.0);
+        let [(at, page)] = &run.pages[..] else {
+            panic!("seed {seed}: one page: {:#?}", run.pages);
+        };
+        assert_eq!(page.kind, AlertKind::Zero, "{page:#?}");
+        assert_eq!(page.member, run.verdicts[150].members[10].id);
+        assert!((judged..judged + 4).contains(at), "seed {seed}: at {at}");
+
+        // The pool doubled and none of the new half taken in: one page,
+        // CONCENTRATION, however many members starve.
+        let pool = ScaleUp {
+            old: 5,
+            new: 5,
+            rate: 1000.0,
+        };
+        let run = pool.run(&mut Detector::default(), seed, 200, |_| 0.0);
+        let [(at, page)] = &run.pages[..] else {
+            panic!("seed {seed}: one page: {:#?}", run.pages);
+        };
+        assert_eq!(page.kind, AlertKind::Concentration, "{page:#?}");
+        assert!((judged..judged + 4).contains(at), "seed {seed}: at {at}");
+    }
+}
+
+#[test]
+fn a_member_taken_in_at_a_tenth_of_its_share_pages_once_the_grace_ends() {
+    // Taking some connections is not being taken in: a new member the
+    // balancer gives a tenth of its share (a weight left at 1 of 10) is
+    // judged when the grace ends, and pages SKEW.
+    let judged = JOIN + Settings::default().join_grace_ticks;
+    let pool = ScaleUp {
+        old: 10,
+        new: 1,
+        rate: 500.0,
+    };
+    for seed in 0..20 {
+        let run = pool.run(&mut Detector::default(), seed, 200, |_| 0.1);
+        let [(at, page)] = &run.pages[..] else {
+            panic!("seed {seed}: one page: {:#?}", run.pages);
+        };
+        assert_eq!(page.kind, AlertKind::Skew, "{page:#?}");
+        assert!((judged..judged + 4).contains(at), "seed {seed}: at {at}");
+        let waiting = &run.verdicts[(judged - 1) as usize].members[10];
+        let taking: f64 = (waiting.reason)
+            .split("it takes ")
+            .nth(1)
+            .and_then(|r| r.split('%').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("{}", waiting.reason));
+        assert!((5.0..=15.0).contains(&taking), "{}", waiting.reason);
+    }
+}
+
+#[test]
+fn a_slow_start_is_taken_in_as_its_ramp_ends() {
+    // HAProxy `slowstart 20s`, Envoy's slow start: the new member's weight
+    // ramps from nothing to full over 20 ticks.
+    let pool = ScaleUp {
+        old: 10,
+        new: 1,
+        rate: 500.0,
+    };
+    for seed in 0..20 {
+        let ramp = |t: u64| ((t.saturating_sub(JOIN) + 1) as f64 / 20.0).min(1.0);
+        let run = pool.run(&mut Detector::default(), seed, 300, ramp);
+        assert!(run.pages.is_empty(), "seed {seed}: {:#?}", run.pages);
+        // Judged before the grace ends.
+        let m = &run.verdicts[(JOIN + 25) as usize].members[10];
+        assert_eq!(m.verdict, Verdict::Ok, "seed {seed}: {m:#?}");
+    }
+}
+
+#[test]
+fn the_first_members_of_a_pool_do_not_join() {
+    // A pool's first member set (the collector's start) is judged at
+    // once: a member dark from the start pages ZERO within seconds.
+    let mut d = Detector::default();
+    let mut rng = Rng::new(5);
+    let mut first = None;
+    for t in 0..40 {
+        let counts: Vec<u64> = (0..10)
+            .map(|i| {
+                if i == 0 {
+                    0
+                } else {
+                    rng.neg_binomial(50.0, 1.5)
+                }
+            })
+            .collect();
+        let (_, tr) = d.evaluate(&input(t, &counts, &[1.0; 10]));
+        if first.is_none()
+            && tr
+                .iter()
+                .any(|x| matches!(x, Transition::Fired(a) if a.kind == AlertKind::Zero))
+        {
+            first = Some(t);
+        }
+    }
+    assert!(first.is_some_and(|t| t < 10), "{first:?}");
+}
