@@ -64,6 +64,7 @@ mod alerts;
 mod joining;
 mod load;
 mod pool;
+mod reweight;
 pub mod sim;
 
 pub use alerts::{Alert, AlertKind, Severity, Transition};
@@ -100,8 +101,9 @@ pub struct Settings {
     pub settle_ticks: u32,
     /// Ticks a member that joins a pool (or listens again after being
     /// down) may take to be picked up by its balancer before it is judged
-    /// on its share; it is judged sooner once it takes half its share.
-    /// 0 judges it at once.
+    /// on its share, and a changed weight to be followed by it; sooner
+    /// once the member takes half its share, or the split fits the new
+    /// weights. 0 judges both at once.
     pub join_grace_ticks: u64,
     /// A resolved alert that would fire again within this many ticks is
     /// reopened (a flap) rather than fired anew.
@@ -294,3 +296,5 @@ mod tests_joining;
 mod tests_load;
 #[cfg(test)]
 mod tests_mismatch;
+#[cfg(test)]
+mod tests_reweight;

@@ -6,6 +6,7 @@ use super::{
     Settings, chi2_bound,
     joining::{Join, Joins, ViewTick},
     load::{Context, LoadState, LoadSummary, LoadVerdict},
+    reweight::{Count, Reweights},
     z_bound,
 };
 
@@ -551,11 +552,20 @@ impl ViewOutcome {
     }
 }
 
+/// Ticks from a pool's first in which the members it gathers found it
+/// rather than join it: its agents' first reports after the collector
+/// starts arrive over a few seconds, and a member dark from the start is
+/// the incident's worst shape, judged at once.
+const FOUNDING_TICKS: u64 = 10;
+
 #[derive(Default)]
 pub(super) struct PoolState {
     server: ViewState,
     lb: ViewState,
     member_set: Vec<(String, bool, u64)>,
+    /// The pool's first tick.
+    first_tick: Option<u64>,
+    reweights: Reweights,
     settle_left: u32,
     cpu: HashMap<String, f64>,
     presence: Presence,
@@ -579,8 +589,8 @@ struct PoolJudging {
 }
 
 impl PoolState {
-    /// Judges one tick of the pool: both views, then each member (its
-    /// views combined, HOT, quiet and settling pools), then the pool.
+    /// Judges one tick of the pool, against the weights its balancer
+    /// follows (see [`super::reweight`]).
     pub(super) fn evaluate(
         &mut self,
         s: &Settings,
@@ -588,6 +598,70 @@ impl PoolState {
     ) -> PoolVerdict {
         self.note_member_set(s, input);
         self.presence.note(input, s.join_grace_ticks);
+        if self.follow_reweights(s, input) {
+            self.settle_left = s.settle_ticks;
+        }
+        if self.reweights.is_empty() {
+            return self.judge(s, input);
+        }
+        let followed = PoolInput {
+            name: input.name.clone(),
+            tick: input.tick,
+            balancing: input.balancing,
+            members: (input.members())
+                .map(|m| MemberInput {
+                    weight: self.reweights.weight(&m.id, m.weight),
+                    ..m.clone()
+                })
+                .collect(),
+        };
+        let mut verdict = self.judge(s, &followed);
+        for (v, m) in verdict.members.iter_mut().zip(input.members()) {
+            v.weight = m.weight;
+        }
+        let note = format!(
+            "{} members' weights changed: judged against the previous ones until the balancer's split follows the new ones (at most {} ticks)",
+            self.reweights.len(),
+            s.join_grace_ticks
+        );
+        verdict.reason = match verdict.reason.is_empty() {
+            true => note,
+            false => format!("{}; {note}", verdict.reason),
+        };
+        verdict
+    }
+
+    /// Adds this tick's split to the evidence that the balancer follows
+    /// changed weights, from the view that counted more; true when it is
+    /// taken to follow them from now on.
+    fn follow_reweights(
+        &mut self,
+        s: &Settings,
+        input: &PoolInput<impl AsRef<MemberInput>>,
+    ) -> bool {
+        if self.reweights.is_empty() {
+            return false;
+        }
+        let counts = |view| -> Vec<Count> {
+            (input.members())
+                .filter_map(|m| {
+                    let v = m.eligible(view, &self.presence)?;
+                    Some((m.id.as_str(), m.weight, v.new_conns))
+                })
+                .collect()
+        };
+        let total = |c: &[Count]| c.iter().map(|&(_, _, n)| n).sum::<u64>();
+        let (server, lb) = (counts(View::Server), counts(View::Lb));
+        let (counts, phi) = match total(&lb) > total(&server) {
+            true => (lb, self.lb.dispersion),
+            false => (server, self.server.dispersion),
+        };
+        (self.reweights).follow(input.tick, s.join_grace_ticks, phi, &counts)
+    }
+
+    /// Judges one tick of the pool: both views, then each member (its
+    /// views combined, HOT, quiet and settling pools), then the pool.
+    fn judge(&mut self, s: &Settings, input: &PoolInput<impl AsRef<MemberInput>>) -> PoolVerdict {
         let server = self.server.evaluate(s, input, View::Server, &self.presence);
         let lb = self.lb.evaluate(s, input, View::Lb, &self.presence);
         let views = [server.tick(View::Server), lb.tick(View::Lb)];
@@ -687,7 +761,9 @@ impl PoolState {
 
     /// A changed member set (after the first), or a member's weight or
     /// draining changed (the balancer applies them at its own moment),
-    /// starts `settle_ticks`; a member new to the set joins.
+    /// starts `settle_ticks`. After the pool's founding ticks, a member
+    /// new to the set (or whose weight rose from zero) joins; a changed
+    /// weight is judged as before until the balancer follows it.
     fn note_member_set(&mut self, s: &Settings, input: &PoolInput<impl AsRef<MemberInput>>) {
         let mut set: Vec<(String, bool, u64)> = input
             .members()
@@ -697,20 +773,29 @@ impl PoolState {
         if set == self.member_set {
             return;
         }
-        let ids: std::collections::HashSet<&str> =
-            set.iter().map(|(id, _, _)| id.as_str()).collect();
+        let first_tick = *self.first_tick.get_or_insert(input.tick);
         if !self.member_set.is_empty() {
             self.settle_left = s.settle_ticks;
-            let before: std::collections::HashSet<&str> = self
-                .member_set
-                .iter()
-                .map(|(id, _, _)| id.as_str())
-                .collect();
-            for id in ids.difference(&before) {
-                (self.presence.joins).start(id, input.tick, s.join_grace_ticks);
+        }
+        let founding = input.tick < first_tick + FOUNDING_TICKS;
+        let before: HashMap<&str, f64> = (self.member_set.iter())
+            .map(|(id, _, w)| (id.as_str(), f64::from_bits(*w)))
+            .collect();
+        for (id, _, w) in &set {
+            let new = f64::from_bits(*w);
+            match before.get(id.as_str()) {
+                Some(&old) if old > 0.0 && new > 0.0 && old != new => {
+                    (self.reweights).change(id, (old, new), input.tick, s.join_grace_ticks)
+                }
+                Some(&old) if old > 0.0 || new <= 0.0 => {}
+                _ if founding => {}
+                _ => (self.presence.joins).start(id, input.tick, s.join_grace_ticks),
             }
         }
+        let ids: std::collections::HashSet<&str> =
+            set.iter().map(|(id, _, _)| id.as_str()).collect();
         self.presence.retain(&ids);
+        self.reweights.retain(&ids);
         self.member_set = set;
     }
 

@@ -219,30 +219,41 @@ fn a_slow_start_is_taken_in_as_its_ramp_ends() {
 }
 
 #[test]
-fn the_first_members_of_a_pool_do_not_join() {
-    // A pool's first member set (the collector's start) is judged at
-    // once: a member dark from the start pages ZERO within seconds.
-    let mut d = Detector::default();
-    let mut rng = Rng::new(5);
-    let mut first = None;
-    for t in 0..40 {
-        let counts: Vec<u64> = (0..10)
-            .map(|i| {
-                if i == 0 {
-                    0
-                } else {
-                    rng.neg_binomial(50.0, 1.5)
-                }
-            })
-            .collect();
-        let (_, tr) = d.evaluate(&input(t, &counts, &[1.0; 10]));
-        if first.is_none()
-            && tr
+fn the_members_a_pool_gathers_in_its_first_ticks_do_not_join() {
+    // A pool's first members, and those its agents' first reports add in
+    // its first 10 ticks (the collector just started), are judged at once:
+    // a member dark from the start pages ZERO within seconds. One that
+    // appears later joins.
+    for appears in [0, 6, 12] {
+        let mut d = Detector::default();
+        let mut rng = Rng::new(5);
+        let mut first = None;
+        for t in 0..80 {
+            let members = if t < appears { 9 } else { 10 };
+            let counts: Vec<u64> = (0..members)
+                .map(|i| {
+                    if i == 9 {
+                        0
+                    } else {
+                        rng.neg_binomial(50.0, 1.5)
+                    }
+                })
+                .collect();
+            let (_, tr) = d.evaluate(&input(t, &counts, &vec![1.0; members]));
+            let zero = tr
                 .iter()
-                .any(|x| matches!(x, Transition::Fired(a) if a.kind == AlertKind::Zero))
-        {
-            first = Some(t);
+                .any(|x| matches!(x, Transition::Fired(a) if a.kind == AlertKind::Zero));
+            if first.is_none() && zero {
+                first = Some(t);
+            }
         }
+        let judged = match appears {
+            0..10 => appears,
+            _ => appears + Settings::default().join_grace_ticks,
+        };
+        assert!(
+            first.is_some_and(|t| (judged..judged + 5).contains(&t)),
+            "appears at {appears}: ZERO at {first:?}"
+        );
     }
-    assert!(first.is_some_and(|t| t < 10), "{first:?}");
 }

@@ -130,8 +130,9 @@ pub struct Config {
     /// Ticks a member that joins a pool (or listens again after being
     /// down) may take to be picked up by its balancer (kube-proxy's sync,
     /// DNS re-resolution, health checks, a slow start) before it is judged
-    /// on its share; it is judged sooner once it takes half its share.
-    /// 0 judges it at once.
+    /// on its share, and a changed weight to be followed; sooner once the
+    /// member takes half its share, or the split fits the new weights.
+    /// 0 judges both at once.
     #[arg(long, env = "EVENFLOW_JOIN_GRACE_TICKS", default_value_t = defaults().join_grace_ticks)]
     pub join_grace_ticks: u64,
 
