@@ -44,11 +44,6 @@ pub enum Severity {
 }
 
 impl Severity {
-    /// As severe as `other`, or more.
-    fn at_least(self, other: Severity) -> bool {
-        self == Severity::Page || other == Severity::Warning
-    }
-
     /// A page when `page`, else a warning.
     fn page_if(page: bool) -> Self {
         if page {
@@ -371,10 +366,13 @@ impl Book {
     }
 
     /// A member's ZERO wanted while its SKEW of the same signal is open
-    /// (or the reverse), at least as severe, is that finding still: it
-    /// keeps the open alert open instead of paging a second time. A member
-    /// at a tenth of its share is SKEW, and ZERO on each tick it gets
-    /// none.
+    /// at the same severity (or the reverse) is that finding still: it
+    /// updates the open alert (its kind and id stay; its numbers, summary
+    /// and evidence are the new ones) instead of paging a second time. A
+    /// member at a tenth of its share is SKEW, and ZERO on each tick it
+    /// gets none. At another severity (a ZERO grouped under CONCENTRATION
+    /// as a warning, a SKEW page easing to a warning) it books as its own
+    /// alert, and the open one clears.
     fn fold_findings(&self, want: &mut HashMap<String, Alert>) {
         let folds: Vec<(String, String)> = want
             .iter()
@@ -384,17 +382,19 @@ impl Book {
                 let (open_id, _) = self.open.iter().find(|(open_id, open)| {
                     *open_id != id
                         && open.pool == a.pool
-                        && open.severity.at_least(a.severity)
+                        && open.severity == a.severity
                         && finding(open) == key
                 })?;
                 Some((id.clone(), open_id.clone()))
             })
             .collect();
         for (id, open_id) in folds {
-            want.remove(&id);
-            if let Some(open) = self.open.get(&open_id) {
-                want.entry(open_id).or_insert_with(|| open.clone());
-            }
+            let (Some(mut a), Some(open)) = (want.remove(&id), self.open.get(&open_id)) else {
+                continue;
+            };
+            a.kind = open.kind;
+            a.id = open_id.clone();
+            want.entry(open_id).or_insert(a);
         }
     }
 

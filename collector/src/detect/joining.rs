@@ -10,10 +10,14 @@
 //! So a joining member is not expected to take a share, nor counted in
 //! its pool's split, until its balancer has picked it up or
 //! `join_grace_ticks` have passed, whichever comes first. Picked up means
-//! that in one view, over the ticks since it last took none, it has taken
-//! at least half the new connections its share would have brought, and at
-//! least [`PICKUP_MIN`]: a health check or a kubelet probe alone is not a
-//! pick-up, and a slow start ends as its ramp reaches full weight. A
+//! that in one view, over its last [`PICKUP_TICKS`] ticks, it has taken at
+//! least `warn_low` (0.7) of the new connections its share would have
+//! brought, and at least [`PICKUP_MIN`]: a health check or a kubelet probe
+//! alone is not a pick-up, a member half the balancers have taken in (each
+//! node's kube-proxy syncs at its own moment) is not yet, and a slow start
+//! is as its ramp passes 70 %. Its share is of the members judged
+//! for one; when there are none (the whole pool replaced at once), of the
+//! members joining with it. A
 //! balancer that never picks the member up is still found: ZERO (or the
 //! pool's CONCENTRATION) once the grace has passed.
 
@@ -26,37 +30,52 @@ use super::pool::View;
 /// trickle is not picked up by a probe.
 const PICKUP_MIN: f64 = 5.0;
 
+/// The ticks over which a joining member's take is measured: enough to
+/// steady a few connections a tick, few enough to follow a balancer that
+/// takes it in late.
+const PICKUP_TICKS: usize = 3;
+
 /// A member joining its pool, from the tick it joined.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(super) struct Join {
     /// The tick it joined.
     pub since: u64,
-    /// New connections it took since the last tick it took none, per
-    /// view (server, LB).
-    taken: [u64; 2],
-    /// New connections its share would have brought over those ticks.
-    would: [f64; 2],
+    /// New connections it took on each of its last ticks, per view
+    /// (server, LB), at `tick % PICKUP_TICKS`.
+    taken: [[u64; PICKUP_TICKS]; 2],
+    /// New connections its share would have brought on those ticks.
+    would: [[f64; PICKUP_TICKS]; 2],
 }
 
 impl Join {
-    /// Its balancer has picked it up, as seen in one view or the other.
-    fn picked_up(&self) -> bool {
-        (0..2).any(|v| self.taken[v] as f64 >= PICKUP_MIN.max(self.would[v] / 2.0))
+    /// New connections taken and expected in view `v` over the last ticks.
+    fn take(&self, v: usize) -> (f64, f64) {
+        (
+            self.taken[v].iter().sum::<u64>() as f64,
+            self.would[v].iter().sum(),
+        )
+    }
+
+    /// Its balancer has picked it up (at least `low` of its share), as
+    /// seen in one view or the other.
+    fn picked_up(&self, low: f64) -> bool {
+        (0..2).any(|v| {
+            let (taken, would) = self.take(v);
+            taken >= PICKUP_MIN.max(would * low)
+        })
     }
 
     /// Why it is not judged yet, at tick `now`.
     pub fn reason(&self, now: u64, grace: u64) -> String {
-        let v = usize::from(self.would[1] > self.would[0]);
-        let taking = if self.would[v] > 0.0 {
-            format!(
-                "; it takes {:.0}% of its share",
-                100.0 * self.taken[v] as f64 / self.would[v]
-            )
+        let ((t0, w0), (t1, w1)) = (self.take(0), self.take(1));
+        let (taken, would) = if w1 > w0 { (t1, w1) } else { (t0, w0) };
+        let taking = if taken > 0.0 && would > 0.0 {
+            format!("; it takes {:.0}% of its share", 100.0 * taken / would)
         } else {
             "; its balancer sends it nothing yet".to_owned()
         };
         format!(
-            "joined the pool {} ticks ago: judged on its share once its balancer takes it in (half its share), or after {grace} ticks{taking}",
+            "joined the pool {} ticks ago: judged on its share once its balancer takes it in, or after {grace} ticks{taking}",
             now.saturating_sub(self.since),
         )
     }
@@ -101,12 +120,10 @@ impl Joins {
         self.members.retain(|id, _| ids.contains(id.as_str()));
     }
 
-    /// Adds one view's tick to member `id`'s pick-up: `taken` new
+    /// Adds one view's tick `now` to member `id`'s pick-up: `taken` new
     /// connections (fresh counts only), against its `weight`'s share of
-    /// what the judged members took. A tick it took none starts the count
-    /// again: a balancer that takes it in late is not held to the ticks
-    /// before.
-    pub fn note(&mut self, id: &str, weight: f64, taken: Option<u64>, tick: &ViewTick) {
+    /// what the judged members took.
+    pub fn note(&mut self, id: &str, weight: f64, taken: Option<u64>, tick: &ViewTick, now: u64) {
         let Some(join) = self.members.get_mut(id) else {
             return;
         };
@@ -114,19 +131,24 @@ impl Joins {
             View::Server => 0,
             View::Lb => 1,
         };
-        match taken {
-            Some(n) if n > 0 && tick.weight_sum > 0.0 => {
-                join.taken[v] += n;
-                join.would[v] += tick.new_conns * weight / tick.weight_sum;
-            }
-            _ => (join.taken[v], join.would[v]) = (0, 0.0),
-        }
+        let slot = (now % PICKUP_TICKS as u64) as usize;
+        join.taken[v][slot] = taken.unwrap_or(0);
+        join.would[v][slot] = match tick.weight_sum > 0.0 {
+            true => tick.new_conns * weight / tick.weight_sum,
+            false => 0.0,
+        };
     }
 
-    /// After tick `now`: members picked up, or joining for `grace` ticks,
-    /// are judged from the next tick.
-    pub fn end(&mut self, now: u64, grace: u64) {
-        self.members
-            .retain(|_, join| !join.picked_up() && now + 1 < join.since + grace);
+    /// Whether member `id` joins.
+    pub fn contains(&self, id: &str) -> bool {
+        self.members.contains_key(id)
+    }
+
+    /// After tick `now`: members picked up (at least `low` of their
+    /// share), or joining for `grace` ticks, are judged from the next tick.
+    pub fn end(&mut self, now: u64, grace: u64, low: f64) {
+        self.members.retain(|_, join| {
+            !join.picked_up(low) && now.saturating_add(1) < join.since.saturating_add(grace)
+        });
     }
 }

@@ -415,6 +415,9 @@ pub(super) struct Presence {
     members: HashMap<String, Option<u64>>,
     /// Members down this tick.
     down: usize,
+    /// Members down whose agent went stale before they listened again: a
+    /// host rebooting.
+    unseen_return: std::collections::HashSet<String>,
     joins: Joins,
 }
 
@@ -437,12 +440,18 @@ impl Presence {
                     state.get_or_insert(input.tick);
                     self.down += 1;
                 }
-                Some(true) if state.is_some() => {
-                    *state = None;
-                    self.joins.start(&m.id, input.tick, grace);
+                Some(true) => {
+                    if state.take().is_some() || self.unseen_return.remove(&m.id) {
+                        self.joins.start(&m.id, input.tick, grace);
+                    }
                 }
-                // Nobody can say this tick (its agent is stale): not down.
-                _ => *state = None,
+                // Nobody can say this tick (its agent is stale): not down,
+                // but back only when it is seen listening.
+                None => {
+                    if state.take().is_some() {
+                        self.unseen_return.insert(m.id.clone());
+                    }
+                }
             }
         }
     }
@@ -450,6 +459,7 @@ impl Presence {
     /// Forgets members that left the pool.
     fn retain(&mut self, ids: &std::collections::HashSet<&str>) {
         self.members.retain(|id, _| ids.contains(id.as_str()));
+        self.unseen_return.retain(|id| ids.contains(id.as_str()));
         self.joins.retain(ids);
     }
 
@@ -459,20 +469,32 @@ impl Presence {
     }
 
     /// Adds this tick of both views to the joining members' pick-up, and
-    /// ends the joins picked up or past `grace`.
+    /// ends the joins picked up (`s.warn_low` of their share) or past the
+    /// grace. A view without a member judged for a share (every member
+    /// joins, or the others are down) measures the joining members against
+    /// each other.
     fn note_joins(
         &mut self,
+        s: &Settings,
         input: &PoolInput<impl AsRef<MemberInput>>,
         views: [ViewTick; 2],
-        grace: u64,
     ) {
-        for m in input.members() {
-            for tick in &views {
-                let taken = m.view(tick.view).filter(|v| v.fresh && !v.reset);
-                (self.joins).note(&m.id, m.weight, taken.map(|v| v.new_conns), tick);
+        let counted = |m: &MemberInput, view| m.view(view).filter(|v| v.fresh && !v.reset);
+        for mut tick in views {
+            if tick.weight_sum <= 0.0 {
+                let joining = input
+                    .members()
+                    .filter(|m| self.joins.contains(&m.id) && m.weight > 0.0)
+                    .filter_map(|m| counted(m, tick.view).map(|v| (m.weight, v.new_conns)));
+                (tick.weight_sum, tick.new_conns) =
+                    joining.fold((0.0, 0.0), |(w, n), (mw, mn)| (w + mw, n + mn as f64));
+            }
+            for m in input.members() {
+                let taken = counted(m, tick.view).map(|v| v.new_conns);
+                (self.joins).note(&m.id, m.weight, taken, &tick, input.tick);
             }
         }
-        self.joins.end(input.tick, grace);
+        (self.joins).end(input.tick, s.join_grace_ticks, s.warn_low);
     }
 
     /// The tick member `id` went down, while it is.
@@ -665,7 +687,7 @@ impl PoolState {
         let server = self.server.evaluate(s, input, View::Server, &self.presence);
         let lb = self.lb.evaluate(s, input, View::Lb, &self.presence);
         let views = [server.tick(View::Server), lb.tick(View::Lb)];
-        self.presence.note_joins(input, views, s.join_grace_ticks);
+        self.presence.note_joins(s, input, views);
         self.smooth_cpu(input);
 
         let primary_view = if server.judged || !lb.judged {

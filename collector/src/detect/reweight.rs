@@ -86,7 +86,7 @@ impl Reweights {
             return false;
         }
         self.cusum = (self.cusum + self.log_ratio(counts) / phi.max(1.0)).max(0.0);
-        if self.cusum >= SWITCH || now >= self.since + grace {
+        if self.cusum >= SWITCH || now >= self.since.saturating_add(grace) {
             self.before.clear();
             self.cusum = 0.0;
             return true;

@@ -550,6 +550,86 @@ fn a_member_at_a_tenth_of_its_share_pages_once() {
     }
 }
 
+/// Member 10 of 11 at `share(t)` of its share, at 500 new connections a
+/// tick; the detector after `ticks`.
+fn eleven(seed: u64, ticks: u64, share: impl Fn(u64) -> f64) -> Detector {
+    let mut d = Detector::default();
+    let mut rng = Rng::new(seed);
+    for t in 0..ticks {
+        let f = share(t);
+        let counts: Vec<u64> = (0..11)
+            .map(|i| rng.neg_binomial(500.0 * if i == 10 { f } else { 1.0 } / (10.0 + f), 1.5))
+            .collect();
+        d.evaluate(&input(t, &counts, &[1.0; 11]));
+    }
+    d
+}
+
+/// A ZERO page folded with the SKEW that follows it says what is true
+/// now, and clears when the member eases to a warning.
+#[test]
+fn a_folded_finding_says_what_is_true_now_and_eases() {
+    let share = |t: u64| match t {
+        0..60 => 1.0,
+        60..100 => 0.0,
+        100..130 => 0.3,
+        _ => 0.6,
+    };
+    for seed in 0..10 {
+        let d = eleven(seed, 125, share);
+        let open: Vec<&Alert> = d
+            .open_alerts()
+            .filter(|a| a.member == "10.0.0.11:8080")
+            .collect();
+        let [a] = &open[..] else {
+            panic!("seed {seed}: one alert: {open:#?}")
+        };
+        assert_eq!(a.severity, Severity::Page);
+        assert!(
+            a.summary.contains("SKEW") && !a.summary.contains("fully dark"),
+            "seed {seed}: {}",
+            a.summary
+        );
+        let d = eleven(seed, 400, share);
+        let paging: Vec<&Alert> = d
+            .open_alerts()
+            .filter(|a| a.severity == Severity::Page)
+            .collect();
+        assert!(paging.is_empty(), "seed {seed}: {paging:#?}");
+    }
+}
+
+/// A member's SKEW page, then the incident's shape: its ZERO is grouped
+/// under CONCENTRATION as a warning, so its SKEW page clears and the
+/// incident is one page.
+#[test]
+fn a_skew_page_then_concentration_leaves_one_page() {
+    for seed in 0..10 {
+        let mut d = Detector::default();
+        let mut rng = Rng::new(seed);
+        for t in 0..200u64 {
+            let f: Vec<f64> = (0..8)
+                .map(|i| match (i, t) {
+                    (0, 30..100) => 0.1,
+                    (0..4, 100..) => 0.0,
+                    _ => 1.0,
+                })
+                .collect();
+            let sum: f64 = f.iter().sum();
+            let counts: Vec<u64> = f
+                .iter()
+                .map(|w| rng.neg_binomial(800.0 * w / sum, 1.5))
+                .collect();
+            d.evaluate(&input(t, &counts, &[1.0; 8]));
+        }
+        let paging: Vec<AlertKind> = (d.open_alerts())
+            .filter(|a| a.severity == Severity::Page)
+            .map(|a| a.kind)
+            .collect();
+        assert_eq!(paging, [AlertKind::Concentration], "seed {seed}");
+    }
+}
+
 /// A pool whose first tick has every observer reset (each agent's first
 /// report, as after a collector restart) then a connection a tick: the
 /// reset tick is no data, not a tick of none, so the pool is judged as

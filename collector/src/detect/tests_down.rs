@@ -309,3 +309,41 @@ fn a_member_back_before_its_balancer_sends_again_does_not_page() {
         assert_eq!(back(0, seed).0, 1, "seed {seed}");
     }
 }
+
+#[test]
+fn a_member_back_from_a_reboot_joins_though_its_agent_was_stale_between() {
+    // Down at 61..69, its agent stale at 69 and 70 (the host rebooting),
+    // listening again at 71; its balancer sends to it again at 74.
+    for seed in 0..10 {
+        let mut d = Detector::default();
+        let mut rng = Rng::new(seed);
+        let mut log = Vec::new();
+        for t in 0..120u64 {
+            let share = if (60..74).contains(&t) { 0.0 } else { 1.0 };
+            let others = 100.0 / 3.0 * (1.0 + (1.0 - share) / 2.0);
+            let counts = [
+                rng.poisson(100.0 / 3.0 * share),
+                rng.poisson(others),
+                rng.poisson(others),
+            ];
+            let mut inp = input(t, &counts, &[1.0; 3]);
+            for m in &mut inp.members {
+                m.listening = Some(true);
+            }
+            inp.members[0].listening = match t {
+                61..69 => Some(false),
+                69 | 70 => None,
+                _ => Some(true),
+            };
+            if let (69 | 70, Some(v)) = (t, inp.members[0].server.as_mut()) {
+                v.fresh = false;
+            }
+            let (_, tr) = d.evaluate(&inp);
+            log.extend(tr.into_iter().map(|x| (t, x)));
+        }
+        assert!(
+            fired(&log, AlertKind::Zero).is_empty(),
+            "seed {seed}: {log:#?}"
+        );
+    }
+}

@@ -82,13 +82,15 @@ fn a_scale_up_the_balancer_takes_in_late_pages_nothing() {
                 run.pages
             );
             // Until taken in, the new members are SETTLING and out of the
-            // split; taken in, they are judged within a few ticks.
+            // split; taken in, they are judged within ten ticks (at 10
+            // connections a member and tick, 70 % of three ticks' share
+            // can take a few).
             let waiting = &run.verdicts[(JOIN + lag - 1) as usize];
             for m in &waiting.members[old..] {
                 assert_eq!(m.verdict, Verdict::Settling, "{m:#?}");
                 assert!(m.reason.contains("sends it nothing yet"), "{}", m.reason);
             }
-            let judged = &run.verdicts[(JOIN + lag + 4) as usize];
+            let judged = &run.verdicts[(JOIN + lag + 10) as usize];
             for m in &judged.members[old..] {
                 let share = m.server.as_ref().expect("server view").expected_share;
                 assert!((share - 1.0 / (old + new) as f64).abs() < 1e-9, "{m:#?}");
@@ -195,7 +197,7 @@ fn a_member_taken_in_at_a_tenth_of_its_share_pages_once_the_grace_ends() {
             .and_then(|r| r.split('%').next())
             .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| panic!("{}", waiting.reason));
-        assert!((5.0..=15.0).contains(&taking), "{}", waiting.reason);
+        assert!((1.0..=30.0).contains(&taking), "{}", waiting.reason);
     }
 }
 
@@ -256,4 +258,107 @@ fn the_members_a_pool_gathers_in_its_first_ticks_do_not_join() {
             "appears at {appears}: ZERO at {first:?}"
         );
     }
+}
+
+#[test]
+fn a_member_half_the_balancers_take_in_first_waits_for_the_rest() {
+    // Each node's kube-proxy syncs at its own moment: half the traffic's
+    // balancers take the new member in 2 ticks after it joins, the rest
+    // up to 20 ticks later. At half its share it is not yet taken in.
+    let pool = ScaleUp {
+        old: 10,
+        new: 1,
+        rate: 500.0,
+    };
+    for lag in [5, 10, 20] {
+        for seed in 0..20 {
+            let served = |t: u64| match t.saturating_sub(JOIN) {
+                0..2 => 0.0,
+                d if d < 2 + lag => 0.5,
+                _ => 1.0,
+            };
+            let run = pool.run(&mut Detector::default(), seed, 260, served);
+            assert!(
+                run.pages.is_empty(),
+                "lag {lag}, seed {seed}: {:#?}",
+                run.pages
+            );
+        }
+    }
+}
+
+#[test]
+fn a_pool_replaced_at_once_is_judged_as_its_balancer_takes_the_new_members_in() {
+    // Blue/green: {A, B, C} replaced by {D, E, F} at tick 60, after the
+    // pool's founding ticks. The balancer takes D and E in at once and
+    // never F. D and E are judged within ticks, measured against each
+    // other; F pages ZERO when the grace ends.
+    let grace = Settings::default().join_grace_ticks;
+    for seed in 0..10 {
+        let mut d = Detector::default();
+        let mut rng = Rng::new(seed);
+        let mut zero = None;
+        let mut verdicts = Vec::new();
+        for t in 0..120u64 {
+            let mut counts: Vec<u64> = (0..3).map(|_| rng.neg_binomial(100.0, 1.5)).collect();
+            if t >= 60 {
+                counts[2] = 0;
+            }
+            let mut inp = input(t, &counts, &[1.0; 3]);
+            if t >= 60 {
+                for m in &mut inp.members {
+                    m.id = m.id.replace("10.0.0.", "10.0.9.");
+                }
+            }
+            let (v, tr) = d.evaluate(&inp);
+            for x in tr {
+                if let Transition::Fired(a) = x
+                    && a.severity == Severity::Page
+                {
+                    assert!(zero.is_none(), "one page: {a:#?}");
+                    assert_eq!(
+                        (a.kind, a.member.as_str()),
+                        (AlertKind::Zero, "10.0.9.3:8080")
+                    );
+                    zero = Some(t);
+                }
+            }
+            verdicts.push(v);
+        }
+        let judged = &verdicts[64];
+        assert_ne!(judged.verdict, Verdict::InsufficientTraffic, "{judged:#?}");
+        for m in &judged.members[..2] {
+            assert_eq!(m.verdict, Verdict::Ok, "seed {seed}: {m:#?}");
+        }
+        assert_eq!(judged.members[2].verdict, Verdict::Settling);
+        let at = zero.unwrap_or_else(|| panic!("seed {seed}: F never paged"));
+        assert!(
+            (60 + grace..60 + grace + 5).contains(&at),
+            "seed {seed}: {at}"
+        );
+    }
+}
+
+#[test]
+fn a_grace_of_forever_holds_a_joining_member_out_without_overflow() {
+    let mut d = Detector::new(Settings {
+        join_grace_ticks: u64::MAX,
+        ..Settings::default()
+    });
+    let mut last = None;
+    for t in 0..60u64 {
+        let members = if t < 20 { 2 } else { 3 };
+        let mut counts = vec![30; members];
+        if members == 3 {
+            counts[2] = 0;
+        }
+        let (v, tr) = d.evaluate(&input(t, &counts, &vec![1.0; members]));
+        assert!(
+            tr.iter().all(|x| !matches!(x, Transition::Fired(_))),
+            "{tr:#?}"
+        );
+        last = Some(v);
+    }
+    let last = last.expect("60 ticks");
+    assert_eq!(last.members[2].verdict, Verdict::Settling, "{last:#?}");
 }

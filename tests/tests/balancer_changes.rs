@@ -1,0 +1,201 @@
+//! A change the balancer applies at its own moment pages nothing; one it
+//! never applies pages once the grace ends.
+//!
+//! Real lab: three nginx backends with an agent each, HAProxy on the lb
+//! (round robin, weights set over its runtime API) with its agent, and the
+//! collector on the lb reading a pool file of the three servers. The pool
+//! file is written as an operator would, a new version renamed over the
+//! old; HAProxy's weights change seconds later, as a config push reaches
+//! it.
+
+use std::{
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use evenflow_tests::{
+    agent::{self, COLLECTOR},
+    client, grpcurl, haproxy,
+    lab::{BACKEND_PORT, Lab},
+    nginx,
+};
+use serde_json::Value;
+
+/// Writes the pool file with `weights` for b1, b2, b3, by a rename.
+fn write_pools(lab: &Lab, path: &Path, weights: [u32; 3]) {
+    let members: String = (lab.backends.iter().zip(weights))
+        .map(|(b, w)| {
+            format!(
+                "  {{ address = \"{}:{BACKEND_PORT}\", weight = {w} }},\n",
+                b.addr4
+            )
+        })
+        .collect();
+    let text = format!(
+        "[[pool]]\nname = \"web\"\nlb_nodes = [\"{}\"]\nmembers = [\n{members}]\n",
+        lab.lb.ns
+    );
+    let next = path.with_extension("next");
+    std::fs::write(&next, text).expect("the pool file's next version");
+    std::fs::rename(&next, path).expect("the pool file replaced");
+}
+
+/// Client load through the VIP until dropped: about 50 connections a
+/// second.
+struct Load {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<u64>>,
+}
+
+impl Load {
+    fn start(lab: &Lab) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ns = lab.client.ns.clone();
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let vip = evenflow_tests::lab::vip(false);
+            let mut sent = 0;
+            while !flag.load(Ordering::Relaxed) {
+                let load = client::http_load(&ns, vip, 10, 2).expect("load");
+                assert_eq!(load.failures, 0, "HAProxy serves every connection");
+                sent += load.connections;
+                std::thread::sleep(Duration::from_millis(150));
+            }
+            sent
+        });
+        Load {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn pool(lab: &Lab) -> Option<Value> {
+    grpcurl::get_pool(&lab.lb.ns, COLLECTOR, "web").ok()
+}
+
+/// The collector's alerts, resolved ones included.
+fn alerts(lab: &Lab) -> Vec<Value> {
+    let v = grpcurl::call(
+        &lab.lb.ns,
+        COLLECTOR,
+        "evenflow.v1.Distribution/ListAlerts",
+        r#"{"includeResolved":true}"#,
+    )
+    .expect("ListAlerts");
+    v["alerts"].as_array().cloned().unwrap_or_default()
+}
+
+/// Waits up to `secs` for the pool to satisfy `f`.
+fn wait_pool(lab: &Lab, secs: u64, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+    evenflow_tests::wait_for(Duration::from_secs(secs), || pool(lab).filter(|p| f(p)))
+        .unwrap_or_else(|| {
+            panic!(
+                "{what} within {secs} s; last pool: {:#?}\ncollector:\n{}",
+                pool(lab),
+                lab.log("collector")
+            )
+        })
+}
+
+/// Member `address` as the collector shows it.
+fn member<'a>(p: &'a Value, address: &str) -> Option<&'a Value> {
+    p["members"]
+        .as_array()?
+        .iter()
+        .find(|m| m["address"] == address)
+}
+
+#[test]
+fn a_weight_change_haproxy_applies_late_pages_nothing_and_one_never_applied_pages_skew() {
+    evenflow_tests::require_root();
+    let mut lab = Lab::new("reweight", 3).expect("lab");
+    let pools = lab.dir.join("pools.toml");
+    write_pools(&lab, &pools, [1, 1, 1]);
+    let file = pools.display().to_string();
+    agent::start_collector_with(&mut lab, "10.1.0.1:9465", &["--pools", &file]).expect("collector");
+    let url = format!("http://{COLLECTOR}");
+    for b in lab.backends.clone() {
+        nginx::start(&mut lab, &b).expect("nginx");
+        agent::start(&mut lab, &b, &["--collector", &url]).expect("backend agent");
+    }
+    let lb = lab.lb.clone();
+    agent::start(&mut lab, &lb, &["--collector", &url]).expect("lb agent");
+    let sock = haproxy::start(&mut lab, false).expect("haproxy");
+    let mut nodes = lab.backends.clone();
+    nodes.push(lb);
+    agent::wait_reporting(&lab, &nodes).expect("every agent reports");
+
+    let load = Load::start(&lab);
+    wait_pool(&lab, 40, "the pool judged OK", |p| {
+        p["verdict"] == "VERDICT_OK" && p["members"].as_array().is_some_and(|m| m.len() == 3)
+    });
+
+    // The operator moves b1 to 6 of 8: the pool file first, HAProxy 6 s
+    // after the collector has read it.
+    let b1_addr = lab.backends[0].addr4.to_string();
+    let b1_weight = |p: &Value| member(p, &b1_addr).and_then(|m| m["weight"].as_f64());
+    write_pools(&lab, &pools, [6, 1, 1]);
+    wait_pool(&lab, 10, "the collector reads the new weights", |p| {
+        b1_weight(p) == Some(6.0)
+    });
+    std::thread::sleep(Duration::from_secs(6));
+    let b1 = lab.backends[0].role.clone();
+    haproxy::command(&sock, &format!("set weight {}/{b1} 6", haproxy::BACKEND))
+        .expect("HAProxy takes b1's weight");
+    let p = wait_pool(&lab, 20, "b1 judged on its new share", |p| {
+        member(p, &b1_addr)
+            .and_then(|m| m["serverView"]["expectedShare"].as_f64())
+            .is_some_and(|s| (s - 0.75).abs() < 1e-6)
+            && !p["reason"].as_str().unwrap_or("").contains("previous")
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    // (STALE warnings from before the agents' first reports aside.)
+    let paged: Vec<Value> = (alerts(&lab).into_iter())
+        .filter(|a| a["kind"] != "ALERT_KIND_STALE")
+        .collect();
+    assert!(
+        paged.is_empty(),
+        "a weight change HAProxy took 6 s late raised alerts: {paged:#?}\npool: {p:#?}\ncollector:\n{}",
+        lab.log("collector")
+    );
+
+    // The pool file goes back to 1:1:1 and HAProxy is never told: SKEW,
+    // once the grace (30 ticks) has passed.
+    write_pools(&lab, &pools, [1, 1, 1]);
+    wait_pool(&lab, 10, "the collector reads the old weights", |p| {
+        b1_weight(p) == Some(1.0)
+    });
+    let read = Instant::now();
+    let skew = evenflow_tests::wait_for(Duration::from_secs(50), || {
+        alerts(&lab)
+            .into_iter()
+            .find(|a| a["kind"] == "ALERT_KIND_SKEW" && a["severity"] == "SEVERITY_PAGE")
+    })
+    .unwrap_or_else(|| panic!("no SKEW page; pool: {:#?}", pool(&lab)));
+    let after = read.elapsed();
+    drop(load);
+    println!(
+        "SKEW {:.1} s after the collector read a change HAProxy never applied: {}",
+        after.as_secs_f64(),
+        skew["summary"]
+    );
+    assert!(
+        after > Duration::from_secs(25),
+        "SKEW within the grace: {after:?}"
+    );
+}
