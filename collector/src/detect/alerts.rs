@@ -314,6 +314,12 @@ fn wanted(pool: &PoolVerdict, tick: u64) -> HashMap<String, Alert> {
     want
 }
 
+/// An alert of a member below its share (ZERO, SKEW low): an overloaded
+/// member is another finding than the dark one it was.
+fn low(a: &Alert) -> bool {
+    a.observed < a.expected
+}
+
 /// What a wanted alert waits for confirmation under: its id, except that
 /// a member's ZERO and SKEW of one signal are one finding, so either
 /// confirms the other. A starved member's ticks alternate between none
@@ -365,8 +371,8 @@ impl Book {
         out
     }
 
-    /// A member's ZERO wanted while its SKEW of the same signal is open
-    /// at the same severity (or the reverse) is that finding still: it
+    /// A member's ZERO wanted while its low SKEW of the same signal is
+    /// open at the same severity (or the reverse) is that finding still: it
     /// updates the open alert (its kind and id stay; its numbers, summary
     /// and evidence are the new ones) instead of paging a second time. A
     /// member at a tenth of its share is SKEW, and ZERO on each tick it
@@ -384,6 +390,8 @@ impl Book {
                         && open.pool == a.pool
                         && open.severity == a.severity
                         && finding(open) == key
+                        && low(open)
+                        && low(a)
                 })?;
                 Some((id.clone(), open_id.clone()))
             })

@@ -94,6 +94,8 @@ pub(super) struct ViewTick {
     pub new_conns: f64,
     /// Those members' weights summed.
     pub weight_sum: f64,
+    /// The pool's long-run new connections a tick, in this view.
+    pub long_rate: f64,
 }
 
 impl Joins {
@@ -142,6 +144,14 @@ impl Joins {
     /// Whether member `id` joins.
     pub fn contains(&self, id: &str) -> bool {
         self.members.contains_key(id)
+    }
+
+    /// Ends every join: the pool opens too few new connections for its
+    /// split to be judged, so there is nothing to wait for, and its
+    /// members' open connections are judged at once (a member restarted in
+    /// a pool of pinned connections pages `pinned` no later than before).
+    pub fn clear(&mut self) {
+        self.members.clear();
     }
 
     /// After tick `now`: members picked up (at least `low` of their

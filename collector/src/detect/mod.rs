@@ -102,8 +102,8 @@ pub struct Settings {
     /// Ticks a member that joins a pool (or listens again after being
     /// down) may take to be picked up by its balancer before it is judged
     /// on its share, and a changed weight to be followed by it; sooner
-    /// once the member takes half its share, or the split fits the new
-    /// weights. 0 judges both at once.
+    /// once the member takes `warn_low` of its share over 3 ticks, or the
+    /// split fits the new weights. 0 judges both at once.
     pub join_grace_ticks: u64,
     /// A resolved alert that would fire again within this many ticks is
     /// reopened (a flap) rather than fired anew.

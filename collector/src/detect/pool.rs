@@ -438,10 +438,12 @@ impl Presence {
             match m.listening {
                 Some(false) => {
                     state.get_or_insert(input.tick);
+                    self.unseen_return.remove(&m.id);
                     self.down += 1;
                 }
                 Some(true) => {
-                    if state.take().is_some() || self.unseen_return.remove(&m.id) {
+                    let unseen = self.unseen_return.remove(&m.id);
+                    if state.take().is_some() || unseen {
                         self.joins.start(&m.id, input.tick, grace);
                     }
                 }
@@ -470,18 +472,26 @@ impl Presence {
 
     /// Adds this tick of both views to the joining members' pick-up, and
     /// ends the joins picked up (`s.warn_low` of their share) or past the
-    /// grace. A view without a member judged for a share (every member
-    /// joins, or the others are down) measures the joining members against
-    /// each other.
+    /// grace, or every join in a pool too quiet to judge its split. A view
+    /// without a member judged for a share (every member joins, or the
+    /// others are down) measures the joining members against each other.
     fn note_joins(
         &mut self,
         s: &Settings,
         input: &PoolInput<impl AsRef<MemberInput>>,
         views: [ViewTick; 2],
     ) {
+        if views.iter().all(|tick| tick.long_rate < s.min_pool_rate) {
+            self.joins.clear();
+            return;
+        }
         let counted = |m: &MemberInput, view| m.view(view).filter(|v| v.fresh && !v.reset);
+        // Only a pool with no member judged for a share in either view;
+        // a view that sees none of the others while another view does
+        // (their agents stale, or on the balancers only) says nothing.
+        let none_judged = views.iter().all(|tick| tick.weight_sum <= 0.0);
         for mut tick in views {
-            if tick.weight_sum <= 0.0 {
+            if tick.weight_sum <= 0.0 && none_judged {
                 let joining = input
                     .members()
                     .filter(|m| self.joins.contains(&m.id) && m.weight > 0.0)
@@ -490,7 +500,9 @@ impl Presence {
                     joining.fold((0.0, 0.0), |(w, n), (mw, mn)| (w + mw, n + mn as f64));
             }
             for m in input.members() {
-                let taken = counted(m, tick.view).map(|v| v.new_conns);
+                let taken = counted(m, tick.view)
+                    .filter(|_| tick.weight_sum > 0.0)
+                    .map(|v| v.new_conns);
                 (self.joins).note(&m.id, m.weight, taken, &tick, input.tick);
             }
         }
@@ -570,6 +582,7 @@ impl ViewOutcome {
             view,
             new_conns: self.new_conns,
             weight_sum: self.weight_sum,
+            long_rate: self.long_rate,
         }
     }
 }
@@ -803,8 +816,11 @@ impl PoolState {
         let before: HashMap<&str, f64> = (self.member_set.iter())
             .map(|(id, _, w)| (id.as_str(), f64::from_bits(*w)))
             .collect();
-        for (id, _, w) in &set {
+        for (id, draining, w) in &set {
             let new = f64::from_bits(*w);
+            if *draining || new <= 0.0 {
+                self.reweights.forget(id);
+            }
             match before.get(id.as_str()) {
                 Some(&old) if old > 0.0 && new > 0.0 && old != new => {
                     (self.reweights).change(id, (old, new), input.tick, s.join_grace_ticks)

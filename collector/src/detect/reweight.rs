@@ -24,11 +24,11 @@ const SWITCH: f64 = 10.0;
 /// yet seen to follow the change.
 #[derive(Debug, Default)]
 pub(super) struct Reweights {
-    /// Each such member's weight the balancer still follows.
-    before: HashMap<String, f64>,
-    /// The tick of the last change.
-    since: u64,
-    /// Evidence that the balancer follows the new weights.
+    /// Each such member's weight the balancer still follows, and the tick
+    /// its change was read (each times out on its own).
+    before: HashMap<String, (f64, u64)>,
+    /// Evidence that the balancer follows the new weights, since the last
+    /// change.
     cusum: f64,
 }
 
@@ -44,17 +44,25 @@ impl Reweights {
         }
         match self.before.get(id) {
             // Changed back before the balancer followed: nothing pends.
-            Some(&followed) if followed == new => {
+            Some(&(followed, _)) if followed == new => {
                 self.before.remove(id);
             }
             // Changed again: the balancer still follows the first weight.
-            Some(_) => {}
+            Some(&(followed, _)) => {
+                self.before.insert(id.to_owned(), (followed, tick));
+                self.cusum = 0.0;
+            }
             None => {
-                self.before.insert(id.to_owned(), old);
+                self.before.insert(id.to_owned(), (old, tick));
+                self.cusum = 0.0;
             }
         }
-        self.since = tick;
-        self.cusum = 0.0;
+    }
+
+    /// Member `id` no longer takes a share (its weight went to 0, or it
+    /// drains): no change of it pends.
+    pub fn forget(&mut self, id: &str) {
+        self.before.remove(id);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -72,26 +80,32 @@ impl Reweights {
     }
 
     /// The weight member `id` is judged against: `declared`, unless its
-    /// change pends.
+    /// change pends (a member declared out, weight 0, is out).
     pub fn weight(&self, id: &str, declared: f64) -> f64 {
-        self.before.get(id).copied().unwrap_or(declared)
+        match self.before.get(id) {
+            Some(&(followed, _)) if declared > 0.0 => followed,
+            _ => declared,
+        }
     }
 
     /// Adds tick `now`'s evidence, from one view's `counts` of the members
     /// eligible for a share and its dispersion `phi`. True when the
     /// balancer is taken to follow the declared weights from this tick on
-    /// (its split fits them, or `grace` ticks passed): the pool settles.
+    /// (its split fits them), or some of them (their change read `grace`
+    /// ticks ago): the pool settles.
     pub fn follow(&mut self, now: u64, grace: u64, phi: f64, counts: &[Count]) -> bool {
         if self.before.is_empty() {
             return false;
         }
         self.cusum = (self.cusum + self.log_ratio(counts) / phi.max(1.0)).max(0.0);
-        if self.cusum >= SWITCH || now >= self.since.saturating_add(grace) {
+        if self.cusum >= SWITCH {
             self.before.clear();
             self.cusum = 0.0;
             return true;
         }
-        false
+        let pending = self.before.len();
+        (self.before).retain(|_, &mut (_, since)| now < since.saturating_add(grace));
+        self.before.len() < pending
     }
 
     /// The log-likelihood ratio of `counts` split by the declared weights

@@ -630,6 +630,33 @@ fn a_skew_page_then_concentration_leaves_one_page() {
     }
 }
 
+/// A member dark (ZERO page), then taking 3.5 times its share: an
+/// overload is another finding, which pages on its own.
+#[test]
+fn a_dark_member_that_turns_overloaded_pages_skew() {
+    for seed in 0..10 {
+        let mut d = Detector::default();
+        let mut rng = Rng::new(seed);
+        let mut skew = false;
+        for t in 0..160u64 {
+            let f = |i: usize| match (i, t) {
+                (0, 100..110) => 0.0,
+                (0, 110..) => 3.5,
+                _ => 1.0,
+            };
+            let counts: Vec<u64> = (0..6)
+                .map(|i| rng.neg_binomial(100.0 * f(i), 1.5))
+                .collect();
+            let (_, tr) = d.evaluate(&input(t, &counts, &[1.0; 6]));
+            skew |= tr.iter().any(|x| {
+                matches!(x, Transition::Fired(a) if a.kind == AlertKind::Skew
+                    && a.severity == Severity::Page && a.member == "10.0.0.1:8080")
+            });
+        }
+        assert!(skew, "seed {seed}");
+    }
+}
+
 /// A pool whose first tick has every observer reset (each agent's first
 /// report, as after a collector restart) then a connection a tick: the
 /// reset tick is no data, not a tick of none, so the pool is judged as

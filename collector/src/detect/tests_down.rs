@@ -347,3 +347,30 @@ fn a_member_back_from_a_reboot_joins_though_its_agent_was_stale_between() {
         );
     }
 }
+
+#[test]
+fn a_member_down_stale_and_down_again_joins_once() {
+    let mut d = Detector::default();
+    let mut rng = Rng::new(1);
+    let mut joined = Vec::new();
+    for t in 0..60u64 {
+        let mut counts = [0, rng.poisson(50.0), rng.poisson(50.0)];
+        if !(40..50).contains(&t) {
+            counts[0] = rng.poisson(50.0);
+        }
+        let mut inp = input(t, &counts, &[1.0; 3]);
+        for m in &mut inp.members {
+            m.listening = Some(true);
+        }
+        inp.members[0].listening = match t {
+            40..45 | 46..50 => Some(false),
+            45 => None,
+            _ => Some(true),
+        };
+        let (v, _) = d.evaluate(&inp);
+        if v.members[0].reason.contains("joined the pool 0 ticks ago") {
+            joined.push(t);
+        }
+    }
+    assert_eq!(joined, [50]);
+}

@@ -362,3 +362,45 @@ fn a_grace_of_forever_holds_a_joining_member_out_without_overflow() {
     let last = last.expect("60 ticks");
     assert_eq!(last.members[2].verdict, Verdict::Settling, "{last:#?}");
 }
+
+#[test]
+fn a_joiner_the_only_member_its_view_sees_is_not_taken_in_by_itself() {
+    // The old members are seen by their balancers' agents only; the new
+    // one has an agent of its own too. Its server view sees no other
+    // member to measure it against: only the LB view can say it is taken
+    // in. A slow start at 5 % of its share for 20 ticks pages nothing.
+    for seed in 0..10 {
+        let mut d = Detector::default();
+        let mut rng = Rng::new(seed);
+        for t in 0..200u64 {
+            let f = match t {
+                0..JOIN => 0.0,
+                t if t < JOIN + 20 => 0.05,
+                _ => 1.0,
+            };
+            let counts: Vec<u64> = (0..5)
+                .map(|i| rng.neg_binomial(if i == 4 { 100.0 * f } else { 100.0 }, 1.5))
+                .collect();
+            let mut inp = input(t, &counts, &[1.0; 5]);
+            if t < JOIN {
+                inp.members.pop();
+            }
+            let joined = inp.members.len() == 5;
+            for (i, m) in inp.members.iter_mut().enumerate() {
+                m.lb = m.server;
+                if !(joined && i == 4) {
+                    m.server = None;
+                }
+            }
+            let (v, tr) = d.evaluate(&inp);
+            assert!(
+                !tr.iter()
+                    .any(|x| matches!(x, Transition::Fired(a) if a.severity == Severity::Page)),
+                "seed {seed}, tick {t}: {tr:#?}"
+            );
+            if (JOIN..JOIN + 20).contains(&t) {
+                assert_eq!(v.members[4].verdict, Verdict::Settling, "tick {t}");
+            }
+        }
+    }
+}

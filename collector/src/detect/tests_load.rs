@@ -90,15 +90,9 @@ fn a_member_nobody_reconnects_to_pages_pinned_and_names_the_holders() {
         "names the holders: {}",
         a.summary
     );
-    // Judged once its join grace ends (the pool opens no new connections,
-    // so no balancer can pick it up sooner), and paged within 20 ticks.
-    let judged = 120 + Settings::default().join_grace_ticks;
-    assert!(
-        (judged..=judged + 5).contains(&a.since_tick),
-        "{}",
-        a.since_tick
-    );
-    assert!(at < judged + 20, "{at}");
+    assert!((120..=125).contains(&a.since_tick), "{}", a.since_tick);
+    // The page came within 20 ticks of the member joining.
+    assert!(at < 140, "{at}");
     let m = v.members.iter().find(|m| m.id == new).expect("member");
     let (_, active) = m.active.as_ref().expect("active verdict");
     assert!(active.page && active.verdict.is_zero(), "{active:#?}");

@@ -168,3 +168,91 @@ fn while_a_weight_change_pends_the_pool_is_still_judged() {
         assert_eq!(zero.1.member, "10.0.0.3:8080");
     }
 }
+
+/// Pages fired running `declared(t)` against a balancer splitting by
+/// `split(t)` at `rate` new connections a tick.
+fn pages_of(
+    seed: u64,
+    ticks: u64,
+    rate: f64,
+    declared: impl Fn(u64) -> Vec<f64>,
+    split: impl Fn(u64) -> Vec<f64>,
+) -> Vec<(u64, Alert)> {
+    let mut d = Detector::default();
+    let mut rng = Rng::new(seed);
+    let mut pages = Vec::new();
+    for t in 0..ticks {
+        let s = split(t);
+        let total: f64 = s.iter().sum();
+        let counts: Vec<u64> = (s.iter())
+            .map(|w| match *w > 0.0 {
+                true => rng.neg_binomial(rate * w / total, 1.5),
+                false => 0,
+            })
+            .collect();
+        let (_, tr) = d.evaluate(&input(t, &counts, &declared(t)));
+        pages.extend(tr.into_iter().filter_map(|x| match x {
+            Transition::Fired(a) if a.severity == Severity::Page => Some((t, a)),
+            _ => None,
+        }));
+    }
+    pages
+}
+
+#[test]
+fn a_member_taken_out_while_its_change_pends_is_out() {
+    // 9 → 5 read at 120 (the balancer still at 9), then 0 at 125, which
+    // the balancer follows at once: it is out, not judged on its old 9.
+    for seed in 0..10 {
+        let pages = pages_of(
+            seed,
+            200,
+            200.0,
+            |t| match t {
+                0..120 => vec![9.0, 1.0, 5.0],
+                120..125 => vec![5.0, 1.0, 5.0],
+                _ => vec![0.0, 1.0, 5.0],
+            },
+            |t| match t {
+                0..125 => vec![9.0, 1.0, 5.0],
+                _ => vec![0.0, 1.0, 5.0],
+            },
+        );
+        assert!(pages.is_empty(), "seed {seed}: {pages:#?}");
+    }
+}
+
+#[test]
+fn each_pending_change_times_out_on_its_own() {
+    // A 1 → 4 the balancer never follows, while B's weight is nudged every
+    // 20 ticks (and followed at once): A's change still pages SKEW once
+    // its own grace ends.
+    let grace = Settings::default().join_grace_ticks;
+    for seed in 0..10 {
+        let b = |t: u64| {
+            if t >= 140 && (t / 20) % 2 == 1 {
+                1.05
+            } else {
+                1.0
+            }
+        };
+        let pages = pages_of(
+            seed,
+            250,
+            400.0,
+            |t| match t {
+                0..120 => vec![1.0; 4],
+                _ => vec![4.0, b(t), 1.0, 1.0],
+            },
+            |t| vec![1.0, b(t), 1.0, 1.0],
+        );
+        let first = pages
+            .first()
+            .unwrap_or_else(|| panic!("seed {seed}: no page"));
+        assert_eq!(first.1.kind, AlertKind::Skew, "{first:#?}");
+        assert!(
+            (CHANGE + grace..CHANGE + grace + 5).contains(&first.0),
+            "seed {seed}: {first:#?}"
+        );
+    }
+}

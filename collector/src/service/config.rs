@@ -131,7 +131,8 @@ pub struct Config {
     /// down) may take to be picked up by its balancer (kube-proxy's sync,
     /// DNS re-resolution, health checks, a slow start) before it is judged
     /// on its share, and a changed weight to be followed; sooner once the
-    /// member takes half its share, or the split fits the new weights.
+    /// member takes 70% (`warn_low`) of its share over 3 ticks, or the
+    /// split fits the new weights.
     /// 0 judges both at once.
     #[arg(long, env = "EVENFLOW_JOIN_GRACE_TICKS", default_value_t = defaults().join_grace_ticks)]
     pub join_grace_ticks: u64,
