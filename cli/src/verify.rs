@@ -8,8 +8,9 @@
 //! or a draining member still gets traffic, or a member's load — its open
 //! connections or bytes — pages, routing or pinned; and 2 when it cannot
 //! judge (collector unreachable or not answering, pool unknown, too little
-//! traffic). HOT and load warnings (a restarted member refilling) are
-//! printed, not failed.
+//! traffic, or the change not in place yet: a member its balancer has not
+//! taken in, a weight change it has not followed). HOT and load warnings
+//! (a restarted member refilling) are printed, not failed.
 
 use std::{io::IsTerminal as _, time::Duration};
 
@@ -62,6 +63,7 @@ pub fn judge(pool: &v1::Pool) -> Outcome {
     }
     let mut bad = Vec::new();
     let mut warnings = Vec::new();
+    let mut pending = Vec::new();
     if pool.verdict == v1::Verdict::Concentration as i32 {
         bad.push(format!(
             "pool {}: CONCENTRATION: effective members {:.1} of {:.1}{}",
@@ -99,7 +101,20 @@ pub fn judge(pool: &v1::Pool) -> Outcome {
                 | v1::Verdict::DrainingViolation),
             ) => bad.push(line(render::verdict(v as i32))),
             Ok(v @ v1::Verdict::Hot) => warnings.push(line(render::verdict(v as i32))),
+            Ok(v1::Verdict::Settling) => pending.push(format!(
+                "{} is not taken in by its balancer yet{}",
+                render::member_name(m),
+                reason_suffix(&m.reason)
+            )),
             _ => {}
+        }
+        if m.judged_weight > 0.0 {
+            pending.push(format!(
+                "{}'s balancer has not followed its weight change to {} yet (judged against {})",
+                render::member_name(m),
+                m.weight,
+                m.judged_weight
+            ));
         }
         if let Some(l) = &m.load
             && let Some(s) = &l.share
@@ -125,10 +140,16 @@ pub fn judge(pool: &v1::Pool) -> Outcome {
             }
         }
     }
-    if bad.is_empty() {
-        Outcome::Healthy { warnings }
-    } else {
+    if !bad.is_empty() {
         Outcome::Unhealthy(bad)
+    } else if !pending.is_empty() {
+        Outcome::CannotJudge(format!(
+            "pool {}: {}; verify for longer",
+            pool.name,
+            pending.join("; ")
+        ))
+    } else {
+        Outcome::Healthy { warnings }
     }
 }
 
@@ -303,6 +324,39 @@ mod tests {
             2
         );
         assert_eq!(judge(&pool(v1::Verdict::Ok, vec![])).exit_code(), 2);
+    }
+
+    #[test]
+    fn a_change_not_in_place_yet_cannot_be_judged_unless_something_fails() {
+        // A member its balancer has not taken in yet, and a weight change
+        // it has not followed: the gate cannot say the change worked.
+        let joining = v1::Member {
+            reason: "joined the pool 3 ticks ago".into(),
+            ..member(v1::Verdict::Settling)
+        };
+        let reweighted = v1::Member {
+            weight: 5.0,
+            judged_weight: 9.0,
+            ..member(v1::Verdict::Ok)
+        };
+        for m in [joining.clone(), reweighted] {
+            match judge(&pool(
+                v1::Verdict::Ok,
+                vec![member(v1::Verdict::Ok), m.clone()],
+            )) {
+                Outcome::CannotJudge(why) => {
+                    assert!(why.contains("verify for longer"), "{why}");
+                    assert!(
+                        why.contains("not taken in") || why.contains("weight change to 5"),
+                        "{why}"
+                    );
+                }
+                other => panic!("{m:?} gave {other:?}"),
+            }
+        }
+        // A member that fails the gate still fails it.
+        let p = pool(v1::Verdict::Ok, vec![member(v1::Verdict::Zero), joining]);
+        assert_eq!(judge(&p).exit_code(), 1);
     }
 
     fn with_load(page: bool) -> v1::Member {

@@ -112,6 +112,22 @@ fn wait_pool(lab: &Lab, secs: u64, what: &str, f: impl Fn(&Value) -> bool) -> Va
         })
 }
 
+/// `evenflow verify --pool web --for 2s` from the lb: its exit code and
+/// what it printed.
+fn verify(lab: &Lab) -> (i32, String) {
+    let cli = agent::binary("evenflow", "EVENFLOW_CLI_BIN").expect("evenflow CLI");
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.lb.ns])
+        .arg(cli)
+        .args(["verify", "--pool", "web", "--for", "2s", "--collector"])
+        .arg(format!("http://{COLLECTOR}"))
+        .output()
+        .expect("evenflow verify runs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
 /// Member `address` as the collector shows it.
 fn member<'a>(p: &'a Value, address: &str) -> Option<&'a Value> {
     p["members"]
@@ -153,7 +169,12 @@ fn a_weight_change_haproxy_applies_late_pages_nothing_and_one_never_applied_page
     wait_pool(&lab, 10, "the collector reads the new weights", |p| {
         b1_weight(p) == Some(6.0)
     });
-    std::thread::sleep(Duration::from_secs(6));
+    let read = Instant::now();
+    // The deploy gate cannot pass a change that is not in place yet.
+    let (code, said) = verify(&lab);
+    assert_eq!(code, 2, "verify while HAProxy still splits 1:1:1: {said}");
+    assert!(said.contains("weight change to 6"), "{said}");
+    std::thread::sleep(Duration::from_secs(6).saturating_sub(read.elapsed()));
     let b1 = lab.backends[0].role.clone();
     haproxy::command(&sock, &format!("set weight {}/{b1} 6", haproxy::BACKEND))
         .expect("HAProxy takes b1's weight");
@@ -163,7 +184,9 @@ fn a_weight_change_haproxy_applies_late_pages_nothing_and_one_never_applied_page
             .is_some_and(|s| (s - 0.75).abs() < 1e-6)
             && !p["reason"].as_str().unwrap_or("").contains("previous")
     });
-    std::thread::sleep(Duration::from_secs(5));
+    let (code, said) = verify(&lab);
+    assert_eq!(code, 0, "verify once HAProxy follows: {said}");
+    std::thread::sleep(Duration::from_secs(3));
     // (STALE warnings from before the agents' first reports aside.)
     let paged: Vec<Value> = (alerts(&lab).into_iter())
         .filter(|a| a["kind"] != "ALERT_KIND_STALE")

@@ -260,6 +260,9 @@ pub struct ViewVerdict {
 pub struct MemberVerdict {
     pub id: String,
     pub weight: f64,
+    /// The weight it is judged against while its balancer has not yet
+    /// followed a change of `weight`.
+    pub judged_weight: Option<f64>,
     pub draining: bool,
     pub server: Option<ViewVerdict>,
     pub lb: Option<ViewVerdict>,
@@ -652,6 +655,7 @@ impl PoolState {
         };
         let mut verdict = self.judge(s, &followed);
         for (v, m) in verdict.members.iter_mut().zip(input.members()) {
+            v.judged_weight = (v.weight != m.weight).then_some(v.weight);
             v.weight = m.weight;
         }
         let note = format!(
@@ -903,6 +907,7 @@ impl PoolState {
         MemberVerdict {
             id: m.id.clone(),
             weight: m.weight,
+            judged_weight: None,
             draining: m.draining,
             server: sv,
             lb: lv,

@@ -88,6 +88,10 @@ fn a_weight_change_the_balancer_follows_late_pages_nothing() {
                     pending.members[0].weight, to[0],
                     "the declared weight shows"
                 );
+                for (i, m) in pending.members.iter().enumerate() {
+                    let judged = (from[i] != to[i]).then_some(from[i]);
+                    assert_eq!(m.judged_weight, judged, "{m:#?}");
+                }
             }
             let after = &v[(CHANGE + lag + 3) as usize];
             assert!(
@@ -95,6 +99,7 @@ fn a_weight_change_the_balancer_follows_late_pages_nothing() {
                 "seed {seed}: {}",
                 after.reason
             );
+            assert!(after.members.iter().all(|m| m.judged_weight.is_none()));
             let s = after.members[0].server.as_ref().expect("server view");
             let sum: f64 = to.iter().sum();
             assert!((s.expected_share - to[0] / sum).abs() < 1e-9, "{s:#?}");

@@ -287,6 +287,7 @@ impl From<PublishedMember<'_>> for v1::Member {
                 };
                 Self {
                     weight: verdict.weight,
+                    judged_weight: verdict.judged_weight.unwrap_or(0.0),
                     state: if verdict.draining {
                         v1::MemberState::Draining
                     } else {
