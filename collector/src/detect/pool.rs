@@ -73,17 +73,23 @@ impl MemberInput {
         }
     }
 
-    /// Its input in `view` when it is eligible for a share: observed
-    /// fresh, counters not reset, serving with a weight, not down, and not
-    /// joining.
+    /// Its input in `view` when it is eligible for a share of new
+    /// connections: it carries load, and is not joining.
     pub(super) fn eligible(&self, view: View, presence: &Presence) -> Option<ViewInput> {
+        self.carries(view, presence)
+            .filter(|_| presence.joining(&self.id).is_none())
+    }
+
+    /// Its input in `view` when it carries a share of the pool's load:
+    /// observed fresh, counters not reset, serving with a weight, and not
+    /// down.
+    pub(super) fn carries(&self, view: View, presence: &Presence) -> Option<ViewInput> {
         self.view(view).filter(|v| {
             v.fresh
                 && !v.reset
                 && !self.draining
                 && self.weight > 0.0
                 && presence.down_since(&self.id).is_none()
-                && presence.joining(&self.id).is_none()
         })
     }
 }
