@@ -11,7 +11,12 @@
 //! snapshots the collector applied, which is what releases the retired
 //! endpoints the reports hold (see `withheld`).
 
-use std::{collections::VecDeque, sync::Arc, time::Duration};
+use std::{
+    collections::VecDeque,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use evenflow_proto::v1::{self, AgentReport, ingest_client::IngestClient};
 use prost::Message as _;
@@ -111,17 +116,37 @@ pub fn new_run_id() -> u64 {
 }
 
 /// TLS towards the collector: the CA that signed its certificate and,
-/// for mutual TLS, the agent's own identity.
-#[derive(Clone)]
-pub struct Tls(tonic::transport::ClientTlsConfig);
+/// for mutual TLS, the agent's own identity. The files are read again at
+/// every connection, so a renewed certificate (cert-manager renewing a
+/// Secret volume's files) is the one the next reconnect presents; an agent
+/// that kept its first one past its expiry could never reconnect. Files
+/// that cannot be used then are logged, and the last good reading stands.
+pub struct Tls {
+    ca: Option<PathBuf>,
+    cert_key: Option<(PathBuf, PathBuf)>,
+    last: std::sync::Mutex<tonic::transport::ClientTlsConfig>,
+}
 
 impl Tls {
     /// Reads the PEM files, naming the flag and file of any problem.
-    pub fn load(
-        ca: Option<&std::path::Path>,
-        cert_key: Option<(&std::path::Path, &std::path::Path)>,
-    ) -> anyhow::Result<Self> {
-        Ok(Self(evenflow_daemon::tls::client(ca, cert_key)?))
+    pub fn load(ca: Option<&Path>, cert_key: Option<(&Path, &Path)>) -> anyhow::Result<Self> {
+        let config = evenflow_daemon::tls::client(ca, cert_key)?;
+        Ok(Self {
+            ca: ca.map(Path::to_owned),
+            cert_key: cert_key.map(|(c, k)| (c.to_owned(), k.to_owned())),
+            last: std::sync::Mutex::new(config),
+        })
+    }
+
+    /// The files as they are now, or the last good reading.
+    fn config(&self) -> tonic::transport::ClientTlsConfig {
+        let cert_key = (self.cert_key.as_ref()).map(|(c, k)| (c.as_path(), k.as_path()));
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        match evenflow_daemon::tls::client(self.ca.as_deref(), cert_key) {
+            Ok(config) => *last = config,
+            Err(e) => warn!("TLS files cannot be read now, so the last good ones are used: {e}"),
+        }
+        last.clone()
     }
 }
 
@@ -133,7 +158,7 @@ async fn connect(
         .map_err(|e| format!("bad URL: {e}"))?;
     if let Some(t) = tls {
         endpoint = endpoint
-            .tls_config(t.0.clone())
+            .tls_config(t.config())
             .map_err(|e| format!("TLS configuration: {e}"))?;
     }
     let channel = endpoint

@@ -2,15 +2,17 @@
 //! with, written once: listeners whose errors name their flag ([`bind`]),
 //! the plain-text HTTP server behind `/metrics` ([`http`]), gRPC health
 //! and reflection beside each daemon's own services ([`grpc`]), TLS from
-//! PEM files ([`tls`]), label escaping for the Prometheus text format
-//! ([`exposition`]), and the wall-clock grid their reports and ticks keep
-//! ([`clock`]). What each daemon exports stays in that daemon.
+//! PEM files ([`tls`]), read again when they change ([`watch`]), label
+//! escaping for the Prometheus text format ([`exposition`]), and the
+//! wall-clock grid their reports and ticks keep ([`clock`]). What each
+//! daemon exports stays in that daemon.
 
 pub mod clock;
 pub mod exposition;
 pub mod grpc;
 pub mod http;
 pub mod tls;
+pub mod watch;
 
 use std::net::SocketAddr;
 

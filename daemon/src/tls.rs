@@ -8,11 +8,26 @@
 //! The listener's handshakes are done here rather than inside tonic so that
 //! a refused agent is logged with the reason (no certificate, unknown
 //! issuer, expired...), at warning level, with its address: the operator
-//! sees why an agent cannot report without turning on debug logs.
+//! sees why an agent cannot report without turning on debug logs. And so
+//! that a certificate renewed on disk (cert-manager renewing a Secret
+//! volume's files) is taken up by the next handshake without a restart
+//! ([`ListenerFiles::watch`]): a collector that kept its first certificate
+//! past its expiry would lose every agent at their next reconnect.
 
-use std::{net::SocketAddr, path::Path, sync::Arc};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
+};
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
 use tokio_rustls::{
     TlsAcceptor,
     rustls::{
@@ -23,7 +38,9 @@ use tokio_rustls::{
     server::TlsStream,
 };
 use tokio_stream::wrappers::ReceiverStream;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
+
+use crate::watch::{Stamp, stamp};
 
 /// A TLS setting that cannot be used, naming the flag and the fix.
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +136,81 @@ pub fn acceptor(
     Ok(TlsAcceptor::from(Arc::new(cfg)))
 }
 
+/// How often the listener's TLS files are looked at.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+
+/// What reading the listener's TLS files again did, for /metrics.
+#[derive(Debug, Default)]
+pub struct ReloadStats {
+    /// Changes read and put in place.
+    pub reloads: AtomicU64,
+    /// Changes that could not be used (each version once).
+    pub failures: AtomicU64,
+}
+
+/// The listener's TLS files: `--tls-cert`, `--tls-key` and, for mutual
+/// TLS, `--tls-client-ca`.
+#[derive(Clone, Debug)]
+pub struct ListenerFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+impl ListenerFiles {
+    /// The acceptor the files make now.
+    pub fn acceptor(&self) -> Result<TlsAcceptor, TlsError> {
+        acceptor(&self.cert, &self.key, self.client_ca.as_deref())
+    }
+
+    fn stamps(&self) -> Vec<Option<Stamp>> {
+        let files = [Some(&self.cert), Some(&self.key), self.client_ca.as_ref()];
+        files.into_iter().flatten().map(|p| stamp(p)).collect()
+    }
+
+    /// Reads the files, then looks at them every [`LOOK_EVERY`] on a
+    /// thread of its own (a hung mount stalls no handshake). A change that
+    /// has held still for one look and makes a usable acceptor replaces
+    /// the one new handshakes use; connections already up keep theirs. A
+    /// change that does not (a key that does not match its certificate
+    /// yet) is logged once and counted, and the acceptor in use stays. The
+    /// thread ends once every receiver is dropped.
+    pub fn watch(self, stats: Arc<ReloadStats>) -> Result<watch::Receiver<TlsAcceptor>, TlsError> {
+        let mut read = self.stamps();
+        let (tx, rx) = watch::channel(self.acceptor()?);
+        let spawned = std::thread::Builder::new()
+            .name("evenflow-tls".into())
+            .spawn(move || {
+                let (mut seen, mut failed) = (read.clone(), None);
+                while !tx.is_closed() {
+                    std::thread::sleep(LOOK_EVERY);
+                    let now = self.stamps();
+                    if now == read || now != std::mem::replace(&mut seen, now.clone()) {
+                        continue;
+                    }
+                    match self.acceptor() {
+                        Ok(acceptor) if self.stamps() == now => {
+                            tx.send_replace(acceptor);
+                            stats.reloads.fetch_add(1, Relaxed);
+                            info!(cert = %self.cert.display(), "TLS files changed: new handshakes use them");
+                            read = now;
+                        }
+                        // Changed while read: read again once it holds still.
+                        Ok(_) => {}
+                        Err(e) if failed.as_ref() != Some(&now) => {
+                            stats.failures.fetch_add(1, Relaxed);
+                            warn!("TLS files changed but cannot be used, so the listener keeps the certificate it has: {e}");
+                            failed = Some(now);
+                        }
+                        Err(_) => {}
+                    }
+                }
+            });
+        spawned.map_err(|e| TlsError::Setup(format!("starting the TLS file watcher: {e}")))?;
+        Ok(rx)
+    }
+}
+
 /// The client side: `ca` verifies the server's certificate; `cert_key` is
 /// this client's own identity for mutual TLS.
 pub fn client(
@@ -139,12 +231,13 @@ pub fn client(
     Ok(cfg)
 }
 
-/// Accepted, authenticated connections from `listener`. Each handshake runs
-/// on its own task so a slow peer holds up no one; a refused one is logged
-/// with its reason.
+/// Accepted, authenticated connections from `listener`, each with the
+/// acceptor `acceptors` holds when it arrives. Each handshake runs on its
+/// own task so a slow peer holds up no one; a refused one is logged with
+/// its reason.
 pub fn incoming(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    acceptors: watch::Receiver<TlsAcceptor>,
 ) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
@@ -161,7 +254,7 @@ pub fn incoming(
             if tx.is_closed() {
                 return;
             }
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            let (acceptor, tx) = (acceptors.borrow().clone(), tx.clone());
             tokio::spawn(async move {
                 match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp))
                     .await

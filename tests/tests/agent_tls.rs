@@ -1,7 +1,8 @@
 //! The real agent reporting to the real collector over mutual TLS, with
 //! certificates the test makes (rcgen): the agent whose certificate the
 //! collector's client CA signed shows up in ListAgents; one with a rogue
-//! certificate never does, and the collector logs why.
+//! certificate never does, and the collector logs why, until its files are
+//! renewed with a good one, which its next reconnect presents.
 
 use std::{process::Command, time::Duration};
 
@@ -229,6 +230,34 @@ fn an_agent_reports_over_mutual_tls_and_a_rogue_one_is_refused() {
             .any(|l| l.contains("refused a TLS connection")
                 && l.to_lowercase().contains("certificate")),
         "the collector logs why the rogue agent was refused:\n{text}"
+    );
+
+    // Its certificate renewed on disk by the agents' CA, as cert-manager
+    // renews a Secret volume's files (by a rename): its next reconnect
+    // presents it, without a restart.
+    let renewed = issue(&client_ca, &["eftls-rogue"]);
+    for (name, text) in [
+        ("eftls-rogue.pem", &renewed.0),
+        ("eftls-rogue.key", &renewed.1),
+    ] {
+        let next = dir.join(format!("{name}.next"));
+        std::fs::write(&next, text).expect("write");
+        std::fs::rename(&next, dir.join(name)).expect("rename");
+    }
+    let renewed_at = std::time::Instant::now();
+    let mut joined = false;
+    while !joined && renewed_at.elapsed() < Duration::from_secs(45) {
+        std::thread::sleep(Duration::from_millis(500));
+        joined = list_agents().is_some_and(|a| a.iter().any(|n| n == "eftls-rogue"));
+    }
+    assert!(
+        joined,
+        "the renewed agent never reported:\n{}",
+        logs("eftls-rogue")
+    );
+    println!(
+        "renewed certificate presented within {:.1} s",
+        renewed_at.elapsed().as_secs_f64()
     );
     drop(guard);
     let _ = std::fs::remove_dir_all(&dir);

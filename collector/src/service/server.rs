@@ -141,7 +141,14 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let tls = match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key, config.tls_client_ca.as_deref())?),
+        (Some(cert), Some(key)) => Some(
+            tls::ListenerFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: config.tls_client_ca.clone(),
+            }
+            .watch(shared.tls.clone())?,
+        ),
         _ => None,
     };
     if let Some(addr) = config.query_addr {

@@ -43,6 +43,8 @@ pub struct Shared {
     pub webhook_stats: Arc<webhook::Stats>,
     /// Pool file reload counters.
     pub pool_file: Arc<poolfile::ReloadStats>,
+    /// TLS file reload counters.
+    pub tls: Arc<evenflow_daemon::tls::ReloadStats>,
 }
 
 impl Shared {
@@ -58,6 +60,7 @@ impl Shared {
             stats: TickStats::default(),
             webhook_stats: Arc::default(),
             pool_file: Arc::default(),
+            tls: Arc::default(),
         })
     }
 }

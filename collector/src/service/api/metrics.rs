@@ -190,6 +190,16 @@ fn counters(out: &mut String, shared: &Shared) {
             "Changes to the pool file that could not be used (the pools it declared before stay).",
             shared.pool_file.failures.load(Relaxed),
         ),
+        (
+            "evenflow_collector_tls_reloads_total",
+            "Changes to the TLS certificate, key or client CA files that new handshakes use.",
+            shared.tls.reloads.load(Relaxed),
+        ),
+        (
+            "evenflow_collector_tls_reload_failures_total",
+            "Changes to the TLS files that could not be used (the certificate in use stays).",
+            shared.tls.failures.load(Relaxed),
+        ),
     ] {
         help(out, name, "counter", text);
         let _ = writeln!(out, "{name} {v}");

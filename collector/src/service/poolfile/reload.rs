@@ -14,7 +14,6 @@
 //! logged once.
 
 use std::{
-    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -24,6 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use evenflow_daemon::watch::{Stamp, stamp};
 use tracing::{error, info, warn};
 
 use super::{PoolFile, PoolFileError, load};
@@ -53,29 +53,6 @@ impl Default for ReloadStats {
             last_ok: AtomicBool::new(true),
         }
     }
-}
-
-/// What identifies one version of the file on disk; `None` when it cannot
-/// be looked at. The ctime changes with the permissions, so fixing them
-/// is a change too.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Stamp {
-    dev: u64,
-    ino: u64,
-    len: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-}
-
-fn stamp(path: &Path) -> Option<Stamp> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some(Stamp {
-        dev: meta.dev(),
-        ino: meta.ino(),
-        len: meta.len(),
-        mtime: (meta.mtime(), meta.mtime_nsec()),
-        ctime: (meta.ctime(), meta.ctime_nsec()),
-    })
 }
 
 /// The pool file's path and the versions of it looked at and read.
