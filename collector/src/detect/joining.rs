@@ -7,9 +7,8 @@
 //! CONCENTRATION on the old ones, which still took everything) on every
 //! scale-up whose balancer took more than a few seconds.
 //!
-//! So a joining member is not expected to take a share of new
-//! connections, nor counted in its pool's split, until its balancer has
-//! picked it up or
+//! So a joining member is not expected to take a share, nor counted in
+//! its pool's split, until its balancer has picked it up or
 //! `join_grace_ticks` have passed, whichever comes first. Picked up means
 //! that in one view, over its last [`PICKUP_TICKS`] ticks, it has taken at
 //! least `warn_low` (0.7) of the new connections its share would have
@@ -21,8 +20,8 @@
 //! members joining with it. A
 //! balancer that never picks the member up is still found: ZERO (or the
 //! pool's CONCENTRATION) once the grace has passed. Its open connections
-//! and bytes are judged from the start, as a restarted member's are: it
-//! refills as new connections reach it.
+//! are judged from then too: a pool that doubled holds every open
+//! connection on its old half meanwhile, which is no fault of theirs.
 
 use std::collections::{HashMap, HashSet};
 
@@ -150,7 +149,8 @@ impl Joins {
     }
 
     /// Ends every join: the pool opens too few new connections for its
-    /// split to be judged, so there is nothing to wait for.
+    /// split to be judged, so there is nothing to wait for, and its
+    /// members' open connections are judged at once.
     pub fn clear(&mut self) {
         self.members.clear();
     }

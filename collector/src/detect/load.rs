@@ -486,21 +486,6 @@ struct Totals {
     bytes_in: f64,
     bytes_out: f64,
     count: usize,
-    /// The members' weights summed.
-    weight_sum: f64,
-}
-
-impl Totals {
-    /// A member's share of the pool's load: its weight's. A joining member
-    /// has one, though not yet of new connections: its open connections
-    /// refill as they do for a restarted member.
-    fn share(&self, m: &MemberInput) -> f64 {
-        if self.weight_sum > 0.0 {
-            m.weight / self.weight_sum
-        } else {
-            0.0
-        }
-    }
 }
 
 /// Bounds of the tick's tests.
@@ -537,17 +522,16 @@ struct Samples {
 }
 
 impl Totals {
-    /// Sums over the members that carry load in `view` (fresh, not
-    /// reset, not draining, weighted, not down).
+    /// Sums over the members eligible in `view` (fresh, not reset, not
+    /// draining, weighted).
     fn of(input: &PoolInput<impl AsRef<MemberInput>>, view: View, presence: &Presence) -> Self {
         let mut t = Totals::default();
         for m in input.members() {
-            if let Some(v) = m.carries(view, presence) {
+            if let Some(v) = m.eligible(view, presence) {
                 t.active += v.active as f64;
                 t.bytes_in += v.bytes_in as f64;
                 t.bytes_out += v.bytes_out as f64;
                 t.count += 1;
-                t.weight_sum += m.weight;
             }
         }
         t.bytes = t.bytes_in + t.bytes_out;
@@ -559,19 +543,18 @@ impl Totals {
 /// share of the pool's open connections would be.
 type OpenLoad<'a> = (&'a str, f64, f64);
 
-/// Every member that carries load in `view` with a verdict, as an
-/// [`OpenLoad`] of the pool's open connections.
+/// Every member eligible in `view` with a verdict, as an [`OpenLoad`] of
+/// the pool's `active` open connections.
 fn open_loads<'a>(
     input: &'a PoolInput<impl AsRef<MemberInput>>,
     view: View,
     presence: &Presence,
     verdicts: &HashMap<String, ViewVerdict>,
-    totals: &Totals,
+    active: f64,
 ) -> impl Iterator<Item = OpenLoad<'a>> {
     input.members().filter_map(move |m| {
-        let v = m.carries(view, presence)?;
-        verdicts.get(&m.id)?;
-        let e = totals.active * totals.share(m);
+        let v = m.eligible(view, presence)?;
+        let e = active * verdicts.get(&m.id)?.expected_share;
         Some((m.id.as_str(), v.active as f64, e))
     })
 }
@@ -636,7 +619,7 @@ impl LoadState {
         self.pool.bytes_in.push(totals.bytes_in);
         self.pool.bytes_out.push(totals.bytes_out);
         let tests = 4.0 * totals.count.max(1) as f64;
-        let loads = || open_loads(input, view, presence, verdicts, &totals);
+        let loads = || open_loads(input, view, presence, verdicts, totals.active);
         let (holders, least_connections) = (
             holders(loads()),
             ctx.least_connections.then(|| OpenPool::of(loads())),
@@ -771,7 +754,7 @@ impl MemberLoad {
         if m.draining {
             return draining(v, active_share, bytes_share);
         }
-        let p = t.share(m);
+        let p = vv.expected_share;
         let n = Numbers {
             a: v.active as f64,
             e: t.active * p,

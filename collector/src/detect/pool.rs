@@ -73,23 +73,17 @@ impl MemberInput {
         }
     }
 
-    /// Its input in `view` when it is eligible for a share of new
-    /// connections: it carries load, and is not joining.
+    /// Its input in `view` when it is eligible for a share: observed
+    /// fresh, counters not reset, serving with a weight, not down, and not
+    /// joining.
     pub(super) fn eligible(&self, view: View, presence: &Presence) -> Option<ViewInput> {
-        self.carries(view, presence)
-            .filter(|_| presence.joining(&self.id).is_none())
-    }
-
-    /// Its input in `view` when it carries a share of the pool's load:
-    /// observed fresh, counters not reset, serving with a weight, and not
-    /// down.
-    pub(super) fn carries(&self, view: View, presence: &Presence) -> Option<ViewInput> {
         self.view(view).filter(|v| {
             v.fresh
                 && !v.reset
                 && !self.draining
                 && self.weight > 0.0
                 && presence.down_since(&self.id).is_none()
+                && presence.joining(&self.id).is_none()
         })
     }
 }
@@ -829,7 +823,9 @@ impl PoolState {
         for (id, draining, w) in &set {
             let new = f64::from_bits(*w);
             if *draining || new <= 0.0 {
+                // Out of the split: no change of its weight pends.
                 self.reweights.forget(id);
+                continue;
             }
             match before.get(id.as_str()) {
                 Some(&old) if old > 0.0 && new > 0.0 && old != new => {
@@ -900,7 +896,10 @@ impl PoolState {
         // A MISMATCH stands in a pool one view sees too little of: it
         // weighs the other view's connections, and when a fault takes a
         // whole pool's connections away in one view, it is what is left.
-        let abstains = !verdict.is_fact() && verdict != Verdict::Mismatch;
+        // A joining member stays SETTLING: not taken in yet is no abstention.
+        let abstains = !verdict.is_fact()
+            && verdict != Verdict::Mismatch
+            && !(verdict == Verdict::Settling && self.presence.joining(&m.id).is_some());
         if judging.conns_insufficient && verdict.rank() > 0 && abstains {
             verdict = Verdict::InsufficientTraffic;
             reason = "too few new connections to judge".into();

@@ -404,3 +404,48 @@ fn a_joiner_the_only_member_its_view_sees_is_not_taken_in_by_itself() {
         }
     }
 }
+
+#[test]
+fn a_long_lived_pool_that_doubles_pages_nothing_while_its_balancer_takes_the_new_half_in() {
+    // 5 members holding 2,000 connections that live about a minute; 5 more
+    // join, and the balancer takes them in 10 or 25 ticks later. The old
+    // half holds every open connection meanwhile: no fault of theirs.
+    use crate::detect::sim::{LongLived, LongLivedSpec, member_id};
+    for lag in [10, 25] {
+        for seed in 0..4 {
+            let mut rng = Rng::new(seed);
+            let mut spec = LongLivedSpec::balanced(5, 2000);
+            spec.lifetime = 60.0;
+            let mut pool = LongLived::new(spec, &mut rng);
+            let mut d = Detector::default();
+            for t in 0..JOIN + 300 {
+                if t == JOIN {
+                    for _ in 0..5 {
+                        let i = pool.add_member(1.0);
+                        pool.placement[i] = 0.0;
+                    }
+                }
+                if t == JOIN + lag {
+                    pool.placement[5..].fill(1.0);
+                }
+                let numbers = pool.tick(&mut rng);
+                let (_, tr) = d.evaluate(&pool.input("grpc", t, &numbers));
+                let paged: Vec<&Alert> = (tr.iter())
+                    .filter_map(|x| match x {
+                        Transition::Fired(a) | Transition::Updated(a)
+                            if a.severity == Severity::Page =>
+                        {
+                            Some(a)
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                assert!(
+                    paged.is_empty(),
+                    "lag {lag}, seed {seed}, tick {t} ({} joined): {paged:#?}",
+                    member_id(5)
+                );
+            }
+        }
+    }
+}

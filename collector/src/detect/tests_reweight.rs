@@ -261,3 +261,33 @@ fn each_pending_change_times_out_on_its_own() {
         );
     }
 }
+
+#[test]
+fn a_member_drained_in_the_edit_that_changes_its_weight_pends_nothing() {
+    // One pool file edit: member 2 drains and its weight goes 3 → 5.
+    let mut d = Detector::default();
+    let mut rng = Rng::new(3);
+    for t in 0..80u64 {
+        let weights = if t < 40 {
+            [1.0, 1.0, 3.0]
+        } else {
+            [1.0, 1.0, 5.0]
+        };
+        let counts = if t < 40 {
+            [40, 40, 120].map(|n| rng.neg_binomial(n as f64, 1.5))
+        } else {
+            [100, 100, 0].map(|n| rng.neg_binomial(n as f64, 1.5))
+        };
+        let mut inp = input(t, &counts, &weights);
+        inp.members[2].draining = t >= 40;
+        let (v, _) = d.evaluate(&inp);
+        if t >= 42 {
+            assert!(
+                !v.reason.contains("previous ones"),
+                "tick {t}: {}",
+                v.reason
+            );
+            assert_eq!(v.members[2].judged_weight, None, "tick {t}");
+        }
+    }
+}
