@@ -190,14 +190,17 @@ impl ListenerFiles {
                     }
                     match self.acceptor() {
                         Ok(acceptor) if self.stamps() == now => {
-                            tx.send_replace(acceptor);
+                            // Counted first: whoever sees the new
+                            // certificate sees the count too.
                             stats.reloads.fetch_add(1, Relaxed);
+                            tx.send_replace(acceptor);
                             info!(cert = %self.cert.display(), "TLS files changed: new handshakes use them");
                             read = now;
                         }
                         // Changed while read: read again once it holds still.
                         Ok(_) => {}
-                        Err(e) if failed.as_ref() != Some(&now) => {
+                        // A version that changed while read is no failure.
+                        Err(e) if failed.as_ref() != Some(&now) && self.stamps() == now => {
                             stats.failures.fetch_add(1, Relaxed);
                             warn!("TLS files changed but cannot be used, so the listener keeps the certificate it has: {e}");
                             failed = Some(now);
