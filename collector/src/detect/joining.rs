@@ -143,11 +143,6 @@ impl Joins {
         };
     }
 
-    /// Whether member `id` joins.
-    pub fn contains(&self, id: &str) -> bool {
-        self.members.contains_key(id)
-    }
-
     /// Ends every join: the pool opens too few new connections for its
     /// split to be judged, so there is nothing to wait for, and its
     /// members' open connections are judged at once.

@@ -497,7 +497,7 @@ impl Presence {
             if tick.weight_sum <= 0.0 && none_judged {
                 let joining = input
                     .members()
-                    .filter(|m| self.joins.contains(&m.id) && m.weight > 0.0)
+                    .filter(|m| self.joins.get(&m.id).is_some() && m.weight > 0.0)
                     .filter_map(|m| counted(m, tick.view).map(|v| (m.weight, v.new_conns)));
                 (tick.weight_sum, tick.new_conns) =
                     joining.fold((0.0, 0.0), |(w, n), (mw, mn)| (w + mw, n + mn as f64));
@@ -828,10 +828,10 @@ impl PoolState {
                 continue;
             }
             match before.get(id.as_str()) {
-                Some(&old) if old > 0.0 && new > 0.0 && old != new => {
+                Some(&old) if old > 0.0 && old != new => {
                     (self.reweights).change(id, (old, new), input.tick, s.join_grace_ticks)
                 }
-                Some(&old) if old > 0.0 || new <= 0.0 => {}
+                Some(&old) if old > 0.0 => {}
                 _ if founding => {}
                 _ => (self.presence.joins).start(id, input.tick, s.join_grace_ticks),
             }
