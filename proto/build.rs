@@ -11,6 +11,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={p}");
     }
     tonic_prost_build::configure()
+        // prost's codec with a bound checked before decoding (src/codec.rs).
+        .codec_path("crate::codec::BoundedCodec")
         .file_descriptor_set_path(out.join("evenflow_descriptor.bin"))
         .compile_protos(&protos, &["proto"])?;
     Ok(())

@@ -259,7 +259,45 @@ fn parse_collector_url(s: &str) -> Result<String, String> {
             "collector URL `{s}` has no host (try http://127.0.0.1:50052)"
         ));
     }
+    // What the connection will parse, refused now rather than at every
+    // reconnect.
+    tonic::transport::Endpoint::from_shared(s.to_owned()).map_err(|e| {
+        format!("collector URL `{s}` is not a URL ({e}): write it as http://HOST:PORT")
+    })?;
     Ok(s.to_owned())
+}
+
+/// The flags that only make sense together with `--collector`, checked
+/// before anything is loaded.
+pub fn check_collector(args: &Args) -> anyhow::Result<()> {
+    check_tls(args)?;
+    let limit = evenflow_proto::MAX_REPORT_ENDPOINTS;
+    let reports = args.collector.is_some() || args.embedded_collector.is_some();
+    if reports && args.max_endpoints as usize > limit {
+        anyhow::bail!(
+            "--max-endpoints {} is more than the {limit} endpoints a report to the collector may carry: lower it to {limit} or less",
+            args.max_endpoints
+        );
+    }
+    Ok(())
+}
+
+/// The TLS flags need an https:// `--collector`: the connection uses TLS
+/// only for https, so with http:// they would be ignored and the reports
+/// sent in plain text.
+fn check_tls(args: &Args) -> anyhow::Result<()> {
+    if args.tls_ca.is_none() && args.tls_cert.is_none() {
+        return Ok(());
+    }
+    match &args.collector {
+        Some(url) if url.starts_with("https://") => Ok(()),
+        Some(url) => anyhow::bail!(
+            "--tls-ca and --tls-cert need an https:// --collector, not {url}: with http:// the reports would go in plain text (write https://...)"
+        ),
+        None => anyhow::bail!(
+            "--tls-ca and --tls-cert need an https:// --collector (the embedded collector takes none)"
+        ),
+    }
 }
 
 /// Fewest and most forwarded connections `--max-flows` accepts.
@@ -409,6 +447,37 @@ mod tests {
                 .contains("http://")
         );
         assert!(parse_collector_url("http://").is_err());
+        for bad in ["http://col lector:50052", "http://[::1"] {
+            let err = parse_collector_url(bad).unwrap_err();
+            assert!(err.contains("is not a URL"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn tls_flags_need_an_https_collector() {
+        let args = |extra: &[&str]| {
+            let mut v = vec!["evenflow-agent", "--tls-ca", "/ca.pem"];
+            v.extend_from_slice(extra);
+            Args::try_parse_from(v).expect("valid flags")
+        };
+        assert!(check_tls(&args(&["--collector", "https://c:50052"])).is_ok());
+        let err = check_tls(&args(&["--collector", "http://c:50052"])).unwrap_err();
+        assert!(err.to_string().contains("plain text"), "{err}");
+        assert!(check_tls(&args(&[])).is_err());
+        let plain = Args::try_parse_from(["evenflow-agent", "--collector", "http://c:50052"]);
+        assert!(check_tls(&plain.expect("valid flags")).is_ok());
+    }
+
+    #[test]
+    fn a_map_larger_than_a_report_may_carry_is_refused_with_a_collector() {
+        let args = |extra: &[&str]| {
+            let mut v = vec!["evenflow-agent", "--max-endpoints", "300000"];
+            v.extend_from_slice(extra);
+            Args::try_parse_from(v).expect("valid flags")
+        };
+        let err = check_collector(&args(&["--collector", "http://c:50052"])).unwrap_err();
+        assert!(err.to_string().contains("lower it to 200000"), "{err}");
+        assert!(check_collector(&args(&[])).is_ok(), "the node view alone");
     }
 
     #[test]

@@ -108,6 +108,7 @@ async fn run(args: cli::Args) -> Result<()> {
     if args.command == Some(cli::Command::Uninstall) {
         return uninstall(&args.bpffs, &node_name);
     }
+    cli::check_collector(&args)?;
     host::check_capabilities()?;
     host::check_kernel()?;
     host::check_btf()?;
@@ -159,8 +160,8 @@ async fn run(args: cli::Args) -> Result<()> {
         .clone()
         .or_else(|| args.embedded_collector.map(embedded::url));
     if let Some(url) = collector_url {
-        let tls = if url.starts_with("https://") || args.tls_ca.is_some() || args.tls_cert.is_some()
-        {
+        // `check_collector` made sure TLS flags come with https.
+        let tls = if url.starts_with("https://") {
             Some(report::Tls::load(
                 args.tls_ca.as_deref(),
                 args.tls_cert.as_deref().zip(args.tls_key.as_deref()),
@@ -170,8 +171,10 @@ async fn run(args: cli::Args) -> Result<()> {
         };
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         retirements = Some(tx);
-        // Frozen endpoints ride beside the live ones: half the map's more.
-        let max_frozen = usize::try_from(dp.capacity().endpoints / 2).unwrap_or(usize::MAX);
+        // Frozen endpoints ride beside the live ones: half the map's more,
+        // within what a report may carry.
+        let live = usize::try_from(dp.capacity().endpoints).unwrap_or(usize::MAX);
+        let max_frozen = (live / 2).min(evenflow_proto::MAX_REPORT_ENDPOINTS.saturating_sub(live));
         tokio::spawn(report::run(url, tls, snap_rx, rx, max_frozen));
     }
 
@@ -247,7 +250,13 @@ async fn counting_loop(
             tokio::time::sleep(wait).await;
         }
         let now = Instant::now();
-        let secs = now.duration_since(last).as_secs_f64();
+        // The first read covers no interval: its totals are where counting
+        // stands (pinned maps keep counting across restarts), not a rate,
+        // and its report says no interval (0) rather than microseconds.
+        let secs = match sequence {
+            0 => 0.0,
+            _ => now.duration_since(last).as_secs_f64(),
+        };
         last = now;
         // Without --iface the agent follows the node's interfaces as they
         // come and go (pods' veths); with or without, whether it forwards.
@@ -265,7 +274,7 @@ async fn counting_loop(
         if let Some(prev) = &prev_stats {
             datapath::warn_new_losses(prev, &stats, dp.capacity(), &mut full_marks);
         }
-        table.update(&read, if sequence == 0 { 0.0 } else { secs });
+        table.update(&read, secs);
         // A netlink dump, and /proc where the kernel gives none: blocking.
         let listeners = tokio::task::block_in_place(listeners::read).unwrap_or_else(|e| {
             warn!("listing listeners: {e:#}");

@@ -3,10 +3,14 @@
 //! Reports carry cumulative counters, so the protocol only has to be
 //! at-least-once: unacknowledged reports stay in a bounded buffer, the
 //! connection is retried with exponential backoff and jitter, and everything
-//! still unacknowledged is replayed after a reconnect. The collector ignores
+//! still unacknowledged is replayed after a reconnect (but a report the
+//! collector refused as a message, which would be refused again). The collector ignores
 //! a (run, sequence) it has seen. When the buffer overflows during a long
 //! outage the oldest reports go first: the newest one alone still carries
-//! every total, so the collector loses resolution, never traffic. A report
+//! every total, so the collector loses resolution, never traffic. For the
+//! same reason a collector that reads slowly is sent fewer reports, not a
+//! queue of copies; one that acknowledges nothing for [`ACK_DEADLINE`]
+//! (a hung process keeps its TCP connection up) is given up. A report
 //! is numbered by its snapshot, so that an acknowledgement says which
 //! snapshots the collector applied, which is what releases the retired
 //! endpoints the reports hold (see `withheld`).
@@ -14,7 +18,7 @@
 use std::{
     collections::VecDeque,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Weak},
     time::Duration,
 };
 
@@ -31,11 +35,22 @@ const MAX_BUFFERED: usize = 120;
 const MAX_BUFFERED_BYTES: usize = 32 << 20;
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Reports queued for a connection beyond the one it is sending. A
+/// collector that reads slowly is sent fewer reports, each carrying every
+/// total, rather than a queue of copies of the buffer.
+const QUEUED: usize = 2;
+/// How long a connection may go without an acknowledgement while reports
+/// wait for one (or take to connect, or to open its stream) before it is
+/// given up and made again: a collector that stopped reading (a hung
+/// process, a stopped container, a network partition) can keep its TCP
+/// connection up for as long as it likes.
+const ACK_DEADLINE: Duration = Duration::from_secs(30);
 
-/// Reports not yet acknowledged, oldest first.
+/// Reports not yet acknowledged, oldest first, shared with the connection
+/// sending them (which copies each only as it encodes it).
 #[derive(Default)]
 pub struct Buffer {
-    reports: VecDeque<AgentReport>,
+    reports: VecDeque<(Arc<AgentReport>, usize)>,
     bytes: usize,
     /// Reports dropped because the buffer was full.
     pub dropped: u64,
@@ -43,14 +58,15 @@ pub struct Buffer {
 
 impl Buffer {
     /// Adds a report, evicting the oldest ones past the bounds.
-    pub fn push(&mut self, r: AgentReport) {
-        self.bytes += r.encoded_len();
-        self.reports.push_back(r);
+    pub fn push(&mut self, r: Arc<AgentReport>) {
+        let len = r.encoded_len();
+        self.bytes += len;
+        self.reports.push_back((r, len));
         while self.reports.len() > 1
             && (self.reports.len() > MAX_BUFFERED || self.bytes > MAX_BUFFERED_BYTES)
         {
-            if let Some(old) = self.reports.pop_front() {
-                self.bytes -= old.encoded_len();
+            if let Some((_, len)) = self.reports.pop_front() {
+                self.bytes -= len;
                 self.dropped += 1;
             }
         }
@@ -58,9 +74,9 @@ impl Buffer {
 
     /// Drops every report of `run` up to and including `seq`.
     pub fn ack(&mut self, run: u64, seq: u64) {
-        while let Some(front) = self.reports.front() {
+        while let Some((front, len)) = self.reports.front() {
             if front.agent_run == run && front.sequence <= seq {
-                self.bytes -= front.encoded_len();
+                self.bytes -= len;
                 self.reports.pop_front();
             } else {
                 break;
@@ -72,13 +88,32 @@ impl Buffer {
         self.reports.len()
     }
 
-    fn iter(&self) -> impl Iterator<Item = &AgentReport> {
-        self.reports.iter()
+    /// Takes out the report of snapshot `seq`; whether it was there.
+    fn remove(&mut self, seq: u64) -> bool {
+        let Some(at) = self.reports.iter().position(|(r, _)| r.sequence == seq) else {
+            return false;
+        };
+        if let Some((_, len)) = self.reports.remove(at) {
+            self.bytes -= len;
+        }
+        true
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Arc<AgentReport>> {
+        self.reports.iter().map(|(r, _)| r)
     }
 }
 
+/// Whether the collector can take endpoint `e`: one of no known protocol
+/// or direction (which only something else writing the pinned map could
+/// make) would have it refuse the whole report.
+fn reportable(e: &v1::Endpoint) -> bool {
+    e.protocol != v1::Protocol::Unspecified as i32
+        && e.direction != v1::Direction::Unspecified as i32
+}
+
 /// Builds the report for one snapshot: totals only, rates are the
-/// collector's to derive.
+/// collector's to derive; only [`reportable`] endpoints.
 pub fn from_snapshot(snap: &v1::Snapshot, run: u64, sequence: u64) -> AgentReport {
     AgentReport {
         node_name: snap.node_name.clone(),
@@ -90,6 +125,7 @@ pub fn from_snapshot(snap: &v1::Snapshot, run: u64, sequence: u64) -> AgentRepor
         endpoints: snap
             .endpoints
             .iter()
+            .filter(|e| reportable(e))
             .map(|e| v1::Endpoint {
                 rates: None,
                 ..e.clone()
@@ -120,11 +156,18 @@ pub fn new_run_id() -> u64 {
 /// every connection, so a renewed certificate (cert-manager renewing a
 /// Secret volume's files) is the one the next reconnect presents; an agent
 /// that kept its first one past its expiry could never reconnect. Files
-/// that cannot be used then are logged, and the last good reading stands.
+/// that cannot be used then (unreadable, or a key that does not match its
+/// certificate) are logged once, and the last good reading stands.
 pub struct Tls {
     ca: Option<PathBuf>,
     cert_key: Option<(PathBuf, PathBuf)>,
-    last: std::sync::Mutex<tonic::transport::ClientTlsConfig>,
+    last: std::sync::Mutex<LastGood>,
+}
+
+/// The last usable reading of the files, and why the latest was not.
+struct LastGood {
+    config: tonic::transport::ClientTlsConfig,
+    refused: Option<String>,
 }
 
 impl Tls {
@@ -134,19 +177,35 @@ impl Tls {
         Ok(Self {
             ca: ca.map(Path::to_owned),
             cert_key: cert_key.map(|(c, k)| (c.to_owned(), k.to_owned())),
-            last: std::sync::Mutex::new(config),
+            last: std::sync::Mutex::new(LastGood {
+                config,
+                refused: None,
+            }),
         })
     }
 
-    /// The files as they are now, or the last good reading.
+    /// The files as they are now, or the last good reading. A refusal is
+    /// logged when it first happens (and again if it changes), not at
+    /// every reconnect.
     fn config(&self) -> tonic::transport::ClientTlsConfig {
         let cert_key = (self.cert_key.as_ref()).map(|(c, k)| (c.as_path(), k.as_path()));
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         match evenflow_daemon::tls::client(self.ca.as_deref(), cert_key) {
-            Ok(config) => *last = config,
-            Err(e) => warn!("TLS files cannot be read now, so the last good ones are used: {e}"),
+            Ok(config) => {
+                if last.refused.take().is_some() {
+                    info!("TLS files usable again: connections use them");
+                }
+                last.config = config;
+            }
+            Err(e) => {
+                let why = e.to_string();
+                if last.refused.as_ref() != Some(&why) {
+                    warn!("TLS files cannot be used now, so the last good ones are: {why}");
+                    last.refused = Some(why);
+                }
+            }
         }
-        last.clone()
+        last.config.clone()
     }
 }
 
@@ -161,8 +220,14 @@ async fn connect(
             .tls_config(t.config())
             .map_err(|e| format!("TLS configuration: {e}"))?;
     }
+    // Pings find a collector that stopped (a stopped process answers
+    // none), and end a connection given up on, which a request body the
+    // collector does not read would otherwise keep open.
     let channel = endpoint
         .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true)
         .connect()
         .await
         .map_err(|e| format!("connecting: {e}"))?;
@@ -182,6 +247,8 @@ struct Stream {
     retirements: mpsc::UnboundedReceiver<Retirement>,
     /// The newest snapshot the collector acknowledged applying.
     acked: u64,
+    /// See [`ACK_DEADLINE`].
+    ack_deadline: Duration,
 }
 
 impl Stream {
@@ -190,7 +257,7 @@ impl Stream {
     fn push_latest(
         &mut self,
         snapshots: &watch::Receiver<Arc<v1::Snapshot>>,
-    ) -> Option<AgentReport> {
+    ) -> Option<Arc<AgentReport>> {
         let snap = snapshots.borrow().clone();
         if snap.sequence <= self.sequence {
             return None;
@@ -205,8 +272,36 @@ impl Stream {
         self.withheld.advance(self.acked, snap.sequence);
         let mut r = from_snapshot(&snap, self.run, snap.sequence);
         r.endpoints = self.withheld.apply(&r.endpoints);
+        // Held ones too (one retired broken stays held).
+        r.endpoints.retain(reportable);
+        let r = Arc::new(r);
         self.buffer.push(r.clone());
         Some(r)
+    }
+
+    /// The collector ended the stream with `status`, `in_flight` the
+    /// oldest report the connection sent that it had not acknowledged.
+    /// Refusing a message it could not take (too large, not decodable, no
+    /// identity), it refused that one, since it acknowledges in order: it
+    /// is dropped, or every reconnect would replay it into the same
+    /// refusal. The next report carries its totals.
+    fn refused(&mut self, status: &tonic::Status, in_flight: Option<u64>) {
+        use tonic::Code;
+        let message_refused = match status.code() {
+            Code::ResourceExhausted | Code::OutOfRange | Code::InvalidArgument => true,
+            // Also what a connection reset looks like.
+            Code::Internal => status.message().contains("decode"),
+            _ => false,
+        };
+        if let Some(seq) = in_flight.filter(|_| message_refused)
+            && self.buffer.remove(seq)
+        {
+            warn!(
+                seq,
+                "the collector refused this report, so it is dropped: {}",
+                status.message()
+            );
+        }
     }
 
     /// Takes in the collector's acknowledgement `a`.
@@ -219,7 +314,8 @@ impl Stream {
                 "collector rejected a report: {}", a.rejected
             );
         } else if a.agent_run == self.run {
-            self.acked = self.acked.max(a.acked_sequence);
+            // Nothing past what was sent: holds are released by it.
+            self.acked = self.acked.max(a.acked_sequence.min(self.sequence));
         }
         self.buffer.ack(a.agent_run, a.acked_sequence);
         debug!(
@@ -247,11 +343,20 @@ pub async fn run(
         withheld: Withheld::new(max_frozen),
         retirements,
         acked: 0,
+        ack_deadline: ACK_DEADLINE,
     };
     let mut backoff = BACKOFF_MIN;
     info!(collector = %url, run = stream.run, "streaming reports");
     loop {
-        match session(&url, tls.as_ref(), &mut stream, &mut snapshots).await {
+        match session(
+            &url,
+            tls.as_ref(),
+            &mut stream,
+            &mut snapshots,
+            &mut backoff,
+        )
+        .await
+        {
             Ok(()) => return, // the agent is shutting down
             Err(e) => {
                 let wait = jittered(backoff);
@@ -276,47 +381,94 @@ pub async fn run(
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
-        if stream.buffer.len() == 0 {
-            backoff = BACKOFF_MIN;
-        }
     }
 }
 
 /// One connection: replay the buffer, then send each new report and drop
-/// acknowledged ones. Returns `Ok` only when snapshots end (shutdown).
+/// acknowledged ones. An acknowledgement resets `backoff`. Returns
+/// `Ok` only when snapshots end (shutdown).
 async fn session(
     url: &str,
     tls: Option<&Tls>,
     stream: &mut Stream,
     snapshots: &mut watch::Receiver<Arc<v1::Snapshot>>,
+    backoff: &mut Duration,
 ) -> Result<(), String> {
-    let mut client = connect(url, tls).await?;
-    let (tx, rx) = mpsc::channel::<AgentReport>(MAX_BUFFERED + 8);
-    for r in stream.buffer.iter() {
-        tx.try_send(r.clone())
-            .map_err(|e| format!("queueing replay: {e}"))?;
-    }
-    let replayed = stream.buffer.len();
-    let mut acks = client
-        .report(ReceiverStream::new(rx))
-        .await
+    // A stopped collector's kernel still completes the TCP handshake; the
+    // TLS handshake and the stream's opening then never end.
+    let connecting = tokio::time::timeout(stream.ack_deadline, connect(url, tls)).await;
+    let mut client = connecting
+        .map_err(|_| format!("no answer from the collector in {:?}", stream.ack_deadline))??;
+    // The connection holds the reports weakly: one given up on keeps none
+    // of the buffer alive, and a report acknowledged or dropped meanwhile
+    // is not sent.
+    let (tx, rx) = mpsc::channel::<Weak<AgentReport>>(QUEUED);
+    let replay: Vec<Weak<AgentReport>> = stream.buffer.iter().map(Arc::downgrade).collect();
+    // What this connection sent and has not had acknowledged, in order.
+    let mut in_flight: VecDeque<u64> = stream.buffer.iter().map(|r| r.sequence).collect();
+    let (replayed, mut sent) = (in_flight.len(), in_flight.back().copied().unwrap_or(0));
+    // The replay first, then new reports.
+    let outbound = (tokio_stream::iter(replay).chain(ReceiverStream::new(rx)))
+        .filter_map(|r| r.upgrade().map(|r| AgentReport::clone(&r)));
+    let opened = tokio::time::timeout(stream.ack_deadline, client.report(outbound)).await;
+    let mut acks = opened
+        .map_err(|_| {
+            format!(
+                "the collector did not open the stream in {:?}",
+                stream.ack_deadline
+            )
+        })?
         .map_err(|s| format!("opening the Report stream: {}", s.message()))?
         .into_inner();
     info!(replayed, "connected to collector");
+    // Since the last acknowledgement (or the first send after one), while
+    // reports up to `sent` wait for one.
+    let mut waiting = (replayed > 0).then(tokio::time::Instant::now);
     loop {
+        let deadline = waiting.map(|t| t + stream.ack_deadline);
         tokio::select! {
             changed = snapshots.changed() => {
                 if changed.is_err() {
                     return Ok(());
                 }
-                if let Some(r) = stream.push_latest(snapshots) {
-                    tx.send(r).await.map_err(|_| "stream closed".to_owned())?;
+                let Some(r) = stream.push_latest(snapshots) else { continue };
+                let seq = r.sequence;
+                match tx.try_send(Arc::downgrade(&r)) {
+                    Ok(()) => {
+                        sent = seq;
+                        in_flight.push_back(seq);
+                        waiting.get_or_insert_with(tokio::time::Instant::now);
+                    }
+                    // The connection is behind: this report stays in the
+                    // buffer, and the next one carries its totals.
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        debug!(seq, "the collector is behind: report not queued");
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        return Err("stream closed".to_owned());
+                    }
                 }
             }
             ack = acks.next() => match ack {
-                Some(Ok(a)) => stream.ack(&a),
-                Some(Err(s)) => return Err(format!("collector said: {} ({:?})", s.message(), s.code())),
+                Some(Ok(a)) => {
+                    stream.ack(&a);
+                    while in_flight.front().is_some_and(|&s| s <= a.acked_sequence) {
+                        in_flight.pop_front();
+                    }
+                    *backoff = BACKOFF_MIN;
+                    waiting = (a.acked_sequence < sent).then(tokio::time::Instant::now);
+                }
+                Some(Err(s)) => {
+                    stream.refused(&s, in_flight.front().copied());
+                    return Err(format!("collector said: {} ({:?})", s.message(), s.code()));
+                }
                 None => return Err("collector closed the stream".to_owned()),
+            },
+            () = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
+                return Err(format!(
+                    "the collector acknowledged nothing for {:?}: reconnecting",
+                    stream.ack_deadline
+                ));
             }
         }
     }
@@ -346,7 +498,7 @@ mod tests {
     fn acks_drop_only_acknowledged_reports() {
         let mut b = Buffer::default();
         for s in 1..=5 {
-            b.push(report(7, s));
+            b.push(Arc::new(report(7, s)));
         }
         b.ack(7, 3);
         assert_eq!(b.len(), 2);
@@ -360,7 +512,7 @@ mod tests {
     fn overflow_drops_the_oldest_and_counts_them() {
         let mut b = Buffer::default();
         for s in 1..=(MAX_BUFFERED as u64 + 10) {
-            b.push(report(1, s));
+            b.push(Arc::new(report(1, s)));
         }
         assert_eq!(b.len(), MAX_BUFFERED);
         assert_eq!(b.dropped, 10);
@@ -372,6 +524,7 @@ mod tests {
             address: "10.0.0.1".into(),
             port,
             direction: v1::Direction::SendsTo as i32,
+            protocol: v1::Protocol::Tcp as i32,
             ..Default::default()
         };
         Arc::new(v1::Snapshot {
@@ -391,6 +544,7 @@ mod tests {
             withheld: Withheld::new(16),
             retirements,
             acked: 0,
+            ack_deadline: ACK_DEADLINE,
         };
         (s, tx)
     }
@@ -413,7 +567,7 @@ mod tests {
     #[test]
     fn a_retired_endpoint_leaves_the_reports_once_the_collector_applied_its_totals() {
         let (mut s, retirements) = stream();
-        let ports = |r: Option<AgentReport>| -> Vec<u32> {
+        let ports = |r: Option<Arc<AgentReport>>| -> Vec<u32> {
             r.map(|r| r.endpoints.iter().map(|e| e.port).collect())
                 .unwrap_or_default()
         };
@@ -453,6 +607,214 @@ mod tests {
         assert_eq!(ports(s.push_latest(&rx)), vec![80, 81], "released");
     }
 
+    type Acks = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<v1::ReportAck, tonic::Status>> + Send>,
+    >;
+
+    /// A collector on a real gRPC server: `acks` says whether it reads and
+    /// acknowledges reports, or takes the stream and then neither reads
+    /// nor answers (a hung process: its TCP connection stays up).
+    struct Collector {
+        acks: bool,
+    }
+
+    #[tonic::async_trait]
+    impl v1::ingest_server::Ingest for Collector {
+        type ReportStream = Acks;
+        async fn report(
+            &self,
+            req: tonic::Request<tonic::Streaming<AgentReport>>,
+        ) -> Result<tonic::Response<Acks>, tonic::Status> {
+            let (mut inbound, acks) = (req.into_inner(), self.acks);
+            let (tx, rx) = mpsc::channel(64);
+            tokio::spawn(async move {
+                if !acks {
+                    let _held = (inbound, tx);
+                    return std::future::pending().await;
+                }
+                while let Some(Ok(r)) = inbound.next().await {
+                    let ack = v1::ReportAck {
+                        agent_run: r.agent_run,
+                        acked_sequence: r.sequence,
+                        rejected: String::new(),
+                    };
+                    if tx.send(Ok(ack)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            Ok(tonic::Response::new(Box::pin(ReceiverStream::new(rx))))
+        }
+    }
+
+    async fn serve(acks: bool) -> String {
+        let l = (tokio::net::TcpListener::bind("127.0.0.1:0").await).expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(v1::ingest_server::IngestServer::new(Collector { acks }))
+                .serve_with_incoming(incoming),
+        );
+        format!("http://{addr}")
+    }
+
+    /// Snapshots 1..=n of 2,000 endpoints (about 100 kB a report), one
+    /// every 5 ms; the sender is returned when done, so snapshots go on.
+    fn produce(
+        tx: watch::Sender<Arc<v1::Snapshot>>,
+        n: u64,
+    ) -> tokio::task::JoinHandle<watch::Sender<Arc<v1::Snapshot>>> {
+        let ports: Vec<u32> = (1..=2000).collect();
+        tokio::spawn(async move {
+            for seq in 1..=n {
+                tx.send_replace(snap(seq, &ports));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            tx
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_collector_that_stops_reading_is_given_up_while_snapshots_go_on() {
+        let url = serve(false).await;
+        let (mut s, _retirements) = stream();
+        s.ack_deadline = Duration::from_secs(1);
+        let (tx, mut rx) = watch::channel(snap(0, &[]));
+        let producer = produce(tx, 400);
+        let start = std::time::Instant::now();
+        let mut backoff = BACKOFF_MAX;
+        let ended = tokio::time::timeout(
+            Duration::from_secs(10),
+            session(&url, None, &mut s, &mut rx, &mut backoff),
+        )
+        .await
+        .expect("the session ends by itself");
+        let took = start.elapsed();
+        let _tx = producer.await.expect("producer");
+        let e = ended.expect_err("no acknowledgement is no success");
+        assert!(e.contains("acknowledged nothing"), "{e}");
+        assert!(took < Duration::from_secs(3), "given up after {took:?}");
+        // Snapshots were taken all along, into the bounded buffer, while
+        // the connection could take no more.
+        assert!(
+            s.sequence > 100,
+            "stopped taking snapshots at {}",
+            s.sequence
+        );
+        assert!(s.buffer.len() <= MAX_BUFFERED);
+        assert_eq!(backoff, BACKOFF_MAX, "nothing acknowledged: no reset");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_acknowledgement_resets_the_backoff_and_empties_the_buffer() {
+        let url = serve(true).await;
+        let (mut s, _retirements) = stream();
+        let (tx, mut rx) = watch::channel(snap(0, &[]));
+        let producer = tokio::spawn(async move {
+            let tx = produce(tx, 50).await.expect("producer");
+            // Time for the last acknowledgements, then snapshots end.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            drop(tx);
+        });
+        let mut backoff = BACKOFF_MAX;
+        let ended = tokio::time::timeout(
+            Duration::from_secs(10),
+            session(&url, None, &mut s, &mut rx, &mut backoff),
+        )
+        .await
+        .expect("the session ends with the snapshots");
+        producer.await.expect("producer");
+        assert_eq!(ended, Ok(()));
+        assert_eq!(backoff, BACKOFF_MIN);
+        assert_eq!((s.sequence, s.acked, s.buffer.len()), (50, 50, 0));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_collector_that_never_answers_is_given_up() {
+        // A stopped process: its kernel accepts the connection, nothing
+        // answers: not the stream's opening, nor a TLS handshake.
+        let dir = std::env::temp_dir().join(format!("evenflow-report-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let ca = dir.join("ca.pem");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().expect("key");
+        std::fs::write(&ca, params.self_signed(&key).expect("CA").pem()).expect("write");
+        let tls = Tls::load(Some(&ca), None).expect("a CA file");
+        for (scheme, tls, why) in [
+            ("http", None, "did not open the stream"),
+            ("https", Some(&tls), "no answer from the collector"),
+        ] {
+            let l = (tokio::net::TcpListener::bind("127.0.0.1:0").await).expect("bind");
+            let url = format!("{scheme}://{}", l.local_addr().expect("addr"));
+            let held = tokio::spawn(async move {
+                let mut conns = Vec::new();
+                while let Ok((c, _)) = l.accept().await {
+                    conns.push(c);
+                }
+            });
+            let (mut s, _retirements) = stream();
+            s.ack_deadline = Duration::from_secs(1);
+            let (_tx, mut rx) = watch::channel(snap(0, &[]));
+            let mut backoff = BACKOFF_MIN;
+            let ended = tokio::time::timeout(
+                Duration::from_secs(5),
+                session(&url, tls, &mut s, &mut rx, &mut backoff),
+            )
+            .await
+            .expect("the session ends by itself");
+            held.abort();
+            let e = ended.expect_err("no stream is no success");
+            assert!(e.contains(why), "{scheme}: {e}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_report_the_collector_refused_is_dropped_not_replayed() {
+        let (mut s, _retirements) = stream();
+        let (tx, rx) = watch::channel(snap(0, &[]));
+        for seq in 1..=3 {
+            tx.send_replace(snap(seq, &[80]));
+            s.push_latest(&rx);
+        }
+        s.ack(&v1::ReportAck {
+            agent_run: 1,
+            acked_sequence: 1,
+            rejected: String::new(),
+        });
+        // 2 was skipped (the connection was behind); 3 was in flight.
+        s.refused(&tonic::Status::unavailable("the connection broke"), Some(3));
+        s.refused(&tonic::Status::internal("h2 protocol error"), Some(3));
+        assert_eq!(s.buffer.len(), 2, "a broken connection refused nothing");
+        s.refused(
+            &tonic::Status::resource_exhausted("field 7 appears more than"),
+            Some(3),
+        );
+        let left: Vec<u64> = s.buffer.iter().map(|r| r.sequence).collect();
+        assert_eq!(left, [2], "3, the one in flight, was refused");
+        assert_eq!(s.buffer.dropped, 0, "not dropped for room");
+    }
+
+    #[test]
+    fn refused_twice_leaves_the_buffer_alone() {
+        let (mut s, _retirements) = stream();
+        let (tx, rx) = watch::channel(snap(0, &[]));
+        tx.send_replace(snap(1, &[80]));
+        s.push_latest(&rx);
+        s.refused(
+            &tonic::Status::internal("failed to decode Protobuf message"),
+            None,
+        );
+        assert_eq!(s.buffer.len(), 1, "nothing in flight: nothing refused");
+        s.refused(
+            &tonic::Status::internal("failed to decode Protobuf message"),
+            Some(1),
+        );
+        assert_eq!(s.buffer.len(), 0);
+    }
+
     #[test]
     fn jitter_stays_within_half_to_one_and_a_half() {
         for _ in 0..100 {
@@ -475,6 +837,8 @@ mod tests {
                     ..Default::default()
                 }),
                 rates: Some(v1::Rates::default()),
+                direction: v1::Direction::Serves as i32,
+                protocol: v1::Protocol::Tcp as i32,
                 ..Default::default()
             }],
             ..Default::default()
@@ -483,5 +847,33 @@ mod tests {
         assert_eq!(r.agent_run, 5);
         assert!(r.endpoints[0].rates.is_none());
         assert_eq!(r.endpoints[0].totals.map(|t| t.conns_opened), Some(9));
+    }
+
+    #[test]
+    fn an_endpoint_of_no_known_protocol_or_direction_is_left_out() {
+        let mut s = snap(3, &[80, 81, 82]);
+        let endpoints = &mut Arc::make_mut(&mut s).endpoints;
+        endpoints[1].protocol = v1::Protocol::Unspecified as i32;
+        endpoints[2].direction = v1::Direction::Unspecified as i32;
+        let ports: Vec<u32> = from_snapshot(&s, 1, 3)
+            .endpoints
+            .iter()
+            .map(|e| e.port)
+            .collect();
+        assert_eq!(ports, [80]);
+        // Nor once retired and held frozen.
+        let (mut stream, retirements) = stream();
+        let mut broken = snap(2, &[81]).endpoints[0].clone();
+        broken.protocol = v1::Protocol::Unspecified as i32;
+        retirements
+            .send(Retirement {
+                snapshot: 2,
+                endpoints: vec![(broken, 2)],
+            })
+            .expect("the stream listens");
+        let (_tx, rx) = watch::channel(snap(2, &[80]));
+        let r = stream.push_latest(&rx).expect("a report");
+        let ports: Vec<u32> = r.endpoints.iter().map(|e| e.port).collect();
+        assert_eq!(ports, [80]);
     }
 }

@@ -49,7 +49,10 @@ impl Entry {
     /// Takes the kernel's totals `now` and the rates since the last ones.
     fn advance(&mut self, now: &EndpointCounters, secs: f64) {
         let prev = self.totals;
-        let rate = |n: u64, p: u64| n.saturating_sub(p) as f64 / secs;
+        let rate = |n: u64, p: u64| match secs > 0.0 {
+            true => n.saturating_sub(p) as f64 / secs,
+            false => 0.0,
+        };
         self.rates = Rates {
             conns_opened: rate(now.conns_opened, prev.conns_opened),
             conns_closed: rate(now.conns_closed, prev.conns_closed),
@@ -96,8 +99,9 @@ impl Table {
     /// Replaces totals with a fresh read of the kernel map and derives rates
     /// over `secs`. A counter that went backwards (the map was recreated
     /// under us) restarts its rate from zero rather than going negative.
+    /// `secs` 0 (the first read) gives no rates: the totals then are
+    /// everything counted since the epoch, not an interval's.
     pub fn update(&mut self, read: &[(EndpointKey, EndpointCounters)], secs: f64) {
-        let secs = if secs > 0.0 { secs } else { 1.0 };
         if !self.lines_up(read) {
             self.rebuild(read);
         }
@@ -202,6 +206,20 @@ mod tests {
         assert_eq!(e.totals.conns_opened, 30);
         assert_eq!(e.rates.conns_opened, 10.0);
         assert_eq!(e.rates.bytes_rx, 2000.0);
+    }
+
+    #[test]
+    fn the_first_read_gives_totals_and_no_rates() {
+        // An agent restarted over pinned maps reads totals from before it
+        // started: they are no interval's traffic.
+        let mut t = Table::default();
+        t.update(&[(key(80), counters(5000, 9_000_000))], 0.0);
+        let (_, e) = t.iter().next().expect("one entry");
+        assert_eq!(e.totals.conns_opened, 5000);
+        assert_eq!(e.rates, Rates::default());
+        t.update(&[(key(80), counters(5010, 9_000_100))], 1.0);
+        let (_, e) = t.iter().next().expect("one entry");
+        assert_eq!((e.rates.conns_opened, e.rates.bytes_rx), (10.0, 100.0));
     }
 
     #[test]

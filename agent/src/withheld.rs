@@ -77,6 +77,10 @@ pub struct Withheld {
     holds: BTreeMap<Id, Hold>,
     /// At most this many frozen at once.
     max_frozen: usize,
+    /// At most this many held at all: absent and listed holds end only
+    /// when the collector acknowledges, so a long outage on a node that
+    /// retires many different endpoints would grow them without end.
+    max_holds: usize,
 }
 
 impl Withheld {
@@ -87,6 +91,7 @@ impl Withheld {
         Self {
             holds: BTreeMap::new(),
             max_frozen,
+            max_holds: max_frozen.saturating_mul(4).max(1024),
         }
     }
 
@@ -153,6 +158,38 @@ impl Withheld {
             true
         });
         self.bound(this);
+        self.bound_all();
+    }
+
+    /// Keeps at most `max_holds` held: listed holds go first (the
+    /// endpoint is listed either way), then the absent ones the collector
+    /// waits longest for (listed again, counted from zero: the collector
+    /// may take that for a counter that went back and miss it until its
+    /// next report).
+    fn bound_all(&mut self) {
+        let Some(over) = (self.holds.len().checked_sub(self.max_holds)).filter(|&n| n > 0) else {
+            return;
+        };
+        let mut oldest: Vec<(bool, u64, Id)> = (self.holds.iter())
+            .filter_map(|(id, h)| match h {
+                Hold::Listed { from } => Some((false, *from, id.clone())),
+                Hold::Absent { from, .. } => Some((true, *from, id.clone())),
+                Hold::Frozen { .. } => None,
+            })
+            .collect();
+        oldest.sort_unstable();
+        let mut absent = 0;
+        for (was_absent, _, id) in oldest.into_iter().take(over) {
+            absent += usize::from(was_absent);
+            self.holds.remove(&id);
+        }
+        if absent > 0 {
+            warn!(
+                absent,
+                max = self.max_holds,
+                "too many retired endpoints wait for an unreachable collector: these are listed again before it saw them go"
+            );
+        }
     }
 
     /// Keeps at most `max_frozen` frozen: the ones the collector waits
@@ -219,12 +256,12 @@ impl Withheld {
 /// new traffic alike.
 fn added(mut a: v1::Endpoint, b: &v1::Endpoint) -> v1::Endpoint {
     let (mut t, u) = (a.totals.unwrap_or_default(), b.totals.unwrap_or_default());
-    t.conns_opened += u.conns_opened;
-    t.conns_closed += u.conns_closed;
-    t.bytes_rx += u.bytes_rx;
-    t.bytes_tx += u.bytes_tx;
-    t.packets_rx += u.packets_rx;
-    t.packets_tx += u.packets_tx;
+    t.conns_opened = t.conns_opened.saturating_add(u.conns_opened);
+    t.conns_closed = t.conns_closed.saturating_add(u.conns_closed);
+    t.bytes_rx = t.bytes_rx.saturating_add(u.bytes_rx);
+    t.bytes_tx = t.bytes_tx.saturating_add(u.bytes_tx);
+    t.packets_rx = t.packets_rx.saturating_add(u.packets_rx);
+    t.packets_tx = t.packets_tx.saturating_add(u.packets_tx);
     a.totals = Some(t);
     a
 }
@@ -264,6 +301,21 @@ mod tests {
             snapshot,
             endpoints: vec![(endpoint(port, opened), quiet_reads)],
         });
+    }
+
+    #[test]
+    fn holds_are_bounded_through_a_long_outage() {
+        // One frozen at most, so each retirement pushes an older one to
+        // absent; the collector never answers.
+        let mut w = Withheld::new(1);
+        for snapshot in 1..=3000u64 {
+            retire(&mut w, snapshot, snapshot as u32, 1, 0);
+            w.advance(0, snapshot);
+        }
+        assert_eq!(w.len(), 1024);
+        // The newest are the ones kept.
+        let kept = listed(&w, &[]);
+        assert_eq!(kept, [(3000, 1)], "the newest stays frozen");
     }
 
     /// Port 80 retired at snapshot 10 with 5 connections, its totals

@@ -224,6 +224,19 @@ async fn two_agents_under_one_node_name_are_told_apart() {
     again.seq = a.seq;
     let r = again.next(vec![serves("10.9.3.1", 80, "web", 30)], vec![]);
     again.send(r).await.expect("same run on a new stream");
+    // The agent restarted (a new run) once its stream has ended: taken at
+    // once, not refused as a second process until its reports age out.
+    let clock = again.clock;
+    drop((a, again));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut restarted = Agent::connect(&c, "same").await;
+    (restarted.run, restarted.clock) = (44, clock);
+    let r = restarted.next(vec![serves("10.9.3.1", 80, "web", 40)], vec![]);
+    let ack = restarted
+        .send(r)
+        .await
+        .expect("the restarted agent is taken");
+    assert_eq!((ack.agent_run, ack.rejected.as_str()), (44, ""));
     c.shutdown().await;
 }
 
@@ -262,5 +275,33 @@ async fn what_an_agent_could_not_count_reaches_the_collectors_metrics() {
             "/metrics has `{line}`:\n{body}"
         );
     }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_that_would_decode_to_far_more_than_it_weighs_is_refused_before_decoding() {
+    let c = start(&["--interval", "200ms"]).await;
+    let mut a = Agent::connect(&c, "b1").await;
+    let r = a.next(vec![serves("10.9.0.1", 80, "web", 10)], vec![]);
+    a.send(r).await.expect("ack");
+    // 300,000 empty endpoints: 600 kB on the wire, 55 MB decoded. Twenty
+    // times as many would fit in a message and take gigabytes.
+    let r = a.next(vec![v1::Endpoint::default(); 300_000], vec![]);
+    let e = a.send(r).await.expect_err("refused");
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("field 7 appears more than"), "{e:?}");
+    // The collector keeps what it had, and takes the agent's next stream.
+    let mut again = Agent::connect(&c, "b1").await;
+    (again.seq, again.clock) = (a.seq, a.clock);
+    let r = again.next(vec![serves("10.9.0.1", 80, "web", 30)], vec![]);
+    assert_eq!(again.send(r).await.expect("ack").rejected, "");
+    let mut q = query(&c).await;
+    let p = wait_pool(&mut q, "web", 3.0, |p| {
+        p.members
+            .first()
+            .is_some_and(|m| m.server_view.as_ref().is_some_and(|v| v.conns_total == 20))
+    })
+    .await;
+    assert_eq!(p.members.len(), 1);
     c.shutdown().await;
 }

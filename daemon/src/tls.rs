@@ -82,8 +82,16 @@ pub fn read_pem(flag: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
 }
 
 fn certs(flag: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = read_pem(flag, path)?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
+    parse_certs(flag, path, &read_pem(flag, path)?)
+}
+
+/// The certificates in `pem`, read from `path` given by `flag`.
+fn parse_certs(
+    flag: &'static str,
+    path: &Path,
+    pem: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| file_error(flag, path, format!("{e} (expected PEM certificates)")))?;
     if certs.is_empty() {
@@ -96,6 +104,45 @@ fn certs(flag: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>
     Ok(certs)
 }
 
+/// An identity as PEM files: `--tls-cert` (the chain) and `--tls-key`,
+/// read once so that what is checked is what is used.
+struct IdentityPem {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+}
+
+impl IdentityPem {
+    /// Reads both files.
+    fn read(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        Ok(Self {
+            cert: read_pem("--tls-cert", cert)?,
+            key: read_pem("--tls-key", key)?,
+        })
+    }
+
+    /// The chain and key, for rustls, checked to belong together (the key
+    /// to the chain's first certificate): a renewal caught between writing
+    /// the two files would otherwise be taken up as a pair that fails every
+    /// handshake.
+    fn parse(
+        &self,
+        cert: &Path,
+        key: &Path,
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+        let chain = parse_certs("--tls-cert", cert, &self.cert)?;
+        let der = PrivateKeyDer::from_pem_slice(&self.key).map_err(|e| {
+            file_error(
+                "--tls-key",
+                key,
+                format!("{e} (expected a PEM private key)"),
+            )
+        })?;
+        rustls::sign::CertifiedKey::from_der(chain.clone(), der.clone_key(), &provider())
+            .map_err(|e| TlsError::Setup(format!("--tls-cert and --tls-key do not match: {e}")))?;
+        Ok((chain, der))
+    }
+}
+
 /// The acceptor for `cert`/`key`, requiring client certificates signed by
 /// `client_ca` when given.
 pub fn acceptor(
@@ -103,14 +150,7 @@ pub fn acceptor(
     key: &Path,
     client_ca: Option<&Path>,
 ) -> Result<TlsAcceptor, TlsError> {
-    let chain = certs("--tls-cert", cert)?;
-    let key = PrivateKeyDer::from_pem_slice(&read_pem("--tls-key", key)?).map_err(|e| {
-        file_error(
-            "--tls-key",
-            key,
-            format!("{e} (expected a PEM private key)"),
-        )
-    })?;
+    let (chain, key) = IdentityPem::read(cert, key)?.parse(cert, key)?;
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Setup(e.to_string()))?;
@@ -215,7 +255,9 @@ impl ListenerFiles {
 }
 
 /// The client side: `ca` verifies the server's certificate; `cert_key` is
-/// this client's own identity for mutual TLS.
+/// this client's own identity for mutual TLS. The files are parsed here,
+/// and the key checked against its certificate, so that a file tonic
+/// would only refuse at the handshake is refused now, by name.
 pub fn client(
     ca: Option<&Path>,
     cert_key: Option<(&Path, &Path)>,
@@ -223,13 +265,17 @@ pub fn client(
     use tonic::transport::{Certificate, ClientTlsConfig, Identity};
     let mut cfg = ClientTlsConfig::new();
     if let Some(ca) = ca {
-        cfg = cfg.ca_certificate(Certificate::from_pem(read_pem("--tls-ca", ca)?));
+        let pem = read_pem("--tls-ca", ca)?;
+        let mut roots = RootCertStore::empty();
+        for c in parse_certs("--tls-ca", ca, &pem)? {
+            (roots.add(c)).map_err(|e| file_error("--tls-ca", ca, e.to_string()))?;
+        }
+        cfg = cfg.ca_certificate(Certificate::from_pem(pem));
     }
     if let Some((cert, key)) = cert_key {
-        cfg = cfg.identity(Identity::from_pem(
-            read_pem("--tls-cert", cert)?,
-            read_pem("--tls-key", key)?,
-        ));
+        let pem = IdentityPem::read(cert, key)?;
+        pem.parse(cert, key)?;
+        cfg = cfg.identity(Identity::from_pem(pem.cert, pem.key));
     }
     Ok(cfg)
 }
@@ -237,7 +283,7 @@ pub fn client(
 /// Accepted, authenticated connections from `listener`, each with the
 /// acceptor `acceptors` holds when it arrives. Each handshake runs on its
 /// own task so a slow peer holds up no one; a refused one is logged with
-/// its reason.
+/// its reason. Dropping the stream closes the listener.
 pub fn incoming(
     listener: TcpListener,
     acceptors: watch::Receiver<TlsAcceptor>,
@@ -245,7 +291,13 @@ pub fn incoming(
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         loop {
-            let (tcp, peer): (TcpStream, SocketAddr) = match listener.accept().await {
+            // Ends with the stream: the port is let go, and the watcher's
+            // thread ends with this task's receiver.
+            let accepted = tokio::select! {
+                () = tx.closed() => return,
+                accepted = listener.accept() => accepted,
+            };
+            let (tcp, peer): (TcpStream, SocketAddr) = match accepted {
                 Ok(c) => c,
                 Err(e) => {
                     warn!("accepting a gRPC connection: {e}");

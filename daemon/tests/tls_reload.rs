@@ -133,3 +133,75 @@ async fn renewed_files_are_taken_up_and_a_mismatched_key_keeps_the_certificate()
     assert_eq!(stats.reloads.load(Relaxed), 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The agent's side reads the same files at every connection: a key that
+/// does not match its certificate (a renewal caught between its two
+/// writes), or a CA file that holds no certificate, is refused by name
+/// rather than taken as the identity to present.
+#[test]
+fn a_client_identity_is_checked_before_it_is_used() {
+    let dir = std::env::temp_dir().join(format!("evenflow-tls-client-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (ca_path, cert_path, key_path) =
+        (dir.join("ca.crt"), dir.join("tls.crt"), dir.join("tls.key"));
+    let ca = ca();
+    put(&ca_path, &ca.pem());
+    let key1 = KeyPair::generate().expect("key");
+    let (pem1, _) = issue(&ca, &key1);
+    put(&cert_path, &pem1);
+    put(&key_path, &key1.serialize_pem());
+    tls::client(Some(&ca_path), Some((&cert_path, &key_path))).expect("a matching pair is used");
+
+    put(
+        &key_path,
+        &KeyPair::generate().expect("key").serialize_pem(),
+    );
+    let e = tls::client(Some(&ca_path), Some((&cert_path, &key_path)))
+        .expect_err("a key from another pair")
+        .to_string();
+    assert!(e.contains("--tls-cert and --tls-key do not match"), "{e}");
+
+    put(&key_path, &key1.serialize_pem());
+    put(
+        &ca_path,
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
+    );
+    let e = tls::client(Some(&ca_path), Some((&cert_path, &key_path)))
+        .expect_err("a CA file without a certificate")
+        .to_string();
+    assert!(e.starts_with("--tls-ca "), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A server shut down in-process (the agent's embedded collector, a test)
+/// lets its port go: the accept loop ends with the stream, not at the
+/// next connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_stream_lets_the_port_go() {
+    let dir = std::env::temp_dir().join(format!("evenflow-tls-drop-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (cert_path, key_path) = (dir.join("tls.crt"), dir.join("tls.key"));
+    let key = KeyPair::generate().expect("key");
+    put(&cert_path, &issue(&ca(), &key).0);
+    put(&key_path, &key.serialize_pem());
+    let files = ListenerFiles {
+        cert: cert_path,
+        key: key_path,
+        client_ca: None,
+    };
+    let acceptors = (files.watch(Arc::new(ReloadStats::default()))).expect("usable files");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(tls::incoming(listener, acceptors));
+    let start = Instant::now();
+    while let Err(e) = TcpListener::bind(addr).await {
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{addr} still held after the stream was dropped: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -24,4 +24,10 @@ pub fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
+/// Most endpoints one `AgentReport` may carry: a collector refuses a
+/// report with more, so an agent that reports keeps its endpoints (live
+/// and held) within it.
+pub const MAX_REPORT_ENDPOINTS: usize = 200_000;
+
+pub mod codec;
 pub mod names;

@@ -161,6 +161,13 @@ fn prometheus_scrapes_agents_and_collector() {
     );
     let fresh = query(&lb.ns, "evenflow_agent_fresh == 1").unwrap_or_default();
     assert_eq!(fresh.len(), 3, "three fresh agents: {fresh:?}");
+    // Not one report refused, the agents' first ones included.
+    let invalid = query(&lb.ns, "evenflow_collector_invalid_reports_total").unwrap_or_default();
+    assert!(
+        invalid.len() == 1 && value(&invalid[0]) == 0.0,
+        "reports refused: {invalid:?}\n{}",
+        lab.log("collector")
+    );
     let shares = query(
         &lb.ns,
         "evenflow_member_expected_share{pool=\"web\",view=\"server\"}",

@@ -658,9 +658,12 @@ impl PoolState {
             v.judged_weight = (v.weight != m.weight).then_some(v.weight);
             v.weight = m.weight;
         }
+        let changed = match self.reweights.len() {
+            1 => "1 member's weight changed".to_owned(),
+            n => format!("{n} members' weights changed"),
+        };
         let note = format!(
-            "{} members' weights changed: judged against the previous ones until the balancer's split follows the new ones (at most {} ticks)",
-            self.reweights.len(),
+            "{changed}: judged against the previous weights until the balancer's split follows the new ones (at most {} ticks)",
             s.join_grace_ticks
         );
         verdict.reason = match verdict.reason.is_empty() {

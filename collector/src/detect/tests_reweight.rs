@@ -80,10 +80,16 @@ fn a_weight_change_the_balancer_follows_late_pages_nothing() {
             );
             // Judged against the old weights until then, and the new ones
             // within a few ticks of the balancer following them.
-            let note = "judged against the previous ones";
+            let note = "judged against the previous weights";
             if lag > 1 {
                 let pending = &v[(CHANGE + lag - 1) as usize];
                 assert!(pending.reason.contains(note), "{}", pending.reason);
+                let changed = from.iter().zip(to).filter(|(a, b)| a != b).count();
+                let says = match changed {
+                    1 => "1 member's weight changed".to_owned(),
+                    n => format!("{n} members' weights changed"),
+                };
+                assert!(pending.reason.contains(&says), "{}", pending.reason);
                 assert_eq!(
                     pending.members[0].weight, to[0],
                     "the declared weight shows"
@@ -283,7 +289,7 @@ fn a_member_drained_in_the_edit_that_changes_its_weight_pends_nothing() {
         let (v, _) = d.evaluate(&inp);
         if t >= 42 {
             assert!(
-                !v.reason.contains("previous ones"),
+                !v.reason.contains("previous weights"),
                 "tick {t}: {}",
                 v.reason
             );

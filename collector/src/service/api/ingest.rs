@@ -9,8 +9,8 @@ use std::{pin::Pin, sync::Arc};
 use evenflow_proto::v1::{AgentReport, ReportAck, ingest_server::Ingest};
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, StreamExt as _, wrappers::ReceiverStream};
-use tonic::{Request, Response, Status, Streaming};
-use tracing::debug;
+use tonic::{Code, Request, Response, Status, Streaming};
+use tracing::{debug, warn};
 
 use crate::service::{
     ingest::{ReportStream, StreamEnd},
@@ -67,8 +67,18 @@ pub fn report(
         loop {
             let report = match inbound.next().await {
                 Some(Ok(report)) => report,
+                // A message that could not be decoded (too large, not
+                // protobuf) or a broken transport: said to the agent, which
+                // would otherwise replay it at every reconnect not knowing
+                // why; a refused message is logged for the operator too.
                 Some(Err(status)) => {
-                    debug!(?peer, "report stream ended: {}", status.message());
+                    match status.code() {
+                        Code::Cancelled | Code::Unknown | Code::Unavailable => {
+                            debug!(?peer, "report stream ended: {}", status.message())
+                        }
+                        _ => warn!(?peer, "refused a report: {}", status.message()),
+                    }
+                    let _ = tx.send(Err(status)).await;
                     return;
                 }
                 None => return,

@@ -483,8 +483,8 @@ fn reported_connections(out: &mut String, published: &Published) {
     }
 }
 
-/// Per member: its node's CPU and what it is (state, source, node, Pod,
-/// zone).
+/// Per member: its node's CPU, its weights and what it is (state,
+/// source, node, Pod, zone).
 fn member_info(out: &mut String, members: &[(String, &v1::Member)]) {
     help(
         out,
@@ -498,6 +498,28 @@ fn member_info(out: &mut String, members: &[(String, &v1::Member)]) {
             "evenflow_member_cpu_utilization{{{labels}}} {}",
             member.cpu_utilization
         );
+    }
+    help(
+        out,
+        "evenflow_member_weight",
+        "gauge",
+        "The member's declared weight.",
+    );
+    for (labels, member) in members {
+        let _ = writeln!(out, "evenflow_member_weight{{{labels}}} {}", member.weight);
+    }
+    help(
+        out,
+        "evenflow_member_judged_weight",
+        "gauge",
+        "The weight the member is judged against: its previous weight while the balancer has not yet followed a change, else its declared weight.",
+    );
+    for (labels, member) in members {
+        let judged = match member.judged_weight > 0.0 {
+            true => member.judged_weight,
+            false => member.weight,
+        };
+        let _ = writeln!(out, "evenflow_member_judged_weight{{{labels}}} {judged}");
     }
     help(
         out,

@@ -14,7 +14,10 @@ use std::{
 
 use evenflow_proto::v1::{self, AgentReport, Endpoint};
 
-use super::{registry::IngestCounters, validate::Parsed};
+use super::{
+    registry::IngestCounters,
+    validate::{MIN_INTERVAL_SECONDS, Parsed},
+};
 use crate::service::fxhash::FxHashMap;
 
 /// Numbers every agent layout (see [`AgentState::layout`]), across agents,
@@ -90,6 +93,9 @@ pub(super) struct EpState {
     pub(super) total: u64,
     /// Counters went backwards within the epoch since the last tick.
     pub(super) reset: bool,
+    /// The agent's reports no longer list it, but it holds counts no tick
+    /// has taken yet: the next tick takes them, then it goes.
+    pub(super) departing: bool,
 }
 
 impl EpState {
@@ -119,6 +125,7 @@ impl EpState {
             carry: [0.0; 3],
             total: pending.conns,
             reset: false,
+            departing: false,
         }
     }
 
@@ -313,7 +320,12 @@ impl AgentState {
     }
 
     /// The time a report of the current epoch covers, by the agent's clock
-    /// (its interval when the clock says nothing usable).
+    /// (its interval when the clock says nothing usable). The clock is the
+    /// node's wall clock, which the reports' timestamps let span reports
+    /// the agent never sent; but a step back (NTP) can leave two reports
+    /// microseconds apart, whose growth over that would read as millions a
+    /// second. So a span under half the interval the report states (its
+    /// own monotonic measure), or under the shortest interval, is not used.
     fn seconds_covered(&self, report: &AgentReport) -> f64 {
         let elapsed = match (self.last_taken_at, report.taken_at) {
             // In i128: any two agent timestamps, however far apart (the
@@ -325,7 +337,8 @@ impl AgentState {
             }
             _ => 0.0,
         };
-        if elapsed > 0.0 && elapsed <= 3600.0 {
+        let shortest = (report.interval_seconds / 2.0).max(MIN_INTERVAL_SECONDS);
+        if (shortest..=3600.0).contains(&elapsed) {
             elapsed
         } else if report.interval_seconds > 0.0 {
             report.interval_seconds
@@ -362,7 +375,7 @@ impl AgentState {
         let same = self.endpoints.len() == parsed.endpoints.len()
             && (self.endpoints.iter())
                 .zip(&parsed.endpoints)
-                .all(|(state, (key, _))| state.key == *key);
+                .all(|(state, (key, _))| state.key == *key && !state.departing);
         if same {
             let mut relabelled = false;
             for (state, &(_, index)) in self.endpoints.iter_mut().zip(&parsed.endpoints) {
@@ -380,7 +393,9 @@ impl AgentState {
     /// The endpoints in the report's order: known ones updated, new ones
     /// added (a new endpoint of a known epoch appeared since the previous
     /// report: its totals are new traffic), the ones it no longer lists
-    /// forgotten.
+    /// forgotten — after the next tick when they hold counts no tick has
+    /// taken yet (an agent drops an endpoint it retired once the collector
+    /// acknowledged its last totals, which can be before a tick).
     fn lay_out_endpoints(&mut self, report: &AgentReport, parsed: &Parsed, baseline_only: bool) {
         let mut known: FxHashMap<EpKey, EpState> = (self.endpoints.drain(..))
             .map(|state| (state.key, state))
@@ -388,15 +403,40 @@ impl AgentState {
         for &(key, index) in &parsed.endpoints {
             let endpoint = &report.endpoints[index];
             let state = match known.remove(&key) {
-                Some(mut state) => {
+                Some(mut state) if !state.departing => {
                     state.update(endpoint);
+                    state
+                }
+                // Back before its departure was ticked: new, as any
+                // endpoint that comes back, its untaken counts kept.
+                Some(gone) => {
+                    let mut state = EpState::new(key, endpoint, baseline_only);
+                    state.pending.add(gone.pending);
+                    state.total = state.total.saturating_add(gone.total);
                     state
                 }
                 None => EpState::new(key, endpoint, baseline_only),
             };
             self.endpoints.push(state);
         }
+        let mut departing: Vec<EpState> = (known.into_values())
+            .filter(|state| state.pending != Delta::default())
+            .collect();
+        departing.sort_unstable_by_key(|s| (s.key.addr, s.key.port, s.key.dir, s.key.proto));
+        for mut state in departing {
+            state.departing = true;
+            self.endpoints.push(state);
+        }
         self.relayout();
+    }
+
+    /// Forgets the departing endpoints, once a tick has taken their counts.
+    pub(super) fn drop_departed(&mut self) {
+        let before = self.endpoints.len();
+        self.endpoints.retain(|state| !state.departing);
+        if self.endpoints.len() != before {
+            self.relayout();
+        }
     }
 
     /// The report's listeners and node addresses, replaced only when they
@@ -460,6 +500,14 @@ impl AgentState {
     /// Records which stream delivers this agent's reports.
     pub fn set_stream(&mut self, stream: u64) {
         self.stream = stream;
+    }
+
+    /// Stream `stream` has ended: if it delivered this agent's reports,
+    /// no live stream does now.
+    pub fn release_stream(&mut self, stream: u64) {
+        if self.stream == stream {
+            self.stream = 0;
+        }
     }
 
     /// The last processed sequence of the current run.

@@ -107,8 +107,12 @@ impl ReportStream {
             warn!(?peer, node = %report.node_name, "rejected report: {e}");
             return Err(StreamEnd::NameTaken(e));
         }
-        state.set_stream(self.id);
         let applied = state.apply(report, &self.parsed, &registry.counters);
+        // The stream that delivers new reports owns the name; an old one
+        // of the same run replaying does not take it back.
+        if applied != Applied::Replay {
+            state.set_stream(self.id);
+        }
         if let Applied::New { reset: true } = applied {
             info!(node = %report.node_name, epoch = report.agent_epoch, "agent counters reset (new epoch)");
         }
@@ -140,6 +144,20 @@ impl ReportStream {
                 self.current = Some((report.node_name.clone(), state.clone()));
                 state
             }
+        }
+    }
+}
+
+impl Drop for ReportStream {
+    /// A stream that ends lets its agent's name go: the same agent
+    /// restarted (a new run) is taken at once, not refused as a second
+    /// process until the old one's reports age out.
+    fn drop(&mut self) {
+        if let Some((_, state)) = &self.current {
+            state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .release_stream(self.id);
         }
     }
 }

@@ -36,6 +36,7 @@ impl AgentState {
                 None => out.endpoints.push(endpoint),
             }
         }
+        self.drop_departed();
         if out.listeners != self.listeners {
             out.listeners.clone_from(&self.listeners);
         }

@@ -93,14 +93,11 @@ impl Registry {
         for s in &self.shards {
             let mut w = s.write().unwrap_or_else(|e| e.into_inner());
             w.retain(|k, st| {
-                let keep = match st.lock() {
-                    Ok(mut st) => {
-                        let keep = st.age(now) <= secs;
-                        st.forgotten |= !keep;
-                        keep
-                    }
-                    Err(_) => true,
-                };
+                // A lock poisoned by a panic elsewhere (which the tick
+                // survives) still holds a usable state: aged like any other.
+                let mut st = st.lock().unwrap_or_else(|e| e.into_inner());
+                let keep = st.age(now) <= secs;
+                st.forgotten |= !keep;
                 if !keep {
                     gone.push(k.clone());
                 }

@@ -192,20 +192,14 @@ fn a_retired_endpoint_that_comes_back_counts_from_zero() {
     let c = IngestCounters::default();
     let mut s = AgentState::new("n1".into());
     let mut t = AgentTick::default();
-    let with = |seq: u64, endpoints: Vec<v1::Endpoint>| AgentReport {
-        endpoints,
-        ..report(1, seq, 0)
-    };
-    let a = |opened| ep("10.0.0.1", 80, v1::Direction::Serves, opened);
-    let b = |opened| ep("10.0.0.2", 9000, v1::Direction::SendsTo, opened);
-    apply(&mut s, &with(1, vec![a(10), b(5)]), &c);
-    apply(&mut s, &with(2, vec![a(12), b(5)]), &c);
+    apply(&mut s, &a_and_b(1, 10, Some(5)), &c);
+    apply(&mut s, &a_and_b(2, 12, Some(5)), &c);
     // Retired: the report leaves it out.
-    apply(&mut s, &with(3, vec![a(13)]), &c);
+    apply(&mut s, &a_and_b(3, 13, None), &c);
     s.take_tick(Instant::now(), 1.0, &mut t);
     assert_eq!(t.endpoints.len(), 1, "the retired endpoint is forgotten");
     // Back, its counters started again from zero in the kernel.
-    apply(&mut s, &with(4, vec![a(14), b(3)]), &c);
+    apply(&mut s, &a_and_b(4, 14, Some(3)), &c);
     s.take_tick(Instant::now(), 1.0, &mut t);
     let back = t
         .endpoints
@@ -389,4 +383,179 @@ fn taken_at_far_apart_does_not_overflow() {
         next(2, 130, second);
         assert_eq!(t.endpoints[0].delta.conns, 30);
     }
+}
+
+/// Two reports whose timestamps are 1 ns apart (the node's clock stepped
+/// back by about an interval): the growth between them is measured over
+/// the interval the report states, not over a nanosecond.
+#[test]
+fn reports_a_clock_step_apart_are_measured_over_their_interval() {
+    let c = IngestCounters::default();
+    let mut s = AgentState::new("n1".into());
+    let mut t = AgentTick::default();
+    let at = |seq, opened, nanos| AgentReport {
+        taken_at: Some(prost_types::Timestamp {
+            seconds: 1_700_000_000,
+            nanos,
+        }),
+        ..report(1, seq, opened)
+    };
+    apply(&mut s, &at(1, 100, 0), &c);
+    s.take_tick(Instant::now(), 1.0, &mut t);
+    apply(&mut s, &at(2, 101, 1), &c);
+    s.take_tick(Instant::now(), 1.0, &mut t);
+    assert_eq!(t.endpoints[0].rate[0], 1.0);
+    assert_eq!(t.endpoints[0].delta.conns, 1);
+    // A report that says no interval: a second.
+    let mut r = at(3, 103, 2);
+    r.interval_seconds = 0.0;
+    apply(&mut s, &r, &c);
+    s.take_tick(Instant::now(), 1.0, &mut t);
+    assert_eq!(t.endpoints[0].rate[0], 2.0);
+}
+
+/// Labels name pools in metrics, webhooks and the API, and the agent's
+/// version is kept per agent: each is bounded, by name.
+#[test]
+fn long_labels_and_versions_are_refused() {
+    let mut parsed = Parsed::default();
+    let long = "x".repeat(super::validate::MAX_LABEL_BYTES + 1);
+    let mut r = report(1, 1, 1);
+    r.listeners = vec![v1::Listener {
+        address: "10.0.0.1".into(),
+        port: 80,
+        protocol: v1::Protocol::Tcp as i32,
+        service: long.clone(),
+    }];
+    let refused = validate(&r, &mut parsed).unwrap_err();
+    assert!(
+        refused
+            .0
+            .contains("listener 10.0.0.1:80 has a service label longer than 256"),
+        "{refused}"
+    );
+    r.listeners[0].service = "web".into();
+    validate(&r, &mut parsed).unwrap();
+    r.agent_version = long;
+    let refused = validate(&r, &mut parsed).unwrap_err();
+    assert!(
+        refused.0.contains("agent_version longer than 256"),
+        "{refused}"
+    );
+}
+
+/// Report `seq` of an agent with a server endpoint `a` and a client one
+/// `b`, each at its count (`None`: not listed).
+fn a_and_b(seq: u64, a: u64, b: Option<u64>) -> AgentReport {
+    let mut endpoints = vec![ep("10.0.0.1", 80, v1::Direction::Serves, a)];
+    endpoints.extend(b.map(|b| ep("10.0.0.2", 9000, v1::Direction::SendsTo, b)));
+    AgentReport {
+        endpoints,
+        ..report(1, seq, 0)
+    }
+}
+
+/// `b`'s totals in a tick, once per time it is listed.
+fn b_totals(t: &AgentTick) -> Vec<u64> {
+    (t.endpoints.iter())
+        .filter(|e| e.key.port == 9000)
+        .map(|e| e.total)
+        .collect()
+}
+
+/// An endpoint the agent stops listing (it retired it once the collector
+/// acknowledged its last totals) before a tick took its growth: that
+/// growth still reaches the next tick, then the endpoint goes.
+#[test]
+fn growth_of_an_endpoint_that_leaves_before_a_tick_reaches_the_tick() {
+    let c = IngestCounters::default();
+    let mut s = AgentState::new("n1".into());
+    let mut t = AgentTick::default();
+    apply(&mut s, &a_and_b(1, 10, Some(5)), &c);
+    s.take_tick(Instant::now(), 1.0, &mut t);
+    apply(&mut s, &a_and_b(2, 12, Some(25)), &c);
+    apply(&mut s, &a_and_b(3, 13, None), &c);
+    s.take_tick(Instant::now(), 1.0, &mut t);
+    assert_eq!(b_totals(&t), [20], "{:#?}", t.endpoints);
+    // Its counts taken, it is gone.
+    let layout = t.layout;
+    s.take_tick(Instant::now(), 1.0, &mut t);
+    assert_eq!(t.endpoints.len(), 1);
+    assert_ne!(t.layout, layout, "the pools are built again without it");
+    // One that leaves with nothing untaken goes at once.
+    apply(&mut s, &a_and_b(4, 14, Some(1)), &c);
+    s.take_tick(Instant::now(), 1.0, &mut t);
+    apply(&mut s, &a_and_b(5, 15, Some(1)), &c);
+    s.take_tick(Instant::now(), 1.0, &mut t);
+    apply(&mut s, &a_and_b(6, 16, None), &c);
+    assert_eq!(s.endpoints.len(), 1);
+}
+
+/// An endpoint that leaves and comes back (counted again from zero)
+/// before a tick: one endpoint, its untaken counts and its new ones, and
+/// it stays.
+#[test]
+fn an_endpoint_back_before_the_tick_that_saw_it_leave_stays_with_its_counts() {
+    let c = IngestCounters::default();
+    let mut s = AgentState::new("n1".into());
+    let mut t = AgentTick::default();
+    apply(&mut s, &a_and_b(1, 10, Some(5)), &c);
+    s.take_tick(Instant::now(), 1.0, &mut t);
+    apply(&mut s, &a_and_b(2, 12, Some(25)), &c);
+    apply(&mut s, &a_and_b(3, 13, None), &c);
+    apply(&mut s, &a_and_b(4, 14, Some(3)), &c);
+    s.take_tick(Instant::now(), 1.0, &mut t);
+    assert_eq!(b_totals(&t), [23], "{:#?}", t.endpoints);
+    apply(&mut s, &a_and_b(5, 15, Some(4)), &c);
+    s.take_tick(Instant::now(), 1.0, &mut t);
+    assert_eq!(b_totals(&t), [24], "{:#?}", t.endpoints);
+    assert!(!t.endpoints.iter().any(|e| e.reset));
+}
+
+/// A state whose lock a panic poisoned (the tick catches its panics) is
+/// still aged out like any other, not kept for ever.
+#[test]
+fn an_agent_whose_lock_was_poisoned_is_still_forgotten() {
+    let registry = Registry::default();
+    let mut stream = ReportStream::new(None);
+    stream.ingest(&registry, &report(1, 1, 100)).unwrap();
+    let state = registry.get_or_insert("n1");
+    let poisoned = std::thread::spawn(move || {
+        let _held = state.lock().unwrap();
+        panic!("a panic while the state is locked");
+    });
+    assert!(poisoned.join().is_err());
+    let later = Instant::now() + Duration::from_secs(60);
+    assert_eq!(registry.forget_older_than(later, 30.0).len(), 1);
+    assert!(registry.all().is_empty());
+}
+
+/// A second stream of the same agent run takes its reports over; the old
+/// one, replaying what was processed, does not take the name back, so its
+/// end does not free the name while the new stream lives: another process
+/// under that name is still refused.
+#[test]
+fn an_old_stream_replaying_does_not_take_the_name_back() {
+    let registry = Registry::default();
+    let mut old = ReportStream::new(None);
+    old.ingest(&registry, &report(1, 1, 100)).unwrap();
+    let mut new = ReportStream::new(None);
+    new.ingest(&registry, &report(1, 2, 110)).unwrap();
+    let ack = old.ingest(&registry, &report(1, 1, 100)).unwrap();
+    assert_eq!(ack.acked_sequence, 2, "a replay");
+    drop(old);
+    let mut other = ReportStream::new(None);
+    let second = AgentReport {
+        agent_run: 8,
+        ..report(1, 1, 5)
+    };
+    assert!(matches!(
+        other.ingest(&registry, &second),
+        Err(super::StreamEnd::NameTaken(_))
+    ));
+    // Once the live stream ends, a restarted agent is taken.
+    drop(new);
+    other
+        .ingest(&registry, &second)
+        .expect("taken once the name is free");
 }

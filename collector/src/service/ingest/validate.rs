@@ -9,9 +9,12 @@ use evenflow_proto::v1::{self, AgentReport};
 use super::agent::{Dir, EpKey};
 
 /// Upper bound on endpoints in one report.
-pub const MAX_ENDPOINTS: usize = 200_000;
+pub const MAX_ENDPOINTS: usize = evenflow_proto::MAX_REPORT_ENDPOINTS;
 /// Upper bound on listeners in one report.
 pub const MAX_LISTENERS: usize = 100_000;
+/// Longest service label (an endpoint's or a listener's, which names
+/// pools in metrics, webhooks and the API) and agent version, in bytes.
+pub const MAX_LABEL_BYTES: usize = 256;
 /// The shortest reporting interval a report may state, seconds (the agent
 /// allows 100ms).
 pub const MIN_INTERVAL_SECONDS: f64 = 0.01;
@@ -195,6 +198,11 @@ fn validate_limits(report: &AgentReport) -> Result<(), InvalidReport> {
             report.endpoints.len()
         ));
     }
+    if report.agent_version.len() > MAX_LABEL_BYTES {
+        return bad(format!(
+            "report from {node} has an agent_version longer than {MAX_LABEL_BYTES} bytes"
+        ));
+    }
     if report.listeners.len() > MAX_LISTENERS {
         return bad(format!(
             "report from {node} has {} listeners, more than the limit of {MAX_LISTENERS}",
@@ -264,9 +272,9 @@ fn check_counts(node: &str, key: EpKey, endpoint: &v1::Endpoint) -> Result<(), I
             endpoint.port, totals.conns_closed, totals.conns_opened
         ));
     }
-    if endpoint.service.len() > 256 {
+    if endpoint.service.len() > MAX_LABEL_BYTES {
         return bad(format!(
-            "report from {node}: endpoint {addr}:{} has a service label longer than 256 bytes",
+            "report from {node}: endpoint {addr}:{} has a service label longer than {MAX_LABEL_BYTES} bytes",
             endpoint.port
         ));
     }
@@ -307,6 +315,12 @@ fn parse_listener(
     if listener.port == 0 || listener.port > 65535 {
         return Err(InvalidReport(format!(
             "report from {node}: listener {addr} has port {}, outside 1..=65535",
+            listener.port
+        )));
+    }
+    if listener.service.len() > MAX_LABEL_BYTES {
+        return Err(InvalidReport(format!(
+            "report from {node}: listener {addr}:{} has a service label longer than {MAX_LABEL_BYTES} bytes",
             listener.port
         )));
     }
