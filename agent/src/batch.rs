@@ -24,6 +24,19 @@ struct BatchAttr {
     flags: u64,
 }
 
+/// Whether a batch read's error says the kernel refuses batch lookups on
+/// this map for good (no support, or not allowed), rather than failing
+/// this once (memory, a bucket larger than a chunk): only then is batching
+/// given up for the agent's life.
+pub fn refused(e: &std::io::Error) -> bool {
+    /// The kernel's internal `ENOTSUPP`, which `bpf(2)` can leak.
+    const ENOTSUPP: i32 = 524;
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | libc::EOPNOTSUPP | libc::EPERM | libc::ENOSYS | ENOTSUPP)
+    )
+}
+
 /// Reusable buffers for batch reads.
 pub struct Reader {
     ncpus: usize,
@@ -100,6 +113,28 @@ impl Reader {
             if done {
                 return Ok(());
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refused;
+
+    #[test]
+    fn only_a_kernel_that_refuses_batches_ends_batching() {
+        let e = std::io::Error::from_raw_os_error;
+        for errno in [
+            libc::EINVAL,
+            libc::EOPNOTSUPP,
+            libc::EPERM,
+            libc::ENOSYS,
+            524,
+        ] {
+            assert!(refused(&e(errno)), "errno {errno}");
+        }
+        for errno in [libc::ENOMEM, libc::ENOSPC, libc::EFAULT, libc::EAGAIN] {
+            assert!(!refused(&e(errno)), "errno {errno}");
         }
     }
 }

@@ -677,10 +677,16 @@ impl Datapath {
         let batched = match batch.as_mut() {
             Some((map, reader)) => match reader.read(map.fd().as_fd(), out) {
                 Ok(()) => true,
-                Err(e) => {
+                Err(e) if crate::batch::refused(&e) => {
                     tracing::info!("batch map lookups unavailable ({e}); reading entry by entry");
                     out.clear();
                     *batch = None;
+                    false
+                }
+                // Failed this once: this reading goes entry by entry.
+                Err(e) => {
+                    warn!("a batch map lookup failed ({e}); reading entry by entry this once");
+                    out.clear();
                     false
                 }
             },

@@ -1,14 +1,16 @@
 //! evenflow-agent: counts connections and bytes per backend endpoint in the
 //! kernel and serves them over gRPC (`evenflow.v1.Node`) and Prometheus.
 //!
-//! The loop is deliberately simple: every `--interval`, read the pinned maps,
-//! update cumulative totals and rates, list listeners, sample CPU, and publish
-//! one immutable snapshot that every reader (gRPC, /metrics, --print) renders.
+//! The counting loop ([`counting`]) is deliberately simple: every
+//! `--interval`, read the pinned maps, update cumulative totals and rates,
+//! list listeners, sample CPU, and publish one immutable snapshot that
+//! every reader (gRPC, /metrics, --print) renders.
 
 mod adopt;
 mod batch;
 mod btf;
 mod cli;
+mod counting;
 mod cpu;
 mod ct_adopt;
 mod ct_lookup;
@@ -33,14 +35,10 @@ mod table;
 mod walk;
 mod withheld;
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant, SystemTime},
-};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result};
 use clap::Parser as _;
-use evenflow_daemon::clock;
 use evenflow_proto::v1;
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -181,7 +179,7 @@ async fn run(args: cli::Args) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let result = tokio::select! {
-        r = counting_loop(&args, &node_name, &mut dp, &snap_tx, retirements) => r,
+        r = counting::run(&args, &node_name, &mut dp, &snap_tx, retirements) => r,
         _ = sigint.recv() => { info!("SIGINT: stopping"); Ok(()) }
         _ = sigterm.recv() => { info!("SIGTERM: stopping"); Ok(()) }
         r = flatten(grpc) => r,
@@ -224,136 +222,6 @@ async fn flatten(h: tokio::task::JoinHandle<Result<()>>) -> Result<()> {
         Ok(r) => r,
         Err(e) => Err(anyhow::anyhow!("server task failed: {e}")),
     }
-}
-
-async fn counting_loop(
-    args: &cli::Args,
-    node_name: &str,
-    dp: &mut datapath::Datapath,
-    snap_tx: &watch::Sender<Arc<v1::Snapshot>>,
-    retirements: Option<tokio::sync::mpsc::UnboundedSender<withheld::Retirement>>,
-) -> Result<()> {
-    let mut table = table::Table::default();
-    let mut read = Vec::new();
-    let mut cpu_prev = cpu::Sample::read()?;
-    let mut last = Instant::now();
-    let cgroup = dp.cgroup().display().to_string();
-    let mut sequence = 0u64;
-    let mut prev_stats = None;
-    let mut full_marks = datapath::FullMarks::default();
-    loop {
-        // The first report at once, the others on the wall-clock grid the
-        // whole fleet keeps (`evenflow_daemon::clock`): every agent's
-        // report then covers the same stretch of time as its peers'.
-        if sequence > 0 {
-            let wait = clock::until_next(SystemTime::now(), args.interval, Duration::ZERO);
-            tokio::time::sleep(wait).await;
-        }
-        let now = Instant::now();
-        // The first read covers no interval: its totals are where counting
-        // stands (pinned maps keep counting across restarts), not a rate,
-        // and its report says no interval (0) rather than microseconds.
-        let secs = match sequence {
-            0 => 0.0,
-            _ => now.duration_since(last).as_secs_f64(),
-        };
-        last = now;
-        // Without --iface the agent follows the node's interfaces as they
-        // come and go (pods' veths); with or without, whether it forwards.
-        let all = host::interfaces()?;
-        let wanted = if args.ifaces.is_empty() {
-            host::up_ethernet(&all)
-        } else {
-            args.ifaces.clone()
-        };
-        let indexes = all.into_iter().map(|i| (i.name, i.index)).collect();
-        let forwards = host::forwards();
-        tokio::task::block_in_place(|| dp.follow(&wanted, &indexes, forwards))?;
-        // Map reads are syscalls: keep them off the async workers' backs.
-        let mut stats = tokio::task::block_in_place(|| dp.read(&mut read))?;
-        if let Some(prev) = &prev_stats {
-            datapath::warn_new_losses(prev, &stats, dp.capacity(), &mut full_marks);
-        }
-        table.update(&read, secs);
-        // A netlink dump, and /proc where the kernel gives none: blocking.
-        let listeners = tokio::task::block_in_place(listeners::read).unwrap_or_else(|e| {
-            warn!("listing listeners: {e:#}");
-            Vec::new()
-        });
-        let retired = retire_idle(dp, &mut table, &listeners, &mut stats, args)?;
-        if let Some(tx) = retirements.as_ref().filter(|_| !retired.is_empty()) {
-            let endpoints = retired
-                .iter()
-                .map(|(key, e)| (snapshot::endpoint(&args.services, key, e), e.quiet_reads))
-                .collect();
-            // The reporter gone means the agent is stopping.
-            let _ = tx.send(withheld::Retirement {
-                snapshot: sequence + 1,
-                endpoints,
-            });
-        }
-        prev_stats = Some(stats);
-        let addresses = host::addresses().unwrap_or_else(|e| {
-            warn!("listing the node's addresses: {e:#}");
-            Vec::new()
-        });
-        let cpu_now = cpu::Sample::read()?;
-        sequence += 1;
-        let snap = snapshot::build(&snapshot::Inputs {
-            node_name,
-            epoch: dp.epoch(),
-            sequence,
-            interval_secs: secs,
-            table: &table,
-            listeners: &listeners,
-            services: &args.services,
-            cpu_utilization: cpu_now.utilization_since(&cpu_prev),
-            cores: cpu_now.cores(),
-            stats: &stats,
-            capacity: dp.capacity(),
-            interfaces: dp.interfaces(),
-            cgroup: &cgroup,
-            addresses: &addresses,
-        });
-        cpu_prev = cpu_now;
-        if args.print {
-            print!("{}", print::table(&snap));
-        }
-        snap_tx.send_replace(Arc::new(snap));
-    }
-}
-
-/// Retires idle endpoints from a filling endpoint map (see [`retire`]) and
-/// takes them out of the table, returning their entries (for the reports
-/// to hold: see [`withheld`]).
-fn retire_idle(
-    dp: &mut datapath::Datapath,
-    table: &mut table::Table,
-    listeners: &[listeners::Listener],
-    stats: &mut datapath::Stats,
-    args: &cli::Args,
-) -> Result<Vec<(agent_common::EndpointKey, table::Entry)>> {
-    let policy = retire::Policy::new(
-        args.retire_idle_after,
-        args.interval,
-        dp.capacity().endpoints,
-    );
-    let idle = policy.candidates(table, listeners, &args.services, stats.live_endpoints);
-    if idle.is_empty() {
-        return Ok(Vec::new());
-    }
-    let done = tokio::task::block_in_place(|| dp.retire(&idle))?;
-    if done.removed > 0 {
-        info!(
-            retired = done.removed,
-            live = stats.live_endpoints,
-            capacity = policy.capacity,
-            "the endpoint map is filling up: retired endpoints idle for {} with no connection open",
-            humantime::format_duration(args.retire_idle_after)
-        );
-    }
-    stats.note_retired(&done);
-    Ok(table.take(&done.gone))
 }
 
 /// Drains the aya-log ring buffer whenever it becomes readable.

@@ -607,6 +607,39 @@ mod tests {
         assert_eq!(ports(s.push_latest(&rx)), vec![80, 81], "released");
     }
 
+    /// An acknowledgement past the last report sent (a collector that
+    /// counts wrong) releases only what was sent: an endpoint retired
+    /// after it stays frozen until a report carrying its last totals is
+    /// acknowledged.
+    #[test]
+    fn an_acknowledgement_of_reports_never_sent_releases_nothing_more() {
+        let (mut s, retirements) = stream();
+        let (tx, rx) = watch::channel(snap(1, &[80, 81]));
+        assert!(s.push_latest(&rx).is_some());
+        tx.send_replace(snap(2, &[80, 81]));
+        assert!(s.push_latest(&rx).is_some());
+        s.ack(&v1::ReportAck {
+            agent_run: 1,
+            acked_sequence: 1_000,
+            rejected: String::new(),
+        });
+        assert_eq!(s.acked, 2, "clamped to the last report sent");
+        assert_eq!(s.buffer.len(), 0);
+        // Port 80 counted in the read that retired it (0 quiet reads): the
+        // collector does not have those totals.
+        let retired = snap(3, &[80]).endpoints[0].clone();
+        retirements
+            .send(Retirement {
+                snapshot: 3,
+                endpoints: vec![(retired, 0)],
+            })
+            .expect("the stream listens");
+        tx.send_replace(snap(3, &[81]));
+        let r = s.push_latest(&rx).expect("snapshot 3 goes");
+        let ports: Vec<u32> = r.endpoints.iter().map(|e| e.port).collect();
+        assert_eq!(ports, vec![81, 80], "80 frozen with its last totals");
+    }
+
     type Acks = std::pin::Pin<
         Box<dyn tokio_stream::Stream<Item = Result<v1::ReportAck, tonic::Status>> + Send>,
     >;

@@ -71,6 +71,19 @@ pub fn start_in(lab: &mut Lab, node: &Node, extra: &[&str], memcg: &MemCg) -> Re
     launch_via(lab, node, extra, &join)
 }
 
+/// [`start`], with the agent in a mount namespace of its own (private
+/// propagation): a file mounted over one it reads (`/proc/stat`) is then
+/// seen by the agent alone.
+pub fn start_in_own_mounts(lab: &mut Lab, node: &Node, extra: &[&str]) -> Result<()> {
+    remove_pins(node)?;
+    launch_via(
+        lab,
+        node,
+        extra,
+        &["unshare", "--mount", "--propagation", "private"],
+    )
+}
+
 fn remove_pins(node: &Node) -> Result<()> {
     let pins = node.pin_dir();
     if pins.exists() {

@@ -339,6 +339,13 @@ impl Lab {
         Ok(())
     }
 
+    /// The process id of the first process whose name starts with
+    /// `prefix`.
+    pub fn pid(&self, prefix: &str) -> Option<u32> {
+        let p = self.procs.iter().find(|p| p.name.starts_with(prefix))?;
+        Some(p.child.id())
+    }
+
     /// Stops the processes whose names start with `prefix`.
     pub fn stop(&mut self, prefix: &str) {
         self.procs.retain(|p| !p.name.starts_with(prefix));

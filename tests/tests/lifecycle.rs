@@ -97,6 +97,80 @@ fn agents_killed_under_load_lose_nothing() {
     }
 }
 
+/// Mounts `file` over `/proc/stat` in the mount namespace of process
+/// `pid` alone: the agent's CPU sample, the last step of each reading,
+/// then fails as a malformed or unreadable file would.
+fn cover_proc_stat(pid: u32, file: &std::path::Path) {
+    let (pid, file) = (pid.to_string(), file.display().to_string());
+    netns::sh(
+        "nsenter",
+        &["-t", &pid, "-m", "mount", "--bind", &file, "/proc/stat"],
+    )
+    .expect("a file mounted over the agent's /proc/stat");
+}
+
+fn uncover_proc_stat(pid: u32) {
+    let pid = pid.to_string();
+    netns::sh("nsenter", &["-t", &pid, "-m", "umount", "/proc/stat"])
+        .expect("the agent's /proc/stat uncovered");
+}
+
+/// The sequence number of the agent's latest snapshot on `node`.
+fn sequence(node: &lab::Node) -> u64 {
+    grpcurl::number(&grpcurl::snapshot(&node.ns).expect("a snapshot")["sequence"])
+}
+
+/// Readings that fail skip their snapshots and nothing else: the agent
+/// stays, the next snapshot after they pass carries every connection made
+/// meanwhile, and only ten failed in a row end it, naming the fault.
+#[test]
+fn failed_readings_skip_snapshots_and_lose_nothing() {
+    evenflow_tests::require_root();
+    let mut lab = Lab::new("fail", 1).expect("the lab builds");
+    let b = lab.backends[0].clone();
+    let log = nginx::start(&mut lab, &b).expect("nginx starts");
+    agent::start_in_own_mounts(&mut lab, &b, &FLAGS).expect("the agent starts");
+    let pid = lab.pid("agent-").expect("the agent's pid");
+    let broken = lab.dir.join("stat");
+    std::fs::write(&broken, "not a stat file\n").expect("the broken file");
+    let target = std::net::SocketAddr::new(b.addr4, BACKEND_PORT);
+    let addr = b.addr4.to_string();
+
+    // A few intervals (500 ms each) of failed readings, under load: fewer
+    // than ten.
+    cover_proc_stat(pid, &broken);
+    std::thread::sleep(Duration::from_millis(600));
+    let frozen = sequence(&b);
+    let l = client::http_load(&lab.client.ns, target, 30, 2).expect("the load runs");
+    assert_eq!(l.connections, 30);
+    std::thread::sleep(Duration::from_millis(600));
+    lab.check_alive()
+        .expect("the agent outlives readings that fail");
+    assert_eq!(sequence(&b), frozen, "no snapshot while readings fail");
+    uncover_proc_stat(pid);
+    let served = nginx::read_log(&log).expect("the access log");
+    let (_, t) = settled(&b.ns, &addr, BACKEND_PORT, SERVES, 30);
+    assert_served("SERVES after failed readings", t, &served, View::Server);
+    let out = lab.log(&format!("agent-{}", b.role));
+    assert!(
+        out.contains("reading the counters failed") && out.contains("reading the counters again"),
+        "the agent says what failed and when it passes again:\n{out}"
+    );
+
+    // Failures that stay end the agent, naming what failed.
+    cover_proc_stat(pid, &broken);
+    let ended = evenflow_tests::wait_for(Duration::from_secs(15), || lab.check_alive().err());
+    let ended = format!(
+        "{:#}",
+        ended.expect("the agent ends once readings keep failing")
+    );
+    assert!(
+        ended.contains("10 readings of the counters failed in a row")
+            && ended.contains("/proc/stat"),
+        "{ended}"
+    );
+}
+
 /// Program ids behind a node's pinned links (bpftool reads the pins).
 fn pinned_program_ids(pin_dir: &std::path::Path) -> Vec<u64> {
     let mut ids = Vec::new();
