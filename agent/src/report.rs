@@ -287,6 +287,12 @@ impl Stream {
     /// refusal. The next report carries its totals.
     fn refused(&mut self, status: &tonic::Status, in_flight: Option<u64>) {
         use tonic::Code;
+        // A failure of the HTTP/2 connection tonic turned into a status
+        // refuses nothing: a GOAWAY with ENHANCE_YOUR_CALM (a proxy that
+        // finds the keepalive pings too many) reads as ResourceExhausted.
+        if status.message().starts_with("h2 protocol error") {
+            return;
+        }
         let message_refused = match status.code() {
             Code::ResourceExhausted | Code::OutOfRange | Code::InvalidArgument => true,
             // Also what a connection reset looks like.
@@ -820,6 +826,12 @@ mod tests {
         // 2 was skipped (the connection was behind); 3 was in flight.
         s.refused(&tonic::Status::unavailable("the connection broke"), Some(3));
         s.refused(&tonic::Status::internal("h2 protocol error"), Some(3));
+        s.refused(
+            &tonic::Status::resource_exhausted(
+                "h2 protocol error: connection error received: ENHANCE_YOUR_CALM",
+            ),
+            Some(3),
+        );
         assert_eq!(s.buffer.len(), 2, "a broken connection refused nothing");
         s.refused(
             &tonic::Status::resource_exhausted("field 7 appears more than"),
