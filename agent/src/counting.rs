@@ -30,6 +30,8 @@ pub const MAX_FAILED_IN_A_ROW: u32 = 10;
 #[derive(Debug, Default)]
 struct Failures {
     in_a_row: u32,
+    /// Since the agent started (`Snapshot.readings_failed`).
+    total: u64,
 }
 
 impl Failures {
@@ -48,6 +50,7 @@ impl Failures {
     /// [`MAX_FAILED_IN_A_ROW`] failed in a row.
     fn failed(&mut self, e: anyhow::Error) -> Result<()> {
         self.in_a_row += 1;
+        self.total += 1;
         if self.in_a_row >= MAX_FAILED_IN_A_ROW {
             return Err(e.context(format!(
                 "{} readings of the counters failed in a row",
@@ -112,7 +115,7 @@ pub async fn run(
             let wait = clock::until_next(SystemTime::now(), args.interval, Duration::ZERO);
             tokio::time::sleep(wait).await;
         }
-        match counting.reading(dp) {
+        match counting.reading(dp, failures.total) {
             Ok(snap) => {
                 failures.cleared();
                 if args.print {
@@ -128,8 +131,9 @@ pub async fn run(
 impl Counting<'_> {
     /// One reading: the snapshot it makes, or what failed. Whatever fails
     /// leaves the table as the last reading that got that far left it,
-    /// so the next one takes its differences from there.
-    fn reading(&mut self, dp: &mut datapath::Datapath) -> Result<v1::Snapshot> {
+    /// so the next one takes its differences from there. `failed`: the
+    /// readings that failed before this one.
+    fn reading(&mut self, dp: &mut datapath::Datapath, failed: u64) -> Result<v1::Snapshot> {
         let now = Instant::now();
         // Without --iface the agent follows the node's interfaces as they
         // come and go (pods' veths); with or without, whether it forwards.
@@ -185,6 +189,7 @@ impl Counting<'_> {
             interfaces: dp.interfaces(),
             cgroup: &self.cgroup,
             addresses: &addresses,
+            readings_failed: failed,
         });
         self.cpu_prev = cpu_now;
         Ok(snap)
@@ -257,6 +262,7 @@ mod tests {
         let err = f
             .failed(anyhow::anyhow!("EF_ENDPOINTS: no memory"))
             .expect_err("the limit in a row");
+        assert_eq!(f.total, 2 * u64::from(MAX_FAILED_IN_A_ROW) - 1);
         let msg = format!("{err:#}");
         assert!(
             msg.contains("10 readings of the counters failed in a row"),

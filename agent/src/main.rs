@@ -172,6 +172,7 @@ async fn run(args: cli::Args) -> Result<()> {
         // Frozen endpoints ride beside the live ones: half the map's more,
         // within what a report may carry.
         let live = usize::try_from(dp.capacity().endpoints).unwrap_or(usize::MAX);
+        warn_map_beyond_reports(live);
         let max_frozen = (live / 2).min(evenflow_proto::MAX_REPORT_ENDPOINTS.saturating_sub(live));
         tokio::spawn(report::run(url, tls, snap_rx, rx, max_frozen));
     }
@@ -196,6 +197,23 @@ async fn run(args: cli::Args) -> Result<()> {
         "stopped; the programs stay attached and counting (`evenflow-agent uninstall` removes them)"
     );
     result
+}
+
+/// Pinned maps keep the size they were created with: a map created
+/// without a collector, or by an older build, may hold more endpoints than
+/// a report to the collector may carry (`check_collector` bounds only the
+/// flag).
+fn warn_map_beyond_reports(capacity: usize) {
+    let limit = evenflow_proto::MAX_REPORT_ENDPOINTS;
+    if capacity > limit {
+        warn!(
+            capacity,
+            limit,
+            "the pinned endpoint map holds more endpoints than a report to the collector may carry: \
+             reports are refused while more than {limit} are live; to shrink it, \
+             `evenflow-agent uninstall` and start again with --max-endpoints {limit} or less"
+        );
+    }
 }
 
 /// `evenflow-agent uninstall`: removes the node's pins, and with them every

@@ -233,8 +233,11 @@ pub fn render(snap: &v1::Snapshot) -> String {
          evenflow_agent_info{{node=\"{node}\",epoch=\"{}\"}} 1\n\
          # HELP evenflow_agent_snapshots_total Snapshots taken by this agent process.\n\
          # TYPE evenflow_agent_snapshots_total counter\n\
-         evenflow_agent_snapshots_total{{node=\"{node}\"}} {}",
-        snap.agent_epoch, snap.sequence
+         evenflow_agent_snapshots_total{{node=\"{node}\"}} {}\n\
+         # HELP evenflow_agent_readings_failed_total Readings of the counters that failed in this agent process, each skipping its snapshot.\n\
+         # TYPE evenflow_agent_readings_failed_total counter\n\
+         evenflow_agent_readings_failed_total{{node=\"{node}\"}} {}",
+        snap.agent_epoch, snap.sequence, snap.readings_failed
     );
     out
 }
@@ -248,6 +251,7 @@ mod tests {
         let snap = v1::Snapshot {
             node_name: "lb".into(),
             agent_epoch: 3,
+            readings_failed: 2,
             endpoints: vec![v1::Endpoint {
                 address: "10.0.0.11".into(),
                 port: 8080,
@@ -270,5 +274,6 @@ mod tests {
         ), "{text}");
         assert!(text.contains("evenflow_endpoint_active_connections{"));
         assert!(text.contains("evenflow_agent_info{node=\"lb\",epoch=\"3\"} 1"));
+        assert!(text.contains("evenflow_agent_readings_failed_total{node=\"lb\"} 2"));
     }
 }

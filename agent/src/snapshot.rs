@@ -33,6 +33,8 @@ pub struct Inputs<'a> {
     pub cgroup: &'a str,
     /// The node's addresses (see `host::addresses`).
     pub addresses: &'a [std::net::IpAddr],
+    /// Readings that failed in this agent process.
+    pub readings_failed: u64,
 }
 
 /// The service label of a port, if `--service` named it.
@@ -113,6 +115,7 @@ pub fn build(i: &Inputs<'_>) -> v1::Snapshot {
         interfaces: i.interfaces.to_vec(),
         cgroup: i.cgroup.to_owned(),
         addresses: i.addresses.iter().map(ToString::to_string).collect(),
+        readings_failed: i.readings_failed,
     }
 }
 
@@ -208,6 +211,7 @@ mod tests {
             interfaces: &[],
             cgroup: "/",
             addresses: &[],
+            readings_failed: 0,
         });
         assert_eq!(snap.endpoints.len(), 2);
         let serves = &snap.endpoints[0];

@@ -149,8 +149,13 @@ fn failed_readings_skip_snapshots_and_lose_nothing() {
     assert_eq!(sequence(&b), frozen, "no snapshot while readings fail");
     uncover_proc_stat(pid);
     let served = nginx::read_log(&log).expect("the access log");
-    let (_, t) = settled(&b.ns, &addr, BACKEND_PORT, SERVES, 30);
+    let (snap, t) = settled(&b.ns, &addr, BACKEND_PORT, SERVES, 30);
     assert_served("SERVES after failed readings", t, &served, View::Server);
+    let failed = grpcurl::number(&snap["readingsFailed"]);
+    assert!(
+        (2..10).contains(&failed),
+        "the snapshot counts the readings that failed: {failed}"
+    );
     let out = lab.log(&format!("agent-{}", b.role));
     assert!(
         out.contains("reading the counters failed") && out.contains("reading the counters again"),
