@@ -37,11 +37,34 @@ pub fn refused(e: &std::io::Error) -> bool {
     )
 }
 
-/// Reusable buffers for batch reads.
+/// Batch reads that failed in a row for a reason other than a refusal:
+/// the first is worth a warning, the ones after it are not (a map that
+/// keeps failing would log one at every reading), and the first success
+/// after them says how many there were.
+#[derive(Debug, Default)]
+pub struct Streak {
+    failed: u64,
+}
+
+impl Streak {
+    /// Counts a failure; true when it starts the streak.
+    pub fn failed(&mut self) -> bool {
+        self.failed += 1;
+        self.failed == 1
+    }
+
+    /// Ends the streak; how many failed in it (0: there was none).
+    pub fn succeeded(&mut self) -> u64 {
+        std::mem::take(&mut self.failed)
+    }
+}
+
+/// Reusable buffers for batch reads, and the failures in a row.
 pub struct Reader {
     ncpus: usize,
     keys: Vec<EndpointKey>,
     values: Vec<EndpointCounters>,
+    pub streak: Streak,
 }
 
 impl Reader {
@@ -50,6 +73,7 @@ impl Reader {
             ncpus,
             keys: Vec::new(),
             values: Vec::new(),
+            streak: Streak::default(),
         }
     }
 
@@ -119,7 +143,18 @@ impl Reader {
 
 #[cfg(test)]
 mod tests {
-    use super::refused;
+    use super::{Streak, refused};
+
+    #[test]
+    fn a_streak_of_failures_is_announced_once_and_counted_at_its_end() {
+        let mut s = Streak::default();
+        assert_eq!(s.succeeded(), 0, "no streak yet");
+        assert!(s.failed(), "the first failure starts the streak");
+        assert!(!s.failed() && !s.failed(), "the next ones are quiet");
+        assert_eq!(s.succeeded(), 3);
+        assert_eq!(s.succeeded(), 0, "a success ends the streak");
+        assert!(s.failed(), "a failure after a success starts a new one");
+    }
 
     #[test]
     fn only_a_kernel_that_refuses_batches_ends_batching() {

@@ -676,16 +676,31 @@ impl Datapath {
         let mut batch = self.batch.lock().unwrap_or_else(|p| p.into_inner());
         let batched = match batch.as_mut() {
             Some((map, reader)) => match reader.read(map.fd().as_fd(), out) {
-                Ok(()) => true,
+                Ok(()) => {
+                    let failed = reader.streak.succeeded();
+                    if failed > 0 {
+                        tracing::info!(failed, "batch map lookups work again");
+                    }
+                    true
+                }
                 Err(e) if crate::batch::refused(&e) => {
                     tracing::info!("batch map lookups unavailable ({e}); reading entry by entry");
                     out.clear();
                     *batch = None;
                     false
                 }
-                // Failed this once: this reading goes entry by entry.
+                // Failed this time: this reading goes entry by entry, and
+                // the next tries a batch again.
                 Err(e) => {
-                    warn!("a batch map lookup failed ({e}); reading entry by entry this once");
+                    if reader.streak.failed() {
+                        warn!(
+                            "a batch map lookup failed ({e}); reading entry by entry until batches \
+                             work again (said once; the reading that finds them working says how \
+                             many failed)"
+                        );
+                    } else {
+                        tracing::debug!("a batch map lookup failed again ({e})");
+                    }
                     out.clear();
                     false
                 }

@@ -290,6 +290,8 @@ impl Stream {
         // A failure of the HTTP/2 connection tonic turned into a status
         // refuses nothing: a GOAWAY with ENHANCE_YOUR_CALM (a proxy that
         // finds the keepalive pings too many) reads as ResourceExhausted.
+        // Told by the message tonic gives every such status: the one it
+        // makes from a hyper error carries no source to downcast.
         if status.message().starts_with("h2 protocol error") {
             return;
         }
