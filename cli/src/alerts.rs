@@ -41,7 +41,7 @@ impl Pools {
 
 /// Runs `evenflow alerts`: the list, or with `watch` the stream.
 pub async fn run(
-    collector: &str,
+    collector: &client::Collector,
     output: Output,
     watch: bool,
     pool: Option<&str>,

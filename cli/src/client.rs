@@ -1,10 +1,10 @@
 //! Connecting to the collector's `evenflow.v1.Distribution` API.
 
-use std::time::Duration;
+use std::{path::Path, time::Duration};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use evenflow_proto::v1::distribution_client::DistributionClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -15,16 +15,70 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// waiting for ever.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The collector to ask: its URL and, for an https:// one, the TLS the
+/// connection speaks.
+#[derive(Clone, Debug)]
+pub struct Collector {
+    url: String,
+    tls: Option<ClientTlsConfig>,
+}
+
+impl Collector {
+    /// A plaintext collector (`http://`), for tests.
+    #[cfg(test)]
+    pub fn plain(url: &str) -> Self {
+        Self {
+            url: url.to_owned(),
+            tls: None,
+        }
+    }
+
+    /// The collector at `url`: with https://, verified with the CA bundle
+    /// `ca` and, where the collector requires client certificates, shown
+    /// `identity` (certificate, key). The files are read and checked now,
+    /// so a wrong one is named before any call. TLS files with an http://
+    /// URL are refused rather than ignored: the caller believes the
+    /// connection is protected.
+    pub fn new(url: &str, ca: Option<&Path>, identity: Option<(&Path, &Path)>) -> Result<Self> {
+        let https = url.starts_with("https://");
+        if !https && (ca.is_some() || identity.is_some()) {
+            bail!(
+                "--tls-ca, --tls-cert and --tls-key need an https:// --collector, not {url} \
+                 (write https://...)"
+            );
+        }
+        // This build trusts no system roots: the collector's CA is named.
+        if https && ca.is_none() {
+            bail!(
+                "an https:// --collector needs --tls-ca FILE: the PEM CA bundle that signed the \
+                 collector's certificate (EVENFLOW_CLI_TLS_CA)"
+            );
+        }
+        let tls = https
+            .then(|| evenflow_daemon::tls::client(ca, identity))
+            .transpose()?;
+        Ok(Self {
+            url: url.to_owned(),
+            tls,
+        })
+    }
+
+    /// The URL, for messages.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
 /// Connects for unary calls, each of which fails after [`CALL_TIMEOUT`],
 /// with an error that says what to check.
-pub async fn connect(url: &str) -> Result<DistributionClient<Channel>> {
-    open(url, endpoint(url)?.timeout(CALL_TIMEOUT)).await
+pub async fn connect(collector: &Collector) -> Result<DistributionClient<Channel>> {
+    open(collector, endpoint(collector)?.timeout(CALL_TIMEOUT)).await
 }
 
 /// Connects for a stream (WatchAlerts), which may stay quiet for as long
 /// as nothing happens: no call timeout.
-pub async fn connect_for_stream(url: &str) -> Result<DistributionClient<Channel>> {
-    open(url, endpoint(url)?).await
+pub async fn connect_for_stream(collector: &Collector) -> Result<DistributionClient<Channel>> {
+    open(collector, endpoint(collector)?).await
 }
 
 /// Whether a call failed for want of an answer within [`CALL_TIMEOUT`].
@@ -33,31 +87,55 @@ pub fn timed_out(status: &tonic::Status) -> bool {
         && status.message() == tonic::TimeoutExpired(()).to_string()
 }
 
-/// A failed call as an error, a timeout said in words.
+/// A failed call as an error, a timeout and a broken connection said in
+/// words.
 pub fn call_error(status: tonic::Status) -> anyhow::Error {
     if timed_out(&status) {
         anyhow::anyhow!(
             "the collector did not answer within {}s: is it stalled or overloaded?",
             CALL_TIMEOUT.as_secs()
         )
+    } else if status.code() == tonic::Code::Unknown && status.message() == "transport error" {
+        // With TLS 1.3 the client's side of the handshake ends before the
+        // collector has checked the client's certificate: one it refuses
+        // breaks the connection at the first call, not at connecting.
+        anyhow::Error::from(status).context(
+            "the connection to the collector broke; a collector that requires client \
+             certificates drops a client without one it accepts (--tls-cert, --tls-key)",
+        )
     } else {
         status.into()
     }
 }
 
-fn endpoint(url: &str) -> Result<Endpoint> {
-    Ok(Endpoint::from_shared(url.to_owned())
+fn endpoint(collector: &Collector) -> Result<Endpoint> {
+    let url = &collector.url;
+    let endpoint = Endpoint::from_shared(url.clone())
         .with_context(|| {
             format!("collector URL `{url}` is not a valid URI (try http://127.0.0.1:50052)")
         })?
-        .connect_timeout(CONNECT_TIMEOUT))
+        .connect_timeout(CONNECT_TIMEOUT);
+    match &collector.tls {
+        Some(tls) => {
+            (endpoint.tls_config(tls.clone())).with_context(|| format!("setting up TLS for {url}"))
+        }
+        None => Ok(endpoint),
+    }
 }
 
-async fn open(url: &str, endpoint: Endpoint) -> Result<DistributionClient<Channel>> {
+async fn open(collector: &Collector, endpoint: Endpoint) -> Result<DistributionClient<Channel>> {
+    let url = &collector.url;
     let channel = endpoint.connect().await.with_context(|| {
+        let tls = if collector.tls.is_some() {
+            " Or the TLS handshake failed: does --tls-ca hold the CA that signed its \
+             certificate, and, if it requires client certificates, do --tls-cert and \
+             --tls-key hold one its client CA signed?"
+        } else {
+            ""
+        };
         format!(
             "cannot reach the collector at {url}: is evenflow-collector running? \
-             (set --collector or EVENFLOW_COLLECTOR)"
+             (set --collector or EVENFLOW_COLLECTOR){tls}"
         )
     })?;
     Ok(DistributionClient::new(channel))
@@ -68,8 +146,8 @@ async fn open(url: &str, endpoint: Endpoint) -> Result<DistributionClient<Channe
 #[cfg(test)]
 pub mod stalled {
     /// Listens on a free port, accepting and holding every connection;
-    /// returns its URL and the task (the listener lives as long as it).
-    pub async fn collector() -> (String, tokio::task::JoinHandle<()>) {
+    /// returns it as a collector to ask and the task (the listener lives as long as it).
+    pub async fn collector() -> (super::Collector, tokio::task::JoinHandle<()>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -80,7 +158,7 @@ pub mod stalled {
                 held.push(socket);
             }
         });
-        (url, task)
+        (super::Collector::plain(&url), task)
     }
 }
 
@@ -96,10 +174,10 @@ mod tests {
     /// error, instead of waiting for ever.
     #[tokio::test]
     async fn a_call_to_a_collector_that_never_answers_ends() {
-        let (url, _collector) = stalled::collector().await;
+        let (collector, _task) = stalled::collector().await;
         let start = Instant::now();
         let call = async {
-            connect(&url)
+            connect(&collector)
                 .await?
                 .list_pools(v1::ListPoolsRequest {})
                 .await
@@ -116,5 +194,31 @@ mod tests {
             call_error(tonic::Status::cancelled("Timeout expired"))
         );
         assert!(text.contains("did not answer within 10s"), "{text}");
+    }
+
+    /// TLS flags are refused where they would be ignored (http://), and
+    /// https:// is refused without the CA to verify the collector with:
+    /// each error names the flag that fixes it.
+    #[test]
+    fn tls_flags_and_the_url_must_agree() {
+        let err = |url: &str, ca: Option<&str>, id: Option<(&str, &str)>| {
+            let id = id.map(|(c, k)| (Path::new(c), Path::new(k)));
+            match Collector::new(url, ca.map(Path::new), id) {
+                Ok(_) => panic!("{url} {ca:?} accepted"),
+                Err(e) => format!("{e:#}"),
+            }
+        };
+        let e = err("http://c:50052", Some("/ca.pem"), None);
+        assert!(e.contains("need an https:// --collector"), "{e}");
+        let e = err("http://c:50052", None, Some(("/c.pem", "/k.pem")));
+        assert!(e.contains("need an https:// --collector"), "{e}");
+        let e = err("https://c:50052", None, None);
+        assert!(e.contains("needs --tls-ca FILE"), "{e}");
+        let e = err("https://c:50052", Some("/nonexistent/ca.pem"), None);
+        assert!(
+            e.contains("/nonexistent/ca.pem"),
+            "the missing file is named: {e}"
+        );
+        assert!(Collector::new("http://c:50052", None, None).is_ok());
     }
 }

@@ -10,7 +10,7 @@ mod render;
 mod top;
 mod verify;
 
-use std::{process::ExitCode, time::Duration};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -39,6 +39,30 @@ struct Cli {
         default_value = "http://127.0.0.1:50052"
     )]
     collector: String,
+
+    /// PEM CA bundle that signed the collector's certificate: what an
+    /// https:// --collector is verified with.
+    #[arg(long, global = true, env = "EVENFLOW_CLI_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+
+    /// PEM client certificate, for a collector that requires one (mutual
+    /// TLS); needs --tls-key.
+    #[arg(
+        long,
+        global = true,
+        env = "EVENFLOW_CLI_TLS_CERT",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "EVENFLOW_CLI_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
 
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
@@ -119,10 +143,25 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Refused like a bad flag (exit 2, which `verify` also means "could
+    // not judge"), before anything is asked.
+    let collector = match client::Collector::new(
+        &cli.collector,
+        cli.tls_ca.as_deref(),
+        cli.tls_cert.as_deref().zip(cli.tls_key.as_deref()),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("evenflow: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     rt.block_on(async {
         match cli.command {
-            Command::Verify { ref pool, duration } => verify(&cli, pool, duration).await,
-            _ => match run(&cli).await {
+            Command::Verify { ref pool, duration } => {
+                verify(&cli, &collector, pool, duration).await
+            }
+            _ => match run(&cli, &collector).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("evenflow: {e:#}");
@@ -133,10 +172,10 @@ fn main() -> ExitCode {
     })
 }
 
-async fn run(cli: &Cli) -> Result<()> {
+async fn run(cli: &Cli, collector: &client::Collector) -> Result<()> {
     match &cli.command {
         Command::Status => {
-            let mut c = client::connect(&cli.collector).await?;
+            let mut c = client::connect(collector).await?;
             let agents = c
                 .list_agents(v1::ListAgentsRequest {})
                 .await
@@ -160,19 +199,22 @@ async fn run(cli: &Cli) -> Result<()> {
                 ),
             }
         }
-        Command::Top { pool, interval } => {
-            top::run(&cli.collector, pool.clone(), *interval).await?
-        }
+        Command::Top { pool, interval } => top::run(collector, pool.clone(), *interval).await?,
         Command::Alerts { watch, pool, all } => {
-            alerts::run(&cli.collector, cli.output, *watch, pool.as_deref(), *all).await?
+            alerts::run(collector, cli.output, *watch, pool.as_deref(), *all).await?
         }
         Command::Verify { .. } => unreachable!("handled in main"),
     }
     Ok(())
 }
 
-async fn verify(cli: &Cli, pool: &str, duration: Duration) -> ExitCode {
-    let outcome = verify::gate(&cli.collector, pool, duration).await;
+async fn verify(
+    cli: &Cli,
+    collector: &client::Collector,
+    pool: &str,
+    duration: Duration,
+) -> ExitCode {
+    let outcome = verify::gate(collector, pool, duration).await;
     match cli.output {
         Output::Json => {
             let (result, details) = match &outcome {

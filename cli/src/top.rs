@@ -200,7 +200,11 @@ async fn fetch(
 }
 
 /// Runs the live view until q, Esc or Ctrl-C.
-pub async fn run(collector: &str, pool: Option<String>, interval: Duration) -> Result<()> {
+pub async fn run(
+    collector: &crate::client::Collector,
+    pool: Option<String>,
+    interval: Duration,
+) -> Result<()> {
     let mut client = crate::client::connect(collector).await?;
     let mut terminal =
         ratatui::try_init().context("opening the terminal (evenflow top needs a TTY)")?;
@@ -215,7 +219,7 @@ pub async fn run(collector: &str, pool: Option<String>, interval: Duration) -> R
                 Err(e) => Some(e),
             };
             terminal
-                .draw(|f| draw(f, &pools, collector, error.as_deref()))
+                .draw(|f| draw(f, &pools, collector.url(), error.as_deref()))
                 .context("drawing")?;
             let deadline = std::time::Instant::now() + interval;
             while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {

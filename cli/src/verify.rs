@@ -162,7 +162,7 @@ fn reason_suffix(r: &str) -> String {
 }
 
 /// The gate: connects to `collector`, waits `wait` and judges `pool`.
-pub async fn gate(collector: &str, pool: &str, wait: Duration) -> Outcome {
+pub async fn gate(collector: &crate::client::Collector, pool: &str, wait: Duration) -> Outcome {
     match crate::client::connect(collector).await {
         Err(e) => Outcome::CannotJudge(format!("{e:#}")),
         Ok(mut c) => match wait_and_fetch(&mut c, pool, wait).await {
@@ -414,10 +414,10 @@ mod tests {
     /// hear: exit 2, in bounded time.
     #[tokio::test]
     async fn a_collector_that_never_answers_cannot_judge() {
-        let (url, _collector) = crate::client::stalled::collector().await;
+        let (collector, _task) = crate::client::stalled::collector().await;
         let outcome = tokio::time::timeout(
             Duration::from_secs(15),
-            gate(&url, "web", Duration::from_secs(1)),
+            gate(&collector, "web", Duration::from_secs(1)),
         )
         .await
         .expect("the gate ends");

@@ -1,7 +1,8 @@
 //! The `evenflow` CLI against a real collector: `verify` as a deploy gate
 //! (healthy 0, starved 1, unknown 2, unreachable 2) and `top` read off a
-//! real terminal (tmux). Agents are simulated over the real Ingest gRPC
-//! stream, so the test controls exactly which backend starves.
+//! real terminal (tmux); and the CLI over mutual TLS. Agents are simulated
+//! over the real Ingest gRPC stream, so the test controls exactly which
+//! backend starves.
 
 use std::{
     process::{Child, Command, Output},
@@ -9,6 +10,7 @@ use std::{
 };
 
 use evenflow_proto::v1::{self, ingest_client::IngestClient};
+use evenflow_tests::certs::{self, Ca};
 use tokio_stream::wrappers::ReceiverStream;
 
 struct Collector(Child);
@@ -128,12 +130,12 @@ async fn agents(url: String, starve_after: Duration) {
     }
 }
 
-#[test]
-fn verify_gates_and_top_shows_the_starved_backend() {
+/// Starts the collector with `args` beside its listeners' on two free
+/// ports; returns it once its gRPC port accepts, and that port.
+fn start_collector(args: &[&str]) -> (Collector, u16) {
     let bin = evenflow_tests::agent::binary("evenflow-collector", "EVENFLOW_COLLECTOR_BIN")
         .expect("collector built");
     let (grpc, metrics) = ports();
-    let url = format!("http://127.0.0.1:{grpc}");
     let log = std::env::temp_dir().join(format!("evenflow-cli-test-collector-{grpc}.log"));
     let mut collector = Collector(
         Command::new(bin)
@@ -145,6 +147,7 @@ fn verify_gates_and_top_shows_the_starved_backend() {
                 "--interval",
                 "200ms",
             ])
+            .args(args)
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("collector starts"),
@@ -168,6 +171,13 @@ fn verify_gates_and_top_shows_the_starved_backend() {
         "collector not listening: {}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
+    (collector, grpc)
+}
+
+#[test]
+fn verify_gates_and_top_shows_the_starved_backend() {
+    let (collector, grpc) = start_collector(&[]);
+    let url = format!("http://127.0.0.1:{grpc}");
     let _collector = collector;
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.spawn(agents(url.clone(), Duration::from_secs(8)));
@@ -259,4 +269,120 @@ fn verify_gates_and_top_shows_the_starved_backend() {
     ]);
     assert_eq!(o.status.code(), Some(2), "unreachable collector");
     drop(rt);
+}
+
+/// Sends one report over mutual TLS and waits for its acknowledgement.
+async fn report_over_tls(
+    url: String,
+    ca: String,
+    identity: (String, String),
+) -> Result<(), String> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .identity(Identity::from_pem(identity.0, identity.1));
+    let channel = (Endpoint::from_shared(url).map_err(|e| e.to_string())?)
+        .tls_config(tls)
+        .map_err(|e| e.to_string())?
+        .connect()
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(report("tls-agent", "10.9.3.1", 8443, "secure", 1, 1, 20))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut acks = IngestClient::new(channel)
+        .report(ReceiverStream::new(rx))
+        .await
+        .map_err(|s| s.to_string())?
+        .into_inner();
+    match acks.message().await {
+        Ok(Some(_)) => Ok(()),
+        other => Err(format!("no acknowledgement: {other:?}")),
+    }
+}
+
+/// The CLI against a collector that requires client certificates: with
+/// the CA and a certificate its client CA signed it reads the collector;
+/// without a certificate it is refused; TLS flags beside an http:// URL
+/// and an https:// URL without --tls-ca are refused before any call,
+/// with the flag that fixes them named.
+#[test]
+fn the_cli_reads_a_collector_that_requires_client_certificates() {
+    let dir = certs::Dir::new("cli-tls");
+    let (server_ca, client_ca) = (Ca::new("servers"), Ca::new("clients"));
+    let server = server_ca.issue(&["localhost", "127.0.0.1"]);
+    let client = client_ca.issue(&["operator"]);
+    let w = |name: &str, text: &str| dir.put(name, text);
+    let (cert, key, cca) = (
+        w("server.pem", &server.0),
+        w("server.key", &server.1),
+        w("clients-ca.pem", &client_ca.pem()),
+    );
+    let (ca, ccert, ckey) = (
+        w("servers-ca.pem", &server_ca.pem()),
+        w("client.pem", &client.0),
+        w("client.key", &client.1),
+    );
+    let (_collector, grpc) = start_collector(&[
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--tls-client-ca",
+        &cca,
+    ]);
+    let url = format!("https://127.0.0.1:{grpc}");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(report_over_tls(
+        url.clone(),
+        server_ca.pem(),
+        client.clone(),
+    ))
+    .expect("a report over mutual TLS");
+
+    let ok = cli(&[
+        "status",
+        "--collector",
+        &url,
+        "--tls-ca",
+        &ca,
+        "--tls-cert",
+        &ccert,
+        "--tls-key",
+        &ckey,
+    ]);
+    let text = String::from_utf8_lossy(&ok.stdout);
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(text.contains("tls-agent"), "the agent is listed: {text}");
+
+    let anonymous = cli(&["status", "--collector", &url, "--tls-ca", &ca]);
+    let why = String::from_utf8_lossy(&anonymous.stderr);
+    assert_eq!(
+        anonymous.status.code(),
+        Some(1),
+        "no client certificate, no answer: {why}"
+    );
+    assert!(why.contains("--tls-cert"), "the fix is named: {why}");
+
+    let plain = cli(&[
+        "status",
+        "--collector",
+        &url.replace("https", "http"),
+        "--tls-ca",
+        &ca,
+    ]);
+    let why = String::from_utf8_lossy(&plain.stderr);
+    assert_eq!(plain.status.code(), Some(2), "{why}");
+    assert!(why.contains("need an https:// --collector"), "{why}");
+
+    let no_ca = cli(&["status", "--collector", &url]);
+    let why = String::from_utf8_lossy(&no_ca.stderr);
+    assert_eq!(no_ca.status.code(), Some(2), "{why}");
+    assert!(why.contains("--tls-ca"), "{why}");
 }

@@ -10,6 +10,7 @@
 //! namespaces, cgroups, temporary directories and pinned maps.
 
 pub mod agent;
+pub mod certs;
 pub mod cgroup;
 pub mod client;
 pub mod grpclab;

@@ -7,26 +7,9 @@
 use std::{process::Command, time::Duration};
 
 use evenflow_proto::v1;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use evenflow_tests::certs::Ca;
 
 const NS: &str = "eftls";
-
-fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
-    let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name.push(rcgen::DnType::CommonName, name);
-    CertifiedIssuer::self_signed(p, KeyPair::generate().expect("key")).expect("CA")
-}
-
-fn issue(ca: &CertifiedIssuer<'static, KeyPair>, names: &[&str]) -> (String, String) {
-    let key = KeyPair::generate().expect("key");
-    let p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-        .expect("params");
-    (
-        p.signed_by(&key, ca).expect("sign").pem(),
-        key.serialize_pem(),
-    )
-}
 
 fn collector_bin() -> std::path::PathBuf {
     evenflow_tests::agent::binary("evenflow-collector", "EVENFLOW_COLLECTOR_BIN")
@@ -105,10 +88,14 @@ fn an_agent_reports_over_mutual_tls_and_a_rogue_one_is_refused() {
     );
     let dir = std::env::temp_dir().join(format!("evenflow-agent-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
-    let (server_ca, client_ca, rogue_ca) = (ca("collector CA"), ca("agents CA"), ca("rogue CA"));
-    let server = issue(&server_ca, &["localhost", "127.0.0.1"]);
-    let good = issue(&client_ca, &["eftls-good"]);
-    let rogue = issue(&rogue_ca, &["eftls-rogue"]);
+    let (server_ca, client_ca, rogue_ca) = (
+        Ca::new("collector CA"),
+        Ca::new("agents CA"),
+        Ca::new("rogue CA"),
+    );
+    let server = server_ca.issue(&["localhost", "127.0.0.1"]);
+    let good = client_ca.issue(&["eftls-good"]);
+    let rogue = rogue_ca.issue(&["eftls-rogue"]);
     let w = |name: &str, text: &str| {
         let p = dir.join(name);
         std::fs::write(&p, text).expect("write");
@@ -235,7 +222,7 @@ fn an_agent_reports_over_mutual_tls_and_a_rogue_one_is_refused() {
     // Its certificate renewed on disk by the agents' CA, as cert-manager
     // renews a Secret volume's files (by a rename): its next reconnect
     // presents it, without a restart.
-    let renewed = issue(&client_ca, &["eftls-rogue"]);
+    let renewed = client_ca.issue(&["eftls-rogue"]);
     for (name, text) in [
         ("eftls-rogue.pem", &renewed.0),
         ("eftls-rogue.key", &renewed.1),
