@@ -1,7 +1,12 @@
 //! Command-line flags. Every flag can also be set through an `EVENFLOW_`
 //! environment variable, which is how the DaemonSet configures the agent.
 
-use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    str::FromStr,
+    time::Duration,
+};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -47,7 +52,10 @@ pub struct Args {
     #[arg(long, env = "EVENFLOW_CGROUP")]
     pub cgroup: Option<PathBuf>,
 
-    /// Label local listeners: NAME=PORT, e.g. web=8080 (repeatable).
+    /// Label local listeners and what they serve: NAME=PORT, e.g.
+    /// web=8080, or NAME=ADDR:PORT where two services share a port on
+    /// different addresses (pods of both on one node), e.g.
+    /// web=10.244.0.12:8080,api=10.244.0.13:8080 (repeatable).
     #[arg(long = "service", env = "EVENFLOW_SERVICE", value_delimiter = ',')]
     pub services: Vec<ServiceLabel>,
 
@@ -196,22 +204,71 @@ impl EbpfLog {
     }
 }
 
-/// `--service NAME=PORT`.
+/// `--service NAME=PORT` or `NAME=ADDR:PORT`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceLabel {
     /// Service name.
     pub name: String,
+    /// The one local address it labels; `None`: every address.
+    pub addr: Option<IpAddr>,
     /// Local port whose listener belongs to the service.
     pub port: u16,
+}
+
+impl ServiceLabel {
+    /// A label for `port` on every address.
+    #[cfg(test)]
+    pub fn port(name: &str, port: u16) -> Self {
+        Self {
+            name: name.to_owned(),
+            addr: None,
+            port,
+        }
+    }
+}
+
+/// The label of what is served on `addr`:`port`: the one naming that
+/// address, else the one naming the port alone.
+pub fn label_of(services: &[ServiceLabel], addr: IpAddr, port: u16) -> Option<&ServiceLabel> {
+    let on_port = || services.iter().filter(move |s| s.port == port);
+    (on_port().find(|s| s.addr == Some(addr))).or_else(|| on_port().find(|s| s.addr.is_none()))
+}
+
+/// Labels that contradict each other, refused at start: one port (or one
+/// address and port) given two names would put one service's members
+/// into the other's pool, and only the first label would ever be used.
+pub fn check_services(services: &[ServiceLabel]) -> anyhow::Result<()> {
+    for (i, a) in services.iter().enumerate() {
+        let clash = services[..i]
+            .iter()
+            .find(|b| b.port == a.port && b.addr == a.addr && b.name != a.name);
+        let Some(b) = clash else { continue };
+        let (given, place) = match a.addr {
+            Some(addr) => {
+                let at = SocketAddr::new(addr, a.port).to_string();
+                (at.clone(), at)
+            }
+            None => (a.port.to_string(), format!("port {}", a.port)),
+        };
+        anyhow::bail!(
+            "--service {b}={given} and {a}={given} give {place} two names: where two services \
+             share a port on one node, label each by its address (NAME=ADDR:PORT, e.g. \
+             {b}=10.244.0.12:{port},{a}=10.244.0.13:{port}), or declare their pools in a pool file",
+            b = b.name,
+            a = a.name,
+            port = a.port,
+        );
+    }
+    Ok(())
 }
 
 impl FromStr for ServiceLabel {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (name, port) = s
-            .split_once('=')
-            .ok_or_else(|| format!("`{s}` is not NAME=PORT (for example web=8080)"))?;
+        let (name, port) = s.split_once('=').ok_or_else(|| {
+            format!("`{s}` is not NAME=PORT or NAME=ADDR:PORT (for example web=8080)")
+        })?;
         if name.is_empty()
             || !name
                 .chars()
@@ -221,13 +278,22 @@ impl FromStr for ServiceLabel {
                 "service name `{name}` must be non-empty and use only letters, digits, '-', '_' or '.'"
             ));
         }
-        let port: u16 = port
-            .parse()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| format!("`{port}` in `{s}` is not a port between 1 and 65535"))?;
+        // ADDR:PORT ("10.0.0.5:8080", "[fd00::5]:8080"), or a port alone.
+        let (addr, port) = match port.parse::<std::net::SocketAddr>() {
+            Ok(sa) => (Some(sa.ip().to_canonical()), sa.port()),
+            Err(_) if port.contains(':') => {
+                return Err(format!(
+                    "`{port}` in `{s}` is not ADDR:PORT (for example 10.0.0.5:8080 or [fd00::5]:8080)"
+                ));
+            }
+            Err(_) => (None, port.parse().unwrap_or(0)),
+        };
+        if port == 0 {
+            return Err(format!("`{s}` does not name a port between 1 and 65535"));
+        }
         Ok(Self {
             name: name.to_owned(),
+            addr,
             port,
         })
     }
@@ -383,10 +449,21 @@ mod tests {
     fn service_labels_parse_and_reject() {
         assert_eq!(
             "web=8080".parse::<ServiceLabel>(),
-            Ok(ServiceLabel {
-                name: "web".into(),
-                port: 8080
-            })
+            Ok(ServiceLabel::port("web", 8080))
+        );
+        let at = |s: &str| s.parse::<ServiceLabel>().map(|l| (l.addr, l.port));
+        assert_eq!(
+            at("web=10.0.0.5:8080"),
+            Ok((Some("10.0.0.5".parse().expect("addr")), 8080))
+        );
+        assert_eq!(
+            at("web=[fd00::5]:8080"),
+            Ok((Some("fd00::5".parse().expect("addr")), 8080))
+        );
+        assert_eq!(
+            at("web=[::ffff:10.0.0.5]:8080"),
+            Ok((Some("10.0.0.5".parse().expect("addr")), 8080)),
+            "an IPv4-mapped address is the IPv4 address reports name"
         );
         assert!(
             "web"
@@ -396,7 +473,49 @@ mod tests {
         );
         assert!("web=0".parse::<ServiceLabel>().is_err());
         assert!("web=70000".parse::<ServiceLabel>().is_err());
+        assert!("web=10.0.0.5:0".parse::<ServiceLabel>().is_err());
+        let e = "web=10.0.0:8080".parse::<ServiceLabel>().unwrap_err();
+        assert!(e.contains("not ADDR:PORT"), "{e}");
         assert!("w b=80".parse::<ServiceLabel>().is_err());
+    }
+
+    #[test]
+    fn an_address_label_wins_over_a_port_label_on_its_address() {
+        let labels: Vec<ServiceLabel> = ["web=8080", "api=10.0.0.6:8080", "db=5432"]
+            .iter()
+            .map(|s| s.parse().expect("a label"))
+            .collect();
+        let name = |a: &str, port| {
+            label_of(&labels, a.parse().expect("addr"), port).map(|l| l.name.as_str())
+        };
+        assert_eq!(name("10.0.0.6", 8080), Some("api"));
+        assert_eq!(name("10.0.0.5", 8080), Some("web"));
+        assert_eq!(name("10.0.0.6", 5432), Some("db"));
+        assert_eq!(name("10.0.0.6", 9090), None);
+    }
+
+    #[test]
+    fn two_names_for_one_port_are_refused_with_the_fix() {
+        let check = |s: &[&str]| {
+            let labels: Vec<ServiceLabel> = s.iter().map(|s| s.parse().expect("a label")).collect();
+            check_services(&labels).map_err(|e| e.to_string())
+        };
+        let e = check(&["a=8080", "b=8080"]).unwrap_err();
+        assert!(
+            e.contains("two names") && e.contains("NAME=ADDR:PORT"),
+            "{e}"
+        );
+        let e = check(&["a=10.0.0.5:8080", "b=10.0.0.5:8080"]).unwrap_err();
+        assert!(e.contains("10.0.0.5:8080"), "{e}");
+        assert!(check(&["a=10.0.0.5:8080", "b=10.0.0.6:8080"]).is_ok());
+        assert!(
+            check(&["a=8080", "b=10.0.0.6:8080"]).is_ok(),
+            "b's address, a's the rest"
+        );
+        assert!(
+            check(&["a=8080", "a=8080", "b=9090"]).is_ok(),
+            "a repeat is no clash"
+        );
     }
 
     #[test]

@@ -107,6 +107,7 @@ async fn run(args: cli::Args) -> Result<()> {
         return uninstall(&args.bpffs, &node_name);
     }
     cli::check_collector(&args)?;
+    cli::check_services(&args.services)?;
     host::check_capabilities()?;
     host::check_kernel()?;
     host::check_btf()?;

@@ -77,7 +77,8 @@ impl Policy {
         let served = |key: &EndpointKey| key.direction == Direction::Serves as u8;
         let member = |key: &EndpointKey| {
             served(key)
-                && (services.iter().any(|s| s.port == key.port)
+                && (crate::cli::label_of(services, crate::snapshot::key_addr(key), key.port)
+                    .is_some()
                     || listeners
                         .iter()
                         .any(|l| l.port == key.port && l.proto == key.proto))
@@ -372,10 +373,7 @@ mod tests {
             ];
             t.update(&read, 1.0);
         }
-        let services = [ServiceLabel {
-            name: "web".into(),
-            port: 80,
-        }];
+        let services = [ServiceLabel::port("web", 80)];
         let retired = |capacity, live| {
             let policy = Policy {
                 quiet_reads: 2,

@@ -37,12 +37,9 @@ pub struct Inputs<'a> {
     pub readings_failed: u64,
 }
 
-/// The service label of a port, if `--service` named it.
-pub fn service_for(services: &[ServiceLabel], port: u16) -> &str {
-    services
-        .iter()
-        .find(|s| s.port == port)
-        .map_or("", |s| s.name.as_str())
+/// The service `--service` labels `addr`:`port` with, or "".
+pub fn service_for(services: &[ServiceLabel], addr: IpAddr, port: u16) -> &str {
+    crate::cli::label_of(services, addr, port).map_or("", |s| s.name.as_str())
 }
 
 /// The address of a key as people write it: IPv4 without its mapped prefix.
@@ -84,7 +81,7 @@ pub fn build(i: &Inputs<'_>) -> v1::Snapshot {
                 address: l.addr.to_string(),
                 port: u32::from(l.port),
                 protocol: protocol(l.proto) as i32,
-                service: service_for(i.services, l.port).to_owned(),
+                service: service_for(i.services, l.addr.to_canonical(), l.port).to_owned(),
             })
             .collect(),
         cpu: Some(v1::Cpu {
@@ -127,7 +124,7 @@ pub fn endpoint(services: &[ServiceLabel], key: &EndpointKey, e: &Entry) -> v1::
         None => v1::Direction::Unspecified,
     };
     let service = if direction == v1::Direction::Serves {
-        service_for(services, key.port)
+        service_for(services, key_addr(key), key.port)
     } else {
         ""
     };

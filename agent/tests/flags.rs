@@ -24,4 +24,12 @@ fn bad_flag_values_are_explained() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("from 16 to"));
     let o = agent(&["--retire-idle-after", "10ms"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("at least 1s"));
+    // Checked before anything is loaded: no root needed to be refused.
+    let o = agent(&["--service", "web=8080,api=8080", "--node-name", "flags"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("two names") && err.contains("NAME=ADDR:PORT"),
+        "{err}"
+    );
 }

@@ -1558,6 +1558,81 @@ fn field_same_node_pods_direct_and_through_a_clusterip() {
     assert_nothing_left_open(&node.ns);
 }
 
+/// Two Services on one node, both on port 8080 (a pod of each), labelled
+/// by address (`--service web=POD1:8080,api=POD2:8080`): the collector
+/// forms two pools of one member each, each serving exactly the
+/// connections its own nginx logged, not one pool merging both (labels
+/// that give the port two names are refused: `agent/tests/flags.rs`).
+#[test]
+fn field_two_services_on_one_port_of_one_node_are_two_pools() {
+    use agent::COLLECTOR;
+    evenflow_tests::require_root();
+    let mut lab = Lab::new("fd2svc", 1).expect("the lab builds");
+    let SameNodePods {
+        node,
+        client_pod,
+        backends,
+        logs,
+    } = same_node_pods(&mut lab);
+    agent::start_collector(&mut lab, "10.1.0.1:9465").expect("the collector starts");
+    let labels = format!(
+        "web={}:{BACKEND_PORT},api={}:{BACKEND_PORT}",
+        backends[0].addr4, backends[1].addr4
+    );
+    let url = format!("http://{COLLECTOR}");
+    agent::start(
+        &mut lab,
+        &node,
+        &[
+            "--service",
+            &labels,
+            "--collector",
+            &url,
+            "--interval",
+            "200ms",
+        ],
+    )
+    .expect("the node's agent starts");
+    agent::wait_reporting(&lab, std::slice::from_ref(&node)).expect("the agent reports");
+    let direct = |b: &lab::Node, n| (b.addr4.to_string(), BACKEND_PORT, n);
+    pod_client(
+        &mut lab,
+        &client_pod,
+        &[direct(&backends[0], 30), direct(&backends[1], 20)],
+    );
+    let members = |pool: &str| -> Option<Vec<(String, u64)>> {
+        let p = grpcurl::get_pool(&node.ns, COLLECTOR, pool).ok()?;
+        let ms = p["members"].as_array()?;
+        Some(
+            ms.iter()
+                .map(|m| {
+                    let at = format!("{}:{}", m["address"].as_str().unwrap_or("?"), m["port"]);
+                    (at, grpcurl::number(&m["serverView"]["connsTotal"]))
+                })
+                .collect(),
+        )
+    };
+    for ((pool, b), want) in ["web", "api"].iter().zip(&backends).zip([30, 20]) {
+        let expect = vec![(format!("{}:{BACKEND_PORT}", b.addr4), want)];
+        let got = evenflow_tests::wait_for(Duration::from_secs(30), || {
+            members(pool).filter(|m| *m == expect)
+        });
+        assert_eq!(
+            got.as_ref(),
+            Some(&expect),
+            "pool {pool}: {:?}; the agent:\n{}",
+            members(pool),
+            lab.log(&format!("agent-{}", node.role))
+        );
+    }
+    for (log, want) in logs.iter().zip([30, 20]) {
+        let served = || nginx::read_log(log).map(|s| s.connections).ok();
+        let agreed =
+            evenflow_tests::wait_for(Duration::from_secs(10), || served().filter(|&n| n == want));
+        assert_eq!(agreed, Some(want), "nginx's log agrees: {:?}", served());
+    }
+}
+
 /// One node agent with one socket slot (`--sock-slots 1`) sees three pods'
 /// sockets at once: four clients in a client pod each open 40 connections
 /// to each of two backend pods, interleaved. The slot changes hands between
