@@ -12,7 +12,8 @@
 //! holding its share, and must page nothing while the pool is balanced.
 //! Every count evenflow shows is held to the servers' own (the gRPC
 //! server's counters, nginx's access log, the kernel's `ss`) and to
-//! HAProxy's stats socket.
+//! HAProxy's stats socket. And the field's small shape: four backends, 40
+//! keep-alive connections, 28 on one, which must be flagged.
 
 use std::{
     path::{Path, PathBuf},
@@ -131,6 +132,14 @@ fn pages(lab: &Lab) -> Vec<Value> {
         .collect()
 }
 
+/// The pages of every member but `member`.
+fn pages_of_others(lab: &Lab, member: &str) -> Vec<Value> {
+    pages(lab)
+        .into_iter()
+        .filter(|a| a["member"] != member)
+        .collect()
+}
+
 fn pool_member<'a>(pool: &'a Value, id: &str) -> Option<&'a Value> {
     pool["members"].as_array()?.iter().find(|m| {
         format!(
@@ -141,27 +150,26 @@ fn pool_member<'a>(pool: &'a Value, id: &str) -> Option<&'a Value> {
     })
 }
 
-/// Builds the lab, runs it balanced, checks every count, restarts the
-/// first backend and waits for the page.
-fn run(shape: Shape) {
-    evenflow_tests::require_root();
-    let mut lab = Lab::new(shape.lab, 3).expect("lab");
+/// The pool's lab: the collector on the lb, `backend` and an agent
+/// labelling it `service` on every backend, an agent on the lb, HAProxy
+/// (`mode tcp`, round robin) in front, and `evenflow alerts --watch` on
+/// the client; returns HAProxy's stats socket and each backend's counts.
+fn stand_up(lab: &mut Lab, backend: Backend, service: &str) -> (PathBuf, Vec<PathBuf>) {
     let lb = lab.lb.clone();
-    let port = shape.backend.port();
-    agent::start_collector(&mut lab, "10.1.0.1:9465").expect("collector");
+    let port = backend.port();
+    agent::start_collector(lab, "10.1.0.1:9465").expect("collector");
     let url = format!("http://{COLLECTOR}");
-    let label = format!("{}={port}", shape.service);
+    let label = format!("{service}={port}");
     let mut counts = Vec::new();
     for b in lab.backends.clone() {
-        counts.push(shape.backend.start(&mut lab, &b));
-        agent::start(&mut lab, &b, &["--service", &label, "--collector", &url])
-            .expect("backend agent");
+        counts.push(backend.start(lab, &b));
+        agent::start(lab, &b, &["--service", &label, "--collector", &url]).expect("backend agent");
     }
-    agent::start(&mut lab, &lb, &["--collector", &url]).expect("lb agent");
-    let sock = haproxy::start_tcp(&mut lab, port).expect("haproxy");
+    agent::start(lab, &lb, &["--collector", &url]).expect("lb agent");
+    let sock = haproxy::start_tcp(lab, port).expect("haproxy");
     let mut nodes = lab.backends.clone();
-    nodes.push(lb.clone());
-    agent::wait_reporting(&lab, &nodes).expect("agents reporting");
+    nodes.push(lb);
+    agent::wait_reporting(lab, &nodes).expect("agents reporting");
     let cli = agent::binary("evenflow", "EVENFLOW_CLI_BIN")
         .expect("evenflow CLI")
         .display()
@@ -174,6 +182,16 @@ fn run(shape: Shape) {
         &["alerts", "--watch", "--output", "json", "--collector", &url],
     )
     .expect("alerts --watch");
+    (sock, counts)
+}
+
+/// Builds the lab, runs it balanced, checks every count, restarts the
+/// first backend and waits for the page.
+fn run(shape: Shape) {
+    evenflow_tests::require_root();
+    let mut lab = Lab::new(shape.lab, 3).expect("lab");
+    let port = shape.backend.port();
+    let (sock, counts) = stand_up(&mut lab, shape.backend, shape.service);
     let vip = evenflow_tests::lab::vip(false);
     let clients =
         grpclab::start_clients(&mut lab, "clients", shape.mode, vip, &shape.load).expect("clients");
@@ -323,10 +341,7 @@ fn run(shape: Shape) {
     }
     assert!(summary.contains("MAX_CONNECTION_AGE"), "{summary}");
     // Nothing else pages.
-    let others: Vec<Value> = pages(&lab)
-        .into_iter()
-        .filter(|a| a["member"] != ids[0].as_str())
-        .collect();
+    let others = pages_of_others(&lab, &ids[0]);
     assert!(
         others.is_empty(),
         "only the restarted member pages: {others:#?}"
@@ -383,4 +398,77 @@ fn keepalive_connections_left_on_the_others_after_a_restart_page_pinned() {
             reply: 0,
         },
     });
+}
+
+/// The field's shape: four nginx backends behind HAProxy (`mode tcp`,
+/// round robin) weighted 7:1:1:1 by its runtime API, where the pool
+/// expects them equal; 40 keep-alive connections held open and used, 28
+/// of them on the first backend, 2.8× its share. evenflow must judge the
+/// pool (40 open connections are enough) and flag that member on its open
+/// connections within 30 s, and keep it flagged; it must never page a
+/// member holding its 4.
+#[test]
+fn forty_keepalive_connections_28_on_one_of_four_are_flagged() {
+    evenflow_tests::require_root();
+    let mut lab = Lab::new("pinheap", 4).expect("lab");
+    let lb = lab.lb.clone();
+    let port = Backend::Nginx.port();
+    let (sock, _) = stand_up(&mut lab, Backend::Nginx, "web");
+    haproxy::command(&sock, &format!("set weight {}/b1 7", haproxy::BACKEND))
+        .expect("HAProxy takes the weight");
+    let load = Load {
+        channels: 40,
+        interval: Duration::from_millis(250),
+        payload: 0,
+        reply: 0,
+    };
+    let vip = evenflow_tests::lab::vip(false);
+    grpclab::start_clients(&mut lab, "clients", "keepalive", vip, &load).expect("clients");
+    let ids: Vec<String> = lab.backends.iter().map(|b| member(b, port)).collect();
+    let started = Instant::now();
+    let flagged = evenflow_tests::wait_for(Duration::from_secs(30), || {
+        alerts(&lab)
+            .into_iter()
+            .find(|a| a["member"] == ids[0].as_str() && a["signal"] == "active_connections")
+    });
+    let flagged = flagged.unwrap_or_else(|| {
+        panic!(
+            "no alert on {}'s open connections within 30 s; alerts: {:#?}\npool: {:#}",
+            ids[0],
+            alerts(&lab),
+            grpcurl::get_pool(&lb.ns, COLLECTOR, "web").unwrap_or_default()
+        )
+    });
+    let flagged_after = started.elapsed();
+    assert_eq!(flagged["kind"], "SKEW", "{flagged:#}");
+    // Still flagged 20 s on, and true: HAProxy and GetPool agree it holds 28.
+    std::thread::sleep(Duration::from_secs(20));
+    let p = grpcurl::get_pool(&lb.ns, COLLECTOR, "web").expect("GetPool");
+    assert_ne!(p["verdict"], "VERDICT_INSUFFICIENT_TRAFFIC", "{p:#}");
+    let m = pool_member(&p, &ids[0]).expect("the heavy member");
+    assert_eq!(number(&m["serverView"]["activeConnections"]), 28, "{m:#}");
+    let stats = haproxy::stats(&sock).expect("HAProxy stats");
+    assert_eq!(
+        stats.servers.get("b1").map(|s| s.scur),
+        Some(28),
+        "{stats:#?}"
+    );
+    assert_eq!(
+        m["load"]["share"]["verdict"], "VERDICT_SKEW_HIGH",
+        "still flagged: {m:#}"
+    );
+    let resolved: Vec<Value> = alerts(&lab)
+        .into_iter()
+        .filter(|a| a["member"] == ids[0].as_str() && a["resolved_at"].is_string())
+        .collect();
+    assert!(resolved.is_empty(), "never cleared: {resolved:#?}");
+    let others = pages_of_others(&lab, &ids[0]);
+    assert!(
+        others.is_empty(),
+        "no member holding its 4 pages: {others:#?}"
+    );
+    println!(
+        "pinheap: flagged {flagged_after:.1?} after the clients started: {}",
+        flagged["summary"].as_str().unwrap_or("")
+    );
 }

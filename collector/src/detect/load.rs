@@ -12,10 +12,10 @@
 //! `p_i` (its weight share), independently of the others (random
 //! balancers exactly; round robin and least connections place them more
 //! evenly still). The `a_i` of the pool's `A` open connections a member
-//! holds is then Binomial(A, p_i), and the test is the Chernoff bound on
-//! that tail, `P ≤ exp(−A · KL(a_i/A ‖ p_i) / φ)`: an upper bound, exact
-//! for a member with none (`(1 − p)^A`), never the normal approximation's
-//! optimism. `φ ≥ 1` is the placement's dispersion (clients that open
+//! holds is then Binomial(A, p_i), and the test is that tail: exact
+//! where a verdict may turn on it, else its Chernoff bound
+//! `exp(−A · KL(a_i/A ‖ p_i) / φ)` (see [`super::tail`]), never the
+//! normal approximation's optimism. `φ ≥ 1` is the placement's dispersion (clients that open
 //! several connections at once behind source hashing land them together),
 //! learned from the pool itself: the mean, over members, of each one's
 //! squared standardised deviation, leaving out the fifth that deviate most
@@ -89,6 +89,7 @@ use std::collections::HashMap;
 use super::{
     Settings,
     pool::{MemberInput, PoolInput, Presence, Verdict, View, ViewInput, ViewVerdict, member_entry},
+    tail::binomial_log_tail,
 };
 
 /// What a verdict or alert is about.
@@ -276,6 +277,17 @@ const OUTLIER: f64 = 16.0;
 /// member far off cannot be told from the rest.
 const ROBUST_FROM: usize = 8;
 
+/// Ticks a member whose load was flagged stays out of what the pool
+/// learns, flagged or not. The evidence against a member that holds too
+/// much swings around the warning bound as its connections turn over (27
+/// of 40, then 28); were it learned from in the ticks it falls short, its
+/// deviation would raise the pool's dispersion, which weakens the
+/// evidence, which keeps it unflagged: in a pool too small to spot it as
+/// an outlier, it would teach the pool that its imbalance is normal. A
+/// fair member is flagged once in hundreds of thousands of ticks, so
+/// leaving it out a while biases nothing.
+const LEARN_QUARANTINE: u64 = 600;
+
 fn median(xs: &[f64]) -> f64 {
     let mut sorted = xs.to_vec();
     sorted.sort_unstable_by(f64::total_cmp);
@@ -413,6 +425,8 @@ struct MemberLoad {
     /// Ticks in a row it held the fewest open connections for its share
     /// (least-connections pools).
     emptiest_for: u64,
+    /// The last tick its load was flagged (warned or paged).
+    flagged_at: Option<u64>,
 }
 
 /// The pool's bytes per tick, for the members' shares.
@@ -793,7 +807,10 @@ impl MemberLoad {
         );
         if active.level > Level::None || bytes_j.level > Level::None {
             samples.flagged += 1;
-        } else {
+            self.flagged_at = Some(tick.tick);
+        } else if (self.flagged_at)
+            .is_none_or(|at| tick.tick.saturating_sub(at) >= LEARN_QUARANTINE)
+        {
             samples.placement.push((n.a, p));
             if let Some(x) = window.per_conn
                 && n.a >= MIN_BYTES_CONNS
@@ -879,21 +896,6 @@ fn level(s: &Settings, b: &Bounds, ratio: f64, log_p: f64) -> Level {
     } else {
         Level::None
     }
-}
-
-/// Kullback-Leibler divergence of Bernoulli(x) from Bernoulli(p), nats.
-fn kl(x: f64, p: f64) -> f64 {
-    let term = |a: f64, b: f64| if a <= 0.0 { 0.0 } else { a * (a / b).ln() };
-    term(x, p) + term(1.0 - x, 1.0 - p)
-}
-
-/// The Chernoff bound on the binomial tail beyond `a` of `total` at share
-/// `p`, with the placement dispersion: `−total · KL(a/total ‖ p) / φ`.
-pub fn binomial_log_tail(a: f64, total: f64, p: f64, phi: f64) -> f64 {
-    if total <= 0.0 || p <= 0.0 || p >= 1.0 {
-        return 0.0;
-    }
-    -total * kl((a / total).clamp(0.0, 1.0), p) / phi.max(1.0)
 }
 
 fn judge_active(s: &Settings, b: &Bounds, n: &Numbers, total: f64, phi: f64) -> Judged {

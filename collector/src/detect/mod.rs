@@ -66,13 +66,15 @@ mod load;
 mod pool;
 mod reweight;
 pub mod sim;
+mod tail;
 
 pub use alerts::{Alert, AlertKind, Severity, Transition};
-pub use load::{Cause, LoadSummary, LoadVerdict, PINNED_FIXES, Signal, binomial_log_tail};
+pub use load::{Cause, LoadSummary, LoadVerdict, PINNED_FIXES, Signal};
 pub use pool::{
     Balancing, MemberInput, MemberVerdict, PoolInput, PoolVerdict, Verdict, View, ViewInput,
     ViewVerdict,
 };
+pub use tail::binomial_log_tail;
 
 use std::collections::HashMap;
 
