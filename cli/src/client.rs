@@ -100,8 +100,8 @@ pub fn call_error(status: tonic::Status) -> anyhow::Error {
         // collector has checked the client's certificate: one it refuses
         // breaks the connection at the first call, not at connecting.
         anyhow::Error::from(status).context(
-            "the connection to the collector broke; a collector that requires client \
-             certificates drops a client without one it accepts (--tls-cert, --tls-key)",
+            "the connection to the collector broke: it restarted, or it requires client \
+             certificates and refused this one (--tls-cert, --tls-key)",
         )
     } else {
         status.into()

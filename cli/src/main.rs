@@ -143,25 +143,21 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // Refused like a bad flag (exit 2, which `verify` also means "could
-    // not judge"), before anything is asked.
-    let collector = match client::Collector::new(
+    // Refused before anything is asked: exit 2, like a bad flag (and
+    // `verify`'s "could not judge", in its own output format).
+    let collector = client::Collector::new(
         &cli.collector,
         cli.tls_ca.as_deref(),
         cli.tls_cert.as_deref().zip(cli.tls_key.as_deref()),
-    ) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("evenflow: {e:#}");
-            return ExitCode::from(2);
-        }
-    };
+    );
     rt.block_on(async {
-        match cli.command {
-            Command::Verify { ref pool, duration } => {
-                verify(&cli, &collector, pool, duration).await
+        match (&cli.command, collector) {
+            (Command::Verify { pool, duration }, c) => verify(&cli, c, pool, *duration).await,
+            (_, Err(e)) => {
+                eprintln!("evenflow: {e:#}");
+                ExitCode::from(2)
             }
-            _ => match run(&cli, &collector).await {
+            (_, Ok(collector)) => match run(&cli, &collector).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("evenflow: {e:#}");
@@ -210,11 +206,14 @@ async fn run(cli: &Cli, collector: &client::Collector) -> Result<()> {
 
 async fn verify(
     cli: &Cli,
-    collector: &client::Collector,
+    collector: Result<client::Collector>,
     pool: &str,
     duration: Duration,
 ) -> ExitCode {
-    let outcome = verify::gate(collector, pool, duration).await;
+    let outcome = match collector {
+        Ok(c) => verify::gate(&c, pool, duration).await,
+        Err(e) => verify::Outcome::CannotJudge(format!("{e:#}")),
+    };
     match cli.output {
         Output::Json => {
             let (result, details) = match &outcome {

@@ -385,4 +385,26 @@ fn the_cli_reads_a_collector_that_requires_client_certificates() {
     let why = String::from_utf8_lossy(&no_ca.stderr);
     assert_eq!(no_ca.status.code(), Some(2), "{why}");
     assert!(why.contains("--tls-ca"), "{why}");
+    // The deploy gate says it in its own format: scripts parse JSON.
+    let gate = cli(&[
+        "verify",
+        "--pool",
+        "web",
+        "--for",
+        "1s",
+        "--output",
+        "json",
+        "--collector",
+        &url,
+    ]);
+    let out: serde_json::Value =
+        serde_json::from_slice(&gate.stdout).expect("verify prints one JSON document");
+    assert_eq!(gate.status.code(), Some(2), "{out}");
+    assert_eq!(out["result"], "cannot_judge", "{out}");
+    assert!(
+        out["details"][0]
+            .as_str()
+            .is_some_and(|d| d.contains("--tls-ca")),
+        "{out}"
+    );
 }

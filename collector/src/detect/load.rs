@@ -19,7 +19,8 @@
 //! several connections at once behind source hashing land them together),
 //! learned from the pool itself: the mean, over members, of each one's
 //! squared standardised deviation, leaving out the fifth that deviate most
-//! and measuring the rest against their own total (so one or two
+//! and measuring the rest against their own total, and leaving out any
+//! member whose load was flagged in the last 600 ticks (so one or two
 //! imbalanced members cannot teach the pool that imbalance is normal),
 //! averaged over the configurations the pool goes through — a tick counts
 //! only as much as its connections are new.
@@ -900,7 +901,7 @@ fn level(s: &Settings, b: &Bounds, ratio: f64, log_p: f64) -> Level {
 
 fn judge_active(s: &Settings, b: &Bounds, n: &Numbers, total: f64, phi: f64) -> Judged {
     let ratio = if n.e > 0.0 { n.a / n.e } else { 1.0 };
-    let log_p = binomial_log_tail(n.a, total, n.p, phi);
+    let log_p = binomial_log_tail(n.a, total, n.p, phi, b.ln_warn.max(b.ln_page));
     Judged {
         dir: sign(n.a - n.e),
         level: level(s, b, ratio, log_p),

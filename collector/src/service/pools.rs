@@ -415,7 +415,7 @@ struct MemberPlan {
 pub fn plan(agents: &[AgentTick], declared: &Declared, threads: Threads) -> Plan {
     let mut drafts: Drafts = BTreeMap::new();
     let (serves, sends, node_addrs) = index_endpoints(agents, declared, &mut drafts);
-    announce_listeners(agents, declared, &node_addrs, &mut drafts);
+    announce_listeners(agents, declared, (&node_addrs, &serves), &mut drafts);
     for pool in drafts.values_mut() {
         for member in pool.values_mut() {
             member.source.announced = true;
@@ -502,6 +502,26 @@ fn index_endpoints(
     (serves, sends, node_addrs)
 }
 
+/// Whether agent `agent_index` serves `addr` on `listener`'s port under
+/// another label than the listener's: a service labelled by its address
+/// (`--service api=ADDR:PORT` beside `web=PORT`), which a wildcard
+/// listener's label must not take into its own pool.
+fn labelled_otherwise(
+    agents: &[AgentTick],
+    serves: &Index,
+    agent_index: usize,
+    addr: IpAddr,
+    listener: &ListenerInfo,
+) -> bool {
+    let other = |&(a, e): &(usize, usize)| {
+        a == agent_index
+            && (agents[a].endpoints[e].service.as_deref()).is_some_and(|s| s != &*listener.service)
+    };
+    serves
+        .get(&(addr, listener.port))
+        .is_some_and(|found| found.iter().any(other))
+}
+
 /// Announces the members labelled listeners name: a specific address
 /// itself, a wildcard every address its node serves on, and the wildcard
 /// listeners of nodes that have served nothing yet ("dark") once every
@@ -509,7 +529,7 @@ fn index_endpoints(
 fn announce_listeners(
     agents: &[AgentTick],
     declared: &Declared,
-    node_addrs: &[BTreeSet<IpAddr>],
+    (node_addrs, serves): (&[BTreeSet<IpAddr>], &Index),
     drafts: &mut Drafts,
 ) {
     let mut dark: Vec<(usize, &ListenerInfo)> = Vec::new();
@@ -520,6 +540,7 @@ fn announce_listeners(
                     .iter()
                     .copied()
                     .filter(|x| wildcard_takes(listener.addr, *x))
+                    .filter(|x| !labelled_otherwise(agents, serves, agent_index, *x, listener))
                     .collect();
                 if seen.is_empty() {
                     dark.push((agent_index, listener));
@@ -945,6 +966,34 @@ mod tests {
         assert_eq!(m1.server.unwrap().new_conns, 0);
         assert!(m1.server.unwrap().fresh);
         assert_eq!(&*p.input.members[1].meta.node, "b2");
+    }
+
+    /// `--service web=8080,api=10.0.0.3:8080` on one node with a wildcard
+    /// listener on 8080: the listener's label takes the node's addresses
+    /// but not the one api is labelled on.
+    #[test]
+    fn a_wildcard_listener_leaves_an_address_labelled_otherwise() {
+        let agents = vec![agent(
+            "n1",
+            vec![
+                ep("10.0.0.2", 8080, Dir::Serves, Some("web"), 4),
+                ep("10.0.0.3", 8080, Dir::Serves, Some("api"), 6),
+            ],
+            vec![ListenerInfo {
+                addr: "0.0.0.0".parse().unwrap(),
+                port: 8080,
+                service: "web".into(),
+            }],
+        )];
+        let pools = build(&agents, &Declared::default(), 1, Threads::ONE);
+        let members = |name: &str| -> Vec<String> {
+            let pool = pools.iter().find(|p| p.input.name == name);
+            (pool.into_iter().flat_map(|p| &p.input.members))
+                .map(|m| m.input.id.clone())
+                .collect()
+        };
+        assert_eq!(members("web"), ["10.0.0.2:8080"]);
+        assert_eq!(members("api"), ["10.0.0.3:8080"]);
     }
 
     #[test]
