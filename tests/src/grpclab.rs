@@ -99,9 +99,7 @@ impl Counters {
 
 /// Writes `v` to `path` atomically (a reader never sees half a file).
 fn write_json(path: &Path, v: &Value) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, v.to_string()).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+    crate::replace_file(path, v.to_string())
 }
 
 fn read_json(path: &Path) -> Result<Value> {

@@ -141,6 +141,16 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
     }
 }
 
+/// Replaces `path` with `contents` in one rename, as an editor or a
+/// ConfigMap update does: a reader sees the old file or the new one, never
+/// half of it.
+pub fn replace_file(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
+    let mut next = path.as_os_str().to_owned();
+    next.push(".next");
+    std::fs::write(&next, contents).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::rename(&next, path).with_context(|| format!("replacing {}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -227,9 +227,7 @@ fn an_agent_reports_over_mutual_tls_and_a_rogue_one_is_refused() {
         ("eftls-rogue.pem", &renewed.0),
         ("eftls-rogue.key", &renewed.1),
     ] {
-        let next = dir.join(format!("{name}.next"));
-        std::fs::write(&next, text).expect("write");
-        std::fs::rename(&next, dir.join(name)).expect("rename");
+        evenflow_tests::replace_file(&dir.join(name), text).expect("renewed");
     }
     let renewed_at = std::time::Instant::now();
     let mut joined = false;

@@ -43,9 +43,7 @@ fn write_pools(lab: &Lab, path: &Path, weights: [u32; 3]) {
         "[[pool]]\nname = \"web\"\nlb_nodes = [\"{}\"]\nmembers = [\n{members}]\n",
         lab.lb.ns
     );
-    let next = path.with_extension("next");
-    std::fs::write(&next, text).expect("the pool file's next version");
-    std::fs::rename(&next, path).expect("the pool file replaced");
+    evenflow_tests::replace_file(path, text).expect("the pool file replaced");
 }
 
 /// Client load through the VIP until dropped: about 50 connections a

@@ -154,10 +154,15 @@ fn pool_member<'a>(pool: &'a Value, id: &str) -> Option<&'a Value> {
 /// labelling it `service` on every backend, an agent on the lb, HAProxy
 /// (`mode tcp`, round robin) in front, and `evenflow alerts --watch` on
 /// the client; returns HAProxy's stats socket and each backend's counts.
-fn stand_up(lab: &mut Lab, backend: Backend, service: &str) -> (PathBuf, Vec<PathBuf>) {
+fn stand_up(
+    lab: &mut Lab,
+    backend: Backend,
+    service: &str,
+    collector_args: &[&str],
+) -> (PathBuf, Vec<PathBuf>) {
     let lb = lab.lb.clone();
     let port = backend.port();
-    agent::start_collector(lab, "10.1.0.1:9465").expect("collector");
+    agent::start_collector_with(lab, "10.1.0.1:9465", collector_args).expect("collector");
     let url = format!("http://{COLLECTOR}");
     let label = format!("{service}={port}");
     let mut counts = Vec::new();
@@ -185,13 +190,26 @@ fn stand_up(lab: &mut Lab, backend: Backend, service: &str) -> (PathBuf, Vec<Pat
     (sock, counts)
 }
 
+/// `channels` HTTP/1.1 keep-alive connections from the client node to the
+/// VIP, held open and each used every 250 ms.
+fn keepalive_clients(lab: &mut Lab, channels: usize) {
+    let load = Load {
+        channels,
+        interval: Duration::from_millis(250),
+        payload: 0,
+        reply: 0,
+    };
+    let vip = evenflow_tests::lab::vip(false);
+    grpclab::start_clients(lab, "clients", "keepalive", vip, &load).expect("clients");
+}
+
 /// Builds the lab, runs it balanced, checks every count, restarts the
 /// first backend and waits for the page.
 fn run(shape: Shape) {
     evenflow_tests::require_root();
     let mut lab = Lab::new(shape.lab, 3).expect("lab");
     let port = shape.backend.port();
-    let (sock, counts) = stand_up(&mut lab, shape.backend, shape.service);
+    let (sock, counts) = stand_up(&mut lab, shape.backend, shape.service, &[]);
     let vip = evenflow_tests::lab::vip(false);
     let clients =
         grpclab::start_clients(&mut lab, "clients", shape.mode, vip, &shape.load).expect("clients");
@@ -413,17 +431,10 @@ fn forty_keepalive_connections_28_on_one_of_four_are_flagged() {
     let mut lab = Lab::new("pinheap", 4).expect("lab");
     let lb = lab.lb.clone();
     let port = Backend::Nginx.port();
-    let (sock, _) = stand_up(&mut lab, Backend::Nginx, "web");
+    let (sock, _) = stand_up(&mut lab, Backend::Nginx, "web", &[]);
     haproxy::command(&sock, &format!("set weight {}/b1 7", haproxy::BACKEND))
         .expect("HAProxy takes the weight");
-    let load = Load {
-        channels: 40,
-        interval: Duration::from_millis(250),
-        payload: 0,
-        reply: 0,
-    };
-    let vip = evenflow_tests::lab::vip(false);
-    grpclab::start_clients(&mut lab, "clients", "keepalive", vip, &load).expect("clients");
+    keepalive_clients(&mut lab, 40);
     let ids: Vec<String> = lab.backends.iter().map(|b| member(b, port)).collect();
     let started = Instant::now();
     let flagged = evenflow_tests::wait_for(Duration::from_secs(30), || {
@@ -471,4 +482,113 @@ fn forty_keepalive_connections_28_on_one_of_four_are_flagged() {
         "pinheap: flagged {flagged_after:.1?} after the clients started: {}",
         flagged["summary"].as_str().unwrap_or("")
     );
+}
+
+/// Writes the pool file for `web`: every backend at weight 1, the one at
+/// index `draining` (if any) draining; replaced in one rename, as an
+/// editor or a ConfigMap update does.
+fn write_pools(lab: &Lab, path: &Path, port: u16, draining: Option<usize>) {
+    let members: String = (lab.backends.iter().enumerate())
+        .map(|(i, b)| {
+            format!(
+                "  {{ address = \"{}:{port}\", draining = {} }},\n",
+                b.addr4,
+                draining == Some(i)
+            )
+        })
+        .collect();
+    let text = format!(
+        "[[pool]]\nname = \"web\"\nlb_nodes = [\"{}\"]\nmembers = [\n{members}]\n",
+        lab.lb.ns
+    );
+    evenflow_tests::replace_file(path, text).expect("the pool file replaced");
+}
+
+/// A drain the clients never follow: three backends behind HAProxy, 30
+/// keep-alive connections held open and used (10 on each). The third is
+/// drained in HAProxy (`state drain`: nothing new, its open connections
+/// stay) and in the pool file. Its 10 connections never close, so once
+/// the drain is older than `--drain-deadline-ticks` (10 here) evenflow
+/// must warn — SKEW on open connections, cause pinned, with the count
+/// HAProxy's stats socket gives — and page nothing: the balancer did what
+/// it was told.
+#[test]
+fn a_drained_backend_that_keeps_its_keepalive_connections_warns_pinned() {
+    evenflow_tests::require_root();
+    let mut lab = Lab::new("pindrain", 3).expect("lab");
+    let lb = lab.lb.clone();
+    let port = Backend::Nginx.port();
+    let pools = lab.dir.join("pools.toml");
+    write_pools(&lab, &pools, port, None);
+    let file = pools.display().to_string();
+    let args = ["--pools", &file, "--drain-deadline-ticks", "10"];
+    let (sock, _) = stand_up(&mut lab, Backend::Nginx, "web", &args);
+    keepalive_clients(&mut lab, 30);
+    let ids: Vec<String> = lab.backends.iter().map(|b| member(b, port)).collect();
+    let open = |p: &Value, id: &str| {
+        pool_member(p, id).map(|m| number(&m["serverView"]["activeConnections"]))
+    };
+    let spread = evenflow_tests::wait_for(Duration::from_secs(30), || {
+        let p = grpcurl::get_pool(&lb.ns, COLLECTOR, "web").ok()?;
+        ids.iter().all(|id| open(&p, id) == Some(10)).then_some(())
+    });
+    assert!(
+        spread.is_some(),
+        "10 open connections on each member: {:#}",
+        grpcurl::get_pool(&lb.ns, COLLECTOR, "web").unwrap_or_default()
+    );
+
+    haproxy::command(
+        &sock,
+        &format!("set server {}/b3 state drain", haproxy::BACKEND),
+    )
+    .expect("HAProxy drains b3");
+    write_pools(&lab, &pools, port, Some(2));
+    let drained = Instant::now();
+    let drained_id = ids[2].as_str();
+    let warned = evenflow_tests::wait_for(Duration::from_secs(40), || {
+        alerts(&lab)
+            .into_iter()
+            .find(|a| a["member"] == drained_id && a["signal"] == "active_connections")
+    });
+    let warned = warned.unwrap_or_else(|| {
+        panic!(
+            "no alert on {drained_id}'s open connections within 40 s of its drain; alerts: {:#?}\npool: {:#}",
+            alerts(&lab),
+            grpcurl::get_pool(&lb.ns, COLLECTOR, "web").unwrap_or_default()
+        )
+    });
+    let after = drained.elapsed();
+    assert!(
+        after >= Duration::from_secs(10),
+        "not before the drain is 10 ticks old: {after:?}, {warned:#}"
+    );
+    assert_eq!(
+        (&warned["kind"], &warned["cause"], &warned["severity"]),
+        (&"SKEW".into(), &"pinned".into(), &"warning".into()),
+        "{warned:#}"
+    );
+    let summary = warned["summary"].as_str().unwrap_or("");
+    assert!(
+        summary.contains("still holds 10 open connections (the serving members hold 20)"),
+        "{summary}"
+    );
+    // True, and still so: HAProxy holds 10 there, GetPool shows it draining
+    // and flagged.
+    let stats = haproxy::stats(&sock).expect("HAProxy stats");
+    assert_eq!(
+        stats.servers.get("b3").map(|s| s.scur),
+        Some(10),
+        "{stats:#?}"
+    );
+    let p = grpcurl::get_pool(&lb.ns, COLLECTOR, "web").expect("GetPool");
+    let m = pool_member(&p, drained_id).expect("the drained member");
+    assert_eq!(m["state"], "MEMBER_STATE_DRAINING", "{m:#}");
+    assert_eq!(open(&p, drained_id), Some(10), "{m:#}");
+    let all_pages = pages(&lab);
+    assert!(
+        all_pages.is_empty(),
+        "a drain pages nothing: {all_pages:#?}"
+    );
+    println!("pindrain: warned {after:.1?} after the drain: {summary}");
 }

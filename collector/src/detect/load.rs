@@ -428,6 +428,8 @@ struct MemberLoad {
     emptiest_for: u64,
     /// The last tick its load was flagged (warned or paged).
     flagged_at: Option<u64>,
+    /// Ticks in a row it has been draining (and its observer fresh).
+    draining_for: u64,
 }
 
 /// The pool's bytes per tick, for the members' shares.
@@ -691,24 +693,46 @@ impl LoadState {
     }
 }
 
-/// A draining member's load: its shares, no judgement (its open
-/// connections are expected to close).
-fn draining(v: &ViewInput, active_share: f64, bytes_share: f64) -> (LoadVerdict, LoadVerdict) {
+/// A draining member's load: its shares, and no judgement until it has
+/// drained for `drain_deadline_ticks`; past that, every open connection it
+/// still holds is one that was meant to close, and it warns (pinned: the
+/// balancer sends it nothing new, old connections keep it busy).
+fn draining(
+    s: &Settings,
+    draining_for: u64,
+    serving: f64,
+    v: &ViewInput,
+    active_share: f64,
+    bytes_share: f64,
+) -> (LoadVerdict, LoadVerdict) {
     let ok = |share: f64, reason: String| LoadVerdict {
         observed_share: share,
         reason,
         ..LoadVerdict::default()
     };
-    (
-        ok(
-            active_share,
-            format!(
-                "draining: its {} open connections are expected to close",
-                v.active
-            ),
+    let deadline = s.drain_deadline_ticks;
+    let bytes = ok(bytes_share, "draining".into());
+    if deadline == 0 || draining_for < deadline || v.active == 0 {
+        let reason = format!(
+            "draining for {draining_for} ticks: its {} open connections are expected to close",
+            v.active
+        );
+        return (ok(active_share, reason), bytes);
+    }
+    let lingering = LoadVerdict {
+        verdict: Verdict::SkewHigh { page: false },
+        cause: Some(Cause::Pinned),
+        observed_share: active_share,
+        // Of an expected share of none.
+        ratio: f64::INFINITY,
+        ticks: draining_for - deadline + 1,
+        reason: format!(
+            "draining for {draining_for} ticks, yet it still holds {} open connections (the serving members hold {serving:.0}): long-lived connections outlive the drain; give them a maximum age at the client or server, or close them at the backend",
+            v.active,
         ),
-        ok(bytes_share, "draining".into()),
-    )
+        ..LoadVerdict::default()
+    };
+    (lingering, bytes)
 }
 
 /// A member's load in a pool with too few open connections to judge.
@@ -767,8 +791,17 @@ impl MemberLoad {
         );
         let active_share = ratio_of(v.active as f64, t.active);
         if m.draining {
-            return draining(v, active_share, bytes_share);
+            self.draining_for += 1;
+            return draining(
+                tick.s,
+                self.draining_for,
+                t.active,
+                v,
+                active_share,
+                bytes_share,
+            );
         }
+        self.draining_for = 0;
         let p = vv.expected_share;
         let n = Numbers {
             a: v.active as f64,

@@ -139,6 +139,11 @@ pub struct Settings {
     /// A member down (its agent lists no listener on its port) for this
     /// many ticks in a row pages; before that it warns.
     pub down_page_ticks: u64,
+    /// A draining member still holding open connections this many ticks
+    /// after it began draining warns (SKEW, open connections, pinned):
+    /// long-lived connections that outlive a drain keep a backend busy
+    /// that was meant to be emptied. 0 never warns.
+    pub drain_deadline_ticks: u64,
 }
 
 impl Default for Settings {
@@ -164,6 +169,7 @@ impl Default for Settings {
             load_refill: 300,
             min_pool_active: 10.0,
             down_page_ticks: 60,
+            drain_deadline_ticks: 300,
         }
     }
 }

@@ -342,3 +342,114 @@ fn forty_keepalive_connections_28_on_one_of_four_stay_flagged() {
         pool.held(0)
     );
 }
+
+/// Runs `ticks` ticks of `pool` with member `drained` draining from tick
+/// `from` on (its balancer places nothing new there); returns every
+/// transition.
+fn drive_drain(
+    d: &mut Detector,
+    pool: &mut LongLived,
+    rng: &mut Rng,
+    ticks: std::ops::Range<u64>,
+    (drained, from): (usize, u64),
+    mut event: impl FnMut(u64, &mut LongLived),
+) -> Log {
+    let mut all = Vec::new();
+    for t in ticks {
+        if t == from {
+            pool.placement[drained] = 0.0;
+        }
+        event(t, pool);
+        let numbers = pool.tick(rng);
+        let mut input = pool.input("grpc", t, &numbers);
+        input.members[drained].draining = t >= from;
+        let (_, tr) = d.evaluate(&input);
+        all.extend(tr.into_iter().map(|x| (t, x)));
+    }
+    all
+}
+
+#[test]
+fn a_drained_member_whose_connections_never_close_warns_pinned_past_the_deadline() {
+    // Four members, 200 gRPC clients that never reconnect; member 2 drains
+    // at tick 60 and keeps its ~50 connections.
+    let mut rng = Rng::new(5);
+    let mut spec = LongLivedSpec::balanced(4, 200);
+    spec.lifetime = f64::INFINITY;
+    let mut pool = LongLived::new(spec, &mut rng);
+    let mut d = Detector::default();
+    d.settings.drain_deadline_ticks = 60;
+    let drained = member_id(2);
+    let tr = drive_drain(&mut d, &mut pool, &mut rng, 0..200, (2, 60), |_, _| {});
+    assert!(
+        paged(&tr).is_empty(),
+        "a drain never pages: {:#?}",
+        paged(&tr)
+    );
+    let fired: Vec<_> = tr
+        .iter()
+        .filter(|(_, x)| matches!(x, Transition::Fired(a) if a.member == drained))
+        .collect();
+    let [(at, Transition::Fired(a))] = fired.as_slice() else {
+        panic!("one alert on the drained member: {fired:#?}");
+    };
+    assert!(
+        (120..125).contains(at),
+        "warns once the drain is 60 ticks old, at tick {at}"
+    );
+    assert_eq!(
+        (a.kind, a.signal, a.cause, a.severity),
+        (
+            AlertKind::Skew,
+            Some(Signal::ActiveConnections),
+            Some(Cause::Pinned),
+            Severity::Warning
+        ),
+        "{a:#?}"
+    );
+    let held = pool.held(2);
+    assert!(held > 20, "the sim kept its connections: {held}");
+    assert!(
+        a.summary
+            .contains(&format!("still holds {held} open connections")),
+        "{}",
+        a.summary
+    );
+    assert!(
+        a.summary.contains("maximum age"),
+        "names the fix: {}",
+        a.summary
+    );
+
+    // Its clients finally move: the warning clears.
+    let tr = drive_drain(&mut d, &mut pool, &mut rng, 200..230, (2, 60), |t, p| {
+        if t == 200 {
+            p.set_held(2, 0);
+        }
+    });
+    assert!(
+        tr.iter()
+            .any(|(t, x)| matches!(x, Transition::Resolved(a) if a.member == drained && *t < 212)),
+        "the warning clears once the connections are gone: {tr:#?}"
+    );
+}
+
+#[test]
+fn a_drain_that_empties_in_time_warns_nothing() {
+    // Clients reconnect every 20 s on average: a drained member is empty
+    // long before the default deadline (300 ticks).
+    let mut rng = Rng::new(6);
+    let mut spec = LongLivedSpec::balanced(4, 200);
+    spec.lifetime = 20.0;
+    let mut pool = LongLived::new(spec, &mut rng);
+    let mut d = Detector::default();
+    let drained = member_id(2);
+    let tr = drive_drain(&mut d, &mut pool, &mut rng, 0..500, (2, 60), |_, _| {});
+    assert_eq!(pool.held(2), 0, "the sim drained it");
+    let on_drained: Vec<_> = tr
+        .iter()
+        .filter(|(_, x)| x.alert().member == drained)
+        .collect();
+    assert!(on_drained.is_empty(), "{on_drained:#?}");
+    assert!(paged(&tr).is_empty(), "{:#?}", paged(&tr));
+}

@@ -194,6 +194,12 @@ pub struct Config {
     #[arg(long, env = "EVENFLOW_DOWN_PAGE_TICKS", default_value_t = defaults().down_page_ticks, value_parser = clap::value_parser!(u64).range(1..))]
     pub down_page_ticks: u64,
 
+    /// A draining member that still holds open connections this many ticks
+    /// after it began draining warns: SKEW on open connections, cause
+    /// pinned (long-lived connections outlive the drain). 0 never warns.
+    #[arg(long, env = "EVENFLOW_DRAIN_DEADLINE_TICKS", default_value_t = defaults().drain_deadline_ticks)]
+    pub drain_deadline_ticks: u64,
+
     /// PEM certificate (chain) of the gRPC listener; with --tls-key the
     /// listener speaks TLS. Without both, plaintext (for a laptop).
     #[arg(long, env = "EVENFLOW_TLS_CERT", requires = "tls_key")]
@@ -275,6 +281,7 @@ impl Config {
             load_refill: self.load_refill,
             min_pool_active: self.min_pool_active,
             down_page_ticks: self.down_page_ticks,
+            drain_deadline_ticks: self.drain_deadline_ticks,
         }
     }
 
