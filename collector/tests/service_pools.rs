@@ -268,3 +268,74 @@ fn pool_file_errors_name_file_line_and_fix() {
         "{err}"
     );
 }
+
+/// A pool file naming a load balancer whose agent reports nothing sent to
+/// any member while the members' own agents see traffic (a direct server
+/// return balancer, or clients that no longer go through it): the pool is
+/// judged on the server view, OK, and its reason says the balancer's view
+/// is dark; once the balancer's connections show, the note goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dark_lb_view_is_named_in_the_pool_reason() {
+    let file = temp_file(
+        "pools.toml",
+        "[[pool]]\nname = \"dsr\"\nlb_nodes = [\"lb\"]\nmembers = [\n  { address = \"10.9.0.1:80\" },\n  { address = \"10.9.0.2:80\" },\n]\n",
+    );
+    let c = start(&["--interval", "100ms", "--pools", file.to_str().unwrap()]).await;
+    let mut q = query(&c).await;
+    let mut b1 = Agent::connect(&c, "b1").await;
+    let mut b2 = Agent::connect(&c, "b2").await;
+    let mut lb = Agent::connect(&c, "lb").await;
+    let mut n = 100u64;
+    let mut sent = None;
+    let saw = |p: &v1::Pool| p.reason.contains("load balancers' view saw no connection");
+    let started = tokio::time::Instant::now();
+    let mut noted = None;
+    let mut last = None;
+    while started.elapsed() < Duration::from_secs(30) {
+        n += 10;
+        let r = b1.next(vec![serves("10.9.0.1", 80, "", n)], vec![]);
+        b1.send(r).await.unwrap();
+        let r = b2.next(vec![serves("10.9.0.2", 80, "", n)], vec![]);
+        b2.send(r).await.unwrap();
+        let ends = sent.map_or(vec![], |base: u64| {
+            vec![
+                sends_to("10.9.0.1", 80, base + n),
+                sends_to("10.9.0.2", 80, base + n),
+            ]
+        });
+        let r = lb.next(ends, vec![]);
+        lb.send(r).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Not there before the first tick.
+        let Ok(p) = q.get_pool(v1::GetPoolRequest { name: "dsr".into() }).await else {
+            continue;
+        };
+        let p = p.into_inner();
+        last = Some(p.clone());
+        match (&noted, saw(&p)) {
+            (None, true) => {
+                assert_eq!(verdict(p.verdict), v1::Verdict::Ok, "{p:#?}");
+                assert_eq!(p.lb_nodes, ["lb"]);
+                for m in &p.members {
+                    assert_eq!(verdict(m.verdict), v1::Verdict::Ok, "{m:#?}");
+                }
+                // The balancer's connections start to show.
+                sent = Some(0);
+                noted = Some(p);
+            }
+            (Some(_), false) => {
+                c.shutdown().await;
+                return;
+            }
+            _ => {}
+        }
+    }
+    panic!(
+        "{}; last: {last:#?}",
+        if noted.is_some() {
+            "the note stayed once the balancer's view saw connections"
+        } else {
+            "the dark balancer's view was never named"
+        }
+    );
+}

@@ -576,6 +576,9 @@ struct ViewOutcome {
     /// weights summed.
     new_conns: f64,
     weight_sum: f64,
+    /// Observed for the last [`RING`] ticks without seeing one new
+    /// connection, and none open now.
+    dark: bool,
 }
 
 impl ViewOutcome {
@@ -756,7 +759,13 @@ impl PoolState {
             &lb.load
         };
         let insufficient = conns_insufficient && !(server.load.judged || lb.load.judged);
-        let (verdict, reason) = pool_verdict(s, &judging, insufficient, primary, load);
+        let (verdict, mut reason) = pool_verdict(s, &judging, insufficient, primary, load);
+        if let Some(blind) = blind_lb(s, &server, &lb) {
+            if !reason.is_empty() {
+                reason.push_str("; ");
+            }
+            reason.push_str(&blind);
+        }
         PoolVerdict {
             name: input.name.clone(),
             tick: input.tick,
@@ -1013,6 +1022,23 @@ fn pool_verdict(
     } else {
         (Verdict::Ok, String::new())
     }
+}
+
+/// What the pool's reason says when its load balancers' view is dark
+/// while its members' own view sees traffic: the balancer's packets do not
+/// pass the hooks its agent reads (direct server return, IPVS-DR, XDP, a
+/// flowtable's offloaded flows), or clients do not go through it. Nothing
+/// is judged on a dark view; saying so keeps its zeros from being read as
+/// a balancer that sends nothing.
+fn blind_lb(s: &Settings, server: &ViewOutcome, lb: &ViewOutcome) -> Option<String> {
+    let busy =
+        server.long_rate >= s.min_pool_rate || server.load.active as f64 >= s.min_pool_active;
+    (lb.dark && busy).then(|| {
+        format!(
+            "the load balancers' view saw no connection to any member in {RING} ticks while the members received {:.1} new connections/tick: the balancer's traffic does not pass its agent's hooks (direct server return, IPVS-DR, XDP, offloaded flows) or clients bypass it; judged on the members' own view",
+            server.long_rate
+        )
+    })
 }
 
 /// The worse of a member's two views of one load signal (the server's on
@@ -1295,6 +1321,10 @@ impl ViewState {
             rate,
             long_rate,
             judged: observed_any && count > 0,
+            dark: count > 0
+                && self.totals_len == RING
+                && self.totals.iter().all(|&t| t == 0.0)
+                && load.active == 0,
             load,
             new_conns: n,
             weight_sum: wsum,

@@ -320,3 +320,52 @@ fn a_mismatch_holds_when_the_fault_spreads_to_the_whole_pool() {
         );
     }
 }
+
+/// A pool whose load balancers' view is dark from the start (a
+/// direct-server-return balancer, or clients that bypass the declared
+/// one): no page, the members judged on their own view, and the pool's
+/// reason says the balancer is invisible rather than idle. Once the
+/// balancer's connections show, the note goes.
+#[test]
+fn a_dark_lb_view_is_named_and_pages_nothing() {
+    let mut d = Detector::default();
+    let mut rng = Rng::new(11);
+    let w = [1.0; 4];
+    let dark_lb = ViewInput {
+        fresh: true,
+        ..Default::default()
+    };
+    let mut all = Vec::new();
+    let mut last = None;
+    for t in 0..60 {
+        let counts: Vec<u64> = w.iter().map(|_| rng.poisson(5.0)).collect();
+        let mut inp = input(t, &counts, &w);
+        for m in &mut inp.members {
+            m.lb = Some(dark_lb);
+        }
+        let (v, tr) = d.evaluate(&inp);
+        all.extend(tr);
+        last = Some(v);
+    }
+    let v = last.expect("ticks ran");
+    assert!(all.is_empty(), "nothing fires on a dark view: {all:#?}");
+    assert_eq!(v.verdict, Verdict::Ok, "{}", v.reason);
+    assert_eq!(v.view, View::Server);
+    assert!(
+        v.reason.contains("load balancers' view saw no connection"),
+        "{}",
+        v.reason
+    );
+    // The balancer's view lights up: the note goes at once.
+    let counts: Vec<u64> = w.iter().map(|_| rng.poisson(5.0)).collect();
+    let mut inp = input(60, &counts, &w);
+    for (m, &c) in inp.members.iter_mut().zip(&counts) {
+        m.lb = Some(ViewInput {
+            fresh: true,
+            new_conns: c,
+            ..Default::default()
+        });
+    }
+    let (v, _) = d.evaluate(&inp);
+    assert!(!v.reason.contains("load balancers' view"), "{}", v.reason);
+}

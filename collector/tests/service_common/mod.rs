@@ -203,11 +203,14 @@ pub fn verdict(v: i32) -> v1::Verdict {
     v1::Verdict::try_from(v).unwrap_or(v1::Verdict::Unspecified)
 }
 
-/// A unique temporary file with `text`.
+/// A unique temporary file with `text`: tests of one binary run at once,
+/// and two asking for the same name each get their own.
 pub fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let dir = std::env::temp_dir().join(format!(
-        "evenflow-service-test-{}-{}",
+        "evenflow-service-test-{}-{}-{}",
         std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         name.replace('/', "_")
     ));
     std::fs::create_dir_all(&dir).expect("temp dir");
