@@ -323,6 +323,10 @@ struct MemberHist {
     dark_ticks: u64,
     conns_total: u64,
     draining_recent: [u64; 10],
+    /// While draining: per tick, the new connections it would have got at
+    /// its weight had its balancer ignored the drain (of every eligible
+    /// member's and its own), for the same window.
+    draining_fair: [f64; 10],
     /// When its view last counted new connections, and how many, on the
     /// pool's tick clock: the two views of a member are compared on it.
     seen: Seen,
@@ -1041,6 +1045,21 @@ fn blind_lb(s: &Settings, server: &ViewOutcome, lb: &ViewOutcome) -> Option<Stri
     })
 }
 
+/// Whether a draining member's `recent` new connections over the last 10
+/// ticks say its balancer still sends to it: at least 3, and at least a
+/// tenth of the `fair` count its weight would have drawn had the drain
+/// been ignored. Health checks and readiness probes keep arriving at a
+/// fixed rate (a probe a second is ten a window) whatever the pool's
+/// traffic, so in a busy pool they are a sliver of that count; a balancer
+/// that ignores the drain (or one of several balancers that does) sends a
+/// large part of it.
+fn leaks(recent: u64, fair: f64) -> bool {
+    recent >= 3 && recent as f64 >= DRAIN_LEAK * fair
+}
+
+/// See [`leaks`].
+const DRAIN_LEAK: f64 = 0.1;
+
 /// The worse of a member's two views of one load signal (the server's on
 /// a tie).
 fn worse(
@@ -1431,12 +1450,22 @@ impl ViewState {
         if member.draining {
             hist.draining_recent.rotate_right(1);
             hist.draining_recent[0] = input.new_conns;
+            hist.draining_fair.rotate_right(1);
+            let weights = share_tick.weight_sum + member.weight;
+            hist.draining_fair[0] = if weights > 0.0 {
+                (share_tick.new_conns + input.new_conns as f64) * member.weight / weights
+            } else {
+                0.0
+            };
             let recent: u64 = hist.draining_recent.iter().sum();
+            let fair: f64 = hist.draining_fair.iter().sum();
             judged.window_observed = recent as f64;
-            if recent >= 3 {
+            judged.window_expected = fair;
+            if leaks(recent, fair) {
                 judged.verdict = Verdict::DrainingViolation;
-                judged.reason =
-                    format!("draining, yet it got {recent} new connections in 10 ticks");
+                judged.reason = format!(
+                    "draining, yet it got {recent} new connections in 10 ticks (its weight would draw {fair:.0}): its balancer still sends to it"
+                );
             }
             return judged;
         }

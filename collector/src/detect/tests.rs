@@ -266,6 +266,56 @@ fn draining_is_quiet_until_it_gets_traffic() {
 }
 
 #[test]
+fn probes_of_a_draining_member_in_a_busy_pool_are_no_violation() {
+    // A kubelet probing a terminating Pod every second, or a balancer's
+    // health check: one new connection a tick, while the two serving
+    // members get 50 each.
+    let mut d = Detector::default();
+    for t in 0..60 {
+        let mut inp = input(t, &[50, 50, 1], &[1.0; 3]);
+        inp.members[2].draining = true;
+        let (v, _) = d.evaluate(&inp);
+        assert_eq!(
+            v.members[2].verdict,
+            Verdict::Ok,
+            "tick {t}: {}",
+            v.members[2].reason
+        );
+    }
+    // One of two balancers ignores the drain: about half its share.
+    let mut rng = Rng::new(3);
+    let mut fired = None;
+    for t in 60..80 {
+        let leak = rng.poisson(25.0 / 2.0);
+        let mut inp = input(t, &[50, 50, leak], &[1.0; 3]);
+        inp.members[2].draining = true;
+        let (v, _) = d.evaluate(&inp);
+        if v.members[2].verdict == Verdict::DrainingViolation && fired.is_none() {
+            fired = Some((t, v.members[2].reason.clone()));
+        }
+    }
+    let (at, reason) = fired.expect("a balancer that ignores the drain is a violation");
+    assert!(at <= 64, "within a few ticks: tick {at}");
+    assert!(reason.contains("its weight would draw"), "{reason}");
+}
+
+#[test]
+fn probes_of_a_draining_member_in_a_quiet_pool_still_are_a_violation() {
+    // The probes are no sliver of a pool of one new connection a tick: the
+    // detector cannot tell them from the balancer's (docs/judging.md).
+    let mut d = Detector::default();
+    for t in 0..20 {
+        let mut inp = input(t, &[1, 0, 1], &[1.0; 3]);
+        inp.members[2].draining = true;
+        d.evaluate(&inp);
+    }
+    assert!(
+        d.open_alerts()
+            .any(|a| a.kind == AlertKind::DrainingViolation)
+    );
+}
+
+#[test]
 fn the_incident_is_one_page() {
     let mut d = Detector::default();
     let mut rng = Rng::new(13);
