@@ -316,6 +316,12 @@ async fn a_dark_lb_view_is_named_in_the_pool_reason() {
             (None, true) => {
                 assert_eq!(verdict(p.verdict), v1::Verdict::Ok, "{p:#?}");
                 assert_eq!(p.lb_nodes, ["lb"]);
+                assert!(p.lb_view_dark, "{p:#?}");
+                let body = http_get(c.metrics_addr, "/metrics").await;
+                assert!(
+                    body.contains(r#"evenflow_pool_lb_view_dark{pool="dsr"} 1"#),
+                    "{body}"
+                );
                 for m in &p.members {
                     assert_eq!(verdict(m.verdict), v1::Verdict::Ok, "{m:#?}");
                 }
@@ -324,6 +330,7 @@ async fn a_dark_lb_view_is_named_in_the_pool_reason() {
                 noted = Some(p);
             }
             (Some(_), false) => {
+                assert!(!p.lb_view_dark, "{p:#?}");
                 c.shutdown().await;
                 return;
             }

@@ -304,6 +304,9 @@ pub struct PoolVerdict {
     /// One per input member, in the input's order: the collector pairs
     /// each verdict with the member it judged by position.
     pub members: Vec<MemberVerdict>,
+    /// The LB view is dark while the members see traffic (see
+    /// [`blind_lb`]); the reason says so.
+    pub lb_dark: bool,
 }
 
 const RING: usize = 30;
@@ -764,11 +767,12 @@ impl PoolState {
         };
         let insufficient = conns_insufficient && !(server.load.judged || lb.load.judged);
         let (verdict, mut reason) = pool_verdict(s, &judging, insufficient, primary, load);
-        if let Some(blind) = blind_lb(s, &server, &lb) {
+        let blind = blind_lb(s, &server, &lb);
+        if let Some(blind) = &blind {
             if !reason.is_empty() {
                 reason.push_str("; ");
             }
-            reason.push_str(&blind);
+            reason.push_str(blind);
         }
         PoolVerdict {
             name: input.name.clone(),
@@ -785,6 +789,7 @@ impl PoolState {
             load_server: server.load,
             load_lb: lb.load,
             members,
+            lb_dark: blind.is_some(),
         }
     }
 

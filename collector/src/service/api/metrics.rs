@@ -300,6 +300,20 @@ fn pools(out: &mut String, published: &Published) {
             esc(&pool.name)
         );
     }
+    help(
+        out,
+        "evenflow_pool_lb_view_dark",
+        "gauge",
+        "1 while the load balancers' view sees no connection and the members see traffic (direct server return, XDP, offloaded flows, or clients bypassing the balancer).",
+    );
+    for pool in p.pools.values().map(|pool| &pool.summary) {
+        let _ = writeln!(
+            out,
+            "evenflow_pool_lb_view_dark{{pool=\"{}\"}} {}",
+            esc(&pool.name),
+            u8::from(pool.lb_view_dark)
+        );
+    }
     help(out, "evenflow_pool_members", "gauge", "Members per pool.");
     for pool in p.pools.values().map(|pool| &pool.summary) {
         let _ = writeln!(

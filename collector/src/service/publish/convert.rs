@@ -389,6 +389,7 @@ impl From<PoolAt<'_>> for v1::Pool {
             kubernetes: pool.kubernetes.as_deref().map(Into::into),
             server_active_connections: verdict.load_server.active,
             lb_active_connections: verdict.load_lb.active,
+            lb_view_dark: verdict.lb_dark,
         }
     }
 }
