@@ -36,14 +36,22 @@ pub const BACKEND: &str = "be";
 /// `http-reuse never`) and no health checks (they would add connections no
 /// client made). Waits until it listens; returns the stats socket's path.
 pub fn start(lab: &mut Lab, ipv6_backends: bool) -> Result<PathBuf> {
-    launch(
-        lab,
-        "  mode http\n  timeout connect 3s\n  timeout client 20s\n  timeout server 20s\n\
-         \x20 option httpclose\n  http-reuse never\n",
-        ipv6_backends,
-        BACKEND_PORT,
-    )
+    launch(lab, HTTP, ipv6_backends, BACKEND_PORT, "")
 }
+
+/// [`start`] with HTTP health checks on every server (`check` with
+/// `option httpchk`: a `GET /` every 2 s, drained servers included). Not
+/// plain `check`: its connect check sends the RST before the handshake's
+/// last ACK, so the server never holds a connection and no agent counts
+/// one.
+pub fn start_checked(lab: &mut Lab) -> Result<PathBuf> {
+    let defaults = format!("{HTTP}  option httpchk GET /\n");
+    launch(lab, &defaults, false, BACKEND_PORT, " check")
+}
+
+/// The `defaults` of [`start`].
+const HTTP: &str = "  mode http\n  timeout connect 3s\n  timeout client 20s\n  timeout server 20s\n\
+                    \x20 option httpclose\n  http-reuse never\n";
 
 /// HAProxy in TCP mode: it balances connections, not requests, as gRPC
 /// and keep-alive clients meet it in front of many services. Round robin
@@ -58,12 +66,20 @@ pub fn start_tcp(lab: &mut Lab, backend_port: u16) -> Result<PathBuf> {
          \x20 retries 2\n  option redispatch 1\n",
         false,
         backend_port,
+        "",
     )
 }
 
 /// Writes the configuration (global, these `defaults`, the VIP frontend,
-/// round robin over every backend) and starts HAProxy.
-fn launch(lab: &mut Lab, defaults: &str, ipv6_backends: bool, port: u16) -> Result<PathBuf> {
+/// round robin over every backend, `server_opts` after each server's
+/// address) and starts HAProxy.
+fn launch(
+    lab: &mut Lab,
+    defaults: &str,
+    ipv6_backends: bool,
+    port: u16,
+    server_opts: &str,
+) -> Result<PathBuf> {
     let dir = lab.dir.join("haproxy");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let sock = dir.join("stats.sock");
@@ -74,7 +90,7 @@ fn launch(lab: &mut Lab, defaults: &str, ipv6_backends: bool, port: u16) -> Resu
         } else {
             b.addr4.to_string()
         };
-        servers.push_str(&format!("  server {} {addr}:{port}\n", b.role));
+        servers.push_str(&format!("  server {} {addr}:{port}{server_opts}\n", b.role));
     }
     let cfg = format!(
         "global\n  maxconn 8192\n  stats socket {sock} mode 600 level admin\n\

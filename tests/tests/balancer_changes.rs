@@ -29,13 +29,15 @@ use serde_json::Value;
 /// The collector's metrics listener, on the lb.
 const METRICS: &str = "10.1.0.1:9465";
 
-/// Writes the pool file with `weights` for b1, b2, b3, by a rename.
-fn write_pools(lab: &Lab, path: &Path, weights: [u32; 3]) {
-    let members: String = (lab.backends.iter().zip(weights))
-        .map(|(b, w)| {
+/// Writes the pool file with `weights` for b1, b2, b3 (the one at index
+/// `draining`, if any, draining), by a rename.
+fn write_pools(lab: &Lab, path: &Path, weights: [u32; 3], draining: Option<usize>) {
+    let members: String = (lab.backends.iter().zip(weights).enumerate())
+        .map(|(i, (b, w))| {
             format!(
-                "  {{ address = \"{}:{BACKEND_PORT}\", weight = {w} }},\n",
-                b.addr4
+                "  {{ address = \"{}:{BACKEND_PORT}\", weight = {w}, draining = {} }},\n",
+                b.addr4,
+                draining == Some(i)
             )
         })
         .collect();
@@ -153,7 +155,7 @@ fn a_weight_change_haproxy_applies_late_pages_nothing_and_one_never_applied_page
     evenflow_tests::require_root();
     let mut lab = Lab::new("reweight", 3).expect("lab");
     let pools = lab.dir.join("pools.toml");
-    write_pools(&lab, &pools, [1, 1, 1]);
+    write_pools(&lab, &pools, [1, 1, 1], None);
     let file = pools.display().to_string();
     agent::start_collector_with(&mut lab, METRICS, &["--pools", &file]).expect("collector");
     let url = format!("http://{COLLECTOR}");
@@ -177,7 +179,7 @@ fn a_weight_change_haproxy_applies_late_pages_nothing_and_one_never_applied_page
     // after the collector has read it.
     let b1_addr = lab.backends[0].addr4.to_string();
     let b1_weight = |p: &Value| member(p, &b1_addr).and_then(|m| m["weight"].as_f64());
-    write_pools(&lab, &pools, [6, 1, 1]);
+    write_pools(&lab, &pools, [6, 1, 1], None);
     wait_pool(&lab, 10, "the collector reads the new weights", |p| {
         b1_weight(p) == Some(6.0)
     });
@@ -228,7 +230,7 @@ fn a_weight_change_haproxy_applies_late_pages_nothing_and_one_never_applied_page
 
     // The pool file goes back to 1:1:1 and HAProxy is never told: SKEW,
     // once the grace (30 ticks) has passed.
-    write_pools(&lab, &pools, [1, 1, 1]);
+    write_pools(&lab, &pools, [1, 1, 1], None);
     wait_pool(&lab, 10, "the collector reads the old weights", |p| {
         b1_weight(p) == Some(1.0)
     });
@@ -250,4 +252,88 @@ fn a_weight_change_haproxy_applies_late_pages_nothing_and_one_never_applied_page
         after > Duration::from_secs(25),
         "SKEW within the grace: {after:?}"
     );
+}
+
+/// HAProxy's HTTP health checks (`check`, `option httpchk`: a request
+/// every 2 s) keep reaching a drained server (weight 0): five new
+/// connections every ten ticks, which alone paged DRAINING_VIOLATION
+/// before. Beside about 50 client
+/// connections a second they are a sliver of what the server's weight
+/// would draw, and page nothing. When HAProxy is told to send to it again
+/// while the pool file still drains it (a drain the balancer forgot), it
+/// pages within seconds.
+#[test]
+fn a_drained_server_health_checks_reach_pages_nothing_until_haproxy_sends_to_it() {
+    evenflow_tests::require_root();
+    let mut lab = Lab::new("drainchk", 3).expect("lab");
+    let pools = lab.dir.join("pools.toml");
+    write_pools(&lab, &pools, [1, 1, 1], None);
+    let file = pools.display().to_string();
+    agent::start_collector_with(&mut lab, METRICS, &["--pools", &file]).expect("collector");
+    let url = format!("http://{COLLECTOR}");
+    for b in lab.backends.clone() {
+        nginx::start(&mut lab, &b).expect("nginx");
+        agent::start(&mut lab, &b, &["--collector", &url]).expect("backend agent");
+    }
+    let lb = lab.lb.clone();
+    agent::start(&mut lab, &lb, &["--collector", &url]).expect("lb agent");
+    let sock = haproxy::start_checked(&mut lab).expect("haproxy");
+    let mut nodes = lab.backends.clone();
+    nodes.push(lb);
+    agent::wait_reporting(&lab, &nodes).expect("every agent reports");
+    let load = Load::start(&lab);
+    wait_pool(&lab, 40, "the pool judged OK", |p| {
+        p["verdict"] == "VERDICT_OK" && p["members"].as_array().is_some_and(|m| m.len() == 3)
+    });
+
+    let b3 = lab.backends[2].role.clone();
+    let b3_addr = lab.backends[2].addr4.to_string();
+    let b3_id = format!("{b3_addr}:{BACKEND_PORT}");
+    haproxy::command(&sock, &format!("set weight {}/{b3} 0", haproxy::BACKEND))
+        .expect("HAProxy drains b3");
+    write_pools(&lab, &pools, [1, 1, 1], Some(2));
+    let p = wait_pool(&lab, 20, "b3 shown draining", |p| {
+        member(p, &b3_addr).is_some_and(|m| m["state"] == "MEMBER_STATE_DRAINING")
+    });
+    let received = |p: &Value| {
+        member(p, &b3_addr).map_or(0, |m| grpcurl::number(&m["serverView"]["connsTotal"]))
+    };
+    let before = received(&p);
+    std::thread::sleep(Duration::from_secs(15));
+    let p = pool(&lab).expect("GetPool");
+    let checks = received(&p) - before;
+    assert!(
+        (4..=12).contains(&checks),
+        "HAProxy's checks reached the drained b3 about every 2 s: {checks} in 15 s"
+    );
+    let violations = |lab: &Lab| -> Vec<Value> {
+        alerts(lab)
+            .into_iter()
+            .filter(|a| a["kind"] == "ALERT_KIND_DRAINING_VIOLATION")
+            .collect()
+    };
+    let early = violations(&lab);
+    assert!(
+        early.is_empty(),
+        "health checks of a drained server in a busy pool paged: {early:#?}\npool: {p:#?}"
+    );
+
+    // HAProxy sends to b3 again; the pool file still drains it.
+    haproxy::command(&sock, &format!("set weight {}/{b3} 1", haproxy::BACKEND))
+        .expect("HAProxy takes b3 back");
+    let forgot = Instant::now();
+    let paged = evenflow_tests::wait_for(Duration::from_secs(20), || {
+        violations(&lab)
+            .into_iter()
+            .find(|a| a["member"] == b3_id.as_str() && a["severity"] == "SEVERITY_PAGE")
+    })
+    .unwrap_or_else(|| panic!("no DRAINING_VIOLATION page; pool: {:#?}", pool(&lab)));
+    let after = forgot.elapsed();
+    drop(load);
+    println!(
+        "DRAINING_VIOLATION {:.1} s after HAProxy sent to the drained b3 again (its checks alone, {checks} in 15 s, paged nothing): {}",
+        after.as_secs_f64(),
+        paged["summary"]
+    );
+    assert!(after < Duration::from_secs(10), "within seconds: {after:?}");
 }
