@@ -21,7 +21,7 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
-    path::PathBuf,
+    path::{Path, PathBuf},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -294,6 +294,33 @@ impl Lab {
         let p = cgroup::spawn(name, &node.cgroup, &node.ns, &log, cmd, args)?;
         self.procs.push(p);
         Ok(())
+    }
+    /// Writes the pool file at `path`: pool `web`, the lb its load
+    /// balancer, every backend on `port` with `weights[i]` (1 past the
+    /// end), the one at index `draining` (if any) draining. Replaced in one
+    /// rename, as an editor or a ConfigMap update does.
+    pub fn write_pool_file(
+        &self,
+        path: &Path,
+        port: u16,
+        weights: &[u32],
+        draining: Option<usize>,
+    ) -> Result<()> {
+        let members: String = (self.backends.iter().enumerate())
+            .map(|(i, b)| {
+                format!(
+                    "  {{ address = \"{}:{port}\", weight = {}, draining = {} }},\n",
+                    b.addr4,
+                    weights.get(i).copied().unwrap_or(1),
+                    draining == Some(i)
+                )
+            })
+            .collect();
+        let text = format!(
+            "[[pool]]\nname = \"web\"\nlb_nodes = [\"{}\"]\nmembers = [\n{members}]\n",
+            self.lb.ns
+        );
+        crate::replace_file(path, text)
     }
 
     /// The output of the process started as `name`.

@@ -30,22 +30,9 @@ use serde_json::Value;
 const METRICS: &str = "10.1.0.1:9465";
 
 /// Writes the pool file with `weights` for b1, b2, b3 (the one at index
-/// `draining`, if any, draining), by a rename.
+/// `draining`, if any, draining).
 fn write_pools(lab: &Lab, path: &Path, weights: [u32; 3], draining: Option<usize>) {
-    let members: String = (lab.backends.iter().zip(weights).enumerate())
-        .map(|(i, (b, w))| {
-            format!(
-                "  {{ address = \"{}:{BACKEND_PORT}\", weight = {w}, draining = {} }},\n",
-                b.addr4,
-                draining == Some(i)
-            )
-        })
-        .collect();
-    let text = format!(
-        "[[pool]]\nname = \"web\"\nlb_nodes = [\"{}\"]\nmembers = [\n{members}]\n",
-        lab.lb.ns
-    );
-    evenflow_tests::replace_file(path, text).expect("the pool file replaced");
+    (lab.write_pool_file(path, BACKEND_PORT, &weights, draining)).expect("the pool file replaced");
 }
 
 /// Client load through the VIP until dropped: about 50 connections a

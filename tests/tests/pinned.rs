@@ -484,26 +484,6 @@ fn forty_keepalive_connections_28_on_one_of_four_are_flagged() {
     );
 }
 
-/// Writes the pool file for `web`: every backend at weight 1, the one at
-/// index `draining` (if any) draining; replaced in one rename, as an
-/// editor or a ConfigMap update does.
-fn write_pools(lab: &Lab, path: &Path, port: u16, draining: Option<usize>) {
-    let members: String = (lab.backends.iter().enumerate())
-        .map(|(i, b)| {
-            format!(
-                "  {{ address = \"{}:{port}\", draining = {} }},\n",
-                b.addr4,
-                draining == Some(i)
-            )
-        })
-        .collect();
-    let text = format!(
-        "[[pool]]\nname = \"web\"\nlb_nodes = [\"{}\"]\nmembers = [\n{members}]\n",
-        lab.lb.ns
-    );
-    evenflow_tests::replace_file(path, text).expect("the pool file replaced");
-}
-
 /// A drain the clients never follow: three backends behind HAProxy, 30
 /// keep-alive connections held open and used (10 on each). The third is
 /// drained in HAProxy (`state drain`: nothing new, its open connections
@@ -519,7 +499,8 @@ fn a_drained_backend_that_keeps_its_keepalive_connections_warns_pinned() {
     let lb = lab.lb.clone();
     let port = Backend::Nginx.port();
     let pools = lab.dir.join("pools.toml");
-    write_pools(&lab, &pools, port, None);
+    lab.write_pool_file(&pools, port, &[], None)
+        .expect("the pool file");
     let file = pools.display().to_string();
     let args = ["--pools", &file, "--drain-deadline-ticks", "10"];
     let (sock, _) = stand_up(&mut lab, Backend::Nginx, "web", &args);
@@ -543,7 +524,8 @@ fn a_drained_backend_that_keeps_its_keepalive_connections_warns_pinned() {
         &format!("set server {}/b3 state drain", haproxy::BACKEND),
     )
     .expect("HAProxy drains b3");
-    write_pools(&lab, &pools, port, Some(2));
+    lab.write_pool_file(&pools, port, &[], Some(2))
+        .expect("the pool file replaced");
     let drained = Instant::now();
     let drained_id = ids[2].as_str();
     let warned = evenflow_tests::wait_for(Duration::from_secs(40), || {
