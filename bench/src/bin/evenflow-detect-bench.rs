@@ -147,6 +147,7 @@ fn run_one(s: &Scenario, seed: u64) -> Outcome {
                     id: ids[i].clone(),
                     weight: s.weights[i],
                     draining: s.draining.contains(&i),
+                    not_ready: false,
                     server: Some(ViewInput {
                         fresh: !stale,
                         reset: false,

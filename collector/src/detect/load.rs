@@ -89,7 +89,10 @@ use std::collections::HashMap;
 
 use super::{
     Settings,
-    pool::{MemberInput, PoolInput, Presence, Verdict, View, ViewInput, ViewVerdict, member_entry},
+    pool::{
+        MemberInput, OutOfRotation, PoolInput, Presence, Verdict, View, ViewInput, ViewVerdict,
+        member_entry,
+    },
     tail::binomial_log_tail,
 };
 
@@ -699,6 +702,7 @@ impl LoadState {
 /// balancer sends it nothing new, old connections keep it busy).
 fn draining(
     s: &Settings,
+    out: OutOfRotation,
     draining_for: u64,
     serving: f64,
     v: &ViewInput,
@@ -711,10 +715,11 @@ fn draining(
         ..LoadVerdict::default()
     };
     let deadline = s.drain_deadline_ticks;
-    let bytes = ok(bytes_share, "draining".into());
+    let state = out.state();
+    let bytes = ok(bytes_share, state.into());
     if deadline == 0 || draining_for < deadline || v.active == 0 {
         let reason = format!(
-            "draining for {draining_for} ticks: its {} open connections are expected to close",
+            "{state} for {draining_for} ticks: its {} open connections are expected to close",
             v.active
         );
         return (ok(active_share, reason), bytes);
@@ -727,8 +732,12 @@ fn draining(
         ratio: f64::INFINITY,
         ticks: draining_for - deadline + 1,
         reason: format!(
-            "draining for {draining_for} ticks, yet it still holds {} open connections (the serving members hold {serving:.0}): long-lived connections outlive the drain; give them a maximum age at the client or server, or close them at the backend",
+            "{state} for {draining_for} ticks, yet it still holds {} open connections (the serving members hold {serving:.0}): long-lived connections outlive the {}; give them a maximum age at the client or server, or close them at the backend",
             v.active,
+            match out {
+                OutOfRotation::Draining => "drain",
+                OutOfRotation::NotReady => "balancer's rules",
+            },
         ),
         ..LoadVerdict::default()
     };
@@ -790,10 +799,11 @@ impl MemberLoad {
             tick.pool_in + tick.pool_out,
         );
         let active_share = ratio_of(v.active as f64, t.active);
-        if m.draining {
+        if let Some(out) = m.out_of_rotation() {
             self.draining_for += 1;
             return draining(
                 tick.s,
+                out,
                 self.draining_for,
                 t.active,
                 v,

@@ -45,6 +45,10 @@ pub struct MemberInput {
     pub weight: f64,
     /// Expected to receive no new connections.
     pub draining: bool,
+    /// With `draining`: out of the balancer's rotation because its
+    /// orchestrator says it is not ready (Kubernetes), rather than drained
+    /// by an operator. Judged alike; said differently.
+    pub not_ready: bool,
     /// The server view, when the member's own agent is known.
     pub server: Option<ViewInput>,
     /// The LB view, when the pool has load balancer agents.
@@ -58,6 +62,35 @@ pub struct MemberInput {
     pub listening: Option<bool>,
 }
 
+/// Why a member is out of its balancer's rotation.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(super) enum OutOfRotation {
+    /// Drained by its operator (pool file, balancer, terminating Pod).
+    Draining,
+    /// Its orchestrator says it is not ready.
+    NotReady,
+}
+
+impl OutOfRotation {
+    /// The state, in a reason's words.
+    pub(super) fn state(self) -> &'static str {
+        match self {
+            OutOfRotation::Draining => "draining",
+            OutOfRotation::NotReady => "not ready",
+        }
+    }
+
+    /// Who still sends it new connections, when it gets them.
+    fn sender(self) -> &'static str {
+        match self {
+            OutOfRotation::Draining => "its balancer still sends to it",
+            OutOfRotation::NotReady => {
+                "a balancer still sends to it (a kube-proxy whose rules are stale, or clients that reach the Pod directly)"
+            }
+        }
+    }
+}
+
 impl AsRef<MemberInput> for MemberInput {
     fn as_ref(&self) -> &MemberInput {
         self
@@ -65,6 +98,16 @@ impl AsRef<MemberInput> for MemberInput {
 }
 
 impl MemberInput {
+    /// Why it is expected to get no new connections, in a reason's words
+    /// (`None` when it is expected to get its share).
+    pub(super) fn out_of_rotation(&self) -> Option<OutOfRotation> {
+        match (self.draining, self.not_ready) {
+            (false, _) => None,
+            (true, false) => Some(OutOfRotation::Draining),
+            (true, true) => Some(OutOfRotation::NotReady),
+        }
+    }
+
     /// Its input in `view`.
     pub(super) fn view(&self, view: View) -> Option<ViewInput> {
         match view {
@@ -838,8 +881,15 @@ impl PoolState {
             self.settle_left = s.settle_ticks;
         }
         let founding = input.tick < first_tick + FOUNDING_TICKS;
+        // A member back from draining (or from not ready) joins as a new
+        // one does: its balancer takes it back at its own moment.
         let before: HashMap<&str, f64> = (self.member_set.iter())
-            .map(|(id, _, w)| (id.as_str(), f64::from_bits(*w)))
+            .map(|(id, draining, w)| {
+                (
+                    id.as_str(),
+                    if *draining { 0.0 } else { f64::from_bits(*w) },
+                )
+            })
             .collect();
         for (id, draining, w) in &set {
             let new = f64::from_bits(*w);
@@ -1452,7 +1502,7 @@ impl ViewState {
             return judged;
         }
         hist.seen.record(share_tick.tick, input.new_conns);
-        if member.draining {
+        if let Some(out) = member.out_of_rotation() {
             hist.draining_recent.rotate_right(1);
             hist.draining_recent[0] = input.new_conns;
             hist.draining_fair.rotate_right(1);
@@ -1469,7 +1519,9 @@ impl ViewState {
             if leaks(recent, fair) {
                 judged.verdict = Verdict::DrainingViolation;
                 judged.reason = format!(
-                    "draining, yet it got {recent} new connections in 10 ticks (its weight would draw {fair:.0}): its balancer still sends to it"
+                    "{}, yet it got {recent} new connections in 10 ticks (its weight would draw {fair:.0}): {}",
+                    out.state(),
+                    out.sender()
                 );
             }
             return judged;

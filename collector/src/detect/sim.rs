@@ -426,6 +426,7 @@ impl LongLived {
                     id: member_id(i),
                     weight: self.spec.weights[i],
                     draining: false,
+                    not_ready: false,
                     server: Some(view),
                     lb: None,
                     cpu: None,

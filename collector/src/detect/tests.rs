@@ -16,6 +16,7 @@ pub(super) fn input(tick: u64, counts: &[u64], weights: &[f64]) -> PoolInput {
                 id: format!("10.0.{}.{}:8080", i / 250, i % 250 + 1),
                 weight: w,
                 draining: false,
+                not_ready: false,
                 server: Some(ViewInput {
                     fresh: true,
                     new_conns: c,
@@ -312,6 +313,79 @@ fn probes_of_a_draining_member_in_a_quiet_pool_still_are_a_violation() {
     assert!(
         d.open_alerts()
             .any(|a| a.kind == AlertKind::DrainingViolation)
+    );
+}
+
+#[test]
+fn a_not_ready_member_its_balancer_still_sends_to_is_a_violation_said_as_such() {
+    // A Kubernetes endpoint that turned not ready: its kubelet's probes
+    // (one a tick) are no violation; a kube-proxy whose rules went stale
+    // (a third of the clients' nodes still send it its share) is.
+    let mut d = Detector::default();
+    let not_ready = |t: u64, leak: u64| {
+        let mut inp = input(t, &[50, 50, leak], &[1.0; 3]);
+        inp.members[2].draining = true;
+        inp.members[2].not_ready = true;
+        inp
+    };
+    for t in 0..40 {
+        let (v, _) = d.evaluate(&not_ready(t, 1));
+        assert_eq!(
+            v.members[2].verdict,
+            Verdict::Ok,
+            "tick {t}: {:#?}",
+            v.members[2]
+        );
+    }
+    let mut fired = None;
+    for t in 40..60 {
+        let (v, _) = d.evaluate(&not_ready(t, 8));
+        if v.members[2].verdict == Verdict::DrainingViolation && fired.is_none() {
+            fired = Some((t, v.members[2].reason.clone()));
+        }
+    }
+    let (at, reason) = fired.expect("a stale kube-proxy's sends are a violation");
+    assert!(at <= 45, "within a few ticks: tick {at}");
+    assert!(
+        reason.starts_with("not ready, yet it got") && reason.contains("kube-proxy"),
+        "{reason}"
+    );
+    let alert = d
+        .open_alerts()
+        .find(|a| a.kind == AlertKind::DrainingViolation)
+        .expect("a page");
+    assert_eq!(alert.severity, Severity::Page);
+    assert!(alert.summary.contains("not ready"), "{}", alert.summary);
+}
+
+#[test]
+fn a_member_back_from_not_ready_joins_before_it_is_judged() {
+    // Back to ready, kube-proxy takes it into its rules a few ticks later:
+    // it joins (SETTLING), it is not ZERO meanwhile.
+    let mut d = Detector::default();
+    for t in 0..40 {
+        let mut inp = input(t, &[50, 50, 0], &[1.0; 3]);
+        inp.members[2].draining = true;
+        inp.members[2].not_ready = true;
+        d.evaluate(&inp);
+    }
+    for t in 40..60 {
+        let back = if t < 52 { 0 } else { 33 };
+        let (v, _) = d.evaluate(&input(t, &[50, 50, back], &[1.0; 3]));
+        if t < 52 {
+            assert_eq!(
+                v.members[2].verdict,
+                Verdict::Settling,
+                "tick {t}: {:#?}",
+                v.members[2]
+            );
+        }
+    }
+    assert_eq!(
+        d.open_alerts().count(),
+        0,
+        "{:#?}",
+        d.open_alerts().collect::<Vec<_>>()
     );
 }
 

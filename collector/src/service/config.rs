@@ -228,9 +228,10 @@ pub struct Config {
     #[arg(long, env = "EVENFLOW_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
 
-    /// Kubernetes: how long an endpoint that began terminating may still
-    /// get new connections (kube-proxy has not synced yet) before it is
-    /// judged as draining.
+    /// Kubernetes: how long an endpoint that began terminating, or that
+    /// was ready and turned not ready, may still get new connections
+    /// (kube-proxy has not synced yet) before it is judged as out of the
+    /// rules.
     #[arg(long, env = "EVENFLOW_KUBE_DRAIN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub kube_drain_grace: Duration,
 

@@ -69,6 +69,9 @@ pub enum Expect {
     Share,
     /// No new connections; judged (a draining violation if it gets them).
     Draining,
+    /// No new connections, because Kubernetes says it is not ready (it was
+    /// ready, and its grace has passed); judged as [`Expect::Draining`] is.
+    NotReady,
     /// Not judged at all, for the reason given: shown with its measured
     /// numbers (a Kubernetes endpoint that is not ready, or one that began
     /// terminating less than the drain grace ago).

@@ -769,9 +769,10 @@ impl MemberPlan {
             server: server_measured,
             lb: lb_measured,
         };
-        let draining = match &self.expect {
-            Expect::Share => false,
-            Expect::Draining => true,
+        let (draining, not_ready) = match &self.expect {
+            Expect::Share => (false, false),
+            Expect::Draining => (true, false),
+            Expect::NotReady => (true, true),
             Expect::Unjudged { draining, reason } => {
                 return Assembled::Unjudged(Unjudged {
                     meta,
@@ -787,6 +788,7 @@ impl MemberPlan {
                 id: self.id.clone(),
                 weight: self.weight,
                 draining,
+                not_ready,
                 server,
                 lb,
                 cpu: self.first.and_then(|i| agents[i].cpu),

@@ -6,13 +6,18 @@
 //! it may get a few new connections that no one did wrong. For `grace`
 //! after the collector first sees it draining it is listed but not judged;
 //! after that it is judged as draining: expected share 0, a
-//! DRAINING_VIOLATION if it still gets new connections. Not-ready
-//! endpoints are never judged. The clock is the collector's own (an
+//! DRAINING_VIOLATION if it still gets new connections. An endpoint that
+//! was ready and turns not ready (its readiness probe fails) leaves the
+//! rules the same way, and is judged the same way after the same grace: a
+//! kube-proxy whose rules went stale keeps sending it new connections,
+//! which the Pod said it cannot serve. One that has not been ready since
+//! the collector started watching is starting (kube-proxy never routed to
+//! it) and is not judged. The clock is the collector's own (an
 //! EndpointSlice says nothing of when an endpoint began terminating), so
 //! a collector that restarts gives draining endpoints a fresh grace.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
@@ -33,6 +38,9 @@ pub struct KubeDeclared {
     pub unpooled: Arc<[SocketAddr]>,
 }
 
+/// A member of a pool: (pool, address).
+type Key = (Arc<str>, SocketAddr);
+
 /// Kubernetes' pools as the tick reads them.
 pub struct KubePools {
     catalog: watch::Receiver<Arc<Catalog>>,
@@ -40,7 +48,11 @@ pub struct KubePools {
     /// Catalog version the last pools were built from.
     version: Option<u64>,
     /// When each draining member (pool, address) was first seen draining.
-    draining_since: HashMap<(Arc<str>, SocketAddr), Instant>,
+    draining_since: HashMap<Key, Instant>,
+    /// When each member that was ready was first seen not ready.
+    not_ready_since: HashMap<Key, Instant>,
+    /// The members ready in the last catalog.
+    ready: HashSet<Key>,
     /// The next moment a member's grace ends.
     next_deadline: Option<Instant>,
 }
@@ -53,6 +65,8 @@ impl KubePools {
             grace,
             version: None,
             draining_since: HashMap::new(),
+            not_ready_since: HashMap::new(),
+            ready: HashSet::new(),
             next_deadline: None,
         }
     }
@@ -70,7 +84,7 @@ impl KubePools {
         }
         self.version = version;
         if changed {
-            self.track_draining(&catalog, now);
+            self.track(&catalog, now);
         }
         Some(KubeDeclared {
             pools: self.declare(&catalog, now),
@@ -78,22 +92,55 @@ impl KubePools {
         })
     }
 
-    /// Keeps the first-seen time of every member draining now, forgets the
-    /// rest.
-    fn track_draining(&mut self, catalog: &Catalog, now: Instant) {
-        let mut since = HashMap::new();
+    /// Keeps the first-seen time of every member draining now, and of
+    /// every member not ready now that was ready before; forgets the rest.
+    fn track(&mut self, catalog: &Catalog, now: Instant) {
+        let mut draining = HashMap::new();
+        let mut not_ready = HashMap::new();
+        let mut ready = HashSet::new();
         for pool in &catalog.pools {
-            for member in pool
-                .members
-                .iter()
-                .filter(|member| member.condition == Condition::Draining)
-            {
+            for member in &pool.members {
                 let key = (pool.name.clone(), member.addr);
-                let first_seen = self.draining_since.get(&key).copied().unwrap_or(now);
-                since.insert(key, first_seen);
+                match member.condition {
+                    Condition::Ready => {
+                        ready.insert(key);
+                    }
+                    Condition::Draining => {
+                        let since = self.draining_since.get(&key).copied().unwrap_or(now);
+                        draining.insert(key, since);
+                    }
+                    Condition::NotReady => {
+                        let since = (self.not_ready_since.get(&key).copied())
+                            .or_else(|| self.ready.contains(&key).then_some(now));
+                        if let Some(since) = since {
+                            not_ready.insert(key, since);
+                        }
+                    }
+                }
             }
         }
-        self.draining_since = since;
+        self.draining_since = draining;
+        self.not_ready_since = not_ready;
+        self.ready = ready;
+    }
+
+    /// What a member out of the rules since `since` is expected to get at
+    /// `now`: nothing judged within the grace (`in_grace` says why), then
+    /// `after`; keeps the earliest end of a grace in `next_deadline`.
+    fn after_grace(
+        &mut self,
+        since: Instant,
+        now: Instant,
+        in_grace: Expect,
+        after: Expect,
+    ) -> Expect {
+        let end = since + self.grace;
+        if now < end {
+            self.next_deadline = Some(self.next_deadline.map_or(end, |deadline| deadline.min(end)));
+            in_grace
+        } else {
+            after
+        }
     }
 
     fn declare(&mut self, catalog: &Catalog, now: Instant) -> BTreeMap<Arc<str>, DeclaredPool> {
@@ -102,34 +149,43 @@ impl KubePools {
         let in_grace = format!(
             "began terminating less than the {grace} drain grace ago: kube-proxy may still send it new connections, so it is judged as draining only after"
         );
-        let not_ready = "not ready: expected to receive nothing; not judged".to_owned();
+        let turned = format!(
+            "turned not ready less than the {grace} grace ago: kube-proxy may still send it new connections, so it is judged as out of the rules only after"
+        );
+        let starting = "not ready since the collector first saw it (starting): kube-proxy has not routed to it; not judged".to_owned();
         let mut out = BTreeMap::new();
         for pool in &catalog.pools {
             let mut members = Vec::with_capacity(pool.members.len());
             for member in &pool.members {
+                let key = (pool.name.clone(), member.addr);
                 let expect = match member.condition {
                     Condition::Ready => Expect::Share,
-                    Condition::NotReady => Expect::Unjudged {
-                        draining: false,
-                        reason: not_ready.clone(),
+                    Condition::NotReady => match self.not_ready_since.get(&key).copied() {
+                        Some(since) => self.after_grace(
+                            since,
+                            now,
+                            Expect::Unjudged {
+                                draining: false,
+                                reason: turned.clone(),
+                            },
+                            Expect::NotReady,
+                        ),
+                        None => Expect::Unjudged {
+                            draining: false,
+                            reason: starting.clone(),
+                        },
                     },
                     Condition::Draining => {
-                        let since = self
-                            .draining_since
-                            .get(&(pool.name.clone(), member.addr))
-                            .copied()
-                            .unwrap_or(now);
-                        let end = since + self.grace;
-                        if now < end {
-                            self.next_deadline =
-                                Some(self.next_deadline.map_or(end, |deadline| deadline.min(end)));
+                        let since = self.draining_since.get(&key).copied().unwrap_or(now);
+                        self.after_grace(
+                            since,
+                            now,
                             Expect::Unjudged {
                                 draining: true,
                                 reason: in_grace.clone(),
-                            }
-                        } else {
-                            Expect::Draining
-                        }
+                            },
+                            Expect::Draining,
+                        )
                     }
                 };
                 members.push(DeclaredMember {
@@ -202,6 +258,7 @@ mod tests {
             .map(|member| match &member.expect {
                 Expect::Share => "share",
                 Expect::Draining => "draining",
+                Expect::NotReady => "out",
                 Expect::Unjudged { draining: true, .. } => "grace",
                 Expect::Unjudged {
                     draining: false, ..
@@ -252,5 +309,72 @@ mod tests {
             .pools;
         assert_eq!(expects(&pools), ["share", "draining", "share"]);
         assert!(kube.poll(t1 + Duration::from_secs(11)).is_none());
+    }
+
+    #[test]
+    fn a_member_that_turns_not_ready_is_judged_after_the_grace_and_a_starting_one_never() {
+        let (tx, rx) = watch::channel(Arc::new(Catalog::default()));
+        let mut kube = KubePools::new(rx, Duration::from_secs(10));
+        let t0 = Instant::now();
+        // The third member is starting: never ready yet.
+        tx.send_replace(catalog(
+            1,
+            &[Condition::Ready, Condition::Ready, Condition::NotReady],
+        ));
+        let pools = kube.poll(t0).expect("first pools").pools;
+        assert_eq!(expects(&pools), ["share", "share", "not ready"]);
+        let Expect::Unjudged { reason, .. } = &pools["default/web:http"].members[2].expect else {
+            panic!("a starting member is not judged");
+        };
+        assert!(reason.contains("starting"), "{reason}");
+        // The second fails its readiness probe; the third becomes ready.
+        tx.send_replace(catalog(
+            2,
+            &[Condition::Ready, Condition::NotReady, Condition::Ready],
+        ));
+        let t1 = t0 + Duration::from_secs(3);
+        let pools = kube.poll(t1).unwrap().pools;
+        assert_eq!(expects(&pools), ["share", "not ready", "share"]);
+        let Expect::Unjudged { reason, .. } = &pools["default/web:http"].members[1].expect else {
+            panic!("within the grace it is not judged");
+        };
+        assert!(reason.contains("turned not ready"), "{reason}");
+        // A catalog change within the grace keeps the first-seen time.
+        tx.send_replace(catalog(
+            3,
+            &[Condition::Ready, Condition::NotReady, Condition::Ready],
+        ));
+        assert_eq!(
+            expects(&kube.poll(t1 + Duration::from_secs(4)).unwrap().pools),
+            ["share", "not ready", "share"]
+        );
+        assert!(kube.poll(t1 + Duration::from_secs(9)).is_none());
+        let pools = kube
+            .poll(t1 + Duration::from_secs(10))
+            .expect("grace ended")
+            .pools;
+        assert_eq!(expects(&pools), ["share", "out", "share"]);
+        // Ready again, and not ready again: a fresh grace.
+        tx.send_replace(catalog(
+            4,
+            &[Condition::Ready, Condition::Ready, Condition::Ready],
+        ));
+        let t2 = t1 + Duration::from_secs(20);
+        assert_eq!(
+            expects(&kube.poll(t2).unwrap().pools),
+            ["share", "share", "share"]
+        );
+        tx.send_replace(catalog(
+            5,
+            &[Condition::Ready, Condition::NotReady, Condition::Ready],
+        ));
+        assert_eq!(
+            expects(&kube.poll(t2 + Duration::from_secs(1)).unwrap().pools),
+            ["share", "not ready", "share"]
+        );
+        assert_eq!(
+            expects(&kube.poll(t2 + Duration::from_secs(11)).unwrap().pools),
+            ["share", "out", "share"]
+        );
     }
 }

@@ -288,10 +288,10 @@ impl From<PublishedMember<'_>> for v1::Member {
                 Self {
                     weight: verdict.weight,
                     judged_weight: verdict.judged_weight.unwrap_or(0.0),
-                    state: if verdict.draining {
-                        v1::MemberState::Draining
-                    } else {
-                        v1::MemberState::Serving
+                    state: match (verdict.draining, member.input.not_ready) {
+                        (false, _) => v1::MemberState::Serving,
+                        (true, false) => v1::MemberState::Draining,
+                        (true, true) => v1::MemberState::NotReady,
                     } as i32,
                     server_view: (verdict.server.as_ref())
                         .map(|v| view(v, &member.meta.server).into()),
