@@ -22,6 +22,13 @@
 //! 4. an endpoint the DNAT rules stop sending to while its slice still says
 //!    ready is ZERO within 10 s, its alert naming its pod.
 //!
+//! A second node (`a_pod_that_turns_not_ready_…`) has a pod fail its
+//! readiness probe while the node's kubelet keeps probing it: when
+//! kube-proxy drops it from its rules nothing pages; when kube-proxy's
+//! rules go stale and keep sending to it, it pages DRAINING_VIOLATION
+//! ("not ready, yet…") once the drain grace has passed, and clears once
+//! kube-proxy syncs.
+//!
 //! Run as root: `cargo build --bins && cargo test -p evenflow-tests --test
 //! kube_node -- --nocapture` prints every measured figure.
 
@@ -166,10 +173,11 @@ impl Node8s {
     }
 }
 
-fn build() -> Node8s {
+/// The node `name`, its pods serving, the collector and the agent running.
+fn build(name: &str) -> Node8s {
     evenflow_tests::require_root();
     let mut lab =
-        Lab::kubernetes_node("k8n", &["a1", "a2", "a3", "b1", "b2"]).expect("a Kubernetes node");
+        Lab::kubernetes_node(name, &["a1", "a2", "a3", "b1", "b2"]).expect("a Kubernetes node");
     let node = lab.lb.clone();
     let mut logs = Vec::new();
     for p in lab.backends.clone() {
@@ -656,9 +664,172 @@ fn a_pod_the_rules_leave_out_is_zero(k: &mut Node8s) {
 
 #[test]
 fn two_services_on_one_port_of_a_kubernetes_node() {
-    let mut k = build();
+    let mut k = build("k8n");
     counts_match_each_pods_log(&mut k);
     rolling_update_pages_nothing(&mut k);
     tools_show_services(&mut k);
     a_pod_the_rules_leave_out_is_zero(&mut k);
+}
+
+/// The node's kubelet probing one pod's port directly (no Service, no
+/// DNAT) once a second until stopped: the connections a not-ready pod
+/// still gets from its own node.
+struct Kubelet {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<client::Load>,
+}
+
+impl Kubelet {
+    fn probe(k: &Node8s, pod: &Node) -> Kubelet {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ns, stop2) = (k.node().ns, stop.clone());
+        let target = SocketAddr::new(pod.addr4, BACKEND_PORT);
+        let thread = std::thread::spawn(move || {
+            let mut total = client::Load::default();
+            while !stop2.load(Ordering::Relaxed) {
+                if let Ok(l) = client::http_load(&ns, target, 1, 1) {
+                    total.add(&l);
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            total
+        });
+        Kubelet { stop, thread }
+    }
+
+    fn finish(self) -> client::Load {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("prober thread")
+    }
+}
+
+impl Node8s {
+    /// svc-a's member `pod` as ListPools shows it: (state, verdict, reason).
+    fn member(&self, pod: &Node) -> Option<(String, String, String)> {
+        let addr = pod.addr4.to_string();
+        self.pools()
+            .iter()
+            .flat_map(|p| p["members"].as_array().cloned().unwrap_or_default())
+            .find(|m| m["address"] == addr.as_str())
+            .map(|m| {
+                let s = |f: &str| m[f].as_str().unwrap_or("").to_owned();
+                (s("state"), s("verdict"), s("reason"))
+            })
+    }
+
+    /// The open (or, with `resolved`, any) DRAINING_VIOLATION for `pod`.
+    fn violation(&self, pod: &Node, resolved: bool) -> Option<Value> {
+        let member = format!("{}:{BACKEND_PORT}", pod.addr4);
+        self.alerts().into_iter().find(|a| {
+            a["kind"] == "ALERT_KIND_DRAINING_VIOLATION"
+                && a["member"] == member.as_str()
+                && (resolved || a["resolvedAt"].is_null())
+        })
+    }
+}
+
+/// The grace the node's collector gives a pod that turned not ready
+/// (`--kube-drain-grace` in [`build`]).
+const GRACE: Duration = Duration::from_secs(5);
+
+#[test]
+fn a_pod_that_turns_not_ready_pages_only_while_a_stale_kube_proxy_sends_to_it() {
+    let mut k = build("k8r");
+    let (a, b) = (k.pods("svc-a"), k.pods("svc-b"));
+    let b: Vec<&Node> = b.iter().collect();
+    let a3 = a[2].clone();
+    let load = Background::start(&k);
+    let kubelet = Kubelet::probe(&k, &a3);
+    // The pools settle under load: every member judged OK.
+    let settled = evenflow_tests::wait_for(Duration::from_secs(30), || {
+        k.member(&a3).filter(|(_, v, _)| v == "VERDICT_OK")
+    });
+    if settled.is_none() {
+        k.fail(format!("svc-a never settled: a3 is {:?}", k.member(&a3)));
+    }
+    let mut slice: Vec<(&Node, State)> = a.iter().map(|p| (p, State::Ready)).collect();
+
+    // 1. a3 fails its readiness probe; kube-proxy drops it half a second
+    // later. The kubelet keeps probing it: no page, and once the grace has
+    // passed it is judged (OK), shown not ready.
+    slice[2].1 = State::NotReady;
+    k.slice("svc-a", &slice);
+    std::thread::sleep(Duration::from_millis(500));
+    k.rules(&[&a[0], &a[1]], &b);
+    no_page_for(&mut k, GRACE + Duration::from_secs(12));
+    match k.member(&a3) {
+        Some((state, verdict, _))
+            if state == "MEMBER_STATE_NOT_READY" && verdict == "VERDICT_OK" => {}
+        other => k.fail(format!(
+            "a3, not ready and out of the rules past the grace, is {other:?}"
+        )),
+    }
+
+    // 2. Ready again; kube-proxy takes it back half a second later.
+    slice[2].1 = State::Ready;
+    k.slice("svc-a", &slice);
+    std::thread::sleep(Duration::from_millis(500));
+    k.rules(&[&a[0], &a[1], &a[2]], &b);
+    no_page_for(&mut k, Duration::from_secs(8));
+
+    // 3. Not ready again, and kube-proxy's rules go stale: it keeps
+    // sending a3 its share.
+    slice[2].1 = State::NotReady;
+    k.slice("svc-a", &slice);
+    let turned = Instant::now();
+    let mut page = None;
+    while turned.elapsed() < GRACE + Duration::from_secs(20) && page.is_none() {
+        std::thread::sleep(Duration::from_millis(250));
+        page = k.violation(&a3, false);
+    }
+    let paged = turned.elapsed();
+    let Some(page) = page else {
+        k.fail(format!(
+            "no DRAINING_VIOLATION for not-ready a3 that stale rules still send to within {:?}: a3 is {:?}",
+            GRACE + Duration::from_secs(20),
+            k.member(&a3)
+        ))
+    };
+    let summary = page["summary"].as_str().unwrap_or("").to_owned();
+    if paged < GRACE
+        || page["severity"] != "SEVERITY_PAGE"
+        || page["pod"] != "default/svc-a-a3"
+        || !summary.contains("not ready, yet it got")
+    {
+        k.fail(format!(
+            "a3's page came {:.1} s after it turned not ready (grace {GRACE:?}): {page:#}",
+            paged.as_secs_f64()
+        ));
+    }
+    match k.member(&a3) {
+        Some((state, ..)) if state == "MEMBER_STATE_NOT_READY" => {}
+        other => k.fail(format!("a3 while paging is {other:?}")),
+    }
+
+    // 4. kube-proxy syncs: the page resolves while the kubelet probes on.
+    k.rules(&[&a[0], &a[1]], &b);
+    let synced = Instant::now();
+    let resolved = evenflow_tests::wait_for(Duration::from_secs(40), || {
+        k.violation(&a3, true)
+            .filter(|a| !a["resolvedAt"].is_null())
+    });
+    let cleared = synced.elapsed();
+    let probes = kubelet.finish();
+    let traffic = load.finish();
+    if resolved.is_none() {
+        k.fail(format!(
+            "a3's DRAINING_VIOLATION never resolved after kube-proxy synced: a3 is {:?}",
+            k.member(&a3)
+        ));
+    }
+    println!(
+        "not-ready a3 under {} client connections and {} kubelet probes: no page while kube-proxy dropped it; stale rules paged {:.1} s after it turned not ready (grace {GRACE:?}), resolved {:.1} s after the sync: {summary}",
+        traffic.connections,
+        probes.connections,
+        paged.as_secs_f64(),
+        cleared.as_secs_f64()
+    );
+    if probes.connections < 20 || probes.failures > 0 {
+        k.fail(format!("the kubelet's probes: {probes:?}"));
+    }
 }

@@ -82,6 +82,9 @@ pub enum State {
     Starting,
     /// ready, serving.
     Ready,
+    /// Running and failing its readiness probe after it was ready: the
+    /// same conditions as `Starting` (ready false, serving false).
+    NotReady,
     /// Deleted, still passing readiness: ready false, serving true,
     /// terminating true.
     Terminating,
@@ -122,7 +125,7 @@ impl Pod {
 
     fn endpoint(&self, namespace: &str) -> Endpoint {
         let (ready, serving, terminating) = match self.state {
-            State::Starting => (false, false, false),
+            State::Starting | State::NotReady => (false, false, false),
             State::Ready => (true, true, false),
             State::Terminating => (false, true, true),
             State::TerminatingNotServing => (false, false, true),
