@@ -235,24 +235,36 @@ impl Traffic {
 
     /// Reports every 250 ms for `d`.
     async fn run(&mut self, d: Duration) {
-        let end = Instant::now() + d;
-        while Instant::now() < end {
-            for (_, pods) in &self.routed {
-                for _ in 0..self.per_report {
-                    if pods.is_empty() {
-                        break;
-                    }
-                    let a = pods[self.next % pods.len()];
-                    self.next += 1;
-                    self.agent.add(a, v1::Direction::SendsTo, 1);
-                    if self.serves {
-                        self.agent.add(a, v1::Direction::Serves, 1);
-                    }
+        run_all(std::slice::from_mut(self), d).await;
+    }
+
+    /// One report's worth of new connections, and the report.
+    async fn step(&mut self) {
+        for (_, pods) in &self.routed {
+            for _ in 0..self.per_report {
+                if pods.is_empty() {
+                    break;
+                }
+                let a = pods[self.next % pods.len()];
+                self.next += 1;
+                self.agent.add(a, v1::Direction::SendsTo, 1);
+                if self.serves {
+                    self.agent.add(a, v1::Direction::Serves, 1);
                 }
             }
-            self.agent.report().await.expect("report");
-            tokio::time::sleep(Duration::from_millis(250)).await;
         }
+        self.agent.report().await.expect("report");
+    }
+}
+
+/// Several nodes' traffic, each reporting every 250 ms for `d`.
+async fn run_all(nodes: &mut [Traffic], d: Duration) {
+    let end = Instant::now() + d;
+    while Instant::now() < end {
+        for t in nodes.iter_mut() {
+            t.step().await;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
@@ -1024,4 +1036,103 @@ async fn alerts_watch_of_a_service_follows_its_pools_as_they_change() {
         )
     });
     assert_eq!(printed["member"], "10.244.1.4:8080", "{printed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_that_turns_not_ready_pages_naming_the_node_whose_kube_proxy_still_sends_to_it() {
+    let c = Cluster::start("notready", None);
+    for n in ["node-1", "node-2", "node-3"] {
+        c.api.apply(&objects::node(n, None)).expect("node");
+    }
+    let mut live: Vec<Pod> = (1..=3)
+        .map(|i| pod("svc-a", i, "node-1", State::Ready))
+        .collect();
+    apply_service(&c.api, "svc-a", "10.96.0.10", &live);
+    let mut q = c.query().await;
+    // Clients on every node; the pods run on node-1.
+    let mut nodes = vec![
+        Traffic::on(&c, "node-1", 6, true).await,
+        Traffic::on(&c, "node-2", 6, false).await,
+        Traffic::on(&c, "node-3", 6, false).await,
+    ];
+    for t in &mut nodes {
+        t.route_ready("svc-a", &live);
+    }
+    run_all(&mut nodes, Duration::from_secs(6)).await;
+    wait_pool(&c, &mut q, "default/svc-a:http", 20, |p| {
+        p.verdict == v1::Verdict::Ok as i32
+    })
+    .await;
+
+    // svc-a-3 fails its readiness probe. node-1's and node-2's kube-proxy
+    // drop it; node-3's has stopped syncing and keeps sending to it.
+    live[2].state = State::NotReady;
+    apply_service(&c.api, "svc-a", "10.96.0.10", &live);
+    let turned = Instant::now();
+    for t in &mut nodes[..2] {
+        t.route_ready("svc-a", &live);
+    }
+    let mut page = None;
+    while turned.elapsed() < Duration::from_secs(20) && page.is_none() {
+        run_all(&mut nodes, Duration::from_millis(250)).await;
+        page = list_alerts(&mut q, "default/svc-a:http", false)
+            .await
+            .into_iter()
+            .find(|a| a.kind == v1::AlertKind::DrainingViolation as i32);
+    }
+    let after = turned.elapsed();
+    let page = page.unwrap_or_else(|| {
+        panic!(
+            "no DRAINING_VIOLATION for the not-ready pod node-3 still sends to\n{}",
+            c.log()
+        )
+    });
+    println!(
+        "DRAINING_VIOLATION {:.1} s after the pod turned not ready: {}",
+        after.as_secs_f64(),
+        page.summary
+    );
+    assert!(
+        after >= Duration::from_secs(3),
+        "within the grace: {after:?}"
+    );
+    assert_eq!(page.member, "10.244.1.3:8080");
+    assert_eq!(page.pod, "default/svc-a-3");
+    assert_eq!(page.severity, v1::Severity::Page as i32);
+    assert!(
+        page.summary.contains("not ready, yet it got"),
+        "{}",
+        page.summary
+    );
+    assert!(
+        page.summary
+            .contains("in the LB view they came from node-3 (")
+            && !page.summary.contains("node-1")
+            && !page.summary.contains("node-2"),
+        "{}",
+        page.summary
+    );
+    let p = wait_pool(&c, &mut q, "default/svc-a:http", 5, |_| true).await;
+    assert!(
+        members(&p).contains(&(
+            "10.244.1.3:8080".to_owned(),
+            "default/svc-a-3".to_owned(),
+            "not-ready"
+        )),
+        "{:?}",
+        members(&p)
+    );
+
+    // node-3's kube-proxy syncs: the page resolves.
+    nodes[2].route_ready("svc-a", &live);
+    let synced = Instant::now();
+    let mut resolved = false;
+    while synced.elapsed() < Duration::from_secs(30) && !resolved {
+        run_all(&mut nodes, Duration::from_millis(500)).await;
+        resolved = !list_alerts(&mut q, "default/svc-a:http", false)
+            .await
+            .iter()
+            .any(|a| a.kind == v1::AlertKind::DrainingViolation as i32);
+    }
+    assert!(resolved, "still open 30 s after node-3 synced\n{}", c.log());
 }

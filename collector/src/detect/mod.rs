@@ -65,6 +65,7 @@ mod joining;
 mod load;
 mod pool;
 mod reweight;
+mod senders;
 pub mod sim;
 mod tail;
 

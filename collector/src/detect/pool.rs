@@ -1,12 +1,13 @@
 //! Per-pool state and one tick of judgement.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use super::{
     Settings, chi2_bound,
     joining::{Join, Joins, ViewTick},
     load::{Context, LoadState, LoadSummary, LoadVerdict},
     reweight::{Count, Reweights},
+    senders::Senders,
     z_bound,
 };
 
@@ -49,6 +50,10 @@ pub struct MemberInput {
     /// orchestrator says it is not ready (Kubernetes), rather than drained
     /// by an operator. Judged alike; said differently.
     pub not_ready: bool,
+    /// While out of rotation: this tick's new connections in the LB view
+    /// by load balancer node (empty otherwise), so that a
+    /// DRAINING_VIOLATION names the nodes that still send to it.
+    pub lb_senders: Vec<(Arc<str>, u64)>,
     /// The server view, when the member's own agent is known.
     pub server: Option<ViewInput>,
     /// The LB view, when the pool has load balancer agents.
@@ -660,6 +665,8 @@ pub(super) struct PoolState {
     settle_left: u32,
     cpu: HashMap<String, f64>,
     presence: Presence,
+    /// Members out of rotation: who sent them new connections.
+    senders: HashMap<String, Senders>,
 }
 
 /// How the pool's views came out, for its members' and its own verdict.
@@ -762,6 +769,7 @@ impl PoolState {
         let views = [server.tick(View::Server), lb.tick(View::Lb)];
         self.presence.note_joins(s, input, views);
         self.smooth_cpu(input);
+        self.note_senders(input);
 
         let primary_view = if server.judged || !lb.judged {
             View::Server
@@ -914,6 +922,22 @@ impl PoolState {
         self.member_set = set;
     }
 
+    /// Who sent each member out of rotation its new connections; forgets
+    /// the members back in rotation or gone.
+    fn note_senders(&mut self, input: &PoolInput<impl AsRef<MemberInput>>) {
+        let mut out = input.members().filter(|m| m.draining).peekable();
+        if out.peek().is_none() && self.senders.is_empty() {
+            return;
+        }
+        let mut kept = HashMap::with_capacity(self.senders.len());
+        for m in out {
+            let mut senders = self.senders.remove(&m.id).unwrap_or_default();
+            senders.push(&m.lb_senders);
+            kept.insert(m.id.clone(), senders);
+        }
+        self.senders = kept;
+    }
+
     /// CPU: smoothed per member.
     fn smooth_cpu(&mut self, input: &PoolInput<impl AsRef<MemberInput>>) {
         // A member that left, or whose agent stopped sending its CPU, has
@@ -977,6 +1001,11 @@ impl PoolState {
         } else if judging.settling && verdict.rank() > 1 && !verdict.is_fact() {
             verdict = Verdict::Settling;
             reason = "member set changed; settling".into();
+        }
+        if verdict == Verdict::DrainingViolation
+            && let Some(nodes) = self.senders.get(&m.id).and_then(Senders::named)
+        {
+            reason = format!("{reason}; in the LB view they came from {nodes}");
         }
         let active = worse(sv.as_ref(), lv.as_ref(), |v| &v.active_load);
         let bytes = worse(sv.as_ref(), lv.as_ref(), |v| &v.bytes_load);

@@ -17,6 +17,7 @@ pub(super) fn input(tick: u64, counts: &[u64], weights: &[f64]) -> PoolInput {
                 weight: w,
                 draining: false,
                 not_ready: false,
+                lb_senders: Vec::new(),
                 server: Some(ViewInput {
                     fresh: true,
                     new_conns: c,
@@ -326,6 +327,8 @@ fn a_not_ready_member_its_balancer_still_sends_to_is_a_violation_said_as_such() 
         let mut inp = input(t, &[50, 50, leak], &[1.0; 3]);
         inp.members[2].draining = true;
         inp.members[2].not_ready = true;
+        // The LB view by node: its own node's kubelet, and the stale node.
+        inp.members[2].lb_senders = vec![("node-1".into(), 1), ("node-7".into(), leak - 1)];
         inp
     };
     for t in 0..40 {
@@ -348,6 +351,18 @@ fn a_not_ready_member_its_balancer_still_sends_to_is_a_violation_said_as_such() 
     assert!(at <= 45, "within a few ticks: tick {at}");
     assert!(
         reason.starts_with("not ready, yet it got") && reason.contains("kube-proxy"),
+        "{reason}"
+    );
+    // Named by what each sent over the window: the kubelet's node one a
+    // tick, the stale node 7 a tick since tick 40.
+    let stale = 7 * (at - 39);
+    let named = if stale >= 10 {
+        format!("node-7 ({stale}) and node-1 (10)")
+    } else {
+        format!("node-1 (10) and node-7 ({stale})")
+    };
+    assert!(
+        reason.ends_with(&format!("; in the LB view they came from {named}")),
         "{reason}"
     );
     let alert = d

@@ -789,6 +789,11 @@ impl MemberPlan {
                 weight: self.weight,
                 draining,
                 not_ready,
+                lb_senders: if draining {
+                    self.senders(agents)
+                } else {
+                    Vec::new()
+                },
                 server,
                 lb,
                 cpu: self.first.and_then(|i| agents[i].cpu),
@@ -797,6 +802,21 @@ impl MemberPlan {
             },
             meta,
         })
+    }
+
+    /// This tick's new connections in its LB view, by fresh load balancer
+    /// node (those that sent some).
+    fn senders(&self, agents: &[AgentTick]) -> Vec<(Arc<str>, u64)> {
+        (self.sending.iter())
+            .filter(|&&(ai, _)| agents[ai].fresh)
+            .map(|&(ai, ei)| {
+                (
+                    agents[ai].node.clone(),
+                    agents[ai].endpoints[ei].delta.conns,
+                )
+            })
+            .filter(|&(_, n)| n > 0)
+            .collect()
     }
 }
 
