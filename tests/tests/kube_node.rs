@@ -418,36 +418,63 @@ fn counts_match_each_pods_log(k: &mut Node8s) {
     println!("per-pod counts match nginx in both views and the collector:\n{context}");
 }
 
-/// The client pod's steady load on both ClusterIPs until stopped.
+/// Load a thread drives, round after round, until stopped.
 struct Background {
     stop: Arc<AtomicBool>,
     thread: JoinHandle<client::Load>,
 }
 
 impl Background {
-    fn start(k: &Node8s) -> Background {
+    /// Runs `round` with `pause` between rounds, adding up what it drove.
+    fn run(
+        pause: Duration,
+        mut round: impl FnMut() -> Option<client::Load> + Send + 'static,
+    ) -> Background {
         let stop = Arc::new(AtomicBool::new(false));
-        let (ns, stop2) = (k.lab.client.ns.clone(), stop.clone());
+        let stop2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut total = client::Load::default();
+            while !stop2.load(Ordering::Relaxed) {
+                if let Some(l) = round() {
+                    total.add(&l);
+                }
+                std::thread::sleep(pause);
+            }
+            total
+        });
+        Background { stop, thread }
+    }
+
+    /// The client pod's steady load on both ClusterIPs: about 150
+    /// connections a second per Service, steady, and light enough to leave
+    /// the machine's two cores to the rest.
+    fn start(k: &Node8s) -> Background {
+        let ns = k.lab.client.ns.clone();
         let targets: Vec<SocketAddr> = k
             .services
             .iter()
             .map(|s| SocketAddr::new(s.ip, s.port))
             .collect();
-        let thread = std::thread::spawn(move || {
-            let mut total = client::Load::default();
-            // About 150 connections a second per Service: steady, and
-            // light enough to leave the machine's two cores to the rest.
-            while !stop2.load(Ordering::Relaxed) {
-                for t in &targets {
-                    if let Ok(l) = client::http_load(&ns, *t, 6, 2) {
-                        total.add(&l);
-                    }
+        Background::run(Duration::from_millis(40), move || {
+            let mut round = client::Load::default();
+            for t in &targets {
+                if let Ok(l) = client::http_load(&ns, *t, 6, 2) {
+                    round.add(&l);
                 }
-                std::thread::sleep(Duration::from_millis(40));
             }
-            total
-        });
-        Background { stop, thread }
+            Some(round)
+        })
+    }
+
+    /// The node's kubelet probing `pod`'s port directly (no Service, no
+    /// DNAT) once a second: the connections a not-ready pod still gets
+    /// from its own node.
+    fn kubelet(k: &Node8s, pod: &Node) -> Background {
+        let ns = k.node().ns;
+        let target = SocketAddr::new(pod.addr4, BACKEND_PORT);
+        Background::run(Duration::from_secs(1), move || {
+            client::http_load(&ns, target, 1, 1).ok()
+        })
     }
 
     fn finish(self) -> client::Load {
@@ -671,38 +698,6 @@ fn two_services_on_one_port_of_a_kubernetes_node() {
     a_pod_the_rules_leave_out_is_zero(&mut k);
 }
 
-/// The node's kubelet probing one pod's port directly (no Service, no
-/// DNAT) once a second until stopped: the connections a not-ready pod
-/// still gets from its own node.
-struct Kubelet {
-    stop: Arc<AtomicBool>,
-    thread: JoinHandle<client::Load>,
-}
-
-impl Kubelet {
-    fn probe(k: &Node8s, pod: &Node) -> Kubelet {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ns, stop2) = (k.node().ns, stop.clone());
-        let target = SocketAddr::new(pod.addr4, BACKEND_PORT);
-        let thread = std::thread::spawn(move || {
-            let mut total = client::Load::default();
-            while !stop2.load(Ordering::Relaxed) {
-                if let Ok(l) = client::http_load(&ns, target, 1, 1) {
-                    total.add(&l);
-                }
-                std::thread::sleep(Duration::from_secs(1));
-            }
-            total
-        });
-        Kubelet { stop, thread }
-    }
-
-    fn finish(self) -> client::Load {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().expect("prober thread")
-    }
-}
-
 impl Node8s {
     /// svc-a's member `pod` as ListPools shows it: (state, verdict, reason).
     fn member(&self, pod: &Node) -> Option<(String, String, String)> {
@@ -739,7 +734,7 @@ fn a_pod_that_turns_not_ready_pages_only_while_a_stale_kube_proxy_sends_to_it() 
     let b: Vec<&Node> = b.iter().collect();
     let a3 = a[2].clone();
     let load = Background::start(&k);
-    let kubelet = Kubelet::probe(&k, &a3);
+    let kubelet = Background::kubelet(&k, &a3);
     // The pools settle under load: every member judged OK.
     let settled = evenflow_tests::wait_for(Duration::from_secs(30), || {
         k.member(&a3).filter(|(_, v, _)| v == "VERDICT_OK")
