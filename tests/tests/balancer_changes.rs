@@ -327,4 +327,12 @@ fn a_drained_server_health_checks_reach_pages_nothing_until_haproxy_sends_to_it(
         paged["summary"]
     );
     assert!(after < Duration::from_secs(10), "within seconds: {after:?}");
+    // It names the balancer that sends: HAProxy's node, the pool's one LB.
+    let lbs = p["lbNodes"].as_array().cloned().unwrap_or_default();
+    let lb = lbs.first().and_then(Value::as_str).unwrap_or("(none)");
+    let summary = paged["summary"].as_str().unwrap_or("");
+    assert!(
+        lbs.len() == 1 && summary.contains(&format!("in the LB view they came from {lb} (")),
+        "the page names HAProxy's node {lb} (the pool's LB nodes: {lbs:?}): {summary}"
+    );
 }
