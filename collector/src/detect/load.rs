@@ -779,8 +779,12 @@ impl MemberLoad {
         if vv.verdict.is_fact() {
             // Stale, reset or down: a gap, the windows start again
             // afterwards (a member back from an outage is judged from its
-            // return, refilling).
-            *self = MemberLoad::default();
+            // return, refilling). A drain began when it began: its age
+            // pauses over the gap and goes on after it.
+            *self = MemberLoad {
+                draining_for: self.draining_for,
+                ..MemberLoad::default()
+            };
             let gap = LoadVerdict {
                 verdict: vv.verdict,
                 reason: vv.reason.clone(),

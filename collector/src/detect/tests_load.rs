@@ -435,6 +435,45 @@ fn a_drained_member_whose_connections_never_close_warns_pinned_past_the_deadline
 }
 
 #[test]
+fn a_drains_age_goes_on_after_a_stale_observer() {
+    // As above, the drained member's agent misses reports for four ticks
+    // forty ticks into the drain: the warning still comes once the drain
+    // is 60 ticks old (of ticks observed), not 60 ticks after the gap.
+    let mut rng = Rng::new(5);
+    let mut spec = LongLivedSpec::balanced(4, 200);
+    spec.lifetime = f64::INFINITY;
+    let mut pool = LongLived::new(spec, &mut rng);
+    let mut d = Detector::default();
+    d.settings.drain_deadline_ticks = 60;
+    let drained = member_id(2);
+    let mut warned = None;
+    for t in 0..200 {
+        if t == 60 {
+            pool.placement[2] = 0.0;
+        }
+        let numbers = pool.tick(&mut rng);
+        let mut input = pool.input("grpc", t, &numbers);
+        input.members[2].draining = t >= 60;
+        if (100..104).contains(&t) {
+            let m = &mut input.members[2];
+            for v in [m.server.as_mut(), m.lb.as_mut()].into_iter().flatten() {
+                v.fresh = false;
+            }
+        }
+        let (_, tr) = d.evaluate(&input);
+        warned = warned.or(tr.iter().find_map(|x| match x {
+            Transition::Fired(a) if a.member == drained && a.kind == AlertKind::Skew => Some(t),
+            _ => None,
+        }));
+    }
+    let at = warned.expect("the lingering connections warn");
+    assert!(
+        (120..130).contains(&at),
+        "warns about 60 observed ticks into the drain, not 60 after the gap: tick {at}"
+    );
+}
+
+#[test]
 fn a_drain_that_empties_in_time_warns_nothing() {
     // Clients reconnect every 20 s on average: a drained member is empty
     // long before the default deadline (300 ticks).
