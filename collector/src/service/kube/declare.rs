@@ -10,9 +10,11 @@
 //! was ready and turns not ready (its readiness probe fails) leaves the
 //! rules the same way, and is judged the same way after the same grace: a
 //! kube-proxy whose rules went stale keeps sending it new connections,
-//! which the Pod said it cannot serve. One that has not been ready since
-//! the collector started watching is starting (kube-proxy never routed to
-//! it) and is not judged. The clock is the collector's own (an
+//! which the Pod said it cannot serve. A member that goes from one to the
+//! other (a terminating Pod whose readiness fails as it shuts down) left
+//! the rules once, and keeps its grace. One that has been neither ready
+//! nor draining since the collector started watching is starting
+//! (kube-proxy never routed to it) and is not judged. The clock is the collector's own (an
 //! EndpointSlice says nothing of when an endpoint began terminating), so
 //! a collector that restarts gives draining endpoints a fresh grace.
 
@@ -47,10 +49,11 @@ pub struct KubePools {
     grace: Duration,
     /// Catalog version the last pools were built from.
     version: Option<u64>,
-    /// When each draining member (pool, address) was first seen draining.
-    draining_since: HashMap<Key, Instant>,
-    /// When each member that was ready was first seen not ready.
-    not_ready_since: HashMap<Key, Instant>,
+    /// When each member (pool, address) out of kube-proxy's rules left
+    /// them: first seen draining, or not ready after it was ready or
+    /// draining. A member that goes on from one to the other keeps its
+    /// time: it left the rules once.
+    out_since: HashMap<Key, Instant>,
     /// The members ready in the last catalog.
     ready: HashSet<Key>,
     /// The next moment a member's grace ends.
@@ -64,8 +67,7 @@ impl KubePools {
             catalog,
             grace,
             version: None,
-            draining_since: HashMap::new(),
-            not_ready_since: HashMap::new(),
+            out_since: HashMap::new(),
             ready: HashSet::new(),
             next_deadline: None,
         }
@@ -92,35 +94,33 @@ impl KubePools {
         })
     }
 
-    /// Keeps the first-seen time of every member draining now, and of
-    /// every member not ready now that was ready before; forgets the rest.
+    /// Keeps when each member out of the rules now left them (see
+    /// `out_since`), and which are ready; forgets the rest.
     fn track(&mut self, catalog: &Catalog, now: Instant) {
-        let mut draining = HashMap::new();
-        let mut not_ready = HashMap::new();
+        let mut out = HashMap::new();
         let mut ready = HashSet::new();
         for pool in &catalog.pools {
             for member in &pool.members {
                 let key = (pool.name.clone(), member.addr);
-                match member.condition {
+                let left = self.out_since.get(&key).copied();
+                let since = match member.condition {
                     Condition::Ready => {
                         ready.insert(key);
+                        continue;
                     }
-                    Condition::Draining => {
-                        let since = self.draining_since.get(&key).copied().unwrap_or(now);
-                        draining.insert(key, since);
-                    }
-                    Condition::NotReady => {
-                        let since = (self.not_ready_since.get(&key).copied())
-                            .or_else(|| self.ready.contains(&key).then_some(now));
-                        if let Some(since) = since {
-                            not_ready.insert(key, since);
-                        }
-                    }
-                }
+                    Condition::Draining => left.unwrap_or(now),
+                    // One never ready nor draining is starting: never in
+                    // the rules, it has not left them.
+                    Condition::NotReady => match left {
+                        Some(since) => since,
+                        None if self.ready.contains(&key) => now,
+                        None => continue,
+                    },
+                };
+                out.insert(key, since);
             }
         }
-        self.draining_since = draining;
-        self.not_ready_since = not_ready;
+        self.out_since = out;
         self.ready = ready;
     }
 
@@ -150,7 +150,7 @@ impl KubePools {
             "began terminating less than the {grace} drain grace ago: kube-proxy may still send it new connections, so it is judged as draining only after"
         );
         let turned = format!(
-            "turned not ready less than the {grace} grace ago: kube-proxy may still send it new connections, so it is judged as out of the rules only after"
+            "left the rules (not ready, or terminating) less than the {grace} grace ago: kube-proxy may still send it new connections, so it is judged as out of them only after"
         );
         let starting = "not ready since the collector first saw it (starting): kube-proxy has not routed to it; not judged".to_owned();
         let mut out = BTreeMap::new();
@@ -160,7 +160,7 @@ impl KubePools {
                 let key = (pool.name.clone(), member.addr);
                 let expect = match member.condition {
                     Condition::Ready => Expect::Share,
-                    Condition::NotReady => match self.not_ready_since.get(&key).copied() {
+                    Condition::NotReady => match self.out_since.get(&key).copied() {
                         Some(since) => self.after_grace(
                             since,
                             now,
@@ -176,7 +176,7 @@ impl KubePools {
                         },
                     },
                     Condition::Draining => {
-                        let since = self.draining_since.get(&key).copied().unwrap_or(now);
+                        let since = self.out_since.get(&key).copied().unwrap_or(now);
                         self.after_grace(
                             since,
                             now,
@@ -338,7 +338,7 @@ mod tests {
         let Expect::Unjudged { reason, .. } = &pools["default/web:http"].members[1].expect else {
             panic!("within the grace it is not judged");
         };
-        assert!(reason.contains("turned not ready"), "{reason}");
+        assert!(reason.contains("left the rules (not ready"), "{reason}");
         // A catalog change within the grace keeps the first-seen time.
         tx.send_replace(catalog(
             3,
@@ -376,5 +376,30 @@ mod tests {
             expects(&kube.poll(t2 + Duration::from_secs(11)).unwrap().pools),
             ["share", "out", "share"]
         );
+        // The first starts terminating, then stops serving (its readiness
+        // fails while it shuts down): it left the rules when it began
+        // draining, and is judged from that grace's end, not a new one's.
+        let t3 = t2 + Duration::from_secs(30);
+        tx.send_replace(catalog(
+            6,
+            &[Condition::Draining, Condition::NotReady, Condition::Ready],
+        ));
+        assert_eq!(
+            expects(&kube.poll(t3).unwrap().pools),
+            ["grace", "out", "share"]
+        );
+        tx.send_replace(catalog(
+            7,
+            &[Condition::NotReady, Condition::NotReady, Condition::Ready],
+        ));
+        assert_eq!(
+            expects(&kube.poll(t3 + Duration::from_secs(6)).unwrap().pools),
+            ["not ready", "out", "share"]
+        );
+        let pools = kube
+            .poll(t3 + Duration::from_secs(10))
+            .expect("the drain's grace ended")
+            .pools;
+        assert_eq!(expects(&pools), ["out", "out", "share"]);
     }
 }
