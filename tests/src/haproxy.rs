@@ -25,7 +25,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::lab::{BACKEND_PORT, Lab, VIP_PORT};
+use crate::lab::{BACKEND_PORT, Lab, Node, VIP_PORT};
 
 /// The backend (pool) name in the configuration.
 pub const BACKEND: &str = "be";
@@ -37,6 +37,25 @@ pub const BACKEND: &str = "be";
 /// client made). Waits until it listens; returns the stats socket's path.
 pub fn start(lab: &mut Lab, ipv6_backends: bool) -> Result<PathBuf> {
     launch(lab, HTTP, ipv6_backends, BACKEND_PORT, "")
+}
+
+/// [`start`] on another `node` of the lab (a second load balancer), round
+/// robin over `servers`: its files and log are named after the node's
+/// role. Returns its stats socket's path.
+pub fn start_on(lab: &mut Lab, node: &Node, servers: &[Node]) -> Result<PathBuf> {
+    let on = On {
+        node: node.clone(),
+        servers: servers.to_vec(),
+        name: format!("haproxy-{}", node.role),
+    };
+    launch_on(lab, &on, HTTP, false, BACKEND_PORT, "")
+}
+
+/// Where an HAProxy runs: its node, its servers, the name of its files.
+struct On {
+    node: Node,
+    servers: Vec<Node>,
+    name: String,
 }
 
 /// [`start`] with HTTP health checks on every server (`check` with
@@ -80,11 +99,28 @@ fn launch(
     port: u16,
     server_opts: &str,
 ) -> Result<PathBuf> {
-    let dir = lab.dir.join("haproxy");
+    let on = On {
+        node: lab.lb.clone(),
+        servers: lab.backends.clone(),
+        name: "haproxy".into(),
+    };
+    launch_on(lab, &on, defaults, ipv6_backends, port, server_opts)
+}
+
+/// [`launch`] where `on` says.
+fn launch_on(
+    lab: &mut Lab,
+    on: &On,
+    defaults: &str,
+    ipv6_backends: bool,
+    port: u16,
+    server_opts: &str,
+) -> Result<PathBuf> {
+    let dir = lab.dir.join(&on.name);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let sock = dir.join("stats.sock");
     let mut servers = String::new();
-    for b in &lab.backends {
+    for b in &on.servers {
         let addr = if ipv6_backends {
             format!("[{}]", b.addr6)
         } else {
@@ -101,11 +137,10 @@ fn launch(
     );
     let cfg_path = dir.join("haproxy.cfg");
     std::fs::write(&cfg_path, cfg).with_context(|| format!("writing {}", cfg_path.display()))?;
-    let lb = lab.lb.clone();
     let cfg_s = cfg_path.display().to_string();
     // -db: foreground, so the lab owns the process.
-    lab.spawn(&lb, "haproxy", "haproxy", &["-db", "-f", &cfg_s])?;
-    lab.wait_listening(&lb, VIP_PORT, 1)?;
+    lab.spawn(&on.node, &on.name, "haproxy", &["-db", "-f", &cfg_s])?;
+    lab.wait_listening(&on.node, VIP_PORT, 1)?;
     crate::wait_for(std::time::Duration::from_secs(5), || {
         sock.exists().then_some(())
     })

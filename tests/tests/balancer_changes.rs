@@ -9,6 +9,7 @@
 //! it.
 
 use std::{
+    net::SocketAddr,
     path::Path,
     sync::{
         Arc,
@@ -36,7 +37,7 @@ fn write_pools(lab: &Lab, path: &Path, weights: [u32; 3], draining: Option<usize
 }
 
 /// Client load through the VIP until dropped: about 50 connections a
-/// second.
+/// second (or split over several balancers).
 struct Load {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<u64>>,
@@ -44,16 +45,25 @@ struct Load {
 
 impl Load {
     fn start(lab: &Lab) -> Load {
+        Load::split(lab, &[(evenflow_tests::lab::vip(false), 1)])
+    }
+
+    /// Rounds of 10 connections to each target, `rounds` times over.
+    fn split(lab: &Lab, targets: &[(SocketAddr, usize)]) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let ns = lab.client.ns.clone();
         let flag = stop.clone();
+        let targets = targets.to_vec();
         let thread = std::thread::spawn(move || {
-            let vip = evenflow_tests::lab::vip(false);
             let mut sent = 0;
             while !flag.load(Ordering::Relaxed) {
-                let load = client::http_load(&ns, vip, 10, 2).expect("load");
-                assert_eq!(load.failures, 0, "HAProxy serves every connection");
-                sent += load.connections;
+                for &(target, rounds) in &targets {
+                    for _ in 0..rounds {
+                        let load = client::http_load(&ns, target, 10, 2).expect("load");
+                        assert_eq!(load.failures, 0, "HAProxy serves every connection");
+                        sent += load.connections;
+                    }
+                }
                 std::thread::sleep(Duration::from_millis(150));
             }
             sent
@@ -62,6 +72,14 @@ impl Load {
             stop,
             thread: Some(thread),
         }
+    }
+}
+
+impl Load {
+    /// Stops the load; the connections it made.
+    fn finish(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        (self.thread.take()).map_or(0, |t| t.join().expect("load thread"))
     }
 }
 
@@ -334,5 +352,123 @@ fn a_drained_server_health_checks_reach_pages_nothing_until_haproxy_sends_to_it(
     assert!(
         lbs.len() == 1 && summary.contains(&format!("in the LB view they came from {lb} (")),
         "the page names HAProxy's node {lb} (the pool's LB nodes: {lbs:?}): {summary}"
+    );
+}
+
+/// Two HAProxy nodes in front of the same three servers: the lb takes
+/// three quarters of the clients, a second balancer node (b4's namespace)
+/// the rest. A configuration push reaches the second first and its
+/// HAProxy stops sending to b3 (`set server be/b3 state maint`): b3 still
+/// gets three quarters of its share, inside every band of the pool's
+/// view, and the second balancer's clients are on two servers. evenflow
+/// warns, naming that balancer's node; once it sends to b3 again the
+/// warning resolves. Nothing pages.
+#[test]
+fn one_of_two_haproxies_that_leaves_a_server_out_warns_naming_its_node() {
+    evenflow_tests::require_root();
+    let mut lab = Lab::new("lbsplit", 4).expect("lab");
+    let lb2 = lab.backends[3].clone();
+    let servers: Vec<_> = lab.backends[..3].to_vec();
+    agent::start_collector_with(&mut lab, METRICS, &[]).expect("collector");
+    let url = format!("http://{COLLECTOR}");
+    for b in &servers {
+        nginx::start(&mut lab, b).expect("nginx");
+        agent::start(&mut lab, b, &["--collector", &url, "--service", "web=8080"])
+            .expect("backend agent");
+    }
+    let lb = lab.lb.clone();
+    for node in [&lb, &lb2] {
+        agent::start(&mut lab, node, &["--collector", &url]).expect("balancer agent");
+    }
+    haproxy::start_on(&mut lab, &lb.clone(), &servers).expect("HAProxy on the lb");
+    let sock2 = haproxy::start_on(&mut lab, &lb2, &servers).expect("HAProxy on the second");
+    let mut nodes = lab.backends.clone();
+    nodes.push(lb.clone());
+    agent::wait_reporting(&lab, &nodes).expect("every agent reports");
+    let lb2_at = SocketAddr::new(lb2.addr4, evenflow_tests::lab::VIP_PORT);
+    let load = Load::split(&lab, &[(evenflow_tests::lab::vip(false), 3), (lb2_at, 1)]);
+    let p = wait_pool(&lab, 40, "the pool judged OK with both balancers", |p| {
+        p["verdict"] == "VERDICT_OK"
+            && p["members"]
+                .as_array()
+                .is_some_and(|m| m.len() == 3 && m.iter().all(|m| m["verdict"] == "VERDICT_OK"))
+            && p["lbNodes"].as_array().is_some_and(|l| l.len() == 2)
+    });
+    println!("load balancers: {}", p["lbNodes"]);
+
+    let b3 = format!("{}:{BACKEND_PORT}", servers[2].addr4);
+    let stot = |sock: &Path| -> u64 { haproxy::stats(sock).expect("show stat").servers["b3"].stot };
+    haproxy::command(
+        &sock2,
+        &format!("set server {}/b3 state maint", haproxy::BACKEND),
+    )
+    .expect("the second HAProxy leaves b3 out");
+    let pushed = Instant::now();
+    let left_at = stot(&sock2);
+    let warning = evenflow_tests::wait_for(Duration::from_secs(30), || {
+        let open = alerts(&lab);
+        if let Some(page) = open.iter().find(|a| a["severity"] == "SEVERITY_PAGE") {
+            panic!("one balancer of two leaving b3 out paged: {page:#}");
+        }
+        open.into_iter()
+            .find(|a| a["member"] == b3.as_str() && a["resolvedAt"].is_null())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no alert for b3 within 30 s of the second HAProxy leaving it out; pool: {:#?}",
+            pool(&lab)
+        )
+    });
+    let after = pushed.elapsed();
+    let summary = warning["summary"].as_str().unwrap_or("").to_owned();
+    assert_eq!(
+        stot(&sock2),
+        left_at,
+        "HAProxy's own count: the second sent b3 nothing"
+    );
+    assert!(
+        warning["kind"] == "ALERT_KIND_SKEW"
+            && warning["severity"] == "SEVERITY_WARNING"
+            && summary.contains(&format!(
+                "load balancer {} sent it no new connection",
+                lb2.ns
+            ))
+            && summary.ends_with(&format!("while {} sends to it", lb.ns)),
+        "{warning:#}"
+    );
+    let ratio = pool(&lab)
+        .and_then(|p| member(&p, &servers[2].addr4.to_string()).cloned())
+        .map(|m| {
+            m["lbView"]["observedShare"].as_f64().unwrap_or(0.0)
+                / m["lbView"]["expectedShare"].as_f64().unwrap_or(1.0)
+        });
+
+    // The push is rolled back: the second sends to b3 again.
+    haproxy::command(
+        &sock2,
+        &format!("set server {}/b3 state ready", haproxy::BACKEND),
+    )
+    .expect("the second HAProxy takes b3 back");
+    let back = Instant::now();
+    let resolved = evenflow_tests::wait_for(Duration::from_secs(40), || {
+        alerts(&lab)
+            .into_iter()
+            .find(|a| a["member"] == b3.as_str() && !a["resolvedAt"].is_null())
+    });
+    let cleared = back.elapsed();
+    let sent = load.finish();
+    assert!(
+        resolved.is_some(),
+        "the warning never resolved once the second sent to b3 again"
+    );
+    let pages: Vec<Value> = (alerts(&lab).into_iter())
+        .filter(|a| a["severity"] == "SEVERITY_PAGE")
+        .collect();
+    assert!(pages.is_empty(), "{pages:#?}");
+    println!(
+        "{sent} client connections; the second balancer left b3 out: warned {:.1} s later (b3's share of the pool's LB view meanwhile {:.2} of its due), resolved {:.1} s after it took b3 back: {summary}",
+        after.as_secs_f64(),
+        ratio.unwrap_or(f64::NAN),
+        cleared.as_secs_f64()
     );
 }

@@ -148,7 +148,7 @@ fn run_one(s: &Scenario, seed: u64) -> Outcome {
                     weight: s.weights[i],
                     draining: s.draining.contains(&i),
                     not_ready: false,
-                    lb_senders: Vec::new(),
+                    lb_by_node: Vec::new(),
                     server: Some(ViewInput {
                         fresh: !stale,
                         reset: false,

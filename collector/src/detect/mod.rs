@@ -62,6 +62,7 @@
 
 mod alerts;
 mod joining;
+mod left_out;
 mod load;
 mod pool;
 mod reweight;

@@ -5,6 +5,7 @@ use std::{collections::HashMap, sync::Arc};
 use super::{
     Settings, chi2_bound,
     joining::{Join, Joins, ViewTick},
+    left_out::{self, LeftOut},
     load::{Context, LoadState, LoadSummary, LoadVerdict},
     reweight::{Count, Reweights},
     senders::Senders,
@@ -50,10 +51,12 @@ pub struct MemberInput {
     /// orchestrator says it is not ready (Kubernetes), rather than drained
     /// by an operator. Judged alike; said differently.
     pub not_ready: bool,
-    /// While out of rotation: this tick's new connections in the LB view
-    /// by load balancer node (empty otherwise), so that a
-    /// DRAINING_VIOLATION names the nodes that still send to it.
-    pub lb_senders: Vec<(Arc<str>, u64)>,
+    /// This tick's new connections in the LB view by load balancer node,
+    /// filled while the pool has several load balancer nodes or the member
+    /// is out of rotation (empty otherwise): one balancer that leaves the
+    /// member out is found by its own split, and a DRAINING_VIOLATION
+    /// names the nodes that still send to it.
+    pub lb_by_node: Vec<(Arc<str>, u64)>,
     /// The server view, when the member's own agent is known.
     pub server: Option<ViewInput>,
     /// The LB view, when the pool has load balancer agents.
@@ -667,6 +670,8 @@ pub(super) struct PoolState {
     presence: Presence,
     /// Members out of rotation: who sent them new connections.
     senders: HashMap<String, Senders>,
+    /// Each load balancer node's own split, in the LB view.
+    left_out: LeftOut,
 }
 
 /// How the pool's views came out, for its members' and its own verdict.
@@ -684,6 +689,9 @@ struct PoolJudging {
     judges_new_connections: bool,
     /// The tick judged.
     tick: u64,
+    /// Members one load balancer node leaves out while others send to
+    /// them.
+    left_out: HashMap<String, left_out::Finding>,
 }
 
 impl PoolState {
@@ -784,7 +792,9 @@ impl PoolState {
         // abstains only when it holds too few open connections as well.
         let conns_insufficient =
             !server.judged && !lb.judged || primary.long_rate < s.min_pool_rate;
+        let left_out = self.left_out_of(s, input, &lb);
         let judging = PoolJudging {
+            left_out,
             conns_insufficient,
             settling: self.settle_left > 0,
             cpu_total: input.members().filter_map(|m| self.cpu.get(&m.id)).sum(),
@@ -922,6 +932,31 @@ impl PoolState {
         self.member_set = set;
     }
 
+    /// The members one load balancer node leaves out while others send
+    /// to them (see [`left_out`]); none in a least-connections pool, whose
+    /// balancers do not split by weight.
+    fn left_out_of(
+        &mut self,
+        s: &Settings,
+        input: &PoolInput<impl AsRef<MemberInput>>,
+        lb: &ViewOutcome,
+    ) -> HashMap<String, left_out::Finding> {
+        if !input.balancing.judges_new_connections() {
+            return HashMap::new();
+        }
+        let eligible: Vec<left_out::Eligible<'_>> = (input.members())
+            .filter(|m| m.eligible(View::Lb, &self.presence).is_some())
+            .map(|m| left_out::Eligible {
+                id: &m.id,
+                weight: m.weight,
+                by_node: &m.lb_by_node,
+            })
+            .collect();
+        let judged = lb.judged && lb.long_rate >= s.min_pool_rate;
+        let gain = Bounds::new(s, self.lb.dispersion, 1).zero_gain;
+        (self.left_out).tick(input.tick, &eligible, judged, gain, s.zero_alpha)
+    }
+
     /// Who sent each member out of rotation its new connections; forgets
     /// the members back in rotation or gone.
     fn note_senders(&mut self, input: &PoolInput<impl AsRef<MemberInput>>) {
@@ -932,7 +967,7 @@ impl PoolState {
         let mut kept = HashMap::with_capacity(self.senders.len());
         for m in out {
             let mut senders = self.senders.remove(&m.id).unwrap_or_default();
-            senders.push(&m.lb_senders);
+            senders.push(&m.lb_by_node);
             kept.insert(m.id.clone(), senders);
         }
         self.senders = kept;
@@ -967,7 +1002,7 @@ impl PoolState {
     ) -> MemberVerdict {
         let mut sv = server.verdicts.get(&m.id).cloned();
         let mut lv = lb.verdicts.get(&m.id).cloned();
-        let (mut verdict, view, mut reason) = combine(
+        let (mut verdict, mut view, mut reason) = combine(
             m,
             (sv.as_ref(), self.server.seen(&m.id)),
             (lv.as_ref(), self.lb.seen(&m.id)),
@@ -980,6 +1015,13 @@ impl PoolState {
             for v in sv.iter_mut().chain(lv.iter_mut()) {
                 unjudge_split(&mut v.verdict, &mut v.reason);
             }
+        }
+        if verdict == Verdict::Ok
+            && let Some(finding) = judging.left_out.get(&m.id)
+        {
+            verdict = Verdict::SkewLow { page: false };
+            view = View::Lb;
+            reason = finding.reason();
         }
         if let (Some(&cpu), true) = (self.cpu.get(&m.id), judging.cpu_total > 0.0) {
             let share = sv

@@ -427,7 +427,7 @@ impl LongLived {
                     weight: self.spec.weights[i],
                     draining: false,
                     not_ready: false,
-                    lb_senders: Vec::new(),
+                    lb_by_node: Vec::new(),
                     server: Some(view),
                     lb: None,
                     cpu: None,

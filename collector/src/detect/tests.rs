@@ -17,7 +17,7 @@ pub(super) fn input(tick: u64, counts: &[u64], weights: &[f64]) -> PoolInput {
                 weight: w,
                 draining: false,
                 not_ready: false,
-                lb_senders: Vec::new(),
+                lb_by_node: Vec::new(),
                 server: Some(ViewInput {
                     fresh: true,
                     new_conns: c,
@@ -328,7 +328,7 @@ fn a_not_ready_member_its_balancer_still_sends_to_is_a_violation_said_as_such() 
         inp.members[2].draining = true;
         inp.members[2].not_ready = true;
         // The LB view by node: its own node's kubelet, and the stale node.
-        inp.members[2].lb_senders = vec![("node-1".into(), 1), ("node-7".into(), leak - 1)];
+        inp.members[2].lb_by_node = vec![("node-1".into(), 1), ("node-7".into(), leak - 1)];
         inp
     };
     for t in 0..40 {
@@ -936,4 +936,84 @@ fn a_weight_change_settles_the_pool_as_a_member_change_does() {
     let counts: Vec<u64> = (0..3).map(|_| rng.poisson(20.0)).collect();
     let (v, _) = d.evaluate(&input(60, &counts, &[2.0, 1.0, 1.0]));
     assert_eq!(v.verdict, Verdict::Settling, "{v:#?}");
+}
+
+/// [`input`] with an LB view: each of `nodes` sends `per_node` new
+/// connections a tick, spread evenly over the members it includes
+/// (`includes(node, member)`); the server view gets them all.
+fn with_lbs(
+    tick: u64,
+    members: usize,
+    nodes: &[&str],
+    per_node: u64,
+    includes: impl Fn(&str, usize) -> bool,
+) -> PoolInput {
+    let mut by_node: Vec<Vec<(std::sync::Arc<str>, u64)>> = vec![Vec::new(); members];
+    for node in nodes {
+        let to: Vec<usize> = (0..members).filter(|&m| includes(node, m)).collect();
+        for &m in &to {
+            by_node[m].push(((*node).into(), per_node / to.len() as u64));
+        }
+    }
+    let counts: Vec<u64> = (by_node.iter())
+        .map(|v| v.iter().map(|(_, n)| n).sum())
+        .collect();
+    let mut inp = input(tick, &counts, &vec![1.0; members]);
+    for (m, sends) in inp.members.iter_mut().zip(by_node) {
+        m.lb = m.server;
+        m.lb_by_node = sends;
+    }
+    inp
+}
+
+#[test]
+fn one_load_balancer_of_four_that_leaves_a_member_out_warns_naming_it() {
+    // Four balancers, 30 new connections a tick each over three members.
+    // From tick 40, lb-3's rules lack the third member (the first node a
+    // bad rollout reached): it still gets three quarters of its share, a
+    // ratio inside every band, and the users behind lb-3 are on two.
+    let nodes = ["lb-1", "lb-2", "lb-3", "lb-4"];
+    let mut d = Detector::default();
+    let mut warned = None;
+    for t in 0..80 {
+        let inp = with_lbs(t, 3, &nodes, 30, |node, m| {
+            !(t >= 40 && node == "lb-3" && m == 2)
+        });
+        let (v, _) = d.evaluate(&inp);
+        let m3 = &v.members[2];
+        if t < 40 {
+            assert_eq!(m3.verdict, Verdict::Ok, "tick {t}: {m3:#?}");
+        } else if m3.verdict != Verdict::Ok && warned.is_none() {
+            warned = Some((t, m3.clone()));
+        }
+        for m in &v.members[..2] {
+            assert_eq!(m.verdict, Verdict::Ok, "tick {t}: {m:#?}");
+        }
+    }
+    let (at, m3) = warned.expect("lb-3 leaving the member out warns");
+    assert!(at <= 50, "within a few ticks: tick {at}");
+    assert_eq!(m3.verdict, Verdict::SkewLow { page: false }, "{m3:#?}");
+    assert_eq!(m3.view, View::Lb);
+    assert!(
+        m3.reason
+            .starts_with("load balancer lb-3 sent it no new connection")
+            && m3.reason.ends_with("while lb-1, lb-2, lb-4 send to it"),
+        "{}",
+        m3.reason
+    );
+    let open: Vec<_> = d.open_alerts().collect();
+    assert!(
+        open.len() == 1 && open[0].kind == AlertKind::Skew && open[0].severity == Severity::Warning,
+        "{open:#?}"
+    );
+    // lb-3 takes it back: the warning clears.
+    for t in 80..120 {
+        d.evaluate(&with_lbs(t, 3, &nodes, 30, |_, _| true));
+    }
+    assert_eq!(
+        d.open_alerts().count(),
+        0,
+        "{:#?}",
+        d.open_alerts().collect::<Vec<_>>()
+    );
 }

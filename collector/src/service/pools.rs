@@ -703,6 +703,7 @@ impl PoolPlan {
             fresh: self.lb_agents.iter().any(|&i| agents[i].fresh),
             reset: (self.lb_agents.iter()).any(|&i| agents[i].fresh && agents[i].reset),
             present: self.lb_present,
+            several: self.lb_agents.len() > 1,
         };
         let mut judged = Vec::with_capacity(self.members.len());
         let mut unjudged = Vec::new();
@@ -789,7 +790,7 @@ impl MemberPlan {
                 weight: self.weight,
                 draining,
                 not_ready,
-                lb_senders: if draining {
+                lb_by_node: if draining || lbs.several {
                     self.senders(agents)
                 } else {
                     Vec::new()
@@ -834,6 +835,8 @@ struct PoolLbs {
     reset: bool,
     /// The pool has load balancers (seen or declared).
     present: bool,
+    /// It has more than one: each member's LB view is kept by node too.
+    several: bool,
 }
 
 /// Adds one observer's endpoint to a member's view and measured rates.

@@ -1,0 +1,328 @@
+//! One load balancer that leaves a member out while the others send to it.
+//!
+//! The pool's LB view sums every balancer node's sends. When one balancer
+//! of several stops sending to a member (its configuration lost the
+//! member, its kube-proxy never took it in, a rollout of a bad rule has
+//! reached it first), the sum barely moves: with four balancers, the
+//! member still gets three quarters of its share, inside every band, and
+//! the users behind that balancer have their traffic on fewer backends.
+//! So each balancer node's own split is watched for the ZERO shape: the
+//! new connections it would have sent the member at its weight, summed
+//! since it last sent it one, against the Poisson bound for every
+//! (balancer, member) pair of the pool. It is a warning: the pool as a
+//! whole is served, and a page is the pool-level verdicts' to give.
+//!
+//! Judged only where it means something: a balancer that sent to at least
+//! two of the pool's members within the last [`SPLIT_WINDOW`] ticks (one
+//! that sends everything to one member is not splitting, e.g. a hash
+//! balancer with one client), about a member another balancer sent to in
+//! that window (when none does, the pool-level ZERO speaks), in a pool the
+//! LB view judges.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
+
+/// Ticks within which a balancer's sends count as its current split.
+const SPLIT_WINDOW: u64 = 10;
+/// Ticks after which a balancer that sent nothing is forgotten.
+const FORGET_AFTER: u64 = 30;
+/// Nodes named among the ones still sending.
+const NAMED: usize = 3;
+
+/// One member eligible for a share in the LB view this tick.
+pub(super) struct Eligible<'a> {
+    pub id: &'a str,
+    pub weight: f64,
+    /// This tick's new connections by LB node (nodes absent sent none).
+    pub by_node: &'a [(Arc<str>, u64)],
+}
+
+/// What one balancer knows of one member.
+#[derive(Clone, Copy, Debug, Default)]
+struct Pair {
+    /// Expected new connections from the balancer since it last sent one.
+    expected: f64,
+    /// The tick it last sent the member one, if it ever did.
+    last_sent: Option<u64>,
+}
+
+/// One balancer's pairs, and when it last sent anything.
+#[derive(Clone, Debug, Default)]
+struct Balancer {
+    pairs: HashMap<String, Pair>,
+    last_active: u64,
+}
+
+/// One member a balancer leaves out.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct Finding {
+    /// The balancer node.
+    pub node: Arc<str>,
+    /// New connections it would have sent since it last sent one.
+    pub expected: f64,
+    /// Their probability under the pool's dispersion.
+    pub p: f64,
+    /// The other nodes that sent it new connections within
+    /// [`SPLIT_WINDOW`] ticks, by name.
+    pub others: Vec<Arc<str>>,
+}
+
+impl Finding {
+    /// Its reason, for people.
+    pub(super) fn reason(&self) -> String {
+        let named: Vec<&str> = self.others.iter().take(NAMED).map(|n| &**n).collect();
+        let others = match self.others.len().saturating_sub(NAMED) {
+            0 => named.join(", "),
+            more => format!("{} and {more} more", named.join(", ")),
+        };
+        let verb = if self.others.len() == 1 {
+            "sends"
+        } else {
+            "send"
+        };
+        format!(
+            "load balancer {} sent it no new connection while its split would have sent {:.1} (P ≈ {:.1e}), yet sends to its peers: it leaves this member out (its configuration or rules lack it), while {others} {verb} to it",
+            self.node, self.expected, self.p
+        )
+    }
+}
+
+/// Every balancer node's split of one pool, in the LB view.
+#[derive(Clone, Debug, Default)]
+pub(super) struct LeftOut {
+    balancers: HashMap<Arc<str>, Balancer>,
+}
+
+impl LeftOut {
+    /// Records one tick of the eligible members' sends by node, and
+    /// returns each member some balancer leaves out (the strongest
+    /// finding per member). `judged`: the LB view judges this tick (rate
+    /// high enough, fresh); `gain` and `alpha` as for the pool's ZERO.
+    pub(super) fn tick(
+        &mut self,
+        tick: u64,
+        eligible: &[Eligible<'_>],
+        judged: bool,
+        gain: f64,
+        alpha: f64,
+    ) -> HashMap<String, Finding> {
+        let sent = self.record(tick, eligible, judged);
+        self.forget(tick, eligible);
+        if sent < 2 || !judged {
+            return HashMap::new();
+        }
+        let bound = ((eligible.len() * sent) as f64 / alpha).ln();
+        let mut found: HashMap<String, Finding> = HashMap::new();
+        for (node, balancer) in &self.balancers {
+            let current = |p: &Pair| p.last_sent.is_some_and(|t| tick < t + SPLIT_WINDOW);
+            if balancer.pairs.values().filter(|p| current(p)).count() < 2 {
+                continue;
+            }
+            for (id, pair) in &balancer.pairs {
+                let evidence = pair.expected * gain;
+                if evidence < bound || found.get(id).is_some_and(|f| f.expected >= pair.expected) {
+                    continue;
+                }
+                let mut others: Vec<Arc<str>> = (self.balancers.iter())
+                    .filter(|&(n, b)| n != node && b.pairs.get(id).is_some_and(current))
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                if others.is_empty() {
+                    continue;
+                }
+                others.sort();
+                found.insert(
+                    id.clone(),
+                    Finding {
+                        node: node.clone(),
+                        expected: pair.expected,
+                        p: (-evidence).exp(),
+                        others,
+                    },
+                );
+            }
+        }
+        found
+    }
+
+    /// Adds this tick's expectations and resets the pairs that got a
+    /// connection; returns how many balancers sent any.
+    fn record(&mut self, tick: u64, eligible: &[Eligible<'_>], judged: bool) -> usize {
+        let wsum: f64 = eligible.iter().map(|m| m.weight).sum();
+        // Per node: its total to the eligible members, and which got some.
+        let mut sends: HashMap<&Arc<str>, (u64, Vec<usize>)> = HashMap::new();
+        for (i, m) in eligible.iter().enumerate() {
+            for (node, n) in m.by_node.iter().filter(|(_, n)| *n > 0) {
+                let (total, got) = sends.entry(node).or_default();
+                *total += n;
+                got.push(i);
+            }
+        }
+        let mut got = vec![false; eligible.len()];
+        for (node, (total, members)) in &sends {
+            let balancer = self.balancers.entry((*node).clone()).or_default();
+            balancer.last_active = tick;
+            got.iter_mut().for_each(|g| *g = false);
+            for &i in members {
+                got[i] = true;
+            }
+            for (m, &hit) in eligible.iter().zip(&got) {
+                let pair = match balancer.pairs.get_mut(m.id) {
+                    Some(pair) => pair,
+                    None => balancer.pairs.entry(m.id.to_owned()).or_default(),
+                };
+                if hit {
+                    *pair = Pair {
+                        expected: 0.0,
+                        last_sent: Some(tick),
+                    };
+                } else if judged && wsum > 0.0 {
+                    pair.expected += *total as f64 * m.weight / wsum;
+                }
+            }
+        }
+        sends.len()
+    }
+
+    /// Forgets balancers quiet for [`FORGET_AFTER`] ticks and members no
+    /// longer eligible: their evidence starts again when they are back.
+    fn forget(&mut self, tick: u64, eligible: &[Eligible<'_>]) {
+        self.balancers
+            .retain(|_, b| tick < b.last_active + FORGET_AFTER);
+        let ids: HashSet<&str> = eligible.iter().map(|m| m.id).collect();
+        for balancer in self.balancers.values_mut() {
+            balancer.pairs.retain(|id, _| ids.contains(id.as_str()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::sim::Rng;
+
+    const ALPHA: f64 = 2e-8;
+
+    /// Members `m1..=m{members}` of weight 1, with these sends by node.
+    fn tick_of(
+        left: &mut LeftOut,
+        t: u64,
+        sends: &[Vec<(Arc<str>, u64)>],
+    ) -> HashMap<String, Finding> {
+        let ids: Vec<String> = (1..=sends.len()).map(|i| format!("m{i}")).collect();
+        let eligible: Vec<Eligible<'_>> = (ids.iter().zip(sends))
+            .map(|(id, by_node)| Eligible {
+                id,
+                weight: 1.0,
+                by_node,
+            })
+            .collect();
+        left.tick(t, &eligible, true, 1.0, ALPHA)
+    }
+
+    /// Each balancer's `per_tick` new connections, spread evenly over the
+    /// members it `includes`.
+    fn spread(balancers: &[(&str, u64, &[usize])], members: usize) -> Vec<Vec<(Arc<str>, u64)>> {
+        let mut sends = vec![Vec::new(); members];
+        for &(node, per_tick, includes) in balancers {
+            for &m in includes {
+                sends[m].push((Arc::from(node), per_tick / includes.len() as u64));
+            }
+        }
+        sends
+    }
+
+    #[test]
+    fn one_balancer_that_leaves_a_member_out_is_found_and_named() {
+        let mut left = LeftOut::default();
+        let all: &[usize] = &[0, 1, 2];
+        let mut found = None;
+        for t in 0..20 {
+            let lb2: &[usize] = if t < 5 { all } else { &[0, 1] };
+            let sends = spread(
+                &[("lb-1", 12, all), ("lb-2", 12, lb2), ("lb-3", 12, all)],
+                3,
+            );
+            let f = tick_of(&mut left, t, &sends);
+            if let Some(finding) = f.get("m3") {
+                found.get_or_insert((t, finding.clone()));
+            }
+            assert!(!f.contains_key("m1") && !f.contains_key("m2"), "{f:?}");
+        }
+        let (at, finding) = found.expect("lb-2 leaves m3 out");
+        // 4 expected a tick from lb-2; ln(9 / 2e-8) ≈ 19.9: the fifth tick.
+        assert_eq!(at, 9, "{finding:?}");
+        assert_eq!(&*finding.node, "lb-2");
+        assert_eq!(finding.others, [Arc::from("lb-1"), Arc::from("lb-3")]);
+        let reason = finding.reason();
+        assert!(
+            reason.starts_with(
+                "load balancer lb-2 sent it no new connection while its split would have sent 20.0"
+            ) && reason.ends_with("while lb-1, lb-3 send to it"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn a_balancer_sending_to_one_member_or_none_sending_is_no_finding() {
+        let mut left = LeftOut::default();
+        for t in 0..100 {
+            // lb-2 sends everything to m1 (a hash balancer with one
+            // client): it does not split, and is not judged.
+            let sends = spread(&[("lb-1", 12, &[0, 1, 2]), ("lb-2", 12, &[0])], 3);
+            assert!(tick_of(&mut left, t, &sends).is_empty(), "tick {t}");
+        }
+        let mut left = LeftOut::default();
+        for t in 0..100 {
+            // Both leave m3 out: the pool's own ZERO speaks.
+            let sends = spread(&[("lb-1", 12, &[0, 1]), ("lb-2", 12, &[0, 1])], 3);
+            assert!(tick_of(&mut left, t, &sends).is_empty(), "tick {t}");
+        }
+    }
+
+    #[test]
+    fn random_splits_of_many_balancers_find_nothing() {
+        // Four balancers each placing 3 new connections a tick at random
+        // over five members (kube-proxy's numgen random), 20,000 ticks:
+        // quiet balancers give each pair about 0.6 expected a tick, the
+        // shape where chance runs of silence are likeliest.
+        let mut rng = Rng::new(11);
+        let mut left = LeftOut::default();
+        let nodes: Vec<Arc<str>> = (1..=4).map(|i| Arc::from(format!("lb-{i}"))).collect();
+        for t in 0..20_000 {
+            let mut sends = vec![Vec::new(); 5];
+            for node in &nodes {
+                let mut counts = [0u64; 5];
+                for _ in 0..rng.poisson(3.0) {
+                    counts[(rng.next_u64() % 5) as usize] += 1;
+                }
+                for (m, &n) in counts.iter().enumerate() {
+                    sends[m].push((node.clone(), n));
+                }
+            }
+            let f = tick_of(&mut left, t, &sends);
+            assert!(f.is_empty(), "tick {t}: {f:?}");
+        }
+    }
+
+    #[test]
+    fn a_member_that_leaves_and_a_balancer_that_goes_quiet_are_forgotten() {
+        let mut left = LeftOut::default();
+        let all: &[usize] = &[0, 1, 2];
+        for t in 0..4 {
+            let sends = spread(&[("lb-1", 12, all), ("lb-2", 12, &[0, 1])], 3);
+            tick_of(&mut left, t, &sends);
+        }
+        assert!(left.balancers["lb-2"].pairs["m3"].expected > 0.0);
+        // m3 leaves the eligible set (joining again, drained, down).
+        let two = spread(&[("lb-1", 12, &[0, 1]), ("lb-2", 12, &[0, 1])], 2);
+        tick_of(&mut left, 4, &two);
+        assert!(!left.balancers["lb-2"].pairs.contains_key("m3"));
+        for t in 5..40 {
+            tick_of(&mut left, t, &spread(&[("lb-1", 12, &[0, 1])], 2));
+        }
+        assert!(!left.balancers.contains_key("lb-2"), "quiet for 30 ticks");
+    }
+}
