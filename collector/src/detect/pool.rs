@@ -157,11 +157,19 @@ pub enum Balancing {
     /// of new connections is the balancer working, not a fault, and only
     /// the open connections it evens out are judged.
     LeastConnections,
+    /// Each client to the same member: a hash of its address or a session
+    /// affinity (HAProxy `balance source`, nginx `ip_hash` or `hash`,
+    /// Kubernetes `sessionAffinity: ClientIP`), or each balancer to the
+    /// members beside it (Kubernetes `externalTrafficPolicy: Local`).
+    /// Across the pool's clients the split follows the weights and is
+    /// judged so; one balancer with few clients sends to few members by
+    /// design, so one balancer's own split is not judged.
+    Sticky,
 }
 
 impl Balancing {
     /// The values users may write, as they write them.
-    pub const ALLOWED: &'static str = "\"least-connections\" or \"weighted\"";
+    pub const ALLOWED: &'static str = "\"least-connections\", \"sticky\" or \"weighted\"";
 
     /// Said with the verdict of a pool so declared: why its new
     /// connections raise no ZERO, SKEW or CONCENTRATION.
@@ -173,6 +181,7 @@ impl Balancing {
     pub fn from_name(name: &str) -> Option<Self> {
         match name.trim() {
             "least-connections" => Some(Self::LeastConnections),
+            "sticky" => Some(Self::Sticky),
             "weighted" => Some(Self::Weighted),
             _ => None,
         }
@@ -181,6 +190,12 @@ impl Balancing {
     /// Whether the pool's new connections are judged against the weights
     /// (ZERO, SKEW, CONCENTRATION).
     pub fn judges_new_connections(self) -> bool {
+        self != Self::LeastConnections
+    }
+
+    /// Whether each load balancer node's own split is judged too (see
+    /// [`super::left_out`]).
+    pub fn judges_each_balancer(self) -> bool {
         self == Self::Weighted
     }
 }
@@ -933,15 +948,15 @@ impl PoolState {
     }
 
     /// The members one load balancer node leaves out while others send
-    /// to them (see [`left_out`]); none in a least-connections pool, whose
-    /// balancers do not split by weight.
+    /// to them (see [`left_out`]); none where a balancer's own split is
+    /// not by weight (least-connections, sticky).
     fn left_out_of(
         &mut self,
         s: &Settings,
         input: &PoolInput<impl AsRef<MemberInput>>,
         lb: &ViewOutcome,
     ) -> HashMap<String, left_out::Finding> {
-        if !input.balancing.judges_new_connections() {
+        if !input.balancing.judges_each_balancer() {
             return HashMap::new();
         }
         let eligible: Vec<left_out::Eligible<'_>> = (input.members())

@@ -1017,3 +1017,41 @@ fn one_load_balancer_of_four_that_leaves_a_member_out_warns_naming_it() {
         d.open_alerts().collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn a_sticky_pools_balancers_are_not_judged_one_by_one() {
+    // Each balancer hashes its few clients onto two of the three members
+    // (HAProxy `balance source`): by design, so nothing is raised.
+    let nodes = ["lb-1", "lb-2", "lb-3"];
+    let mut d = Detector::default();
+    for t in 0..80 {
+        let mut inp = with_lbs(t, 3, &nodes, 30, |node, m| match node {
+            "lb-1" => m != 2,
+            "lb-2" => m != 0,
+            _ => m != 1,
+        });
+        inp.balancing = Balancing::Sticky;
+        let (v, _) = d.evaluate(&inp);
+        for m in &v.members {
+            assert_eq!(m.verdict, Verdict::Ok, "tick {t}: {m:#?}");
+        }
+    }
+    // The same pool declared weighted warns about each balancer.
+    let mut d = Detector::default();
+    let mut warned = 0;
+    for t in 0..80 {
+        let inp = with_lbs(t, 3, &nodes, 30, |node, m| match node {
+            "lb-1" => m != 2,
+            "lb-2" => m != 0,
+            _ => m != 1,
+        });
+        let (v, _) = d.evaluate(&inp);
+        warned = warned.max(
+            v.members
+                .iter()
+                .filter(|m| m.verdict == Verdict::SkewLow { page: false })
+                .count(),
+        );
+    }
+    assert_eq!(warned, 3);
+}

@@ -266,7 +266,7 @@ impl FileText<'_> {
                     "balancing {v:?} of pool {name:?} is not one of {}",
                     Balancing::ALLOWED
                 ),
-                "write balancing = \"least-connections\" when the balancer sends each new connection to the member with the fewest open (HAProxy leastconn, nginx least_conn, Envoy LEAST_REQUEST, IPVS lc), or leave it out (\"weighted\")",
+                "write balancing = \"least-connections\" when the balancer sends each new connection to the member with the fewest open (HAProxy leastconn, nginx least_conn, Envoy LEAST_REQUEST, IPVS lc), \"sticky\" when it keeps each client on one member (HAProxy balance source, nginx ip_hash or hash), or leave it out (\"weighted\")",
             )
         })
     }
@@ -372,9 +372,14 @@ members = [{ address = "10.0.0.11:8080" }]
 [[pool]]
 name = "web"
 members = [{ address = "10.0.0.12:8080" }]
+[[pool]]
+name = "api"
+balancing = "sticky"
+members = [{ address = "10.0.0.13:8080" }]
 "#)
         .expect("parses");
         assert_eq!(f["grpc"].balancing, Some(Balancing::LeastConnections));
+        assert_eq!(f["api"].balancing, Some(Balancing::Sticky));
         assert_eq!(f["web"].balancing, None, "not said: not overridden");
         let e = p("[[pool]]\nname = \"web\"\nbalancing = \"leastconn\"\n")
             .unwrap_err()
@@ -382,7 +387,7 @@ members = [{ address = "10.0.0.12:8080" }]
         assert!(e.starts_with("pools.toml:3:13"), "{e}");
         assert!(
             e.contains("balancing \"leastconn\" of pool \"web\"")
-                && e.contains("\"least-connections\" or \"weighted\"")
+                && e.contains("\"least-connections\", \"sticky\" or \"weighted\"")
                 && e.contains("fix:"),
             "{e}"
         );

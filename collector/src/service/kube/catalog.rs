@@ -41,7 +41,11 @@
 //!   least-connections balancer (an ingress or mesh in front, not
 //!   kube-proxy): every pool of the Service is judged on its open
 //!   connections, not on its split of new connections
-//!   ([`Balancing::LeastConnections`]). A value not understood leaves the
+//!   ([`Balancing::LeastConnections`]); `sticky` says each client sticks
+//!   to one endpoint, and so does a Service without the annotation under
+//!   `sessionAffinity: ClientIP`, or reached from outside through every
+//!   node under `externalTrafficPolicy: Local` ([`Balancing::Sticky`]: one
+//!   node's own split is not judged). A value not understood leaves the
 //!   pools judged as weighted, with a note naming the value.
 //! * Headless Services (`clusterIP: None`) make no pool unless that
 //!   annotation names their balancing. No kube-proxy rule chooses among
@@ -157,7 +161,7 @@ fn condition(conditions: Option<&EndpointConditions>) -> Condition {
 /// there were no annotation, rather than not judged on a typo.
 fn balancing(svc: &Service) -> (Balancing, Option<Arc<str>>) {
     let Some(value) = annotation(svc) else {
-        return (Balancing::default(), None);
+        return (sticky_or_weighted(svc), None);
     };
     match Balancing::from_name(value) {
         Some(balancing) => (balancing, None),
@@ -168,6 +172,25 @@ fn balancing(svc: &Service) -> (Balancing, Option<Arc<str>>) {
                 Balancing::ALLOWED
             ))),
         ),
+    }
+}
+
+/// How kube-proxy places a Service's connections without an annotation:
+/// [`Balancing::Sticky`] under `sessionAffinity: ClientIP` (each client
+/// to one endpoint) or, on a Service outside clients reach through every
+/// node (NodePort, LoadBalancer), `externalTrafficPolicy: Local` (each
+/// node to its own endpoints); by weight otherwise.
+fn sticky_or_weighted(svc: &Service) -> Balancing {
+    let Some(spec) = svc.spec.as_ref() else {
+        return Balancing::Weighted;
+    };
+    let affinity = spec.session_affinity.as_deref() == Some("ClientIP");
+    let external = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"));
+    let local = spec.external_traffic_policy.as_deref() == Some("Local");
+    if affinity || (external && local) {
+        Balancing::Sticky
+    } else {
+        Balancing::Weighted
     }
 }
 

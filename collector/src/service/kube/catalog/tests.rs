@@ -511,6 +511,64 @@ fn the_balancing_annotation_marks_every_pool_of_the_service() {
 }
 
 #[test]
+fn session_affinity_and_a_local_external_policy_make_a_pool_sticky() {
+    let with = |name: &str, edit: fn(&mut ServiceSpec)| {
+        let mut svc = service(name, &[("http", 80)]);
+        if let Some(spec) = svc.spec.as_mut() {
+            edit(spec);
+        }
+        svc
+    };
+    let svcs = [
+        with("affine", |s| s.session_affinity = Some("ClientIP".into())),
+        with("local-lb", |s| {
+            s.type_ = Some("LoadBalancer".into());
+            s.external_traffic_policy = Some("Local".into());
+        }),
+        with("cluster-lb", |s| {
+            s.type_ = Some("LoadBalancer".into());
+            s.external_traffic_policy = Some("Cluster".into());
+        }),
+        // The policy is for outside clients: a ClusterIP has none.
+        with("plain", |s| {
+            s.external_traffic_policy = Some("Local".into())
+        }),
+        // An annotation decides over both.
+        {
+            let mut svc = with("told", |s| s.session_affinity = Some("ClientIP".into()));
+            svc.metadata.annotations = Some([(BALANCING.to_owned(), "weighted".to_owned())].into());
+            svc
+        },
+    ];
+    let names = ["affine", "local-lb", "cluster-lb", "plain", "told"];
+    let ips = ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5"];
+    let slices: Vec<EndpointSlice> = (names.iter().zip(ips))
+        .map(|(name, ip)| {
+            slice(
+                name,
+                &format!("{name}-1"),
+                ("http", 8080),
+                &[ready(ip, "n1", "z1")],
+            )
+        })
+        .collect();
+    let pools = build(&svcs, &slices, &BTreeMap::new());
+    let balancing: Vec<(&str, Balancing)> = (pools.iter())
+        .map(|pool| (&*pool.name, pool.balancing))
+        .collect();
+    assert_eq!(
+        balancing,
+        [
+            ("default/affine:http", Balancing::Sticky),
+            ("default/cluster-lb:http", Balancing::Weighted),
+            ("default/local-lb:http", Balancing::Sticky),
+            ("default/plain:http", Balancing::Weighted),
+            ("default/told:http", Balancing::Weighted),
+        ]
+    );
+}
+
+#[test]
 fn a_headless_service_makes_a_pool_only_when_annotated() {
     let headless = |name: &str, balancing: Option<&str>| {
         let mut svc = service(name, &[("grpc", 9090)]);
