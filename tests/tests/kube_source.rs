@@ -1136,3 +1136,79 @@ async fn a_pod_that_turns_not_ready_pages_naming_the_node_whose_kube_proxy_still
     }
     assert!(resolved, "still open 30 s after node-3 synced\n{}", c.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_pod_one_nodes_kube_proxy_never_takes_in_warns_naming_that_node() {
+    let c = Cluster::start("leftout", None);
+    let names = ["node-1", "node-2", "node-3", "node-4"];
+    for n in names {
+        c.api.apply(&objects::node(n, None)).expect("node");
+    }
+    let mut live: Vec<Pod> = (1..=3)
+        .map(|i| pod("svc-a", i, "node-1", State::Ready))
+        .collect();
+    apply_service(&c.api, "svc-a", "10.96.0.10", &live);
+    let mut q = c.query().await;
+    let mut nodes = Vec::new();
+    for n in names {
+        let mut t = Traffic::on(&c, n, 6, n == "node-1").await;
+        t.route_ready("svc-a", &live);
+        nodes.push(t);
+    }
+    run_all(&mut nodes, Duration::from_secs(6)).await;
+    wait_pool(&c, &mut q, "default/svc-a:http", 20, |p| {
+        p.verdict == v1::Verdict::Ok as i32
+    })
+    .await;
+
+    // A scale-up: svc-a-4 is ready; three nodes' kube-proxy take it in,
+    // node-4's sync is stuck and never does.
+    live.push(pod("svc-a", 4, "node-1", State::Ready));
+    apply_service(&c.api, "svc-a", "10.96.0.10", &live);
+    for t in &mut nodes[..3] {
+        t.route_ready("svc-a", &live);
+    }
+    let added = Instant::now();
+    let mut warning = None;
+    while added.elapsed() < Duration::from_secs(30) && warning.is_none() {
+        run_all(&mut nodes, Duration::from_millis(250)).await;
+        let open = list_alerts(&mut q, "default/svc-a:http", false).await;
+        assert!(
+            open.iter().all(|a| a.severity != v1::Severity::Page as i32),
+            "paged: {open:#?}"
+        );
+        warning = open.into_iter().find(|a| a.member == "10.244.1.4:8080");
+    }
+    let after = added.elapsed();
+    let warning = warning.unwrap_or_else(|| panic!("no alert for svc-a-4\n{}", c.log()));
+    println!(
+        "{:.1} s after the scale-up: {}",
+        after.as_secs_f64(),
+        warning.summary
+    );
+    assert_eq!(warning.kind, v1::AlertKind::Skew as i32, "{warning:#?}");
+    assert_eq!(warning.severity, v1::Severity::Warning as i32);
+    assert_eq!(warning.pod, "default/svc-a-4");
+    assert!(
+        warning
+            .summary
+            .contains("load balancer node-4 sent it no new connection")
+            && warning
+                .summary
+                .ends_with("while node-1, node-2, node-3 send to it"),
+        "{}",
+        warning.summary
+    );
+
+    // node-4 syncs at last: the warning resolves.
+    nodes[3].route_ready("svc-a", &live);
+    let synced = Instant::now();
+    let mut resolved = false;
+    while synced.elapsed() < Duration::from_secs(30) && !resolved {
+        run_all(&mut nodes, Duration::from_millis(500)).await;
+        resolved = list_alerts(&mut q, "default/svc-a:http", false)
+            .await
+            .is_empty();
+    }
+    assert!(resolved, "still open 30 s after node-4 synced\n{}", c.log());
+}
