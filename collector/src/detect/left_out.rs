@@ -55,6 +55,37 @@ struct Balancer {
     last_active: u64,
 }
 
+impl Balancer {
+    /// Its pair with member `id`, made when missing.
+    fn pair(&mut self, id: &str) -> &mut Pair {
+        // Looked up by `&str` first: a member's id is copied once, when
+        // its pair is made, not every tick.
+        if !self.pairs.contains_key(id) {
+            self.pairs.insert(id.to_owned(), Pair::default());
+        }
+        self.pairs
+            .get_mut(id)
+            .expect("a pair inserted just above when it was missing")
+    }
+
+    /// Whether it sent to at least two members within [`SPLIT_WINDOW`]
+    /// ticks of `tick`: it splits, and its split can leave one out.
+    fn splits(&self, tick: u64) -> bool {
+        (self.pairs.values())
+            .filter(|p| p.sends_at(tick))
+            .nth(1)
+            .is_some()
+    }
+}
+
+impl Pair {
+    /// Whether the balancer sent the member one within [`SPLIT_WINDOW`]
+    /// ticks of `tick`.
+    fn sends_at(&self, tick: u64) -> bool {
+        self.last_sent.is_some_and(|t| tick < t + SPLIT_WINDOW)
+    }
+}
+
 /// One member a balancer leaves out.
 #[derive(Clone, Debug, PartialEq)]
 pub(super) struct Finding {
@@ -116,8 +147,7 @@ impl LeftOut {
         let bound = ((eligible.len() * sent) as f64 / alpha).ln();
         let mut found: HashMap<String, Finding> = HashMap::new();
         for (node, balancer) in &self.balancers {
-            let current = |p: &Pair| p.last_sent.is_some_and(|t| tick < t + SPLIT_WINDOW);
-            if balancer.pairs.values().filter(|p| current(p)).count() < 2 {
+            if !balancer.splits(tick) {
                 continue;
             }
             for (id, pair) in &balancer.pairs {
@@ -126,7 +156,9 @@ impl LeftOut {
                     continue;
                 }
                 let mut others: Vec<Arc<str>> = (self.balancers.iter())
-                    .filter(|&(n, b)| n != node && b.pairs.get(id).is_some_and(current))
+                    .filter(|&(n, b)| {
+                        n != node && b.pairs.get(id).is_some_and(|p| p.sends_at(tick))
+                    })
                     .map(|(n, _)| n.clone())
                     .collect();
                 if others.is_empty() {
@@ -147,8 +179,12 @@ impl LeftOut {
         found
     }
 
-    /// Adds this tick's expectations and resets the pairs that got a
-    /// connection; returns how many balancers sent any.
+    /// Resets the pairs that got a connection and adds this tick's
+    /// expectations to the rest of each splitting balancer's; returns how
+    /// many balancers sent any. A balancer that sends to one member keeps
+    /// only that pair: a node of a large cluster that sends to one Pod of
+    /// each of many Services holds no state for the Pods it never splits
+    /// over.
     fn record(&mut self, tick: u64, eligible: &[Eligible<'_>], judged: bool) -> usize {
         let wsum: f64 = eligible.iter().map(|m| m.weight).sum();
         // Per node: its total to the eligible members, and which got some.
@@ -164,23 +200,21 @@ impl LeftOut {
         for (node, (total, members)) in &sends {
             let balancer = self.balancers.entry((*node).clone()).or_default();
             balancer.last_active = tick;
+            for &i in members {
+                *balancer.pair(eligible[i].id) = Pair {
+                    expected: 0.0,
+                    last_sent: Some(tick),
+                };
+            }
+            if !(judged && wsum > 0.0 && balancer.splits(tick)) {
+                continue;
+            }
             got.iter_mut().for_each(|g| *g = false);
             for &i in members {
                 got[i] = true;
             }
-            for (m, &hit) in eligible.iter().zip(&got) {
-                let pair = match balancer.pairs.get_mut(m.id) {
-                    Some(pair) => pair,
-                    None => balancer.pairs.entry(m.id.to_owned()).or_default(),
-                };
-                if hit {
-                    *pair = Pair {
-                        expected: 0.0,
-                        last_sent: Some(tick),
-                    };
-                } else if judged && wsum > 0.0 {
-                    pair.expected += *total as f64 * m.weight / wsum;
-                }
+            for (m, _) in eligible.iter().zip(&got).filter(|(_, hit)| !**hit) {
+                balancer.pair(m.id).expected += *total as f64 * m.weight / wsum;
             }
         }
         sends.len()
@@ -274,6 +308,10 @@ mod tests {
             let sends = spread(&[("lb-1", 12, &[0, 1, 2]), ("lb-2", 12, &[0])], 3);
             assert!(tick_of(&mut left, t, &sends).is_empty(), "tick {t}");
         }
+        // It holds its one pair only (a node sending to one Pod of each of
+        // many Services holds nothing for the others).
+        assert_eq!(left.balancers["lb-2"].pairs.len(), 1);
+        assert_eq!(left.balancers["lb-1"].pairs.len(), 3);
         let mut left = LeftOut::default();
         for t in 0..100 {
             // Both leave m3 out: the pool's own ZERO speaks.
