@@ -19,10 +19,7 @@
 //! that window (when none does, the pool-level ZERO speaks), in a pool the
 //! LB view judges.
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
-};
+use std::{collections::HashMap, sync::Arc};
 
 /// Ticks within which a balancer's sends count as its current split.
 const SPLIT_WINDOW: u64 = 10;
@@ -48,41 +45,30 @@ struct Pair {
     last_sent: Option<u64>,
 }
 
-/// One balancer's pairs, and when it last sent anything.
-#[derive(Clone, Debug, Default)]
-struct Balancer {
-    pairs: HashMap<String, Pair>,
-    last_active: u64,
-}
-
-impl Balancer {
-    /// Its pair with member `id`, made when missing.
-    fn pair(&mut self, id: &str) -> &mut Pair {
-        // Looked up by `&str` first: a member's id is copied once, when
-        // its pair is made, not every tick.
-        if !self.pairs.contains_key(id) {
-            self.pairs.insert(id.to_owned(), Pair::default());
-        }
-        self.pairs
-            .get_mut(id)
-            .expect("a pair inserted just above when it was missing")
-    }
-
-    /// Whether it sent to at least two members within [`SPLIT_WINDOW`]
-    /// ticks of `tick`: it splits, and its split can leave one out.
-    fn splits(&self, tick: u64) -> bool {
-        (self.pairs.values())
-            .filter(|p| p.sends_at(tick))
-            .nth(1)
-            .is_some()
-    }
-}
-
 impl Pair {
     /// Whether the balancer sent the member one within [`SPLIT_WINDOW`]
     /// ticks of `tick`.
     fn sends_at(&self, tick: u64) -> bool {
         self.last_sent.is_some_and(|t| tick < t + SPLIT_WINDOW)
+    }
+}
+
+/// One splitting balancer: its pair with each eligible member (in
+/// [`LeftOut::ids`]' order), and when it last sent anything.
+#[derive(Clone, Debug)]
+struct Balancer {
+    pairs: Vec<Pair>,
+    last_active: u64,
+}
+
+impl Balancer {
+    /// Whether it sent to at least two members within [`SPLIT_WINDOW`]
+    /// ticks of `tick`: it splits, and its split can leave one out.
+    fn splits(&self, tick: u64) -> bool {
+        (self.pairs.iter())
+            .filter(|p| p.sends_at(tick))
+            .nth(1)
+            .is_some()
     }
 }
 
@@ -120,10 +106,20 @@ impl Finding {
     }
 }
 
-/// Every balancer node's split of one pool, in the LB view.
+/// Every splitting balancer node's split of one pool, in the LB view.
+///
+/// Kept lean for pools with thousands of balancer nodes (kube-proxy on
+/// every node of a large cluster): a node's sends are grouped by sorting,
+/// not hashing, and a node that sends to one member a tick holds no state
+/// until it splits.
 #[derive(Clone, Debug, Default)]
 pub(super) struct LeftOut {
+    /// The eligible members' ids, in the order every balancer's pairs
+    /// follow.
+    ids: Vec<String>,
     balancers: HashMap<Arc<str>, Balancer>,
+    /// Scratch: which members a node sent to this tick.
+    got: Vec<bool>,
 }
 
 impl LeftOut {
@@ -139,28 +135,23 @@ impl LeftOut {
         gain: f64,
         alpha: f64,
     ) -> HashMap<String, Finding> {
+        self.align(eligible);
         let sent = self.record(tick, eligible, judged);
-        self.forget(tick, eligible);
-        if sent < 2 || !judged {
+        self.balancers
+            .retain(|_, b| tick < b.last_active + FORGET_AFTER);
+        if sent < 2 || !judged || self.balancers.is_empty() {
             return HashMap::new();
         }
         let bound = ((eligible.len() * sent) as f64 / alpha).ln();
         let mut found: HashMap<String, Finding> = HashMap::new();
-        for (node, balancer) in &self.balancers {
-            if !balancer.splits(tick) {
-                continue;
-            }
-            for (id, pair) in &balancer.pairs {
+        for (node, balancer) in self.balancers.iter().filter(|(_, b)| b.splits(tick)) {
+            for (i, pair) in balancer.pairs.iter().enumerate() {
                 let evidence = pair.expected * gain;
+                let id = &self.ids[i];
                 if evidence < bound || found.get(id).is_some_and(|f| f.expected >= pair.expected) {
                     continue;
                 }
-                let mut others: Vec<Arc<str>> = (self.balancers.iter())
-                    .filter(|&(n, b)| {
-                        n != node && b.pairs.get(id).is_some_and(|p| p.sends_at(tick))
-                    })
-                    .map(|(n, _)| n.clone())
-                    .collect();
+                let mut others = self.others(node, i, tick, eligible);
                 if others.is_empty() {
                     continue;
                 }
@@ -179,29 +170,58 @@ impl LeftOut {
         found
     }
 
+    /// Orders every balancer's pairs as `eligible` is, when its members
+    /// changed: a pair follows its member, a new member starts afresh.
+    fn align(&mut self, eligible: &[Eligible<'_>]) {
+        let same = self.ids.len() == eligible.len()
+            && self.ids.iter().zip(eligible).all(|(id, m)| id == m.id);
+        if same {
+            return;
+        }
+        let index: HashMap<&str, usize> = (eligible.iter().enumerate())
+            .map(|(i, m)| (m.id, i))
+            .collect();
+        for balancer in self.balancers.values_mut() {
+            let mut pairs = vec![Pair::default(); eligible.len()];
+            for (id, pair) in self.ids.iter().zip(&balancer.pairs) {
+                if let Some(&i) = index.get(id.as_str()) {
+                    pairs[i] = *pair;
+                }
+            }
+            balancer.pairs = pairs;
+        }
+        self.ids = eligible.iter().map(|m| m.id.to_owned()).collect();
+    }
+
     /// Resets the pairs that got a connection and adds this tick's
     /// expectations to the rest of each splitting balancer's; returns how
-    /// many balancers sent any. A balancer that sends to one member keeps
-    /// only that pair: a node of a large cluster that sends to one Pod of
-    /// each of many Services holds no state for the Pods it never splits
-    /// over.
+    /// many balancers sent any.
     fn record(&mut self, tick: u64, eligible: &[Eligible<'_>], judged: bool) -> usize {
         let wsum: f64 = eligible.iter().map(|m| m.weight).sum();
-        // Per node: its total to the eligible members, and which got some.
-        let mut sends: HashMap<&Arc<str>, (u64, Vec<usize>)> = HashMap::new();
-        for (i, m) in eligible.iter().enumerate() {
-            for (node, n) in m.by_node.iter().filter(|(_, n)| *n > 0) {
-                let (total, got) = sends.entry(node).or_default();
-                *total += n;
-                got.push(i);
+        // Every send this tick as (node, member, count), grouped by node.
+        let mut sends: Vec<(&Arc<str>, usize, u64)> = (eligible.iter().enumerate())
+            .flat_map(|(i, m)| m.by_node.iter().map(move |(node, n)| (node, i, *n)))
+            .filter(|&(_, _, n)| n > 0)
+            .collect();
+        sends.sort_unstable_by_key(|&(node, ..)| Arc::as_ptr(node).cast::<u8>());
+        self.got.resize(eligible.len(), false);
+        let mut sent = 0;
+        for group in sends.chunk_by(|a, b| Arc::ptr_eq(a.0, b.0)) {
+            sent += 1;
+            let node = group[0].0;
+            if group.len() < 2 && !self.balancers.contains_key(&**node) {
+                // It sends to one member: not splitting, nothing to hold.
+                continue;
             }
-        }
-        let mut got = vec![false; eligible.len()];
-        for (node, (total, members)) in &sends {
-            let balancer = self.balancers.entry((*node).clone()).or_default();
+            let balancer = (self.balancers.entry(node.clone())).or_insert_with(|| Balancer {
+                pairs: vec![Pair::default(); eligible.len()],
+                last_active: tick,
+            });
             balancer.last_active = tick;
-            for &i in members {
-                *balancer.pair(eligible[i].id) = Pair {
+            self.got.iter_mut().for_each(|g| *g = false);
+            for &(_, i, _) in group {
+                self.got[i] = true;
+                balancer.pairs[i] = Pair {
                     expected: 0.0,
                     last_sent: Some(tick),
                 };
@@ -209,26 +229,35 @@ impl LeftOut {
             if !(judged && wsum > 0.0 && balancer.splits(tick)) {
                 continue;
             }
-            got.iter_mut().for_each(|g| *g = false);
-            for &i in members {
-                got[i] = true;
-            }
-            for (m, _) in eligible.iter().zip(&got).filter(|(_, hit)| !**hit) {
-                balancer.pair(m.id).expected += *total as f64 * m.weight / wsum;
+            let total: u64 = group.iter().map(|&(_, _, n)| n).sum();
+            for ((pair, m), _) in
+                (balancer.pairs.iter_mut().zip(eligible).zip(&self.got)).filter(|(_, got)| !**got)
+            {
+                pair.expected += total as f64 * m.weight / wsum;
             }
         }
-        sends.len()
+        sent
     }
 
-    /// Forgets balancers quiet for [`FORGET_AFTER`] ticks and members no
-    /// longer eligible: their evidence starts again when they are back.
-    fn forget(&mut self, tick: u64, eligible: &[Eligible<'_>]) {
-        self.balancers
-            .retain(|_, b| tick < b.last_active + FORGET_AFTER);
-        let ids: HashSet<&str> = eligible.iter().map(|m| m.id).collect();
-        for balancer in self.balancers.values_mut() {
-            balancer.pairs.retain(|id, _| ids.contains(id.as_str()));
+    /// The nodes other than `node` that sent member `i` new connections
+    /// within [`SPLIT_WINDOW`] ticks (those that split) or this tick.
+    fn others(
+        &self,
+        node: &Arc<str>,
+        i: usize,
+        tick: u64,
+        eligible: &[Eligible<'_>],
+    ) -> Vec<Arc<str>> {
+        let mut others: Vec<Arc<str>> = (self.balancers.iter())
+            .filter(|&(n, b)| n != node && b.pairs[i].sends_at(tick))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for (n, sent) in eligible[i].by_node {
+            if *sent > 0 && n != node && !others.contains(n) {
+                others.push(n.clone());
+            }
         }
+        others
     }
 }
 
@@ -238,6 +267,19 @@ mod tests {
     use crate::detect::sim::Rng;
 
     const ALPHA: f64 = 2e-8;
+
+    /// The node's name, the same `Arc` every tick (as the collector's
+    /// agents keep theirs).
+    fn node_name(node: &str) -> Arc<str> {
+        thread_local! {
+            static NAMES: std::cell::RefCell<HashMap<String, Arc<str>>> = Default::default();
+        }
+        NAMES.with(|names| {
+            (names.borrow_mut().entry(node.to_owned()))
+                .or_insert_with(|| Arc::from(node))
+                .clone()
+        })
+    }
 
     /// Members `m1..=m{members}` of weight 1, with these sends by node.
     fn tick_of(
@@ -261,8 +303,10 @@ mod tests {
     fn spread(balancers: &[(&str, u64, &[usize])], members: usize) -> Vec<Vec<(Arc<str>, u64)>> {
         let mut sends = vec![Vec::new(); members];
         for &(node, per_tick, includes) in balancers {
+            // One name per node, as an agent's is.
+            let node: Arc<str> = node_name(node);
             for &m in includes {
-                sends[m].push((Arc::from(node), per_tick / includes.len() as u64));
+                sends[m].push((node.clone(), per_tick / includes.len() as u64));
             }
         }
         sends
@@ -308,9 +352,9 @@ mod tests {
             let sends = spread(&[("lb-1", 12, &[0, 1, 2]), ("lb-2", 12, &[0])], 3);
             assert!(tick_of(&mut left, t, &sends).is_empty(), "tick {t}");
         }
-        // It holds its one pair only (a node sending to one Pod of each of
-        // many Services holds nothing for the others).
-        assert_eq!(left.balancers["lb-2"].pairs.len(), 1);
+        // It holds nothing (a node sending to one Pod of each of many
+        // Services holds nothing for any of them).
+        assert!(!left.balancers.contains_key("lb-2"));
         assert_eq!(left.balancers["lb-1"].pairs.len(), 3);
         let mut left = LeftOut::default();
         for t in 0..100 {
@@ -353,11 +397,12 @@ mod tests {
             let sends = spread(&[("lb-1", 12, all), ("lb-2", 12, &[0, 1])], 3);
             tick_of(&mut left, t, &sends);
         }
-        assert!(left.balancers["lb-2"].pairs["m3"].expected > 0.0);
+        assert!(left.balancers["lb-2"].pairs[2].expected > 0.0);
         // m3 leaves the eligible set (joining again, drained, down).
         let two = spread(&[("lb-1", 12, &[0, 1]), ("lb-2", 12, &[0, 1])], 2);
         tick_of(&mut left, 4, &two);
-        assert!(!left.balancers["lb-2"].pairs.contains_key("m3"));
+        assert_eq!(left.ids, ["m1", "m2"]);
+        assert_eq!(left.balancers["lb-2"].pairs.len(), 2);
         for t in 5..40 {
             tick_of(&mut left, t, &spread(&[("lb-1", 12, &[0, 1])], 2));
         }

@@ -55,7 +55,9 @@ pub struct MemberInput {
     /// filled while the pool has several load balancer nodes or the member
     /// is out of rotation (empty otherwise): one balancer that leaves the
     /// member out is found by its own split, and a DRAINING_VIOLATION
-    /// names the nodes that still send to it.
+    /// names the nodes that still send to it. One node is one `Arc` (the
+    /// agent's own name, shared) in every member's list of a tick: a
+    /// node's sends are grouped by it.
     pub lb_by_node: Vec<(Arc<str>, u64)>,
     /// The server view, when the member's own agent is known.
     pub server: Option<ViewInput>,

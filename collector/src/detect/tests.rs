@@ -948,11 +948,20 @@ fn with_lbs(
     per_node: u64,
     includes: impl Fn(&str, usize) -> bool,
 ) -> PoolInput {
+    thread_local! {
+        // One name per node, the same every tick, as an agent's is.
+        static NAMES: std::cell::RefCell<HashMap<String, std::sync::Arc<str>>> = Default::default();
+    }
     let mut by_node: Vec<Vec<(std::sync::Arc<str>, u64)>> = vec![Vec::new(); members];
     for node in nodes {
+        let name = NAMES.with(|n| {
+            (n.borrow_mut().entry((*node).to_owned()))
+                .or_insert_with(|| (*node).into())
+                .clone()
+        });
         let to: Vec<usize> = (0..members).filter(|&m| includes(node, m)).collect();
         for &m in &to {
-            by_node[m].push(((*node).into(), per_node / to.len() as u64));
+            by_node[m].push((name.clone(), per_node / to.len() as u64));
         }
     }
     let counts: Vec<u64> = (by_node.iter())
