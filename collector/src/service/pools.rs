@@ -380,6 +380,12 @@ struct PoolPlan {
     /// The pool has load balancers (seen or declared): its members have
     /// an LB view.
     lb_present: bool,
+    /// Some load balancer agent sends to two members or more: one
+    /// balancer's own split can be judged, so the members' LB views are
+    /// kept by node. Not in a pool each of whose balancers reaches one
+    /// member (clients spread over many pools), where that would cost
+    /// every tick and judge nothing.
+    lb_splits: bool,
     kubernetes: Option<Arc<KubeService>>,
     note: Option<Arc<str>>,
     /// How its balancer places new connections.
@@ -625,10 +631,12 @@ impl Seen<'_> {
             declared_pool.map_or(&LbNodes::Senders, |p| &p.lb_nodes),
         );
         let lb_present = !lb_agents.is_empty() || lb_missing;
-        let members = (members.into_iter())
+        let members: Vec<MemberPlan> = (members.into_iter())
             .map(|(addr, draft)| self.member(lb_mark, stamp, addr, draft))
             .collect();
+        let lb_splits = lb_agents.len() > 1 && splits(&members);
         PoolPlan {
+            lb_splits,
             name: name.clone(),
             members,
             lb_agents,
@@ -703,7 +711,7 @@ impl PoolPlan {
             fresh: self.lb_agents.iter().any(|&i| agents[i].fresh),
             reset: (self.lb_agents.iter()).any(|&i| agents[i].fresh && agents[i].reset),
             present: self.lb_present,
-            several: self.lb_agents.len() > 1,
+            several: self.lb_splits,
         };
         let mut judged = Vec::with_capacity(self.members.len());
         let mut unjudged = Vec::new();
@@ -821,6 +829,15 @@ impl MemberPlan {
     }
 }
 
+/// Whether some load balancer agent sends to two or more of `members`.
+fn splits(members: &[MemberPlan]) -> bool {
+    let mut senders: Vec<usize> = (members.iter())
+        .flat_map(|m| m.sending.iter().map(|&(ai, _)| ai))
+        .collect();
+    senders.sort_unstable();
+    senders.windows(2).any(|w| w[0] == w[1])
+}
+
 /// A member as assembled: judged, or listed but not judged.
 enum Assembled {
     Judged(PoolMember),
@@ -835,7 +852,8 @@ struct PoolLbs {
     reset: bool,
     /// The pool has load balancers (seen or declared).
     present: bool,
-    /// It has more than one: each member's LB view is kept by node too.
+    /// One of several splits over its members ([`PoolPlan::lb_splits`]):
+    /// each member's LB view is kept by node too.
     several: bool,
 }
 
