@@ -1038,31 +1038,39 @@ async fn alerts_watch_of_a_service_follows_its_pools_as_they_change() {
     assert_eq!(printed["member"], "10.244.1.4:8080", "{printed}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pod_that_turns_not_ready_pages_naming_the_node_whose_kube_proxy_still_sends_to_it() {
-    let c = Cluster::start("notready", None);
-    for n in ["node-1", "node-2", "node-3"] {
+/// svc-a's three pods on the first of `names`, clients on every node
+/// (their kube-proxy routing to the ready pods), the pool judged OK.
+async fn svc_a_across(
+    name: &str,
+    names: &[&str],
+) -> (Cluster, Vec<Pod>, DistributionClient<Channel>, Vec<Traffic>) {
+    let c = Cluster::start(name, None);
+    for n in names {
         c.api.apply(&objects::node(n, None)).expect("node");
     }
-    let mut live: Vec<Pod> = (1..=3)
-        .map(|i| pod("svc-a", i, "node-1", State::Ready))
+    let live: Vec<Pod> = (1..=3)
+        .map(|i| pod("svc-a", i, names[0], State::Ready))
         .collect();
     apply_service(&c.api, "svc-a", "10.96.0.10", &live);
     let mut q = c.query().await;
-    // Clients on every node; the pods run on node-1.
-    let mut nodes = vec![
-        Traffic::on(&c, "node-1", 6, true).await,
-        Traffic::on(&c, "node-2", 6, false).await,
-        Traffic::on(&c, "node-3", 6, false).await,
-    ];
-    for t in &mut nodes {
+    let mut nodes = Vec::new();
+    for &n in names {
+        let mut t = Traffic::on(&c, n, 6, n == names[0]).await;
         t.route_ready("svc-a", &live);
+        nodes.push(t);
     }
     run_all(&mut nodes, Duration::from_secs(6)).await;
     wait_pool(&c, &mut q, "default/svc-a:http", 20, |p| {
         p.verdict == v1::Verdict::Ok as i32
     })
     .await;
+    (c, live, q, nodes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_that_turns_not_ready_pages_naming_the_node_whose_kube_proxy_still_sends_to_it() {
+    let (c, mut live, mut q, mut nodes) =
+        svc_a_across("notready", &["node-1", "node-2", "node-3"]).await;
 
     // svc-a-3 fails its readiness probe. node-1's and node-2's kube-proxy
     // drop it; node-3's has stopped syncing and keeps sending to it.
@@ -1139,27 +1147,8 @@ async fn a_pod_that_turns_not_ready_pages_naming_the_node_whose_kube_proxy_still
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_pod_one_nodes_kube_proxy_never_takes_in_warns_naming_that_node() {
-    let c = Cluster::start("leftout", None);
-    let names = ["node-1", "node-2", "node-3", "node-4"];
-    for n in names {
-        c.api.apply(&objects::node(n, None)).expect("node");
-    }
-    let mut live: Vec<Pod> = (1..=3)
-        .map(|i| pod("svc-a", i, "node-1", State::Ready))
-        .collect();
-    apply_service(&c.api, "svc-a", "10.96.0.10", &live);
-    let mut q = c.query().await;
-    let mut nodes = Vec::new();
-    for n in names {
-        let mut t = Traffic::on(&c, n, 6, n == "node-1").await;
-        t.route_ready("svc-a", &live);
-        nodes.push(t);
-    }
-    run_all(&mut nodes, Duration::from_secs(6)).await;
-    wait_pool(&c, &mut q, "default/svc-a:http", 20, |p| {
-        p.verdict == v1::Verdict::Ok as i32
-    })
-    .await;
+    let (c, mut live, mut q, mut nodes) =
+        svc_a_across("leftout", &["node-1", "node-2", "node-3", "node-4"]).await;
 
     // A scale-up: svc-a-4 is ready; three nodes' kube-proxy take it in,
     // node-4's sync is stuck and never does.

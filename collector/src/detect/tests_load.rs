@@ -369,16 +369,23 @@ fn drive_drain(
     all
 }
 
+/// Four members and 200 gRPC clients that never reconnect, and a
+/// detector whose drain deadline is 60 ticks.
+fn never_reconnecting() -> (Rng, LongLived, Detector) {
+    let mut rng = Rng::new(5);
+    let mut spec = LongLivedSpec::balanced(4, 200);
+    spec.lifetime = f64::INFINITY;
+    let pool = LongLived::new(spec, &mut rng);
+    let mut d = Detector::default();
+    d.settings.drain_deadline_ticks = 60;
+    (rng, pool, d)
+}
+
 #[test]
 fn a_drained_member_whose_connections_never_close_warns_pinned_past_the_deadline() {
     // Four members, 200 gRPC clients that never reconnect; member 2 drains
     // at tick 60 and keeps its ~50 connections.
-    let mut rng = Rng::new(5);
-    let mut spec = LongLivedSpec::balanced(4, 200);
-    spec.lifetime = f64::INFINITY;
-    let mut pool = LongLived::new(spec, &mut rng);
-    let mut d = Detector::default();
-    d.settings.drain_deadline_ticks = 60;
+    let (mut rng, mut pool, mut d) = never_reconnecting();
     let drained = member_id(2);
     let tr = drive_drain(&mut d, &mut pool, &mut rng, 0..200, (2, 60), |_, _| {});
     assert!(
@@ -439,12 +446,7 @@ fn a_drains_age_goes_on_after_a_stale_observer() {
     // As above, the drained member's agent misses reports for four ticks
     // forty ticks into the drain: the warning still comes once the drain
     // is 60 ticks old (of ticks observed), not 60 ticks after the gap.
-    let mut rng = Rng::new(5);
-    let mut spec = LongLivedSpec::balanced(4, 200);
-    spec.lifetime = f64::INFINITY;
-    let mut pool = LongLived::new(spec, &mut rng);
-    let mut d = Detector::default();
-    d.settings.drain_deadline_ticks = 60;
+    let (mut rng, mut pool, mut d) = never_reconnecting();
     let drained = member_id(2);
     let mut warned = None;
     for t in 0..200 {
