@@ -27,6 +27,10 @@ const SPLIT_WINDOW: u64 = 10;
 const FORGET_AFTER: u64 = 30;
 /// Nodes named among the ones still sending.
 const NAMED: usize = 3;
+/// Nodes kept per member among the last to send it one, whatever they
+/// send to otherwise: a node that sends to one member a tick holds no
+/// pairs, yet still counts as sending to it for [`SPLIT_WINDOW`] ticks.
+const RECENT: usize = NAMED + 1;
 
 /// One member eligible for a share in the LB view this tick.
 pub(super) struct Eligible<'a> {
@@ -118,11 +122,20 @@ pub(super) struct LeftOut {
     /// follow.
     ids: Vec<String>,
     balancers: HashMap<Arc<str>, Balancer>,
+    /// Per member (in `ids`' order), the last [`RECENT`] nodes to send it
+    /// a new connection, and when.
+    recent: Vec<Vec<(Arc<str>, u64)>>,
     /// Scratch: which members a node sent to this tick.
     got: Vec<bool>,
 }
 
 impl LeftOut {
+    /// Whether it follows no balancer: a tick in which no member's sends
+    /// are kept by node leaves it so, and can be skipped.
+    pub(super) fn is_idle(&self) -> bool {
+        self.balancers.is_empty() && self.recent.iter().all(Vec::is_empty)
+    }
+
     /// Records one tick of the eligible members' sends by node, and
     /// returns each member some balancer leaves out (the strongest
     /// finding per member). `judged`: the LB view judges this tick (rate
@@ -135,14 +148,26 @@ impl LeftOut {
         gain: f64,
         alpha: f64,
     ) -> HashMap<String, Finding> {
+        // No member eligible (the LB view stale, or every agent's counters
+        // restarted): a gap, over which what was gathered waits.
+        if eligible.is_empty() {
+            return HashMap::new();
+        }
         self.align(eligible);
         let sent = self.record(tick, eligible, judged);
         self.balancers
             .retain(|_, b| tick < b.last_active + FORGET_AFTER);
-        if sent < 2 || !judged || self.balancers.is_empty() {
+        for recent in &mut self.recent {
+            recent.retain(|(_, at)| tick < at + SPLIT_WINDOW);
+        }
+        if !judged || self.balancers.is_empty() {
             return HashMap::new();
         }
-        let bound = ((eligible.len() * sent) as f64 / alpha).ln();
+        // Every pair of a balancer that splits is tested, whether or not it
+        // sent this tick: a tick in which one node alone sent keeps what
+        // the others showed.
+        let tested = sent.max(self.balancers.len());
+        let bound = ((eligible.len() * tested) as f64 / alpha).ln();
         let mut found: HashMap<String, Finding> = HashMap::new();
         for (node, balancer) in self.balancers.iter().filter(|(_, b)| b.splits(tick)) {
             for (i, pair) in balancer.pairs.iter().enumerate() {
@@ -151,7 +176,7 @@ impl LeftOut {
                 if evidence < bound || found.get(id).is_some_and(|f| f.expected >= pair.expected) {
                     continue;
                 }
-                let mut others = self.others(node, i, tick, eligible);
+                let mut others = self.others(node, i, tick);
                 if others.is_empty() {
                     continue;
                 }
@@ -190,6 +215,13 @@ impl LeftOut {
             }
             balancer.pairs = pairs;
         }
+        let mut recent = vec![Vec::new(); eligible.len()];
+        for (id, was) in self.ids.iter().zip(&mut self.recent) {
+            if let Some(&i) = index.get(id.as_str()) {
+                recent[i] = std::mem::take(was);
+            }
+        }
+        self.recent = recent;
         self.ids = eligible.iter().map(|m| m.id.to_owned()).collect();
     }
 
@@ -203,6 +235,9 @@ impl LeftOut {
             .flat_map(|(i, m)| m.by_node.iter().map(move |(node, n)| (node, i, *n)))
             .filter(|&(_, _, n)| n > 0)
             .collect();
+        for &(node, i, _) in &sends {
+            note_recent(&mut self.recent[i], node, tick);
+        }
         sends.sort_unstable_by_key(|&(node, ..)| Arc::as_ptr(node).cast::<u8>());
         self.got.resize(eligible.len(), false);
         let mut sent = 0;
@@ -240,20 +275,15 @@ impl LeftOut {
     }
 
     /// The nodes other than `node` that sent member `i` new connections
-    /// within [`SPLIT_WINDOW`] ticks (those that split) or this tick.
-    fn others(
-        &self,
-        node: &Arc<str>,
-        i: usize,
-        tick: u64,
-        eligible: &[Eligible<'_>],
-    ) -> Vec<Arc<str>> {
+    /// within [`SPLIT_WINDOW`] ticks: every splitting balancer that did,
+    /// and the last few others.
+    fn others(&self, node: &Arc<str>, i: usize, tick: u64) -> Vec<Arc<str>> {
         let mut others: Vec<Arc<str>> = (self.balancers.iter())
             .filter(|&(n, b)| n != node && b.pairs[i].sends_at(tick))
             .map(|(n, _)| n.clone())
             .collect();
-        for (n, sent) in eligible[i].by_node {
-            if *sent > 0 && n != node && !others.contains(n) {
+        for (n, at) in &self.recent[i] {
+            if tick < at + SPLIT_WINDOW && n != node && !others.contains(n) {
                 others.push(n.clone());
             }
         }
@@ -261,8 +291,20 @@ impl LeftOut {
     }
 }
 
+/// Notes that `node` sent a member one at `tick`, among the last
+/// [`RECENT`] nodes to (the one that sent longest ago gives way).
+fn note_recent(recent: &mut Vec<(Arc<str>, u64)>, node: &Arc<str>, tick: u64) {
+    if let Some(seen) = recent.iter_mut().find(|(n, _)| Arc::ptr_eq(n, node)) {
+        seen.1 = tick;
+    } else if recent.len() < RECENT {
+        recent.push((node.clone(), tick));
+    } else if let Some(oldest) = recent.iter_mut().min_by_key(|(_, at)| *at) {
+        *oldest = (node.clone(), tick);
+    }
+}
+
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::detect::sim::Rng;
 
@@ -270,7 +312,7 @@ mod tests {
 
     /// The node's name, the same `Arc` every tick (as the collector's
     /// agents keep theirs).
-    fn node_name(node: &str) -> Arc<str> {
+    pub(in crate::detect) fn node_name(node: &str) -> Arc<str> {
         thread_local! {
             static NAMES: std::cell::RefCell<HashMap<String, Arc<str>>> = Default::default();
         }
@@ -407,5 +449,58 @@ mod tests {
             tick_of(&mut left, t, &spread(&[("lb-1", 12, &[0, 1])], 2));
         }
         assert!(!left.balancers.contains_key("lb-2"), "quiet for 30 ticks");
+    }
+
+    #[test]
+    fn a_finding_holds_through_ticks_when_the_others_are_quiet() {
+        // lb-1 splits over m1 and m2 and leaves m3 out; lb-2 sends only
+        // to m3, every other tick: on the ticks between, lb-1 alone sends,
+        // and lb-2 (holding no pairs: one member a tick) still counts as
+        // sending to m3 for the window.
+        let mut left = LeftOut::default();
+        let mut first = None;
+        for t in 0..40 {
+            let mut balancers = vec![("lb-1", 12, &[0usize, 1][..])];
+            if t % 2 == 0 {
+                balancers.push(("lb-2", 4, &[2][..]));
+            }
+            let f = tick_of(&mut left, t, &spread(&balancers, 3));
+            match (first, f.get("m3")) {
+                (None, Some(finding)) => {
+                    assert_eq!(&*finding.node, "lb-1");
+                    assert_eq!(finding.others, [Arc::from("lb-2")]);
+                    first = Some(t);
+                }
+                (Some(at), None) => panic!("found at tick {at}, gone at {t}: {f:?}"),
+                _ => {}
+            }
+        }
+        assert!(first.is_some(), "lb-1 leaves m3 out");
+        assert!(!left.balancers.contains_key("lb-2"));
+    }
+
+    #[test]
+    fn a_gap_keeps_what_was_gathered() {
+        // As in the first test: lb-2 leaves m3 out from tick 5, found at
+        // tick 9 (the fifth). A tick with no member eligible in between
+        // (the LB view stale) delays it by that tick alone.
+        let mut left = LeftOut::default();
+        let all: &[usize] = &[0, 1, 2];
+        let mut found = None;
+        for t in 0..20 {
+            if t == 7 {
+                assert!(left.tick(t, &[], true, 1.0, ALPHA).is_empty());
+                continue;
+            }
+            let lb2: &[usize] = if t < 5 { all } else { &[0, 1] };
+            let sends = spread(
+                &[("lb-1", 12, all), ("lb-2", 12, lb2), ("lb-3", 12, all)],
+                3,
+            );
+            if tick_of(&mut left, t, &sends).contains_key("m3") {
+                found.get_or_insert(t);
+            }
+        }
+        assert_eq!(found, Some(10));
     }
 }

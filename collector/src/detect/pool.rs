@@ -959,6 +959,13 @@ impl PoolState {
         lb: &ViewOutcome,
     ) -> HashMap<String, left_out::Finding> {
         if !input.balancing.judges_each_balancer() {
+            // A pool that turned sticky (or least-connections) keeps no
+            // balancer's split: should it turn back, what was gathered
+            // before would be stale.
+            self.left_out = LeftOut::default();
+            return HashMap::new();
+        }
+        if self.left_out.is_idle() && input.members().all(|m| m.lb_by_node.is_empty()) {
             return HashMap::new();
         }
         let eligible: Vec<left_out::Eligible<'_>> = (input.members())

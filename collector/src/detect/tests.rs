@@ -948,17 +948,9 @@ fn with_lbs(
     per_node: u64,
     includes: impl Fn(&str, usize) -> bool,
 ) -> PoolInput {
-    thread_local! {
-        // One name per node, the same every tick, as an agent's is.
-        static NAMES: std::cell::RefCell<HashMap<String, std::sync::Arc<str>>> = Default::default();
-    }
     let mut by_node: Vec<Vec<(std::sync::Arc<str>, u64)>> = vec![Vec::new(); members];
     for node in nodes {
-        let name = NAMES.with(|n| {
-            (n.borrow_mut().entry((*node).to_owned()))
-                .or_insert_with(|| (*node).into())
-                .clone()
-        });
+        let name = super::left_out::tests::node_name(node);
         let to: Vec<usize> = (0..members).filter(|&m| includes(node, m)).collect();
         for &m in &to {
             by_node[m].push((name.clone(), per_node / to.len() as u64));
@@ -1063,4 +1055,37 @@ fn a_sticky_pools_balancers_are_not_judged_one_by_one() {
         );
     }
     assert_eq!(warned, 3);
+}
+
+#[test]
+fn a_pool_back_from_sticky_judges_its_balancers_afresh() {
+    // lb-2 leaves m3 out; lb-1 and lb-3 send to every member.
+    let nodes = ["lb-1", "lb-2", "lb-3"];
+    let tick = |d: &mut Detector, t: u64, balancing: Balancing| {
+        let mut inp = with_lbs(t, 3, &nodes, 30, |node, m| node != "lb-2" || m != 2);
+        inp.balancing = balancing;
+        let (v, _) = d.evaluate(&inp);
+        v.members[2].verdict == Verdict::SkewLow { page: false }
+    };
+    let mut d = Detector::default();
+    let first = (0..80)
+        .find(|&t| tick(&mut d, t, Balancing::Weighted))
+        .expect("a weighted pool warns about lb-2");
+    assert!(first > 2, "warned at tick {first}");
+    // The same, sticky for a tick just before it would have warned: back
+    // to weighted, it warns only as late as a fresh pool would.
+    let mut d = Detector::default();
+    for t in 0..first {
+        assert!(!tick(&mut d, t, Balancing::Weighted), "tick {t}");
+    }
+    assert!(!tick(&mut d, first, Balancing::Sticky));
+    let back = first + 1;
+    let again = (back..back + 80)
+        .find(|&t| tick(&mut d, t, Balancing::Weighted))
+        .expect("it warns again");
+    assert!(
+        again - back >= first,
+        "warned {} ticks after it turned weighted again, a fresh pool after {first}",
+        again - back
+    );
 }

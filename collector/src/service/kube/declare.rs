@@ -40,8 +40,20 @@ pub struct KubeDeclared {
     pub unpooled: Arc<[SocketAddr]>,
 }
 
-/// A member of a pool: (pool, address).
+/// A member of a Service port's pool: (pool, address). The pool is the
+/// whole port's, without its `@zone` or `@node` part: zone hints come and
+/// go (the controller drops them all when a zone runs short of ready
+/// endpoints), and a member whose pool is renamed so keeps its history.
 type Key = (Arc<str>, SocketAddr);
+
+/// `member`'s key in the pool named `pool`.
+fn key(pool: &Arc<str>, member: SocketAddr) -> Key {
+    let port = match pool.split_once('@') {
+        Some((port, _)) => Arc::from(port),
+        None => pool.clone(),
+    };
+    (port, member)
+}
 
 /// Kubernetes' pools as the tick reads them.
 pub struct KubePools {
@@ -101,7 +113,7 @@ impl KubePools {
         let mut ready = HashSet::new();
         for pool in &catalog.pools {
             for member in &pool.members {
-                let key = (pool.name.clone(), member.addr);
+                let key = key(&pool.name, member.addr);
                 let left = self.out_since.get(&key).copied();
                 let since = match member.condition {
                     Condition::Ready => {
@@ -157,7 +169,7 @@ impl KubePools {
         for pool in &catalog.pools {
             let mut members = Vec::with_capacity(pool.members.len());
             for member in &pool.members {
-                let key = (pool.name.clone(), member.addr);
+                let key = key(&pool.name, member.addr);
                 let expect = match member.condition {
                     Condition::Ready => Expect::Share,
                     Condition::NotReady => match self.out_since.get(&key).copied() {
@@ -225,11 +237,16 @@ mod tests {
     };
 
     fn catalog(version: u64, conditions: &[Condition]) -> Arc<Catalog> {
+        catalog_of(version, "default/web:http", conditions)
+    }
+
+    /// One pool named `name`, members 10.0.0.1… in these conditions.
+    fn catalog_of(version: u64, name: &str, conditions: &[Condition]) -> Arc<Catalog> {
         Arc::new(Catalog {
             synced: true,
             version,
             pools: vec![ServicePool {
-                name: "default/web:http".into(),
+                name: name.into(),
                 service: Arc::new(KubeService::default()),
                 members: conditions
                     .iter()
@@ -252,7 +269,11 @@ mod tests {
     }
 
     fn expects(pools: &BTreeMap<Arc<str>, DeclaredPool>) -> Vec<&'static str> {
-        pools["default/web:http"]
+        expects_in(pools, "default/web:http")
+    }
+
+    fn expects_in(pools: &BTreeMap<Arc<str>, DeclaredPool>, name: &str) -> Vec<&'static str> {
+        pools[name]
             .members
             .iter()
             .map(|member| match &member.expect {
@@ -401,5 +422,51 @@ mod tests {
             .expect("the drain's grace ended")
             .pools;
         assert_eq!(expects(&pools), ["out", "out", "share"]);
+    }
+
+    #[test]
+    fn a_member_keeps_its_history_when_zone_hints_come_and_go() {
+        let (tx, rx) = watch::channel(Arc::new(Catalog::default()));
+        let mut kube = KubePools::new(rx, Duration::from_secs(10));
+        let t0 = Instant::now();
+        // Zone hints: the member is ready in its zone's pool.
+        tx.send_replace(catalog_of(1, "default/web:http@z3", &[Condition::Ready]));
+        assert_eq!(
+            expects_in(
+                &kube.poll(t0).expect("first pools").pools,
+                "default/web:http@z3"
+            ),
+            ["share"]
+        );
+        // It fails its readiness probe, and with too few ready endpoints
+        // for the zones the controller drops every hint: one pool again.
+        tx.send_replace(catalog_of(2, "default/web:http", &[Condition::NotReady]));
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(
+            expects(&kube.poll(t1).unwrap().pools),
+            ["not ready"],
+            "within the grace"
+        );
+        let pools = kube
+            .poll(t1 + Duration::from_secs(10))
+            .expect("the grace ended")
+            .pools;
+        assert_eq!(
+            expects(&pools),
+            ["out"],
+            "it was ready before its pool was renamed: judged as out of the rules, not as starting"
+        );
+        // Draining under one name, then under the other: one grace.
+        tx.send_replace(catalog_of(3, "default/web:http", &[Condition::Ready]));
+        let t2 = t1 + Duration::from_secs(30);
+        kube.poll(t2).expect("ready again");
+        tx.send_replace(catalog_of(4, "default/web:http", &[Condition::Draining]));
+        kube.poll(t2 + Duration::from_secs(1)).expect("draining");
+        tx.send_replace(catalog_of(5, "default/web:http@z3", &[Condition::Draining]));
+        let pools = kube
+            .poll(t2 + Duration::from_secs(11))
+            .expect("renamed")
+            .pools;
+        assert_eq!(expects_in(&pools, "default/web:http@z3"), ["draining"]);
     }
 }
