@@ -240,6 +240,81 @@ async fn two_agents_under_one_node_name_are_told_apart() {
     c.shutdown().await;
 }
 
+/// A collector sized for two agents refuses a third new node with the
+/// reason and the fix, keeps the two it follows (a reconnect of either is
+/// welcome), and takes the third once one of them is forgotten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_collector_refuses_new_agents_and_keeps_the_ones_it_follows() {
+    let c = start(&[
+        "--interval",
+        "200ms",
+        "--max-agents",
+        "2",
+        "--agent-retention",
+        "1s",
+    ])
+    .await;
+    let mut b1 = Agent::connect(&c, "b1").await;
+    let mut b2 = Agent::connect(&c, "b2").await;
+    for (b, addr) in [(&mut b1, "10.9.6.1"), (&mut b2, "10.9.6.2")] {
+        let r = b.next(vec![serves(addr, 80, "web", 10)], vec![]);
+        b.send(r).await.expect("room for two");
+    }
+    let mut b3 = Agent::connect(&c, "b3").await;
+    let r = b3.next(vec![serves("10.9.6.3", 80, "web", 10)], vec![]);
+    let e = b3.send(r).await.expect_err("no room for a third");
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        e.message()
+            .contains("follows 2 agents already (--max-agents)")
+            && e.message().contains("node b3 is refused")
+            && e.message().contains("raise --max-agents"),
+        "{}",
+        e.message()
+    );
+    // b1 reconnects (its stream ended, the same run): still followed.
+    let seq = b1.seq;
+    drop(b1);
+    let mut b1 = Agent::connect(&c, "b1").await;
+    b1.seq = seq;
+    let r = b1.next(vec![serves("10.9.6.1", 80, "web", 20)], vec![]);
+    b1.send(r).await.expect("a known agent is never refused");
+    let body = http_get(c.metrics_addr, "/metrics").await;
+    for line in [
+        "evenflow_collector_agents_refused_total 1",
+        "evenflow_collector_agents 2",
+        "evenflow_collector_max_agents 2",
+    ] {
+        assert!(body.lines().any(|l| l == line), "{line}: {body}");
+    }
+    // b2 falls silent past the retention and is forgotten: b3 gets in.
+    drop(b2);
+    let mut q = query(&c).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = b1.next(vec![serves("10.9.6.1", 80, "web", 30)], vec![]);
+        b1.send(r).await.expect("b1 goes on");
+        let nodes: Vec<String> = agents(&mut q)
+            .await
+            .into_iter()
+            .map(|a| a.node_name)
+            .collect();
+        if nodes == ["b1"] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "b2 never forgotten: {nodes:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut b3 = Agent::connect(&c, "b3").await;
+    let r = b3.next(vec![serves("10.9.6.3", 80, "web", 10)], vec![]);
+    b3.send(r).await.expect("room again once b2 is forgotten");
+    assert_eq!(agents(&mut q).await.len(), 2);
+    c.shutdown().await;
+}
+
 /// An agent whose datapath could not count everything says so in its
 /// reports; the collector shows it per agent (ListAgents) and on its own
 /// /metrics, where dashboards that scrape only the collector see it.

@@ -209,41 +209,25 @@ fn test(extra: &[String]) -> Result<()> {
     }
     let mut env: Vec<(&str, &std::ffi::OsStr)> =
         bins.iter().map(|(k, v)| (*k, v.as_os_str())).collect();
-    let unit = test_args(&["--exclude", "evenflow-tests"], extra);
-    let unit = shell::step("cargo test (unit and service tests)", || {
-        shell::cargo_with_env(&unit, &env)
-    });
-    let threads = lab_threads().to_string();
+    // One invocation over every host crate: a second one for the `tests`
+    // crate alone would resolve the dependencies' features apart and build
+    // them again (70 s more here).
+    let threads = test_threads().to_string();
     env.push(("RUST_TEST_THREADS", threads.as_ref()));
-    let labs = test_args(&[], extra);
-    let labs = shell::step("cargo test (labs, the root-only tests crate)", || {
-        shell::cargo_with_env(&labs, &env)
-    });
-    // Both run whatever the other did, as `--no-fail-fast` runs every test.
-    unit.and(labs)
-}
-
-/// `cargo test` over the host crates, less `exclude`, then `extra`. Without
-/// an exclusion it is the root-only `tests` crate alone.
-fn test_args<'a>(exclude: &[&'a str], extra: &'a [String]) -> Vec<&'a str> {
     let mut args = vec!["test"];
-    if exclude.is_empty() {
-        args.extend(["-p", "evenflow-tests"]);
-    } else {
-        args.extend(HOST_CRATES);
-        args.extend(exclude);
-    }
+    args.extend(HOST_CRATES);
     args.push("--no-fail-fast");
     args.extend(extra.iter().map(String::as_str));
-    args
+    shell::step("cargo test", || shell::cargo_with_env(&args, &env))
 }
 
-/// How many labs run at once: twice the cores, at most 4. A lab spends
-/// most of its time waiting for reports and ticks (the field suite keeps
-/// two cores 43 % busy with two at once, 71 % with four, and takes 155
-/// instead of 251 s); more than four was never tried. `RUST_TEST_THREADS`,
-/// when set, and `--test-threads` decide instead.
-fn lab_threads() -> usize {
+/// How many tests of one binary run at once: twice the cores, at most 4.
+/// A lab spends most of its time waiting for reports and ticks (the field
+/// suite keeps two cores 43 % busy with two at once, 71 % with four, and
+/// takes 155 instead of 251 s); a unit test that computes only shares the
+/// cores. More than four was never tried. `RUST_TEST_THREADS`, when set,
+/// and `--test-threads` decide instead.
+fn test_threads() -> usize {
     if let Some(n) = std::env::var("RUST_TEST_THREADS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())

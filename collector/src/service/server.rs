@@ -113,7 +113,7 @@ fn distribution(shared: &Arc<Shared>) -> DistributionServer<DistributionService>
 /// Starts the collector on the current tokio runtime.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
     config.check().map_err(StartError::Flags)?;
-    let shared = Shared::new(config.interval);
+    let shared = Shared::new(config.interval, config.max_agents);
     let (file, reloader) = match &config.pools {
         Some(path) => {
             let (file, reloader) = poolfile::Reloader::start(path, shared.pool_file.clone())?;

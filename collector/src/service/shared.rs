@@ -48,12 +48,12 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Fresh shared state.
-    pub fn new(interval: Duration) -> Arc<Self> {
+    /// Fresh shared state, for at most `max_agents` agents.
+    pub fn new(interval: Duration, max_agents: usize) -> Arc<Self> {
         let (published, _) = watch::channel(Arc::new(Published::default()));
         let (alerts, _) = broadcast::channel(4096);
         Arc::new(Self {
-            registry: Registry::default(),
+            registry: Registry::new(max_agents),
             published,
             alerts,
             interval,

@@ -1,8 +1,9 @@
 //! `evenflow.v1.Ingest`: one bidirectional stream per agent. The work is
 //! [`crate::service::ingest::ReportStream`]; this adapter pumps the gRPC
 //! stream through it. An invalid report is refused alone (its ack says
-//! why); a report with no usable identity, or from a second agent under a
-//! live agent's name, ends the stream with the reason.
+//! why); a report with no usable identity, from a second agent under a
+//! live agent's name, or from a new agent when the collector follows as
+//! many as it may, ends the stream with the reason.
 
 use std::{pin::Pin, sync::Arc};
 
@@ -37,6 +38,7 @@ impl From<StreamEnd> for Status {
         match end {
             StreamEnd::Unidentified(_) => Status::invalid_argument(end.to_string()),
             StreamEnd::NameTaken(_) => Status::failed_precondition(end.to_string()),
+            StreamEnd::Full(_) => Status::resource_exhausted(end.to_string()),
         }
     }
 }

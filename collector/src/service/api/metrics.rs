@@ -146,6 +146,11 @@ fn counters(out: &mut String, shared: &Shared) {
             c.endpoints.load(Relaxed),
         ),
         (
+            "evenflow_collector_agents_refused_total",
+            "Report streams of new agents refused because the collector followed --max-agents already.",
+            c.refused.load(Relaxed),
+        ),
+        (
             "evenflow_collector_ticks_total",
             "Detection ticks run.",
             shared.stats.ticks.load(Relaxed),
@@ -215,6 +220,21 @@ fn counters(out: &mut String, shared: &Shared) {
         "evenflow_collector_pool_file_last_reload_successful {}",
         u8::from(shared.pool_file.last_ok.load(Relaxed))
     );
+    for (name, text, v) in [
+        (
+            "evenflow_collector_agents",
+            "Agents the collector follows (reported within --agent-retention).",
+            shared.registry.len(),
+        ),
+        (
+            "evenflow_collector_max_agents",
+            "Agents the collector follows at most (--max-agents).",
+            shared.registry.max(),
+        ),
+    ] {
+        help(out, name, "gauge", text);
+        let _ = writeln!(out, "{name} {v}");
+    }
     help(
         out,
         "evenflow_collector_tick_seconds",

@@ -270,7 +270,7 @@ mod tests {
     /// client goes, its task must end all the same.
     #[tokio::test]
     async fn a_pool_watcher_ends_when_its_client_goes() {
-        let shared = Shared::new(Duration::from_secs(1));
+        let shared = Shared::new(Duration::from_secs(1), usize::MAX);
         let tick = |tick| {
             (shared.published).send_replace(Arc::new(Published {
                 tick,
@@ -292,7 +292,7 @@ mod tests {
     /// come.
     #[tokio::test]
     async fn an_alert_watcher_ends_when_its_client_goes() {
-        let shared = Shared::new(Duration::from_secs(1));
+        let shared = Shared::new(Duration::from_secs(1), usize::MAX);
         let other = || {
             let _ = shared.alerts.send(Arc::new(AlertEvent {
                 alert: Some(v1::Alert {

@@ -40,6 +40,9 @@ pub enum StreamEnd {
     /// Another live agent process reports under the same node name.
     #[error("{0}")]
     NameTaken(String),
+    /// A new agent, and the collector follows as many as it may.
+    #[error(transparent)]
+    Full(#[from] registry::Full),
 }
 
 /// One agent's report stream as ingest sees it: its number, the parse
@@ -87,7 +90,9 @@ impl ReportStream {
                 Err(_) => Err(StreamEnd::Unidentified(e)),
             };
         }
-        let mut handle = self.agent(registry, report);
+        let mut handle = self.agent(registry, report).inspect_err(|e| {
+            warn!(?peer, "refused an agent: {e}");
+        })?;
         let mut state = loop {
             let state = handle.lock().unwrap_or_else(|e| e.into_inner());
             if !state.forgotten {
@@ -99,7 +104,9 @@ impl ReportStream {
             // is its first again (a baseline).
             drop(state);
             info!(?peer, node = %report.node_name, "forgotten agent reports again: its counts start from a new baseline");
-            handle = registry.get_or_insert(&report.node_name);
+            handle = registry
+                .get_or_insert(&report.node_name)
+                .inspect_err(|e| warn!(?peer, "refused an agent: {e}"))?;
             self.current = Some((report.node_name.clone(), handle.clone()));
         };
         if let Err(e) = state.check_owner(self.id, report, Instant::now()) {
@@ -133,16 +140,20 @@ impl ReportStream {
     /// last, else looked up (created on first use) in the registry. The
     /// caller checks, under its lock, that the registry has not forgotten
     /// it since.
-    fn agent(&mut self, registry: &Registry, report: &AgentReport) -> Arc<Mutex<AgentState>> {
+    fn agent(
+        &mut self,
+        registry: &Registry,
+        report: &AgentReport,
+    ) -> Result<Arc<Mutex<AgentState>>, registry::Full> {
         match &self.current {
-            Some((node, state)) if *node == report.node_name => state.clone(),
+            Some((node, state)) if *node == report.node_name => Ok(state.clone()),
             _ => {
-                let state = registry.get_or_insert(&report.node_name);
+                let state = registry.get_or_insert(&report.node_name)?;
                 if self.current.is_none() {
                     info!(peer = ?self.peer, node = %report.node_name, run = report.agent_run, "agent connected");
                 }
                 self.current = Some((report.node_name.clone(), state.clone()));
-                state
+                Ok(state)
             }
         }
     }

@@ -5,7 +5,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, RwLock, atomic::AtomicU64},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
+    },
     time::Instant,
 };
 
@@ -27,6 +30,18 @@ pub struct IngestCounters {
     pub invalid: AtomicU64,
     /// Endpoints processed.
     pub endpoints: AtomicU64,
+    /// Report streams of new agents refused: the registry was full.
+    pub refused: AtomicU64,
+}
+
+/// A new agent the registry has no room for.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "this collector follows {max} agents already (--max-agents), so node {node} is refused until one of them is forgotten (silent for --agent-retention): raise --max-agents, or split the fleet over several collectors"
+)]
+pub struct Full {
+    pub max: usize,
+    pub node: String,
 }
 
 type Shard = RwLock<HashMap<Arc<str>, Arc<Mutex<AgentState>>>>;
@@ -34,16 +49,16 @@ type Shard = RwLock<HashMap<Arc<str>, Arc<Mutex<AgentState>>>>;
 /// Every agent that has reported, by node name.
 pub struct Registry {
     shards: Vec<Shard>,
+    /// Agents known, and how many may be.
+    len: AtomicUsize,
+    max: usize,
     /// Ingest counters.
     pub counters: IngestCounters,
 }
 
 impl Default for Registry {
     fn default() -> Self {
-        Self {
-            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
-            counters: IngestCounters::default(),
-        }
+        Self::new(usize::MAX)
     }
 }
 
@@ -58,16 +73,55 @@ fn shard_of(node: &str) -> usize {
 }
 
 impl Registry {
-    /// The state of `node`, created on first use.
-    pub fn get_or_insert(&self, node: &str) -> Arc<Mutex<AgentState>> {
+    /// A registry that follows at most `max` agents.
+    pub fn new(max: usize) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            len: AtomicUsize::new(0),
+            max,
+            counters: IngestCounters::default(),
+        }
+    }
+
+    /// The state of `node`, created on first use if there is room.
+    pub fn get_or_insert(&self, node: &str) -> Result<Arc<Mutex<AgentState>>, Full> {
         let shard = &self.shards[shard_of(node)];
         if let Some(s) = shard.read().unwrap_or_else(|e| e.into_inner()).get(node) {
-            return s.clone();
+            return Ok(s.clone());
         }
         let mut w = shard.write().unwrap_or_else(|e| e.into_inner());
-        w.entry(Arc::from(node))
-            .or_insert_with_key(|k| Arc::new(Mutex::new(AgentState::new(k.clone()))))
-            .clone()
+        if let Some(s) = w.get(node) {
+            return Ok(s.clone());
+        }
+        // Claimed before the insert, so agents new on two shards at once
+        // never take the last place both.
+        if self.len.fetch_add(1, Relaxed) >= self.max {
+            self.len.fetch_sub(1, Relaxed);
+            self.counters.refused.fetch_add(1, Relaxed);
+            return Err(Full {
+                max: self.max,
+                node: node.to_owned(),
+            });
+        }
+        let node: Arc<str> = Arc::from(node);
+        let state = Arc::new(Mutex::new(AgentState::new(node.clone())));
+        w.insert(node, state.clone());
+        Ok(state)
+    }
+
+    /// Agents known now.
+    pub fn len(&self) -> usize {
+        self.len.load(Relaxed)
+    }
+
+    /// Whether it knows no agent.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How many agents it follows at most.
+    pub fn max(&self) -> usize {
+        self.max
     }
 
     /// Every agent's state handle.
@@ -104,6 +158,7 @@ impl Registry {
                 keep
             });
         }
+        self.len.fetch_sub(gone.len(), Relaxed);
         gone
     }
 }

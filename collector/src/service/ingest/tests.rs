@@ -519,7 +519,7 @@ fn an_agent_whose_lock_was_poisoned_is_still_forgotten() {
     let registry = Registry::default();
     let mut stream = ReportStream::new(None);
     stream.ingest(&registry, &report(1, 1, 100)).unwrap();
-    let state = registry.get_or_insert("n1");
+    let state = registry.get_or_insert("n1").expect("room");
     let poisoned = std::thread::spawn(move || {
         let _held = state.lock().unwrap();
         panic!("a panic while the state is locked");
