@@ -92,6 +92,11 @@ pub struct EndpointCounters {
     pub packets_rx: u64,
     /// Packets sent (GSO/GRO segments counted individually).
     pub packets_tx: u64,
+    /// Connection attempts that never opened: refused (an RST answered
+    /// the SYN), unanswered until the client gave up, or abandoned by the
+    /// client before its handshake completed. Counted where the SYN left:
+    /// by the connecting socket's node, or by the node that forwarded it.
+    pub conns_failed: u64,
 }
 
 impl EndpointCounters {
@@ -103,6 +108,7 @@ impl EndpointCounters {
         self.bytes_tx = self.bytes_tx.wrapping_add(other.bytes_tx);
         self.packets_rx = self.packets_rx.wrapping_add(other.packets_rx);
         self.packets_tx = self.packets_tx.wrapping_add(other.packets_tx);
+        self.conns_failed = self.conns_failed.wrapping_add(other.conns_failed);
     }
 
     /// One endpoint's per-CPU values merged into its totals.
@@ -646,8 +652,9 @@ pub const META_COUNT: u32 = 8;
 /// programs of layout 8 would not look for it. 10: `EF_ENDPOINTS` is not
 /// preallocated, and the flow maps the layout does not use have one entry.
 /// 11: `EF_STATS` counts inserts refused for want of memory apart, and
-/// the endpoints the agent retired.
-pub const LAYOUT_VERSION: u64 = 11;
+/// the endpoints the agent retired. 12: `EndpointCounters` counts failed
+/// connection attempts.
+pub const LAYOUT_VERSION: u64 = 12;
 
 /// The IPv4-mapped IPv6 form (`::ffff:a.b.c.d`) of an IPv4 address given
 /// as it sits in memory (network byte order bytes read as a native `u32`).
@@ -727,7 +734,7 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<EndpointKey>(), 16 + 2 + 1 + 1);
-        assert_eq!(size_of::<EndpointCounters>(), 6 * 8);
+        assert_eq!(size_of::<EndpointCounters>(), 7 * 8);
         assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 1 + 3);
         // endpoint, half/state/pad, ifindex, isn, next_seq, pad, five u64
         // (bytes, packets, their folded marks, last_seen_ns), peer.
@@ -774,6 +781,7 @@ mod tests {
             bytes_tx: 4,
             packets_rx: 5,
             packets_tx: 6,
+            conns_failed: 7,
         };
         a.accumulate(&a.clone());
         assert_eq!(
@@ -785,6 +793,7 @@ mod tests {
                 bytes_tx: 8,
                 packets_rx: 10,
                 packets_tx: 12,
+                conns_failed: 14,
             }
         );
     }

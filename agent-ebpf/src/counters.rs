@@ -77,6 +77,7 @@ static ZERO: EndpointCounters = EndpointCounters {
     bytes_tx: 0,
     packets_rx: 0,
     packets_tx: 0,
+    conns_failed: 0,
 };
 
 /// Inserts zeroed counters for `key`. Out of line: only an endpoint's first
@@ -106,7 +107,8 @@ pub fn opened(key: &EndpointKey) {
 
 /// Traffic to add to an endpoint: payload bytes and packets each way, from
 /// this node's point of view (rx = received from the other side), and the
-/// connection's open and close when it ended (one lookup for all).
+/// connection's open and close, or its failure, when it ended (one lookup
+/// for all).
 #[derive(Copy, Clone, Default)]
 pub struct Traffic {
     pub bytes_rx: u64,
@@ -115,9 +117,19 @@ pub struct Traffic {
     pub packets_tx: u64,
     pub conns_opened: u64,
     pub conns_closed: u64,
+    pub conns_failed: u64,
 }
 
 impl Traffic {
+    /// A connection attempt that never opened, alone.
+    #[inline(always)]
+    pub fn failed() -> Self {
+        Self {
+            conns_failed: 1,
+            ..Self::default()
+        }
+    }
+
     #[inline(always)]
     fn is_empty(&self) -> bool {
         self.bytes_rx
@@ -126,6 +138,7 @@ impl Traffic {
             | self.packets_tx
             | self.conns_opened
             | self.conns_closed
+            | self.conns_failed
             == 0
     }
 }
@@ -148,6 +161,7 @@ pub fn add_traffic(key: &EndpointKey, t: &Traffic) {
             (&raw mut (*c).packets_tx, t.packets_tx),
             (&raw mut (*c).conns_opened, t.conns_opened),
             (&raw mut (*c).conns_closed, t.conns_closed),
+            (&raw mut (*c).conns_failed, t.conns_failed),
         ] {
             if v != 0 {
                 atomic::add(field, v);

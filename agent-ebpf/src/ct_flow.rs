@@ -570,8 +570,8 @@ fn unfolded(f: &mut CtFlow, tag: u64) -> Traffic {
 /// `last` has it, holding back as many sequence numbers each way as it
 /// says (original, reply: its FINs'; `None` when its record is no longer
 /// its own), adds what it carried since the last fold, its open if no
-/// sweep counted it yet and its close, if it had opened, to its endpoint
-/// in one update, and forgets it. Returns whether this call ended it: the end bit is the
+/// sweep counted it yet and its close, if it had opened (its failure if
+/// it never did), to its endpoint in one update, and forgets it. Returns whether this call ended it: the end bit is the
 /// claim, so of two CPUs ending one connection at once (or the sweeper
 /// holding an entry a SYN's end replaced) only one does, and only the
 /// claimer removes the key, which then still holds this entry.
@@ -593,6 +593,9 @@ fn end(f: &mut CtFlow, tag: u64, conn: u64, tier: Tier, last: Option<(&Seen, (u3
     let counted = flags & FLOW_OPEN as u64 != 0;
     t.conns_opened = (!counted && last.is_some() && conntrack::assured(conn)) as u64;
     t.conns_closed = (counted || t.conns_opened != 0) as u64;
+    // Never opened: refused, unanswered until conntrack forgot it, or
+    // given up by the client.
+    t.conns_failed = 1 - t.conns_closed;
     add_traffic(&endpoint, &t);
     stat(Stat::FlowDeleted, 1);
     true

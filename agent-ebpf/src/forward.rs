@@ -348,7 +348,8 @@ fn unfolded(f: &mut FlowValue, tag: u64, half: u8) -> Traffic {
 }
 
 /// Ends the connection whose request half is `req` (under `req_key`):
-/// folds both halves, counts the close if it had opened, forgets both.
+/// folds both halves, counts the close if it had opened (its failure if
+/// it never did), forgets both.
 /// Removing the request half is the claim: of two CPUs ending one
 /// connection at once, only one succeeds.
 #[inline(never)]
@@ -369,6 +370,7 @@ fn end(req: &mut FlowValue, tag: u64, req_key: &FlowKey) {
         t.packets_rx = r.packets_rx;
     }
     t.conns_closed = (state & FLOW_OPEN != 0) as u64;
+    t.conns_failed = 1 - t.conns_closed;
     add_traffic(&endpoint, &t);
     let _ = FLOWS.remove(&reply_key);
     stat(Stat::FlowDeleted, 1);

@@ -1,6 +1,7 @@
 //! sock_ops on the node's cgroup v2: every TCP socket its processes
 //! establish, opened at the handshake and closed at TCP_CLOSE, with its
-//! bytes taken from the socket's own counters. No packet hook is involved,
+//! bytes taken from the socket's own counters, and every connection they
+//! dial that never opens, counted failed. No packet hook is involved,
 //! so a socket is counted the same behind a bridge, across a namespace, with
 //! `TCP_DEFER_ACCEPT`, Fast Open or NAT on the node, and on loopback.
 
@@ -10,8 +11,9 @@ use agent_common::{Direction, EndpointKey, FlowKey, PROTO_TCP, SOCK_ACTIVE, Stat
 use aya_ebpf::{
     bindings::{
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
-        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_TCP_CLOSE, BPF_TCP_CLOSING,
-        BPF_TCP_FIN_WAIT1, BPF_TCP_FIN_WAIT2, BPF_TCP_LAST_ACK, bpf_sock,
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
+        BPF_TCP_CLOSE, BPF_TCP_CLOSING, BPF_TCP_FIN_WAIT1, BPF_TCP_FIN_WAIT2, BPF_TCP_LAST_ACK,
+        BPF_TCP_SYN_SENT, bpf_sock,
     },
     helpers::generated::{bpf_get_socket_cookie, bpf_skc_to_tcp_sock},
     macros::sock_ops,
@@ -19,7 +21,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    counters::stat,
+    counters::{Traffic, add_traffic, stat},
     kernel::{self, SockCounters},
     reset,
     sock::{self, Held, Payload, Scratch},
@@ -37,8 +39,17 @@ pub fn evenflow_sockops(ctx: SockOpsContext) -> u32 {
     } else if op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB || op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB
     {
         on_established(&ctx, op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB);
+    } else if op == BPF_SOCK_OPS_TCP_CONNECT_CB {
+        watch_states(&ctx);
     }
     1
+}
+
+/// Asks for the socket's state changes: at a connect, so that an attempt
+/// that never opens is seen leaving `SYN_SENT` for `CLOSE`.
+#[inline(always)]
+fn watch_states(ctx: &SockOpsContext) {
+    let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
 }
 
 /// The socket (null-checked, as the verifier requires).
@@ -75,20 +86,7 @@ fn on_established(ctx: &SockOpsContext, active: bool) {
         return;
     };
     let endpoint = if active {
-        // A SYN this socket sent may have been DNATed on the way out (a
-        // hostNetwork proxy dialling a ClusterIP): then the backend is
-        // where it really went. The note is read once: a later
-        // connection on the same ends whose SYN nothing translated must
-        // not inherit it.
-        match LOCAL_NAT.get_ptr(&key) {
-            Some(real) => {
-                // SAFETY: a live entry, copied out before it goes.
-                let real = unsafe { *real };
-                let _ = LOCAL_NAT.remove(&key);
-                real
-            }
-            None => EndpointKey::tcp(key.remote_addr, key.remote_port, Direction::SendsTo),
-        }
+        dialled(&key)
     } else {
         EndpointKey::tcp(key.local_addr, key.local_port, Direction::Serves)
     };
@@ -100,18 +98,54 @@ fn on_established(ctx: &SockOpsContext, active: bool) {
         return;
     };
     if sock::count(sk, addr, cookie(ctx), &endpoint, flags, &Payload::NONE) {
-        let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+        watch_states(ctx);
     }
 }
 
-/// A state change: at TCP_CLOSE add the final bytes and count the close.
-/// Every other change returns before touching anything: what the close
-/// needs to know of the FINs is in the socket itself then.
+/// Where a connection the socket `key` dialled went: to the backend DNAT
+/// in OUTPUT chose for its SYN (a hostNetwork proxy dialling a ClusterIP),
+/// else where it dialled. The note is read once: a later connection on the
+/// same ends whose SYN nothing translated must not inherit it.
+#[inline(always)]
+fn dialled(key: &FlowKey) -> EndpointKey {
+    match LOCAL_NAT.get_ptr(key) {
+        Some(real) => {
+            // SAFETY: a live entry, copied out before it goes.
+            let real = unsafe { *real };
+            let _ = LOCAL_NAT.remove(key);
+            real
+        }
+        None => EndpointKey::tcp(key.remote_addr, key.remote_port, Direction::SendsTo),
+    }
+}
+
+/// A state change: at TCP_CLOSE add the final bytes and count the close,
+/// or, from `SYN_SENT`, count a connection that never opened. Every other
+/// change returns before touching anything: what the close needs to know
+/// of the FINs is in the socket itself then.
 #[inline(always)]
 fn on_state(ctx: &SockOpsContext) {
     if ctx.arg(1) == BPF_TCP_CLOSE {
-        on_close(ctx, ctx.arg(0));
+        let old = ctx.arg(0);
+        if old == BPF_TCP_SYN_SENT {
+            on_failed(ctx);
+        } else {
+            on_close(ctx, old);
+        }
     }
+}
+
+/// A connection attempt that closed in `SYN_SENT`: refused (an RST
+/// answered the SYN), unanswered until the kernel gave up, or abandoned by
+/// its process. Counted failed towards where it went. Out of line, like
+/// [`on_close`].
+#[inline(never)]
+fn on_failed(ctx: &SockOpsContext) {
+    let Some(key) = flow_key(ctx) else {
+        stat(Stat::UnsupportedFamily, 1);
+        return;
+    };
+    add_traffic(&dialled(&key), &Traffic::failed());
 }
 
 /// TCP_CLOSE from state `old`. Out of line: most runs of the program are

@@ -142,6 +142,7 @@ pub fn endpoint(services: &[ServiceLabel], key: &EndpointKey, e: &Entry) -> v1::
             bytes_tx: t.bytes_tx,
             packets_rx: t.packets_rx,
             packets_tx: t.packets_tx,
+            conns_failed: t.conns_failed,
         }),
         rates: Some(v1::Rates {
             conns_opened: e.rates.conns_opened,
@@ -150,6 +151,7 @@ pub fn endpoint(services: &[ServiceLabel], key: &EndpointKey, e: &Entry) -> v1::
             bytes_tx: e.rates.bytes_tx,
             packets_rx: e.rates.packets_rx,
             packets_tx: e.rates.packets_tx,
+            conns_failed: e.rates.conns_failed,
         }),
         active_connections: t.conns_opened.saturating_sub(t.conns_closed),
     }

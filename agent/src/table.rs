@@ -25,6 +25,7 @@ pub struct Rates {
     pub bytes_tx: f64,
     pub packets_rx: f64,
     pub packets_tx: f64,
+    pub conns_failed: f64,
 }
 
 /// One endpoint's state.
@@ -60,6 +61,7 @@ impl Entry {
             bytes_tx: rate(now.bytes_tx, prev.bytes_tx),
             packets_rx: rate(now.packets_rx, prev.packets_rx),
             packets_tx: rate(now.packets_tx, prev.packets_tx),
+            conns_failed: rate(now.conns_failed, prev.conns_failed),
         };
         self.quiet_reads = if *now == prev {
             self.quiet_reads + 1

@@ -262,6 +262,7 @@ fn added(mut a: v1::Endpoint, b: &v1::Endpoint) -> v1::Endpoint {
     t.bytes_tx = t.bytes_tx.saturating_add(u.bytes_tx);
     t.packets_rx = t.packets_rx.saturating_add(u.packets_rx);
     t.packets_tx = t.packets_tx.saturating_add(u.packets_tx);
+    t.conns_failed = t.conns_failed.saturating_add(u.conns_failed);
     a.totals = Some(t);
     a
 }

@@ -33,6 +33,7 @@ fn held(addr: &str, opened: u64, open: u64, k: u64) -> v1::Endpoint {
             bytes_tx: open * 100_000 * k,
             packets_rx: 0,
             packets_tx: 0,
+            conns_failed: 0,
         }),
         rates: None,
         active_connections: open,

@@ -144,6 +144,8 @@ pub struct Totals {
     pub packets_rx: u64,
     /// `packetsTx`.
     pub packets_tx: u64,
+    /// `connsFailed`: attempts that never opened.
+    pub failed: u64,
 }
 
 /// A JSON number or numeric string (grpcurl prints uint64 as strings).
@@ -184,6 +186,7 @@ pub fn totals(snap: &Value, address: &str, port: u16, direction: &str) -> Totals
                 bytes_tx: n("bytesTx"),
                 packets_rx: n("packetsRx"),
                 packets_tx: n("packetsTx"),
+                failed: n("connsFailed"),
             }
         })
         .unwrap_or_default()
@@ -279,7 +282,8 @@ mod tests {
                 bytes_rx: 4830,
                 bytes_tx: 128_700,
                 packets_rx: 240,
-                packets_tx: 180
+                packets_tx: 180,
+                failed: 0
             }
         );
         assert_eq!(totals(&snap, "10.2.1.2", 8080, SENDS_TO), Totals::default());

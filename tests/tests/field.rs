@@ -2438,6 +2438,7 @@ fn pool_totals(snap: &serde_json::Value, lab: &Lab) -> Totals {
             bytes_tx: a.bytes_tx + t.bytes_tx,
             packets_rx: a.packets_rx + t.packets_rx,
             packets_tx: a.packets_tx + t.packets_tx,
+            failed: a.failed + t.failed,
         })
 }
 

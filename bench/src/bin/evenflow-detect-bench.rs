@@ -156,6 +156,7 @@ fn run_one(s: &Scenario, seed: u64) -> Outcome {
                         bytes_in: bytes / 20,
                         bytes_out: bytes,
                         active: conns,
+                        ..ViewInput::default()
                     }),
                     lb: None,
                     cpu: None,

@@ -34,6 +34,10 @@ pub struct ViewInput {
     pub bytes_in: u64,
     /// Payload bytes out of the member this tick.
     pub bytes_out: u64,
+    /// Connection attempts this tick that never opened (refused,
+    /// unanswered, abandoned): counted where the SYN left, so in the LB
+    /// view only.
+    pub failed: u64,
     /// Connections open now.
     pub active: u64,
 }

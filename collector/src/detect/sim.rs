@@ -412,6 +412,7 @@ impl LongLived {
                 new_conns: m.new_conns,
                 bytes_in: m.bytes_in,
                 bytes_out: m.bytes_out,
+                failed: 0,
                 active: m.active,
             };
             // A member that is down does not listen, and its agent says so.

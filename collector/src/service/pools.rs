@@ -107,6 +107,10 @@ pub struct Measured {
     pub bytes_out_per_sec: f64,
     /// Exact new connections since first seen.
     pub conns_total: u64,
+    /// Connection attempts per second that never opened.
+    pub failed_per_sec: f64,
+    /// Exact failed attempts since first seen.
+    pub failed_total: u64,
     /// New connections as the agents' counters report them (each since
     /// its epoch): the kernels' totals, also after a collector restart.
     /// A stale agent's last figure stays in: its kernel's count stands
@@ -120,8 +124,10 @@ impl Measured {
         self.conns_per_sec += e.rate[0];
         self.bytes_in_per_sec += e.rate[1];
         self.bytes_out_per_sec += e.rate[2];
+        self.failed_per_sec += e.rate[3];
         // Totals from agents near u64::MAX must not overflow the sum.
         self.conns_total = self.conns_total.saturating_add(e.total);
+        self.failed_total = self.failed_total.saturating_add(e.failed_total);
         self.add_reported(e);
     }
 
@@ -864,6 +870,7 @@ fn add_endpoint(v: &mut ViewInput, m: &mut Measured, e: &TickEndpoint) {
     v.new_conns = v.new_conns.saturating_add(e.delta.conns);
     v.bytes_in = v.bytes_in.saturating_add(e.delta.bytes_in);
     v.bytes_out = v.bytes_out.saturating_add(e.delta.bytes_out);
+    v.failed = v.failed.saturating_add(e.delta.failed);
     v.active = v.active.saturating_add(e.active);
     m.add(e);
 }
@@ -937,9 +944,11 @@ mod tests {
                 conns,
                 bytes_in: conns * 10,
                 bytes_out: conns * 100,
+                failed: 0,
             },
-            rate: [conns as f64, conns as f64 * 10.0, conns as f64 * 100.0],
+            rate: [conns as f64, conns as f64 * 10.0, conns as f64 * 100.0, 0.0],
             total: conns,
+            failed_total: 0,
             cumulative: conns,
             reset: false,
             active: 1,
@@ -1439,8 +1448,10 @@ members = [
                 conns: u64::MAX - 1,
                 bytes_in: u64::MAX - 1,
                 bytes_out: u64::MAX - 1,
+                failed: u64::MAX - 1,
             };
             e.total = u64::MAX - 1;
+            e.failed_total = u64::MAX - 1;
             e.cumulative = u64::MAX - 1;
             e.active = u64::MAX - 1;
             e

@@ -147,6 +147,7 @@ pub fn endpoint(
             bytes_tx: opened * 1000,
             packets_rx: opened * 3,
             packets_tx: opened * 3,
+            conns_failed: 0,
         }),
         rates: None,
         active_connections: opened.min(2),

@@ -56,6 +56,9 @@ pub struct Delta {
     pub bytes_in: u64,
     /// Bytes out of the backend.
     pub bytes_out: u64,
+    /// Connection attempts that never opened (counted where the SYN
+    /// left: the LB view).
+    pub failed: u64,
 }
 
 impl Delta {
@@ -63,6 +66,7 @@ impl Delta {
         self.conns = self.conns.saturating_add(o.conns);
         self.bytes_in = self.bytes_in.saturating_add(o.bytes_in);
         self.bytes_out = self.bytes_out.saturating_add(o.bytes_out);
+        self.failed = self.failed.saturating_add(o.failed);
     }
 }
 
@@ -80,17 +84,22 @@ pub(super) struct EpState {
     pub(super) bytes_rx: u64,
     /// Bytes sent, likewise.
     pub(super) bytes_tx: u64,
+    /// Failed connection attempts, likewise.
+    pub(super) failed: u64,
     /// Connections open now.
     pub(super) active: u64,
     /// Counts since the last tick, oriented to the backend.
     pub(super) pending: Delta,
-    /// Per-second rates (conns, bytes in, bytes out) over the reports of
-    /// the last tick that had any; `None` until a report measured them.
-    pub(super) rate: Option<[f64; 3]>,
+    /// Per-second rates (conns, bytes in, bytes out, failed attempts)
+    /// over the reports of the last tick that had any; `None` until a
+    /// report measured them.
+    pub(super) rate: Option<[f64; 4]>,
     /// Fractional counts not yet handed to the detector.
-    pub(super) carry: [f64; 3],
+    pub(super) carry: [f64; 4],
     /// New connections since the collector first saw the endpoint (exact).
     pub(super) total: u64,
+    /// Failed attempts since the collector first saw the endpoint (exact).
+    pub(super) failed_total: u64,
     /// Counters went backwards within the epoch since the last tick.
     pub(super) reset: bool,
     /// The agent's reports no longer list it, but it holds counts no tick
@@ -106,12 +115,7 @@ impl EpState {
         let pending = if baseline_only {
             Delta::default()
         } else {
-            orient(
-                key.dir,
-                totals.conns_opened,
-                totals.bytes_rx,
-                totals.bytes_tx,
-            )
+            orient(key.dir, &totals)
         };
         Self {
             key,
@@ -119,11 +123,13 @@ impl EpState {
             opened: totals.conns_opened,
             bytes_rx: totals.bytes_rx,
             bytes_tx: totals.bytes_tx,
+            failed: totals.conns_failed,
             active: endpoint.active_connections,
             pending,
             rate: None,
-            carry: [0.0; 3],
+            carry: [0.0; 4],
             total: pending.conns,
+            failed_total: pending.failed,
             reset: false,
             departing: false,
         }
@@ -136,6 +142,7 @@ impl EpState {
         if totals.conns_opened < self.opened
             || totals.bytes_rx < self.bytes_rx
             || totals.bytes_tx < self.bytes_tx
+            || totals.conns_failed < self.failed
         {
             // Went backwards within an epoch (the kernel evicted and
             // re-created the entry): new baseline, no delta.
@@ -143,16 +150,22 @@ impl EpState {
         } else {
             let growth = orient(
                 self.key.dir,
-                totals.conns_opened - self.opened,
-                totals.bytes_rx - self.bytes_rx,
-                totals.bytes_tx - self.bytes_tx,
+                &v1::Counters {
+                    conns_opened: totals.conns_opened - self.opened,
+                    bytes_rx: totals.bytes_rx - self.bytes_rx,
+                    bytes_tx: totals.bytes_tx - self.bytes_tx,
+                    conns_failed: totals.conns_failed - self.failed,
+                    ..v1::Counters::default()
+                },
             );
             self.total = self.total.saturating_add(growth.conns);
+            self.failed_total = self.failed_total.saturating_add(growth.failed);
             self.pending.add(growth);
         }
         self.opened = totals.conns_opened;
         self.bytes_rx = totals.bytes_rx;
         self.bytes_tx = totals.bytes_tx;
+        self.failed = totals.conns_failed;
         self.active = endpoint.active_connections;
         let service = label(endpoint);
         let relabelled = self.service.as_deref() != service;
@@ -413,6 +426,7 @@ impl AgentState {
                     let mut state = EpState::new(key, endpoint, baseline_only);
                     state.pending.add(gone.pending);
                     state.total = state.total.saturating_add(gone.total);
+                    state.failed_total = state.failed_total.saturating_add(gone.failed_total);
                     state
                 }
                 None => EpState::new(key, endpoint, baseline_only),
@@ -548,17 +562,15 @@ impl AgentState {
 /// Orients an endpoint's counter deltas to the backend: a SERVES endpoint's
 /// received bytes went into the backend, a SENDS_TO endpoint's sent bytes
 /// did.
-fn orient(dir: Dir, conns: u64, rx: u64, tx: u64) -> Delta {
-    match dir {
-        Dir::Serves => Delta {
-            conns,
-            bytes_in: rx,
-            bytes_out: tx,
-        },
-        Dir::SendsTo => Delta {
-            conns,
-            bytes_in: tx,
-            bytes_out: rx,
-        },
+fn orient(dir: Dir, c: &v1::Counters) -> Delta {
+    let (bytes_in, bytes_out) = match dir {
+        Dir::Serves => (c.bytes_rx, c.bytes_tx),
+        Dir::SendsTo => (c.bytes_tx, c.bytes_rx),
+    };
+    Delta {
+        conns: c.conns_opened,
+        bytes_in,
+        bytes_out,
+        failed: c.conns_failed,
     }
 }

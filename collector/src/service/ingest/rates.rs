@@ -56,12 +56,13 @@ impl EpState {
                 pending.conns as f64 / covered,
                 pending.bytes_in as f64 / covered,
                 pending.bytes_out as f64 / covered,
+                pending.failed as f64 / covered,
             ]);
         }
         let mut delta = Delta::default();
         if let Some(rate) = self.rate {
-            let mut emit = [0u64; 3];
-            for i in 0..3 {
+            let mut emit = [0u64; 4];
+            for i in 0..4 {
                 self.carry[i] += rate[i] * tick;
                 let whole = self.carry[i].floor().max(0.0);
                 self.carry[i] -= whole;
@@ -77,6 +78,7 @@ impl EpState {
                 conns: emit[0],
                 bytes_in: emit[1],
                 bytes_out: emit[2],
+                failed: emit[3],
             };
         }
         TickEndpoint {
@@ -85,6 +87,7 @@ impl EpState {
             delta,
             rate: self.rate.unwrap_or_default(),
             total: self.total,
+            failed_total: self.failed_total,
             cumulative: self.opened,
             reset: std::mem::take(&mut self.reset) || self.rate.is_none(),
             active: self.active,
@@ -102,10 +105,13 @@ pub struct TickEndpoint {
     /// Counts for this tick (rate times tick length), oriented to the
     /// backend.
     pub delta: Delta,
-    /// Measured per-second rates: new connections, bytes in, bytes out.
-    pub rate: [f64; 3],
+    /// Measured per-second rates: new connections, bytes in, bytes out,
+    /// failed attempts.
+    pub rate: [f64; 4],
     /// Exact new connections since the collector first saw it.
     pub total: u64,
+    /// Exact failed attempts since the collector first saw it.
+    pub failed_total: u64,
     /// New connections as the agent's counter reports it (since its
     /// epoch; the kernel's total).
     pub cumulative: u64,

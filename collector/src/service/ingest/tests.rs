@@ -74,11 +74,12 @@ fn deltas_replays_and_resets() {
         Delta {
             conns: 25,
             bytes_in: 250,
-            bytes_out: 2500
+            bytes_out: 2500,
+            failed: 0
         }
     );
     assert_eq!(t.endpoints[0].total, 50);
-    assert_eq!(t.endpoints[0].rate, [25.0, 250.0, 2500.0]);
+    assert_eq!(t.endpoints[0].rate, [25.0, 250.0, 2500.0, 0.0]);
     // No report this tick: the last rate holds (a late report is not a
     // dark member).
     s.take_tick(Instant::now(), 1.0, &mut t);

@@ -233,6 +233,8 @@ impl From<JudgedView<'_>> for v1::MemberView {
             bytes: Some((&verdict.bytes_load).into()),
             bytes_in_share: verdict.bytes_in_share,
             bytes_out_share: verdict.bytes_out_share,
+            failed_conns_per_sec: measured.failed_per_sec,
+            failed_conns_total: measured.failed_total,
         }
     }
 }
@@ -261,6 +263,8 @@ impl From<UnjudgedView<'_>> for v1::MemberView {
             bytes_out_per_sec: measured.bytes_out_per_sec,
             reason: reason.to_owned(),
             conns_total: measured.conns_total,
+            failed_conns_per_sec: measured.failed_per_sec,
+            failed_conns_total: measured.failed_total,
             ..Self::default()
         }
     }

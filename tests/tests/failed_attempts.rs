@@ -1,0 +1,226 @@
+//! Connection attempts that never open, counted where their SYN left
+//! (`connsFailed`): the difference between a balancer that leaves a
+//! backend out (no attempt) and a backend that refuses or never answers
+//! what it is sent (attempts, all failed).
+//!
+//! Real lab: the nftables DNAT lb in front of four backends, the fourth of
+//! which runs no nginx (its kernel answers every SYN with an RST) or drops
+//! every SYN; the test's own client through the VIP; `curl` from inside the
+//! lb's namespace and cgroup for the lb's own sockets. Ground truth: the
+//! client's and curl's own tally of failed connects. Run as root.
+
+use std::time::Duration;
+
+use evenflow_tests::{
+    agent, cgroup, client,
+    grpcurl::{self, SENDS_TO, SERVES, Totals},
+    lab::{self, BACKEND_PORT, Lab, Node},
+    netns, nft, nginx,
+};
+
+/// Connections through the VIP: a quarter go to the dark backend.
+const CONNECTIONS: u64 = 80;
+/// A port nothing listens on anywhere, dialled from the lb itself.
+const CLOSED_PORT: u16 = 9090;
+/// Connects curl makes from the lb to the dark backend's closed port.
+const LOCAL_DIALS: u64 = 6;
+
+/// How the dark backend treats SYNs to its ports.
+#[derive(Clone, Copy, PartialEq)]
+enum Dark {
+    /// Nothing listens: its kernel answers with an RST.
+    Refuses,
+    /// Its firewall drops them: nobody answers.
+    Drops,
+}
+
+/// A lab whose fourth backend is dark, with an agent on every node (the
+/// lb's with `lb_args`) and the DNAT rules loaded.
+fn lab(name: &str, dark: Dark, lb_args: &[&str]) -> (Lab, Node) {
+    evenflow_tests::require_root();
+    let mut lab = Lab::new(name, 4).expect("the lab builds");
+    let backends = lab.backends.clone();
+    let (lit, dark_node) = backends.split_at(3);
+    for b in lit {
+        nginx::start(&mut lab, b).expect("nginx starts");
+    }
+    let dark_node = dark_node[0].clone();
+    if dark == Dark::Drops {
+        nft::load(
+            &lab,
+            &dark_node.ns,
+            "drop-syns",
+            &format!(
+                "table inet evenflow_drop {{ chain input {{ type filter hook input priority 0; tcp dport {{ {BACKEND_PORT}, {CLOSED_PORT} }} drop; }} }}"
+            ),
+        )
+        .expect("the drop rule loads");
+    }
+    for b in &backends {
+        agent::start(&mut lab, b, &["--service", "web=8080"]).expect("a backend agent starts");
+    }
+    let lb = lab.lb.clone();
+    agent::start(&mut lab, &lb, lb_args).expect("the lb agent starts");
+    nft::start(&lab).expect("the nftables DNAT rules load");
+    (lab, dark_node)
+}
+
+/// The client's load through the VIP; the dark backend's share fails.
+fn load_through_the_vip(lab: &Lab) -> client::Load {
+    let load = client::http_load(&lab.client.ns, lab::vip(false), CONNECTIONS, 4)
+        .expect("the client load runs");
+    assert_eq!(
+        load.connections + load.failures,
+        CONNECTIONS,
+        "every attempt ends one way or the other: {load:?}"
+    );
+    assert!(
+        load.failures >= CONNECTIONS / 4 - 1,
+        "the dark backend's share fails: {load:?}"
+    );
+    load
+}
+
+/// `curl` from the lb's namespace and cgroup: `n` connects to `target`,
+/// each given 1 s. Returns how many failed to connect (refused or timed
+/// out), which must be all of them.
+fn dial_from(lab: &Lab, node: &Node, target: &str, n: u64) -> u64 {
+    let script = format!(
+        "failed=0; for i in $(seq 1 {n}); do curl -s -o /dev/null --connect-timeout 1 http://{target}/; rc=$?; \
+         if [ $rc -eq 7 ] || [ $rc -eq 28 ]; then failed=$((failed+1)); else echo \"curl exit $rc\"; fi; done; echo \"failed=$failed\""
+    );
+    let log = lab.dir.join(format!("dial-{}.log", node.role));
+    let mut p = cgroup::spawn("dial", &node.cgroup, &node.ns, &log, "bash", &["-c", &script])
+        .expect("curl starts in the lb");
+    let status = evenflow_tests::wait_for(Duration::from_secs(30), || p.exited())
+        .expect("curl's connects end within 30 s");
+    assert!(status.success(), "the dial script ran: {}", p.output());
+    let out = p.output();
+    let failed = out
+        .lines()
+        .find_map(|l| l.strip_prefix("failed="))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("the dial script tallied its connects: {out}"));
+    assert_eq!(failed, n, "every connect to a dark port fails: {out}");
+    failed
+}
+
+/// Waits up to `within` for the lb's counts of `(address, port)` to
+/// reach `failed` failed attempts, and returns them.
+fn lb_totals_once_failed(lab: &Lab, addr: &str, port: u16, failed: u64, within: Duration) -> Totals {
+    let read = || {
+        let snap = grpcurl::snapshot(&lab.lb.ns).ok()?;
+        Some(grpcurl::totals(&snap, addr, port, SENDS_TO))
+    };
+    evenflow_tests::wait_for(within, || read().filter(|t| t.failed >= failed));
+    // Once more after an interval: nothing may be counted twice.
+    std::thread::sleep(Duration::from_secs(2));
+    read().expect("the lb agent answers")
+}
+
+/// The lb's view of the lit backends: every connection the client made,
+/// opened, closed and never failed.
+fn check_lit_backends(lab: &Lab, load: &client::Load) {
+    let snap = grpcurl::snapshot(&lab.lb.ns).expect("the lb agent answers");
+    let lit: Vec<Totals> = lab.backends[..3]
+        .iter()
+        .map(|b| grpcurl::totals(&snap, &b.addr4.to_string(), BACKEND_PORT, SENDS_TO))
+        .collect();
+    let opened: u64 = lit.iter().map(|t| t.opened).sum();
+    assert_eq!(
+        opened,
+        load.connections,
+        "the lit backends opened what the client completed: {lit:?}\n{}",
+        grpcurl::summary(&snap)
+    );
+    assert!(
+        lit.iter().all(|t| t.failed == 0 && t.closed == t.opened),
+        "no attempt to a lit backend failed: {lit:?}"
+    );
+}
+
+/// The dark backend's own agent served nothing.
+fn check_dark_served_nothing(dark: &Node) {
+    let snap = grpcurl::snapshot(&dark.ns).expect("the dark backend's agent answers");
+    let t = grpcurl::totals(&snap, &dark.addr4.to_string(), BACKEND_PORT, SERVES);
+    assert_eq!(t, Totals::default(), "the dark backend accepted nothing");
+}
+
+/// Refused attempts, forwarded and the lb's own, counted exactly.
+fn refused_attempts_count_failed(name: &str, lb_args: &[&str]) {
+    let (lab, dark) = lab(name, Dark::Refuses, lb_args);
+    let load = load_through_the_vip(&lab);
+    let dark_addr = dark.addr4.to_string();
+    let forwarded = lb_totals_once_failed(
+        &lab,
+        &dark_addr,
+        BACKEND_PORT,
+        load.failures,
+        Duration::from_secs(15),
+    );
+    assert_eq!(
+        (forwarded.failed, forwarded.opened, forwarded.closed),
+        (load.failures, 0, 0),
+        "the lb counted each forwarded attempt the dark backend refused as failed, none opened: {forwarded:?}, client {load:?}"
+    );
+    check_lit_backends(&lab, &load);
+    check_dark_served_nothing(&dark);
+
+    let dialled = dial_from(&lab, &lab.lb, &format!("{dark_addr}:{CLOSED_PORT}"), LOCAL_DIALS);
+    let local =
+        lb_totals_once_failed(&lab, &dark_addr, CLOSED_PORT, dialled, Duration::from_secs(10));
+    assert_eq!(
+        (local.failed, local.opened),
+        (dialled, 0),
+        "the lb's own refused connects count failed: {local:?}"
+    );
+}
+
+#[test]
+fn attempts_a_backend_refuses_count_failed() {
+    refused_attempts_count_failed("failrst", &[]);
+}
+
+#[test]
+fn attempts_a_backend_refuses_count_failed_per_packet() {
+    refused_attempts_count_failed("failrstpp", &["--forwarded-per-packet"]);
+}
+
+/// Attempts nobody answers: the lb's own count as failed when curl gives
+/// up; forwarded ones once conntrack forgets them (its SYN_SENT timeout,
+/// shortened here to 4 s from 120).
+#[test]
+fn attempts_nobody_answers_count_failed() {
+    let (lab, dark) = lab("faildrop", Dark::Drops, &[]);
+    netns::sysctl(
+        &lab.lb.ns,
+        "net.netfilter.nf_conntrack_tcp_timeout_syn_sent",
+        "4",
+    )
+    .expect("conntrack's SYN_SENT timeout shortens");
+    let load = load_through_the_vip(&lab);
+    let dark_addr = dark.addr4.to_string();
+    let forwarded = lb_totals_once_failed(
+        &lab,
+        &dark_addr,
+        BACKEND_PORT,
+        load.failures,
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        (forwarded.failed, forwarded.opened),
+        (load.failures, 0),
+        "the lb counted each forwarded attempt nobody answered as failed once conntrack forgot it: {forwarded:?}, client {load:?}"
+    );
+    check_lit_backends(&lab, &load);
+    check_dark_served_nothing(&dark);
+
+    let dialled = dial_from(&lab, &lab.lb, &format!("{dark_addr}:{CLOSED_PORT}"), LOCAL_DIALS);
+    let local =
+        lb_totals_once_failed(&lab, &dark_addr, CLOSED_PORT, dialled, Duration::from_secs(10));
+    assert_eq!(
+        (local.failed, local.opened),
+        (dialled, 0),
+        "the lb's own unanswered connects count failed when curl gives up: {local:?}"
+    );
+}
