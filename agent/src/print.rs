@@ -17,8 +17,8 @@ pub fn table(snap: &v1::Snapshot) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<9} {:<40} {:<10} {:>8} {:>7} {:>10} {:>11} {:>11}",
-        "DIR", "ENDPOINT", "SERVICE", "CONN/S", "ACTIVE", "OPENED", "RX B/S", "TX B/S"
+        "{:<9} {:<40} {:<10} {:>8} {:>7} {:>10} {:>8} {:>11} {:>11}",
+        "DIR", "ENDPOINT", "SERVICE", "CONN/S", "ACTIVE", "OPENED", "FAILED", "RX B/S", "TX B/S"
     );
     for e in &snap.endpoints {
         let dir = match v1::Direction::try_from(e.direction) {
@@ -35,7 +35,7 @@ pub fn table(snap: &v1::Snapshot) -> String {
         let t = e.totals.unwrap_or_default();
         let _ = writeln!(
             out,
-            "{dir:<9} {ep:<40} {:<10} {:>8.1} {:>7} {:>10} {:>11.0} {:>11.0}",
+            "{dir:<9} {ep:<40} {:<10} {:>8.1} {:>7} {:>10} {:>8} {:>11.0} {:>11.0}",
             if e.service.is_empty() {
                 "-"
             } else {
@@ -44,6 +44,7 @@ pub fn table(snap: &v1::Snapshot) -> String {
             r.conns_opened,
             e.active_connections,
             t.conns_opened,
+            t.conns_failed,
             r.bytes_rx,
             r.bytes_tx
         );

@@ -208,11 +208,12 @@ pub fn pool_text(p: &v1::Pool) -> String {
     let pod_col = if pods > 0 { pods.max(3) + 1 } else { 0 };
     let _ = writeln!(
         out,
-        "    {:<24} {:<pod_col$}{:<9} {:>8} {:>8} {:>8} {:>6} {:>8} {:>8} {:>5}  {:<20} {:<22} REASON",
+        "    {:<24} {:<pod_col$}{:<9} {:>8} {:>7} {:>8} {:>8} {:>6} {:>8} {:>8} {:>5}  {:<20} {:<22} REASON",
         "MEMBER",
         if pods > 0 { "POD" } else { "" },
         "STATE",
         "CONN/S",
+        "FAIL/S",
         "SHARE",
         "EXPECT",
         "OPEN",
@@ -232,11 +233,12 @@ pub fn pool_text(p: &v1::Pool) -> String {
             .unwrap_or_default();
         let _ = writeln!(
             out,
-            "    {:<24} {:<pod_col$}{:<9} {:>8.1} {:>7.1}% {:>7.1}% {:>6} {:>7.1}% {:>7.1}% {:>4.0}%  {:<20} {:<22} {}{}",
+            "    {:<24} {:<pod_col$}{:<9} {:>8.1} {:>7.1} {:>7.1}% {:>7.1}% {:>6} {:>7.1}% {:>7.1}% {:>4.0}%  {:<20} {:<22} {}{}",
             member_name(m),
             m.pod,
             member_state(m.state),
             v.new_conns_per_sec,
+            m.lb_view.as_ref().map_or(0.0, |l| l.failed_conns_per_sec),
             v.observed_share * 100.0,
             v.expected_share * 100.0,
             v.active_connections,
@@ -317,6 +319,8 @@ fn member_view_json(v: &Option<v1::MemberView>) -> Value {
             "bytes": load_share_json(&v.bytes),
             "bytes_in_share": v.bytes_in_share,
             "bytes_out_share": v.bytes_out_share,
+            "failed_conns_per_sec": v.failed_conns_per_sec,
+            "failed_conns_total": v.failed_conns_total,
         }),
     }
 }

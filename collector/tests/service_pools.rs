@@ -346,3 +346,102 @@ async fn a_dark_lb_view_is_named_in_the_pool_reason() {
         }
     );
 }
+
+const REFUSING: &str = r#"
+[[pool]]
+name = "shop"
+lb_nodes = ["lb"]
+members = [
+  { address = "10.9.0.1:80" },
+  { address = "10.9.0.2:80" },
+  { address = "10.9.0.3:80" },
+]
+"#;
+
+/// A member whose balancer keeps sending to it while every attempt fails
+/// (its process refuses, or never answers): ZERO, and the reason, the LB
+/// view and /metrics say the balancer does send to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_refuses_what_its_balancer_sends_says_so() {
+    let file = temp_file("refusing.toml", REFUSING);
+    let c = start(&["--interval", "200ms", "--pools", file.to_str().unwrap()]).await;
+    let mut q = query(&c).await;
+    let mut backends = Vec::new();
+    for node in ["b1", "b2", "b3"] {
+        backends.push(Agent::connect(&c, node).await);
+    }
+    let mut lb = Agent::connect(&c, "lb").await;
+    // Per agent second: 20 new connections to each of the first two, and
+    // 20 attempts to the third, all failed.
+    let started = tokio::time::Instant::now();
+    let mut n = 1000u64;
+    let mut zero = None;
+    while started.elapsed() < Duration::from_secs(20) {
+        for (i, b) in backends.iter_mut().enumerate() {
+            let served = if i == 2 { 0 } else { n };
+            let r = b.next(
+                vec![serves(&format!("10.9.0.{}", i + 1), 80, "", served)],
+                vec![],
+            );
+            b.send(r).await.unwrap();
+        }
+        let mut refused = sends_to("10.9.0.3", 80, 0);
+        if let Some(t) = refused.totals.as_mut() {
+            t.conns_failed = n;
+        }
+        let r = lb.next(
+            vec![
+                sends_to("10.9.0.1", 80, n),
+                sends_to("10.9.0.2", 80, n),
+                refused,
+            ],
+            vec![],
+        );
+        lb.send(r).await.unwrap();
+        n += 20;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Not there before the collector's first tick.
+        let Ok(p) = q
+            .get_pool(v1::GetPoolRequest {
+                name: "shop".into(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+        else {
+            continue;
+        };
+        if verdict(member(&p, "10.9.0.3").verdict) == v1::Verdict::Zero {
+            zero = Some(p);
+            break;
+        }
+    }
+    let p = zero.expect("the refusing member is judged ZERO within 20 s");
+    let m3 = member(&p, "10.9.0.3");
+    let says = "connection attempts to it failed in the last 10 ticks (refused or unanswered): its load balancers do send to it";
+    assert!(m3.reason.contains(says), "{}", m3.reason);
+    let l3 = m3.lb_view.as_ref().expect("an LB view");
+    assert_eq!(l3.failed_conns_per_sec, 20.0, "{l3:?}");
+    assert!(l3.failed_conns_total > 0, "{l3:?}");
+    assert!(l3.reason.contains(says), "{}", l3.reason);
+    let l1 = member(&p, "10.9.0.1").lb_view.clone().expect("an LB view");
+    assert_eq!((l1.failed_conns_per_sec, l1.failed_conns_total), (0.0, 0));
+    let body = http_get(c.metrics_addr, "/metrics").await;
+    assert!(
+        body.contains(r#"evenflow_member_failed_connections_per_second{pool="shop",member="10.9.0.3:80",view="lb"} 20"#),
+        "{body}"
+    );
+    let reported: u64 = body
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                r#"evenflow_member_reported_failed_connections_total{pool="shop",member="10.9.0.3:80",view="lb"} "#,
+            )
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no reported failed total in {body}"));
+    assert!(
+        reported >= 1000,
+        "the kernel's count, from the first report: {reported}"
+    );
+    c.shutdown().await;
+}

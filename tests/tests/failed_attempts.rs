@@ -12,7 +12,8 @@
 use std::time::Duration;
 
 use evenflow_tests::{
-    agent, cgroup, client,
+    agent::{self, COLLECTOR},
+    cgroup, client,
     grpcurl::{self, SENDS_TO, SERVES, Totals},
     lab::{self, BACKEND_PORT, Lab, Node},
     netns, nft, nginx,
@@ -38,7 +39,13 @@ enum Dark {
 /// lb's with `lb_args`) and the DNAT rules loaded.
 fn lab(name: &str, dark: Dark, lb_args: &[&str]) -> (Lab, Node) {
     evenflow_tests::require_root();
-    let mut lab = Lab::new(name, 4).expect("the lab builds");
+    let lab = Lab::new(name, 4).expect("the lab builds");
+    with_dark_backend(lab, dark, lb_args)
+}
+
+/// [`lab`]'s nodes on `lab`, whose agents report to a collector already
+/// running when `lb_args` name it.
+fn with_dark_backend(mut lab: Lab, dark: Dark, lb_args: &[&str]) -> (Lab, Node) {
     let backends = lab.backends.clone();
     let (lit, dark_node) = backends.split_at(3);
     for b in lit {
@@ -56,8 +63,12 @@ fn lab(name: &str, dark: Dark, lb_args: &[&str]) -> (Lab, Node) {
         )
         .expect("the drop rule loads");
     }
+    let mut backend_args = vec!["--service", "web=8080"];
+    if let Some(at) = lb_args.iter().position(|&a| a == "--collector") {
+        backend_args.extend_from_slice(&lb_args[at..=at + 1]);
+    }
     for b in &backends {
-        agent::start(&mut lab, b, &["--service", "web=8080"]).expect("a backend agent starts");
+        agent::start(&mut lab, b, &backend_args).expect("a backend agent starts");
     }
     let lb = lab.lb.clone();
     agent::start(&mut lab, &lb, lb_args).expect("the lb agent starts");
@@ -90,8 +101,15 @@ fn dial_from(lab: &Lab, node: &Node, target: &str, n: u64) -> u64 {
          if [ $rc -eq 7 ] || [ $rc -eq 28 ]; then failed=$((failed+1)); else echo \"curl exit $rc\"; fi; done; echo \"failed=$failed\""
     );
     let log = lab.dir.join(format!("dial-{}.log", node.role));
-    let mut p = cgroup::spawn("dial", &node.cgroup, &node.ns, &log, "bash", &["-c", &script])
-        .expect("curl starts in the lb");
+    let mut p = cgroup::spawn(
+        "dial",
+        &node.cgroup,
+        &node.ns,
+        &log,
+        "bash",
+        &["-c", &script],
+    )
+    .expect("curl starts in the lb");
     let status = evenflow_tests::wait_for(Duration::from_secs(30), || p.exited())
         .expect("curl's connects end within 30 s");
     assert!(status.success(), "the dial script ran: {}", p.output());
@@ -107,7 +125,13 @@ fn dial_from(lab: &Lab, node: &Node, target: &str, n: u64) -> u64 {
 
 /// Waits up to `within` for the lb's counts of `(address, port)` to
 /// reach `failed` failed attempts, and returns them.
-fn lb_totals_once_failed(lab: &Lab, addr: &str, port: u16, failed: u64, within: Duration) -> Totals {
+fn lb_totals_once_failed(
+    lab: &Lab,
+    addr: &str,
+    port: u16,
+    failed: u64,
+    within: Duration,
+) -> Totals {
     let read = || {
         let snap = grpcurl::snapshot(&lab.lb.ns).ok()?;
         Some(grpcurl::totals(&snap, addr, port, SENDS_TO))
@@ -166,9 +190,19 @@ fn refused_attempts_count_failed(name: &str, lb_args: &[&str]) {
     check_lit_backends(&lab, &load);
     check_dark_served_nothing(&dark);
 
-    let dialled = dial_from(&lab, &lab.lb, &format!("{dark_addr}:{CLOSED_PORT}"), LOCAL_DIALS);
-    let local =
-        lb_totals_once_failed(&lab, &dark_addr, CLOSED_PORT, dialled, Duration::from_secs(10));
+    let dialled = dial_from(
+        &lab,
+        &lab.lb,
+        &format!("{dark_addr}:{CLOSED_PORT}"),
+        LOCAL_DIALS,
+    );
+    let local = lb_totals_once_failed(
+        &lab,
+        &dark_addr,
+        CLOSED_PORT,
+        dialled,
+        Duration::from_secs(10),
+    );
     assert_eq!(
         (local.failed, local.opened),
         (dialled, 0),
@@ -215,12 +249,87 @@ fn attempts_nobody_answers_count_failed() {
     check_lit_backends(&lab, &load);
     check_dark_served_nothing(&dark);
 
-    let dialled = dial_from(&lab, &lab.lb, &format!("{dark_addr}:{CLOSED_PORT}"), LOCAL_DIALS);
-    let local =
-        lb_totals_once_failed(&lab, &dark_addr, CLOSED_PORT, dialled, Duration::from_secs(10));
+    let dialled = dial_from(
+        &lab,
+        &lab.lb,
+        &format!("{dark_addr}:{CLOSED_PORT}"),
+        LOCAL_DIALS,
+    );
+    let local = lb_totals_once_failed(
+        &lab,
+        &dark_addr,
+        CLOSED_PORT,
+        dialled,
+        Duration::from_secs(10),
+    );
     assert_eq!(
         (local.failed, local.opened),
         (dialled, 0),
         "the lb's own unanswered connects count failed when curl gives up: {local:?}"
+    );
+}
+
+/// End to end: the collector judges the refusing backend, from its pool
+/// file, and its reason says that the balancer does send to it, which a
+/// backend the balancer leaves out (`dark_backend`) never says.
+#[test]
+fn a_refusing_backend_is_judged_with_its_failed_attempts() {
+    evenflow_tests::require_root();
+    let mut lab = Lab::new("failjudge", 4).expect("the lab builds");
+    let pools = lab.dir.join("pools.toml");
+    lab.write_pool_file(&pools, BACKEND_PORT, &[], None)
+        .expect("the pool file is written");
+    agent::start_collector_with(
+        &mut lab,
+        "10.1.0.1:9465",
+        &["--pools", &pools.display().to_string()],
+    )
+    .expect("the collector starts");
+    let url = format!("http://{COLLECTOR}");
+    let (lab, dark) = with_dark_backend(lab, Dark::Refuses, &["--collector", &url]);
+    let mut nodes = vec![lab.lb.clone()];
+    nodes.extend(lab.backends.iter().cloned());
+    agent::wait_reporting(&lab, &nodes).expect("every agent reports");
+    let dark_id = dark.addr4.to_string();
+    let started = std::time::Instant::now();
+    let judged = loop {
+        load_through_the_vip(&lab);
+        let pool = grpcurl::get_pool(&lab.lb.ns, COLLECTOR, "web").ok();
+        let member = pool.as_ref().and_then(|p| {
+            p["members"]
+                .as_array()?
+                .iter()
+                .find(|m| m["address"] == dark_id.as_str())
+                .cloned()
+        });
+        if let Some(m) = member.filter(|m| {
+            m["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("connection attempts to it failed"))
+        }) {
+            break m;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "the refusing backend's failed attempts are never named; last pool: {pool:#?}"
+        );
+    };
+    println!("judged: {judged:#}");
+    let reason = judged["reason"].as_str().unwrap_or_default();
+    assert!(
+        matches!(
+            judged["verdict"].as_str(),
+            Some("VERDICT_ZERO" | "VERDICT_DOWN")
+        ),
+        "a backend that takes nothing is ZERO (or DOWN): {judged:#}"
+    );
+    assert!(
+        reason.contains("its load balancers do send to it, and it does not take them"),
+        "{reason}"
+    );
+    let lb_view = &judged["lbView"];
+    assert!(
+        grpcurl::number(&lb_view["failedConnsTotal"]) > 0,
+        "the LB view counts the failed attempts: {lb_view:#}"
     );
 }

@@ -316,6 +316,8 @@ pub struct ViewVerdict {
     pub z: f64,
     /// Cumulative new connections seen.
     pub conns_total: u64,
+    /// Connection attempts that failed over the last 10 ticks (LB view).
+    pub failed_window: u64,
     pub reason: String,
     /// The load it carries: its open connections...
     pub active_load: LoadVerdict,
@@ -398,6 +400,8 @@ struct MemberHist {
     dark_ticks: u64,
     conns_total: u64,
     draining_recent: [u64; 10],
+    /// Connection attempts that failed, per tick, for the last 10 ticks.
+    failed_recent: [u64; 10],
     /// While draining: per tick, the new connections it would have got at
     /// its weight had its balancer ignored the drain (of every eligible
     /// member's and its own), for the same window.
@@ -1077,6 +1081,10 @@ impl PoolState {
         {
             reason = format!("{reason}; in the LB view they came from {nodes}");
         }
+        if let Some(l) = lv.as_mut().filter(|l| l.failed_window > 0) {
+            l.reason = with_failures(&l.reason, l.verdict, l.failed_window);
+            reason = with_failures(&reason, verdict, l.failed_window);
+        }
         let active = worse(sv.as_ref(), lv.as_ref(), |v| &v.active_load);
         let bytes = worse(sv.as_ref(), lv.as_ref(), |v| &v.bytes_load);
         MemberVerdict {
@@ -1093,6 +1101,28 @@ impl PoolState {
             active,
             bytes,
         }
+    }
+}
+
+/// `reason` with the `failed` connection attempts the LB view counted over
+/// the last 10 ticks. Beside a member that gets too little or nothing, or
+/// is down, they tell a backend that does not take connections from a
+/// balancer that leaves it out: its balancers do send to it.
+fn with_failures(reason: &str, verdict: Verdict, failed: u64) -> String {
+    let attempts = if failed == 1 { "attempt" } else { "attempts" };
+    let what = format!(
+        "{failed} connection {attempts} to it failed in the last 10 ticks (refused or unanswered)"
+    );
+    let why = match verdict {
+        Verdict::Zero { .. } | Verdict::SkewLow { .. } | Verdict::Down { .. } => {
+            ": its load balancers do send to it, and it does not take them"
+        }
+        _ => "",
+    };
+    if reason.is_empty() {
+        format!("{what}{why}")
+    } else {
+        format!("{reason}; {what}{why}")
     }
 }
 
@@ -1454,7 +1484,8 @@ impl ViewState {
         };
         for m in input.members() {
             let Some(v) = m.view(view) else { continue };
-            let vv = self.judge_member(s, &bounds, &share_tick, (m, presence), v, &mut tally);
+            let mut vv = self.judge_member(s, &bounds, &share_tick, (m, presence), v, &mut tally);
+            vv.failed_window = self.note_failed(&m.id, &v);
             verdicts.insert(m.id.clone(), vv);
         }
         self.observed_shares(&mut verdicts, &tally.window);
@@ -1583,6 +1614,7 @@ impl ViewState {
             dark_ticks: 0,
             z: 0.0,
             conns_total: hist.conns_total,
+            failed_window: 0,
             reason: String::new(),
             active_load: LoadVerdict::default(),
             bytes_load: LoadVerdict::default(),
@@ -1651,6 +1683,18 @@ impl ViewState {
         }
         judge_share(s, bounds, share_tick, hist, &input, &mut judged, tally);
         judged
+    }
+
+    /// Notes the member's failed attempts this tick (not on a gap: a
+    /// stale or reset observer's count is not one) and returns those of
+    /// the last 10 ticks.
+    fn note_failed(&mut self, id: &str, input: &ViewInput) -> u64 {
+        let hist = member_entry(&mut self.members, id);
+        if input.fresh && !input.reset {
+            hist.failed_recent.rotate_right(1);
+            hist.failed_recent[0] = input.failed;
+        }
+        hist.failed_recent.iter().sum()
     }
 
     /// Observed shares over the share window, for display and

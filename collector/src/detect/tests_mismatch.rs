@@ -369,3 +369,53 @@ fn a_dark_lb_view_is_named_and_pages_nothing() {
     let (v, _) = d.evaluate(&inp);
     assert!(!v.reason.contains("load balancers' view"), "{}", v.reason);
 }
+
+/// A backend that refuses or never answers what its balancers send it is
+/// ZERO in both views like one they leave out; the LB view's failed
+/// attempts tell the two apart, in the member's reason and the view's.
+#[test]
+fn a_member_its_balancers_try_in_vain_says_their_attempts_failed() {
+    let run = |refused: bool| {
+        let mut detector = Detector::default();
+        let weights = [1.0; 4];
+        let mut last = None;
+        for t in 0..40 {
+            let dark = t >= 20;
+            let counts = [25, 25, 25, if dark { 0 } else { 25 }];
+            let mut pool = input(t, &counts, &weights);
+            for (i, m) in pool.members.iter_mut().enumerate() {
+                let server = m.server.expect("input gives a server view");
+                let failed = if i == 3 && dark && refused { 25 } else { 0 };
+                m.lb = Some(ViewInput { failed, ..server });
+            }
+            last = Some(detector.evaluate(&pool).0);
+        }
+        last.expect("40 ticks ran")
+    };
+    let tried = run(true);
+    let member = &tried.members[3];
+    assert!(matches!(member.verdict, Verdict::Zero { .. }), "{member:?}");
+    let says = "250 connection attempts to it failed in the last 10 ticks (refused or unanswered): its load balancers do send to it";
+    assert!(member.reason.contains(says), "{}", member.reason);
+    let lb = member.lb.as_ref().expect("an LB view");
+    assert_eq!(lb.failed_window, 250);
+    assert!(lb.reason.contains(says), "{}", lb.reason);
+    assert!(
+        tried.members[..3]
+            .iter()
+            .all(|m| !m.reason.contains("failed")),
+        "the others failed nothing: {:?}",
+        tried.members[..3]
+            .iter()
+            .map(|m| &m.reason)
+            .collect::<Vec<_>>()
+    );
+    let left_out = run(false);
+    let member = &left_out.members[3];
+    assert!(matches!(member.verdict, Verdict::Zero { .. }));
+    assert!(
+        !member.reason.contains("attempts"),
+        "a member left out had no attempts: {}",
+        member.reason
+    );
+}

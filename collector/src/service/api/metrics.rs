@@ -367,11 +367,16 @@ fn pools(out: &mut String, published: &Published) {
 /// Per member and view: rates, open connections and shares.
 fn member_views(out: &mut String, members: &[(String, &v1::Member)]) {
     type F = fn(&v1::MemberView) -> f64;
-    let per_view: [(&str, &str, F); 10] = [
+    let per_view: [(&str, &str, F); 11] = [
         (
             "evenflow_member_new_connections_per_second",
             "New connections per second over the last tick.",
             |v| v.new_conns_per_sec,
+        ),
+        (
+            "evenflow_member_failed_connections_per_second",
+            "Connection attempts per second over the last tick that never opened (LB view: refused, unanswered or abandoned).",
+            |v| v.failed_conns_per_sec,
         ),
         (
             "evenflow_member_active_connections",
@@ -495,26 +500,41 @@ fn reported_connections(out: &mut String, published: &Published) {
         "counter",
         "New connections to the member as its observers' counters report them (each since its agent's epoch: the kernels' totals; a stale agent's last figure stays in, so a restarting agent does not read as a reset).",
     );
+    let failed = "evenflow_member_reported_failed_connections_total";
+    let mut failed_lines = String::new();
     for (pool, totals) in &published.reported {
         let Some(members) = published.pools.get(pool).map(|x| &x.summary.members) else {
             continue;
         };
         for member in members {
-            let Some((server, lb)) = member_addr(member).and_then(|addr| totals.get(&addr)) else {
+            let Some(t) = member_addr(member).and_then(|addr| totals.get(&addr)) else {
                 continue;
             };
-            for (view, v) in [("server", server), ("lb", lb)] {
+            let labels = format!(
+                "pool=\"{}\",member=\"{}\"",
+                esc(pool),
+                esc(&member_id(member))
+            );
+            for (view, v) in [("server", t.server), ("lb", t.lb)] {
                 if let Some(v) = v {
                     let _ = writeln!(
                         out,
-                        "evenflow_member_reported_connections_total{{pool=\"{}\",member=\"{}\",view=\"{view}\"}} {v}",
-                        esc(pool),
-                        esc(&member_id(member))
+                        "evenflow_member_reported_connections_total{{{labels},view=\"{view}\"}} {v}"
                     );
                 }
             }
+            if let Some(v) = t.lb_failed {
+                let _ = writeln!(failed_lines, "{failed}{{{labels},view=\"lb\"}} {v}");
+            }
         }
     }
+    help(
+        out,
+        failed,
+        "counter",
+        "Connection attempts to the member that never opened (refused, unanswered or abandoned), as its load balancers' counters report them (where the SYN left: the LB view only; each since its agent's epoch).",
+    );
+    out.push_str(&failed_lines);
 }
 
 /// Per member: its node's CPU, its weights and what it is (state,

@@ -89,6 +89,7 @@ impl EpState {
             total: self.total,
             failed_total: self.failed_total,
             cumulative: self.opened,
+            cumulative_failed: self.failed,
             reset: std::mem::take(&mut self.reset) || self.rate.is_none(),
             active: self.active,
         }
@@ -115,6 +116,8 @@ pub struct TickEndpoint {
     /// New connections as the agent's counter reports it (since its
     /// epoch; the kernel's total).
     pub cumulative: u64,
+    /// Failed attempts, likewise.
+    pub cumulative_failed: u64,
     /// Its counters went backwards or its rate is not known yet: the
     /// tick's count is unknown.
     pub reset: bool,

@@ -9,9 +9,17 @@ use crate::{
     service::pools::{MemberMeta, PoolMember, PoolTick, Unjudged},
 };
 
-/// A member's cumulative new connections as its observers' agents report
-/// them: (server view, LB view), each when the member has that view.
-pub type ReportedTotals = (Option<u64>, Option<u64>);
+/// A member's cumulative counts as its observers' agents report them,
+/// each when the member has that view.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReportedTotals {
+    /// New connections in the server view.
+    pub server: Option<u64>,
+    /// New connections in the LB view.
+    pub lb: Option<u64>,
+    /// Failed connection attempts in the LB view (where they are counted).
+    pub lb_failed: Option<u64>,
+}
 
 /// A member as one tick publishes it.
 #[derive(Copy, Clone)]
@@ -71,9 +79,10 @@ impl<'a> PublishedMember<'a> {
                 (unjudged.server.is_some(), unjudged.lb.is_some())
             }
         };
-        (
-            server.then_some(meta.server.reported_total),
-            lb.then_some(meta.lb.reported_total),
-        )
+        ReportedTotals {
+            server: server.then_some(meta.server.reported_total),
+            lb: lb.then_some(meta.lb.reported_total),
+            lb_failed: lb.then_some(meta.lb.reported_failed),
+        }
     }
 }
