@@ -488,6 +488,35 @@ mod tests {
     }
 
     #[test]
+    fn pool_text_shows_the_attempts_that_fail() {
+        let mut refusing = member("10.0.0.3", 0.0, v1::Verdict::Zero);
+        refusing.lb_view = Some(v1::MemberView {
+            failed_conns_per_sec: 12.5,
+            failed_conns_total: 250,
+            ..Default::default()
+        });
+        let p = v1::Pool {
+            name: "web".into(),
+            members: vec![member("10.0.0.1", 1.0, v1::Verdict::Ok), refusing],
+            ..Default::default()
+        };
+        let t = pool_text(&p);
+        let column = |line: &str| {
+            let header = t.lines().find(|l| l.contains("FAIL/S")).unwrap_or_default();
+            let at = header.find("FAIL/S").unwrap_or_default() + "FAIL/S".len();
+            line.get(at.saturating_sub(7)..at)
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        };
+        let row = |addr: &str| t.lines().find(|l| l.contains(addr)).unwrap_or_default();
+        assert_eq!(column(row("10.0.0.3:8080")), "12.5", "{t}");
+        assert_eq!(column(row("10.0.0.1:8080")), "0.0", "{t}");
+        let j = pool_json(&p);
+        assert_eq!(j["members"][1]["lb_view"]["failed_conns_total"], 250);
+    }
+
+    #[test]
     fn load_findings_show_signal_and_cause() {
         let mut m = member("10.0.0.3", 0.33, v1::Verdict::Ok);
         m.load = Some(v1::LoadFinding {

@@ -199,13 +199,14 @@ pub fn summary(snap: &Value) -> String {
         let t = &e["totals"];
         let n = |k: &str| num(&t[k]).unwrap_or(0);
         out.push_str(&format!(
-            "    {:<18} {} {:<6} {:<18} opened {} closed {} rx {} tx {} pkts {}/{}\n",
+            "    {:<18} {} {:<6} {:<18} opened {} closed {} failed {} rx {} tx {} pkts {}/{}\n",
             e["direction"].as_str().unwrap_or("?"),
             e["address"].as_str().unwrap_or("?"),
             num(&e["port"]).unwrap_or(0),
             e["service"].as_str().unwrap_or(""),
             n("connsOpened"),
             n("connsClosed"),
+            n("connsFailed"),
             n("bytesRx"),
             n("bytesTx"),
             n("packetsRx"),

@@ -181,6 +181,28 @@ fn failed_and_half_open(name: &str, lb_args: &[&str]) {
         expired >= 6,
         "6 silent SYNs expire (flowsExpired = {expired})"
     );
+    // And every attempt that never opened is one failed attempt where its
+    // SYN left: b3's 6 refused, b4's 6 unanswered, b1's 3 half-open.
+    let failed = |snap: &serde_json::Value| -> Vec<u64> {
+        (0..4)
+            .map(|i| grpcurl::totals(snap, &backend_addr(&lab, i), BACKEND_PORT, SENDS_TO).failed)
+            .collect()
+    };
+    let want = vec![3, 0, 6, 6];
+    let got = evenflow_tests::wait_for(Duration::from_secs(10), || {
+        let got = failed(&grpcurl::snapshot(&lb.ns).ok()?);
+        (got == want).then_some(got)
+    });
+    assert_eq!(
+        got.as_ref(),
+        Some(&want),
+        "lb failed attempts per backend; last snapshot:\n{}",
+        grpcurl::summary(&grpcurl::snapshot(&lb.ns).unwrap_or_default())
+    );
+    assert_eq!(
+        load.failures, 12,
+        "the client's failed connects are b3's and b4's: {load:?}"
+    );
 }
 
 /// A keep-alive connection open across many intervals: its bytes grow in
