@@ -170,47 +170,12 @@ fn check_dark_served_nothing(dark: &Node) {
     assert_eq!(t, Totals::default(), "the dark backend accepted nothing");
 }
 
-/// Refused attempts, forwarded and the lb's own, counted exactly. (Per
-/// packet, and half-open ones: `field.rs`'s
+/// Attempts the dark backend refuses, forwarded and the lb's own, counted
+/// exactly. (Per packet, and half-open ones: `field.rs`'s
 /// `field_failed_and_half_open_connections_leave_no_flow…`.)
 #[test]
 fn attempts_a_backend_refuses_count_failed() {
-    let (lab, dark) = lab("failrst", Dark::Refuses);
-    let load = load_through_the_vip(&lab);
-    let dark_addr = dark.addr4.to_string();
-    let forwarded = lb_totals_once_failed(
-        &lab,
-        &dark_addr,
-        BACKEND_PORT,
-        load.failures,
-        Duration::from_secs(15),
-    );
-    assert_eq!(
-        (forwarded.failed, forwarded.opened, forwarded.closed),
-        (load.failures, 0, 0),
-        "the lb counted each forwarded attempt the dark backend refused as failed, none opened: {forwarded:?}, client {load:?}"
-    );
-    check_lit_backends(&lab, &load);
-    check_dark_served_nothing(&dark);
-
-    let dialled = dial_from(
-        &lab,
-        &lab.lb,
-        &format!("{dark_addr}:{CLOSED_PORT}"),
-        LOCAL_DIALS,
-    );
-    let local = lb_totals_once_failed(
-        &lab,
-        &dark_addr,
-        CLOSED_PORT,
-        dialled,
-        Duration::from_secs(10),
-    );
-    assert_eq!(
-        (local.failed, local.opened),
-        (dialled, 0),
-        "the lb's own refused connects count failed: {local:?}"
-    );
+    attempts_count_failed("failrst", Dark::Refuses);
 }
 
 /// Attempts nobody answers: the lb's own count as failed when curl gives
@@ -218,15 +183,24 @@ fn attempts_a_backend_refuses_count_failed() {
 /// shortened here to 4 s from 120).
 #[test]
 fn attempts_nobody_answers_count_failed() {
-    let (lab, dark) = lab("faildrop", Dark::Drops);
-    netns::sysctl(
-        &lab.lb.ns,
-        "net.netfilter.nf_conntrack_tcp_timeout_syn_sent",
-        "4",
-    )
-    .expect("conntrack's SYN_SENT timeout shortens");
+    attempts_count_failed("faildrop", Dark::Drops);
+}
+
+/// The client's attempts through the VIP, then `curl`'s from the lb to a
+/// port of the dark backend that nothing answers on either: each counted
+/// failed by the lb's agent, none opened.
+fn attempts_count_failed(name: &str, dark: Dark) {
+    let (lab, dark_node) = lab(name, dark);
+    if dark == Dark::Drops {
+        netns::sysctl(
+            &lab.lb.ns,
+            "net.netfilter.nf_conntrack_tcp_timeout_syn_sent",
+            "4",
+        )
+        .expect("conntrack's SYN_SENT timeout shortens");
+    }
     let load = load_through_the_vip(&lab);
-    let dark_addr = dark.addr4.to_string();
+    let dark_addr = dark_node.addr4.to_string();
     let forwarded = lb_totals_once_failed(
         &lab,
         &dark_addr,
@@ -235,19 +209,15 @@ fn attempts_nobody_answers_count_failed() {
         Duration::from_secs(30),
     );
     assert_eq!(
-        (forwarded.failed, forwarded.opened),
-        (load.failures, 0),
-        "the lb counted each forwarded attempt nobody answered as failed once conntrack forgot it: {forwarded:?}, client {load:?}"
+        (forwarded.failed, forwarded.opened, forwarded.closed),
+        (load.failures, 0, 0),
+        "the lb counted each forwarded attempt to the dark backend as failed, none opened: {forwarded:?}, client {load:?}"
     );
     check_lit_backends(&lab, &load);
-    check_dark_served_nothing(&dark);
+    check_dark_served_nothing(&dark_node);
 
-    let dialled = dial_from(
-        &lab,
-        &lab.lb,
-        &format!("{dark_addr}:{CLOSED_PORT}"),
-        LOCAL_DIALS,
-    );
+    let target = format!("{dark_addr}:{CLOSED_PORT}");
+    let dialled = dial_from(&lab, &lab.lb, &target, LOCAL_DIALS);
     let local = lb_totals_once_failed(
         &lab,
         &dark_addr,
@@ -258,7 +228,7 @@ fn attempts_nobody_answers_count_failed() {
     assert_eq!(
         (local.failed, local.opened),
         (dialled, 0),
-        "the lb's own unanswered connects count failed when curl gives up: {local:?}"
+        "the lb's own connects count failed: {local:?}"
     );
 }
 
