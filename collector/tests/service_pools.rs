@@ -417,7 +417,7 @@ async fn a_member_that_refuses_what_its_balancer_sends_says_so() {
     }
     let p = zero.expect("the refusing member is judged ZERO within 20 s");
     let m3 = member(&p, "10.9.0.3");
-    let says = "connection attempts to it failed in the last 10 ticks (refused or unanswered): its load balancers do send to it";
+    let says = "connection attempts to it failed in the last 10 ticks (refused or unanswered): its load balancers' nodes still dial it";
     assert!(m3.reason.contains(says), "{}", m3.reason);
     let l3 = m3.lb_view.as_ref().expect("an LB view");
     assert_eq!(l3.failed_conns_per_sec, 20.0, "{l3:?}");

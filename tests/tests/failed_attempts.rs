@@ -33,6 +33,8 @@ enum Dark {
     Refuses,
     /// Its firewall drops them: nobody answers.
     Drops,
+    /// Its nginx runs, for the test to kill: then its kernel answers RST.
+    Crashes,
 }
 
 /// A lab whose fourth backend is dark, with an agent on every node and
@@ -47,11 +49,11 @@ fn lab(name: &str, dark: Dark) -> (Lab, Node) {
 /// reports to a collector already running when `lb_args` name it.
 fn with_dark_backend(mut lab: Lab, dark: Dark, lb_args: &[&str]) -> (Lab, Node) {
     let backends = lab.backends.clone();
-    let (lit, dark_node) = backends.split_at(3);
-    for b in lit {
+    let lit = if dark == Dark::Crashes { 4 } else { 3 };
+    for b in &backends[..lit] {
         nginx::start(&mut lab, b).expect("nginx starts");
     }
-    let dark_node = dark_node[0].clone();
+    let dark_node = backends[3].clone();
     if dark == Dark::Drops {
         nft::load(
             &lab,
@@ -232,9 +234,10 @@ fn attempts_count_failed(name: &str, dark: Dark) {
     );
 }
 
-/// End to end: the collector judges the refusing backend, from its pool
-/// file, and its reason says that the balancer does send to it, which a
-/// backend the balancer leaves out (`dark_backend`) never says.
+/// End to end: a backend whose nginx dies under load is judged by the
+/// collector (its pool file's), and its reason names the attempts that
+/// failed, which a backend the balancer leaves out (`dark_backend`) never
+/// has.
 #[test]
 fn a_refusing_backend_is_judged_with_its_failed_attempts() {
     evenflow_tests::require_root();
@@ -249,10 +252,13 @@ fn a_refusing_backend_is_judged_with_its_failed_attempts() {
     )
     .expect("the collector starts");
     let url = format!("http://{COLLECTOR}");
-    let (lab, dark) = with_dark_backend(lab, Dark::Refuses, &["--collector", &url]);
+    let (mut lab, dark) = with_dark_backend(lab, Dark::Crashes, &["--collector", &url]);
     let mut nodes = vec![lab.lb.clone()];
     nodes.extend(lab.backends.iter().cloned());
     agent::wait_reporting(&lab, &nodes).expect("every agent reports");
+    let warm = client::http_load(&lab.client.ns, lab::vip(false), 40, 4).expect("the load runs");
+    assert_eq!(warm.failures, 0, "all four serve at first: {warm:?}");
+    lab.kill(&format!("nginx-{}", dark.role));
     let dark_id = dark.addr4.to_string();
     let started = std::time::Instant::now();
     let judged = loop {
@@ -283,7 +289,7 @@ fn a_refusing_backend_is_judged_with_its_failed_attempts() {
     println!("judged: {judged:#}");
     let reason = judged["reason"].as_str().unwrap_or_default();
     assert!(
-        reason.contains("its load balancers do send to it, and it does not take them"),
+        reason.contains("its load balancers' nodes still dial it (their rules, or their health checks), and it does not take them"),
         "{reason}"
     );
     let lb_view = &judged["lbView"];

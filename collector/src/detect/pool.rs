@@ -1115,7 +1115,7 @@ fn with_failures(reason: &str, verdict: Verdict, failed: u64) -> String {
     );
     let why = match verdict {
         Verdict::Zero { .. } | Verdict::SkewLow { .. } | Verdict::Down { .. } => {
-            ": its load balancers do send to it, and it does not take them"
+            ": its load balancers' nodes still dial it (their rules, or their health checks), and it does not take them"
         }
         _ => "",
     };
@@ -1685,15 +1685,16 @@ impl ViewState {
         judged
     }
 
-    /// Notes the member's failed attempts this tick (not on a gap: a
-    /// stale or reset observer's count is not one) and returns those of
-    /// the last 10 ticks.
+    /// Notes the member's failed attempts this tick and returns those of
+    /// the last 10 ticks; none on a gap (a stale or reset observer's count
+    /// is not one, and what the window held may be old news).
     fn note_failed(&mut self, id: &str, input: &ViewInput) -> u64 {
         let hist = member_entry(&mut self.members, id);
-        if input.fresh && !input.reset {
-            hist.failed_recent.rotate_right(1);
-            hist.failed_recent[0] = input.failed;
+        if !input.fresh || input.reset {
+            return 0;
         }
+        hist.failed_recent.rotate_right(1);
+        hist.failed_recent[0] = input.failed;
         hist.failed_recent.iter().sum()
     }
 

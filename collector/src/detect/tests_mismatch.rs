@@ -395,7 +395,7 @@ fn a_member_its_balancers_try_in_vain_says_their_attempts_failed() {
     let tried = run(true);
     let member = &tried.members[3];
     assert!(matches!(member.verdict, Verdict::Zero { .. }), "{member:?}");
-    let says = "250 connection attempts to it failed in the last 10 ticks (refused or unanswered): its load balancers do send to it";
+    let says = "250 connection attempts to it failed in the last 10 ticks (refused or unanswered): its load balancers' nodes still dial it";
     assert!(member.reason.contains(says), "{}", member.reason);
     let lb = member.lb.as_ref().expect("an LB view");
     assert_eq!(lb.failed_window, 250);

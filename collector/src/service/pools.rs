@@ -446,7 +446,6 @@ pub fn plan(agents: &[AgentTick], declared: &Declared, threads: Threads) -> Plan
     let seen = Seen {
         agents,
         node_index,
-        owners: address_owners(agents),
         serves,
         sends,
     };
@@ -604,22 +603,6 @@ fn add_declared(declared: &Declared, drafts: &mut Drafts) {
     }
 }
 
-/// The agent of the node each address belongs to, by the addresses the
-/// agents list as their nodes'; `None` for an address several list (a NAT
-/// address every VM has, a bridge's).
-fn address_owners(agents: &[AgentTick]) -> FxHashMap<IpAddr, Option<usize>> {
-    let mut owners: FxHashMap<IpAddr, Option<usize>> = FxHashMap::default();
-    for (i, agent) in agents.iter().enumerate() {
-        for &addr in &agent.addresses {
-            owners
-                .entry(addr)
-                .and_modify(|owner| *owner = None)
-                .or_insert(Some(i));
-        }
-    }
-    owners
-}
-
 /// What every pool of a plan is made from: the agents and their
 /// endpoints indexed by address and port.
 struct Seen<'a> {
@@ -627,8 +610,6 @@ struct Seen<'a> {
     agents: &'a [AgentTick],
     /// Agent index by node name.
     node_index: HashMap<&'a str, usize>,
-    /// Agent index by its node's addresses (see [`address_owners`]).
-    owners: FxHashMap<IpAddr, Option<usize>>,
     /// SERVES endpoints by address and port: (agent, endpoint) indices.
     serves: Index,
     /// SENDS_TO endpoints, likewise.
@@ -678,9 +659,7 @@ impl Seen<'_> {
 
     /// One member of a pool: the agents that observe its server side
     /// (every agent serving its address:port, plus the agents that
-    /// announced it, the agent of the node its source names and the one
-    /// whose node has its address: a backend that never listened, on a
-    /// node whose agent reports, took nothing rather than went unseen), the
+    /// announced it and the agent of the node its source names), the
     /// endpoints of its server view and of its LB view (the pool's load
     /// balancers, marked `stamp` in `lb_mark`), and its facts.
     fn member(
@@ -693,7 +672,6 @@ impl Seen<'_> {
         let Self {
             agents,
             node_index,
-            owners,
             serves,
             sends,
         } = self;
@@ -702,9 +680,6 @@ impl Seen<'_> {
         let mut observers: Vec<usize> = draft.announcers.iter().copied().collect();
         observers.extend(serving.iter().map(|&(ai, _)| ai));
         if let Some(&i) = draft.node.as_deref().and_then(|n| node_index.get(n)) {
-            observers.push(i);
-        }
-        if let Some(&Some(i)) = owners.get(&addr.ip()) {
             observers.push(i);
         }
         observers.sort_unstable();
@@ -1243,51 +1218,6 @@ members = [
         assert_eq!(p.input.members[1].meta.source.as_str(), "file");
         // Declared LB that never reported: LB view present but not fresh.
         assert!(!p.input.members[0].input.lb.unwrap().fresh);
-    }
-
-    #[test]
-    fn a_file_member_on_a_node_whose_agent_serves_nothing_is_observed_by_it() {
-        // b2's backend never listened (it crashed at start): its agent
-        // serves nothing and announces nothing, but its node has the
-        // member's address, so the member has a server view of none, not
-        // no data. An address two agents list (NAT, a bridge) is no one's.
-        let file = crate::service::poolfile::parse(
-            std::path::Path::new("p.toml"),
-            r#"
-[[pool]]
-name = "web"
-members = [
-  { address = "10.0.0.1:8080" },
-  { address = "10.0.0.2:8080" },
-  { address = "10.0.2.15:8080" },
-]
-"#,
-        )
-        .unwrap();
-        let mut agents = vec![
-            agent(
-                "b1",
-                vec![ep("10.0.0.1", 8080, Dir::Serves, None, 10)],
-                vec![],
-            ),
-            agent("b2", vec![], vec![]),
-        ];
-        for (a, own) in agents.iter_mut().zip(["10.0.0.1", "10.0.0.2"]) {
-            a.addresses = vec![own.parse().unwrap(), "10.0.2.15".parse().unwrap()];
-            a.addresses.sort_unstable();
-        }
-        let pools = build(&agents, &Declared::from_file(&file), 1, Threads::ONE);
-        let members = &pools[0].input.members;
-        let dark = &members[1];
-        assert_eq!(dark.input.id, "10.0.0.2:8080");
-        let server = dark.input.server.expect("b2's agent observes it");
-        assert!(server.fresh && server.new_conns == 0, "{server:?}");
-        assert_eq!(&*dark.meta.node, "b2");
-        assert_eq!(members[2].input.id, "10.0.2.15:8080");
-        assert!(
-            members[2].input.server.is_none(),
-            "an address every node lists is no node's"
-        );
     }
 
     fn kube_member(
