@@ -571,10 +571,11 @@ fn unfolded(f: &mut CtFlow, tag: u64) -> Traffic {
 /// says (original, reply: its FINs'; `None` when its record is no longer
 /// its own), adds what it carried since the last fold, its open if no
 /// sweep counted it yet and its close, if it had opened (its failure if
-/// it never did), to its endpoint in one update, and forgets it. Returns whether this call ended it: the end bit is the
-/// claim, so of two CPUs ending one connection at once (or the sweeper
-/// holding an entry a SYN's end replaced) only one does, and only the
-/// claimer removes the key, which then still holds this entry.
+/// it never did), to its endpoint in one update, and forgets it. Returns
+/// whether this call ended it: the end bit is the claim, so of two CPUs
+/// ending one connection at once (or the sweeper holding an entry a SYN's
+/// end replaced) only one does, and only the claimer removes the key,
+/// which then still holds this entry.
 #[inline(never)]
 fn end(f: &mut CtFlow, tag: u64, conn: u64, tier: Tier, last: Option<(&Seen, (u32, u32))>) -> bool {
     let Some((f, tier, flags)) = claim(f, tag, conn, tier) else {

@@ -205,15 +205,10 @@ async fn pool_file_weights_draining_no_data_and_numbers() {
     );
     // The agents' own cumulative totals (what a restarted collector still
     // agrees on with the kernel): at least the first report's 1000.
-    let reported: u64 = body
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(
-                r#"evenflow_member_reported_connections_total{pool="api",member="10.7.0.1:80",view="server"} "#,
-            )
-        })
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no reported total in {body}"));
+    let reported = metric(
+        &body,
+        r#"evenflow_member_reported_connections_total{pool="api",member="10.7.0.1:80",view="server"}"#,
+    );
     assert!(reported >= 1000, "{reported}");
     c.shutdown().await;
 }
@@ -430,15 +425,10 @@ async fn a_member_that_refuses_what_its_balancer_sends_says_so() {
         body.contains(r#"evenflow_member_failed_connections_per_second{pool="shop",member="10.9.0.3:80",view="lb"} 20"#),
         "{body}"
     );
-    let reported: u64 = body
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(
-                r#"evenflow_member_reported_failed_connections_total{pool="shop",member="10.9.0.3:80",view="lb"} "#,
-            )
-        })
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no reported failed total in {body}"));
+    let reported = metric(
+        &body,
+        r#"evenflow_member_reported_failed_connections_total{pool="shop",member="10.9.0.3:80",view="lb"}"#,
+    );
     assert!(
         reported >= 1000,
         "the kernel's count, from the first report: {reported}"

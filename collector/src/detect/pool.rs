@@ -1107,7 +1107,8 @@ impl PoolState {
 /// `reason` with the `failed` connection attempts the LB view counted over
 /// the last 10 ticks. Beside a member that gets too little or nothing, or
 /// is down, they tell a backend that does not take connections from a
-/// balancer that leaves it out: its balancers do send to it.
+/// balancer that leaves it out, which makes no attempt (a balancer's
+/// health checks of a dead member are attempts too, a few a window).
 fn with_failures(reason: &str, verdict: Verdict, failed: u64) -> String {
     let attempts = if failed == 1 { "attempt" } else { "attempts" };
     let what = format!(
