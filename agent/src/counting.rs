@@ -221,8 +221,10 @@ impl Counting<'_> {
                 retired = done.removed,
                 live = stats.live_endpoints,
                 capacity = policy.capacity,
-                "the endpoint map is filling up: retired endpoints idle for {} with no connection open",
-                humantime::format_duration(args.retire_idle_after)
+                "the endpoint map is filling up: retired endpoints idle for {} with no connection open \
+                 (those with failed connection attempts only: idle for {})",
+                humantime::format_duration(args.retire_idle_after),
+                humantime::format_duration(retire::FAILED_ONLY_IDLE.min(args.retire_idle_after))
             );
         }
         stats.note_retired(&done);

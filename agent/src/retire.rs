@@ -11,6 +11,13 @@
 //! before the ones it served and longest idle first, until it is half
 //! full.
 //!
+//! An endpoint that never opened a connection, only failed attempts, goes
+//! first and sooner: quiet for [`FAILED_ONLY_IDLE`]. A port scan from the
+//! node, or a client retrying a dead address list, makes one per address
+//! and port it tries; waiting `--retire-idle-after` (ten minutes) for them
+//! would leave the map full of them, and real endpoints uncounted, for as
+//! long.
+//!
 //! A retired endpoint leaves the node's view at once and the reports to
 //! the collector once the collector has its last totals (see
 //! [`crate::withheld`]); the collector then forgets it, and if it comes
@@ -34,22 +41,36 @@ const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
 const BPF_NOEXIST: u64 = 1;
 const BPF_EXIST: u64 = 2;
 
+/// How long an endpoint with failed attempts only must stay quiet before
+/// it may retire from a filling map. Long enough for the collector to
+/// have its last totals a few times over (it withholds a retired endpoint
+/// until then anyway), short beside a scan that fills the map.
+pub const FAILED_ONLY_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// When to retire and what.
 #[derive(Clone, Copy, Debug)]
 pub struct Policy {
     /// Reads an endpoint must have stayed unchanged through.
     pub quiet_reads: u64,
+    /// Reads an endpoint that never opened a connection must have stayed
+    /// unchanged through (at most `quiet_reads`).
+    pub failed_only_quiet_reads: u64,
     /// Endpoints the map holds.
     pub capacity: u64,
 }
 
 impl Policy {
-    /// Endpoints idle for `idle` at one read every `interval`, from a map
+    /// Endpoints idle for `idle` (or [`FAILED_ONLY_IDLE`], for those with
+    /// failed attempts only) at one read every `interval`, from a map
     /// holding `capacity`.
     pub fn new(idle: std::time::Duration, interval: std::time::Duration, capacity: u64) -> Self {
-        let reads = idle.as_secs_f64() / interval.as_secs_f64().max(0.001);
+        let reads = |idle: std::time::Duration| {
+            (idle.as_secs_f64() / interval.as_secs_f64().max(0.001)).ceil() as u64
+        };
+        let quiet_reads = reads(idle);
         Self {
-            quiet_reads: reads.ceil() as u64,
+            quiet_reads,
+            failed_only_quiet_reads: reads(FAILED_ONLY_IDLE).min(quiet_reads),
             capacity,
         }
     }
@@ -62,8 +83,9 @@ impl Policy {
     /// A served endpoint with a listener on its port, or a port
     /// `--service` labels, stays: it is a pool's member, which an idle
     /// spell must leave judged ZERO, not gone (the agent sees only its own
-    /// namespace's listeners, not a pod's). Dialled endpoints go first,
-    /// then served ones; longest idle first within each.
+    /// namespace's listeners, not a pod's). Endpoints that never opened a
+    /// connection go first, then dialled ones, then served ones; longest
+    /// idle first within each.
     pub fn candidates(
         &self,
         table: &Table,
@@ -83,14 +105,26 @@ impl Policy {
                         .iter()
                         .any(|l| l.port == key.port && l.proto == key.proto))
         };
+        let failed_only = |e: &EndpointCounters| e.conns_opened == 0;
+        let quiet_for = |e: &EndpointCounters| match failed_only(e) {
+            true => self.failed_only_quiet_reads,
+            false => self.quiet_reads,
+        };
         let mut idle: Vec<_> = table
             .iter()
             .filter(|(key, e)| {
-                e.quiet_reads >= self.quiet_reads && !e.has_open_connections() && !member(key)
+                e.quiet_reads >= quiet_for(&e.totals) && !e.has_open_connections() && !member(key)
             })
             .map(|(key, e)| (e.quiet_reads, *key, e.totals))
             .collect();
-        idle.sort_unstable_by_key(|&(quiet, key, _)| (served(&key), std::cmp::Reverse(quiet), key));
+        idle.sort_unstable_by_key(|&(quiet, key, totals)| {
+            (
+                !failed_only(&totals),
+                served(&key),
+                std::cmp::Reverse(quiet),
+                key,
+            )
+        });
         let excess = live.saturating_sub(self.capacity / 2);
         idle.into_iter()
             .take(usize::try_from(excess).unwrap_or(usize::MAX))
@@ -252,6 +286,7 @@ mod tests {
         let t = table(&idle, &[], 10);
         let policy = Policy {
             quiet_reads: 2,
+            failed_only_quiet_reads: 2,
             capacity: 8,
         };
         assert!(policy.candidates(&t, &[], &[], 5).is_empty());
@@ -272,6 +307,7 @@ mod tests {
         }];
         let policy = Policy {
             quiet_reads: 3,
+            failed_only_quiet_reads: 3,
             capacity: 4,
         };
         assert_eq!(policy.candidates(&t, &listeners, &[], 4), vec![done]);
@@ -282,6 +318,71 @@ mod tests {
         assert!(
             policy.candidates(&t, &listeners, &[], 4).is_empty(),
             "five reads unchanged (the first read changes everything) is not six"
+        );
+    }
+
+    #[test]
+    fn endpoints_that_only_failed_retire_first_and_sooner() {
+        let failed = |port, attempts| {
+            let totals = EndpointCounters {
+                conns_failed: attempts,
+                ..Default::default()
+            };
+            (key(port, Direction::SendsTo), totals)
+        };
+        let scanned = [failed(1, 1), failed(2, 3)];
+        let done = (key(3, Direction::SendsTo), counters(4, 4));
+        let served = (key(4, Direction::Serves), counters(2, 2));
+        let refusing = key(5, Direction::SendsTo);
+        let mut t = table(&[scanned[0], scanned[1], done, served], &[], 5);
+        // Still failed attempts on every read: never quiet.
+        for r in 0..5 {
+            let mut read = vec![scanned[0], scanned[1], done, served];
+            read.push(failed(5, r + 1));
+            t.update(&read, 1.0);
+        }
+        let policy = Policy::new(
+            std::time::Duration::from_secs(600),
+            std::time::Duration::from_secs(1),
+            6,
+        );
+        assert_eq!(policy.failed_only_quiet_reads, 10);
+        assert!(
+            policy.candidates(&t, &[], &[], 6).is_empty(),
+            "nine quiet reads are not ten"
+        );
+        let mut t = table(&[scanned[0], scanned[1], done, served], &[], 11);
+        for r in 0..11 {
+            let mut read = vec![scanned[0], scanned[1], done, served];
+            read.push(failed(5, r + 1));
+            t.update(&read, 1.0);
+        }
+        let retired = policy.candidates(&t, &[], &[], 6);
+        assert_eq!(
+            retired.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+            vec![scanned[0].0, scanned[1].0],
+            "the scanned ports go, the endpoint still failing stays, and ten \
+             minutes' wait still holds for the ones that carried connections"
+        );
+        assert!(!retired.iter().any(|(k, _)| *k == refusing));
+        let short = Policy::new(
+            std::time::Duration::from_secs(3),
+            std::time::Duration::from_secs(1),
+            6,
+        );
+        assert_eq!(
+            short.failed_only_quiet_reads, 3,
+            "never later than the rest"
+        );
+        let all: Vec<_> = short
+            .candidates(&t, &[], &[], 6)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(
+            all[..2],
+            [scanned[0].0, scanned[1].0],
+            "failed-only first, then dialled, then served: {all:?}"
         );
     }
 
@@ -377,6 +478,7 @@ mod tests {
         let retired = |capacity, live| {
             let policy = Policy {
                 quiet_reads: 2,
+                failed_only_quiet_reads: 2,
                 capacity,
             };
             let idle = policy.candidates(&t, &[], &services, live);
@@ -399,6 +501,7 @@ mod tests {
         let t = table(&idle, &[], 4);
         let policy = Policy {
             quiet_reads: 1,
+            failed_only_quiet_reads: 1,
             capacity: 8,
         };
         assert_eq!(policy.candidates(&t, &[], &[], 8).len(), 4);

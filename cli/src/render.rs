@@ -55,7 +55,7 @@ pub fn signal(signal: i32) -> &'static str {
     or_dash(signal != 0, names::signal_name(signal))
 }
 
-/// "routing" or "pinned".
+/// "routing", "pinned" or "refusing".
 pub fn cause(cause: i32) -> &'static str {
     or_dash(cause != 0, names::cause_name(cause))
 }

@@ -6,7 +6,7 @@
 //! or MISMATCH (its load balancers and its own agent disagree on whether it
 //! gets connections: the collector pages on it), or the pool concentrates,
 //! or a draining member still gets traffic, or a member's load — its open
-//! connections or bytes — pages, routing or pinned; and 2 when it cannot
+//! connections or bytes — pages, routing, pinned or refusing; and 2 when it cannot
 //! judge (collector unreachable or not answering, pool unknown, too little
 //! traffic, or the change not in place yet: a member its balancer has not
 //! taken in, a weight change it has not followed). HOT and load warnings

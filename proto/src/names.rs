@@ -29,11 +29,12 @@ pub fn signal_name(signal: i32) -> &'static str {
     }
 }
 
-/// "routing", "pinned", or "" when unset.
+/// "routing", "pinned", "refusing", or "" when unset.
 pub fn cause_name(cause: i32) -> &'static str {
     match v1::Cause::try_from(cause) {
         Ok(v1::Cause::Routing) => "routing",
         Ok(v1::Cause::Pinned) => "pinned",
+        Ok(v1::Cause::Refusing) => "refusing",
         _ => "",
     }
 }

@@ -33,8 +33,8 @@ enum Dark {
     Refuses,
     /// Its firewall drops them: nobody answers.
     Drops,
-    /// Its nginx runs, for the test to kill: then its kernel answers RST.
-    Crashes,
+    /// Its nginx runs, for the test to stop or firewall.
+    Serves,
 }
 
 /// A lab whose fourth backend is dark, with an agent on every node and
@@ -49,7 +49,7 @@ fn lab(name: &str, dark: Dark) -> (Lab, Node) {
 /// reports to a collector already running when `lb_args` name it.
 fn with_dark_backend(mut lab: Lab, dark: Dark, lb_args: &[&str]) -> (Lab, Node) {
     let backends = lab.backends.clone();
-    let lit = if dark == Dark::Crashes { 4 } else { 3 };
+    let lit = if dark == Dark::Serves { 4 } else { 3 };
     for b in &backends[..lit] {
         nginx::start(&mut lab, b).expect("nginx starts");
     }
@@ -234,14 +234,12 @@ fn attempts_count_failed(name: &str, dark: Dark) {
     );
 }
 
-/// End to end: a backend whose nginx dies under load is judged by the
-/// collector (its pool file's), and its reason names the attempts that
-/// failed, which a backend the balancer leaves out (`dark_backend`) never
-/// has.
-#[test]
-fn a_refusing_backend_is_judged_with_its_failed_attempts() {
+/// A judged lab: the collector with a pool file for the backends, an
+/// agent on every node streaming to it, and all four backends serving a
+/// first load. The test then darkens the fourth, `dark`, its own way.
+fn judged_lab(name: &str) -> (Lab, Node) {
     evenflow_tests::require_root();
-    let mut lab = Lab::new("failjudge", 4).expect("the lab builds");
+    let mut lab = Lab::new(name, 4).expect("the lab builds");
     let pools = lab.dir.join("pools.toml");
     lab.write_pool_file(&pools, BACKEND_PORT, &[], None)
         .expect("the pool file is written");
@@ -252,17 +250,23 @@ fn a_refusing_backend_is_judged_with_its_failed_attempts() {
     )
     .expect("the collector starts");
     let url = format!("http://{COLLECTOR}");
-    let (mut lab, dark) = with_dark_backend(lab, Dark::Crashes, &["--collector", &url]);
+    let (lab, dark) = with_dark_backend(lab, Dark::Serves, &["--collector", &url]);
     let mut nodes = vec![lab.lb.clone()];
     nodes.extend(lab.backends.iter().cloned());
     agent::wait_reporting(&lab, &nodes).expect("every agent reports");
     let warm = client::http_load(&lab.client.ns, lab::vip(false), 40, 4).expect("the load runs");
     assert_eq!(warm.failures, 0, "all four serve at first: {warm:?}");
-    lab.kill(&format!("nginx-{}", dark.role));
+    (lab, dark)
+}
+
+/// Drives load through the VIP until the collector judges `dark` with
+/// its failed attempts named (ZERO or, with `down_too`, DOWN); returns
+/// its member view.
+fn judged_with_failures(lab: &Lab, dark: &Node, down_too: bool) -> serde_json::Value {
     let dark_id = dark.addr4.to_string();
     let started = std::time::Instant::now();
-    let judged = loop {
-        load_through_the_vip(&lab);
+    loop {
+        load_through_the_vip(lab);
         let pool = grpcurl::get_pool(&lab.lb.ns, COLLECTOR, "web").ok();
         let member = pool.as_ref().and_then(|p| {
             p["members"]
@@ -273,28 +277,117 @@ fn a_refusing_backend_is_judged_with_its_failed_attempts() {
         });
         // Named from the first failed attempt; ZERO once the silence is
         // improbable.
+        let judged =
+            |verdict: &str| verdict == "VERDICT_ZERO" || down_too && verdict == "VERDICT_DOWN";
         if let Some(m) = member.filter(|m| {
-            matches!(m["verdict"].as_str(), Some("VERDICT_ZERO" | "VERDICT_DOWN"))
+            m["verdict"].as_str().is_some_and(judged)
                 && m["reason"]
                     .as_str()
                     .is_some_and(|r| r.contains("connection attempts to it failed"))
         }) {
-            break m;
+            println!("judged: {m:#}");
+            let reason = m["reason"].as_str().unwrap_or_default();
+            assert!(
+                reason.contains("its load balancers' nodes still dial it (their rules, or their health checks), and it does not take them"),
+                "{reason}"
+            );
+            assert!(
+                grpcurl::number(&m["lbView"]["failedConnsTotal"]) > 0,
+                "the LB view counts the failed attempts: {:#}",
+                m["lbView"]
+            );
+            return m;
         }
         assert!(
             started.elapsed() < Duration::from_secs(40),
-            "the refusing backend is never judged ZERO with its failed attempts named; last pool: {pool:#?}"
+            "the dark backend is never judged with its failed attempts named; last pool: {pool:#?}"
         );
-    };
-    println!("judged: {judged:#}");
-    let reason = judged["reason"].as_str().unwrap_or_default();
-    assert!(
-        reason.contains("its load balancers' nodes still dial it (their rules, or their health checks), and it does not take them"),
-        "{reason}"
-    );
-    let lb_view = &judged["lbView"];
-    assert!(
-        grpcurl::number(&lb_view["failedConnsTotal"]) > 0,
-        "the LB view counts the failed attempts: {lb_view:#}"
-    );
+    }
+}
+
+/// The collector's ZERO and SKEW alerts on `dark`'s new connections,
+/// resolved ones included.
+fn shortfall_alerts(lab: &Lab, dark: &Node) -> Vec<serde_json::Value> {
+    let all = grpcurl::call(
+        &lab.lb.ns,
+        COLLECTOR,
+        "evenflow.v1.Distribution/ListAlerts",
+        r#"{"includeResolved":true}"#,
+    )
+    .expect("ListAlerts answers");
+    let member = format!("{}:{BACKEND_PORT}", dark.addr4);
+    (all["alerts"].as_array().cloned().unwrap_or_default())
+        .into_iter()
+        .filter(|a| {
+            a["member"] == member.as_str()
+                && a["signal"] == "SIGNAL_NEW_CONNECTIONS"
+                && matches!(
+                    a["kind"].as_str(),
+                    Some("ALERT_KIND_ZERO" | "ALERT_KIND_SKEW")
+                )
+        })
+        .collect()
+}
+
+/// Every shortfall alert on `dark` blames the member: its balancers'
+/// attempts failed, so none says routing.
+fn check_refusing(alerts: &[serde_json::Value]) {
+    for a in alerts {
+        assert_eq!(a["cause"], "CAUSE_REFUSING", "{a:#}");
+        assert!(
+            a["summary"]
+                .as_str()
+                .is_some_and(|s| s.contains("connection attempts to it failed")),
+            "{a:#}"
+        );
+    }
+}
+
+/// End to end: a backend whose nginx dies under load is judged by the
+/// collector (its pool file's), and its reason names the attempts that
+/// failed, which a backend the balancer leaves out (`dark_backend`) never
+/// has. Its agent may see it DOWN (no listener) first: either way, no
+/// alert blames the balancer's routing.
+#[test]
+fn a_refusing_backend_is_judged_with_its_failed_attempts() {
+    let (mut lab, dark) = judged_lab("failjudge");
+    lab.kill(&format!("nginx-{}", dark.role));
+    judged_with_failures(&lab, &dark, true);
+    check_refusing(&shortfall_alerts(&lab, &dark));
+}
+
+/// A backend whose firewall answers its balancer's SYNs with an RST while
+/// its nginx still listens: its own agent sees a listener and nothing
+/// arrive (ZERO in the server view, not DOWN), its balancer's attempts
+/// fail, and the collector pages ZERO with cause refusing, where a
+/// balancer that leaves it out (`dark_backend`) pages routing.
+#[test]
+fn a_backend_rejecting_its_balancers_connections_pages_zero_refusing() {
+    let (lab, dark) = judged_lab("failcause");
+    nft::load(
+        &lab,
+        &dark.ns,
+        "reject-syns",
+        &format!(
+            "table inet evenflow_reject {{ chain input {{ type filter hook input priority 0; tcp dport {BACKEND_PORT} reject with tcp reset; }} }}"
+        ),
+    )
+    .expect("the reject rule loads");
+    judged_with_failures(&lab, &dark, false);
+    let paged = evenflow_tests::wait_for(Duration::from_secs(20), || {
+        load_through_the_vip(&lab);
+        let alerts = shortfall_alerts(&lab, &dark);
+        alerts
+            .iter()
+            .any(|a| a["kind"] == "ALERT_KIND_ZERO" && a["severity"] == "SEVERITY_PAGE")
+            .then_some(alerts)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no ZERO page on the rejecting backend; its alerts: {:#?}",
+            shortfall_alerts(&lab, &dark)
+        )
+    });
+    println!("alerts: {paged:#?}");
+    check_refusing(&paged);
 }

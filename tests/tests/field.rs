@@ -2842,6 +2842,19 @@ fn dial_port(lab: &Lab, i: u16) -> client::Load {
     load
 }
 
+/// One connection through each of `ports`, 600 ms apart besides the dial
+/// itself, so that the agent (reading every second) gets to retire
+/// between them: it retires only at its reads.
+fn dial_ports_a_read_apart(lab: &Lab, ports: &[u16]) -> Vec<client::Load> {
+    (ports.iter())
+        .map(|&i| {
+            let load = dial_port(lab, i);
+            std::thread::sleep(Duration::from_millis(600));
+            load
+        })
+        .collect()
+}
+
 /// Connections opened and closed and bytes both ways, of one endpoint.
 type Counts = (u64, u64, u64, u64);
 
@@ -2887,14 +2900,7 @@ fn field_filling_endpoint_map_retires_idle_endpoints() {
     std::thread::sleep(Duration::from_secs(3));
     // One new port at a time, a read apart: the agent retires at its reads.
     let new_ports: Vec<u16> = (OLD..OLD + NEW).collect();
-    let new: Vec<_> = new_ports
-        .iter()
-        .map(|&i| {
-            let load = dial_port(&lab, i);
-            std::thread::sleep(Duration::from_millis(600));
-            load
-        })
-        .collect();
+    let new = dial_ports_a_read_apart(&lab, &new_ports);
     let snap = settled(&new_ports, &new, "the new ports");
     println!("lb datapath: {}", snap["datapath"]);
     assert_eq!(datapath(&snap, "endpointInsertFailed"), 0, "none refused");
@@ -2927,6 +2933,118 @@ fn field_filling_endpoint_map_retires_idle_endpoints() {
         lab.log("agent-lb")
             .contains("retired endpoints idle for 2s"),
         "the agent's log says it retired endpoints:\n{}",
+        lab.log("agent-lb")
+    );
+}
+
+/// Closed ports on b1 the lb's own process tries, one failed attempt
+/// each: a port scan from the node, or a client retrying a dead list.
+const SCANNED: u16 = 28;
+const SCAN_BASE: u16 = 20_000;
+
+/// `curl` from the lb's namespace and cgroup to each of b1's `ports`
+/// (nothing listens there: each connect is refused).
+fn scan_from_lb(lab: &Lab, ports: std::ops::Range<u16>) {
+    let b1 = lab.backends[0].addr4;
+    let script = format!(
+        "for p in $(seq {} {}); do curl -s -o /dev/null --connect-timeout 1 http://{b1}:$p/; \
+         rc=$?; [ $rc -eq 7 ] || echo \"port $p: curl exit $rc\"; done; echo scanned",
+        ports.start,
+        ports.end - 1
+    );
+    let lb = &lab.lb;
+    let mut p = evenflow_tests::cgroup::spawn(
+        "scan",
+        &lb.cgroup,
+        &lb.ns,
+        &lab.dir.join("scan.log"),
+        "bash",
+        &["-c", &script],
+    )
+    .expect("curl starts in the lb");
+    let status = evenflow_tests::wait_for(Duration::from_secs(60), || p.exited())
+        .expect("the scan ends within 60 s");
+    let out = p.output();
+    assert!(
+        status.success() && out.trim() == "scanned",
+        "every connect is refused: {out}"
+    );
+}
+
+/// A port scan from the balancer fills seven eighths of its endpoint map
+/// with endpoints that never opened a connection. They retire once quiet
+/// for 10 s, first, though `--retire-idle-after` is ten minutes here, so
+/// the real endpoints that come next are all counted. Main before this
+/// retired none of them within the test's 30 s wait (measured): it keeps
+/// them for `--retire-idle-after`, and with 28 of the 32 entries taken,
+/// sixteen of the twenty new endpoints would find no room.
+#[test]
+fn field_a_scan_of_closed_ports_is_retired_before_it_crowds_out_real_endpoints() {
+    evenflow_tests::require_root();
+    let mut lab = ports_lab("fdscan");
+    let (lb, backend) = (lab.lb.clone(), lab.backends[0].addr4.to_string());
+    let max = MAX_ENDPOINTS.to_string();
+    agent::start(
+        &mut lab,
+        &lb,
+        &["--max-endpoints", &max, "--retire-idle-after", "10m"],
+    )
+    .expect("the lb agent starts");
+    scan_from_lb(&lab, SCAN_BASE..SCAN_BASE + SCANNED);
+    let scanned_left = |snap: &serde_json::Value| {
+        (SCAN_BASE..SCAN_BASE + SCANNED)
+            .filter(|&p| grpcurl::endpoint(snap, &backend, p, SENDS_TO).is_some())
+            .count() as u64
+    };
+    let snap = evenflow_tests::wait_for(Duration::from_secs(5), || {
+        let snap = grpcurl::snapshot(&lb.ns).ok()?;
+        (scanned_left(&snap) == u64::from(SCANNED)).then_some(snap)
+    })
+    .expect("each refused port is an endpoint of the lb's");
+    for p in SCAN_BASE..SCAN_BASE + SCANNED {
+        let t = grpcurl::totals(&snap, &backend, p, SENDS_TO);
+        assert_eq!((t.failed, t.opened), (1, 0), "port {p}: {t:?}");
+    }
+    // Quiet for 10 s, then retired at each read that finds the map
+    // three-quarters full (those quiet long enough by then), until it is
+    // no longer.
+    let under = |snap: &serde_json::Value| {
+        datapath(snap, "liveEndpoints") * 4 < u64::from(MAX_ENDPOINTS) * 3
+    };
+    evenflow_tests::wait_for(Duration::from_secs(30), || {
+        let snap = grpcurl::snapshot(&lb.ns).ok()?;
+        (scanned_left(&snap) < u64::from(SCANNED) && under(&snap)).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the scan's endpoints never retired below three-quarters of the map:\n{}",
+            lab.log("agent-lb")
+        )
+    });
+    // Twenty real ports, a read apart: each counted once.
+    let ports: Vec<u16> = (0..20).collect();
+    let loads = dial_ports_a_read_apart(&lab, &ports);
+    let want = once_each(&loads);
+    let count = |s: &serde_json::Value| -> Vec<Counts> {
+        (ports.iter())
+            .map(|&i| grpcurl::totals(s, &backend, BACKEND_BASE + i, SENDS_TO))
+            .map(|t| (t.opened, t.closed, t.bytes_rx, t.bytes_tx))
+            .collect()
+    };
+    let (snap, seen) =
+        grpcurl::settle(&lb.ns, truth::SETTLE, count, |t| *t == want).expect("the lb's snapshot");
+    assert_eq!(seen, want, "the real ports counted once each");
+    println!("lb datapath: {}", snap["datapath"]);
+    assert_eq!(datapath(&snap, "endpointInsertFailed"), 0, "none refused");
+    assert_eq!(
+        datapath(&snap, "endpointsRetired"),
+        u64::from(SCANNED) - scanned_left(&snap),
+        "only the scan's endpoints retired"
+    );
+    assert!(
+        lab.log("agent-lb")
+            .contains("those with failed connection attempts only: idle for 10s"),
+        "the agent's log says why:\n{}",
         lab.log("agent-lb")
     );
 }

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use super::{
     Settings,
     load::{Cause, LoadVerdict, Signal},
-    pool::{MemberVerdict, PoolVerdict, Verdict, View},
+    pool::{MemberVerdict, PoolVerdict, Verdict, View, ViewVerdict},
 };
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -66,7 +66,7 @@ pub struct Alert {
     /// What it is about: new connections, open connections or bytes
     /// (none for STALE and HOT).
     pub signal: Option<Signal>,
-    /// Routing or pinned, for ZERO, SKEW and CONCENTRATION.
+    /// Routing, pinned or refusing, for ZERO, SKEW and CONCENTRATION.
     pub cause: Option<Cause>,
     pub view: View,
     pub severity: Severity,
@@ -138,12 +138,42 @@ struct Want {
     evidence: Vec<(String, f64)>,
 }
 
-/// The alert a member's new-connection verdict asks for, if any.
-fn member_alert(pool: &PoolVerdict, m: &MemberVerdict) -> Option<Want> {
-    let v = match m.view {
+/// The view a member's verdict comes from, else its other one.
+fn judged_view(m: &MemberVerdict) -> Option<&ViewVerdict> {
+    match m.view {
         View::Server => m.server.as_ref().or(m.lb.as_ref()),
         View::Lb => m.lb.as_ref().or(m.server.as_ref()),
-    }?;
+    }
+}
+
+/// Refusing when the member's failed attempts explain its shortfall
+/// ([`ViewVerdict::refused`]), else routing.
+fn shortfall_cause(v: &ViewVerdict) -> Cause {
+    if v.refused() {
+        Cause::Refusing
+    } else {
+        Cause::Routing
+    }
+}
+
+/// A CONCENTRATION's cause: refusing when every member below its share
+/// refuses the connections sent to it (three crashed backends leave the
+/// fourth all the traffic, and the balancer did right), else routing.
+fn concentration_cause(pool: &PoolVerdict) -> Cause {
+    let mut low = (pool.members.iter())
+        .filter_map(judged_view)
+        .filter(|v| matches!(v.verdict, Verdict::Zero { .. } | Verdict::SkewLow { .. }))
+        .peekable();
+    if low.peek().is_some() && low.all(ViewVerdict::refused) {
+        Cause::Refusing
+    } else {
+        Cause::Routing
+    }
+}
+
+/// The alert a member's new-connection verdict asks for, if any.
+fn member_alert(pool: &PoolVerdict, m: &MemberVerdict) -> Option<Want> {
+    let v = judged_view(m)?;
     let (kind, sev) = match m.verdict {
         Verdict::Zero { .. } => (AlertKind::Zero, Severity::Page),
         Verdict::SkewLow { page } | Verdict::SkewHigh { page } => {
@@ -172,7 +202,7 @@ fn member_alert(pool: &PoolVerdict, m: &MemberVerdict) -> Option<Want> {
         AlertKind::Stale | AlertKind::Hot | AlertKind::Down => None,
         _ => Some(Signal::NewConnections),
     };
-    let cause = matches!(kind, AlertKind::Zero | AlertKind::Skew).then_some(Cause::Routing);
+    let cause = matches!(kind, AlertKind::Zero | AlertKind::Skew).then(|| shortfall_cause(v));
     let evidence = vec![
         ("observed_share".to_owned(), v.observed_share),
         ("expected_share".to_owned(), v.expected_share),
@@ -180,6 +210,7 @@ fn member_alert(pool: &PoolVerdict, m: &MemberVerdict) -> Option<Want> {
         ("window_expected".to_owned(), v.window_expected),
         ("zero_expected".to_owned(), v.zero_expected),
         ("z".to_owned(), v.z),
+        ("failed_attempts_window".to_owned(), v.failed_window as f64),
     ];
     Some(Want {
         kind,
@@ -247,17 +278,27 @@ fn wanted(pool: &PoolVerdict, tick: u64) -> HashMap<String, Alert> {
     let concentration = pool.verdict == Verdict::Concentration;
     if concentration {
         let id = format!("{}//CONCENTRATION", pool.name);
+        let cause = concentration_cause(pool);
+        let refusing = match cause {
+            Cause::Refusing => {
+                "; the members it leaves out refuse the connections their balancers send them (failed attempts): the members, not the routing"
+            }
+            _ => "",
+        };
         want.insert(
             id.clone(),
             Want {
                 kind: AlertKind::Concentration,
                 signal: Some(Signal::NewConnections),
-                cause: Some(Cause::Routing),
+                cause: Some(cause),
                 view: pool.view,
                 severity: Severity::Page,
                 observed: pool.effective,
                 expected: pool.expected_effective,
-                summary: format!("pool {} CONCENTRATION: {}", pool.name, pool.reason),
+                summary: format!(
+                    "pool {} CONCENTRATION: {}{refusing}",
+                    pool.name, pool.reason
+                ),
                 evidence: vec![
                     ("effective_members".into(), pool.effective),
                     ("expected_effective_members".into(), pool.expected_effective),
@@ -268,10 +309,10 @@ fn wanted(pool: &PoolVerdict, tick: u64) -> HashMap<String, Alert> {
     }
     for m in &pool.members {
         let conns = member_alert(pool, m);
-        // A member whose new connections page for routing already has
-        // its page: its load alerts of the same cause are grouped under
-        // it.
-        let routing_page = conns.as_ref().is_some_and(|w| {
+        // A member whose new connections page for routing (or refusing)
+        // already has its page: its load alerts of the same cause are
+        // grouped under it.
+        let conns_page = conns.as_ref().is_some_and(|w| {
             w.severity == Severity::Page
                 && matches!(
                     w.kind,
@@ -290,9 +331,9 @@ fn wanted(pool: &PoolVerdict, tick: u64) -> HashMap<String, Alert> {
             if concentration && matches!(w.kind, AlertKind::Zero | AlertKind::Skew) {
                 w.severity = Severity::Warning;
                 w.evidence.push(("grouped_under_concentration".into(), 1.0));
-            } else if routing_page
+            } else if conns_page
                 && w.signal != Some(Signal::NewConnections)
-                && w.cause == Some(Cause::Routing)
+                && matches!(w.cause, Some(Cause::Routing | Cause::Refusing))
             {
                 w.severity = Severity::Warning;
                 w.evidence

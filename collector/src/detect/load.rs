@@ -74,7 +74,7 @@
 //! gets less than half its share of them over the last ten ticks is not
 //! refilling at all, and pages once the finding is sustained.
 //!
-//! # Routing or pinned
+//! # Routing, pinned or refusing
 //! Every finding names its cause: **routing** when the member's new
 //! connections are judged skewed the same way (SKEW or ZERO, or the pool
 //! concentrates) and the last ten ticks still show it — the balancer's
@@ -84,6 +84,9 @@
 //! or request-level balancing. In a least-connections pool, whose new
 //! connections are never judged skewed, the cause reads their ratio
 //! instead: routing when they do not lean towards evening the member out.
+//! A member below its share whose balancers' connection attempts to it
+//! fail is **refusing** (see [`ViewVerdict::refused`]): the balancer
+//! sends, the member does not take.
 
 use std::collections::HashMap;
 
@@ -134,6 +137,9 @@ pub enum Cause {
     Routing,
     /// Its new connections are balanced: old connections hold the load.
     Pinned,
+    /// Its balancers send it connections and they fail: the member refuses
+    /// or does not answer them (see [`ViewVerdict::refused`]).
+    Refusing,
 }
 
 impl Cause {
@@ -142,6 +148,7 @@ impl Cause {
         match self {
             Cause::Routing => "routing",
             Cause::Pinned => "pinned",
+            Cause::Refusing => "refusing",
         }
     }
 }
@@ -159,7 +166,7 @@ pub struct LoadVerdict {
     /// Whether it pages (outside the page band, significant, sustained,
     /// and for a low member not refilling); otherwise a finding warns.
     pub page: bool,
-    /// Routing or pinned, for findings.
+    /// Routing, pinned or refusing, for findings.
     pub cause: Option<Cause>,
     /// The member's share of the pool's open connections now, or of its
     /// bytes over the last 10 ticks.
@@ -1006,6 +1013,9 @@ struct NewConns {
     skewed_low: bool,
     ratio: f64,
     enough: bool,
+    /// Connection attempts that failed over the window, when they explain
+    /// its shortfall ([`ViewVerdict::refused`]).
+    refused: Option<u64>,
 }
 
 impl NewConns {
@@ -1029,6 +1039,7 @@ impl NewConns {
                 && matches!(vv.verdict, Verdict::SkewLow { .. } | Verdict::Zero { .. }),
             ratio: recent,
             enough,
+            refused: vv.refused().then_some(vv.failed_window),
         }
     }
 
@@ -1043,12 +1054,21 @@ impl NewConns {
         emptiest_for >= super::pool::SHARE_WINDOW as u64 && self.enough && self.ratio < s.page_low
     }
 
-    /// Routing or pinned for a finding on side `dir`, and why: routing
+    /// Refusing, routing or pinned for a finding on side `dir`, and why:
+    /// refusing when failed attempts explain a shortfall; routing
     /// when the member's new connections are judged skewed the same way
     /// (a raw ratio is not enough: a member that was down while its
     /// clients reconnected elsewhere missed those connections through no
     /// fault of the balancer).
     fn cause(&self, dir: i8, ctx: &Context) -> (Cause, String) {
+        if let Some(failed) = self.refused.filter(|_| dir < 0) {
+            return (
+                Cause::Refusing,
+                format!(
+                    "{failed} connection attempts to it failed in the last 10 ticks: its balancers send it connections and it does not take them"
+                ),
+            );
+        }
         if ctx.least_connections {
             return self.least_connections_cause(dir, ctx);
         }

@@ -307,4 +307,6 @@ mod tests_load;
 #[cfg(test)]
 mod tests_mismatch;
 #[cfg(test)]
+mod tests_refusing;
+#[cfg(test)]
 mod tests_reweight;

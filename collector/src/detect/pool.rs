@@ -316,7 +316,9 @@ pub struct ViewVerdict {
     pub z: f64,
     /// Cumulative new connections seen.
     pub conns_total: u64,
-    /// Connection attempts that failed over the last 10 ticks (LB view).
+    /// Connection attempts to it that failed over the last 10 ticks, as
+    /// its load balancers' nodes counted them: the LB view's count, in
+    /// both views (see [`ViewVerdict::refused`]).
     pub failed_window: u64,
     pub reason: String,
     /// The load it carries: its open connections...
@@ -327,6 +329,25 @@ pub struct ViewVerdict {
     pub bytes_in_share: f64,
     /// Its share of the pool's bytes out of members over the last 10 ticks.
     pub bytes_out_share: f64,
+}
+
+impl ViewVerdict {
+    /// Whether the attempts that failed explain why the member gets too
+    /// little: ZERO while its balancers' nodes still dial it (a balancer
+    /// that left it out would make no attempt at all), or SKEW LOW with
+    /// failed attempts making up at least half of what it missed over the
+    /// window. The balancer does send the member its connections, and the
+    /// member does not take them: the cause is the member, not the routing.
+    pub fn refused(&self) -> bool {
+        match self.verdict {
+            Verdict::Zero { .. } => self.failed_window > 0,
+            Verdict::SkewLow { .. } => {
+                let missed = self.window_expected - self.window_observed;
+                missed > 0.0 && self.failed_window as f64 >= missed / 2.0
+            }
+            _ => false,
+        }
+    }
 }
 
 /// One member's judgement.
@@ -400,8 +421,6 @@ struct MemberHist {
     dark_ticks: u64,
     conns_total: u64,
     draining_recent: [u64; 10],
-    /// Connection attempts that failed, per tick, for the last 10 ticks.
-    failed_recent: [u64; 10],
     /// While draining: per tick, the new connections it would have got at
     /// its weight had its balancer ignored the drain (of every eligible
     /// member's and its own), for the same window.
@@ -697,6 +716,59 @@ pub(super) struct PoolState {
     senders: HashMap<String, Senders>,
     /// Each load balancer node's own split, in the LB view.
     left_out: LeftOut,
+    /// Each member's failed attempts over the share window.
+    failures: Failures,
+}
+
+/// Connection attempts to each member that failed, per tick, over the
+/// last [`SHARE_WINDOW`] ticks. They are counted where the SYN left, so
+/// by its load balancers' nodes (the LB view), and both views judge the
+/// member with them: a member whose own agent sees it starve while its
+/// balancers' attempts fail is refusing, not left out.
+#[derive(Default)]
+struct Failures {
+    members: HashMap<String, FailedWindow>,
+}
+
+#[derive(Default)]
+struct FailedWindow {
+    per_tick: [u64; SHARE_WINDOW],
+    /// This tick's LB view was fresh and not reset: the window holds this
+    /// tick's count.
+    current: bool,
+    /// The tick last noted: a member absent from it left the pool.
+    tick: u64,
+}
+
+impl Failures {
+    /// Records this tick's failed attempts to every member. A member whose
+    /// LB view is stale or reset this tick names none: what it would hold
+    /// is not this tick's.
+    fn note(&mut self, input: &PoolInput<impl AsRef<MemberInput>>) {
+        for m in input.members() {
+            let window = match self.members.get_mut(&m.id) {
+                Some(window) => window,
+                None => self.members.entry(m.id.clone()).or_default(),
+            };
+            window.tick = input.tick;
+            window.current = false;
+            if let Some(v) = m.view(View::Lb).filter(|v| v.fresh && !v.reset) {
+                window.per_tick.rotate_right(1);
+                window.per_tick[0] = v.failed;
+                window.current = true;
+            }
+        }
+        self.members.retain(|_, window| window.tick == input.tick);
+    }
+
+    /// The member's failed attempts over the window; none when this tick
+    /// did not count them.
+    fn window(&self, id: &str) -> u64 {
+        self.members
+            .get(id)
+            .filter(|window| window.current)
+            .map_or(0, |window| window.per_tick.iter().sum())
+    }
 }
 
 /// How the pool's views came out, for its members' and its own verdict.
@@ -797,8 +869,10 @@ impl PoolState {
     /// Judges one tick of the pool: both views, then each member (its
     /// views combined, HOT, quiet and settling pools), then the pool.
     fn judge(&mut self, s: &Settings, input: &PoolInput<impl AsRef<MemberInput>>) -> PoolVerdict {
-        let server = self.server.evaluate(s, input, View::Server, &self.presence);
-        let lb = self.lb.evaluate(s, input, View::Lb, &self.presence);
+        self.failures.note(input);
+        let judged_with = (&self.presence, &self.failures);
+        let server = self.server.evaluate(s, input, View::Server, judged_with);
+        let lb = self.lb.evaluate(s, input, View::Lb, judged_with);
         let views = [server.tick(View::Server), lb.tick(View::Lb)];
         self.presence.note_joins(s, input, views);
         self.smooth_cpu(input);
@@ -1449,7 +1523,7 @@ impl ViewState {
         s: &Settings,
         input: &PoolInput<impl AsRef<MemberInput>>,
         view: View,
-        presence: &Presence,
+        (presence, failures): (&Presence, &Failures),
     ) -> ViewOutcome {
         let eligible: Vec<(&MemberInput, ViewInput)> = input
             .members()
@@ -1486,7 +1560,7 @@ impl ViewState {
         for m in input.members() {
             let Some(v) = m.view(view) else { continue };
             let mut vv = self.judge_member(s, &bounds, &share_tick, (m, presence), v, &mut tally);
-            vv.failed_window = self.note_failed(&m.id, &v);
+            vv.failed_window = failures.window(&m.id);
             verdicts.insert(m.id.clone(), vv);
         }
         self.observed_shares(&mut verdicts, &tally.window);
@@ -1689,16 +1763,6 @@ impl ViewState {
     /// Notes the member's failed attempts this tick and returns those of
     /// the last 10 ticks; none on a gap (a stale or reset observer's count
     /// is not one, and what the window held may be old news).
-    fn note_failed(&mut self, id: &str, input: &ViewInput) -> u64 {
-        let hist = member_entry(&mut self.members, id);
-        if !input.fresh || input.reset {
-            return 0;
-        }
-        hist.failed_recent.rotate_right(1);
-        hist.failed_recent[0] = input.failed;
-        hist.failed_recent.iter().sum()
-    }
-
     /// Observed shares over the share window, for display and
     /// concentration.
     fn observed_shares(&self, verdicts: &mut HashMap<String, ViewVerdict>, window: &[(f64, f64)]) {

@@ -77,6 +77,7 @@ impl From<detect::Cause> for v1::Cause {
         match cause {
             detect::Cause::Routing => Self::Routing,
             detect::Cause::Pinned => Self::Pinned,
+            detect::Cause::Refusing => Self::Refusing,
         }
     }
 }
