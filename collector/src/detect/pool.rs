@@ -1760,9 +1760,6 @@ impl ViewState {
         judged
     }
 
-    /// Notes the member's failed attempts this tick and returns those of
-    /// the last 10 ticks; none on a gap (a stale or reset observer's count
-    /// is not one, and what the window held may be old news).
     /// Observed shares over the share window, for display and
     /// concentration.
     fn observed_shares(&self, verdicts: &mut HashMap<String, ViewVerdict>, window: &[(f64, f64)]) {
