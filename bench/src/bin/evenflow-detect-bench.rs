@@ -96,6 +96,32 @@ struct Scenario {
     reps: usize,
 }
 
+impl Scenario {
+    /// A pool of `weights` at `rate` that nothing happens to: every agent
+    /// reports, no member drains or joins, bytes follow connections and
+    /// members' arrivals are Poisson on top of the pool's bursts; a fault
+    /// set from tick 300 is judged until tick 400. Each scenario says how
+    /// it differs.
+    fn steady(name: &'static str, weights: Vec<f64>, rate: f64, reps: usize) -> Self {
+        Self {
+            name,
+            weights,
+            rate,
+            onset: 300,
+            ticks: 400,
+            factor: |_, _, _| 1.0,
+            truth: vec![],
+            expect: Expect::Quiet,
+            down: vec![],
+            draining: vec![],
+            joining: vec![],
+            pinned_bytes: false,
+            member_phi: 1.0,
+            reps,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Outcome {
     ttd_verdict: Option<u64>,
@@ -260,66 +286,44 @@ fn scenarios(quick: bool) -> Vec<Scenario> {
     let zero_one = |t: u64, i: usize, onset: u64| if t >= onset && i == 3 { 0.0 } else { 1.0 };
     let mut v = Vec::new();
     for rate in [1000.0, 100.0, 20.0, 1.0] {
+        let name = match rate as u32 {
+            1000 => "10 members, one at 0, 1000 conn/s",
+            100 => "10 members, one at 0, 100 conn/s",
+            20 => "10 members, one at 0, 20 conn/s",
+            _ => "10 members, one at 0, 1 conn/s",
+        };
         v.push(Scenario {
-            name: match rate as u32 {
-                1000 => "10 members, one at 0, 1000 conn/s",
-                100 => "10 members, one at 0, 100 conn/s",
-                20 => "10 members, one at 0, 20 conn/s",
-                _ => "10 members, one at 0, 1 conn/s",
-            },
-            weights: vec![1.0; 10],
-            rate,
-            onset: 300,
             ticks: if rate < 10.0 { 1500 } else { 400 },
             factor: zero_one,
             truth: vec![3],
             expect: Expect::Page,
-            down: vec![],
-            draining: vec![],
-            joining: vec![],
-            pinned_bytes: false,
-            member_phi: 1.0,
-            reps: reps(40),
+            ..Scenario::steady(name, vec![1.0; 10], rate, reps(40))
         });
     }
     v.push(Scenario {
-        name: "10 members, one at 2x share, 100 conn/s",
-        weights: vec![1.0; 10],
-        rate: 100.0,
-        onset: 300,
-        ticks: 400,
         // 2.25x its peers' rate is 2x its share of the (grown) total.
         factor: |t, i, onset| if t >= onset && i == 3 { 2.25 } else { 1.0 },
         truth: vec![3],
         expect: Expect::Warn,
-        down: vec![],
-        draining: vec![],
-        joining: vec![],
-        pinned_bytes: false,
-        member_phi: 1.0,
-        reps: reps(40),
+        ..Scenario::steady(
+            "10 members, one at 2x share, 100 conn/s",
+            vec![1.0; 10],
+            100.0,
+            reps(40),
+        )
     });
     v.push(Scenario {
-        name: "100 members, LB routes to only 30",
-        weights: vec![1.0; 100],
-        rate: 1000.0,
-        onset: 300,
-        ticks: 400,
         factor: |t, i, onset| if t >= onset && i >= 30 { 0.0 } else { 1.0 },
         truth: (30..100).collect(),
         expect: Expect::Page,
-        down: vec![],
-        draining: vec![],
-        joining: vec![],
-        pinned_bytes: false,
-        member_phi: 1.0,
-        reps: reps(10),
+        ..Scenario::steady(
+            "100 members, LB routes to only 30",
+            vec![1.0; 100],
+            1000.0,
+            reps(10),
+        )
     });
     v.push(Scenario {
-        name: "weights 3:1:1, heavy drifts to 33%",
-        weights: vec![3.0, 1.0, 1.0],
-        rate: 100.0,
-        onset: 300,
         ticks: 700,
         factor: |t, i, onset| {
             if i == 0 && t >= onset {
@@ -333,34 +337,26 @@ fn scenarios(quick: bool) -> Vec<Scenario> {
         // all three are in the warning band, none in the page band.
         truth: vec![0, 1, 2],
         expect: Expect::Warn,
-        down: vec![],
-        draining: vec![],
-        joining: vec![],
-        pinned_bytes: false,
-        member_phi: 1.0,
-        reps: reps(20),
+        ..Scenario::steady(
+            "weights 3:1:1, heavy drifts to 33%",
+            vec![3.0, 1.0, 1.0],
+            100.0,
+            reps(20),
+        )
     });
     v.push(Scenario {
-        name: "weights 3:1:1, a light member doubles",
-        weights: vec![3.0, 1.0, 1.0],
-        rate: 100.0,
-        onset: 300,
         ticks: 500,
         factor: |t, i, onset| if i == 2 && t >= onset { 2.0 } else { 1.0 },
         truth: vec![2],
         expect: Expect::Warn,
-        down: vec![],
-        draining: vec![],
-        joining: vec![],
-        pinned_bytes: false,
-        member_phi: 1.0,
-        reps: reps(20),
+        ..Scenario::steady(
+            "weights 3:1:1, a light member doubles",
+            vec![3.0, 1.0, 1.0],
+            100.0,
+            reps(20),
+        )
     });
     v.push(Scenario {
-        name: "2 members 50/50 -> 70/30 -> 100/0",
-        weights: vec![1.0, 1.0],
-        rate: 100.0,
-        onset: 300,
         ticks: 600,
         factor: |t, i, onset| match (t >= onset + 120, t >= onset, i) {
             (true, _, 1) => 0.0,
@@ -371,17 +367,14 @@ fn scenarios(quick: bool) -> Vec<Scenario> {
         // pool's concentration: all of it is the fault.
         truth: vec![0, 1],
         expect: Expect::Page,
-        down: vec![],
-        draining: vec![],
-        joining: vec![],
-        pinned_bytes: false,
-        member_phi: 1.0,
-        reps: reps(20),
+        ..Scenario::steady(
+            "2 members 50/50 -> 70/30 -> 100/0",
+            vec![1.0, 1.0],
+            100.0,
+            reps(20),
+        )
     });
     v.push(Scenario {
-        name: "1000 members, one at 0 and one at 3x",
-        weights: vec![1.0; 1000],
-        rate: 20_000.0,
         onset: 100,
         ticks: 200,
         factor: |t, i, onset| match (t >= onset, i) {
@@ -391,98 +384,60 @@ fn scenarios(quick: bool) -> Vec<Scenario> {
         },
         truth: vec![10, 500],
         expect: Expect::Page,
-        down: vec![],
-        draining: vec![],
-        joining: vec![],
-        pinned_bytes: false,
-        member_phi: 1.0,
-        reps: reps(5),
+        ..Scenario::steady(
+            "1000 members, one at 0 and one at 3x",
+            vec![1.0; 1000],
+            20_000.0,
+            reps(5),
+        )
     });
     v.push(Scenario {
-        name: "connections balanced, bytes pinned",
-        weights: vec![1.0; 5],
-        rate: 100.0,
-        onset: 300,
         ticks: 600,
-        factor: |_, _, _| 1.0,
         truth: vec![0],
-        expect: Expect::Quiet,
-        down: vec![],
-        draining: vec![],
-        joining: vec![],
         pinned_bytes: true,
-        member_phi: 1.0,
-        reps: reps(20),
+        ..Scenario::steady(
+            "connections balanced, bytes pinned",
+            vec![1.0; 5],
+            100.0,
+            reps(20),
+        )
     });
     v.push(Scenario {
-        name: "planned drain",
-        weights: vec![1.0; 5],
-        rate: 100.0,
         onset: 0,
-        ticks: 400,
         factor: |_, i, _| if i == 4 { 0.0 } else { 1.0 },
         truth: vec![4],
-        expect: Expect::Quiet,
-        down: vec![],
         draining: vec![4],
-        joining: vec![],
-        pinned_bytes: false,
-        member_phi: 1.0,
-        reps: reps(20),
+        ..Scenario::steady("planned drain", vec![1.0; 5], 100.0, reps(20))
     });
     v.push(Scenario {
-        name: "failed drain (still gets traffic)",
-        weights: vec![1.0; 5],
-        rate: 100.0,
         onset: 0,
         ticks: 300,
-        factor: |_, _, _| 1.0,
         truth: vec![4],
         expect: Expect::Page,
-        down: vec![],
         draining: vec![4],
-        joining: vec![],
-        pinned_bytes: false,
-        member_phi: 1.0,
-        reps: reps(20),
+        ..Scenario::steady(
+            "failed drain (still gets traffic)",
+            vec![1.0; 5],
+            100.0,
+            reps(20),
+        )
     });
     v.push(Scenario {
-        name: "one agent down",
-        weights: vec![1.0; 10],
-        rate: 100.0,
-        onset: 300,
         ticks: 500,
-        factor: |_, _, _| 1.0,
         truth: vec![3],
         expect: Expect::Stale,
         down: vec![3],
-        draining: vec![],
-        joining: vec![],
-        pinned_bytes: false,
-        member_phi: 1.0,
-        reps: reps(20),
+        ..Scenario::steady("one agent down", vec![1.0; 10], 100.0, reps(20))
     });
     v.push(Scenario {
-        name: "0.05 conn/s service",
-        weights: vec![1.0; 5],
-        rate: 0.05,
         onset: 100,
         ticks: 2000,
         factor: |t, i, onset| if t >= onset && i == 0 { 0.0 } else { 1.0 },
         truth: vec![0],
         expect: Expect::Abstain,
-        down: vec![],
-        draining: vec![],
-        joining: vec![],
-        pinned_bytes: false,
-        member_phi: 1.0,
-        reps: reps(10),
+        ..Scenario::steady("0.05 conn/s service", vec![1.0; 5], 0.05, reps(10))
     });
     v.push(Scenario {
-        name: "flapping every 30 s",
-        weights: vec![1.0; 4],
-        rate: 100.0,
-        onset: 300,
         ticks: 1500,
         factor: |t, i, onset| {
             if i == 1 && t >= onset && ((t - onset) / 30) % 2 == 0 {
@@ -493,47 +448,34 @@ fn scenarios(quick: bool) -> Vec<Scenario> {
         },
         truth: vec![1],
         expect: Expect::Page,
-        down: vec![],
-        draining: vec![],
-        joining: vec![],
-        pinned_bytes: false,
-        member_phi: 1.0,
-        reps: reps(10),
+        ..Scenario::steady("flapping every 30 s", vec![1.0; 4], 100.0, reps(10))
     });
     // Two members join a pool that has run for five minutes: a balancer
     // that takes them in late (kube-proxy's sync on a busy node) is no
     // fault; one that never does is, found once the join grace ends.
     v.push(Scenario {
-        name: "scale-up 10 -> 12, taken in 8 s late",
-        weights: vec![1.0; 12],
-        rate: 100.0,
-        onset: 300,
         ticks: 500,
         factor: |t, i, onset| if i >= 10 && t < onset + 8 { 0.0 } else { 1.0 },
-        truth: vec![],
-        expect: Expect::Quiet,
-        down: vec![],
-        draining: vec![],
         joining: vec![10, 11],
-        pinned_bytes: false,
-        member_phi: 1.0,
-        reps: reps(20),
+        ..Scenario::steady(
+            "scale-up 10 -> 12, taken in 8 s late",
+            vec![1.0; 12],
+            100.0,
+            reps(20),
+        )
     });
     v.push(Scenario {
-        name: "scale-up 10 -> 12, never taken in",
-        weights: vec![1.0; 12],
-        rate: 100.0,
-        onset: 300,
         ticks: 500,
         factor: |_, i, _| if i >= 10 { 0.0 } else { 1.0 },
         truth: vec![10, 11],
         expect: Expect::Page,
-        down: vec![],
-        draining: vec![],
         joining: vec![10, 11],
-        pinned_bytes: false,
-        member_phi: 1.0,
-        reps: reps(20),
+        ..Scenario::steady(
+            "scale-up 10 -> 12, never taken in",
+            vec![1.0; 12],
+            100.0,
+            reps(20),
+        )
     });
     // The same faults where each member's arrivals are burstier on their
     // own (see the module docs): what learned dispersion costs.
