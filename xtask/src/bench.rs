@@ -121,14 +121,21 @@ impl Drop for Env {
     }
 }
 
-fn spawn_in(cgroup: &std::path::Path, ns: &str, cmd: &str, args: &[&str]) -> Result<Guard> {
+/// `sh` that moves itself into `cgroup`, then runs its arguments in
+/// namespace `ns`: a process of that cgroup from its first instruction, so
+/// every socket it opens meets the cgroup's sock_ops programs.
+fn in_cgroup(cgroup: &std::path::Path, ns: &str, cmd: &str, args: &[&str]) -> Command {
     let script = format!(
         "echo $$ > {}/cgroup.procs && exec ip netns exec {ns} \"$@\"",
         cgroup.display()
     );
-    let child = Command::new("sh")
-        .args(["-c", &script, "sh", cmd])
-        .args(args)
+    let mut sh = Command::new("sh");
+    sh.args(["-c", &script, "sh", cmd]).args(args);
+    sh
+}
+
+fn spawn_in(cgroup: &std::path::Path, ns: &str, cmd: &str, args: &[&str]) -> Result<Guard> {
+    let child = in_cgroup(cgroup, ns, cmd, args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -280,19 +287,38 @@ fn spread(v: &[f64], scale: f64, decimals: usize) -> String {
 const RUN_SECS: u32 = 4;
 
 /// Bulk throughput from `client` to `target`, in bits per second.
-fn iperf_to(client: &str, target: &str) -> Result<f64> {
+/// Runs `cmd` in `cgroup` and namespace `ns` to its end; its output.
+fn exec_in(cgroup: &std::path::Path, ns: &str, cmd: &str, args: &[&str]) -> Result<String> {
+    let out = in_cgroup(cgroup, ns, cmd, args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {cmd} in {ns}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd} in {ns} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Throughput from a client in `cgroup` and namespace `client` to the
+/// iperf3 server on `target`.
+fn iperf_to(cgroup: &std::path::Path, client: &str, target: &str) -> Result<f64> {
     let secs = RUN_SECS.to_string();
-    let out = netns::exec(client, "iperf3", &["-c", target, "-t", &secs, "-J"])?;
+    let out = exec_in(cgroup, client, "iperf3", &["-c", target, "-t", &secs, "-J"])?;
     let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 -J output")?;
     v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .context("no bits_per_second in iperf3 output")
 }
 
-/// Connections per second from `client` to nginx on `target`, one request
-/// per connection.
-fn churn_to(client: &str, target: &str) -> Result<f64> {
-    let out = netns::exec(
+/// Connections per second from a client in `cgroup` and namespace
+/// `client` to nginx on `target`, one request per connection.
+fn churn_to(cgroup: &std::path::Path, client: &str, target: &str) -> Result<f64> {
+    let out = exec_in(
+        cgroup,
         client,
         "hey",
         &[
@@ -433,14 +459,15 @@ struct Empties {
 }
 
 /// Starts an agent on `node` between empty programs on `ifaces` and its
-/// cgroup, drives one iperf3 and one churn run at `target` with bpf stats
-/// on, and returns each of this agent's programs' cost next to the empty
-/// programs' on the same hook.
+/// cgroup, drives one iperf3 and one churn run from the client (its
+/// processes in `clients`) at `target` with bpf stats on, and returns each
+/// of this agent's programs' cost next to the empty programs' on the same
+/// hook.
 fn cost_pass(
     node: &'static str,
     cgroup: &std::path::Path,
     ifaces: &[&str],
-    target: &str,
+    (clients, target): (&std::path::Path, &str),
     agent: &std::path::Path,
 ) -> Result<Vec<Cost>> {
     use evenflow_tests::tcx::{Neighbour, Place};
@@ -463,10 +490,10 @@ fn cost_pass(
         })
     })??;
     BpfStats::set(true)?;
-    let phases = iperf_to(CLIENT, target)
+    let phases = iperf_to(clients, CLIENT, target)
         .and_then(|_| Snapshot::take(node, &empties))
         .and_then(|bulk| {
-            churn_to(CLIENT, target)?;
+            churn_to(clients, CLIENT, target)?;
             Ok((bulk, Snapshot::take(node, &empties)?))
         });
     BpfStats::set(false)?;
@@ -884,8 +911,12 @@ fn side(env: &Env, with: bool, spin: Option<u32>) -> Result<Sample> {
         None => None,
     };
     let sample = Sample {
-        tput: both(IPERF_CLIENTS_CPU, |path| iperf_to(path.client, SERVER_IP))?,
-        conns: both(HEY_CLIENTS_CPU, |path| churn_to(path.client, SERVER_IP))?,
+        tput: both(IPERF_CLIENTS_CPU, |path| {
+            iperf_to(&env.cgroup(path.client_cgroup), path.client, SERVER_IP)
+        })?,
+        conns: both(HEY_CLIENTS_CPU, |path| {
+            churn_to(&env.cgroup(path.client_cgroup), path.client, SERVER_IP)
+        })?,
     };
     if let Some(s) = &spinner {
         let (ns, runs) = s.cost()?;
@@ -1162,25 +1193,27 @@ fn paired_row(label: &str, rounds: &[[[f64; 2]; 2]], scale: f64, decimals: usize
     }
 }
 
+/// Each of [`COST_PASSES`]' passes, round by round.
+type Passes = [Vec<Vec<Cost>>; COST_PASSES.len()];
+
 /// Per-program cost in passes of their own (bpf stats on), between empty
-/// programs on the same hooks (see [`Empties`]). Each round runs a local
-/// pass, the same on a server that forwards, and a forwarded one; each
-/// pass once per agent in `agents`, one after the other, in an order that
-/// alternates from round to round. One `[local, forwarding, forwarded]`
-/// per agent.
-fn costs(
-    rounds: usize,
-    env: &Env,
-    agents: &[(String, PathBuf)],
-) -> Result<Vec<[Vec<Vec<Cost>>; 3]>> {
+/// programs on the same hooks (see [`Empties`]). Each round runs the
+/// [`COST_PASSES`]: the server's sockets, the client's (which connect out,
+/// as a proxy's do towards its backends), the server's on a node that
+/// forwards, and a forwarded path; each pass once per agent in `agents`,
+/// one after the other, in an order that alternates from round to round.
+/// One [`Passes`] per agent.
+fn costs(rounds: usize, env: &Env, agents: &[(String, PathBuf)]) -> Result<Vec<Passes>> {
     let server_cg = &env.cgroup(A.server_cgroup);
+    let client_cg = &env.cgroup(A.client_cgroup);
     let lb_cg = env.cgroup("lb");
     std::fs::create_dir_all(&lb_cg)?;
     // Back to what it was when the passes are over.
     let _stats = BpfStats::off()?;
-    let mut passes: Vec<[Vec<Vec<Cost>>; 3]> = agents.iter().map(|_| Default::default()).collect();
+    let mut passes: Vec<Passes> = agents.iter().map(|_| Default::default()).collect();
+    let to_server = (client_cg.as_path(), SERVER_IP);
     let local =
-        |bin: &std::path::Path| cost_pass(SERVER, server_cg, &["efb-s", "efb-sl"], SERVER_IP, bin);
+        |bin: &std::path::Path| cost_pass(SERVER, server_cg, &["efb-s", "efb-sl"], to_server, bin);
     for round in 0..rounds {
         let mut order: Vec<usize> = (0..agents.len()).collect();
         if round % 2 == 1 {
@@ -1195,13 +1228,16 @@ fn costs(
             })
         };
         each(0, &local)?;
+        each(1, &|bin| {
+            cost_pass(CLIENT, client_cg, &["efb-c", "efb-cl"], to_server, bin)
+        })?;
         // A Kubernetes node forwards: its agent adds TC ingress.
         netns::sysctl(SERVER, "net.ipv4.ip_forward", "1")?;
-        let forwarding = each(1, &local);
+        let forwarding = each(2, &local);
         netns::sysctl(SERVER, "net.ipv4.ip_forward", "0")?;
         forwarding?;
-        each(2, &|bin| {
-            cost_pass(LB, &lb_cg, &["efb-lc", "efb-ls"], VIP, bin)
+        each(3, &|bin| {
+            cost_pass(LB, &lb_cg, &["efb-lc", "efb-ls"], (client_cg, VIP), bin)
         })?;
     }
     let _ = std::fs::remove_dir(&lb_cg);
@@ -1212,7 +1248,7 @@ fn costs(
 /// baseline's, round by round (their passes ran back to back): the median,
 /// the 95 % interval of the median where there are rounds enough, and the
 /// range.
-fn print_cost_differences(base: &str, this: &[Vec<Vec<Cost>>; 3], baseline: &[Vec<Vec<Cost>>; 3]) {
+fn print_cost_differences(base: &str, this: &Passes, baseline: &Passes) {
     println!(
         "\nthis tree less {base}, per run above the empty program, pass by pass (median; 95 % interval of the median; range over the rounds):"
     );
@@ -1247,23 +1283,24 @@ fn print_cost_differences(base: &str, this: &[Vec<Vec<Cost>>; 3], baseline: &[Ve
     }
 }
 
-/// The three passes of a round, as printed.
-const COST_PASSES: [&str; 3] = [
+/// The passes of a round, as printed.
+const COST_PASSES: [&str; 4] = [
     "local sockets (agent on the server, which does not forward)",
+    "sockets that connect out (agent on the client, which does not forward)",
     "local sockets on a node that forwards (the server, ip_forward on)",
     "forwarded (agent on the DNAT lb)",
 ];
 
-fn print_costs(rounds: usize, agent: &str, passes: &[Vec<Vec<Cost>>; 3]) {
+fn print_costs(rounds: usize, agent: &str, passes: &Passes) {
     println!(
         "\nper-run cost above an empty program behind it on the same hooks, {agent} (kernel bpf stats; {rounds} passes of one iperf3 + one churn run, medians, and each run apart; \"first\": an empty program ahead of it, which pays what any program first on the hook pays):"
     );
-    for ((pass, passes), (tc_target, forwards)) in
-        COST_PASSES
-            .iter()
-            .zip(passes)
-            .zip([(20.0, false), (20.0, true), (60.0, true)])
-    {
+    for ((pass, passes), (tc_target, forwards)) in COST_PASSES.iter().zip(passes).zip([
+        (20.0, false),
+        (20.0, false),
+        (20.0, true),
+        (60.0, true),
+    ]) {
         println!("  {pass}:");
         let medians = cost_medians(passes);
         if forwards && !medians.iter().any(|c| c.name.contains("ingress")) {
