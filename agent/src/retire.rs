@@ -105,7 +105,6 @@ impl Policy {
                         .iter()
                         .any(|l| l.port == key.port && l.proto == key.proto))
         };
-        let failed_only = |e: &EndpointCounters| e.conns_opened == 0;
         let quiet_for = |e: &EndpointCounters| match failed_only(e) {
             true => self.failed_only_quiet_reads,
             false => self.quiet_reads,
@@ -239,6 +238,18 @@ fn elem(
     crate::sys::bpf(cmd, &mut attr).map(drop)
 }
 
+/// Whether an endpoint only ever had failed attempts: not one opened,
+/// closed or byte. An endpoint with bytes but no open counted is not: its
+/// open was lost (the map was full when it happened) and its connection
+/// may still carry traffic.
+fn failed_only(e: &EndpointCounters) -> bool {
+    e.conns_failed > 0
+        && e.conns_opened == 0
+        && e.conns_closed == 0
+        && e.bytes_rx == 0
+        && e.bytes_tx == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,6 +332,37 @@ mod tests {
         );
     }
 
+    /// An endpoint whose open was lost (the map was full then) and whose
+    /// connection's bytes came later has no open counted, but it is in
+    /// use: it waits as long as any other, though failed attempts to it
+    /// were counted too.
+    #[test]
+    fn an_endpoint_with_bytes_and_no_open_counted_is_not_failed_only() {
+        let lost_open = EndpointCounters {
+            bytes_rx: 10_000,
+            conns_failed: 1,
+            ..Default::default()
+        };
+        let lost = (key(1, Direction::SendsTo), lost_open);
+        let scan = EndpointCounters {
+            conns_failed: 1,
+            ..Default::default()
+        };
+        let scanned = (key(2, Direction::SendsTo), scan);
+        let t = table(&[lost, scanned], &[], 20);
+        let policy = Policy::new(
+            std::time::Duration::from_secs(600),
+            std::time::Duration::from_secs(1),
+            2,
+        );
+        let retired: Vec<_> = policy
+            .candidates(&t, &[], &[], 2)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(retired, vec![scanned.0]);
+    }
+
     #[test]
     fn endpoints_that_only_failed_retire_first_and_sooner() {
         let failed = |port, attempts| {
@@ -350,6 +392,12 @@ mod tests {
         assert!(
             policy.candidates(&t, &[], &[], 6).is_empty(),
             "nine quiet reads are not ten"
+        );
+        t.update(&[scanned[0], scanned[1], done, served, failed(5, 6)], 1.0);
+        assert_eq!(
+            policy.candidates(&t, &[], &[], 6).len(),
+            2,
+            "ten are: the scanned ports go"
         );
         let mut t = table(&[scanned[0], scanned[1], done, served], &[], 11);
         for r in 0..11 {

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use super::{
     Settings,
     load::{Cause, LoadVerdict, Signal},
-    pool::{MemberVerdict, PoolVerdict, Verdict, View, ViewVerdict},
+    pool::{MemberVerdict, PoolVerdict, SHARE_WINDOW, Verdict, View, ViewVerdict},
 };
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -81,6 +81,8 @@ pub struct Alert {
     ok_streak: u32,
     /// Consecutive ticks a warning has asked to become a page.
     upgrade: u32,
+    /// Consecutive ticks its evidence has named another cause.
+    recause: u32,
 }
 
 /// What changed this tick.
@@ -100,6 +102,31 @@ impl Transition {
 }
 
 const RESOLVED_KEPT: usize = 1000;
+
+/// Ticks in a row an open alert's evidence must name another cause before
+/// the alert takes it: two share windows, longer than one failed attempt
+/// stays in the window. Causes ride in the alert's labels
+/// (`evenflow_alert_open`, webhooks), where a new value is a new alert to
+/// whoever routes on them, and a stray attempt can name another for a
+/// window; a lasting change (a SYN nobody answered is counted failed when
+/// conntrack forgets it, minutes after the page) is taken.
+pub(super) const CAUSE_HOLD: u32 = 2 * SHARE_WINDOW as u32;
+
+/// Whether the open alert `open` takes `cause`, which this tick's evidence
+/// names: only once it has named it [`CAUSE_HOLD`] ticks in a row.
+fn hold_cause(open: &mut Alert, cause: Option<Cause>) -> bool {
+    if cause == open.cause {
+        open.recause = 0;
+        return false;
+    }
+    open.recause += 1;
+    if open.recause < CAUSE_HOLD {
+        return false;
+    }
+    open.cause = cause;
+    open.recause = 0;
+    true
+}
 
 #[derive(Default)]
 pub(super) struct Book {
@@ -309,9 +336,10 @@ fn wanted(pool: &PoolVerdict, tick: u64) -> HashMap<String, Alert> {
     }
     for m in &pool.members {
         let conns = member_alert(pool, m);
-        // A member whose new connections page for routing (or refusing)
-        // already has its page: its load alerts of the same cause are
-        // grouped under it.
+        // A member whose new connections page already has its page: its
+        // load alerts that its new connections explain (routing or
+        // refusing; not pinned, which says its new connections are fine)
+        // are grouped under it.
         let conns_page = conns.as_ref().is_some_and(|w| {
             w.severity == Severity::Page
                 && matches!(
@@ -503,12 +531,15 @@ impl Book {
             if upgrade && open.upgrade < fire_after(a.kind) {
                 a.severity = Severity::Warning;
             }
-            let changed = open.severity != a.severity;
+            let recaused = hold_cause(open, a.cause);
+            let changed = open.severity != a.severity || recaused;
             open.severity = a.severity;
-            open.cause = a.cause;
             open.observed = a.observed;
             open.expected = a.expected;
-            open.summary = a.summary;
+            // A summary speaks of its cause: kept while the cause holds.
+            if open.cause == a.cause {
+                open.summary = a.summary;
+            }
             open.evidence = a.evidence;
             open.view = a.view;
             if changed {
@@ -597,6 +628,7 @@ impl Want {
             flaps: 0,
             ok_streak: 0,
             upgrade: 0,
+            recause: 0,
         }
     }
 }

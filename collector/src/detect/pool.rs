@@ -732,18 +732,20 @@ struct Failures {
 
 #[derive(Default)]
 struct FailedWindow {
+    /// The member's failed attempts in each of the last ticks, newest
+    /// first: one slot a tick, so the window spans the same ticks as the
+    /// share window it is weighed against.
     per_tick: [u64; SHARE_WINDOW],
-    /// This tick's LB view was fresh and not reset: the window holds this
-    /// tick's count.
-    current: bool,
     /// The tick last noted: a member absent from it left the pool.
     tick: u64,
 }
 
 impl Failures {
-    /// Records this tick's failed attempts to every member. A member whose
-    /// LB view is stale or reset this tick names none: what it would hold
-    /// is not this tick's.
+    /// Records this tick's failed attempts to every member. A tick whose
+    /// LB view is stale or reset adds none (what it would hold is not this
+    /// tick's) but still moves the window on: failures from before a gap
+    /// age out with it, and those within the window keep counting, so the
+    /// cause they give a member holds across the gap.
     fn note(&mut self, input: &PoolInput<impl AsRef<MemberInput>>) {
         for m in input.members() {
             let window = match self.members.get_mut(&m.id) {
@@ -751,22 +753,19 @@ impl Failures {
                 None => self.members.entry(m.id.clone()).or_default(),
             };
             window.tick = input.tick;
-            window.current = false;
-            if let Some(v) = m.view(View::Lb).filter(|v| v.fresh && !v.reset) {
-                window.per_tick.rotate_right(1);
-                window.per_tick[0] = v.failed;
-                window.current = true;
-            }
+            window.per_tick.rotate_right(1);
+            window.per_tick[0] = m
+                .view(View::Lb)
+                .filter(|v| v.fresh && !v.reset)
+                .map_or(0, |v| v.failed);
         }
         self.members.retain(|_, window| window.tick == input.tick);
     }
 
-    /// The member's failed attempts over the window; none when this tick
-    /// did not count them.
+    /// The member's failed attempts over the window.
     fn window(&self, id: &str) -> u64 {
         self.members
             .get(id)
-            .filter(|window| window.current)
             .map_or(0, |window| window.per_tick.iter().sum())
     }
 }

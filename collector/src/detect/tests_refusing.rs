@@ -2,6 +2,7 @@
 //! member (REFUSING), not the balancer's choices (routing).
 
 use super::*;
+use crate::detect::alerts::CAUSE_HOLD;
 use crate::detect::tests::input;
 
 /// How member 3 of four fares from tick 20: `got` of the 25 new
@@ -23,36 +24,88 @@ fn run(short: Short) -> (PoolVerdict, Vec<Alert>) {
 
 /// [`run`] with `members` members, the last `short_members` of them short.
 fn run_members(members: usize, short_members: usize, short: Short) -> (PoolVerdict, Vec<Alert>) {
+    let ran = run_ticks(
+        60,
+        (members, short_members),
+        short.got,
+        |_| short.failed,
+        |_| true,
+    );
+    let fired = ran
+        .transitions
+        .into_iter()
+        .filter_map(|(_, t)| match t {
+            Transition::Fired(a) => Some(a),
+            _ => None,
+        })
+        .collect();
+    (ran.last, fired)
+}
+
+/// What [`run_ticks`] saw.
+struct Ran {
+    last: PoolVerdict,
+    /// Every transition, with its tick.
+    transitions: Vec<(u64, Transition)>,
+    /// After each tick, the causes of the last member's open alerts.
+    open_causes: Vec<(u64, Vec<Option<Cause>>)>,
+    /// Each tick, the failed attempts its server view was judged with.
+    failed_windows: Vec<u64>,
+}
+
+/// `ticks` ticks of a pool of `members`, the last `short_members` of them
+/// getting `got` new connections a tick from tick 20 and their balancers'
+/// attempts failing `failed(tick)` a tick, the LB view fresh on the ticks
+/// `lb_fresh` says.
+fn run_ticks(
+    ticks: u64,
+    (members, short_members): (usize, usize),
+    got: u64,
+    failed: impl Fn(u64) -> u64,
+    lb_fresh: impl Fn(u64) -> bool,
+) -> Ran {
     let mut detector = Detector::default();
-    let mut fired = Vec::new();
+    let mut transitions = Vec::new();
+    let mut open_causes = Vec::new();
+    let mut failed_windows = Vec::new();
     let mut last = None;
-    for t in 0..60 {
+    for t in 0..ticks {
         let is_short = |i: usize| t >= 20 && i >= members - short_members;
-        let missed = (0..members).filter(|&i| is_short(i)).count() as u64 * (25 - short.got);
+        let missed = (0..members).filter(|&i| is_short(i)).count() as u64 * (25 - got);
         let others = 25 + missed / (members - short_members) as u64;
         let counts: Vec<u64> = (0..members)
-            .map(|i| if is_short(i) { short.got } else { others })
+            .map(|i| if is_short(i) { got } else { others })
             .collect();
         let mut pool = input(t, &counts, &vec![1.0; members]);
         for (i, m) in pool.members.iter_mut().enumerate() {
             let mut server = m.server.expect("input gives a server view");
-            server.active = if is_short(i) && short.got == 0 {
+            server.active = if is_short(i) && got == 0 {
                 50u64.saturating_sub((t - 20) * 5)
             } else {
                 50
             };
-            let failed = if is_short(i) { short.failed } else { 0 };
+            let failed = if is_short(i) { failed(t) } else { 0 };
             m.server = Some(server);
-            m.lb = Some(ViewInput { failed, ..server });
+            m.lb = Some(ViewInput {
+                failed,
+                fresh: lb_fresh(t),
+                ..server
+            });
         }
-        let (verdict, transitions) = detector.evaluate(&pool);
-        fired.extend(transitions.into_iter().filter_map(|t| match t {
-            Transition::Fired(a) => Some(a),
-            _ => None,
-        }));
+        let (verdict, tick) = detector.evaluate(&pool);
+        transitions.extend(tick.into_iter().map(|tr| (t, tr)));
+        let member = &verdict.members[members - 1];
+        failed_windows.push(member.server.as_ref().map_or(0, |v| v.failed_window));
+        let open = detector.open_alerts().filter(|a| a.member == member.id);
+        open_causes.push((t, open.map(|a| a.cause).collect()));
         last = Some(verdict);
     }
-    (last.expect("60 ticks ran"), fired)
+    Ran {
+        last: last.expect("the ticks ran"),
+        transitions,
+        open_causes,
+        failed_windows,
+    }
 }
 
 /// The member's ZERO or SKEW alerts on `signal`.
@@ -159,4 +212,81 @@ fn a_pool_concentrating_on_the_members_that_still_answer_is_refusing() {
         Some(Cause::Routing),
         "{concentration:#?}"
     );
+}
+
+/// A gap in the balancers' reports while the member refuses (their LB
+/// view stale for two ticks) leaves its failures in the window: the alert
+/// keeps saying refusing, never routing for a tick.
+#[test]
+fn a_gap_in_the_balancers_reports_keeps_the_cause() {
+    let ran = run_ticks(60, (4, 1), 0, |_| 25, |t| !(40..42).contains(&t));
+    // The gap's ticks add none; the eight before them still count.
+    assert_eq!(ran.failed_windows[39..43], [250, 225, 200, 200]);
+    let paged = ran.open_causes.iter().filter(|(t, _)| *t >= 30);
+    for (t, causes) in paged {
+        assert!(!causes.is_empty(), "tick {t}: its alerts are open");
+        assert!(
+            causes.iter().all(|c| *c == Some(Cause::Refusing)),
+            "tick {t}: {causes:?}"
+        );
+    }
+}
+
+/// Failures counted late (an unanswered SYN is counted failed when
+/// conntrack forgets it): the member paged ZERO routing turns refusing
+/// once the failures have said so for [`CAUSE_HOLD`] ticks, by an update
+/// of the open alert, never a second page. One stray failed attempt,
+/// which names refusing for as long as it stays in the window, changes
+/// nothing.
+#[test]
+fn a_cause_the_evidence_changes_is_taken_after_a_hold_by_an_update() {
+    let late = 45;
+    let failed = move |t: u64| if t >= late || t == 30 { 25 } else { 0 };
+    let ran = run_ticks(90, (4, 1), 0, failed, |_| true);
+    let member = &ran.last.members[3].id;
+    let zero = |a: &Alert| {
+        &a.member == member && a.kind == AlertKind::Zero && a.signal == Some(Signal::NewConnections)
+    };
+    let fired: Vec<u64> = ran
+        .transitions
+        .iter()
+        .filter(|(_, tr)| matches!(tr, Transition::Fired(a) if zero(a)))
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(fired.len(), 1, "one page: {:#?}", ran.transitions);
+    assert!(
+        fired[0] < 30,
+        "it paged before the stray attempt: {fired:?}"
+    );
+    let at = |t: u64| {
+        ran.open_causes
+            .iter()
+            .find(|(tick, _)| *tick == t)
+            .map(|(_, c)| c.clone())
+            .unwrap_or_default()
+    };
+    let taken = late + u64::from(CAUSE_HOLD) - 1;
+    for t in fired[0]..taken {
+        assert!(
+            at(t).contains(&Some(Cause::Routing)),
+            "tick {t}: {:?}",
+            at(t)
+        );
+    }
+    let updated: Vec<u64> = ran
+        .transitions
+        .iter()
+        .filter(|(_, tr)| {
+            matches!(tr, Transition::Updated(a) if zero(a) && a.cause == Some(Cause::Refusing))
+        })
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(updated.first(), Some(&taken), "{:#?}", ran.transitions);
+    for t in taken..90 {
+        assert!(
+            at(t).contains(&Some(Cause::Refusing)),
+            "tick {t}: {:?}",
+            at(t)
+        );
+    }
 }
