@@ -531,20 +531,10 @@ fn balanced_days(days: u64, threads: usize, seed: u64) -> (Vec<(u64, usize)>, u6
                     let Some(&(c, d)) = jobs.get(j) else { break };
                     let (members, rate, phi) = BALANCED[c];
                     let s = Scenario {
-                        name: "balanced",
-                        weights: vec![1.0; members],
-                        rate,
                         onset: u64::MAX,
                         ticks: d * DAY as u64,
-                        factor: |_, _, _| 1.0,
-                        truth: vec![],
-                        expect: Expect::Quiet,
-                        down: vec![],
-                        draining: vec![],
-                        joining: vec![],
-                        pinned_bytes: false,
                         member_phi: phi,
-                        reps: 1,
+                        ..Scenario::steady("balanced", vec![1.0; members], rate, 1)
                     };
                     let o = run_one(&s, seed ^ 0xbeef ^ ((j as u64) << 20));
                     member_ticks.fetch_add((s.ticks as usize) * members, Ordering::Relaxed);
