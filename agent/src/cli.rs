@@ -145,8 +145,8 @@ pub struct Args {
     /// endpoint leaves the reports, so the collector forgets it; if it
     /// comes back, it is counted from zero as a new one. Endpoints of a
     /// listening socket are never retired. Until the map is three-quarters
-    /// full nothing is retired. One that never opened a connection (failed
-    /// attempts only: a port scan) may retire after 10 s.
+    /// full nothing is retired. One with failed attempts only (not one
+    /// connection or byte: a port scan) may retire after 10 s.
     #[arg(long, env = "EVENFLOW_RETIRE_IDLE_AFTER", default_value = "10m", value_parser = parse_retire_idle_after)]
     pub retire_idle_after: Duration,
 

@@ -11,8 +11,8 @@
 //! before the ones it served and longest idle first, until it is half
 //! full.
 //!
-//! An endpoint that never opened a connection, only failed attempts, goes
-//! first and sooner: quiet for [`FAILED_ONLY_IDLE`]. A port scan from the
+//! An endpoint with failed attempts only (not one connection opened or
+//! closed, not one byte) goes first and sooner: quiet for [`FAILED_ONLY_IDLE`]. A port scan from the
 //! node, or a client retrying a dead address list, makes one per address
 //! and port it tries; waiting `--retire-idle-after` (ten minutes) for them
 //! would leave the map full of them, and real endpoints uncounted, for as
@@ -52,7 +52,7 @@ pub const FAILED_ONLY_IDLE: std::time::Duration = std::time::Duration::from_secs
 pub struct Policy {
     /// Reads an endpoint must have stayed unchanged through.
     pub quiet_reads: u64,
-    /// Reads an endpoint that never opened a connection must have stayed
+    /// Reads an endpoint with failed attempts only must have stayed
     /// unchanged through (at most `quiet_reads`).
     pub failed_only_quiet_reads: u64,
     /// Endpoints the map holds.
@@ -83,8 +83,8 @@ impl Policy {
     /// A served endpoint with a listener on its port, or a port
     /// `--service` labels, stays: it is a pool's member, which an idle
     /// spell must leave judged ZERO, not gone (the agent sees only its own
-    /// namespace's listeners, not a pod's). Endpoints that never opened a
-    /// connection go first, then dialled ones, then served ones; longest
+    /// namespace's listeners, not a pod's). Endpoints with failed attempts
+    /// only go first, then dialled ones, then served ones; longest
     /// idle first within each.
     pub fn candidates(
         &self,

@@ -81,8 +81,9 @@ pub struct Alert {
     ok_streak: u32,
     /// Consecutive ticks a warning has asked to become a page.
     upgrade: u32,
-    /// Consecutive ticks its evidence has named another cause.
-    recause: u32,
+    /// The cause its evidence has named instead, and for how many ticks in
+    /// a row (see [`hold_cause`]).
+    recause: Option<(Option<Cause>, u32)>,
 }
 
 /// What changed this tick.
@@ -103,28 +104,38 @@ impl Transition {
 
 const RESOLVED_KEPT: usize = 1000;
 
-/// Ticks in a row an open alert's evidence must name another cause before
-/// the alert takes it: two share windows, longer than one failed attempt
-/// stays in the window. Causes ride in the alert's labels
-/// (`evenflow_alert_open`, webhooks), where a new value is a new alert to
-/// whoever routes on them, and a stray attempt can name another for a
-/// window; a lasting change (a SYN nobody answered is counted failed when
-/// conntrack forgets it, minutes after the page) is taken.
+/// Ticks in a row an open alert's evidence must name refusing, or stop
+/// naming it, before the alert's cause changes: two share windows, longer
+/// than one failed attempt stays in the window. Causes ride in the
+/// alert's labels (`evenflow_alert_open`, webhooks), where a new value is
+/// a new alert to whoever routes on them, and a stray attempt names
+/// refusing for a window; a lasting change (a SYN nobody answered is
+/// counted failed when conntrack forgets it, minutes after the page) is
+/// taken.
 pub(super) const CAUSE_HOLD: u32 = 2 * SHARE_WINDOW as u32;
 
 /// Whether the open alert `open` takes `cause`, which this tick's evidence
-/// names: only once it has named it [`CAUSE_HOLD`] ticks in a row.
+/// names. Into or out of refusing only once the evidence has named the
+/// same cause [`CAUSE_HOLD`] ticks in a row: failed attempts come and go
+/// with the window. Pinned and routing, which the member's new and open
+/// connections decide and which also decide how its alerts are grouped,
+/// change at once, as its severity does.
 fn hold_cause(open: &mut Alert, cause: Option<Cause>) -> bool {
     if cause == open.cause {
-        open.recause = 0;
+        open.recause = None;
         return false;
     }
-    open.recause += 1;
-    if open.recause < CAUSE_HOLD {
+    let streak = match open.recause {
+        Some((named, n)) if named == cause => n + 1,
+        _ => 1,
+    };
+    let refusing = |c: Option<Cause>| c == Some(Cause::Refusing);
+    if (refusing(cause) || refusing(open.cause)) && streak < CAUSE_HOLD {
+        open.recause = Some((cause, streak));
         return false;
     }
     open.cause = cause;
-    open.recause = 0;
+    open.recause = None;
     true
 }
 
@@ -499,6 +510,8 @@ impl Book {
                 continue;
             };
             a.ok_streak += 1;
+            // A tick it is not wanted names no cause.
+            a.recause = None;
             let needed = (s.clear_ticks * (1 + a.flaps)).min(120);
             if a.ok_streak >= needed
                 && let Some(mut a) = self.open.remove(&id)
@@ -628,7 +641,60 @@ impl Want {
             flaps: 0,
             ok_streak: 0,
             upgrade: 0,
-            recause: 0,
+            recause: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(cause: Cause) -> Alert {
+        Want {
+            kind: AlertKind::Skew,
+            signal: Some(Signal::ActiveConnections),
+            cause: Some(cause),
+            view: View::Server,
+            severity: Severity::Page,
+            observed: 0.0,
+            expected: 0.0,
+            summary: String::new(),
+            evidence: Vec::new(),
+        }
+        .into_alert("a".into(), "pool", "m", 0)
+    }
+
+    #[test]
+    fn pinned_and_routing_change_at_once() {
+        let mut a = open(Cause::Pinned);
+        assert!(hold_cause(&mut a, Some(Cause::Routing)));
+        assert_eq!(a.cause, Some(Cause::Routing));
+        assert!(hold_cause(&mut a, Some(Cause::Pinned)));
+    }
+
+    #[test]
+    fn refusing_is_taken_and_left_after_the_same_cause_held() {
+        let mut a = open(Cause::Routing);
+        for _ in 1..CAUSE_HOLD {
+            assert!(!hold_cause(&mut a, Some(Cause::Refusing)));
+        }
+        // A tick naming the alert's own cause starts the count again.
+        assert!(!hold_cause(&mut a, Some(Cause::Routing)));
+        for _ in 1..CAUSE_HOLD {
+            assert!(!hold_cause(&mut a, Some(Cause::Refusing)));
+        }
+        assert!(hold_cause(&mut a, Some(Cause::Refusing)));
+        assert_eq!(a.cause, Some(Cause::Refusing));
+        // Pinned and routing taking turns are not one cause held.
+        for i in 0..CAUSE_HOLD * 2 {
+            let c = if i % 2 == 0 {
+                Cause::Pinned
+            } else {
+                Cause::Routing
+            };
+            assert!(!hold_cause(&mut a, Some(c)), "tick {i}");
+        }
+        assert_eq!(a.cause, Some(Cause::Refusing));
     }
 }
