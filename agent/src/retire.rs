@@ -12,11 +12,11 @@
 //! full.
 //!
 //! An endpoint with failed attempts only (not one connection opened or
-//! closed, not one byte) goes first and sooner: quiet for [`FAILED_ONLY_IDLE`]. A port scan from the
-//! node, or a client retrying a dead address list, makes one per address
-//! and port it tries; waiting `--retire-idle-after` (ten minutes) for them
-//! would leave the map full of them, and real endpoints uncounted, for as
-//! long.
+//! closed, not one byte) goes first and sooner: quiet for
+//! [`FAILED_ONLY_IDLE`]. A port scan from the node, or a client retrying
+//! a dead address list, makes one per address and port it tries; waiting
+//! `--retire-idle-after` (ten minutes) for them would leave the map full
+//! of them, and real endpoints uncounted, for as long.
 //!
 //! A retired endpoint leaves the node's view at once and the reports to
 //! the collector once the collector has its last totals (see

@@ -121,21 +121,23 @@ impl Drop for Env {
     }
 }
 
-/// `sh` that moves itself into `cgroup`, then runs its arguments in
-/// namespace `ns`: a process of that cgroup from its first instruction, so
-/// every socket it opens meets the cgroup's sock_ops programs.
-fn in_cgroup(cgroup: &std::path::Path, ns: &str, cmd: &str, args: &[&str]) -> Command {
+/// The arguments of an `sh` that moves itself into `cgroup`, then runs
+/// `cmd args…` in namespace `ns`: a process of that cgroup from its first
+/// instruction, so every socket it opens meets the cgroup's sock_ops
+/// programs.
+fn in_cgroup(cgroup: &std::path::Path, ns: &str, cmd: &str, args: &[&str]) -> Vec<String> {
     let script = format!(
         "echo $$ > {}/cgroup.procs && exec ip netns exec {ns} \"$@\"",
         cgroup.display()
     );
-    let mut sh = Command::new("sh");
-    sh.args(["-c", &script, "sh", cmd]).args(args);
-    sh
+    let mut all = vec!["-c".to_owned(), script, "sh".to_owned(), cmd.to_owned()];
+    all.extend(args.iter().map(|a| (*a).to_owned()));
+    all
 }
 
 fn spawn_in(cgroup: &std::path::Path, ns: &str, cmd: &str, args: &[&str]) -> Result<Guard> {
-    let child = in_cgroup(cgroup, ns, cmd, args)
+    let child = Command::new("sh")
+        .args(in_cgroup(cgroup, ns, cmd, args))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -286,25 +288,14 @@ fn spread(v: &[f64], scale: f64, decimals: usize) -> String {
 /// Seconds of each iperf3 and hey run.
 const RUN_SECS: u32 = 4;
 
-/// Bulk throughput from `client` to `target`, in bits per second.
 /// Runs `cmd` in `cgroup` and namespace `ns` to its end; its output.
 fn exec_in(cgroup: &std::path::Path, ns: &str, cmd: &str, args: &[&str]) -> Result<String> {
-    let out = in_cgroup(cgroup, ns, cmd, args)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {cmd} in {ns}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd} in {ns} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    let all = in_cgroup(cgroup, ns, cmd, args);
+    netns::sh("sh", &all.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
-/// Throughput from a client in `cgroup` and namespace `client` to the
-/// iperf3 server on `target`.
+/// Bulk throughput, in bits per second, from a client in `cgroup` and
+/// namespace `client` to the iperf3 server on `target`.
 fn iperf_to(cgroup: &std::path::Path, client: &str, target: &str) -> Result<f64> {
     let secs = RUN_SECS.to_string();
     let out = exec_in(cgroup, client, "iperf3", &["-c", target, "-t", &secs, "-J"])?;
