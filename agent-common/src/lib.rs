@@ -293,6 +293,68 @@ pub const fn flow_tag(isn: u32, client_port: u16) -> u64 {
     if t == 0 { 1 } else { t as u64 }
 }
 
+/// A packet of a forwarded connection conntrack follows that changes its
+/// state, as TC egress writes it to `EF_CT_JOURNAL` instead of looking the
+/// connection up: the sweeper's drain replays them in the order they
+/// happened (see `agent-ebpf/src/journal.rs`).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct CtEvent {
+    /// When the packet left (`bpf_ktime_get_ns`): the order across CPUs.
+    pub at: u64,
+    /// The address of the connection's `nf_conn`.
+    pub conn: u64,
+    /// [`CT_EVENT_SYN`], [`CT_EVENT_SYN_ACK`] or [`CT_EVENT_END`].
+    pub kind: u8,
+    /// [`CT_EVENT_REPLY`], and for an end [`CT_EVENT_ASSURED`].
+    pub flags: u8,
+    /// The packet's destination port, host order.
+    pub port: u16,
+    /// A SYN's or SYN-ACK's sequence number: its direction's initial one.
+    pub seq: u32,
+    /// The packet's destination (IPv4-mapped for IPv4): the backend for a
+    /// SYN, the client for a SYN-ACK.
+    pub addr: [u32; 4],
+    /// For a SYN, the client as it dialled (address, port); for an end,
+    /// conntrack's ends of both directions' sequence numbers and how many
+    /// of each to hold back: `[end original, end reply, held original,
+    /// held reply]` and 0.
+    pub client_addr: [u32; 4],
+    /// The client's port as it dialled (a SYN's).
+    pub client_port: u16,
+    /// Explicit padding.
+    pub _pad: [u16; 3],
+}
+
+/// [`CtEvent::kind`] of a translated SYN leaving for its backend.
+pub const CT_EVENT_SYN: u8 = 1;
+/// [`CtEvent::kind`] of the backend's SYN-ACK.
+pub const CT_EVENT_SYN_ACK: u8 = 2;
+/// [`CtEvent::kind`] of the packet that ended the connection (the second
+/// FIN, or an RST that closed it).
+pub const CT_EVENT_END: u8 = 3;
+/// [`CtEvent::flags`]: the packet travelled the connection's reply
+/// direction (towards the client).
+pub const CT_EVENT_REPLY: u8 = 2;
+/// [`CtEvent::flags`] of an end: conntrack had seen the handshake's last
+/// ACK (`IPS_ASSURED`).
+pub const CT_EVENT_ASSURED: u8 = 1;
+
+/// Events each CPU's part of `EF_CT_JOURNAL` holds (a power of two): 32,768
+/// of 64 bytes, 2 MiB a CPU, an interval's worth at ten thousand
+/// connections a second on one CPU. A CPU whose part is full puts its
+/// events in `EF_CT_SPILL`.
+pub const CT_JOURNAL_SLOTS: u32 = 32_768;
+/// Capacity of `EF_CT_SPILL`, where events go while a CPU's part of the
+/// journal is full: with the parts, about fifteen seconds of an undrained
+/// journal at ten thousand connections a second.
+pub const CT_SPILL_ENTRIES: u32 = 393_216;
+/// Words of `EF_CT_JOURNAL_POS` each CPU owns: its part's head (written
+/// by TC egress) and tail (written by the drain), a cache line apart.
+pub const CT_JOURNAL_POS_WORDS: u32 = 16;
+/// The most CPUs the drain visits (a bound the verifier needs).
+pub const CT_JOURNAL_MAX_CPUS: u32 = 1_024;
+
 /// [`CtFlow`] index of the direction towards the backend (conntrack's
 /// `IP_CT_DIR_ORIGINAL`).
 pub const CT_ORIGINAL: usize = 0;
@@ -527,6 +589,14 @@ pub enum Stat {
     /// idle for long, with no connection open, while the map filled up.
     /// Written by the agent, not the programs.
     EndpointRetired = 15,
+    /// State changes of forwarded connections TC egress put in
+    /// `EF_CT_SPILL`, its CPU's part of the journal being full (the agent
+    /// was not draining it: stopped, or slower than the connections).
+    /// Applied all the same, in their turn.
+    JournalSpilled = 16,
+    /// State changes of forwarded connections lost: the journal's part and
+    /// the spill were full.
+    JournalLost = 17,
 }
 
 /// What the adoption iterator (`iter/tcp`, run once at the agent's start)
@@ -537,7 +607,7 @@ pub const ADOPT_ADOPTED: u8 = b'a';
 pub const ADOPT_UNSUPPORTED: u8 = b'u';
 
 /// Number of [`Stat`] slots.
-pub const STAT_COUNT: u32 = 16;
+pub const STAT_COUNT: u32 = 18;
 
 /// Names of [`Stat`] slots, in index order, as userspace reports them.
 pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
@@ -557,6 +627,8 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "endpoint_insert_no_memory",
     "flow_insert_no_memory",
     "endpoints_retired",
+    "journal_spilled",
+    "journal_lost",
 ];
 
 /// Capacity of the endpoint map (per CPU). Not LRU: an endpoint's totals
@@ -604,6 +676,17 @@ pub mod maps {
     /// follows until the sweeper moves them there (see
     /// [`CT_YOUNG_ENTRIES`](super::CT_YOUNG_ENTRIES)).
     pub const CT_YOUNG: &str = "EF_CT_YOUNG";
+    /// Array of `CtEvent`, [`CT_JOURNAL_SLOTS`](super::CT_JOURNAL_SLOTS)
+    /// a CPU: state changes of connections conntrack follows, drained into
+    /// `EF_CT_YOUNG` and `EF_CT_FLOWS` by the sweeper.
+    pub const CT_JOURNAL: &str = "EF_CT_JOURNAL";
+    /// Array of `u64`: each CPU's head and tail in `EF_CT_JOURNAL` (see
+    /// [`CT_JOURNAL_POS_WORDS`](super::CT_JOURNAL_POS_WORDS)), then the
+    /// number of events in `EF_CT_SPILL`.
+    pub const CT_JOURNAL_POS: &str = "EF_CT_JOURNAL_POS";
+    /// Hash `u64 -> CtEvent`: journal events whose CPU's part was full,
+    /// by CPU and position.
+    pub const CT_SPILL: &str = "EF_CT_SPILL";
     /// Hash `u64 -> CtAdopt`, not pinned: the forwarded connections the
     /// agent asks the adoption iterator to adopt, by their record.
     pub const CT_ADOPT: &str = "EF_CT_ADOPT";
@@ -653,8 +736,9 @@ pub const META_COUNT: u32 = 8;
 /// preallocated, and the flow maps the layout does not use have one entry.
 /// 11: `EF_STATS` counts inserts refused for want of memory apart, and
 /// the endpoints the agent retired. 12: `EndpointCounters` counts failed
-/// connection attempts.
-pub const LAYOUT_VERSION: u64 = 12;
+/// connection attempts. 13: connections conntrack follows change state
+/// through `EF_CT_JOURNAL`, which programs of layout 12 would not drain.
+pub const LAYOUT_VERSION: u64 = 13;
 
 /// The IPv4-mapped IPv6 form (`::ffff:a.b.c.d`) of an IPv4 address given
 /// as it sits in memory (network byte order bytes read as a native `u32`).

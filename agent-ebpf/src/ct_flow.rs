@@ -19,7 +19,8 @@ use core::ptr::read_volatile;
 
 use agent_common::{
     CT_ADOPT_ADOPTED, CT_ADOPT_FOLLOWED, CT_ADOPT_FULL, CT_ADOPT_GONE, CT_CLOSING, CT_COPY,
-    CT_ENDED, CT_ISN_ORIGINAL, CT_ISN_REPLY, CT_MOVED, CT_ORIGINAL, CT_REPLY, CT_YOUNG_ENTRIES,
+    CT_ENDED, CT_EVENT_ASSURED, CT_EVENT_END, CT_EVENT_REPLY, CT_EVENT_SYN, CT_EVENT_SYN_ACK,
+    CT_ISN_ORIGINAL, CT_ISN_REPLY, CT_MOVED, CT_ORIGINAL, CT_REPLY, CT_YOUNG_ENTRIES, CtEvent,
     CtFlow, Direction, EndpointKey, FLOW_OPEN, MAX_FLOWS, PROTO_TCP, Stat, TAG_SHIFT, flow_tag,
 };
 use aya_ebpf::{
@@ -34,6 +35,7 @@ use crate::{
     atomic,
     conntrack::{self, Ct, Seen},
     counters::{Traffic, add_traffic, insert_failed, opened, stat},
+    journal,
     packet::{Packet, Side},
 };
 
@@ -90,8 +92,10 @@ fn find<'a>(conn: u64) -> Option<(&'a mut CtFlow, Tier)> {
 }
 
 /// A packet of a connection conntrack follows that may change its state.
-/// Inline: in a frame of its own, with the packet parser's below it, the
-/// call chain would overflow the stack.
+/// Its SYN, its backend's SYN-ACK and the packet that ends it go to the
+/// journal, which the drain applies (see [`crate::journal`]). Inline: in a frame of its own,
+/// with the packet parser's below it, the call chain would overflow the
+/// stack.
 #[inline(always)]
 pub fn on_packet(ctx: &TcContext, ct: Ct) {
     let Some(pkt) = Packet::parse(ctx, Side::Egress) else {
@@ -101,35 +105,235 @@ pub fn on_packet(ctx: &TcContext, ct: Ct) {
         return;
     }
     if pkt.is_syn() && !ct.reply {
-        if register(ctx, &pkt, ct.conn) {
-            // Ended here, not in `register`: the call chain, and so the
-            // stack, stays short.
-            if let Some((old, tier)) = find(ct.conn) {
-                end_stale(old, tag(old), ct.conn, tier);
-            }
-            let _ = register(ctx, &pkt, ct.conn);
-        }
+        on_syn(&pkt, ct.conn);
         return;
     }
     if pkt.is_fin() || pkt.is_rst() {
         on_close(&pkt, ct);
         return;
     }
-    let Some((f, tag, _)) = followed(&pkt, ct) else {
+    if pkt.is_syn_ack() {
+        // The backend's initial sequence number, from its SYN-ACK.
+        if ct.reply {
+            let key = pkt.flow_key();
+            let a = SynAck {
+                conn: ct.conn,
+                client: (key.remote_addr, key.remote_port),
+                isn: pkt.seq,
+            };
+            journal::append(&mut a.event());
+        }
+        return;
+    }
+    let Some((f, tag, _)) = followed(&to(&pkt), ct) else {
         return;
     };
-    if pkt.is_syn_ack() {
-        // The backend's initial sequence number, from its first SYN-ACK:
-        // a retransmission carries the same one and writes nothing, so
-        // that no SYN-ACK writes into an entry the sweeper is moving (only
-        // a connection whose number is known moves) or has just freed.
-        // SAFETY: a field of a live entry.
-        if ct.reply && unsafe { read_volatile(&f.flags) } & CT_ISN_REPLY == 0 {
-            f.isn[CT_REPLY] = pkt.seq;
-            set_tagged(f, tag, CT_ISN_REPLY);
+    catch_up_crossing(f, tag, ct);
+}
+
+/// A packet's destination, which tells the connection it belongs to from
+/// another on a reused record (see [`is_for`]).
+#[inline(always)]
+fn to(pkt: &Packet) -> ([u32; 4], u16) {
+    let key = pkt.flow_key();
+    (key.remote_addr, key.remote_port)
+}
+
+/// A SYN leaving for its backend: journaled if conntrack translated its
+/// destination. Out of line: SYNs only.
+#[inline(never)]
+fn on_syn(pkt: &Packet, conn: u64) {
+    let key = pkt.flow_key();
+    let Some(origin) = conntrack::dialled(conn, (&key.remote_addr, key.remote_port)) else {
+        stat(Stat::SynRouted, 1);
+        return;
+    };
+    let syn = Syn {
+        conn,
+        backend: (key.remote_addr, key.remote_port),
+        client: (origin.src_addr, origin.src_port),
+        isn: pkt.seq,
+    };
+    journal::append(&mut syn.event());
+}
+
+/// A translated SYN, as the journal holds it.
+pub struct Syn {
+    conn: u64,
+    backend: ([u32; 4], u16),
+    /// The client as it dialled.
+    client: ([u32; 4], u16),
+    isn: u32,
+}
+
+/// The backend's SYN-ACK, as the journal holds it.
+pub struct SynAck {
+    conn: u64,
+    client: ([u32; 4], u16),
+    isn: u32,
+}
+
+/// The packet that ended a connection, as the journal holds it: where it
+/// was going, and what conntrack had seen by then.
+pub struct End {
+    conn: u64,
+    to: ([u32; 4], u16),
+    reply: bool,
+    last: Last,
+}
+
+/// What conntrack had seen of a connection when it ended: each
+/// direction's end in sequence space, how many sequence numbers of each to
+/// hold back (its FINs'), and whether the handshake completed.
+#[derive(Copy, Clone)]
+pub struct Last {
+    ends: [u32; 2],
+    held: (u32, u32),
+    assured: bool,
+}
+
+impl Syn {
+    #[inline(always)]
+    fn event(&self) -> CtEvent {
+        CtEvent {
+            at: 0,
+            conn: self.conn,
+            kind: CT_EVENT_SYN,
+            flags: 0,
+            port: self.backend.1,
+            seq: self.isn,
+            addr: self.backend.0,
+            client_addr: self.client.0,
+            client_port: self.client.1,
+            _pad: [0; 3],
         }
-    } else {
-        catch_up_crossing(f, tag, ct);
+    }
+}
+
+impl From<&CtEvent> for Syn {
+    #[inline(always)]
+    fn from(ev: &CtEvent) -> Self {
+        Self {
+            conn: ev.conn,
+            backend: (ev.addr, ev.port),
+            client: (ev.client_addr, ev.client_port),
+            isn: ev.seq,
+        }
+    }
+}
+
+impl SynAck {
+    #[inline(always)]
+    fn event(&self) -> CtEvent {
+        CtEvent {
+            at: 0,
+            conn: self.conn,
+            kind: CT_EVENT_SYN_ACK,
+            flags: CT_EVENT_REPLY,
+            port: self.client.1,
+            seq: self.isn,
+            addr: self.client.0,
+            client_addr: [0; 4],
+            client_port: 0,
+            _pad: [0; 3],
+        }
+    }
+}
+
+impl From<&CtEvent> for SynAck {
+    #[inline(always)]
+    fn from(ev: &CtEvent) -> Self {
+        Self {
+            conn: ev.conn,
+            client: (ev.addr, ev.port),
+            isn: ev.seq,
+        }
+    }
+}
+
+impl End {
+    #[inline(always)]
+    fn event(&self) -> CtEvent {
+        let l = &self.last;
+        CtEvent {
+            at: 0,
+            conn: self.conn,
+            kind: CT_EVENT_END,
+            flags: if self.reply { CT_EVENT_REPLY } else { 0 }
+                | if l.assured { CT_EVENT_ASSURED } else { 0 },
+            port: self.to.1,
+            seq: 0,
+            addr: self.to.0,
+            client_addr: [l.ends[0], l.ends[1], l.held.0, l.held.1],
+            client_port: 0,
+            _pad: [0; 3],
+        }
+    }
+}
+
+impl From<&CtEvent> for End {
+    #[inline(always)]
+    fn from(ev: &CtEvent) -> Self {
+        let w = ev.client_addr;
+        Self {
+            conn: ev.conn,
+            to: (ev.addr, ev.port),
+            reply: ev.flags & CT_EVENT_REPLY != 0,
+            last: Last {
+                ends: [w[0], w[1]],
+                held: (w[2], w[3]),
+                assured: ev.flags & CT_EVENT_ASSURED != 0,
+            },
+        }
+    }
+}
+
+/// Starts following a translated SYN's connection, as the drain applies
+/// it. A record followed
+/// for another connection was reused by conntrack before the sweeper saw
+/// that one go: it is ended first.
+#[inline(always)]
+pub fn start(ctx: &TcContext, syn: &Syn) {
+    if register(ctx, syn) {
+        // Ended here, not in `register`: the call chain, and so the
+        // stack, stays short.
+        if let Some((old, tier)) = find(syn.conn) {
+            end_stale(old, tag(old), syn.conn, tier);
+        }
+        let _ = register(ctx, syn);
+    }
+}
+
+/// Notes the backend's initial sequence number, from its first SYN-ACK:
+/// a retransmission carries the same one and writes nothing, so that no
+/// SYN-ACK writes into an entry the sweeper is moving (only a connection
+/// whose number is known moves) or has just freed.
+#[inline(always)]
+pub fn answered(a: &SynAck) {
+    let ct = Ct {
+        conn: a.conn,
+        reply: true,
+    };
+    let Some((f, tag, _)) = followed(&a.client, ct) else {
+        return;
+    };
+    // SAFETY: a field of a live entry.
+    if unsafe { read_volatile(&f.flags) } & CT_ISN_REPLY == 0 {
+        f.isn[CT_REPLY] = a.isn;
+        set_tagged(f, tag, CT_ISN_REPLY);
+    }
+}
+
+/// Ends the connection an end packet belongs to, with what conntrack had
+/// seen as it passed.
+#[inline(always)]
+pub fn finish(e: &End) {
+    let ct = Ct {
+        conn: e.conn,
+        reply: e.reply,
+    };
+    if let Some((f, tag, tier)) = followed(&e.to, ct) {
+        end(f, tag, e.conn, tier, Some(&e.last));
     }
 }
 
@@ -138,7 +342,12 @@ pub fn on_packet(ctx: &TcContext, ct: Ct) {
 #[inline(never)]
 fn catch_up_crossing(f: &mut CtFlow, tag: u64, ct: Ct) {
     if let Some(seen) = Seen::of(ct.conn) {
-        catch_up_bytes(f, tag, &seen, ct.reply, 1);
+        let dir = if ct.reply {
+            conntrack::REPLY
+        } else {
+            conntrack::ORIGINAL
+        };
+        catch_up_bytes(f, tag, seen.end(dir), ct.reply, 1);
     }
 }
 
@@ -168,20 +377,28 @@ fn on_close(pkt: &Packet, ct: Ct) {
     if !ends {
         return;
     }
-    if let Some((f, tag, tier)) = followed(pkt, ct) {
-        end(f, tag, ct.conn, tier, Some((&seen, seen.held())));
-    }
+    let e = End {
+        conn: ct.conn,
+        to: to(pkt),
+        reply: ct.reply,
+        last: Last {
+            ends: [seen.end(conntrack::ORIGINAL), seen.end(conntrack::REPLY)],
+            held: seen.held(),
+            assured: conntrack::assured(ct.conn),
+        },
+    };
+    journal::append(&mut e.event());
 }
 
-/// The connection `pkt` belongs to, if it is followed, its tag and its
+/// The connection a packet leaving for `to` belongs to, if it is followed, its tag and its
 /// map. A record followed for another connection was reused by conntrack
 /// for one evenflow does not follow (routed, or picked up midway) before
 /// the sweeper saw the followed one go: that one is over.
 #[inline(always)]
-fn followed<'a>(pkt: &Packet, ct: Ct) -> Option<(&'a mut CtFlow, u64, Tier)> {
+fn followed<'a>(to: &([u32; 4], u16), ct: Ct) -> Option<(&'a mut CtFlow, u64, Tier)> {
     let (f, tier) = find(ct.conn)?;
     let tag = tag(f);
-    if is_for(f, pkt, ct.reply) {
+    if is_for(f, to, ct.reply) {
         Some((f, tag, tier))
     } else {
         end_stale(f, tag, ct.conn, tier);
@@ -212,17 +429,17 @@ fn entry(endpoint: EndpointKey, client: (&[u32; 4], u16), isn: [u32; 2], flags: 
     }
 }
 
-/// Whether `pkt` belongs to the connection `f` follows: it leaves for the
-/// backend in the original direction, for the client in the reply one.
+/// Whether a packet leaving for `to` belongs to the connection `f`
+/// follows: it leaves for the backend in the original direction, for the
+/// client in the reply one.
 #[inline(always)]
-fn is_for(f: &CtFlow, pkt: &Packet, reply: bool) -> bool {
-    let key = pkt.flow_key();
+fn is_for(f: &CtFlow, to: &([u32; 4], u16), reply: bool) -> bool {
     let (addr, port) = if reply {
         (&f.client_addr, f.client_port)
     } else {
         (&f.endpoint.addr, f.endpoint.port)
     };
-    key.remote_port == port && agent_common::same_addr(&key.remote_addr, addr)
+    to.1 == port && agent_common::same_addr(&to.0, addr)
 }
 
 /// Sets `bits` in the flags of the connection tagged `tag`; the flags
@@ -250,26 +467,24 @@ fn set_tagged_unless(f: &mut CtFlow, tag: u64, bits: u64, unless: u64) -> Option
     None
 }
 
-/// Starts following a SYN's connection if conntrack translated its
-/// destination. Returns true when its record is followed already for
-/// another connection: conntrack freed the record and reused it for this
-/// one before the sweeper saw the old one go, which the caller ends before
-/// registering again. Out of line: SYNs only.
+/// Starts following a translated SYN's connection. Returns true when its
+/// record is followed already for another connection: conntrack freed
+/// the record and reused it for this one before the sweeper saw the old
+/// one go, which the caller ends before registering again. Out of line.
 #[inline(never)]
-fn register(ctx: &TcContext, pkt: &Packet, conn: u64) -> bool {
-    let key = pkt.flow_key();
-    let Some(origin) = conntrack::dialled(conn, (&key.remote_addr, key.remote_port)) else {
-        stat(Stat::SynRouted, 1);
+fn register(ctx: &TcContext, syn: &Syn) -> bool {
+    let conn = syn.conn;
+    if adopted(conn, syn) {
         return false;
-    };
+    }
     let endpoint = EndpointKey {
-        addr: key.remote_addr,
-        port: key.remote_port,
+        addr: syn.backend.0,
+        port: syn.backend.1,
         direction: Direction::SendsTo as u8,
         proto: PROTO_TCP,
     };
-    let client = (&origin.src_addr, origin.src_port);
-    let v = entry(endpoint, client, [pkt.seq, 0], CT_ISN_ORIGINAL);
+    let client = (&syn.client.0, syn.client.1);
+    let v = entry(endpoint, client, [syn.isn, 0], CT_ISN_ORIGINAL);
     let mut tier = Tier::Young;
     let mut inserted = CT_YOUNG.insert(&conn, &v, BPF_NOEXIST as u64);
     // -E2BIG: the young are as many as it holds.
@@ -287,6 +502,22 @@ fn register(ctx: &TcContext, pkt: &Packet, conn: u64) -> bool {
         }
     }
     false
+}
+
+/// Whether the agent's start adopted the connection whose SYN this is,
+/// from conntrack, before the drain applied the SYN (it was journaled
+/// just before): an adopted connection's initial sequence number is
+/// where conntrack's count stood at the adoption, past its SYN's.
+#[inline(always)]
+fn adopted(conn: u64, syn: &Syn) -> bool {
+    CT_FLOWS.get_ptr(&conn).is_some_and(|f| {
+        // SAFETY: a live entry.
+        let f = unsafe { &*f };
+        f.client_port == syn.client.1
+            && f.endpoint.port == syn.backend.1
+            && f.isn[CT_ORIGINAL].wrapping_sub(syn.isn) as i32 > 0
+            && agent_common::same_addr(&f.client_addr, &syn.client.0)
+    })
 }
 
 /// Follows the established connection from `client` to `backend` whose
@@ -410,8 +641,8 @@ pub fn sweep(key: *const u64, f: &mut CtFlow, tier: Tier) {
     let closing = flags & CT_CLOSING != 0;
     if let Some(seen) = seen {
         let held = if closing { seen.held() } else { (1, 1) };
-        catch_up_bytes(f, tag, &seen, false, held.0);
-        catch_up_bytes(f, tag, &seen, true, held.1);
+        catch_up_bytes(f, tag, seen.end(conntrack::ORIGINAL), false, held.0);
+        catch_up_bytes(f, tag, seen.end(conntrack::REPLY), true, held.1);
     }
     catch_up_open(f, tag, &endpoint, conn);
     let t = unfolded(f, tag);
@@ -509,21 +740,11 @@ fn catch_up_open(f: &mut CtFlow, tag: u64, endpoint: &EndpointKey, conn: u64) {
 /// and a packet) never add twice; tagged, so it is never raised once the
 /// entry holds another connection.
 #[inline(always)]
-fn catch_up_bytes(f: &mut CtFlow, tag: u64, seen: &Seen, reply: bool, held: u32) {
-    let (known, dir, isn, bytes) = if reply {
-        (
-            CT_ISN_REPLY,
-            conntrack::REPLY,
-            f.isn[CT_REPLY],
-            &raw mut f.bytes[CT_REPLY],
-        )
+fn catch_up_bytes(f: &mut CtFlow, tag: u64, end: u32, reply: bool, held: u32) {
+    let (known, isn, bytes) = if reply {
+        (CT_ISN_REPLY, f.isn[CT_REPLY], &raw mut f.bytes[CT_REPLY])
     } else {
-        (
-            CT_ISN_ORIGINAL,
-            conntrack::ORIGINAL,
-            f.isn[CT_ORIGINAL],
-            &raw mut f.bytes[CT_ORIGINAL],
-        )
+        (CT_ISN_ORIGINAL, f.isn[CT_ORIGINAL], &raw mut f.bytes[CT_ORIGINAL])
     };
     // Until the backend answered, conntrack's count for the client's side
     // may stem from a retried SYN that never left (a rule dropped it): it
@@ -531,7 +752,6 @@ fn catch_up_bytes(f: &mut CtFlow, tag: u64, seen: &Seen, reply: bool, held: u32)
     if f.flags & (known | CT_ISN_REPLY) != known | CT_ISN_REPLY {
         return;
     }
-    let end = seen.end(dir);
     // SAFETY: a field of a live (or just reused) entry.
     let have = unsafe { read_volatile(bytes) } & VALUE;
     // Where the bytes counted so far end, in sequence space: past the SYN.
@@ -577,7 +797,7 @@ fn unfolded(f: &mut CtFlow, tag: u64) -> Traffic {
 /// end replaced) only one does, and only the claimer removes the key,
 /// which then still holds this entry.
 #[inline(never)]
-fn end(f: &mut CtFlow, tag: u64, conn: u64, tier: Tier, last: Option<(&Seen, (u32, u32))>) -> bool {
+fn end(f: &mut CtFlow, tag: u64, conn: u64, tier: Tier, last: Option<&Last>) -> bool {
     let Some((f, tier, flags)) = claim(f, tag, conn, tier) else {
         return false;
     };
@@ -585,14 +805,14 @@ fn end(f: &mut CtFlow, tag: u64, conn: u64, tier: Tier, last: Option<(&Seen, (u3
     // connection inserted on this CPU (the tagged writes below then fail).
     let endpoint = f.endpoint;
     let _ = tier.map().remove(&conn);
-    if let Some((seen, (tx, rx))) = last {
-        catch_up_bytes(f, tag, seen, false, tx);
-        catch_up_bytes(f, tag, seen, true, rx);
+    if let Some(last) = last {
+        catch_up_bytes(f, tag, last.ends[CT_ORIGINAL], false, last.held.0);
+        catch_up_bytes(f, tag, last.ends[CT_REPLY], true, last.held.1);
     }
     let mut t = unfolded(f, tag);
     // The end bit is set: no sweep counts the open from here on.
     let counted = flags & FLOW_OPEN as u64 != 0;
-    t.conns_opened = (!counted && last.is_some() && conntrack::assured(conn)) as u64;
+    t.conns_opened = (!counted && last.is_some_and(|l| l.assured)) as u64;
     t.conns_closed = (counted || t.conns_opened != 0) as u64;
     // Never opened: refused, unanswered until conntrack forgot it, or
     // given up by the client.

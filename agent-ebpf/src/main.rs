@@ -17,6 +17,8 @@
 //!   Connections conntrack follows are one entry each, looked up only when
 //!   their state may change ([`ct_flow`]); others are counted packet by
 //!   packet ([`forward`]).
+//! * [`journal`]: where TC egress writes the state changes of connections
+//!   conntrack follows, and the drain that applies them to their maps.
 //! * [`sweeper`]: iterators over forwarded flows that fold their bytes into
 //!   the endpoints and end the ones conntrack forgot (or would have).
 //! * [`ct_adopt`]: an iterator the agent runs once at start, which adopts
@@ -35,6 +37,7 @@ mod counters;
 mod ct_adopt;
 mod ct_flow;
 mod forward;
+mod journal;
 mod kernel;
 mod packet;
 mod reset;

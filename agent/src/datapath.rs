@@ -254,6 +254,10 @@ pub struct Datapath {
     /// Whether the storage sampler's walk was said not to reach other
     /// network namespaces.
     unreached_said: std::sync::atomic::AtomicBool,
+    /// The journal's drain (where conntrack is followed), run before every
+    /// read and before the sweepers: it starts and ends the connections
+    /// TC egress journaled since.
+    drain: Option<Walk>,
     /// The flow sweepers, one per map of forwarded connections, run before
     /// every read while a connection is tracked.
     sweepers: Vec<Walk>,
@@ -291,10 +295,15 @@ impl Datapath {
         let sock_slots_mask = sock_slots - 1;
         let level = cfg.ebpf_log.aya_level();
         let flows = FlowMap::of(kernel.conntrack);
+        let journal = Journal::of(kernel.conntrack)?;
         let mut loader = EbpfLoader::new();
         for (map, entries) in flows.sizes(cfg.max_flows) {
             loader.map_max_entries(map, entries);
         }
+        for (map, entries) in journal.sizes() {
+            loader.map_max_entries(map, entries);
+        }
+        loader.override_global("JOURNAL_CPUS", &journal.cpus, true);
         loader
             .default_map_pin_directory(&pin_dir)
             .map_max_entries(maps::ENDPOINTS, cfg.max_endpoints)
@@ -331,6 +340,7 @@ impl Datapath {
         // replaced by its own.
         let resets_loaded = load_linked(&mut ebpf)?;
         let slot_sampler = Walk::load(&mut ebpf, "evenflow_slot_sampler")?;
+        let drain = journal.load_drain(&mut ebpf)?;
         let sweepers = flows
             .maps
             .iter()
@@ -375,6 +385,11 @@ impl Datapath {
             adopt(&mut ebpf, &btf);
         }
         if kernel.conntrack && forwards {
+            // What the journal holds first: a connection whose SYN is in it
+            // is followed already, not one to adopt.
+            if let Some(drain) = &drain {
+                drain.run()?;
+            }
             adopt_forwarded(&mut ebpf, &translations.forwarded);
         }
         info!(
@@ -436,6 +451,7 @@ impl Datapath {
             slot_sampler,
             storage_sampler,
             unreached_said: std::sync::atomic::AtomicBool::new(false),
+            drain,
             sweepers,
             pinned,
             links_dir,
@@ -664,6 +680,9 @@ impl Datapath {
         out.clear();
         self.slot_sampler.run()?;
         self.sample_storage()?;
+        if let Some(drain) = &self.drain {
+            drain.run()?;
+        }
         // The sweeper walks every bucket of the flow map, empty or not
         // (--max-flows of them: a fifth of the agent's CPU on a node with
         // 10,000 endpoints and no forwarded connection), so it runs only
@@ -1129,6 +1148,57 @@ fn kernel_offsets(per_packet: bool) -> Result<KernelOffsets> {
 /// hold `--max-flows` together.
 fn young_flows(max_flows: u32) -> u32 {
     (max_flows / 2).min(agent_common::CT_YOUNG_ENTRIES)
+}
+
+/// The journal of forwarded connections' state changes: sized for the
+/// node's CPUs where conntrack is followed, one entry each elsewhere.
+struct Journal {
+    /// CPUs it has parts for; 0 for none.
+    cpus: u32,
+}
+
+impl Journal {
+    fn of(conntrack: bool) -> Result<Self> {
+        let cpus = if conntrack {
+            let n = aya::util::nr_cpus().map_err(|(what, e)| {
+                anyhow::anyhow!("counting this node's CPUs for the journal ({what}): {e}")
+            })?;
+            u32::try_from(n)
+                .ok()
+                .filter(|&n| n <= agent_common::CT_JOURNAL_MAX_CPUS)
+                .with_context(|| {
+                    format!(
+                        "this node has {n} possible CPUs; evenflow's journal of forwarded \
+                         connections supports {} (run with --forwarded-per-packet)",
+                        agent_common::CT_JOURNAL_MAX_CPUS
+                    )
+                })?
+        } else {
+            0
+        };
+        Ok(Self { cpus })
+    }
+
+    /// Its maps' entries: a part of each map per CPU (and the spill's
+    /// count after the parts' positions).
+    fn sizes(&self) -> [(&'static str, u32); 3] {
+        let parts = self.cpus;
+        [
+            (maps::CT_JOURNAL, parts * agent_common::CT_JOURNAL_SLOTS),
+            (
+                maps::CT_JOURNAL_POS,
+                (parts + 1) * agent_common::CT_JOURNAL_POS_WORDS,
+            ),
+            (maps::CT_SPILL, agent_common::CT_SPILL_ENTRIES),
+        ]
+        .map(|(map, entries)| (map, if self.cpus == 0 { 1 } else { entries }))
+    }
+
+    fn load_drain(&self, ebpf: &mut Ebpf) -> Result<Option<Walk>> {
+        (self.cpus != 0)
+            .then(|| Walk::load(ebpf, "evenflow_ct_drain"))
+            .transpose()
+    }
 }
 
 /// The maps this agent keeps forwarded connections in, each with its

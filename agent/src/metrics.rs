@@ -161,6 +161,16 @@ pub fn render(snap: &v1::Snapshot) -> String {
                 d.endpoints_retired,
             ),
             (
+                "journal_spilled",
+                "State changes of forwarded connections that found their CPU's part of the journal full (applied all the same).",
+                d.journal_spilled,
+            ),
+            (
+                "journal_lost",
+                "State changes of forwarded connections lost: the journal and its spill were full.",
+                d.journal_lost,
+            ),
+            (
                 "endpoint_insert_no_memory",
                 "Of endpoint_insert_failed, endpoints the kernel could not allocate counters for (memory limit).",
                 d.endpoint_insert_no_memory,

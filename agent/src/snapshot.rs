@@ -108,6 +108,8 @@ pub fn build(i: &Inputs<'_>) -> v1::Snapshot {
             endpoint_insert_no_memory: i.stats.endpoint_insert_no_memory(),
             flow_insert_no_memory: i.stats.flow_insert_no_memory(),
             endpoints_retired: i.stats.slot(Stat::EndpointRetired),
+            journal_spilled: i.stats.slot(Stat::JournalSpilled),
+            journal_lost: i.stats.slot(Stat::JournalLost),
         }),
         interfaces: i.interfaces.to_vec(),
         cgroup: i.cgroup.to_owned(),

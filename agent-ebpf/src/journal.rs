@@ -1,0 +1,268 @@
+//! The journal of forwarded connections' state changes (`EF_CT_JOURNAL`).
+//!
+//! A connection conntrack follows changes state at three packets: its SYN
+//! (it starts), the backend's SYN-ACK (the reply's initial sequence
+//! number) and the packet that ends it. Applied where they pass, each is
+//! an insert, a lookup or a removal in a hash map whose line last sat in
+//! the other CPU's cache: two thirds of TC egress's cost on a balancer
+//! whose connections are short (see docs/counting.md). So TC egress only
+//! appends what it saw to its own CPU's part of the journal, one array
+//! slot written in order, and the sweeper's drain, run by the agent before
+//! every read, applies the events to the maps in the order they happened
+//! ([`drain`]). The endpoint's counts are the same and reach the same
+//! report; the maps' work moves from the packet's softirq to the agent's
+//! read, in one batch.
+//!
+//! Each CPU's part is a ring with one writer (TC egress on that CPU) and
+//! one reader (the drain): the head, which the writer publishes after the
+//! event, and the tail, which the drain moves past what it applied, sit a
+//! cache line apart in `EF_CT_JOURNAL_POS`. Where a part is full (the
+//! agent stopped draining, or drains slower than connections come), an
+//! event goes to `EF_CT_SPILL` under its CPU and position instead, at the
+//! cost of a hash-map insert, and the drain takes it from there in its
+//! turn: the order holds, and `journal_spilled` counts them. Only an event
+//! that finds the spill full too is lost (`journal_lost`).
+
+use core::{
+    ffi::c_void,
+    ptr::{read_volatile, write_volatile},
+};
+
+use agent_common::{
+    CT_EVENT_END, CT_EVENT_SYN, CT_EVENT_SYN_ACK, CT_JOURNAL_MAX_CPUS, CT_JOURNAL_POS_WORDS,
+    CT_JOURNAL_SLOTS, CT_SPILL_ENTRIES, CtEvent, Stat,
+};
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    helpers::generated::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_loop},
+    macros::{classifier, map},
+    maps::{Array, HashMap},
+    programs::TcContext,
+};
+
+use crate::{atomic, counters::stat, ct_flow};
+
+/// The events, [`CT_JOURNAL_SLOTS`] a CPU (the agent sizes it for the
+/// node's CPUs; one entry where forwarded connections are not followed in
+/// conntrack).
+#[map(name = "EF_CT_JOURNAL")]
+pub static JOURNAL: Array<CtEvent> = Array::pinned(1, 0);
+
+/// Each CPU's head and tail (see [`CT_JOURNAL_POS_WORDS`]), then the
+/// number of events in the spill.
+#[map(name = "EF_CT_JOURNAL_POS")]
+pub static POS: Array<u64> = Array::pinned(1, 0);
+
+/// Events whose CPU's part was full, by [`spill_key`]. Not preallocated:
+/// it takes memory only while the journal overflows.
+#[map(name = "EF_CT_SPILL")]
+pub static SPILL: HashMap<u64, CtEvent> = HashMap::pinned(CT_SPILL_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// The CPUs the agent sized the journal for; 0: no journal.
+#[unsafe(no_mangle)]
+static JOURNAL_CPUS: u32 = 0;
+
+const HEAD: u32 = 0;
+const TAIL: u32 = CT_JOURNAL_POS_WORDS / 2;
+
+/// Events one run of the drain applies at most: `bpf_loop`'s bound, more
+/// than the journal of 256 CPUs holds.
+const DRAIN_MAX: u32 = 1 << 23;
+
+#[inline(always)]
+fn cpus() -> u32 {
+    // SAFETY: a plain static; volatile so the agent's value is used.
+    unsafe { read_volatile(&JOURNAL_CPUS) }.min(CT_JOURNAL_MAX_CPUS)
+}
+
+/// `cpu`'s head (or tail) word.
+#[inline(always)]
+fn pos(cpu: u32, which: u32) -> Option<*mut u64> {
+    POS.get_ptr_mut(cpu * CT_JOURNAL_POS_WORDS + which)
+}
+
+/// The count of events in the spill.
+#[inline(always)]
+fn spilled() -> Option<*mut u64> {
+    POS.get_ptr_mut(cpus() * CT_JOURNAL_POS_WORDS)
+}
+
+#[inline(always)]
+fn slot(cpu: u32, at: u64) -> Option<*mut CtEvent> {
+    JOURNAL.get_ptr_mut(cpu * CT_JOURNAL_SLOTS + (at as u32 & (CT_JOURNAL_SLOTS - 1)))
+}
+
+/// The spill's key of `cpu`'s event at position `at`.
+#[inline(always)]
+fn spill_key(cpu: u32, at: u64) -> u64 {
+    (u64::from(cpu) << 48) | (at & ((1 << 48) - 1))
+}
+
+/// Appends `ev` to this CPU's part (or, where it is full, to the spill),
+/// stamped with the time.
+#[inline(always)]
+pub fn append(ev: &mut CtEvent) {
+    if cpus() == 0 {
+        return;
+    }
+    // SAFETY: no arguments.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let (Some(head), Some(tail), Some(spilled)) = (pos(cpu, HEAD), pos(cpu, TAIL), spilled())
+    else {
+        return;
+    };
+    // SAFETY: array slots, valid for the map's lifetime. Only this CPU's
+    // TC egress writes its head, and no other program of this CPU runs
+    // between the read and the write (softirq).
+    let (h, t) = unsafe { (read_volatile(head), read_volatile(tail)) };
+    // SAFETY: no arguments.
+    ev.at = unsafe { bpf_ktime_get_ns() };
+    if h.wrapping_sub(t) < u64::from(CT_JOURNAL_SLOTS) {
+        let Some(slot) = slot(cpu, h) else {
+            return;
+        };
+        // SAFETY: the slot is past the tail, so the drain does not read
+        // it until the head passes it.
+        unsafe { write_volatile(slot, *ev) };
+    } else if SPILL.insert(spill_key(cpu, h), ev, 0).is_ok() {
+        // SAFETY: an array slot.
+        unsafe { atomic::add(spilled, 1) };
+        stat(Stat::JournalSpilled, 1);
+    } else {
+        stat(Stat::JournalLost, 1);
+        return;
+    }
+    // Published with a fully ordered operation, after the event.
+    // SAFETY: an array slot.
+    unsafe { atomic::cmpxchg(head, h, h + 1) };
+}
+
+/// Applies every journaled event, across the CPUs' parts, in the order
+/// they were written: a connection's SYN, SYN-ACK and end can each leave
+/// on another CPU, and a record conntrack reuses for a new connection on
+/// the same addresses and ports starts after the old one ended.
+#[classifier]
+pub fn evenflow_ct_drain(ctx: TcContext) -> i32 {
+    let mut ctx = ctx;
+    // SAFETY: `drain_one` is a callback the loader relocates to a
+    // subprogram; its context is this frame's `ctx`, alive for the loop.
+    unsafe {
+        bpf_loop(
+            DRAIN_MAX,
+            drain_one as *const () as *mut c_void,
+            (&raw mut ctx).cast(),
+            0,
+        );
+    }
+    0
+}
+
+/// The earliest event not yet applied, across the parts.
+#[repr(C)]
+struct Earliest {
+    cpu: u32,
+    at: u64,
+}
+
+#[inline(never)]
+extern "C" fn drain_one(_: u64, ctx: *mut c_void) -> i64 {
+    let mut next = Earliest {
+        cpu: u32::MAX,
+        at: u64::MAX,
+    };
+    // SAFETY: `earliest_of` is a callback, as above; `next` outlives the loop.
+    unsafe {
+        bpf_loop(
+            cpus(),
+            earliest_of as *const () as *mut c_void,
+            (&raw mut next).cast(),
+            0,
+        );
+    }
+    let cpu = next.cpu;
+    if cpu == u32::MAX {
+        return 1;
+    }
+    let Some(tail) = pos(cpu, TAIL) else {
+        return 1;
+    };
+    // SAFETY: an array slot.
+    let t = unsafe { read_volatile(tail) };
+    let Some((ev, spilt)) = event(cpu, t) else {
+        return 1;
+    };
+    if ctx.is_null() {
+        return 1;
+    }
+    // SAFETY: the drain's own context, passed through `bpf_loop`.
+    let tc = unsafe { &*ctx.cast::<TcContext>() };
+    apply(tc, &ev);
+    if spilt && SPILL.remove(&spill_key(cpu, t)).is_ok() {
+        if let Some(spilled) = spilled() {
+            // SAFETY: an array slot; adding 2^64 - 1 takes one away.
+            unsafe { atomic::add(spilled, u64::MAX) };
+        }
+    }
+    // SAFETY: an array slot; only the drain writes the tail (the agent
+    // runs one drain at a time).
+    unsafe { atomic::cmpxchg(tail, t, t + 1) };
+    0
+}
+
+/// Notes `cpu`'s part in `next` if its next event is the earliest so far.
+#[inline(never)]
+extern "C" fn earliest_of(cpu: u64, next: *mut c_void) -> i64 {
+    let cpu = cpu as u32;
+    let (Some(head), Some(tail)) = (pos(cpu, HEAD), pos(cpu, TAIL)) else {
+        return 1;
+    };
+    // SAFETY: array slots; the head is read fully ordered, before the
+    // event it publishes.
+    let (h, t) = unsafe { (atomic::load(head), read_volatile(tail)) };
+    if h == t {
+        return 0;
+    }
+    let Some((ev, _)) = event(cpu, t) else {
+        return 0;
+    };
+    let at = ev.at;
+    if next.is_null() {
+        return 1;
+    }
+    // SAFETY: the caller's `Earliest`, passed through `bpf_loop`.
+    let next = unsafe { &mut *next.cast::<Earliest>() };
+    if at < next.at {
+        next.at = at;
+        next.cpu = cpu;
+    }
+    0
+}
+
+/// `cpu`'s event at position `at` (published: before the head), and
+/// whether it is in the spill.
+#[inline(always)]
+fn event(cpu: u32, at: u64) -> Option<(CtEvent, bool)> {
+    let spilled = spilled()?;
+    // SAFETY: an array slot. A writer counts its spilled event before it
+    // publishes the head, which the caller read (fully ordered) before.
+    if unsafe { read_volatile(spilled) } != 0 {
+        // SAFETY: a live entry.
+        if let Some(ev) = unsafe { SPILL.get(&spill_key(cpu, at)) } {
+            return Some((*ev, true));
+        }
+    }
+    let slot = slot(cpu, at)?;
+    // SAFETY: a slot before the head: the writer published it whole and
+    // does not write it again until the tail passes it.
+    Some((unsafe { read_volatile(slot) }, false))
+}
+
+#[inline(always)]
+fn apply(ctx: &TcContext, ev: &CtEvent) {
+    match ev.kind {
+        CT_EVENT_SYN => ct_flow::start(ctx, &ct_flow::Syn::from(ev)),
+        CT_EVENT_SYN_ACK => ct_flow::answered(&ct_flow::SynAck::from(ev)),
+        CT_EVENT_END => ct_flow::finish(&ct_flow::End::from(ev)),
+        _ => {}
+    }
+}
