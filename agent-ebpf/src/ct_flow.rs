@@ -113,15 +113,8 @@ pub fn on_packet(ctx: &TcContext, ct: Ct) {
         return;
     }
     if pkt.is_syn_ack() {
-        // The backend's initial sequence number, from its SYN-ACK.
         if ct.reply {
-            let key = pkt.flow_key();
-            let a = SynAck {
-                conn: ct.conn,
-                client: (key.remote_addr, key.remote_port),
-                isn: pkt.seq,
-            };
-            journal::append(&mut a.event());
+            on_syn_ack(&pkt, ct.conn);
         }
         return;
     }
@@ -155,6 +148,19 @@ fn on_syn(pkt: &Packet, conn: u64) {
         isn: pkt.seq,
     };
     journal::append(&mut syn.event());
+}
+
+/// The backend's SYN-ACK: journaled with its initial sequence number.
+/// Out of line, as [`on_syn`]: its event stays off the frame every packet
+/// of the connection runs in.
+#[inline(never)]
+fn on_syn_ack(pkt: &Packet, conn: u64) {
+    let a = SynAck {
+        conn,
+        client: to(pkt),
+        isn: pkt.seq,
+    };
+    journal::append(&mut a.event());
 }
 
 /// A translated SYN, as the journal holds it.

@@ -61,6 +61,10 @@ pub static SPILL: HashMap<u64, CtEvent> = HashMap::pinned(CT_SPILL_ENTRIES, BPF_
 /// The CPUs the agent sized the journal for; 0: no journal.
 #[unsafe(no_mangle)]
 static JOURNAL_CPUS: u32 = 0;
+/// Events a CPU's part holds, less one (a power of two less one):
+/// [`CT_JOURNAL_SLOTS`] but in tests of the spill.
+#[unsafe(no_mangle)]
+static JOURNAL_SLOTS_MASK: u32 = CT_JOURNAL_SLOTS - 1;
 
 const HEAD: u32 = 0;
 const TAIL: u32 = CT_JOURNAL_POS_WORDS / 2;
@@ -87,9 +91,17 @@ fn spilled() -> Option<*mut u64> {
     POS.get_ptr_mut(cpus() * CT_JOURNAL_POS_WORDS)
 }
 
+/// Events a CPU's part holds, less one.
+#[inline(always)]
+fn slots_mask() -> u32 {
+    // SAFETY: a plain static; volatile so the agent's value is used.
+    unsafe { read_volatile(&JOURNAL_SLOTS_MASK) }
+}
+
 #[inline(always)]
 fn slot(cpu: u32, at: u64) -> Option<*mut CtEvent> {
-    JOURNAL.get_ptr_mut(cpu * CT_JOURNAL_SLOTS + (at as u32 & (CT_JOURNAL_SLOTS - 1)))
+    let mask = slots_mask();
+    JOURNAL.get_ptr_mut(cpu * (mask + 1) + (at as u32 & mask))
 }
 
 /// The spill's key of `cpu`'s event at position `at`.
@@ -117,7 +129,7 @@ pub fn append(ev: &mut CtEvent) {
     let (h, t) = unsafe { (read_volatile(head), read_volatile(tail)) };
     // SAFETY: no arguments.
     ev.at = unsafe { bpf_ktime_get_ns() };
-    if h.wrapping_sub(t) < u64::from(CT_JOURNAL_SLOTS) {
+    if h.wrapping_sub(t) <= u64::from(slots_mask()) {
         let Some(slot) = slot(cpu, h) else {
             return;
         };

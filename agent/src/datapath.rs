@@ -303,7 +303,10 @@ impl Datapath {
         for (map, entries) in journal.sizes() {
             loader.map_max_entries(map, entries);
         }
-        loader.override_global("JOURNAL_CPUS", &journal.cpus, true);
+        let slots_mask = journal.slots - 1;
+        loader
+            .override_global("JOURNAL_CPUS", &journal.cpus, true)
+            .override_global("JOURNAL_SLOTS_MASK", &slots_mask, true);
         loader
             .default_map_pin_directory(&pin_dir)
             .map_max_entries(maps::ENDPOINTS, cfg.max_endpoints)
@@ -1155,6 +1158,8 @@ fn young_flows(max_flows: u32) -> u32 {
 struct Journal {
     /// CPUs it has parts for; 0 for none.
     cpus: u32,
+    /// Events each part holds.
+    slots: u32,
 }
 
 impl Journal {
@@ -1176,7 +1181,14 @@ impl Journal {
         } else {
             0
         };
-        Ok(Self { cpus })
+        // A test switch: parts of a few events, so that nearly every
+        // event goes through the spill.
+        let slots = std::env::var("EVENFLOW_TEST_JOURNAL_SLOTS")
+            .ok()
+            .and_then(|s| s.parse::<u32>().ok())
+            .filter(|s| s.is_power_of_two() && *s <= agent_common::CT_JOURNAL_SLOTS)
+            .unwrap_or(agent_common::CT_JOURNAL_SLOTS);
+        Ok(Self { cpus, slots })
     }
 
     /// Its maps' entries: a part of each map per CPU (and the spill's
@@ -1184,7 +1196,7 @@ impl Journal {
     fn sizes(&self) -> [(&'static str, u32); 3] {
         let parts = self.cpus;
         [
-            (maps::CT_JOURNAL, parts * agent_common::CT_JOURNAL_SLOTS),
+            (maps::CT_JOURNAL, parts * self.slots),
             (
                 maps::CT_JOURNAL_POS,
                 (parts + 1) * agent_common::CT_JOURNAL_POS_WORDS,

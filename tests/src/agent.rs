@@ -62,6 +62,12 @@ pub fn start(lab: &mut Lab, node: &Node, extra: &[&str]) -> Result<()> {
     launch(lab, node, extra)
 }
 
+/// [`start`], with `env` (`NAME=value` strings) set for the agent.
+pub fn start_with_env(lab: &mut Lab, node: &Node, extra: &[&str], env: &[&str]) -> Result<()> {
+    remove_pins(node)?;
+    launch_with_env(lab, node, extra, env)
+}
+
 /// [`start`], with the agent in `memcg` as well: the maps it creates are
 /// charged to that memory cgroup for as long as they live.
 pub fn start_in(lab: &mut Lab, node: &Node, extra: &[&str], memcg: &MemCg) -> Result<()> {

@@ -141,6 +141,10 @@ enum Shape {
     /// The lb's agent counts forwarded connections packet by packet
     /// (`--forwarded-per-packet`), as it does any NATed without conntrack.
     PerPacket,
+    /// The lb's agent keeps two events a CPU in its journal of forwarded
+    /// connections (a test switch): nearly every SYN, SYN-ACK and end goes
+    /// through the spill, as when the agent stops draining for long.
+    Spilling,
 }
 
 /// A lab after its load: everything the assertions need.
@@ -188,7 +192,12 @@ impl Run {
         } else {
             &[]
         };
-        agent::start(&mut lab, &lb_node, lb_args).expect("the lb agent starts");
+        let lb_env: &[&str] = if shape == Shape::Spilling {
+            &["EVENFLOW_TEST_JOURNAL_SLOTS=2"]
+        } else {
+            &[]
+        };
+        agent::start_with_env(&mut lab, &lb_node, lb_args, lb_env).expect("the lb agent starts");
         if shape == Shape::Lossy {
             drop_forwarded(&lab, 20).expect("the loss rule loads");
         }
@@ -743,6 +752,20 @@ fn dnat_counts_shaped(name: &str, ipv6: bool, traffic: Traffic, shape: Shape) {
             "lb agent SERVES {vip}:{VIP_PORT} {t:?}: a forwarded connection is not served"
         ));
     }
+    let (spilled, lost) = (
+        truth::datapath_stat(&snap, "journalSpilled"),
+        truth::datapath_stat(&snap, "journalLost"),
+    );
+    if lost != 0 {
+        run.fail(format!("lb agent lost {lost} journal events"));
+    }
+    // Three events a connection; with two slots a CPU most spill.
+    if shape == Shape::Spilling && spilled < conns.iter().sum::<u64>() {
+        run.fail(format!(
+            "lb agent spilled {spilled} journal events for {} connections: the spill was not tried",
+            conns.iter().sum::<u64>()
+        ));
+    }
     run.finish();
 }
 
@@ -802,6 +825,13 @@ fn nftables_dnat_with_ipv6_hop_by_hop_matches_nginx_logs() {
 #[test]
 fn field_forwarded_per_packet_counts_exactly() {
     dnat_counts_shaped("perpkt", false, SMALL, Shape::PerPacket);
+}
+
+/// The journal of forwarded connections overflowing into its spill: the
+/// same totals, its events applied in the order they happened.
+#[test]
+fn field_forwarded_journal_spilling_counts_exactly() {
+    dnat_counts_shaped("spill", false, SMALL, Shape::Spilling);
 }
 
 /// SO_REUSEPORT listeners: counted at the accepted sockets like any other.
