@@ -342,6 +342,10 @@ struct Cost {
     /// Above the baseline during the churn run (connections of a few
     /// packets each: per-connection work weighs in every packet).
     churn: f64,
+    /// For TC egress: what the agent's walks (the journal's drain, the
+    /// sweepers) ran in the pass, per run of it. Work the packets left to
+    /// the agent's reads, off the packet path but not free.
+    walks: f64,
 }
 
 impl Cost {
@@ -386,6 +390,8 @@ impl Stats {
 /// Every program's stats on the hooks of one pass at one moment.
 struct Snapshot {
     programs: Vec<(String, Stats)>,
+    /// The agent's walks, summed (the only agent running).
+    walks: Stats,
     /// The empty TC programs behind and ahead of evenflow's.
     tc: [Stats; 2],
     /// The empty sock_ops programs behind and ahead of evenflow's.
@@ -400,8 +406,15 @@ impl Snapshot {
             let (ns, runs) = n.stats()?;
             Ok(Stats { ns, runs })
         };
+        let walks = iterator_stats()?
+            .into_iter()
+            .fold(Stats::default(), |sum, (_, s)| Stats {
+                ns: sum.ns + s.ns,
+                runs: sum.runs + s.runs,
+            });
         Ok(Self {
             programs: bpf_costs(node)?,
+            walks,
             tc: [stats(&empties.tc_last)?, stats(&empties.tc_first)?],
             sockops: [
                 stats(&empties.sockops_last)?,
@@ -497,6 +510,11 @@ fn cost_pass(
             let [behind_bulk, _] = bulk.empties(name);
             let at_bulk = bulk.program(name);
             let above = |prog: Stats, empty: Stats| prog.mean() - empty.mean();
+            let walks = if name.contains("egress") && stats.runs > 0 {
+                all.walks.ns as f64 / stats.runs as f64
+            } else {
+                0.0
+            };
             Cost {
                 name: name.clone(),
                 ns: stats.mean(),
@@ -505,6 +523,7 @@ fn cost_pass(
                 first: ahead.mean(),
                 bulk: above(at_bulk, behind_bulk),
                 churn: above(stats.since(at_bulk), behind.since(behind_bulk)),
+                walks,
             }
         })
         .collect())
@@ -521,6 +540,7 @@ struct CostSummary {
     above_range: (f64, f64),
     bulk: f64,
     churn: f64,
+    walks: f64,
     runs: u64,
 }
 
@@ -549,6 +569,7 @@ fn cost_medians(passes: &[Vec<Cost>]) -> Vec<CostSummary> {
                 above_range: (lo, hi),
                 bulk: median(same.iter().map(|x| x.bulk).collect()),
                 churn: median(same.iter().map(|x| x.churn).collect()),
+                walks: median(same.iter().map(|x| x.walks).collect()),
                 runs: median(same.iter().map(|x| x.runs as f64).collect()) as u64,
             }
         })
@@ -1270,6 +1291,23 @@ fn print_cost_differences(base: &str, this: &Passes, baseline: &Passes) {
                 median(diffs.clone()),
                 spread(&diffs, 1.0, 1)
             );
+            if c.walks > 0.0 {
+                let with_walks = |passes: &[Vec<Cost>], round: usize| {
+                    passes
+                        .get(round)
+                        .and_then(|p| p.iter().find(|x| x.name == c.name))
+                        .map(|x| x.above() + x.walks)
+                };
+                let diffs: Vec<f64> = (0..this.len())
+                    .filter_map(|r| Some(with_walks(this, r)? - with_walks(baseline, r)?))
+                    .collect();
+                println!(
+                    "    {:<22} {:>+7.1} ns   (with the agent's walks; {})",
+                    "",
+                    median(diffs.clone()),
+                    spread(&diffs, 1.0, 1)
+                );
+            }
         }
     }
 }
@@ -1321,6 +1359,12 @@ fn print_costs(rounds: usize, agent: &str, passes: &Passes) {
                 "    {:<22} of which: bulk (iperf3) {:>+7.1} ns, churn (hey) {:>+7.1} ns",
                 "", c.bulk, c.churn
             );
+            if forwards && c.walks > 0.0 {
+                println!(
+                    "    {:<22} and the agent's walks (drain, sweepers), off the packet path: {:>+7.1} ns per run of it",
+                    "", c.walks
+                );
+            }
         }
     }
 }
@@ -1350,7 +1394,8 @@ struct Footprint {
 /// The walks and iterators the agent runs before each read: what they
 /// cost grows with the endpoints and connections, not with traffic. A
 /// walk's run is one pass over its map; an iterator's, one element.
-const ITERATORS: [&str; 5] = [
+const ITERATORS: [&str; 6] = [
+    "evenflow_ct_drain",
     "evenflow_slot_sampler",
     "evenflow_sock_sampler",
     "evenflow_flow_sweeper",
