@@ -825,6 +825,10 @@ mod tests {
         assert_eq!(size_of::<FlowValue>(), 20 + 4 + 4 + 4 + 4 + 4 + 5 * 8 + 40);
         // endpoint, client_port/pad, client_addr, isn, flags, bytes, folded.
         assert_eq!(size_of::<CtFlow>(), 20 + 4 + 16 + 8 + 8 + 16 + 16);
+        // at, conn, kind/flags/port, seq, addr, client_addr, client_port/pad:
+        // one cache line, so that a journal's events never straddle two.
+        assert_eq!(size_of::<CtEvent>(), 8 + 8 + 4 + 4 + 16 + 16 + 8);
+        assert_eq!(size_of::<CtEvent>(), 64);
         assert_eq!(size_of::<SockState>(), 56);
         assert_eq!(size_of::<SockSlot>(), 64);
         assert_eq!(size_of::<SynOrigin>(), 36);

@@ -2,18 +2,20 @@
 //! netfilter (nftables, iptables, kube-proxy). Every packet of one carries
 //! conntrack's record of it (see [`crate::conntrack`]), so the connection is
 //! one entry in `EF_CT_FLOWS` for both directions, keyed by the record's
-//! address, and is looked up only for the packets that may change its
-//! state (SYN, SYN-ACK, the FIN that answers the other side's, RST, and
-//! one per 2^29 sequence numbers: see [`crate::packet::may_change_state`]).
+//! address. No packet looks it up: the three that change its state (its
+//! SYN, the backend's SYN-ACK, and the second FIN or an RST that closed
+//! it) go to the journal, and the drain applies them here in the order
+//! they happened ([`start`], [`answered`], [`finish`]; see
+//! [`crate::journal`]). Only a packet whose sequence numbers cross a
+//! multiple of 2^29 is looked up (see [`crate::packet::may_change_state`]).
 //! It starts in `EF_CT_YOUNG`, a table small enough to stay in the cache,
 //! and the sweeper moves it to `EF_CT_FLOWS` once it has been open an
-//! interval: most connections end young, their lookups never missing.
-//! Conntrack marks the direction that sent the first FIN, so that FIN
-//! needs no lookup. Its bytes are read from conntrack
-//! at its end and by the sweeper every interval; it opens when conntrack
-//! marks it assured (the client acknowledged the backend's SYN-ACK),
-//! counted by the next sweep or with its close, and is gone when its
-//! record is.
+//! interval: most connections end young. Conntrack marks the direction
+//! that sent the first FIN, so that FIN changes nothing here. Its bytes
+//! are read from conntrack at its end (as the end packet saw them) and by
+//! the sweeper every interval; it opens when conntrack marks it assured
+//! (the client acknowledged the backend's SYN-ACK), counted by the next
+//! sweep or with its close, and is gone when its record is.
 
 use core::ptr::read_volatile;
 
@@ -750,7 +752,11 @@ fn catch_up_bytes(f: &mut CtFlow, tag: u64, end: u32, reply: bool, held: u32) {
     let (known, isn, bytes) = if reply {
         (CT_ISN_REPLY, f.isn[CT_REPLY], &raw mut f.bytes[CT_REPLY])
     } else {
-        (CT_ISN_ORIGINAL, f.isn[CT_ORIGINAL], &raw mut f.bytes[CT_ORIGINAL])
+        (
+            CT_ISN_ORIGINAL,
+            f.isn[CT_ORIGINAL],
+            &raw mut f.bytes[CT_ORIGINAL],
+        )
     };
     // Until the backend answered, conntrack's count for the client's side
     // may stem from a retried SYN that never left (a rule dropped it): it

@@ -14,9 +14,9 @@
 //!   going; TC egress returns at
 //!   once for local sockets and tracks only forwarded connections whose
 //!   destination this node translated (DNAT): a balancing decision.
-//!   Connections conntrack follows are one entry each, looked up only when
-//!   their state may change ([`ct_flow`]); others are counted packet by
-//!   packet ([`forward`]).
+//!   Connections conntrack follows are one entry each, whose state changes
+//!   TC egress journals ([`journal`], [`ct_flow`]); others are counted
+//!   packet by packet ([`forward`]).
 //! * [`journal`]: where TC egress writes the state changes of connections
 //!   conntrack follows, and the drain that applies them to their maps.
 //! * [`sweeper`]: iterators over forwarded flows that fold their bytes into

@@ -256,9 +256,10 @@ pub fn syn_probe(ctx: &TcContext) -> Probe {
     }
 }
 
-/// Whether a forwarded packet of a connection conntrack follows needs its
-/// flow looked up: it may change the connection's state (SYN, FIN, RST),
-/// or its sequence numbers cross a multiple of 2^29, where the flow's byte
+/// Whether a forwarded packet of a connection conntrack follows needs more
+/// than this probe: it may change the connection's state (SYN, FIN, RST:
+/// journaled), or its sequence numbers cross a multiple of 2^29 (its flow
+/// looked up), where the flow's byte
 /// count catches up with conntrack's (so it never falls 2^31 behind, where
 /// sequence arithmetic would lose track). A shape the probe does not read
 /// says yes.

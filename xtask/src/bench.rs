@@ -1291,7 +1291,8 @@ fn print_cost_differences(base: &str, this: &Passes, baseline: &Passes) {
                 median(diffs.clone()),
                 spread(&diffs, 1.0, 1)
             );
-            if c.walks > 0.0 {
+            // Where the journal's drain moved work off the packet path.
+            if c.walks > 0.0 && pass.starts_with("forwarded") {
                 let with_walks = |passes: &[Vec<Cost>], round: usize| {
                     passes
                         .get(round)
