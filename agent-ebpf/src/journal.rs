@@ -61,6 +61,10 @@ pub static SPILL: HashMap<u64, CtEvent> = HashMap::pinned(CT_SPILL_ENTRIES, BPF_
 /// The CPUs the agent sized the journal for; 0: no journal.
 #[unsafe(no_mangle)]
 static JOURNAL_CPUS: u32 = 0;
+/// 1 where the head is published with a fully ordered operation (see
+/// [`ordered`]); the agent writes 0 on x86.
+#[unsafe(no_mangle)]
+static JOURNAL_ORDERED: u8 = 1;
 /// Events a CPU's part holds, less one (a power of two less one):
 /// [`CT_JOURNAL_SLOTS`] but in tests of the spill.
 #[unsafe(no_mangle)]
@@ -144,9 +148,25 @@ pub fn append(ev: &mut CtEvent) {
         stat(Stat::JournalLost, 1);
         return;
     }
-    // Published with a fully ordered operation, after the event.
+    // Published after the event: on x86 a plain store is (stores are
+    // seen in order), elsewhere a fully ordered operation.
     // SAFETY: an array slot.
-    unsafe { atomic::cmpxchg(head, h, h + 1) };
+    unsafe {
+        if ordered() {
+            atomic::cmpxchg(head, h, h + 1);
+        } else {
+            write_volatile(head, h + 1);
+        }
+    }
+}
+
+/// Whether publishing needs a fully ordered operation: everywhere but on
+/// x86, whose stores are seen in the order they were made and whose loads
+/// are not reordered with each other.
+#[inline(always)]
+fn ordered() -> bool {
+    // SAFETY: a plain static; volatile so the agent's value is used.
+    unsafe { read_volatile(&JOURNAL_ORDERED) != 0 }
 }
 
 /// Applies every journaled event, across the CPUs' parts, in the order
@@ -228,9 +248,16 @@ extern "C" fn earliest_of(cpu: u64, next: *mut c_void) -> i64 {
     let (Some(head), Some(tail)) = (pos(cpu, HEAD), pos(cpu, TAIL)) else {
         return 1;
     };
-    // SAFETY: array slots; the head is read fully ordered, before the
-    // event it publishes.
-    let (h, t) = unsafe { (atomic::load(head), read_volatile(tail)) };
+    // SAFETY: array slots; the head is read before the event it
+    // publishes, fully ordered where the writer orders it so.
+    let (h, t) = unsafe {
+        let h = if ordered() {
+            atomic::load(head)
+        } else {
+            read_volatile(head)
+        };
+        (h, read_volatile(tail))
+    };
     if h == t {
         return 0;
     }

@@ -306,7 +306,8 @@ impl Datapath {
         let slots_mask = journal.slots - 1;
         loader
             .override_global("JOURNAL_CPUS", &journal.cpus, true)
-            .override_global("JOURNAL_SLOTS_MASK", &slots_mask, true);
+            .override_global("JOURNAL_SLOTS_MASK", &slots_mask, true)
+            .override_global("JOURNAL_ORDERED", &JOURNAL_ORDERED, true);
         loader
             .default_map_pin_directory(&pin_dir)
             .map_max_entries(maps::ENDPOINTS, cfg.max_endpoints)
@@ -1152,6 +1153,11 @@ fn kernel_offsets(per_packet: bool) -> Result<KernelOffsets> {
 fn young_flows(max_flows: u32) -> u32 {
     (max_flows / 2).min(agent_common::CT_YOUNG_ENTRIES)
 }
+
+/// Whether the journal's writers publish with a fully ordered operation:
+/// not on x86, where a plain store keeps the order (see
+/// `agent-ebpf/src/journal.rs`).
+const JOURNAL_ORDERED: u8 = if cfg!(target_arch = "x86_64") { 0 } else { 1 };
 
 /// The journal of forwarded connections' state changes: sized for the
 /// node's CPUs where conntrack is followed, one entry each elsewhere.
