@@ -310,7 +310,8 @@ pub struct CtEvent {
     pub flags: u8,
     /// The packet's destination port, host order.
     pub port: u16,
-    /// A SYN's or SYN-ACK's sequence number: its direction's initial one.
+    /// A SYN's or SYN-ACK's sequence number: its direction's initial one;
+    /// a crossing's: conntrack's end of its direction.
     pub seq: u32,
     /// The packet's destination (IPv4-mapped for IPv4): the backend for a
     /// SYN, the client for a SYN-ACK.
@@ -333,6 +334,10 @@ pub const CT_EVENT_SYN_ACK: u8 = 2;
 /// [`CtEvent::kind`] of the packet that ended the connection (the second
 /// FIN, or an RST that closed it).
 pub const CT_EVENT_END: u8 = 3;
+/// [`CtEvent::kind`] of a packet whose sequence numbers crossed a multiple
+/// of 2^29: the connection's bytes catch up with conntrack's end that way
+/// (carried in `seq`), so they never fall 2^31 behind.
+pub const CT_EVENT_CROSSING: u8 = 4;
 /// [`CtEvent::flags`]: the packet travelled the connection's reply
 /// direction (towards the client).
 pub const CT_EVENT_REPLY: u8 = 2;
@@ -340,11 +345,16 @@ pub const CT_EVENT_REPLY: u8 = 2;
 /// ACK (`IPS_ASSURED`).
 pub const CT_EVENT_ASSURED: u8 = 1;
 
-/// Events each CPU's part of `EF_CT_JOURNAL` holds (a power of two): 32,768
-/// of 64 bytes, 2 MiB a CPU, an interval's worth at ten thousand
+/// Events each CPU's part of `EF_CT_JOURNAL` holds at most (a power of
+/// two): 32,768 of 64 bytes, 2 MiB, an interval's worth at ten thousand
 /// connections a second on one CPU. A CPU whose part is full puts its
 /// events in `EF_CT_SPILL`.
 pub const CT_JOURNAL_SLOTS: u32 = 32_768;
+/// Events all the parts hold together at most: 16 MiB. A node with more
+/// than eight CPUs gets smaller parts (never under [`CT_JOURNAL_MIN_SLOTS`]).
+pub const CT_JOURNAL_EVENTS: u32 = 262_144;
+/// The fewest events a part holds.
+pub const CT_JOURNAL_MIN_SLOTS: u32 = 64;
 /// Capacity of `EF_CT_SPILL`, where events go while a CPU's part of the
 /// journal is full: with the parts, about fifteen seconds of an undrained
 /// journal at ten thousand connections a second.
@@ -352,8 +362,8 @@ pub const CT_SPILL_ENTRIES: u32 = 393_216;
 /// Words of `EF_CT_JOURNAL_POS` each CPU owns: its part's head (written
 /// by TC egress) and tail (written by the drain), a cache line apart.
 pub const CT_JOURNAL_POS_WORDS: u32 = 16;
-/// The most CPUs the drain visits (a bound the verifier needs).
-pub const CT_JOURNAL_MAX_CPUS: u32 = 1_024;
+/// The most CPUs the drain visits: Linux's own limit (`NR_CPUS`).
+pub const CT_JOURNAL_MAX_CPUS: u32 = 8_192;
 
 /// [`CtFlow`] index of the direction towards the backend (conntrack's
 /// `IP_CT_DIR_ORIGINAL`).
@@ -381,6 +391,10 @@ pub const CT_COPY: u64 = 256;
 /// while the sweeper was moving it and could not end the copy; the next
 /// sweep ends it, as that end would have, unless a packet does first.
 pub const CT_CLOSING: u64 = 512;
+/// [`CtFlow::flags`] bit: the agent's start adopted this connection from
+/// conntrack (its SYN was not seen); a SYN of it journaled meanwhile is
+/// dropped when the drain applies it.
+pub const CT_ADOPTED: u64 = 1024;
 
 /// A forwarded connection conntrack follows that was established before
 /// evenflow could see its SYN, for the agent's adoption walk (`EF_CT_ADOPT`,

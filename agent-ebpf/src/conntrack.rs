@@ -42,6 +42,8 @@ static NF_CONN_SEEN: u32 = 0;
 
 /// `IPS_ASSURED`: conntrack saw the handshake's last ACK.
 const IPS_ASSURED: u64 = 1 << 2;
+/// `IPS_DST_NAT`: the connection's destination was translated.
+const IPS_DST_NAT: u64 = 1 << 5;
 /// `IP_CT_TCP_FLAG_CLOSE_INIT`: the direction whose FIN began the close.
 const CLOSE_INIT: u8 = 0x04;
 /// Low bits of `skb->_nfct` hold the packet's ctinfo, not the pointer.
@@ -114,7 +116,23 @@ fn nfct(ctx: &TcContext) -> u64 {
 /// Whether conntrack saw the client acknowledge the backend's SYN-ACK.
 #[inline(always)]
 pub fn assured(ct: u64) -> bool {
-    read::<u64>(ct + offset(&NF_CONN_STATUS)).is_some_and(|s| s & IPS_ASSURED != 0)
+    status(ct).is_some_and(|s| s & IPS_ASSURED != 0)
+}
+
+/// `ct`'s status bits (`IPS_*`).
+#[inline(always)]
+fn status(ct: u64) -> Option<u64> {
+    read::<u64>(ct + offset(&NF_CONN_STATUS))
+}
+
+/// Whether `ct`'s connection had its destination translated (DNAT), and
+/// whether conntrack saw its handshake end: `None` for one not translated,
+/// which evenflow does not follow (routed, or masqueraded only).
+#[inline(always)]
+pub fn translated(ct: u64) -> Option<bool> {
+    status(ct)
+        .filter(|s| s & IPS_DST_NAT != 0)
+        .map(|s| s & IPS_ASSURED != 0)
 }
 
 /// `struct ip_ct_tcp_state`: what conntrack saw of one direction's

@@ -20,10 +20,11 @@
 use core::ptr::read_volatile;
 
 use agent_common::{
-    CT_ADOPT_ADOPTED, CT_ADOPT_FOLLOWED, CT_ADOPT_FULL, CT_ADOPT_GONE, CT_CLOSING, CT_COPY,
-    CT_ENDED, CT_EVENT_ASSURED, CT_EVENT_END, CT_EVENT_REPLY, CT_EVENT_SYN, CT_EVENT_SYN_ACK,
-    CT_ISN_ORIGINAL, CT_ISN_REPLY, CT_MOVED, CT_ORIGINAL, CT_REPLY, CT_YOUNG_ENTRIES, CtEvent,
-    CtFlow, Direction, EndpointKey, FLOW_OPEN, MAX_FLOWS, PROTO_TCP, Stat, TAG_SHIFT, flow_tag,
+    CT_ADOPT_ADOPTED, CT_ADOPT_FOLLOWED, CT_ADOPT_FULL, CT_ADOPT_GONE, CT_ADOPTED, CT_CLOSING,
+    CT_COPY, CT_ENDED, CT_EVENT_ASSURED, CT_EVENT_CROSSING, CT_EVENT_END, CT_EVENT_REPLY,
+    CT_EVENT_SYN, CT_EVENT_SYN_ACK, CT_ISN_ORIGINAL, CT_ISN_REPLY, CT_MOVED, CT_ORIGINAL, CT_REPLY,
+    CT_YOUNG_ENTRIES, CtEvent, CtFlow, Direction, EndpointKey, FLOW_OPEN, MAX_FLOWS, PROTO_TCP,
+    Stat, TAG_SHIFT, flow_tag,
 };
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
@@ -120,10 +121,7 @@ pub fn on_packet(ctx: &TcContext, ct: Ct) {
         }
         return;
     }
-    let Some((f, tag, _)) = followed(&to(&pkt), ct) else {
-        return;
-    };
-    catch_up_crossing(f, tag, ct);
+    on_crossing(&pkt, ct);
 }
 
 /// A packet's destination, which tells the connection it belongs to from
@@ -157,6 +155,9 @@ fn on_syn(pkt: &Packet, conn: u64) {
 /// of the connection runs in.
 #[inline(never)]
 fn on_syn_ack(pkt: &Packet, conn: u64) {
+    if conntrack::translated(conn).is_none() {
+        return;
+    }
     let a = SynAck {
         conn,
         client: to(pkt),
@@ -345,17 +346,78 @@ pub fn finish(e: &End) {
     }
 }
 
-/// A packet whose sequence numbers crossed a multiple of 2^29: the count
-/// catches up with conntrack's. Out of line, like [`on_close`].
+/// A packet whose sequence numbers crossed a multiple of 2^29: journaled
+/// with conntrack's end that way, for the count to catch up with. Out of
+/// line, like [`on_close`].
 #[inline(never)]
-fn catch_up_crossing(f: &mut CtFlow, tag: u64, ct: Ct) {
-    if let Some(seen) = Seen::of(ct.conn) {
-        let dir = if ct.reply {
-            conntrack::REPLY
-        } else {
-            conntrack::ORIGINAL
-        };
-        catch_up_bytes(f, tag, seen.end(dir), ct.reply, 1);
+fn on_crossing(pkt: &Packet, ct: Ct) {
+    if conntrack::translated(ct.conn).is_none() {
+        return;
+    }
+    let Some(seen) = Seen::of(ct.conn) else {
+        return;
+    };
+    let dir = if ct.reply {
+        conntrack::REPLY
+    } else {
+        conntrack::ORIGINAL
+    };
+    let c = Crossing {
+        conn: ct.conn,
+        to: to(pkt),
+        reply: ct.reply,
+        end: seen.end(dir),
+    };
+    journal::append(&mut c.event());
+}
+
+/// A packet that crossed a multiple of 2^29, as the journal holds it.
+pub struct Crossing {
+    conn: u64,
+    to: ([u32; 4], u16),
+    reply: bool,
+    end: u32,
+}
+
+impl Crossing {
+    #[inline(always)]
+    fn event(&self) -> CtEvent {
+        CtEvent {
+            at: 0,
+            conn: self.conn,
+            kind: CT_EVENT_CROSSING,
+            flags: if self.reply { CT_EVENT_REPLY } else { 0 },
+            port: self.to.1,
+            seq: self.end,
+            addr: self.to.0,
+            client_addr: [0; 4],
+            client_port: 0,
+            _pad: [0; 3],
+        }
+    }
+}
+
+impl From<&CtEvent> for Crossing {
+    #[inline(always)]
+    fn from(ev: &CtEvent) -> Self {
+        Self {
+            conn: ev.conn,
+            to: (ev.addr, ev.port),
+            reply: ev.flags & CT_EVENT_REPLY != 0,
+            end: ev.seq,
+        }
+    }
+}
+
+/// Catches a connection's bytes up with the end a crossing saw.
+#[inline(always)]
+pub fn crossed(c: &Crossing) {
+    let ct = Ct {
+        conn: c.conn,
+        reply: c.reply,
+    };
+    if let Some((f, tag, _)) = followed(&c.to, ct) {
+        catch_up_bytes(f, tag, c.end, c.reply, 1);
     }
 }
 
@@ -385,6 +447,9 @@ fn on_close(pkt: &Packet, ct: Ct) {
     if !ends {
         return;
     }
+    let Some(assured) = conntrack::translated(ct.conn) else {
+        return;
+    };
     let e = End {
         conn: ct.conn,
         to: to(pkt),
@@ -392,7 +457,7 @@ fn on_close(pkt: &Packet, ct: Ct) {
         last: Last {
             ends: [seen.end(conntrack::ORIGINAL), seen.end(conntrack::REPLY)],
             held: seen.held(),
-            assured: conntrack::assured(ct.conn),
+            assured,
         },
     };
     journal::append(&mut e.event());
@@ -515,7 +580,7 @@ fn register(ctx: &TcContext, syn: &Syn) -> bool {
 /// Whether the agent's start adopted the connection whose SYN this is,
 /// from conntrack, before the drain applied the SYN (it was journaled
 /// just before): an adopted connection's initial sequence number is
-/// where conntrack's count stood at the adoption, past its SYN's.
+/// where conntrack's count stood at the adoption, at or past its SYN's.
 #[inline(always)]
 fn adopted(conn: u64, syn: &Syn) -> bool {
     CT_FLOWS.get_ptr(&conn).is_some_and(|f| {
@@ -523,7 +588,8 @@ fn adopted(conn: u64, syn: &Syn) -> bool {
         let f = unsafe { &*f };
         f.client_port == syn.client.1
             && f.endpoint.port == syn.backend.1
-            && f.isn[CT_ORIGINAL].wrapping_sub(syn.isn) as i32 > 0
+            && f.flags & CT_ADOPTED != 0
+            && f.isn[CT_ORIGINAL].wrapping_sub(syn.isn) as i32 >= 0
             && agent_common::same_addr(&f.client_addr, &syn.client.0)
     })
 }
@@ -555,7 +621,7 @@ pub fn adopt(conn: u64, client: (&[u32; 4], u16), backend: (&[u32; 4], u16)) -> 
         endpoint,
         client,
         isn,
-        CT_ISN_ORIGINAL | CT_ISN_REPLY | FLOW_OPEN as u64,
+        CT_ISN_ORIGINAL | CT_ISN_REPLY | CT_ADOPTED | FLOW_OPEN as u64,
     );
     // Its SYN was seen a moment ago: it is young.
     if CT_YOUNG.get_ptr(&conn).is_some() {

@@ -29,8 +29,8 @@ use core::{
 };
 
 use agent_common::{
-    CT_EVENT_END, CT_EVENT_SYN, CT_EVENT_SYN_ACK, CT_JOURNAL_MAX_CPUS, CT_JOURNAL_POS_WORDS,
-    CT_JOURNAL_SLOTS, CT_SPILL_ENTRIES, CtEvent, Stat,
+    CT_EVENT_CROSSING, CT_EVENT_END, CT_EVENT_SYN, CT_EVENT_SYN_ACK, CT_JOURNAL_MAX_CPUS,
+    CT_JOURNAL_POS_WORDS, CT_JOURNAL_SLOTS, CT_SPILL_ENTRIES, CtEvent, Stat,
 };
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
@@ -42,14 +42,14 @@ use aya_ebpf::{
 
 use crate::{atomic, counters::stat, ct_flow};
 
-/// The events, [`CT_JOURNAL_SLOTS`] a CPU (the agent sizes it for the
-/// node's CPUs; one entry where forwarded connections are not followed in
-/// conntrack).
+/// The events, a part of [`JOURNAL_SLOTS_MASK`] + 1 for each CPU (the
+/// agent sizes it for the node's CPU numbers; one entry where forwarded
+/// connections are not followed in conntrack).
 #[map(name = "EF_CT_JOURNAL")]
 pub static JOURNAL: Array<CtEvent> = Array::pinned(1, 0);
 
 /// Each CPU's head and tail (see [`CT_JOURNAL_POS_WORDS`]), then the
-/// number of events in the spill.
+/// number of events in the spill and the drain's cutoff.
 #[map(name = "EF_CT_JOURNAL_POS")]
 pub static POS: Array<u64> = Array::pinned(1, 0);
 
@@ -58,24 +58,32 @@ pub static POS: Array<u64> = Array::pinned(1, 0);
 #[map(name = "EF_CT_SPILL")]
 pub static SPILL: HashMap<u64, CtEvent> = HashMap::pinned(CT_SPILL_ENTRIES, BPF_F_NO_PREALLOC);
 
-/// The CPUs the agent sized the journal for; 0: no journal.
+/// The CPU numbers the agent sized the journal for (the highest possible
+/// one, plus one); 0: no journal.
 #[unsafe(no_mangle)]
 static JOURNAL_CPUS: u32 = 0;
 /// 1 where the head is published with a fully ordered operation (see
 /// [`ordered`]); the agent writes 0 on x86.
 #[unsafe(no_mangle)]
 static JOURNAL_ORDERED: u8 = 1;
-/// Events a CPU's part holds, less one (a power of two less one):
-/// [`CT_JOURNAL_SLOTS`] but in tests of the spill.
+/// Events a CPU's part holds, less one (a power of two less one): fewer
+/// than [`CT_JOURNAL_SLOTS`] on a node of many CPUs, and in tests of the
+/// spill.
 #[unsafe(no_mangle)]
 static JOURNAL_SLOTS_MASK: u32 = CT_JOURNAL_SLOTS - 1;
 
 const HEAD: u32 = 0;
 const TAIL: u32 = CT_JOURNAL_POS_WORDS / 2;
 
-/// Events one run of the drain applies at most: `bpf_loop`'s bound, more
-/// than the journal of 256 CPUs holds.
+/// Events one run of the drain applies at most: `bpf_loop`'s bound (the
+/// agent's next read goes on where it stopped).
 const DRAIN_MAX: u32 = 1 << 23;
+
+/// How old an event must be for the drain to apply it: a writer stamps an
+/// event before it publishes it, and an interrupt (or the hypervisor)
+/// between the two must not let a later event of another CPU be applied
+/// first. Younger events wait for the next read.
+const SETTLED_NS: u64 = 10_000_000;
 
 #[inline(always)]
 fn cpus() -> u32 {
@@ -93,6 +101,12 @@ fn pos(cpu: u32, which: u32) -> Option<*mut u64> {
 #[inline(always)]
 fn spilled() -> Option<*mut u64> {
     POS.get_ptr_mut(cpus() * CT_JOURNAL_POS_WORDS)
+}
+
+/// Where the drain keeps the time past which it applies nothing this run.
+#[inline(always)]
+fn cutoff() -> Option<*mut u64> {
+    POS.get_ptr_mut(cpus() * CT_JOURNAL_POS_WORDS + 1)
 }
 
 /// Events a CPU's part holds, less one.
@@ -125,8 +139,13 @@ pub fn append(ev: &mut CtEvent) {
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let (Some(head), Some(tail), Some(spilled)) = (pos(cpu, HEAD), pos(cpu, TAIL), spilled())
     else {
+        stat(Stat::JournalLost, 1);
         return;
     };
+    if cpu >= cpus() {
+        stat(Stat::JournalLost, 1);
+        return;
+    }
     // SAFETY: array slots, valid for the map's lifetime. Only this CPU's
     // TC egress writes its head, and no other program of this CPU runs
     // between the read and the write (softirq).
@@ -135,6 +154,7 @@ pub fn append(ev: &mut CtEvent) {
     ev.at = unsafe { bpf_ktime_get_ns() };
     if h.wrapping_sub(t) <= u64::from(slots_mask()) {
         let Some(slot) = slot(cpu, h) else {
+            stat(Stat::JournalLost, 1);
             return;
         };
         // SAFETY: the slot is past the tail, so the drain does not read
@@ -175,6 +195,12 @@ fn ordered() -> bool {
 /// the same addresses and ports starts after the old one ended.
 #[classifier]
 pub fn evenflow_ct_drain(ctx: TcContext) -> i32 {
+    let Some(cutoff) = cutoff() else {
+        return 0;
+    };
+    // SAFETY: an array slot, written by the drain alone (one at a time);
+    // no arguments.
+    unsafe { write_volatile(cutoff, bpf_ktime_get_ns().saturating_sub(SETTLED_NS)) };
     let mut ctx = ctx;
     // SAFETY: `drain_one` is a callback the loader relocates to a
     // subprogram; its context is this frame's `ctx`, alive for the loop.
@@ -265,6 +291,10 @@ extern "C" fn earliest_of(cpu: u64, next: *mut c_void) -> i64 {
         return 0;
     };
     let at = ev.at;
+    // SAFETY: an array slot the drain wrote before this loop.
+    if cutoff().is_none_or(|c| at > unsafe { read_volatile(c) }) {
+        return 0;
+    }
     if next.is_null() {
         return 1;
     }
@@ -302,6 +332,7 @@ fn apply(ctx: &TcContext, ev: &CtEvent) {
         CT_EVENT_SYN => ct_flow::start(ctx, &ct_flow::Syn::from(ev)),
         CT_EVENT_SYN_ACK => ct_flow::answered(&ct_flow::SynAck::from(ev)),
         CT_EVENT_END => ct_flow::finish(&ct_flow::End::from(ev)),
+        CT_EVENT_CROSSING => ct_flow::crossed(&ct_flow::Crossing::from(ev)),
         _ => {}
     }
 }

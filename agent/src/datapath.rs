@@ -295,7 +295,7 @@ impl Datapath {
         let sock_slots_mask = sock_slots - 1;
         let level = cfg.ebpf_log.aya_level();
         let flows = FlowMap::of(kernel.conntrack);
-        let journal = Journal::of(kernel.conntrack)?;
+        let journal = Journal::of(kernel.conntrack, &pin_dir)?;
         let mut loader = EbpfLoader::new();
         for (map, entries) in flows.sizes(cfg.max_flows) {
             loader.map_max_entries(map, entries);
@@ -1169,32 +1169,27 @@ struct Journal {
 }
 
 impl Journal {
-    fn of(conntrack: bool) -> Result<Self> {
-        let cpus = if conntrack {
-            let n = aya::util::nr_cpus().map_err(|(what, e)| {
-                anyhow::anyhow!("counting this node's CPUs for the journal ({what}): {e}")
+    fn of(conntrack: bool, pin_dir: &Path) -> Result<Self> {
+        if !conntrack {
+            return Ok(Self { cpus: 0, slots: 1 });
+        }
+        const POSSIBLE: &str = "/sys/devices/system/cpu/possible";
+        let possible = std::fs::read_to_string(POSSIBLE)
+            .with_context(|| format!("reading {POSSIBLE} to size the journal"))?;
+        let cpus = cpu_numbers(&possible)
+            .filter(|&n| n <= agent_common::CT_JOURNAL_MAX_CPUS)
+            .with_context(|| {
+                format!(
+                    "{POSSIBLE} reads {:?}: evenflow's journal of forwarded connections \
+                     needs CPU numbers below {}",
+                    possible.trim(),
+                    agent_common::CT_JOURNAL_MAX_CPUS
+                )
             })?;
-            u32::try_from(n)
-                .ok()
-                .filter(|&n| n <= agent_common::CT_JOURNAL_MAX_CPUS)
-                .with_context(|| {
-                    format!(
-                        "this node has {n} possible CPUs; evenflow's journal of forwarded \
-                         connections supports {} (run with --forwarded-per-packet)",
-                        agent_common::CT_JOURNAL_MAX_CPUS
-                    )
-                })?
-        } else {
-            0
-        };
-        // A test switch: parts of a few events, so that nearly every
-        // event goes through the spill.
-        let slots = std::env::var("EVENFLOW_TEST_JOURNAL_SLOTS")
-            .ok()
-            .and_then(|s| s.parse::<u32>().ok())
-            .filter(|s| s.is_power_of_two() && *s <= agent_common::CT_JOURNAL_SLOTS)
-            .unwrap_or(agent_common::CT_JOURNAL_SLOTS);
-        Ok(Self { cpus, slots })
+        Ok(Self {
+            cpus,
+            slots: journal_slots(pin_dir, cpus),
+        })
     }
 
     /// Its maps' entries: a part of each map per CPU (and the spill's
@@ -1217,6 +1212,51 @@ impl Journal {
             .then(|| Walk::load(ebpf, "evenflow_ct_drain"))
             .transpose()
     }
+}
+
+/// The CPU numbers `/sys/devices/system/cpu/possible` lists ("0-3,8-11"):
+/// the highest one, plus one. `bpf_get_smp_processor_id` can return any of
+/// them, and a sparse list has fewer CPUs than numbers.
+fn cpu_numbers(possible: &str) -> Option<u32> {
+    possible
+        .trim()
+        .split(',')
+        .map(|range| range.rsplit('-').next()?.trim().parse::<u32>().ok())
+        .try_fold(0, |max, last| Some(max.max(last? + 1)))
+        .filter(|&n| n > 0)
+}
+
+/// Events each part of the journal holds: the pinned journal's, which
+/// keeps its size until a new epoch; else the most that keeps all parts
+/// within [`CT_JOURNAL_EVENTS`](agent_common::CT_JOURNAL_EVENTS) (16 MiB),
+/// or what the test switch asks for.
+fn journal_slots(pin_dir: &Path, cpus: u32) -> u32 {
+    let pinned = aya::maps::MapInfo::from_pin(pin_dir.join(maps::CT_JOURNAL))
+        .ok()
+        .map(|info| info.max_entries() / cpus)
+        .filter(|slots| slots.is_power_of_two());
+    // A test switch: parts of a few events, so that nearly every event
+    // goes through the spill.
+    let asked = std::env::var("EVENFLOW_TEST_JOURNAL_SLOTS")
+        .ok()
+        .and_then(|s| s.parse::<u32>().ok())
+        .filter(|s| s.is_power_of_two() && *s <= agent_common::CT_JOURNAL_SLOTS);
+    pinned.or(asked).unwrap_or_else(|| journal_budget(cpus))
+}
+
+/// The largest power of two of events a part that keeps all `cpus` parts
+/// within the journal's budget, between its least and most.
+fn journal_budget(cpus: u32) -> u32 {
+    let share = agent_common::CT_JOURNAL_EVENTS / cpus.max(1);
+    let floor = if share == 0 {
+        0
+    } else {
+        1 << (31 - share.leading_zeros())
+    };
+    floor.clamp(
+        agent_common::CT_JOURNAL_MIN_SLOTS,
+        agent_common::CT_JOURNAL_SLOTS,
+    )
 }
 
 /// The maps this agent keeps forwarded connections in, each with its
@@ -1537,6 +1577,31 @@ fn new_epoch() -> Result<u64> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_journal_has_a_part_for_every_cpu_number() {
+        assert_eq!(super::cpu_numbers("0-1\n"), Some(2));
+        assert_eq!(super::cpu_numbers("0"), Some(1));
+        // Sparse: eight CPUs, numbers up to 11.
+        assert_eq!(super::cpu_numbers("0-3,8-11\n"), Some(12));
+        assert_eq!(super::cpu_numbers("0-3,6"), Some(7));
+        assert_eq!(super::cpu_numbers(""), None);
+        assert_eq!(super::cpu_numbers("0-x"), None);
+    }
+
+    #[test]
+    fn the_journal_keeps_within_its_budget() {
+        assert_eq!(super::journal_budget(2), 32_768);
+        assert_eq!(super::journal_budget(8), 32_768);
+        assert_eq!(super::journal_budget(12), 16_384);
+        assert_eq!(super::journal_budget(64), 4_096);
+        assert_eq!(super::journal_budget(8_192), 64);
+        for cpus in [1, 2, 3, 8, 12, 64, 96, 1_024] {
+            let slots = super::journal_budget(cpus);
+            assert!(slots.is_power_of_two());
+            assert!(u64::from(slots) * u64::from(cpus) <= 262_144, "{cpus} CPUs");
+        }
+    }
+
     use agent_common::Stat;
 
     use super::{FullMarks, Stats, new_losses};
