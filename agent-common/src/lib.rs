@@ -364,6 +364,11 @@ pub const CT_SPILL_ENTRIES: u32 = 393_216;
 pub const CT_JOURNAL_POS_WORDS: u32 = 16;
 /// The most CPUs the drain visits: Linux's own limit (`NR_CPUS`).
 pub const CT_JOURNAL_MAX_CPUS: u32 = 8_192;
+/// How long the agent's drain holds off TC egress's own (see
+/// `EF_CT_DRAIN`): long past one reading (the drain, then the sweepers,
+/// which no other drain may run beside), short beside what the journal
+/// holds (seconds at ten thousand connections a second).
+pub const CT_DRAIN_LEASE_NS: u64 = 5_000_000_000;
 
 /// [`CtFlow`] index of the direction towards the backend (conntrack's
 /// `IP_CT_DIR_ORIGINAL`).
@@ -611,6 +616,10 @@ pub enum Stat {
     /// State changes of forwarded connections lost: the journal's part and
     /// the spill were full.
     JournalLost = 17,
+    /// State changes of forwarded connections TC egress applied itself: its
+    /// CPU's part of the journal was past half full and no agent had
+    /// drained it for [`CT_DRAIN_LEASE_NS`] (stopped, or upgrading).
+    JournalDrainedInline = 18,
 }
 
 /// What the adoption iterator (`iter/tcp`, run once at the agent's start)
@@ -621,7 +630,7 @@ pub const ADOPT_ADOPTED: u8 = b'a';
 pub const ADOPT_UNSUPPORTED: u8 = b'u';
 
 /// Number of [`Stat`] slots.
-pub const STAT_COUNT: u32 = 18;
+pub const STAT_COUNT: u32 = 19;
 
 /// Names of [`Stat`] slots, in index order, as userspace reports them.
 pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
@@ -643,6 +652,7 @@ pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
     "endpoints_retired",
     "journal_spilled",
     "journal_lost",
+    "journal_drained_inline",
 ];
 
 /// Capacity of the endpoint map (per CPU). Not LRU: an endpoint's totals
@@ -696,11 +706,16 @@ pub mod maps {
     pub const CT_JOURNAL: &str = "EF_CT_JOURNAL";
     /// Array of `u64`: each CPU's head and tail in `EF_CT_JOURNAL` (see
     /// [`CT_JOURNAL_POS_WORDS`](super::CT_JOURNAL_POS_WORDS)), then the
-    /// number of events in `EF_CT_SPILL`.
+    /// number of events in `EF_CT_SPILL`, the drain's cutoff, its lock and
+    /// the end of the agent's lease.
     pub const CT_JOURNAL_POS: &str = "EF_CT_JOURNAL_POS";
     /// Hash `u64 -> CtEvent`: journal events whose CPU's part was full,
     /// by CPU and position.
     pub const CT_SPILL: &str = "EF_CT_SPILL";
+    /// Program array of one: the drain TC egress calls (a tail call) when
+    /// its CPU's part of the journal is past half full and no agent has
+    /// drained it lately. Pinned, so that it outlives the agent.
+    pub const CT_DRAIN: &str = "EF_CT_DRAIN";
     /// Hash `u64 -> CtAdopt`, not pinned: the forwarded connections the
     /// agent asks the adoption iterator to adopt, by their record.
     pub const CT_ADOPT: &str = "EF_CT_ADOPT";
@@ -752,7 +767,9 @@ pub const META_COUNT: u32 = 8;
 /// the endpoints the agent retired. 12: `EndpointCounters` counts failed
 /// connection attempts. 13: connections conntrack follows change state
 /// through `EF_CT_JOURNAL`, which programs of layout 12 would not drain.
-pub const LAYOUT_VERSION: u64 = 13;
+/// 14: TC egress drains the journal itself while no agent does
+/// (`EF_CT_DRAIN`, a lock and a lease in `EF_CT_JOURNAL_POS`).
+pub const LAYOUT_VERSION: u64 = 14;
 
 /// The IPv4-mapped IPv6 form (`::ffff:a.b.c.d`) of an IPv4 address given
 /// as it sits in memory (network byte order bytes read as a native `u32`).

@@ -96,32 +96,28 @@ fn find<'a>(conn: u64) -> Option<(&'a mut CtFlow, Tier)> {
 
 /// A packet of a connection conntrack follows that may change its state.
 /// Its SYN, its backend's SYN-ACK and the packet that ends it go to the
-/// journal, which the drain applies (see [`crate::journal`]). Inline: in a frame of its own,
-/// with the packet parser's below it, the call chain would overflow the
-/// stack.
+/// journal, which the drain applies (see [`crate::journal`]). Returns
+/// whether that left the CPU's part past half full. Inline: in a frame of
+/// its own, with the packet parser's below it, the call chain would
+/// overflow the stack.
 #[inline(always)]
-pub fn on_packet(ctx: &TcContext, ct: Ct) {
+pub fn on_packet(ctx: &TcContext, ct: Ct) -> bool {
     let Some(pkt) = Packet::parse(ctx, Side::Egress) else {
-        return;
+        return false;
     };
     if pkt.proto != PROTO_TCP {
-        return;
+        return false;
     }
     if pkt.is_syn() && !ct.reply {
-        on_syn(&pkt, ct.conn);
-        return;
+        return on_syn(&pkt, ct.conn);
     }
     if pkt.is_fin() || pkt.is_rst() {
-        on_close(&pkt, ct);
-        return;
+        return on_close(&pkt, ct);
     }
     if pkt.is_syn_ack() {
-        if ct.reply {
-            on_syn_ack(&pkt, ct.conn);
-        }
-        return;
+        return ct.reply && on_syn_ack(&pkt, ct.conn);
     }
-    on_crossing(&pkt, ct);
+    on_crossing(&pkt, ct)
 }
 
 /// A packet's destination, which tells the connection it belongs to from
@@ -135,11 +131,11 @@ fn to(pkt: &Packet) -> ([u32; 4], u16) {
 /// A SYN leaving for its backend: journaled if conntrack translated its
 /// destination. Out of line: SYNs only.
 #[inline(never)]
-fn on_syn(pkt: &Packet, conn: u64) {
+fn on_syn(pkt: &Packet, conn: u64) -> bool {
     let key = pkt.flow_key();
     let Some(origin) = conntrack::dialled(conn, (&key.remote_addr, key.remote_port)) else {
         stat(Stat::SynRouted, 1);
-        return;
+        return false;
     };
     let syn = Syn {
         conn,
@@ -147,23 +143,23 @@ fn on_syn(pkt: &Packet, conn: u64) {
         client: (origin.src_addr, origin.src_port),
         isn: pkt.seq,
     };
-    journal::append(&mut syn.event());
+    journal::append(&mut syn.event())
 }
 
 /// The backend's SYN-ACK: journaled with its initial sequence number.
 /// Out of line, as [`on_syn`]: its event stays off the frame every packet
 /// of the connection runs in.
 #[inline(never)]
-fn on_syn_ack(pkt: &Packet, conn: u64) {
+fn on_syn_ack(pkt: &Packet, conn: u64) -> bool {
     if conntrack::translated(conn).is_none() {
-        return;
+        return false;
     }
     let a = SynAck {
         conn,
         client: to(pkt),
         isn: pkt.seq,
     };
-    journal::append(&mut a.event());
+    journal::append(&mut a.event())
 }
 
 /// A translated SYN, as the journal holds it.
@@ -350,12 +346,12 @@ pub fn finish(e: &End) {
 /// with conntrack's end that way, for the count to catch up with. Out of
 /// line, like [`on_close`].
 #[inline(never)]
-fn on_crossing(pkt: &Packet, ct: Ct) {
+fn on_crossing(pkt: &Packet, ct: Ct) -> bool {
     if conntrack::translated(ct.conn).is_none() {
-        return;
+        return false;
     }
     let Some(seen) = Seen::of(ct.conn) else {
-        return;
+        return false;
     };
     let dir = if ct.reply {
         conntrack::REPLY
@@ -368,7 +364,7 @@ fn on_crossing(pkt: &Packet, ct: Ct) {
         reply: ct.reply,
         end: seen.end(dir),
     };
-    journal::append(&mut c.event());
+    journal::append(&mut c.event())
 }
 
 /// A packet that crossed a multiple of 2^29, as the journal holds it.
@@ -430,9 +426,9 @@ pub fn crossed(c: &Crossing) {
 /// line: at most a few packets per connection, and conntrack's state read
 /// here stays off the main frame's stack.
 #[inline(never)]
-fn on_close(pkt: &Packet, ct: Ct) {
+fn on_close(pkt: &Packet, ct: Ct) -> bool {
     let Some(seen) = Seen::of(ct.conn) else {
-        return;
+        return false;
     };
     let (this, other) = if ct.reply {
         (conntrack::REPLY, conntrack::ORIGINAL)
@@ -445,10 +441,10 @@ fn on_close(pkt: &Packet, ct: Ct) {
         seen.closed_first(other) && !seen.closed_first(this)
     };
     if !ends {
-        return;
+        return false;
     }
     let Some(assured) = conntrack::translated(ct.conn) else {
-        return;
+        return false;
     };
     let e = End {
         conn: ct.conn,
@@ -460,7 +456,7 @@ fn on_close(pkt: &Packet, ct: Ct) {
             assured,
         },
     };
-    journal::append(&mut e.event());
+    journal::append(&mut e.event())
 }
 
 /// The connection a packet leaving for `to` belongs to, if it is followed, its tag and its

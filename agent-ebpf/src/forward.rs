@@ -58,48 +58,50 @@ pub static FLOWS: HashMap<FlowKey, FlowValue> = HashMap::pinned(MAX_FLOWS, BPF_F
 /// the egress program's own code is the dozen instructions a local
 /// socket's packet runs, one or two cache lines: a run costs more the more
 /// instruction lines it touches, and those are cold after the stack's own
-/// code ran (see docs/counting.md).
+/// code ran (see docs/counting.md). Returns whether the packet left its
+/// CPU's part of the journal past half full.
 #[inline(never)]
-pub fn on_egress(ctx: &TcContext) {
+pub fn on_egress(ctx: &TcContext) -> bool {
     // Opaque to the optimiser, as in `tc::note_local_nat`.
     let ctx = core::hint::black_box(ctx);
     if conntrack::followed() {
         // The packet's headers are read before its conntrack record: most
         // packets change no state, and those are done without the helper
         // call that reads `skb->_nfct`.
-        if may_change_state(ctx) {
-            on_conntrack_packet(ctx);
-        }
-        return;
+        return may_change_state(ctx) && on_conntrack_packet(ctx);
     }
     let Some(pkt) = Packet::parse(ctx, Side::Egress) else {
-        return;
+        return false;
     };
     if pkt.proto != PROTO_TCP {
-        return;
+        return false;
     }
     // A SYN is nearly always a new connection: registering it is tried
     // first, which spares the lookup that would miss.
     if pkt.is_syn() && register(ctx, &pkt) {
-        return;
+        return false;
     }
     if let Some(f) = FLOWS.get_ptr_mut(pkt.flow_key()) {
         on_flow_packet(ctx, f, &pkt);
     }
+    false
 }
 
 /// A packet that may change its connection's state, where conntrack
-/// follows forwarded connections.
+/// follows forwarded connections. Returns whether its CPU's part of the
+/// journal is past half full.
 #[inline(always)]
-fn on_conntrack_packet(ctx: &TcContext) {
+fn on_conntrack_packet(ctx: &TcContext) -> bool {
     if let Some(ct) = conntrack::of_packet(ctx) {
-        ct_flow::on_packet(ctx, ct);
-    } else if matches!(syn_probe(ctx), Probe::Syn) {
+        return ct_flow::on_packet(ctx, ct);
+    }
+    if matches!(syn_probe(ctx), Probe::Syn) {
         // Conntrack does not follow this connection, so nothing translated
         // it through netfilter: it is routed (or NATed some other way,
         // which `--forwarded-per-packet` counts).
         stat(Stat::SynRouted, 1);
     }
+    false
 }
 
 #[inline(always)]

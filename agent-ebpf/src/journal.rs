@@ -22,6 +22,15 @@
 //! cost of a hash-map insert, and the drain takes it from there in its
 //! turn: the order holds, and `journal_spilled` counts them. Only an event
 //! that finds the spill full too is lost (`journal_lost`).
+//!
+//! While no agent drains (stopped, crashed, upgrading), TC egress drains
+//! itself, so that the journal never fills: an append that leaves its
+//! part past half full tail-calls [`evenflow_ct_drain_inline`] (through
+//! `EF_CT_DRAIN`, pinned, so it outlives the agent), which applies up to
+//! [`INLINE_MAX`] events once the agent's lease has lapsed. A lock word
+//! keeps to one drain at a time; the lease, which the agent's drain renews
+//! for [`CT_DRAIN_LEASE_NS`], keeps TC egress's drains away from the
+//! agent's sweepers, which no drain may run beside (see docs/counting.md).
 
 use core::{
     ffi::c_void,
@@ -29,18 +38,18 @@ use core::{
 };
 
 use agent_common::{
-    CT_EVENT_CROSSING, CT_EVENT_END, CT_EVENT_SYN, CT_EVENT_SYN_ACK, CT_JOURNAL_MAX_CPUS,
-    CT_JOURNAL_POS_WORDS, CT_JOURNAL_SLOTS, CT_SPILL_ENTRIES, CtEvent, Stat,
+    CT_DRAIN_LEASE_NS, CT_EVENT_CROSSING, CT_EVENT_END, CT_EVENT_SYN, CT_EVENT_SYN_ACK,
+    CT_JOURNAL_MAX_CPUS, CT_JOURNAL_POS_WORDS, CT_JOURNAL_SLOTS, CT_SPILL_ENTRIES, CtEvent, Stat,
 };
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     helpers::generated::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_loop},
     macros::{classifier, map},
-    maps::{Array, HashMap},
+    maps::{Array, HashMap, ProgramArray},
     programs::TcContext,
 };
 
-use crate::{atomic, counters::stat, ct_flow};
+use crate::{atomic, counters::stat, ct_flow, tc::TCX_NEXT};
 
 /// The events, a part of [`JOURNAL_SLOTS_MASK`] + 1 for each CPU (the
 /// agent sizes it for the node's CPU numbers; one entry where forwarded
@@ -57,6 +66,10 @@ pub static POS: Array<u64> = Array::pinned(1, 0);
 /// it takes memory only while the journal overflows.
 #[map(name = "EF_CT_SPILL")]
 pub static SPILL: HashMap<u64, CtEvent> = HashMap::pinned(CT_SPILL_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// [`evenflow_ct_drain_inline`], which the agent puts at index 0.
+#[map(name = "EF_CT_DRAIN")]
+static DRAIN: ProgramArray = ProgramArray::pinned(1, 0);
 
 /// The CPU numbers the agent sized the journal for (the highest possible
 /// one, plus one); 0: no journal.
@@ -78,6 +91,15 @@ const TAIL: u32 = CT_JOURNAL_POS_WORDS / 2;
 /// Events one run of the drain applies at most: `bpf_loop`'s bound (the
 /// agent's next read goes on where it stopped).
 const DRAIN_MAX: u32 = 1 << 23;
+
+/// Events one drain by TC egress applies at most: the packet that runs it
+/// waits for them (tens of microseconds), and the next append past half a
+/// part runs another.
+pub const INLINE_MAX: u32 = 64;
+
+/// What the agent's drain returns when TC egress's holds the lock: run it
+/// again.
+const DRAIN_BUSY: i32 = 1;
 
 /// How old an event must be for the drain to apply it: a writer stamps an
 /// event before it publishes it, and an interrupt (or the hypervisor)
@@ -109,6 +131,19 @@ fn cutoff() -> Option<*mut u64> {
     POS.get_ptr_mut(cpus() * CT_JOURNAL_POS_WORDS + 1)
 }
 
+/// The drains' lock: 1 while one runs.
+#[inline(always)]
+fn lock() -> Option<*mut u64> {
+    POS.get_ptr_mut(cpus() * CT_JOURNAL_POS_WORDS + 2)
+}
+
+/// Until when (`bpf_ktime_get_ns`) the agent's lease runs: TC egress
+/// drains only after it.
+#[inline(always)]
+fn lease() -> Option<*mut u64> {
+    POS.get_ptr_mut(cpus() * CT_JOURNAL_POS_WORDS + 3)
+}
+
 /// Events a CPU's part holds, less one.
 #[inline(always)]
 fn slots_mask() -> u32 {
@@ -129,22 +164,23 @@ fn spill_key(cpu: u32, at: u64) -> u64 {
 }
 
 /// Appends `ev` to this CPU's part (or, where it is full, to the spill),
-/// stamped with the time.
+/// stamped with the time. Returns whether the part is past half full (or
+/// was full): the caller then has TC egress drain ([`relieve`]).
 #[inline(always)]
-pub fn append(ev: &mut CtEvent) {
+pub fn append(ev: &mut CtEvent) -> bool {
     if cpus() == 0 {
-        return;
+        return false;
     }
     // SAFETY: no arguments.
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let (Some(head), Some(tail), Some(spilled)) = (pos(cpu, HEAD), pos(cpu, TAIL), spilled())
     else {
         stat(Stat::JournalLost, 1);
-        return;
+        return false;
     };
     if cpu >= cpus() {
         stat(Stat::JournalLost, 1);
-        return;
+        return false;
     }
     // SAFETY: array slots, valid for the map's lifetime. Only this CPU's
     // TC egress writes its head, and no other program of this CPU runs
@@ -152,10 +188,11 @@ pub fn append(ev: &mut CtEvent) {
     let (h, t) = unsafe { (read_volatile(head), read_volatile(tail)) };
     // SAFETY: no arguments.
     ev.at = unsafe { bpf_ktime_get_ns() };
-    if h.wrapping_sub(t) <= u64::from(slots_mask()) {
+    let held = h.wrapping_sub(t);
+    if held <= u64::from(slots_mask()) {
         let Some(slot) = slot(cpu, h) else {
             stat(Stat::JournalLost, 1);
-            return;
+            return false;
         };
         // SAFETY: the slot is past the tail, so the drain does not read
         // it until the head passes it.
@@ -166,7 +203,7 @@ pub fn append(ev: &mut CtEvent) {
         stat(Stat::JournalSpilled, 1);
     } else {
         stat(Stat::JournalLost, 1);
-        return;
+        return true;
     }
     // Published after the event: on x86 a plain store is (stores are
     // seen in order), elsewhere a fully ordered operation.
@@ -178,6 +215,18 @@ pub fn append(ev: &mut CtEvent) {
             write_volatile(head, h + 1);
         }
     }
+    held > u64::from(slots_mask() / 2)
+}
+
+/// Has this CPU's TC egress drain the journal ([`evenflow_ct_drain_inline`],
+/// a tail call: it does not return). Called from the program's own frame,
+/// where the verifier allows one.
+#[inline(always)]
+pub fn relieve(ctx: &TcContext) {
+    // SAFETY: the slot holds a TC program or nothing; on failure (nothing
+    // there, or too many tail calls) control comes back and the packet
+    // goes on.
+    unsafe { DRAIN.tail_call(ctx, 0) };
 }
 
 /// Whether publishing needs a fully ordered operation: everywhere but on
@@ -192,27 +241,73 @@ fn ordered() -> bool {
 /// Applies every journaled event, across the CPUs' parts, in the order
 /// they were written: a connection's SYN, SYN-ACK and end can each leave
 /// on another CPU, and a record conntrack reuses for a new connection on
-/// the same addresses and ports starts after the old one ended.
+/// the same addresses and ports starts after the old one ended. The
+/// agent's: it renews the lease, and returns [`DRAIN_BUSY`] while TC
+/// egress drains.
 #[classifier]
 pub fn evenflow_ct_drain(ctx: TcContext) -> i32 {
+    let (Some(lock), Some(lease)) = (lock(), lease()) else {
+        return 0;
+    };
+    // SAFETY: an array slot.
+    if unsafe { atomic::cmpxchg(lock, 0, 1) } != 0 {
+        return DRAIN_BUSY;
+    }
+    // SAFETY: an array slot; no arguments.
+    unsafe { write_volatile(lease, bpf_ktime_get_ns() + CT_DRAIN_LEASE_NS) };
+    drain(ctx, DRAIN_MAX);
+    // SAFETY: an array slot, this drain's lock.
+    unsafe { atomic::cmpxchg(lock, 1, 0) };
+    0
+}
+
+/// TC egress's drain, tail-called when its CPU's part is past half full:
+/// up to [`INLINE_MAX`] events, once no agent has drained for its lease
+/// (else the agent's next read drains them). Passes the packet on.
+#[classifier]
+pub fn evenflow_ct_drain_inline(ctx: TcContext) -> i32 {
+    let (Some(lock), Some(lease)) = (lock(), lease()) else {
+        return TCX_NEXT;
+    };
+    // SAFETY: array slots; no arguments.
+    let lapsed = unsafe { bpf_ktime_get_ns() > read_volatile(lease) };
+    // SAFETY: an array slot.
+    if lapsed && unsafe { atomic::cmpxchg(lock, 0, 1) } == 0 {
+        let applied = drain(ctx, INLINE_MAX);
+        // SAFETY: an array slot, this drain's lock.
+        unsafe { atomic::cmpxchg(lock, 1, 0) };
+        stat(Stat::JournalDrainedInline, u64::from(applied));
+    }
+    TCX_NEXT
+}
+
+/// What the drain's loop carries: its program's context, and the events
+/// applied.
+struct Drain {
+    ctx: TcContext,
+    applied: u32,
+}
+
+/// Applies up to `max` events, the lock held; returns how many.
+#[inline(always)]
+fn drain(ctx: TcContext, max: u32) -> u32 {
     let Some(cutoff) = cutoff() else {
         return 0;
     };
-    // SAFETY: an array slot, written by the drain alone (one at a time);
-    // no arguments.
+    // SAFETY: an array slot, written under the lock; no arguments.
     unsafe { write_volatile(cutoff, bpf_ktime_get_ns().saturating_sub(SETTLED_NS)) };
-    let mut ctx = ctx;
+    let mut d = Drain { ctx, applied: 0 };
     // SAFETY: `drain_one` is a callback the loader relocates to a
-    // subprogram; its context is this frame's `ctx`, alive for the loop.
+    // subprogram; its context is this frame's `d`, alive for the loop.
     unsafe {
         bpf_loop(
-            DRAIN_MAX,
+            max,
             drain_one as *const () as *mut c_void,
-            (&raw mut ctx).cast(),
+            (&raw mut d).cast(),
             0,
         );
     }
-    0
+    d.applied
 }
 
 /// The earliest event not yet applied, across the parts.
@@ -252,17 +347,18 @@ extern "C" fn drain_one(_: u64, ctx: *mut c_void) -> i64 {
     if ctx.is_null() {
         return 1;
     }
-    // SAFETY: the drain's own context, passed through `bpf_loop`.
-    let tc = unsafe { &*ctx.cast::<TcContext>() };
-    apply(tc, &ev);
+    // SAFETY: the drain's own state, passed through `bpf_loop`.
+    let d = unsafe { &mut *ctx.cast::<Drain>() };
+    apply(&d.ctx, &ev);
+    d.applied += 1;
     if spilt && SPILL.remove(&spill_key(cpu, t)).is_ok() {
         if let Some(spilled) = spilled() {
             // SAFETY: an array slot; adding 2^64 - 1 takes one away.
             unsafe { atomic::add(spilled, u64::MAX) };
         }
     }
-    // SAFETY: an array slot; only the drain writes the tail (the agent
-    // runs one drain at a time).
+    // SAFETY: an array slot; only the drain writes the tail (one at a
+    // time, under the lock).
     unsafe { atomic::cmpxchg(tail, t, t + 1) };
     0
 }

@@ -10,7 +10,9 @@
 //! * Egress returns at once for packets of local sockets (sock_ops counts
 //!   those) — reading the socket's state, not the packet, unless the socket
 //!   is connecting — after noting a local SYN that DNAT redirected;
-//!   everything else goes to [`crate::forward`].
+//!   everything else goes to [`crate::forward`], and where that leaves
+//!   its CPU's part of the journal past half full, to the journal's own
+//!   drain ([`journal::relieve`]).
 //!
 //! Both return `TCX_NEXT` (`TC_ACT_UNSPEC`): the packet goes on to the next
 //! program in the device's chain and then the stack, exactly as if evenflow
@@ -30,13 +32,13 @@ use aya_ebpf::{
 };
 
 use crate::{
-    forward,
+    forward, journal,
     packet::{Packet, Probe, Side, syn_probe},
 };
 
 /// `TCX_NEXT`: pass to the next program in the chain (`TC_ACT_UNSPEC` for
 /// clsact, which continues with the next filter the same way).
-const TCX_NEXT: i32 = -1;
+pub const TCX_NEXT: i32 = -1;
 
 const AF_INET: u32 = 2;
 
@@ -87,7 +89,9 @@ pub fn evenflow_tc_egress(ctx: TcContext) -> i32 {
     // SAFETY: `sk` is a context field tc may read and compare with null.
     let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
     if sk.is_null() {
-        forward::on_egress(&ctx);
+        if forward::on_egress(&ctx) {
+            journal::relieve(&ctx);
+        }
     } else if connecting(sk) {
         note_local_nat(&ctx, sk);
     }

@@ -40,7 +40,12 @@ use aya::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    cli::EbpfLog, ct_adopt::Translations, ctnetlink::Translated, iter::MapIter, walk::Walk,
+    cli::EbpfLog,
+    ct_adopt::Translations,
+    ctnetlink::Translated,
+    iter::MapIter,
+    journal::{Drains, Journal},
+    walk::Walk,
 };
 
 /// The eBPF object built by `agent/build.rs` (aya-build) from `agent-ebpf`.
@@ -254,10 +259,10 @@ pub struct Datapath {
     /// Whether the storage sampler's walk was said not to reach other
     /// network namespaces.
     unreached_said: std::sync::atomic::AtomicBool,
-    /// The journal's drain (where conntrack is followed), run before every
-    /// read and before the sweepers: it starts and ends the connections
-    /// TC egress journaled since.
-    drain: Option<Walk>,
+    /// The journal's drains (where conntrack is followed); the agent's runs
+    /// before every read and before the sweepers: it starts and ends the
+    /// connections TC egress journaled since.
+    drain: Option<Drains>,
     /// The flow sweepers, one per map of forwarded connections, run before
     /// every read while a connection is tracked.
     sweepers: Vec<Walk>,
@@ -300,14 +305,7 @@ impl Datapath {
         for (map, entries) in flows.sizes(cfg.max_flows) {
             loader.map_max_entries(map, entries);
         }
-        for (map, entries) in journal.sizes() {
-            loader.map_max_entries(map, entries);
-        }
-        let slots_mask = journal.slots - 1;
-        loader
-            .override_global("JOURNAL_CPUS", &journal.cpus, true)
-            .override_global("JOURNAL_SLOTS_MASK", &slots_mask, true)
-            .override_global("JOURNAL_ORDERED", &JOURNAL_ORDERED, true);
+        journal.configure(&mut loader);
         loader
             .default_map_pin_directory(&pin_dir)
             .map_max_entries(maps::ENDPOINTS, cfg.max_endpoints)
@@ -344,12 +342,15 @@ impl Datapath {
         // replaced by its own.
         let resets_loaded = load_linked(&mut ebpf)?;
         let slot_sampler = Walk::load(&mut ebpf, "evenflow_slot_sampler")?;
-        let drain = journal.load_drain(&mut ebpf)?;
+        let drain = journal.load_drains(&mut ebpf)?;
         let sweepers = flows
             .maps
             .iter()
             .map(|(_, sweeper)| Walk::load(&mut ebpf, sweeper))
             .collect::<Result<Vec<_>>>()?;
+        if let Some(drain) = &drain {
+            drain.install(&mut ebpf)?;
+        }
         if let Some(aside) = aside {
             aside.retire()?;
         }
@@ -825,7 +826,7 @@ fn max_entries(pin_dir: &Path, name: &str) -> Result<u64> {
     Ok(u64::from(info.max_entries()))
 }
 
-fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
+pub fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
@@ -1154,111 +1155,6 @@ fn young_flows(max_flows: u32) -> u32 {
     (max_flows / 2).min(agent_common::CT_YOUNG_ENTRIES)
 }
 
-/// Whether the journal's writers publish with a fully ordered operation:
-/// not on x86, where a plain store keeps the order (see
-/// `agent-ebpf/src/journal.rs`).
-const JOURNAL_ORDERED: u8 = if cfg!(target_arch = "x86_64") { 0 } else { 1 };
-
-/// The journal of forwarded connections' state changes: sized for the
-/// node's CPUs where conntrack is followed, one entry each elsewhere.
-struct Journal {
-    /// CPUs it has parts for; 0 for none.
-    cpus: u32,
-    /// Events each part holds.
-    slots: u32,
-}
-
-impl Journal {
-    fn of(conntrack: bool, pin_dir: &Path) -> Result<Self> {
-        if !conntrack {
-            return Ok(Self { cpus: 0, slots: 1 });
-        }
-        const POSSIBLE: &str = "/sys/devices/system/cpu/possible";
-        let possible = std::fs::read_to_string(POSSIBLE)
-            .with_context(|| format!("reading {POSSIBLE} to size the journal"))?;
-        let cpus = cpu_numbers(&possible)
-            .filter(|&n| n <= agent_common::CT_JOURNAL_MAX_CPUS)
-            .with_context(|| {
-                format!(
-                    "{POSSIBLE} reads {:?}: evenflow's journal of forwarded connections \
-                     needs CPU numbers below {}",
-                    possible.trim(),
-                    agent_common::CT_JOURNAL_MAX_CPUS
-                )
-            })?;
-        Ok(Self {
-            cpus,
-            slots: journal_slots(pin_dir, cpus),
-        })
-    }
-
-    /// Its maps' entries: a part of each map per CPU (and the spill's
-    /// count after the parts' positions).
-    fn sizes(&self) -> [(&'static str, u32); 3] {
-        let parts = self.cpus;
-        [
-            (maps::CT_JOURNAL, parts * self.slots),
-            (
-                maps::CT_JOURNAL_POS,
-                (parts + 1) * agent_common::CT_JOURNAL_POS_WORDS,
-            ),
-            (maps::CT_SPILL, agent_common::CT_SPILL_ENTRIES),
-        ]
-        .map(|(map, entries)| (map, if self.cpus == 0 { 1 } else { entries }))
-    }
-
-    fn load_drain(&self, ebpf: &mut Ebpf) -> Result<Option<Walk>> {
-        (self.cpus != 0)
-            .then(|| Walk::load(ebpf, "evenflow_ct_drain"))
-            .transpose()
-    }
-}
-
-/// The CPU numbers `/sys/devices/system/cpu/possible` lists ("0-3,8-11"):
-/// the highest one, plus one. `bpf_get_smp_processor_id` can return any of
-/// them, and a sparse list has fewer CPUs than numbers.
-fn cpu_numbers(possible: &str) -> Option<u32> {
-    possible
-        .trim()
-        .split(',')
-        .map(|range| range.rsplit('-').next()?.trim().parse::<u32>().ok())
-        .try_fold(0, |max, last| Some(max.max(last? + 1)))
-        .filter(|&n| n > 0)
-}
-
-/// Events each part of the journal holds: the pinned journal's, which
-/// keeps its size until a new epoch; else the most that keeps all parts
-/// within [`CT_JOURNAL_EVENTS`](agent_common::CT_JOURNAL_EVENTS) (16 MiB),
-/// or what the test switch asks for.
-fn journal_slots(pin_dir: &Path, cpus: u32) -> u32 {
-    let pinned = aya::maps::MapInfo::from_pin(pin_dir.join(maps::CT_JOURNAL))
-        .ok()
-        .map(|info| info.max_entries() / cpus)
-        .filter(|slots| slots.is_power_of_two());
-    // A test switch: parts of a few events, so that nearly every event
-    // goes through the spill.
-    let asked = std::env::var("EVENFLOW_TEST_JOURNAL_SLOTS")
-        .ok()
-        .and_then(|s| s.parse::<u32>().ok())
-        .filter(|s| s.is_power_of_two() && *s <= agent_common::CT_JOURNAL_SLOTS);
-    pinned.or(asked).unwrap_or_else(|| journal_budget(cpus))
-}
-
-/// The largest power of two of events a part that keeps all `cpus` parts
-/// within the journal's budget, between its least and most.
-fn journal_budget(cpus: u32) -> u32 {
-    let share = agent_common::CT_JOURNAL_EVENTS / cpus.max(1);
-    let floor = if share == 0 {
-        0
-    } else {
-        1 << (31 - share.leading_zeros())
-    };
-    floor.clamp(
-        agent_common::CT_JOURNAL_MIN_SLOTS,
-        agent_common::CT_JOURNAL_SLOTS,
-    )
-}
-
 /// The maps this agent keeps forwarded connections in, each with its
 /// sweeper, which `--max-flows` sizes together.
 struct FlowMap {
@@ -1577,31 +1473,6 @@ fn new_epoch() -> Result<u64> {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn the_journal_has_a_part_for_every_cpu_number() {
-        assert_eq!(super::cpu_numbers("0-1\n"), Some(2));
-        assert_eq!(super::cpu_numbers("0"), Some(1));
-        // Sparse: eight CPUs, numbers up to 11.
-        assert_eq!(super::cpu_numbers("0-3,8-11\n"), Some(12));
-        assert_eq!(super::cpu_numbers("0-3,6"), Some(7));
-        assert_eq!(super::cpu_numbers(""), None);
-        assert_eq!(super::cpu_numbers("0-x"), None);
-    }
-
-    #[test]
-    fn the_journal_keeps_within_its_budget() {
-        assert_eq!(super::journal_budget(2), 32_768);
-        assert_eq!(super::journal_budget(8), 32_768);
-        assert_eq!(super::journal_budget(12), 16_384);
-        assert_eq!(super::journal_budget(64), 4_096);
-        assert_eq!(super::journal_budget(8_192), 64);
-        for cpus in [1, 2, 3, 8, 12, 64, 96, 1_024] {
-            let slots = super::journal_budget(cpus);
-            assert!(slots.is_power_of_two());
-            assert!(u64::from(slots) * u64::from(cpus) <= 262_144, "{cpus} CPUs");
-        }
-    }
-
     use agent_common::Stat;
 
     use super::{FullMarks, Stats, new_losses};

@@ -20,6 +20,7 @@ mod embedded;
 mod grpc;
 mod host;
 mod iter;
+mod journal;
 mod layout;
 mod links;
 mod listeners;

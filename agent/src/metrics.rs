@@ -171,6 +171,11 @@ pub fn render(snap: &v1::Snapshot) -> String {
                 d.journal_lost,
             ),
             (
+                "journal_drained_inline",
+                "State changes of forwarded connections TC egress applied itself while no agent drained the journal.",
+                d.journal_drained_inline,
+            ),
+            (
                 "endpoint_insert_no_memory",
                 "Of endpoint_insert_failed, endpoints the kernel could not allocate counters for (memory limit).",
                 d.endpoint_insert_no_memory,

@@ -110,6 +110,7 @@ pub fn build(i: &Inputs<'_>) -> v1::Snapshot {
             endpoints_retired: i.stats.slot(Stat::EndpointRetired),
             journal_spilled: i.stats.slot(Stat::JournalSpilled),
             journal_lost: i.stats.slot(Stat::JournalLost),
+            journal_drained_inline: i.stats.slot(Stat::JournalDrainedInline),
         }),
         interfaces: i.interfaces.to_vec(),
         cgroup: i.cgroup.to_owned(),

@@ -37,14 +37,13 @@ impl Walk {
         Ok(Self { name, prog: fd })
     }
 
-    /// Visits every element once.
-    pub fn run(&self) -> Result<()> {
+    /// Visits every element once; returns what the program returned.
+    pub fn run(&self) -> Result<u32> {
         // The program reads no packet; the kernel wants at least an
         // Ethernet header's worth to build one.
         let packet = [0u8; 64];
         let mut out = [0u8; 64];
         crate::sys::test_run(self.prog.as_fd(), &packet, &mut out)
-            .with_context(|| format!("running {}", self.name))?;
-        Ok(())
+            .with_context(|| format!("running {}", self.name))
     }
 }

@@ -97,6 +97,68 @@ fn agents_killed_under_load_lose_nothing() {
     }
 }
 
+/// The lb's agent gone for longer than its journal and spill hold (a test
+/// switch makes both small: 256 events a CPU, 64 in the spill, where a
+/// thousand connections write three thousand): once the agent's lease
+/// lapses TC egress drains the journal itself, so not one connection or
+/// byte goes uncounted, in either view, and none is lost.
+#[test]
+fn an_lb_agent_gone_longer_than_its_journal_holds_loses_nothing() {
+    evenflow_tests::require_root();
+    const SMALL: [&str; 2] = [
+        "EVENFLOW_TEST_JOURNAL_SLOTS=256",
+        "EVENFLOW_TEST_SPILL_ENTRIES=64",
+    ];
+    let mut lab = Lab::new("gone", 2).expect("the lab builds");
+    let mut logs = Vec::new();
+    for b in lab.backends.clone() {
+        logs.push(nginx::start(&mut lab, &b).expect("nginx starts"));
+        agent::start(&mut lab, &b, &FLAGS).expect("a backend agent starts");
+    }
+    nft::start(&lab).expect("the DNAT rules load");
+    let lb = lab.lb.clone();
+    agent::start_with_env(&mut lab, &lb, &[], &SMALL).expect("the lb agent starts");
+    let vip = lab::vip(false);
+    let mut load = client::http_load(&lab.client.ns, vip, 40, 4).expect("the load runs");
+
+    agent::kill(&mut lab, &lb);
+    // Past the lease the agent's last drain took (5 s).
+    std::thread::sleep(Duration::from_secs(6));
+    let gone = client::http_load(&lab.client.ns, vip, 1_000, 4).expect("the load runs");
+    load.add(&gone);
+    agent::relaunch(&mut lab, &lb, &[], &SMALL).expect("the lb agent starts again");
+    assert_eq!(load.failures, 0, "{load:?}");
+
+    for (i, b) in lab.backends.clone().iter().enumerate() {
+        let served = nginx::read_log(&logs[i]).expect("an access log");
+        let addr = b.addr4.to_string();
+        let (_, server) = settled(&b.ns, &addr, BACKEND_PORT, SERVES, served.connections);
+        let (_, lb_view) = settled(&lb.ns, &addr, BACKEND_PORT, SENDS_TO, served.connections);
+        println!(
+            "{}: nginx {served:?}\n  server {server:?}\n  lb {lb_view:?}",
+            b.role
+        );
+        assert_served(&format!("{} SERVES", b.role), server, &served, View::Server);
+        assert_served(
+            &format!("lb SENDS_TO {}", b.role),
+            lb_view,
+            &served,
+            View::Lb,
+        );
+    }
+    let snap = grpcurl::snapshot(&lb.ns).expect("the lb's snapshot");
+    let (lost, inline) = (
+        truth::datapath_stat(&snap, "journalLost"),
+        truth::datapath_stat(&snap, "journalDrainedInline"),
+    );
+    assert_eq!(lost, 0, "journal events lost while the agent was gone");
+    assert!(
+        inline >= gone.connections,
+        "TC egress applied {inline} events itself for {} connections made while the agent was gone",
+        gone.connections
+    );
+}
+
 /// Mounts `file` over `/proc/stat` in the mount namespace of process
 /// `pid` alone: the agent's CPU sample, the last step of each reading,
 /// then fails as a malformed or unreadable file would.
