@@ -195,7 +195,6 @@ fn journal_budget(cpus: u32) -> u32 {
     )
 }
 
-
 /// Events the spill holds: [`CT_SPILL_ENTRIES`](agent_common::CT_SPILL_ENTRIES),
 /// or what the test switch asks for (a spill that fills within a test).
 fn spill_entries() -> u32 {
