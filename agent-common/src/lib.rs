@@ -364,10 +364,11 @@ pub const CT_SPILL_ENTRIES: u32 = 393_216;
 pub const CT_JOURNAL_POS_WORDS: u32 = 16;
 /// The most CPUs the drain visits: Linux's own limit (`NR_CPUS`).
 pub const CT_JOURNAL_MAX_CPUS: u32 = 8_192;
-/// How long the agent's drain holds off TC egress's own (see
-/// `EF_CT_DRAIN`): long past one reading (the drain, then the sweepers,
-/// which no other drain may run beside), short beside what the journal
-/// holds (seconds at ten thousand connections a second).
+/// How long the agent may hold the journal's drain lock (see
+/// `EF_CT_DRAIN`) before TC egress takes it back: long past one reading
+/// (the drain, then the sweepers, which no other drain may run beside),
+/// and the time an agent that dies holding it leaves the journal to fill
+/// (seconds, where it holds minutes at ten thousand connections a second).
 pub const CT_DRAIN_LEASE_NS: u64 = 5_000_000_000;
 
 /// [`CtFlow`] index of the direction towards the backend (conntrack's
@@ -617,8 +618,8 @@ pub enum Stat {
     /// the spill were full.
     JournalLost = 17,
     /// State changes of forwarded connections TC egress applied itself: its
-    /// CPU's part of the journal was past half full and no agent had
-    /// drained it for [`CT_DRAIN_LEASE_NS`] (stopped, or upgrading).
+    /// CPU's part of the journal was past half full between the agent's
+    /// reads, or with no agent running.
     JournalDrainedInline = 18,
 }
 
@@ -706,15 +707,15 @@ pub mod maps {
     pub const CT_JOURNAL: &str = "EF_CT_JOURNAL";
     /// Array of `u64`: each CPU's head and tail in `EF_CT_JOURNAL` (see
     /// [`CT_JOURNAL_POS_WORDS`](super::CT_JOURNAL_POS_WORDS)), then the
-    /// number of events in `EF_CT_SPILL`, the drain's cutoff, its lock and
-    /// the end of the agent's lease.
+    /// number of events in `EF_CT_SPILL`, the drain's cutoff and the
+    /// drains' lock.
     pub const CT_JOURNAL_POS: &str = "EF_CT_JOURNAL_POS";
     /// Hash `u64 -> CtEvent`: journal events whose CPU's part was full,
     /// by CPU and position.
     pub const CT_SPILL: &str = "EF_CT_SPILL";
     /// Program array of one: the drain TC egress calls (a tail call) when
-    /// its CPU's part of the journal is past half full and no agent has
-    /// drained it lately. Pinned, so that it outlives the agent.
+    /// its CPU's part of the journal is past half full. Pinned, so that it
+    /// outlives the agent.
     pub const CT_DRAIN: &str = "EF_CT_DRAIN";
     /// Hash `u64 -> CtAdopt`, not pinned: the forwarded connections the
     /// agent asks the adoption iterator to adopt, by their record.
@@ -767,8 +768,8 @@ pub const META_COUNT: u32 = 8;
 /// the endpoints the agent retired. 12: `EndpointCounters` counts failed
 /// connection attempts. 13: connections conntrack follows change state
 /// through `EF_CT_JOURNAL`, which programs of layout 12 would not drain.
-/// 14: TC egress drains the journal itself while no agent does
-/// (`EF_CT_DRAIN`, a lock and a lease in `EF_CT_JOURNAL_POS`).
+/// 14: TC egress drains the journal itself between the agent's reads
+/// (`EF_CT_DRAIN`, a lock in `EF_CT_JOURNAL_POS`).
 pub const LAYOUT_VERSION: u64 = 14;
 
 /// The IPv4-mapped IPv6 form (`::ffff:a.b.c.d`) of an IPv4 address given

@@ -23,14 +23,17 @@
 //! turn: the order holds, and `journal_spilled` counts them. Only an event
 //! that finds the spill full too is lost (`journal_lost`).
 //!
-//! While no agent drains (stopped, crashed, upgrading), TC egress drains
-//! itself, so that the journal never fills: an append that leaves its
-//! part past half full tail-calls [`evenflow_ct_drain_inline`] (through
-//! `EF_CT_DRAIN`, pinned, so it outlives the agent), which applies up to
-//! [`INLINE_MAX`] events once the agent's lease has lapsed. A lock word
-//! keeps to one drain at a time; the lease, which the agent's drain renews
-//! for [`CT_DRAIN_LEASE_NS`], keeps TC egress's drains away from the
-//! agent's sweepers, which no drain may run beside (see docs/counting.md).
+//! Between the agent's reads, and while no agent runs at all (stopped,
+//! crashed, upgrading), TC egress drains itself, so that the journal never
+//! fills: an append that leaves its part past half full tail-calls
+//! [`evenflow_ct_drain_inline`] (through `EF_CT_DRAIN`, pinned, so it
+//! outlives the agent), which applies up to [`INLINE_MAX`] events. One
+//! drain runs at a time, under a lock word that says until when its holder
+//! may keep it: TC egress's for the microseconds of its drain, the agent's
+//! through its whole read (its drain, its sweepers, which no drain may run
+//! beside, and at its start the adoption), released after it
+//! ([`evenflow_ct_release`]) or, should the agent die holding it, taken
+//! back [`CT_DRAIN_LEASE_NS`] later.
 
 use core::{
     ffi::c_void,
@@ -101,6 +104,10 @@ pub const INLINE_MAX: u32 = 64;
 /// again.
 const DRAIN_BUSY: i32 = 1;
 
+/// How long TC egress's drain may hold the lock: far longer than its
+/// [`INLINE_MAX`] events take.
+const INLINE_HOLD_NS: u64 = 10_000_000;
+
 /// How old an event must be for the drain to apply it: a writer stamps an
 /// event before it publishes it, and an interrupt (or the hypervisor)
 /// between the two must not let a later event of another CPU be applied
@@ -131,17 +138,24 @@ fn cutoff() -> Option<*mut u64> {
     POS.get_ptr_mut(cpus() * CT_JOURNAL_POS_WORDS + 1)
 }
 
-/// The drains' lock: 1 while one runs.
+/// The drains' lock: 0 while free, else until when (`bpf_ktime_get_ns`)
+/// its holder may keep it, odd for the agent's (see [`take`]).
 #[inline(always)]
 fn lock() -> Option<*mut u64> {
     POS.get_ptr_mut(cpus() * CT_JOURNAL_POS_WORDS + 2)
 }
 
-/// Until when (`bpf_ktime_get_ns`) the agent's lease runs: TC egress
-/// drains only after it.
+/// Takes the lock until `until`, if it is free or its holder's time ran
+/// out; returns whether it did.
 #[inline(always)]
-fn lease() -> Option<*mut u64> {
-    POS.get_ptr_mut(cpus() * CT_JOURNAL_POS_WORDS + 3)
+fn take(lock: *mut u64, now: u64, until: u64) -> bool {
+    // SAFETY: an array slot.
+    let held = unsafe { read_volatile(lock) };
+    if held != 0 && held > now {
+        return false;
+    }
+    // SAFETY: an array slot.
+    unsafe { atomic::cmpxchg(lock, held, until) == held }
 }
 
 /// Events a CPU's part holds, less one.
@@ -242,40 +256,54 @@ fn ordered() -> bool {
 /// they were written: a connection's SYN, SYN-ACK and end can each leave
 /// on another CPU, and a record conntrack reuses for a new connection on
 /// the same addresses and ports starts after the old one ended. The
-/// agent's: it renews the lease, and returns [`DRAIN_BUSY`] while TC
-/// egress drains.
+/// agent's: it takes the lock for the agent's read and keeps it (see
+/// [`evenflow_ct_release`]), and returns [`DRAIN_BUSY`] while TC egress
+/// drains.
 #[classifier]
 pub fn evenflow_ct_drain(ctx: TcContext) -> i32 {
-    let (Some(lock), Some(lease)) = (lock(), lease()) else {
+    let Some(lock) = lock() else {
         return 0;
     };
-    // SAFETY: an array slot.
-    if unsafe { atomic::cmpxchg(lock, 0, 1) } != 0 {
+    // SAFETY: no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if !take(lock, now, (now + CT_DRAIN_LEASE_NS) | 1) {
         return DRAIN_BUSY;
     }
-    // SAFETY: an array slot; no arguments.
-    unsafe { write_volatile(lease, bpf_ktime_get_ns() + CT_DRAIN_LEASE_NS) };
     drain(ctx, DRAIN_MAX);
-    // SAFETY: an array slot, this drain's lock.
-    unsafe { atomic::cmpxchg(lock, 1, 0) };
+    0
+}
+
+/// Releases the lock the agent's drain took, once the agent's sweepers
+/// (or, at its start, the adoption) are done: TC egress may drain again.
+/// Leaves one TC egress took alone (the agent held it past its lease).
+#[classifier]
+pub fn evenflow_ct_release(_ctx: TcContext) -> i32 {
+    if let Some(lock) = lock() {
+        // SAFETY: an array slot.
+        let held = unsafe { read_volatile(lock) };
+        if held & 1 != 0 {
+            // SAFETY: an array slot.
+            unsafe { atomic::cmpxchg(lock, held, 0) };
+        }
+    }
     0
 }
 
 /// TC egress's drain, tail-called when its CPU's part is past half full:
-/// up to [`INLINE_MAX`] events, once no agent has drained for its lease
-/// (else the agent's next read drains them). Passes the packet on.
+/// up to [`INLINE_MAX`] events, unless another drain runs (or the agent
+/// is reading). Passes the packet on.
 #[classifier]
 pub fn evenflow_ct_drain_inline(ctx: TcContext) -> i32 {
-    let (Some(lock), Some(lease)) = (lock(), lease()) else {
+    let Some(lock) = lock() else {
         return TCX_NEXT;
     };
-    // SAFETY: array slots; no arguments.
-    let lapsed = unsafe { bpf_ktime_get_ns() > read_volatile(lease) };
-    // SAFETY: an array slot.
-    if lapsed && unsafe { atomic::cmpxchg(lock, 0, 1) } == 0 {
+    // SAFETY: no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let until = (now + INLINE_HOLD_NS) & !1;
+    if take(lock, now, until) {
         let applied = drain(ctx, INLINE_MAX);
         // SAFETY: an array slot, this drain's lock.
-        unsafe { atomic::cmpxchg(lock, 1, 0) };
+        unsafe { atomic::cmpxchg(lock, until, 0) };
         stat(Stat::JournalDrainedInline, u64::from(applied));
     }
     TCX_NEXT
@@ -383,10 +411,9 @@ extern "C" fn earliest_of(cpu: u64, next: *mut c_void) -> i64 {
     if h == t {
         return 0;
     }
-    let Some((ev, _)) = event(cpu, t) else {
+    let Some(at) = stamp(cpu, t) else {
         return 0;
     };
-    let at = ev.at;
     // SAFETY: an array slot the drain wrote before this loop.
     if cutoff().is_none_or(|c| at > unsafe { read_volatile(c) }) {
         return 0;
@@ -407,19 +434,34 @@ extern "C" fn earliest_of(cpu: u64, next: *mut c_void) -> i64 {
 /// whether it is in the spill.
 #[inline(always)]
 fn event(cpu: u32, at: u64) -> Option<(CtEvent, bool)> {
+    let (ev, spilt) = locate(cpu, at)?;
+    // SAFETY: a published event: the writer wrote it whole before the
+    // head and does not write it again until the tail passes it.
+    Some((unsafe { read_volatile(ev) }, spilt))
+}
+
+/// When `cpu`'s event at position `at` was written: all the drain reads
+/// of the other parts' next events to find the earliest.
+#[inline(always)]
+fn stamp(cpu: u32, at: u64) -> Option<u64> {
+    let (ev, _) = locate(cpu, at)?;
+    // SAFETY: as in `event`.
+    Some(unsafe { read_volatile(&raw const (*ev).at) })
+}
+
+/// Where `cpu`'s event at position `at` is: in the spill (while it holds
+/// any, and holds this one), else in its part.
+#[inline(always)]
+fn locate(cpu: u32, at: u64) -> Option<(*const CtEvent, bool)> {
     let spilled = spilled()?;
     // SAFETY: an array slot. A writer counts its spilled event before it
     // publishes the head, which the caller read (fully ordered) before.
     if unsafe { read_volatile(spilled) } != 0 {
-        // SAFETY: a live entry.
-        if let Some(ev) = unsafe { SPILL.get(&spill_key(cpu, at)) } {
-            return Some((*ev, true));
+        if let Some(ev) = SPILL.get_ptr(&spill_key(cpu, at)) {
+            return Some((ev, true));
         }
     }
-    let slot = slot(cpu, at)?;
-    // SAFETY: a slot before the head: the writer published it whole and
-    // does not write it again until the tail passes it.
-    Some((unsafe { read_volatile(slot) }, false))
+    Some((slot(cpu, at)?.cast_const(), false))
 }
 
 #[inline(always)]

@@ -114,37 +114,55 @@ impl Adopted {
     }
 }
 
-/// Adopts the `forwarded` connections, in the calling thread's network
-/// namespace. Call it after TC egress is attached: a connection whose SYN
-/// leaves from then on is the forwarded path's own, and the program leaves
-/// it alone.
-pub fn adopt_forwarded(ebpf: &mut Ebpf, forwarded: &[Translated]) -> Result<Adopted> {
-    let blob = std::fs::read("/sys/kernel/btf/vmlinux").context("reading the kernel's BTF")?;
-    let vmlinux = Btf::parse(&blob).context("parsing the kernel's BTF")?;
-    let lookup = CtLookup::load(&vmlinux).context("loading the conntrack lookup")?;
-    let map = ebpf
-        .take_map(maps::CT_ADOPT)
-        .with_context(|| format!("the eBPF object has no map {}", maps::CT_ADOPT))?;
-    let mut todo: HashMap<MapData, u64, CtAdopt> = HashMap::try_from(map)
-        .with_context(|| format!("map {} has another type", maps::CT_ADOPT))?;
-    let walk = Walk::load(ebpf, PROGRAM)?;
-    let mut adopted = Adopted::default();
-    let mut batch = Vec::new();
-    for t in forwarded {
-        let Some(conn) = lookup.find(t.client, t.dialled)? else {
-            // Closed since the listing.
-            adopted.gone += 1;
-            continue;
-        };
-        todo.insert(conn, entry(t), 0)
-            .with_context(|| format!("filling {}", maps::CT_ADOPT))?;
-        batch.push(conn);
-        if batch.len() == CT_ADOPT_BATCH as usize {
-            adopt_batch(&walk, &mut todo, &mut batch, &mut adopted)?;
-        }
+/// What adopting forwarded connections takes, made ready before the
+/// adoption itself: the lookup by tuple, the walk and its map. Readying
+/// them (the kernel's BTF parsed, two programs verified) takes far longer
+/// than adopting, and the journal's drain lock is held only for the
+/// adoption.
+pub struct Adoption {
+    lookup: CtLookup,
+    todo: HashMap<MapData, u64, CtAdopt>,
+    walk: Walk,
+}
+
+impl Adoption {
+    pub fn prepare(ebpf: &mut Ebpf) -> Result<Self> {
+        let blob = std::fs::read("/sys/kernel/btf/vmlinux").context("reading the kernel's BTF")?;
+        let vmlinux = Btf::parse(&blob).context("parsing the kernel's BTF")?;
+        let lookup = CtLookup::load(&vmlinux).context("loading the conntrack lookup")?;
+        let map = ebpf
+            .take_map(maps::CT_ADOPT)
+            .with_context(|| format!("the eBPF object has no map {}", maps::CT_ADOPT))?;
+        let todo = HashMap::try_from(map)
+            .with_context(|| format!("map {} has another type", maps::CT_ADOPT))?;
+        let walk = Walk::load(ebpf, PROGRAM)?;
+        Ok(Self { lookup, todo, walk })
     }
-    adopt_batch(&walk, &mut todo, &mut batch, &mut adopted)?;
-    Ok(adopted)
+
+    /// Adopts the `forwarded` connections, in the calling thread's network
+    /// namespace. Call it after TC egress is attached: a connection whose
+    /// SYN leaves from then on is the forwarded path's own, and the
+    /// program leaves it alone.
+    pub fn run(mut self, forwarded: &[Translated]) -> Result<Adopted> {
+        let mut adopted = Adopted::default();
+        let mut batch = Vec::new();
+        for t in forwarded {
+            let Some(conn) = self.lookup.find(t.client, t.dialled)? else {
+                // Closed since the listing.
+                adopted.gone += 1;
+                continue;
+            };
+            self.todo
+                .insert(conn, entry(t), 0)
+                .with_context(|| format!("filling {}", maps::CT_ADOPT))?;
+            batch.push(conn);
+            if batch.len() == CT_ADOPT_BATCH as usize {
+                adopt_batch(&self.walk, &mut self.todo, &mut batch, &mut adopted)?;
+            }
+        }
+        adopt_batch(&self.walk, &mut self.todo, &mut batch, &mut adopted)?;
+        Ok(adopted)
+    }
 }
 
 /// Runs the walk over the batch in the map, reads back each outcome,

@@ -392,10 +392,10 @@ impl Datapath {
         if kernel.conntrack && forwards {
             // What the journal holds first: a connection whose SYN is in it
             // is followed already, not one to adopt.
-            if let Some(drain) = &drain {
-                drain.run()?;
-            }
-            adopt_forwarded(&mut ebpf, &translations.forwarded);
+            let adoption = crate::ct_adopt::Adoption::prepare(&mut ebpf);
+            let held = drain.as_ref().map(Drains::run).transpose()?;
+            adopt_forwarded(adoption, &translations.forwarded);
+            drop(held);
         }
         info!(
             node = cfg.node_name,
@@ -685,9 +685,8 @@ impl Datapath {
         out.clear();
         self.slot_sampler.run()?;
         self.sample_storage()?;
-        if let Some(drain) = &self.drain {
-            drain.run()?;
-        }
+        // Held through the sweepers, which must not run beside a drain.
+        let held = self.drain.as_ref().map(Drains::run).transpose()?;
         // The sweeper walks every bucket of the flow map, empty or not
         // (--max-flows of them: a fifth of the agent's CPU on a node with
         // 10,000 endpoints and no forwarded connection), so it runs only
@@ -697,6 +696,7 @@ impl Datapath {
                 sweeper.run()?;
             }
         }
+        drop(held);
         let mut batch = self.batch.lock().unwrap_or_else(|p| p.into_inner());
         let batched = match batch.as_mut() {
             Some((map, reader)) => match reader.read(map.fd().as_fd(), out) {
@@ -1437,8 +1437,8 @@ fn note_local_nat(ebpf: &mut Ebpf, local: &[Translated]) {
 
 /// Adopts the forwarded connections conntrack followed before evenflow
 /// could see their SYN. A refinement, as [`adopt`] is.
-fn adopt_forwarded(ebpf: &mut Ebpf, forwarded: &[Translated]) {
-    match crate::ct_adopt::adopt_forwarded(ebpf, forwarded) {
+fn adopt_forwarded(adoption: Result<crate::ct_adopt::Adoption>, forwarded: &[Translated]) {
+    match adoption.and_then(|a| a.run(forwarded)) {
         Ok(a) => {
             info!(
                 adopted = a.connections,

@@ -1,12 +1,12 @@
 //! The journal of forwarded connections' state changes (`EF_CT_JOURNAL`,
-//! see `agent-ebpf/src/journal.rs`): how large it is, and its two drains.
+//! see `agent-ebpf/src/journal.rs`): how large it is, and its drains.
 //!
-//! The agent's drain runs before every read. TC egress's own runs while no
-//! agent does (stopped, crashed, upgrading): each append that leaves a
+//! The agent's drain runs before every read. TC egress's own runs between
+//! the agent's reads, and while no agent runs: each append that leaves a
 //! CPU's part past half full tail-calls it through `EF_CT_DRAIN`, a pinned
 //! program array, so that it outlives the agent that filled it. The two
-//! share a lock; the agent's renews a lease that keeps TC egress's away
-//! while the agent reads.
+//! share a lock, which the agent's drain takes for the whole read (the
+//! sweepers must not run beside a drain) and [`Held`] gives back.
 
 use std::{path::Path, time::Duration};
 
@@ -99,6 +99,7 @@ impl Journal {
             return Ok(None);
         }
         let agent = Walk::load(ebpf, "evenflow_ct_drain")?;
+        let release = Walk::load(ebpf, "evenflow_ct_release")?;
         let prog: &mut SchedClassifier = crate::datapath::program(ebpf, INLINE)?;
         prog.load()
             .with_context(|| format!("loading {INLINE} (TC egress's drain of the journal)"))?;
@@ -106,7 +107,11 @@ impl Journal {
             .fd()
             .and_then(|fd| fd.try_clone().map_err(Into::into))
             .with_context(|| format!("{INLINE}'s fd"))?;
-        Ok(Some(Drains { agent, inline }))
+        Ok(Some(Drains {
+            agent,
+            release,
+            inline,
+        }))
     }
 }
 
@@ -119,6 +124,7 @@ const BUSY: u32 = 1;
 /// The journal's drains (see the module's doc).
 pub struct Drains {
     agent: Walk,
+    release: Walk,
     inline: ProgramFd,
 }
 
@@ -134,19 +140,37 @@ impl Drains {
     }
 
     /// Applies every event old enough, waiting out a drain TC egress is
-    /// running (tens of microseconds).
-    pub fn run(&self) -> Result<()> {
+    /// running (tens of microseconds), and holds the lock until the
+    /// returned [`Held`] goes: what runs meanwhile (the sweepers, the
+    /// adoption) runs beside no drain.
+    pub fn run(&self) -> Result<Held<'_>> {
         for _ in 0..1_000 {
             if self.agent.run()? != BUSY {
-                return Ok(());
+                return Ok(Held(self));
             }
             std::thread::sleep(Duration::from_micros(200));
         }
         bail!(
-            "the journal's drain found TC egress's drain holding its lock for 200 ms \
-             (a lock word left set in {}?): restart the agent with `evenflow-agent uninstall` first",
-            maps::CT_JOURNAL_POS
+            "the journal's drain found TC egress's drain holding its lock for 200 ms, \
+             which takes microseconds: a kernel that runs evenflow's programs far slower \
+             than expected; `evenflow-agent uninstall`, then start the agent again"
         )
+    }
+}
+
+/// The drains' lock, held by the agent: released when dropped, or by
+/// the kernel [`CT_DRAIN_LEASE_NS`](agent_common::CT_DRAIN_LEASE_NS) after
+/// the drain took it.
+pub struct Held<'a>(&'a Drains);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.release.run() {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "releasing the journal's drain lock failed: TC egress drains again once it lapses"
+            );
+        }
     }
 }
 
