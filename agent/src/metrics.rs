@@ -172,7 +172,7 @@ pub fn render(snap: &v1::Snapshot) -> String {
             ),
             (
                 "journal_drained_inline",
-                "State changes of forwarded connections TC egress applied itself while no agent drained the journal.",
+                "State changes of forwarded connections TC egress applied itself (the journal past half full between reads, or no agent running).",
                 d.journal_drained_inline,
             ),
             (
