@@ -364,8 +364,8 @@ pub const CT_SPILL_ENTRIES: u32 = 393_216;
 pub const CT_JOURNAL_POS_WORDS: u32 = 16;
 /// The most CPUs the drain visits: Linux's own limit (`NR_CPUS`).
 pub const CT_JOURNAL_MAX_CPUS: u32 = 8_192;
-/// How long the agent may hold the journal's drain lock (see
-/// `EF_CT_DRAIN`) before TC egress takes it back: long past one reading
+/// How long the agent may hold the journal's drain lock before TC egress
+/// takes it back: long past one reading
 /// (the drain, then the sweepers, which no other drain may run beside),
 /// and the time an agent that dies holding it leaves the journal to fill
 /// (seconds, where it holds minutes at ten thousand connections a second).
@@ -769,7 +769,7 @@ pub const META_COUNT: u32 = 8;
 /// connection attempts. 13: connections conntrack follows change state
 /// through `EF_CT_JOURNAL`, which programs of layout 12 would not drain.
 /// 14: TC egress drains the journal itself between the agent's reads
-/// (`EF_CT_DRAIN`, a lock in `EF_CT_JOURNAL_POS`).
+/// (`EF_CT_DRAIN`, a lock in `EF_CT_JOURNAL_POS`, a new statistic).
 pub const LAYOUT_VERSION: u64 = 14;
 
 /// The IPv4-mapped IPv6 form (`::ffff:a.b.c.d`) of an IPv4 address given

@@ -245,7 +245,8 @@ struct Tuple {
 }
 
 /// `tuplehash[0].tuple` up to `tuplehash[1].tuple.src`: the original
-/// direction's tuple and where the reply comes from, read in one go.
+/// direction's tuple and where the reply comes from, read in one go (by
+/// the sweeper: on the TC programs' stack it would not fit).
 #[repr(C)]
 #[derive(Copy, Clone)]
 struct Tuples {
@@ -261,10 +262,10 @@ impl Tuples {
     }
 }
 
-// From the original direction's tuple to the reply's: the size of a
-// `struct nf_conntrack_tuple_hash` (a 16-byte hash node, then the tuple),
-// which the agent checks is 56.
-const _: () = assert!(core::mem::offset_of!(Tuples, reply_src) == 56);
+/// From the original direction's tuple to the reply's: the size of a
+/// `struct nf_conntrack_tuple_hash` (a 16-byte hash node, then the
+/// tuple), which the agent checks is 56.
+const TUPLE_STRIDE: u64 = core::mem::offset_of!(Tuples, reply_src) as u64;
 
 /// Whether a flow key's address is IPv4 (IPv4-mapped).
 #[inline(always)]
@@ -298,13 +299,15 @@ fn is(man: &Man, (addr, port): (&[u32; 4], u16)) -> bool {
 /// itself: conntrack routed the connection untranslated.
 #[inline(always)]
 pub fn dialled(ct: u64, backend: (&[u32; 4], u16)) -> Option<SynOrigin> {
-    // One read of both tuples: a helper call costs more than the bytes.
-    let tuples = Tuples::of(ct)?;
-    let reply = tuples.reply_src;
+    // Two small reads, not one of both tuples: the SYN's frame holds
+    // them, and on kernels before 6.8 (which round frames to 32 bytes)
+    // the tuples' 76 bytes bring the call chain to the 512-byte limit.
+    let reply = read::<Man>(ct + offset(&NF_CONN_ORIGINAL_SRC) + TUPLE_STRIDE)?;
     if !is(&reply, backend) {
         return None;
     }
-    let (src, dst) = (tuples.original.src, tuples.original.dst);
+    let original = read::<Tuple>(ct + offset(&NF_CONN_ORIGINAL_SRC))?;
+    let (src, dst) = (original.src, original.dst);
     if dst.port == reply.port && agent_common::same_addr(&dst.addr, &reply.addr) {
         return None;
     }

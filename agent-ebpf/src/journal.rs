@@ -27,13 +27,16 @@
 //! crashed, upgrading), TC egress drains itself, so that the journal never
 //! fills: an append that leaves its part past half full tail-calls
 //! [`evenflow_ct_drain_inline`] (through `EF_CT_DRAIN`, pinned, so it
-//! outlives the agent), which applies up to [`INLINE_MAX`] events. One
-//! drain runs at a time, under a lock word that says until when its holder
-//! may keep it: TC egress's for the microseconds of its drain, the agent's
-//! through its whole read (its drain, its sweepers, which no drain may run
-//! beside, and at its start the adoption), released after it
+//! outlives the agent), which applies up to [`INLINE_MAX`] events. A tail
+//! call, not a call: verified within TC egress, the drain's loops take
+//! the verifier past its million instructions. One drain runs at a time,
+//! under a lock word that says until when its holder may keep it: TC
+//! egress's for the microseconds of its drain, the agent's through its
+//! whole read (its drain, its sweepers, which no drain may run beside,
+//! and at its start the adoption), released after it
 //! ([`evenflow_ct_release`]) or, should the agent die holding it, taken
-//! back [`CT_DRAIN_LEASE_NS`] later.
+//! back [`CT_DRAIN_LEASE_NS`] later (by TC egress; a new agent takes its
+//! predecessor's at once).
 
 use core::{
     ffi::c_void,
@@ -146,16 +149,16 @@ fn lock() -> Option<*mut u64> {
 }
 
 /// Takes the lock until `until`, if it is free or its holder's time ran
-/// out; returns whether it did.
+/// out (or, for the agent, `over_agent`, if the holder is an agent: only
+/// one runs per node, so an agent's lock it finds is its dead
+/// predecessor's); returns whether it did.
 #[inline(always)]
-fn take(lock: *mut u64, now: u64, until: u64) -> bool {
+fn take(lock: *mut u64, now: u64, until: u64, over_agent: bool) -> bool {
     // SAFETY: an array slot.
     let held = unsafe { read_volatile(lock) };
-    if held != 0 && held > now {
-        return false;
-    }
+    let free = held == 0 || held <= now || (over_agent && held & 1 != 0);
     // SAFETY: an array slot.
-    unsafe { atomic::cmpxchg(lock, held, until) == held }
+    free && unsafe { atomic::cmpxchg(lock, held, until) } == held
 }
 
 /// Events a CPU's part holds, less one.
@@ -266,26 +269,11 @@ pub fn evenflow_ct_drain(ctx: TcContext) -> i32 {
     };
     // SAFETY: no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    if !take(lock, now, (now + CT_DRAIN_LEASE_NS) | 1) {
+    let until = (now + CT_DRAIN_LEASE_NS) | 1;
+    if !take(lock, now, until, true) {
         return DRAIN_BUSY;
     }
     drain(ctx, DRAIN_MAX);
-    0
-}
-
-/// Releases the lock the agent's drain took, once the agent's sweepers
-/// (or, at its start, the adoption) are done: TC egress may drain again.
-/// Leaves one TC egress took alone (the agent held it past its lease).
-#[classifier]
-pub fn evenflow_ct_release(_ctx: TcContext) -> i32 {
-    if let Some(lock) = lock() {
-        // SAFETY: an array slot.
-        let held = unsafe { read_volatile(lock) };
-        if held & 1 != 0 {
-            // SAFETY: an array slot.
-            unsafe { atomic::cmpxchg(lock, held, 0) };
-        }
-    }
     0
 }
 
@@ -300,13 +288,29 @@ pub fn evenflow_ct_drain_inline(ctx: TcContext) -> i32 {
     // SAFETY: no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let until = (now + INLINE_HOLD_NS) & !1;
-    if take(lock, now, until) {
+    if take(lock, now, until, false) {
         let applied = drain(ctx, INLINE_MAX);
         // SAFETY: an array slot, this drain's lock.
         unsafe { atomic::cmpxchg(lock, until, 0) };
         stat(Stat::JournalDrainedInline, u64::from(applied));
     }
     TCX_NEXT
+}
+
+/// Releases the lock the agent's drain took, once the agent's sweepers
+/// (or, at its start, the adoption) are done: TC egress may drain again.
+/// Leaves one TC egress took alone (the agent held it past its time).
+#[classifier]
+pub fn evenflow_ct_release(_ctx: TcContext) -> i32 {
+    if let Some(lock) = lock() {
+        // SAFETY: an array slot.
+        let held = unsafe { read_volatile(lock) };
+        if held & 1 != 0 {
+            // SAFETY: an array slot.
+            unsafe { atomic::cmpxchg(lock, held, 0) };
+        }
+    }
+    0
 }
 
 /// What the drain's loop carries: its program's context, and the events

@@ -348,9 +348,6 @@ impl Datapath {
             .iter()
             .map(|(_, sweeper)| Walk::load(&mut ebpf, sweeper))
             .collect::<Result<Vec<_>>>()?;
-        if let Some(drain) = &drain {
-            drain.install(&mut ebpf)?;
-        }
         if let Some(aside) = aside {
             aside.retire()?;
         }
@@ -382,6 +379,9 @@ impl Datapath {
             }
         }
         crate::links::prune(&links_dir, &pinned)?;
+        if let Some(drain) = &drain {
+            drain.install(&mut ebpf)?;
+        }
         let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
         let storage_sampler = storage_sampler(&mut ebpf, &btf, &pin_dir);
         let translations = translations(kernel.conntrack);

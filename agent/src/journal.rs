@@ -131,7 +131,7 @@ pub struct Drains {
 impl Drains {
     /// Puts TC egress's drain in `EF_CT_DRAIN`, in place of the one an
     /// earlier agent put there (the attached programs call this one from
-    /// then on).
+    /// then on). Once this agent's programs are attached.
     pub fn install(&self, ebpf: &mut Ebpf) -> Result<()> {
         let mut array: ProgramArray<MapData> = crate::datapath::take(ebpf, maps::CT_DRAIN)?;
         array
@@ -145,15 +145,20 @@ impl Drains {
     /// adoption) runs beside no drain.
     pub fn run(&self) -> Result<Held<'_>> {
         for _ in 0..1_000 {
-            if self.agent.run()? != BUSY {
-                return Ok(Held(self));
+            match self.agent.run() {
+                Ok(BUSY) => std::thread::sleep(Duration::from_micros(200)),
+                Ok(_) => return Ok(Held(self)),
+                Err(e) => {
+                    // It may have taken the lock before the run failed.
+                    drop(Held(self));
+                    return Err(e);
+                }
             }
-            std::thread::sleep(Duration::from_micros(200));
         }
         bail!(
             "the journal's drain found TC egress's drain holding its lock for 200 ms, \
-             which takes microseconds: a kernel that runs evenflow's programs far slower \
-             than expected; `evenflow-agent uninstall`, then start the agent again"
+             where it takes microseconds: the node is starved of CPU; the next reading \
+             tries again"
         )
     }
 }
