@@ -77,11 +77,27 @@ fn agents_killed_under_load_lose_nothing() {
         .map(|l| nginx::read_log(l).map(|s| s.connections).unwrap_or(0))
         .sum();
     assert_eq!(total, load.connections, "nginx logged every connection");
-    for (i, b) in lab.backends.clone().iter().enumerate() {
-        let served = nginx::read_log(&logs[i]).expect("an access log");
+    for snap in both_views_match_nginx(&lab, &logs) {
+        assert_eq!(snap["agentEpoch"], epoch_before, "the lb's epoch survives");
+    }
+}
+
+/// Every backend's server view (SERVES) and the lb's view of it
+/// (SENDS_TO) equal what its nginx logged (`logs`, one per backend);
+/// returns the lb's snapshots that showed it.
+fn both_views_match_nginx(lab: &Lab, logs: &[std::path::PathBuf]) -> Vec<Value> {
+    let mut snaps = Vec::new();
+    for (b, log) in lab.backends.iter().zip(logs) {
+        let served = nginx::read_log(log).expect("an access log");
         let addr = b.addr4.to_string();
         let (_, server) = settled(&b.ns, &addr, BACKEND_PORT, SERVES, served.connections);
-        let (snap, lb_view) = settled(&lb.ns, &addr, BACKEND_PORT, SENDS_TO, served.connections);
+        let (snap, lb_view) = settled(
+            &lab.lb.ns,
+            &addr,
+            BACKEND_PORT,
+            SENDS_TO,
+            served.connections,
+        );
         println!(
             "{}: nginx {served:?}\n  server {server:?}\n  lb {lb_view:?}",
             b.role
@@ -93,8 +109,9 @@ fn agents_killed_under_load_lose_nothing() {
             &served,
             View::Lb,
         );
-        assert_eq!(snap["agentEpoch"], epoch_before, "the lb's epoch survives");
+        snaps.push(snap);
     }
+    snaps
 }
 
 /// The lb's agent gone for longer than its journal and spill hold (a test
@@ -141,23 +158,7 @@ fn an_lb_agent_gone_longer_than_its_journal_holds_loses_nothing() {
     load.add(&during.join().expect("the load thread"));
     assert_eq!(load.failures, 0, "{load:?}");
 
-    for (i, b) in lab.backends.clone().iter().enumerate() {
-        let served = nginx::read_log(&logs[i]).expect("an access log");
-        let addr = b.addr4.to_string();
-        let (_, server) = settled(&b.ns, &addr, BACKEND_PORT, SERVES, served.connections);
-        let (_, lb_view) = settled(&lb.ns, &addr, BACKEND_PORT, SENDS_TO, served.connections);
-        println!(
-            "{}: nginx {served:?}\n  server {server:?}\n  lb {lb_view:?}",
-            b.role
-        );
-        assert_served(&format!("{} SERVES", b.role), server, &served, View::Server);
-        assert_served(
-            &format!("lb SENDS_TO {}", b.role),
-            lb_view,
-            &served,
-            View::Lb,
-        );
-    }
+    both_views_match_nginx(&lab, &logs);
     let snap = grpcurl::snapshot(&lb.ns).expect("the lb's snapshot");
     let (lost, inline) = (
         truth::datapath_stat(&snap, "journalLost"),
