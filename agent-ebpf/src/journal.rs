@@ -101,7 +101,7 @@ const DRAIN_MAX: u32 = 1 << 23;
 /// Events one drain by TC egress applies at most: the packet that runs it
 /// waits for them (tens of microseconds), and the next append past half a
 /// part runs another.
-pub const INLINE_MAX: u32 = 64;
+const INLINE_MAX: u32 = 64;
 
 /// What the agent's drain returns when TC egress's holds the lock: run it
 /// again.

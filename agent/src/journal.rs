@@ -23,16 +23,14 @@ use crate::walk::Walk;
 /// Whether the journal's writers publish with a fully ordered operation:
 /// not on x86, where a plain store keeps the order (see
 /// `agent-ebpf/src/journal.rs`).
-pub const JOURNAL_ORDERED: u8 = if cfg!(target_arch = "x86_64") { 0 } else { 1 };
+const JOURNAL_ORDERED: u8 = if cfg!(target_arch = "x86_64") { 0 } else { 1 };
 
 /// The journal of forwarded connections' state changes: sized for the
 /// node's CPUs where conntrack is followed, one entry each elsewhere.
 pub struct Journal {
     /// CPUs it has parts for; 0 for none.
     cpus: u32,
-    /// Events each part holds.
-    slots: u32,
-    /// `slots - 1`, for the programs.
+    /// Events each part holds, less one (a power of two less one).
     slots_mask: u32,
 }
 
@@ -41,7 +39,6 @@ impl Journal {
         if !conntrack {
             return Ok(Self {
                 cpus: 0,
-                slots: 1,
                 slots_mask: 0,
             });
         }
@@ -58,11 +55,9 @@ impl Journal {
                     agent_common::CT_JOURNAL_MAX_CPUS
                 )
             })?;
-        let slots = journal_slots(pin_dir, cpus);
         Ok(Self {
             cpus,
-            slots,
-            slots_mask: slots - 1,
+            slots_mask: journal_slots(pin_dir, cpus) - 1,
         })
     }
 
@@ -83,7 +78,7 @@ impl Journal {
     fn sizes(&self) -> [(&'static str, u32); 3] {
         let parts = self.cpus;
         [
-            (maps::CT_JOURNAL, parts * self.slots),
+            (maps::CT_JOURNAL, parts * (self.slots_mask + 1)),
             (
                 maps::CT_JOURNAL_POS,
                 (parts + 1) * agent_common::CT_JOURNAL_POS_WORDS,

@@ -48,13 +48,7 @@ fn background_load(lab: &Lab) -> (Arc<AtomicBool>, std::thread::JoinHandle<clien
 #[test]
 fn agents_killed_under_load_lose_nothing() {
     evenflow_tests::require_root();
-    let mut lab = Lab::new("kill", 4).expect("the lab builds");
-    let mut logs = Vec::new();
-    for b in lab.backends.clone() {
-        logs.push(nginx::start(&mut lab, &b).expect("nginx starts"));
-        agent::start(&mut lab, &b, &FLAGS).expect("a backend agent starts");
-    }
-    nft::start(&lab).expect("the DNAT rules load");
+    let (mut lab, logs) = dnat_lab("kill", 4);
     let (lb, b1) = (lab.lb.clone(), lab.backends[0].clone());
     agent::start(&mut lab, &lb, &[]).expect("the lb agent starts");
     let epoch_before = grpcurl::snapshot(&lb.ns).expect("snapshot")["agentEpoch"].clone();
@@ -80,6 +74,19 @@ fn agents_killed_under_load_lose_nothing() {
     for snap in both_views_match_nginx(&lab, &logs) {
         assert_eq!(snap["agentEpoch"], epoch_before, "the lb's epoch survives");
     }
+}
+
+/// A lab of `backends` nginx backends behind the lb's nftables DNAT, each
+/// with its agent (the lb's left to the test); their access logs.
+fn dnat_lab(name: &str, backends: usize) -> (Lab, Vec<std::path::PathBuf>) {
+    let mut lab = Lab::new(name, backends).expect("the lab builds");
+    let mut logs = Vec::new();
+    for b in lab.backends.clone() {
+        logs.push(nginx::start(&mut lab, &b).expect("nginx starts"));
+        agent::start(&mut lab, &b, &FLAGS).expect("a backend agent starts");
+    }
+    nft::start(&lab).expect("the DNAT rules load");
+    (lab, logs)
 }
 
 /// Every backend's server view (SERVES) and the lb's view of it
@@ -128,13 +135,7 @@ fn an_lb_agent_gone_longer_than_its_journal_holds_loses_nothing() {
         "EVENFLOW_TEST_JOURNAL_SLOTS=2048",
         "EVENFLOW_TEST_SPILL_ENTRIES=64",
     ];
-    let mut lab = Lab::new("gone", 2).expect("the lab builds");
-    let mut logs = Vec::new();
-    for b in lab.backends.clone() {
-        logs.push(nginx::start(&mut lab, &b).expect("nginx starts"));
-        agent::start(&mut lab, &b, &FLAGS).expect("a backend agent starts");
-    }
-    nft::start(&lab).expect("the DNAT rules load");
+    let (mut lab, logs) = dnat_lab("gone", 2);
     let lb = lab.lb.clone();
     agent::start_with_env(&mut lab, &lb, &[], &SMALL).expect("the lb agent starts");
     let vip = lab::vip(false);
