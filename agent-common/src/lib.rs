@@ -818,6 +818,7 @@ mod user {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for CtFlow {}
+    unsafe impl aya::Pod for CtEvent {}
     unsafe impl aya::Pod for CtAdopt {}
     unsafe impl aya::Pod for SynSlot {}
     unsafe impl aya::Pod for SynOrigin {}

@@ -31,6 +31,18 @@ pub enum Command {
     /// leaves its programs attached and counting; this is how they go
     /// (a DaemonSet's removal runs it in a preStop hook or a cleanup Job).
     Uninstall,
+    /// Time the journal's drain an event on a node of `--cpus` CPU numbers
+    /// (`cargo xtask bench-datapath --only drain` runs it); prints the
+    /// nanoseconds. Touches no running agent's maps.
+    #[command(hide = true)]
+    BenchDrain {
+        /// CPU numbers of the node to measure, e.g. 2,64,1024.
+        #[arg(long, value_delimiter = ',', required = true)]
+        cpus: Vec<u32>,
+        /// Events to drain in each measurement.
+        #[arg(long, default_value_t = 65_536)]
+        events: u32,
+    },
 }
 
 /// evenflow's node agent: counts connections and bytes per backend endpoint

@@ -49,7 +49,8 @@ use crate::{
 };
 
 /// The eBPF object built by `agent/build.rs` (aya-build) from `agent-ebpf`.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
 
 /// Where and how to attach.
 pub struct Config<'a> {

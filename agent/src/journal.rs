@@ -61,6 +61,26 @@ impl Journal {
         })
     }
 
+    /// A journal for `cpus` CPU numbers, its parts sized as on such a node
+    /// (the drain bench's).
+    pub fn for_cpus(cpus: u32) -> Result<Self> {
+        if cpus == 0 || cpus > agent_common::CT_JOURNAL_MAX_CPUS {
+            bail!(
+                "a journal has parts for 1 to {} CPU numbers, not {cpus}",
+                agent_common::CT_JOURNAL_MAX_CPUS
+            );
+        }
+        Ok(Self {
+            cpus,
+            slots_mask: journal_budget(cpus) - 1,
+        })
+    }
+
+    /// Events each part holds.
+    pub fn slots(&self) -> u32 {
+        self.slots_mask + 1
+    }
+
     /// Sizes its maps and writes its constants for the programs.
     pub fn configure<'a>(&'a self, loader: &mut EbpfLoader<'a>) {
         for (map, entries) in self.sizes() {

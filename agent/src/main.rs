@@ -16,6 +16,7 @@ mod ct_adopt;
 mod ct_lookup;
 mod ctnetlink;
 mod datapath;
+mod drain_bench;
 mod embedded;
 mod grpc;
 mod host;
@@ -106,6 +107,9 @@ async fn run(args: cli::Args) -> Result<()> {
     let node_name = cli::node_name(&args)?;
     if args.command == Some(cli::Command::Uninstall) {
         return uninstall(&args.bpffs, &node_name);
+    }
+    if let Some(cli::Command::BenchDrain { cpus, events }) = &args.command {
+        return bench_drain(&args.bpffs, cpus, *events);
     }
     cli::check_collector(&args)?;
     cli::check_services(&args.services)?;
@@ -220,6 +224,20 @@ fn warn_map_beyond_reports(capacity: usize) {
 
 /// `evenflow-agent uninstall`: removes the node's pins, and with them every
 /// program evenflow attached for it.
+/// Prints the drain's time an event for each of `cpus` (see
+/// `drain_bench`): `cpus <n> ns_per_event <x>` a line.
+fn bench_drain(bpffs: &std::path::Path, cpus: &[u32], events: u32) -> Result<()> {
+    host::check_capabilities()?;
+    host::check_bpffs(bpffs)?;
+    host::raise_memlock();
+    for &n in cpus {
+        let ns = drain_bench::run(bpffs, n, events)
+            .with_context(|| format!("timing the drain on {n} CPU numbers"))?;
+        println!("cpus {n} ns_per_event {ns:.1}");
+    }
+    Ok(())
+}
+
 fn uninstall(bpffs: &std::path::Path, node_name: &str) -> Result<()> {
     // Without the host's bpffs there is nothing to find, and "nothing to
     // remove" would leave every program attached.

@@ -246,7 +246,7 @@ impl Drop for BpfStats {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
@@ -279,7 +279,7 @@ fn median_interval(v: &[f64]) -> Option<(f64, f64)> {
 }
 
 /// `min–max` of a series, scaled, for the spread next to each median.
-fn spread(v: &[f64], scale: f64, decimals: usize) -> String {
+pub fn spread(v: &[f64], scale: f64, decimals: usize) -> String {
     let lo = v.iter().copied().fold(f64::INFINITY, f64::min) / scale;
     let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max) / scale;
     format!("{lo:.decimals$}–{hi:.decimals$}")
@@ -714,14 +714,17 @@ pub enum Part {
     /// The agent's CPU and RSS with 10,000 live endpoints, and on a
     /// balancer with 10,000 live forwarded connections.
     Footprint,
+    /// The journal's drain, an event's time on nodes of 2 to 8,192 CPUs.
+    Drain,
 }
 
 /// Refuses `--baseline` where it would compare nothing: it is the cost
 /// part's. Checked before the baseline is built.
 pub fn check_baseline(only: Option<Part>, baseline: Option<&str>) -> Result<()> {
     match (only, baseline) {
-        (Some(part), Some(rev)) if part != Part::Cost => bail!(
-            "--baseline {rev} compares per-program cost: use it with --only cost, or without --only"
+        (Some(part), Some(rev)) if !matches!(part, Part::Cost | Part::Drain) => bail!(
+            "--baseline {rev} compares per-program cost and the drain: use it with --only cost, \
+             --only drain, or without --only"
         ),
         _ => Ok(()),
     }
@@ -760,9 +763,14 @@ pub fn run(
         )
     };
     crate::interrupt::install();
+    let mut agents = vec![("this tree".to_owned(), this_agent()?)];
+    agents.extend(baseline);
+    let wants = |part: Part| only.is_none_or(|o| o == part);
+    if only == Some(Part::Drain) {
+        return crate::drain_bench::run(rounds, &agents);
+    }
     let env = setup_env()?;
     let servers = Servers::start(&env)?;
-    let wants = |part: Part| only.is_none_or(|o| o == part);
     println!(
         "\nevenflow datapath benchmark ({rounds} rounds, medians; veth pairs between namespaces)"
     );
@@ -770,8 +778,6 @@ pub fn run(
         throughput(rounds, spin, &env)?.print();
     }
     if wants(Part::Cost) {
-        let mut agents = vec![("this tree".to_owned(), this_agent()?)];
-        agents.extend(baseline);
         let measured = costs(rounds, &env, &agents)?;
         for ((name, _), passes) in agents.iter().zip(&measured) {
             print_costs(rounds, name, passes);
@@ -787,6 +793,9 @@ pub fn run(
     }
     drop(servers);
     drop(env);
+    if wants(Part::Drain) {
+        crate::drain_bench::run(rounds, &agents)?;
+    }
     Ok(())
 }
 

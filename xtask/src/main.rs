@@ -20,6 +20,7 @@
 mod baseline;
 mod bench;
 mod demo;
+mod drain_bench;
 mod interrupt;
 mod pinned_demo;
 mod setup;
@@ -63,7 +64,7 @@ enum Cmd {
         /// Alternating rounds without and with the agent.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
-        /// Measure only this part (throughput, cost or footprint).
+        /// Measure only this part (throughput, cost, footprint or drain).
         #[arg(long, value_enum)]
         only: Option<bench::Part>,
         /// With the agent, also attach to the counted path's veth a TC

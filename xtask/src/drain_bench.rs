@@ -1,0 +1,111 @@
+//! `bench-datapath --only drain`: the journal's drain, an event's time on
+//! nodes of 2 to 8,192 CPU numbers (`evenflow-agent bench-drain`, which
+//! fills a journal of its own with events spread over every part). The
+//! drain merges the parts by time: how its cost grows with the parts is
+//! what a node of many CPUs pays, in the agent's read and in the packet
+//! that runs TC egress's drain.
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::bench::{median, spread};
+
+/// The node shapes measured: CPU numbers (`/sys/devices/system/cpu/possible`).
+const CPUS: [u32; 4] = [2, 64, 1_024, 8_192];
+
+/// One agent's figures: for each round, ns an event for each of [`CPUS`].
+type Rounds = Vec<[f64; CPUS.len()]>;
+
+/// Runs `rounds` rounds, the agents alternating, and prints each agent's
+/// medians with their ranges, as ratios to its own on 2 CPUs and, with a
+/// baseline, this tree's to the baseline's round by round.
+pub fn run(rounds: usize, agents: &[(String, PathBuf)]) -> Result<()> {
+    let mut measured: Vec<Rounds> = vec![Vec::new(); agents.len()];
+    for round in 0..rounds {
+        for ((name, bin), rounds) in agents.iter().zip(&mut measured) {
+            let figures = measure(bin).with_context(|| format!("{name}, round {}", round + 1))?;
+            rounds.push(figures);
+        }
+    }
+    println!(
+        "\nthe journal's drain, ns an event by the node's CPU numbers (events spread over every part; {rounds} rounds, medians, range over the rounds; ×: to its own on 2):"
+    );
+    for ((name, _), rounds) in agents.iter().zip(&measured) {
+        println!("  {name}:");
+        let on_two = median(rounds.iter().map(|r| r[0]).collect());
+        for (i, cpus) in CPUS.iter().enumerate() {
+            let v: Vec<f64> = rounds.iter().map(|r| r[i]).collect();
+            let m = median(v.clone());
+            println!(
+                "    {cpus:>5} CPUs {m:>10.1} ns  ({})  ×{:.1}",
+                spread(&v, 1.0, 1),
+                m / on_two
+            );
+        }
+    }
+    if let [(_, _), (base, _)] = agents {
+        println!("  this tree / {base}, round by round:");
+        for (i, cpus) in CPUS.iter().enumerate() {
+            let ratios: Vec<f64> = measured[0]
+                .iter()
+                .zip(&measured[1])
+                .map(|(this, base)| this[i] / base[i])
+                .collect();
+            println!(
+                "    {cpus:>5} CPUs ×{:.3}  ({})",
+                median(ratios.clone()),
+                spread(&ratios, 1.0, 3)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// One run of `bin bench-drain` over every shape.
+fn measure(bin: &std::path::Path) -> Result<[f64; CPUS.len()]> {
+    let list = CPUS.map(|c| c.to_string()).join(",");
+    let out = Command::new(bin)
+        .args(["bench-drain", "--cpus", &list])
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} bench-drain failed ({}): {} (an agent older than the drain bench has no such command: \
+             compare against a revision that has it)",
+            bin.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    parse(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// `cpus <n> ns_per_event <x>` lines, one for each of [`CPUS`] in order.
+fn parse(out: &str) -> Result<[f64; CPUS.len()]> {
+    let mut figures = [0.0; CPUS.len()];
+    let mut lines = out.lines().filter(|l| l.starts_with("cpus "));
+    for (cpus, figure) in CPUS.iter().zip(&mut figures) {
+        let line = lines
+            .next()
+            .with_context(|| format!("no figure for {cpus} CPUs in {out:?}"))?;
+        match line.split_whitespace().collect::<Vec<_>>()[..] {
+            ["cpus", n, "ns_per_event", x] if n == cpus.to_string() => {
+                *figure = x.parse().with_context(|| format!("reading {line:?}"))?;
+            }
+            _ => bail!("expected {cpus} CPUs' figure, read {line:?}"),
+        }
+    }
+    Ok(figures)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_the_agents_figures_in_order() {
+        let out = "cpus 2 ns_per_event 42.8\ncpus 64 ns_per_event 930.4\ncpus 1024 ns_per_event 15486.5\ncpus 8192 ns_per_event 118167.0\n";
+        assert_eq!(super::parse(out).unwrap(), [42.8, 930.4, 15486.5, 118167.0]);
+        assert!(super::parse("cpus 64 ns_per_event 1.0\n").is_err());
+        assert!(super::parse("").is_err());
+    }
+}
