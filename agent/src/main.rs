@@ -224,16 +224,19 @@ fn warn_map_beyond_reports(capacity: usize) {
 
 /// `evenflow-agent uninstall`: removes the node's pins, and with them every
 /// program evenflow attached for it.
-/// Prints the drain's time an event for each of `cpus` (see
-/// `drain_bench`): `cpus <n> ns_per_event <x>` a line.
+/// Prints the drain's times for each of `cpus` (see `drain_bench`):
+/// `cpus <n> ns_per_event <x> us_per_run_of_64 <y>` a line.
 fn bench_drain(bpffs: &std::path::Path, cpus: &[u32], events: u32) -> Result<()> {
     host::check_capabilities()?;
     host::check_bpffs(bpffs)?;
     host::raise_memlock();
     for &n in cpus {
-        let ns = drain_bench::run(bpffs, n, events)
+        let f = drain_bench::run(bpffs, n, events)
             .with_context(|| format!("timing the drain on {n} CPU numbers"))?;
-        println!("cpus {n} ns_per_event {ns:.1}");
+        println!(
+            "cpus {n} ns_per_event {:.1} us_per_run_of_64 {:.1}",
+            f.per_event, f.per_run
+        );
     }
     Ok(())
 }

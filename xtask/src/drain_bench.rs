@@ -14,8 +14,12 @@ use crate::bench::{median, spread};
 /// The node shapes measured: CPU numbers (`/sys/devices/system/cpu/possible`).
 const CPUS: [u32; 4] = [2, 64, 1_024, 8_192];
 
-/// One agent's figures: for each round, ns an event for each of [`CPUS`].
-type Rounds = Vec<[f64; CPUS.len()]>;
+/// One node shape's figures: ns an event over a long run, and µs a run
+/// of 64 events (TC egress's drain's).
+type Figures = [(f64, f64); CPUS.len()];
+
+/// One agent's figures, round by round.
+type Rounds = Vec<Figures>;
 
 /// Runs `rounds` rounds, the agents alternating, and prints each agent's
 /// medians with their ranges, as ratios to its own on 2 CPUs and, with a
@@ -29,41 +33,53 @@ pub fn run(rounds: usize, agents: &[(String, PathBuf)]) -> Result<()> {
         }
     }
     println!(
-        "\nthe journal's drain, ns an event by the node's CPU numbers (events spread over every part; {rounds} rounds, medians, range over the rounds; ×: to its own on 2):"
+        "\nthe journal's drain by the node's CPU numbers (events spread over every part; {rounds} rounds, medians, range over the rounds; ×: to its own on 2 CPUs):"
     );
-    for ((name, _), rounds) in agents.iter().zip(&measured) {
-        println!("  {name}:");
-        let on_two = median(rounds.iter().map(|r| r[0]).collect());
-        for (i, cpus) in CPUS.iter().enumerate() {
-            let v: Vec<f64> = rounds.iter().map(|r| r[i]).collect();
-            let m = median(v.clone());
-            println!(
-                "    {cpus:>5} CPUs {m:>10.1} ns  ({})  ×{:.1}",
-                spread(&v, 1.0, 1),
-                m / on_two
-            );
+    let figures = [
+        ("an event, in a run of 65,536 (the agent's read)", "ns", 0),
+        (
+            "a run of 64 events (what the packet that runs TC egress's drain waits; wall time, the system call's few µs included)",
+            "µs",
+            1,
+        ),
+    ];
+    for (what, unit, which) in figures {
+        println!("  {what}:");
+        let pick = |f: &(f64, f64)| if which == 0 { f.0 } else { f.1 };
+        for ((name, _), rounds) in agents.iter().zip(&measured) {
+            println!("    {name}:");
+            let on_two = median(rounds.iter().map(|r| pick(&r[0])).collect());
+            for (i, cpus) in CPUS.iter().enumerate() {
+                let v: Vec<f64> = rounds.iter().map(|r| pick(&r[i])).collect();
+                let m = median(v.clone());
+                println!(
+                    "      {cpus:>5} CPUs {m:>10.1} {unit}  ({})  ×{:.1}",
+                    spread(&v, 1.0, 1),
+                    m / on_two
+                );
+            }
         }
-    }
-    if let [(_, _), (base, _)] = agents {
-        println!("  this tree / {base}, round by round:");
-        for (i, cpus) in CPUS.iter().enumerate() {
-            let ratios: Vec<f64> = measured[0]
-                .iter()
-                .zip(&measured[1])
-                .map(|(this, base)| this[i] / base[i])
-                .collect();
-            println!(
-                "    {cpus:>5} CPUs ×{:.3}  ({})",
-                median(ratios.clone()),
-                spread(&ratios, 1.0, 3)
-            );
+        if let [(_, _), (base, _)] = agents {
+            println!("    this tree / {base}, round by round:");
+            for (i, cpus) in CPUS.iter().enumerate() {
+                let ratios: Vec<f64> = measured[0]
+                    .iter()
+                    .zip(&measured[1])
+                    .map(|(this, base)| pick(&this[i]) / pick(&base[i]))
+                    .collect();
+                println!(
+                    "      {cpus:>5} CPUs ×{:.4}  ({})",
+                    median(ratios.clone()),
+                    spread(&ratios, 1.0, 4)
+                );
+            }
         }
     }
     Ok(())
 }
 
 /// One run of `bin bench-drain` over every shape.
-fn measure(bin: &std::path::Path) -> Result<[f64; CPUS.len()]> {
+fn measure(bin: &std::path::Path) -> Result<Figures> {
     let list = CPUS.map(|c| c.to_string()).join(",");
     let out = Command::new(bin)
         .args(["bench-drain", "--cpus", &list])
@@ -81,17 +97,19 @@ fn measure(bin: &std::path::Path) -> Result<[f64; CPUS.len()]> {
     parse(&String::from_utf8_lossy(&out.stdout))
 }
 
-/// `cpus <n> ns_per_event <x>` lines, one for each of [`CPUS`] in order.
-fn parse(out: &str) -> Result<[f64; CPUS.len()]> {
-    let mut figures = [0.0; CPUS.len()];
+/// `cpus <n> ns_per_event <x> us_per_run_of_64 <y>` lines, one for each
+/// of [`CPUS`] in order.
+fn parse(out: &str) -> Result<Figures> {
+    let mut figures = [(0.0, 0.0); CPUS.len()];
     let mut lines = out.lines().filter(|l| l.starts_with("cpus "));
     for (cpus, figure) in CPUS.iter().zip(&mut figures) {
         let line = lines
             .next()
             .with_context(|| format!("no figure for {cpus} CPUs in {out:?}"))?;
         match line.split_whitespace().collect::<Vec<_>>()[..] {
-            ["cpus", n, "ns_per_event", x] if n == cpus.to_string() => {
-                *figure = x.parse().with_context(|| format!("reading {line:?}"))?;
+            ["cpus", n, "ns_per_event", x, "us_per_run_of_64", y] if n == cpus.to_string() => {
+                let read = |v: &str| v.parse().with_context(|| format!("reading {line:?}"));
+                *figure = (read(x)?, read(y)?);
             }
             _ => bail!("expected {cpus} CPUs' figure, read {line:?}"),
         }
@@ -103,9 +121,16 @@ fn parse(out: &str) -> Result<[f64; CPUS.len()]> {
 mod tests {
     #[test]
     fn reads_the_agents_figures_in_order() {
-        let out = "cpus 2 ns_per_event 42.8\ncpus 64 ns_per_event 930.4\ncpus 1024 ns_per_event 15486.5\ncpus 8192 ns_per_event 118167.0\n";
-        assert_eq!(super::parse(out).unwrap(), [42.8, 930.4, 15486.5, 118167.0]);
-        assert!(super::parse("cpus 64 ns_per_event 1.0\n").is_err());
+        let out = "cpus 2 ns_per_event 26.2 us_per_run_of_64 6.5\n\
+                   cpus 64 ns_per_event 62.1 us_per_run_of_64 11.8\n\
+                   cpus 1024 ns_per_event 91.3 us_per_run_of_64 38.7\n\
+                   cpus 8192 ns_per_event 139.3 us_per_run_of_64 241.3\n";
+        assert_eq!(
+            super::parse(out).unwrap(),
+            [(26.2, 6.5), (62.1, 11.8), (91.3, 38.7), (139.3, 241.3)]
+        );
+        assert!(super::parse("cpus 64 ns_per_event 1.0 us_per_run_of_64 1.0\n").is_err());
+        assert!(super::parse("cpus 2 ns_per_event 1.0\n").is_err());
         assert!(super::parse("").is_err());
     }
 }
