@@ -707,8 +707,7 @@ pub mod maps {
     pub const CT_JOURNAL: &str = "EF_CT_JOURNAL";
     /// Array of `u64`: each CPU's head and tail in `EF_CT_JOURNAL` (see
     /// [`CT_JOURNAL_POS_WORDS`](super::CT_JOURNAL_POS_WORDS)), then the
-    /// number of events in `EF_CT_SPILL`, the drain's cutoff and the
-    /// drains' lock.
+    /// number of events in `EF_CT_SPILL` and the drains' lock.
     pub const CT_JOURNAL_POS: &str = "EF_CT_JOURNAL_POS";
     /// Hash `u64 -> CtEvent`: journal events whose CPU's part was full,
     /// by CPU and position.
@@ -717,6 +716,10 @@ pub mod maps {
     /// its CPU's part of the journal is past half full. Pinned, so that it
     /// outlives the agent.
     pub const CT_DRAIN: &str = "EF_CT_DRAIN";
+    /// Array of `u64`: the drains' tournament trees over the journal's
+    /// parts, each `2 × leaves` words (leaves: the CPU numbers rounded up
+    /// to a power of two), the agent's drain's, then TC egress's.
+    pub const CT_DRAIN_ORDER: &str = "EF_CT_DRAIN_ORDER";
     /// Hash `u64 -> CtAdopt`, not pinned: the forwarded connections the
     /// agent asks the adoption iterator to adopt, by their record.
     pub const CT_ADOPT: &str = "EF_CT_ADOPT";
@@ -770,7 +773,9 @@ pub const META_COUNT: u32 = 8;
 /// through `EF_CT_JOURNAL`, which programs of layout 12 would not drain.
 /// 14: TC egress drains the journal itself between the agent's reads
 /// (`EF_CT_DRAIN`, a lock in `EF_CT_JOURNAL_POS`, a new statistic).
-pub const LAYOUT_VERSION: u64 = 14;
+/// 15: the drains find the earliest event in a tournament tree
+/// (`EF_CT_DRAIN_ORDER`), and the lock moved where the cutoff was.
+pub const LAYOUT_VERSION: u64 = 15;
 
 /// The IPv4-mapped IPv6 form (`::ffff:a.b.c.d`) of an IPv4 address given
 /// as it sits in memory (network byte order bytes read as a native `u32`).

@@ -64,7 +64,7 @@ use crate::{atomic, counters::stat, ct_flow, tc::TCX_NEXT};
 pub static JOURNAL: Array<CtEvent> = Array::pinned(1, 0);
 
 /// Each CPU's head and tail (see [`CT_JOURNAL_POS_WORDS`]), then the
-/// number of events in the spill and the drain's cutoff.
+/// number of events in the spill and the drains' lock.
 #[map(name = "EF_CT_JOURNAL_POS")]
 pub static POS: Array<u64> = Array::pinned(1, 0);
 
@@ -72,6 +72,12 @@ pub static POS: Array<u64> = Array::pinned(1, 0);
 /// it takes memory only while the journal overflows.
 #[map(name = "EF_CT_SPILL")]
 pub static SPILL: HashMap<u64, CtEvent> = HashMap::pinned(CT_SPILL_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// The order of the parts' next events: two tournament trees, the
+/// agent's drain's and TC egress's (see [`Order`]), each of
+/// `2 × JOURNAL_LEAVES` words.
+#[map(name = "EF_CT_DRAIN_ORDER")]
+static ORDER: Array<u64> = Array::pinned(1, 0);
 
 /// [`evenflow_ct_drain_inline`], which the agent puts at index 0.
 #[map(name = "EF_CT_DRAIN")]
@@ -81,6 +87,9 @@ static DRAIN: ProgramArray = ProgramArray::pinned(1, 0);
 /// one, plus one); 0: no journal.
 #[unsafe(no_mangle)]
 static JOURNAL_CPUS: u32 = 0;
+/// The trees' leaves: [`JOURNAL_CPUS`] rounded up to a power of two.
+#[unsafe(no_mangle)]
+static JOURNAL_LEAVES: u32 = 1;
 /// 1 where the head is published with a fully ordered operation (see
 /// [`ordered`]); the agent writes 0 on x86.
 #[unsafe(no_mangle)]
@@ -135,17 +144,11 @@ fn spilled() -> Option<*mut u64> {
     POS.get_ptr_mut(cpus() * CT_JOURNAL_POS_WORDS)
 }
 
-/// Where the drain keeps the time past which it applies nothing this run.
-#[inline(always)]
-fn cutoff() -> Option<*mut u64> {
-    POS.get_ptr_mut(cpus() * CT_JOURNAL_POS_WORDS + 1)
-}
-
 /// The drains' lock: 0 while free, else until when (`bpf_ktime_get_ns`)
 /// its holder may keep it, odd for the agent's (see [`take`]).
 #[inline(always)]
 fn lock() -> Option<*mut u64> {
-    POS.get_ptr_mut(cpus() * CT_JOURNAL_POS_WORDS + 2)
+    POS.get_ptr_mut(cpus() * CT_JOURNAL_POS_WORDS + 1)
 }
 
 /// Takes the lock until `until`, if it is free or its holder's time ran
@@ -273,7 +276,7 @@ pub fn evenflow_ct_drain(ctx: TcContext) -> i32 {
     if !take(lock, now, until, true) {
         return DRAIN_BUSY;
     }
-    drain(ctx, DRAIN_MAX);
+    drain(ctx, AGENT_TREE, DRAIN_MAX);
     0
 }
 
@@ -289,7 +292,7 @@ pub fn evenflow_ct_drain_inline(ctx: TcContext) -> i32 {
     let now = unsafe { bpf_ktime_get_ns() };
     let until = (now + INLINE_HOLD_NS) & !1;
     if take(lock, now, until, false) {
-        let applied = drain(ctx, INLINE_MAX);
+        let applied = drain(ctx, INLINE_TREE, INLINE_MAX);
         // SAFETY: an array slot, this drain's lock.
         unsafe { atomic::cmpxchg(lock, until, 0) };
         stat(Stat::JournalDrainedInline, u64::from(applied));
@@ -313,25 +316,52 @@ pub fn evenflow_ct_release(_ctx: TcContext) -> i32 {
     0
 }
 
-/// What the drain's loop carries: its program's context, and the events
-/// applied.
+/// The agent's drain's tree in `EF_CT_DRAIN_ORDER`, and TC egress's: a
+/// drain that overran its time (see docs/counting.md) never shares its
+/// tree with the other kind's.
+const AGENT_TREE: u32 = 0;
+const INLINE_TREE: u32 = 1;
+
+/// The deepest a tree is: log2 of [`CT_JOURNAL_MAX_CPUS`].
+const MAX_DEPTH: u32 = 13;
+
+/// What the drain's loops carry: its program's context, its tree, the
+/// time past which it applies nothing this run, and the events applied.
 struct Drain {
     ctx: TcContext,
+    order: Order,
+    cutoff: u64,
     applied: u32,
 }
 
-/// Applies up to `max` events, the lock held; returns how many.
+/// Applies up to `max` events, the lock held, in tree `tree`; returns how
+/// many.
 #[inline(always)]
-fn drain(ctx: TcContext, max: u32) -> u32 {
-    let Some(cutoff) = cutoff() else {
-        return 0;
+fn drain(ctx: TcContext, tree: u32, max: u32) -> u32 {
+    let order = Order::of(tree);
+    // SAFETY: no arguments.
+    let cutoff = unsafe { bpf_ktime_get_ns() }.saturating_sub(SETTLED_NS);
+    let mut d = Drain {
+        ctx,
+        order,
+        cutoff,
+        applied: 0,
     };
-    // SAFETY: an array slot, written under the lock; no arguments.
-    unsafe { write_volatile(cutoff, bpf_ktime_get_ns().saturating_sub(SETTLED_NS)) };
-    let mut d = Drain { ctx, applied: 0 };
-    // SAFETY: `drain_one` is a callback the loader relocates to a
-    // subprogram; its context is this frame's `d`, alive for the loop.
+    // SAFETY: the callbacks are relocated to subprograms by the loader;
+    // their context is this frame's `d`, alive for the loops.
     unsafe {
+        bpf_loop(
+            order.leaves,
+            fill_leaf as *const () as *mut c_void,
+            (&raw mut d).cast(),
+            0,
+        );
+        bpf_loop(
+            order.leaves - 1,
+            settle_node as *const () as *mut c_void,
+            (&raw mut d).cast(),
+            0,
+        );
         bpf_loop(
             max,
             drain_one as *const () as *mut c_void,
@@ -342,30 +372,133 @@ fn drain(ctx: TcContext, max: u32) -> u32 {
     d.applied
 }
 
-/// The earliest event not yet applied, across the parts.
-#[repr(C)]
-struct Earliest {
-    cpu: u32,
-    at: u64,
+/// A tournament tree over the parts' next events, in one half of
+/// `EF_CT_DRAIN_ORDER`: finding the earliest takes a read, and replacing
+/// a part's next event log2(parts) comparisons, where a scan of every
+/// part took as many reads as the node has CPU numbers (milliseconds for
+/// TC egress's drain on a node of a thousand). Heap-numbered from 1: node
+/// `n`'s children are `2n` and `2n + 1`; leaf `leaves + cpu` holds the
+/// time of `cpu`'s next event (`u64::MAX` for none old enough), and every
+/// node above the CPU whose next event is the earliest beneath it. Built
+/// at each run's start from the parts' heads and tails; an event
+/// published during the run is younger than the run's cutoff.
+#[derive(Copy, Clone)]
+struct Order {
+    base: u32,
+    leaves: u32,
 }
 
+impl Order {
+    #[inline(always)]
+    fn of(tree: u32) -> Self {
+        // SAFETY: a plain static; volatile so the agent's value is used.
+        let leaves = unsafe { read_volatile(&JOURNAL_LEAVES) }.clamp(1, CT_JOURNAL_MAX_CPUS);
+        Self {
+            base: tree * 2 * leaves,
+            leaves,
+        }
+    }
+
+    #[inline(always)]
+    fn word(self, n: u32) -> Option<*mut u64> {
+        ORDER.get_ptr_mut(self.base + n)
+    }
+
+    /// The time of `cpu`'s next event, as its leaf holds it.
+    #[inline(always)]
+    fn time(self, cpu: u32) -> u64 {
+        // SAFETY: an array slot, written only by this tree's drain.
+        self.word(self.leaves + cpu)
+            .map_or(u64::MAX, |w| unsafe { read_volatile(w) })
+    }
+
+    /// The CPU whose next event is the earliest beneath node `n`.
+    #[inline(always)]
+    fn winner(self, n: u32) -> u32 {
+        if n >= self.leaves {
+            return n - self.leaves;
+        }
+        // SAFETY: as above.
+        self.word(n)
+            .map_or(u32::MAX, |w| unsafe { read_volatile(w) } as u32)
+    }
+
+    /// Sets node `n` (above the leaves) to the earlier of its children's.
+    #[inline(always)]
+    fn settle(self, n: u32) {
+        let (left, right) = (self.winner(2 * n), self.winner(2 * n + 1));
+        let first = if self.time(right) < self.time(left) {
+            right
+        } else {
+            left
+        };
+        if let Some(w) = self.word(n) {
+            // SAFETY: an array slot, written only by this tree's drain.
+            unsafe { write_volatile(w, u64::from(first)) };
+        }
+    }
+
+    /// Sets `cpu`'s leaf to `time` and the nodes above it again.
+    #[inline(always)]
+    fn replace(self, cpu: u32, time: u64) {
+        self.set_time(cpu, time);
+        let mut n = (self.leaves + cpu) / 2;
+        for _ in 0..MAX_DEPTH {
+            if n == 0 {
+                break;
+            }
+            self.settle(n);
+            n /= 2;
+        }
+    }
+
+    #[inline(always)]
+    fn set_time(self, cpu: u32, time: u64) {
+        if let Some(w) = self.word(self.leaves + cpu) {
+            // SAFETY: an array slot, written only by this tree's drain.
+            unsafe { write_volatile(w, time) };
+        }
+    }
+}
+
+/// Fills leaf `cpu` of the drain's tree.
+#[inline(never)]
+extern "C" fn fill_leaf(cpu: u64, ctx: *mut c_void) -> i64 {
+    if ctx.is_null() {
+        return 1;
+    }
+    // SAFETY: the drain's own state, passed through `bpf_loop`.
+    let d = unsafe { &*ctx.cast::<Drain>() };
+    let cpu = cpu as u32;
+    d.order.set_time(cpu, next_time(cpu, d.cutoff));
+    0
+}
+
+/// Settles the drain's tree's nodes, from the last above the leaves up.
+#[inline(never)]
+extern "C" fn settle_node(i: u64, ctx: *mut c_void) -> i64 {
+    if ctx.is_null() {
+        return 1;
+    }
+    // SAFETY: as above.
+    let d = unsafe { &*ctx.cast::<Drain>() };
+    d.order.settle(d.order.leaves - 1 - i as u32);
+    0
+}
+
+/// Applies the earliest event across the parts, if one is old enough.
+/// Claims it first, by moving its part's tail past it: should another
+/// drain run beside this one (one that overran its time), each event is
+/// still applied once.
 #[inline(never)]
 extern "C" fn drain_one(_: u64, ctx: *mut c_void) -> i64 {
-    let mut next = Earliest {
-        cpu: u32::MAX,
-        at: u64::MAX,
-    };
-    // SAFETY: `earliest_of` is a callback, as above; `next` outlives the loop.
-    unsafe {
-        bpf_loop(
-            cpus(),
-            earliest_of as *const () as *mut c_void,
-            (&raw mut next).cast(),
-            0,
-        );
+    if ctx.is_null() {
+        return 1;
     }
-    let cpu = next.cpu;
-    if cpu == u32::MAX {
+    // SAFETY: as above.
+    let d = unsafe { &mut *ctx.cast::<Drain>() };
+    let cpu = d.order.winner(1);
+    if d.order.time(cpu) == u64::MAX {
         return 1;
     }
     let Some(tail) = pos(cpu, TAIL) else {
@@ -376,11 +509,10 @@ extern "C" fn drain_one(_: u64, ctx: *mut c_void) -> i64 {
     let Some((ev, spilt)) = event(cpu, t) else {
         return 1;
     };
-    if ctx.is_null() {
+    // SAFETY: an array slot; drains move tails only by compare-and-swap.
+    if unsafe { atomic::cmpxchg(tail, t, t + 1) } != t {
         return 1;
     }
-    // SAFETY: the drain's own state, passed through `bpf_loop`.
-    let d = unsafe { &mut *ctx.cast::<Drain>() };
     apply(&d.ctx, &ev);
     d.applied += 1;
     if spilt && SPILL.remove(&spill_key(cpu, t)).is_ok() {
@@ -389,18 +521,19 @@ extern "C" fn drain_one(_: u64, ctx: *mut c_void) -> i64 {
             unsafe { atomic::add(spilled, u64::MAX) };
         }
     }
-    // SAFETY: an array slot; only the drain writes the tail (one at a
-    // time, under the lock).
-    unsafe { atomic::cmpxchg(tail, t, t + 1) };
+    d.order.replace(cpu, next_time(cpu, d.cutoff));
     0
 }
 
-/// Notes `cpu`'s part in `next` if its next event is the earliest so far.
-#[inline(never)]
-extern "C" fn earliest_of(cpu: u64, next: *mut c_void) -> i64 {
-    let cpu = cpu as u32;
+/// When `cpu`'s next event was written, if it is at or before `cutoff`;
+/// else `u64::MAX`.
+#[inline(always)]
+fn next_time(cpu: u32, cutoff: u64) -> u64 {
+    if cpu >= cpus() {
+        return u64::MAX;
+    }
     let (Some(head), Some(tail)) = (pos(cpu, HEAD), pos(cpu, TAIL)) else {
-        return 1;
+        return u64::MAX;
     };
     // SAFETY: array slots; the head is read before the event it
     // publishes, fully ordered where the writer orders it so.
@@ -413,25 +546,9 @@ extern "C" fn earliest_of(cpu: u64, next: *mut c_void) -> i64 {
         (h, read_volatile(tail))
     };
     if h == t {
-        return 0;
+        return u64::MAX;
     }
-    let Some(at) = stamp(cpu, t) else {
-        return 0;
-    };
-    // SAFETY: an array slot the drain wrote before this loop.
-    if cutoff().is_none_or(|c| at > unsafe { read_volatile(c) }) {
-        return 0;
-    }
-    if next.is_null() {
-        return 1;
-    }
-    // SAFETY: the caller's `Earliest`, passed through `bpf_loop`.
-    let next = unsafe { &mut *next.cast::<Earliest>() };
-    if at < next.at {
-        next.at = at;
-        next.cpu = cpu;
-    }
-    0
+    stamp(cpu, t).filter(|&at| at <= cutoff).unwrap_or(u64::MAX)
 }
 
 /// `cpu`'s event at position `at` (published: before the head), and

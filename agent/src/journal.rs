@@ -32,6 +32,8 @@ pub struct Journal {
     cpus: u32,
     /// Events each part holds, less one (a power of two less one).
     slots_mask: u32,
+    /// Leaves of the drains' trees: `cpus` rounded up to a power of two.
+    leaves: u32,
 }
 
 impl Journal {
@@ -40,6 +42,7 @@ impl Journal {
             return Ok(Self {
                 cpus: 0,
                 slots_mask: 0,
+                leaves: 1,
             });
         }
         const POSSIBLE: &str = "/sys/devices/system/cpu/possible";
@@ -55,9 +58,17 @@ impl Journal {
                     agent_common::CT_JOURNAL_MAX_CPUS
                 )
             })?;
+        // A test switch: a journal sized for more CPU numbers than this
+        // node has, as on the largest nodes (deep drain trees, small parts).
+        let cpus = std::env::var("EVENFLOW_TEST_JOURNAL_CPUS")
+            .ok()
+            .and_then(|s| s.parse::<u32>().ok())
+            .filter(|&n| n <= agent_common::CT_JOURNAL_MAX_CPUS)
+            .map_or(cpus, |n| n.max(cpus));
         Ok(Self {
             cpus,
             slots_mask: journal_slots(pin_dir, cpus) - 1,
+            leaves: cpus.next_power_of_two(),
         })
     }
 
@@ -73,6 +84,7 @@ impl Journal {
         Ok(Self {
             cpus,
             slots_mask: journal_budget(cpus) - 1,
+            leaves: cpus.next_power_of_two(),
         })
     }
 
@@ -89,13 +101,14 @@ impl Journal {
         loader
             .override_global("JOURNAL_CPUS", &self.cpus, true)
             .override_global("JOURNAL_SLOTS_MASK", &self.slots_mask, true)
+            .override_global("JOURNAL_LEAVES", &self.leaves, true)
             .override_global("JOURNAL_ORDERED", &JOURNAL_ORDERED, true);
     }
 
     /// Its maps' entries: a part of each map per CPU (and the spill's
-    /// count, the drain's cutoff, lock and lease after the parts'
-    /// positions).
-    fn sizes(&self) -> [(&'static str, u32); 3] {
+    /// count and the drains' lock after the parts' positions), two trees
+    /// over the parts.
+    fn sizes(&self) -> [(&'static str, u32); 4] {
         let parts = self.cpus;
         [
             (maps::CT_JOURNAL, parts * (self.slots_mask + 1)),
@@ -104,6 +117,7 @@ impl Journal {
                 (parts + 1) * agent_common::CT_JOURNAL_POS_WORDS,
             ),
             (maps::CT_SPILL, spill_entries()),
+            (maps::CT_DRAIN_ORDER, 4 * self.leaves),
         ]
         .map(|(map, entries)| (map, if self.cpus == 0 { 1 } else { entries }))
     }

@@ -145,6 +145,10 @@ enum Shape {
     /// connections (a test switch): nearly every SYN, SYN-ACK and end goes
     /// through the spill, as when the agent stops draining for long.
     Spilling,
+    /// The lb's agent sizes its journal for 8,192 CPU numbers (a test
+    /// switch), as on the largest nodes: parts of 64 events, which TC
+    /// egress drains every 32, through trees 13 levels deep.
+    ManyCpus,
 }
 
 /// A lab after its load: everything the assertions need.
@@ -192,10 +196,10 @@ impl Run {
         } else {
             &[]
         };
-        let lb_env: &[&str] = if shape == Shape::Spilling {
-            &["EVENFLOW_TEST_JOURNAL_SLOTS=2"]
-        } else {
-            &[]
+        let lb_env: &[&str] = match shape {
+            Shape::Spilling => &["EVENFLOW_TEST_JOURNAL_SLOTS=2"],
+            Shape::ManyCpus => &["EVENFLOW_TEST_JOURNAL_CPUS=8192"],
+            _ => &[],
         };
         agent::start_with_env(&mut lab, &lb_node, lb_args, lb_env).expect("the lb agent starts");
         if shape == Shape::Lossy {
@@ -752,9 +756,10 @@ fn dnat_counts_shaped(name: &str, ipv6: bool, traffic: Traffic, shape: Shape) {
             "lb agent SERVES {vip}:{VIP_PORT} {t:?}: a forwarded connection is not served"
         ));
     }
-    let (spilled, lost) = (
+    let (spilled, lost, inline) = (
         truth::datapath_stat(&snap, "journalSpilled"),
         truth::datapath_stat(&snap, "journalLost"),
+        truth::datapath_stat(&snap, "journalDrainedInline"),
     );
     if lost != 0 {
         run.fail(format!("lb agent lost {lost} journal events"));
@@ -765,6 +770,10 @@ fn dnat_counts_shaped(name: &str, ipv6: bool, traffic: Traffic, shape: Shape) {
             "lb agent spilled {spilled} journal events for {} connections: the spill was not tried",
             conns.iter().sum::<u64>()
         ));
+    }
+    // Parts of 64 events: TC egress drains through its deep tree.
+    if shape == Shape::ManyCpus && inline == 0 {
+        run.fail("lb agent's TC egress never drained its journal of parts of 64 events".into());
     }
     run.finish();
 }
@@ -832,6 +841,14 @@ fn field_forwarded_per_packet_counts_exactly() {
 #[test]
 fn field_forwarded_journal_spilling_counts_exactly() {
     dnat_counts_shaped("spill", false, SMALL, Shape::Spilling);
+}
+
+/// A journal sized for the largest nodes (8,192 CPU numbers): the same
+/// totals, its events found in order through 13 levels of its drains'
+/// trees, most of them by TC egress's drain.
+#[test]
+fn field_forwarded_journal_of_8192_cpus_counts_exactly() {
+    dnat_counts_shaped("manycpu", false, SMALL, Shape::ManyCpus);
 }
 
 /// SO_REUSEPORT listeners: counted at the accepted sockets like any other.
