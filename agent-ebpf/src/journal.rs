@@ -498,20 +498,27 @@ extern "C" fn drain_one(_: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: as above.
     let d = unsafe { &mut *ctx.cast::<Drain>() };
     let cpu = d.order.winner(1);
-    if d.order.time(cpu) == u64::MAX {
+    let time = d.order.time(cpu);
+    if time == u64::MAX {
         return 1;
     }
-    let Some(tail) = pos(cpu, TAIL) else {
+    let (Some(head), Some(tail)) = (pos(cpu, HEAD), pos(cpu, TAIL)) else {
         return 1;
     };
-    // SAFETY: an array slot.
+    // SAFETY: array slots.
     let t = unsafe { read_volatile(tail) };
-    let Some((ev, spilt)) = event(cpu, t) else {
-        return 1;
+    let h = published(head);
+    let Some((ev, spilt)) = event(cpu, t).filter(|_| h != t) else {
+        return stale(d, cpu);
     };
+    // The tree's choice, unless another drain moved this part's tail
+    // since (one that ran past its time): then the leaf is stale.
+    if ev.at != time {
+        return stale(d, cpu);
+    }
     // SAFETY: an array slot; drains move tails only by compare-and-swap.
     if unsafe { atomic::cmpxchg(tail, t, t + 1) } != t {
-        return 1;
+        return stale(d, cpu);
     }
     apply(&d.ctx, &ev);
     d.applied += 1;
@@ -525,6 +532,28 @@ extern "C" fn drain_one(_: u64, ctx: *mut c_void) -> i64 {
     0
 }
 
+/// Reads `cpu`'s leaf again, its part's tail having moved under the
+/// drain; the loop goes on.
+#[inline(always)]
+fn stale(d: &mut Drain, cpu: u32) -> i64 {
+    d.order.replace(cpu, next_time(cpu, d.cutoff));
+    0
+}
+
+/// A part's head, read before the events it publishes: fully ordered
+/// where the writer orders it so.
+#[inline(always)]
+fn published(head: *mut u64) -> u64 {
+    // SAFETY: an array slot.
+    unsafe {
+        if ordered() {
+            atomic::load(head)
+        } else {
+            read_volatile(head)
+        }
+    }
+}
+
 /// When `cpu`'s next event was written, if it is at or before `cutoff`;
 /// else `u64::MAX`.
 #[inline(always)]
@@ -535,16 +564,9 @@ fn next_time(cpu: u32, cutoff: u64) -> u64 {
     let (Some(head), Some(tail)) = (pos(cpu, HEAD), pos(cpu, TAIL)) else {
         return u64::MAX;
     };
-    // SAFETY: array slots; the head is read before the event it
-    // publishes, fully ordered where the writer orders it so.
-    let (h, t) = unsafe {
-        let h = if ordered() {
-            atomic::load(head)
-        } else {
-            read_volatile(head)
-        };
-        (h, read_volatile(tail))
-    };
+    let h = published(head);
+    // SAFETY: an array slot.
+    let t = unsafe { read_volatile(tail) };
     if h == t {
         return u64::MAX;
     }

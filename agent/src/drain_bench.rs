@@ -24,7 +24,7 @@ use aya::{
     maps::{Array, MapData},
 };
 
-use crate::journal::Journal;
+use crate::journal::{Drains, Journal};
 
 /// What one node shape measured.
 pub struct Figures {
@@ -43,28 +43,12 @@ const RUNS: usize = 21;
 /// Times the drain on a journal of `cpus` parts: a run over `events`
 /// events spread over them, then runs of [`INLINE_EVENTS`].
 pub fn run(bpffs: &std::path::Path, cpus: u32, events: u32) -> Result<Figures> {
-    let journal = Journal::for_cpus(cpus)?;
-    let dir = PinDir::new(bpffs)?;
-    let mut loader = EbpfLoader::new();
-    journal.configure(&mut loader);
-    let mut ebpf = loader
-        .default_map_pin_directory(&dir.0)
-        .load(crate::datapath::EBPF_OBJECT)
-        .context("loading evenflow's eBPF object for the drain bench")?;
-    let drains = journal
-        .load_drains(&mut ebpf)?
-        .context("the journal has no drain")?;
-    let mut filled = Filled {
-        slots: crate::datapath::take(&mut ebpf, maps::CT_JOURNAL)?,
-        pos: crate::datapath::take(&mut ebpf, maps::CT_JOURNAL_POS)?,
-        cpus,
-        per_part: journal.slots(),
-    };
-    let events = events.min(filled.per_part * cpus);
-    let per_event = filled.time(&drains, events)? / f64::from(events.max(1));
+    let mut bench = Bench::load(bpffs, cpus)?;
+    let events = events.min(bench.per_part * cpus);
+    let per_event = bench.time(events)? / f64::from(events.max(1));
     let mut runs = Vec::with_capacity(RUNS);
     for _ in 0..RUNS {
-        runs.push(filled.time(&drains, INLINE_EVENTS.min(events))? / 1_000.0);
+        runs.push(bench.time(INLINE_EVENTS.min(events))? / 1_000.0);
     }
     runs.sort_by(f64::total_cmp);
     Ok(Figures {
@@ -73,56 +57,89 @@ pub fn run(bpffs: &std::path::Path, cpus: u32, events: u32) -> Result<Figures> {
     })
 }
 
-/// The journal's maps, as the bench fills them.
-struct Filled {
+/// This agent's eBPF object loaded with a journal of its own.
+struct Bench {
     slots: Array<MapData, CtEvent>,
     pos: Array<MapData, u64>,
     cpus: u32,
     per_part: u32,
+    drains: Drains,
+    _ebpf: aya::Ebpf,
+    _dir: PinDir,
 }
 
-impl Filled {
+impl Bench {
+    fn load(bpffs: &std::path::Path, cpus: u32) -> Result<Self> {
+        let journal = Journal::for_cpus(cpus)?;
+        let dir = PinDir::new(bpffs, cpus)?;
+        let mut loader = EbpfLoader::new();
+        journal.configure(&mut loader);
+        let mut ebpf = loader
+            .default_map_pin_directory(&dir.0)
+            .load(crate::datapath::EBPF_OBJECT)
+            .context("loading evenflow's eBPF object for the drain bench")?;
+        let drains = journal
+            .load_drains(&mut ebpf)?
+            .context("the journal has no drain")?;
+        Ok(Self {
+            slots: crate::datapath::take(&mut ebpf, maps::CT_JOURNAL)?,
+            pos: crate::datapath::take(&mut ebpf, maps::CT_JOURNAL_POS)?,
+            cpus,
+            per_part: journal.slots(),
+            drains,
+            _ebpf: ebpf,
+            _dir: dir,
+        })
+    }
+
     /// Fills the parts with `events` events, round the parts in time
     /// order, has the agent's drain apply them and returns its time (ns).
-    fn time(&mut self, drains: &crate::journal::Drains, events: u32) -> Result<f64> {
+    fn time(&mut self, events: u32) -> Result<f64> {
         // Old enough for the drain to apply (it leaves the last 10 ms).
         let start = monotonic_ns()?.saturating_sub(1_000_000_000);
-        let tails = (0..self.cpus)
-            .map(|cpu| self.pos.get(&tail(cpu), 0))
-            .collect::<Result<Vec<_>, _>>()
-            .context("reading the tails")?;
+        let mut parts = vec![Vec::new(); self.cpus as usize];
         for i in 0..events {
-            let cpu = i % self.cpus;
-            let at = tails[cpu as usize] + u64::from(i / self.cpus);
-            let index = cpu * self.per_part + (at as u32 & (self.per_part - 1));
-            self.slots
-                .set(index, event(start + u64::from(i)), 0)
-                .context("writing an event")?;
+            parts[(i % self.cpus) as usize].push(start + u64::from(i));
         }
-        for cpu in 0..self.cpus {
-            let held = events / self.cpus + u32::from(cpu < events % self.cpus);
-            self.pos
-                .set(
-                    cpu * CT_JOURNAL_POS_WORDS,
-                    tails[cpu as usize] + u64::from(held),
-                    0,
-                )
-                .context("writing a head")?;
-        }
+        self.append(&parts)?;
         let began = Instant::now();
-        drop(drains.run()?);
+        let held = self.drains.run()?;
         let took = began.elapsed();
+        drop(held);
         for cpu in 0..self.cpus {
-            let (head, tail) = (
-                self.pos.get(&(cpu * CT_JOURNAL_POS_WORDS), 0)?,
-                self.pos.get(&tail(cpu), 0)?,
-            );
+            let (head, tail) = (self.pos.get(&head(cpu), 0)?, self.pos.get(&tail(cpu), 0)?);
             if head != tail {
                 bail!("the drain left part {cpu} at {tail} of {head} events");
             }
         }
         Ok(took.as_nanos() as f64)
     }
+
+    /// Appends to each CPU's part the events written at the times listed
+    /// for it (in order), as TC egress would; returns the tails before.
+    fn append(&mut self, parts: &[Vec<u64>]) -> Result<Vec<u64>> {
+        let tails = (0..self.cpus)
+            .map(|cpu| self.pos.get(&tail(cpu), 0))
+            .collect::<Result<Vec<_>, _>>()
+            .context("reading the tails")?;
+        for ((cpu, times), &t) in (0..self.cpus).zip(parts).zip(&tails) {
+            for (at, &time) in (t..).zip(times) {
+                let index = cpu * self.per_part + (at as u32 & (self.per_part - 1));
+                self.slots
+                    .set(index, event(time), 0)
+                    .context("writing an event")?;
+            }
+            self.pos
+                .set(head(cpu), t + times.len() as u64, 0)
+                .context("writing a head")?;
+        }
+        Ok(tails)
+    }
+}
+
+/// `cpu`'s head word in `EF_CT_JOURNAL_POS`.
+fn head(cpu: u32) -> u32 {
+    cpu * CT_JOURNAL_POS_WORDS
 }
 
 /// `cpu`'s tail word in `EF_CT_JOURNAL_POS`.
@@ -159,19 +176,102 @@ fn monotonic_ns() -> Result<u64> {
     Ok(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
 
-/// The bench's own pin directory, removed when it is done.
+/// The bench's own pin directory, removed when it is done. Named for its
+/// process and node shape, so that no run finds another's maps; ones
+/// whose process is gone (a bench interrupted) are removed first.
 struct PinDir(PathBuf);
 
+const PREFIX: &str = "evenflow-bench-drain-";
+
 impl PinDir {
-    fn new(bpffs: &std::path::Path) -> Result<Self> {
-        let dir = bpffs.join(format!("evenflow-bench-drain-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    fn new(bpffs: &std::path::Path, cpus: u32) -> Result<Self> {
+        remove_abandoned(bpffs);
+        let dir = bpffs.join(format!("{PREFIX}{}-{cpus}", std::process::id()));
+        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(Self(dir))
     }
 }
 
 impl Drop for PinDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            tracing::warn!(dir = %self.0.display(), "removing the drain bench's pins: {e}");
+        }
+    }
+}
+
+/// Removes the pin directories of drain benches whose process is gone.
+fn remove_abandoned(bpffs: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(bpffs) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(PREFIX))
+            .and_then(|rest| rest.split('-').next())
+        else {
+            continue;
+        };
+        if !std::path::Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Bench;
+
+    /// TC egress's drain applies the 64 earliest events across the parts,
+    /// whatever the parts: events at scattered times (each part in
+    /// order, as its CPU writes them) on journals of 1 to 1,024 CPU
+    /// numbers, and its one run must leave each part's tail past exactly
+    /// its events among the 64 earliest. Needs root (BPF).
+    #[test]
+    fn the_drain_applies_the_earliest_events_first() {
+        let bpffs = std::path::Path::new("/sys/fs/bpf");
+        for cpus in [1u32, 2, 3, 5, 64, 1_024] {
+            let mut bench = Bench::load(bpffs, cpus).expect("the object loads (needs root)");
+            let start = super::monotonic_ns()
+                .expect("the clock reads")
+                .saturating_sub(2_000_000_000);
+            // A linear congruential sequence: the same scatter each run,
+            // over half a second (equal times go to the lower CPU number,
+            // in the tree as in this sort).
+            let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ u64::from(cpus);
+            let per_part = 40.min(bench.per_part as usize);
+            let parts: Vec<Vec<u64>> = (0..cpus)
+                .map(|_| {
+                    let mut times: Vec<u64> = (0..per_part)
+                        .map(|_| {
+                            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                            start + (x >> 35)
+                        })
+                        .collect();
+                    times.sort_unstable();
+                    times
+                })
+                .collect();
+            let tails = bench.append(&parts).expect("the journal fills");
+            let mut all: Vec<(u64, usize)> = parts
+                .iter()
+                .enumerate()
+                .flat_map(|(cpu, times)| times.iter().map(move |&t| (t, cpu)))
+                .collect();
+            all.sort_unstable();
+            let mut expected = vec![0u64; cpus as usize];
+            for &(_, cpu) in all.iter().take(64) {
+                expected[cpu] += 1;
+            }
+            bench.drains.run_inline().expect("TC egress's drain runs");
+            let moved: Vec<u64> = (0..cpus)
+                .map(|cpu| {
+                    bench.pos.get(&super::tail(cpu), 0).expect("a tail") - tails[cpu as usize]
+                })
+                .collect();
+            assert_eq!(moved, expected, "{cpus} CPU numbers");
+        }
     }
 }

@@ -65,6 +65,8 @@ impl Journal {
             .and_then(|s| s.parse::<u32>().ok())
             .filter(|&n| n <= agent_common::CT_JOURNAL_MAX_CPUS)
             .map_or(cpus, |n| n.max(cpus));
+        // The pinned journal keeps its parts until a new epoch.
+        let cpus = pinned_cpus(pin_dir).filter(|&p| p >= cpus).unwrap_or(cpus);
         Ok(Self {
             cpus,
             slots_mask: journal_slots(pin_dir, cpus) - 1,
@@ -192,6 +194,16 @@ impl Drains {
     }
 }
 
+impl Drains {
+    /// Runs TC egress's drain once, as an append past half a part would.
+    #[cfg(test)]
+    pub fn run_inline(&self) -> Result<u32> {
+        use std::os::fd::AsFd as _;
+        crate::sys::test_run(self.inline.as_fd(), &[0; 64], &mut [0; 64])
+            .with_context(|| format!("running {INLINE}"))
+    }
+}
+
 /// The drains' lock, held by the agent: released when dropped, or by
 /// the kernel [`CT_DRAIN_LEASE_NS`](agent_common::CT_DRAIN_LEASE_NS) after
 /// the drain took it.
@@ -220,6 +232,15 @@ fn cpu_numbers(possible: &str) -> Option<u32> {
         .filter(|&n| n > 0)
 }
 
+/// The CPU numbers a pinned journal has parts for, read from the size of
+/// its positions (`EF_CT_JOURNAL_POS`).
+fn pinned_cpus(pin_dir: &Path) -> Option<u32> {
+    let info = aya::maps::MapInfo::from_pin(pin_dir.join(maps::CT_JOURNAL_POS)).ok()?;
+    (info.max_entries() / agent_common::CT_JOURNAL_POS_WORDS)
+        .checked_sub(1)
+        .filter(|&n| n > 0 && n <= agent_common::CT_JOURNAL_MAX_CPUS)
+}
+
 /// Events each part of the journal holds: the pinned journal's, which
 /// keeps its size until a new epoch; else the most that keeps all parts
 /// within [`CT_JOURNAL_EVENTS`](agent_common::CT_JOURNAL_EVENTS) (16 MiB),
@@ -227,8 +248,9 @@ fn cpu_numbers(possible: &str) -> Option<u32> {
 fn journal_slots(pin_dir: &Path, cpus: u32) -> u32 {
     let pinned = aya::maps::MapInfo::from_pin(pin_dir.join(maps::CT_JOURNAL))
         .ok()
+        .filter(|info| info.max_entries() % cpus == 0)
         .map(|info| info.max_entries() / cpus)
-        .filter(|slots| slots.is_power_of_two());
+        .filter(|slots| slots.is_power_of_two() && *slots <= agent_common::CT_JOURNAL_SLOTS);
     // A test switch: parts of a few events, so that nearly every event
     // goes through the spill.
     let asked = std::env::var("EVENFLOW_TEST_JOURNAL_SLOTS")

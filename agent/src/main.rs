@@ -222,8 +222,6 @@ fn warn_map_beyond_reports(capacity: usize) {
     }
 }
 
-/// `evenflow-agent uninstall`: removes the node's pins, and with them every
-/// program evenflow attached for it.
 /// Prints the drain's times for each of `cpus` (see `drain_bench`):
 /// `cpus <n> ns_per_event <x> us_per_run_of_64 <y>` a line.
 fn bench_drain(bpffs: &std::path::Path, cpus: &[u32], events: u32) -> Result<()> {
@@ -241,6 +239,8 @@ fn bench_drain(bpffs: &std::path::Path, cpus: &[u32], events: u32) -> Result<()>
     Ok(())
 }
 
+/// `evenflow-agent uninstall`: removes the node's pins, and with them every
+/// program evenflow attached for it.
 fn uninstall(bpffs: &std::path::Path, node_name: &str) -> Result<()> {
     // Without the host's bpffs there is nothing to find, and "nothing to
     // remove" would leave every program attached.
