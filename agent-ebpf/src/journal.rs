@@ -276,23 +276,29 @@ pub fn evenflow_ct_drain(ctx: TcContext) -> i32 {
     if !take(lock, now, until, true) {
         return DRAIN_BUSY;
     }
-    drain(ctx, AGENT_TREE, DRAIN_MAX);
+    drain(ctx, AGENT_TREE, DRAIN_MAX, now);
     0
 }
 
 /// TC egress's drain, tail-called when its CPU's part is past half full:
 /// up to [`INLINE_MAX`] events, unless another drain runs (or the agent
-/// is reading). Passes the packet on.
+/// is reading), or this CPU's part holds no event old enough to apply:
+/// during a burst of more than half a part within [`SETTLED_NS`], every
+/// append past half comes here, and would otherwise build the drain's
+/// tree for nothing. Passes the packet on.
 #[classifier]
 pub fn evenflow_ct_drain_inline(ctx: TcContext) -> i32 {
     let Some(lock) = lock() else {
         return TCX_NEXT;
     };
     // SAFETY: no arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let (now, cpu) = unsafe { (bpf_ktime_get_ns(), bpf_get_smp_processor_id()) };
+    if next_time(cpu, now.saturating_sub(SETTLED_NS)) == u64::MAX {
+        return TCX_NEXT;
+    }
     let until = (now + INLINE_HOLD_NS) & !1;
     if take(lock, now, until, false) {
-        let applied = drain(ctx, INLINE_TREE, INLINE_MAX);
+        let applied = drain(ctx, INLINE_TREE, INLINE_MAX, now);
         // SAFETY: an array slot, this drain's lock.
         unsafe { atomic::cmpxchg(lock, until, 0) };
         stat(Stat::JournalDrainedInline, u64::from(applied));
@@ -334,13 +340,12 @@ struct Drain {
     applied: u32,
 }
 
-/// Applies up to `max` events, the lock held, in tree `tree`; returns how
-/// many.
+/// Applies up to `max` events written before `now` less [`SETTLED_NS`],
+/// the lock held, in tree `tree`; returns how many.
 #[inline(always)]
-fn drain(ctx: TcContext, tree: u32, max: u32) -> u32 {
+fn drain(ctx: TcContext, tree: u32, max: u32, now: u64) -> u32 {
     let order = Order::of(tree);
-    // SAFETY: no arguments.
-    let cutoff = unsafe { bpf_ktime_get_ns() }.saturating_sub(SETTLED_NS);
+    let cutoff = now.saturating_sub(SETTLED_NS);
     let mut d = Drain {
         ctx,
         order,

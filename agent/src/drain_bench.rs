@@ -177,7 +177,8 @@ fn monotonic_ns() -> Result<u64> {
 }
 
 /// The bench's own pin directory, removed when it is done. Named for its
-/// process and node shape, so that no run finds another's maps; ones
+/// process, a count and the node shape, so that no run finds another's
+/// maps; ones
 /// whose process is gone (a bench interrupted) are removed first.
 struct PinDir(PathBuf);
 
@@ -186,7 +187,9 @@ const PREFIX: &str = "evenflow-bench-drain-";
 impl PinDir {
     fn new(bpffs: &std::path::Path, cpus: u32) -> Result<Self> {
         remove_abandoned(bpffs);
-        let dir = bpffs.join(format!("{PREFIX}{}-{cpus}", std::process::id()));
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = bpffs.join(format!("{PREFIX}{}-{seq}-{cpus}", std::process::id()));
         std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(Self(dir))
     }
@@ -232,6 +235,8 @@ mod tests {
     #[test]
     fn the_drain_applies_the_earliest_events_first() {
         let bpffs = std::path::Path::new("/sys/fs/bpf");
+        // TC egress's drain runs on the CPU whose part is past half.
+        on_cpu_zero();
         for cpus in [1u32, 2, 3, 5, 64, 1_024] {
             let mut bench = Bench::load(bpffs, cpus).expect("the object loads (needs root)");
             let start = super::monotonic_ns()
@@ -273,5 +278,55 @@ mod tests {
                 .collect();
             assert_eq!(moved, expected, "{cpus} CPU numbers");
         }
+    }
+
+    /// TC egress's drain does nothing while its own CPU's part holds no
+    /// event old enough to apply, whatever the other parts hold: in a
+    /// burst, the appends past half that call it find it returning at
+    /// once (the test above has it drain where its part's are old).
+    /// Needs root (BPF).
+    #[test]
+    fn the_inline_drain_waits_for_its_own_part() {
+        let bpffs = std::path::Path::new("/sys/fs/bpf");
+        on_cpu_zero();
+        let mut bench = Bench::load(bpffs, 2).expect("the object loads (needs root)");
+        let now = super::monotonic_ns().expect("the clock reads");
+        let old = now - 1_000_000_000;
+        // CPU 0's event is younger than the drain's 10 ms; CPU 1's old.
+        let tails = bench
+            .append(&[vec![now + 60_000_000_000], vec![old, old + 1]])
+            .expect("the journal fills");
+        bench.drains.run_inline().expect("TC egress's drain runs");
+        let moved = |bench: &Bench| -> Vec<u64> {
+            (0..2)
+                .map(|cpu| {
+                    bench.pos.get(&super::tail(cpu), 0).expect("a tail") - tails[cpu as usize]
+                })
+                .collect()
+        };
+        assert_eq!(
+            moved(&bench),
+            [0, 0],
+            "drained for a part it cannot relieve"
+        );
+        // The agent's drain applies what is old enough, wherever it is.
+        drop(bench.drains.run().expect("the agent's drain runs"));
+        assert_eq!(moved(&bench), [0, 2]);
+    }
+
+    /// Runs the calling thread on CPU 0 only.
+    fn on_cpu_zero() {
+        // SAFETY: a zeroed cpu_set_t is empty; CPU_SET writes within it.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        unsafe { libc::CPU_SET(0, &mut set) };
+        // SAFETY: the calling thread (0), a valid set of its size.
+        let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+        assert_eq!(
+            rc,
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }

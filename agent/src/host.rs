@@ -109,6 +109,30 @@ pub fn check_kernel() -> Result<()> {
     }
 }
 
+/// Fails where the BPF JIT is off: evenflow's programs call functions of
+/// their own, loop with `bpf_loop` and tail-call TC egress's drain, none
+/// of which the kernel's interpreter runs (the verifier refuses them, in
+/// words that do not say the JIT is the cause). Kernels built with
+/// `CONFIG_BPF_JIT_ALWAYS_ON` cannot turn it off.
+pub fn check_jit() -> Result<()> {
+    const JIT: &str = "/proc/sys/net/core/bpf_jit_enable";
+    match std::fs::read_to_string(JIT) {
+        Ok(v) if !jit_on(&v) => bail!(
+            "the BPF JIT is off ({JIT} reads {:?}): evenflow's eBPF programs need it (they call \
+             functions of their own, loop with bpf_loop and tail-call); turn it on with \
+             `sysctl -w net.core.bpf_jit_enable=1`",
+            v.trim()
+        ),
+        // Unreadable (a /proc/sys masked by the runtime): the load says.
+        _ => Ok(()),
+    }
+}
+
+/// Whether `bpf_jit_enable` reads on (1, or 2: on with debug output).
+fn jit_on(value: &str) -> bool {
+    value.trim() != "0"
+}
+
 /// The major and minor version at the start of a kernel release string.
 fn kernel_version(release: &str) -> Option<(u32, u32)> {
     let mut parts = release.split(|c: char| !c.is_ascii_digit());
@@ -432,6 +456,14 @@ mod tests {
         assert_eq!(kernel_version("6.6"), Some((6, 6)));
         assert_eq!(kernel_version("garbage"), None);
         check_kernel().expect("this machine's kernel is new enough");
+    }
+
+    #[test]
+    fn the_jit_reads_off_only_at_zero() {
+        assert!(jit_on("1\n"));
+        assert!(jit_on("2\n"));
+        assert!(!jit_on("0\n"));
+        check_jit().expect("this machine runs BPF programs through the JIT");
     }
 
     #[test]

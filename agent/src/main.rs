@@ -115,6 +115,7 @@ async fn run(args: cli::Args) -> Result<()> {
     cli::check_services(&args.services)?;
     host::check_capabilities()?;
     host::check_kernel()?;
+    host::check_jit()?;
     host::check_btf()?;
     host::check_bpffs(&args.bpffs)?;
     let cgroup = match &args.cgroup {
