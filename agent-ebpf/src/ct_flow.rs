@@ -210,7 +210,8 @@ impl Syn {
             addr: self.backend.0,
             client_addr: self.client.0,
             client_port: self.client.1,
-            _pad: [0; 3],
+            _pad16: 0,
+            _pad32: 0,
         }
     }
 }
@@ -238,9 +239,10 @@ impl SynAck {
             port: self.client.1,
             seq: self.isn,
             addr: self.client.0,
-            client_addr: [0; 4],
+            client_addr: self.client.0,
             client_port: 0,
-            _pad: [0; 3],
+            _pad16: 0,
+            _pad32: 0,
         }
     }
 }
@@ -271,7 +273,8 @@ impl End {
             addr: self.to.0,
             client_addr: [l.ends[0], l.ends[1], l.held.0, l.held.1],
             client_port: 0,
-            _pad: [0; 3],
+            _pad16: 0,
+            _pad32: 0,
         }
     }
 }
@@ -386,9 +389,10 @@ impl Crossing {
             port: self.to.1,
             seq: self.end,
             addr: self.to.0,
-            client_addr: [0; 4],
+            client_addr: self.to.0,
             client_port: 0,
-            _pad: [0; 3],
+            _pad16: 0,
+            _pad32: 0,
         }
     }
 }

@@ -238,7 +238,8 @@ fn register(ctx: &TcContext, pkt: &Packet) -> bool {
         local_port: origin.dst_port,
         remote_port: origin.src_port,
         proto: PROTO_TCP,
-        _pad: [0; 3],
+        _pad8: 0,
+        _pad16: 0,
     };
     // SAFETY: no arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };

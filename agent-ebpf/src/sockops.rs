@@ -286,7 +286,8 @@ fn flow_key(ctx: &SockOpsContext) -> Option<FlowKey> {
         local_port: lport as u16,
         remote_port: remote_port(rport),
         proto: PROTO_TCP,
-        _pad: [0; 3],
+        _pad8: 0,
+        _pad16: 0,
     })
 }
 
