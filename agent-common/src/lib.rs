@@ -136,11 +136,8 @@ pub struct FlowKey {
     pub remote_port: u16,
     /// [`PROTO_TCP`] or [`PROTO_UDP`].
     pub proto: u8,
-    /// Explicit padding; always zero so keys hash identically. Two
-    /// scalars, not an array: an array of zeroes costs the eBPF programs a
-    /// call to their build's `memset`, a loop a byte at a time.
-    pub _pad8: u8,
-    pub _pad16: u16,
+    /// Explicit padding; always zero so keys hash identically.
+    pub _pad: [u8; 3],
 }
 
 impl FlowKey {
@@ -322,16 +319,12 @@ pub struct CtEvent {
     /// For a SYN, the client as it dialled (address, port); for an end,
     /// conntrack's ends of both directions' sequence numbers and how many
     /// of each to hold back: `[end original, end reply, held original,
-    /// held reply]` and 0; for a SYN-ACK and a crossing, which use none of
-    /// it, a copy of `addr` (an array of zeroes would cost TC egress a call
-    /// to the eBPF build's `memset`, a loop a byte at a time).
+    /// held reply]` and 0.
     pub client_addr: [u32; 4],
     /// The client's port as it dialled (a SYN's).
     pub client_port: u16,
-    /// Explicit padding: two scalars, not an array of zeroes (see
-    /// `client_addr`).
-    pub _pad16: u16,
-    pub _pad32: u32,
+    /// Explicit padding.
+    pub _pad: [u16; 3],
 }
 
 /// [`CtEvent::kind`] of a translated SYN leaving for its backend.
@@ -889,8 +882,7 @@ mod tests {
             local_port: 8080,
             remote_port: 54321,
             proto: PROTO_TCP,
-            _pad8: 0,
-            _pad16: 0,
+            _pad: [0; 3],
         };
         let words = FlowKey::words(
             key.local_addr,

@@ -227,8 +227,7 @@ impl Ends {
             local_port: self.local_port,
             remote_port: self.remote_port,
             proto: PROTO_TCP,
-            _pad8: 0,
-            _pad16: 0,
+            _pad: [0; 3],
         };
         match LOCAL_NAT.get_ptr(&key) {
             // SAFETY: a live entry, copied out at once.

@@ -210,8 +210,7 @@ impl Syn {
             addr: self.backend.0,
             client_addr: self.client.0,
             client_port: self.client.1,
-            _pad16: 0,
-            _pad32: 0,
+            _pad: [0; 3],
         }
     }
 }
@@ -239,10 +238,9 @@ impl SynAck {
             port: self.client.1,
             seq: self.isn,
             addr: self.client.0,
-            client_addr: self.client.0,
+            client_addr: [0; 4],
             client_port: 0,
-            _pad16: 0,
-            _pad32: 0,
+            _pad: [0; 3],
         }
     }
 }
@@ -273,8 +271,7 @@ impl End {
             addr: self.to.0,
             client_addr: [l.ends[0], l.ends[1], l.held.0, l.held.1],
             client_port: 0,
-            _pad16: 0,
-            _pad32: 0,
+            _pad: [0; 3],
         }
     }
 }
@@ -389,10 +386,9 @@ impl Crossing {
             port: self.to.1,
             seq: self.end,
             addr: self.to.0,
-            client_addr: self.to.0,
+            client_addr: [0; 4],
             client_port: 0,
-            _pad16: 0,
-            _pad32: 0,
+            _pad: [0; 3],
         }
     }
 }

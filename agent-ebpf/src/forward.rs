@@ -238,8 +238,7 @@ fn register(ctx: &TcContext, pkt: &Packet) -> bool {
         local_port: origin.dst_port,
         remote_port: origin.src_port,
         proto: PROTO_TCP,
-        _pad8: 0,
-        _pad16: 0,
+        _pad: [0; 3],
     };
     // SAFETY: no arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };

@@ -286,8 +286,7 @@ fn flow_key(ctx: &SockOpsContext) -> Option<FlowKey> {
         local_port: lport as u16,
         remote_port: remote_port(rport),
         proto: PROTO_TCP,
-        _pad8: 0,
-        _pad16: 0,
+        _pad: [0; 3],
     })
 }
 

@@ -200,8 +200,7 @@ fn note_local_nat(ctx: &TcContext, sk: *mut bpf_sock) {
         local_port: sport,
         remote_port: dport,
         proto: PROTO_TCP,
-        _pad8: 0,
-        _pad16: 0,
+        _pad: [0; 3],
     };
     let backend = EndpointKey {
         addr: key.remote_addr,

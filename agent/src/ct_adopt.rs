@@ -78,8 +78,7 @@ pub fn note_local_nat(ebpf: &mut Ebpf, local: &[Translated]) -> Result<usize> {
             local_port: t.client.port(),
             remote_port: t.dialled.port(),
             proto: PROTO_TCP,
-            _pad8: 0,
-            _pad16: 0,
+            _pad: [0; 3],
         };
         let backend = EndpointKey::tcp(key_addr(t.backend), t.backend.port(), Direction::SendsTo);
         nat.insert(socket, backend, 0)

@@ -159,8 +159,7 @@ fn event(at: u64) -> CtEvent {
         addr: [0; 4],
         client_addr: [0; 4],
         client_port: 0,
-        _pad16: 0,
-        _pad32: 0,
+        _pad: [0; 3],
     }
 }
 
