@@ -102,12 +102,9 @@ fn find<'a>(conn: u64) -> Option<(&'a mut CtFlow, Tier)> {
 /// overflow the stack.
 #[inline(always)]
 pub fn on_packet(ctx: &TcContext, ct: Ct) -> bool {
-    let Some(pkt) = Packet::parse(ctx, Side::Egress) else {
+    let Some(pkt) = Packet::parse_tcp(ctx, Side::Egress) else {
         return false;
     };
-    if pkt.proto != PROTO_TCP {
-        return false;
-    }
     if pkt.is_syn() && !ct.reply {
         return on_syn(&pkt, ct.conn);
     }
@@ -129,8 +126,8 @@ fn to(pkt: &Packet) -> ([u32; 4], u16) {
 }
 
 /// A SYN leaving for its backend: journaled if conntrack translated its
-/// destination. Out of line: SYNs only.
-#[inline(never)]
+/// destination.
+#[inline(always)]
 fn on_syn(pkt: &Packet, conn: u64) -> bool {
     let key = pkt.flow_key();
     let Some(origin) = conntrack::dialled(conn, (&key.remote_addr, key.remote_port)) else {
@@ -147,9 +144,7 @@ fn on_syn(pkt: &Packet, conn: u64) -> bool {
 }
 
 /// The backend's SYN-ACK: journaled with its initial sequence number.
-/// Out of line, as [`on_syn`]: its event stays off the frame every packet
-/// of the connection runs in.
-#[inline(never)]
+#[inline(always)]
 fn on_syn_ack(pkt: &Packet, conn: u64) -> bool {
     if conntrack::translated(conn).is_none() {
         return false;
@@ -343,9 +338,8 @@ pub fn finish(e: &End) {
 }
 
 /// A packet whose sequence numbers crossed a multiple of 2^29: journaled
-/// with conntrack's end that way, for the count to catch up with. Out of
-/// line, like [`on_close`].
-#[inline(never)]
+/// with conntrack's end that way, for the count to catch up with.
+#[inline(always)]
 fn on_crossing(pkt: &Packet, ct: Ct) -> bool {
     if conntrack::translated(ct.conn).is_none() {
         return false;
@@ -422,10 +416,8 @@ pub fn crossed(c: &Crossing) {
 /// side's FIN ends the connection with both FINs held back from
 /// conntrack's sequence numbers; an RST that closed it in conntrack's
 /// view ends it holding back the first FIN, if one was sent (had the other
-/// side's followed, that FIN would have ended the connection). Out of
-/// line: at most a few packets per connection, and conntrack's state read
-/// here stays off the main frame's stack.
-#[inline(never)]
+/// side's followed, that FIN would have ended the connection).
+#[inline(always)]
 fn on_close(pkt: &Packet, ct: Ct) -> bool {
     let Some(seen) = Seen::of(ct.conn) else {
         return false;

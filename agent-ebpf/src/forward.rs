@@ -54,44 +54,51 @@ const SEQ_KNOWN: u8 = 16;
 #[map(name = "EF_FLOWS")]
 pub static FLOWS: HashMap<FlowKey, FlowValue> = HashMap::pinned(MAX_FLOWS, BPF_F_NO_PREALLOC);
 
-/// A packet leaving the node without a local socket. Out of line, so that
-/// the egress program's own code is the dozen instructions a local
-/// socket's packet runs, one or two cache lines: a run costs more the more
-/// instruction lines it touches, and those are cold after the stack's own
-/// code ran (see docs/counting.md). Returns whether the packet left its
-/// CPU's part of the journal past half full.
-#[inline(never)]
+/// A packet leaving the node without a local socket. Inline, with only
+/// the header probe most packets of a followed connection need: a call
+/// between BPF functions costs more than the instruction lines it keeps
+/// off the local sockets' path (see docs/counting.md), so the work a packet
+/// may need beyond it, and its stack, is one call away. Returns whether
+/// the packet left its CPU's part of the journal past half full.
+#[inline(always)]
 pub fn on_egress(ctx: &TcContext) -> bool {
-    // Opaque to the optimiser, as in `tc::note_local_nat`.
-    let ctx = core::hint::black_box(ctx);
     if conntrack::followed() {
         // The packet's headers are read before its conntrack record: most
         // packets change no state, and those are done without the helper
         // call that reads `skb->_nfct`.
         return may_change_state(ctx) && on_conntrack_packet(ctx);
     }
-    let Some(pkt) = Packet::parse(ctx, Side::Egress) else {
-        return false;
+    on_packet(ctx);
+    false
+}
+
+/// A packet of a forwarded connection counted packet by packet. Out of
+/// line: its frame holds the packet and the flow key.
+#[inline(never)]
+fn on_packet(ctx: &TcContext) {
+    // Opaque to the optimiser, as in `tc::note_local_nat`.
+    let ctx = core::hint::black_box(ctx);
+    let Some(pkt) = Packet::parse_tcp(ctx, Side::Egress) else {
+        return;
     };
-    if pkt.proto != PROTO_TCP {
-        return false;
-    }
     // A SYN is nearly always a new connection: registering it is tried
     // first, which spares the lookup that would miss.
     if pkt.is_syn() && register(ctx, &pkt) {
-        return false;
+        return;
     }
     if let Some(f) = FLOWS.get_ptr_mut(pkt.flow_key()) {
         on_flow_packet(ctx, f, &pkt);
     }
-    false
 }
 
 /// A packet that may change its connection's state, where conntrack
 /// follows forwarded connections. Returns whether its CPU's part of the
-/// journal is past half full.
-#[inline(always)]
+/// journal is past half full. Out of line, with everything it does
+/// inlined: one call, whatever the packet.
+#[inline(never)]
 fn on_conntrack_packet(ctx: &TcContext) -> bool {
+    // Opaque to the optimiser, as in `tc::note_local_nat`.
+    let ctx = core::hint::black_box(ctx);
     if let Some(ct) = conntrack::of_packet(ctx) {
         return ct_flow::on_packet(ctx, ct);
     }

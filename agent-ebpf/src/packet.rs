@@ -138,6 +138,17 @@ impl Packet {
         })
     }
 
+    /// [`Packet::parse`], TCP only: what counting forwarded connections
+    /// needs.
+    #[inline(always)]
+    pub fn parse_tcp(ctx: &TcContext, side: Side) -> Option<Self> {
+        let pkt = Self::parse(ctx, side)?;
+        // Opaque to the optimiser: else, merging this `None` with the
+        // parser's, it may read the protocol of a packet that was never
+        // parsed (a register never written, which the verifier refuses).
+        (core::hint::black_box(pkt.proto) == PROTO_TCP).then_some(pkt)
+    }
+
     /// [`Packet::parse`] without the general parser, for callers that may
     /// skip uncommon shapes and must keep their stack small.
     #[inline(always)]
