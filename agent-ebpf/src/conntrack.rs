@@ -245,9 +245,8 @@ struct Tuple {
 }
 
 /// `tuplehash[0].tuple` up to `tuplehash[1].tuple.src`: the original
-/// direction's tuple and where the reply comes from, read in one go (the
-/// reply's hash node between them is 16 bytes: the agent checks a
-/// `struct nf_conntrack_tuple_hash` is 56).
+/// direction's tuple and where the reply comes from, read in one go (by
+/// the sweeper: on the TC programs' stack it would not fit).
 #[repr(C)]
 #[derive(Copy, Clone)]
 struct Tuples {
@@ -262,6 +261,11 @@ impl Tuples {
         read::<Self>(ct + offset(&NF_CONN_ORIGINAL_SRC))
     }
 }
+
+/// From the original direction's tuple to the reply's: the size of a
+/// `struct nf_conntrack_tuple_hash` (a 16-byte hash node, then the
+/// tuple), which the agent checks is 56.
+const TUPLE_STRIDE: u64 = core::mem::offset_of!(Tuples, reply_src) as u64;
 
 /// Whether a flow key's address is IPv4 (IPv4-mapped).
 #[inline(always)]
@@ -292,16 +296,18 @@ fn is(man: &Man, (addr, port): (&[u32; 4], u16)) -> bool {
 /// flow-key form, port) was headed: the client and the destination it
 /// dialled, from conntrack's original tuple. `None` where conntrack's
 /// reply does not come from `backend`, or the client dialled `backend`
-/// itself: conntrack routed the connection untranslated. Both tuples in one
-/// read: a helper call is dearer than the 76 bytes' place on the SYN's
-/// frame.
+/// itself: conntrack routed the connection untranslated.
 #[inline(always)]
 pub fn dialled(ct: u64, backend: (&[u32; 4], u16)) -> Option<SynOrigin> {
-    let tuples = Tuples::of(ct)?;
-    let (reply, src, dst) = (tuples.reply_src, tuples.original.src, tuples.original.dst);
+    // Two small reads, not one of both tuples: the SYN's frame holds
+    // them, and on kernels before 6.8 (which round frames to 32 bytes)
+    // the tuples' 76 bytes bring the call chain to the 512-byte limit.
+    let reply = read::<Man>(ct + offset(&NF_CONN_ORIGINAL_SRC) + TUPLE_STRIDE)?;
     if !is(&reply, backend) {
         return None;
     }
+    let original = read::<Tuple>(ct + offset(&NF_CONN_ORIGINAL_SRC))?;
+    let (src, dst) = (original.src, original.dst);
     if dst.port == reply.port && agent_common::same_addr(&dst.addr, &reply.addr) {
         return None;
     }
