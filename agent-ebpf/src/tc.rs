@@ -143,8 +143,8 @@ fn record_syn(ctx: &TcContext) {
 /// read from the socket, not the packet: egress runs after POSTROUTING,
 /// so a masquerade or SNAT there (kube-proxy masquerades the node's own
 /// traffic to a ClusterIP) has rewritten the packet's source. Out of
-/// line, like [`forward::on_egress`]: the egress program's own code stays
-/// the few instructions every other local packet runs. Common header
+/// line: the egress program's own frame stays what every other local
+/// packet needs (8 bytes, one register saved). Common header
 /// shapes only (a hostNetwork proxy's SYNs carry no IP options or VLAN
 /// tags here).
 #[inline(never)]
