@@ -633,29 +633,6 @@ pub const ADOPT_UNSUPPORTED: u8 = b'u';
 /// Number of [`Stat`] slots.
 pub const STAT_COUNT: u32 = 19;
 
-/// Names of [`Stat`] slots, in index order, as userspace reports them.
-pub const STAT_NAMES: [&str; STAT_COUNT as usize] = [
-    "packet_unparsable",
-    "endpoint_inserted",
-    "endpoint_insert_failed",
-    "flow_inserted",
-    "flow_insert_failed",
-    "flow_deleted",
-    "flow_missing_on_close",
-    "unsupported_family",
-    "syn_routed",
-    "syn_origin_unknown",
-    "flow_expired",
-    "sock_storage_failed",
-    "socks_in_storage",
-    "endpoint_insert_no_memory",
-    "flow_insert_no_memory",
-    "endpoints_retired",
-    "journal_spilled",
-    "journal_lost",
-    "journal_drained_inline",
-];
-
 /// Capacity of the endpoint map (per CPU). Not LRU: an endpoint's totals
 /// must never restart at zero within an epoch; when the map is full new
 /// endpoints are not counted and `endpoint_insert_failed` says so.

@@ -299,9 +299,10 @@ fn is(man: &Man, (addr, port): (&[u32; 4], u16)) -> bool {
 /// itself: conntrack routed the connection untranslated.
 #[inline(always)]
 pub fn dialled(ct: u64, backend: (&[u32; 4], u16)) -> Option<SynOrigin> {
-    // Two small reads, not one of both tuples: the SYN's frame holds
-    // them, and on kernels before 6.8 (which round frames to 32 bytes)
-    // the tuples' 76 bytes bring the call chain to the 512-byte limit.
+    // Two small reads, not one of both tuples: the state packets' frame
+    // (`forward::on_conntrack_packet`) holds them, and on kernels before
+    // 6.8 (which round frames to 32 bytes) the tuples' 76 bytes bring the
+    // call chain through the general parser to the 512-byte limit.
     let reply = read::<Man>(ct + offset(&NF_CONN_ORIGINAL_SRC) + TUPLE_STRIDE)?;
     if !is(&reply, backend) {
         return None;

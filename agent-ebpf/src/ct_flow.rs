@@ -97,9 +97,10 @@ fn find<'a>(conn: u64) -> Option<(&'a mut CtFlow, Tier)> {
 /// A packet of a connection conntrack follows that may change its state.
 /// Its SYN, its backend's SYN-ACK and the packet that ends it go to the
 /// journal, which the drain applies (see [`crate::journal`]). Returns
-/// whether that left the CPU's part past half full. Inline: in a frame of
-/// its own, with the packet parser's below it, the call chain would
-/// overflow the stack.
+/// whether that left the CPU's part past half full. Inline, with its
+/// handlers, into `forward::on_conntrack_packet`: a packet that may change
+/// state then makes one call between BPF functions, each of which costs a
+/// return (see docs/counting.md, "One call a packet").
 #[inline(always)]
 pub fn on_packet(ctx: &TcContext, ct: Ct) -> bool {
     let Some(pkt) = Packet::parse_tcp(ctx, Side::Egress) else {

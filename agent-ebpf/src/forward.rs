@@ -73,7 +73,9 @@ pub fn on_egress(ctx: &TcContext) -> bool {
 }
 
 /// A packet of a forwarded connection counted packet by packet. Out of
-/// line: its frame holds the packet and the flow key.
+/// line: inlined, its parsed packet would make the program's own frame,
+/// which every local socket's packet sets up, 168 bytes instead of 8, and
+/// save four registers more.
 #[inline(never)]
 fn on_packet(ctx: &TcContext) {
     // Opaque to the optimiser, as in `tc::note_local_nat`.
@@ -93,8 +95,10 @@ fn on_packet(ctx: &TcContext) {
 
 /// A packet that may change its connection's state, where conntrack
 /// follows forwarded connections. Returns whether its CPU's part of the
-/// journal is past half full. Out of line, with everything it does
-/// inlined: one call, whatever the packet.
+/// journal is past half full. Out of line, for the same reason as
+/// [`on_packet`], with everything it does inlined: one call for a packet
+/// of a common shape (a VLAN tag, IPv4 options or IPv6 extension headers
+/// add the general parser's).
 #[inline(never)]
 fn on_conntrack_packet(ctx: &TcContext) -> bool {
     // Opaque to the optimiser, as in `tc::note_local_nat`.

@@ -34,7 +34,7 @@ const TCP_ACK: u8 = 0x10;
 pub struct Packet {
     /// The flow key's bytes (see [`FlowKey::words`]).
     key: [u64; 5],
-    pub proto: u8,
+    proto: u8,
     tcp_flags: u8,
     /// TCP sequence number (host order; 0 for UDP).
     pub seq: u32,

@@ -30,11 +30,44 @@ use tonic::transport::Channel;
 
 const NS: &str = "default";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+/// The addresses the collector logging to `log` bound, from its start
+/// line. It binds port 0 and says which ports it got: a port picked free
+/// beforehand could meanwhile become another connection's ephemeral port
+/// (the tests run side by side, each with its API server and clients).
+fn bound(log: &Path) -> (SocketAddr, SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = without_colours(&std::fs::read_to_string(log).unwrap_or_default());
+        let start = text.lines().find(|l| l.contains("collector serving"));
+        let field = |name: &str| {
+            start?
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .and_then(|v| v.parse().ok())
+        };
+        if let (Some(grpc), Some(metrics)) = (field("grpc_addr="), field("metrics_addr=")) {
+            return (grpc, metrics);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the collector never said where it serves:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `text` without terminal colour sequences (`ESC [ … m`).
+fn without_colours(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|c| *c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The stand-in API server and a collector reading it.
@@ -68,17 +101,15 @@ impl Cluster {
         std::fs::create_dir_all(&dir).expect("temp dir");
         api.write_kubeconfig(&dir.join("kubeconfig"))
             .expect("kubeconfig");
-        let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let bin = evenflow_tests::agent::binary("evenflow-collector", "EVENFLOW_COLLECTOR_BIN")
             .expect("collector binary");
         let log = std::fs::File::create(dir.join("collector.log")).expect("log");
         let collector = Command::new(bin)
             .args([
                 "--grpc-addr",
-                &grpc.to_string(),
+                "127.0.0.1:0",
                 "--metrics-addr",
-                &metrics.to_string(),
+                "127.0.0.1:0",
                 "--kubeconfig",
                 &dir.join("kubeconfig").display().to_string(),
                 "--kube-drain-grace",
@@ -91,6 +122,7 @@ impl Cluster {
             .stderr(log)
             .spawn()
             .expect("collector starts");
+        let (grpc, metrics) = bound(&dir.join("collector.log"));
         Cluster {
             api,
             collector,
