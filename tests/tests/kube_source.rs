@@ -37,7 +37,7 @@ const NS: &str = "default";
 fn bound(log: &Path) -> (SocketAddr, SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let text = without_colours(&std::fs::read_to_string(log).unwrap_or_default());
+        let text = std::fs::read_to_string(log).unwrap_or_default();
         let start = text.lines().find(|l| l.contains("collector serving"));
         let field = |name: &str| {
             start?
@@ -54,20 +54,6 @@ fn bound(log: &Path) -> (SocketAddr, SocketAddr) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// `text` without terminal colour sequences (`ESC [ … m`).
-fn without_colours(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            chars.by_ref().find(|c| *c == 'm');
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// The stand-in API server and a collector reading it.
@@ -117,6 +103,8 @@ impl Cluster {
             ])
             .args(extra)
             .env("RUST_LOG", "info,evenflow_collector=debug")
+            // Plain `field=value`, which `bound` reads.
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
