@@ -285,6 +285,12 @@ pub struct CtFlow {
 /// writes fail instead of landing in the other connection's counts.
 pub const TAG_SHIFT: u32 = 48;
 
+/// The call number the eBPF object's `bpf_rdonly_cast(addr, 0)` calls
+/// carry until the agent rewrites each into a call of that kfunc (or, on a
+/// kernel without it, into a move the programs never reach): aya cannot
+/// relocate kfunc calls. No helper has this number.
+pub const RDONLY_CAST_CALL: i32 = 0x4546_4b31;
+
 /// The tag of a connection whose client's initial sequence number is
 /// `isn` and port `client_port`: sixteen bits that another connection
 /// shares one time in 65,535, never zero.

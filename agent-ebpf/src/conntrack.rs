@@ -8,10 +8,15 @@
 //! they are wanted (at its end, and by the sweeper every interval), and its
 //! data packets need no flow lookup of their own.
 //!
-//! Kernel memory is read with `bpf_probe_read_kernel`, at offsets the agent
-//! takes from this kernel's BTF and writes here before loading (`.rodata`:
-//! constants to the verifier). All zero means this kernel's BTF has no
-//! conntrack: then every forwarded packet is counted by its own lookup.
+//! Kernel memory is read at offsets the agent takes from this kernel's BTF
+//! and writes here before loading (`.rodata`: constants to the verifier).
+//! All zero means this kernel's BTF has no conntrack: then every forwarded
+//! packet is counted by its own lookup. Where the kernel lets a program
+//! cast any address to read-only memory (`bpf_rdonly_cast` to `void`,
+//! Linux 6.17), a read is a load the JIT guards against faults; before, it
+//! is a call of `bpf_probe_read_kernel`, which on a CPU that mitigates
+//! return-stack attacks costs several mispredicted returns (see
+//! docs/counting.md, "Reads without a call").
 
 use core::{ffi::c_void, ptr::read_volatile};
 
@@ -59,10 +64,41 @@ fn offset(at: &u32) -> u64 {
     unsafe { read_volatile(at) as u64 }
 }
 
+/// 1 where the agent made this object's `bpf_rdonly_cast` calls real:
+/// kernel memory is then read by plain loads.
+#[unsafe(no_mangle)]
+static DIRECT_READS: u8 = 0;
+
+#[inline(always)]
+fn direct() -> bool {
+    // SAFETY: a plain static; volatile so the agent's value is used.
+    unsafe { read_volatile(&DIRECT_READS) != 0 }
+}
+
+/// `bpf_rdonly_cast(addr, 0)`: `addr` as read-only memory of no type, whose
+/// loads the JIT guards (a fault reads zero). The verifier replaces the
+/// call with a move. Reached only where [`DIRECT_READS`] is 1: elsewhere
+/// the agent turned the call into a move the verifier never sees run.
+#[inline(always)]
+fn rdonly_cast(addr: u64) -> *const u8 {
+    // SAFETY: the agent rewrites this call number into the kfunc's call
+    // (see `RDONLY_CAST_CALL`), which takes any value and a BTF type id.
+    unsafe {
+        let cast: unsafe extern "C" fn(u64, u32) -> *const u8 =
+            core::mem::transmute(agent_common::RDONLY_CAST_CALL as usize);
+        cast(addr, 0)
+    }
+}
+
 /// `size_of::<T>()` bytes of kernel memory at `addr`, or `None` where they
-/// cannot be read.
+/// cannot be read (a plain load of memory that faults reads zeroes).
 #[inline(always)]
 fn read<T>(addr: u64) -> Option<T> {
+    if direct() {
+        // SAFETY: read-only memory to the verifier, whose loads the JIT
+        // guards; every address read here is a kernel object's field.
+        return Some(unsafe { core::ptr::read(rdonly_cast(addr) as *const T) });
+    }
     // SAFETY: the helper copies at most `size_of::<T>()` bytes and fails
     // cleanly on an address it cannot read.
     unsafe { bpf_probe_read_kernel(addr as *const T).ok() }
@@ -108,6 +144,10 @@ fn nfct(ctx: &TcContext) -> u64 {
     }
     // The context is the kernel's `struct sk_buff`.
     let skb = ctx.skb.skb as *const u8;
+    if direct() {
+        // SAFETY: as in `read`; the context itself is cast, at no offset.
+        return unsafe { read_volatile(rdonly_cast(skb as u64).add(at as usize) as *const u64) };
+    }
     // SAFETY: a read through the helper, which checks the address.
     unsafe { bpf_probe_read_kernel((skb as *const c_void).byte_add(at as usize) as *const u64) }
         .unwrap_or(0)

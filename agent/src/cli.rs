@@ -180,6 +180,13 @@ pub struct Args {
     #[arg(long, env = "EVENFLOW_FORWARDED_PER_PACKET")]
     pub forwarded_per_packet: bool,
 
+    /// Read kernel memory (`skb->_nfct`, conntrack's records) through
+    /// `bpf_probe_read_kernel` even where the kernel lets the programs load
+    /// it directly (`bpf_rdonly_cast`, Linux 6.17): what older kernels do,
+    /// for comparing the two ways and testing the older one.
+    #[arg(long, env = "EVENFLOW_PROBE_READS")]
+    pub probe_reads: bool,
+
     /// Level of the eBPF programs' own diagnostics (aya-log).
     #[arg(long, env = "EVENFLOW_EBPF_LOG", value_enum, default_value_t = EbpfLog::Off)]
     pub ebpf_log: EbpfLog,

@@ -43,6 +43,7 @@ use crate::{
     cli::EbpfLog,
     ct_adopt::Translations,
     ctnetlink::Translated,
+    direct_reads::Reads,
     iter::MapIter,
     journal::{Drains, Journal},
     walk::Walk,
@@ -68,6 +69,8 @@ pub struct Config<'a> {
     /// Count forwarded connections per packet even where conntrack follows
     /// them (`--forwarded-per-packet`).
     pub forwarded_per_packet: bool,
+    /// `--probe-reads`.
+    pub probe_reads: bool,
 }
 
 /// What one retirement pass did (see [`Datapath::retire`]).
@@ -294,7 +297,7 @@ impl Datapath {
         std::fs::create_dir_all(&pin_dir)
             .with_context(|| format!("creating pin directory {}", pin_dir.display()))?;
         let lock = lock_pin_dir(&pin_dir)?;
-        let kernel = kernel_offsets(cfg.forwarded_per_packet)?;
+        let kernel = kernel_offsets(cfg.forwarded_per_packet, cfg.probe_reads)?;
         let layout = crate::layout::version(kernel.conntrack);
         let aside = crate::layout::Aside::other_layout(&pin_dir, layout)?;
         let sock_slots = sock_slots(&pin_dir, cfg.sock_slots);
@@ -316,9 +319,15 @@ impl Datapath {
         for (name, off) in &kernel.offsets {
             loader.override_global(name, off, true);
         }
+        let direct_reads = kernel.reads.flag();
+        loader.override_global("DIRECT_READS", &direct_reads, true);
+        let object = kernel
+            .reads
+            .patch(EBPF_OBJECT)
+            .context("preparing the eBPF object's kernel reads")?;
         let cgroup_id = crate::adopt::cgroup_id(cfg.cgroup)?;
         loader.override_global("ADOPT_CGROUP_ID", &cgroup_id, true);
-        let mut ebpf = loader.load(EBPF_OBJECT).with_context(|| {
+        let mut ebpf = loader.load(&object).with_context(|| {
             format!(
                 "loading evenflow's eBPF programs (maps pinned at {})",
                 pin_dir.display()
@@ -1082,10 +1091,11 @@ fn write_flow_timeouts(meta: &mut Array<MapData, u64>) -> Result<()> {
 /// `sk_flags`' for sock_ops, and conntrack's for forwarded
 /// connections (all zero when this kernel's BTF has none: see
 /// [`conntrack_offsets`]).
-fn kernel_offsets(per_packet: bool) -> Result<KernelOffsets> {
+fn kernel_offsets(per_packet: bool, probe_reads: bool) -> Result<KernelOffsets> {
     let blob = std::fs::read("/sys/kernel/btf/vmlinux")
         .context("reading /sys/kernel/btf/vmlinux (the kernel needs CONFIG_DEBUG_INFO_BTF)")?;
     let btf = crate::btf::Btf::parse(&blob).context("parsing the kernel's BTF")?;
+    let reads = kernel_reads(&btf, probe_reads);
     let off = |field: &str| {
         btf.member_offset("tcp_sock", field)
             .with_context(|| format!("finding tcp_sock.{field} in the kernel's BTF"))
@@ -1127,6 +1137,7 @@ fn kernel_offsets(per_packet: bool) -> Result<KernelOffsets> {
             offsets,
             conntrack: false,
             adopt,
+            reads,
         });
     }
     let conntrack = match conntrack_offsets(&btf) {
@@ -1145,7 +1156,22 @@ fn kernel_offsets(per_packet: bool) -> Result<KernelOffsets> {
         offsets,
         conntrack,
         adopt,
+        reads,
     })
+}
+
+/// How the programs read kernel memory: directly where this kernel lets
+/// them, unless `--probe-reads`.
+fn kernel_reads(vmlinux: &crate::btf::Btf<'_>, probe_reads: bool) -> Reads {
+    if probe_reads {
+        info!("kernel memory is read through bpf_probe_read_kernel (--probe-reads)");
+        return Reads::Helper;
+    }
+    let (reads, why) = Reads::of_kernel(vmlinux);
+    if let Some(why) = why {
+        info!("kernel memory is read through bpf_probe_read_kernel, a helper call a read: {why}");
+    }
+    reads
 }
 
 /// Of `max_flows` connections conntrack follows, how many `EF_CT_YOUNG`
@@ -1211,6 +1237,8 @@ struct KernelOffsets {
     conntrack: bool,
     /// Whether the adoption iterator's were (see [`crate::adopt`]).
     adopt: bool,
+    /// How the programs read kernel memory.
+    reads: Reads,
 }
 
 /// Where conntrack keeps what the forwarded-connection path reads: in the

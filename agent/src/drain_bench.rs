@@ -24,7 +24,10 @@ use aya::{
     maps::{Array, MapData},
 };
 
-use crate::journal::{Drains, Journal};
+use crate::{
+    direct_reads::Reads,
+    journal::{Drains, Journal},
+};
 
 /// What one node shape measured.
 pub struct Figures {
@@ -74,9 +77,11 @@ impl Bench {
         let dir = PinDir::new(bpffs, cpus)?;
         let mut loader = EbpfLoader::new();
         journal.configure(&mut loader);
+        // The drains read no kernel memory.
+        let object = Reads::Helper.patch(crate::datapath::EBPF_OBJECT)?;
         let mut ebpf = loader
             .default_map_pin_directory(&dir.0)
-            .load(crate::datapath::EBPF_OBJECT)
+            .load(&object)
             .context("loading evenflow's eBPF object for the drain bench")?;
         let drains = journal
             .load_drains(&mut ebpf)?

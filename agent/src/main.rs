@@ -16,6 +16,7 @@ mod ct_adopt;
 mod ct_lookup;
 mod ctnetlink;
 mod datapath;
+mod direct_reads;
 mod drain_bench;
 mod embedded;
 mod grpc;
@@ -136,6 +137,7 @@ async fn run(args: cli::Args) -> Result<()> {
         max_endpoints: args.max_endpoints,
         sock_slots: args.sock_slots,
         forwarded_per_packet: args.forwarded_per_packet,
+        probe_reads: args.probe_reads,
     })?;
     if let Some(logger) = dp.take_logger() {
         tokio::spawn(drive_ebpf_logger(logger));

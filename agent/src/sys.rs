@@ -57,11 +57,21 @@ pub const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
     }
 }
 
+impl Insn {
+    /// The instruction as it sits in an object file (little-endian).
+    pub fn to_bytes(self) -> [u8; 8] {
+        let [o0, o1] = self.off.to_le_bytes();
+        let [i0, i1, i2, i3] = self.imm.to_le_bytes();
+        [self.code, self.regs, o0, o1, i0, i1, i2, i3]
+    }
+}
+
 /// The opcodes the hand-written programs use.
 pub const MOV_REG: u8 = 0xbf;
 pub const MOV_IMM: u8 = 0xb7;
 pub const ADD_IMM: u8 = 0x07;
 pub const LOAD_W: u8 = 0x61;
+pub const LOAD_B: u8 = 0x71;
 pub const STORE_REG_DW: u8 = 0x7b;
 pub const STORE_W: u8 = 0x62;
 pub const STORE_DW: u8 = 0x7a;

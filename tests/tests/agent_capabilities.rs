@@ -242,5 +242,15 @@ fn the_daemonset_capabilities_are_enough_and_cap_bpf_is_named_when_missing() {
         .output()
         .expect("pgrep");
     assert!(!uid.stdout.is_empty(), "agent not running as uid {NOBODY}");
+    // With these capabilities the kernel takes `bpf_rdonly_cast` too:
+    // kernel memory is read by loads, not through the helper.
+    let mut agent = clean.children.pop().expect("the agent is the last child");
+    let _ = agent.kill();
+    let out = agent.wait_with_output().expect("the agent's output");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !log.contains("through bpf_probe_read_kernel"),
+        "the DaemonSet's capabilities did not let the programs read kernel memory by loads:\n{log}"
+    );
     drop(clean);
 }

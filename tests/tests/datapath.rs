@@ -141,6 +141,9 @@ enum Shape {
     /// The lb's agent counts forwarded connections packet by packet
     /// (`--forwarded-per-packet`), as it does any NATed without conntrack.
     PerPacket,
+    /// The lb's agent reads kernel memory through `bpf_probe_read_kernel`
+    /// (`--probe-reads`), as on kernels before 6.17.
+    ProbeReads,
     /// The lb's agent keeps two events a CPU in its journal of forwarded
     /// connections (a test switch): nearly every SYN, SYN-ACK and end goes
     /// through the spill, as when the agent stops draining for long.
@@ -191,10 +194,10 @@ impl Run {
             agent::start(&mut lab, &b, &["--service", "web=8080"]).expect("a backend agent starts");
         }
         let lb_node = lab.lb.clone();
-        let lb_args: &[&str] = if shape == Shape::PerPacket {
-            &["--forwarded-per-packet"]
-        } else {
-            &[]
+        let lb_args: &[&str] = match shape {
+            Shape::PerPacket => &["--forwarded-per-packet"],
+            Shape::ProbeReads => &["--probe-reads"],
+            _ => &[],
         };
         let lb_env: &[&str] = match shape {
             Shape::Spilling => &["EVENFLOW_TEST_JOURNAL_SLOTS=2"],
@@ -491,6 +494,22 @@ impl Run {
         }
     }
 
+    /// Checks how the lb's TC egress reads conntrack: through
+    /// `bpf_probe_read_kernel` only where `helper` (`--probe-reads`), else
+    /// by plain loads (this kernel, 6.18, takes `bpf_rdonly_cast` to void).
+    fn check_kernel_reads(&mut self, helper: bool) {
+        let dump = match lb_egress_instructions(&self.lab) {
+            Ok(d) => d,
+            Err(e) => return self.fail(format!("reading the lb's TC egress program: {e:#}")),
+        };
+        let calls = dump.contains("call bpf_probe_read_kernel");
+        if calls != helper {
+            self.fail(format!(
+                "the lb's TC egress calls bpf_probe_read_kernel: {calls}, want {helper}"
+            ));
+        }
+    }
+
     /// Panics with every mismatch and the whole picture, if any.
     fn finish(mut self) {
         self.check_neighbours();
@@ -615,6 +634,23 @@ fn masquerade(lab: &Lab) -> anyhow::Result<()> {
         lab.name
     );
     nft::load(lab, &lab.lb.ns, "masq", &rules)
+}
+
+/// `bpftool prog dump xlated` of evenflow's TC egress program on the lb's
+/// first interface.
+fn lb_egress_instructions(lab: &Lab) -> anyhow::Result<String> {
+    let name = vec![format!("{}l0", lab.name)];
+    let ids = netns::run_in(&lab.lb.ns, move || -> anyhow::Result<_> {
+        tcx::tcx_programs(tcx::ifindexes(&name)?[0], false)
+    })??;
+    for id in ids {
+        let id = id.to_string();
+        let show = netns::sh("bpftool", &["prog", "show", "id", &id])?;
+        if show.contains("evenflow_tc_egress") {
+            return netns::sh("bpftool", &["prog", "dump", "xlated", "id", &id]);
+        }
+    }
+    anyhow::bail!("no evenflow_tc_egress on the lb's first interface")
 }
 
 /// Foreign TCX programs first and last on every lb interface.
@@ -775,6 +811,9 @@ fn dnat_counts_shaped(name: &str, ipv6: bool, traffic: Traffic, shape: Shape) {
     if shape == Shape::ManyCpus && inline == 0 {
         run.fail("lb agent's TC egress never drained its journal of parts of 64 events".into());
     }
+    if shape != Shape::PerPacket {
+        run.check_kernel_reads(shape == Shape::ProbeReads);
+    }
     run.finish();
 }
 
@@ -834,6 +873,13 @@ fn nftables_dnat_with_ipv6_hop_by_hop_matches_nginx_logs() {
 #[test]
 fn field_forwarded_per_packet_counts_exactly() {
     dnat_counts_shaped("perpkt", false, SMALL, Shape::PerPacket);
+}
+
+/// Kernel memory read through `bpf_probe_read_kernel` (`--probe-reads`),
+/// as on kernels before 6.17: the same totals as read by plain loads.
+#[test]
+fn field_forwarded_probe_reads_count_exactly() {
+    dnat_counts_shaped("probe", false, SMALL, Shape::ProbeReads);
 }
 
 /// The journal of forwarded connections overflowing into its spill: the
