@@ -64,8 +64,8 @@ pub static FLOWS: HashMap<FlowKey, FlowValue> = HashMap::pinned(MAX_FLOWS, BPF_F
 pub fn on_egress(ctx: &TcContext) -> bool {
     if conntrack::followed() {
         // The packet's headers are read before its conntrack record: most
-        // packets change no state, and those are done without the helper
-        // call that reads `skb->_nfct`.
+        // packets change no state, and those are done without reading
+        // `skb->_nfct`.
         return may_change_state(ctx) && on_conntrack_packet(ctx);
     }
     on_packet(ctx);

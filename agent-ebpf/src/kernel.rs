@@ -30,6 +30,33 @@ static SOCK_FLAGS: u32 = 0;
 #[unsafe(no_mangle)]
 static TCP_SOCK_WRITE_SEQ: u32 = 0;
 
+/// 1 where the agent made this object's `bpf_rdonly_cast` calls real:
+/// kernel memory is then read by plain loads (see `agent/src/direct_reads.rs`).
+#[unsafe(no_mangle)]
+static DIRECT_READS: u8 = 0;
+
+/// Whether kernel memory is read by plain loads, through [`rdonly_cast`].
+#[inline(always)]
+pub fn direct() -> bool {
+    // SAFETY: a plain static; volatile so the agent's value is used.
+    unsafe { read_volatile(&DIRECT_READS) != 0 }
+}
+
+/// `bpf_rdonly_cast(addr, 0)`: `addr` as read-only memory of no type, whose
+/// loads the JIT guards (a fault reads zero). The verifier replaces the
+/// call with a move. Reached only where [`direct`]: elsewhere the agent
+/// turned the call into a move the verifier never sees run.
+#[inline(always)]
+pub fn rdonly_cast(addr: u64) -> *const u8 {
+    // SAFETY: the agent rewrites this call number into the kfunc's call
+    // (see `RDONLY_CAST_CALL`), which takes any value and a BTF type id.
+    unsafe {
+        let cast: unsafe extern "C" fn(u64, u32) -> *const u8 =
+            core::mem::transmute(agent_common::RDONLY_CAST_CALL as usize);
+        cast(addr, 0)
+    }
+}
+
 /// `SOCK_DONE` of `enum sock_flags`: set by `tcp_fin()`, when the peer's
 /// FIN is taken in order (and counted in `bytes_received`); cleared only by
 /// `tcp_disconnect()`.
@@ -95,7 +122,8 @@ pub fn probe_tcp_sock_counters(sk: u64) -> Option<(SockCounters, u64)> {
 /// Whether the peer's FIN arrived, from the socket's `SOCK_DONE` flag.
 ///
 /// # Safety
-/// `tp` is a non-null `struct tcp_sock` BTF pointer.
+/// `tp` is a non-null `struct tcp_sock` BTF pointer, or a full TCP
+/// socket's address cast to read-only memory ([`rdonly_cast`]).
 #[inline(always)]
 pub unsafe fn fin_received(tp: *const u8) -> bool {
     // SAFETY: as for `tcp_sock_counters`.
@@ -108,7 +136,7 @@ pub unsafe fn fin_received(tp: *const u8) -> bool {
 /// The socket's `write_seq`.
 ///
 /// # Safety
-/// `tp` is a non-null `struct tcp_sock` BTF pointer.
+/// As for [`fin_received`].
 #[inline(always)]
 pub unsafe fn write_seq(tp: *const u8) -> u32 {
     // SAFETY: as for `tcp_sock_counters`.

@@ -77,9 +77,13 @@ fn held(sk: *mut bpf_sock) -> Option<Held> {
 }
 
 /// A connection was established: count it opened towards its endpoint and
-/// ask for the state callbacks that will close it. Out of line, like
-/// [`on_close`]: the program's own code stays what the other callbacks run.
-#[inline(never)]
+/// ask for the state callbacks that will close it. Inline, like
+/// [`on_close`]: the return from a call between BPF functions is one a CPU
+/// that mitigates return-stack attacks mispredicts, and it cost the two
+/// runs of a connection that work more than the instruction lines it kept
+/// from the six that return at once (see docs/counting.md, "sock_ops in
+/// one piece").
+#[inline(always)]
 fn on_established(ctx: &SockOpsContext, active: bool) {
     let Some(key) = flow_key(ctx) else {
         stat(Stat::UnsupportedFamily, 1);
@@ -137,8 +141,8 @@ fn on_state(ctx: &SockOpsContext) {
 
 /// A connection attempt that closed in `SYN_SENT`: refused (an RST
 /// answered the SYN), unanswered until the kernel gave up, or abandoned by
-/// its process. Counted failed towards where it went. Out of line, like
-/// [`on_close`].
+/// its process. Counted failed towards where it went. Out of line: only a
+/// connection that never opened gets here.
 #[inline(never)]
 fn on_failed(ctx: &SockOpsContext) {
     let Some(key) = flow_key(ctx) else {
@@ -148,10 +152,9 @@ fn on_failed(ctx: &SockOpsContext) {
     add_traffic(&dialled(&key), &Traffic::failed());
 }
 
-/// TCP_CLOSE from state `old`. Out of line: most runs of the program are
-/// callbacks it returns from at once, and those then run only a few cache
-/// lines of instructions.
-#[inline(never)]
+/// TCP_CLOSE from state `old`. Inline, for the reason given at
+/// [`on_established`].
+#[inline(always)]
 fn on_close(ctx: &SockOpsContext, old: u32) {
     let Some(sk) = socket(ctx) else {
         return;
@@ -184,7 +187,7 @@ fn on_close(ctx: &SockOpsContext, old: u32) {
     // does not while a closed window holds the FIN back.
     let fin_acked = old == BPF_TCP_FIN_WAIT2
         || ((old == BPF_TCP_LAST_ACK || old == BPF_TCP_CLOSING)
-            // SAFETY: a non-null tcp_sock BTF pointer.
+            // SAFETY: the socket's `tcp_sock` (see `tcp_sock`).
             && tp.is_some_and(|tp| unsafe { kernel::write_seq(tp) } == snd_una));
     let syn = (held.flags() & SOCK_ACTIVE != 0) as u64;
     let reset = match tp {
@@ -222,7 +225,7 @@ fn data_end(tp: *const u8, old: u32, snd_nxt: u32) -> u32 {
         old,
         BPF_TCP_FIN_WAIT1 | BPF_TCP_FIN_WAIT2 | BPF_TCP_CLOSING | BPF_TCP_LAST_ACK
     ) {
-        // SAFETY: a non-null tcp_sock BTF pointer.
+        // SAFETY: the socket's `tcp_sock` (see `tcp_sock`).
         unsafe { kernel::write_seq(tp) }.wrapping_sub(1)
     } else {
         snd_nxt
@@ -232,13 +235,18 @@ fn data_end(tp: *const u8, old: u32, snd_nxt: u32) -> u32 {
 /// Whether the peer's FIN arrived (and counts one in `bytes_received`).
 #[inline(always)]
 fn peer_fin(tp: Option<*const u8>) -> bool {
-    // SAFETY: a non-null tcp_sock BTF pointer.
+    // SAFETY: the socket's `tcp_sock` (see `tcp_sock`).
     tp.is_some_and(|tp| unsafe { kernel::fin_received(tp) })
 }
 
-/// The socket as a `struct tcp_sock` BTF pointer.
+/// The socket as a `struct tcp_sock`: read-only memory where the kernel
+/// casts (a TCP socket's state callbacks run on its full socket), else a
+/// BTF pointer.
 #[inline(always)]
 fn tcp_sock(sk: *mut bpf_sock) -> Option<*const u8> {
+    if kernel::direct() {
+        return Some(kernel::rdonly_cast(sk as u64));
+    }
     // SAFETY: a non-null socket.
     let tp = unsafe { bpf_skc_to_tcp_sock(sk.cast()) } as *const u8;
     (!tp.is_null()).then_some(tp)

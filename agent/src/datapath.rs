@@ -69,7 +69,9 @@ pub struct Config<'a> {
     /// Count forwarded connections per packet even where conntrack follows
     /// them (`--forwarded-per-packet`).
     pub forwarded_per_packet: bool,
-    /// `--probe-reads`.
+    /// Read kernel memory through `bpf_probe_read_kernel` even where the
+    /// kernel lets the programs load it (`--probe-reads`): the older
+    /// kernels' way, kept testable on a newer one.
     pub probe_reads: bool,
 }
 
@@ -319,12 +321,10 @@ impl Datapath {
         for (name, off) in &kernel.offsets {
             loader.override_global(name, off, true);
         }
-        let direct_reads = kernel.reads.flag();
-        loader.override_global("DIRECT_READS", &direct_reads, true);
         let object = kernel
             .reads
-            .patch(EBPF_OBJECT)
-            .context("preparing the eBPF object's kernel reads")?;
+            .prepare(&mut loader, EBPF_OBJECT)
+            .context("preparing the eBPF object's reads of kernel memory")?;
         let cgroup_id = crate::adopt::cgroup_id(cfg.cgroup)?;
         loader.override_global("ADOPT_CGROUP_ID", &cgroup_id, true);
         let mut ebpf = loader.load(&object).with_context(|| {
@@ -1090,12 +1090,13 @@ fn write_flow_timeouts(meta: &mut Array<MapData, u64>) -> Result<()> {
 /// tcp_sock` offsets and the socket cookie's for the socket samplers,
 /// `sk_flags`' for sock_ops, and conntrack's for forwarded
 /// connections (all zero when this kernel's BTF has none: see
-/// [`conntrack_offsets`]).
+/// [`conntrack_offsets`]); and how the programs read kernel memory, which
+/// a probe program tells (see [`Reads::choose`]).
 fn kernel_offsets(per_packet: bool, probe_reads: bool) -> Result<KernelOffsets> {
     let blob = std::fs::read("/sys/kernel/btf/vmlinux")
         .context("reading /sys/kernel/btf/vmlinux (the kernel needs CONFIG_DEBUG_INFO_BTF)")?;
     let btf = crate::btf::Btf::parse(&blob).context("parsing the kernel's BTF")?;
-    let reads = kernel_reads(&btf, probe_reads);
+    let reads = Reads::choose(&btf, probe_reads);
     let off = |field: &str| {
         btf.member_offset("tcp_sock", field)
             .with_context(|| format!("finding tcp_sock.{field} in the kernel's BTF"))
@@ -1158,20 +1159,6 @@ fn kernel_offsets(per_packet: bool, probe_reads: bool) -> Result<KernelOffsets> 
         adopt,
         reads,
     })
-}
-
-/// How the programs read kernel memory: directly where this kernel lets
-/// them, unless `--probe-reads`.
-fn kernel_reads(vmlinux: &crate::btf::Btf<'_>, probe_reads: bool) -> Reads {
-    if probe_reads {
-        info!("kernel memory is read through bpf_probe_read_kernel (--probe-reads)");
-        return Reads::Helper;
-    }
-    let (reads, why) = Reads::of_kernel(vmlinux);
-    if let Some(why) = why {
-        info!("kernel memory is read through bpf_probe_read_kernel, a helper call a read: {why}");
-    }
-    reads
 }
 
 /// Of `max_flows` connections conntrack follows, how many `EF_CT_YOUNG`

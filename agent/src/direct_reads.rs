@@ -19,25 +19,56 @@
 use std::os::fd::OwnedFd;
 
 use agent_common::RDONLY_CAST_CALL;
+use aya::EbpfLoader;
 use thiserror::Error;
+use tracing::info;
 
 use crate::{
-    btf::Btf,
+    btf::{Btf, BtfError},
     sys::{CALL, EXIT, KFUNC, LOAD_B, MOV_IMM, MOV_REG, insn, load_xdp},
 };
 
 #[derive(Debug, Error)]
 pub enum DirectReadsError {
-    #[error("the eBPF object is not a 64-bit little-endian ELF file: {0}")]
+    #[error(
+        "the embedded eBPF object is not a 64-bit little-endian ELF file ({0}): rebuild evenflow-agent, \
+         which embeds agent-ebpf (a build with AYA_BUILD_SKIP embeds none)"
+    )]
     Elf(&'static str),
-    #[error("the eBPF object holds no call to bpf_rdonly_cast: rebuild agent-ebpf")]
+    #[error(
+        "the embedded eBPF object calls bpf_rdonly_cast's placeholder in an instruction other than a \
+         plain call, at byte {0}: the agent cannot rewrite it (agent-ebpf's `kernel::rdonly_cast` \
+         must compile to `call`)"
+    )]
+    Placeholder(usize),
+    #[error(
+        "the embedded eBPF object holds no call to bpf_rdonly_cast: rebuild evenflow-agent, which \
+         embeds agent-ebpf"
+    )]
     NoCall,
+}
+
+/// Why the programs cannot read kernel memory by loads here.
+#[derive(Debug, Error)]
+pub enum NoCast {
+    #[error("this kernel's BTF names no bpf_rdonly_cast (Linux 6.2 added it): {0}")]
+    NoKfunc(#[from] BtfError),
+    #[error(
+        "the agent may not load a program that calls a kfunc ({0}): it needs CAP_BPF and CAP_PERFMON"
+    )]
+    NotPermitted(std::io::Error),
+    #[error(
+        "the kernel refused bpf_rdonly_cast to void, which Linux 6.17 and later take ({0}): {1}"
+    )]
+    Refused(std::io::Error, String),
 }
 
 /// `XDP_PASS`.
 const XDP_PASS: i32 = 2;
 /// `SHF_EXECINSTR`: a section of instructions.
 const SHF_EXECINSTR: u64 = 4;
+/// `sizeof(Elf64_Shdr)`.
+const SECTION_HEADER: usize = 64;
 
 /// How this kernel reads kernel memory for evenflow's programs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,42 +80,76 @@ pub enum Reads {
 }
 
 impl Reads {
-    /// What this kernel offers: the cast where a probe program that casts
-    /// its context to `void` and loads from it is accepted. Why not is
-    /// returned beside [`Reads::Helper`] for the agent's log.
-    pub fn of_kernel(vmlinux: &Btf<'_>) -> (Self, Option<String>) {
-        let id = match vmlinux.func_id("bpf_rdonly_cast") {
-            Ok(id) => id as i32,
-            Err(e) => return (Self::Helper, Some(e.to_string())),
-        };
-        match probe(id) {
-            Ok(_) => (Self::Direct(id), None),
-            Err((e, log)) => (
-                Self::Helper,
-                Some(format!(
-                    "the kernel refused bpf_rdonly_cast to void (Linux 6.17 and later take it): {e}: {}",
-                    log.trim()
-                )),
-            ),
+    /// How the programs read: by loads where this kernel lets them, unless
+    /// `probe_reads` (`--probe-reads`). Logged either way.
+    pub fn choose(vmlinux: &Btf<'_>, probe_reads: bool) -> Self {
+        if probe_reads {
+            info!("kernel memory is read through bpf_probe_read_kernel (--probe-reads)");
+            return Self::Helper;
+        }
+        match Self::of_kernel(vmlinux) {
+            Ok(reads) => {
+                info!("kernel memory is read by loads (bpf_rdonly_cast)");
+                reads
+            }
+            Err(e) => {
+                info!(
+                    "kernel memory is read through bpf_probe_read_kernel, one helper call a read: {e}"
+                );
+                Self::Helper
+            }
         }
     }
 
-    /// The value of the programs' `DIRECT_READS`.
-    pub fn flag(self) -> u8 {
-        u8::from(matches!(self, Self::Direct(_)))
+    /// Loads, where a probe program that casts its context to `void` and
+    /// loads from it is accepted.
+    pub fn of_kernel(vmlinux: &Btf<'_>) -> Result<Self, NoCast> {
+        let id = vmlinux.func_id("bpf_rdonly_cast")? as i32;
+        match probe(id) {
+            Ok(_) => Ok(Self::Direct(id)),
+            Err((e, _)) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES)) => {
+                Err(NoCast::NotPermitted(e))
+            }
+            Err((e, log)) => {
+                let last = log.lines().rev().find(|l| !l.trim().is_empty());
+                Err(NoCast::Refused(e, last.unwrap_or_default().to_owned()))
+            }
+        }
+    }
+
+    /// Readies `loader` and `object` for these reads together: the
+    /// programs' `DIRECT_READS`, and a copy of the object with every
+    /// placeholder call rewritten (the two must agree, or the verifier
+    /// refuses the code that reads).
+    pub fn prepare(
+        self,
+        loader: &mut EbpfLoader<'_>,
+        object: &[u8],
+    ) -> Result<Vec<u8>, DirectReadsError> {
+        static LOADS: u8 = 1;
+        static HELPER: u8 = 0;
+        let flag = match self {
+            Self::Direct(_) => &LOADS,
+            Self::Helper => &HELPER,
+        };
+        loader.override_global("DIRECT_READS", flag, true);
+        self.patch(object)
     }
 
     /// `object` with every placeholder call rewritten for these reads.
-    pub fn patch(self, object: &[u8]) -> Result<Vec<u8>, DirectReadsError> {
+    fn patch(self, object: &[u8]) -> Result<Vec<u8>, DirectReadsError> {
         let mut bytes = object.to_vec();
         let mut calls = 0;
         for range in code_sections(object)? {
             for at in range.step_by(8) {
-                if bytes[at] == CALL && bytes[at + 1] == 0 && imm(&bytes[at..]) == RDONLY_CAST_CALL
-                {
-                    bytes[at..at + 8].copy_from_slice(&self.replacement());
-                    calls += 1;
+                if imm(&bytes[at..]) != RDONLY_CAST_CALL {
+                    continue;
                 }
+                if bytes[at] != CALL || bytes[at + 1] != 0 {
+                    return Err(DirectReadsError::Placeholder(at));
+                }
+                bytes[at..at + 8].copy_from_slice(&self.replacement());
+                calls += 1;
             }
         }
         if calls == 0 {
@@ -123,37 +188,48 @@ fn probe(id: i32) -> Result<OwnedFd, (std::io::Error, String)> {
 /// The byte ranges of `elf`'s instruction sections, each a whole number
 /// of instructions.
 fn code_sections(elf: &[u8]) -> Result<Vec<std::ops::Range<usize>>, DirectReadsError> {
+    let truncated = || DirectReadsError::Elf("truncated");
     let u16_at = |at: usize| {
         elf.get(at..at + 2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+            .ok_or_else(truncated)
     };
     let u64_at = |at: usize| {
         elf.get(at..at + 8)
-            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
+            .and_then(|b| b.try_into().ok())
+            .map(|b| u64::from_le_bytes(b) as usize)
+            .ok_or_else(truncated)
     };
     if elf.get(..6) != Some(b"\x7fELF\x02\x01") {
         return Err(DirectReadsError::Elf("bad header"));
     }
-    let truncated = || DirectReadsError::Elf("truncated");
-    let shoff = u64_at(0x28).ok_or_else(truncated)? as usize;
-    let entsize = u16_at(0x3a).ok_or_else(truncated)? as usize;
-    let count = u16_at(0x3c).ok_or_else(truncated)? as usize;
+    let (shoff, entsize, count) = (u64_at(0x28)?, u16_at(0x3a)?, u16_at(0x3c)?);
+    if entsize < SECTION_HEADER {
+        return Err(DirectReadsError::Elf("section headers too small"));
+    }
     let mut ranges = Vec::new();
     for i in 0..count {
-        let sh = shoff + i * entsize;
-        let (Some(flags), Some(offset), Some(size)) =
-            (u64_at(sh + 8), u64_at(sh + 24), u64_at(sh + 32))
-        else {
-            return Err(DirectReadsError::Elf("truncated section header"));
-        };
-        if flags & SHF_EXECINSTR == 0 {
+        let sh = shoff.saturating_add(i * entsize);
+        if u64_at(sh.saturating_add(8))? as u64 & SHF_EXECINSTR == 0 {
             continue;
         }
-        let (start, end) = (offset as usize, (offset + size) as usize);
-        if end > elf.len() || size % 8 != 0 {
-            return Err(DirectReadsError::Elf("a code section out of bounds"));
+        let (start, size) = (
+            u64_at(sh.saturating_add(24))?,
+            u64_at(sh.saturating_add(32))?,
+        );
+        if size % 8 != 0 {
+            return Err(DirectReadsError::Elf(
+                "a code section of part of an instruction",
+            ));
         }
-        ranges.push(start..end);
+        match start.checked_add(size) {
+            Some(end) if end <= elf.len() => ranges.push(start..end),
+            _ => {
+                return Err(DirectReadsError::Elf(
+                    "a code section past the end of the file",
+                ));
+            }
+        }
     }
     Ok(ranges)
 }
@@ -192,12 +268,21 @@ mod tests {
         ));
     }
 
-    /// Needs root and a kernel of 6.17 or later: this project's CI machine.
+    /// Linux 6.17 and later take the cast to `void`; an older kernel
+    /// refuses the probe program. Needs root.
     #[test]
-    fn this_kernel_takes_the_cast() {
+    fn the_probe_program_answers_as_the_kernel_version_says() {
         let blob = std::fs::read("/sys/kernel/btf/vmlinux").expect("this kernel has BTF");
         let btf = Btf::parse(&blob).expect("BTF parses");
-        let (reads, why) = Reads::of_kernel(&btf);
-        assert!(matches!(reads, Reads::Direct(_)), "{why:?}");
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+        let mut v = release
+            .split(['.', '-'])
+            .map(|n| n.parse::<u32>().unwrap_or(0));
+        let version = (v.next().unwrap_or(0), v.next().unwrap_or(0));
+        match Reads::of_kernel(&btf) {
+            Ok(Reads::Direct(_)) => assert!(version >= (6, 17), "{release}"),
+            Ok(Reads::Helper) => panic!("of_kernel answers loads or why not"),
+            Err(e) => assert!(version < (6, 17), "{release}: {e}"),
+        }
     }
 }

@@ -78,7 +78,9 @@ impl Bench {
         let mut loader = EbpfLoader::new();
         journal.configure(&mut loader);
         // The drains read no kernel memory.
-        let object = Reads::Helper.patch(crate::datapath::EBPF_OBJECT)?;
+        let object = Reads::Helper
+            .prepare(&mut loader, crate::datapath::EBPF_OBJECT)
+            .context("preparing evenflow's eBPF object for the drain bench")?;
         let mut ebpf = loader
             .default_map_pin_directory(&dir.0)
             .load(&object)

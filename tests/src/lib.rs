@@ -45,6 +45,16 @@ pub fn require_root() {
     }
 }
 
+/// Whether the running kernel is `major.minor` or later (what features
+/// the agent finds, and so what a test expects of it, follow the version).
+pub fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut v = release
+        .split(['.', '-'])
+        .map(|n| n.trim().parse::<u32>().unwrap_or(0));
+    (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (major, minor)
+}
+
 /// The checks behind [`require_root`], as a `Result` for callers (xtask)
 /// that report rather than panic.
 pub fn preflight() -> Result<()> {
