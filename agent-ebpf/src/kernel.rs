@@ -1,11 +1,15 @@
-//! Offsets of the `struct tcp_sock` fields the socket samplers read.
+//! Reading the kernel's own structures: the `struct tcp_sock` fields the
+//! socket samplers and sock_ops read, and how an address is read at all.
 //!
 //! The samplers read the kernel's own socket counters, through a BTF
 //! pointer (socket storage's iterator) or a socket's address (a slot's),
 //! and the layout changes with every kernel build. The agent reads the offsets
 //! from this kernel's BTF (`/sys/kernel/btf/vmlinux`) and writes them here
 //! before loading; they sit in `.rodata`, which the verifier treats as
-//! constants, so each read is a checked fixed-offset access.
+//! constants, so each read is a checked fixed-offset access. An address
+//! (a slot's socket, `skb->_nfct`, conntrack's record) is read by loads
+//! where the kernel casts it to read-only memory ([`rdonly_cast`], Linux
+//! 6.17), else through `bpf_probe_read_kernel`.
 
 use core::ptr::read_volatile;
 
@@ -75,14 +79,15 @@ pub struct SockCounters {
 }
 
 /// Reads the counters of the `struct tcp_sock` at `tp` (a BTF pointer from
-/// `bpf_skc_to_tcp_sock`).
+/// `bpf_skc_to_tcp_sock`, or a socket's address cast to read-only memory).
 ///
 /// # Safety
-/// `tp` is a non-null `struct tcp_sock` BTF pointer.
+/// `tp` is a non-null `struct tcp_sock` BTF pointer, or a TCP socket's
+/// address cast by [`rdonly_cast`].
 #[inline(always)]
 pub unsafe fn tcp_sock_counters(tp: *const u8) -> SockCounters {
     // SAFETY: the offsets are this kernel's (see the module comment); the
-    // verifier checks each access against BTF.
+    // verifier checks each access against BTF, or the JIT guards it.
     unsafe {
         let at = |off: &u32| tp.add(read_volatile(off) as usize);
         SockCounters {
@@ -98,9 +103,22 @@ pub unsafe fn tcp_sock_counters(tp: *const u8) -> SockCounters {
 /// `struct tcp_sock` address kept in a slot). TCP sockets are freed
 /// RCU-safely and one allocated at the same address starts with cookie 0:
 /// a cookie read after the counters that is still the owner's says they
-/// were the owner's.
+/// were the owner's (loads that fault read zeroes, and cookie 0 is no
+/// owner's).
 #[inline(always)]
 pub fn probe_tcp_sock_counters(sk: u64) -> Option<(SockCounters, u64)> {
+    if direct() {
+        let tp = rdonly_cast(sk);
+        // SAFETY: read-only memory whose loads the JIT guards; volatile
+        // loads, so the cookie is read after the counters.
+        return unsafe {
+            let c = tcp_sock_counters(tp);
+            Some((
+                c,
+                read_volatile(tp.add(read_volatile(&SOCK_COOKIE) as usize) as *const u64),
+            ))
+        };
+    }
     // SAFETY: `bpf_probe_read_kernel` checks every address; the offsets
     // are this kernel's.
     unsafe {
