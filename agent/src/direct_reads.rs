@@ -87,32 +87,16 @@ impl Reads {
             info!("kernel memory is read through bpf_probe_read_kernel (--probe-reads)");
             return Self::Helper;
         }
-        match Self::of_kernel(vmlinux) {
-            Ok(reads) => {
+        match cast_id(vmlinux) {
+            Ok(id) => {
                 info!("kernel memory is read by loads (bpf_rdonly_cast)");
-                reads
+                Self::Direct(id)
             }
             Err(e) => {
                 info!(
                     "kernel memory is read through bpf_probe_read_kernel, one helper call a read: {e}"
                 );
                 Self::Helper
-            }
-        }
-    }
-
-    /// Loads, where a probe program that casts its context to `void` and
-    /// loads from it is accepted.
-    pub fn of_kernel(vmlinux: &Btf<'_>) -> Result<Self, NoCast> {
-        let id = vmlinux.func_id("bpf_rdonly_cast")? as i32;
-        match probe(id) {
-            Ok(_) => Ok(Self::Direct(id)),
-            Err((e, _)) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES)) => {
-                Err(NoCast::NotPermitted(e))
-            }
-            Err((e, log)) => {
-                let last = log.lines().rev().find(|l| !l.trim().is_empty());
-                Err(NoCast::Refused(e, last.unwrap_or_default().to_owned()))
             }
         }
     }
@@ -166,6 +150,22 @@ impl Reads {
             Self::Helper => insn(MOV_REG, 0, 1, 0, 0),
         };
         i.to_bytes()
+    }
+}
+
+/// `bpf_rdonly_cast`'s BTF id, where a probe program that casts its
+/// context to `void` with it and loads from the result is accepted.
+fn cast_id(vmlinux: &Btf<'_>) -> Result<i32, NoCast> {
+    let id = vmlinux.func_id("bpf_rdonly_cast")? as i32;
+    match probe(id) {
+        Ok(_) => Ok(id),
+        Err((e, _)) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES)) => {
+            Err(NoCast::NotPermitted(e))
+        }
+        Err((e, log)) => {
+            let last = log.lines().rev().find(|l| !l.trim().is_empty());
+            Err(NoCast::Refused(e, last.unwrap_or_default().to_owned()))
+        }
     }
 }
 
@@ -275,13 +275,9 @@ mod tests {
         let blob = std::fs::read("/sys/kernel/btf/vmlinux").expect("this kernel has BTF");
         let btf = Btf::parse(&blob).expect("BTF parses");
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
-        let mut v = release
-            .split(['.', '-'])
-            .map(|n| n.parse::<u32>().unwrap_or(0));
-        let version = (v.next().unwrap_or(0), v.next().unwrap_or(0));
-        match Reads::of_kernel(&btf) {
-            Ok(Reads::Direct(_)) => assert!(version >= (6, 17), "{release}"),
-            Ok(Reads::Helper) => panic!("of_kernel answers loads or why not"),
+        let version = crate::host::kernel_version(&release).expect("a kernel release");
+        match cast_id(&btf) {
+            Ok(_) => assert!(version >= (6, 17), "{release}"),
             Err(e) => assert!(version < (6, 17), "{release}: {e}"),
         }
     }

@@ -134,7 +134,7 @@ fn jit_on(value: &str) -> bool {
 }
 
 /// The major and minor version at the start of a kernel release string.
-fn kernel_version(release: &str) -> Option<(u32, u32)> {
+pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
     let mut parts = release.split(|c: char| !c.is_ascii_digit());
     Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
 }
