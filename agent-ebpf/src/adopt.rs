@@ -158,6 +158,9 @@ pub extern "C" fn evenflow_adopt(ctx: *mut TcpIterCtx) -> i32 {
             if let Some(ends) = Ends::of(skc) {
                 let _ = LISTENERS.insert(&ends.listener(ends.local), &1, 0);
             }
+            if in_cgroup(skc) {
+                watch_listener(skc);
+            }
         }
         Some(BPF_TCP_ESTABLISHED) if in_cgroup(skc) => {
             if let Some(note) = Ends::of(skc).and_then(|ends| adopt(skc, &ends)) {
@@ -302,12 +305,7 @@ fn adopt(skc: *mut c_void, ends: &Ends) -> Option<u8> {
     if tp.is_null() || sock::storage(skc, false).is_some_and(sock::counted_in_storage) {
         return None;
     }
-    let mut cb: i32 = 0;
-    if cb_flags(tp, &mut cb, false) != 0 {
-        return Some(ADOPT_UNSUPPORTED);
-    }
-    cb |= BPF_SOCK_OPS_STATE_CB_FLAG as i32;
-    if cb_flags(tp, &mut cb, true) != 0 {
+    if !watch_states(tp) {
         return Some(ADOPT_UNSUPPORTED);
     }
     let (endpoint, flags) = if ends.accepted() {
@@ -320,6 +318,35 @@ fn adopt(skc: *mut c_void, ends: &Ends) -> Option<u8> {
     let cookie = unsafe { bpf_get_socket_cookie(skc) };
     let base = so_far(tp, flags);
     sock::count(skc, addr, cookie, &endpoint, flags, &base).then_some(ADOPT_ADOPTED)
+}
+
+/// Gives a listener that was there before sock_ops the state callbacks
+/// sock_ops gives the ones that listen after it (at their
+/// `BPF_SOCK_OPS_TCP_LISTEN_CB`), so that the connections it accepts have
+/// them from their creation and their handshake's run need not ask.
+/// Out of line, like [`adopt`].
+#[inline(never)]
+fn watch_listener(skc: *mut c_void) {
+    // SAFETY: a non-null socket from the iterator.
+    let tp = unsafe { bpf_skc_to_tcp_sock(skc) } as *const u8;
+    if !tp.is_null() {
+        watch_states(tp);
+    }
+}
+
+/// Gives the socket sock_ops' state callbacks, unless it has them; false
+/// where this kernel cannot (no `TCP_BPF_SOCK_OPS_CB_FLAGS`).
+#[inline(always)]
+fn watch_states(tp: *const u8) -> bool {
+    let mut cb: i32 = 0;
+    if cb_flags(tp, &mut cb, false) != 0 {
+        return false;
+    }
+    if cb & BPF_SOCK_OPS_STATE_CB_FLAG as i32 != 0 {
+        return true;
+    }
+    cb |= BPF_SOCK_OPS_STATE_CB_FLAG as i32;
+    cb_flags(tp, &mut cb, true) == 0
 }
 
 /// Reads (or, when `set`, writes) the socket's sock_ops callback flags;

@@ -12,8 +12,8 @@ use aya_ebpf::{
     bindings::{
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
         BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
-        BPF_TCP_CLOSE, BPF_TCP_CLOSING, BPF_TCP_FIN_WAIT1, BPF_TCP_FIN_WAIT2, BPF_TCP_LAST_ACK,
-        BPF_TCP_SYN_SENT, bpf_sock,
+        BPF_SOCK_OPS_TCP_LISTEN_CB, BPF_TCP_CLOSE, BPF_TCP_CLOSING, BPF_TCP_FIN_WAIT1,
+        BPF_TCP_FIN_WAIT2, BPF_TCP_LAST_ACK, BPF_TCP_LISTEN, BPF_TCP_SYN_SENT, bpf_sock,
     },
     helpers::generated::{bpf_get_socket_cookie, bpf_skc_to_tcp_sock},
     macros::sock_ops,
@@ -39,17 +39,25 @@ pub fn evenflow_sockops(ctx: SockOpsContext) -> u32 {
     } else if op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB || op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB
     {
         on_established(&ctx, op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB);
-    } else if op == BPF_SOCK_OPS_TCP_CONNECT_CB {
+    } else if op == BPF_SOCK_OPS_TCP_CONNECT_CB || op == BPF_SOCK_OPS_TCP_LISTEN_CB {
         watch_states(&ctx);
     }
     1
 }
 
-/// Asks for the socket's state changes: at a connect, so that an attempt
-/// that never opens is seen leaving `SYN_SENT` for `CLOSE`.
+/// Asks for the socket's state changes, unless it has them already: at a
+/// connect, so that an attempt that never opens is seen leaving `SYN_SENT`
+/// for `CLOSE`; at a listen, so that every connection the listener accepts
+/// has them from its creation (a child socket is a copy of its listener,
+/// callback flags included), and the handshake's run calls no helper for
+/// them. A helper's return is one that CPUs mitigating return-stack
+/// attacks mispredict (see docs/counting.md, "Callbacks inherited").
 #[inline(always)]
 fn watch_states(ctx: &SockOpsContext) {
-    let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+    let flags = ctx.cb_flags();
+    if flags & BPF_SOCK_OPS_STATE_CB_FLAG == 0 {
+        let _ = ctx.set_cb_flags((flags | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+    }
 }
 
 /// The socket (null-checked, as the verifier requires).
@@ -126,14 +134,15 @@ fn dialled(key: &FlowKey) -> EndpointKey {
 /// A state change: at TCP_CLOSE add the final bytes and count the close,
 /// or, from `SYN_SENT`, count a connection that never opened. Every other
 /// change returns before touching anything: what the close needs to know
-/// of the FINs is in the socket itself then.
+/// of the FINs is in the socket itself then; so does a listener's close,
+/// which has nothing counted.
 #[inline(always)]
 fn on_state(ctx: &SockOpsContext) {
     if ctx.arg(1) == BPF_TCP_CLOSE {
         let old = ctx.arg(0);
         if old == BPF_TCP_SYN_SENT {
             on_failed(ctx);
-        } else {
+        } else if old != BPF_TCP_LISTEN {
             on_close(ctx, old);
         }
     }

@@ -382,19 +382,36 @@ impl Lab {
     /// with `ss` rather than connecting, which would add a connection to
     /// the very counts the tests compare. Fails early if a process died.
     pub fn wait_listening(&mut self, node: &Node, port: u16, sockets: usize) -> Result<()> {
-        let filter = format!("sport = :{port}");
-        let up = crate::wait_for(std::time::Duration::from_secs(10), || {
-            let out = netns::exec(&node.ns, "ss", &["-Hltn", &filter]).ok()?;
-            (out.lines().count() >= sockets).then_some(())
-        });
-        if up.is_none() {
-            self.check_alive()?;
-            bail!(
-                "{sockets} listening socket(s) on :{port} in {} did not appear within 10 s",
-                node.ns
-            );
+        if self.wait_listeners(node, port, |n| n >= sockets) {
+            return Ok(());
         }
-        Ok(())
+        self.check_alive()?;
+        bail!(
+            "{sockets} listening socket(s) on :{port} in {} did not appear within 10 s",
+            node.ns
+        )
+    }
+
+    /// Waits until nothing in `node` listens on TCP `port` any more.
+    pub fn wait_not_listening(&self, node: &Node, port: u16) -> Result<()> {
+        if self.wait_listeners(node, port, |n| n == 0) {
+            return Ok(());
+        }
+        bail!(
+            "something in {} still listens on :{port} after 10 s",
+            node.ns
+        )
+    }
+
+    /// Whether the number of sockets listening on TCP `port` in `node`
+    /// came to satisfy `want` within 10 s.
+    fn wait_listeners(&self, node: &Node, port: u16, want: impl Fn(usize) -> bool) -> bool {
+        let filter = format!("sport = :{port}");
+        crate::wait_for(std::time::Duration::from_secs(10), || {
+            let out = netns::exec(&node.ns, "ss", &["-Hltn", &filter]).ok()?;
+            want(out.lines().count()).then_some(())
+        })
+        .is_some()
     }
 
     /// The state of every process and the tail of its output, for failure

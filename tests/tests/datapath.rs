@@ -344,6 +344,31 @@ impl Run {
         (snap, totals)
     }
 
+    /// Closes HAProxy's frontend, which listened after the lb's agent
+    /// started (sock_ops gave it state callbacks at its listen), and the
+    /// first backend's nginx, which listened before its agent (the agent's
+    /// adoption walk gave them): the connections they accepted inherited
+    /// those callbacks, and a listener's own close must count nothing, not
+    /// even as a close of something never opened.
+    fn close_listeners(&mut self) {
+        let (lb, backend) = (self.lab.lb.clone(), self.lab.backends[0].clone());
+        self.lab.stop("haproxy");
+        self.lab.stop(&format!("nginx-{}", backend.role));
+        for (node, port) in [(&lb, VIP_PORT), (&backend, BACKEND_PORT)] {
+            if let Err(e) = self.lab.wait_not_listening(node, port) {
+                self.fail(format!("{e:#}"));
+            }
+        }
+        // Four of the agents' intervals: long enough for a miscount to show.
+        std::thread::sleep(Duration::from_secs(2));
+        for ns in [lb.ns, backend.ns] {
+            match grpcurl::snapshot(&ns) {
+                Ok(snap) => self.check_datapath(&ns, &snap),
+                Err(e) => self.fail(format!("reading {ns}'s snapshot: {e:#}")),
+            }
+        }
+    }
+
     /// The datapath says it lost nothing: any loss would make counts wrong
     /// in a way the comparisons could only hint at.
     fn check_datapath(&mut self, ns: &str, snap: &Value) {
@@ -756,6 +781,7 @@ fn haproxy_counts_shaped(name: &str, ipv6: bool, shape: Shape) {
         (sent, "the client's bytes sent"),
         (received, "the client's bytes received"),
     );
+    run.close_listeners();
     run.finish();
 }
 
