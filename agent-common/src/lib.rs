@@ -586,8 +586,10 @@ pub enum Stat {
     FlowInsertFailed = 4,
     /// A forwarded flow ended (FIN both ways, RST, or expiry) and was removed.
     FlowDeleted = 5,
-    /// A socket closed that was never counted as opened (it was established
-    /// before the agent first attached).
+    /// A socket closed that was never counted as opened: established before
+    /// the agent first attached where adoption does not reach, or accepted
+    /// with its listener's state callbacks but refused storage
+    /// ([`Stat::SockStorageFailed`]).
     FlowMissingOnClose = 6,
     /// A sock_ops callback for an address family other than IPv4/IPv6.
     UnsupportedFamily = 7,

@@ -49,8 +49,8 @@ pub fn evenflow_sockops(ctx: SockOpsContext) -> u32 {
 /// connect, so that an attempt that never opens is seen leaving `SYN_SENT`
 /// for `CLOSE`; at a listen, so that every connection the listener accepts
 /// has them from its creation (a child socket is a copy of its listener,
-/// callback flags included), and the handshake's run calls no helper for
-/// them. A helper's return is one that CPUs mitigating return-stack
+/// callback flags included, since Linux 5.10), and the handshake's run
+/// calls no helper for them. A helper's return is one that CPUs mitigating return-stack
 /// attacks mispredict (see docs/counting.md, "Callbacks inherited").
 #[inline(always)]
 fn watch_states(ctx: &SockOpsContext) {

@@ -192,7 +192,7 @@ pub fn render(snap: &v1::Snapshot) -> String {
             ),
             (
                 "flow_missing_on_close",
-                "Socket closes not counted because their flow entry was gone.",
+                "Socket closes not counted because the socket never was (it predates evenflow, or could not be counted).",
                 d.flow_missing_on_close,
             ),
             (
