@@ -13,7 +13,8 @@ use aya_ebpf::{
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
         BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
         BPF_SOCK_OPS_TCP_LISTEN_CB, BPF_TCP_CLOSE, BPF_TCP_CLOSING, BPF_TCP_FIN_WAIT1,
-        BPF_TCP_FIN_WAIT2, BPF_TCP_LAST_ACK, BPF_TCP_LISTEN, BPF_TCP_SYN_SENT, bpf_sock,
+        BPF_TCP_FIN_WAIT2, BPF_TCP_LAST_ACK, BPF_TCP_LISTEN, BPF_TCP_SYN_RECV, BPF_TCP_SYN_SENT,
+        bpf_sock,
     },
     helpers::generated::{bpf_get_socket_cookie, bpf_skc_to_tcp_sock},
     macros::sock_ops,
@@ -50,8 +51,9 @@ pub fn evenflow_sockops(ctx: SockOpsContext) -> u32 {
 /// for `CLOSE`; at a listen, so that every connection the listener accepts
 /// has them from its creation (a child socket is a copy of its listener,
 /// callback flags included, since Linux 5.10), and the handshake's run
-/// calls no helper for them. A helper's return is one that CPUs mitigating return-stack
-/// attacks mispredict (see docs/counting.md, "Callbacks inherited").
+/// calls no helper for them. A helper's return is one that CPUs
+/// mitigating return-stack attacks mispredict (see docs/counting.md,
+/// "Callbacks inherited").
 #[inline(always)]
 fn watch_states(ctx: &SockOpsContext) {
     let flags = ctx.cb_flags();
@@ -169,7 +171,13 @@ fn on_close(ctx: &SockOpsContext, old: u32) {
         return;
     };
     let Some(held) = held(sk) else {
-        stat(Stat::FlowMissingOnClose, 1);
+        // A child socket that closes from SYN_RECV uncounted never was a
+        // connection: the copy that lost a race for its request to another
+        // CPU, or one the kernel could not hash. It reports its close only
+        // because it inherited its listener's callbacks.
+        if old != BPF_TCP_SYN_RECV {
+            stat(Stat::FlowMissingOnClose, 1);
+        }
         return;
     };
     if !held.mark_closed() {
