@@ -346,6 +346,12 @@ struct Cost {
     /// sweepers) ran in the pass, per run of it. Work the packets left to
     /// the agent's reads, off the packet path but not free.
     walks: f64,
+    /// Above the baseline during the churn run, per connection the node
+    /// opened then, and its runs per connection; `None` on a node that
+    /// opened none (one that only forwards). A cost per run depends on how
+    /// many runs do nothing (sock_ops runs at every state change, most of
+    /// which it returns from at once); per connection it does not.
+    per_conn: Option<(f64, f64)>,
 }
 
 impl Cost {
@@ -398,6 +404,8 @@ struct Snapshot {
     sockops: [Stats; 2],
     /// The empty cgroup_skb ingress programs behind and ahead of evenflow's.
     resets: [Stats; 2],
+    /// TCP connections the node opened so far, both ways.
+    opens: u64,
 }
 
 impl Snapshot {
@@ -421,6 +429,7 @@ impl Snapshot {
                 stats(&empties.sockops_first)?,
             ],
             resets: [stats(&empties.resets_last)?, stats(&empties.resets_first)?],
+            opens: tcp_opens(node)?,
         })
     }
 
@@ -524,9 +533,46 @@ fn cost_pass(
                 bulk: above(at_bulk, behind_bulk),
                 churn: above(stats.since(at_bulk), behind.since(behind_bulk)),
                 walks,
+                per_conn: per_connection(
+                    stats.since(at_bulk),
+                    behind.since(behind_bulk),
+                    all.opens.saturating_sub(bulk.opens),
+                ),
             }
         })
         .collect())
+}
+
+/// Nanoseconds `prog` ran above `empty` (which ran the same runs) per
+/// connection of `conns`, and its runs per connection.
+fn per_connection(prog: Stats, empty: Stats, conns: u64) -> Option<(f64, f64)> {
+    (conns > 0).then(|| {
+        let conns = conns as f64;
+        let extra = prog.ns as f64 - empty.mean() * prog.runs as f64;
+        (extra / conns, prog.runs as f64 / conns)
+    })
+}
+
+/// TCP connections `node` opened since its namespace was made, both ways
+/// (`ActiveOpens` and `PassiveOpens` in its `/proc/net/snmp`).
+fn tcp_opens(node: &str) -> Result<u64> {
+    let snmp = netns::run_in(node, || {
+        std::fs::read_to_string("/proc/thread-self/net/snmp")
+    })?
+    .with_context(|| format!("reading {node}'s /proc/net/snmp"))?;
+    tcp_opens_of(&snmp).with_context(|| format!("no TCP open counts in {node}'s /proc/net/snmp"))
+}
+
+/// `ActiveOpens` plus `PassiveOpens` from the text of `/proc/net/snmp`
+/// (a `Tcp:` line of names, then one of values).
+fn tcp_opens_of(snmp: &str) -> Option<u64> {
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next()?, tcp.next()?);
+    let field = |want: &str| -> Option<u64> {
+        let i = names.split_whitespace().position(|n| n == want)?;
+        values.split_whitespace().nth(i)?.parse().ok()
+    };
+    Some(field("ActiveOpens")? + field("PassiveOpens")?)
 }
 
 /// One program's costs over several passes: medians, and the range of
@@ -542,6 +588,20 @@ struct CostSummary {
     churn: f64,
     walks: f64,
     runs: u64,
+    /// Median cost and runs per connection, where the node opened any.
+    per_conn: Option<(f64, f64)>,
+}
+
+/// The median cost and runs per connection over the passes that opened
+/// connections.
+fn per_conn_median(passes: &[&Cost]) -> Option<(f64, f64)> {
+    let each: Vec<(f64, f64)> = passes.iter().filter_map(|c| c.per_conn).collect();
+    (!each.is_empty()).then(|| {
+        (
+            median(each.iter().map(|p| p.0).collect()),
+            median(each.iter().map(|p| p.1).collect()),
+        )
+    })
 }
 
 /// Per program (by name, in the first pass's order), the medians over
@@ -571,6 +631,7 @@ fn cost_medians(passes: &[Vec<Cost>]) -> Vec<CostSummary> {
                 churn: median(same.iter().map(|x| x.churn).collect()),
                 walks: median(same.iter().map(|x| x.walks).collect()),
                 runs: median(same.iter().map(|x| x.runs as f64).collect()) as u64,
+                per_conn: per_conn_median(&same),
             }
         })
         .collect()
@@ -1369,6 +1430,12 @@ fn print_costs(rounds: usize, agent: &str, passes: &Passes) {
                 "    {:<22} of which: bulk (iperf3) {:>+7.1} ns, churn (hey) {:>+7.1} ns",
                 "", c.bulk, c.churn
             );
+            if let Some((ns, runs)) = c.per_conn {
+                println!(
+                    "    {:<22} per connection the node opened in the churn run: {:>+7.0} ns over {runs:.1} runs",
+                    "", ns
+                );
+            }
             if forwards && c.walks > 0.0 {
                 println!(
                     "    {:<22} and the agent's walks (drain, sweepers), off the packet path: {:>+7.1} ns per run of it",
@@ -1628,7 +1695,34 @@ impl Footprint {
 
 #[cfg(test)]
 mod tests {
-    use super::median_interval;
+    use super::{Stats, median_interval, per_connection, tcp_opens_of};
+
+    #[test]
+    fn tcp_opens_are_active_and_passive_opens_of_the_tcp_lines() {
+        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+                    Tcp: RtoAlgorithm RtoMin ActiveOpens PassiveOpens AttemptFails\n\
+                    Tcp: 1 200 12 30 4\n\
+                    Udp: InDatagrams\nUdp: 7\n";
+        assert_eq!(tcp_opens_of(snmp), Some(42));
+        assert_eq!(tcp_opens_of("Tcp: ActiveOpens PassiveOpens\n"), None);
+        assert_eq!(tcp_opens_of("Ip: 1\nIp: 2\n"), None);
+    }
+
+    #[test]
+    fn per_connection_is_the_time_above_the_empty_program_over_connections() {
+        // 1,000 runs at 130 ns against an empty program's 50 ns behind it,
+        // over 125 connections: 80 µs above, 640 ns and 8 runs each.
+        let prog = Stats {
+            ns: 130_000,
+            runs: 1_000,
+        };
+        let empty = Stats {
+            ns: 50_000,
+            runs: 1_000,
+        };
+        assert_eq!(per_connection(prog, empty, 125), Some((640.0, 8.0)));
+        assert_eq!(per_connection(prog, empty, 0), None);
+    }
 
     #[test]
     fn median_interval_is_the_order_statistics_that_cover_95_percent() {
