@@ -55,9 +55,12 @@ pub fn evenflow_resets(ctx: SkBuffContext) -> i32 {
     PASS
 }
 
-/// Notes a short packet's acknowledgement if it is an RST. Out of line:
-/// every longer packet runs only the program's few instructions.
-#[inline(never)]
+/// Notes a short packet's acknowledgement if it is an RST. Inline: most
+/// packets a client or a proxy receives in bulk are bare ACKs, short
+/// enough to get here, and the return from a call between BPF functions
+/// is one a CPU that mitigates return-stack attacks mispredicts (see
+/// docs/counting.md, "The RST watcher in one piece").
+#[inline(always)]
 fn note(ctx: &SkBuffContext) {
     // Opaque to the optimiser, as in `tc::note_local_nat`: the verifier
     // must see the packet pointers derived here.
