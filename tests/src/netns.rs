@@ -128,3 +128,17 @@ pub fn run_in<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'stati
         .map_err(|_| anyhow::anyhow!("thread in {ns} panicked"))?
         .with_context(|| format!("entering {ns}"))
 }
+
+/// Counter `name` of protocol `proto` in the text of a namespace's
+/// `/proc/net/snmp` or `/proc/net/netstat`, which give each protocol two
+/// lines: `Proto: names…`, then `Proto: values…`.
+pub fn proc_net_counter(text: &str, proto: &str, name: &str) -> Option<u64> {
+    let prefix = format!("{proto}:");
+    let mut lines = text.lines().filter(|l| l.starts_with(&prefix));
+    let (names, values) = (lines.next()?, lines.next()?);
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, v)| v.parse().ok())
+}

@@ -1983,7 +1983,7 @@ fn field_tcp_fast_open_counts_the_syn_data() {
     })
     .unwrap_or_else(|| panic!("nginx served 30; {}", lab.processes_report()));
     let netstat = netns::exec(&b1.ns, "cat", &["/proc/net/netstat"]).expect("netstat");
-    let passive = tcp_ext(&netstat, "TCPFastOpenPassive");
+    let passive = netns::proc_net_counter(&netstat, "TcpExt", "TCPFastOpenPassive").unwrap_or(0);
     assert!(
         passive > 0,
         "Fast Open was used (TCPFastOpenPassive = {passive})"
@@ -2335,20 +2335,6 @@ fn run_shapes_client(
             lab.processes_report()
         )
     })
-}
-
-/// A `TcpExt:` counter from /proc/net/netstat.
-fn tcp_ext(netstat: &str, name: &str) -> u64 {
-    let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
-    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
-        return 0;
-    };
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(n, _)| *n == name)
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0)
 }
 
 /// Moves the lab's backends behind node `b`, which node `a` (the lab's lb)

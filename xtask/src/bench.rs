@@ -563,15 +563,9 @@ fn tcp_opens(node: &str) -> Result<u64> {
     tcp_opens_of(&snmp).with_context(|| format!("no TCP open counts in {node}'s /proc/net/snmp"))
 }
 
-/// `ActiveOpens` plus `PassiveOpens` from the text of `/proc/net/snmp`
-/// (a `Tcp:` line of names, then one of values).
+/// `ActiveOpens` plus `PassiveOpens` from the text of `/proc/net/snmp`.
 fn tcp_opens_of(snmp: &str) -> Option<u64> {
-    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
-    let (names, values) = (tcp.next()?, tcp.next()?);
-    let field = |want: &str| -> Option<u64> {
-        let i = names.split_whitespace().position(|n| n == want)?;
-        values.split_whitespace().nth(i)?.parse().ok()
-    };
+    let field = |name: &str| netns::proc_net_counter(snmp, "Tcp", name);
     Some(field("ActiveOpens")? + field("PassiveOpens")?)
 }
 
