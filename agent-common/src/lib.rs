@@ -742,6 +742,13 @@ pub const META_TIMEOUT_ESTABLISHED_NS: u32 = 3;
 /// Slot of `EF_META`: idle nanoseconds before a half-closed forwarded flow
 /// expires (conntrack's `nf_conntrack_tcp_timeout_fin_wait`).
 pub const META_TIMEOUT_CLOSING_NS: u32 = 4;
+/// Slot of `EF_META`, the one the programs write: non-zero once a note
+/// was written in `EF_LOCAL_NAT` (by TC egress at a DNATed SYN, or by the
+/// agent from conntrack's table at its start). Until then a handshake
+/// does not look there: on a node that translates no SYN of its own the
+/// lookup, a cache miss, was most of what a dialled connection cost over
+/// an accepted one.
+pub const META_LOCAL_NAT: u32 = 5;
 /// Number of `EF_META` slots.
 pub const META_COUNT: u32 = 8;
 /// Version of the pinned map layout. Bump it when a key or value changes so
@@ -760,7 +767,9 @@ pub const META_COUNT: u32 = 8;
 /// (`EF_CT_DRAIN`, a lock in `EF_CT_JOURNAL_POS`, a new statistic).
 /// 15: the drains find the earliest event in a tournament tree
 /// (`EF_CT_DRAIN_ORDER`), and the lock moved where the cutoff was.
-pub const LAYOUT_VERSION: u64 = 15;
+/// 16: a handshake looks in `EF_LOCAL_NAT` only once `META_LOCAL_NAT` is
+/// set, which TC programs of layout 15 write notes without setting.
+pub const LAYOUT_VERSION: u64 = 16;
 
 /// The IPv4-mapped IPv6 form (`::ffff:a.b.c.d`) of an IPv4 address given
 /// as it sits in memory (network byte order bytes read as a native `u32`).

@@ -1,5 +1,7 @@
-//! The endpoint counters, the self-accounting stats and the userspace-owned
-//! meta array.
+//! The endpoint counters, the self-accounting stats and the meta array
+//! (the agent's, but for one flag the programs raise).
+
+use core::ptr::{read_volatile, write_volatile};
 
 use agent_common::{EndpointCounters, EndpointKey, MAX_ENDPOINTS, META_COUNT, STAT_COUNT, Stat};
 use aya_ebpf::{
@@ -25,8 +27,9 @@ static ENDPOINTS: PerCpuHashMap<EndpointKey, EndpointCounters> =
 #[map(name = "EF_STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STAT_COUNT, 0);
 
-/// Written by userspace (epoch, layout version, flow timeouts); pinned with
-/// the counters so it lives and dies with them.
+/// Written by userspace (epoch, layout version, flow timeouts), but for
+/// the flags the programs raise ([`raise`]); pinned with the counters so it
+/// lives and dies with them.
 #[map(name = "EF_META")]
 static META: Array<u64> = Array::pinned(META_COUNT, 0);
 
@@ -54,6 +57,20 @@ pub fn insert_failed(err: i32, failed: Stat, no_memory: Stat) {
 #[inline(always)]
 pub fn meta(slot: u32) -> u64 {
     META.get(slot).copied().unwrap_or(0)
+}
+
+/// Raises the flag in `EF_META`'s `slot`, reading it first: raised once,
+/// its line then stays shared in every CPU's cache, not written again.
+#[inline(always)]
+pub fn raise(slot: u32) {
+    if let Some(flag) = META.get_ptr_mut(slot) {
+        // SAFETY: a slot of a live array; a flag only ever goes 0 → 1.
+        unsafe {
+            if read_volatile(flag) == 0 {
+                write_volatile(flag, 1);
+            }
+        }
+    }
 }
 
 /// This CPU's counters for `key`, created zeroed on first use.

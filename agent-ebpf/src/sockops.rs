@@ -26,7 +26,7 @@ use crate::{
     kernel::{self, SockCounters},
     reset,
     sock::{self, Held, Payload, Scratch},
-    tc::LOCAL_NAT,
+    tc,
 };
 
 const AF_INET: u32 = 2;
@@ -118,19 +118,11 @@ fn on_established(ctx: &SockOpsContext, active: bool) {
 
 /// Where a connection the socket `key` dialled went: to the backend DNAT
 /// in OUTPUT chose for its SYN (a hostNetwork proxy dialling a ClusterIP),
-/// else where it dialled. The note is read once: a later connection on the
-/// same ends whose SYN nothing translated must not inherit it.
+/// else where it dialled.
 #[inline(always)]
 fn dialled(key: &FlowKey) -> EndpointKey {
-    match LOCAL_NAT.get_ptr(key) {
-        Some(real) => {
-            // SAFETY: a live entry, copied out before it goes.
-            let real = unsafe { *real };
-            let _ = LOCAL_NAT.remove(key);
-            real
-        }
-        None => EndpointKey::tcp(key.remote_addr, key.remote_port, Direction::SendsTo),
-    }
+    tc::take_local_nat(key)
+        .unwrap_or_else(|| EndpointKey::tcp(key.remote_addr, key.remote_port, Direction::SendsTo))
 }
 
 /// A state change: at TCP_CLOSE add the final bytes and count the close,

@@ -21,8 +21,8 @@
 use core::ptr::{read_volatile, write_volatile};
 
 use agent_common::{
-    Direction, EndpointKey, FlowKey, MAX_LOCAL_NAT, MAX_SYNS, PROTO_TCP, SynOrigin, SynSlot,
-    v4_mapped,
+    Direction, EndpointKey, FlowKey, MAX_LOCAL_NAT, MAX_SYNS, META_LOCAL_NAT, PROTO_TCP, SynOrigin,
+    SynSlot, v4_mapped,
 };
 use aya_ebpf::{
     bindings::{BPF_TCP_SYN_SENT, bpf_sock},
@@ -32,6 +32,7 @@ use aya_ebpf::{
 };
 
 use crate::{
+    counters::{meta, raise},
     forward, journal,
     packet::{Packet, Probe, Side, syn_probe},
 };
@@ -75,6 +76,24 @@ pub fn syn_origin(isn: u32) -> Option<SynOrigin> {
 /// and deletes the entry as it reads it.
 #[map(name = "EF_LOCAL_NAT")]
 pub static LOCAL_NAT: LruHashMap<FlowKey, EndpointKey> = LruHashMap::pinned(MAX_LOCAL_NAT, 0);
+
+/// Where the socket `key` dialled really went, if a note says so: read
+/// and deleted, so that a later connection on the same ends whose SYN
+/// nothing translated does not inherit it. On a node that never noted
+/// one (`META_LOCAL_NAT` unset: no local SYN was translated there) the
+/// map is not looked up at all; the lookup, a cache miss, was most of
+/// what a dialled connection cost sock_ops over an accepted one.
+#[inline(always)]
+pub fn take_local_nat(key: &FlowKey) -> Option<EndpointKey> {
+    if meta(META_LOCAL_NAT) == 0 {
+        return None;
+    }
+    let real = LOCAL_NAT.get_ptr(key)?;
+    // SAFETY: a live entry, copied out before it goes.
+    let real = unsafe { *real };
+    let _ = LOCAL_NAT.remove(key);
+    Some(real)
+}
 
 #[classifier]
 pub fn evenflow_tc_ingress(ctx: TcContext) -> i32 {
@@ -208,5 +227,7 @@ fn note_local_nat(ctx: &TcContext, sk: *mut bpf_sock) {
         direction: Direction::SendsTo as u8,
         proto: PROTO_TCP,
     };
+    // The flag first: a handshake that finds it unset does not look.
+    raise(META_LOCAL_NAT);
     let _ = LOCAL_NAT.insert(&socket_key, &backend, 0);
 }

@@ -19,12 +19,12 @@ use std::net::{IpAddr, SocketAddr};
 
 use agent_common::{
     CT_ADOPT_ADOPTED, CT_ADOPT_BATCH, CT_ADOPT_FOLLOWED, CT_ADOPT_FULL, CT_ADOPT_GONE, CtAdopt,
-    Direction, EndpointKey, FlowKey, PROTO_TCP, maps,
+    Direction, EndpointKey, FlowKey, META_LOCAL_NAT, PROTO_TCP, maps,
 };
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
-    maps::{HashMap, MapData},
+    maps::{Array, HashMap, MapData},
 };
 
 use crate::{btf::Btf, ct_lookup::CtLookup, ctnetlink::Translated, walk::Walk};
@@ -64,8 +64,20 @@ impl Translations {
 }
 
 /// Notes where each of `local`'s connections really went, for the socket
-/// adoption to count it there; returns how many were noted.
-pub fn note_local_nat(ebpf: &mut Ebpf, local: &[Translated]) -> Result<usize> {
+/// adoption to count it there; returns how many were noted. The flag in
+/// `meta` goes up first, as TC egress raises it: a connection still in
+/// `SYN_SENT` is counted at its handshake, which looks for notes only
+/// once it is up.
+pub fn note_local_nat(
+    ebpf: &mut Ebpf,
+    meta: &mut Array<MapData, u64>,
+    local: &[Translated],
+) -> Result<usize> {
+    if local.is_empty() {
+        return Ok(0);
+    }
+    meta.set(META_LOCAL_NAT, 1, 0)
+        .context("raising the local-NAT flag in EF_META")?;
     let map = ebpf
         .map_mut(maps::LOCAL_NAT)
         .with_context(|| format!("the eBPF object has no map {}", maps::LOCAL_NAT))?;

@@ -396,7 +396,7 @@ impl Datapath {
         let storage_sampler = storage_sampler(&mut ebpf, &btf, &pin_dir);
         let translations = translations(kernel.conntrack);
         if kernel.adopt {
-            note_local_nat(&mut ebpf, &translations.local);
+            note_local_nat(&mut ebpf, &mut meta, &translations.local);
             adopt(&mut ebpf, &btf);
         }
         if kernel.conntrack && forwards {
@@ -1441,8 +1441,8 @@ fn translations(conntrack: bool) -> Translations {
 
 /// Notes where local sockets' SYNs that the node's DNAT redirected before
 /// evenflow attached really went, for the socket adoption.
-fn note_local_nat(ebpf: &mut Ebpf, local: &[Translated]) {
-    if let Err(e) = crate::ct_adopt::note_local_nat(ebpf, local) {
+fn note_local_nat(ebpf: &mut Ebpf, meta: &mut Array<MapData, u64>, local: &[Translated]) {
+    if let Err(e) = crate::ct_adopt::note_local_nat(ebpf, meta, local) {
         warn!(
             error = format!("{e:#}"),
             "local connections the node's DNAT redirected before evenflow attached count \

@@ -99,6 +99,32 @@ impl Node {
         serde_json::from_str(&out).with_context(|| format!("bpftool's show of {path}"))
     }
 
+    /// The `u64` at `index` of the node's pinned array map `map` (bpftool
+    /// reads the pin and prints the value's bytes, in this machine's order).
+    pub fn pinned_u64(&self, map: &str, index: u32) -> Result<u64> {
+        let path = self.pin_dir().join(map).display().to_string();
+        let key: Vec<String> = index.to_ne_bytes().iter().map(u8::to_string).collect();
+        let mut args = vec!["-j", "map", "lookup", "pinned", &path, "key"];
+        args.extend(key.iter().map(String::as_str));
+        let out = netns::sh("bpftool", &args)?;
+        let v: serde_json::Value =
+            serde_json::from_str(&out).with_context(|| format!("bpftool's lookup in {path}"))?;
+        let bytes = v["value"]
+            .as_array()
+            .with_context(|| format!("bpftool's lookup in {path} has no value bytes: {v}"))?
+            .iter()
+            .map(|b| {
+                b.as_str()
+                    .and_then(|b| u8::from_str_radix(b.trim_start_matches("0x"), 16).ok())
+                    .with_context(|| format!("bpftool's lookup in {path}: {b} is not a byte"))
+            })
+            .collect::<Result<Vec<u8>>>()?;
+        let word: [u8; 8] = bytes.try_into().map_err(|b: Vec<u8>| {
+            anyhow::anyhow!("{path} holds {} bytes a value, not 8", b.len())
+        })?;
+        Ok(u64::from_ne_bytes(word))
+    }
+
     /// How many entries the node's pinned map `map` holds (bpftool reads
     /// the pin).
     pub fn pinned_entries(&self, map: &str) -> Result<usize> {

@@ -781,6 +781,19 @@ fn haproxy_counts_shaped(name: &str, ipv6: bool, shape: Shape) {
         (sent, "the client's bytes sent"),
         (received, "the client's bytes received"),
     );
+    // HAProxy dials its backends' own addresses: nothing translated a SYN
+    // of the lb's, so no handshake of its looked in EF_LOCAL_NAT.
+    match run
+        .lab
+        .lb
+        .pinned_u64(agent_common::maps::META, agent_common::META_LOCAL_NAT)
+    {
+        Ok(0) => {}
+        Ok(flag) => run.fail(format!(
+            "the lb's local-NAT flag is {flag}: a SYN it dialled was taken for a translated one"
+        )),
+        Err(e) => run.fail(format!("reading the lb's EF_META: {e:#}")),
+    }
     run.close_listeners();
     run.finish();
 }
