@@ -91,36 +91,41 @@ impl Node {
         PathBuf::from(crate::BPFFS).join("evenflow").join(&self.ns)
     }
 
+    /// What bpftool says, as JSON, of the node's pinned map `map` asked
+    /// `map <verb> pinned <pin> <args>`.
+    fn bpftool_map(&self, verb: &str, map: &str, args: &[&str]) -> Result<serde_json::Value> {
+        let path = self.pin_dir().join(map).display().to_string();
+        let mut all = vec!["-j", "map", verb, "pinned", &path];
+        all.extend_from_slice(args);
+        let out = netns::sh("bpftool", &all)?;
+        serde_json::from_str(&out).with_context(|| format!("bpftool's map {verb} of {path}"))
+    }
+
     /// What bpftool shows of the node's pinned map `map` (`max_entries`,
     /// `bytes_memlock`: the kernel memory it holds, ...).
     pub fn pinned_map(&self, map: &str) -> Result<serde_json::Value> {
-        let path = self.pin_dir().join(map).display().to_string();
-        let out = netns::sh("bpftool", &["-j", "map", "show", "pinned", &path])?;
-        serde_json::from_str(&out).with_context(|| format!("bpftool's show of {path}"))
+        self.bpftool_map("show", map, &[])
     }
 
     /// The `u64` at `index` of the node's pinned array map `map` (bpftool
     /// reads the pin and prints the value's bytes, in this machine's order).
     pub fn pinned_u64(&self, map: &str, index: u32) -> Result<u64> {
-        let path = self.pin_dir().join(map).display().to_string();
         let key: Vec<String> = index.to_ne_bytes().iter().map(u8::to_string).collect();
-        let mut args = vec!["-j", "map", "lookup", "pinned", &path, "key"];
+        let mut args = vec!["key"];
         args.extend(key.iter().map(String::as_str));
-        let out = netns::sh("bpftool", &args)?;
-        let v: serde_json::Value =
-            serde_json::from_str(&out).with_context(|| format!("bpftool's lookup in {path}"))?;
+        let v = self.bpftool_map("lookup", map, &args)?;
         let bytes = v["value"]
             .as_array()
-            .with_context(|| format!("bpftool's lookup in {path} has no value bytes: {v}"))?
+            .with_context(|| format!("bpftool's lookup in {map} has no value bytes: {v}"))?
             .iter()
             .map(|b| {
                 b.as_str()
                     .and_then(|b| u8::from_str_radix(b.trim_start_matches("0x"), 16).ok())
-                    .with_context(|| format!("bpftool's lookup in {path}: {b} is not a byte"))
+                    .with_context(|| format!("bpftool's lookup in {map}: {b} is not a byte"))
             })
             .collect::<Result<Vec<u8>>>()?;
         let word: [u8; 8] = bytes.try_into().map_err(|b: Vec<u8>| {
-            anyhow::anyhow!("{path} holds {} bytes a value, not 8", b.len())
+            anyhow::anyhow!("{map} holds {} bytes a value, not 8", b.len())
         })?;
         Ok(u64::from_ne_bytes(word))
     }
@@ -128,13 +133,10 @@ impl Node {
     /// How many entries the node's pinned map `map` holds (bpftool reads
     /// the pin).
     pub fn pinned_entries(&self, map: &str) -> Result<usize> {
-        let path = self.pin_dir().join(map).display().to_string();
-        let out = netns::sh("bpftool", &["-j", "map", "dump", "pinned", &path])?;
-        let v: serde_json::Value =
-            serde_json::from_str(&out).with_context(|| format!("bpftool's dump of {path}"))?;
+        let v = self.bpftool_map("dump", map, &[])?;
         v.as_array()
             .map(Vec::len)
-            .with_context(|| format!("bpftool's dump of {path} is not a list: {v}"))
+            .with_context(|| format!("bpftool's dump of {map} is not a list: {v}"))
     }
 }
 
