@@ -130,6 +130,13 @@ impl Node {
         Ok(u64::from_ne_bytes(word))
     }
 
+    /// The flag in the node's `EF_META` that tells its handshakes to look
+    /// for a translation in `EF_LOCAL_NAT` (raised where a SYN of the
+    /// node's own was DNATed).
+    pub fn local_nat_flag(&self) -> Result<u64> {
+        self.pinned_u64(agent_common::maps::META, agent_common::META_LOCAL_NAT)
+    }
+
     /// How many entries the node's pinned map `map` holds (bpftool reads
     /// the pin).
     pub fn pinned_entries(&self, map: &str) -> Result<usize> {

@@ -783,11 +783,7 @@ fn haproxy_counts_shaped(name: &str, ipv6: bool, shape: Shape) {
     );
     // HAProxy dials its backends' own addresses: nothing translated a SYN
     // of the lb's, so no handshake of its looked in EF_LOCAL_NAT.
-    match run
-        .lab
-        .lb
-        .pinned_u64(agent_common::maps::META, agent_common::META_LOCAL_NAT)
-    {
+    match run.lab.lb.local_nat_flag() {
         Ok(0) => {}
         Ok(flag) => run.fail(format!(
             "the lb's local-NAT flag is {flag}: a SYN it dialled was taken for a translated one"

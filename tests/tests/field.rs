@@ -1859,7 +1859,7 @@ fn host_network_proxy(name: &str, masquerade: bool) {
         "the VIP is not a backend"
     );
     assert_eq!(
-        local_nat_flag(&lb),
+        lb.local_nat_flag().expect("bpftool reads EF_META"),
         1,
         "TC egress raised the flag that sends handshakes to EF_LOCAL_NAT"
     );
@@ -1943,18 +1943,11 @@ fn field_host_network_proxy_connections_older_than_the_agent_count_the_backend()
         "the VIP is not a backend"
     );
     assert_eq!(
-        local_nat_flag(&lb),
+        lb.local_nat_flag().expect("bpftool reads EF_META"),
         1,
         "the agent raised the flag that sends handshakes to EF_LOCAL_NAT as it noted \
          conntrack's translations"
     );
-}
-
-/// The flag in the node's `EF_META` that tells its handshakes to look for
-/// a translation in `EF_LOCAL_NAT`.
-fn local_nat_flag(node: &lab::Node) -> u64 {
-    node.pinned_u64(agent_common::maps::META, agent_common::META_LOCAL_NAT)
-        .expect("bpftool reads EF_META")
 }
 
 /// TCP Fast Open through the DNAT lb: the request rides in the SYN, before
