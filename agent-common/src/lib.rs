@@ -506,8 +506,8 @@ pub struct SockState {
 /// before it writes anything else and names its socket last, and a sampler
 /// trusts what it read only if the owner and the generation are the same
 /// afterwards and the socket at the owner's address still has the owner's
-/// cookie: it cannot raise the marks of the next owner, nor count another
-/// socket that took a dead owner's address.
+/// identity ([`sock_id`]): it cannot raise the marks of the next owner, nor
+/// count another socket that took a dead owner's address.
 ///
 /// 64 bytes, in an array whose values start on a page (`BPF_F_MMAPABLE`):
 /// one cache line per slot.
@@ -518,8 +518,8 @@ pub struct SockSlot {
     /// socket's `SOCK_*` bits in its low bits ([`SOCK_SLOT_FLAGS`]); 0
     /// when free, [`SOCK_SLOT_FILLING`] while a new owner fills the slot.
     pub owner: u64,
-    /// The owner's cookie in the low [`SOCK_COOKIE_BITS`] bits, its
-    /// endpoint's port in the top 16.
+    /// The owner's identity ([`sock_id`]) in the low [`SOCK_ID_BITS`]
+    /// bits, its endpoint's port in the top 16.
     pub id: u64,
     /// The endpoint's address (its direction follows from `SOCK_ACTIVE`).
     pub addr: [u32; 4],
@@ -530,8 +530,29 @@ pub struct SockSlot {
 pub const SOCK_SLOT_FLAGS: u64 = 0x3f;
 /// [`SockSlot::owner`] while a new owner fills the slot.
 pub const SOCK_SLOT_FILLING: u64 = 0x20;
-/// Bits of a socket cookie a slot keeps (2^48 sockets per boot).
-pub const SOCK_COOKIE_BITS: u32 = 48;
+/// Bits of a socket's identity a slot keeps.
+pub const SOCK_ID_BITS: u32 = 48;
+
+/// A TCP socket's identity, for the slot it holds: its two initial
+/// sequence numbers, each the distance between a sequence number and the
+/// counter the kernel moves with it (`snd_una` and `bytes_acked` in
+/// `tcp_snd_una_update`, `rcv_nxt` and `bytes_received` in
+/// `tcp_rcv_nxt_update` and Fast Open's first segment; neither pair moves
+/// apart once the handshake set them). So it stays the same for the
+/// connection's life, sock_ops reads it from its context without a call,
+/// and a sampler from the socket's memory; a socket allocated at the same
+/// address (zeroed, then a connection of its own) has another one but
+/// with a chance of 2^-48. Unlike the socket cookie, which the first
+/// `bpf_get_socket_cookie` generates (a helper call on every handshake,
+/// and a compare-and-swap on the socket), it costs four loads of lines
+/// the kernel just wrote. Read unlocked, a pair can be seen half moved:
+/// a sampler reads again before it takes a mismatch for another socket.
+#[inline(always)]
+pub const fn sock_id(snd_una: u32, bytes_acked: u64, rcv_nxt: u32, bytes_received: u64) -> u64 {
+    let iss = snd_una.wrapping_sub(bytes_acked as u32) as u64;
+    let irs = rcv_nxt.wrapping_sub(bytes_received as u32) as u64;
+    (iss << 16 ^ irs) & ((1 << SOCK_ID_BITS) - 1)
+}
 
 /// Top bits of a slot's marks that hold its generation (see
 /// [`SockSlot`]); the marks count up to 2^48 each.
@@ -769,7 +790,9 @@ pub const META_COUNT: u32 = 8;
 /// (`EF_CT_DRAIN_ORDER`), and the lock moved where the cutoff was.
 /// 16: a handshake looks in `EF_LOCAL_NAT` only once `META_LOCAL_NAT` is
 /// set, which TC programs of layout 15 write notes without setting.
-pub const LAYOUT_VERSION: u64 = 16;
+/// 17: a slot names its socket by [`sock_id`], not by its cookie, which
+/// programs of layout 16 would take for another socket's.
+pub const LAYOUT_VERSION: u64 = 17;
 
 /// The IPv4-mapped IPv6 form (`::ffff:a.b.c.d`) of an IPv4 address given
 /// as it sits in memory (network byte order bytes read as a native `u32`).
@@ -931,6 +954,42 @@ mod tests {
         let have = (3u64 << 32) + 100;
         assert_eq!(segs_past(have, 150), have + 50);
         assert_eq!(segs_past(have, 50), have);
+    }
+
+    #[test]
+    fn a_sockets_identity_lasts_its_life() {
+        // An active opener at its handshake: the SYN acknowledged (one
+        // byte acked), nothing received yet.
+        let (iss, irs) = (0xfffff000u32, 0x7000_0000u32);
+        let at_handshake = sock_id(iss.wrapping_add(1), 1, irs.wrapping_add(1), 0);
+        // 6 GiB later each way, both sequence numbers wrapped, and a FIN
+        // each way counted in both the sequence and the counter.
+        let (sent, got) = (6u64 << 30, (6u64 << 30) + 12_345);
+        let later = sock_id(
+            iss.wrapping_add(1 + sent as u32 + 1),
+            1 + sent + 1,
+            irs.wrapping_add(1 + got as u32 + 1),
+            got + 1,
+        );
+        assert_eq!(at_handshake, later);
+        assert!(at_handshake < 1 << SOCK_ID_BITS);
+        // Another connection: another identity, whichever ISN differs.
+        assert_ne!(
+            at_handshake,
+            sock_id(iss.wrapping_add(2), 1, irs.wrapping_add(1), 0)
+        );
+        assert_ne!(
+            at_handshake,
+            sock_id(iss.wrapping_add(1), 1, irs.wrapping_add(2), 0)
+        );
+        // A pair read half moved (the counter, not yet the sequence) does
+        // not pass for the socket: a sampler reads it again.
+        assert_ne!(
+            at_handshake,
+            sock_id(iss.wrapping_add(1), 1 + 1448, irs.wrapping_add(1), 0)
+        );
+        // A zeroed socket (freshly allocated at a dead owner's address).
+        assert_ne!(at_handshake, sock_id(0, 0, 0, 0));
     }
 
     #[test]

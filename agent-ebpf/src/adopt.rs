@@ -36,17 +36,14 @@ use aya_ebpf::{
     },
     helpers::{
         bpf_probe_read_kernel,
-        generated::{
-            bpf_get_socket_cookie, bpf_getsockopt, bpf_seq_write, bpf_setsockopt,
-            bpf_skc_to_tcp_sock,
-        },
+        generated::{bpf_getsockopt, bpf_seq_write, bpf_setsockopt, bpf_skc_to_tcp_sock},
     },
     macros::map,
     maps::HashMap,
 };
 
 use crate::{
-    kernel,
+    kernel::{self, SockCounters},
     sock::{self, Payload, Scratch},
     tc::LOCAL_NAT,
 };
@@ -314,10 +311,13 @@ fn adopt(skc: *mut c_void, ends: &Ends) -> Option<u8> {
         (ends.dialled(), SOCK_ACTIVE)
     };
     let addr = sock::address(skc, Scratch::Adopt)?;
-    // SAFETY: the iterator's socket.
-    let cookie = unsafe { bpf_get_socket_cookie(skc) };
-    let base = so_far(tp, flags);
-    sock::count(skc, addr, cookie, &endpoint, flags, &base).then_some(ADOPT_ADOPTED)
+    // SAFETY: a non-null tcp_sock BTF pointer, of a socket the iterator
+    // holds locked: its sequence numbers and counters agree.
+    let (c, id) = unsafe {
+        let c = kernel::tcp_sock_counters(tp);
+        (c, kernel::tcp_sock_id(tp, &c))
+    };
+    sock::count(skc, addr, id, &endpoint, flags, &so_far(&c, flags)).then_some(ADOPT_ADOPTED)
 }
 
 /// Gives a listener that was there before sock_ops the state callbacks
@@ -368,9 +368,7 @@ fn cb_flags(tp: *const u8, cb: &mut i32, set: bool) -> i64 {
 /// reckons it at the close: no FIN either way yet; an active opener's SYN
 /// is in `bytes_acked`.
 #[inline(always)]
-fn so_far(tp: *const u8, flags: u8) -> Payload {
-    // SAFETY: a non-null tcp_sock BTF pointer.
-    let c = unsafe { kernel::tcp_sock_counters(tp) };
+fn so_far(c: &SockCounters, flags: u8) -> Payload {
     Payload {
         rx: c.bytes_received,
         tx: c.bytes_acked.saturating_sub(u64::from(flags & SOCK_ACTIVE)),

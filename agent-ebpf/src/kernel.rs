@@ -13,6 +13,7 @@
 
 use core::ptr::read_volatile;
 
+use agent_common::sock_id;
 use aya_ebpf::helpers::bpf_probe_read_kernel;
 
 #[unsafe(no_mangle)]
@@ -23,9 +24,12 @@ static TCP_SOCK_BYTES_ACKED: u32 = 0;
 static TCP_SOCK_SEGS_IN: u32 = 0;
 #[unsafe(no_mangle)]
 static TCP_SOCK_SEGS_OUT: u32 = 0;
-/// `struct sock_common.skc_cookie` (a `struct sock` begins with it).
+/// `struct tcp_sock.snd_una` and `.rcv_nxt`: with the counters that move
+/// with them, the socket's identity (`agent_common::sock_id`).
 #[unsafe(no_mangle)]
-static SOCK_COOKIE: u32 = 0;
+static TCP_SOCK_SND_UNA: u32 = 0;
+#[unsafe(no_mangle)]
+static TCP_SOCK_RCV_NXT: u32 = 0;
 /// `struct sock.sk_flags`.
 #[unsafe(no_mangle)]
 static SOCK_FLAGS: u32 = 0;
@@ -99,24 +103,38 @@ pub unsafe fn tcp_sock_counters(tp: *const u8) -> SockCounters {
     }
 }
 
-/// Reads the counters and then the cookie of the socket at `sk` (a
-/// `struct tcp_sock` address kept in a slot). TCP sockets are freed
-/// RCU-safely and one allocated at the same address starts with cookie 0:
-/// a cookie read after the counters that is still the owner's says they
-/// were the owner's (loads that fault read zeroes, and cookie 0 is no
-/// owner's).
+/// The identity of the socket at `tp` whose counters are `c`: its
+/// sequence numbers, read after the counters, against them.
+///
+/// # Safety
+/// As for [`tcp_sock_counters`].
+#[inline(always)]
+pub unsafe fn tcp_sock_id(tp: *const u8, c: &SockCounters) -> u64 {
+    // SAFETY: as for `tcp_sock_counters`.
+    unsafe {
+        let at = |off: &u32| tp.add(read_volatile(off) as usize) as *const u32;
+        sock_id(
+            read_volatile(at(&TCP_SOCK_SND_UNA)),
+            c.bytes_acked,
+            read_volatile(at(&TCP_SOCK_RCV_NXT)),
+            c.bytes_received,
+        )
+    }
+}
+
+/// Reads the counters and the identity of the socket at `sk` (a `struct
+/// tcp_sock` address kept in a slot), which may have died and its memory
+/// gone to another socket: counters whose identity is the owner's are the
+/// owner's (loads that fault read zeroes, whose identity is no live
+/// socket's but by a chance of 2^-48).
 #[inline(always)]
 pub fn probe_tcp_sock_counters(sk: u64) -> Option<(SockCounters, u64)> {
     if direct() {
         let tp = rdonly_cast(sk);
-        // SAFETY: read-only memory whose loads the JIT guards; volatile
-        // loads, so the cookie is read after the counters.
+        // SAFETY: read-only memory whose loads the JIT guards.
         return unsafe {
             let c = tcp_sock_counters(tp);
-            Some((
-                c,
-                read_volatile(tp.add(read_volatile(&SOCK_COOKIE) as usize) as *const u64),
-            ))
+            Some((c, tcp_sock_id(tp, &c)))
         };
     }
     // SAFETY: `bpf_probe_read_kernel` checks every address; the offsets
@@ -130,10 +148,13 @@ pub fn probe_tcp_sock_counters(sk: u64) -> Option<(SockCounters, u64)> {
             segs_in: bpf_probe_read_kernel(at(&TCP_SOCK_SEGS_IN) as *const u32).ok()? as u64,
             segs_out: bpf_probe_read_kernel(at(&TCP_SOCK_SEGS_OUT) as *const u32).ok()? as u64,
         };
-        Some((
-            c,
-            bpf_probe_read_kernel(at(&SOCK_COOKIE) as *const u64).ok()?,
-        ))
+        let id = sock_id(
+            bpf_probe_read_kernel(at(&TCP_SOCK_SND_UNA) as *const u32).ok()?,
+            c.bytes_acked,
+            bpf_probe_read_kernel(at(&TCP_SOCK_RCV_NXT) as *const u32).ok()?,
+            c.bytes_received,
+        );
+        Some((c, id))
     }
 }
 

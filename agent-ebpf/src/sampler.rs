@@ -11,7 +11,12 @@ use core::{ffi::c_void, ptr::read_volatile};
 use agent_common::{SOCK_CLOSED, SockSlot, SockState};
 use aya_ebpf::{helpers::generated::bpf_skc_to_tcp_sock, macros::classifier, programs::TcContext};
 
-use crate::{adopt::TcpIterCtx, atomic, kernel, sock, sweeper};
+use crate::{
+    adopt::TcpIterCtx,
+    atomic,
+    kernel::{self, SockCounters},
+    sock, sweeper,
+};
 
 #[classifier]
 pub fn evenflow_slot_sampler(_ctx: TcContext) -> i32 {
@@ -36,13 +41,10 @@ extern "C" fn sample_slot(
     if v.flags & SOCK_CLOSED != 0 {
         return 0;
     }
-    let Some((c, cookie)) = kernel::probe_tcp_sock_counters(v.sk) else {
+    let Some(c) = owner_counters(&v) else {
         return 0;
     };
-    // Another socket at the owner's address (the owner died without its
-    // close reaching sock_ops) is not the owner: its next claim there takes
-    // the slot over.
-    if !sock::same_cookie(&v, cookie) || !sock::still(slot, &v) {
+    if !sock::still(slot, &v) {
         return 0;
     }
     // SAFETY: a slot of the array.
@@ -55,6 +57,27 @@ extern "C" fn sample_slot(
         false,
     );
     0
+}
+
+/// Reads of a slot's socket before an identity not the owner's is
+/// believed (see [`owner_counters`]).
+const READS: u32 = 3;
+
+/// The counters of the socket a slot names, if it is still the owner.
+/// Another socket at the owner's address (the owner died without its
+/// close reaching sock_ops) is not: its next claim there takes the slot
+/// over. Nor, for one read, is the owner while an ACK moves `snd_una` and
+/// `bytes_acked` (the sampler holds no lock on it): the pair read half
+/// moved gives another identity, so it is read again.
+#[inline(always)]
+fn owner_counters(v: &sock::SlotView) -> Option<SockCounters> {
+    for _ in 0..READS {
+        let (c, id) = kernel::probe_tcp_sock_counters(v.sk)?;
+        if sock::same_socket(v, id) {
+            return Some(c);
+        }
+    }
+    None
 }
 
 /// `struct bpf_iter__bpf_sk_storage_map`.

@@ -19,7 +19,7 @@ use core::ptr::{read_volatile, write_volatile};
 
 use agent_common::{
     DEFAULT_SOCK_SLOTS, Direction, EndpointKey, Marks, PROTO_TCP, SOCK_ACTIVE, SOCK_CLOSED,
-    SOCK_COOKIE_BITS, SOCK_MARK_TAG_BITS, SOCK_SLOT_FILLING, SOCK_SLOT_FLAGS, SockSlot, SockState,
+    SOCK_ID_BITS, SOCK_MARK_TAG_BITS, SOCK_SLOT_FILLING, SOCK_SLOT_FLAGS, SockSlot, SockState,
     Stat, segs_past,
 };
 use aya_ebpf::{
@@ -107,7 +107,7 @@ const PROBES: u32 = 4;
 #[unsafe(no_mangle)]
 static SOCK_SLOTS_MASK: u32 = DEFAULT_SOCK_SLOTS - 1;
 
-const COOKIE_MASK: u64 = (1 << SOCK_COOKIE_BITS) - 1;
+const ID_MASK: u64 = (1 << SOCK_ID_BITS) - 1;
 
 /// The value bits of a mark (below its generation).
 const MARK_VALUE: u64 = (1 << (64 - SOCK_MARK_TAG_BITS)) - 1;
@@ -232,7 +232,7 @@ fn slot_endpoint(id: u64, addr: [u32; 4], flags: u8) -> EndpointKey {
     };
     EndpointKey {
         addr,
-        port: (id >> SOCK_COOKIE_BITS) as u16,
+        port: (id >> SOCK_ID_BITS) as u16,
         direction: direction as u8,
         proto: PROTO_TCP,
     }
@@ -255,19 +255,20 @@ unsafe fn generation(slot: *mut SockSlot) -> u64 {
     tag_of(unsafe { atomic::load(&raw mut (*slot).marks.rx) })
 }
 
-/// Counts socket `sk` (at address `addr`, with cookie `cookie`) opened
+/// Counts socket `sk` (at address `addr`, identity `id`: see
+/// `agent_common::sock_id`) opened
 /// towards `endpoint`, its marks at `base`, in a slot or else in socket
 /// storage; false if it is counted already or cannot be.
 #[inline(always)]
 pub fn count<T>(
     sk: *mut T,
     addr: u64,
-    cookie: u64,
+    id: u64,
     endpoint: &EndpointKey,
     flags: u8,
     base: &Payload,
 ) -> bool {
-    match claim(addr, cookie, endpoint, flags, base) {
+    match claim(addr, id, endpoint, flags, base) {
         Claim::Taken => {}
         Claim::Held => return false,
         Claim::Full => {
@@ -294,12 +295,12 @@ enum Claim {
     Full,
 }
 
-/// Takes a slot for socket `sk` (cookie `cookie`), counting towards
+/// Takes a slot for socket `sk` (identity `id`), counting towards
 /// `endpoint` (whose direction `flags`' `SOCK_ACTIVE` says): a free one, or
 /// one a dead socket at the same address left (its close never reached
 /// this program: the programs were detached from its cgroup meanwhile).
 #[inline(always)]
-fn claim(sk: u64, cookie: u64, endpoint: &EndpointKey, flags: u8, base: &Payload) -> Claim {
+fn claim(sk: u64, id: u64, endpoint: &EndpointKey, flags: u8, base: &Payload) -> Claim {
     if sk & SOCK_SLOT_FLAGS != 0 {
         return Claim::Full;
     }
@@ -311,13 +312,13 @@ fn claim(sk: u64, cookie: u64, endpoint: &EndpointKey, flags: u8, base: &Payload
         unsafe {
             let owner = read_volatile(&raw const (*slot).owner);
             let stale = owner & !SOCK_SLOT_FLAGS == sk;
-            if stale && (read_volatile(&raw const (*slot).id) ^ cookie) & COOKIE_MASK == 0 {
+            if stale && (read_volatile(&raw const (*slot).id) ^ id) & ID_MASK == 0 {
                 return Claim::Held;
             }
             if (owner == 0 || stale)
                 && atomic::cmpxchg(&raw mut (*slot).owner, owner, SOCK_SLOT_FILLING) == owner
             {
-                fill(slot, sk, cookie, endpoint, flags, base);
+                fill(slot, sk, id, endpoint, flags, base);
                 return Claim::Taken;
             }
         }
@@ -336,7 +337,7 @@ fn claim(sk: u64, cookie: u64, endpoint: &EndpointKey, flags: u8, base: &Payload
 unsafe fn fill(
     slot: *mut SockSlot,
     sk: u64,
-    cookie: u64,
+    id: u64,
     endpoint: &EndpointKey,
     flags: u8,
     base: &Payload,
@@ -346,7 +347,7 @@ unsafe fn fill(
         write_volatile(&raw mut (*slot).marks, base.marks(generation(slot) + 1));
         write_volatile(
             &raw mut (*slot).id,
-            cookie & COOKIE_MASK | u64::from(endpoint.port) << SOCK_COOKIE_BITS,
+            id & ID_MASK | u64::from(endpoint.port) << SOCK_ID_BITS,
         );
         write_volatile(&raw mut (*slot).addr, endpoint.addr);
         atomic::cmpxchg(
@@ -382,7 +383,7 @@ pub fn find(sk: u64) -> Option<Held> {
 #[derive(Copy, Clone)]
 pub struct SlotView {
     pub sk: u64,
-    pub cookie: u64,
+    pub id: u64,
     pub endpoint: EndpointKey,
     pub flags: u8,
     pub tag: u64,
@@ -405,7 +406,7 @@ pub fn view(slot: *mut SockSlot) -> Option<SlotView> {
         let flags = (owner & SOCK_SLOT_FLAGS) as u8;
         let v = SlotView {
             sk,
-            cookie: id & COOKIE_MASK,
+            id: id & ID_MASK,
             endpoint: slot_endpoint(id, read_volatile(&raw const (*slot).addr), flags),
             flags,
             tag,
@@ -423,10 +424,10 @@ pub fn still(slot: *mut SockSlot, v: &SlotView) -> bool {
     unsafe { atomic::load(&raw mut (*slot).owner) == v.owner && generation(slot) == v.tag }
 }
 
-/// Whether cookie `cookie` is a slot's (`v`'s).
+/// Whether identity `id` is the owner's of a slot (`v`'s).
 #[inline(always)]
-pub fn same_cookie(v: &SlotView, cookie: u64) -> bool {
-    cookie & COOKIE_MASK == v.cookie
+pub fn same_socket(v: &SlotView, id: u64) -> bool {
+    id & ID_MASK == v.id
 }
 
 /// A BTF map definition for `EF_SOCKS`, written out because aya-ebpf's

@@ -7,7 +7,9 @@
 
 use core::ptr::read_volatile;
 
-use agent_common::{Direction, EndpointKey, FlowKey, PROTO_TCP, SOCK_ACTIVE, Stat, v4_mapped};
+use agent_common::{
+    Direction, EndpointKey, FlowKey, PROTO_TCP, SOCK_ACTIVE, Stat, sock_id, v4_mapped,
+};
 use aya_ebpf::{
     bindings::{
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
@@ -16,7 +18,7 @@ use aya_ebpf::{
         BPF_TCP_FIN_WAIT2, BPF_TCP_LAST_ACK, BPF_TCP_LISTEN, BPF_TCP_SYN_RECV, BPF_TCP_SYN_SENT,
         bpf_sock,
     },
-    helpers::generated::{bpf_get_socket_cookie, bpf_skc_to_tcp_sock},
+    helpers::generated::bpf_skc_to_tcp_sock,
     macros::sock_ops,
     programs::SockOpsContext,
 };
@@ -70,11 +72,23 @@ fn socket(ctx: &SockOpsContext) -> Option<*mut bpf_sock> {
     (!sk.is_null()).then_some(sk)
 }
 
-/// The socket's cookie.
+/// The socket's identity for its slot (see `agent_common::sock_id`), from
+/// context fields: the socket is locked, so each pair agrees. No helper
+/// call: its return is one that CPUs mitigating return-stack attacks
+/// mispredict, and the cookie's first call also generates it (see
+/// docs/counting.md, "What the socket cookie cost").
 #[inline(always)]
-fn cookie(ctx: &SockOpsContext) -> u64 {
-    // SAFETY: sock_ops may ask for its socket's cookie.
-    unsafe { bpf_get_socket_cookie(ctx.ops.cast()) }
+fn identity(ctx: &SockOpsContext) -> u64 {
+    let ops = ctx.ops;
+    // SAFETY: context fields sock_ops may read.
+    unsafe {
+        sock_id(
+            read_volatile(&(*ops).snd_una),
+            read_volatile(&(*ops).bytes_acked),
+            read_volatile(&(*ops).rcv_nxt),
+            read_volatile(&(*ops).bytes_received),
+        )
+    }
 }
 
 /// The socket's state: in its slot, else in socket storage.
@@ -111,7 +125,7 @@ fn on_established(ctx: &SockOpsContext, active: bool) {
     let Some(addr) = sock::address(sk, Scratch::SockOps) else {
         return;
     };
-    if sock::count(sk, addr, cookie(ctx), &endpoint, flags, &Payload::NONE) {
+    if sock::count(sk, addr, identity(ctx), &endpoint, flags, &Payload::NONE) {
         watch_states(ctx);
     }
 }

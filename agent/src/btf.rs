@@ -397,6 +397,8 @@ mod tests {
             "segs_in",
             "segs_out",
             "write_seq",
+            "snd_una",
+            "rcv_nxt",
         ] {
             let off = btf.member_offset("tcp_sock", f).expect(f);
             assert!(off > 0 && off < 4096, "{f} at {off}");

@@ -1087,7 +1087,7 @@ fn write_flow_timeouts(meta: &mut Array<MapData, u64>) -> Result<()> {
 }
 
 /// The constants the programs take from this kernel's BTF: `struct
-/// tcp_sock` offsets and the socket cookie's for the socket samplers,
+/// tcp_sock` offsets for the socket samplers and the adoption,
 /// `sk_flags`' for sock_ops, and conntrack's for forwarded
 /// connections (all zero when this kernel's BTF has none: see
 /// [`conntrack_offsets`]); and how the programs read kernel memory, which
@@ -1107,11 +1107,8 @@ fn kernel_offsets(per_packet: bool, probe_reads: bool) -> Result<KernelOffsets> 
         ("TCP_SOCK_SEGS_IN", off("segs_in")?),
         ("TCP_SOCK_SEGS_OUT", off("segs_out")?),
         ("TCP_SOCK_WRITE_SEQ", off("write_seq")?),
-        (
-            "SOCK_COOKIE",
-            btf.member_offset("sock_common", "skc_cookie")
-                .context("finding sock_common.skc_cookie in the kernel's BTF")?,
-        ),
+        ("TCP_SOCK_SND_UNA", off("snd_una")?),
+        ("TCP_SOCK_RCV_NXT", off("rcv_nxt")?),
         (
             "SOCK_FLAGS",
             // In `struct sock_common` on newer kernels, `struct sock` before.
