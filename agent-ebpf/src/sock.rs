@@ -256,9 +256,9 @@ unsafe fn generation(slot: *mut SockSlot) -> u64 {
 }
 
 /// Counts socket `sk` (at address `addr`, identity `id`: see
-/// `agent_common::sock_id`) opened
-/// towards `endpoint`, its marks at `base`, in a slot or else in socket
-/// storage; false if it is counted already or cannot be.
+/// `agent_common::sock_id`) opened towards `endpoint`, its marks at
+/// `base`, in a slot or else in socket storage; false if it is counted
+/// already or cannot be.
 #[inline(always)]
 pub fn count<T>(
     sk: *mut T,
