@@ -209,22 +209,32 @@ fn failed_and_half_open(name: &str, lb_args: &[&str]) {
 /// every report, in both views, and equal nginx's log when it closes.
 #[test]
 fn field_keepalive_bytes_appear_every_interval() {
-    keepalive_bytes("keep", &[]);
+    keepalive_bytes("keep", &[], &[]);
 }
 
 /// The same with the lb counting its forwarded connection packet by packet
 /// (as it does one NATed without conntrack).
 #[test]
 fn field_keepalive_bytes_appear_every_interval_per_packet() {
-    keepalive_bytes("keeppp", &["--forwarded-per-packet"]);
+    keepalive_bytes("keeppp", &[], &["--forwarded-per-packet"]);
 }
 
-fn keepalive_bytes(name: &str, lb_args: &[&str]) {
+/// The same with both agents reading kernel memory through
+/// `bpf_probe_read_kernel` (`--probe-reads`, as on kernels before 6.17):
+/// the backend's slot sampler reads its socket's counters and sequence
+/// numbers through the helper, and still finds the slot's owner there.
+#[test]
+fn field_keepalive_bytes_appear_every_interval_probe_reads() {
+    keepalive_bytes("keeppr", &["--probe-reads"], &["--probe-reads"]);
+}
+
+fn keepalive_bytes(name: &str, backend_args: &[&str], lb_args: &[&str]) {
     evenflow_tests::require_root();
     let mut lab = Lab::new(name, 1).expect("the lab builds");
     let b1 = lab.backends[0].clone();
     let log = nginx::start(&mut lab, &b1).expect("nginx starts");
-    agent::start(&mut lab, &b1, &["--service", "web=8080"]).expect("the backend agent starts");
+    let backend_args = [&["--service", "web=8080"], backend_args].concat();
+    agent::start(&mut lab, &b1, &backend_args).expect("the backend agent starts");
     nft::start(&lab).expect("the DNAT rules load");
     let lb = lab.lb.clone();
     agent::start(&mut lab, &lb, lb_args).expect("the lb agent starts");
@@ -240,7 +250,7 @@ fn keepalive_bytes(name: &str, lb_args: &[&str]) {
         let s = grpcurl::snapshot(&lb.ns).expect("the lb's snapshot");
         lb_seen.push(grpcurl::totals(&s, &addr, BACKEND_PORT, SENDS_TO));
     }
-    if lb_args.is_empty() {
+    if !lb_args.contains(&"--forwarded-per-packet") {
         let entries = |map| lb.pinned_entries(map).expect("bpftool reads the lb's map");
         assert_eq!(
             (entries("EF_CT_YOUNG"), entries("EF_CT_FLOWS")),
