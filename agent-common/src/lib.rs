@@ -532,6 +532,8 @@ pub const SOCK_SLOT_FLAGS: u64 = 0x3f;
 pub const SOCK_SLOT_FILLING: u64 = 0x20;
 /// Bits of a socket's identity a slot keeps.
 pub const SOCK_ID_BITS: u32 = 48;
+/// The bits of [`SockSlot::id`] that hold the identity.
+pub const SOCK_ID_MASK: u64 = (1 << SOCK_ID_BITS) - 1;
 
 /// A TCP socket's identity, for the slot it holds: its two initial
 /// sequence numbers, each the distance between a sequence number and the
@@ -551,7 +553,7 @@ pub const SOCK_ID_BITS: u32 = 48;
 pub const fn sock_id(snd_una: u32, bytes_acked: u64, rcv_nxt: u32, bytes_received: u64) -> u64 {
     let iss = snd_una.wrapping_sub(bytes_acked as u32) as u64;
     let irs = rcv_nxt.wrapping_sub(bytes_received as u32) as u64;
-    (iss << 16 ^ irs) & ((1 << SOCK_ID_BITS) - 1)
+    (iss << 16 ^ irs) & SOCK_ID_MASK
 }
 
 /// Top bits of a slot's marks that hold its generation (see

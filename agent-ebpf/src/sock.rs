@@ -19,8 +19,8 @@ use core::ptr::{read_volatile, write_volatile};
 
 use agent_common::{
     DEFAULT_SOCK_SLOTS, Direction, EndpointKey, Marks, PROTO_TCP, SOCK_ACTIVE, SOCK_CLOSED,
-    SOCK_ID_BITS, SOCK_MARK_TAG_BITS, SOCK_SLOT_FILLING, SOCK_SLOT_FLAGS, SockSlot, SockState,
-    Stat, segs_past,
+    SOCK_ID_BITS, SOCK_ID_MASK, SOCK_MARK_TAG_BITS, SOCK_SLOT_FILLING, SOCK_SLOT_FLAGS, SockSlot,
+    SockState, Stat, segs_past,
 };
 use aya_ebpf::{
     bindings::{
@@ -106,8 +106,6 @@ const PROBES: u32 = 4;
 /// the agent before loading, to the size of the map it pins.
 #[unsafe(no_mangle)]
 static SOCK_SLOTS_MASK: u32 = DEFAULT_SOCK_SLOTS - 1;
-
-const ID_MASK: u64 = (1 << SOCK_ID_BITS) - 1;
 
 /// The value bits of a mark (below its generation).
 const MARK_VALUE: u64 = (1 << (64 - SOCK_MARK_TAG_BITS)) - 1;
@@ -312,7 +310,7 @@ fn claim(sk: u64, id: u64, endpoint: &EndpointKey, flags: u8, base: &Payload) ->
         unsafe {
             let owner = read_volatile(&raw const (*slot).owner);
             let stale = owner & !SOCK_SLOT_FLAGS == sk;
-            if stale && (read_volatile(&raw const (*slot).id) ^ id) & ID_MASK == 0 {
+            if stale && (read_volatile(&raw const (*slot).id) ^ id) & SOCK_ID_MASK == 0 {
                 return Claim::Held;
             }
             if (owner == 0 || stale)
@@ -347,7 +345,7 @@ unsafe fn fill(
         write_volatile(&raw mut (*slot).marks, base.marks(generation(slot) + 1));
         write_volatile(
             &raw mut (*slot).id,
-            id & ID_MASK | u64::from(endpoint.port) << SOCK_ID_BITS,
+            id & SOCK_ID_MASK | u64::from(endpoint.port) << SOCK_ID_BITS,
         );
         write_volatile(&raw mut (*slot).addr, endpoint.addr);
         atomic::cmpxchg(
@@ -406,7 +404,7 @@ pub fn view(slot: *mut SockSlot) -> Option<SlotView> {
         let flags = (owner & SOCK_SLOT_FLAGS) as u8;
         let v = SlotView {
             sk,
-            id: id & ID_MASK,
+            id: id & SOCK_ID_MASK,
             endpoint: slot_endpoint(id, read_volatile(&raw const (*slot).addr), flags),
             flags,
             tag,
@@ -427,7 +425,7 @@ pub fn still(slot: *mut SockSlot, v: &SlotView) -> bool {
 /// Whether identity `id` is the owner's of a slot (`v`'s).
 #[inline(always)]
 pub fn same_socket(v: &SlotView, id: u64) -> bool {
-    id & ID_MASK == v.id
+    id & SOCK_ID_MASK == v.id
 }
 
 /// A BTF map definition for `EF_SOCKS`, written out because aya-ebpf's
