@@ -377,6 +377,13 @@ fn drain(ctx: TcContext, tree: u32, max: u32, now: u64) -> u32 {
     d.applied
 }
 
+/// The trees' leaves, as the agent wrote them.
+#[inline(always)]
+fn leaves() -> u32 {
+    // SAFETY: a plain static; volatile so the agent's value is used.
+    unsafe { read_volatile(&JOURNAL_LEAVES) }.clamp(1, CT_JOURNAL_MAX_CPUS)
+}
+
 /// A tournament tree over the parts' next events, in one half of
 /// `EF_CT_DRAIN_ORDER`: finding the earliest takes a read, and replacing
 /// a part's next event log2(parts) comparisons, where a scan of every
@@ -396,8 +403,7 @@ struct Order {
 impl Order {
     #[inline(always)]
     fn of(tree: u32) -> Self {
-        // SAFETY: a plain static; volatile so the agent's value is used.
-        let leaves = unsafe { read_volatile(&JOURNAL_LEAVES) }.clamp(1, CT_JOURNAL_MAX_CPUS);
+        let leaves = leaves();
         Self {
             base: tree * 2 * leaves,
             leaves,
@@ -443,17 +449,25 @@ impl Order {
         }
     }
 
-    /// Sets `cpu`'s leaf to `time` and the nodes above it again.
+    /// Sets `cpu`'s leaf to `time` and the nodes above it again: as many
+    /// as the tree has levels above its leaves, counted from [`leaves`],
+    /// which the verifier reads as the constant the agent wrote. Counted
+    /// from the node instead (until the root's parent, 0), the climb was
+    /// walked by the verifier to [`MAX_DEPTH`] on any node: 377,000
+    /// instructions checked in each drain where 57,000 do on 2 CPUs (see
+    /// docs/counting.md, "What verifying the drain costs").
     #[inline(always)]
     fn replace(self, cpu: u32, time: u64) {
         self.set_time(cpu, time);
         let mut n = (self.leaves + cpu) / 2;
+        let mut width = leaves() / 2;
         for _ in 0..MAX_DEPTH {
-            if n == 0 {
+            if width == 0 {
                 break;
             }
             self.settle(n);
             n /= 2;
+            width /= 2;
         }
     }
 
@@ -491,10 +505,10 @@ extern "C" fn settle_node(i: u64, ctx: *mut c_void) -> i64 {
     0
 }
 
-/// Applies the earliest event across the parts, if one is old enough.
-/// Claims it first, by moving its part's tail past it: should another
-/// drain run beside this one (one that overran its time), each event is
-/// still applied once.
+/// Applies the earliest event across the parts, if one is old enough,
+/// then reads its part's next into the tree. One way to the tree's
+/// update, whatever became of the event: the verifier walks each copy of
+/// it apart.
 #[inline(never)]
 extern "C" fn drain_one(_: u64, ctx: *mut c_void) -> i64 {
     if ctx.is_null() {
@@ -510,39 +524,33 @@ extern "C" fn drain_one(_: u64, ctx: *mut c_void) -> i64 {
     let (Some(head), Some(tail)) = (pos(cpu, HEAD), pos(cpu, TAIL)) else {
         return 1;
     };
-    // SAFETY: array slots.
-    let t = unsafe { read_volatile(tail) };
-    let h = published(head);
-    let Some((ev, spilt)) = event(cpu, t).filter(|_| h != t) else {
-        return stale(d, cpu);
-    };
-    // The tree's choice, unless another drain moved this part's tail
-    // since (one that ran past its time): then the leaf is stale.
-    if ev.at != time {
-        return stale(d, cpu);
-    }
-    // SAFETY: an array slot; drains move tails only by compare-and-swap.
-    if unsafe { atomic::cmpxchg(tail, t, t + 1) } != t {
-        return stale(d, cpu);
-    }
-    apply(&d.ctx, &ev);
-    d.applied += 1;
-    if spilt && SPILL.remove(&spill_key(cpu, t)).is_ok() {
-        if let Some(spilled) = spilled() {
-            // SAFETY: an array slot; adding 2^64 - 1 takes one away.
-            unsafe { atomic::add(spilled, u64::MAX) };
+    if let Some((ev, spilt, t)) = claim(cpu, head, tail, time) {
+        apply(&d.ctx, &ev);
+        d.applied += 1;
+        if spilt && SPILL.remove(&spill_key(cpu, t)).is_ok() {
+            if let Some(spilled) = spilled() {
+                // SAFETY: an array slot; adding 2^64 - 1 takes one away.
+                unsafe { atomic::add(spilled, u64::MAX) };
+            }
         }
     }
     d.order.replace(cpu, next_time(cpu, d.cutoff));
     0
 }
 
-/// Reads `cpu`'s leaf again, its part's tail having moved under the
-/// drain; the loop goes on.
+/// Claims `cpu`'s next event, which the tree says was written at `time`,
+/// by moving its part's tail past it: should another drain run beside
+/// this one (one that overran its time), each event is still applied
+/// once. Returns the event, whether it is in the spill and its position;
+/// `None` where that drain moved the tail since: the leaf is stale.
 #[inline(always)]
-fn stale(d: &mut Drain, cpu: u32) -> i64 {
-    d.order.replace(cpu, next_time(cpu, d.cutoff));
-    0
+fn claim(cpu: u32, head: *mut u64, tail: *mut u64, time: u64) -> Option<(CtEvent, bool, u64)> {
+    // SAFETY: array slots.
+    let t = unsafe { read_volatile(tail) };
+    let h = published(head);
+    let (ev, spilt) = event(cpu, t).filter(|_| h != t)?;
+    // SAFETY: an array slot; drains move tails only by compare-and-swap.
+    (ev.at == time && unsafe { atomic::cmpxchg(tail, t, t + 1) } == t).then_some((ev, spilt, t))
 }
 
 /// A part's head, read before the events it publishes: fully ordered

@@ -278,6 +278,16 @@ fn median_interval(v: &[f64]) -> Option<(f64, f64)> {
     Some((sorted[k - 1], sorted[n - k]))
 }
 
+/// One node shape's line of this tree's figure over the baseline's,
+/// round by round: the median ratio and the range over the rounds.
+pub fn ratio_row(cpus: u32, ratios: &[f64]) {
+    println!(
+        "      {cpus:>5} CPUs ×{:.4}  ({})",
+        median(ratios.to_vec()),
+        spread(ratios, 1.0, 4)
+    );
+}
+
 /// `min–max` of a series, scaled, for the spread next to each median.
 pub fn spread(v: &[f64], scale: f64, decimals: usize) -> String {
     let lo = v.iter().copied().fold(f64::INFINITY, f64::min) / scale;
@@ -664,7 +674,7 @@ fn bpf_costs(node: &str) -> Result<Vec<(String, Stats)>> {
     Ok(costs)
 }
 
-fn proc_cpu_secs(pid: u32) -> Result<f64> {
+pub fn proc_cpu_secs(pid: u32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let after = stat
         .rsplit_once(')')
@@ -771,16 +781,21 @@ pub enum Part {
     Footprint,
     /// The journal's drain, an event's time on nodes of 2 to 8,192 CPUs.
     Drain,
+    /// The agent's start on nodes of 2 to 8,192 CPUs: its CPU time and
+    /// the instructions the verifier checked in each program.
+    Load,
 }
 
 /// Refuses `--baseline` where it would compare nothing: it is the cost
 /// part's. Checked before the baseline is built.
 pub fn check_baseline(only: Option<Part>, baseline: Option<&str>) -> Result<()> {
     match (only, baseline) {
-        (Some(part), Some(rev)) if !matches!(part, Part::Cost | Part::Drain) => bail!(
-            "--baseline {rev} compares per-program cost and the drain: use it with --only cost, \
-             --only drain, or without --only"
-        ),
+        (Some(part), Some(rev)) if !matches!(part, Part::Cost | Part::Drain | Part::Load) => {
+            bail!(
+                "--baseline {rev} compares per-program cost, the drain and the agent's start: use \
+                 it with --only cost, --only drain, --only load, or without --only"
+            )
+        }
         _ => Ok(()),
     }
 }
@@ -821,8 +836,10 @@ pub fn run(
     let mut agents = vec![("this tree".to_owned(), this_agent()?)];
     agents.extend(baseline);
     let wants = |part: Part| only.is_none_or(|o| o == part);
-    if only == Some(Part::Drain) {
-        return crate::drain_bench::run(rounds, &agents);
+    match only {
+        Some(Part::Drain) => return crate::drain_bench::run(rounds, &agents),
+        Some(Part::Load) => return crate::load_bench::run(rounds, &agents),
+        _ => {}
     }
     let env = setup_env()?;
     let servers = Servers::start(&env)?;
@@ -850,6 +867,9 @@ pub fn run(
     drop(env);
     if wants(Part::Drain) {
         crate::drain_bench::run(rounds, &agents)?;
+    }
+    if wants(Part::Load) {
+        crate::load_bench::run(rounds, &agents)?;
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ use std::{path::PathBuf, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::bench::{median, spread};
+use crate::bench::{median, ratio_row, spread};
 
 /// The node shapes measured: CPU numbers (`/sys/devices/system/cpu/possible`).
 const CPUS: [u32; 4] = [2, 64, 1_024, 8_192];
@@ -67,11 +67,7 @@ pub fn run(rounds: usize, agents: &[(String, PathBuf)]) -> Result<()> {
                     .zip(&measured[1])
                     .map(|(this, base)| pick(&this[i]) / pick(&base[i]))
                     .collect();
-                println!(
-                    "      {cpus:>5} CPUs ×{:.4}  ({})",
-                    median(ratios.clone()),
-                    spread(&ratios, 1.0, 4)
-                );
+                ratio_row(*cpus, &ratios);
             }
         }
     }

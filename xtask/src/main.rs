@@ -22,6 +22,7 @@ mod bench;
 mod demo;
 mod drain_bench;
 mod interrupt;
+mod load_bench;
 mod pinned_demo;
 mod setup;
 mod shell;
@@ -64,7 +65,7 @@ enum Cmd {
         /// Alternating rounds without and with the agent.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
-        /// Measure only this part (throughput, cost, footprint or drain).
+        /// Measure only this part (throughput, cost, footprint, drain or load).
         #[arg(long, value_enum)]
         only: Option<bench::Part>,
         /// With the agent, also attach to the counted path's veth a TC
