@@ -4,15 +4,17 @@
 //! system time; the journal's drain, sized by the node's CPU numbers, is
 //! the program whose walk grows with the node. Each start runs in a
 //! network namespace of its own, its journal sized by the agent's test
-//! switch `EVENFLOW_TEST_JOURNAL_CPUS`, and is measured once the agent
-//! serves: its CPU time (user and system) and the instructions the
-//! verifier checked in each of its programs (`verified_insns`).
+//! switch `EVENFLOW_TEST_JOURNAL_CPUS`, under the DaemonSet's CPU limit
+//! (the verifier's time counts against it), and is measured once the
+//! agent serves: how long that took, its CPU time (user and system) and
+//! the instructions the verifier checked in each of its programs
+//! (`verified_insns`).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -27,10 +29,16 @@ const CPUS: [u32; 4] = [2, 64, 1_024, 8_192];
 /// The namespace and node name the agents start in.
 const NODE: &str = "efb-load";
 
-/// One start: the agent's CPU seconds until it served, and each of its
-/// programs' verified instructions.
+/// The DaemonSet's CPU limit (`deploy/kubernetes/agent-daemonset.yaml`,
+/// 200m): a CFS quota of 20 ms in every 100 ms.
+const QUOTA_US: u32 = 20_000;
+const PERIOD_US: u32 = 100_000;
+
+/// One start: how long the agent took to serve and its CPU seconds until
+/// then, and each of its programs' verified instructions.
 #[derive(Clone)]
 struct Start {
+    wall_secs: f64,
     cpu_secs: f64,
     verified: Vec<(String, u32)>,
 }
@@ -67,17 +75,33 @@ pub fn run(rounds: usize, agents: &[(String, PathBuf)]) -> Result<()> {
     println!(
         "\nthe agent's start by the node's CPU numbers ({rounds} rounds, medians, range over the rounds):"
     );
-    print_cpu(agents, &measured);
+    print_secs(
+        "time until it serves, under the DaemonSet's CPU limit of 200m",
+        agents,
+        &measured,
+        |s| s.wall_secs,
+    );
+    print_secs(
+        "CPU time until it serves (user and system; the verifier's is system)",
+        agents,
+        &measured,
+        |s| s.cpu_secs,
+    );
     print_verified(agents, &measured);
     Ok(())
 }
 
-fn print_cpu(agents: &[(String, PathBuf)], measured: &[Rounds]) {
-    println!("  CPU time until it serves (user and system; the verifier's is system):");
+fn print_secs(
+    what: &str,
+    agents: &[(String, PathBuf)],
+    measured: &[Rounds],
+    pick: impl Fn(&Start) -> f64,
+) {
+    println!("  {what}:");
     for ((name, _), rounds) in agents.iter().zip(measured) {
         println!("    {name}:");
         for (i, cpus) in CPUS.iter().enumerate() {
-            let v: Vec<f64> = rounds.iter().map(|r| r[i].cpu_secs).collect();
+            let v: Vec<f64> = rounds.iter().map(|r| pick(&r[i])).collect();
             println!(
                 "      {cpus:>5} CPUs {:>7.2} s  ({})",
                 median(v.clone()),
@@ -85,7 +109,7 @@ fn print_cpu(agents: &[(String, PathBuf)], measured: &[Rounds]) {
             );
         }
     }
-    print_ratios(agents, measured, |s| s.cpu_secs);
+    print_ratios(agents, measured, pick);
 }
 
 fn print_verified(agents: &[(String, PathBuf)], measured: &[Rounds]) {
@@ -123,9 +147,11 @@ fn print_ratios(agents: &[(String, PathBuf)], measured: &[Rounds], pick: impl Fn
     }
 }
 
-/// The namespace and cgroup the agents start in, removed on drop.
+/// The namespace the agents start in, the cgroup whose sockets they count
+/// and the CPU limit they run under, removed on drop.
 struct Lab {
     cgroup: PathBuf,
+    limit: CpuLimit,
 }
 
 impl Lab {
@@ -133,18 +159,21 @@ impl Lab {
         netns::create(NODE)?;
         let cgroup = cgroup::root()?.join(NODE);
         cgroup::create(&cgroup)?;
-        Ok(Self { cgroup })
+        let limit = CpuLimit::new()?;
+        Ok(Self { cgroup, limit })
     }
 
     /// Starts `bin` with a journal sized for `cpus` CPU numbers, measures
     /// it once it serves, stops it and removes its pins.
     fn start(&self, bin: &Path, cpus: u32) -> Result<Start> {
         let before: BTreeSet<u32> = evenflow_programs()?.into_keys().collect();
+        let started = Instant::now();
         let mut agent = Agent(self.spawn(bin, cpus)?);
-        evenflow_tests::wait_for(Duration::from_secs(30), || {
+        evenflow_tests::wait_for(Duration::from_secs(60), || {
             netns::exec(NODE, "curl", &["-sf", "127.0.0.1:9464/metrics"]).ok()
         })
-        .with_context(|| format!("{} did not serve within 30 s", bin.display()))?;
+        .with_context(|| format!("{} did not serve within 60 s", bin.display()))?;
+        let wall_secs = started.elapsed().as_secs_f64();
         let cpu_secs = proc_cpu_secs(agent.0.id())?;
         let counts = verified_counts()?;
         let mut verified = Vec::new();
@@ -163,13 +192,22 @@ impl Lab {
         if agent.0.try_wait()?.is_some() {
             bail!("{} exited while it was measured", bin.display());
         }
-        Ok(Start { cpu_secs, verified })
+        Ok(Start {
+            wall_secs,
+            cpu_secs,
+            verified,
+        })
     }
 
+    /// Starts `bin` in the limited cgroup from its first instruction: a
+    /// shell that moves itself there, then becomes the agent (same pid).
     fn spawn(&self, bin: &Path, cpus: u32) -> Result<Child> {
         let ns = netns::path(NODE);
         let cgroup = self.cgroup.display().to_string();
-        Command::new(bin)
+        Command::new("sh")
+            .args(["-c", "echo $$ > \"$0\" && exec \"$@\""])
+            .arg(&self.limit.procs)
+            .arg(bin)
             .args(["--netns", &ns, "--node-name", NODE, "--cgroup", &cgroup])
             .args([
                 "--grpc-addr",
@@ -191,6 +229,67 @@ impl Drop for Lab {
         cgroup::remove(&self.cgroup);
         netns::delete(NODE);
     }
+}
+
+/// A cgroup holding [`QUOTA_US`] in [`PERIOD_US`] of CPU: the cgroup v1
+/// `cpu` controller's where it is mounted (as on this project's VMs),
+/// else cgroup v2's `cpu.max`.
+struct CpuLimit {
+    dir: PathBuf,
+    /// The file a process joins it through.
+    procs: PathBuf,
+}
+
+impl CpuLimit {
+    fn new() -> Result<Self> {
+        let v1 = Path::new("/sys/fs/cgroup/cpu");
+        if v1.join("cpu.cfs_quota_us").exists() {
+            let dir = v1.join(NODE);
+            Self::make(&dir)?;
+            write(&dir.join("cpu.cfs_period_us"), &PERIOD_US.to_string())?;
+            write(&dir.join("cpu.cfs_quota_us"), &QUOTA_US.to_string())?;
+            return Ok(Self {
+                procs: dir.join("tasks"),
+                dir,
+            });
+        }
+        let root = cgroup::root()?;
+        let controllers = std::fs::read_to_string(root.join("cgroup.controllers"))
+            .context("reading the cgroup v2 root's controllers")?;
+        if !controllers.split_whitespace().any(|c| c == "cpu") {
+            bail!(
+                "no cpu controller: neither cgroup v1's at {} nor cgroup v2's at {} \
+                 (mount one to run --only load)",
+                v1.display(),
+                root.display()
+            );
+        }
+        write(&root.join("cgroup.subtree_control"), "+cpu")?;
+        let dir = root.join(format!("{NODE}-cpu"));
+        Self::make(&dir)?;
+        write(&dir.join("cpu.max"), &format!("{QUOTA_US} {PERIOD_US}"))?;
+        Ok(Self {
+            procs: dir.join("cgroup.procs"),
+            dir,
+        })
+    }
+
+    /// `dir` afresh (a crashed run's removed first).
+    fn make(dir: &Path) -> Result<()> {
+        let _ = std::fs::remove_dir(dir);
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
+    }
+}
+
+impl Drop for CpuLimit {
+    fn drop(&mut self) {
+        // The agents are gone (each killed and waited for): it is empty.
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+fn write(path: &Path, value: &str) -> Result<()> {
+    std::fs::write(path, value).with_context(|| format!("writing {value:?} to {}", path.display()))
 }
 
 /// A started agent: killed on drop, its programs detached with its pins.
