@@ -278,14 +278,27 @@ fn median_interval(v: &[f64]) -> Option<(f64, f64)> {
     Some((sorted[k - 1], sorted[n - k]))
 }
 
-/// One node shape's line of this tree's figure over the baseline's,
-/// round by round: the median ratio and the range over the rounds.
-pub fn ratio_row(cpus: u32, ratios: &[f64]) {
-    println!(
-        "      {cpus:>5} CPUs ×{:.4}  ({})",
-        median(ratios.to_vec()),
-        spread(ratios, 1.0, 4)
-    );
+/// The node shapes the drain and start benches measure: CPU numbers
+/// (`/sys/devices/system/cpu/possible`).
+pub const NODE_CPUS: [u32; 4] = [2, 64, 1_024, 8_192];
+
+/// This tree's figure over `base`'s for each of [`NODE_CPUS`], round by
+/// round: the median ratio and the range over the rounds. `this` and
+/// `baseline` hold a round each; `pick` reads shape `i`'s figure from one.
+pub fn print_ratios<R>(base: &str, this: &[R], baseline: &[R], pick: impl Fn(&R, usize) -> f64) {
+    println!("    this tree / {base}, round by round:");
+    for (i, cpus) in NODE_CPUS.iter().enumerate() {
+        let ratios: Vec<f64> = this
+            .iter()
+            .zip(baseline)
+            .map(|(t, b)| pick(t, i) / pick(b, i))
+            .collect();
+        println!(
+            "      {cpus:>5} CPUs ×{:.4}  ({})",
+            median(ratios.clone()),
+            spread(&ratios, 1.0, 4)
+        );
+    }
 }
 
 /// `min–max` of a series, scaled, for the spread next to each median.
@@ -781,13 +794,15 @@ pub enum Part {
     Footprint,
     /// The journal's drain, an event's time on nodes of 2 to 8,192 CPUs.
     Drain,
-    /// The agent's start on nodes of 2 to 8,192 CPUs: its CPU time and
-    /// the instructions the verifier checked in each program.
+    /// The agent's start on nodes of 2 to 8,192 CPUs: how long it takes to
+    /// serve under the DaemonSet's CPU limit, its CPU time and the
+    /// instructions the verifier checked in each program.
     Load,
 }
 
-/// Refuses `--baseline` where it would compare nothing: it is the cost
-/// part's. Checked before the baseline is built.
+/// Refuses `--baseline` where it would compare nothing (throughput and
+/// footprint measure this tree alone). Checked before the baseline is
+/// built.
 pub fn check_baseline(only: Option<Part>, baseline: Option<&str>) -> Result<()> {
     match (only, baseline) {
         (Some(part), Some(rev)) if !matches!(part, Part::Cost | Part::Drain | Part::Load) => {

@@ -9,14 +9,11 @@ use std::{path::PathBuf, process::Command};
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::bench::{median, ratio_row, spread};
-
-/// The node shapes measured: CPU numbers (`/sys/devices/system/cpu/possible`).
-const CPUS: [u32; 4] = [2, 64, 1_024, 8_192];
+use crate::bench::{NODE_CPUS, median, print_ratios, spread};
 
 /// One node shape's figures: ns an event over a long run, and µs a run
 /// of 64 events (TC egress's drain's).
-type Figures = [(f64, f64); CPUS.len()];
+type Figures = [(f64, f64); NODE_CPUS.len()];
 
 /// One agent's figures, round by round.
 type Rounds = Vec<Figures>;
@@ -49,7 +46,7 @@ pub fn run(rounds: usize, agents: &[(String, PathBuf)]) -> Result<()> {
         for ((name, _), rounds) in agents.iter().zip(&measured) {
             println!("    {name}:");
             let on_two = median(rounds.iter().map(|r| pick(&r[0])).collect());
-            for (i, cpus) in CPUS.iter().enumerate() {
+            for (i, cpus) in NODE_CPUS.iter().enumerate() {
                 let v: Vec<f64> = rounds.iter().map(|r| pick(&r[i])).collect();
                 let m = median(v.clone());
                 println!(
@@ -59,16 +56,8 @@ pub fn run(rounds: usize, agents: &[(String, PathBuf)]) -> Result<()> {
                 );
             }
         }
-        if let [(_, _), (base, _)] = agents {
-            println!("    this tree / {base}, round by round:");
-            for (i, cpus) in CPUS.iter().enumerate() {
-                let ratios: Vec<f64> = measured[0]
-                    .iter()
-                    .zip(&measured[1])
-                    .map(|(this, base)| pick(&this[i]) / pick(&base[i]))
-                    .collect();
-                ratio_row(*cpus, &ratios);
-            }
+        if let ([_, (base, _)], [this, baseline]) = (agents, &measured[..]) {
+            print_ratios(base, this, baseline, |r, i| pick(&r[i]));
         }
     }
     Ok(())
@@ -76,7 +65,7 @@ pub fn run(rounds: usize, agents: &[(String, PathBuf)]) -> Result<()> {
 
 /// One run of `bin bench-drain` over every shape.
 fn measure(bin: &std::path::Path) -> Result<Figures> {
-    let list = CPUS.map(|c| c.to_string()).join(",");
+    let list = NODE_CPUS.map(|c| c.to_string()).join(",");
     let out = Command::new(bin)
         .args(["bench-drain", "--cpus", &list])
         .output()
@@ -94,11 +83,11 @@ fn measure(bin: &std::path::Path) -> Result<Figures> {
 }
 
 /// `cpus <n> ns_per_event <x> us_per_run_of_64 <y>` lines, one for each
-/// of [`CPUS`] in order.
+/// of [`NODE_CPUS`] in order.
 fn parse(out: &str) -> Result<Figures> {
-    let mut figures = [(0.0, 0.0); CPUS.len()];
+    let mut figures = [(0.0, 0.0); NODE_CPUS.len()];
     let mut lines = out.lines().filter(|l| l.starts_with("cpus "));
-    for (cpus, figure) in CPUS.iter().zip(&mut figures) {
+    for (cpus, figure) in NODE_CPUS.iter().zip(&mut figures) {
         let line = lines
             .next()
             .with_context(|| format!("no figure for {cpus} CPUs in {out:?}"))?;

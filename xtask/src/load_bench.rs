@@ -21,10 +21,7 @@ use anyhow::{Context as _, Result, bail};
 use aya::programs::loaded_programs;
 use evenflow_tests::{cgroup, netns};
 
-use crate::bench::{median, proc_cpu_secs, ratio_row, spread};
-
-/// The node shapes measured: CPU numbers (`/sys/devices/system/cpu/possible`).
-const CPUS: [u32; 4] = [2, 64, 1_024, 8_192];
+use crate::bench::{NODE_CPUS, median, proc_cpu_secs, spread};
 
 /// The namespace and node name the agents start in.
 const NODE: &str = "efb-load";
@@ -53,7 +50,7 @@ impl Start {
     }
 }
 
-/// One agent's starts, round by round, a start for each of [`CPUS`].
+/// One agent's starts, round by round, a start for each of [`NODE_CPUS`].
 type Rounds = Vec<Vec<Start>>;
 
 /// Runs `rounds` rounds, the agents alternating, and prints each agent's
@@ -64,7 +61,7 @@ pub fn run(rounds: usize, agents: &[(String, PathBuf)]) -> Result<()> {
     let mut measured: Vec<Rounds> = vec![Vec::new(); agents.len()];
     for round in 0..rounds {
         for ((name, bin), rounds) in agents.iter().zip(&mut measured) {
-            let starts = CPUS
+            let starts = NODE_CPUS
                 .iter()
                 .map(|&cpus| lab.start(bin, cpus))
                 .collect::<Result<Vec<_>>>()
@@ -100,7 +97,7 @@ fn print_secs(
     println!("  {what}:");
     for ((name, _), rounds) in agents.iter().zip(measured) {
         println!("    {name}:");
-        for (i, cpus) in CPUS.iter().enumerate() {
+        for (i, cpus) in NODE_CPUS.iter().enumerate() {
             let v: Vec<f64> = rounds.iter().map(|r| pick(&r[i])).collect();
             println!(
                 "      {cpus:>5} CPUs {:>7.2} s  ({})",
@@ -118,7 +115,7 @@ fn print_verified(agents: &[(String, PathBuf)], measured: &[Rounds]) {
     );
     for ((name, _), rounds) in agents.iter().zip(measured) {
         println!("    {name}:");
-        for (i, cpus) in CPUS.iter().enumerate() {
+        for (i, cpus) in NODE_CPUS.iter().enumerate() {
             let v: Vec<f64> = rounds.iter().map(|r| f64::from(r[i].total())).collect();
             let largest = rounds
                 .first()
@@ -133,17 +130,8 @@ fn print_verified(agents: &[(String, PathBuf)], measured: &[Rounds]) {
 
 /// This tree's figure over the baseline's, round by round.
 fn print_ratios(agents: &[(String, PathBuf)], measured: &[Rounds], pick: impl Fn(&Start) -> f64) {
-    let ([_, (base, _)], [this, baseline]) = (agents, measured) else {
-        return;
-    };
-    println!("    this tree / {base}, round by round:");
-    for (i, cpus) in CPUS.iter().enumerate() {
-        let ratios: Vec<f64> = this
-            .iter()
-            .zip(baseline)
-            .map(|(t, b)| pick(&t[i]) / pick(&b[i]))
-            .collect();
-        ratio_row(*cpus, &ratios);
+    if let ([_, (base, _)], [this, baseline]) = (agents, measured) {
+        crate::bench::print_ratios(base, this, baseline, |r, i| pick(&r[i]));
     }
 }
 
