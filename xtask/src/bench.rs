@@ -98,7 +98,7 @@ impl Drop for Env {
     fn drop(&mut self) {
         for ns in [A.client, A.server, B.client, B.server, LB] {
             netns::delete(ns);
-            let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/evenflow/{ns}"));
+            remove_pins(ns);
         }
         // A cgroup is removable once its last process has exited, which
         // can lag the kill by a moment.
@@ -658,7 +658,7 @@ fn cost_medians(passes: &[Vec<Cost>]) -> Vec<CostSummary> {
 /// programs (not every evenflow program on the machine: other agents may
 /// be running).
 fn pinned_programs(node: &str) -> Result<std::collections::BTreeSet<u32>> {
-    let links = std::path::PathBuf::from(format!("/sys/fs/bpf/evenflow/{node}/links"));
+    let links = pins(node).join("links");
     let mut ids = std::collections::BTreeSet::new();
     for e in std::fs::read_dir(&links).with_context(|| format!("listing {}", links.display()))? {
         let path = e?.path().display().to_string();
@@ -743,7 +743,7 @@ impl Drop for AgentGuard {
     fn drop(&mut self) {
         // `_process` stops after this body; the pins go first, which
         // detaches the programs whether or not the process is still up.
-        let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/evenflow/{}", self.node));
+        remove_pins(self.node);
     }
 }
 
@@ -775,10 +775,8 @@ fn start_agent(
         .spawn()
         .context("starting evenflow-agent")?;
     let g = Guard(child);
-    evenflow_tests::wait_for(Duration::from_secs(15), || {
-        netns::exec(node, "curl", &["-sf", "127.0.0.1:9464/metrics"]).ok()
-    })
-    .context("agent did not come up")?;
+    evenflow_tests::wait_for(Duration::from_secs(15), || metrics(node).ok())
+        .context("agent did not come up")?;
     Ok(AgentGuard { _process: g, node })
 }
 
@@ -1629,10 +1627,26 @@ fn forwarded_footprint(env: &Env) -> Result<Footprint> {
     footprint
 }
 
+/// The agent on `node`'s metrics page (it listens on 127.0.0.1:9464 in
+/// the node's namespace, as [`start_agent`] starts it).
+pub fn metrics(node: &str) -> Result<String> {
+    netns::exec(node, "curl", &["-sf", "127.0.0.1:9464/metrics"])
+}
+
+/// Where the agent on `node` pins its maps and links.
+fn pins(node: &str) -> PathBuf {
+    PathBuf::from(format!("/sys/fs/bpf/evenflow/{node}"))
+}
+
+/// Removes `node`'s pins, which detaches its programs whether or not its
+/// agent is still running.
+pub fn remove_pins(node: &str) {
+    let _ = std::fs::remove_dir_all(pins(node));
+}
+
 /// A gauge from `node`'s agent's metrics, by the start of its line.
 fn gauge(node: &str, line_start: &str) -> Result<u64> {
-    let metrics = netns::exec(node, "curl", &["-sf", "127.0.0.1:9464/metrics"])?;
-    metrics
+    metrics(node)?
         .lines()
         .find_map(|l| l.strip_prefix(line_start))
         .and_then(|l| l.rsplit(' ').next())
@@ -1673,7 +1687,7 @@ fn measure(
 /// What the kernel holds for `node`'s pinned maps (bpftool's
 /// `bytes_memlock`: their memory in use, on kernels since 6.4), in MiB.
 fn maps_mib(node: &str) -> Result<f64> {
-    let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/evenflow/{node}"));
+    let dir = pins(node);
     let mut bytes = 0;
     for e in std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
         let e = e?;

@@ -21,7 +21,7 @@ use anyhow::{Context as _, Result, bail};
 use aya::programs::loaded_programs;
 use evenflow_tests::{cgroup, netns};
 
-use crate::bench::{NODE_CPUS, median, proc_cpu_secs, spread};
+use crate::bench::{self, NODE_CPUS, median, proc_cpu_secs, spread};
 
 /// The namespace and node name the agents start in.
 const NODE: &str = "efb-load";
@@ -131,7 +131,7 @@ fn print_verified(agents: &[(String, PathBuf)], measured: &[Rounds]) {
 /// This tree's figure over the baseline's, round by round.
 fn print_ratios(agents: &[(String, PathBuf)], measured: &[Rounds], pick: impl Fn(&Start) -> f64) {
     if let ([_, (base, _)], [this, baseline]) = (agents, measured) {
-        crate::bench::print_ratios(base, this, baseline, |r, i| pick(&r[i]));
+        bench::print_ratios(base, this, baseline, |r, i| pick(&r[i]));
     }
 }
 
@@ -157,10 +157,8 @@ impl Lab {
         let before: BTreeSet<u32> = evenflow_programs()?.into_keys().collect();
         let started = Instant::now();
         let mut agent = Agent(self.spawn(bin, cpus)?);
-        evenflow_tests::wait_for(Duration::from_secs(60), || {
-            netns::exec(NODE, "curl", &["-sf", "127.0.0.1:9464/metrics"]).ok()
-        })
-        .with_context(|| format!("{} did not serve within 60 s", bin.display()))?;
+        evenflow_tests::wait_for(Duration::from_secs(60), || bench::metrics(NODE).ok())
+            .with_context(|| format!("{} did not serve within 60 s", bin.display()))?;
         let wall_secs = started.elapsed().as_secs_f64();
         let cpu_secs = proc_cpu_secs(agent.0.id())?;
         let counts = verified_counts()?;
@@ -287,7 +285,7 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-        let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/evenflow/{NODE}"));
+        bench::remove_pins(NODE);
     }
 }
 
