@@ -227,8 +227,10 @@ fn test(extra: &[String]) -> Result<()> {
 /// A lab spends most of its time waiting for reports and ticks (the field
 /// suite keeps two cores 43 % busy with two at once, 71 % with four, and
 /// takes 155 instead of 251 s); a unit test that computes only shares the
-/// cores. More than four was never tried. `RUST_TEST_THREADS`, when set,
-/// and `--test-threads` decide instead.
+/// cores. Six read the field suite in 126 s against 141 once its agents
+/// started cheaply, but were never run across every suite, whose labs
+/// wait on seconds-long deadlines. `RUST_TEST_THREADS`, when set, and
+/// `--test-threads` decide instead.
 fn test_threads() -> usize {
     if let Some(n) = std::env::var("RUST_TEST_THREADS")
         .ok()
