@@ -1778,7 +1778,8 @@ impl ViewState {
     /// weights (a χ² test at skew_alpha, with dispersion), with at least
     /// five expected connections per member in the window (the usual
     /// condition for the χ² approximation). Returns the effective number of
-    /// members and whether the view is concentrated.
+    /// members (over the window that found the concentration, else the
+    /// longest) and whether the view is concentrated.
     fn concentration(
         &mut self,
         s: &Settings,
@@ -1787,10 +1788,7 @@ impl ViewState {
         phi: f64,
     ) -> (f64, bool) {
         let count = eligible.len();
-        let mut effective = 0.0;
         let chi_crit = chi2_bound(s.skew_alpha, count.saturating_sub(1).max(1));
-        // Each window's look: (window, expected connections, judgeable,
-        // concentrated, χ² per connection of its shape).
         let mut looks = Vec::with_capacity(3);
         for w in [1usize, 3, SHARE_WINDOW] {
             let sums: Vec<(f64, f64)> = eligible
@@ -1802,10 +1800,7 @@ impl ViewState {
             if obs <= 0.0 {
                 continue;
             }
-            let eff = 1.0 / sums.iter().map(|(o, _)| (o / obs).powi(2)).sum::<f64>();
-            if w == SHARE_WINDOW {
-                effective = eff;
-            }
+            let effective = 1.0 / sums.iter().map(|(o, _)| (o / obs).powi(2)).sum::<f64>();
             let chi: f64 = sums
                 .iter()
                 .filter(|(_, e)| *e > 0.0)
@@ -1837,31 +1832,41 @@ impl ViewState {
             };
             let judgeable = count >= 2 && exp >= 5.0 * count as f64 && expected_effective > 0.0;
             let concentrated = judgeable
-                && eff / expected_effective < s.concentration_ratio
+                && effective / expected_effective < s.concentration_ratio
                 && chi > chi_crit
                 && starved >= count.div_ceil(4).max(2);
-            if concentrated {
-                effective = eff;
-            }
-            looks.push((w, exp, judgeable, concentrated, shape));
-        }
-        // The shape a concentrated window saw, the plainest of them.
-        let seen = (looks.iter())
-            .filter(|look| look.3)
-            .map(|look| look.4)
-            .fold(None, |most: Option<f64>, shape| {
-                Some(most.map_or(shape, |m| m.max(shape)))
+            looks.push(Look {
+                window: w,
+                expected: exp,
+                judgeable,
+                concentrated,
+                shape,
+                effective,
             });
+        }
+        // The concentrated window that saw the plainest shape.
+        let seen = (looks.iter())
+            .filter(|look| look.concentrated)
+            .max_by(|a, b| a.shape.total_cmp(&b.shape));
         // A short window that is not concentrated says the pool is not
         // (the long window only speaks for pools too quiet for short
         // ones), if it could have seen that shape: one tick of a
         // moderate, overdispersed pool holds too few connections to say
         // anything.
-        let concentrated = seen.is_some_and(|shape| {
-            !looks.iter().any(|&(w, exp, judgeable, concentrated, _)| {
-                w <= 3 && judgeable && !concentrated && exp / phi * shape >= chi_crit
+        let concentrated = seen.is_some_and(|seen| {
+            !looks.iter().any(|l| {
+                l.window <= 3
+                    && l.judgeable
+                    && !l.concentrated
+                    && l.expected / phi * seen.shape >= chi_crit
             })
         });
+        // A page says where the traffic went as the window that found it
+        // saw it: the longest window still holds the ticks before.
+        let effective = match seen {
+            Some(seen) if concentrated => seen.effective,
+            _ => (looks.iter().find(|l| l.window == SHARE_WINDOW)).map_or(0.0, |l| l.effective),
+        };
         if self.was_concentrated && !concentrated {
             for h in self.members.values_mut() {
                 h.len = 0;
@@ -1883,6 +1888,21 @@ impl ViewState {
             self.samples += 1;
         }
     }
+}
+
+/// What [`ViewState::concentration`] saw over one window.
+struct Look {
+    /// Ticks.
+    window: usize,
+    /// Connections the weights expected over it.
+    expected: f64,
+    /// Whether it held enough connections to judge.
+    judgeable: bool,
+    concentrated: bool,
+    /// χ² per connection of the counts' shape against the weights.
+    shape: f64,
+    /// Effective number of members.
+    effective: f64,
 }
 
 /// A serving member's ZERO evidence and SKEW over its windows, into `vv`.

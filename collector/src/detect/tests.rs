@@ -429,6 +429,21 @@ fn the_incident_is_one_page() {
     assert!(first[..2].iter().all(Option::is_none));
     assert_eq!(pages(&tr), 1, "one page (CONCENTRATION): {tr:#?}");
     assert!(d.open_alerts().any(|a| a.kind == AlertKind::Concentration));
+    // The page says where the traffic went as the window that found it
+    // saw it (two members), not as the ten ticks that still hold mostly
+    // the balanced traffic before it.
+    let page = tr
+        .iter()
+        .find_map(|t| match t {
+            Transition::Fired(a) if a.kind == AlertKind::Concentration => Some(a),
+            _ => None,
+        })
+        .expect("CONCENTRATION fired");
+    assert!(
+        page.observed < 2.5
+            && (page.summary).contains(&format!("on {:.1} effective members", page.observed)),
+        "{page:#?}"
+    );
     // Rollback: everything resolves within 10 ticks, and nothing new fires.
     let (_, after) = simulate(&mut d, &mut rng, 10, 120.0, &w, 1.2, |_, _| 1.0, |_| false);
     assert!(after.iter().any(|t| matches!(t, Transition::Resolved(_))));
