@@ -1961,7 +1961,7 @@ fn judge_share(
             dark: !hist.zero_bytes,
         };
         judged.reason = format!(
-            "0 new connections while {:.1} were expected since its last one (P ≈ {:.1e}; {} )",
+            "0 new connections while {:.1} were expected since its last one (P ≈ {:.1e}; {})",
             hist.zero_e,
             (-zero_evidence).exp(),
             if hist.zero_bytes {

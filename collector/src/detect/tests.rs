@@ -444,6 +444,14 @@ fn the_incident_is_one_page() {
             && (page.summary).contains(&format!("on {:.1} effective members", page.observed)),
         "{page:#?}"
     );
+    let dark = tr.iter().find_map(|t| match t {
+        Transition::Fired(a) if a.kind == AlertKind::Zero => Some(&a.summary),
+        _ => None,
+    });
+    assert!(
+        dark.is_some_and(|s| s.ends_with("; fully dark)")),
+        "{dark:?}"
+    );
     // Rollback: everything resolves within 10 ticks, and nothing new fires.
     let (_, after) = simulate(&mut d, &mut rng, 10, 120.0, &w, 1.2, |_, _| 1.0, |_| false);
     assert!(after.iter().any(|t| matches!(t, Transition::Resolved(_))));
