@@ -1635,7 +1635,9 @@ pub fn metrics(node: &str) -> Result<String> {
 
 /// Where the agent on `node` pins its maps and links.
 fn pins(node: &str) -> PathBuf {
-    PathBuf::from(format!("/sys/fs/bpf/evenflow/{node}"))
+    PathBuf::from(evenflow_tests::BPFFS)
+        .join("evenflow")
+        .join(node)
 }
 
 /// Removes `node`'s pins, which detaches its programs whether or not its
