@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 
 /// Where the cgroup v2 hierarchy is mounted (the first cgroup2 mount; here
 /// `/sys/fs/cgroup/unified`, on a pure v2 host `/sys/fs/cgroup`).
@@ -32,6 +32,49 @@ fn parse_root(mountinfo: &str) -> Option<PathBuf> {
         let (pre, post) = l.split_once(" - ")?;
         (post.split_whitespace().next()? == "cgroup2")
             .then(|| pre.split_whitespace().nth(4).map(PathBuf::from))?
+    })
+}
+
+/// Which cgroup hierarchy holds a controller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hierarchy {
+    V1,
+    V2,
+}
+
+/// Where cgroups that `controller` (`memory`, `cpu`) limits are made: the
+/// cgroup v1 hierarchy that has it if one is mounted (this project's
+/// VMs), else the cgroup v2 hierarchy, with the controller enabled for its
+/// children.
+pub fn controller_root(controller: &str) -> Result<(PathBuf, Hierarchy)> {
+    let info =
+        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    if let Some(root) = v1_mount(&info, controller) {
+        return Ok((root, Hierarchy::V1));
+    }
+    let root = root()?;
+    let controllers = std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+    if !controllers.split_whitespace().any(|c| c == controller) {
+        bail!(
+            "no {controller} controller: neither a cgroup v1 {controller} hierarchy is mounted \
+             nor {} lists `{controller}` in cgroup.controllers (boot with the {controller} \
+             cgroup enabled)",
+            root.display()
+        );
+    }
+    let path = root.join("cgroup.subtree_control");
+    std::fs::write(&path, format!("+{controller}"))
+        .with_context(|| format!("writing +{controller} to {}", path.display()))?;
+    Ok((root, Hierarchy::V2))
+}
+
+/// The mount point of a cgroup v1 hierarchy with `controller`.
+fn v1_mount(mountinfo: &str, controller: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        let mut post = post.split_whitespace();
+        let has = post.next()? == "cgroup" && post.nth(1)?.split(',').any(|o| o == controller);
+        has.then(|| pre.split_whitespace().nth(4).map(PathBuf::from))?
     })
 }
 
@@ -200,5 +243,29 @@ mod tests {
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
         assert_eq!(parse_root("31 30 0:27 / /x rw - cgroup cgroup rw\n"), None);
+    }
+
+    #[test]
+    fn finds_a_controllers_v1_hierarchy() {
+        let info = "\
+35 25 0:30 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw,nsdelegate
+36 25 0:31 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid - cgroup cgroup rw,cpu,cpuacct
+37 25 0:32 / /sys/fs/cgroup/cpuset rw,nosuid - cgroup cgroup rw,cpuset
+40 25 0:35 / /sys/fs/cgroup/memory rw,nosuid,nodev - cgroup cgroup rw,memory
+";
+        assert_eq!(
+            v1_mount(info, "memory"),
+            Some(PathBuf::from("/sys/fs/cgroup/memory"))
+        );
+        assert_eq!(
+            v1_mount(info, "cpu"),
+            Some(PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"))
+        );
+        let without = info.lines().take(3).collect::<Vec<_>>().join("\n");
+        assert_eq!(v1_mount(&without, "memory"), None);
+        assert_eq!(
+            v1_mount(&info.lines().take(1).collect::<String>(), "cpu"),
+            None
+        );
     }
 }

@@ -12,10 +12,12 @@
 //! project's VMs) the cgroup is made there; on a pure cgroup v2 host, in
 //! the v2 hierarchy.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
+
+use crate::cgroup::Hierarchy;
 
 /// The limit and usage files of one hierarchy's memory controller.
 struct Files {
@@ -53,7 +55,10 @@ impl MemCg {
     /// Creates the memory cgroup `name` (a leftover of a crashed run is
     /// removed first).
     pub fn create(name: &str) -> Result<Self> {
-        let (root, files) = memory_root()?;
+        let (root, files) = match crate::cgroup::controller_root("memory")? {
+            (root, Hierarchy::V1) => (root, &V1),
+            (root, Hierarchy::V2) => (root, &V2),
+        };
         let dir = root.join(name);
         crate::cgroup::remove(&dir);
         std::fs::create_dir_all(&dir)
@@ -132,65 +137,5 @@ impl Drop for MemCg {
     fn drop(&mut self) {
         let _ = self.limit(None);
         crate::cgroup::remove(&self.dir);
-    }
-}
-
-/// Where memory cgroups are made: the cgroup v1 hierarchy that has the
-/// memory controller if one is mounted, else the cgroup v2 hierarchy, with
-/// the controller enabled for its children.
-fn memory_root() -> Result<(PathBuf, &'static Files)> {
-    let info =
-        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
-    if let Some(root) = v1_memory_mount(&info) {
-        return Ok((root, &V1));
-    }
-    let root = crate::cgroup::root()?;
-    let controllers = std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
-    if !controllers.split_whitespace().any(|c| c == "memory") {
-        bail!(
-            "no memory controller: neither a cgroup v1 memory hierarchy is mounted nor \
-             {} lists `memory` in cgroup.controllers (boot with the memory cgroup enabled)",
-            root.display()
-        );
-    }
-    enable_memory(&root)?;
-    Ok((root, &V2))
-}
-
-fn enable_memory(root: &Path) -> Result<()> {
-    let path = root.join("cgroup.subtree_control");
-    std::fs::write(&path, "+memory")
-        .with_context(|| format!("writing +memory to {}", path.display()))
-}
-
-/// The mount point of a cgroup v1 hierarchy with the memory controller.
-fn v1_memory_mount(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|l| {
-        let (pre, post) = l.split_once(" - ")?;
-        let mut post = post.split_whitespace();
-        let is_memory = post.next()? == "cgroup" && post.nth(1)?.split(',').any(|o| o == "memory");
-        is_memory.then(|| pre.split_whitespace().nth(4).map(PathBuf::from))?
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_the_v1_memory_hierarchy() {
-        let info = "\
-35 25 0:30 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw,nsdelegate
-36 25 0:31 / /sys/fs/cgroup/cpu rw,nosuid - cgroup cgroup rw,cpu
-40 25 0:35 / /sys/fs/cgroup/memory rw,nosuid,nodev - cgroup cgroup rw,memory
-";
-        assert_eq!(
-            v1_memory_mount(info),
-            Some(PathBuf::from("/sys/fs/cgroup/memory"))
-        );
-        assert_eq!(
-            v1_memory_mount(&info.lines().take(2).collect::<Vec<_>>().join("\n")),
-            None
-        );
     }
 }

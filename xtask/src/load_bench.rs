@@ -19,7 +19,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use aya::programs::loaded_programs;
-use evenflow_tests::{cgroup, netns};
+use evenflow_tests::{
+    cgroup::{self, Hierarchy},
+    netns,
+};
 
 use crate::bench::{self, NODE_CPUS, median, proc_cpu_secs, spread};
 
@@ -217,9 +220,9 @@ impl Drop for Lab {
     }
 }
 
-/// A cgroup holding [`QUOTA_US`] in [`PERIOD_US`] of CPU: the cgroup v1
-/// `cpu` controller's where it is mounted (as on this project's VMs),
-/// else cgroup v2's `cpu.max`.
+/// A cgroup holding [`QUOTA_US`] in [`PERIOD_US`] of CPU, in whichever
+/// hierarchy has the `cpu` controller (cgroup v1's `cpu.cfs_quota_us` on
+/// this project's VMs, else cgroup v2's `cpu.max`).
 struct CpuLimit {
     dir: PathBuf,
     /// The file a process joins it through.
@@ -228,49 +231,28 @@ struct CpuLimit {
 
 impl CpuLimit {
     fn new() -> Result<Self> {
-        let v1 = Path::new("/sys/fs/cgroup/cpu");
-        if v1.join("cpu.cfs_quota_us").exists() {
-            let dir = v1.join(NODE);
-            Self::make(&dir)?;
-            write(&dir.join("cpu.cfs_period_us"), &PERIOD_US.to_string())?;
-            write(&dir.join("cpu.cfs_quota_us"), &QUOTA_US.to_string())?;
-            return Ok(Self {
-                procs: dir.join("tasks"),
-                dir,
-            });
-        }
-        let root = cgroup::root()?;
-        let controllers = std::fs::read_to_string(root.join("cgroup.controllers"))
-            .context("reading the cgroup v2 root's controllers")?;
-        if !controllers.split_whitespace().any(|c| c == "cpu") {
-            bail!(
-                "no cpu controller: neither cgroup v1's at {} nor cgroup v2's at {} \
-                 (mount one to run --only load)",
-                v1.display(),
-                root.display()
-            );
-        }
-        write(&root.join("cgroup.subtree_control"), "+cpu")?;
+        let (root, hierarchy) =
+            cgroup::controller_root("cpu").context("a CPU limit for --only load")?;
         let dir = root.join(format!("{NODE}-cpu"));
-        Self::make(&dir)?;
-        write(&dir.join("cpu.max"), &format!("{QUOTA_US} {PERIOD_US}"))?;
-        Ok(Self {
-            procs: dir.join("cgroup.procs"),
-            dir,
-        })
-    }
-
-    /// `dir` afresh (a crashed run's removed first).
-    fn make(dir: &Path) -> Result<()> {
-        let _ = std::fs::remove_dir(dir);
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
+        cgroup::create(&dir)?;
+        let procs = match hierarchy {
+            Hierarchy::V1 => {
+                write(&dir.join("cpu.cfs_period_us"), &PERIOD_US.to_string())?;
+                write(&dir.join("cpu.cfs_quota_us"), &QUOTA_US.to_string())?;
+                dir.join("tasks")
+            }
+            Hierarchy::V2 => {
+                write(&dir.join("cpu.max"), &format!("{QUOTA_US} {PERIOD_US}"))?;
+                dir.join("cgroup.procs")
+            }
+        };
+        Ok(Self { dir, procs })
     }
 }
 
 impl Drop for CpuLimit {
     fn drop(&mut self) {
-        // The agents are gone (each killed and waited for): it is empty.
-        let _ = std::fs::remove_dir(&self.dir);
+        cgroup::remove(&self.dir);
     }
 }
 
