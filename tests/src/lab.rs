@@ -293,7 +293,7 @@ impl Lab {
         }
         let (c, l) = (self.client.ns.clone(), self.lb.ns.clone());
         // client <-> lb
-        let (vc, vl) = (format!("{}c", self.name), format!("{}l0", self.name));
+        let (vc, vl) = (format!("{}c", self.name), self.lb_link(0));
         netns::veth(&vc, &c, &vl, &l)?;
         netns::addr(&c, &vc, "10.1.0.2/24")?;
         netns::addr(&c, &vc, "fd01::2/64")?;
@@ -306,19 +306,41 @@ impl Lab {
         netns::addr(&l, "lo", &format!("{VIP6}/128"))?;
         netns::sysctl(&l, "net.ipv4.ip_forward", "1")?;
         netns::sysctl(&l, "net.ipv6.conf.all.forwarding", "1")?;
-        // lb <-> backend i
-        for (i, b) in self.backends.clone().iter().enumerate() {
-            let i = i + 1;
-            let (vb, vl) = (format!("{}b{i}", self.name), format!("{}l{i}", self.name));
-            netns::veth(&vb, &b.ns, &vl, &l)?;
-            netns::addr(&b.ns, &vb, &format!("10.2.{i}.2/24"))?;
-            netns::addr(&b.ns, &vb, &format!("fd02:{i}::2/64"))?;
-            netns::addr(&l, &vl, &format!("10.2.{i}.1/24"))?;
-            netns::addr(&l, &vl, &format!("fd02:{i}::1/64"))?;
-            netns::default_route(&b.ns, &format!("10.2.{i}.1"))?;
-            netns::default_route(&b.ns, &format!("fd02:{i}::1"))?;
+        for i in 1..=self.backends.len() {
+            self.link_backend(i)?;
         }
         Ok(())
+    }
+
+    /// The veth pair between the lb and backend `i` (from 1), named
+    /// `<lab>l<i>` on the lb's side and `<lab>b<i>` on the backend's, with
+    /// the backend's addresses and default route: how the lab builds it,
+    /// and how a test brings it back after deleting it (a pod's veth
+    /// coming back under its name).
+    pub fn link_backend(&self, i: usize) -> Result<()> {
+        let b = &self.backends[i - 1].ns;
+        let l = &self.lb.ns;
+        let (vb, vl) = (format!("{}b{i}", self.name), self.lb_link(i));
+        netns::veth(&vb, b, &vl, l)?;
+        netns::addr(b, &vb, &format!("10.2.{i}.2/24"))?;
+        netns::addr(b, &vb, &format!("fd02:{i}::2/64"))?;
+        netns::addr(l, &vl, &format!("10.2.{i}.1/24"))?;
+        netns::addr(l, &vl, &format!("fd02:{i}::1/64"))?;
+        netns::default_route(b, &format!("10.2.{i}.1"))?;
+        netns::default_route(b, &format!("fd02:{i}::1"))?;
+        Ok(())
+    }
+
+    /// Deletes the link between the lb and backend `i` (both ends).
+    pub fn unlink_backend(&self, i: usize) -> Result<()> {
+        netns::exec(&self.lb.ns, "ip", &["link", "del", &self.lb_link(i)])?;
+        Ok(())
+    }
+
+    /// The lb's end of its link to backend `i` (from 1), or to the client
+    /// (0).
+    pub fn lb_link(&self, i: usize) -> String {
+        format!("{}l{i}", self.name)
     }
 
     /// Starts `cmd args…` inside `node`'s namespace and cgroup (joined

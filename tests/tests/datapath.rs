@@ -563,7 +563,7 @@ fn bridge_backends(lab: &Lab) -> anyhow::Result<()> {
     netns::exec(ns, "ip", &["link", "add", "br0", "type", "bridge"])?;
     netns::exec(ns, "ip", &["link", "set", "br0", "up"])?;
     for i in 1..=lab.backends.len() {
-        let port = format!("{}l{i}", lab.name);
+        let port = lab.lb_link(i);
         netns::exec(ns, "ip", &["addr", "flush", "dev", &port])?;
         netns::exec(ns, "ip", &["link", "set", &port, "master", "br0"])?;
         netns::exec(
@@ -628,7 +628,7 @@ fn macvlan_backends(lab: &Lab) -> anyhow::Result<()> {
     ip(ns, &["link", "set", &shim, "up"])?;
     for (i, b) in lab.backends.iter().enumerate() {
         let i = i + 1;
-        ip(ns, &["link", "del", &format!("{}l{i}", lab.name)])?;
+        lab.unlink_backend(i)?;
         let dev = format!("{}m{i}", lab.name);
         macvlan(&dev)?;
         ip(ns, &["link", "set", &dev, "netns", &b.ns])?;
@@ -656,8 +656,8 @@ fn drop_forwarded(lab: &Lab, one_in: u32) -> anyhow::Result<()> {
 fn masquerade(lab: &Lab) -> anyhow::Result<()> {
     let rules = format!(
         "table inet evenflow_masq {{ chain postrouting {{ type nat hook postrouting priority srcnat; \
-         oifname != \"{}l0\" masquerade; }} }}",
-        lab.name
+         oifname != \"{}\" masquerade; }} }}",
+        lab.lb_link(0)
     );
     nft::load(lab, &lab.lb.ns, "masq", &rules)
 }
@@ -665,7 +665,7 @@ fn masquerade(lab: &Lab) -> anyhow::Result<()> {
 /// `bpftool prog dump xlated` of evenflow's TC egress program on the lb's
 /// first interface.
 fn lb_egress_instructions(lab: &Lab) -> anyhow::Result<String> {
-    let name = vec![format!("{}l0", lab.name)];
+    let name = vec![lab.lb_link(0)];
     let ids = netns::run_in(&lab.lb.ns, move || -> anyhow::Result<_> {
         tcx::tcx_programs(tcx::ifindexes(&name)?[0], false)
     })??;
@@ -681,9 +681,7 @@ fn lb_egress_instructions(lab: &Lab) -> anyhow::Result<String> {
 
 /// Foreign TCX programs first and last on every lb interface.
 fn attach_neighbours(lab: &Lab) -> anyhow::Result<(tcx::Neighbour, tcx::Neighbour)> {
-    let names: Vec<String> = (0..=lab.backends.len())
-        .map(|i| format!("{}l{i}", lab.name))
-        .collect();
+    let names: Vec<String> = (0..=lab.backends.len()).map(|i| lab.lb_link(i)).collect();
     netns::run_in(&lab.lb.ns, move || -> anyhow::Result<_> {
         let idx = tcx::ifindexes(&names)?;
         Ok((

@@ -1025,10 +1025,9 @@ fn field_loopback_and_redirect_count_at_the_socket() {
 fn field_new_interfaces_are_followed() {
     evenflow_tests::require_root();
     let mut lab = Lab::new("follow", 2).expect("the lab builds");
-    let (lb, b2) = (lab.lb.clone(), lab.backends[1].clone());
-    let lb_side = format!("{}l2", lab.name);
-    let b2_side = format!("{}b2", lab.name);
-    netns::exec(&lb.ns, "ip", &["link", "del", &lb_side]).expect("b2's link goes");
+    let lb = lab.lb.clone();
+    let lb_side = lab.lb_link(2);
+    lab.unlink_backend(2).expect("b2's link goes");
     let mut logs = Vec::new();
     for b in lab.backends.clone() {
         logs.push(nginx::start(&mut lab, &b).expect("nginx starts"));
@@ -1036,10 +1035,7 @@ fn field_new_interfaces_are_followed() {
     }
     agent::start(&mut lab, &lb, &[]).expect("the lb agent starts");
     // The link comes (back) while the agent runs.
-    netns::veth(&b2_side, &b2.ns, &lb_side, &lb.ns).expect("the new veth");
-    netns::addr(&b2.ns, &b2_side, "10.2.2.2/24").expect("b2's address");
-    netns::addr(&lb.ns, &lb_side, "10.2.2.1/24").expect("the lb's address");
-    netns::default_route(&b2.ns, "10.2.2.1").expect("b2's route");
+    lab.link_backend(2).expect("the new veth");
     nft::start(&lab).expect("the DNAT rules load");
     let followed = evenflow_tests::wait_for(Duration::from_secs(10), || {
         grpcurl::snapshot(&lb.ns).ok().filter(|s| {
@@ -1051,19 +1047,32 @@ fn field_new_interfaces_are_followed() {
     assert!(followed.is_some(), "the lb's agent attaches to {lb_side}");
     let load = client::http_load(&lab.client.ns, lab::vip(false), 40, 4).expect("the load runs");
     assert_eq!(load.connections, 40, "{load:?}");
-    let served = evenflow_tests::wait_for(Duration::from_secs(5), || {
-        nginx::read_log(&logs[1])
-            .ok()
-            .filter(|s| s.connections == 20)
-    })
-    .expect("b2 served half the connections");
-    let addr = backend_addr(&lab, 1);
-    let t = settled(&lb.ns, &addr, BACKEND_PORT, SENDS_TO, served.connections).1;
-    println!("b2: nginx {served:?}; lb {t:?}");
+    let (served, t) = lb_view_of_b2(&lab, &logs[1], 20);
     assert!(
         within(t.bytes_tx, served.request_bytes) && within(t.bytes_rx, served.response_bytes),
-        "lb SENDS_TO {addr}: {t:?} vs nginx {served:?}"
+        "lb SENDS_TO b2: {t:?} vs nginx {served:?}"
     );
+}
+
+/// What nginx on b2 (its log `log`) served once it logged `connections`,
+/// and the lb's `SENDS_TO` totals for b2 once they reach as many closed.
+fn lb_view_of_b2(lab: &Lab, log: &std::path::Path, connections: u64) -> (nginx::Served, Totals) {
+    let served = evenflow_tests::wait_for(Duration::from_secs(5), || {
+        nginx::read_log(log)
+            .ok()
+            .filter(|s| s.connections == connections)
+    })
+    .unwrap_or_else(|| panic!("b2's nginx logs {connections} connections"));
+    let addr = backend_addr(lab, 1);
+    let t = settled(
+        &lab.lb.ns,
+        &addr,
+        BACKEND_PORT,
+        SENDS_TO,
+        served.connections,
+    )
+    .1;
+    (served, t)
 }
 
 /// An interface deleted and created again under its name between two of
@@ -1076,12 +1085,12 @@ fn field_new_interfaces_are_followed() {
 fn field_an_interface_created_again_under_its_name_is_attached_again() {
     evenflow_tests::require_root();
     let mut lab = Lab::new("again", 2).expect("the lab builds");
-    let (lb, b2) = (lab.lb.clone(), lab.backends[1].clone());
+    let lb = lab.lb.clone();
     let mut logs = Vec::new();
     for b in lab.backends.clone() {
         logs.push(nginx::start(&mut lab, &b).expect("nginx starts"));
     }
-    let ifaces: Vec<String> = (0..3).map(|i| format!("{}l{i}", lab.name)).collect();
+    let ifaces: Vec<String> = (0..3).map(|i| lab.lb_link(i)).collect();
     let mut args = Vec::new();
     for iface in &ifaces {
         args.extend(["--iface", iface.as_str()]);
@@ -1093,14 +1102,11 @@ fn field_an_interface_created_again_under_its_name_is_attached_again() {
         assert_eq!(load.connections, n, "{load:?}");
     };
     load(20);
-    let (lb_side, b2_side) = (&ifaces[2], format!("{}b2", lab.name));
+    let lb_side = &ifaces[2];
     // Gone and back within a few milliseconds: no read of the agent's
     // falls between.
-    netns::exec(&lb.ns, "ip", &["link", "del", lb_side]).expect("b2's link goes");
-    netns::veth(&b2_side, &b2.ns, lb_side, &lb.ns).expect("and comes back");
-    netns::addr(&b2.ns, &b2_side, "10.2.2.2/24").expect("b2's address");
-    netns::addr(&lb.ns, lb_side, "10.2.2.1/24").expect("the lb's address");
-    netns::default_route(&b2.ns, "10.2.2.1").expect("b2's route");
+    lab.unlink_backend(2).expect("b2's link goes");
+    lab.link_backend(2).expect("and comes back");
     let log = || lab.log("agent-lb");
     // Seen as created again, or, had a read fallen in between, as gone
     // and then new.
@@ -1116,22 +1122,15 @@ fn field_an_interface_created_again_under_its_name_is_attached_again() {
         log()
     );
     load(40);
-    let served = evenflow_tests::wait_for(Duration::from_secs(5), || {
-        nginx::read_log(&logs[1])
-            .ok()
-            .filter(|s| s.connections == 30)
-    })
-    .expect("b2 served half of the 60 connections");
-    let addr = backend_addr(&lab, 1);
-    let t = settled(&lb.ns, &addr, BACKEND_PORT, SENDS_TO, served.connections).1;
+    let (served, t) = lb_view_of_b2(&lab, &logs[1], 30);
     assert_eq!(
         (t.opened, t.closed),
         (served.connections, served.connections),
-        "lb SENDS_TO {addr}, before and after its link was created again: {t:?} vs nginx {served:?}"
+        "lb SENDS_TO b2, before and after its link was created again: {t:?} vs nginx {served:?}"
     );
     assert!(
         within(t.bytes_tx, served.request_bytes) && within(t.bytes_rx, served.response_bytes),
-        "lb SENDS_TO {addr}: {t:?} vs nginx {served:?}"
+        "lb SENDS_TO b2: {t:?} vs nginx {served:?}"
     );
 }
 
@@ -2389,7 +2388,7 @@ fn vxlan_overlay(lab: &Lab, a: &lab::Node, b: &lab::Node) -> anyhow::Result<()> 
     for (i, backend) in lab.backends.iter().enumerate() {
         let i = i + 1;
         // The lab's direct link from `a` goes (its peer with it).
-        ip(&a.ns, &["link", "del", &format!("{}l{i}", lab.name)])?;
+        lab.unlink_backend(i)?;
         let (vb, vn) = (format!("{}b{i}", lab.name), format!("{}n{i}", lab.name));
         netns::veth(&vb, &backend.ns, &vn, &b.ns)?;
         ip(&backend.ns, &["link", "set", &vb, "mtu", "1450"])?;
