@@ -600,6 +600,24 @@ pub(crate) fn new_alerts(lab: &Lab, tl: &mut Timeline, seen: &mut usize) -> Vec<
     out
 }
 
+/// A member's `share` as a bar `width` cells long, `|` where its
+/// expected share `exp` falls.
+pub fn bar(share: f64, exp: f64, width: u32) -> String {
+    let width = f64::from(width);
+    (0..width as u32)
+        .map(|i| {
+            let c = f64::from(i) / width;
+            if (c - exp).abs() < 0.5 / width {
+                '|'
+            } else if c < share {
+                '█'
+            } else {
+                '·'
+            }
+        })
+        .collect()
+}
+
 fn print_view(t: f64, p: &Value) {
     println!(
         "── t={t:>5.1}s  pool {}  {}  {:.0} conn/s  effective members {:.1}/{:.1} ──",
@@ -620,18 +638,7 @@ fn print_view(t: f64, p: &Value) {
         };
         let share = v["observed_share"].as_f64().unwrap_or(0.0);
         let exp = v["expected_share"].as_f64().unwrap_or(0.0);
-        let bar: String = (0..30)
-            .map(|i| {
-                let c = i as f64 / 30.0;
-                if (c - exp).abs() < 1.0 / 60.0 {
-                    '|'
-                } else if c < share {
-                    '█'
-                } else {
-                    '·'
-                }
-            })
-            .collect();
+        let bar = bar(share, exp, 30);
         println!(
             "  {:<16} {bar} {:>5.1}% / {:>4.1}%  {:>6.1} conn/s  cpu {:>3.0}%  {}",
             m["member"].as_str().unwrap_or(""),
@@ -693,4 +700,16 @@ fn markdown(
         }
     }
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bar;
+
+    #[test]
+    fn a_bar_fills_the_share_and_marks_the_expected_one() {
+        assert_eq!(bar(0.5, 0.25, 20), "█████|████··········");
+        assert_eq!(bar(0.0, 1.0 / 6.0, 30), "·····|························");
+        assert_eq!(bar(1.0, 0.0, 4), "|███");
+    }
 }

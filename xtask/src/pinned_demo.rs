@@ -30,7 +30,7 @@ use evenflow_tests::{
 use serde_json::Value;
 
 use crate::{
-    demo::{Options, Timeline, collector_url, finish, open_alerts, watch_pool},
+    demo::{self, Options, Timeline, collector_url, finish, open_alerts, watch_pool},
     interrupt,
 };
 
@@ -247,20 +247,7 @@ fn print_view(t: f64, p: &Value) {
         p["server_active_connections"].as_u64().unwrap_or(0),
         p["server_conns_per_sec"].as_f64().unwrap_or(0.0),
     );
-    let bar = |share: f64, exp: f64| -> String {
-        (0..20)
-            .map(|i| {
-                let c = i as f64 / 20.0;
-                if (c - exp).abs() < 1.0 / 40.0 {
-                    '|'
-                } else if c < share {
-                    '█'
-                } else {
-                    '·'
-                }
-            })
-            .collect()
-    };
+    let bar = |share: f64, exp: f64| demo::bar(share, exp, 20);
     for m in p["members"].as_array().into_iter().flatten() {
         let v = &m["server_view"];
         let exp = v["expected_share"].as_f64().unwrap_or(0.0);
