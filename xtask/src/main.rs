@@ -153,7 +153,7 @@ fn main() -> ExitCode {
 }
 
 fn build(node_agent: bool) -> Result<()> {
-    setup::run()?;
+    setup::build_tools()?;
     if node_agent {
         let mut args = vec!["build", "--release"];
         args.extend(NODE_AGENT);

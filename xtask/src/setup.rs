@@ -35,16 +35,29 @@ const PACKAGES: &[&str] = &[
 ];
 
 fn run_all() -> Result<()> {
-    rust_components()?;
-    bpf_linker()?;
+    tools()?;
     debian_packages()?;
     grpcurl()?;
     mounts()?;
     Ok(())
 }
 
+fn tools() -> Result<()> {
+    rust_components()?;
+    bpf_linker()
+}
+
+/// Everything: what building needs, and what the tests, demo and
+/// benchmarks run (packages, grpcurl, mounts).
 pub fn run() -> Result<()> {
     crate::shell::step("setup", run_all)
+}
+
+/// What building needs, and nothing else: no packages, no mounts, which
+/// an image's build (`docker build`: no root on the host, `/sys`
+/// read-only) could not make and its binaries do not need.
+pub fn build_tools() -> Result<()> {
+    crate::shell::step("setup (build tools)", tools)
 }
 
 fn done(what: &str, already: bool) {
