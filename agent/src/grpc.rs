@@ -6,7 +6,7 @@ use std::{net::SocketAddr, pin::Pin, sync::Arc};
 use anyhow::{Context as _, Result};
 use evenflow_proto::v1::{
     GetSnapshotRequest, Snapshot, WatchSnapshotsRequest,
-    node_server::{Node, NodeServer},
+    node_server::{self, Node, NodeServer},
 };
 use tokio::sync::watch;
 use tokio_stream::{Stream, StreamExt as _, wrappers::WatchStream};
@@ -58,8 +58,10 @@ pub async fn serve(
     snapshots: watch::Receiver<Arc<Snapshot>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
-    let (health, router) =
-        evenflow_daemon::grpc::health_and_reflection(&mut tonic::transport::Server::builder())?;
+    let (health, router) = evenflow_daemon::grpc::health_and_reflection(
+        &mut tonic::transport::Server::builder(),
+        &[node_server::SERVICE_NAME],
+    )?;
     health.set_serving::<NodeServer<NodeService>>().await;
     let listener = evenflow_daemon::bind("--grpc-addr", addr).await?;
     info!(%addr, "serving gRPC (evenflow.v1.Node, reflection, health)");

@@ -55,7 +55,7 @@ fn main() -> std::process::ExitCode {
     // SAFETY: mallopt before any other thread exists.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
     let args = cli::Args::parse();
-    init_tracing(&args.log);
+    evenflow_daemon::log::init(&args.log);
     // Enter the namespace before the runtime spawns threads: setns moves only
     // the calling thread, and every thread created after inherits it.
     if let Some(ns) = &args.netns
@@ -83,16 +83,6 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
-}
-
-fn init_tracing(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 /// Gives the heap the loader used back to the kernel. Loading parses the

@@ -166,10 +166,13 @@ async fn stream(
         .watch_alerts(v1::WatchAlertsRequest {
             pool: String::new(),
         })
-        .await?
+        .await
+        .map_err(client::call_error)?
         .into_inner();
     while let Some(ev) = stream.next().await {
-        let Some(a) = ev?.alert else { continue };
+        let Some(a) = ev.map_err(client::stream_error)?.alert else {
+            continue;
+        };
         if !watched.wants(&a).await {
             continue;
         }

@@ -98,14 +98,35 @@ pub fn call_error(status: tonic::Status) -> anyhow::Error {
     } else if status.code() == tonic::Code::Unknown && status.message() == "transport error" {
         // With TLS 1.3 the client's side of the handshake ends before the
         // collector has checked the client's certificate: one it refuses
-        // breaks the connection at the first call, not at connecting.
+        // breaks the connection at the first call, not at connecting. An
+        // HTTP/1 server (the collector's /metrics) breaks it the same way.
         anyhow::Error::from(status).context(
-            "the connection to the collector broke: it restarted, or it requires client \
+            "the connection to the collector broke: it restarted; or --collector names a port \
+             that is not its gRPC one (50052, not /metrics' 9465); or it requires client \
              certificates and refused this one (--tls-cert, --tls-key)",
+        )
+    } else if status.code() == tonic::Code::Internal
+        && status.message().starts_with("h2 protocol error")
+    {
+        // A TLS listener asked in plaintext answers with a TLS alert, which
+        // HTTP/2 reads as a malformed frame.
+        anyhow::Error::from(status).context(
+            "the collector's port did not answer as a gRPC server: if it serves TLS, write \
+             https:// and give --tls-ca; else check that --collector names its gRPC port \
+             (50052), not its /metrics port (9465)",
         )
     } else {
         status.into()
     }
+}
+
+/// A live stream (`alerts --watch`) that failed after it started: the
+/// collector went away under it, said in words.
+pub fn stream_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::Error::from(status).context(
+        "the collector ended the stream (it restarted, stopped or was replaced): run the \
+         command again",
+    )
 }
 
 fn endpoint(collector: &Collector) -> Result<Endpoint> {

@@ -31,12 +31,13 @@ Examples:
 #[derive(Parser, Debug)]
 #[command(name = "evenflow", version, after_help = EXAMPLES)]
 struct Cli {
-    /// The collector's gRPC address.
+    /// The collector's gRPC address (http:// or https://, its gRPC port).
     #[arg(
         long,
         global = true,
         env = "EVENFLOW_COLLECTOR",
-        default_value = "http://127.0.0.1:50052"
+        default_value = "http://127.0.0.1:50052",
+        value_parser = evenflow_daemon::parse_collector_url
     )]
     collector: String,
 
@@ -93,8 +94,8 @@ enum Command {
     Top {
         /// Only this pool.
         pool: Option<String>,
-        /// Refresh interval.
-        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        /// Refresh interval, 100ms to 1h.
+        #[arg(long, default_value = "1s", value_parser = parse_refresh)]
         interval: Duration,
     },
     /// Current alerts, or a live stream of transitions with --watch.
@@ -130,8 +131,26 @@ enum Command {
     },
 }
 
+/// `top --interval`: 100ms to 1h. Shorter would ask the collector
+/// without pause (0 never yields to the keyboard), and a deadline
+/// past what a clock holds cannot be computed.
+fn parse_refresh(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (try 1s or 500ms)"))?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+        return Err(format!("interval {s} must be between 100ms and 1h"));
+    }
+    Ok(d)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Top { .. }) && cli.output == Output::Json {
+        eprintln!(
+            "evenflow: top draws a live view for people and has no JSON form: for scripts, \
+             `evenflow status --output json` or `evenflow alerts --watch --output json`"
+        );
+        return ExitCode::from(2);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

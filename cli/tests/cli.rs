@@ -381,6 +381,15 @@ fn the_cli_reads_a_collector_that_requires_client_certificates() {
     assert_eq!(plain.status.code(), Some(2), "{why}");
     assert!(why.contains("need an https:// --collector"), "{why}");
 
+    // Plaintext to the TLS listener: the fix is named, not an HTTP/2 dump.
+    let plaintext = cli(&["status", "--collector", &url.replace("https", "http")]);
+    let why = String::from_utf8_lossy(&plaintext.stderr);
+    assert_eq!(plaintext.status.code(), Some(1), "{why}");
+    assert!(
+        why.contains("write https://") && why.contains("--tls-ca"),
+        "{why}"
+    );
+
     let no_ca = cli(&["status", "--collector", &url]);
     let why = String::from_utf8_lossy(&no_ca.stderr);
     assert_eq!(no_ca.status.code(), Some(2), "{why}");
@@ -407,4 +416,32 @@ fn the_cli_reads_a_collector_that_requires_client_certificates() {
             .is_some_and(|d| d.contains("--tls-ca")),
         "{out}"
     );
+}
+
+/// Input the CLI can tell is wrong is refused before any call, exit 2,
+/// naming the fix: a URL without its scheme, a refresh that would ask
+/// without pause or overflow the clock, a JSON view that does not exist.
+#[test]
+fn bad_input_is_refused_before_any_call() {
+    for (args, says) in [
+        (
+            &["status", "--collector", "127.0.0.1:50052"][..],
+            "http://127.0.0.1:50052?",
+        ),
+        (
+            &["status", "--collector", ""][..],
+            "must start with http://",
+        ),
+        (&["top", "--interval", "0s"][..], "between 100ms and 1h"),
+        (
+            &["top", "--interval", "1000000years"][..],
+            "between 100ms and 1h",
+        ),
+        (&["top", "--output", "json"][..], "status --output json"),
+    ] {
+        let o = cli(args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
 }

@@ -1,26 +1,32 @@
 //! `evenflow-collector`: ingests every agent's report stream, groups
 //! backends into pools, judges them and serves the results.
 
+use std::process::ExitCode;
+
 use anyhow::{Context as _, Result};
 use clap::Parser as _;
 use evenflow_collector::service::{config::Config, server};
-use tracing::info;
+use tracing::{error, info};
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     let config = Config::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    evenflow_daemon::log::init(&config.log);
+    let ran = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("evenflow-collector")
         .build()
-        .context("starting the tokio runtime")?;
-    rt.block_on(run(config))
+        .context("starting the tokio runtime")
+        .and_then(|rt| rt.block_on(run(config)));
+    match ran {
+        Ok(()) => ExitCode::SUCCESS,
+        // One line, the causes after the context: what an operator reads
+        // in `kubectl logs` or a terminal.
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("evenflow-collector: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn run(config: Config) -> Result<()> {

@@ -9,33 +9,17 @@ use evenflow_proto::v1;
 use service_common::*;
 use tokio_stream::StreamExt as _;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_and_reflection() {
-    let c = start(&[]).await;
-    let channel = tonic::transport::Endpoint::from_shared(url(&c))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
-    for svc in ["evenflow.v1.Ingest", "evenflow.v1.Distribution"] {
-        let r = health
-            .check(tonic_health::pb::HealthCheckRequest {
-                service: svc.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(
-            r.status,
-            tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
-            "{svc}"
-        );
-    }
+/// The services reflection lists on the listener at `addr`, sorted.
+async fn listed(addr: std::net::SocketAddr) -> Vec<String> {
     use tonic_reflection::pb::v1::{
         ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
     };
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut refl = ServerReflectionClient::new(channel);
     let req = ServerReflectionRequest {
         host: String::new(),
@@ -52,7 +36,68 @@ async fn health_and_reflection() {
     let Some(MessageResponse::ListServicesResponse(list)) = r.message_response else {
         panic!("unexpected reflection answer")
     };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    names.sort();
+    names
+}
+
+/// Each listener lists what it serves, and nothing it does not: the main
+/// one Ingest and Distribution, the read-only query listener Distribution
+/// alone; neither the agent's Node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_what_each_listener_serves() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let query = format!("127.0.0.1:{port}");
+    let c = start(&["--query-addr", &query]).await;
+    let common = [
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ];
+    let with = |own: &[&str]| {
+        let mut v: Vec<String> = common.iter().chain(own).map(|s| s.to_string()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        listed(c.grpc_addr).await,
+        with(&["evenflow.v1.Distribution", "evenflow.v1.Ingest"])
+    );
+    assert_eq!(
+        listed(query.parse().unwrap()).await,
+        with(&["evenflow.v1.Distribution"])
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_reflection() {
+    let c = start(&[]).await;
+    let channel = tonic::transport::Endpoint::from_shared(url(&c))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    for svc in ["evenflow.v1.Ingest", "evenflow.v1.Distribution"] {
+        let r = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: svc.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            r.status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+            "{svc}"
+        );
+    }
+    let names = listed(c.grpc_addr).await;
     for want in [
         "evenflow.v1.Ingest",
         "evenflow.v1.Distribution",
@@ -72,6 +117,7 @@ async fn health_and_reflection() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(text.contains("evenflow.v1.Distribution"), "{text}");
+        assert!(!text.contains("evenflow.v1.Node"), "{text}");
         let out = std::process::Command::new("grpcurl")
             .args([
                 "-plaintext",

@@ -262,6 +262,17 @@ fn pool_file_errors_name_file_line_and_fix() {
         err.contains("/nonexistent/pools.toml") && err.contains("--pools"),
         "{err}"
     );
+    // Said on one line, causes after the context, not as a Debug dump.
+    let said: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("evenflow-collector: "))
+        .collect();
+    assert_eq!(said.len(), 1, "{err}");
+    assert!(
+        said[0].contains("/nonexistent/pools.toml") && said[0].contains("No such file"),
+        "{err}"
+    );
+    assert!(!err.contains("Caused by"), "{err}");
 }
 
 /// A pool file naming a load balancer whose agent reports nothing sent to

@@ -13,11 +13,14 @@ pub struct ReflectionError(#[from] tonic_reflection::server::Error);
 
 /// A router on `server` that already serves health and reflection, and
 /// the reporter through which the caller marks its own services serving.
+/// Reflection lists `services` (the names of those the caller adds, e.g.
+/// `evenflow.v1.Node`) beside its own and health's.
 pub fn health_and_reflection(
     server: &mut Server,
+    services: &[&str],
 ) -> Result<(HealthReporter, Router), ReflectionError> {
     let (reporter, health) = tonic_health::server::health_reporter();
-    let reflection = evenflow_proto::reflection;
+    let reflection = || evenflow_proto::reflection(services);
     let router = server
         .add_service(health)
         .add_service(reflection().build_v1()?)

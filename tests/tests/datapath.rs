@@ -1071,6 +1071,12 @@ fn grpcurl_lists_describes_and_reads_the_node_api() {
             "grpcurl list lacks {svc}: {list:?}"
         );
     }
+    assert!(
+        !list
+            .iter()
+            .any(|s| s.starts_with("evenflow.v1.") && s != "evenflow.v1.Node"),
+        "the agent lists only the services it serves: {list:?}"
+    );
     let desc = grpcurl::describe(&b.ns, "evenflow.v1.Node").expect("grpcurl describe");
     for rpc in [
         "rpc GetSnapshot",

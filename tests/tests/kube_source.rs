@@ -102,7 +102,7 @@ impl Cluster {
                 "3s",
             ])
             .args(extra)
-            .env("RUST_LOG", "info,evenflow_collector=debug")
+            .env("EVENFLOW_LOG", "info,evenflow_collector=debug")
             // Plain `field=value`, which `bound` reads.
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

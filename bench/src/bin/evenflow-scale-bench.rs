@@ -412,7 +412,7 @@ async fn run_fleet(args: &Args, collector: &Collector, n: usize) -> Result<Outco
                     &humantime::format_duration(args.interval).to_string(),
                 ])
                 .args(&collector.extra)
-                .env("RUST_LOG", "warn")
+                .env("EVENFLOW_LOG", "warn")
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()

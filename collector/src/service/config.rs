@@ -87,6 +87,11 @@ pub struct Config {
     )]
     pub external_url: String,
 
+    /// Log filter for the collector itself (tracing filter syntax: info,
+    /// debug, or info,evenflow_collector=debug).
+    #[arg(long, env = "EVENFLOW_LOG", default_value = "info", value_parser = evenflow_daemon::log::parse_filter)]
+    pub log: String,
+
     /// Detection tick: how often pools are judged.
     #[arg(long, env = "EVENFLOW_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub interval: Duration,
@@ -101,8 +106,9 @@ pub struct Config {
     /// until one is forgotten; an agent already known never is. Guards the
     /// collector's memory and tick against a fleet larger than it was
     /// sized for, or agents that restart under a new name each time
-    /// (`cargo xtask bench-scale` measured 5,000 agents of 100 endpoints
-    /// at 150 ms a tick and 660 MiB).
+    /// (`cargo xtask bench-scale` on two cores: 5,000 agents of 100
+    /// endpoints at a 93 ms tick and 627 MiB; 10,000 project to about
+    /// 1.1 GiB).
     #[arg(long, env = "EVENFLOW_MAX_AGENTS", default_value_t = 10_000, value_parser = at_least_one)]
     pub max_agents: usize,
 

@@ -7,7 +7,10 @@ use std::{
 };
 
 use evenflow_daemon::{BindError, bind, grpc::ReflectionError, http, tls};
-use evenflow_proto::v1::{distribution_server::DistributionServer, ingest_server::IngestServer};
+use evenflow_proto::v1::{
+    distribution_server::{self, DistributionServer},
+    ingest_server::{self, IngestServer},
+};
 use tokio::{sync::watch, task::JoinHandle};
 use tonic::transport::server::Router;
 use tracing::info;
@@ -226,8 +229,10 @@ async fn serve_query(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), StartError> {
     let listener = bind("--query-addr", addr).await?;
-    let (reporter, router) =
-        evenflow_daemon::grpc::health_and_reflection(&mut tonic::transport::Server::builder())?;
+    let (reporter, router) = evenflow_daemon::grpc::health_and_reflection(
+        &mut tonic::transport::Server::builder(),
+        &[distribution_server::SERVICE_NAME],
+    )?;
     reporter
         .set_serving::<DistributionServer<DistributionService>>()
         .await;
@@ -247,6 +252,10 @@ async fn serve_query(
 async fn grpc_router(shared: &Arc<Shared>) -> Result<Router, StartError> {
     let (health, router) = evenflow_daemon::grpc::health_and_reflection(
         &mut tonic::transport::Server::builder().tcp_nodelay(true),
+        &[
+            ingest_server::SERVICE_NAME,
+            distribution_server::SERVICE_NAME,
+        ],
     )?;
     health.set_serving::<IngestServer<IngestService>>().await;
     health

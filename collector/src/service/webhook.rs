@@ -234,7 +234,7 @@ async fn sender(
                     // only delays the batches behind it.
                     stats.failed_attempts.fetch_add(1, Relaxed);
                     stats.abandoned.fetch_add(1, Relaxed);
-                    warn!(webhook = %uri, "the receiver refused a batch (HTTP {status}), which is not retried: check the webhook's URL and that it takes Alertmanager's v2 alerts");
+                    warn!(webhook = %uri, "the receiver refused a batch posted to {} (HTTP {status}), which is not retried: check the webhook's URL (Alertmanager takes alerts at /api/v2/alerts) and that it takes Alertmanager's v2 alerts", uri.path());
                     break;
                 }
                 Ok(Err(Failure::Transient(error))) => {
