@@ -14,10 +14,11 @@
 //!    its wildcard listener announces, from the node addresses its agent
 //!    reports, the one address per family closest (longest common prefix)
 //!    to the pool's other members (all of them when the pool has none), so
-//!    a backend its load balancers never send to is a member, judged ZERO,
-//!    from its agent's first report. Loopback, unspecified and multicast addresses never
-//!    become members by announcement (no load balancer on another node
-//!    reaches them); declare them in the pool file if you mean them.
+//!    a backend its load balancers never send to is a member from its
+//!    agent's first report (one joining a running pool SETTLING until it is
+//!    taken in, then ZERO). Loopback, unspecified and multicast addresses
+//!    never become members by announcement (no load balancer on another
+//!    node reaches them); declare them in the pool file if you mean them.
 //! 2. **Declared** in the pool file (`--pools FILE`), with a weight
 //!    (default 1) and `draining = true|false`. A member both announced and
 //!    declared takes its weight and state from the file (source
