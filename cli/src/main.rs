@@ -95,7 +95,7 @@ enum Command {
         /// Only this pool.
         pool: Option<String>,
         /// Refresh interval, 100ms to 1h.
-        #[arg(long, default_value = "1s", value_parser = parse_refresh)]
+        #[arg(long, default_value = "1s", value_parser = evenflow_daemon::parse_interval)]
         interval: Duration,
     },
     /// Current alerts, or a live stream of transitions with --watch.
@@ -129,17 +129,6 @@ enum Command {
         #[arg(long = "for", value_parser = humantime::parse_duration)]
         duration: Duration,
     },
-}
-
-/// `top --interval`: 100ms to 1h. Shorter would ask the collector
-/// without pause (0 never yields to the keyboard), and a deadline
-/// past what a clock holds cannot be computed.
-fn parse_refresh(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (try 1s or 500ms)"))?;
-    if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
-        return Err(format!("interval {s} must be between 100ms and 1h"));
-    }
-    Ok(d)
 }
 
 fn main() -> ExitCode {

@@ -6,9 +6,10 @@
 //! logs ([`log`]), label
 //! escaping for the Prometheus text format ([`exposition`]), and the
 //! wall-clock grid their reports and ticks keep ([`clock`]). What each
-//! daemon exports stays in that daemon. The collector's URL, as the
-//! agent's and the CLI's `--collector` take it ([`parse_collector_url`]),
-//! is checked here too, so both refuse the same input the same way.
+//! daemon exports stays in that daemon. The collector's URL and the
+//! reading interval, as the agent's and the CLI's flags take them
+//! ([`parse_collector_url`], [`parse_interval`]), are checked here too, so
+//! both refuse the same input the same way.
 
 pub mod clock;
 pub mod exposition;
@@ -18,7 +19,7 @@ pub mod log;
 pub mod tls;
 pub mod watch;
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use tokio::net::TcpListener;
 
@@ -55,6 +56,18 @@ pub fn parse_collector_url(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
+/// An interval as the agent's `--interval` and the CLI's `top --interval`
+/// take it: 100ms to 1h. Shorter would read or ask without pause (a CLI
+/// refresh of 0 never yields to the keyboard); longer is no live view, and
+/// a deadline past what a clock holds cannot be computed.
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e} (try 1s or 500ms)"))?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+        return Err(format!("interval {s} must be between 100ms and 1h"));
+    }
+    Ok(d)
+}
+
 /// Binds `addr`, given by `flag`.
 pub async fn bind(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, BindError> {
     TcpListener::bind(addr)
@@ -64,7 +77,18 @@ pub async fn bind(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, B
 
 #[cfg(test)]
 mod tests {
-    use super::parse_collector_url;
+    use std::time::Duration;
+
+    use super::{parse_collector_url, parse_interval};
+
+    #[test]
+    fn intervals_are_bounded() {
+        assert_eq!(parse_interval("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_interval("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_interval("1ms").is_err());
+        assert!(parse_interval("soon").is_err());
+        assert!(parse_interval("1000000years").is_err());
+    }
 
     #[test]
     fn collector_urls_need_a_scheme_and_host() {
