@@ -3,13 +3,12 @@
 //! the plain-text HTTP server behind `/metrics` ([`http`]), gRPC health
 //! and reflection beside each daemon's own services ([`grpc`]), TLS from
 //! PEM files ([`tls`]), read again when they change ([`watch`]), their own
-//! logs ([`log`]), label
-//! escaping for the Prometheus text format ([`exposition`]), and the
-//! wall-clock grid their reports and ticks keep ([`clock`]). What each
-//! daemon exports stays in that daemon. The collector's URL and the
-//! reading interval, as the agent's and the CLI's flags take them
-//! ([`parse_collector_url`], [`parse_interval`]), are checked here too, so
-//! both refuse the same input the same way.
+//! logs ([`log`]), label escaping for the Prometheus text format
+//! ([`exposition`]), and the wall-clock grid their reports and ticks keep
+//! ([`clock`]). What each daemon exports stays in that daemon. The
+//! collector's URL and the reading interval, as the agent's and the CLI's
+//! flags take them ([`parse_collector_url`], [`parse_interval`]), are
+//! checked here too, so both refuse the same input the same way.
 
 pub mod clock;
 pub mod exposition;
