@@ -355,6 +355,92 @@ fn a_drained_server_health_checks_reach_pages_nothing_until_haproxy_sends_to_it(
     );
 }
 
+/// The operator drains b3 in the pool file, and the change reaches
+/// HAProxy backwards: b3 takes every connection, b1 and b2 none. The two
+/// members left to share the pool open nothing, so their own rate alone
+/// would call the pool quiet once its 30-tick mean fell, and the page
+/// cleared while b3 kept taking everything. It pages within seconds,
+/// stays open for as long as HAProxy sends everything to b3, and resolves
+/// once HAProxy drains b3 as the pool file says.
+#[test]
+fn a_drained_server_haproxy_sends_everything_to_pages_until_it_stops() {
+    evenflow_tests::require_root();
+    let (lab, pools, sock) = stand_up("drainall", |lab| haproxy::start(lab, false));
+    let load = Load::start(&lab);
+    wait_pool(&lab, 40, "the pool judged OK", |p| {
+        p["verdict"] == "VERDICT_OK" && p["members"].as_array().is_some_and(|m| m.len() == 3)
+    });
+    let b3_addr = lab.backends[2].addr4.to_string();
+    let b3_id = format!("{b3_addr}:{BACKEND_PORT}");
+    let set_weights = |weights: [u32; 3]| {
+        for (b, w) in lab.backends.iter().zip(weights) {
+            let cmd = format!("set weight {}/{} {w}", haproxy::BACKEND, b.role);
+            haproxy::command(&sock, &cmd).expect("HAProxy takes the weight");
+        }
+    };
+    write_pools(&lab, &pools, [1, 1, 1], Some(2));
+    wait_pool(&lab, 20, "b3 shown draining", |p| {
+        member(p, &b3_addr).is_some_and(|m| m["state"] == "MEMBER_STATE_DRAINING")
+    });
+    set_weights([0, 0, 1]);
+    let backwards = Instant::now();
+    // b3's DRAINING_VIOLATION pages, the open one first.
+    let violations = |lab: &Lab| -> Vec<Value> {
+        let mut found: Vec<Value> = (alerts(lab).into_iter())
+            .filter(|a| {
+                a["kind"] == "ALERT_KIND_DRAINING_VIOLATION"
+                    && a["member"] == b3_id.as_str()
+                    && a["severity"] == "SEVERITY_PAGE"
+            })
+            .collect();
+        found.sort_by_key(|a| !a["resolvedAt"].is_null());
+        found
+    };
+    let open = |found: &[Value]| found.first().is_some_and(|a| a["resolvedAt"].is_null());
+    let paged = evenflow_tests::wait_for(Duration::from_secs(20), || {
+        violations(&lab).into_iter().next()
+    })
+    .unwrap_or_else(|| panic!("no DRAINING_VIOLATION page; pool: {:#?}", pool(&lab)));
+    println!(
+        "DRAINING_VIOLATION {:.1} s after HAProxy sent everything to the drained b3: {}",
+        backwards.elapsed().as_secs_f64(),
+        paged["summary"]
+    );
+
+    // Past the 30-tick mean that used to end it, and then some.
+    let hold = Instant::now();
+    while hold.elapsed() < Duration::from_secs(45) {
+        let paging = open(&violations(&lab));
+        let p = pool(&lab).expect("GetPool");
+        assert!(
+            paging && p["verdict"] != "VERDICT_INSUFFICIENT_TRAFFIC",
+            "{:.0} s into HAProxy sending everything to b3, its page is {} and the pool {}: {p:#?}",
+            hold.elapsed().as_secs_f64(),
+            if paging { "open" } else { "resolved" },
+            p["verdict"]
+        );
+        std::thread::sleep(Duration::from_secs(3));
+    }
+
+    set_weights([1, 1, 0]);
+    let mended = Instant::now();
+    evenflow_tests::wait_for(Duration::from_secs(40), || {
+        let found = violations(&lab);
+        (!found.is_empty() && !open(&found)).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the page did not resolve within 40 s of HAProxy draining b3; alerts: {:#?}",
+            alerts(&lab)
+        )
+    });
+    drop(load);
+    println!(
+        "resolved {:.1} s after HAProxy drained b3 as the pool file says",
+        mended.elapsed().as_secs_f64()
+    );
+}
+
 /// Two HAProxy nodes in front of the same three servers: the lb takes
 /// three quarters of the clients, a second balancer node (b4's namespace)
 /// the rest. A configuration push reaches the second first and its

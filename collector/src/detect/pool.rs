@@ -1318,6 +1318,20 @@ fn leaks(recent: u64, fair: f64) -> bool {
 /// See [`leaks`].
 const DRAIN_LEAK: f64 = 0.1;
 
+/// New connections `view` counted this tick to members out of rotation
+/// (draining, not ready). They are part of the pool's rate, which decides
+/// whether it is judged, though not of anyone's share: a balancer that
+/// sends everything to a drained member leaves a busy pool whose eligible
+/// members open nothing, and its DRAINING_VIOLATION must not abstain as
+/// in a quiet one.
+fn out_of_rotation(input: &PoolInput<impl AsRef<MemberInput>>, view: View) -> f64 {
+    (input.members())
+        .filter(|m| m.out_of_rotation().is_some())
+        .filter_map(|m| m.view(view).filter(|v| v.fresh && !v.reset))
+        .map(|v| v.new_conns as f64)
+        .sum()
+}
+
 /// The worse of a member's two views of one load signal (the server's on
 /// a tie).
 fn worse(
@@ -1536,7 +1550,7 @@ impl ViewState {
         // stale, a pool before its agents' first reports) says nothing of
         // the pool's traffic: it is not a tick of none.
         if count > 0 {
-            self.record_total(n);
+            self.record_total(n + out_of_rotation(input, view));
         }
         let (rate, long_rate) = self.rates();
         let share_tick = ShareTick {

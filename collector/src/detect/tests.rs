@@ -318,6 +318,55 @@ fn probes_of_a_draining_member_in_a_quiet_pool_still_are_a_violation() {
 }
 
 #[test]
+fn a_drained_member_that_takes_all_of_a_pools_traffic_pages_for_as_long_as_it_does() {
+    // The pool file drains member 2; a balancer that applied the change
+    // backwards sends it every new connection and the others none. The
+    // members eligible for a share open nothing: their own rate would
+    // call the pool quiet after the 30-tick mean fell, and the page
+    // would clear while the drained member kept taking everything.
+    let mut d = Detector::default();
+    let mut rng = Rng::new(11);
+    let mut fired = Vec::new();
+    for t in 0..200 {
+        let counts = match t < 40 {
+            true => [rng.poisson(40.0), rng.poisson(40.0), 0],
+            false => [0, 0, rng.poisson(80.0)],
+        };
+        let mut inp = input(t, &counts, &[1.0; 3]);
+        inp.members[2].draining = true;
+        let (v, tr) = d.evaluate(&inp);
+        if t >= 60 {
+            assert_eq!(
+                (v.verdict, v.members[2].verdict),
+                (Verdict::Ok, Verdict::DrainingViolation),
+                "tick {t}: the pool's rate is {:.1}/tick, all of it to the drained member ({}; {})",
+                v.server_rate,
+                v.reason,
+                v.members[2].reason
+            );
+        }
+        fired.extend(tr.into_iter().filter_map(|x| match x {
+            Transition::Fired(a) => Some((t, a.kind, a.severity)),
+            Transition::Resolved(a) => panic!("tick {t}: resolved {a:?}"),
+            Transition::Updated(_) => None,
+        }));
+    }
+    let violation = (fired.iter()).find(|&&(_, kind, _)| kind == AlertKind::DrainingViolation);
+    assert!(
+        matches!(violation, Some(&(t, _, Severity::Page)) if t <= 45),
+        "one DRAINING_VIOLATION page within five ticks: {fired:?}"
+    );
+    let open = d
+        .open_alerts()
+        .find(|a| a.kind == AlertKind::DrainingViolation);
+    assert!(
+        open.is_some_and(|a| a.severity == Severity::Page),
+        "still open 160 ticks on: {:?}",
+        d.open_alerts().collect::<Vec<_>>()
+    );
+}
+
+#[test]
 fn a_not_ready_member_its_balancer_still_sends_to_is_a_violation_said_as_such() {
     // A Kubernetes endpoint that turned not ready: its kubelet's probes
     // (one a tick) are no violation; a kube-proxy whose rules went stale
