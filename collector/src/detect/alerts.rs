@@ -35,6 +35,12 @@ impl AlertKind {
             AlertKind::Down => "DOWN",
         }
     }
+
+    /// A fact about a member's listener or its observers (DOWN, STALE),
+    /// not a judgement of its traffic: booked in a quiet or settling pool.
+    fn is_fact(self) -> bool {
+        matches!(self, AlertKind::Down | AlertKind::Stale)
+    }
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -428,23 +434,28 @@ impl Book {
     ) -> Vec<Transition> {
         let mut want = wanted(pool, tick);
         self.fold_findings(&mut want);
-        let quiet = matches!(pool.verdict, Verdict::Settling);
+        let mut out = Vec::new();
+        if pool.verdict == Verdict::Settling {
+            // The balancer follows a change: a settling tick is evidence
+            // neither way, so findings pending before it stay pending (a
+            // set that changes every few ticks still lets them fire), and
+            // open alerts count no good tick. Facts need no traffic.
+            for (id, alert) in want.into_iter().filter(|(_, a)| a.kind.is_fact()) {
+                self.book(s, tick, id, alert, &mut out);
+            }
+            return out;
+        }
         let findings: HashSet<String> = want.values().map(finding).collect();
         self.pending
             .retain(|key, (a, _)| a.pool != pool.name || findings.contains(key));
-        let mut out = Vec::new();
-        if !quiet {
-            self.count_towards_clearing(s, tick, &pool.name, &want, &mut out);
-        }
-        if quiet {
-            return out;
-        }
-        // Too little traffic to judge shares; but a member that stopped
-        // listening, or whose agent went stale, is a fact that needs no
-        // traffic, and an outage of every member leaves none.
+        self.count_towards_clearing(s, tick, &pool.name, &want, &mut out);
+        // Too little traffic to judge shares; but facts need no traffic
+        // (an outage of every member leaves none), and a MISMATCH weighs
+        // the other view's connections: it stands in a pool one view sees
+        // too little of (see `member_verdict`).
         let judged = pool.verdict != Verdict::InsufficientTraffic;
         for (id, alert) in want {
-            if judged || matches!(alert.kind, AlertKind::Down | AlertKind::Stale) {
+            if judged || alert.kind.is_fact() || alert.kind == AlertKind::Mismatch {
                 self.book(s, tick, id, alert, &mut out);
             }
         }
@@ -513,15 +524,20 @@ impl Book {
             // A tick it is not wanted names no cause.
             a.recause = None;
             let needed = (s.clear_ticks * (1 + a.flaps)).min(120);
-            if a.ok_streak >= needed
-                && let Some(mut a) = self.open.remove(&id)
-            {
-                a.resolved_tick = Some(tick);
-                self.resolved.push_front(a.clone());
-                self.resolved.truncate(RESOLVED_KEPT);
-                out.push(Transition::Resolved(a));
+            if a.ok_streak >= needed {
+                out.extend(self.resolve(&id, tick));
             }
         }
+    }
+
+    /// Closes an open alert: it moves to the resolved ones, where a
+    /// finding back within the flap window reopens it.
+    fn resolve(&mut self, id: &str, tick: u64) -> Option<Transition> {
+        let mut a = self.open.remove(id)?;
+        a.resolved_tick = Some(tick);
+        self.resolved.push_front(a.clone());
+        self.resolved.truncate(RESOLVED_KEPT);
+        Some(Transition::Resolved(a))
     }
 
     /// One wanted alert: an open one is kept (and updated), one resolved
@@ -603,12 +619,8 @@ impl Book {
             .filter(|(_, a)| !names.contains(&a.pool))
             .map(|(id, _)| id.clone())
             .collect();
-        gone.into_iter()
-            .filter_map(|id| self.open.remove(&id))
-            .map(|mut a| {
-                a.resolved_tick = Some(tick);
-                Transition::Resolved(a)
-            })
+        (gone.iter())
+            .filter_map(|id| self.resolve(id, tick))
             .collect()
     }
 

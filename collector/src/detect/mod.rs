@@ -299,6 +299,8 @@ mod tests;
 #[cfg(test)]
 mod tests_balancing;
 #[cfg(test)]
+mod tests_churn;
+#[cfg(test)]
 mod tests_down;
 #[cfg(test)]
 mod tests_joining;

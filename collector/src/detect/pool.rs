@@ -710,6 +710,11 @@ pub(super) struct PoolState {
     first_tick: Option<u64>,
     reweights: Reweights,
     settle_left: u32,
+    /// Ticks the whole pool has settled in a row (see [`SETTLING_RUN`]).
+    settled_for: u32,
+    /// The tick each member's own entry (new, weight, draining) last
+    /// changed, for as long as it settles.
+    changed: HashMap<String, u64>,
     cpu: HashMap<String, f64>,
     presence: Presence,
     /// Members out of rotation: who sent them new connections.
@@ -770,12 +775,43 @@ impl Failures {
     }
 }
 
+/// Ticks in a row a pool whose member set keeps changing settles as a
+/// whole. A balancer follows a change within a tick or two, and meanwhile
+/// the shares of members it did not touch may be off (one left and its
+/// share moves to them): so every finding waits out `settle_ticks`. A
+/// rollout that replaces Pods one after another changes the set every tick
+/// or two for minutes, and settled as a whole it would hide every finding
+/// until it ends, a rollout's own faults first. Past this run only the
+/// members whose own entry changed settle.
+const SETTLING_RUN: u32 = 10;
+
+/// Whose findings wait while the balancer follows a change.
+#[derive(Clone, Debug, PartialEq)]
+enum Settling {
+    No,
+    /// The member set changed within `settle_ticks`: every member's.
+    Pool,
+    /// It keeps changing (past [`SETTLING_RUN`]): those whose own entry
+    /// changed within `settle_ticks`.
+    Members(std::collections::HashSet<String>),
+}
+
+impl Settling {
+    fn covers(&self, id: &str) -> bool {
+        match self {
+            Settling::No => false,
+            Settling::Pool => true,
+            Settling::Members(ids) => ids.contains(id),
+        }
+    }
+}
+
 /// How the pool's views came out, for its members' and its own verdict.
 struct PoolJudging {
     /// Too few new connections to judge the balancer's choices.
     conns_insufficient: bool,
-    /// The member set changed within `settle_ticks`.
-    settling: bool,
+    /// Whose findings wait for the balancer to follow a change.
+    settling: Settling,
     /// The members' smoothed CPU summed.
     cpu_total: f64,
     /// Members in the pool.
@@ -894,13 +930,12 @@ impl PoolState {
         let judging = PoolJudging {
             left_out,
             conns_insufficient,
-            settling: self.settle_left > 0,
+            settling: self.settling(s, input.tick),
             cpu_total: input.members().filter_map(|m| self.cpu.get(&m.id)).sum(),
             member_count: input.members.len(),
             judges_new_connections: input.balancing.judges_new_connections(),
             tick: input.tick,
         };
-        self.settle_left = self.settle_left.saturating_sub(1);
         for m in input.members() {
             let zero = |view: &ViewOutcome| {
                 view.verdicts
@@ -952,6 +987,24 @@ impl PoolState {
         }
     }
 
+    /// Whose findings settle this tick: the pool's, for a change within
+    /// `settle_ticks`, and past a run of [`SETTLING_RUN`] ticks only the
+    /// members that changed.
+    fn settling(&mut self, s: &Settings, tick: u64) -> Settling {
+        let settle = u64::from(s.settle_ticks);
+        self.changed.retain(|_, &mut at| tick < at + settle);
+        if self.settle_left == 0 {
+            self.settled_for = 0;
+            return Settling::No;
+        }
+        self.settle_left -= 1;
+        self.settled_for += 1;
+        match self.settled_for <= SETTLING_RUN {
+            true => Settling::Pool,
+            false => Settling::Members(self.changed.keys().cloned().collect()),
+        }
+    }
+
     /// Notes in each of a member's views what the other had counted at
     /// its last new connection and when its ZERO began (see [`Seen`]).
     fn mark_views(
@@ -995,6 +1048,11 @@ impl PoolState {
         let first_tick = *self.first_tick.get_or_insert(input.tick);
         if !self.member_set.is_empty() {
             self.settle_left = s.settle_ticks;
+            let before: std::collections::HashSet<&(String, bool, u64)> =
+                self.member_set.iter().collect();
+            for entry in set.iter().filter(|entry| !before.contains(entry)) {
+                self.changed.insert(entry.0.clone(), input.tick);
+            }
         }
         let founding = input.tick < first_tick + FOUNDING_TICKS;
         // A member back from draining (or from not ready) joins as a new
@@ -1145,7 +1203,7 @@ impl PoolState {
         if judging.conns_insufficient && verdict.rank() > 0 && abstains {
             verdict = Verdict::InsufficientTraffic;
             reason = "too few new connections to judge".into();
-        } else if judging.settling && verdict.rank() > 1 && !verdict.is_fact() {
+        } else if judging.settling.covers(&m.id) && verdict.rank() > 1 && !verdict.is_fact() {
             verdict = Verdict::Settling;
             reason = "member set changed; settling".into();
         }
@@ -1263,7 +1321,7 @@ fn pool_verdict(
                 primary.long_rate, s.min_pool_rate, load.active, s.min_pool_active
             ),
         )
-    } else if judging.settling {
+    } else if judging.settling == Settling::Pool {
         (Verdict::Settling, "member set changed; settling".into())
     } else if primary.concentrated {
         (

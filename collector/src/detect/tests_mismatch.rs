@@ -321,6 +321,28 @@ fn a_mismatch_holds_when_the_fault_spreads_to_the_whole_pool() {
     }
 }
 
+#[test]
+fn a_mismatch_back_after_its_lb_agent_was_stale_pages_in_a_pool_gone_quiet() {
+    // As above, and the balancers' agent misses ten reports at 140, when
+    // the members' own view has counted nothing for 40 ticks and calls the
+    // pool quiet: the page resolves while that view is NO_DATA, and the
+    // loss, still going on when it reports again, pages again.
+    for seed in 1..=10 {
+        let scenario = Scenario {
+            spread_at: 100,
+            lb_stale: 140..150,
+            ..Scenario::new(Fault::Lost, 0.25)
+        };
+        let (verdicts, log) = scenario.run(seed);
+        let pages = mismatch_pages(&log);
+        assert!(
+            pages.iter().any(|t| (150..160).contains(t)),
+            "seed {seed}: MISMATCH pages again once the balancers' view is back: {pages:?} {:?}",
+            &verdicts[145..165]
+        );
+    }
+}
+
 /// A pool whose load balancers' view is dark from the start (a
 /// direct-server-return balancer, or clients that bypass the declared
 /// one): no page, the members judged on their own view, and the pool's
