@@ -230,10 +230,37 @@ fn thousand_members_find_one_dead_and_one_tripled() {
 
 #[test]
 fn no_data_is_never_zero() {
+    // Member 2's agent went stale: its zeros mean nothing.
+    let d = no_data_pool();
+    assert!(d.open_alerts().any(|a| a.kind == AlertKind::Stale));
+    assert!(!d.open_alerts().any(|a| a.kind == AlertKind::Zero));
+}
+
+#[test]
+fn a_removed_pools_alerts_are_listed_as_resolved() {
+    // A Service deleted, or a pool taken out of the pool file, while its
+    // member was STALE: the alert resolves, and is listed with the
+    // resolved ones as every other resolved alert is.
+    let mut d = no_data_pool();
+    let tr = d.retain_pools(&std::collections::HashSet::new(), 100);
+    assert!(
+        matches!(tr.as_slice(), [Transition::Resolved(a)] if a.kind == AlertKind::Stale),
+        "{tr:?}"
+    );
+    assert_eq!(d.open_alerts().count(), 0);
+    let newest = d.resolved_alerts().next();
+    assert!(
+        newest.is_some_and(|a| a.kind == AlertKind::Stale && a.resolved_tick == Some(100)),
+        "{newest:?}"
+    );
+}
+
+/// A pool of three whose member 2's agent went stale at tick 20, judged
+/// to tick 99: member 2 is NO_DATA and its STALE alert open.
+fn no_data_pool() -> Detector {
     let mut d = Detector::default();
     for t in 0..100 {
         let mut inp = input(t, &[30, 30, 0], &[1.0; 3]);
-        // Member 2's agent went stale: its zeros mean nothing.
         if let Some(v) = inp.members[2].server.as_mut() {
             v.fresh = t < 20;
         }
@@ -242,8 +269,7 @@ fn no_data_is_never_zero() {
             assert_eq!(v.members[2].verdict, Verdict::NoData, "tick {t}");
         }
     }
-    assert!(d.open_alerts().any(|a| a.kind == AlertKind::Stale));
-    assert!(!d.open_alerts().any(|a| a.kind == AlertKind::Zero));
+    d
 }
 
 #[test]
