@@ -411,6 +411,15 @@ fn a_drained_server_haproxy_sends_everything_to_pages_until_it_stops() {
     let hold = Instant::now();
     while hold.elapsed() < Duration::from_secs(45) {
         let paging = open(&violations(&lab));
+        let other: Vec<Value> = (alerts(&lab).into_iter())
+            .filter(|a| {
+                a["severity"] == "SEVERITY_PAGE" && a["kind"] != "ALERT_KIND_DRAINING_VIOLATION"
+            })
+            .collect();
+        assert!(
+            other.is_empty(),
+            "only b3's DRAINING_VIOLATION pages: {other:#?}"
+        );
         let p = pool(&lab).expect("GetPool");
         assert!(
             paging && p["verdict"] != "VERDICT_INSUFFICIENT_TRAFFIC",

@@ -434,28 +434,29 @@ impl Book {
     ) -> Vec<Transition> {
         let mut want = wanted(pool, tick);
         self.fold_findings(&mut want);
-        let mut out = Vec::new();
-        if pool.verdict == Verdict::Settling {
-            // The balancer follows a change: a settling tick is evidence
-            // neither way, so findings pending before it stay pending (a
-            // set that changes every few ticks still lets them fire), and
-            // open alerts count no good tick. Facts need no traffic.
-            for (id, alert) in want.into_iter().filter(|(_, a)| a.kind.is_fact()) {
-                self.book(s, tick, id, alert, &mut out);
-            }
-            return out;
-        }
+        let settling: HashSet<&str> = (pool.members.iter())
+            .filter(|m| m.settles)
+            .map(|m| m.id.as_str())
+            .collect();
+        // While the balancer follows a change, a tick is evidence neither
+        // way: findings pending before it stay pending (so a set that
+        // keeps changing still lets them fire), and open alerts count no
+        // good tick. Facts (DOWN, STALE) need no traffic and never wait.
+        let waits =
+            |a: &Alert| !a.kind.is_fact() && (pool.settles || settling.contains(a.member.as_str()));
         let findings: HashSet<String> = want.values().map(finding).collect();
         self.pending
-            .retain(|key, (a, _)| a.pool != pool.name || findings.contains(key));
-        self.count_towards_clearing(s, tick, &pool.name, &want, &mut out);
+            .retain(|key, (a, _)| a.pool != pool.name || findings.contains(key) || waits(a));
+        let mut out = Vec::new();
+        self.count_towards_clearing(s, tick, &pool.name, &want, waits, &mut out);
         // Too little traffic to judge shares; but facts need no traffic
         // (an outage of every member leaves none), and a MISMATCH weighs
         // the other view's connections: it stands in a pool one view sees
         // too little of (see `member_verdict`).
         let judged = pool.verdict != Verdict::InsufficientTraffic;
         for (id, alert) in want {
-            if judged || alert.kind.is_fact() || alert.kind == AlertKind::Mismatch {
+            let stands = judged || alert.kind == AlertKind::Mismatch;
+            if alert.kind.is_fact() || (stands && !waits(&alert)) {
                 self.book(s, tick, id, alert, &mut out);
             }
         }
@@ -498,19 +499,21 @@ impl Book {
     }
 
     /// Open alerts of `pool` that are no longer wanted count good ticks
-    /// towards clearing; a flapping alert needs more of them.
+    /// towards clearing, but for those that `waits` holds; a flapping
+    /// alert needs more of them.
     fn count_towards_clearing(
         &mut self,
         s: &Settings,
         tick: u64,
         pool: &str,
         want: &HashMap<String, Alert>,
+        waits: impl Fn(&Alert) -> bool,
         out: &mut Vec<Transition>,
     ) {
         let ids: Vec<String> = self
             .open
             .iter()
-            .filter(|(_, a)| a.pool == pool)
+            .filter(|(_, a)| a.pool == pool && !waits(a))
             .map(|(id, _)| id.clone())
             .collect();
         for id in ids {

@@ -56,9 +56,10 @@
 //!   new connections is not refilling (the balancer should be catching it
 //!   up).
 //! * Hysteresis: alerts fire when evidence crosses its bound, clear after
-//!   `clear_ticks` ticks back inside the warning band, are suppressed for
-//!   `settle_ticks` after the member set changes, and an alert that flaps
-//!   is reopened (held open longer) instead of firing again.
+//!   `clear_ticks` ticks back inside the warning band, wait for
+//!   `settle_ticks` after the member set changes (in a set that keeps
+//!   changing, only the members that changed wait), and an alert that
+//!   flaps is reopened (held open longer) instead of firing again.
 
 mod alerts;
 mod joining;

@@ -371,6 +371,10 @@ pub struct MemberVerdict {
     pub active: Option<(View, LoadVerdict)>,
     /// The bytes' verdict of the worse view.
     pub bytes: Option<(View, LoadVerdict)>,
+    /// Its findings wait while the balancer follows a change (of the
+    /// member set, or of this member's entry): they neither fire nor
+    /// clear, and those pending stay pending.
+    pub settles: bool,
 }
 
 /// One pool's judgement.
@@ -381,6 +385,10 @@ pub struct PoolVerdict {
     /// Ok, Concentration, InsufficientTraffic or Settling.
     pub verdict: Verdict,
     pub reason: String,
+    /// Every finding of the pool waits while its balancer follows a
+    /// change of the member set (see [`MemberVerdict::settles`]), its
+    /// own too, whatever its verdict (a quiet pool settles as well).
+    pub settles: bool,
     /// Effective members (1 / Σ share²) over the last 10 ticks.
     pub effective: f64,
     /// What the weights give.
@@ -710,8 +718,10 @@ pub(super) struct PoolState {
     first_tick: Option<u64>,
     reweights: Reweights,
     settle_left: u32,
-    /// Ticks the whole pool has settled in a row (see [`SETTLING_RUN`]).
+    /// Ticks the whole pool has settled in its current run (see
+    /// [`SETTLING_RUN`]), and calm ticks since the last.
     settled_for: u32,
+    calm_for: u32,
     /// The tick each member's own entry (new, weight, draining) last
     /// changed, for as long as it settles.
     changed: HashMap<String, u64>,
@@ -837,7 +847,10 @@ impl PoolState {
         self.note_member_set(s, input);
         self.presence.note(input, s.join_grace_ticks);
         if self.follow_reweights(s, input) {
+            // Every member's expected share moves at once: the whole pool
+            // settles, in a run of changes too.
             self.settle_left = s.settle_ticks;
+            self.settled_for = 0;
         }
         if self.reweights.is_empty() {
             return self.judge(s, input);
@@ -961,6 +974,7 @@ impl PoolState {
         };
         let insufficient = conns_insufficient && !(server.load.judged || lb.load.judged);
         let (verdict, mut reason) = pool_verdict(s, &judging, insufficient, primary, load);
+        let settles = judging.settling == Settling::Pool;
         let blind = blind_lb(s, &server, &lb);
         if let Some(blind) = &blind {
             if !reason.is_empty() {
@@ -973,6 +987,7 @@ impl PoolState {
             tick: input.tick,
             verdict,
             reason,
+            settles,
             effective: primary.effective,
             expected_effective: primary.expected_effective,
             view: primary_view,
@@ -988,18 +1003,23 @@ impl PoolState {
     }
 
     /// Whose findings settle this tick: the pool's, for a change within
-    /// `settle_ticks`, and past a run of [`SETTLING_RUN`] ticks only the
+    /// `settle_ticks`, and past a run of [`SETTLING_RUN`] settling ticks
+    /// (a run that `settle_ticks` calm ticks in a row end) only the
     /// members that changed.
     fn settling(&mut self, s: &Settings, tick: u64) -> Settling {
         let settle = u64::from(s.settle_ticks);
         self.changed.retain(|_, &mut at| tick < at + settle);
         if self.settle_left == 0 {
-            self.settled_for = 0;
+            self.calm_for += 1;
+            if self.calm_for >= s.settle_ticks {
+                self.settled_for = 0;
+            }
             return Settling::No;
         }
+        self.calm_for = 0;
         self.settle_left -= 1;
         self.settled_for += 1;
-        match self.settled_for <= SETTLING_RUN {
+        match self.settled_for <= SETTLING_RUN.max(s.settle_ticks) {
             true => Settling::Pool,
             false => Settling::Members(self.changed.keys().cloned().collect()),
         }
@@ -1231,6 +1251,7 @@ impl PoolState {
             reason,
             active,
             bytes,
+            settles: judging.settling.covers(&m.id),
         }
     }
 }

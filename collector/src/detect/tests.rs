@@ -377,10 +377,9 @@ fn a_drained_member_that_takes_all_of_a_pools_traffic_pages_for_as_long_as_it_do
             Transition::Updated(_) => None,
         }));
     }
-    let violation = (fired.iter()).find(|&&(_, kind, _)| kind == AlertKind::DrainingViolation);
     assert!(
-        matches!(violation, Some(&(t, _, Severity::Page)) if t <= 45),
-        "one DRAINING_VIOLATION page within five ticks: {fired:?}"
+        matches!(fired.as_slice(), [(t, AlertKind::DrainingViolation, Severity::Page)] if *t <= 45),
+        "one DRAINING_VIOLATION page within five ticks, and nothing else: {fired:?}"
     );
     let open = d
         .open_alerts()

@@ -43,6 +43,9 @@ struct Scenario {
     /// which the server view counted in the tick before (the two agents'
     /// clocks a tick apart).
     lb_late: bool,
+    /// An eleventh member, which no balancer sends to, is in the set on
+    /// every other tick here (the set changes every tick).
+    churn: std::ops::Range<u64>,
 }
 
 impl Scenario {
@@ -56,6 +59,7 @@ impl Scenario {
             lb_stale: 0..0,
             server_stale: 0..0,
             lb_late: false,
+            churn: 0..0,
         }
     }
 
@@ -100,6 +104,12 @@ impl Scenario {
                 }
                 m.server = Some(server);
                 m.lb = Some(lb);
+            }
+            if self.churn.contains(&t) && t.is_multiple_of(2) {
+                let mut extra = input(t, &[0; MEMBERS + 1], &[1.0; MEMBERS + 1]).members;
+                let mut extra = extra.swap_remove(MEMBERS);
+                extra.lb = extra.server;
+                pool.members.push(extra);
             }
             let (v, tr) = detector.evaluate(&pool);
             verdicts.push(v.members[DARK].verdict);
@@ -334,11 +344,50 @@ fn a_mismatch_back_after_its_lb_agent_was_stale_pages_in_a_pool_gone_quiet() {
             ..Scenario::new(Fault::Lost, 0.25)
         };
         let (verdicts, log) = scenario.run(seed);
-        let pages = mismatch_pages(&log);
+        let dark = |a: &Alert| a.kind == AlertKind::Mismatch && a.member == "10.0.0.4:8080";
+        let resolved = log.iter().find_map(|(t, x)| match x {
+            Transition::Resolved(a) if dark(a) => Some(*t),
+            _ => None,
+        });
+        let reopened = log.iter().find_map(|(t, x)| match x {
+            Transition::Updated(a) if dark(a) && a.flaps == 1 => Some((*t, a.severity)),
+            _ => None,
+        });
         assert!(
-            pages.iter().any(|t| (150..160).contains(t)),
-            "seed {seed}: MISMATCH pages again once the balancers' view is back: {pages:?} {:?}",
-            &verdicts[145..165]
+            resolved.is_some_and(|t| (140..150).contains(&t))
+                && reopened
+                    .is_some_and(|(t, sev)| (150..160).contains(&t) && sev == Severity::Page),
+            "seed {seed}: MISMATCH resolved at {resolved:?} (while the balancers' view was stale) and paged again at {reopened:?} (once it was back): {:?}",
+            &verdicts[135..165]
+        );
+    }
+}
+
+#[test]
+fn a_mismatch_in_a_pool_gone_quiet_holds_while_its_member_set_keeps_changing() {
+    // As above; from tick 140, when the members' own view has counted
+    // nothing for 40 ticks and calls the pool quiet, the set changes every
+    // tick for 30 ticks. The pool settles (10 ticks), then only the member
+    // that comes and goes does: the page on the member whose connections
+    // are lost stays open throughout, neither resolved nor fired again.
+    for seed in 1..=10 {
+        let scenario = Scenario {
+            spread_at: 100,
+            churn: 140..170,
+            ..Scenario::new(Fault::Lost, 0.25)
+        };
+        let (verdicts, log) = scenario.run(seed);
+        let dark = |a: &Alert| a.kind == AlertKind::Mismatch && a.member == "10.0.0.4:8080";
+        let moved: Vec<(u64, &Transition)> = (log.iter())
+            .filter(|(t, x)| {
+                *t >= 100 && matches!(x, Transition::Resolved(a) | Transition::Fired(a) if dark(a))
+            })
+            .map(|(t, x)| (*t, x))
+            .collect();
+        assert!(
+            moved.is_empty() && verdicts[199] == Verdict::Mismatch,
+            "seed {seed}: the MISMATCH page came and went: {moved:?} {:?}",
+            &verdicts[135..175]
         );
     }
 }

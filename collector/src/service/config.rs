@@ -147,7 +147,8 @@ pub struct Config {
     #[arg(long, env = "EVENFLOW_CLEAR_TICKS", default_value_t = defaults().clear_ticks)]
     pub clear_ticks: u32,
 
-    /// Ticks of silence after a pool's member set changes.
+    /// Ticks a pool's findings wait after its member set changes (in a
+    /// set that keeps changing, only the changed members' after 10).
     #[arg(long, env = "EVENFLOW_SETTLE_TICKS", default_value_t = defaults().settle_ticks)]
     pub settle_ticks: u32,
 
