@@ -130,14 +130,18 @@ impl MemberInput {
         }
     }
 
-    /// Its input in `view` when it is eligible for a share: observed
-    /// fresh, counters not reset, serving with a weight, not down, and not
-    /// joining.
+    /// Its input in `view` when its figures are this tick's: observed
+    /// fresh, counters not reset (a stale observer's are its last rate
+    /// carried on, a reset tick's delta is unknown).
+    pub(super) fn counted(&self, view: View) -> Option<ViewInput> {
+        self.view(view).filter(|v| v.fresh && !v.reset)
+    }
+
+    /// Its input in `view` when it is eligible for a share: counted,
+    /// serving with a weight, not down, and not joining.
     pub(super) fn eligible(&self, view: View, presence: &Presence) -> Option<ViewInput> {
-        self.view(view).filter(|v| {
-            v.fresh
-                && !v.reset
-                && !self.draining
+        self.counted(view).filter(|_| {
+            !self.draining
                 && self.weight > 0.0
                 && presence.down_since(&self.id).is_none()
                 && presence.joining(&self.id).is_none()
@@ -598,7 +602,6 @@ impl Presence {
             self.joins.clear();
             return;
         }
-        let counted = |m: &MemberInput, view| m.view(view).filter(|v| v.fresh && !v.reset);
         // Only a pool with no member judged for a share in either view;
         // a view that sees none of the others while another view does
         // (their agents stale, or on the balancers only) says nothing.
@@ -608,12 +611,12 @@ impl Presence {
                 let joining = input
                     .members()
                     .filter(|m| self.joins.get(&m.id).is_some() && m.weight > 0.0)
-                    .filter_map(|m| counted(m, tick.view).map(|v| (m.weight, v.new_conns)));
+                    .filter_map(|m| m.counted(tick.view).map(|v| (m.weight, v.new_conns)));
                 (tick.weight_sum, tick.new_conns) =
                     joining.fold((0.0, 0.0), |(w, n), (mw, mn)| (w + mw, n + mn as f64));
             }
             for m in input.members() {
-                let taken = counted(m, tick.view)
+                let taken = (m.counted(tick.view))
                     .filter(|_| tick.weight_sum > 0.0)
                     .map(|v| v.new_conns);
                 (self.joins).note(&m.id, m.weight, taken, &tick, input.tick);
@@ -769,10 +772,7 @@ impl Failures {
             };
             window.tick = input.tick;
             window.per_tick.rotate_right(1);
-            window.per_tick[0] = m
-                .view(View::Lb)
-                .filter(|v| v.fresh && !v.reset)
-                .map_or(0, |v| v.failed);
+            window.per_tick[0] = m.counted(View::Lb).map_or(0, |v| v.failed);
         }
         self.members.retain(|_, window| window.tick == input.tick);
     }
@@ -1217,13 +1217,14 @@ impl PoolState {
         // weighs the other view's connections, and when a fault takes a
         // whole pool's connections away in one view, it is what is left.
         // A joining member stays SETTLING: not taken in yet is no abstention.
+        let settles = judging.settling.covers(&m.id);
         let abstains = !verdict.is_fact()
             && verdict != Verdict::Mismatch
             && !(verdict == Verdict::Settling && self.presence.joining(&m.id).is_some());
         if judging.conns_insufficient && verdict.rank() > 0 && abstains {
             verdict = Verdict::InsufficientTraffic;
             reason = "too few new connections to judge".into();
-        } else if judging.settling.covers(&m.id) && verdict.rank() > 1 && !verdict.is_fact() {
+        } else if settles && verdict.rank() > 1 && !verdict.is_fact() {
             verdict = Verdict::Settling;
             reason = "member set changed; settling".into();
         }
@@ -1251,7 +1252,7 @@ impl PoolState {
             reason,
             active,
             bytes,
-            settles: judging.settling.covers(&m.id),
+            settles,
         }
     }
 }
@@ -1406,7 +1407,7 @@ const DRAIN_LEAK: f64 = 0.1;
 fn out_of_rotation(input: &PoolInput<impl AsRef<MemberInput>>, view: View) -> f64 {
     (input.members())
         .filter(|m| m.out_of_rotation().is_some())
-        .filter_map(|m| m.view(view).filter(|v| v.fresh && !v.reset))
+        .filter_map(|m| m.counted(view))
         .map(|v| v.new_conns as f64)
         .sum()
 }

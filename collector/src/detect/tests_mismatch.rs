@@ -119,6 +119,11 @@ impl Scenario {
     }
 }
 
+/// A MISMATCH of member [`DARK`].
+fn dark_mismatch(a: &Alert) -> bool {
+    a.kind == AlertKind::Mismatch && a.member == "10.0.0.4:8080"
+}
+
 fn mismatch_pages(log: &Log) -> Vec<u64> {
     paged(log)
         .into_iter()
@@ -344,13 +349,12 @@ fn a_mismatch_back_after_its_lb_agent_was_stale_pages_in_a_pool_gone_quiet() {
             ..Scenario::new(Fault::Lost, 0.25)
         };
         let (verdicts, log) = scenario.run(seed);
-        let dark = |a: &Alert| a.kind == AlertKind::Mismatch && a.member == "10.0.0.4:8080";
         let resolved = log.iter().find_map(|(t, x)| match x {
-            Transition::Resolved(a) if dark(a) => Some(*t),
+            Transition::Resolved(a) if dark_mismatch(a) => Some(*t),
             _ => None,
         });
         let reopened = log.iter().find_map(|(t, x)| match x {
-            Transition::Updated(a) if dark(a) && a.flaps == 1 => Some((*t, a.severity)),
+            Transition::Updated(a) if dark_mismatch(a) && a.flaps == 1 => Some((*t, a.severity)),
             _ => None,
         });
         assert!(
@@ -377,10 +381,9 @@ fn a_mismatch_in_a_pool_gone_quiet_holds_while_its_member_set_keeps_changing() {
             ..Scenario::new(Fault::Lost, 0.25)
         };
         let (verdicts, log) = scenario.run(seed);
-        let dark = |a: &Alert| a.kind == AlertKind::Mismatch && a.member == "10.0.0.4:8080";
         let moved: Vec<(u64, &Transition)> = (log.iter())
             .filter(|(t, x)| {
-                *t >= 100 && matches!(x, Transition::Resolved(a) | Transition::Fired(a) if dark(a))
+                *t >= 100 && matches!(x, Transition::Resolved(a) | Transition::Fired(a) if dark_mismatch(a))
             })
             .map(|(t, x)| (*t, x))
             .collect();
