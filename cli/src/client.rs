@@ -99,11 +99,14 @@ pub fn call_error(status: tonic::Status) -> anyhow::Error {
         // With TLS 1.3 the client's side of the handshake ends before the
         // collector has checked the client's certificate: one it refuses
         // breaks the connection at the first call, not at connecting. An
-        // HTTP/1 server (the collector's /metrics) breaks it the same way.
+        // HTTP/1 server (the collector's /metrics) breaks it the same way,
+        // and so does a TLS listener asked in plaintext when its close
+        // wins the race with its TLS alert (else see the h2 case below).
         anyhow::Error::from(status).context(
             "the connection to the collector broke: it restarted; or --collector names a port \
              that is not its gRPC one (50052, not /metrics' 9465); or it requires client \
-             certificates and refused this one (--tls-cert, --tls-key)",
+             certificates and refused this one (--tls-cert, --tls-key); or it serves TLS and \
+             was asked in plaintext (write https:// and give --tls-ca)",
         )
     } else if status.code() == tonic::Code::Internal
         && status.message().starts_with("h2 protocol error")

@@ -68,6 +68,14 @@ fn simulate(
     (first, all)
 }
 
+/// The pages a tick's transitions fired, each with the tick.
+pub(super) fn fired_pages(t: u64, tr: Vec<Transition>) -> impl Iterator<Item = (u64, Alert)> {
+    tr.into_iter().filter_map(move |x| match x {
+        Transition::Fired(a) if a.severity == Severity::Page => Some((t, a)),
+        _ => None,
+    })
+}
+
 fn pages(tr: &[Transition]) -> usize {
     tr.iter()
         .filter(|t| matches!(t, Transition::Fired(a) if a.severity == Severity::Page))

@@ -73,10 +73,7 @@ fn rollout(seed: u64, every: u64, dead: bool) -> Vec<(u64, Alert)> {
             });
         }
         let (_, tr) = d.evaluate(&inp);
-        pages.extend(tr.into_iter().filter_map(|x| match x {
-            Transition::Fired(a) if a.severity == Severity::Page => Some((t, a)),
-            _ => None,
-        }));
+        pages.extend(super::tests::fired_pages(t, tr));
     }
     pages
 }

@@ -44,10 +44,7 @@ impl ScaleUp {
                 })
                 .collect();
             let (v, tr) = d.evaluate(&input(t, &counts, &vec![1.0; members]));
-            run.pages.extend(tr.into_iter().filter_map(|x| match x {
-                Transition::Fired(a) if a.severity == Severity::Page => Some((t, a)),
-                _ => None,
-            }));
+            run.pages.extend(super::tests::fired_pages(t, tr));
             run.verdicts.push(v);
         }
         run

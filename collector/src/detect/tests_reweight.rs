@@ -40,10 +40,7 @@ impl Change<'_> {
                 })
                 .collect();
             let (v, tr) = d.evaluate(&input(t, &counts, declared));
-            pages.extend(tr.into_iter().filter_map(|x| match x {
-                Transition::Fired(a) if a.severity == Severity::Page => Some((t, a)),
-                _ => None,
-            }));
+            pages.extend(super::tests::fired_pages(t, tr));
             verdicts.push(v);
         }
         (pages, verdicts)
@@ -202,10 +199,7 @@ fn pages_of(
             })
             .collect();
         let (_, tr) = d.evaluate(&input(t, &counts, &declared(t)));
-        pages.extend(tr.into_iter().filter_map(|x| match x {
-            Transition::Fired(a) if a.severity == Severity::Page => Some((t, a)),
-            _ => None,
-        }));
+        pages.extend(super::tests::fired_pages(t, tr));
     }
     pages
 }
