@@ -68,6 +68,17 @@ pub fn start_checked(lab: &mut Lab) -> Result<PathBuf> {
     launch(lab, &defaults, false, BACKEND_PORT, " check")
 }
 
+/// [`start`] with a failed connect given up after a second and retried
+/// once on another server (`timeout connect 1s`, `retries 1`, `option
+/// redispatch 1`), as production configurations have it: a server that
+/// stops answering costs its clients a second, not their request, so no
+/// client sees it fail. Returns the stats socket's path.
+pub fn start_redispatching(lab: &mut Lab) -> Result<PathBuf> {
+    let defaults = HTTP.replace("timeout connect 3s", "timeout connect 1s")
+        + "  retries 1\n  option redispatch 1\n";
+    launch(lab, &defaults, false, BACKEND_PORT, "")
+}
+
 /// The `defaults` of [`start`].
 const HTTP: &str = "  mode http\n  timeout connect 3s\n  timeout client 20s\n  timeout server 20s\n\
                     \x20 option httpclose\n  http-reuse never\n";

@@ -1,5 +1,6 @@
 //! A change the balancer applies at its own moment pages nothing; one it
-//! never applies pages once the grace ends.
+//! never applies pages once the grace ends. And a change nobody made: a
+//! backend's host that dies behind the balancer is DOWN, not only STALE.
 //!
 //! Real lab: three nginx backends with an agent each, HAProxy on the lb
 //! (round robin, weights set over its runtime API) with its agent, and the
@@ -23,7 +24,7 @@ use evenflow_tests::{
     agent::{self, COLLECTOR},
     client, grpcurl, haproxy,
     lab::{BACKEND_PORT, Lab},
-    nginx,
+    netns, nft, nginx,
 };
 use serde_json::Value;
 
@@ -163,11 +164,22 @@ fn stand_up(
     name: &str,
     haproxy: impl FnOnce(&mut Lab) -> anyhow::Result<std::path::PathBuf>,
 ) -> (Lab, std::path::PathBuf, std::path::PathBuf) {
+    stand_up_with(name, &[], haproxy)
+}
+
+/// [`stand_up`] with `collector_args` added to the collector's flags.
+fn stand_up_with(
+    name: &str,
+    collector_args: &[&str],
+    haproxy: impl FnOnce(&mut Lab) -> anyhow::Result<std::path::PathBuf>,
+) -> (Lab, std::path::PathBuf, std::path::PathBuf) {
     let mut lab = Lab::new(name, 3).expect("lab");
     let pools = lab.dir.join("pools.toml");
     write_pools(&lab, &pools, [1, 1, 1], None);
     let file = pools.display().to_string();
-    agent::start_collector_with(&mut lab, METRICS, &["--pools", &file]).expect("collector");
+    let mut args = vec!["--pools", &file];
+    args.extend_from_slice(collector_args);
+    agent::start_collector_with(&mut lab, METRICS, &args).expect("collector");
     let url = format!("http://{COLLECTOR}");
     for b in lab.backends.clone() {
         nginx::start(&mut lab, &b).expect("nginx");
@@ -566,4 +578,82 @@ fn one_of_two_haproxies_that_leaves_a_server_out_warns_naming_its_node() {
         ratio.unwrap_or(f64::NAN),
         cleared.as_secs_f64()
     );
+}
+
+/// b3's host dies under load: its agent goes with it and its address
+/// answers nothing (every packet to it dropped). HAProxy has no health
+/// checks: it goes on dialling b3 for its share, gives each connect up
+/// after a second and redispatches it, so no client fails. Hearing nothing
+/// from b3's agent, the collector said only STALE, a warning; its
+/// balancer's failed attempts are what says the host cannot be reached:
+/// DOWN within seconds, a page after `--down-page-ticks` (15 here), and
+/// resolved once the host is back.
+#[test]
+fn a_host_that_dies_behind_haproxy_is_down_and_pages_while_it_stays_down() {
+    evenflow_tests::require_root();
+    let (mut lab, _pools, _sock) = stand_up_with(
+        "hostgone",
+        &["--down-page-ticks", "15"],
+        haproxy::start_redispatching,
+    );
+    let load = Load::start(&lab);
+    wait_pool(&lab, 40, "the pool judged OK", |p| {
+        p["verdict"] == "VERDICT_OK" && p["members"].as_array().is_some_and(|m| m.len() == 3)
+    });
+    let b3 = lab.backends[2].clone();
+    let b3_id = format!("{}:{BACKEND_PORT}", b3.addr4);
+    let rules = "table inet evenflow_dead { chain input { type filter hook input priority -300; policy drop; } }";
+    nft::load(&lab, &b3.ns, "dead", rules).expect("b3 drops every packet");
+    agent::kill(&mut lab, &b3);
+    let died = Instant::now();
+    let down = |lab: &Lab, severity: &str| {
+        (alerts(lab).into_iter()).find(|a| {
+            a["kind"] == "ALERT_KIND_DOWN"
+                && a["member"] == b3_id.as_str()
+                && a["severity"] == severity
+                && a["resolvedAt"].is_null()
+        })
+    };
+    let warned = evenflow_tests::wait_for(Duration::from_secs(30), || {
+        down(&lab, "SEVERITY_WARNING").or_else(|| down(&lab, "SEVERITY_PAGE"))
+    })
+    .unwrap_or_else(|| panic!("no DOWN for b3; alerts: {:#?}", alerts(&lab)));
+    println!(
+        "DOWN {:.1} s after b3's host died: {}",
+        died.elapsed().as_secs_f64(),
+        warned["summary"]
+    );
+    let summary = warned["summary"].as_str().unwrap_or_default();
+    assert!(
+        summary.contains("its own agent is silent") && summary.contains("failed"),
+        "{warned:#}"
+    );
+    assert_eq!(warned["view"], "VIEW_LB", "{warned:#}");
+    let paged = evenflow_tests::wait_for(Duration::from_secs(40), || down(&lab, "SEVERITY_PAGE"))
+        .unwrap_or_else(|| panic!("DOWN did not page; alerts: {:#?}", alerts(&lab)));
+    println!(
+        "paged {:.1} s after b3's host died",
+        died.elapsed().as_secs_f64()
+    );
+    assert_eq!(paged["id"], warned["id"], "the warning became the page");
+    let others: Vec<Value> = (alerts(&lab).into_iter())
+        .filter(|a| a["severity"] == "SEVERITY_PAGE" && a["kind"] != "ALERT_KIND_DOWN")
+        .collect();
+    assert!(others.is_empty(), "only b3's DOWN pages: {others:#?}");
+
+    netns::exec(&b3.ns, "nft", &["delete", "table", "inet", "evenflow_dead"])
+        .expect("b3 answers again");
+    let url = format!("http://{COLLECTOR}");
+    agent::relaunch(&mut lab, &b3, &["--collector", &url], &[]).expect("b3's agent again");
+    let back = Instant::now();
+    evenflow_tests::wait_for(Duration::from_secs(40), || {
+        (down(&lab, "SEVERITY_PAGE").is_none() && down(&lab, "SEVERITY_WARNING").is_none())
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("DOWN did not resolve; alerts: {:#?}", alerts(&lab)));
+    println!(
+        "resolved {:.1} s after b3's host came back",
+        back.elapsed().as_secs_f64()
+    );
+    assert!(load.finish() > 0, "the clients were served throughout");
 }

@@ -38,7 +38,10 @@
 //!   the balancer: it leaves the shares (its peers' expectations grow, as
 //!   its connections go to them), gathers no ZERO evidence, and its
 //!   windows start again when it listens again. It warns, and pages after
-//!   `down_page_ticks`.
+//!   `down_page_ticks`. So does a member its balancers cannot reach while
+//!   its own agent is stale (a host that died with its agent): their
+//!   failed attempts are another observer's word, not a guess from the
+//!   silence.
 //! * **Load** (`load.rs`): what each member carries — its open
 //!   connections (a binomial placement test on the connections open now,
 //!   never summed over ticks, which see the same connections) and its

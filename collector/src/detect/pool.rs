@@ -535,15 +535,35 @@ pub(super) struct Presence {
     /// Members down whose agent went stale before they listened again: a
     /// host rebooting.
     unseen_return: std::collections::HashSet<String>,
+    /// Members nobody can reach, with the tick each became so: their own
+    /// agent is stale and their balancers' last attempts failed (a host
+    /// that died or was cut off, whose agent went with it).
+    unreachable: HashMap<String, u64>,
     joins: Joins,
 }
 
+/// Why a member is down.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(super) enum Down {
+    /// Its own agent lists no listener on its port any more.
+    NotListening,
+    /// Its own agent is stale and its balancers' attempts fail.
+    Unreachable,
+}
+
 impl Presence {
-    /// Records this tick's listener reports: a member listening again
-    /// joins for up to `grace` ticks.
-    fn note(&mut self, input: &PoolInput<impl AsRef<MemberInput>>, grace: u64) {
+    /// Records this tick's listener reports and who is unreachable: a
+    /// member listening again, or reached again, joins for up to `grace`
+    /// ticks.
+    fn note(
+        &mut self,
+        input: &PoolInput<impl AsRef<MemberInput>>,
+        failures: &Failures,
+        grace: u64,
+    ) {
         self.down = 0;
         for m in input.members() {
+            self.note_reach(m, failures, input.tick, grace);
             if m.listening.is_none() && self.members.is_empty() {
                 continue;
             }
@@ -575,10 +595,26 @@ impl Presence {
         }
     }
 
+    /// Notes whether member `m` is unreachable this tick: its own agent
+    /// stale (it cannot say whether it listens) while the LB view's last
+    /// attempts to it failed. Another observer's word, not an absence: no
+    /// data is still not zero, and a stale agent whose member its
+    /// balancers reach, or stop dialling, stays NO_DATA.
+    fn note_reach(&mut self, m: &MemberInput, failures: &Failures, tick: u64, grace: u64) {
+        let silent = m.server.is_some_and(|v| !v.fresh);
+        if silent && failures.unanswered(&m.id, tick) {
+            self.unreachable.entry(m.id.clone()).or_insert(tick);
+            self.down += 1;
+        } else if self.unreachable.remove(&m.id).is_some() {
+            self.joins.start(&m.id, tick, grace);
+        }
+    }
+
     /// Forgets members that left the pool.
     fn retain(&mut self, ids: &std::collections::HashSet<&str>) {
         self.members.retain(|id, _| ids.contains(id.as_str()));
         self.unseen_return.retain(|id| ids.contains(id.as_str()));
+        self.unreachable.retain(|id, _| ids.contains(id.as_str()));
         self.joins.retain(ids);
     }
 
@@ -627,10 +663,17 @@ impl Presence {
 
     /// The tick member `id` went down, while it is.
     pub(super) fn down_since(&self, id: &str) -> Option<u64> {
+        self.down(id).map(|(since, _)| since)
+    }
+
+    /// Since when and why member `id` is down, while it is.
+    pub(super) fn down(&self, id: &str) -> Option<(u64, Down)> {
         if self.down == 0 {
             return None;
         }
-        self.members.get(id).copied().flatten()
+        let not_listening = self.members.get(id).copied().flatten();
+        (not_listening.map(|since| (since, Down::NotListening)))
+            .or_else(|| Some((*self.unreachable.get(id)?, Down::Unreachable)))
     }
 }
 
@@ -756,6 +799,10 @@ struct FailedWindow {
     per_tick: [u64; SHARE_WINDOW],
     /// The tick last noted: a member absent from it left the pool.
     tick: u64,
+    /// The last tick the LB view counted a failed attempt to it, and the
+    /// last it counted one that opened.
+    last_failed: Option<u64>,
+    last_opened: Option<u64>,
 }
 
 impl Failures {
@@ -772,7 +819,14 @@ impl Failures {
             };
             window.tick = input.tick;
             window.per_tick.rotate_right(1);
-            window.per_tick[0] = m.counted(View::Lb).map_or(0, |v| v.failed);
+            let lb = m.counted(View::Lb).unwrap_or_default();
+            window.per_tick[0] = lb.failed;
+            if lb.failed > 0 {
+                window.last_failed = Some(input.tick);
+            }
+            if lb.new_conns > 0 {
+                window.last_opened = Some(input.tick);
+            }
         }
         self.members.retain(|_, window| window.tick == input.tick);
     }
@@ -782,6 +836,17 @@ impl Failures {
         self.members
             .get(id)
             .map_or(0, |window| window.per_tick.iter().sum())
+    }
+
+    /// Whether its balancers' last attempts to member `id` failed, within
+    /// the window, and none opened since (a tick with both opened some:
+    /// the member is reachable).
+    fn unanswered(&self, id: &str, tick: u64) -> bool {
+        self.members.get(id).is_some_and(|w| {
+            w.last_failed.is_some_and(|failed| {
+                tick < failed + SHARE_WINDOW as u64 && w.last_opened.is_none_or(|o| o < failed)
+            })
+        })
     }
 }
 
@@ -845,7 +910,9 @@ impl PoolState {
         input: &PoolInput<impl AsRef<MemberInput>>,
     ) -> PoolVerdict {
         self.note_member_set(s, input);
-        self.presence.note(input, s.join_grace_ticks);
+        self.failures.note(input);
+        self.presence
+            .note(input, &self.failures, s.join_grace_ticks);
         if self.follow_reweights(s, input) {
             // Every member's expected share moves at once: the whole pool
             // settles, in a run of changes too.
@@ -917,7 +984,6 @@ impl PoolState {
     /// Judges one tick of the pool: both views, then each member (its
     /// views combined, HOT, quiet and settling pools), then the pool.
     fn judge(&mut self, s: &Settings, input: &PoolInput<impl AsRef<MemberInput>>) -> PoolVerdict {
-        self.failures.note(input);
         let judged_with = (&self.presence, &self.failures);
         let server = self.server.evaluate(s, input, View::Server, judged_with);
         let lb = self.lb.evaluate(s, input, View::Lb, judged_with);
@@ -1503,6 +1569,11 @@ fn combine(
             (s.verdict, view, s.reason.clone())
         }
         (Some(s), Some(l)) => {
+            // The LB view's DOWN is its own word on a member whose agent
+            // went silent (unreachable), not a guess from that silence.
+            if s.verdict == Verdict::NoData && matches!(l.verdict, Verdict::Down { .. }) {
+                return (l.verdict, View::Lb, l.reason.clone());
+            }
             if s.verdict == Verdict::NoData {
                 return (Verdict::NoData, View::Server, s.reason.clone());
             }
@@ -1747,7 +1818,7 @@ impl ViewState {
         input: ViewInput,
         tally: &mut Tally,
     ) -> ViewVerdict {
-        let down_since = presence.down_since(&member.id);
+        let down = presence.down(&member.id);
         let joining = presence.joining(&member.id);
         let hist = member_entry(&mut self.members, &member.id);
         // A stale observer's figures are its last rate carried on, and a
@@ -1758,7 +1829,7 @@ impl ViewState {
         let expected_share = if member.draining
             || !input.fresh
             || input.reset
-            || down_since.is_some()
+            || down.is_some()
             || joining.is_some()
             || share_tick.weight_sum <= 0.0
         {
@@ -1825,14 +1896,19 @@ impl ViewState {
             }
             return judged;
         }
-        if let Some(since) = down_since {
+        if let Some((since, why)) = down {
             let ticks = share_tick.tick.saturating_sub(since) + 1;
             judged.verdict = Verdict::Down {
                 page: ticks >= s.down_page_ticks,
             };
-            judged.reason = format!(
-                "its agent lists no listener on its port ({ticks} ticks): the backend is down, so no balancer can send it connections"
-            );
+            judged.reason = match why {
+                Down::NotListening => format!(
+                    "its agent lists no listener on its port ({ticks} ticks): the backend is down, so no balancer can send it connections"
+                ),
+                Down::Unreachable => format!(
+                    "its own agent is silent (stale) and its balancers' last connection attempts to it failed, none opening since ({ticks} ticks): its host is down or cut off from them"
+                ),
+            };
             // Its silence is the outage's, not the balancer's: the ZERO
             // evidence and the windows start again when it is back.
             hist.zero_e = 0.0;

@@ -374,3 +374,181 @@ fn a_member_down_stale_and_down_again_joins_once() {
     }
     assert_eq!(joined, [50]);
 }
+
+/// Member 0's host on a tick: whether its own agent reports, how many of
+/// its balancers' attempts to it open (of its share) and how many fail.
+#[derive(Clone, Copy)]
+struct Host {
+    agent: bool,
+    opens: bool,
+    failed: u64,
+}
+
+/// Three equal members at about 100 new connections a tick, seen in both
+/// views (the LB view counts what the servers do, plus the failed
+/// attempts), member 0's host as `host(t)` says. A stale agent's figures
+/// are its last rate carried on, as the collector carries them. Returns
+/// every transition with its tick, and the verdicts.
+fn host_gone(
+    ticks: std::ops::Range<u64>,
+    seed: u64,
+    settings: Settings,
+    host: impl Fn(u64) -> Host,
+) -> (Vec<(u64, Transition)>, Vec<PoolVerdict>) {
+    let mut d = Detector::new(settings);
+    let mut rng = Rng::new(seed);
+    let (mut log, mut verdicts) = (Vec::new(), Vec::new());
+    let mut carried = 33;
+    for t in ticks {
+        let h = host(t);
+        let others = if h.opens { 100.0 / 3.0 } else { 50.0 };
+        let counts = [
+            if h.opens { rng.poisson(100.0 / 3.0) } else { 0 },
+            rng.poisson(others),
+            rng.poisson(others),
+        ];
+        let mut inp = input(t, &counts, &[1.0; 3]);
+        for m in &mut inp.members {
+            m.listening = Some(true);
+            m.lb = m.server;
+        }
+        let m0 = &mut inp.members[0];
+        if let Some(lb) = m0.lb.as_mut() {
+            lb.failed = h.failed;
+        }
+        match (h.agent, m0.server.as_mut()) {
+            (true, Some(v)) => carried = v.new_conns,
+            (false, Some(v)) => {
+                (v.fresh, v.new_conns) = (false, carried);
+                m0.listening = None;
+            }
+            (_, None) => unreachable!("input gives a server view"),
+        }
+        let (v, tr) = d.evaluate(&inp);
+        log.extend(tr.into_iter().map(|x| (t, x)));
+        verdicts.push(v);
+    }
+    (log, verdicts)
+}
+
+/// Member 0's host dies at tick 60 and comes back at 100: its agent goes
+/// with it, and its balancers' attempts to it fail, `failed(t)` a tick.
+fn died_at_60(failed: impl Fn(u64) -> u64) -> impl Fn(u64) -> Host {
+    move |t| match t {
+        60..100 => Host {
+            agent: false,
+            opens: false,
+            failed: failed(t),
+        },
+        _ => Host {
+            agent: true,
+            opens: true,
+            failed: 0,
+        },
+    }
+}
+
+#[test]
+fn a_host_gone_with_its_agent_is_down_as_its_balancers_fail_to_reach_it() {
+    // Balancers without health checks try it with its share (33 a tick),
+    // or health checks alone keep trying it (one every other tick).
+    type Failed = fn(u64) -> u64;
+    let shapes: [(&str, Failed); 2] = [("no health checks", |_| 33), ("health checks", |t| t % 2)];
+    for (shape, failed) in shapes {
+        for seed in 0..5 {
+            let (log, v) = host_gone(0..140, seed, Settings::default(), died_at_60(failed));
+            let down = fired(&log, AlertKind::Down);
+            assert_eq!(down.len(), 1, "{shape}, seed {seed}: {log:#?}");
+            let a = down[0];
+            assert_eq!(a.member, v[0].members[0].id);
+            assert_eq!(a.view, View::Lb, "{a:#?}");
+            assert!(a.since_tick <= 62, "{shape}: {a:#?}");
+            assert!(
+                a.summary.contains("its own agent is silent")
+                    && a.summary.contains("down or cut off")
+                    && a.summary.contains("connection attempts to it failed"),
+                "{}",
+                a.summary
+            );
+            // Out of the shares: its peers take its connections, and are
+            // judged against halves.
+            let during = &v[80];
+            assert_eq!(during.members[0].verdict, Verdict::Down { page: false });
+            for m in &during.members[1..] {
+                assert_eq!(m.verdict, Verdict::Ok, "{shape}: {m:#?}");
+            }
+            // Nothing else: no ZERO for routing, no STALE beside the DOWN.
+            let other: Vec<_> = (log.iter())
+                .filter_map(|(t, x)| match x {
+                    Transition::Fired(a) if a.kind != AlertKind::Down => Some((t, a)),
+                    _ => None,
+                })
+                .collect();
+            assert!(other.is_empty(), "{shape}, seed {seed}: {other:#?}");
+            // Back at 100: it joins and is judged OK, and the DOWN resolves.
+            assert_eq!(v[100].members[0].verdict, Verdict::Settling, "{shape}");
+            assert_eq!(v[130].members[0].verdict, Verdict::Ok, "{shape}");
+            assert!(log.iter().any(|(t, x)| *t >= 100
+                && matches!(x, Transition::Resolved(a) if a.kind == AlertKind::Down)));
+        }
+    }
+}
+
+#[test]
+fn a_host_gone_for_long_pages_down() {
+    let settings = Settings::default();
+    let page_after = settings.down_page_ticks;
+    let end = 62 + page_after + 5;
+    let (log, v) = host_gone(0..end, 7, settings, |t| Host {
+        agent: t < 60,
+        opens: t < 60,
+        failed: if t < 60 { 0 } else { 33 },
+    });
+    let pages = paged(&log);
+    assert_eq!(pages.len(), 1, "{pages:#?}");
+    let (at, a) = pages[0];
+    assert_eq!(a.kind, AlertKind::Down);
+    assert!(
+        (60 + page_after..=62 + page_after + 2).contains(&at),
+        "{at}"
+    );
+    let last = v.last().expect("verdicts");
+    assert_eq!(last.members[0].verdict, Verdict::Down { page: true });
+}
+
+#[test]
+fn a_silent_agent_whose_member_its_balancers_reach_or_stop_dialling_is_no_data() {
+    // The agent alone died: the balancers' connections to it open, some
+    // failing beside them (a backlog that overflows now and then).
+    let agent_died = |t| Host {
+        agent: t < 60,
+        opens: true,
+        failed: u64::from(t >= 60) * 2,
+    };
+    // The agent died and the balancers stopped dialling it at once: no
+    // attempt says anything, and no data is not zero.
+    let left_out = |t| Host {
+        agent: t < 60,
+        opens: t < 60,
+        failed: 0,
+    };
+    // Attempts failed shortly before its agent went silent, but later
+    // ones opened: it was reachable after them.
+    let failed_before = |t| Host {
+        agent: t < 60,
+        opens: t < 60,
+        failed: u64::from((55..58).contains(&t)) * 10,
+    };
+    let shapes: [(&str, &dyn Fn(u64) -> Host); 3] = [
+        ("agent died", &agent_died),
+        ("left out", &left_out),
+        ("failed before", &failed_before),
+    ];
+    for (shape, host) in shapes {
+        let (log, v) = host_gone(0..100, 3, Settings::default(), host);
+        assert!(fired(&log, AlertKind::Down).is_empty(), "{shape}: {log:#?}");
+        assert!(paged(&log).is_empty(), "{shape}: {:#?}", paged(&log));
+        assert_eq!(v[90].members[0].verdict, Verdict::NoData, "{shape}");
+        assert_eq!(fired(&log, AlertKind::Stale).len(), 1, "{shape}: {log:#?}");
+    }
+}

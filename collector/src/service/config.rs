@@ -214,7 +214,8 @@ pub struct Config {
     pub min_pool_active: f64,
 
     /// A member whose backend stopped listening on its port (its agent
-    /// lists no listener there) is DOWN: a warning, and a page once it has
+    /// lists no listener there), or whose host its balancers cannot reach
+    /// while its agent is stale, is DOWN: a warning, and a page once it has
     /// been down this many ticks in a row.
     #[arg(long, env = "EVENFLOW_DOWN_PAGE_TICKS", default_value_t = defaults().down_page_ticks, value_parser = clap::value_parser!(u64).range(1..))]
     pub down_page_ticks: u64,
