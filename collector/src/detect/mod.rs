@@ -37,8 +37,9 @@
 //!   no longer does is not listening, so its silence is no evidence about
 //!   the balancer: it leaves the shares (its peers' expectations grow, as
 //!   its connections go to them), gathers no ZERO evidence, and its
-//!   windows start again when it listens again. It warns, and pages after
-//!   `down_page_ticks`. So does a member its balancers cannot reach while
+//!   windows start again when it listens again. It warns, and pages once
+//!   it has been down `down_page_ticks` more ticks than up (one long
+//!   outage, or a crash loop). So does a member its balancers cannot reach while
 //!   its own agent is stale (a host that died with its agent): their
 //!   failed attempts are another observer's word, not a guess from the
 //!   silence.
@@ -142,8 +143,10 @@ pub struct Settings {
     /// A pool holding at least this many open connections is judged on
     /// its load, however few new connections it opens.
     pub min_pool_active: f64,
-    /// A member down (its agent lists no listener on its port) for this
-    /// many ticks in a row pages; before that it warns.
+    /// A member down (its agent lists no listener on its port, or its
+    /// balancers cannot reach it while its agent is stale) pages once its
+    /// ticks down, less its ticks up since it first went down, reach this;
+    /// before that it warns.
     pub down_page_ticks: u64,
     /// A draining member still holding open connections this many ticks
     /// after it began draining warns (SKEW, open connections, pinned):

@@ -539,7 +539,23 @@ pub(super) struct Presence {
     /// agent is stale and their balancers' last attempts failed (a host
     /// that died or was cut off, whose agent went with it).
     unreachable: HashMap<String, u64>,
+    /// Per member that went down, its ticks down less its ticks up since,
+    /// never below zero: a member that keeps going down (a crash loop)
+    /// builds it up across its returns, one that restarts now and then
+    /// pays it off.
+    down_debt: HashMap<String, u64>,
     joins: Joins,
+}
+
+/// A member down: since when, why, and its down debt (its ticks down
+/// less its ticks up, since it first went down and while that stays above
+/// zero): a DOWN pages on the debt, so a member that keeps going down for
+/// most of the time pages though no one outage lasts `down_page_ticks`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(super) struct Downed {
+    pub since: u64,
+    pub why: Down,
+    pub debt: u64,
 }
 
 /// Why a member is down.
@@ -593,6 +609,27 @@ impl Presence {
                 }
             }
         }
+        self.note_debts(input);
+    }
+
+    /// Adds this tick to the down debt of each member down, and pays one
+    /// tick off for each member up.
+    fn note_debts(&mut self, input: &PoolInput<impl AsRef<MemberInput>>) {
+        for m in input.members() {
+            let down = self.members.get(&m.id).is_some_and(Option::is_some)
+                || self.unreachable.contains_key(&m.id);
+            match self.down_debt.get_mut(&m.id) {
+                Some(debt) if down => *debt += 1,
+                Some(debt) if *debt > 1 => *debt -= 1,
+                Some(_) => {
+                    self.down_debt.remove(&m.id);
+                }
+                None if down => {
+                    self.down_debt.insert(m.id.clone(), 1);
+                }
+                None => {}
+            }
+        }
     }
 
     /// Notes whether member `m` is unreachable this tick: its own agent
@@ -615,6 +652,7 @@ impl Presence {
         self.members.retain(|id, _| ids.contains(id.as_str()));
         self.unseen_return.retain(|id| ids.contains(id.as_str()));
         self.unreachable.retain(|id, _| ids.contains(id.as_str()));
+        self.down_debt.retain(|id, _| ids.contains(id.as_str()));
         self.joins.retain(ids);
     }
 
@@ -663,17 +701,19 @@ impl Presence {
 
     /// The tick member `id` went down, while it is.
     pub(super) fn down_since(&self, id: &str) -> Option<u64> {
-        self.down(id).map(|(since, _)| since)
+        self.down(id).map(|down| down.since)
     }
 
-    /// Since when and why member `id` is down, while it is.
-    pub(super) fn down(&self, id: &str) -> Option<(u64, Down)> {
+    /// Since when and why member `id` is down, while it is, and its debt.
+    pub(super) fn down(&self, id: &str) -> Option<Downed> {
         if self.down == 0 {
             return None;
         }
         let not_listening = self.members.get(id).copied().flatten();
-        (not_listening.map(|since| (since, Down::NotListening)))
-            .or_else(|| Some((*self.unreachable.get(id)?, Down::Unreachable)))
+        let (since, why) = (not_listening.map(|since| (since, Down::NotListening)))
+            .or_else(|| Some((*self.unreachable.get(id)?, Down::Unreachable)))?;
+        let debt = self.down_debt.get(id).copied().unwrap_or(1);
+        Some(Downed { since, why, debt })
     }
 }
 
@@ -1896,10 +1936,10 @@ impl ViewState {
             }
             return judged;
         }
-        if let Some((since, why)) = down {
+        if let Some(Downed { since, why, debt }) = down {
             let ticks = share_tick.tick.saturating_sub(since) + 1;
             judged.verdict = Verdict::Down {
-                page: ticks >= s.down_page_ticks,
+                page: debt >= s.down_page_ticks,
             };
             judged.reason = match why {
                 Down::NotListening => format!(
@@ -1909,6 +1949,11 @@ impl ViewState {
                     "its own agent is silent (stale) and its balancers' last connection attempts to it failed, none opening since ({ticks} ticks): its host is down or cut off from them"
                 ),
             };
+            if debt > ticks {
+                judged.reason.push_str(&format!(
+                    "; it keeps going down: with its outages before this one, down {debt} ticks more than up"
+                ));
+            }
             // Its silence is the outage's, not the balancer's: the ZERO
             // evidence and the windows start again when it is back.
             hist.zero_e = 0.0;

@@ -552,3 +552,66 @@ fn a_silent_agent_whose_member_its_balancers_reach_or_stop_dialling_is_no_data()
         assert_eq!(fired(&log, AlertKind::Stale).len(), 1, "{shape}: {log:#?}");
     }
 }
+
+/// Member 0 goes down at tick 60 and then every `period` ticks, for
+/// `down` ticks each time (its agent says so a tick late, as in
+/// [`outage`]); the transitions and verdicts of `ticks` ticks.
+fn goes_down_again_and_again(
+    ticks: u64,
+    period: u64,
+    down: u64,
+    seed: u64,
+) -> (Vec<(u64, Transition)>, Vec<PoolVerdict>) {
+    let mut d = Detector::default();
+    let mut rng = Rng::new(seed);
+    let phase = |t: u64| (t >= 60).then(|| (t - 60) % period);
+    three_members(
+        0..ticks,
+        &mut d,
+        &mut rng,
+        |t| match phase(t) {
+            Some(p) if p <= down => 0.0,
+            _ => 1.0,
+        },
+        |t| Some(!phase(t).is_some_and(|p| (1..=down).contains(&p))),
+    )
+}
+
+#[test]
+fn a_member_that_keeps_going_down_pages_though_no_outage_lasts() {
+    // A crash loop: down 40 ticks, up 10, again and again. No one outage
+    // reaches `down_page_ticks` (60), but it is down four fifths of the
+    // time: by its second outage it is 60 ticks more down than up.
+    let (log, v) = goes_down_again_and_again(300, 50, 40, 11);
+    let pages = paged(&log);
+    let (at, a) = pages.first().copied().expect("a DOWN page");
+    assert_eq!(a.kind, AlertKind::Down, "{pages:#?}");
+    assert!(
+        pages.iter().all(|(_, a)| a.kind == AlertKind::Down),
+        "{pages:#?}"
+    );
+    // 30 ticks more down than up after the first cycle, 30 more into the
+    // second outage (ticks 111..=150), confirmed a tick later.
+    assert!((140..=143).contains(&at), "{at}");
+    let during = &v[145].members[0];
+    assert_eq!(during.verdict, Verdict::Down { page: true }, "{during:#?}");
+    assert!(
+        during.reason.contains("it keeps going down"),
+        "{}",
+        during.reason
+    );
+    assert!(fired(&log, AlertKind::Zero).is_empty(), "{log:#?}");
+}
+
+#[test]
+fn a_member_restarted_now_and_then_never_pages() {
+    // Down 20 ticks every 50: each outage paid off before the next.
+    for seed in 0..5 {
+        let (log, v) = goes_down_again_and_again(400, 50, 20, seed);
+        assert!(paged(&log).is_empty(), "seed {seed}: {:#?}", paged(&log));
+        assert!(
+            v.iter()
+                .any(|p| p.members[0].verdict == Verdict::Down { page: false })
+        );
+    }
+}

@@ -216,7 +216,8 @@ pub struct Config {
     /// A member whose backend stopped listening on its port (its agent
     /// lists no listener there), or whose host its balancers cannot reach
     /// while its agent is stale, is DOWN: a warning, and a page once it has
-    /// been down this many ticks in a row.
+    /// been down this many ticks more than up since it first went down (one
+    /// long outage, or a crash loop).
     #[arg(long, env = "EVENFLOW_DOWN_PAGE_TICKS", default_value_t = defaults().down_page_ticks, value_parser = clap::value_parser!(u64).range(1..))]
     pub down_page_ticks: u64,
 
