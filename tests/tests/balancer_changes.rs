@@ -1,6 +1,7 @@
 //! A change the balancer applies at its own moment pages nothing; one it
-//! never applies pages once the grace ends. And a change nobody made: a
-//! backend's host that dies behind the balancer is DOWN, not only STALE.
+//! never applies pages once the grace ends. And changes nobody made: a
+//! backend's host that dies behind the balancer is DOWN, not only STALE,
+//! and a backend that keeps crashing pages DOWN.
 //!
 //! Real lab: three nginx backends with an agent each, HAProxy on the lb
 //! (round robin, weights set over its runtime API) with its agent, and the
@@ -580,6 +581,23 @@ fn one_of_two_haproxies_that_leaves_a_server_out_warns_naming_its_node() {
     );
 }
 
+/// [`stand_up`] with HAProxy redispatching failed connects
+/// ([`haproxy::start_redispatching`]) and the collector's
+/// `--down-page-ticks` at `down_page_ticks`, under client load, once the
+/// pool is judged OK.
+fn redispatching_under_load(name: &str, down_page_ticks: &str) -> (Lab, Load) {
+    let (lab, _pools, _sock) = stand_up_with(
+        name,
+        &["--down-page-ticks", down_page_ticks],
+        haproxy::start_redispatching,
+    );
+    let load = Load::start(&lab);
+    wait_pool(&lab, 40, "the pool judged OK", |p| {
+        p["verdict"] == "VERDICT_OK" && p["members"].as_array().is_some_and(|m| m.len() == 3)
+    });
+    (lab, load)
+}
+
 /// b3's host dies under load: its agent goes with it and its address
 /// answers nothing (every packet to it dropped). HAProxy has no health
 /// checks: it goes on dialling b3 for its share, gives each connect up
@@ -591,15 +609,7 @@ fn one_of_two_haproxies_that_leaves_a_server_out_warns_naming_its_node() {
 #[test]
 fn a_host_that_dies_behind_haproxy_is_down_and_pages_while_it_stays_down() {
     evenflow_tests::require_root();
-    let (mut lab, _pools, _sock) = stand_up_with(
-        "hostgone",
-        &["--down-page-ticks", "15"],
-        haproxy::start_redispatching,
-    );
-    let load = Load::start(&lab);
-    wait_pool(&lab, 40, "the pool judged OK", |p| {
-        p["verdict"] == "VERDICT_OK" && p["members"].as_array().is_some_and(|m| m.len() == 3)
-    });
+    let (mut lab, load) = redispatching_under_load("hostgone", "15");
     let b3 = lab.backends[2].clone();
     let b3_id = format!("{}:{BACKEND_PORT}", b3.addr4);
     let rules = "table inet evenflow_dead { chain input { type filter hook input priority -300; policy drop; } }";
@@ -655,5 +665,66 @@ fn a_host_that_dies_behind_haproxy_is_down_and_pages_while_it_stays_down() {
         "resolved {:.1} s after b3's host came back",
         back.elapsed().as_secs_f64()
     );
+    assert!(load.finish() > 0, "the clients were served throughout");
+}
+
+/// b3's nginx crash-loops behind HAProxy, which has no health checks and
+/// redispatches each refused connect, so no client fails: killed, started
+/// again 9 s later, killed again 3 s after that. No one outage lasts
+/// `--down-page-ticks` (12 here), so each alone only warns, as a restart
+/// should; but b3 is down three quarters of the time, and its down debt
+/// (ticks down less ticks up) pages in its second outage.
+#[test]
+fn a_crash_looping_backend_pages_down_though_no_outage_lasts() {
+    evenflow_tests::require_root();
+    let (mut lab, load) = redispatching_under_load("crashloop", "12");
+    let b3 = lab.backends[2].clone();
+    let b3_id = format!("{}:{BACKEND_PORT}", b3.addr4);
+    let down_pages = |lab: &Lab| -> Vec<Value> {
+        (alerts(lab).into_iter())
+            .filter(|a| {
+                a["kind"] == "ALERT_KIND_DOWN"
+                    && a["member"] == b3_id.as_str()
+                    && a["severity"] == "SEVERITY_PAGE"
+            })
+            .collect()
+    };
+    let started = Instant::now();
+    let mut paged_in = None;
+    for outage in 1..=3 {
+        lab.kill(&format!("nginx-{}", b3.role));
+        let down = Instant::now();
+        while down.elapsed() < Duration::from_secs(9) && paged_in.is_none() {
+            if let Some(page) = down_pages(&lab).into_iter().next() {
+                println!(
+                    "DOWN paged {:.1} s into outage {outage}: {}",
+                    down.elapsed().as_secs_f64(),
+                    page["summary"]
+                );
+                paged_in = Some(outage);
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        if paged_in.is_some() {
+            break;
+        }
+        nginx::start(&mut lab, &b3).expect("nginx again");
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    let outage = paged_in.unwrap_or_else(|| {
+        panic!(
+            "no DOWN page in three outages over {:.0} s; alerts: {:#?}",
+            started.elapsed().as_secs_f64(),
+            alerts(&lab)
+        )
+    });
+    assert!(outage >= 2, "one 9 s outage alone pages nothing");
+    let page = down_pages(&lab).remove(0);
+    let summary = page["summary"].as_str().unwrap_or_default();
+    assert!(summary.contains("it keeps going down"), "{page:#}");
+    let others: Vec<Value> = (alerts(&lab).into_iter())
+        .filter(|a| a["severity"] == "SEVERITY_PAGE" && a["kind"] != "ALERT_KIND_DOWN")
+        .collect();
+    assert!(others.is_empty(), "only b3's DOWN pages: {others:#?}");
     assert!(load.finish() > 0, "the clients were served throughout");
 }
