@@ -603,7 +603,7 @@ impl Presence {
                 // Nobody can say this tick (its agent is stale): not down,
                 // but back only when it is seen listening.
                 None => {
-                    if state.take().is_some() {
+                    if state.take().is_some() && !self.unreachable.contains_key(&m.id) {
                         self.unseen_return.insert(m.id.clone());
                     }
                 }
@@ -612,12 +612,16 @@ impl Presence {
         self.note_debts(input);
     }
 
-    /// Adds this tick to the down debt of each member down, and pays one
-    /// tick off for each member up.
+    /// Adds this tick to the down debt of each member judged DOWN, and
+    /// pays one tick off for each other member. A member out of rotation
+    /// is not judged DOWN (drained, it may well be stopped), nor is an
+    /// unreachable one while its balancers' view is stale too: neither
+    /// tick is one of an outage anyone is told of.
     fn note_debts(&mut self, input: &PoolInput<impl AsRef<MemberInput>>) {
         for m in input.members() {
-            let down = self.members.get(&m.id).is_some_and(Option::is_some)
-                || self.unreachable.contains_key(&m.id);
+            let not_listening = self.members.get(&m.id).is_some_and(Option::is_some);
+            let unreachable = self.unreachable.contains_key(&m.id) && m.counted(View::Lb).is_some();
+            let down = (not_listening || unreachable) && m.out_of_rotation().is_none();
             match self.down_debt.get_mut(&m.id) {
                 Some(debt) if down => *debt += 1,
                 Some(debt) if *debt > 1 => *debt -= 1,
@@ -632,18 +636,36 @@ impl Presence {
         }
     }
 
-    /// Notes whether member `m` is unreachable this tick: its own agent
-    /// stale (it cannot say whether it listens) while the LB view's last
-    /// attempts to it failed. Another observer's word, not an absence: no
-    /// data is still not zero, and a stale agent whose member its
-    /// balancers reach, or stop dialling, stays NO_DATA.
+    /// Notes whether member `m` is unreachable this tick. It becomes so
+    /// when its own agent is stale (it cannot say whether it listens) and
+    /// the LB view's last attempts to it failed: another observer's word,
+    /// not an absence, so a stale agent whose member its balancers reach,
+    /// or do not dial, stays NO_DATA. It stays so until its balancers
+    /// open a connection to it or its agent reports again, however long
+    /// they back off from dialling it: their last word was a failure.
     fn note_reach(&mut self, m: &MemberInput, failures: &Failures, tick: u64, grace: u64) {
         let silent = m.server.is_some_and(|v| !v.fresh);
-        if silent && failures.unanswered(&m.id, tick) {
-            self.unreachable.entry(m.id.clone()).or_insert(tick);
-            self.down += 1;
-        } else if self.unreachable.remove(&m.id).is_some() {
-            self.joins.start(&m.id, tick, grace);
+        match self.unreachable.get(&m.id).copied() {
+            Some(since) if silent && !failures.opened_since(&m.id, since) => self.down += 1,
+            Some(since) => {
+                self.unreachable.remove(&m.id);
+                if m.listening == Some(false) && self.members.contains_key(&m.id) {
+                    // Its agent is back and lists no listener: the same
+                    // outage goes on (the listener check counts it down).
+                    self.members.insert(m.id.clone(), Some(since));
+                } else {
+                    self.joins.start(&m.id, tick, grace);
+                }
+            }
+            None if silent && failures.unanswered(&m.id, tick) => {
+                // An outage its agent saw begin goes on, unseen by it.
+                let since = self.members.get(&m.id).copied().flatten();
+                self.unreachable.insert(m.id.clone(), since.unwrap_or(tick));
+                // Its return is this outage's end, not one of its own.
+                self.unseen_return.remove(&m.id);
+                self.down += 1;
+            }
+            None => {}
         }
     }
 
@@ -876,6 +898,12 @@ impl Failures {
         self.members
             .get(id)
             .map_or(0, |window| window.per_tick.iter().sum())
+    }
+
+    /// Whether the LB view counted a connection to member `id` opening at
+    /// or after tick `since`.
+    fn opened_since(&self, id: &str, since: u64) -> bool {
+        (self.members.get(id)).is_some_and(|w| w.last_opened.is_some_and(|o| o >= since))
     }
 
     /// Whether its balancers' last attempts to member `id` failed, within

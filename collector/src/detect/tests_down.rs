@@ -376,12 +376,34 @@ fn a_member_down_stale_and_down_again_joins_once() {
 }
 
 /// Member 0's host on a tick: whether its own agent reports, how many of
-/// its balancers' attempts to it open (of its share) and how many fail.
+/// its balancers' attempts to it open (of its share) and how many fail,
+/// and whether it listens (as its agent says while it reports).
 #[derive(Clone, Copy)]
 struct Host {
     agent: bool,
     opens: bool,
     failed: u64,
+    listens: bool,
+}
+
+impl Host {
+    /// Its agent reports it listening; its balancers' attempts open.
+    const UP: Host = Host {
+        agent: true,
+        opens: true,
+        failed: 0,
+        listens: true,
+    };
+
+    /// Its agent silent; its balancers' attempts fail, `failed` a tick.
+    fn gone(failed: u64) -> Host {
+        Host {
+            agent: false,
+            opens: false,
+            failed,
+            listens: true,
+        }
+    }
 }
 
 /// Three equal members at about 100 new connections a tick, seen in both
@@ -417,7 +439,10 @@ fn host_gone(
             lb.failed = h.failed;
         }
         match (h.agent, m0.server.as_mut()) {
-            (true, Some(v)) => carried = v.new_conns,
+            (true, Some(v)) => {
+                carried = v.new_conns;
+                m0.listening = Some(h.listens);
+            }
             (false, Some(v)) => {
                 (v.fresh, v.new_conns) = (false, carried);
                 m0.listening = None;
@@ -435,16 +460,8 @@ fn host_gone(
 /// with it, and its balancers' attempts to it fail, `failed(t)` a tick.
 fn died_at_60(failed: impl Fn(u64) -> u64) -> impl Fn(u64) -> Host {
     move |t| match t {
-        60..100 => Host {
-            agent: false,
-            opens: false,
-            failed: failed(t),
-        },
-        _ => Host {
-            agent: true,
-            opens: true,
-            failed: 0,
-        },
+        60..100 => Host::gone(failed(t)),
+        _ => Host::UP,
     }
 }
 
@@ -499,10 +516,9 @@ fn a_host_gone_for_long_pages_down() {
     let settings = Settings::default();
     let page_after = settings.down_page_ticks;
     let end = 62 + page_after + 5;
-    let (log, v) = host_gone(0..end, 7, settings, |t| Host {
-        agent: t < 60,
-        opens: t < 60,
-        failed: if t < 60 { 0 } else { 33 },
+    let (log, v) = host_gone(0..end, 7, settings, |t| match t {
+        ..60 => Host::UP,
+        _ => Host::gone(33),
     });
     let pages = paged(&log);
     assert_eq!(pages.len(), 1, "{pages:#?}");
@@ -522,22 +538,23 @@ fn a_silent_agent_whose_member_its_balancers_reach_or_stop_dialling_is_no_data()
     // failing beside them (a backlog that overflows now and then).
     let agent_died = |t| Host {
         agent: t < 60,
-        opens: true,
         failed: u64::from(t >= 60) * 2,
+        ..Host::UP
     };
     // The agent died and the balancers stopped dialling it at once: no
     // attempt says anything, and no data is not zero.
-    let left_out = |t| Host {
-        agent: t < 60,
-        opens: t < 60,
-        failed: 0,
+    let left_out = |t| match t {
+        ..60 => Host::UP,
+        _ => Host::gone(0),
     };
     // Attempts failed shortly before its agent went silent, but later
     // ones opened: it was reachable after them.
-    let failed_before = |t| Host {
-        agent: t < 60,
-        opens: t < 60,
-        failed: u64::from((55..58).contains(&t)) * 10,
+    let failed_before = |t| match t {
+        ..60 => Host {
+            failed: u64::from((55..58).contains(&t)) * 10,
+            ..Host::UP
+        },
+        _ => Host::gone(0),
     };
     let shapes: [(&str, &dyn Fn(u64) -> Host); 3] = [
         ("agent died", &agent_died),
@@ -614,4 +631,108 @@ fn a_member_restarted_now_and_then_never_pages() {
                 .any(|p| p.members[0].verdict == Verdict::Down { page: false })
         );
     }
+}
+
+#[test]
+fn a_dead_host_its_balancers_back_off_from_stays_down_until_it_answers() {
+    // Its balancers try it for 5 ticks, then back off (HAProxy's
+    // `downinter`, Envoy's outlier ejection) and dial it no more: their
+    // last word was a failure, so it stays DOWN, one outage, until its
+    // agent reports again at tick 140.
+    let host = |t| match t {
+        60..65 => Host::gone(33),
+        65..140 => Host::gone(0),
+        _ => Host::UP,
+    };
+    let settings = Settings::default();
+    let page_after = settings.down_page_ticks;
+    let (log, v) = host_gone(0..170, 5, settings, host);
+    for p in &v[62..140] {
+        let m = &p.members[0];
+        assert!(
+            matches!(m.verdict, Verdict::Down { .. }),
+            "tick {}: {m:#?}",
+            p.tick
+        );
+    }
+    assert!(fired(&log, AlertKind::Stale).is_empty(), "{log:#?}");
+    let resolved: Vec<u64> = (log.iter())
+        .filter(|(_, x)| matches!(x, Transition::Resolved(a) if a.kind == AlertKind::Down))
+        .map(|(t, _)| *t)
+        .collect();
+    assert!(resolved.iter().all(|&t| t >= 140), "{resolved:?}");
+    assert!(!resolved.is_empty(), "resolved once it answers");
+    let pages = paged(&log);
+    assert_eq!(pages.len(), 1, "{pages:#?}");
+    assert!(
+        (60 + page_after..=62 + page_after + 2).contains(&pages[0].0),
+        "{pages:#?}"
+    );
+}
+
+#[test]
+fn a_member_not_listening_whose_agent_then_goes_silent_is_down_in_one_outage() {
+    // Not listening from tick 60 (its balancers' attempts refused), its
+    // agent silent from tick 80: one outage from tick 60, not a second one
+    // with a debt from the first.
+    let host = |t| match t {
+        60..80 => Host {
+            opens: false,
+            failed: 33,
+            listens: false,
+            ..Host::UP
+        },
+        80.. => Host::gone(33),
+        _ => Host::UP,
+    };
+    let settings = Settings::default();
+    let page_after = settings.down_page_ticks;
+    let (log, v) = host_gone(0..60 + page_after + 10, 9, settings, host);
+    let m = &v[90].members[0];
+    assert!(m.reason.contains("its own agent is silent"), "{}", m.reason);
+    assert!(
+        m.reason.contains("(31 ticks)"),
+        "since tick 60: {}",
+        m.reason
+    );
+    assert!(!m.reason.contains("keeps going down"), "{}", m.reason);
+    assert_eq!(fired(&log, AlertKind::Down).len(), 1, "{log:#?}");
+    let pages = paged(&log);
+    assert_eq!(pages.len(), 1, "{pages:#?}");
+    assert!(
+        (60 + page_after..=60 + page_after + 2).contains(&pages[0].0),
+        "{pages:#?}"
+    );
+}
+
+#[test]
+fn a_drained_member_stopped_for_long_owes_no_down_debt() {
+    // Drained and stopped for 200 ticks, then back in rotation; a restart
+    // of 3 ticks 40 ticks later warns, as any restart does.
+    let mut d = Detector::default();
+    let mut rng = Rng::new(13);
+    let mut log = Vec::new();
+    for t in 0..360u64 {
+        let drained = (60..260).contains(&t);
+        let restarting = (300..303).contains(&t);
+        let serves = !drained && !restarting;
+        let others = if serves { 100.0 / 3.0 } else { 50.0 };
+        let counts = [
+            if serves { rng.poisson(100.0 / 3.0) } else { 0 },
+            rng.poisson(others),
+            rng.poisson(others),
+        ];
+        let mut inp = input(t, &counts, &[1.0; 3]);
+        for m in &mut inp.members {
+            m.listening = Some(true);
+        }
+        inp.members[0].listening = Some(serves);
+        inp.members[0].draining = drained;
+        let (_, tr) = d.evaluate(&inp);
+        log.extend(tr.into_iter().map(|x| (t, x)));
+    }
+    assert!(paged(&log).is_empty(), "{:#?}", paged(&log));
+    let down = fired(&log, AlertKind::Down);
+    assert_eq!(down.len(), 1, "the restart warns: {log:#?}");
+    assert!(down[0].since_tick >= 300, "{:#?}", down[0]);
 }
