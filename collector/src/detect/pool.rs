@@ -539,18 +539,19 @@ pub(super) struct Presence {
     /// agent is stale and their balancers' last attempts failed (a host
     /// that died or was cut off, whose agent went with it).
     unreachable: HashMap<String, u64>,
-    /// Per member that went down, its ticks down less its ticks up since,
-    /// never below zero: a member that keeps going down (a crash loop)
-    /// builds it up across its returns, one that restarts now and then
-    /// pays it off.
+    /// Per member that went down, its ticks judged DOWN less its other
+    /// ticks since, never below zero: a member that keeps going down (a
+    /// crash loop) builds it up across its returns, one that restarts now
+    /// and then pays it off.
     down_debt: HashMap<String, u64>,
     joins: Joins,
 }
 
-/// A member down: since when, why, and its down debt (its ticks down
-/// less its ticks up, since it first went down and while that stays above
-/// zero): a DOWN pages on the debt, so a member that keeps going down for
-/// most of the time pages though no one outage lasts `down_page_ticks`.
+/// A member down: since when, why, and its down debt (its ticks judged
+/// DOWN less its other ticks, since it first went down and while that
+/// stays above zero): a DOWN pages on the debt, so a member that keeps
+/// going down for most of the time pages though no one outage lasts
+/// `down_page_ticks`.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub(super) struct Downed {
     pub since: u64,
