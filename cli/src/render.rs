@@ -21,6 +21,7 @@ pub fn verdict(v: i32) -> &'static str {
         Ok(v1::Verdict::Concentration) => "CONCENTRATION",
         Ok(v1::Verdict::Settling) => "SETTLING",
         Ok(v1::Verdict::Down) => "DOWN",
+        Ok(v1::Verdict::Failing) => "FAILING",
         _ => "-",
     }
 }

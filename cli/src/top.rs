@@ -111,7 +111,8 @@ fn color(verdict: i32) -> Color {
             | v1::Verdict::SkewLow
             | v1::Verdict::SkewHigh
             | v1::Verdict::Concentration
-            | v1::Verdict::Down,
+            | v1::Verdict::Down
+            | v1::Verdict::Failing,
         ) => Color::Red,
         Ok(
             v1::Verdict::NoData

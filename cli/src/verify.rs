@@ -4,10 +4,11 @@
 //! judges the pool from the collector's verdicts: exit 0 when every serving
 //! member receives its share, 1 when any member is ZERO, SKEW, STALE, DOWN
 //! or MISMATCH (its load balancers and its own agent disagree on whether it
-//! gets connections: the collector pages on it), or the pool concentrates,
-//! or a draining member still gets traffic, or a member's load — its open
-//! connections or bytes — pages, routing, pinned or refusing; and 2 when it cannot
-//! judge (collector unreachable or not answering, pool unknown, too little
+//! gets connections: the collector pages on it), or the pool concentrates
+//! or fails (every connection attempt to its members fails), or a draining
+//! member still gets traffic, or a member's load — its open connections or
+//! bytes — pages, routing, pinned or refusing; and 2 when it cannot judge
+//! (collector unreachable or not answering, pool unknown, too little
 //! traffic, or the change not in place yet: a member its balancer has not
 //! taken in, a weight change it has not followed). HOT and load warnings
 //! (a restarted member refilling) are printed, not failed.
@@ -70,6 +71,12 @@ pub fn judge(pool: &v1::Pool) -> Outcome {
             pool.name,
             pool.effective_members,
             pool.expected_effective_members,
+            reason_suffix(&pool.reason)
+        ));
+    } else if pool.verdict == v1::Verdict::Failing as i32 {
+        bad.push(format!(
+            "pool {}: FAILING{}",
+            pool.name,
             reason_suffix(&pool.reason)
         ));
     }
@@ -304,9 +311,14 @@ mod tests {
     }
 
     #[test]
-    fn concentration_fails_even_if_members_look_fine() {
-        let p = pool(v1::Verdict::Concentration, vec![member(v1::Verdict::Ok); 2]);
-        assert_eq!(judge(&p).exit_code(), 1);
+    fn concentration_or_failing_fails_even_if_members_look_fine() {
+        for v in [v1::Verdict::Concentration, v1::Verdict::Failing] {
+            let p = pool(v, vec![member(v1::Verdict::Ok); 2]);
+            match judge(&p) {
+                Outcome::Unhealthy(lines) => assert!(lines[0].contains(render::verdict(v as i32))),
+                other => panic!("{v:?} gave {other:?}"),
+            }
+        }
     }
 
     #[test]

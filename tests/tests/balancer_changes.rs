@@ -1,7 +1,8 @@
 //! A change the balancer applies at its own moment pages nothing; one it
 //! never applies pages once the grace ends. And changes nobody made: a
 //! backend's host that dies behind the balancer is DOWN, not only STALE,
-//! and a backend that keeps crashing pages DOWN.
+//! a backend that keeps crashing pages DOWN, and a pool whose every
+//! backend drops its connections pages FAILING.
 //!
 //! Real lab: three nginx backends with an agent each, HAProxy on the lb
 //! (round robin, weights set over its runtime API) with its agent, and the
@@ -42,7 +43,8 @@ fn write_pools(lab: &Lab, path: &Path, weights: [u32; 3], draining: Option<usize
 /// second (or split over several balancers).
 struct Load {
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<u64>>,
+    /// The connections served and failed.
+    thread: Option<JoinHandle<(u64, u64)>>,
 }
 
 impl Load {
@@ -57,18 +59,18 @@ impl Load {
         let flag = stop.clone();
         let targets = targets.to_vec();
         let thread = std::thread::spawn(move || {
-            let mut sent = 0;
+            let (mut sent, mut failed) = (0, 0);
             while !flag.load(Ordering::Relaxed) {
                 for &(target, rounds) in &targets {
                     for _ in 0..rounds {
                         let load = client::http_load(&ns, target, 10, 2).expect("load");
-                        assert_eq!(load.failures, 0, "HAProxy serves every connection");
                         sent += load.connections;
+                        failed += load.failures;
                     }
                 }
                 std::thread::sleep(Duration::from_millis(150));
             }
-            sent
+            (sent, failed)
         });
         Load {
             stop,
@@ -78,10 +80,17 @@ impl Load {
 }
 
 impl Load {
-    /// Stops the load; the connections it made.
-    fn finish(mut self) -> u64 {
+    /// Stops the load; the connections it made, every one served.
+    fn finish(self) -> u64 {
+        let (sent, failed) = self.finish_failing();
+        assert_eq!(failed, 0, "HAProxy serves every connection");
+        sent
+    }
+
+    /// Stops the load; the connections served and those that failed.
+    fn finish_failing(mut self) -> (u64, u64) {
         self.stop.store(true, Ordering::Relaxed);
-        (self.thread.take()).map_or(0, |t| t.join().expect("load thread"))
+        (self.thread.take()).map_or((0, 0), |t| t.join().expect("load thread"))
     }
 }
 
@@ -108,6 +117,20 @@ fn alerts(lab: &Lab) -> Vec<Value> {
     )
     .expect("ListAlerts");
     v["alerts"].as_array().cloned().unwrap_or_default()
+}
+
+/// The collector's alerts of `kind` (`ALERT_KIND_DOWN`) at `severity`
+/// (`SEVERITY_PAGE`) about `member` ("" for the pool's own), resolved ones
+/// included.
+fn alerts_of(lab: &Lab, kind: &str, member: &str, severity: &str) -> Vec<Value> {
+    (alerts(lab).into_iter())
+        .filter(|a| {
+            // Proto3's JSON leaves an empty string out: a pool's alert has
+            // no `member`.
+            let of = a["member"].as_str().unwrap_or_default();
+            a["kind"] == kind && of == member && a["severity"] == severity
+        })
+        .collect()
 }
 
 /// Waits up to `secs` for the pool to satisfy `f`.
@@ -617,12 +640,8 @@ fn a_host_that_dies_behind_haproxy_is_down_and_pages_while_it_stays_down() {
     agent::kill(&mut lab, &b3);
     let died = Instant::now();
     let down = |lab: &Lab, severity: &str| {
-        (alerts(lab).into_iter()).find(|a| {
-            a["kind"] == "ALERT_KIND_DOWN"
-                && a["member"] == b3_id.as_str()
-                && a["severity"] == severity
-                && a["resolvedAt"].is_null()
-        })
+        (alerts_of(lab, "ALERT_KIND_DOWN", &b3_id, severity).into_iter())
+            .find(|a| a["resolvedAt"].is_null())
     };
     let warned = evenflow_tests::wait_for(Duration::from_secs(30), || {
         down(&lab, "SEVERITY_WARNING").or_else(|| down(&lab, "SEVERITY_PAGE"))
@@ -680,15 +699,7 @@ fn a_crash_looping_backend_pages_down_though_no_outage_lasts() {
     let (mut lab, load) = redispatching_under_load("crashloop", "12");
     let b3 = lab.backends[2].clone();
     let b3_id = format!("{}:{BACKEND_PORT}", b3.addr4);
-    let down_pages = |lab: &Lab| -> Vec<Value> {
-        (alerts(lab).into_iter())
-            .filter(|a| {
-                a["kind"] == "ALERT_KIND_DOWN"
-                    && a["member"] == b3_id.as_str()
-                    && a["severity"] == "SEVERITY_PAGE"
-            })
-            .collect()
-    };
+    let down_pages = |lab: &Lab| alerts_of(lab, "ALERT_KIND_DOWN", &b3_id, "SEVERITY_PAGE");
     let started = Instant::now();
     let mut paged_in = None;
     for outage in 1..=3 {
@@ -727,4 +738,70 @@ fn a_crash_looping_backend_pages_down_though_no_outage_lasts() {
         .collect();
     assert!(others.is_empty(), "only b3's DOWN pages: {others:#?}");
     assert!(load.finish() > 0, "the clients were served throughout");
+}
+
+/// A network policy pushed to every backend drops the connections to
+/// their port: listeners up, agents reporting. HAProxy has no health
+/// checks: it dials each backend in turn, gives each connect up after a
+/// second, and answers its clients 503. No connection opens anywhere, and
+/// the collector said "too quiet to judge"; the balancer's failed
+/// attempts say clients are trying: one page, FAILING, within seconds
+/// (each member ZERO refusing beside it as a warning), `evenflow verify`
+/// fails naming it, and it resolves once the policy goes.
+#[test]
+fn a_pool_whose_every_backend_drops_its_connections_pages_failing_once() {
+    evenflow_tests::require_root();
+    let (lab, load) = redispatching_under_load("failing", "30");
+    let policy = format!(
+        "table inet evenflow_policy {{ chain input {{ type filter hook input priority 0; tcp dport {BACKEND_PORT} drop; }} }}"
+    );
+    for b in &lab.backends {
+        nft::load(&lab, &b.ns, "policy", &policy).expect("the policy drops connections");
+    }
+    let pushed = Instant::now();
+    let failing = |lab: &Lab| {
+        (alerts_of(lab, "ALERT_KIND_FAILING", "", "SEVERITY_PAGE").into_iter())
+            .find(|a| a["resolvedAt"].is_null())
+    };
+    let page = evenflow_tests::wait_for(Duration::from_secs(30), || failing(&lab))
+        .unwrap_or_else(|| panic!("no FAILING page; pool: {:#?}", pool(&lab)));
+    println!(
+        "FAILING paged {:.1} s after the policy: {}",
+        pushed.elapsed().as_secs_f64(),
+        page["summary"]
+    );
+    let summary = page["summary"].as_str().unwrap_or_default();
+    assert!(summary.contains("every connection attempt"), "{page:#}");
+    assert_eq!(page["cause"], "CAUSE_REFUSING", "{page:#}");
+    let p = wait_pool(&lab, 10, "every member ZERO", |p| {
+        (p["members"].as_array()).is_some_and(|m| m.iter().all(|m| m["verdict"] == "VERDICT_ZERO"))
+    });
+    assert_eq!(p["verdict"], "VERDICT_FAILING", "{p:#}");
+    let (code, said) = verify(&lab);
+    assert_eq!(code, 1, "verify fails a failing pool: {said}");
+    assert!(said.contains("FAILING"), "{said}");
+    let pages: Vec<Value> = (alerts(&lab).into_iter())
+        .filter(|a| a["severity"] == "SEVERITY_PAGE")
+        .collect();
+    assert_eq!(pages.len(), 1, "one page: {pages:#?}");
+
+    for b in &lab.backends {
+        netns::exec(
+            &b.ns,
+            "nft",
+            &["delete", "table", "inet", "evenflow_policy"],
+        )
+        .expect("the policy goes");
+    }
+    let lifted = Instant::now();
+    evenflow_tests::wait_for(Duration::from_secs(30), || {
+        failing(&lab).is_none().then_some(())
+    })
+    .unwrap_or_else(|| panic!("FAILING did not resolve; alerts: {:#?}", alerts(&lab)));
+    println!(
+        "resolved {:.1} s after the policy went",
+        lifted.elapsed().as_secs_f64()
+    );
+    let (served, failed) = load.finish_failing();
+    assert!(served > 0 && failed > 0, "served {served}, failed {failed}");
 }

@@ -20,6 +20,7 @@ pub enum AlertKind {
     Mismatch,
     DrainingViolation,
     Down,
+    Failing,
 }
 
 impl AlertKind {
@@ -33,13 +34,18 @@ impl AlertKind {
             AlertKind::Mismatch => "MISMATCH",
             AlertKind::DrainingViolation => "DRAINING_VIOLATION",
             AlertKind::Down => "DOWN",
+            AlertKind::Failing => "FAILING",
         }
     }
 
     /// A fact about a member's listener or its observers (DOWN, STALE),
-    /// not a judgement of its traffic: booked in a quiet or settling pool.
+    /// or about every attempt to a pool (FAILING), not a judgement of its
+    /// traffic's split: booked in a quiet or settling pool.
     fn is_fact(self) -> bool {
-        matches!(self, AlertKind::Down | AlertKind::Stale)
+        matches!(
+            self,
+            AlertKind::Down | AlertKind::Stale | AlertKind::Failing
+        )
     }
 }
 
@@ -314,43 +320,50 @@ fn load_alert(
     })
 }
 
-/// The alerts a pool's verdicts want this tick, by id: its
-/// CONCENTRATION, and each member's new-connection and load alerts, grouped
-/// (as warnings) under the page that explains them.
+/// The page a pool's own verdict asks for, if any: CONCENTRATION, or
+/// FAILING (every attempt to its members fails, refused or unanswered).
+fn pool_alert(pool: &PoolVerdict) -> Option<Want> {
+    let (kind, cause, why, observed) = match pool.verdict {
+        Verdict::Concentration => {
+            let cause = concentration_cause(pool);
+            let why = match cause {
+                Cause::Refusing => {
+                    "; the members it leaves out refuse the connections their balancers send them (failed attempts): the members, not the routing"
+                }
+                _ => "",
+            };
+            (AlertKind::Concentration, cause, why, pool.effective)
+        }
+        Verdict::Failing => (AlertKind::Failing, Cause::Refusing, "", 0.0),
+        _ => return None,
+    };
+    Some(Want {
+        kind,
+        signal: Some(Signal::NewConnections),
+        cause: Some(cause),
+        view: pool.view,
+        severity: Severity::Page,
+        observed,
+        expected: pool.expected_effective,
+        summary: format!("pool {} {}: {}{why}", pool.name, kind.as_str(), pool.reason),
+        evidence: vec![
+            ("effective_members".into(), observed),
+            ("expected_effective_members".into(), pool.expected_effective),
+        ],
+    })
+}
+
+/// The alerts a pool's verdicts want this tick, by id: its own page
+/// (CONCENTRATION, FAILING), and each member's new-connection and load
+/// alerts, grouped (as warnings) under the page that explains them.
 fn wanted(pool: &PoolVerdict, tick: u64) -> HashMap<String, Alert> {
     let mut want: HashMap<String, Alert> = HashMap::new();
-    let concentration = pool.verdict == Verdict::Concentration;
-    if concentration {
-        let id = format!("{}//CONCENTRATION", pool.name);
-        let cause = concentration_cause(pool);
-        let refusing = match cause {
-            Cause::Refusing => {
-                "; the members it leaves out refuse the connections their balancers send them (failed attempts): the members, not the routing"
-            }
-            _ => "",
-        };
-        want.insert(
-            id.clone(),
-            Want {
-                kind: AlertKind::Concentration,
-                signal: Some(Signal::NewConnections),
-                cause: Some(cause),
-                view: pool.view,
-                severity: Severity::Page,
-                observed: pool.effective,
-                expected: pool.expected_effective,
-                summary: format!(
-                    "pool {} CONCENTRATION: {}{refusing}",
-                    pool.name, pool.reason
-                ),
-                evidence: vec![
-                    ("effective_members".into(), pool.effective),
-                    ("expected_effective_members".into(), pool.expected_effective),
-                ],
-            }
-            .into_alert(id, &pool.name, "", tick),
-        );
-    }
+    let pooled = pool_alert(pool).map(|w| {
+        let grouped = format!("grouped_under_{}", w.kind.as_str().to_lowercase());
+        let id = format!("{}//{}", pool.name, w.kind.as_str());
+        want.insert(id.clone(), w.into_alert(id, &pool.name, "", tick));
+        grouped
+    });
     for m in &pool.members {
         let conns = member_alert(pool, m);
         // A member whose new connections page already has its page: its
@@ -372,10 +385,13 @@ fn wanted(pool: &PoolVerdict, tick: u64) -> HashMap<String, Alert> {
         .filter_map(|(signal, v)| load_alert(pool, m, signal, v?));
         for mut w in conns.into_iter().chain(load) {
             // One page for the incident's shape: members' ZERO and SKEW
-            // become warnings grouped under the pool's CONCENTRATION.
-            if concentration && matches!(w.kind, AlertKind::Zero | AlertKind::Skew) {
+            // become warnings grouped under the pool's own page.
+            if let Some(grouped) = pooled
+                .as_ref()
+                .filter(|_| matches!(w.kind, AlertKind::Zero | AlertKind::Skew))
+            {
                 w.severity = Severity::Warning;
-                w.evidence.push(("grouped_under_concentration".into(), 1.0));
+                w.evidence.push((grouped.clone(), 1.0));
             } else if conns_page
                 && w.signal != Some(Signal::NewConnections)
                 && matches!(w.cause, Some(Cause::Routing | Cause::Refusing))

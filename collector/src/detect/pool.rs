@@ -262,13 +262,17 @@ pub enum Verdict {
     Down {
         page: bool,
     },
+    /// A pool's: every connection attempt to its members fails, enough of
+    /// them since one last opened (in either view) to say clients are
+    /// trying. An outage of the whole pool, not a quiet one.
+    Failing,
 }
 
 impl Verdict {
     /// Ordering for combining views: higher is worse.
     pub(super) fn rank(self) -> u8 {
         match self {
-            Verdict::Zero { .. } => 9,
+            Verdict::Zero { .. } | Verdict::Failing => 9,
             Verdict::SkewLow { page: true } | Verdict::SkewHigh { page: true } => 8,
             Verdict::DrainingViolation => 7,
             Verdict::Mismatch => 6,
@@ -866,6 +870,8 @@ struct FailedWindow {
     /// last it counted one that opened.
     last_failed: Option<u64>,
     last_opened: Option<u64>,
+    /// The last tick either view counted a connection to it that opened.
+    last_served: Option<u64>,
 }
 
 impl Failures {
@@ -890,6 +896,9 @@ impl Failures {
             if lb.new_conns > 0 {
                 window.last_opened = Some(input.tick);
             }
+            if m.counted(View::Server).is_some_and(|v| v.new_conns > 0) || lb.new_conns > 0 {
+                window.last_served = Some(input.tick);
+            }
         }
         self.members.retain(|_, window| window.tick == input.tick);
     }
@@ -905,6 +914,20 @@ impl Failures {
     /// or after tick `since`.
     fn opened_since(&self, id: &str, since: u64) -> bool {
         (self.members.get(id)).is_some_and(|w| w.last_opened.is_some_and(|o| o >= since))
+    }
+
+    /// The attempts to the pool's members that failed since a connection
+    /// to any of them last opened, in either view (within the window),
+    /// and over how many ticks, when they are at least `min`: every
+    /// attempt fails. None while one opened this tick.
+    fn every_attempt_fails(&self, tick: u64, min: u64) -> Option<(u64, usize)> {
+        let served = (self.members.values()).filter_map(|w| w.last_served).max();
+        let since = served.map_or(SHARE_WINDOW as u64, |t| tick.saturating_sub(t));
+        let ticks = since.min(SHARE_WINDOW as u64) as usize;
+        let failed: u64 = (self.members.values())
+            .flat_map(|w| &w.per_tick[..ticks])
+            .sum();
+        (failed >= min).then_some((failed, ticks))
     }
 
     /// Whether its balancers' last attempts to member `id` failed, within
@@ -968,6 +991,9 @@ struct PoolJudging {
     /// Members one load balancer node leaves out while others send to
     /// them.
     left_out: HashMap<String, left_out::Finding>,
+    /// The attempts that failed, and over how many ticks, when every
+    /// attempt to the pool's members fails (see [`Verdict::Failing`]).
+    failing: Option<(u64, usize)>,
 }
 
 impl PoolState {
@@ -1083,6 +1109,7 @@ impl PoolState {
             member_count: input.members.len(),
             judges_new_connections: input.balancing.judges_new_connections(),
             tick: input.tick,
+            failing: (self.failures).every_attempt_fails(input.tick, failing_min(s)),
         };
         for m in input.members() {
             let zero = |view: &ViewOutcome| {
@@ -1368,6 +1395,16 @@ impl PoolState {
         {
             reason = format!("{reason}; in the LB view they came from {nodes}");
         }
+        if judging.failing.is_some() && !verdict.is_fact() {
+            let judged = match lv.as_mut() {
+                Some(l) => Some((l, View::Lb)),
+                None => sv.as_mut().map(|s| (s, View::Server)),
+            };
+            if let Some((v, v_view)) = judged.filter(|(v, _)| v.failed_window > 0) {
+                refuses_all(v);
+                (verdict, view, reason) = (v.verdict, v_view, v.reason.clone());
+            }
+        }
         if let Some(l) = lv.as_mut().filter(|l| l.failed_window > 0) {
             l.reason = with_failures(&l.reason, l.verdict, l.failed_window);
             reason = with_failures(&reason, verdict, l.failed_window);
@@ -1390,6 +1427,23 @@ impl PoolState {
             settles,
         }
     }
+}
+
+/// The fewest failed attempts over the window that make a pool whose
+/// every attempt fails [`Verdict::Failing`]: as many as the least new
+/// connections a judged pool opens over it, and at least three, so that
+/// one client giving up now and then in a quiet pool is not an outage.
+fn failing_min(s: &Settings) -> u64 {
+    ((s.min_pool_rate * SHARE_WINDOW as f64).ceil() as u64).max(3)
+}
+
+/// Judges `v` ZERO: a member of a pool whose every attempt fails, its
+/// balancers' attempts to it among them.
+fn refuses_all(v: &mut ViewVerdict) {
+    v.verdict = Verdict::Zero {
+        dark: v.bytes_in == 0 && v.bytes_out == 0,
+    };
+    v.reason = "no connection to it opened while its balancers tried it".into();
 }
 
 /// `reason` with the `failed` connection attempts the LB view counted over
@@ -1462,7 +1516,8 @@ fn hot(
     }
 }
 
-/// The pool's own verdict: too quiet, settling, concentrated, or OK.
+/// The pool's own verdict: failing, too quiet, settling, concentrated, or
+/// OK.
 fn pool_verdict(
     s: &Settings,
     judging: &PoolJudging,
@@ -1470,7 +1525,14 @@ fn pool_verdict(
     primary: &ViewOutcome,
     load: &LoadSummary,
 ) -> (Verdict, String) {
-    if insufficient {
+    if let Some((failed, ticks)) = judging.failing {
+        (
+            Verdict::Failing,
+            format!(
+                "every connection attempt to its members fails: {failed} in the last {ticks} ticks, refused or unanswered, and not one opened; clients are trying and no member takes their connections"
+            ),
+        )
+    } else if insufficient {
         (
             Verdict::InsufficientTraffic,
             format!(

@@ -27,7 +27,7 @@ fn run_members(members: usize, short_members: usize, short: Short) -> (PoolVerdi
     let ran = run_ticks(
         60,
         (members, short_members),
-        short.got,
+        |_| short.got,
         |_| short.failed,
         |_| true,
     );
@@ -54,13 +54,13 @@ struct Ran {
 }
 
 /// `ticks` ticks of a pool of `members`, the last `short_members` of them
-/// getting `got` new connections a tick from tick 20 and their balancers'
-/// attempts failing `failed(tick)` a tick, the LB view fresh on the ticks
-/// `lb_fresh` says.
+/// getting `got(tick)` new connections a tick from tick 20 and their
+/// balancers' attempts failing `failed(tick)` a tick, the LB view fresh on
+/// the ticks `lb_fresh` says.
 fn run_ticks(
     ticks: u64,
     (members, short_members): (usize, usize),
-    got: u64,
+    got: impl Fn(u64) -> u64,
     failed: impl Fn(u64) -> u64,
     lb_fresh: impl Fn(u64) -> bool,
 ) -> Ran {
@@ -70,9 +70,11 @@ fn run_ticks(
     let mut failed_windows = Vec::new();
     let mut last = None;
     for t in 0..ticks {
+        let got = got(t);
         let is_short = |i: usize| t >= 20 && i >= members - short_members;
-        let missed = (0..members).filter(|&i| is_short(i)).count() as u64 * (25 - got);
-        let others = 25 + missed / (members - short_members) as u64;
+        let missed =
+            (0..members).filter(|&i| is_short(i)).count() as u64 * 25u64.saturating_sub(got);
+        let others = 25 + missed / (members - short_members).max(1) as u64;
         let counts: Vec<u64> = (0..members)
             .map(|i| if is_short(i) { got } else { others })
             .collect();
@@ -219,7 +221,7 @@ fn a_pool_concentrating_on_the_members_that_still_answer_is_refusing() {
 /// keeps saying refusing, never routing for a tick.
 #[test]
 fn a_gap_in_the_balancers_reports_keeps_the_cause() {
-    let ran = run_ticks(60, (4, 1), 0, |_| 25, |t| !(40..42).contains(&t));
+    let ran = run_ticks(60, (4, 1), |_| 0, |_| 25, |t| !(40..42).contains(&t));
     // The gap's ticks add none; the eight before them still count.
     assert_eq!(ran.failed_windows[39..43], [250, 225, 200, 200]);
     let paged = ran.open_causes.iter().filter(|(t, _)| *t >= 30);
@@ -242,7 +244,7 @@ fn a_gap_in_the_balancers_reports_keeps_the_cause() {
 fn a_cause_the_evidence_changes_is_taken_after_a_hold_by_an_update() {
     let late = 45;
     let failed = move |t: u64| if t >= late || t == 30 { 25 } else { 0 };
-    let ran = run_ticks(90, (4, 1), 0, failed, |_| true);
+    let ran = run_ticks(90, (4, 1), |_| 0, failed, |_| true);
     let member = &ran.last.members[3].id;
     let zero = |a: &Alert| {
         &a.member == member && a.kind == AlertKind::Zero && a.signal == Some(Signal::NewConnections)
@@ -288,5 +290,110 @@ fn a_cause_the_evidence_changes_is_taken_after_a_hold_by_an_update() {
             "tick {t}: {:?}",
             at(t)
         );
+    }
+}
+
+/// The pool's FAILING alerts: the ticks each fired and resolved.
+fn failing(ran: &Ran) -> (Vec<u64>, Vec<u64>) {
+    let at = |fired: bool| {
+        (ran.transitions.iter())
+            .filter(|(_, tr)| tr.alert().kind == AlertKind::Failing)
+            .filter(|(_, tr)| matches!(tr, Transition::Fired(_)) == fired)
+            .filter(|(_, tr)| fired || matches!(tr, Transition::Resolved(_)))
+            .map(|(t, _)| *t)
+            .collect()
+    };
+    (at(true), at(false))
+}
+
+/// Every member refuses from tick 20 (a firewall rule or a network policy
+/// on every backend, listeners up): no connection opens anywhere, so the
+/// pool's new connections fall to none while its balancers' attempts fail
+/// as fast as clients try. Not a quiet pool: one page, FAILING, its cause
+/// refusing, with each member ZERO refusing grouped under it as a warning.
+/// Once connections open again, it resolves.
+#[test]
+fn a_pool_whose_every_attempt_fails_pages_failing_once() {
+    let back = 60;
+    let ran = run_ticks(back, (4, 4), |_| 0, |_| 25, |_| true);
+    assert_eq!(ran.last.verdict, Verdict::Failing, "{}", ran.last.reason);
+    assert!(
+        ran.last.reason.contains("every connection attempt"),
+        "{}",
+        ran.last.reason
+    );
+    let pages: Vec<_> = (ran.transitions.iter())
+        .filter_map(|(t, tr)| match tr {
+            Transition::Fired(a) if a.severity == Severity::Page => Some((*t, a.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(pages.len(), 1, "one page: {pages:#?}");
+    let (at, page) = &pages[0];
+    assert_eq!(page.kind, AlertKind::Failing, "{page:#?}");
+    assert_eq!(page.cause, Some(Cause::Refusing), "{page:#?}");
+    assert!(*at <= 22, "within two ticks of tick 20: {at}");
+    for m in &ran.last.members {
+        assert!(matches!(m.verdict, Verdict::Zero { .. }), "{m:?}");
+    }
+    let (_, open) = ran.open_causes.last().expect("ticks ran");
+    assert!(
+        !open.is_empty() && open.iter().all(|c| *c == Some(Cause::Refusing)),
+        "{open:?}"
+    );
+
+    let ran = run_ticks(
+        back + 30,
+        (4, 4),
+        |t| if t < back { 0 } else { 25 },
+        |t| if t < back { 25 } else { 0 },
+        |_| true,
+    );
+    let (fired, resolved) = failing(&ran);
+    assert_eq!(fired.len(), 1, "{:#?}", ran.transitions);
+    assert!(
+        resolved.len() == 1 && resolved[0] >= back && resolved[0] <= back + 6,
+        "resolved once, after clear_ticks good ticks: {resolved:?}"
+    );
+    assert_ne!(ran.last.verdict, Verdict::Failing);
+}
+
+/// A balancer that marked every member down (HAProxy with `check`) sends
+/// them nothing but its health checks, a failed one to each every other
+/// tick, and answers clients itself (a 503): FAILING all the same.
+#[test]
+fn a_pool_whose_health_checks_all_fail_is_failing() {
+    let checks = |t: u64| u64::from(t % 2 == 0);
+    let ran = run_ticks(40, (4, 4), |_| 0, checks, |_| true);
+    assert_eq!(ran.last.verdict, Verdict::Failing, "{}", ran.last.reason);
+    let (fired, _) = failing(&ran);
+    assert!(
+        fired.len() == 1 && fired[0] <= 24,
+        "{fired:?}: {:#?}",
+        ran.transitions
+    );
+    // A pool of one is judged alike.
+    let ran = run_ticks(40, (1, 1), |_| 0, |_| 25, |_| true);
+    assert_eq!(ran.last.verdict, Verdict::Failing, "{}", ran.last.reason);
+}
+
+/// A quiet pool is not a failing one: clients that stopped make no
+/// attempts, and an attempt given up now and then (two in 40 ticks) is
+/// not every attempt failing.
+#[test]
+fn a_quiet_pool_with_a_stray_failed_attempt_is_not_failing() {
+    for stray in [|_: u64| 0, |t: u64| u64::from(t == 30 || t == 45)] {
+        let ran = run_ticks(60, (4, 4), |_| 0, stray, |_| true);
+        assert_eq!(
+            ran.last.verdict,
+            Verdict::InsufficientTraffic,
+            "{}",
+            ran.last.reason
+        );
+        assert_eq!(failing(&ran), (vec![], vec![]));
+        let pages = (ran.transitions.iter())
+            .filter(|(_, tr)| tr.alert().severity == Severity::Page)
+            .count();
+        assert_eq!(pages, 0, "{:#?}", ran.transitions);
     }
 }

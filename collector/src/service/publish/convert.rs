@@ -33,6 +33,7 @@ impl From<detect::Verdict> for v1::Verdict {
             D::Concentration => Self::Concentration,
             D::Settling => Self::Settling,
             D::Down { .. } => Self::Down,
+            D::Failing => Self::Failing,
         }
     }
 }
@@ -58,6 +59,7 @@ impl From<detect::AlertKind> for v1::AlertKind {
             K::Mismatch => Self::Mismatch,
             K::DrainingViolation => Self::DrainingViolation,
             K::Down => Self::Down,
+            K::Failing => Self::Failing,
         }
     }
 }

@@ -21,6 +21,7 @@ mod tests {
             AlertKind::Mismatch,
             AlertKind::DrainingViolation,
             AlertKind::Down,
+            AlertKind::Failing,
         ] {
             assert_eq!(
                 alert_kind_name(v1::AlertKind::from(kind) as i32),
