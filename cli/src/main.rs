@@ -117,8 +117,9 @@ enum Command {
     },
     /// Deploy gate: wait, then exit 0 if every member got its share, 1 if
     /// any is ZERO, SKEW, STALE, DOWN or MISMATCH or its load (open
-    /// connections, bytes) pages, 2 if it could not judge (among others,
-    /// the collector unreachable or not answering a call within 10s).
+    /// connections, bytes) pages, or the pool is CONCENTRATION or FAILING,
+    /// 2 if it could not judge (among others, the collector unreachable or
+    /// not answering a call within 10s).
     ///
     /// Example: evenflow verify --pool web --for 60s
     Verify {

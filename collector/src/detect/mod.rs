@@ -32,6 +32,10 @@
 //! * **CONCENTRATION**: the effective number of members `1 / Σ share²`
 //!   falls well below what the weights give; one alert for the incident's
 //!   shape instead of one per member.
+//! * **FAILING**: every connection attempt to the pool's members fails,
+//!   enough of them since one last opened to say clients are trying (see
+//!   [`Verdict::Failing`]): one page for the pool, where its new
+//!   connections alone would read a quiet pool.
 //! * **NO_DATA** (stale observer, counter reset) is never judged ZERO.
 //! * **DOWN**: a member whose own agent listed a listener on its port and
 //!   no longer does is not listening, so its silence is no evidence about

@@ -363,7 +363,7 @@ fn a_pool_whose_every_attempt_fails_pages_failing_once() {
 /// tick, and answers clients itself (a 503): FAILING all the same.
 #[test]
 fn a_pool_whose_health_checks_all_fail_is_failing() {
-    let checks = |t: u64| u64::from(t % 2 == 0);
+    let checks = |t: u64| u64::from(t.is_multiple_of(2));
     let ran = run_ticks(40, (4, 4), |_| 0, checks, |_| true);
     assert_eq!(ran.last.verdict, Verdict::Failing, "{}", ran.last.reason);
     let (fired, _) = failing(&ran);
