@@ -918,16 +918,24 @@ impl Failures {
 
     /// The attempts to the pool's members that failed since a connection
     /// to any of them last opened, in either view (within the window),
-    /// and over how many ticks, when they are at least `min`: every
-    /// attempt fails. None while one opened this tick.
+    /// and over how many ticks, when they are at least `min` and reached
+    /// at least half the members: every attempt fails. None while one
+    /// opened this tick.
+    ///
+    /// Why half: a forwarding balancer counts an unanswered attempt failed
+    /// when conntrack forgets it, two minutes late. Clients that stopped
+    /// soon after some of their attempts went to a dead member would
+    /// otherwise read, two minutes on, as a pool where nothing opens and
+    /// attempts fail; those late failures are all that one member's. A
+    /// pool that refuses everything fails attempts to each member its
+    /// balancers dial, and they dial them all (health checks included).
     fn every_attempt_fails(&self, tick: u64, min: u64) -> Option<(u64, usize)> {
         let served = (self.members.values()).filter_map(|w| w.last_served).max();
         let since = served.map_or(SHARE_WINDOW as u64, |t| tick.saturating_sub(t));
         let ticks = since.min(SHARE_WINDOW as u64) as usize;
-        let failed: u64 = (self.members.values())
-            .flat_map(|w| &w.per_tick[..ticks])
-            .sum();
-        (failed >= min).then_some((failed, ticks))
+        let each = (self.members.values()).map(|w| w.per_tick[..ticks].iter().sum::<u64>());
+        let (failed, reached) = each.fold((0, 0), |(sum, n), f| (sum + f, n + usize::from(f > 0)));
+        (failed >= min && 2 * reached >= self.members.len()).then_some((failed, ticks))
     }
 
     /// Whether its balancers' last attempts to member `id` failed, within
