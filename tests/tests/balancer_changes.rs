@@ -486,18 +486,20 @@ fn a_drained_server_haproxy_sends_everything_to_pages_until_it_stops() {
     );
 }
 
-/// Two HAProxy nodes in front of the same three servers: the lb takes
-/// three quarters of the clients, a second balancer node (b4's namespace)
-/// the rest. A configuration push reaches the second first and its
-/// HAProxy stops sending to b3 (`set server be/b3 state maint`): b3 still
-/// gets three quarters of its share, inside every band of the pool's
-/// view, and the second balancer's clients are on two servers. evenflow
-/// warns, naming that balancer's node; once it sends to b3 again the
-/// warning resolves. Nothing pages.
-#[test]
-fn one_of_two_haproxies_that_leaves_a_server_out_warns_naming_its_node() {
-    evenflow_tests::require_root();
-    let mut lab = Lab::new("lbsplit", 4).expect("lab");
+/// Two HAProxy nodes in front of the same three servers (`--service`
+/// announced): the lb takes three quarters of the clients, a second
+/// balancer node (b4's namespace) the rest; every agent reporting and the
+/// pool judged OK with both balancers. Returns the lab, the servers, the
+/// second HAProxy's stats socket and the load.
+fn two_haproxies(
+    name: &str,
+) -> (
+    Lab,
+    Vec<evenflow_tests::lab::Node>,
+    std::path::PathBuf,
+    Load,
+) {
+    let mut lab = Lab::new(name, 4).expect("lab");
     let lb2 = lab.backends[3].clone();
     let servers: Vec<_> = lab.backends[..3].to_vec();
     agent::start_collector_with(&mut lab, METRICS, &[]).expect("collector");
@@ -527,6 +529,22 @@ fn one_of_two_haproxies_that_leaves_a_server_out_warns_naming_its_node() {
     });
     println!("load balancers: {}", p["lbNodes"]);
 
+    (lab, servers, sock2, load)
+}
+
+/// Two HAProxy nodes in front of the same three servers: the lb takes
+/// three quarters of the clients, a second balancer node (b4's namespace)
+/// the rest. A configuration push reaches the second first and its
+/// HAProxy stops sending to b3 (`set server be/b3 state maint`): b3 still
+/// gets three quarters of its share, inside every band of the pool's
+/// view, and the second balancer's clients are on two servers. evenflow
+/// warns, naming that balancer's node; once it sends to b3 again the
+/// warning resolves. Nothing pages.
+#[test]
+fn one_of_two_haproxies_that_leaves_a_server_out_warns_naming_its_node() {
+    evenflow_tests::require_root();
+    let (lab, servers, sock2, load) = two_haproxies("lbsplit");
+    let (lb, lb2) = (lab.lb.clone(), lab.backends[3].clone());
     let b3 = format!("{}:{BACKEND_PORT}", servers[2].addr4);
     let stot = |sock: &Path| -> u64 { haproxy::stats(sock).expect("show stat").servers["b3"].stot };
     haproxy::command(
@@ -801,6 +819,74 @@ fn a_pool_whose_every_backend_drops_its_connections_pages_failing_once() {
     println!(
         "resolved {:.1} s after the policy went",
         lifted.elapsed().as_secs_f64()
+    );
+    let (served, failed) = load.finish_failing();
+    assert!(served > 0 && failed > 0, "served {served}, failed {failed}");
+}
+
+/// Two HAProxy nodes in front of the same three servers, as above. The
+/// second node loses its way to them (its own firewall drops what it
+/// sends to their port: a route or a rule pushed to it alone): every
+/// connect its HAProxy makes goes unanswered and its clients fail, while
+/// the lb's clients are served. The members' shares stay even, so only
+/// the second node's failed attempts say it: one page, FAILING, naming
+/// that node; no member ZERO; `evenflow verify` fails; resolved once the
+/// rule goes.
+#[test]
+fn a_balancer_node_cut_off_from_its_servers_pages_failing_naming_it() {
+    evenflow_tests::require_root();
+    let (lab, servers, _sock2, load) = two_haproxies("cutoff");
+    let lb2 = lab.backends[3].clone();
+    let rule = format!(
+        "table inet evenflow_cut {{ chain output {{ type filter hook output priority 0; tcp dport {BACKEND_PORT} drop; }} }}"
+    );
+    nft::load(&lab, &lb2.ns, "cut", &rule).expect("the second node loses its servers");
+    let cut = Instant::now();
+    let failing = |lab: &Lab| {
+        (alerts_of(lab, "ALERT_KIND_FAILING", "", "SEVERITY_PAGE").into_iter())
+            .find(|a| a["resolvedAt"].is_null())
+    };
+    let page = evenflow_tests::wait_for(Duration::from_secs(40), || failing(&lab))
+        .unwrap_or_else(|| panic!("no FAILING page; pool: {:#?}", pool(&lab)));
+    println!(
+        "FAILING paged {:.1} s after the cut: {}",
+        cut.elapsed().as_secs_f64(),
+        page["summary"]
+    );
+    let summary = page["summary"].as_str().unwrap_or_default();
+    assert!(
+        summary.contains(&format!("load balancer node {} fails every", lb2.ns))
+            && summary.contains("cut off"),
+        "{page:#}"
+    );
+    assert!(page["cause"].is_null(), "no member's cause: {page:#}");
+    let p = pool(&lab).expect("the pool");
+    assert_eq!(p["verdict"], "VERDICT_FAILING", "{p:#}");
+    for s in &servers {
+        let m = member(&p, &s.addr4.to_string()).expect("every server a member");
+        assert_ne!(m["verdict"], "VERDICT_ZERO", "{m:#}");
+    }
+    let (code, said) = verify(&lab);
+    assert_eq!(code, 1, "verify fails: {said}");
+    assert!(
+        said.contains("FAILING") && said.contains(&*lb2.ns),
+        "{said}"
+    );
+    let pages: Vec<Value> = (alerts(&lab).into_iter())
+        .filter(|a| a["severity"] == "SEVERITY_PAGE")
+        .collect();
+    assert_eq!(pages.len(), 1, "one page: {pages:#?}");
+
+    netns::exec(&lb2.ns, "nft", &["delete", "table", "inet", "evenflow_cut"])
+        .expect("the rule goes");
+    let mended = Instant::now();
+    evenflow_tests::wait_for(Duration::from_secs(40), || {
+        failing(&lab).is_none().then_some(())
+    })
+    .unwrap_or_else(|| panic!("FAILING did not resolve; alerts: {:#?}", alerts(&lab)));
+    println!(
+        "resolved {:.1} s after the rule went",
+        mended.elapsed().as_secs_f64()
     );
     let (served, failed) = load.finish_failing();
     assert!(served > 0 && failed > 0, "served {served}, failed {failed}");

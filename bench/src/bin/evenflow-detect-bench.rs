@@ -175,6 +175,7 @@ fn run_one(s: &Scenario, seed: u64) -> Outcome {
                     draining: s.draining.contains(&i),
                     not_ready: false,
                     lb_by_node: Vec::new(),
+                    lb_failed_by_node: Vec::new(),
                     server: Some(ViewInput {
                         fresh: !stale,
                         reset: false,

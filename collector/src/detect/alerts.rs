@@ -321,7 +321,9 @@ fn load_alert(
 }
 
 /// The page a pool's own verdict asks for, if any: CONCENTRATION, or
-/// FAILING (every attempt to its members fails, refused or unanswered).
+/// FAILING (every attempt to its members fails, refused or unanswered:
+/// the members', or, when only some load balancer nodes' do, no cause the
+/// members or the routing give).
 fn pool_alert(pool: &PoolVerdict) -> Option<Want> {
     let (kind, cause, why, observed) = match pool.verdict {
         Verdict::Concentration => {
@@ -332,15 +334,18 @@ fn pool_alert(pool: &PoolVerdict) -> Option<Want> {
                 }
                 _ => "",
             };
-            (AlertKind::Concentration, cause, why, pool.effective)
+            (AlertKind::Concentration, Some(cause), why, pool.effective)
         }
-        Verdict::Failing => (AlertKind::Failing, Cause::Refusing, "", 0.0),
+        Verdict::Failing if pool.cut_off.is_empty() => {
+            (AlertKind::Failing, Some(Cause::Refusing), "", 0.0)
+        }
+        Verdict::Failing => (AlertKind::Failing, None, "", pool.effective),
         _ => return None,
     };
     Some(Want {
         kind,
         signal: Some(Signal::NewConnections),
-        cause: Some(cause),
+        cause,
         view: pool.view,
         severity: Severity::Page,
         observed,
@@ -358,6 +363,7 @@ fn pool_alert(pool: &PoolVerdict) -> Option<Want> {
 /// alerts, grouped (as warnings) under the page that explains them.
 fn wanted(pool: &PoolVerdict, tick: u64) -> HashMap<String, Alert> {
     let mut want: HashMap<String, Alert> = HashMap::new();
+    let everything_fails = pool.verdict == Verdict::Failing && pool.cut_off.is_empty();
     let pooled = pool_alert(pool).map(|w| {
         let grouped = format!("grouped_under_{}", w.kind.as_str().to_lowercase());
         let id = format!("{}//{}", pool.name, w.kind.as_str());
@@ -385,11 +391,12 @@ fn wanted(pool: &PoolVerdict, tick: u64) -> HashMap<String, Alert> {
         .filter_map(|(signal, v)| load_alert(pool, m, signal, v?));
         for mut w in conns.into_iter().chain(load) {
             // One page for the incident's shape: members' ZERO and SKEW
-            // become warnings grouped under the pool's own page.
-            if let Some(grouped) = pooled
-                .as_ref()
-                .filter(|_| matches!(w.kind, AlertKind::Zero | AlertKind::Skew))
-            {
+            // become warnings grouped under the pool's own page, and so do
+            // their DOWN under a pool whose every attempt fails (every
+            // backend down is that outage, not one page a member).
+            let grouped_kind = matches!(w.kind, AlertKind::Zero | AlertKind::Skew)
+                || (w.kind == AlertKind::Down && everything_fails);
+            if let Some(grouped) = pooled.as_ref().filter(|_| grouped_kind) {
                 w.severity = Severity::Warning;
                 w.evidence.push((grouped.clone(), 1.0));
             } else if conns_page

@@ -70,6 +70,7 @@
 //!   flaps is reopened (held open longer) instead of firing again.
 
 mod alerts;
+mod cut_off;
 mod joining;
 mod left_out;
 mod load;
@@ -80,6 +81,7 @@ pub mod sim;
 mod tail;
 
 pub use alerts::{Alert, AlertKind, Severity, Transition};
+pub use cut_off::CutOffNode;
 pub use load::{Cause, LoadSummary, LoadVerdict, PINNED_FIXES, Signal};
 pub use pool::{
     Balancing, MemberInput, MemberVerdict, PoolInput, PoolVerdict, Verdict, View, ViewInput,

@@ -4,6 +4,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use super::{
     Settings, chi2_bound,
+    cut_off::{Attempts, CutOff, CutOffNode},
     joining::{Join, Joins, ViewTick},
     left_out::{self, LeftOut},
     load::{Context, LoadState, LoadSummary, LoadVerdict},
@@ -63,6 +64,11 @@ pub struct MemberInput {
     /// agent's own name, shared) in every member's list of a tick: a
     /// node's sends are grouped by it.
     pub lb_by_node: Vec<(Arc<str>, u64)>,
+    /// This tick's failed attempts to it by load balancer node, filled
+    /// while the pool has several load balancer nodes (empty otherwise):
+    /// one node cut off from the pool is found by its own attempts (see
+    /// [`super::cut_off`]).
+    pub lb_failed_by_node: Vec<(Arc<str>, u64)>,
     /// The server view, when the member's own agent is known.
     pub server: Option<ViewInput>,
     /// The LB view, when the pool has load balancer agents.
@@ -418,6 +424,9 @@ pub struct PoolVerdict {
     /// The LB view is dark while the members see traffic (see
     /// [`blind_lb`]); the reason says so.
     pub lb_dark: bool,
+    /// Load balancer nodes whose every attempt to the members fails while
+    /// others reach them: the pool is FAILING for their clients.
+    pub cut_off: Vec<CutOffNode>,
 }
 
 const RING: usize = 30;
@@ -846,6 +855,8 @@ pub(super) struct PoolState {
     left_out: LeftOut,
     /// Each member's failed attempts over the share window.
     failures: Failures,
+    /// Each load balancer node's failed attempts over the share window.
+    cut_off: CutOff,
 }
 
 /// Connection attempts to each member that failed, per tick, over the
@@ -870,8 +881,6 @@ struct FailedWindow {
     /// last it counted one that opened.
     last_failed: Option<u64>,
     last_opened: Option<u64>,
-    /// The last tick either view counted a connection to it that opened.
-    last_served: Option<u64>,
 }
 
 impl Failures {
@@ -896,9 +905,6 @@ impl Failures {
             if lb.new_conns > 0 {
                 window.last_opened = Some(input.tick);
             }
-            if m.counted(View::Server).is_some_and(|v| v.new_conns > 0) || lb.new_conns > 0 {
-                window.last_served = Some(input.tick);
-            }
         }
         self.members.retain(|_, window| window.tick == input.tick);
     }
@@ -916,26 +922,30 @@ impl Failures {
         (self.members.get(id)).is_some_and(|w| w.last_opened.is_some_and(|o| o >= since))
     }
 
-    /// The attempts to the pool's members that failed since a connection
-    /// to any of them last opened, in either view (within the window),
-    /// and over how many ticks, when they are at least `min` and reached
-    /// at least half the members: every attempt fails. None while one
-    /// opened this tick.
-    ///
-    /// Why half: a forwarding balancer counts an unanswered attempt failed
-    /// when conntrack forgets it, two minutes late. Clients that stopped
-    /// soon after some of their attempts went to a dead member would
-    /// otherwise read, two minutes on, as a pool where nothing opens and
-    /// attempts fail; those late failures are all that one member's. A
-    /// pool that refuses everything fails attempts to each member its
-    /// balancers dial, and they dial them all (health checks included).
-    fn every_attempt_fails(&self, tick: u64, min: u64) -> Option<(u64, usize)> {
-        let served = (self.members.values()).filter_map(|w| w.last_served).max();
-        let since = served.map_or(SHARE_WINDOW as u64, |t| tick.saturating_sub(t));
+    /// The attempts to the pool's members that failed since its balancers
+    /// last opened a connection to any of them (within the window), and
+    /// over how many ticks, when they are at least `min` and reached
+    /// enough of the members `in_rotation` ([`reaches_enough`]): every
+    /// attempt fails. None while one opened this tick. Only the LB view's
+    /// openings count: the failures are its own, and a backend's node
+    /// still opens the kubelet's probes past a network policy that drops
+    /// every client's connection.
+    fn every_attempt_fails(
+        &self,
+        tick: u64,
+        min: u64,
+        in_rotation: &std::collections::HashSet<&str>,
+    ) -> Option<(u64, usize)> {
+        let opened = (self.members.values()).filter_map(|w| w.last_opened).max();
+        let since = opened.map_or(SHARE_WINDOW as u64, |t| tick.saturating_sub(t));
         let ticks = since.min(SHARE_WINDOW as u64) as usize;
-        let each = (self.members.values()).map(|w| w.per_tick[..ticks].iter().sum::<u64>());
-        let (failed, reached) = each.fold((0, 0), |(sum, n), f| (sum + f, n + usize::from(f > 0)));
-        (failed >= min && 2 * reached >= self.members.len()).then_some((failed, ticks))
+        let (mut failed, mut reached) = (0, 0);
+        for (id, w) in &self.members {
+            let f: u64 = w.per_tick[..ticks].iter().sum();
+            failed += f;
+            reached += usize::from(f > 0 && in_rotation.contains(id.as_str()));
+        }
+        (failed >= min && reaches_enough(reached, in_rotation.len())).then_some((failed, ticks))
     }
 
     /// Whether its balancers' last attempts to member `id` failed, within
@@ -999,9 +1009,16 @@ struct PoolJudging {
     /// Members one load balancer node leaves out while others send to
     /// them.
     left_out: HashMap<String, left_out::Finding>,
-    /// The attempts that failed, and over how many ticks, when every
-    /// attempt to the pool's members fails (see [`Verdict::Failing`]).
-    failing: Option<(u64, usize)>,
+    /// Whose attempts all fail, if anyone's (see [`Verdict::Failing`]).
+    failing: Option<Failing>,
+}
+
+/// Whose connection attempts to the pool's members all fail.
+enum Failing {
+    /// Every balancer's: the attempts that failed, over how many ticks.
+    Pool { failed: u64, ticks: usize },
+    /// These nodes', while the others reach the members.
+    Nodes(Vec<CutOffNode>),
 }
 
 impl PoolState {
@@ -1014,6 +1031,14 @@ impl PoolState {
     ) -> PoolVerdict {
         self.note_member_set(s, input);
         self.failures.note(input);
+        self.cut_off.note(
+            input.tick,
+            input.members().map(|m| Attempts {
+                id: &m.id,
+                opened: &m.lb_by_node,
+                failed: &m.lb_failed_by_node,
+            }),
+        );
         self.presence
             .note(input, &self.failures, s.join_grace_ticks);
         if self.follow_reweights(s, input) {
@@ -1117,7 +1142,7 @@ impl PoolState {
             member_count: input.members.len(),
             judges_new_connections: input.balancing.judges_new_connections(),
             tick: input.tick,
-            failing: (self.failures).every_attempt_fails(input.tick, failing_min(s)),
+            failing: self.failing(s, input),
         };
         for m in input.members() {
             let zero = |view: &ViewOutcome| {
@@ -1169,6 +1194,10 @@ impl PoolState {
             load_lb: lb.load,
             members,
             lb_dark: blind.is_some(),
+            cut_off: match judging.failing {
+                Some(Failing::Nodes(nodes)) => nodes,
+                _ => Vec::new(),
+            },
         }
     }
 
@@ -1281,6 +1310,25 @@ impl PoolState {
     /// The members one load balancer node leaves out while others send
     /// to them (see [`left_out`]); none where a balancer's own split is
     /// not by weight (least-connections, sticky).
+    /// Whose attempts to the members all fail: every balancer's, else
+    /// some nodes' while others reach them.
+    fn failing(&self, s: &Settings, input: &PoolInput<impl AsRef<MemberInput>>) -> Option<Failing> {
+        let min = failing_min(s);
+        let mut in_rotation: std::collections::HashSet<&str> = (input.members())
+            .filter(|m| !m.draining)
+            .map(|m| m.id.as_str())
+            .collect();
+        if in_rotation.is_empty() {
+            in_rotation = input.members().map(|m| m.id.as_str()).collect();
+        }
+        let failures = &self.failures;
+        if let Some((failed, ticks)) = failures.every_attempt_fails(input.tick, min, &in_rotation) {
+            return Some(Failing::Pool { failed, ticks });
+        }
+        let nodes = (self.cut_off).nodes(input.tick, min, &in_rotation);
+        (!nodes.is_empty()).then_some(Failing::Nodes(nodes))
+    }
+
     fn left_out_of(
         &mut self,
         s: &Settings,
@@ -1403,7 +1451,11 @@ impl PoolState {
         {
             reason = format!("{reason}; in the LB view they came from {nodes}");
         }
-        if judging.failing.is_some() && !verdict.is_fact() {
+        let refuses = matches!(judging.failing, Some(Failing::Pool { .. }))
+            && judging.judges_new_connections
+            && !m.draining
+            && !verdict.is_fact();
+        if refuses {
             let judged = match lv.as_mut() {
                 Some(l) => Some((l, View::Lb)),
                 None => sv.as_mut().map(|s| (s, View::Server)),
@@ -1435,6 +1487,45 @@ impl PoolState {
             settles,
         }
     }
+}
+
+impl Failing {
+    /// What the pool's reason says.
+    fn reason(&self) -> String {
+        match self {
+            Failing::Pool { failed, ticks } => format!(
+                "every connection attempt to its members fails: {failed} in the last {ticks} ticks, refused or unanswered, and not one opened; clients are trying and no member takes their connections"
+            ),
+            Failing::Nodes(nodes) => {
+                let each: Vec<String> = (nodes.iter())
+                    .map(|c| {
+                        format!(
+                            "load balancer node {} fails every connection attempt to the members: {} in the last {} ticks, to {} of them, refused or unanswered, and not one opened",
+                            c.node, c.failed, c.ticks, c.members
+                        )
+                    })
+                    .collect();
+                format!(
+                    "{}; other nodes reach them: it is cut off from them (its routes, a firewall rule, its network), and every client behind it fails",
+                    each.join("; ")
+                )
+            }
+        }
+    }
+}
+
+/// Whether failed attempts that reached `reached` of a pool's `members`
+/// in rotation are every attempt failing rather than one member's: half
+/// of them, and two where there are two or more. A forwarding balancer
+/// counts an unanswered attempt failed when conntrack forgets it, two
+/// minutes late: clients that stopped soon after some of their attempts
+/// went to one dead member would otherwise read, two minutes on, as a
+/// pool where nothing opens and attempts fail. So would a hash balancer
+/// whose one client maps to one refusing member. A pool that refuses
+/// everything fails the attempts to each member its balancers dial, and
+/// they dial them all (their health checks too).
+pub(super) fn reaches_enough(reached: usize, members: usize) -> bool {
+    reached > 0 && 2 * reached >= members && reached >= members.min(2)
 }
 
 /// The fewest failed attempts over the window that make a pool whose
@@ -1533,13 +1624,8 @@ fn pool_verdict(
     primary: &ViewOutcome,
     load: &LoadSummary,
 ) -> (Verdict, String) {
-    if let Some((failed, ticks)) = judging.failing {
-        (
-            Verdict::Failing,
-            format!(
-                "every connection attempt to its members fails: {failed} in the last {ticks} ticks, refused or unanswered, and not one opened; clients are trying and no member takes their connections"
-            ),
-        )
+    if let Some(failing) = &judging.failing {
+        (Verdict::Failing, failing.reason())
     } else if insufficient {
         (
             Verdict::InsufficientTraffic,

@@ -429,6 +429,7 @@ impl LongLived {
                     draining: false,
                     not_ready: false,
                     lb_by_node: Vec::new(),
+                    lb_failed_by_node: Vec::new(),
                     server: Some(view),
                     lb: None,
                     cpu: None,

@@ -18,6 +18,7 @@ pub(super) fn input(tick: u64, counts: &[u64], weights: &[f64]) -> PoolInput {
                 draining: false,
                 not_ready: false,
                 lb_by_node: Vec::new(),
+                lb_failed_by_node: Vec::new(),
                 server: Some(ViewInput {
                     fresh: true,
                     new_conns: c,

@@ -1,6 +1,8 @@
 //! A shortfall its balancers' failed attempts explain: the cause is the
 //! member (REFUSING), not the balancer's choices (routing).
 
+use std::sync::Arc;
+
 use super::*;
 use crate::detect::alerts::CAUSE_HOLD;
 use crate::detect::tests::input;
@@ -356,6 +358,15 @@ fn a_pool_whose_every_attempt_fails_pages_failing_once() {
         "resolved once, after clear_ticks good ticks: {resolved:?}"
     );
     assert_ne!(ran.last.verdict, Verdict::Failing);
+    let after = (ran.transitions.iter()).filter(|(t, tr)| {
+        *t >= back && matches!(tr, Transition::Fired(a) if a.severity == Severity::Page)
+    });
+    assert_eq!(
+        after.count(),
+        0,
+        "no member pages as it ends: {:#?}",
+        ran.transitions
+    );
 }
 
 /// A balancer that marked every member down (HAProxy with `check`) sends
@@ -377,26 +388,29 @@ fn a_pool_whose_health_checks_all_fail_is_failing() {
     assert_eq!(ran.last.verdict, Verdict::Failing, "{}", ran.last.reason);
 }
 
+/// Failed attempts a tick to member `i`.
+type FailedAt = dyn Fn(u64, usize) -> u64;
+
 /// A quiet pool is not a failing one: clients that stopped make no
-/// attempts, and an attempt given up now and then (two in 40 ticks) is
-/// not every attempt failing. Nor are failed attempts that all went to
-/// one member of four, counted after the clients stopped (a forwarding
-/// balancer counts an unanswered attempt when conntrack forgets it, two
-/// minutes late).
+/// attempts, and an attempt given up now and then (two, to two members,
+/// three ticks apart) is not every attempt failing. Nor are failed
+/// attempts that all went to one member, of four or of two, counted after
+/// the clients stopped (a forwarding balancer counts an unanswered attempt
+/// when conntrack forgets it, two minutes late).
 #[test]
 fn a_quiet_pool_with_a_stray_failed_attempt_is_not_failing() {
     let none = |_: u64, _: usize| 0;
-    let stray = |t: u64, _: usize| u64::from(t == 30 || t == 45);
+    let stray = |t: u64, i: usize| u64::from((t, i) == (30, 0) || (t, i) == (33, 1));
     let late = |t: u64, i: usize| {
-        if i == 3 && (30..36).contains(&t) {
+        if i == 1 && (30..36).contains(&t) {
             8
         } else {
             0
         }
     };
-    let shapes: [&dyn Fn(u64, usize) -> u64; 3] = [&none, &stray, &late];
-    for failed in shapes {
-        let ran = run_ticks(60, (4, 4), |_| 0, failed, |_| true);
+    let shapes: [(usize, &FailedAt); 4] = [(4, &none), (4, &stray), (4, &late), (2, &late)];
+    for (members, failed) in shapes {
+        let ran = run_ticks(60, (members, members), |_| 0, failed, |_| true);
         assert_eq!(
             ran.last.verdict,
             Verdict::InsufficientTraffic,
@@ -409,4 +423,155 @@ fn a_quiet_pool_with_a_stray_failed_attempt_is_not_failing() {
             .count();
         assert_eq!(pages, 0, "{:#?}", ran.transitions);
     }
+}
+
+/// Two load balancer nodes split the clients. From tick 20 to 50 one of
+/// them, lb-b, reaches no member: its every attempt fails while lb-a's
+/// open. The members' shares stay even (lb-a sends to each), so only
+/// lb-b's own attempts say it: one page, FAILING, naming lb-b, with no
+/// cause the members or the routing give; no member is ZERO. Once lb-b
+/// reaches them again, it resolves.
+#[test]
+fn a_balancer_node_cut_off_from_the_pool_pages_failing_naming_it() {
+    let (a, b): (Arc<str>, Arc<str>) = ("lb-a".into(), "lb-b".into());
+    let cut = 20..50;
+    let mut detector = Detector::default();
+    let mut transitions = Vec::new();
+    let mut during = None;
+    let mut last = None;
+    for t in 0..70 {
+        let cut_off = cut.contains(&t);
+        let counts = [if cut_off { 10 } else { 20 }; 3];
+        let mut pool = input(t, &counts, &[1.0; 3]);
+        for m in &mut pool.members {
+            let server = m.server.expect("input gives a server view");
+            m.lb_by_node = vec![(a.clone(), 10)];
+            if cut_off {
+                m.lb_failed_by_node = vec![(b.clone(), 10)];
+            } else {
+                m.lb_by_node.push((b.clone(), 10));
+            }
+            m.lb = Some(ViewInput {
+                failed: if cut_off { 10 } else { 0 },
+                ..server
+            });
+        }
+        let (verdict, tick) = detector.evaluate(&pool);
+        transitions.extend(tick.into_iter().map(|tr| (t, tr)));
+        if t == cut.end - 1 {
+            during = Some(verdict);
+        } else {
+            last = Some(verdict);
+        }
+    }
+    let during = during.expect("the cut ran");
+    assert_eq!(during.verdict, Verdict::Failing, "{}", during.reason);
+    assert!(
+        during.reason.contains("lb-b") && during.reason.contains("cut off"),
+        "{}",
+        during.reason
+    );
+    assert_eq!(during.cut_off.len(), 1, "{:?}", during.cut_off);
+    assert!(
+        during.members.iter().all(|m| !m.verdict.is_zero()),
+        "{:?}",
+        during.members
+    );
+    let pages: Vec<_> = (transitions.iter())
+        .filter(|(_, tr)| matches!(tr, Transition::Fired(a) if a.severity == Severity::Page))
+        .collect();
+    assert_eq!(pages.len(), 1, "one page: {pages:#?}");
+    let (at, page) = pages[0];
+    assert_eq!(page.alert().kind, AlertKind::Failing, "{page:#?}");
+    assert_eq!(page.alert().cause, None, "{page:#?}");
+    assert!(*at <= cut.start + 2, "within two ticks: {at}");
+    let ran = Ran {
+        last: last.expect("ticks ran"),
+        transitions,
+        open_causes: Vec::new(),
+        failed_windows: Vec::new(),
+    };
+    let (_, resolved) = failing(&ran);
+    assert!(
+        resolved.len() == 1 && resolved[0] <= cut.end + 6,
+        "{resolved:?}"
+    );
+    assert_ne!(ran.last.verdict, Verdict::Failing, "{}", ran.last.reason);
+}
+
+/// Every backend's process dies while its balancers keep dialling (no
+/// health checks): each member is DOWN (its agent lists no listener) and
+/// the pool FAILING. One page, the pool's: the members' DOWN stay
+/// warnings grouped under it past `--down-page-ticks`, where each alone
+/// would page.
+#[test]
+fn every_backend_down_pages_failing_once_with_their_down_grouped() {
+    let mut detector = Detector::default();
+    let mut transitions = Vec::new();
+    let mut last = None;
+    for t in 0..120 {
+        let down = t >= 20;
+        let counts = [if down { 0 } else { 25 }; 3];
+        let mut pool = input(t, &counts, &[1.0; 3]);
+        for m in &mut pool.members {
+            m.listening = Some(!down);
+            let server = m.server.expect("input gives a server view");
+            m.lb = Some(ViewInput {
+                failed: if down { 25 } else { 0 },
+                ..server
+            });
+        }
+        let (verdict, tick) = detector.evaluate(&pool);
+        transitions.extend(tick.into_iter().map(|tr| (t, tr)));
+        last = Some(verdict);
+    }
+    let last = last.expect("ticks ran");
+    assert_eq!(last.verdict, Verdict::Failing, "{}", last.reason);
+    assert!(
+        (last.members.iter()).all(|m| matches!(m.verdict, Verdict::Down { page: true })),
+        "past the page time: {:?}",
+        last.members
+    );
+    let fired: Vec<&Alert> = (transitions.iter())
+        .filter_map(|(_, tr)| match tr {
+            Transition::Fired(a) => Some(a),
+            _ => None,
+        })
+        .collect();
+    let pages: Vec<_> = fired
+        .iter()
+        .filter(|a| a.severity == Severity::Page)
+        .collect();
+    assert_eq!(pages.len(), 1, "one page: {pages:#?}");
+    assert_eq!(pages[0].kind, AlertKind::Failing);
+    let down = fired.iter().filter(|a| a.kind == AlertKind::Down).count();
+    assert_eq!(down, 3, "each member's DOWN, as a warning: {fired:#?}");
+}
+
+/// A network policy on every backend drops its balancers' connections but
+/// lets the kubelet's probes through from the backend's own node: the
+/// server view opens one a member a tick, the LB view none. Still
+/// FAILING: only its balancers' openings say they reach the members.
+#[test]
+fn probes_that_pass_a_policy_do_not_hide_a_failing_pool() {
+    let mut detector = Detector::default();
+    let mut first = None;
+    for t in 0..40 {
+        let policy = t >= 20;
+        let counts = [if policy { 1 } else { 25 }; 3];
+        let mut pool = input(t, &counts, &[1.0; 3]);
+        for m in &mut pool.members {
+            let server = m.server.expect("input gives a server view");
+            m.lb = Some(ViewInput {
+                new_conns: if policy { 0 } else { 25 },
+                failed: if policy { 25 } else { 0 },
+                ..server
+            });
+        }
+        let (verdict, _) = detector.evaluate(&pool);
+        if verdict.verdict == Verdict::Failing && first.is_none() {
+            first = Some(t);
+        }
+    }
+    assert!(first.is_some_and(|t| t <= 21), "FAILING from {first:?}");
 }

@@ -71,7 +71,7 @@ use crate::{
     service::{
         declared::{Declared, Expect, KubeService, LbNodes},
         fxhash::FxHashMap,
-        ingest::{AgentTick, Dir, ListenerInfo, TickEndpoint},
+        ingest::{AgentTick, Delta, Dir, ListenerInfo, TickEndpoint},
     },
 };
 
@@ -809,7 +809,12 @@ impl MemberPlan {
                 draining,
                 not_ready,
                 lb_by_node: if draining || lbs.several {
-                    self.senders(agents)
+                    self.by_node(agents, |d| d.conns)
+                } else {
+                    Vec::new()
+                },
+                lb_failed_by_node: if lbs.several {
+                    self.by_node(agents, |d| d.failed)
                 } else {
                     Vec::new()
                 },
@@ -823,15 +828,16 @@ impl MemberPlan {
         })
     }
 
-    /// This tick's new connections in its LB view, by fresh load balancer
-    /// node (those that sent some).
-    fn senders(&self, agents: &[AgentTick]) -> Vec<(Arc<str>, u64)> {
+    /// This tick's `count` of its LB view's endpoint deltas (new
+    /// connections, failed attempts), by fresh load balancer node (those
+    /// with some).
+    fn by_node(&self, agents: &[AgentTick], count: impl Fn(&Delta) -> u64) -> Vec<(Arc<str>, u64)> {
         (self.sending.iter())
             .filter(|&&(ai, _)| agents[ai].fresh)
             .map(|&(ai, ei)| {
                 (
                     agents[ai].node.clone(),
-                    agents[ai].endpoints[ei].delta.conns,
+                    count(&agents[ai].endpoints[ei].delta),
                 )
             })
             .filter(|&(_, n)| n > 0)

@@ -1,0 +1,210 @@
+//! A load balancer node cut off from the pool: every connection attempt
+//! it makes to the members fails while the other nodes reach them.
+//!
+//! The pool's LB view sums every balancer node's counts. When one node of
+//! several loses its way to the backends (a route, a firewall rule or a
+//! security group pushed to it alone, its own network), every client
+//! behind it fails, yet the other nodes still open their connections: the
+//! members' shares stay even and the pool reads served. The node's own
+//! failed attempts are what says so, the pool-wide FAILING's test (see
+//! [`super::pool::Verdict::Failing`]) applied to one node's attempts.
+//!
+//! Judged only in a pool whose other nodes opened a connection within the
+//! window: when none did, the pool-wide FAILING speaks.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
+
+use super::pool::{SHARE_WINDOW, reaches_enough};
+
+/// One node's attempts to the pool's members.
+#[derive(Default)]
+struct NodeWindow {
+    /// Its failed attempts to each member in each of the last ticks,
+    /// newest first (members it failed none to left out).
+    per_tick: Vec<Vec<(String, u64)>>,
+    /// The last tick it opened a connection to any member.
+    last_opened: Option<u64>,
+    /// The last tick it failed or opened one.
+    last_active: u64,
+}
+
+/// A node cut off: its failed attempts since it last opened one (within
+/// the window), over how many ticks, and to how many members.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CutOffNode {
+    pub node: Arc<str>,
+    pub failed: u64,
+    pub ticks: usize,
+    pub members: usize,
+}
+
+/// Every load balancer node's recent attempts, by node.
+#[derive(Default)]
+pub(super) struct CutOff {
+    nodes: HashMap<Arc<str>, NodeWindow>,
+}
+
+/// One member's attempts this tick by node: opened (new connections) and
+/// failed.
+pub(super) struct Attempts<'a> {
+    pub id: &'a str,
+    pub opened: &'a [(Arc<str>, u64)],
+    pub failed: &'a [(Arc<str>, u64)],
+}
+
+impl CutOff {
+    /// Records one tick's attempts; forgets nodes idle for a window.
+    pub(super) fn note<'a>(&mut self, tick: u64, members: impl Iterator<Item = Attempts<'a>>) {
+        for w in self.nodes.values_mut() {
+            w.per_tick.insert(0, Vec::new());
+            w.per_tick.truncate(SHARE_WINDOW);
+        }
+        for m in members {
+            for (node, _) in m.opened.iter().filter(|(_, n)| *n > 0) {
+                let w = self.window(node);
+                w.last_opened = Some(tick);
+                w.last_active = tick;
+            }
+            for (node, n) in m.failed.iter().filter(|(_, n)| *n > 0) {
+                let w = self.window(node);
+                w.per_tick[0].push((m.id.to_owned(), *n));
+                w.last_active = tick;
+            }
+        }
+        self.nodes
+            .retain(|_, w| tick < w.last_active + SHARE_WINDOW as u64);
+    }
+
+    /// The window of `node`, new with this tick's slot if it had none.
+    fn window(&mut self, node: &Arc<str>) -> &mut NodeWindow {
+        self.nodes
+            .entry(node.clone())
+            .or_insert_with(|| NodeWindow {
+                per_tick: vec![Vec::new()],
+                ..NodeWindow::default()
+            })
+    }
+
+    /// The nodes whose attempts to the pool's members failed since they
+    /// last opened one, at least `min` of them and to enough of the
+    /// members `in_rotation` (as the pool-wide FAILING asks, for the same
+    /// reasons: see [`reaches_enough`]), while another node opened one
+    /// within the window.
+    pub(super) fn nodes(
+        &self,
+        tick: u64,
+        min: u64,
+        in_rotation: &HashSet<&str>,
+    ) -> Vec<CutOffNode> {
+        let recent = |w: &NodeWindow| {
+            w.last_opened
+                .is_some_and(|t| tick < t + SHARE_WINDOW as u64)
+        };
+        // Counted once: kube-proxy makes every node of a cluster one.
+        let openers = self.nodes.values().filter(|w| recent(w)).count();
+        let mut cut: Vec<CutOffNode> = (self.nodes.iter())
+            .filter(|(_, w)| openers > usize::from(recent(w)))
+            .filter_map(|(node, w)| {
+                let since = w.last_opened.map_or(SHARE_WINDOW as u64, |t| tick - t);
+                let ticks = (since as usize).min(w.per_tick.len());
+                let mut reached: HashMap<&str, u64> = HashMap::new();
+                for (id, n) in w.per_tick[..ticks].iter().flatten() {
+                    *reached.entry(id.as_str()).or_default() += n;
+                }
+                let failed = reached.values().sum();
+                let members = reached
+                    .keys()
+                    .filter(|id| in_rotation.contains(*id))
+                    .count();
+                (failed >= min && reaches_enough(members, in_rotation.len())).then(|| CutOffNode {
+                    node: node.clone(),
+                    failed,
+                    ticks,
+                    members,
+                })
+            })
+            .collect();
+        cut.sort_by(|a, b| a.node.cmp(&b.node));
+        cut
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `ticks` ticks of three members: node a opens one to each a tick,
+    /// node b fails `b_fails(tick)` to each; the nodes cut off at the end.
+    fn run(
+        ticks: u64,
+        b_fails: impl Fn(u64) -> u64,
+        b_opens: impl Fn(u64) -> u64,
+    ) -> Vec<CutOffNode> {
+        let (a, b): (Arc<str>, Arc<str>) = ("lb-a".into(), "lb-b".into());
+        let ids = ["m1", "m2", "m3"];
+        let mut c = CutOff::default();
+        for t in 0..ticks {
+            let opened = vec![(a.clone(), 1), (b.clone(), b_opens(t))];
+            let failed = vec![(b.clone(), b_fails(t))];
+            c.note(
+                t,
+                ids.iter().map(|id| Attempts {
+                    id,
+                    opened: &opened,
+                    failed: &failed,
+                }),
+            );
+        }
+        c.nodes(ticks - 1, 5, &ids.into_iter().collect())
+    }
+
+    #[test]
+    fn a_node_whose_every_attempt_fails_while_another_opens_is_cut_off() {
+        let cut = run(30, |t| u64::from(t >= 20) * 2, |t| u64::from(t < 20));
+        assert_eq!(
+            cut,
+            vec![CutOffNode {
+                node: "lb-b".into(),
+                failed: 60,
+                ticks: 10,
+                members: 3
+            }]
+        );
+        // Two ticks in: 12 failed since it last opened, at tick 19.
+        let cut = run(22, |t| u64::from(t >= 20) * 2, |t| u64::from(t < 20));
+        assert_eq!(cut.len(), 1, "{cut:?}");
+        assert_eq!((cut[0].failed, cut[0].ticks), (12, 2));
+    }
+
+    #[test]
+    fn a_node_that_opens_some_or_fails_a_few_is_not_cut_off() {
+        assert_eq!(run(30, |_| 2, |_| 1), vec![], "it opens some every tick");
+        assert_eq!(
+            run(30, |t| u64::from(t == 25), |t| u64::from(t < 20)),
+            vec![],
+            "three failed attempts, under the least"
+        );
+    }
+
+    #[test]
+    fn no_node_is_cut_off_when_none_opens() {
+        let (b, ids): (Arc<str>, _) = ("lb-b".into(), ["m1", "m2"]);
+        let mut c = CutOff::default();
+        for t in 0..20 {
+            let failed = vec![(b.clone(), 5)];
+            c.note(
+                t,
+                ids.iter().map(|id| Attempts {
+                    id,
+                    opened: &[],
+                    failed: &failed,
+                }),
+            );
+        }
+        let all = ids.into_iter().collect();
+        assert_eq!(c.nodes(19, 5, &all), vec![], "the pool-wide FAILING speaks");
+    }
+}
