@@ -43,8 +43,8 @@ fn write_pools(lab: &Lab, path: &Path, weights: [u32; 3], draining: Option<usize
 /// second (or split over several balancers).
 struct Load {
     stop: Arc<AtomicBool>,
-    /// The connections served and failed.
-    thread: Option<JoinHandle<(u64, u64)>>,
+    /// One a target, each counting the connections served and failed.
+    threads: Vec<JoinHandle<(u64, u64)>>,
 }
 
 impl Load {
@@ -52,34 +52,32 @@ impl Load {
         Load::split(lab, &[(evenflow_tests::lab::vip(false), 1)])
     }
 
-    /// Rounds of 10 connections to each target, `rounds` times over.
+    /// Rounds of 10 connections to each target, `rounds` at a time, from a
+    /// thread of its own: a balancer whose connections hang holds up its
+    /// own clients only.
     fn split(lab: &Lab, targets: &[(SocketAddr, usize)]) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
-        let ns = lab.client.ns.clone();
-        let flag = stop.clone();
-        let targets = targets.to_vec();
-        let thread = std::thread::spawn(move || {
-            let (mut sent, mut failed) = (0, 0);
-            while !flag.load(Ordering::Relaxed) {
-                for &(target, rounds) in &targets {
-                    for _ in 0..rounds {
-                        let load = client::http_load(&ns, target, 10, 2).expect("load");
-                        sent += load.connections;
-                        failed += load.failures;
+        let threads = (targets.iter())
+            .map(|&(target, rounds)| {
+                let ns = lab.client.ns.clone();
+                let flag = stop.clone();
+                std::thread::spawn(move || {
+                    let (mut sent, mut failed) = (0, 0);
+                    while !flag.load(Ordering::Relaxed) {
+                        for _ in 0..rounds {
+                            let load = client::http_load(&ns, target, 10, 2).expect("load");
+                            sent += load.connections;
+                            failed += load.failures;
+                        }
+                        std::thread::sleep(Duration::from_millis(150));
                     }
-                }
-                std::thread::sleep(Duration::from_millis(150));
-            }
-            (sent, failed)
-        });
-        Load {
-            stop,
-            thread: Some(thread),
-        }
+                    (sent, failed)
+                })
+            })
+            .collect();
+        Load { stop, threads }
     }
-}
 
-impl Load {
     /// Stops the load; the connections it made, every one served.
     fn finish(self) -> u64 {
         let (sent, failed) = self.finish_failing();
@@ -90,14 +88,17 @@ impl Load {
     /// Stops the load; the connections served and those that failed.
     fn finish_failing(mut self) -> (u64, u64) {
         self.stop.store(true, Ordering::Relaxed);
-        (self.thread.take()).map_or((0, 0), |t| t.join().expect("load thread"))
+        (self.threads.drain(..)).fold((0, 0), |(sent, failed), t| {
+            let (s, f) = t.join().expect("load thread");
+            (sent + s, failed + f)
+        })
     }
 }
 
 impl Drop for Load {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
