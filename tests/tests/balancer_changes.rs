@@ -759,6 +759,46 @@ fn a_crash_looping_backend_pages_down_though_no_outage_lasts() {
     assert!(load.finish() > 0, "the clients were served throughout");
 }
 
+/// The open FAILING page, if any.
+fn open_failing(lab: &Lab) -> Option<Value> {
+    (alerts_of(lab, "ALERT_KIND_FAILING", "", "SEVERITY_PAGE").into_iter())
+        .find(|a| a["resolvedAt"].is_null())
+}
+
+/// Waits for the pool's FAILING page, said to come `after` what happened
+/// at `since`; checks that it is the only page and that `evenflow verify`
+/// fails, naming `named`. Returns the page.
+fn failing_pages(lab: &Lab, since: Instant, after: &str, named: &str) -> Value {
+    let page = evenflow_tests::wait_for(Duration::from_secs(40), || open_failing(lab))
+        .unwrap_or_else(|| panic!("no FAILING page; pool: {:#?}", pool(lab)));
+    println!(
+        "FAILING paged {:.1} s after {after}: {}",
+        since.elapsed().as_secs_f64(),
+        page["summary"]
+    );
+    let (code, said) = verify(lab);
+    assert_eq!(code, 1, "verify fails a failing pool: {said}");
+    assert!(said.contains("FAILING") && said.contains(named), "{said}");
+    let pages: Vec<Value> = (alerts(lab).into_iter())
+        .filter(|a| a["severity"] == "SEVERITY_PAGE")
+        .collect();
+    assert_eq!(pages.len(), 1, "one page: {pages:#?}");
+    page
+}
+
+/// Waits for the FAILING page to resolve once the fault is mended (`after`,
+/// at `since`).
+fn failing_resolves(lab: &Lab, since: Instant, after: &str) {
+    evenflow_tests::wait_for(Duration::from_secs(40), || {
+        open_failing(lab).is_none().then_some(())
+    })
+    .unwrap_or_else(|| panic!("FAILING did not resolve; alerts: {:#?}", alerts(lab)));
+    println!(
+        "resolved {:.1} s after {after}",
+        since.elapsed().as_secs_f64()
+    );
+}
+
 /// A network policy pushed to every backend drops the connections to
 /// their port: listeners up, agents reporting. HAProxy has no health
 /// checks: it dials each backend in turn, gives each connect up after a
@@ -777,18 +817,7 @@ fn a_pool_whose_every_backend_drops_its_connections_pages_failing_once() {
     for b in &lab.backends {
         nft::load(&lab, &b.ns, "policy", &policy).expect("the policy drops connections");
     }
-    let pushed = Instant::now();
-    let failing = |lab: &Lab| {
-        (alerts_of(lab, "ALERT_KIND_FAILING", "", "SEVERITY_PAGE").into_iter())
-            .find(|a| a["resolvedAt"].is_null())
-    };
-    let page = evenflow_tests::wait_for(Duration::from_secs(30), || failing(&lab))
-        .unwrap_or_else(|| panic!("no FAILING page; pool: {:#?}", pool(&lab)));
-    println!(
-        "FAILING paged {:.1} s after the policy: {}",
-        pushed.elapsed().as_secs_f64(),
-        page["summary"]
-    );
+    let page = failing_pages(&lab, Instant::now(), "the policy", "FAILING");
     let summary = page["summary"].as_str().unwrap_or_default();
     assert!(summary.contains("every connection attempt"), "{page:#}");
     assert_eq!(page["cause"], "CAUSE_REFUSING", "{page:#}");
@@ -796,13 +825,6 @@ fn a_pool_whose_every_backend_drops_its_connections_pages_failing_once() {
         (p["members"].as_array()).is_some_and(|m| m.iter().all(|m| m["verdict"] == "VERDICT_ZERO"))
     });
     assert_eq!(p["verdict"], "VERDICT_FAILING", "{p:#}");
-    let (code, said) = verify(&lab);
-    assert_eq!(code, 1, "verify fails a failing pool: {said}");
-    assert!(said.contains("FAILING"), "{said}");
-    let pages: Vec<Value> = (alerts(&lab).into_iter())
-        .filter(|a| a["severity"] == "SEVERITY_PAGE")
-        .collect();
-    assert_eq!(pages.len(), 1, "one page: {pages:#?}");
 
     for b in &lab.backends {
         netns::exec(
@@ -812,15 +834,7 @@ fn a_pool_whose_every_backend_drops_its_connections_pages_failing_once() {
         )
         .expect("the policy goes");
     }
-    let lifted = Instant::now();
-    evenflow_tests::wait_for(Duration::from_secs(30), || {
-        failing(&lab).is_none().then_some(())
-    })
-    .unwrap_or_else(|| panic!("FAILING did not resolve; alerts: {:#?}", alerts(&lab)));
-    println!(
-        "resolved {:.1} s after the policy went",
-        lifted.elapsed().as_secs_f64()
-    );
+    failing_resolves(&lab, Instant::now(), "the policy went");
     let (served, failed) = load.finish_failing();
     assert!(served > 0 && failed > 0, "served {served}, failed {failed}");
 }
@@ -842,18 +856,7 @@ fn a_balancer_node_cut_off_from_its_servers_pages_failing_naming_it() {
         "table inet evenflow_cut {{ chain output {{ type filter hook output priority 0; tcp dport {BACKEND_PORT} drop; }} }}"
     );
     nft::load(&lab, &lb2.ns, "cut", &rule).expect("the second node loses its servers");
-    let cut = Instant::now();
-    let failing = |lab: &Lab| {
-        (alerts_of(lab, "ALERT_KIND_FAILING", "", "SEVERITY_PAGE").into_iter())
-            .find(|a| a["resolvedAt"].is_null())
-    };
-    let page = evenflow_tests::wait_for(Duration::from_secs(40), || failing(&lab))
-        .unwrap_or_else(|| panic!("no FAILING page; pool: {:#?}", pool(&lab)));
-    println!(
-        "FAILING paged {:.1} s after the cut: {}",
-        cut.elapsed().as_secs_f64(),
-        page["summary"]
-    );
+    let page = failing_pages(&lab, Instant::now(), "the cut", &lb2.ns);
     let summary = page["summary"].as_str().unwrap_or_default();
     assert!(
         summary.contains(&format!("load balancer node {} fails every", lb2.ns))
@@ -867,28 +870,10 @@ fn a_balancer_node_cut_off_from_its_servers_pages_failing_naming_it() {
         let m = member(&p, &s.addr4.to_string()).expect("every server a member");
         assert_ne!(m["verdict"], "VERDICT_ZERO", "{m:#}");
     }
-    let (code, said) = verify(&lab);
-    assert_eq!(code, 1, "verify fails: {said}");
-    assert!(
-        said.contains("FAILING") && said.contains(&*lb2.ns),
-        "{said}"
-    );
-    let pages: Vec<Value> = (alerts(&lab).into_iter())
-        .filter(|a| a["severity"] == "SEVERITY_PAGE")
-        .collect();
-    assert_eq!(pages.len(), 1, "one page: {pages:#?}");
 
     netns::exec(&lb2.ns, "nft", &["delete", "table", "inet", "evenflow_cut"])
         .expect("the rule goes");
-    let mended = Instant::now();
-    evenflow_tests::wait_for(Duration::from_secs(40), || {
-        failing(&lab).is_none().then_some(())
-    })
-    .unwrap_or_else(|| panic!("FAILING did not resolve; alerts: {:#?}", alerts(&lab)));
-    println!(
-        "resolved {:.1} s after the rule went",
-        mended.elapsed().as_secs_f64()
-    );
+    failing_resolves(&lab, Instant::now(), "the rule went");
     let (served, failed) = load.finish_failing();
     assert!(served > 0 && failed > 0, "served {served}, failed {failed}");
 }
