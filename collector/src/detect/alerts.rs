@@ -320,12 +320,30 @@ fn load_alert(
     })
 }
 
-/// The page a pool's own verdict asks for, if any: CONCENTRATION, or
-/// FAILING (every attempt to its members fails, refused or unanswered:
-/// the members', or, when only some load balancer nodes' do, no cause the
-/// members or the routing give).
-fn pool_alert(pool: &PoolVerdict) -> Option<Want> {
-    let (kind, cause, why, observed) = match pool.verdict {
+/// The pages a pool's own verdict asks for, by id: CONCENTRATION, or
+/// FAILING (every attempt to its members fails, refused or unanswered);
+/// and one FAILING for each load balancer node cut off from the members,
+/// with no cause the members or the routing give.
+fn pool_alerts(pool: &PoolVerdict) -> Vec<(String, Want)> {
+    let mut pages = Vec::new();
+    let mut page = |id: String, kind: AlertKind, cause, reason: &str, observed| {
+        let want = Want {
+            kind,
+            signal: Some(Signal::NewConnections),
+            cause,
+            view: pool.view,
+            severity: Severity::Page,
+            observed,
+            expected: pool.expected_effective,
+            summary: format!("pool {} {}: {reason}", pool.name, kind.as_str()),
+            evidence: vec![
+                ("effective_members".into(), observed),
+                ("expected_effective_members".into(), pool.expected_effective),
+            ],
+        };
+        pages.push((id, want));
+    };
+    match pool.verdict {
         Verdict::Concentration => {
             let cause = concentration_cause(pool);
             let why = match cause {
@@ -334,28 +352,33 @@ fn pool_alert(pool: &PoolVerdict) -> Option<Want> {
                 }
                 _ => "",
             };
-            (AlertKind::Concentration, Some(cause), why, pool.effective)
+            let reason = format!("{}{why}", pool.reason);
+            let id = format!("{}//CONCENTRATION", pool.name);
+            page(
+                id,
+                AlertKind::Concentration,
+                Some(cause),
+                &reason,
+                pool.effective,
+            );
         }
         Verdict::Failing if pool.cut_off.is_empty() => {
-            (AlertKind::Failing, Some(Cause::Refusing), "", 0.0)
+            let id = format!("{}//FAILING", pool.name);
+            page(
+                id,
+                AlertKind::Failing,
+                Some(Cause::Refusing),
+                &pool.reason,
+                0.0,
+            );
         }
-        Verdict::Failing => (AlertKind::Failing, None, "", pool.effective),
-        _ => return None,
-    };
-    Some(Want {
-        kind,
-        signal: Some(Signal::NewConnections),
-        cause,
-        view: pool.view,
-        severity: Severity::Page,
-        observed,
-        expected: pool.expected_effective,
-        summary: format!("pool {} {}: {}{why}", pool.name, kind.as_str(), pool.reason),
-        evidence: vec![
-            ("effective_members".into(), observed),
-            ("expected_effective_members".into(), pool.expected_effective),
-        ],
-    })
+        _ => {}
+    }
+    for node in &pool.cut_off {
+        let id = format!("{}//FAILING/{}", pool.name, node.node);
+        page(id, AlertKind::Failing, None, &node.reason(), pool.effective);
+    }
+    pages
 }
 
 /// The alerts a pool's verdicts want this tick, by id: its own page
@@ -364,12 +387,16 @@ fn pool_alert(pool: &PoolVerdict) -> Option<Want> {
 fn wanted(pool: &PoolVerdict, tick: u64) -> HashMap<String, Alert> {
     let mut want: HashMap<String, Alert> = HashMap::new();
     let everything_fails = pool.verdict == Verdict::Failing && pool.cut_off.is_empty();
-    let pooled = pool_alert(pool).map(|w| {
-        let grouped = format!("grouped_under_{}", w.kind.as_str().to_lowercase());
-        let id = format!("{}//{}", pool.name, w.kind.as_str());
+    // The pool's page its members' findings are grouped under: not a node's
+    // FAILING, which says nothing of the members.
+    let pooled = match pool.verdict {
+        Verdict::Concentration => Some("grouped_under_concentration"),
+        _ if everything_fails => Some("grouped_under_failing"),
+        _ => None,
+    };
+    for (id, w) in pool_alerts(pool) {
         want.insert(id.clone(), w.into_alert(id, &pool.name, "", tick));
-        grouped
-    });
+    }
     for m in &pool.members {
         let conns = member_alert(pool, m);
         // A member whose new connections page already has its page: its
@@ -396,9 +423,9 @@ fn wanted(pool: &PoolVerdict, tick: u64) -> HashMap<String, Alert> {
             // backend down is that outage, not one page a member).
             let grouped_kind = matches!(w.kind, AlertKind::Zero | AlertKind::Skew)
                 || (w.kind == AlertKind::Down && everything_fails);
-            if let Some(grouped) = pooled.as_ref().filter(|_| grouped_kind) {
+            if let Some(grouped) = pooled.filter(|_| grouped_kind) {
                 w.severity = Severity::Warning;
-                w.evidence.push((grouped.clone(), 1.0));
+                w.evidence.push((grouped.to_owned(), 1.0));
             } else if conns_page
                 && w.signal != Some(Signal::NewConnections)
                 && matches!(w.cause, Some(Cause::Routing | Cause::Refusing))

@@ -41,10 +41,25 @@ pub struct CutOffNode {
     pub members: usize,
 }
 
+impl CutOffNode {
+    /// What the pool's reason and the node's alert say.
+    pub fn reason(&self) -> String {
+        format!(
+            "load balancer node {} fails every connection attempt to the members: {} in the last {} ticks, to {} of them, refused or unanswered, and not one opened, while other nodes reach them: it is cut off from them (its routes, a firewall rule, its network), and every client behind it fails",
+            self.node, self.failed, self.ticks, self.members
+        )
+    }
+}
+
+/// The last two nodes to open a connection to a member, and when.
+type Openers = [Option<(Arc<str>, u64)>; 2];
+
 /// Every load balancer node's recent attempts, by node.
 #[derive(Default)]
 pub(super) struct CutOff {
     nodes: HashMap<Arc<str>, NodeWindow>,
+    /// Per member, the last two nodes that opened a connection to it.
+    openers: HashMap<String, Openers>,
 }
 
 /// One member's attempts this tick by node: opened (new connections) and
@@ -56,17 +71,25 @@ pub(super) struct Attempts<'a> {
 }
 
 impl CutOff {
-    /// Records one tick's attempts; forgets nodes idle for a window.
+    /// Records one tick's attempts; forgets nodes idle for a window and
+    /// members that left.
     pub(super) fn note<'a>(&mut self, tick: u64, members: impl Iterator<Item = Attempts<'a>>) {
         for w in self.nodes.values_mut() {
             w.per_tick.insert(0, Vec::new());
             w.per_tick.truncate(SHARE_WINDOW);
         }
+        let mut present = HashSet::new();
         for m in members {
+            present.insert(m.id);
             for (node, _) in m.opened.iter().filter(|(_, n)| *n > 0) {
                 let w = self.window(node);
                 w.last_opened = Some(tick);
                 w.last_active = tick;
+                let openers = self.openers.entry(m.id.to_owned()).or_default();
+                match &mut openers[0] {
+                    Some((last, at)) if last == node => *at = tick,
+                    first => openers[1] = first.replace((node.clone(), tick)),
+                }
             }
             for (node, n) in m.failed.iter().filter(|(_, n)| *n > 0) {
                 let w = self.window(node);
@@ -76,6 +99,7 @@ impl CutOff {
         }
         self.nodes
             .retain(|_, w| tick < w.last_active + SHARE_WINDOW as u64);
+        self.openers.retain(|id, _| present.contains(id.as_str()));
     }
 
     /// The window of `node`, new with this tick's slot if it had none.
@@ -88,42 +112,44 @@ impl CutOff {
             })
     }
 
-    /// The nodes whose attempts to the pool's members failed since they
-    /// last opened one, at least `min` of them and to enough of the
-    /// members `in_rotation` (as the pool-wide FAILING asks, for the same
-    /// reasons: see [`reaches_enough`]), while another node opened one
+    /// Whether a node other than `node` opened a connection to member `id`
     /// within the window.
+    fn reached_by_others(&self, id: &str, node: &str, tick: u64) -> bool {
+        (self.openers.get(id).into_iter().flatten().flatten())
+            .any(|(other, at)| &**other != node && tick < at + SHARE_WINDOW as u64)
+    }
+
+    /// The nodes that opened connections to the pool's members before and
+    /// whose attempts since failed: at least `min` to members in rotation
+    /// (`in_rotation`) that other nodes reach, and to enough of them (as
+    /// the pool-wide FAILING asks, for the same reasons: see
+    /// [`reaches_enough`]). Failures to a member no other node reaches
+    /// are that member's (it is dead, or the pool-wide FAILING speaks).
     pub(super) fn nodes(
         &self,
         tick: u64,
         min: u64,
         in_rotation: &HashSet<&str>,
     ) -> Vec<CutOffNode> {
-        let recent = |w: &NodeWindow| {
-            w.last_opened
-                .is_some_and(|t| tick < t + SHARE_WINDOW as u64)
-        };
-        // Counted once: kube-proxy makes every node of a cluster one.
-        let openers = self.nodes.values().filter(|w| recent(w)).count();
         let mut cut: Vec<CutOffNode> = (self.nodes.iter())
-            .filter(|(_, w)| openers > usize::from(recent(w)))
             .filter_map(|(node, w)| {
-                let since = w.last_opened.map_or(SHARE_WINDOW as u64, |t| tick - t);
+                let since = tick.saturating_sub(w.last_opened?);
                 let ticks = (since as usize).min(w.per_tick.len());
                 let mut reached: HashMap<&str, u64> = HashMap::new();
-                for (id, n) in w.per_tick[..ticks].iter().flatten() {
+                let failures = w.per_tick[..ticks].iter().flatten();
+                for (id, n) in failures.filter(|(id, _)| {
+                    in_rotation.contains(id.as_str()) && self.reached_by_others(id, node, tick)
+                }) {
                     *reached.entry(id.as_str()).or_default() += n;
                 }
                 let failed = reached.values().sum();
-                let members = reached
-                    .keys()
-                    .filter(|id| in_rotation.contains(*id))
-                    .count();
-                (failed >= min && reaches_enough(members, in_rotation.len())).then(|| CutOffNode {
-                    node: node.clone(),
-                    failed,
-                    ticks,
-                    members,
+                (failed >= min && reaches_enough(reached.len(), in_rotation.len())).then(|| {
+                    CutOffNode {
+                        node: node.clone(),
+                        failed,
+                        ticks,
+                        members: reached.len(),
+                    }
                 })
             })
             .collect();
@@ -187,6 +213,71 @@ mod tests {
             vec![],
             "three failed attempts, under the least"
         );
+    }
+
+    /// Counts by node.
+    type ByNode = Vec<(Arc<str>, u64)>;
+
+    /// One tick of attempts: each member's (opened, failed) by node.
+    fn tick(c: &mut CutOff, t: u64, members: &[(&str, ByNode, ByNode)]) {
+        c.note(
+            t,
+            members
+                .iter()
+                .map(|(id, opened, failed)| Attempts { id, opened, failed }),
+        );
+    }
+
+    /// Node b's failures go to the members no other node reaches (dead
+    /// ones, which a's balancer left out): theirs, not b's.
+    #[test]
+    fn failures_only_to_members_no_other_node_reaches_are_not_a_cut() {
+        let (a, b): (Arc<str>, Arc<str>) = ("lb-a".into(), "lb-b".into());
+        let mut c = CutOff::default();
+        for t in 0..30 {
+            let dead = t >= 10;
+            let b_opens = vec![(a.clone(), 3), (b.clone(), u64::from(!dead))];
+            let failed = vec![(b.clone(), 5 * u64::from(dead))];
+            let a_opens = vec![(a.clone(), u64::from(!dead)), (b.clone(), u64::from(!dead))];
+            tick(
+                &mut c,
+                t,
+                &[
+                    ("m1", b_opens.clone(), Vec::new()),
+                    ("m2", b_opens, Vec::new()),
+                    ("m3", a_opens.clone(), failed.clone()),
+                    ("m4", a_opens, failed),
+                ],
+            );
+        }
+        let all = ["m1", "m2", "m3", "m4"].into_iter().collect();
+        assert_eq!(
+            c.nodes(29, 5, &all),
+            vec![],
+            "m3 and m4 are dead, b is not cut off"
+        );
+    }
+
+    /// A node whose attempts all fail while no other node opens anything is
+    /// not cut off from the others: the pool-wide FAILING speaks.
+    #[test]
+    fn a_lone_node_failing_is_not_cut_off() {
+        let b: Arc<str> = "lb-b".into();
+        let mut c = CutOff::default();
+        for t in 0..20 {
+            let opened = vec![(b.clone(), u64::from(t < 5))];
+            let failed = vec![(b.clone(), 5 * u64::from(t >= 5))];
+            tick(
+                &mut c,
+                t,
+                &[
+                    ("m1", opened.clone(), failed.clone()),
+                    ("m2", opened, failed),
+                ],
+            );
+        }
+        let all = ["m1", "m2"].into_iter().collect();
+        assert_eq!(c.nodes(19, 5, &all), vec![]);
     }
 
     #[test]

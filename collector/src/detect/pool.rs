@@ -875,6 +875,9 @@ struct FailedWindow {
     /// first: one slot a tick, so the window spans the same ticks as the
     /// share window it is weighed against.
     per_tick: [u64; SHARE_WINDOW],
+    /// The new connections its own agent counted in each of the same
+    /// ticks (the server view).
+    served_per_tick: [u64; SHARE_WINDOW],
     /// The tick last noted: a member absent from it left the pool.
     tick: u64,
     /// The last tick the LB view counted a failed attempt to it, and the
@@ -897,8 +900,10 @@ impl Failures {
             };
             window.tick = input.tick;
             window.per_tick.rotate_right(1);
+            window.served_per_tick.rotate_right(1);
             let lb = m.counted(View::Lb).unwrap_or_default();
             window.per_tick[0] = lb.failed;
+            window.served_per_tick[0] = m.counted(View::Server).map_or(0, |v| v.new_conns);
             if lb.failed > 0 {
                 window.last_failed = Some(input.tick);
             }
@@ -924,12 +929,14 @@ impl Failures {
 
     /// The attempts to the pool's members that failed since its balancers
     /// last opened a connection to any of them (within the window), and
-    /// over how many ticks, when they are at least `min` and reached
-    /// enough of the members `in_rotation` ([`reaches_enough`]): every
-    /// attempt fails. None while one opened this tick. Only the LB view's
-    /// openings count: the failures are its own, and a backend's node
-    /// still opens the kubelet's probes past a network policy that drops
-    /// every client's connection.
+    /// over how many ticks, when they are at least `min`, reached enough
+    /// of the members `in_rotation` ([`reaches_enough`]) and outnumber
+    /// what the members' own agents saw open meanwhile: every attempt
+    /// fails. None while one opened this tick. The LB view's openings end
+    /// it; the server view's only by outnumbering the failures: a
+    /// backend's node still opens the kubelet's probes past a network
+    /// policy that drops every client's connection, where clients that
+    /// come through balancers without an agent open as many as they need.
     fn every_attempt_fails(
         &self,
         tick: u64,
@@ -939,13 +946,15 @@ impl Failures {
         let opened = (self.members.values()).filter_map(|w| w.last_opened).max();
         let since = opened.map_or(SHARE_WINDOW as u64, |t| tick.saturating_sub(t));
         let ticks = since.min(SHARE_WINDOW as u64) as usize;
-        let (mut failed, mut reached) = (0, 0);
+        let (mut failed, mut served, mut reached) = (0, 0, 0);
         for (id, w) in &self.members {
             let f: u64 = w.per_tick[..ticks].iter().sum();
             failed += f;
+            served += w.served_per_tick[..ticks].iter().sum::<u64>();
             reached += usize::from(f > 0 && in_rotation.contains(id.as_str()));
         }
-        (failed >= min && reaches_enough(reached, in_rotation.len())).then_some((failed, ticks))
+        let fails = failed >= min && failed > served && reaches_enough(reached, in_rotation.len());
+        fails.then_some((failed, ticks))
     }
 
     /// Whether its balancers' last attempts to member `id` failed, within
@@ -1307,9 +1316,6 @@ impl PoolState {
         self.member_set = set;
     }
 
-    /// The members one load balancer node leaves out while others send
-    /// to them (see [`left_out`]); none where a balancer's own split is
-    /// not by weight (least-connections, sticky).
     /// Whose attempts to the members all fail: every balancer's, else
     /// some nodes' while others reach them.
     fn failing(&self, s: &Settings, input: &PoolInput<impl AsRef<MemberInput>>) -> Option<Failing> {
@@ -1329,6 +1335,9 @@ impl PoolState {
         (!nodes.is_empty()).then_some(Failing::Nodes(nodes))
     }
 
+    /// The members one load balancer node leaves out while others send
+    /// to them (see [`left_out`]); none where a balancer's own split is
+    /// not by weight (least-connections, sticky).
     fn left_out_of(
         &mut self,
         s: &Settings,
@@ -1497,18 +1506,8 @@ impl Failing {
                 "every connection attempt to its members fails: {failed} in the last {ticks} ticks, refused or unanswered, and not one opened; clients are trying and no member takes their connections"
             ),
             Failing::Nodes(nodes) => {
-                let each: Vec<String> = (nodes.iter())
-                    .map(|c| {
-                        format!(
-                            "load balancer node {} fails every connection attempt to the members: {} in the last {} ticks, to {} of them, refused or unanswered, and not one opened",
-                            c.node, c.failed, c.ticks, c.members
-                        )
-                    })
-                    .collect();
-                format!(
-                    "{}; other nodes reach them: it is cut off from them (its routes, a firewall rule, its network), and every client behind it fails",
-                    each.join("; ")
-                )
+                let each: Vec<String> = nodes.iter().map(CutOffNode::reason).collect();
+                each.join("; ")
             }
         }
     }
@@ -1615,8 +1614,10 @@ fn hot(
     }
 }
 
-/// The pool's own verdict: failing, too quiet, settling, concentrated, or
-/// OK.
+/// The pool's own verdict: FAILING when every attempt to its members
+/// fails; else its split's ([`split_verdict`]), which a node cut off from
+/// the pool turns FAILING unless it is CONCENTRATION (a finding of its own,
+/// whose reason then names the node too).
 fn pool_verdict(
     s: &Settings,
     judging: &PoolJudging,
@@ -1624,9 +1625,29 @@ fn pool_verdict(
     primary: &ViewOutcome,
     load: &LoadSummary,
 ) -> (Verdict, String) {
-    if let Some(failing) = &judging.failing {
-        (Verdict::Failing, failing.reason())
-    } else if insufficient {
+    match &judging.failing {
+        Some(f @ Failing::Pool { .. }) => (Verdict::Failing, f.reason()),
+        Some(f @ Failing::Nodes(_)) => match split_verdict(s, judging, insufficient, primary, load)
+        {
+            (Verdict::Concentration, reason) => {
+                (Verdict::Concentration, format!("{reason}; {}", f.reason()))
+            }
+            _ => (Verdict::Failing, f.reason()),
+        },
+        None => split_verdict(s, judging, insufficient, primary, load),
+    }
+}
+
+/// The pool's verdict on its split: too quiet, settling, concentrated, or
+/// OK.
+fn split_verdict(
+    s: &Settings,
+    judging: &PoolJudging,
+    insufficient: bool,
+    primary: &ViewOutcome,
+    load: &LoadSummary,
+) -> (Verdict, String) {
+    if insufficient {
         (
             Verdict::InsufficientTraffic,
             format!(
