@@ -9,8 +9,10 @@
 //! failed attempts are what says so, the pool-wide FAILING's test (see
 //! [`super::pool::Verdict::Failing`]) applied to one node's attempts.
 //!
-//! Judged only in a pool whose other nodes opened a connection within the
-//! window: when none did, the pool-wide FAILING speaks.
+//! Only failures to members another node opened a connection to within
+//! the window count, and only for a node that opened some before: a
+//! member no other node reaches is dead (its failures are its own), and
+//! when no node reaches any, the pool-wide FAILING speaks.
 
 use std::{
     collections::{HashMap, HashSet},

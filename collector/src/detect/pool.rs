@@ -67,7 +67,7 @@ pub struct MemberInput {
     /// This tick's failed attempts to it by load balancer node, filled
     /// while the pool has several load balancer nodes (empty otherwise):
     /// one node cut off from the pool is found by its own attempts (see
-    /// [`super::cut_off`]).
+    /// `detect/cut_off.rs`).
     pub lb_failed_by_node: Vec<(Arc<str>, u64)>,
     /// The server view, when the member's own agent is known.
     pub server: Option<ViewInput>,
@@ -268,9 +268,12 @@ pub enum Verdict {
     Down {
         page: bool,
     },
-    /// A pool's: every connection attempt to its members fails, enough of
-    /// them since one last opened (in either view) to say clients are
-    /// trying. An outage of the whole pool, not a quiet one.
+    /// A pool's: every connection attempt its balancers make to its
+    /// members fails, enough of them since one last opened to say clients
+    /// are trying (see `Failures::every_attempt_fails`): an outage of the
+    /// whole pool, not a quiet one. Or every attempt one load balancer
+    /// node makes fails while the others reach the members (see
+    /// `detect/cut_off.rs`).
     Failing,
 }
 
