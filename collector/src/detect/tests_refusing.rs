@@ -425,6 +425,31 @@ fn a_quiet_pool_with_a_stray_failed_attempt_is_not_failing() {
     }
 }
 
+/// `ticks` ticks of a pool of three members, each with `server(tick)` new
+/// connections in its server view; `shape(tick, member, its server view)`
+/// sets the rest (its LB view, its listener, its counts by node). Every
+/// tick's verdict, and the transitions with their ticks.
+fn run_three(
+    ticks: u64,
+    server: impl Fn(u64) -> u64,
+    shape: impl Fn(u64, &mut MemberInput, ViewInput),
+) -> (Vec<PoolVerdict>, Vec<(u64, Transition)>) {
+    let mut detector = Detector::default();
+    let mut verdicts = Vec::new();
+    let mut transitions = Vec::new();
+    for t in 0..ticks {
+        let mut pool = input(t, &[server(t); 3], &[1.0; 3]);
+        for m in &mut pool.members {
+            let view = m.server.expect("input gives a server view");
+            shape(t, m, view);
+        }
+        let (verdict, tick) = detector.evaluate(&pool);
+        transitions.extend(tick.into_iter().map(|tr| (t, tr)));
+        verdicts.push(verdict);
+    }
+    (verdicts, transitions)
+}
+
 /// Two load balancer nodes split the clients. From tick 20 to 50 one of
 /// them, lb-b, reaches no member: its every attempt fails while lb-a's
 /// open. The members' shares stay even (lb-a sends to each), so only
@@ -435,16 +460,11 @@ fn a_quiet_pool_with_a_stray_failed_attempt_is_not_failing() {
 fn a_balancer_node_cut_off_from_the_pool_pages_failing_naming_it() {
     let (a, b): (Arc<str>, Arc<str>) = ("lb-a".into(), "lb-b".into());
     let cut = 20..50;
-    let mut detector = Detector::default();
-    let mut transitions = Vec::new();
-    let mut during = None;
-    let mut last = None;
-    for t in 0..70 {
-        let cut_off = cut.contains(&t);
-        let counts = [if cut_off { 10 } else { 20 }; 3];
-        let mut pool = input(t, &counts, &[1.0; 3]);
-        for m in &mut pool.members {
-            let server = m.server.expect("input gives a server view");
+    let (verdicts, transitions) = run_three(
+        70,
+        |t| if cut.contains(&t) { 10 } else { 20 },
+        |t, m, server| {
+            let cut_off = cut.contains(&t);
             m.lb_by_node = vec![(a.clone(), 10)];
             if cut_off {
                 m.lb_failed_by_node = vec![(b.clone(), 10)];
@@ -455,16 +475,9 @@ fn a_balancer_node_cut_off_from_the_pool_pages_failing_naming_it() {
                 failed: if cut_off { 10 } else { 0 },
                 ..server
             });
-        }
-        let (verdict, tick) = detector.evaluate(&pool);
-        transitions.extend(tick.into_iter().map(|tr| (t, tr)));
-        if t == cut.end - 1 {
-            during = Some(verdict);
-        } else {
-            last = Some(verdict);
-        }
-    }
-    let during = during.expect("the cut ran");
+        },
+    );
+    let during = &verdicts[cut.end as usize - 1];
     assert_eq!(during.verdict, Verdict::Failing, "{}", during.reason);
     assert!(
         during.reason.contains("lb-b") && during.reason.contains("cut off"),
@@ -486,7 +499,7 @@ fn a_balancer_node_cut_off_from_the_pool_pages_failing_naming_it() {
     assert_eq!(page.alert().cause, None, "{page:#?}");
     assert!(*at <= cut.start + 2, "within two ticks: {at}");
     let ran = Ran {
-        last: last.expect("ticks ran"),
+        last: verdicts.last().cloned().expect("ticks ran"),
         transitions,
         open_causes: Vec::new(),
         failed_windows: Vec::new(),
@@ -506,26 +519,18 @@ fn a_balancer_node_cut_off_from_the_pool_pages_failing_naming_it() {
 /// would page.
 #[test]
 fn every_backend_down_pages_failing_once_with_their_down_grouped() {
-    let mut detector = Detector::default();
-    let mut transitions = Vec::new();
-    let mut last = None;
-    for t in 0..120 {
-        let down = t >= 20;
-        let counts = [if down { 0 } else { 25 }; 3];
-        let mut pool = input(t, &counts, &[1.0; 3]);
-        for m in &mut pool.members {
-            m.listening = Some(!down);
-            let server = m.server.expect("input gives a server view");
+    let (verdicts, transitions) = run_three(
+        120,
+        |t| if t >= 20 { 0 } else { 25 },
+        |t, m, server| {
+            m.listening = Some(t < 20);
             m.lb = Some(ViewInput {
-                failed: if down { 25 } else { 0 },
+                failed: if t >= 20 { 25 } else { 0 },
                 ..server
             });
-        }
-        let (verdict, tick) = detector.evaluate(&pool);
-        transitions.extend(tick.into_iter().map(|tr| (t, tr)));
-        last = Some(verdict);
-    }
-    let last = last.expect("ticks ran");
+        },
+    );
+    let last = verdicts.last().expect("ticks ran");
     assert_eq!(last.verdict, Verdict::Failing, "{}", last.reason);
     assert!(
         (last.members.iter()).all(|m| matches!(m.verdict, Verdict::Down { page: true })),
@@ -559,24 +564,18 @@ fn every_backend_down_pages_failing_once_with_their_down_grouped() {
 /// FAILING: only its balancers' openings say they reach the members.
 #[test]
 fn probes_that_pass_a_policy_do_not_hide_a_failing_pool() {
-    let mut detector = Detector::default();
-    let mut first = None;
-    for t in 0..40 {
-        let policy = t >= 20;
-        let counts = [if policy { 1 } else { 25 }; 3];
-        let mut pool = input(t, &counts, &[1.0; 3]);
-        for m in &mut pool.members {
-            let server = m.server.expect("input gives a server view");
+    let (verdicts, _) = run_three(
+        40,
+        |t| if t >= 20 { 1 } else { 25 },
+        |t, m, server| {
+            let policy = t >= 20;
             m.lb = Some(ViewInput {
                 new_conns: if policy { 0 } else { 25 },
                 failed: if policy { 25 } else { 0 },
                 ..server
             });
-        }
-        let (verdict, _) = detector.evaluate(&pool);
-        if verdict.verdict == Verdict::Failing && first.is_none() {
-            first = Some(t);
-        }
-    }
+        },
+    );
+    let first = verdicts.iter().position(|v| v.verdict == Verdict::Failing);
     assert!(first.is_some_and(|t| t <= 21), "FAILING from {first:?}");
 }
