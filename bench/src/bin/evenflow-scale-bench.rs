@@ -16,8 +16,9 @@
 //!   tick started after the ack, including that wait (up to one interval).
 //!
 //! The target is `report→verdict` p99 ≤ 250 ms with collector RSS ≤ 1 GiB.
-//! Each simulated agent serves one labelled endpoint (pools of 10) and
-//! sends to `M - 1` other backends, so every pool has an LB view too.
+//! Each simulated agent serves one labelled endpoint (pools of
+//! `--pool-size`, 10 by default) and sends to `M - 1` other backends, so
+//! every pool has an LB view too.
 //!
 //! Every fleet runs `--runs` times against the collector under test and
 //! as often against a *baseline* in the same run, alternating which goes
@@ -78,6 +79,11 @@ struct Args {
     /// from their members).
     #[arg(long, default_value_t = 10)]
     watch_pools: usize,
+    /// Members per pool: agent `i` serves pool `i % (agents / pool-size)`.
+    /// Large pools (a Deployment of a thousand replicas behind one
+    /// Service) weigh on the tick where many small ones do not.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pool_size: u64,
     /// Collector binary under test (default: next to this one).
     #[arg(long)]
     collector_bin: Option<PathBuf>,
@@ -198,6 +204,14 @@ fn secs_between(a: SystemTime, b: SystemTime) -> f64 {
     }
 }
 
+/// How many pools `agents` agents serve, `pool_size` members each (the
+/// last one short).
+fn pool_count(agents: usize, pool_size: u64) -> usize {
+    agents
+        .div_ceil(usize::try_from(pool_size).unwrap_or(usize::MAX))
+        .max(1)
+}
+
 /// Address of backend `i` (10.x.y.z).
 fn backend(i: usize) -> String {
     let i = i + 1;
@@ -214,7 +228,7 @@ struct AgentLog {
 async fn agent(
     url: String,
     i: usize,
-    n: usize,
+    (n, pools): (usize, usize),
     endpoints: usize,
     every: Duration,
     phase: Duration,
@@ -250,7 +264,7 @@ async fn agent(
             }
         }
     });
-    let service = format!("svc-{}", i % n.div_ceil(10).max(1));
+    let service = format!("svc-{}", i % pools);
     let mut eps: Vec<v1::Endpoint> = Vec::with_capacity(endpoints);
     eps.push(v1::Endpoint {
         address: backend(i),
@@ -456,13 +470,14 @@ async fn run_fleet(args: &Args, collector: &Collector, n: usize) -> Result<Outco
             }))
         })
         .collect();
+    let pools = pool_count(n, args.pool_size);
     let mut tasks = Vec::new();
     for (i, log) in logs.iter().enumerate() {
         let phase = args.report_interval.mul_f64(i as f64 / n as f64);
         tasks.push(tokio::spawn(agent(
             url.clone(),
             i,
-            n,
+            (n, pools),
             args.endpoints,
             args.report_interval,
             phase,
@@ -472,7 +487,6 @@ async fn run_fleet(args: &Args, collector: &Collector, n: usize) -> Result<Outco
     }
 
     // Watch some pools once they exist.
-    let pools = n.div_ceil(10).max(1);
     let watched: Vec<usize> = (0..pools.min(args.watch_pools)).collect();
     type Arrivals = Arc<Mutex<HashMap<usize, Vec<(SystemTime, SystemTime)>>>>;
     let arrivals: Arrivals = Arc::default();
@@ -823,8 +837,13 @@ fn main() -> Result<()> {
         .context("starting the tokio runtime")?;
     let (new, base) = Collector::both(&args)?;
     println!(
-        "evenflow-scale-bench: {} endpoints per agent, reports every {:?}, collector tick {:?}, {:?} warm-up + {:?} measured per run",
-        args.endpoints, args.report_interval, args.interval, args.warmup, args.duration
+        "evenflow-scale-bench: {} endpoints per agent, pools of {} members, reports every {:?}, collector tick {:?}, {:?} warm-up + {:?} measured per run",
+        args.endpoints,
+        args.pool_size,
+        args.report_interval,
+        args.interval,
+        args.warmup,
+        args.duration
     );
     if args.target.is_none() {
         println!("  new:  {}\n  base: {}", new.describe(), base.describe());

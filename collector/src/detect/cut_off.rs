@@ -83,18 +83,26 @@ impl CutOff {
         let mut present = HashSet::new();
         for m in members {
             present.insert(m.id);
-            for (node, _) in m.opened.iter().filter(|(_, n)| *n > 0) {
-                let w = self.window(node);
-                w.last_opened = Some(tick);
-                w.last_active = tick;
-                let openers = self.openers.entry(m.id.to_owned()).or_default();
-                match &mut openers[0] {
-                    Some((last, at)) if last == node => *at = tick,
-                    first => openers[1] = first.replace((node.clone(), tick)),
+            let mut opened = m.opened.iter().filter(|(_, n)| *n > 0).peekable();
+            // Looked up once a member, its id copied only when it is new:
+            // a pool of thousands of members behind thousands of nodes has
+            // millions of (member, node) pairs a tick.
+            if opened.peek().is_some() && !self.openers.contains_key(m.id) {
+                self.openers.insert(m.id.to_owned(), Openers::default());
+            }
+            if let Some(openers) = self.openers.get_mut(m.id) {
+                for (node, _) in opened {
+                    let w = window(&mut self.nodes, node);
+                    w.last_opened = Some(tick);
+                    w.last_active = tick;
+                    match &mut openers[0] {
+                        Some((last, at)) if last == node => *at = tick,
+                        first => openers[1] = first.replace((node.clone(), tick)),
+                    }
                 }
             }
             for (node, n) in m.failed.iter().filter(|(_, n)| *n > 0) {
-                let w = self.window(node);
+                let w = window(&mut self.nodes, node);
                 w.per_tick[0].push((m.id.to_owned(), *n));
                 w.last_active = tick;
             }
@@ -102,16 +110,6 @@ impl CutOff {
         self.nodes
             .retain(|_, w| tick < w.last_active + SHARE_WINDOW as u64);
         self.openers.retain(|id, _| present.contains(id.as_str()));
-    }
-
-    /// The window of `node`, new with this tick's slot if it had none.
-    fn window(&mut self, node: &Arc<str>) -> &mut NodeWindow {
-        self.nodes
-            .entry(node.clone())
-            .or_insert_with(|| NodeWindow {
-                per_tick: vec![Vec::new()],
-                ..NodeWindow::default()
-            })
     }
 
     /// Whether a node other than `node` opened a connection to member `id`
@@ -158,6 +156,14 @@ impl CutOff {
         cut.sort_by(|a, b| a.node.cmp(&b.node));
         cut
     }
+}
+
+/// The window of `node`, new with this tick's slot if it had none.
+fn window<'a>(nodes: &'a mut HashMap<Arc<str>, NodeWindow>, node: &Arc<str>) -> &'a mut NodeWindow {
+    nodes.entry(node.clone()).or_insert_with(|| NodeWindow {
+        per_tick: vec![Vec::new()],
+        ..NodeWindow::default()
+    })
 }
 
 #[cfg(test)]

@@ -253,7 +253,6 @@ impl LeftOut {
                 last_active: tick,
             });
             balancer.last_active = tick;
-            self.got.iter_mut().for_each(|g| *g = false);
             for &(_, i, _) in group {
                 self.got[i] = true;
                 balancer.pairs[i] = Pair {
@@ -261,14 +260,18 @@ impl LeftOut {
                     last_sent: Some(tick),
                 };
             }
-            if !(judged && wsum > 0.0 && balancer.splits(tick)) {
-                continue;
+            if judged && wsum > 0.0 && balancer.splits(tick) {
+                let total: u64 = group.iter().map(|&(_, _, n)| n).sum();
+                for ((pair, m), _) in (balancer.pairs.iter_mut().zip(eligible).zip(&self.got))
+                    .filter(|(_, got)| !**got)
+                {
+                    pair.expected += total as f64 * m.weight / wsum;
+                }
             }
-            let total: u64 = group.iter().map(|&(_, _, n)| n).sum();
-            for ((pair, m), _) in
-                (balancer.pairs.iter_mut().zip(eligible).zip(&self.got)).filter(|(_, got)| !**got)
-            {
-                pair.expected += total as f64 * m.weight / wsum;
+            // Cleared where it was set: a node sends to a few members of a
+            // pool of thousands.
+            for &(_, i, _) in group {
+                self.got[i] = false;
             }
         }
         sent

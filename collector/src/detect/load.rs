@@ -629,6 +629,17 @@ impl OpenPool {
 }
 
 impl LoadState {
+    /// Forgets the members not in `ids` (see `ViewState::forget_left`).
+    pub(super) fn forget_left(&mut self, ids: &std::collections::HashSet<&str>) {
+        self.members.retain(|id, _| ids.contains(id.as_str()));
+    }
+
+    /// How many members it holds state for.
+    #[cfg(test)]
+    pub(super) fn members_held(&self) -> usize {
+        self.members.len()
+    }
+
     /// Judges the load of every member of `view` this tick, writing each
     /// member's [`LoadVerdict`]s into its new-connection verdict.
     pub(super) fn evaluate(
@@ -641,8 +652,6 @@ impl LoadState {
         ctx: &Context,
     ) -> LoadSummary {
         let totals = Totals::of(input, view, presence);
-        self.members
-            .retain(|id, _| input.members().any(|m| &m.id == id));
         self.pool.bytes_in.push(totals.bytes_in);
         self.pool.bytes_out.push(totals.bytes_out);
         let tests = 4.0 * totals.count.max(1) as f64;

@@ -1268,14 +1268,22 @@ impl PoolState {
     /// new to the set (or whose weight rose from zero) joins; a changed
     /// weight is judged as before until the balancer follows it.
     fn note_member_set(&mut self, s: &Settings, input: &PoolInput<impl AsRef<MemberInput>>) {
-        let mut set: Vec<(String, bool, u64)> = input
+        let mut now: Vec<(&str, bool, u64)> = input
             .members()
-            .map(|m| (m.id.clone(), m.draining, m.weight.to_bits()))
+            .map(|m| (m.id.as_str(), m.draining, m.weight.to_bits()))
             .collect();
-        set.sort();
-        if set == self.member_set {
+        now.sort_unstable();
+        let same = |(id, draining, w): &(&str, bool, u64), was: &(String, bool, u64)| {
+            *id == was.0 && *draining == was.1 && *w == was.2
+        };
+        if now.len() == self.member_set.len()
+            && now.iter().zip(&self.member_set).all(|(n, w)| same(n, w))
+        {
             return;
         }
+        let set: Vec<(String, bool, u64)> = (now.iter())
+            .map(|&(id, draining, w)| (id.to_owned(), draining, w))
+            .collect();
         let first_tick = *self.first_tick.get_or_insert(input.tick);
         if !self.member_set.is_empty() {
             self.settle_left = s.settle_ticks;
@@ -1316,6 +1324,8 @@ impl PoolState {
             set.iter().map(|(id, _, _)| id.as_str()).collect();
         self.presence.retain(&ids);
         self.reweights.retain(&ids);
+        self.server.forget_left(&ids);
+        self.lb.forget_left(&ids);
         self.member_set = set;
     }
 
@@ -1924,6 +1934,14 @@ struct Tally {
 type Skew = (Verdict, f64, f64, f64, f64);
 
 impl ViewState {
+    /// Forgets the members not in `ids`, the pool's members since its
+    /// set last changed: once per change, not every tick, which in a pool
+    /// of thousands of members took a search of the pool per member.
+    fn forget_left(&mut self, ids: &std::collections::HashSet<&str>) {
+        self.members.retain(|id, _| ids.contains(id.as_str()));
+        self.load.forget_left(ids);
+    }
+
     /// A member's recent new connections in this view.
     fn seen(&self, id: &str) -> Option<&Seen> {
         self.members.get(id).map(|hist| &hist.seen)
@@ -1959,10 +1977,6 @@ impl ViewState {
             weight_sum: wsum,
             judged_rate: long_rate >= s.min_pool_rate,
         };
-
-        // Forget members that left.
-        self.members
-            .retain(|id, _| input.members().any(|m| &m.id == id));
 
         let bounds = Bounds::new(s, self.dispersion, count);
         let mut verdicts = HashMap::with_capacity(input.members.len());
@@ -2455,4 +2469,48 @@ pub(super) fn member_entry<'a, V: Default>(map: &'a mut HashMap<String, V>, id: 
 /// counts honest, and equals it at large ones.
 pub fn anscombe_z(observed: f64, expected: f64, phi: f64) -> f64 {
     2.0 * ((observed + 0.375).sqrt() - (expected + 0.375).sqrt()) / phi.max(1.0).sqrt()
+}
+
+#[cfg(test)]
+mod forgetting {
+    use super::*;
+    use crate::detect::tests::input;
+
+    /// How many members each view and its load still hold state for.
+    fn held(pool: &PoolState) -> [usize; 4] {
+        [
+            pool.server.members.len(),
+            pool.server.load.members_held(),
+            pool.lb.members.len(),
+            pool.lb.load.members_held(),
+        ]
+    }
+
+    #[test]
+    fn a_member_that_leaves_is_forgotten_and_one_that_stays_is_not() {
+        let s = Settings::default();
+        let mut pool = PoolState::default();
+        let four = [1.0; 4];
+        for t in 0..20 {
+            let mut i = input(t, &[10; 4], &four);
+            for m in &mut i.members {
+                m.lb = m.server;
+            }
+            pool.evaluate(&s, &i);
+        }
+        assert_eq!(held(&pool), [4; 4]);
+        // The last member leaves: every view forgets it at once.
+        let mut three = input(20, &[10; 3], &four[..3]);
+        for m in &mut three.members {
+            m.lb = m.server;
+        }
+        pool.evaluate(&s, &three);
+        assert_eq!(held(&pool), [3; 4]);
+        // Ticks without a change keep what the members hold.
+        for t in 21..25 {
+            three.tick = t;
+            pool.evaluate(&s, &three);
+        }
+        assert_eq!(held(&pool), [3; 4]);
+    }
 }
