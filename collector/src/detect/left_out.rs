@@ -40,20 +40,40 @@ pub(super) struct Eligible<'a> {
     pub by_node: &'a [(Arc<str>, u64)],
 }
 
-/// What one balancer knows of one member.
+/// What one balancer knows of one member: where it started gathering
+/// expectation, not the expectation itself, so that a tick costs the
+/// balancer its sends, not a write to each of the pool's members (see
+/// [`Balancer::per_weight`]).
 #[derive(Clone, Copy, Debug, Default)]
 struct Pair {
-    /// Expected new connections from the balancer since it last sent one.
-    expected: f64,
-    /// The tick it last sent the member one, if it ever did.
-    last_sent: Option<u64>,
+    /// The balancer's [`Balancer::per_weight`] from which the member's
+    /// weight gathers its expectation: where it stood when the balancer
+    /// last sent the member one, moved back by what was gathered at
+    /// another weight when the weight changed.
+    mark: f64,
+    /// The tick it last sent the member one, plus one; 0 if it never did.
+    sent_after: u64,
 }
 
 impl Pair {
+    /// A pair that starts gathering at `per_weight`.
+    fn at(per_weight: f64) -> Self {
+        Self {
+            mark: per_weight,
+            sent_after: 0,
+        }
+    }
+
+    /// Expected new connections from the balancer since it last sent one,
+    /// for a member of `weight`.
+    fn expected(&self, per_weight: f64, weight: f64) -> f64 {
+        weight * (per_weight - self.mark)
+    }
+
     /// Whether the balancer sent the member one within [`SPLIT_WINDOW`]
     /// ticks of `tick`.
     fn sends_at(&self, tick: u64) -> bool {
-        self.last_sent.is_some_and(|t| tick < t + SPLIT_WINDOW)
+        self.sent_after > 0 && tick < self.sent_after - 1 + SPLIT_WINDOW
     }
 }
 
@@ -62,7 +82,26 @@ impl Pair {
 #[derive(Clone, Debug)]
 struct Balancer {
     pairs: Vec<Pair>,
+    /// New connections it would have sent a member of weight 1, summed over
+    /// the ticks its split was judged: a member's expectation since a
+    /// tick is its weight times what this gained since.
+    per_weight: f64,
     last_active: u64,
+}
+
+impl Balancer {
+    fn new(members: usize, tick: u64) -> Self {
+        Self {
+            pairs: vec![Pair::default(); members],
+            per_weight: 0.0,
+            last_active: tick,
+        }
+    }
+
+    /// Pair `i`'s expectation at `weight`.
+    fn expected(&self, i: usize, weight: f64) -> f64 {
+        self.pairs[i].expected(self.per_weight, weight)
+    }
 }
 
 impl Balancer {
@@ -121,12 +160,12 @@ pub(super) struct LeftOut {
     /// The eligible members' ids, in the order every balancer's pairs
     /// follow.
     ids: Vec<String>,
+    /// Their weights, as their pairs gather at.
+    weights: Vec<f64>,
     balancers: HashMap<Arc<str>, Balancer>,
     /// Per member (in `ids`' order), the last [`RECENT`] nodes to send it
     /// a new connection, and when.
     recent: Vec<Vec<(Arc<str>, u64)>>,
-    /// Scratch: which members a node sent to this tick.
-    got: Vec<bool>,
 }
 
 impl LeftOut {
@@ -170,10 +209,11 @@ impl LeftOut {
         let bound = ((eligible.len() * tested) as f64 / alpha).ln();
         let mut found: HashMap<String, Finding> = HashMap::new();
         for (node, balancer) in self.balancers.iter().filter(|(_, b)| b.splits(tick)) {
-            for (i, pair) in balancer.pairs.iter().enumerate() {
-                let evidence = pair.expected * gain;
+            for (i, &weight) in self.weights.iter().enumerate() {
+                let expected = balancer.expected(i, weight);
+                let evidence = expected * gain;
                 let id = &self.ids[i];
-                if evidence < bound || found.get(id).is_some_and(|f| f.expected >= pair.expected) {
+                if evidence < bound || found.get(id).is_some_and(|f| f.expected >= expected) {
                     continue;
                 }
                 let mut others = self.others(node, i, tick);
@@ -185,7 +225,7 @@ impl LeftOut {
                     id.clone(),
                     Finding {
                         node: node.clone(),
-                        expected: pair.expected,
+                        expected,
                         p: (-evidence).exp(),
                         others,
                     },
@@ -197,17 +237,24 @@ impl LeftOut {
 
     /// Orders every balancer's pairs as `eligible` is, when its members
     /// changed: a pair follows its member, a new member starts afresh.
+    /// Then follows the members' weights.
     fn align(&mut self, eligible: &[Eligible<'_>]) {
         let same = self.ids.len() == eligible.len()
             && self.ids.iter().zip(eligible).all(|(id, m)| id == m.id);
-        if same {
-            return;
+        if !same {
+            self.reorder(eligible);
         }
+        self.reweigh(eligible);
+    }
+
+    /// Orders the pairs, the recent senders and the weights as `eligible`
+    /// is.
+    fn reorder(&mut self, eligible: &[Eligible<'_>]) {
         let index: HashMap<&str, usize> = (eligible.iter().enumerate())
             .map(|(i, m)| (m.id, i))
             .collect();
         for balancer in self.balancers.values_mut() {
-            let mut pairs = vec![Pair::default(); eligible.len()];
+            let mut pairs = vec![Pair::at(balancer.per_weight); eligible.len()];
             for (id, pair) in self.ids.iter().zip(&balancer.pairs) {
                 if let Some(&i) = index.get(id.as_str()) {
                     pairs[i] = *pair;
@@ -216,18 +263,42 @@ impl LeftOut {
             balancer.pairs = pairs;
         }
         let mut recent = vec![Vec::new(); eligible.len()];
-        for (id, was) in self.ids.iter().zip(&mut self.recent) {
+        let mut weights: Vec<f64> = eligible.iter().map(|m| m.weight).collect();
+        for ((id, was), &weight) in self.ids.iter().zip(&mut self.recent).zip(&self.weights) {
             if let Some(&i) = index.get(id.as_str()) {
                 recent[i] = std::mem::take(was);
+                weights[i] = weight;
             }
         }
         self.recent = recent;
+        self.weights = weights;
         self.ids = eligible.iter().map(|m| m.id.to_owned()).collect();
     }
 
-    /// Resets the pairs that got a connection and adds this tick's
-    /// expectations to the rest of each splitting balancer's; returns how
-    /// many balancers sent any.
+    /// A member whose weight changed keeps what it gathered at the old
+    /// one and gathers at the new one from now on.
+    fn reweigh(&mut self, eligible: &[Eligible<'_>]) {
+        for (i, m) in eligible.iter().enumerate() {
+            let old = self.weights[i];
+            if old == m.weight {
+                continue;
+            }
+            for balancer in self.balancers.values_mut() {
+                let gathered = balancer.expected(i, old);
+                let pair = &mut balancer.pairs[i];
+                pair.mark = if m.weight > 0.0 {
+                    balancer.per_weight - gathered / m.weight
+                } else {
+                    balancer.per_weight
+                };
+            }
+            self.weights[i] = m.weight;
+        }
+    }
+
+    /// Adds this tick's expectations to each splitting balancer's pairs and
+    /// resets those that got a connection; returns how many balancers sent
+    /// any.
     fn record(&mut self, tick: u64, eligible: &[Eligible<'_>], judged: bool) -> usize {
         let wsum: f64 = eligible.iter().map(|m| m.weight).sum();
         // Every send this tick as (node, member, count), grouped by node.
@@ -239,7 +310,6 @@ impl LeftOut {
             note_recent(&mut self.recent[i], node, tick);
         }
         sends.sort_unstable_by_key(|&(node, ..)| Arc::as_ptr(node).cast::<u8>());
-        self.got.resize(eligible.len(), false);
         let mut sent = 0;
         for group in sends.chunk_by(|a, b| Arc::ptr_eq(a.0, b.0)) {
             sent += 1;
@@ -248,30 +318,19 @@ impl LeftOut {
                 // It sends to one member: not splitting, nothing to hold.
                 continue;
             }
-            let balancer = (self.balancers.entry(node.clone())).or_insert_with(|| Balancer {
-                pairs: vec![Pair::default(); eligible.len()],
-                last_active: tick,
-            });
+            let balancer = (self.balancers.entry(node.clone()))
+                .or_insert_with(|| Balancer::new(eligible.len(), tick));
             balancer.last_active = tick;
             for &(_, i, _) in group {
-                self.got[i] = true;
-                balancer.pairs[i] = Pair {
-                    expected: 0.0,
-                    last_sent: Some(tick),
-                };
+                balancer.pairs[i].sent_after = tick + 1;
             }
             if judged && wsum > 0.0 && balancer.splits(tick) {
                 let total: u64 = group.iter().map(|&(_, _, n)| n).sum();
-                for ((pair, m), _) in (balancer.pairs.iter_mut().zip(eligible).zip(&self.got))
-                    .filter(|(_, got)| !**got)
-                {
-                    pair.expected += total as f64 * m.weight / wsum;
-                }
+                balancer.per_weight += total as f64 / wsum;
             }
-            // Cleared where it was set: a node sends to a few members of a
-            // pool of thousands.
+            // What it sent to gathers from here: none expected this tick.
             for &(_, i, _) in group {
-                self.got[i] = false;
+                balancer.pairs[i].mark = balancer.per_weight;
             }
         }
         sent
@@ -442,7 +501,7 @@ pub(super) mod tests {
             let sends = spread(&[("lb-1", 12, all), ("lb-2", 12, &[0, 1])], 3);
             tick_of(&mut left, t, &sends);
         }
-        assert!(left.balancers["lb-2"].pairs[2].expected > 0.0);
+        assert!(left.balancers["lb-2"].expected(2, 1.0) > 0.0);
         // m3 leaves the eligible set (joining again, drained, down).
         let two = spread(&[("lb-1", 12, &[0, 1]), ("lb-2", 12, &[0, 1])], 2);
         tick_of(&mut left, 4, &two);
@@ -480,6 +539,30 @@ pub(super) mod tests {
         }
         assert!(first.is_some(), "lb-1 leaves m3 out");
         assert!(!left.balancers.contains_key("lb-2"));
+    }
+
+    #[test]
+    fn a_weight_that_changes_keeps_what_was_gathered_and_gathers_at_the_new_one() {
+        // lb-1 sends 12 a tick to m1 and m2, never to m3; lb-2 sends to
+        // all three. m3's weight goes from 1 to 2 at tick 5: lb-1's pair
+        // with it gathers 12 × 1/3 a tick for five ticks, then 12 × 2/4.
+        let mut left = LeftOut::default();
+        let ids = ["m1", "m2", "m3"].map(String::from);
+        for t in 0..10 {
+            let sends = spread(&[("lb-1", 12, &[0, 1]), ("lb-2", 12, &[0, 1, 2])], 3);
+            let weights = [1.0, 1.0, if t < 5 { 1.0 } else { 2.0 }];
+            let eligible: Vec<Eligible<'_>> = (ids.iter().zip(&sends).zip(weights))
+                .map(|((id, by_node), weight)| Eligible {
+                    id,
+                    weight,
+                    by_node,
+                })
+                .collect();
+            left.tick(t, &eligible, true, 1.0, ALPHA);
+        }
+        let expected = left.balancers["lb-1"].expected(2, 2.0);
+        assert!((expected - 50.0).abs() < 1e-9, "{expected}");
+        assert_eq!(left.balancers["lb-2"].expected(2, 2.0), 0.0);
     }
 
     #[test]
