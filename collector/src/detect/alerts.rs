@@ -381,6 +381,9 @@ fn pool_alerts(pool: &PoolVerdict) -> Vec<(String, Want)> {
     pages
 }
 
+/// The evidence key of an alert grouped under its pool's FAILING.
+const GROUPED_UNDER_FAILING: &str = "grouped_under_failing";
+
 /// The alerts a pool's verdicts want this tick, by id: its own page
 /// (CONCENTRATION, FAILING), and each member's new-connection and load
 /// alerts, grouped (as warnings) under the page that explains them.
@@ -391,7 +394,7 @@ fn wanted(pool: &PoolVerdict, tick: u64) -> HashMap<String, Alert> {
     // FAILING, which says nothing of the members.
     let pooled = match pool.verdict {
         Verdict::Concentration => Some("grouped_under_concentration"),
-        _ if everything_fails => Some("grouped_under_failing"),
+        _ if everything_fails => Some(GROUPED_UNDER_FAILING),
         _ => None,
     };
     for (id, w) in pool_alerts(pool) {
@@ -484,6 +487,7 @@ impl Book {
     ) -> Vec<Transition> {
         let mut want = wanted(pool, tick);
         self.fold_findings(&mut want);
+        self.keep_cut_nodes_under_failing(&pool.name, &mut want);
         let settling: HashSet<&str> = (pool.members.iter())
             .filter(|m| m.settles)
             .map(|m| m.id.as_str())
@@ -511,6 +515,33 @@ impl Book {
             }
         }
         out
+    }
+
+    /// A node's FAILING that the pool-wide FAILING overtook (every node
+    /// now fails, not the one) is that outage grown, not one that ended:
+    /// kept wanted as it stood, so it neither resolves nor pages again,
+    /// and grouped as a warning under the pool's page once that is open.
+    /// It clears with the pool's.
+    fn keep_cut_nodes_under_failing(&self, pool: &str, want: &mut HashMap<String, Alert>) {
+        let everything = format!("{pool}//FAILING");
+        if !want.contains_key(&everything) {
+            return;
+        }
+        let grouped = self.open.contains_key(&everything);
+        let node_prefix = format!("{everything}/");
+        for (id, open) in &self.open {
+            if !id.starts_with(&node_prefix) || want.contains_key(id) {
+                continue;
+            }
+            let mut a = open.clone();
+            if grouped {
+                a.severity = Severity::Warning;
+                if !a.evidence.iter().any(|(k, _)| k == GROUPED_UNDER_FAILING) {
+                    a.evidence.push((GROUPED_UNDER_FAILING.to_owned(), 1.0));
+                }
+            }
+            want.insert(id.clone(), a);
+        }
     }
 
     /// A member's ZERO wanted while its low SKEW of the same signal is

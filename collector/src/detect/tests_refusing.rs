@@ -512,6 +512,76 @@ fn a_balancer_node_cut_off_from_the_pool_pages_failing_naming_it() {
     assert_ne!(ran.last.verdict, Verdict::Failing, "{}", ran.last.reason);
 }
 
+/// lb-b is cut off from tick 20 (it pages, naming it), then from tick 35
+/// lb-a too: every attempt fails, pool-wide, until tick 55. The node's
+/// page is the same outage grown: it stays open, grouped as a warning
+/// under the pool's page once that fires, and resolves with it, never
+/// before; two pages in all.
+#[test]
+fn a_cut_off_node_that_grows_into_every_attempt_failing_stays_open_under_it() {
+    let (a, b): (Arc<str>, Arc<str>) = ("lb-a".into(), "lb-b".into());
+    let (b_cut, all_cut) = (20..55, 35..55);
+    let (_, transitions) = run_three(
+        90,
+        |t| match t {
+            _ if all_cut.contains(&t) => 0,
+            _ if b_cut.contains(&t) => 10,
+            _ => 20,
+        },
+        |t, m, server| {
+            let (a_fails, b_fails) = (all_cut.contains(&t), b_cut.contains(&t));
+            m.lb_by_node = Vec::new();
+            m.lb_failed_by_node = Vec::new();
+            for (node, fails) in [(&a, a_fails), (&b, b_fails)] {
+                let to = if fails {
+                    &mut m.lb_failed_by_node
+                } else {
+                    &mut m.lb_by_node
+                };
+                to.push((node.clone(), 10));
+            }
+            m.lb = Some(ViewInput {
+                failed: 10 * (u64::from(a_fails) + u64::from(b_fails)),
+                ..server
+            });
+        },
+    );
+    let of = |id: &str| -> Vec<(u64, &Transition)> {
+        (transitions.iter())
+            .filter(|(_, tr)| tr.alert().id == id)
+            .map(|(t, tr)| (*t, tr))
+            .collect()
+    };
+    let pages: Vec<_> = (transitions.iter())
+        .filter(|(_, tr)| matches!(tr, Transition::Fired(a) if a.severity == Severity::Page))
+        .map(|(t, tr)| (*t, tr.alert().id.as_str()))
+        .collect();
+    assert_eq!(
+        pages.iter().map(|(_, id)| *id).collect::<Vec<_>>(),
+        ["web//FAILING/lb-b", "web//FAILING"],
+        "{pages:?}"
+    );
+    let node = of("web//FAILING/lb-b");
+    let pool = of("web//FAILING");
+    let resolved_at = |trs: &[(u64, &Transition)]| {
+        (trs.iter())
+            .find(|(_, tr)| matches!(tr, Transition::Resolved(_)))
+            .map(|(t, _)| *t)
+    };
+    let (node_end, pool_end) = (resolved_at(&node), resolved_at(&pool));
+    assert!(
+        node_end.is_some() && node_end == pool_end,
+        "the node's resolves with the pool's: {node:#?} {pool:#?}"
+    );
+    let grouped = node.iter().any(|(t, tr)| {
+        matches!(tr, Transition::Updated(a)
+            if a.severity == Severity::Warning
+                && a.evidence.iter().any(|(k, _)| k == "grouped_under_failing")
+                && *t > pages[1].0)
+    });
+    assert!(grouped, "grouped under the pool's page: {node:#?}");
+}
+
 /// Every backend's process dies while its balancers keep dialling (no
 /// health checks): each member is DOWN (its agent lists no listener) and
 /// the pool FAILING. One page, the pool's: the members' DOWN stay
