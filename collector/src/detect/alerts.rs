@@ -520,8 +520,10 @@ impl Book {
     /// A node's FAILING that the pool-wide FAILING overtook (every node
     /// now fails, not the one) is that outage grown, not one that ended:
     /// kept wanted as it stood, so it neither resolves nor pages again,
-    /// and grouped as a warning under the pool's page once that is open.
-    /// It clears with the pool's.
+    /// and grouped as a warning under the pool's page once that is open;
+    /// it then clears on the same good ticks as the pool's. Only one still
+    /// wanted last tick: a node that reached its members again before the
+    /// pool failed is not held open by an outage it is no part of.
     fn keep_cut_nodes_under_failing(&self, pool: &str, want: &mut HashMap<String, Alert>) {
         let everything = format!("{pool}//FAILING");
         if !want.contains_key(&everything) {
@@ -530,15 +532,18 @@ impl Book {
         let grouped = self.open.contains_key(&everything);
         let node_prefix = format!("{everything}/");
         for (id, open) in &self.open {
-            if !id.starts_with(&node_prefix) || want.contains_key(id) {
+            let overtaken = open.pool == pool
+                && id.starts_with(&node_prefix)
+                && open.ok_streak == 0
+                && !want.contains_key(id);
+            if !overtaken {
                 continue;
             }
             let mut a = open.clone();
+            a.evidence.retain(|(k, _)| k != GROUPED_UNDER_FAILING);
             if grouped {
                 a.severity = Severity::Warning;
-                if !a.evidence.iter().any(|(k, _)| k == GROUPED_UNDER_FAILING) {
-                    a.evidence.push((GROUPED_UNDER_FAILING.to_owned(), 1.0));
-                }
+                a.evidence.push((GROUPED_UNDER_FAILING.to_owned(), 1.0));
             }
             want.insert(id.clone(), a);
         }

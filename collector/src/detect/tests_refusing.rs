@@ -512,15 +512,12 @@ fn a_balancer_node_cut_off_from_the_pool_pages_failing_naming_it() {
     assert_ne!(ran.last.verdict, Verdict::Failing, "{}", ran.last.reason);
 }
 
-/// lb-b is cut off from tick 20 (it pages, naming it), then from tick 35
-/// lb-a too: every attempt fails, pool-wide, until tick 55. The node's
-/// page is the same outage grown: it stays open, grouped as a warning
-/// under the pool's page once that fires, and resolves with it, never
-/// before; two pages in all.
-#[test]
-fn a_cut_off_node_that_grows_into_every_attempt_failing_stays_open_under_it() {
+/// Ninety ticks of two load balancer nodes and three members: lb-b's
+/// every attempt fails over `b_cut`, lb-a's too over `all_cut`; the
+/// transitions of the node's alert and of the pool-wide one, with the
+/// pages.
+fn escalate(b_cut: std::ops::Range<u64>, all_cut: std::ops::Range<u64>) -> Escalated {
     let (a, b): (Arc<str>, Arc<str>) = ("lb-a".into(), "lb-b".into());
-    let (b_cut, all_cut) = (20..55, 35..55);
     let (_, transitions) = run_three(
         90,
         |t| match t {
@@ -546,40 +543,97 @@ fn a_cut_off_node_that_grows_into_every_attempt_failing_stays_open_under_it() {
             });
         },
     );
-    let of = |id: &str| -> Vec<(u64, &Transition)> {
+    let of = |id: &str| -> Vec<(u64, Transition)> {
         (transitions.iter())
             .filter(|(_, tr)| tr.alert().id == id)
-            .map(|(t, tr)| (*t, tr))
+            .cloned()
             .collect()
     };
-    let pages: Vec<_> = (transitions.iter())
-        .filter(|(_, tr)| matches!(tr, Transition::Fired(a) if a.severity == Severity::Page))
-        .map(|(t, tr)| (*t, tr.alert().id.as_str()))
-        .collect();
-    assert_eq!(
-        pages.iter().map(|(_, id)| *id).collect::<Vec<_>>(),
-        ["web//FAILING/lb-b", "web//FAILING"],
-        "{pages:?}"
-    );
-    let node = of("web//FAILING/lb-b");
-    let pool = of("web//FAILING");
-    let resolved_at = |trs: &[(u64, &Transition)]| {
+    Escalated {
+        pages: (transitions.iter())
+            .filter(|(_, tr)| matches!(tr, Transition::Fired(a) if a.severity == Severity::Page))
+            .map(|(t, tr)| (*t, tr.alert().id.clone()))
+            .collect(),
+        node: of("web//FAILING/lb-b"),
+        pool: of("web//FAILING"),
+    }
+}
+
+struct Escalated {
+    pages: Vec<(u64, String)>,
+    node: Vec<(u64, Transition)>,
+    pool: Vec<(u64, Transition)>,
+}
+
+impl Escalated {
+    fn page_ids(&self) -> Vec<&str> {
+        self.pages.iter().map(|(_, id)| id.as_str()).collect()
+    }
+
+    /// The tick an alert's transitions resolve it.
+    fn resolved(trs: &[(u64, Transition)]) -> Option<u64> {
         (trs.iter())
             .find(|(_, tr)| matches!(tr, Transition::Resolved(_)))
             .map(|(t, _)| *t)
-    };
-    let (node_end, pool_end) = (resolved_at(&node), resolved_at(&pool));
+    }
+
+    /// Whether the node's alert became a warning grouped under FAILING.
+    fn node_grouped(&self) -> bool {
+        self.node.iter().any(|(_, tr)| {
+            matches!(tr, Transition::Updated(a)
+                if a.severity == Severity::Warning
+                    && a.evidence.iter().any(|(k, _)| k == "grouped_under_failing"))
+        })
+    }
+}
+
+/// lb-b is cut off from tick 20 (it pages, naming it), then from tick 35
+/// lb-a too: every attempt fails, pool-wide, until tick 55. The node's
+/// page is the same outage grown: it stays open, grouped as a warning
+/// under the pool's page once that fires, and resolves with it, never
+/// before; two pages in all.
+#[test]
+fn a_cut_off_node_that_grows_into_every_attempt_failing_stays_open_under_it() {
+    let e = escalate(20..55, 35..55);
+    assert_eq!(
+        e.page_ids(),
+        ["web//FAILING/lb-b", "web//FAILING"],
+        "{:?}",
+        e.pages
+    );
+    let (node_end, pool_end) = (Escalated::resolved(&e.node), Escalated::resolved(&e.pool));
     assert!(
         node_end.is_some() && node_end == pool_end,
-        "the node's resolves with the pool's: {node:#?} {pool:#?}"
+        "the node's resolves with the pool's: {:#?} {:#?}",
+        e.node,
+        e.pool
     );
-    let grouped = node.iter().any(|(t, tr)| {
-        matches!(tr, Transition::Updated(a)
-            if a.severity == Severity::Warning
-                && a.evidence.iter().any(|(k, _)| k == "grouped_under_failing")
-                && *t > pages[1].0)
-    });
-    assert!(grouped, "grouped under the pool's page: {node:#?}");
+    assert!(
+        e.node_grouped(),
+        "grouped under the pool's page: {:#?}",
+        e.node
+    );
+}
+
+/// lb-b is cut off from tick 20 to 30 and reaches its members again; from
+/// tick 32 every attempt fails. lb-b's alert, clearing when the pool
+/// failed, is no part of that outage: it resolves on its own, ungrouped.
+#[test]
+fn a_node_that_reached_its_members_again_is_not_held_by_a_later_outage() {
+    let e = escalate(20..30, 32..55);
+    assert_eq!(
+        e.page_ids(),
+        ["web//FAILING/lb-b", "web//FAILING"],
+        "{:?}",
+        e.pages
+    );
+    let node_end = Escalated::resolved(&e.node);
+    assert!(
+        node_end.is_some_and(|t| t < 45),
+        "resolved on its own: {:#?}",
+        e.node
+    );
+    assert!(!e.node_grouped(), "not grouped: {:#?}", e.node);
 }
 
 /// Every backend's process dies while its balancers keep dialling (no
