@@ -79,7 +79,7 @@ struct Args {
     /// from their members).
     #[arg(long, default_value_t = 10)]
     watch_pools: usize,
-    /// Members per pool: agent `i` serves pool `i % (agents / pool-size)`.
+    /// Members per pool: agent `i` serves pool `i % ceil(agents / pool-size)`.
     /// Large pools (a Deployment of a thousand replicas behind one
     /// Service) weigh on the tick where many small ones do not.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
@@ -204,8 +204,10 @@ fn secs_between(a: SystemTime, b: SystemTime) -> f64 {
     }
 }
 
-/// How many pools `agents` agents serve, `pool_size` members each (the
-/// last one short).
+/// How many pools `agents` agents serve, `pool_size` members each at
+/// most: agents are dealt to them in turn, so where `pool_size` does not
+/// divide the fleet every pool holds fewer (25 agents in pools of 10: 9,
+/// 8 and 8).
 fn pool_count(agents: usize, pool_size: u64) -> usize {
     agents
         .div_ceil(usize::try_from(pool_size).unwrap_or(usize::MAX))

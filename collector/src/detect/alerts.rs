@@ -521,20 +521,25 @@ impl Book {
     /// now fails, not the one) is that outage grown, not one that ended:
     /// kept wanted as it stood, so it neither resolves nor pages again,
     /// and grouped as a warning under the pool's page once that is open;
-    /// it then clears on the same good ticks as the pool's. Only one still
-    /// wanted last tick: a node that reached its members again before the
-    /// pool failed is not held open by an outage it is no part of.
+    /// it then clears on the same good ticks as the pool's (as many as its
+    /// own flaps ask). Only one that has counted no more good ticks than
+    /// the pool's page: a node that reached its members again before the
+    /// pool failed is not held open by an outage it is no part of, and a
+    /// tick the pool's FAILING misses (one stray connection opened) does
+    /// not set the node's loose.
     fn keep_cut_nodes_under_failing(&self, pool: &str, want: &mut HashMap<String, Alert>) {
         let everything = format!("{pool}//FAILING");
         if !want.contains_key(&everything) {
             return;
         }
-        let grouped = self.open.contains_key(&everything);
+        let pool_page = self.open.get(&everything);
+        let grouped = pool_page.is_some();
+        let good_ticks = pool_page.map_or(0, |p| p.ok_streak);
         let node_prefix = format!("{everything}/");
         for (id, open) in &self.open {
             let overtaken = open.pool == pool
                 && id.starts_with(&node_prefix)
-                && open.ok_streak == 0
+                && open.ok_streak <= good_ticks
                 && !want.contains_key(id);
             if !overtaken {
                 continue;

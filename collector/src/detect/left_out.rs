@@ -48,8 +48,8 @@ pub(super) struct Eligible<'a> {
 struct Pair {
     /// The balancer's [`Balancer::per_weight`] from which the member's
     /// weight gathers its expectation: where it stood when the balancer
-    /// last sent the member one, moved back by what was gathered at
-    /// another weight when the weight changed.
+    /// last sent the member one or the pair began, moved back by what was
+    /// gathered at another weight when the weight changed.
     mark: f64,
     /// The tick it last sent the member one, plus one; 0 if it never did.
     sent_after: u64,
@@ -296,9 +296,10 @@ impl LeftOut {
         }
     }
 
-    /// Adds this tick's expectations to each splitting balancer's pairs and
-    /// resets those that got a connection; returns how many balancers sent
-    /// any.
+    /// Advances each sending, splitting balancer's `per_weight` by what it
+    /// sent over the weights when the view is judged (this tick's
+    /// expectation for all its pairs at once) and moves the marks of the
+    /// pairs it sent to; returns how many balancers sent any.
     fn record(&mut self, tick: u64, eligible: &[Eligible<'_>], judged: bool) -> usize {
         let wsum: f64 = eligible.iter().map(|m| m.weight).sum();
         // Every send this tick as (node, member, count), grouped by node.

@@ -513,10 +513,15 @@ fn a_balancer_node_cut_off_from_the_pool_pages_failing_naming_it() {
 }
 
 /// Ninety ticks of two load balancer nodes and three members: lb-b's
-/// every attempt fails over `b_cut`, lb-a's too over `all_cut`; the
-/// transitions of the node's alert and of the pool-wide one, with the
+/// every attempt fails over `b_cut`, lb-a's too over `all_cut` but at
+/// tick `stray`, when one of its connections to the first member opens;
+/// the transitions of the node's alert and of the pool-wide one, with the
 /// pages.
-fn escalate(b_cut: std::ops::Range<u64>, all_cut: std::ops::Range<u64>) -> Escalated {
+fn escalate(
+    b_cut: std::ops::Range<u64>,
+    all_cut: std::ops::Range<u64>,
+    stray: Option<u64>,
+) -> Escalated {
     let (a, b): (Arc<str>, Arc<str>) = ("lb-a".into(), "lb-b".into());
     let (_, transitions) = run_three(
         90,
@@ -537,8 +542,13 @@ fn escalate(b_cut: std::ops::Range<u64>, all_cut: std::ops::Range<u64>) -> Escal
                 };
                 to.push((node.clone(), 10));
             }
+            let strays = u64::from(stray == Some(t) && m.id.ends_with(".1:8080"));
+            if strays > 0 {
+                m.lb_by_node.push((a.clone(), strays));
+            }
             m.lb = Some(ViewInput {
                 failed: 10 * (u64::from(a_fails) + u64::from(b_fails)),
+                new_conns: server.new_conns + strays,
                 ..server
             });
         },
@@ -594,25 +604,29 @@ impl Escalated {
 /// before; two pages in all.
 #[test]
 fn a_cut_off_node_that_grows_into_every_attempt_failing_stays_open_under_it() {
-    let e = escalate(20..55, 35..55);
-    assert_eq!(
-        e.page_ids(),
-        ["web//FAILING/lb-b", "web//FAILING"],
-        "{:?}",
-        e.pages
-    );
-    let (node_end, pool_end) = (Escalated::resolved(&e.node), Escalated::resolved(&e.pool));
-    assert!(
-        node_end.is_some() && node_end == pool_end,
-        "the node's resolves with the pool's: {:#?} {:#?}",
-        e.node,
-        e.pool
-    );
-    assert!(
-        e.node_grouped(),
-        "grouped under the pool's page: {:#?}",
-        e.node
-    );
+    // The second time, one connection of lb-a's opens at tick 45: the
+    // pool's FAILING misses that tick and the node's stays with it.
+    for stray in [None, Some(45)] {
+        let e = escalate(20..55, 35..55, stray);
+        assert_eq!(
+            e.page_ids(),
+            ["web//FAILING/lb-b", "web//FAILING"],
+            "{:?}",
+            e.pages
+        );
+        let (node_end, pool_end) = (Escalated::resolved(&e.node), Escalated::resolved(&e.pool));
+        assert!(
+            node_end.is_some() && node_end == pool_end,
+            "{stray:?}: the node's resolves with the pool's: {:#?} {:#?}",
+            e.node,
+            e.pool
+        );
+        assert!(
+            e.node_grouped(),
+            "grouped under the pool's page: {:#?}",
+            e.node
+        );
+    }
 }
 
 /// lb-b is cut off from tick 20 to 30 and reaches its members again; from
@@ -620,7 +634,7 @@ fn a_cut_off_node_that_grows_into_every_attempt_failing_stays_open_under_it() {
 /// failed, is no part of that outage: it resolves on its own, ungrouped.
 #[test]
 fn a_node_that_reached_its_members_again_is_not_held_by_a_later_outage() {
-    let e = escalate(20..30, 32..55);
+    let e = escalate(20..30, 32..55, None);
     assert_eq!(
         e.page_ids(),
         ["web//FAILING/lb-b", "web//FAILING"],
