@@ -102,9 +102,7 @@ impl Balancer {
     fn expected(&self, i: usize, weight: f64) -> f64 {
         self.pairs[i].expected(self.per_weight, weight)
     }
-}
 
-impl Balancer {
     /// Whether it sent to at least two members within [`SPLIT_WINDOW`]
     /// ticks of `tick`: it splits, and its split can leave one out.
     fn splits(&self, tick: u64) -> bool {

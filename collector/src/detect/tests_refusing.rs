@@ -458,25 +458,8 @@ fn run_three(
 /// reaches them again, it resolves.
 #[test]
 fn a_balancer_node_cut_off_from_the_pool_pages_failing_naming_it() {
-    let (a, b): (Arc<str>, Arc<str>) = ("lb-a".into(), "lb-b".into());
     let cut = 20..50;
-    let (verdicts, transitions) = run_three(
-        70,
-        |t| if cut.contains(&t) { 10 } else { 20 },
-        |t, m, server| {
-            let cut_off = cut.contains(&t);
-            m.lb_by_node = vec![(a.clone(), 10)];
-            if cut_off {
-                m.lb_failed_by_node = vec![(b.clone(), 10)];
-            } else {
-                m.lb_by_node.push((b.clone(), 10));
-            }
-            m.lb = Some(ViewInput {
-                failed: if cut_off { 10 } else { 0 },
-                ..server
-            });
-        },
-    );
+    let (verdicts, transitions) = two_nodes(70, cut.clone(), 0..0, None);
     let during = &verdicts[cut.end as usize - 1];
     assert_eq!(during.verdict, Verdict::Failing, "{}", during.reason);
     assert!(
@@ -512,19 +495,19 @@ fn a_balancer_node_cut_off_from_the_pool_pages_failing_naming_it() {
     assert_ne!(ran.last.verdict, Verdict::Failing, "{}", ran.last.reason);
 }
 
-/// Ninety ticks of two load balancer nodes and three members: lb-b's
-/// every attempt fails over `b_cut`, lb-a's too over `all_cut` but at
-/// tick `stray`, when one of its connections to the first member opens;
-/// the transitions of the node's alert and of the pool-wide one, with the
-/// pages.
-fn escalate(
+/// `ticks` ticks of two load balancer nodes, lb-a and lb-b, each opening
+/// 10 connections a tick to each of three members: lb-b's every attempt
+/// fails over `b_cut`, lb-a's too over `all_cut` but at tick `stray`, when
+/// one of its connections to the first member opens.
+fn two_nodes(
+    ticks: u64,
     b_cut: std::ops::Range<u64>,
     all_cut: std::ops::Range<u64>,
     stray: Option<u64>,
-) -> Escalated {
+) -> (Vec<PoolVerdict>, Vec<(u64, Transition)>) {
     let (a, b): (Arc<str>, Arc<str>) = ("lb-a".into(), "lb-b".into());
-    let (_, transitions) = run_three(
-        90,
+    run_three(
+        ticks,
         |t| match t {
             _ if all_cut.contains(&t) => 0,
             _ if b_cut.contains(&t) => 10,
@@ -552,7 +535,17 @@ fn escalate(
                 ..server
             });
         },
-    );
+    )
+}
+
+/// Ninety ticks of [`two_nodes`]: the transitions of lb-b's alert and of
+/// the pool-wide one, with the pages.
+fn escalate(
+    b_cut: std::ops::Range<u64>,
+    all_cut: std::ops::Range<u64>,
+    stray: Option<u64>,
+) -> Escalated {
+    let (_, transitions) = two_nodes(90, b_cut, all_cut, stray);
     let of = |id: &str| -> Vec<(u64, Transition)> {
         (transitions.iter())
             .filter(|(_, tr)| tr.alert().id == id)
