@@ -267,6 +267,30 @@ pub fn syn_probe(ctx: &TcContext) -> Probe {
     }
 }
 
+/// Where a TCP packet of a common shape is going: its destination address
+/// (IPv4 mapped into IPv6) and port, read in place; `None` for anything
+/// else (see [`tcp_header`]). For a connecting local socket's packets,
+/// which are its SYNs: the socket's state already says what they are.
+#[inline(always)]
+pub fn tcp_destination(ctx: &TcContext) -> Option<([u32; 4], u16)> {
+    // SAFETY: a scalar context field (see `tcp_header`).
+    let protocol = unsafe { (*ctx.skb.skb).protocol };
+    let at = tcp_at(protocol, ctx.data() + ETH_HLEN, ctx.data_end()).ok()??;
+    // SAFETY: `tcp_at` checked the IP header and the TCP header's first 14
+    // bytes. Should the compiler merge the two families' paths, each
+    // address read stays inside either family's checked headers, which the
+    // verifier asks of every path it walks.
+    unsafe {
+        let d = at.dst;
+        let addr = if at.v4 {
+            v4_mapped(rd32(d))
+        } else {
+            [rd32(d), rd32(d + 4), rd32(d + 8), rd32(d + 12)]
+        };
+        Some((addr, u16::from_be(rd16(at.header + 2))))
+    }
+}
+
 /// Whether a forwarded packet of a connection conntrack follows needs more
 /// than this probe: it may change the connection's state (SYN, FIN, RST:
 /// journaled), or its sequence numbers cross a multiple of 2^29 (its flow
@@ -313,13 +337,29 @@ fn tcp_header(ctx: &TcContext) -> Result<Option<usize>, ()> {
 /// linear area ends at `end` and whose skb protocol is `protocol`.
 #[inline(always)]
 fn tcp_header_at(protocol: u32, l3: usize, end: usize) -> Result<Option<usize>, ()> {
+    tcp_at(protocol, l3, end).map(|at| at.map(|at| at.header))
+}
+
+/// Where a common-shape TCP packet's headers are, as [`tcp_at`] finds them.
+struct TcpAt {
+    /// The TCP header (its first 14 bytes in the linear area).
+    header: usize,
+    /// The destination address: 4 bytes for IPv4, 16 for IPv6, in the
+    /// linear area either way (see [`tcp_destination`]).
+    dst: usize,
+    v4: bool,
+}
+
+/// [`tcp_header_at`], with the destination address's place.
+#[inline(always)]
+fn tcp_at(protocol: u32, l3: usize, end: usize) -> Result<Option<TcpAt>, ()> {
     // IPv4 + the first 14 bytes of TCP.
     if l3 + 20 + 14 > end {
         return Err(());
     }
     let ethertype = u16::from_be(protocol as u16);
     // SAFETY (every read below): bounds-checked against `end`.
-    let tcp = if ethertype == ETH_P_IP {
+    let at = if ethertype == ETH_P_IP {
         let vihl_tos = unsafe { rd16(l3) };
         if vihl_tos & 0xff != 0x45 {
             return Err(());
@@ -327,13 +367,21 @@ fn tcp_header_at(protocol: u32, l3: usize, end: usize) -> Result<Option<usize>, 
         if (unsafe { rd16(l3 + 8) } >> 8) as u8 != PROTO_TCP {
             return Ok(None);
         }
-        l3 + 20
+        TcpAt {
+            header: l3 + 20,
+            dst: l3 + 16,
+            v4: true,
+        }
     } else if ethertype == ETH_P_IPV6 {
         if l3 + IPV6_HLEN + 14 > end {
             return Err(());
         }
         match (unsafe { rd16(l3 + 6) } & 0xff) as u8 {
-            PROTO_TCP => l3 + IPV6_HLEN,
+            PROTO_TCP => TcpAt {
+                header: l3 + IPV6_HLEN,
+                dst: l3 + 24,
+                v4: false,
+            },
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT => {
                 return Err(());
             }
@@ -342,10 +390,10 @@ fn tcp_header_at(protocol: u32, l3: usize, end: usize) -> Result<Option<usize>, 
     } else {
         return Ok(None);
     };
-    if tcp + 14 > end {
+    if at.header + 14 > end {
         return Err(());
     }
-    Ok(Some(tcp))
+    Ok(Some(at))
 }
 
 /// The sequence and acknowledgement numbers (host order) of a TCP RST

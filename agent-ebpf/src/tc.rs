@@ -34,7 +34,7 @@ use aya_ebpf::{
 use crate::{
     counters::{meta, raise},
     forward, journal,
-    packet::{Packet, Probe, Side, syn_probe},
+    packet::{Packet, Probe, Side, syn_probe, tcp_destination},
 };
 
 /// `TCX_NEXT`: pass to the next program in the chain (`TC_ACT_UNSPEC` for
@@ -156,14 +156,16 @@ fn record_syn(ctx: &TcContext) {
     }
 }
 
-/// A connecting local socket's packet: when it is a SYN leaving for
-/// another destination than the socket's own, DNAT in OUTPUT chose the
-/// backend; note it for sock_ops, under the socket's own ends. Those are
-/// read from the socket, not the packet: egress runs after POSTROUTING,
-/// so a masquerade or SNAT there (kube-proxy masquerades the node's own
-/// traffic to a ClusterIP) has rewritten the packet's source. Out of
-/// line: the egress program's own frame stays what every other local
-/// packet needs (8 bytes, one register saved). Common header
+/// A connecting local socket's packet, which is its SYN (a socket sends
+/// nothing else in `SYN_SENT`): when it leaves for another destination
+/// than the socket's own, DNAT in OUTPUT chose the backend; note it for
+/// sock_ops, under the socket's own ends. Those are read from the socket,
+/// not the packet: egress runs after POSTROUTING, so a masquerade or SNAT
+/// there (kube-proxy masquerades the node's own traffic to a ClusterIP) has
+/// rewritten the packet's source. Only the packet's destination is read:
+/// its flags need no check, and a retransmitted SYN notes the same backend
+/// again. Out of line: the egress program's own frame stays what every
+/// other local packet needs (8 bytes, one register saved). Common header
 /// shapes only (a hostNetwork proxy's SYNs carry no IP options or VLAN
 /// tags here).
 #[inline(never)]
@@ -172,16 +174,9 @@ fn note_local_nat(ctx: &TcContext, sk: *mut bpf_sock) {
     // in as arguments, zero-extends `data_end` and the verifier refuses the
     // arithmetic on it.
     let ctx = core::hint::black_box(ctx);
-    if matches!(syn_probe(ctx), Probe::Other) {
-        return;
-    }
-    let Some(pkt) = Packet::parse_common(ctx, Side::Egress) else {
+    let Some((to_addr, to_port)) = tcp_destination(ctx) else {
         return;
     };
-    if !pkt.is_syn() {
-        return;
-    }
-    let key = pkt.flow_key();
     // SAFETY: sock_common fields tc may read from a non-null `skb->sk`.
     let (family, d4, d6, dport) = unsafe {
         (
@@ -197,7 +192,7 @@ fn note_local_nat(ctx: &TcContext, sk: *mut bpf_sock) {
         )
     };
     let dialled = if family == AF_INET { v4_mapped(d4) } else { d6 };
-    if dialled == key.remote_addr && dport == key.remote_port {
+    if dialled == to_addr && dport == to_port {
         return;
     }
     // SAFETY: as above. `src_port` is in host order (`skc_num`).
@@ -222,8 +217,8 @@ fn note_local_nat(ctx: &TcContext, sk: *mut bpf_sock) {
         _pad: [0; 3],
     };
     let backend = EndpointKey {
-        addr: key.remote_addr,
-        port: key.remote_port,
+        addr: to_addr,
+        port: to_port,
         direction: Direction::SendsTo as u8,
         proto: PROTO_TCP,
     };

@@ -1776,9 +1776,10 @@ fn field_two_node_cluster_pods_across_nodes() {
 /// Two backends, each with nginx started by `start`, and the lb node's
 /// own DNAT (OUTPUT chain) sending connections to the VIP's port 80 to
 /// them in turn, as kube-proxy does for a hostNetwork pod dialling a
-/// ClusterIP. Returns the lab and nginx's logs.
+/// ClusterIP, over IPv6 when `ipv6`. Returns the lab and nginx's logs.
 fn host_network_dnat(
     name: &str,
+    ipv6: bool,
     start: fn(&mut Lab, &lab::Node) -> anyhow::Result<std::path::PathBuf>,
 ) -> (Lab, Vec<std::path::PathBuf>) {
     let mut lab = Lab::new(name, 2).expect("the lab builds");
@@ -1786,12 +1787,17 @@ fn host_network_dnat(
     for b in lab.backends.clone() {
         logs.push(start(&mut lab, &b).expect("nginx starts"));
     }
+    let (family, vip, addr): (_, _, fn(&lab::Node) -> String) = if ipv6 {
+        ("ip6", lab::VIP6, |b| format!("[{}]", b.addr6))
+    } else {
+        ("ip", lab::VIP4, |b| b.addr4.to_string())
+    };
     let dnat = format!(
-        "table ip localdnat {{ chain output {{ type nat hook output priority -100; \
-         ip daddr {} tcp dport 80 dnat ip to numgen inc mod 2 map {{ 0 : {} . 8080, 1 : {} . 8080 }}; }} }}",
-        lab::VIP4,
-        lab.backends[0].addr4,
-        lab.backends[1].addr4
+        "table {family} localdnat {{ chain output {{ type nat hook output priority -100; \
+         {family} daddr {vip} tcp dport 80 dnat {family} to numgen inc mod 2 \
+         map {{ 0 : {} . 8080, 1 : {} . 8080 }}; }} }}",
+        addr(&lab.backends[0]),
+        addr(&lab.backends[1])
     );
     nft::load(&lab, &lab.lb.ns, "localdnat", &dnat).expect("the OUTPUT DNAT loads");
     (lab, logs)
@@ -1802,7 +1808,13 @@ fn host_network_dnat(
 /// sockets count towards the backend they really reached, not the VIP.
 #[test]
 fn field_host_network_proxy_through_local_dnat_counts_the_backend() {
-    host_network_proxy("hostnet", false);
+    host_network_proxy("hostnet", false, false);
+}
+
+/// The same over IPv6: TC egress reads the SYN's IPv6 destination.
+#[test]
+fn field_host_network_proxy_over_ipv6_through_local_dnat_counts_the_backend() {
+    host_network_proxy("hostnet6", true, false);
 }
 
 /// The same with the node masquerading the proxy's connections on their
@@ -1812,12 +1824,13 @@ fn field_host_network_proxy_through_local_dnat_counts_the_backend() {
 /// sent exactly what its nginx served, the VIP nothing.
 #[test]
 fn field_host_network_proxy_through_local_dnat_and_masquerade_counts_the_backend() {
-    host_network_proxy("hostmasq", true);
+    host_network_proxy("hostmasq", false, true);
 }
 
-fn host_network_proxy(name: &str, masquerade: bool) {
+fn host_network_proxy(name: &str, ipv6: bool, masquerade: bool) {
     evenflow_tests::require_root();
-    let (mut lab, logs) = host_network_dnat(name, nginx::start);
+    let (mut lab, logs) = host_network_dnat(name, ipv6, nginx::start);
+    let vip = if ipv6 { lab::VIP6 } else { lab::VIP4 };
     let lb = lab.lb.clone();
     if masquerade {
         // The proxy's sockets take the VIP's address as their source (it is
@@ -1835,11 +1848,10 @@ fn host_network_proxy(name: &str, masquerade: bool) {
     let script = format!(
         "import socket\n\
          for i in range(40):\n \
-         s = socket.create_connection(('{}', 80), timeout=5)\n \
+         s = socket.create_connection(('{vip}', 80), timeout=5)\n \
          s.sendall(b'GET / HTTP/1.1\\r\\nHost: vip\\r\\nConnection: close\\r\\n\\r\\n')\n \
          while s.recv(65536): pass\n \
-         s.close()\n",
-        lab::VIP4
+         s.close()\n"
     );
     lab.spawn(&lb, "proxy", "python3", &["-c", &script])
         .expect("the proxy starts");
@@ -1848,7 +1860,7 @@ fn host_network_proxy(name: &str, masquerade: bool) {
             nginx::read_log(log).ok().filter(|s| s.connections == 20)
         })
         .unwrap_or_else(|| panic!("b{} served 20; {}", i + 1, lab.processes_report()));
-        let addr = backend_addr(&lab, i);
+        let addr = lab.backends[i].addr(ipv6).to_string();
         let t = settled(&lb.ns, &addr, BACKEND_PORT, SENDS_TO, 20).1;
         println!("b{}: nginx {served:?}; lb {t:?}", i + 1);
         if masquerade {
@@ -1863,7 +1875,7 @@ fn host_network_proxy(name: &str, masquerade: bool) {
     }
     let snap = grpcurl::snapshot(&lb.ns).expect("the lb's snapshot");
     assert_eq!(
-        grpcurl::totals(&snap, lab::VIP4, 80, SENDS_TO),
+        grpcurl::totals(&snap, vip, 80, SENDS_TO),
         Totals::default(),
         "the VIP is not a backend"
     );
@@ -1891,7 +1903,7 @@ fn host_network_proxy(name: &str, masquerade: bool) {
 #[test]
 fn field_host_network_proxy_connections_older_than_the_agent_count_the_backend() {
     evenflow_tests::require_root();
-    let (mut lab, logs) = host_network_dnat("hostnetold", nginx::start_keepalive);
+    let (mut lab, logs) = host_network_dnat("hostnetold", false, nginx::start_keepalive);
     let lb = lab.lb.clone();
     let go = lab.dir.join("proxy-go");
     // Two keep-alive connections, two requests on each before the agent
