@@ -18,7 +18,9 @@
 //! The target is `report→verdict` p99 ≤ 250 ms with collector RSS ≤ 1 GiB.
 //! Each simulated agent serves one labelled endpoint (pools of
 //! `--pool-size`, 10 by default) and sends to `M - 1` other backends, so
-//! every pool has an LB view too.
+//! every pool has an LB view too; with `--mesh`, to every member of its
+//! own pool instead (kube-proxy's shape: every node a balancer of every
+//! member).
 //!
 //! Every fleet runs `--runs` times against the collector under test and
 //! as often against a *baseline* in the same run, alternating which goes
@@ -63,6 +65,13 @@ struct Args {
     /// Endpoints per agent report.
     #[arg(long, default_value_t = 100)]
     endpoints: usize,
+    /// Every agent sends to every member of its own pool, its own
+    /// backend included, as kube-proxy on every node of a cluster sends to
+    /// every endpoint of a Service: a pool of `--pool-size` members with as
+    /// many balancer nodes, each report `--pool-size` + 1 endpoints
+    /// (`--endpoints` is not used).
+    #[arg(long)]
+    mesh: bool,
     /// Agent report interval.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     report_interval: Duration,
@@ -214,6 +223,27 @@ fn pool_count(agents: usize, pool_size: u64) -> usize {
         .max(1)
 }
 
+/// The backends agent `i` of `n` sends to, as (backend, port): `endpoints
+/// - 1` spread over the fleet (its own backend never: a port of its own
+/// instead), or with `mesh` every member of its pool of `pools`, its own
+/// included.
+fn sends_to(
+    i: usize,
+    (n, pools): (usize, usize),
+    endpoints: usize,
+    mesh: bool,
+) -> Vec<(usize, u32)> {
+    if mesh {
+        return (i % pools..n).step_by(pools).map(|j| (j, 8080)).collect();
+    }
+    (1..endpoints)
+        .map(|k| {
+            let j = (i + k * 7919) % n.max(1);
+            (j, if j == i { 9000 + k as u32 } else { 8080 })
+        })
+        .collect()
+}
+
 /// Address of backend `i` (10.x.y.z).
 fn backend(i: usize) -> String {
     let i = i + 1;
@@ -231,7 +261,7 @@ async fn agent(
     url: String,
     i: usize,
     (n, pools): (usize, usize),
-    endpoints: usize,
+    (endpoints, mesh): (usize, bool),
     every: Duration,
     phase: Duration,
     until: Instant,
@@ -278,9 +308,7 @@ async fn agent(
         rates: None,
         active_connections: 10,
     });
-    for k in 1..endpoints {
-        let j = (i + k * 7919) % n.max(1);
-        let port = if j == i { 9000 + k as u32 } else { 8080 };
+    for (j, port) in sends_to(i, (n, pools), endpoints, mesh) {
         eps.push(v1::Endpoint {
             address: backend(j),
             port,
@@ -302,7 +330,10 @@ async fn agent(
         seq += 1;
         for (k, e) in eps.iter_mut().enumerate() {
             if let Some(t) = e.totals.as_mut() {
-                let add = if k == 0 { 50 } else { 1 + (k as u64 % 3) };
+                // 1 to 3 a send, by the agent as well as the endpoint: in a
+                // mesh every agent lists the members in one order, and a
+                // member would get the same of each.
+                let add = if k == 0 { 50 } else { 1 + ((i + k) as u64 % 3) };
                 t.conns_opened += add;
                 t.conns_closed += add;
                 t.bytes_rx += add * 700;
@@ -480,7 +511,7 @@ async fn run_fleet(args: &Args, collector: &Collector, n: usize) -> Result<Outco
             url.clone(),
             i,
             (n, pools),
-            args.endpoints,
+            (args.endpoints, args.mesh),
             args.report_interval,
             phase,
             until,
@@ -838,14 +869,14 @@ fn main() -> Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     let (new, base) = Collector::both(&args)?;
+    let sends = if args.mesh {
+        "every agent sending to every member of its pool".to_owned()
+    } else {
+        format!("{} endpoints per agent", args.endpoints)
+    };
     println!(
-        "evenflow-scale-bench: {} endpoints per agent, pools of {} members, reports every {:?}, collector tick {:?}, {:?} warm-up + {:?} measured per run",
-        args.endpoints,
-        args.pool_size,
-        args.report_interval,
-        args.interval,
-        args.warmup,
-        args.duration
+        "evenflow-scale-bench: {sends}, pools of {} members, reports every {:?}, collector tick {:?}, {:?} warm-up + {:?} measured per run",
+        args.pool_size, args.report_interval, args.interval, args.warmup, args.duration
     );
     if args.target.is_none() {
         println!("  new:  {}\n  base: {}", new.describe(), base.describe());
@@ -896,4 +927,33 @@ fn main() -> Result<()> {
         None => println!("no fleet held the targets"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mesh_agent_sends_to_every_member_of_its_pool_its_own_included() {
+        // 25 agents in pools of 10: three pools (9, 8 and 8 members).
+        let pools = pool_count(25, 10);
+        let members = |p: usize| (0..25).filter(move |j| j % pools == p);
+        for i in 0..25 {
+            let sent: Vec<usize> = sends_to(i, (25, pools), 100, true)
+                .into_iter()
+                .map(|(j, port)| {
+                    assert_eq!(port, 8080, "a member's port");
+                    j
+                })
+                .collect();
+            assert_eq!(sent, members(i % pools).collect::<Vec<_>>(), "agent {i}");
+        }
+    }
+
+    #[test]
+    fn a_spread_agent_sends_to_others_and_never_to_its_own_backend() {
+        let sent = sends_to(3, (1000, 100), 100, false);
+        assert_eq!(sent.len(), 99);
+        assert!(sent.iter().all(|&(j, port)| j != 3 || port != 8080));
+    }
 }
