@@ -121,6 +121,17 @@ struct Args {
     rss_target_mib: u64,
 }
 
+impl Args {
+    /// What each agent reports, for the summary.
+    fn each(&self) -> String {
+        if self.mesh {
+            format!("{} endpoints (a mesh)", self.pool_size + 1)
+        } else {
+            format!("{} endpoints", self.endpoints)
+        }
+    }
+}
+
 /// One fleet's results.
 #[derive(Default, Debug)]
 struct Outcome {
@@ -791,9 +802,9 @@ impl Fleet {
 
     fn summary(&self, args: &Args) {
         println!(
-            "\n{} agents x {} endpoints, {} runs each (median [min–max]; ratio = new/base per round):",
+            "\n{} agents x {}, {} runs each (median [min–max]; ratio = new/base per round):",
             self.agents,
-            args.endpoints,
+            args.each(),
             self.new.len()
         );
         println!(
@@ -921,8 +932,10 @@ fn main() -> Result<()> {
         .max()
     {
         Some(n) => println!(
-            "largest fleet holding median report→verdict p99 <= {:?} and peak RSS <= {} MiB: {n} agents x {} endpoints",
-            args.p99_target, args.rss_target_mib, args.endpoints
+            "largest fleet holding median report→verdict p99 <= {:?} and peak RSS <= {} MiB: {n} agents x {}",
+            args.p99_target,
+            args.rss_target_mib,
+            args.each()
         ),
         None => println!("no fleet held the targets"),
     }

@@ -20,6 +20,7 @@ use std::{
 };
 
 use super::pool::{SHARE_WINDOW, reaches_enough};
+use crate::service::fxhash::FxHashMap;
 
 /// One node's attempts to the pool's members.
 #[derive(Default)]
@@ -81,20 +82,26 @@ impl CutOff {
             w.per_tick.truncate(SHARE_WINDOW);
         }
         let mut present = HashSet::new();
+        // A pool of thousands of members behind thousands of nodes has
+        // millions of (member, node) pairs a tick: a pair costs a lookup
+        // by the node's `Arc` (an agent keeps one for all its endpoints),
+        // and a node's window is found by name once a tick.
+        let mut opened_by: FxHashMap<*const u8, &Arc<str>> = FxHashMap::default();
         for m in members {
             present.insert(m.id);
-            let mut opened = m.opened.iter().filter(|(_, n)| *n > 0).peekable();
-            // Looked up once a member, its id copied only when it is new:
-            // a pool of thousands of members behind thousands of nodes has
-            // millions of (member, node) pairs a tick.
-            if opened.peek().is_some() && !self.openers.contains_key(m.id) {
+            // This tick's last two openers, the latest first: the only ones
+            // the member's openers can keep.
+            let mut latest: [Option<&Arc<str>>; 2] = [None, None];
+            for (node, _) in m.opened.iter().filter(|(_, n)| *n > 0) {
+                opened_by.entry(Arc::as_ptr(node).cast()).or_insert(node);
+                latest = [Some(node), latest[0]];
+            }
+            // Its id copied only when it is new.
+            if latest[0].is_some() && !self.openers.contains_key(m.id) {
                 self.openers.insert(m.id.to_owned(), Openers::default());
             }
             if let Some(openers) = self.openers.get_mut(m.id) {
-                for (node, _) in opened {
-                    let w = window(&mut self.nodes, node);
-                    w.last_opened = Some(tick);
-                    w.last_active = tick;
+                for node in latest.into_iter().rev().flatten() {
                     match &mut openers[0] {
                         Some((last, at)) if last == node => *at = tick,
                         first => openers[1] = first.replace((node.clone(), tick)),
@@ -106,6 +113,11 @@ impl CutOff {
                 w.per_tick[0].push((m.id.to_owned(), *n));
                 w.last_active = tick;
             }
+        }
+        for node in opened_by.into_values() {
+            let w = window(&mut self.nodes, node);
+            w.last_opened = Some(tick);
+            w.last_active = tick;
         }
         self.nodes
             .retain(|_, w| tick < w.last_active + SHARE_WINDOW as u64);

@@ -21,6 +21,8 @@
 
 use std::{collections::HashMap, sync::Arc};
 
+use crate::service::fxhash::FxHashMap;
+
 /// Ticks within which a balancer's sends count as its current split.
 const SPLIT_WINDOW: u64 = 10;
 /// Ticks after which a balancer that sent nothing is forgotten.
@@ -122,20 +124,22 @@ pub(super) struct Finding {
     pub expected: f64,
     /// Their probability under the pool's dispersion.
     pub p: f64,
-    /// The other nodes that sent it new connections within
-    /// [`SPLIT_WINDOW`] ticks, by name.
+    /// The first [`NAMED`] by name of the other nodes that sent it new
+    /// connections within [`SPLIT_WINDOW`] ticks.
     pub others: Vec<Arc<str>>,
+    /// How many more did.
+    pub more: usize,
 }
 
 impl Finding {
     /// Its reason, for people.
     pub(super) fn reason(&self) -> String {
-        let named: Vec<&str> = self.others.iter().take(NAMED).map(|n| &**n).collect();
-        let others = match self.others.len().saturating_sub(NAMED) {
+        let named: Vec<&str> = self.others.iter().map(|n| &**n).collect();
+        let others = match self.more {
             0 => named.join(", "),
             more => format!("{} and {more} more", named.join(", ")),
         };
-        let verb = if self.others.len() == 1 {
+        let verb = if self.others.len() + self.more == 1 {
             "sends"
         } else {
             "send"
@@ -214,11 +218,10 @@ impl LeftOut {
                 if evidence < bound || found.get(id).is_some_and(|f| f.expected >= expected) {
                     continue;
                 }
-                let mut others = self.others(node, i, tick);
+                let (others, more) = self.others(node, i, tick);
                 if others.is_empty() {
                     continue;
                 }
-                others.sort();
                 found.insert(
                     id.clone(),
                     Finding {
@@ -226,6 +229,7 @@ impl LeftOut {
                         expected,
                         p: (-evidence).exp(),
                         others,
+                        more,
                     },
                 );
             }
@@ -300,67 +304,152 @@ impl LeftOut {
     /// pairs it sent to; returns how many balancers sent any.
     fn record(&mut self, tick: u64, eligible: &[Eligible<'_>], judged: bool) -> usize {
         let wsum: f64 = eligible.iter().map(|m| m.weight).sum();
-        // Every send this tick as (node, member, count), grouped by node.
-        let mut sends: Vec<(&Arc<str>, usize, u64)> = (eligible.iter().enumerate())
-            .flat_map(|(i, m)| m.by_node.iter().map(move |(node, n)| (node, i, *n)))
-            .filter(|&(_, _, n)| n > 0)
-            .collect();
-        for &(node, i, _) in &sends {
-            note_recent(&mut self.recent[i], node, tick);
+        for (recent, m) in self.recent.iter_mut().zip(eligible) {
+            note_recent(recent, sending(m), tick);
         }
-        sends.sort_unstable_by_key(|&(node, ..)| Arc::as_ptr(node).cast::<u8>());
-        let mut sent = 0;
-        for group in sends.chunk_by(|a, b| Arc::ptr_eq(a.0, b.0)) {
-            sent += 1;
-            let node = group[0].0;
-            if group.len() < 2 && !self.balancers.contains_key(&**node) {
+        let sends = Sends::of(eligible);
+        for (node, members, total) in sends.by_node() {
+            if members.len() < 2 && !self.balancers.contains_key(&**node) {
                 // It sends to one member: not splitting, nothing to hold.
                 continue;
             }
             let balancer = (self.balancers.entry(node.clone()))
                 .or_insert_with(|| Balancer::new(eligible.len(), tick));
             balancer.last_active = tick;
-            for &(_, i, _) in group {
-                balancer.pairs[i].sent_after = tick + 1;
+            for &i in members {
+                balancer.pairs[i as usize].sent_after = tick + 1;
             }
             if judged && wsum > 0.0 && balancer.splits(tick) {
-                let total: u64 = group.iter().map(|&(_, _, n)| n).sum();
                 balancer.per_weight += total as f64 / wsum;
             }
             // What it sent to gathers from here: none expected this tick.
-            for &(_, i, _) in group {
-                balancer.pairs[i].mark = balancer.per_weight;
+            for &i in members {
+                balancer.pairs[i as usize].mark = balancer.per_weight;
             }
         }
-        sent
+        sends.nodes.len()
     }
 
     /// The nodes other than `node` that sent member `i` new connections
-    /// within [`SPLIT_WINDOW`] ticks: every splitting balancer that did,
-    /// and the last few others.
-    fn others(&self, node: &Arc<str>, i: usize, tick: u64) -> Vec<Arc<str>> {
-        let mut others: Vec<Arc<str>> = (self.balancers.iter())
+    /// within [`SPLIT_WINDOW`] ticks (every splitting balancer that did,
+    /// and the last few others): the first [`NAMED`] by name, and how many
+    /// more. Nothing is copied or sorted for the rest: a member of a pool
+    /// behind a thousand kube-proxies has a thousand.
+    fn others<'s>(&'s self, node: &Arc<str>, i: usize, tick: u64) -> (Vec<Arc<str>>, usize) {
+        let mut named: Vec<&Arc<str>> = Vec::with_capacity(NAMED + 1);
+        let mut count = 0;
+        let mut note = |n: &'s Arc<str>| {
+            count += 1;
+            let at = named.partition_point(|m| **m < *n);
+            if at < NAMED {
+                named.insert(at, n);
+                named.truncate(NAMED);
+            }
+        };
+        let balancers = (self.balancers.iter())
             .filter(|&(n, b)| n != node && b.pairs[i].sends_at(tick))
-            .map(|(n, _)| n.clone())
-            .collect();
+            .map(|(n, _)| n);
+        for n in balancers {
+            note(n);
+        }
         for (n, at) in &self.recent[i] {
-            if tick < at + SPLIT_WINDOW && n != node && !others.contains(n) {
-                others.push(n.clone());
+            let counted = self
+                .balancers
+                .get(n)
+                .is_some_and(|b| b.pairs[i].sends_at(tick));
+            if tick < at + SPLIT_WINDOW && n != node && !counted {
+                note(n);
             }
         }
-        others
+        let more = count - named.len();
+        (named.into_iter().cloned().collect(), more)
     }
 }
 
-/// Notes that `node` sent a member one at `tick`, among the last
-/// [`RECENT`] nodes to (the one that sent longest ago gives way).
-fn note_recent(recent: &mut Vec<(Arc<str>, u64)>, node: &Arc<str>, tick: u64) {
-    if let Some(seen) = recent.iter_mut().find(|(n, _)| Arc::ptr_eq(n, node)) {
-        seen.1 = tick;
-    } else if recent.len() < RECENT {
-        recent.push((node.clone(), tick));
-    } else if let Some(oldest) = recent.iter_mut().min_by_key(|(_, at)| *at) {
-        *oldest = (node.clone(), tick);
+/// The nodes that sent member `m` new connections this tick.
+fn sending<'a>(m: &'a Eligible<'_>) -> impl Iterator<Item = &'a Arc<str>> {
+    m.by_node
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(node, _)| node)
+}
+
+/// Notes that `senders` (distinct nodes) sent a member one at `tick`,
+/// among the last [`RECENT`] nodes to (the one that sent longest ago gives
+/// way). Past the first [`RECENT`], a sender would only take the place of
+/// another of this tick's: a member with a thousand senders costs four.
+fn note_recent<'a>(
+    recent: &mut Vec<(Arc<str>, u64)>,
+    senders: impl Iterator<Item = &'a Arc<str>>,
+    tick: u64,
+) {
+    for node in senders.take(RECENT) {
+        if let Some(seen) = recent.iter_mut().find(|(n, _)| Arc::ptr_eq(n, node)) {
+            seen.1 = tick;
+        } else if recent.len() < RECENT {
+            recent.push((node.clone(), tick));
+        } else if let Some(oldest) = recent.iter_mut().min_by_key(|(_, at)| *at) {
+            *oldest = (node.clone(), tick);
+        }
+    }
+}
+
+/// One tick's sends grouped by node: each node that sent any (by its
+/// name's `Arc`, which an agent keeps for all its endpoints), with the
+/// members it sent to and how many new connections in all. Grouped by
+/// counting, not sorting: a thousand kube-proxies each sending to a
+/// thousand members are a million sends a tick.
+struct Sends<'a> {
+    /// (node, sends, total), in the order the nodes first appear.
+    nodes: Vec<(&'a Arc<str>, u32, u64)>,
+    /// The members each node sent to, node after node.
+    members: Vec<u32>,
+}
+
+impl<'a> Sends<'a> {
+    fn of(eligible: &[Eligible<'a>]) -> Self {
+        let mut index: FxHashMap<*const u8, u32> = FxHashMap::default();
+        let mut nodes: Vec<(&Arc<str>, u32, u64)> = Vec::new();
+        let mut node_of: Vec<u32> = Vec::new();
+        for m in eligible {
+            let by_node: &'a [(Arc<str>, u64)] = m.by_node;
+            for (node, n) in by_node.iter().filter(|(_, n)| *n > 0) {
+                let k = *index.entry(Arc::as_ptr(node).cast()).or_insert_with(|| {
+                    nodes.push((node, 0, 0));
+                    (nodes.len() - 1) as u32
+                });
+                let (_, sends, total) = &mut nodes[k as usize];
+                *sends += 1;
+                *total += n;
+                node_of.push(k);
+            }
+        }
+        // Where each node's members start, then each send in its place.
+        let mut next: Vec<u32> = (nodes.iter())
+            .scan(0, |at, &(_, sends, _)| {
+                let start = *at;
+                *at += sends;
+                Some(start)
+            })
+            .collect();
+        let mut members = vec![0u32; node_of.len()];
+        let member_of = (eligible.iter().enumerate())
+            .flat_map(|(i, m)| m.by_node.iter().filter(|(_, n)| *n > 0).map(move |_| i));
+        for (k, i) in node_of.into_iter().zip(member_of) {
+            let at = &mut next[k as usize];
+            members[*at as usize] = i as u32;
+            *at += 1;
+        }
+        Self { nodes, members }
+    }
+
+    /// Each node with the members it sent to and its total.
+    fn by_node(&self) -> impl Iterator<Item = (&'a Arc<str>, &[u32], u64)> + '_ {
+        (self.nodes.iter()).scan(0usize, |at, &(node, sends, total)| {
+            let members = &self.members[*at..*at + sends as usize];
+            *at += sends as usize;
+            Some((node, members, total))
+        })
     }
 }
 
@@ -444,6 +533,55 @@ pub(super) mod tests {
             ) && reason.ends_with("while lb-1, lb-3 send to it"),
             "{reason}"
         );
+    }
+
+    #[test]
+    fn a_finding_among_many_balancers_names_the_first_others_by_name_and_counts_the_rest() {
+        let mut left = LeftOut::default();
+        let all: &[usize] = &[0, 1, 2];
+        let names: Vec<String> = (1..=12).map(|i| format!("lb-{i:02}")).collect();
+        let mut found = None;
+        for t in 0..20 {
+            let balancers: Vec<(&str, u64, &[usize])> = (names.iter())
+                .map(|n| (n.as_str(), 12, if n == "lb-07" { &all[..2] } else { all }))
+                .collect();
+            if let Some(f) = tick_of(&mut left, t, &spread(&balancers, 3)).remove("m3") {
+                found = Some(f);
+                break;
+            }
+        }
+        let finding = found.expect("lb-07 leaves m3 out");
+        assert_eq!(&*finding.node, "lb-07");
+        let named: Vec<&str> = finding.others.iter().map(|n| &**n).collect();
+        assert_eq!((named, finding.more), (vec!["lb-01", "lb-02", "lb-03"], 8));
+        let reason = finding.reason();
+        assert!(
+            reason.ends_with("while lb-01, lb-02, lb-03 and 8 more send to it"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn sends_are_grouped_by_node_whatever_order_each_member_lists_them_in() {
+        let (a, b, c) = (node_name("a"), node_name("b"), node_name("c"));
+        let lists = [
+            vec![(b.clone(), 1), (a.clone(), 2)],
+            vec![(a.clone(), 3)],
+            vec![(c.clone(), 0), (b.clone(), 4)],
+        ];
+        let ids = ["m1", "m2", "m3"];
+        let eligible: Vec<Eligible<'_>> = (ids.iter().zip(&lists))
+            .map(|(id, by_node)| Eligible {
+                id,
+                weight: 1.0,
+                by_node,
+            })
+            .collect();
+        let sends = Sends::of(&eligible);
+        let groups: Vec<(&str, Vec<u32>, u64)> = (sends.by_node())
+            .map(|(node, members, total)| (&**node, members.to_vec(), total))
+            .collect();
+        assert_eq!(groups, [("b", vec![0, 2], 5), ("a", vec![0, 1], 5)]);
     }
 
     #[test]
