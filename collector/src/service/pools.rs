@@ -71,7 +71,7 @@ use crate::{
     service::{
         declared::{Declared, Expect, KubeService, LbNodes},
         fxhash::FxHashMap,
-        ingest::{AgentTick, Delta, Dir, ListenerInfo, TickEndpoint},
+        ingest::{AgentTick, Dir, ListenerInfo, TickEndpoint},
     },
 };
 
@@ -385,6 +385,12 @@ struct PoolPlan {
     members: Vec<MemberPlan>,
     /// Its load balancer agents.
     lb_agents: Vec<usize>,
+    /// Its members' LB view endpoints by agent: (agent, [(endpoint,
+    /// member)]), agents in order. A tick reads each agent's endpoints in
+    /// one pass, not every member's from each agent in turn: a pool behind
+    /// a thousand kube-proxies is a million endpoints a tick, spread over
+    /// a thousand agents' memory.
+    lb_sends: Vec<(usize, Vec<(usize, usize)>)>,
     /// Their node names (or the declared ones), sorted.
     lb_nodes: Arc<[Arc<str>]>,
     /// The pool has load balancers (seen or declared): its members have
@@ -648,6 +654,7 @@ impl Seen<'_> {
         PoolPlan {
             lb_splits,
             name: name.clone(),
+            lb_sends: by_agent(&members),
             members,
             lb_agents,
             lb_nodes: lb_nodes.into(),
@@ -725,8 +732,9 @@ impl PoolPlan {
         };
         let mut judged = Vec::with_capacity(self.members.len());
         let mut unjudged = Vec::new();
-        for member in &self.members {
-            match member.assemble(agents, &lbs) {
+        let lb_views = self.lb_views(agents, &lbs);
+        for (member, lb) in self.members.iter().zip(lb_views) {
+            match member.assemble(agents, &lbs, lb) {
                 Assembled::Judged(member) => judged.push(member),
                 Assembled::Unjudged(member) => unjudged.push(member),
             }
@@ -746,12 +754,91 @@ impl PoolPlan {
     }
 }
 
+impl PoolPlan {
+    /// Every member's LB view this tick (the fresh load balancers' counts,
+    /// and by node where it is kept), agent after agent.
+    fn lb_views(&self, agents: &[AgentTick], lbs: &PoolLbs) -> Vec<LbView> {
+        let mut views: Vec<LbView> = (self.members.iter())
+            .map(|m| LbView {
+                view: ViewInput {
+                    fresh: lbs.fresh,
+                    reset: lbs.reset,
+                    ..ViewInput::default()
+                },
+                by_node: lbs.several || m.draining(),
+                ..LbView::default()
+            })
+            .collect();
+        for (ai, sends) in &self.lb_sends {
+            let agent = &agents[*ai];
+            for &(ei, mi) in sends {
+                views[mi].add(agent, &agent.endpoints[ei], lbs.several);
+            }
+        }
+        views
+    }
+}
+
+/// One member's LB view as a tick gathers it.
+#[derive(Default)]
+struct LbView {
+    view: ViewInput,
+    measured: Measured,
+    /// Whether its new connections are kept by node (`opened`).
+    by_node: bool,
+    /// New connections by fresh load balancer node (those with some).
+    opened: Vec<(Arc<str>, u64)>,
+    /// Failed attempts likewise, where a pool's balancers split.
+    failed: Vec<(Arc<str>, u64)>,
+}
+
+impl LbView {
+    /// Adds `agent`'s endpoint towards the member; by node as well when
+    /// asked, and its failures where the pool's balancers split.
+    fn add(&mut self, agent: &AgentTick, e: &TickEndpoint, splits: bool) {
+        if !agent.fresh {
+            self.measured.add_reported(e);
+            return;
+        }
+        add_endpoint(&mut self.view, &mut self.measured, e);
+        if self.by_node && e.delta.conns > 0 {
+            self.opened.push((agent.node.clone(), e.delta.conns));
+        }
+        if splits && e.delta.failed > 0 {
+            self.failed.push((agent.node.clone(), e.delta.failed));
+        }
+    }
+}
+
+/// `members`' LB view endpoints by agent (see [`PoolPlan::lb_sends`]).
+fn by_agent(members: &[MemberPlan]) -> Vec<(usize, Vec<(usize, usize)>)> {
+    let mut sends: Vec<(usize, usize, usize)> = (members.iter().enumerate())
+        .flat_map(|(mi, m)| m.sending.iter().map(move |&(ai, ei)| (ai, ei, mi)))
+        .collect();
+    // Stable: each agent's endpoints keep their members' order.
+    sends.sort_by_key(|&(ai, ..)| ai);
+    (sends.chunk_by(|a, b| a.0 == b.0))
+        .map(|group| {
+            (
+                group[0].0,
+                group.iter().map(|&(_, ei, mi)| (ei, mi)).collect(),
+            )
+        })
+        .collect()
+}
+
 impl MemberPlan {
+    /// Out of rotation while judged: its new connections are a violation,
+    /// and by node they say whose.
+    fn draining(&self) -> bool {
+        matches!(self.expect, Expect::Draining | Expect::NotReady)
+    }
+
     /// The member this tick: its server view (fresh while every observer
-    /// is), its LB view (the fresh load balancers' counts), its facts.
-    fn assemble(&self, agents: &[AgentTick], lbs: &PoolLbs) -> Assembled {
+    /// is), its LB view (`lb`, gathered by [`PoolPlan::lb_views`]), its
+    /// facts.
+    fn assemble(&self, agents: &[AgentTick], lbs: &PoolLbs, lb: LbView) -> Assembled {
         let mut server_measured = Measured::default();
-        let mut lb_measured = Measured::default();
         let server = (!self.observers.is_empty()).then(|| {
             let mut v = ViewInput {
                 fresh: self.observers.iter().all(|&i| agents[i].fresh),
@@ -763,22 +850,14 @@ impl MemberPlan {
             }
             v
         });
-        let lb = lbs.present.then(|| {
-            let mut v = ViewInput {
-                fresh: lbs.fresh,
-                reset: lbs.reset,
-                ..ViewInput::default()
-            };
-            for &(ai, ei) in &self.sending {
-                let e = &agents[ai].endpoints[ei];
-                if agents[ai].fresh {
-                    add_endpoint(&mut v, &mut lb_measured, e);
-                } else {
-                    lb_measured.add_reported(e);
-                }
-            }
-            v
-        });
+        let LbView {
+            view,
+            measured: lb_measured,
+            opened,
+            failed,
+            ..
+        } = lb;
+        let lb = lbs.present.then_some(view);
         let meta = MemberMeta {
             addr: self.addr,
             node: self.node.clone(),
@@ -808,16 +887,8 @@ impl MemberPlan {
                 weight: self.weight,
                 draining,
                 not_ready,
-                lb_by_node: if draining || lbs.several {
-                    self.by_node(agents, |d| d.conns)
-                } else {
-                    Vec::new()
-                },
-                lb_failed_by_node: if lbs.several {
-                    self.by_node(agents, |d| d.failed)
-                } else {
-                    Vec::new()
-                },
+                lb_by_node: opened,
+                lb_failed_by_node: failed,
                 server,
                 lb,
                 cpu: self.first.and_then(|i| agents[i].cpu),
@@ -826,22 +897,6 @@ impl MemberPlan {
             },
             meta,
         })
-    }
-
-    /// This tick's `count` of its LB view's endpoint deltas (new
-    /// connections, failed attempts), by fresh load balancer node (those
-    /// with some).
-    fn by_node(&self, agents: &[AgentTick], count: impl Fn(&Delta) -> u64) -> Vec<(Arc<str>, u64)> {
-        (self.sending.iter())
-            .filter(|&&(ai, _)| agents[ai].fresh)
-            .map(|&(ai, ei)| {
-                (
-                    agents[ai].node.clone(),
-                    count(&agents[ai].endpoints[ei].delta),
-                )
-            })
-            .filter(|&(_, n)| n > 0)
-            .collect()
     }
 }
 
@@ -1449,6 +1504,75 @@ members = [
         assert_eq!(reported(&agents), 1000);
         agents[2].fresh = false;
         assert_eq!(reported(&agents), 1000);
+    }
+
+    /// Balancers that list the members in different orders, one of them
+    /// stale: each member's LB view sums the fresh ones, keeps their
+    /// counts by node in the agents' order, and its reported total has
+    /// the stale one's too.
+    #[test]
+    fn each_members_lb_view_is_gathered_agent_by_agent() {
+        let sends = |to: &[(&str, u64, u64)]| -> Vec<TickEndpoint> {
+            (to.iter())
+                .map(|&(addr, conns, failed)| {
+                    let mut e = ep(addr, 8080, Dir::SendsTo, None, conns);
+                    e.delta.failed = failed;
+                    e
+                })
+                .collect()
+        };
+        let mut agents = vec![
+            agent(
+                "b1",
+                vec![ep("10.0.0.1", 8080, Dir::Serves, Some("web"), 1)],
+                vec![],
+            ),
+            agent(
+                "b2",
+                vec![ep("10.0.0.2", 8080, Dir::Serves, Some("web"), 1)],
+                vec![],
+            ),
+            agent(
+                "lb1",
+                sends(&[("10.0.0.2", 5, 1), ("10.0.0.1", 7, 0)]),
+                vec![],
+            ),
+            agent(
+                "lb2",
+                sends(&[("10.0.0.1", 3, 2), ("10.0.0.2", 0, 0)]),
+                vec![],
+            ),
+            agent(
+                "lb3",
+                sends(&[("10.0.0.1", 40, 0), ("10.0.0.2", 40, 0)]),
+                vec![],
+            ),
+        ];
+        agents[4].fresh = false;
+        let pools = build(&agents, &Declared::default(), 1, Threads::ONE);
+        let members = &pools[0].input.members;
+        let by_node = |v: &[(Arc<str>, u64)]| -> Vec<(String, u64)> {
+            v.iter().map(|(n, c)| (n.to_string(), *c)).collect()
+        };
+        let (m1, m2) = (&members[0], &members[1]);
+        assert_eq!(m1.input.lb.unwrap().new_conns, 10);
+        assert_eq!(m2.input.lb.unwrap().new_conns, 5);
+        assert_eq!(m1.input.lb.unwrap().failed, 2);
+        assert_eq!(
+            by_node(&m1.input.lb_by_node),
+            [("lb1".to_owned(), 7), ("lb2".to_owned(), 3)]
+        );
+        assert_eq!(by_node(&m2.input.lb_by_node), [("lb1".to_owned(), 5)]);
+        assert_eq!(
+            by_node(&m1.input.lb_failed_by_node),
+            [("lb2".to_owned(), 2)]
+        );
+        assert_eq!(
+            by_node(&m2.input.lb_failed_by_node),
+            [("lb1".to_owned(), 1)]
+        );
+        assert_eq!(m1.meta.lb.reported_total, 7 + 3 + 40);
+        assert_eq!(m2.meta.lb.reported_total, 5 + 40);
     }
 
     #[test]

@@ -64,13 +64,17 @@ impl EpState {
             let mut emit = [0u64; 4];
             for i in 0..4 {
                 self.carry[i] += rate[i] * tick;
-                let whole = self.carry[i].floor().max(0.0);
-                self.carry[i] -= whole;
-                emit[i] = whole as u64;
-                // An infinite rate leaves an infinite or NaN carry, and a
-                // NaN carry would hide every later count (NaN floors to 0)
-                // until the endpoint's epoch changed.
-                if !self.carry[i].is_finite() {
+                // The whole part by a saturating cast (a negative or NaN
+                // carry emits none), not `floor`: without SSE4.1, the
+                // baseline x86-64 target's `floor` is a libm call, four an
+                // endpoint a tick.
+                let whole = self.carry[i] as u64;
+                self.carry[i] -= whole as f64;
+                emit[i] = whole;
+                // What is left is a fraction, unless the rate was infinite
+                // or past 2^64 a tick: an infinite or NaN carry would hide
+                // every later count until the endpoint's epoch changed.
+                if !(0.0..1.0).contains(&self.carry[i]) {
                     self.carry[i] = 0.0;
                 }
             }
