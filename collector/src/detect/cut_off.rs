@@ -89,12 +89,16 @@ impl CutOff {
         let mut opened_by: FxHashMap<*const u8, &Arc<str>> = FxHashMap::default();
         for m in members {
             present.insert(m.id);
-            // This tick's last two openers, the latest first: the only ones
-            // the member's openers can keep.
+            // This tick's last two nodes to open one, the latest first: all
+            // the member's openers keep of the tick. A node may be listed
+            // twice in a row (its TCP and UDP endpoints to one address and
+            // port): once is enough.
             let mut latest: [Option<&Arc<str>>; 2] = [None, None];
             for (node, _) in m.opened.iter().filter(|(_, n)| *n > 0) {
                 opened_by.entry(Arc::as_ptr(node).cast()).or_insert(node);
-                latest = [Some(node), latest[0]];
+                if latest[0] != Some(node) {
+                    latest = [Some(node), latest[0]];
+                }
             }
             // Its id copied only when it is new.
             if latest[0].is_some() && !self.openers.contains_key(m.id) {
@@ -298,6 +302,31 @@ mod tests {
         }
         let all = ["m1", "m2"].into_iter().collect();
         assert_eq!(c.nodes(19, 5, &all), vec![]);
+    }
+
+    /// Each node listed twice (its TCP and UDP endpoints to one address
+    /// and port): a, which last opened a connection alongside b, still
+    /// counts as another node reaching the members once b's attempts fail.
+    #[test]
+    fn a_node_listed_twice_among_the_openers_counts_once() {
+        let (a, b): (Arc<str>, Arc<str>) = ("lb-a".into(), "lb-b".into());
+        let mut c = CutOff::default();
+        for t in 0..10 {
+            let opens = u64::from(t < 5);
+            let opened = vec![
+                (a.clone(), opens),
+                (a.clone(), opens),
+                (b.clone(), opens),
+                (b.clone(), opens),
+            ];
+            let failed = vec![(b.clone(), 2 * (1 - opens))];
+            let m = |id| (id, opened.clone(), failed.clone());
+            tick(&mut c, t, &[m("m1"), m("m2"), m("m3")]);
+        }
+        let all = ["m1", "m2", "m3"].into_iter().collect();
+        let cut = c.nodes(9, 5, &all);
+        assert_eq!(cut.len(), 1, "{cut:?}");
+        assert_eq!((&*cut[0].node, cut[0].failed), ("lb-b", 30));
     }
 
     #[test]

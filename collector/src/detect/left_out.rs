@@ -154,9 +154,9 @@ impl Finding {
 /// Every splitting balancer node's split of one pool, in the LB view.
 ///
 /// Kept lean for pools with thousands of balancer nodes (kube-proxy on
-/// every node of a large cluster): a node's sends are grouped by sorting,
-/// not hashing, and a node that sends to one member a tick holds no state
-/// until it splits.
+/// every node of a large cluster): a node's sends are grouped by counting
+/// (see [`Sends`]), and a node that sends to one member a tick holds no
+/// state until it splits.
 #[derive(Clone, Debug, Default)]
 pub(super) struct LeftOut {
     /// The eligible members' ids, in the order every balancer's pairs
@@ -305,7 +305,7 @@ impl LeftOut {
     fn record(&mut self, tick: u64, eligible: &[Eligible<'_>], judged: bool) -> usize {
         let wsum: f64 = eligible.iter().map(|m| m.weight).sum();
         for (recent, m) in self.recent.iter_mut().zip(eligible) {
-            note_recent(recent, sending(m), tick);
+            note_recent(recent, sends(m).map(|(node, _)| node), tick);
         }
         let sends = Sends::of(eligible);
         for (node, members, total) in sends.by_node() {
@@ -366,24 +366,29 @@ impl LeftOut {
     }
 }
 
-/// The nodes that sent member `m` new connections this tick.
-fn sending<'a>(m: &'a Eligible<'_>) -> impl Iterator<Item = &'a Arc<str>> {
-    m.by_node
-        .iter()
+/// This tick's new connections to member `m` by node (nodes that sent
+/// some).
+fn sends<'a>(m: &Eligible<'a>) -> impl Iterator<Item = (&'a Arc<str>, u64)> + use<'a> {
+    let by_node: &'a [(Arc<str>, u64)] = m.by_node;
+    (by_node.iter())
         .filter(|(_, n)| *n > 0)
-        .map(|(node, _)| node)
+        .map(|(node, n)| (node, *n))
 }
 
-/// Notes that `senders` (distinct nodes) sent a member one at `tick`,
-/// among the last [`RECENT`] nodes to (the one that sent longest ago gives
-/// way). Past the first [`RECENT`], a sender would only take the place of
-/// another of this tick's: a member with a thousand senders costs four.
+/// Notes that `senders` sent a member one at `tick`, among the last
+/// [`RECENT`] nodes to (the one that sent longest ago gives way). Once
+/// every place holds one of this tick's senders, the rest would only take
+/// the place of another as recent: a member with a thousand senders costs
+/// a few. Which of them stay is immaterial; all sent at `tick`.
 fn note_recent<'a>(
     recent: &mut Vec<(Arc<str>, u64)>,
     senders: impl Iterator<Item = &'a Arc<str>>,
     tick: u64,
 ) {
-    for node in senders.take(RECENT) {
+    for node in senders {
+        if recent.len() == RECENT && recent.iter().all(|&(_, at)| at == tick) {
+            return;
+        }
         if let Some(seen) = recent.iter_mut().find(|(n, _)| Arc::ptr_eq(n, node)) {
             seen.1 = tick;
         } else if recent.len() < RECENT {
@@ -394,11 +399,12 @@ fn note_recent<'a>(
     }
 }
 
-/// One tick's sends grouped by node: each node that sent any (by its
-/// name's `Arc`, which an agent keeps for all its endpoints), with the
-/// members it sent to and how many new connections in all. Grouped by
-/// counting, not sorting: a thousand kube-proxies each sending to a
-/// thousand members are a million sends a tick.
+/// One tick's sends grouped by node: each node that sent any (found by
+/// its name's `Arc`, which an agent keeps for all its endpoints, in a map
+/// keyed by the pointer), with the members it sent to and how many new
+/// connections in all. Grouped by counting, not sorting: a thousand
+/// kube-proxies each sending to a thousand members are a million sends a
+/// tick.
 struct Sends<'a> {
     /// (node, sends, total), in the order the nodes first appear.
     nodes: Vec<(&'a Arc<str>, u32, u64)>,
@@ -410,18 +416,18 @@ impl<'a> Sends<'a> {
     fn of(eligible: &[Eligible<'a>]) -> Self {
         let mut index: FxHashMap<*const u8, u32> = FxHashMap::default();
         let mut nodes: Vec<(&Arc<str>, u32, u64)> = Vec::new();
-        let mut node_of: Vec<u32> = Vec::new();
-        for m in eligible {
-            let by_node: &'a [(Arc<str>, u64)] = m.by_node;
-            for (node, n) in by_node.iter().filter(|(_, n)| *n > 0) {
+        // Each send as (node, member), in the members' order.
+        let mut pairs: Vec<(u32, u32)> = Vec::new();
+        for (i, m) in eligible.iter().enumerate() {
+            for (node, n) in sends(m) {
                 let k = *index.entry(Arc::as_ptr(node).cast()).or_insert_with(|| {
                     nodes.push((node, 0, 0));
                     (nodes.len() - 1) as u32
                 });
                 let (_, sends, total) = &mut nodes[k as usize];
                 *sends += 1;
-                *total += n;
-                node_of.push(k);
+                *total = total.saturating_add(n);
+                pairs.push((k, i as u32));
             }
         }
         // Where each node's members start, then each send in its place.
@@ -432,12 +438,10 @@ impl<'a> Sends<'a> {
                 Some(start)
             })
             .collect();
-        let mut members = vec![0u32; node_of.len()];
-        let member_of = (eligible.iter().enumerate())
-            .flat_map(|(i, m)| m.by_node.iter().filter(|(_, n)| *n > 0).map(move |_| i));
-        for (k, i) in node_of.into_iter().zip(member_of) {
+        let mut members = vec![0u32; pairs.len()];
+        for (k, i) in pairs {
             let at = &mut next[k as usize];
-            members[*at as usize] = i as u32;
+            members[*at as usize] = i;
             *at += 1;
         }
         Self { nodes, members }
@@ -559,6 +563,19 @@ pub(super) mod tests {
             reason.ends_with("while lb-01, lb-02, lb-03 and 8 more send to it"),
             "{reason}"
         );
+    }
+
+    #[test]
+    fn a_member_keeps_as_many_recent_senders_as_it_can_whatever_the_list_repeats() {
+        let nodes: Vec<Arc<str>> = ["a", "b", "c", "d", "e"].map(node_name).into();
+        let mut recent = vec![(node_name("old"), 1)];
+        // Each node listed twice (its TCP and UDP endpoints to the member).
+        let twice = nodes.iter().flat_map(|n| [n, n]);
+        note_recent(&mut recent, twice, 5);
+        let mut kept: Vec<&str> = recent.iter().map(|(n, _)| &**n).collect();
+        kept.sort_unstable();
+        assert_eq!(kept, ["a", "b", "c", "d"]);
+        assert!(recent.iter().all(|&(_, at)| at == 5));
     }
 
     #[test]

@@ -426,8 +426,6 @@ struct MemberPlan {
     first: Option<usize>,
     /// SERVES endpoints of its address and port: (agent, endpoint).
     serving: Vec<(usize, usize)>,
-    /// SENDS_TO endpoints towards it of the pool's load balancers.
-    sending: Vec<(usize, usize)>,
     /// Whether a socket listens on its address and port, by the observers
     /// that can say (see [`listening`]).
     listening: Option<bool>,
@@ -647,14 +645,16 @@ impl Seen<'_> {
             declared_pool.map_or(&LbNodes::Senders, |p| &p.lb_nodes),
         );
         let lb_present = !lb_agents.is_empty() || lb_missing;
-        let members: Vec<MemberPlan> = (members.into_iter())
+        let (members, sending): (Vec<MemberPlan>, Vec<_>) = (members.into_iter())
             .map(|(addr, draft)| self.member(lb_mark, stamp, addr, draft))
-            .collect();
-        let lb_splits = lb_agents.len() > 1 && splits(&members);
+            .unzip();
+        let lb_sends = by_agent(&sending);
+        // Some load balancer agent sends to two members or more.
+        let lb_splits = lb_agents.len() > 1 && lb_sends.iter().any(|(_, s)| s.len() > 1);
         PoolPlan {
             lb_splits,
             name: name.clone(),
-            lb_sends: by_agent(&members),
+            lb_sends,
             members,
             lb_agents,
             lb_nodes: lb_nodes.into(),
@@ -668,15 +668,17 @@ impl Seen<'_> {
     /// One member of a pool: the agents that observe its server side
     /// (every agent serving its address:port, plus the agents that
     /// announced it and the agent of the node its source names), the
-    /// endpoints of its server view and of its LB view (the pool's load
-    /// balancers, marked `stamp` in `lb_mark`), and its facts.
+    /// endpoints of its server view, its facts; and apart, the endpoints
+    /// of its LB view (the SENDS_TO endpoints towards it of the pool's
+    /// load balancers, marked `stamp` in `lb_mark`), which the pool keeps
+    /// by agent (see [`PoolPlan::lb_sends`]).
     fn member(
         &self,
         lb_mark: &[usize],
         stamp: usize,
         addr: SocketAddr,
         draft: Draft,
-    ) -> MemberPlan {
+    ) -> (MemberPlan, Vec<(usize, usize)>) {
         let Self {
             agents,
             node_index,
@@ -703,7 +705,7 @@ impl Seen<'_> {
             (None, Some(i)) => agents[i].node.clone(),
             (None, None) => Arc::from(""),
         };
-        MemberPlan {
+        let member = MemberPlan {
             listening: listening(agents, &observers, addr),
             addr,
             id: addr.to_string(),
@@ -716,8 +718,8 @@ impl Seen<'_> {
             observers,
             first,
             serving,
-            sending,
-        }
+        };
+        (member, sending)
     }
 }
 
@@ -752,27 +754,30 @@ impl PoolPlan {
             note: self.note.clone(),
         }
     }
-}
 
-impl PoolPlan {
     /// Every member's LB view this tick (the fresh load balancers' counts,
     /// and by node where it is kept), agent after agent.
     fn lb_views(&self, agents: &[AgentTick], lbs: &PoolLbs) -> Vec<LbView> {
         let mut views: Vec<LbView> = (self.members.iter())
-            .map(|m| LbView {
-                view: ViewInput {
-                    fresh: lbs.fresh,
-                    reset: lbs.reset,
-                    ..ViewInput::default()
-                },
-                by_node: lbs.several || m.draining(),
-                ..LbView::default()
+            .map(|m| {
+                // An unjudged member's counts by node would go unread.
+                let judged = !matches!(m.expect, Expect::Unjudged { .. });
+                LbView {
+                    view: ViewInput {
+                        fresh: lbs.fresh,
+                        reset: lbs.reset,
+                        ..ViewInput::default()
+                    },
+                    opened_by_node: judged && (lbs.several || m.draining()),
+                    failed_by_node: judged && lbs.several,
+                    ..LbView::default()
+                }
             })
             .collect();
         for (ai, sends) in &self.lb_sends {
             let agent = &agents[*ai];
             for &(ei, mi) in sends {
-                views[mi].add(agent, &agent.endpoints[ei], lbs.several);
+                views[mi].add(agent, &agent.endpoints[ei]);
             }
         }
         views
@@ -784,36 +789,39 @@ impl PoolPlan {
 struct LbView {
     view: ViewInput,
     measured: Measured,
-    /// Whether its new connections are kept by node (`opened`).
-    by_node: bool,
+    /// Whether its new connections are kept by node (`opened`): where the
+    /// pool's balancers split, or it is out of rotation.
+    opened_by_node: bool,
+    /// Whether its failed attempts are (`failed`): where they split.
+    failed_by_node: bool,
     /// New connections by fresh load balancer node (those with some).
     opened: Vec<(Arc<str>, u64)>,
-    /// Failed attempts likewise, where a pool's balancers split.
+    /// Failed attempts likewise.
     failed: Vec<(Arc<str>, u64)>,
 }
 
 impl LbView {
-    /// Adds `agent`'s endpoint towards the member; by node as well when
-    /// asked, and its failures where the pool's balancers split.
-    fn add(&mut self, agent: &AgentTick, e: &TickEndpoint, splits: bool) {
+    /// Adds `agent`'s endpoint towards the member, and by node where kept.
+    fn add(&mut self, agent: &AgentTick, e: &TickEndpoint) {
         if !agent.fresh {
             self.measured.add_reported(e);
             return;
         }
         add_endpoint(&mut self.view, &mut self.measured, e);
-        if self.by_node && e.delta.conns > 0 {
+        if self.opened_by_node && e.delta.conns > 0 {
             self.opened.push((agent.node.clone(), e.delta.conns));
         }
-        if splits && e.delta.failed > 0 {
+        if self.failed_by_node && e.delta.failed > 0 {
             self.failed.push((agent.node.clone(), e.delta.failed));
         }
     }
 }
 
-/// `members`' LB view endpoints by agent (see [`PoolPlan::lb_sends`]).
-fn by_agent(members: &[MemberPlan]) -> Vec<(usize, Vec<(usize, usize)>)> {
-    let mut sends: Vec<(usize, usize, usize)> = (members.iter().enumerate())
-        .flat_map(|(mi, m)| m.sending.iter().map(move |&(ai, ei)| (ai, ei, mi)))
+/// The members' LB view endpoints (`sending`, member by member) by agent
+/// (see [`PoolPlan::lb_sends`]).
+fn by_agent(sending: &[Vec<(usize, usize)>]) -> Vec<(usize, Vec<(usize, usize)>)> {
+    let mut sends: Vec<(usize, usize, usize)> = (sending.iter().enumerate())
+        .flat_map(|(mi, s)| s.iter().map(move |&(ai, ei)| (ai, ei, mi)))
         .collect();
     // Stable: each agent's endpoints keep their members' order.
     sends.sort_by_key(|&(ai, ..)| ai);
@@ -898,15 +906,6 @@ impl MemberPlan {
             meta,
         })
     }
-}
-
-/// Whether some load balancer agent sends to two or more of `members`.
-fn splits(members: &[MemberPlan]) -> bool {
-    let mut senders: Vec<usize> = (members.iter())
-        .flat_map(|m| m.sending.iter().map(|&(ai, _)| ai))
-        .collect();
-    senders.sort_unstable();
-    senders.windows(2).any(|w| w[0] == w[1])
 }
 
 /// A member as assembled: judged, or listed but not judged.
