@@ -234,10 +234,10 @@ fn pool_count(agents: usize, pool_size: u64) -> usize {
         .max(1)
 }
 
-/// The backends agent `i` of `n` sends to, as (backend, port): `endpoints
-/// - 1` spread over the fleet (its own backend never: a port of its own
-/// instead), or with `mesh` every member of its pool of `pools`, its own
-/// included.
+/// The backends agent `i` of `n` sends to, as (backend, port): one fewer
+/// than `endpoints`, spread over the fleet (its own backend never: a port
+/// of its own instead), or with `mesh` every member of its pool of
+/// `pools`, its own included.
 fn sends_to(
     i: usize,
     (n, pools): (usize, usize),
