@@ -149,16 +149,6 @@ impl Packet {
         (core::hint::black_box(pkt.proto) == PROTO_TCP).then_some(pkt)
     }
 
-    /// [`Packet::parse`] without the general parser, for callers that may
-    /// skip uncommon shapes and must keep their stack small.
-    #[inline(always)]
-    pub fn parse_common(ctx: &TcContext, side: Side) -> Option<Self> {
-        match fast(ctx, side) {
-            Fast::Parsed(pkt) => Some(pkt),
-            Fast::Skipped | Fast::Slow => None,
-        }
-    }
-
     /// The flow key as this node sees it: the local end is the source of an
     /// egress packet and the destination of an ingress one.
     #[inline(always)]
@@ -247,8 +237,8 @@ pub enum Probe {
 }
 
 /// Tells a SYN from everything else with a handful of loads, for the hooks
-/// that only care about connection attempts (TC ingress, local sockets on
-/// egress).
+/// that only care about connection attempts (TC ingress; on egress, a
+/// forwarded SYN conntrack does not follow).
 #[inline(always)]
 pub fn syn_probe(ctx: &TcContext) -> Probe {
     // SAFETY: a scalar context field.
@@ -269,13 +259,11 @@ pub fn syn_probe(ctx: &TcContext) -> Probe {
 
 /// Where a TCP packet of a common shape is going: its destination address
 /// (IPv4 mapped into IPv6) and port, read in place; `None` for anything
-/// else (see [`tcp_header`]). For a connecting local socket's packets,
-/// which are its SYNs: the socket's state already says what they are.
+/// else (see [`tcp_at`]). For a connecting local socket's packets, which
+/// are its SYNs: the socket's state already says what they are.
 #[inline(always)]
 pub fn tcp_destination(ctx: &TcContext) -> Option<([u32; 4], u16)> {
-    // SAFETY: a scalar context field (see `tcp_header`).
-    let protocol = unsafe { (*ctx.skb.skb).protocol };
-    let at = tcp_at(protocol, ctx.data() + ETH_HLEN, ctx.data_end()).ok()??;
+    let at = tcp_headers(ctx).ok()??;
     // SAFETY: `tcp_at` checked the IP header and the TCP header's first 14
     // bytes. Should the compiler merge the two families' paths, each
     // address read stays inside either family's checked headers, which the
@@ -317,40 +305,49 @@ pub fn may_change_state(ctx: &TcContext) -> bool {
     (seq ^ seq.wrapping_add(len)) >> 29 != 0
 }
 
-/// Where the TCP header of a common-shape packet starts (its first 14
-/// bytes checked to be in the linear area), `Ok(None)` for a common shape
-/// that is not TCP, `Err(())` for a shape this does not read (VLAN, IPv4
-/// options, IPv6 extension headers, headers outside the linear area).
+/// Where the TCP header of a common-shape packet starts: [`tcp_headers`]'
+/// header alone.
 #[inline(always)]
 fn tcp_header(ctx: &TcContext) -> Result<Option<usize>, ()> {
+    tcp_headers(ctx).map(|at| at.map(|at| at.header))
+}
+
+/// [`tcp_at`] for the packet in `ctx`, whose network header follows an
+/// Ethernet header; a VLAN-tagged one is a shape it does not read.
+#[inline(always)]
+fn tcp_headers(ctx: &TcContext) -> Result<Option<TcpAt>, ()> {
     // SAFETY: a scalar context field. The skb's protocol is the Ethernet
     // header's type (network order), read from the skb rather than the
     // packet.
     let protocol = unsafe { (*ctx.skb.skb).protocol };
-    match tcp_header_at(protocol, ctx.data() + ETH_HLEN, ctx.data_end()) {
+    match tcp_at(protocol, ctx.data() + ETH_HLEN, ctx.data_end()) {
         Ok(None) if matches!(u16::from_be(protocol as u16), ETH_P_8021Q | ETH_P_8021AD) => Err(()),
-        header => header,
+        at => at,
     }
 }
 
-/// [`tcp_header`] from the network header at `l3`, of a packet whose
-/// linear area ends at `end` and whose skb protocol is `protocol`.
+/// [`tcp_at`]'s TCP header alone.
 #[inline(always)]
 fn tcp_header_at(protocol: u32, l3: usize, end: usize) -> Result<Option<usize>, ()> {
     tcp_at(protocol, l3, end).map(|at| at.map(|at| at.header))
 }
 
-/// Where a common-shape TCP packet's headers are, as [`tcp_at`] finds them.
+/// Where a common-shape TCP packet's headers are.
 struct TcpAt {
     /// The TCP header (its first 14 bytes in the linear area).
     header: usize,
     /// The destination address: 4 bytes for IPv4, 16 for IPv6, in the
     /// linear area either way (see [`tcp_destination`]).
     dst: usize,
+    /// IPv4: `dst` holds 4 bytes, else 16.
     v4: bool,
 }
 
-/// [`tcp_header_at`], with the destination address's place.
+/// Where the headers of a common-shape TCP packet are, from its network
+/// header at `l3` (the packet's linear area ending at `end`, its skb
+/// protocol `protocol`); `Ok(None)` for a common shape that is not TCP,
+/// `Err(())` for a shape this does not read (IPv4 options, IPv6 extension
+/// headers, headers outside the linear area).
 #[inline(always)]
 fn tcp_at(protocol: u32, l3: usize, end: usize) -> Result<Option<TcpAt>, ()> {
     // IPv4 + the first 14 bytes of TCP.

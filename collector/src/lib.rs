@@ -4,5 +4,6 @@
 //! webhooks, Prometheus `/metrics`).
 
 pub mod detect;
+pub mod fxhash;
 pub mod parallel;
 pub mod service;

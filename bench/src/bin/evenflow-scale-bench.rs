@@ -67,9 +67,9 @@ struct Args {
     endpoints: usize,
     /// Every agent sends to every member of its own pool, its own
     /// backend included, as kube-proxy on every node of a cluster sends to
-    /// every endpoint of a Service: a pool of `--pool-size` members with as
-    /// many balancer nodes, each report `--pool-size` + 1 endpoints
-    /// (`--endpoints` is not used).
+    /// every endpoint of a Service: pools of at most `--pool-size` members
+    /// with as many balancer nodes, each report at most `--pool-size` + 1
+    /// endpoints (`--endpoints` is not used).
     #[arg(long)]
     mesh: bool,
     /// Agent report interval.
@@ -122,10 +122,11 @@ struct Args {
 }
 
 impl Args {
-    /// What each agent reports, for the summary.
-    fn each(&self) -> String {
+    /// What each of `agents` agents reports (at most), for the summary.
+    fn each(&self, agents: usize) -> String {
         if self.mesh {
-            format!("{} endpoints (a mesh)", self.pool_size + 1)
+            let members = agents.div_ceil(pool_count(agents, self.pool_size));
+            format!("{} endpoints (a mesh)", members + 1)
         } else {
             format!("{} endpoints", self.endpoints)
         }
@@ -804,7 +805,7 @@ impl Fleet {
         println!(
             "\n{} agents x {}, {} runs each (median [min–max]; ratio = new/base per round):",
             self.agents,
-            args.each(),
+            args.each(self.agents),
             self.new.len()
         );
         println!(
@@ -935,7 +936,7 @@ fn main() -> Result<()> {
             "largest fleet holding median report→verdict p99 <= {:?} and peak RSS <= {} MiB: {n} agents x {}",
             args.p99_target,
             args.rss_target_mib,
-            args.each()
+            args.each(n)
         ),
         None => println!("no fleet held the targets"),
     }

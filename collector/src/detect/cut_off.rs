@@ -20,7 +20,7 @@ use std::{
 };
 
 use super::pool::{SHARE_WINDOW, reaches_enough};
-use crate::service::fxhash::FxHashMap;
+use crate::fxhash::FxHashMap;
 
 /// One node's attempts to the pool's members.
 #[derive(Default)]
@@ -83,23 +83,14 @@ impl CutOff {
         }
         let mut present = HashSet::new();
         // A pool of thousands of members behind thousands of nodes has
-        // millions of (member, node) pairs a tick: a pair costs a lookup
-        // by the node's `Arc` (an agent keeps one for all its endpoints),
-        // and a node's window is found by name once a tick.
+        // millions of (member, node) pairs a tick: an opened pair costs a
+        // lookup by the node's `Arc` (an agent keeps one for all its
+        // endpoints), and an opener's window is found by name once a tick
+        // (a failed pair's still is, while failures are few).
         let mut opened_by: FxHashMap<*const u8, &Arc<str>> = FxHashMap::default();
         for m in members {
             present.insert(m.id);
-            // This tick's last two nodes to open one, the latest first: all
-            // the member's openers keep of the tick. A node may be listed
-            // twice in a row (its TCP and UDP endpoints to one address and
-            // port): once is enough.
-            let mut latest: [Option<&Arc<str>>; 2] = [None, None];
-            for (node, _) in m.opened.iter().filter(|(_, n)| *n > 0) {
-                opened_by.entry(Arc::as_ptr(node).cast()).or_insert(node);
-                if latest[0] != Some(node) {
-                    latest = [Some(node), latest[0]];
-                }
-            }
+            let latest = latest_openers(m.opened, &mut opened_by);
             // Its id copied only when it is new.
             if latest[0].is_some() && !self.openers.contains_key(m.id) {
                 self.openers.insert(m.id.to_owned(), Openers::default());
@@ -172,6 +163,24 @@ impl CutOff {
         cut.sort_by(|a, b| a.node.cmp(&b.node));
         cut
     }
+}
+
+/// A member's last two nodes this tick to open one, the latest first: all
+/// its openers keep of the tick. Each is noted in `opened_by` as well. A
+/// node may be listed twice in a row (its TCP and UDP endpoints to one
+/// address and port): once is enough.
+fn latest_openers<'a>(
+    opened: &'a [(Arc<str>, u64)],
+    opened_by: &mut FxHashMap<*const u8, &'a Arc<str>>,
+) -> [Option<&'a Arc<str>>; 2] {
+    let mut latest: [Option<&Arc<str>>; 2] = [None, None];
+    for (node, _) in opened.iter().filter(|(_, n)| *n > 0) {
+        opened_by.entry(Arc::as_ptr(node).cast()).or_insert(node);
+        if latest[0] != Some(node) {
+            latest = [Some(node), latest[0]];
+        }
+    }
+    latest
 }
 
 /// The window of `node`, new with this tick's slot if it had none.

@@ -21,7 +21,7 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use crate::service::fxhash::FxHashMap;
+use crate::fxhash::FxHashMap;
 
 /// Ticks within which a balancer's sends count as its current split.
 const SPLIT_WINDOW: u64 = 10;
@@ -424,8 +424,8 @@ impl<'a> Sends<'a> {
                     nodes.push((node, 0, 0));
                     (nodes.len() - 1) as u32
                 });
-                let (_, sends, total) = &mut nodes[k as usize];
-                *sends += 1;
+                let (_, count, total) = &mut nodes[k as usize];
+                *count += 1;
                 *total = total.saturating_add(n);
                 pairs.push((k, i as u32));
             }

@@ -20,7 +20,6 @@
 pub mod api;
 pub mod config;
 pub mod declared;
-pub mod fxhash;
 pub mod ingest;
 pub mod kube;
 pub mod poolfile;

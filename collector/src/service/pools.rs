@@ -67,10 +67,10 @@ use std::{
 pub use crate::service::declared::Source;
 use crate::{
     detect::{Balancing, MemberInput, PoolInput, ViewInput},
+    fxhash::FxHashMap,
     parallel::Threads,
     service::{
         declared::{Declared, Expect, KubeService, LbNodes},
-        fxhash::FxHashMap,
         ingest::{AgentTick, Dir, ListenerInfo, TickEndpoint},
     },
 };
@@ -649,8 +649,11 @@ impl Seen<'_> {
             .map(|(addr, draft)| self.member(lb_mark, stamp, addr, draft))
             .unzip();
         let lb_sends = by_agent(&sending);
-        // Some load balancer agent sends to two members or more.
-        let lb_splits = lb_agents.len() > 1 && lb_sends.iter().any(|(_, s)| s.len() > 1);
+        // Some load balancer agent sends to two members or more (each
+        // agent's endpoints in member order: one listed twice, TCP and
+        // UDP, is one member).
+        let lb_splits = lb_agents.len() > 1
+            && (lb_sends.iter()).any(|(_, s)| s.windows(2).any(|w| w[0].1 != w[1].1));
         PoolPlan {
             lb_splits,
             name: name.clone(),

@@ -18,7 +18,7 @@ use super::{
     registry::IngestCounters,
     validate::{MIN_INTERVAL_SECONDS, Parsed},
 };
-use crate::service::fxhash::FxHashMap;
+use crate::fxhash::FxHashMap;
 
 /// Numbers every agent layout (see [`AgentState::layout`]), across agents,
 /// so two layouts never share a number.

@@ -1,6 +1,7 @@
 //! A small, fast, non-cryptographic hasher (the Fx hash of rustc) for the
 //! collector's hot maps, keyed by addresses and ports the collector parsed
-//! itself. Not for keys an outsider can choose freely in bulk: node names
+//! itself, or by the addresses of its own allocations (a node name's
+//! `Arc`). Not for keys an outsider can choose freely in bulk: node names
 //! use the standard hasher.
 
 use std::hash::{BuildHasherDefault, Hasher};
