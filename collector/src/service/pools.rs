@@ -1577,6 +1577,51 @@ members = [
         assert_eq!(m2.meta.lb.reported_total, 5 + 40);
     }
 
+    /// Balancers that each send to one member, one of them over TCP and
+    /// UDP to the same address and port: no balancer splits, so no
+    /// member's LB view is kept by node; a second member for it does.
+    #[test]
+    fn a_balancer_splits_only_over_two_members_not_two_protocols() {
+        let udp = |addr: &str| {
+            let mut e = ep(addr, 8080, Dir::SendsTo, None, 2);
+            e.key.proto = 2;
+            e
+        };
+        let serves = |node: &str, addr: &str| {
+            agent(
+                node,
+                vec![ep(addr, 8080, Dir::Serves, Some("web"), 1)],
+                vec![],
+            )
+        };
+        let mut agents = vec![
+            serves("b1", "10.0.0.1"),
+            serves("b2", "10.0.0.2"),
+            agent(
+                "lb1",
+                vec![ep("10.0.0.1", 8080, Dir::SendsTo, None, 3), udp("10.0.0.1")],
+                vec![],
+            ),
+            agent(
+                "lb2",
+                vec![ep("10.0.0.2", 8080, Dir::SendsTo, None, 4)],
+                vec![],
+            ),
+        ];
+        let kept = |agents: &[AgentTick]| -> usize {
+            let pools = build(agents, &Declared::default(), 1, Threads::ONE);
+            (pools[0].input.members.iter())
+                .map(|m| m.input.lb_by_node.len())
+                .sum()
+        };
+        assert_eq!(kept(&agents), 0, "one member each: no balancer splits");
+        agents[2]
+            .endpoints
+            .push(ep("10.0.0.2", 8080, Dir::SendsTo, None, 1));
+        // lb1's TCP and UDP counts to b1, its one to b2, and lb2's.
+        assert_eq!(kept(&agents), 4, "lb1 splits: every count kept by node");
+    }
+
     #[test]
     fn a_members_sums_saturate() {
         let huge = |dir: Dir, service: Option<&str>| {
