@@ -97,6 +97,13 @@ pub struct EndpointCounters {
     /// client before its handshake completed. Counted where the SYN left:
     /// by the connecting socket's node, or by the node that forwarded it.
     pub conns_failed: u64,
+    /// Connection attempts whose SYN went unanswered for
+    /// [`UNANSWERED_AFTER_NS`]: counted once each, when that time is up,
+    /// whatever happens to the attempt later (it may still open, or fail
+    /// when its client or conntrack gives up). What the backend's silence
+    /// looks like seconds before an attempt is given up. Counted where the
+    /// SYN left, as `conns_failed`.
+    pub conns_unanswered: u64,
 }
 
 impl EndpointCounters {
@@ -109,6 +116,7 @@ impl EndpointCounters {
         self.packets_rx = self.packets_rx.wrapping_add(other.packets_rx);
         self.packets_tx = self.packets_tx.wrapping_add(other.packets_tx);
         self.conns_failed = self.conns_failed.wrapping_add(other.conns_failed);
+        self.conns_unanswered = self.conns_unanswered.wrapping_add(other.conns_unanswered);
     }
 
     /// One endpoint's per-CPU values merged into its totals.
@@ -272,6 +280,9 @@ pub struct CtFlow {
     /// Of `bytes`, what was already added to the endpoint's counters; the
     /// tag above [`TAG_SHIFT`].
     pub folded: [u64; 2],
+    /// When the client's first SYN left (`bpf_ktime_get_ns`), so that the
+    /// sweeper can count it unanswered; 0 for an adopted connection.
+    pub syn_ns: u64,
 }
 
 /// Where the tag of a [`CtFlow`] (or [`FlowValue`]) sits in the words a
@@ -407,6 +418,18 @@ pub const CT_CLOSING: u64 = 512;
 /// conntrack (its SYN was not seen); a SYN of it journaled meanwhile is
 /// dropped when the drain applies it.
 pub const CT_ADOPTED: u64 = 1024;
+/// [`CtFlow::flags`] bit: the sweeper counted the connection's SYN
+/// unanswered (no SYN-ACK [`UNANSWERED_AFTER_NS`] after it), once.
+pub const CT_UNANSWERED: u64 = 2048;
+
+/// How long a connection attempt's SYN waits for an answer before it is
+/// counted unanswered (`conns_unanswered`): a second, Linux's initial
+/// retransmission timeout, after which the client sends its SYN again. A
+/// backend that answers at all answers within milliseconds; one that is
+/// down, cut off or behind a rule that drops its SYNs never does, and its
+/// attempts are given up only much later (a proxy's connect timeout, or
+/// conntrack's `nf_conntrack_tcp_timeout_syn_sent`, two minutes).
+pub const UNANSWERED_AFTER_NS: u64 = 1_000_000_000;
 
 /// A forwarded connection conntrack follows that was established before
 /// evenflow could see its SYN, for the agent's adoption walk (`EF_CT_ADOPT`,
@@ -794,7 +817,9 @@ pub const META_COUNT: u32 = 8;
 /// set, which TC programs of layout 15 write notes without setting.
 /// 17: a slot names its socket by [`sock_id`], not by its cookie, which
 /// programs of layout 16 would take for another socket's.
-pub const LAYOUT_VERSION: u64 = 17;
+/// 18: `EndpointCounters` counts attempts left unanswered, and a
+/// [`CtFlow`] holds its SYN's time.
+pub const LAYOUT_VERSION: u64 = 18;
 
 /// The IPv4-mapped IPv6 form (`::ffff:a.b.c.d`) of an IPv4 address given
 /// as it sits in memory (network byte order bytes read as a native `u32`).
@@ -875,13 +900,13 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<EndpointKey>(), 16 + 2 + 1 + 1);
-        assert_eq!(size_of::<EndpointCounters>(), 7 * 8);
+        assert_eq!(size_of::<EndpointCounters>(), 8 * 8);
         assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 1 + 3);
         // endpoint, half/state/pad, ifindex, isn, next_seq, pad, five u64
         // (bytes, packets, their folded marks, last_seen_ns), peer.
         assert_eq!(size_of::<FlowValue>(), 20 + 4 + 4 + 4 + 4 + 4 + 5 * 8 + 40);
         // endpoint, client_port/pad, client_addr, isn, flags, bytes, folded.
-        assert_eq!(size_of::<CtFlow>(), 20 + 4 + 16 + 8 + 8 + 16 + 16);
+        assert_eq!(size_of::<CtFlow>(), 20 + 4 + 16 + 8 + 8 + 16 + 16 + 8);
         // at, conn, kind/flags/port, seq, addr, client_addr, client_port/pad:
         // one cache line, so that a journal's events never straddle two.
         assert_eq!(size_of::<CtEvent>(), 8 + 8 + 4 + 4 + 16 + 16 + 8);
@@ -927,6 +952,7 @@ mod tests {
             packets_rx: 5,
             packets_tx: 6,
             conns_failed: 7,
+            conns_unanswered: 8,
         };
         a.accumulate(&a.clone());
         assert_eq!(
@@ -939,6 +965,7 @@ mod tests {
                 packets_rx: 10,
                 packets_tx: 12,
                 conns_failed: 14,
+                conns_unanswered: 16,
             }
         );
     }

@@ -95,6 +95,7 @@ static ZERO: EndpointCounters = EndpointCounters {
     packets_rx: 0,
     packets_tx: 0,
     conns_failed: 0,
+    conns_unanswered: 0,
 };
 
 /// Inserts zeroed counters for `key`. Out of line: only an endpoint's first
@@ -135,6 +136,7 @@ pub struct Traffic {
     pub conns_opened: u64,
     pub conns_closed: u64,
     pub conns_failed: u64,
+    pub conns_unanswered: u64,
 }
 
 impl Traffic {
@@ -143,6 +145,16 @@ impl Traffic {
     pub fn failed() -> Self {
         Self {
             conns_failed: 1,
+            ..Self::default()
+        }
+    }
+
+    /// A connection attempt whose SYN went unanswered for
+    /// `UNANSWERED_AFTER_NS`, alone.
+    #[inline(always)]
+    pub fn unanswered() -> Self {
+        Self {
+            conns_unanswered: 1,
             ..Self::default()
         }
     }
@@ -156,6 +168,7 @@ impl Traffic {
             | self.conns_opened
             | self.conns_closed
             | self.conns_failed
+            | self.conns_unanswered
             == 0
     }
 }
@@ -179,6 +192,7 @@ pub fn add_traffic(key: &EndpointKey, t: &Traffic) {
             (&raw mut (*c).conns_opened, t.conns_opened),
             (&raw mut (*c).conns_closed, t.conns_closed),
             (&raw mut (*c).conns_failed, t.conns_failed),
+            (&raw mut (*c).conns_unanswered, t.conns_unanswered),
         ] {
             if v != 0 {
                 atomic::add(field, v);

@@ -23,11 +23,12 @@ use agent_common::{
     CT_ADOPT_ADOPTED, CT_ADOPT_FOLLOWED, CT_ADOPT_FULL, CT_ADOPT_GONE, CT_ADOPTED, CT_CLOSING,
     CT_COPY, CT_ENDED, CT_EVENT_ASSURED, CT_EVENT_CROSSING, CT_EVENT_END, CT_EVENT_REPLY,
     CT_EVENT_SYN, CT_EVENT_SYN_ACK, CT_ISN_ORIGINAL, CT_ISN_REPLY, CT_MOVED, CT_ORIGINAL, CT_REPLY,
-    CT_YOUNG_ENTRIES, CtEvent, CtFlow, Direction, EndpointKey, FLOW_OPEN, MAX_FLOWS, PROTO_TCP,
-    Stat, TAG_SHIFT, flow_tag,
+    CT_UNANSWERED, CT_YOUNG_ENTRIES, CtEvent, CtFlow, Direction, EndpointKey, FLOW_OPEN, MAX_FLOWS,
+    PROTO_TCP, Stat, TAG_SHIFT, UNANSWERED_AFTER_NS, flow_tag,
 };
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    helpers::generated::bpf_ktime_get_ns,
     macros::map,
     maps::HashMap,
     programs::TcContext,
@@ -140,6 +141,8 @@ fn on_syn(pkt: &Packet, conn: u64) -> bool {
         backend: (key.remote_addr, key.remote_port),
         client: (origin.src_addr, origin.src_port),
         isn: pkt.seq,
+        // The journal stamps the event as it appends it.
+        at: 0,
     };
     journal::append(&mut syn.event())
 }
@@ -165,6 +168,8 @@ pub struct Syn {
     /// The client as it dialled.
     client: ([u32; 4], u16),
     isn: u32,
+    /// When it left (`bpf_ktime_get_ns`).
+    at: u64,
 }
 
 /// The backend's SYN-ACK, as the journal holds it.
@@ -219,6 +224,7 @@ impl From<&CtEvent> for Syn {
             backend: (ev.addr, ev.port),
             client: (ev.client_addr, ev.client_port),
             isn: ev.seq,
+            at: ev.at,
         }
     }
 }
@@ -477,7 +483,13 @@ fn tag(f: &CtFlow) -> u64 {
 
 /// A new connection's entry: every word the sweeper may write tagged.
 #[inline(always)]
-fn entry(endpoint: EndpointKey, client: (&[u32; 4], u16), isn: [u32; 2], flags: u64) -> CtFlow {
+fn entry(
+    endpoint: EndpointKey,
+    client: (&[u32; 4], u16),
+    isn: [u32; 2],
+    flags: u64,
+    syn_ns: u64,
+) -> CtFlow {
     let tag = flow_tag(isn[CT_ORIGINAL], client.1) << TAG_SHIFT;
     CtFlow {
         endpoint,
@@ -488,6 +500,7 @@ fn entry(endpoint: EndpointKey, client: (&[u32; 4], u16), isn: [u32; 2], flags: 
         flags: tag | flags,
         bytes: [tag; 2],
         folded: [tag; 2],
+        syn_ns,
     }
 }
 
@@ -546,7 +559,7 @@ fn register(ctx: &TcContext, syn: &Syn) -> bool {
         proto: PROTO_TCP,
     };
     let client = (&syn.client.0, syn.client.1);
-    let v = entry(endpoint, client, [syn.isn, 0], CT_ISN_ORIGINAL);
+    let v = entry(endpoint, client, [syn.isn, 0], CT_ISN_ORIGINAL, syn.at);
     let mut tier = Tier::Young;
     let mut inserted = CT_YOUNG.insert(&conn, &v, BPF_NOEXIST as u64);
     // -E2BIG: the young are as many as it holds.
@@ -611,6 +624,7 @@ pub fn adopt(conn: u64, client: (&[u32; 4], u16), backend: (&[u32; 4], u16)) -> 
         client,
         isn,
         CT_ISN_ORIGINAL | CT_ISN_REPLY | CT_ADOPTED | FLOW_OPEN as u64,
+        0,
     );
     // Its SYN was seen a moment ago: it is young.
     if CT_YOUNG.get_ptr(&conn).is_some() {
@@ -708,6 +722,7 @@ pub fn sweep(key: *const u64, f: &mut CtFlow, tier: Tier) {
         catch_up_bytes(f, tag, seen.end(conntrack::REPLY), true, held.1);
     }
     catch_up_open(f, tag, &endpoint, conn);
+    note_unanswered(f, tag, &endpoint);
     let t = unfolded(f, tag);
     add_traffic(&endpoint, &t);
     if closing {
@@ -793,6 +808,28 @@ fn catch_up_open(f: &mut CtFlow, tag: u64, endpoint: &EndpointKey, conn: u64) {
         && set_tagged(f, tag, FLOW_OPEN as u64).is_some_and(|before| before & done == 0)
     {
         opened(endpoint);
+    }
+}
+
+/// Counts the connection's SYN unanswered, once, when no SYN-ACK came
+/// [`UNANSWERED_AFTER_NS`] after it (the drain has applied every SYN-ACK
+/// that left by the sweep) and it neither opened nor ended: its backend
+/// is silent, seconds before conntrack gives the attempt up. An adopted
+/// connection was open (its SYN's time is unknown, 0).
+#[inline(always)]
+fn note_unanswered(f: &mut CtFlow, tag: u64, endpoint: &EndpointKey) {
+    // SAFETY: fields of a live entry.
+    let (flags, syn_ns) = unsafe { (read_volatile(&f.flags), read_volatile(&f.syn_ns)) };
+    let answered = CT_ISN_REPLY | FLOW_OPEN as u64 | CT_ENDED | CT_UNANSWERED | CT_ADOPTED;
+    if flags & answered != 0 || syn_ns == 0 {
+        return;
+    }
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now.saturating_sub(syn_ns) >= UNANSWERED_AFTER_NS
+        && set_tagged_unless(f, tag, CT_UNANSWERED, answered).is_some()
+    {
+        add_traffic(endpoint, &Traffic::unanswered());
     }
 }
 

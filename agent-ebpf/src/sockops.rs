@@ -13,10 +13,10 @@ use agent_common::{
 use aya_ebpf::{
     bindings::{
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
-        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
-        BPF_SOCK_OPS_TCP_LISTEN_CB, BPF_TCP_CLOSE, BPF_TCP_CLOSING, BPF_TCP_FIN_WAIT1,
-        BPF_TCP_FIN_WAIT2, BPF_TCP_LAST_ACK, BPF_TCP_LISTEN, BPF_TCP_SYN_RECV, BPF_TCP_SYN_SENT,
-        bpf_sock,
+        BPF_SOCK_OPS_RTO_CB, BPF_SOCK_OPS_RTO_CB_FLAG, BPF_SOCK_OPS_STATE_CB,
+        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TCP_LISTEN_CB,
+        BPF_TCP_CLOSE, BPF_TCP_CLOSING, BPF_TCP_FIN_WAIT1, BPF_TCP_FIN_WAIT2, BPF_TCP_LAST_ACK,
+        BPF_TCP_LISTEN, BPF_TCP_SYN_RECV, BPF_TCP_SYN_SENT, bpf_sock,
     },
     helpers::generated::bpf_skc_to_tcp_sock,
     macros::sock_ops,
@@ -42,8 +42,12 @@ pub fn evenflow_sockops(ctx: SockOpsContext) -> u32 {
     } else if op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB || op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB
     {
         on_established(&ctx, op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB);
-    } else if op == BPF_SOCK_OPS_TCP_CONNECT_CB || op == BPF_SOCK_OPS_TCP_LISTEN_CB {
+    } else if op == BPF_SOCK_OPS_TCP_CONNECT_CB {
+        watch(&ctx, BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG);
+    } else if op == BPF_SOCK_OPS_TCP_LISTEN_CB {
         watch_states(&ctx);
+    } else if op == BPF_SOCK_OPS_RTO_CB {
+        on_rto(&ctx);
     }
     1
 }
@@ -58,10 +62,38 @@ pub fn evenflow_sockops(ctx: SockOpsContext) -> u32 {
 /// "Callbacks inherited").
 #[inline(always)]
 fn watch_states(ctx: &SockOpsContext) {
+    watch(ctx, BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
+/// Asks for the callbacks `wanted`, unless the socket has them already.
+/// A connect asks for its retransmission timeouts too, so that a SYN
+/// nobody answers is seen at its first (see [`on_rto`]).
+#[inline(always)]
+fn watch(ctx: &SockOpsContext, wanted: u32) {
     let flags = ctx.cb_flags();
-    if flags & BPF_SOCK_OPS_STATE_CB_FLAG == 0 {
-        let _ = ctx.set_cb_flags((flags | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+    if flags & wanted != wanted {
+        let _ = ctx.set_cb_flags((flags | wanted) as i32);
     }
+}
+
+/// A retransmission timeout: at a connecting socket's first (its SYN
+/// went unanswered for the initial timeout, a second), the attempt is
+/// counted unanswered towards where it went (its first timeout is a
+/// second unless a sysctl or another program changed it), seconds before its process
+/// or the kernel gives it up and it is counted failed. Any other timeout
+/// (a later SYN's, an open connection's) counts nothing. Out of line:
+/// only a timeout gets here.
+#[inline(never)]
+fn on_rto(ctx: &SockOpsContext) {
+    // SAFETY: a context field sock_ops may read.
+    let state = unsafe { read_volatile(&(*ctx.ops).state) };
+    if state != BPF_TCP_SYN_SENT || ctx.arg(0) != 0 {
+        return;
+    }
+    let Some(key) = flow_key(ctx) else {
+        return;
+    };
+    add_traffic(&towards(&key, tc::local_nat(&key)), &Traffic::unanswered());
 }
 
 /// The socket (null-checked, as the verifier requires).
@@ -135,8 +167,13 @@ fn on_established(ctx: &SockOpsContext, active: bool) {
 /// else where it dialled.
 #[inline(always)]
 fn dialled(key: &FlowKey) -> EndpointKey {
-    tc::take_local_nat(key)
-        .unwrap_or_else(|| EndpointKey::tcp(key.remote_addr, key.remote_port, Direction::SendsTo))
+    towards(key, tc::take_local_nat(key))
+}
+
+/// `real`, where DNAT sent the socket `key`, else where it dialled.
+#[inline(always)]
+fn towards(key: &FlowKey, real: Option<EndpointKey>) -> EndpointKey {
+    real.unwrap_or_else(|| EndpointKey::tcp(key.remote_addr, key.remote_port, Direction::SendsTo))
 }
 
 /// A state change: at TCP_CLOSE add the final bytes and count the close,

@@ -85,14 +85,21 @@ pub static LOCAL_NAT: LruHashMap<FlowKey, EndpointKey> = LruHashMap::pinned(MAX_
 /// what a dialled connection cost sock_ops over an accepted one.
 #[inline(always)]
 pub fn take_local_nat(key: &FlowKey) -> Option<EndpointKey> {
+    let real = local_nat(key)?;
+    let _ = LOCAL_NAT.remove(key);
+    Some(real)
+}
+
+/// Where the socket `key` dialled really went, if a note says so, the
+/// note left in place (see [`take_local_nat`]).
+#[inline(always)]
+pub fn local_nat(key: &FlowKey) -> Option<EndpointKey> {
     if meta(META_LOCAL_NAT) == 0 {
         return None;
     }
     let real = LOCAL_NAT.get_ptr(key)?;
-    // SAFETY: a live entry, copied out before it goes.
-    let real = unsafe { *real };
-    let _ = LOCAL_NAT.remove(key);
-    Some(real)
+    // SAFETY: a live entry, copied out.
+    Some(unsafe { *real })
 }
 
 #[classifier]

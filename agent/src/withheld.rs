@@ -58,7 +58,8 @@ enum Hold {
     /// acknowledged snapshot `since`. `then`: a later incarnation's,
     /// retired while this one was held.
     Frozen {
-        endpoint: v1::Endpoint,
+        /// Boxed: an endpoint is large, and most holds are `Listed`.
+        endpoint: Box<v1::Endpoint>,
         since: u64,
         then: Option<v1::Endpoint>,
     },
@@ -106,7 +107,7 @@ impl Withheld {
                 self.holds.insert(
                     id,
                     Hold::Frozen {
-                        endpoint,
+                        endpoint: Box::new(endpoint),
                         since,
                         then,
                     },
@@ -120,7 +121,7 @@ impl Withheld {
                     let since = since.max(*from);
                     let then = None;
                     *hold = Hold::Frozen {
-                        endpoint,
+                        endpoint: Box::new(endpoint),
                         since,
                         then,
                     };
@@ -147,7 +148,7 @@ impl Withheld {
                     from,
                     then: Some(endpoint),
                 } if acked >= from => Hold::Frozen {
-                    endpoint,
+                    endpoint: Box::new(endpoint),
                     since: this,
                     then: None,
                 },
@@ -240,7 +241,7 @@ impl Withheld {
                 || matches!(self.holds.get(&id(e)), None | Some(Hold::Listed { .. }))
         };
         let frozen = self.holds.values().filter_map(|hold| match hold {
-            Hold::Frozen { endpoint, .. } => Some(endpoint),
+            Hold::Frozen { endpoint, .. } => Some(endpoint.as_ref()),
             _ => None,
         });
         endpoints
@@ -263,6 +264,7 @@ fn added(mut a: v1::Endpoint, b: &v1::Endpoint) -> v1::Endpoint {
     t.packets_rx = t.packets_rx.saturating_add(u.packets_rx);
     t.packets_tx = t.packets_tx.saturating_add(u.packets_tx);
     t.conns_failed = t.conns_failed.saturating_add(u.conns_failed);
+    t.conns_unanswered = t.conns_unanswered.saturating_add(u.conns_unanswered);
     a.totals = Some(t);
     a
 }

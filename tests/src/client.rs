@@ -6,10 +6,17 @@
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
     time::Duration,
 };
 
 use anyhow::{Context as _, Result, ensure};
+
+use crate::lab::Lab;
 
 /// What a load run did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -360,5 +367,72 @@ impl KeepAlives {
         self.0
             .iter()
             .fold((0, 0), |a, c| (a.0 + c.bytes_sent, a.1 + c.bytes_received))
+    }
+}
+
+/// Client load through the VIP until dropped: about 50 connections a
+/// second to a lab whose backends all answer (or split over several
+/// balancers).
+pub struct Steady {
+    stop: Arc<AtomicBool>,
+    /// One a target, each counting the connections served and failed.
+    threads: Vec<JoinHandle<(u64, u64)>>,
+}
+
+impl Steady {
+    /// One thread of rounds through the VIP.
+    pub fn start(lab: &Lab) -> Steady {
+        Steady::split(lab, &[(crate::lab::vip(false), 1)])
+    }
+
+    /// Rounds of 10 connections to each target, `rounds` at a time, from a
+    /// thread of its own: a balancer whose connections hang holds up its
+    /// own clients only.
+    pub fn split(lab: &Lab, targets: &[(SocketAddr, usize)]) -> Steady {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (targets.iter())
+            .map(|&(target, rounds)| {
+                let ns = lab.client.ns.clone();
+                let flag = stop.clone();
+                std::thread::spawn(move || {
+                    let (mut sent, mut failed) = (0, 0);
+                    while !flag.load(Ordering::Relaxed) {
+                        for _ in 0..rounds {
+                            let load = http_load(&ns, target, 10, 2).expect("load");
+                            sent += load.connections;
+                            failed += load.failures;
+                        }
+                        std::thread::sleep(Duration::from_millis(150));
+                    }
+                    (sent, failed)
+                })
+            })
+            .collect();
+        Steady { stop, threads }
+    }
+
+    /// Stops the load; the connections it made, every one served.
+    pub fn finish(self) -> u64 {
+        let (sent, failed) = self.finish_failing();
+        assert_eq!(failed, 0, "HAProxy serves every connection");
+        sent
+    }
+
+    /// Stops the load; the connections served and those that failed.
+    pub fn finish_failing(mut self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        (self.threads.drain(..)).fold((0, 0), |(sent, failed), t| {
+            let (s, f) = t.join().expect("load thread");
+            (sent + s, failed + f)
+        })
+    }
+}
+
+impl Drop for Steady {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
     }
 }

@@ -146,6 +146,8 @@ pub struct Totals {
     pub packets_tx: u64,
     /// `connsFailed`: attempts that never opened.
     pub failed: u64,
+    /// `connsUnanswered`: attempts whose SYN went unanswered for a second.
+    pub unanswered: u64,
 }
 
 /// A JSON number or numeric string (grpcurl prints uint64 as strings).
@@ -187,6 +189,7 @@ pub fn totals(snap: &Value, address: &str, port: u16, direction: &str) -> Totals
                 packets_rx: n("packetsRx"),
                 packets_tx: n("packetsTx"),
                 failed: n("connsFailed"),
+                unanswered: n("connsUnanswered"),
             }
         })
         .unwrap_or_default()
@@ -199,7 +202,7 @@ pub fn summary(snap: &Value) -> String {
         let t = &e["totals"];
         let n = |k: &str| num(&t[k]).unwrap_or(0);
         out.push_str(&format!(
-            "    {:<18} {} {:<6} {:<18} opened {} closed {} failed {} rx {} tx {} pkts {}/{}\n",
+            "    {:<18} {} {:<6} {:<18} opened {} closed {} failed {} unanswered {} rx {} tx {} pkts {}/{}\n",
             e["direction"].as_str().unwrap_or("?"),
             e["address"].as_str().unwrap_or("?"),
             num(&e["port"]).unwrap_or(0),
@@ -207,6 +210,7 @@ pub fn summary(snap: &Value) -> String {
             n("connsOpened"),
             n("connsClosed"),
             n("connsFailed"),
+            n("connsUnanswered"),
             n("bytesRx"),
             n("bytesTx"),
             n("packetsRx"),
@@ -284,7 +288,8 @@ mod tests {
                 bytes_tx: 128_700,
                 packets_rx: 240,
                 packets_tx: 180,
-                failed: 0
+                failed: 0,
+                unanswered: 0
             }
         );
         assert_eq!(totals(&snap, "10.2.1.2", 8080, SENDS_TO), Totals::default());

@@ -14,17 +14,13 @@
 use std::{
     net::SocketAddr,
     path::Path,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
 use evenflow_tests::{
     agent::{self, COLLECTOR},
-    client, grpcurl, haproxy,
+    client::Steady,
+    grpcurl, haproxy,
     lab::{BACKEND_PORT, Lab},
     netns, nft, nginx,
 };
@@ -37,71 +33,6 @@ const METRICS: &str = "10.1.0.1:9465";
 /// `draining`, if any, draining).
 fn write_pools(lab: &Lab, path: &Path, weights: [u32; 3], draining: Option<usize>) {
     (lab.write_pool_file(path, BACKEND_PORT, &weights, draining)).expect("the pool file replaced");
-}
-
-/// Client load through the VIP until dropped: about 50 connections a
-/// second (or split over several balancers).
-struct Load {
-    stop: Arc<AtomicBool>,
-    /// One a target, each counting the connections served and failed.
-    threads: Vec<JoinHandle<(u64, u64)>>,
-}
-
-impl Load {
-    fn start(lab: &Lab) -> Load {
-        Load::split(lab, &[(evenflow_tests::lab::vip(false), 1)])
-    }
-
-    /// Rounds of 10 connections to each target, `rounds` at a time, from a
-    /// thread of its own: a balancer whose connections hang holds up its
-    /// own clients only.
-    fn split(lab: &Lab, targets: &[(SocketAddr, usize)]) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let threads = (targets.iter())
-            .map(|&(target, rounds)| {
-                let ns = lab.client.ns.clone();
-                let flag = stop.clone();
-                std::thread::spawn(move || {
-                    let (mut sent, mut failed) = (0, 0);
-                    while !flag.load(Ordering::Relaxed) {
-                        for _ in 0..rounds {
-                            let load = client::http_load(&ns, target, 10, 2).expect("load");
-                            sent += load.connections;
-                            failed += load.failures;
-                        }
-                        std::thread::sleep(Duration::from_millis(150));
-                    }
-                    (sent, failed)
-                })
-            })
-            .collect();
-        Load { stop, threads }
-    }
-
-    /// Stops the load; the connections it made, every one served.
-    fn finish(self) -> u64 {
-        let (sent, failed) = self.finish_failing();
-        assert_eq!(failed, 0, "HAProxy serves every connection");
-        sent
-    }
-
-    /// Stops the load; the connections served and those that failed.
-    fn finish_failing(mut self) -> (u64, u64) {
-        self.stop.store(true, Ordering::Relaxed);
-        (self.threads.drain(..)).fold((0, 0), |(sent, failed), t| {
-            let (s, f) = t.join().expect("load thread");
-            (sent + s, failed + f)
-        })
-    }
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
 }
 
 fn pool(lab: &Lab) -> Option<Value> {
@@ -224,7 +155,7 @@ fn a_weight_change_haproxy_applies_late_pages_nothing_and_one_never_applied_page
     evenflow_tests::require_root();
     let (lab, pools, sock) = stand_up("reweight", |lab| haproxy::start(lab, false));
 
-    let load = Load::start(&lab);
+    let load = Steady::start(&lab);
     wait_pool(&lab, 40, "the pool judged OK", |p| {
         p["verdict"] == "VERDICT_OK" && p["members"].as_array().is_some_and(|m| m.len() == 3)
     });
@@ -327,7 +258,7 @@ fn a_weight_change_haproxy_applies_late_pages_nothing_and_one_never_applied_page
 fn a_drained_server_health_checks_reach_pages_nothing_until_haproxy_sends_to_it() {
     evenflow_tests::require_root();
     let (lab, pools, sock) = stand_up("drainchk", haproxy::start_checked);
-    let load = Load::start(&lab);
+    let load = Steady::start(&lab);
     wait_pool(&lab, 40, "the pool judged OK", |p| {
         p["verdict"] == "VERDICT_OK" && p["members"].as_array().is_some_and(|m| m.len() == 3)
     });
@@ -403,7 +334,7 @@ fn a_drained_server_health_checks_reach_pages_nothing_until_haproxy_sends_to_it(
 fn a_drained_server_haproxy_sends_everything_to_pages_until_it_stops() {
     evenflow_tests::require_root();
     let (lab, pools, sock) = stand_up("drainall", |lab| haproxy::start(lab, false));
-    let load = Load::start(&lab);
+    let load = Steady::start(&lab);
     wait_pool(&lab, 40, "the pool judged OK", |p| {
         p["verdict"] == "VERDICT_OK" && p["members"].as_array().is_some_and(|m| m.len() == 3)
     });
@@ -498,7 +429,7 @@ fn two_haproxies(
     Lab,
     Vec<evenflow_tests::lab::Node>,
     std::path::PathBuf,
-    Load,
+    Steady,
 ) {
     let mut lab = Lab::new(name, 4).expect("lab");
     let lb2 = lab.backends[3].clone();
@@ -520,7 +451,7 @@ fn two_haproxies(
     nodes.push(lb.clone());
     agent::wait_reporting(&lab, &nodes).expect("every agent reports");
     let lb2_at = SocketAddr::new(lb2.addr4, evenflow_tests::lab::VIP_PORT);
-    let load = Load::split(&lab, &[(evenflow_tests::lab::vip(false), 3), (lb2_at, 1)]);
+    let load = Steady::split(&lab, &[(evenflow_tests::lab::vip(false), 3), (lb2_at, 1)]);
     let p = wait_pool(&lab, 40, "the pool judged OK with both balancers", |p| {
         p["verdict"] == "VERDICT_OK"
             && p["members"]
@@ -627,13 +558,13 @@ fn one_of_two_haproxies_that_leaves_a_server_out_warns_naming_its_node() {
 /// ([`haproxy::start_redispatching`]) and the collector's
 /// `--down-page-ticks` at `down_page_ticks`, under client load, once the
 /// pool is judged OK.
-fn redispatching_under_load(name: &str, down_page_ticks: &str) -> (Lab, Load) {
+fn redispatching_under_load(name: &str, down_page_ticks: &str) -> (Lab, Steady) {
     let (lab, _pools, _sock) = stand_up_with(
         name,
         &["--down-page-ticks", down_page_ticks],
         haproxy::start_redispatching,
     );
-    let load = Load::start(&lab);
+    let load = Steady::start(&lab);
     wait_pool(&lab, 40, "the pool judged OK", |p| {
         p["verdict"] == "VERDICT_OK" && p["members"].as_array().is_some_and(|m| m.len() == 3)
     });

@@ -9,7 +9,7 @@
 //! lb's namespace and cgroup for the lb's own sockets. Ground truth: the
 //! client's and curl's own tally of failed connects. Run as root.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use evenflow_tests::{
     agent::{self, COLLECTOR},
@@ -95,11 +95,12 @@ fn load_through_the_vip(lab: &Lab) -> client::Load {
 }
 
 /// `curl` from the lb's namespace and cgroup: `n` connects to `target`,
-/// each given 1 s. Returns how many failed to connect (refused or timed
-/// out), which must be all of them.
+/// each given 3 s, so that a SYN nobody answers reaches the kernel's first
+/// retransmission timeout (1 s) before curl gives up. Returns how many
+/// failed to connect (refused or timed out), which must be all of them.
 fn dial_from(lab: &Lab, node: &Node, target: &str, n: u64) -> u64 {
     let script = format!(
-        "failed=0; for i in $(seq 1 {n}); do curl -s -o /dev/null --connect-timeout 1 http://{target}/; rc=$?; \
+        "failed=0; for i in $(seq 1 {n}); do curl -s -o /dev/null --connect-timeout 3 http://{target}/; rc=$?; \
          if [ $rc -eq 7 ] || [ $rc -eq 28 ]; then failed=$((failed+1)); else echo \"curl exit $rc\"; fi; done; echo \"failed=$failed\""
     );
     let log = lab.dir.join(format!("dial-{}.log", node.role));
@@ -112,8 +113,8 @@ fn dial_from(lab: &Lab, node: &Node, target: &str, n: u64) -> u64 {
         &["-c", &script],
     )
     .expect("curl starts in the lb");
-    let status = evenflow_tests::wait_for(Duration::from_secs(30), || p.exited())
-        .expect("curl's connects end within 30 s");
+    let status = evenflow_tests::wait_for(Duration::from_secs(40), || p.exited())
+        .expect("curl's connects end within 40 s");
     assert!(status.success(), "the dial script ran: {}", p.output());
     let out = p.output();
     let failed = out
@@ -160,7 +161,8 @@ fn check_lit_backends(lab: &Lab, load: &client::Load) {
         grpcurl::summary(&snap)
     );
     assert!(
-        lit.iter().all(|t| t.failed == 0 && t.closed == t.opened),
+        lit.iter()
+            .all(|t| t.failed == 0 && t.unanswered == 0 && t.closed == t.opened),
         "no attempt to a lit backend failed: {lit:?}"
     );
 }
@@ -180,8 +182,10 @@ fn attempts_a_backend_refuses_count_failed() {
     attempts_count_failed("failrst", Dark::Refuses);
 }
 
-/// Attempts nobody answers: the lb's own count as failed when curl gives
-/// up; forwarded ones once conntrack forgets them (its SYN_SENT timeout,
+/// Attempts nobody answers: each counted unanswered a second after its
+/// SYN (the lb's own at their first retransmission timeout, forwarded ones
+/// by the next sweep), then failed: the lb's own when curl gives up,
+/// forwarded ones once conntrack forgets them (its SYN_SENT timeout,
 /// shortened here to 4 s from 120).
 #[test]
 fn attempts_nobody_answers_count_failed() {
@@ -190,8 +194,10 @@ fn attempts_nobody_answers_count_failed() {
 
 /// The client's attempts through the VIP, then `curl`'s from the lb to a
 /// port of the dark backend that nothing answers on either: each counted
-/// failed by the lb's agent, none opened.
+/// failed by the lb's agent, none opened; each counted unanswered too where
+/// nobody answers, none where the backend refuses at once.
 fn attempts_count_failed(name: &str, dark: Dark) {
+    let unanswered = |n: u64| if dark == Dark::Drops { n } else { 0 };
     let (lab, dark_node) = lab(name, dark);
     if dark == Dark::Drops {
         netns::sysctl(
@@ -215,6 +221,11 @@ fn attempts_count_failed(name: &str, dark: Dark) {
         (load.failures, 0, 0),
         "the lb counted each forwarded attempt to the dark backend as failed, none opened: {forwarded:?}, client {load:?}"
     );
+    assert_eq!(
+        forwarded.unanswered,
+        unanswered(load.failures),
+        "the lb counted each forwarded attempt nobody answered unanswered once: {forwarded:?}, client {load:?}"
+    );
     check_lit_backends(&lab, &load);
     check_dark_served_nothing(&dark_node);
 
@@ -228,9 +239,9 @@ fn attempts_count_failed(name: &str, dark: Dark) {
         Duration::from_secs(10),
     );
     assert_eq!(
-        (local.failed, local.opened),
-        (dialled, 0),
-        "the lb's own connects count failed: {local:?}"
+        (local.failed, local.opened, local.unanswered),
+        (dialled, 0, unanswered(dialled)),
+        "the lb's own connects count failed (and unanswered, where nobody answered): {local:?}"
     );
 }
 
@@ -390,4 +401,114 @@ fn a_backend_rejecting_its_balancers_connections_pages_zero_refusing() {
     });
     println!("alerts: {paged:#?}");
     check_refusing(&paged);
+}
+
+/// The lb's own count of attempts to `dark`'s backend port.
+fn lb_count_of(lab: &Lab, dark: &Node) -> Totals {
+    let snap = grpcurl::snapshot(&lab.lb.ns).expect("the lb agent answers");
+    grpcurl::totals(&snap, &dark.addr4.to_string(), BACKEND_PORT, SENDS_TO)
+}
+
+/// Load through the VIP from four threads until dropped, so that a
+/// connect to a backend nobody answers (3 s) holds up a quarter of it.
+fn steady_load(lab: &Lab) -> client::Steady {
+    client::Steady::split(lab, &[(lab::vip(false), 1); 4])
+}
+
+/// The rule that drops every packet `dark` receives on its backend port
+/// (`all`: on every port but loopback's), as a firewall, or a host cut
+/// off from its balancer, does.
+fn drop_at(lab: &Lab, dark: &Node, all: bool) {
+    let what = if all {
+        "iifname != \"lo\"".to_owned()
+    } else {
+        format!("tcp dport {BACKEND_PORT}")
+    };
+    nft::load(
+        lab,
+        &dark.ns,
+        "drop",
+        &format!(
+            "table inet evenflow_drop {{ chain input {{ type filter hook input priority 0; {what} drop; }} }}"
+        ),
+    )
+    .expect("the drop rule loads");
+}
+
+/// A backend whose firewall drops its balancer's SYNs while its nginx
+/// still listens, behind DNAT as kube-proxy balances, with conntrack's
+/// default two minutes before it gives an attempt up: each attempt is
+/// counted unanswered a second after its SYN, so the collector's ZERO
+/// alerts on it name its attempts and say refusing from the first, and
+/// page within seconds. Counted only once given up, the attempts named
+/// nothing for two minutes, and the alerts said routing: the balancer
+/// blamed for what the backend's firewall did.
+#[test]
+fn a_backend_dropping_its_balancers_syns_pages_zero_refusing_within_seconds() {
+    let (lab, dark) = judged_lab("faildrops");
+    drop_at(&lab, &dark, false);
+    let dropped = Instant::now();
+    let load = steady_load(&lab);
+    let paged = evenflow_tests::wait_for(Duration::from_secs(40), || {
+        let alerts = shortfall_alerts(&lab, &dark);
+        alerts
+            .iter()
+            .any(|a| a["kind"] == "ALERT_KIND_ZERO" && a["severity"] == "SEVERITY_PAGE")
+            .then_some(alerts)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no ZERO page on the backend dropping SYNs within 40 s; its alerts: {:#?}",
+            shortfall_alerts(&lab, &dark)
+        )
+    });
+    let after = dropped.elapsed();
+    let counted = lb_count_of(&lab, &dark);
+    drop(load);
+    println!("paged {after:?} after the rule; the lb counted {counted:?}: {paged:#?}");
+    check_refusing(&paged);
+    assert!(
+        counted.unanswered > counted.failed,
+        "judged on attempts counted unanswered, before conntrack gave them up: {counted:?}"
+    );
+}
+
+/// A backend host cut off from its balancer behind DNAT, its agent gone
+/// with it: DOWN ("its balancers' last connection attempts to it failed")
+/// within seconds, from attempts counted unanswered, where counting them
+/// only when conntrack gives them up left it NO_DATA for two minutes.
+#[test]
+fn a_host_cut_off_behind_dnat_is_down_within_seconds() {
+    let (mut lab, dark) = judged_lab("failcut");
+    drop_at(&lab, &dark, true);
+    agent::kill(&mut lab, &dark);
+    let cut = Instant::now();
+    let load = steady_load(&lab);
+    let dark_id = dark.addr4.to_string();
+    let down = evenflow_tests::wait_for(Duration::from_secs(40), || {
+        let pool = grpcurl::get_pool(&lab.lb.ns, COLLECTOR, "web").ok()?;
+        (pool["members"].as_array()?.iter())
+            .find(|m| {
+                m["address"] == dark_id.as_str()
+                    && m["verdict"] == "VERDICT_DOWN"
+                    && m["reason"].as_str().is_some_and(|r| {
+                        r.contains("its balancers' last connection attempts to it failed")
+                    })
+            })
+            .cloned()
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the cut-off host is never DOWN within 40 s; last pool: {:#?}",
+            grpcurl::get_pool(&lab.lb.ns, COLLECTOR, "web")
+        )
+    });
+    let after = cut.elapsed();
+    let counted = lb_count_of(&lab, &dark);
+    drop(load);
+    println!("DOWN {after:?} after the cut; the lb counted {counted:?}: {down:#}");
+    assert!(
+        counted.unanswered > counted.failed,
+        "judged on attempts counted unanswered, before conntrack gave them up: {counted:?}"
+    );
 }

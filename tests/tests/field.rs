@@ -2480,6 +2480,7 @@ fn pool_totals(snap: &serde_json::Value, lab: &Lab) -> Totals {
             packets_rx: a.packets_rx + t.packets_rx,
             packets_tx: a.packets_tx + t.packets_tx,
             failed: a.failed + t.failed,
+            unanswered: a.unanswered + t.unanswered,
         })
 }
 

@@ -148,6 +148,7 @@ pub fn endpoint(
             packets_rx: opened * 3,
             packets_tx: opened * 3,
             conns_failed: 0,
+            conns_unanswered: 0,
         }),
         rates: None,
         active_connections: opened.min(2),

@@ -56,8 +56,13 @@ pub struct Delta {
     pub bytes_in: u64,
     /// Bytes out of the backend.
     pub bytes_out: u64,
-    /// Connection attempts that never opened (counted where the SYN
-    /// left: the LB view).
+    /// Connection attempts that never opened or went unanswered (counted
+    /// where the SYN left: the LB view): in each report, its failed or its
+    /// unanswered attempts, whichever are more. An attempt nobody answers
+    /// is counted unanswered within seconds and failed only when it is
+    /// given up (a proxy's connect timeout, conntrack's two minutes), so in
+    /// a steady outage each report's unanswered attempts are its new
+    /// evidence, and the same attempts' failures later add none.
     pub failed: u64,
 }
 
@@ -86,6 +91,8 @@ pub(super) struct EpState {
     pub(super) bytes_tx: u64,
     /// Failed connection attempts, likewise.
     pub(super) failed: u64,
+    /// Unanswered connection attempts, likewise.
+    pub(super) unanswered: u64,
     /// Connections open now.
     pub(super) active: u64,
     /// Counts since the last tick, oriented to the backend.
@@ -124,12 +131,17 @@ impl EpState {
             bytes_rx: totals.bytes_rx,
             bytes_tx: totals.bytes_tx,
             failed: totals.conns_failed,
+            unanswered: totals.conns_unanswered,
             active: endpoint.active_connections,
             pending,
             rate: None,
             carry: [0.0; 4],
             total: pending.conns,
-            failed_total: pending.failed,
+            failed_total: if baseline_only {
+                0
+            } else {
+                totals.conns_failed
+            },
             reset: false,
             departing: false,
         }
@@ -143,6 +155,7 @@ impl EpState {
             || totals.bytes_rx < self.bytes_rx
             || totals.bytes_tx < self.bytes_tx
             || totals.conns_failed < self.failed
+            || totals.conns_unanswered < self.unanswered
         {
             // Went backwards within an epoch (the kernel evicted and
             // re-created the entry): new baseline, no delta.
@@ -155,17 +168,21 @@ impl EpState {
                     bytes_rx: totals.bytes_rx - self.bytes_rx,
                     bytes_tx: totals.bytes_tx - self.bytes_tx,
                     conns_failed: totals.conns_failed - self.failed,
+                    conns_unanswered: totals.conns_unanswered - self.unanswered,
                     ..v1::Counters::default()
                 },
             );
             self.total = self.total.saturating_add(growth.conns);
-            self.failed_total = self.failed_total.saturating_add(growth.failed);
+            self.failed_total = self
+                .failed_total
+                .saturating_add(totals.conns_failed - self.failed);
             self.pending.add(growth);
         }
         self.opened = totals.conns_opened;
         self.bytes_rx = totals.bytes_rx;
         self.bytes_tx = totals.bytes_tx;
         self.failed = totals.conns_failed;
+        self.unanswered = totals.conns_unanswered;
         self.active = endpoint.active_connections;
         let service = label(endpoint);
         let relabelled = self.service.as_deref() != service;
@@ -571,6 +588,6 @@ fn orient(dir: Dir, c: &v1::Counters) -> Delta {
         conns: c.conns_opened,
         bytes_in,
         bytes_out,
-        failed: c.conns_failed,
+        failed: c.conns_failed.max(c.conns_unanswered),
     }
 }
