@@ -47,6 +47,8 @@ static NF_CONN_ORIGINAL_SRC: u32 = 0;
 #[unsafe(no_mangle)]
 static NF_CONN_SEEN: u32 = 0;
 
+/// `IPS_SEEN_REPLY`: conntrack saw a packet in the reply direction.
+const IPS_SEEN_REPLY: u64 = 1 << 1;
 /// `IPS_ASSURED`: conntrack saw the handshake's last ACK.
 const IPS_ASSURED: u64 = 1 << 2;
 /// `IPS_DST_NAT`: the connection's destination was translated.
@@ -141,6 +143,13 @@ fn nfct(ctx: &TcContext) -> u64 {
 #[inline(always)]
 pub fn assured(ct: u64) -> bool {
     status(ct).is_some_and(|s| s & IPS_ASSURED != 0)
+}
+
+/// Whether conntrack saw `ct`'s backend answer at all (a SYN-ACK, or an
+/// RST), whether or not evenflow saw the packet leave.
+#[inline(always)]
+pub fn replied(ct: u64) -> bool {
+    status(ct).is_some_and(|s| s & IPS_SEEN_REPLY != 0)
 }
 
 /// `ct`'s status bits (`IPS_*`).

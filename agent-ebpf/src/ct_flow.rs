@@ -722,7 +722,7 @@ pub fn sweep(key: *const u64, f: &mut CtFlow, tier: Tier) {
         catch_up_bytes(f, tag, seen.end(conntrack::REPLY), true, held.1);
     }
     catch_up_open(f, tag, &endpoint, conn);
-    note_unanswered(f, tag, &endpoint);
+    note_unanswered(f, tag, &endpoint, conn);
     let t = unfolded(f, tag);
     add_traffic(&endpoint, &t);
     if closing {
@@ -812,12 +812,15 @@ fn catch_up_open(f: &mut CtFlow, tag: u64, endpoint: &EndpointKey, conn: u64) {
 }
 
 /// Counts the connection's SYN unanswered, once, when no SYN-ACK came
-/// [`UNANSWERED_AFTER_NS`] after it (the drain has applied every SYN-ACK
-/// that left by the sweep) and it neither opened nor ended: its backend
-/// is silent, seconds before conntrack gives the attempt up. An adopted
-/// connection was open (its SYN's time is unknown, 0).
+/// [`UNANSWERED_AFTER_NS`] after it and it neither opened nor ended: its
+/// backend is silent, seconds before conntrack gives the attempt up.
+/// Answered means the journal's SYN-ACK (the drain has applied every one
+/// that left by the sweep) or, for one evenflow did not see leave (it left
+/// through a device without the program, or the journal lost it),
+/// conntrack's word, read last: only an attempt still unanswered pays for
+/// it. An adopted connection was open (its SYN's time is unknown, 0).
 #[inline(always)]
-fn note_unanswered(f: &mut CtFlow, tag: u64, endpoint: &EndpointKey) {
+fn note_unanswered(f: &mut CtFlow, tag: u64, endpoint: &EndpointKey, conn: u64) {
     // SAFETY: fields of a live entry.
     let (flags, syn_ns) = unsafe { (read_volatile(&f.flags), read_volatile(&f.syn_ns)) };
     let answered = CT_ISN_REPLY | FLOW_OPEN as u64 | CT_ENDED | CT_UNANSWERED | CT_ADOPTED;
@@ -827,6 +830,7 @@ fn note_unanswered(f: &mut CtFlow, tag: u64, endpoint: &EndpointKey) {
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     if now.saturating_sub(syn_ns) >= UNANSWERED_AFTER_NS
+        && !conntrack::replied(conn)
         && set_tagged_unless(f, tag, CT_UNANSWERED, answered).is_some()
     {
         add_traffic(endpoint, &Traffic::unanswered());

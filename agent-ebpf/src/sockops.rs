@@ -79,7 +79,8 @@ fn watch(ctx: &SockOpsContext, wanted: u32) {
 /// A retransmission timeout: at a connecting socket's first (its SYN
 /// went unanswered for the initial timeout, a second), the attempt is
 /// counted unanswered towards where it went (its first timeout is a
-/// second unless a sysctl or another program changed it), seconds before its process
+/// second unless a `BPF_SOCK_OPS_TIMEOUT_INIT` program changed it),
+/// seconds before its process
 /// or the kernel gives it up and it is counted failed. Any other timeout
 /// (a later SYN's, an open connection's) counts nothing. Out of line:
 /// only a timeout gets here.

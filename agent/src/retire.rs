@@ -238,12 +238,14 @@ fn elem(
     crate::sys::bpf(cmd, &mut attr).map(drop)
 }
 
-/// Whether an endpoint only ever had failed (or unanswered) attempts: not
-/// one opened, closed or byte. An endpoint with bytes but no open counted is not: its
+/// Whether an endpoint only ever had failed attempts: not one opened,
+/// closed or byte. One with unanswered attempts only is not, yet: they
+/// are pending (they fail when given up, up to two minutes later), and a
+/// retired endpoint that comes back counts its totals as new. An endpoint with bytes but no open counted is not: its
 /// open was lost (the map was full when it happened) and its connection
 /// may still carry traffic.
 fn failed_only(e: &EndpointCounters) -> bool {
-    (e.conns_failed > 0 || e.conns_unanswered > 0)
+    e.conns_failed > 0
         && e.conns_opened == 0
         && e.conns_closed == 0
         && e.bytes_rx == 0

@@ -414,7 +414,7 @@ impl Steady {
     /// Stops the load; the connections it made, every one served.
     pub fn finish(self) -> u64 {
         let (sent, failed) = self.finish_failing();
-        assert_eq!(failed, 0, "HAProxy serves every connection");
+        assert_eq!(failed, 0, "every connection is served");
         sent
     }
 

@@ -298,6 +298,8 @@ mod tests {
             endpoint(&snap, "10.2.1.2", 8080, SERVES).map(|e| &e["service"]),
             Some(&Value::from("web"))
         );
-        assert!(summary(&snap).contains("opened 60 closed 60 failed 0 rx 4830 tx 128700"));
+        assert!(
+            summary(&snap).contains("opened 60 closed 60 failed 0 unanswered 0 rx 4830 tx 128700")
+        );
     }
 }

@@ -72,10 +72,14 @@ pub fn start_checked(lab: &mut Lab) -> Result<PathBuf> {
 /// once on another server (`timeout connect 1s`, `retries 1`, `option
 /// redispatch 1`), as production configurations have it: a server that
 /// stops answering costs its clients a second, not their request, so no
-/// client sees it fail. Returns the stats socket's path.
+/// client sees it fail. A request whose server died with it unanswered
+/// (an nginx SIGKILLed mid-request) is retried too (`retry-on
+/// conn-failure empty-response`): the default retries failed connects
+/// only, and such a request reached its client as a 502. Returns the stats
+/// socket's path.
 pub fn start_redispatching(lab: &mut Lab) -> Result<PathBuf> {
     let defaults = HTTP.replace("timeout connect 3s", "timeout connect 1s")
-        + "  retries 1\n  option redispatch 1\n";
+        + "  retries 1\n  option redispatch 1\n  retry-on conn-failure empty-response\n";
     launch(lab, &defaults, false, BACKEND_PORT, "")
 }
 

@@ -121,8 +121,9 @@ const RESOLVED_KEPT: usize = 1000;
 /// than one failed attempt stays in the window. Causes ride in the
 /// alert's labels (`evenflow_alert_open`, webhooks), where a new value is
 /// a new alert to whoever routes on them, and a stray attempt names
-/// refusing for a window; a lasting change (a SYN nobody answered is
-/// counted failed when conntrack forgets it, minutes after the page) is
+/// refusing for a window; a lasting change (attempts that fail only when
+/// given up, minutes after the page: a balancer whose node runs no agent
+/// of ours, or an agent from before attempts were counted unanswered) is
 /// taken.
 pub(super) const CAUSE_HOLD: u32 = 2 * SHARE_WINDOW as u32;
 

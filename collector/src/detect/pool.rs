@@ -1530,9 +1530,9 @@ impl Failing {
 /// in rotation are every attempt failing rather than one member's: half
 /// of them, and two where there are two or more. A forwarding balancer
 /// counts an unanswered attempt failed when conntrack forgets it, two
-/// minutes late: clients that stopped soon after some of their attempts
-/// went to one dead member would otherwise read, two minutes on, as a
-/// pool where nothing opens and attempts fail. So would a hash balancer
+/// minutes after it weighed as unanswered: clients that stopped soon
+/// after some of their attempts went to one dead member would otherwise
+/// read, two minutes on, as a pool where nothing opens and attempts fail. So would a hash balancer
 /// whose one client maps to one refusing member. A pool that refuses
 /// everything fails the attempts to each member its balancers dial, and
 /// they dial them all (their health checks too).

@@ -57,12 +57,7 @@ pub struct Delta {
     /// Bytes out of the backend.
     pub bytes_out: u64,
     /// Connection attempts that never opened or went unanswered (counted
-    /// where the SYN left: the LB view): in each report, its failed or its
-    /// unanswered attempts, whichever are more. An attempt nobody answers
-    /// is counted unanswered within seconds and failed only when it is
-    /// given up (a proxy's connect timeout, conntrack's two minutes), so in
-    /// a steady outage each report's unanswered attempts are its new
-    /// evidence, and the same attempts' failures later add none.
+    /// where the SYN left: the LB view): see [`attempts`].
     pub failed: u64,
 }
 
@@ -588,6 +583,25 @@ fn orient(dir: Dir, c: &v1::Counters) -> Delta {
         conns: c.conns_opened,
         bytes_in,
         bytes_out,
-        failed: c.conns_failed.max(c.conns_unanswered),
+        failed: attempts(c),
+    }
+}
+
+/// The failed attempts a report's growth `c` weighs: its failed ones, or,
+/// where the node opened no connection to the endpoint in the interval,
+/// its unanswered ones if they are more. An attempt nobody answers is
+/// counted unanswered within seconds and failed only when it is given up
+/// (a proxy's connect timeout, conntrack's two minutes), so in a steady
+/// outage each report's unanswered attempts are its new evidence, and the
+/// same attempts' failures later add none (where failures of earlier
+/// attempts outnumber new unanswered ones, as an outage ends or its
+/// clients back off, those weigh again). A node that opened connections
+/// to the endpoint meanwhile reaches it: its unanswered attempts are SYNs
+/// lost and answered on a retry, no failure.
+fn attempts(c: &v1::Counters) -> u64 {
+    if c.conns_opened == 0 {
+        c.conns_failed.max(c.conns_unanswered)
+    } else {
+        c.conns_failed
     }
 }

@@ -561,11 +561,12 @@ fn an_old_stream_replaying_does_not_take_the_name_back() {
         .expect("taken once the name is free");
 }
 
-/// A report from a balancer's node with `failed` and `unanswered` attempts
-/// to one backend so far.
-fn attempts(seq: u64, failed: u64, unanswered: u64) -> AgentReport {
+/// A report from a balancer's node with `opened`, `failed` and
+/// `unanswered` attempts to one backend so far.
+fn attempts(seq: u64, opened: u64, failed: u64, unanswered: u64) -> AgentReport {
     let mut e = ep("10.0.0.9", 80, v1::Direction::SendsTo, 0);
     e.totals = Some(v1::Counters {
+        conns_opened: opened,
         conns_failed: failed,
         conns_unanswered: unanswered,
         ..Default::default()
@@ -578,10 +579,12 @@ fn attempts(seq: u64, failed: u64, unanswered: u64) -> AgentReport {
 
 /// An outage behind a balancer that gives attempts up later than a report:
 /// each attempt is counted unanswered at once and failed reports later, and
-/// weighs once as evidence; a refused attempt (failed, never unanswered)
-/// weighs at once. The exact failed total counts failures alone.
+/// weighs once as evidence in a steady outage; a refused attempt (failed,
+/// never unanswered) weighs at once; unanswered attempts in an interval
+/// that opened connections to the backend are SYNs lost and answered on a
+/// retry, and weigh nothing. The exact failed total counts failures alone.
 #[test]
-fn an_attempt_unanswered_and_later_failed_is_evidence_once() {
+fn an_attempt_unanswered_and_later_failed_weighs_once_in_a_steady_outage() {
     let c = IngestCounters::default();
     let mut s = AgentState::new("n1".into());
     let mut t = AgentTick::default();
@@ -590,19 +593,21 @@ fn an_attempt_unanswered_and_later_failed_is_evidence_once() {
         s.take_tick(Instant::now(), 1.0, &mut t);
         (t.endpoints[0].delta.failed, t.endpoints[0].failed_total)
     };
-    tick(&mut s, attempts(1, 0, 0));
+    tick(&mut s, attempts(1, 0, 0, 0));
     // Four attempts unanswered: evidence at once, none failed yet.
-    assert_eq!(tick(&mut s, attempts(2, 0, 4)), (4, 0));
+    assert_eq!(tick(&mut s, attempts(2, 0, 0, 4)), (4, 0));
     // Four more unanswered while the first four fail: four new ones.
-    assert_eq!(tick(&mut s, attempts(3, 4, 8)), (4, 4));
+    assert_eq!(tick(&mut s, attempts(3, 0, 4, 8)), (4, 4));
     // The last four fail, nothing new unanswered: the report's four
     // failures weigh (the same attempts as the last report's unanswered
     // ones: where an outage ends, its last attempts weigh twice).
-    assert_eq!(tick(&mut s, attempts(4, 8, 8)), (4, 8));
+    assert_eq!(tick(&mut s, attempts(4, 0, 8, 8)), (4, 8));
     // Two refused (failed at once, never unanswered).
-    assert_eq!(tick(&mut s, attempts(5, 10, 8)), (2, 10));
+    assert_eq!(tick(&mut s, attempts(5, 0, 10, 8)), (2, 10));
+    // Back: 50 opened, 3 of them after their SYN went unanswered.
+    assert_eq!(tick(&mut s, attempts(6, 50, 10, 11)), (0, 10));
     // Unanswered going backwards within the epoch is a reset, not a delta.
-    apply(&mut s, &attempts(6, 10, 3), &c);
+    apply(&mut s, &attempts(7, 50, 10, 3), &c);
     s.take_tick(Instant::now(), 1.0, &mut t);
     assert!(t.endpoints[0].reset);
 }
