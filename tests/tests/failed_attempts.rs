@@ -340,6 +340,32 @@ fn shortfall_alerts(lab: &Lab, dark: &Node) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Waits up to `within` for a ZERO page on `dark`, calling `drive` (the
+/// load, where none runs meanwhile) before each look; returns its
+/// shortfall alerts.
+fn zero_page(
+    lab: &Lab,
+    dark: &Node,
+    within: Duration,
+    mut drive: impl FnMut(),
+) -> Vec<serde_json::Value> {
+    evenflow_tests::wait_for(within, || {
+        drive();
+        let alerts = shortfall_alerts(lab, dark);
+        alerts
+            .iter()
+            .any(|a| a["kind"] == "ALERT_KIND_ZERO" && a["severity"] == "SEVERITY_PAGE")
+            .then_some(alerts)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no ZERO page on {} within {within:?}; its alerts: {:#?}",
+            dark.addr4,
+            shortfall_alerts(lab, dark)
+        )
+    })
+}
+
 /// Every shortfall alert on `dark` blames the member: its balancers'
 /// attempts failed, so none says routing.
 fn check_refusing(alerts: &[serde_json::Value]) {
@@ -385,19 +411,8 @@ fn a_backend_rejecting_its_balancers_connections_pages_zero_refusing() {
     )
     .expect("the reject rule loads");
     judged_with_failures(&lab, &dark, false);
-    let paged = evenflow_tests::wait_for(Duration::from_secs(20), || {
+    let paged = zero_page(&lab, &dark, Duration::from_secs(20), || {
         load_through_the_vip(&lab);
-        let alerts = shortfall_alerts(&lab, &dark);
-        alerts
-            .iter()
-            .any(|a| a["kind"] == "ALERT_KIND_ZERO" && a["severity"] == "SEVERITY_PAGE")
-            .then_some(alerts)
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "no ZERO page on the rejecting backend; its alerts: {:#?}",
-            shortfall_alerts(&lab, &dark)
-        )
     });
     println!("alerts: {paged:#?}");
     check_refusing(&paged);
@@ -449,19 +464,7 @@ fn a_backend_dropping_its_balancers_syns_pages_zero_refusing_within_seconds() {
     drop_at(&lab, &dark, false);
     let dropped = Instant::now();
     let load = steady_load(&lab);
-    let paged = evenflow_tests::wait_for(Duration::from_secs(40), || {
-        let alerts = shortfall_alerts(&lab, &dark);
-        alerts
-            .iter()
-            .any(|a| a["kind"] == "ALERT_KIND_ZERO" && a["severity"] == "SEVERITY_PAGE")
-            .then_some(alerts)
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "no ZERO page on the backend dropping SYNs within 40 s; its alerts: {:#?}",
-            shortfall_alerts(&lab, &dark)
-        )
-    });
+    let paged = zero_page(&lab, &dark, Duration::from_secs(40), || {});
     let after = dropped.elapsed();
     let counted = lb_count_of(&lab, &dark);
     drop(load);
