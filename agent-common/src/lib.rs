@@ -227,7 +227,9 @@ pub struct FlowValue {
     /// The sender's initial sequence number (tells a reused 5-tuple from a
     /// retransmitted SYN).
     pub isn: u32,
-    /// The next sequence number beyond every byte counted.
+    /// The next sequence number beyond every byte counted. A reply half's
+    /// before its SYN-ACK: 0, or 1 once the sweeper counted the attempt
+    /// unanswered (with `tag`, one aligned word it swaps at once).
     pub next_seq: u32,
     /// The connection's tag (both halves'; see [`TAG_SHIFT`]), which the
     /// folded marks carry too.
@@ -247,6 +249,12 @@ pub struct FlowValue {
     /// The other half's key, so either half can reach the other.
     pub peer: FlowKey,
 }
+
+// The sweeper swaps a reply half's `next_seq` and `tag` as one word.
+const _: () = assert!(
+    core::mem::offset_of!(FlowValue, next_seq) % 8 == 0
+        && core::mem::offset_of!(FlowValue, tag) == core::mem::offset_of!(FlowValue, next_seq) + 4
+);
 
 /// A forwarded TCP connection that conntrack follows (`EF_CT_FLOWS`, keyed
 /// by the kernel address of conntrack's `struct nf_conn`, which every

@@ -23,7 +23,7 @@ use core::ptr::read_volatile;
 use agent_common::{
     Direction, EndpointKey, FLOW_FIN_RX, FLOW_FIN_TX, FLOW_OPEN, FLOW_SYNACK, FlowKey, FlowValue,
     HALF_REPLY, HALF_REQUEST, MAX_FLOWS, META_TIMEOUT_CLOSING_NS, META_TIMEOUT_ESTABLISHED_NS,
-    META_TIMEOUT_SYN_NS, PROTO_TCP, Stat, TAG_SHIFT, flow_tag,
+    META_TIMEOUT_SYN_NS, PROTO_TCP, Stat, TAG_SHIFT, UNANSWERED_AFTER_NS, flow_tag,
 };
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
@@ -46,6 +46,10 @@ use crate::{
 /// State bit of either half: its sequence numbers are known (the request's
 /// from the SYN, the reply's from the SYN-ACK), so its bytes can be counted.
 const SEQ_KNOWN: u8 = 16;
+
+/// A reply half's `next_seq` before its SYN-ACK, once its attempt was
+/// counted unanswered (see [`note_unanswered`]).
+const UNANSWERED_MARK: u64 = 1;
 
 /// Live forwarded connections counted packet by packet, two halves each.
 /// Not preallocated: its memory grows with the connections tracked. A
@@ -328,7 +332,46 @@ pub fn sweep(key: *const FlowKey, f: &mut FlowValue) {
     let tag = u64::from(tag);
     add_traffic(&endpoint, &unfolded(f, tag, half));
     if half == HALF_REQUEST {
-        expire_if_idle(f, tag, &key);
+        let reply = FLOWS.get_ptr_mut(&f.peer);
+        if let Some(reply) = reply {
+            // SAFETY: a live (or just reused) entry.
+            note_unanswered(f.state, unsafe { &mut *reply }, tag, &endpoint);
+        }
+        expire_if_idle(f, tag, &key, reply);
+    }
+}
+
+/// Counts the attempt whose request half holds `req_state` unanswered,
+/// once, when its SYN has waited [`UNANSWERED_AFTER_NS`] and the backend
+/// sent nothing back: no SYN-ACK (`FLOW_SYNACK`), and no packet through
+/// the reply half, whose `last_seen_ns` holds the SYN's time until its
+/// first packet. The once-only mark is the reply half's `next_seq`, unused
+/// until a SYN-ACK gives it a sequence number (and overwrites the mark):
+/// one compare-and-swap of it and the half's tag beside it, so the mark is
+/// set once, and never on an entry that went to another connection.
+#[inline(always)]
+fn note_unanswered(req_state: u8, reply: &mut FlowValue, tag: u64, endpoint: &EndpointKey) {
+    // SAFETY: fields of a live (or just reused) entry.
+    let (state, syn_ns) = unsafe {
+        (
+            read_volatile(&reply.state),
+            read_volatile(&reply.last_seen_ns),
+        )
+    };
+    if req_state & (FLOW_SYNACK | FLOW_OPEN) != 0 || state & SEQ_KNOWN != 0 {
+        return;
+    }
+    // SAFETY: no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now.saturating_sub(syn_ns) < UNANSWERED_AFTER_NS {
+        return;
+    }
+    let unmarked = tag << 32;
+    // SAFETY: `next_seq` and `tag` share an aligned word
+    // (`agent_common::FlowValue`'s layout test).
+    let word = (&raw mut reply.next_seq).cast::<u64>();
+    if unsafe { atomic::cmpxchg(word, unmarked, unmarked | UNANSWERED_MARK) } == unmarked {
+        add_traffic(endpoint, &Traffic::unanswered());
     }
 }
 
@@ -393,8 +436,8 @@ fn end(req: &mut FlowValue, tag: u64, req_key: &FlowKey) {
 /// than conntrack would keep it in its state (timeouts the agent copied
 /// from conntrack's sysctls).
 #[inline(always)]
-fn expire_if_idle(req: &mut FlowValue, tag: u64, req_key: &FlowKey) {
-    let reply_seen = match FLOWS.get_ptr(&req.peer) {
+fn expire_if_idle(req: &mut FlowValue, tag: u64, req_key: &FlowKey, reply: Option<*mut FlowValue>) {
+    let reply_seen = match reply {
         // SAFETY: a live entry.
         Some(r) => unsafe { (*r).last_seen_ns },
         None => 0,

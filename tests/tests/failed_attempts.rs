@@ -37,12 +37,23 @@ enum Dark {
     Serves,
 }
 
-/// A lab whose fourth backend is dark, with an agent on every node and
-/// the DNAT rules loaded.
-fn lab(name: &str, dark: Dark) -> (Lab, Node) {
+/// A lab whose fourth backend is dark, with an agent on every node (the
+/// lb's with `lb_args`) and the DNAT rules loaded. Where the dark backend
+/// drops SYNs, the lb gives an attempt up after 4 s (conntrack's SYN_SENT
+/// timeout, which a sweeper counting per packet copies at its start),
+/// not 120.
+fn lab(name: &str, dark: Dark, lb_args: &[&str]) -> (Lab, Node) {
     evenflow_tests::require_root();
     let lab = Lab::new(name, 4).expect("the lab builds");
-    with_dark_backend(lab, dark, &[])
+    if dark == Dark::Drops {
+        netns::sysctl(
+            &lab.lb.ns,
+            "net.netfilter.nf_conntrack_tcp_timeout_syn_sent",
+            "4",
+        )
+        .expect("conntrack's SYN_SENT timeout shortens");
+    }
+    with_dark_backend(lab, dark, lb_args)
 }
 
 /// [`lab`]'s nodes on `lab`, the lb's agent with `lb_args`; every agent
@@ -179,7 +190,7 @@ fn check_dark_served_nothing(dark: &Node) {
 /// `field_failed_and_half_open_connections_leave_no_flow…`.)
 #[test]
 fn attempts_a_backend_refuses_count_failed() {
-    attempts_count_failed("failrst", Dark::Refuses);
+    attempts_count_failed("failrst", Dark::Refuses, &[]);
 }
 
 /// Attempts nobody answers: each counted unanswered a second after its
@@ -189,24 +200,25 @@ fn attempts_a_backend_refuses_count_failed() {
 /// shortened here to 4 s from 120).
 #[test]
 fn attempts_nobody_answers_count_failed() {
-    attempts_count_failed("faildrop", Dark::Drops);
+    attempts_count_failed("faildrop", Dark::Drops, &[]);
+}
+
+/// The same with the lb counting its forwarded connections packet by
+/// packet, as it does where it NATs without conntrack: its sweeper counts
+/// a forwarded attempt unanswered a second after its SYN, and failed once
+/// idle past the SYN_SENT timeout it copied from conntrack.
+#[test]
+fn attempts_nobody_answers_count_failed_per_packet() {
+    attempts_count_failed("faildroppp", Dark::Drops, &["--forwarded-per-packet"]);
 }
 
 /// The client's attempts through the VIP, then `curl`'s from the lb to a
 /// port of the dark backend that nothing answers on either: each counted
 /// failed by the lb's agent, none opened; each counted unanswered too where
 /// nobody answers, none where the backend refuses at once.
-fn attempts_count_failed(name: &str, dark: Dark) {
+fn attempts_count_failed(name: &str, dark: Dark, lb_args: &[&str]) {
     let unanswered = |n: u64| if dark == Dark::Drops { n } else { 0 };
-    let (lab, dark_node) = lab(name, dark);
-    if dark == Dark::Drops {
-        netns::sysctl(
-            &lab.lb.ns,
-            "net.netfilter.nf_conntrack_tcp_timeout_syn_sent",
-            "4",
-        )
-        .expect("conntrack's SYN_SENT timeout shortens");
-    }
+    let (lab, dark_node) = lab(name, dark, lb_args);
     let load = load_through_the_vip(&lab);
     let dark_addr = dark_node.addr4.to_string();
     let forwarded = lb_totals_once_failed(
@@ -248,7 +260,8 @@ fn attempts_count_failed(name: &str, dark: Dark) {
 /// A judged lab: the collector with a pool file for the backends, an
 /// agent on every node streaming to it, and all four backends serving a
 /// first load. The test then darkens the fourth, `dark`, its own way.
-fn judged_lab(name: &str) -> (Lab, Node) {
+/// The lb's agent runs with `lb_args` too.
+fn judged_lab(name: &str, lb_args: &[&str]) -> (Lab, Node) {
     evenflow_tests::require_root();
     let mut lab = Lab::new(name, 4).expect("the lab builds");
     let pools = lab.dir.join("pools.toml");
@@ -261,7 +274,9 @@ fn judged_lab(name: &str) -> (Lab, Node) {
     )
     .expect("the collector starts");
     let url = format!("http://{COLLECTOR}");
-    let (lab, dark) = with_dark_backend(lab, Dark::Serves, &["--collector", &url]);
+    let mut args = vec!["--collector", &url];
+    args.extend_from_slice(lb_args);
+    let (lab, dark) = with_dark_backend(lab, Dark::Serves, &args);
     let mut nodes = vec![lab.lb.clone()];
     nodes.extend(lab.backends.iter().cloned());
     agent::wait_reporting(&lab, &nodes).expect("every agent reports");
@@ -387,7 +402,7 @@ fn check_refusing(alerts: &[serde_json::Value]) {
 /// alert blames the balancer's routing.
 #[test]
 fn a_refusing_backend_is_judged_with_its_failed_attempts() {
-    let (mut lab, dark) = judged_lab("failjudge");
+    let (mut lab, dark) = judged_lab("failjudge", &[]);
     lab.kill(&format!("nginx-{}", dark.role));
     judged_with_failures(&lab, &dark, true);
     check_refusing(&shortfall_alerts(&lab, &dark));
@@ -400,7 +415,7 @@ fn a_refusing_backend_is_judged_with_its_failed_attempts() {
 /// balancer that leaves it out (`dark_backend`) pages routing.
 #[test]
 fn a_backend_rejecting_its_balancers_connections_pages_zero_refusing() {
-    let (lab, dark) = judged_lab("failcause");
+    let (lab, dark) = judged_lab("failcause", &[]);
     nft::load(
         &lab,
         &dark.ns,
@@ -460,7 +475,7 @@ fn drop_at(lab: &Lab, dark: &Node, all: bool) {
 /// blamed for what the backend's firewall did.
 #[test]
 fn a_backend_dropping_its_balancers_syns_pages_zero_refusing_within_seconds() {
-    let (lab, dark) = judged_lab("faildrops");
+    let (lab, dark) = judged_lab("faildrops", &[]);
     drop_at(&lab, &dark, false);
     let dropped = Instant::now();
     let load = steady_load(&lab);
@@ -482,7 +497,21 @@ fn a_backend_dropping_its_balancers_syns_pages_zero_refusing_within_seconds() {
 /// only when conntrack gives them up left it NO_DATA for two minutes.
 #[test]
 fn a_host_cut_off_behind_dnat_is_down_within_seconds() {
-    let (mut lab, dark) = judged_lab("failcut");
+    cut_off("failcut", &[]);
+}
+
+/// The same with the lb counting its forwarded connections packet by
+/// packet, whose sweeper gives an attempt up at conntrack's SYN_SENT
+/// timeout too (two minutes by default).
+#[test]
+fn a_host_cut_off_behind_dnat_is_down_within_seconds_per_packet() {
+    cut_off("failcutpp", &["--forwarded-per-packet"]);
+}
+
+/// Cuts the fourth backend of a [`judged_lab`] off (the lb's agent with
+/// `lb_args`) and waits for it to be judged DOWN.
+fn cut_off(name: &str, lb_args: &[&str]) {
+    let (mut lab, dark) = judged_lab(name, lb_args);
     drop_at(&lab, &dark, true);
     agent::kill(&mut lab, &dark);
     let cut = Instant::now();

@@ -203,22 +203,19 @@ fn failed_and_half_open(name: &str, lb_args: &[&str]) {
         load.failures, 12,
         "the client's failed connects are b3's and b4's: {load:?}"
     );
-    // Followed in conntrack, b4's 6 silent SYNs were also counted
-    // unanswered, once each, by a sweep a second after each; b3's refused
-    // and b1's half-open ones were answered. (Counted per packet, attempts
-    // are not counted unanswered: see docs/counting.md.)
-    if lb_args.is_empty() {
-        let unanswered: Vec<u64> = (0..4)
-            .map(|i| grpcurl::totals(&snap, &backend_addr(&lab, i), BACKEND_PORT, SENDS_TO))
-            .map(|t| t.unanswered)
-            .collect();
-        assert_eq!(
-            unanswered,
-            vec![0, 0, 0, 6],
-            "lb unanswered attempts per backend:\n{}",
-            grpcurl::summary(&snap)
-        );
-    }
+    // b4's 6 silent SYNs were also counted unanswered, once each, by a
+    // sweep a second after each; b3's refused and b1's half-open ones were
+    // answered.
+    let unanswered: Vec<u64> = (0..4)
+        .map(|i| grpcurl::totals(&snap, &backend_addr(&lab, i), BACKEND_PORT, SENDS_TO))
+        .map(|t| t.unanswered)
+        .collect();
+    assert_eq!(
+        unanswered,
+        vec![0, 0, 0, 6],
+        "lb unanswered attempts per backend:\n{}",
+        grpcurl::summary(&snap)
+    );
 }
 
 /// A keep-alive connection open across many intervals: its bytes grow in
