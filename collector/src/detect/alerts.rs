@@ -127,13 +127,22 @@ const RESOLVED_KEPT: usize = 1000;
 /// taken.
 pub(super) const CAUSE_HOLD: u32 = 2 * SHARE_WINDOW as u32;
 
-/// Whether the open alert `open` takes `cause`, which this tick's evidence
-/// names. Into or out of refusing only once the evidence has named the
-/// same cause [`CAUSE_HOLD`] ticks in a row: failed attempts come and go
-/// with the window. Pinned and routing, which the member's new and open
-/// connections decide and which also decide how its alerts are grouped,
-/// change at once, as its severity does.
-fn hold_cause(open: &mut Alert, cause: Option<Cause>) -> bool {
+/// Ticks after its evidence first crossed its bound in which an alert
+/// that opened as routing takes refusing at once. An attempt nobody
+/// answers is counted a second after its SYN and reaches the collector
+/// with the next report, so the first tick a busy pool's member gets
+/// nothing can page before its balancers' attempts to it are counted:
+/// evidence that late is the alert's first, not a change.
+pub(super) const EVIDENCE_LAG: u64 = 3;
+
+/// Whether the open alert `open` takes `cause`, which this `tick`'s
+/// evidence names. Into or out of refusing only once the evidence has
+/// named the same cause [`CAUSE_HOLD`] ticks in a row: failed attempts
+/// come and go with the window. But from routing into refusing at once
+/// while the alert is young ([`EVIDENCE_LAG`]). Pinned and routing, which
+/// the member's new and open connections decide and which also decide how
+/// its alerts are grouped, change at once, as its severity does.
+fn hold_cause(open: &mut Alert, cause: Option<Cause>, tick: u64) -> bool {
     if cause == open.cause {
         open.recause = None;
         return false;
@@ -143,7 +152,10 @@ fn hold_cause(open: &mut Alert, cause: Option<Cause>) -> bool {
         _ => 1,
     };
     let refusing = |c: Option<Cause>| c == Some(Cause::Refusing);
-    if (refusing(cause) || refusing(open.cause)) && streak < CAUSE_HOLD {
+    let late_evidence = refusing(cause)
+        && open.cause == Some(Cause::Routing)
+        && tick.saturating_sub(open.since_tick) <= EVIDENCE_LAG;
+    if !late_evidence && (refusing(cause) || refusing(open.cause)) && streak < CAUSE_HOLD {
         open.recause = Some((cause, streak));
         return false;
     }
@@ -655,7 +667,7 @@ impl Book {
             if upgrade && open.upgrade < fire_after(a.kind) {
                 a.severity = Severity::Warning;
             }
-            let recaused = hold_cause(open, a.cause);
+            let recaused = hold_cause(open, a.cause, tick);
             let changed = open.severity != a.severity || recaused;
             open.severity = a.severity;
             open.observed = a.observed;
@@ -772,26 +784,42 @@ mod tests {
         .into_alert("a".into(), "pool", "m", 0)
     }
 
+    /// [`hold_cause`] on an alert long past [`EVIDENCE_LAG`].
+    fn hold_cause_late(a: &mut Alert, cause: Option<Cause>) -> bool {
+        hold_cause(a, cause, EVIDENCE_LAG + 1)
+    }
+
+    #[test]
+    fn a_young_routing_alert_takes_refusing_at_once_and_leaves_it_after_the_hold() {
+        let mut a = open(Cause::Routing);
+        assert!(hold_cause(&mut a, Some(Cause::Refusing), EVIDENCE_LAG));
+        assert_eq!(a.cause, Some(Cause::Refusing));
+        for _ in 1..CAUSE_HOLD {
+            assert!(!hold_cause(&mut a, Some(Cause::Routing), 1));
+        }
+        assert!(hold_cause(&mut a, Some(Cause::Routing), 1));
+    }
+
     #[test]
     fn pinned_and_routing_change_at_once() {
         let mut a = open(Cause::Pinned);
-        assert!(hold_cause(&mut a, Some(Cause::Routing)));
+        assert!(hold_cause_late(&mut a, Some(Cause::Routing)));
         assert_eq!(a.cause, Some(Cause::Routing));
-        assert!(hold_cause(&mut a, Some(Cause::Pinned)));
+        assert!(hold_cause_late(&mut a, Some(Cause::Pinned)));
     }
 
     #[test]
     fn refusing_is_taken_and_left_after_the_same_cause_held() {
         let mut a = open(Cause::Routing);
         for _ in 1..CAUSE_HOLD {
-            assert!(!hold_cause(&mut a, Some(Cause::Refusing)));
+            assert!(!hold_cause_late(&mut a, Some(Cause::Refusing)));
         }
         // A tick naming the alert's own cause starts the count again.
-        assert!(!hold_cause(&mut a, Some(Cause::Routing)));
+        assert!(!hold_cause_late(&mut a, Some(Cause::Routing)));
         for _ in 1..CAUSE_HOLD {
-            assert!(!hold_cause(&mut a, Some(Cause::Refusing)));
+            assert!(!hold_cause_late(&mut a, Some(Cause::Refusing)));
         }
-        assert!(hold_cause(&mut a, Some(Cause::Refusing)));
+        assert!(hold_cause_late(&mut a, Some(Cause::Refusing)));
         assert_eq!(a.cause, Some(Cause::Refusing));
         // Pinned and routing taking turns are not one cause held.
         for i in 0..CAUSE_HOLD * 2 {
@@ -800,7 +828,7 @@ mod tests {
             } else {
                 Cause::Routing
             };
-            assert!(!hold_cause(&mut a, Some(c)), "tick {i}");
+            assert!(!hold_cause_late(&mut a, Some(c)), "tick {i}");
         }
         assert_eq!(a.cause, Some(Cause::Refusing));
     }

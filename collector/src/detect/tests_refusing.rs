@@ -710,3 +710,57 @@ fn probes_that_pass_a_policy_do_not_hide_a_failing_pool() {
     let first = verdicts.iter().position(|v| v.verdict == Verdict::Failing);
     assert!(first.is_some_and(|t| t <= 21), "FAILING from {first:?}");
 }
+
+/// The member's ZERO alerts on new connections: the ticks each fired, and
+/// each transition's tick and cause.
+fn zero_pages(ran: &Ran) -> (Vec<u64>, Vec<(u64, Option<Cause>)>) {
+    let member = &ran.last.members[3].id;
+    let zero = |a: &Alert| {
+        &a.member == member && a.kind == AlertKind::Zero && a.signal == Some(Signal::NewConnections)
+    };
+    let fired = (ran.transitions.iter())
+        .filter(|(_, tr)| matches!(tr, Transition::Fired(a) if zero(a)))
+        .map(|(t, _)| *t)
+        .collect();
+    let causes = (ran.transitions.iter())
+        .filter(|(_, tr)| zero(tr.alert()))
+        .map(|(t, tr)| (*t, tr.alert().cause))
+        .collect();
+    (fired, causes)
+}
+
+/// A member of a busy pool whose balancers' attempts are counted a tick
+/// after it got nothing (unanswered a second after each SYN, reported
+/// with the next interval): its ZERO pages refusing from the first page.
+#[test]
+fn evidence_a_tick_late_pages_refusing_from_the_first_page() {
+    let failed = |t: u64, _| if t >= 21 { 25 } else { 0 };
+    let ran = run_ticks(60, (4, 1), |_| 0, failed, |_| true);
+    let (fired, causes) = zero_pages(&ran);
+    assert_eq!(fired.len(), 1, "one page: {causes:?}");
+    assert!(
+        causes.iter().all(|(_, c)| *c == Some(Cause::Refusing)),
+        "{causes:?}"
+    );
+}
+
+/// Counted two or three ticks late (a report that missed its tick): the
+/// page that opened as routing turns refusing as the attempts arrive, by
+/// an update of the young alert, not after [`CAUSE_HOLD`] ticks.
+#[test]
+fn evidence_a_few_ticks_late_turns_the_young_page_refusing_at_once() {
+    for lag in [2, 3] {
+        let failed = move |t: u64, _| if t >= 20 + lag { 25 } else { 0 };
+        let ran = run_ticks(60, (4, 1), |_| 0, failed, |_| true);
+        let (fired, causes) = zero_pages(&ran);
+        assert_eq!(fired, [21], "lag {lag}: one page: {causes:?}");
+        assert_eq!(
+            causes,
+            [
+                (21, Some(Cause::Routing)),
+                (20 + lag, Some(Cause::Refusing))
+            ],
+            "lag {lag}"
+        );
+    }
+}
