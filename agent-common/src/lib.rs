@@ -429,6 +429,9 @@ pub const CT_ADOPTED: u64 = 1024;
 /// [`CtFlow::flags`] bit: the sweeper counted the connection's SYN
 /// unanswered (no SYN-ACK [`UNANSWERED_AFTER_NS`] after it), once.
 pub const CT_UNANSWERED: u64 = 2048;
+/// [`CtFlow::flags`] bit: the sweeper counted the connection in
+/// [`Stat::ReplyUnseen`] (open, its SYN-ACK never seen), once.
+pub const CT_REPLY_UNSEEN: u64 = 4096;
 
 /// How long a connection attempt's SYN waits for an answer before it is
 /// counted unanswered (`conns_unanswered`): a second, Linux's initial
@@ -683,6 +686,11 @@ pub enum Stat {
     /// CPU's part of the journal was past half full between the agent's
     /// reads, or with no agent running.
     JournalDrainedInline = 18,
+    /// Forwarded connections counted open whose backend's SYN-ACK evenflow
+    /// never saw: it left through a device the TC programs are not on
+    /// (`--iface`), so their bytes (the reply's sequence numbers unknown)
+    /// are not counted.
+    ReplyUnseen = 19,
 }
 
 /// What the adoption iterator (`iter/tcp`, run once at the agent's start)
@@ -693,7 +701,7 @@ pub const ADOPT_ADOPTED: u8 = b'a';
 pub const ADOPT_UNSUPPORTED: u8 = b'u';
 
 /// Number of [`Stat`] slots.
-pub const STAT_COUNT: u32 = 19;
+pub const STAT_COUNT: u32 = 20;
 
 /// Capacity of the endpoint map (per CPU). Not LRU: an endpoint's totals
 /// must never restart at zero within an epoch; when the map is full new
@@ -827,7 +835,8 @@ pub const META_COUNT: u32 = 8;
 /// programs of layout 16 would take for another socket's.
 /// 18: `EndpointCounters` counts attempts left unanswered, and a
 /// [`CtFlow`] holds its SYN's time.
-pub const LAYOUT_VERSION: u64 = 18;
+/// 19: a new statistic ([`Stat::ReplyUnseen`]).
+pub const LAYOUT_VERSION: u64 = 19;
 
 /// The IPv4-mapped IPv6 form (`::ffff:a.b.c.d`) of an IPv4 address given
 /// as it sits in memory (network byte order bytes read as a native `u32`).

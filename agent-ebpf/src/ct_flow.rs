@@ -23,8 +23,8 @@ use agent_common::{
     CT_ADOPT_ADOPTED, CT_ADOPT_FOLLOWED, CT_ADOPT_FULL, CT_ADOPT_GONE, CT_ADOPTED, CT_CLOSING,
     CT_COPY, CT_ENDED, CT_EVENT_ASSURED, CT_EVENT_CROSSING, CT_EVENT_END, CT_EVENT_REPLY,
     CT_EVENT_SYN, CT_EVENT_SYN_ACK, CT_ISN_ORIGINAL, CT_ISN_REPLY, CT_MOVED, CT_ORIGINAL, CT_REPLY,
-    CT_UNANSWERED, CT_YOUNG_ENTRIES, CtEvent, CtFlow, Direction, EndpointKey, FLOW_OPEN, MAX_FLOWS,
-    PROTO_TCP, Stat, TAG_SHIFT, UNANSWERED_AFTER_NS, flow_tag,
+    CT_REPLY_UNSEEN, CT_UNANSWERED, CT_YOUNG_ENTRIES, CtEvent, CtFlow, Direction, EndpointKey,
+    FLOW_OPEN, MAX_FLOWS, PROTO_TCP, Stat, TAG_SHIFT, UNANSWERED_AFTER_NS, flow_tag,
 };
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
@@ -723,6 +723,7 @@ pub fn sweep(key: *const u64, f: &mut CtFlow, tier: Tier) {
     }
     catch_up_open(f, tag, &endpoint, conn);
     note_unanswered(f, tag, &endpoint, conn);
+    note_reply_unseen(f, tag, flags);
     let t = unfolded(f, tag);
     add_traffic(&endpoint, &t);
     if closing {
@@ -834,6 +835,23 @@ fn note_unanswered(f: &mut CtFlow, tag: u64, endpoint: &EndpointKey, conn: u64) 
         && set_tagged_unless(f, tag, CT_UNANSWERED, answered).is_some()
     {
         add_traffic(endpoint, &Traffic::unanswered());
+    }
+}
+
+/// Counts in [`Stat::ReplyUnseen`], once, a connection an earlier sweep
+/// counted open (`flags`, as this sweep found them) whose SYN-ACK the
+/// drain never applied: it left through a device the program is not on,
+/// and without its sequence number the connection's bytes are not counted
+/// ([`catch_up_bytes`]). Every SYN-ACK that left before the connection
+/// opened was drained before this sweep, so none is on its way.
+#[inline(always)]
+fn note_reply_unseen(f: &mut CtFlow, tag: u64, flags: u64) {
+    let known = CT_ISN_REPLY | CT_ADOPTED | CT_ENDED | CT_REPLY_UNSEEN;
+    if flags & FLOW_OPEN as u64 != 0
+        && flags & known == 0
+        && set_tagged_unless(f, tag, CT_REPLY_UNSEEN, known).is_some()
+    {
+        stat(Stat::ReplyUnseen, 1);
     }
 }
 

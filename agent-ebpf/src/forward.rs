@@ -47,6 +47,11 @@ use crate::{
 /// from the SYN, the reply's from the SYN-ACK), so its bytes can be counted.
 const SEQ_KNOWN: u8 = 16;
 
+/// State bit of a request half: it carried data though no SYN-ACK of its
+/// connection was seen (it left through a device without the program), so
+/// its replies go uncounted; counted once in `Stat::ReplyUnseen`.
+const REPLY_UNSEEN: u8 = 32;
+
 /// A reply half's `next_seq` before its SYN-ACK, once its attempt was
 /// counted unanswered (see [`note_unanswered`]).
 const UNANSWERED_MARK: u64 = 1;
@@ -158,6 +163,12 @@ fn count_packet(ctx: &TcContext, f: &mut FlowValue, pkt: &Packet) -> bool {
         if ahead > 0 {
             f.bytes += ahead as u64;
             f.next_seq = end;
+        }
+        // A client sends data only once the SYN-ACK reached it (a Fast
+        // Open SYN's is the SYN's own).
+        if f.half == HALF_REQUEST && f.state & (FLOW_SYNACK | REPLY_UNSEEN) == 0 && !pkt.is_syn() {
+            f.state |= REPLY_UNSEEN;
+            stat(Stat::ReplyUnseen, 1);
         }
     }
     if f.ifindex == dev {
@@ -343,7 +354,8 @@ pub fn sweep(key: *const FlowKey, f: &mut FlowValue) {
 
 /// Counts the attempt whose request half holds `req_state` unanswered,
 /// once, when its SYN has waited [`UNANSWERED_AFTER_NS`] and the backend
-/// sent nothing back: no SYN-ACK (`FLOW_SYNACK`), and no packet through
+/// sent nothing back: no SYN-ACK (`FLOW_SYNACK`), no data from the client
+/// (which it sends only once answered: [`REPLY_UNSEEN`]), and no packet through
 /// the reply half, whose `last_seen_ns` holds the SYN's time until its
 /// first packet. The once-only mark is the reply half's `next_seq`, unused
 /// until a SYN-ACK gives it a sequence number (and overwrites the mark):
@@ -358,7 +370,7 @@ fn note_unanswered(req_state: u8, reply: &mut FlowValue, tag: u64, endpoint: &En
             read_volatile(&reply.last_seen_ns),
         )
     };
-    if req_state & (FLOW_SYNACK | FLOW_OPEN) != 0 || state & SEQ_KNOWN != 0 {
+    if req_state & (FLOW_SYNACK | FLOW_OPEN | REPLY_UNSEEN) != 0 || state & SEQ_KNOWN != 0 {
         return;
     }
     // SAFETY: no arguments.

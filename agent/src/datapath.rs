@@ -213,6 +213,12 @@ fn new_losses(prev: &Stats, now: &Stats, marks: &mut FullMarks) -> Vec<(u64, &'s
         grew(Stat::SockStorageFailed),
         "sockets could not get evenflow's storage (memory pressure): not counted",
     ));
+    losses.push((
+        grew(Stat::ReplyUnseen),
+        "forwarded connections were counted without their bytes: their backends' SYN-ACKs \
+         left through a device the agent is not attached to (give --iface every device \
+         forwarded connections leave through, both ways, or drop --iface to attach to all)",
+    ));
     losses
 }
 

@@ -181,6 +181,11 @@ pub fn render(snap: &v1::Snapshot) -> String {
                 d.journal_drained_inline,
             ),
             (
+                "forwarded_replies_unseen",
+                "Forwarded connections counted without their bytes: their backend's SYN-ACK left through a device the agent is not attached to (--iface).",
+                d.forwarded_replies_unseen,
+            ),
+            (
                 "endpoint_insert_no_memory",
                 "Of endpoint_insert_failed, endpoints the kernel could not allocate counters for (memory limit).",
                 d.endpoint_insert_no_memory,

@@ -111,6 +111,7 @@ pub fn build(i: &Inputs<'_>) -> v1::Snapshot {
             journal_spilled: i.stats.slot(Stat::JournalSpilled),
             journal_lost: i.stats.slot(Stat::JournalLost),
             journal_drained_inline: i.stats.slot(Stat::JournalDrainedInline),
+            forwarded_replies_unseen: i.stats.slot(Stat::ReplyUnseen),
         }),
         interfaces: i.interfaces.to_vec(),
         cgroup: i.cgroup.to_owned(),

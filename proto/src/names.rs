@@ -58,7 +58,7 @@ pub fn severity_name(severity: i32) -> &'static str {
 /// What an agent's datapath could not count, by kind (the loss counters of
 /// its `DatapathStats`; the no-memory splits are subsets and left out), as
 /// the collector's `evenflow_agent_uncounted_total` and the CLI name them.
-pub fn uncounted(d: &v1::DatapathStats) -> [(&'static str, u64); 6] {
+pub fn uncounted(d: &v1::DatapathStats) -> [(&'static str, u64); 7] {
     [
         ("packets_unparsable", d.packets_unparsable),
         ("endpoint_insert_failed", d.endpoint_insert_failed),
@@ -66,5 +66,6 @@ pub fn uncounted(d: &v1::DatapathStats) -> [(&'static str, u64); 6] {
         ("flow_missing_on_close", d.flow_missing_on_close),
         ("sock_storage_failed", d.sock_storage_failed),
         ("syns_origin_unknown", d.syns_origin_unknown),
+        ("forwarded_replies_unseen", d.forwarded_replies_unseen),
     ]
 }

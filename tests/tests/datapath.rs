@@ -378,6 +378,7 @@ impl Run {
             "endpointEvictions",
             "flowInsertFailed",
             "flowMissingOnClose",
+            "forwardedRepliesUnseen",
         ] {
             let v = &snap["datapath"][key];
             if !(v == "0" || v == 0) {

@@ -105,23 +105,7 @@ fn failed_and_half_open(name: &str, lb_args: &[&str]) {
     let client_drop = "table inet halfopen { chain output { type filter hook output priority 0; \
                        tcp dport 81 tcp flags & (syn | ack) == ack drop; } }";
     nft::load(&lab, &lab.client.ns, "halfopen", client_drop).expect("the client's ACK drop loads");
-    let target = SocketAddr::new(lab::vip(false).ip(), 81);
-    let half_open: Vec<_> = (0..3)
-        .map(|_| {
-            let ns = lab.client.ns.clone();
-            std::thread::spawn(move || {
-                netns::run_in(&ns, move || {
-                    // connect() succeeds (the client thinks it is open);
-                    // the request never arrives and the read times out.
-                    client::KeepAlive::connect(target).and_then(|mut c| c.request())
-                })
-            })
-        })
-        .collect();
-    for h in half_open {
-        let r = h.join().expect("thread").expect("runs in the namespace");
-        assert!(r.is_err(), "a half-open connection cannot carry a request");
-    }
+    attempts_that_carry_nothing(&lab, &[81, 81, 81]);
 
     for (i, log) in logs.iter().enumerate() {
         let addr = backend_addr(&lab, i);
@@ -216,6 +200,141 @@ fn failed_and_half_open(name: &str, lb_args: &[&str]) {
         "lb unanswered attempts per backend:\n{}",
         grpcurl::summary(&snap)
     );
+}
+
+/// From the client, at once, a connection to the VIP's port for each of
+/// `ports`, each trying one request, which must fail: its connect times
+/// out, or it completes half-open (the client's ACK dropped: `connect()`
+/// succeeds, the request never arrives and the read times out).
+fn attempts_that_carry_nothing(lab: &Lab, ports: &[u16]) {
+    let attempts: Vec<_> = (ports.iter())
+        .map(|&port| {
+            let ns = lab.client.ns.clone();
+            let target = SocketAddr::new(lab::vip(false).ip(), port);
+            std::thread::spawn(move || {
+                netns::run_in(&ns, move || {
+                    client::KeepAlive::connect(target).and_then(|mut c| c.request())
+                })
+            })
+        })
+        .collect();
+    for a in attempts {
+        let r = a.join().expect("thread").expect("runs in the namespace");
+        assert!(r.is_err(), "no attempt to {ports:?} carries a request");
+    }
+}
+
+/// The lb's agent watching only its backends' devices (`--iface`): the
+/// SYN-ACKs of the connections it forwards leave towards the client
+/// through a device without the program, so only conntrack knows they
+/// were answered (`IPS_SEEN_REPLY`, which the sweep reads before it counts
+/// an attempt unanswered). Half-open handshakes to b1 (the client's ACK
+/// dropped, so they never open) are answered: not counted unanswered.
+/// Attempts to b2, which drops SYNs, are, once each; both fail. And a
+/// connection that opens is counted open, but its bytes cannot be (the
+/// reply's sequence numbers are unknown): the agent says so, in
+/// `forwardedRepliesUnseen`, its log and its `/metrics`, naming the fix.
+#[test]
+fn field_a_syn_ack_through_an_unwatched_device_is_no_unanswered_attempt() {
+    evenflow_tests::require_root();
+    let mut lab = Lab::new("unwatched", 2).expect("the lab builds");
+    let b1 = lab.backends[0].clone();
+    nginx::start(&mut lab, &b1).expect("nginx starts");
+    let drop_syn = "table inet syndrop { chain input { type filter hook input priority 0; \
+                    tcp dport 8080 tcp flags & (syn | ack) == syn drop; } }";
+    nft::load(&lab, &lab.backends[1].ns, "syndrop", drop_syn).expect("b2's SYN drop loads");
+    let dnat = format!(
+        "table ip unwatched {{ chain prerouting {{ type nat hook prerouting priority dstnat; \
+         ip daddr {vip} tcp dport 81 dnat ip to {b1}:{BACKEND_PORT}; \
+         ip daddr {vip} tcp dport 82 dnat ip to {b2}:{BACKEND_PORT}; \
+         ip daddr {vip} tcp dport 83 dnat ip to {b1}:{BACKEND_PORT}; }} }}",
+        vip = lab::VIP4,
+        b1 = backend_addr(&lab, 0),
+        b2 = backend_addr(&lab, 1),
+    );
+    nft::load(&lab, &lab.lb.ns, "unwatched-dnat", &dnat).expect("the DNAT rules load");
+    let client_drop = "table inet halfopen { chain output { type filter hook output priority 0; \
+                       tcp dport 81 tcp flags & (syn | ack) == ack drop; } }";
+    nft::load(&lab, &lab.client.ns, "halfopen", client_drop).expect("the client's ACK drop loads");
+    for sysctl in [
+        "net.netfilter.nf_conntrack_tcp_timeout_syn_sent",
+        "net.netfilter.nf_conntrack_tcp_timeout_syn_recv",
+    ] {
+        netns::sysctl(&lab.lb.ns, sysctl, "3").expect("conntrack's handshake timeouts");
+    }
+    let lb = lab.lb.clone();
+    let (l1, l2) = (lab.lb_link(1), lab.lb_link(2));
+    agent::start(&mut lab, &lb, &["--iface", &l1, "--iface", &l2]).expect("the lb agent starts");
+
+    attempts_that_carry_nothing(&lab, &[81, 81, 81, 82, 82, 82]);
+    let totals = |snap: &serde_json::Value| -> Vec<Totals> {
+        (0..2)
+            .map(|i| grpcurl::totals(snap, &backend_addr(&lab, i), BACKEND_PORT, SENDS_TO))
+            .collect()
+    };
+    let ended = evenflow_tests::wait_for(Duration::from_secs(20), || {
+        let t = totals(&grpcurl::snapshot(&lb.ns).ok()?);
+        (t[0].failed == 3 && t[1].failed == 3).then_some(t)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "every attempt fails once conntrack forgets it; last snapshot:\n{}",
+            grpcurl::summary(&grpcurl::snapshot(&lb.ns).unwrap_or_default())
+        )
+    });
+    let unanswered: Vec<(u64, u64)> = ended.iter().map(|t| (t.opened, t.unanswered)).collect();
+    assert_eq!(
+        unanswered,
+        [(0, 0), (0, 3)],
+        "(opened, unanswered) for b1 (half-open, its SYN-ACKs unseen) and b2 (silent): {ended:?}"
+    );
+
+    // A keep-alive connection to b1 through :83, talking across three
+    // sweeps: counted open, and said to be counted without its bytes.
+    let target = SocketAddr::new(lab::vip(false).ip(), 83);
+    let mut kept = client::KeepAlives::open(&lab.client.ns, target, 1).expect("it connects");
+    for _ in 0..6 {
+        kept.talk(1).expect("b1 answers");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let snap = evenflow_tests::wait_for(Duration::from_secs(10), || {
+        grpcurl::snapshot(&lb.ns)
+            .ok()
+            .filter(|s| datapath(s, "forwardedRepliesUnseen") >= 1)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the lb's agent never says a connection's replies went unseen:\n{}",
+            grpcurl::snapshot(&lb.ns)
+                .map(|s| s["datapath"].to_string())
+                .unwrap_or_default()
+        )
+    });
+    drop(kept);
+    assert_eq!(
+        datapath(&snap, "forwardedRepliesUnseen"),
+        1,
+        "once: {}",
+        snap["datapath"]
+    );
+    assert_eq!(totals(&snap)[0].opened, 1, "the connection counted open");
+    let log = lab.log("agent-lb");
+    assert!(
+        log.contains("counted without their bytes") && log.contains("--iface"),
+        "the agent's log names the loss and the fix:\n{log}"
+    );
+    assert_datapath_metric(&lb, "forwarded_replies_unseen", 1);
+}
+
+/// The agent on `node` exports `evenflow_datapath_{name}_total` as `value`.
+fn assert_datapath_metric(node: &lab::Node, name: &str, value: u64) {
+    let metrics = netns::exec(&node.ns, "curl", &["-sf", "http://127.0.0.1:9464/metrics"])
+        .expect("the agent's /metrics");
+    let line = format!(
+        "evenflow_datapath_{name}_total{{node=\"{}\"}} {value}",
+        node.ns
+    );
+    assert!(metrics.lines().any(|l| l == line), "/metrics has `{line}`");
 }
 
 /// A keep-alive connection open across many intervals: its bytes grow in
@@ -2779,13 +2898,7 @@ fn field_flow_map_short_of_memory_says_so_and_counts_the_rest() {
         response_bytes - failed * each.1 - untracked_after * after.1,
         request_bytes - failed * each.0 - untracked_after * after.0,
     );
-    let metrics = netns::exec(&lb.ns, "curl", &["-sf", "http://127.0.0.1:9464/metrics"])
-        .expect("the lb agent's /metrics");
-    let line = format!(
-        "evenflow_datapath_flow_insert_no_memory_total{{node=\"{}\"}} {lost}",
-        lb.ns
-    );
-    assert!(metrics.lines().any(|l| l == line), "/metrics has `{line}`");
+    assert_datapath_metric(&lb, "flow_insert_no_memory", lost);
     let log = lab.log("agent-lb");
     assert!(
         log.contains("the kernel could not allocate flow map entries")
