@@ -688,8 +688,9 @@ pub enum Stat {
     JournalDrainedInline = 18,
     /// Forwarded connections counted open whose backend's SYN-ACK evenflow
     /// never saw: it left through a device the TC programs are not on
-    /// (`--iface`), so their bytes (the reply's sequence numbers unknown)
-    /// are not counted.
+    /// (`--iface`, or replies routed out another way), or the journal lost
+    /// it. Their reply bytes (the reply's sequence numbers unknown) are
+    /// not counted; followed in conntrack, nor are their request bytes.
     ReplyUnseen = 19,
 }
 

@@ -840,10 +840,12 @@ fn note_unanswered(f: &mut CtFlow, tag: u64, endpoint: &EndpointKey, conn: u64) 
 
 /// Counts in [`Stat::ReplyUnseen`], once, a connection an earlier sweep
 /// counted open (`flags`, as this sweep found them) whose SYN-ACK the
-/// drain never applied: it left through a device the program is not on,
-/// and without its sequence number the connection's bytes are not counted
-/// ([`catch_up_bytes`]). Every SYN-ACK that left before the connection
-/// opened was drained before this sweep, so none is on its way.
+/// drain never applied: it left through a device the program is not on
+/// (or the journal lost it), and without its sequence number the
+/// connection's bytes are not counted ([`catch_up_bytes`]). Every SYN-ACK
+/// that left before the connection opened was drained before this sweep,
+/// so none is on its way. A connection that ends first is counted by its
+/// end ([`end`]); `CT_REPLY_UNSEEN` and the end bit keep it to once.
 #[inline(always)]
 fn note_reply_unseen(f: &mut CtFlow, tag: u64, flags: u64) {
     let known = CT_ISN_REPLY | CT_ADOPTED | CT_ENDED | CT_REPLY_UNSEEN;
@@ -944,6 +946,12 @@ fn end(f: &mut CtFlow, tag: u64, conn: u64, tier: Tier, last: Option<&Last>) -> 
     // given up by the client.
     t.conns_failed = 1 - t.conns_closed;
     add_traffic(&endpoint, &t);
+    // Opened, its SYN-ACK never applied (the drain applies events in the
+    // order they happened), and no sweep said so yet: most connections
+    // end before a sweep could (see `note_reply_unseen`).
+    if t.conns_closed != 0 && flags & (CT_ISN_REPLY | CT_ADOPTED | CT_REPLY_UNSEEN) == 0 {
+        stat(Stat::ReplyUnseen, 1);
+    }
     stat(Stat::FlowDeleted, 1);
     true
 }

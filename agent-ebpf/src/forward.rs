@@ -47,9 +47,11 @@ use crate::{
 /// from the SYN, the reply's from the SYN-ACK), so its bytes can be counted.
 const SEQ_KNOWN: u8 = 16;
 
-/// State bit of a request half: it carried data though no SYN-ACK of its
-/// connection was seen (it left through a device without the program), so
-/// its replies go uncounted; counted once in `Stat::ReplyUnseen`.
+/// State bit of a request half: the client sent more than SYNs though no
+/// SYN-ACK of its connection was seen (it left through a device without
+/// the program), so it was counted open then, and its replies go
+/// uncounted; counted once in `Stat::ReplyUnseen` (see
+/// [`answered_unseen`]).
 const REPLY_UNSEEN: u8 = 32;
 
 /// A reply half's `next_seq` before its SYN-ACK, once its attempt was
@@ -164,12 +166,13 @@ fn count_packet(ctx: &TcContext, f: &mut FlowValue, pkt: &Packet) -> bool {
             f.bytes += ahead as u64;
             f.next_seq = end;
         }
-        // A client sends data only once the SYN-ACK reached it (a Fast
-        // Open SYN's is the SYN's own).
-        if f.half == HALF_REQUEST && f.state & (FLOW_SYNACK | REPLY_UNSEEN) == 0 && !pkt.is_syn() {
-            f.state |= REPLY_UNSEEN;
-            stat(Stat::ReplyUnseen, 1);
-        }
+    }
+    if f.half == HALF_REQUEST
+        && f.state & (FLOW_SYNACK | REPLY_UNSEEN) == 0
+        && !pkt.is_syn()
+        && !pkt.is_rst()
+    {
+        answered_unseen(f);
     }
     if f.ifindex == dev {
         f.packets += pkt.segments;
@@ -177,6 +180,19 @@ fn count_packet(ctx: &TcContext, f: &mut FlowValue, pkt: &Packet) -> bool {
         f.last_seen_ns = unsafe { bpf_ktime_get_coarse_ns() };
     }
     f.half == HALF_REQUEST && f.state & (FLOW_SYNACK | FLOW_OPEN) == FLOW_SYNACK && pkt.is_ack()
+}
+
+/// A client's packet other than a SYN or an RST though no SYN-ACK of its
+/// connection was seen: a client waiting on its SYN sends nothing else, so
+/// the backend answered through a device without the program (asymmetric
+/// routing). The connection is counted open now, and in
+/// `Stat::ReplyUnseen` (its replies go uncounted), once. Out of line:
+/// once a connection, and only where replies leave unseen.
+#[inline(never)]
+fn answered_unseen(f: &mut FlowValue) {
+    f.state |= REPLY_UNSEEN | FLOW_OPEN;
+    opened(&f.endpoint);
+    stat(Stat::ReplyUnseen, 1);
 }
 
 /// SYN, SYN-ACK, FIN, RST and the handshake's last ACK. Out of line: a few
@@ -354,8 +370,9 @@ pub fn sweep(key: *const FlowKey, f: &mut FlowValue) {
 
 /// Counts the attempt whose request half holds `req_state` unanswered,
 /// once, when its SYN has waited [`UNANSWERED_AFTER_NS`] and the backend
-/// sent nothing back: no SYN-ACK (`FLOW_SYNACK`), no data from the client
-/// (which it sends only once answered: [`REPLY_UNSEEN`]), and no packet through
+/// sent nothing back: no SYN-ACK (`FLOW_SYNACK`), nothing but SYNs from
+/// the client (which sends more only once answered: [`REPLY_UNSEEN`]),
+/// and no packet through
 /// the reply half, whose `last_seen_ns` holds the SYN's time until its
 /// first packet. The once-only mark is the reply half's `next_seq`, unused
 /// until a SYN-ACK gives it a sequence number (and overwrites the mark):

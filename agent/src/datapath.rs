@@ -217,7 +217,8 @@ fn new_losses(prev: &Stats, now: &Stats, marks: &mut FullMarks) -> Vec<(u64, &'s
         grew(Stat::ReplyUnseen),
         "forwarded connections were counted without their bytes: their backends' SYN-ACKs \
          left through a device the agent is not attached to (give --iface every device \
-         forwarded connections leave through, both ways, or drop --iface to attach to all)",
+         forwarded connections leave through, both ways, or drop --iface to attach to all; \
+         if journal_lost grew too, the journal lost them instead)",
     ));
     losses
 }

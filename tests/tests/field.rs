@@ -297,19 +297,7 @@ fn field_a_syn_ack_through_an_unwatched_device_is_no_unanswered_attempt() {
         kept.talk(1).expect("b1 answers");
         std::thread::sleep(Duration::from_millis(500));
     }
-    let snap = evenflow_tests::wait_for(Duration::from_secs(10), || {
-        grpcurl::snapshot(&lb.ns)
-            .ok()
-            .filter(|s| datapath(s, "forwardedRepliesUnseen") >= 1)
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "the lb's agent never says a connection's replies went unseen:\n{}",
-            grpcurl::snapshot(&lb.ns)
-                .map(|s| s["datapath"].to_string())
-                .unwrap_or_default()
-        )
-    });
+    let snap = replies_unseen_reach(&lb, 1, Duration::from_secs(10));
     drop(kept);
     assert_eq!(
         datapath(&snap, "forwardedRepliesUnseen"),
@@ -326,6 +314,24 @@ fn field_a_syn_ack_through_an_unwatched_device_is_no_unanswered_attempt() {
     assert_datapath_metric(&lb, "forwarded_replies_unseen", 1);
 }
 
+/// Waits up to `within` for `lb`'s agent to count `n` forwarded
+/// connections whose replies it did not see; returns its snapshot.
+fn replies_unseen_reach(lb: &lab::Node, n: u64, within: Duration) -> serde_json::Value {
+    evenflow_tests::wait_for(within, || {
+        grpcurl::snapshot(&lb.ns)
+            .ok()
+            .filter(|s| datapath(s, "forwardedRepliesUnseen") >= n)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the lb's agent never says {n} connections' replies went unseen:\n{}",
+            grpcurl::snapshot(&lb.ns)
+                .map(|s| s["datapath"].to_string())
+                .unwrap_or_default()
+        )
+    })
+}
+
 /// The agent on `node` exports `evenflow_datapath_{name}_total` as `value`.
 fn assert_datapath_metric(node: &lab::Node, name: &str, value: u64) {
     let metrics = netns::exec(&node.ns, "curl", &["-sf", "http://127.0.0.1:9464/metrics"])
@@ -335,6 +341,116 @@ fn assert_datapath_metric(node: &lab::Node, name: &str, value: u64) {
         node.ns
     );
     assert!(metrics.lines().any(|l| l == line), "/metrics has `{line}`");
+}
+
+/// Replies routed around the agent: the lb sends what goes back to the
+/// client out through a second link the agent is not attached to (a
+/// route for the client's address alone), while the client's packets come
+/// in, and go on to the backend, through the links it watches: asymmetric
+/// routing, as a node with two uplinks has. Every connection is counted
+/// open, none unanswered, and each once in `forwardedRepliesUnseen`:
+/// followed in conntrack, at its end or the sweep after it opened (three
+/// of them reset by the client, which the drain ends before any sweep
+/// could see them open).
+#[test]
+fn field_replies_routed_around_the_agent_are_said_unseen() {
+    replies_routed_around("asym", &[]);
+}
+
+/// The same counted per packet: each connection is counted open at the
+/// client's first packet after its SYN (no SYN-ACK seen), and never
+/// counted unanswered.
+#[test]
+fn field_replies_routed_around_the_agent_are_said_unseen_per_packet() {
+    replies_routed_around("asympp", &["--forwarded-per-packet"]);
+}
+
+/// `n` connections from the client through the VIP, each closed with an
+/// RST (`SO_LINGER` 0) once its one request is answered.
+fn reset_after_a_request(lab: &mut Lab, n: u64) {
+    let script = format!(
+        "import socket, struct\n\
+         for _ in range({n}):\n    \
+             s = socket.create_connection(('{vip}', 80), timeout=5)\n    \
+             s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\n    \
+             while s.recv(65536): pass\n    \
+             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))\n    \
+             s.close()\n\
+         print('reset', {n})\n",
+        vip = lab::VIP4
+    );
+    let client = lab.client.clone();
+    lab.spawn(&client, "reset-client", "python3", &["-c", &script])
+        .expect("the client starts");
+    evenflow_tests::wait_for(Duration::from_secs(20), || {
+        lab.log("reset-client")
+            .contains(&format!("reset {n}"))
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("the resetting client ran: {}", lab.log("reset-client")));
+}
+
+fn replies_routed_around(name: &str, lb_args: &[&str]) {
+    evenflow_tests::require_root();
+    let mut lab = Lab::new(name, 1).expect("the lab builds");
+    let b1 = lab.backends[0].clone();
+    nginx::start(&mut lab, &b1).expect("nginx starts");
+    let (client, lb) = (lab.client.clone(), lab.lb.clone());
+    let (c2, l2) = (format!("{name}c2"), format!("{name}r2"));
+    netns::veth(&c2, &client.ns, &l2, &lb.ns).expect("the second link");
+    netns::addr(&client.ns, &c2, "10.3.0.2/24").expect("its client address");
+    netns::addr(&lb.ns, &l2, "10.3.0.1/24").expect("its lb address");
+    netns::exec(&lb.ns, "ip", &["route", "add", "10.1.0.2/32", "dev", &l2])
+        .expect("replies to the client take the second link");
+    for dev in ["all", "default", c2.as_str()] {
+        netns::sysctl(&client.ns, &format!("net.ipv4.conf.{dev}.rp_filter"), "0")
+            .expect("the client takes replies on either link");
+    }
+    netns::sysctl(
+        &lb.ns,
+        "net.netfilter.nf_conntrack_tcp_timeout_time_wait",
+        "2",
+    )
+    .expect("conntrack forgets closed connections sooner");
+    nft::start(&lab).expect("the DNAT rules load");
+    let (l0, l1) = (lab.lb_link(0), lab.lb_link(1));
+    let mut args = vec!["--iface", l0.as_str(), "--iface", l1.as_str()];
+    args.extend_from_slice(lb_args);
+    agent::start(&mut lab, &lb, &args).expect("the lb agent starts");
+
+    let load = client::http_load(&client.ns, lab::vip(false), 5, 1).expect("the load runs");
+    assert_eq!(
+        load.connections, 5,
+        "served with replies on the second link: {load:?}"
+    );
+    reset_after_a_request(&mut lab, 3);
+    let addr = backend_addr(&lab, 0);
+    let snap = replies_unseen_reach(&lb, 8, Duration::from_secs(20));
+    // Two sweeps more: nothing counted twice, no attempt unanswered.
+    std::thread::sleep(Duration::from_secs(2));
+    let snap = grpcurl::snapshot(&lb.ns).unwrap_or(snap);
+    let t = grpcurl::totals(&snap, &addr, BACKEND_PORT, SENDS_TO);
+    assert_eq!(
+        (
+            datapath(&snap, "forwardedRepliesUnseen"),
+            t.opened,
+            t.unanswered,
+            t.failed
+        ),
+        (8, 8, 0, 0),
+        "(unseen, opened, unanswered, failed): {t:?}, {}",
+        snap["datapath"]
+    );
+    assert_eq!(
+        datapath(&snap, "synsOriginUnknown"),
+        0,
+        "{}",
+        snap["datapath"]
+    );
+    assert!(
+        lab.log("agent-lb").contains("counted without their bytes"),
+        "the agent's log says so"
+    );
 }
 
 /// A keep-alive connection open across many intervals: its bytes grow in

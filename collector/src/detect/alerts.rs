@@ -86,6 +86,9 @@ pub struct Alert {
     pub expected: f64,
     /// Tick the evidence first crossed its bound.
     pub since_tick: u64,
+    /// Tick it fired, or last reopened (its evidence may have crossed the
+    /// bound long before: held while its balancer settled, or a flap).
+    opened_tick: u64,
     pub resolved_tick: Option<u64>,
     pub summary: String,
     pub evidence: Vec<(String, f64)>,
@@ -127,13 +130,13 @@ const RESOLVED_KEPT: usize = 1000;
 /// taken.
 pub(super) const CAUSE_HOLD: u32 = 2 * SHARE_WINDOW as u32;
 
-/// Ticks after its evidence first crossed its bound in which an alert
-/// that opened as routing takes refusing at once. An attempt nobody
-/// answers is counted a second after its SYN and reaches the collector
-/// with the next report, so the first tick a busy pool's member gets
-/// nothing can page before its balancers' attempts to it are counted:
-/// evidence that late is the alert's first, not a change.
-pub(super) const EVIDENCE_LAG: u64 = 3;
+/// Ticks after it opened in which an alert that opened as routing takes
+/// refusing at once. An attempt nobody answers is counted a second after
+/// its SYN and reaches the collector with the next report, so the first
+/// tick a busy pool's member gets nothing can page before its balancers'
+/// attempts to it are counted: evidence that late is the alert's first,
+/// not a change.
+pub(super) const EVIDENCE_LAG: u64 = 2;
 
 /// Whether the open alert `open` takes `cause`, which this `tick`'s
 /// evidence names. Into or out of refusing only once the evidence has
@@ -154,7 +157,7 @@ fn hold_cause(open: &mut Alert, cause: Option<Cause>, tick: u64) -> bool {
     let refusing = |c: Option<Cause>| c == Some(Cause::Refusing);
     let late_evidence = refusing(cause)
         && open.cause == Some(Cause::Routing)
-        && tick.saturating_sub(open.since_tick) <= EVIDENCE_LAG;
+        && tick.saturating_sub(open.opened_tick) <= EVIDENCE_LAG;
     if !late_evidence && (refusing(cause) || refusing(open.cause)) && streak < CAUSE_HOLD {
         open.recause = Some((cause, streak));
         return false;
@@ -754,6 +757,7 @@ impl Want {
             observed: self.observed,
             expected: self.expected,
             since_tick: tick,
+            opened_tick: tick,
             resolved_tick: None,
             summary: self.summary,
             evidence: self.evidence,
