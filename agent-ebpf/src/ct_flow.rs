@@ -838,6 +838,11 @@ fn note_unanswered(f: &mut CtFlow, tag: u64, endpoint: &EndpointKey, conn: u64) 
     }
 }
 
+/// Flags of a connection whose replies' bytes can be counted (its SYN-ACK
+/// applied, or its sequence numbers read from conntrack when it was
+/// adopted), or that was counted in [`Stat::ReplyUnseen`] already.
+const REPLY_SEEN_OR_SAID: u64 = CT_ISN_REPLY | CT_ADOPTED | CT_REPLY_UNSEEN;
+
 /// Counts in [`Stat::ReplyUnseen`], once, a connection an earlier sweep
 /// counted open (`flags`, as this sweep found them) whose SYN-ACK the
 /// drain never applied: it left through a device the program is not on
@@ -848,7 +853,7 @@ fn note_unanswered(f: &mut CtFlow, tag: u64, endpoint: &EndpointKey, conn: u64) 
 /// end ([`end`]); `CT_REPLY_UNSEEN` and the end bit keep it to once.
 #[inline(always)]
 fn note_reply_unseen(f: &mut CtFlow, tag: u64, flags: u64) {
-    let known = CT_ISN_REPLY | CT_ADOPTED | CT_ENDED | CT_REPLY_UNSEEN;
+    let known = REPLY_SEEN_OR_SAID | CT_ENDED;
     if flags & FLOW_OPEN as u64 != 0
         && flags & known == 0
         && set_tagged_unless(f, tag, CT_REPLY_UNSEEN, known).is_some()
@@ -949,7 +954,7 @@ fn end(f: &mut CtFlow, tag: u64, conn: u64, tier: Tier, last: Option<&Last>) -> 
     // Opened, its SYN-ACK never applied (the drain applies events in the
     // order they happened), and no sweep said so yet: most connections
     // end before a sweep could (see `note_reply_unseen`).
-    if t.conns_closed != 0 && flags & (CT_ISN_REPLY | CT_ADOPTED | CT_REPLY_UNSEEN) == 0 {
+    if t.conns_closed != 0 && flags & REPLY_SEEN_OR_SAID == 0 {
         stat(Stat::ReplyUnseen, 1);
     }
     stat(Stat::FlowDeleted, 1);

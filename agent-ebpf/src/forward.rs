@@ -372,9 +372,8 @@ pub fn sweep(key: *const FlowKey, f: &mut FlowValue) {
 /// once, when its SYN has waited [`UNANSWERED_AFTER_NS`] and the backend
 /// sent nothing back: no SYN-ACK (`FLOW_SYNACK`), nothing but SYNs from
 /// the client (which sends more only once answered: [`REPLY_UNSEEN`]),
-/// and no packet through
-/// the reply half, whose `last_seen_ns` holds the SYN's time until its
-/// first packet. The once-only mark is the reply half's `next_seq`, unused
+/// and no SYN-ACK through the reply half, whose `last_seen_ns` holds the
+/// SYN's time until its first packet. The once-only mark is the reply half's `next_seq`, unused
 /// until a SYN-ACK gives it a sequence number (and overwrites the mark):
 /// one compare-and-swap of it and the half's tag beside it, so the mark is
 /// set once, and never on an entry that went to another connection.

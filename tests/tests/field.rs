@@ -57,9 +57,7 @@ fn failed_and_half_open(name: &str, lb_args: &[&str]) {
         agent::start(&mut lab, b, &["--service", "web=8080"]).expect("a backend agent starts");
     }
     // b4 drops every SYN: the client's connects time out.
-    let drop_syn = "table inet syndrop { chain input { type filter hook input priority 0; \
-                    tcp dport 8080 tcp flags & (syn | ack) == syn drop; } }";
-    nft::load(&lab, &lab.backends[3].ns, "syndrop", drop_syn).expect("b4's SYN drop loads");
+    drop_syns(&lab, 3);
     nft::start(&lab).expect("the DNAT rules load");
     // VIP:81 goes to b1, for the half-open handshakes below.
     let half_open_dnat = format!(
@@ -69,14 +67,7 @@ fn failed_and_half_open(name: &str, lb_args: &[&str]) {
         lab.backends[0].addr4
     );
     nft::load(&lab, &lab.lb.ns, "halfopen-dnat", &half_open_dnat).expect("the :81 DNAT loads");
-    // conntrack (and so evenflow) forgets unanswered SYNs and half-open
-    // handshakes after 3 s here.
-    for sysctl in [
-        "net.netfilter.nf_conntrack_tcp_timeout_syn_sent",
-        "net.netfilter.nf_conntrack_tcp_timeout_syn_recv",
-    ] {
-        netns::sysctl(&lab.lb.ns, sysctl, "3").expect("conntrack's handshake timeouts");
-    }
+    shorten_handshake_timeouts(&lab);
     let lb = lab.lb.clone();
     agent::start(&mut lab, &lb, lb_args).expect("the lb agent starts");
     let baseline = datapath(&grpcurl::snapshot(&lb.ns).expect("snapshot"), "liveFlows");
@@ -99,12 +90,7 @@ fn failed_and_half_open(name: &str, lb_args: &[&str]) {
     // Round robin over four backends: b1 and b2 answer, b3 refuses, b4 is
     // silent.
     assert_eq!(load.connections, 12, "half the connects succeed: {load:?}");
-    // Half-open: the client's kernel answers the SYN-ACK, its ACK is
-    // dropped on the way out, so only the SYN and the backend's SYN-ACKs
-    // ever pass the lb.
-    let client_drop = "table inet halfopen { chain output { type filter hook output priority 0; \
-                       tcp dport 81 tcp flags & (syn | ack) == ack drop; } }";
-    nft::load(&lab, &lab.client.ns, "halfopen", client_drop).expect("the client's ACK drop loads");
+    drop_clients_acks_to_81(&lab);
     attempts_that_carry_nothing(&lab, &[81, 81, 81]);
 
     for (i, log) in logs.iter().enumerate() {
@@ -202,6 +188,33 @@ fn failed_and_half_open(name: &str, lb_args: &[&str]) {
     );
 }
 
+/// Backend `i` drops every SYN to its port 8080: connects to it time out.
+fn drop_syns(lab: &Lab, i: usize) {
+    let rule = "table inet syndrop { chain input { type filter hook input priority 0; \
+                tcp dport 8080 tcp flags & (syn | ack) == syn drop; } }";
+    nft::load(lab, &lab.backends[i].ns, "syndrop", rule).expect("the SYN drop loads");
+}
+
+/// Half-open handshakes to the VIP's port 81: the client's kernel answers
+/// the SYN-ACK, its ACK (and everything after) is dropped on the way out,
+/// so only the SYN and the backend's SYN-ACKs ever pass the lb.
+fn drop_clients_acks_to_81(lab: &Lab) {
+    let rule = "table inet halfopen { chain output { type filter hook output priority 0; \
+                tcp dport 81 tcp flags & (syn | ack) == ack drop; } }";
+    nft::load(lab, &lab.client.ns, "halfopen", rule).expect("the client's ACK drop loads");
+}
+
+/// Conntrack on the lb (and so evenflow) forgets unanswered SYNs and
+/// half-open handshakes after 3 s.
+fn shorten_handshake_timeouts(lab: &Lab) {
+    for sysctl in [
+        "net.netfilter.nf_conntrack_tcp_timeout_syn_sent",
+        "net.netfilter.nf_conntrack_tcp_timeout_syn_recv",
+    ] {
+        netns::sysctl(&lab.lb.ns, sysctl, "3").expect("conntrack's handshake timeouts");
+    }
+}
+
 /// From the client, at once, a connection to the VIP's port for each of
 /// `ports`, each trying one request, which must fail: its connect times
 /// out, or it completes half-open (the client's ACK dropped: `connect()`
@@ -240,9 +253,7 @@ fn field_a_syn_ack_through_an_unwatched_device_is_no_unanswered_attempt() {
     let mut lab = Lab::new("unwatched", 2).expect("the lab builds");
     let b1 = lab.backends[0].clone();
     nginx::start(&mut lab, &b1).expect("nginx starts");
-    let drop_syn = "table inet syndrop { chain input { type filter hook input priority 0; \
-                    tcp dport 8080 tcp flags & (syn | ack) == syn drop; } }";
-    nft::load(&lab, &lab.backends[1].ns, "syndrop", drop_syn).expect("b2's SYN drop loads");
+    drop_syns(&lab, 1);
     let dnat = format!(
         "table ip unwatched {{ chain prerouting {{ type nat hook prerouting priority dstnat; \
          ip daddr {vip} tcp dport 81 dnat ip to {b1}:{BACKEND_PORT}; \
@@ -253,15 +264,8 @@ fn field_a_syn_ack_through_an_unwatched_device_is_no_unanswered_attempt() {
         b2 = backend_addr(&lab, 1),
     );
     nft::load(&lab, &lab.lb.ns, "unwatched-dnat", &dnat).expect("the DNAT rules load");
-    let client_drop = "table inet halfopen { chain output { type filter hook output priority 0; \
-                       tcp dport 81 tcp flags & (syn | ack) == ack drop; } }";
-    nft::load(&lab, &lab.client.ns, "halfopen", client_drop).expect("the client's ACK drop loads");
-    for sysctl in [
-        "net.netfilter.nf_conntrack_tcp_timeout_syn_sent",
-        "net.netfilter.nf_conntrack_tcp_timeout_syn_recv",
-    ] {
-        netns::sysctl(&lab.lb.ns, sysctl, "3").expect("conntrack's handshake timeouts");
-    }
+    drop_clients_acks_to_81(&lab);
+    shorten_handshake_timeouts(&lab);
     let lb = lab.lb.clone();
     let (l1, l2) = (lab.lb_link(1), lab.lb_link(2));
     agent::start(&mut lab, &lb, &["--iface", &l1, "--iface", &l2]).expect("the lb agent starts");
