@@ -104,6 +104,13 @@ pub struct EndpointCounters {
     /// looks like seconds before an attempt is given up. Counted where the
     /// SYN left, as `conns_failed`.
     pub conns_unanswered: u64,
+    /// Of `conns_failed`, the attempts counted in `conns_unanswered`
+    /// before they were given up: what a reader that weighs each failing
+    /// attempt once, as early as it can (the collector, at its
+    /// unanswered count), must not weigh again when its failure comes,
+    /// minutes later (conntrack's SYN_SENT timeout, the kernel's SYN
+    /// retries, a proxy's connect timeout).
+    pub conns_failed_unanswered: u64,
 }
 
 impl EndpointCounters {
@@ -117,6 +124,9 @@ impl EndpointCounters {
         self.packets_tx = self.packets_tx.wrapping_add(other.packets_tx);
         self.conns_failed = self.conns_failed.wrapping_add(other.conns_failed);
         self.conns_unanswered = self.conns_unanswered.wrapping_add(other.conns_unanswered);
+        self.conns_failed_unanswered = self
+            .conns_failed_unanswered
+            .wrapping_add(other.conns_failed_unanswered);
     }
 
     /// One endpoint's per-CPU values merged into its totals.
@@ -837,7 +847,9 @@ pub const META_COUNT: u32 = 8;
 /// 18: `EndpointCounters` counts attempts left unanswered, and a
 /// [`CtFlow`] holds its SYN's time.
 /// 19: a new statistic ([`Stat::ReplyUnseen`]).
-pub const LAYOUT_VERSION: u64 = 19;
+/// 20: `EndpointCounters` counts the failed attempts it had counted
+/// unanswered.
+pub const LAYOUT_VERSION: u64 = 20;
 
 /// The IPv4-mapped IPv6 form (`::ffff:a.b.c.d`) of an IPv4 address given
 /// as it sits in memory (network byte order bytes read as a native `u32`).
@@ -918,7 +930,7 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<EndpointKey>(), 16 + 2 + 1 + 1);
-        assert_eq!(size_of::<EndpointCounters>(), 8 * 8);
+        assert_eq!(size_of::<EndpointCounters>(), 9 * 8);
         assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 1 + 3);
         // endpoint, half/state/pad, ifindex, isn, next_seq, pad, five u64
         // (bytes, packets, their folded marks, last_seen_ns), peer.
@@ -971,6 +983,7 @@ mod tests {
             packets_tx: 6,
             conns_failed: 7,
             conns_unanswered: 8,
+            conns_failed_unanswered: 9,
         };
         a.accumulate(&a.clone());
         assert_eq!(
@@ -984,6 +997,7 @@ mod tests {
                 packets_tx: 12,
                 conns_failed: 14,
                 conns_unanswered: 16,
+                conns_failed_unanswered: 18,
             }
         );
     }

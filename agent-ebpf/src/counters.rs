@@ -96,6 +96,7 @@ static ZERO: EndpointCounters = EndpointCounters {
     packets_tx: 0,
     conns_failed: 0,
     conns_unanswered: 0,
+    conns_failed_unanswered: 0,
 };
 
 /// Inserts zeroed counters for `key`. Out of line: only an endpoint's first
@@ -137,14 +138,17 @@ pub struct Traffic {
     pub conns_closed: u64,
     pub conns_failed: u64,
     pub conns_unanswered: u64,
+    pub conns_failed_unanswered: u64,
 }
 
 impl Traffic {
-    /// A connection attempt that never opened, alone.
+    /// A connection attempt that never opened, alone; `unanswered` when
+    /// it was counted unanswered first.
     #[inline(always)]
-    pub fn failed() -> Self {
+    pub fn failed(unanswered: bool) -> Self {
         Self {
             conns_failed: 1,
+            conns_failed_unanswered: unanswered as u64,
             ..Self::default()
         }
     }
@@ -169,6 +173,7 @@ impl Traffic {
             | self.conns_closed
             | self.conns_failed
             | self.conns_unanswered
+            | self.conns_failed_unanswered
             == 0
     }
 }
@@ -193,6 +198,10 @@ pub fn add_traffic(key: &EndpointKey, t: &Traffic) {
             (&raw mut (*c).conns_closed, t.conns_closed),
             (&raw mut (*c).conns_failed, t.conns_failed),
             (&raw mut (*c).conns_unanswered, t.conns_unanswered),
+            (
+                &raw mut (*c).conns_failed_unanswered,
+                t.conns_failed_unanswered,
+            ),
         ] {
             if v != 0 {
                 atomic::add(field, v);

@@ -950,6 +950,7 @@ fn end(f: &mut CtFlow, tag: u64, conn: u64, tier: Tier, last: Option<&Last>) -> 
     // Never opened: refused, unanswered until conntrack forgot it, or
     // given up by the client.
     t.conns_failed = 1 - t.conns_closed;
+    t.conns_failed_unanswered = t.conns_failed & (flags & CT_UNANSWERED != 0) as u64;
     add_traffic(&endpoint, &t);
     // Opened, its SYN-ACK never applied (the drain applies events in the
     // order they happened), and no sweep said so yet: most connections

@@ -403,6 +403,15 @@ fn note_unanswered(req_state: u8, reply: &mut FlowValue, tag: u64, endpoint: &En
     }
 }
 
+/// Whether [`note_unanswered`] counted the attempt whose reply half, tagged
+/// `tag`, is `reply`.
+#[inline(always)]
+fn was_unanswered(reply: &FlowValue, tag: u64) -> bool {
+    // SAFETY: as in `note_unanswered`.
+    let word = unsafe { read_volatile((&raw const reply.next_seq).cast::<u64>()) };
+    word == tag << 32 | UNANSWERED_MARK
+}
+
 /// What the half tagged `tag` carried since the last fold, marked folded
 /// (racing folders each take only what they raised the marks by; nothing
 /// once the entry holds another half).
@@ -447,14 +456,16 @@ fn end(req: &mut FlowValue, tag: u64, req_key: &FlowKey) {
     // Both halves count towards the same endpoint: one update for both and
     // the close.
     let mut t = unfolded(req, tag, HALF_REQUEST);
-    if let Some(reply) = FLOWS.get_ptr_mut(&reply_key) {
-        // SAFETY: a live entry.
-        let r = unfolded(unsafe { &mut *reply }, tag, HALF_REPLY);
-        t.bytes_rx = r.bytes_rx;
-        t.packets_rx = r.packets_rx;
-    }
     t.conns_closed = (state & FLOW_OPEN != 0) as u64;
     t.conns_failed = 1 - t.conns_closed;
+    if let Some(reply) = FLOWS.get_ptr_mut(&reply_key) {
+        // SAFETY: a live entry.
+        let reply = unsafe { &mut *reply };
+        let r = unfolded(reply, tag, HALF_REPLY);
+        t.bytes_rx = r.bytes_rx;
+        t.packets_rx = r.packets_rx;
+        t.conns_failed_unanswered = t.conns_failed & was_unanswered(reply, tag) as u64;
+    }
     add_traffic(&endpoint, &t);
     let _ = FLOWS.remove(&reply_key);
     stat(Stat::FlowDeleted, 1);

@@ -196,15 +196,23 @@ fn on_state(ctx: &SockOpsContext) {
 
 /// A connection attempt that closed in `SYN_SENT`: refused (an RST
 /// answered the SYN), unanswered until the kernel gave up, or abandoned by
-/// its process. Counted failed towards where it went. Out of line: only a
-/// connection that never opened gets here.
+/// its process. Counted failed towards where it went, and said to have
+/// been counted unanswered when its SYN was sent again: a SYN is only
+/// retransmitted at a retransmission timeout, whose first [`on_rto`]
+/// counted. Out of line: only a connection that never opened gets here.
 #[inline(never)]
 fn on_failed(ctx: &SockOpsContext) {
     let Some(key) = flow_key(ctx) else {
         stat(Stat::UnsupportedFamily, 1);
         return;
     };
-    add_traffic(&dialled(&key), &Traffic::failed());
+    // SAFETY: context fields sock_ops may read.
+    let retransmitted = unsafe { read_volatile(&(*ctx.ops).total_retrans) } != 0;
+    let timeouts_seen = ctx.cb_flags() & BPF_SOCK_OPS_RTO_CB_FLAG != 0;
+    add_traffic(
+        &dialled(&key),
+        &Traffic::failed(retransmitted && timeouts_seen),
+    );
 }
 
 /// TCP_CLOSE from state `old`. Inline, for the reason given at

@@ -93,7 +93,7 @@ impl Reader {
         };
         self.keys.resize(CHUNK, zero_key);
         // Per-CPU values come as one value per possible CPU, each 8-aligned
-        // (EndpointCounters is 48 bytes, already a multiple of 8).
+        // (EndpointCounters is a multiple of 8 bytes).
         self.values
             .resize(CHUNK * self.ncpus, EndpointCounters::default());
         let mut token: u64 = 0;

@@ -148,6 +148,7 @@ pub fn endpoint(services: &[ServiceLabel], key: &EndpointKey, e: &Entry) -> v1::
             packets_tx: t.packets_tx,
             conns_failed: t.conns_failed,
             conns_unanswered: t.conns_unanswered,
+            conns_failed_unanswered: Some(t.conns_failed_unanswered),
         }),
         rates: Some(v1::Rates {
             conns_opened: e.rates.conns_opened,

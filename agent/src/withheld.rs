@@ -265,6 +265,10 @@ fn added(mut a: v1::Endpoint, b: &v1::Endpoint) -> v1::Endpoint {
     t.packets_tx = t.packets_tx.saturating_add(u.packets_tx);
     t.conns_failed = t.conns_failed.saturating_add(u.conns_failed);
     t.conns_unanswered = t.conns_unanswered.saturating_add(u.conns_unanswered);
+    t.conns_failed_unanswered = Some(
+        (t.conns_failed_unanswered.unwrap_or(0))
+            .saturating_add(u.conns_failed_unanswered.unwrap_or(0)),
+    );
     a.totals = Some(t);
     a
 }

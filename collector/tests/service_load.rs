@@ -35,6 +35,7 @@ fn held(addr: &str, opened: u64, open: u64, k: u64) -> v1::Endpoint {
             packets_tx: 0,
             conns_failed: 0,
             conns_unanswered: 0,
+            conns_failed_unanswered: Some(0),
         }),
         rates: None,
         active_connections: open,

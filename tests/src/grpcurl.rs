@@ -148,6 +148,9 @@ pub struct Totals {
     pub failed: u64,
     /// `connsUnanswered`: attempts whose SYN went unanswered for a second.
     pub unanswered: u64,
+    /// `connsFailedUnanswered`: of the failed attempts, those counted
+    /// unanswered first.
+    pub failed_unanswered: u64,
 }
 
 /// A JSON number or numeric string (grpcurl prints uint64 as strings).
@@ -190,6 +193,7 @@ pub fn totals(snap: &Value, address: &str, port: u16, direction: &str) -> Totals
                 packets_tx: n("packetsTx"),
                 failed: n("connsFailed"),
                 unanswered: n("connsUnanswered"),
+                failed_unanswered: n("connsFailedUnanswered"),
             }
         })
         .unwrap_or_default()
@@ -289,7 +293,8 @@ mod tests {
                 packets_rx: 240,
                 packets_tx: 180,
                 failed: 0,
-                unanswered: 0
+                unanswered: 0,
+                failed_unanswered: 0
             }
         );
         assert_eq!(totals(&snap, "10.2.1.2", 8080, SENDS_TO), Totals::default());

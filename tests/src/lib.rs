@@ -16,6 +16,7 @@ pub mod client;
 pub mod grpclab;
 pub mod grpcurl;
 pub mod haproxy;
+pub mod judged;
 pub mod kubeapi;
 pub mod kubenode;
 pub mod lab;

@@ -15,6 +15,7 @@ use evenflow_tests::{
     agent::{self, COLLECTOR},
     cgroup, client,
     grpcurl::{self, SENDS_TO, SERVES, Totals},
+    judged,
     lab::{self, BACKEND_PORT, Lab, Node},
     netns, nft, nginx,
 };
@@ -234,9 +235,9 @@ fn attempts_count_failed(name: &str, dark: Dark, lb_args: &[&str]) {
         "the lb counted each forwarded attempt to the dark backend as failed, none opened: {forwarded:?}, client {load:?}"
     );
     assert_eq!(
-        forwarded.unanswered,
-        unanswered(load.failures),
-        "the lb counted each forwarded attempt nobody answered unanswered once: {forwarded:?}, client {load:?}"
+        (forwarded.unanswered, forwarded.failed_unanswered),
+        (unanswered(load.failures), unanswered(load.failures)),
+        "the lb counted each forwarded attempt nobody answered unanswered once, and said so of its failure: {forwarded:?}, client {load:?}"
     );
     check_lit_backends(&lab, &load);
     check_dark_served_nothing(&dark_node);
@@ -251,9 +252,14 @@ fn attempts_count_failed(name: &str, dark: Dark, lb_args: &[&str]) {
         Duration::from_secs(10),
     );
     assert_eq!(
-        (local.failed, local.opened, local.unanswered),
-        (dialled, 0, unanswered(dialled)),
-        "the lb's own connects count failed (and unanswered, where nobody answered): {local:?}"
+        (
+            local.failed,
+            local.opened,
+            local.unanswered,
+            local.failed_unanswered
+        ),
+        (dialled, 0, unanswered(dialled), unanswered(dialled)),
+        "the lb's own connects count failed (and unanswered, where nobody answered, which their failures say): {local:?}"
     );
 }
 
@@ -334,16 +340,8 @@ fn judged_with_failures(lab: &Lab, dark: &Node, down_too: bool) -> serde_json::V
 /// The collector's ZERO and SKEW alerts on `dark`'s new connections,
 /// resolved ones included.
 fn shortfall_alerts(lab: &Lab, dark: &Node) -> Vec<serde_json::Value> {
-    let all = grpcurl::call(
-        &lab.lb.ns,
-        COLLECTOR,
-        "evenflow.v1.Distribution/ListAlerts",
-        r#"{"includeResolved":true}"#,
-    )
-    .expect("ListAlerts answers");
     let member = format!("{}:{BACKEND_PORT}", dark.addr4);
-    (all["alerts"].as_array().cloned().unwrap_or_default())
-        .into_iter()
+    (judged::alerts(lab).into_iter())
         .filter(|a| {
             a["member"] == member.as_str()
                 && a["signal"] == "SIGNAL_NEW_CONNECTIONS"
@@ -489,6 +487,134 @@ fn a_backend_dropping_its_balancers_syns_pages_zero_refusing_within_seconds() {
         counted.unanswered > counted.failed,
         "judged on attempts counted unanswered, before conntrack gave them up: {counted:?}"
     );
+}
+
+/// A network policy pushed to every backend drops the connections to
+/// their port, behind DNAT as kube-proxy balances: listeners up, agents
+/// reporting, and nothing opens anywhere. The lb counts each attempt
+/// unanswered a second after its SYN, two minutes before conntrack gives
+/// it up, so the pool pages FAILING within seconds, once, with every
+/// member ZERO refusing beside it; `evenflow verify` fails naming it, and
+/// the page resolves once the policy goes.
+#[test]
+fn a_pool_behind_dnat_whose_every_backend_drops_syns_pages_failing_within_seconds() {
+    every_backend_drops("failall", &[]);
+}
+
+/// The same with the lb counting its forwarded connections packet by
+/// packet.
+#[test]
+fn a_pool_behind_dnat_whose_every_backend_drops_syns_pages_failing_within_seconds_per_packet() {
+    every_backend_drops("failallpp", &["--forwarded-per-packet"]);
+}
+
+/// Drops every SYN to the backend port on all four backends of a
+/// [`judged_lab`] (the lb's agent with `lb_args`) under load, waits for
+/// the pool's one FAILING page, and for it to resolve once the drops go.
+fn every_backend_drops(name: &str, lb_args: &[&str]) {
+    let (lab, _) = judged_lab(name, lb_args);
+    for b in &lab.backends {
+        drop_at(&lab, b, false);
+    }
+    let dropped = Instant::now();
+    let load = steady_load(&lab);
+    let page = judged::failing_pages(&lab, dropped, "the policy", "FAILING");
+    let summary = page["summary"].as_str().unwrap_or_default();
+    assert!(summary.contains("every connection attempt"), "{page:#}");
+    assert_eq!(page["cause"], "CAUSE_REFUSING", "{page:#}");
+    let counted: Vec<Totals> = (lab.backends.iter())
+        .map(|b| lb_count_of(&lab, b))
+        .collect();
+    assert!(
+        counted.iter().all(|c| c.failed == 0) && counted.iter().any(|c| c.unanswered > 0),
+        "judged on attempts counted unanswered, before conntrack gave any up: {counted:?}"
+    );
+    let p = judged::wait_pool(&lab, 10, "every member ZERO", |p| {
+        (p["members"].as_array()).is_some_and(|m| m.iter().all(|m| m["verdict"] == "VERDICT_ZERO"))
+    });
+    assert_eq!(p["verdict"], "VERDICT_FAILING", "{p:#}");
+
+    lift_drops(&lab);
+    judged::failing_resolves(&lab, Instant::now(), "the policy went");
+    let (served, failed) = load.finish_failing();
+    assert!(served > 0 && failed > 0, "served {served}, failed {failed}");
+}
+
+/// The same policy, and then the outage ends as many do: the clients
+/// give up and go, and the policy goes. The page resolves; the attempts
+/// are given up only later, when conntrack forgets them (its SYN_SENT
+/// timeout, 30 s here, two minutes by default), each said to have been
+/// counted unanswered. Weighed again then, they read as a pool whose
+/// every attempt fails once more, and FAILING paged a second time,
+/// 20 s after the outage ended, with no client left; now nothing pages.
+#[test]
+fn an_outage_whose_clients_went_pages_nothing_when_its_attempts_are_given_up() {
+    let (lab, _) = judged_lab("failgone", &[]);
+    netns::sysctl(
+        &lab.lb.ns,
+        "net.netfilter.nf_conntrack_tcp_timeout_syn_sent",
+        "30",
+    )
+    .expect("conntrack's SYN_SENT timeout shortens");
+    for b in &lab.backends {
+        drop_at(&lab, b, false);
+    }
+    let dropped = Instant::now();
+    let load = steady_load(&lab);
+    judged::failing_pages(&lab, dropped, "the policy", "FAILING");
+    let (served, failed) = load.finish_failing();
+    let gone = Instant::now();
+    assert!(
+        served == 0 && failed > 0,
+        "every attempt failed: served {served}, failed {failed}"
+    );
+    lift_drops(&lab);
+    judged::failing_resolves(&lab, gone, "the clients went");
+    // Until every attempt is given up, and then two intervals for the
+    // last failures to reach the collector and a share window for them
+    // to weigh, nothing pages.
+    let mut given_up: Option<(Instant, Vec<Totals>)> = None;
+    while given_up
+        .as_ref()
+        .is_none_or(|(at, _)| at.elapsed() < Duration::from_secs(12))
+    {
+        let open: Vec<_> = (judged::alerts(&lab).into_iter())
+            .filter(|a| a["severity"] == "SEVERITY_PAGE" && a["resolvedAt"].is_null())
+            .collect();
+        assert!(
+            open.is_empty(),
+            "nothing pages once the outage is over ({:.1} s after the clients went): {open:#?}",
+            gone.elapsed().as_secs_f64()
+        );
+        let counted: Vec<Totals> = (lab.backends.iter())
+            .map(|b| lb_count_of(&lab, b))
+            .collect();
+        if given_up.is_none() && counted.iter().all(|c| c.failed == c.unanswered) {
+            println!(
+                "every attempt given up {:.1} s after the clients went: {counted:?}",
+                gone.elapsed().as_secs_f64()
+            );
+            given_up = Some((Instant::now(), counted.clone()));
+        }
+        assert!(
+            gone.elapsed() < Duration::from_secs(90),
+            "conntrack gives every attempt up within 30 s: {counted:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (_, counted) = given_up.expect("given up");
+    assert!(
+        (counted.iter()).all(|c| c.failed_unanswered == c.failed && c.failed > 0),
+        "each failure said to have been counted unanswered: {counted:?}"
+    );
+}
+
+/// Removes [`drop_at`]'s rule from every backend.
+fn lift_drops(lab: &Lab) {
+    for b in &lab.backends {
+        netns::exec(&b.ns, "nft", &["delete", "table", "inet", "evenflow_drop"])
+            .expect("the policy goes");
+    }
 }
 
 /// A backend host cut off from its balancer behind DNAT, its agent gone

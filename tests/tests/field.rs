@@ -2733,6 +2733,7 @@ fn pool_totals(snap: &serde_json::Value, lab: &Lab) -> Totals {
             packets_tx: a.packets_tx + t.packets_tx,
             failed: a.failed + t.failed,
             unanswered: a.unanswered + t.unanswered,
+            failed_unanswered: a.failed_unanswered + t.failed_unanswered,
         })
 }
 

@@ -1529,11 +1529,13 @@ impl Failing {
 /// Whether failed attempts that reached `reached` of a pool's `members`
 /// in rotation are every attempt failing rather than one member's: half
 /// of them, and two where there are two or more. A forwarding balancer
-/// counts an unanswered attempt failed when conntrack forgets it, two
-/// minutes after it weighed as unanswered: clients that stopped soon
-/// after some of their attempts went to one dead member would otherwise
-/// read, two minutes on, as a pool where nothing opens and attempts fail. So would a hash balancer
-/// whose one client maps to one refusing member. A pool that refuses
+/// whose agent is of before `conns_failed_unanswered` counts an
+/// unanswered attempt failed when conntrack forgets it, two minutes after
+/// it weighed as unanswered, with nothing to say it did: clients that
+/// stopped soon after some of their attempts went to one dead member
+/// would otherwise read, two minutes on, as a pool where nothing opens
+/// and attempts fail. So would a hash balancer whose one client maps to
+/// one refusing member. A pool that refuses
 /// everything fails the attempts to each member its balancers dial, and
 /// they dial them all (their health checks too).
 pub(super) fn reaches_enough(reached: usize, members: usize) -> bool {

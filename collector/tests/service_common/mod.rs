@@ -149,6 +149,7 @@ pub fn endpoint(
             packets_tx: opened * 3,
             conns_failed: 0,
             conns_unanswered: 0,
+            conns_failed_unanswered: Some(0),
         }),
         rates: None,
         active_connections: opened.min(2),

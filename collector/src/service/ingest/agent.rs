@@ -88,6 +88,9 @@ pub(super) struct EpState {
     pub(super) failed: u64,
     /// Unanswered connection attempts, likewise.
     pub(super) unanswered: u64,
+    /// Failed attempts counted unanswered first, likewise (`None` from an
+    /// agent of before that counter).
+    pub(super) failed_unanswered: Option<u64>,
     /// Connections open now.
     pub(super) active: u64,
     /// Counts since the last tick, oriented to the backend.
@@ -127,6 +130,7 @@ impl EpState {
             bytes_tx: totals.bytes_tx,
             failed: totals.conns_failed,
             unanswered: totals.conns_unanswered,
+            failed_unanswered: totals.conns_failed_unanswered,
             active: endpoint.active_connections,
             pending,
             rate: None,
@@ -151,6 +155,8 @@ impl EpState {
             || totals.bytes_tx < self.bytes_tx
             || totals.conns_failed < self.failed
             || totals.conns_unanswered < self.unanswered
+            || (totals.conns_failed_unanswered.zip(self.failed_unanswered))
+                .is_some_and(|(now, then)| now < then)
         {
             // Went backwards within an epoch (the kernel evicted and
             // re-created the entry): new baseline, no delta.
@@ -164,6 +170,10 @@ impl EpState {
                     bytes_tx: totals.bytes_tx - self.bytes_tx,
                     conns_failed: totals.conns_failed - self.failed,
                     conns_unanswered: totals.conns_unanswered - self.unanswered,
+                    conns_failed_unanswered: totals
+                        .conns_failed_unanswered
+                        .zip(self.failed_unanswered)
+                        .map(|(now, then)| now - then),
                     ..v1::Counters::default()
                 },
             );
@@ -178,6 +188,7 @@ impl EpState {
         self.bytes_tx = totals.bytes_tx;
         self.failed = totals.conns_failed;
         self.unanswered = totals.conns_unanswered;
+        self.failed_unanswered = totals.conns_failed_unanswered;
         self.active = endpoint.active_connections;
         let service = label(endpoint);
         let relabelled = self.service.as_deref() != service;
@@ -587,21 +598,33 @@ fn orient(dir: Dir, c: &v1::Counters) -> Delta {
     }
 }
 
-/// The failed attempts a report's growth `c` weighs: its failed ones, or,
-/// where the node opened no connection to the endpoint in the interval,
-/// its unanswered ones if they are more. An attempt nobody answers is
-/// counted unanswered within seconds and failed only when it is given up
-/// (a proxy's connect timeout, conntrack's two minutes), so in a steady
-/// outage each report's unanswered attempts are its new evidence, and the
-/// same attempts' failures later add none (where failures of earlier
-/// attempts outnumber new unanswered ones, as an outage ends or its
-/// clients back off, those weigh again). A node that opened connections
-/// to the endpoint meanwhile reaches it: its unanswered attempts are SYNs
+/// The failed attempts a report's growth `c` weighs, each once, as soon
+/// as it is known: an attempt nobody answers is counted unanswered within
+/// seconds and failed only when it is given up (a proxy's connect
+/// timeout, the kernel's SYN retries, conntrack's two minutes), so it
+/// weighs when it is counted unanswered, and its failure, which the agent
+/// says was unanswered first, weighs nothing; every other failure (a
+/// refused attempt, one given up within its first second) weighs when it
+/// comes. Counting the failures again would replay an outage minutes
+/// after it ended: a pool whose clients went away meanwhile read as one
+/// whose every attempt fails. A node that opened connections to the
+/// endpoint in the interval reaches it: its unanswered attempts are SYNs
 /// lost and answered on a retry, no failure.
+///
+/// An agent of before `conns_failed_unanswered` cannot tell the two
+/// apart: its report weighs its failures, or its unanswered attempts
+/// where it opened nothing if they are more (in a steady outage, the
+/// same number: the attempts given up now went unanswered two minutes
+/// ago), and an outage's last attempts weigh again when they are given
+/// up.
 fn attempts(c: &v1::Counters) -> u64 {
-    if c.conns_opened == 0 {
-        c.conns_failed.max(c.conns_unanswered)
+    let unanswered = if c.conns_opened == 0 {
+        c.conns_unanswered
     } else {
-        c.conns_failed
+        0
+    };
+    match c.conns_failed_unanswered {
+        Some(weighed) => (c.conns_failed.saturating_sub(weighed)).saturating_add(unanswered),
+        None => c.conns_failed.max(unanswered),
     }
 }

@@ -561,14 +561,27 @@ fn an_old_stream_replaying_does_not_take_the_name_back() {
         .expect("taken once the name is free");
 }
 
-/// A report from a balancer's node with `opened`, `failed` and
-/// `unanswered` attempts to one backend so far.
+/// A report from a balancer's node of before `conns_failed_unanswered`,
+/// with `opened`, `failed` and `unanswered` attempts to one backend so far.
 fn attempts(seq: u64, opened: u64, failed: u64, unanswered: u64) -> AgentReport {
+    attempts_of(seq, opened, failed, unanswered, None)
+}
+
+/// [`attempts`] from an agent that says how many of its failed attempts
+/// it had counted unanswered (`failed_unanswered`).
+fn attempts_of(
+    seq: u64,
+    opened: u64,
+    failed: u64,
+    unanswered: u64,
+    failed_unanswered: Option<u64>,
+) -> AgentReport {
     let mut e = ep("10.0.0.9", 80, v1::Direction::SendsTo, 0);
     e.totals = Some(v1::Counters {
         conns_opened: opened,
         conns_failed: failed,
         conns_unanswered: unanswered,
+        conns_failed_unanswered: failed_unanswered,
         ..Default::default()
     });
     AgentReport {
@@ -577,8 +590,39 @@ fn attempts(seq: u64, opened: u64, failed: u64, unanswered: u64) -> AgentReport 
     }
 }
 
-/// An outage behind a balancer that gives attempts up later than a report:
-/// each attempt is counted unanswered at once and failed reports later, and
+/// The same outage from an agent that says which failures it had counted
+/// unanswered: each attempt weighs once, when it goes unanswered, and its
+/// failure never again, not even once the outage is over and nothing new
+/// goes unanswered (where an agent of before weighs the outage's last
+/// attempts twice). A refused attempt weighs at once, as before.
+#[test]
+fn an_attempt_said_unanswered_weighs_once_though_its_failure_comes_after_the_outage() {
+    let c = IngestCounters::default();
+    let mut s = AgentState::new("n1".into());
+    let mut t = AgentTick::default();
+    let mut tick = |s: &mut AgentState, r: AgentReport| {
+        apply(s, &r, &c);
+        s.take_tick(Instant::now(), 1.0, &mut t);
+        (t.endpoints[0].delta.failed, t.endpoints[0].failed_total)
+    };
+    tick(&mut s, attempts_of(1, 0, 0, 0, Some(0)));
+    assert_eq!(tick(&mut s, attempts_of(2, 0, 0, 4, Some(0))), (4, 0));
+    // Four more unanswered while the first four fail.
+    assert_eq!(tick(&mut s, attempts_of(3, 0, 4, 8, Some(4))), (4, 4));
+    // The outage is over, its clients gone: the last four fail.
+    assert_eq!(tick(&mut s, attempts_of(4, 0, 8, 8, Some(8))), (0, 8));
+    // Two refused, and one unanswered then refused by its retry.
+    assert_eq!(tick(&mut s, attempts_of(5, 0, 11, 9, Some(9))), (3, 11));
+    // Back: 50 opened, 3 of them after their SYN went unanswered.
+    assert_eq!(tick(&mut s, attempts_of(6, 50, 11, 12, Some(9))), (0, 11));
+    // Failed-unanswered going backwards within the epoch is a reset.
+    apply(&mut s, &attempts_of(7, 50, 11, 12, Some(2)), &c);
+    s.take_tick(Instant::now(), 1.0, &mut t);
+    assert!(t.endpoints[0].reset);
+}
+
+/// An outage behind a balancer that gives attempts up later than a report,
+/// counted by an agent of before `conns_failed_unanswered`: each attempt is counted unanswered at once and failed reports later, and
 /// weighs once as evidence in a steady outage; a refused attempt (failed,
 /// never unanswered) weighs at once; unanswered attempts in an interval
 /// that opened connections to the backend are SYNs lost and answered on a
