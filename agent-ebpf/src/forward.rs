@@ -58,6 +58,15 @@ const REPLY_UNSEEN: u8 = 32;
 /// counted unanswered (see [`note_unanswered`]).
 const UNANSWERED_MARK: u64 = 1;
 
+/// A reply half's `next_seq` before its SYN-ACK, once its attempt ended
+/// uncounted as unanswered: the sweep can no longer count it (see
+/// [`was_unanswered`]).
+const ENDED_MARK: u64 = 2;
+
+/// State bit of a reply half: its attempt was counted unanswered before
+/// its SYN-ACK came, whose sequence number took the place of the mark.
+const WAS_UNANSWERED: u8 = 64;
+
 /// Live forwarded connections counted packet by packet, two halves each.
 /// Not preallocated: its memory grows with the connections tracked. A
 /// deleted entry goes to the next insert on its CPU at once, so what the
@@ -232,7 +241,7 @@ fn on_state(f: &mut FlowValue, pkt: &Packet) -> bool {
     if pkt.is_syn_ack() {
         if f.state & SEQ_KNOWN == 0 {
             f.isn = pkt.seq;
-            f.next_seq = pkt.seq.wrapping_add(1);
+            learn_next_seq(f, u64::from(tag), pkt.seq.wrapping_add(1));
             f.state |= SEQ_KNOWN;
         }
         if let Some(req) = FLOWS.get_ptr_mut(&f.peer) {
@@ -403,13 +412,41 @@ fn note_unanswered(req_state: u8, reply: &mut FlowValue, tag: u64, endpoint: &En
     }
 }
 
-/// Whether [`note_unanswered`] counted the attempt whose reply half, tagged
-/// `tag`, is `reply`.
+/// Sets the reply half `f`'s `next_seq` from its SYN-ACK, where the
+/// sweep may be marking its attempt unanswered at the same moment: the
+/// mark the SYN-ACK replaces is kept as [`WAS_UNANSWERED`], so that a
+/// failure after it (a SYN-ACK that came after the client gave up, which
+/// its kernel resets) is said to have been counted unanswered.
 #[inline(always)]
-fn was_unanswered(reply: &FlowValue, tag: u64) -> bool {
+fn learn_next_seq(f: &mut FlowValue, tag: u64, next_seq: u32) {
+    let unmarked = tag << 32;
+    // SAFETY: `next_seq` and `tag` share an aligned word
+    // (`agent_common::FlowValue`'s layout test).
+    let word = (&raw mut f.next_seq).cast::<u64>();
+    let found = unsafe { atomic::cmpxchg(word, unmarked, unmarked | u64::from(next_seq)) };
+    if found != unmarked {
+        // Marked: the sweep marks only an unmarked word, so a plain store
+        // loses nothing now.
+        if found == unmarked | UNANSWERED_MARK {
+            f.state |= WAS_UNANSWERED;
+        }
+        f.next_seq = next_seq;
+    }
+}
+
+/// Whether [`note_unanswered`] counted the attempt whose reply half, tagged
+/// `tag`, is `reply`, which ends failed: its mark, or, where no mark is
+/// there yet, the ending mark in its place, so that a sweep racing this
+/// end counts nothing after it.
+#[inline(always)]
+fn was_unanswered(reply: &mut FlowValue, tag: u64) -> bool {
+    if reply.state & WAS_UNANSWERED != 0 {
+        return true;
+    }
+    let unmarked = tag << 32;
     // SAFETY: as in `note_unanswered`.
-    let word = unsafe { read_volatile((&raw const reply.next_seq).cast::<u64>()) };
-    word == tag << 32 | UNANSWERED_MARK
+    let word = (&raw mut reply.next_seq).cast::<u64>();
+    unsafe { atomic::cmpxchg(word, unmarked, unmarked | ENDED_MARK) == unmarked | UNANSWERED_MARK }
 }
 
 /// What the half tagged `tag` carried since the last fold, marked folded
@@ -464,7 +501,7 @@ fn end(req: &mut FlowValue, tag: u64, req_key: &FlowKey) {
         let r = unfolded(reply, tag, HALF_REPLY);
         t.bytes_rx = r.bytes_rx;
         t.packets_rx = r.packets_rx;
-        t.conns_failed_unanswered = t.conns_failed & was_unanswered(reply, tag) as u64;
+        t.conns_failed_unanswered = (t.conns_failed != 0 && was_unanswered(reply, tag)) as u64;
     }
     add_traffic(&endpoint, &t);
     let _ = FLOWS.remove(&reply_key);

@@ -82,13 +82,16 @@ fn watch(ctx: &SockOpsContext, wanted: u32) {
 /// second unless a `BPF_SOCK_OPS_TIMEOUT_INIT` program changed it),
 /// seconds before its process
 /// or the kernel gives it up and it is counted failed. Any other timeout
-/// (a later SYN's, an open connection's) counts nothing. Out of line:
-/// only a timeout gets here.
+/// (a later SYN's, an open connection's) counts nothing, nor does a
+/// first that already gives the attempt up (`TCP_USER_TIMEOUT` shorter
+/// than it): its failure is counted at once, and having sent no SYN
+/// again, it would not say it was counted unanswered (see [`on_failed`]).
+/// Out of line: only a timeout gets here.
 #[inline(never)]
 fn on_rto(ctx: &SockOpsContext) {
     // SAFETY: a context field sock_ops may read.
     let state = unsafe { read_volatile(&(*ctx.ops).state) };
-    if state != BPF_TCP_SYN_SENT || ctx.arg(0) != 0 {
+    if state != BPF_TCP_SYN_SENT || ctx.arg(0) != 0 || ctx.arg(2) != 0 {
         return;
     }
     let Some(key) = flow_key(ctx) else {

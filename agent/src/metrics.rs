@@ -60,7 +60,7 @@ pub fn render(snap: &v1::Snapshot) -> String {
     let mut out = String::with_capacity(256 + snap.endpoints.len() * 1024);
     let node = esc(&snap.node_name);
     type Field = fn(&v1::Counters) -> u64;
-    let per_endpoint: [(&str, &str, Field); 8] = [
+    let per_endpoint: [(&str, &str, Field); 9] = [
         (
             "evenflow_endpoint_connections_opened_total",
             "TCP connections established per endpoint.",
@@ -80,6 +80,11 @@ pub fn render(snap: &v1::Snapshot) -> String {
             "evenflow_endpoint_connections_unanswered_total",
             "TCP connection attempts per endpoint whose SYN went unanswered for a second (counted then, whatever they did later).",
             |c| c.conns_unanswered,
+        ),
+        (
+            "evenflow_endpoint_connections_failed_unanswered_total",
+            "Of the failed TCP connection attempts per endpoint, those counted unanswered first (failed minus this: refused, or given up within a second).",
+            |c| c.conns_failed_unanswered.unwrap_or(0),
         ),
         (
             "evenflow_endpoint_received_bytes_total",

@@ -238,14 +238,17 @@ fn elem(
     crate::sys::bpf(cmd, &mut attr).map(drop)
 }
 
-/// Whether an endpoint only ever had failed attempts: not one opened,
-/// closed or byte. One with unanswered attempts only is not, yet: they
-/// are pending (they fail when given up, up to two minutes later), and a
-/// retired endpoint that comes back counts its totals as new. An endpoint with bytes but no open counted is not: its
-/// open was lost (the map was full when it happened) and its connection
-/// may still carry traffic.
+/// Whether an endpoint only ever had failed attempts, and none pending:
+/// not one opened, closed or byte, and every attempt counted unanswered
+/// failed since. One with attempts unanswered and not yet failed is not,
+/// yet: they fail when given up, up to two minutes later, and a retired
+/// endpoint that comes back counts its totals as new, where those
+/// failures would not say they weighed already. An endpoint with bytes
+/// but no open counted is not: its open was lost (the map was full when
+/// it happened) and its connection may still carry traffic.
 fn failed_only(e: &EndpointCounters) -> bool {
     e.conns_failed > 0
+        && e.conns_failed_unanswered >= e.conns_unanswered
         && e.conns_opened == 0
         && e.conns_closed == 0
         && e.bytes_rx == 0
@@ -337,9 +340,10 @@ mod tests {
     /// An endpoint whose open was lost (the map was full then) and whose
     /// connection's bytes came later has no open counted, but it is in
     /// use: it waits as long as any other, though failed attempts to it
-    /// were counted too.
+    /// were counted too. One with an attempt unanswered and not yet
+    /// failed waits too.
     #[test]
-    fn an_endpoint_with_bytes_and_no_open_counted_is_not_failed_only() {
+    fn an_endpoint_with_bytes_or_a_pending_attempt_is_not_failed_only() {
         let lost_open = EndpointCounters {
             bytes_rx: 10_000,
             conns_failed: 1,
@@ -351,7 +355,16 @@ mod tests {
             ..Default::default()
         };
         let scanned = (key(2, Direction::SendsTo), scan);
-        let t = table(&[lost, scanned], &[], 20);
+        // One attempt failed, another still unanswered: not failed-only
+        // until it fails too.
+        let waiting = EndpointCounters {
+            conns_failed: 1,
+            conns_unanswered: 2,
+            conns_failed_unanswered: 1,
+            ..Default::default()
+        };
+        let pending = (key(3, Direction::SendsTo), waiting);
+        let t = table(&[lost, scanned, pending], &[], 20);
         let policy = Policy::new(
             std::time::Duration::from_secs(600),
             std::time::Duration::from_secs(1),

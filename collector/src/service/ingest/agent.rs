@@ -91,6 +91,9 @@ pub(super) struct EpState {
     /// Failed attempts counted unanswered first, likewise (`None` from an
     /// agent of before that counter).
     pub(super) failed_unanswered: Option<u64>,
+    /// Attempts weighed when they were counted unanswered whose failures
+    /// have not come (see [`attempts`]).
+    pub(super) owed: u64,
     /// Connections open now.
     pub(super) active: u64,
     /// Counts since the last tick, oriented to the backend.
@@ -117,10 +120,11 @@ impl EpState {
     /// counters; they are new traffic unless `baseline_only`.
     fn new(key: EpKey, endpoint: &Endpoint, baseline_only: bool) -> Self {
         let totals = endpoint.totals.unwrap_or_default();
+        let mut owed = 0;
         let pending = if baseline_only {
             Delta::default()
         } else {
-            orient(key.dir, &totals)
+            orient(key.dir, &totals, &mut owed)
         };
         Self {
             key,
@@ -131,6 +135,7 @@ impl EpState {
             failed: totals.conns_failed,
             unanswered: totals.conns_unanswered,
             failed_unanswered: totals.conns_failed_unanswered,
+            owed,
             active: endpoint.active_connections,
             pending,
             rate: None,
@@ -176,6 +181,7 @@ impl EpState {
                         .map(|(now, then)| now - then),
                     ..v1::Counters::default()
                 },
+                &mut self.owed,
             );
             self.total = self.total.saturating_add(growth.conns);
             self.failed_total = self
@@ -585,7 +591,7 @@ impl AgentState {
 /// Orients an endpoint's counter deltas to the backend: a SERVES endpoint's
 /// received bytes went into the backend, a SENDS_TO endpoint's sent bytes
 /// did.
-fn orient(dir: Dir, c: &v1::Counters) -> Delta {
+fn orient(dir: Dir, c: &v1::Counters, owed: &mut u64) -> Delta {
     let (bytes_in, bytes_out) = match dir {
         Dir::Serves => (c.bytes_rx, c.bytes_tx),
         Dir::SendsTo => (c.bytes_tx, c.bytes_rx),
@@ -594,22 +600,24 @@ fn orient(dir: Dir, c: &v1::Counters) -> Delta {
         conns: c.conns_opened,
         bytes_in,
         bytes_out,
-        failed: attempts(c),
+        failed: attempts(c, owed),
     }
 }
 
 /// The failed attempts a report's growth `c` weighs, each once, as soon
-/// as it is known: an attempt nobody answers is counted unanswered within
-/// seconds and failed only when it is given up (a proxy's connect
+/// as it is known. An attempt nobody answers is counted unanswered
+/// within seconds and failed only when it is given up (a proxy's connect
 /// timeout, the kernel's SYN retries, conntrack's two minutes), so it
-/// weighs when it is counted unanswered, and its failure, which the agent
-/// says was unanswered first, weighs nothing; every other failure (a
-/// refused attempt, one given up within its first second) weighs when it
-/// comes. Counting the failures again would replay an outage minutes
-/// after it ended: a pool whose clients went away meanwhile read as one
-/// whose every attempt fails. A node that opened connections to the
-/// endpoint in the interval reaches it: its unanswered attempts are SYNs
-/// lost and answered on a retry, no failure.
+/// weighs when it is counted unanswered, and is `owed` a failure that
+/// weighs nothing when it comes (the agent says which failures it
+/// counted unanswered first); every other failure (a refused attempt,
+/// one given up within its first second) weighs when it comes. Weighing
+/// the failures again would replay an outage minutes after it ended: a
+/// pool whose clients went away meanwhile read as one whose every
+/// attempt fails. A node that opened connections to the endpoint in the
+/// interval reaches it: its unanswered attempts are SYNs lost and
+/// answered on a retry, no failure, and weigh nothing then, so those
+/// that fail after all weigh at their failure.
 ///
 /// An agent of before `conns_failed_unanswered` cannot tell the two
 /// apart: its report weighs its failures, or its unanswered attempts
@@ -617,14 +625,17 @@ fn orient(dir: Dir, c: &v1::Counters) -> Delta {
 /// same number: the attempts given up now went unanswered two minutes
 /// ago), and an outage's last attempts weigh again when they are given
 /// up.
-fn attempts(c: &v1::Counters) -> u64 {
+fn attempts(c: &v1::Counters, owed: &mut u64) -> u64 {
     let unanswered = if c.conns_opened == 0 {
         c.conns_unanswered
     } else {
         0
     };
-    match c.conns_failed_unanswered {
-        Some(weighed) => (c.conns_failed.saturating_sub(weighed)).saturating_add(unanswered),
-        None => c.conns_failed.max(unanswered),
-    }
+    let Some(said) = c.conns_failed_unanswered else {
+        return c.conns_failed.max(unanswered);
+    };
+    *owed = owed.saturating_add(unanswered);
+    let paid = said.min(*owed).min(c.conns_failed);
+    *owed -= paid;
+    (c.conns_failed - paid).saturating_add(unanswered)
 }

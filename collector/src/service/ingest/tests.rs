@@ -561,6 +561,41 @@ fn an_old_stream_replaying_does_not_take_the_name_back() {
         .expect("taken once the name is free");
 }
 
+/// One agent's reports, each applied and taken by a tick of its own.
+struct Ticks {
+    counters: IngestCounters,
+    agent: AgentState,
+    tick: AgentTick,
+}
+
+impl Ticks {
+    fn new() -> Self {
+        Self {
+            counters: IngestCounters::default(),
+            agent: AgentState::new("n1".into()),
+            tick: AgentTick::default(),
+        }
+    }
+
+    /// Applies `r` and ticks: the first endpoint's entry in the tick.
+    fn take(&mut self, r: AgentReport) -> &super::TickEndpoint {
+        apply(&mut self.agent, &r, &self.counters);
+        (self.agent).take_tick(Instant::now(), 1.0, &mut self.tick);
+        &self.tick.endpoints[0]
+    }
+
+    /// The failed attempts `r` weighs, and the exact failed total.
+    fn weigh(&mut self, r: AgentReport) -> (u64, u64) {
+        let e = self.take(r);
+        (e.delta.failed, e.failed_total)
+    }
+
+    /// Whether `r` is a new baseline, its deltas unknown.
+    fn resets(&mut self, r: AgentReport) -> bool {
+        self.take(r).reset
+    }
+}
+
 /// A report from a balancer's node of before `conns_failed_unanswered`,
 /// with `opened`, `failed` and `unanswered` attempts to one backend so far.
 fn attempts(seq: u64, opened: u64, failed: u64, unanswered: u64) -> AgentReport {
@@ -594,31 +629,27 @@ fn attempts_of(
 /// unanswered: each attempt weighs once, when it goes unanswered, and its
 /// failure never again, not even once the outage is over and nothing new
 /// goes unanswered (where an agent of before weighs the outage's last
-/// attempts twice). A refused attempt weighs at once, as before.
+/// attempts twice). A refused attempt weighs at once, as before, and so
+/// does the failure of an attempt whose unanswered count weighed nothing
+/// (the node opened connections to the backend meanwhile).
 #[test]
 fn an_attempt_said_unanswered_weighs_once_though_its_failure_comes_after_the_outage() {
-    let c = IngestCounters::default();
-    let mut s = AgentState::new("n1".into());
-    let mut t = AgentTick::default();
-    let mut tick = |s: &mut AgentState, r: AgentReport| {
-        apply(s, &r, &c);
-        s.take_tick(Instant::now(), 1.0, &mut t);
-        (t.endpoints[0].delta.failed, t.endpoints[0].failed_total)
-    };
-    tick(&mut s, attempts_of(1, 0, 0, 0, Some(0)));
-    assert_eq!(tick(&mut s, attempts_of(2, 0, 0, 4, Some(0))), (4, 0));
+    let mut n = Ticks::new();
+    n.weigh(attempts_of(1, 0, 0, 0, Some(0)));
+    assert_eq!(n.weigh(attempts_of(2, 0, 0, 4, Some(0))), (4, 0));
     // Four more unanswered while the first four fail.
-    assert_eq!(tick(&mut s, attempts_of(3, 0, 4, 8, Some(4))), (4, 4));
+    assert_eq!(n.weigh(attempts_of(3, 0, 4, 8, Some(4))), (4, 4));
     // The outage is over, its clients gone: the last four fail.
-    assert_eq!(tick(&mut s, attempts_of(4, 0, 8, 8, Some(8))), (0, 8));
+    assert_eq!(n.weigh(attempts_of(4, 0, 8, 8, Some(8))), (0, 8));
     // Two refused, and one unanswered then refused by its retry.
-    assert_eq!(tick(&mut s, attempts_of(5, 0, 11, 9, Some(9))), (3, 11));
-    // Back: 50 opened, 3 of them after their SYN went unanswered.
-    assert_eq!(tick(&mut s, attempts_of(6, 50, 11, 12, Some(9))), (0, 11));
+    assert_eq!(n.weigh(attempts_of(5, 0, 11, 9, Some(9))), (3, 11));
+    // Back: 50 opened, and 3 attempts unanswered, weighing nothing
+    // beside them (SYNs lost and answered on a retry, as a rule)...
+    assert_eq!(n.weigh(attempts_of(6, 50, 11, 12, Some(9))), (0, 11));
+    // ...but they failed: nothing weighed them yet, so their failures do.
+    assert_eq!(n.weigh(attempts_of(7, 50, 14, 12, Some(12))), (3, 14));
     // Failed-unanswered going backwards within the epoch is a reset.
-    apply(&mut s, &attempts_of(7, 50, 11, 12, Some(2)), &c);
-    s.take_tick(Instant::now(), 1.0, &mut t);
-    assert!(t.endpoints[0].reset);
+    assert!(n.resets(attempts_of(8, 50, 14, 12, Some(2))));
 }
 
 /// An outage behind a balancer that gives attempts up later than a report,
@@ -629,29 +660,20 @@ fn an_attempt_said_unanswered_weighs_once_though_its_failure_comes_after_the_out
 /// retry, and weigh nothing. The exact failed total counts failures alone.
 #[test]
 fn an_attempt_unanswered_and_later_failed_weighs_once_in_a_steady_outage() {
-    let c = IngestCounters::default();
-    let mut s = AgentState::new("n1".into());
-    let mut t = AgentTick::default();
-    let mut tick = |s: &mut AgentState, r: AgentReport| {
-        apply(s, &r, &c);
-        s.take_tick(Instant::now(), 1.0, &mut t);
-        (t.endpoints[0].delta.failed, t.endpoints[0].failed_total)
-    };
-    tick(&mut s, attempts(1, 0, 0, 0));
+    let mut n = Ticks::new();
+    n.weigh(attempts(1, 0, 0, 0));
     // Four attempts unanswered: evidence at once, none failed yet.
-    assert_eq!(tick(&mut s, attempts(2, 0, 0, 4)), (4, 0));
+    assert_eq!(n.weigh(attempts(2, 0, 0, 4)), (4, 0));
     // Four more unanswered while the first four fail: four new ones.
-    assert_eq!(tick(&mut s, attempts(3, 0, 4, 8)), (4, 4));
+    assert_eq!(n.weigh(attempts(3, 0, 4, 8)), (4, 4));
     // The last four fail, nothing new unanswered: the report's four
     // failures weigh (the same attempts as the last report's unanswered
     // ones: where an outage ends, its last attempts weigh twice).
-    assert_eq!(tick(&mut s, attempts(4, 0, 8, 8)), (4, 8));
+    assert_eq!(n.weigh(attempts(4, 0, 8, 8)), (4, 8));
     // Two refused (failed at once, never unanswered).
-    assert_eq!(tick(&mut s, attempts(5, 0, 10, 8)), (2, 10));
+    assert_eq!(n.weigh(attempts(5, 0, 10, 8)), (2, 10));
     // Back: 50 opened, 3 of them after their SYN went unanswered.
-    assert_eq!(tick(&mut s, attempts(6, 50, 10, 11)), (0, 10));
+    assert_eq!(n.weigh(attempts(6, 50, 10, 11)), (0, 10));
     // Unanswered going backwards within the epoch is a reset, not a delta.
-    apply(&mut s, &attempts(7, 50, 10, 3), &c);
-    s.take_tick(Instant::now(), 1.0, &mut t);
-    assert!(t.endpoints[0].reset);
+    assert!(n.resets(attempts(7, 50, 10, 3)));
 }
