@@ -440,13 +440,15 @@ fn learn_next_seq(f: &mut FlowValue, tag: u64, next_seq: u32) {
 /// end counts nothing after it.
 #[inline(always)]
 fn was_unanswered(reply: &mut FlowValue, tag: u64) -> bool {
-    if reply.state & WAS_UNANSWERED != 0 {
-        return true;
-    }
+    // SAFETY: fields of a live (or just reused) entry.
+    let (state, its_tag) = unsafe { (read_volatile(&reply.state), read_volatile(&reply.tag)) };
+    let kept = (state & WAS_UNANSWERED != 0) & (u64::from(its_tag) == tag);
     let unmarked = tag << 32;
-    // SAFETY: as in `note_unanswered`.
+    // SAFETY: as in `note_unanswered`. Where a SYN-ACK came, the word
+    // holds its sequence number, and the swap changes nothing.
     let word = (&raw mut reply.next_seq).cast::<u64>();
-    unsafe { atomic::cmpxchg(word, unmarked, unmarked | ENDED_MARK) == unmarked | UNANSWERED_MARK }
+    let found = unsafe { atomic::cmpxchg(word, unmarked, unmarked | ENDED_MARK) };
+    kept | (found == unmarked | UNANSWERED_MARK)
 }
 
 /// What the half tagged `tag` carried since the last fold, marked folded
@@ -501,7 +503,7 @@ fn end(req: &mut FlowValue, tag: u64, req_key: &FlowKey) {
         let r = unfolded(reply, tag, HALF_REPLY);
         t.bytes_rx = r.bytes_rx;
         t.packets_rx = r.packets_rx;
-        t.conns_failed_unanswered = (t.conns_failed != 0 && was_unanswered(reply, tag)) as u64;
+        t.conns_failed_unanswered = t.conns_failed & was_unanswered(reply, tag) as u64;
     }
     add_traffic(&endpoint, &t);
     let _ = FLOWS.remove(&reply_key);
