@@ -314,7 +314,7 @@ fn judged_with_failures(lab: &Lab, dark: &Node, down_too: bool) -> serde_json::V
     let started = std::time::Instant::now();
     loop {
         load_through_the_vip(lab);
-        let pool = grpcurl::get_pool(&lab.lb.ns, COLLECTOR, "web").ok();
+        let pool = judged::pool(lab);
         let member = pool.as_ref().and_then(|p| {
             p["members"]
                 .as_array()?
@@ -528,12 +528,7 @@ fn a_pool_behind_dnat_whose_every_backend_drops_syns_pages_failing_within_second
 /// the pool's one FAILING page, and for it to resolve once the drops go.
 fn every_backend_drops(name: &str, lb_args: &[&str]) {
     let (lab, _) = judged_lab(name, lb_args);
-    for b in &lab.backends {
-        drop_at(&lab, b, false);
-    }
-    let dropped = Instant::now();
-    let load = steady_load(&lab);
-    let page = judged::failing_pages(&lab, dropped, "the policy", "web");
+    let (load, page) = failing_under_a_policy(&lab);
     let summary = page["summary"].as_str().unwrap_or_default();
     assert!(summary.contains("every connection attempt"), "{page:#}");
     assert_eq!(page["cause"], "CAUSE_REFUSING", "{page:#}");
@@ -580,12 +575,7 @@ fn an_outage_whose_clients_went_pages_nothing_when_its_attempts_are_given_up_per
 /// checks that nothing pages while the lb gives the attempts up.
 fn clients_go_first(name: &str, lb_args: &[&str]) {
     let (lab, _) = judged_lab_giving_up(name, lb_args, Some("30"));
-    for b in &lab.backends {
-        drop_at(&lab, b, false);
-    }
-    let dropped = Instant::now();
-    let load = steady_load(&lab);
-    judged::failing_pages(&lab, dropped, "the policy", "web");
+    let (load, _) = failing_under_a_policy(&lab);
     let (served, failed) = load.finish_failing();
     let gone = Instant::now();
     assert!(
@@ -637,6 +627,21 @@ fn clients_go_first(name: &str, lb_args: &[&str]) {
     );
 }
 
+/// Drops every SYN to the backend port on all of `lab`'s backends, as a
+/// policy pushed to each does, under load; waits for the pool's one
+/// FAILING page. Returns the load, still running, and the page.
+fn failing_under_a_policy(lab: &Lab) -> (client::Steady, serde_json::Value) {
+    for b in &lab.backends {
+        drop_at(lab, b, false);
+    }
+    let dropped = Instant::now();
+    let load = steady_load(lab);
+    (
+        load,
+        judged::failing_pages(lab, dropped, "the policy", "web"),
+    )
+}
+
 /// Removes [`drop_at`]'s rule from every backend.
 fn lift_drops(lab: &Lab) {
     for b in &lab.backends {
@@ -672,7 +677,7 @@ fn cut_off(name: &str, lb_args: &[&str]) {
     let load = steady_load(&lab);
     let dark_id = dark.addr4.to_string();
     let down = evenflow_tests::wait_for(Duration::from_secs(40), || {
-        let pool = grpcurl::get_pool(&lab.lb.ns, COLLECTOR, "web").ok()?;
+        let pool = judged::pool(&lab)?;
         (pool["members"].as_array()?.iter())
             .find(|m| {
                 m["address"] == dark_id.as_str()
@@ -686,7 +691,7 @@ fn cut_off(name: &str, lb_args: &[&str]) {
     .unwrap_or_else(|| {
         panic!(
             "the cut-off host is never DOWN within 40 s; last pool: {:#?}",
-            grpcurl::get_pool(&lab.lb.ns, COLLECTOR, "web")
+            judged::pool(&lab)
         )
     });
     let after = cut.elapsed();
