@@ -274,6 +274,18 @@ pub struct Load {
     pub payload: usize,
     /// Reply payload bytes (gRPC).
     pub reply: u32,
+    /// Over how long the clients connect: the `k`-th of `n` opens its
+    /// channel `k / n` of it after the start (clients that come up one
+    /// after another, as a scaled-up deployment's do).
+    pub ramp: Duration,
+}
+
+impl Load {
+    /// When the `k`-th channel opens, after the start.
+    fn start_of(&self, k: usize) -> Duration {
+        let n = self.channels.max(1) as u32;
+        self.ramp * u32::try_from(k).unwrap_or(u32::MAX) / n
+    }
 }
 
 #[derive(Default)]
@@ -306,7 +318,7 @@ pub async fn call(target: SocketAddr, load: Load, stats: PathBuf) -> Result<()> 
     let c = counters.clone();
     let channels = load.channels;
     std::thread::spawn(move || client_stats_loop(c, channels, stats));
-    for _ in 0..load.channels {
+    for k in 0..load.channels {
         let c = counters.clone();
         let connector = tower::service_fn(move |_: tonic::transport::Uri| {
             let c = c.clone();
@@ -324,6 +336,7 @@ pub async fn call(target: SocketAddr, load: Load, stats: PathBuf) -> Result<()> 
         let c = counters.clone();
         let load = load.clone();
         tokio::spawn(async move {
+            tokio::time::sleep(load.start_of(k)).await;
             let payload = vec![b'q'; load.payload];
             loop {
                 let req = pb::CallRequest {
@@ -351,10 +364,12 @@ pub fn keepalive(target: SocketAddr, load: Load, stats: PathBuf) -> Result<()> {
     let channels = load.channels;
     std::thread::spawn(move || client_stats_loop(c, channels, stats));
     let workers: Vec<_> = (0..load.channels)
-        .map(|_| {
+        .map(|k| {
             let c = counters.clone();
             let interval = load.interval;
+            let start = load.start_of(k);
             std::thread::spawn(move || {
+                std::thread::sleep(start);
                 let mut conn: Option<TcpStream> = None;
                 loop {
                     if conn.is_none() {
@@ -501,6 +516,8 @@ pub fn start_clients(
         load.payload.to_string(),
         "--reply".into(),
         load.reply.to_string(),
+        "--ramp-ms".into(),
+        load.ramp.as_millis().to_string(),
         "--stats".into(),
         stats.display().to_string(),
     ];

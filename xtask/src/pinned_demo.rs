@@ -49,6 +49,7 @@ fn load() -> Load {
         interval: Duration::from_millis(250),
         payload: 200,
         reply: 1000,
+        ramp: Duration::ZERO,
     }
 }
 

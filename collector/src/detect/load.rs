@@ -18,7 +18,9 @@
 //! normal approximation's optimism. `φ ≥ 1` is the placement's dispersion (clients that open
 //! several connections at once behind source hashing land them together),
 //! learned from the pool itself: the mean, over members, of each one's
-//! squared standardised deviation, leaving out the fifth that deviate most
+//! squared standardised deviation, leaving out the members far off (by
+//! the tick's median in pools of eight or more; in smaller ones one at a
+//! time, by what the pool has learned so far, see [`SMALL_POOL_OUTLIER`])
 //! and measuring the rest against their own total, and leaving out any
 //! member whose load was flagged in the last 600 ticks (so one or two
 //! imbalanced members cannot teach the pool that imbalance is normal),
@@ -284,9 +286,23 @@ const MEDIAN_CHI2_1: f64 = 0.454_936_4;
 /// is beyond 16 about once in sixteen thousand).
 const OUTLIER: f64 = 16.0;
 
-/// Pools smaller than this learn from every member: with fewer, one
-/// member far off cannot be told from the rest.
+/// Pools smaller than this score their members against the scale learned
+/// so far instead of the tick's median: with fewer, the median cannot tell
+/// one member far off from the rest.
 const ROBUST_FROM: usize = 8;
+/// In those pools, a member whose squared deviation from the others
+/// exceeds this many times the learned scale is left out (a χ²₁ value is
+/// beyond it once in a hundred). Without it, a member skewed from the
+/// pool's first connection teaches the pool its imbalance while there are
+/// still too few connections to flag it: 7 of the first 10 on one of four
+/// is a binomial tail of only 3.5·10⁻³, yet once learned, 28 of 40 (a
+/// tail of 10⁻⁸) no longer warns, and a pool of keep-alive connections
+/// that never turn over never unlearns it. A scale learned too low still
+/// rises: the members it keeps show more than it, tick after tick.
+const SMALL_POOL_OUTLIER: f64 = 6.635;
+/// What leaving those members out takes from a fair pool's estimate: the
+/// mean of χ²₁ below 6.635, `P(χ²₃ ≤ 6.635) / P(χ²₁ ≤ 6.635)`.
+const SMALL_POOL_TRUNCATION: f64 = 0.9155 / 0.99;
 
 /// Ticks a member whose load was flagged stays out of what the pool
 /// learns, flagged or not. The evidence against a member that holds too
@@ -314,15 +330,35 @@ fn median(xs: &[f64]) -> f64 {
 /// squared deviation from a robust centre, χ²₁-like) is within
 /// [`OUTLIER`] times the robust scale — the median score over the median
 /// of χ²₁, at least `floor` (counts tie, and a median of zero would keep
-/// nobody but the ties). Every member in pools smaller than
-/// [`ROBUST_FROM`].
+/// nobody but the ties). For pools of [`ROBUST_FROM`] or more.
 fn without_outliers(scores: &[f64], floor: f64) -> Vec<usize> {
-    let n = scores.len();
-    if n < ROBUST_FROM {
-        return (0..n).collect();
-    }
     let bound = OUTLIER * (median(scores) / MEDIAN_CHI2_1).max(floor);
-    (0..n).filter(|&i| scores[i] <= bound).collect()
+    (0..scores.len()).filter(|&i| scores[i] <= bound).collect()
+}
+
+/// The members a small pool's estimators keep: one at a time, the member
+/// whose `score` against the others kept (a squared deviation over its
+/// variance, χ²₁-like in scale units) is highest leaves while it exceeds
+/// [`SMALL_POOL_OUTLIER`] times the scale `learned` so far. One at a time,
+/// so a member far off does not make the others look off with it.
+fn apart_from_outliers(
+    n: usize,
+    learned: f64,
+    score: impl Fn(usize, &[usize]) -> f64,
+) -> Vec<usize> {
+    let bound = SMALL_POOL_OUTLIER * learned;
+    let mut keep: Vec<usize> = (0..n).collect();
+    while keep.len() >= 2 {
+        let worst = keep
+            .iter()
+            .map(|&i| (i, score(i, &keep)))
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        match worst {
+            Some((i, s)) if s > bound => keep.retain(|&k| k != i),
+            _ => break,
+        }
+    }
+    keep
 }
 
 /// The last [`BYTES_WINDOW`] values of one per-tick statistic (NaN where
@@ -703,10 +739,10 @@ impl LoadState {
         }
         let fresh = tick.ctx.new_conns / tick.totals.active;
         let hi = tick.s.max_dispersion.max(1.0);
-        if let Some(x) = placement_dispersion(&samples.placement) {
+        if let Some(x) = placement_dispersion(&samples.placement, tick.phi) {
             self.phi.learn(x, fresh, 1.0, hi);
         }
-        if let Some(x) = bytes_heterogeneity(&samples.bytes) {
+        if let Some(x) = bytes_heterogeneity(&samples.bytes, tick.kappa) {
             self.kappa.learn(x, fresh, KAPPA_MIN, KAPPA_MAX);
         }
     }
@@ -1069,7 +1105,7 @@ impl NewConns {
     /// (a raw ratio is not enough: a member that was down while its
     /// clients reconnected elsewhere missed those connections through no
     /// fault of the balancer).
-    fn cause(&self, dir: i8, ctx: &Context) -> (Cause, String) {
+    fn cause(&self, s: &Settings, dir: i8, ctx: &Context) -> (Cause, String) {
         if let Some(failed) = self.refused.filter(|_| dir < 0) {
             return (
                 Cause::Refusing,
@@ -1095,13 +1131,23 @@ impl NewConns {
                 ),
             )
         } else if self.enough {
-            (
-                Cause::Pinned,
+            let leans = if dir > 0 {
+                self.ratio > s.warn_high
+            } else {
+                self.ratio < s.warn_low
+            };
+            let why = if leans {
+                format!(
+                    "new connections lean the same way ({:.2}× its share), too few yet to judge the balancer by; if it is fair, {PINNED_FIXES}",
+                    self.ratio
+                )
+            } else {
                 format!(
                     "new connections are balanced ({:.2}× its share): {PINNED_FIXES}",
                     self.ratio
-                ),
-            )
+                )
+            };
+            (Cause::Pinned, why)
         } else {
             (
                 Cause::Pinned,
@@ -1297,7 +1343,7 @@ impl Subject<'_> {
         if verdict == Verdict::Ok {
             return (out, None);
         }
-        let (cause, why) = self.conns.cause(j.dir, self.ctx);
+        let (cause, why) = self.conns.cause(self.s, j.dir, self.ctx);
         out.cause = Some(cause);
         (out, Some(why))
     }
@@ -1379,7 +1425,7 @@ impl Subject<'_> {
 /// members after leaving out outliers and measuring the rest against their
 /// own total — so one member holding the others' connections neither
 /// counts itself nor makes the others look low.
-fn placement_dispersion(xs: &[(f64, f64)]) -> Option<f64> {
+fn placement_dispersion(xs: &[(f64, f64)], learned: f64) -> Option<f64> {
     if xs.len() < 2 {
         return None;
     }
@@ -1391,38 +1437,78 @@ fn placement_dispersion(xs: &[(f64, f64)]) -> Option<f64> {
             (a - e).powi(2) / (e * (1.0 - p))
         }
     };
-    // Scored against the median member's total, which one member far off
-    // does not move.
-    let robust_total = median(&xs.iter().map(|&(a, p)| a / p).collect::<Vec<_>>());
-    let scores: Vec<f64> = xs.iter().map(|&(a, p)| u(a, p, robust_total)).collect();
-    let keep = without_outliers(&scores, 1.0);
+    let (keep, factor) = if xs.len() < ROBUST_FROM {
+        let keep = apart_from_outliers(xs.len(), learned.max(1.0), |i, keep| {
+            // Binomial: its part of the open connections it and the others
+            // hold, against its part of their shares.
+            let (a, p) = xs[i];
+            let (rest, share) = keep
+                .iter()
+                .filter(|&&k| k != i)
+                .fold((0.0, 0.0), |(t, s), &k| (t + xs[k].0, s + xs[k].1));
+            u(a, p / (p + share), a + rest)
+        });
+        (keep, 1.0 / SMALL_POOL_TRUNCATION)
+    } else {
+        // Scored against the median member's total, which one member far
+        // off does not move.
+        let robust_total = median(&xs.iter().map(|&(a, p)| a / p).collect::<Vec<_>>());
+        let scores: Vec<f64> = xs.iter().map(|&(a, p)| u(a, p, robust_total)).collect();
+        (without_outliers(&scores, 1.0), 1.0)
+    };
     let (kt, kp) = keep
         .iter()
         .fold((0.0, 0.0), |(t, p), &i| (t + xs[i].0, p + xs[i].1));
-    if kt <= 0.0 || kp <= 0.0 {
+    if keep.len() < 2 || kt <= 0.0 || kp <= 0.0 {
         return None;
     }
     Some(
         keep.iter()
             .map(|&i| u(xs[i].0, xs[i].1 / kp, kt))
             .sum::<f64>()
-            / keep.len() as f64,
+            / keep.len() as f64
+            * factor,
     )
+}
+
+/// A member's squared deviation of its log bytes-per-connection ratio `x`
+/// over `a` connections from the others' `rest_mean` over `rest`, over
+/// its variance (per unit κ).
+fn bytes_score_apart(a: f64, x: f64, rest: f64, rest_mean: f64) -> f64 {
+    if a <= 0.0 || rest <= 0.0 {
+        return 0.0;
+    }
+    (x - rest_mean).powi(2) / (1.0 / a + 1.0 / rest)
 }
 
 /// One tick's bytes heterogeneity κ from the members' open connections and
 /// log bytes-per-connection ratios `(a, x)`: `a · x²` is κ·χ²₁ for a
 /// balanced member. Robust like [`placement_dispersion`]: outliers (scored
-/// around the median ratio) are left out and the rest are centred on their
+/// around the median ratio, or in pools under [`ROBUST_FROM`] one at a
+/// time against the others' mean) are left out and the rest are centred on their
 /// own connection-weighted mean, so a member with heavy clients neither
 /// counts nor makes the others look light.
-fn bytes_heterogeneity(xs: &[(f64, f64)]) -> Option<f64> {
+fn bytes_heterogeneity(xs: &[(f64, f64)], learned: f64) -> Option<f64> {
     if xs.len() < 2 {
         return None;
     }
-    let mid = median(&xs.iter().map(|x| x.1).collect::<Vec<_>>());
-    let scores: Vec<f64> = xs.iter().map(|&(a, x)| a * (x - mid).powi(2)).collect();
-    let keep = without_outliers(&scores, KAPPA_MIN);
+    let (keep, factor) = if xs.len() < ROBUST_FROM {
+        let keep = apart_from_outliers(xs.len(), learned.max(KAPPA_MIN), |i, keep| {
+            let (rest, rest_x) = keep
+                .iter()
+                .filter(|&&k| k != i)
+                .fold((0.0, 0.0), |(w, wx), &k| {
+                    (w + xs[k].0, wx + xs[k].0 * xs[k].1)
+                });
+            let rest_mean = if rest > 0.0 { rest_x / rest } else { xs[i].1 };
+            bytes_score_apart(xs[i].0, xs[i].1, rest, rest_mean)
+        });
+        (keep, 1.0 / SMALL_POOL_TRUNCATION)
+    } else {
+        let mid = median(&xs.iter().map(|x| x.1).collect::<Vec<_>>());
+        let scores: Vec<f64> = xs.iter().map(|&(a, x)| a * (x - mid).powi(2)).collect();
+        (without_outliers(&scores, KAPPA_MIN), 1.0)
+    };
     let k = keep.len() as f64;
     let weight: f64 = keep.iter().map(|&i| xs[i].0).sum();
     if k < 2.0 || weight <= 0.0 {
@@ -1434,7 +1520,8 @@ fn bytes_heterogeneity(xs: &[(f64, f64)]) -> Option<f64> {
         keep.iter()
             .map(|&i| xs[i].0 * (xs[i].1 - centre).powi(2))
             .sum::<f64>()
-            / (k - 1.0),
+            / (k - 1.0)
+            * factor,
     )
 }
 
@@ -1444,53 +1531,99 @@ mod tests {
 
     /// Open connections placed by a fair balancer.
     fn multinomial(rng: &mut Rng, total: usize, members: usize) -> Vec<(f64, f64)> {
+        clustered(rng, total, members, 1)
+    }
+
+    /// Open connections placed by a fair balancer in clusters of `size`
+    /// (clients that open several at once behind source hashing): a
+    /// dispersion of `size`.
+    fn clustered(rng: &mut Rng, total: usize, members: usize, size: usize) -> Vec<(f64, f64)> {
         let mut counts = vec![0.0; members];
-        for _ in 0..total {
-            counts[((rng.f64() * members as f64) as usize).min(members - 1)] += 1.0;
+        for _ in 0..total / size {
+            counts[((rng.f64() * members as f64) as usize).min(members - 1)] += size as f64;
         }
         counts.iter().map(|&a| (a, 1.0 / members as f64)).collect()
     }
 
+    /// The mean of `f`'s estimates over `k` ticks, leaving out the ticks
+    /// without one (the pool learns nothing from those).
     fn average(k: usize, mut f: impl FnMut() -> Option<f64>) -> f64 {
-        (0..k).filter_map(|_| f()).sum::<f64>() / k as f64
+        let xs: Vec<f64> = (0..k).filter_map(|_| f()).collect();
+        xs.iter().sum::<f64>() / xs.len().max(1) as f64
     }
 
-    /// φ of a fair balancer averages 1 for every pool size: low would
-    /// page falsely, high would page late.
+    /// φ of a fair balancer averages 1 for every pool size, whether the
+    /// pool has learned it or still holds the prior: low would page
+    /// falsely, high would page late.
     #[test]
     fn placement_dispersion_of_a_fair_balancer_is_one() {
         let mut rng = Rng::new(1);
-        for members in [2usize, 3, 5, 8, 10, 20, 50] {
-            let got = average(4000, || {
-                super::placement_dispersion(&multinomial(&mut rng, 40 * members, members))
-            });
-            assert!((0.97..=1.12).contains(&got), "{members} members: {got}");
+        for members in [2usize, 3, 4, 5, 7, 8, 10, 20, 50] {
+            for (per_member, learned) in [(40, 1.0), (40, super::PHI_PRIOR), (10, 1.0)] {
+                let got = average(4000, || {
+                    let xs = multinomial(&mut rng, per_member * members, members);
+                    super::placement_dispersion(&xs, learned)
+                });
+                assert!(
+                    (0.95..=1.12).contains(&got),
+                    "{members} members, {per_member} each, learned {learned}: {got}"
+                );
+            }
         }
     }
 
     /// One member holding far more than its share does not teach the
-    /// others' dispersion (in pools of ten or more; in smaller ones the
-    /// member is left out once it is flagged).
+    /// others' dispersion, in pools of every size: scored against the
+    /// tick's median in pools of eight or more, against what the pool has
+    /// learned (here the prior) in smaller ones.
     #[test]
     fn placement_dispersion_ignores_one_member_far_off() {
         let mut rng = Rng::new(2);
-        for members in [10usize, 30] {
+        for members in [3usize, 4, 5, 10, 30] {
             let got = average(2000, || {
                 let mut xs = multinomial(&mut rng, 40 * members, members);
                 xs[0].0 += 80.0;
-                super::placement_dispersion(&xs)
+                super::placement_dispersion(&xs, super::PHI_PRIOR)
             });
             assert!(got < 1.2, "{members} members: {got}");
+        }
+        // Four members, ten connections, seven on the first: the first
+        // tick a 7:1:1:1 placement is judged.
+        let xs = [(7.0, 0.25), (1.0, 0.25), (1.0, 0.25), (1.0, 0.25)];
+        let got = super::placement_dispersion(&xs, super::PHI_PRIOR);
+        assert!(got.is_some_and(|x| x < 1.0), "{got:?}");
+    }
+
+    /// A small pool that really is more dispersed than the prior (clients
+    /// open three connections at once) learns it, although each tick
+    /// leaves out the members beyond nine times what it has learned so far.
+    #[test]
+    fn a_small_pools_dispersion_is_learned_from_below() {
+        let mut rng = Rng::new(4);
+        for members in [3usize, 4, 6] {
+            let mut learned = super::PHI_PRIOR;
+            for _ in 0..12 {
+                learned = average(2000, || {
+                    super::placement_dispersion(
+                        &clustered(&mut rng, 60 * members, members, 3),
+                        learned,
+                    )
+                });
+            }
+            assert!(
+                (2.7..=3.3).contains(&learned),
+                "{members} members: {learned}"
+            );
         }
     }
 
     /// κ of normal log-ratios with variance κ / a averages κ, also with
-    /// one member's clients five times heavier (in pools of ten or more).
+    /// one member's clients five times heavier.
     #[test]
     fn bytes_heterogeneity_is_unbiased_and_robust() {
         let mut rng = Rng::new(3);
         for members in [3usize, 5, 10, 30] {
-            for heavy in [false, true].into_iter().filter(|h| !h || members >= 10) {
+            for heavy in [false, true] {
                 let got = average(4000, || {
                     let xs: Vec<(f64, f64)> = (0..members)
                         .map(|i| {
@@ -1499,7 +1632,7 @@ mod tests {
                             (a, shift + rng.normal() * (0.3 / a).sqrt())
                         })
                         .collect();
-                    super::bytes_heterogeneity(&xs)
+                    super::bytes_heterogeneity(&xs, 0.3)
                 });
                 assert!(
                     (0.9..=1.12).contains(&(got / 0.3)),

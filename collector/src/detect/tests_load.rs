@@ -2,7 +2,7 @@
 //! long-lived connections.
 
 use super::*;
-use crate::detect::sim::{LongLived, LongLivedSpec, Rng, member_id};
+use crate::detect::sim::{LongLived, LongLivedSpec, MemberTick, Rng, member_id};
 
 /// Every transition with the tick it happened on.
 type Log = Vec<(u64, Transition)>;
@@ -493,4 +493,71 @@ fn a_drain_that_empties_in_time_warns_nothing() {
         .collect();
     assert!(on_drained.is_empty(), "{on_drained:#?}");
     assert!(paged(&tr).is_empty(), "{:#?}", paged(&tr));
+}
+
+/// The same pool, skewed from its first connection: HAProxy at weight
+/// 7:1:1:1 places 7 of every 10 new connections on the first member while
+/// the clients are still connecting, over one tick or many. The ticks of
+/// the ramp are too few connections to flag it, and must not teach the
+/// pool that its imbalance is normal: once all 40 are open it is flagged
+/// within a few ticks, and stays flagged.
+#[test]
+fn forty_keepalive_connections_28_on_one_of_four_from_the_start_are_flagged() {
+    for ramp in [1u64, 2, 3, 4, 6, 8, 12] {
+        let mut rng = Rng::new(27);
+        let pool = LongLived::new(LongLivedSpec::balanced(4, 0), &mut rng);
+        let mut d = Detector::default();
+        // Smooth weighted round robin's order for 7:1:1:1.
+        let order = [0usize, 0, 1, 0, 2, 0, 3, 0, 0, 0];
+        let mut held = [0u64; 4];
+        let mut log = Vec::new();
+        let mut last = None;
+        for t in 0..60u64 {
+            let opened = (40 * (t + 1) / ramp).min(40) as usize;
+            let before: u64 = held.iter().sum();
+            let mut ticks = vec![MemberTick::default(); 4];
+            for k in before as usize..opened {
+                let m = order[k % order.len()];
+                held[m] += 1;
+                ticks[m].new_conns += 1;
+            }
+            for (m, x) in ticks.iter_mut().enumerate() {
+                x.active = held[m];
+                x.bytes_in = 240 * held[m];
+                x.bytes_out = 8_600 * held[m];
+            }
+            let (v, tr) = d.evaluate(&pool.input("web", t, &ticks));
+            log.extend(tr.into_iter().map(|x| (t, x)));
+            last = Some(v);
+        }
+        let member = member_id(0);
+        let fired = log.iter().find_map(|(t, x)| match x {
+            Transition::Fired(a)
+                if a.member == member && a.signal == Some(Signal::ActiveConnections) =>
+            {
+                Some((*t, a))
+            }
+            _ => None,
+        });
+        let (at, a) = fired.unwrap_or_else(|| panic!("ramp over {ramp} ticks: never flagged"));
+        assert!(
+            at <= ramp + 3,
+            "ramp over {ramp} ticks: flagged at tick {at}"
+        );
+        assert_eq!(a.kind, AlertKind::Skew, "ramp over {ramp} ticks: {a:#?}");
+        // 28 of its 40 new connections were not balanced, even where too
+        // few to judge the balancer by.
+        assert!(
+            !a.summary.contains("balanced"),
+            "ramp over {ramp} ticks: {}",
+            a.summary
+        );
+        let v = last.expect("ticks");
+        let (_, active) = v.members[0].active.as_ref().expect("active");
+        assert_eq!(
+            active.verdict,
+            Verdict::SkewHigh { page: false },
+            "ramp over {ramp} ticks: still flagged at the end"
+        );
+    }
 }

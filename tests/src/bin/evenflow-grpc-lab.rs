@@ -56,6 +56,9 @@ struct ClientArgs {
     /// Reply payload bytes (gRPC).
     #[arg(long, default_value_t = 1000)]
     reply: u32,
+    /// Over how long the channels open, one after another, milliseconds.
+    #[arg(long, default_value_t = 0)]
+    ramp_ms: u64,
     /// Where to write the counters (JSON).
     #[arg(long)]
     stats: PathBuf,
@@ -68,6 +71,7 @@ impl ClientArgs {
             interval: Duration::from_millis(self.interval_ms),
             payload: self.payload,
             reply: self.reply,
+            ramp: Duration::from_millis(self.ramp_ms),
         }
     }
 }
