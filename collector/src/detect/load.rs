@@ -271,7 +271,7 @@ impl Learned {
         let fresh = fresh.clamp(0.0, 1.0);
         self.weight = (self.weight + fresh).min(MEMORY);
         let w = fresh / self.weight;
-        self.mean = ((1.0 - w) * self.mean + w * x).clamp(0.0, hi);
+        self.mean = ((1.0 - w) * self.mean + w * x).clamp(lo, hi);
     }
 
     fn value(&self, lo: f64, hi: f64) -> f64 {
@@ -286,9 +286,10 @@ const MEDIAN_CHI2_1: f64 = 0.454_936_4;
 /// is beyond 16 about once in sixteen thousand).
 const OUTLIER: f64 = 16.0;
 
-/// Pools smaller than this score their members against the scale learned
-/// so far instead of the tick's median: with fewer, the median cannot tell
-/// one member far off from the rest.
+/// Pools learned from (members not flagged lately) smaller than this score
+/// their members against the scale learned so far instead of the tick's
+/// median: with fewer, the median cannot tell one member far off from the
+/// rest.
 const ROBUST_FROM: usize = 8;
 /// In those pools, a member whose squared deviation from the others
 /// exceeds this many times the learned scale is left out (a χ²₁ value is
@@ -296,7 +297,7 @@ const ROBUST_FROM: usize = 8;
 /// pool's first connection teaches the pool its imbalance while there are
 /// still too few connections to flag it: 7 of the first 10 on one of four
 /// is a binomial tail of only 3.5·10⁻³, yet once learned, 28 of 40 (a
-/// tail of 10⁻⁸) no longer warns, and a pool of keep-alive connections
+/// tail of 2.8·10⁻⁹) no longer warns, and a pool of keep-alive connections
 /// that never turn over never unlearns it. A scale learned too low still
 /// rises: the members it keeps show more than it, tick after tick.
 const SMALL_POOL_OUTLIER: f64 = 6.635;
@@ -1136,16 +1137,17 @@ impl NewConns {
             } else {
                 self.ratio < s.warn_low
             };
+            let r = self.ratio;
             let why = if leans {
                 format!(
-                    "new connections lean the same way ({:.2}× its share), too few yet to judge the balancer by; if it is fair, {PINNED_FIXES}",
-                    self.ratio
+                    "new connections lean the same way ({r:.2}× its share) without being judged skewed; if the balancer is fair, {PINNED_FIXES}"
+                )
+            } else if r > s.warn_high || r < s.warn_low {
+                format!(
+                    "new connections lean the other way ({r:.2}× its share), evening it out: {PINNED_FIXES}"
                 )
             } else {
-                format!(
-                    "new connections are balanced ({:.2}× its share): {PINNED_FIXES}",
-                    self.ratio
-                )
+                format!("new connections are balanced ({r:.2}× its share): {PINNED_FIXES}")
             };
             (Cause::Pinned, why)
         } else {
@@ -1596,7 +1598,7 @@ mod tests {
 
     /// A small pool that really is more dispersed than the prior (clients
     /// open three connections at once) learns it, although each tick
-    /// leaves out the members beyond nine times what it has learned so far.
+    /// leaves out the members beyond 6.6 times what it has learned so far.
     #[test]
     fn a_small_pools_dispersion_is_learned_from_below() {
         let mut rng = Rng::new(4);
