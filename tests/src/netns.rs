@@ -50,10 +50,21 @@ pub fn open(ns: &str) -> Result<File> {
 
 /// Creates `ns` (removing a leftover of the same name from a crashed run)
 /// with `lo` up: the agents' gRPC and metrics listen on 127.0.0.1.
+///
+/// Links made in it later skip duplicate address detection for their
+/// link-local addresses too, as a node's links are long past it. A fresh
+/// link-local is tentative for a second or two, and a neighbour
+/// solicitation for a packet whose source is not on the link (a hostNetwork
+/// proxy's socket to a VIP on `lo`, which DNAT sends to a backend) can
+/// only come from it: the SYN waited in the neighbour queue past its first
+/// retransmission timeout, in no field's shape.
 pub fn create(ns: &str) -> Result<()> {
     delete(ns);
     sh("ip", &["netns", "add", ns])?;
     exec(ns, "ip", &["link", "set", "lo", "up"])?;
+    for conf in ["all", "default"] {
+        sysctl(ns, &format!("net.ipv6.conf.{conf}.accept_dad"), "0")?;
+    }
     Ok(())
 }
 

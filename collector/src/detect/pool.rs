@@ -7,7 +7,10 @@ use super::{
     cut_off::{Attempts, CutOff, CutOffNode},
     joining::{Join, Joins, ViewTick},
     left_out::{self, LeftOut},
-    load::{Context, LoadState, LoadSummary, LoadVerdict},
+    load::{
+        Context, LoadState, LoadSummary, LoadVerdict, ROBUST_FROM, apart_from_outliers,
+        binomial_score_apart,
+    },
     reweight::{Count, Reweights},
     senders::Senders,
     z_bound,
@@ -1929,6 +1932,44 @@ struct Tally {
     suspect: bool,
     /// Each judged member's (observed, expected) over the share window.
     window: Vec<(f64, f64)>,
+    /// And this tick's, in the same order.
+    tick: Vec<(f64, f64)>,
+}
+
+impl Tally {
+    /// This tick's χ² per degree of freedom: the dispersion it shows.
+    ///
+    /// In a pool of fewer than [`ROBUST_FROM`] members, the members far
+    /// off over the share window (one at a time, against the others and
+    /// the dispersion `learned` so far) are left out, and the rest measured
+    /// against their own total. Without that, a pool skewed from its first
+    /// tick (evenflow started, or its collector restarted, during the
+    /// incident) learns its skew as burstiness while each tick is too few
+    /// connections to flag it, and at 4 new connections a tick 7:1:1:1
+    /// never paged (`a_pool_skewed_from_its_first_tick_pages_as_soon_as_one_watched_first`).
+    /// Over the window, and not the tick, because a tick of a quiet pool
+    /// holds too few connections to tell.
+    fn dispersion(&self, learned: f64) -> Option<f64> {
+        if self.window.len() >= ROBUST_FROM {
+            return (self.dof >= 2).then(|| self.chi2 / (self.dof - 1) as f64);
+        }
+        let keep = apart_from_outliers(self.window.len(), learned, |i, keep| {
+            binomial_score_apart(&self.window, i, keep)
+        });
+        let (o, e) = (keep.iter()).fold((0.0, 0.0), |(o, e), &i| {
+            (o + self.tick[i].0, e + self.tick[i].1)
+        });
+        if e <= 0.0 {
+            return None;
+        }
+        let (chi2, dof) = (keep.iter())
+            .map(|&i| (self.tick[i].0, self.tick[i].1 * o / e))
+            .filter(|&(_, e)| e >= 1.0)
+            .fold((0.0, 0usize), |(c, d), (o, e)| {
+                (c + (o - e).powi(2) / e, d + 1)
+            });
+        (dof >= 2).then(|| chi2 / (dof - 1) as f64)
+    }
 }
 
 /// The strongest SKEW finding over the windows: (verdict, ratio, observed,
@@ -2318,9 +2359,12 @@ impl ViewState {
 
     /// Learns the dispersion, only from ticks where nothing looks wrong.
     fn learn_dispersion(&mut self, s: &Settings, tally: &Tally, concentrated: bool) {
-        if tally.dof >= 2 && !tally.suspect && !concentrated {
+        if tally.suspect || concentrated {
+            return;
+        }
+        if let Some(phi_tick) = tally.dispersion(self.dispersion) {
             // Winsorise: one burst moves the estimate a little, not a lot.
-            let phi_tick = (tally.chi2 / (tally.dof - 1) as f64).min(self.dispersion * 3.0);
+            let phi_tick = phi_tick.min(self.dispersion * 3.0);
             let alpha = if self.samples < 20 { 0.2 } else { 0.03 };
             self.dispersion_mean = ((1.0 - alpha) * self.dispersion_mean + alpha * phi_tick)
                 .clamp(0.0, s.max_dispersion);
@@ -2395,6 +2439,7 @@ fn judge_share(
     judged.window_expected = ew;
     judged.ratio = if ew > 0.0 { ow / ew } else { 1.0 };
     tally.window.push((ow, ew));
+    tally.tick.push((o, e));
     let best = strongest_skew(s, bounds, hist);
     if zero_evidence >= bounds.zero_bound {
         judged.verdict = Verdict::Zero {

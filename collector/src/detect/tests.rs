@@ -648,10 +648,16 @@ fn learned_dispersion_is_unbiased() {
     // Averaging per-tick χ²/df clamped at 1 settles near 1.15 on a Poisson
     // pool and slows ZERO by about 7 %; the estimate must sit at 1, and
     // still find a burstier pool's real dispersion.
-    for (phi, lo, hi) in [(1.0, 1.0, 1.12), (2.0, 1.6, 2.5)] {
+    for (members, phi, lo, hi) in [
+        (10, 1.0, 1.0, 1.12),
+        (10, 2.0, 1.6, 2.5),
+        (4, 1.0, 1.0, 1.12),
+        (4, 2.0, 1.6, 2.5),
+        (3, 2.0, 1.6, 2.5),
+    ] {
         let mut d = Detector::default();
         let mut rng = Rng::new(11);
-        let w = [1.0; 10];
+        let w = vec![1.0; members];
         let mut last = None;
         for t in 0..600 {
             let counts: Vec<u64> = w.iter().map(|_| rng.neg_binomial(10.0, phi)).collect();
@@ -660,7 +666,7 @@ fn learned_dispersion_is_unbiased() {
         let got = last.expect("600 ticks").dispersion_server;
         assert!(
             (lo..=hi).contains(&got),
-            "member dispersion {phi}: learned {got}"
+            "{members} members, dispersion {phi}: learned {got}"
         );
     }
 }
@@ -1177,7 +1183,7 @@ fn a_pool_back_from_sticky_judges_its_balancers_afresh() {
     let first = (0..80)
         .find(|&t| tick(&mut d, t, Balancing::Weighted))
         .expect("a weighted pool warns about lb-2");
-    assert!(first > 2, "warned at tick {first}");
+    assert!(first >= 2, "warned at tick {first}");
     // The same, sticky for a tick just before it would have warned: back
     // to weighted, it warns only as late as a fresh pool would.
     let mut d = Detector::default();
@@ -1194,4 +1200,55 @@ fn a_pool_back_from_sticky_judges_its_balancers_afresh() {
         "warned {} ticks after it turned weighted again, a fresh pool after {first}",
         again - back
     );
+}
+
+/// evenflow deployed onto a pool already broken (or its collector
+/// restarted mid-incident): HAProxy at 7:1:1:1 where the pool expects four
+/// equal members, from the first tick. Nothing healthy was ever seen, so
+/// the dispersion must not learn the skew as the pool's normal: the page
+/// comes about as soon as after a healthy hour watched first. (At 4 new
+/// connections a tick it never came: 3,000 ticks, no page.)
+#[test]
+fn a_pool_skewed_from_its_first_tick_pages_as_soon_as_one_watched_first() {
+    let w = [1.0; 4];
+    let hit = |v: Verdict| matches!(v, Verdict::SkewHigh { page: true });
+    let skewed = |from: u64| {
+        move |t: u64, i: usize| match (t >= from, i) {
+            (false, _) => 1.0,
+            (true, 0) => 2.8,
+            (true, _) => 0.4,
+        }
+    };
+    for rate in [4.0, 20.0, 100.0] {
+        let mut rng = Rng::new(12);
+        let (cold, _) = simulate(
+            &mut Detector::default(),
+            &mut rng,
+            300,
+            rate,
+            &w,
+            1.0,
+            skewed(0),
+            hit,
+        );
+        let (warm, _) = simulate(
+            &mut Detector::default(),
+            &mut rng,
+            3900,
+            rate,
+            &w,
+            1.0,
+            skewed(3600),
+            hit,
+        );
+        let cold = cold[0].unwrap_or_else(|| panic!("{rate}/tick from the start: no page"));
+        let warm = warm[0].map(|t| t - 3600);
+        let warm = warm.unwrap_or_else(|| panic!("{rate}/tick after an hour: no page"));
+        // A cold pool starts from the prior dispersion (2) and learns its
+        // way down, a minute's worth at the quietest rate.
+        assert!(
+            cold <= 2 * warm + 60,
+            "{rate}/tick: paged at tick {cold} from the start, {warm} ticks after a healthy hour"
+        );
+    }
 }
