@@ -286,10 +286,10 @@ const MEDIAN_CHI2_1: f64 = 0.454_936_4;
 /// is beyond 16 about once in sixteen thousand).
 const OUTLIER: f64 = 16.0;
 
-/// Pools learned from (members not flagged lately) smaller than this score
-/// their members against the scale learned so far instead of the tick's
-/// median: with fewer, the median cannot tell one member far off from the
-/// rest.
+/// Pools learned from smaller than this (the members judged, and for load
+/// those not flagged lately) score their members against the scale learned
+/// so far instead of the tick's median: with fewer, the median cannot tell
+/// one member far off from the rest.
 pub(super) const ROBUST_FROM: usize = 8;
 /// In those pools, a member whose squared deviation from the others
 /// exceeds this many times the learned scale is left out (a χ²₁ value is

@@ -1953,17 +1953,23 @@ impl Tally {
         if self.window.len() >= ROBUST_FROM {
             return (self.dof >= 2).then(|| self.chi2 / (self.dof - 1) as f64);
         }
-        let keep = apart_from_outliers(self.window.len(), learned, |i, keep| {
-            binomial_score_apart(&self.window, i, keep)
+        // Members with a share only: one of weight 0 that still takes
+        // connections (persistent ones, behind HAProxy) would otherwise
+        // add to the total the others are measured against.
+        let shared: Vec<usize> = (0..self.window.len())
+            .filter(|&i| self.window[i].1 > 0.0)
+            .collect();
+        let window: Vec<(f64, f64)> = shared.iter().map(|&i| self.window[i]).collect();
+        let tick: Vec<(f64, f64)> = shared.iter().map(|&i| self.tick[i]).collect();
+        let keep = apart_from_outliers(window.len(), learned, |i, keep| {
+            binomial_score_apart(&window, i, keep)
         });
-        let (o, e) = (keep.iter()).fold((0.0, 0.0), |(o, e), &i| {
-            (o + self.tick[i].0, e + self.tick[i].1)
-        });
+        let (o, e) = (keep.iter()).fold((0.0, 0.0), |(o, e), &i| (o + tick[i].0, e + tick[i].1));
         if e <= 0.0 {
             return None;
         }
         let (chi2, dof) = (keep.iter())
-            .map(|&i| (self.tick[i].0, self.tick[i].1 * o / e))
+            .map(|&i| (tick[i].0, tick[i].1 * o / e))
             .filter(|&(_, e)| e >= 1.0)
             .fold((0.0, 0usize), |(c, d), (o, e)| {
                 (c + (o - e).powi(2) / e, d + 1)
@@ -2025,6 +2031,7 @@ impl ViewState {
         let mut verdicts = HashMap::with_capacity(input.members.len());
         let mut tally = Tally {
             window: Vec::with_capacity(count),
+            tick: Vec::with_capacity(count),
             ..Tally::default()
         };
         for m in input.members() {
