@@ -1431,14 +1431,6 @@ fn placement_dispersion(xs: &[(f64, f64)], learned: f64) -> Option<f64> {
     if xs.len() < 2 {
         return None;
     }
-    let u = |a: f64, p: f64, total: f64| {
-        let e = total * p;
-        if e <= 0.0 || p >= 1.0 {
-            0.0
-        } else {
-            (a - e).powi(2) / (e * (1.0 - p))
-        }
-    };
     let (keep, factor) = if xs.len() < ROBUST_FROM {
         let keep = apart_from_outliers(xs.len(), learned.max(1.0), |i, keep| {
             binomial_score_apart(xs, i, keep)
@@ -1448,7 +1440,10 @@ fn placement_dispersion(xs: &[(f64, f64)], learned: f64) -> Option<f64> {
         // Scored against the median member's total, which one member far
         // off does not move.
         let robust_total = median(&xs.iter().map(|&(a, p)| a / p).collect::<Vec<_>>());
-        let scores: Vec<f64> = xs.iter().map(|&(a, p)| u(a, p, robust_total)).collect();
+        let scores: Vec<f64> = xs
+            .iter()
+            .map(|&(a, p)| binomial_score(a, p, robust_total))
+            .collect();
         (without_outliers(&scores, 1.0), 1.0)
     };
     let (kt, kp) = keep
@@ -1459,7 +1454,7 @@ fn placement_dispersion(xs: &[(f64, f64)], learned: f64) -> Option<f64> {
     }
     Some(
         keep.iter()
-            .map(|&i| u(xs[i].0, xs[i].1 / kp, kt))
+            .map(|&i| binomial_score(xs[i].0, xs[i].1 / kp, kt))
             .sum::<f64>()
             / keep.len() as f64
             * factor,
@@ -1476,12 +1471,17 @@ pub(super) fn binomial_score_apart(xs: &[(f64, f64)], i: usize, keep: &[usize]) 
         .iter()
         .filter(|&&k| k != i)
         .fold((0.0, 0.0), |(t, s), &k| (t + xs[k].0, s + xs[k].1));
-    let (n, q) = (a + rest, p / (p + share));
-    let e = n * q;
-    if e <= 0.0 || q >= 1.0 {
+    binomial_score(a, p / (p + share), a + rest)
+}
+
+/// `a` of `total` against a share `p` of them: the squared deviation over
+/// the binomial variance (0 where nothing is expected).
+fn binomial_score(a: f64, p: f64, total: f64) -> f64 {
+    let e = total * p;
+    if e <= 0.0 || p >= 1.0 {
         0.0
     } else {
-        (a - e).powi(2) / (e * (1.0 - q))
+        (a - e).powi(2) / (e * (1.0 - p))
     }
 }
 
