@@ -163,8 +163,11 @@ fn run_one(s: &Scenario, seed: u64) -> Outcome {
             .map(|i| {
                 let lambda = total * burst * raw[i] / rs;
                 let conns = rng.neg_binomial(lambda, s.member_phi);
-                // Heavy-tailed bytes per connection; keep-alive clients
-                // keep old connections busy.
+                // Heavy-tailed bytes per connection (Pareto, tail index
+                // 5/3), one draw for all of the member's connections in
+                // the tick: harsher on the bytes test than independent
+                // connections, whose mean evens out as they add up;
+                // keep-alive clients keep old connections busy.
                 let keepalive = if s.pinned_bytes && i == 0 { 50.0 } else { 1.0 };
                 let bytes = (conns as f64 * 2000.0 / rng.f64().powf(0.6)
                     + keepalive * 500.0 * rng.f64()) as u64;

@@ -398,6 +398,15 @@ impl Ring {
         self.values().sum()
     }
 
+    /// The harmonic mean of the positive values (0 without any).
+    fn harmonic_mean(&self) -> f64 {
+        let (n, inv) = self
+            .values()
+            .filter(|&x| x > 0.0)
+            .fold((0.0, 0.0), |(n, inv), x| (n + 1.0, inv + 1.0 / x));
+        if inv > 0.0 { n / inv } else { 0.0 }
+    }
+
     /// The mean of the middle half of the defined values (a quarter
     /// trimmed at each end), when at least half the window has one.
     fn trimmed_mean(&self) -> Option<f64> {
@@ -464,6 +473,8 @@ impl Run {
 struct MemberLoad {
     /// ln(bytes per open connection / the pool's), per tick.
     per_conn: Ring,
+    /// Open connections in the ticks `per_conn` has a value for.
+    per_conn_active: Ring,
     /// Share of the pool's bytes over the expected share, per tick.
     share: Ring,
     bytes_in: Ring,
@@ -886,8 +897,9 @@ impl MemberLoad {
         let window = BytesWindow {
             share: self.share.trimmed_mean(),
             per_conn: self.per_conn.trimmed_mean(),
+            conns: self.per_conn_active.harmonic_mean(),
         };
-        let bytes_j = judge_bytes(tick.s, &tick.bounds, &n, &window, tick.kappa, &active);
+        let bytes_j = judge_bytes(tick.s, &tick.bounds, &window, tick.kappa, &active);
         let active_ticks = self.active.update(tick.tick, active.dir, active.level);
         let bytes_ticks = self.bytes.update(tick.tick, bytes_j.dir, bytes_j.level);
         let conns = NewConns::of(vv);
@@ -914,9 +926,9 @@ impl MemberLoad {
         {
             samples.placement.push((n.a, p));
             if let Some(x) = window.per_conn
-                && n.a >= MIN_BYTES_CONNS
+                && window.conns >= MIN_BYTES_CONNS
             {
-                samples.bytes.push((n.a, x));
+                samples.bytes.push((window.conns, x));
             }
         }
         let subject = Subject {
@@ -941,13 +953,14 @@ impl MemberLoad {
     /// The per-tick bytes statistics, kept also while the pool is too quiet
     /// to judge; a tick without bytes has no bytes per connection.
     fn record_bytes(&mut self, n: &Numbers, t: &Totals) {
-        self.per_conn.push(
-            if n.a >= 1.0 && n.bytes > 0.0 && t.active > 0.0 && t.bytes > 0.0 {
-                ((n.bytes / n.a) / (t.bytes / t.active)).ln()
-            } else {
-                f64::NAN
-            },
-        );
+        let defined = n.a >= 1.0 && n.bytes > 0.0 && t.active > 0.0 && t.bytes > 0.0;
+        self.per_conn.push(if defined {
+            ((n.bytes / n.a) / (t.bytes / t.active)).ln()
+        } else {
+            f64::NAN
+        });
+        self.per_conn_active
+            .push(if defined { n.a } else { f64::NAN });
         self.share.push(if t.bytes > 0.0 && n.p > 0.0 {
             (n.bytes / t.bytes) / n.p
         } else {
@@ -962,6 +975,11 @@ struct BytesWindow {
     share: Option<f64>,
     /// Trimmed mean of ln(its bytes per connection / the pool's).
     per_conn: Option<f64>,
+    /// The open connections behind `per_conn`: the harmonic mean over its
+    /// ticks, since a tick's ratio varies as one over its connections. Not
+    /// this tick's: a burst would claim ten ticks' evidence at its own
+    /// count.
+    conns: f64,
 }
 
 /// One signal's evidence this tick.
@@ -1017,7 +1035,6 @@ fn judge_active(s: &Settings, b: &Bounds, n: &Numbers, total: f64, phi: f64) -> 
 fn judge_bytes(
     s: &Settings,
     b: &Bounds,
-    n: &Numbers,
     window: &BytesWindow,
     kappa: f64,
     active: &Judged,
@@ -1035,9 +1052,12 @@ fn judge_bytes(
     let dir = sign(ratio - 1.0);
     let per_conn = window.per_conn;
     // The normal tail's Chernoff bound, exp(−z²/2), for z the trimmed mean
-    // log-ratio over its per-connection standard error √(κ / a).
+    // log-ratio over its per-connection standard error √(κ / a), `a` the
+    // window's open connections.
     let own_log_p = match per_conn {
-        Some(x) if n.a >= MIN_BYTES_CONNS && sign(x) == dir => -0.5 * x * x * n.a / kappa,
+        Some(x) if window.conns >= MIN_BYTES_CONNS && sign(x) == dir => {
+            -0.5 * x * x * window.conns / kappa
+        }
         _ => 0.0,
     };
     let conn_log_p = if active.dir == dir { active.log_p } else { 0.0 };
