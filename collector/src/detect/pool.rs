@@ -2041,6 +2041,7 @@ impl ViewState {
             verdicts.insert(m.id.clone(), vv);
         }
         self.observed_shares(&mut verdicts, &tally.window);
+        explained_shortfalls(s, &mut verdicts);
         let expected_effective = if wsum > 0.0 {
             1.0 / eligible
                 .iter()
@@ -2472,6 +2473,49 @@ fn judge_share(
             "{:.0} new connections where {:.1} were expected ({:.2}× its share, z = {:.1}, dispersion {:.2})",
             ow, ew, r, z, bounds.phi
         );
+    }
+}
+
+/// Demotes to a warning the low pages that members above their share
+/// explain: in a pool of five whose balancer sends one member 3× its share,
+/// the other four get 0.71× theirs, and a quiet stretch takes one of them
+/// under half (2.9σ below 0.71× over the window, a few times a day at 20
+/// new connections a second). Measured against the members neither above
+/// their share nor at zero, it gets its part: the fault is the high
+/// member's, and so is the page, so only a pool with a member paged high
+/// demotes any. A member under half its share of what those other members
+/// get still pages, and so does one with no such others to measure
+/// against (two members, or one declared heavier than the balancer weighs
+/// it, whose shortfall the rest share).
+fn explained_shortfalls(s: &Settings, verdicts: &mut HashMap<String, ViewVerdict>) {
+    if !verdicts
+        .values()
+        .any(|v| v.verdict == (Verdict::SkewHigh { page: true }))
+    {
+        return;
+    }
+    let (o, e) = verdicts
+        .values()
+        .filter(|v| matches!(v.verdict, Verdict::Ok | Verdict::SkewLow { .. }))
+        .fold((0.0, 0.0), |(o, e), v| {
+            (o + v.window_observed, e + v.window_expected)
+        });
+    for v in verdicts.values_mut() {
+        if v.verdict != (Verdict::SkewLow { page: true }) {
+            continue;
+        }
+        let (o, e) = (o - v.window_observed, e - v.window_expected);
+        if o <= 0.0 || e < 1.0 {
+            continue;
+        }
+        let level = o / e;
+        if v.ratio >= s.page_low * level {
+            v.verdict = Verdict::SkewLow { page: false };
+            v.reason.push_str(&format!(
+                "; {:.2}× what the members not above their share get: members above theirs take the rest, and theirs is the page",
+                v.ratio / level
+            ));
+        }
     }
 }
 

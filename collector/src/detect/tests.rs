@@ -1275,3 +1275,46 @@ fn a_pool_skewed_from_its_first_tick_pages_as_soon_as_one_watched_first() {
         );
     }
 }
+
+/// A balancer that sends one of five members 2.4× its share leaves the
+/// others about 0.7× theirs. One of them a little lower still (0.48×) is
+/// under half its share but not under half of what the others get: the
+/// fault, and the page, are the high member's, and the low one warns (in
+/// the benchmark's 3:1:1:1:1 routing row such a member paged, a dip of
+/// 2.9σ). One at a third of what the others get pages as well.
+#[test]
+fn members_short_because_one_takes_the_rest_warn_and_it_pages() {
+    let high = "10.0.0.1:8080";
+    let low = "10.0.0.2:8080";
+    for (count, pages) in [(2u64, false), (1, true)] {
+        let mut d = Detector::default();
+        let mut paged = Vec::new();
+        let mut last = None;
+        for t in 0..120 {
+            let (v, tr) = d.evaluate(&input(t, &[10, count, 3, 3, 3], &[1.0; 5]));
+            let tr: Vec<(u64, Transition)> = tr.into_iter().map(|x| (t, x)).collect();
+            paged.extend(
+                super::tests_load::paged(&tr)
+                    .iter()
+                    .map(|(_, a)| a.member.clone()),
+            );
+            last = Some(v);
+        }
+        let v = last.expect("ticks");
+        assert!(paged.iter().any(|m| m == high), "{count} a tick: {paged:?}");
+        assert_eq!(
+            paged.iter().any(|m| m == low),
+            pages,
+            "{count} a tick: {paged:?}"
+        );
+        let m = v.members.iter().find(|m| m.id == low).expect("member");
+        assert_eq!(m.verdict, Verdict::SkewLow { page: pages }, "{m:#?}");
+        assert_eq!(
+            m.reason
+                .contains("what the members not above their share get"),
+            !pages,
+            "{}",
+            m.reason
+        );
+    }
+}
