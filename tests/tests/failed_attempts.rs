@@ -263,6 +263,87 @@ fn attempts_count_failed(name: &str, dark: Dark, lb_args: &[&str]) {
     );
 }
 
+/// A connect whose SYN the node's own qdisc drops, first and every time
+/// again (a full queue on the node: "local congestion"): counted
+/// unanswered once, at its first retransmission timeout, and failed once
+/// curl gives it up, which says it was counted unanswered. Such a SYN is
+/// tried again every half second after its first timeout, not on the
+/// doubling timeouts of one that leaves; on Linux 6.18 each try raises the
+/// socket's retransmission counts (`ss -ti` reads `retrans:0/3` after
+/// three), so the timeouts after the first do not read as a first, and
+/// the failure reads as an attempt whose SYN was sent again. A kernel that
+/// counted only the tries that leave would have each timeout read as the
+/// first, and this lab would fail there.
+#[test]
+fn a_syn_the_node_cannot_send_again_counts_unanswered_once() {
+    evenflow_tests::require_root();
+    let mut lab = Lab::new("failqdisc", 1).expect("the lab builds");
+    let lb = lab.lb.clone();
+    agent::start(&mut lab, &lb, &[]).expect("the lb agent starts");
+    // A link of the lb's own whose queue takes nothing: a pfifo of no
+    // packets, and the peer's address known for good, so nothing waits
+    // for neighbour discovery before the queue.
+    let (out, peer) = ("efq0", "efq1");
+    netns::veth(out, &lb.ns, peer, &lb.ns).expect("the veth pair is made");
+    netns::addr(&lb.ns, out, "10.250.0.1/30").expect("the link has an address");
+    let mac = netns::exec(&lb.ns, "cat", &[&format!("/sys/class/net/{peer}/address")])
+        .expect("the peer's address reads");
+    netns::exec(
+        &lb.ns,
+        "ip",
+        &[
+            "neigh",
+            "replace",
+            "10.250.0.2",
+            "lladdr",
+            mac.trim(),
+            "dev",
+            out,
+            "nud",
+            "permanent",
+        ],
+    )
+    .expect("the neighbour is set");
+    netns::exec(
+        &lb.ns,
+        "tc",
+        &[
+            "qdisc", "replace", "dev", out, "root", "pfifo", "limit", "0",
+        ],
+    )
+    .expect("the queue that takes nothing is set");
+    let dialled = dial_from(&lab, &lab.lb, &format!("10.250.0.2:{CLOSED_PORT}"), 1);
+    let local = lb_totals_once_failed(
+        &lab,
+        "10.250.0.2",
+        CLOSED_PORT,
+        dialled,
+        Duration::from_secs(10),
+    );
+    let drops = netns::exec(&lb.ns, "tc", &["-s", "qdisc", "show", "dev", out])
+        .expect("the queue's counts read");
+    let dropped: u64 = drops
+        .split("dropped ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("tc counts drops: {drops}"));
+    assert!(
+        dropped >= 3,
+        "the queue dropped the SYN and at least two tries again: {drops}"
+    );
+    assert_eq!(
+        (
+            local.failed,
+            local.opened,
+            local.unanswered,
+            local.failed_unanswered
+        ),
+        (1, 0, 1, 1),
+        "one attempt, counted unanswered once and failed once, its failure saying so: {local:?}; {drops}"
+    );
+}
+
 /// A judged lab: the collector with a pool file for the backends, an
 /// agent on every node streaming to it, and all four backends serving a
 /// first load. The test then darkens the fourth, `dark`, its own way.
