@@ -754,7 +754,8 @@ impl LoadState {
         if let Some(x) = placement_dispersion(&samples.placement, tick.phi) {
             self.phi.learn(x, fresh, 1.0, hi);
         }
-        if let Some(x) = bytes_heterogeneity(&samples.bytes) {
+        let small = tick.totals.count < ROBUST_FROM;
+        if let Some(x) = bytes_heterogeneity(&samples.bytes, tick.kappa, small) {
             self.kappa.learn(x, fresh, KAPPA_MIN, KAPPA_MAX);
         }
     }
@@ -1507,21 +1508,33 @@ fn binomial_score(a: f64, p: f64, total: f64) -> f64 {
 
 /// One tick's bytes heterogeneity κ from the members' open connections and
 /// log bytes-per-connection ratios `(a, x)`: `a · x²` is κ·χ²₁ for a
-/// balanced member. Robust like [`placement_dispersion`] in pools of
-/// [`ROBUST_FROM`] or more: outliers (scored around the median ratio) are
-/// left out and the rest are centred on their
+/// balanced member. Robust like [`placement_dispersion`]: in pools of
+/// [`ROBUST_FROM`] members or more, outliers (scored around the median
+/// ratio) are left out; in `small` ones, the members far from the others
+/// kept, one at a time, against the κ `learned` so far. By the pool's
+/// members, not the samples as for `φ`: a pool of ten with three members
+/// flagged lately took the small pools' way, and on heavy-tailed bytes
+/// leaving the furthest out shrinks κ more than the correction for
+/// normal ones restores (5 false bytes pages in 50 pool-days of
+/// `cargo xtask bench-detect`'s 10-member pools at 100 a second). The rest are centred on their
 /// own connection-weighted mean, so a member with heavy clients neither
-/// counts nor makes the others look light.
-fn bytes_heterogeneity(xs: &[(f64, f64)]) -> Option<f64> {
+/// counts nor makes the others look light. Learned from every member of a
+/// small pool, a member whose clients were heavy from the start taught
+/// the pool their weight, and was never flagged (3× the bytes in pools of
+/// 2 to 6).
+fn bytes_heterogeneity(xs: &[(f64, f64)], learned: f64, small: bool) -> Option<f64> {
     if xs.len() < 2 {
         return None;
     }
-    let keep: Vec<usize> = if xs.len() < ROBUST_FROM {
-        (0..xs.len()).collect()
+    let (keep, factor) = if small {
+        let keep = apart_from_outliers(xs.len(), learned.max(KAPPA_MIN), |i, keep| {
+            log_ratio_score_apart(xs, i, keep)
+        });
+        (keep, 1.0 / SMALL_POOL_TRUNCATION)
     } else {
         let mid = median(&xs.iter().map(|x| x.1).collect::<Vec<_>>());
         let scores: Vec<f64> = xs.iter().map(|&(a, x)| a * (x - mid).powi(2)).collect();
-        without_outliers(&scores, KAPPA_MIN)
+        (without_outliers(&scores, KAPPA_MIN), 1.0)
     };
     let k = keep.len() as f64;
     let weight: f64 = keep.iter().map(|&i| xs[i].0).sum();
@@ -1534,8 +1547,27 @@ fn bytes_heterogeneity(xs: &[(f64, f64)]) -> Option<f64> {
         keep.iter()
             .map(|&i| xs[i].0 * (xs[i].1 - centre).powi(2))
             .sum::<f64>()
-            / (k - 1.0),
+            / (k - 1.0)
+            * factor,
     )
+}
+
+/// Member `i`'s squared deviation of its log ratio from the others
+/// `keep`s' connection-weighted mean, over its variance in units of κ
+/// (`1 / a` for its own mean, `1 / Σa` for theirs): κ·χ²₁ for a balanced
+/// member.
+fn log_ratio_score_apart(xs: &[(f64, f64)], i: usize, keep: &[usize]) -> f64 {
+    let (a, x) = xs[i];
+    let (w, sum) = keep
+        .iter()
+        .filter(|&&k| k != i)
+        .fold((0.0, 0.0), |(w, sum), &k| {
+            (w + xs[k].0, sum + xs[k].0 * xs[k].1)
+        });
+    if a <= 0.0 || w <= 0.0 {
+        return 0.0;
+    }
+    (x - sum / w).powi(2) / (1.0 / a + 1.0 / w)
 }
 
 #[cfg(test)]
@@ -1631,15 +1663,13 @@ mod tests {
     }
 
     /// κ of normal log-ratios with variance κ / a averages κ, also with
-    /// one member's clients five times heavier (in pools of ten or more;
-    /// smaller ones learn κ from every member: leaving the furthest out,
-    /// as their `φ` does, shrank κ on heavy-tailed bytes and raised false
-    /// bytes pages in `cargo xtask bench-detect`).
+    /// one member's clients five times heavier, in pools of 3 to 30, from
+    /// the truth or from the prior.
     #[test]
     fn bytes_heterogeneity_is_unbiased_and_robust() {
         let mut rng = Rng::new(3);
         for members in [3usize, 5, 10, 30] {
-            for heavy in [false, true].into_iter().filter(|h| !h || members >= 10) {
+            for (heavy, learned) in [(false, 0.3), (true, 0.3), (false, 1.0), (true, 1.0)] {
                 let got = average(4000, || {
                     let xs: Vec<(f64, f64)> = (0..members)
                         .map(|i| {
@@ -1648,11 +1678,11 @@ mod tests {
                             (a, shift + rng.normal() * (0.3 / a).sqrt())
                         })
                         .collect();
-                    super::bytes_heterogeneity(&xs)
+                    super::bytes_heterogeneity(&xs, learned, members < super::ROBUST_FROM)
                 });
                 assert!(
                     (0.9..=1.12).contains(&(got / 0.3)),
-                    "{members} members, heavy {heavy}: {got}"
+                    "{members} members, heavy {heavy}, learned {learned}: {got}"
                 );
             }
         }

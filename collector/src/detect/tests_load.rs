@@ -602,3 +602,37 @@ fn a_burst_of_connections_claims_one_ticks_bytes_evidence() {
         "one burst tick took the evidence from {calm:.1} to {burst:.1}"
     );
 }
+
+/// A member whose clients send 3× the bytes from the pool's first tick:
+/// small pools learned their bytes heterogeneity from every member, so it
+/// taught the pool its own weight, and was never flagged (600 ticks, pools
+/// of 2 to 6, where the same member flagged 7 ticks after the same change
+/// in a pool of 4 watched first). Now its bytes warn within 150 ticks in a
+/// pool of 4 and 45 in a pool of 6 (the pool learns down from the prior
+/// as its connections turn over). A pool of 3, where the member holds
+/// 1.8× its share of the bytes, warns or not; one of 2 (1.5×) cannot
+/// tell which of its two members is off.
+#[test]
+fn heavier_clients_from_the_start_are_flagged_in_small_pools() {
+    for members in [4usize, 6] {
+        for seed in 0..3 {
+            let mut rng = Rng::new(100 + seed);
+            let mut pool = LongLived::new(LongLivedSpec::balanced(members, 40 * members), &mut rng);
+            pool.load[0] = 3.0;
+            let mut d = Detector::default();
+            let (tr, _) = drive(&mut d, &mut pool, &mut rng, 0..600, |_, _, _| {});
+            let flagged = tr.iter().find_map(|(t, x)| match x {
+                Transition::Fired(a)
+                    if a.member == member_id(0) && a.signal == Some(Signal::Bytes) =>
+                {
+                    Some((*t, a))
+                }
+                _ => None,
+            });
+            let (_, a) =
+                flagged.unwrap_or_else(|| panic!("{members} members, seed {seed}: never flagged"));
+            assert_eq!(a.cause, Some(Cause::Pinned), "{a:#?}");
+            assert!(a.summary.contains("bytes per connection"), "{}", a.summary);
+        }
+    }
+}
