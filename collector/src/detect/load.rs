@@ -286,10 +286,11 @@ const MEDIAN_CHI2_1: f64 = 0.454_936_4;
 /// is beyond 16 about once in sixteen thousand).
 const OUTLIER: f64 = 16.0;
 
-/// Pools learned from smaller than this (the members judged, and for load
-/// those not flagged lately) score their members against the scale learned
+/// Pools smaller than this score their members against the scale learned
 /// so far instead of the tick's median: with fewer, the median cannot tell
-/// one member far off from the rest.
+/// one member far off from the rest. For `φ` the members learned from
+/// count (judged, and for load not flagged lately); for κ the members
+/// judged (see [`bytes_heterogeneity`]).
 pub(super) const ROBUST_FROM: usize = 8;
 /// In those pools, a member whose squared deviation from the others
 /// exceeds this many times the learned scale is left out (a χ²₁ value is
@@ -993,6 +994,9 @@ struct Judged {
     own: bool,
     /// Bytes: the member's bytes per connection over the pool's.
     per_conn: f64,
+    /// Bytes: the open connections that evidence weighs (see
+    /// [`BytesWindow::conns`]).
+    conns: f64,
 }
 
 fn sign(x: f64) -> i8 {
@@ -1028,6 +1032,7 @@ fn judge_active(s: &Settings, b: &Bounds, n: &Numbers, total: f64, phi: f64) -> 
         log_p,
         own: false,
         per_conn: 1.0,
+        conns: n.a,
     }
 }
 
@@ -1048,6 +1053,7 @@ fn judge_bytes(
             log_p: 0.0,
             own: false,
             per_conn: 1.0,
+            conns: window.conns,
         };
     };
     let dir = sign(ratio - 1.0);
@@ -1071,6 +1077,7 @@ fn judge_bytes(
         log_p,
         own: lvl > Level::None && level(s, b, ratio, own_log_p) == lvl,
         per_conn: per_conn.map_or(1.0, f64::exp),
+        conns: window.conns,
     }
 }
 
@@ -1419,8 +1426,8 @@ impl Subject<'_> {
         let Some(why) = why else { return out };
         let how = if j.own {
             format!(
-                "its {:.0} open connections carry {:.2}× the pool's bytes per connection (P ≤ {})",
-                n.a,
+                "its open connections ({:.0} over the last {BYTES_WINDOW} ticks) carry {:.2}× the pool's bytes per connection (P ≤ {})",
+                j.conns,
                 j.per_conn,
                 p_text(j.log_p)
             )
@@ -1516,9 +1523,9 @@ fn binomial_score(a: f64, p: f64, total: f64) -> f64 {
 /// flagged lately took the small pools' way, and on heavy-tailed bytes
 /// leaving the furthest out shrinks κ more than the correction for
 /// normal ones restores (5 false bytes pages in 50 pool-days of
-/// `cargo xtask bench-detect`'s 10-member pools at 100 a second). The rest are centred on their
-/// own connection-weighted mean, so a member with heavy clients neither
-/// counts nor makes the others look light. Learned from every member of a
+/// `cargo xtask bench-detect`'s 10-member pools at 100 a second). The
+/// rest are centred on their own connection-weighted mean, so a member
+/// with heavy clients neither counts nor makes the others look light. Learned from every member of a
 /// small pool, a member whose clients were heavy from the start taught
 /// the pool their weight, and was never flagged (3× the bytes in pools of
 /// 2 to 6).
@@ -1685,6 +1692,26 @@ mod tests {
                     "{members} members, heavy {heavy}, learned {learned}: {got}"
                 );
             }
+        }
+    }
+
+    /// κ learned too low still rises: from a third of the truth, a tick's
+    /// estimate in a small pool is well above what was learned (the
+    /// members kept keep showing more than it).
+    #[test]
+    fn a_small_pools_bytes_heterogeneity_is_learned_from_below() {
+        let mut rng = Rng::new(5);
+        for members in [3usize, 4, 6] {
+            let got = average(4000, || {
+                let xs: Vec<(f64, f64)> = (0..members)
+                    .map(|i| {
+                        let a = 10.0 + (i % 4) as f64 * 5.0;
+                        (a, rng.normal() * (0.3 / a).sqrt())
+                    })
+                    .collect();
+                super::bytes_heterogeneity(&xs, 0.1, true)
+            });
+            assert!(got > 1.3 * 0.1, "{members} members: {got}");
         }
     }
 }

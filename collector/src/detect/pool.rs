@@ -779,6 +779,9 @@ struct ViewState {
     totals_head: usize,
     /// What the members carry.
     load: LoadState,
+    /// The last tick a member paged SKEW_HIGH (see
+    /// [`ViewState::explained_shortfalls`]).
+    high_paged_at: Option<u64>,
 }
 
 impl Default for ViewState {
@@ -796,6 +799,7 @@ impl Default for ViewState {
             totals_len: 0,
             totals_head: 0,
             load: LoadState::default(),
+            high_paged_at: None,
         }
     }
 }
@@ -2041,7 +2045,7 @@ impl ViewState {
             verdicts.insert(m.id.clone(), vv);
         }
         self.observed_shares(&mut verdicts, &tally.window);
-        explained_shortfalls(s, &mut verdicts);
+        self.explained_shortfalls(s, input.tick, &mut verdicts);
         let expected_effective = if wsum > 0.0 {
             1.0 / eligible
                 .iter()
@@ -2262,6 +2266,91 @@ impl ViewState {
         }
     }
 
+    /// Demotes to a warning the low pages that a member above its share
+    /// explains: in a pool of five whose balancer sends one member 3× its
+    /// share, the other four get 0.71× theirs, and a quiet stretch takes
+    /// one of them under half (2.9σ below 0.71× over the window, a few
+    /// times a day at 20 new connections a second). Measured against the
+    /// other members in rotation judged OK or low and not refusing, it gets
+    /// its part, over every window it is judged on: the fault is the high
+    /// member's, and so is the page. Only while a member pages SKEW_HIGH,
+    /// or did within `clear_ticks` and is still high (a member at 2.1× its
+    /// share flickers between page and warning). A member under half of
+    /// what those others get over any window still pages, and so does one
+    /// with no such others (two members; one declared heavier than its
+    /// balancer weighs it, whose shortfall the rest share) or one whose
+    /// own failed attempts explain its shortfall.
+    fn explained_shortfalls(
+        &mut self,
+        s: &Settings,
+        tick: u64,
+        verdicts: &mut HashMap<String, ViewVerdict>,
+    ) {
+        let high = |page| move |v: &ViewVerdict| v.verdict == (Verdict::SkewHigh { page });
+        if verdicts.values().any(high(true)) {
+            self.high_paged_at = Some(tick);
+        }
+        let lately = self
+            .high_paged_at
+            .is_some_and(|at| tick.saturating_sub(at) <= u64::from(s.clear_ticks));
+        if !lately || !verdicts.values().any(|v| high(true)(v) || high(false)(v)) {
+            return;
+        }
+        let others: Vec<&str> = verdicts
+            .iter()
+            .filter(|(_, v)| {
+                matches!(v.verdict, Verdict::Ok | Verdict::SkewLow { .. })
+                    && v.expected_share > 0.0
+                    && !v.refused()
+            })
+            .map(|(id, _)| id.as_str())
+            .collect();
+        let explained: Vec<(String, f64)> = verdicts
+            .iter()
+            .filter(|(_, v)| v.verdict == (Verdict::SkewLow { page: true }) && !v.refused())
+            .filter_map(|(id, _)| Some((id.clone(), self.explained(id, &others, s.page_low)?)))
+            .collect();
+        for (id, least) in explained {
+            if let Some(v) = verdicts.get_mut(&id) {
+                v.verdict = Verdict::SkewLow { page: false };
+                v.reason.push_str(&format!(
+                    "; at least {least:.2}× what the other members judged OK or low get: a member above its share takes the rest, and the page is that member's"
+                ));
+            }
+        }
+    }
+
+    /// The least, over the windows member `id` is judged on, of its ratio
+    /// over the `others`' (itself left out), when at least `page_low` in
+    /// every one of them and there are others to measure against.
+    fn explained(&self, id: &str, others: &[&str], page_low: f64) -> Option<f64> {
+        let mine = self.members.get(id)?;
+        let mut least: Option<f64> = None;
+        for w in WINDOWS {
+            let (o, e) = mine.sums(w);
+            if e < 1.0 {
+                continue;
+            }
+            let (ro, re) = others
+                .iter()
+                .filter(|&&other| other != id)
+                .filter_map(|other| self.members.get(*other))
+                .fold((0.0, 0.0), |(ro, re), h| {
+                    let (o, e) = h.sums(w);
+                    (ro + o, re + e)
+                });
+            if re < 1.0 || ro <= 0.0 {
+                return None;
+            }
+            let relative = (o / e) / (ro / re);
+            if relative < page_low {
+                return None;
+            }
+            least = Some(least.map_or(relative, |l: f64| l.min(relative)));
+        }
+        least
+    }
+
     /// CONCENTRATION over the last 1, 3 and 10 ticks: the effective number
     /// must fall below the ratio *and* the counts must be far from the
     /// weights (a χ² test at skew_alpha, with dispersion), with at least
@@ -2473,49 +2562,6 @@ fn judge_share(
             "{:.0} new connections where {:.1} were expected ({:.2}× its share, z = {:.1}, dispersion {:.2})",
             ow, ew, r, z, bounds.phi
         );
-    }
-}
-
-/// Demotes to a warning the low pages that members above their share
-/// explain: in a pool of five whose balancer sends one member 3× its share,
-/// the other four get 0.71× theirs, and a quiet stretch takes one of them
-/// under half (2.9σ below 0.71× over the window, a few times a day at 20
-/// new connections a second). Measured against the members neither above
-/// their share nor at zero, it gets its part: the fault is the high
-/// member's, and so is the page, so only a pool with a member paged high
-/// demotes any. A member under half its share of what those other members
-/// get still pages, and so does one with no such others to measure
-/// against (two members, or one declared heavier than the balancer weighs
-/// it, whose shortfall the rest share).
-fn explained_shortfalls(s: &Settings, verdicts: &mut HashMap<String, ViewVerdict>) {
-    if !verdicts
-        .values()
-        .any(|v| v.verdict == (Verdict::SkewHigh { page: true }))
-    {
-        return;
-    }
-    let (o, e) = verdicts
-        .values()
-        .filter(|v| matches!(v.verdict, Verdict::Ok | Verdict::SkewLow { .. }))
-        .fold((0.0, 0.0), |(o, e), v| {
-            (o + v.window_observed, e + v.window_expected)
-        });
-    for v in verdicts.values_mut() {
-        if v.verdict != (Verdict::SkewLow { page: true }) {
-            continue;
-        }
-        let (o, e) = (o - v.window_observed, e - v.window_expected);
-        if o <= 0.0 || e < 1.0 {
-            continue;
-        }
-        let level = o / e;
-        if v.ratio >= s.page_low * level {
-            v.verdict = Verdict::SkewLow { page: false };
-            v.reason.push_str(&format!(
-                "; {:.2}× what the members not above their share get: members above theirs take the rest, and theirs is the page",
-                v.ratio / level
-            ));
-        }
     }
 }
 

@@ -1311,7 +1311,7 @@ fn members_short_because_one_takes_the_rest_warn_and_it_pages() {
         assert_eq!(m.verdict, Verdict::SkewLow { page: pages }, "{m:#?}");
         assert_eq!(
             m.reason
-                .contains("what the members not above their share get"),
+                .contains("what the other members judged OK or low get"),
             !pages,
             "{}",
             m.reason

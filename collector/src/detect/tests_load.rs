@@ -575,7 +575,7 @@ fn a_burst_of_connections_claims_one_ticks_bytes_evidence() {
     let pool = LongLived::new(LongLivedSpec::balanced(10, 0), &mut rng);
     let mut d = Detector::default();
     let mut log_p = Vec::new();
-    for t in 0..402u64 {
+    for t in 0..401u64 {
         let held = if t >= 400 { 100 } else { 10 };
         let ticks: Vec<MemberTick> = (0..10)
             .map(|m| {
@@ -598,7 +598,7 @@ fn a_burst_of_connections_claims_one_ticks_bytes_evidence() {
     let (calm, burst) = (log_p[399], log_p[400]);
     assert!(calm < 0.0, "member 0 is light on bytes: log_p {calm}");
     assert!(
-        burst >= 2.0 * calm,
+        (2.0 * calm..=0.5 * calm).contains(&burst),
         "one burst tick took the evidence from {calm:.1} to {burst:.1}"
     );
 }
@@ -614,7 +614,7 @@ fn a_burst_of_connections_claims_one_ticks_bytes_evidence() {
 /// tell which of its two members is off.
 #[test]
 fn heavier_clients_from_the_start_are_flagged_in_small_pools() {
-    for members in [4usize, 6] {
+    for (members, within) in [(4usize, 200u64), (6, 80)] {
         for seed in 0..3 {
             let mut rng = Rng::new(100 + seed);
             let mut pool = LongLived::new(LongLivedSpec::balanced(members, 40 * members), &mut rng);
@@ -629,8 +629,12 @@ fn heavier_clients_from_the_start_are_flagged_in_small_pools() {
                 }
                 _ => None,
             });
-            let (_, a) =
+            let (at, a) =
                 flagged.unwrap_or_else(|| panic!("{members} members, seed {seed}: never flagged"));
+            assert!(
+                at < within,
+                "{members} members, seed {seed}: flagged at {at}"
+            );
             assert_eq!(a.cause, Some(Cause::Pinned), "{a:#?}");
             assert!(a.summary.contains("bytes per connection"), "{}", a.summary);
         }
