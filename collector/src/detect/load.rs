@@ -1525,10 +1525,10 @@ fn binomial_score(a: f64, p: f64, total: f64) -> f64 {
 /// normal ones restores (5 false bytes pages in 50 pool-days of
 /// `cargo xtask bench-detect`'s 10-member pools at 100 a second). The
 /// rest are centred on their own connection-weighted mean, so a member
-/// with heavy clients neither counts nor makes the others look light. Learned from every member of a
-/// small pool, a member whose clients were heavy from the start taught
-/// the pool their weight, and was never flagged (3× the bytes in pools of
-/// 2 to 6).
+/// with heavy clients neither counts nor makes the others look light.
+/// Learned from every member of a small pool, a member whose clients were
+/// heavy from the start taught the pool their weight, and was never
+/// flagged (3× the bytes in pools of 2 to 6).
 fn bytes_heterogeneity(xs: &[(f64, f64)], learned: f64, small: bool) -> Option<f64> {
     if xs.len() < 2 {
         return None;

@@ -2286,14 +2286,20 @@ impl ViewState {
         tick: u64,
         verdicts: &mut HashMap<String, ViewVerdict>,
     ) {
-        let high = |page| move |v: &ViewVerdict| v.verdict == (Verdict::SkewHigh { page });
-        if verdicts.values().any(high(true)) {
+        if verdicts
+            .values()
+            .any(|v| v.verdict == (Verdict::SkewHigh { page: true }))
+        {
             self.high_paged_at = Some(tick);
         }
         let lately = self
             .high_paged_at
             .is_some_and(|at| tick.saturating_sub(at) <= u64::from(s.clear_ticks));
-        if !lately || !verdicts.values().any(|v| high(true)(v) || high(false)(v)) {
+        if !lately
+            || !verdicts
+                .values()
+                .any(|v| matches!(v.verdict, Verdict::SkewHigh { .. }))
+        {
             return;
         }
         let others: Vec<&str> = verdicts

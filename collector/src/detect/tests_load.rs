@@ -41,6 +41,15 @@ pub(super) fn paged(tr: &[(u64, Transition)]) -> Vec<(u64, &Alert)> {
         .collect()
 }
 
+/// The first alert on `member`'s `signal` that fired, page or warning,
+/// with the tick.
+fn first_fired<'a>(tr: &'a Log, member: &str, signal: Signal) -> Option<(u64, &'a Alert)> {
+    tr.iter().find_map(|(t, x)| match x {
+        Transition::Fired(a) if a.member == member && a.signal == Some(signal) => Some((*t, a)),
+        _ => None,
+    })
+}
+
 fn first_page<'a>(tr: &'a Log, member: &str, signal: Signal) -> Option<(u64, &'a Alert)> {
     paged(tr)
         .into_iter()
@@ -531,14 +540,7 @@ fn forty_keepalive_connections_28_on_one_of_four_from_the_start_are_flagged() {
             last = Some(v);
         }
         let member = member_id(0);
-        let fired = log.iter().find_map(|(t, x)| match x {
-            Transition::Fired(a)
-                if a.member == member && a.signal == Some(Signal::ActiveConnections) =>
-            {
-                Some((*t, a))
-            }
-            _ => None,
-        });
+        let fired = first_fired(&log, &member, Signal::ActiveConnections);
         let (at, a) = fired.unwrap_or_else(|| panic!("ramp over {ramp} ticks: never flagged"));
         assert!(
             at <= ramp + 3,
@@ -621,16 +623,8 @@ fn heavier_clients_from_the_start_are_flagged_in_small_pools() {
             pool.load[0] = 3.0;
             let mut d = Detector::default();
             let (tr, _) = drive(&mut d, &mut pool, &mut rng, 0..600, |_, _, _| {});
-            let flagged = tr.iter().find_map(|(t, x)| match x {
-                Transition::Fired(a)
-                    if a.member == member_id(0) && a.signal == Some(Signal::Bytes) =>
-                {
-                    Some((*t, a))
-                }
-                _ => None,
-            });
-            let (at, a) =
-                flagged.unwrap_or_else(|| panic!("{members} members, seed {seed}: never flagged"));
+            let (at, a) = first_fired(&tr, &member_id(0), Signal::Bytes)
+                .unwrap_or_else(|| panic!("{members} members, seed {seed}: never flagged"));
             assert!(
                 at < within,
                 "{members} members, seed {seed}: flagged at {at}"
