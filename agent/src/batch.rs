@@ -8,8 +8,23 @@ use std::os::fd::{AsRawFd as _, BorrowedFd};
 use agent_common::{EndpointCounters, EndpointKey};
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-/// Entries per syscall.
+/// Entries per syscall, at most.
 const CHUNK: usize = 4096;
+/// Bytes of per-CPU values one syscall may bring: the buffer they land in
+/// is the agent's, kept between readings, and a value is one per possible
+/// CPU. 4,096 entries would be 18 MiB on a node of 64 possible CPUs and
+/// 75 MiB on one of 256 (the DaemonSet's limit is 128 MiB), where at 1 MiB
+/// the reading takes a syscall per few hundred entries instead.
+const VALUES_BUDGET: usize = 1 << 20;
+/// Entries per syscall, at least, however many CPUs: a hash bucket holding
+/// more than a chunk fails the batch (`ENOSPC`), and buckets hold a few.
+const MIN_CHUNK: usize = 8;
+
+/// Entries per syscall on a node of `ncpus` possible CPUs.
+fn chunk(ncpus: usize) -> usize {
+    let value = ncpus.max(1) * std::mem::size_of::<EndpointCounters>();
+    (VALUES_BUDGET / value).clamp(MIN_CHUNK, CHUNK)
+}
 
 #[repr(C)]
 #[derive(Default)]
@@ -62,6 +77,8 @@ impl Streak {
 /// Reusable buffers for batch reads, and the failures in a row.
 pub struct Reader {
     ncpus: usize,
+    /// Entries per syscall ([`chunk`]).
+    chunk: usize,
     keys: Vec<EndpointKey>,
     values: Vec<EndpointCounters>,
     pub streak: Streak,
@@ -69,8 +86,14 @@ pub struct Reader {
 
 impl Reader {
     pub fn new(ncpus: usize) -> Self {
+        Self::with_chunk(ncpus, chunk(ncpus))
+    }
+
+    /// A reader of `chunk` entries a syscall.
+    fn with_chunk(ncpus: usize, chunk: usize) -> Self {
         Self {
             ncpus,
+            chunk,
             keys: Vec::new(),
             values: Vec::new(),
             streak: Streak::default(),
@@ -91,11 +114,11 @@ impl Reader {
             direction: 0,
             proto: 0,
         };
-        self.keys.resize(CHUNK, zero_key);
+        self.keys.resize(self.chunk, zero_key);
         // Per-CPU values come as one value per possible CPU, each 8-aligned
         // (EndpointCounters is a multiple of 8 bytes).
         self.values
-            .resize(CHUNK * self.ncpus, EndpointCounters::default());
+            .resize(self.chunk * self.ncpus, EndpointCounters::default());
         let mut token: u64 = 0;
         let mut first = true;
         loop {
@@ -104,7 +127,7 @@ impl Reader {
                 out_batch: &raw mut token as u64,
                 keys: self.keys.as_mut_ptr() as u64,
                 values: self.values.as_mut_ptr() as u64,
-                count: CHUNK as u32,
+                count: self.chunk as u32,
                 map_fd: fd.as_raw_fd() as u32,
                 ..Default::default()
             };
@@ -129,7 +152,7 @@ impl Reader {
                     ));
                 }
             };
-            let n = (attr.count as usize).min(CHUNK);
+            let n = (attr.count as usize).min(self.chunk);
             for i in 0..n {
                 let per_cpu = &self.values[i * self.ncpus..(i + 1) * self.ncpus];
                 out.push((self.keys[i], EndpointCounters::sum(per_cpu)));
@@ -143,7 +166,70 @@ impl Reader {
 
 #[cfg(test)]
 mod tests {
-    use super::{Streak, refused};
+    use super::{CHUNK, MIN_CHUNK, Reader, Streak, VALUES_BUDGET, chunk, refused};
+    use crate::retire::tests::{endpoint_map, key, put};
+    use agent_common::{Direction, EndpointCounters};
+
+    /// Every entry of a real per-CPU hash map, read a few entries a
+    /// syscall as on a node of many CPUs, once each, its CPUs' values
+    /// summed. Needs root, as the agent does.
+    #[test]
+    fn a_map_read_in_small_chunks_comes_whole() {
+        use std::os::fd::AsFd as _;
+        let (map, ncpus) = endpoint_map(256);
+        let fd = map.as_fd();
+        let ports = 1000..1200u16;
+        for port in ports.clone() {
+            let mut values: Vec<EndpointCounters> = (0..ncpus as u64)
+                .map(|cpu| EndpointCounters {
+                    conns_opened: u64::from(port) + cpu,
+                    bytes_rx: 1,
+                    ..Default::default()
+                })
+                .collect();
+            put(fd, &key(port, Direction::Serves), &mut values);
+        }
+        for chunk in [MIN_CHUNK, 13, CHUNK] {
+            let mut out = Vec::new();
+            Reader::with_chunk(ncpus, chunk)
+                .read(fd, &mut out)
+                .expect("a batch read");
+            out.sort_by_key(|(k, _)| k.port);
+            let n = ncpus as u64;
+            let want: Vec<_> = ports
+                .clone()
+                .map(|port| {
+                    (
+                        key(port, Direction::Serves),
+                        u64::from(port) * n + n * (n - 1) / 2,
+                        n,
+                    )
+                })
+                .collect();
+            let got: Vec<_> = out
+                .iter()
+                .map(|(k, c)| (*k, c.conns_opened, c.bytes_rx))
+                .collect();
+            assert_eq!(got, want, "{chunk} entries a syscall");
+        }
+    }
+
+    #[test]
+    fn a_chunks_values_fit_the_budget_on_nodes_of_any_size() {
+        let value = std::mem::size_of::<EndpointCounters>();
+        assert_eq!(chunk(2), CHUNK, "a small node reads 4,096 a syscall");
+        for ncpus in [1, 2, 8, 64, 96, 256, 1024, 8192] {
+            let c = chunk(ncpus);
+            assert!((MIN_CHUNK..=CHUNK).contains(&c), "{ncpus} CPUs: {c}");
+            assert!(
+                c * ncpus * value <= VALUES_BUDGET || c == MIN_CHUNK,
+                "{ncpus} CPUs: {c} entries take {} bytes",
+                c * ncpus * value
+            );
+        }
+        assert!(chunk(64) >= 200, "64 CPUs: {}", chunk(64));
+        assert_eq!(chunk(0), CHUNK, "no CPU count reads as one CPU");
+    }
 
     #[test]
     fn a_streak_of_failures_is_announced_once_and_counted_at_its_end() {

@@ -256,10 +256,10 @@ fn failed_only(e: &EndpointCounters) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn key(port: u16, direction: Direction) -> EndpointKey {
+    pub(crate) fn key(port: u16, direction: Direction) -> EndpointKey {
         EndpointKey::tcp(
             agent_common::v4_mapped(u32::from_ne_bytes([10, 0, 0, 1])),
             port,
@@ -449,9 +449,10 @@ mod tests {
         );
     }
 
-    /// A per-CPU hash map shaped like `EF_ENDPOINTS`, and the number of
-    /// possible CPUs its values come in. Needs root, as the agent does.
-    fn endpoint_map() -> (std::os::fd::OwnedFd, usize) {
+    /// A per-CPU hash map shaped like `EF_ENDPOINTS`, of `capacity`
+    /// entries, and the number of possible CPUs its values come in. Needs
+    /// root, as the agent does.
+    pub(crate) fn endpoint_map(capacity: u32) -> (std::os::fd::OwnedFd, usize) {
         const BPF_MAP_CREATE: libc::c_long = 0;
         const BPF_MAP_TYPE_PERCPU_HASH: u32 = 5;
         const BPF_F_NO_PREALLOC: u32 = 1;
@@ -460,7 +461,7 @@ mod tests {
             BPF_MAP_TYPE_PERCPU_HASH,
             std::mem::size_of::<EndpointKey>() as u32,
             std::mem::size_of::<EndpointCounters>() as u32,
-            16,
+            capacity,
             BPF_F_NO_PREALLOC,
         ]);
         let map = crate::sys::bpf_fd(BPF_MAP_CREATE, &mut create)
@@ -473,7 +474,7 @@ mod tests {
         vec![counters(opened, opened); ncpus]
     }
 
-    fn put(fd: BorrowedFd<'_>, key: &EndpointKey, values: &mut [EndpointCounters]) {
+    pub(crate) fn put(fd: BorrowedFd<'_>, key: &EndpointKey, values: &mut [EndpointCounters]) {
         elem(fd, BPF_MAP_UPDATE_ELEM, key, values, 0).expect("the endpoint goes in");
     }
 
@@ -487,7 +488,7 @@ mod tests {
     #[test]
     fn an_endpoint_retires_only_with_the_counters_it_was_found_idle_with() {
         use std::os::fd::AsFd as _;
-        let (map, ncpus) = endpoint_map();
+        let (map, ncpus) = endpoint_map(16);
         let fd = map.as_fd();
         let k = key(9000, Direction::SendsTo);
         put(fd, &k, &mut per_cpu(ncpus, 2));
@@ -508,7 +509,7 @@ mod tests {
     #[test]
     fn counters_put_back_beside_a_new_entry_are_added_to_it() {
         use std::os::fd::AsFd as _;
-        let (map, ncpus) = endpoint_map();
+        let (map, ncpus) = endpoint_map(16);
         let fd = map.as_fd();
         let k = key(9001, Direction::SendsTo);
         // A program counted the endpoint anew after the retirement took
