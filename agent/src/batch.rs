@@ -189,23 +189,22 @@ mod tests {
                 .collect();
             put(fd, &key(port, Direction::Serves), &mut values);
         }
+        let n = ncpus as u64;
+        let want: Vec<_> = ports
+            .map(|port| {
+                (
+                    key(port, Direction::Serves),
+                    u64::from(port) * n + n * (n - 1) / 2,
+                    n,
+                )
+            })
+            .collect();
         for chunk in [MIN_CHUNK, 13, CHUNK] {
             let mut out = Vec::new();
             Reader::with_chunk(ncpus, chunk)
                 .read(fd, &mut out)
                 .expect("a batch read");
             out.sort_by_key(|(k, _)| k.port);
-            let n = ncpus as u64;
-            let want: Vec<_> = ports
-                .clone()
-                .map(|port| {
-                    (
-                        key(port, Direction::Serves),
-                        u64::from(port) * n + n * (n - 1) / 2,
-                        n,
-                    )
-                })
-                .collect();
             let got: Vec<_> = out
                 .iter()
                 .map(|(k, c)| (*k, c.conns_opened, c.bytes_rx))
