@@ -55,86 +55,86 @@ fn protocol_label(p: i32) -> &'static str {
     }
 }
 
+/// A counter of an endpoint's totals.
+type Field = fn(&v1::Counters) -> u64;
+
+/// The per-endpoint counters: name, help and where the value is.
+const PER_ENDPOINT: [(&str, &str, Field); 9] = [
+    (
+        "evenflow_endpoint_connections_opened_total",
+        "TCP connections established per endpoint.",
+        |c| c.conns_opened,
+    ),
+    (
+        "evenflow_endpoint_connections_closed_total",
+        "TCP connections closed per endpoint.",
+        |c| c.conns_closed,
+    ),
+    (
+        "evenflow_endpoint_connections_failed_total",
+        "TCP connection attempts per endpoint that never opened (refused, unanswered or abandoned).",
+        |c| c.conns_failed,
+    ),
+    (
+        "evenflow_endpoint_connections_unanswered_total",
+        "TCP connection attempts per endpoint whose SYN went unanswered for a second (counted then, whatever they did later).",
+        |c| c.conns_unanswered,
+    ),
+    (
+        "evenflow_endpoint_connections_failed_unanswered_total",
+        "Of the failed TCP connection attempts per endpoint, those counted unanswered first (failed minus this: refused, or given up within a second).",
+        |c| c.conns_failed_unanswered.unwrap_or(0),
+    ),
+    (
+        "evenflow_endpoint_received_bytes_total",
+        "Transport payload bytes this node received on the endpoint's flows.",
+        |c| c.bytes_rx,
+    ),
+    (
+        "evenflow_endpoint_sent_bytes_total",
+        "Transport payload bytes this node sent on the endpoint's flows.",
+        |c| c.bytes_tx,
+    ),
+    (
+        "evenflow_endpoint_received_packets_total",
+        "Packets this node received on the endpoint's flows.",
+        |c| c.packets_rx,
+    ),
+    (
+        "evenflow_endpoint_sent_packets_total",
+        "Packets this node sent on the endpoint's flows.",
+        |c| c.packets_tx,
+    ),
+];
+
+/// The per-endpoint gauge.
+const ACTIVE: &str = "evenflow_endpoint_active_connections";
+
 /// Renders a snapshot as Prometheus text format 0.0.4.
+///
+/// Prometheus scrapes every agent (the DaemonSet asks it to), and at
+/// 10,000 endpoints the page is ten series of 10,000 lines, some 14 MB: the
+/// lines are written piece by piece ([`sample`]) into a page sized for
+/// them up front, where formatting each and growing the page as it filled
+/// took a scrape's CPU and copies of the page.
 pub fn render(snap: &v1::Snapshot) -> String {
-    let mut out = String::with_capacity(256 + snap.endpoints.len() * 1024);
     let node = esc(&snap.node_name);
-    type Field = fn(&v1::Counters) -> u64;
-    let per_endpoint: [(&str, &str, Field); 9] = [
-        (
-            "evenflow_endpoint_connections_opened_total",
-            "TCP connections established per endpoint.",
-            |c| c.conns_opened,
-        ),
-        (
-            "evenflow_endpoint_connections_closed_total",
-            "TCP connections closed per endpoint.",
-            |c| c.conns_closed,
-        ),
-        (
-            "evenflow_endpoint_connections_failed_total",
-            "TCP connection attempts per endpoint that never opened (refused, unanswered or abandoned).",
-            |c| c.conns_failed,
-        ),
-        (
-            "evenflow_endpoint_connections_unanswered_total",
-            "TCP connection attempts per endpoint whose SYN went unanswered for a second (counted then, whatever they did later).",
-            |c| c.conns_unanswered,
-        ),
-        (
-            "evenflow_endpoint_connections_failed_unanswered_total",
-            "Of the failed TCP connection attempts per endpoint, those counted unanswered first (failed minus this: refused, or given up within a second).",
-            |c| c.conns_failed_unanswered.unwrap_or(0),
-        ),
-        (
-            "evenflow_endpoint_received_bytes_total",
-            "Transport payload bytes this node received on the endpoint's flows.",
-            |c| c.bytes_rx,
-        ),
-        (
-            "evenflow_endpoint_sent_bytes_total",
-            "Transport payload bytes this node sent on the endpoint's flows.",
-            |c| c.bytes_tx,
-        ),
-        (
-            "evenflow_endpoint_received_packets_total",
-            "Packets this node received on the endpoint's flows.",
-            |c| c.packets_rx,
-        ),
-        (
-            "evenflow_endpoint_sent_packets_total",
-            "Packets this node sent on the endpoint's flows.",
-            |c| c.packets_tx,
-        ),
-    ];
-    let labels: Vec<String> = snap
-        .endpoints
-        .iter()
-        .map(|e| {
-            format!(
-                "node=\"{node}\",direction=\"{}\",address=\"{}\",port=\"{}\",protocol=\"{}\",service=\"{}\"",
-                direction_label(e.direction),
-                esc(&e.address),
-                e.port,
-                protocol_label(e.protocol),
-                esc(&e.service)
-            )
-        })
+    let labels: Vec<String> = (snap.endpoints.iter())
+        .map(|e| endpoint_labels(&node, e))
         .collect();
-    for (name, help, field) in per_endpoint {
+    let mut out = String::with_capacity(page_size(&labels));
+    for (name, help, field) in PER_ENDPOINT {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
         for (e, l) in snap.endpoints.iter().zip(&labels) {
-            let v = e.totals.as_ref().map_or(0, field);
-            let _ = writeln!(out, "{name}{{{l}}} {v}");
+            sample(&mut out, name, l, e.totals.as_ref().map_or(0, field));
         }
     }
-    let name = "evenflow_endpoint_active_connections";
     let _ = writeln!(
         out,
-        "# HELP {name} Connections open now per endpoint.\n# TYPE {name} gauge"
+        "# HELP {ACTIVE} Connections open now per endpoint.\n# TYPE {ACTIVE} gauge"
     );
     for (e, l) in snap.endpoints.iter().zip(&labels) {
-        let _ = writeln!(out, "{name}{{{l}}} {}", e.active_connections);
+        sample(&mut out, ACTIVE, l, e.active_connections);
     }
     if let Some(cpu) = &snap.cpu {
         let _ = writeln!(
@@ -277,6 +277,44 @@ pub fn render(snap: &v1::Snapshot) -> String {
     out
 }
 
+/// An endpoint's labels, `node` escaped already.
+fn endpoint_labels(node: &str, e: &v1::Endpoint) -> String {
+    format!(
+        "node=\"{node}\",direction=\"{}\",address=\"{}\",port=\"{}\",protocol=\"{}\",service=\"{}\"",
+        direction_label(e.direction),
+        esc(&e.address),
+        e.port,
+        protocol_label(e.protocol),
+        esc(&e.service)
+    )
+}
+
+/// Bytes a page takes at most whose endpoints are labelled `labels`: the
+/// per-endpoint series' samples, and room for the rest.
+fn page_size(labels: &[String]) -> usize {
+    let all: usize = labels.iter().map(String::len).sum();
+    let series = |name: &str| all + labels.len() * (name.len() + SAMPLE_EXTRA);
+    let names = PER_ENDPOINT.iter().map(|(name, ..)| *name).chain([ACTIVE]);
+    names.map(series).sum::<usize>() + NODE_SERIES_BYTES
+}
+
+/// What a sample line holds beside its name and labels, at most: the
+/// braces and the space, the longest `u64` and the newline.
+const SAMPLE_EXTRA: usize = 3 + 20 + 1;
+
+/// Room for the series' help lines and the node's own series.
+const NODE_SERIES_BYTES: usize = 16 << 10;
+
+/// One sample line: `name{labels} value`.
+fn sample(out: &mut String, name: &str, labels: &str, value: u64) {
+    out.push_str(name);
+    out.push('{');
+    out.push_str(labels);
+    out.push_str("} ");
+    out.push_str(itoa::Buffer::new().format(value));
+    out.push('\n');
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,5 +348,64 @@ mod tests {
         assert!(text.contains("evenflow_endpoint_active_connections{"));
         assert!(text.contains("evenflow_agent_info{node=\"lb\",epoch=\"3\"} 1"));
         assert!(text.contains("evenflow_agent_readings_failed_total{node=\"lb\"} 2"));
+    }
+
+    /// Endpoints whose every value is as long as a value gets.
+    fn widest(n: u16) -> v1::Snapshot {
+        let all = u64::MAX;
+        let totals = v1::Counters {
+            conns_opened: all,
+            conns_closed: all,
+            conns_failed: all,
+            conns_unanswered: all,
+            conns_failed_unanswered: Some(all),
+            bytes_rx: all,
+            bytes_tx: all,
+            packets_rx: all,
+            packets_tx: all,
+        };
+        let endpoints = (0..n)
+            .map(|i| v1::Endpoint {
+                address: format!("fd00:ef::{i:x}"),
+                port: 65_535,
+                direction: v1::Direction::SendsTo as i32,
+                protocol: v1::Protocol::Tcp as i32,
+                service: "payments/api:https".into(),
+                totals: Some(totals),
+                rates: None,
+                active_connections: all,
+            })
+            .collect();
+        v1::Snapshot {
+            node_name: "ip-10-0-12-34.eu-west-1.compute.internal".into(),
+            agent_epoch: all,
+            sequence: all,
+            readings_failed: all,
+            endpoints,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_page_is_written_into_the_room_made_for_it_never_grown() {
+        for n in [0, 1, 2_000] {
+            let snap = widest(n);
+            let node = esc(&snap.node_name);
+            let labels: Vec<String> = (snap.endpoints.iter())
+                .map(|e| endpoint_labels(&node, e))
+                .collect();
+            let text = render(&snap);
+            // Grown, the page would have doubled its room at least once.
+            assert_eq!(text.capacity(), page_size(&labels), "{n} endpoints");
+            assert_eq!(
+                text.lines()
+                    .filter(|l| l.ends_with(" 18446744073709551615"))
+                    .count(),
+                // Each endpoint's samples, and the node's snapshots and
+                // failed readings.
+                usize::from(n) * (PER_ENDPOINT.len() + 1) + 2,
+                "{n} endpoints: every sample written whole"
+            );
+        }
     }
 }

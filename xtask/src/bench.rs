@@ -1493,6 +1493,47 @@ struct Footprint {
     /// The agent's iterators that visited anything in one window with bpf
     /// stats on: name, what they ran, and how often.
     iterators: Vec<(String, Stats)>,
+    /// The `/metrics` pages scraped while the CPU was measured.
+    scrapes: Vec<Scrape>,
+}
+
+/// How often the footprint's windows scrape the agent's `/metrics`: the
+/// shipped DaemonSet asks Prometheus to scrape every agent, and 15 s is
+/// the interval most set. At 10,000 endpoints a page is some 17 MB, so
+/// what building it costs belongs in the agent's footprint.
+const SCRAPE_EVERY: Duration = Duration::from_secs(15);
+
+/// One scrape of the agent's `/metrics`: its size and how long it took
+/// (as the scraper saw it, `curl` included).
+struct Scrape {
+    bytes: usize,
+    took: Duration,
+}
+
+/// Scrapes `node`'s agent every [`SCRAPE_EVERY`], starting now, until
+/// `stop` is set; the scrapes, once it is.
+fn scraper(
+    node: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Result<Vec<Scrape>>> {
+    use std::sync::atomic::Ordering;
+    std::thread::spawn(move || {
+        let mut scrapes = Vec::new();
+        let mut next = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            if Instant::now() >= next {
+                let t = Instant::now();
+                let page = metrics(node)?;
+                scrapes.push(Scrape {
+                    bytes: page.len(),
+                    took: t.elapsed(),
+                });
+                next += SCRAPE_EVERY;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(scrapes)
+    })
 }
 
 /// The walks and iterators the agent runs before each read: what they
@@ -1659,7 +1700,7 @@ fn gauge(node: &str, line_start: &str) -> Result<u64> {
 /// The CPU of `node`'s agent `pid` over [`WINDOWS`] windows, and its RSS
 /// and maps after.
 fn measure(
-    (node, pid): (&str, u32),
+    (node, pid): (&'static str, u32),
     what: &'static str,
     live: u64,
     idle_rss: f64,
@@ -1668,12 +1709,14 @@ fn measure(
     eprintln!(
         "    agent pid {pid}: {live} {what}; measuring CPU over {WINDOWS} windows of {window:.0} s"
     );
-    let mut cpu_pct = Vec::with_capacity(WINDOWS);
-    for _ in 0..WINDOWS {
-        let cpu0 = proc_cpu_secs(pid)?;
-        wait(window as u64)?;
-        cpu_pct.push((proc_cpu_secs(pid)? - cpu0) / window * 100.0);
-    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scraping = scraper(node, stop.clone());
+    let windows = cpu_windows(pid, window);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let scrapes = scraping
+        .join()
+        .map_err(|_| anyhow::anyhow!("the /metrics scraper panicked"))??;
+    let cpu_pct = windows?;
     Ok(Footprint {
         what,
         live,
@@ -1683,7 +1726,20 @@ fn measure(
         idle_rss,
         maps_mib: maps_mib(node)?,
         iterators: iterator_window(window as u64)?,
+        scrapes,
     })
+}
+
+/// The CPU of process `pid`, in % of one core, over [`WINDOWS`] windows
+/// of `window` seconds.
+fn cpu_windows(pid: u32, window: f64) -> Result<Vec<f64>> {
+    let mut cpu_pct = Vec::with_capacity(WINDOWS);
+    for _ in 0..WINDOWS {
+        let cpu0 = proc_cpu_secs(pid)?;
+        wait(window as u64)?;
+        cpu_pct.push((proc_cpu_secs(pid)? - cpu0) / window * 100.0);
+    }
+    Ok(cpu_pct)
 }
 
 /// What the kernel holds for `node`'s pinned maps (bpftool's
@@ -1715,6 +1771,7 @@ impl Footprint {
             idle_rss,
             maps_mib,
             iterators,
+            scrapes,
         } = self;
         println!("\nagent footprint, {live} {what}, 1 s interval:");
         println!(
@@ -1724,6 +1781,17 @@ impl Footprint {
         );
         println!("  RSS {rss:.1} MiB (idle {idle_rss:.1} MiB)   (target <= 32 MiB)");
         println!("  kernel maps {maps_mib:.1} MiB (bpftool's bytes_memlock of the pinned maps)");
+        if let Some(largest) = scrapes.iter().map(|s| s.bytes).max() {
+            let took: Vec<f64> = scrapes.iter().map(|s| s.took.as_secs_f64() * 1e3).collect();
+            println!(
+                "  /metrics scraped every {} s meanwhile (as Prometheus does the DaemonSet's agents): {} scrapes, up to {:.1} MB, {:.0} ms each (median; range {} ms), in the CPU and RSS above",
+                SCRAPE_EVERY.as_secs(),
+                scrapes.len(),
+                largest as f64 / 1e6,
+                median(took.clone()),
+                spread(&took, 1.0, 0)
+            );
+        }
         for (name, s) in iterators {
             println!(
                 "  {name:<26} {:>9.0} ns a run, {:>7.0} runs/s: {:.2}% of one core (one {window:.0} s window, bpf stats on)",
