@@ -302,8 +302,10 @@ fn page_size(labels: &[String]) -> usize {
 /// braces and the space, the longest `u64` and the newline.
 const SAMPLE_EXTRA: usize = 3 + 20 + 1;
 
-/// Room for the series' help lines and the node's own series.
-const NODE_SERIES_BYTES: usize = 16 << 10;
+/// Room for the series' help lines and the node's own series: 14.6 KiB
+/// with a node name of 253 bytes (`a_page_is_written_into_the_room_made_for_it_never_grown`
+/// fails where they outgrow it).
+const NODE_SERIES_BYTES: usize = 32 << 10;
 
 /// One sample line: `name{labels} value`.
 fn sample(out: &mut String, name: &str, labels: &str, value: u64) {
@@ -350,7 +352,8 @@ mod tests {
         assert!(text.contains("evenflow_agent_readings_failed_total{node=\"lb\"} 2"));
     }
 
-    /// Endpoints whose every value is as long as a value gets.
+    /// Endpoints whose every value is as long as a value gets, on a node
+    /// that reports everything.
     fn widest(n: u16) -> v1::Snapshot {
         let all = u64::MAX;
         let totals = v1::Counters {
@@ -377,11 +380,14 @@ mod tests {
             })
             .collect();
         v1::Snapshot {
-            node_name: "ip-10-0-12-34.eu-west-1.compute.internal".into(),
+            // As long as a node's name gets (a DNS name).
+            node_name: "n".repeat(253),
             agent_epoch: all,
             sequence: all,
             readings_failed: all,
             endpoints,
+            cpu: Some(v1::Cpu::default()),
+            datapath: Some(v1::DatapathStats::default()),
             ..Default::default()
         }
     }
