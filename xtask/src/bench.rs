@@ -1499,7 +1499,7 @@ struct Footprint {
 
 /// How often the footprint's windows scrape the agent's `/metrics`: the
 /// shipped DaemonSet asks Prometheus to scrape every agent, and 15 s is
-/// the interval most set. At 10,000 endpoints a page is some 17 MB, so
+/// the interval most set. At 10,000 endpoints a page is some 14 MB, so
 /// what building it costs belongs in the agent's footprint.
 const SCRAPE_EVERY: Duration = Duration::from_secs(15);
 
