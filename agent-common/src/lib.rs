@@ -666,7 +666,10 @@ pub enum Stat {
     /// A SYN left the node with no local socket and no record of how it
     /// entered (it came in on a device evenflow is not attached to).
     SynOriginUnknown = 9,
-    /// A forwarded flow idle past its conntrack-like timeout was expired.
+    /// A forwarded flow ended without an end of its own: idle past its
+    /// conntrack-like timeout, or, followed in conntrack, its record
+    /// expired, was flushed or was taken by another connection (see
+    /// docs/counting.md, `flows_expired`).
     FlowExpired = 10,
     /// A socket could not get its storage (memory pressure): not counted.
     SockStorageFailed = 11,
