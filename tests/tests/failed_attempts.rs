@@ -239,8 +239,9 @@ fn an_attempt_given_up_ends_when_its_client_dials_again_from_its_port_per_packet
 
 /// Every backend of a [`lab`] (the lb's agent with `lb_args`) drops SYNs;
 /// the client connects through the VIP from one port twice, each giving
-/// up after 3 s (a sweep counts the attempt unanswered first), and the
-/// lb's counts of the backend both went to are checked.
+/// up after 5 s (the agent's sweeps, a second apart, count the attempt
+/// unanswered first, with room for a late one), and the lb's counts of the
+/// backend both went to are checked.
 fn dial_again_from_one_port(name: &str, lb_args: &[&str]) {
     const PORT: &str = "41000";
     let (lab, _) = lab(name, Dark::Serves, lb_args);
@@ -259,7 +260,7 @@ fn dial_again_from_one_port(name: &str, lb_args: &[&str]) {
                 "-o",
                 "/dev/null",
             ])
-            .args(["--local-port", PORT, "--connect-timeout", "3"])
+            .args(["--local-port", PORT, "--connect-timeout", "5"])
             .arg(format!("http://{vip}/"))
             .status()
             .expect("curl runs in the client's namespace");
