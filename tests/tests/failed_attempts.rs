@@ -214,9 +214,10 @@ fn attempts_nobody_answers_count_failed_per_packet() {
 }
 
 /// A client that gives an attempt up and dials again from the same port,
-/// as clients behind a NAT gateway do, and as the kernel does once its
-/// ephemeral ports wrap (it draws them from a table every network
-/// namespace shares, so the parallel labs' loads move one another's): the
+/// as clients that choose their own source ports do (a proxy given a
+/// `source` port range), and as the kernel does once its ephemeral ports
+/// wrap (it draws them from a table every network namespace shares, so
+/// the parallel labs' loads move one another's): the
 /// new SYN reaches the record conntrack still holds for the first attempt,
 /// in SYN_SENT for two minutes, with a new initial sequence number. The
 /// first attempt ends there, counted failed (given up by its client, after
