@@ -246,9 +246,7 @@ fn an_attempt_given_up_ends_when_its_client_dials_again_from_its_port_per_packet
 fn dial_again_from_one_port(name: &str, lb_args: &[&str]) {
     const PORT: &str = "41000";
     let (lab, _) = lab(name, Dark::Serves, lb_args);
-    for b in &lab.backends {
-        drop_at(&lab, b, false);
-    }
+    drop_at_every_backend(&lab);
     let vip = lab::vip(false).to_string();
     for attempt in 1..=2 {
         let status = std::process::Command::new("ip")
@@ -269,15 +267,11 @@ fn dial_again_from_one_port(name: &str, lb_args: &[&str]) {
         assert_eq!(status.code(), Some(28), "attempt {attempt} times out");
     }
     let counted = evenflow_tests::wait_for(Duration::from_secs(10), || {
-        let all: Vec<Totals> = (lab.backends.iter())
-            .map(|b| lb_count_of(&lab, b))
-            .collect();
+        let all = lb_counts(&lab);
         all.iter().any(|c| c.unanswered == 2).then_some(all)
     })
     .unwrap_or_else(|| {
-        let all: Vec<Totals> = (lab.backends.iter())
-            .map(|b| lb_count_of(&lab, b))
-            .collect();
+        let all = lb_counts(&lab);
         panic!("both attempts reached one backend and were counted unanswered: {all:?}")
     });
     let reached: Vec<&Totals> = counted.iter().filter(|c| c.unanswered > 0).collect();
@@ -627,6 +621,15 @@ fn lb_count_of(lab: &Lab, dark: &Node) -> Totals {
     grpcurl::totals(&snap, &dark.addr4.to_string(), BACKEND_PORT, SENDS_TO)
 }
 
+/// The lb's own counts of attempts to each backend's port, in the
+/// backends' order, from one snapshot.
+fn lb_counts(lab: &Lab) -> Vec<Totals> {
+    let snap = grpcurl::snapshot(&lab.lb.ns).expect("the lb agent answers");
+    (lab.backends.iter())
+        .map(|b| grpcurl::totals(&snap, &b.addr4.to_string(), BACKEND_PORT, SENDS_TO))
+        .collect()
+}
+
 /// Load through the VIP from four threads until dropped, so that a
 /// connect to a backend nobody answers (3 s) holds up a quarter of it.
 fn steady_load(lab: &Lab) -> client::Steady {
@@ -707,9 +710,7 @@ fn every_backend_drops(name: &str, lb_args: &[&str]) {
     let summary = page["summary"].as_str().unwrap_or_default();
     assert!(summary.contains("every connection attempt"), "{page:#}");
     assert_eq!(page["cause"], "CAUSE_REFUSING", "{page:#}");
-    let counted: Vec<Totals> = (lab.backends.iter())
-        .map(|b| lb_count_of(&lab, b))
-        .collect();
+    let counted = lb_counts(&lab);
     // The page came within 40 s, where conntrack gives an attempt up after
     // 120: each backend has more attempts counted unanswered than given
     // up. Some may be given up: a client that dials again from a port an
@@ -789,9 +790,7 @@ fn clients_go_first(name: &str, lb_args: &[&str]) {
             "nothing pages once the outage is over ({:.1} s after the clients went): {open:#?}",
             gone.elapsed().as_secs_f64()
         );
-        let counted: Vec<Totals> = (lab.backends.iter())
-            .map(|b| lb_count_of(&lab, b))
-            .collect();
+        let counted = lb_counts(&lab);
         if given_up.is_none() && counted.iter().all(|c| c.failed == c.unanswered) {
             println!(
                 "every attempt given up {:.1} s after the clients went: {counted:?}",
@@ -818,15 +817,20 @@ fn clients_go_first(name: &str, lb_args: &[&str]) {
 /// policy pushed to each does, under load; waits for the pool's one
 /// FAILING page. Returns the load, still running, and the page.
 fn failing_under_a_policy(lab: &Lab) -> (client::Steady, serde_json::Value) {
-    for b in &lab.backends {
-        drop_at(lab, b, false);
-    }
+    drop_at_every_backend(lab);
     let dropped = Instant::now();
     let load = steady_load(lab);
     (
         load,
         judged::failing_pages(lab, dropped, "the policy", "web"),
     )
+}
+
+/// [`drop_at`]'s rule on every backend's port: a policy pushed to each.
+fn drop_at_every_backend(lab: &Lab) {
+    for b in &lab.backends {
+        drop_at(lab, b, false);
+    }
 }
 
 /// Removes [`drop_at`]'s rule from every backend.
