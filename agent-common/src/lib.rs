@@ -111,10 +111,15 @@ pub struct EndpointCounters {
     /// minutes later (conntrack's SYN_SENT timeout, the kernel's SYN
     /// retries, a proxy's connect timeout).
     pub conns_failed_unanswered: u64,
+    /// Not a count: the reading generation ([`META_CHANGES_GEN`]) in which
+    /// this CPU last noted the endpoint in [`ChangedKeys`], so that it is
+    /// noted once a generation, not at every count. Summing leaves it 0.
+    pub noted: u64,
 }
 
 impl EndpointCounters {
-    /// Adds `other` field by field; used to merge per-CPU values.
+    /// Adds `other` field by field (`noted` aside); used to merge per-CPU
+    /// values.
     pub fn accumulate(&mut self, other: &Self) {
         self.conns_opened = self.conns_opened.wrapping_add(other.conns_opened);
         self.conns_closed = self.conns_closed.wrapping_add(other.conns_closed);
@@ -138,6 +143,27 @@ impl EndpointCounters {
         total
     }
 }
+
+/// Keys of the endpoints counted in one reading generation, one buffer of
+/// `EF_CHANGED` (generation `g` writes buffer `g % CHANGED_BUFFERS`): the
+/// agent reads these endpoints instead of the whole map (see
+/// [`META_CHANGES_GEN`]). Each CPU notes an endpoint once a generation,
+/// so a key can be here once per CPU. `len` counts every note, also those
+/// past [`CHANGED_KEYS`] that found no room: the agent then reads the
+/// whole map.
+#[repr(C)]
+#[derive(Copy, Clone)]
+pub struct ChangedKeys {
+    pub len: u64,
+    pub keys: [EndpointKey; CHANGED_KEYS],
+}
+
+/// Room for keys in each [`ChangedKeys`] buffer (a power of two).
+pub const CHANGED_KEYS: usize = 8_192;
+/// Buffers in `EF_CHANGED`: the generation being written, the one the
+/// agent just closed (read at once, and again a reading later for counts
+/// that landed after it was read), and the one it clears for the next.
+pub const CHANGED_BUFFERS: u32 = 3;
 
 /// A flow as seen from this node: `local` is the packet's source on egress
 /// and its destination on ingress, so both directions of one flow share a key.
@@ -800,6 +826,9 @@ pub mod maps {
     pub const STATS: &str = "EF_STATS";
     /// Array of `u64` owned by userspace; see [`super::META_EPOCH`].
     pub const META: &str = "EF_META";
+    /// Array of [`ChangedKeys`](super::ChangedKeys), memory-mappable: the
+    /// endpoints counted in each reading generation.
+    pub const CHANGED: &str = "EF_CHANGED";
 }
 
 /// Slot of `EF_META` holding the agent epoch: a random non-zero number the
@@ -825,6 +854,13 @@ pub const META_TIMEOUT_CLOSING_NS: u32 = 4;
 /// lookup, a cache miss, was most of what a dialled connection cost over
 /// an accepted one.
 pub const META_LOCAL_NAT: u32 = 5;
+/// Slot of `EF_META`: the reading generation, which the agent advances at
+/// each reading. The first count of an endpoint on a CPU in a generation
+/// notes its key in that generation's [`ChangedKeys`], and the agent reads
+/// only the endpoints noted: at 10,000 endpoints of which few carry
+/// traffic, reading every one was half of the agent's CPU. Never 0 once
+/// an agent has run (an entry's `noted` starts at 0).
+pub const META_CHANGES_GEN: u32 = 6;
 /// Number of `EF_META` slots.
 pub const META_COUNT: u32 = 8;
 /// Version of the pinned map layout. Bump it when a key or value changes so
@@ -852,7 +888,9 @@ pub const META_COUNT: u32 = 8;
 /// 19: a new statistic ([`Stat::ReplyUnseen`]).
 /// 20: `EndpointCounters` counts the failed attempts it had counted
 /// unanswered.
-pub const LAYOUT_VERSION: u64 = 20;
+/// 21: `EndpointCounters` notes the generation it was counted in
+/// (`noted`), and counted endpoints are noted in `EF_CHANGED`.
+pub const LAYOUT_VERSION: u64 = 21;
 
 /// The IPv4-mapped IPv6 form (`::ffff:a.b.c.d`) of an IPv4 address given
 /// as it sits in memory (network byte order bytes read as a native `u32`).
@@ -897,6 +935,7 @@ mod user {
     // have no implicit padding, so every bit pattern is valid.
     unsafe impl aya::Pod for EndpointKey {}
     unsafe impl aya::Pod for EndpointCounters {}
+    unsafe impl aya::Pod for ChangedKeys {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for CtFlow {}
@@ -933,7 +972,9 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<EndpointKey>(), 16 + 2 + 1 + 1);
-        assert_eq!(size_of::<EndpointCounters>(), 9 * 8);
+        assert_eq!(size_of::<EndpointCounters>(), 10 * 8);
+        assert_eq!(size_of::<ChangedKeys>(), 8 + CHANGED_KEYS * 20);
+        assert!(CHANGED_KEYS.is_power_of_two());
         assert_eq!(size_of::<FlowKey>(), 16 + 16 + 2 + 2 + 1 + 3);
         // endpoint, half/state/pad, ifindex, isn, next_seq, pad, five u64
         // (bytes, packets, their folded marks, last_seen_ns), peer.
@@ -987,6 +1028,7 @@ mod tests {
             conns_failed: 7,
             conns_unanswered: 8,
             conns_failed_unanswered: 9,
+            noted: 10,
         };
         a.accumulate(&a.clone());
         assert_eq!(
@@ -1001,6 +1043,8 @@ mod tests {
                 conns_failed: 14,
                 conns_unanswered: 16,
                 conns_failed_unanswered: 18,
+                // Which generation a CPU noted it in is not a count.
+                noted: 10,
             }
         );
     }

@@ -65,6 +65,26 @@ pub unsafe fn fetch_and(p: *mut u64, v: u64) -> u64 {
     old
 }
 
+/// Adds `v` to the `u64` at `p` atomically; returns the value before, so
+/// that of writers adding at once each gets a place of its own.
+///
+/// # Safety
+/// `p` points into a map value.
+#[inline(always)]
+pub unsafe fn fetch_add(p: *mut u64, v: u64) -> u64 {
+    let old: u64;
+    // SAFETY: per the contract.
+    unsafe {
+        core::arch::asm!(
+            "{v} = atomic_fetch_add((u64 *)({p} + 0), {v})",
+            p = in(reg) p,
+            v = inout(reg) v => old,
+            options(nostack, preserves_flags)
+        )
+    };
+    old
+}
+
 /// Compare-and-swap on the `u64` at `p`; returns the value found there.
 ///
 /// # Safety

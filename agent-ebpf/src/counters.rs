@@ -3,9 +3,12 @@
 
 use core::ptr::{read_volatile, write_volatile};
 
-use agent_common::{EndpointCounters, EndpointKey, MAX_ENDPOINTS, META_COUNT, STAT_COUNT, Stat};
+use agent_common::{
+    CHANGED_BUFFERS, CHANGED_KEYS, ChangedKeys, EndpointCounters, EndpointKey, MAX_ENDPOINTS,
+    META_CHANGES_GEN, META_COUNT, STAT_COUNT, Stat,
+};
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_NOEXIST},
     macros::map,
     maps::{Array, PerCpuArray, PerCpuHashMap},
 };
@@ -22,6 +25,12 @@ use crate::atomic;
 #[map(name = "EF_ENDPOINTS")]
 static ENDPOINTS: PerCpuHashMap<EndpointKey, EndpointCounters> =
     PerCpuHashMap::pinned(MAX_ENDPOINTS, BPF_F_NO_PREALLOC);
+
+/// The endpoints counted in each reading generation, which the agent reads
+/// instead of the whole map (see `META_CHANGES_GEN`). Memory-mappable, so
+/// the agent reads the keys and clears a buffer without a syscall.
+#[map(name = "EF_CHANGED")]
+static CHANGED: Array<ChangedKeys> = Array::pinned(CHANGED_BUFFERS, BPF_F_MMAPABLE as u32);
 
 /// What could not be counted, and bookkeeping userspace reports.
 #[map(name = "EF_STATS")]
@@ -73,12 +82,45 @@ pub fn raise(slot: u32) {
     }
 }
 
-/// This CPU's counters for `key`, created zeroed on first use.
+/// This CPU's counters for `key`, created zeroed on first use, and the
+/// key noted as counted in this reading generation.
 #[inline(always)]
 fn counters(key: &EndpointKey) -> Option<*mut EndpointCounters> {
-    match ENDPOINTS.get_ptr_mut(key) {
-        Some(c) => Some(c),
-        None => create(key),
+    let c = match ENDPOINTS.get_ptr_mut(key) {
+        Some(c) => c,
+        None => create(key)?,
+    };
+    let generation = meta(META_CHANGES_GEN);
+    // SAFETY: a per-CPU value of a live entry. Only this CPU writes it; a
+    // program interrupting this one between the read and the write notes
+    // the key a second time, which the agent reads once.
+    unsafe {
+        let noted = &raw mut (*c).noted;
+        if read_volatile(noted) != generation {
+            write_volatile(noted, generation);
+            note_changed(key, generation);
+        }
+    }
+    Some(c)
+}
+
+/// Appends `key` to `generation`'s buffer in `EF_CHANGED`. Out of line:
+/// an endpoint gets here once a generation on each CPU, not at each count.
+/// A note past the buffer's room is only counted: the agent then reads
+/// the whole map.
+#[inline(never)]
+fn note_changed(key: &EndpointKey, generation: u64) {
+    let Some(buf) = CHANGED.get_ptr_mut((generation % CHANGED_BUFFERS as u64) as u32) else {
+        return;
+    };
+    // SAFETY: a live array element; `at` is checked against the room and
+    // masked to it (a power of two), which the verifier needs to see.
+    unsafe {
+        let at = atomic::fetch_add(&raw mut (*buf).len, 1);
+        if at < CHANGED_KEYS as u64 {
+            let slot = &raw mut (*buf).keys[(at as usize) & (CHANGED_KEYS - 1)];
+            write_volatile(slot, *key);
+        }
     }
 }
 
@@ -97,6 +139,7 @@ static ZERO: EndpointCounters = EndpointCounters {
     conns_failed: 0,
     conns_unanswered: 0,
     conns_failed_unanswered: 0,
+    noted: 0,
 };
 
 /// Inserts zeroed counters for `key`. Out of line: only an endpoint's first

@@ -21,7 +21,10 @@ use evenflow_proto::v1;
 use tokio::sync::{mpsc::UnboundedSender, watch};
 use tracing::{info, warn};
 
-use crate::{cli, cpu, datapath, host, listeners, print, retire, snapshot, table, withheld};
+use crate::{
+    changes::Coverage, cli, cpu, datapath, host, listeners, print, retire, snapshot, table,
+    withheld,
+};
 
 /// Readings that may fail in a row before the agent gives up.
 pub const MAX_FAILED_IN_A_ROW: u32 = 10;
@@ -80,6 +83,8 @@ struct Counting<'a> {
     cgroup: String,
     /// The last snapshot's number: 0 before the first.
     sequence: u64,
+    /// Readings that read every endpoint (`Snapshot.readings_whole`).
+    readings_whole: u64,
     prev_stats: Option<datapath::Stats>,
     full_marks: datapath::FullMarks,
 }
@@ -103,6 +108,7 @@ pub async fn run(
         last: Instant::now(),
         cgroup: dp.cgroup().display().to_string(),
         sequence: 0,
+        readings_whole: 0,
         prev_stats: None,
         full_marks: datapath::FullMarks::default(),
     };
@@ -147,10 +153,8 @@ impl Counting<'_> {
         let forwards = host::forwards();
         tokio::task::block_in_place(|| dp.follow(&wanted, &indexes, forwards))?;
         // Map reads are syscalls: keep them off the async workers' backs.
-        let mut stats = tokio::task::block_in_place(|| dp.read(&mut self.read))?;
-        if let Some(prev) = &self.prev_stats {
-            datapath::warn_new_losses(prev, &stats, dp.capacity(), &mut self.full_marks);
-        }
+        let live = self.table.len();
+        let (mut stats, coverage) = tokio::task::block_in_place(|| dp.read(&mut self.read, live))?;
         // The first reading covers no interval: its totals are where
         // counting stands (pinned maps keep counting across restarts), not
         // a rate, and its report says no interval (0) rather than
@@ -159,7 +163,19 @@ impl Counting<'_> {
             0 => 0.0,
             _ => now.duration_since(self.last).as_secs_f64(),
         };
-        self.table.update(&self.read, secs);
+        match coverage {
+            Coverage::Whole => {
+                self.table.update(&self.read, secs);
+                self.readings_whole += 1;
+            }
+            Coverage::Changed => {
+                self.table.update_changed(&self.read, secs);
+                stats.live_endpoints = self.table.len() as u64;
+            }
+        }
+        if let Some(prev) = &self.prev_stats {
+            datapath::warn_new_losses(prev, &stats, dp.capacity(), &mut self.full_marks);
+        }
         self.last = now;
         // A netlink dump, and /proc where the kernel gives none: blocking.
         let listeners = tokio::task::block_in_place(listeners::read).unwrap_or_else(|e| {
@@ -190,6 +206,7 @@ impl Counting<'_> {
             cgroup: &self.cgroup,
             addresses: &addresses,
             readings_failed: failed,
+            readings_whole: self.readings_whole,
         });
         self.cpu_prev = cpu_now;
         Ok(snap)

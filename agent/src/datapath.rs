@@ -40,6 +40,7 @@ use aya::{
 use tracing::{debug, info, warn};
 
 use crate::{
+    changes::{Changes, Coverage},
     cli::EbpfLog,
     ct_adopt::Translations,
     ctnetlink::Translated,
@@ -252,6 +253,8 @@ pub struct Datapath {
     /// A second handle on the pinned endpoint map for batch reads, and the
     /// reader's buffers; `None` once the kernel refused batch lookups.
     batch: std::sync::Mutex<Option<(MapData, crate::batch::Reader)>>,
+    /// Which endpoints were counted since the last reading.
+    changes: Changes,
     stats: PerCpuArray<MapData, u64>,
     capacity: Capacity,
     epoch: u64,
@@ -424,13 +427,17 @@ impl Datapath {
             cgroup = %cfg.cgroup.display(),
             "eBPF programs attached"
         );
-        let batch = match (
-            MapData::from_pin(pin_dir.join(maps::ENDPOINTS)),
-            aya::util::nr_cpus(),
-        ) {
-            (Ok(m), Ok(n)) => Some((m, crate::batch::Reader::new(n))),
-            _ => None,
+        let ncpus = aya::util::nr_cpus()
+            .map_err(|(_, e)| e)
+            .context("counting the possible CPUs")?;
+        let batch = MapData::from_pin(pin_dir.join(maps::ENDPOINTS))
+            .ok()
+            .map(|m| (m, crate::batch::Reader::new(ncpus)));
+        let changed = match ebpf.take_map(maps::CHANGED) {
+            Some(aya::maps::Map::Array(m)) => m,
+            _ => bail!("the eBPF object has no array map {}", maps::CHANGED),
         };
+        let changes = Changes::new(changed.fd().as_fd(), meta, ncpus)?;
         let capacity = Capacity {
             endpoints: max_entries(&pin_dir, maps::ENDPOINTS)?,
             flows: flows
@@ -456,6 +463,7 @@ impl Datapath {
         }
         Ok(Self {
             batch: std::sync::Mutex::new(batch),
+            changes,
             capacity,
             endpoints: take(&mut ebpf, maps::ENDPOINTS)?,
             stats: take(&mut ebpf, maps::STATS)?,
@@ -605,6 +613,9 @@ impl Datapath {
         if !self.retiring {
             return Ok(done);
         }
+        // What goes back into the map after a retirement is the agent's
+        // write, which no program notes.
+        self.changes.read_whole_next();
         let ncpus = aya::util::nr_cpus()
             .map_err(|(_, e)| e)
             .context("counting the possible CPUs")?;
@@ -695,10 +706,16 @@ impl Datapath {
         self.logger.take()
     }
 
-    /// Reads every endpoint, summing per-CPU values, into `out` (cleared
-    /// first), and the stats map. An entry that vanishes between key and
-    /// value lookups (LRU eviction) is skipped.
-    pub fn read(&self, out: &mut Vec<(EndpointKey, EndpointCounters)>) -> Result<Stats> {
+    /// Reads the endpoints counted since the last reading, or every one
+    /// (see [`Changes`]), summing per-CPU values, into `out` (cleared
+    /// first), and the stats map. `live`: the endpoints the agent knows of.
+    /// `Stats::live_endpoints` is what was read: a reading of changed
+    /// endpoints leaves it to the caller.
+    pub fn read(
+        &mut self,
+        out: &mut Vec<(EndpointKey, EndpointCounters)>,
+        live: usize,
+    ) -> Result<(Stats, Coverage)> {
         out.clear();
         self.slot_sampler.run()?;
         self.sample_storage()?;
@@ -714,6 +731,33 @@ impl Datapath {
             }
         }
         drop(held);
+        use aya::maps::IterableMap as _;
+        let fd = self.endpoints.map().fd().as_fd();
+        let coverage = match self.changes.read(fd, live, out)? {
+            Some(coverage) => coverage,
+            None => {
+                let whole = self.read_whole(out);
+                if whole.is_err() {
+                    self.changes.read_whole_next();
+                }
+                whole?;
+                Coverage::Whole
+            }
+        };
+        let mut stats = Stats {
+            live_endpoints: out.len() as u64,
+            ..Stats::default()
+        };
+        for (i, slot) in stats.slots.iter_mut().enumerate() {
+            *slot = self.stat_total(i as u32)?;
+        }
+        Ok((stats, coverage))
+    }
+
+    /// Reads every endpoint into `out`: in batches, or entry by entry where
+    /// the kernel refuses batches. An entry that vanishes between key and
+    /// value lookups (retired) is skipped.
+    fn read_whole(&self, out: &mut Vec<(EndpointKey, EndpointCounters)>) -> Result<()> {
         let mut batch = self.batch.lock().unwrap_or_else(|p| p.into_inner());
         let batched = match batch.as_mut() {
             Some((map, reader)) => match reader.read(map.fd().as_fd(), out) {
@@ -759,14 +803,7 @@ impl Datapath {
                 out.push((key, EndpointCounters::sum(per_cpu.iter())));
             }
         }
-        let mut stats = Stats {
-            live_endpoints: out.len() as u64,
-            ..Stats::default()
-        };
-        for (i, slot) in stats.slots.iter_mut().enumerate() {
-            *slot = self.stat_total(i as u32)?;
-        }
-        Ok(stats)
+        Ok(())
     }
 }
 

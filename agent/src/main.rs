@@ -9,6 +9,7 @@
 mod adopt;
 mod batch;
 mod btf;
+mod changes;
 mod cli;
 mod counting;
 mod cpu;

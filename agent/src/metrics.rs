@@ -271,8 +271,11 @@ pub fn render(snap: &v1::Snapshot) -> String {
          evenflow_agent_snapshots_total{{node=\"{node}\"}} {}\n\
          # HELP evenflow_agent_readings_failed_total Readings of the counters that failed in this agent process, each skipping its snapshot.\n\
          # TYPE evenflow_agent_readings_failed_total counter\n\
-         evenflow_agent_readings_failed_total{{node=\"{node}\"}} {}",
-        snap.agent_epoch, snap.sequence, snap.readings_failed
+         evenflow_agent_readings_failed_total{{node=\"{node}\"}} {}\n\
+         # HELP evenflow_agent_readings_whole_total Readings that read every endpoint in the kernel's map; the others read only the endpoints counted since the one before.\n\
+         # TYPE evenflow_agent_readings_whole_total counter\n\
+         evenflow_agent_readings_whole_total{{node=\"{node}\"}} {}",
+        snap.agent_epoch, snap.sequence, snap.readings_failed, snap.readings_whole
     );
     out
 }
@@ -327,6 +330,7 @@ mod tests {
             node_name: "lb".into(),
             agent_epoch: 3,
             readings_failed: 2,
+            readings_whole: 1,
             endpoints: vec![v1::Endpoint {
                 address: "10.0.0.11".into(),
                 port: 8080,
@@ -350,6 +354,7 @@ mod tests {
         assert!(text.contains("evenflow_endpoint_active_connections{"));
         assert!(text.contains("evenflow_agent_info{node=\"lb\",epoch=\"3\"} 1"));
         assert!(text.contains("evenflow_agent_readings_failed_total{node=\"lb\"} 2"));
+        assert!(text.contains("evenflow_agent_readings_whole_total{node=\"lb\"} 1"));
     }
 
     /// Endpoints whose every value is as long as a value gets, on a node
@@ -385,6 +390,7 @@ mod tests {
             agent_epoch: all,
             sequence: all,
             readings_failed: all,
+            readings_whole: all,
             endpoints,
             cpu: Some(v1::Cpu::default()),
             datapath: Some(v1::DatapathStats::default()),

@@ -206,6 +206,16 @@ fn put_back(
     elem(fd, BPF_MAP_UPDATE_ELEM, key, &mut now, BPF_EXIST).map(|()| Outcome::Merged)
 }
 
+/// Reads `key`'s counters from the per-CPU endpoint map behind `fd` into
+/// `values`, one per possible CPU.
+pub(crate) fn lookup(
+    fd: BorrowedFd<'_>,
+    key: &EndpointKey,
+    values: &mut [EndpointCounters],
+) -> std::io::Result<()> {
+    elem(fd, BPF_MAP_LOOKUP_ELEM, key, values, 0)
+}
+
 #[repr(C)]
 #[derive(Default)]
 struct ElemAttr {

@@ -35,6 +35,8 @@ pub struct Inputs<'a> {
     pub addresses: &'a [std::net::IpAddr],
     /// Readings that failed in this agent process.
     pub readings_failed: u64,
+    /// Readings of every endpoint in this agent process.
+    pub readings_whole: u64,
 }
 
 /// The service `--service` labels `addr`:`port` with, or "".
@@ -117,6 +119,7 @@ pub fn build(i: &Inputs<'_>) -> v1::Snapshot {
         cgroup: i.cgroup.to_owned(),
         addresses: i.addresses.iter().map(ToString::to_string).collect(),
         readings_failed: i.readings_failed,
+        readings_whole: i.readings_whole,
     }
 }
 
@@ -217,6 +220,7 @@ mod tests {
             cgroup: "/",
             addresses: &[],
             readings_failed: 0,
+            readings_whole: 1,
         });
         assert_eq!(snap.endpoints.len(), 2);
         let serves = &snap.endpoints[0];

@@ -1,11 +1,12 @@
 //! The agent's table of endpoints: cumulative totals as the kernel reports
 //! them and per-second rates over the last interval.
 //!
-//! It is updated from a full read of the kernel map every interval, tens of
-//! thousands of endpoints on a busy node, so the steady state does no
-//! hashing and no sorting: the kernel walks an unchanged map in the same
-//! order every time, so the table remembers where each position of the last
-//! read went and only checks that the keys still line up. Entries are kept
+//! It is updated from a read of the endpoints counted since the last one
+//! (see [`crate::changes`]), or from a full read of the kernel map, tens of
+//! thousands of endpoints on a busy node. A full read does no hashing and
+//! no sorting in the steady state: the kernel walks an unchanged map in the
+//! same order every time, so the table remembers where each position of
+//! the last read went and only checks that the keys still line up. Entries are kept
 //! in the order snapshots list them (direction, address, port), re-sorted
 //! only when an endpoint comes or goes. Each endpoint's address is written
 //! out once, when it is first seen, not in every snapshot.
@@ -83,12 +84,24 @@ fn listing_order(key: &EndpointKey) -> (u8, [u32; 4], u16, u8) {
     (key.direction, key.addr, key.port, key.proto)
 }
 
+/// Where each of `entries` is.
+fn positions(entries: &[(EndpointKey, Entry)]) -> HashMap<EndpointKey, usize> {
+    entries
+        .iter()
+        .enumerate()
+        .map(|(at, (key, _))| (*key, at))
+        .collect()
+}
+
 /// Endpoints seen since the epoch, in listing order.
 #[derive(Default)]
 pub struct Table {
     entries: Vec<(EndpointKey, Entry)>,
     /// For each position of the last read, the entry it updated.
     read_order: Vec<usize>,
+    /// Each entry's position, for reads of changed endpoints (stale when
+    /// its length is not the entries').
+    index: HashMap<EndpointKey, usize>,
     /// Endpoints dropped because the kernel map no longer has them and
     /// the agent did not retire them (something outside evenflow edited
     /// its pinned map); their counts are gone from the kernel too.
@@ -136,17 +149,49 @@ impl Table {
         // A hash map's keys are unique; were one read twice, it is laid out
         // once and both positions update it.
         laid.dedup_by(|b, a| a.0 == b.0);
-        let at_of: HashMap<EndpointKey, usize> = laid
-            .iter()
-            .enumerate()
-            .map(|(at, (key, _))| (*key, at))
-            .collect();
+        let at_of = positions(&laid);
         self.read_order = read
             .iter()
             .map(|(key, _)| at_of.get(key).copied().unwrap_or_default())
             .collect();
         self.entries = laid;
+        self.index = at_of;
         self.relayout = false;
+    }
+
+    /// Takes a read of the endpoints counted since the last read (and
+    /// maybe some more): the others stand where they were, their rates
+    /// zero, as a full read finding them unchanged would leave them. An
+    /// endpoint the table does not have yet is added.
+    pub fn update_changed(&mut self, read: &[(EndpointKey, EndpointCounters)], secs: f64) {
+        if self.index.len() != self.entries.len() {
+            self.index = positions(&self.entries);
+        }
+        let mut now: Vec<Option<&EndpointCounters>> = vec![None; self.entries.len()];
+        let mut new = Vec::new();
+        for (key, counters) in read {
+            match self.index.get(key) {
+                Some(&at) => now[at] = Some(counters),
+                None => new.push((key, counters)),
+            }
+        }
+        for ((_, entry), now) in self.entries.iter_mut().zip(now) {
+            let totals = now.copied().unwrap_or(entry.totals);
+            entry.advance(&totals, secs);
+        }
+        if new.is_empty() {
+            return;
+        }
+        for (key, counters) in new {
+            let mut entry = Entry::new(key);
+            entry.advance(counters, secs);
+            self.entries.push((*key, entry));
+        }
+        self.entries
+            .sort_unstable_by_key(|(key, _)| listing_order(key));
+        self.entries.dedup_by(|b, a| a.0 == b.0);
+        self.index = positions(&self.entries);
+        self.relayout = true;
     }
 
     /// Takes out the endpoints `keys` (retired from the kernel map) and
@@ -163,6 +208,7 @@ impl Table {
             .partition(|(key, _)| gone.contains(key));
         self.entries = kept;
         self.read_order.clear();
+        self.index.clear();
         self.relayout = true;
         taken
     }
@@ -172,7 +218,6 @@ impl Table {
         self.entries.iter().map(|(k, e)| (k, e))
     }
 
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -304,5 +349,73 @@ mod tests {
             .collect();
         assert_eq!(rates, vec![(1, 4.0), (2, 1.0)]);
         assert_eq!(t.forgotten, 0);
+    }
+
+    #[test]
+    fn a_read_of_changed_endpoints_leaves_the_others_as_they_were() {
+        let mut t = Table::default();
+        t.update(
+            &[(key(80), counters(1, 10)), (key(82), counters(5, 50))],
+            1.0,
+        );
+        t.update(
+            &[(key(80), counters(3, 30)), (key(82), counters(6, 60))],
+            1.0,
+        );
+        t.update_changed(
+            &[(key(82), counters(8, 80)), (key(81), counters(2, 20))],
+            2.0,
+        );
+        let seen: Vec<(u16, u64, f64, u64)> = t
+            .iter()
+            .map(|(k, e)| {
+                (
+                    k.port,
+                    e.totals.conns_opened,
+                    e.rates.conns_opened,
+                    e.quiet_reads,
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            vec![(80, 3, 0.0, 1), (81, 2, 1.0, 0), (82, 8, 1.0, 0)],
+            "80 unchanged and quiet, 81 new in listing order, 82 moved"
+        );
+        // A full read after it lines its keys up anew.
+        t.update(
+            &[
+                (key(82), counters(9, 90)),
+                (key(80), counters(4, 40)),
+                (key(81), counters(2, 20)),
+            ],
+            1.0,
+        );
+        let rates: Vec<(u16, f64)> = t
+            .iter()
+            .map(|(k, e)| (k.port, e.rates.conns_opened))
+            .collect();
+        assert_eq!(rates, vec![(80, 1.0), (81, 0.0), (82, 1.0)]);
+        assert_eq!(t.forgotten, 0);
+    }
+
+    #[test]
+    fn a_read_of_changed_endpoints_finds_them_after_some_were_taken_out() {
+        let mut t = Table::default();
+        t.update(
+            &[
+                (key(80), counters(1, 1)),
+                (key(81), counters(1, 1)),
+                (key(82), counters(1, 1)),
+            ],
+            1.0,
+        );
+        t.take(&[key(80)]);
+        t.update_changed(&[(key(82), counters(4, 4))], 1.0);
+        let seen: Vec<(u16, u64)> = t
+            .iter()
+            .map(|(k, e)| (k.port, e.totals.conns_opened))
+            .collect();
+        assert_eq!(seen, vec![(81, 1), (82, 4)]);
     }
 }

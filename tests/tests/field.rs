@@ -510,6 +510,19 @@ fn keepalive_bytes(name: &str, backend_args: &[&str], lb_args: &[&str]) {
             "open for intervals, the connection moved from EF_CT_YOUNG to EF_CT_FLOWS"
         );
     }
+    for ns in [&b1.ns, &lb.ns] {
+        let s = grpcurl::snapshot(ns).expect("a snapshot");
+        let (whole, readings) = (
+            grpcurl::number(&s["readingsWhole"]),
+            grpcurl::number(&s["sequence"]),
+        );
+        println!("{ns}: {whole} of {readings} readings read the whole map");
+        assert!(
+            readings > 5 && whole <= 2 + readings / 60,
+            "{ns}: after its first two, readings look up only the endpoints counted since the \
+             last: {whole} of {readings} read the whole map"
+        );
+    }
     drop(client.stop());
     for (view, seen) in [("server", &server_seen), ("lb", &lb_seen)] {
         println!("{view} view while open: {seen:?}");
