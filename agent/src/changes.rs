@@ -30,7 +30,8 @@ use agent_common::{
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{Array, MapData};
 
-/// Readings between two whole ones at most.
+/// One reading in this many is whole, whatever was noted: a minute at the
+/// default interval.
 pub const WHOLE_EVERY: u64 = 60;
 /// Readings of the whole map an agent starts with.
 const WHOLE_FIRST: u64 = 2;

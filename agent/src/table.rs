@@ -84,24 +84,12 @@ fn listing_order(key: &EndpointKey) -> (u8, [u32; 4], u16, u8) {
     (key.direction, key.addr, key.port, key.proto)
 }
 
-/// Where each of `entries` is.
-fn positions(entries: &[(EndpointKey, Entry)]) -> HashMap<EndpointKey, usize> {
-    entries
-        .iter()
-        .enumerate()
-        .map(|(at, (key, _))| (*key, at))
-        .collect()
-}
-
 /// Endpoints seen since the epoch, in listing order.
 #[derive(Default)]
 pub struct Table {
     entries: Vec<(EndpointKey, Entry)>,
     /// For each position of the last read, the entry it updated.
     read_order: Vec<usize>,
-    /// Each entry's position, for reads of changed endpoints (stale when
-    /// its length is not the entries').
-    index: HashMap<EndpointKey, usize>,
     /// Endpoints dropped because the kernel map no longer has them and
     /// the agent did not retire them (something outside evenflow edited
     /// its pinned map); their counts are gone from the kernel too.
@@ -149,48 +137,55 @@ impl Table {
         // A hash map's keys are unique; were one read twice, it is laid out
         // once and both positions update it.
         laid.dedup_by(|b, a| a.0 == b.0);
-        let at_of = positions(&laid);
+        let at_of: HashMap<EndpointKey, usize> = laid
+            .iter()
+            .enumerate()
+            .map(|(at, (key, _))| (*key, at))
+            .collect();
         self.read_order = read
             .iter()
             .map(|(key, _)| at_of.get(key).copied().unwrap_or_default())
             .collect();
         self.entries = laid;
-        self.index = at_of;
         self.relayout = false;
     }
 
     /// Takes a read of the endpoints counted since the last read (and
     /// maybe some more): the others stand where they were, their rates
     /// zero, as a full read finding them unchanged would leave them. An
-    /// endpoint the table does not have yet is added.
+    /// endpoint the table does not have yet is added. Entries are found
+    /// by their place in listing order, which keeps no index beside them.
     pub fn update_changed(&mut self, read: &[(EndpointKey, EndpointCounters)], secs: f64) {
-        if self.index.len() != self.entries.len() {
-            self.index = positions(&self.entries);
+        for (_, entry) in &mut self.entries {
+            let same = entry.totals;
+            entry.advance(&same, secs);
         }
-        let mut now: Vec<Option<&EndpointCounters>> = vec![None; self.entries.len()];
         let mut new = Vec::new();
         for (key, counters) in read {
-            match self.index.get(key) {
-                Some(&at) => now[at] = Some(counters),
-                None => new.push((key, counters)),
+            let found = self
+                .entries
+                .binary_search_by_key(&listing_order(key), |(k, _)| listing_order(k));
+            match found {
+                // Advanced as unchanged above: its totals are still the
+                // last read's, so the rates come out right.
+                Ok(at) if self.entries[at].1.totals != *counters => {
+                    self.entries[at].1.advance(counters, secs);
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    let mut entry = Entry::new(key);
+                    entry.advance(counters, secs);
+                    new.push((*key, entry));
+                }
             }
-        }
-        for ((_, entry), now) in self.entries.iter_mut().zip(now) {
-            let totals = now.copied().unwrap_or(entry.totals);
-            entry.advance(&totals, secs);
         }
         if new.is_empty() {
             return;
         }
-        for (key, counters) in new {
-            let mut entry = Entry::new(key);
-            entry.advance(counters, secs);
-            self.entries.push((*key, entry));
-        }
+        self.entries.append(&mut new);
         self.entries
             .sort_unstable_by_key(|(key, _)| listing_order(key));
         self.entries.dedup_by(|b, a| a.0 == b.0);
-        self.index = positions(&self.entries);
         self.relayout = true;
     }
 
@@ -208,7 +203,6 @@ impl Table {
             .partition(|(key, _)| gone.contains(key));
         self.entries = kept;
         self.read_order.clear();
-        self.index.clear();
         self.relayout = true;
         taken
     }
