@@ -102,7 +102,7 @@ impl Changes {
         out.clear();
         let whole = std::mem::replace(&mut self.whole_next, true)
             || self.readings < WHOLE_FIRST
-            || self.readings % WHOLE_EVERY == 0;
+            || self.readings.is_multiple_of(WHOLE_EVERY);
         let closed = self.advance()?;
         let noted = self.noted(closed);
         self.readings += 1;
@@ -399,7 +399,7 @@ mod tests {
         assert_eq!(retired.ok(), Some(crate::retire::Outcome::Retired));
         assert_eq!(lab.read(100), Some(vec![]), "retired: nothing to read");
         // Every WHOLE_EVERY readings, whatever was noted.
-        while lab.changes.readings % WHOLE_EVERY != 0 {
+        while !lab.changes.readings.is_multiple_of(WHOLE_EVERY) {
             assert!(lab.read(100).is_some());
         }
         assert_eq!(lab.read(100), None, "reading {}", lab.changes.readings);

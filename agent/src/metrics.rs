@@ -413,9 +413,9 @@ mod tests {
                 text.lines()
                     .filter(|l| l.ends_with(" 18446744073709551615"))
                     .count(),
-                // Each endpoint's samples, and the node's snapshots and
-                // failed readings.
-                usize::from(n) * (PER_ENDPOINT.len() + 1) + 2,
+                // Each endpoint's samples, and the node's snapshots,
+                // failed readings and whole readings.
+                usize::from(n) * (PER_ENDPOINT.len() + 1) + 3,
                 "{n} endpoints: every sample written whole"
             );
         }
