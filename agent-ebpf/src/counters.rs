@@ -82,24 +82,14 @@ pub fn raise(slot: u32) {
     }
 }
 
-/// This CPU's counters for `key`, created zeroed on first use. Whoever
-/// counts into them then calls [`counted`].
+/// This CPU's counters for `key`, created zeroed on first use, and the
+/// key noted as counted in this reading generation.
 #[inline(always)]
 fn counters(key: &EndpointKey) -> Option<*mut EndpointCounters> {
-    match ENDPOINTS.get_ptr_mut(key) {
-        Some(c) => Some(c),
-        None => create(key),
-    }
-}
-
-/// Notes `key`, whose counters `c` were just counted into, as counted in
-/// this reading generation, unless this CPU did already. After the counts,
-/// not before: nothing the counts needed stays live across the call it may
-/// make, so the common path (noted already) spills and reloads nothing.
-/// Either order reads the same: a reading between the counts and the note
-/// reads the counts with the note it follows.
-#[inline(always)]
-fn counted(key: &EndpointKey, c: *mut EndpointCounters) {
+    let c = match ENDPOINTS.get_ptr_mut(key) {
+        Some(c) => c,
+        None => create(key)?,
+    };
     let generation = meta(META_CHANGES_GEN);
     // SAFETY: a per-CPU value of a live entry. Only this CPU writes it; a
     // program interrupting this one between the read and the write notes
@@ -111,6 +101,7 @@ fn counted(key: &EndpointKey, c: *mut EndpointCounters) {
             note_changed(key, generation);
         }
     }
+    Some(c)
 }
 
 /// Appends `key` to `generation`'s buffer in `EF_CHANGED`. Out of line:
@@ -173,7 +164,6 @@ pub fn opened(key: &EndpointKey) {
     if let Some(c) = counters(key) {
         // SAFETY: a per-CPU value of a live entry.
         unsafe { atomic::add(&raw mut (*c).conns_opened, 1) };
-        counted(key, c);
     }
 }
 
@@ -261,5 +251,4 @@ pub fn add_traffic(key: &EndpointKey, t: &Traffic) {
             }
         }
     }
-    counted(key, c);
 }

@@ -744,14 +744,25 @@ impl Datapath {
                 Coverage::Whole
             }
         };
+        let stats = self.stats(out.len() as u64);
+        if stats.is_err() {
+            // This reading fails after its generation advanced: the counts
+            // that land late in the one before would not be read again.
+            self.changes.read_whole_next();
+        }
+        Ok((stats?, coverage))
+    }
+
+    /// `EF_STATS`, summed over CPUs, with `live` endpoints read.
+    fn stats(&self, live: u64) -> Result<Stats> {
         let mut stats = Stats {
-            live_endpoints: out.len() as u64,
+            live_endpoints: live,
             ..Stats::default()
         };
         for (i, slot) in stats.slots.iter_mut().enumerate() {
             *slot = self.stat_total(i as u32)?;
         }
-        Ok((stats, coverage))
+        Ok(stats)
     }
 
     /// Reads every endpoint into `out`: in batches, or entry by entry where
