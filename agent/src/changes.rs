@@ -91,15 +91,17 @@ impl Changes {
 
     /// Advances the generation and reads the endpoints counted since the
     /// last reading from the endpoint map behind `endpoints` into `out`;
-    /// `None` when this reading must read the whole map instead (`out`
-    /// then holds nothing). `live`: the endpoints the agent knows of.
+    /// false when this reading must read the whole map instead (`out` then
+    /// holds nothing). `live`: the endpoints the agent knows of.
     pub fn read(
         &mut self,
         endpoints: BorrowedFd<'_>,
         live: usize,
         out: &mut Vec<(EndpointKey, EndpointCounters)>,
-    ) -> Result<Option<Coverage>> {
+    ) -> Result<bool> {
         out.clear();
+        // Until this reading has read what it chose, the next is whole:
+        // one that fails half-way leaves the generation advanced.
         let whole = std::mem::replace(&mut self.whole_next, true)
             || self.readings < WHOLE_FIRST
             || self.readings.is_multiple_of(WHOLE_EVERY);
@@ -108,7 +110,7 @@ impl Changes {
         self.readings += 1;
         if whole || !noted || self.keys.len() > (live / LOOKUP_SHARE).max(LOOKUP_FLOOR) {
             self.whole_next = false;
-            return Ok(None);
+            return Ok(false);
         }
         for key in &self.keys {
             match crate::retire::lookup(endpoints, key, &mut self.values) {
@@ -119,7 +121,7 @@ impl Changes {
             }
         }
         self.whole_next = false;
-        Ok(Some(Coverage::Changed))
+        Ok(true)
     }
 
     /// Clears the next generation's buffer and moves the programs to it;
@@ -302,11 +304,13 @@ mod tests {
         /// One reading: `None` when it must read the whole map, else the
         /// ports read with what each opened in all.
         fn read(&mut self, live: usize) -> Option<Vec<(u16, u64)>> {
-            let coverage = self
+            let changed = self
                 .changes
                 .read(self.endpoints.as_fd(), live, &mut self.out)
                 .expect("a reading");
-            coverage?;
+            if !changed {
+                return None;
+            }
             let n = self.ncpus as u64;
             Some(
                 self.out

@@ -733,16 +733,15 @@ impl Datapath {
         drop(held);
         use aya::maps::IterableMap as _;
         let fd = self.endpoints.map().fd().as_fd();
-        let coverage = match self.changes.read(fd, live, out)? {
-            Some(coverage) => coverage,
-            None => {
-                let whole = self.read_whole(out);
-                if whole.is_err() {
-                    self.changes.read_whole_next();
-                }
-                whole?;
-                Coverage::Whole
+        let coverage = if self.changes.read(fd, live, out)? {
+            Coverage::Changed
+        } else {
+            let whole = self.read_whole(out);
+            if whole.is_err() {
+                self.changes.read_whole_next();
             }
+            whole?;
+            Coverage::Whole
         };
         let stats = self.stats(out.len() as u64);
         if stats.is_err() {
