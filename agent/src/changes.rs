@@ -22,7 +22,7 @@
 //! endpoint than a lookup each.
 
 use std::os::fd::{AsRawFd as _, BorrowedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering, fence};
 
 use agent_common::{
     CHANGED_BUFFERS, CHANGED_KEYS, ChangedKeys, EndpointCounters, EndpointKey, META_CHANGES_GEN,
@@ -130,6 +130,12 @@ impl Changes {
         let closed = self.generation;
         let next = closed.wrapping_add(1).max(1);
         self.buffers.clear(next);
+        // The clear must be seen before the generation: a program that read
+        // the new generation and then the old count would have its note
+        // erased. A release store orders only what came before it, and the
+        // kernel's copy into EF_META is a plain store (weakly ordered CPUs
+        // such as arm64 may show it first).
+        fence(Ordering::SeqCst);
         self.meta
             .set(META_CHANGES_GEN, next, 0)
             .context("advancing EF_META's reading generation")?;
