@@ -861,6 +861,10 @@ pub const META_LOCAL_NAT: u32 = 5;
 /// traffic, reading every one was half of the agent's CPU. Never 0 once
 /// an agent has run (an entry's `noted` starts at 0).
 pub const META_CHANGES_GEN: u32 = 6;
+/// Slot of `EF_META`: non-zero while the adoption walk runs before the
+/// programs of a new epoch attach, where a walk samples sockets: it then
+/// adopts the sockets that the last epoch's programs counted too.
+pub const META_ADOPT_COUNTED: u32 = 7;
 /// Number of `EF_META` slots.
 pub const META_COUNT: u32 = 8;
 /// Version of the pinned map layout. Bump it when a key or value changes so

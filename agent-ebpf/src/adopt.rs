@@ -27,12 +27,14 @@
 use core::{ffi::c_void, ptr::read_volatile};
 
 use agent_common::{
-    ADOPT_ADOPTED, ADOPT_UNSUPPORTED, Direction, EndpointKey, FlowKey, PROTO_TCP, SOCK_ACTIVE,
-    v4_mapped,
+    ADOPT_ADOPTED, ADOPT_UNSUPPORTED, Direction, EndpointKey, FlowKey, META_ADOPT_COUNTED,
+    PROTO_TCP, SOCK_ACTIVE, v4_mapped,
 };
 use aya_ebpf::{
     bindings::{
-        BPF_F_NO_PREALLOC, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_TCP_ESTABLISHED, BPF_TCP_LISTEN,
+        BPF_F_NO_PREALLOC, BPF_SOCK_OPS_RTO_CB_FLAG, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_TCP_CLOSE_WAIT, BPF_TCP_CLOSING, BPF_TCP_ESTABLISHED, BPF_TCP_FIN_WAIT1,
+        BPF_TCP_FIN_WAIT2, BPF_TCP_LAST_ACK, BPF_TCP_LISTEN,
     },
     helpers::{
         bpf_probe_read_kernel,
@@ -43,6 +45,7 @@ use aya_ebpf::{
 };
 
 use crate::{
+    counters::meta,
     kernel::{self, SockCounters},
     sock::{self, Payload, Scratch},
     tc::LOCAL_NAT,
@@ -183,7 +186,7 @@ fn read<T>(obj: *const c_void, off: &u32) -> Option<T> {
 
 /// A socket's two ends, addresses in flow-key form (IPv4-mapped), and its
 /// network namespace.
-struct Ends {
+pub struct Ends {
     net: u64,
     local: [u32; 4],
     remote: [u32; 4],
@@ -193,7 +196,7 @@ struct Ends {
 
 impl Ends {
     #[inline(always)]
-    fn of(skc: *const c_void) -> Option<Self> {
+    pub fn of(skc: *const c_void) -> Option<Self> {
         let (local, remote) = match read::<u16>(skc, &SKC_FAMILY)? {
             AF_INET => (
                 v4_mapped(read(skc, &SKC_RCV_SADDR)?),
@@ -212,8 +215,14 @@ impl Ends {
     }
 
     #[inline(always)]
-    fn local(&self, direction: Direction) -> EndpointKey {
+    pub fn local(&self, direction: Direction) -> EndpointKey {
         EndpointKey::tcp(self.local, self.local_port, direction)
+    }
+
+    /// The peer, as a connected socket sends to it.
+    #[inline(always)]
+    pub fn remote(&self) -> EndpointKey {
+        EndpointKey::tcp(self.remote, self.remote_port, Direction::SendsTo)
     }
 
     /// Where a connected socket sends: its peer, or where the node's own
@@ -232,7 +241,7 @@ impl Ends {
         match LOCAL_NAT.get_ptr(&key) {
             // SAFETY: a live entry, copied out at once.
             Some(real) => unsafe { *real },
-            None => EndpointKey::tcp(self.remote, self.remote_port, Direction::SendsTo),
+            None => self.remote(),
         }
     }
 
@@ -257,9 +266,26 @@ impl Ends {
     }
 }
 
+/// Whether the socket is open: established, or closing but not closed
+/// (what sock_ops counts and has not yet closed).
+#[inline(always)]
+pub fn open_state(skc: *const c_void) -> bool {
+    matches!(
+        read::<u8>(skc, &SKC_STATE).map(u32::from),
+        Some(
+            BPF_TCP_ESTABLISHED
+                | BPF_TCP_FIN_WAIT1
+                | BPF_TCP_FIN_WAIT2
+                | BPF_TCP_CLOSE_WAIT
+                | BPF_TCP_LAST_ACK
+                | BPF_TCP_CLOSING
+        )
+    )
+}
+
 /// Whether the socket's cgroup is sock_ops' or one below it.
 #[inline(always)]
-fn in_cgroup(skc: *const c_void) -> bool {
+pub fn in_cgroup(skc: *const c_void) -> bool {
     // SAFETY: a `.rodata` constant.
     let want = unsafe { read_volatile(&ADOPT_CGROUP_ID) };
     let Some(cgroup) = read::<u64>(skc, &SOCK_CGROUP) else {
@@ -302,14 +328,13 @@ fn adopt(skc: *mut c_void, ends: &Ends) -> Option<u8> {
     if tp.is_null() || sock::storage(skc, false).is_some_and(sock::counted_in_storage) {
         return None;
     }
+    if sock::walk_sampling() {
+        return adopt_into_storage(skc, tp, ends);
+    }
     if !watch_states(tp) {
         return Some(ADOPT_UNSUPPORTED);
     }
-    let (endpoint, flags) = if ends.accepted() {
-        (ends.local(Direction::Serves), 0)
-    } else {
-        (ends.dialled(), SOCK_ACTIVE)
-    };
+    let (endpoint, flags) = endpoint(ends);
     let addr = sock::address(skc, Scratch::Adopt)?;
     // SAFETY: a non-null tcp_sock BTF pointer, of a socket the iterator
     // holds locked: its sequence numbers and counters agree.
@@ -318,6 +343,64 @@ fn adopt(skc: *mut c_void, ends: &Ends) -> Option<u8> {
         (c, kernel::tcp_sock_id(tp, &c))
     };
     sock::count(skc, addr, id, &endpoint, flags, &so_far(&c, flags)).then_some(ADOPT_ADOPTED)
+}
+
+/// Where an adopted socket counts, and its `SOCK_*` flags.
+#[inline(always)]
+fn endpoint(ends: &Ends) -> (EndpointKey, u8) {
+    if ends.accepted() {
+        (ends.local(Direction::Serves), 0)
+    } else {
+        (ends.dialled(), SOCK_ACTIVE)
+    }
+}
+
+/// Adopts a socket where a walk samples sockets (see
+/// `sock::WALK_SAMPLING`): into socket storage, marked sampled, with the
+/// callbacks its close reads (a dialled one's retransmission timeouts say
+/// it dialled). A socket that has the state callbacks is sock_ops' already,
+/// unless this walk runs before the programs of a new epoch attach
+/// (`META_ADOPT_COUNTED`): then every open socket is adopted, since what
+/// the last epoch's programs knew of it is in their maps.
+#[inline(always)]
+fn adopt_into_storage(skc: *mut c_void, tp: *const u8, ends: &Ends) -> Option<u8> {
+    let cb = callbacks(tp)?;
+    if cb & BPF_SOCK_OPS_STATE_CB_FLAG != 0 && meta(META_ADOPT_COUNTED) == 0 {
+        return None;
+    }
+    let (endpoint, flags) = endpoint(ends);
+    let mut wanted = cb | BPF_SOCK_OPS_STATE_CB_FLAG | sock::SAMPLED;
+    if flags & SOCK_ACTIVE != 0 {
+        wanted |= BPF_SOCK_OPS_RTO_CB_FLAG;
+    }
+    if !set_callbacks(tp, wanted) {
+        return Some(ADOPT_UNSUPPORTED);
+    }
+    let base = so_far(&kernel_counters(tp), flags);
+    sock::count_in_storage(skc, &endpoint, flags, &base).then_some(ADOPT_ADOPTED)
+}
+
+/// The counters of a socket the iterator holds locked.
+#[inline(always)]
+fn kernel_counters(tp: *const u8) -> SockCounters {
+    // SAFETY: a non-null tcp_sock BTF pointer.
+    unsafe { kernel::tcp_sock_counters(tp) }
+}
+
+/// The socket's sock_ops callback flags; `None` where this kernel cannot
+/// tell (no `TCP_BPF_SOCK_OPS_CB_FLAGS`).
+#[inline(always)]
+pub fn callbacks(tp: *const u8) -> Option<u32> {
+    let mut cb: i32 = 0;
+    (cb_flags(tp, &mut cb, false) == 0).then_some(cb as u32)
+}
+
+/// Sets the socket's sock_ops callback flags to `cb`; false where this
+/// kernel cannot.
+#[inline(always)]
+pub fn set_callbacks(tp: *const u8, cb: u32) -> bool {
+    let mut cb = cb as i32;
+    cb_flags(tp, &mut cb, true) == 0
 }
 
 /// Gives a listener that was there before sock_ops the state callbacks
@@ -338,15 +421,10 @@ fn watch_listener(skc: *mut c_void) {
 /// where this kernel cannot (no `TCP_BPF_SOCK_OPS_CB_FLAGS`).
 #[inline(always)]
 fn watch_states(tp: *const u8) -> bool {
-    let mut cb: i32 = 0;
-    if cb_flags(tp, &mut cb, false) != 0 {
+    let Some(cb) = callbacks(tp) else {
         return false;
-    }
-    if cb & BPF_SOCK_OPS_STATE_CB_FLAG as i32 != 0 {
-        return true;
-    }
-    cb |= BPF_SOCK_OPS_STATE_CB_FLAG as i32;
-    cb_flags(tp, &mut cb, true) == 0
+    };
+    cb & BPF_SOCK_OPS_STATE_CB_FLAG != 0 || set_callbacks(tp, cb | BPF_SOCK_OPS_STATE_CB_FLAG)
 }
 
 /// Reads (or, when `set`, writes) the socket's sock_ops callback flags;

@@ -8,14 +8,20 @@
 
 use core::{ffi::c_void, ptr::read_volatile};
 
-use agent_common::{SOCK_CLOSED, SockSlot, SockState};
-use aya_ebpf::{helpers::generated::bpf_skc_to_tcp_sock, macros::classifier, programs::TcContext};
+use agent_common::{Direction, SOCK_ACTIVE, SOCK_CLOSED, SockSlot, SockState};
+use aya_ebpf::{
+    bindings::{BPF_SOCK_OPS_RTO_CB_FLAG, BPF_SOCK_OPS_STATE_CB_FLAG},
+    helpers::generated::bpf_skc_to_tcp_sock,
+    macros::classifier,
+    programs::TcContext,
+};
 
 use crate::{
-    adopt::TcpIterCtx,
+    adopt::{self, TcpIterCtx},
     atomic,
     kernel::{self, SockCounters},
-    sock, sweeper,
+    sock::{self, Payload},
+    sweeper,
 };
 
 #[classifier]
@@ -101,10 +107,13 @@ pub extern "C" fn evenflow_sock_sampler(ctx: *mut SkStorageIterCtx) -> i32 {
     0
 }
 
-/// Where the kernel refuses socket storage iterators: the TCP sockets of
-/// the network namespace the agent opens it in (`iter/tcp`), each one's
-/// storage looked up. It visits every TCP socket there, so the agent runs
-/// it only once a socket has gone to storage.
+/// The TCP sockets of the network namespace the agent opens it in
+/// (`iter/tcp`), each one's storage looked up: where a walk samples
+/// sockets (see `sock::WALK_SAMPLING`), run in every namespace each
+/// interval, it also takes a counted socket it meets without state into
+/// storage (see [`take`]); elsewhere, where the kernel refuses socket
+/// storage iterators, run once a socket has gone to storage. The iterator
+/// holds each socket's lock while the program runs.
 #[unsafe(link_section = "iter/tcp")]
 #[unsafe(no_mangle)]
 pub extern "C" fn evenflow_sock_sampler_tcp(ctx: *mut TcpIterCtx) -> i32 {
@@ -117,16 +126,56 @@ pub extern "C" fn evenflow_sock_sampler_tcp(ctx: *mut TcpIterCtx) -> i32 {
     let sk = unsafe { bpf_skc_to_tcp_sock(skc) } as *mut c_void;
     if let Some(st) = sock::storage(sk, false) {
         sample_storage(sk, st);
+    } else if sock::walk_sampling() && !sk.is_null() {
+        take(skc, sk);
     }
     0
+}
+
+/// Takes a socket sock_ops counts without state (it has the state
+/// callbacks, is open, and no walk sampled it yet) into socket storage,
+/// marked [`sock::SAMPLED`] first, and samples it: its close then folds
+/// only what this and later samples did not. The mark goes first so that
+/// a storage that cannot be had leaves a close that finds none and counts
+/// everything. A socket of another cgroup than sock_ops' is another
+/// agent's (two agents on one kernel, as in a lab). Out of line: the
+/// sampled sockets, met every interval, return before it.
+#[inline(never)]
+fn take(skc: *mut c_void, sk: *mut c_void) {
+    if !adopt::open_state(skc) {
+        return;
+    }
+    let tp = sk as *const u8;
+    let Some(cb) = adopt::callbacks(tp) else {
+        return;
+    };
+    if cb & BPF_SOCK_OPS_STATE_CB_FLAG == 0 || !adopt::in_cgroup(skc) {
+        return;
+    }
+    let active = cb & BPF_SOCK_OPS_RTO_CB_FLAG != 0;
+    let Some(ends) = adopt::Ends::of(skc) else {
+        return;
+    };
+    let (endpoint, flags) = if active {
+        (ends.remote(), SOCK_ACTIVE)
+    } else {
+        (ends.local(Direction::Serves), 0)
+    };
+    if cb & sock::SAMPLED == 0 && !adopt::set_callbacks(tp, cb | sock::SAMPLED) {
+        return;
+    }
+    if let Some(st) = sock::keep(sk, &endpoint, flags, &Payload::NONE) {
+        sample_storage(sk, st);
+    }
 }
 
 /// Adds what the socket `sk` carried since its storage `st` last recorded.
 /// The generation is read first and the flags before the endpoint (the
 /// order a reused storage is written in reverse, see
 /// `sock::keep_in_storage`): a reading that spans a reconnect raises no
-/// mark of the new connection.
-#[inline(always)]
+/// mark of the new connection. Out of line: [`take`] calls it too, and
+/// the two frames in one would pass the verifier's bound on stack.
+#[inline(never)]
 fn sample_storage(sk: *mut c_void, st: *mut SockState) {
     // SAFETY: `st` is this socket's storage.
     let (tag, flags, endpoint, marks) = unsafe {

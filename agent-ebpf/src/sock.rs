@@ -25,7 +25,7 @@ use agent_common::{
 use aya_ebpf::{
     bindings::{
         BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_SK_STORAGE_GET_F_CREATE,
-        bpf_map_type::BPF_MAP_TYPE_SK_STORAGE,
+        BPF_SOCK_OPS_RETRANS_CB_FLAG, bpf_map_type::BPF_MAP_TYPE_SK_STORAGE,
     },
     helpers::generated::bpf_sk_storage_get,
     macros::map,
@@ -267,21 +267,86 @@ pub fn count<T>(
     base: &Payload,
 ) -> bool {
     match claim(addr, id, endpoint, flags, base) {
-        Claim::Taken => {}
-        Claim::Held => return false,
-        Claim::Full => {
-            let Some(st) = storage(sk, true) else {
-                stat(Stat::SockStorageFailed, 1);
-                return false;
-            };
-            if !keep_in_storage(st, endpoint, flags, base) {
-                return false;
-            }
-            stat(Stat::SockInStorage, 1);
+        Claim::Taken => {
+            opened(endpoint);
+            true
         }
+        Claim::Held => false,
+        Claim::Full => count_in_storage(sk, endpoint, flags, base),
+    }
+}
+
+/// Counts socket `sk` opened towards `endpoint`, its state in socket
+/// storage, its marks at `base`; false if it is counted there already or
+/// its storage cannot be had.
+#[inline(always)]
+pub fn count_in_storage<T>(sk: *mut T, endpoint: &EndpointKey, flags: u8, base: &Payload) -> bool {
+    if keep(sk, endpoint, flags, base).is_none() {
+        return false;
     }
     opened(endpoint);
     true
+}
+
+/// Keeps socket `sk`'s state in its storage, created if need be, and
+/// returns it; `None` if the storage counts it already or cannot be had.
+#[inline(always)]
+pub fn keep<T>(
+    sk: *mut T,
+    endpoint: &EndpointKey,
+    flags: u8,
+    base: &Payload,
+) -> Option<*mut SockState> {
+    let Some(st) = storage(sk, true) else {
+        stat(Stat::SockStorageFailed, 1);
+        return None;
+    };
+    if !keep_in_storage(st, endpoint, flags, base) {
+        return None;
+    }
+    stat(Stat::SockInStorage, 1);
+    Some(st)
+}
+
+/// 1 where the agent walks every network namespace's sockets each
+/// interval (`--socket-sampling walk`): a socket then has no state until
+/// that walk first samples it, and says so with [`SAMPLED`] among its
+/// callback flags, so that the close of every other socket looks nothing
+/// up (see docs/counting.md, "Sockets sampled by a walk"). 0: every
+/// socket takes a slot at its handshake. Written by the agent before
+/// loading.
+#[unsafe(no_mangle)]
+static WALK_SAMPLING: u8 = 0;
+
+/// Whether sockets carry no state until the walk samples them (see
+/// [`WALK_SAMPLING`]).
+#[inline(always)]
+pub fn walk_sampling() -> bool {
+    // SAFETY: a `.rodata` constant.
+    unsafe { read_volatile(&WALK_SAMPLING) != 0 }
+}
+
+/// The callback flag that says a walk sampled the socket (and kept its
+/// state in socket storage): the one for retransmissions, whose runs
+/// return at once. Only a program holding the socket's lock sets it (the
+/// walk, or sock_ops keeping state from the handshake), and its close
+/// holds the lock too.
+pub const SAMPLED: u32 = BPF_SOCK_OPS_RETRANS_CB_FLAG;
+
+/// Counts the close of a socket no walk sampled, with all it carried.
+#[inline(always)]
+pub fn add_closed(endpoint: &EndpointKey, p: &Payload) {
+    add_traffic(
+        endpoint,
+        &Traffic {
+            bytes_rx: p.rx,
+            bytes_tx: p.tx,
+            packets_rx: p.segs_in,
+            packets_tx: p.segs_out,
+            conns_closed: 1,
+            ..Traffic::default()
+        },
+    );
 }
 
 /// What [`claim`] did.

@@ -24,7 +24,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    counters::{Traffic, add_traffic, stat},
+    counters::{Traffic, add_traffic, opened, stat},
     kernel::{self, SockCounters},
     reset,
     sock::{self, Held, Payload, Scratch},
@@ -127,10 +127,13 @@ fn identity(ctx: &SockOpsContext) -> u64 {
     }
 }
 
-/// The socket's state: in its slot, else in socket storage.
+/// The socket's state: in its slot, else in socket storage (only there
+/// where a walk samples sockets).
 #[inline(always)]
 fn held(sk: *mut bpf_sock) -> Option<Held> {
-    if let Some(h) = sock::address(sk, Scratch::SockOps).and_then(sock::find) {
+    if !sock::walk_sampling()
+        && let Some(h) = sock::address(sk, Scratch::SockOps).and_then(sock::find)
+    {
         return Some(h);
     }
     sock::storage(sk, false).map(Held::storage)
@@ -149,15 +152,31 @@ fn on_established(ctx: &SockOpsContext, active: bool) {
         stat(Stat::UnsupportedFamily, 1);
         return;
     };
-    let endpoint = if active {
-        dialled(&key)
+    let (endpoint, translated) = if active {
+        let real = tc::take_local_nat(&key);
+        (towards(&key, real), real.is_some())
     } else {
-        EndpointKey::tcp(key.local_addr, key.local_port, Direction::Serves)
+        (
+            EndpointKey::tcp(key.local_addr, key.local_port, Direction::Serves),
+            false,
+        )
     };
     let flags = if active { SOCK_ACTIVE } else { 0 };
+    if sock::walk_sampling() && !translated {
+        opened(&endpoint);
+        watch(ctx, callbacks(active));
+        return;
+    }
     let Some(sk) = socket(ctx) else {
         return;
     };
+    if sock::walk_sampling() {
+        // Its close cannot name where DNAT sent it: state from now on.
+        if sock::count_in_storage(sk, &endpoint, flags, &Payload::NONE) {
+            watch(ctx, callbacks(active) | sock::SAMPLED);
+        }
+        return;
+    }
     let Some(addr) = sock::address(sk, Scratch::SockOps) else {
         return;
     };
@@ -166,12 +185,16 @@ fn on_established(ctx: &SockOpsContext, active: bool) {
     }
 }
 
-/// Where a connection the socket `key` dialled went: to the backend DNAT
-/// in OUTPUT chose for its SYN (a hostNetwork proxy dialling a ClusterIP),
-/// else where it dialled.
+/// The callbacks a counted socket has: its state changes, and a dialled
+/// one its retransmission timeouts too (asked for at its connect), which
+/// is how its close tells it dialled where it keeps no state.
 #[inline(always)]
-fn dialled(key: &FlowKey) -> EndpointKey {
-    towards(key, tc::take_local_nat(key))
+fn callbacks(active: bool) -> u32 {
+    if active {
+        BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG
+    } else {
+        BPF_SOCK_OPS_STATE_CB_FLAG
+    }
 }
 
 /// `real`, where DNAT sent the socket `key`, else where it dialled.
@@ -213,31 +236,70 @@ fn on_failed(ctx: &SockOpsContext) {
     let retransmitted = unsafe { read_volatile(&(*ctx.ops).total_retrans) } != 0;
     let timeouts_seen = ctx.cb_flags() & BPF_SOCK_OPS_RTO_CB_FLAG != 0;
     add_traffic(
-        &dialled(&key),
+        &towards(&key, tc::take_local_nat(&key)),
         &Traffic::failed(retransmitted && timeouts_seen),
     );
 }
 
-/// TCP_CLOSE from state `old`. Inline, for the reason given at
+/// TCP_CLOSE from state `old`: the socket's bytes folded into its state,
+/// or, where a walk samples sockets and none sampled this one, added to
+/// the endpoint its ends name. Inline, for the reason given at
 /// [`on_established`].
 #[inline(always)]
 fn on_close(ctx: &SockOpsContext, old: u32) {
     let Some(sk) = socket(ctx) else {
         return;
     };
-    let Some(held) = held(sk) else {
+    let unsampled = sock::walk_sampling() && ctx.cb_flags() & sock::SAMPLED == 0;
+    match (!unsampled).then(|| held(sk)).flatten() {
+        Some(held) => close_held(ctx, sk, old, held),
+        None if sock::walk_sampling() => close_unsampled(ctx, sk, old),
         // A child socket that closes from SYN_RECV uncounted never was a
         // connection: the copy that lost a race for its request to another
         // CPU, or one the kernel could not hash. It reports its close only
         // because it inherited its listener's callbacks.
-        if old != BPF_TCP_SYN_RECV {
-            stat(Stat::FlowMissingOnClose, 1);
-        }
-        return;
-    };
+        None if old != BPF_TCP_SYN_RECV => stat(Stat::FlowMissingOnClose, 1),
+        None => {}
+    }
+}
+
+/// The close of a socket with state: what it carried past its marks.
+#[inline(always)]
+fn close_held(ctx: &SockOpsContext, sk: *mut bpf_sock, old: u32, held: Held) {
     if !held.mark_closed() {
         return;
     }
+    let p = payload(ctx, sk, old, held.flags() & SOCK_ACTIVE != 0);
+    sock::fold(&held.endpoint(), held.marks, held.tag, &p, true);
+    held.release();
+}
+
+/// The close of a socket no walk sampled: all it carried, to the endpoint
+/// its ends name, its retransmission-timeout callbacks saying it dialled
+/// (see [`callbacks`]). One closing from SYN_RECV was never counted (see
+/// [`on_close`]).
+#[inline(always)]
+fn close_unsampled(ctx: &SockOpsContext, sk: *mut bpf_sock, old: u32) {
+    if old == BPF_TCP_SYN_RECV {
+        return;
+    }
+    let Some(key) = flow_key(ctx) else {
+        stat(Stat::UnsupportedFamily, 1);
+        return;
+    };
+    let active = ctx.cb_flags() & BPF_SOCK_OPS_RTO_CB_FLAG != 0;
+    let endpoint = if active {
+        EndpointKey::tcp(key.remote_addr, key.remote_port, Direction::SendsTo)
+    } else {
+        EndpointKey::tcp(key.local_addr, key.local_port, Direction::Serves)
+    };
+    sock::add_closed(&endpoint, &payload(ctx, sk, old, active));
+}
+
+/// The payload bytes and segments of a socket closing from `old`, `active`
+/// when it dialled (its SYN is in `bytes_acked`).
+#[inline(always)]
+fn payload(ctx: &SockOpsContext, sk: *mut bpf_sock, old: u32, active: bool) -> Payload {
     let ops = ctx.ops;
     // SAFETY: context fields sock_ops may read.
     let (c, snd_una, snd_nxt) = unsafe {
@@ -261,21 +323,18 @@ fn on_close(ctx: &SockOpsContext, old: u32) {
         || ((old == BPF_TCP_LAST_ACK || old == BPF_TCP_CLOSING)
             // SAFETY: the socket's `tcp_sock` (see `tcp_sock`).
             && tp.is_some_and(|tp| unsafe { kernel::write_seq(tp) } == snd_una));
-    let syn = (held.flags() & SOCK_ACTIVE != 0) as u64;
     let reset = match tp {
         Some(tp) if snd_una != snd_nxt => {
             reset_acked(ctx, snd_una, snd_nxt, data_end(tp, old, snd_nxt))
         }
         _ => 0,
     };
-    let p = Payload {
+    Payload {
         rx: c.bytes_received.saturating_sub(peer_fin(tp) as u64),
-        tx: (c.bytes_acked + reset).saturating_sub(syn + fin_acked as u64),
+        tx: (c.bytes_acked + reset).saturating_sub(active as u64 + fin_acked as u64),
         segs_in: c.segs_in,
         segs_out: c.segs_out,
-    };
-    sock::fold(&held.endpoint(), held.marks, held.tag, &p, true);
-    held.release();
+    }
 }
 
 /// Data the RST that closed the socket acknowledged past `snd_una`, up to

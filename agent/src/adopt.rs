@@ -85,12 +85,11 @@ impl Adopted {
     }
 }
 
-/// Runs the adoption once, in the agent's network namespace and in every
-/// other it can enter. Call it after sock_ops is attached: a socket
-/// established from then on is sock_ops' own, and the program leaves it
-/// alone.
-pub fn run(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<Adopted> {
-    let iter = attach(ebpf, btf)?;
+/// Runs the adoption (`iter`, from [`attach`]) once, in the agent's
+/// network namespace and in every other it can enter. Call it after
+/// sock_ops is attached: a socket established from then on is sock_ops'
+/// own, and the program leaves it alone.
+pub fn run(iter: &MapIter) -> Result<Adopted> {
     let walked =
         in_each_namespace(|| iter.output()).with_context(|| format!("running {PROGRAM}"))?;
     let mut adopted = Adopted::default();
@@ -109,10 +108,12 @@ pub struct Walked<T> {
     pub unreachable: Option<String>,
 }
 
-/// Runs `run` in this thread's network namespace, then on a thread in
-/// every other one it can enter (an `iter/tcp` iterator walks the
-/// namespace of the thread that opens it). An error in its own namespace
-/// is returned; another namespace's (one that went meanwhile) is skipped.
+/// Runs `run` in this thread's network namespace, then on one thread that
+/// enters every other one it can in turn (an `iter/tcp` iterator walks
+/// the namespace of the thread that opens it; one thread, not one per
+/// namespace, since a walk that samples sockets runs every interval). An
+/// error in its own namespace is returned; another namespace's (one that
+/// went meanwhile) is skipped.
 pub fn in_each_namespace<T: Send>(
     run: impl Fn() -> std::io::Result<T> + Sync,
 ) -> std::io::Result<Walked<T>> {
@@ -120,22 +121,45 @@ pub fn in_each_namespace<T: Send>(
         results: vec![run()?],
         unreachable: None,
     };
-    for ns in other_namespaces() {
-        match in_namespace(&ns, &run) {
-            Ok(out) => walked.results.push(out),
-            // Entering takes CAP_SYS_ADMIN: without it, none can be entered.
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                walked.unreachable = Some(format!("entering {}: {e}", ns.display()));
-                break;
-            }
-            Err(e) => tracing::debug!(ns = %ns.display(), error = %e, "not walked"),
-        }
+    let others = other_namespaces();
+    if others.is_empty() {
+        return Ok(walked);
     }
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                for ns in &others {
+                    match enter(ns).and_then(|()| run()) {
+                        Ok(out) => walked.results.push(out),
+                        // Entering takes CAP_SYS_ADMIN: without it, none can
+                        // be entered.
+                        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                            walked.unreachable = Some(format!("entering {}: {e}", ns.display()));
+                            break;
+                        }
+                        Err(e) => tracing::debug!(ns = %ns.display(), error = %e, "not walked"),
+                    }
+                }
+            })
+            .join()
+            .map_err(|_| std::io::Error::other("the walking thread panicked"))
+    })?;
     Ok(walked)
 }
 
+/// Moves this thread into the network namespace at `ns`.
+fn enter(ns: &Path) -> std::io::Result<()> {
+    let file = File::open(ns)?;
+    // SAFETY: setns on a descriptor we hold open; it moves only this
+    // thread.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Loads `evenflow_adopt` and links it.
-fn attach(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<MapIter> {
+pub fn attach(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<MapIter> {
     let fd = crate::datapath::load_iter(ebpf, btf, PROGRAM, "tcp")?;
     MapIter::attach_target(fd).with_context(|| format!("attaching {PROGRAM} (iter/tcp)"))
 }
@@ -169,20 +193,21 @@ fn other_namespaces() -> Vec<PathBuf> {
         .collect()
 }
 
+/// Whether this agent may enter network namespaces (`setns` takes
+/// `CAP_SYS_ADMIN`), tried on its own.
+pub fn can_enter_namespaces() -> std::io::Result<()> {
+    in_namespace(Path::new("/proc/thread-self/ns/net"), &|| Ok(()))
+}
+
 /// Runs `f` on a thread that entered the network namespace at `ns`.
 fn in_namespace<T: Send>(
     ns: &Path,
     f: &(impl Fn() -> std::io::Result<T> + Sync),
 ) -> std::io::Result<T> {
-    let file = File::open(ns)?;
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
-                // SAFETY: setns on a descriptor we hold open; it moves only
-                // this thread, which ends when `f` returns.
-                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                enter(ns)?;
                 f()
             })
             .join()

@@ -41,7 +41,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     changes::{Changes, Coverage},
-    cli::EbpfLog,
+    cli::{EbpfLog, SocketSampling},
     ct_adopt::Translations,
     ctnetlink::Translated,
     direct_reads::Reads,
@@ -67,6 +67,8 @@ pub struct Config<'a> {
     pub max_endpoints: u32,
     /// Socket slots `EF_SOCK_SLOTS` is created with (`--sock-slots`).
     pub sock_slots: u32,
+    /// How open sockets are sampled (`--socket-sampling`).
+    pub socket_sampling: SocketSampling,
     /// Count forwarded connections per packet even where conntrack follows
     /// them (`--forwarded-per-packet`).
     pub forwarded_per_packet: bool,
@@ -268,8 +270,12 @@ pub struct Datapath {
     unattached: std::collections::HashSet<String>,
     cgroup: PathBuf,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
-    /// The socket slot sampler, run before every read.
+    /// The socket slot sampler, run before every read unless a walk
+    /// samples sockets.
     slot_sampler: Walk,
+    /// Whether a walk over every network namespace's sockets samples them
+    /// (`--socket-sampling walk`), which then carry no state until it does.
+    walk: bool,
     /// The socket storage sampler, run before every read.
     storage_sampler: Option<StorageSampler>,
     /// Whether the storage sampler's walk was said not to reach other
@@ -310,11 +316,13 @@ impl Datapath {
             .with_context(|| format!("creating pin directory {}", pin_dir.display()))?;
         let lock = lock_pin_dir(&pin_dir)?;
         let kernel = kernel_offsets(cfg.forwarded_per_packet, cfg.probe_reads)?;
-        let layout = crate::layout::version(kernel.conntrack);
+        let walk = walk_sampling(cfg.socket_sampling, kernel.adopt)?;
+        let layout = crate::layout::version(kernel.conntrack, walk);
         let aside = crate::layout::Aside::other_layout(&pin_dir, layout)?;
         let sock_slots = sock_slots(&pin_dir, cfg.sock_slots);
         let sock_slots_mask = sock_slots - 1;
         let level = cfg.ebpf_log.aya_level();
+        let walk_flag = u8::from(walk);
         let flows = FlowMap::of(kernel.conntrack);
         let journal = Journal::of(kernel.conntrack, &pin_dir)?;
         let mut loader = EbpfLoader::new();
@@ -327,6 +335,7 @@ impl Datapath {
             .map_max_entries(maps::ENDPOINTS, cfg.max_endpoints)
             .map_max_entries(maps::SOCK_SLOTS, sock_slots)
             .override_global("SOCK_SLOTS_MASK", &sock_slots_mask, true)
+            .override_global("WALK_SAMPLING", &walk_flag, true)
             .override_global(aya_log::LEVEL, &level, true);
         for (name, off) in &kernel.offsets {
             loader.override_global(name, off, true);
@@ -350,8 +359,17 @@ impl Datapath {
         };
 
         let mut meta: Array<MapData, u64> = take(&mut ebpf, maps::META)?;
-        let epoch = init_meta(&mut meta, layout)?;
+        let (epoch, fresh) = init_meta(&mut meta, layout)?;
         write_flow_timeouts(&mut meta)?;
+        let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
+        let translations = translations(kernel.conntrack);
+        let adoption = kernel.adopt.then(|| {
+            note_local_nat(&mut ebpf, &mut meta, &translations.local);
+            crate::adopt::attach(&mut ebpf, &btf)
+        });
+        if walk && fresh {
+            adopt_before_attaching(adoption.as_ref(), &mut meta)?;
+        }
 
         let links_dir = crate::links::dir(&pin_dir);
         std::fs::create_dir_all(&links_dir)
@@ -402,12 +420,9 @@ impl Datapath {
         if let Some(drain) = &drain {
             drain.install(&mut ebpf)?;
         }
-        let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
-        let storage_sampler = storage_sampler(&mut ebpf, &btf, &pin_dir);
-        let translations = translations(kernel.conntrack);
-        if kernel.adopt {
-            note_local_nat(&mut ebpf, &mut meta, &translations.local);
-            adopt(&mut ebpf, &btf);
+        let storage_sampler = storage_sampler(&mut ebpf, &btf, &pin_dir, walk)?;
+        if let Some(adoption) = adoption {
+            adopt(adoption.as_ref());
         }
         if kernel.conntrack && forwards {
             // What the journal holds first: a connection whose SYN is in it
@@ -424,6 +439,7 @@ impl Datapath {
             ifaces = ?cfg.ifaces,
             forwards,
             conntrack = kernel.conntrack,
+            socket_sampling = if walk { "walk" } else { "slots" },
             cgroup = %cfg.cgroup.display(),
             "eBPF programs attached"
         );
@@ -479,6 +495,7 @@ impl Datapath {
             cgroup: cfg.cgroup.to_owned(),
             logger,
             slot_sampler,
+            walk,
             storage_sampler,
             unreached_said: std::sync::atomic::AtomicBool::new(false),
             drain,
@@ -717,7 +734,9 @@ impl Datapath {
         live: usize,
     ) -> Result<(Stats, Coverage)> {
         out.clear();
-        self.slot_sampler.run()?;
+        if !self.walk {
+            self.slot_sampler.run()?;
+        }
         self.sample_storage()?;
         // Held through the sweepers, which must not run beside a drain.
         let held = self.drain.as_ref().map(Drains::run).transpose()?;
@@ -826,7 +845,7 @@ impl Datapath {
                 iter.run().context("running the socket storage sampler")
             }
             Some(StorageSampler::Sockets(iter))
-                if self.stat_total(agent_common::Stat::SockInStorage as u32)? > 0 =>
+                if self.walk || self.stat_total(agent_common::Stat::SockInStorage as u32)? > 0 =>
             {
                 let walked = crate::adopt::in_each_namespace(|| iter.run())
                     .context("running the socket storage sampler (iter/tcp)")?;
@@ -1091,14 +1110,14 @@ fn lock_pin_dir(pin_dir: &Path) -> Result<std::fs::File> {
 
 /// Reads the epoch of the pinned maps, or starts a new one when they were
 /// just created.
-fn init_meta(meta: &mut Array<MapData, u64>, layout: u64) -> Result<u64> {
+fn init_meta(meta: &mut Array<MapData, u64>, layout: u64) -> Result<(u64, bool)> {
     let found = meta
         .get(&META_LAYOUT, 0)
         .context("reading EF_META layout")?;
     let epoch = meta.get(&META_EPOCH, 0).context("reading EF_META epoch")?;
     if found == layout && epoch != 0 {
         info!(epoch, "reusing pinned counters");
-        return Ok(epoch);
+        return Ok((epoch, false));
     }
     let epoch = new_epoch()?;
     meta.set(META_EPOCH, epoch, 0)
@@ -1106,7 +1125,7 @@ fn init_meta(meta: &mut Array<MapData, u64>, layout: u64) -> Result<u64> {
     meta.set(META_LAYOUT, layout, 0)
         .context("writing EF_META layout")?;
     info!(epoch, "new counters (epoch started)");
-    Ok(epoch)
+    Ok((epoch, true))
 }
 
 /// How long a forwarded flow may idle in each state before the sweeper
@@ -1360,10 +1379,27 @@ enum StorageSampler {
     Sockets(MapIter),
 }
 
-/// The socket storage sampler: its iterator where the kernel allows it,
-/// else a walk over each namespace's TCP sockets, else none (said once:
+/// The socket storage sampler: where a walk samples sockets, that walk
+/// over each namespace's TCP sockets (it must load); else its iterator
+/// where the kernel allows it, else that walk, else none (said once:
 /// sockets beyond the slots are then counted at their close only).
-fn storage_sampler(ebpf: &mut Ebpf, btf: &aya::Btf, pin_dir: &Path) -> Option<StorageSampler> {
+fn storage_sampler(
+    ebpf: &mut Ebpf,
+    btf: &aya::Btf,
+    pin_dir: &Path,
+    walk: bool,
+) -> Result<Option<StorageSampler>> {
+    if walk {
+        let fd = load_iter(ebpf, btf, "evenflow_sock_sampler_tcp", "tcp")?;
+        let iter = MapIter::attach_target(fd)
+            .context("attaching evenflow_sock_sampler_tcp (iter/tcp), which --socket-sampling walk needs: use --socket-sampling slots")?;
+        return Ok(Some(StorageSampler::Sockets(iter)));
+    }
+    Ok(slot_storage_sampler(ebpf, btf, pin_dir))
+}
+
+/// The sampler of sockets beyond the slots, see [`storage_sampler`].
+fn slot_storage_sampler(ebpf: &mut Ebpf, btf: &aya::Btf, pin_dir: &Path) -> Option<StorageSampler> {
     let refused = match attach_iter(
         ebpf,
         btf,
@@ -1434,8 +1470,11 @@ pub fn load_iter<'a>(
 /// Adopts the connections established before sock_ops was attached. A
 /// refinement, not a requirement: without it those connections go
 /// uncounted, as they did before evenflow was there.
-fn adopt(ebpf: &mut Ebpf, btf: &aya::Btf) {
-    let a = match crate::adopt::run(ebpf, btf) {
+fn adopt(iter: Result<&MapIter, &anyhow::Error>) {
+    let a = match iter
+        .map_err(|e| anyhow!("{e:#}"))
+        .and_then(crate::adopt::run)
+    {
         Ok(a) => a,
         Err(e) => {
             warn!(
@@ -1463,6 +1502,69 @@ fn adopt(ebpf: &mut Ebpf, btf: &aya::Btf) {
             "connections older than the agent in other network namespaces (pods') are not \
              adopted: entering them takes CAP_SYS_ADMIN, and seeing them hostPID"
         );
+    }
+}
+
+/// Where a walk samples sockets and the counters start a new epoch: adopts
+/// every open socket before the new programs attach (see
+/// `META_ADOPT_COUNTED`), so that one the last epoch's programs counted,
+/// and perhaps sampled, counts what it carries from now on, not all it
+/// carried; the walk after they attach adopts those established between.
+/// The flag is cleared before the programs attach, or the agent stops.
+fn adopt_before_attaching(
+    adoption: Option<&Result<MapIter>>,
+    meta: &mut Array<MapData, u64>,
+) -> Result<()> {
+    let Some(Ok(iter)) = adoption else {
+        return Ok(());
+    };
+    meta.set(agent_common::META_ADOPT_COUNTED, 1, 0)
+        .context("writing EF_META's adoption flag")?;
+    match crate::adopt::run(iter) {
+        Ok(a) => info!(
+            adopted = a.sockets,
+            namespaces = a.namespaces,
+            "connections open as the counters start a new epoch count from now on"
+        ),
+        Err(e) => warn!(
+            error = format!("{e:#}"),
+            "connections open as the counters start a new epoch are counted at their close \
+             with all they carried"
+        ),
+    }
+    meta.set(agent_common::META_ADOPT_COUNTED, 0, 0)
+        .context("clearing EF_META's adoption flag")
+}
+
+/// Whether a walk over every network namespace's sockets samples them
+/// (`--socket-sampling walk`): it must enter the namespaces (`setns`,
+/// which takes `CAP_SYS_ADMIN`) and read and set a socket's callback flags
+/// from the TCP iterator (Linux 6.12), with the socket fields the adoption
+/// reads (`offsets`: found in this kernel's BTF).
+fn walk_sampling(asked: SocketSampling, offsets: bool) -> Result<bool> {
+    if asked == SocketSampling::Slots {
+        return Ok(false);
+    }
+    let kernel = crate::host::kernel_release()
+        .ok()
+        .and_then(|r| crate::host::kernel_version(&r));
+    let why = if !offsets {
+        Some("this kernel's BTF lacks socket fields the walk reads".to_owned())
+    } else if kernel.is_some_and(|v| v < (6, 12)) {
+        Some(
+            "the kernel is older than 6.12 (the TCP iterator cannot set callback flags)".to_owned(),
+        )
+    } else {
+        crate::adopt::can_enter_namespaces().err().map(|e| {
+            format!("the agent cannot enter network namespaces ({e}): setns takes CAP_SYS_ADMIN")
+        })
+    };
+    match why {
+        None => Ok(true),
+        Some(why) => bail!(
+            "--socket-sampling walk: {why}; give the agent what it lacks, or use \
+             --socket-sampling slots (the default)"
+        ),
     }
 }
 

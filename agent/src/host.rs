@@ -91,14 +91,7 @@ pub fn check_btf() -> Result<()> {
 /// outlive the agent unseen, and each restart would add another that
 /// counts every packet again.
 pub fn check_kernel() -> Result<()> {
-    // SAFETY: a zeroed utsname is a valid out-parameter.
-    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid out pointer.
-    if unsafe { libc::uname(&mut u) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("uname");
-    }
-    // SAFETY: uname NUL-terminates the release.
-    let release = unsafe { CStr::from_ptr(u.release.as_ptr()) }.to_string_lossy();
+    let release = kernel_release()?;
     match kernel_version(&release) {
         Some(v) if v >= (6, 6) => Ok(()),
         Some(_) => bail!(
@@ -107,6 +100,20 @@ pub fn check_kernel() -> Result<()> {
         ),
         None => bail!("cannot read the kernel version from its release {release:?}"),
     }
+}
+
+/// The running kernel's release (`uname -r`).
+pub fn kernel_release() -> Result<String> {
+    // SAFETY: a zeroed utsname is a valid out-parameter.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid out pointer.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("uname");
+    }
+    // SAFETY: uname NUL-terminates the release.
+    Ok(unsafe { CStr::from_ptr(u.release.as_ptr()) }
+        .to_string_lossy()
+        .into_owned())
 }
 
 /// Fails where the BPF JIT is off: evenflow's programs call functions of

@@ -30,15 +30,17 @@ const RETIRED: &str = "retired-layout";
 /// them (0), `EF_FLOWS` when they are counted packet by packet (1). An
 /// agent that switches between the two starts a new epoch: connections
 /// open across the switch would otherwise sit in the map it no longer
-/// sweeps. `EVENFLOW_TEST_LAYOUT_BUMP=N` adds N to the layout, so tests
-/// can play an upgrade to an agent built with another.
-pub fn version(conntrack: bool) -> u64 {
+/// sweeps. The next bit says whether a walk samples sockets (1) or they
+/// take slots (0): a socket counted one way would close the other way.
+/// `EVENFLOW_TEST_LAYOUT_BUMP=N` adds N to the layout, so tests can play
+/// an upgrade to an agent built with another.
+pub fn version(conntrack: bool, walk: bool) -> u64 {
     let layout = LAYOUT_VERSION
         + std::env::var("EVENFLOW_TEST_LAYOUT_BUMP")
             .ok()
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0);
-    layout << 1 | u64::from(!conntrack)
+    (layout << 1 | u64::from(walk)) << 1 | u64::from(!conntrack)
 }
 
 /// Maps of another layout, moved aside while this agent loads its own.
@@ -265,6 +267,18 @@ mod tests {
             .into_iter()
             .map(|name| (format!("/{name}"), "old".to_owned()))
             .collect()
+    }
+
+    /// Each way of keeping forwarded connections and of sampling sockets
+    /// is a layout of its own: switching any starts a new epoch.
+    #[test]
+    fn every_mode_is_a_layout_of_its_own() {
+        let layouts: std::collections::HashSet<u64> =
+            [(false, false), (false, true), (true, false), (true, true)]
+                .into_iter()
+                .map(|(conntrack, walk)| version(conntrack, walk))
+                .collect();
+        assert_eq!(layouts.len(), 4);
     }
 
     #[test]

@@ -152,6 +152,7 @@ async fn run(args: cli::Args) -> Result<()> {
         max_flows: args.max_flows,
         max_endpoints: args.max_endpoints,
         sock_slots: args.sock_slots,
+        socket_sampling: args.socket_sampling,
         forwarded_per_packet: args.forwarded_per_packet,
         probe_reads: args.probe_reads,
     })?;

@@ -237,7 +237,7 @@ pub fn render(snap: &v1::Snapshot) -> String {
             ),
             (
                 "socks_in_storage",
-                "Sockets kept in socket storage because their slots were taken (raise --sock-slots).",
+                "Sockets kept in socket storage: with slots, because theirs were taken (raise --sock-slots); with --socket-sampling walk, every socket the walk sampled.",
                 d.socks_in_storage,
             ),
         ];

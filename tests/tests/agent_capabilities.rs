@@ -158,6 +158,30 @@ fn the_daemonset_capabilities_are_enough_and_cap_bpf_is_named_when_missing() {
         "{err}"
     );
 
+    // Sampling sockets by a walk over every namespace without
+    // CAP_SYS_ADMIN: a clear refusal that names it and the way out.
+    let o = agent_as_nobody(
+        "+bpf,+net_admin,+perfmon",
+        &[
+            "--node-name",
+            "efcap-s",
+            "--cgroup",
+            &cgroup.display().to_string(),
+            "--socket-sampling",
+            "walk",
+        ],
+    )
+    .output()
+    .expect("agent runs");
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--socket-sampling walk")
+            && err.contains("CAP_SYS_ADMIN")
+            && err.contains("--socket-sampling slots"),
+        "{err}"
+    );
+
     // With exactly the DaemonSet's capabilities: loads, attaches, counts.
     let agent = agent_as_nobody(
         "+bpf,+net_admin,+perfmon",

@@ -480,6 +480,14 @@ fn field_keepalive_bytes_appear_every_interval_probe_reads() {
     keepalive_bytes("keeppr", &["--probe-reads"], &["--probe-reads"]);
 }
 
+/// The same with the backend's sockets sampled by a walk over every
+/// namespace (`--socket-sampling walk`): no state until the walk meets
+/// the connection's socket, which it then takes into storage.
+#[test]
+fn field_keepalive_bytes_appear_every_interval_walked() {
+    keepalive_bytes("keepwk", &["--socket-sampling", "walk"], &[]);
+}
+
 fn keepalive_bytes(name: &str, backend_args: &[&str], lb_args: &[&str]) {
     evenflow_tests::require_root();
     let mut lab = Lab::new(name, 1).expect("the lab builds");
@@ -544,14 +552,18 @@ fn keepalive_bytes(name: &str, backend_args: &[&str], lb_args: &[&str]) {
     let lb_view = settled(&lb.ns, &addr, BACKEND_PORT, SENDS_TO, 1).1;
     println!("nginx {served:?}; server {server:?}; lb {lb_view:?}");
     assert_eq!(served.connections, 1);
-    assert_eq!(
-        datapath(
-            &grpcurl::snapshot(&b1.ns).expect("b1's snapshot"),
-            "socksInStorage"
-        ),
-        0,
-        "the connection's socket had a slot"
+    let in_storage = datapath(
+        &grpcurl::snapshot(&b1.ns).expect("b1's snapshot"),
+        "socksInStorage",
     );
+    if !backend_args.contains(&"walk") {
+        assert_eq!(in_storage, 0, "the connection's socket had a slot");
+    } else {
+        assert!(
+            in_storage >= 1,
+            "the walk took the connection's socket into storage ({in_storage} sockets there)"
+        );
+    }
     for (what, seen, truth) in [
         ("server rx", server.bytes_rx, served.request_bytes),
         ("server tx", server.bytes_tx, served.response_bytes),
@@ -624,6 +636,17 @@ fn field_forwarded_connections_closing_as_they_settle_count_exactly() {
 #[test]
 fn field_connections_older_than_the_agent_are_adopted() {
     adoption(Adoption::hosts("adopt", false), &[]);
+}
+
+/// The same with sockets sampled by a walk (`--socket-sampling walk`):
+/// the adopted sockets go to socket storage, marked sampled, and a
+/// restart of the agent adopts nothing twice.
+#[test]
+fn field_connections_older_than_the_agent_are_adopted_walked() {
+    adoption(
+        Adoption::hosts("adoptwk", false),
+        &["--socket-sampling", "walk"],
+    );
 }
 
 /// The same over IPv6.
@@ -2073,13 +2096,21 @@ fn host_network_dnat(
 /// sockets count towards the backend they really reached, not the VIP.
 #[test]
 fn field_host_network_proxy_through_local_dnat_counts_the_backend() {
-    host_network_proxy("hostnet", false, false);
+    host_network_proxy("hostnet", false, false, &[]);
+}
+
+/// The same with sockets sampled by a walk (`--socket-sampling walk`):
+/// a socket whose SYN the node's DNAT redirected keeps its state from
+/// the handshake, since its close could not tell where it went.
+#[test]
+fn field_host_network_proxy_through_local_dnat_counts_the_backend_walked() {
+    host_network_proxy("hostnetwk", false, false, &["--socket-sampling", "walk"]);
 }
 
 /// The same over IPv6: TC egress reads the SYN's IPv6 destination.
 #[test]
 fn field_host_network_proxy_over_ipv6_through_local_dnat_counts_the_backend() {
-    host_network_proxy("hostnet6", true, false);
+    host_network_proxy("hostnet6", true, false, &[]);
 }
 
 /// The same with the node masquerading the proxy's connections on their
@@ -2089,10 +2120,10 @@ fn field_host_network_proxy_over_ipv6_through_local_dnat_counts_the_backend() {
 /// sent exactly what its nginx served, the VIP nothing.
 #[test]
 fn field_host_network_proxy_through_local_dnat_and_masquerade_counts_the_backend() {
-    host_network_proxy("hostmasq", false, true);
+    host_network_proxy("hostmasq", false, true, &[]);
 }
 
-fn host_network_proxy(name: &str, ipv6: bool, masquerade: bool) {
+fn host_network_proxy(name: &str, ipv6: bool, masquerade: bool, extra: &[&str]) {
     evenflow_tests::require_root();
     assert!(!(ipv6 && masquerade), "the masquerade lab is IPv4 only");
     let (mut lab, logs) = host_network_dnat(name, ipv6, nginx::start);
@@ -2109,7 +2140,7 @@ fn host_network_proxy(name: &str, ipv6: bool, masquerade: bool) {
         );
         nft::load(&lab, &lb.ns, "localsnat", &snat).expect("the masquerade loads");
     }
-    agent::start(&mut lab, &lb, &[]).expect("the lb agent starts");
+    agent::start(&mut lab, &lb, extra).expect("the lb agent starts");
     // The proxy is a process in the lb's cgroup, as a hostNetwork pod is.
     let script = format!(
         "import socket\n\
@@ -2444,7 +2475,7 @@ fn field_forwarded_close_shapes_count_exactly() {
     evenflow_tests::require_root();
     let mut lab = Lab::new("shut", 1).expect("the lab builds");
     let b1 = lab.backends[0].clone();
-    start_shapes_server(&mut lab, &b1);
+    start_shapes_server(&mut lab, &b1, &[]);
     nft::start(&lab).expect("the DNAT rules load");
     let lb = lab.lb.clone();
     agent::start(&mut lab, &lb, &[]).expect("the lb agent starts");
@@ -2469,7 +2500,16 @@ fn field_forwarded_close_shapes_count_exactly() {
 /// RSTs' acknowledgements included.
 #[test]
 fn field_loopback_close_shapes_count_exactly() {
-    loopback_close_shapes("lpsh", IpHeaders::Plain);
+    loopback_close_shapes("lpsh", IpHeaders::Plain, &[]);
+}
+
+/// The same with sockets sampled by a walk (`--socket-sampling walk`):
+/// no sampler meets these short connections, so every close counts all
+/// its socket carried from the socket alone, towards the endpoint its
+/// ends name.
+#[test]
+fn field_loopback_close_shapes_count_exactly_walked() {
+    loopback_close_shapes("lpshwk", IpHeaders::Plain, &["--socket-sampling", "walk"]);
 }
 
 /// The close shapes over loopback with IPv4 options, and an IPv6
@@ -2481,16 +2521,16 @@ fn field_loopback_close_shapes_count_exactly() {
 /// byte the client took, as the client's does.
 #[test]
 fn field_resets_behind_ip_options_count_exactly() {
-    loopback_close_shapes("ipopt", IpHeaders::Options);
+    loopback_close_shapes("ipopt", IpHeaders::Options, &[]);
 }
 
-/// The close shapes over loopback, IPv4 then IPv6, in lab `name`: both
-/// views exact.
-fn loopback_close_shapes(name: &str, headers: IpHeaders) {
+/// The close shapes over loopback, IPv4 then IPv6, in lab `name`, the
+/// agent started with `extra`: both views exact.
+fn loopback_close_shapes(name: &str, headers: IpHeaders, extra: &[&str]) {
     evenflow_tests::require_root();
     let mut lab = Lab::new(name, 1).expect("the lab builds");
     let b1 = lab.backends[0].clone();
-    start_shapes_server(&mut lab, &b1);
+    start_shapes_server(&mut lab, &b1, extra);
     for lo in ["127.0.0.1", "::1"] {
         let truth = run_shapes_client(&mut lab, &b1, lo, BACKEND_PORT, headers);
         let server = settled(&b1.ns, lo, BACKEND_PORT, SERVES, truth.conns).1;
@@ -2507,13 +2547,27 @@ fn loopback_close_shapes(name: &str, headers: IpHeaders) {
 /// RSTs that reach a pod's socket through its veth.
 #[test]
 fn field_same_node_pod_close_shapes_count_exactly() {
+    same_node_pod_close_shapes("podsh", &[]);
+}
+
+/// The same with sockets sampled by a walk (`--socket-sampling walk`):
+/// each pod's sockets close from the socket alone, in its own namespace.
+#[test]
+fn field_same_node_pod_close_shapes_count_exactly_walked() {
+    same_node_pod_close_shapes("podshwk", &["--socket-sampling", "walk"]);
+}
+
+/// The close shapes between two pods of one node in lab `name`, the
+/// node's agent started with `extra`: both views exact.
+fn same_node_pod_close_shapes(name: &str, extra: &[&str]) {
     evenflow_tests::require_root();
-    let mut lab = Lab::new("podsh", 1).expect("the lab builds");
+    let mut lab = Lab::new(name, 1).expect("the lab builds");
     let node = lab.lb.clone();
     let client_pod = pod(&mut lab, &node, 1, "10.244.0.11");
     let server_pod = pod(&mut lab, &node, 2, "10.244.0.12");
     spawn_shapes_server(&mut lab, &server_pod);
-    agent::start(&mut lab, &node, &["--service", "web=8080"]).expect("the node's agent starts");
+    let args = [&["--service", "web=8080"], extra].concat();
+    agent::start(&mut lab, &node, &args).expect("the node's agent starts");
     let addr = server_pod.addr4.to_string();
     let truth = run_shapes_client(&mut lab, &client_pod, &addr, BACKEND_PORT, IpHeaders::Plain);
     let server = settled(&node.ns, &addr, BACKEND_PORT, SERVES, truth.conns).1;
@@ -2522,10 +2576,12 @@ fn field_same_node_pod_close_shapes_count_exactly() {
     truth.assert_views(&server, &client);
 }
 
-/// Starts the close-shapes server on `node`'s port 8080, and its agent.
-fn start_shapes_server(lab: &mut Lab, node: &lab::Node) {
+/// Starts the close-shapes server on `node`'s port 8080, and its agent
+/// with `extra`.
+fn start_shapes_server(lab: &mut Lab, node: &lab::Node, extra: &[&str]) {
     spawn_shapes_server(lab, node);
-    agent::start(lab, node, &["--service", "web=8080"]).expect("the backend agent starts");
+    let args = [&["--service", "web=8080"], extra].concat();
+    agent::start(lab, node, &args).expect("the backend agent starts");
 }
 
 /// Starts the close-shapes server on `node`'s port 8080.

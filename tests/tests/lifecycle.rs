@@ -47,10 +47,26 @@ fn background_load(lab: &Lab) -> (Arc<AtomicBool>, std::thread::JoinHandle<clien
 /// view, and the epoch stays.
 #[test]
 fn agents_killed_under_load_lose_nothing() {
+    agents_killed_under_load("kill", &[]);
+}
+
+/// The same with every agent's sockets sampled by a walk
+/// (`--socket-sampling walk`): the pinned programs go on counting without
+/// state while the agents are gone, and the restarted agents adopt no
+/// socket that sock_ops already counts.
+#[test]
+fn agents_killed_under_load_lose_nothing_walked() {
+    agents_killed_under_load("killwk", &["--socket-sampling", "walk"]);
+}
+
+/// SIGKILLs the lb's agent and a backend's for 3 s under load, every agent
+/// started with `extra`: both views equal nginx's logs.
+fn agents_killed_under_load(name: &str, extra: &[&str]) {
     evenflow_tests::require_root();
-    let (mut lab, logs) = dnat_lab("kill", 4);
+    let (mut lab, logs) = dnat_lab(name, 4, extra);
     let (lb, b1) = (lab.lb.clone(), lab.backends[0].clone());
-    agent::start(&mut lab, &lb, &[]).expect("the lb agent starts");
+    let backend_flags = [&FLAGS[..], extra].concat();
+    agent::start(&mut lab, &lb, extra).expect("the lb agent starts");
     let epoch_before = grpcurl::snapshot(&lb.ns).expect("snapshot")["agentEpoch"].clone();
 
     let (stop, load) = background_load(&lab);
@@ -58,8 +74,8 @@ fn agents_killed_under_load_lose_nothing() {
     agent::kill(&mut lab, &lb);
     agent::kill(&mut lab, &b1);
     std::thread::sleep(Duration::from_secs(3));
-    agent::relaunch(&mut lab, &lb, &[], &[]).expect("the lb agent starts again");
-    agent::relaunch(&mut lab, &b1, &FLAGS, &[]).expect("b1's agent starts again");
+    agent::relaunch(&mut lab, &lb, extra, &[]).expect("the lb agent starts again");
+    agent::relaunch(&mut lab, &b1, &backend_flags, &[]).expect("b1's agent starts again");
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::Relaxed);
     let load = load.join().expect("the load thread");
@@ -78,12 +94,13 @@ fn agents_killed_under_load_lose_nothing() {
 
 /// A lab of `backends` nginx backends behind the lb's nftables DNAT, each
 /// with its agent (the lb's left to the test); their access logs.
-fn dnat_lab(name: &str, backends: usize) -> (Lab, Vec<std::path::PathBuf>) {
+fn dnat_lab(name: &str, backends: usize, extra: &[&str]) -> (Lab, Vec<std::path::PathBuf>) {
     let mut lab = Lab::new(name, backends).expect("the lab builds");
     let mut logs = Vec::new();
+    let flags = [&FLAGS[..], extra].concat();
     for b in lab.backends.clone() {
         logs.push(nginx::start(&mut lab, &b).expect("nginx starts"));
-        agent::start(&mut lab, &b, &FLAGS).expect("a backend agent starts");
+        agent::start(&mut lab, &b, &flags).expect("a backend agent starts");
     }
     nft::start(&lab).expect("the DNAT rules load");
     (lab, logs)
@@ -135,7 +152,7 @@ fn an_lb_agent_gone_longer_than_its_journal_holds_loses_nothing() {
         "EVENFLOW_TEST_JOURNAL_SLOTS=2048",
         "EVENFLOW_TEST_SPILL_ENTRIES=64",
     ];
-    let (mut lab, logs) = dnat_lab("gone", 2);
+    let (mut lab, logs) = dnat_lab("gone", 2, &[]);
     let lb = lab.lb.clone();
     agent::start_with_env(&mut lab, &lb, &[], &SMALL).expect("the lb agent starts");
     let vip = lab::vip(false);
@@ -571,8 +588,25 @@ fn assert_counted_since(
 /// their close counts exactly what they carried from the upgrade on.
 #[test]
 fn an_upgrade_keeps_counting_the_connections_open_across_it() {
+    upgrade_with_open_connections("upgka", &[], &["EVENFLOW_TEST_LAYOUT_BUMP=1"]);
+}
+
+/// The same across a switch to sockets sampled by a walk (`--socket-sampling
+/// walk`, a layout of its own): the walk before the new programs attach
+/// adopts the two connections the slot programs counted, so their close
+/// counts what they carried from the switch on, not twice what the slot
+/// sampler had added.
+#[test]
+fn a_switch_to_walked_sampling_keeps_counting_the_connections_open_across_it() {
+    upgrade_with_open_connections("upgwk", &["--socket-sampling", "walk"], &[]);
+}
+
+/// Two keep-alive connections open across a restart of the agent with
+/// `extra` flags and `env` that make it start a new epoch: adopted, open
+/// in every report after, their close exact from the restart on.
+fn upgrade_with_open_connections(name: &str, extra: &[&str], env: &[&str]) {
     evenflow_tests::require_root();
-    let mut lab = Lab::new("upgka", 1).expect("the lab builds");
+    let mut lab = Lab::new(name, 1).expect("the lab builds");
     let b = lab.backends[0].clone();
     let log = nginx::start_keepalive(&mut lab, &b).expect("nginx starts");
     agent::start(&mut lab, &b, &FLAGS).expect("the agent starts");
@@ -587,8 +621,8 @@ fn an_upgrade_keeps_counting_the_connections_open_across_it() {
     std::thread::sleep(Duration::from_millis(500));
     let at_upgrade = conns.carried();
 
-    agent::relaunch(&mut lab, &b, &FLAGS, &["EVENFLOW_TEST_LAYOUT_BUMP=1"])
-        .expect("the upgraded agent starts");
+    let flags = [&FLAGS[..], extra].concat();
+    agent::relaunch(&mut lab, &b, &flags, env).expect("the upgraded agent starts");
     let agent_log = lab.log("agent-b1");
     assert!(
         agent_log.contains("adopted=2"),
