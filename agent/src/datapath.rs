@@ -1560,11 +1560,38 @@ fn walk_sampling(asked: SocketSampling, offsets: bool) -> Result<bool> {
         })
     };
     match why {
-        None => Ok(true),
+        None => {
+            say_whether_namespaces_share_the_table();
+            Ok(true)
+        }
         Some(why) => bail!(
             "--socket-sampling walk: {why}; give the agent what it lacks, or use \
              --socket-sampling slots (the default)"
         ),
+    }
+}
+
+/// Warns, where a walk samples sockets, when the namespaces created from
+/// this one share its table of established sockets
+/// (`net.ipv4.tcp_child_ehash_entries` 0, the kernel's default): the TCP
+/// iterator then scans the whole table for each namespace it walks, about
+/// 2 ms each interval on a table of 262,144 buckets; with a table of their
+/// own (1,024 buckets) it was 0.05 ms (see docs/counting.md, "Sockets
+/// sampled by a walk, measured").
+fn say_whether_namespaces_share_the_table() {
+    let read = |name: &str| {
+        std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"))
+            .ok()
+            .and_then(|v| v.trim().parse::<i64>().ok())
+    };
+    if read("tcp_child_ehash_entries") == Some(0) {
+        warn!(
+            buckets = read("tcp_ehash_entries").map(i64::unsigned_abs),
+            "--socket-sampling walk: network namespaces created from this one share its table of \
+             established TCP sockets, which the walk scans whole for each of them every interval \
+             (about 2 ms each at 262,144 buckets): on a node of many pods set \
+             net.ipv4.tcp_child_ehash_entries=1024 before they start, or use --socket-sampling slots"
+        );
     }
 }
 

@@ -511,7 +511,7 @@ fn cost_pass(
     // attached: these go before the agent's.
     let sockops_first = Neighbour::attach_sockops(cgroup)?;
     let resets_first = Neighbour::attach_cgroup_skb(cgroup)?;
-    let _agent = start_agent(node, cgroup, agent)?;
+    let _agent = start_agent(node, cgroup, agent, &[])?;
     let ifaces: Vec<String> = ifaces.iter().map(|s| (*s).to_owned()).collect();
     let cg = cgroup.to_owned();
     let empties = netns::run_in(node, move || -> Result<_> {
@@ -734,26 +734,36 @@ fn agent_pid(node: &str) -> Result<u32> {
 /// A running agent; dropping it stops it and uninstalls its programs (they
 /// outlive the process through their pinned links, and the "without" rounds
 /// must run with nothing attached).
-struct AgentGuard {
-    _process: Guard,
+pub struct AgentGuard {
+    process: Guard,
     node: &'static str,
+}
+
+impl AgentGuard {
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.process.0.id()
+    }
 }
 
 impl Drop for AgentGuard {
     fn drop(&mut self) {
-        // `_process` stops after this body; the pins go first, which
+        // `process` stops after this body; the pins go first, which
         // detaches the programs whether or not the process is still up.
         remove_pins(self.node);
     }
 }
 
-/// Starts the agent `bin` (the one under test: [`this_agent`]) on `node`.
-fn start_agent(
+/// Starts the agent `bin` (the one under test: [`this_agent`]) on `node`,
+/// with `extra` flags.
+pub fn start_agent(
     node: &'static str,
     cgroup: &std::path::Path,
     bin: &std::path::Path,
+    extra: &[&str],
 ) -> Result<AgentGuard> {
     let child = Command::new(bin)
+        .args(extra)
         .args([
             "--netns",
             &netns::path(node),
@@ -777,7 +787,7 @@ fn start_agent(
     let g = Guard(child);
     evenflow_tests::wait_for(Duration::from_secs(15), || metrics(node).ok())
         .context("agent did not come up")?;
-    Ok(AgentGuard { _process: g, node })
+    Ok(AgentGuard { process: g, node })
 }
 
 /// What `bench-datapath` measures; all of it unless `--only` picks one.
@@ -796,6 +806,10 @@ pub enum Part {
     /// serve under the DaemonSet's CPU limit, its CPU time and the
     /// instructions the verifier checked in each program.
     Load,
+    /// The agent's CPU with sockets sampled by a walk over every network
+    /// namespace (`--socket-sampling walk`) against slots, alone and beside
+    /// 50 namespaces.
+    Walk,
 }
 
 /// Refuses `--baseline` where it would compare nothing (throughput and
@@ -852,6 +866,7 @@ pub fn run(
     match only {
         Some(Part::Drain) => return crate::drain_bench::run(rounds, &agents),
         Some(Part::Load) => return crate::load_bench::run(rounds, &agents),
+        Some(Part::Walk) => return crate::walk_bench::run(rounds, &this_agent()?),
         _ => {}
     }
     let env = setup_env()?;
@@ -883,6 +898,9 @@ pub fn run(
     }
     if wants(Part::Load) {
         crate::load_bench::run(rounds, &agents)?;
+    }
+    if wants(Part::Walk) {
+        crate::walk_bench::run(rounds, &this_agent()?)?;
     }
     Ok(())
 }
@@ -1010,6 +1028,7 @@ fn side(env: &Env, with: bool, spin: Option<u32>) -> Result<Sample> {
             A.server,
             &env.cgroup(A.server_cgroup),
             &this_agent()?,
+            &[],
         )?)
     } else {
         None
@@ -1604,7 +1623,7 @@ fn footprints(env: &Env) -> Result<[Footprint; 2]> {
 /// each; its CPU over windows at a 1 s interval and its RSS after.
 fn endpoint_footprint(env: &Env) -> Result<Footprint> {
     let client_cg = &env.cgroup(A.client_cgroup);
-    let agent = start_agent(CLIENT, client_cg, &this_agent()?)?;
+    let agent = start_agent(CLIENT, client_cg, &this_agent()?, &[])?;
     let pid = agent_pid(CLIENT)?;
     let idle_rss = rss_mib(pid)?;
     let script = format!(
@@ -1633,7 +1652,7 @@ fn endpoint_footprint(env: &Env) -> Result<Footprint> {
 fn forwarded_footprint(env: &Env) -> Result<Footprint> {
     let lb_cg = env.cgroup("lb");
     std::fs::create_dir_all(&lb_cg)?;
-    let agent = start_agent(LB, &lb_cg, &this_agent()?)?;
+    let agent = start_agent(LB, &lb_cg, &this_agent()?, &[])?;
     let pid = agent_pid(LB)?;
     let idle_rss = rss_mib(pid)?;
     let script = format!(

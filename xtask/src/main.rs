@@ -26,6 +26,7 @@ mod load_bench;
 mod pinned_demo;
 mod setup;
 mod shell;
+mod walk_bench;
 
 use std::process::ExitCode;
 
@@ -65,7 +66,7 @@ enum Cmd {
         /// Alternating rounds without and with the agent.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
-        /// Measure only this part (throughput, cost, footprint, drain or load).
+        /// Measure only this part (throughput, cost, footprint, drain, load or walk).
         #[arg(long, value_enum)]
         only: Option<bench::Part>,
         /// With the agent, also attach to the counted path's veth a TC
