@@ -167,6 +167,14 @@ pub extern "C" fn evenflow_adopt(ctx: *mut TcpIterCtx) -> i32 {
                 write(meta, note);
             }
         }
+        // Before a new epoch's programs attach, a closing socket the last
+        // epoch counted is adopted too: its close would otherwise count
+        // all it carried again (see `adopt_into_storage`).
+        Some(_) if adopting_counted() && open_state(skc) && in_cgroup(skc) => {
+            if let Some(note) = Ends::of(skc).and_then(|ends| adopt(skc, &ends)) {
+                write(meta, note);
+            }
+        }
         // TIME_WAIT, request and closing sockets: nothing to adopt.
         _ => {}
     }
@@ -264,6 +272,13 @@ impl Ends {
             _pad: 0,
         }
     }
+}
+
+/// Whether this walk runs before the programs of a new epoch attach, and
+/// adopts the sockets the last epoch's counted (see `META_ADOPT_COUNTED`).
+#[inline(always)]
+fn adopting_counted() -> bool {
+    meta(META_ADOPT_COUNTED) != 0
 }
 
 /// Whether the socket is open: established, or closing but not closed
@@ -365,19 +380,24 @@ fn endpoint(ends: &Ends) -> (EndpointKey, u8) {
 #[inline(always)]
 fn adopt_into_storage(skc: *mut c_void, tp: *const u8, ends: &Ends) -> Option<u8> {
     let cb = callbacks(tp)?;
-    if cb & BPF_SOCK_OPS_STATE_CB_FLAG != 0 && meta(META_ADOPT_COUNTED) == 0 {
+    if cb & BPF_SOCK_OPS_STATE_CB_FLAG != 0 && !adopting_counted() {
         return None;
     }
     let (endpoint, flags) = endpoint(ends);
-    let mut wanted = cb | BPF_SOCK_OPS_STATE_CB_FLAG | sock::SAMPLED;
+    let mut wanted = cb & !BPF_SOCK_OPS_RTO_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG | sock::SAMPLED;
     if flags & SOCK_ACTIVE != 0 {
         wanted |= BPF_SOCK_OPS_RTO_CB_FLAG;
     }
-    if !set_callbacks(tp, wanted) {
-        return Some(ADOPT_UNSUPPORTED);
-    }
     let base = so_far(&kernel_counters(tp), flags);
-    sock::count_in_storage(skc, &endpoint, flags, &base).then_some(ADOPT_ADOPTED)
+    // Storage first: a socket that cannot have it is left uncounted, its
+    // callbacks untouched, as with slots.
+    if !sock::count_in_storage(skc, &endpoint, flags, &base) {
+        return None;
+    }
+    // The storage names the socket counted: a kernel that refuses the
+    // flags (before 6.12; walk mode is refused there) would leave it
+    // open for good.
+    set_callbacks(tp, wanted).then_some(ADOPT_ADOPTED)
 }
 
 /// The counters of a socket the iterator holds locked.
@@ -412,8 +432,21 @@ pub fn set_callbacks(tp: *const u8, cb: u32) -> bool {
 fn watch_listener(skc: *mut c_void) {
     // SAFETY: a non-null socket from the iterator.
     let tp = unsafe { bpf_skc_to_tcp_sock(skc) } as *const u8;
-    if !tp.is_null() {
+    if tp.is_null() {
+        return;
+    }
+    if !sock::walk_sampling() {
         watch_states(tp);
+        return;
+    }
+    // As sock_ops' `on_listen`: a listener that connected or was sampled
+    // before gives those callbacks up, or its accepted sockets would
+    // inherit them.
+    if let Some(cb) = callbacks(tp) {
+        let wanted = cb & !(BPF_SOCK_OPS_RTO_CB_FLAG | sock::SAMPLED) | BPF_SOCK_OPS_STATE_CB_FLAG;
+        if cb != wanted {
+            set_callbacks(tp, wanted);
+        }
     }
 }
 

@@ -38,6 +38,11 @@ static SOCK_FLAGS: u32 = 0;
 #[unsafe(no_mangle)]
 static TCP_SOCK_WRITE_SEQ: u32 = 0;
 
+/// `struct tcp_sock.fastopen_rsk`: a passive Fast Open socket's request,
+/// set until its handshake completes.
+#[unsafe(no_mangle)]
+static TCP_SOCK_FASTOPEN_RSK: u32 = 0;
+
 /// 1 where the agent made this object's `bpf_rdonly_cast` calls real:
 /// kernel memory is then read by plain loads (see `agent/src/direct_reads.rs`).
 #[unsafe(no_mangle)]
@@ -169,6 +174,19 @@ pub unsafe fn fin_received(tp: *const u8) -> bool {
     unsafe {
         let flags = read_volatile(tp.add(read_volatile(&SOCK_FLAGS) as usize) as *const u64);
         flags & (1 << SOCK_DONE) != 0
+    }
+}
+
+/// Whether the socket is a Fast Open child whose handshake has not
+/// completed (its request still hangs on it): counted at its creation.
+///
+/// # Safety
+/// As for [`fin_received`].
+#[inline(always)]
+pub unsafe fn fast_open_child(tp: *const u8) -> bool {
+    // SAFETY: as for `tcp_sock_counters`.
+    unsafe {
+        read_volatile(tp.add(read_volatile(&TCP_SOCK_FASTOPEN_RSK) as usize) as *const u64) != 0
     }
 }
 

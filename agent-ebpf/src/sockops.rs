@@ -45,7 +45,7 @@ pub fn evenflow_sockops(ctx: SockOpsContext) -> u32 {
     } else if op == BPF_SOCK_OPS_TCP_CONNECT_CB {
         watch(&ctx, BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG);
     } else if op == BPF_SOCK_OPS_TCP_LISTEN_CB {
-        watch_states(&ctx);
+        on_listen(&ctx);
     } else if op == BPF_SOCK_OPS_RTO_CB {
         on_rto(&ctx);
     }
@@ -63,6 +63,24 @@ pub fn evenflow_sockops(ctx: SockOpsContext) -> u32 {
 #[inline(always)]
 fn watch_states(ctx: &SockOpsContext) {
     watch(ctx, BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
+/// A listen: its accepted sockets take their callbacks from it (see
+/// [`watch_states`]). Where a walk samples sockets, a connected socket's
+/// retransmission-timeout callbacks say it dialled and the walk's flag that
+/// it was sampled: a socket that connected (or was sampled) and then
+/// listens gives up both, or each socket it accepted would carry them.
+#[inline(always)]
+fn on_listen(ctx: &SockOpsContext) {
+    if !sock::walk_sampling() {
+        watch_states(ctx);
+        return;
+    }
+    let cb = ctx.cb_flags();
+    let wanted = cb & !(BPF_SOCK_OPS_RTO_CB_FLAG | sock::SAMPLED) | BPF_SOCK_OPS_STATE_CB_FLAG;
+    if cb != wanted {
+        let _ = ctx.set_cb_flags(wanted as i32);
+    }
 }
 
 /// Asks for the callbacks `wanted`, unless the socket has them already.
@@ -162,26 +180,60 @@ fn on_established(ctx: &SockOpsContext, active: bool) {
         )
     };
     let flags = if active { SOCK_ACTIVE } else { 0 };
-    if sock::walk_sampling() && !translated {
-        opened(&endpoint);
-        watch(ctx, callbacks(active));
+    if sock::walk_sampling() {
+        let cb = ctx.cb_flags();
+        if !translated && !needs_state(cb, active) {
+            opened(&endpoint);
+            watch(ctx, callbacks(active));
+        } else if let Some(sk) = socket(ctx) {
+            keep_state(ctx, sk, cb, &endpoint, active);
+        }
         return;
     }
     let Some(sk) = socket(ctx) else {
         return;
     };
-    if sock::walk_sampling() {
-        // Its close cannot name where DNAT sent it: state from now on.
-        if sock::count_in_storage(sk, &endpoint, flags, &Payload::NONE) {
-            watch(ctx, callbacks(active) | sock::SAMPLED);
-        }
-        return;
-    }
     let Some(addr) = sock::address(sk, Scratch::SockOps) else {
         return;
     };
     if sock::count(sk, addr, identity(ctx), &endpoint, flags, &Payload::NONE) {
         watch_states(ctx);
+    }
+}
+
+/// Where a walk samples sockets, whether a socket with callbacks `cb`
+/// established (`active` when it dialled) needs state from its handshake
+/// though DNAT did not redirect it: one that carries the walk's flag (it
+/// was sampled in an earlier connection, and connects again after
+/// `connect(AF_UNSPEC)`: the flag stays, and its close looks for
+/// storage), or one that opens passively with the retransmission-timeout
+/// callbacks of a connect (a simultaneous open, or a connection to
+/// itself), whose close would take it for one it dialled.
+#[inline(always)]
+fn needs_state(cb: u32, active: bool) -> bool {
+    cb & sock::SAMPLED != 0 || (!active && cb & BPF_SOCK_OPS_RTO_CB_FLAG != 0)
+}
+
+/// Keeps the state of a socket established towards `endpoint` in socket
+/// storage, marked sampled, where a walk samples sockets (see
+/// [`needs_state`]). Storage that cannot be had leaves it uncounted, as
+/// with slots: its state callbacks go, so its close counts nothing.
+#[inline(never)]
+fn keep_state(
+    ctx: &SockOpsContext,
+    sk: *mut bpf_sock,
+    cb: u32,
+    endpoint: &EndpointKey,
+    active: bool,
+) {
+    let flags = if active { SOCK_ACTIVE } else { 0 };
+    let wanted = if sock::count_in_storage(sk, endpoint, flags, &Payload::NONE) {
+        cb & !BPF_SOCK_OPS_RTO_CB_FLAG | callbacks(active) | sock::SAMPLED
+    } else {
+        cb & !BPF_SOCK_OPS_STATE_CB_FLAG
+    };
+    if cb != wanted {
+        let _ = ctx.set_cb_flags(wanted as i32);
     }
 }
 
@@ -277,10 +329,14 @@ fn close_held(ctx: &SockOpsContext, sk: *mut bpf_sock, old: u32, held: Held) {
 /// The close of a socket no walk sampled: all it carried, to the endpoint
 /// its ends name, its retransmission-timeout callbacks saying it dialled
 /// (see [`callbacks`]). One closing from SYN_RECV was never counted (see
-/// [`on_close`]).
+/// [`on_close`]), unless it is a Fast Open child, counted at its creation
+/// and its request still on it.
 #[inline(always)]
 fn close_unsampled(ctx: &SockOpsContext, sk: *mut bpf_sock, old: u32) {
-    if old == BPF_TCP_SYN_RECV {
+    // SAFETY: the socket's `tcp_sock` (see `tcp_sock`).
+    if old == BPF_TCP_SYN_RECV
+        && !tcp_sock(sk).is_some_and(|tp| unsafe { kernel::fast_open_child(tp) })
+    {
         return;
     }
     let Some(key) = flow_key(ctx) else {

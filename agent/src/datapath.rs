@@ -359,7 +359,7 @@ impl Datapath {
         };
 
         let mut meta: Array<MapData, u64> = take(&mut ebpf, maps::META)?;
-        let (epoch, fresh) = init_meta(&mut meta, layout)?;
+        let epoch = init_meta(&mut meta, layout)?;
         write_flow_timeouts(&mut meta)?;
         let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
         let translations = translations(kernel.conntrack);
@@ -367,9 +367,6 @@ impl Datapath {
             note_local_nat(&mut ebpf, &mut meta, &translations.local);
             crate::adopt::attach(&mut ebpf, &btf)
         });
-        if walk && fresh {
-            adopt_before_attaching(adoption.as_ref(), &mut meta)?;
-        }
 
         let links_dir = crate::links::dir(&pin_dir);
         std::fs::create_dir_all(&links_dir)
@@ -386,8 +383,15 @@ impl Datapath {
             .iter()
             .map(|(_, sweeper)| Walk::load(&mut ebpf, sweeper))
             .collect::<Result<Vec<_>>>()?;
+        // Programs of another layout count open sockets into maps about to
+        // go: where a walk samples sockets, those are adopted into this
+        // epoch first (see `adopt_before_attaching`).
+        let upgrade = aside.is_some();
         if let Some(aside) = aside {
             aside.retire()?;
+        }
+        if walk && upgrade {
+            adopt_before_attaching(adoption.as_ref(), &mut meta)?;
         }
         let mut pinned = vec![attach_sockops(&mut ebpf, cfg.cgroup, &links_dir)?];
         // A refinement, not a requirement: without it every connection is
@@ -1110,14 +1114,14 @@ fn lock_pin_dir(pin_dir: &Path) -> Result<std::fs::File> {
 
 /// Reads the epoch of the pinned maps, or starts a new one when they were
 /// just created.
-fn init_meta(meta: &mut Array<MapData, u64>, layout: u64) -> Result<(u64, bool)> {
+fn init_meta(meta: &mut Array<MapData, u64>, layout: u64) -> Result<u64> {
     let found = meta
         .get(&META_LAYOUT, 0)
         .context("reading EF_META layout")?;
     let epoch = meta.get(&META_EPOCH, 0).context("reading EF_META epoch")?;
     if found == layout && epoch != 0 {
         info!(epoch, "reusing pinned counters");
-        return Ok((epoch, false));
+        return Ok(epoch);
     }
     let epoch = new_epoch()?;
     meta.set(META_EPOCH, epoch, 0)
@@ -1125,7 +1129,7 @@ fn init_meta(meta: &mut Array<MapData, u64>, layout: u64) -> Result<(u64, bool)>
     meta.set(META_LAYOUT, layout, 0)
         .context("writing EF_META layout")?;
     info!(epoch, "new counters (epoch started)");
-    Ok((epoch, true))
+    Ok(epoch)
 }
 
 /// How long a forwarded flow may idle in each state before the sweeper
@@ -1180,6 +1184,7 @@ fn kernel_offsets(per_packet: bool, probe_reads: bool) -> Result<KernelOffsets> 
         ("TCP_SOCK_SEGS_IN", off("segs_in")?),
         ("TCP_SOCK_SEGS_OUT", off("segs_out")?),
         ("TCP_SOCK_WRITE_SEQ", off("write_seq")?),
+        ("TCP_SOCK_FASTOPEN_RSK", off("fastopen_rsk")?),
         ("TCP_SOCK_SND_UNA", off("snd_una")?),
         ("TCP_SOCK_RCV_NXT", off("rcv_nxt")?),
         (
@@ -1505,12 +1510,12 @@ fn adopt(iter: Result<&MapIter, &anyhow::Error>) {
     }
 }
 
-/// Where a walk samples sockets and the counters start a new epoch: adopts
-/// every open socket before the new programs attach (see
-/// `META_ADOPT_COUNTED`), so that one the last epoch's programs counted,
-/// and perhaps sampled, counts what it carries from now on, not all it
-/// carried; the walk after they attach adopts those established between.
-/// The flag is cleared before the programs attach, or the agent stops.
+/// Where a walk samples sockets and an upgrade from another layout starts
+/// a new epoch: adopts every open socket just before the new programs
+/// attach, every other program loaded (see `META_ADOPT_COUNTED`), so that
+/// one the last epoch's programs counted, and perhaps sampled, counts what
+/// it carries from now on, not all it carried. The flag is cleared before
+/// the programs attach, or the agent stops.
 fn adopt_before_attaching(
     adoption: Option<&Result<MapIter>>,
     meta: &mut Array<MapData, u64>,

@@ -30,18 +30,23 @@ const RETIRED: &str = "retired-layout";
 /// them (0), `EF_FLOWS` when they are counted packet by packet (1). An
 /// agent that switches between the two starts a new epoch: connections
 /// open across the switch would otherwise sit in the map it no longer
-/// sweeps. The next bit says whether a walk samples sockets (1) or they
-/// take slots (0): a socket counted one way would close the other way.
-/// `EVENFLOW_TEST_LAYOUT_BUMP=N` adds N to the layout, so tests can play
-/// an upgrade to an agent built with another.
+/// sweeps. [`WALK`] is set where a walk samples sockets: a socket
+/// counted one way would close the other way. (A bit apart, so that the
+/// layouts of agents with slots stay what they were: an upgrade keeps
+/// their counters.) `EVENFLOW_TEST_LAYOUT_BUMP=N` adds N to the layout, so
+/// tests can play an upgrade to an agent built with another.
 pub fn version(conntrack: bool, walk: bool) -> u64 {
     let layout = LAYOUT_VERSION
         + std::env::var("EVENFLOW_TEST_LAYOUT_BUMP")
             .ok()
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0);
-    (layout << 1 | u64::from(walk)) << 1 | u64::from(!conntrack)
+    let version = layout << 1 | u64::from(!conntrack);
+    if walk { version | WALK } else { version }
 }
+
+/// The layout bit of `--socket-sampling walk`.
+const WALK: u64 = 1 << 48;
 
 /// Maps of another layout, moved aside while this agent loads its own.
 /// Dropped, it puts them back; [`Aside::retire`] removes them.
@@ -279,6 +284,11 @@ mod tests {
                 .map(|(conntrack, walk)| version(conntrack, walk))
                 .collect();
         assert_eq!(layouts.len(), 4);
+        assert_eq!(
+            (version(true, false), version(false, false)),
+            (LAYOUT_VERSION << 1, LAYOUT_VERSION << 1 | 1),
+            "with slots, the layout of the agents before walk mode: an upgrade keeps the counters"
+        );
     }
 
     #[test]

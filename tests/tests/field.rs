@@ -1130,12 +1130,28 @@ fn assert_storage_used(ns: &str, why: &str) {
 /// exactly what nginx served.
 #[test]
 fn field_a_socket_connecting_again_from_socket_storage_is_counted_again() {
+    reconnecting_socket("reconnect", &["--sock-slots", "1"], 0.0);
+}
+
+/// The same with sockets sampled by a walk (`--socket-sampling walk`),
+/// each connection living 2.5 s so that the walk samples it before the
+/// socket disconnects: the walk's mark stays on the socket, so each
+/// connection after the first keeps its state from its handshake.
+#[test]
+fn field_a_sampled_socket_connecting_again_is_counted_again_walked() {
+    reconnecting_socket("reconnwk", &["--socket-sampling", "walk"], 2.5);
+}
+
+/// A proxy's socket that connects, disconnects and connects again twice,
+/// beside a keep-alive connection, each of its connections living `pause`
+/// seconds before the next, the lb's agent started with `extra`.
+fn reconnecting_socket(name: &str, extra: &[&str], pause: f64) {
     evenflow_tests::require_root();
-    let mut lab = Lab::new("reconnect", 1).expect("the lab builds");
+    let mut lab = Lab::new(name, 1).expect("the lab builds");
     let b1 = lab.backends[0].clone();
     let log = nginx::start_keepalive(&mut lab, &b1).expect("nginx starts");
     let lb = lab.lb.clone();
-    agent::start(&mut lab, &lb, &["--sock-slots", "1"]).expect("the lb agent starts");
+    agent::start(&mut lab, &lb, extra).expect("the lb agent starts");
     let addr = backend_addr(&lab, 0);
     let go = lab.dir.join("reconnect-go");
     let script = format!(
@@ -1152,6 +1168,7 @@ fn field_a_socket_connecting_again_from_socket_storage_is_counted_again() {
          s = socket.create_connection(A, timeout=5)\n\
          req(s)\n\
          for i in range(2):\n \
+         time.sleep({pause})\n \
          if libc.connect(s.fileno(), struct.pack('H14x', 0), 16) != 0: raise OSError(ctypes.get_errno(), 'AF_UNSPEC')\n \
          s.connect(A)\n \
          for _ in range(i + 2): req(s)\n\
