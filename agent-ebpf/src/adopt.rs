@@ -380,10 +380,17 @@ fn endpoint(ends: &Ends) -> (EndpointKey, u8) {
 #[inline(always)]
 fn adopt_into_storage(skc: *mut c_void, tp: *const u8, ends: &Ends) -> Option<u8> {
     let cb = callbacks(tp)?;
-    if cb & BPF_SOCK_OPS_STATE_CB_FLAG != 0 && !adopting_counted() {
+    let counted = cb & BPF_SOCK_OPS_STATE_CB_FLAG != 0;
+    if counted && !adopting_counted() {
         return None;
     }
-    let (endpoint, flags) = endpoint(ends);
+    // A socket sock_ops counted says which way it went by its callbacks
+    // (its listener may be gone); one never counted, by the listeners.
+    let (endpoint, flags) = match (counted, cb & BPF_SOCK_OPS_RTO_CB_FLAG != 0) {
+        (true, true) => (ends.dialled(), SOCK_ACTIVE),
+        (true, false) => (ends.local(Direction::Serves), 0),
+        (false, _) => endpoint(ends),
+    };
     let mut wanted = cb & !BPF_SOCK_OPS_RTO_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG | sock::SAMPLED;
     if flags & SOCK_ACTIVE != 0 {
         wanted |= BPF_SOCK_OPS_RTO_CB_FLAG;

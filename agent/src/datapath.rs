@@ -359,7 +359,7 @@ impl Datapath {
         };
 
         let mut meta: Array<MapData, u64> = take(&mut ebpf, maps::META)?;
-        let epoch = init_meta(&mut meta, layout)?;
+        let (epoch, fresh) = init_meta(&mut meta, layout)?;
         write_flow_timeouts(&mut meta)?;
         let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
         let translations = translations(kernel.conntrack);
@@ -383,14 +383,14 @@ impl Datapath {
             .iter()
             .map(|(_, sweeper)| Walk::load(&mut ebpf, sweeper))
             .collect::<Result<Vec<_>>>()?;
-        // Programs of another layout count open sockets into maps about to
-        // go: where a walk samples sockets, those are adopted into this
-        // epoch first (see `adopt_before_attaching`).
-        let upgrade = aside.is_some();
         if let Some(aside) = aside {
             aside.retire()?;
         }
-        if walk && upgrade {
+        // Open sockets may carry the callbacks of programs whose counters
+        // are gone (another layout's, or an install since removed): where
+        // a walk samples sockets, they are adopted into this epoch first
+        // (see `adopt_before_attaching`).
+        if walk && fresh {
             adopt_before_attaching(adoption.as_ref(), &mut meta)?;
         }
         let mut pinned = vec![attach_sockops(&mut ebpf, cfg.cgroup, &links_dir)?];
@@ -1114,14 +1114,18 @@ fn lock_pin_dir(pin_dir: &Path) -> Result<std::fs::File> {
 
 /// Reads the epoch of the pinned maps, or starts a new one when they were
 /// just created.
-fn init_meta(meta: &mut Array<MapData, u64>, layout: u64) -> Result<u64> {
+fn init_meta(meta: &mut Array<MapData, u64>, layout: u64) -> Result<(u64, bool)> {
+    // An agent stopped during the adoption before the attach leaves the
+    // flag raised: the next walk would adopt sockets counted already.
+    meta.set(agent_common::META_ADOPT_COUNTED, 0, 0)
+        .context("clearing EF_META's adoption flag")?;
     let found = meta
         .get(&META_LAYOUT, 0)
         .context("reading EF_META layout")?;
     let epoch = meta.get(&META_EPOCH, 0).context("reading EF_META epoch")?;
     if found == layout && epoch != 0 {
         info!(epoch, "reusing pinned counters");
-        return Ok(epoch);
+        return Ok((epoch, false));
     }
     let epoch = new_epoch()?;
     meta.set(META_EPOCH, epoch, 0)
@@ -1129,7 +1133,7 @@ fn init_meta(meta: &mut Array<MapData, u64>, layout: u64) -> Result<u64> {
     meta.set(META_LAYOUT, layout, 0)
         .context("writing EF_META layout")?;
     info!(epoch, "new counters (epoch started)");
-    Ok(epoch)
+    Ok((epoch, true))
 }
 
 /// How long a forwarded flow may idle in each state before the sweeper
@@ -1510,12 +1514,13 @@ fn adopt(iter: Result<&MapIter, &anyhow::Error>) {
     }
 }
 
-/// Where a walk samples sockets and an upgrade from another layout starts
-/// a new epoch: adopts every open socket just before the new programs
-/// attach, every other program loaded (see `META_ADOPT_COUNTED`), so that
-/// one the last epoch's programs counted, and perhaps sampled, counts what
-/// it carries from now on, not all it carried. The flag is cleared before
-/// the programs attach, or the agent stops.
+/// Where a walk samples sockets and a new epoch starts: adopts every open
+/// socket just before the new programs attach, every other program loaded
+/// (see `META_ADOPT_COUNTED`), so that one the programs of a gone epoch
+/// counted (another layout's, or an install since removed), and perhaps
+/// sampled, counts what it carries from now on, not all it carried. The
+/// flag is cleared before the programs attach, or the agent stops (and
+/// the next start clears it).
 fn adopt_before_attaching(
     adoption: Option<&Result<MapIter>>,
     meta: &mut Array<MapData, u64>,

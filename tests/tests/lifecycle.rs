@@ -588,7 +588,7 @@ fn assert_counted_since(
 /// their close counts exactly what they carried from the upgrade on.
 #[test]
 fn an_upgrade_keeps_counting_the_connections_open_across_it() {
-    upgrade_with_open_connections("upgka", &[], &["EVENFLOW_TEST_LAYOUT_BUMP=1"]);
+    upgrade_with_open_connections("upgka", &[], &[], &["EVENFLOW_TEST_LAYOUT_BUMP=1"], false);
 }
 
 /// The same across a switch to sockets sampled by a walk (`--socket-sampling
@@ -598,18 +598,39 @@ fn an_upgrade_keeps_counting_the_connections_open_across_it() {
 /// sampler had added.
 #[test]
 fn a_switch_to_walked_sampling_keeps_counting_the_connections_open_across_it() {
-    upgrade_with_open_connections("upgwk", &["--socket-sampling", "walk"], &[]);
+    const WALK: [&str; 2] = ["--socket-sampling", "walk"];
+    upgrade_with_open_connections("upgwk", &[], &WALK, &[], false);
 }
 
-/// Two keep-alive connections open across a restart of the agent with
-/// `extra` flags and `env` that make it start a new epoch: adopted, open
-/// in every report after, their close exact from the restart on.
-fn upgrade_with_open_connections(name: &str, extra: &[&str], env: &[&str]) {
+/// Two sampled keep-alive connections open across `uninstall` and a new
+/// install, both with sockets sampled by a walk: the sockets keep the
+/// callbacks and the walk's mark of programs whose counters are gone, so
+/// the new install adopts them before it attaches, and their close counts
+/// what they carried from the new install on, not all they carried.
+#[test]
+fn a_reinstall_keeps_counting_the_connections_open_across_it_walked() {
+    const WALK: [&str; 2] = ["--socket-sampling", "walk"];
+    upgrade_with_open_connections("reinstwk", &WALK, &WALK, &[], true);
+}
+
+/// Two keep-alive connections open across a restart of the agent (first
+/// started with `before` flags) with `after` flags and `env` that make it
+/// start a new epoch, or across `uninstall` and a new install when
+/// `uninstall`: adopted, open in every report after, their close exact
+/// from the restart on.
+fn upgrade_with_open_connections(
+    name: &str,
+    before: &[&str],
+    after: &[&str],
+    env: &[&str],
+    uninstall: bool,
+) {
     evenflow_tests::require_root();
     let mut lab = Lab::new(name, 1).expect("the lab builds");
     let b = lab.backends[0].clone();
     let log = nginx::start_keepalive(&mut lab, &b).expect("nginx starts");
-    agent::start(&mut lab, &b, &FLAGS).expect("the agent starts");
+    let flags = [&FLAGS[..], before].concat();
+    agent::start(&mut lab, &b, &flags).expect("the agent starts");
     let target = std::net::SocketAddr::new(b.addr4, BACKEND_PORT);
     let addr = b.addr4.to_string();
     let mut conns = client::KeepAlives::open(&lab.client.ns, target, 2)
@@ -621,7 +642,16 @@ fn upgrade_with_open_connections(name: &str, extra: &[&str], env: &[&str]) {
     std::thread::sleep(Duration::from_millis(500));
     let at_upgrade = conns.carried();
 
-    let flags = [&FLAGS[..], extra].concat();
+    if uninstall {
+        agent::kill(&mut lab, &b);
+        let bin = agent::agent_bin().expect("the agent binary");
+        netns::sh(
+            &bin.display().to_string(),
+            &["uninstall", "--node-name", &b.ns],
+        )
+        .expect("uninstall runs");
+    }
+    let flags = [&FLAGS[..], after].concat();
     agent::relaunch(&mut lab, &b, &flags, env).expect("the upgraded agent starts");
     let agent_log = lab.log("agent-b1");
     assert!(
