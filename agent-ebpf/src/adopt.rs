@@ -450,7 +450,7 @@ fn watch_listener(skc: *mut c_void) {
     // before gives those callbacks up, or its accepted sockets would
     // inherit them.
     if let Some(cb) = callbacks(tp) {
-        let wanted = cb & !(BPF_SOCK_OPS_RTO_CB_FLAG | sock::SAMPLED) | BPF_SOCK_OPS_STATE_CB_FLAG;
+        let wanted = sock::listener_callbacks(cb);
         if cb != wanted {
             set_callbacks(tp, wanted);
         }

@@ -25,7 +25,8 @@ use agent_common::{
 use aya_ebpf::{
     bindings::{
         BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_SK_STORAGE_GET_F_CREATE,
-        BPF_SOCK_OPS_RETRANS_CB_FLAG, bpf_map_type::BPF_MAP_TYPE_SK_STORAGE,
+        BPF_SOCK_OPS_RETRANS_CB_FLAG, BPF_SOCK_OPS_RTO_CB_FLAG, BPF_SOCK_OPS_STATE_CB_FLAG,
+        bpf_map_type::BPF_MAP_TYPE_SK_STORAGE,
     },
     helpers::generated::bpf_sk_storage_get,
     macros::map,
@@ -332,6 +333,16 @@ pub fn walk_sampling() -> bool {
 /// walk, or sock_ops keeping state from the handshake), and its close
 /// holds the lock too.
 pub const SAMPLED: u32 = BPF_SOCK_OPS_RETRANS_CB_FLAG;
+
+/// The callbacks a listener keeps where a walk samples sockets, from its
+/// callbacks `cb`: its state changes, without the retransmission-timeout
+/// callbacks of an earlier connect (which say a socket dialled) or the
+/// walk's [`SAMPLED`], since every socket it accepts inherits them. Shared
+/// by sock_ops at a listen and the adoption's walk over older listeners.
+#[inline(always)]
+pub fn listener_callbacks(cb: u32) -> u32 {
+    cb & !(BPF_SOCK_OPS_RTO_CB_FLAG | SAMPLED) | BPF_SOCK_OPS_STATE_CB_FLAG
+}
 
 /// Counts the close of a socket no walk sampled, with all it carried.
 #[inline(always)]

@@ -77,7 +77,7 @@ fn on_listen(ctx: &SockOpsContext) {
         return;
     }
     let cb = ctx.cb_flags();
-    let wanted = cb & !(BPF_SOCK_OPS_RTO_CB_FLAG | sock::SAMPLED) | BPF_SOCK_OPS_STATE_CB_FLAG;
+    let wanted = sock::listener_callbacks(cb);
     if cb != wanted {
         let _ = ctx.set_cb_flags(wanted as i32);
     }
