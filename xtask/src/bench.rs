@@ -954,6 +954,32 @@ fn nginx_conf(dir: &std::path::Path) -> Result<[String; 4]> {
 struct Sample {
     tput: [f64; 2],
     conns: [f64; 2],
+    /// Connections per second of CPU the path's processes ran during the
+    /// churn run (see [`cpu_seconds`]).
+    per_cpu: [f64; 2],
+}
+
+/// CPU seconds the processes of `path` (its client's and its server's
+/// cgroups) have run, from cgroup v2's `cpu.stat`: the scheduler's exact
+/// runtime, softirq work included where this kernel does not account
+/// interrupt time apart (`CONFIG_IRQ_TIME_ACCOUNTING` off), as a veth's
+/// receive runs in its sender's softirq. The churn's CPU per connection
+/// does not depend on how the scheduler happens to share the CPU between
+/// the two paths, which moves their rates from round to round.
+fn cpu_seconds(env: &Env, path: Path) -> Result<f64> {
+    let mut total = 0.0;
+    for cg in [path.client_cgroup, path.server_cgroup] {
+        let file = env.cgroup(cg).join("cpu.stat");
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
+        let usec: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("usage_usec "))
+            .and_then(|v| v.trim().parse().ok())
+            .with_context(|| format!("no usage_usec in {}", file.display()))?;
+        total += usec / 1e6;
+    }
+    Ok(total)
 }
 
 /// Throughput and churn per round, `[without, with]` the agent.
@@ -1038,13 +1064,22 @@ fn side(env: &Env, with: bool, spin: Option<u32>) -> Result<Sample> {
         Some(n) => Some(spinner(n)?),
         None => None,
     };
+    let tput = both(IPERF_CLIENTS_CPU, |path| {
+        iperf_to(&env.cgroup(path.client_cgroup), path.client, SERVER_IP)
+    })?;
+    let before = [A, B].map(|path| cpu_seconds(env, path));
+    let conns = both(HEY_CLIENTS_CPU, |path| {
+        churn_to(&env.cgroup(path.client_cgroup), path.client, SERVER_IP)
+    })?;
+    let after = [A, B].map(|path| cpu_seconds(env, path));
+    let mut per_cpu = [0.0; 2];
+    for (i, (b, a)) in before.into_iter().zip(after).enumerate() {
+        per_cpu[i] = conns[i] * f64::from(RUN_SECS) / (a? - b?);
+    }
     let sample = Sample {
-        tput: both(IPERF_CLIENTS_CPU, |path| {
-            iperf_to(&env.cgroup(path.client_cgroup), path.client, SERVER_IP)
-        })?,
-        conns: both(HEY_CLIENTS_CPU, |path| {
-            churn_to(&env.cgroup(path.client_cgroup), path.client, SERVER_IP)
-        })?,
+        tput,
+        conns,
+        per_cpu,
     };
     if let Some(s) = &spinner {
         let (ns, runs) = s.cost()?;
@@ -1068,7 +1103,7 @@ fn spinner(iterations: u32) -> Result<evenflow_tests::tcx::Neighbour> {
 
 fn log_side(round: usize, with: bool, s: &Sample) {
     eprintln!(
-        "    round {} {}: A {:.2} B {:.2} Gbit/s, A {:.0} B {:.0} conn/s",
+        "    round {} {}: A {:.2} B {:.2} Gbit/s, A {:.0} B {:.0} conn/s, A {:.0} B {:.0} conn per CPU s",
         round + 1,
         if with {
             "with agent   "
@@ -1079,6 +1114,8 @@ fn log_side(round: usize, with: bool, s: &Sample) {
         s.tput[1] / 1e9,
         s.conns[0],
         s.conns[1],
+        s.per_cpu[0],
+        s.per_cpu[1],
     );
 }
 
@@ -1268,6 +1305,18 @@ impl Throughput {
         paired_row(
             "connection churn, hey no keep-alive (conn/s)",
             &conns,
+            1.0,
+            0,
+            0.97,
+        );
+        let per_cpu: Vec<[[f64; 2]; 2]> = self
+            .rounds
+            .iter()
+            .map(|[o, w]| [o.per_cpu, w.per_cpu])
+            .collect();
+        paired_row(
+            "churn per CPU second of the path (conn)",
+            &per_cpu,
             1.0,
             0,
             0.97,
