@@ -1074,7 +1074,17 @@ fn side(env: &Env, with: bool, spin: Option<u32>) -> Result<Sample> {
     let after = [A, B].map(|path| cpu_seconds(env, path));
     let mut per_cpu = [0.0; 2];
     for (i, (b, a)) in before.into_iter().zip(after).enumerate() {
-        per_cpu[i] = conns[i] * f64::from(RUN_SECS) / (a? - b?);
+        let spent = a? - b?;
+        if spent <= 0.0 {
+            bail!(
+                "path {}'s cgroups ran no CPU during its churn run ({spent} s by cpu.stat): \
+                 are its processes in {} and {}?",
+                ["A", "B"][i],
+                [A, B][i].client_cgroup,
+                [A, B][i].server_cgroup,
+            );
+        }
+        per_cpu[i] = conns[i] * f64::from(RUN_SECS) / spent;
     }
     let sample = Sample {
         tput,
@@ -1295,32 +1305,35 @@ impl Throughput {
             "{:<44} {:>14} {:>14} {:>9}  target",
             "", "without agent", "with agent", "ratio"
         );
-        let tput: Vec<[[f64; 2]; 2]> = self.rounds.iter().map(|[o, w]| [o.tput, w.tput]).collect();
-        let conns: Vec<[[f64; 2]; 2]> = self
-            .rounds
-            .iter()
-            .map(|[o, w]| [o.conns, w.conns])
-            .collect();
-        paired_row("bulk throughput, iperf3 (Gbit/s)", &tput, 1e9, 2, 0.99);
+        paired_row(
+            "bulk throughput, iperf3 (Gbit/s)",
+            &self.paired(|s| s.tput),
+            1e9,
+            2,
+            0.99,
+        );
         paired_row(
             "connection churn, hey no keep-alive (conn/s)",
-            &conns,
+            &self.paired(|s| s.conns),
             1.0,
             0,
             0.97,
         );
-        let per_cpu: Vec<[[f64; 2]; 2]> = self
-            .rounds
-            .iter()
-            .map(|[o, w]| [o.per_cpu, w.per_cpu])
-            .collect();
         paired_row(
             "churn per CPU second of the path (conn)",
-            &per_cpu,
+            &self.paired(|s| s.per_cpu),
             1.0,
             0,
             0.97,
         );
+    }
+
+    /// One measure of every round, `[without, with]`, each `[A, B]`.
+    fn paired(&self, pick: impl Fn(&Sample) -> [f64; 2]) -> Vec<[[f64; 2]; 2]> {
+        self.rounds
+            .iter()
+            .map(|[o, w]| [pick(o), pick(w)])
+            .collect()
     }
 }
 
